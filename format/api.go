@@ -1,11 +1,6 @@
 package format
 
-import (
-	"crypto/sha256"
-	"fmt"
-	"io"
-	"strconv"
-)
+import "strconv"
 
 // Media type and annotation keys. A lazypull layer is an ordinary zstd-compressed OCI layer;
 // the annotations on its descriptor are what tell a lazypull reader where the index lies.
@@ -55,7 +50,3 @@ func IsLayer(annotations map[string]string) bool {
 	_, ok := annotations[AnnotationIndexDigest]
 	return ok
 }
-
-var _ = sha256.New
-var _ = fmt.Sprintf
-var _ io.Reader
