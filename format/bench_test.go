@@ -1,0 +1,63 @@
+package format
+
+import (
+	"archive/tar"
+	"bytes"
+	"context"
+	"fmt"
+	"io"
+	"runtime"
+	"testing"
+)
+
+// manyFiles builds a tar of n small files spread over directories, like a distro layer.
+func manyFiles(tb testing.TB, n int) []byte {
+	var buf bytes.Buffer
+	tw := tar.NewWriter(&buf)
+	body := randBytes(7, 4096)
+	for i := range n {
+		if i%50 == 0 {
+			tw.WriteHeader(&tar.Header{Typeflag: tar.TypeDir, Name: fmt.Sprintf("usr/share/pkg%05d/", i/50), Mode: 0o755})
+		}
+		size := 100 + i%3000
+		h := &tar.Header{Typeflag: tar.TypeReg, Name: fmt.Sprintf("usr/share/pkg%05d/file-%07d.txt", i/50, i), Mode: 0o644, Size: int64(size), Uid: 0, Gid: 0}
+		if err := tw.WriteHeader(h); err != nil {
+			tb.Fatal(err)
+		}
+		b := body[:size]
+		b[0] = byte(i) // distinct contents
+		b[1] = byte(i >> 8)
+		b[2] = byte(i >> 16)
+		tw.Write(b)
+	}
+	tw.Close()
+	return buf.Bytes()
+}
+
+// BenchmarkDecodeIndex100k decodes the index of a layer of 100,000 files (bar: < 50 ms).
+func BenchmarkDecodeIndex100k(b *testing.B) {
+	blob, res := convert(b, manyFiles(b, 100_000))
+	payload := bytes.Clone(blob[res.IndexOffset : res.IndexOffset+res.IndexSize])
+	blob = nil
+	runtime.GC() // the 200 MB layer is garbage now; do not bill its collection to decoding
+	b.ReportMetric(float64(len(payload)), "index-bytes")
+	b.ReportMetric(float64(len(payload))/100_000, "bytes/file")
+	for b.Loop() {
+		ix, err := DecodeIndex(payload)
+		if err != nil || len(ix.Entries) < 100_000 {
+			b.Fatal(err)
+		}
+	}
+}
+
+// BenchmarkWrite measures conversion throughput of a mixed layer.
+func BenchmarkWrite(b *testing.B) {
+	src := edgeCases(b)
+	src = append(manyFiles(b, 5000)[:0:0], src...)
+	b.SetBytes(int64(len(src)))
+	for b.Loop() {
+		if _, err := Write(context.Background(), io.Discard, bytes.NewReader(src)); err != nil {
+			b.Fatal(err)
+		}
+	}
+}
