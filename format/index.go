@@ -10,6 +10,7 @@ import (
 	"sort"
 	"strings"
 	"sync"
+	"unsafe"
 
 	"github.com/klauspost/compress/zstd"
 )
@@ -525,6 +526,7 @@ func decodeBody(body []byte) (*Index, error) {
 	}
 	prev := ""
 	frameEnd := 0
+	var names nameArena
 	for i := range ix.Entries {
 		e := &ix.Entries[i]
 		shared := r.uvarint("name prefix")
@@ -535,7 +537,7 @@ func decodeBody(body []byte) (*Index, error) {
 		if shared > uint64(len(prev)) || shared+uint64(len(suffix)) > MaxNameLen {
 			return nil, fmt.Errorf("index: entry %d: name prefix %d longer than the previous name", i, shared)
 		}
-		e.Name = prev[:shared] + string(suffix)
+		e.Name = names.concat(prev[:shared], suffix)
 		prev = e.Name
 		if e.Name == "" || CleanName(e.Name) != e.Name {
 			return nil, fmt.Errorf("index: entry %d: name %q is not a clean relative path", i, e.Name)
@@ -650,6 +652,25 @@ func decodeBody(body []byte) (*Index, error) {
 		}
 	}
 	return ix, nil
+}
+
+// nameArena makes the entry names of an index out of few large allocations instead of
+// one per entry; decoding a 100k-entry index is dominated by allocation otherwise.
+type nameArena struct{ buf []byte }
+
+func (a *nameArena) concat(prefix string, suffix []byte) string {
+	n := len(prefix) + len(suffix)
+	if n == 0 {
+		return ""
+	}
+	if cap(a.buf)-len(a.buf) < n {
+		// Strings made so far keep the old block alive; it is never written again.
+		a.buf = make([]byte, 0, max(n, 256<<10))
+	}
+	start := len(a.buf)
+	a.buf = append(a.buf, prefix...)
+	a.buf = append(a.buf, suffix...)
+	return unsafe.String(&a.buf[start], n)
 }
 
 // Names returns the sorted paths of all entries; for tests and tools.
