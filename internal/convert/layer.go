@@ -1,0 +1,227 @@
+package convert
+
+import (
+	"bufio"
+	"context"
+	"crypto/sha256"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"hash"
+	"io"
+	"os"
+
+	v1 "github.com/google/go-containerregistry/pkg/v1"
+	"github.com/google/go-containerregistry/pkg/v1/types"
+	"github.com/klauspost/compress/gzip"
+	"github.com/klauspost/compress/zstd"
+
+	"lazypull/format"
+)
+
+// formatWrite is format.Write; a variable only so the package's tests can stand in for it
+// while the format package is still a stub.
+var formatWrite = format.Write
+
+// layerJob is one distinct source layer to convert (or copy), and what became of it.
+type layerJob struct {
+	Layer
+	comp    compression
+	diffIDs []v1.Hash // what the image configs that list this layer say it decompresses to
+}
+
+// layerKey tells distinct source layers apart: the same blob listed with another media type
+// would decompress differently.
+type layerKey struct {
+	digest v1.Hash
+	mt     types.MediaType
+	copy   bool
+}
+
+// runLayer converts (or copies) one layer to a temp file, then writes it to the destination.
+func (c *converter) runLayer(ctx context.Context, j *layerJob) error {
+	if err := c.runLayer1(ctx, j); err != nil {
+		return fmt.Errorf("convert layer %s of %s: %w", j.Source.Digest, j.Image, err)
+	}
+	return nil
+}
+
+func (c *converter) runLayer1(ctx context.Context, j *layerJob) error {
+	c.progress.LayerStart(j.Layer)
+	rc, err := c.src.blob(ctx, j.Source)
+	if err != nil {
+		return err
+	}
+	defer rc.Close()
+	vr, err := newVerifyReader(rc, j.Source, func(n int64) { c.progress.LayerRead(j.Source.Digest, n) })
+	if err != nil {
+		return err
+	}
+
+	tmp, err := os.CreateTemp(c.tmpDir, "layer-*")
+	if err != nil {
+		return err
+	}
+	defer func() {
+		tmp.Close()
+		os.Remove(tmp.Name())
+	}()
+	bw := bufio.NewWriterSize(tmp, 1<<20)
+	out := newHashWriter(bw)
+
+	if j.Copied {
+		if _, err := io.Copy(out, vr); err != nil {
+			return err
+		}
+		j.Result = j.Source
+	} else {
+		res, err := c.rewrite(ctx, j, vr, out)
+		if err != nil {
+			return err
+		}
+		digest, size := out.sum()
+		if res.Digest != digest.String() || res.Size != size {
+			return fmt.Errorf("write lazypull layer: format reports %s (%d bytes), but wrote %s (%d bytes)", res.Digest, res.Size, digest, size)
+		}
+		j.Result = v1.Descriptor{
+			MediaType:   format.MediaTypeLayer,
+			Digest:      digest,
+			Size:        size,
+			Annotations: res.Annotations(),
+		}
+		j.Entries, j.Files, j.Chunks = res.Entries, res.Files, res.Chunks
+	}
+	if err := bw.Flush(); err != nil {
+		return fmt.Errorf("write temp file: %w", err)
+	}
+
+	c.progress.LayerPush(j.Layer)
+	if err := c.dst.putBlob(ctx, j.Result, func() (io.ReadCloser, error) { return os.Open(tmp.Name()) }); err != nil {
+		return fmt.Errorf("write %s: %w", c.dstLoc, err)
+	}
+	c.progress.LayerDone(j.Layer)
+	return nil
+}
+
+// rewrite decompresses the verified source blob and writes it to w as a lazypull layer. It
+// returns only once the whole blob has been read and verified, and the tar stream hashes to
+// the diff ID the image config lists: the converted layer keeps the original diff ID, which
+// is what keeps the original config valid.
+func (c *converter) rewrite(ctx context.Context, j *layerJob, vr *verifyReader, w io.Writer) (*format.Result, error) {
+	dec, err := newDecoder(j.comp, vr)
+	if err != nil {
+		return nil, dec.blame(err)
+	}
+	defer dec.Close()
+
+	diff := sha256.New()
+	res, err := formatWrite(ctx, w, io.TeeReader(dec, diff), format.WithConcurrency(c.writeConcurrency))
+	if err != nil {
+		if cause := dec.cause(); cause != nil {
+			return nil, cause
+		}
+		if ctx.Err() != nil {
+			return nil, ctx.Err()
+		}
+		return nil, fmt.Errorf("write lazypull layer: %w", err)
+	}
+	// Anything format.Write left unread would be missing from the converted layer.
+	if n, err := io.Copy(diff, dec); err != nil {
+		return nil, err
+	} else if n > 0 {
+		return nil, fmt.Errorf("write lazypull layer: %d bytes of the tar stream left unread", n)
+	}
+	if err := vr.finish(); err != nil {
+		return nil, err
+	}
+	got := v1.Hash{Algorithm: "sha256", Hex: hex.EncodeToString(diff.Sum(nil))}
+	for _, want := range j.diffIDs {
+		if got != want {
+			return nil, fmt.Errorf("%w: layer decompresses to %s, but the image config lists diff ID %s", ErrDigestMismatch, got, want)
+		}
+	}
+	if res.DiffID != got.String() {
+		return nil, fmt.Errorf("write lazypull layer: format reports diff ID %s, but the tar stream hashes to %s", res.DiffID, got)
+	}
+	return res, nil
+}
+
+// decoder decompresses a layer blob and tells a corrupt stream apart from a bad blob.
+type decoder struct {
+	vr    *verifyReader
+	kind  compression
+	r     io.Reader
+	close func()
+	err   error // first error Read returned, already blamed
+}
+
+func newDecoder(kind compression, vr *verifyReader) (*decoder, error) {
+	d := &decoder{vr: vr, kind: kind, r: vr, close: func() {}}
+	switch kind {
+	case gzipped:
+		zr, err := gzip.NewReader(vr)
+		if err != nil {
+			return d, err
+		}
+		d.r, d.close = zr, func() { zr.Close() }
+	case zstdCompressed:
+		zr, err := zstd.NewReader(vr, zstd.WithDecoderConcurrency(1))
+		if err != nil {
+			return d, err
+		}
+		d.r, d.close = zr, zr.Close
+	}
+	return d, nil
+}
+
+func (d *decoder) Read(p []byte) (int, error) {
+	n, err := d.r.Read(p)
+	if err != nil && err != io.EOF {
+		err = d.blame(err)
+		if d.err == nil {
+			d.err = err
+		}
+	}
+	return n, err
+}
+
+func (d *decoder) Close() { d.close() }
+
+// cause is the first error Read returned, nil if none.
+func (d *decoder) cause() error { return d.err }
+
+// blame turns a decompression error into the error to report. A blob that fails its own
+// digest or size check is the cause, even when the decompressor tripped over it first, so on a
+// decompression error the rest of the blob is read to find out.
+func (d *decoder) blame(err error) error {
+	if verr := d.vr.Err(); verr != nil {
+		return verr
+	}
+	if errors.Is(err, context.Canceled) || errors.Is(err, context.DeadlineExceeded) || d.kind == uncompressed {
+		return err
+	}
+	if verr := d.vr.finish(); verr != nil {
+		return verr
+	}
+	return fmt.Errorf("%w %s: %w", ErrCorrupt, d.kind, err)
+}
+
+// hashWriter passes writes through, hashing and counting them.
+type hashWriter struct {
+	w io.Writer
+	h hash.Hash
+	n int64
+}
+
+func newHashWriter(w io.Writer) *hashWriter { return &hashWriter{w: w, h: sha256.New()} }
+
+func (hw *hashWriter) Write(p []byte) (int, error) {
+	n, err := hw.w.Write(p)
+	hw.h.Write(p[:n])
+	hw.n += int64(n)
+	return n, err
+}
+
+func (hw *hashWriter) sum() (v1.Hash, int64) {
+	return v1.Hash{Algorithm: "sha256", Hex: hex.EncodeToString(hw.h.Sum(nil))}, hw.n
+}
