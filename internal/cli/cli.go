@@ -1,0 +1,181 @@
+package cli
+
+import (
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"os"
+	"strings"
+
+	"golang.org/x/term"
+)
+
+// Exit statuses.
+const (
+	exitOK      = 0
+	exitFailure = 1 // the command ran and failed
+	exitUsage   = 2 // the command line was wrong
+)
+
+// command is one subcommand. Adding one (mount, pull, snapshotter, stats, bench) means
+// writing its run function and listing it in commands.
+type command struct {
+	name    string
+	args    string // synopsis after the name, e.g. "[flags] SRC DST"
+	summary string // one line for `lazypull help`
+	help    string // paragraphs for `lazypull CMD -h`, before the flags
+	// flags declares the command's flags on fs and returns what run needs from them.
+	flags func(fs *flag.FlagSet) any
+	// run does the work; positional are the arguments after the flags.
+	run func(ctx context.Context, e *env, vals any, positional []string) error
+}
+
+// commands lists the subcommands in the order `lazypull help` shows them.
+var commands = []*command{convertCommand, versionCommand}
+
+// env is what a command may touch of the outside world.
+type env struct {
+	stdout, stderr io.Writer
+	// stderrTerminal: stderr is a terminal, so progress can be drawn live.
+	stderrTerminal bool
+	stderrFd       int
+}
+
+// usageError is a wrong command line: reported with a pointer to the usage, exit status 2.
+type usageError struct{ msg string }
+
+func (e *usageError) Error() string { return e.msg }
+
+func usagef(format string, args ...any) error { return &usageError{fmt.Sprintf(format, args...)} }
+
+// Main runs lazypull with args (without the program name) and returns the exit status.
+func Main(ctx context.Context, args []string, stdout, stderr io.Writer) int {
+	e := &env{stdout: stdout, stderr: stderr}
+	if f, ok := stderr.(*os.File); ok && term.IsTerminal(int(f.Fd())) {
+		e.stderrTerminal, e.stderrFd = true, int(f.Fd())
+	}
+
+	if len(args) == 0 {
+		printUsage(stderr)
+		return exitUsage
+	}
+	switch args[0] {
+	case "help", "-h", "-help", "--help":
+		if len(args) > 1 {
+			if cmd := lookup(args[1]); cmd != nil {
+				printCommandUsage(stdout, cmd)
+				return exitOK
+			}
+			fmt.Fprintf(stderr, "lazypull: unknown command %q\nRun 'lazypull help' for the list of commands.\n", args[1])
+			return exitUsage
+		}
+		printUsage(stdout)
+		return exitOK
+	}
+	cmd := lookup(args[0])
+	if cmd == nil {
+		fmt.Fprintf(stderr, "lazypull: unknown command %q\nRun 'lazypull help' for the list of commands.\n", args[0])
+		return exitUsage
+	}
+
+	fs := newFlagSet(cmd)
+	var vals any
+	if cmd.flags != nil {
+		vals = cmd.flags(fs)
+	}
+	positional, err := parseInterspersed(fs, args[1:])
+	if errors.Is(err, flag.ErrHelp) {
+		printCommandUsage(stdout, cmd)
+		return exitOK
+	}
+	if err == nil {
+		err = cmd.run(ctx, e, vals, positional)
+	}
+	var ue *usageError
+	switch {
+	case err == nil:
+		return exitOK
+	case errors.As(err, &ue):
+		fmt.Fprintf(stderr, "lazypull %s: %s\nusage: lazypull %s %s\nRun 'lazypull %s -h' for details.\n", cmd.name, ue.msg, cmd.name, cmd.args, cmd.name)
+		return exitUsage
+	default:
+		fmt.Fprintf(stderr, "lazypull: %s\n", oneLine(err.Error()))
+		return exitFailure
+	}
+}
+
+func lookup(name string) *command {
+	for _, c := range commands {
+		if c.name == name {
+			return c
+		}
+	}
+	return nil
+}
+
+func newFlagSet(cmd *command) *flag.FlagSet {
+	fs := flag.NewFlagSet("lazypull "+cmd.name, flag.ContinueOnError)
+	fs.SetOutput(io.Discard) // errors are reported by Main, usage on -h only
+	return fs
+}
+
+// parseInterspersed parses flags wherever they stand among the positional arguments (the
+// standard flag package stops at the first positional one). "--" ends the flags.
+func parseInterspersed(fs *flag.FlagSet, args []string) ([]string, error) {
+	var positional []string
+	for {
+		if err := fs.Parse(args); err != nil {
+			if errors.Is(err, flag.ErrHelp) {
+				return nil, err
+			}
+			return nil, usagef("%v", err)
+		}
+		rest := fs.Args()
+		consumed := len(args) - len(rest)
+		if consumed > 0 && args[consumed-1] == "--" {
+			return append(positional, rest...), nil
+		}
+		if len(rest) == 0 {
+			return positional, nil
+		}
+		positional = append(positional, rest[0])
+		args = rest[1:]
+	}
+}
+
+func printUsage(w io.Writer) {
+	fmt.Fprintf(w, "lazypull: lazy-pulling container images\n\nusage: lazypull COMMAND [flags] [args]\n\ncommands:\n")
+	for _, c := range commands {
+		fmt.Fprintf(w, "  %-10s %s\n", c.name, c.summary)
+	}
+	fmt.Fprintf(w, "  %-10s %s\n", "help", "show this, or the usage of a command: lazypull help COMMAND")
+	fmt.Fprintf(w, "\nRun 'lazypull COMMAND -h' for the flags of a command.\n")
+}
+
+func printCommandUsage(w io.Writer, cmd *command) {
+	fmt.Fprintf(w, "usage: lazypull %s %s\n\n%s\n", cmd.name, cmd.args, cmd.summary)
+	if cmd.help != "" {
+		fmt.Fprintf(w, "\n%s\n", strings.TrimSpace(cmd.help))
+	}
+	fs := newFlagSet(cmd)
+	if cmd.flags != nil {
+		cmd.flags(fs)
+	}
+	hasFlags := false
+	fs.VisitAll(func(*flag.Flag) { hasFlags = true })
+	if hasFlags {
+		fmt.Fprintf(w, "\nflags:\n")
+		fs.SetOutput(w)
+		fs.PrintDefaults()
+		fs.SetOutput(io.Discard)
+	}
+}
+
+// oneLine folds a multi-line error (some registries send them) into the one line it is
+// reported on.
+func oneLine(s string) string {
+	s = strings.TrimSpace(s)
+	return strings.Join(strings.Fields(strings.ReplaceAll(s, "\n", " ")), " ")
+}
