@@ -25,6 +25,9 @@ func describeRemoteError(err error) error {
 		case http.StatusNotFound:
 			return fmt.Errorf("not found (404): %w", err)
 		}
+		if te.StatusCode >= 500 {
+			return fmt.Errorf("registry failed (%d %s): %w", te.StatusCode, http.StatusText(te.StatusCode), err)
+		}
 		return err
 	}
 	var dnsErr *net.DNSError

@@ -19,10 +19,6 @@ import (
 	"lazypull/format"
 )
 
-// formatWrite is format.Write; a variable only so the package's tests can stand in for it
-// while the format package is still a stub.
-var formatWrite = format.Write
-
 // layerJob is one distinct source layer to convert (or copy), and what became of it.
 type layerJob struct {
 	Layer
@@ -115,13 +111,17 @@ func (c *converter) rewrite(ctx context.Context, j *layerJob, vr *verifyReader, 
 	defer dec.Close()
 
 	diff := sha256.New()
-	res, err := formatWrite(ctx, w, io.TeeReader(dec, diff), format.WithConcurrency(c.writeConcurrency))
+	res, err := format.Write(ctx, w, io.TeeReader(dec, diff), format.WithConcurrency(c.writeConcurrency))
 	if err != nil {
 		if cause := dec.cause(); cause != nil {
 			return nil, cause
 		}
 		if ctx.Err() != nil {
 			return nil, ctx.Err()
+		}
+		// A damaged blob is the cause, even when format.Write tripped over it first.
+		if verr := vr.finish(); verr != nil {
+			return nil, verr
 		}
 		return nil, fmt.Errorf("write lazypull layer: %w", err)
 	}
