@@ -62,7 +62,9 @@ func isWrite(r *http.Request) bool { return r.Method != http.MethodGet && r.Meth
 // no tag under the destination.
 func TestConvertErrors(t *testing.T) {
 	rng := rand.New(rand.NewSource(8))
-	good := func() *fixture { return newFixture(t, rng, true, layerSpec{mt: types.OCILayer}, layerSpec{mt: types.OCILayer}) }
+	good := func() *fixture {
+		return newFixture(t, rng, true, layerSpec{mt: types.OCILayer}, layerSpec{mt: types.OCILayer})
+	}
 	junk := make([]byte, 3000)
 	rng.Read(junk)
 	clean := newRegistry(t, nil)
@@ -166,7 +168,9 @@ func TestConvertErrors(t *testing.T) {
 		}},
 		{"registry/source refuses (401)", func(t *testing.T) setup {
 			f := good()
-			host := newRegistry(t, refuse(http.StatusUnauthorized, func(r *http.Request) bool { return r.Method == http.MethodGet && strings.Contains(r.URL.Path, "/manifests/") }))
+			host := newRegistry(t, refuse(http.StatusUnauthorized, func(r *http.Request) bool {
+				return r.Method == http.MethodGet && strings.Contains(r.URL.Path, "/manifests/")
+			}))
 			src := host + "/private/image:v1"
 			pushFixtures(t, src, f.manifest, f.manifestMT, f)
 			return setup{src: src, dst: layoutDst(t), want: []string{src, "401", "authentication refused"}}
