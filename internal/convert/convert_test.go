@@ -5,9 +5,12 @@ import (
 	"context"
 	"encoding/json"
 	"math/rand"
+	"net"
+	"net/http"
 	"os"
 	"path/filepath"
 	"slices"
+	"strings"
 	"testing"
 
 	"github.com/google/go-containerregistry/pkg/name"
@@ -298,5 +301,37 @@ func TestConvertManifestJSON(t *testing.T) {
 	}
 	if len(m.Layers) != 1 || m.Layers[0].MediaType != format.MediaTypeLayer || m.Layers[0].Annotations[format.AnnotationIndexDigest] == "" {
 		t.Errorf("layers %+v", m.Layers)
+	}
+}
+
+// A registry that is not on loopback or a private network is spoken to over https unless
+// PlainHTTP says otherwise.
+func TestConvertPlainHTTP(t *testing.T) {
+	addr := newRegistry(t, nil)
+	_, port, _ := net.SplitHostPort(addr)
+	// lazypull.test resolves to the test registry through this transport only.
+	tr := http.DefaultTransport.(*http.Transport).Clone()
+	tr.DialContext = func(ctx context.Context, network, a string) (net.Conn, error) {
+		return (&net.Dialer{}).DialContext(ctx, network, strings.Replace(a, "lazypull.test", "127.0.0.1", 1))
+	}
+	rng := rand.New(rand.NewSource(9))
+	f := newFixture(t, rng, true, layerSpec{mt: types.OCILayer})
+	dir := t.TempDir()
+	writeFixtures(t, dir, "latest", f.manifest, f.manifestMT, f)
+	dst := "lazypull.test:" + port + "/plain/http:v1"
+
+	opts := testOptions()
+	opts.Transport = tr
+	opts.TempDir = t.TempDir()
+	_, err := Convert(context.Background(), "oci:"+dir, dst, opts)
+	if err == nil || !strings.Contains(err.Error(), "--plain-http") {
+		t.Fatalf("without PlainHTTP: %v, want an error that suggests --plain-http", err)
+	}
+	opts.PlainHTTP = true
+	s := convertOK(t, "oci:"+dir, dst, opts)
+	ref, _ := name.ParseReference(addr + "/plain/http:v1")
+	desc, err := remote.Head(ref)
+	if err != nil || desc.Digest.String() != s.Digest {
+		t.Errorf("tag: %v %v, want %s", desc, err, s.Digest)
 	}
 }

@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"net"
 	"net/http"
+	"strings"
 
 	"github.com/google/go-containerregistry/pkg/v1/remote/transport"
 )
@@ -29,6 +30,9 @@ func describeRemoteError(err error) error {
 			return fmt.Errorf("registry failed (%d %s): %w", te.StatusCode, http.StatusText(te.StatusCode), err)
 		}
 		return err
+	}
+	if strings.Contains(err.Error(), "server gave HTTP response to HTTPS client") {
+		return fmt.Errorf("registry speaks plain http (use --plain-http): %w", err)
 	}
 	var dnsErr *net.DNSError
 	var opErr *net.OpError
