@@ -3,6 +3,7 @@ package convert
 import (
 	"bytes"
 	"context"
+	"encoding/base64"
 	"encoding/json"
 	"math/rand"
 	"net"
@@ -334,4 +335,44 @@ func TestConvertPlainHTTP(t *testing.T) {
 	if err != nil || desc.Digest.String() != s.Digest {
 		t.Errorf("tag: %v %v, want %s", desc, err, s.Digest)
 	}
+}
+
+// With no Keychain given, credentials come from the Docker config (authn.DefaultKeychain).
+func TestConvertDockerConfigCredentials(t *testing.T) {
+	const user, pass = "lazy", "pull"
+	needAuth := func(next http.Handler) http.Handler {
+		return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+			if u, p, ok := r.BasicAuth(); !ok || u != user || p != pass {
+				w.Header().Set("WWW-Authenticate", `Basic realm="lazypull test"`)
+				w.WriteHeader(http.StatusUnauthorized)
+				return
+			}
+			next.ServeHTTP(w, r)
+		})
+	}
+	host := newRegistry(t, needAuth)
+	rng := rand.New(rand.NewSource(10))
+	f := newFixture(t, rng, true, layerSpec{mt: types.OCILayer})
+	dir := t.TempDir()
+	writeFixtures(t, dir, "latest", f.manifest, f.manifestMT, f)
+	dst := host + "/private/image:v1"
+
+	home := t.TempDir()
+	t.Setenv("HOME", home)
+	t.Setenv("DOCKER_CONFIG", filepath.Join(home, ".docker"))
+	opts := testOptions()
+	opts.Keychain = nil
+	opts.TempDir = t.TempDir()
+	if _, err := Convert(context.Background(), "oci:"+dir, dst, opts); err == nil || !strings.Contains(err.Error(), "401") {
+		t.Fatalf("without credentials: %v, want a 401", err)
+	}
+
+	auth := base64.StdEncoding.EncodeToString([]byte(user + ":" + pass))
+	cfg := `{"auths":{"` + host + `":{"auth":"` + auth + `"}}}`
+	os.MkdirAll(filepath.Join(home, ".docker"), 0o700)
+	if err := os.WriteFile(filepath.Join(home, ".docker", "config.json"), []byte(cfg), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	convertOK(t, "oci:"+dir, dst, opts)
+	convertOK(t, dst, "oci:"+filepath.Join(t.TempDir(), "back"), opts)
 }
