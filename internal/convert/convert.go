@@ -97,6 +97,9 @@ func Convert(ctx context.Context, src, dst string, opts Options) (*Summary, erro
 		return nil, fmt.Errorf("write %s: %w", c.dstLoc, err)
 	}
 
+	// The CPUs go to the layers converted at once: all of them to a lone large layer.
+	c.writeConcurrency = max(1, runtime.GOMAXPROCS(0)/max(1, min(c.jobs, len(p.layers))))
+
 	c.tmpDir, err = os.MkdirTemp(opts.TempDir, "lazypull-convert-")
 	if err != nil {
 		return nil, fmt.Errorf("temp dir: %w", err)
@@ -145,7 +148,6 @@ func newConverter(src, dst string, opts Options) (*converter, error) {
 	if c.jobs == 0 {
 		c.jobs = DefaultJobs()
 	}
-	c.writeConcurrency = max(1, runtime.GOMAXPROCS(0)/c.jobs)
 	if c.progress == nil {
 		c.progress = nopProgress{}
 	}

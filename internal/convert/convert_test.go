@@ -243,6 +243,16 @@ func TestConvertPlatforms(t *testing.T) {
 			t.Errorf("converted %d layers, want 3 (one shared)", s.Layers)
 		}
 	})
+	t.Run("single manifest source", func(t *testing.T) {
+		single := t.TempDir()
+		writeFixtures(t, single, "latest", amd.manifest, amd.manifestMT, amd)
+		opts := testOptions()
+		opts.Platform = amd.platform
+		dst := "oci:" + filepath.Join(t.TempDir(), "amd")
+		convertOK(t, "oci:"+single, dst, opts)
+		desc, _ := dstReader{t, dst}.root()
+		checkConverted(t, dstReader{t, dst}.image(desc.Digest), amd.config, amd.tars, amd.annotations)
+	})
 	for _, want := range []string{"linux/arm64", "linux/arm64/v8"} {
 		t.Run(want, func(t *testing.T) {
 			opts := testOptions()

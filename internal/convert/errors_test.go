@@ -285,6 +285,11 @@ func TestConvertErrors(t *testing.T) {
 			dst := "oci:" + filepath.Join(file, "sub") + ":out"
 			return setup{src: inLayout(t, f, nil), dst: dst, want: []string{dst, "not a directory"}}
 		}},
+		{"single image of another platform", func(t *testing.T) setup {
+			src := inLayout(t, good(), nil)
+			return setup{src: src, dst: layoutDst(t), opts: func(o *Options) { o.Platform = &v1.Platform{OS: "linux", Architecture: "arm64"} },
+				want: []string{src, "image is for linux/amd64, not linux/arm64"}}
+		}},
 		{"platform missing", func(t *testing.T) setup {
 			f := good()
 			dir := t.TempDir()

@@ -61,7 +61,8 @@ func (c *converter) plan(ctx context.Context) (*plan, error) {
 		if err != nil {
 			return nil, err
 		}
-		if want := c.opts.Platform; want != nil {
+		// A config that names no platform has nothing to hold against the one asked for.
+		if want := c.opts.Platform; want != nil && (cf.OS != "" || cf.Architecture != "") {
 			have := &v1.Platform{OS: cf.OS, Architecture: cf.Architecture, Variant: cf.Variant, OSVersion: cf.OSVersion}
 			if !platformMatches(have, *want) {
 				return nil, fmt.Errorf("read %s: image is for %s, not %s", c.srcLoc, platformString(have), want)
