@@ -134,7 +134,7 @@ if [ -f "$cache/complete" ]; then
 else
   # Leftovers of interrupted builds and layers cached by older versions of this script.
   for d in "$cache_root"/build.* "$cache_root"/python-*; do
-    [ -d "$d" ] && [ "$d" != "$cache" ] || continue
+    if [ ! -d "$d" ] || [ "$d" = "$cache" ]; then continue; fi
     if awk -v w="$d/" 'index($2, w) == 1 { found = 1 } END { exit !found }' /proc/self/mounts; then
       log "warning: $d has mounts; leaving it"
       continue

@@ -150,7 +150,7 @@ kill_orphans() {
     tasks+=("$t")
     id=${t##*/} ns=${t%/*} ns=${ns##*/}
     pid=$(cat "$t/init.pid" 2>/dev/null) || continue
-    [[ $pid =~ ^[0-9]+$ ]] && alive "$pid" || continue
+    if ! [[ $pid =~ ^[0-9]+$ ]] || ! alive "$pid"; then continue; fi
     grep -q ":/$ns/$id\$" "/proc/$pid/cgroup" 2>/dev/null || continue
     log "killing leftover container $ns/$id (init pid $pid)"
     kill -KILL "$pid" 2>/dev/null || true

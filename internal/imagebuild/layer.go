@@ -44,7 +44,7 @@ type LayerOptions struct {
 // TypeLink entries, devices, fifos and symlinks. Sockets are skipped. The root of dir itself
 // is not written. The output depends only on the contents of dir.
 func WriteLayer(w io.Writer, dir string, opts LayerOptions) error {
-	fi, err := os.Lstat(dir)
+	fi, err := os.Stat(dir)
 	if err != nil {
 		return fmt.Errorf("layer %s: %w", dir, err)
 	}
