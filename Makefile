@@ -1,0 +1,46 @@
+# lazypull: `make demo` runs the main job end to end; `make test` runs every test.
+# Both install what is missing first (make deps: apt-get, as root).
+
+GO        ?= go
+BIN       := bin/lazypull
+STATICCHECK_VERSION := v0.8.2
+
+.PHONY: all build deps lint test unit e2e demo bench bench-convert fuzz clean
+
+all: build
+
+build:
+	$(GO) build -o $(BIN) ./cmd/lazypull
+
+deps:
+	@scripts/deps.sh
+
+lint:
+	@out=$$(gofmt -l $$(git ls-files '*.go')); if [ -n "$$out" ]; then echo "gofmt needed:"; echo "$$out"; exit 1; fi
+	$(GO) vet ./...
+	$(GO) run honnef.co/go/tools/cmd/staticcheck@$(STATICCHECK_VERSION) ./...
+
+# All tests: unit tests, fuzz seeds, and the end-to-end tests against a real registry and a
+# real containerd that scripts/test.sh starts (and stops) on loopback and private sockets.
+test: deps lint build
+	scripts/test.sh
+
+demo: deps build
+	scripts/demo.sh
+
+# Go benchmarks of the format (index decode, writer throughput, chunker).
+bench:
+	$(GO) test -run '^$$' -bench . -benchtime 10x ./format/...
+
+# Converter throughput against ctr-remote's eStargz conversion, and index vs TOC size.
+bench-convert: deps build
+	scripts/bench-convert.sh
+
+# Run each fuzz target for FUZZTIME (default 30s).
+FUZZTIME ?= 30s
+fuzz:
+	for f in FuzzDecodeIndex FuzzDecodeBody FuzzWrite FuzzOpen; do \
+		$(GO) test ./format -run '^$$' -fuzz "^$$f\$$" -fuzztime $(FUZZTIME) || exit 1; done
+
+clean:
+	rm -rf bin

@@ -1,0 +1,102 @@
+// Package e2e runs lazypull's binary against a real registry (Debian's docker-registry) and a
+// real containerd, both started by scripts/test.sh on loopback and private sockets.
+package e2e
+
+import (
+	"bytes"
+	"context"
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+)
+
+type env struct {
+	registry   string // host:port on loopback
+	containerd string // socket
+	images     string // OCI layouts built by scripts/build-test-image.sh
+	bin        string // lazypull
+}
+
+// setup returns the environment scripts/test.sh prepared. Outside it (plain `go test`) the
+// tests skip, saying so; under it (LAZYPULL_E2E=1) anything missing is a failure.
+func setup(t *testing.T) *env {
+	t.Helper()
+	required := os.Getenv("LAZYPULL_E2E") == "1"
+	e := &env{
+		registry:   os.Getenv("LAZYPULL_TEST_REGISTRY"),
+		containerd: os.Getenv("LAZYPULL_TEST_CONTAINERD"),
+		images:     os.Getenv("LAZYPULL_TEST_IMAGES"),
+		bin:        os.Getenv("LAZYPULL_BIN"),
+	}
+	var missing []string
+	for name, v := range map[string]string{"LAZYPULL_TEST_REGISTRY": e.registry, "LAZYPULL_TEST_CONTAINERD": e.containerd, "LAZYPULL_TEST_IMAGES": e.images, "LAZYPULL_BIN": e.bin} {
+		if v == "" {
+			missing = append(missing, name)
+		}
+	}
+	if len(missing) > 0 {
+		if required {
+			t.Fatalf("LAZYPULL_E2E=1 but %v unset: run through scripts/test.sh", missing)
+		}
+		t.Skipf("SKIP END-TO-END TEST %s: no registry/containerd (%v unset); `make test` runs it", t.Name(), missing)
+	}
+	for _, tool := range []string{"ctr", "skopeo", "zstd"} {
+		if _, err := exec.LookPath(tool); err != nil {
+			t.Fatalf("%s not installed: run make deps", tool)
+		}
+	}
+	if _, err := os.Stat(filepath.Join(e.images, "python", "index.json")); err != nil {
+		t.Fatalf("test image missing: %v (scripts/build-test-image.sh builds it)", err)
+	}
+	return e
+}
+
+type result struct {
+	stdout, stderr string
+	code           int
+}
+
+// run runs a command and returns its output; it fails the test only if it cannot start.
+func run(t *testing.T, name string, args ...string) result {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
+	defer cancel()
+	cmd := exec.CommandContext(ctx, name, args...)
+	var out, errb bytes.Buffer
+	cmd.Stdout, cmd.Stderr = &out, &errb
+	err := cmd.Run()
+	r := result{stdout: out.String(), stderr: errb.String()}
+	if err != nil {
+		ee, ok := err.(*exec.ExitError)
+		if !ok {
+			t.Fatalf("%s %s: %v", name, strings.Join(args, " "), err)
+		}
+		r.code = ee.ExitCode()
+	}
+	return r
+}
+
+// must runs a command that has to succeed and returns its stdout.
+func must(t *testing.T, name string, args ...string) string {
+	t.Helper()
+	r := run(t, name, args...)
+	if r.code != 0 {
+		t.Fatalf("%s %s: exit %d\nstdout: %s\nstderr: %s", name, strings.Join(args, " "), r.code, r.stdout, r.stderr)
+	}
+	return r.stdout
+}
+
+func (e *env) ctr(t *testing.T, args ...string) string {
+	t.Helper()
+	return must(t, "ctr", append([]string{"--address", e.containerd, "--namespace", "lazypull-e2e"}, args...)...)
+}
+
+// push copies an OCI layout image into the registry unchanged.
+func (e *env) push(t *testing.T, layout, tag, ref string) {
+	t.Helper()
+	must(t, "skopeo", "copy", "--quiet", "--dest-tls-verify=false", fmt.Sprintf("oci:%s:%s", layout, tag), "docker://"+ref)
+}
