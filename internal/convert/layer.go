@@ -3,11 +3,8 @@ package convert
 import (
 	"bufio"
 	"context"
-	"crypto/sha256"
-	"encoding/hex"
 	"errors"
 	"fmt"
-	"hash"
 	"io"
 	"os"
 
@@ -63,7 +60,7 @@ func (c *converter) runLayer1(ctx context.Context, j *layerJob) error {
 		os.Remove(tmp.Name())
 	}()
 	bw := bufio.NewWriterSize(tmp, 1<<20)
-	out := newHashWriter(bw)
+	out := &countingWriter{w: bw}
 
 	if j.Copied {
 		if _, err := io.Copy(out, vr); err != nil {
@@ -75,14 +72,19 @@ func (c *converter) runLayer1(ctx context.Context, j *layerJob) error {
 		if err != nil {
 			return err
 		}
-		digest, size := out.sum()
-		if res.Digest != digest.String() || res.Size != size {
-			return fmt.Errorf("write lazypull layer: format reports %s (%d bytes), but wrote %s (%d bytes)", res.Digest, res.Size, digest, size)
+		// The digest is checked where the blob is written: by the layout sink as it copies
+		// the temp file, by the registry as it receives it.
+		digest, err := v1.NewHash(res.Digest)
+		if err != nil {
+			return fmt.Errorf("write lazypull layer: %w", err)
+		}
+		if res.Size != out.n {
+			return fmt.Errorf("write lazypull layer: format reports %d bytes, but wrote %d", res.Size, out.n)
 		}
 		j.Result = v1.Descriptor{
 			MediaType:   format.MediaTypeLayer,
 			Digest:      digest,
-			Size:        size,
+			Size:        res.Size,
 			Annotations: res.Annotations(),
 		}
 		j.Entries, j.Files, j.Chunks = res.Entries, res.Files, res.Chunks
@@ -110,8 +112,7 @@ func (c *converter) rewrite(ctx context.Context, j *layerJob, vr *verifyReader, 
 	}
 	defer dec.Close()
 
-	diff := sha256.New()
-	res, err := format.Write(ctx, w, io.TeeReader(dec, diff), format.WithConcurrency(c.writeConcurrency))
+	res, err := format.Write(ctx, w, dec, format.WithConcurrency(c.writeConcurrency))
 	if err != nil {
 		if cause := dec.cause(); cause != nil {
 			return nil, cause
@@ -126,7 +127,7 @@ func (c *converter) rewrite(ctx context.Context, j *layerJob, vr *verifyReader, 
 		return nil, fmt.Errorf("write lazypull layer: %w", err)
 	}
 	// Anything format.Write left unread would be missing from the converted layer.
-	if n, err := io.Copy(diff, dec); err != nil {
+	if n, err := io.Copy(io.Discard, dec); err != nil {
 		return nil, err
 	} else if n > 0 {
 		return nil, fmt.Errorf("write lazypull layer: %d bytes of the tar stream left unread", n)
@@ -134,14 +135,10 @@ func (c *converter) rewrite(ctx context.Context, j *layerJob, vr *verifyReader, 
 	if err := vr.finish(); err != nil {
 		return nil, err
 	}
-	got := v1.Hash{Algorithm: "sha256", Hex: hex.EncodeToString(diff.Sum(nil))}
 	for _, want := range j.diffIDs {
-		if got != want {
-			return nil, fmt.Errorf("%w: layer decompresses to %s, but the image config lists diff ID %s", ErrDigestMismatch, got, want)
+		if res.DiffID != want.String() {
+			return nil, fmt.Errorf("%w: layer decompresses to %s, but the image config lists diff ID %s", ErrDigestMismatch, res.DiffID, want)
 		}
-	}
-	if res.DiffID != got.String() {
-		return nil, fmt.Errorf("write lazypull layer: format reports diff ID %s, but the tar stream hashes to %s", res.DiffID, got)
 	}
 	return res, nil
 }
@@ -206,22 +203,14 @@ func (d *decoder) blame(err error) error {
 	return fmt.Errorf("%w %s: %w", ErrCorrupt, d.kind, err)
 }
 
-// hashWriter passes writes through, hashing and counting them.
-type hashWriter struct {
+// countingWriter passes writes through and counts them.
+type countingWriter struct {
 	w io.Writer
-	h hash.Hash
 	n int64
 }
 
-func newHashWriter(w io.Writer) *hashWriter { return &hashWriter{w: w, h: sha256.New()} }
-
-func (hw *hashWriter) Write(p []byte) (int, error) {
-	n, err := hw.w.Write(p)
-	hw.h.Write(p[:n])
-	hw.n += int64(n)
+func (cw *countingWriter) Write(p []byte) (int, error) {
+	n, err := cw.w.Write(p)
+	cw.n += int64(n)
 	return n, err
-}
-
-func (hw *hashWriter) sum() (v1.Hash, int64) {
-	return v1.Hash{Algorithm: "sha256", Hex: hex.EncodeToString(hw.h.Sum(nil))}, hw.n
 }
