@@ -269,7 +269,7 @@ func TestConvertPlatforms(t *testing.T) {
 }
 
 // Converting a converted image copies its layers unchanged; converting into a tag that
-// exists replaces it and keeps the other tags.
+// exists replaces its entry and keeps the other tags.
 func TestConvertTwice(t *testing.T) {
 	rng := rand.New(rand.NewSource(6))
 	f := newFixture(t, rng, false, layerSpec{mt: types.DockerLayer}, layerSpec{mt: types.DockerLayer})
@@ -285,6 +285,20 @@ func TestConvertTwice(t *testing.T) {
 	}
 	desc, _ := dstReader{t, "oci:" + dir + ":lazy"}.root()
 	checkConverted(t, dstReader{t, "oci:" + dir + ":lazy"}.image(desc.Digest), f.config, f.tars, nil)
+
+	// Another image into the same tag replaces the entry.
+	g := newFixture(t, rng, true, layerSpec{mt: types.OCILayerZStd})
+	other := t.TempDir()
+	writeFixtures(t, other, "latest", g.manifest, g.manifestMT, g)
+	third := convertOK(t, "oci:"+other, "oci:"+dir+":lazy", testOptions())
+	if tags := layoutTags(t, dir); !slices.Equal(tags, []string{"src", "lazy"}) {
+		t.Errorf("layout tags %v, want [src lazy]", tags)
+	}
+	desc, _ = dstReader{t, "oci:" + dir + ":lazy"}.root()
+	if desc.Digest.String() != third.Digest || third.Digest == first.Digest {
+		t.Errorf("tag points at %s, want the new conversion %s", desc.Digest, third.Digest)
+	}
+	checkConverted(t, dstReader{t, "oci:" + dir + ":lazy"}.image(desc.Digest), g.config, g.tars, g.annotations)
 }
 
 // The converted manifest as JSON: media types, config descriptor, layer annotations.
