@@ -86,6 +86,9 @@ build_layers() {
   # Like the Debian images on registries: an empty /dev (the runtime mounts its own). The
   # resolv.conf debootstrap copied from the host stays: apt in the chroot needs it.
   find "$work/base/dev" -mindepth 1 -delete
+  # Also like them: no downloaded .debs and no apt lists in the base (~80 MB otherwise, which
+  # would make every image here unrealistically heavy at the bottom).
+  rm -rf "$work/base/var/cache/apt/archives/"*.deb "$work/base/var/lib/apt/lists/"*
   log "debootstrap done in $((SECONDS - t0)) s"
 
   mkdir -p "$work/upper" "$work/ovlwork" "$work/merged"
