@@ -16,23 +16,16 @@ import (
 	"github.com/google/go-containerregistry/pkg/v1/remote"
 
 	"lazypull/format"
+	"lazypull/internal/convert"
 )
 
 const pythonOutput = "hello from python"
 
-type summary struct {
-	Digest   string `json:"digest"`
-	Layers   int    `json:"layers"`
-	Files    int    `json:"files"`
-	Chunks   int    `json:"chunks"`
-	BytesIn  int64  `json:"bytes_in"`
-	BytesOut int64  `json:"bytes_out"`
-}
-
-func (e *env) convert(t *testing.T, src, dst string) summary {
+// convert runs `lazypull convert --json` and decodes the summary it prints.
+func (e *env) convert(t *testing.T, src, dst string) convert.Summary {
 	t.Helper()
 	out := must(t, e.bin, "convert", "--json", src, dst)
-	var s summary
+	var s convert.Summary
 	if err := json.Unmarshal([]byte(out), &s); err != nil {
 		t.Fatalf("convert --json printed %q: %v", out, err)
 	}
