@@ -1,0 +1,218 @@
+package fetch
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"net/http"
+	"strings"
+	"sync"
+
+	"github.com/google/go-containerregistry/pkg/authn"
+	"github.com/google/go-containerregistry/pkg/name"
+	"github.com/google/go-containerregistry/pkg/v1/remote/transport"
+)
+
+// authTransport authenticates to one endpoint lazily: requests go out without credentials
+// until the endpoint answers 401 with a challenge; then it asks the keychain for the
+// endpoint's credentials, sets up ggcr's basic or bearer transport (which fetches and
+// refreshes the token) and sends the request again. Anonymous registries thus cost no
+// extra request, and a blob read is one request.
+//
+// The header is only ever set for the endpoint's own host: ggcr's transports check the
+// host of every request, including those an http.Client makes to follow a redirect to
+// object storage, and Go's client drops Authorization on a redirect to another domain too.
+type authTransport struct {
+	base     http.RoundTripper
+	reg      name.Registry // the endpoint's host, as credentials are looked up
+	keychain authn.Keychain
+	scopes   []string
+	insecure bool // plain http: the token realm may be http too
+	log      func(msg string, args ...any)
+
+	mu     sync.Mutex
+	authed http.RoundTripper // nil until a challenge was answered
+}
+
+func (a *authTransport) RoundTrip(req *http.Request) (*http.Response, error) {
+	a.mu.Lock()
+	rt := a.authed
+	a.mu.Unlock()
+	if rt != nil {
+		// ggcr's transports set headers on the request they are given; keep the
+		// caller's request as it was.
+		return rt.RoundTrip(req.Clone(req.Context()))
+	}
+	resp, err := a.base.RoundTrip(req)
+	if err != nil || resp.StatusCode != http.StatusUnauthorized || req.URL.Host != a.reg.RegistryStr() {
+		return resp, err
+	}
+	ch, ok := parseChallenge(resp.Header.Values("WWW-Authenticate"))
+	if !ok {
+		return resp, nil
+	}
+	// The body of a 401 is a short error document; drain it so the connection is reused.
+	_, _ = io.Copy(io.Discard, io.LimitReader(resp.Body, 64<<10))
+	resp.Body.Close()
+	rt, err = a.setup(req.Context(), ch)
+	if err != nil {
+		return nil, err
+	}
+	return rt.RoundTrip(req.Clone(req.Context()))
+}
+
+// setup answers a challenge once for all requests that ran into it together.
+func (a *authTransport) setup(ctx context.Context, ch *transport.Challenge) (http.RoundTripper, error) {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	if a.authed != nil {
+		return a.authed, nil
+	}
+	auth, err := authn.Resolve(ctx, a.keychain, a.reg)
+	if err != nil {
+		return nil, &authError{fmt.Errorf("credentials for %s: %w", a.reg.RegistryStr(), err)}
+	}
+	ch.Insecure = a.insecure
+	var rt http.RoundTripper
+	switch strings.ToLower(ch.Scheme) {
+	case "basic":
+		rt, err = transport.FromToken(a.reg, auth, a.base, ch, nil)
+	case "bearer":
+		var tok *transport.Token
+		tok, err = transport.Exchange(ctx, a.reg, auth, a.base, a.scopes, ch)
+		if err == nil {
+			if tok.Token == "" {
+				tok.Token = tok.AccessToken // some token servers fill only access_token
+			}
+			rt, err = transport.FromToken(a.reg, auth, a.base, ch, tok)
+		}
+	default:
+		return nil, &authError{fmt.Errorf("%s asks for %q authentication, which lazypull does not speak", a.reg.RegistryStr(), ch.Scheme)}
+	}
+	if err != nil {
+		return nil, &authError{fmt.Errorf("authenticate to %s (%s): %w", a.reg.RegistryStr(), strings.ToLower(ch.Scheme), err)}
+	}
+	a.authed = rt
+	a.log("authenticated", "scheme", strings.ToLower(ch.Scheme))
+	return rt, nil
+}
+
+// authError is a failure to get credentials or a token. It is temporary when the token
+// server failed in a way that may pass (5xx, 429, connection).
+type authError struct{ err error }
+
+func (e *authError) Error() string { return e.err.Error() }
+func (e *authError) Unwrap() error { return e.err }
+
+func (e *authError) temporary() bool {
+	var te *transport.Error
+	if errors.As(e.err, &te) {
+		return te.Temporary()
+	}
+	return isNetError(e.err)
+}
+
+// parseChallenge picks a challenge lazypull can answer from WWW-Authenticate values: the
+// first Bearer challenge with a realm, else the first Basic one. The header grammar
+// (RFC 9110 11.6.1): scheme, then comma-separated name=value parameters, values tokens or
+// quoted strings.
+func parseChallenge(values []string) (*transport.Challenge, bool) {
+	var basic *transport.Challenge
+	for _, v := range values {
+		for _, c := range splitChallenges(v) {
+			switch strings.ToLower(c.Scheme) {
+			case "bearer":
+				if c.Parameters["realm"] != "" {
+					return c, true
+				}
+			case "basic":
+				if basic == nil {
+					basic = c
+				}
+			}
+		}
+	}
+	return basic, basic != nil
+}
+
+// splitChallenges parses one WWW-Authenticate value, which may hold several challenges.
+// Malformed input ends the parse; what was parsed before it is returned.
+func splitChallenges(s string) []*transport.Challenge {
+	var out []*transport.Challenge
+	var cur *transport.Challenge
+	for {
+		s = strings.TrimLeft(s, " \t,")
+		if s == "" {
+			return out
+		}
+		tok, rest := cutToken(s)
+		if tok == "" {
+			return out
+		}
+		r := strings.TrimLeft(rest, " \t")
+		if strings.HasPrefix(r, "=") && cur != nil {
+			// A parameter of the current challenge (or token68 padding, which
+			// lazypull's schemes do not use).
+			r = strings.TrimLeft(r[1:], " \t")
+			var val string
+			var ok bool
+			if strings.HasPrefix(r, `"`) {
+				val, rest, ok = cutQuoted(r)
+				if !ok {
+					return out
+				}
+			} else {
+				val, rest = cutToken(r)
+			}
+			if cur.Parameters == nil {
+				cur.Parameters = map[string]string{}
+			}
+			k := strings.ToLower(tok)
+			if _, dup := cur.Parameters[k]; !dup {
+				cur.Parameters[k] = val
+			}
+			s = rest
+			continue
+		}
+		// A new challenge: its scheme, then perhaps a token68 (ignored) or parameters.
+		cur = &transport.Challenge{Scheme: tok, Parameters: map[string]string{}}
+		out = append(out, cur)
+		s = rest
+	}
+}
+
+func isTokenChar(c byte) bool {
+	if c >= '0' && c <= '9' || c >= 'a' && c <= 'z' || c >= 'A' && c <= 'Z' {
+		return true
+	}
+	return strings.IndexByte("!#$%&'*+-.^_`|~/:", c) >= 0
+}
+
+func cutToken(s string) (tok, rest string) {
+	i := 0
+	for i < len(s) && isTokenChar(s[i]) {
+		i++
+	}
+	return s[:i], s[i:]
+}
+
+// cutQuoted reads a quoted string at the start of s (which begins with a quote).
+func cutQuoted(s string) (val, rest string, ok bool) {
+	var b strings.Builder
+	for i := 1; i < len(s); i++ {
+		switch c := s[i]; c {
+		case '"':
+			return b.String(), s[i+1:], true
+		case '\\':
+			if i+1 >= len(s) {
+				return "", "", false
+			}
+			i++
+			b.WriteByte(s[i])
+		default:
+			b.WriteByte(c)
+		}
+	}
+	return "", "", false
+}

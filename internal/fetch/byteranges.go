@@ -1,0 +1,291 @@
+package fetch
+
+import (
+	"bufio"
+	"bytes"
+	"errors"
+	"io"
+	"strconv"
+	"strings"
+)
+
+// Readers of the three answers to a Range request: 206 with multipart/byteranges, 206 with
+// one Content-Range, and 200 with the whole blob. Each is given the ranges asked for
+// (wants: sorted, disjoint, none empty), hands each want it can serve to sink with exactly
+// its bytes, and reports which it served. They never guess: bytes go to a want only from a
+// part whose Content-Range covers it and whose framing checked out. Errors wrap
+// errMalformed for an answer that breaks the format (or serves nothing asked for) and
+// io.ErrUnexpectedEOF for one that ends early; other errors are the body's own.
+
+// rangeSink receives the bytes of wants[i]; b is owned by the sink from then on.
+type rangeSink func(i int, b []byte)
+
+const (
+	maxLine          = 4 << 10 // a delimiter or header line
+	maxPreambleLines = 16
+	maxPartHeaders   = 32
+)
+
+// readMultipart reads a multipart/byteranges body (RFC 9110 14.6). Parts may come in any
+// order and may each cover several wants (a server may merge close ranges); a part that
+// covers no want still outstanding, or is larger than the span of all wants, is malformed.
+// A want's bytes are handed over only once its part has been read whole and the delimiter
+// after it seen. size is the blob's size, which each part's Content-Range must agree with.
+func readMultipart(r io.Reader, boundary string, wants []Range, size int64, sink rangeSink) ([]bool, error) {
+	got := make([]bool, len(wants))
+	if len(wants) == 0 {
+		return got, nil
+	}
+	if boundary == "" || len(boundary) > 200 || strings.ContainsAny(boundary, "\r\n") {
+		return got, malformed("multipart boundary %q", boundary)
+	}
+	extent := wants[len(wants)-1].End() - wants[0].Off
+	delim := "--" + boundary
+	br := bufio.NewReaderSize(r, 2*maxLine)
+
+	// The preamble, if any, up to the first delimiter.
+	for i := 0; ; i++ {
+		if i == maxPreambleLines {
+			return got, malformed("no multipart delimiter in the first %d lines", maxPreambleLines)
+		}
+		line, err := readLine(br)
+		if err != nil {
+			return got, err
+		}
+		if d := trimPadding(line); d == delim {
+			break
+		} else if d == delim+"--" {
+			return got, nil // no parts at all
+		}
+	}
+	for {
+		first, last, err := partHeaders(br, size)
+		if err != nil {
+			return got, err
+		}
+		var covered []int
+		for i, w := range wants {
+			if !got[i] && w.Off >= first && w.End() <= last+1 {
+				covered = append(covered, i)
+			}
+		}
+		n := last - first + 1
+		if len(covered) == 0 {
+			return got, malformed("part %d-%d serves no range asked for", first, last)
+		}
+		if n > extent {
+			return got, malformed("part %d-%d larger than the %d bytes asked for", first, last, extent)
+		}
+		buf := make([]byte, n)
+		if _, err := io.ReadFull(br, buf); err != nil {
+			return got, unexpected(err)
+		}
+		// The data ends with the CRLF before the next delimiter; anything else there
+		// means the part is not as long as its Content-Range says.
+		line, err := readLine(br)
+		if err != nil {
+			return got, err
+		}
+		if len(line) != 0 {
+			return got, malformed("part %d-%d: data runs past its length", first, last)
+		}
+		line, err = readLine(br)
+		if err != nil {
+			return got, err
+		}
+		d := trimPadding(line)
+		if d != delim && d != delim+"--" {
+			return got, malformed("part %d-%d: no delimiter after its data", first, last)
+		}
+		for _, i := range covered {
+			got[i] = true
+			sink(i, buf[wants[i].Off-first:wants[i].End()-first:wants[i].End()-first])
+		}
+		if d == delim+"--" {
+			return got, nil // the epilogue, if any, is ignored
+		}
+	}
+}
+
+// partHeaders reads one part's header lines and returns its Content-Range.
+func partHeaders(br *bufio.Reader, size int64) (first, last int64, err error) {
+	var cr string
+	seen := false
+	for i := 0; ; i++ {
+		if i == maxPartHeaders {
+			return 0, 0, malformed("more than %d part header lines", maxPartHeaders)
+		}
+		line, err := readLine(br)
+		if err != nil {
+			return 0, 0, err
+		}
+		if len(line) == 0 {
+			break
+		}
+		k, v, ok := bytes.Cut(line, []byte(":"))
+		if !ok || len(k) == 0 || k[0] == ' ' || k[0] == '\t' {
+			return 0, 0, malformed("part header line %q", truncate(line))
+		}
+		if strings.EqualFold(strings.TrimSpace(string(k)), "Content-Range") {
+			if seen {
+				return 0, 0, malformed("part with two Content-Range headers")
+			}
+			seen, cr = true, string(v)
+		}
+	}
+	if !seen {
+		return 0, 0, malformed("part without Content-Range")
+	}
+	return parseContentRange(cr, size)
+}
+
+// readSingle reads the body of a 206 answer with a single Content-Range (cr). A server may
+// answer a multi-range request so, with one range that covers them all or (wrongly) with
+// the first alone; wants it covers are served, the others left. contentLength is the
+// response's, -1 if unknown.
+func readSingle(r io.Reader, cr string, contentLength int64, wants []Range, size int64, sink rangeSink) ([]bool, error) {
+	got := make([]bool, len(wants))
+	if len(wants) == 0 {
+		return got, nil
+	}
+	first, last, err := parseContentRange(cr, size)
+	if err != nil {
+		return got, err
+	}
+	n := last - first + 1
+	if extent := wants[len(wants)-1].End() - wants[0].Off; n > extent {
+		return got, malformed("Content-Range %d-%d larger than the %d bytes asked for", first, last, extent)
+	}
+	if contentLength >= 0 && contentLength != n {
+		return got, malformed("Content-Length %d for Content-Range %d-%d", contentLength, first, last)
+	}
+	var covered []int
+	for i, w := range wants {
+		if w.Off >= first && w.End() <= last+1 {
+			covered = append(covered, i)
+		}
+	}
+	if len(covered) == 0 {
+		return got, malformed("Content-Range %d-%d serves no range asked for", first, last)
+	}
+	buf := make([]byte, n)
+	if _, err := io.ReadFull(r, buf); err != nil {
+		return got, unexpected(err)
+	}
+	var one [1]byte
+	if k, _ := r.Read(one[:]); k > 0 {
+		return got, malformed("body longer than its Content-Range %d-%d", first, last)
+	}
+	for _, i := range covered {
+		got[i] = true
+		sink(i, buf[wants[i].Off-first:wants[i].End()-first:wants[i].End()-first])
+	}
+	return got, nil
+}
+
+// readWhole serves wants from a 200 answer, the whole blob from offset 0, reading up to the
+// end of the last want and no further. contentLength is the response's, -1 if unknown.
+func readWhole(r io.Reader, contentLength int64, wants []Range, size int64, sink rangeSink) ([]bool, error) {
+	got := make([]bool, len(wants))
+	if contentLength >= 0 && size >= 0 && contentLength != size {
+		return got, malformed("200 answer of %d bytes for a %d-byte blob", contentLength, size)
+	}
+	var pos int64
+	for i, w := range wants {
+		if w.Off < pos {
+			return got, malformed("ranges out of order") // cannot happen: wants are sorted
+		}
+		if _, err := io.CopyN(io.Discard, r, w.Off-pos); err != nil {
+			return got, unexpected(err)
+		}
+		buf := make([]byte, w.Len)
+		if _, err := io.ReadFull(r, buf); err != nil {
+			return got, unexpected(err)
+		}
+		pos = w.End()
+		got[i] = true
+		sink(i, buf)
+	}
+	return got, nil
+}
+
+// parseContentRange parses "bytes FIRST-LAST/COMPLETE" (COMPLETE may be "*") and checks it
+// against the blob's size.
+func parseContentRange(v string, size int64) (first, last int64, err error) {
+	v = strings.TrimSpace(v)
+	unit, spec, ok := strings.Cut(v, " ")
+	if !ok || !strings.EqualFold(unit, "bytes") {
+		return 0, 0, malformed("Content-Range %q", truncate([]byte(v)))
+	}
+	spec = strings.TrimSpace(spec)
+	rng, total, ok := strings.Cut(spec, "/")
+	if !ok {
+		return 0, 0, malformed("Content-Range %q", truncate([]byte(v)))
+	}
+	a, b, ok := strings.Cut(rng, "-")
+	if !ok {
+		return 0, 0, malformed("Content-Range %q", truncate([]byte(v)))
+	}
+	first, err1 := parseUint(a)
+	last, err2 := parseUint(b)
+	if err1 != nil || err2 != nil || first > last {
+		return 0, 0, malformed("Content-Range %q", truncate([]byte(v)))
+	}
+	if total != "*" {
+		t, err := parseUint(total)
+		if err != nil {
+			return 0, 0, malformed("Content-Range %q", truncate([]byte(v)))
+		}
+		if size >= 0 && t != size {
+			return 0, 0, malformed("Content-Range %q: the blob is %d bytes", truncate([]byte(v)), size)
+		}
+	}
+	if size >= 0 && last >= size {
+		return 0, 0, malformed("Content-Range %q past the %d-byte blob", truncate([]byte(v)), size)
+	}
+	return first, last, nil
+}
+
+// parseUint parses plain decimal digits (no sign, no spaces) into a non-negative int64.
+func parseUint(s string) (int64, error) {
+	if s == "" || s[0] < '0' || s[0] > '9' {
+		return 0, errors.New("not a number")
+	}
+	return strconv.ParseInt(s, 10, 64)
+}
+
+// readLine reads a line of at most maxLine bytes and returns it without its LF or CRLF.
+func readLine(br *bufio.Reader) ([]byte, error) {
+	line, err := br.ReadSlice('\n')
+	switch {
+	case errors.Is(err, bufio.ErrBufferFull) || len(line) > maxLine:
+		return nil, malformed("line longer than %d bytes", maxLine)
+	case err != nil:
+		return nil, unexpected(err)
+	}
+	line = line[:len(line)-1]
+	if n := len(line); n > 0 && line[n-1] == '\r' {
+		line = line[:n-1]
+	}
+	return line, nil
+}
+
+// trimPadding drops the whitespace RFC 2046 allows after a delimiter.
+func trimPadding(line []byte) string {
+	return string(bytes.TrimRight(line, " \t"))
+}
+
+// unexpected turns an EOF in the middle of an answer into io.ErrUnexpectedEOF.
+func unexpected(err error) error {
+	if errors.Is(err, io.EOF) {
+		return io.ErrUnexpectedEOF
+	}
+	return err
+}
+
+func truncate(b []byte) string {
+	if len(b) > 64 {
+		return string(b[:64]) + "..."
+	}
+	return string(b)
+}

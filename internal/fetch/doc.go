@@ -1,0 +1,61 @@
+// Package fetch reads images from OCI distribution registries for the lazy mount: manifests
+// whole, blobs by byte ranges. Data flows registry -> fetch -> store -> filesystem; this
+// package knows nothing of chunks or caches, only of ranges of blobs.
+//
+// # Use
+//
+//	reg, err := fetch.New("127.0.0.1:5000/python:3.12", fetch.WithPlainHTTP())
+//	img, err := reg.Resolve(ctx, "", nil) // the tag given to New, this platform
+//	layer := reg.Layer(img.Manifest.Layers[0])
+//	loc, err := format.LocationFromAnnotations(img.Manifest.Layers[0].Annotations)
+//	ix, err := format.ReadIndex(layer.ReaderAt(ctx), layer.Size(), &loc) // one request
+//	err = layer.Fetch(ctx, ranges, func(r fetch.Range, b []byte) error { ... })
+//
+// # Requests
+//
+// A Registry serves one repository. Its endpoints are the mirrors of a containerd hosts
+// directory (WithHostsDir), tried in the order the file lists them, then the server; an
+// endpoint is used for blobs and manifests by digest if it has the pull capability, for
+// tags if it has resolve. Every request (blob or manifest, any endpoint) takes a place
+// among at most WithMaxConcurrency in flight.
+//
+// Blob.ReadAt is one Range GET: no HEAD, no probe of the blob, no ping of the registry.
+// Authentication happens on demand: a request goes out without credentials, and only when
+// the endpoint answers 401 with a challenge does the keychain get asked, the token get
+// fetched (ggcr's bearer flow, which also refreshes it), and the request get sent again.
+// Credentials go only to the endpoint's own host, never to a host a redirect leads to
+// (object storage): ggcr's transports check the host of every request, and Go's client
+// drops the header on such redirects too.
+//
+// Blob.Fetch takes many ranges. It sorts them, merges those that touch or overlap, reads
+// through small holes while they stay under an eighth of the bytes asked for (so the bytes
+// fetched stay near those needed), and packs what is left into multi-range requests
+// ("Range: bytes=a-b,c-d", answered with multipart/byteranges) of at most 64 ranges and,
+// by default, 16 MiB. An endpoint that answers one of those otherwise (200 with the whole
+// blob, 206 with the first range only, 416, 400, or a multipart body that does not hold
+// together) is asked range by range from then on, for good; what the answer did serve is
+// kept. A 200 to a Range request is served from the start of the body when the bytes asked
+// for lie within the first 16 MiB (WithCoalescing), else it is an error: no byte is handed
+// out that did not come from a part whose Content-Range covers it.
+//
+// Identical ranges asked for at the same time, by any callers through any Blob of the same
+// digest, share one request; the request goes on while anyone still waits on it, whoever
+// started it. (Ranges that merely overlap are not shared: that is the store's business.)
+//
+// # Failures
+//
+// Failures that may pass — 5xx but 501 and 505, 429 (honouring Retry-After up to a
+// minute), connection errors, bodies cut short — are retried with exponential backoff and
+// jitter (WithRetry), for what is still missing only. Then, or at once for the others
+// (404, 401, 403, answers that make no sense), the caller gets an *Error naming the
+// registry, repository, digest and range, with the HTTP status and Temporary. Errors and
+// log lines carry neither credentials nor the query of signed redirect URLs.
+//
+// # Counting
+//
+// Stats returns running totals (requests, bytes read, bytes delivered, retries, failed
+// requests, fallbacks); Collectors returns Prometheus collectors
+// (lazypull_fetch_requests_total, lazypull_fetch_bytes_total, lazypull_fetch_seconds,
+// lazypull_fetch_retries_total) for the caller to register; nothing is registered
+// globally.
+package fetch

@@ -1,0 +1,241 @@
+package fetch
+
+import (
+	"bytes"
+	"crypto/sha256"
+	"encoding/hex"
+	"log/slog"
+	"math/rand/v2"
+	"net/http"
+	"net/http/httptest"
+	"strconv"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	v1 "github.com/google/go-containerregistry/pkg/v1"
+)
+
+// fakeRegistry is a registry of one repository that serves blobs with http.ServeContent,
+// which answers multi-range requests with multipart/byteranges as Docker's registry does.
+// hook, when set, sees every blob request first and may answer it itself.
+type fakeRegistry struct {
+	repo string
+
+	mu        sync.Mutex
+	blobs     map[string][]byte
+	manifests map[string]fakeManifest // by tag and by digest
+	ranges    []string                // Range headers of blob requests, in order
+	auths     []string                // Authorization headers of blob requests
+	hook      func(n int, w http.ResponseWriter, r *http.Request) bool
+
+	blobGets  atomic.Int64
+	manGets   atomic.Int64
+	heads     atomic.Int64
+	others    atomic.Int64 // anything but blob and manifest requests (pings)
+	inflight  atomic.Int64
+	maxFlight atomic.Int64
+	delay     time.Duration // before each blob answer
+}
+
+type fakeManifest struct {
+	mediaType string
+	raw       []byte
+}
+
+func newFake(repo string) *fakeRegistry {
+	return &fakeRegistry{repo: repo, blobs: map[string][]byte{}, manifests: map[string]fakeManifest{}}
+}
+
+func (f *fakeRegistry) addBlob(b []byte) v1.Hash {
+	h := sha(b)
+	f.mu.Lock()
+	f.blobs[h.String()] = b
+	f.mu.Unlock()
+	return h
+}
+
+func (f *fakeRegistry) addManifest(tag, mediaType string, raw []byte) v1.Hash {
+	h := sha(raw)
+	f.mu.Lock()
+	f.manifests[h.String()] = fakeManifest{mediaType, raw}
+	if tag != "" {
+		f.manifests[tag] = fakeManifest{mediaType, raw}
+	}
+	f.mu.Unlock()
+	return h
+}
+
+func (f *fakeRegistry) rangeLog() []string {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	return append([]string(nil), f.ranges...)
+}
+
+func (f *fakeRegistry) ServeHTTP(w http.ResponseWriter, r *http.Request) {
+	prefix := "/v2/" + f.repo + "/"
+	switch {
+	case strings.HasPrefix(r.URL.Path, prefix+"blobs/"):
+		if r.Method == http.MethodHead {
+			f.heads.Add(1)
+		}
+		n := int(f.blobGets.Add(1))
+		cur := f.inflight.Add(1)
+		defer f.inflight.Add(-1)
+		for {
+			m := f.maxFlight.Load()
+			if cur <= m || f.maxFlight.CompareAndSwap(m, cur) {
+				break
+			}
+		}
+		f.mu.Lock()
+		f.ranges = append(f.ranges, r.Header.Get("Range"))
+		f.auths = append(f.auths, r.Header.Get("Authorization"))
+		hook := f.hook
+		b, ok := f.blobs[strings.TrimPrefix(r.URL.Path, prefix+"blobs/")]
+		f.mu.Unlock()
+		if f.delay > 0 {
+			time.Sleep(f.delay)
+		}
+		if hook != nil && hook(n, w, r) {
+			return
+		}
+		if !ok {
+			http.Error(w, `{"errors":[{"code":"BLOB_UNKNOWN","message":"blob unknown to registry"}]}`, http.StatusNotFound)
+			return
+		}
+		w.Header().Set("Content-Type", "application/octet-stream")
+		http.ServeContent(w, r, "", time.Time{}, bytes.NewReader(b))
+	case strings.HasPrefix(r.URL.Path, prefix+"manifests/"):
+		f.manGets.Add(1)
+		f.mu.Lock()
+		m, ok := f.manifests[strings.TrimPrefix(r.URL.Path, prefix+"manifests/")]
+		f.mu.Unlock()
+		if !ok {
+			http.Error(w, `{"errors":[{"code":"MANIFEST_UNKNOWN","message":"manifest unknown"}]}`, http.StatusNotFound)
+			return
+		}
+		w.Header().Set("Content-Type", m.mediaType)
+		w.Header().Set("Docker-Content-Digest", sha(m.raw).String())
+		_, _ = w.Write(m.raw)
+	default:
+		f.others.Add(1)
+		if r.URL.Path == "/v2/" {
+			return
+		}
+		http.NotFound(w, r)
+	}
+}
+
+func sha(b []byte) v1.Hash {
+	s := sha256.Sum256(b)
+	return v1.Hash{Algorithm: "sha256", Hex: hex.EncodeToString(s[:])}
+}
+
+func randomBytes(seed uint64, n int) []byte {
+	b := make([]byte, n)
+	_, _ = rand.NewChaCha8([32]byte{byte(seed), byte(seed >> 8), 1}).Read(b)
+	return b
+}
+
+// serve starts a test server and returns its host:port.
+func serve(t *testing.T, h http.Handler) (*httptest.Server, string) {
+	t.Helper()
+	srv := httptest.NewServer(h)
+	t.Cleanup(srv.Close)
+	return srv, strings.TrimPrefix(srv.URL, "http://")
+}
+
+// logBuffer collects log lines for the test to check, and shows them with -v.
+type logBuffer struct {
+	t  *testing.T
+	mu sync.Mutex
+	b  bytes.Buffer
+}
+
+func (l *logBuffer) Write(p []byte) (int, error) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	l.b.Write(p)
+	return len(p), nil
+}
+
+func (l *logBuffer) String() string {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.b.String()
+}
+
+func newLog(t *testing.T) (*slog.Logger, *logBuffer) {
+	lb := &logBuffer{t: t}
+	t.Cleanup(func() {
+		if t.Failed() || testing.Verbose() {
+			t.Logf("log:\n%s", lb.String())
+		}
+	})
+	return slog.New(slog.NewTextHandler(lb, &slog.HandlerOptions{Level: slog.LevelDebug})), lb
+}
+
+// newReg makes a Registry for host/repo over plain http with fast retries.
+func newReg(t *testing.T, host, repo string, opts ...Option) (*Registry, *logBuffer) {
+	t.Helper()
+	log, lb := newLog(t)
+	all := append([]Option{WithPlainHTTP(), WithRetry(4, time.Millisecond), WithLogger(log)}, opts...)
+	r, err := New(host+"/"+repo, all...)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return r, lb
+}
+
+// collect runs Fetch and returns each range's bytes (copied), failing on duplicates.
+func collect(t *testing.T, b *Blob, ranges []Range) (map[Range][]byte, error) {
+	t.Helper()
+	out := map[Range][]byte{}
+	var mu sync.Mutex
+	err := b.Fetch(t.Context(), ranges, func(r Range, data []byte) error {
+		mu.Lock()
+		defer mu.Unlock()
+		if int64(len(data)) != r.Len {
+			t.Errorf("range %v: got %d bytes", r, len(data))
+		}
+		if _, dup := out[r]; dup {
+			t.Errorf("range %v delivered twice", r)
+		}
+		out[r] = bytes.Clone(data)
+		return nil
+	})
+	return out, err
+}
+
+// checkRanges checks that every range came with the blob's bytes.
+func checkRanges(t *testing.T, blob []byte, ranges []Range, got map[Range][]byte) {
+	t.Helper()
+	for _, r := range ranges {
+		g, ok := got[r]
+		if !ok {
+			t.Errorf("range %v not delivered", r)
+			continue
+		}
+		if !bytes.Equal(g, blob[r.Off:r.End()]) {
+			t.Errorf("range %v: wrong bytes", r)
+		}
+	}
+}
+
+// cutConn writes a response header and part of the body, then drops the connection.
+func cutConn(w http.ResponseWriter, status int, header http.Header, body []byte) {
+	conn, _, err := w.(http.Hijacker).Hijack()
+	if err != nil {
+		panic(err)
+	}
+	defer conn.Close()
+	var hb bytes.Buffer
+	hb.WriteString("HTTP/1.1 " + strconv.Itoa(status) + " " + http.StatusText(status) + "\r\n")
+	_ = header.Write(&hb)
+	hb.WriteString("\r\n")
+	hb.Write(body)
+	_, _ = conn.Write(hb.Bytes())
+}
