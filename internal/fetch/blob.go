@@ -500,10 +500,10 @@ func (b *Blob) request(ctx context.Context, e *endpoint, spans []*span) (rest []
 		}
 	}
 	if perr != nil {
-		re := classify(e.host, perr)
+		re := classify(e.host, endedEarly(resp, body, perr))
 		re.status = resp.StatusCode
-		if multi && errors.Is(perr, errMalformed) {
-			r.markSingle(e, perr)
+		if multi && errors.Is(re.err, errMalformed) {
+			r.markSingle(e, re.err)
 			re.fallback = true
 		}
 		return rest, re

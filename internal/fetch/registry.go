@@ -221,16 +221,33 @@ func (r *Registry) newRequest(ctx context.Context, e *endpoint, p string) (*http
 	return http.NewRequestWithContext(ctx, http.MethodGet, u, nil)
 }
 
-// countingReader counts the bytes read through it into the Registry's totals.
+// countingReader counts the bytes read through it, and notes whether the body ended
+// cleanly (io.EOF rather than a cut).
 type countingReader struct {
-	r io.Reader
-	n int64
+	r     io.Reader
+	n     int64
+	clean bool
 }
 
 func (c *countingReader) Read(p []byte) (int, error) {
 	n, err := c.r.Read(p)
 	c.n += int64(n)
+	if err == io.EOF {
+		c.clean = true
+	}
 	return n, err
+}
+
+// endedEarly tells a body that ended where its sender meant it to, but before the answer
+// in it was complete (a malformed answer), from one cut short in transit (which a retry
+// may cure). Go's client reports a framed body (Content-Length or chunked) cut short as
+// io.ErrUnexpectedEOF, never io.EOF; a body framed by closing the connection cannot tell.
+func endedEarly(resp *http.Response, body *countingReader, err error) error {
+	framed := resp.ContentLength >= 0 || len(resp.TransferEncoding) > 0
+	if errors.Is(err, io.ErrUnexpectedEOF) && body.clean && framed {
+		return malformed("the body ends before the answer does")
+	}
+	return err
 }
 
 // finish records one request: its outcome, bytes and time.
