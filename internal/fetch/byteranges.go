@@ -43,16 +43,19 @@ func readMultipart(r io.Reader, boundary string, wants []Range, size int64, sink
 	delim := "--" + boundary
 	br := bufio.NewReaderSize(r, 2*maxLine)
 
-	// The preamble, if any, up to the first delimiter.
+	// The preamble, if any, up to the first delimiter. Its line end (CRLF, or a bare LF
+	// from a sloppy server) is the one the CRLF after each part's data must have.
+	var crlf bool
 	for i := 0; ; i++ {
 		if i == maxPreambleLines {
 			return got, malformed("no multipart delimiter in the first %d lines", maxPreambleLines)
 		}
-		line, err := readLine(br)
+		line, cr, err := readLine(br)
 		if err != nil {
 			return got, err
 		}
 		if d := trimPadding(line); d == delim {
+			crlf = cr
 			break
 		} else if d == delim+"--" {
 			return got, nil // no parts at all
@@ -80,16 +83,16 @@ func readMultipart(r io.Reader, boundary string, wants []Range, size int64, sink
 		if _, err := io.ReadFull(br, buf); err != nil {
 			return got, unexpected(err)
 		}
-		// The data ends with the CRLF before the next delimiter; anything else there
-		// means the part is not as long as its Content-Range says.
-		line, err := readLine(br)
+		// The data is followed by exactly the line end before the next delimiter;
+		// anything else means the part is not as long as its Content-Range says.
+		line, cr, err := readLine(br)
 		if err != nil {
 			return got, err
 		}
-		if len(line) != 0 {
-			return got, malformed("part %d-%d: data runs past its length", first, last)
+		if len(line) != 0 || cr != crlf {
+			return got, malformed("part %d-%d: its data is not %d bytes long", first, last, n)
 		}
-		line, err = readLine(br)
+		line, _, err = readLine(br)
 		if err != nil {
 			return got, err
 		}
@@ -115,7 +118,7 @@ func partHeaders(br *bufio.Reader, size int64) (first, last int64, err error) {
 		if i == maxPartHeaders {
 			return 0, 0, malformed("more than %d part header lines", maxPartHeaders)
 		}
-		line, err := readLine(br)
+		line, _, err := readLine(br)
 		if err != nil {
 			return 0, 0, err
 		}
@@ -254,20 +257,21 @@ func parseUint(s string) (int64, error) {
 	return strconv.ParseInt(s, 10, 64)
 }
 
-// readLine reads a line of at most maxLine bytes and returns it without its LF or CRLF.
-func readLine(br *bufio.Reader) ([]byte, error) {
-	line, err := br.ReadSlice('\n')
+// readLine reads a line of at most maxLine bytes and returns it without its LF or CRLF,
+// and whether it ended in CRLF.
+func readLine(br *bufio.Reader) (line []byte, crlf bool, err error) {
+	line, err = br.ReadSlice('\n')
 	switch {
 	case errors.Is(err, bufio.ErrBufferFull) || len(line) > maxLine:
-		return nil, malformed("line longer than %d bytes", maxLine)
+		return nil, false, malformed("line longer than %d bytes", maxLine)
 	case err != nil:
-		return nil, unexpected(err)
+		return nil, false, unexpected(err)
 	}
 	line = line[:len(line)-1]
 	if n := len(line); n > 0 && line[n-1] == '\r' {
-		line = line[:n-1]
+		return line[:n-1], true, nil
 	}
-	return line, nil
+	return line, false, nil
 }
 
 // trimPadding drops the whitespace RFC 2046 allows after a delimiter.

@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"crypto/sha256"
 	"encoding/hex"
+	"errors"
 	"log/slog"
 	"math/rand/v2"
 	"net/http"
@@ -239,3 +240,5 @@ func cutConn(w http.ResponseWriter, status int, header http.Header, body []byte)
 	hb.Write(body)
 	_, _ = conn.Write(hb.Bytes())
 }
+
+func asError(err error, target **Error) bool { return errors.As(err, target) }

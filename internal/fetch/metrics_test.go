@@ -1,0 +1,79 @@
+package fetch
+
+import (
+	"net/http"
+	"testing"
+
+	"github.com/prometheus/client_golang/prometheus"
+)
+
+func TestMetrics(t *testing.T) {
+	f := newFake("r")
+	blob := randomBytes(60, 100000)
+	d := f.addBlob(blob)
+	f.hook = failFirst(1, http.StatusBadGateway)
+	_, host := serve(t, f)
+	reg, _ := newReg(t, host, "r")
+
+	pr := prometheus.NewRegistry()
+	for _, c := range reg.Collectors() {
+		if err := pr.Register(c); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if _, err := reg.Blob(d, int64(len(blob))).ReadAt(make([]byte, 1000), 0); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := reg.Resolve(t.Context(), "missing", nil); err == nil {
+		t.Fatal("no error")
+	}
+	s := reg.Stats()
+	if s.Requests != 3 || s.Retries != 1 || s.Errors != 2 || s.Delivered != 1000 || s.Bytes < 1000 {
+		t.Fatalf("stats %+v", s)
+	}
+
+	families, err := pr.Gather()
+	if err != nil {
+		t.Fatal(err)
+	}
+	got := map[string]float64{}
+	for _, mf := range families {
+		for _, m := range mf.GetMetric() {
+			key := mf.GetName()
+			for _, l := range m.GetLabel() {
+				key += " " + l.GetName() + "=" + l.GetValue()
+			}
+			switch {
+			case m.Counter != nil:
+				got[key] = m.GetCounter().GetValue()
+			case m.Histogram != nil:
+				got[key] = float64(m.GetHistogram().GetSampleCount())
+			}
+		}
+	}
+	want := map[string]float64{
+		"lazypull_fetch_requests_total kind=blob outcome=ok":        1,
+		"lazypull_fetch_requests_total kind=blob outcome=error":     1,
+		"lazypull_fetch_requests_total kind=manifest outcome=error": 1,
+		"lazypull_fetch_bytes_total kind=blob outcome=ok":           1000,
+		"lazypull_fetch_seconds kind=blob outcome=ok":               1,
+		"lazypull_fetch_seconds kind=blob outcome=error":            1,
+		"lazypull_fetch_retries_total":                              1,
+	}
+	for k, v := range want {
+		if got[k] != v {
+			t.Errorf("%s = %v, want %v", k, got[k], v)
+		}
+	}
+	if t.Failed() {
+		t.Logf("gathered %v", got)
+	}
+
+	// Shared metrics: two registries count into one set.
+	m := NewMetrics()
+	r1, _ := newReg(t, host, "r", WithMetrics(m))
+	r2, _ := newReg(t, host, "r", WithMetrics(m))
+	if r1.Collectors()[0] != r2.Collectors()[0] {
+		t.Fatal("collectors not shared")
+	}
+}
