@@ -201,6 +201,14 @@ func Open(ra io.ReaderAt, size int64, annotations map[string]string) (*Layer, er
 	return &Layer{ra: ra, size: size, Index: ix}, nil
 }
 
+// NewLayer joins a blob and an index already read (and verified) from it.
+func NewLayer(ra io.ReaderAt, size int64, ix *Index) (*Layer, error) {
+	if n := len(ix.Frames); n > 0 && ix.Frames[n-1].Offset+ix.Frames[n-1].Size > size {
+		return nil, fmt.Errorf("index: frames end past the %d-byte layer", size)
+	}
+	return &Layer{ra: ra, size: size, Index: ix}, nil
+}
+
 // ReadChunk fetches, decompresses and verifies one chunk.
 func (l *Layer) ReadChunk(dst []byte, c Chunk) ([]byte, error) {
 	frame := make([]byte, c.CompSize)

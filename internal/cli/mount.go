@@ -1,0 +1,227 @@
+package cli
+
+import (
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/http"
+	"sync"
+	"time"
+
+	v1 "github.com/google/go-containerregistry/pkg/v1"
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/promhttp"
+
+	"lazypull/internal/daemon"
+	"lazypull/internal/fetch"
+	"lazypull/internal/fusefs"
+	"lazypull/internal/store"
+)
+
+var mountCommand = &command{
+	name:    "mount",
+	args:    "[flags] REF DIR [REF DIR ...]",
+	summary: "mount images from their registry, fetching file contents on first read",
+	help: `
+Shows the whole tree of each lazypull image REF at DIR (an empty directory) at once: the
+layers merged, whiteouts applied. File contents stay in the registry until read; then
+the chunks a read needs are fetched with HTTP Range requests, verified against the
+image's digests, and kept in the node's store, which every image shares: nothing is
+fetched twice, and a file another image already brought is not fetched at all.
+
+The command stays in the foreground until SIGINT or SIGTERM, or until DIR is unmounted
+(lazypull umount DIR), and then unmounts cleanly. A stale mount left at DIR by a crash is
+cleaned up first. The store is used by one process at a time: mount several images in
+one command to share it between them while they are mounted.`,
+	flags: func(fs *flag.FlagSet) any {
+		f := &mountFlags{}
+		addStoreFlags(fs, &f.storeFlags)
+		fs.StringVar(&f.platform, "platform", "", "the image for `os/arch[/variant]` of a multi-platform REF (default: this machine's)")
+		fs.BoolVar(&f.plainHTTP, "plain-http", false, "talk to registries over http instead of https")
+		fs.StringVar(&f.hostsDir, "hosts-dir", "", "containerd-style `dir` of HOST/hosts.toml files naming mirrors")
+		fs.StringVar(&f.metricsAddr, "metrics-addr", "", "serve Prometheus metrics on `host:port` at /metrics")
+		fs.IntVar(&f.layer, "layer", -1, "mount only layer `n` (0 is the lowest) as a single-layer view, as the snapshotter does")
+		fs.BoolVar(&f.debug, "debug", false, "log every FUSE request")
+		return f
+	},
+	run: runMount,
+}
+
+type storeFlags struct {
+	dir      string
+	maxBytes int64
+}
+
+func addStoreFlags(fs *flag.FlagSet, f *storeFlags) {
+	fs.StringVar(&f.dir, "store", store.DefaultDir, "the node's content store `dir`")
+	fs.Int64Var(&f.maxBytes, "store-max-bytes", 0, "evict least recently used content to keep the store under `n` bytes (0: no bound)")
+}
+
+type mountFlags struct {
+	storeFlags
+	platform    string
+	plainHTTP   bool
+	hostsDir    string
+	metricsAddr string
+	layer       int
+	debug       bool
+}
+
+func newLogger(e *env) *slog.Logger {
+	return slog.New(slog.NewTextHandler(e.stderr, &slog.HandlerOptions{Level: slog.LevelInfo}))
+}
+
+func runMount(ctx context.Context, e *env, vals any, args []string) error {
+	f := vals.(*mountFlags)
+	if len(args) == 0 || len(args)%2 != 0 {
+		return usagef("want REF DIR pairs, got %d argument(s)", len(args))
+	}
+	if f.maxBytes < 0 {
+		return usagef("-store-max-bytes must not be negative")
+	}
+	var platform *v1.Platform
+	if f.platform != "" {
+		p, err := v1.ParsePlatform(f.platform)
+		if err != nil {
+			return usagef("-platform %q: %v", f.platform, err)
+		}
+		platform = p
+	}
+	log := newLogger(e)
+	st, err := store.Open(f.dir, store.WithMaxBytes(f.maxBytes), store.WithLogger(log))
+	if err != nil {
+		return err
+	}
+	defer st.Close()
+
+	metrics := fetch.NewMetrics()
+	fopts := []fetch.Option{fetch.WithLogger(log), fetch.WithMetrics(metrics)}
+	if f.plainHTTP {
+		fopts = append(fopts, fetch.WithPlainHTTP())
+	}
+	if f.hostsDir != "" {
+		fopts = append(fopts, fetch.WithHostsDir(f.hostsDir))
+	}
+
+	var images []*daemon.Image
+	var servers []*fusefs.Server
+	defer func() {
+		for _, s := range servers {
+			if err := s.Unmount(); err != nil {
+				log.Warn("unmount", "dir", s.Dir(), "err", err)
+			}
+		}
+		for _, im := range images {
+			im.Close()
+		}
+	}()
+	for i := 0; i < len(args); i += 2 {
+		ref, dir := args[i], args[i+1]
+		im, err := daemon.OpenImage(ctx, st, ref, platform, fopts...)
+		if err != nil {
+			return err
+		}
+		images = append(images, im)
+		var root *fusefs.Root
+		if f.layer >= 0 {
+			if f.layer >= len(im.Layers) {
+				return fmt.Errorf("image %s has %d layers: no layer %d", ref, len(im.Layers), f.layer)
+			}
+			l := im.Layers[f.layer]
+			root, err = fusefs.NewLayer(l.Index, l, fusefs.WithLogger(log))
+		} else {
+			root, err = fusefs.NewMerged(im.FSLayers(), fusefs.WithLogger(log))
+		}
+		if err != nil {
+			return fmt.Errorf("image %s: %w", ref, err)
+		}
+		srv, err := fusefs.Mount(dir, root, fusefs.MountOptions{FSName: "lazypull:" + ref, Logger: log, Debug: f.debug})
+		if err != nil {
+			return fmt.Errorf("mount %s at %s: %w", ref, dir, err)
+		}
+		servers = append(servers, srv)
+		log.Info("mounted", "image", im, "dir", srv.Dir(), "passthrough", srv.Passthrough())
+	}
+
+	if f.metricsAddr != "" {
+		stop, err := serveMetrics(f.metricsAddr, append(st.Collectors(), metrics.Collectors()...), log)
+		if err != nil {
+			return err
+		}
+		defer stop()
+	}
+
+	statsCtx, stopStats := context.WithCancel(context.Background())
+	var wg sync.WaitGroup
+	wg.Go(func() {
+		daemon.KeepStats(statsCtx, f.dir, 2*time.Second, func() daemon.Stats {
+			s := daemon.Stats{Store: st.Stats()}
+			var fs fetch.Stats
+			for _, im := range images {
+				r := im.Registry.Stats()
+				fs.Requests += r.Requests
+				fs.Bytes += r.Bytes
+				fs.Delivered += r.Delivered
+				fs.Retries += r.Retries
+				fs.Errors += r.Errors
+				fs.Fallbacks += r.Fallbacks
+				s.Images = append(s.Images, im.Ref)
+			}
+			s.Fetch = &fs
+			return s
+		})
+	})
+	defer func() { stopStats(); wg.Wait() }()
+
+	// Until a signal, or until any mount goes away (lazypull umount, fusermount -u).
+	gone := make(chan string, len(servers))
+	for _, s := range servers {
+		go func() { s.Wait(); gone <- s.Dir() }()
+	}
+	select {
+	case <-ctx.Done():
+		log.Info("signal: unmounting")
+	case dir := <-gone:
+		log.Info("unmounted from outside: unmounting the rest", "dir", dir)
+	}
+	return nil
+}
+
+// serveMetrics serves Prometheus metrics at addr/metrics until stop is called.
+func serveMetrics(addr string, cs []prometheus.Collector, log *slog.Logger) (stop func(), err error) {
+	reg := prometheus.NewRegistry()
+	for _, c := range cs {
+		if err := reg.Register(c); err != nil {
+			return nil, fmt.Errorf("metrics: %w", err)
+		}
+	}
+	ln, err := net.Listen("tcp", addr)
+	if err != nil {
+		return nil, fmt.Errorf("metrics address %s: %w", addr, err)
+	}
+	mux := http.NewServeMux()
+	mux.Handle("/metrics", promhttp.HandlerFor(reg, promhttp.HandlerOpts{}))
+	srv := &http.Server{Handler: mux, ReadHeaderTimeout: 10 * time.Second}
+	go func() {
+		if err := srv.Serve(ln); err != nil && !errors.Is(err, http.ErrServerClosed) {
+			log.Warn("metrics server", "addr", addr, "err", err)
+		}
+	}()
+	log.Info("serving metrics", "addr", ln.Addr().String())
+	return func() { srv.Close() }, nil
+}
+
+var umountCommand = &command{
+	name:    "umount",
+	args:    "DIR",
+	summary: "unmount a lazypull mount (also a stale one left by a crash)",
+	run: func(_ context.Context, _ *env, _ any, args []string) error {
+		if len(args) != 1 {
+			return usagef("want DIR")
+		}
+		return fusefs.Unmount(args[0])
+	},
+}

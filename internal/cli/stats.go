@@ -1,0 +1,124 @@
+package cli
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"flag"
+	"fmt"
+	"io/fs"
+	"strings"
+
+	"lazypull/internal/daemon"
+	"lazypull/internal/store"
+)
+
+var statsCommand = &command{
+	name:    "stats",
+	args:    "[flags]",
+	summary: "show what the node's store holds and what it fetched",
+	help: `
+Objects and bytes in the store, and the hits, misses and bytes fetched since the process
+that holds the store (a mount, the snapshotter) started. When no process holds the store,
+the store is opened to count what it holds.`,
+	flags: func(fs *flag.FlagSet) any {
+		f := &statsFlags{}
+		fs.StringVar(&f.dir, "store", store.DefaultDir, "the node's content store `dir`")
+		fs.BoolVar(&f.json, "json", false, "print JSON")
+		return f
+	},
+	run: runStats,
+}
+
+type statsFlags struct {
+	dir  string
+	json bool
+}
+
+func runStats(_ context.Context, e *env, vals any, args []string) error {
+	f := vals.(*statsFlags)
+	if len(args) != 0 {
+		return usagef("takes no arguments")
+	}
+	s, err := currentStats(f.dir)
+	if err != nil {
+		return err
+	}
+	if f.json {
+		enc := json.NewEncoder(e.stdout)
+		enc.SetIndent("", "  ")
+		return enc.Encode(s)
+	}
+	st := s.Store
+	fmt.Fprintf(e.stdout, "store %s: %d objects, %s (bound %s, pinned %s)\n", f.dir, st.Objects, humanBytes(st.Bytes), boundString(st.MaxBytes), humanBytes(st.PinnedBytes))
+	fmt.Fprintf(e.stdout, "reads: %d hits, %d misses; fetched %d chunks, %s; %d corrupt; %d evictions (%s)\n",
+		st.Hits, st.Misses, st.ChunksFetched, humanBytes(st.BytesFetched), st.Corrupt, st.Evictions, humanBytes(st.EvictedBytes))
+	if s.Fetch != nil {
+		fmt.Fprintf(e.stdout, "registry: %d requests, %s read, %d retries, %d errors\n", s.Fetch.Requests, humanBytes(s.Fetch.Bytes), s.Fetch.Retries, s.Fetch.Errors)
+	}
+	if s.PID != 0 {
+		fmt.Fprintf(e.stdout, "held by pid %d serving %s; figures of %s\n", s.PID, strings.Join(s.Images, ", "), s.Written.Format("15:04:05"))
+	}
+	return nil
+}
+
+// currentStats opens the store when it is free, else reads what its owner last wrote.
+func currentStats(dir string) (daemon.Stats, error) {
+	st, err := store.Open(dir)
+	if err == nil {
+		defer st.Close()
+		return daemon.Stats{Store: st.Stats()}, nil
+	}
+	if !strings.Contains(err.Error(), "in use") {
+		return daemon.Stats{}, err
+	}
+	s, rerr := daemon.ReadStats(dir)
+	if errors.Is(rerr, fs.ErrNotExist) {
+		return daemon.Stats{}, fmt.Errorf("%w; and it wrote no %s yet", err, daemon.StatsFile)
+	}
+	return s, rerr
+}
+
+func boundString(n int64) string {
+	if n == 0 {
+		return "none"
+	}
+	return humanBytes(n)
+}
+
+var pruneCommand = &command{
+	name:    "prune",
+	args:    "[flags]",
+	summary: "remove content from the node's store that no mount uses",
+	flags: func(fs *flag.FlagSet) any {
+		f := &pruneFlags{}
+		fs.StringVar(&f.dir, "store", store.DefaultDir, "the node's content store `dir`")
+		fs.Int64Var(&f.target, "to", 0, "prune down to `n` bytes (0: everything)")
+		return f
+	},
+	run: func(ctx context.Context, e *env, vals any, args []string) error {
+		f := vals.(*pruneFlags)
+		if len(args) != 0 {
+			return usagef("takes no arguments")
+		}
+		if f.target < 0 {
+			return usagef("-to must not be negative")
+		}
+		st, err := store.Open(f.dir)
+		if err != nil {
+			return err
+		}
+		defer st.Close()
+		r, err := st.Prune(ctx, f.target)
+		if err != nil {
+			return err
+		}
+		fmt.Fprintf(e.stdout, "pruned %d objects, %s\n", r.Objects, humanBytes(r.Bytes))
+		return nil
+	},
+}
+
+type pruneFlags struct {
+	dir    string
+	target int64
+}

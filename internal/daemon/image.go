@@ -1,0 +1,84 @@
+package daemon
+
+import (
+	"context"
+	"fmt"
+	"log/slog"
+
+	v1 "github.com/google/go-containerregistry/pkg/v1"
+	"golang.org/x/sync/errgroup"
+
+	"lazypull/internal/fetch"
+	"lazypull/internal/fusefs"
+	"lazypull/internal/store"
+)
+
+// Image is a lazypull image opened from its registry: manifest and layer indexes read,
+// file content still in the registry until something reads it.
+type Image struct {
+	Ref      string
+	Image    *fetch.Image
+	Registry *fetch.Registry
+	Layers   []*Layer
+
+	lease *store.Lease
+}
+
+// indexJobs bounds the layer indexes read at once when an image is opened.
+const indexJobs = 8
+
+// OpenImage resolves ref in its registry and reads the index of every layer (one request
+// each, in parallel). Every layer must be a lazypull layer. What the image's files need is
+// pinned in st until Close.
+func OpenImage(ctx context.Context, st *store.Store, ref string, platform *v1.Platform, opts ...fetch.Option) (*Image, error) {
+	reg, err := fetch.New(ref, opts...)
+	if err != nil {
+		return nil, fmt.Errorf("image %s: %w", ref, err)
+	}
+	img, err := reg.Resolve(ctx, "", platform)
+	if err != nil {
+		return nil, fmt.Errorf("image %s: %w", ref, err)
+	}
+	im := &Image{Ref: ref, Image: img, Registry: reg, Layers: make([]*Layer, len(img.Manifest.Layers)), lease: st.NewLease()}
+	g, gctx := errgroup.WithContext(ctx)
+	g.SetLimit(indexJobs)
+	for i, desc := range img.Manifest.Layers {
+		g.Go(func() error {
+			l, err := openLayer(gctx, reg, st, im.lease, desc)
+			if err != nil {
+				return fmt.Errorf("image %s: %w", ref, err)
+			}
+			im.Layers[i] = l
+			return nil
+		})
+	}
+	if err := g.Wait(); err != nil {
+		im.lease.Release()
+		return nil, err
+	}
+	return im, nil
+}
+
+// FSLayers returns the layers as the filesystem takes them, lowest first.
+func (im *Image) FSLayers() []fusefs.Layer {
+	out := make([]fusefs.Layer, len(im.Layers))
+	for i, l := range im.Layers {
+		out[i] = fusefs.Layer{Index: l.Index, Content: l}
+	}
+	return out
+}
+
+// Close unpins what the image's files hold in the store.
+func (im *Image) Close() {
+	im.lease.Release()
+}
+
+// LogValue describes the image in one log attribute.
+func (im *Image) LogValue() slog.Value {
+	files := 0
+	for _, l := range im.Layers {
+		files += len(l.Index.Entries)
+	}
+	return slog.GroupValue(slog.String("ref", im.Ref), slog.String("digest", im.Image.Descriptor.Digest.String()),
+		slog.Int("layers", len(im.Layers)), slog.Int("entries", files))
+}

@@ -1,0 +1,137 @@
+package daemon
+
+import (
+	"context"
+	"fmt"
+	"os"
+	"sync"
+
+	v1 "github.com/google/go-containerregistry/pkg/v1"
+
+	"lazypull/format"
+	"lazypull/internal/fetch"
+	"lazypull/internal/fusefs"
+	"lazypull/internal/store"
+)
+
+// Layer is one lazypull layer of an image, served from the store and filled from its blob
+// in the registry. It is the fusefs.Content of that layer.
+type Layer struct {
+	Desc  v1.Descriptor
+	Index *format.Index
+
+	blob  *fetch.Blob
+	store *store.Store
+	lease *store.Lease
+
+	mu    sync.Mutex
+	files map[*format.Entry]store.File // chunk lists, built on first use of each file
+}
+
+var (
+	_ fusefs.Content    = (*Layer)(nil)
+	_ fusefs.LocalFiler = (*Layer)(nil)
+	_ store.Source      = blobSource{}
+)
+
+// openLayer reads a layer's index from the registry in one request, checked against the
+// digest in the layer's annotations (the manifest's word).
+func openLayer(ctx context.Context, reg *fetch.Registry, st *store.Store, lease *store.Lease, desc v1.Descriptor) (*Layer, error) {
+	if !format.IsLayer(desc.Annotations) {
+		return nil, fmt.Errorf("layer %s (%s): not a lazypull layer (no %s annotation); convert the image with `lazypull convert`", desc.Digest, desc.MediaType, format.AnnotationIndexDigest)
+	}
+	loc, err := format.LocationFromAnnotations(desc.Annotations)
+	if err != nil {
+		return nil, fmt.Errorf("layer %s: %w", desc.Digest, err)
+	}
+	blob := reg.Layer(desc)
+	ix, err := format.ReadIndex(blob.ReaderAt(ctx), desc.Size, &loc)
+	if err != nil {
+		return nil, fmt.Errorf("layer %s: read index: %w", desc.Digest, err)
+	}
+	return &Layer{Desc: desc, Index: ix, blob: blob, store: st, lease: lease, files: map[*format.Entry]store.File{}}, nil
+}
+
+// file returns the store's description of a regular file's content, and pins it so the
+// store does not evict it while this layer is mounted.
+func (l *Layer) file(e *format.Entry) (store.File, error) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if f, ok := l.files[e]; ok {
+		return f, nil
+	}
+	f, err := store.FileOf(l.Index, e)
+	if err != nil {
+		return store.File{}, fmt.Errorf("layer %s: %w", l.Desc.Digest, err)
+	}
+	l.files[e] = f
+	if l.lease != nil {
+		l.lease.Pin(f)
+	}
+	return f, nil
+}
+
+// ReadAt serves verified bytes of a regular file, fetching the chunks it lacks.
+func (l *Layer) ReadAt(ctx context.Context, e *format.Entry, p []byte, off int64) (int, error) {
+	if e.Sparse {
+		return l.readSparse(ctx, e, p, off)
+	}
+	f, err := l.file(e)
+	if err != nil {
+		return 0, err
+	}
+	return l.store.ReadAt(ctx, blobSource{l.blob}, f, p, off)
+}
+
+// readSparse serves a sparse file, which is not laid out in chunks, by decoding its tar
+// record each time. Images hardly ever hold one.
+func (l *Layer) readSparse(ctx context.Context, e *format.Entry, p []byte, off int64) (int, error) {
+	fl, err := format.NewLayer(l.blob.ReaderAt(ctx), l.Desc.Size, l.Index)
+	if err != nil {
+		return 0, err
+	}
+	b, err := fl.ReadFile(e)
+	if err != nil {
+		return 0, fmt.Errorf("layer %s: %w", l.Desc.Digest, err)
+	}
+	if off >= int64(len(b)) {
+		return 0, nil
+	}
+	return copy(p, b[off:]), nil
+}
+
+// LocalFile hands out the store's complete copy of a file, for FUSE passthrough.
+func (l *Layer) LocalFile(e *format.Entry) (*os.File, bool) {
+	if e.Sparse {
+		return nil, false
+	}
+	f, err := l.file(e)
+	if err != nil {
+		return nil, false
+	}
+	fd, err := l.store.OpenLocal(f)
+	if err != nil || fd == nil {
+		return nil, false
+	}
+	return fd, true
+}
+
+// blobSource is a layer blob in the registry as the store's Source: chunks are fetched as
+// byte ranges of the blob, which fetch coalesces into few requests.
+type blobSource struct{ blob *fetch.Blob }
+
+func (s blobSource) Fetch(ctx context.Context, chunks []format.Chunk, fn func(format.Chunk, []byte) error) error {
+	ranges := make([]fetch.Range, len(chunks))
+	byOff := make(map[int64]format.Chunk, len(chunks))
+	for i, c := range chunks {
+		ranges[i] = fetch.Range{Off: c.Offset, Len: c.CompSize}
+		byOff[c.Offset] = c
+	}
+	return s.blob.Fetch(ctx, ranges, func(r fetch.Range, b []byte) error {
+		c, ok := byOff[r.Off]
+		if !ok || c.CompSize != r.Len {
+			return fmt.Errorf("fetch answered range %s, which no chunk asked for", r)
+		}
+		return fn(c, b)
+	})
+}

@@ -1,0 +1,76 @@
+package daemon
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"os"
+	"path/filepath"
+	"time"
+
+	"lazypull/internal/fetch"
+	"lazypull/internal/store"
+)
+
+// StatsFile is the name, in the store directory, of the figures the process that holds the
+// store writes for `lazypull stats` (the store is open in one process at a time).
+const StatsFile = "stats.json"
+
+// Stats is what `lazypull stats` reports.
+type Stats struct {
+	Store   store.Stats  `json:"store"`
+	Fetch   *fetch.Stats `json:"fetch,omitempty"`
+	PID     int          `json:"pid,omitempty"`
+	Written time.Time    `json:"written"`
+	Images  []string     `json:"images,omitempty"`
+}
+
+// WriteStats writes s atomically into dir/stats.json.
+func WriteStats(dir string, s Stats) error {
+	b, err := json.MarshalIndent(s, "", "  ")
+	if err != nil {
+		return err
+	}
+	tmp, err := os.CreateTemp(dir, ".stats-*")
+	if err != nil {
+		return fmt.Errorf("write stats: %w", err)
+	}
+	defer os.Remove(tmp.Name())
+	if _, err := tmp.Write(append(b, '\n')); err != nil {
+		tmp.Close()
+		return fmt.Errorf("write stats: %w", err)
+	}
+	if err := tmp.Close(); err != nil {
+		return fmt.Errorf("write stats: %w", err)
+	}
+	return os.Rename(tmp.Name(), filepath.Join(dir, StatsFile))
+}
+
+// ReadStats reads what the store's owner last wrote.
+func ReadStats(dir string) (Stats, error) {
+	var s Stats
+	b, err := os.ReadFile(filepath.Join(dir, StatsFile))
+	if err != nil {
+		return s, err
+	}
+	if err := json.Unmarshal(b, &s); err != nil {
+		return s, fmt.Errorf("%s: %w", filepath.Join(dir, StatsFile), err)
+	}
+	return s, nil
+}
+
+// KeepStats writes stats every interval until ctx ends, and once more then.
+func KeepStats(ctx context.Context, dir string, interval time.Duration, collect func() Stats) {
+	t := time.NewTicker(interval)
+	defer t.Stop()
+	for {
+		s := collect()
+		s.PID, s.Written = os.Getpid(), time.Now().UTC()
+		_ = WriteStats(dir, s) // best effort: figures for humans, never worth failing a mount
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+		}
+	}
+}
