@@ -129,7 +129,7 @@ func TestAuthRefused(t *testing.T) {
 	reg, lb := newReg(t, host, "r", WithKeychain(staticKeychain{host: host, user: "alice", pass: "wrong-pa55"}))
 	_, err := reg.Blob(sha([]byte("x")), 100).ReadAt(make([]byte, 10), 0)
 	var fe *Error
-	if !errors.As(err, &fe) || fe.Temporary() {
+	if !errors.As(err, &fe) || fe.Temporary() || fe.StatusCode != http.StatusUnauthorized {
 		t.Fatalf("error %v", err)
 	}
 	if !strings.Contains(err.Error(), "authenticate") || !strings.Contains(err.Error(), "401") {

@@ -134,9 +134,13 @@ func (b *Blob) Fetch(ctx context.Context, ranges []Range, fn func(Range, []byte)
 			return fmt.Errorf("fetch %s: range %d+%d outside the %d-byte blob", b.digest, rg.Off, rg.Len, b.size)
 		}
 	}
+	if err := ctx.Err(); err != nil {
+		return err
+	}
 	type want struct {
+		r     Range
+		count int // times asked for in this call
 		f     *flight
-		count int
 	}
 	index := map[Range]*want{}
 	var wants []*want
@@ -151,25 +155,25 @@ func (b *Blob) Fetch(ctx context.Context, ranges []Range, fn func(Range, []byte)
 			w.count++
 			continue
 		}
-		w := &want{count: 1}
+		w := &want{r: rg, count: 1}
 		index[rg] = w
 		wants = append(wants, w)
-		w.f = &flight{r: rg} // placeholder until joined below
 	}
 	if len(wants) == 0 {
 		return nil
 	}
 
+	// Join the flights for these ranges that are under way, start the others.
 	r := b.r
 	sub := make(chan *flight, len(wants))
 	byFlight := make(map[*flight]*want, len(wants))
 	var mine []*flight
 	r.mu.Lock()
 	for _, w := range wants {
-		k := flightKey{digest: b.digest.String(), off: w.f.r.Off, len: w.f.r.Len}
+		k := flightKey{digest: b.digest.String(), off: w.r.Off, len: w.r.Len}
 		f := r.flights[k]
 		if f == nil {
-			f = &flight{key: k, r: w.f.r}
+			f = &flight{key: k, r: w.r}
 			r.flights[k] = f
 			mine = append(mine, f)
 		}
@@ -451,7 +455,7 @@ func (b *Blob) request(ctx context.Context, e *endpoint, spans []*span) (rest []
 		return spans, classify(e.host, err)
 	}
 	defer resp.Body.Close()
-	body = &countingReader{r: resp.Body}
+	body = &countingReader{r: resp.Body, total: &r.stats.bytes}
 
 	wants := make([]Range, len(spans))
 	for i, s := range spans {
@@ -480,10 +484,10 @@ func (b *Blob) request(ctx context.Context, e *endpoint, spans []*span) (rest []
 			}
 			return spans, &reqErr{host: e.host, status: resp.StatusCode, err: err}
 		}
-		got, perr = readWhole(body, resp.ContentLength, wants, b.size, sink)
 		if multi {
 			r.markSingle(e, errors.New("200 with the whole blob"))
 		}
+		got, perr = readWhole(body, resp.ContentLength, wants, b.size, sink)
 	case http.StatusRequestedRangeNotSatisfiable, http.StatusBadRequest:
 		se := statusErr(e.host, resp)
 		if multi {

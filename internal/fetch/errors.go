@@ -13,6 +13,8 @@ import (
 	"strings"
 	"syscall"
 	"time"
+
+	"github.com/google/go-containerregistry/pkg/v1/remote/transport"
 )
 
 // Error is a request that failed for good: after the retries, or at once when retrying
@@ -91,6 +93,10 @@ func classify(host string, err error) *reqErr {
 	case errors.Is(err, errMalformed):
 	case errors.As(err, &ae):
 		e.temporary = ae.temporary()
+		var te *transport.Error
+		if errors.As(err, &te) {
+			e.status = te.StatusCode
+		}
 	default:
 		e.temporary = isNetError(err)
 	}

@@ -11,6 +11,8 @@ import (
 	"net/textproto"
 	"strconv"
 	"strings"
+	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -398,9 +400,12 @@ func TestWrongRangeAnswer(t *testing.T) {
 func TestRedirectKeepsCredentialsHome(t *testing.T) {
 	blob := randomBytes(28, 200000)
 	d := sha(blob)
+	var mu sync.Mutex
 	var storageAuth []string
 	storage := http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		mu.Lock()
 		storageAuth = append(storageAuth, r.Header.Get("Authorization"))
+		mu.Unlock()
 		if r.URL.Query().Get("X-Signature") != "s3cr3t-signature" {
 			http.Error(w, "bad signature", http.StatusForbidden)
 			return
@@ -415,14 +420,15 @@ func TestRedirectKeepsCredentialsHome(t *testing.T) {
 	_, storageHost := serve(t, storage)
 	// Another name for the same loopback address: another host as far as clients go.
 	storageHost = strings.Replace(storageHost, "127.0.0.1", "localhost", 1)
-	fail := ""
+	var fail atomic.Value
+	fail.Store("")
 	reg := http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		if r.Header.Get("Authorization") != "Basic "+b64("alice:pa55word") {
 			w.Header().Set("WWW-Authenticate", `Basic realm="test"`)
 			http.Error(w, "auth", http.StatusUnauthorized)
 			return
 		}
-		http.Redirect(w, r, "http://"+storageHost+"/bucket/"+d.Hex+"?X-Signature=s3cr3t-signature"+fail, http.StatusTemporaryRedirect)
+		http.Redirect(w, r, "http://"+storageHost+"/bucket/"+d.Hex+"?X-Signature=s3cr3t-signature"+fail.Load().(string), http.StatusTemporaryRedirect)
 	})
 	_, host := serve(t, reg)
 	r, lb := newReg(t, host, "r", WithKeychain(staticKeychain{host: host, user: "alice", pass: "pa55word"}))
@@ -432,15 +438,18 @@ func TestRedirectKeepsCredentialsHome(t *testing.T) {
 		t.Fatal(err)
 	}
 	checkRanges(t, blob, ranges, got)
-	if len(storageAuth) == 0 {
+	mu.Lock()
+	auths := append([]string(nil), storageAuth...)
+	mu.Unlock()
+	if len(auths) == 0 {
 		t.Fatal("storage never asked")
 	}
-	for _, a := range storageAuth {
+	for _, a := range auths {
 		if a != "" {
 			t.Fatalf("storage got Authorization %q", a)
 		}
 	}
-	fail = "&fail=1"
+	fail.Store("&fail=1")
 	_, err = r.Blob(d, int64(len(blob))).ReadAt(make([]byte, 10), 0)
 	var fe *Error
 	if !errors.As(err, &fe) || fe.StatusCode != 403 {

@@ -32,25 +32,13 @@ func TestMetrics(t *testing.T) {
 		t.Fatalf("stats %+v", s)
 	}
 
-	families, err := pr.Gather()
-	if err != nil {
-		t.Fatal(err)
-	}
-	got := map[string]float64{}
-	for _, mf := range families {
-		for _, m := range mf.GetMetric() {
-			key := mf.GetName()
-			for _, l := range m.GetLabel() {
-				key += " " + l.GetName() + "=" + l.GetValue()
-			}
-			switch {
-			case m.Counter != nil:
-				got[key] = m.GetCounter().GetValue()
-			case m.Histogram != nil:
-				got[key] = float64(m.GetHistogram().GetSampleCount())
-			}
-		}
-	}
+	// A request is recorded once its body is done with, which may be just after the
+	// caller has its bytes.
+	var got map[string]float64
+	waitFor(t, func() bool {
+		got = gather(t, pr)
+		return got["lazypull_fetch_requests_total kind=blob outcome=ok"] == 1
+	})
 	want := map[string]float64{
 		"lazypull_fetch_requests_total kind=blob outcome=ok":        1,
 		"lazypull_fetch_requests_total kind=blob outcome=error":     1,
@@ -76,4 +64,28 @@ func TestMetrics(t *testing.T) {
 	if r1.Collectors()[0] != r2.Collectors()[0] {
 		t.Fatal("collectors not shared")
 	}
+}
+
+// gather reads counters and histogram counts by name and labels.
+func gather(t *testing.T, pr *prometheus.Registry) map[string]float64 {
+	families, err := pr.Gather()
+	if err != nil {
+		t.Fatal(err)
+	}
+	got := map[string]float64{}
+	for _, mf := range families {
+		for _, m := range mf.GetMetric() {
+			key := mf.GetName()
+			for _, l := range m.GetLabel() {
+				key += " " + l.GetName() + "=" + l.GetValue()
+			}
+			switch {
+			case m.Counter != nil:
+				got[key] = m.GetCounter().GetValue()
+			case m.Histogram != nil:
+				got[key] = float64(m.GetHistogram().GetSampleCount())
+			}
+		}
+	}
+	return got
 }

@@ -137,21 +137,10 @@ func New(ref string, opts ...Option) (*Registry, error) {
 			base:   h.url.String(),
 			caps:   h.caps,
 			mirror: h.mirror,
-			client: &http.Client{Transport: &uaTransport{at}},
+			client: &http.Client{Transport: at},
 		})
 	}
 	return reg, nil
-}
-
-// uaTransport sets the User-Agent of every request, redirected ones included.
-type uaTransport struct{ inner http.RoundTripper }
-
-func (t *uaTransport) RoundTrip(req *http.Request) (*http.Response, error) {
-	if req.Header.Get("User-Agent") != userAgent {
-		req = req.Clone(req.Context())
-		req.Header.Set("User-Agent", userAgent)
-	}
-	return t.inner.RoundTrip(req)
 }
 
 // Host is the registry's host[:port] as the reference names it.
@@ -218,13 +207,20 @@ func (r *Registry) newRequest(ctx context.Context, e *endpoint, p string) (*http
 	if _, err := url.Parse(u); err != nil {
 		return nil, fmt.Errorf("request URL: %w", err)
 	}
-	return http.NewRequestWithContext(ctx, http.MethodGet, u, nil)
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, u, nil)
+	if err != nil {
+		return nil, err
+	}
+	// Go's client copies it onto the requests that follow redirects.
+	req.Header.Set("User-Agent", userAgent)
+	return req, nil
 }
 
 // countingReader counts the bytes read through it, and notes whether the body ended
 // cleanly (io.EOF rather than a cut).
 type countingReader struct {
 	r     io.Reader
+	total *atomic.Int64 // the Registry's, counted as bytes come, before they are handed on
 	n     int64
 	clean bool
 }
@@ -232,6 +228,7 @@ type countingReader struct {
 func (c *countingReader) Read(p []byte) (int, error) {
 	n, err := c.r.Read(p)
 	c.n += int64(n)
+	c.total.Add(int64(n))
 	if err == io.EOF {
 		c.clean = true
 	}
@@ -265,7 +262,6 @@ func (r *Registry) finish(kind string, start time.Time, body *countingReader, e 
 	if body != nil {
 		n = body.n
 	}
-	r.stats.bytes.Add(n)
 	d := time.Since(start)
 	r.metrics.observe(kind, outcome, n, d)
 	if e != nil && !e.fallback {

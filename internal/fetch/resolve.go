@@ -228,7 +228,7 @@ func (r *Registry) manifestFrom(ctx context.Context, e *endpoint, id string, byD
 		return desc, nil, classify(e.host, err)
 	}
 	defer resp.Body.Close()
-	body = &countingReader{r: resp.Body}
+	body = &countingReader{r: resp.Body, total: &r.stats.bytes}
 	if resp.StatusCode != http.StatusOK {
 		return desc, nil, statusErr(e.host, resp)
 	}
