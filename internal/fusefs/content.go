@@ -1,0 +1,58 @@
+package fusefs
+
+import (
+	"context"
+	"errors"
+	"log/slog"
+	"os"
+	"time"
+
+	"lazypull/format"
+)
+
+// Content serves the verified bytes of the regular files of one layer.
+//
+// ReadAt reads len(p) bytes of e's content starting at off, with io.ReaderAt's contract: it
+// returns n < len(p) only with an error (io.EOF at the end of the file). e is always a
+// regular file entry of the layer's index (hard links are resolved first), and off+len(p)
+// never exceeds e.Size. It must honour ctx (a canceled ctx means the reader was
+// interrupted) and be safe for concurrent use.
+type Content interface {
+	ReadAt(ctx context.Context, e *format.Entry, p []byte, off int64) (int, error)
+}
+
+// LocalFiler is implemented by a Content that can hand out a complete local copy of a file,
+// already verified, for FUSE passthrough. LocalFile returns (nil, false) when it has none;
+// otherwise the caller owns the returned file, opened read-only, and closes it. The file's
+// size must be e.Size; a copy of another size is not used.
+type LocalFiler interface {
+	LocalFile(e *format.Entry) (*os.File, bool)
+}
+
+// Layer is one layer of an image: its index and the source of its file content.
+type Layer struct {
+	Index   *format.Index
+	Content Content
+}
+
+// Option configures NewLayer and NewMerged.
+type Option func(*config)
+
+type config struct {
+	log *slog.Logger
+}
+
+// WithLogger sets where read errors and warnings are logged; the default is slog.Default().
+func WithLogger(l *slog.Logger) Option {
+	return func(c *config) {
+		if l != nil {
+			c.log = l
+		}
+	}
+}
+
+// DefaultTimeout is how long the kernel caches entries and attributes. Layers never change,
+// so it is long.
+const DefaultTimeout = time.Hour
+
+var errNoLayers = errors.New("fusefs: no layers")

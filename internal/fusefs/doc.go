@@ -1,0 +1,83 @@
+// Package fusefs serves lazypull layers as a read-only FUSE file system (go-fuse v2, fs
+// package). It never fetches or stores anything itself: the bytes of regular files come from
+// a Content, which the fetch and store packages implement; the tree comes from the layer's
+// format.Index, so the whole tree is known, stat'able and listable before any content is.
+//
+// # Two views
+//
+// NewLayer shows one layer as an overlayfs lower directory, which is how a snapshotter uses
+// it (one mount per layer, overlayfs on top):
+//
+//   - the tree is the tar's tree: every entry with its type, mode (with setuid, setgid and
+//     sticky bits), owner, mtime to the nanosecond, size, link target, device numbers and
+//     extended attributes (security.capability, ACLs, anything in SCHILY.xattr records);
+//   - a whiteout .wh.NAME is shown the way overlayfs understands it: a character device 0:0
+//     named NAME (mode 0, the whiteout's owner and mtime);
+//   - an opaque marker DIR/.wh..wh..opq is not shown; DIR gets the extended attribute
+//     trusted.overlay.opaque = "y" instead;
+//   - other .wh..wh.* names (aufs bookkeeping) are not shown;
+//   - when a layer holds both .wh.NAME and NAME, NAME wins (a whiteout only hides lower
+//     layers); if NAME is a directory it is made opaque, which is what the pair means;
+//   - a directory the tar never lists but whose descendants it does (an implicit parent) is
+//     synthesized: mode 0755, owner 0:0, mtime 0;
+//   - a name listed more than once takes its last entry, as on unpack (a directory listed
+//     twice keeps its children and takes the later attributes);
+//   - names are taken literally: a symlink is never followed to place an entry, and an entry
+//     below a non-directory replaces that non-directory by a synthesized directory;
+//   - hard links are one inode (same inode number, nlink = number of names); a hard link
+//     whose target is not in the layer (a link to a lower layer's file) cannot be expressed
+//     in a lower directory and is left out of the layer view, with a warning.
+//
+// NewMerged shows the root file system of an image: its layers, lowest first, applied as the
+// OCI image spec says. A whiteout hides the name in lower layers, an opaque directory hides
+// all lower children, a later entry replaces a lower one, a non-directory replaces a
+// directory and the other way round, and two directories merge (the upper one's attributes
+// win; a synthesized upper directory keeps the lower one's, as unpacking into the lower
+// tree would). Whiteouts and opaque markers are consumed, never shown. A hard link to a file
+// of a lower layer joins that file's inode. The result is what overlayfs shows when mounted
+// over the layer views, except that overlayfs takes a synthesized upper directory's
+// attributes and reports nlink 1 for merged directories.
+//
+// # Inodes and caching
+//
+// The tree is built once, in OnAdd, as persistent inodes; nothing in it ever changes, so
+// entries, attributes and negative lookups are cached by the kernel for MountOptions.Timeout
+// (an hour by default), directories are listed with FOPEN_CACHE_DIR and files opened with
+// FOPEN_KEEP_CACHE. Inode numbers derive from entry indexes: entry i of a layer is inode
+// i+2 (the root is 1; synthesized directories follow the entries); in a merged view entry i
+// of layer L is inode L<<32 | (i+2), so inode numbers above layer 0 need 64-bit stat. The
+// same image gives the same numbers on every mount.
+//
+// Directories have nlink 2 + their subdirectories, other inodes the number of their names.
+// Symlinks have mode 0777, as on Linux. Sizes are the entries' (a symlink's is the length of
+// its target); blocks are the size
+// rounded up to 4 KiB pages, in 512-byte units. Access and change times equal mtime.
+//
+// # Reads
+//
+// Reads go to Content.ReadAt by range, as the kernel asks for them; opening a file reads
+// nothing. Requests are at most 1 MiB, and the mount's read-ahead is 1 MiB (the kernel's
+// default of 128 KiB halves sequential throughput through FUSE), so a sequential reader
+// asks the Content for 1 MiB ranges. When the Content also implements LocalFiler and
+// has the file's complete verified copy on local disk, the open hands the kernel that file
+// (FUSE passthrough, Linux 6.9+, root): reads and mmap then never reach this process. When
+// the kernel refuses passthrough, the same local file serves the reads through FUSE (one
+// log line says so). Passthrough uses stacking depth 1, so the local copies must be on a
+// non-stacked file system (not overlayfs), and the mount can still be an overlayfs lower.
+//
+// A Content error is EIO for that read only, logged as one error line with the path and
+// the error as it came (more failures of the same file within a second, such as the kernel
+// asking again for the page its read-ahead failed to get, log at debug level); a read the
+// kernel interrupts (the caller got a signal) is EINTR, and is not logged. Any
+// attempt to write is EROFS: the mount is read-only and every modifying operation refuses.
+//
+// # Mounting
+//
+// Mount checks the mount point (an existing, empty directory), clears a stale FUSE mount a
+// crashed process left on it (stat gives ENOTCONN: it is lazily unmounted first), and
+// mounts read-only with allow_other, default_permissions and POSIX ACLs (the kernel enforces
+// modes and system.posix_acl_* from the tar), fsname and subtype "lazypull", dev and suid (a
+// root file system needs both). Without /dev/fuse it fails with ErrNoFUSE. Unmount detaches
+// a mount, live or stale, for "lazypull umount DIR"; Server.Unmount ends a mount of this
+// process.
+package fusefs

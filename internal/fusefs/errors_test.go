@@ -1,0 +1,469 @@
+package fusefs
+
+import (
+	"bufio"
+	"bytes"
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"os/exec"
+	"os/signal"
+	"path/filepath"
+	"strings"
+	"sync/atomic"
+	"syscall"
+	"testing"
+	"time"
+
+	gofs "github.com/hanwen/go-fuse/v2/fs"
+	"github.com/hanwen/go-fuse/v2/fuse"
+	"golang.org/x/sys/unix"
+
+	"lazypull/format"
+)
+
+var errBackend = errors.New("backend: chunk sha256:abcd: connection reset by peer")
+
+func TestContentErrorIsEIO(t *testing.T) {
+	requireFUSE(t)
+	l := convertLayer(t, testLayers(t)[0])
+	var failed atomic.Int64
+	c := &layerContent{l: l, fail: func(e *format.Entry) error {
+		if e.Name == "usr/lib/big.so" {
+			failed.Add(1)
+			return fmt.Errorf("fetch %s: %w", e.Name, errBackend)
+		}
+		return nil
+	}}
+	var logs logBuffer
+	root, err := NewLayer(l.Index, c, WithLogger(logs.logger()))
+	if err != nil {
+		t.Fatal(err)
+	}
+	mnt, _ := mountView(t, root)
+	_, err = os.ReadFile(filepath.Join(mnt, "usr/lib/big.so"))
+	if errno(err) != syscall.EIO {
+		t.Fatalf("read of a file whose content fails: %v, want EIO", err)
+	}
+	// other files still read, and the failing one still stats
+	if b, err := os.ReadFile(filepath.Join(mnt, "etc/hostname")); err != nil || string(b) != "lazypull\n" {
+		t.Errorf("etc/hostname: %q %v", b, err)
+	}
+	if st, err := os.Stat(filepath.Join(mnt, "usr/lib/big.so")); err != nil || st.Size() != 3<<20+12345 {
+		t.Errorf("stat: %v %v", st, err)
+	}
+	var errLines []string
+	for line := range strings.SplitSeq(strings.TrimSpace(logs.String()), "\n") {
+		if strings.Contains(line, "level=ERROR") {
+			errLines = append(errLines, line)
+		}
+	}
+	if failed.Load() == 0 || len(errLines) != 1 {
+		t.Errorf("%d failed reads for one read(2); want one error line, got:\n%s", failed.Load(), logs.String())
+	}
+	for _, line := range errLines {
+		if !strings.Contains(line, "path=/usr/lib/big.so") ||
+			!strings.Contains(line, "connection reset by peer") || !strings.Contains(line, "fetch usr/lib/big.so") {
+			t.Errorf("log line should name the path and the whole cause: %s", line)
+		}
+	}
+}
+
+// TestShortContentIsEIO: a Content that has fewer bytes than the index says is an error.
+func TestShortContentIsEIO(t *testing.T) {
+	ix := &format.Index{Entries: []format.Entry{{Name: "f", Type: '0', Mode: 0o644, Size: 100}}}
+	var logs logBuffer
+	root, err := NewLayer(ix, shortContent{}, WithLogger(logs.logger()))
+	if err != nil {
+		t.Fatal(err)
+	}
+	h := &fileHandle{in: &inode{v: root.v, n: &node{kind: kindReg, e: &ix.Entries[0]}}}
+	if _, e := h.Read(&fuse.Context{Cancel: make(chan struct{})}, make([]byte, 100), 0); e != syscall.EIO {
+		t.Errorf("short content: errno %v, want EIO", e)
+	}
+	if !strings.Contains(logs.String(), "content ends at 10, size is 100") {
+		t.Errorf("log: %s", logs.String())
+	}
+	// a read past the end is empty, not an error
+	res, e := h.Read(&fuse.Context{Cancel: make(chan struct{})}, make([]byte, 100), 100)
+	if e != 0 || res.Size() != 0 {
+		t.Errorf("read at the end: %v %v", res, e)
+	}
+}
+
+type shortContent struct{}
+
+func (shortContent) ReadAt(ctx context.Context, e *format.Entry, p []byte, off int64) (int, error) {
+	n := copy(p, make([]byte, max(10-off, 0)))
+	return n, io.EOF
+}
+
+// blockingContent blocks every read until its ctx is canceled or release is closed.
+type blockingContent struct {
+	entered  chan struct{}
+	canceled chan struct{}
+	release  chan struct{}
+}
+
+func (c *blockingContent) ReadAt(ctx context.Context, e *format.Entry, p []byte, off int64) (int, error) {
+	select {
+	case c.entered <- struct{}{}:
+	default:
+	}
+	select {
+	case <-ctx.Done():
+		select {
+		case c.canceled <- struct{}{}:
+		default:
+		}
+		return 0, fmt.Errorf("fetch %s: %w", e.Name, ctx.Err())
+	case <-c.release:
+		return 0, errBackend
+	}
+}
+
+func TestCanceledReadIsEINTR(t *testing.T) {
+	// unit level: a read whose request is interrupted answers EINTR, and logs nothing
+	var logs logBuffer
+	ix := &format.Index{Entries: []format.Entry{{Name: "f", Type: '0', Mode: 0o644, Size: 100}}}
+	bc := &blockingContent{entered: make(chan struct{}, 1), canceled: make(chan struct{}, 1), release: make(chan struct{})}
+	root, err := NewLayer(ix, bc, WithLogger(logs.logger()))
+	if err != nil {
+		t.Fatal(err)
+	}
+	cancel := make(chan struct{})
+	h := &fileHandle{in: &inode{v: root.v, n: &node{kind: kindReg, e: &ix.Entries[0]}}}
+	go func() { <-bc.entered; close(cancel) }()
+	if _, e := h.Read(&fuse.Context{Cancel: cancel}, make([]byte, 10), 0); e != syscall.EINTR {
+		t.Errorf("interrupted read: errno %v, want EINTR", e)
+	}
+	if logs.String() != "" {
+		t.Errorf("an interrupted read logged: %s", logs.String())
+	}
+}
+
+// TestInterruptedReadThroughMount: a reader killed while its read waits for content makes
+// the kernel interrupt the request, and the Content sees its ctx canceled.
+func TestInterruptedReadThroughMount(t *testing.T) {
+	requireFUSE(t)
+	ix := &format.Index{Entries: []format.Entry{{Name: "slow", Type: '0', Mode: 0o644, Size: 1 << 20}}}
+	bc := &blockingContent{entered: make(chan struct{}, 1), canceled: make(chan struct{}, 1), release: make(chan struct{})}
+	root, err := NewLayer(ix, bc)
+	if err != nil {
+		t.Fatal(err)
+	}
+	mnt, _ := mountView(t, root)
+	t.Cleanup(func() { close(bc.release) })
+	// O_DIRECT reads are synchronous requests, which the kernel interrupts; buffered reads
+	// go through readahead, which it does not.
+	cmd := exec.Command("dd", "if="+filepath.Join(mnt, "slow"), "of=/dev/null", "bs=4096", "count=1", "iflag=direct")
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case <-bc.entered:
+	case <-time.After(10 * time.Second):
+		cmd.Process.Kill()
+		t.Fatal("the read never reached the content")
+	}
+	cmd.Process.Signal(os.Interrupt)
+	select {
+	case <-bc.canceled:
+	case <-time.After(10 * time.Second):
+		t.Error("the content's ctx was not canceled when the reader was interrupted")
+	}
+	cmd.Wait()
+}
+
+func TestMountChecksDir(t *testing.T) {
+	requireFUSE(t)
+	ix := &format.Index{Entries: []format.Entry{{Name: "f", Type: '0', Mode: 0o644, Size: 0}}}
+	newRoot := func() *Root {
+		r, err := NewLayer(ix, shortContent{})
+		if err != nil {
+			t.Fatal(err)
+		}
+		return r
+	}
+	base := t.TempDir()
+	full := filepath.Join(base, "full")
+	os.Mkdir(full, 0o755)
+	os.WriteFile(filepath.Join(full, "something"), nil, 0o644)
+	afile := filepath.Join(base, "afile")
+	os.WriteFile(afile, nil, 0o644)
+	for _, c := range []struct{ dir, want string }{
+		{full, "mount point is not empty"},
+		{filepath.Join(base, "missing"), "mount point does not exist"},
+		{afile, "mount point is not a directory"},
+	} {
+		_, err := Mount(c.dir, newRoot(), MountOptions{})
+		if err == nil || !strings.Contains(err.Error(), c.want) || !strings.Contains(err.Error(), c.dir) {
+			t.Errorf("Mount(%s): %v, want %q", c.dir, err, c.want)
+		}
+	}
+	// a live mount is not mounted over
+	mnt, _ := mountView(t, newRoot())
+	if _, err := Mount(mnt, newRoot(), MountOptions{}); err == nil || !strings.Contains(err.Error(), "already mounted") {
+		t.Errorf("Mount over a live mount: %v", err)
+	}
+	if err := Unmount(base); err == nil || !strings.Contains(err.Error(), "not a mount point") {
+		t.Errorf("Unmount of a plain directory: %v", err)
+	}
+}
+
+func TestMountWithoutDevFUSE(t *testing.T) {
+	old := devFUSE
+	devFUSE = filepath.Join(t.TempDir(), "no-fuse")
+	defer func() { devFUSE = old }()
+	r, err := NewLayer(&format.Index{}, shortContent{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	_, err = Mount(t.TempDir(), r, MountOptions{})
+	if !errors.Is(err, ErrNoFUSE) || !strings.Contains(err.Error(), "/dev/fuse is missing") {
+		t.Errorf("Mount without /dev/fuse: %v", err)
+	}
+}
+
+// helperMount runs in a child process: it mounts a layer at dir, says so, and waits to be
+// killed, leaving a dead mount behind.
+func helperMount(dir string) {
+	ix := &format.Index{Entries: []format.Entry{{Name: "crashed", Type: '0', Mode: 0o644}}}
+	r, err := NewLayer(ix, shortContent{})
+	if err == nil {
+		_, err = Mount(dir, r, MountOptions{})
+	}
+	if err != nil {
+		fmt.Println("error:", err)
+		os.Exit(1)
+	}
+	fmt.Println("mounted")
+	signal.Ignore(os.Interrupt)
+	select {}
+}
+
+func TestStaleMountIsCleared(t *testing.T) {
+	requireFUSE(t)
+	dir := filepath.Join(t.TempDir(), "mnt")
+	os.Mkdir(dir, 0o755)
+	cmd := exec.Command(os.Args[0], "-test.run=^$")
+	cmd.Env = append(os.Environ(), "LAZYPULL_FUSEFS_HELPER_MOUNT="+dir)
+	out, err := cmd.StdoutPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	line, _ := bufio.NewReader(out).ReadString('\n')
+	if line != "mounted\n" {
+		cmd.Process.Kill()
+		cmd.Wait()
+		t.Fatalf("helper: %q", line)
+	}
+	if _, err := os.Stat(filepath.Join(dir, "crashed")); err != nil {
+		t.Fatalf("helper mount: %v", err)
+	}
+	cmd.Process.Kill() // a crash: no unmount
+	cmd.Wait()
+	if err := syscall.Statfs(dir, new(syscall.Statfs_t)); !isDeadMount(err) {
+		Unmount(dir)
+		t.Fatalf("after the crash, stat gives %v; want ENOTCONN", err)
+	}
+	var logs logBuffer
+	ix := &format.Index{Entries: []format.Entry{{Name: "fresh", Type: '0', Mode: 0o644}}}
+	r, err := NewLayer(ix, shortContent{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	srv, err := Mount(dir, r, MountOptions{Logger: logs.logger()})
+	if err != nil {
+		t.Fatalf("Mount over a stale mount: %v", err)
+	}
+	defer srv.Unmount()
+	if _, err := os.Stat(filepath.Join(dir, "fresh")); err != nil {
+		t.Errorf("new mount: %v", err)
+	}
+	if !strings.Contains(logs.String(), "stale FUSE mount") {
+		t.Errorf("no notice of the stale mount: %s", logs.String())
+	}
+}
+
+// TestPassthroughRefused: when the kernel will not take a backing file (here: one on
+// overlayfs, too deep a stack), local files are still read, through FUSE.
+func TestPassthroughRefused(t *testing.T) {
+	requireFUSE(t)
+	base := t.TempDir()
+	lower, ovl := filepath.Join(base, "lower"), filepath.Join(base, "ovl")
+	os.Mkdir(lower, 0o755)
+	os.Mkdir(ovl, 0o755)
+	if err := syscall.Mount("overlay", ovl, "overlay", 0, "lowerdir="+lower+":"+t.TempDir()); err != nil {
+		skipOrFail(t, "cannot mount overlayfs: "+err.Error())
+	}
+	t.Cleanup(func() { syscall.Unmount(ovl, syscall.MNT_DETACH) })
+	tb := mkTar(t, []tentry{file("a", 0o644, randBytes(3, 1<<20)), file("b", 0o644, []byte("bee"))})
+	l := convertLayer(t, tb)
+	// the local copies are on overlayfs, read-only; write them to the lower directory
+	c := newLocalContent(t, l, lower)
+	for e, p := range c.files {
+		c.files[e] = filepath.Join(ovl, filepath.Base(p))
+	}
+	var logs logBuffer
+	root, err := NewLayer(l.Index, c, WithLogger(logs.logger()))
+	if err != nil {
+		t.Fatal(err)
+	}
+	mnt, srv := mountView(t, root)
+	for _, name := range []string{"a", "b"} {
+		got, err := os.ReadFile(filepath.Join(mnt, name))
+		if err != nil {
+			t.Fatal(err)
+		}
+		e, _ := l.Index.Lookup(name)
+		want, _ := l.ReadFile(e)
+		if string(got) != string(want) {
+			t.Errorf("%s: content differs", name)
+		}
+	}
+	if c.reads.Load() != 0 {
+		t.Errorf("the content was read; the local copies should have been")
+	}
+	if srv.Passthrough() && (!root.v.passthroughOff.Load() || strings.Count(logs.String(), "does not take FUSE passthrough") != 1) {
+		t.Errorf("want one notice that passthrough was refused: %s", logs.String())
+	}
+}
+
+func TestNewErrors(t *testing.T) {
+	if _, err := NewLayer(nil, shortContent{}); err == nil {
+		t.Error("NewLayer(nil index)")
+	}
+	if _, err := NewLayer(&format.Index{}, nil); err == nil {
+		t.Error("NewLayer(nil content)")
+	}
+	if _, err := NewMerged(nil); err == nil {
+		t.Error("NewMerged(no layers)")
+	}
+	if _, err := NewMerged([]Layer{{Index: &format.Index{}}}); err == nil {
+		t.Error("NewMerged(layer without content)")
+	}
+}
+
+var _ gofs.InodeEmbedder = (*Root)(nil)
+
+// TestUnmountLive: Unmount (lazypull umount DIR) detaches a live mount, and the server
+// that served it stops.
+func TestUnmountLive(t *testing.T) {
+	requireFUSE(t)
+	ix := &format.Index{Entries: []format.Entry{{Name: "f", Type: '0', Mode: 0o644}}}
+	r, err := NewLayer(ix, shortContent{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	dir := filepath.Join(t.TempDir(), "mnt")
+	os.Mkdir(dir, 0o755)
+	srv, err := Mount(dir, r, MountOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if srv.Dir() != dir {
+		t.Errorf("Dir() = %s", srv.Dir())
+	}
+	if err := Unmount(dir); err != nil {
+		t.Fatalf("Unmount: %v", err)
+	}
+	done := make(chan struct{})
+	go func() { srv.Wait(); close(done) }()
+	select {
+	case <-done:
+	case <-time.After(10 * time.Second):
+		t.Fatal("the server still serves after Unmount")
+	}
+	if mounted, err := isMountPoint(dir); err != nil || mounted {
+		t.Errorf("still mounted: %v %v", mounted, err)
+	}
+	if err := Unmount(dir); err == nil || !strings.Contains(err.Error(), "not a mount point") {
+		t.Errorf("second Unmount: %v", err)
+	}
+}
+
+func TestUnescapeMountinfo(t *testing.T) {
+	for in, want := range map[string]string{
+		`/a/b`:             "/a/b",
+		`/with\040space`:   "/with space",
+		`/tab\011and\134x`: "/tab\tand\\x",
+		`/trailing\04`:     `/trailing\04`,
+	} {
+		if got := unescapeMountinfo(in); got != want {
+			t.Errorf("unescape(%q) = %q, want %q", in, got, want)
+		}
+	}
+}
+
+// switchContent has a local copy of its files or not, as the test says: a file becomes
+// local while it is open (the fetcher finished), or stops being local (the store evicted it).
+type switchContent struct {
+	*localContent
+	local atomic.Bool
+}
+
+func (c *switchContent) LocalFile(e *format.Entry) (*os.File, bool) {
+	if !c.local.Load() {
+		return nil, false
+	}
+	return c.localContent.LocalFile(e)
+}
+
+// TestOpenWhileModeChanges: the kernel refuses (EIO) a passthrough open of an inode open for
+// cached reads, and a cached open of an inode open for passthrough. Opens follow the mode
+// of the opens already there.
+func TestOpenWhileModeChanges(t *testing.T) {
+	requireFUSE(t)
+	body := randBytes(9, 1<<20)
+	l := convertLayer(t, mkTar(t, []tentry{file("f", 0o644, body)}))
+	c := &switchContent{localContent: newLocalContent(t, l, t.TempDir())}
+	root, err := NewLayer(l.Index, c)
+	if err != nil {
+		t.Fatal(err)
+	}
+	mnt, srv := mountView(t, root)
+	p := filepath.Join(mnt, "f")
+	check := func(what string, f *os.File) {
+		t.Helper()
+		b := make([]byte, len(body))
+		if _, err := f.ReadAt(b, 0); err != nil || !bytes.Equal(b, body) {
+			t.Errorf("%s: read: %v", what, err)
+		}
+	}
+	open := func(what string) *os.File {
+		t.Helper()
+		f, err := os.Open(p)
+		if err != nil {
+			t.Fatalf("%s: %v", what, err)
+		}
+		t.Cleanup(func() { f.Close() }) // before the unmount: a file open at exit hangs it
+		return f
+	}
+
+	f1 := open("cached open, no local copy")
+	check("cached open", f1)
+	c.local.Store(true)
+	f2 := open("open once the copy is local, while a cached open is there")
+	check("second open", f2)
+	f1.Close()
+	f2.Close()
+
+	unix.Fadvise(int(open("drop cache").Fd()), 0, 0, unix.FADV_DONTNEED)
+	reads := c.reads.Load()
+	f3 := open("passthrough open")
+	check("passthrough open", f3)
+	c.local.Store(false)
+	f4 := open("open once the copy is gone, while a passthrough open is there")
+	check("open after eviction", f4)
+	f3.Close()
+	f4.Close()
+	if srv.Passthrough() && c.reads.Load() != reads {
+		t.Errorf("passthrough opens read the content %d times", c.reads.Load()-reads)
+	}
+}
