@@ -1,0 +1,795 @@
+package store
+
+import (
+	"container/list"
+	"context"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"io/fs"
+	"log/slog"
+	"os"
+	"path/filepath"
+	"slices"
+	"strconv"
+	"strings"
+	"sync"
+	"syscall"
+	"time"
+
+	"golang.org/x/sys/unix"
+
+	"lazypull/format"
+)
+
+// DefaultDir is where a node keeps its store unless told otherwise.
+const DefaultDir = "/var/lib/lazypull"
+
+// Version is the on-disk layout version this package reads and writes. A store written by
+// another version is refused, never converted in place.
+const Version = 1
+
+// Names inside the store directory. The store touches nothing else in it, so the directory
+// may be shared with other state (the snapshotter's, say).
+const (
+	versionName  = "store-version" // "lazypull store <Version>\n"
+	lockName     = "store.lock"    // flock'ed while a process has the store open
+	objectsName  = "objects"       // objects/<hex[:2]>/<hex>: content whose sha256 is <hex>
+	tmpName      = "tmp"           // temp files being written; emptied by Open
+	chunkLogName = "chunks.log"    // which chunks lie where inside multi-chunk objects
+)
+
+const versionPrefix = "lazypull store "
+
+// Tuning constants.
+const (
+	// stampEvery is how stale an object's mtime may get before an access rewrites it. The
+	// mtime is the LRU order a restarted store starts from: an hour is coarse enough that
+	// hot reads cost no syscall, and fine enough for eviction.
+	stampEvery = time.Hour
+	// warnEvery bounds how often one kind of trouble (disk full, over the bound) is logged.
+	warnEvery = 10 * time.Minute
+	// maxProgress bounds the in-memory map of partly present files waiting for assembly.
+	maxProgress = 1 << 16
+	// maxOpenFiles bounds the descriptors kept open for reads; opening and closing the
+	// file on each read costs as much as a 128 KiB read from the page cache.
+	maxOpenFiles = 256
+	// writers store fetched chunks in the background; several, so that their fsyncs
+	// share journal commits.
+	writers = 4
+	// maxPending bounds the bytes of fetched chunks a bulk fetch queues for the writers.
+	maxPending = 64 << 20
+)
+
+// ErrClosed is returned by a Store's methods once Close was called.
+var ErrClosed = errors.New("store is closed")
+
+// ErrCorrupt is wrapped by every error about content that does not hash to its digest: a
+// corrupt frame from a Source, or local data that went bad.
+var ErrCorrupt = errors.New("content does not match its digest")
+
+// Option configures Open.
+type Option func(*options) error
+
+type options struct {
+	maxBytes int64
+	log      *slog.Logger
+	verify   bool
+}
+
+// WithMaxBytes bounds the bytes the store keeps on disk; least recently used objects that
+// no Lease pins and no read is using are evicted to stay under it. 0, the default, means
+// no bound.
+func WithMaxBytes(n int64) Option {
+	return func(o *options) error {
+		if n < 0 {
+			return fmt.Errorf("store: max bytes %d: must not be negative", n)
+		}
+		o.maxBytes = n
+		return nil
+	}
+}
+
+// WithLogger sets where the store logs (default: slog.Default()).
+func WithLogger(l *slog.Logger) Option {
+	return func(o *options) error {
+		if l == nil {
+			return errors.New("store: nil logger")
+		}
+		o.log = l
+		return nil
+	}
+}
+
+// WithVerifyOnOpen makes Open hash every object and every chunk location before it
+// returns, discarding whatever does not match (see Verify). Off by default: the write
+// protocol already guarantees that only verified content is ever named as an object.
+func WithVerifyOnOpen() Option {
+	return func(o *options) error {
+		o.verify = true
+		return nil
+	}
+}
+
+// Store is the node-wide content-addressed store. Its methods are safe for concurrent use.
+type Store struct {
+	dir      string
+	log      *slog.Logger
+	maxBytes int64
+
+	lock    *os.File // holds the flock
+	clog    *chunkLog
+	bgCtx   context.Context
+	bgStop  context.CancelFunc
+	bg      sync.WaitGroup // assemblies started by reads
+	ops     sync.WaitGroup // calls in progress
+	wq      writeQueue
+	writers sync.WaitGroup
+
+	mu         sync.Mutex
+	closed     bool
+	objects    map[format.Digest]*object
+	lru        list.List // of *object, most recently used first
+	bytes      int64
+	chunks     map[format.Digest]chunkLoc // chunks inside multi-chunk objects
+	flights    map[format.Digest]*flight  // chunks being fetched
+	assembling map[format.Digest]*flight  // files being assembled
+	progress   map[format.Digest]int      // partly present files: chunks known present
+	filePins   map[format.Digest]int
+	chunkPins  map[format.Digest]int
+	fds        list.List // of *object with an open fd, most recently used first
+	lastFull   time.Time // last disk-full warning
+	lastOver   time.Time // last over-the-bound warning
+
+	st counters
+}
+
+// object is one file under objects/.
+type object struct {
+	digest format.Digest
+	size   int64
+	elem   *list.Element
+	refs   int   // reads using the object, under Store.mu; never evicted while > 0
+	stamp  int64 // unix seconds of the file's mtime, as last written
+	dead   bool  // removed; chunkLocs pointing here are stale
+	// fd is an open descriptor of the file, kept for the next read (Store.fds), closed
+	// once the object is dead and no read uses it.
+	fd     *os.File
+	fdElem *list.Element
+	// composite: a multi-chunk file with its chunk locations indexed, never dropped as
+	// the part of another file.
+	composite bool
+	// drop: a chunk object that an assembled file holds now, to be removed once the
+	// reads using it are done.
+	drop bool
+}
+
+// chunkLoc says where a chunk lies inside a (multi-chunk) object.
+type chunkLoc struct {
+	obj  *object
+	off  int64
+	size int64
+}
+
+// Open opens the store in dir, creating it if need be. It takes an exclusive lock on the
+// store (a second process gets a clear error), refuses a store of another layout version,
+// removes temp files left by a process that died, drops anything under objects/ that is
+// not an object, and rebuilds its in-memory index from the directory and the chunk log.
+func Open(dir string, opts ...Option) (*Store, error) {
+	o := options{log: slog.Default()}
+	for _, opt := range opts {
+		if err := opt(&o); err != nil {
+			return nil, err
+		}
+	}
+	if dir == "" {
+		return nil, errors.New("store: no directory")
+	}
+	dir, err := filepath.Abs(dir)
+	if err != nil {
+		return nil, fmt.Errorf("store %s: %w", dir, err)
+	}
+	if err := os.MkdirAll(dir, 0o700); err != nil {
+		return nil, fmt.Errorf("store %s: %w", dir, err)
+	}
+	s := &Store{
+		dir:        dir,
+		log:        o.log,
+		maxBytes:   o.maxBytes,
+		objects:    make(map[format.Digest]*object),
+		chunks:     make(map[format.Digest]chunkLoc),
+		flights:    make(map[format.Digest]*flight),
+		assembling: make(map[format.Digest]*flight),
+		progress:   make(map[format.Digest]int),
+		filePins:   make(map[format.Digest]int),
+		chunkPins:  make(map[format.Digest]int),
+	}
+	s.bgCtx, s.bgStop = context.WithCancel(context.Background())
+	s.wq.cond = sync.NewCond(&s.wq.mu)
+	if err := s.takeLock(); err != nil {
+		return nil, err
+	}
+	if err := s.open(o.verify); err != nil {
+		s.bgStop()
+		if s.clog != nil {
+			_ = s.clog.close()
+		}
+		_ = s.lock.Close()
+		return nil, err
+	}
+	for range writers {
+		s.writers.Add(1)
+		go s.writer()
+	}
+	return s, nil
+}
+
+func (s *Store) open(verify bool) error {
+	if err := s.checkVersion(); err != nil {
+		return err
+	}
+	for _, d := range []string{s.path(objectsName), s.path(tmpName)} {
+		if err := os.MkdirAll(d, 0o700); err != nil {
+			return fmt.Errorf("store %s: %w", s.dir, err)
+		}
+	}
+	if err := s.cleanTmp(); err != nil {
+		return err
+	}
+	if err := s.scan(); err != nil {
+		return err
+	}
+	clog, recs, err := openChunkLog(s.path(chunkLogName), s.path(tmpName), s.log)
+	if err != nil {
+		return fmt.Errorf("store %s: %w", s.dir, err)
+	}
+	s.clog = clog
+	if err := s.loadChunkLog(recs); err != nil {
+		return err
+	}
+	if verify {
+		if _, err := s.Verify(context.Background()); err != nil {
+			return err
+		}
+	}
+	s.mu.Lock()
+	s.enforceLocked()
+	s.mu.Unlock()
+	s.log.Debug("store opened", "dir", s.dir, "objects", len(s.objects), "bytes", s.bytes, "chunk_locations", len(s.chunks))
+	return nil
+}
+
+func (s *Store) path(name string) string { return filepath.Join(s.dir, name) }
+
+// objectPath is objects/<hex[:2]>/<hex>.
+func (s *Store) objectPath(d format.Digest) string {
+	h := hex.EncodeToString(d[:])
+	return filepath.Join(s.dir, objectsName, h[:2], h)
+}
+
+func (s *Store) takeLock() error {
+	p := s.path(lockName)
+	f, err := os.OpenFile(p, os.O_RDWR|os.O_CREATE, 0o600)
+	if err != nil {
+		return fmt.Errorf("store %s: %w", s.dir, err)
+	}
+	if err := unix.Flock(int(f.Fd()), unix.LOCK_EX|unix.LOCK_NB); err != nil {
+		_ = f.Close()
+		if errors.Is(err, unix.EWOULDBLOCK) {
+			return fmt.Errorf("store %s: in use by another process (it holds the lock on %s)", s.dir, p)
+		}
+		return fmt.Errorf("store %s: lock %s: %w", s.dir, p, err)
+	}
+	s.lock = f
+	return nil
+}
+
+// checkVersion reads the version file, or writes it into a new store.
+func (s *Store) checkVersion() error {
+	p := s.path(versionName)
+	b, err := os.ReadFile(p)
+	if errors.Is(err, fs.ErrNotExist) {
+		// A store with objects but no version file was not written by us (or lost the
+		// file): refuse it rather than clean it up as if it were ours.
+		if _, err := os.Stat(s.path(objectsName)); err == nil {
+			return fmt.Errorf("store %s: has %s/ but no %s file: not a lazypull store of a version this lazypull knows; move it away", s.dir, objectsName, versionName)
+		}
+		content := fmt.Sprintf("%s%d\n", versionPrefix, Version)
+		if err := writeFileAtomic(p, s.dir, []byte(content)); err != nil {
+			return fmt.Errorf("store %s: write %s: %w", s.dir, versionName, err)
+		}
+		return nil
+	}
+	if err != nil {
+		return fmt.Errorf("store %s: %w", s.dir, err)
+	}
+	line := strings.TrimSpace(string(b))
+	v, err := strconv.Atoi(strings.TrimPrefix(line, versionPrefix))
+	if !strings.HasPrefix(line, versionPrefix) || err != nil {
+		return fmt.Errorf("store %s: %s holds %q, want %q", s.dir, versionName, line, versionPrefix+strconv.Itoa(Version))
+	}
+	if v != Version {
+		return fmt.Errorf("store %s: written by store version %d, this lazypull reads version %d: use a lazypull that reads version %d, or move the directory away", s.dir, v, Version, v)
+	}
+	return nil
+}
+
+// cleanTmp removes what processes that died left in tmp/: objects and chunk logs that were
+// being written, never renamed into place, so never part of the store.
+func (s *Store) cleanTmp() error {
+	ents, err := os.ReadDir(s.path(tmpName))
+	if err != nil {
+		return fmt.Errorf("store %s: %w", s.dir, err)
+	}
+	for _, e := range ents {
+		if err := os.RemoveAll(filepath.Join(s.path(tmpName), e.Name())); err != nil {
+			return fmt.Errorf("store %s: remove temp file: %w", s.dir, err)
+		}
+	}
+	if len(ents) > 0 {
+		s.log.Info("store: removed temp files of an earlier run", "dir", s.dir, "count", len(ents))
+	}
+	return nil
+}
+
+// scan indexes objects/ and removes what does not belong there. Objects are named only
+// by a rename after they were written, synced and verified, so each one found is complete
+// (see doc.go); what is not named like an object is garbage.
+func (s *Store) scan() error {
+	root := s.path(objectsName)
+	subs, err := os.ReadDir(root)
+	if err != nil {
+		return fmt.Errorf("store %s: %w", s.dir, err)
+	}
+	type found struct {
+		d     format.Digest
+		size  int64
+		mtime int64
+	}
+	var objs []found
+	removed := 0
+	garbage := func(p string, why string) error {
+		s.log.Warn("store: removing what is not an object", "path", p, "why", why)
+		removed++
+		if err := os.RemoveAll(p); err != nil {
+			return fmt.Errorf("store %s: remove %s: %w", s.dir, p, err)
+		}
+		return nil
+	}
+	for _, sub := range subs {
+		sp := filepath.Join(root, sub.Name())
+		if !sub.IsDir() || len(sub.Name()) != 2 || !isLowerHex(sub.Name()) {
+			if err := garbage(sp, "not a two-hex-digit directory"); err != nil {
+				return err
+			}
+			continue
+		}
+		ents, err := os.ReadDir(sp)
+		if err != nil {
+			return fmt.Errorf("store %s: %w", s.dir, err)
+		}
+		for _, e := range ents {
+			p := filepath.Join(sp, e.Name())
+			d, ok := parseHexDigest(e.Name())
+			if !ok || e.Name()[:2] != sub.Name() || !e.Type().IsRegular() {
+				if err := garbage(p, "not named <sha256 hex> in its <hex[:2]> directory"); err != nil {
+					return err
+				}
+				continue
+			}
+			info, err := e.Info()
+			if err != nil {
+				return fmt.Errorf("store %s: %w", s.dir, err)
+			}
+			if info.Size() == 0 && d != emptyDigest {
+				if err := garbage(p, "empty, but not the empty object"); err != nil {
+					return err
+				}
+				continue
+			}
+			objs = append(objs, found{d, info.Size(), info.ModTime().Unix()})
+		}
+	}
+	// Least recently used last: the mtime is the coarse access time (stampEvery).
+	slices.SortFunc(objs, func(a, b found) int { return int(b.mtime - a.mtime) })
+	for _, f := range objs {
+		o := &object{digest: f.d, size: f.size, stamp: f.mtime}
+		o.elem = s.lru.PushBack(o)
+		s.objects[f.d] = o
+		s.bytes += f.size
+	}
+	if removed > 0 {
+		s.log.Warn("store: removed entries that were not objects", "dir", s.dir, "count", removed)
+	}
+	return nil
+}
+
+// loadChunkLog indexes the chunks of the multi-chunk objects that exist, and drops the
+// standalone chunk objects such an object already holds (left by a crash between an
+// assembly and the removal of its parts).
+func (s *Store) loadChunkLog(recs []chunkRecord) error {
+	var live []chunkRecord
+	for _, r := range recs {
+		o := s.objects[r.object]
+		if o == nil {
+			continue // evicted, or never renamed into place
+		}
+		var total int64
+		for _, c := range r.chunks {
+			total += c.size
+		}
+		if total != o.size {
+			s.log.Warn("store: chunk log record does not match its object; ignoring it", "object", r.object, "record_bytes", total, "object_bytes", o.size)
+			continue
+		}
+		live = append(live, r)
+		o.composite = true
+		var off int64
+		for _, c := range r.chunks {
+			s.chunks[c.digest] = chunkLoc{obj: o, off: off, size: c.size}
+			off += c.size
+		}
+	}
+	dropped := 0
+	for _, r := range live {
+		for _, c := range r.chunks {
+			if p := s.objects[c.digest]; p != nil && !p.composite {
+				if err := s.removeLocked(p); err != nil {
+					return err
+				}
+				dropped++
+			}
+		}
+	}
+	if dropped > 0 {
+		s.log.Info("store: dropped chunk objects that assembled files already hold", "dir", s.dir, "count", dropped)
+	}
+	if len(recs) > 2*len(live)+1024 {
+		if err := s.clog.compact(s.liveRecords(live)); err != nil {
+			s.log.Warn("store: cannot compact the chunk log", "err", err)
+		}
+	}
+	return nil
+}
+
+func (s *Store) liveRecords(recs []chunkRecord) []chunkRecord {
+	seen := make(map[format.Digest]bool)
+	var out []chunkRecord
+	for _, r := range recs {
+		if s.objects[r.object] != nil && !seen[r.object] {
+			seen[r.object] = true
+			out = append(out, r)
+		}
+	}
+	return out
+}
+
+// Dir returns the store's directory.
+func (s *Store) Dir() string { return s.dir }
+
+// Close waits for calls in progress and for background assemblies, and releases the lock.
+// The store's methods return ErrClosed afterwards.
+func (s *Store) Close() error {
+	s.mu.Lock()
+	if s.closed {
+		s.mu.Unlock()
+		return nil
+	}
+	s.closed = true
+	s.mu.Unlock()
+	s.ops.Wait()
+	// Store what was fetched, then stop the assemblies the writers may have started.
+	s.wq.mu.Lock()
+	s.wq.stopping = true
+	s.wq.cond.Broadcast()
+	s.wq.mu.Unlock()
+	s.writers.Wait()
+	s.bgStop()
+	s.bg.Wait()
+	s.mu.Lock()
+	for s.fds.Len() > 0 {
+		s.closeFileLocked(s.fds.Front().Value.(*object))
+	}
+	s.mu.Unlock()
+	err := s.clog.close()
+	if cerr := s.lock.Close(); err == nil {
+		err = cerr
+	}
+	if err != nil {
+		return fmt.Errorf("store %s: close: %w", s.dir, err)
+	}
+	return nil
+}
+
+// enter registers a call in progress; false once the store is closed.
+func (s *Store) enter() bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.closed {
+		return false
+	}
+	s.ops.Add(1)
+	return true
+}
+
+func (s *Store) exit() { s.ops.Done() }
+
+// addLocked registers a new object as the most recently used.
+func (s *Store) addLocked(d format.Digest, size int64) *object {
+	o := &object{digest: d, size: size, stamp: time.Now().Unix()}
+	o.elem = s.lru.PushFront(o)
+	s.objects[d] = o
+	s.bytes += size
+	return o
+}
+
+// removeLocked unlinks an object and forgets it. An open descriptor of the file (a
+// passthrough mount's) still reads it: Linux frees the data on the last close.
+func (s *Store) removeLocked(o *object) error {
+	if o.dead {
+		return nil
+	}
+	if err := os.Remove(s.objectPath(o.digest)); err != nil && !errors.Is(err, fs.ErrNotExist) {
+		return fmt.Errorf("store %s: remove object %s: %w", s.dir, o.digest, err)
+	}
+	s.forgetLocked(o)
+	return nil
+}
+
+// forgetLocked drops an object from the index (its file is gone or going).
+func (s *Store) forgetLocked(o *object) {
+	if o.dead {
+		return
+	}
+	o.dead = true
+	s.lru.Remove(o.elem)
+	delete(s.objects, o.digest)
+	s.bytes -= o.size
+	if o.refs == 0 {
+		s.closeFileLocked(o)
+	}
+}
+
+// acquire looks an object up and holds it against eviction until release; nil if absent.
+func (s *Store) acquire(d format.Digest) *object {
+	s.mu.Lock()
+	o := s.objects[d]
+	stamp := false
+	if o != nil {
+		o.refs++
+		stamp = s.touchLocked(o)
+	}
+	s.mu.Unlock()
+	if stamp {
+		s.stamp(o)
+	}
+	return o
+}
+
+func (s *Store) release(o *object) {
+	s.mu.Lock()
+	o.refs--
+	if o.refs == 0 && o.drop && !o.dead {
+		if err := s.removeLocked(o); err != nil {
+			s.log.Warn("store: cannot drop a chunk object after assembly", "err", err)
+		} else {
+			s.st.dropped.Add(1)
+		}
+	}
+	if o.refs == 0 && o.dead {
+		s.closeFileLocked(o)
+	}
+	s.mu.Unlock()
+}
+
+// file returns an open descriptor of the object, for reading; the caller holds a ref, so
+// the descriptor stays open until it releases the object.
+func (s *Store) file(o *object) (*os.File, error) {
+	s.mu.Lock()
+	if fd := o.fd; fd != nil {
+		s.fds.MoveToFront(o.fdElem)
+		s.mu.Unlock()
+		return fd, nil
+	}
+	s.mu.Unlock()
+	f, err := os.Open(s.objectPath(o.digest))
+	if err != nil {
+		return nil, err
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if o.fd != nil { // opened meanwhile
+		_ = f.Close()
+		return o.fd, nil
+	}
+	o.fd, o.fdElem = f, s.fds.PushFront(o)
+	for e := s.fds.Back(); e != nil && s.fds.Len() > maxOpenFiles; {
+		v := e.Value.(*object)
+		e = e.Prev()
+		if v.refs == 0 {
+			s.closeFileLocked(v)
+		}
+	}
+	return f, nil
+}
+
+func (s *Store) closeFileLocked(o *object) {
+	if o.fd == nil {
+		return
+	}
+	_ = o.fd.Close()
+	s.fds.Remove(o.fdElem)
+	o.fd, o.fdElem = nil, nil
+}
+
+// touchLocked marks an object as just used; true when its mtime should be rewritten.
+func (s *Store) touchLocked(o *object) bool {
+	s.lru.MoveToFront(o.elem)
+	now := time.Now().Unix()
+	if now-o.stamp < int64(stampEvery/time.Second) {
+		return false
+	}
+	o.stamp = now
+	return true
+}
+
+// stamp persists an object's access time as its mtime, the order a restart begins from.
+func (s *Store) stamp(o *object) {
+	now := time.Now()
+	if err := os.Chtimes(s.objectPath(o.digest), now, now); err != nil && !errors.Is(err, fs.ErrNotExist) {
+		s.log.Debug("store: cannot stamp access time", "object", o.digest, "err", err)
+	}
+}
+
+// writeTemp writes a new file in tmp/ with fill, then makes it read-only and syncs it.
+// On error nothing is left behind.
+func (s *Store) writeTemp(fill func(f *os.File) error) (string, error) {
+	f, err := os.CreateTemp(s.path(tmpName), "object-*")
+	if err != nil {
+		return "", err
+	}
+	name := f.Name()
+	err = fill(f)
+	if err == nil {
+		err = f.Chmod(0o444)
+	}
+	if err == nil {
+		err = f.Sync()
+	}
+	if cerr := f.Close(); err == nil {
+		err = cerr
+	}
+	if err != nil {
+		_ = os.Remove(name)
+		return "", err
+	}
+	return name, nil
+}
+
+// commit renames a synced, verified temp file into place as object d, registers it (with
+// the chunk locations inside it, for a multi-chunk object) and enforces the bound. The
+// rename happens under the lock, so the directory and the index never disagree about an
+// object while the store runs. When d is already present the temp file is dropped.
+func (s *Store) commit(d format.Digest, tmp string, size int64, fl *flight, chunks []format.Chunk) (*object, error) {
+	p := s.objectPath(d)
+	s.mu.Lock()
+	if fl != nil && s.flights[d] == fl {
+		delete(s.flights, d)
+	}
+	if o := s.objects[d]; o != nil {
+		s.mu.Unlock()
+		_ = os.Remove(tmp)
+		return o, nil
+	}
+	if err := os.Rename(tmp, p); err != nil {
+		if errors.Is(err, fs.ErrNotExist) {
+			// The first object of its two-hex directory (or someone cleaned up by hand).
+			if merr := os.MkdirAll(filepath.Dir(p), 0o700); merr == nil {
+				err = os.Rename(tmp, p)
+				if serr := syncDir(s.path(objectsName)); serr != nil {
+					s.log.Warn("store: cannot sync objects directory", "err", serr)
+				}
+			}
+		}
+		if err != nil {
+			s.mu.Unlock()
+			_ = os.Remove(tmp)
+			return nil, err
+		}
+	}
+	o := s.addLocked(d, size)
+	if len(chunks) > 1 {
+		o.composite = true
+		for _, c := range chunks {
+			s.chunks[c.Digest] = chunkLoc{obj: o, off: c.FileOffset, size: c.Size}
+		}
+	}
+	s.enforceLocked()
+	s.mu.Unlock()
+	if err := syncDir(filepath.Dir(p)); err != nil {
+		s.log.Warn("store: cannot sync object directory", "dir", filepath.Dir(p), "err", err)
+	}
+	return o, nil
+}
+
+// writeFailed counts a failure to store something and logs it; a full disk is logged
+// once per warnEvery, since every fetch would otherwise repeat it.
+func (s *Store) writeFailed(what string, err error) {
+	s.st.writeErrors.Add(1)
+	if isFull(err) {
+		s.mu.Lock()
+		warn := time.Since(s.lastFull) >= warnEvery
+		if warn {
+			s.lastFull = time.Now()
+		}
+		s.mu.Unlock()
+		if warn {
+			s.log.Warn("store: disk full: serving fetched data from memory without storing it; free space or lower the store's max bytes", "dir", s.dir, "what", what, "err", err)
+		}
+		return
+	}
+	s.log.Warn("store: cannot store object", "dir", s.dir, "what", what, "err", err)
+}
+
+func isFull(err error) bool {
+	return errors.Is(err, syscall.ENOSPC) || errors.Is(err, syscall.EDQUOT)
+}
+
+// writeFileAtomic writes a small file with temp + fsync + rename + fsync of dir.
+func writeFileAtomic(p, dir string, b []byte) error {
+	f, err := os.CreateTemp(dir, "."+filepath.Base(p)+"-*")
+	if err != nil {
+		return err
+	}
+	name := f.Name()
+	_, err = f.Write(b)
+	if err == nil {
+		err = f.Sync()
+	}
+	if cerr := f.Close(); err == nil {
+		err = cerr
+	}
+	if err == nil {
+		err = os.Rename(name, p)
+	}
+	if err != nil {
+		_ = os.Remove(name)
+		return err
+	}
+	return syncDir(dir)
+}
+
+func syncDir(dir string) error {
+	d, err := os.Open(dir)
+	if err != nil {
+		return err
+	}
+	err = d.Sync()
+	if cerr := d.Close(); err == nil {
+		err = cerr
+	}
+	return err
+}
+
+var emptyDigest = format.Digest(sha256Sum(nil))
+
+func isLowerHex(s string) bool {
+	for i := 0; i < len(s); i++ {
+		c := s[i]
+		if (c < '0' || c > '9') && (c < 'a' || c > 'f') {
+			return false
+		}
+	}
+	return true
+}
+
+func parseHexDigest(name string) (format.Digest, bool) {
+	var d format.Digest
+	if len(name) != 64 || !isLowerHex(name) {
+		return d, false
+	}
+	if _, err := hex.Decode(d[:], []byte(name)); err != nil {
+		return d, false
+	}
+	return d, true
+}
