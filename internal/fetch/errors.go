@@ -2,6 +2,8 @@ package fetch
 
 import (
 	"context"
+	"crypto/tls"
+	"crypto/x509"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -104,18 +106,33 @@ func classify(host string, err error) *reqErr {
 }
 
 // isNetError reports errors of the network or of a body cut short, which a retry may cure.
+// TLS failures (a certificate nobody signed, a handshake the server refused) are not.
 func isNetError(err error) bool {
+	var cve *tls.CertificateVerificationError
+	var uae x509.UnknownAuthorityError
+	var hne x509.HostnameError
+	var cie x509.CertificateInvalidError
+	var rhe tls.RecordHeaderError
+	var ae tls.AlertError
+	if errors.As(err, &cve) || errors.As(err, &uae) || errors.As(err, &hne) || errors.As(err, &cie) ||
+		errors.As(err, &rhe) || errors.As(err, &ae) {
+		return false
+	}
 	if errors.Is(err, io.ErrUnexpectedEOF) || errors.Is(err, io.EOF) ||
 		errors.Is(err, syscall.ECONNRESET) || errors.Is(err, syscall.ECONNREFUSED) ||
 		errors.Is(err, syscall.EPIPE) || errors.Is(err, syscall.ECONNABORTED) {
 		return true
 	}
-	var ne net.Error
-	if errors.As(err, &ne) {
-		return true
+	// *url.Error is a net.Error itself, whatever it wraps: look inside.
+	for {
+		var ue *url.Error
+		if !errors.As(err, &ue) {
+			break
+		}
+		err = ue.Err
 	}
-	var oe *net.OpError
-	return errors.As(err, &oe)
+	var ne net.Error
+	return errors.As(err, &ne) // *net.OpError, *net.DNSError, timeouts
 }
 
 // statusErr reads what a registry says about a failed request (its JSON error document, or

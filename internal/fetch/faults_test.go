@@ -472,3 +472,20 @@ func TestErrorString(t *testing.T) {
 		t.Fatalf("%q, want %q", got, want)
 	}
 }
+
+// https to a registry that speaks plain http fails at once, saying so.
+func TestHTTPSToPlainRegistry(t *testing.T) {
+	_, host := serve(t, newFake("r"))
+	reg, err := New(host+"/r", WithRetry(3, time.Millisecond))
+	if err != nil {
+		t.Fatal(err)
+	}
+	_, err = reg.Blob(sha([]byte("x")), 10).ReadAt(make([]byte, 5), 0)
+	var fe *Error
+	if !errors.As(err, &fe) || fe.Temporary() || !strings.Contains(err.Error(), "HTTP response to HTTPS client") {
+		t.Fatalf("error %v", err)
+	}
+	if s := reg.Stats(); s.Requests != 1 {
+		t.Fatalf("stats %+v", s)
+	}
+}

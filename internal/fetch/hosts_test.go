@@ -3,6 +3,7 @@ package fetch
 import (
 	"errors"
 	"net/http"
+	"net/http/httptest"
 	"net/url"
 	"os"
 	"path/filepath"
@@ -254,5 +255,37 @@ func TestOptions(t *testing.T) {
 	}
 	if r.Host() != "example.invalid:5000" || r.Repository() != "a/b" || cap(r.sem) != 1 || r.endpoints[0].base != "http://example.invalid:5000/v2" {
 		t.Fatalf("registry %+v", r)
+	}
+}
+
+// skip_verify in hosts.toml reaches a registry whose certificate nobody signed; without it
+// the TLS error is final, not retried.
+func TestSkipVerify(t *testing.T) {
+	f := newFake("app")
+	blob := randomBytes(52, 1000)
+	d := f.addBlob(blob)
+	srv := httptest.NewTLSServer(f)
+	t.Cleanup(srv.Close)
+	host := strings.TrimPrefix(srv.URL, "https://")
+	dir := t.TempDir()
+	writeHosts(t, dir, host, "skip_verify = true\n")
+	reg, err := New(host+"/app", WithHostsDir(dir))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := reg.Blob(d, int64(len(blob))).ReadAt(make([]byte, 10), 0); err != nil {
+		t.Fatalf("skip_verify: %v", err)
+	}
+	reg, err = New(host+"/app", WithRetry(3, time.Millisecond))
+	if err != nil {
+		t.Fatal(err)
+	}
+	_, err = reg.Blob(d, int64(len(blob))).ReadAt(make([]byte, 10), 0)
+	var fe *Error
+	if !errors.As(err, &fe) || fe.Temporary() || !strings.Contains(err.Error(), "certificate") {
+		t.Fatalf("unverified certificate: %v", err)
+	}
+	if s := reg.Stats(); s.Requests != 1 {
+		t.Fatalf("stats %+v: a TLS failure is not retried", s)
 	}
 }
