@@ -2,6 +2,7 @@ package fetch
 
 import (
 	"errors"
+	"fmt"
 	"net/http"
 	"net/http/httptest"
 	"net/url"
@@ -11,6 +12,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/google/go-containerregistry/pkg/name"
 )
 
 func TestParseHosts(t *testing.T) {
@@ -287,5 +290,32 @@ func TestSkipVerify(t *testing.T) {
 	}
 	if s := reg.Stats(); s.Requests != 1 {
 		t.Fatalf("stats %+v: a TLS failure is not retried", s)
+	}
+}
+
+// The default registry's directory goes by containerd's short name for it.
+func TestHostsDirDefaultRegistry(t *testing.T) {
+	f := newFake("library/app")
+	blob := randomBytes(53, 1000)
+	d := f.addBlob(blob)
+	_, host := serve(t, f)
+	dir := t.TempDir()
+	writeHosts(t, dir, strings.TrimPrefix(name.DefaultRegistry, "index."), `server = "http://`+host+`"`)
+	// Nothing may leave the machine, whatever goes wrong.
+	loopback := roundTripFunc(func(r *http.Request) (*http.Response, error) {
+		if r.URL.Host != host {
+			return nil, fmt.Errorf("test: refusing request to %s", r.URL.Host)
+		}
+		return http.DefaultTransport.RoundTrip(r)
+	})
+	reg, err := New("app", WithHostsDir(dir), WithTransport(loopback), WithRetry(1, 0))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if reg.Host() != name.DefaultRegistry || reg.Repository() != "library/app" {
+		t.Fatalf("registry %s, repository %s", reg.Host(), reg.Repository())
+	}
+	if _, err := reg.Blob(d, int64(len(blob))).ReadAt(make([]byte, 10), 0); err != nil {
+		t.Fatal(err)
 	}
 }

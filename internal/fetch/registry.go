@@ -87,9 +87,11 @@ func New(ref string, opts ...Option) (*Registry, error) {
 	}
 	reg.log = log.With("registry", reg.host, "repo", reg.repo)
 
+	// containerd knows the default registry by its short name (the default without its
+	// "index." prefix); ggcr by the long one.
 	var aliases []string
-	if reg.host == name.DefaultRegistry || reg.host == "index."+name.DefaultRegistry {
-		aliases = []string{name.DefaultRegistry}
+	if reg.host == name.DefaultRegistry {
+		aliases = []string{strings.TrimPrefix(name.DefaultRegistry, "index.")}
 	}
 	hosts, err := loadHosts(o.hostsDir, reg.host, aliases, o.plainHTTP, func(file string, keys []string) {
 		reg.log.Warn("hosts file: ignoring settings lazypull does not use", "file", file, "keys", strings.Join(keys, ","))
