@@ -434,6 +434,19 @@ func TestReadOnly(t *testing.T) {
 	if b, err := os.ReadFile(p); err != nil || string(b) != "lazypull\n" {
 		t.Errorf("read after all that: %q, %v", b, err)
 	}
+	// fsync and close of a file open for reading succeed
+	for _, name := range []string{"etc/hostname", "etc"} {
+		f, err := os.Open(filepath.Join(mnt, name))
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := f.Sync(); err != nil {
+			t.Errorf("fsync %s: %v", name, err)
+		}
+		if err := f.Close(); err != nil {
+			t.Errorf("close %s: %v", name, err)
+		}
+	}
 }
 
 func TestXattrs(t *testing.T) {

@@ -163,6 +163,8 @@ var (
 	_ = (fs.NodeGetxattrer)((*inode)(nil))
 	_ = (fs.NodeListxattrer)((*inode)(nil))
 	_ = (fs.NodeStatfser)((*inode)(nil))
+	_ = (fs.NodeFlusher)((*inode)(nil))
+	_ = (fs.NodeFsyncer)((*inode)(nil))
 	_ = (fs.NodeSetattrer)((*inode)(nil))
 	_ = (fs.NodeSetxattrer)((*inode)(nil))
 	_ = (fs.NodeRemovexattrer)((*inode)(nil))
@@ -294,6 +296,13 @@ func (in *inode) Statfs(ctx context.Context, out *fuse.StatfsOut) syscall.Errno 
 	out.Files = in.v.files
 	out.NameLen = 255
 	return 0
+}
+
+// Flush and Fsync answer ENOSYS, which makes the kernel stop asking (and succeed): there is
+// nothing to flush in a read-only view, and a round trip on every close(2) costs.
+func (in *inode) Flush(context.Context, fs.FileHandle) syscall.Errno { return syscall.ENOSYS }
+func (in *inode) Fsync(context.Context, fs.FileHandle, uint32) syscall.Errno {
+	return syscall.ENOSYS
 }
 
 // Everything that would modify the tree refuses: the view is read-only. (The mount is
