@@ -155,5 +155,19 @@ rm -rf "$out/python"
 log "packing layers into $out/python"
 (cd "$repo" && go run ./tools/mkimage -out "$out/python" -tag python \
   -cmd '["python3","-c","print(\"hello from python\")"]' "$base" "$upper")
+
+# The same files flattened into one layer: a different image (other layer blobs) whose
+# files are byte for byte those of python, for tests of dedup by content across images.
+rm -rf "$out/python-flat"
+flat=$(mktemp -d "${TMPDIR:-/tmp}/lazypull-flat.XXXXXX")
+mounts+=("$flat")
+mount -t overlay overlay -o "ro,lowerdir=$upper:$base" "$flat"
+log "packing the flattened image into $out/python-flat"
+(cd "$repo" && go run ./tools/mkimage -out "$out/python-flat" -tag python-flat \
+  -cmd '["python3","-c","print(\"hello from python\")"]' "$flat")
+umount "$flat"
+unset 'mounts[-1]'
+rmdir "$flat"
+
 log "done in $((SECONDS - t_start)) s"
 echo "$out/python"

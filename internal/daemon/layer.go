@@ -52,8 +52,9 @@ func openLayer(ctx context.Context, reg *fetch.Registry, st *store.Store, lease 
 	return &Layer{Desc: desc, Index: ix, blob: blob, store: st, lease: lease, files: map[*format.Entry]store.File{}}, nil
 }
 
-// file returns the store's description of a regular file's content, and pins it so the
-// store does not evict it while this layer is mounted.
+// file returns the store's description of a regular file's content. It does not pin the
+// file: the store keeps what a read is using, an open passthrough file stays readable after
+// eviction, and pinning all a mount ever read would make the store's bound meaningless.
 func (l *Layer) file(e *format.Entry) (store.File, error) {
 	l.mu.Lock()
 	defer l.mu.Unlock()
@@ -65,9 +66,6 @@ func (l *Layer) file(e *format.Entry) (store.File, error) {
 		return store.File{}, fmt.Errorf("layer %s: %w", l.Desc.Digest, err)
 	}
 	l.files[e] = f
-	if l.lease != nil {
-		l.lease.Pin(f)
-	}
 	return f, nil
 }
 

@@ -1,0 +1,481 @@
+package e2e
+
+import (
+	"bufio"
+	"bytes"
+	"context"
+	"crypto/sha256"
+	"encoding/json"
+	"fmt"
+	"io"
+	"io/fs"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+
+	"golang.org/x/sys/unix"
+
+	"lazypull/internal/daemon"
+	"lazypull/internal/store"
+)
+
+// lazyImage converts the python test image (or its flattened twin) into the registry once
+// per test binary run and returns its reference.
+var lazyOnce sync.Map
+
+func (e *env) lazyImage(t *testing.T, name string) string {
+	t.Helper()
+	ref := fmt.Sprintf("%s/e2e/%s-%d:lazy", e.registry, name, os.Getpid())
+	if _, loaded := lazyOnce.LoadOrStore(ref, true); !loaded {
+		e.convert(t, "oci:"+filepath.Join(e.images, name)+":"+name, ref)
+	}
+	return ref
+}
+
+// mounted is a `lazypull mount` running in the background.
+type mounted struct {
+	dir, store string
+	cmd        *exec.Cmd
+	log        *syncBuffer
+	done       chan error
+}
+
+type syncBuffer struct {
+	mu sync.Mutex
+	b  bytes.Buffer
+}
+
+func (s *syncBuffer) Write(p []byte) (int, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.Write(p)
+}
+
+func (s *syncBuffer) String() string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.String()
+}
+
+// mount starts `lazypull mount` of ref at a new directory with the given store and waits
+// until the tree is there. The mount is stopped with SIGTERM when the test ends.
+func (e *env) mount(t *testing.T, ref, storeDir string, flags ...string) *mounted {
+	t.Helper()
+	m := &mounted{dir: filepath.Join(t.TempDir(), "mnt"), store: storeDir, log: &syncBuffer{}, done: make(chan error, 1)}
+	if err := os.Mkdir(m.dir, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	args := append([]string{"mount", "--plain-http", "--store", storeDir}, flags...)
+	m.cmd = exec.Command(e.bin, append(args, ref, m.dir)...)
+	m.cmd.Stdout, m.cmd.Stderr = m.log, m.log
+	if err := m.cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	go func() { m.done <- m.cmd.Wait() }()
+	t.Cleanup(func() { m.stop(t) })
+	deadline := time.Now().Add(30 * time.Second)
+	for !isMountpoint(m.dir) {
+		select {
+		case err := <-m.done:
+			t.Fatalf("lazypull mount exited (%v) before mounting:\n%s", err, m.log)
+		default:
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("lazypull mount: %s not mounted after 30 s:\n%s", m.dir, m.log)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	return m
+}
+
+// stop ends the mount with SIGTERM and checks that it unmounted cleanly.
+func (m *mounted) stop(t *testing.T) {
+	if m.cmd.ProcessState != nil || m.cmd.Process == nil {
+		return
+	}
+	select {
+	case <-m.done:
+		return
+	default:
+	}
+	m.cmd.Process.Signal(syscall.SIGTERM)
+	select {
+	case err := <-m.done:
+		if err != nil {
+			t.Errorf("lazypull mount ended with %v:\n%s", err, m.log)
+		}
+	case <-time.After(20 * time.Second):
+		m.cmd.Process.Kill()
+		t.Errorf("lazypull mount did not stop on SIGTERM:\n%s", m.log)
+	}
+	if isMountpoint(m.dir) {
+		t.Errorf("%s still mounted after SIGTERM", m.dir)
+		exec.Command("umount", "-l", m.dir).Run()
+	}
+}
+
+// kill ends the mount with SIGKILL, leaving a stale mount behind.
+func (m *mounted) kill() {
+	m.cmd.Process.Kill()
+	<-m.done
+}
+
+func isMountpoint(dir string) bool {
+	f, err := os.Open("/proc/self/mountinfo")
+	if err != nil {
+		return false
+	}
+	defer f.Close()
+	sc := bufio.NewScanner(f)
+	for sc.Scan() {
+		fields := strings.Fields(sc.Text())
+		if len(fields) > 4 && fields[4] == dir {
+			return true
+		}
+	}
+	return false
+}
+
+// stats waits until the mount's owner has written figures newer than after, and returns them.
+func stats(t *testing.T, storeDir string, after time.Time) daemon.Stats {
+	t.Helper()
+	deadline := time.Now().Add(15 * time.Second)
+	for {
+		s, err := daemon.ReadStats(storeDir)
+		if err == nil && s.Written.After(after) {
+			return s
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("no stats newer than %v in %s: %v", after, storeDir, err)
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+}
+
+// reference mounts the original image's rootfs with containerd (overlayfs over the
+// unpacked layers): what the lazy mount must equal.
+func (e *env) reference(t *testing.T) string {
+	t.Helper()
+	orig := fmt.Sprintf("%s/e2e/ref-%d:orig", e.registry, os.Getpid())
+	e.push(t, filepath.Join(e.images, "python"), "python", orig)
+	e.ctr(t, "image", "pull", "--plain-http", orig)
+	dir := t.TempDir()
+	e.ctr(t, "image", "mount", orig, dir)
+	t.Cleanup(func() { e.ctr(t, "image", "unmount", "--rm", dir) })
+	return dir
+}
+
+type node struct {
+	mode      fs.FileMode
+	uid, gid  uint32
+	size      int64
+	mtime     unix.Timespec
+	rdev      uint64
+	link, sum string
+	xattrs    string
+	ino       uint64
+}
+
+// walk describes every path under root, reading every file's content.
+func walk(t *testing.T, root string) map[string]node {
+	t.Helper()
+	out := map[string]node{}
+	err := filepath.WalkDir(root, func(p string, d fs.DirEntry, err error) error {
+		if err != nil {
+			return err
+		}
+		rel, _ := filepath.Rel(root, p)
+		var st unix.Stat_t
+		if err := unix.Lstat(p, &st); err != nil {
+			return err
+		}
+		n := node{mode: fs.FileMode(st.Mode), uid: st.Uid, gid: st.Gid, mtime: st.Mtim, rdev: st.Rdev, ino: st.Ino}
+		switch st.Mode & unix.S_IFMT {
+		case unix.S_IFREG:
+			n.size = st.Size
+			f, err := os.Open(p)
+			if err != nil {
+				return err
+			}
+			h := sha256.New()
+			_, err = io.Copy(h, f)
+			f.Close()
+			if err != nil {
+				return fmt.Errorf("read %s: %w", p, err)
+			}
+			n.sum = fmt.Sprintf("%x", h.Sum(nil))
+		case unix.S_IFLNK:
+			n.link, err = os.Readlink(p)
+			if err != nil {
+				return err
+			}
+		}
+		n.xattrs = xattrs(p)
+		out[rel] = n
+		return nil
+	})
+	if err != nil {
+		t.Fatalf("walk %s: %v", root, err)
+	}
+	return out
+}
+
+func xattrs(p string) string {
+	buf := make([]byte, 64<<10)
+	n, err := unix.Llistxattr(p, buf)
+	if err != nil || n == 0 {
+		return ""
+	}
+	var parts []string
+	for _, name := range strings.Split(strings.TrimRight(string(buf[:n]), "\x00"), "\x00") {
+		if strings.HasPrefix(name, "trusted.overlay.") {
+			continue
+		}
+		v := make([]byte, 64<<10)
+		m, _ := unix.Lgetxattr(p, name, v)
+		parts = append(parts, name+"="+string(v[:max(m, 0)]))
+	}
+	return strings.Join(parts, ",")
+}
+
+// TestMountEqualsUnpack: the lazy mount of the converted image shows exactly the tree
+// containerd unpacks from the original: every path's type, mode, owner, mtime, link
+// target, xattrs and content, and hard links as one inode.
+func TestMountEqualsUnpack(t *testing.T) {
+	e := setup(t)
+	ref := e.lazyImage(t, "python")
+	want := walk(t, e.reference(t))
+	m := e.mount(t, ref, t.TempDir())
+	got := walk(t, m.dir)
+
+	bad := 0
+	report := func(format string, args ...any) {
+		if bad++; bad <= 20 {
+			t.Errorf(format, args...)
+		}
+	}
+	for p, w := range want {
+		g, ok := got[p]
+		if !ok {
+			report("%s: missing from the lazy mount", p)
+			continue
+		}
+		isDir := w.mode&unix.S_IFMT == unix.S_IFDIR
+		if p == "." {
+			w.mtime = g.mtime // the unpacked root is a snapshot directory, made at unpack time
+		}
+		if g.mode != w.mode || g.uid != w.uid || g.gid != w.gid || g.link != w.link || g.sum != w.sum || g.rdev != w.rdev || g.xattrs != w.xattrs ||
+			(!isDir && g.size != w.size) || (!isDir && g.mtime != w.mtime) {
+			report("%s differs:\n lazy %+v\n want %+v", p, g, w)
+		}
+	}
+	for p := range got {
+		if _, ok := want[p]; !ok {
+			report("%s: in the lazy mount only", p)
+		}
+	}
+	// Hard links: paths sharing an inode in the unpacked tree share one in the mount.
+	groups := map[uint64][]string{}
+	for p, w := range want {
+		if w.mode.IsRegular() {
+			groups[w.ino] = append(groups[w.ino], p)
+		}
+	}
+	links := 0
+	for _, ps := range groups {
+		for _, p := range ps[1:] {
+			links++
+			if got[p].ino != got[ps[0]].ino {
+				report("hard links %s and %s: inodes %d and %d in the mount", ps[0], p, got[ps[0]].ino, got[p].ino)
+			}
+		}
+	}
+	if bad > 20 {
+		t.Errorf("... and %d more differences", bad-20)
+	}
+	t.Logf("%d paths compared, %d hard links", len(want), links)
+}
+
+// TestMountRunsPythonFetchingLittle runs python3 in a chroot on the lazy mount and checks
+// that it fetched a small fraction of the image.
+func TestMountRunsPythonFetchingLittle(t *testing.T) {
+	e := setup(t)
+	ref := e.lazyImage(t, "python")
+	storeDir := t.TempDir()
+	m := e.mount(t, ref, storeDir)
+	out := must(t, "chroot", m.dir, "python3", "-c", "print(1)")
+	if strings.TrimSpace(out) != "1" {
+		t.Fatalf("python3 printed %q", out)
+	}
+	done := time.Now()
+	s := stats(t, storeDir, done)
+	imageBytes := int64(0)
+	img := remoteImage(t, ref)
+	m2, _ := img.Manifest()
+	for _, l := range m2.Layers {
+		imageBytes += l.Size
+	}
+	t.Logf("fetched %d bytes in %d requests (%d chunks) of a %d-byte image", s.Fetch.Bytes, s.Fetch.Requests, s.Store.ChunksFetched, imageBytes)
+	if s.Fetch.Bytes == 0 || s.Fetch.Bytes > imageBytes/10 {
+		t.Errorf("python3 -c 'print(1)' fetched %d bytes of a %d-byte image; want a small fraction", s.Fetch.Bytes, imageBytes)
+	}
+}
+
+// TestSecondImageFetchesNoSharedChunk: the flattened image has other layer blobs but the
+// same files; once python ran from the first, running it from the second fetches nothing.
+func TestSecondImageFetchesNoSharedChunk(t *testing.T) {
+	e := setup(t)
+	first, second := e.lazyImage(t, "python"), e.lazyImage(t, "python-flat")
+	storeDir := t.TempDir()
+	m := e.mount(t, first, storeDir)
+	must(t, "chroot", m.dir, "python3", "-c", "import json, email; print(1)")
+	m.stop(t)
+
+	m = e.mount(t, second, storeDir)
+	start := time.Now()
+	must(t, "chroot", m.dir, "python3", "-c", "import json, email; print(1)")
+	s := stats(t, storeDir, start)
+	if s.Store.ChunksFetched != 0 {
+		t.Errorf("the second image fetched %d chunks (%d bytes) of files the first already brought", s.Store.ChunksFetched, s.Store.BytesFetched)
+	}
+	// The index reads are the only requests: one per layer, plus the manifest.
+	t.Logf("second image: %d requests, %d bytes", s.Fetch.Requests, s.Fetch.Bytes)
+}
+
+// TestMountKill9ThenRemount: a mount killed with -9 during reads leaves a stale mount and
+// a store with work in flight; the next mount cleans up both and serves the same tree.
+func TestMountKill9ThenRemount(t *testing.T) {
+	e := setup(t)
+	ref := e.lazyImage(t, "python")
+	storeDir := t.TempDir()
+	m := e.mount(t, ref, storeDir)
+	reader := exec.Command("tar", "-cf", "/dev/null", "-C", m.dir, "usr")
+	if err := reader.Start(); err != nil {
+		t.Fatal(err)
+	}
+	time.Sleep(700 * time.Millisecond)
+	m.kill()
+	reader.Wait()
+
+	// The store holds only verified objects.
+	st, err := store.Open(storeDir, store.WithVerifyOnOpen())
+	if err != nil {
+		t.Fatalf("reopen the store after kill -9: %v", err)
+	}
+	r, err := st.Verify(context.Background())
+	st.Close()
+	if err != nil || r.Bad != 0 || r.BadChunks != 0 {
+		t.Fatalf("store after kill -9: %+v, %v", r, err)
+	}
+	t.Logf("after kill -9: %d objects (%d bytes) verified", r.Objects, r.Bytes)
+
+	// Remount at the stale mount point: it is cleaned up, and the tree reads right.
+	m2 := e.remountAt(t, ref, storeDir, m.dir)
+	want := walk(t, e.reference(t))
+	got := walk(t, m2.dir)
+	for _, p := range []string{"usr/bin/python3.11", "usr/lib/python3.11/os.py", "etc/passwd"} {
+		if got[p].sum != want[p].sum || got[p].sum == "" && want[p].sum != "" {
+			t.Errorf("%s after remount: %+v, want %+v", p, got[p], want[p])
+		}
+	}
+	if len(got) != len(want) {
+		t.Errorf("%d paths after remount, %d in the image", len(got), len(want))
+	}
+}
+
+// remountAt mounts ref at an existing (possibly stale) mount point.
+func (e *env) remountAt(t *testing.T, ref, storeDir, dir string) *mounted {
+	t.Helper()
+	m := &mounted{dir: dir, store: storeDir, log: &syncBuffer{}, done: make(chan error, 1)}
+	m.cmd = exec.Command(e.bin, "mount", "--plain-http", "--store", storeDir, ref, dir)
+	m.cmd.Stdout, m.cmd.Stderr = m.log, m.log
+	if err := m.cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	go func() { m.done <- m.cmd.Wait() }()
+	t.Cleanup(func() { m.stop(t) })
+	deadline := time.Now().Add(30 * time.Second)
+	for {
+		if _, err := os.Stat(filepath.Join(dir, "usr")); err == nil {
+			return m
+		}
+		select {
+		case err := <-m.done:
+			t.Fatalf("lazypull mount at a stale mount point exited (%v):\n%s", err, m.log)
+		default:
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("remount at %s: not serving after 30 s:\n%s", dir, m.log)
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+}
+
+// TestMountTinyStore: with a store bound far below the image, eviction happens and every
+// read is still correct.
+func TestMountTinyStore(t *testing.T) {
+	e := setup(t)
+	ref := e.lazyImage(t, "python")
+	storeDir := t.TempDir()
+	const bound = 4 << 20
+	m := e.mount(t, ref, storeDir, "--store-max-bytes", fmt.Sprint(bound))
+	ref0 := e.reference(t)
+	sub := "usr/lib/python3.11"
+	want := walk(t, filepath.Join(ref0, sub))
+	start := time.Now()
+	got := walk(t, filepath.Join(m.dir, sub))
+	for p, w := range want {
+		if got[p].sum != w.sum {
+			t.Fatalf("%s/%s read wrong under a tiny store", sub, p)
+		}
+	}
+	s := stats(t, storeDir, start)
+	if s.Store.Evictions == 0 {
+		t.Errorf("no eviction with a %d-byte bound after reading %s", bound, sub)
+	}
+	if s.Store.Bytes > bound+s.Store.PinnedBytes+(1<<20) {
+		t.Errorf("store holds %d bytes, bound %d (+%d pinned)", s.Store.Bytes, bound, s.Store.PinnedBytes)
+	}
+	b, _ := json.Marshal(s.Store)
+	t.Logf("store after reading %s: %s", sub, b)
+}
+
+// TestMountBadInput: each refusal is one clear line and a non-zero exit.
+func TestMountBadInput(t *testing.T) {
+	e := setup(t)
+	orig := fmt.Sprintf("%s/e2e/plain-%d:orig", e.registry, os.Getpid())
+	e.push(t, filepath.Join(e.images, "python"), "python", orig)
+	lazy := e.lazyImage(t, "python")
+	full := t.TempDir()
+	os.WriteFile(filepath.Join(full, "x"), nil, 0o644)
+	otherStore := t.TempDir()
+	os.WriteFile(filepath.Join(otherStore, "store-version"), []byte("lazypull store 99\n"), 0o644)
+	for _, c := range []struct {
+		name, contains string
+		args           []string
+	}{
+		{"not a lazypull image", "not a lazypull layer", []string{orig, t.TempDir()}},
+		{"dir not empty", full, []string{lazy, full}},
+		{"dir missing", "/nonexistent-lazypull", []string{lazy, "/nonexistent-lazypull/x"}},
+		{"store of another version", "99", []string{"--store", otherStore, lazy, t.TempDir()}},
+	} {
+		t.Run(c.name, func(t *testing.T) {
+			args := append([]string{"mount", "--plain-http"}, c.args...)
+			if !strings.Contains(strings.Join(args, " "), "--store") {
+				args = append([]string{"mount", "--plain-http", "--store", t.TempDir()}, c.args...)
+			}
+			r := run(t, e.bin, args...)
+			if r.code == 0 {
+				t.Fatalf("exit 0; want a refusal")
+			}
+			if !strings.Contains(r.stderr, c.contains) {
+				t.Errorf("stderr does not name %q:\n%s", c.contains, r.stderr)
+			}
+		})
+	}
+}
