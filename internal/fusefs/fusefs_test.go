@@ -3,11 +3,13 @@ package fusefs
 import (
 	"archive/tar"
 	"bytes"
+	"context"
 	"fmt"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"strings"
+	"sync"
 	"syscall"
 	"testing"
 	"time"
@@ -679,5 +681,58 @@ func TestOverlayUpperOnLayerViews(t *testing.T) {
 	}
 	if _, err := os.Lstat(filepath.Join(ovl, "etc/hostname")); !os.IsNotExist(err) {
 		t.Errorf("etc/hostname after rm: %v", err)
+	}
+}
+
+// rangeContent records the ranges it is asked for.
+type rangeContent struct {
+	layerContent
+	mu     sync.Mutex
+	ranges [][2]int64
+}
+
+func (c *rangeContent) ReadAt(ctx context.Context, e *format.Entry, p []byte, off int64) (int, error) {
+	c.mu.Lock()
+	c.ranges = append(c.ranges, [2]int64{off, int64(len(p))})
+	c.mu.Unlock()
+	return c.layerContent.ReadAt(ctx, e, p, off)
+}
+
+// TestReadsByRange: opening reads nothing, and a small read far into a file asks the
+// content for that part only (and the read-ahead after it), not the whole file.
+func TestReadsByRange(t *testing.T) {
+	requireFUSE(t)
+	l := convertLayer(t, testLayers(t)[0])
+	c := &rangeContent{layerContent: layerContent{l: l}}
+	root, err := NewLayer(l.Index, c)
+	if err != nil {
+		t.Fatal(err)
+	}
+	mnt, _ := mountView(t, root)
+	f, err := os.Open(filepath.Join(mnt, "usr/lib/big.so"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	if len(c.ranges) != 0 {
+		t.Errorf("open read %v", c.ranges)
+	}
+	const off = 2<<20 + 5000
+	b := make([]byte, 100)
+	if _, err := f.ReadAt(b, off); err != nil {
+		t.Fatal(err)
+	}
+	if !bytes.Equal(b, randBytes(2, 3<<20+12345)[off:off+100]) {
+		t.Error("content differs")
+	}
+	var total int64
+	for _, r := range c.ranges {
+		total += r[1]
+		if r[0]+r[1] <= off-(1<<20) || r[0] >= 3<<20+12345 {
+			t.Errorf("asked for [%d, +%d), far from the read at %d", r[0], r[1], int64(off))
+		}
+	}
+	if total == 0 || total > 1<<20+4096 {
+		t.Errorf("asked for %d bytes in %v for a read of 100", total, c.ranges)
 	}
 }
