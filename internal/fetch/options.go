@@ -106,8 +106,8 @@ func WithMaxConcurrency(n int) Option {
 }
 
 // WithRetry sets how often a request is tried in all (attempts >= 1; 1 means no retry) and
-// the backoff before the first retry, which doubles with each further retry (with jitter,
-// at most 32 times the base). Only failures that may pass are retried: 5xx but 501, 429,
+// the backoff before the first retry, which doubles with each further retry up to 32 times
+// the base, each wait drawn within ±50% of that. Only failures that may pass are retried: 5xx but 501, 429,
 // connection errors and bodies cut short.
 func WithRetry(attempts int, backoff time.Duration) Option {
 	return func(o *options) error {
