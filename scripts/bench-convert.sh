@@ -11,8 +11,11 @@
 #      ctr-remote image convert --estargz --oci REG/python:src REG/python:esgz-I
 #                                      (containerd content store -> content store, its defaults)
 #    and, for reference, ctr-remote with --estargz-compression-level 1 (its default is 9).
-#    Each is run once to warm up, then BENCH_N times (default 3), interleaved; the median and
-#    the min-max are reported. Bar: lazypull >= 2x ctr-remote (default settings).
+#    Each is run once to warm up (the level-1 runs share ctr-remote's), then BENCH_N times
+#    (default 3), interleaved; the median and the min-max of the wall-clock time are reported,
+#    and the median CPU time of the converter plus the daemon it works through (containerd,
+#    or the registry), which other load on the machine disturbs much less. Bar, on the
+#    wall-clock medians: lazypull (layout -> layout) >= 2x ctr-remote (its default settings).
 # 2. Index vs eStargz TOC, per layer of the same image, with tools/indexsize: lazypull's index
 #    payload against the eStargz TOC gzip member (compressed), and the index body against
 #    stargz.index.json (uncompressed). Bar: index <= 1/3 of the TOC.
@@ -304,7 +307,7 @@ report=$work/report.md
   echo
   echo "## make bench-convert, $(date -u '+%Y-%m-%d %H:%M:%S UTC')"
   echo
-  echo "Command: \`make bench-convert\` (scripts/bench-convert.sh, BENCH_N=$N)."
+  echo "Command: \`make bench-convert\` (scripts/bench-convert.sh, BENCH_N=$N); the script ran for $SECONDS s."
   echo "Machine: $(nproc) CPUs, ${cpu:-unknown CPU}, Linux $(uname -r)."
   echo "Versions: $("$lazypull" version 2>&1 | head -n 1); ctr-remote from stargz-snapshotter" \
     "$(dpkg-query -W -f='${Version}' stargz-snapshotter 2>/dev/null || echo '(version unknown)'); $(containerd --version 2>&1 | awk '{ print "containerd", $3 }')."
