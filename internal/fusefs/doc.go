@@ -62,7 +62,10 @@
 // has the file's complete verified copy on local disk, the open hands the kernel that file
 // (FUSE passthrough, Linux 6.9+, root): reads and mmap then never reach this process. When
 // the kernel refuses passthrough, the same local file serves the reads through FUSE (one
-// log line says so). Passthrough uses stacking depth 1, so the local copies must be on a
+// log line says so). The kernel refuses to mix passthrough and cached opens of one inode,
+// so new opens take the mode of the opens already there: a file that became local while
+// open is read from its copy through FUSE until every open of it is closed. Passthrough
+// uses stacking depth 1, so the local copies must be on a
 // non-stacked file system (not overlayfs), and the mount can still be an overlayfs lower.
 //
 // A Content error is EIO for that read only, logged as one error line with the path and
