@@ -12,7 +12,7 @@
 #                                      (containerd content store -> content store, its defaults)
 #    and, for reference, ctr-remote with --estargz-compression-level 1 (its default is 9).
 #    Each is run once to warm up (the level-1 runs share ctr-remote's), then BENCH_N times
-#    (default 3), interleaved; the median and the min-max of the wall-clock time are reported,
+#    (default 3; the level-1 one BENCH_ESGZ_EXTRA_N times, default 1), interleaved; the median and the min-max of the wall-clock time are reported,
 #    and the median CPU time of the converter plus the daemon it works through (containerd,
 #    or the registry), which other load on the machine disturbs much less. Bar, on the
 #    wall-clock medians: lazypull (layout -> layout) >= 2x ctr-remote (its default settings).
@@ -27,6 +27,8 @@
 # Environment:
 #   BENCH_N=3                 timed runs of each converter
 #   BENCH_ESGZ_EXTRA_LEVEL=1  the extra ctr-remote compression level measured; empty: skip it
+#   BENCH_ESGZ_EXTRA_N=1      timed runs at that level (at most BENCH_N; one keeps the whole
+#                             script under ~5 minutes on an idle 2-CPU machine)
 #   BENCH_RECORD=1            append the report (markdown) to docs/benchmarks.md; default: only
 #                             print it
 #   LAZYPULL_TEST_IMAGES      where the test image layout is written (default: the work dir)
@@ -38,12 +40,15 @@ root=$PWD
 
 N=${BENCH_N:-3}
 extra_level=${BENCH_ESGZ_EXTRA_LEVEL-1}
+extra_n=${BENCH_ESGZ_EXTRA_N:-1}
 record=${BENCH_RECORD:-0}
 
 log() { echo "bench-convert: $*" >&2; }
 
 [[ $N =~ ^[1-9][0-9]*$ ]] || die "BENCH_N=$N: want a positive integer"
 [[ -z $extra_level || $extra_level =~ ^[1-9]$ ]] || die "BENCH_ESGZ_EXTRA_LEVEL=$extra_level: want 1 to 9, or empty"
+[[ $extra_n =~ ^[1-9][0-9]*$ ]] || die "BENCH_ESGZ_EXTRA_N=$extra_n: want a positive integer"
+extra_n=$((extra_n < N ? extra_n : N))
 
 # step NAME: what is being done, named in the error if it fails. cur_log: the output of the
 # command running now, whose tail is shown on failure.
@@ -201,8 +206,8 @@ for ((i = 1; i <= N; i++)); do
   step "run $i of $N: ctr-remote image convert --estargz --oci"
   t=$(run_esgz "$i")
   log "$t s"
-  if [ -n "$extra_level" ]; then
-    step "run $i of $N: ctr-remote image convert --estargz --estargz-compression-level $extra_level --oci"
+  if [ -n "$extra_level" ] && [ "$i" -le "$extra_n" ]; then
+    step "run $i of $extra_n: ctr-remote image convert --estargz --estargz-compression-level $extra_level --oci"
     t=$(run_extra "$i")
     log "$t s"
   fi
@@ -302,6 +307,10 @@ nonsha_ratio=$(awk -v a="$idx_c" -v b="$toc_c" -v fa="$floor" \
   'BEGIN { printf "%.2f", (a - fa) / (b - fb) }')
 
 cpu=$(awk -F': *' '/^model name/ { print $2; exit }' /proc/cpuinfo)
+commit=$(git -C "$root" rev-parse --short HEAD 2>/dev/null || echo "an unknown commit")
+if [ -n "$(git -C "$root" status --porcelain --untracked-files=no 2>/dev/null)" ]; then
+  commit="$commit, with uncommitted changes"
+fi
 report=$work/report.md
 {
   echo
@@ -309,7 +318,7 @@ report=$work/report.md
   echo
   echo "Command: \`make bench-convert\` (scripts/bench-convert.sh, BENCH_N=$N); the script ran for $SECONDS s."
   echo "Machine: $(nproc) CPUs, ${cpu:-unknown CPU}, Linux $(uname -r)."
-  echo "Versions: $("$lazypull" version 2>&1 | head -n 1); ctr-remote from stargz-snapshotter" \
+  echo "Versions: $("$lazypull" version 2>&1 | head -n 1) (bin/lazypull, built from the work tree at $commit); ctr-remote from stargz-snapshotter" \
     "$(dpkg-query -W -f='${Version}' stargz-snapshotter 2>/dev/null || echo '(version unknown)'); $(containerd --version 2>&1 | awk '{ print "containerd", $3 }')."
   echo "Image: the test image of scripts/build-test-image.sh (Debian bookworm minbase + python3)," \
     "$layers gzip layers, $src_blob_bytes bytes compressed, $tar_bytes bytes of tar" \
@@ -329,7 +338,7 @@ report=$work/report.md
   tp_row reg "lazypull convert, registry -> registry (loopback)"
   tp_row esgz "ctr-remote image convert --estargz --oci (content store -> content store)"
   if [ -n "$extra_level" ]; then
-    tp_row extra "ctr-remote, same, --estargz-compression-level $extra_level"
+    tp_row extra "ctr-remote, same, --estargz-compression-level $extra_level ($extra_n run$([ "$extra_n" -eq 1 ] || echo s))"
   fi
   echo
   echo "Load average (1, 5, 15 min) before the timed runs: $load_before; after: $load_after."
