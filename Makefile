@@ -36,11 +36,15 @@ bench:
 bench-convert: deps build
 	scripts/bench-convert.sh
 
-# Run each fuzz target for FUZZTIME (default 30s).
+# Run every fuzz target of every package for FUZZTIME each (default 30s). `make test` runs
+# their seed corpora as ordinary tests.
 FUZZTIME ?= 30s
 fuzz:
-	for f in FuzzDecodeIndex FuzzDecodeBody FuzzWrite FuzzOpen; do \
-		$(GO) test ./format -run '^$$' -fuzz "^$$f\$$" -fuzztime $(FUZZTIME) || exit 1; done
+	for pkg in $$($(GO) list ./...); do \
+		for f in $$($(GO) test $$pkg -list '^Fuzz' | grep '^Fuzz'); do \
+			$(GO) test $$pkg -run '^$$' -fuzz "^$$f\$$" -fuzztime $(FUZZTIME) || exit 1; \
+		done; \
+	done
 
 clean:
 	rm -rf bin
