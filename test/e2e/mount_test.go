@@ -18,8 +18,12 @@ import (
 	"testing"
 	"time"
 
+	"github.com/google/go-containerregistry/pkg/name"
+	"github.com/google/go-containerregistry/pkg/v1/remote"
+	"github.com/google/go-containerregistry/pkg/v1/types"
 	"golang.org/x/sys/unix"
 
+	"lazypull/format"
 	"lazypull/internal/daemon"
 	"lazypull/internal/store"
 )
@@ -453,6 +457,7 @@ func TestMountBadInput(t *testing.T) {
 	lazy := e.lazyImage(t, "python")
 	full := t.TempDir()
 	os.WriteFile(filepath.Join(full, "x"), nil, 0o644)
+	badIndex := e.tamperedImage(t, lazy)
 	otherStore := t.TempDir()
 	os.WriteFile(filepath.Join(otherStore, "store-version"), []byte("lazypull store 99\n"), 0o644)
 	for _, c := range []struct {
@@ -461,6 +466,7 @@ func TestMountBadInput(t *testing.T) {
 	}{
 		{"not a lazypull image", "not a lazypull layer", []string{orig, t.TempDir()}},
 		{"dir not empty", full, []string{lazy, full}},
+		{"index digest does not match its annotation", "index digest", []string{badIndex, t.TempDir()}},
 		{"dir missing", "/nonexistent-lazypull", []string{lazy, "/nonexistent-lazypull/x"}},
 		{"store of another version", "99", []string{"--store", otherStore, lazy, t.TempDir()}},
 	} {
@@ -478,4 +484,37 @@ func TestMountBadInput(t *testing.T) {
 			}
 		})
 	}
+}
+
+// rawManifest is a manifest pushed as it is.
+type rawManifest struct {
+	raw []byte
+	mt  types.MediaType
+}
+
+func (r rawManifest) RawManifest() ([]byte, error)        { return r.raw, nil }
+func (r rawManifest) MediaType() (types.MediaType, error) { return r.mt, nil }
+
+// tamperedImage pushes ref's manifest with a wrong index digest in a layer's annotations
+// (the blobs stay as they are) and returns its reference.
+func (e *env) tamperedImage(t *testing.T, ref string) string {
+	t.Helper()
+	m, err := remoteImage(t, ref).Manifest()
+	if err != nil {
+		t.Fatal(err)
+	}
+	m.Layers[1].Annotations[format.AnnotationIndexDigest] = "sha256:" + strings.Repeat("0", 64)
+	raw, err := json.Marshal(m)
+	if err != nil {
+		t.Fatal(err)
+	}
+	bad := strings.TrimSuffix(ref, ":lazy") + ":tampered"
+	r, err := name.ParseReference(bad, name.Insecure)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := remote.Put(r, rawManifest{raw, types.OCIManifestSchema1}); err != nil {
+		t.Fatalf("push %s: %v", bad, err)
+	}
+	return bad
 }
