@@ -79,6 +79,12 @@ func (fl *flight) finish(data []byte, err error) bool {
 	return true
 }
 
+func (fl *flight) failed() bool {
+	fl.mu.Lock()
+	defer fl.mu.Unlock()
+	return fl.over && fl.err != nil
+}
+
 func (fl *flight) ended() bool {
 	fl.mu.Lock()
 	defer fl.mu.Unlock()
@@ -228,6 +234,9 @@ func (s *Store) plan(f File, chunks []format.Chunk, keep bool) (parts []part, mi
 			continue
 		}
 		fl := s.flights[c.Digest]
+		if fl != nil && fl.failed() {
+			fl = nil // ended in error: start over
+		}
 		if fl == nil {
 			fl = newFlight(c, f)
 			s.flights[c.Digest] = fl
@@ -331,8 +340,12 @@ func (s *Store) fetch(ctx context.Context, src Source, mine []*flight, bulk bool
 			}
 			ferr = fmt.Errorf("fetch chunk %s of %s: %w", fl.c.Digest, fl.file.Digest, ferr)
 		}
+		if fl.ended() {
+			continue
+		}
+		// Out of the map first: a waiter woken by finish must not find it again.
+		s.dropFlight(fl)
 		if fl.finish(nil, ferr) {
-			s.dropFlight(fl)
 			fl.settle(nil)
 		}
 	}
