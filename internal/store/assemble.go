@@ -78,15 +78,33 @@ func (s *Store) Fill(ctx context.Context, src Source, files ...File) error {
 	for _, f := range files {
 		l.Pin(f)
 	}
-	if err := s.fetchMissing(ctx, src, files); err != nil {
-		return err
-	}
-	for _, f := range files {
-		if err := s.assembleOrWait(ctx, f); err != nil {
+	// Pins keep chunk objects, but a chunk may also move into another file's assembly,
+	// which is not pinned: under pressure it can go before this file is assembled. Fetch
+	// what went, and try again.
+	for attempt := 1; ; attempt++ {
+		if err := s.fetchMissing(ctx, src, files); err != nil {
 			return err
 		}
+		var again []File
+		var lost error
+		for _, f := range files {
+			err := s.assembleOrWait(ctx, f)
+			if errors.Is(err, errMissing) {
+				again, lost = append(again, f), err
+				continue
+			}
+			if err != nil {
+				return err
+			}
+		}
+		if len(again) == 0 {
+			return nil
+		}
+		if attempt == attempts {
+			return fmt.Errorf("store fill: chunks were evicted before their files could be assembled, %d times; the store's bound (%d bytes) is too small for what is pinned and filled at once: %w", attempts, s.maxBytes, lost)
+		}
+		files = again
 	}
-	return nil
 }
 
 // fetchMissing makes every chunk of the files (that are not complete already) local.
@@ -237,7 +255,14 @@ func (s *Store) maybeAssemble(f File, fetched bool) {
 	s.bg.Add(1)
 	go func() {
 		defer s.bg.Done()
-		err := s.assemble(s.bgCtx, f)
+		var err error
+		select {
+		case s.asm <- struct{}{}:
+			err = s.assemble(s.bgCtx, f)
+			<-s.asm
+		case <-s.bgCtx.Done():
+			err = s.bgCtx.Err()
+		}
 		s.endAssembly(f, fl, err)
 		switch {
 		case err == nil, errors.Is(err, context.Canceled):

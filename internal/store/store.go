@@ -59,6 +59,9 @@ const (
 	writers = 4
 	// maxPending bounds the bytes of fetched chunks a bulk fetch queues for the writers.
 	maxPending = 64 << 20
+	// assemblers bounds the assemblies that reads start in the background; each copies and
+	// hashes a whole file.
+	assemblers = 2
 )
 
 // ErrClosed is returned by a Store's methods once Close was called.
@@ -125,6 +128,7 @@ type Store struct {
 	ops     sync.WaitGroup // calls in progress
 	wq      writeQueue
 	writers sync.WaitGroup
+	asm     chan struct{} // assemblers slots
 
 	mu         sync.Mutex
 	closed     bool
@@ -206,6 +210,7 @@ func Open(dir string, opts ...Option) (*Store, error) {
 	}
 	s.bgCtx, s.bgStop = context.WithCancel(context.Background())
 	s.wq.cond = sync.NewCond(&s.wq.mu)
+	s.asm = make(chan struct{}, assemblers)
 	if err := s.takeLock(); err != nil {
 		return nil, err
 	}
