@@ -3,7 +3,6 @@ package e2e
 import (
 	"context"
 	"errors"
-	"fmt"
 	"io"
 	"net"
 	"net/http"
@@ -191,5 +190,5 @@ func TestMountFaults(t *testing.T) {
 	if err != nil || r.Bad != 0 || r.BadChunks != 0 {
 		t.Fatalf("store after faults: %+v, %v", r, err)
 	}
-	t.Log(fmt.Sprintf("store verified: %d objects", r.Objects))
+	t.Logf("store verified: %d objects", r.Objects)
 }
