@@ -4,7 +4,9 @@ import (
 	"context"
 	"fmt"
 	"io"
+	"log/slog"
 	"os"
+	"path/filepath"
 	"testing"
 )
 
@@ -51,5 +53,48 @@ func BenchmarkLocalRead(b *testing.B) {
 				_ = r.Close()
 			}
 		})
+	}
+}
+
+// BenchmarkOpen opens a store of 100,000 small objects and a chunk log of 10,000 records
+// (of 8 chunks each): the directory scan and the log read that rebuild the index.
+func BenchmarkOpen(b *testing.B) {
+	dir := b.TempDir()
+	s := openStore(b, dir)
+	var recs []chunkRecord
+	for i := range 100_000 {
+		data := []byte(fmt.Sprintf("object %d", i))
+		d := sha256Sum(data)
+		p := s.objectPath(d)
+		if err := os.MkdirAll(filepath.Dir(p), 0o700); err != nil {
+			b.Fatal(err)
+		}
+		if err := os.WriteFile(p, data, 0o444); err != nil {
+			b.Fatal(err)
+		}
+		if i%10 == 0 {
+			r := chunkRecord{object: d}
+			for k := range 8 {
+				r.chunks = append(r.chunks, recChunk{sha256Sum([]byte(fmt.Sprint(i, k))), 1})
+			}
+			r.chunks[7].size = int64(len(data)) - 7
+			recs = append(recs, r)
+		}
+	}
+	if err := s.clog.compact(recs); err != nil {
+		b.Fatal(err)
+	}
+	if err := s.Close(); err != nil {
+		b.Fatal(err)
+	}
+	for b.Loop() {
+		s, err := Open(dir, WithLogger(slog.New(slog.DiscardHandler)))
+		if err != nil {
+			b.Fatal(err)
+		}
+		if st := s.Stats(); st.Objects != 100_000 || st.Chunks != 80_000 {
+			b.Fatalf("%+v", st)
+		}
+		_ = s.Close()
 	}
 }

@@ -14,6 +14,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"syscall"
 	"time"
 
@@ -62,6 +63,8 @@ const (
 	// assemblers bounds the assemblies that reads start in the background; each copies and
 	// hashes a whole file.
 	assemblers = 2
+	// scanners is how many directories Open scans at once.
+	scanners = 16
 )
 
 // ErrClosed is returned by a Store's methods once Close was called.
@@ -346,67 +349,99 @@ func (s *Store) scan() error {
 	if err != nil {
 		return fmt.Errorf("store %s: %w", s.dir, err)
 	}
-	type found struct {
-		d     format.Digest
-		size  int64
-		mtime int64
-	}
-	var objs []found
-	removed := 0
+	var removed atomic.Int64
 	garbage := func(p string, why string) error {
 		s.log.Warn("store: removing what is not an object", "path", p, "why", why)
-		removed++
+		removed.Add(1)
 		if err := os.RemoveAll(p); err != nil {
 			return fmt.Errorf("store %s: remove %s: %w", s.dir, p, err)
 		}
 		return nil
 	}
+	var dirs []string
 	for _, sub := range subs {
-		sp := filepath.Join(root, sub.Name())
 		if !sub.IsDir() || len(sub.Name()) != 2 || !isLowerHex(sub.Name()) {
-			if err := garbage(sp, "not a two-hex-digit directory"); err != nil {
+			if err := garbage(filepath.Join(root, sub.Name()), "not a two-hex-digit directory"); err != nil {
 				return err
 			}
 			continue
 		}
-		ents, err := os.ReadDir(sp)
-		if err != nil {
-			return fmt.Errorf("store %s: %w", s.dir, err)
-		}
-		for _, e := range ents {
-			p := filepath.Join(sp, e.Name())
-			d, ok := parseHexDigest(e.Name())
-			if !ok || e.Name()[:2] != sub.Name() || !e.Type().IsRegular() {
-				if err := garbage(p, "not named <sha256 hex> in its <hex[:2]> directory"); err != nil {
-					return err
-				}
-				continue
-			}
-			info, err := e.Info()
-			if err != nil {
-				return fmt.Errorf("store %s: %w", s.dir, err)
-			}
-			if info.Size() == 0 && d != emptyDigest {
-				if err := garbage(p, "empty, but not the empty object"); err != nil {
-					return err
-				}
-				continue
-			}
-			objs = append(objs, found{d, info.Size(), info.ModTime().Unix()})
-		}
+		dirs = append(dirs, sub.Name())
 	}
+	// One stat per object is most of what Open costs: the directories are scanned in
+	// parallel (the stats wait on the disk more than on the CPU).
+	found := make([][]scanned, len(dirs))
+	errs := make([]error, len(dirs))
+	next := atomic.Int64{}
+	var wg sync.WaitGroup
+	for range min(scanners, len(dirs)) {
+		wg.Go(func() {
+			for i := int(next.Add(1) - 1); i < len(dirs); i = int(next.Add(1) - 1) {
+				found[i], errs[i] = s.scanDir(root, dirs[i], garbage)
+			}
+		})
+	}
+	wg.Wait()
+	if err := errors.Join(errs...); err != nil {
+		return err
+	}
+	objs := slices.Concat(found...)
 	// Least recently used last: the mtime is the coarse access time (stampEvery).
-	slices.SortFunc(objs, func(a, b found) int { return int(b.mtime - a.mtime) })
+	slices.SortFunc(objs, func(a, b scanned) int { return int(b.mtime - a.mtime) })
 	for _, f := range objs {
 		o := &object{digest: f.d, size: f.size, stamp: f.mtime}
 		o.elem = s.lru.PushBack(o)
 		s.objects[f.d] = o
 		s.bytes += f.size
 	}
-	if removed > 0 {
-		s.log.Warn("store: removed entries that were not objects", "dir", s.dir, "count", removed)
+	if n := removed.Load(); n > 0 {
+		s.log.Warn("store: removed entries that were not objects", "dir", s.dir, "count", n)
 	}
 	return nil
+}
+
+type scanned struct {
+	d     format.Digest
+	size  int64
+	mtime int64
+}
+
+// scanDir lists the objects of one two-hex directory, removing what is not one.
+func (s *Store) scanDir(root, sub string, garbage func(p, why string) error) ([]scanned, error) {
+	sp := filepath.Join(root, sub)
+	dir, err := os.Open(sp)
+	if err != nil {
+		return nil, fmt.Errorf("store %s: %w", s.dir, err)
+	}
+	defer dir.Close()
+	ents, err := dir.ReadDir(-1)
+	if err != nil {
+		return nil, fmt.Errorf("store %s: %w", s.dir, err)
+	}
+	out := make([]scanned, 0, len(ents))
+	for _, e := range ents {
+		p := filepath.Join(sp, e.Name())
+		d, ok := parseHexDigest(e.Name())
+		if !ok || e.Name()[:2] != sub || !e.Type().IsRegular() {
+			if err := garbage(p, "not named <sha256 hex> in its <hex[:2]> directory"); err != nil {
+				return nil, err
+			}
+			continue
+		}
+		// fstatat from the directory: no walk of the whole path per object.
+		var st unix.Stat_t
+		if err := unix.Fstatat(int(dir.Fd()), e.Name(), &st, unix.AT_SYMLINK_NOFOLLOW); err != nil {
+			return nil, fmt.Errorf("store %s: stat %s: %w", s.dir, p, err)
+		}
+		if st.Size == 0 && d != emptyDigest {
+			if err := garbage(p, "empty, but not the empty object"); err != nil {
+				return nil, err
+			}
+			continue
+		}
+		out = append(out, scanned{d, st.Size, st.Mtim.Sec})
+	}
+	return out, nil
 }
 
 // loadChunkLog indexes the chunks of the multi-chunk objects that exist, and drops the
