@@ -13,6 +13,10 @@
 # from DIR is running already. stop kills the tasks left in it, kills containerd by the PID
 # in DIR, waits for it to exit, and unmounts whatever is still mounted under DIR (snapshot
 # overlay mounts, container rootfs), so that DIR can be removed.
+#
+# CONTAINERD_PROXY_SNAPSHOTTER=/path/to.sock registers a snapshotter served on that socket
+# (lazypull snapshotter --address /path/to.sock) as proxy plugin "lazypull":
+#   ctr --address DIR/containerd.sock run --snapshotter lazypull IMG ID
 set -euo pipefail
 
 bin=/usr/bin/containerd
@@ -82,6 +86,15 @@ disabled_plugins = [
 #     type = "snapshot"
 #     address = "/path/to/snapshotter.sock"
 EOF
+  if [ -n "${CONTAINERD_PROXY_SNAPSHOTTER:-}" ]; then
+    cat >>"$dir/config.toml" <<EOF
+
+[proxy_plugins]
+  [proxy_plugins.lazypull]
+    type = "snapshot"
+    address = "$CONTAINERD_PROXY_SNAPSHOTTER"
+EOF
+  fi
 }
 
 ctr_() { ctr --address "$dir/containerd.sock" "$@"; }

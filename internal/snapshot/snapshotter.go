@@ -185,7 +185,7 @@ func (s *Snapshotter) Prepare(ctx context.Context, key, parent string, opts ...s
 	if err == nil || errdefs.IsAlreadyExists(err) {
 		return nil, fmt.Errorf("remote snapshot %s: %w", target, errdefs.ErrAlreadyExists)
 	}
-	s.log.Debug("layer takes the ordinary path", "key", key, "ref", target, "err", err)
+	s.log.Info("layer takes the ordinary path", "key", key, "ref", target, "err", err)
 	return mounts, nil
 }
 

@@ -1,0 +1,145 @@
+package cli
+
+import (
+	"context"
+	"flag"
+	"fmt"
+
+	containerd "github.com/containerd/containerd/v2/client"
+	"github.com/containerd/containerd/v2/core/images"
+	"github.com/containerd/containerd/v2/core/remotes/docker"
+	dockerconfig "github.com/containerd/containerd/v2/core/remotes/docker/config"
+	"github.com/containerd/containerd/v2/pkg/namespaces"
+	"github.com/containerd/containerd/v2/pkg/snapshotters"
+	"github.com/google/go-containerregistry/pkg/authn"
+	"github.com/google/go-containerregistry/pkg/name"
+	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
+
+	"lazypull/internal/daemon"
+)
+
+var pullCommand = &command{
+	name:    "pull",
+	args:    "[flags] REF",
+	summary: "pull an image into containerd for the lazypull snapshotter, layers left in the registry",
+	help: `
+Pulls REF through containerd (--address) and unpacks it with the lazypull snapshotter:
+containerd downloads the manifest and the config, and the snapshotter mounts each lazypull
+layer from the registry instead of containerd downloading it. Layers that are not lazypull
+layers are downloaded and unpacked as usual. Then:
+
+  ctr run --snapshotter lazypull REF ID
+
+The layer descriptors get the labels the snapshotter reads (containerd.io/snapshot/lazypull.*
+and, as CRI puts them, containerd.io/snapshot/cri.*). Credentials come from the Docker
+config and its credential helpers; --hosts-dir reads containerd's hosts.toml layout.`,
+	flags: func(fs *flag.FlagSet) any {
+		f := &pullFlags{}
+		fs.StringVar(&f.address, "address", "/run/containerd/containerd.sock", "containerd's `socket`")
+		fs.StringVar(&f.namespace, "namespace", "default", "containerd `namespace`")
+		fs.StringVar(&f.snapshotter, "snapshotter", "lazypull", "the snapshotter's `name` in containerd's proxy_plugins")
+		fs.BoolVar(&f.plainHTTP, "plain-http", false, "talk to the registry over http instead of https")
+		fs.StringVar(&f.hostsDir, "hosts-dir", "", "containerd-style `dir` of HOST/hosts.toml files")
+		return f
+	},
+	run: runPull,
+}
+
+type pullFlags struct {
+	address, namespace, snapshotter string
+	plainHTTP                       bool
+	hostsDir                        string
+}
+
+func runPull(ctx context.Context, e *env, vals any, args []string) error {
+	f := vals.(*pullFlags)
+	if len(args) != 1 {
+		return usagef("want REF")
+	}
+	nref, err := name.ParseReference(args[0])
+	if err != nil {
+		return usagef("reference %q: %v", args[0], err)
+	}
+	ref := nref.Name() // fully qualified, as containerd names images
+	client, err := containerd.New(f.address)
+	if err != nil {
+		return fmt.Errorf("containerd at %s: %w", f.address, err)
+	}
+	defer client.Close()
+	ctx = namespaces.WithNamespace(ctx, f.namespace)
+	ctx, done, err := client.WithLease(ctx)
+	if err != nil {
+		return err
+	}
+	defer done(context.WithoutCancel(ctx))
+
+	hostOpts := dockerconfig.HostOptions{
+		Credentials: func(host string) (string, string, error) {
+			reg, err := name.NewRegistry(host)
+			if err != nil {
+				return "", "", nil
+			}
+			a, err := authn.DefaultKeychain.Resolve(reg)
+			if err != nil {
+				return "", "", err
+			}
+			c, err := a.Authorization()
+			if err != nil {
+				return "", "", err
+			}
+			if c.IdentityToken != "" {
+				return "", c.IdentityToken, nil
+			}
+			return c.Username, c.Password, nil
+		},
+	}
+	if f.plainHTTP {
+		hostOpts.DefaultScheme = "http"
+	}
+	if f.hostsDir != "" {
+		hostOpts.HostDir = dockerconfig.HostDirFromRoot(f.hostsDir)
+	}
+	resolver := docker.NewResolver(docker.ResolverOptions{Hosts: dockerconfig.ConfigureHosts(ctx, hostOpts)})
+
+	img, err := client.Pull(ctx, ref,
+		containerd.WithResolver(resolver),
+		containerd.WithPullUnpack,
+		containerd.WithPullSnapshotter(f.snapshotter),
+		containerd.WithImageHandlerWrapper(func(h images.Handler) images.Handler {
+			return snapshotters.AppendInfoHandlerWrapper(ref)(labelLayers(ref, h))
+		}),
+	)
+	if err != nil {
+		return fmt.Errorf("pull %s: %w", ref, err)
+	}
+	fmt.Fprintf(e.stdout, "%s %s\n", img.Name(), img.Target().Digest)
+	return nil
+}
+
+// labelLayers puts on each lazypull layer descriptor of an image manifest the annotations
+// that containerd hands the snapshotter as labels.
+func labelLayers(ref string, h images.Handler) images.Handler {
+	return images.HandlerFunc(func(ctx context.Context, desc ocispec.Descriptor) ([]ocispec.Descriptor, error) {
+		children, err := h.Handle(ctx, desc)
+		if err != nil || !images.IsManifestType(desc.MediaType) {
+			return children, err
+		}
+		for i := range children {
+			c := &children[i]
+			if !images.IsLayerType(c.MediaType) {
+				continue
+			}
+			labels := daemon.SnapshotLabels(ref, desc.Digest.String(), c.Digest.String(), c.Annotations)
+			if len(labels) == 0 {
+				continue
+			}
+			if c.Annotations == nil {
+				c.Annotations = map[string]string{}
+			}
+			for k, v := range labels {
+				c.Annotations[k] = v
+			}
+		}
+		return children, nil
+	})
+}

@@ -1,0 +1,224 @@
+package cli
+
+import (
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"net"
+	"os"
+	"path/filepath"
+	"sync"
+	"time"
+
+	"github.com/BurntSushi/toml"
+	snapshotsapi "github.com/containerd/containerd/api/services/snapshots/v1"
+	"github.com/containerd/containerd/v2/contrib/snapshotservice"
+	v1 "github.com/google/go-containerregistry/pkg/v1"
+	"google.golang.org/grpc"
+
+	"lazypull/internal/daemon"
+	"lazypull/internal/fetch"
+	"lazypull/internal/snapshot"
+	"lazypull/internal/store"
+)
+
+// Defaults of `lazypull snapshotter`.
+const (
+	defaultSnapshotterSocket = "/run/lazypull/snapshotter.sock"
+	defaultSnapshotterRoot   = "/var/lib/lazypull/snapshotter"
+	defaultConfigFile        = "/etc/lazypull/config.toml"
+)
+
+var snapshotterCommand = &command{
+	name:    "snapshotter",
+	args:    "[flags]",
+	summary: "serve containerd's snapshots API: lazypull layers mounted lazily, others unpacked",
+	help: `
+Runs a containerd snapshotter (a proxy plugin: gRPC on a unix socket) in the foreground
+until SIGINT or SIGTERM. Register it in containerd's config.toml:
+
+  [proxy_plugins.lazypull]
+    type = "snapshot"
+    address = "/run/lazypull/snapshotter.sock"
+
+and pull with 'lazypull pull REF' (or CRI with snapshotter "lazypull"): each lazypull layer
+is then mounted from its registry (FUSE, contents fetched on first read into the node's
+store) instead of downloaded; any other layer is downloaded and unpacked as containerd's
+overlayfs snapshotter does. Containers get overlayfs over the layers.
+
+Settings come from --config (TOML; keys address, root, store, store_max_bytes,
+plain_http, hosts_dir, metrics_addr, platform), then from flags given on the command line.
+A missing config file at the default path is not an error.`,
+	flags: func(fs *flag.FlagSet) any {
+		f := &snapshotterFlags{}
+		fs.StringVar(&f.config, "config", defaultConfigFile, "TOML `file` of settings")
+		fs.StringVar(&f.Address, "address", defaultSnapshotterSocket, "serve on this unix `socket`")
+		fs.StringVar(&f.Root, "root", defaultSnapshotterRoot, "snapshots and their metadata in `dir`")
+		fs.StringVar(&f.Store, "store", store.DefaultDir, "the node's content store `dir`")
+		fs.Int64Var(&f.StoreMaxBytes, "store-max-bytes", 0, "evict least recently used content to keep the store under `n` bytes (0: no bound)")
+		fs.BoolVar(&f.PlainHTTP, "plain-http", false, "talk to registries over http instead of https")
+		fs.StringVar(&f.HostsDir, "hosts-dir", "", "containerd-style `dir` of HOST/hosts.toml files naming mirrors")
+		fs.StringVar(&f.MetricsAddr, "metrics-addr", "", "serve Prometheus metrics on `host:port` at /metrics")
+		fs.StringVar(&f.Platform, "platform", "", "the image for `os/arch[/variant]` of a multi-platform image (default: this machine's)")
+		f.fs = fs
+		return f
+	},
+	run: runSnapshotter,
+}
+
+type snapshotterFlags struct {
+	config        string
+	fs            *flag.FlagSet
+	Address       string `toml:"address"`
+	Root          string `toml:"root"`
+	Store         string `toml:"store"`
+	StoreMaxBytes int64  `toml:"store_max_bytes"`
+	PlainHTTP     bool   `toml:"plain_http"`
+	HostsDir      string `toml:"hosts_dir"`
+	MetricsAddr   string `toml:"metrics_addr"`
+	Platform      string `toml:"platform"`
+}
+
+// loadConfig fills f from its config file, keeping the flags set on the command line.
+func (f *snapshotterFlags) loadConfig() error {
+	set := map[string]bool{}
+	f.fs.Visit(func(fl *flag.Flag) { set[fl.Name] = true })
+	var c snapshotterFlags
+	md, err := toml.DecodeFile(f.config, &c)
+	if err != nil {
+		if errors.Is(err, os.ErrNotExist) && !set["config"] {
+			return nil
+		}
+		return fmt.Errorf("config %s: %w", f.config, err)
+	}
+	if u := md.Undecoded(); len(u) > 0 {
+		return fmt.Errorf("config %s: unknown keys %v", f.config, u)
+	}
+	for _, k := range []struct {
+		flag, key string
+		apply     func()
+	}{
+		{"address", "address", func() { f.Address = c.Address }},
+		{"root", "root", func() { f.Root = c.Root }},
+		{"store", "store", func() { f.Store = c.Store }},
+		{"store-max-bytes", "store_max_bytes", func() { f.StoreMaxBytes = c.StoreMaxBytes }},
+		{"plain-http", "plain_http", func() { f.PlainHTTP = c.PlainHTTP }},
+		{"hosts-dir", "hosts_dir", func() { f.HostsDir = c.HostsDir }},
+		{"metrics-addr", "metrics_addr", func() { f.MetricsAddr = c.MetricsAddr }},
+		{"platform", "platform", func() { f.Platform = c.Platform }},
+	} {
+		if md.IsDefined(k.key) && !set[k.flag] {
+			k.apply()
+		}
+	}
+	return nil
+}
+
+func runSnapshotter(ctx context.Context, e *env, vals any, args []string) error {
+	f := vals.(*snapshotterFlags)
+	if len(args) != 0 {
+		return usagef("no arguments expected, got %q", args)
+	}
+	if err := f.loadConfig(); err != nil {
+		return err
+	}
+	if f.StoreMaxBytes < 0 {
+		return usagef("-store-max-bytes must not be negative")
+	}
+	var platform *v1.Platform
+	if f.Platform != "" {
+		p, err := v1.ParsePlatform(f.Platform)
+		if err != nil {
+			return usagef("-platform %q: %v", f.Platform, err)
+		}
+		platform = p
+	}
+	log := newLogger(e)
+	st, err := store.Open(f.Store, store.WithMaxBytes(f.StoreMaxBytes), store.WithLogger(log))
+	if err != nil {
+		return err
+	}
+	defer st.Close()
+
+	metrics := fetch.NewMetrics()
+	fopts := []fetch.Option{fetch.WithLogger(log), fetch.WithMetrics(metrics)}
+	if f.PlainHTTP {
+		fopts = append(fopts, fetch.WithPlainHTTP())
+	}
+	if f.HostsDir != "" {
+		fopts = append(fopts, fetch.WithHostsDir(f.HostsDir))
+	}
+	lfs := daemon.NewSnapshotFS(st, platform, log, fopts...)
+	defer func() {
+		if err := lfs.Close(); err != nil {
+			log.Warn("unmount layers", "err", err)
+		}
+	}()
+	sn, err := snapshot.New(f.Root, lfs, snapshot.WithLogger(log))
+	if err != nil {
+		return err
+	}
+	defer sn.Close()
+
+	if err := os.MkdirAll(filepath.Dir(f.Address), 0o711); err != nil {
+		return err
+	}
+	if err := os.Remove(f.Address); err != nil && !errors.Is(err, os.ErrNotExist) {
+		return err
+	}
+	ln, err := net.Listen("unix", f.Address)
+	if err != nil {
+		return fmt.Errorf("listen on %s: %w", f.Address, err)
+	}
+	srv := grpc.NewServer()
+	snapshotsapi.RegisterSnapshotsServer(srv, snapshotservice.FromSnapshotter(sn))
+
+	if f.MetricsAddr != "" {
+		stop, err := serveMetrics(f.MetricsAddr, append(st.Collectors(), metrics.Collectors()...), log)
+		if err != nil {
+			return err
+		}
+		defer stop()
+	}
+	statsCtx, stopStats := context.WithCancel(context.Background())
+	var wg sync.WaitGroup
+	wg.Go(func() {
+		daemon.KeepStats(statsCtx, f.Store, 2*time.Second, func() daemon.Stats {
+			s := daemon.Stats{Store: st.Stats()}
+			var fs fetch.Stats
+			for _, im := range lfs.Images() {
+				r := im.Registry.Stats()
+				fs.Requests += r.Requests
+				fs.Bytes += r.Bytes
+				fs.Delivered += r.Delivered
+				fs.Retries += r.Retries
+				fs.Errors += r.Errors
+				fs.Fallbacks += r.Fallbacks
+				s.Images = append(s.Images, im.Ref)
+			}
+			s.Fetch = &fs
+			return s
+		})
+	})
+	defer func() { stopStats(); wg.Wait() }()
+
+	served := make(chan error, 1)
+	go func() { served <- srv.Serve(ln) }()
+	log.Info("serving containerd snapshots API", "address", f.Address, "root", f.Root, "store", f.Store)
+	select {
+	case <-ctx.Done():
+		log.Info("signal: stopping")
+	case err := <-served:
+		return fmt.Errorf("serve %s: %w", f.Address, err)
+	}
+	stopped := make(chan struct{})
+	go func() { srv.GracefulStop(); close(stopped) }()
+	select {
+	case <-stopped:
+	case <-time.After(10 * time.Second):
+		srv.Stop()
+	}
+	os.Remove(f.Address)
+	return nil
+}
