@@ -1,0 +1,196 @@
+package e2e
+
+import (
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+
+	"lazypull/internal/daemon"
+	"lazypull/internal/snapshot"
+)
+
+// snapshotterEnv is a `lazypull snapshotter` and a containerd of its own that has it as
+// proxy plugin "lazypull", both under one temporary directory.
+type snapshotterEnv struct {
+	dir, sock, store, containerd string
+	cmd                          *exec.Cmd
+	log                          *syncBuffer
+	done                         chan error
+}
+
+// startSnapshotter starts the snapshotter from LAZYPULL_BIN (settings from a config file)
+// and a containerd (scripts/containerd.sh) using it; the test's cleanup stops both by PID.
+func (e *env) startSnapshotter(t *testing.T) *snapshotterEnv {
+	t.Helper()
+	dir, err := os.MkdirTemp("", "lzsn-") // short: unix socket paths are limited
+	if err != nil {
+		t.Fatal(err)
+	}
+	s := &snapshotterEnv{dir: dir, sock: filepath.Join(dir, "sn.sock"), store: filepath.Join(dir, "store"),
+		containerd: filepath.Join(dir, "ctd"), log: &syncBuffer{}, done: make(chan error, 1)}
+	config := filepath.Join(dir, "config.toml")
+	if err := os.WriteFile(config, fmt.Appendf(nil, "root = %q\nstore = %q\nplain_http = true\n", filepath.Join(dir, "root"), s.store), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	s.cmd = exec.Command(e.bin, "snapshotter", "--config", config, "--address", s.sock)
+	s.cmd.Stdout, s.cmd.Stderr = s.log, s.log
+	if err := s.cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	go func() { s.done <- s.cmd.Wait() }()
+	t.Cleanup(func() { s.stop(t) })
+	deadline := time.Now().Add(30 * time.Second)
+	for {
+		if _, err := os.Stat(s.sock); err == nil {
+			break
+		}
+		select {
+		case err := <-s.done:
+			t.Fatalf("lazypull snapshotter exited (%v):\n%s", err, s.log)
+		default:
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("lazypull snapshotter: no socket after 30 s:\n%s", s.log)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	cmd := exec.Command("../../scripts/containerd.sh", "start", s.containerd)
+	cmd.Env = append(os.Environ(), "CONTAINERD_PROXY_SNAPSHOTTER="+s.sock)
+	if out, err := cmd.CombinedOutput(); err != nil {
+		t.Fatalf("containerd.sh start: %v\n%s", err, out)
+	}
+	return s
+}
+
+// stop stops containerd (its tasks first), then the snapshotter with SIGTERM, which must
+// unmount every layer it mounted.
+func (s *snapshotterEnv) stop(t *testing.T) {
+	if out, err := exec.Command("../../scripts/containerd.sh", "stop", s.containerd).CombinedOutput(); err != nil {
+		t.Errorf("containerd.sh stop: %v\n%s", err, out)
+	}
+	select {
+	case <-s.done:
+	default:
+		s.cmd.Process.Signal(syscall.SIGTERM)
+		select {
+		case err := <-s.done:
+			if err != nil {
+				t.Errorf("lazypull snapshotter ended with %v:\n%s", err, s.log)
+			}
+		case <-time.After(30 * time.Second):
+			s.cmd.Process.Kill()
+			<-s.done
+			t.Errorf("lazypull snapshotter did not stop on SIGTERM:\n%s", s.log)
+		}
+	}
+	if left := mountsUnder(s.dir); len(left) > 0 {
+		t.Errorf("still mounted after the snapshotter stopped: %v", left)
+		for i := len(left) - 1; i >= 0; i-- {
+			exec.Command("umount", "-l", left[i]).Run()
+		}
+	}
+	if t.Failed() {
+		t.Logf("snapshotter log:\n%s", s.log)
+	}
+	os.RemoveAll(s.dir)
+}
+
+func mountsUnder(dir string) []string {
+	b, err := os.ReadFile("/proc/self/mountinfo")
+	if err != nil {
+		return nil
+	}
+	var out []string
+	for _, line := range strings.Split(string(b), "\n") {
+		f := strings.Fields(line)
+		if len(f) > 4 && strings.HasPrefix(f[4], dir+"/") {
+			out = append(out, f[4])
+		}
+	}
+	return out
+}
+
+func (s *snapshotterEnv) ctr(t *testing.T, ns string, args ...string) string {
+	t.Helper()
+	return must(t, "ctr", append([]string{"--address", filepath.Join(s.containerd, "containerd.sock"), "--namespace", ns}, args...)...)
+}
+
+// remoteSnapshots counts the committed snapshots of namespace ns that are remote ones.
+func (s *snapshotterEnv) remoteSnapshots(t *testing.T, ns string) (remote, all int) {
+	t.Helper()
+	for i, line := range strings.Split(strings.TrimSpace(s.ctr(t, ns, "snapshots", "--snapshotter", "lazypull", "ls")), "\n") {
+		f := strings.Fields(line)
+		if i == 0 || len(f) == 0 || f[len(f)-1] != "Committed" {
+			continue
+		}
+		all++
+		if strings.Contains(s.ctr(t, ns, "snapshots", "--snapshotter", "lazypull", "info", f[0]), snapshot.RemoteLabel) {
+			remote++
+		}
+	}
+	return remote, all
+}
+
+// TestSnapshotterRunsLazyImage: `lazypull pull` of a converted image makes every layer a
+// remote snapshot, `ctr run --snapshotter lazypull` runs python from it, and that fetched a
+// small fraction of the image.
+func TestSnapshotterRunsLazyImage(t *testing.T) {
+	e := setup(t)
+	ref := e.lazyImage(t, "python")
+	s := e.startSnapshotter(t)
+	const ns = "lazypull-e2e"
+
+	start := time.Now()
+	must(t, e.bin, "pull", "--address", filepath.Join(s.containerd, "containerd.sock"), "--namespace", ns, "--plain-http", ref)
+	t.Logf("lazypull pull took %v", time.Since(start))
+	img := remoteImage(t, ref)
+	m, err := img.Manifest()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if remote, all := s.remoteSnapshots(t, ns); remote != len(m.Layers) || all != len(m.Layers) {
+		t.Fatalf("%d remote snapshots of %d, want all %d layers remote:\n%s", remote, all, len(m.Layers), s.log)
+	}
+
+	out := s.ctr(t, ns, "run", "--rm", "--snapshotter", "lazypull", ref, fmt.Sprintf("lazy-%d", os.Getpid()))
+	if strings.TrimSpace(out) != pythonOutput {
+		t.Fatalf("container printed %q, want %q", out, pythonOutput)
+	}
+	st := stats(t, s.store, time.Now())
+	imageBytes := int64(0)
+	for _, l := range m.Layers {
+		imageBytes += l.Size
+	}
+	t.Logf("fetched %d bytes in %d requests of a %d-byte image", st.Fetch.Bytes, st.Fetch.Requests, imageBytes)
+	if st.Fetch.Bytes == 0 || st.Fetch.Bytes > imageBytes/10 {
+		t.Errorf("running python fetched %d bytes of a %d-byte image; want a small fraction", st.Fetch.Bytes, imageBytes)
+	}
+}
+
+// TestSnapshotterRunsPlainImage: an image that is not a lazypull image, pulled by plain
+// ctr, takes the ordinary path through the lazypull snapshotter (downloaded, unpacked) and
+// runs.
+func TestSnapshotterRunsPlainImage(t *testing.T) {
+	e := setup(t)
+	orig := fmt.Sprintf("%s/e2e/snplain-%d:orig", e.registry, os.Getpid())
+	e.push(t, filepath.Join(e.images, "python"), "python", orig)
+	s := e.startSnapshotter(t)
+	const ns = "lazypull-e2e-plain"
+
+	s.ctr(t, ns, "image", "pull", "--plain-http", "--snapshotter", "lazypull", orig)
+	if remote, all := s.remoteSnapshots(t, ns); remote != 0 || all == 0 {
+		t.Fatalf("%d remote snapshots of %d, want none remote", remote, all)
+	}
+	out := s.ctr(t, ns, "run", "--rm", "--snapshotter", "lazypull", orig, fmt.Sprintf("plain-%d", os.Getpid()))
+	if strings.TrimSpace(out) != pythonOutput {
+		t.Fatalf("container printed %q, want %q", out, pythonOutput)
+	}
+	if st, err := daemon.ReadStats(s.store); err == nil && st.Fetch != nil && st.Fetch.Bytes != 0 {
+		t.Errorf("the snapshotter fetched %d bytes for an image that is not lazy", st.Fetch.Bytes)
+	}
+}
