@@ -51,7 +51,7 @@ func SnapshotLabels(ref, manifestDigest, layerDigest string, annotations map[str
 }
 
 // ErrNotLazy: the labels do not name a lazypull layer; the snapshotter unpacks it as usual.
-var ErrNotLazy = errors.New("not a lazypull layer")
+var ErrNotLazy = fmt.Errorf("not a lazypull layer: %w", snapshot.ErrNotRemote)
 
 // failedImageTTL is how long a failed image open is remembered: the layers of an image that
 // is not a lazypull image are prepared one after another, and each would try again.

@@ -32,6 +32,10 @@ type FileSystem interface {
 	Unmount(ctx context.Context, mountpoint string) error
 }
 
+// ErrNotRemote is what a FileSystem's Mount answers (wrapped) when the labels do not name a
+// layer of its: the layer takes the ordinary path without a warning.
+var ErrNotRemote = errors.New("not a remote layer")
+
 // RemoteLabel marks a committed snapshot that a FileSystem mounts: "true".
 const RemoteLabel = "containerd.io/snapshot/lazypull.remote"
 
@@ -185,7 +189,11 @@ func (s *Snapshotter) Prepare(ctx context.Context, key, parent string, opts ...s
 	if err == nil || errdefs.IsAlreadyExists(err) {
 		return nil, fmt.Errorf("remote snapshot %s: %w", target, errdefs.ErrAlreadyExists)
 	}
-	s.log.Info("layer takes the ordinary path", "key", key, "ref", target, "err", err)
+	if errors.Is(err, ErrNotRemote) {
+		s.log.Debug("layer takes the ordinary path", "key", key, "ref", target, "err", err)
+	} else {
+		s.log.Warn("remote mount failed: layer takes the ordinary path", "key", key, "ref", target, "err", err)
+	}
 	return mounts, nil
 }
 
