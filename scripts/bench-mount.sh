@@ -153,6 +153,12 @@ if [ ${#need[@]} -gt 0 ]; then
     die "could not install ${need[*]}"
 fi
 
+# The tree as the run starts (bin/lazypull is taken as it is: build it from this tree).
+commit=$(git -C "$root" rev-parse --short HEAD 2>/dev/null || echo "an unknown commit")
+if [ -n "$(git -C "$root" status --porcelain --untracked-files=no 2>/dev/null)" ]; then
+  commit="$commit, with uncommitted changes"
+fi
+
 work=$(mktemp -d /tmp/lazypull-bench-mount.XXXXXX)
 export TMPDIR=$work/tmp
 mkdir -p "$TMPDIR"
@@ -572,11 +578,7 @@ else
 fi
 
 cpu=$(awk -F': *' '/^model name/ { print $2; exit }' /proc/cpuinfo)
-commit=$(git -C "$root" rev-parse --short HEAD 2>/dev/null || echo "an unknown commit")
-if [ -n "$(git -C "$root" status --porcelain --untracked-files=no 2>/dev/null)" ]; then
-  commit="$commit, with uncommitted changes"
-fi
-fs_type=$(stat -f -c %T "$work")
+fs_type=$(findmnt -no FSTYPE -T "$work" 2>/dev/null || stat -f -c %T "$work")
 disk=$(df --output=source "$work" | tail -n 1)
 pct() { awk -v a="$1" 'BEGIN { printf "%.1f%%", 100 * a }'; }
 human() { awk -v b="$1" 'BEGIN { printf "%.2f MB", b / 1e6 }'; }
@@ -599,7 +601,7 @@ report=$work/report.md
   echo "Command: \`scripts/bench-mount.sh\` (BENCH_N=$N; root); the script ran for $SECONDS s."
   echo "Machine: $(nproc) CPUs, ${cpu:-unknown CPU}, Linux $(uname -r); work dir, stores and registry on" \
     "$fs_type ($disk), the same disk."
-  echo "Versions: $("$lazypull" version 2>&1 | head -n 1) (bin/lazypull, built from the work tree at $commit);" \
+  echo "Versions: $("$lazypull" version 2>&1 | head -n 1) (bin/lazypull; the work tree was at $commit when the run started);" \
     "registry: Debian's docker-registry $(dpkg-query -W -f='${Version}' docker-registry 2>/dev/null || echo '(version unknown)'); curl $(curl --version | awk 'NR == 1 { print $2 }')."
   echo "Load average (1, 5, 15 min) at the start: $load_before; after the 1 GiB parts: $load_after_big; at the end: $load_after."
   echo "Medians of $N rounds, (min-max). MB = 10^6 bytes. Each cold read follows \`sync; echo 3 > /proc/sys/vm/drop_caches\`."
