@@ -5,7 +5,7 @@ GO        ?= go
 BIN       := bin/lazypull
 STATICCHECK_VERSION := v0.8.2
 
-.PHONY: all build deps lint test unit e2e demo bench bench-convert fuzz clean
+.PHONY: all build deps lint test unit e2e demo bench bench-convert bench-mount fuzz clean
 
 all: build
 
@@ -35,6 +35,10 @@ bench:
 # Converter throughput against ctr-remote's eStargz conversion, and index vs TOC size.
 bench-convert: deps build
 	scripts/bench-convert.sh
+
+# Lazy mount: cold read vs curl, passthrough vs local disk, bytes fetched for python3 -c 'print(1)'.
+bench-mount: deps build
+	scripts/bench-mount.sh
 
 # Run every fuzz target of every package for FUZZTIME each (default 30s). `make test` runs
 # their seed corpora as ordinary tests.
