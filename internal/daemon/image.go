@@ -21,7 +21,8 @@ type Image struct {
 	Registry *fetch.Registry
 	Layers   []*Layer
 
-	lease *store.Lease
+	lease  *store.Lease
+	cancel context.CancelFunc // ends background work (read-ahead)
 }
 
 // indexJobs bounds the layer indexes read at once when an image is opened.
@@ -39,12 +40,13 @@ func OpenImage(ctx context.Context, st *store.Store, ref string, platform *v1.Pl
 	if err != nil {
 		return nil, fmt.Errorf("image %s: %w", ref, err)
 	}
-	im := &Image{Ref: ref, Image: img, Registry: reg, Layers: make([]*Layer, len(img.Manifest.Layers)), lease: st.NewLease()}
+	bg, cancel := context.WithCancel(context.Background())
+	im := &Image{Ref: ref, Image: img, Registry: reg, Layers: make([]*Layer, len(img.Manifest.Layers)), lease: st.NewLease(), cancel: cancel}
 	g, gctx := errgroup.WithContext(ctx)
 	g.SetLimit(indexJobs)
 	for i, desc := range img.Manifest.Layers {
 		g.Go(func() error {
-			l, err := openLayer(gctx, reg, st, im.lease, desc)
+			l, err := openLayer(gctx, bg, reg, st, im.lease, desc)
 			if err != nil {
 				return fmt.Errorf("image %s: %w", ref, err)
 			}
@@ -53,7 +55,7 @@ func OpenImage(ctx context.Context, st *store.Store, ref string, platform *v1.Pl
 		})
 	}
 	if err := g.Wait(); err != nil {
-		im.lease.Release()
+		im.Close()
 		return nil, err
 	}
 	return im, nil
@@ -68,8 +70,9 @@ func (im *Image) FSLayers() []fusefs.Layer {
 	return out
 }
 
-// Close unpins what the image's files hold in the store.
+// Close stops the image's background work and unpins what its files hold in the store.
 func (im *Image) Close() {
+	im.cancel()
 	im.lease.Release()
 }
 
