@@ -70,8 +70,10 @@ type mountFlags struct {
 	debug       bool
 }
 
-func newLogger(e *env) *slog.Logger {
-	return slog.New(slog.NewTextHandler(e.stderr, &slog.HandlerOptions{Level: slog.LevelInfo}))
+func newLogger(e *env) *slog.Logger { return newLeveledLogger(e, slog.LevelInfo) }
+
+func newLeveledLogger(e *env, level slog.Level) *slog.Logger {
+	return slog.New(slog.NewTextHandler(e.stderr, &slog.HandlerOptions{Level: level}))
 }
 
 func runMount(ctx context.Context, e *env, vals any, args []string) error {
@@ -91,6 +93,9 @@ func runMount(ctx context.Context, e *env, vals any, args []string) error {
 		platform = p
 	}
 	log := newLogger(e)
+	if f.debug {
+		log = newLeveledLogger(e, slog.LevelDebug) // go-fuse logs each request at debug
+	}
 	st, err := store.Open(f.dir, store.WithMaxBytes(f.maxBytes), store.WithLogger(log))
 	if err != nil {
 		return err
