@@ -162,22 +162,7 @@ func runMount(ctx context.Context, e *env, vals any, args []string) error {
 	statsCtx, stopStats := context.WithCancel(context.Background())
 	var wg sync.WaitGroup
 	wg.Go(func() {
-		daemon.KeepStats(statsCtx, f.dir, 2*time.Second, func() daemon.Stats {
-			s := daemon.Stats{Store: st.Stats()}
-			var fs fetch.Stats
-			for _, im := range images {
-				r := im.Registry.Stats()
-				fs.Requests += r.Requests
-				fs.Bytes += r.Bytes
-				fs.Delivered += r.Delivered
-				fs.Retries += r.Retries
-				fs.Errors += r.Errors
-				fs.Fallbacks += r.Fallbacks
-				s.Images = append(s.Images, im.Ref)
-			}
-			s.Fetch = &fs
-			return s
-		})
+		daemon.KeepStats(statsCtx, f.dir, 2*time.Second, func() daemon.Stats { return daemon.CollectStats(st, images) })
 	})
 	defer func() { stopStats(); wg.Wait() }()
 

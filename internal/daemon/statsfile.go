@@ -25,6 +25,24 @@ type Stats struct {
 	Images  []string     `json:"images,omitempty"`
 }
 
+// CollectStats gathers the store's figures and the fetch figures of the given images.
+func CollectStats(st *store.Store, images []*Image) Stats {
+	s := Stats{Store: st.Stats()}
+	var fs fetch.Stats
+	for _, im := range images {
+		r := im.Registry.Stats()
+		fs.Requests += r.Requests
+		fs.Bytes += r.Bytes
+		fs.Delivered += r.Delivered
+		fs.Retries += r.Retries
+		fs.Errors += r.Errors
+		fs.Fallbacks += r.Fallbacks
+		s.Images = append(s.Images, im.Ref)
+	}
+	s.Fetch = &fs
+	return s
+}
+
 // WriteStats writes s atomically into dir/stats.json.
 func WriteStats(dir string, s Stats) error {
 	b, err := json.MarshalIndent(s, "", "  ")
