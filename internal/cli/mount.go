@@ -102,14 +102,7 @@ func runMount(ctx context.Context, e *env, vals any, args []string) error {
 	}
 	defer st.Close()
 
-	metrics := fetch.NewMetrics()
-	fopts := []fetch.Option{fetch.WithLogger(log), fetch.WithMetrics(metrics)}
-	if f.plainHTTP {
-		fopts = append(fopts, fetch.WithPlainHTTP())
-	}
-	if f.hostsDir != "" {
-		fopts = append(fopts, fetch.WithHostsDir(f.hostsDir))
-	}
+	fopts, metrics := fetchOptions(log, f.plainHTTP, f.hostsDir)
 
 	var images []*daemon.Image
 	var servers []*fusefs.Server
@@ -178,6 +171,20 @@ func runMount(ctx context.Context, e *env, vals any, args []string) error {
 		log.Info("unmounted from outside: unmounting the rest", "dir", dir)
 	}
 	return nil
+}
+
+// fetchOptions are the registry settings the mount and the snapshotter share; every
+// registry reports into the one Metrics returned, so its collectors register once.
+func fetchOptions(log *slog.Logger, plainHTTP bool, hostsDir string) ([]fetch.Option, *fetch.Metrics) {
+	metrics := fetch.NewMetrics()
+	opts := []fetch.Option{fetch.WithLogger(log), fetch.WithMetrics(metrics)}
+	if plainHTTP {
+		opts = append(opts, fetch.WithPlainHTTP())
+	}
+	if hostsDir != "" {
+		opts = append(opts, fetch.WithHostsDir(hostsDir))
+	}
+	return opts, metrics
 }
 
 // serveMetrics serves Prometheus metrics at addr/metrics until stop is called.

@@ -18,7 +18,6 @@ import (
 	"google.golang.org/grpc"
 
 	"lazypull/internal/daemon"
-	"lazypull/internal/fetch"
 	"lazypull/internal/snapshot"
 	"lazypull/internal/store"
 )
@@ -141,14 +140,7 @@ func runSnapshotter(ctx context.Context, e *env, vals any, args []string) error 
 	}
 	defer st.Close()
 
-	metrics := fetch.NewMetrics()
-	fopts := []fetch.Option{fetch.WithLogger(log), fetch.WithMetrics(metrics)}
-	if f.PlainHTTP {
-		fopts = append(fopts, fetch.WithPlainHTTP())
-	}
-	if f.HostsDir != "" {
-		fopts = append(fopts, fetch.WithHostsDir(f.HostsDir))
-	}
+	fopts, metrics := fetchOptions(log, f.PlainHTTP, f.HostsDir)
 	lfs := daemon.NewSnapshotFS(st, platform, log, fopts...)
 	defer func() {
 		if err := lfs.Close(); err != nil {
