@@ -1,5 +1,5 @@
-// Package fusefs serves lazypull layers as a read-only FUSE file system (go-fuse v2, fs
-// package). It never fetches or stores anything itself: the bytes of regular files come from
+// Package fusefs serves lazypull layers as a read-only FUSE file system (go-fuse v2, raw
+// protocol). It never fetches or stores anything itself: the bytes of regular files come from
 // a Content, which the fetch and store packages implement; the tree comes from the layer's
 // format.Index, so the whole tree is known, stat'able and listable before any content is.
 //
@@ -40,13 +40,29 @@
 //
 // # Inodes and caching
 //
-// The tree is built once, in OnAdd, as persistent inodes; nothing in it ever changes, so
+// The tree is built once, before the mount, and nothing in it ever changes, so
 // entries, attributes and negative lookups are cached by the kernel for MountOptions.Timeout
 // (an hour by default), directories are listed with FOPEN_CACHE_DIR and files opened with
 // FOPEN_KEEP_CACHE. Inode numbers derive from entry indexes: entry i of a layer is inode
 // i+2 (the root is 1; synthesized directories follow the entries); in a merged view entry i
 // of layer L is inode L<<32 | (i+2), so inode numbers above layer 0 need 64-bit stat. The
-// same image gives the same numbers on every mount.
+// same image gives the same numbers on every mount, and the inode number is also the FUSE
+// node ID the kernel names the inode by: what the kernel holds of a mount (node IDs, open
+// file handles) means the same to any process serving the same view.
+//
+// # Surviving the serving process
+//
+// Mount makes the mount itself (mount(2) on a /dev/fuse descriptor it opened), so
+// Server.Conn can hand a duplicate of the connection to another process (the snapshotter's
+// keeper). While any process holds it, the kernel keeps the mount when the server dies:
+// requests wait instead of failing with ENOTCONN. Restore serves the same view on the held
+// connection from a new process: go-fuse is given the kernel's original INIT request
+// replayed on a socket, then the connection takes the socket's descriptor number, and
+// FUSE_NOTIFY_RESEND (Linux 6.9+) makes the kernel ask again the requests the dead process
+// had read and not answered. Handles of the dead process are served without state, and a
+// restored view opens files for cached reads only (it cannot know the I/O modes of the
+// opens the dead process answered, see Open). Server.Freeze makes a process about to exit
+// leave new reads unanswered, for the next one to answer.
 //
 // Directories have nlink 2 + their subdirectories, other inodes the number of their names.
 // Symlinks have mode 0777, as on Linux. Sizes are the entries' (a symlink's is the length of

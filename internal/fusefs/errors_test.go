@@ -17,7 +17,6 @@ import (
 	"testing"
 	"time"
 
-	gofs "github.com/hanwen/go-fuse/v2/fs"
 	"github.com/hanwen/go-fuse/v2/fuse"
 	"golang.org/x/sys/unix"
 
@@ -79,16 +78,16 @@ func TestShortContentIsEIO(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	h := &fileHandle{in: &inode{v: root.v, n: &node{kind: kindReg, e: &ix.Entries[0]}}}
-	if _, e := h.Read(&fuse.Context{Cancel: make(chan struct{})}, make([]byte, 100), 0); e != syscall.EIO {
+	in := &inode{v: root.v, n: &node{kind: kindReg, e: &ix.Entries[0]}}
+	if _, e := in.read(&fuse.Context{Cancel: make(chan struct{})}, nil, make([]byte, 100), 0); e != fuse.EIO {
 		t.Errorf("short content: errno %v, want EIO", e)
 	}
 	if !strings.Contains(logs.String(), "content ends at 10, size is 100") {
 		t.Errorf("log: %s", logs.String())
 	}
 	// a read past the end is empty, not an error
-	res, e := h.Read(&fuse.Context{Cancel: make(chan struct{})}, make([]byte, 100), 100)
-	if e != 0 || res.Size() != 0 {
+	res, e := in.read(&fuse.Context{Cancel: make(chan struct{})}, nil, make([]byte, 100), 100)
+	if e != fuse.OK || res.Size() != 0 {
 		t.Errorf("read at the end: %v %v", res, e)
 	}
 }
@@ -134,9 +133,9 @@ func TestCanceledReadIsEINTR(t *testing.T) {
 		t.Fatal(err)
 	}
 	cancel := make(chan struct{})
-	h := &fileHandle{in: &inode{v: root.v, n: &node{kind: kindReg, e: &ix.Entries[0]}}}
+	in := &inode{v: root.v, n: &node{kind: kindReg, e: &ix.Entries[0]}}
 	go func() { <-bc.entered; close(cancel) }()
-	if _, e := h.Read(&fuse.Context{Cancel: cancel}, make([]byte, 10), 0); e != syscall.EINTR {
+	if _, e := in.read(&fuse.Context{Cancel: cancel}, nil, make([]byte, 10), 0); e != fuse.EINTR {
 		t.Errorf("interrupted read: errno %v, want EINTR", e)
 	}
 	if logs.String() != "" {
@@ -350,7 +349,7 @@ func TestNewErrors(t *testing.T) {
 	}
 }
 
-var _ gofs.InodeEmbedder = (*Root)(nil)
+var _ fuse.RawFileSystem = (*Root)(nil)
 
 // TestUnmountLive: Unmount (lazypull umount DIR) detaches a live mount, and the server
 // that served it stops.

@@ -7,12 +7,54 @@ import (
 	"io"
 	"log/slog"
 	"os"
+	"sync"
 	"syscall"
 	"time"
 
-	"github.com/hanwen/go-fuse/v2/fs"
 	"github.com/hanwen/go-fuse/v2/fuse"
 )
+
+// handle is an open regular file. Reads that reach it go to the local copy when there is
+// one, else to the layer's Content.
+type handle struct {
+	in    *inode
+	local *os.File
+	pt    bool // counted in in.ptOpens, else in in.cachedOpens
+}
+
+// handleTable numbers the open files of a view. A handle number carries the epoch of the
+// process that made it: after a Restore the kernel still holds the handles of the earlier
+// process, which this table does not know; they are served without state (reads go to the
+// Content) and their release is a no-op.
+type handleTable struct {
+	mu    sync.Mutex
+	open  map[uint64]*handle
+	next  uint64
+	epoch uint64 // 24 bits
+}
+
+func (t *handleTable) add(h *handle) uint64 {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	t.next++
+	fh := t.epoch<<40 | t.next&(1<<40-1)
+	t.open[fh] = h
+	return fh
+}
+
+func (t *handleTable) get(fh uint64) *handle {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	return t.open[fh]
+}
+
+func (t *handleTable) remove(fh uint64) *handle {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	h := t.open[fh]
+	delete(t.open, fh)
+	return h
+}
 
 // Open opens a regular file for reading. It reads nothing: reads go to the Content by range,
 // or, when the Content has a complete local copy, to that copy through FUSE passthrough.
@@ -21,25 +63,63 @@ import (
 // open of an inode open for passthrough. So while an inode has opens, new ones take the same
 // mode: a file that became local while open is read from its copy through FUSE until all
 // its opens are closed; a file whose copy went away while open for passthrough keeps the
-// backing file the kernel already has.
-func (in *inode) Open(ctx context.Context, flags uint32) (fs.FileHandle, uint32, syscall.Errno) {
-	if flags&syscall.O_ACCMODE != syscall.O_RDONLY || flags&syscall.O_TRUNC != 0 {
-		return nil, 0, syscall.EROFS
+// backing file the kernel already has. A restored view cannot know the modes of the opens
+// the earlier process answered, and the files a container keeps open the longest (its
+// programs) were opened cold, for cached reads; so a restored view opens every file for
+// cached reads, from the local copy when there is one.
+func (r *Root) Open(cancel <-chan struct{}, oi *fuse.OpenIn, out *fuse.OpenOut) fuse.Status {
+	in, st := r.node(oi.NodeId)
+	if !st.Ok() {
+		return st
+	}
+	if oi.Flags&syscall.O_ACCMODE != syscall.O_RDONLY || oi.Flags&syscall.O_TRUNC != 0 {
+		return fuse.EROFS
 	}
 	if in.n.kind != kindReg {
 		// The kernel opens devices and fifos itself and never opens symlinks.
-		return nil, 0, syscall.EINVAL
+		return fuse.EINVAL
 	}
 	in.mu.Lock()
 	defer in.mu.Unlock()
-	h := fileHandle{in: in, local: in.localFile()}
-	if in.ptOpens > 0 || in.cachedOpens == 0 && h.local != nil {
+	h := &handle{in: in, local: in.localFile()}
+	out.OpenFlags = fuse.FOPEN_KEEP_CACHE
+	if !r.v.restored && (in.ptOpens > 0 || in.cachedOpens == 0 && h.local != nil) && r.passthrough(in, h.local) {
 		in.ptOpens++
 		h.pt = true
-		return &passthroughHandle{h}, fuse.FOPEN_KEEP_CACHE, 0
+		// The kernel refuses a passthrough open that also asks to keep the page cache.
+		out.OpenFlags = fuse.FOPEN_PASSTHROUGH
+		out.BackingID = in.backingID
+	} else {
+		in.cachedOpens++
 	}
-	in.cachedOpens++
-	return &h, fuse.FOPEN_KEEP_CACHE, 0
+	out.Fh = r.v.handles.add(h)
+	return fuse.OK
+}
+
+// passthrough makes sure the inode has a backing file registered, from local (which may be
+// nil when the inode has one already). It reports false when the kernel refuses, once per
+// view in the log; reads then come through FUSE.
+func (r *Root) passthrough(in *inode, local *os.File) bool {
+	if in.ptOpens > 0 {
+		return true
+	}
+	srv := r.v.srv.Load()
+	if local == nil || srv == nil || r.v.passthroughOff.Load() {
+		return false
+	}
+	if srv.KernelSettings().Flags64()&fuse.CAP_PASSTHROUGH == 0 {
+		r.v.passthroughOff.Store(true)
+		return false
+	}
+	id, errno := srv.RegisterBackingFd(&fuse.BackingMap{Fd: int32(local.Fd())})
+	if errno != 0 {
+		if r.v.passthroughOff.CompareAndSwap(false, true) {
+			r.v.log.Info("fusefs: the kernel does not take FUSE passthrough; local files are read through FUSE", "path", in.path(), "err", errno)
+		}
+		return false
+	}
+	in.backingID = id
+	return true
 }
 
 // localFile returns the complete local copy of the file, or nil.
@@ -60,46 +140,47 @@ func (in *inode) localFile() *os.File {
 	return nil
 }
 
-// path returns a path of the inode in the mount, for logs.
-func (in *inode) path() string {
-	return "/" + in.Path(nil)
+func (r *Root) Read(cancel <-chan struct{}, ri *fuse.ReadIn, buf []byte) (fuse.ReadResult, fuse.Status) {
+	in, st := r.node(ri.NodeId)
+	if !st.Ok() {
+		return nil, st
+	}
+	if in.n.kind != kindReg {
+		return nil, fuse.EINVAL
+	}
+	if r.v.frozen.Load() {
+		select {} // unanswered: see Server.Freeze
+	}
+	var local *os.File
+	if h := r.v.handles.get(ri.Fh); h != nil {
+		local = h.local
+	}
+	return in.read(&fuse.Context{Cancel: cancel}, local, buf[:min(len(buf), int(ri.Size))], int64(ri.Offset))
 }
 
-// fileHandle is an open regular file. Reads that reach it go to the local copy when there
-// is one, else to the layer's Content.
-type fileHandle struct {
-	in    *inode
-	local *os.File
-	pt    bool // counted in in.ptOpens, else in in.cachedOpens
-}
-
-var (
-	_ = (fs.FileReader)((*fileHandle)(nil))
-	_ = (fs.FileReleaser)((*fileHandle)(nil))
-)
-
-func (h *fileHandle) Read(ctx context.Context, dest []byte, off int64) (fuse.ReadResult, syscall.Errno) {
-	size := h.in.n.e.Size
+// read reads at off into dest from local, or from the Content when local is nil.
+func (in *inode) read(ctx context.Context, local *os.File, dest []byte, off int64) (fuse.ReadResult, fuse.Status) {
+	size := in.n.e.Size
 	if off < 0 {
-		return nil, syscall.EINVAL
+		return nil, fuse.EINVAL
 	}
 	if off >= size {
-		return fuse.ReadResultData(nil), 0
+		return fuse.ReadResultData(nil), fuse.OK
 	}
 	dest = dest[:min(int64(len(dest)), size-off)]
 	if ctx.Err() != nil {
-		return nil, syscall.EINTR
+		return nil, fuse.EINTR
 	}
 	var n int
 	var err error
-	if h.local != nil {
-		n, err = h.local.ReadAt(dest, off)
+	if local != nil {
+		n, err = local.ReadAt(dest, off)
 	} else {
-		n, err = h.in.v.layers[h.in.n.layer].Content.ReadAt(ctx, h.in.n.e, dest, off)
+		n, err = in.v.layers[in.n.layer].Content.ReadAt(ctx, in.n.e, dest, off)
 	}
 	if n < len(dest) {
 		if ctx.Err() != nil || errors.Is(err, context.Canceled) {
-			return nil, syscall.EINTR
+			return nil, fuse.EINTR
 		}
 		switch {
 		case err == nil:
@@ -107,53 +188,39 @@ func (h *fileHandle) Read(ctx context.Context, dest []byte, off int64) (fuse.Rea
 		case errors.Is(err, io.EOF):
 			err = fmt.Errorf("content ends at %d, size is %d: %w", off+int64(n), size, io.ErrUnexpectedEOF)
 		}
-		if h.local != nil {
-			err = fmt.Errorf("local copy %s: %w", h.local.Name(), err)
+		if local != nil {
+			err = fmt.Errorf("local copy %s: %w", local.Name(), err)
 		}
-		h.in.logReadError(err, off, len(dest))
-		return nil, syscall.EIO
+		in.logReadError(err, off, len(dest))
+		return nil, fuse.EIO
 	}
 	// A vector goes to the kernel with writev; ReadResultData would first try to splice it
 	// through a pipe, which cannot hold a 1 MiB reply and its header.
-	return fuse.ReadResultVector([][]byte{dest[:n]}), 0
+	return fuse.ReadResultVector([][]byte{dest[:n]}), fuse.OK
 }
 
-func (h *fileHandle) Release(ctx context.Context) syscall.Errno {
+func (r *Root) Release(cancel <-chan struct{}, ri *fuse.ReleaseIn) {
+	h := r.v.handles.remove(ri.Fh)
+	if h == nil {
+		return // a handle of an earlier process (Restore)
+	}
 	if h.local != nil {
 		h.local.Close()
 	}
-	h.in.mu.Lock()
-	if h.pt {
-		h.in.ptOpens--
-	} else {
-		h.in.cachedOpens--
+	in := h.in
+	in.mu.Lock()
+	defer in.mu.Unlock()
+	if !h.pt {
+		in.cachedOpens--
+		return
 	}
-	h.in.mu.Unlock()
-	return 0
-}
-
-// passthroughHandle offers the kernel the local copy as the backing file (FUSE
-// passthrough); reads then never come here. go-fuse registers the backing file on the first
-// such open of an inode and reuses it for the others, so a handle without a copy of its own
-// (evicted meanwhile) still passes through. When the kernel refuses, reads come through FUSE.
-type passthroughHandle struct {
-	fileHandle
-}
-
-var _ = (fs.FilePassthroughFder)((*passthroughHandle)(nil))
-
-func (h *passthroughHandle) PassthroughFd() (int, bool) {
-	if h.local == nil {
-		return -1, false
+	in.ptOpens--
+	if in.ptOpens == 0 && in.backingID != 0 {
+		if srv := r.v.srv.Load(); srv != nil {
+			srv.UnregisterBackingFd(in.backingID)
+		}
+		in.backingID = 0
 	}
-	return int(h.local.Fd()), true
-}
-
-func (h *passthroughHandle) Read(ctx context.Context, dest []byte, off int64) (fuse.ReadResult, syscall.Errno) {
-	if h.in.v.passthroughOff.CompareAndSwap(false, true) {
-		h.in.v.log.Info("fusefs: the kernel does not take FUSE passthrough; local files are read through FUSE", "path", h.in.path())
-	}
-	return h.fileHandle.Read(ctx, dest, off)
 }
 
 // repeatWindow: failed reads of one file within this long after a logged one are logged at

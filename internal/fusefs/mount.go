@@ -14,7 +14,6 @@ import (
 	"syscall"
 	"time"
 
-	"github.com/hanwen/go-fuse/v2/fs"
 	"github.com/hanwen/go-fuse/v2/fuse"
 	"golang.org/x/sys/unix"
 )
@@ -49,7 +48,10 @@ const DefaultReadAheadKB = 1024
 // Server is a mounted view.
 type Server struct {
 	*fuse.Server
-	dir string
+	root *Root
+	dir  string
+	fuse *os.File // the mount's /dev/fuse connection, as Mount opened it
+	done chan struct{}
 }
 
 // Dir returns the absolute mount point.
@@ -62,10 +64,45 @@ func (s *Server) Passthrough() bool {
 	return s.KernelSettings().Flags64()&fuse.CAP_PASSTHROUGH != 0
 }
 
+// Conn returns a duplicate of the mount's FUSE connection (/dev/fuse) and the kernel's
+// INIT request of it, which is what Restore needs to serve the mount from another process.
+// The caller owns the file. Whoever holds such a file keeps the mount alive when this
+// process dies: requests then wait, instead of failing with ENOTCONN, until a process
+// Restores the mount.
+func (s *Server) Conn() (*os.File, []byte, error) {
+	fd, err := unix.FcntlInt(s.fuse.Fd(), unix.F_DUPFD_CLOEXEC, 0)
+	if err != nil {
+		return nil, nil, fmt.Errorf("%s: dup FUSE connection: %w", s.dir, err)
+	}
+	return os.NewFile(uintptr(fd), "/dev/fuse"), encodeInit(s.KernelSettings()), nil
+}
+
+// Unmount detaches the mount (lazily: files open in it stay readable) and waits a while for
+// the server to end, which it does when the last user of the mount is gone.
+func (s *Server) Unmount() error {
+	if err := syscall.Unmount(s.dir, syscall.MNT_DETACH); err != nil && !errors.Is(err, syscall.EINVAL) {
+		return fmt.Errorf("umount %s: %w", s.dir, err)
+	}
+	select {
+	case <-s.done:
+	case <-time.After(5 * time.Second):
+	}
+	return nil
+}
+
+// Freeze leaves every read that has not reached the Content yet unanswered, for good. It is
+// for a process about to exit while another holds the mount's connection (Conn): the
+// kernel asks those reads again of the process that Restores the mount, instead of them
+// failing against content that is being closed.
+func (s *Server) Freeze() { s.root.v.frozen.Store(true) }
+
+// Wait waits until the server ends: the mount was unmounted and its last user is gone.
+func (s *Server) Wait() { <-s.done }
+
 // Mount mounts root (from NewLayer or NewMerged) read-only at dir and serves it until
 // Unmount. dir must be an existing empty directory; a stale FUSE mount left there by a
 // crashed process (stat gives ENOTCONN) is detached first.
-func Mount(dir string, root fs.InodeEmbedder, opts MountOptions) (*Server, error) {
+func Mount(dir string, root *Root, opts MountOptions) (*Server, error) {
 	lg := opts.Logger
 	if lg == nil {
 		lg = slog.Default()
@@ -83,50 +120,29 @@ func Mount(dir string, root fs.InodeEmbedder, opts MountOptions) (*Server, error
 	if err := checkMountPoint(abs, lg); err != nil {
 		return nil, err
 	}
-
-	timeout := opts.Timeout
-	if timeout <= 0 {
-		timeout = DefaultTimeout
-	}
 	fsname := opts.FSName
 	if fsname == "" {
 		fsname = "lazypull"
 	}
-	fo := &fs.Options{
-		EntryTimeout:    &timeout,
-		AttrTimeout:     &timeout,
-		NegativeTimeout: &timeout,
-		NullPermissions: true, // a mode of 0 is a mode of 0
-		RootStableAttr:  &fs.StableAttr{Ino: rootIno},
-		MountOptions: fuse.MountOptions{
-			AllowOther: true,
-			FsName:     fsname,
-			Name:       "lazypull",
-			// ro: the kernel refuses writes itself. dev, suid: a root file system has
-			// devices and setuid programs. default_permissions: the kernel checks modes
-			// (and, with EnableAcl, ACLs) against the attributes served here.
-			Options:       []string{"ro", "dev", "suid", "default_permissions"},
-			EnableAcl:     true,
-			DirectMount:   true, // mount(2) as root; fusermount3 otherwise
-			MaxWrite:      1 << 20,
-			MaxBackground: 64,
-			// Passthrough backing files must be on a non-stacked file system, so that the
-			// mount can itself be an overlayfs lower directory (depth 1 + 1 = 2).
-			MaxStackDepth: 1,
-			Debug:         opts.Debug,
-		},
-	}
-	// go-fuse's own messages: every request with Debug, else only what goes wrong.
-	level := slog.LevelWarn
-	if opts.Debug {
-		level = slog.LevelDebug
-	}
-	fo.MountOptions.Logger = slog.NewLogLogger(lg.With("component", "go-fuse").Handler(), level)
-	fo.Logger = fo.MountOptions.Logger
-	srv, err := fs.Mount(abs, root, fo)
+	dev, err := os.OpenFile(devFUSE, os.O_RDWR, 0)
 	if err != nil {
+		return nil, fmt.Errorf("mount %s: %w", abs, err)
+	}
+	// Mounted here, not by go-fuse, so that this process owns the connection's file and can
+	// hand it to another (Conn, Restore). ro: the kernel refuses writes itself. No nodev,
+	// nosuid: a root file system has devices and setuid programs. default_permissions: the
+	// kernel checks modes (and, with POSIX ACLs on, ACLs) against the attributes served.
+	data := fmt.Sprintf("fd=%d,rootmode=%o,user_id=0,group_id=0,allow_other,default_permissions,max_read=%d", dev.Fd(), syscall.S_IFDIR, maxWrite)
+	if err := syscall.Mount(fsname, abs, "fuse.lazypull", syscall.MS_RDONLY, data); err != nil {
+		dev.Close()
 		return nil, fmt.Errorf("mount FUSE at %s: %w", abs, err)
 	}
+	s, err := serve(abs, root, dev, nil, opts, lg)
+	if err != nil {
+		syscall.Unmount(abs, syscall.MNT_DETACH)
+		return nil, fmt.Errorf("mount FUSE at %s: %w", abs, err)
+	}
+	pollHack(abs)
 	ra := opts.ReadAheadKB
 	if ra == 0 {
 		ra = DefaultReadAheadKB
@@ -136,7 +152,130 @@ func Mount(dir string, root fs.InodeEmbedder, opts MountOptions) (*Server, error
 			lg.Debug("fusefs: cannot set the read-ahead", "dir", abs, "err", err)
 		}
 	}
-	return &Server{Server: srv, dir: abs}, nil
+	return s, nil
+}
+
+// Restore serves root on a mount that another process made and served (Mount, then Conn):
+// conn is that mount's FUSE connection and init its INIT request, as Conn returned them.
+// root must be the same view (the same index), for the kernel keeps the inode numbers and
+// names it learned. Requests the earlier process had read but not answered are asked again
+// (FUSE_NOTIFY_RESEND, Linux 6.9+), so a reader that was waiting on the dead process gets
+// its answer from this one. Restore takes ownership of conn.
+func Restore(dir string, root *Root, conn *os.File, init []byte, opts MountOptions) (*Server, error) {
+	lg := opts.Logger
+	if lg == nil {
+		lg = slog.Default()
+	}
+	abs, err := filepath.Abs(dir)
+	if err != nil {
+		conn.Close()
+		return nil, fmt.Errorf("restore %s: %w", dir, err)
+	}
+	if _, err := decodeInit(init); err != nil {
+		conn.Close()
+		return nil, fmt.Errorf("restore %s: %w", abs, err)
+	}
+	root.v.restored = true
+	s, err := serve(abs, root, conn, init, opts, lg)
+	if err != nil {
+		return nil, fmt.Errorf("restore %s: %w", abs, err)
+	}
+	if err := notifyResendTo(s.fuse); err != nil {
+		lg.Warn("fusefs: cannot ask the kernel to resend pending requests; readers that waited on the earlier process may hang", "dir", abs, "err", err)
+	}
+	return s, nil
+}
+
+// pollHack makes the kernel learn at once that the mount does not poll files (go-fuse
+// answers ENOSYS for its magic name). Otherwise the first file of the mount that a Go
+// program of this process opens is registered with the runtime's epoll, whose FUSE_POLL
+// request may then wait for a thread that this same runtime cannot give. The kernel
+// remembers the answer for the connection, so a Restore needs none.
+func pollHack(dir string) {
+	fd, err := unix.Open(filepath.Join(dir, ".go-fuse-epoll-hack"), unix.O_RDONLY|unix.O_CLOEXEC, 0)
+	if err != nil {
+		return
+	}
+	unix.Poll([]unix.PollFd{{Fd: int32(fd), Events: unix.POLLIN | unix.POLLPRI | unix.POLLOUT}}, 0)
+	unix.Close(fd)
+}
+
+// maxWrite is the largest request (and read) the mount takes: 1 MiB.
+const maxWrite = 1 << 20
+
+// serve starts go-fuse on the mount's connection dev. For a new mount (init nil) the kernel
+// sends INIT first; for a restored one the kernel sent INIT to the earlier process long ago,
+// so go-fuse gets that request replayed on a socket in place of the connection, which then
+// takes the socket's descriptor number (dup3) before serving begins.
+func serve(dir string, root *Root, dev *os.File, init []byte, opts MountOptions, lg *slog.Logger) (*Server, error) {
+	timeout := opts.Timeout
+	if timeout <= 0 {
+		timeout = DefaultTimeout
+	}
+	root.v.timeout = timeout
+	level := slog.LevelWarn
+	if opts.Debug {
+		level = slog.LevelDebug
+	}
+	mo := &fuse.MountOptions{
+		AllowOther:    true,
+		Name:          "lazypull",
+		EnableAcl:     true,
+		MaxWrite:      maxWrite,
+		MaxBackground: 64,
+		// Passthrough backing files must be on a non-stacked file system, so that the
+		// mount can itself be an overlayfs lower directory (depth 1 + 1 = 2).
+		MaxStackDepth: 1,
+		Debug:         opts.Debug,
+		// go-fuse's own messages: every request with Debug, else only what goes wrong.
+		Logger: slog.NewLogLogger(lg.With("component", "go-fuse").Handler(), level),
+	}
+	fd := int(dev.Fd())
+	var peer *os.File
+	if init != nil {
+		pair, err := unix.Socketpair(unix.AF_UNIX, unix.SOCK_SEQPACKET|unix.SOCK_CLOEXEC, 0)
+		if err != nil {
+			dev.Close()
+			return nil, fmt.Errorf("socketpair: %w", err)
+		}
+		peer = os.NewFile(uintptr(pair[1]), "init")
+		defer peer.Close()
+		if _, err := peer.Write(init); err != nil {
+			unix.Close(pair[0])
+			dev.Close()
+			return nil, fmt.Errorf("replay INIT: %w", err)
+		}
+		fd = pair[0]
+	} else {
+		// go-fuse owns fd from here; dev keeps a duplicate for Conn.
+		dup, err := unix.FcntlInt(dev.Fd(), unix.F_DUPFD_CLOEXEC, 0)
+		if err != nil {
+			dev.Close()
+			return nil, fmt.Errorf("dup FUSE connection: %w", err)
+		}
+		fd = dup
+	}
+	srv, err := fuse.NewServer(root, fmt.Sprintf("/dev/fd/%d", fd), mo)
+	if err != nil {
+		unix.Close(fd)
+		dev.Close()
+		return nil, err
+	}
+	if init != nil {
+		// go-fuse answered the replayed INIT on the socket; from now on fd is the mount's
+		// connection. go-fuse reads it with plain read(2), so the swap is invisible to it.
+		if err := unix.Dup3(int(dev.Fd()), fd, unix.O_CLOEXEC); err != nil {
+			dev.Close()
+			return nil, fmt.Errorf("take over FUSE connection: %w", err)
+		}
+	}
+	s := &Server{Server: srv, root: root, dir: dir, fuse: dev, done: make(chan struct{})}
+	go func() {
+		srv.Serve()
+		dev.Close()
+		close(s.done)
+	}()
+	return s, nil
 }
 
 // setReadAhead sets the read-ahead of the mount at dir, through its backing device info.

@@ -1,26 +1,30 @@
 package fusefs
 
 import (
-	"context"
 	"errors"
 	"fmt"
 	"log/slog"
 	"slices"
+	"sort"
 	"sync"
 	"sync/atomic"
 	"syscall"
+	"time"
 
-	"github.com/hanwen/go-fuse/v2/fs"
 	"github.com/hanwen/go-fuse/v2/fuse"
 	"golang.org/x/sys/unix"
 
 	"lazypull/format"
 )
 
-// Root is the root directory of a view. It is an fs.InodeEmbedder to pass to Mount (or to
-// fs.Mount); a Root can be mounted once.
+// Root is a view of one layer or of an image, ready to Mount (once). It serves FUSE's raw
+// protocol: every inode is built before the mount and never changes, and the kernel's node
+// ID of an inode is its inode number. So nothing the kernel holds (node IDs, open file
+// handles) depends on the process that answered it, and another process can take over the
+// mount (Restore) after this one died.
 type Root struct {
-	inode
+	fuse.RawFileSystem // ENOSYS for what a read-only view does not do
+	v                  *view
 }
 
 // view is what the inodes of one mounted view share.
@@ -30,8 +34,19 @@ type view struct {
 	// merged: inode numbers carry the layer; layer views show whiteouts and opaque markers.
 	merged bool
 
-	// statfs totals, set in OnAdd.
+	inodes map[uint64]*inode // by inode number (= FUSE node ID)
+	// statfs totals
 	files, bytes uint64
+
+	timeout time.Duration // entry and attribute cache time, set by Mount
+	srv     atomic.Pointer[fuse.Server]
+	// restored: the view took over a mount from an earlier process (Restore), which may
+	// have left files open in either I/O mode; see Open.
+	restored bool
+	// frozen: reads are left unanswered (Server.Freeze).
+	frozen atomic.Bool
+
+	handles handleTable
 
 	passthroughOff atomic.Bool // logged that the kernel refused passthrough
 }
@@ -77,28 +92,26 @@ func newView(layers []Layer, merged bool, opts []Option) *view {
 	for _, o := range opts {
 		o(&cfg)
 	}
-	return &view{layers: layers, log: cfg.log, merged: merged}
+	return &view{layers: layers, log: cfg.log, merged: merged, inodes: map[uint64]*inode{}, timeout: DefaultTimeout,
+		handles: handleTable{open: map[uint64]*handle{}, epoch: uint64(time.Now().UnixNano()) & 0xffffff}}
 }
 
+// newRoot turns the tree into inodes, once.
 func newRoot(v *view, tree *node) *Root {
-	return &Root{inode: inode{v: v, n: tree, ino: rootIno, parentIno: rootIno}}
-}
-
-var _ = (fs.NodeOnAdder)((*Root)(nil))
-
-// OnAdd builds the whole tree of persistent inodes, once, when the root is mounted.
-func (r *Root) OnAdd(ctx context.Context) {
-	made := map[*node]*inode{}
-	r.addChildren(ctx, &r.inode, made)
-	for _, in := range made {
-		r.v.files++
+	r := &Root{RawFileSystem: fuse.NewDefaultRawFileSystem(), v: v}
+	root := &inode{v: v, n: tree, ino: rootIno, parentIno: rootIno}
+	v.inodes[rootIno] = root
+	v.addChildren(root)
+	for _, in := range v.inodes {
+		v.files++
 		if in.n.kind == kindReg {
-			r.v.bytes += uint64(in.n.e.Size)
+			v.bytes += uint64(in.n.e.Size)
 		}
 	}
+	return r
 }
 
-func (r *Root) addChildren(ctx context.Context, dir *inode, made map[*node]*inode) {
+func (v *view) addChildren(dir *inode) {
 	names := make([]string, 0, len(dir.n.children))
 	for name := range dir.n.children {
 		names = append(names, name)
@@ -111,14 +124,18 @@ func (r *Root) addChildren(ctx context.Context, dir *inode, made map[*node]*inod
 	dir.nlink = 2
 	for _, name := range names {
 		c := dir.n.children[name]
-		in := made[c]
+		ino := v.ino(c)
+		in := v.inodes[ino]
 		if in == nil {
-			in = &inode{v: r.v, n: c, ino: r.ino(c)}
-			made[c] = in
-			dir.NewPersistentInode(ctx, in, fs.StableAttr{Mode: c.kind.fileType(), Ino: in.ino})
+			in = &inode{v: v, n: c, ino: ino}
+			v.inodes[ino] = in
 			if c.kind == kindDir {
 				in.parentIno = dir.ino
-				r.addChildren(ctx, in, made)
+				in.name = name
+				in.parent = dir
+				v.addChildren(in)
+			} else {
+				in.name, in.parent = name, dir
 			}
 		}
 		if c.kind == kindDir {
@@ -126,14 +143,13 @@ func (r *Root) addChildren(ctx context.Context, dir *inode, made map[*node]*inod
 		} else {
 			in.nlink++
 		}
-		dir.AddChild(name, &in.Inode, false)
-		dir.kids = append(dir.kids, fuse.DirEntry{Name: name, Mode: c.kind.fileType(), Ino: in.ino})
+		dir.kids = append(dir.kids, fuse.DirEntry{Name: name, Mode: c.kind.fileType(), Ino: ino})
 	}
 }
 
 // ino returns the inode number of n in this view.
-func (r *Root) ino(n *node) uint64 {
-	if r.v.merged {
+func (v *view) ino(n *node) uint64 {
+	if v.merged {
 		return uint64(n.layer)<<32 | n.ino
 	}
 	return n.ino
@@ -141,51 +157,51 @@ func (r *Root) ino(n *node) uint64 {
 
 // inode is a file, directory, symlink, device, fifo or whiteout of a view.
 type inode struct {
-	fs.Inode
 	v         *view
 	n         *node
 	ino       uint64
 	nlink     uint32
 	parentIno uint64          // directories
-	kids      []fuse.DirEntry // directories: ".", ".." and the children, sorted
-	lastErr   atomic.Int64    // files: when a read error was last logged, unix nanoseconds
+	kids      []fuse.DirEntry // directories: ".", ".." and the children, sorted by name
+	// one of the names of the inode and its directory, for logs
+	name    string
+	parent  *inode
+	lastErr atomic.Int64 // files: when a read error was last logged, unix nanoseconds
 
-	// files: opens by mode, so that new opens take the mode of those open (see Open)
+	// files: opens by I/O mode, so that new opens take the mode of those open (see Open)
 	mu                   sync.Mutex
 	ptOpens, cachedOpens int
+	backingID            int32 // registered passthrough backing file while ptOpens > 0
 }
-
-var (
-	_ = (fs.NodeGetattrer)((*inode)(nil))
-	_ = (fs.NodeOpener)((*inode)(nil))
-	_ = (fs.NodeOpendirHandler)((*inode)(nil))
-	_ = (fs.NodeReadlinker)((*inode)(nil))
-	_ = (fs.NodeGetxattrer)((*inode)(nil))
-	_ = (fs.NodeListxattrer)((*inode)(nil))
-	_ = (fs.NodeStatfser)((*inode)(nil))
-	_ = (fs.NodeFlusher)((*inode)(nil))
-	_ = (fs.NodeFsyncer)((*inode)(nil))
-	_ = (fs.NodeSetattrer)((*inode)(nil))
-	_ = (fs.NodeSetxattrer)((*inode)(nil))
-	_ = (fs.NodeRemovexattrer)((*inode)(nil))
-	_ = (fs.NodeCreater)((*inode)(nil))
-	_ = (fs.NodeMkdirer)((*inode)(nil))
-	_ = (fs.NodeMknoder)((*inode)(nil))
-	_ = (fs.NodeLinker)((*inode)(nil))
-	_ = (fs.NodeSymlinker)((*inode)(nil))
-	_ = (fs.NodeUnlinker)((*inode)(nil))
-	_ = (fs.NodeRmdirer)((*inode)(nil))
-	_ = (fs.NodeRenamer)((*inode)(nil))
-	_ = (fs.NodeCopyFileRanger)((*inode)(nil))
-	_ = (fs.NodeAllocater)((*inode)(nil))
-)
 
 // whiteout reports whether the inode is shown as an overlayfs whiteout.
 func (in *inode) whiteout() bool { return in.n.kind == kindWhiteout }
 
-func (in *inode) Getattr(ctx context.Context, f fs.FileHandle, out *fuse.AttrOut) syscall.Errno {
-	in.fill(&out.Attr)
-	return 0
+// path returns a path of the inode in the mount, for logs.
+func (in *inode) path() string {
+	if in.parent == nil {
+		return "/"
+	}
+	var elems []string
+	for p := in; p.parent != nil; p = p.parent {
+		elems = append(elems, p.name)
+	}
+	slices.Reverse(elems)
+	s := ""
+	for _, e := range elems {
+		s += "/" + e
+	}
+	return s
+}
+
+// child returns the inode named name in directory in.
+func (in *inode) child(name string) *inode {
+	kids := in.kids[min(2, len(in.kids)):]
+	i := sort.Search(len(kids), func(i int) bool { return kids[i].Name >= name })
+	if i == len(kids) || kids[i].Name != name {
+		return nil
+	}
+	return in.v.inodes[kids[i].Ino]
 }
 
 func (in *inode) fill(a *fuse.Attr) {
@@ -220,11 +236,80 @@ func (in *inode) fill(a *fuse.Attr) {
 	a.Blocks = (a.Size + 4095) / 4096 * 8
 }
 
-func (in *inode) Readlink(ctx context.Context) ([]byte, syscall.Errno) {
-	if in.n.kind != kindSymlink {
-		return nil, syscall.EINVAL
+func (in *inode) entry(out *fuse.EntryOut) {
+	out.NodeId = in.ino
+	out.Generation = 1
+	in.fill(&out.Attr)
+	out.SetEntryTimeout(in.v.timeout)
+	out.SetAttrTimeout(in.v.timeout)
+}
+
+// node returns the inode the kernel calls id. The kernel only names inodes it learned from
+// this view (or from the same view served by an earlier process), so an unknown ID is the
+// kernel's bug or a view of another image; it answers ESTALE.
+func (r *Root) node(id uint64) (*inode, fuse.Status) {
+	in := r.v.inodes[id]
+	if in == nil {
+		r.v.log.Warn("fusefs: request for an unknown node", "node", id)
+		return nil, fuse.Status(syscall.ESTALE)
 	}
-	return []byte(in.n.e.Linkname), 0
+	return in, fuse.OK
+}
+
+func (r *Root) String() string { return "lazypull" }
+
+// Init keeps the server, for registering passthrough backing files.
+func (r *Root) Init(s *fuse.Server) { r.v.srv.Store(s) }
+
+func (r *Root) Lookup(cancel <-chan struct{}, h *fuse.InHeader, name string, out *fuse.EntryOut) fuse.Status {
+	dir, st := r.node(h.NodeId)
+	if !st.Ok() {
+		return st
+	}
+	if dir.n.kind != kindDir {
+		return fuse.ENOTDIR
+	}
+	var c *inode
+	switch name {
+	case ".":
+		c = dir
+	case "..":
+		c = r.v.inodes[dir.parentIno]
+	default:
+		c = dir.child(name)
+	}
+	if c == nil {
+		// A negative entry, cached like the others: the tree never changes.
+		out.NodeId = 0
+		out.SetEntryTimeout(r.v.timeout)
+		return fuse.OK
+	}
+	c.entry(out)
+	return fuse.OK
+}
+
+// Forget: inodes live as long as the view, whatever the kernel still caches.
+func (r *Root) Forget(nodeid, nlookup uint64) {}
+
+func (r *Root) GetAttr(cancel <-chan struct{}, in *fuse.GetAttrIn, out *fuse.AttrOut) fuse.Status {
+	n, st := r.node(in.NodeId)
+	if !st.Ok() {
+		return st
+	}
+	n.fill(&out.Attr)
+	out.SetTimeout(r.v.timeout)
+	return fuse.OK
+}
+
+func (r *Root) Readlink(cancel <-chan struct{}, h *fuse.InHeader) ([]byte, fuse.Status) {
+	n, st := r.node(h.NodeId)
+	if !st.Ok() {
+		return nil, st
+	}
+	if n.n.kind != kindSymlink {
+		return nil, fuse.EINVAL
+	}
+	return []byte(n.n.e.Linkname), fuse.OK
 }
 
 // xattrs returns the inode's extended attributes, the opaque marker included.
@@ -235,8 +320,12 @@ func (in *inode) xattrs() (x []format.Xattr, opaque bool) {
 	return x, in.n.opaque && !in.v.merged
 }
 
-func (in *inode) Getxattr(ctx context.Context, attr string, dest []byte) (uint32, syscall.Errno) {
-	x, opaque := in.xattrs()
+func (r *Root) GetXAttr(cancel <-chan struct{}, h *fuse.InHeader, attr string, dest []byte) (uint32, fuse.Status) {
+	n, st := r.node(h.NodeId)
+	if !st.Ok() {
+		return 0, st
+	}
+	x, opaque := n.xattrs()
 	var val string
 	found := false
 	if opaque && attr == opaqueXattr {
@@ -250,19 +339,17 @@ func (in *inode) Getxattr(ctx context.Context, attr string, dest []byte) (uint32
 		}
 	}
 	if !found {
-		return 0, syscall.ENODATA
+		return 0, fuse.ENOATTR
 	}
-	if len(dest) == 0 {
-		return uint32(len(val)), 0
-	}
-	if len(dest) < len(val) {
-		return uint32(len(val)), syscall.ERANGE
-	}
-	return uint32(copy(dest, val)), 0
+	return copyOut(dest, []byte(val))
 }
 
-func (in *inode) Listxattr(ctx context.Context, dest []byte) (uint32, syscall.Errno) {
-	x, opaque := in.xattrs()
+func (r *Root) ListXAttr(cancel <-chan struct{}, h *fuse.InHeader, dest []byte) (uint32, fuse.Status) {
+	n, st := r.node(h.NodeId)
+	if !st.Ok() {
+		return 0, st
+	}
+	x, opaque := n.xattrs()
 	var list []byte
 	for _, a := range x {
 		if opaque && a.Name == opaqueXattr {
@@ -273,71 +360,131 @@ func (in *inode) Listxattr(ctx context.Context, dest []byte) (uint32, syscall.Er
 	if opaque {
 		list = append(append(list, opaqueXattr...), 0)
 	}
+	return copyOut(dest, list)
+}
+
+// copyOut answers a getxattr or listxattr: the size alone for an empty dest, ERANGE when
+// dest is too small.
+func copyOut(dest, val []byte) (uint32, fuse.Status) {
 	if len(dest) == 0 {
-		return uint32(len(list)), 0
+		return uint32(len(val)), fuse.OK
 	}
-	if len(dest) < len(list) {
-		return uint32(len(list)), syscall.ERANGE
+	if len(dest) < len(val) {
+		return uint32(len(val)), fuse.ERANGE
 	}
-	return uint32(copy(dest, list)), 0
+	return uint32(copy(dest, val)), fuse.OK
 }
 
-func (in *inode) OpendirHandle(ctx context.Context, flags uint32) (fs.FileHandle, uint32, syscall.Errno) {
-	if in.n.kind != kindDir {
-		return nil, 0, syscall.ENOTDIR
+func (r *Root) OpenDir(cancel <-chan struct{}, in *fuse.OpenIn, out *fuse.OpenOut) fuse.Status {
+	n, st := r.node(in.NodeId)
+	if !st.Ok() {
+		return st
 	}
-	return fs.NewListDirStream(in.kids), fuse.FOPEN_CACHE_DIR | fuse.FOPEN_KEEP_CACHE, 0
+	if n.n.kind != kindDir {
+		return fuse.ENOTDIR
+	}
+	// Directory handles hold nothing: a listing is the inode's kids from the offset on.
+	out.OpenFlags = fuse.FOPEN_CACHE_DIR | fuse.FOPEN_KEEP_CACHE
+	return fuse.OK
 }
 
-func (in *inode) Statfs(ctx context.Context, out *fuse.StatfsOut) syscall.Errno {
+func (r *Root) ReadDir(cancel <-chan struct{}, in *fuse.ReadIn, out *fuse.DirEntryList) fuse.Status {
+	return r.readDir(in, out, false)
+}
+
+func (r *Root) ReadDirPlus(cancel <-chan struct{}, in *fuse.ReadIn, out *fuse.DirEntryList) fuse.Status {
+	return r.readDir(in, out, true)
+}
+
+// readDir lists a directory from in.Offset, the number of entries already listed.
+func (r *Root) readDir(in *fuse.ReadIn, out *fuse.DirEntryList, plus bool) fuse.Status {
+	n, st := r.node(in.NodeId)
+	if !st.Ok() {
+		return st
+	}
+	if n.n.kind != kindDir {
+		return fuse.ENOTDIR
+	}
+	for i := in.Offset; i < uint64(len(n.kids)); i++ {
+		e := n.kids[i]
+		e.Off = i + 1
+		if !plus {
+			if !out.AddDirEntry(e) {
+				break
+			}
+			continue
+		}
+		eo := out.AddDirLookupEntry(e)
+		if eo == nil {
+			break
+		}
+		// The kernel skips "." and ".."; the others become entries it caches.
+		if i >= 2 {
+			r.v.inodes[e.Ino].entry(eo)
+		}
+	}
+	return fuse.OK
+}
+
+func (r *Root) ReleaseDir(in *fuse.ReleaseIn) {}
+
+func (r *Root) StatFs(cancel <-chan struct{}, h *fuse.InHeader, out *fuse.StatfsOut) fuse.Status {
 	out.Bsize = 4096
 	out.Frsize = 4096
-	out.Blocks = (in.v.bytes + 4095) / 4096
-	out.Files = in.v.files
+	out.Blocks = (r.v.bytes + 4095) / 4096
+	out.Files = r.v.files
 	out.NameLen = 255
-	return 0
+	return fuse.OK
 }
 
-// Flush and Fsync answer ENOSYS, which makes the kernel stop asking (and succeed): there is
-// nothing to flush in a read-only view, and a round trip on every close(2) costs.
-func (in *inode) Flush(context.Context, fs.FileHandle) syscall.Errno { return syscall.ENOSYS }
-func (in *inode) Fsync(context.Context, fs.FileHandle, uint32) syscall.Errno {
-	return syscall.ENOSYS
+// Access is checked by the kernel (default_permissions); this answers for a mount without.
+func (r *Root) Access(cancel <-chan struct{}, in *fuse.AccessIn) fuse.Status {
+	if in.Mask&unix.W_OK != 0 {
+		return fuse.EROFS
+	}
+	return fuse.OK
 }
 
 // Everything that would modify the tree refuses: the view is read-only. (The mount is
 // read-only too, so the kernel refuses most of these before asking.)
 
-func (in *inode) Setattr(context.Context, fs.FileHandle, *fuse.SetAttrIn, *fuse.AttrOut) syscall.Errno {
-	return syscall.EROFS
+func (r *Root) SetAttr(<-chan struct{}, *fuse.SetAttrIn, *fuse.AttrOut) fuse.Status {
+	return fuse.EROFS
 }
-func (in *inode) Setxattr(context.Context, string, []byte, uint32) syscall.Errno {
-	return syscall.EROFS
+func (r *Root) Mknod(<-chan struct{}, *fuse.MknodIn, string, *fuse.EntryOut) fuse.Status {
+	return fuse.EROFS
 }
-func (in *inode) Removexattr(context.Context, string) syscall.Errno { return syscall.EROFS }
-func (in *inode) Create(context.Context, string, uint32, uint32, *fuse.EntryOut) (*fs.Inode, fs.FileHandle, uint32, syscall.Errno) {
-	return nil, nil, 0, syscall.EROFS
+func (r *Root) Mkdir(<-chan struct{}, *fuse.MkdirIn, string, *fuse.EntryOut) fuse.Status {
+	return fuse.EROFS
 }
-func (in *inode) Mkdir(context.Context, string, uint32, *fuse.EntryOut) (*fs.Inode, syscall.Errno) {
-	return nil, syscall.EROFS
+func (r *Root) Unlink(<-chan struct{}, *fuse.InHeader, string) fuse.Status { return fuse.EROFS }
+func (r *Root) Rmdir(<-chan struct{}, *fuse.InHeader, string) fuse.Status  { return fuse.EROFS }
+func (r *Root) Rename(<-chan struct{}, *fuse.RenameIn, string, string) fuse.Status {
+	return fuse.EROFS
 }
-func (in *inode) Mknod(context.Context, string, uint32, uint32, *fuse.EntryOut) (*fs.Inode, syscall.Errno) {
-	return nil, syscall.EROFS
+func (r *Root) Link(<-chan struct{}, *fuse.LinkIn, string, *fuse.EntryOut) fuse.Status {
+	return fuse.EROFS
 }
-func (in *inode) Link(context.Context, fs.InodeEmbedder, string, *fuse.EntryOut) (*fs.Inode, syscall.Errno) {
-	return nil, syscall.EROFS
+func (r *Root) Symlink(<-chan struct{}, *fuse.InHeader, string, string, *fuse.EntryOut) fuse.Status {
+	return fuse.EROFS
 }
-func (in *inode) Symlink(context.Context, string, string, *fuse.EntryOut) (*fs.Inode, syscall.Errno) {
-	return nil, syscall.EROFS
+func (r *Root) SetXAttr(<-chan struct{}, *fuse.SetXAttrIn, string, []byte) fuse.Status {
+	return fuse.EROFS
 }
-func (in *inode) Unlink(context.Context, string) syscall.Errno { return syscall.EROFS }
-func (in *inode) Rmdir(context.Context, string) syscall.Errno  { return syscall.EROFS }
-func (in *inode) Rename(context.Context, string, fs.InodeEmbedder, string, uint32) syscall.Errno {
-	return syscall.EROFS
+func (r *Root) RemoveXAttr(<-chan struct{}, *fuse.InHeader, string) fuse.Status {
+	return fuse.EROFS
 }
-func (in *inode) CopyFileRange(context.Context, fs.FileHandle, uint64, *fs.Inode, fs.FileHandle, uint64, uint64, uint64) (uint32, syscall.Errno) {
-	return 0, syscall.EROFS
+func (r *Root) Create(<-chan struct{}, *fuse.CreateIn, string, *fuse.CreateOut) fuse.Status {
+	return fuse.EROFS
 }
-func (in *inode) Allocate(context.Context, fs.FileHandle, uint64, uint64, uint32) syscall.Errno {
-	return syscall.EROFS
+func (r *Root) Write(<-chan struct{}, *fuse.WriteIn, []byte) (uint32, fuse.Status) {
+	return 0, fuse.EROFS
 }
+func (r *Root) CopyFileRange(<-chan struct{}, *fuse.CopyFileRangeIn) (uint32, fuse.Status) {
+	return 0, fuse.EROFS
+}
+func (r *Root) Fallocate(<-chan struct{}, *fuse.FallocateIn) fuse.Status { return fuse.EROFS }
+
+// Flush and Fsync answer ENOSYS (the defaults), which makes the kernel stop asking (and
+// succeed): there is nothing to flush in a read-only view, and a round trip on every
+// close(2) costs.

@@ -10,7 +10,7 @@ import (
 )
 
 // The tree of a view is built from the index before anything is mounted, as plain nodes;
-// OnAdd then turns it into go-fuse inodes. Layer trees keep whiteouts and opaque markers;
+// newRoot then turns it into the inodes it serves. Layer trees keep whiteouts and opaque markers;
 // merging consumes them.
 
 type kind uint8

@@ -1,12 +1,11 @@
 package fusefs
 
 import (
-	"context"
 	"slices"
 	"strings"
 	"testing"
 
-	gofs "github.com/hanwen/go-fuse/v2/fs"
+	"github.com/hanwen/go-fuse/v2/fuse"
 
 	"lazypull/format"
 )
@@ -32,12 +31,11 @@ func mode(m int64) func(*format.Entry) {
 	return func(e *format.Entry) { e.Mode = m }
 }
 
-// build returns a mounted-less view: OnAdd has run, as on mount.
+// build returns a view, which is whole before it is mounted.
 func build(r *Root, err error) *Root {
 	if err != nil {
 		panic(err)
 	}
-	gofs.NewNodeFS(r, &gofs.Options{})
 	return r
 }
 
@@ -47,7 +45,7 @@ func listing(r *Root) string {
 	var walk func(p string, in *inode)
 	walk = func(p string, in *inode) {
 		for _, k := range in.kids[2:] {
-			child := in.GetChild(k.Name).Operations().(*inode)
+			child := in.child(k.Name)
 			cp := strings.TrimPrefix(p+"/"+k.Name, "/")
 			line := cp + " " + map[kind]string{kindDir: "dir", kindReg: "reg", kindSymlink: "lnk", kindChar: "chr", kindBlock: "blk", kindFifo: "fifo", kindWhiteout: "wh"}[child.n.kind]
 			line += " " + itoa(uint64(child.nlink)) + " " + itoa(child.ino)
@@ -60,7 +58,7 @@ func listing(r *Root) string {
 			}
 		}
 	}
-	walk("", &r.inode)
+	walk("", r.v.inodes[rootIno])
 	return strings.Join(lines, "\n")
 }
 
@@ -122,10 +120,10 @@ func TestLayerTree(t *testing.T) {
 	if got := listing(r); got != want {
 		t.Errorf("tree:\n%s\nwant:\n%s", got, want)
 	}
-	if r.nlink != 2+5 {
-		t.Errorf("root nlink %d", r.nlink)
+	if root := r.v.inodes[rootIno]; root.nlink != 2+5 {
+		t.Errorf("root nlink %d", root.nlink)
 	}
-	if d := r.GetChild("d").Operations().(*inode); d.n.e.Mode != 0o711 {
+	if d := r.v.inodes[rootIno].child("d"); d.n.e.Mode != 0o711 {
 		t.Errorf("d: mode %o, want the later entry's 0711", d.n.e.Mode)
 	}
 	for _, w := range []string{"unknown type", "root entry is not a directory", "outside the layer"} {
@@ -179,12 +177,12 @@ func TestMergedTree(t *testing.T) {
 	if got := listing(r); got != want {
 		t.Errorf("tree:\n%s\nwant:\n%s", got, want)
 	}
-	tree := r.GetChild("tree").Operations().(*inode)
+	tree := r.v.inodes[rootIno].child("tree")
 	if tree.n.e == nil || tree.n.e.Mode != 0o700 {
 		t.Errorf("tree: a synthesized upper directory must keep the lower one's attributes")
 	}
 	// merged views never show whiteouts or the opaque marker
-	if x, opaque := r.xattrs(); opaque || len(x) != 0 {
+	if x, opaque := r.v.inodes[rootIno].xattrs(); opaque || len(x) != 0 {
 		t.Errorf("merged root shows opaque")
 	}
 }
@@ -207,14 +205,15 @@ func TestOpaqueXattrList(t *testing.T) {
 		ent("d/.wh..wh..opq", '0'),
 	}}
 	r := build(NewLayer(ix, shortContent{}))
-	d := r.GetChild("d").Operations().(*inode)
+	d := r.v.inodes[rootIno].child("d")
 	buf := make([]byte, 100)
-	n, e := d.Listxattr(context.Background(), buf)
-	if e != 0 || !slices.Equal(strings.Split(string(buf[:n]), "\x00"), []string{"user.a", opaqueXattr, ""}) {
+	h := &fuse.InHeader{NodeId: d.ino}
+	n, e := r.ListXAttr(nil, h, buf)
+	if e != fuse.OK || !slices.Equal(strings.Split(string(buf[:n]), "\x00"), []string{"user.a", opaqueXattr, ""}) {
 		t.Errorf("listxattr: %q %v", buf[:n], e)
 	}
-	n, e = d.Getxattr(context.Background(), opaqueXattr, buf)
-	if e != 0 || string(buf[:n]) != "y" {
+	n, e = r.GetXAttr(nil, h, opaqueXattr, buf)
+	if e != fuse.OK || string(buf[:n]) != "y" {
 		t.Errorf("getxattr opaque: %q %v", buf[:n], e)
 	}
 }
