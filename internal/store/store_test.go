@@ -692,3 +692,32 @@ func waitFor(t *testing.T, cond func() bool) {
 		time.Sleep(time.Millisecond)
 	}
 }
+
+func TestMeta(t *testing.T) {
+	s := openStore(t, t.TempDir())
+	b := []byte(`{"schemaVersion":2}`)
+	d, err := s.PutMeta(b)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got, err := s.Meta(d); err != nil || string(got) != string(b) {
+		t.Fatalf("Meta = %q, %v", got, err)
+	}
+	if _, err := s.Meta(format.Digest{1}); !errors.Is(err, fs.ErrNotExist) {
+		t.Errorf("absent metadata: %v, want ErrNotExist", err)
+	}
+	// a kept blob that went bad is an error, and is dropped
+	p := filepath.Join(s.Dir(), metaName, d.String()[len("sha256:"):])
+	if err := os.Chmod(p, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(p, []byte("garbage"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := s.Meta(d); !errors.Is(err, ErrCorrupt) {
+		t.Errorf("corrupt metadata: %v, want ErrCorrupt", err)
+	}
+	if _, err := os.Stat(p); !errors.Is(err, fs.ErrNotExist) {
+		t.Errorf("corrupt metadata left in place: %v", err)
+	}
+}
