@@ -1,13 +1,18 @@
 package daemon
 
 import (
+	"bytes"
 	"context"
+	"encoding/json"
 	"fmt"
 	"log/slog"
 
+	"github.com/google/go-containerregistry/pkg/name"
 	v1 "github.com/google/go-containerregistry/pkg/v1"
+	"github.com/google/go-containerregistry/pkg/v1/types"
 	"golang.org/x/sync/errgroup"
 
+	"lazypull/format"
 	"lazypull/internal/fetch"
 	"lazypull/internal/fusefs"
 	"lazypull/internal/store"
@@ -36,7 +41,7 @@ func OpenImage(ctx context.Context, st *store.Store, ref string, platform *v1.Pl
 	if err != nil {
 		return nil, fmt.Errorf("image %s: %w", ref, err)
 	}
-	img, err := reg.Resolve(ctx, "", platform)
+	img, err := resolve(ctx, st, reg, ref, platform)
 	if err != nil {
 		return nil, fmt.Errorf("image %s: %w", ref, err)
 	}
@@ -59,6 +64,58 @@ func OpenImage(ctx context.Context, st *store.Store, ref string, platform *v1.Pl
 		return nil, err
 	}
 	return im, nil
+}
+
+// resolve returns the image manifest ref names. A reference by digest to an image manifest
+// the store keeps is answered from the store, without the registry: that is what lets a
+// restarted snapshotter mount its layers again while the registry is unreachable. A
+// manifest fetched from the registry is kept for next time.
+func resolve(ctx context.Context, st *store.Store, reg *fetch.Registry, ref string, platform *v1.Platform) (*fetch.Image, error) {
+	if r, err := name.NewDigest(ref); err == nil {
+		if d, err := format.ParseDigest(r.DigestStr()); err == nil {
+			if raw, err := st.Meta(d); err == nil {
+				if img, err := cachedImage(reg, raw, d); err == nil {
+					return img, nil
+				}
+			}
+		}
+	}
+	img, err := reg.Resolve(ctx, "", platform)
+	if err != nil {
+		return nil, err
+	}
+	if _, err := st.PutMeta(img.RawManifest); err != nil {
+		slog.Warn("cannot keep the image manifest in the store; the image will need its registry to be mounted again", "image", ref, "err", err)
+	}
+	return img, nil
+}
+
+// cachedImage is the image manifest raw, digest d, of the registry's repository.
+func cachedImage(reg *fetch.Registry, raw []byte, d format.Digest) (*fetch.Image, error) {
+	mt := types.MediaType(manifestMediaType(raw))
+	if !mt.IsImage() {
+		return nil, fmt.Errorf("kept manifest %s is a %q, not an image manifest", d, mt)
+	}
+	m, err := v1.ParseManifest(bytes.NewReader(raw))
+	if err != nil {
+		return nil, fmt.Errorf("kept manifest %s: %w", d, err)
+	}
+	h := v1.Hash{Algorithm: "sha256", Hex: d.String()[len("sha256:"):]}
+	return &fetch.Image{
+		Name:        reg.Host() + "/" + reg.Repository() + "@" + h.String(),
+		Descriptor:  v1.Descriptor{MediaType: mt, Size: int64(len(raw)), Digest: h},
+		Manifest:    m,
+		RawManifest: raw,
+	}, nil
+}
+
+// manifestMediaType returns the mediaType field of a manifest.
+func manifestMediaType(raw []byte) string {
+	var v struct {
+		MediaType string `json:"mediaType"`
+	}
+	_ = json.Unmarshal(raw, &v)
+	return v.MediaType
 }
 
 // FSLayers returns the layers as the filesystem takes them, lowest first.

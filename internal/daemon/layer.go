@@ -3,6 +3,8 @@ package daemon
 import (
 	"context"
 	"fmt"
+	"io"
+	"log/slog"
 	"os"
 	"sync"
 
@@ -66,12 +68,60 @@ func openLayer(ctx, bg context.Context, reg *fetch.Registry, st *store.Store, le
 		return nil, fmt.Errorf("layer %s: %w", desc.Digest, err)
 	}
 	blob := reg.Layer(desc)
-	ix, err := format.ReadIndex(blob.ReaderAt(ctx), desc.Size, &loc)
+	ix, err := readIndex(ctx, st, blob, desc, loc)
 	if err != nil {
 		return nil, fmt.Errorf("layer %s: read index: %w", desc.Digest, err)
 	}
 	return &Layer{Desc: desc, Index: ix, blob: blob, store: st, lease: lease, files: map[*format.Entry]store.File{},
 		streams: map[*format.Entry]*stream{}, bg: bg, raSlot: make(chan struct{}, readaheadSlots)}, nil
+}
+
+// readIndex reads the layer's index from the store's metadata, or else from the registry
+// (then keeping it in the store). Either way format.ReadIndex checks it against loc.
+func readIndex(ctx context.Context, st *store.Store, blob *fetch.Blob, desc v1.Descriptor, loc format.IndexLocation) (*format.Index, error) {
+	if b, err := st.Meta(loc.Digest); err == nil && int64(len(b)) == loc.Size {
+		if ix, err := format.ReadIndex(regionReaderAt{b, loc.Offset}, desc.Size, &loc); err == nil {
+			return ix, nil
+		}
+	}
+	rec := &recordingReaderAt{ra: blob.ReaderAt(ctx)}
+	ix, err := format.ReadIndex(rec, desc.Size, &loc)
+	if err != nil {
+		return nil, err
+	}
+	if _, err := st.PutMeta(rec.b); err != nil {
+		slog.Warn("cannot keep the layer index in the store; the layer will need its registry to be mounted again", "layer", desc.Digest, "err", err)
+	}
+	return ix, nil
+}
+
+// recordingReaderAt keeps what the one ReadAt of format.ReadIndex read: the index.
+type recordingReaderAt struct {
+	ra io.ReaderAt
+	b  []byte
+}
+
+func (r *recordingReaderAt) ReadAt(p []byte, off int64) (int, error) {
+	n, err := r.ra.ReadAt(p, off)
+	r.b = p[:n]
+	return n, err
+}
+
+// regionReaderAt reads the bytes b, which lie at off in a blob.
+type regionReaderAt struct {
+	b   []byte
+	off int64
+}
+
+func (r regionReaderAt) ReadAt(p []byte, off int64) (int, error) {
+	if off < r.off || off-r.off > int64(len(r.b)) {
+		return 0, fmt.Errorf("read at %d: outside the index region [%d, %d)", off, r.off, r.off+int64(len(r.b)))
+	}
+	n := copy(p, r.b[off-r.off:])
+	if n < len(p) {
+		return n, io.EOF
+	}
+	return n, nil
 }
 
 // file returns the store's description of a regular file's content. It does not pin the
