@@ -18,6 +18,7 @@ import (
 	"google.golang.org/grpc"
 
 	"lazypull/internal/daemon"
+	"lazypull/internal/keeper"
 	"lazypull/internal/snapshot"
 	"lazypull/internal/store"
 )
@@ -147,6 +148,28 @@ func runSnapshotter(ctx context.Context, e *env, vals any, args []string) error 
 			log.Warn("unmount layers", "err", err)
 		}
 	}()
+	// The keeper holds the layers' FUSE connections, so that running containers survive a
+	// crash or restart of this process; the mounts it holds are served again first.
+	if err := os.MkdirAll(f.Root, 0o700); err != nil {
+		return err
+	}
+	if exe, err := os.Executable(); err != nil {
+		log.Warn("no keeper: lazy layers will end with this process", "err", err)
+	} else {
+		sock := filepath.Join(f.Root, "keeper.sock")
+		kc, err := keeper.Start(sock, exe, []string{"keeper", "--socket", sock}, filepath.Join(f.Root, "keeper.log"))
+		if err != nil {
+			log.Warn("no keeper: lazy layers will end with this process", "err", err)
+		} else {
+			lfs.SetKeeper(kc)
+			n, err := lfs.Restore(ctx)
+			if err != nil {
+				log.Warn("keeper: cannot take back the mounts it holds", "err", err)
+			} else if n > 0 {
+				log.Info("layer mounts restored", "mounts", n)
+			}
+		}
+	}
 	sn, err := snapshot.New(f.Root, lfs, snapshot.WithLogger(log))
 	if err != nil {
 		return err

@@ -2,6 +2,7 @@ package daemon
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -16,6 +17,7 @@ import (
 	"lazypull/format"
 	"lazypull/internal/fetch"
 	"lazypull/internal/fusefs"
+	"lazypull/internal/keeper"
 	"lazypull/internal/snapshot"
 	"lazypull/internal/store"
 )
@@ -65,9 +67,22 @@ type SnapshotFS struct {
 	fopts    []fetch.Option
 	log      *slog.Logger
 
+	keeper *keeper.Client // nil: mounts end with this process
+
 	mu     sync.Mutex
 	images map[string]*imageEntry
 	mounts map[string]*fusefs.Server
+}
+
+// SetKeeper makes the file system hand each mount's FUSE connection to k, so that the
+// mounts outlive this process (a crash, a restart) and Restore in the next one takes them
+// back. Call it before the first Mount.
+func (f *SnapshotFS) SetKeeper(k *keeper.Client) { f.keeper = k }
+
+// keptMount is what the keeper holds beside a mount's connection.
+type keptMount struct {
+	Labels map[string]string `json:"labels"`
+	Init   []byte            `json:"init"` // the kernel's FUSE INIT request
 }
 
 type imageEntry struct {
@@ -139,26 +154,32 @@ func (f *SnapshotFS) image(ctx context.Context, ref string) (*Image, error) {
 	}
 }
 
-// Mount mounts the single-layer view of the layer the labels name at mountpoint.
-func (f *SnapshotFS) Mount(ctx context.Context, mountpoint string, labels map[string]string) error {
+// layer opens the layer the labels name.
+func (f *SnapshotFS) layer(ctx context.Context, labels map[string]string) (*Layer, error) {
 	ref, digest, err := layerOf(labels)
 	if err != nil {
-		return err
+		return nil, err
 	}
 	im, err := f.image(ctx, ref)
 	if err != nil {
-		return err
+		return nil, err
 	}
-	var layer *Layer
 	for _, l := range im.Layers {
 		if l.Desc.Digest.String() == digest {
-			layer = l
-			break
+			return l, nil
 		}
 	}
-	if layer == nil {
-		return fmt.Errorf("image %s has no layer %s", ref, digest)
+	return nil, fmt.Errorf("image %s has no layer %s", ref, digest)
+}
+
+// Mount mounts the single-layer view of the layer the labels name at mountpoint.
+func (f *SnapshotFS) Mount(ctx context.Context, mountpoint string, labels map[string]string) error {
+	layer, err := f.layer(ctx, labels)
+	if err != nil {
+		return err
 	}
+	digest := layer.Desc.Digest.String()
+	ref, _, _ := layerOf(labels)
 	root, err := fusefs.NewLayer(layer.Index, layer, fusefs.WithLogger(f.log))
 	if err != nil {
 		return fmt.Errorf("layer %s: %w", digest, err)
@@ -167,6 +188,7 @@ func (f *SnapshotFS) Mount(ctx context.Context, mountpoint string, labels map[st
 	if err != nil {
 		return fmt.Errorf("mount layer %s at %s: %w", digest, mountpoint, err)
 	}
+	f.keep(srv, labels)
 	f.mu.Lock()
 	old := f.mounts[mountpoint]
 	f.mounts[mountpoint] = srv
@@ -175,6 +197,78 @@ func (f *SnapshotFS) Mount(ctx context.Context, mountpoint string, labels map[st
 		_ = old.Unmount()
 	}
 	f.log.Info("layer mounted", "layer", digest, "image", ref, "dir", mountpoint, "passthrough", srv.Passthrough())
+	return nil
+}
+
+// keep hands the mount's connection to the keeper; without it the mount still works, but
+// ends with this process.
+func (f *SnapshotFS) keep(srv *fusefs.Server, labels map[string]string) {
+	if f.keeper == nil {
+		return
+	}
+	conn, init, err := srv.Conn()
+	if err == nil {
+		defer conn.Close()
+		var meta []byte
+		if meta, err = json.Marshal(keptMount{Labels: labels, Init: init}); err == nil {
+			err = f.keeper.Put(srv.Dir(), meta, conn)
+		}
+	}
+	if err != nil {
+		f.log.Warn("mount not kept: it will end if the snapshotter stops", "dir", srv.Dir(), "err", err)
+	}
+}
+
+// Restore takes back the mounts an earlier snapshotter handed to the keeper: each is served
+// again by this process, from the same layer (opened from the store when its registry is
+// unreachable). Readers that waited meanwhile get their answers. A mount that cannot be
+// served again is ended (its readers get errors rather than wait forever). It returns how
+// many mounts were restored.
+func (f *SnapshotFS) Restore(ctx context.Context) (int, error) {
+	if f.keeper == nil {
+		return 0, nil
+	}
+	entries, err := f.keeper.List()
+	if err != nil {
+		return 0, err
+	}
+	n := 0
+	for _, e := range entries {
+		if err := f.restore(ctx, e); err != nil {
+			f.log.Error("kept mount cannot be served again; ended", "dir", e.Key, "err", err)
+			_ = f.keeper.Delete(e.Key) // the last holder of the connection: the kernel ends it
+			_ = fusefs.Unmount(e.Key)
+			continue
+		}
+		n++
+	}
+	return n, nil
+}
+
+func (f *SnapshotFS) restore(ctx context.Context, e keeper.Entry) error {
+	var km keptMount
+	if err := json.Unmarshal(e.Meta, &km); err != nil {
+		e.File.Close()
+		return fmt.Errorf("kept description: %w", err)
+	}
+	layer, err := f.layer(ctx, km.Labels)
+	if err != nil {
+		e.File.Close()
+		return err
+	}
+	root, err := fusefs.NewLayer(layer.Index, layer, fusefs.WithLogger(f.log))
+	if err != nil {
+		e.File.Close()
+		return err
+	}
+	srv, err := fusefs.Restore(e.Key, root, e.File, km.Init, fusefs.MountOptions{Logger: f.log})
+	if err != nil {
+		return err
+	}
+	f.mu.Lock()
+	f.mounts[e.Key] = srv
+	f.mu.Unlock()
+	f.log.Info("layer mount restored", "layer", layer.Desc.Digest, "dir", e.Key)
 	return nil
 }
 
@@ -198,6 +292,11 @@ func (f *SnapshotFS) Unmount(ctx context.Context, mountpoint string) error {
 	srv, ok := f.mounts[mountpoint]
 	delete(f.mounts, mountpoint)
 	f.mu.Unlock()
+	if f.keeper != nil {
+		if err := f.keeper.Delete(mountpoint); err != nil {
+			f.log.Warn("keeper", "err", err)
+		}
+	}
 	if ok {
 		return srv.Unmount()
 	}
@@ -221,12 +320,25 @@ func (f *SnapshotFS) Images() []*Image {
 	return out
 }
 
-// Close unmounts every layer and closes the images.
+// Close ends the file system's part in its mounts and closes the images. With a keeper, the
+// mounts stay (their requests wait for the next process to Restore them); without one,
+// every layer is unmounted.
 func (f *SnapshotFS) Close() error {
 	f.mu.Lock()
 	mounts := f.mounts
 	f.mounts = map[string]*fusefs.Server{}
 	f.mu.Unlock()
+	if f.keeper != nil {
+		for _, srv := range mounts {
+			srv.Freeze()
+		}
+		f.log.Info("layer mounts left to the keeper", "mounts", len(mounts))
+		f.keeper.Close()
+		for _, im := range f.Images() {
+			im.Close()
+		}
+		return nil
+	}
 	var errs []error
 	for dir, srv := range mounts {
 		if err := srv.Unmount(); err != nil {

@@ -1,0 +1,112 @@
+package keeper
+
+import (
+	"context"
+	"io"
+	"log/slog"
+	"os"
+	"path/filepath"
+	"testing"
+	"time"
+)
+
+func start(t *testing.T, idle time.Duration) (string, chan error) {
+	t.Helper()
+	sock := filepath.Join(t.TempDir(), "k.sock")
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- Serve(ctx, sock, idle, slog.New(slog.NewTextHandler(io.Discard, nil))) }()
+	t.Cleanup(func() { cancel(); <-done })
+	deadline := time.Now().Add(5 * time.Second)
+	for {
+		if _, err := os.Stat(sock); err == nil {
+			return sock, done
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("no keeper socket")
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+}
+
+// TestKeepsAcrossClients: a descriptor put by one client outlives it and is listed to the
+// next, still the same open file; a delete drops it.
+func TestKeepsAcrossClients(t *testing.T) {
+	sock, _ := start(t, time.Hour)
+	r, w, err := os.Pipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer r.Close()
+	c, err := Dial(sock)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := c.Put("/mnt/a", []byte("meta"), w); err != nil {
+		t.Fatal(err)
+	}
+	w.Close()
+	c.Close() // the first "process" is gone; only the keeper holds the write end
+
+	c2, err := Dial(sock)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c2.Close()
+	es, err := c2.List()
+	if err != nil || len(es) != 1 || es[0].Key != "/mnt/a" || string(es[0].Meta) != "meta" {
+		t.Fatalf("List = %+v, %v", es, err)
+	}
+	if _, err := es[0].File.Write([]byte("x")); err != nil {
+		t.Fatal(err)
+	}
+	es[0].File.Close()
+	b := make([]byte, 1)
+	if _, err := io.ReadFull(r, b); err != nil || b[0] != 'x' {
+		t.Fatalf("read through the kept descriptor: %q %v", b, err)
+	}
+	if err := c2.Delete("/mnt/a"); err != nil {
+		t.Fatal(err)
+	}
+	// With the keeper's copy closed too, the pipe has no writer left.
+	if _, err := r.Read(b); err != io.EOF {
+		t.Errorf("after delete, read = %v; want EOF (the keeper still holds the write end)", err)
+	}
+	if es, err := c2.List(); err != nil || len(es) != 0 {
+		t.Errorf("List after delete = %+v, %v", es, err)
+	}
+}
+
+// TestExitsWhenIdle: with nothing to keep and no client, the keeper exits on its own.
+func TestExitsWhenIdle(t *testing.T) {
+	_, done := start(t, time.Millisecond)
+	select {
+	case err := <-done:
+		if err != nil {
+			t.Fatal(err)
+		}
+		done <- nil
+	case <-time.After(3 * checkEvery):
+		t.Fatal("the idle keeper did not exit")
+	}
+}
+
+// TestBadRequests: a put without a descriptor and an unknown operation are answered with
+// an error, and the keeper goes on.
+func TestBadRequests(t *testing.T) {
+	sock, _ := start(t, time.Hour)
+	c, err := Dial(sock)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	if err := c.Put("k", nil, nil); err == nil {
+		t.Error("put without a descriptor succeeded")
+	}
+	if err := c.call(message{Op: "explode"}, nil); err == nil {
+		t.Error("unknown operation succeeded")
+	}
+	if _, err := c.List(); err != nil {
+		t.Errorf("the keeper stopped answering: %v", err)
+	}
+}
