@@ -27,4 +27,4 @@ export LAZYPULL_TEST_CONTAINERD="$work/containerd/containerd.sock"
 export LAZYPULL_TEST_IMAGES="$images"
 export LAZYPULL_BIN="$root/bin/lazypull"
 # TEST_PKGS and TEST_RUN narrow the run while working on something: TEST_RUN=TestMount make test
-go test -count=1 -timeout 20m ${TEST_RUN:+-run "$TEST_RUN"} ${TEST_PKGS:-./...}
+go test -count=1 -timeout 20m ${TEST_VERBOSE:+-v} ${TEST_RUN:+-run "$TEST_RUN"} ${TEST_PKGS:-./...}

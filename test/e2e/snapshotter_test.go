@@ -5,6 +5,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"syscall"
 	"testing"
@@ -17,10 +18,40 @@ import (
 // snapshotterEnv is a `lazypull snapshotter` and a containerd of its own that has it as
 // proxy plugin "lazypull", both under one temporary directory.
 type snapshotterEnv struct {
-	dir, sock, store, containerd string
-	cmd                          *exec.Cmd
-	log                          *syncBuffer
-	done                         chan error
+	dir, sock, store, containerd, config, bin string
+	cmd                                       *exec.Cmd
+	log                                       *syncBuffer
+	done                                      chan error
+}
+
+// start starts the snapshotter process and waits for its socket.
+func (s *snapshotterEnv) start(t *testing.T) {
+	t.Helper()
+	os.Remove(s.sock)
+	s.cmd = exec.Command(s.bin, "snapshotter", "--config", s.config, "--address", s.sock)
+	s.cmd.Stdout, s.cmd.Stderr = s.log, s.log
+	if err := s.cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	done := make(chan error, 1)
+	s.done = done
+	go func() { done <- s.cmd.Wait() }()
+	deadline := time.Now().Add(30 * time.Second)
+	for {
+		if _, err := os.Stat(s.sock); err == nil {
+			return
+		}
+		select {
+		case err := <-done:
+			done <- err
+			t.Fatalf("lazypull snapshotter exited (%v):\n%s", err, s.log)
+		default:
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("lazypull snapshotter: no socket after 30 s:\n%s", s.log)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
 }
 
 // startSnapshotter starts the snapshotter from LAZYPULL_BIN (settings from a config file)
@@ -33,32 +64,13 @@ func (e *env) startSnapshotter(t *testing.T) *snapshotterEnv {
 	}
 	s := &snapshotterEnv{dir: dir, sock: filepath.Join(dir, "sn.sock"), store: filepath.Join(dir, "store"),
 		containerd: filepath.Join(dir, "ctd"), log: &syncBuffer{}, done: make(chan error, 1)}
-	config := filepath.Join(dir, "config.toml")
-	if err := os.WriteFile(config, fmt.Appendf(nil, "root = %q\nstore = %q\nplain_http = true\n", filepath.Join(dir, "root"), s.store), 0o644); err != nil {
+	s.config = filepath.Join(dir, "config.toml")
+	if err := os.WriteFile(s.config, fmt.Appendf(nil, "root = %q\nstore = %q\nplain_http = true\n", filepath.Join(dir, "root"), s.store), 0o644); err != nil {
 		t.Fatal(err)
 	}
-	s.cmd = exec.Command(e.bin, "snapshotter", "--config", config, "--address", s.sock)
-	s.cmd.Stdout, s.cmd.Stderr = s.log, s.log
-	if err := s.cmd.Start(); err != nil {
-		t.Fatal(err)
-	}
-	go func() { s.done <- s.cmd.Wait() }()
+	s.bin = e.bin
 	t.Cleanup(func() { s.stop(t) })
-	deadline := time.Now().Add(30 * time.Second)
-	for {
-		if _, err := os.Stat(s.sock); err == nil {
-			break
-		}
-		select {
-		case err := <-s.done:
-			t.Fatalf("lazypull snapshotter exited (%v):\n%s", err, s.log)
-		default:
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("lazypull snapshotter: no socket after 30 s:\n%s", s.log)
-		}
-		time.Sleep(20 * time.Millisecond)
-	}
+	s.start(t)
 	cmd := exec.Command("../../scripts/containerd.sh", "start", s.containerd)
 	cmd.Env = append(os.Environ(), "CONTAINERD_PROXY_SNAPSHOTTER="+s.sock)
 	if out, err := cmd.CombinedOutput(); err != nil {
@@ -67,8 +79,9 @@ func (e *env) startSnapshotter(t *testing.T) *snapshotterEnv {
 	return s
 }
 
-// stop stops containerd (its tasks first), then the snapshotter with SIGTERM, which must
-// unmount every layer it mounted.
+// stop stops containerd (its tasks first), then the snapshotter with SIGTERM, which leaves
+// only its lazy layer mounts (for the keeper), then unmounts those; the keeper must then
+// exit by itself.
 func (s *snapshotterEnv) stop(t *testing.T) {
 	if out, err := exec.Command("../../scripts/containerd.sh", "stop", s.containerd).CombinedOutput(); err != nil {
 		t.Errorf("containerd.sh stop: %v\n%s", err, out)
@@ -88,16 +101,58 @@ func (s *snapshotterEnv) stop(t *testing.T) {
 			t.Errorf("lazypull snapshotter did not stop on SIGTERM:\n%s", s.log)
 		}
 	}
-	if left := mountsUnder(s.dir); len(left) > 0 {
-		t.Errorf("still mounted after the snapshotter stopped: %v", left)
-		for i := len(left) - 1; i >= 0; i-- {
-			exec.Command("umount", "-l", left[i]).Run()
+	left := mountsUnder(s.dir)
+	for i := len(left) - 1; i >= 0; i-- {
+		if !isLazyMount(left[i]) {
+			t.Errorf("still mounted after the snapshotter stopped, and not a lazy layer: %s", left[i])
+		}
+		exec.Command("umount", "-l", left[i]).Run()
+	}
+	if pid := keeperPID(filepath.Join(s.dir, "root", "keeper.sock")); pid > 0 {
+		deadline := time.Now().Add(30 * time.Second)
+		for keeperPID(filepath.Join(s.dir, "root", "keeper.sock")) == pid && time.Now().Before(deadline) {
+			time.Sleep(100 * time.Millisecond)
+		}
+		if keeperPID(filepath.Join(s.dir, "root", "keeper.sock")) == pid {
+			t.Errorf("the keeper (pid %d) did not exit with nothing left to keep", pid)
+			syscall.Kill(pid, syscall.SIGTERM)
 		}
 	}
 	if t.Failed() {
 		t.Logf("snapshotter log:\n%s", s.log)
 	}
 	os.RemoveAll(s.dir)
+}
+
+// isLazyMount reports whether dir is a lazypull FUSE mount.
+func isLazyMount(dir string) bool {
+	b, _ := os.ReadFile("/proc/self/mountinfo")
+	for _, line := range strings.Split(string(b), "\n") {
+		f := strings.Fields(line)
+		for i := 6; i+1 < len(f); i++ {
+			if f[i] == "-" && len(f) > 4 && f[4] == dir {
+				return f[i+1] == "fuse.lazypull"
+			}
+		}
+	}
+	return false
+}
+
+// keeperPID returns the PID of the `lazypull keeper` serving sock, or 0.
+func keeperPID(sock string) int {
+	procs, _ := filepath.Glob("/proc/[0-9]*/cmdline")
+	for _, p := range procs {
+		b, err := os.ReadFile(p)
+		if err != nil {
+			continue
+		}
+		args := strings.Split(strings.TrimRight(string(b), "\x00"), "\x00")
+		if len(args) >= 4 && args[1] == "keeper" && args[3] == sock {
+			pid, _ := strconv.Atoi(filepath.Base(filepath.Dir(p)))
+			return pid
+		}
+	}
+	return 0
 }
 
 func mountsUnder(dir string) []string {
