@@ -235,6 +235,11 @@ func (f *SnapshotFS) Restore(ctx context.Context) (int, error) {
 	n := 0
 	for _, e := range entries {
 		if err := f.restore(ctx, e); err != nil {
+			if errors.Is(err, fusefs.ErrGone) {
+				f.log.Info("kept mount ended meanwhile; dropped", "dir", e.Key)
+				_ = f.keeper.Delete(e.Key)
+				continue
+			}
 			f.log.Error("kept mount cannot be served again; ended", "dir", e.Key, "err", err)
 			_ = f.keeper.Delete(e.Key) // the last holder of the connection: the kernel ends it
 			_ = fusefs.Unmount(e.Key)

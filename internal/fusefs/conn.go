@@ -47,7 +47,9 @@ func decodeInit(b []byte) (*fuse.InitIn, error) {
 // read and not answered: those the dead process had taken.
 func notifyResendTo(dev *os.File) error {
 	var b bytes.Buffer
-	binary.Write(&b, binary.NativeEndian, fuse.OutHeader{Length: 16, Status: -notifyResend})
+	// A notification is a reply with unique 0 and the notification's code in place of the
+	// error.
+	binary.Write(&b, binary.NativeEndian, fuse.OutHeader{Length: 16, Status: notifyResend})
 	_, err := dev.Write(b.Bytes())
 	return err
 }

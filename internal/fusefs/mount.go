@@ -21,6 +21,9 @@ import (
 // ErrNoFUSE is returned by Mount when /dev/fuse does not exist.
 var ErrNoFUSE = errors.New("/dev/fuse is missing: load the fuse kernel module (modprobe fuse), or give the container the device (--device /dev/fuse)")
 
+// ErrGone is returned by Restore for a mount that ended meanwhile (unmounted, aborted).
+var ErrGone = errors.New("the mount's FUSE connection has ended")
+
 // devFUSE is the FUSE device; a variable for tests.
 var devFUSE = "/dev/fuse"
 
@@ -174,6 +177,15 @@ func Restore(dir string, root *Root, conn *os.File, init []byte, opts MountOptio
 	if _, err := decodeInit(init); err != nil {
 		conn.Close()
 		return nil, fmt.Errorf("restore %s: %w", abs, err)
+	}
+	fds := []unix.PollFd{{Fd: int32(conn.Fd())}}
+	if n, err := unix.Poll(fds, 0); err == nil && n > 0 && fds[0].Revents&(unix.POLLERR|unix.POLLHUP|unix.POLLNVAL) != 0 {
+		conn.Close()
+		return nil, fmt.Errorf("restore %s: %w", abs, ErrGone)
+	}
+	if mounted, err := isMountPoint(abs); err == nil && !mounted {
+		conn.Close()
+		return nil, fmt.Errorf("restore %s: not mounted: %w", abs, ErrGone)
 	}
 	root.v.restored = true
 	s, err := serve(abs, root, conn, init, opts, lg)

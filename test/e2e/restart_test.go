@@ -5,14 +5,15 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 )
 
-// readerScript reads every file under /usr, one after the other with a pause, printing
-// FAIL for a file that cannot be read and DONE at the end: a container that keeps reading
-// its lazy layers while the snapshotter is killed and restarted under it.
-const readerScript = `n=0; for f in $(find /usr -type f | sort | head -1200); do n=$((n+1)); cat "$f" >/dev/null || echo "FAIL $f"; [ $((n % 200)) = 0 ] && echo "read $n" && sleep 0.2; done; echo DONE $n`
+// readerScript reads 2,000 files under /usr, one after the other, printing FAIL for a file
+// that cannot be read, a count every 100 and DONE at the end: a container that keeps
+// reading its lazy layers while the snapshotter is killed and restarted under it.
+const readerScript = `n=0; for f in $(find /usr -type f | sort | head -2000); do n=$((n+1)); cat "$f" >/dev/null || echo "FAIL $f"; [ $((n % 100)) = 0 ] && echo "read $n"; done; echo DONE $n`
 
 // TestSnapshotterKill9KeepsContainers: the snapshotter is killed with SIGKILL while a
 // container reads files of its lazy layers, then started again: every read of the
@@ -33,7 +34,7 @@ func TestSnapshotterKill9KeepsContainers(t *testing.T) {
 	})
 	waitFor(t, 60*time.Second, "the reader to start reading", func() bool {
 		b, _ := os.ReadFile(logFile)
-		return strings.Contains(string(b), "read 400")
+		return strings.Contains(string(b), "read 300")
 	})
 
 	if err := s.cmd.Process.Kill(); err != nil {
@@ -47,6 +48,9 @@ func TestSnapshotterKill9KeepsContainers(t *testing.T) {
 		t.Fatalf("reads failed while the snapshotter was down:\n%s", mid)
 	}
 	t.Logf("while down: the reader went from %q to %q", lastLine(before), lastLine(mid))
+	if strings.Contains(string(mid), "DONE") {
+		t.Fatalf("the reader finished before the snapshotter was killed; the test shows nothing:\n%s", mid)
+	}
 
 	s.start(t)
 	waitFor(t, 10*time.Minute, "the reader to finish", func() bool {
@@ -60,6 +64,7 @@ func TestSnapshotterKill9KeepsContainers(t *testing.T) {
 	if !strings.Contains(s.log.String(), "layer mounts restored") {
 		t.Errorf("the restarted snapshotter did not restore the mounts:\n%s", s.log)
 	}
+	s.waitReady(t, ns)
 	if got := s.ctr(t, ns, "run", "--rm", "--snapshotter", "lazypull", ref, id+"-2"); strings.TrimSpace(got) != pythonOutput {
 		t.Errorf("a new container after the restart printed %q, want %q", got, pythonOutput)
 	}
@@ -78,5 +83,56 @@ func waitFor(t *testing.T, d time.Duration, what string, ok func() bool) {
 			t.Fatalf("timed out after %v waiting for %s", d, what)
 		}
 		time.Sleep(100 * time.Millisecond)
+	}
+}
+
+// TestSnapshotterRegistryDown: once a container of an image ran, its registry goes away;
+// the snapshotter is then killed and restarted (mounts restored from the keeper), and later
+// restarted with its mounts gone (as after a reboot: layers mounted again): each time a new
+// container of the image starts and runs, from what the store holds.
+func TestSnapshotterRegistryDown(t *testing.T) {
+	e := setup(t)
+	p := newFaultProxy(t, e.registry)
+	ref := strings.Replace(e.lazyImage(t, "python"), e.registry, p.addr, 1)
+	s := e.startSnapshotter(t)
+	const ns = "lazypull-e2e-offline"
+	must(t, e.bin, "pull", "--address", filepath.Join(s.containerd, "containerd.sock"), "--namespace", ns, "--plain-http", ref)
+	id := fmt.Sprintf("offline-%d", os.Getpid())
+	if got := s.ctr(t, ns, "run", "--rm", "--snapshotter", "lazypull", ref, id+"-a"); strings.TrimSpace(got) != pythonOutput {
+		t.Fatalf("container printed %q, want %q", got, pythonOutput)
+	}
+	p.srv.Close() // the registry is gone from here on
+
+	// 1. killed and restarted: the kept mounts are served again
+	if err := s.cmd.Process.Kill(); err != nil {
+		t.Fatal(err)
+	}
+	<-s.done
+	s.start(t)
+	s.waitReady(t, ns)
+	if got := s.ctr(t, ns, "run", "--rm", "--snapshotter", "lazypull", ref, id+"-b"); strings.TrimSpace(got) != pythonOutput {
+		t.Fatalf("after a restart with the registry down, a container printed %q, want %q\n%s", got, pythonOutput, s.log)
+	}
+	if !strings.Contains(s.log.String(), "layer mounts restored") {
+		t.Errorf("the restarted snapshotter did not restore the mounts:\n%s", s.log)
+	}
+
+	// 2. stopped, and its mounts gone with the keeper (a reboot): mounted again on use
+	s.cmd.Process.Signal(syscall.SIGTERM)
+	<-s.done
+	for _, m := range mountsUnder(s.dir) {
+		if isLazyMount(m) {
+			if err := syscall.Unmount(m, syscall.MNT_DETACH); err != nil {
+				t.Fatal(err)
+			}
+		}
+	}
+	s.start(t)
+	s.waitReady(t, ns)
+	if got := s.ctr(t, ns, "run", "--rm", "--snapshotter", "lazypull", ref, id+"-c"); strings.TrimSpace(got) != pythonOutput {
+		t.Fatalf("after a reboot with the registry down, a container printed %q, want %q\n%s", got, pythonOutput, s.log)
+	}
+	if !strings.Contains(s.log.String(), "remote snapshot mounted again") {
+		t.Errorf("the layers were not mounted again:\n%s", s.log)
 	}
 }

@@ -155,6 +155,24 @@ func keeperPID(sock string) int {
 	return 0
 }
 
+// waitReady waits until containerd reaches the (re)started snapshotter: after a restart, its
+// gRPC connection to the plugin is in reconnect back-off for a while, and calls fail with
+// "unavailable" meanwhile (as any proxy snapshotter's do).
+func (s *snapshotterEnv) waitReady(t *testing.T, ns string) {
+	t.Helper()
+	deadline := time.Now().Add(2 * time.Minute)
+	for {
+		r := run(t, "ctr", "--address", filepath.Join(s.containerd, "containerd.sock"), "--namespace", ns, "snapshots", "--snapshotter", "lazypull", "ls")
+		if r.code == 0 {
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("containerd does not reach the snapshotter: exit %d\n%s", r.code, r.stderr)
+		}
+		time.Sleep(200 * time.Millisecond)
+	}
+}
+
 func mountsUnder(dir string) []string {
 	b, err := os.ReadFile("/proc/self/mountinfo")
 	if err != nil {
