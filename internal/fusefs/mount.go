@@ -242,15 +242,14 @@ func serve(dir string, root *Root, dev *os.File, init []byte, opts MountOptions,
 		// go-fuse's own messages: every request with Debug, else only what goes wrong.
 		Logger: slog.NewLogLogger(lg.With("component", "go-fuse").Handler(), level),
 	}
-	fd := int(dev.Fd())
-	var peer *os.File
+	var fd int
 	if init != nil {
 		pair, err := unix.Socketpair(unix.AF_UNIX, unix.SOCK_SEQPACKET|unix.SOCK_CLOEXEC, 0)
 		if err != nil {
 			dev.Close()
 			return nil, fmt.Errorf("socketpair: %w", err)
 		}
-		peer = os.NewFile(uintptr(pair[1]), "init")
+		peer := os.NewFile(uintptr(pair[1]), "init")
 		defer peer.Close()
 		if _, err := peer.Write(init); err != nil {
 			unix.Close(pair[0])
