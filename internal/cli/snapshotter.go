@@ -11,7 +11,6 @@ import (
 	"sync"
 	"time"
 
-	"github.com/BurntSushi/toml"
 	snapshotsapi "github.com/containerd/containerd/api/services/snapshots/v1"
 	"github.com/containerd/containerd/v2/contrib/snapshotservice"
 	v1 "github.com/google/go-containerregistry/pkg/v1"
@@ -80,47 +79,12 @@ type snapshotterFlags struct {
 	Platform      string `toml:"platform"`
 }
 
-// loadConfig fills f from its config file, keeping the flags set on the command line.
-func (f *snapshotterFlags) loadConfig() error {
-	set := map[string]bool{}
-	f.fs.Visit(func(fl *flag.Flag) { set[fl.Name] = true })
-	var c snapshotterFlags
-	md, err := toml.DecodeFile(f.config, &c)
-	if err != nil {
-		if errors.Is(err, os.ErrNotExist) && !set["config"] {
-			return nil
-		}
-		return fmt.Errorf("config %s: %w", f.config, err)
-	}
-	if u := md.Undecoded(); len(u) > 0 {
-		return fmt.Errorf("config %s: unknown keys %v", f.config, u)
-	}
-	for _, k := range []struct {
-		flag, key string
-		apply     func()
-	}{
-		{"address", "address", func() { f.Address = c.Address }},
-		{"root", "root", func() { f.Root = c.Root }},
-		{"store", "store", func() { f.Store = c.Store }},
-		{"store-max-bytes", "store_max_bytes", func() { f.StoreMaxBytes = c.StoreMaxBytes }},
-		{"plain-http", "plain_http", func() { f.PlainHTTP = c.PlainHTTP }},
-		{"hosts-dir", "hosts_dir", func() { f.HostsDir = c.HostsDir }},
-		{"metrics-addr", "metrics_addr", func() { f.MetricsAddr = c.MetricsAddr }},
-		{"platform", "platform", func() { f.Platform = c.Platform }},
-	} {
-		if md.IsDefined(k.key) && !set[k.flag] {
-			k.apply()
-		}
-	}
-	return nil
-}
-
 func runSnapshotter(ctx context.Context, e *env, vals any, args []string) error {
 	f := vals.(*snapshotterFlags)
 	if len(args) != 0 {
 		return usagef("no arguments expected, got %q", args)
 	}
-	if err := f.loadConfig(); err != nil {
+	if err := f.configure(); err != nil {
 		return err
 	}
 	if f.StoreMaxBytes < 0 {
