@@ -18,7 +18,10 @@ trap cleanup EXIT
 port=$(( 15000 + RANDOM % 5000 ))
 "$root/scripts/registry.sh" start "$work/registry" "127.0.0.1:$port"
 "$root/scripts/containerd.sh" start "$work/containerd"
-images=${LAZYPULL_TEST_IMAGES:-/var/cache/lazypull-test/images}
+# The OCI layouts are packed again on every run (seconds; the slow part, the layers, is
+# cached): into this run's own directory, since a shared one is deleted and rewritten by a
+# concurrent run while this one's tests read it.
+images=${LAZYPULL_TEST_IMAGES:-$work/images}
 "$root/scripts/build-test-image.sh" "$images"
 
 export LAZYPULL_E2E=1
