@@ -24,7 +24,7 @@ const pythonOutput = "hello from python"
 // convert runs `lazypull convert --json` and decodes the summary it prints.
 func (e *env) convert(t *testing.T, src, dst string) convert.Summary {
 	t.Helper()
-	out := must(t, e.bin, "convert", "--json", src, dst)
+	out := mustEnv(t, e.cmdEnv, e.bin, "convert", "--json", src, dst)
 	var s convert.Summary
 	if err := json.Unmarshal([]byte(out), &s); err != nil {
 		t.Fatalf("convert --json printed %q: %v", out, err)
@@ -32,13 +32,13 @@ func (e *env) convert(t *testing.T, src, dst string) convert.Summary {
 	return s
 }
 
-func remoteImage(t *testing.T, ref string) v1.Image {
+func remoteImage(t *testing.T, ref string, opts ...remote.Option) v1.Image {
 	t.Helper()
 	r, err := name.ParseReference(ref, name.Insecure)
 	if err != nil {
 		t.Fatal(err)
 	}
-	img, err := remote.Image(r)
+	img, err := remote.Image(r, opts...)
 	if err != nil {
 		t.Fatalf("read %s: %v", ref, err)
 	}

@@ -19,6 +19,34 @@ type env struct {
 	containerd string // socket
 	images     string // OCI layouts built by scripts/build-test-image.sh
 	bin        string // lazypull
+	// cmdEnv is added to the environment of every command the helpers start with this env
+	// (convert, lazypull, the snapshotter, mounts): DOCKER_CONFIG for a registry behind
+	// auth. See withRegistry.
+	cmdEnv []string
+}
+
+// withRegistry returns a copy of e whose images live in registry and whose commands run
+// with extra in their environment.
+func (e *env) withRegistry(registry string, extra ...string) *env {
+	c := *e
+	c.registry = registry
+	c.cmdEnv = append(append([]string(nil), e.cmdEnv...), extra...)
+	return &c
+}
+
+// command is exec.Command with e's environment.
+func (e *env) command(name string, args ...string) *exec.Cmd {
+	cmd := exec.Command(name, args...)
+	if len(e.cmdEnv) > 0 {
+		cmd.Env = append(os.Environ(), e.cmdEnv...)
+	}
+	return cmd
+}
+
+// lazypull runs the lazypull binary with e's environment.
+func (e *env) lazypull(t *testing.T, args ...string) result {
+	t.Helper()
+	return runEnv(t, e.cmdEnv, e.bin, args...)
 }
 
 // setup returns the environment scripts/test.sh prepared. Outside it (plain `go test`) the
@@ -63,9 +91,18 @@ type result struct {
 // run runs a command and returns its output; it fails the test only if it cannot start.
 func run(t *testing.T, name string, args ...string) result {
 	t.Helper()
+	return runEnv(t, nil, name, args...)
+}
+
+// runEnv is run with extra in the command's environment.
+func runEnv(t *testing.T, extra []string, name string, args ...string) result {
+	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
 	defer cancel()
 	cmd := exec.CommandContext(ctx, name, args...)
+	if len(extra) > 0 {
+		cmd.Env = append(os.Environ(), extra...)
+	}
 	var out, errb bytes.Buffer
 	cmd.Stdout, cmd.Stderr = &out, &errb
 	err := cmd.Run()
@@ -83,7 +120,13 @@ func run(t *testing.T, name string, args ...string) result {
 // must runs a command that has to succeed and returns its stdout.
 func must(t *testing.T, name string, args ...string) string {
 	t.Helper()
-	r := run(t, name, args...)
+	return mustEnv(t, nil, name, args...)
+}
+
+// mustEnv is must with extra in the command's environment.
+func mustEnv(t *testing.T, extra []string, name string, args ...string) string {
+	t.Helper()
+	r := runEnv(t, extra, name, args...)
 	if r.code != 0 {
 		t.Fatalf("%s %s: exit %d\nstdout: %s\nstderr: %s", name, strings.Join(args, " "), r.code, r.stdout, r.stderr)
 	}

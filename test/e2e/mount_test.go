@@ -12,6 +12,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"sync"
 	"syscall"
@@ -19,6 +20,7 @@ import (
 	"time"
 
 	"github.com/google/go-containerregistry/pkg/name"
+	v1 "github.com/google/go-containerregistry/pkg/v1"
 	"github.com/google/go-containerregistry/pkg/v1/remote"
 	"github.com/google/go-containerregistry/pkg/v1/types"
 	"golang.org/x/sys/unix"
@@ -75,7 +77,7 @@ func (e *env) mount(t *testing.T, ref, storeDir string, flags ...string) *mounte
 		t.Fatal(err)
 	}
 	args := append([]string{"mount", "--plain-http", "--store", storeDir}, flags...)
-	m.cmd = exec.Command(e.bin, append(args, ref, m.dir)...)
+	m.cmd = e.command(e.bin, append(args, ref, m.dir)...)
 	m.cmd.Stdout, m.cmd.Stderr = m.log, m.log
 	if err := m.cmd.Start(); err != nil {
 		t.Fatal(err)
@@ -396,7 +398,7 @@ func TestMountKill9ThenRemount(t *testing.T) {
 func (e *env) remountAt(t *testing.T, ref, storeDir, dir string) *mounted {
 	t.Helper()
 	m := &mounted{dir: dir, store: storeDir, log: &syncBuffer{}, done: make(chan error, 1)}
-	m.cmd = exec.Command(e.bin, "mount", "--plain-http", "--store", storeDir, ref, dir)
+	m.cmd = e.command(e.bin, "mount", "--plain-http", "--store", storeDir, ref, dir)
 	m.cmd.Stdout, m.cmd.Stderr = m.log, m.log
 	if err := m.cmd.Start(); err != nil {
 		t.Fatal(err)
@@ -495,20 +497,71 @@ type rawManifest struct {
 func (r rawManifest) RawManifest() ([]byte, error)        { return r.raw, nil }
 func (r rawManifest) MediaType() (types.MediaType, error) { return r.mt, nil }
 
-// tamperedImage pushes ref's manifest with a wrong index digest in a layer's annotations
-// (the blobs stay as they are) and returns its reference.
-func (e *env) tamperedImage(t *testing.T, ref string) string {
+// tamper changes the layer descriptors of a lazypull manifest; the blobs stay as they are.
+type tamper struct {
+	name string // in the tag of the tampered image
+	fn   func(t *testing.T, e *env, repo string, layers []v1.Descriptor)
+}
+
+// wrongIndexDigest: layer i's index annotation names a digest its index does not have.
+func wrongIndexDigest(i int) tamper {
+	return tamper{fmt.Sprintf("digest%d", i), func(t *testing.T, e *env, repo string, layers []v1.Descriptor) {
+		layers[i].Annotations[format.AnnotationIndexDigest] = "sha256:" + strings.Repeat("0", 64)
+	}}
+}
+
+// indexAtGarbage: layer i's index annotations place the index 4 KiB early, in the middle
+// of the layer's compressed tar stream (offset+size still end at the footer).
+func indexAtGarbage(i int) tamper {
+	return tamper{fmt.Sprintf("garbage%d", i), func(t *testing.T, e *env, repo string, layers []v1.Descriptor) {
+		a := layers[i].Annotations
+		off, err1 := strconv.ParseInt(a[format.AnnotationIndexOffset], 10, 64)
+		size, err2 := strconv.ParseInt(a[format.AnnotationIndexSize], 10, 64)
+		if err1 != nil || err2 != nil || off < 8192 {
+			t.Fatalf("layer %d: index annotations %v", i, a)
+		}
+		a[format.AnnotationIndexOffset] = strconv.FormatInt(off-4096, 10)
+		a[format.AnnotationIndexSize] = strconv.FormatInt(size+4096, 10)
+	}}
+}
+
+// indexMissing: layer i is the original image's layer, which has no index, under the
+// converted layer's lazypull annotations. (The original is pushed to the same repository,
+// so that the registry has the blob there; its diff ID is the converted layer's.)
+func indexMissing(i int) tamper {
+	return tamper{fmt.Sprintf("noindex%d", i), func(t *testing.T, e *env, repo string, layers []v1.Descriptor) {
+		e.push(t, filepath.Join(e.images, "python"), "python", repo+":orig")
+		orig, err := remoteImage(t, repo+":orig").Manifest()
+		if err != nil {
+			t.Fatal(err)
+		}
+		o := orig.Layers[i]
+		layers[i].Digest, layers[i].Size, layers[i].MediaType = o.Digest, o.Size, o.MediaType
+	}}
+}
+
+// tamperedImage pushes ref's manifest changed by tampers (by default a wrong index digest
+// in layer 1's annotations) under a tag of its own and returns its reference.
+func (e *env) tamperedImage(t *testing.T, ref string, tampers ...tamper) string {
 	t.Helper()
+	if len(tampers) == 0 {
+		tampers = []tamper{wrongIndexDigest(1)}
+	}
 	m, err := remoteImage(t, ref).Manifest()
 	if err != nil {
 		t.Fatal(err)
 	}
-	m.Layers[1].Annotations[format.AnnotationIndexDigest] = "sha256:" + strings.Repeat("0", 64)
+	repo := ref[:strings.LastIndex(ref, ":")]
+	tag := "tampered"
+	for _, tp := range tampers {
+		tp.fn(t, e, repo, m.Layers)
+		tag += "-" + tp.name
+	}
 	raw, err := json.Marshal(m)
 	if err != nil {
 		t.Fatal(err)
 	}
-	bad := strings.TrimSuffix(ref, ":lazy") + ":tampered"
+	bad := repo + ":" + tag
 	r, err := name.ParseReference(bad, name.Insecure)
 	if err != nil {
 		t.Fatal(err)

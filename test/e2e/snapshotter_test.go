@@ -19,6 +19,7 @@ import (
 // proxy plugin "lazypull", both under one temporary directory.
 type snapshotterEnv struct {
 	dir, sock, store, containerd, config, bin string
+	env                                       []string // added to the snapshotter's environment (credentials)
 	cmd                                       *exec.Cmd
 	log                                       *syncBuffer
 	done                                      chan error
@@ -29,6 +30,9 @@ func (s *snapshotterEnv) start(t *testing.T) {
 	t.Helper()
 	os.Remove(s.sock)
 	s.cmd = exec.Command(s.bin, "snapshotter", "--config", s.config, "--address", s.sock)
+	if len(s.env) > 0 {
+		s.cmd.Env = append(os.Environ(), s.env...)
+	}
 	s.cmd.Stdout, s.cmd.Stderr = s.log, s.log
 	if err := s.cmd.Start(); err != nil {
 		t.Fatal(err)
@@ -54,8 +58,9 @@ func (s *snapshotterEnv) start(t *testing.T) {
 	}
 }
 
-// startSnapshotter starts the snapshotter from LAZYPULL_BIN (settings from a config file)
-// and a containerd (scripts/containerd.sh) using it; the test's cleanup stops both by PID.
+// startSnapshotter starts the snapshotter from LAZYPULL_BIN (settings from a config file,
+// e's environment: credentials) and a containerd (scripts/containerd.sh) using it; the
+// test's cleanup stops both by PID.
 func (e *env) startSnapshotter(t *testing.T) *snapshotterEnv {
 	t.Helper()
 	dir, err := os.MkdirTemp("", "lzsn-") // short: unix socket paths are limited
@@ -68,7 +73,7 @@ func (e *env) startSnapshotter(t *testing.T) *snapshotterEnv {
 	if err := os.WriteFile(s.config, fmt.Appendf(nil, "root = %q\nstore = %q\nplain_http = true\n", filepath.Join(dir, "root"), s.store), 0o644); err != nil {
 		t.Fatal(err)
 	}
-	s.bin = e.bin
+	s.bin, s.env = e.bin, e.cmdEnv
 	t.Cleanup(func() { s.stop(t) })
 	s.start(t)
 	cmd := exec.Command("../../scripts/containerd.sh", "start", s.containerd)
