@@ -110,7 +110,7 @@ func runPull(ctx context.Context, e *env, vals any, args []string) error {
 		}),
 	)
 	if err != nil {
-		return fmt.Errorf("pull %s: %w", ref, err)
+		return pullError(ref, nref.Context().RegistryStr(), err)
 	}
 	fmt.Fprintf(e.stdout, "%s %s\n", img.Name(), img.Target().Digest)
 	return nil
