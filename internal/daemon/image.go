@@ -6,6 +6,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"log/slog"
+	"slices"
 
 	"github.com/google/go-containerregistry/pkg/name"
 	v1 "github.com/google/go-containerregistry/pkg/v1"
@@ -25,6 +26,9 @@ type Image struct {
 	Image    *fetch.Image
 	Registry *fetch.Registry
 	Layers   []*Layer
+	// Failed holds, by layer digest, the layers an image opened for the snapshotter left
+	// out: not lazypull layers, or their index could not be read. See openImage.
+	Failed map[string]error
 
 	lease  *store.Lease
 	cancel context.CancelFunc // ends background work (read-ahead)
@@ -37,6 +41,15 @@ const indexJobs = 8
 // each, in parallel). Every layer must be a lazypull layer. What the image's files need is
 // pinned in st until Close.
 func OpenImage(ctx context.Context, st *store.Store, ref string, platform *v1.Platform, opts ...fetch.Option) (*Image, error) {
+	return openImage(ctx, st, ref, platform, false, opts...)
+}
+
+// openImage is OpenImage; with partial, a layer that is not a lazypull layer or whose
+// index cannot be read (missing, corrupt, not matching its annotations) does not fail the
+// image: it is left out of Layers and its error kept in Failed. The snapshotter then
+// unpacks that layer the ordinary way and still mounts the others; only a failure of the
+// image itself (manifest, registry, credentials) fails the open.
+func openImage(ctx context.Context, st *store.Store, ref string, platform *v1.Platform, partial bool, opts ...fetch.Option) (*Image, error) {
 	reg, err := fetch.New(ref, opts...)
 	if err != nil {
 		return nil, fmt.Errorf("image %s: %w", ref, err)
@@ -47,13 +60,23 @@ func OpenImage(ctx context.Context, st *store.Store, ref string, platform *v1.Pl
 	}
 	bg, cancel := context.WithCancel(context.Background())
 	im := &Image{Ref: ref, Image: img, Registry: reg, Layers: make([]*Layer, len(img.Manifest.Layers)), lease: st.NewLease(), cancel: cancel}
+	failed := make([]error, len(img.Manifest.Layers))
 	g, gctx := errgroup.WithContext(ctx)
 	g.SetLimit(indexJobs)
 	for i, desc := range img.Manifest.Layers {
+		if partial && !format.IsLayer(desc.Annotations) {
+			failed[i] = fmt.Errorf("layer %s: %w", desc.Digest, ErrNotLazy)
+			continue
+		}
 		g.Go(func() error {
 			l, err := openLayer(gctx, bg, reg, st, im.lease, desc)
 			if err != nil {
-				return fmt.Errorf("image %s: %w", ref, err)
+				err = fmt.Errorf("image %s: %w", ref, err)
+				if partial && ctx.Err() == nil {
+					failed[i] = err
+					return nil
+				}
+				return err
 			}
 			im.Layers[i] = l
 			return nil
@@ -62,6 +85,17 @@ func OpenImage(ctx context.Context, st *store.Store, ref string, platform *v1.Pl
 	if err := g.Wait(); err != nil {
 		im.Close()
 		return nil, err
+	}
+	if partial {
+		im.Layers = slices.DeleteFunc(im.Layers, func(l *Layer) bool { return l == nil })
+		for i, err := range failed {
+			if err != nil {
+				if im.Failed == nil {
+					im.Failed = map[string]error{}
+				}
+				im.Failed[img.Manifest.Layers[i].Digest.String()] = err
+			}
+		}
 	}
 	return im, nil
 }

@@ -119,6 +119,14 @@ func layerOf(labels map[string]string) (ref, layer string, err error) {
 	return "", "", ErrNotLazy
 }
 
+// reportedError is an image's failure to open as the image's other layers get it: the
+// first layer's Prepare warned about it, and the next ones take the ordinary path quietly
+// (snapshot.ErrNotRemote) rather than repeat the warning once per layer.
+type reportedError struct{ err error }
+
+func (e *reportedError) Error() string   { return e.err.Error() + " (reported already)" }
+func (e *reportedError) Unwrap() []error { return []error{e.err, snapshot.ErrNotRemote} }
+
 // image opens ref once; concurrent callers wait for the first.
 func (f *SnapshotFS) image(ctx context.Context, ref string) (*Image, error) {
 	f.mu.Lock()
@@ -137,10 +145,12 @@ func (f *SnapshotFS) image(ctx context.Context, ref string) (*Image, error) {
 		f.images[ref] = e
 		f.mu.Unlock()
 		// The image outlives the request that opened it.
-		e.im, e.err = OpenImage(context.WithoutCancel(ctx), f.store, ref, f.platform, f.fopts...)
+		// Partially: a layer whose index is missing or bad is unpacked the ordinary way
+		// while the others are still mounted.
+		e.im, e.err = openImage(context.WithoutCancel(ctx), f.store, ref, f.platform, true, f.fopts...)
 		e.at = time.Now()
 		close(e.done)
-		if e.err == nil {
+		if e.err == nil && len(e.im.Layers) > 0 {
 			f.log.Info("image opened", "image", e.im)
 		}
 		return e.im, e.err
@@ -148,7 +158,10 @@ func (f *SnapshotFS) image(ctx context.Context, ref string) (*Image, error) {
 	f.mu.Unlock()
 	select {
 	case <-e.done:
-		return e.im, e.err
+		if e.err != nil {
+			return nil, &reportedError{e.err}
+		}
+		return e.im, nil
 	case <-ctx.Done():
 		return nil, ctx.Err()
 	}
@@ -168,6 +181,9 @@ func (f *SnapshotFS) layer(ctx context.Context, labels map[string]string) (*Laye
 		if l.Desc.Digest.String() == digest {
 			return l, nil
 		}
+	}
+	if err, ok := im.Failed[digest]; ok {
+		return nil, err
 	}
 	return nil, fmt.Errorf("image %s has no layer %s", ref, digest)
 }

@@ -33,7 +33,8 @@ type FileSystem interface {
 }
 
 // ErrNotRemote is what a FileSystem's Mount answers (wrapped) when the labels do not name a
-// layer of its: the layer takes the ordinary path without a warning.
+// layer of its, or when why it cannot mount the layer was reported already: the layer
+// takes the ordinary path without a warning.
 var ErrNotRemote = errors.New("not a remote layer")
 
 // RemoteLabel marks a committed snapshot that a FileSystem mounts: "true".

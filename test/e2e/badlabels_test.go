@@ -1,0 +1,81 @@
+package e2e
+
+import (
+	"fmt"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+)
+
+// TestBadLabels: containerd hands the snapshotter the labels of lazypull layers whose index
+// is wrong (a digest it does not have), at garbage (its offset inside the tar stream) or
+// missing (the layer blob is a plain one). Each such layer is downloaded and unpacked the
+// ordinary way with one warning that names it, the image's good layers are still mounted
+// lazily, and the container runs and prints what it should.
+func TestBadLabels(t *testing.T) {
+	e := setup(t)
+	lazy := e.lazyImage(t, "python")
+	m, err := remoteImage(t, lazy).Manifest()
+	if err != nil {
+		t.Fatal(err)
+	}
+	s := e.startSnapshotter(t)
+	for i, c := range []struct {
+		name    string
+		tampers []tamper
+		bad     []int // the layers that must take the ordinary path
+	}{
+		{"wrong index digest", []tamper{wrongIndexDigest(1)}, []int{1}},
+		{"index at garbage", []tamper{indexAtGarbage(0)}, []int{0}},
+		{"every layer: index at garbage, index missing", []tamper{indexAtGarbage(0), indexMissing(1)}, []int{0, 1}},
+	} {
+		t.Run(c.name, func(t *testing.T) {
+			ref := e.tamperedImage(t, lazy, c.tampers...)
+			tm, err := remoteImage(t, ref).Manifest()
+			if err != nil {
+				t.Fatal(err)
+			}
+			ns := fmt.Sprintf("lazypull-e2e-bad-%d", i)
+			from := len(s.log.String())
+			must(t, e.bin, "pull", "--address", filepath.Join(s.containerd, "containerd.sock"), "--namespace", ns, "--plain-http", ref)
+			out := s.ctr(t, ns, "run", "--rm", "--snapshotter", "lazypull", ref, fmt.Sprintf("bad-%d-%d", i, os.Getpid()))
+			if strings.TrimSpace(out) != pythonOutput {
+				t.Fatalf("container printed %q, want %q", out, pythonOutput)
+			}
+			if remote, all := s.remoteSnapshots(t, ns); remote != len(m.Layers)-len(c.bad) || all != len(m.Layers) {
+				t.Errorf("%d remote snapshots of %d; want %d of %d", remote, all, len(m.Layers)-len(c.bad), len(m.Layers))
+			}
+			w := warnings(s.log.String()[from:])
+			if len(w) != len(c.bad) {
+				t.Fatalf("%d warnings, want %d (one per bad layer):\n%s", len(w), len(c.bad), strings.Join(w, "\n"))
+			}
+			for _, l := range c.bad {
+				d := tm.Layers[l].Digest.String()
+				n := 0
+				for _, line := range w {
+					if strings.Contains(line, "layer "+d) {
+						n++
+					}
+				}
+				if n != 1 {
+					t.Errorf("layer %d (%s) named in %d warnings, want 1:\n%s", l, d, n, strings.Join(w, "\n"))
+				}
+			}
+			for _, line := range w {
+				t.Logf("warning: %s", line)
+			}
+		})
+	}
+}
+
+// warnings returns the warning lines of a lazypull log.
+func warnings(log string) []string {
+	var out []string
+	for _, l := range strings.Split(log, "\n") {
+		if strings.Contains(l, "level=WARN") {
+			out = append(out, l)
+		}
+	}
+	return out
+}
