@@ -1,14 +1,45 @@
 #!/usr/bin/env bash
-# Installs what lazypull's build, tests and demo need, with apt-get. Idempotent: when every
-# package is present it prints nothing and touches nothing.
+# Installs what lazypull's build, tests and demo need: Debian packages with apt-get, and Go
+# tools with `go install` into bin/tools of this repository (crictl, for the CRI tests).
+# Idempotent: when everything is present it prints nothing and touches nothing.
 set -euo pipefail
 
-pkgs=(containerd runc docker-registry fuse3 zstd debootstrap skopeo stargz-snapshotter tar gzip curl iproute2 ca-certificates)
+here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
+tools=$(dirname "$here")/bin/tools
+
+# runsc: gVisor, a second runtime for the tests (through containerd's runc shim; Debian's
+# package has no containerd-shim-runsc-v1).
+pkgs=(containerd runc runsc docker-registry fuse3 zstd debootstrap skopeo stargz-snapshotter tar gzip curl iproute2 ca-certificates)
+
+# Go tools: binary name, then the module package at the version the tests are written for.
+gotools=(
+  "crictl sigs.k8s.io/cri-tools/cmd/crictl@v1.37.0"
+)
+
+# install_gotools: `go install` every Go tool that is missing from bin/tools or is another
+# version than the one pinned above (go version -m reads the version built into a binary).
+install_gotools() {
+  local t bin pkg mod ver
+  for t in "${gotools[@]}"; do
+    read -r bin pkg <<<"$t"
+    mod=${pkg%@*} ver=${pkg##*@}
+    if go version -m "$tools/$bin" 2>/dev/null | awk -v v="$ver" '$1 == "mod" && $3 == v { found = 1 } END { exit !found }'; then
+      continue
+    fi
+    echo "deps: go install $pkg into $tools (a few minutes the first time)"
+    mkdir -p "$tools"
+    GOBIN=$tools go install "$pkg" || { echo "deps: go install $mod failed" >&2; exit 1; }
+  done
+}
+
 missing=()
 for p in "${pkgs[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
 done
-[ ${#missing[@]} -eq 0 ] && exit 0
+if [ ${#missing[@]} -eq 0 ]; then
+  install_gotools
+  exit 0
+fi
 
 if [ "$(id -u)" -ne 0 ]; then
   echo "deps: missing packages ${missing[*]}; run as root to install them" >&2
@@ -25,3 +56,4 @@ if [ $had_policy -eq 0 ]; then printf '#!/bin/sh\nexit 101\n' >"$policy"; chmod 
 trap '[ $had_policy -eq 0 ] && rm -f "$policy"' EXIT
 apt-get -qq update >/dev/null
 apt-get -qq install -y --no-install-recommends "${missing[@]}" >/dev/null
+install_gotools
