@@ -29,5 +29,7 @@ export LAZYPULL_TEST_REGISTRY="127.0.0.1:$port"
 export LAZYPULL_TEST_CONTAINERD="$work/containerd/containerd.sock"
 export LAZYPULL_TEST_IMAGES="$images"
 export LAZYPULL_BIN="$root/bin/lazypull"
+# The Go tools scripts/deps.sh installs (crictl).
+export PATH="$root/bin/tools:$PATH"
 # TEST_PKGS and TEST_RUN narrow the run while working on something: TEST_RUN=TestMount make test
 go test -count=1 -timeout 20m ${TEST_VERBOSE:+-v} ${TEST_RUN:+-run "$TEST_RUN"} ${TEST_PKGS:-./...}

@@ -143,3 +143,23 @@ func (e *env) push(t *testing.T, layout, tag, ref string) {
 	t.Helper()
 	must(t, "skopeo", "copy", "--quiet", "--dest-tls-verify=false", fmt.Sprintf("oci:%s:%s", layout, tag), "docker://"+ref)
 }
+
+// tool returns the path of a command that scripts/deps.sh installs, from PATH or from the
+// Go tools it puts in bin/tools. Missing, it fails the test under scripts/test.sh
+// (LAZYPULL_E2E=1) and skips it otherwise.
+func tool(t *testing.T, name string) string {
+	t.Helper()
+	if p, err := exec.LookPath(name); err == nil {
+		return p
+	}
+	if p, err := filepath.Abs(filepath.Join("..", "..", "bin", "tools", name)); err == nil {
+		if _, err := os.Stat(p); err == nil {
+			return p
+		}
+	}
+	if os.Getenv("LAZYPULL_E2E") == "1" {
+		t.Fatalf("%s not installed: run make deps (scripts/deps.sh)", name)
+	}
+	t.Skipf("SKIP %s: %s not installed (make deps installs it)", t.Name(), name)
+	return ""
+}

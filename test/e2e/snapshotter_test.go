@@ -58,10 +58,14 @@ func (s *snapshotterEnv) start(t *testing.T) {
 	}
 }
 
+// snapshotterOption adds to the environment of scripts/containerd.sh, which configures the
+// containerd that startSnapshotter starts.
+type snapshotterOption func(s *snapshotterEnv) (containerdEnv []string)
+
 // startSnapshotter starts the snapshotter from LAZYPULL_BIN (settings from a config file,
 // e's environment: credentials) and a containerd (scripts/containerd.sh) using it; the
 // test's cleanup stops both by PID.
-func (e *env) startSnapshotter(t *testing.T) *snapshotterEnv {
+func (e *env) startSnapshotter(t *testing.T, opts ...snapshotterOption) *snapshotterEnv {
 	t.Helper()
 	dir, err := os.MkdirTemp("", "lzsn-") // short: unix socket paths are limited
 	if err != nil {
@@ -78,6 +82,9 @@ func (e *env) startSnapshotter(t *testing.T) *snapshotterEnv {
 	s.start(t)
 	cmd := exec.Command("../../scripts/containerd.sh", "start", s.containerd)
 	cmd.Env = append(os.Environ(), "CONTAINERD_PROXY_SNAPSHOTTER="+s.sock)
+	for _, opt := range opts {
+		cmd.Env = append(cmd.Env, opt(s)...)
+	}
 	if out, err := cmd.CombinedOutput(); err != nil {
 		t.Fatalf("containerd.sh start: %v\n%s", err, out)
 	}

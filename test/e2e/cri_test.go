@@ -1,0 +1,168 @@
+package e2e
+
+import (
+	"encoding/json"
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"lazypull/internal/imagebuild"
+)
+
+// criNamespace is the containerd namespace of everything CRI does.
+const criNamespace = "k8s.io"
+
+// withCRI turns on the CRI server of startSnapshotter's containerd, with the lazypull
+// snapshotter, sandbox as its pause image, and plain http to the test registry.
+func withCRI(registry, sandbox string) snapshotterOption {
+	return func(*snapshotterEnv) []string {
+		return []string{"CONTAINERD_CRI=1", "CONTAINERD_SANDBOX_IMAGE=" + sandbox, "CONTAINERD_PLAIN_HTTP=" + registry}
+	}
+}
+
+// crictl runs crictl against the containerd of s (the crictl.yaml scripts/containerd.sh
+// wrote for it) and returns its stdout, trimmed.
+func (s *snapshotterEnv) crictl(t *testing.T, args ...string) string {
+	t.Helper()
+	return strings.TrimSpace(must(t, tool(t, "crictl"), append([]string{"--config", filepath.Join(s.containerd, "crictl.yaml")}, args...)...))
+}
+
+var pauseOnce sync.Map
+
+// pauseImage builds the pod sandbox image from tools/pause (one static binary) and pushes it
+// to the test registry, once per test binary run: CRI needs one and the tests can't pull
+// Kubernetes' own.
+func (e *env) pauseImage(t *testing.T) string {
+	t.Helper()
+	ref := fmt.Sprintf("%s/e2e/pause-%d:1", e.registry, os.Getpid())
+	if _, loaded := pauseOnce.LoadOrStore(ref, true); loaded {
+		return ref
+	}
+	dir := t.TempDir()
+	rootfs := filepath.Join(dir, "rootfs")
+	if err := os.Mkdir(rootfs, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	build := exec.Command("go", "build", "-trimpath", "-ldflags=-s -w", "-o", filepath.Join(rootfs, "pause"), "lazypull/tools/pause")
+	build.Env = append(os.Environ(), "CGO_ENABLED=0")
+	if out, err := build.CombinedOutput(); err != nil {
+		t.Fatalf("build tools/pause: %v\n%s", err, out)
+	}
+	layout := filepath.Join(dir, "oci")
+	if _, err := imagebuild.Build(layout, []string{rootfs}, imagebuild.Options{Tag: "pause", Entrypoint: []string{"/pause"}}); err != nil {
+		t.Fatalf("pause image: %v", err)
+	}
+	e.push(t, layout, "pause", ref)
+	return ref
+}
+
+// writeJSON writes v as JSON to a new file in dir and returns its path.
+func writeJSON(t *testing.T, dir, name string, v any) string {
+	t.Helper()
+	b, err := json.Marshal(v)
+	if err != nil {
+		t.Fatal(err)
+	}
+	p := filepath.Join(dir, name)
+	if err := os.WriteFile(p, b, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	return p
+}
+
+// waitExited waits until the CRI container id has exited and returns its exit code.
+func (s *snapshotterEnv) waitExited(t *testing.T, id string, timeout time.Duration) int {
+	t.Helper()
+	deadline := time.Now().Add(timeout)
+	for {
+		var st struct {
+			Status struct {
+				State    string `json:"state"`
+				ExitCode int    `json:"exitCode"`
+			} `json:"status"`
+		}
+		out := s.crictl(t, "inspect", "--output", "json", id)
+		if err := json.Unmarshal([]byte(out), &st); err != nil {
+			t.Fatalf("crictl inspect %s: %v\n%s", id, err, out)
+		}
+		if st.Status.State == "CONTAINER_EXITED" {
+			return st.Status.ExitCode
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("container %s still %s after %v:\n%s", id, st.Status.State, timeout, out)
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+}
+
+// TestCRIRunsLazyImage: Kubernetes' path. containerd's CRI plugin, configured with the
+// lazypull snapshotter, pulls a lazypull image (crictl pull: every layer becomes a remote
+// snapshot), runs a pod and a python container from it (crictl runp, create, start), and the
+// container prints its output having fetched a small fraction of the image.
+func TestCRIRunsLazyImage(t *testing.T) {
+	e := setup(t)
+	tool(t, "crictl")
+	ref := e.lazyImage(t, "python")
+	s := e.startSnapshotter(t, withCRI(e.registry, e.pauseImage(t)))
+
+	start := time.Now()
+	s.crictl(t, "pull", ref)
+	t.Logf("crictl pull took %v", time.Since(start))
+	m, err := remoteImage(t, ref).Manifest()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if remote, all := s.remoteSnapshots(t, criNamespace); remote != len(m.Layers) || all != len(m.Layers) {
+		t.Fatalf("after crictl pull: %d remote snapshots of %d, want all %d layers remote:\n%s", remote, all, len(m.Layers), s.log)
+	}
+
+	// The pod uses the host's network: no CNI here (scripts/containerd.sh).
+	name := fmt.Sprintf("lazy-%d", os.Getpid())
+	pod := writeJSON(t, s.dir, "pod.json", map[string]any{
+		"metadata":      map[string]any{"name": name, "namespace": "default", "uid": name, "attempt": 0},
+		"log_directory": filepath.Join(s.dir, "pods", name),
+		"linux":         map[string]any{"security_context": map[string]any{"namespace_options": map[string]any{"network": 2}}},
+	})
+	ctr := writeJSON(t, s.dir, "container.json", map[string]any{
+		"metadata": map[string]any{"name": "python"},
+		"image":    map[string]any{"image": ref},
+		"log_path": "python.log",
+		"linux":    map[string]any{},
+	})
+	start = time.Now()
+	podID := s.crictl(t, "runp", pod)
+	t.Logf("crictl runp took %v", time.Since(start))
+	start = time.Now()
+	id := s.crictl(t, "create", podID, ctr, pod)
+	s.crictl(t, "start", id)
+	if code := s.waitExited(t, id, 2*time.Minute); code != 0 {
+		t.Fatalf("container exited with %d; logs:\n%s", code, s.crictl(t, "logs", id))
+	}
+	t.Logf("crictl create + start to exit took %v", time.Since(start))
+	if out := s.crictl(t, "logs", id); out != pythonOutput {
+		t.Fatalf("container printed %q, want %q", out, pythonOutput)
+	}
+
+	st := stats(t, s.store, time.Now())
+	imageBytes := int64(0)
+	for _, l := range m.Layers {
+		imageBytes += l.Size
+	}
+	t.Logf("fetched %d bytes in %d requests of a %d-byte image", st.Fetch.Bytes, st.Fetch.Requests, imageBytes)
+	if st.Fetch.Bytes == 0 || st.Fetch.Bytes > imageBytes/10 {
+		t.Errorf("running python through CRI fetched %d bytes of a %d-byte image; want a small fraction", st.Fetch.Bytes, imageBytes)
+	}
+
+	// What kubelet does when the pod goes: its containers and sandbox stop and go, and their
+	// snapshots with them (containerd.sh stop checks nothing is left mounted).
+	s.crictl(t, "stopp", podID)
+	s.crictl(t, "rmp", podID)
+	if left := s.crictl(t, "pods", "--quiet"); left != "" {
+		t.Errorf("pods left after rmp: %s", left)
+	}
+}
