@@ -257,8 +257,17 @@ func TestMountEqualsUnpack(t *testing.T) {
 	ref := e.lazyImage(t, "python")
 	want := walk(t, e.reference(t))
 	m := e.mount(t, ref, t.TempDir())
-	got := walk(t, m.dir)
+	paths, links := compareTrees(t, "lazy mount", want, walk(t, m.dir))
+	t.Logf("%d paths compared, %d hard links", paths, links)
+}
 
+// compareTrees fails t for every difference between two walks, naming the tree got is
+// (as "lazy mount"): a path missing from either, or differing in type, mode, owner, link
+// target, device, xattrs, content, size or mtime (directories' sizes and the root's mtime
+// are the filesystem's own, so not compared), and hard links of want that are not one
+// inode in got. It returns the paths and hard links compared.
+func compareTrees(t *testing.T, what string, want, got map[string]node) (paths, links int) {
+	t.Helper()
 	bad := 0
 	report := func(format string, args ...any) {
 		if bad++; bad <= 20 {
@@ -268,43 +277,42 @@ func TestMountEqualsUnpack(t *testing.T) {
 	for p, w := range want {
 		g, ok := got[p]
 		if !ok {
-			report("%s: missing from the lazy mount", p)
+			report("%s: missing from the %s", p, what)
 			continue
 		}
 		isDir := w.mode&unix.S_IFMT == unix.S_IFDIR
 		if p == "." {
-			w.mtime = g.mtime // the unpacked root is a snapshot directory, made at unpack time
+			w.mtime = g.mtime // a root is a snapshot directory, made at unpack or prepare time
 		}
 		if g.mode != w.mode || g.uid != w.uid || g.gid != w.gid || g.link != w.link || g.sum != w.sum || g.rdev != w.rdev || g.xattrs != w.xattrs ||
 			(!isDir && g.size != w.size) || (!isDir && g.mtime != w.mtime) {
-			report("%s differs:\n lazy %+v\n want %+v", p, g, w)
+			report("%s differs:\n %s %+v\n want %+v", p, what, g, w)
 		}
 	}
 	for p := range got {
 		if _, ok := want[p]; !ok {
-			report("%s: in the lazy mount only", p)
+			report("%s: in the %s only", p, what)
 		}
 	}
-	// Hard links: paths sharing an inode in the unpacked tree share one in the mount.
+	// Hard links: paths sharing an inode in want share one in got.
 	groups := map[uint64][]string{}
 	for p, w := range want {
 		if w.mode.IsRegular() {
 			groups[w.ino] = append(groups[w.ino], p)
 		}
 	}
-	links := 0
 	for _, ps := range groups {
 		for _, p := range ps[1:] {
 			links++
 			if got[p].ino != got[ps[0]].ino {
-				report("hard links %s and %s: inodes %d and %d in the mount", ps[0], p, got[ps[0]].ino, got[p].ino)
+				report("hard links %s and %s: inodes %d and %d in the %s", ps[0], p, got[ps[0]].ino, got[p].ino, what)
 			}
 		}
 	}
 	if bad > 20 {
 		t.Errorf("... and %d more differences", bad-20)
 	}
-	t.Logf("%d paths compared, %d hard links", len(want), links)
+	return len(want), links
 }
 
 // TestMountRunsPythonFetchingLittle runs python3 in a chroot on the lazy mount and checks
