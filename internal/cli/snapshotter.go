@@ -47,7 +47,7 @@ store) instead of downloaded; any other layer is downloaded and unpacked as cont
 overlayfs snapshotter does. Containers get overlayfs over the layers.
 
 Settings come from --config (TOML; keys address, root, store, store_max_bytes,
-plain_http, hosts_dir, metrics_addr, platform), then from flags given on the command line.
+plain_http, hosts_dir, metrics_addr, debug_addr, platform), then from flags given on the command line.
 A missing config file at the default path is not an error.`,
 	flags: func(fs *flag.FlagSet) any {
 		f := &snapshotterFlags{}
@@ -59,6 +59,7 @@ A missing config file at the default path is not an error.`,
 		fs.BoolVar(&f.PlainHTTP, "plain-http", false, "talk to registries over http instead of https")
 		fs.StringVar(&f.HostsDir, "hosts-dir", "", "containerd-style `dir` of HOST/hosts.toml files naming mirrors")
 		fs.StringVar(&f.MetricsAddr, "metrics-addr", "", "serve Prometheus metrics on `host:port` at /metrics")
+		fs.StringVar(&f.DebugAddr, "debug-addr", "", "serve Go's profiles (pprof) on `host:port` at /debug/pprof/; keep it on loopback")
 		fs.StringVar(&f.Platform, "platform", "", "the image for `os/arch[/variant]` of a multi-platform image (default: this machine's)")
 		f.fs = fs
 		return f
@@ -76,6 +77,7 @@ type snapshotterFlags struct {
 	PlainHTTP     bool   `toml:"plain_http"`
 	HostsDir      string `toml:"hosts_dir"`
 	MetricsAddr   string `toml:"metrics_addr"`
+	DebugAddr     string `toml:"debug_addr"`
 	Platform      string `toml:"platform"`
 }
 
@@ -155,6 +157,13 @@ func runSnapshotter(ctx context.Context, e *env, vals any, args []string) error 
 
 	if f.MetricsAddr != "" {
 		stop, err := serveMetrics(f.MetricsAddr, append(st.Collectors(), metrics.Collectors()...), log)
+		if err != nil {
+			return err
+		}
+		defer stop()
+	}
+	if f.DebugAddr != "" {
+		stop, err := serveDebug(f.DebugAddr, log)
 		if err != nil {
 			return err
 		}
