@@ -60,7 +60,9 @@ const tailRead = 256 << 10
 // ReadIndex reads, verifies and decodes the index of a layer blob of the given size. With
 // a location (from the manifest) it reads just the payload and checks it against the
 // location's digest; without one (loc == nil) it finds the index through the footer, and
-// the digest checked is the footer's own.
+// the digest checked is the footer's own. An index with the same digest that is decoded
+// already and still in use is returned rather than decoded again (shared.go): the
+// Index must not be changed.
 func ReadIndex(ra io.ReaderAt, size int64, loc *IndexLocation) (*Index, error) {
 	var payload []byte
 	var want Digest
@@ -104,9 +106,12 @@ func ReadIndex(ra io.ReaderAt, size int64, loc *IndexLocation) (*Index, error) {
 	if got := sum256(payload); got != want {
 		return nil, fmt.Errorf("index digest %s, want %s", got, want)
 	}
-	ix, err := DecodeIndex(payload)
-	if err != nil {
-		return nil, err
+	ix := sharedIndex(want)
+	if ix == nil {
+		var err error
+		if ix, err = DecodeIndex(payload); err != nil {
+			return nil, err
+		}
 	}
 	if n := len(ix.Frames); n > 0 {
 		last := ix.Frames[n-1]
@@ -114,7 +119,7 @@ func ReadIndex(ra io.ReaderAt, size int64, loc *IndexLocation) (*Index, error) {
 			return nil, fmt.Errorf("index: frames end at %d, past the %d-byte layer", last.Offset+last.Size, size)
 		}
 	}
-	return ix, nil
+	return shareIndex(want, ix), nil
 }
 
 // ErrNoFooter is returned for a blob that does not end in a lazypull footer.
