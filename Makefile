@@ -5,7 +5,7 @@ GO        ?= go
 BIN       := bin/lazypull
 STATICCHECK_VERSION := v0.8.2
 
-.PHONY: all build deps lint test unit e2e demo bench bench-convert bench-mount fuzz clean
+.PHONY: all build deps lint test unit e2e demo bench bench-convert bench-mount bench-snapshotter fuzz clean
 
 all: build
 
@@ -39,6 +39,11 @@ bench-convert: deps build
 # Lazy mount: cold read vs curl, passthrough vs local disk, bytes fetched for python3 -c 'print(1)'.
 bench-mount: deps build
 	scripts/bench-mount.sh
+
+# Snapshotter: daemon RSS with 10 images mounted; cold lazypull pull + ctr run against
+# ctr image pull + ctr run (time and bytes from the registry).
+bench-snapshotter: deps build
+	scripts/bench-snapshotter.sh
 
 # Run every fuzz target of every package for FUZZTIME each (default 30s). `make test` runs
 # their seed corpora as ordinary tests.
