@@ -1,0 +1,18 @@
+// Package bench is the harness behind `lazypull bench`: a HelloBench-like measurement of the
+// time from "start this image" to "the container is ready for work", cold every time, on real
+// images and emulated links, for plain containerd and for lazypull side by side.
+//
+// What it owns:
+//   - Proxy (shaper.go): a TCP proxy in user space, in front of the registry on loopback, that
+//     emulates a link: a bandwidth per direction shared by every connection through it, one
+//     round trip of latency per connection set-up and half a round trip each way for every
+//     byte, and counts of the bytes and HTTP requests it forwarded.
+//   - the runner (run.go, env.go): registry, images, one containerd (and snapshotter) started
+//     on fresh roots for every run, page cache dropped, runs in random order, N repetitions.
+//   - aggregation (stats.go): median and min-max per image, mode and link, the physical limit
+//     per image and each mode's ratio to it.
+//   - reports (report.go, chart.go): JSON, a text table per link, a PNG chart, an HTML page.
+//
+// It runs the real components (docker-registry, containerd, runc, `lazypull snapshotter`) as
+// processes, through the project's scripts; it never imports the daemon.
+package bench

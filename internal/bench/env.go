@@ -1,0 +1,382 @@
+package bench
+
+import (
+	"bufio"
+	"bytes"
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"math/rand/v2"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"sync"
+	"syscall"
+	"time"
+)
+
+// Image is one workload: an image built by scripts/build-bench-images.sh whose Cmd prints a
+// readiness line.
+type Image struct {
+	Name string `json:"name"`
+	// Ready is the readiness line: the run is ready when a line of the container's output
+	// (stdout or stderr) contains it.
+	Ready string `json:"ready"`
+	// Server: the workload keeps running once ready; the harness kills it then.
+	Server bool `json:"server,omitempty"`
+}
+
+// Workloads are the images the harness knows, by name; their Cmd is in
+// scripts/build-bench-images.sh.
+var Workloads = map[string]Image{
+	"python":   {Name: "python", Ready: "hello from python"},
+	"node":     {Name: "node", Ready: "hello from node"},
+	"gcc":      {Name: "gcc", Ready: "hello from gcc"},
+	"postgres": {Name: "postgres", Ready: "ready to accept connections", Server: true},
+	"jdk":      {Name: "jdk", Ready: "hello from java"},
+	"big":      {Name: "big", Ready: "hello from big"},
+}
+
+// command runs name with args, returning its combined output, or an error that carries the
+// tail of that output.
+func command(ctx context.Context, extraEnv []string, name string, args ...string) (string, error) {
+	cmd := exec.CommandContext(ctx, name, args...)
+	cmd.Env = append(os.Environ(), extraEnv...)
+	var out bytes.Buffer
+	cmd.Stdout, cmd.Stderr = &out, &out
+	// The process group gets the kill on a timeout, so that a script's children go too.
+	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
+	cmd.Cancel = func() error { return syscall.Kill(-cmd.Process.Pid, syscall.SIGKILL) }
+	cmd.WaitDelay = 5 * time.Second
+	err := cmd.Run()
+	if err != nil {
+		return out.String(), fmt.Errorf("%s %s: %w\n%s", name, strings.Join(args, " "), err, tail(out.String(), 20))
+	}
+	return out.String(), nil
+}
+
+// tail returns the last n lines of s.
+func tail(s string, n int) string {
+	lines := strings.Split(strings.TrimRight(s, "\n"), "\n")
+	if len(lines) > n {
+		lines = lines[len(lines)-n:]
+	}
+	return strings.Join(lines, "\n")
+}
+
+// registry is a docker-registry started with scripts/registry.sh.
+type registry struct {
+	scripts, dir, addr string
+}
+
+func startRegistry(ctx context.Context, scripts, dir string) (*registry, error) {
+	var last error
+	// A random port: other engineers' registries run on this machine; registry.sh refuses
+	// a port in use, and then another is tried.
+	for range 5 {
+		addr := "127.0.0.1:" + strconv.Itoa(20000+rand.IntN(10000))
+		if _, err := command(ctx, nil, filepath.Join(scripts, "registry.sh"), "start", dir, addr); err != nil {
+			last = err
+			continue
+		}
+		return &registry{scripts: scripts, dir: dir, addr: addr}, nil
+	}
+	return nil, fmt.Errorf("start the registry: %w", last)
+}
+
+func (r *registry) stop() error {
+	_, err := command(context.Background(), nil, filepath.Join(r.scripts, "registry.sh"), "stop", r.dir)
+	return err
+}
+
+// node is one cold node for one run: a containerd on a fresh root and, for lazypull, a
+// `lazypull snapshotter` on a fresh root and store that containerd has as proxy plugin.
+type node struct {
+	scripts, lazypull string
+	dir               string // everything of this node; removed by stop
+	ctd               string // containerd's dir (scripts/containerd.sh)
+	snSock, snRoot    string
+	snStore           string
+	sn                *exec.Cmd
+	snDone            chan error
+	snLog             *os.File
+}
+
+const namespace = "lazypull-bench"
+
+// startNode starts containerd, with the lazypull snapshotter when lazy, under a new
+// directory in work.
+func startNode(ctx context.Context, scripts, lazypull, work string, lazy bool) (n *node, err error) {
+	dir, err := os.MkdirTemp(work, "n") // short: unix socket paths are limited to 108 bytes
+	if err != nil {
+		return nil, err
+	}
+	n = &node{scripts: scripts, lazypull: lazypull, dir: dir, ctd: filepath.Join(dir, "ctd")}
+	defer func() {
+		if err != nil {
+			n.stop()
+		}
+	}()
+	var env []string
+	if lazy {
+		if err := n.startSnapshotter(); err != nil {
+			return n, err
+		}
+		env = append(env, "CONTAINERD_PROXY_SNAPSHOTTER="+n.snSock)
+	}
+	if _, err := command(ctx, env, filepath.Join(scripts, "containerd.sh"), "start", n.ctd); err != nil {
+		return n, fmt.Errorf("start containerd: %w", err)
+	}
+	return n, nil
+}
+
+func (n *node) startSnapshotter() error {
+	n.snSock = filepath.Join(n.dir, "sn.sock")
+	n.snRoot = filepath.Join(n.dir, "sn")
+	n.snStore = filepath.Join(n.dir, "store")
+	// A config file of our own: the node's /etc/lazypull/config.toml must not change the run.
+	config := filepath.Join(n.dir, "sn.toml")
+	if err := os.WriteFile(config, fmt.Appendf(nil, "root = %q\nstore = %q\nplain_http = true\n", n.snRoot, n.snStore), 0o644); err != nil {
+		return err
+	}
+	log, err := os.Create(filepath.Join(n.dir, "snapshotter.log"))
+	if err != nil {
+		return err
+	}
+	n.snLog = log
+	n.sn = exec.Command(n.lazypull, "snapshotter", "--config", config, "--address", n.snSock)
+	n.sn.Stdout, n.sn.Stderr = log, log
+	if err := n.sn.Start(); err != nil {
+		return fmt.Errorf("start the snapshotter: %w", err)
+	}
+	done := make(chan error, 1)
+	n.snDone = done
+	go func() { done <- n.sn.Wait() }()
+	deadline := time.Now().Add(30 * time.Second)
+	for {
+		if _, err := os.Stat(n.snSock); err == nil {
+			return nil
+		}
+		select {
+		case err := <-done:
+			done <- err
+			return fmt.Errorf("the snapshotter exited at start (%v):\n%s", err, n.snapshotterLog())
+		default:
+		}
+		if time.Now().After(deadline) {
+			return fmt.Errorf("the snapshotter has no socket after 30 s:\n%s", n.snapshotterLog())
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+}
+
+func (n *node) snapshotterLog() string {
+	if n.snLog == nil {
+		return ""
+	}
+	b, _ := os.ReadFile(n.snLog.Name())
+	return tail(string(b), 20)
+}
+
+func (n *node) sock() string { return filepath.Join(n.ctd, "containerd.sock") }
+
+func (n *node) ctr(args ...string) []string {
+	return append([]string{"--address", n.sock(), "--namespace", namespace}, args...)
+}
+
+// stop stops containerd (its tasks first, unmounting what is under its dir), then the
+// snapshotter with SIGTERM, which leaves its lazy layer mounts to its keeper; those are
+// unmounted, and the keeper, with nothing left to keep, exits by itself. Then the node's
+// directory is removed, unless something is still mounted in it.
+func (n *node) stop() error {
+	var errs []error
+	if _, err := os.Stat(n.ctd); err == nil {
+		if _, err := command(context.Background(), nil, filepath.Join(n.scripts, "containerd.sh"), "stop", n.ctd); err != nil {
+			errs = append(errs, fmt.Errorf("stop containerd: %w", err))
+		}
+	}
+	if n.sn != nil {
+		select {
+		case err := <-n.snDone:
+			errs = append(errs, fmt.Errorf("the snapshotter had exited (%v):\n%s", err, n.snapshotterLog()))
+		default:
+			n.sn.Process.Signal(syscall.SIGTERM)
+			select {
+			case err := <-n.snDone:
+				if err != nil {
+					errs = append(errs, fmt.Errorf("the snapshotter ended with %v:\n%s", err, n.snapshotterLog()))
+				}
+			case <-time.After(30 * time.Second):
+				n.sn.Process.Kill()
+				<-n.snDone
+				errs = append(errs, fmt.Errorf("the snapshotter did not stop on SIGTERM in 30 s:\n%s", n.snapshotterLog()))
+			}
+		}
+		n.snLog.Close()
+	}
+	left := mountsUnder(n.dir)
+	for i := len(left) - 1; i >= 0; i-- {
+		if err := exec.Command("umount", "-l", left[i]).Run(); err != nil {
+			errs = append(errs, fmt.Errorf("umount %s: %w", left[i], err))
+		}
+	}
+	if left := mountsUnder(n.dir); len(left) > 0 {
+		errs = append(errs, fmt.Errorf("still mounted, %s not removed: %v", n.dir, left))
+	} else if err := os.RemoveAll(n.dir); err != nil {
+		errs = append(errs, err)
+	}
+	return errors.Join(errs...)
+}
+
+// mountsUnder lists the mount points below dir, in mount order.
+func mountsUnder(dir string) []string {
+	b, err := os.ReadFile("/proc/self/mountinfo")
+	if err != nil {
+		return nil
+	}
+	var out []string
+	for line := range strings.SplitSeq(string(b), "\n") {
+		f := strings.Fields(line)
+		if len(f) > 4 && strings.HasPrefix(unescapeMount(f[4]), dir+"/") {
+			out = append(out, unescapeMount(f[4]))
+		}
+	}
+	return out
+}
+
+// unescapeMount undoes mountinfo's octal escapes (\040 for a blank).
+func unescapeMount(s string) string {
+	if !strings.Contains(s, `\`) {
+		return s
+	}
+	var b strings.Builder
+	for i := 0; i < len(s); i++ {
+		if s[i] == '\\' && i+3 < len(s) {
+			if v, err := strconv.ParseUint(s[i+1:i+4], 8, 8); err == nil {
+				b.WriteByte(byte(v))
+				i += 3
+				continue
+			}
+		}
+		b.WriteByte(s[i])
+	}
+	return b.String()
+}
+
+// dropCaches writes dirty pages out and drops the page cache, dentries and inodes, so that
+// the run reads the registry's blobs and every binary from the disk.
+func dropCaches() error {
+	syscall.Sync()
+	if err := os.WriteFile("/proc/sys/vm/drop_caches", []byte("3\n"), 0); err != nil {
+		return fmt.Errorf("drop the page cache: %w", err)
+	}
+	return nil
+}
+
+// outputTail keeps the last lines a container printed, for error messages.
+type outputTail struct {
+	mu    sync.Mutex
+	lines []string
+}
+
+func (t *outputTail) add(s string) {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	t.lines = append(t.lines, s)
+	if len(t.lines) > 30 {
+		t.lines = t.lines[len(t.lines)-30:]
+	}
+}
+
+func (t *outputTail) String() string {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	return strings.Join(t.lines, "\n")
+}
+
+// runToReady runs `ctr run` with args and returns when a line of its output contains ready,
+// with the time that took. A server (keeps running) is then killed; a one-shot command must
+// exit with status 0. Either way it returns only once ctr has exited.
+func (n *node) runToReady(ctx context.Context, id, ready string, server bool, args ...string) (time.Duration, error) {
+	cmd := exec.Command("ctr", n.ctr(append(append([]string{"run", "--rm"}, args...), id)...)...)
+	pr, pw := io.Pipe()
+	cmd.Stdout, cmd.Stderr = pw, pw
+	var out outputTail
+	readyCh := make(chan time.Time, 1)
+	scanned := make(chan struct{})
+	go func() {
+		defer close(scanned)
+		sc := bufio.NewScanner(pr)
+		sc.Buffer(make([]byte, 64<<10), 1<<20)
+		seen := false
+		for sc.Scan() {
+			if !seen && strings.Contains(sc.Text(), ready) {
+				readyCh <- time.Now()
+				seen = true
+			}
+			out.add(sc.Text())
+		}
+		io.Copy(io.Discard, pr)
+	}()
+	start := time.Now()
+	if err := cmd.Start(); err != nil {
+		pw.Close()
+		return 0, fmt.Errorf("ctr run: %w", err)
+	}
+	exited := make(chan error, 1)
+	go func() {
+		err := cmd.Wait()
+		pw.Close()
+		<-scanned
+		exited <- err
+	}()
+
+	var readyAt time.Time
+	var exitErr error
+	ended := false
+	select {
+	case readyAt = <-readyCh:
+	case exitErr = <-exited:
+		ended = true
+		select {
+		case readyAt = <-readyCh:
+		default:
+		}
+	case <-ctx.Done():
+	}
+	if readyAt.IsZero() {
+		if !ended {
+			n.killTask(id)
+			cmd.Process.Kill()
+			exitErr = <-exited
+		}
+		if ctx.Err() != nil {
+			return 0, fmt.Errorf("not ready after %v (%w); output:\n%s", time.Since(start).Round(time.Millisecond), ctx.Err(), out.String())
+		}
+		return 0, fmt.Errorf("ctr run exited (%v) without the readiness line %q; output:\n%s", exitErr, ready, out.String())
+	}
+	took := readyAt.Sub(start)
+	if server && !ended {
+		n.killTask(id)
+	}
+	if !ended {
+		select {
+		case exitErr = <-exited:
+		case <-time.After(time.Minute):
+			cmd.Process.Kill()
+			<-exited
+			return took, fmt.Errorf("ctr run did not exit within a minute after ready; output:\n%s", out.String())
+		}
+	}
+	if exitErr != nil && !server {
+		return took, fmt.Errorf("ctr run: %w; output:\n%s", exitErr, out.String())
+	}
+	return took, nil
+}
+
+func (n *node) killTask(id string) {
+	exec.Command("ctr", n.ctr("task", "kill", "--signal", "SIGKILL", id)...).Run()
+}

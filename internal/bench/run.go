@@ -1,0 +1,484 @@
+package bench
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"maps"
+	"math/rand/v2"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"runtime"
+	"slices"
+	"strings"
+	"time"
+
+	"github.com/google/go-containerregistry/pkg/name"
+	"github.com/google/go-containerregistry/pkg/v1/remote"
+)
+
+// Config is what Bench measures and where.
+type Config struct {
+	Images []string // names of Workloads
+	Links  []Link
+	Modes  []Mode
+	// N is the cold runs per image, mode and link; Warm the warm starts per image.
+	N, Warm int
+	// Seed orders the runs; it is recorded so that an order can be replayed.
+	Seed uint64
+	// Lazypull is the lazypull binary; Scripts the project's scripts/ directory (registry,
+	// containerd, image builder); ImagesDir where the OCI layouts are built and kept.
+	Lazypull, Scripts, ImagesDir string
+	// WorkDir holds the registry and the nodes (removed at the end); keep its path short,
+	// unix socket paths live in it.
+	WorkDir string
+	// StepTimeout bounds each pull and each run to ready.
+	StepTimeout time.Duration
+	// Progress gets one line per run (and live steps when Terminal).
+	Progress io.Writer
+	Terminal bool
+	Log      *slog.Logger
+	// Command is the command line, for the report.
+	Command string
+}
+
+// Result is everything one `lazypull bench` measured. Complete is false when it stopped on
+// a failure; then Failure says where, and the runs so far are kept but summarised nowhere.
+type Result struct {
+	Complete  bool        `json:"complete"`
+	Failure   *StepError  `json:"failure,omitempty"`
+	Command   string      `json:"command"`
+	Started   time.Time   `json:"started"`
+	Finished  time.Time   `json:"finished"`
+	Machine   Machine     `json:"machine"`
+	Seed      uint64      `json:"seed"`
+	N         int         `json:"n"`
+	Links     []Link      `json:"links"`
+	Modes     []Mode      `json:"modes"`
+	Skipped   []string    `json:"skipped,omitempty"`
+	Images    []ImageInfo `json:"images"`
+	Runs      []Run       `json:"runs"`
+	Warm      []Warm      `json:"warm"`
+	Limits    []Limit     `json:"limits,omitempty"`
+	Summaries []Summary   `json:"summaries,omitempty"`
+}
+
+// ImageInfo describes one workload's image as pushed.
+type ImageInfo struct {
+	Image
+	// Layers and Bytes: the original (gzip) image's layers and their total size; LazyBytes the
+	// converted image's layers.
+	Layers    int   `json:"layers"`
+	Bytes     int64 `json:"bytes"`
+	LazyBytes int64 `json:"lazy_bytes"`
+}
+
+// Machine is where the run happened.
+type Machine struct {
+	CPUs      int    `json:"cpus"`
+	CPU       string `json:"cpu"`
+	Kernel    string `json:"kernel"`
+	Go        string `json:"go"`
+	LoadStart string `json:"loadavg_start"`
+	LoadEnd   string `json:"loadavg_end"`
+}
+
+// StepError is a failed step: which image, mode, link and repetition, and which step.
+type StepError struct {
+	Image string `json:"image,omitempty"`
+	Mode  Mode   `json:"mode,omitempty"`
+	Link  string `json:"link,omitempty"`
+	Rep   int    `json:"rep,omitempty"`
+	Step  string `json:"step"`
+	Err   error  `json:"-"`
+	Msg   string `json:"error"`
+}
+
+func (e *StepError) Error() string {
+	var where []string
+	if e.Image != "" {
+		where = append(where, "image "+e.Image)
+	}
+	if e.Mode != "" {
+		where = append(where, "mode "+string(e.Mode))
+	}
+	if e.Link != "" {
+		where = append(where, "link "+e.Link)
+	}
+	if e.Rep > 0 {
+		where = append(where, fmt.Sprintf("run %d", e.Rep))
+	}
+	return fmt.Sprintf("bench failed: %s: step %q: %v", strings.Join(where, ", "), e.Step, e.Err)
+}
+
+func (e *StepError) Unwrap() error { return e.Err }
+
+func stepErr(j job, step string, err error) *StepError {
+	return &StepError{Image: j.image.Name, Mode: j.mode, Link: j.link.Name, Rep: j.rep, Step: step, Err: err, Msg: err.Error()}
+}
+
+// job is one cold run to do.
+type job struct {
+	image Image
+	mode  Mode
+	link  Link
+	rep   int // from 1
+	order int
+}
+
+// Validate checks cfg and fills defaults.
+func (c *Config) Validate() error {
+	if len(c.Images) == 0 || len(c.Links) == 0 || len(c.Modes) == 0 {
+		return errors.New("need at least one image, link and mode")
+	}
+	for _, im := range c.Images {
+		if _, ok := Workloads[im]; !ok {
+			return fmt.Errorf("unknown image %q (known: %s)", im, strings.Join(slices.Sorted(maps.Keys(Workloads)), ", "))
+		}
+	}
+	for _, m := range c.Modes {
+		if m != ModePlain && m != ModeLazypull {
+			return fmt.Errorf("unknown mode %q (known: plain, lazypull)", m)
+		}
+	}
+	if c.N < 1 {
+		return fmt.Errorf("need at least 1 run per image, link and mode, not %d", c.N)
+	}
+	if c.Warm < 1 {
+		c.Warm = 1
+	}
+	if c.StepTimeout <= 0 {
+		c.StepTimeout = 10 * time.Minute
+	}
+	if c.Log == nil {
+		c.Log = slog.New(slog.DiscardHandler)
+	}
+	if c.Progress == nil {
+		c.Progress = io.Discard
+	}
+	return nil
+}
+
+// jobs lists every cold run, N of each image, mode and link, in an order shuffled by seed.
+func jobs(images []Image, links []Link, modes []Mode, n int, seed uint64) []job {
+	var js []job
+	for _, im := range images {
+		for _, l := range links {
+			for _, m := range modes {
+				for r := 1; r <= n; r++ {
+					js = append(js, job{image: im, mode: m, link: l, rep: r})
+				}
+			}
+		}
+	}
+	rng := rand.New(rand.NewPCG(seed, seed^0x9e3779b97f4a7c15))
+	rng.Shuffle(len(js), func(i, j int) { js[i], js[j] = js[j], js[i] })
+	for i := range js {
+		js[i].order = i
+	}
+	return js
+}
+
+// StargzNote says why the stargz-snapshotter modes are not run.
+func StargzNote() string {
+	if p, err := exec.LookPath("containerd-stargz-grpc"); err == nil {
+		return "stargz modes skipped: containerd-stargz-grpc is on PATH (" + p + ") but this harness does not drive it yet"
+	}
+	return "stargz modes skipped: no containerd-stargz-grpc on PATH (Debian does not package it; ctr-remote alone cannot run eStargz lazily)"
+}
+
+// Bench builds and pushes the images, then runs every cold run and the warm starts, and
+// returns the result. On a failure it returns the result so far (Complete false, Failure
+// set) together with the *StepError.
+func Bench(ctx context.Context, cfg Config) (res *Result, err error) {
+	if err := cfg.Validate(); err != nil {
+		return nil, err
+	}
+	res = &Result{Command: cfg.Command, Started: time.Now().UTC(), Machine: machine(), Seed: cfg.Seed,
+		N: cfg.N, Links: cfg.Links, Modes: cfg.Modes, Skipped: []string{StargzNote()}}
+	fail := func(err error) (*Result, error) {
+		var e *StepError
+		if !errors.As(err, &e) {
+			e = &StepError{Step: "unknown", Err: err, Msg: err.Error()}
+		}
+		res.Failure = e
+		res.Finished = time.Now().UTC()
+		res.Machine.LoadEnd = loadavg()
+		return res, e
+	}
+	pg := &progress{w: cfg.Progress, term: cfg.Terminal}
+	var images []Image
+	for _, n := range cfg.Images {
+		images = append(images, Workloads[n])
+	}
+
+	// Images: built (cached) by the script from Debian packages.
+	pg.step("building images " + strings.Join(cfg.Images, " ") + " (cached after the first time)")
+	if _, err := command(ctx, nil, filepath.Join(cfg.Scripts, "build-bench-images.sh"), append([]string{cfg.ImagesDir}, cfg.Images...)...); err != nil {
+		return fail(&StepError{Step: "build images", Err: err, Msg: err.Error()})
+	}
+
+	if err := os.MkdirAll(cfg.WorkDir, 0o755); err != nil {
+		return nil, err
+	}
+	reg, err := startRegistry(ctx, cfg.Scripts, filepath.Join(cfg.WorkDir, "registry"))
+	if err != nil {
+		return fail(&StepError{Step: "start registry", Err: err, Msg: err.Error()})
+	}
+	defer func() {
+		if e := reg.stop(); e != nil {
+			cfg.Log.Warn("stop the registry", "err", e)
+		}
+	}()
+
+	for _, im := range images {
+		pg.step("pushing and converting " + im.Name)
+		info, err := pushImage(ctx, cfg, reg.addr, im)
+		if err != nil {
+			return fail(&StepError{Image: im.Name, Step: "push and convert", Err: err, Msg: err.Error()})
+		}
+		res.Images = append(res.Images, info)
+	}
+
+	proxies := map[string]*Proxy{}
+	for _, l := range cfg.Links {
+		p, err := NewProxy(reg.addr, l, cfg.Log)
+		if err != nil {
+			return fail(&StepError{Link: l.Name, Step: "start link", Err: err, Msg: err.Error()})
+		}
+		defer p.Close()
+		proxies[l.Name] = p
+	}
+	fastest := cfg.Links[0]
+	for _, l := range cfg.Links {
+		if l.Rate > fastest.Rate {
+			fastest = l
+		}
+	}
+
+	js := jobs(images, cfg.Links, cfg.Modes, cfg.N, cfg.Seed)
+	total := len(js) + len(images)
+	for i, im := range images {
+		pg.prefix = fmt.Sprintf("[%d/%d] %s warm", i+1, total, im.Name)
+		w, err := warmStarts(ctx, cfg, proxies[fastest.Name], im, pg)
+		if err != nil {
+			return fail(err)
+		}
+		res.Warm = append(res.Warm, w...)
+		var ws []float64
+		for _, x := range w {
+			ws = append(ws, x.Ready)
+		}
+		pg.done(fmt.Sprintf("[%d/%d] %-8s warm local start (%d): ready %s s", i+1, total, im.Name, len(w), NewStat(ws).Format(2)))
+	}
+	for i, j := range js {
+		pg.prefix = fmt.Sprintf("[%d/%d] %s %s %s #%d", len(images)+i+1, total, j.image.Name, j.mode, j.link.Name, j.rep)
+		r, err := coldRun(ctx, cfg, proxies[j.link.Name], j, pg)
+		if err != nil {
+			return fail(err)
+		}
+		res.Runs = append(res.Runs, r)
+		pg.done(fmt.Sprintf("[%d/%d] %-8s %-8s %-9s #%d: pull %6.2f s, to ready %6.2f s, total %6.2f s, %7.2f MB in %d requests",
+			len(images)+i+1, total, j.image.Name, j.mode, j.link.Name, j.rep, r.Pull, r.Ready, r.Total, float64(r.Bytes)/1e6, r.Requests))
+	}
+
+	res.Limits = Limits(res.Runs, res.Warm, cfg.Images, cfg.Links)
+	res.Summaries = Summarize(res.Runs, cfg.Images, cfg.Links, cfg.Modes, res.Limits)
+	res.Complete = true
+	res.Finished = time.Now().UTC()
+	res.Machine.LoadEnd = loadavg()
+	return res, nil
+}
+
+// pushImage pushes the OCI layout of im to the registry as REG/bench/NAME:orig (skopeo) and
+// converts it to REG/bench/NAME:lazy (lazypull convert).
+func pushImage(ctx context.Context, cfg Config, reg string, im Image) (ImageInfo, error) {
+	info := ImageInfo{Image: im}
+	layout := filepath.Join(cfg.ImagesDir, im.Name)
+	orig, lazy := reg+"/bench/"+im.Name+":orig", reg+"/bench/"+im.Name+":lazy"
+	if _, err := command(ctx, nil, "skopeo", "copy", "--quiet", "--dest-tls-verify=false",
+		"oci:"+layout+":"+im.Name, "docker://"+orig); err != nil {
+		return info, err
+	}
+	if _, err := command(ctx, nil, cfg.Lazypull, "convert", orig, lazy); err != nil {
+		return info, err
+	}
+	for i, ref := range []string{orig, lazy} {
+		r, err := name.ParseReference(ref, name.Insecure)
+		if err != nil {
+			return info, err
+		}
+		img, err := remote.Image(r, remote.WithContext(ctx))
+		if err != nil {
+			return info, fmt.Errorf("read back %s: %w", ref, err)
+		}
+		m, err := img.Manifest()
+		if err != nil {
+			return info, fmt.Errorf("read back %s: %w", ref, err)
+		}
+		var sum int64
+		for _, l := range m.Layers {
+			sum += l.Size
+		}
+		if i == 0 {
+			info.Layers, info.Bytes = len(m.Layers), sum
+		} else {
+			info.LazyBytes = sum
+		}
+	}
+	return info, nil
+}
+
+// ref is the image's reference through the link's proxy, in mode m.
+func ref(p *Proxy, im Image, m Mode) string {
+	tag := "orig"
+	if m == ModeLazypull {
+		tag = "lazy"
+	}
+	return p.Addr() + "/bench/" + im.Name + ":" + tag
+}
+
+// coldRun is one run: a fresh node, the page cache dropped, then pull and run to ready,
+// timed, with the link's counters read at the start and at ready.
+func coldRun(ctx context.Context, cfg Config, p *Proxy, j job, pg *progress) (run Run, err error) {
+	run = Run{Image: j.image.Name, Mode: j.mode, Link: j.link.Name, Rep: j.rep, Order: j.order}
+	lazy := j.mode == ModeLazypull
+	pg.step("starting a fresh node")
+	n, err := startNode(ctx, cfg.Scripts, cfg.Lazypull, cfg.WorkDir, lazy)
+	if err != nil {
+		return run, stepErr(j, "start node", err)
+	}
+	defer func() {
+		if e := n.stop(); e != nil && err == nil {
+			err = stepErr(j, "stop node", e)
+		}
+	}()
+	if err := dropCaches(); err != nil {
+		return run, stepErr(j, "drop caches", err)
+	}
+	r := ref(p, j.image, j.mode)
+	c0 := p.Counters()
+	pg.step("pulling " + r)
+	sctx, cancel := context.WithTimeout(ctx, cfg.StepTimeout)
+	t0 := time.Now()
+	if lazy {
+		_, err = command(sctx, nil, cfg.Lazypull, "pull", "--address", n.sock(), "--namespace", namespace, "--plain-http", r)
+	} else {
+		_, err = command(sctx, nil, "ctr", n.ctr("image", "pull", "--plain-http", r)...)
+	}
+	cancel()
+	if err != nil {
+		return run, stepErr(j, "pull", err)
+	}
+	run.Pull = time.Since(t0).Seconds()
+	pg.step("running to ready")
+	sctx, cancel = context.WithTimeout(ctx, cfg.StepTimeout)
+	var args []string
+	if lazy {
+		args = append(args, "--snapshotter", "lazypull")
+	}
+	took, err := n.runToReady(sctx, fmt.Sprintf("bench-%d", j.order), j.image.Ready, j.image.Server, append(args, r)...)
+	c1 := p.Counters()
+	cancel()
+	if err != nil {
+		return run, stepErr(j, "run to ready", err)
+	}
+	run.Ready = took.Seconds()
+	run.Total = run.Pull + run.Ready
+	d := c1.Sub(c0)
+	run.Bytes, run.Requests = d.Down, d.Requests
+	pg.step("stopping the node")
+	if e := n.stop(); e != nil {
+		return run, stepErr(j, "stop node", e)
+	}
+	n.ctd, n.sn = "", nil // stopped; the deferred stop has nothing left to do
+	run.BytesAfter = p.Counters().Sub(c1).Down
+	return run, nil
+}
+
+// warmStarts measures cfg.Warm warm local starts of im with plain containerd: pulled and run
+// once (untimed), then run again, timed, with everything local and in the page cache.
+func warmStarts(ctx context.Context, cfg Config, p *Proxy, im Image, pg *progress) ([]Warm, error) {
+	j := job{image: im, mode: ModePlain, link: p.Link()}
+	pg.step("starting a node")
+	n, err := startNode(ctx, cfg.Scripts, cfg.Lazypull, cfg.WorkDir, false)
+	if err != nil {
+		return nil, stepErr(j, "warm: start node", err)
+	}
+	defer n.stop()
+	r := ref(p, im, ModePlain)
+	sctx, cancel := context.WithTimeout(ctx, cfg.StepTimeout)
+	defer cancel()
+	pg.step("pulling " + r)
+	if _, err := command(sctx, nil, "ctr", n.ctr("image", "pull", "--plain-http", r)...); err != nil {
+		return nil, stepErr(j, "warm: pull", err)
+	}
+	var out []Warm
+	for i := 0; i <= cfg.Warm; i++ {
+		pg.step(fmt.Sprintf("run %d of %d", i, cfg.Warm))
+		took, err := n.runToReady(sctx, fmt.Sprintf("warm-%d", i), im.Ready, im.Server, r)
+		if err != nil {
+			return nil, stepErr(j, "warm: run to ready", err)
+		}
+		if i > 0 { // the first run warms the page cache
+			out = append(out, Warm{Image: im.Name, Rep: i, Ready: took.Seconds()})
+		}
+	}
+	if err := n.stop(); err != nil {
+		return nil, stepErr(j, "warm: stop node", err)
+	}
+	n.ctd = ""
+	return out, nil
+}
+
+func machine() Machine {
+	m := Machine{CPUs: runtime.NumCPU(), Go: runtime.Version(), LoadStart: loadavg()}
+	if b, err := os.ReadFile("/proc/cpuinfo"); err == nil {
+		for line := range strings.SplitSeq(string(b), "\n") {
+			if k, v, ok := strings.Cut(line, ":"); ok && strings.TrimSpace(k) == "model name" {
+				m.CPU = strings.TrimSpace(v)
+				break
+			}
+		}
+	}
+	if b, err := os.ReadFile("/proc/sys/kernel/osrelease"); err == nil {
+		m.Kernel = strings.TrimSpace(string(b))
+	}
+	return m
+}
+
+func loadavg() string {
+	b, err := os.ReadFile("/proc/loadavg")
+	if err != nil {
+		return ""
+	}
+	f := strings.Fields(string(b))
+	if len(f) < 3 {
+		return ""
+	}
+	return strings.Join(f[:3], " ")
+}
+
+// progress prints one line per finished run; on a terminal it also shows the current step
+// of the run in progress on a live line.
+type progress struct {
+	w      io.Writer
+	term   bool
+	prefix string
+}
+
+func (p *progress) step(s string) {
+	if p.term {
+		fmt.Fprintf(p.w, "\r\033[K%s: %s", p.prefix, s)
+	}
+}
+
+func (p *progress) done(line string) {
+	if p.term {
+		fmt.Fprint(p.w, "\r\033[K")
+	}
+	fmt.Fprintln(p.w, line)
+}

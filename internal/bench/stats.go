@@ -1,0 +1,198 @@
+package bench
+
+import (
+	"fmt"
+	"slices"
+)
+
+// Mode is a way of starting an image.
+type Mode string
+
+// The modes.
+const (
+	// ModePlain: `ctr image pull` of the original gzip image, then `ctr run` (overlayfs).
+	ModePlain Mode = "plain"
+	// ModeLazypull: `lazypull pull` of the converted image, then `ctr run --snapshotter lazypull`.
+	ModeLazypull Mode = "lazypull"
+)
+
+// Run is one cold start of one image in one mode over one link.
+type Run struct {
+	Image string `json:"image"`
+	Mode  Mode   `json:"mode"`
+	Link  string `json:"link"`
+	Rep   int    `json:"rep"`
+	// Order is the run's position in the randomised sequence (0 first).
+	Order int `json:"order"`
+	// Pull is the pull command's wall clock; Ready is from `ctr run` starting to the readiness
+	// line (create + run to ready); Total is their sum.
+	Pull  float64 `json:"pull_s"`
+	Ready float64 `json:"ready_s"`
+	Total float64 `json:"total_s"`
+	// Bytes and Requests were forwarded by the link from the pull's start until ready: the
+	// registry's bytes to the node (responses, headers included) and the node's requests.
+	Bytes    int64 `json:"bytes_before_ready"`
+	Requests int64 `json:"requests_before_ready"`
+	// BytesAfter is what the link forwarded from ready until the run was torn down
+	// (a background fill, say).
+	BytesAfter int64 `json:"bytes_after_ready"`
+}
+
+// Stat is the median and the range of a set of measurements.
+type Stat struct {
+	Median float64 `json:"median"`
+	Min    float64 `json:"min"`
+	Max    float64 `json:"max"`
+	N      int     `json:"n"`
+}
+
+// NewStat summarises xs; it is the zero Stat for none.
+func NewStat(xs []float64) Stat {
+	if len(xs) == 0 {
+		return Stat{}
+	}
+	s := slices.Clone(xs)
+	slices.Sort(s)
+	m := s[len(s)/2]
+	if len(s)%2 == 0 {
+		m = (s[len(s)/2-1] + s[len(s)/2]) / 2
+	}
+	return Stat{Median: m, Min: s[0], Max: s[len(s)-1], N: len(s)}
+}
+
+// Format prints the median with the range: "1.23 (1.10-1.40)", prec digits after the point.
+func (s Stat) Format(prec int) string {
+	if s.N == 0 {
+		return "-"
+	}
+	if s.N == 1 {
+		return fmt.Sprintf("%.*f", prec, s.Median)
+	}
+	return fmt.Sprintf("%.*f (%.*f-%.*f)", prec, s.Median, prec, s.Min, prec, s.Max)
+}
+
+// Scale returns s with every figure multiplied by f (units).
+func (s Stat) Scale(f float64) Stat {
+	return Stat{Median: s.Median * f, Min: s.Min * f, Max: s.Max * f, N: s.N}
+}
+
+// Summary aggregates the runs of one image, mode and link.
+type Summary struct {
+	Image    string `json:"image"`
+	Mode     Mode   `json:"mode"`
+	Link     string `json:"link"`
+	Pull     Stat   `json:"pull_s"`
+	Ready    Stat   `json:"ready_s"`
+	Total    Stat   `json:"total_s"`
+	Bytes    Stat   `json:"bytes_before_ready"`
+	Requests Stat   `json:"requests_before_ready"`
+	// VsPlain is plain's median total over this one's (how many times faster; 0 when there
+	// is no plain run); VsLimit is this median total over the image's limit on this link.
+	VsPlain float64 `json:"speedup_vs_plain,omitempty"`
+	VsLimit float64 `json:"ratio_to_limit,omitempty"`
+}
+
+// Limit is the physical limit of one image on one link: the time a start needs at the least,
+// whatever the method: the image's warm local start, plus the bytes it must read to start at
+// the link's bandwidth, plus one round trip.
+type Limit struct {
+	Image string  `json:"image"`
+	Link  string  `json:"link"`
+	Warm  float64 `json:"warm_start_s"`
+	Bytes int64   `json:"bytes_read_at_start"`
+	// Seconds = Warm + Bytes/bandwidth + RTT.
+	Seconds float64 `json:"limit_s"`
+}
+
+// Warm is one warm local start: the image already unpacked, the page cache warm.
+type Warm struct {
+	Image string  `json:"image"`
+	Rep   int     `json:"rep"`
+	Ready float64 `json:"ready_s"`
+}
+
+// Summarize aggregates runs per image, mode and link, in the order of images, links and
+// modes given, and adds the ratios against plain and against the limits.
+func Summarize(runs []Run, images []string, links []Link, modes []Mode, limits []Limit) []Summary {
+	var out []Summary
+	for _, l := range links {
+		for _, im := range images {
+			var plain float64
+			var group []Summary
+			for _, m := range modes {
+				var pull, ready, total, bytes, reqs []float64
+				for _, r := range runs {
+					if r.Image != im || r.Mode != m || r.Link != l.Name {
+						continue
+					}
+					pull = append(pull, r.Pull)
+					ready = append(ready, r.Ready)
+					total = append(total, r.Total)
+					bytes = append(bytes, float64(r.Bytes))
+					reqs = append(reqs, float64(r.Requests))
+				}
+				if len(total) == 0 {
+					continue
+				}
+				s := Summary{Image: im, Mode: m, Link: l.Name, Pull: NewStat(pull), Ready: NewStat(ready),
+					Total: NewStat(total), Bytes: NewStat(bytes), Requests: NewStat(reqs)}
+				if m == ModePlain {
+					plain = s.Total.Median
+				}
+				for _, lim := range limits {
+					if lim.Image == im && lim.Link == l.Name && lim.Seconds > 0 {
+						s.VsLimit = s.Total.Median / lim.Seconds
+					}
+				}
+				group = append(group, s)
+			}
+			for i := range group {
+				if plain > 0 && group[i].Total.Median > 0 {
+					group[i].VsPlain = plain / group[i].Total.Median
+				}
+			}
+			out = append(out, group...)
+		}
+	}
+	return out
+}
+
+// Limits computes each image's limit on each link: the median warm start, and as the bytes
+// read at start the median bytes the lazypull mode fetched before ready on the fastest link
+// (lazypull fetches what the start reads, compressed, plus the indexes: docs/benchmarks.md
+// measured it at 0.48x the bytes the kernel reads for python3). Images without warm starts or
+// without lazypull runs on the fastest link get no limit.
+func Limits(runs []Run, warm []Warm, images []string, links []Link) []Limit {
+	if len(links) == 0 {
+		return nil
+	}
+	fastest := links[0]
+	for _, l := range links {
+		if l.Rate > fastest.Rate {
+			fastest = l
+		}
+	}
+	var out []Limit
+	for _, im := range images {
+		var w, b []float64
+		for _, x := range warm {
+			if x.Image == im {
+				w = append(w, x.Ready)
+			}
+		}
+		for _, r := range runs {
+			if r.Image == im && r.Mode == ModeLazypull && r.Link == fastest.Name {
+				b = append(b, float64(r.Bytes))
+			}
+		}
+		if len(w) == 0 || len(b) == 0 {
+			continue
+		}
+		ws, bs := NewStat(w).Median, int64(NewStat(b).Median)
+		for _, l := range links {
+			sec := ws + float64(bs)/l.bytesPerSecond() + l.RTT.Seconds()
+			out = append(out, Limit{Image: im, Link: l.Name, Warm: ws, Bytes: bs, Seconds: sec})
+		}
+	}
+	return out
+}

@@ -1,0 +1,139 @@
+package cli
+
+import (
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"math/rand/v2"
+	"os"
+	"path/filepath"
+	"strings"
+	"time"
+
+	"lazypull/internal/bench"
+)
+
+// The default set: sized to run unattended in under 30 minutes on a 2-CPU machine.
+const (
+	defaultBenchImages = "python,node,gcc"
+	defaultBenchLinks  = "1G/2ms,100M/20ms,20M/50ms"
+	defaultBenchModes  = "plain,lazypull"
+	defaultBenchN      = 3
+)
+
+var benchCommand = &command{
+	name:    "bench",
+	args:    "[flags]",
+	summary: "time cold container starts, plain containerd vs lazypull, over emulated links",
+	help: `
+A HelloBench-like benchmark: for every image, link and mode, N cold starts (containerd and
+the snapshotter restarted on fresh roots, the page cache dropped, in random order), timed
+from the pull's start to the container's readiness line, with the bytes and requests the
+link forwarded until then. Needs root, and the packages of scripts/deps.sh.
+
+The images are built from Debian packages by scripts/build-bench-images.sh (cached), pushed
+to a private registry on loopback as the original gzip image (mode plain: ctr image pull +
+ctr run) and converted with lazypull convert (mode lazypull: lazypull pull + ctr run
+--snapshotter lazypull). Each link is a shaping proxy in front of the registry: RATE/RTT,
+bandwidth in bits/s shared by the link's connections, plus the round trip.
+
+At the end it prints one table per link (medians, min-max), the physical limit per image
+(warm local start + bytes read at start / bandwidth + one round trip) and writes
+results.json, chart.png and report.html into --out. A failure stops it with the image, mode,
+link and step named; the results so far are written, marked incomplete, and no table is.`,
+	flags: func(fs *flag.FlagSet) any {
+		f := &benchFlags{}
+		fs.StringVar(&f.images, "images", defaultBenchImages, "comma-separated `images`: python, node, gcc, postgres, jdk, big")
+		fs.StringVar(&f.links, "links", defaultBenchLinks, "comma-separated `links`, RATE/RTT each (bits/s with K, M, G)")
+		fs.StringVar(&f.modes, "modes", defaultBenchModes, "comma-separated `modes`: plain, lazypull")
+		fs.IntVar(&f.n, "n", defaultBenchN, "cold runs per image, link and mode")
+		fs.IntVar(&f.warm, "warm", 3, "warm local starts per image (for the limit)")
+		fs.Uint64Var(&f.seed, "seed", 0, "order the runs with this `seed` (0: a random one, recorded)")
+		fs.StringVar(&f.out, "out", "", "write results.json, chart.png, report.html into `dir` (default bench-results/DATE)")
+		fs.StringVar(&f.scripts, "scripts", "scripts", "the project's scripts `dir` (registry, containerd, image builder)")
+		fs.StringVar(&f.imagesDir, "images-dir", "/var/cache/lazypull-bench/images", "where the image builder keeps the OCI layouts")
+		fs.DurationVar(&f.timeout, "step-timeout", 10*time.Minute, "fail a pull or a run to ready that takes longer")
+		return f
+	},
+	run: runBench,
+}
+
+type benchFlags struct {
+	images, links, modes string
+	n, warm              int
+	seed                 uint64
+	out, scripts         string
+	imagesDir            string
+	timeout              time.Duration
+}
+
+func splitList(s string) []string {
+	var out []string
+	for f := range strings.SplitSeq(s, ",") {
+		if f = strings.TrimSpace(f); f != "" {
+			out = append(out, f)
+		}
+	}
+	return out
+}
+
+func runBench(ctx context.Context, e *env, vals any, args []string) error {
+	f := vals.(*benchFlags)
+	if len(args) != 0 {
+		return usagef("no arguments expected, got %q", args)
+	}
+	cfg := bench.Config{Images: splitList(f.images), N: f.n, Warm: f.warm, Seed: f.seed,
+		ImagesDir: f.imagesDir, StepTimeout: f.timeout, Progress: e.stderr, Terminal: e.stderrTerminal,
+		Log: newLogger(e), Command: "lazypull bench " + strings.Join(os.Args[2:], " ")}
+	for _, l := range splitList(f.links) {
+		link, err := bench.ParseLink(l)
+		if err != nil {
+			return usagef("%v", err)
+		}
+		cfg.Links = append(cfg.Links, link)
+	}
+	for _, m := range splitList(f.modes) {
+		cfg.Modes = append(cfg.Modes, bench.Mode(m))
+	}
+	if cfg.Seed == 0 {
+		cfg.Seed = rand.Uint64()
+	}
+	if err := cfg.Validate(); err != nil {
+		return usagef("%v", err)
+	}
+	if os.Geteuid() != 0 {
+		return errors.New("bench: must run as root (containerd, mounts, drop_caches)")
+	}
+	var err error
+	if cfg.Scripts, err = filepath.Abs(f.scripts); err != nil {
+		return err
+	}
+	if _, err := os.Stat(filepath.Join(cfg.Scripts, "build-bench-images.sh")); err != nil {
+		return fmt.Errorf("bench: --scripts %s: %w (run from the repository, or point --scripts at its scripts/)", f.scripts, err)
+	}
+	if cfg.Lazypull, err = os.Executable(); err != nil {
+		return err
+	}
+	out := f.out
+	if out == "" {
+		out = filepath.Join("bench-results", time.Now().UTC().Format("20060102-150405"))
+	}
+	// Short: unix sockets of containerd and the snapshotter live under it.
+	if cfg.WorkDir, err = os.MkdirTemp("", "lzb-"); err != nil {
+		return err
+	}
+	defer os.RemoveAll(cfg.WorkDir)
+
+	fmt.Fprintf(e.stderr, "lazypull bench: images %s; links %s; modes %s; %d cold runs each, seed %d\n",
+		strings.Join(cfg.Images, " "), f.links, f.modes, cfg.N, cfg.Seed)
+	fmt.Fprintln(e.stderr, bench.StargzNote())
+	res, berr := bench.Bench(ctx, cfg)
+	if res == nil {
+		return berr
+	}
+	paths, werr := bench.WriteAll(out, res)
+	bench.WriteTables(e.stdout, res)
+	fmt.Fprintf(e.stdout, "\nwritten: %s\n", strings.Join(paths, " "))
+	return errors.Join(berr, werr)
+}

@@ -1,0 +1,188 @@
+#!/usr/bin/env bash
+# Builds the images of `lazypull bench`: one shared Debian bookworm minbase layer (debootstrap)
+# and, per application, one layer of what `apt-get install --no-install-recommends` adds on top
+# of it (an overlayfs upper dir, real whiteouts), packed by tools/mkimage into an OCI layout
+# OUTDIR/APP (tag APP) with gzip layers, the way real images are made: base + app.
+#
+#   scripts/build-bench-images.sh OUTDIR APP...      # APP: python node gcc postgres jdk big
+#
+# Every image's Cmd prints a readiness line on stdout (see the apps table below); the harness
+# waits for it. Needs root and the packages of scripts/deps.sh. The mirror is read at run time
+# from the URIs: line of /etc/apt/sources.list.d/debian.sources.
+#
+# Cached under ${LAZYPULL_BENCH_CACHE:-/var/cache/lazypull-bench}, keyed by the hash of this
+# script: the base and each app layer are built once; the packed layouts are kept in OUTDIR
+# with the key and rebuilt only when it changes. A separate cache root from
+# scripts/build-test-image.sh's, so that neither ever removes what the other's users read.
+set -euo pipefail
+
+usage() { echo "usage: $0 OUTDIR APP... (APP: python node gcc postgres jdk big)" >&2; exit 2; }
+[ $# -ge 2 ] || usage
+[ "$(id -u)" -eq 0 ] || { echo "build-bench-images: must run as root (debootstrap, mount, chroot)" >&2; exit 1; }
+
+here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
+repo=$(dirname "$here")
+out=$1; shift
+suite=bookworm
+cache_root=${LAZYPULL_BENCH_CACHE:-/var/cache/lazypull-bench}
+key=$(sha256sum "${BASH_SOURCE[0]}" | cut -c1-16)
+
+log() { echo "build-bench-images: $*" >&2; }
+
+# The apps: packages to install, the image's Cmd (JSON), and an optional setup run in the
+# chroot after the install. Each Cmd prints its readiness line (the harness's table has it).
+declare -A pkgs cmds setups
+pkgs[python]="python3"
+cmds[python]='["python3","-c","print(\"hello from python\")"]'
+pkgs[node]="nodejs"
+cmds[node]='["node","-e","console.log(\"hello from node\")"]'
+pkgs[gcc]="gcc libc6-dev"
+cmds[gcc]='["sh","-c","gcc -O1 -o /tmp/hello /hello.c && /tmp/hello"]'
+setups[gcc]='printf "#include <stdio.h>\nint main(void) { puts(\"hello from gcc\"); return 0; }\n" >/hello.c'
+# The server as the postgres image runs it, on a cluster made at build time (the official image
+# makes it on first start; its initdb would time the disk, not the image). No TCP listener.
+pkgs[postgres]="postgresql-15"
+cmds[postgres]='["sh","-c","exec runuser -u postgres -- /usr/lib/postgresql/15/bin/postgres -D /var/lib/postgresql/data -c listen_addresses= -c unix_socket_directories=/tmp 2>&1"]'
+setups[postgres]='mkdir -p /var/lib/postgresql/data && chown postgres:postgres /var/lib/postgresql/data && runuser -u postgres -- /usr/lib/postgresql/15/bin/initdb --no-sync -D /var/lib/postgresql/data >/dev/null'
+pkgs[jdk]="openjdk-17-jdk-headless"
+cmds[jdk]='["java","-cp","/opt/hello","Hello"]'
+setups[jdk]='mkdir -p /opt/hello && printf "public class Hello { public static void main(String[] a) { System.out.println(\"hello from java\"); } }\n" >/opt/hello/Hello.java && javac -d /opt/hello /opt/hello/Hello.java'
+# Over 1 GiB uncompressed: a C/C++ toolchain with LLVM and clang, running one small command.
+pkgs[big]="clang-14 llvm-14-dev lld-14 g++ gfortran libboost-all-dev"
+cmds[big]='["sh","-c","clang-14 --version >/dev/null && echo hello from big"]'
+
+for app in "$@"; do
+  [ -n "${pkgs[$app]:-}" ] || { log "unknown app $app"; usage; }
+done
+
+# Mounts made by this run, innermost last; cleanup unmounts them in reverse order, then
+# anything else left under the work dir (debootstrap's own /proc if it died).
+mounts=()
+work=""
+cleanup() {
+  local rc=$? i m
+  for ((i = ${#mounts[@]} - 1; i >= 0; i--)); do
+    umount "${mounts[i]}" 2>/dev/null || umount -l "${mounts[i]}" 2>/dev/null ||
+      log "warning: could not unmount ${mounts[i]}"
+  done
+  mounts=()
+  if [ -n "$work" ] && [ -d "$work" ]; then
+    while read -r m; do
+      umount "$m" 2>/dev/null || umount -l "$m" 2>/dev/null || log "warning: could not unmount $m"
+    done < <(awk -v w="$work/" 'index($2, w) == 1 { print length($2) "\t" $2 }' /proc/self/mounts |
+      sort -rn | cut -f2-)
+    if awk -v w="$work/" 'index($2, w) == 1 { found = 1 } END { exit !found }' /proc/self/mounts; then
+      log "warning: mounts left under $work; not removing it"
+    else
+      rm -rf --one-file-system "$work"
+    fi
+  fi
+  exit $rc
+}
+trap cleanup EXIT
+trap 'exit 130' INT
+trap 'exit 143' TERM
+
+domount() { # domount TARGET MOUNT-ARGS...
+  local target=$1; shift
+  mount "$@" "$target"
+  mounts+=("$target")
+}
+
+undo_mounts() {
+  local i
+  for ((i = ${#mounts[@]} - 1; i >= 0; i--)); do umount "${mounts[i]}"; done
+  mounts=()
+}
+
+mirror() {
+  local sources=/etc/apt/sources.list.d/debian.sources url
+  url=$(awk '/^URIs:/ { print $2; exit }' "$sources" 2>/dev/null || true)
+  [ -n "$url" ] || { log "no URIs: line in $sources"; exit 1; }
+  echo "$url"
+}
+
+build_base() { # -> $cache_root/base-$key
+  local url t0=$SECONDS
+  url=$(mirror)
+  work=$(mktemp -d "$cache_root/build.XXXXXX")
+  log "debootstrap --variant=minbase $suite from $url (takes a few minutes)"
+  if ! debootstrap --variant=minbase "$suite" "$work/base" "$url" >"$work/debootstrap.log" 2>&1; then
+    tail -n 30 "$work/debootstrap.log" >&2
+    log "debootstrap failed"
+    exit 1
+  fi
+  # As the Debian images on registries: an empty /dev, no .debs, no apt lists.
+  find "$work/base/dev" -mindepth 1 -delete
+  rm -rf "$work/base/var/cache/apt/archives/"*.deb "$work/base/var/lib/apt/lists/"*
+  mv "$work/base" "$cache_root/base-$key"
+  rm -rf --one-file-system "$work"
+  work=""
+  log "base built in $((SECONDS - t0)) s"
+}
+
+build_app() { # build_app APP -> $cache_root/APP-$key (an overlayfs upper dir over the base)
+  local app=$1 base=$cache_root/base-$key t0=$SECONDS
+  work=$(mktemp -d "$cache_root/build.XXXXXX")
+  mkdir -p "$work/upper" "$work/ovlwork" "$work/merged"
+  # redirect_dir/metacopy off: every change fully materialized in the upper dir, a layer.
+  domount "$work/merged" -t overlay overlay \
+    -o "lowerdir=$base,upperdir=$work/upper,workdir=$work/ovlwork,redirect_dir=off,metacopy=off"
+  domount "$work/merged/proc" -t proc proc
+  domount "$work/merged/dev" --bind /dev
+  # Packages' maintainer scripts must not start services in the chroot.
+  printf '#!/bin/sh\nexit 101\n' >"$work/merged/usr/sbin/policy-rc.d"
+  chmod +x "$work/merged/usr/sbin/policy-rc.d"
+  local apt=(chroot "$work/merged" env DEBIAN_FRONTEND=noninteractive LC_ALL=C.UTF-8
+    apt-get -o Acquire::Check-Valid-Until=false -o APT::Sandbox::User=root)
+  log "$app: apt-get install ${pkgs[$app]}"
+  # shellcheck disable=SC2086 # the package list is split on purpose
+  if ! { "${apt[@]}" update && "${apt[@]}" install -y --no-install-recommends ${pkgs[$app]}; } \
+      >"$work/apt.log" 2>&1; then
+    tail -n 30 "$work/apt.log" >&2
+    log "$app: apt-get failed"
+    exit 1
+  fi
+  "${apt[@]}" clean
+  if [ -n "${setups[$app]:-}" ]; then
+    chroot "$work/merged" env LC_ALL=C.UTF-8 sh -ec "${setups[$app]}" || { log "$app: setup failed"; exit 1; }
+  fi
+  rm -rf "$work/merged/var/lib/apt/lists/"* "$work/merged/usr/sbin/policy-rc.d"
+  undo_mounts
+  rm -rf "$work/ovlwork"
+  rmdir "$work/merged"
+  rm -rf "${cache_root:?}/$app-$key"
+  mv "$work/upper" "$cache_root/$app-$key"
+  cp "$work/apt.log" "$cache_root/$app-$key.apt.log"
+  rm -rf --one-file-system "$work"
+  work=""
+  log "$app: built in $((SECONDS - t0)) s ($(du -sh "$cache_root/$app-$key" | cut -f1))"
+}
+
+mkdir -p "$cache_root" "$out"
+out=$(cd "$out" && pwd)
+# One builder per cache at a time; a second caller waits, then reuses the result.
+exec 9>"$cache_root/.lock"
+flock 9
+for d in "$cache_root"/build.*; do # leftovers of interrupted builds
+  [ -d "$d" ] || continue
+  if awk -v w="$d/" 'index($2, w) == 1 { found = 1 } END { exit !found }' /proc/self/mounts; then
+    log "warning: $d has mounts; leaving it"
+  else
+    rm -rf --one-file-system "$d"
+  fi
+done
+[ -d "$cache_root/base-$key" ] || build_base
+for app in "$@"; do
+  [ -d "$cache_root/$app-$key" ] || build_app "$app"
+  if [ "$(cat "$out/$app/.key" 2>/dev/null || true)" = "$key" ]; then
+    log "$app: using packed $out/$app"
+    continue
+  fi
+  rm -rf "${out:?}/$app"
+  log "$app: packing into $out/$app"
+  (cd "$repo" && go run ./tools/mkimage -out "$out/$app" -tag "$app" -cmd "${cmds[$app]}" \
+    "$cache_root/base-$key" "$cache_root/$app-$key")
+  echo "$key" >"$out/$app/.key"
+done
+flock -u 9
