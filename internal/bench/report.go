@@ -149,7 +149,7 @@ load average {{.Res.Machine.LoadStart}} at the start, {{.Res.Machine.LoadEnd}} a
 <p>Command: <code>{{.Res.Command}}</code></p>
 {{if not .Res.Complete}}<p class="fail">INCOMPLETE: the bench stopped on a failure{{with .Res.Failure}} (image {{.Image}}, mode {{.Mode}}, link {{.Link}}, step {{.Step}}): {{.Msg}}{{end}}. No table is reported.</p>
 {{else}}
-{{if .Chart}}<p><img alt="time to ready per image and mode, per link" src="data:image/png;base64,{{.Chart}}"></p>{{end}}
+{{if .Chart}}<p><img alt="time to ready per image and mode, per link" src="{{.Chart}}"></p>{{end}}
 {{range .Links}}<h2>Link {{.Name}}</h2>
 <table><tr>{{range $.Header}}<th>{{.}}</th>{{end}}</tr>
 {{range .Rows}}<tr>{{range .}}<td>{{.}}</td>{{end}}</tr>
@@ -173,12 +173,13 @@ func WriteHTML(w io.Writer, res *Result, chartPNG []byte) error {
 	}
 	data := struct {
 		Res    *Result
-		Chart  string
+		Chart  template.URL
 		Header []string
 		Links  []linkTable
 	}{Res: res, Header: tableHeader.cells()}
 	if len(chartPNG) > 0 {
-		data.Chart = base64.StdEncoding.EncodeToString(chartPNG)
+		// A typed URL: html/template would otherwise escape a data: URL away.
+		data.Chart = template.URL("data:image/png;base64," + base64.StdEncoding.EncodeToString(chartPNG))
 	}
 	for _, l := range res.Links {
 		lt := linkTable{Name: fmt.Sprintf("%s (%s, %s round trip)", l.Name, rateString(l.Rate), l.RTT)}
