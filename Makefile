@@ -5,7 +5,7 @@ GO        ?= go
 BIN       := bin/lazypull
 STATICCHECK_VERSION := v0.8.2
 
-.PHONY: all build deps lint test unit e2e demo bench bench-convert bench-mount bench-snapshotter fuzz clean
+.PHONY: all build deps lint test unit e2e demo bench bench-convert bench-mount bench-snapshotter bench-e2e fuzz clean
 
 all: build
 
@@ -44,6 +44,14 @@ bench-mount: deps build
 # ctr image pull + ctr run (time and bytes from the registry).
 bench-snapshotter: deps build
 	scripts/bench-snapshotter.sh
+
+# Cold container starts, plain containerd vs lazypull, on Debian-built images over emulated
+# links (lazypull bench; root; the default set runs in under 30 minutes on 2 CPUs). Tables on
+# stdout; results.json, chart.png, report.html in bench-results/DATE. More: BENCH_FLAGS, e.g.
+# BENCH_FLAGS='--images python,node,gcc,postgres,jdk --n 5'.
+BENCH_FLAGS ?=
+bench-e2e: deps build
+	$(BIN) bench $(BENCH_FLAGS)
 
 # Run every fuzz target of every package for FUZZTIME each (default 30s). `make test` runs
 # their seed corpora as ordinary tests.
