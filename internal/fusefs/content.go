@@ -39,7 +39,20 @@ type Layer struct {
 type Option func(*config)
 
 type config struct {
-	log *slog.Logger
+	log    *slog.Logger
+	record Recorder
+}
+
+// Recorder is told of every read that reaches the filesystem: n bytes at off of the
+// regular file e (hard links resolved) of the view's layer (its position, lowest first).
+// It is called before the read is served, from many goroutines at once, and must be quick.
+type Recorder func(layer int, e *format.Entry, off, n int64)
+
+// WithRecorder has rec told of every read (a profile recording). A recording view never
+// uses FUSE passthrough, which would hide reads from it: every first read of a page then
+// reaches the filesystem, and the kernel's page cache serves the rest.
+func WithRecorder(rec Recorder) Option {
+	return func(c *config) { c.record = rec }
 }
 
 // WithLogger sets where read errors and warnings are logged; the default is slog.Default().

@@ -83,7 +83,7 @@ func (r *Root) Open(cancel <-chan struct{}, oi *fuse.OpenIn, out *fuse.OpenOut) 
 	defer in.mu.Unlock()
 	h := &handle{in: in, local: in.localFile()}
 	out.OpenFlags = fuse.FOPEN_KEEP_CACHE
-	if !r.v.restored && (in.ptOpens > 0 || in.cachedOpens == 0 && h.local != nil) && r.passthrough(in, h.local) {
+	if !r.v.restored && r.v.record == nil && (in.ptOpens > 0 || in.cachedOpens == 0 && h.local != nil) && r.passthrough(in, h.local) {
 		in.ptOpens++
 		h.pt = true
 		// The kernel refuses a passthrough open that also asks to keep the page cache.
@@ -150,6 +150,9 @@ func (r *Root) Read(cancel <-chan struct{}, ri *fuse.ReadIn, buf []byte) (fuse.R
 	}
 	if r.v.frozen.Load() {
 		select {} // unanswered: see Server.Freeze
+	}
+	if rec := r.v.record; rec != nil && int64(ri.Offset) < in.n.e.Size {
+		rec(in.n.layer, in.n.e, int64(ri.Offset), min(int64(ri.Size), in.n.e.Size-int64(ri.Offset)))
 	}
 	var local *os.File
 	if h := r.v.handles.get(ri.Fh); h != nil {

@@ -49,6 +49,8 @@ type view struct {
 	handles handleTable
 
 	passthroughOff atomic.Bool // logged that the kernel refused passthrough
+
+	record Recorder // WithRecorder; nil when not recording
 }
 
 // NewLayer returns the view of one layer, as an overlayfs lower directory (see the package
@@ -92,7 +94,7 @@ func newView(layers []Layer, merged bool, opts []Option) *view {
 	for _, o := range opts {
 		o(&cfg)
 	}
-	return &view{layers: layers, log: cfg.log, merged: merged, inodes: map[uint64]*inode{}, timeout: DefaultTimeout,
+	return &view{layers: layers, log: cfg.log, record: cfg.record, merged: merged, inodes: map[uint64]*inode{}, timeout: DefaultTimeout,
 		handles: handleTable{open: map[uint64]*handle{}, epoch: uint64(time.Now().UnixNano()) & 0xffffff}}
 }
 
