@@ -197,10 +197,10 @@ func TestPlan(t *testing.T) {
 	upper := index(entry("app/main.py", 300), &format.Entry{Name: "etc/os-release", Type: '5'})
 	p := &Profile{Subject: digest('a'), Layers: []string{digest('b'), digest('c'), digest('9')}, Files: []File{
 		{Layer: 0, Path: "usr/bin/python3", Ranges: []Range{{0, 100}, {900, 500}, {2000, 10}}}, // clipped
-		{Layer: 1, Path: "app/gone.py", Ranges: []Range{{0, 1}}},                              // stale
-		{Layer: 0, Path: "etc/link", Ranges: []Range{{0, 50}}},                                // hard link
-		{Layer: 2, Path: "app/main.py", Ranges: []Range{{0, 300}}},                            // other layer digest: by path
-		{Layer: 2, Path: "etc/os-release", Ranges: []Range{{0, 50}}},                          // now a directory
+		{Layer: 1, Path: "app/gone.py", Ranges: []Range{{0, 1}}},                               // stale
+		{Layer: 0, Path: "etc/link", Ranges: []Range{{0, 50}}},                                 // hard link
+		{Layer: 2, Path: "app/main.py", Ranges: []Range{{0, 300}}},                             // other layer digest: by path
+		{Layer: 2, Path: "etc/os-release", Ranges: []Range{{0, 50}}},                           // now a directory
 	}}
 	wants, stale := p.Plan([]Layer{{digest('b'), lower}, {digest('c'), upper}})
 	if got, want := fmt.Sprint(stale), "[app/gone.py etc/os-release]"; got != want {

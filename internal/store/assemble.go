@@ -109,6 +109,12 @@ func (s *Store) Fill(ctx context.Context, src Source, files ...File) error {
 
 // fetchMissing makes every chunk of the files (that are not complete already) local.
 func (s *Store) fetchMissing(ctx context.Context, src Source, files []File) error {
+	return s.fetchChunks(ctx, src, files, func(f File) []format.Chunk { return f.Chunks })
+}
+
+// fetchChunks makes local the chunks that chunksOf picks of each file (that is not
+// complete already), with one Fetch call for all of them.
+func (s *Store) fetchChunks(ctx context.Context, src Source, files []File, chunksOf func(File) []format.Chunk) error {
 	for attempt := 1; ; attempt++ {
 		var parts []part
 		var mine []*flight
@@ -121,7 +127,7 @@ func (s *Store) fetchMissing(ctx context.Context, src Source, files []File) erro
 				continue
 			}
 			var need []format.Chunk
-			for _, c := range f.Chunks {
+			for _, c := range chunksOf(f) {
 				if !seen[c.Digest] {
 					seen[c.Digest] = true
 					need = append(need, c)
@@ -164,6 +170,52 @@ func (s *Store) fetchMissing(ctx context.Context, src Source, files []File) erro
 			return fmt.Errorf("store fill: gave up after %d attempts: the readers that fetched chunks kept giving up", attempts)
 		}
 	}
+}
+
+// Want is a byte range of a file to make local (Prefetch).
+type Want struct {
+	File     File
+	Off, Len int64
+}
+
+// Prefetch makes local the chunks that cover the wanted ranges, fetching all that are
+// missing with one Fetch call (so that the source can coalesce them into few requests),
+// and returns when they are stored. It is how a mount fetches a profile's reads before the
+// workload asks for them: a read that needs a chunk while Prefetch fetches it waits for
+// that fetch (the flight), it never fetches the chunk again. Unlike Fill, files are not
+// made complete: only what the ranges cover is fetched. Pin the files with a Lease to keep
+// the chunks.
+func (s *Store) Prefetch(ctx context.Context, src Source, wants ...Want) error {
+	if !s.enter() {
+		return ErrClosed
+	}
+	defer s.exit()
+	// The chunks each file needs, files in the order first wanted.
+	var files []File
+	need := map[format.Digest][]format.Chunk{}
+	for i, w := range wants {
+		if err := w.File.Validate(); err != nil {
+			return fmt.Errorf("store prefetch: want %d: %w", i, err)
+		}
+		if w.Off < 0 || w.Len < 0 || w.Off > w.File.Size-w.Len {
+			return fmt.Errorf("store prefetch: want %d: range %d+%d outside file %s of %d bytes", i, w.Off, w.Len, w.File.Digest, w.File.Size)
+		}
+		if _, ok := need[w.File.Digest]; !ok {
+			files = append(files, w.File)
+			need[w.File.Digest] = nil
+		}
+		for _, c := range w.File.Chunks {
+			if c.FileOffset < w.Off+w.Len && w.Off < c.FileOffset+c.Size {
+				need[w.File.Digest] = append(need[w.File.Digest], c)
+			}
+		}
+	}
+	l := s.NewLease()
+	defer l.Release()
+	for _, f := range files {
+		l.Pin(f)
+	}
+	return s.fetchChunks(ctx, src, files, func(f File) []format.Chunk { return need[f.Digest] })
 }
 
 // assembleOrWait makes f complete from local chunks, or waits for the assembly running.

@@ -1,0 +1,113 @@
+package store
+
+import (
+	"bytes"
+	"context"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+)
+
+// TestPrefetchRanges: Prefetch fetches the chunks covering the wanted ranges, of several
+// files, in one Fetch call, and nothing else; reads of those ranges then fetch nothing.
+func TestPrefetchRanges(t *testing.T) {
+	l := buildLayer(t, mixedFiles(31)...)
+	src := newSource(l)
+	s := openStore(t, t.TempDir())
+	many, few, tiny := l.files["many-chunks"], l.files["few-chunks"], l.files["tiny"]
+	wants := []Want{
+		{File: many, Off: 1 << 20, Len: 4096},
+		{File: tiny, Off: 0, Len: tiny.Size},
+		{File: few, Off: 0, Len: 10},
+		{File: many, Off: 1<<20 + 100, Len: 10}, // within the first: no more chunks
+	}
+	if err := s.Prefetch(context.Background(), src, wants...); err != nil {
+		t.Fatal(err)
+	}
+	calls, chunks := src.counts()
+	if calls != 1 {
+		t.Errorf("Prefetch: %d Fetch calls, want 1", calls)
+	}
+	if chunks > 5 {
+		t.Errorf("Prefetch fetched %d chunks for 3 small ranges", chunks)
+	}
+	s.idle()
+	for _, w := range wants {
+		p := make([]byte, w.Len)
+		if _, err := s.ReadAt(context.Background(), src, w.File, p, w.Off); err != nil {
+			t.Fatal(err)
+		}
+		var name string
+		for n, f := range l.files {
+			if f.Digest == w.File.Digest {
+				name = n
+			}
+		}
+		if !bytes.Equal(p, l.data[name][w.Off:w.Off+w.Len]) {
+			t.Fatalf("%s at %d: wrong bytes", name, w.Off)
+		}
+	}
+	if c, _ := src.counts(); c != 1 {
+		t.Errorf("reads of prefetched ranges fetched again (%d Fetch calls)", c)
+	}
+	// A range outside its file is refused, naming it.
+	err := s.Prefetch(context.Background(), src, Want{File: tiny, Off: 5, Len: tiny.Size})
+	if err == nil || !strings.Contains(err.Error(), "outside file") {
+		t.Errorf("range outside the file: %v", err)
+	}
+}
+
+// TestReadWaitsForPrefetch: a read of a chunk that a Prefetch is fetching waits for that
+// fetch, and the source is asked for each chunk once.
+func TestReadWaitsForPrefetch(t *testing.T) {
+	l := buildLayer(t, mixedFiles(32)...)
+	src := newSource(l)
+	gate := make(chan struct{})
+	src.gate = gate
+	s := openStore(t, t.TempDir())
+	many := l.files["many-chunks"]
+	errc := make(chan error, 1)
+	go func() { errc <- s.Prefetch(context.Background(), src, Want{File: many, Off: 0, Len: many.Size}) }()
+	// Wait until the Prefetch's Fetch is in the source (held by the gate).
+	for deadline := time.Now().Add(10 * time.Second); ; time.Sleep(time.Millisecond) {
+		if c, _ := src.counts(); c == 1 {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("Prefetch never called Fetch")
+		}
+	}
+	var wg sync.WaitGroup
+	results := make([][]byte, 3) // the file is 3 MiB and a bit
+	for i := range results {
+		wg.Go(func() {
+			p := make([]byte, 64<<10)
+			if _, err := s.ReadAt(context.Background(), src, many, p, int64(i)<<20); err != nil {
+				t.Error(err)
+			}
+			results[i] = p
+		})
+	}
+	time.Sleep(50 * time.Millisecond) // the readers join the flights
+	close(gate)
+	wg.Wait()
+	if err := <-errc; err != nil {
+		t.Fatal(err)
+	}
+	for i, p := range results {
+		if !bytes.Equal(p, l.data["many-chunks"][i<<20:i<<20+64<<10]) {
+			t.Errorf("read %d: wrong bytes", i)
+		}
+	}
+	src.mu.Lock()
+	defer src.mu.Unlock()
+	if src.calls != 1 {
+		t.Errorf("%d Fetch calls; the reads should have waited for the Prefetch's", src.calls)
+	}
+	for d, n := range src.fetched {
+		if n != 1 {
+			t.Errorf("chunk %s fetched %d times", d, n)
+		}
+	}
+}
