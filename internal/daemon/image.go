@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"log/slog"
 	"slices"
+	"sync"
 
 	"github.com/google/go-containerregistry/pkg/name"
 	v1 "github.com/google/go-containerregistry/pkg/v1"
@@ -31,7 +32,11 @@ type Image struct {
 	Failed map[string]error
 
 	lease  *store.Lease
-	cancel context.CancelFunc // ends background work (read-ahead)
+	bg     context.Context    // background work (read-ahead, prefetch); ends with Close
+	cancel context.CancelFunc // ends background work
+
+	mu       sync.Mutex
+	prefetch *prefetch // Prefetch's, when it ran
 }
 
 // indexJobs bounds the layer indexes read at once when an image is opened.
@@ -59,7 +64,7 @@ func openImage(ctx context.Context, st *store.Store, ref string, platform *v1.Pl
 		return nil, fmt.Errorf("image %s: %w", ref, err)
 	}
 	bg, cancel := context.WithCancel(context.Background())
-	im := &Image{Ref: ref, Image: img, Registry: reg, Layers: make([]*Layer, len(img.Manifest.Layers)), lease: st.NewLease(), cancel: cancel}
+	im := &Image{Ref: ref, Image: img, Registry: reg, Layers: make([]*Layer, len(img.Manifest.Layers)), lease: st.NewLease(), bg: bg, cancel: cancel}
 	failed := make([]error, len(img.Manifest.Layers))
 	g, gctx := errgroup.WithContext(ctx)
 	g.SetLimit(indexJobs)

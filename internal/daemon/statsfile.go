@@ -23,6 +23,8 @@ type Stats struct {
 	PID     int          `json:"pid,omitempty"`
 	Written time.Time    `json:"written"`
 	Images  []string     `json:"images,omitempty"`
+	// Prefetch has one entry per image that looked for a profile.
+	Prefetch []PrefetchStats `json:"prefetch,omitempty"`
 }
 
 // CollectStats gathers the store's figures and the fetch figures of the given images.
@@ -38,6 +40,9 @@ func CollectStats(st *store.Store, images []*Image) Stats {
 		fs.Errors += r.Errors
 		fs.Fallbacks += r.Fallbacks
 		s.Images = append(s.Images, im.Ref)
+		if ps, ok := im.PrefetchStats(); ok {
+			s.Prefetch = append(s.Prefetch, ps)
+		}
 	}
 	s.Fetch = &fs
 	return s

@@ -10,7 +10,7 @@
 // # The document
 //
 // A JSON object, media type MediaType, the single layer of an artifact manifest whose
-// artifactType is ArtifactType and whose config is the OCI empty descriptor:
+// artifactType is ArtifactType and whose config is "{}" of that media type:
 //
 //	{
 //	  "subject": "sha256:...",          image manifest the profile was recorded on

@@ -16,8 +16,10 @@ import (
 // Media types of the profile artifact.
 const (
 	// ArtifactType is the artifactType of a profile's manifest, what referrers are
-	// filtered by.
-	ArtifactType = "application/vnd.lazypull.profile.v1+json"
+	// filtered by. It is also its config's media type (the config is "{}"): registries
+	// that list referrers by their config's media type (go-containerregistry's own) then
+	// agree with those that follow artifactType.
+	ArtifactType = "application/vnd.lazypull.profile.v1"
 	// MediaType is the media type of the profile document (the artifact's one layer).
 	MediaType = "application/vnd.lazypull.profile.v1+json"
 )

@@ -1,0 +1,229 @@
+package daemon
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"strings"
+	"sync"
+	"time"
+
+	v1 "github.com/google/go-containerregistry/pkg/v1"
+	"github.com/google/go-containerregistry/pkg/v1/types"
+	"golang.org/x/sync/errgroup"
+
+	"lazypull/internal/fetch"
+	"lazypull/internal/profile"
+	"lazypull/internal/store"
+)
+
+// maxProfileManifest bounds the artifact manifest of a profile: one config, one layer.
+const maxProfileManifest = 64 << 10
+
+// FindProfile looks up the newest prefetch profile of the image manifest subject among its
+// referrers (the referrers API, or the tag schema where the registry has none) and reads
+// it: its manifest and its document, both checked against their digests, the document
+// parsed strictly (profile.Parse). No profile is (nil, empty descriptor, nil).
+func FindProfile(ctx context.Context, reg *fetch.Registry, subject v1.Hash) (*profile.Profile, v1.Descriptor, error) {
+	refs, err := reg.Referrers(ctx, subject, profile.ArtifactType)
+	if err != nil {
+		return nil, v1.Descriptor{}, fmt.Errorf("look up the profile of %s: %w", subject, err)
+	}
+	if len(refs) == 0 {
+		return nil, v1.Descriptor{}, nil
+	}
+	// The newest: RFC 3339 UTC times sort as strings; among equals (or none), the last
+	// listed, which the tag schema appends.
+	best := refs[0]
+	for _, d := range refs[1:] {
+		if d.Annotations[profile.AnnotationCreated] >= best.Annotations[profile.AnnotationCreated] {
+			best = d
+		}
+	}
+	where := fmt.Sprintf("profile %s of %s", best.Digest, subject)
+	if best.Size > maxProfileManifest {
+		return nil, best, fmt.Errorf("%s: manifest of %d bytes, more than %d: refused", where, best.Size, maxProfileManifest)
+	}
+	_, raw, err := reg.Manifest(ctx, best.Digest)
+	if err != nil {
+		return nil, best, fmt.Errorf("%s: %w", where, err)
+	}
+	m, err := v1.ParseManifest(bytes.NewReader(raw))
+	if err != nil {
+		return nil, best, fmt.Errorf("%s: manifest: %w", where, err)
+	}
+	if m.ArtifactType != profile.ArtifactType || len(m.Layers) != 1 || m.Layers[0].MediaType != types.MediaType(profile.MediaType) {
+		return nil, best, fmt.Errorf("%s: not a lazypull profile artifact (artifactType %q, %d layers)", where, m.ArtifactType, len(m.Layers))
+	}
+	doc := m.Layers[0]
+	if doc.Size > profile.MaxSize || doc.Size < 0 {
+		return nil, best, fmt.Errorf("%s: document of %d bytes, more than %d: %w; refused", where, doc.Size, profile.MaxSize, profile.ErrTooLarge)
+	}
+	b, err := reg.Blob(doc.Digest, doc.Size).ReadAll(ctx)
+	if err != nil {
+		return nil, best, fmt.Errorf("%s: document: %w", where, err)
+	}
+	p, err := profile.Parse(b)
+	if err != nil {
+		return nil, best, fmt.Errorf("%s: %w", where, err)
+	}
+	return p, best, nil
+}
+
+// PrefetchStats says what a mount's prefetch did.
+type PrefetchStats struct {
+	Image   string `json:"image"`
+	Profile string `json:"profile,omitempty"` // digest of the profile's manifest; "" if none
+	Files   int    `json:"files"`             // profiled files found in the image
+	Stale   int    `json:"stale"`             // profiled files no longer in it, skipped
+	Bytes   int64  `json:"bytes"`             // bytes the profile's ranges cover
+	// LookupRequests went to finding and reading the profile, Requests to fetching its
+	// chunks (as the registry counted them: only this image read meanwhile, or they
+	// include the workload's).
+	LookupRequests int64   `json:"lookup_requests"`
+	Requests       int64   `json:"requests"`
+	Seconds        float64 `json:"seconds"`
+	Done           bool    `json:"done"`
+	Err            string  `json:"error,omitempty"`
+}
+
+// prefetch is an image's prefetch in progress.
+type prefetch struct {
+	mu   sync.Mutex
+	st   PrefetchStats
+	done chan struct{}
+}
+
+// PrefetchOptions configures Image.Prefetch.
+type PrefetchOptions struct {
+	// Wait is how long Prefetch waits for the profiled chunks before returning; 0 returns
+	// at once (the fetch goes on in the background). A prefetch that outlasts Wait goes
+	// on in the background all the same.
+	Wait time.Duration
+	Log  *slog.Logger
+}
+
+// Prefetch looks up the image's profile and fetches the chunks of its ranges first, all
+// layers at once, each layer's chunks in one store.Prefetch (one coalesced Fetch: a few
+// large parallel requests). Reads that need a chunk meanwhile wait for its fetch. A
+// missing, corrupt or oversized profile is logged and the image works without it. The
+// prefetch ends with the image (Close).
+func (im *Image) Prefetch(ctx context.Context, o PrefetchOptions) {
+	log := o.Log
+	if log == nil {
+		log = slog.Default()
+	}
+	pf := &prefetch{st: PrefetchStats{Image: im.Ref}, done: make(chan struct{})}
+	im.mu.Lock()
+	im.prefetch = pf
+	im.mu.Unlock()
+	go func() {
+		defer close(pf.done)
+		start := time.Now()
+		err := im.runPrefetch(im.bg, pf, log)
+		pf.mu.Lock()
+		pf.st.Done, pf.st.Seconds = true, time.Since(start).Seconds()
+		if err != nil {
+			pf.st.Err = err.Error()
+		}
+		st := pf.st
+		pf.mu.Unlock()
+		switch {
+		case err != nil && im.bg.Err() == nil:
+			log.Warn("prefetch failed; the image is served without it", "image", im.Ref, "err", err)
+		case st.Profile != "":
+			log.Info("prefetched the profile", "image", im.Ref, "profile", st.Profile, "files", st.Files, "stale", st.Stale,
+				"bytes", st.Bytes, "requests", st.Requests, "seconds", st.Seconds)
+		}
+	}()
+	if o.Wait <= 0 {
+		return
+	}
+	t := time.NewTimer(o.Wait)
+	defer t.Stop()
+	select {
+	case <-pf.done:
+	case <-t.C:
+		log.Info("prefetch still running after the wait; going on in the background", "image", im.Ref, "wait", o.Wait)
+	case <-ctx.Done():
+	}
+}
+
+// PrefetchStats returns the prefetch's figures, and false if there was none.
+func (im *Image) PrefetchStats() (PrefetchStats, bool) {
+	im.mu.Lock()
+	pf := im.prefetch
+	im.mu.Unlock()
+	if pf == nil {
+		return PrefetchStats{}, false
+	}
+	pf.mu.Lock()
+	defer pf.mu.Unlock()
+	return pf.st, true
+}
+
+func (im *Image) runPrefetch(ctx context.Context, pf *prefetch, log *slog.Logger) error {
+	before := im.Registry.Stats().Requests
+	p, desc, err := FindProfile(ctx, im.Registry, im.Image.Descriptor.Digest)
+	looked := im.Registry.Stats().Requests
+	pf.mu.Lock()
+	pf.st.LookupRequests = looked - before
+	pf.mu.Unlock()
+	if err != nil {
+		return err
+	}
+	if p == nil {
+		log.Debug("no prefetch profile", "image", im.Ref)
+		return nil
+	}
+	layers := make([]profile.Layer, len(im.Layers))
+	for i, l := range im.Layers {
+		layers[i] = profile.Layer{Digest: l.Desc.Digest.String(), Index: l.Index}
+	}
+	wants, stale := p.Plan(layers)
+	if len(stale) > 0 {
+		ex := stale[:min(len(stale), 5)]
+		log.Warn("profile names files the image no longer has; skipping them", "image", im.Ref, "profile", desc.Digest,
+			"stale", len(stale), "of", len(p.Files), "first", strings.Join(ex, ", "))
+	}
+	per := make([][]store.Want, len(im.Layers))
+	var bytes int64
+	for _, w := range wants {
+		l := im.Layers[w.Layer]
+		f, err := l.file(w.Entry)
+		if err != nil {
+			return err
+		}
+		im.lease.Pin(f) // what the workload reads at start stays while the image is mounted
+		for _, r := range w.Ranges {
+			per[w.Layer] = append(per[w.Layer], store.Want{File: f, Off: r.Off, Len: r.Len})
+			bytes += r.Len
+		}
+	}
+	pf.mu.Lock()
+	pf.st.Profile, pf.st.Files, pf.st.Stale, pf.st.Bytes = desc.Digest.String(), len(wants), len(stale), bytes
+	pf.mu.Unlock()
+	g, gctx := errgroup.WithContext(ctx)
+	for i, ws := range per {
+		if len(ws) == 0 {
+			continue
+		}
+		l := im.Layers[i]
+		g.Go(func() error {
+			if err := l.store.Prefetch(gctx, blobSource{l.blob}, ws...); err != nil {
+				return fmt.Errorf("layer %s: %w", l.Desc.Digest, err)
+			}
+			return nil
+		})
+	}
+	err = g.Wait()
+	pf.mu.Lock()
+	pf.st.Requests = im.Registry.Stats().Requests - looked
+	pf.mu.Unlock()
+	if errors.Is(err, context.Canceled) && ctx.Err() != nil {
+		return nil // the image was closed
+	}
+	return err
+}

@@ -1,0 +1,195 @@
+package daemon
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"io"
+	"log"
+	"net/http/httptest"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/google/go-containerregistry/pkg/name"
+	"github.com/google/go-containerregistry/pkg/registry"
+	v1 "github.com/google/go-containerregistry/pkg/v1"
+	"github.com/google/go-containerregistry/pkg/v1/random"
+	"github.com/google/go-containerregistry/pkg/v1/remote"
+	"github.com/google/go-containerregistry/pkg/v1/static"
+	"github.com/google/go-containerregistry/pkg/v1/types"
+
+	"lazypull/internal/fetch"
+	"lazypull/internal/profile"
+)
+
+// subjectImage serves a registry (with or without the referrers API) holding one random
+// image, and returns the repository and the image's descriptor.
+func subjectImage(t *testing.T, referrersAPI bool) (name.Repository, v1.Descriptor) {
+	t.Helper()
+	srv := httptest.NewServer(registry.New(registry.Logger(log.New(io.Discard, "", 0)), registry.WithReferrersSupport(referrersAPI)))
+	t.Cleanup(srv.Close)
+	repo, err := name.NewRepository(strings.TrimPrefix(srv.URL, "http://") + "/app")
+	if err != nil {
+		t.Fatal(err)
+	}
+	img, err := random.Image(1024, 2)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := remote.Write(repo.Tag("v1"), img); err != nil {
+		t.Fatal(err)
+	}
+	d, err := img.Digest()
+	if err != nil {
+		t.Fatal(err)
+	}
+	raw, _ := img.RawManifest()
+	return repo, v1.Descriptor{MediaType: types.DockerManifestSchema2, Digest: d, Size: int64(len(raw))}
+}
+
+func testProfile(subject v1.Hash, created time.Time, path string) []byte {
+	p := &profile.Profile{Subject: subject.String(), Created: created, Layers: []string{"sha256:" + strings.Repeat("b", 64)},
+		Files: []profile.File{{Layer: 0, Path: path, Ranges: []profile.Range{{Off: 0, Len: 100}}}}}
+	b, err := p.Marshal()
+	if err != nil {
+		panic(err)
+	}
+	return b
+}
+
+func registryOf(t *testing.T, repo name.Repository) *fetch.Registry {
+	t.Helper()
+	reg, err := fetch.New(repo.Tag("v1").String(), fetch.WithPlainHTTP())
+	if err != nil {
+		t.Fatal(err)
+	}
+	return reg
+}
+
+// TestProfileRoundTrip: a pushed profile is found through the referrers API, and through
+// the tag schema where the registry has no API; the newest of two wins.
+func TestProfileRoundTrip(t *testing.T) {
+	for _, api := range []bool{true, false} {
+		name := map[bool]string{true: "referrers API", false: "tag schema"}[api]
+		t.Run(name, func(t *testing.T) {
+			repo, subject := subjectImage(t, api)
+			reg := registryOf(t, repo)
+			ctx := context.Background()
+			if p, _, err := FindProfile(ctx, reg, subject.Digest); p != nil || err != nil {
+				t.Fatalf("no profile pushed yet: %v, %v", p, err)
+			}
+			t0 := time.Date(2025, 1, 1, 0, 0, 0, 0, time.UTC)
+			if _, err := profile.Push(repo, subject, testProfile(subject.Digest, t0.Add(time.Hour), "new")); err != nil {
+				t.Fatal(err)
+			}
+			if _, err := profile.Push(repo, subject, testProfile(subject.Digest, t0, "old")); err != nil {
+				t.Fatal(err)
+			}
+			// Something else referring to the image is not a profile.
+			other, _ := random.Image(10, 1)
+			if err := remote.Write(repo.Tag("sig"), mutateSubject(t, other, subject)); err != nil {
+				t.Fatal(err)
+			}
+			p, desc, err := FindProfile(ctx, reg, subject.Digest)
+			if err != nil || p == nil {
+				t.Fatalf("FindProfile: %v, %v", p, err)
+			}
+			if p.Files[0].Path != "new" {
+				t.Errorf("found the profile %s (%s); want the newest", desc.Digest, p.Files[0].Path)
+			}
+			_, hasTag := remote.Head(repo.Tag(subject.Digest.Algorithm + "-" + subject.Digest.Hex))
+			if api != (hasTag != nil) {
+				t.Errorf("referrers API %v, tag schema index present %v", api, hasTag == nil)
+			}
+		})
+	}
+}
+
+// mutateSubject makes img refer to subject (its artifactType is its config's media type,
+// not a profile's).
+func mutateSubject(t *testing.T, img v1.Image, subject v1.Descriptor) v1.Image {
+	t.Helper()
+	return subjectImg{img, subject}
+}
+
+type subjectImg struct {
+	v1.Image
+	subject v1.Descriptor
+}
+
+func (s subjectImg) Manifest() (*v1.Manifest, error) {
+	m, err := s.Image.Manifest()
+	if err != nil {
+		return nil, err
+	}
+	m = m.DeepCopy()
+	m.Subject = &s.subject
+	return m, nil
+}
+
+func (s subjectImg) RawManifest() ([]byte, error) {
+	m, err := s.Manifest()
+	if err != nil {
+		return nil, err
+	}
+	var b bytes.Buffer
+	err = jsonEncode(&b, m)
+	return b.Bytes(), err
+}
+
+func (s subjectImg) Digest() (v1.Hash, error) {
+	raw, err := s.RawManifest()
+	if err != nil {
+		return v1.Hash{}, err
+	}
+	h, _, err := v1.SHA256(bytes.NewReader(raw))
+	return h, err
+}
+
+// TestProfileRefused: a corrupt or oversized profile is refused with an error that says
+// what is wrong with which profile.
+func TestProfileRefused(t *testing.T) {
+	cases := []struct {
+		name string
+		doc  []byte
+		want string
+	}{
+		{"corrupt", []byte(`{"subject": 1}`), "not a profile document"},
+		{"oversized", bytes.Repeat([]byte(" "), profile.MaxSize+1), "more than"},
+	}
+	for _, c := range cases {
+		t.Run(c.name, func(t *testing.T) {
+			repo, subject := subjectImage(t, false)
+			if err := remote.WriteLayer(repo, static.NewLayer(c.doc, types.MediaType(profile.MediaType))); err != nil {
+				t.Fatal(err)
+			}
+			if err := remote.WriteLayer(repo, static.NewLayer([]byte("{}"), profile.ArtifactType)); err != nil {
+				t.Fatal(err)
+			}
+			raw, err := profile.Manifest(subject, c.doc, time.Now())
+			if err != nil {
+				t.Fatal(err)
+			}
+			h, _, _ := v1.SHA256(bytes.NewReader(raw))
+			if err := remote.Put(repo.Digest(h.String()), rawBytes(raw)); err != nil {
+				t.Fatal(err)
+			}
+			reqs := registryOf(t, repo)
+			_, _, err = FindProfile(context.Background(), reqs, subject.Digest)
+			if err == nil || !strings.Contains(err.Error(), c.want) || !strings.Contains(err.Error(), h.String()) {
+				t.Fatalf("FindProfile: %v; want an error naming the profile %s and %q", err, h, c.want)
+			}
+			if c.name == "oversized" && reqs.Stats().Bytes > 1<<20 {
+				t.Errorf("read %d bytes of an oversized profile; it should be refused before", reqs.Stats().Bytes)
+			}
+		})
+	}
+}
+
+type rawBytes []byte
+
+func (m rawBytes) RawManifest() ([]byte, error)        { return m, nil }
+func (m rawBytes) MediaType() (types.MediaType, error) { return types.OCIManifestSchema1, nil }
+
+func jsonEncode(w io.Writer, v any) error { return json.NewEncoder(w).Encode(v) }

@@ -1,0 +1,157 @@
+package fetch
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"mime"
+	"net/http"
+	"net/url"
+	"strings"
+	"time"
+
+	v1 "github.com/google/go-containerregistry/pkg/v1"
+	"github.com/google/go-containerregistry/pkg/v1/types"
+)
+
+// Referrers lists the manifests whose subject is the manifest with digest subject (OCI
+// 1.1), of the given artifactType (all when ""). It asks the referrers API
+// (GET /v2/REPO/referrers/DIGEST); a registry without it (404, 400, 405, 406, or an
+// answer that is not an image index: Debian's docker-registry 2.8, for one) is read
+// through the referrers tag schema instead: the index tagged sha256-HEX, which pushers
+// keep for such registries. No referrers is an empty list and no error.
+func (r *Registry) Referrers(ctx context.Context, subject v1.Hash, artifactType string) ([]v1.Descriptor, error) {
+	if subject.Algorithm != "sha256" || len(subject.Hex) != 64 {
+		return nil, fmt.Errorf("fetch: referrers of %q: want a sha256 digest", subject)
+	}
+	raw, api, err := r.referrersAPI(ctx, subject, artifactType)
+	if err != nil {
+		return nil, err
+	}
+	if !api {
+		_, raw, err = r.getManifest(ctx, subject.Algorithm+"-"+subject.Hex, false)
+		var fe *Error
+		if errors.As(err, &fe) && fe.StatusCode == http.StatusNotFound {
+			return nil, nil
+		}
+		if err != nil {
+			return nil, fmt.Errorf("referrers of %s (tag schema): %w", subject, err)
+		}
+	}
+	idx, err := v1.ParseIndexManifest(bytes.NewReader(raw))
+	if err != nil {
+		return nil, fmt.Errorf("referrers of %s: not an image index: %w", subject, err)
+	}
+	if idx.MediaType != "" && idx.MediaType != types.OCIImageIndex {
+		return nil, fmt.Errorf("referrers of %s: a %q, not an OCI image index", subject, idx.MediaType)
+	}
+	var out []v1.Descriptor
+	for _, d := range idx.Manifests {
+		// The API may ignore the filter (it says so in OCI-Filters-Applied); the tag
+		// schema has none.
+		if artifactType == "" || d.ArtifactType == artifactType {
+			out = append(out, d)
+		}
+	}
+	return out, nil
+}
+
+// referrersAPI asks the endpoints' referrers API. api is false when the registry has none.
+func (r *Registry) referrersAPI(ctx context.Context, subject v1.Hash, artifactType string) (raw []byte, api bool, err error) {
+	eps := r.endpointsFor(capPull)
+	if len(eps) == 0 {
+		return nil, false, r.toError(&reqErr{host: r.host, err: errNoEndpoint}, subject.String(), Range{})
+	}
+	for attempt := 1; ; attempt++ {
+		var errs []*reqErr
+		for _, e := range eps {
+			raw, api, rerr := r.referrersFrom(ctx, e, subject, artifactType)
+			if rerr == nil {
+				if api {
+					return raw, true, nil
+				}
+				continue // this endpoint has no API: ask the next, then the tag schema
+			}
+			errs = append(errs, rerr)
+			if ctx.Err() != nil {
+				break
+			}
+		}
+		if len(errs) == 0 {
+			return nil, false, nil
+		}
+		rerr := joinErrs(errs)
+		if ce := ctxErr(rerr.host, ctx); ce != nil {
+			rerr = ce
+		}
+		if ctx.Err() != nil || !rerr.temporary || attempt >= r.attempts {
+			return nil, false, fmt.Errorf("referrers: %w", r.toError(rerr, subject.String(), Range{}))
+		}
+		r.stats.retries.Add(1)
+		r.metrics.retries.Inc()
+		if werr := r.wait(ctx, attempt, rerr.retryAfter); werr != nil {
+			return nil, false, fmt.Errorf("referrers: %w", r.toError(&reqErr{host: rerr.host, err: werr}, subject.String(), Range{}))
+		}
+	}
+}
+
+// referrersFrom sends one referrers request to one endpoint.
+func (r *Registry) referrersFrom(ctx context.Context, e *endpoint, subject v1.Hash, artifactType string) (raw []byte, api bool, rerr *reqErr) {
+	if err := r.acquire(ctx); err != nil {
+		return nil, false, &reqErr{host: e.host, err: err}
+	}
+	defer r.release()
+	start := time.Now()
+	r.stats.requests.Add(1)
+	var body *countingReader
+	defer func() { r.finish(kindManifest, start, body, rerr) }()
+	p := "referrers/" + subject.String()
+	if artifactType != "" {
+		p += "?artifactType=" + url.QueryEscape(artifactType)
+	}
+	req, err := r.newRequest(ctx, e, p)
+	if err != nil {
+		return nil, false, &reqErr{host: e.host, err: err}
+	}
+	req.Header.Set("Accept", string(types.OCIImageIndex))
+	resp, err := e.client.Do(req)
+	if err != nil {
+		return nil, false, classify(e.host, err)
+	}
+	defer resp.Body.Close()
+	body = &countingReader{r: resp.Body, total: &r.stats.bytes}
+	ct, _, _ := mime.ParseMediaType(resp.Header.Get("Content-Type"))
+	switch {
+	case resp.StatusCode == http.StatusNotFound, resp.StatusCode == http.StatusBadRequest,
+		resp.StatusCode == http.StatusMethodNotAllowed, resp.StatusCode == http.StatusNotAcceptable,
+		resp.StatusCode == http.StatusOK && ct != string(types.OCIImageIndex):
+		_, _ = io.Copy(io.Discard, io.LimitReader(body, 64<<10))
+		return nil, false, nil
+	case resp.StatusCode != http.StatusOK:
+		return nil, false, statusErr(e.host, resp)
+	}
+	raw, err = io.ReadAll(io.LimitReader(body, maxManifestSize+1))
+	if err != nil {
+		re := classify(e.host, unexpected(err))
+		re.status = resp.StatusCode
+		return nil, false, re
+	}
+	if len(raw) > maxManifestSize {
+		return nil, false, &reqErr{host: e.host, status: resp.StatusCode, err: malformed("referrers index larger than %d bytes", maxManifestSize)}
+	}
+	return raw, true, nil
+}
+
+// Manifest fetches a manifest of the repository by digest, checked against it, with its
+// media type (at most 4 MiB, as any manifest).
+func (r *Registry) Manifest(ctx context.Context, digest v1.Hash) (v1.Descriptor, []byte, error) {
+	if digest.Algorithm != "sha256" || len(digest.Hex) != 64 {
+		return v1.Descriptor{}, nil, fmt.Errorf("fetch: manifest %q: want a sha256 digest", digest)
+	}
+	if strings.ContainsAny(digest.Hex, "/?#") {
+		return v1.Descriptor{}, nil, fmt.Errorf("fetch: manifest %q: not a digest", digest)
+	}
+	return r.getManifest(ctx, digest.String(), true)
+}

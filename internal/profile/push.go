@@ -1,0 +1,86 @@
+package profile
+
+import (
+	"bytes"
+	"encoding/json"
+	"fmt"
+	"time"
+
+	"github.com/google/go-containerregistry/pkg/name"
+	v1 "github.com/google/go-containerregistry/pkg/v1"
+	"github.com/google/go-containerregistry/pkg/v1/remote"
+	"github.com/google/go-containerregistry/pkg/v1/static"
+	"github.com/google/go-containerregistry/pkg/v1/types"
+)
+
+// emptyConfig is the config of a profile artifact, which has nothing to say there. Its
+// media type is ArtifactType rather than the OCI empty descriptor's, see ArtifactType.
+var emptyConfig = []byte("{}")
+
+// AnnotationCreated is the annotation of a profile's manifest saying when it was recorded.
+const AnnotationCreated = "org.opencontainers.image.created"
+
+// Manifest returns the artifact manifest of a profile document doc for the image manifest
+// subject: artifactType ArtifactType, an empty config, doc as its one layer.
+func Manifest(subject v1.Descriptor, doc []byte, created time.Time) ([]byte, error) {
+	dh, dn, err := v1.SHA256(bytes.NewReader(doc))
+	if err != nil {
+		return nil, err
+	}
+	ch, cn, err := v1.SHA256(bytes.NewReader(emptyConfig))
+	if err != nil {
+		return nil, err
+	}
+	m := v1.Manifest{
+		SchemaVersion: 2,
+		MediaType:     types.OCIManifestSchema1,
+		ArtifactType:  ArtifactType,
+		Config:        v1.Descriptor{MediaType: ArtifactType, Digest: ch, Size: cn},
+		Layers:        []v1.Descriptor{{MediaType: MediaType, Digest: dh, Size: dn}},
+		// Only what the referrers API and the tag schema need of the subject.
+		Subject: &v1.Descriptor{MediaType: subject.MediaType, Digest: subject.Digest, Size: subject.Size},
+		// Copied into the referrers list, so that a mount picks the newest profile
+		// without fetching each.
+		Annotations: map[string]string{AnnotationCreated: created.UTC().Format(time.RFC3339)},
+	}
+	return json.Marshal(m)
+}
+
+// Push uploads the profile document doc as an artifact referring to the image manifest
+// subject, in repository repo, and returns the artifact manifest's descriptor. The manifest
+// is put by digest; go-containerregistry then adds it to the referrers tag schema's index
+// when the registry has no referrers API (docker-registry 2.8), and leaves the index to the
+// registry when it has.
+func Push(repo name.Repository, subject v1.Descriptor, doc []byte, opts ...remote.Option) (v1.Descriptor, error) {
+	p, err := Parse(doc)
+	if err != nil {
+		return v1.Descriptor{}, fmt.Errorf("push profile: %w", err)
+	}
+	for _, b := range []struct {
+		data []byte
+		mt   types.MediaType
+	}{{emptyConfig, ArtifactType}, {doc, MediaType}} {
+		if err := remote.WriteLayer(repo, static.NewLayer(b.data, b.mt), opts...); err != nil {
+			return v1.Descriptor{}, fmt.Errorf("push profile to %s: upload blob: %w", repo, err)
+		}
+	}
+	raw, err := Manifest(subject, doc, p.Created)
+	if err != nil {
+		return v1.Descriptor{}, fmt.Errorf("push profile: %w", err)
+	}
+	h, n, err := v1.SHA256(bytes.NewReader(raw))
+	if err != nil {
+		return v1.Descriptor{}, err
+	}
+	if err := remote.Put(repo.Digest(h.String()), rawManifest(raw), opts...); err != nil {
+		return v1.Descriptor{}, fmt.Errorf("push profile to %s: put manifest %s: %w", repo, h, err)
+	}
+	return v1.Descriptor{MediaType: types.OCIManifestSchema1, ArtifactType: ArtifactType, Digest: h, Size: n,
+		Annotations: map[string]string{AnnotationCreated: p.Created.UTC().Format(time.RFC3339)}}, nil
+}
+
+// rawManifest is a manifest's bytes as remote.Put takes them.
+type rawManifest []byte
+
+func (m rawManifest) RawManifest() ([]byte, error)        { return m, nil }
+func (m rawManifest) MediaType() (types.MediaType, error) { return types.OCIManifestSchema1, nil }
