@@ -45,6 +45,7 @@ one command to share it between them while they are mounted.`,
 		fs.StringVar(&f.metricsAddr, "metrics-addr", "", "serve Prometheus metrics on `host:port` at /metrics")
 		fs.IntVar(&f.layer, "layer", -1, "mount only layer `n` (0 is the lowest) as a single-layer view, as the snapshotter does")
 		fs.BoolVar(&f.debug, "debug", false, "log every FUSE request")
+		addPrefetchFlags(fs, &f.prefetchFlags)
 		return f
 	},
 	run: runMount,
@@ -68,6 +69,18 @@ type mountFlags struct {
 	metricsAddr string
 	layer       int
 	debug       bool
+	prefetchFlags
+}
+
+// prefetchFlags are the prefetch settings of mount and snapshotter.
+type prefetchFlags struct {
+	prefetch     bool
+	prefetchWait time.Duration
+}
+
+func addPrefetchFlags(fs *flag.FlagSet, f *prefetchFlags) {
+	fs.BoolVar(&f.prefetch, "prefetch", true, "look up the image's prefetch profile (lazypull profile) and fetch what it names first")
+	fs.DurationVar(&f.prefetchWait, "prefetch-wait", 0, "wait up to `duration` for the profiled content before mounting (0: fetch it in the background)")
 }
 
 func newLogger(e *env) *slog.Logger { return newLeveledLogger(e, slog.LevelInfo) }
@@ -83,6 +96,9 @@ func runMount(ctx context.Context, e *env, vals any, args []string) error {
 	}
 	if f.maxBytes < 0 {
 		return usagef("-store-max-bytes must not be negative")
+	}
+	if f.prefetchWait < 0 {
+		return usagef("-prefetch-wait must not be negative")
 	}
 	var platform *v1.Platform
 	if f.platform != "" {
@@ -123,6 +139,9 @@ func runMount(ctx context.Context, e *env, vals any, args []string) error {
 			return err
 		}
 		images = append(images, im)
+		if f.prefetch {
+			im.Prefetch(ctx, daemon.PrefetchOptions{Wait: f.prefetchWait, Log: log})
+		}
 		var root *fusefs.Root
 		if f.layer >= 0 {
 			if f.layer >= len(im.Layers) {

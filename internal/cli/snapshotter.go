@@ -47,7 +47,7 @@ store) instead of downloaded; any other layer is downloaded and unpacked as cont
 overlayfs snapshotter does. Containers get overlayfs over the layers.
 
 Settings come from --config (TOML; keys address, root, store, store_max_bytes,
-plain_http, hosts_dir, metrics_addr, debug_addr, platform), then from flags given on the command line.
+plain_http, hosts_dir, metrics_addr, debug_addr, platform, prefetch, prefetch_wait), then from flags given on the command line.
 A missing config file at the default path is not an error.`,
 	flags: func(fs *flag.FlagSet) any {
 		f := &snapshotterFlags{}
@@ -61,6 +61,7 @@ A missing config file at the default path is not an error.`,
 		fs.StringVar(&f.MetricsAddr, "metrics-addr", "", "serve Prometheus metrics on `host:port` at /metrics")
 		fs.StringVar(&f.DebugAddr, "debug-addr", "", "serve Go's profiles (pprof) on `host:port` at /debug/pprof/; keep it on loopback")
 		fs.StringVar(&f.Platform, "platform", "", "the image for `os/arch[/variant]` of a multi-platform image (default: this machine's)")
+		addPrefetchFlags(fs, &f.prefetchFlags)
 		f.fs = fs
 		return f
 	},
@@ -79,6 +80,7 @@ type snapshotterFlags struct {
 	MetricsAddr   string `toml:"metrics_addr"`
 	DebugAddr     string `toml:"debug_addr"`
 	Platform      string `toml:"platform"`
+	prefetchFlags
 }
 
 func runSnapshotter(ctx context.Context, e *env, vals any, args []string) error {
@@ -109,6 +111,9 @@ func runSnapshotter(ctx context.Context, e *env, vals any, args []string) error 
 
 	fopts, metrics := fetchOptions(log, f.PlainHTTP, f.HostsDir)
 	lfs := daemon.NewSnapshotFS(st, platform, log, fopts...)
+	if f.prefetch {
+		lfs.SetPrefetch(daemon.PrefetchOptions{Wait: f.prefetchWait, Log: log})
+	}
 	defer func() {
 		if err := lfs.Close(); err != nil {
 			log.Warn("unmount layers", "err", err)

@@ -69,10 +69,16 @@ type SnapshotFS struct {
 
 	keeper *keeper.Client // nil: mounts end with this process
 
+	prefetch *PrefetchOptions // nil: no profile is looked up
+
 	mu     sync.Mutex
 	images map[string]*imageEntry
 	mounts map[string]*fusefs.Server
 }
+
+// SetPrefetch has every image opened look up its prefetch profile and fetch the profiled
+// chunks first (Image.Prefetch). Call it before the first Mount.
+func (f *SnapshotFS) SetPrefetch(o PrefetchOptions) { f.prefetch = &o }
 
 // SetKeeper makes the file system hand each mount's FUSE connection to k, so that the
 // mounts outlive this process (a crash, a restart) and Restore in the next one takes them
@@ -152,6 +158,11 @@ func (f *SnapshotFS) image(ctx context.Context, ref string) (*Image, error) {
 		close(e.done)
 		if e.err == nil && len(e.im.Layers) > 0 {
 			f.log.Info("image opened", "image", e.im)
+			if f.prefetch != nil {
+				// Before the first layer is mounted: with Wait, container create waits
+				// (at most that long) for the start-up reads to be local.
+				e.im.Prefetch(ctx, *f.prefetch)
+			}
 		}
 		return e.im, e.err
 	}
