@@ -1,0 +1,406 @@
+package cli
+
+import (
+	"bufio"
+	"context"
+	"flag"
+	"fmt"
+	"io"
+	"log/slog"
+	"os"
+	"os/exec"
+	"path"
+	"path/filepath"
+	"strings"
+	"sync"
+	"syscall"
+	"text/tabwriter"
+	"time"
+
+	"github.com/google/go-containerregistry/pkg/authn"
+	"github.com/google/go-containerregistry/pkg/name"
+	v1 "github.com/google/go-containerregistry/pkg/v1"
+	"github.com/google/go-containerregistry/pkg/v1/remote"
+
+	"lazypull/internal/daemon"
+	"lazypull/internal/fetch"
+	"lazypull/internal/fusefs"
+	"lazypull/internal/profile"
+	"lazypull/internal/store"
+)
+
+var profileCommand = &command{
+	name:    "profile",
+	args:    "[flags] REF [-- CMD ARGS...] | show [flags] REF",
+	summary: "record what an image reads at start and push it beside the image, for prefetch",
+	help: `
+Runs the lazypull image REF once and records which files it reads, in which order, when,
+and which bytes of them; then pushes that profile to REF's repository as an OCI artifact
+whose subject is the image manifest (the referrers API, or the referrers tag schema where
+the registry has none), and prints its digest. Mounts of the image (lazypull mount, the
+snapshotter) then fetch the profiled bytes first, in a few large requests. No image is
+rebuilt, and a profile can be recorded again at any time (the newest wins).
+
+The workload runs on a lazy mount of the image (every read recorded), under an overlay
+with a tmpfs upper directory, with /proc and /dev, chrooted, with the image config's
+environment and working directory; it runs CMD ARGS if given, else the image's entrypoint
+and command. Its output goes to stderr. Recording stops when a line of its output contains
+--until, after --duration, or when it exits, whichever comes first; it is then killed.
+
+'lazypull profile show REF' prints the profile REF has, files in first-access order.`,
+	flags: func(fs *flag.FlagSet) any {
+		f := &profileFlags{}
+		fs.StringVar(&f.platform, "platform", "", "the image for `os/arch[/variant]` of a multi-platform REF (default: this machine's)")
+		fs.BoolVar(&f.plainHTTP, "plain-http", false, "talk to registries over http instead of https")
+		fs.StringVar(&f.hostsDir, "hosts-dir", "", "containerd-style `dir` of HOST/hosts.toml files naming mirrors")
+		fs.StringVar(&f.until, "until", "", "stop recording when a line of the workload's output contains `text`")
+		fs.DurationVar(&f.duration, "duration", time.Minute, "stop recording after `duration` at the latest")
+		fs.StringVar(&f.output, "output", "", "also write the profile document to `file`")
+		fs.BoolVar(&f.noPush, "no-push", false, "do not push the profile (with --output: record only)")
+		fs.StringVar(&f.store, "store", "", "content store `dir` to read through (default: a new temporary one, so that every read is recorded)")
+		return f
+	},
+	run: runProfile,
+}
+
+type profileFlags struct {
+	platform, hostsDir, until, output, store string
+	plainHTTP, noPush                        bool
+	duration                                 time.Duration
+}
+
+func runProfile(ctx context.Context, e *env, vals any, args []string) error {
+	f := vals.(*profileFlags)
+	if len(args) > 0 && args[0] == "show" {
+		if len(args) != 2 {
+			return usagef("profile show: want REF")
+		}
+		return showProfile(ctx, e, f, args[1])
+	}
+	if len(args) == 0 {
+		return usagef("want REF")
+	}
+	if f.duration <= 0 {
+		return usagef("-duration must be positive")
+	}
+	var platform *v1.Platform
+	if f.platform != "" {
+		p, err := v1.ParsePlatform(f.platform)
+		if err != nil {
+			return usagef("-platform %q: %v", f.platform, err)
+		}
+		platform = p
+	}
+	ref, argv := args[0], args[1:]
+	log := newLogger(e)
+	tmp, err := os.MkdirTemp("", "lazypull-profile-")
+	if err != nil {
+		return err
+	}
+	defer os.RemoveAll(tmp)
+	storeDir := f.store
+	if storeDir == "" {
+		storeDir = filepath.Join(tmp, "store")
+	}
+	st, err := store.Open(storeDir, store.WithLogger(log))
+	if err != nil {
+		return err
+	}
+	defer st.Close()
+	fopts, _ := fetchOptions(log, f.plainHTTP, f.hostsDir)
+	im, err := daemon.OpenImage(ctx, st, ref, platform, fopts...)
+	if err != nil {
+		return err
+	}
+	defer im.Close()
+	cfgDesc := im.Image.Manifest.Config
+	cfgRaw, err := im.Registry.Blob(cfgDesc.Digest, cfgDesc.Size).ReadAll(ctx)
+	if err != nil {
+		return fmt.Errorf("image %s: config: %w", ref, err)
+	}
+	cfg, err := v1.ParseConfigFile(strings.NewReader(string(cfgRaw)))
+	if err != nil {
+		return fmt.Errorf("image %s: config %s: %w", ref, cfgDesc.Digest, err)
+	}
+	if len(argv) == 0 {
+		argv = append(append([]string{}, cfg.Config.Entrypoint...), cfg.Config.Cmd...)
+		if len(argv) == 0 {
+			return usagef("image %s has no entrypoint or command: give one after --", ref)
+		}
+	}
+
+	rec := profile.NewRecorder()
+	root, err := fusefs.NewMerged(im.FSLayers(), fusefs.WithLogger(log), fusefs.WithRecorder(rec.Record))
+	if err != nil {
+		return fmt.Errorf("image %s: %w", ref, err)
+	}
+	rootfs, cleanup, err := profileRootfs(tmp, root, ref, log)
+	defer cleanup()
+	if err != nil {
+		return err
+	}
+	reason, err := runWorkload(ctx, e, rootfs, argv, cfg.Config.Env, cfg.Config.WorkingDir, f.until, f.duration)
+	if err != nil {
+		return err
+	}
+	layers := make([]string, len(im.Layers))
+	for i, l := range im.Layers {
+		layers[i] = l.Desc.Digest.String()
+	}
+	p, truncated, err := rec.Profile(im.Image.Descriptor.Digest.String(), layers, argv)
+	if err != nil {
+		return err
+	}
+	if truncated {
+		log.Warn("the workload read more files than a profile holds; the later ones are left out", "max", profile.MaxFiles)
+	}
+	log.Info("recorded", "stopped", reason, "files", len(p.Files), "bytes", p.Bytes())
+	doc, err := p.Marshal()
+	if err != nil {
+		return err
+	}
+	if f.output != "" {
+		if err := os.WriteFile(f.output, doc, 0o644); err != nil {
+			return fmt.Errorf("write profile: %w", err)
+		}
+	}
+	if f.noPush {
+		return nil
+	}
+	repo, err := name.NewRepository(im.Registry.Host()+"/"+im.Registry.Repository(), nameOpts(f.plainHTTP)...)
+	if err != nil {
+		return fmt.Errorf("image %s: %w", ref, err)
+	}
+	subject := im.Image.Descriptor
+	desc, err := profile.Push(repo, v1.Descriptor{MediaType: subject.MediaType, Digest: subject.Digest, Size: subject.Size}, doc,
+		remote.WithContext(ctx), remote.WithAuthFromKeychain(authn.DefaultKeychain), remote.WithUserAgent("lazypull"))
+	if err != nil {
+		return err
+	}
+	fmt.Fprintln(e.stdout, desc.Digest)
+	return nil
+}
+
+// nameOpts: plain HTTP for any host with --plain-http (go-containerregistry already uses
+// it for loopback and private addresses).
+func nameOpts(plainHTTP bool) []name.Option {
+	if plainHTTP {
+		return []name.Option{name.Insecure}
+	}
+	return nil
+}
+
+// profileRootfs mounts the recording view and, over it, the root file system the workload
+// runs in: overlayfs with a tmpfs upper directory (the lazy view is read-only), /proc and
+// /dev. cleanup undoes what was done, in reverse, also after an error.
+func profileRootfs(tmp string, root *fusefs.Root, ref string, log *slog.Logger) (string, func(), error) {
+	var undo []func()
+	cleanup := func() {
+		for i := len(undo) - 1; i >= 0; i-- {
+			undo[i]()
+		}
+	}
+	umount := func(dir string) func() {
+		return func() {
+			if err := syscall.Unmount(dir, syscall.MNT_DETACH); err != nil {
+				log.Warn("unmount", "dir", dir, "err", err)
+			}
+		}
+	}
+	lower, rw, rootfs := filepath.Join(tmp, "lower"), filepath.Join(tmp, "rw"), filepath.Join(tmp, "root")
+	for _, d := range []string{lower, rw, rootfs} {
+		if err := os.Mkdir(d, 0o755); err != nil {
+			return "", cleanup, err
+		}
+	}
+	srv, err := fusefs.Mount(lower, root, fusefs.MountOptions{FSName: "lazypull:" + ref, Logger: log})
+	if err != nil {
+		return "", cleanup, fmt.Errorf("mount %s: %w", ref, err)
+	}
+	undo = append(undo, func() {
+		if err := srv.Unmount(); err != nil {
+			log.Warn("unmount", "dir", lower, "err", err)
+		}
+	})
+	if err := syscall.Mount("tmpfs", rw, "tmpfs", 0, "mode=0755"); err != nil {
+		return "", cleanup, fmt.Errorf("mount tmpfs at %s: %w", rw, err)
+	}
+	undo = append(undo, umount(rw))
+	upper, work := filepath.Join(rw, "upper"), filepath.Join(rw, "work")
+	for _, d := range []string{upper, work} {
+		if err := os.Mkdir(d, 0o755); err != nil {
+			return "", cleanup, err
+		}
+	}
+	opts := fmt.Sprintf("lowerdir=%s,upperdir=%s,workdir=%s", lower, upper, work)
+	if err := syscall.Mount("overlay", rootfs, "overlay", 0, opts); err != nil {
+		return "", cleanup, fmt.Errorf("mount overlay at %s: %w", rootfs, err)
+	}
+	undo = append(undo, umount(rootfs))
+	for _, m := range []struct {
+		src, dir, fstype string
+		flags            uintptr
+	}{{"proc", "proc", "proc", 0}, {"/dev", "dev", "", syscall.MS_BIND | syscall.MS_REC}} {
+		dir := filepath.Join(rootfs, m.dir)
+		if err := os.MkdirAll(dir, 0o755); err != nil {
+			return "", cleanup, fmt.Errorf("rootfs: %w", err)
+		}
+		if err := syscall.Mount(m.src, dir, m.fstype, m.flags, ""); err != nil {
+			return "", cleanup, fmt.Errorf("mount %s at %s: %w", m.src, dir, err)
+		}
+		undo = append(undo, umount(dir))
+	}
+	return rootfs, cleanup, nil
+}
+
+// runWorkload runs argv chrooted in rootfs until a line of its output contains until,
+// until d passes, or until it exits; then kills what is left of it. It returns why it
+// stopped.
+func runWorkload(ctx context.Context, e *env, rootfs string, argv, env []string, wd, until string, d time.Duration) (string, error) {
+	if !hasVar(env, "PATH") {
+		env = append(env, "PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin")
+	}
+	prog, err := lookPathIn(rootfs, argv[0], env)
+	if err != nil {
+		return "", err
+	}
+	if wd == "" {
+		wd = "/"
+	}
+	cmd := &exec.Cmd{Path: prog, Args: argv, Env: env, Dir: wd,
+		SysProcAttr: &syscall.SysProcAttr{Chroot: rootfs, Setpgid: true}}
+	pr, pw, err := os.Pipe()
+	if err != nil {
+		return "", err
+	}
+	cmd.Stdout, cmd.Stderr = pw, pw
+	if err := cmd.Start(); err != nil {
+		pr.Close()
+		pw.Close()
+		return "", fmt.Errorf("run %s in the image: %w", strings.Join(argv, " "), err)
+	}
+	pw.Close()
+	ready := make(chan struct{})
+	var once sync.Once
+	var wg sync.WaitGroup
+	wg.Go(func() {
+		sc := bufio.NewScanner(pr)
+		sc.Buffer(make([]byte, 64<<10), 1<<20)
+		for sc.Scan() {
+			fmt.Fprintln(e.stderr, sc.Text())
+			if until != "" && strings.Contains(sc.Text(), until) {
+				once.Do(func() { close(ready) })
+			}
+		}
+		_, _ = io.Copy(io.Discard, pr) // a line too long: keep draining
+	})
+	exited := make(chan error, 1)
+	go func() { exited <- cmd.Wait() }()
+	t := time.NewTimer(d)
+	defer t.Stop()
+	var reason string
+	var werr error
+	select {
+	case <-ready:
+		reason = "ready line seen"
+	case <-t.C:
+		reason = "duration reached"
+		if until != "" {
+			werr = fmt.Errorf("the workload printed no line containing %q within %s", until, d)
+		}
+	case err := <-exited:
+		exited <- err
+		reason = "workload exited"
+		if until != "" {
+			// The line may be in the last output: let the reader finish.
+			wg.Wait()
+			select {
+			case <-ready:
+				reason = "ready line seen"
+			default:
+				werr = fmt.Errorf("the workload exited (%v) without printing a line containing %q", err, until)
+			}
+		}
+	case <-ctx.Done():
+		werr = ctx.Err()
+	}
+	_ = syscall.Kill(-cmd.Process.Pid, syscall.SIGKILL)
+	<-exited
+	pr.Close()
+	wg.Wait()
+	return reason, werr
+}
+
+func hasVar(env []string, k string) bool {
+	for _, kv := range env {
+		if strings.HasPrefix(kv, k+"=") {
+			return true
+		}
+	}
+	return false
+}
+
+// lookPathIn finds a program as the image's PATH would, inside rootfs; the path returned
+// is inside the chroot.
+func lookPathIn(rootfs, prog string, env []string) (string, error) {
+	if strings.Contains(prog, "/") {
+		return prog, nil
+	}
+	for _, kv := range env {
+		if p, ok := strings.CutPrefix(kv, "PATH="); ok {
+			for _, dir := range filepath.SplitList(p) {
+				cand := path.Join("/", dir, prog)
+				if fi, err := os.Stat(filepath.Join(rootfs, cand)); err == nil && fi.Mode().IsRegular() && fi.Mode()&0o111 != 0 {
+					return cand, nil
+				}
+			}
+		}
+	}
+	return "", fmt.Errorf("%q: not found in the image's PATH", prog)
+}
+
+// showProfile prints the profile of REF.
+func showProfile(ctx context.Context, e *env, f *profileFlags, ref string) error {
+	var platform *v1.Platform
+	if f.platform != "" {
+		p, err := v1.ParsePlatform(f.platform)
+		if err != nil {
+			return usagef("-platform %q: %v", f.platform, err)
+		}
+		platform = p
+	}
+	fopts, _ := fetchOptions(newLogger(e), f.plainHTTP, f.hostsDir)
+	reg, err := fetch.New(ref, fopts...)
+	if err != nil {
+		return err
+	}
+	img, err := reg.Resolve(ctx, "", platform)
+	if err != nil {
+		return fmt.Errorf("image %s: %w", ref, err)
+	}
+	p, desc, err := daemon.FindProfile(ctx, reg, img.Descriptor.Digest)
+	if err != nil {
+		return err
+	}
+	if p == nil {
+		return fmt.Errorf("image %s (%s) has no profile: record one with 'lazypull profile %s'", ref, img.Descriptor.Digest, ref)
+	}
+	w := tabwriter.NewWriter(e.stdout, 0, 4, 2, ' ', 0)
+	fmt.Fprintf(w, "profile\t%s\n", desc.Digest)
+	fmt.Fprintf(w, "image\t%s\n", p.Subject)
+	fmt.Fprintf(w, "created\t%s\n", p.Created.Format(time.RFC3339))
+	if len(p.Command) > 0 {
+		fmt.Fprintf(w, "command\t%q\n", p.Command)
+	}
+	fmt.Fprintf(w, "files\t%d, %d bytes\n\n", len(p.Files), p.Bytes())
+	fmt.Fprintln(w, "AT (ms)\tLAYER\tBYTES\tRANGES\tPATH")
+	for _, fl := range p.Files {
+		var n int64
+		for _, r := range fl.Ranges {
+			n += r.Len
+		}
+		fmt.Fprintf(w, "%.1f\t%d\t%d\t%d\t/%s\n", float64(fl.AtUS)/1000, fl.Layer, n, len(fl.Ranges), fl.Path)
+	}
+	return w.Flush()
+}
+

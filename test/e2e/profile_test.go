@@ -1,0 +1,155 @@
+package e2e
+
+import (
+	"bytes"
+	"fmt"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/google/go-containerregistry/pkg/name"
+	v1 "github.com/google/go-containerregistry/pkg/v1"
+	"github.com/google/go-containerregistry/pkg/v1/remote"
+	"github.com/google/go-containerregistry/pkg/v1/static"
+	"github.com/google/go-containerregistry/pkg/v1/types"
+
+	"lazypull/internal/daemon"
+	"lazypull/internal/profile"
+)
+
+// profiledImage converts the python test image to a reference of its own (a profile
+// pushed for it must not change what other tests fetch) and returns it with its manifest.
+func (e *env) profiledImage(t *testing.T, tag string) (string, v1.Descriptor) {
+	t.Helper()
+	ref := fmt.Sprintf("%s/e2e/profile-%d:%s", e.registry, os.Getpid(), tag)
+	e.convert(t, "oci:"+filepath.Join(e.images, "python")+":python", ref)
+	r, err := name.ParseReference(ref, name.Insecure)
+	if err != nil {
+		t.Fatal(err)
+	}
+	d, err := remote.Head(r)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return ref, *d
+}
+
+const profileLine = "hello-profile"
+
+// TestProfileRoundTripAndPrefetch records python's start with `lazypull profile`, finds
+// the profile again through the registry (which has no referrers API: the tag schema),
+// and mounts the image in a fresh store: the profiled bytes arrive in a handful of
+// requests before python runs, and running python then fetches nothing more.
+func TestProfileRoundTripAndPrefetch(t *testing.T) {
+	e := setup(t)
+	ref, subject := e.profiledImage(t, "lazy")
+	script := fmt.Sprintf("import json, email; print(%q)", profileLine)
+
+	r := e.lazypull(t, "profile", "--plain-http", "--until", profileLine, ref, "--", "python3", "-c", script)
+	if r.code != 0 {
+		t.Fatalf("lazypull profile: exit %d\n%s", r.code, r.stderr)
+	}
+	digest := strings.TrimSpace(r.stdout)
+	if _, err := v1.NewHash(digest); err != nil {
+		t.Fatalf("lazypull profile printed %q, not a digest\n%s", r.stdout, r.stderr)
+	}
+	if !strings.Contains(r.stderr, profileLine) {
+		t.Errorf("the workload's output was not passed on:\n%s", r.stderr)
+	}
+
+	// The registry (docker-registry 2.8) has no referrers API: the profile is in the index
+	// tagged with the subject's digest (the tag schema).
+	repo, _ := name.NewRepository(strings.SplitN(ref, ":lazy", 2)[0], name.Insecure)
+	idx, err := remote.Index(repo.Tag(subject.Digest.Algorithm + "-" + subject.Digest.Hex))
+	if err != nil {
+		t.Fatalf("referrers tag schema index: %v", err)
+	}
+	im, _ := idx.IndexManifest()
+	if len(im.Manifests) != 1 || im.Manifests[0].Digest.String() != digest || im.Manifests[0].ArtifactType != profile.ArtifactType {
+		t.Errorf("tag schema index lists %+v; want the profile %s", im.Manifests, digest)
+	}
+
+	show := e.lazypull(t, "profile", "show", "--plain-http", ref)
+	if show.code != 0 || !strings.Contains(show.stdout, digest) || !strings.Contains(show.stdout, "/usr/bin/python3") {
+		t.Fatalf("profile show: exit %d\n%s\n%s", show.code, show.stdout, show.stderr)
+	}
+	t.Logf("profile show:\n%s", firstLines(show.stdout, 12))
+
+	storeDir := t.TempDir()
+	start := time.Now()
+	m := e.mount(t, ref, storeDir, "--prefetch-wait", "2m")
+	s := stats(t, storeDir, start)
+	if len(s.Prefetch) != 1 {
+		t.Fatalf("stats list %d prefetches:\n%s", len(s.Prefetch), m.log)
+	}
+	p := s.Prefetch[0]
+	t.Logf("prefetch: %+v; fetch: %+v; store: %d chunks fetched", p, *s.Fetch, s.Store.ChunksFetched)
+	if !p.Done || p.Err != "" || p.Profile != digest || p.Files == 0 || p.Stale != 0 {
+		t.Fatalf("prefetch %+v; want the profile %s done without error\n%s", p, digest, m.log)
+	}
+	// A handful: one multi-range request per 16 MiB or 64 ranges of each layer.
+	if p.Requests > 8 {
+		t.Errorf("the profiled %d bytes of %d files took %d requests; want a handful", p.Bytes, p.Files, p.Requests)
+	}
+	before := s.Store.ChunksFetched
+	beforeReq := s.Fetch.Requests
+
+	out := must(t, "chroot", m.dir, "python3", "-c", script)
+	if strings.TrimSpace(out) != profileLine {
+		t.Fatalf("python3 printed %q", out)
+	}
+	after := stats(t, storeDir, time.Now())
+	if after.Store.ChunksFetched != before || after.Fetch.Requests != beforeReq {
+		t.Errorf("running the profiled workload fetched %d more chunks in %d more requests; want none",
+			after.Store.ChunksFetched-before, after.Fetch.Requests-beforeReq)
+	}
+}
+
+func firstLines(s string, n int) string {
+	lines := strings.SplitN(s, "\n", n+1)
+	return strings.Join(lines[:min(n, len(lines))], "\n")
+}
+
+// TestProfileCorruptRefused: a profile artifact whose document is not a profile is
+// refused with a clear message, and the mount works without it.
+func TestProfileCorruptRefused(t *testing.T) {
+	e := setup(t)
+	ref, subject := e.profiledImage(t, "corrupt")
+	repo, _ := name.NewRepository(strings.SplitN(ref, ":corrupt", 2)[0], name.Insecure)
+	doc := []byte(`{"subject": "not a digest", "files": 7}`)
+	for _, b := range []struct {
+		data []byte
+		mt   types.MediaType
+	}{{[]byte("{}"), profile.ArtifactType}, {doc, profile.MediaType}} {
+		if err := remote.WriteLayer(repo, static.NewLayer(b.data, b.mt)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	raw, err := profile.Manifest(v1.Descriptor{MediaType: subject.MediaType, Digest: subject.Digest, Size: subject.Size}, doc, time.Now())
+	if err != nil {
+		t.Fatal(err)
+	}
+	h, _, _ := v1.SHA256(bytes.NewReader(raw))
+	if err := remote.Put(repo.Digest(h.String()), rawManifest{raw, types.OCIManifestSchema1}); err != nil {
+		t.Fatal(err)
+	}
+
+	storeDir := t.TempDir()
+	start := time.Now()
+	m := e.mount(t, ref, storeDir, "--prefetch-wait", "1m")
+	out := must(t, "chroot", m.dir, "python3", "-c", "print(1)")
+	if strings.TrimSpace(out) != "1" {
+		t.Fatalf("python3 printed %q", out)
+	}
+	s := stats(t, storeDir, start)
+	if len(s.Prefetch) != 1 || s.Prefetch[0].Err == "" {
+		t.Fatalf("prefetch of a corrupt profile: %+v\n%s", s.Prefetch, m.log)
+	}
+	log := m.log.String()
+	if !strings.Contains(log, "prefetch failed; the image is served without it") || !strings.Contains(log, h.String()) || !strings.Contains(log, "not a profile document") {
+		t.Errorf("the log does not say which profile was refused and why:\n%s", log)
+	}
+	var _ daemon.PrefetchStats = s.Prefetch[0]
+}
