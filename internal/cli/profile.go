@@ -267,8 +267,17 @@ func runWorkload(ctx context.Context, e *env, rootfs string, argv, env []string,
 	if wd == "" {
 		wd = "/"
 	}
-	cmd := &exec.Cmd{Path: prog, Args: argv, Env: env, Dir: wd,
-		SysProcAttr: &syscall.SysProcAttr{Chroot: rootfs, Setpgid: true}}
+	// Not chrooted and exec'ed from here: this process serves the FUSE mount the program
+	// is read from, and the forked child's execve would wait for a read that this process
+	// cannot serve while the fork holds one of its threads (with a garbage collection
+	// stopping the world, nothing runs). A helper of our own binary, read from the host's
+	// file system, chroots and execs instead.
+	self, err := os.Executable()
+	if err != nil {
+		return "", fmt.Errorf("run the workload: %w", err)
+	}
+	cmd := &exec.Cmd{Path: self, Args: append([]string{self, "profile-exec", "--", rootfs, wd, prog}, argv...), Env: env,
+		SysProcAttr: &syscall.SysProcAttr{Setpgid: true}}
 	pr, pw, err := os.Pipe()
 	if err != nil {
 		return "", err
@@ -404,3 +413,23 @@ func showProfile(ctx context.Context, e *env, f *profileFlags, ref string) error
 	return w.Flush()
 }
 
+
+var profileExecCommand = &command{
+	name:    "profile-exec",
+	args:    "-- ROOTFS DIR PROG ARGV0 [ARGS...]",
+	summary: "run a workload chrooted for lazypull profile (started by it)",
+	run: func(_ context.Context, _ *env, _ any, args []string) error {
+		if len(args) < 4 {
+			return usagef("want ROOTFS DIR PROG ARGV0 [ARGS...]")
+		}
+		rootfs, dir, prog, argv := args[0], args[1], args[2], args[3:]
+		if err := syscall.Chroot(rootfs); err != nil {
+			return fmt.Errorf("chroot %s: %w", rootfs, err)
+		}
+		if err := syscall.Chdir(dir); err != nil {
+			return fmt.Errorf("working directory %s in the image: %w", dir, err)
+		}
+		err := syscall.Exec(prog, argv, os.Environ())
+		return fmt.Errorf("exec %s in the image: %w", prog, err)
+	},
+}
