@@ -413,7 +413,6 @@ func showProfile(ctx context.Context, e *env, f *profileFlags, ref string) error
 	return w.Flush()
 }
 
-
 var profileExecCommand = &command{
 	name:    "profile-exec",
 	args:    "-- ROOTFS DIR PROG ARGV0 [ARGS...]",
