@@ -25,7 +25,7 @@ repo=$(dirname "$here")
 out=$1; shift
 suite=bookworm
 cache_root=${LAZYPULL_BENCH_CACHE:-/var/cache/lazypull-bench}
-key=$(sha256sum "${BASH_SOURCE[0]}" | cut -c1-16)
+key=$(cat "${BASH_SOURCE[0]}" "$(dirname "${BASH_SOURCE[0]}")/lib-build.sh" | sha256sum | cut -c1-16)
 
 log() { echo "build-bench-images: $*" >&2; }
 
@@ -55,52 +55,9 @@ for app in "$@"; do
   [ -n "${pkgs[$app]:-}" ] || { log "unknown app $app"; usage; }
 done
 
-# Mounts made by this run, innermost last; cleanup unmounts them in reverse order, then
-# anything else left under the work dir (debootstrap's own /proc if it died).
-mounts=()
-work=""
-cleanup() {
-  local rc=$? i m
-  for ((i = ${#mounts[@]} - 1; i >= 0; i--)); do
-    umount "${mounts[i]}" 2>/dev/null || umount -l "${mounts[i]}" 2>/dev/null ||
-      log "warning: could not unmount ${mounts[i]}"
-  done
-  mounts=()
-  if [ -n "$work" ] && [ -d "$work" ]; then
-    while read -r m; do
-      umount "$m" 2>/dev/null || umount -l "$m" 2>/dev/null || log "warning: could not unmount $m"
-    done < <(awk -v w="$work/" 'index($2, w) == 1 { print length($2) "\t" $2 }' /proc/self/mounts |
-      sort -rn | cut -f2-)
-    if awk -v w="$work/" 'index($2, w) == 1 { found = 1 } END { exit !found }' /proc/self/mounts; then
-      log "warning: mounts left under $work; not removing it"
-    else
-      rm -rf --one-file-system "$work"
-    fi
-  fi
-  exit $rc
-}
-trap cleanup EXIT
-trap 'exit 130' INT
-trap 'exit 143' TERM
-
-domount() { # domount TARGET MOUNT-ARGS...
-  local target=$1; shift
-  mount "$@" "$target"
-  mounts+=("$target")
-}
-
-undo_mounts() {
-  local i
-  for ((i = ${#mounts[@]} - 1; i >= 0; i--)); do umount "${mounts[i]}"; done
-  mounts=()
-}
-
-mirror() {
-  local sources=/etc/apt/sources.list.d/debian.sources url
-  url=$(awk '/^URIs:/ { print $2; exit }' "$sources" 2>/dev/null || true)
-  [ -n "$url" ] || { log "no URIs: line in $sources"; exit 1; }
-  echo "$url"
-}
+# The mounts, their cleanup and the mirror: scripts/lib-build.sh.
+# shellcheck source=scripts/lib-build.sh
+source "$(dirname "${BASH_SOURCE[0]}")/lib-build.sh"
 
 build_base() { # -> $cache_root/base-$key
   local url t0=$SECONDS

@@ -20,58 +20,20 @@ repo=$(dirname "$here")
 out=$1
 suite=bookworm
 cache_root=${LAZYPULL_CACHE:-/var/cache/lazypull-test}
-key=$(sha256sum "${BASH_SOURCE[0]}" | cut -c1-16)
+key=$(cat "${BASH_SOURCE[0]}" "$(dirname "${BASH_SOURCE[0]}")/lib-build.sh" | sha256sum | cut -c1-16)
 cache=$cache_root/python-$key
 base=$cache/base
 upper=$cache/upper
 
 log() { echo "build-test-image: $*" >&2; }
 
-# Mount points made by this run, innermost last; cleanup unmounts them in reverse order, then
-# anything else left mounted under the work dir (debootstrap's own /proc, /sys if it died).
-mounts=()
-work=""
-cleanup() {
-  local rc=$? i m
-  for ((i = ${#mounts[@]} - 1; i >= 0; i--)); do
-    umount "${mounts[i]}" 2>/dev/null || umount -l "${mounts[i]}" 2>/dev/null ||
-      log "warning: could not unmount ${mounts[i]}"
-  done
-  mounts=()
-  if [ -n "$work" ] && [ -d "$work" ]; then
-    while read -r m; do
-      umount "$m" 2>/dev/null || umount -l "$m" 2>/dev/null || log "warning: could not unmount $m"
-    done < <(awk -v w="$work/" 'index($2, w) == 1 { print length($2) "\t" $2 }' /proc/self/mounts |
-      sort -rn | cut -f2-)
-    # Never delete through a mount that is still there (a bind of the host's /dev, say).
-    if awk -v w="$work/" 'index($2, w) == 1 { found = 1 } END { exit !found }' /proc/self/mounts; then
-      log "warning: mounts left under $work; not removing it"
-    else
-      rm -rf --one-file-system "$work"
-    fi
-  fi
-  exit $rc
-}
-trap cleanup EXIT
-trap 'exit 130' INT
-trap 'exit 143' TERM
-
-domount() { # domount TARGET MOUNT-ARGS...
-  local target=$1; shift
-  mount "$@" "$target"
-  mounts+=("$target")
-}
-
-undo_mounts() {
-  local i
-  for ((i = ${#mounts[@]} - 1; i >= 0; i--)); do umount "${mounts[i]}"; done
-  mounts=()
-}
+# The mounts, their cleanup and the mirror: scripts/lib-build.sh.
+# shellcheck source=scripts/lib-build.sh
+source "$(dirname "${BASH_SOURCE[0]}")/lib-build.sh"
 
 build_layers() {
-  local sources=/etc/apt/sources.list.d/debian.sources url
-  url=$(awk '/^URIs:/ { print $2; exit }' "$sources" 2>/dev/null || true)
-  [ -n "$url" ] || { log "no URIs: line in $sources"; exit 1; }
+  local url
+  url=$(mirror)
 
   mkdir -p "$cache_root"
   work=$(mktemp -d "$cache_root/build.XXXXXX")

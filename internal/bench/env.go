@@ -16,6 +16,8 @@ import (
 	"sync"
 	"syscall"
 	"time"
+
+	"lazypull/internal/fusefs"
 )
 
 // Image is one workload: an image built by scripts/build-bench-images.sh whose Cmd prints a
@@ -233,37 +235,8 @@ func (n *node) stop() error {
 
 // mountsUnder lists the mount points below dir, in mount order.
 func mountsUnder(dir string) []string {
-	b, err := os.ReadFile("/proc/self/mountinfo")
-	if err != nil {
-		return nil
-	}
-	var out []string
-	for line := range strings.SplitSeq(string(b), "\n") {
-		f := strings.Fields(line)
-		if len(f) > 4 && strings.HasPrefix(unescapeMount(f[4]), dir+"/") {
-			out = append(out, unescapeMount(f[4]))
-		}
-	}
-	return out
-}
-
-// unescapeMount undoes mountinfo's octal escapes (\040 for a blank).
-func unescapeMount(s string) string {
-	if !strings.Contains(s, `\`) {
-		return s
-	}
-	var b strings.Builder
-	for i := 0; i < len(s); i++ {
-		if s[i] == '\\' && i+3 < len(s) {
-			if v, err := strconv.ParseUint(s[i+1:i+4], 8, 8); err == nil {
-				b.WriteByte(byte(v))
-				i += 3
-				continue
-			}
-		}
-		b.WriteByte(s[i])
-	}
-	return b.String()
+	mps, _ := fusefs.MountsUnder(dir)
+	return mps
 }
 
 // dropCaches writes dirty pages out and drops the page cache, dentries and inodes, so that

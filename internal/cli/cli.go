@@ -9,6 +9,7 @@ import (
 	"os"
 	"strings"
 
+	v1 "github.com/google/go-containerregistry/pkg/v1"
 	"golang.org/x/term"
 )
 
@@ -178,4 +179,16 @@ func printCommandUsage(w io.Writer, cmd *command) {
 func oneLine(s string) string {
 	s = strings.TrimSpace(s)
 	return strings.Join(strings.Fields(strings.ReplaceAll(s, "\n", " ")), " ")
+}
+
+// parsePlatform parses the -platform flag: nil (this machine's) when empty.
+func parsePlatform(s string) (*v1.Platform, error) {
+	if s == "" {
+		return nil, nil
+	}
+	p, err := v1.ParsePlatform(s)
+	if err != nil {
+		return nil, usagef("-platform %q: %v", s, err)
+	}
+	return p, nil
 }

@@ -11,7 +11,6 @@ import (
 	"sync"
 	"time"
 
-	v1 "github.com/google/go-containerregistry/pkg/v1"
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 
@@ -100,13 +99,9 @@ func runMount(ctx context.Context, e *env, vals any, args []string) error {
 	if f.prefetchWait < 0 {
 		return usagef("-prefetch-wait must not be negative")
 	}
-	var platform *v1.Platform
-	if f.platform != "" {
-		p, err := v1.ParsePlatform(f.platform)
-		if err != nil {
-			return usagef("-platform %q: %v", f.platform, err)
-		}
-		platform = p
+	platform, err := parsePlatform(f.platform)
+	if err != nil {
+		return err
 	}
 	log := newLogger(e)
 	if f.debug {

@@ -83,13 +83,9 @@ func runProfile(ctx context.Context, e *env, vals any, args []string) error {
 	if f.duration <= 0 {
 		return usagef("-duration must be positive")
 	}
-	var platform *v1.Platform
-	if f.platform != "" {
-		p, err := v1.ParsePlatform(f.platform)
-		if err != nil {
-			return usagef("-platform %q: %v", f.platform, err)
-		}
-		platform = p
+	platform, err := parsePlatform(f.platform)
+	if err != nil {
+		return err
 	}
 	ref, argv := args[0], args[1:]
 	log := newLogger(e)
@@ -370,13 +366,9 @@ func lookPathIn(rootfs, prog string, env []string) (string, error) {
 
 // showProfile prints the profile of REF.
 func showProfile(ctx context.Context, e *env, f *profileFlags, ref string) error {
-	var platform *v1.Platform
-	if f.platform != "" {
-		p, err := v1.ParsePlatform(f.platform)
-		if err != nil {
-			return usagef("-platform %q: %v", f.platform, err)
-		}
-		platform = p
+	platform, err := parsePlatform(f.platform)
+	if err != nil {
+		return err
 	}
 	fopts, _ := fetchOptions(newLogger(e), f.plainHTTP, f.hostsDir)
 	reg, err := fetch.New(ref, fopts...)

@@ -13,7 +13,6 @@ import (
 
 	snapshotsapi "github.com/containerd/containerd/api/services/snapshots/v1"
 	"github.com/containerd/containerd/v2/contrib/snapshotservice"
-	v1 "github.com/google/go-containerregistry/pkg/v1"
 	"google.golang.org/grpc"
 
 	"lazypull/internal/daemon"
@@ -46,9 +45,8 @@ is then mounted from its registry (FUSE, contents fetched on first read into the
 store) instead of downloaded; any other layer is downloaded and unpacked as containerd's
 overlayfs snapshotter does. Containers get overlayfs over the layers.
 
-Settings come from --config (TOML; keys address, root, store, store_max_bytes,
-plain_http, hosts_dir, metrics_addr, debug_addr, platform, prefetch, prefetch_wait), then from flags given on the command line.
-A missing config file at the default path is not an error.`,
+Settings come from --config (TOML; the keys are listed below), then from flags given on the
+command line. A missing config file at the default path is not an error.`,
 	flags: func(fs *flag.FlagSet) any {
 		f := &snapshotterFlags{}
 		fs.StringVar(&f.config, "config", defaultConfigFile, "TOML `file` of settings")
@@ -71,15 +69,15 @@ A missing config file at the default path is not an error.`,
 type snapshotterFlags struct {
 	config        string
 	fs            *flag.FlagSet
-	Address       string `toml:"address"`
-	Root          string `toml:"root"`
-	Store         string `toml:"store"`
-	StoreMaxBytes int64  `toml:"store_max_bytes"`
-	PlainHTTP     bool   `toml:"plain_http"`
-	HostsDir      string `toml:"hosts_dir"`
-	MetricsAddr   string `toml:"metrics_addr"`
-	DebugAddr     string `toml:"debug_addr"`
-	Platform      string `toml:"platform"`
+	Address       string
+	Root          string
+	Store         string
+	StoreMaxBytes int64
+	PlainHTTP     bool
+	HostsDir      string
+	MetricsAddr   string
+	DebugAddr     string
+	Platform      string
 	prefetchFlags
 }
 
@@ -94,13 +92,9 @@ func runSnapshotter(ctx context.Context, e *env, vals any, args []string) error 
 	if f.StoreMaxBytes < 0 {
 		return usagef("-store-max-bytes must not be negative")
 	}
-	var platform *v1.Platform
-	if f.Platform != "" {
-		p, err := v1.ParsePlatform(f.Platform)
-		if err != nil {
-			return usagef("-platform %q: %v", f.Platform, err)
-		}
-		platform = p
+	platform, err := parsePlatform(f.Platform)
+	if err != nil {
+		return err
 	}
 	log := newLogger(e)
 	st, err := store.Open(f.Store, store.WithMaxBytes(f.StoreMaxBytes), store.WithLogger(log))

@@ -3,7 +3,6 @@ package daemon
 import (
 	"bytes"
 	"context"
-	"encoding/json"
 	"fmt"
 	"log/slog"
 	"slices"
@@ -11,7 +10,6 @@ import (
 
 	"github.com/google/go-containerregistry/pkg/name"
 	v1 "github.com/google/go-containerregistry/pkg/v1"
-	"github.com/google/go-containerregistry/pkg/v1/types"
 	"golang.org/x/sync/errgroup"
 
 	"lazypull/format"
@@ -131,13 +129,13 @@ func resolve(ctx context.Context, st *store.Store, reg *fetch.Registry, ref stri
 
 // cachedImage is the image manifest raw, digest d, of the registry's repository.
 func cachedImage(reg *fetch.Registry, raw []byte, d format.Digest) (*fetch.Image, error) {
-	mt := types.MediaType(manifestMediaType(raw))
-	if !mt.IsImage() {
-		return nil, fmt.Errorf("kept manifest %s is a %q, not an image manifest", d, mt)
-	}
 	m, err := v1.ParseManifest(bytes.NewReader(raw))
 	if err != nil {
 		return nil, fmt.Errorf("kept manifest %s: %w", d, err)
+	}
+	mt := m.MediaType
+	if !mt.IsImage() {
+		return nil, fmt.Errorf("kept manifest %s is a %q, not an image manifest", d, mt)
 	}
 	h := v1.Hash{Algorithm: "sha256", Hex: d.String()[len("sha256:"):]}
 	return &fetch.Image{
@@ -146,15 +144,6 @@ func cachedImage(reg *fetch.Registry, raw []byte, d format.Digest) (*fetch.Image
 		Manifest:    m,
 		RawManifest: raw,
 	}, nil
-}
-
-// manifestMediaType returns the mediaType field of a manifest.
-func manifestMediaType(raw []byte) string {
-	var v struct {
-		MediaType string `json:"mediaType"`
-	}
-	_ = json.Unmarshal(raw, &v)
-	return v.MediaType
 }
 
 // FSLayers returns the layers as the filesystem takes them, lowest first.

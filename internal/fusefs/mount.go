@@ -9,6 +9,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
 	"syscall"
@@ -385,21 +386,40 @@ func Unmount(dir string) error {
 
 // isMountPoint reports whether dir is the mount point of a mount in this mount namespace.
 func isMountPoint(dir string) (bool, error) {
+	mps, err := mountPoints()
+	return slices.Contains(mps, dir), err
+}
+
+// MountsUnder lists the mount points strictly below dir in this mount namespace, in mount
+// order (unmount them in reverse).
+func MountsUnder(dir string) ([]string, error) {
+	mps, err := mountPoints()
+	var out []string
+	for _, mp := range mps {
+		if strings.HasPrefix(mp, dir+"/") {
+			out = append(out, mp)
+		}
+	}
+	return out, err
+}
+
+// mountPoints lists the mount points of this mount namespace, in mount order.
+func mountPoints() ([]string, error) {
 	f, err := os.Open("/proc/self/mountinfo")
 	if err != nil {
-		return false, err
+		return nil, err
 	}
 	defer f.Close()
 	s := bufio.NewScanner(f)
 	s.Buffer(make([]byte, 64<<10), 1<<20)
+	var out []string
 	for s.Scan() {
 		// id parent major:minor root mountpoint options ...
-		fields := strings.Fields(s.Text())
-		if len(fields) >= 5 && unescapeMountinfo(fields[4]) == dir {
-			return true, nil
+		if fields := strings.Fields(s.Text()); len(fields) >= 5 {
+			out = append(out, unescapeMountinfo(fields[4]))
 		}
 	}
-	return false, s.Err()
+	return out, s.Err()
 }
 
 // unescapeMountinfo undoes the octal escapes (\040 for a space) of /proc/self/mountinfo.
