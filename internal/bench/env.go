@@ -105,13 +105,14 @@ type node struct {
 	sn                *exec.Cmd
 	snDone            chan error
 	snLog             *os.File
+	keepLog           string // where stop copies the snapshotter's log to, if set
 }
 
 const namespace = "lazypull-bench"
 
-// startNode starts containerd, with the lazypull snapshotter when lazy, under a new
-// directory in work.
-func startNode(ctx context.Context, scripts, lazypull, work string, lazy bool) (n *node, err error) {
+// startNode starts containerd, with the lazypull snapshotter for the lazypull modes (looking
+// up prefetch profiles in ModeProfile only), under a new directory in work.
+func startNode(ctx context.Context, scripts, lazypull, work string, mode Mode) (n *node, err error) {
 	dir, err := os.MkdirTemp(work, "n") // short: unix socket paths are limited to 108 bytes
 	if err != nil {
 		return nil, err
@@ -123,8 +124,8 @@ func startNode(ctx context.Context, scripts, lazypull, work string, lazy bool) (
 		}
 	}()
 	var env []string
-	if lazy {
-		if err := n.startSnapshotter(); err != nil {
+	if mode.lazy() {
+		if err := n.startSnapshotter(mode == ModeProfile); err != nil {
 			return n, err
 		}
 		env = append(env, "CONTAINERD_PROXY_SNAPSHOTTER="+n.snSock)
@@ -135,13 +136,14 @@ func startNode(ctx context.Context, scripts, lazypull, work string, lazy bool) (
 	return n, nil
 }
 
-func (n *node) startSnapshotter() error {
+func (n *node) startSnapshotter(prefetch bool) error {
 	n.snSock = filepath.Join(n.dir, "sn.sock")
 	n.snRoot = filepath.Join(n.dir, "sn")
 	n.snStore = filepath.Join(n.dir, "store")
 	// A config file of our own: the node's /etc/lazypull/config.toml must not change the run.
 	config := filepath.Join(n.dir, "sn.toml")
-	if err := os.WriteFile(config, fmt.Appendf(nil, "root = %q\nstore = %q\nplain_http = true\n", n.snRoot, n.snStore), 0o644); err != nil {
+	conf := fmt.Appendf(nil, "root = %q\nstore = %q\nplain_http = true\nprefetch = %t\n", n.snRoot, n.snStore, prefetch)
+	if err := os.WriteFile(config, conf, 0o644); err != nil {
 		return err
 	}
 	log, err := os.Create(filepath.Join(n.dir, "snapshotter.log"))
@@ -218,6 +220,11 @@ func (n *node) stop() error {
 			}
 		}
 		n.snLog.Close()
+		if n.keepLog != "" {
+			if err := copyFile(n.snLog.Name(), n.keepLog); err != nil {
+				errs = append(errs, fmt.Errorf("keep the snapshotter's log: %w", err))
+			}
+		}
 	}
 	left := mountsUnder(n.dir)
 	for i := len(left) - 1; i >= 0; i-- {
@@ -231,6 +238,18 @@ func (n *node) stop() error {
 		errs = append(errs, err)
 	}
 	return errors.Join(errs...)
+}
+
+// copyFile copies the file src to dst, making dst's directory.
+func copyFile(src, dst string) error {
+	b, err := os.ReadFile(src)
+	if err != nil {
+		return err
+	}
+	if err := os.MkdirAll(filepath.Dir(dst), 0o755); err != nil {
+		return err
+	}
+	return os.WriteFile(dst, b, 0o644)
 }
 
 // mountsUnder lists the mount points below dir, in mount order.

@@ -18,6 +18,8 @@ import (
 
 	"github.com/google/go-containerregistry/pkg/name"
 	"github.com/google/go-containerregistry/pkg/v1/remote"
+
+	"lazypull/internal/profile"
 )
 
 // Config is what Bench measures and where.
@@ -35,6 +37,9 @@ type Config struct {
 	// WorkDir holds the registry and the nodes (removed at the end); keep its path short,
 	// unix socket paths live in it.
 	WorkDir string
+	// LogDir, when set, keeps each run's requests through the link as
+	// IMAGE-MODE-LINK-REP.requests and each lazy run's snapshotter log as ….log.
+	LogDir string
 	// StepTimeout bounds each pull and each run to ready.
 	StepTimeout time.Duration
 	// Progress gets one line per run (and live steps when Terminal).
@@ -74,6 +79,16 @@ type ImageInfo struct {
 	Layers    int   `json:"layers"`
 	Bytes     int64 `json:"bytes"`
 	LazyBytes int64 `json:"lazy_bytes"`
+	// Profile is the prefetch profile recorded for ModeProfile, when that mode runs.
+	Profile *ProfileInfo `json:"profile,omitempty"`
+}
+
+// ProfileInfo describes the prefetch profile recorded for an image.
+type ProfileInfo struct {
+	Digest string `json:"digest"`
+	Files  int    `json:"files"`
+	// Bytes is the file bytes the profile names (uncompressed).
+	Bytes int64 `json:"bytes"`
 }
 
 // Machine is where the run happened.
@@ -140,8 +155,8 @@ func (c *Config) Validate() error {
 		}
 	}
 	for _, m := range c.Modes {
-		if m != ModePlain && m != ModeLazypull {
-			return fmt.Errorf("unknown mode %q (known: plain, lazypull)", m)
+		if m != ModePlain && !m.lazy() {
+			return fmt.Errorf("unknown mode %q (known: plain, lazypull, lazypull-profile)", m)
 		}
 	}
 	if c.N < 1 {
@@ -221,8 +236,13 @@ func Bench(ctx context.Context, cfg Config) (res *Result, err error) {
 		return fail(&StepError{Step: "build images", Err: err, Msg: err.Error()})
 	}
 
-	if err := os.MkdirAll(cfg.WorkDir, 0o755); err != nil {
-		return nil, err
+	for _, d := range []string{cfg.WorkDir, cfg.LogDir} {
+		if d == "" {
+			continue
+		}
+		if err := os.MkdirAll(d, 0o755); err != nil {
+			return nil, err
+		}
 	}
 	reg, err := startRegistry(ctx, cfg.Scripts, filepath.Join(cfg.WorkDir, "registry"))
 	if err != nil {
@@ -239,6 +259,12 @@ func Bench(ctx context.Context, cfg Config) (res *Result, err error) {
 		info, err := pushImage(ctx, cfg, reg.addr, im)
 		if err != nil {
 			return fail(&StepError{Image: im.Name, Step: "push and convert", Err: err, Msg: err.Error()})
+		}
+		if slices.Contains(cfg.Modes, ModeProfile) {
+			pg.step("recording the prefetch profile of " + im.Name)
+			if info.Profile, err = recordProfile(ctx, cfg, reg.addr, im); err != nil {
+				return fail(&StepError{Image: im.Name, Mode: ModeProfile, Step: "record profile", Err: err, Msg: err.Error()})
+			}
 		}
 		res.Images = append(res.Images, info)
 	}
@@ -332,10 +358,45 @@ func pushImage(ctx context.Context, cfg Config, reg string, im Image) (ImageInfo
 	return info, nil
 }
 
+// recordProfile runs `lazypull profile` on the converted image, straight from the registry
+// (not through a link: the profile is made once, before the runs, like a CI job would),
+// until its readiness line, and pushes the profile beside the image.
+func recordProfile(ctx context.Context, cfg Config, reg string, im Image) (*ProfileInfo, error) {
+	dir := cfg.WorkDir
+	if cfg.LogDir != "" {
+		dir = cfg.LogDir // kept with the runs' logs
+	}
+	doc := filepath.Join(dir, im.Name+".profile.json")
+	out, err := command(ctx, nil, cfg.Lazypull, "profile", "--plain-http", "--until", im.Ready,
+		"--duration", "5m", "--output", doc, reg+"/bench/"+im.Name+":lazy")
+	if err != nil {
+		return nil, err
+	}
+	// The digest is the last line on stdout; the workload's output went to stderr, before.
+	var dgst string
+	for line := range strings.SplitSeq(out, "\n") {
+		if strings.HasPrefix(line, "sha256:") {
+			dgst = strings.TrimSpace(line)
+		}
+	}
+	if dgst == "" {
+		return nil, fmt.Errorf("lazypull profile printed no digest:\n%s", tail(out, 20))
+	}
+	b, err := os.ReadFile(doc)
+	if err != nil {
+		return nil, err
+	}
+	p, err := profile.Parse(b)
+	if err != nil {
+		return nil, fmt.Errorf("read back the profile %s: %w", doc, err)
+	}
+	return &ProfileInfo{Digest: dgst, Files: len(p.Files), Bytes: p.Bytes()}, nil
+}
+
 // ref is the image's reference through the link's proxy, in mode m.
 func ref(p *Proxy, im Image, m Mode) string {
 	tag := "orig"
-	if m == ModeLazypull {
+	if m.lazy() {
 		tag = "lazy"
 	}
 	return p.Addr() + "/bench/" + im.Name + ":" + tag
@@ -345,9 +406,9 @@ func ref(p *Proxy, im Image, m Mode) string {
 // timed, with the link's counters read at the start and at ready.
 func coldRun(ctx context.Context, cfg Config, p *Proxy, j job, pg *progress) (run Run, err error) {
 	run = Run{Image: j.image.Name, Mode: j.mode, Link: j.link.Name, Rep: j.rep, Order: j.order}
-	lazy := j.mode == ModeLazypull
+	lazy := j.mode.lazy()
 	pg.step("starting a fresh node")
-	n, err := startNode(ctx, cfg.Scripts, cfg.Lazypull, cfg.WorkDir, lazy)
+	n, err := startNode(ctx, cfg.Scripts, cfg.Lazypull, cfg.WorkDir, j.mode)
 	if err != nil {
 		return run, stepErr(j, "start node", err)
 	}
@@ -391,6 +452,18 @@ func coldRun(ctx context.Context, cfg Config, p *Proxy, j job, pg *progress) (ru
 	d := c1.Sub(c0)
 	run.Bytes, run.Requests = d.Down, d.Requests
 	pg.step("stopping the node")
+	if cfg.LogDir != "" {
+		base := filepath.Join(cfg.LogDir, strings.NewReplacer("/", "_").Replace(
+			fmt.Sprintf("%s-%s-%s-%d", j.image.Name, j.mode, j.link.Name, j.rep)))
+		if lazy {
+			n.keepLog = base + ".log"
+		}
+		reqs := fmt.Sprintf("# the link's requests from the pull's start (%s), ready at +%.3fs\n%s\n",
+			t0.UTC().Format(time.RFC3339Nano), run.Total, strings.Join(p.RequestLog(t0), "\n"))
+		if err := os.WriteFile(base+".requests", []byte(reqs), 0o644); err != nil {
+			return run, stepErr(j, "keep the request log", err)
+		}
+	}
 	if e := n.stop(); e != nil {
 		return run, stepErr(j, "stop node", e)
 	}
@@ -404,7 +477,7 @@ func coldRun(ctx context.Context, cfg Config, p *Proxy, j job, pg *progress) (ru
 func warmStarts(ctx context.Context, cfg Config, p *Proxy, im Image, pg *progress) ([]Warm, error) {
 	j := job{image: im, mode: ModePlain, link: p.Link()}
 	pg.step("starting a node")
-	n, err := startNode(ctx, cfg.Scripts, cfg.Lazypull, cfg.WorkDir, false)
+	n, err := startNode(ctx, cfg.Scripts, cfg.Lazypull, cfg.WorkDir, ModePlain)
 	if err != nil {
 		return nil, stepErr(j, "warm: start node", err)
 	}

@@ -90,7 +90,17 @@ type Proxy struct {
 	open   map[net.Conn]struct{}
 	closed bool
 	wg     sync.WaitGroup
+	// seen is the requests seen, in order, for RequestLog; at most maxSeen are kept.
+	seen []seenRequest
 }
+
+// seenRequest is one request the proxy forwarded, for the run's request log.
+type seenRequest struct {
+	at                time.Time
+	method, path, rng string
+}
+
+const maxSeen = 100000
 
 // NewProxy starts a Proxy on a random loopback port forwarding to target through link.
 func NewProxy(target string, link Link, log *slog.Logger) (*Proxy, error) {
@@ -118,6 +128,26 @@ func (p *Proxy) Link() Link { return p.link }
 // Counters returns what the proxy forwarded so far.
 func (p *Proxy) Counters() Counters {
 	return Counters{Down: p.bytesDown.Load(), Up: p.bytesUp.Load(), Requests: p.requests.Load(), Conns: p.conns.Load()}
+}
+
+// RequestLog returns the requests seen from since on, one line each: the time after since
+// (when the proxy parsed the request: after the node sent it, before the link delayed it),
+// the method, the path and the Range header.
+func (p *Proxy) RequestLog(since time.Time) []string {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	var out []string
+	for _, r := range p.seen {
+		if r.at.Before(since) {
+			continue
+		}
+		line := fmt.Sprintf("+%.3fs %s %s", r.at.Sub(since).Seconds(), r.method, r.path)
+		if r.rng != "" {
+			line += " Range: " + r.rng
+		}
+		out = append(out, line)
+	}
+	return out
 }
 
 // Close stops accepting, closes every open connection and waits for their goroutines.
@@ -220,6 +250,11 @@ func (p *Proxy) countRequests(r *io.PipeReader) {
 			return
 		}
 		p.requests.Add(1)
+		p.mu.Lock()
+		if len(p.seen) < maxSeen {
+			p.seen = append(p.seen, seenRequest{at: time.Now(), method: req.Method, path: req.URL.Path, rng: req.Header.Get("Range")})
+		}
+		p.mu.Unlock()
 		if _, err := io.Copy(io.Discard, req.Body); err != nil {
 			r.CloseWithError(err)
 			return

@@ -18,7 +18,7 @@ import (
 const (
 	defaultBenchImages = "python,node,gcc"
 	defaultBenchLinks  = "1G/2ms,100M/20ms,20M/50ms"
-	defaultBenchModes  = "plain,lazypull"
+	defaultBenchModes  = "plain,lazypull,lazypull-profile"
 	defaultBenchN      = 3
 )
 
@@ -35,7 +35,9 @@ link forwarded until then. Needs root, and the packages of scripts/deps.sh.
 The images are built from Debian packages by scripts/build-bench-images.sh (cached), pushed
 to a private registry on loopback as the original gzip image (mode plain: ctr image pull +
 ctr run) and converted with lazypull convert (mode lazypull: lazypull pull + ctr run
---snapshotter lazypull). Each link is a shaping proxy in front of the registry: RATE/RTT,
+--snapshotter lazypull, prefetch off). With mode lazypull-profile, a prefetch profile of
+each image is recorded first (lazypull profile, until the readiness line) and pushed beside
+it, and the snapshotter fetches what it names first. Each link is a shaping proxy in front of the registry: RATE/RTT,
 bandwidth in bits/s shared by the link's connections, plus the round trip.
 
 At the end it prints one table per link (medians, min-max), the physical limit per image
@@ -46,7 +48,7 @@ link and step named; the results so far are written, marked incomplete, and no t
 		f := &benchFlags{}
 		fs.StringVar(&f.images, "images", defaultBenchImages, "comma-separated `images`: python, node, gcc, postgres, jdk, big")
 		fs.StringVar(&f.links, "links", defaultBenchLinks, "comma-separated `links`, RATE/RTT each (bits/s with K, M, G)")
-		fs.StringVar(&f.modes, "modes", defaultBenchModes, "comma-separated `modes`: plain, lazypull")
+		fs.StringVar(&f.modes, "modes", defaultBenchModes, "comma-separated `modes`: plain, lazypull, lazypull-profile")
 		fs.IntVar(&f.n, "n", defaultBenchN, "cold runs per image, link and mode")
 		fs.IntVar(&f.warm, "warm", 3, "warm local starts per image (for the limit)")
 		fs.Uint64Var(&f.seed, "seed", 0, "order the runs with this `seed` (0: a random one, recorded)")
@@ -120,6 +122,7 @@ func runBench(ctx context.Context, e *env, vals any, args []string) error {
 		out = filepath.Join("bench-results", time.Now().UTC().Format("20060102-150405"))
 	}
 	// Short: unix sockets of containerd and the snapshotter live under it.
+	cfg.LogDir = filepath.Join(out, "logs")
 	if cfg.WorkDir, err = os.MkdirTemp("", "lzb-"); err != nil {
 		return err
 	}
