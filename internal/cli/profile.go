@@ -3,9 +3,11 @@ package cli
 import (
 	"bufio"
 	"context"
+	"errors"
 	"flag"
 	"fmt"
 	"io"
+	"io/fs"
 	"log/slog"
 	"os"
 	"os/exec"
@@ -135,6 +137,7 @@ func runProfile(ctx context.Context, e *env, vals any, args []string) error {
 	if err != nil {
 		return err
 	}
+	runtimeReads(rootfs, log)
 	reason, err := runWorkload(ctx, e, rootfs, argv, cfg.Config.Env, cfg.Config.WorkingDir, f.until, f.duration)
 	if err != nil {
 		return err
@@ -247,6 +250,22 @@ func profileRootfs(tmp string, root *fusefs.Root, ref string, log *slog.Logger) 
 		undo = append(undo, umount(dir))
 	}
 	return rootfs, cleanup, nil
+}
+
+// runtimeFiles are what the container runtime reads in the rootfs to create a container,
+// before the workload starts: containerd resolves the user and, by default, its additional
+// groups (oci.WithAdditionalGIDs) from these. A profile recorded with chroot would miss
+// them, and each would cost a round trip at every container create.
+var runtimeFiles = []string{"etc/passwd", "etc/group"}
+
+// runtimeReads reads runtimeFiles through rootfs, so that the recording has them first.
+// A file the image lacks is no error: the runtime does without it too.
+func runtimeReads(rootfs string, log *slog.Logger) {
+	for _, f := range runtimeFiles {
+		if _, err := os.ReadFile(filepath.Join(rootfs, f)); err != nil && !errors.Is(err, fs.ErrNotExist) {
+			log.Warn("read what the runtime reads at create", "file", "/"+f, "err", err)
+		}
+	}
 }
 
 // runWorkload runs argv chrooted in rootfs until a line of its output contains until,

@@ -33,6 +33,9 @@ type Image struct {
 	bg     context.Context    // background work (read-ahead, prefetch); ends with Close
 	cancel context.CancelFunc // ends background work
 
+	// lookup is the profile look-up openImage started beside the layer indexes, if any.
+	lookup *profileLookup
+
 	mu       sync.Mutex
 	prefetch *prefetch // Prefetch's, when it ran
 }
@@ -44,15 +47,17 @@ const indexJobs = 8
 // each, in parallel). Every layer must be a lazypull layer. What the image's files need is
 // pinned in st until Close.
 func OpenImage(ctx context.Context, st *store.Store, ref string, platform *v1.Platform, opts ...fetch.Option) (*Image, error) {
-	return openImage(ctx, st, ref, platform, false, opts...)
+	return openImage(ctx, st, ref, platform, false, false, opts...)
 }
 
 // openImage is OpenImage; with partial, a layer that is not a lazypull layer or whose
 // index cannot be read (missing, corrupt, not matching its annotations) does not fail the
 // image: it is left out of Layers and its error kept in Failed. The snapshotter then
 // unpacks that layer the ordinary way and still mounts the others; only a failure of the
-// image itself (manifest, registry, credentials) fails the open.
-func openImage(ctx context.Context, st *store.Store, ref string, platform *v1.Platform, partial bool, opts ...fetch.Option) (*Image, error) {
+// image itself (manifest, registry, credentials) fails the open. With lookup, the image's
+// prefetch profile is looked up while the layer indexes are read (Prefetch uses it): the
+// two need only the manifest, and the prefetch needs both.
+func openImage(ctx context.Context, st *store.Store, ref string, platform *v1.Platform, partial, lookup bool, opts ...fetch.Option) (*Image, error) {
 	reg, err := fetch.New(ref, opts...)
 	if err != nil {
 		return nil, fmt.Errorf("image %s: %w", ref, err)
@@ -63,6 +68,9 @@ func openImage(ctx context.Context, st *store.Store, ref string, platform *v1.Pl
 	}
 	bg, cancel := context.WithCancel(context.Background())
 	im := &Image{Ref: ref, Image: img, Registry: reg, Layers: make([]*Layer, len(img.Manifest.Layers)), lease: st.NewLease(), bg: bg, cancel: cancel}
+	if lookup {
+		im.lookup = lookupProfile(bg, reg, img.Descriptor.Digest)
+	}
 	failed := make([]error, len(img.Manifest.Layers))
 	g, gctx := errgroup.WithContext(ctx)
 	g.SetLimit(indexJobs)

@@ -61,15 +61,39 @@ func FindProfile(ctx context.Context, reg *fetch.Registry, subject v1.Hash) (*pr
 	if doc.Size > profile.MaxSize || doc.Size < 0 {
 		return nil, best, fmt.Errorf("%s: document of %d bytes, more than %d: %w; refused", where, doc.Size, profile.MaxSize, profile.ErrTooLarge)
 	}
-	b, err := reg.Blob(doc.Digest, doc.Size).ReadAll(ctx)
+	b, err := embedded(doc)
 	if err != nil {
 		return nil, best, fmt.Errorf("%s: document: %w", where, err)
+	}
+	if b == nil {
+		if b, err = reg.Blob(doc.Digest, doc.Size).ReadAll(ctx); err != nil {
+			return nil, best, fmt.Errorf("%s: document: %w", where, err)
+		}
 	}
 	p, err := profile.Parse(b)
 	if err != nil {
 		return nil, best, fmt.Errorf("%s: %w", where, err)
 	}
 	return p, best, nil
+}
+
+// embedded returns the document d carries in its data field (profile.Manifest embeds small
+// ones), checked against d's size and digest; nil if it carries none.
+func embedded(d v1.Descriptor) ([]byte, error) {
+	if len(d.Data) == 0 || d.Digest.Algorithm != "sha256" {
+		return nil, nil // none, or not checkable here: the blob is fetched
+	}
+	if int64(len(d.Data)) != d.Size {
+		return nil, fmt.Errorf("embedded data of %d bytes, the descriptor says %d", len(d.Data), d.Size)
+	}
+	h, _, err := v1.SHA256(bytes.NewReader(d.Data))
+	if err != nil {
+		return nil, err
+	}
+	if h != d.Digest {
+		return nil, fmt.Errorf("embedded data has digest %s, the descriptor says %s", h, d.Digest)
+	}
+	return d.Data, nil
 }
 
 // PrefetchStats says what a mount's prefetch did.
@@ -164,12 +188,40 @@ func (im *Image) PrefetchStats() (PrefetchStats, bool) {
 	return pf.st, true
 }
 
+// profileLookup is a FindProfile running in the background.
+type profileLookup struct {
+	done     chan struct{}
+	p        *profile.Profile
+	desc     v1.Descriptor
+	err      error
+	requests int64 // the registry's requests while it ran (others' included)
+}
+
+func lookupProfile(ctx context.Context, reg *fetch.Registry, subject v1.Hash) *profileLookup {
+	l := &profileLookup{done: make(chan struct{})}
+	go func() {
+		defer close(l.done)
+		before := reg.Stats().Requests
+		l.p, l.desc, l.err = FindProfile(ctx, reg, subject)
+		l.requests = reg.Stats().Requests - before
+	}()
+	return l
+}
+
 func (im *Image) runPrefetch(ctx context.Context, pf *prefetch, log *slog.Logger) error {
-	before := im.Registry.Stats().Requests
-	p, desc, err := FindProfile(ctx, im.Registry, im.Image.Descriptor.Digest)
+	l := im.lookup
+	if l == nil {
+		l = lookupProfile(ctx, im.Registry, im.Image.Descriptor.Digest)
+	}
+	select {
+	case <-l.done:
+	case <-ctx.Done():
+		return nil // the image was closed
+	}
 	looked := im.Registry.Stats().Requests
+	p, desc, err := l.p, l.desc, l.err
 	pf.mu.Lock()
-	pf.st.LookupRequests = looked - before
+	pf.st.LookupRequests = l.requests
 	pf.mu.Unlock()
 	if err != nil {
 		return err

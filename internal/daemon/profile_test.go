@@ -193,3 +193,47 @@ func (m rawBytes) RawManifest() ([]byte, error)        { return m, nil }
 func (m rawBytes) MediaType() (types.MediaType, error) { return types.OCIManifestSchema1, nil }
 
 func jsonEncode(w io.Writer, v any) error { return json.NewEncoder(w).Encode(v) }
+
+// TestProfileEmbedded: a small profile travels in its manifest (the layer descriptor's data
+// field), so the document's blob is never fetched: here it is not even in the registry.
+// Embedded data that does not match the descriptor is refused.
+func TestProfileEmbedded(t *testing.T) {
+	for _, tamper := range []bool{false, true} {
+		t.Run(map[bool]string{false: "intact", true: "tampered"}[tamper], func(t *testing.T) {
+			repo, subject := subjectImage(t, false)
+			if err := remote.WriteLayer(repo, static.NewLayer([]byte("{}"), profile.ArtifactType)); err != nil {
+				t.Fatal(err)
+			}
+			doc := testProfile(subject.Digest, time.Now(), "embedded")
+			raw, err := profile.Manifest(subject, doc, time.Now())
+			if err != nil {
+				t.Fatal(err)
+			}
+			if tamper {
+				m, err := v1.ParseManifest(bytes.NewReader(raw))
+				if err != nil {
+					t.Fatal(err)
+				}
+				m.Layers[0].Data = bytes.Replace(m.Layers[0].Data, []byte("embedded"), []byte("EMBEDDED"), 1)
+				if raw, err = json.Marshal(m); err != nil {
+					t.Fatal(err)
+				}
+			}
+			h, _, _ := v1.SHA256(bytes.NewReader(raw))
+			if err := remote.Put(repo.Digest(h.String()), rawBytes(raw)); err != nil {
+				t.Fatal(err)
+			}
+			reg := registryOf(t, repo)
+			p, _, err := FindProfile(context.Background(), reg, subject.Digest)
+			if tamper {
+				if err == nil || !strings.Contains(err.Error(), "embedded data has digest") {
+					t.Fatalf("FindProfile of tampered embedded data: %v, %v; want it refused", p, err)
+				}
+				return
+			}
+			if err != nil || p == nil || p.Files[0].Path != "embedded" {
+				t.Fatalf("FindProfile: %v, %v; want the embedded profile, without its blob", p, err)
+			}
+		})
+	}
+}

@@ -153,7 +153,7 @@ func (f *SnapshotFS) image(ctx context.Context, ref string) (*Image, error) {
 		// The image outlives the request that opened it.
 		// Partially: a layer whose index is missing or bad is unpacked the ordinary way
 		// while the others are still mounted.
-		e.im, e.err = openImage(context.WithoutCancel(ctx), f.store, ref, f.platform, true, f.fopts...)
+		e.im, e.err = openImage(context.WithoutCancel(ctx), f.store, ref, f.platform, true, f.prefetch != nil, f.fopts...)
 		e.at = time.Now()
 		close(e.done)
 		if e.err == nil && len(e.im.Layers) > 0 {

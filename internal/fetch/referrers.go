@@ -26,19 +26,37 @@ func (r *Registry) Referrers(ctx context.Context, subject v1.Hash, artifactType 
 	if subject.Algorithm != "sha256" || len(subject.Hex) != 64 {
 		return nil, fmt.Errorf("fetch: referrers of %q: want a sha256 digest", subject)
 	}
+	// The tag schema is asked at the same time as the API, not after it says it has none:
+	// registries without the API (docker-registry 2.8) answer in one round trip instead of
+	// two, for one small request wasted where the API answers. That round trip is on the
+	// way to every prefetch.
+	type tagAnswer struct {
+		raw []byte
+		err error
+	}
+	tctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	tagCh := make(chan tagAnswer, 1)
+	go func() {
+		_, raw, err := r.getManifest(tctx, subject.Algorithm+"-"+subject.Hex, false)
+		tagCh <- tagAnswer{raw, err}
+	}()
 	raw, api, err := r.referrersAPI(ctx, subject, artifactType)
 	if err != nil {
 		return nil, err
 	}
-	if !api {
-		_, raw, err = r.getManifest(ctx, subject.Algorithm+"-"+subject.Hex, false)
+	if api {
+		cancel()
+	} else {
+		t := <-tagCh
 		var fe *Error
-		if errors.As(err, &fe) && fe.StatusCode == http.StatusNotFound {
+		if errors.As(t.err, &fe) && fe.StatusCode == http.StatusNotFound {
 			return nil, nil
 		}
-		if err != nil {
-			return nil, fmt.Errorf("referrers of %s (tag schema): %w", subject, err)
+		if t.err != nil {
+			return nil, fmt.Errorf("referrers of %s (tag schema): %w", subject, t.err)
 		}
+		raw = t.raw
 	}
 	idx, err := v1.ParseIndexManifest(bytes.NewReader(raw))
 	if err != nil {

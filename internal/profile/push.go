@@ -20,8 +20,15 @@ var emptyConfig = []byte("{}")
 // AnnotationCreated is the annotation of a profile's manifest saying when it was recorded.
 const AnnotationCreated = "org.opencontainers.image.created"
 
+// MaxEmbedded is the largest document Manifest embeds in its layer descriptor's data
+// field (OCI 1.1), base64 in the manifest: a mount then reads the profile with the manifest,
+// one round trip fewer before the prefetch starts. Larger documents stay a blob only; the
+// blob is pushed either way, for clients that ignore data.
+const MaxEmbedded = 16 << 10
+
 // Manifest returns the artifact manifest of a profile document doc for the image manifest
-// subject: artifactType ArtifactType, an empty config, doc as its one layer.
+// subject: artifactType ArtifactType, an empty config, doc as its one layer (embedded too,
+// when at most MaxEmbedded bytes).
 func Manifest(subject v1.Descriptor, doc []byte, created time.Time) ([]byte, error) {
 	dh, dn, err := v1.SHA256(bytes.NewReader(doc))
 	if err != nil {
@@ -42,6 +49,9 @@ func Manifest(subject v1.Descriptor, doc []byte, created time.Time) ([]byte, err
 		// Copied into the referrers list, so that a mount picks the newest profile
 		// without fetching each.
 		Annotations: map[string]string{AnnotationCreated: created.UTC().Format(time.RFC3339)},
+	}
+	if len(doc) <= MaxEmbedded {
+		m.Layers[0].Data = doc
 	}
 	return json.Marshal(m)
 }

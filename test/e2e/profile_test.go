@@ -75,6 +75,12 @@ func TestProfileRoundTripAndPrefetch(t *testing.T) {
 	if show.code != 0 || !strings.Contains(show.stdout, digest) || !strings.Contains(show.stdout, "/usr/bin/python3") {
 		t.Fatalf("profile show: exit %d\n%s\n%s", show.code, show.stdout, show.stderr)
 	}
+	// What containerd reads in the rootfs at create is in the profile too.
+	for _, f := range []string{"/etc/passwd", "/etc/group"} {
+		if !strings.Contains(show.stdout, " "+f+"\n") {
+			t.Errorf("profile show lacks %s, which the runtime reads at create:\n%s", f, show.stdout)
+		}
+	}
 	t.Logf("profile show:\n%s", firstLines(show.stdout, 12))
 
 	storeDir := t.TempDir()
