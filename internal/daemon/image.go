@@ -35,6 +35,9 @@ type Image struct {
 
 	// lookup is the profile look-up openImage started beside the layer indexes, if any.
 	lookup *profileLookup
+	// kept are the waits for the manifest and indexes openImage fetched to be stored
+	// (waitKept).
+	kept []func()
 
 	mu       sync.Mutex
 	prefetch *prefetch // Prefetch's, when it ran
@@ -47,7 +50,11 @@ const indexJobs = 8
 // each, in parallel). Every layer must be a lazypull layer. What the image's files need is
 // pinned in st until Close.
 func OpenImage(ctx context.Context, st *store.Store, ref string, platform *v1.Platform, opts ...fetch.Option) (*Image, error) {
-	return openImage(ctx, st, ref, platform, false, false, opts...)
+	im, err := openImage(ctx, st, ref, platform, false, false, opts...)
+	if err == nil {
+		im.waitKept()
+	}
+	return im, err
 }
 
 // openImage is OpenImage; with partial, a layer that is not a lazypull layer or whose
@@ -62,15 +69,21 @@ func openImage(ctx context.Context, st *store.Store, ref string, platform *v1.Pl
 	if err != nil {
 		return nil, fmt.Errorf("image %s: %w", ref, err)
 	}
-	img, err := resolve(ctx, st, reg, ref, platform)
+	img, fetched, err := resolve(ctx, st, reg, ref, platform)
 	if err != nil {
 		return nil, fmt.Errorf("image %s: %w", ref, err)
+	}
+	var kept []func()
+	if fetched {
+		kept = append(kept, keepManifest(st, img, ref))
 	}
 	bg, cancel := context.WithCancel(context.Background())
 	im := &Image{Ref: ref, Image: img, Registry: reg, Layers: make([]*Layer, len(img.Manifest.Layers)), lease: st.NewLease(), bg: bg, cancel: cancel}
 	if lookup {
 		im.lookup = lookupProfile(bg, reg, img.Descriptor.Digest)
 	}
+	var keptMu sync.Mutex
+	im.kept = kept
 	failed := make([]error, len(img.Manifest.Layers))
 	g, gctx := errgroup.WithContext(ctx)
 	g.SetLimit(indexJobs)
@@ -80,7 +93,12 @@ func openImage(ctx context.Context, st *store.Store, ref string, platform *v1.Pl
 			continue
 		}
 		g.Go(func() error {
-			l, err := openLayer(gctx, bg, reg, st, im.lease, desc)
+			l, wait, err := openLayer(gctx, bg, reg, st, im.lease, desc)
+			if wait != nil {
+				keptMu.Lock()
+				im.kept = append(im.kept, wait)
+				keptMu.Unlock()
+			}
 			if err != nil {
 				err = fmt.Errorf("image %s: %w", ref, err)
 				if partial && ctx.Err() == nil {
@@ -113,26 +131,52 @@ func openImage(ctx context.Context, st *store.Store, ref string, platform *v1.Pl
 
 // resolve returns the image manifest ref names. A reference by digest to an image manifest
 // the store keeps is answered from the store, without the registry: that is what lets a
-// restarted snapshotter mount its layers again while the registry is unreachable. A
-// manifest fetched from the registry is kept for next time.
-func resolve(ctx context.Context, st *store.Store, reg *fetch.Registry, ref string, platform *v1.Platform) (*fetch.Image, error) {
+// restarted snapshotter mount its layers again while the registry is unreachable. fetched
+// says it came from the registry; the caller keeps it for next time (keepManifest).
+func resolve(ctx context.Context, st *store.Store, reg *fetch.Registry, ref string, platform *v1.Platform) (img *fetch.Image, fetched bool, err error) {
 	if r, err := name.NewDigest(ref); err == nil {
 		if d, err := format.ParseDigest(r.DigestStr()); err == nil {
 			if raw, err := st.Meta(d); err == nil {
 				if img, err := cachedImage(reg, raw, d); err == nil {
-					return img, nil
+					return img, false, nil
 				}
 			}
 		}
 	}
-	img, err := reg.Resolve(ctx, "", platform)
+	img, err = reg.Resolve(ctx, "", platform)
 	if err != nil {
-		return nil, err
+		return nil, false, err
 	}
-	if _, err := st.PutMeta(img.RawManifest); err != nil {
-		slog.Warn("cannot keep the image manifest in the store; the image will need its registry to be mounted again", "image", ref, "err", err)
+	return img, true, nil
+}
+
+// keepManifest stores img's manifest for resolve, in the background (keepMeta).
+func keepManifest(st *store.Store, img *fetch.Image, ref string) (wait func()) {
+	return keepMeta(st, img.RawManifest, "cannot keep the image manifest in the store; the image will need its registry to be mounted again", "image", ref)
+}
+
+// keepMeta stores b in st's metadata in the background: its fsyncs overlap the other
+// index reads, the profile look-up and the prefetch instead of delaying them. wait returns
+// once it is stored (or could not be: then warn is logged with the attributes). Wait
+// before the image is mounted (waitKept), so that a mounted image can always be mounted
+// again without its registry.
+func keepMeta(st *store.Store, b []byte, warn string, attrs ...any) (wait func()) {
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		if _, err := st.PutMeta(b); err != nil {
+			slog.Warn(warn, append(attrs, "err", err)...)
+		}
+	}()
+	return func() { <-done }
+}
+
+// waitKept waits until what openImage fetched (manifest, indexes) is stored.
+func (im *Image) waitKept() {
+	for _, w := range im.kept {
+		w()
 	}
-	return img, nil
+	im.kept = nil
 }
 
 // cachedImage is the image manifest raw, digest d, of the registry's repository.

@@ -4,7 +4,6 @@ import (
 	"context"
 	"fmt"
 	"io"
-	"log/slog"
 	"os"
 	"sync"
 
@@ -59,40 +58,39 @@ var (
 
 // openLayer reads a layer's index from the registry in one request, checked against the
 // digest in the layer's annotations (the manifest's word).
-func openLayer(ctx, bg context.Context, reg *fetch.Registry, st *store.Store, lease *store.Lease, desc v1.Descriptor) (*Layer, error) {
+// wait, when not nil, returns once the index fetched is stored (keepMeta).
+func openLayer(ctx, bg context.Context, reg *fetch.Registry, st *store.Store, lease *store.Lease, desc v1.Descriptor) (l *Layer, wait func(), err error) {
 	if !format.IsLayer(desc.Annotations) {
-		return nil, fmt.Errorf("layer %s (%s): not a lazypull layer (no %s annotation); convert the image with `lazypull convert`", desc.Digest, desc.MediaType, format.AnnotationIndexDigest)
+		return nil, nil, fmt.Errorf("layer %s (%s): not a lazypull layer (no %s annotation); convert the image with `lazypull convert`", desc.Digest, desc.MediaType, format.AnnotationIndexDigest)
 	}
 	loc, err := format.LocationFromAnnotations(desc.Annotations)
 	if err != nil {
-		return nil, fmt.Errorf("layer %s: %w", desc.Digest, err)
+		return nil, nil, fmt.Errorf("layer %s: %w", desc.Digest, err)
 	}
 	blob := reg.Layer(desc)
-	ix, err := readIndex(ctx, st, blob, desc, loc)
+	ix, wait, err := readIndex(ctx, st, blob, desc, loc)
 	if err != nil {
-		return nil, fmt.Errorf("layer %s: read index: %w", desc.Digest, err)
+		return nil, nil, fmt.Errorf("layer %s: read index: %w", desc.Digest, err)
 	}
 	return &Layer{Desc: desc, Index: ix, blob: blob, store: st, lease: lease, files: map[*format.Entry]store.File{},
-		streams: map[*format.Entry]*stream{}, bg: bg, raSlot: make(chan struct{}, readaheadSlots)}, nil
+		streams: map[*format.Entry]*stream{}, bg: bg, raSlot: make(chan struct{}, readaheadSlots)}, wait, nil
 }
 
 // readIndex reads the layer's index from the store's metadata, or else from the registry
-// (then keeping it in the store). Either way format.ReadIndex checks it against loc.
-func readIndex(ctx context.Context, st *store.Store, blob *fetch.Blob, desc v1.Descriptor, loc format.IndexLocation) (*format.Index, error) {
+// (then keeping it in the store, in the background: wait). Either way format.ReadIndex
+// checks it against loc.
+func readIndex(ctx context.Context, st *store.Store, blob *fetch.Blob, desc v1.Descriptor, loc format.IndexLocation) (ix *format.Index, wait func(), err error) {
 	if b, err := st.Meta(loc.Digest); err == nil && int64(len(b)) == loc.Size {
 		if ix, err := format.ReadIndex(regionReaderAt{b, loc.Offset}, desc.Size, &loc); err == nil {
-			return ix, nil
+			return ix, nil, nil
 		}
 	}
 	rec := &recordingReaderAt{ra: blob.ReaderAt(ctx)}
-	ix, err := format.ReadIndex(rec, desc.Size, &loc)
+	ix, err = format.ReadIndex(rec, desc.Size, &loc)
 	if err != nil {
-		return nil, err
+		return nil, nil, err
 	}
-	if _, err := st.PutMeta(rec.b); err != nil {
-		slog.Warn("cannot keep the layer index in the store; the layer will need its registry to be mounted again", "layer", desc.Digest, "err", err)
-	}
-	return ix, nil
+	return ix, keepMeta(st, rec.b, "cannot keep the layer index in the store; the layer will need its registry to be mounted again", "layer", desc.Digest), nil
 }
 
 // recordingReaderAt keeps what the one ReadAt of format.ReadIndex read: the index.

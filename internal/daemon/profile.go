@@ -162,15 +162,27 @@ func (im *Image) Prefetch(ctx context.Context, o PrefetchOptions) {
 				"bytes", st.Bytes, "requests", st.Requests, "seconds", st.Seconds)
 		}
 	}()
-	if o.Wait <= 0 {
+	im.WaitPrefetch(ctx, o.Wait, log)
+}
+
+// WaitPrefetch waits up to d for the prefetch Prefetch started to end; it returns at once
+// if there is none or d is not positive.
+func (im *Image) WaitPrefetch(ctx context.Context, d time.Duration, log *slog.Logger) {
+	im.mu.Lock()
+	pf := im.prefetch
+	im.mu.Unlock()
+	if pf == nil || d <= 0 {
 		return
 	}
-	t := time.NewTimer(o.Wait)
+	if log == nil {
+		log = slog.Default()
+	}
+	t := time.NewTimer(d)
 	defer t.Stop()
 	select {
 	case <-pf.done:
 	case <-t.C:
-		log.Info("prefetch still running after the wait; going on in the background", "image", im.Ref, "wait", o.Wait)
+		log.Info("prefetch still running after the wait; going on in the background", "image", im.Ref, "wait", d)
 	case <-ctx.Done():
 	}
 }

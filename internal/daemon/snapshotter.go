@@ -154,15 +154,24 @@ func (f *SnapshotFS) image(ctx context.Context, ref string) (*Image, error) {
 		// Partially: a layer whose index is missing or bad is unpacked the ordinary way
 		// while the others are still mounted.
 		e.im, e.err = openImage(context.WithoutCancel(ctx), f.store, ref, f.platform, true, f.prefetch != nil, f.fopts...)
-		e.at = time.Now()
-		close(e.done)
 		if e.err == nil && len(e.im.Layers) > 0 {
 			f.log.Info("image opened", "image", e.im)
 			if f.prefetch != nil {
-				// Before the first layer is mounted: with Wait, container create waits
-				// (at most that long) for the start-up reads to be local.
-				e.im.Prefetch(ctx, *f.prefetch)
+				// Before the first layer is mounted.
+				o := *f.prefetch
+				o.Wait = 0
+				e.im.Prefetch(ctx, o)
 			}
+			// Only now, with the prefetch under way (its fetches overlap the fsyncs), and
+			// before any layer of the image is mounted.
+			e.im.waitKept()
+		}
+		e.at = time.Now()
+		close(e.done)
+		if e.err == nil && f.prefetch != nil && f.prefetch.Wait > 0 {
+			// With Wait, container create waits (at most that long) for the start-up
+			// reads to be local; the image's other layers need not.
+			e.im.WaitPrefetch(ctx, f.prefetch.Wait, f.prefetch.Log)
 		}
 		return e.im, e.err
 	}
