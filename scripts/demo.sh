@@ -58,12 +58,12 @@ for tag in orig lazy; do
   printf '%-5s %d bytes of layers\n' "$tag" "$size"
 done
 
-# The short form of `lazypull bench` (make bench-e2e): one image, one link, plain vs lazypull,
-# every start cold. It starts its own registry, link, containerd and snapshotter, and stops
+# The short form of `lazypull bench` (make bench-e2e): one image, one link, plain vs lazypull
+# without and with a prefetch profile, every start cold. It starts its own registry, link, containerd and snapshotter, and stops
 # them; the results stay in bench-results/demo.
 step "cold starts over an emulated 100 Mbit/s link with 20 ms round trip: plain containerd vs lazypull"
 echo "(the first time, the bench image is built from Debian packages: a few minutes)"
-"$bin" bench --images python --links 100M/20ms --modes plain,lazypull --n 3 --warm 2 \
+"$bin" bench --images python --links 100M/20ms --modes plain,lazypull,lazypull-profile --n 3 --warm 2 \
   --scripts "$root/scripts" --out "$root/bench-results/demo"
 echo
 echo "Chart: $root/bench-results/demo/chart.png; report: $root/bench-results/demo/report.html"
