@@ -17,9 +17,11 @@
 # CONTAINERD_PROXY_SNAPSHOTTER=/path/to.sock registers a snapshotter served on that socket
 # (lazypull snapshotter --address /path/to.sock) as proxy plugin "lazypull":
 #   ctr --address DIR/containerd.sock run --snapshotter lazypull IMG ID
+# CONTAINERD_PROXY_SNAPSHOTTER_NAME names that plugin otherwise, e.g. "stargz" for
+# containerd-stargz-grpc (the name ctr-remote image rpull uses).
 #
 # CONTAINERD_CRI=1 turns on the CRI (Kubernetes) server on the same socket and writes
-# DIR/crictl.yaml for it: crictl --config DIR/crictl.yaml pull IMG. CRI uses the "lazypull"
+# DIR/crictl.yaml for it: crictl --config DIR/crictl.yaml pull IMG. CRI uses the proxy
 # snapshotter when CONTAINERD_PROXY_SNAPSHOTTER is set (overlayfs otherwise), with the snapshot
 # labels a remote snapshotter needs. It then also needs:
 #   CONTAINERD_SANDBOX_IMAGE=REF   the pod sandbox ("pause") image; nothing is pulled from the
@@ -37,6 +39,8 @@ set -euo pipefail
 
 bin=/usr/bin/containerd
 timeout_s=20
+proxy_name=${CONTAINERD_PROXY_SNAPSHOTTER_NAME:-lazypull}
+[[ $proxy_name =~ ^[a-z][a-z0-9_-]*$ ]] || { echo "containerd: CONTAINERD_PROXY_SNAPSHOTTER_NAME=$proxy_name: want [a-z][a-z0-9_-]*" >&2; exit 2; }
 
 usage() { echo "usage: $0 start DIR | stop DIR" >&2; exit 2; }
 log() { echo "containerd: $*" >&2; }
@@ -91,7 +95,7 @@ EOF
 # cri_config DIR: the [plugins."io.containerd.grpc.v1.cri"] section, on stdout.
 cri_config() {
   local dir=$1 snapshotter=overlayfs
-  [ -n "${CONTAINERD_PROXY_SNAPSHOTTER:-}" ] && snapshotter=lazypull
+  [ -n "${CONTAINERD_PROXY_SNAPSHOTTER:-}" ] && snapshotter=$proxy_name
   cat <<EOF
   [plugins."io.containerd.grpc.v1.cri"]
     sandbox_image = "$CONTAINERD_SANDBOX_IMAGE"
@@ -178,7 +182,7 @@ EOF
     cat >>"$dir/config.toml" <<EOF
 
 [proxy_plugins]
-  [proxy_plugins.lazypull]
+  [proxy_plugins.$proxy_name]
     type = "snapshot"
     address = "$CONTAINERD_PROXY_SNAPSHOTTER"
 EOF
