@@ -1,11 +1,13 @@
 #!/usr/bin/env bash
 # Installs what lazypull's build, tests and demo need: Debian packages with apt-get, and Go
-# tools with `go install` into bin/tools of this repository (crictl, for the CRI tests).
+# tools with `go install` into bin/tools of this repository (crictl, for the CRI tests), and
+# containerd-stargz-grpc built there from tools/stargz-grpc (for lazypull bench's stargz modes).
 # Idempotent: when everything is present it prints nothing and touches nothing.
 set -euo pipefail
 
 here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
-tools=$(dirname "$here")/bin/tools
+repo=$(dirname "$here")
+tools=$repo/bin/tools
 
 # runsc: gVisor, a second runtime for the tests (through containerd's runc shim; Debian's
 # package has no containerd-shim-runsc-v1).
@@ -32,12 +34,30 @@ install_gotools() {
   done
 }
 
+# build_stargz: bin/tools/containerd-stargz-grpc from tools/stargz-grpc, a module of its own
+# (the stargz-snapshotter library and its dependencies stay out of lazypull's go.mod). Built
+# again only when its sources or the Go version change: the key of the build sits beside it.
+build_stargz() {
+  local src=$repo/tools/stargz-grpc out=$tools/containerd-stargz-grpc key f
+  key=$( (go version; cat "$src/go.mod" "$src/go.sum"
+    for f in "$src"/*.go; do case $f in *_test.go) ;; *) cat "$f" ;; esac; done) | sha256sum | cut -c1-16)
+  if [ -x "$out" ] && [ "$(cat "$out.key" 2>/dev/null || true)" = "$key" ]; then
+    return 0
+  fi
+  echo "deps: go build containerd-stargz-grpc (tools/stargz-grpc) into $tools (a few minutes the first time)"
+  mkdir -p "$tools"
+  (cd "$src" && go build -o "$out.tmp" .) || { rm -f "$out.tmp"; echo "deps: build of tools/stargz-grpc failed" >&2; exit 1; }
+  mv "$out.tmp" "$out"
+  echo "$key" >"$out.key"
+}
+
 missing=()
 for p in "${pkgs[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
 done
 if [ ${#missing[@]} -eq 0 ]; then
   install_gotools
+  build_stargz
   exit 0
 fi
 
@@ -57,3 +77,4 @@ trap '[ $had_policy -eq 0 ] && rm -f "$policy"' EXIT
 apt-get -qq update >/dev/null
 apt-get -qq install -y --no-install-recommends "${missing[@]}" >/dev/null
 install_gotools
+build_stargz

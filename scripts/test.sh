@@ -33,3 +33,7 @@ export LAZYPULL_BIN="$root/bin/lazypull"
 export PATH="$root/bin/tools:$PATH"
 # TEST_PKGS and TEST_RUN narrow the run while working on something: TEST_RUN=TestMount make test
 go test -count=1 -timeout 20m ${TEST_VERBOSE:+-v} ${TEST_RUN:+-run "$TEST_RUN"} ${TEST_PKGS:-./...}
+# tools/stargz-grpc is a module of its own, which ./... does not reach.
+if [ -z "${TEST_PKGS:-}" ]; then
+  (cd tools/stargz-grpc && go test -count=1 ${TEST_VERBOSE:+-v} ${TEST_RUN:+-run "$TEST_RUN"} ./...)
+fi
