@@ -32,7 +32,7 @@ var (
 	colorText  = color.RGBA{20, 20, 20, 255}
 	colorLimit = color.RGBA{200, 0, 0, 255}
 	// One colour per mode, in the order of Result.Modes.
-	modeColors = []color.RGBA{{110, 110, 110, 255}, {230, 120, 20, 255}, {40, 110, 200, 255}, {60, 160, 60, 255}}
+	modeColors = []color.RGBA{{110, 110, 110, 255}, {230, 120, 20, 255}, {40, 110, 200, 255}, {60, 160, 60, 255}, {150, 70, 180, 255}, {200, 170, 30, 255}}
 )
 
 // WriteChart draws, per link, a panel of bars: for each image one bar per mode, the median

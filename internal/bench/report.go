@@ -31,10 +31,13 @@ func ReadJSON(r io.Reader) (*Result, error) {
 // row is one line of a link's table, as text cells.
 type row struct {
 	Image, Mode, Pull, Ready, Total, MB, Requests, VsPlain, VsLimit string
+	// VsStargz and ReqVsStargz: columns only when a stargz mode ran (hasStargz).
+	VsStargz, ReqVsStargz string
 }
 
 // tableHeader names the columns of rows.
-var tableHeader = row{"image", "mode", "pull s", "create+run to ready s", "total s", "MB before ready", "requests", "x faster than plain", "total / limit"}
+var tableHeader = row{"image", "mode", "pull s", "create+run to ready s", "total s", "MB before ready", "requests", "x faster than plain", "total / limit",
+	"x faster than stargz", "requests / stargz"}
 
 // linkRows returns the table of one link: a row per image and mode, then the limit per image.
 func linkRows(res *Result, link string) []row {
@@ -45,9 +48,15 @@ func linkRows(res *Result, link string) []row {
 		}
 		r := row{Image: s.Image, Mode: string(s.Mode), Pull: s.Pull.Format(2), Ready: s.Ready.Format(2),
 			Total: s.Total.Format(2), MB: s.Bytes.Scale(1e-6).Format(1), Requests: s.Requests.Format(0),
-			VsPlain: "-", VsLimit: "-"}
+			VsPlain: "-", VsLimit: "-", VsStargz: "-", ReqVsStargz: "-"}
 		if s.VsPlain > 0 {
 			r.VsPlain = fmt.Sprintf("%.2fx", s.VsPlain)
+		}
+		if s.VsStargz > 0 {
+			r.VsStargz = fmt.Sprintf("%.2fx", s.VsStargz)
+		}
+		if s.RequestsVsStargz > 0 {
+			r.ReqVsStargz = fmt.Sprintf("%.2fx", s.RequestsVsStargz)
 		}
 		if s.VsLimit > 0 {
 			r.VsLimit = fmt.Sprintf("%.2fx", s.VsLimit)
@@ -60,13 +69,28 @@ func linkRows(res *Result, link string) []row {
 		}
 		rows = append(rows, row{Image: l.Image, Mode: "limit", Total: fmt.Sprintf("%.2f", l.Seconds),
 			Ready: fmt.Sprintf("%.2f (warm)", l.Warm), MB: fmt.Sprintf("%.1f (read)", float64(l.Bytes)/1e6),
-			Pull: "-", Requests: "-", VsPlain: "-", VsLimit: "1.00x"})
+			Pull: "-", Requests: "-", VsPlain: "-", VsLimit: "1.00x", VsStargz: "-", ReqVsStargz: "-"})
 	}
 	return rows
 }
 
-func (r row) cells() []string {
-	return []string{r.Image, r.Mode, r.Pull, r.Ready, r.Total, r.MB, r.Requests, r.VsPlain, r.VsLimit}
+// cells are r's columns; the stargz ones with stargz.
+func (r row) cells(stargz bool) []string {
+	c := []string{r.Image, r.Mode, r.Pull, r.Ready, r.Total, r.MB, r.Requests, r.VsPlain}
+	if stargz {
+		c = append(c, r.VsStargz, r.ReqVsStargz)
+	}
+	return append(c, r.VsLimit)
+}
+
+// hasStargz reports whether res ran a stargz mode: then the tables compare with stargz too.
+func hasStargz(res *Result) bool {
+	for _, m := range res.Modes {
+		if isStargz(m) {
+			return true
+		}
+	}
+	return false
 }
 
 // WriteTables writes one markdown table per link: the medians with the min-max of the runs.
@@ -83,18 +107,21 @@ func WriteTables(w io.Writer, res *Result) {
 	}
 	for _, l := range res.Links {
 		fmt.Fprintf(w, "\n### Link %s (%s, %s round trip)\n\n", l.Name, rateString(l.Rate), l.RTT)
-		writeMarkdown(w, linkRows(res, l.Name))
+		writeMarkdown(w, linkRows(res, l.Name), hasStargz(res))
 	}
 	fmt.Fprintf(w, "\nMedians of %d cold runs each, (min-max). MB = 10^6 bytes the registry sent through the link from the pull's start until ready, requests likewise. The limit: warm local start + bytes read at start / bandwidth + 1 RTT; bytes read at start = lazypull's median bytes before ready on the fastest link.\n", res.N)
+	if hasStargz(res) {
+		fmt.Fprintf(w, "\n%s\n", stargzFootnote)
+	}
 	for _, s := range res.Skipped {
 		fmt.Fprintf(w, "\n%s\n", s)
 	}
 }
 
-func writeMarkdown(w io.Writer, rows []row) {
-	cells := [][]string{tableHeader.cells()}
+func writeMarkdown(w io.Writer, rows []row, stargz bool) {
+	cells := [][]string{tableHeader.cells(stargz)}
 	for _, r := range rows {
-		cells = append(cells, r.cells())
+		cells = append(cells, r.cells(stargz))
 	}
 	width := make([]int, len(cells[0]))
 	for _, c := range cells {
@@ -156,10 +183,11 @@ load average {{.Res.Machine.LoadStart}} at the start, {{.Res.Machine.LoadEnd}} a
 {{end}}</table>
 {{end}}
 <p>Medians of {{.Res.N}} cold runs, (min-max). MB: bytes the registry sent through the link from the pull's start until ready. Limit: warm local start + bytes read at start / bandwidth + one round trip.</p>
+{{if .Stargz}}<p>{{.Stargz}}</p>{{end}}
 {{end}}
 <h2>Images</h2>
-<table><tr><th>image</th><th>ready line</th><th>layers</th><th>original MB</th><th>lazypull MB</th></tr>
-{{range .Res.Images}}<tr><td>{{.Name}}</td><td>{{.Ready}}</td><td>{{.Layers}}</td><td>{{printf "%.1f" (mb .Bytes)}}</td><td>{{printf "%.1f" (mb .LazyBytes)}}</td></tr>
+<table><tr><th>image</th><th>ready line</th><th>layers</th><th>original MB</th><th>lazypull MB</th>{{if .Stargz}}<th>eStargz MB</th><th>optimized eStargz MB</th>{{end}}</tr>
+{{range .Res.Images}}<tr><td>{{.Name}}</td><td>{{.Ready}}</td><td>{{.Layers}}</td><td>{{printf "%.1f" (mb .Bytes)}}</td><td>{{printf "%.1f" (mb .LazyBytes)}}</td>{{if $.Stargz}}<td>{{printf "%.1f" (mb .EstargzBytes)}}</td><td>{{printf "%.1f" (mb .EstargzOptBytes)}}</td>{{end}}</tr>
 {{end}}</table>
 {{range .Res.Skipped}}<p>{{.}}</p>{{end}}
 </body></html>
@@ -176,7 +204,11 @@ func WriteHTML(w io.Writer, res *Result, chartPNG []byte) error {
 		Chart  template.URL
 		Header []string
 		Links  []linkTable
-	}{Res: res, Header: tableHeader.cells()}
+		Stargz string // the footnote of the stargz columns, when they are there
+	}{Res: res, Header: tableHeader.cells(hasStargz(res))}
+	if hasStargz(res) {
+		data.Stargz = stargzFootnote
+	}
 	if len(chartPNG) > 0 {
 		// A typed URL: html/template would otherwise escape a data: URL away.
 		data.Chart = template.URL("data:image/png;base64," + base64.StdEncoding.EncodeToString(chartPNG))
@@ -184,7 +216,7 @@ func WriteHTML(w io.Writer, res *Result, chartPNG []byte) error {
 	for _, l := range res.Links {
 		lt := linkTable{Name: fmt.Sprintf("%s (%s, %s round trip)", l.Name, rateString(l.Rate), l.RTT)}
 		for _, r := range linkRows(res, l.Name) {
-			lt.Rows = append(lt.Rows, r.cells())
+			lt.Rows = append(lt.Rows, r.cells(hasStargz(res)))
 		}
 		data.Links = append(data.Links, lt)
 	}

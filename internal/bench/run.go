@@ -9,7 +9,6 @@ import (
 	"maps"
 	"math/rand/v2"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"runtime"
 	"slices"
@@ -38,8 +37,10 @@ type Config struct {
 	// unix socket paths live in it.
 	WorkDir string
 	// LogDir, when set, keeps each run's requests through the link as
-	// IMAGE-MODE-LINK-REP.requests and each lazy run's snapshotter log as ….log.
+	// IMAGE-MODE-LINK-REP.requests and each lazy or stargz run's snapshotter log as ….log.
 	LogDir string
+	// Stargz is the containerd-stargz-grpc of the stargz modes (FindStargz); "" skips them.
+	Stargz string
 	// StepTimeout bounds each pull and each run to ready.
 	StepTimeout time.Duration
 	// Progress gets one line per run (and live steps when Terminal).
@@ -81,6 +82,9 @@ type ImageInfo struct {
 	LazyBytes int64 `json:"lazy_bytes"`
 	// Profile is the prefetch profile recorded for ModeProfile, when that mode runs.
 	Profile *ProfileInfo `json:"profile,omitempty"`
+	// EstargzBytes and EstargzOptBytes: the eStargz images' layers (stargz modes only).
+	EstargzBytes    int64 `json:"estargz_bytes,omitempty"`
+	EstargzOptBytes int64 `json:"estargz_opt_bytes,omitempty"`
 }
 
 // ProfileInfo describes the prefetch profile recorded for an image.
@@ -155,8 +159,8 @@ func (c *Config) Validate() error {
 		}
 	}
 	for _, m := range c.Modes {
-		if m != ModePlain && !m.lazy() {
-			return fmt.Errorf("unknown mode %q (known: plain, lazypull, lazypull-profile)", m)
+		if m != ModePlain && !m.lazy() && !isStargz(m) {
+			return fmt.Errorf("unknown mode %q (known: plain, lazypull, lazypull-profile, estargz, estargz-opt)", m)
 		}
 	}
 	if c.N < 1 {
@@ -197,14 +201,6 @@ func jobs(images []Image, links []Link, modes []Mode, n int, seed uint64) []job 
 	return js
 }
 
-// StargzNote says why the stargz-snapshotter modes are not run.
-func StargzNote() string {
-	if p, err := exec.LookPath("containerd-stargz-grpc"); err == nil {
-		return "stargz modes skipped: containerd-stargz-grpc is on PATH (" + p + ") but this harness does not drive it yet"
-	}
-	return "stargz modes skipped: no containerd-stargz-grpc on PATH (Debian does not package it; ctr-remote alone cannot run eStargz lazily)"
-}
-
 // Bench builds and pushes the images, then runs every cold run and the warm starts, and
 // returns the result. On a failure it returns the result so far (Complete false, Failure
 // set) together with the *StepError.
@@ -212,8 +208,15 @@ func Bench(ctx context.Context, cfg Config) (res *Result, err error) {
 	if err := cfg.Validate(); err != nil {
 		return nil, err
 	}
+	note, err := stargzSkip(&cfg)
+	if err != nil {
+		return nil, err
+	}
 	res = &Result{Command: cfg.Command, Started: time.Now().UTC(), Machine: machine(), Seed: cfg.Seed,
-		N: cfg.N, Links: cfg.Links, Modes: cfg.Modes, Skipped: []string{StargzNote()}}
+		N: cfg.N, Links: cfg.Links, Modes: cfg.Modes}
+	if note != "" {
+		res.Skipped = append(res.Skipped, note)
+	}
 	fail := func(err error) (*Result, error) {
 		var e *StepError
 		if !errors.As(err, &e) {
@@ -267,6 +270,9 @@ func Bench(ctx context.Context, cfg Config) (res *Result, err error) {
 			}
 		}
 		res.Images = append(res.Images, info)
+	}
+	if err := pushStargzImages(ctx, cfg, reg.addr, res.Images, pg); err != nil {
+		return fail(err)
 	}
 
 	proxies := map[string]*Proxy{}
@@ -398,6 +404,8 @@ func ref(p *Proxy, im Image, m Mode) string {
 	tag := "orig"
 	if m.lazy() {
 		tag = "lazy"
+	} else if isStargz(m) {
+		tag = stargzTag(m)
 	}
 	return p.Addr() + "/bench/" + im.Name + ":" + tag
 }
@@ -408,7 +416,12 @@ func coldRun(ctx context.Context, cfg Config, p *Proxy, j job, pg *progress) (ru
 	run = Run{Image: j.image.Name, Mode: j.mode, Link: j.link.Name, Rep: j.rep, Order: j.order}
 	lazy := j.mode.lazy()
 	pg.step("starting a fresh node")
-	n, err := startNode(ctx, cfg.Scripts, cfg.Lazypull, cfg.WorkDir, j.mode)
+	var n *node
+	if isStargz(j.mode) {
+		n, err = startStargzNode(ctx, cfg)
+	} else {
+		n, err = startNode(ctx, cfg.Scripts, cfg.Lazypull, cfg.WorkDir, j.mode)
+	}
 	if err != nil {
 		return run, stepErr(j, "start node", err)
 	}
@@ -427,6 +440,8 @@ func coldRun(ctx context.Context, cfg Config, p *Proxy, j job, pg *progress) (ru
 	t0 := time.Now()
 	if lazy {
 		_, err = command(sctx, nil, cfg.Lazypull, "pull", "--address", n.sock(), "--namespace", namespace, "--plain-http", r)
+	} else if isStargz(j.mode) {
+		err = stargzPull(sctx, n, r)
 	} else {
 		_, err = command(sctx, nil, "ctr", n.ctr("image", "pull", "--plain-http", r)...)
 	}
@@ -440,6 +455,8 @@ func coldRun(ctx context.Context, cfg Config, p *Proxy, j job, pg *progress) (ru
 	var args []string
 	if lazy {
 		args = append(args, "--snapshotter", "lazypull")
+	} else if isStargz(j.mode) {
+		args = append(args, stargzArgs()...)
 	}
 	took, err := n.runToReady(sctx, fmt.Sprintf("bench-%d", j.order), j.image.Ready, j.image.Server, append(args, r)...)
 	c1 := p.Counters()
@@ -455,7 +472,7 @@ func coldRun(ctx context.Context, cfg Config, p *Proxy, j job, pg *progress) (ru
 	if cfg.LogDir != "" {
 		base := filepath.Join(cfg.LogDir, strings.NewReplacer("/", "_").Replace(
 			fmt.Sprintf("%s-%s-%s-%d", j.image.Name, j.mode, j.link.Name, j.rep)))
-		if lazy {
+		if lazy || isStargz(j.mode) {
 			n.keepLog = base + ".log"
 		}
 		reqs := fmt.Sprintf("# the link's requests from the pull's start (%s), ready at +%.3fs\n%s\n",

@@ -97,6 +97,11 @@ type Summary struct {
 	// is no plain run); VsLimit is this median total over the image's limit on this link.
 	VsPlain float64 `json:"speedup_vs_plain,omitempty"`
 	VsLimit float64 `json:"ratio_to_limit,omitempty"`
+	// VsStargz is stargz's median total over this one's, and RequestsVsStargz this median
+	// requests over stargz's, stargz being optimized eStargz when it ran, else eStargz (0
+	// when neither ran): see stargzRatios.
+	VsStargz         float64 `json:"speedup_vs_stargz,omitempty"`
+	RequestsVsStargz float64 `json:"requests_vs_stargz,omitempty"`
 }
 
 // Limit is the physical limit of one image on one link: the time a start needs at the least,
@@ -158,6 +163,7 @@ func Summarize(runs []Run, images []string, links []Link, modes []Mode, limits [
 					group[i].VsPlain = plain / group[i].Total.Median
 				}
 			}
+			stargzRatios(group)
 			out = append(out, group...)
 		}
 	}

@@ -37,7 +37,12 @@ to a private registry on loopback as the original gzip image (mode plain: ctr im
 ctr run) and converted with lazypull convert (mode lazypull: lazypull pull + ctr run
 --snapshotter lazypull, prefetch off). With mode lazypull-profile, a prefetch profile of
 each image is recorded first (lazypull profile, until the readiness line) and pushed beside
-it, and the snapshotter fetches what it names first. Each link is a shaping proxy in front of the registry: RATE/RTT,
+it, and the snapshotter fetches what it names first. Modes estargz and estargz-opt convert
+it with ctr-remote (image convert --estargz; image optimize, which runs the image's
+command) and run it on stargz-snapshotter: bin/tools/containerd-stargz-grpc (make deps
+builds it), ctr-remote image rpull, ctr run --snapshotter stargz; the conversions are cached
+beside --images-dir's layouts and never timed. Each link is a shaping proxy in front of the
+registry: RATE/RTT,
 bandwidth in bits/s shared by the link's connections, plus the round trip.
 
 At the end it prints one table per link (medians, min-max), the physical limit per image
@@ -48,7 +53,7 @@ link and step named; the results so far are written, marked incomplete, and no t
 		f := &benchFlags{}
 		fs.StringVar(&f.images, "images", defaultBenchImages, "comma-separated `images`: python, node, gcc, postgres, jdk, big")
 		fs.StringVar(&f.links, "links", defaultBenchLinks, "comma-separated `links`, RATE/RTT each (bits/s with K, M, G)")
-		fs.StringVar(&f.modes, "modes", defaultBenchModes, "comma-separated `modes`: plain, lazypull, lazypull-profile")
+		fs.StringVar(&f.modes, "modes", defaultBenchModes, "comma-separated `modes`: plain, lazypull, lazypull-profile, estargz, estargz-opt")
 		fs.IntVar(&f.n, "n", defaultBenchN, "cold runs per image, link and mode")
 		fs.IntVar(&f.warm, "warm", 3, "warm local starts per image (for the limit)")
 		fs.Uint64Var(&f.seed, "seed", 0, "order the runs with this `seed` (0: a random one, recorded)")
@@ -117,6 +122,7 @@ func runBench(ctx context.Context, e *env, vals any, args []string) error {
 	if cfg.Lazypull, err = os.Executable(); err != nil {
 		return err
 	}
+	cfg.Stargz = bench.FindStargz(cfg.Scripts)
 	out := f.out
 	if out == "" {
 		out = filepath.Join("bench-results", time.Now().UTC().Format("20060102-150405"))
@@ -130,7 +136,7 @@ func runBench(ctx context.Context, e *env, vals any, args []string) error {
 
 	fmt.Fprintf(e.stderr, "lazypull bench: images %s; links %s; modes %s; %d cold runs each, seed %d\n",
 		strings.Join(cfg.Images, " "), f.links, f.modes, cfg.N, cfg.Seed)
-	fmt.Fprintln(e.stderr, bench.StargzNote())
+	fmt.Fprintln(e.stderr, bench.StargzNote(cfg.Stargz))
 	res, berr := bench.Bench(ctx, cfg)
 	if res == nil {
 		return berr
