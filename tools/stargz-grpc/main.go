@@ -137,19 +137,19 @@ func run(args []string) error {
 	if err := service.Supported(root); err != nil {
 		return fmt.Errorf("root %s cannot hold overlayfs snapshots: %w", root, err)
 	}
-	l, err := listen(f.address)
-	if err != nil {
-		return err
-	}
-	defer os.Remove(f.address)
-
 	ctx := ctdlog.WithLogger(context.Background(), ctdlog.L)
 	sn, err := service.NewStargzSnapshotterService(ctx, root, cfg,
 		service.WithCredsFuncs(dockerconfig.NewDockerconfigKeychain(ctx)))
 	if err != nil {
-		l.Close()
 		return fmt.Errorf("start the stargz snapshotter in %s: %w", root, err)
 	}
+	// The socket appears only once the snapshotter is ready: whoever waits for it (a script,
+	// containerd) can use it at once.
+	l, err := listen(f.address)
+	if err != nil {
+		return errors.Join(err, sn.Close())
+	}
+	defer os.Remove(f.address)
 
 	srv := grpc.NewServer()
 	snapshotsapi.RegisterSnapshotsServer(srv, snapshotservice.FromSnapshotter(sn))
