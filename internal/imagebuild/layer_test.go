@@ -6,6 +6,7 @@ import (
 	"errors"
 	"io"
 	"os"
+	"path"
 	"path/filepath"
 	"slices"
 	"strings"
@@ -316,6 +317,7 @@ func TestWriteLayerRealOverlay(t *testing.T) {
 	writeFile(t, filepath.Join(lower, "etc/del"), "del", 0o644)
 	writeFile(t, filepath.Join(lower, "data/old1"), "1", 0o644)
 	writeFile(t, filepath.Join(lower, "data/old2"), "2", 0o644)
+	writeFile(t, filepath.Join(lower, "usr/lib/py/mod.py"), "m", 0o644)
 	for _, d := range []string{upper, work, merged} {
 		must(t, os.MkdirAll(d, 0o755))
 	}
@@ -336,12 +338,24 @@ func TestWriteLayerRealOverlay(t *testing.T) {
 	must(t, os.RemoveAll(filepath.Join(merged, "data")))
 	writeFile(t, filepath.Join(merged, "data/new"), "new", 0o644)
 	writeFile(t, filepath.Join(merged, "etc/added"), "added", 0o644)
+	writeFile(t, filepath.Join(merged, "usr/lib/py/added.py"), "a", 0o644)
 	unmount()
 
 	es := readLayer(t, layerBytes(t, upper, LayerOptions{Overlay: true}))
 	// Entries come in the order of the names in the upper dir ("added" < "del").
-	want := []string{"data/", "data/.wh..wh..opq", "data/new", "etc/", "etc/added", "etc/.wh.del"}
+	// A file added deep in a lower directory brings every parent directory into the layer:
+	// eStargz's optimizer (ctr-remote image optimize) moves a prioritized file to the front of
+	// its layer with its parents, and skips it when a parent is not in that layer.
+	want := []string{"data/", "data/.wh..wh..opq", "data/new", "etc/", "etc/added", "etc/.wh.del",
+		"usr/", "usr/lib/", "usr/lib/py/", "usr/lib/py/added.py"}
 	if got := names(es); !slices.Equal(got, want) {
 		t.Fatalf("entries:\n got %q\nwant %q", got, want)
+	}
+	seen := map[string]bool{}
+	for _, e := range es {
+		if dir := path.Dir(strings.TrimSuffix(e.Name, "/")); dir != "." && !seen[dir] {
+			t.Errorf("%s comes without its parent directory %s/ before it", e.Name, dir)
+		}
+		seen[strings.TrimSuffix(e.Name, "/")] = true
 	}
 }
