@@ -6,6 +6,7 @@ import (
 	"encoding/hex"
 	"errors"
 	"fmt"
+	"io"
 	"io/fs"
 	"os"
 	"os/exec"
@@ -204,7 +205,9 @@ func pushStargz(ctx context.Context, cfg Config, reg string, info *ImageInfo, mo
 	if err != nil {
 		return err
 	}
-	version, err := command(ctx, nil, "ctr-remote", "--version")
+	// The binary's own digest: `ctr-remote --version` names the containerd it was built
+	// with, not the stargz-snapshotter release that converts.
+	version, err := fileDigest("ctr-remote")
 	if err != nil {
 		return err
 	}
@@ -213,7 +216,7 @@ func pushStargz(ctx context.Context, cfg Config, reg string, info *ImageInfo, mo
 		tag := stargzTag(m)
 		dst := reg + "/bench/" + info.Name + ":" + tag
 		args := stargzConvertArgs(m)
-		key := stargzCacheKey(origDigest, strings.TrimSpace(version), args)
+		key := stargzCacheKey(origDigest, version, args)
 		cache := filepath.Join(cfg.ImagesDir, "stargz", info.Name+"-"+tag)
 		hit, err := pushCached(ctx, cache, key, tag, dst)
 		if err != nil {
@@ -263,10 +266,29 @@ func stargzConvertArgs(m Mode) []string {
 	return []string{"convert", "--estargz", "--oci"}
 }
 
-// stargzCacheKey names a conversion: of which original manifest, by which ctr-remote, how.
-func stargzCacheKey(origDigest, ctrRemoteVersion string, args []string) string {
-	h := sha256.Sum256([]byte(origDigest + "\n" + ctrRemoteVersion + "\n" + strings.Join(args, " ")))
+// stargzCacheKey names a conversion: of which original manifest, by which ctr-remote (its
+// binary's digest), how.
+func stargzCacheKey(origDigest, ctrRemote string, args []string) string {
+	h := sha256.Sum256([]byte(origDigest + "\n" + ctrRemote + "\n" + strings.Join(args, " ")))
 	return hex.EncodeToString(h[:8])
+}
+
+// fileDigest is the sha256 of the executable cmd found on PATH.
+func fileDigest(cmd string) (string, error) {
+	p, err := exec.LookPath(cmd)
+	if err != nil {
+		return "", err
+	}
+	f, err := os.Open(p)
+	if err != nil {
+		return "", err
+	}
+	defer f.Close()
+	h := sha256.New()
+	if _, err := io.Copy(h, f); err != nil {
+		return "", fmt.Errorf("read %s: %w", p, err)
+	}
+	return hex.EncodeToString(h.Sum(nil)), nil
 }
 
 // stargzCacheFile is the cache entry's record: the key, then the converted manifest's
@@ -319,6 +341,9 @@ func saveCache(ctx context.Context, dir, key, tag, dst string) error {
 		return err
 	}
 	if err := os.WriteFile(filepath.Join(tmp, stargzCacheFile), []byte(key+"\n"+digest+"\n"), 0o644); err != nil {
+		return err
+	}
+	if err := os.Chmod(tmp, 0o755); err != nil { // MkdirTemp's 0700, as the layouts beside it
 		return err
 	}
 	if err := os.RemoveAll(dir); err != nil {

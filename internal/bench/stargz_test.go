@@ -68,14 +68,14 @@ func TestStargzConfig(t *testing.T) {
 }
 
 func TestStargzCacheKey(t *testing.T) {
-	a := stargzCacheKey("sha256:aa", "ctr-remote 0.12", stargzConvertArgs(ModeEstargz))
-	if a != stargzCacheKey("sha256:aa", "ctr-remote 0.12", stargzConvertArgs(ModeEstargz)) {
+	a := stargzCacheKey("sha256:aa", "ctr-remote A", stargzConvertArgs(ModeEstargz))
+	if a != stargzCacheKey("sha256:aa", "ctr-remote A", stargzConvertArgs(ModeEstargz)) {
 		t.Error("key not stable")
 	}
 	for _, b := range []string{
-		stargzCacheKey("sha256:ab", "ctr-remote 0.12", stargzConvertArgs(ModeEstargz)),
-		stargzCacheKey("sha256:aa", "ctr-remote 0.13", stargzConvertArgs(ModeEstargz)),
-		stargzCacheKey("sha256:aa", "ctr-remote 0.12", stargzConvertArgs(ModeEstargzOpt)),
+		stargzCacheKey("sha256:ab", "ctr-remote A", stargzConvertArgs(ModeEstargz)),
+		stargzCacheKey("sha256:aa", "ctr-remote B", stargzConvertArgs(ModeEstargz)),
+		stargzCacheKey("sha256:aa", "ctr-remote A", stargzConvertArgs(ModeEstargzOpt)),
 	} {
 		if a == b {
 			t.Errorf("different conversions share key %s", a)
