@@ -1,6 +1,6 @@
 // Package bench is the harness behind `lazypull bench`: a HelloBench-like measurement of the
 // time from "start this image" to "the container is ready for work", cold every time, on real
-// images and emulated links, for plain containerd and for lazypull side by side.
+// images and emulated links, for plain containerd, lazypull and stargz-snapshotter side by side.
 //
 // What it owns:
 //   - Proxy (shaper.go): a TCP proxy in user space, in front of the registry on loopback, that
@@ -11,8 +11,12 @@
 //     on fresh roots for every run, page cache dropped, runs in random order, N repetitions.
 //   - aggregation (stats.go): median and min-max per image, mode and link, the physical limit
 //     per image and each mode's ratio to it.
+//   - the stargz modes (stargz.go): eStargz and optimized eStargz images made by ctr-remote
+//     (cached), run on containerd-stargz-grpc (tools/stargz-grpc) as proxy plugin "stargz",
+//     and every mode's ratios to optimized eStargz.
 //   - reports (report.go, chart.go): JSON, a text table per link, a PNG chart, an HTML page.
 //
-// It runs the real components (docker-registry, containerd, runc, `lazypull snapshotter`) as
-// processes, through the project's scripts; it never imports the daemon.
+// It runs the real components (docker-registry, containerd, runc, `lazypull snapshotter`,
+// containerd-stargz-grpc, ctr-remote) as processes, through the project's scripts; it never
+// imports the daemon.
 package bench

@@ -25,7 +25,7 @@ const (
 var benchCommand = &command{
 	name:    "bench",
 	args:    "[flags]",
-	summary: "time cold container starts, plain containerd vs lazypull, over emulated links",
+	summary: "time cold container starts, plain containerd vs lazypull (vs stargz), over emulated links",
 	help: `
 A HelloBench-like benchmark: for every image, link and mode, N cold starts (containerd and
 the snapshotter restarted on fresh roots, the page cache dropped, in random order), timed
