@@ -207,7 +207,7 @@ func pushStargz(ctx context.Context, cfg Config, reg string, info *ImageInfo, mo
 	}
 	// The binary's own digest: `ctr-remote --version` names the containerd it was built
 	// with, not the stargz-snapshotter release that converts.
-	version, err := fileDigest("ctr-remote")
+	ctrRemote, err := fileDigest("ctr-remote")
 	if err != nil {
 		return err
 	}
@@ -216,7 +216,7 @@ func pushStargz(ctx context.Context, cfg Config, reg string, info *ImageInfo, mo
 		tag := stargzTag(m)
 		dst := reg + "/bench/" + info.Name + ":" + tag
 		args := stargzConvertArgs(m)
-		key := stargzCacheKey(origDigest, version, args)
+		key := stargzCacheKey(origDigest, ctrRemote, args)
 		cache := filepath.Join(cfg.ImagesDir, "stargz", info.Name+"-"+tag)
 		hit, err := pushCached(ctx, cache, key, tag, dst)
 		if err != nil {
