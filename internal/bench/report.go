@@ -186,8 +186,8 @@ load average {{.Res.Machine.LoadStart}} at the start, {{.Res.Machine.LoadEnd}} a
 {{if .Stargz}}<p>{{.Stargz}}</p>{{end}}
 {{end}}
 <h2>Images</h2>
-<table><tr><th>image</th><th>ready line</th><th>layers</th><th>original MB</th><th>lazypull MB</th>{{if .Stargz}}<th>eStargz MB</th><th>optimized eStargz MB</th>{{end}}</tr>
-{{range .Res.Images}}<tr><td>{{.Name}}</td><td>{{.Ready}}</td><td>{{.Layers}}</td><td>{{printf "%.1f" (mb .Bytes)}}</td><td>{{printf "%.1f" (mb .LazyBytes)}}</td>{{if $.Stargz}}<td>{{printf "%.1f" (mb .EstargzBytes)}}</td><td>{{printf "%.1f" (mb .EstargzOptBytes)}}</td>{{end}}</tr>
+<table><tr><th>image</th><th>ready line</th><th>layers</th><th>original MB</th><th>lazypull MB</th>{{if .Stargz}}<th>eStargz MB</th><th>optimized eStargz MB</th>{{end}}<th>prefetch profile</th></tr>
+{{range .Res.Images}}<tr><td>{{.Name}}</td><td>{{.Ready}}</td><td>{{.Layers}}</td><td>{{printf "%.1f" (mb .Bytes)}}</td><td>{{printf "%.1f" (mb .LazyBytes)}}</td>{{if $.Stargz}}<td>{{printf "%.1f" (mb .EstargzBytes)}}</td><td>{{printf "%.1f" (mb .EstargzOptBytes)}}</td>{{end}}<td>{{with .Profile}}{{.Files}} files, {{printf "%.1f" (mb .Bytes)}} MB read{{else}}-{{end}}</td></tr>
 {{end}}</table>
 {{range .Res.Skipped}}<p>{{.}}</p>{{end}}
 </body></html>
