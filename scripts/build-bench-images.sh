@@ -4,19 +4,26 @@
 # of it (an overlayfs upper dir, real whiteouts), packed by tools/mkimage into an OCI layout
 # OUTDIR/APP (tag APP) with gzip layers, the way real images are made: base + app.
 #
-#   scripts/build-bench-images.sh OUTDIR APP...      # APP: python node gcc postgres jdk big
+#   scripts/build-bench-images.sh OUTDIR APP...      # APP: python python-v2 node gcc postgres jdk big
+#
+# python-v2 is the next version of python, for the image-update scenario: the same base layer,
+# and its app layer built again from the same base with a few packages added (python3-yaml,
+# python3-six: bookworm carries one version of a package, so "upgraded" here means "added or
+# changed", not a newer version of the same package) and a few of the app's files changed.
 #
 # Every image's Cmd prints a readiness line on stdout (see the apps table below); the harness
 # waits for it. Needs root and the packages of scripts/deps.sh. The mirror is read at run time
 # from the URIs: line of /etc/apt/sources.list.d/debian.sources.
 #
-# Cached under ${LAZYPULL_BENCH_CACHE:-/var/cache/lazypull-bench}, keyed by the hash of this
-# script: the base and each app layer are built once; the packed layouts are kept in OUTDIR
-# with the key and rebuilt only when it changes. A separate cache root from
+# Cached under ${LAZYPULL_BENCH_CACHE:-/var/cache/lazypull-bench}: the base is keyed by the hash
+# of what builds it (lib-build.sh, the suite, build_base), each app layer by the base's key and
+# the hash of its own definition (packages, Cmd, setup, build_app), so that adding or changing
+# one app rebuilds that app only. The packed layouts are kept in OUTDIR with the app's key and
+# packed again only when it changes. A separate cache root from
 # scripts/build-test-image.sh's, so that neither ever removes what the other's users read.
 set -euo pipefail
 
-usage() { echo "usage: $0 OUTDIR APP... (APP: python node gcc postgres jdk big)" >&2; exit 2; }
+usage() { echo "usage: $0 OUTDIR APP... (APP: python python-v2 node gcc postgres jdk big)" >&2; exit 2; }
 [ $# -ge 2 ] || usage
 [ "$(id -u)" -eq 0 ] || { echo "build-bench-images: must run as root (debootstrap, mount, chroot)" >&2; exit 1; }
 
@@ -25,15 +32,56 @@ repo=$(dirname "$here")
 out=$1; shift
 suite=bookworm
 cache_root=${LAZYPULL_BENCH_CACHE:-/var/cache/lazypull-bench}
-key=$(cat "${BASH_SOURCE[0]}" "$(dirname "${BASH_SOURCE[0]}")/lib-build.sh" | sha256sum | cut -c1-16)
 
 log() { echo "build-bench-images: $*" >&2; }
 
 # The apps: packages to install, the image's Cmd (JSON), and an optional setup run in the
 # chroot after the install. Each Cmd prints its readiness line (the harness's table has it).
 declare -A pkgs cmds setups
+# python runs a small app of a few files in /app (as an app image would), so that python-v2
+# has app files to change.
 pkgs[python]="python3"
-cmds[python]='["python3","-c","print(\"hello from python\")"]'
+cmds[python]='["python3","/app/main.py"]'
+setups[python]='mkdir -p /app/data
+cat >/app/main.py <<"EOF"
+import json, os, greet, settings
+with open(os.path.join(settings.DATA, "messages.json")) as f:
+    messages = json.load(f)
+print(greet.hello(messages["greeting"], settings.NAME))
+EOF
+cat >/app/greet.py <<"EOF"
+def hello(greeting, name):
+    return greeting + " from " + name
+EOF
+cat >/app/settings.py <<"EOF"
+NAME = "python"
+DATA = "/app/data"
+EOF
+printf "{\"greeting\": \"hello\"}\n" >/app/data/messages.json'
+# v2: two packages added, main.py and greet.py changed, a YAML file added, settings.py and
+# messages.json unchanged.
+pkgs[python-v2]="python3 python3-yaml python3-six"
+cmds[python-v2]='["python3","/app/main.py"]'
+setups[python-v2]='mkdir -p /app/data
+cat >/app/main.py <<"EOF"
+import json, os, yaml, greet, settings
+with open(os.path.join(settings.DATA, "messages.json")) as f:
+    messages = json.load(f)
+with open(os.path.join(settings.DATA, "release.yaml")) as f:
+    release = yaml.safe_load(f)
+print(greet.hello(messages["greeting"], settings.NAME, release["version"]))
+EOF
+cat >/app/greet.py <<"EOF"
+import six
+def hello(greeting, name, version):
+    return six.text_type(greeting + " from " + name + " " + version)
+EOF
+cat >/app/settings.py <<"EOF"
+NAME = "python"
+DATA = "/app/data"
+EOF
+printf "{\"greeting\": \"hello\"}\n" >/app/data/messages.json
+printf "version: v2\nchanges: [yaml, six]\n" >/app/data/release.yaml'
 pkgs[node]="nodejs"
 cmds[node]='["node","-e","console.log(\"hello from node\")"]'
 pkgs[gcc]="gcc libc6-dev"
@@ -59,7 +107,7 @@ done
 # shellcheck source=scripts/lib-build.sh
 source "$(dirname "${BASH_SOURCE[0]}")/lib-build.sh"
 
-build_base() { # -> $cache_root/base-$key
+build_base() { # -> $cache_root/base-$base_key
   local url t0=$SECONDS
   url=$(mirror)
   work=$(mktemp -d "$cache_root/build.XXXXXX")
@@ -72,14 +120,14 @@ build_base() { # -> $cache_root/base-$key
   # As the Debian images on registries: an empty /dev, no .debs, no apt lists.
   find "$work/base/dev" -mindepth 1 -delete
   rm -rf "$work/base/var/cache/apt/archives/"*.deb "$work/base/var/lib/apt/lists/"*
-  mv "$work/base" "$cache_root/base-$key"
+  mv "$work/base" "$cache_root/base-$base_key"
   rm -rf --one-file-system "$work"
   work=""
   log "base built in $((SECONDS - t0)) s"
 }
 
-build_app() { # build_app APP -> $cache_root/APP-$key (an overlayfs upper dir over the base)
-  local app=$1 base=$cache_root/base-$key t0=$SECONDS
+build_app() { # build_app APP KEY -> $cache_root/APP-KEY (an overlayfs upper dir over the base)
+  local app=$1 key=$2 base=$cache_root/base-$base_key t0=$SECONDS
   work=$(mktemp -d "$cache_root/build.XXXXXX")
   mkdir -p "$work/upper" "$work/ovlwork" "$work/merged"
   # redirect_dir/metacopy off: every change fully materialized in the upper dir, a layer.
@@ -116,6 +164,14 @@ build_app() { # build_app APP -> $cache_root/APP-$key (an overlayfs upper dir ov
   log "$app: built in $((SECONDS - t0)) s ($(du -sh "$cache_root/$app-$key" | cut -f1))"
 }
 
+# The keys: what builds the base, then per app the base's key and what builds the app.
+base_key=$( { cat "$(dirname "${BASH_SOURCE[0]}")/lib-build.sh"; echo "$suite"; declare -f build_base; } |
+  sha256sum | cut -c1-16)
+app_key() { # app_key APP
+  { echo "$base_key"; declare -f build_app; printf '%s\n' "${pkgs[$1]}" "${cmds[$1]}" "${setups[$1]:-}"; } |
+    sha256sum | cut -c1-16
+}
+
 mkdir -p "$cache_root" "$out"
 out=$(cd "$out" && pwd)
 # One builder per cache at a time; a second caller waits, then reuses the result.
@@ -129,9 +185,10 @@ for d in "$cache_root"/build.*; do # leftovers of interrupted builds
     rm -rf --one-file-system "$d"
   fi
 done
-[ -d "$cache_root/base-$key" ] || build_base
+[ -d "$cache_root/base-$base_key" ] || build_base
 for app in "$@"; do
-  [ -d "$cache_root/$app-$key" ] || build_app "$app"
+  key=$(app_key "$app")
+  [ -d "$cache_root/$app-$key" ] || build_app "$app" "$key"
   if [ "$(cat "$out/$app/.key" 2>/dev/null || true)" = "$key" ]; then
     log "$app: using packed $out/$app"
     continue
@@ -139,7 +196,7 @@ for app in "$@"; do
   rm -rf "${out:?}/$app"
   log "$app: packing into $out/$app"
   (cd "$repo" && go run ./tools/mkimage -out "$out/$app" -tag "$app" -cmd "${cmds[$app]}" \
-    "$cache_root/base-$key" "$cache_root/$app-$key")
+    "$cache_root/base-$base_key" "$cache_root/$app-$key")
   echo "$key" >"$out/$app/.key"
 done
 flock -u 9
