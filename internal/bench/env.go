@@ -40,6 +40,9 @@ var Workloads = map[string]Image{
 	"postgres": {Name: "postgres", Ready: "ready to accept connections", Server: true},
 	"jdk":      {Name: "jdk", Ready: "hello from java"},
 	"big":      {Name: "big", Ready: "hello from big"},
+
+	// python's next version, for the update scenario (Updates).
+	"python-v2": {Name: "python-v2", Ready: "hello from python v2"},
 }
 
 // command runs name with args, returning its combined output, or an error that carries the

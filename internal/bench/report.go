@@ -105,24 +105,33 @@ func WriteTables(w io.Writer, res *Result) {
 		fmt.Fprintf(w, "%d runs had finished before it.\n", len(res.Runs))
 		return
 	}
-	for _, l := range res.Links {
-		fmt.Fprintf(w, "\n### Link %s (%s, %s round trip)\n\n", l.Name, rateString(l.Rate), l.RTT)
-		writeMarkdown(w, linkRows(res, l.Name), hasStargz(res))
+	if len(res.Summaries) > 0 { // the cold starts ran
+		for _, l := range res.Links {
+			fmt.Fprintf(w, "\n### Link %s (%s, %s round trip)\n\n", l.Name, rateString(l.Rate), l.RTT)
+			writeMarkdown(w, linkRows(res, l.Name), hasStargz(res))
+		}
+		fmt.Fprintf(w, "\nMedians of %d cold runs each, (min-max). MB = 10^6 bytes the registry sent through the link from the pull's start until ready, requests likewise. The limit: warm local start + bytes read at start / bandwidth + 1 RTT; bytes read at start = lazypull's median bytes before ready on the fastest link.\n", res.N)
+		if hasStargz(res) {
+			fmt.Fprintf(w, "\n%s\n", stargzFootnote)
+		}
 	}
-	fmt.Fprintf(w, "\nMedians of %d cold runs each, (min-max). MB = 10^6 bytes the registry sent through the link from the pull's start until ready, requests likewise. The limit: warm local start + bytes read at start / bandwidth + 1 RTT; bytes read at start = lazypull's median bytes before ready on the fastest link.\n", res.N)
-	if hasStargz(res) {
-		fmt.Fprintf(w, "\n%s\n", stargzFootnote)
-	}
+	writeScenarioTables(w, res)
 	for _, s := range res.Skipped {
 		fmt.Fprintf(w, "\n%s\n", s)
 	}
 }
 
 func writeMarkdown(w io.Writer, rows []row, stargz bool) {
-	cells := [][]string{tableHeader.cells(stargz)}
+	var cells [][]string
 	for _, r := range rows {
 		cells = append(cells, r.cells(stargz))
 	}
+	writeGrid(w, tableHeader.cells(stargz), cells)
+}
+
+// writeGrid writes a markdown table, its columns padded to their widest cell.
+func writeGrid(w io.Writer, header []string, rows [][]string) {
+	cells := append([][]string{header}, rows...)
 	width := make([]int, len(cells[0]))
 	for _, c := range cells {
 		for i, s := range c {
@@ -176,6 +185,7 @@ load average {{.Res.Machine.LoadStart}} at the start, {{.Res.Machine.LoadEnd}} a
 <p>Command: <code>{{.Res.Command}}</code></p>
 {{if not .Res.Complete}}<p class="fail">INCOMPLETE: the bench stopped on a failure{{with .Res.Failure}} (image {{.Image}}, mode {{.Mode}}, link {{.Link}}, step {{.Step}}): {{.Msg}}{{end}}. No table is reported.</p>
 {{else}}
+{{if .Res.Summaries}}
 {{if .Chart}}<p><img alt="time to ready per image and mode, per link" src="{{.Chart}}"></p>{{end}}
 {{range .Links}}<h2>Link {{.Name}}</h2>
 <table><tr>{{range $.Header}}<th>{{.}}</th>{{end}}</tr>
@@ -184,6 +194,13 @@ load average {{.Res.Machine.LoadStart}} at the start, {{.Res.Machine.LoadEnd}} a
 {{end}}
 <p>Medians of {{.Res.N}} cold runs, (min-max). MB: bytes the registry sent through the link from the pull's start until ready. Limit: warm local start + bytes read at start / bandwidth + one round trip.</p>
 {{if .Stargz}}<p>{{.Stargz}}</p>{{end}}
+{{end}}
+{{range .Scenarios}}<h2>{{.Title}}</h2>
+<table><tr>{{range .Header}}<th>{{.}}</th>{{end}}</tr>
+{{range .Rows}}<tr>{{range .}}<td>{{.}}</td>{{end}}</tr>
+{{end}}</table>
+<p>{{.Note}}</p>
+{{end}}
 {{end}}
 <h2>Images</h2>
 <table><tr><th>image</th><th>ready line</th><th>layers</th><th>original MB</th><th>lazypull MB</th>{{if .Stargz}}<th>eStargz MB</th><th>optimized eStargz MB</th>{{end}}<th>prefetch profile</th></tr>
@@ -200,12 +217,13 @@ func WriteHTML(w io.Writer, res *Result, chartPNG []byte) error {
 		Rows [][]string
 	}
 	data := struct {
-		Res    *Result
-		Chart  template.URL
-		Header []string
-		Links  []linkTable
-		Stargz string // the footnote of the stargz columns, when they are there
-	}{Res: res, Header: tableHeader.cells(hasStargz(res))}
+		Res       *Result
+		Chart     template.URL
+		Header    []string
+		Links     []linkTable
+		Stargz    string // the footnote of the stargz columns, when they are there
+		Scenarios []table
+	}{Res: res, Header: tableHeader.cells(hasStargz(res)), Scenarios: scenarioTables(res)}
 	if hasStargz(res) {
 		data.Stargz = stargzFootnote
 	}
@@ -240,7 +258,7 @@ func WriteAll(dir string, res *Result) ([]string, error) {
 	}
 	paths = append(paths, p)
 	var png []byte
-	if res.Complete {
+	if res.Complete && len(res.Summaries) > 0 { // a chart of the cold starts, when they ran
 		var b bytes.Buffer
 		if err := WriteChart(&b, res); err != nil {
 			return paths, fmt.Errorf("chart: %w", err)

@@ -49,6 +49,9 @@ type Config struct {
 	Log      *slog.Logger
 	// Command is the command line, for the report.
 	Command string
+	// Scenarios: which scenarios run (the cold starts alone when empty), and the update and
+	// scale scenarios' sizes (scenario.go).
+	Scenarios ScenarioConfig
 }
 
 // Result is everything one `lazypull bench` measured. Complete is false when it stopped on
@@ -70,6 +73,7 @@ type Result struct {
 	Warm      []Warm      `json:"warm"`
 	Limits    []Limit     `json:"limits,omitempty"`
 	Summaries []Summary   `json:"summaries,omitempty"`
+	ScenarioResults
 }
 
 // ImageInfo describes one workload's image as pushed.
@@ -150,7 +154,8 @@ type job struct {
 
 // Validate checks cfg and fills defaults.
 func (c *Config) Validate() error {
-	if len(c.Images) == 0 || len(c.Links) == 0 || len(c.Modes) == 0 {
+	cold := c.Scenarios.has(ScenarioCold)
+	if len(c.Modes) == 0 || cold && (len(c.Images) == 0 || len(c.Links) == 0) {
 		return errors.New("need at least one image, link and mode")
 	}
 	for _, im := range c.Images {
@@ -163,8 +168,11 @@ func (c *Config) Validate() error {
 			return fmt.Errorf("unknown mode %q (known: plain, lazypull, lazypull-profile, estargz, estargz-opt)", m)
 		}
 	}
-	if c.N < 1 {
+	if cold && c.N < 1 {
 		return fmt.Errorf("need at least 1 run per image, link and mode, not %d", c.N)
+	}
+	if err := c.Scenarios.validate(c.Modes); err != nil {
+		return err
 	}
 	if c.Warm < 1 {
 		c.Warm = 1
@@ -228,14 +236,18 @@ func Bench(ctx context.Context, cfg Config) (res *Result, err error) {
 		return res, e
 	}
 	pg := &progress{w: cfg.Progress, term: cfg.Terminal}
+	cold := cfg.Scenarios.has(ScenarioCold)
 	var images []Image
-	for _, n := range cfg.Images {
-		images = append(images, Workloads[n])
+	if cold {
+		for _, n := range cfg.Images {
+			images = append(images, Workloads[n])
+		}
 	}
+	build := cfg.allImages()
 
 	// Images: built (cached) by the script from Debian packages.
-	pg.step("building images " + strings.Join(cfg.Images, " ") + " (cached after the first time)")
-	if _, err := command(ctx, nil, filepath.Join(cfg.Scripts, "build-bench-images.sh"), append([]string{cfg.ImagesDir}, cfg.Images...)...); err != nil {
+	pg.step("building images " + strings.Join(build, " ") + " (cached after the first time)")
+	if _, err := command(ctx, nil, filepath.Join(cfg.Scripts, "build-bench-images.sh"), append([]string{cfg.ImagesDir}, build...)...); err != nil {
 		return fail(&StepError{Step: "build images", Err: err, Msg: err.Error()})
 	}
 
@@ -257,7 +269,8 @@ func Bench(ctx context.Context, cfg Config) (res *Result, err error) {
 		}
 	}()
 
-	for _, im := range images {
+	for _, name := range build {
+		im := Workloads[name]
 		pg.step("pushing and converting " + im.Name)
 		info, err := pushImage(ctx, cfg, reg.addr, im)
 		if err != nil {
@@ -276,7 +289,7 @@ func Bench(ctx context.Context, cfg Config) (res *Result, err error) {
 	}
 
 	proxies := map[string]*Proxy{}
-	for _, l := range cfg.Links {
+	for _, l := range cfg.allLinks() {
 		p, err := NewProxy(reg.addr, l, cfg.Log)
 		if err != nil {
 			return fail(&StepError{Link: l.Name, Step: "start link", Err: err, Msg: err.Error()})
@@ -284,9 +297,9 @@ func Bench(ctx context.Context, cfg Config) (res *Result, err error) {
 		defer p.Close()
 		proxies[l.Name] = p
 	}
-	fastest := cfg.Links[0]
-	for _, l := range cfg.Links {
-		if l.Rate > fastest.Rate {
+	var fastest Link // none when the cold starts do not run
+	for i, l := range cfg.Links {
+		if i == 0 || l.Rate > fastest.Rate {
 			fastest = l
 		}
 	}
@@ -317,8 +330,13 @@ func Bench(ctx context.Context, cfg Config) (res *Result, err error) {
 			len(images)+i+1, total, j.image.Name, j.mode, j.link.Name, j.rep, r.Pull, r.Ready, r.Total, float64(r.Bytes)/1e6, r.Requests))
 	}
 
-	res.Limits = Limits(res.Runs, res.Warm, cfg.Images, cfg.Links)
-	res.Summaries = Summarize(res.Runs, cfg.Images, cfg.Links, cfg.Modes, res.Limits)
+	if cold {
+		res.Limits = Limits(res.Runs, res.Warm, cfg.Images, cfg.Links)
+		res.Summaries = Summarize(res.Runs, cfg.Images, cfg.Links, cfg.Modes, res.Limits)
+	}
+	if err := runScenarios(ctx, cfg, res, proxies, pg); err != nil {
+		return fail(err)
+	}
 	res.Complete = true
 	res.Finished = time.Now().UTC()
 	res.Machine.LoadEnd = loadavg()

@@ -1,0 +1,204 @@
+package bench
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"slices"
+	"sync"
+	"time"
+)
+
+// ScaleRun is one start of Count containers of one image at once on one fresh node: one
+// pull, then Count `ctr run` at the same moment, each to its readiness line.
+type ScaleRun struct {
+	Image string `json:"image"`
+	Count int    `json:"count"`
+	Mode  Mode   `json:"mode"`
+	Link  string `json:"link"`
+	Rep   int    `json:"rep"`
+	Order int    `json:"order"`
+	// Pull is the one pull; AllReady from the runs' start until the last container is ready;
+	// Total their sum. FirstReady and MedianReady: the first and the median container.
+	Pull        float64 `json:"pull_s"`
+	FirstReady  float64 `json:"first_ready_s"`
+	MedianReady float64 `json:"median_ready_s"`
+	AllReady    float64 `json:"all_ready_s"`
+	Total       float64 `json:"total_s"`
+	// Bytes and Requests: the registry's egress through the link from the pull's start until
+	// every container was ready; BytesAfter from then until the node was torn down.
+	Bytes      int64 `json:"bytes_before_ready"`
+	Requests   int64 `json:"requests_before_ready"`
+	BytesAfter int64 `json:"bytes_after_ready"`
+}
+
+// scaleRun is one scale run: a fresh node, the page cache dropped, one pull, then j.count
+// containers started at once.
+func scaleRun(ctx context.Context, cfg Config, p *Proxy, j scenarioJob, pg *progress) (run ScaleRun, err error) {
+	im := Workloads[j.image]
+	run = ScaleRun{Image: im.Name, Count: j.count, Mode: j.mode, Link: j.link.Name, Rep: j.rep, Order: j.order}
+	pg.step("starting a fresh node")
+	n, err := startNode(ctx, cfg.Scripts, cfg.Lazypull, cfg.WorkDir, j.mode)
+	if err != nil {
+		return run, j.err("start node", err)
+	}
+	defer func() {
+		if e := n.stop(); e != nil && err == nil {
+			err = j.err("stop node", e)
+		}
+	}()
+	if err := dropCaches(); err != nil {
+		return run, j.err("drop caches", err)
+	}
+	r := ref(p, im, j.mode)
+	c0 := p.Counters()
+	pg.step("pulling " + r)
+	took, err := pullIn(ctx, cfg, n, j.mode, r)
+	if err != nil {
+		return run, j.err("pull", err)
+	}
+	run.Pull = took.Seconds()
+	pg.step(fmt.Sprintf("running %d containers to ready", j.count))
+	ready, err := startMany(ctx, cfg, n, fmt.Sprintf("scale-%d", j.order), im, j.mode, r, j.count)
+	c1 := p.Counters()
+	if err != nil {
+		return run, j.err("run to ready", err)
+	}
+	run.FirstReady, run.MedianReady, run.AllReady = readySpread(ready)
+	run.Total = run.Pull + run.AllReady
+	d := c1.Sub(c0)
+	run.Bytes, run.Requests = d.Down, d.Requests
+	pg.step("stopping the node")
+	if e := n.stop(); e != nil {
+		return run, j.err("stop node", e)
+	}
+	n.ctd, n.sn = "", nil // stopped; the deferred stop has nothing left to do
+	run.BytesAfter = p.Counters().Sub(c1).Down
+	return run, nil
+}
+
+// startMany starts count containers of im at once and returns, for each, the time from the
+// common start to its readiness line. It returns only when every `ctr run` has ended; the
+// error names every container that failed.
+func startMany(ctx context.Context, cfg Config, n *node, prefix string, im Image, m Mode, ref string, count int) ([]time.Duration, error) {
+	sctx, cancel := context.WithTimeout(ctx, cfg.StepTimeout)
+	defer cancel()
+	ready := make([]time.Duration, count)
+	errs := make([]error, count)
+	var wg sync.WaitGroup
+	start := time.Now()
+	for i := range count {
+		wg.Go(func() {
+			launched := time.Now()
+			took, err := n.runToReady(sctx, fmt.Sprintf("%s-%d", prefix, i), im.Ready, im.Server, append(runArgs(m), ref)...)
+			if err != nil {
+				errs[i] = fmt.Errorf("container %d of %d: %w", i+1, count, err)
+				return
+			}
+			ready[i] = launched.Add(took).Sub(start)
+		})
+	}
+	wg.Wait()
+	return ready, errors.Join(errs...)
+}
+
+// readySpread returns the first, median and last of the ready times, in seconds.
+func readySpread(ready []time.Duration) (first, median, last float64) {
+	if len(ready) == 0 {
+		return 0, 0, 0
+	}
+	xs := make([]float64, len(ready))
+	for i, d := range ready {
+		xs[i] = d.Seconds()
+	}
+	s := NewStat(xs)
+	return slices.Min(xs), s.Median, slices.Max(xs)
+}
+
+// ScaleSummary aggregates the scale runs of one image, count, mode and link.
+type ScaleSummary struct {
+	Image    string `json:"image"`
+	Count    int    `json:"count"`
+	Mode     Mode   `json:"mode"`
+	Link     string `json:"link"`
+	Pull     Stat   `json:"pull_s"`
+	AllReady Stat   `json:"all_ready_s"`
+	Total    Stat   `json:"total_s"`
+	Bytes    Stat   `json:"bytes_before_ready"`
+	Requests Stat   `json:"requests_before_ready"`
+	// VsPlain is plain's median total over this one's, for the same count; BytesVsPlain this
+	// median of bytes over plain's. 0 without a plain run.
+	VsPlain      float64 `json:"speedup_vs_plain,omitempty"`
+	BytesVsPlain float64 `json:"bytes_vs_plain,omitempty"`
+}
+
+// SummarizeScale aggregates scale runs per link, count and mode, in the order given.
+func SummarizeScale(runs []ScaleRun, image string, counts []int, links []Link, modes []Mode) []ScaleSummary {
+	var out []ScaleSummary
+	for _, l := range links {
+		for _, k := range counts {
+			var group []ScaleSummary
+			for _, m := range modes {
+				var pull, all, total, bytes, reqs []float64
+				for _, r := range runs {
+					if r.Image != image || r.Count != k || r.Mode != m || r.Link != l.Name {
+						continue
+					}
+					pull = append(pull, r.Pull)
+					all = append(all, r.AllReady)
+					total = append(total, r.Total)
+					bytes = append(bytes, float64(r.Bytes))
+					reqs = append(reqs, float64(r.Requests))
+				}
+				if len(total) == 0 {
+					continue
+				}
+				group = append(group, ScaleSummary{Image: image, Count: k, Mode: m, Link: l.Name, Pull: NewStat(pull),
+					AllReady: NewStat(all), Total: NewStat(total), Bytes: NewStat(bytes), Requests: NewStat(reqs)})
+			}
+			var plain *ScaleSummary
+			for i := range group {
+				if group[i].Mode == ModePlain {
+					plain = &group[i]
+				}
+			}
+			if plain != nil {
+				for i := range group {
+					if group[i].Total.Median > 0 {
+						group[i].VsPlain = plain.Total.Median / group[i].Total.Median
+					}
+					if plain.Bytes.Median > 0 {
+						group[i].BytesVsPlain = group[i].Bytes.Median / plain.Bytes.Median
+					}
+				}
+			}
+			out = append(out, group...)
+		}
+	}
+	return out
+}
+
+// scaleTable is the scale scenario's table: a row per link, count and mode.
+func scaleTable(res *Result) *table {
+	if len(res.ScaleSummaries) == 0 {
+		return nil
+	}
+	t := &table{
+		Title:  "Scale: N containers of one image started at once",
+		Header: []string{"image", "N", "link", "mode", "pull s", "all ready s (after pull)", "total s", "registry egress MB", "requests", "x faster than plain", "bytes / plain"},
+		Note: fmt.Sprintf("Medians of %d runs, (min-max). One fresh node per run, the page cache dropped: one pull, then N `ctr run` at once, each to its readiness line; total = pull + until the last is ready. Egress: the bytes (10^6) the registry sent through the link from the pull's start until all were ready.",
+			res.ScenarioN),
+	}
+	for _, s := range res.ScaleSummaries {
+		r := []string{s.Image, fmt.Sprint(s.Count), s.Link, string(s.Mode), s.Pull.Format(2), s.AllReady.Format(2), s.Total.Format(2),
+			s.Bytes.Scale(1e-6).Format(2), s.Requests.Format(0), "-", "-"}
+		if s.VsPlain > 0 {
+			r[9] = fmt.Sprintf("%.2fx", s.VsPlain)
+		}
+		if s.BytesVsPlain > 0 {
+			r[10] = fmt.Sprintf("%.1f%%", s.BytesVsPlain*100)
+		}
+		t.Rows = append(t.Rows, r)
+	}
+	return t
+}

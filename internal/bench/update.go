@@ -1,0 +1,227 @@
+package bench
+
+import (
+	"context"
+	"fmt"
+	"time"
+)
+
+// UpdateBar is the issue's bar for the image update: lazypull fetches at most this fraction
+// of the bytes the plain pull fetches to start v2.
+const UpdateBar = 0.10
+
+// UpdateRun is one image update on one node: v1 pulled and started to ready (untimed), then
+// v2 pulled and started to ready, timed, with the link's counts for the v2 step only.
+type UpdateRun struct {
+	From  string `json:"from"` // v1
+	To    string `json:"to"`   // v2
+	Mode  Mode   `json:"mode"`
+	Link  string `json:"link"`
+	Rep   int    `json:"rep"`
+	Order int    `json:"order"`
+	// V1Bytes and V1Requests: what starting v1 fetched (the node's state before the update).
+	V1Bytes    int64 `json:"v1_bytes_before_ready"`
+	V1Requests int64 `json:"v1_requests_before_ready"`
+	// Pull, Ready, Total, Bytes, Requests, BytesAfter: as in Run, for v2.
+	Pull       float64 `json:"pull_s"`
+	Ready      float64 `json:"ready_s"`
+	Total      float64 `json:"total_s"`
+	Bytes      int64   `json:"bytes_before_ready"`
+	Requests   int64   `json:"requests_before_ready"`
+	BytesAfter int64   `json:"bytes_after_ready"`
+}
+
+// updateRun is one update: a fresh node, v1 to ready, the page cache dropped, then v2 to
+// ready with the link's counters read around that step only.
+func updateRun(ctx context.Context, cfg Config, p *Proxy, j scenarioJob, pg *progress) (run UpdateRun, err error) {
+	v1, v2 := Workloads[j.image], Workloads[Updates[j.image]]
+	run = UpdateRun{From: v1.Name, To: v2.Name, Mode: j.mode, Link: j.link.Name, Rep: j.rep, Order: j.order}
+	pg.step("starting a fresh node")
+	n, err := startNode(ctx, cfg.Scripts, cfg.Lazypull, cfg.WorkDir, j.mode)
+	if err != nil {
+		return run, j.err("start node", err)
+	}
+	defer func() {
+		if e := n.stop(); e != nil && err == nil {
+			err = j.err("stop node", e)
+		}
+	}()
+
+	c0 := p.Counters()
+	r1 := ref(p, v1, j.mode)
+	pg.step("v1: pulling " + r1)
+	if _, err := pullIn(ctx, cfg, n, j.mode, r1); err != nil {
+		return run, j.err("v1: pull", err)
+	}
+	pg.step("v1: running to ready")
+	if err := runReady(ctx, cfg, n, fmt.Sprintf("upd-%d-v1", j.order), v1, j.mode, r1); err != nil {
+		return run, j.err("v1: run to ready", err)
+	}
+	d1 := p.Counters().Sub(c0)
+	run.V1Bytes, run.V1Requests = d1.Down, d1.Requests
+	// Whatever v1's start set off in the background (a lazypull prefetch, say) is v1's: the
+	// update is measured from a node that is done with v1, as after v1 has served a while.
+	if err := quiet(ctx, p, 2*time.Second, time.Minute); err != nil {
+		return run, j.err("v1: wait for the link to go quiet", err)
+	}
+	if err := dropCaches(); err != nil {
+		return run, j.err("drop caches", err)
+	}
+
+	r2 := ref(p, v2, j.mode)
+	c1 := p.Counters()
+	pg.step("v2: pulling " + r2)
+	took, err := pullIn(ctx, cfg, n, j.mode, r2)
+	if err != nil {
+		return run, j.err("v2: pull", err)
+	}
+	run.Pull = took.Seconds()
+	pg.step("v2: running to ready")
+	sctx, cancel := context.WithTimeout(ctx, cfg.StepTimeout)
+	took, err = n.runToReady(sctx, fmt.Sprintf("upd-%d-v2", j.order), v2.Ready, v2.Server, append(runArgs(j.mode), r2)...)
+	c2 := p.Counters()
+	cancel()
+	if err != nil {
+		return run, j.err("v2: run to ready", err)
+	}
+	run.Ready = took.Seconds()
+	run.Total = run.Pull + run.Ready
+	d := c2.Sub(c1)
+	run.Bytes, run.Requests = d.Down, d.Requests
+	pg.step("stopping the node")
+	if e := n.stop(); e != nil {
+		return run, j.err("stop node", e)
+	}
+	n.ctd, n.sn = "", nil // stopped; the deferred stop has nothing left to do
+	run.BytesAfter = p.Counters().Sub(c2).Down
+	return run, nil
+}
+
+// runReady runs im to ready on n within the step timeout.
+func runReady(ctx context.Context, cfg Config, n *node, id string, im Image, m Mode, ref string) error {
+	sctx, cancel := context.WithTimeout(ctx, cfg.StepTimeout)
+	defer cancel()
+	_, err := n.runToReady(sctx, id, im.Ready, im.Server, append(runArgs(m), ref)...)
+	return err
+}
+
+// quiet waits until the link has forwarded nothing for the period idle, at most max.
+func quiet(ctx context.Context, p *Proxy, idle, max time.Duration) error {
+	deadline := time.Now().Add(max)
+	last, since := p.Counters(), time.Now()
+	for time.Since(since) < idle {
+		if time.Now().After(deadline) {
+			return fmt.Errorf("still busy after %v", max)
+		}
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-time.After(100 * time.Millisecond):
+		}
+		if c := p.Counters(); c != last {
+			last, since = c, time.Now()
+		}
+	}
+	return nil
+}
+
+// UpdateSummary aggregates the update runs of one image, mode and link.
+type UpdateSummary struct {
+	From     string `json:"from"`
+	To       string `json:"to"`
+	Mode     Mode   `json:"mode"`
+	Link     string `json:"link"`
+	V1Bytes  Stat   `json:"v1_bytes_before_ready"`
+	Pull     Stat   `json:"pull_s"`
+	Ready    Stat   `json:"ready_s"`
+	Total    Stat   `json:"total_s"`
+	Bytes    Stat   `json:"bytes_before_ready"`
+	Requests Stat   `json:"requests_before_ready"`
+	// VsPlain is plain's median total over this one's; BytesVsPlain this median of bytes over
+	// plain's (the bar: at most UpdateBar); both 0 without a plain run.
+	VsPlain      float64 `json:"speedup_vs_plain,omitempty"`
+	BytesVsPlain float64 `json:"bytes_vs_plain,omitempty"`
+	// MeetsBar: BytesVsPlain <= UpdateBar, for the modes other than plain.
+	MeetsBar *bool `json:"meets_bar,omitempty"`
+}
+
+// SummarizeUpdates aggregates update runs per image, link and mode, in the order given.
+func SummarizeUpdates(runs []UpdateRun, images []string, links []Link, modes []Mode) []UpdateSummary {
+	var out []UpdateSummary
+	for _, l := range links {
+		for _, im := range images {
+			var group []UpdateSummary
+			var plain *UpdateSummary
+			for _, m := range modes {
+				var v1, pull, ready, total, bytes, reqs []float64
+				for _, r := range runs {
+					if r.From != im || r.Mode != m || r.Link != l.Name {
+						continue
+					}
+					v1 = append(v1, float64(r.V1Bytes))
+					pull = append(pull, r.Pull)
+					ready = append(ready, r.Ready)
+					total = append(total, r.Total)
+					bytes = append(bytes, float64(r.Bytes))
+					reqs = append(reqs, float64(r.Requests))
+				}
+				if len(total) == 0 {
+					continue
+				}
+				group = append(group, UpdateSummary{From: im, To: Updates[im], Mode: m, Link: l.Name,
+					V1Bytes: NewStat(v1), Pull: NewStat(pull), Ready: NewStat(ready), Total: NewStat(total),
+					Bytes: NewStat(bytes), Requests: NewStat(reqs)})
+			}
+			for i := range group {
+				if group[i].Mode == ModePlain {
+					plain = &group[i]
+				}
+			}
+			if plain != nil {
+				for i := range group {
+					s := &group[i]
+					if s.Total.Median > 0 {
+						s.VsPlain = plain.Total.Median / s.Total.Median
+					}
+					if plain.Bytes.Median > 0 {
+						s.BytesVsPlain = s.Bytes.Median / plain.Bytes.Median
+					}
+					if s.Mode != ModePlain {
+						ok := s.BytesVsPlain <= UpdateBar
+						s.MeetsBar = &ok
+					}
+				}
+			}
+			out = append(out, group...)
+		}
+	}
+	return out
+}
+
+// updateTable is the update scenario's table: a row per image, link and mode.
+func updateTable(res *Result) *table {
+	if len(res.UpdateSummaries) == 0 {
+		return nil
+	}
+	t := &table{
+		Title:  "Image update: v1 started, then v2 pulled and started",
+		Header: []string{"update", "link", "mode", "v2 pull s", "v2 create+run to ready s", "v2 total s", "v2 MB", "v2 requests", "x faster than plain", "bytes / plain", fmt.Sprintf("bar <= %.0f%%", UpdateBar*100), "v1 MB"},
+		Note: fmt.Sprintf("Medians of %d runs, (min-max). One fresh node per run: v1 pulled and run to ready (untimed; v1 MB is what it fetched), the link left to go quiet, the page cache dropped, then v2 pulled and run to ready: its time, and the MB (10^6 bytes) and requests the registry sent through the link for that step only. The bar: lazypull fetches at most %.0f%% of the bytes of the plain pull.",
+			res.ScenarioN, UpdateBar*100),
+	}
+	for _, s := range res.UpdateSummaries {
+		r := []string{s.From + " -> " + s.To, s.Link, string(s.Mode), s.Pull.Format(2), s.Ready.Format(2), s.Total.Format(2),
+			s.Bytes.Scale(1e-6).Format(2), s.Requests.Format(0), "-", "-", "-", s.V1Bytes.Scale(1e-6).Format(1)}
+		if s.VsPlain > 0 {
+			r[8] = fmt.Sprintf("%.2fx", s.VsPlain)
+		}
+		if s.BytesVsPlain > 0 {
+			r[9] = fmt.Sprintf("%.1f%%", s.BytesVsPlain*100)
+		}
+		if s.MeetsBar != nil {
+			r[10] = map[bool]string{true: "met", false: "MISSED"}[*s.MeetsBar]
+		}
+		t.Rows = append(t.Rows, r)
+	}
+	return t
+}
