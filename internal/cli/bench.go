@@ -20,6 +20,13 @@ const (
 	defaultBenchLinks  = "1G/2ms,100M/20ms,20M/50ms"
 	defaultBenchModes  = "plain,lazypull,lazypull-profile"
 	defaultBenchN      = 3
+	// The update and scale scenarios (see runBench's help for their measured cost).
+	defaultBenchScenarios     = "cold,update,scale"
+	defaultBenchUpdate        = "python"
+	defaultBenchScaleImage    = "python"
+	defaultBenchScale         = "1,10"
+	defaultBenchScenarioLinks = "100M/20ms"
+	defaultBenchScenarioN     = 1
 )
 
 var benchCommand = &command{
@@ -48,7 +55,15 @@ bandwidth in bits/s shared by the link's connections, plus the round trip.
 At the end it prints one table per link (medians, min-max), the physical limit per image
 (warm local start + bytes read at start / bandwidth + one round trip) and writes
 results.json, chart.png and report.html into --out. A failure stops it with the image, mode,
-link and step named; the results so far are written, marked incomplete, and no table is.`,
+link and step named; the results so far are written, marked incomplete, and no table is.
+
+--scenarios adds two more measurements, on --scenario-links, --scenario-n times each:
+  update  v1 of an image (--update) pulled and started on a fresh node, then its v2 (same base
+          layer, a few packages and app files changed): the v2 step's time, bytes and
+          requests, and lazypull's bytes against the bar of 10% of plain's.
+  scale   one pull, then N containers of --scale-image started at once, for each N of --scale:
+          the time until all are ready and the registry's egress.
+--scenarios update,scale runs them without the cold starts.`,
 	flags: func(fs *flag.FlagSet) any {
 		f := &benchFlags{}
 		fs.StringVar(&f.images, "images", defaultBenchImages, "comma-separated `images`: python, node, gcc, postgres, jdk, big")
@@ -61,6 +76,12 @@ link and step named; the results so far are written, marked incomplete, and no t
 		fs.StringVar(&f.scripts, "scripts", "scripts", "the project's scripts `dir` (registry, containerd, image builder)")
 		fs.StringVar(&f.imagesDir, "images-dir", "/var/cache/lazypull-bench/images", "where the image builder keeps the OCI layouts")
 		fs.DurationVar(&f.timeout, "step-timeout", 10*time.Minute, "fail a pull or a run to ready that takes longer")
+		fs.StringVar(&f.scenarios, "scenarios", defaultBenchScenarios, "comma-separated `scenarios`: cold, update, scale")
+		fs.StringVar(&f.update, "update", defaultBenchUpdate, "comma-separated `images` updated to their v2 in the update scenario: python")
+		fs.StringVar(&f.scaleImage, "scale-image", defaultBenchScaleImage, "the `image` of the scale scenario")
+		fs.StringVar(&f.scale, "scale", defaultBenchScale, "comma-separated container `counts` started at once in the scale scenario")
+		fs.StringVar(&f.scenarioLinks, "scenario-links", defaultBenchScenarioLinks, "comma-separated `links` of the update and scale scenarios")
+		fs.IntVar(&f.scenarioN, "scenario-n", defaultBenchScenarioN, "runs per update or scale case, link and mode")
 		return f
 	},
 	run: runBench,
@@ -73,6 +94,10 @@ type benchFlags struct {
 	out, scripts         string
 	imagesDir            string
 	timeout              time.Duration
+	// The update and scale scenarios.
+	scenarios, update, scaleImage, scale string
+	scenarioLinks                        string
+	scenarioN                            int
 }
 
 func splitList(s string) []string {
@@ -103,6 +128,11 @@ func runBench(ctx context.Context, e *env, vals any, args []string) error {
 	for _, m := range splitList(f.modes) {
 		cfg.Modes = append(cfg.Modes, bench.Mode(m))
 	}
+	sc, err := scenarioConfig(f)
+	if err != nil {
+		return usagef("%v", err)
+	}
+	cfg.Scenarios = sc
 	if cfg.Seed == 0 {
 		cfg.Seed = rand.Uint64()
 	}
@@ -112,7 +142,6 @@ func runBench(ctx context.Context, e *env, vals any, args []string) error {
 	if os.Geteuid() != 0 {
 		return errors.New("bench: must run as root (containerd, mounts, drop_caches)")
 	}
-	var err error
 	if cfg.Scripts, err = filepath.Abs(f.scripts); err != nil {
 		return err
 	}
@@ -134,8 +163,8 @@ func runBench(ctx context.Context, e *env, vals any, args []string) error {
 	}
 	defer os.RemoveAll(cfg.WorkDir)
 
-	fmt.Fprintf(e.stderr, "lazypull bench: images %s; links %s; modes %s; %d cold runs each, seed %d\n",
-		strings.Join(cfg.Images, " "), f.links, f.modes, cfg.N, cfg.Seed)
+	fmt.Fprintf(e.stderr, "lazypull bench: scenarios %s; images %s; links %s; modes %s; %d cold runs each, seed %d\n",
+		f.scenarios, strings.Join(cfg.Images, " "), f.links, f.modes, cfg.N, cfg.Seed)
 	fmt.Fprintln(e.stderr, bench.StargzNote(cfg.Stargz))
 	res, berr := bench.Bench(ctx, cfg)
 	if res == nil {
@@ -145,4 +174,27 @@ func runBench(ctx context.Context, e *env, vals any, args []string) error {
 	bench.WriteTables(e.stdout, res)
 	fmt.Fprintf(e.stdout, "\nwritten: %s\n", strings.Join(paths, " "))
 	return errors.Join(berr, werr)
+}
+
+// scenarioConfig reads the scenario flags. The flags of a scenario that does not run are not
+// checked beyond their syntax.
+func scenarioConfig(f *benchFlags) (bench.ScenarioConfig, error) {
+	sc := bench.ScenarioConfig{Run: splitList(f.scenarios), Update: splitList(f.update),
+		ScaleImage: strings.TrimSpace(f.scaleImage), N: f.scenarioN}
+	if len(sc.Run) == 0 {
+		return sc, fmt.Errorf("--scenarios: none given (known: %s)", strings.Join(bench.Scenarios, ", "))
+	}
+	counts, err := bench.ParseCounts(f.scale)
+	if err != nil {
+		return sc, fmt.Errorf("--scale: %w", err)
+	}
+	sc.ScaleCounts = counts
+	for _, l := range splitList(f.scenarioLinks) {
+		link, err := bench.ParseLink(l)
+		if err != nil {
+			return sc, fmt.Errorf("--scenario-links: %w", err)
+		}
+		sc.Links = append(sc.Links, link)
+	}
+	return sc, nil
 }
