@@ -14,7 +14,11 @@
 //   - the stargz modes (stargz.go): eStargz and optimized eStargz images made by ctr-remote
 //     (cached), run on containerd-stargz-grpc (tools/stargz-grpc) as proxy plugin "stargz",
 //     and every mode's ratios to optimized eStargz.
-//   - reports (report.go, chart.go): JSON, a text table per link, a PNG chart, an HTML page.
+//   - the scenarios besides the cold starts (scenario.go): the image update (update.go: v1
+//     started, then v2 timed, its bytes against plain's) and the scale start (scale.go: one
+//     pull, then N containers at once).
+//   - reports (report.go, chart.go, scenario_report.go): JSON, a text table per link and per
+//     scenario, a PNG chart of the cold starts, an HTML page.
 //
 // It runs the real components (docker-registry, containerd, runc, `lazypull snapshotter`,
 // containerd-stargz-grpc, ctr-remote) as processes, through the project's scripts; it never

@@ -154,7 +154,7 @@ type job struct {
 
 // Validate checks cfg and fills defaults.
 func (c *Config) Validate() error {
-	cold := c.Scenarios.has(ScenarioCold)
+	cold := c.Scenarios.Has(ScenarioCold)
 	if len(c.Modes) == 0 || cold && (len(c.Images) == 0 || len(c.Links) == 0) {
 		return errors.New("need at least one image, link and mode")
 	}
@@ -236,7 +236,7 @@ func Bench(ctx context.Context, cfg Config) (res *Result, err error) {
 		return res, e
 	}
 	pg := &progress{w: cfg.Progress, term: cfg.Terminal}
-	cold := cfg.Scenarios.has(ScenarioCold)
+	cold := cfg.Scenarios.Has(ScenarioCold)
 	var images []Image
 	if cold {
 		for _, n := range cfg.Images {

@@ -44,8 +44,8 @@ type ScenarioConfig struct {
 	N     int
 }
 
-// has says whether scenario s is to run.
-func (c ScenarioConfig) has(s string) bool {
+// Has says whether scenario s is to run.
+func (c ScenarioConfig) Has(s string) bool {
 	if len(c.Run) == 0 {
 		return s == ScenarioCold
 	}
@@ -62,7 +62,7 @@ func (c *ScenarioConfig) validate(modes []Mode) error {
 			return fmt.Errorf("unknown scenario %q (known: %s)", s, strings.Join(Scenarios, ", "))
 		}
 	}
-	if !c.has(ScenarioUpdate) && !c.has(ScenarioScale) {
+	if !c.Has(ScenarioUpdate) && !c.Has(ScenarioScale) {
 		return nil
 	}
 	if len(c.Links) == 0 {
@@ -76,7 +76,7 @@ func (c *ScenarioConfig) validate(modes []Mode) error {
 			return fmt.Errorf("mode %q has no update or scale scenario yet (they run plain and lazypull)", m)
 		}
 	}
-	if c.has(ScenarioUpdate) {
+	if c.Has(ScenarioUpdate) {
 		if len(c.Update) == 0 {
 			return fmt.Errorf("the update scenario needs an image (known: %s)", strings.Join(slices.Sorted(maps.Keys(Updates)), ", "))
 		}
@@ -86,7 +86,7 @@ func (c *ScenarioConfig) validate(modes []Mode) error {
 			}
 		}
 	}
-	if c.has(ScenarioScale) {
+	if c.Has(ScenarioScale) {
 		if _, ok := Workloads[c.ScaleImage]; !ok {
 			return fmt.Errorf("scale image %q unknown (known: %s)", c.ScaleImage, strings.Join(slices.Sorted(maps.Keys(Workloads)), ", "))
 		}
@@ -106,7 +106,7 @@ func (c *ScenarioConfig) validate(modes []Mode) error {
 func (c ScenarioConfig) extra() []string {
 	var out []string
 	for _, s := range Scenarios[1:] {
-		if c.has(s) {
+		if c.Has(s) {
 			out = append(out, s)
 		}
 	}
@@ -116,12 +116,12 @@ func (c ScenarioConfig) extra() []string {
 // images lists the images the scenarios need built and pushed, besides the cold ones.
 func (c ScenarioConfig) images() []string {
 	var out []string
-	if c.has(ScenarioUpdate) {
+	if c.Has(ScenarioUpdate) {
 		for _, im := range c.Update {
 			out = append(out, im, Updates[im])
 		}
 	}
-	if c.has(ScenarioScale) {
+	if c.Has(ScenarioScale) {
 		out = append(out, c.ScaleImage)
 	}
 	return out
@@ -214,12 +214,12 @@ func scenarioJobs(c ScenarioConfig, modes []Mode, seed uint64) []scenarioJob {
 	for _, l := range c.Links {
 		for _, m := range modes {
 			for r := 1; r <= c.N; r++ {
-				if c.has(ScenarioUpdate) {
+				if c.Has(ScenarioUpdate) {
 					for _, im := range c.Update {
 						js = append(js, scenarioJob{scenario: ScenarioUpdate, image: im, mode: m, link: l, rep: r})
 					}
 				}
-				if c.has(ScenarioScale) {
+				if c.Has(ScenarioScale) {
 					for _, k := range c.ScaleCounts {
 						js = append(js, scenarioJob{scenario: ScenarioScale, image: c.ScaleImage, count: k, mode: m, link: l, rep: r})
 					}
@@ -252,7 +252,7 @@ type ScenarioResults struct {
 // scenarios', each once.
 func (c Config) allImages() []string {
 	var out []string
-	if c.Scenarios.has(ScenarioCold) {
+	if c.Scenarios.Has(ScenarioCold) {
 		out = append(out, c.Images...)
 	}
 	for _, im := range c.Scenarios.images() {
@@ -267,7 +267,7 @@ func (c Config) allImages() []string {
 // scenarios', each once by name.
 func (c Config) allLinks() []Link {
 	var out []Link
-	if c.Scenarios.has(ScenarioCold) {
+	if c.Scenarios.Has(ScenarioCold) {
 		out = append(out, c.Links...)
 	}
 	if len(c.Scenarios.extra()) > 0 {

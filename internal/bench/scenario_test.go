@@ -40,7 +40,7 @@ func TestScenarioValidate(t *testing.T) {
 	if err := (&ScenarioConfig{Run: []string{"cold"}}).validate(modes); err != nil {
 		t.Errorf("cold only: %v", err)
 	}
-	if err := (&ScenarioConfig{}).validate(modes); err != nil || !(ScenarioConfig{}).has(ScenarioCold) {
+	if err := (&ScenarioConfig{}).validate(modes); err != nil || !(ScenarioConfig{}).Has(ScenarioCold) {
 		t.Errorf("no scenarios given: %v; want the cold starts alone", err)
 	}
 	for name, mod := range map[string]func(*ScenarioConfig){
