@@ -51,7 +51,7 @@ func scaleRun(ctx context.Context, cfg Config, p *Proxy, j scenarioJob, pg *prog
 		return run, j.err("drop caches", err)
 	}
 	r := ref(p, im, j.mode)
-	c0 := p.Counters()
+	c0, t0 := p.Counters(), time.Now()
 	pg.step("pulling " + r)
 	took, err := pullIn(ctx, cfg, n, j.mode, r)
 	if err != nil {
@@ -68,6 +68,9 @@ func scaleRun(ctx context.Context, cfg Config, p *Proxy, j scenarioJob, pg *prog
 	run.Total = run.Pull + run.AllReady
 	d := c1.Sub(c0)
 	run.Bytes, run.Requests = d.Down, d.Requests
+	if err := keepLogs(cfg, p, n, j, t0, run.Total); err != nil {
+		return run, j.err("keep logs", err)
+	}
 	pg.step("stopping the node")
 	if e := n.stop(); e != nil {
 		return run, j.err("stop node", e)

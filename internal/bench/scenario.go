@@ -5,6 +5,8 @@ import (
 	"fmt"
 	"maps"
 	"math/rand/v2"
+	"os"
+	"path/filepath"
 	"slices"
 	"strings"
 	"time"
@@ -73,7 +75,7 @@ func (c *ScenarioConfig) validate(modes []Mode) error {
 	}
 	for _, m := range modes {
 		if !scenarioMode(m) {
-			return fmt.Errorf("mode %q has no update or scale scenario yet (they run plain and lazypull)", m)
+			return fmt.Errorf("mode %q has no update or scale scenario yet (they run plain, lazypull and lazypull-profile)", m)
 		}
 	}
 	if c.Has(ScenarioUpdate) {
@@ -155,7 +157,7 @@ func ParseCounts(s string) ([]int, error) {
 // scenarioMode says whether the update and scale scenarios know how to pull and run in mode
 // m. A new mode (stargz, say) adds a case here and in pullIn and runArgs.
 func scenarioMode(m Mode) bool {
-	return m == ModePlain || m == ModeLazypull
+	return m == ModePlain || m.lazy()
 }
 
 // pullIn pulls ref on node n the way mode m does, and returns how long it took.
@@ -164,10 +166,10 @@ func pullIn(ctx context.Context, cfg Config, n *node, m Mode, ref string) (time.
 	defer cancel()
 	t0 := time.Now()
 	var err error
-	switch m {
-	case ModeLazypull:
+	switch {
+	case m.lazy():
 		_, err = command(sctx, nil, cfg.Lazypull, "pull", "--address", n.sock(), "--namespace", namespace, "--plain-http", ref)
-	case ModePlain:
+	case m == ModePlain:
 		_, err = command(sctx, nil, "ctr", n.ctr("image", "pull", "--plain-http", ref)...)
 	default:
 		err = fmt.Errorf("mode %q: no pull for this scenario", m)
@@ -177,7 +179,7 @@ func pullIn(ctx context.Context, cfg Config, n *node, m Mode, ref string) (time.
 
 // runArgs are the `ctr run` flags of mode m before the image reference.
 func runArgs(m Mode) []string {
-	if m == ModeLazypull {
+	if m.lazy() {
 		return []string{"--snapshotter", "lazypull"}
 	}
 	return nil
@@ -317,5 +319,28 @@ func runScenarios(ctx context.Context, cfg Config, res *Result, proxies map[stri
 	}
 	res.UpdateSummaries = SummarizeUpdates(res.UpdateRuns, sc.Update, sc.Links, cfg.Modes)
 	res.ScaleSummaries = SummarizeScale(res.ScaleRuns, sc.ScaleImage, sc.ScaleCounts, sc.Links, cfg.Modes)
+	return nil
+}
+
+// keepLogs, when cfg.LogDir is set, writes the link's requests since t0 into it as
+// NAME.requests, NAME from the job, and has n's stop keep a lazy node's snapshotter log as
+// NAME.log, as the cold runs do.
+func keepLogs(cfg Config, p *Proxy, n *node, j scenarioJob, t0 time.Time, readyAfter float64) error {
+	if cfg.LogDir == "" {
+		return nil
+	}
+	name := fmt.Sprintf("%s-%s-%s-%s-%d", j.scenario, j.image, j.mode, j.link.Name, j.rep)
+	if j.scenario == ScenarioScale {
+		name = fmt.Sprintf("%s-%s-x%d-%s-%s-%d", j.scenario, j.image, j.count, j.mode, j.link.Name, j.rep)
+	}
+	base := filepath.Join(cfg.LogDir, strings.NewReplacer("/", "_").Replace(name))
+	if j.mode.lazy() {
+		n.keepLog = base + ".log"
+	}
+	reqs := fmt.Sprintf("# the link's requests from the measured step's start (%s), ready at +%.3fs\n%s\n",
+		t0.UTC().Format(time.RFC3339Nano), readyAfter, strings.Join(p.RequestLog(t0), "\n"))
+	if err := os.WriteFile(base+".requests", []byte(reqs), 0o644); err != nil {
+		return fmt.Errorf("keep the request log: %w", err)
+	}
 	return nil
 }

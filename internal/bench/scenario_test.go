@@ -60,6 +60,9 @@ func TestScenarioValidate(t *testing.T) {
 			t.Errorf("%s: validate(%+v) passed", name, c)
 		}
 	}
+	if err := good.validate([]Mode{ModePlain, ModeLazypull, ModeProfile}); err != nil {
+		t.Errorf("all of today's modes: %v", err)
+	}
 	if err := good.validate([]Mode{"stargz"}); err == nil {
 		t.Error("a mode without a scenario hook passed")
 	}

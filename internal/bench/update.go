@@ -69,7 +69,7 @@ func updateRun(ctx context.Context, cfg Config, p *Proxy, j scenarioJob, pg *pro
 	}
 
 	r2 := ref(p, v2, j.mode)
-	c1 := p.Counters()
+	c1, t1 := p.Counters(), time.Now()
 	pg.step("v2: pulling " + r2)
 	took, err := pullIn(ctx, cfg, n, j.mode, r2)
 	if err != nil {
@@ -88,6 +88,9 @@ func updateRun(ctx context.Context, cfg Config, p *Proxy, j scenarioJob, pg *pro
 	run.Total = run.Pull + run.Ready
 	d := c2.Sub(c1)
 	run.Bytes, run.Requests = d.Down, d.Requests
+	if err := keepLogs(cfg, p, n, j, t1, run.Total); err != nil {
+		return run, j.err("v2: keep logs", err)
+	}
 	pg.step("stopping the node")
 	if e := n.stop(); e != nil {
 		return run, j.err("stop node", e)
