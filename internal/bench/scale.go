@@ -38,7 +38,7 @@ func scaleRun(ctx context.Context, cfg Config, p *Proxy, j scenarioJob, pg *prog
 	im := Workloads[j.image]
 	run = ScaleRun{Image: im.Name, Count: j.count, Mode: j.mode, Link: j.link.Name, Rep: j.rep, Order: j.order}
 	pg.step("starting a fresh node")
-	n, err := startNode(ctx, cfg.Scripts, cfg.Lazypull, cfg.WorkDir, j.mode)
+	n, err := startFor(ctx, cfg, j.mode)
 	if err != nil {
 		return run, j.err("start node", err)
 	}

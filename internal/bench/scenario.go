@@ -75,7 +75,7 @@ func (c *ScenarioConfig) validate(modes []Mode) error {
 	}
 	for _, m := range modes {
 		if !scenarioMode(m) {
-			return fmt.Errorf("mode %q has no update or scale scenario yet (they run plain, lazypull and lazypull-profile)", m)
+			return fmt.Errorf("mode %q has no update or scale scenario yet", m)
 		}
 	}
 	if c.Has(ScenarioUpdate) {
@@ -154,10 +154,18 @@ func ParseCounts(s string) ([]int, error) {
 	return out, nil
 }
 
-// scenarioMode says whether the update and scale scenarios know how to pull and run in mode
-// m. A new mode (stargz, say) adds a case here and in pullIn and runArgs.
+// scenarioMode says whether the update and scale scenarios know how to start a node, pull
+// and run in mode m. A new mode adds a case here and in startFor, pullIn and runArgs.
 func scenarioMode(m Mode) bool {
-	return m == ModePlain || m.lazy()
+	return m == ModePlain || m.lazy() || isStargz(m)
+}
+
+// startFor starts a fresh node for mode m.
+func startFor(ctx context.Context, cfg Config, m Mode) (*node, error) {
+	if isStargz(m) {
+		return startStargzNode(ctx, cfg)
+	}
+	return startNode(ctx, cfg.Scripts, cfg.Lazypull, cfg.WorkDir, m)
 }
 
 // pullIn pulls ref on node n the way mode m does, and returns how long it took.
@@ -169,6 +177,8 @@ func pullIn(ctx context.Context, cfg Config, n *node, m Mode, ref string) (time.
 	switch {
 	case m.lazy():
 		_, err = command(sctx, nil, cfg.Lazypull, "pull", "--address", n.sock(), "--namespace", namespace, "--plain-http", ref)
+	case isStargz(m):
+		err = stargzPull(sctx, n, ref)
 	case m == ModePlain:
 		_, err = command(sctx, nil, "ctr", n.ctr("image", "pull", "--plain-http", ref)...)
 	default:
@@ -179,8 +189,11 @@ func pullIn(ctx context.Context, cfg Config, n *node, m Mode, ref string) (time.
 
 // runArgs are the `ctr run` flags of mode m before the image reference.
 func runArgs(m Mode) []string {
-	if m.lazy() {
+	switch {
+	case m.lazy():
 		return []string{"--snapshotter", "lazypull"}
+	case isStargz(m):
+		return stargzArgs()
 	}
 	return nil
 }
@@ -334,7 +347,7 @@ func keepLogs(cfg Config, p *Proxy, n *node, j scenarioJob, t0 time.Time, readyA
 		name = fmt.Sprintf("%s-%s-x%d-%s-%s-%d", j.scenario, j.image, j.count, j.mode, j.link.Name, j.rep)
 	}
 	base := filepath.Join(cfg.LogDir, strings.NewReplacer("/", "_").Replace(name))
-	if j.mode.lazy() {
+	if j.mode.lazy() || isStargz(j.mode) {
 		n.keepLog = base + ".log"
 	}
 	reqs := fmt.Sprintf("# the link's requests from the measured step's start (%s), ready at +%.3fs\n%s\n",

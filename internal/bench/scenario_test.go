@@ -63,6 +63,9 @@ func TestScenarioValidate(t *testing.T) {
 	if err := good.validate([]Mode{ModePlain, ModeLazypull, ModeProfile}); err != nil {
 		t.Errorf("all of today's modes: %v", err)
 	}
+	if err := good.validate([]Mode{ModeEstargz, ModeEstargzOpt}); err != nil {
+		t.Errorf("the stargz modes: %v", err)
+	}
 	if err := good.validate([]Mode{"stargz"}); err == nil {
 		t.Error("a mode without a scenario hook passed")
 	}
