@@ -102,7 +102,7 @@ func WriteTables(w io.Writer, res *Result) {
 			fmt.Fprintf(w, "failed: image %q, mode %q, link %q, run %d, step %q:\n%s\n", res.Failure.Image, res.Failure.Mode,
 				res.Failure.Link, res.Failure.Rep, res.Failure.Step, res.Failure.Msg)
 		}
-		fmt.Fprintf(w, "%d runs had finished before it.\n", len(res.Runs))
+		fmt.Fprintf(w, "%d runs had finished before it.\n", len(res.Runs)+len(res.UpdateRuns)+len(res.ScaleRuns))
 		return
 	}
 	if len(res.Summaries) > 0 { // the cold starts ran

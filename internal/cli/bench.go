@@ -20,9 +20,10 @@ const (
 	defaultBenchLinks  = "1G/2ms,100M/20ms,20M/50ms"
 	defaultBenchModes  = "plain,lazypull,lazypull-profile"
 	defaultBenchN      = 3
-	// The update and scale scenarios on one link, once each: together about 2.5 minutes on
-	// top of the cold set's 25 (a run of --scale 1,10,50 took 5 minutes: 40 s for one run of
-	// 50 pythons). 1 at once is the cold start again; 10 is the default.
+	// The update and scale scenarios on one link, once each: with the three default modes
+	// they took 1 min 49 s on top of the cold set (python-v2 pushed, converted, profiled;
+	// 6 runs). --scale 1,10,50 took 6 min 45 s for both, 40-60 s for one run of 50 pythons
+	// on 2 busy CPUs. 1 at once is the cold start again; 10 is the default.
 	defaultBenchScenarios     = "cold,update,scale"
 	defaultBenchUpdate        = "python"
 	defaultBenchScaleImage    = "python"
