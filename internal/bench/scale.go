@@ -189,7 +189,7 @@ func scaleTable(res *Result) *table {
 	t := &table{
 		Title:  "Scale: N containers of one image started at once",
 		Header: []string{"image", "N", "link", "mode", "pull s", "all ready s (after pull)", "total s", "registry egress MB", "requests", "x faster than plain", "bytes / plain"},
-		Note: fmt.Sprintf("Medians of %d runs, (min-max). One fresh node per run, the page cache dropped: one pull, then N `ctr run` at once, each to its readiness line; total = pull + until the last is ready. Egress: the bytes (10^6) the registry sent through the link from the pull's start until all were ready.",
+		Note: fmt.Sprintf("Medians of %d runs, (min-max). One fresh node per run, the page cache dropped: one pull, then N `ctr run` at once, each to its readiness line; total = pull + until the last is ready. Egress: the bytes (10^6) the registry sent through the link from the pull's start until all were ready; in the stargz modes it includes their background fetch of whole layers, which starts 5 s after the last layer mount when the start lasts longer.",
 			res.ScenarioN),
 	}
 	for _, s := range res.ScaleSummaries {

@@ -214,8 +214,8 @@ func updateTable(res *Result) *table {
 	t := &table{
 		Title:  "Image update: v1 started, then v2 pulled and started",
 		Header: []string{"update", "link", "mode", "v2 pull s", "v2 create+run to ready s", "v2 total s", "v2 MB", "v2 requests", "x faster than plain", "bytes / plain", fmt.Sprintf("bar <= %.0f%%", UpdateBar*100), "v1 MB"},
-		Note: fmt.Sprintf("Medians of %d runs, (min-max). One fresh node per run: v1 pulled and run to ready (untimed; v1 MB is what it fetched), the link left to go quiet, the page cache dropped, then v2 pulled and run to ready: its time, and the MB (10^6 bytes) and requests the registry sent through the link for that step only. The bar: lazypull fetches at most %.0f%% of the bytes of the plain pull.",
-			res.ScenarioN, UpdateBar*100),
+		Note: fmt.Sprintf("Medians of %d runs, (min-max). One fresh node per run: v1 pulled and run to ready (untimed; v1 MB is what it fetched), the link left to go quiet (%.0f s without a byte), the page cache dropped, then v2 pulled and run to ready: its time, and the MB (10^6 bytes) and requests the registry sent through the link for that step only. The bar: lazypull fetches at most %.0f%% of the bytes of the plain pull.",
+			res.ScenarioN, quietIdle.Seconds(), UpdateBar*100),
 	}
 	for _, s := range res.UpdateSummaries {
 		r := []string{s.From + " -> " + s.To, s.Link, string(s.Mode), s.Pull.Format(2), s.Ready.Format(2), s.Total.Format(2),
