@@ -193,10 +193,14 @@ for app in "$@"; do
     log "$app: using packed $out/$app"
     continue
   fi
-  rm -rf "${out:?}/$app"
+  # Packed beside it, then swapped in: a bench of another checkout (another key) may be
+  # reading OUTDIR/APP, and the flock covers builders only; the swap keeps its window short.
   log "$app: packing into $out/$app"
-  (cd "$repo" && go run ./tools/mkimage -out "$out/$app" -tag "$app" -cmd "${cmds[$app]}" \
+  rm -rf "${out:?}/.$app.new"
+  (cd "$repo" && go run ./tools/mkimage -out "$out/.$app.new" -tag "$app" -cmd "${cmds[$app]}" \
     "$cache_root/base-$base_key" "$cache_root/$app-$key")
-  echo "$key" >"$out/$app/.key"
+  echo "$key" >"$out/.$app.new/.key"
+  rm -rf "${out:?}/$app"
+  mv "$out/.$app.new" "$out/$app"
 done
 flock -u 9
