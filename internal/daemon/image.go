@@ -62,24 +62,38 @@ func OpenImage(ctx context.Context, st *store.Store, ref string, platform *v1.Pl
 // image: it is left out of Layers and its error kept in Failed. The snapshotter then
 // unpacks that layer the ordinary way and still mounts the others; only a failure of the
 // image itself (manifest, registry, credentials) fails the open. With lookup, the image's
-// prefetch profile is looked up while the layer indexes are read (Prefetch uses it): the
-// two need only the manifest, and the prefetch needs both.
+// prefetch profile is looked up while the manifest and the layer indexes are read
+// (Prefetch uses it): a reference by digest names the profile's subject already, and the
+// prefetch needs both.
 func openImage(ctx context.Context, st *store.Store, ref string, platform *v1.Platform, partial, lookup bool, opts ...fetch.Option) (*Image, error) {
 	reg, err := fetch.New(ref, opts...)
 	if err != nil {
 		return nil, fmt.Errorf("image %s: %w", ref, err)
 	}
+	bg, cancel := context.WithCancel(context.Background())
+	var early *profileLookup
+	var earlyFor v1.Hash
+	if r, err := name.NewDigest(ref); lookup && err == nil {
+		if h, err := v1.NewHash(r.DigestStr()); err == nil {
+			early, earlyFor = lookupProfile(bg, reg, h), h
+		}
+	}
 	img, fetched, err := resolve(ctx, st, reg, ref, platform)
 	if err != nil {
+		cancel()
 		return nil, fmt.Errorf("image %s: %w", ref, err)
 	}
 	var kept []func()
 	if fetched {
 		kept = append(kept, keepManifest(st, img, ref))
 	}
-	bg, cancel := context.WithCancel(context.Background())
 	im := &Image{Ref: ref, Image: img, Registry: reg, Layers: make([]*Layer, len(img.Manifest.Layers)), lease: st.NewLease(), bg: bg, cancel: cancel}
-	if lookup {
+	switch {
+	case early != nil && earlyFor == img.Descriptor.Digest:
+		im.lookup = early
+	case lookup:
+		// The reference named an index (or nothing by digest): the subject is the
+		// platform's manifest. An early look-up for the index finds nothing and ends.
 		im.lookup = lookupProfile(bg, reg, img.Descriptor.Digest)
 	}
 	var keptMu sync.Mutex

@@ -216,6 +216,7 @@ func (f *SnapshotFS) Mount(ctx context.Context, mountpoint string, labels map[st
 	}
 	digest := layer.Desc.Digest.String()
 	ref, _, _ := layerOf(labels)
+	t0 := time.Now()
 	root, err := fusefs.NewLayer(layer.Index, layer, fusefs.WithLogger(f.log))
 	if err != nil {
 		return fmt.Errorf("layer %s: %w", digest, err)
@@ -224,7 +225,9 @@ func (f *SnapshotFS) Mount(ctx context.Context, mountpoint string, labels map[st
 	if err != nil {
 		return fmt.Errorf("mount layer %s at %s: %w", digest, mountpoint, err)
 	}
+	t1 := time.Now()
 	f.keep(srv, labels)
+	t2 := time.Now()
 	f.mu.Lock()
 	old := f.mounts[mountpoint]
 	f.mounts[mountpoint] = srv
@@ -232,7 +235,8 @@ func (f *SnapshotFS) Mount(ctx context.Context, mountpoint string, labels map[st
 	if old != nil {
 		_ = old.Unmount()
 	}
-	f.log.Info("layer mounted", "layer", digest, "image", ref, "dir", mountpoint, "passthrough", srv.Passthrough())
+	f.log.Info("layer mounted", "layer", digest, "image", ref, "dir", mountpoint, "passthrough", srv.Passthrough(),
+		"mount_s", t1.Sub(t0).Seconds(), "keep_s", t2.Sub(t1).Seconds())
 	return nil
 }
 
