@@ -73,13 +73,39 @@ type mountFlags struct {
 
 // prefetchFlags are the prefetch settings of mount and snapshotter.
 type prefetchFlags struct {
-	prefetch     bool
-	prefetchWait time.Duration
+	prefetch            bool
+	prefetchWait        time.Duration
+	backgroundFetch     bool
+	backgroundFetchRate int64
 }
 
 func addPrefetchFlags(fs *flag.FlagSet, f *prefetchFlags) {
 	fs.BoolVar(&f.prefetch, "prefetch", true, "look up the image's prefetch profile (lazypull profile) and fetch what it names first")
 	fs.DurationVar(&f.prefetchWait, "prefetch-wait", 0, "wait up to `duration` for the profiled content before mounting (0: fetch it in the background)")
+	fs.BoolVar(&f.backgroundFetch, "background-fetch", false, "after the prefetch, fetch the rest of each image in the background (rate-bounded; reads go first)")
+	fs.Int64Var(&f.backgroundFetchRate, "background-fetch-rate", daemon.DefaultFillRate, "bound the background fetch to `n` compressed bytes per second")
+}
+
+// check refuses prefetch settings that make no sense.
+func (f *prefetchFlags) check() error {
+	if f.prefetchWait < 0 {
+		return usagef("-prefetch-wait must not be negative")
+	}
+	if f.backgroundFetchRate <= 0 {
+		return usagef("-background-fetch-rate must be more than 0 bytes per second")
+	}
+	return nil
+}
+
+// start runs the prefetch and the background fill of a newly opened image, as set.
+func (f *prefetchFlags) start(ctx context.Context, im *daemon.Image, log *slog.Logger) error {
+	if f.prefetch {
+		im.Prefetch(ctx, daemon.PrefetchOptions{Wait: f.prefetchWait, Log: log})
+	}
+	if f.backgroundFetch {
+		return im.BackgroundFetch(daemon.FillOptions{Rate: f.backgroundFetchRate, Log: log})
+	}
+	return nil
 }
 
 func newLogger(e *env) *slog.Logger { return newLeveledLogger(e, slog.LevelInfo) }
@@ -96,8 +122,8 @@ func runMount(ctx context.Context, e *env, vals any, args []string) error {
 	if f.maxBytes < 0 {
 		return usagef("-store-max-bytes must not be negative")
 	}
-	if f.prefetchWait < 0 {
-		return usagef("-prefetch-wait must not be negative")
+	if err := f.prefetchFlags.check(); err != nil {
+		return err
 	}
 	platform, err := parsePlatform(f.platform)
 	if err != nil {
@@ -134,8 +160,8 @@ func runMount(ctx context.Context, e *env, vals any, args []string) error {
 			return err
 		}
 		images = append(images, im)
-		if f.prefetch {
-			im.Prefetch(ctx, daemon.PrefetchOptions{Wait: f.prefetchWait, Log: log})
+		if err := f.prefetchFlags.start(ctx, im, log); err != nil {
+			return err
 		}
 		var root *fusefs.Root
 		if f.layer >= 0 {

@@ -92,6 +92,9 @@ func runSnapshotter(ctx context.Context, e *env, vals any, args []string) error 
 	if f.StoreMaxBytes < 0 {
 		return usagef("-store-max-bytes must not be negative")
 	}
+	if err := f.prefetchFlags.check(); err != nil {
+		return err
+	}
 	platform, err := parsePlatform(f.Platform)
 	if err != nil {
 		return err
@@ -107,6 +110,9 @@ func runSnapshotter(ctx context.Context, e *env, vals any, args []string) error 
 	lfs := daemon.NewSnapshotFS(st, platform, log, fopts...)
 	if f.prefetch {
 		lfs.SetPrefetch(daemon.PrefetchOptions{Wait: f.prefetchWait, Log: log})
+	}
+	if f.backgroundFetch {
+		lfs.SetBackgroundFetch(daemon.FillOptions{Rate: f.backgroundFetchRate, Log: log})
 	}
 	defer func() {
 		if err := lfs.Close(); err != nil {

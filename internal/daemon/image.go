@@ -7,6 +7,7 @@ import (
 	"log/slog"
 	"slices"
 	"sync"
+	"sync/atomic"
 
 	"github.com/google/go-containerregistry/pkg/name"
 	v1 "github.com/google/go-containerregistry/pkg/v1"
@@ -38,9 +39,13 @@ type Image struct {
 	// kept are the waits for the manifest and indexes openImage fetched to be stored
 	// (waitKept).
 	kept []func()
+	// reading counts the reads of the image's files in progress; a background fill
+	// yields to them.
+	reading atomic.Int64
 
 	mu       sync.Mutex
 	prefetch *prefetch // Prefetch's, when it ran
+	fill     *fill     // BackgroundFetch's, when it ran
 }
 
 // indexJobs bounds the layer indexes read at once when an image is opened.
@@ -121,6 +126,7 @@ func openImage(ctx context.Context, st *store.Store, ref string, platform *v1.Pl
 				}
 				return err
 			}
+			l.reading = &im.reading
 			im.Layers[i] = l
 			return nil
 		})

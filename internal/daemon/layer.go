@@ -6,6 +6,7 @@ import (
 	"io"
 	"os"
 	"sync"
+	"sync/atomic"
 
 	v1 "github.com/google/go-containerregistry/pkg/v1"
 
@@ -31,6 +32,8 @@ type Layer struct {
 
 	bg     context.Context // background read-ahead; ends with the image
 	raSlot chan struct{}   // bounds read-aheads in flight
+
+	reading *atomic.Int64 // the image's reads in progress (Image.reading)
 }
 
 // Read-ahead of sequentially read large files. The kernel asks FUSE for at most 1 MiB at
@@ -141,6 +144,10 @@ func (l *Layer) file(e *format.Entry) (store.File, error) {
 
 // ReadAt serves verified bytes of a regular file, fetching the chunks it lacks.
 func (l *Layer) ReadAt(ctx context.Context, e *format.Entry, p []byte, off int64) (int, error) {
+	if l.reading != nil {
+		l.reading.Add(1)
+		defer l.reading.Add(-1)
+	}
 	if e.Sparse {
 		return l.readSparse(ctx, e, p, off)
 	}

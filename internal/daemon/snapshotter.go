@@ -70,6 +70,7 @@ type SnapshotFS struct {
 	keeper *keeper.Client // nil: mounts end with this process
 
 	prefetch *PrefetchOptions // nil: no profile is looked up
+	fill     *FillOptions     // nil: no background fill
 
 	mu     sync.Mutex
 	images map[string]*imageEntry
@@ -79,6 +80,10 @@ type SnapshotFS struct {
 // SetPrefetch has every image opened look up its prefetch profile and fetch the profiled
 // chunks first (Image.Prefetch). Call it before the first Mount.
 func (f *SnapshotFS) SetPrefetch(o PrefetchOptions) { f.prefetch = &o }
+
+// SetBackgroundFetch has every image opened fetch the rest of its chunks in the
+// background after the prefetch (Image.BackgroundFetch). Call it before the first Mount.
+func (f *SnapshotFS) SetBackgroundFetch(o FillOptions) { f.fill = &o }
 
 // SetKeeper makes the file system hand each mount's FUSE connection to k, so that the
 // mounts outlive this process (a crash, a restart) and Restore in the next one takes them
@@ -161,6 +166,11 @@ func (f *SnapshotFS) image(ctx context.Context, ref string) (*Image, error) {
 				o := *f.prefetch
 				o.Wait = 0
 				e.im.Prefetch(ctx, o)
+			}
+			if f.fill != nil {
+				if err := e.im.BackgroundFetch(*f.fill); err != nil {
+					f.log.Warn("no background fetch", "image", ref, "err", err)
+				}
 			}
 			// Only now, with the prefetch under way (its fetches overlap the fsyncs), and
 			// before any layer of the image is mounted.

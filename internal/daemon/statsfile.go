@@ -25,6 +25,8 @@ type Stats struct {
 	Images  []string     `json:"images,omitempty"`
 	// Prefetch has one entry per image that looked for a profile.
 	Prefetch []PrefetchStats `json:"prefetch,omitempty"`
+	// BackgroundFetch has one entry per image with a background fill.
+	BackgroundFetch []FillStats `json:"background_fetch,omitempty"`
 }
 
 // CollectStats gathers the store's figures and the fetch figures of the given images.
@@ -42,6 +44,9 @@ func CollectStats(st *store.Store, images []*Image) Stats {
 		s.Images = append(s.Images, im.Ref)
 		if ps, ok := im.PrefetchStats(); ok {
 			s.Prefetch = append(s.Prefetch, ps)
+		}
+		if fs, ok := im.FillStats(); ok {
+			s.BackgroundFetch = append(s.BackgroundFetch, fs)
 		}
 	}
 	s.Fetch = &fs

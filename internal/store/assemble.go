@@ -506,3 +506,24 @@ func copyRangeSlow(dst, src *os.File, srcOff, dstOff, n int64) error {
 	}
 	return nil
 }
+
+// Missing returns the chunks of f that are neither local nor being fetched, in file
+// order: what a background fill still has to fetch. A complete file has none.
+func (s *Store) Missing(f File) []format.Chunk {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.objects[f.Digest] != nil {
+		return nil
+	}
+	var out []format.Chunk
+	for _, c := range f.Chunks {
+		if _, _, ok := s.locateLocked(c); ok {
+			continue
+		}
+		if fl := s.flights[c.Digest]; fl != nil && !fl.failed() {
+			continue
+		}
+		out = append(out, c)
+	}
+	return out
+}

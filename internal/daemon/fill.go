@@ -1,0 +1,291 @@
+package daemon
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"lazypull/format"
+	"lazypull/internal/store"
+)
+
+// Background fill: once the profile's prefetch is over (or at once without one), the rest
+// of an image's chunks are fetched in the background, at a bounded rate, so that the image
+// ends up whole in the store and later reads never wait for the network.
+const (
+	// DefaultFillRate is the background fill's rate unless told otherwise: 10 MiB/s, an
+	// eighth of a 1 Gbit/s link, most of a 100 Mbit/s one only while nothing else reads.
+	DefaultFillRate = 10 << 20
+	// fillBatch is the compressed bytes of one batch: one Store.Prefetch call, which fetch
+	// sends as one or two large Range requests (the chunks of a batch lie next to each
+	// other in the blob). It is also the rate limiter's burst.
+	fillBatch = 4 << 20
+	// fillIdlePoll is how often a fill that yields to on-demand reads looks again.
+	fillIdlePoll = 5 * time.Millisecond
+)
+
+// FillOptions configures Image.BackgroundFetch.
+type FillOptions struct {
+	// Rate bounds the fill in compressed bytes per second; 0 means DefaultFillRate.
+	Rate int64
+	Log  *slog.Logger
+}
+
+// FillStats says what an image's background fill did.
+type FillStats struct {
+	Image string `json:"image"`
+	// Planned is the compressed bytes the fill found missing when it started; Bytes and
+	// Chunks what it fetched (less, when reads fetched some first).
+	Planned int64 `json:"planned_bytes"`
+	Bytes   int64 `json:"bytes"`
+	Chunks  int64 `json:"chunks"`
+	// Requests is what the registry counted meanwhile: the fill's, and any reads' of the
+	// same image.
+	Requests int64   `json:"requests"`
+	Rate     int64   `json:"rate"`
+	Seconds  float64 `json:"seconds"`
+	Done     bool    `json:"done"`
+	Err      string  `json:"error,omitempty"`
+}
+
+// fill is an image's background fill in progress.
+type fill struct {
+	mu   sync.Mutex
+	st   FillStats
+	done chan struct{}
+}
+
+// fillItem is a file of a layer whose chunks the fill wants.
+type fillItem struct {
+	l    *Layer
+	f    store.File
+	name string
+}
+
+// BackgroundFetch fetches every chunk of the image that the store lacks, in the
+// background: after the prefetch, if one runs (Prefetch before BackgroundFetch), else at
+// once. Chunks go in blob order, in batches of fillBatch compressed bytes (each one or two
+// large Range requests), no faster than o.Rate; a batch starts only while no read of the
+// image is in progress, so that on-demand reads go first. What is local or being fetched
+// is never fetched again. The fill ends with the image (Close). It logs one line when it
+// starts and one when it ends.
+func (im *Image) BackgroundFetch(o FillOptions) error {
+	rate := o.Rate
+	if rate == 0 {
+		rate = DefaultFillRate
+	}
+	lim, err := newLimiter(rate, fillBatch)
+	if err != nil {
+		return fmt.Errorf("background fetch of %s: %w", im.Ref, err)
+	}
+	log := o.Log
+	if log == nil {
+		log = slog.Default()
+	}
+	fl := &fill{st: FillStats{Image: im.Ref, Rate: rate}, done: make(chan struct{})}
+	im.mu.Lock()
+	im.fill = fl
+	pf := im.prefetch
+	im.mu.Unlock()
+	go func() {
+		defer close(fl.done)
+		if pf != nil {
+			select {
+			case <-pf.done:
+			case <-im.bg.Done():
+				return
+			}
+		}
+		start := time.Now()
+		before := im.Registry.Stats().Requests
+		err := im.runFill(im.bg, fl, lim, log)
+		fl.mu.Lock()
+		fl.st.Done, fl.st.Seconds = true, time.Since(start).Seconds()
+		fl.st.Requests = im.Registry.Stats().Requests - before
+		if err != nil {
+			fl.st.Err = err.Error()
+		}
+		st := fl.st
+		fl.mu.Unlock()
+		switch {
+		case errors.Is(err, errFillSkipped):
+			log.Warn("background fetch skipped", "image", im.Ref, "why", err)
+		case err != nil && im.bg.Err() != nil:
+			log.Info("background fetch stopped: the image was closed", "image", im.Ref, "bytes", st.Bytes, "chunks", st.Chunks,
+				"requests", st.Requests, "seconds", st.Seconds)
+		case err != nil:
+			log.Warn("background fetch failed; reads fetch what they need as before", "image", im.Ref, "bytes", st.Bytes,
+				"requests", st.Requests, "err", err)
+		default:
+			log.Info("background fetch done", "image", im.Ref, "bytes", st.Bytes, "chunks", st.Chunks, "requests", st.Requests,
+				"seconds", st.Seconds)
+		}
+	}()
+	return nil
+}
+
+// FillStats returns the background fill's figures, and false if there was none.
+func (im *Image) FillStats() (FillStats, bool) {
+	im.mu.Lock()
+	fl := im.fill
+	im.mu.Unlock()
+	if fl == nil {
+		return FillStats{}, false
+	}
+	fl.mu.Lock()
+	defer fl.mu.Unlock()
+	return fl.st, true
+}
+
+// WaitFill waits until the background fill has ended (or ctx has); it returns at once if
+// there is none.
+func (im *Image) WaitFill(ctx context.Context) error {
+	im.mu.Lock()
+	fl := im.fill
+	im.mu.Unlock()
+	if fl == nil {
+		return nil
+	}
+	select {
+	case <-fl.done:
+		return nil
+	case <-ctx.Done():
+		return ctx.Err()
+	}
+}
+
+// errFillSkipped: the fill did not start, for a reason it names.
+var errFillSkipped = errors.New("background fetch skipped")
+
+func (im *Image) runFill(ctx context.Context, fl *fill, lim *limiter, log *slog.Logger) error {
+	if len(im.Layers) == 0 {
+		return nil
+	}
+	// What is missing now: every regular file of every layer, in blob order.
+	var items []fillItem
+	seen := map[format.Digest]bool{}
+	var planned, plain int64
+	for _, l := range im.Layers {
+		for i := range l.Index.Entries {
+			e := &l.Index.Entries[i]
+			if !e.IsRegular() || e.Sparse || e.Size == 0 {
+				continue
+			}
+			// Not Layer.file: that keeps the chunk list of every file for the mount's
+			// life, and the fill goes once over all of them.
+			f, err := store.FileOf(l.Index, e)
+			if err != nil {
+				return fmt.Errorf("layer %s: %w", l.Desc.Digest, err)
+			}
+			missing := l.store.Missing(f)
+			if len(missing) == 0 {
+				continue
+			}
+			items = append(items, fillItem{l: l, f: f, name: e.Name})
+			for _, c := range missing {
+				if !seen[c.Digest] {
+					seen[c.Digest] = true
+					planned += c.CompSize
+					plain += c.Size
+				}
+			}
+		}
+	}
+	fl.mu.Lock()
+	fl.st.Planned = planned
+	fl.mu.Unlock()
+	if st := im.layerStore().Stats(); st.MaxBytes > 0 && st.Bytes+plain > st.MaxBytes {
+		return fmt.Errorf("%w: the image's missing %d bytes do not fit under the store's bound of %d bytes (%d used); the fill would only evict what it fetched",
+			errFillSkipped, plain, st.MaxBytes, st.Bytes)
+	}
+	log.Info("background fetch started", "image", im.Ref, "files", len(items), "bytes", planned, "rate", lim.rate)
+	if len(items) == 0 {
+		return nil
+	}
+
+	counted := func(n, chunks int64) {
+		fl.mu.Lock()
+		fl.st.Bytes += n
+		fl.st.Chunks += chunks
+		fl.mu.Unlock()
+	}
+	var (
+		batch []store.Want
+		bytes int64
+		cur   *Layer
+	)
+	flush := func() error {
+		if len(batch) == 0 {
+			return nil
+		}
+		defer func() { batch, bytes = nil, 0 }()
+		if err := im.waitIdle(ctx); err != nil {
+			return err
+		}
+		if err := lim.Wait(ctx, bytes); err != nil {
+			return err
+		}
+		src := &countingSource{src: blobSource{cur.blob}}
+		err := cur.store.Prefetch(ctx, src, batch...)
+		counted(src.bytes.Load(), src.chunks.Load())
+		if err != nil {
+			return fmt.Errorf("layer %s: %w", cur.Desc.Digest, err)
+		}
+		return nil
+	}
+	for _, it := range items {
+		if it.l != cur {
+			if err := flush(); err != nil {
+				return err
+			}
+			cur = it.l
+		}
+		// Again: reads (or an earlier batch, for a shared chunk) may have fetched some.
+		// A batch stays within fillBatch, the limiter's burst, so that every byte is paid
+		// for (a chunk's frame is far smaller).
+		for _, c := range it.l.store.Missing(it.f) {
+			if bytes+c.CompSize > fillBatch {
+				if err := flush(); err != nil {
+					return err
+				}
+			}
+			batch = append(batch, store.Want{File: it.f, Off: c.FileOffset, Len: c.Size})
+			bytes += c.CompSize
+		}
+	}
+	return flush()
+}
+
+// layerStore is the store the image's layers fill.
+func (im *Image) layerStore() *store.Store { return im.Layers[0].store }
+
+// waitIdle returns once no read of the image is in progress: the fill yields to them.
+func (im *Image) waitIdle(ctx context.Context) error {
+	for im.reading.Load() > 0 {
+		if err := sleepCtx(ctx, fillIdlePoll); err != nil {
+			return err
+		}
+	}
+	return ctx.Err()
+}
+
+// countingSource counts the chunks and compressed bytes a Source delivers.
+type countingSource struct {
+	src           store.Source
+	bytes, chunks atomic.Int64
+}
+
+func (s *countingSource) Fetch(ctx context.Context, chunks []format.Chunk, fn func(format.Chunk, []byte) error) error {
+	return s.src.Fetch(ctx, chunks, func(c format.Chunk, b []byte) error {
+		if err := fn(c, b); err != nil {
+			return err
+		}
+		s.bytes.Add(int64(len(b)))
+		s.chunks.Add(1)
+		return nil
+	})
+}

@@ -1,0 +1,308 @@
+package daemon
+
+import (
+	"archive/tar"
+	"bytes"
+	"context"
+	"fmt"
+	"io"
+	"log"
+	"log/slog"
+	"math/rand/v2"
+	"net/http/httptest"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/google/go-containerregistry/pkg/name"
+	"github.com/google/go-containerregistry/pkg/registry"
+	"github.com/google/go-containerregistry/pkg/v1/empty"
+	"github.com/google/go-containerregistry/pkg/v1/mutate"
+	"github.com/google/go-containerregistry/pkg/v1/remote"
+	"github.com/google/go-containerregistry/pkg/v1/static"
+	"github.com/google/go-containerregistry/pkg/v1/types"
+
+	"lazypull/format"
+	"lazypull/internal/fetch"
+	"lazypull/internal/store"
+)
+
+// fakeClock drives a limiter without waiting: sleeping advances the clock.
+type fakeClock struct{ t time.Time }
+
+func (c *fakeClock) now() time.Time { return c.t }
+func (c *fakeClock) sleep(ctx context.Context, d time.Duration) error {
+	if err := ctx.Err(); err != nil {
+		return err
+	}
+	c.t = c.t.Add(d)
+	return nil
+}
+
+func fakeLimiter(t *testing.T, rate, burst int64) (*limiter, *fakeClock) {
+	t.Helper()
+	l, err := newLimiter(rate, burst)
+	if err != nil {
+		t.Fatal(err)
+	}
+	c := &fakeClock{t: time.Unix(1_000_000, 0)}
+	l.now, l.sleep, l.last = c.now, c.sleep, c.t
+	return l, c
+}
+
+// TestLimiterBound: over any run, a limiter grants at most burst + rate * elapsed, and
+// no less than that minus one request (it does not throttle more than asked).
+func TestLimiterBound(t *testing.T) {
+	const rate, burst = 1 << 20, 256 << 10
+	for _, size := range []int64{1, 4096, 100_000, burst, 3 * burst} {
+		t.Run(fmt.Sprint(size), func(t *testing.T) {
+			l, c := fakeLimiter(t, rate, burst)
+			start := c.t
+			var granted int64
+			for range 500 {
+				if err := l.Wait(context.Background(), size); err != nil {
+					t.Fatal(err)
+				}
+				granted += min(size, burst)
+				el := c.t.Sub(start).Seconds()
+				if bound := float64(burst) + rate*el; float64(granted) > bound+1 {
+					t.Fatalf("granted %d bytes in %.3f s: more than burst + rate*t = %.0f", granted, el, bound)
+				}
+			}
+			// Waits shorter than the limiter's 1 ms grain are rounded up: no lower bound for
+			// requests that small.
+			el := c.t.Sub(start).Seconds()
+			if low := float64(burst) + rate*el - float64(min(size, burst)); size*1000 >= rate && float64(granted) < low {
+				t.Errorf("granted %d bytes in %.3f s: throttled below the rate (%.0f)", granted, el, low)
+			}
+		})
+	}
+	l, _ := fakeLimiter(t, rate, burst)
+	ctx, cancel := context.WithCancel(context.Background())
+	cancel()
+	if err := l.Wait(ctx, burst); err != nil {
+		t.Errorf("a full bucket made a cancelled Wait fail: %v", err)
+	}
+	if err := l.Wait(ctx, burst); err != context.Canceled {
+		t.Errorf("Wait on an empty bucket with a cancelled context: %v", err)
+	}
+	if _, err := newLimiter(0, burst); err == nil {
+		t.Error("a rate of 0 accepted")
+	}
+}
+
+// lazyImage pushes a one-layer lazypull image to a fresh in-process registry and returns
+// its reference and the layer's index.
+func lazyImage(t *testing.T, files map[string][]byte) (string, *format.Index) {
+	t.Helper()
+	var tb bytes.Buffer
+	tw := tar.NewWriter(&tb)
+	for _, n := range sortedKeys(files) {
+		b := files[n]
+		if err := tw.WriteHeader(&tar.Header{Name: n, Mode: 0o644, Size: int64(len(b)), Typeflag: tar.TypeReg}); err != nil {
+			t.Fatal(err)
+		}
+		tw.Write(b)
+	}
+	tw.Close()
+	var blob bytes.Buffer
+	res, err := format.Write(context.Background(), &blob, &tb)
+	if err != nil {
+		t.Fatal(err)
+	}
+	l, err := format.Open(bytes.NewReader(blob.Bytes()), int64(blob.Len()), res.Annotations())
+	if err != nil {
+		t.Fatal(err)
+	}
+	srv := httptest.NewServer(registry.New(registry.Logger(log.New(io.Discard, "", 0))))
+	t.Cleanup(srv.Close)
+	ref := strings.TrimPrefix(srv.URL, "http://") + "/fill:v1"
+	img, err := mutate.Append(empty.Image, mutate.Addendum{Layer: static.NewLayer(blob.Bytes(), types.MediaType(format.MediaTypeLayer)),
+		Annotations: res.Annotations(), MediaType: types.MediaType(format.MediaTypeLayer)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	img = mutate.MediaType(img, types.OCIManifestSchema1)
+	r, _ := name.ParseReference(ref)
+	if err := remote.Write(r, img); err != nil {
+		t.Fatal(err)
+	}
+	return ref, l.Index
+}
+
+func sortedKeys(m map[string][]byte) []string {
+	var ks []string
+	for k := range m {
+		ks = append(ks, k)
+	}
+	for i := range ks {
+		for j := i + 1; j < len(ks); j++ {
+			if ks[j] < ks[i] {
+				ks[i], ks[j] = ks[j], ks[i]
+			}
+		}
+	}
+	return ks
+}
+
+func fillFiles() map[string][]byte {
+	rng := rand.New(rand.NewPCG(1, 2))
+	files := map[string][]byte{}
+	for i := range 40 {
+		n := 100 + rng.IntN(40_000)
+		if i%10 == 0 {
+			n = 1<<20 + rng.IntN(1<<20) // several chunks
+		}
+		b := make([]byte, n)
+		for j := range b {
+			b[j] = byte(rng.Uint32())
+		}
+		files[fmt.Sprintf("d%d/f%02d", i%3, i)] = b
+	}
+	files["dup/a"] = files["d0/f00"] // same content: its chunks once
+	return files
+}
+
+// distinctChunks counts the different chunks of the layer's files.
+func distinctChunks(ix *format.Index) int {
+	seen := map[format.Digest]bool{}
+	for i := range ix.Entries {
+		for _, c := range ix.Chunks(&ix.Entries[i]) {
+			seen[c.Digest] = true
+		}
+	}
+	return len(seen)
+}
+
+func openFill(t *testing.T, ref string) (*Image, *store.Store) {
+	t.Helper()
+	st, err := store.Open(t.TempDir())
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { st.Close() })
+	im, err := OpenImage(context.Background(), st, ref, nil, fetch.WithPlainHTTP())
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(im.Close)
+	return im, st
+}
+
+// readAll reads every regular file of the image through its layers, as the mount does,
+// and checks the bytes.
+func readAll(t *testing.T, im *Image, files map[string][]byte) {
+	t.Helper()
+	for _, l := range im.Layers {
+		for i := range l.Index.Entries {
+			e := &l.Index.Entries[i]
+			if !e.IsRegular() {
+				continue
+			}
+			b := make([]byte, e.Size)
+			if n, err := l.ReadAt(context.Background(), e, b, 0); err != nil && err != io.EOF || int64(n) != e.Size {
+				t.Fatalf("read %s: %d bytes, %v", e.Name, n, err)
+			}
+			if !bytes.Equal(b, files[e.Name]) {
+				t.Fatalf("read %s: wrong bytes", e.Name)
+			}
+		}
+	}
+}
+
+// TestBackgroundFetch: after a read fetched part of the image on demand, the background
+// fill fetches the rest, every chunk once (nothing fetched twice, shared content once),
+// and reading every file afterwards fetches nothing: no chunk, no request.
+func TestBackgroundFetch(t *testing.T) {
+	files := fillFiles()
+	ref, ix := lazyImage(t, files)
+	im, st := openFill(t, ref)
+	l := im.Layers[0]
+	e, _ := l.Index.Lookup("d1/f10") // a multi-chunk file, read in part
+	if _, err := l.ReadAt(context.Background(), e, make([]byte, 1000), 300_000); err != nil {
+		t.Fatal(err)
+	}
+	onDemand := st.Stats().ChunksFetched
+	if onDemand == 0 {
+		t.Fatal("the read fetched nothing")
+	}
+
+	var logb bytes.Buffer
+	if err := im.BackgroundFetch(FillOptions{Rate: 1 << 30, Log: slog.New(slog.NewTextHandler(&logb, nil))}); err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+	if err := im.WaitFill(ctx); err != nil {
+		t.Fatal(err)
+	}
+	fs, ok := im.FillStats()
+	if !ok || !fs.Done || fs.Err != "" {
+		t.Fatalf("fill stats %+v\n%s", fs, &logb)
+	}
+	after := st.Stats()
+	if want := int64(distinctChunks(ix)); after.ChunksFetched != want {
+		t.Errorf("%d chunks fetched in all (%d on demand, %d by the fill); the image has %d distinct chunks: want each once",
+			after.ChunksFetched, onDemand, fs.Chunks, want)
+	}
+	if fs.Chunks != after.ChunksFetched-onDemand {
+		t.Errorf("fill counted %d chunks, the store %d", fs.Chunks, after.ChunksFetched-onDemand)
+	}
+	// The fill's chunks lie next to each other in the blob: a few large requests.
+	if fs.Requests > 4 {
+		t.Errorf("the fill of %d bytes took %d requests; want a few", fs.Bytes, fs.Requests)
+	}
+	for _, want := range []string{"background fetch started", "background fetch done"} {
+		if !strings.Contains(logb.String(), want) {
+			t.Errorf("log lacks %q:\n%s", want, &logb)
+		}
+	}
+
+	reqs := im.Registry.Stats().Requests
+	readAll(t, im, files)
+	if got := st.Stats().ChunksFetched; got != after.ChunksFetched {
+		t.Errorf("reading every file after the fill fetched %d chunks; want none", got-after.ChunksFetched)
+	}
+	if got := im.Registry.Stats().Requests; got != reqs {
+		t.Errorf("reading every file after the fill made %d requests; want none", got-reqs)
+	}
+}
+
+// TestBackgroundFetchRate: the fill takes what it fetches from its limiter, so the time
+// it needs on the limiter's clock is at least (bytes - burst) / rate.
+func TestBackgroundFetchRate(t *testing.T) {
+	files := fillFiles()
+	ref, _ := lazyImage(t, files)
+	im, _ := openFill(t, ref)
+	const rate = 512 << 10
+	lim, c := fakeLimiter(t, rate, fillBatch)
+	start := c.t
+	fl := &fill{done: make(chan struct{})}
+	if err := im.runFill(context.Background(), fl, lim, slog.New(slog.DiscardHandler)); err != nil {
+		t.Fatal(err)
+	}
+	el := c.t.Sub(start).Seconds()
+	if fl.st.Bytes < fillBatch+fillBatch/2 {
+		t.Fatalf("fill fetched %d bytes: too few to test the bound", fl.st.Bytes)
+	}
+	if min := float64(fl.st.Bytes-fillBatch) / rate; el < min {
+		t.Errorf("fill fetched %d bytes in %.2f s of the limiter's clock; at %d bytes/s it needs %.2f s", fl.st.Bytes, el, rate, min)
+	}
+}
+
+// TestBackgroundFetchStops: a fill ends when its image is closed, without error.
+func TestBackgroundFetchStops(t *testing.T) {
+	ref, _ := lazyImage(t, fillFiles())
+	im, _ := openFill(t, ref)
+	im.reading.Add(1) // a read that never ends: the fill waits for it
+	if err := im.BackgroundFetch(FillOptions{Log: slog.New(slog.DiscardHandler)}); err != nil {
+		t.Fatal(err)
+	}
+	im.Close()
+	if err := im.WaitFill(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	if fs, _ := im.FillStats(); fs.Chunks != 0 || !fs.Done {
+		t.Errorf("a fill behind a read in progress, then closed: %+v; want done with nothing fetched", fs)
+	}
+}
