@@ -3,13 +3,20 @@ package cli
 import (
 	"context"
 	"encoding/json"
+	"errors"
 	"flag"
 	"fmt"
 	"log/slog"
+	"os"
+	"strings"
 
+	"github.com/google/go-containerregistry/pkg/name"
 	v1 "github.com/google/go-containerregistry/pkg/v1"
 
 	"lazypull/internal/convert"
+	"lazypull/internal/daemon"
+	"lazypull/internal/fetch"
+	"lazypull/internal/profile"
 )
 
 var convertCommand = &command{
@@ -25,6 +32,14 @@ the same uncompressed content; the image config is kept byte for byte. A multi-p
 source gives a multi-platform result unless --platform picks one image. Blobs are written
 first, the tag last: a failed conversion tags nothing.
 
+--profile lays each converted layer out by a prefetch profile (lazypull profile): the files
+it names come first, in the order the workload first read them, so that a mount's prefetch
+fetches them in a few large requests. PROFILE is a file holding the profile document
+(lazypull profile --output), the digest of a profile artifact in SRC's repository (what
+lazypull profile prints), or an image reference whose newest profile is taken (a profile's
+own reference by digest works too). The layers then decompress to the same entries in
+another order: their diff IDs change, and the config is rewritten with the new ones.
+
 Credentials come from the Docker config and its credential helpers. Registries on loopback
 and private addresses are spoken to over plain http; --plain-http does so for any host.
 Flags may also follow SRC and DST. Temp files go to $TMPDIR.`,
@@ -34,6 +49,7 @@ Flags may also follow SRC and DST. Temp files go to $TMPDIR.`,
 		fs.IntVar(&f.jobs, "jobs", convert.DefaultJobs(), "convert `n` layers at once")
 		fs.BoolVar(&f.plainHTTP, "plain-http", false, "talk to registries over http instead of https")
 		fs.BoolVar(&f.json, "json", false, "print a JSON summary on stdout")
+		fs.StringVar(&f.profile, "profile", "", "lay the layers out by the prefetch profile `PROFILE`: a file, a digest in SRC's repository, or a REF")
 		return f
 	},
 	run: runConvert,
@@ -44,6 +60,7 @@ type convertFlags struct {
 	jobs      int
 	plainHTTP bool
 	json      bool
+	profile   string
 }
 
 func runConvert(ctx context.Context, e *env, vals any, args []string) error {
@@ -61,6 +78,13 @@ func runConvert(ctx context.Context, e *env, vals any, args []string) error {
 			return usagef("-platform %q: want os/arch[/variant], like linux/arm64", f.platform)
 		}
 		opts.Platform = p
+	}
+	if f.profile != "" {
+		p, err := loadProfile(ctx, f.profile, args[0], f.plainHTTP, opts.Platform)
+		if err != nil {
+			return err
+		}
+		opts.Profile = p
 	}
 
 	var display *termProgress
@@ -84,9 +108,82 @@ func runConvert(ctx context.Context, e *env, vals any, args []string) error {
 		enc := json.NewEncoder(e.stdout)
 		return enc.Encode(s)
 	}
-	_, err = fmt.Fprintf(e.stdout, "%s -> %s %s (%d layers, %d files, %d chunks, %s in, %s out, %.1fs)\n",
-		s.Source, s.Destination, s.Digest, s.Layers, s.Files, s.Chunks, humanBytes(s.BytesIn), humanBytes(s.BytesOut), s.Seconds)
+	laid := ""
+	if opts.Profile != nil {
+		laid = fmt.Sprintf(", %d files laid out first", s.Profiled)
+	}
+	_, err = fmt.Fprintf(e.stdout, "%s -> %s %s (%d layers, %d files, %d chunks%s, %s in, %s out, %.1fs)\n",
+		s.Source, s.Destination, s.Digest, s.Layers, s.Files, s.Chunks, laid, humanBytes(s.BytesIn), humanBytes(s.BytesOut), s.Seconds)
 	return err
+}
+
+// loadProfile reads the profile --profile names: a file, the digest of a profile artifact
+// in src's repository, or a registry reference (to a profile artifact by digest, or to an
+// image whose newest profile is taken).
+func loadProfile(ctx context.Context, arg, src string, plainHTTP bool, platform *v1.Platform) (*profile.Profile, error) {
+	if fi, err := os.Stat(arg); err == nil && fi.Mode().IsRegular() {
+		if fi.Size() > profile.MaxSize {
+			return nil, fmt.Errorf("--profile %s: %d bytes, more than %d: %w", arg, fi.Size(), profile.MaxSize, profile.ErrTooLarge)
+		}
+		b, err := os.ReadFile(arg)
+		if err != nil {
+			return nil, fmt.Errorf("--profile: %w", err)
+		}
+		p, err := profile.Parse(b)
+		if err != nil {
+			return nil, fmt.Errorf("--profile %s: %w", arg, err)
+		}
+		return p, nil
+	}
+	ref := arg
+	if _, err := v1.NewHash(arg); err == nil {
+		if strings.HasPrefix(src, "oci:") {
+			return nil, usagef("--profile %s: a digest names a profile in SRC's repository, but SRC is an OCI layout; give a file or a registry reference", arg)
+		}
+		r, err := name.ParseReference(src)
+		if err != nil {
+			return nil, fmt.Errorf("--profile %s: source %q: %w", arg, src, err)
+		}
+		ref = r.Context().Digest(arg).String()
+	}
+	r, err := name.ParseReference(ref)
+	if err != nil {
+		return nil, fmt.Errorf("--profile %q: neither a file nor a reference: %w", arg, err)
+	}
+	// As convert does: plain http for loopback and private registries, or when told.
+	opts := []fetch.Option{}
+	if plainHTTP || r.Context().Scheme() == "http" {
+		opts = append(opts, fetch.WithPlainHTTP())
+	}
+	reg, err := fetch.New(ref, opts...)
+	if err != nil {
+		return nil, fmt.Errorf("--profile %s: %w", arg, err)
+	}
+	if d, ok := r.(name.Digest); ok {
+		h, err := v1.NewHash(d.DigestStr())
+		if err != nil {
+			return nil, fmt.Errorf("--profile %s: %w", arg, err)
+		}
+		p, err := daemon.ReadProfile(ctx, reg, h)
+		if err == nil {
+			return p, nil
+		}
+		if !errors.Is(err, daemon.ErrNotProfile) {
+			return nil, fmt.Errorf("--profile: %w", err)
+		}
+	}
+	img, err := reg.Resolve(ctx, "", platform)
+	if err != nil {
+		return nil, fmt.Errorf("--profile %s: %w", arg, err)
+	}
+	p, _, err := daemon.FindProfile(ctx, reg, img.Descriptor.Digest)
+	if err != nil {
+		return nil, fmt.Errorf("--profile: %w", err)
+	}
+	if p == nil {
+		return nil, fmt.Errorf("--profile %s: image %s has no profile: record one with 'lazypull profile'", arg, img.Descriptor.Digest)
+	}
+	return p, nil
 }
 
 // humanBytes formats n in binary units: 512 B, 1.5 KiB, 12.3 MiB.

@@ -18,6 +18,8 @@ import (
 	"github.com/google/go-containerregistry/pkg/v1/remote"
 	"github.com/google/go-containerregistry/pkg/v1/types"
 	"golang.org/x/sync/errgroup"
+
+	"lazypull/internal/profile"
 )
 
 // Options configure Convert. The zero value converts every platform with default settings.
@@ -43,6 +45,11 @@ type Options struct {
 	Progress Progress
 	// Logger gets one line per step that is not a layer; nil discards them.
 	Logger *slog.Logger
+	// Profile, if set, lays out every converted layer by it: the files it names first, in
+	// first-access order (see layout.go). The layers' diff IDs then change, and so does
+	// the config, which is rewritten with them; layers that are lazypull layers already
+	// are copied as they are.
+	Profile *profile.Profile
 }
 
 // DefaultJobs is the number of layers converted at once unless Options.Jobs says otherwise.
@@ -59,6 +66,8 @@ type Summary struct {
 	Layers int `json:"layers"`
 	Files  int `json:"files"`
 	Chunks int `json:"chunks"`
+	// Profiled is the number of files laid out first by Options.Profile, in all layers.
+	Profiled int `json:"profiled_files,omitempty"`
 	// BytesIn is the compressed size of the source layers read, BytesOut that of the layers
 	// written.
 	BytesIn  int64   `json:"bytes_in"`
@@ -123,6 +132,7 @@ func Convert(ctx context.Context, src, dst string, opts Options) (*Summary, erro
 	for _, j := range p.layers {
 		s.Files += j.Files
 		s.Chunks += j.Chunks
+		s.Profiled += j.Profiled
 		s.BytesIn += j.Source.Size
 		s.BytesOut += j.Result.Size
 	}
@@ -199,20 +209,38 @@ func (c *converter) writeBlobs(ctx context.Context, p *plan) error {
 	for _, j := range p.layers {
 		g.Go(func() error { return c.runLayer(gctx, j) })
 	}
+	// A layout by profile changes diff IDs, so configs are known only once every layer is.
+	if c.opts.Profile == nil {
+		c.writeConfigs(gctx, g, p)
+	}
+	err := g.Wait()
+	if err == nil && c.opts.Profile != nil {
+		for _, img := range p.images {
+			if err := img.newDiffIDs(p.layerFor); err != nil {
+				return err
+			}
+		}
+		g, gctx = errgroup.WithContext(ctx)
+		c.writeConfigs(gctx, g, p)
+		err = g.Wait()
+	}
+	if err != nil && ctx.Err() != nil && errors.Is(err, context.Canceled) {
+		return fmt.Errorf("convert %s: %w", c.srcLoc, ctx.Err())
+	}
+	return err
+}
+
+// writeConfigs writes every distinct config in g.
+func (c *converter) writeConfigs(ctx context.Context, g *errgroup.Group, p *plan) {
 	for _, img := range p.uniqueConfigs() {
 		g.Go(func() error {
-			err := c.dst.putBlob(gctx, img.configDesc, func() (io.ReadCloser, error) { return readerOf(img.config), nil })
+			err := c.dst.putBlob(ctx, img.configDesc, func() (io.ReadCloser, error) { return readerOf(img.config), nil })
 			if err != nil {
 				return fmt.Errorf("write config %s of %s to %s: %w", img.configDesc.Digest, img.name, c.dstLoc, err)
 			}
 			return nil
 		})
 	}
-	err := g.Wait()
-	if err != nil && ctx.Err() != nil && errors.Is(err, context.Canceled) {
-		return fmt.Errorf("convert %s: %w", c.srcLoc, ctx.Err())
-	}
-	return err
 }
 
 // writeManifests writes the converted manifests and, for a multi-platform result, the index,

@@ -3,6 +3,8 @@ package convert
 import (
 	"bufio"
 	"context"
+	"crypto/sha256"
+	"encoding/hex"
 	"errors"
 	"fmt"
 	"io"
@@ -21,6 +23,9 @@ type layerJob struct {
 	Layer
 	comp    compression
 	diffIDs []v1.Hash // what the image configs that list this layer say it decompresses to
+	// newDiffID is the diff ID of the converted layer when it is not the source's: laid
+	// out by a profile (Options.Profile), its entries are in another order.
+	newDiffID *v1.Hash
 }
 
 // layerKey tells distinct source layers apart: the same blob listed with another media type
@@ -68,7 +73,11 @@ func (c *converter) runLayer1(ctx context.Context, j *layerJob) error {
 		}
 		j.Result = j.Source
 	} else {
-		res, err := c.rewrite(ctx, j, vr, out)
+		rewrite := c.rewrite
+		if c.opts.Profile != nil {
+			rewrite = c.rewriteLaidOut
+		}
+		res, err := rewrite(ctx, j, vr, out)
 		if err != nil {
 			return err
 		}
@@ -213,4 +222,70 @@ func (cw *countingWriter) Write(p []byte) (int, error) {
 	n, err := cw.w.Write(p)
 	cw.n += int64(n)
 	return n, err
+}
+
+// rewriteLaidOut is rewrite with the layer's entries laid out by Options.Profile (see
+// layout.go): the decompressed stream is spooled to a temp file and checked against the
+// diff ID the config lists, its entries are listed, and format.Write reads them in the new
+// order. The layer's new diff ID is kept in j for the config.
+func (c *converter) rewriteLaidOut(ctx context.Context, j *layerJob, vr *verifyReader, w io.Writer) (*format.Result, error) {
+	dec, err := newDecoder(j.comp, vr)
+	if err != nil {
+		return nil, dec.blame(err)
+	}
+	defer dec.Close()
+	spool, err := os.CreateTemp(c.tmpDir, "tar-*")
+	if err != nil {
+		return nil, fmt.Errorf("spool the tar stream: %w", err)
+	}
+	defer func() {
+		spool.Close()
+		os.Remove(spool.Name())
+	}()
+	h := sha256.New()
+	n, err := io.Copy(spool, io.TeeReader(dec, h))
+	if err != nil {
+		if cause := dec.cause(); cause != nil {
+			return nil, cause
+		}
+		return nil, fmt.Errorf("spool the tar stream to %s: %w", spool.Name(), err)
+	}
+	if err := vr.finish(); err != nil {
+		return nil, err
+	}
+	diffID := "sha256:" + hex.EncodeToString(h.Sum(nil))
+	for _, want := range j.diffIDs {
+		if diffID != want.String() {
+			return nil, fmt.Errorf("%w: layer decompresses to %s, but the image config lists diff ID %s", ErrDigestMismatch, diffID, want)
+		}
+	}
+	entries, trailer, err := scanTar(io.NewSectionReader(spool, 0, n), n)
+	if err != nil {
+		return nil, fmt.Errorf("lay out by profile: %w", err)
+	}
+	order, moved := layoutOrder(entries, c.opts.Profile)
+	j.Profiled = moved
+	c.log.Info("laid out by profile", "layer", j.Source.Digest.String(), "image", j.Image, "files_first", moved, "entries", len(entries))
+	var r io.Reader = io.NewSectionReader(spool, 0, n)
+	if moved > 0 {
+		r = sectionsReader(spool, entries, order, trailer, n)
+	}
+	res, err := format.Write(ctx, w, r, format.WithConcurrency(c.writeConcurrency))
+	if err != nil {
+		if ctx.Err() != nil {
+			return nil, ctx.Err()
+		}
+		return nil, fmt.Errorf("write lazypull layer: %w", err)
+	}
+	if res.TarSize != n {
+		return nil, fmt.Errorf("write lazypull layer: %d bytes of tar written, %d read", res.TarSize, n)
+	}
+	if res.DiffID != diffID {
+		d, err := v1.NewHash(res.DiffID)
+		if err != nil {
+			return nil, fmt.Errorf("write lazypull layer: %w", err)
+		}
+		j.newDiffID = &d
+	}
+	return res, nil
 }

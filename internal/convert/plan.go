@@ -241,6 +241,48 @@ func (img *imageJob) buildOutput(layerFor func(v1.Descriptor) *layerJob) error {
 	return nil
 }
 
+// newDiffIDs rewrites the config with the diff IDs of the converted layers where they
+// differ from the source's (a layout by profile): rootfs.diff_ids is replaced, every
+// other field is kept as it was. An image whose layers kept their diff IDs keeps its config
+// byte for byte.
+func (img *imageJob) newDiffIDs(layerFor func(v1.Descriptor) *layerJob) error {
+	var cf v1.ConfigFile
+	if err := json.Unmarshal(img.config, &cf); err != nil {
+		return fmt.Errorf("config %s of %s: %w", img.configDesc.Digest, img.name, err)
+	}
+	ids := slices.Clone(cf.RootFS.DiffIDs) // as many as layers: checked by loadImage
+	changed := false
+	for i, l := range img.manifest.Layers {
+		if d := layerFor(l).newDiffID; d != nil {
+			ids[i], changed = *d, true
+		}
+	}
+	if !changed {
+		return nil
+	}
+	var top map[string]json.RawMessage
+	if err := json.Unmarshal(img.config, &top); err != nil {
+		return fmt.Errorf("config %s of %s: %w", img.configDesc.Digest, img.name, err)
+	}
+	var rootfs map[string]json.RawMessage
+	if err := json.Unmarshal(top["rootfs"], &rootfs); err != nil {
+		return fmt.Errorf("config %s of %s: rootfs: %w", img.configDesc.Digest, img.name, err)
+	}
+	var err error
+	if rootfs["diff_ids"], err = json.Marshal(ids); err != nil {
+		return err
+	}
+	if top["rootfs"], err = json.Marshal(rootfs); err != nil {
+		return err
+	}
+	raw, err := json.Marshal(top)
+	if err != nil {
+		return fmt.Errorf("config of %s: %w", img.name, err)
+	}
+	img.config, img.configDesc = raw, descriptorOf(raw, img.configDesc.MediaType)
+	return nil
+}
+
 // platformMatches reports whether have satisfies want; fields want leaves empty match anything.
 func platformMatches(have *v1.Platform, want v1.Platform) bool {
 	if have == nil {

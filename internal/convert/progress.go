@@ -14,6 +14,7 @@ type Layer struct {
 	// Set by the time of LayerDone.
 	Result                 v1.Descriptor // the layer as the converted manifest lists it
 	Entries, Files, Chunks int           // from format.Result; zero for a copied layer
+	Profiled               int           // files laid out first by Options.Profile
 }
 
 // Progress hears about layers as Convert works on them. Its methods are called from several

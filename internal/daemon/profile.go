@@ -46,35 +46,54 @@ func FindProfile(ctx context.Context, reg *fetch.Registry, subject v1.Hash) (*pr
 	if best.Size > maxProfileManifest {
 		return nil, best, fmt.Errorf("%s: manifest of %d bytes, more than %d: refused", where, best.Size, maxProfileManifest)
 	}
-	_, raw, err := reg.Manifest(ctx, best.Digest)
+	p, err := readProfile(ctx, reg, best.Digest, where)
+	return p, best, err
+}
+
+// ErrNotProfile: a manifest is not a lazypull profile artifact.
+var ErrNotProfile = errors.New("not a lazypull profile artifact")
+
+// ReadProfile reads the profile artifact whose manifest has the given digest in reg's
+// repository (what `lazypull profile` prints): its manifest and document, both checked
+// against their digests, the document parsed strictly. A manifest that is not a profile's
+// gives an error wrapping ErrNotProfile.
+func ReadProfile(ctx context.Context, reg *fetch.Registry, digest v1.Hash) (*profile.Profile, error) {
+	return readProfile(ctx, reg, digest, "profile "+digest.String())
+}
+
+func readProfile(ctx context.Context, reg *fetch.Registry, digest v1.Hash, where string) (*profile.Profile, error) {
+	_, raw, err := reg.Manifest(ctx, digest)
 	if err != nil {
-		return nil, best, fmt.Errorf("%s: %w", where, err)
+		return nil, fmt.Errorf("%s: %w", where, err)
+	}
+	if len(raw) > maxProfileManifest {
+		return nil, fmt.Errorf("%s: manifest of %d bytes, more than %d: %w", where, len(raw), maxProfileManifest, ErrNotProfile)
 	}
 	m, err := v1.ParseManifest(bytes.NewReader(raw))
 	if err != nil {
-		return nil, best, fmt.Errorf("%s: manifest: %w", where, err)
+		return nil, fmt.Errorf("%s: manifest: %w", where, err)
 	}
 	if m.ArtifactType != profile.ArtifactType || len(m.Layers) != 1 || m.Layers[0].MediaType != types.MediaType(profile.MediaType) {
-		return nil, best, fmt.Errorf("%s: not a lazypull profile artifact (artifactType %q, %d layers)", where, m.ArtifactType, len(m.Layers))
+		return nil, fmt.Errorf("%s: %w (artifactType %q, %d layers)", where, ErrNotProfile, m.ArtifactType, len(m.Layers))
 	}
 	doc := m.Layers[0]
 	if doc.Size > profile.MaxSize || doc.Size < 0 {
-		return nil, best, fmt.Errorf("%s: document of %d bytes, more than %d: %w; refused", where, doc.Size, profile.MaxSize, profile.ErrTooLarge)
+		return nil, fmt.Errorf("%s: document of %d bytes, more than %d: %w; refused", where, doc.Size, profile.MaxSize, profile.ErrTooLarge)
 	}
 	b, err := embedded(doc)
 	if err != nil {
-		return nil, best, fmt.Errorf("%s: document: %w", where, err)
+		return nil, fmt.Errorf("%s: document: %w", where, err)
 	}
 	if b == nil {
 		if b, err = reg.Blob(doc.Digest, doc.Size).ReadAll(ctx); err != nil {
-			return nil, best, fmt.Errorf("%s: document: %w", where, err)
+			return nil, fmt.Errorf("%s: document: %w", where, err)
 		}
 	}
 	p, err := profile.Parse(b)
 	if err != nil {
-		return nil, best, fmt.Errorf("%s: %w", where, err)
+		return nil, fmt.Errorf("%s: %w", where, err)
 	}
-	return p, best, nil
+	return p, nil
 }
 
 // embedded returns the document d carries in its data field (profile.Manifest embeds small
