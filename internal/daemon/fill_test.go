@@ -16,6 +16,7 @@ import (
 
 	"github.com/google/go-containerregistry/pkg/name"
 	"github.com/google/go-containerregistry/pkg/registry"
+	v1 "github.com/google/go-containerregistry/pkg/v1"
 	"github.com/google/go-containerregistry/pkg/v1/empty"
 	"github.com/google/go-containerregistry/pkg/v1/mutate"
 	"github.com/google/go-containerregistry/pkg/v1/remote"
@@ -95,6 +96,21 @@ func TestLimiterBound(t *testing.T) {
 // its reference and the layer's index.
 func lazyImage(t *testing.T, files map[string][]byte) (string, *format.Index) {
 	t.Helper()
+	img, ix := lazyImageOf(t, files)
+	srv := httptest.NewServer(registry.New(registry.Logger(log.New(io.Discard, "", 0))))
+	t.Cleanup(srv.Close)
+	ref := strings.TrimPrefix(srv.URL, "http://") + "/fill:v1"
+	r, _ := name.ParseReference(ref)
+	if err := remote.Write(r, img); err != nil {
+		t.Fatal(err)
+	}
+	return ref, ix
+}
+
+// lazyImageOf makes a one-layer lazypull image of the files, and returns it with the
+// layer's index.
+func lazyImageOf(t *testing.T, files map[string][]byte) (v1.Image, *format.Index) {
+	t.Helper()
 	var tb bytes.Buffer
 	tw := tar.NewWriter(&tb)
 	for _, n := range sortedKeys(files) {
@@ -114,20 +130,12 @@ func lazyImage(t *testing.T, files map[string][]byte) (string, *format.Index) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	srv := httptest.NewServer(registry.New(registry.Logger(log.New(io.Discard, "", 0))))
-	t.Cleanup(srv.Close)
-	ref := strings.TrimPrefix(srv.URL, "http://") + "/fill:v1"
 	img, err := mutate.Append(empty.Image, mutate.Addendum{Layer: static.NewLayer(blob.Bytes(), types.MediaType(format.MediaTypeLayer)),
 		Annotations: res.Annotations(), MediaType: types.MediaType(format.MediaTypeLayer)})
 	if err != nil {
 		t.Fatal(err)
 	}
-	img = mutate.MediaType(img, types.OCIManifestSchema1)
-	r, _ := name.ParseReference(ref)
-	if err := remote.Write(r, img); err != nil {
-		t.Fatal(err)
-	}
-	return ref, l.Index
+	return mutate.MediaType(img, types.OCIManifestSchema1), l.Index
 }
 
 func sortedKeys(m map[string][]byte) []string {
