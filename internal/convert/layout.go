@@ -161,7 +161,7 @@ func layoutGroup(entries []tarEntry, p string, byName map[string]int, dup map[st
 			return nil, false
 		}
 	}
-	if e := entries[t]; e.typ != tar.TypeReg && e.typ != tar.TypeRegA {
+	if entries[t].typ != tar.TypeReg { // the reader reports TypeRegA as TypeReg
 		return nil, false // also a link loop, which ends on a link
 	}
 	target := entries[t].name

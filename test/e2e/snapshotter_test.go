@@ -67,6 +67,12 @@ type snapshotterOption func(s *snapshotterEnv) (containerdEnv []string)
 // test's cleanup stops both by PID.
 func (e *env) startSnapshotter(t *testing.T, opts ...snapshotterOption) *snapshotterEnv {
 	t.Helper()
+	return e.startSnapshotterWith(t, "", opts...)
+}
+
+// startSnapshotterWith is startSnapshotter with more lines for its config file.
+func (e *env) startSnapshotterWith(t *testing.T, config string, opts ...snapshotterOption) *snapshotterEnv {
+	t.Helper()
 	dir, err := os.MkdirTemp("", "lzsn-") // short: unix socket paths are limited
 	if err != nil {
 		t.Fatal(err)
@@ -74,7 +80,7 @@ func (e *env) startSnapshotter(t *testing.T, opts ...snapshotterOption) *snapsho
 	s := &snapshotterEnv{dir: dir, sock: filepath.Join(dir, "sn.sock"), store: filepath.Join(dir, "store"),
 		containerd: filepath.Join(dir, "ctd"), log: &syncBuffer{}, done: make(chan error, 1)}
 	s.config = filepath.Join(dir, "config.toml")
-	if err := os.WriteFile(s.config, fmt.Appendf(nil, "root = %q\nstore = %q\nplain_http = true\n", filepath.Join(dir, "root"), s.store), 0o644); err != nil {
+	if err := os.WriteFile(s.config, fmt.Appendf(nil, "root = %q\nstore = %q\nplain_http = true\n%s", filepath.Join(dir, "root"), s.store, config), 0o644); err != nil {
 		t.Fatal(err)
 	}
 	s.bin, s.env = e.bin, e.cmdEnv
