@@ -54,9 +54,11 @@ type FillStats struct {
 
 // fill is an image's background fill in progress.
 type fill struct {
-	mu   sync.Mutex
-	st   FillStats
-	done chan struct{}
+	mu     sync.Mutex
+	st     FillStats
+	done   chan struct{}
+	ctx    context.Context // ends with the image, or with StopBackgroundFetch
+	cancel context.CancelFunc
 }
 
 // fillItem is a file of a layer whose chunks the fill wants.
@@ -87,22 +89,24 @@ func (im *Image) BackgroundFetch(o FillOptions) error {
 		log = slog.Default()
 	}
 	fl := &fill{st: FillStats{Image: im.Ref, Rate: rate}, done: make(chan struct{})}
+	fl.ctx, fl.cancel = context.WithCancel(im.bg)
 	im.mu.Lock()
 	im.fill = fl
 	pf := im.prefetch
 	im.mu.Unlock()
 	go func() {
 		defer close(fl.done)
+		defer fl.cancel()
 		if pf != nil {
 			select {
 			case <-pf.done:
-			case <-im.bg.Done():
+			case <-fl.ctx.Done():
 				return
 			}
 		}
 		start := time.Now()
 		before := im.Registry.Stats().Requests
-		err := im.runFill(im.bg, fl, lim, log)
+		err := im.runFill(fl.ctx, fl, lim, log)
 		fl.mu.Lock()
 		fl.st.Done, fl.st.Seconds = true, time.Since(start).Seconds()
 		fl.st.Requests = im.Registry.Stats().Requests - before
@@ -114,8 +118,8 @@ func (im *Image) BackgroundFetch(o FillOptions) error {
 		switch {
 		case errors.Is(err, errFillSkipped):
 			log.Warn("background fetch skipped", "image", im.Ref, "why", err)
-		case err != nil && im.bg.Err() != nil:
-			log.Info("background fetch stopped: the image was closed", "image", im.Ref, "bytes", st.Bytes, "chunks", st.Chunks,
+		case err != nil && fl.ctx.Err() != nil:
+			log.Info("background fetch stopped: the image was closed or unmounted", "image", im.Ref, "bytes", st.Bytes, "chunks", st.Chunks,
 				"requests", st.Requests, "seconds", st.Seconds)
 		case err != nil:
 			log.Warn("background fetch failed; reads fetch what they need as before", "image", im.Ref, "bytes", st.Bytes,
@@ -126,6 +130,17 @@ func (im *Image) BackgroundFetch(o FillOptions) error {
 		}
 	}()
 	return nil
+}
+
+// StopBackgroundFetch stops the image's background fill, if one runs; what it fetched
+// stays in the store.
+func (im *Image) StopBackgroundFetch() {
+	im.mu.Lock()
+	fl := im.fill
+	im.mu.Unlock()
+	if fl != nil {
+		fl.cancel()
+	}
 }
 
 // FillStats returns the background fill's figures, and false if there was none.

@@ -298,19 +298,28 @@ func TestBackgroundFetchRate(t *testing.T) {
 	}
 }
 
-// TestBackgroundFetchStops: a fill ends when its image is closed, without error.
+// TestBackgroundFetchStops: a fill ends when its image is closed, or when told to stop
+// (the snapshotter, once the image's last layer is unmounted), without error.
 func TestBackgroundFetchStops(t *testing.T) {
 	ref, _ := lazyImage(t, fillFiles())
-	im, _ := openFill(t, ref)
-	im.reading.Add(1) // a read that never ends: the fill waits for it
-	if err := im.BackgroundFetch(FillOptions{Log: slog.New(slog.DiscardHandler)}); err != nil {
-		t.Fatal(err)
-	}
-	im.Close()
-	if err := im.WaitFill(context.Background()); err != nil {
-		t.Fatal(err)
-	}
-	if fs, _ := im.FillStats(); fs.Chunks != 0 || !fs.Done {
-		t.Errorf("a fill behind a read in progress, then closed: %+v; want done with nothing fetched", fs)
+	for _, how := range []string{"close", "stop"} {
+		t.Run(how, func(t *testing.T) {
+			im, _ := openFill(t, ref)
+			im.reading.Add(1) // a read that never ends: the fill waits for it
+			if err := im.BackgroundFetch(FillOptions{Log: slog.New(slog.DiscardHandler)}); err != nil {
+				t.Fatal(err)
+			}
+			if how == "close" {
+				im.Close()
+			} else {
+				im.StopBackgroundFetch()
+			}
+			if err := im.WaitFill(context.Background()); err != nil {
+				t.Fatal(err)
+			}
+			if fs, _ := im.FillStats(); fs.Chunks != 0 || !fs.Done || fs.Err == "" {
+				t.Errorf("a fill behind a read in progress, then stopped: %+v; want done, stopped, nothing fetched", fs)
+			}
+		})
 	}
 }

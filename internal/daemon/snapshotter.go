@@ -72,9 +72,10 @@ type SnapshotFS struct {
 	prefetch *PrefetchOptions // nil: no profile is looked up
 	fill     *FillOptions     // nil: no background fill
 
-	mu     sync.Mutex
-	images map[string]*imageEntry
-	mounts map[string]*fusefs.Server
+	mu         sync.Mutex
+	images     map[string]*imageEntry
+	mounts     map[string]*fusefs.Server
+	mountImage map[string]*Image // the image of each mount's layer
 }
 
 // SetPrefetch has every image opened look up its prefetch profile and fetch the profiled
@@ -107,7 +108,8 @@ var _ snapshot.FileSystem = (*SnapshotFS)(nil)
 
 // NewSnapshotFS returns the snapshotter's file system over st; fopts configure registry access.
 func NewSnapshotFS(st *store.Store, platform *v1.Platform, log *slog.Logger, fopts ...fetch.Option) *SnapshotFS {
-	return &SnapshotFS{store: st, platform: platform, fopts: fopts, log: log, images: map[string]*imageEntry{}, mounts: map[string]*fusefs.Server{}}
+	return &SnapshotFS{store: st, platform: platform, fopts: fopts, log: log, images: map[string]*imageEntry{},
+		mounts: map[string]*fusefs.Server{}, mountImage: map[string]*Image{}}
 }
 
 // layerOf reads from labels the image reference to open and the layer's digest.
@@ -197,30 +199,61 @@ func (f *SnapshotFS) image(ctx context.Context, ref string) (*Image, error) {
 	}
 }
 
-// layer opens the layer the labels name.
-func (f *SnapshotFS) layer(ctx context.Context, labels map[string]string) (*Layer, error) {
+// layer opens the layer the labels name, and returns it with its image.
+func (f *SnapshotFS) layer(ctx context.Context, labels map[string]string) (*Layer, *Image, error) {
 	ref, digest, err := layerOf(labels)
 	if err != nil {
-		return nil, err
+		return nil, nil, err
 	}
 	im, err := f.image(ctx, ref)
 	if err != nil {
-		return nil, err
+		return nil, nil, err
 	}
 	for _, l := range im.Layers {
 		if l.Desc.Digest.String() == digest {
-			return l, nil
+			return l, im, nil
 		}
 	}
 	if err, ok := im.Failed[digest]; ok {
-		return nil, err
+		return nil, nil, err
 	}
-	return nil, fmt.Errorf("image %s has no layer %s", ref, digest)
+	return nil, nil, fmt.Errorf("image %s has no layer %s", ref, digest)
+}
+
+// mounted records that the layer mount at dir belongs to im.
+func (f *SnapshotFS) mounted(dir string, srv *fusefs.Server, im *Image) (old *fusefs.Server) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	old = f.mounts[dir]
+	f.mounts[dir] = srv
+	f.mountImage[dir] = im
+	return old
+}
+
+// unmounted forgets the mount at dir; when it was the last of its image's layers, the
+// image's background fill stops (the image is no longer in use: removed from containerd).
+func (f *SnapshotFS) unmounted(dir string) (*fusefs.Server, bool) {
+	f.mu.Lock()
+	srv, ok := f.mounts[dir]
+	delete(f.mounts, dir)
+	im := f.mountImage[dir]
+	delete(f.mountImage, dir)
+	last := im != nil
+	for _, other := range f.mountImage {
+		if other == im {
+			last = false
+		}
+	}
+	f.mu.Unlock()
+	if last {
+		im.StopBackgroundFetch()
+	}
+	return srv, ok
 }
 
 // Mount mounts the single-layer view of the layer the labels name at mountpoint.
 func (f *SnapshotFS) Mount(ctx context.Context, mountpoint string, labels map[string]string) error {
-	layer, err := f.layer(ctx, labels)
+	layer, im, err := f.layer(ctx, labels)
 	if err != nil {
 		return err
 	}
@@ -238,11 +271,7 @@ func (f *SnapshotFS) Mount(ctx context.Context, mountpoint string, labels map[st
 	t1 := time.Now()
 	f.keep(srv, labels)
 	t2 := time.Now()
-	f.mu.Lock()
-	old := f.mounts[mountpoint]
-	f.mounts[mountpoint] = srv
-	f.mu.Unlock()
-	if old != nil {
+	if old := f.mounted(mountpoint, srv, im); old != nil {
 		_ = old.Unmount()
 	}
 	f.log.Info("layer mounted", "layer", digest, "image", ref, "dir", mountpoint, "passthrough", srv.Passthrough(),
@@ -306,7 +335,7 @@ func (f *SnapshotFS) restore(ctx context.Context, e keeper.Entry) error {
 		e.File.Close()
 		return fmt.Errorf("kept description: %w", err)
 	}
-	layer, err := f.layer(ctx, km.Labels)
+	layer, im, err := f.layer(ctx, km.Labels)
 	if err != nil {
 		e.File.Close()
 		return err
@@ -320,9 +349,7 @@ func (f *SnapshotFS) restore(ctx context.Context, e keeper.Entry) error {
 	if err != nil {
 		return err
 	}
-	f.mu.Lock()
-	f.mounts[e.Key] = srv
-	f.mu.Unlock()
+	f.mounted(e.Key, srv, im)
 	f.log.Info("layer mount restored", "layer", layer.Desc.Digest, "dir", e.Key)
 	return nil
 }
@@ -343,10 +370,7 @@ func (f *SnapshotFS) Check(ctx context.Context, mountpoint string, labels map[st
 
 // Unmount ends the mount at mountpoint: this process's, or a stale one.
 func (f *SnapshotFS) Unmount(ctx context.Context, mountpoint string) error {
-	f.mu.Lock()
-	srv, ok := f.mounts[mountpoint]
-	delete(f.mounts, mountpoint)
-	f.mu.Unlock()
+	srv, ok := f.unmounted(mountpoint)
 	if f.keeper != nil {
 		if err := f.keeper.Delete(mountpoint); err != nil {
 			f.log.Warn("keeper", "err", err)
@@ -381,7 +405,7 @@ func (f *SnapshotFS) Images() []*Image {
 func (f *SnapshotFS) Close() error {
 	f.mu.Lock()
 	mounts := f.mounts
-	f.mounts = map[string]*fusefs.Server{}
+	f.mounts, f.mountImage = map[string]*fusefs.Server{}, map[string]*Image{}
 	f.mu.Unlock()
 	if f.keeper != nil {
 		for _, srv := range mounts {

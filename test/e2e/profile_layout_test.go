@@ -93,7 +93,9 @@ func TestProfileSnapshotterPrefetch(t *testing.T) {
 	// (its supplementary groups), which is not the workload's and not in its profile.
 	id := fmt.Sprintf("profile-%d", os.Getpid())
 	s.ctr(t, ns, "container", "create", "--snapshotter", "lazypull", ref, id, "--", "python3", "-c", script)
-	t.Cleanup(func() { run(t, "ctr", "--address", filepath.Join(s.containerd, "containerd.sock"), "--namespace", ns, "container", "rm", id) })
+	t.Cleanup(func() {
+		run(t, "ctr", "--address", filepath.Join(s.containerd, "containerd.sock"), "--namespace", ns, "container", "rm", id)
+	})
 	created := stats(t, s.store, time.Now())
 	t.Logf("container create fetched %d chunks in %d requests", created.Store.ChunksFetched-st.Store.ChunksFetched, created.Fetch.Requests-st.Fetch.Requests)
 	out := s.ctr(t, ns, "task", "start", id)
