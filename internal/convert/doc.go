@@ -7,6 +7,8 @@
 //   - each gzip, zstd or uncompressed tar layer becomes a format.MediaTypeLayer layer whose
 //     decompressed stream is the original tar byte for byte, so its diff ID is unchanged and
 //     the original config blob is written unchanged (same digest);
+//   - with Options.Profile, each layer's entries are reordered instead, the profile's files
+//     first (layout.go): the diff IDs change, and the config is rewritten with the new ones;
 //   - layers that already are lazypull layers (format.IsLayer) are copied as they are;
 //   - the result is an OCI image manifest per image, with the original manifest annotations,
 //     and an OCI index when the source was multi-platform and no platform was picked.
