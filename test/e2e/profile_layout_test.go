@@ -65,8 +65,8 @@ func settledPrefetch(t *testing.T, storeDir string, since time.Time) (daemon.Sta
 
 // TestProfileSnapshotterPrefetch is TestProfileRoundTripAndPrefetch through containerd:
 // the snapshotter (prefetch_wait in its config) fetches the profiled bytes in a handful of
-// requests while `lazypull pull` prepares the layers, and `ctr run` of the profiled
-// workload then fetches nothing more.
+// requests while `lazypull pull` prepares the layers, and neither creating the container
+// nor running the profiled workload in it fetches anything more.
 func TestProfileSnapshotterPrefetch(t *testing.T) {
 	e := setup(t)
 	ref := e.profileRepoImage(t, "profile-sn")
@@ -89,15 +89,17 @@ func TestProfileSnapshotterPrefetch(t *testing.T) {
 		t.Errorf("the snapshotter's log does not report the prefetch:\n%s", s.log)
 	}
 
-	// Create, then start: containerd reads the image's /etc/group to create the container
-	// (its supplementary groups), which is not the workload's and not in its profile.
+	// Create, then start, each checked: containerd reads the image's /etc/passwd and
+	// /etc/group to create the container, which lazypull profile records too.
 	id := fmt.Sprintf("profile-%d", os.Getpid())
 	s.ctr(t, ns, "container", "create", "--snapshotter", "lazypull", ref, id, "--", "python3", "-c", script)
 	t.Cleanup(func() {
 		run(t, "ctr", "--address", filepath.Join(s.containerd, "containerd.sock"), "--namespace", ns, "container", "rm", id)
 	})
 	created := stats(t, s.store, time.Now())
-	t.Logf("container create fetched %d chunks in %d requests", created.Store.ChunksFetched-st.Store.ChunksFetched, created.Fetch.Requests-st.Fetch.Requests)
+	if n, r := created.Store.ChunksFetched-st.Store.ChunksFetched, created.Fetch.Requests-st.Fetch.Requests; n != 0 || r != 0 {
+		t.Errorf("container create fetched %d chunks in %d requests after the prefetch; want none", n, r)
+	}
 	out := s.ctr(t, ns, "task", "start", id)
 	if strings.TrimSpace(out) != profileLine {
 		t.Fatalf("container printed %q, want %q", out, profileLine)
