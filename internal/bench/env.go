@@ -243,6 +243,35 @@ func (n *node) stop() error {
 	return errors.Join(errs...)
 }
 
+// keepLogs keeps what the run on n did in logDir under name: the link's requests from
+// since on, as name.requests (from says what since is, for the header), and, for the lazy
+// and stargz modes, the snapshotter's log as name.log once the node stops. No logDir: none.
+func (n *node) keepLogs(logDir, name string, p *Proxy, mode Mode, since time.Time, from string, readyAfter float64) error {
+	if logDir == "" {
+		return nil
+	}
+	base := filepath.Join(logDir, strings.NewReplacer("/", "_").Replace(name))
+	if mode.lazy() || isStargz(mode) {
+		n.keepLog = base + ".log"
+	}
+	reqs := fmt.Sprintf("# the link's requests from %s (%s), ready at +%.3fs\n%s\n",
+		from, since.UTC().Format(time.RFC3339Nano), readyAfter, strings.Join(p.RequestLog(since), "\n"))
+	if err := os.WriteFile(base+".requests", []byte(reqs), 0o644); err != nil {
+		return fmt.Errorf("keep the request log: %w", err)
+	}
+	return nil
+}
+
+// stopAfterReady stops the node of a measured run and returns the bytes the link forwarded
+// since ready (the counters then), a background fetch's, say.
+func (n *node) stopAfterReady(p *Proxy, ready Counters) (int64, error) {
+	if err := n.stop(); err != nil {
+		return 0, err
+	}
+	n.ctd, n.sn = "", nil // stopped; the deferred stop has nothing left to do
+	return p.Counters().Sub(ready).Down, nil
+}
+
 // copyFile copies the file src to dst, making dst's directory.
 func copyFile(src, dst string) error {
 	b, err := os.ReadFile(src)

@@ -487,23 +487,13 @@ func coldRun(ctx context.Context, cfg Config, p *Proxy, j job, pg *progress) (ru
 	d := c1.Sub(c0)
 	run.Bytes, run.Requests = d.Down, d.Requests
 	pg.step("stopping the node")
-	if cfg.LogDir != "" {
-		base := filepath.Join(cfg.LogDir, strings.NewReplacer("/", "_").Replace(
-			fmt.Sprintf("%s-%s-%s-%d", j.image.Name, j.mode, j.link.Name, j.rep)))
-		if lazy || isStargz(j.mode) {
-			n.keepLog = base + ".log"
-		}
-		reqs := fmt.Sprintf("# the link's requests from the pull's start (%s), ready at +%.3fs\n%s\n",
-			t0.UTC().Format(time.RFC3339Nano), run.Total, strings.Join(p.RequestLog(t0), "\n"))
-		if err := os.WriteFile(base+".requests", []byte(reqs), 0o644); err != nil {
-			return run, stepErr(j, "keep the request log", err)
-		}
+	name := fmt.Sprintf("%s-%s-%s-%d", j.image.Name, j.mode, j.link.Name, j.rep)
+	if err := n.keepLogs(cfg.LogDir, name, p, j.mode, t0, "the pull's start", run.Total); err != nil {
+		return run, stepErr(j, "keep the request log", err)
 	}
-	if e := n.stop(); e != nil {
-		return run, stepErr(j, "stop node", e)
+	if run.BytesAfter, err = n.stopAfterReady(p, c1); err != nil {
+		return run, stepErr(j, "stop node", err)
 	}
-	n.ctd, n.sn = "", nil // stopped; the deferred stop has nothing left to do
-	run.BytesAfter = p.Counters().Sub(c1).Down
 	return run, nil
 }
 

@@ -72,11 +72,9 @@ func scaleRun(ctx context.Context, cfg Config, p *Proxy, j scenarioJob, pg *prog
 		return run, j.err("keep logs", err)
 	}
 	pg.step("stopping the node")
-	if e := n.stop(); e != nil {
-		return run, j.err("stop node", e)
+	if run.BytesAfter, err = n.stopAfterReady(p, c1); err != nil {
+		return run, j.err("stop node", err)
 	}
-	n.ctd, n.sn = "", nil // stopped; the deferred stop has nothing left to do
-	run.BytesAfter = p.Counters().Sub(c1).Down
 	return run, nil
 }
 

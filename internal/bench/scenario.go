@@ -5,8 +5,6 @@ import (
 	"fmt"
 	"maps"
 	"math/rand/v2"
-	"os"
-	"path/filepath"
 	"slices"
 	"strings"
 	"time"
@@ -339,21 +337,9 @@ func runScenarios(ctx context.Context, cfg Config, res *Result, proxies map[stri
 // NAME.requests, NAME from the job, and has n's stop keep a lazy node's snapshotter log as
 // NAME.log, as the cold runs do.
 func keepLogs(cfg Config, p *Proxy, n *node, j scenarioJob, t0 time.Time, readyAfter float64) error {
-	if cfg.LogDir == "" {
-		return nil
-	}
 	name := fmt.Sprintf("%s-%s-%s-%s-%d", j.scenario, j.image, j.mode, j.link.Name, j.rep)
 	if j.scenario == ScenarioScale {
 		name = fmt.Sprintf("%s-%s-x%d-%s-%s-%d", j.scenario, j.image, j.count, j.mode, j.link.Name, j.rep)
 	}
-	base := filepath.Join(cfg.LogDir, strings.NewReplacer("/", "_").Replace(name))
-	if j.mode.lazy() || isStargz(j.mode) {
-		n.keepLog = base + ".log"
-	}
-	reqs := fmt.Sprintf("# the link's requests from the measured step's start (%s), ready at +%.3fs\n%s\n",
-		t0.UTC().Format(time.RFC3339Nano), readyAfter, strings.Join(p.RequestLog(t0), "\n"))
-	if err := os.WriteFile(base+".requests", []byte(reqs), 0o644); err != nil {
-		return fmt.Errorf("keep the request log: %w", err)
-	}
-	return nil
+	return n.keepLogs(cfg.LogDir, name, p, j.mode, t0, "the measured step's start", readyAfter)
 }

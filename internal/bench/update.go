@@ -94,11 +94,9 @@ func updateRun(ctx context.Context, cfg Config, p *Proxy, j scenarioJob, pg *pro
 		return run, j.err("v2: keep logs", err)
 	}
 	pg.step("stopping the node")
-	if e := n.stop(); e != nil {
-		return run, j.err("stop node", e)
+	if run.BytesAfter, err = n.stopAfterReady(p, c2); err != nil {
+		return run, j.err("stop node", err)
 	}
-	n.ctd, n.sn = "", nil // stopped; the deferred stop has nothing left to do
-	run.BytesAfter = p.Counters().Sub(c2).Down
 	return run, nil
 }
 
