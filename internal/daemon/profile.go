@@ -46,7 +46,17 @@ func FindProfile(ctx context.Context, reg *fetch.Registry, subject v1.Hash) (*pr
 	if best.Size > maxProfileManifest {
 		return nil, best, fmt.Errorf("%s: manifest of %d bytes, more than %d: refused", where, best.Size, maxProfileManifest)
 	}
-	p, err := readProfile(ctx, reg, best.Digest, where)
+	// The referrers tag index may carry the manifest itself (profile.Push embeds it there):
+	// checked against the descriptor, it saves the round trip to fetch it.
+	raw, err := embedded(best)
+	if err != nil {
+		return nil, best, fmt.Errorf("%s: manifest: %w", where, err)
+	}
+	if raw == nil {
+		p, err := readProfile(ctx, reg, best.Digest, where)
+		return p, best, err
+	}
+	p, err := parseProfile(ctx, reg, raw, where)
 	return p, best, err
 }
 
@@ -66,6 +76,12 @@ func readProfile(ctx context.Context, reg *fetch.Registry, digest v1.Hash, where
 	if err != nil {
 		return nil, fmt.Errorf("%s: %w", where, err)
 	}
+	return parseProfile(ctx, reg, raw, where)
+}
+
+// parseProfile reads the profile whose artifact manifest is raw (checked against its
+// digest already): its document, embedded or from the registry, parsed strictly.
+func parseProfile(ctx context.Context, reg *fetch.Registry, raw []byte, where string) (*profile.Profile, error) {
 	if len(raw) > maxProfileManifest {
 		return nil, fmt.Errorf("%s: manifest of %d bytes, more than %d: %w", where, len(raw), maxProfileManifest, ErrNotProfile)
 	}
@@ -96,8 +112,9 @@ func readProfile(ctx context.Context, reg *fetch.Registry, digest v1.Hash, where
 	return p, nil
 }
 
-// embedded returns the document d carries in its data field (profile.Manifest embeds small
-// ones), checked against d's size and digest; nil if it carries none.
+// embedded returns what d carries in its data field, checked against d's size and digest;
+// nil if it carries none: the document in a profile manifest's layer (profile.Manifest
+// embeds small ones), the profile manifest in the referrers tag index (profile.Push).
 func embedded(d v1.Descriptor) ([]byte, error) {
 	if len(d.Data) == 0 || d.Digest.Algorithm != "sha256" {
 		return nil, nil // none, or not checkable here: the blob is fetched

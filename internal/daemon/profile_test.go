@@ -237,3 +237,70 @@ func TestProfileEmbedded(t *testing.T) {
 		})
 	}
 }
+
+// TestProfileInTagIndex: on a registry without the referrers API, Push puts the profile's
+// manifest (the document in it) into the referrers tag index, so the look-up reads the
+// profile in the round trip that asks for the API and the tag: two requests, no more.
+// Only the newest pushed keeps it there; embedded bytes that do not match their descriptor
+// are refused.
+func TestProfileInTagIndex(t *testing.T) {
+	repo, subject := subjectImage(t, false)
+	t0 := time.Date(2025, 1, 1, 0, 0, 0, 0, time.UTC)
+	first, err := profile.Push(repo, subject, testProfile(subject.Digest, t0, "first"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	second, err := profile.Push(repo, subject, testProfile(subject.Digest, t0.Add(time.Hour), "second"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	tag := repo.Tag(subject.Digest.Algorithm + "-" + subject.Digest.Hex)
+	got, err := remote.Get(tag)
+	if err != nil {
+		t.Fatal(err)
+	}
+	idx, err := v1.ParseIndexManifest(bytes.NewReader(got.Manifest))
+	if err != nil {
+		t.Fatal(err)
+	}
+	carried := map[v1.Hash]bool{}
+	for _, d := range idx.Manifests {
+		carried[d.Digest] = len(d.Data) > 0
+	}
+	if len(idx.Manifests) != 2 || carried[first.Digest] || !carried[second.Digest] {
+		t.Fatalf("tag index %s: %d profiles, data carried %v; want both listed, only the newest (%s) with its manifest", tag, len(idx.Manifests), carried, second.Digest)
+	}
+
+	reg := registryOf(t, repo)
+	p, desc, err := FindProfile(context.Background(), reg, subject.Digest)
+	if err != nil || p == nil || p.Files[0].Path != "second" || desc.Digest != second.Digest {
+		t.Fatalf("FindProfile: %v, %v, %v; want the newest profile", p, desc.Digest, err)
+	}
+	if n := reg.Stats().Requests; n != 2 {
+		t.Errorf("the look-up took %d requests; want 2 (referrers API and tag, nothing else)", n)
+	}
+
+	// Tampered: the index's copy of the manifest differs from the manifest by a byte.
+	tampered := false
+	for i := range idx.Manifests {
+		if d := idx.Manifests[i].Data; len(d) > 0 {
+			d[bytes.Index(d, []byte("artifactType"))] = 'A'
+			tampered = true
+		}
+	}
+	if !tampered {
+		t.Fatal("test broken: nothing tampered")
+	}
+	b, _ := json.Marshal(idx)
+	if err := remote.Put(tag, rawIndex(b)); err != nil {
+		t.Fatal(err)
+	}
+	if p, _, err := FindProfile(context.Background(), registryOf(t, repo), subject.Digest); err == nil || !strings.Contains(err.Error(), "embedded data has digest") {
+		t.Fatalf("FindProfile of a tampered tag index: %v, %v; want it refused", p, err)
+	}
+}
+
+type rawIndex []byte
+
+func (m rawIndex) RawManifest() ([]byte, error)        { return m, nil }
+func (m rawIndex) MediaType() (types.MediaType, error) { return types.OCIImageIndex, nil }

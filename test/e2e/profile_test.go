@@ -69,6 +69,8 @@ func TestProfileRoundTripAndPrefetch(t *testing.T) {
 	im, _ := idx.IndexManifest()
 	if len(im.Manifests) != 1 || im.Manifests[0].Digest.String() != digest || im.Manifests[0].ArtifactType != profile.ArtifactType {
 		t.Errorf("tag schema index lists %+v; want the profile %s", im.Manifests, digest)
+	} else if len(im.Manifests[0].Data) == 0 {
+		t.Errorf("tag schema index does not carry the profile's manifest (data): a mount needs a round trip more to read it")
 	}
 
 	show := e.lazypull(t, "profile", "show", "--plain-http", ref)
@@ -94,6 +96,11 @@ func TestProfileRoundTripAndPrefetch(t *testing.T) {
 	t.Logf("prefetch: %+v; fetch: %+v; store: %d chunks fetched", p, *s.Fetch, s.Store.ChunksFetched)
 	if !p.Done || p.Err != "" || p.Profile != digest || p.Files == 0 || p.Stale != 0 {
 		t.Fatalf("prefetch %+v; want the profile %s done without error\n%s", p, digest, m.log)
+	}
+	// The referrers API (404 here) and the tag, asked at once: the tag's index carries the
+	// profile, document and all.
+	if p.LookupRequests != 2 {
+		t.Errorf("finding and reading the profile took %d requests; want 2", p.LookupRequests)
 	}
 	// A handful: one multi-range request per 16 MiB or 64 ranges of each layer.
 	if p.Requests > 8 {
