@@ -304,26 +304,37 @@ func runWorkload(ctx context.Context, e *env, rootfs string, argv, env []string,
 		return "", fmt.Errorf("run %s in the image: %w", strings.Join(argv, " "), err)
 	}
 	pw.Close()
+	exited := make(chan error, 1)
+	go func() { exited <- cmd.Wait() }()
+	return watchWorkload(ctx, e.stderr, pr, exited, func() { _ = syscall.Kill(-cmd.Process.Pid, syscall.SIGKILL) }, until, d)
+}
+
+// watchWorkload passes a started workload's output on to stderr, line by line, until a line
+// contains until, until d passes, or until the workload exits; then it kills what is left of
+// it and returns why it stopped. out is the read end of the pipe the workload's stdout and
+// stderr go to, closed here; exited receives once, when the workload has exited, after
+// which out must come to its end (the ready line may be among the last lines, which are
+// waited for); kill kills it and whatever it started, and may be called after the exit.
+func watchWorkload(ctx context.Context, stderr io.Writer, out *os.File, exited <-chan error, kill func(), until string, d time.Duration) (string, error) {
 	ready := make(chan struct{})
 	var once sync.Once
 	var wg sync.WaitGroup
 	wg.Go(func() {
-		sc := bufio.NewScanner(pr)
+		sc := bufio.NewScanner(out)
 		sc.Buffer(make([]byte, 64<<10), 1<<20)
 		for sc.Scan() {
-			fmt.Fprintln(e.stderr, sc.Text())
+			fmt.Fprintln(stderr, sc.Text())
 			if until != "" && strings.Contains(sc.Text(), until) {
 				once.Do(func() { close(ready) })
 			}
 		}
-		_, _ = io.Copy(io.Discard, pr) // a line too long: keep draining
+		_, _ = io.Copy(io.Discard, out) // a line too long: keep draining
 	})
-	exited := make(chan error, 1)
-	go func() { exited <- cmd.Wait() }()
 	t := time.NewTimer(d)
 	defer t.Stop()
 	var reason string
 	var werr error
+	gone := false
 	select {
 	case <-ready:
 		reason = "ready line seen"
@@ -333,7 +344,7 @@ func runWorkload(ctx context.Context, e *env, rootfs string, argv, env []string,
 			werr = fmt.Errorf("the workload printed no line containing %q within %s", until, d)
 		}
 	case err := <-exited:
-		exited <- err
+		gone = true
 		reason = "workload exited"
 		if until != "" {
 			// The line may be in the last output: let the reader finish.
@@ -348,9 +359,11 @@ func runWorkload(ctx context.Context, e *env, rootfs string, argv, env []string,
 	case <-ctx.Done():
 		werr = ctx.Err()
 	}
-	_ = syscall.Kill(-cmd.Process.Pid, syscall.SIGKILL)
-	<-exited
-	pr.Close()
+	kill()
+	if !gone {
+		<-exited
+	}
+	out.Close()
 	wg.Wait()
 	return reason, werr
 }
