@@ -44,10 +44,18 @@ snapshotter) then fetch the profiled bytes first, in a few large requests. No im
 rebuilt, and a profile can be recorded again at any time (the newest wins).
 
 The workload runs on a lazy mount of the image (every read recorded), under an overlay
-with a tmpfs upper directory, with /proc and /dev, chrooted, with the image config's
-environment and working directory; it runs CMD ARGS if given, else the image's entrypoint
-and command. Its output goes to stderr. Recording stops when a line of its output contains
---until, after --duration, or when it exits, whichever comes first; it is then killed.
+with a tmpfs upper directory, with the image config's environment and working directory;
+it runs CMD ARGS if given, else the image's entrypoint and command. Its output goes to
+stderr. Recording stops when a line of its output contains --until, after --duration, or
+when it exits, whichever comes first; it is then killed.
+
+--runtime says what runs it. containerd: a container of the containerd at --address
+(namespace --namespace, runtime io.containerd.runc.v2, no snapshot: its root is that
+overlay), with the image config's user, in a network namespace of its own unless
+--net-host; what containerd and runc read in the image to create it is recorded too.
+chroot: chrooted, with /proc and /dev, as root, in the host's network namespace; the files
+containerd reads at create (/etc/passwd, /etc/group) are read first so that the profile
+has them. auto (the default): containerd if it answers at --address, else chroot.
 
 'lazypull profile show REF' prints the profile REF has, files in first-access order.`,
 	flags: func(fs *flag.FlagSet) any {
@@ -60,6 +68,10 @@ and command. Its output goes to stderr. Recording stops when a line of its outpu
 		fs.StringVar(&f.output, "output", "", "also write the profile document to `file`")
 		fs.BoolVar(&f.noPush, "no-push", false, "do not push the profile (with --output: record only)")
 		fs.StringVar(&f.store, "store", "", "content store `dir` to read through (default: a new temporary one, so that every read is recorded)")
+		fs.StringVar(&f.runtime, "runtime", "auto", "which `runtime` runs the workload: containerd, chroot, or auto (containerd if it answers at --address)")
+		fs.StringVar(&f.address, "address", "/run/containerd/containerd.sock", "containerd's `socket`")
+		fs.StringVar(&f.namespace, "namespace", "lazypull-profile", "containerd `namespace` for the workload's container (one of its own: listings of users' containers never show it)")
+		fs.BoolVar(&f.netHost, "net-host", false, "with containerd: run the workload in the host's network namespace (chroot always does)")
 		return f
 	},
 	run: runProfile,
@@ -67,7 +79,8 @@ and command. Its output goes to stderr. Recording stops when a line of its outpu
 
 type profileFlags struct {
 	platform, hostsDir, until, output, store string
-	plainHTTP, noPush                        bool
+	runtime, address, namespace              string
+	plainHTTP, noPush, netHost               bool
 	duration                                 time.Duration
 }
 
@@ -91,6 +104,13 @@ func runProfile(ctx context.Context, e *env, vals any, args []string) error {
 	}
 	ref, argv := args[0], args[1:]
 	log := newLogger(e)
+	client, err := profileRuntime(ctx, log, f.runtime, f.address)
+	if err != nil {
+		return err
+	}
+	if client != nil {
+		defer client.Close()
+	}
 	tmp, err := os.MkdirTemp("", "lazypull-profile-")
 	if err != nil {
 		return err
@@ -132,13 +152,19 @@ func runProfile(ctx context.Context, e *env, vals any, args []string) error {
 	if err != nil {
 		return fmt.Errorf("image %s: %w", ref, err)
 	}
-	rootfs, cleanup, err := profileRootfs(tmp, root, ref, log)
+	// runc mounts /proc, /dev and /sys in a container itself; chroot needs them mounted.
+	rootfs, cleanup, err := profileRootfs(tmp, root, ref, client == nil, log)
 	defer cleanup()
 	if err != nil {
 		return err
 	}
-	runtimeReads(rootfs, log)
-	reason, err := runWorkload(ctx, e, rootfs, argv, cfg.Config.Env, cfg.Config.WorkingDir, f.until, f.duration)
+	var reason string
+	if client != nil {
+		reason, err = runContainer(ctx, e, log, client, f, rootfs, argv, cfg.Config)
+	} else {
+		runtimeReads(rootfs, log)
+		reason, err = runWorkload(ctx, e, rootfs, argv, cfg.Config.Env, cfg.Config.WorkingDir, f.until, f.duration)
+	}
 	if err != nil {
 		return err
 	}
@@ -190,9 +216,9 @@ func nameOpts(plainHTTP bool) []name.Option {
 }
 
 // profileRootfs mounts the recording view and, over it, the root file system the workload
-// runs in: overlayfs with a tmpfs upper directory (the lazy view is read-only), /proc and
-// /dev. cleanup undoes what was done, in reverse, also after an error.
-func profileRootfs(tmp string, root *fusefs.Root, ref string, log *slog.Logger) (string, func(), error) {
+// runs in: overlayfs with a tmpfs upper directory (the lazy view is read-only), and with
+// procDev /proc and /dev. cleanup undoes what was done, in reverse, also after an error.
+func profileRootfs(tmp string, root *fusefs.Root, ref string, procDev bool, log *slog.Logger) (string, func(), error) {
 	var undo []func()
 	cleanup := func() {
 		for i := len(undo) - 1; i >= 0; i-- {
@@ -236,6 +262,9 @@ func profileRootfs(tmp string, root *fusefs.Root, ref string, log *slog.Logger) 
 		return "", cleanup, fmt.Errorf("mount overlay at %s: %w", rootfs, err)
 	}
 	undo = append(undo, umount(rootfs))
+	if !procDev {
+		return rootfs, cleanup, nil
+	}
 	for _, m := range []struct {
 		src, dir, fstype string
 		flags            uintptr

@@ -31,7 +31,7 @@ func (e *env) profileRepoImage(t *testing.T, what string) string {
 func (e *env) recordProfile(t *testing.T, ref, script string) (string, []byte) {
 	t.Helper()
 	out := filepath.Join(t.TempDir(), "profile.json")
-	r := e.lazypull(t, "profile", "--plain-http", "--until", profileLine, "--output", out, ref, "--", "python3", "-c", script)
+	r := e.lazypull(t, "profile", "--plain-http", "--runtime", "chroot", "--until", profileLine, "--output", out, ref, "--", "python3", "-c", script)
 	if r.code != 0 {
 		t.Fatalf("lazypull profile: exit %d\n%s", r.code, r.stderr)
 	}
