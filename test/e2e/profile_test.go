@@ -167,3 +167,80 @@ func TestProfileCorruptRefused(t *testing.T) {
 	}
 	var _ daemon.PrefetchStats = s.Prefetch[0]
 }
+
+// TestProfileContainerd records python's start through containerd (--runtime containerd):
+// the workload runs as a runc container whose root is the recording overlay, keeps running
+// after its ready line, and is killed; the profile is pushed and found, names what python
+// read and what containerd and runc read to create the container (the user and group
+// lookups), and nothing of the container is left in containerd.
+func TestProfileContainerd(t *testing.T) {
+	e := setup(t)
+	ref := e.profileRepoImage(t, "profile-ctd")
+	// flush: python's stdout is a pipe here, block-buffered; sleep: the workload must be
+	// killed, not just waited for.
+	script := fmt.Sprintf("import json, email; print(%q, flush=True); import time; time.sleep(600)", profileLine)
+
+	start := time.Now()
+	r := e.lazypull(t, "profile", "--plain-http", "--runtime", "containerd", "--address", e.containerd,
+		"--until", profileLine, "--duration", "3m", ref, "--", "python3", "-c", script)
+	if r.code != 0 {
+		t.Fatalf("lazypull profile: exit %d\n%s", r.code, r.stderr)
+	}
+	if took := time.Since(start); took > 2*time.Minute {
+		t.Errorf("lazypull profile took %s: the workload was not stopped at its ready line", took)
+	}
+	digest := strings.TrimSpace(r.stdout)
+	if _, err := v1.NewHash(digest); err != nil {
+		t.Fatalf("lazypull profile printed %q, not a digest\n%s", r.stdout, r.stderr)
+	}
+	t.Logf("lazypull profile:\n%s", r.stderr)
+	for _, want := range []string{profileLine, "the workload runs in a containerd container", "stopped=\"ready line seen\""} {
+		if !strings.Contains(r.stderr, want) {
+			t.Errorf("lazypull profile's stderr lacks %q:\n%s", want, r.stderr)
+		}
+	}
+
+	show := e.lazypull(t, "profile", "show", "--plain-http", ref)
+	if show.code != 0 || !strings.Contains(show.stdout, digest) {
+		t.Fatalf("profile show: exit %d\n%s\n%s", show.code, show.stdout, show.stderr)
+	}
+	t.Logf("profile show:\n%s", firstLines(show.stdout, 16))
+	// python, its json package (compiled), and what containerd (the supplementary groups)
+	// and runc (the user, at its init in the container) read in the rootfs.
+	for _, f := range []string{"/usr/bin/python3", "/usr/lib/python3.11/json/", "/etc/passwd\n", "/etc/group\n"} {
+		if !strings.Contains(show.stdout, " "+f) {
+			t.Errorf("profile show lacks %s:\n%s", f, show.stdout)
+		}
+	}
+
+	ctr := func(args ...string) string {
+		return must(t, "ctr", append([]string{"--address", e.containerd, "--namespace", "lazypull-profile"}, args...)...)
+	}
+	if left := strings.TrimSpace(ctr("containers", "ls", "-q")); left != "" {
+		t.Errorf("containers left in containerd: %s", left)
+	}
+	if left := strings.TrimSpace(ctr("tasks", "ls", "-q")); left != "" {
+		t.Errorf("tasks left in containerd: %s", left)
+	}
+	// No snapshot was made: the container's root is the recording overlay.
+	if left := strings.TrimSpace(ctr("snapshots", "ls")); strings.Count(left, "\n") > 0 {
+		t.Errorf("snapshots left in containerd:\n%s", left)
+	}
+}
+
+// TestProfileRuntimeAuto: without --runtime, containerd runs the workload when it answers
+// at --address; a containerd that is not there falls back to chroot, saying why.
+func TestProfileRuntimeAuto(t *testing.T) {
+	e := setup(t)
+	ref := e.profileRepoImage(t, "profile-auto")
+	script := fmt.Sprintf("print(%q)", profileLine)
+	for _, tc := range []struct{ address, want string }{
+		{e.containerd, "the workload runs in a containerd container"},
+		{filepath.Join(t.TempDir(), "containerd.sock"), "the workload runs chrooted"},
+	} {
+		r := e.lazypull(t, "profile", "--plain-http", "--no-push", "--address", tc.address, "--until", profileLine, ref, "--", "python3", "-c", script)
+		if r.code != 0 || !strings.Contains(r.stderr, tc.want) || !strings.Contains(r.stderr, "--runtime auto") {
+			t.Errorf("lazypull profile --address %s: exit %d; want %q\n%s", tc.address, r.code, tc.want, r.stderr)
+		}
+	}
+}
