@@ -113,6 +113,18 @@ func (r *Registry) Resolve(ctx context.Context, ref string, platform *v1.Platfor
 	return img, nil
 }
 
+// FetchManifest fetches the manifest or index ref names (as Resolve takes it) in one request and
+// returns it as the registry sent it, checked against its digest as Resolve checks, with
+// its descriptor: an index is not looked into. A caller that picks the platform itself
+// (containerd's pull does) uses it instead of Resolve.
+func (r *Registry) FetchManifest(ctx context.Context, ref string) (v1.Descriptor, []byte, error) {
+	id, byDigest, err := r.parseRef(ref)
+	if err != nil {
+		return v1.Descriptor{}, nil, err
+	}
+	return r.getManifest(ctx, id, byDigest)
+}
+
 func (r *Registry) manifestErr(digest string, err error) *Error {
 	return &Error{Registry: r.host, Repo: r.repo, Digest: digest, Err: err}
 }

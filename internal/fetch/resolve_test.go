@@ -126,6 +126,15 @@ func TestResolveIndex(t *testing.T) {
 	if err == nil || !strings.Contains(err.Error(), "linux/s390x") || !strings.Contains(err.Error(), "linux/"+other) {
 		t.Fatalf("missing platform: %v", err)
 	}
+	// FetchManifest returns the index itself, as the registry sent it.
+	desc, raw, err := reg.FetchManifest(t.Context(), "latest")
+	wantRaw, _ := idx.RawManifest()
+	if err != nil || desc.Digest != idxDigest || desc.MediaType != types.OCIImageIndex || desc.Size != int64(len(wantRaw)) || string(raw) != string(wantRaw) {
+		t.Fatalf("FetchManifest(latest) = %+v, %d bytes, %v; want the index %s", desc, len(raw), err, idxDigest)
+	}
+	if desc, _, err := reg.FetchManifest(t.Context(), hereDigest.String()); err != nil || desc.Digest != hereDigest || desc.MediaType != types.OCIManifestSchema1 {
+		t.Fatalf("FetchManifest(%s) = %+v, %v", hereDigest, desc, err)
+	}
 }
 
 // Manifests are checked against the digest they are asked for, or that the registry names.
