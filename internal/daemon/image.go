@@ -55,7 +55,7 @@ const indexJobs = 8
 // each, in parallel). Every layer must be a lazypull layer. What the image's files need is
 // pinned in st until Close.
 func OpenImage(ctx context.Context, st *store.Store, ref string, platform *v1.Platform, opts ...fetch.Option) (*Image, error) {
-	im, err := openImage(ctx, st, ref, platform, false, false, opts...)
+	im, err := openImage(ctx, st, ref, platform, nil, false, false, opts...)
 	if err == nil {
 		im.waitKept()
 	}
@@ -69,8 +69,9 @@ func OpenImage(ctx context.Context, st *store.Store, ref string, platform *v1.Pl
 // image itself (manifest, registry, credentials) fails the open. With lookup, the image's
 // prefetch profile is looked up while the manifest and the layer indexes are read
 // (Prefetch uses it): a reference by digest names the profile's subject already, and the
-// prefetch needs both.
-func openImage(ctx context.Context, st *store.Store, ref string, platform *v1.Platform, partial, lookup bool, opts ...fetch.Option) (*Image, error) {
+// prefetch needs both. given, when not nil, is ref's image manifest, already verified
+// (warmImage): it is not fetched again, and is kept in the store as a fetched one is.
+func openImage(ctx context.Context, st *store.Store, ref string, platform *v1.Platform, given *fetch.Image, partial, lookup bool, opts ...fetch.Option) (*Image, error) {
 	reg, err := fetch.New(ref, opts...)
 	if err != nil {
 		return nil, fmt.Errorf("image %s: %w", ref, err)
@@ -83,7 +84,10 @@ func openImage(ctx context.Context, st *store.Store, ref string, platform *v1.Pl
 			early, earlyFor = lookupProfile(bg, reg, h), h
 		}
 	}
-	img, fetched, err := resolve(ctx, st, reg, ref, platform)
+	img, fetched, err := given, true, nil
+	if given == nil {
+		img, fetched, err = resolve(ctx, st, reg, ref, platform)
+	}
 	if err != nil {
 		cancel()
 		return nil, fmt.Errorf("image %s: %w", ref, err)

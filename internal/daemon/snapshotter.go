@@ -9,6 +9,7 @@ import (
 	"os"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/google/go-containerregistry/pkg/name"
@@ -102,6 +103,12 @@ type imageEntry struct {
 	im   *Image
 	err  error
 	at   time.Time
+	// warm: a pull's warm request opened it (Warm). Its failure is not remembered: the
+	// layers' Prepares then open the image themselves, as if it had not been sent.
+	warm bool
+	// waited: a Prepare has waited for the image's prefetch (PrefetchOptions.Wait); one
+	// does, the first to get the image, whoever opened it.
+	waited atomic.Bool
 }
 
 var _ snapshot.FileSystem = (*SnapshotFS)(nil)
@@ -117,11 +124,11 @@ func layerOf(labels map[string]string) (ref, layer string, err error) {
 	ref, layer = labels[LabelImageRef], labels[LabelLayerDigest]
 	if ref != "" && layer != "" {
 		if md := labels[LabelManifestDigest]; md != "" {
-			r, err := name.ParseReference(ref)
+			key, err := imageKey(ref, md)
 			if err != nil {
 				return "", "", fmt.Errorf("label %s: %w", LabelImageRef, err)
 			}
-			ref = r.Context().Digest(md).String()
+			return key, layer, nil
 		}
 		return ref, layer, nil
 	}
@@ -140,62 +147,100 @@ type reportedError struct{ err error }
 func (e *reportedError) Error() string   { return e.err.Error() + " (reported already)" }
 func (e *reportedError) Unwrap() []error { return []error{e.err, snapshot.ErrNotRemote} }
 
-// image opens ref once; concurrent callers wait for the first.
-func (f *SnapshotFS) image(ctx context.Context, ref string) (*Image, error) {
+// imageKey is how images are known to the file system: the reference ref names the
+// repository of, by the digest of its image manifest.
+func imageKey(ref, manifestDigest string) (string, error) {
+	r, err := name.ParseReference(ref)
+	if err != nil {
+		return "", err
+	}
+	return r.Context().Digest(manifestDigest).String(), nil
+}
+
+// entry returns the entry of ref, and whether the caller is the first and must open it
+// (open): there is none yet, or the last open failed more than failedImageTTL ago.
+func (f *SnapshotFS) entry(ref string, warm bool) (e *imageEntry, first bool) {
 	f.mu.Lock()
-	e, ok := f.images[ref]
-	if ok {
+	defer f.mu.Unlock()
+	if e, ok := f.images[ref]; ok {
 		select {
 		case <-e.done:
-			if e.err != nil && time.Since(e.at) > failedImageTTL {
-				ok = false
+			if e.err == nil || time.Since(e.at) <= failedImageTTL {
+				return e, false
 			}
 		default:
+			return e, false
 		}
 	}
-	if !ok {
-		e = &imageEntry{done: make(chan struct{})}
-		f.images[ref] = e
-		f.mu.Unlock()
-		// The image outlives the request that opened it.
-		// Partially: a layer whose index is missing or bad is unpacked the ordinary way
-		// while the others are still mounted.
-		e.im, e.err = openImage(context.WithoutCancel(ctx), f.store, ref, f.platform, true, f.prefetch != nil, f.fopts...)
-		if e.err == nil && len(e.im.Layers) > 0 {
-			f.log.Info("image opened", "image", e.im)
-			if f.prefetch != nil {
-				// Before the first layer is mounted.
-				o := *f.prefetch
-				o.Wait = 0
-				e.im.Prefetch(ctx, o)
-			}
-			if f.fill != nil {
-				if err := e.im.BackgroundFetch(*f.fill); err != nil {
-					f.log.Warn("no background fetch", "image", ref, "err", err)
-				}
-			}
-			// Only now, with the prefetch under way (its fetches overlap the fsyncs), and
-			// before any layer of the image is mounted.
-			e.im.waitKept()
+	e = &imageEntry{done: make(chan struct{}), warm: warm}
+	f.images[ref] = e
+	return e, true
+}
+
+// open opens the image of e, ref, given its manifest or not (openImage), and starts its
+// prefetch and fill.
+func (f *SnapshotFS) open(ctx context.Context, e *imageEntry, ref string, given *fetch.Image) {
+	// The image outlives the request that opened it.
+	// Partially: a layer whose index is missing or bad is unpacked the ordinary way
+	// while the others are still mounted.
+	e.im, e.err = openImage(context.WithoutCancel(ctx), f.store, ref, f.platform, given, true, f.prefetch != nil, f.fopts...)
+	if e.err == nil && len(e.im.Layers) > 0 {
+		f.log.Info("image opened", "image", e.im, "warm", e.warm)
+		if f.prefetch != nil {
+			// Before the first layer is mounted.
+			o := *f.prefetch
+			o.Wait = 0
+			e.im.Prefetch(ctx, o)
 		}
-		e.at = time.Now()
-		close(e.done)
-		if e.err == nil && f.prefetch != nil && f.prefetch.Wait > 0 {
+		if f.fill != nil {
+			if err := e.im.BackgroundFetch(*f.fill); err != nil {
+				f.log.Warn("no background fetch", "image", ref, "err", err)
+			}
+		}
+		// Only now, with the prefetch under way (its fetches overlap the fsyncs), and
+		// before any layer of the image is mounted.
+		e.im.waitKept()
+	}
+	e.at = time.Now()
+	if e.err != nil && e.warm {
+		f.mu.Lock()
+		if f.images[ref] == e {
+			delete(f.images, ref)
+		}
+		f.mu.Unlock()
+	}
+	close(e.done)
+}
+
+// image opens ref once; concurrent callers wait for the first.
+func (f *SnapshotFS) image(ctx context.Context, ref string) (*Image, error) {
+	for {
+		e, first := f.entry(ref, false)
+		if first {
+			f.open(ctx, e, ref, nil)
+		} else {
+			select {
+			case <-e.done:
+			case <-ctx.Done():
+				return nil, ctx.Err()
+			}
+		}
+		switch {
+		case e.err != nil && e.warm:
+			// Forgotten (open): this Prepare opens the image itself, or joins the one
+			// that does.
+			continue
+		case e.err != nil && first:
+			return nil, e.err
+		case e.err != nil:
+			return nil, &reportedError{e.err}
+		}
+		if f.prefetch != nil && f.prefetch.Wait > 0 && e.waited.CompareAndSwap(false, true) {
 			// With Wait, container create waits (at most that long) for the start-up
 			// reads to be local; the image's other layers need not.
 			e.im.WaitPrefetch(ctx, f.prefetch.Wait, f.prefetch.Log)
 		}
-		return e.im, e.err
-	}
-	f.mu.Unlock()
-	select {
-	case <-e.done:
-		if e.err != nil {
-			return nil, &reportedError{e.err}
-		}
 		return e.im, nil
-	case <-ctx.Done():
-		return nil, ctx.Err()
 	}
 }
 

@@ -1,0 +1,104 @@
+package daemon
+
+import (
+	"bytes"
+	"context"
+	"crypto/sha256"
+	"encoding/hex"
+	"encoding/json"
+	"errors"
+	"fmt"
+
+	"github.com/google/go-containerregistry/pkg/name"
+	v1 "github.com/google/go-containerregistry/pkg/v1"
+	"github.com/google/go-containerregistry/pkg/v1/types"
+
+	"lazypull/internal/fetch"
+)
+
+// maxWarmManifest bounds the manifest a warm request carries: containerd's limit, and
+// fetch's, for any manifest.
+const maxWarmManifest = 4 << 20
+
+// ErrWarmRefused: a warm request was refused; nothing was opened.
+var ErrWarmRefused = errors.New("warm request refused")
+
+// Warm starts opening, in the background, the image whose manifest a pull has just
+// fetched, so that its layer indexes, profile look-up and prefetch are under way while
+// containerd still fetches the config and before it prepares the first layer. ref is the
+// reference the pull labels the layers with (LabelImageRef), digest the image manifest's,
+// manifest its bytes, and mediaType the media type containerd has for it, used when the
+// manifest names none. The image is opened as the first Prepare of one of its layers
+// would open it, under the same key, without fetching the manifest again: the Prepares
+// then join it. Only an image manifest whose bytes match digest is taken, never an index:
+// the pull sends the manifest of the platform containerd unpacks, and the snapshotter does
+// not pick another. Warm returns once the request is checked; a failure of the open is
+// logged here, once, and forgotten: the layers' Prepares then open the image themselves.
+func (f *SnapshotFS) Warm(ctx context.Context, ref, digest, mediaType string, manifest []byte) error {
+	key, img, err := warmImage(ref, digest, mediaType, manifest)
+	if err != nil {
+		return fmt.Errorf("%w: %w", ErrWarmRefused, err)
+	}
+	e, first := f.entry(key, true)
+	if !first {
+		f.log.Debug("warm request for an image open, opening or failed already", "image", key)
+		return nil
+	}
+	go func() {
+		f.open(context.WithoutCancel(ctx), e, key, img)
+		if e.err != nil {
+			f.log.Warn("warm open failed; the layers' Prepares open the image themselves", "image", key, "err", e.err)
+		}
+	}()
+	return nil
+}
+
+// warmImage checks a warm request and returns the key the image is known by (imageKey)
+// and its manifest as openImage takes it.
+func warmImage(ref, digest, mediaType string, raw []byte) (string, *fetch.Image, error) {
+	if len(raw) > maxWarmManifest {
+		return "", nil, fmt.Errorf("manifest %s of %d bytes, more than %d", digest, len(raw), maxWarmManifest)
+	}
+	h, err := v1.NewHash(digest)
+	if err != nil || h.Algorithm != "sha256" {
+		return "", nil, fmt.Errorf("manifest digest %q: want sha256:<64 hex digits>", digest)
+	}
+	sum := sha256.Sum256(raw)
+	if got := hex.EncodeToString(sum[:]); got != h.Hex {
+		return "", nil, fmt.Errorf("manifest of %d bytes has digest sha256:%s, the request says %s", len(raw), got, digest)
+	}
+	key, err := imageKey(ref, digest)
+	if err != nil {
+		return "", nil, fmt.Errorf("image reference %q: %w", ref, err)
+	}
+	// The media type inside the manifest is covered by its digest; the request's is not,
+	// and counts only where the manifest names none (OCI makes it optional).
+	var probe struct {
+		MediaType types.MediaType `json:"mediaType"`
+		Manifests json.RawMessage `json:"manifests"`
+	}
+	if err := json.Unmarshal(raw, &probe); err != nil {
+		return "", nil, fmt.Errorf("manifest %s is not JSON: %w", digest, err)
+	}
+	mt := probe.MediaType
+	if mt == "" {
+		mt = types.MediaType(mediaType)
+	}
+	if !mt.IsImage() || probe.Manifests != nil {
+		return "", nil, fmt.Errorf("manifest %s is a %q, not an image manifest: send the manifest of the platform containerd unpacks", digest, mt)
+	}
+	m, err := v1.ParseManifest(bytes.NewReader(raw))
+	if err != nil {
+		return "", nil, fmt.Errorf("manifest %s: %w", digest, err)
+	}
+	r, err := name.NewDigest(key)
+	if err != nil {
+		return "", nil, fmt.Errorf("image %s: %w", key, err)
+	}
+	return key, &fetch.Image{
+		Name:        r.Context().RegistryStr() + "/" + r.Context().RepositoryStr() + "@" + h.String(),
+		Descriptor:  v1.Descriptor{MediaType: mt, Size: int64(len(raw)), Digest: h},
+		Manifest:    m,
+		RawManifest: raw,
+	}, nil
+}

@@ -1,0 +1,211 @@
+package daemon
+
+import (
+	"context"
+	"errors"
+	"io"
+	"log"
+	"log/slog"
+	"net/http"
+	"net/http/httptest"
+	"path/filepath"
+	"strings"
+	"sync"
+	"testing"
+
+	"github.com/google/go-containerregistry/pkg/name"
+	"github.com/google/go-containerregistry/pkg/registry"
+	v1 "github.com/google/go-containerregistry/pkg/v1"
+	"github.com/google/go-containerregistry/pkg/v1/empty"
+	"github.com/google/go-containerregistry/pkg/v1/mutate"
+	"github.com/google/go-containerregistry/pkg/v1/remote"
+	"github.com/google/go-containerregistry/pkg/v1/types"
+
+	"lazypull/format"
+	"lazypull/internal/fetch"
+	"lazypull/internal/store"
+)
+
+// requestLog counts a registry's requests by method and kind (manifests, blobs).
+type requestLog struct {
+	mu sync.Mutex
+	n  map[string]int
+}
+
+func (l *requestLog) count(key string) int {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.n[key]
+}
+
+// countedRegistry serves an in-process registry that counts its requests as
+// "GET manifests", "HEAD blobs" and so on.
+func countedRegistry(t *testing.T) (host string, reqs *requestLog) {
+	t.Helper()
+	reqs = &requestLog{n: map[string]int{}}
+	h := registry.New(registry.Logger(log.New(io.Discard, "", 0)))
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		kind := "other"
+		for _, k := range []string{"manifests", "blobs", "referrers"} {
+			if strings.Contains(r.URL.Path, "/"+k+"/") {
+				kind = k
+			}
+		}
+		reqs.mu.Lock()
+		reqs.n[r.Method+" "+kind]++
+		reqs.mu.Unlock()
+		h.ServeHTTP(w, r)
+	}))
+	t.Cleanup(srv.Close)
+	return strings.TrimPrefix(srv.URL, "http://"), reqs
+}
+
+// warmFixture pushes a one-layer lazypull image and returns a snapshotter file system over
+// a fresh store, the tag's reference, the image and its manifest's digest.
+func warmFixture(t *testing.T, fopts ...fetch.Option) (*SnapshotFS, string, v1.Image, v1.Hash, *requestLog) {
+	t.Helper()
+	host, reqs := countedRegistry(t)
+	img, _ := lazyImageOf(t, map[string][]byte{"bin/app": []byte(strings.Repeat("app", 5000))})
+	ref := host + "/warm:v1"
+	r, _ := name.ParseReference(ref)
+	if err := remote.Write(r, img); err != nil {
+		t.Fatal(err)
+	}
+	reqs.mu.Lock()
+	clear(reqs.n) // the push's
+	reqs.mu.Unlock()
+	st, err := store.Open(t.TempDir())
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { st.Close() })
+	f := NewSnapshotFS(st, nil, slog.New(slog.DiscardHandler), append([]fetch.Option{fetch.WithPlainHTTP()}, fopts...)...)
+	t.Cleanup(func() { f.Close() })
+	d, err := img.Digest()
+	if err != nil {
+		t.Fatal(err)
+	}
+	return f, ref, img, d, reqs
+}
+
+// labelsOf are the labels `lazypull pull` gives the image's first layer.
+func labelsOf(t *testing.T, ref string, img v1.Image, d v1.Hash) map[string]string {
+	t.Helper()
+	m, err := img.Manifest()
+	if err != nil {
+		t.Fatal(err)
+	}
+	l := m.Layers[0]
+	return SnapshotLabels(ref, d.String(), l.Digest.String(), l.Annotations)
+}
+
+// TestWarmRefused: a warm request whose manifest does not match its digest, or that sends
+// an index or something else than an image manifest, is refused with an error that says
+// so, and opens nothing.
+func TestWarmRefused(t *testing.T) {
+	f, ref, img, d, reqs := warmFixture(t)
+	raw, _ := img.RawManifest()
+	idx := mutate.IndexMediaType(mutate.AppendManifests(empty.Index, mutate.IndexAddendum{Add: img,
+		Descriptor: v1.Descriptor{Platform: &v1.Platform{OS: "linux", Architecture: "amd64"}}}), types.OCIImageIndex)
+	idxRaw, _ := idx.RawManifest()
+	idxDigest, _ := idx.Digest()
+	// An index without its media type inside, sent as an image manifest.
+	bare := []byte(`{"schemaVersion":2,"manifests":[]}`)
+	bareDigest, _, _ := v1.SHA256(strings.NewReader(string(bare)))
+	cfg, _ := img.RawConfigFile()
+	cfgDigest, _ := img.ConfigName()
+	for _, c := range []struct {
+		name, ref, digest, mediaType string
+		raw                          []byte
+		want                         string
+	}{
+		{"other digest", ref, "sha256:" + strings.Repeat("0", 64), "", raw, "has digest " + d.String()},
+		{"bad digest", ref, "md5:1234", "", raw, "want sha256"},
+		{"bad reference", "UPPER/x:y", d.String(), "", raw, "image reference"},
+		{"index", ref, idxDigest.String(), "", idxRaw, "not an image manifest"},
+		{"index without media type", ref, bareDigest.String(), string(types.OCIManifestSchema1), bare, "not an image manifest"},
+		{"config", ref, cfgDigest.String(), string(types.OCIConfigJSON), cfg, "not an image manifest"},
+		{"too large", ref, d.String(), "", make([]byte, maxWarmManifest+1), "more than"},
+	} {
+		err := f.Warm(context.Background(), c.ref, c.digest, c.mediaType, c.raw)
+		if !errors.Is(err, ErrWarmRefused) || !strings.Contains(err.Error(), c.want) {
+			t.Errorf("%s: Warm = %v; want it refused, saying %q", c.name, err, c.want)
+		}
+	}
+	if n := len(f.images); n != 0 {
+		t.Errorf("refused warm requests left %d images", n)
+	}
+	if n := reqs.count("GET blobs"); n != 0 {
+		t.Errorf("refused warm requests made %d blob requests", n)
+	}
+}
+
+// TestWarmThenPrepare: a warm request opens the image without fetching its manifest, and
+// the layer's Prepare (f.layer, with the labels the pull gives) joins that image instead
+// of opening it again: one index read, no manifest request at all.
+func TestWarmThenPrepare(t *testing.T) {
+	f, ref, img, d, reqs := warmFixture(t)
+	raw, _ := img.RawManifest()
+	if err := f.Warm(context.Background(), ref, d.String(), "", raw); err != nil {
+		t.Fatal(err)
+	}
+	// Twice: the second joins the first.
+	if err := f.Warm(context.Background(), ref, d.String(), "", raw); err != nil {
+		t.Fatal(err)
+	}
+	l, im, err := f.layer(context.Background(), labelsOf(t, ref, img, d))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if l == nil || im.Image.Descriptor.Digest != d || len(im.Layers) != 1 {
+		t.Fatalf("layer %v of image %+v", l, im.Image.Descriptor)
+	}
+	if got := f.Images(); len(got) != 1 || got[0] != im {
+		t.Errorf("%d images open; want the warm one only", len(got))
+	}
+	if n := reqs.count("GET manifests") + reqs.count("HEAD manifests"); n != 0 {
+		t.Errorf("%d manifest requests; the warm request carried the manifest", n)
+	}
+	if n := reqs.count("GET blobs"); n != 1 {
+		t.Errorf("%d blob requests; want the one layer index, read once", n)
+	}
+	// Kept in the store as a fetched manifest is: the image opens again without its
+	// registry.
+	md, err := format.ParseDigest(d.String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	im.waitKept()
+	if got, err := f.store.Meta(md); err != nil || string(got) != string(raw) {
+		t.Errorf("manifest %s not kept in the store: %v", d, err)
+	}
+}
+
+// TestWarmFailureForgotten: a warm open that fails is logged and forgotten: the layer's
+// Prepare then opens the image itself (and reports its own error), rather than taking the
+// warm failure as its image's.
+func TestWarmFailureForgotten(t *testing.T) {
+	// A hosts directory that does not exist fails every open of the image.
+	f, ref, img, d, _ := warmFixture(t, fetch.WithHostsDir(filepath.Join(t.TempDir(), "none")))
+	raw, _ := img.RawManifest()
+	if err := f.Warm(context.Background(), ref, d.String(), "", raw); err != nil {
+		t.Fatal(err)
+	}
+	key, _ := imageKey(ref, d.String())
+	// Wait for the warm open to end.
+	f.mu.Lock()
+	e := f.images[key]
+	f.mu.Unlock()
+	if e == nil {
+		t.Fatal("no image entry after a warm request")
+	}
+	<-e.done
+	_, _, err := f.layer(context.Background(), labelsOf(t, ref, img, d))
+	var reported *reportedError
+	if err == nil || errors.As(err, &reported) {
+		t.Fatalf("Prepare after a failed warm open: %v; want its own open's error", err)
+	}
+	if !strings.Contains(err.Error(), "hosts directory") {
+		t.Errorf("Prepare's error %v does not say why", err)
+	}
+}
