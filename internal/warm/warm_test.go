@@ -1,0 +1,82 @@
+package warm
+
+import (
+	"context"
+	"errors"
+	"net"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"google.golang.org/grpc"
+)
+
+// serve serves a gRPC server on a unix socket in a temporary directory, with the warm-up
+// API when h is not nil.
+func serve(t *testing.T, h Handler) string {
+	t.Helper()
+	dir, err := os.MkdirTemp("", "lzwarm-") // short: unix socket paths are limited
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { os.RemoveAll(dir) })
+	sock := filepath.Join(dir, "sn.sock")
+	ln, err := net.Listen("unix", sock)
+	if err != nil {
+		t.Fatal(err)
+	}
+	srv := grpc.NewServer()
+	if h != nil {
+		Register(srv, h)
+	}
+	go srv.Serve(ln)
+	t.Cleanup(srv.Stop)
+	return sock
+}
+
+func send(t *testing.T, sock string, r Request) error {
+	t.Helper()
+	c, err := NewClient(sock)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	return c.Send(ctx, r)
+}
+
+// TestSendReceive: the request arrives whole (manifest bytes exact, whatever they are); a
+// refusal comes back as an error that says why; no server, or a server without the API,
+// is ErrUnavailable.
+func TestSendReceive(t *testing.T) {
+	var got Request
+	sock := serve(t, func(_ context.Context, r Request) error {
+		if r.Digest == "bad" {
+			return errors.New("manifest does not match its digest")
+		}
+		got = r
+		return nil
+	})
+	want := Request{Ref: "127.0.0.1:5000/app:v1", Digest: "sha256:" + strings.Repeat("a", 64), MediaType: "application/vnd.oci.image.manifest.v1+json",
+		Manifest: []byte("{\"x\":\"\xff\x00\"}")}
+	if err := send(t, sock, want); err != nil {
+		t.Fatal(err)
+	}
+	if got.Ref != want.Ref || got.Digest != want.Digest || got.MediaType != want.MediaType || string(got.Manifest) != string(want.Manifest) {
+		t.Errorf("received %+v, want %+v", got, want)
+	}
+	err := send(t, sock, Request{Digest: "bad"})
+	if err == nil || errors.Is(err, ErrUnavailable) || !strings.Contains(err.Error(), "does not match its digest") {
+		t.Errorf("refused request: %v", err)
+	}
+
+	if err := send(t, filepath.Join(t.TempDir(), "none.sock"), want); !errors.Is(err, ErrUnavailable) {
+		t.Errorf("no server: %v, want ErrUnavailable", err)
+	}
+	if err := send(t, serve(t, nil), want); !errors.Is(err, ErrUnavailable) {
+		t.Errorf("server without the API: %v, want ErrUnavailable", err)
+	}
+}
