@@ -4,6 +4,7 @@ import (
 	"context"
 	"flag"
 	"fmt"
+	"log/slog"
 
 	containerd "github.com/containerd/containerd/v2/client"
 	"github.com/containerd/containerd/v2/core/images"
@@ -11,11 +12,15 @@ import (
 	dockerconfig "github.com/containerd/containerd/v2/core/remotes/docker/config"
 	"github.com/containerd/containerd/v2/pkg/namespaces"
 	"github.com/containerd/containerd/v2/pkg/snapshotters"
+	"github.com/containerd/containerd/v2/plugins"
 	"github.com/google/go-containerregistry/pkg/authn"
 	"github.com/google/go-containerregistry/pkg/name"
+	v1 "github.com/google/go-containerregistry/pkg/v1"
+	"github.com/opencontainers/go-digest"
 	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
 
 	"lazypull/internal/daemon"
+	"lazypull/internal/fetch"
 )
 
 var pullCommand = &command{
@@ -32,7 +37,13 @@ layers are downloaded and unpacked as usual. Then:
 
 The layer descriptors get the labels the snapshotter reads (containerd.io/snapshot/lazypull.*
 and, as CRI puts them, containerd.io/snapshot/cri.*). Credentials come from the Docker
-config and its credential helpers; --hosts-dir reads containerd's hosts.toml layout.`,
+config and its credential helpers; --hosts-dir reads containerd's hosts.toml layout.
+
+The pull fetches REF's manifest itself, once, and hands it to containerd and to the
+snapshotter (--snapshotter-address; by default the address containerd has for the proxy
+plugin --snapshotter, else the snapshotter's default): the snapshotter starts reading the
+layer indexes and prefetching while containerd still fetches the config. When nothing
+answers there, the pull goes on without that head start.`,
 	flags: func(fs *flag.FlagSet) any {
 		f := &pullFlags{}
 		fs.StringVar(&f.address, "address", "/run/containerd/containerd.sock", "containerd's `socket`")
@@ -40,6 +51,7 @@ config and its credential helpers; --hosts-dir reads containerd's hosts.toml lay
 		fs.StringVar(&f.snapshotter, "snapshotter", "lazypull", "the snapshotter's `name` in containerd's proxy_plugins")
 		fs.BoolVar(&f.plainHTTP, "plain-http", false, "talk to the registry over http instead of https")
 		fs.StringVar(&f.hostsDir, "hosts-dir", "", "containerd-style `dir` of HOST/hosts.toml files")
+		fs.StringVar(&f.snapshotterAddress, "snapshotter-address", "", "the snapshotter's `socket`, to hand it the manifest early (default: containerd's address for --snapshotter, else "+defaultSnapshotterSocket+")")
 		return f
 	},
 	run: runPull,
@@ -49,6 +61,7 @@ type pullFlags struct {
 	address, namespace, snapshotter string
 	plainHTTP                       bool
 	hostsDir                        string
+	snapshotterAddress              string
 }
 
 func runPull(ctx context.Context, e *env, vals any, args []string) error {
@@ -61,6 +74,25 @@ func runPull(ctx context.Context, e *env, vals any, args []string) error {
 		return usagef("reference %q: %v", args[0], err)
 	}
 	ref := nref.Name() // fully qualified, as containerd names images
+	registry := nref.Context().RegistryStr()
+	log := newLogger(e)
+	fopts, _ := fetchOptions(log, f.plainHTTP, f.hostsDir)
+	reg, err := fetch.New(ref, fopts...)
+	if err != nil {
+		return fmt.Errorf("pull %s: %w", ref, err)
+	}
+	// The manifest's round trip overlaps the connection to containerd.
+	type fetched struct {
+		desc v1.Descriptor
+		raw  []byte
+		err  error
+	}
+	manifest := make(chan fetched, 1)
+	go func() {
+		desc, raw, err := reg.FetchManifest(ctx, "")
+		manifest <- fetched{desc, raw, err}
+	}()
+
 	client, err := containerd.New(f.address)
 	if err != nil {
 		return fmt.Errorf("containerd at %s: %w", f.address, err)
@@ -72,6 +104,18 @@ func runPull(ctx context.Context, e *env, vals any, args []string) error {
 		return err
 	}
 	defer done(context.WithoutCancel(ctx))
+
+	w := newWarmer(log, ref, snapshotterAddress(ctx, client, f, log), client.ContentStore())
+	defer w.wait()
+	m := <-manifest
+	if m.err != nil {
+		return pullError(ref, registry, m.err)
+	}
+	top := ocispec.Descriptor{MediaType: string(m.desc.MediaType), Digest: digest.Digest(m.desc.Digest.String()), Size: m.desc.Size}
+	if images.IsManifestType(top.MediaType) {
+		// No platform to pick: this is the manifest containerd unpacks.
+		w.manifest(ctx, top, m.raw)
+	}
 
 	hostOpts := dockerconfig.HostOptions{
 		Credentials: func(host string) (string, string, error) {
@@ -99,21 +143,44 @@ func runPull(ctx context.Context, e *env, vals any, args []string) error {
 	if f.hostsDir != "" {
 		hostOpts.HostDir = dockerconfig.HostDirFromRoot(f.hostsDir)
 	}
-	resolver := docker.NewResolver(docker.ResolverOptions{Hosts: dockerconfig.ConfigureHosts(ctx, hostOpts)})
+	resolver := &pinnedResolver{
+		next: docker.NewResolver(docker.ResolverOptions{Hosts: dockerconfig.ConfigureHosts(ctx, hostOpts)}),
+		ref:  ref, desc: top, raw: m.raw,
+	}
 
 	img, err := client.Pull(ctx, ref,
 		containerd.WithResolver(resolver),
 		containerd.WithPullUnpack,
 		containerd.WithPullSnapshotter(f.snapshotter),
 		containerd.WithImageHandlerWrapper(func(h images.Handler) images.Handler {
-			return snapshotters.AppendInfoHandlerWrapper(ref)(labelLayers(ref, h))
+			return snapshotters.AppendInfoHandlerWrapper(ref)(labelLayers(ref, w.handler(resolver.cached, h)))
 		}),
 	)
 	if err != nil {
-		return pullError(ref, nref.Context().RegistryStr(), err)
+		return pullError(ref, registry, err)
 	}
 	fmt.Fprintf(e.stdout, "%s %s\n", img.Name(), img.Target().Digest)
 	return nil
+}
+
+// snapshotterAddress is where the pull sends its warm request: --snapshotter-address, else
+// the address containerd has for the proxy plugin named --snapshotter (so that it reaches
+// the snapshotter containerd will prepare the layers with), else the snapshotter's default.
+func snapshotterAddress(ctx context.Context, client *containerd.Client, f *pullFlags, log *slog.Logger) string {
+	if f.snapshotterAddress != "" {
+		return f.snapshotterAddress
+	}
+	resp, err := client.IntrospectionService().Plugins(ctx, fmt.Sprintf("type==%s,id==%s", plugins.SnapshotPlugin, f.snapshotter))
+	if err == nil {
+		for _, p := range resp.Plugins {
+			if a := p.Exports["address"]; a != "" {
+				return a
+			}
+		}
+	}
+	log.Debug("containerd names no address for the snapshotter; trying its default", "snapshotter", f.snapshotter,
+		"address", defaultSnapshotterSocket, "err", err)
+	return defaultSnapshotterSocket
 }
 
 // labelLayers puts on each lazypull layer descriptor of an image manifest the annotations

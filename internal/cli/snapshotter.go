@@ -19,6 +19,7 @@ import (
 	"lazypull/internal/keeper"
 	"lazypull/internal/snapshot"
 	"lazypull/internal/store"
+	"lazypull/internal/warm"
 )
 
 // Defaults of `lazypull snapshotter`.
@@ -159,6 +160,11 @@ func runSnapshotter(ctx context.Context, e *env, vals any, args []string) error 
 	}
 	srv := grpc.NewServer()
 	snapshotsapi.RegisterSnapshotsServer(srv, snapshotservice.FromSnapshotter(sn))
+	// `lazypull pull` hands over the image manifest here, before containerd prepares the
+	// first layer.
+	warm.Register(srv, func(ctx context.Context, r warm.Request) error {
+		return lfs.Warm(ctx, r.Ref, r.Digest, r.MediaType, r.Manifest)
+	})
 
 	if f.MetricsAddr != "" {
 		stop, err := serveMetrics(f.MetricsAddr, append(st.Collectors(), metrics.Collectors()...), log)

@@ -1,0 +1,277 @@
+package cli
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"io"
+	"log"
+	"log/slog"
+	"net"
+	"net/http"
+	"net/http/httptest"
+	"os"
+	"path/filepath"
+	"strings"
+	"sync"
+	"testing"
+
+	"github.com/containerd/containerd/v2/core/content"
+	"github.com/containerd/containerd/v2/core/images"
+	"github.com/containerd/containerd/v2/core/remotes/docker"
+	dockerconfig "github.com/containerd/containerd/v2/core/remotes/docker/config"
+	"github.com/containerd/containerd/v2/plugins/content/local"
+	"github.com/google/go-containerregistry/pkg/name"
+	"github.com/google/go-containerregistry/pkg/registry"
+	"github.com/google/go-containerregistry/pkg/v1/empty"
+	"github.com/google/go-containerregistry/pkg/v1/mutate"
+	"github.com/google/go-containerregistry/pkg/v1/remote"
+	"github.com/google/go-containerregistry/pkg/v1/static"
+	"github.com/google/go-containerregistry/pkg/v1/types"
+	"github.com/opencontainers/go-digest"
+	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
+	"google.golang.org/grpc"
+
+	"lazypull/internal/fetch"
+	"lazypull/internal/warm"
+)
+
+// lazyAnnotations mark a layer descriptor as a lazypull layer's (format.IsLayer).
+var lazyAnnotations = map[string]string{
+	"dev.lazypull.layer.index.digest": "sha256:" + strings.Repeat("1", 64),
+	"dev.lazypull.layer.index.offset": "10",
+	"dev.lazypull.layer.index.size":   "20",
+}
+
+// countingRegistry serves an in-process registry and counts its requests by method and
+// path kind ("HEAD manifests", "GET blobs").
+type countingRegistry struct {
+	host string
+	mu   sync.Mutex
+	n    map[string]int
+}
+
+func newCountingRegistry(t *testing.T) *countingRegistry {
+	t.Helper()
+	c := &countingRegistry{n: map[string]int{}}
+	h := registry.New(registry.Logger(log.New(io.Discard, "", 0)))
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		kind := "other"
+		for _, k := range []string{"manifests", "blobs"} {
+			if strings.Contains(r.URL.Path, "/"+k+"/") {
+				kind = k
+			}
+		}
+		c.mu.Lock()
+		c.n[r.Method+" "+kind]++
+		c.mu.Unlock()
+		h.ServeHTTP(w, r)
+	}))
+	t.Cleanup(srv.Close)
+	c.host = strings.TrimPrefix(srv.URL, "http://")
+	return c
+}
+
+func (c *countingRegistry) counts() map[string]int {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	out := map[string]int{}
+	for k, v := range c.n {
+		if k != "GET other" { // the version check
+			out[k] = v
+		}
+	}
+	clear(c.n)
+	return out
+}
+
+// TestPinnedResolver: containerd resolves REF and fetches its manifest through the
+// pinned resolver without a request; the config and other references go to the registry
+// through containerd's resolver.
+func TestPinnedResolver(t *testing.T) {
+	reg := newCountingRegistry(t)
+	img, err := mutate.Append(mutate.MediaType(empty.Image, types.OCIManifestSchema1),
+		mutate.Addendum{Layer: static.NewLayer([]byte("layer"), types.OCILayer), Annotations: lazyAnnotations})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ref := reg.host + "/app:v1"
+	for _, tag := range []string{"v1", "v2"} {
+		r, _ := name.ParseReference(reg.host + "/app:" + tag)
+		if err := remote.Write(r, img); err != nil {
+			t.Fatal(err)
+		}
+	}
+	ctx := context.Background()
+	fr, err := fetch.New(ref, fetch.WithPlainHTTP())
+	if err != nil {
+		t.Fatal(err)
+	}
+	reg.counts()
+	d, raw, err := fr.FetchManifest(ctx, "")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got := reg.counts(); got["GET manifests"] != 1 || len(got) != 1 {
+		t.Fatalf("FetchManifest sent %v; want one manifest GET", got)
+	}
+	desc := ocispec.Descriptor{MediaType: string(d.MediaType), Digest: digest.Digest(d.Digest.String()), Size: d.Size}
+	next := docker.NewResolver(docker.ResolverOptions{Hosts: dockerconfig.ConfigureHosts(ctx, dockerconfig.HostOptions{DefaultScheme: "http"})})
+	r := &pinnedResolver{next: next, ref: ref, desc: desc, raw: raw}
+
+	n, got, err := r.Resolve(ctx, ref)
+	if err != nil || n != ref || got.Digest != desc.Digest || got.MediaType != ocispec.MediaTypeImageManifest || got.Size != int64(len(raw)) {
+		t.Fatalf("Resolve(%s) = %s %+v %v", ref, n, got, err)
+	}
+	f, err := r.Fetcher(ctx, n)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if b := fetchAll(t, f.Fetch, got); !bytes.Equal(b, raw) {
+		t.Errorf("the manifest fetched differs from the one pinned")
+	}
+	if got := reg.counts(); len(got) != 0 {
+		t.Errorf("resolving and fetching the pinned manifest sent %v; want nothing", got)
+	}
+	m, _ := img.Manifest()
+	cfg, _ := img.RawConfigFile()
+	if b := fetchAll(t, f.Fetch, ocispec.Descriptor{MediaType: string(m.Config.MediaType), Digest: digest.Digest(m.Config.Digest.String()), Size: m.Config.Size}); !bytes.Equal(b, cfg) {
+		t.Errorf("the config fetched differs")
+	}
+	if got := reg.counts(); got["GET blobs"] != 1 {
+		t.Errorf("fetching the config sent %v; want it from the registry", got)
+	}
+	// Another reference goes to the registry.
+	if _, got, err := r.Resolve(ctx, reg.host+"/app:v2"); err != nil || got.Digest != desc.Digest {
+		t.Fatalf("Resolve(v2) = %+v, %v", got, err)
+	}
+	if got := reg.counts(); got["HEAD manifests"]+got["GET manifests"] == 0 {
+		t.Errorf("resolving another reference sent %v; want it resolved by the registry", got)
+	}
+}
+
+func fetchAll(t *testing.T, fetch func(context.Context, ocispec.Descriptor) (io.ReadCloser, error), desc ocispec.Descriptor) []byte {
+	t.Helper()
+	rc, err := fetch(context.Background(), desc)
+	if err != nil {
+		t.Fatalf("fetch %s: %v", desc.Digest, err)
+	}
+	defer rc.Close()
+	b, err := io.ReadAll(rc)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return b
+}
+
+// warmServer serves the warm-up API on a unix socket and records the requests.
+func warmServer(t *testing.T) (string, func() []warm.Request) {
+	t.Helper()
+	dir, err := os.MkdirTemp("", "lzpw-")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { os.RemoveAll(dir) })
+	sock := filepath.Join(dir, "sn.sock")
+	ln, err := net.Listen("unix", sock)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var mu sync.Mutex
+	var got []warm.Request
+	srv := grpc.NewServer()
+	warm.Register(srv, func(_ context.Context, r warm.Request) error {
+		mu.Lock()
+		got = append(got, r)
+		mu.Unlock()
+		return nil
+	})
+	go srv.Serve(ln)
+	t.Cleanup(srv.Stop)
+	return sock, func() []warm.Request {
+		mu.Lock()
+		defer mu.Unlock()
+		return append([]warm.Request(nil), got...)
+	}
+}
+
+// manifestOf returns an image manifest with one layer, lazy or not.
+func manifestOf(t *testing.T, lazy bool) (ocispec.Descriptor, []byte, []ocispec.Descriptor) {
+	t.Helper()
+	layer := ocispec.Descriptor{MediaType: ocispec.MediaTypeImageLayerZstd, Digest: digest.FromString("layer"), Size: 5}
+	if lazy {
+		layer.Annotations = lazyAnnotations
+	}
+	cfg := ocispec.Descriptor{MediaType: ocispec.MediaTypeImageConfig, Digest: digest.FromString(t.Name()), Size: 2}
+	raw, err := json.Marshal(ocispec.Manifest{MediaType: ocispec.MediaTypeImageManifest, Config: cfg, Layers: []ocispec.Descriptor{layer}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return ocispec.Descriptor{MediaType: ocispec.MediaTypeImageManifest, Digest: digest.FromBytes(raw), Size: int64(len(raw))}, raw,
+		[]ocispec.Descriptor{cfg, layer}
+}
+
+// TestWarmerHandler: the image manifest containerd handles is sent once, as soon as its
+// handler returns: from memory when the pull has it, else read back from the content store
+// (a platform's manifest picked from an index); indexes and images without lazypull
+// layers are not sent.
+func TestWarmerHandler(t *testing.T) {
+	sock, received := warmServer(t)
+	cs, err := local.NewStore(t.TempDir())
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx := context.Background()
+	pinned, pinnedRaw, pinnedChildren := manifestOf(t, true)
+	stored, storedRaw, storedChildren := manifestOf(t, true)
+	stored.Digest, storedRaw = digest.FromBytes(append(storedRaw, ' ')), append(storedRaw, ' ')
+	stored.Size = int64(len(storedRaw))
+	plain, plainRaw, plainChildren := manifestOf(t, false)
+	for _, m := range []struct {
+		d   ocispec.Descriptor
+		raw []byte
+	}{{stored, storedRaw}, {plain, plainRaw}} {
+		if err := content.WriteBlob(ctx, cs, m.d.Digest.String(), bytes.NewReader(m.raw), m.d); err != nil {
+			t.Fatal(err)
+		}
+	}
+	children := map[digest.Digest][]ocispec.Descriptor{pinned.Digest: pinnedChildren, stored.Digest: storedChildren, plain.Digest: plainChildren}
+	h := images.HandlerFunc(func(_ context.Context, d ocispec.Descriptor) ([]ocispec.Descriptor, error) {
+		return children[d.Digest], nil
+	})
+	const ref = "127.0.0.1:5000/app:v1"
+	w := newWarmer(slog.New(slog.DiscardHandler), ref, sock, cs)
+	cached := func(d ocispec.Descriptor) []byte {
+		if d.Digest == pinned.Digest {
+			return pinnedRaw
+		}
+		return nil
+	}
+	wh := w.handler(cached, h)
+	index := ocispec.Descriptor{MediaType: ocispec.MediaTypeImageIndex, Digest: digest.FromString("index"), Size: 5}
+	for _, d := range []ocispec.Descriptor{index, pinned, stored, plain, pinned, stored} {
+		if _, err := wh.Handle(ctx, d); err != nil {
+			t.Fatal(err)
+		}
+	}
+	w.wait()
+	got := received()
+	if len(got) != 2 {
+		t.Fatalf("%d warm requests, want 2 (the lazy manifests, once each): %+v", len(got), got)
+	}
+	want := map[string][]byte{pinned.Digest.String(): pinnedRaw, stored.Digest.String(): storedRaw}
+	for _, r := range got {
+		if r.Ref != ref || !bytes.Equal(r.Manifest, want[r.Digest]) || r.MediaType != ocispec.MediaTypeImageManifest {
+			t.Errorf("warm request %s %s %s: not the manifest handled", r.Ref, r.Digest, r.MediaType)
+		}
+		delete(want, r.Digest)
+	}
+	if len(want) != 0 {
+		t.Errorf("not sent: %v", want)
+	}
+
+	// Nothing listening: no error, nothing waits long.
+	w = newWarmer(slog.New(slog.DiscardHandler), ref, filepath.Join(t.TempDir(), "none.sock"), cs)
+	w.manifest(ctx, pinned, pinnedRaw)
+	w.wait()
+}
