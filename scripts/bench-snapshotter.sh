@@ -301,7 +301,7 @@ if has_part memory; then
   : >"$work/mem-curve"
   for ((i = 0; i < n_images; i++)); do
     cur_log=$work/mem-run.log
-    "$lazypull" pull --address "$sn_dir/ctd/containerd.sock" --namespace "$ns" --plain-http "${refs[i]}" >"$cur_log" 2>&1
+    "$lazypull" pull --address "$sn_dir/ctd/containerd.sock" --snapshotter-address "$sn_dir/sn.sock" --namespace "$ns" --plain-http "${refs[i]}" >"$cur_log" 2>&1
     out=$(ctr_ "$sn_dir/ctd" run --rm --snapshotter lazypull "${refs[i]}" "mem-$i" python3 -c "print('image $i')" 2>"$cur_log")
     [ "$out" = "image $i" ] || die "container of ${refs[i]} printed '$out', want 'image $i'"
     echo "$((i + 1)) $(proc_kib "$sn_pid" VmRSS)" >>"$work/mem-curve"
@@ -353,7 +353,7 @@ if has_part cold; then
     mark=$(stat -c %s "$reg_log")
     cur_log=$work/cold-run.log
     t0=$(now_ns)
-    "$lazypull" pull --address "$sn_dir/ctd/containerd.sock" --namespace "$ns" --plain-http "${refs[0]}" >"$cur_log" 2>&1
+    "$lazypull" pull --address "$sn_dir/ctd/containerd.sock" --snapshotter-address "$sn_dir/sn.sock" --namespace "$ns" --plain-http "${refs[0]}" >"$cur_log" 2>&1
     t1=$(now_ns)
     out=$(ctr_ "$sn_dir/ctd" run --rm --snapshotter lazypull "${refs[0]}" "cold-lazy-$r" 2>"$cur_log")
     t2=$(now_ns)

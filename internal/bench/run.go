@@ -457,7 +457,7 @@ func coldRun(ctx context.Context, cfg Config, p *Proxy, j job, pg *progress) (ru
 	sctx, cancel := context.WithTimeout(ctx, cfg.StepTimeout)
 	t0 := time.Now()
 	if lazy {
-		_, err = command(sctx, nil, cfg.Lazypull, "pull", "--address", n.sock(), "--namespace", namespace, "--plain-http", r)
+		_, err = command(sctx, nil, cfg.Lazypull, "pull", "--address", n.sock(), "--snapshotter-address", n.snSock, "--namespace", namespace, "--plain-http", r)
 	} else if isStargz(j.mode) {
 		err = stargzPull(sctx, n, r)
 	} else {

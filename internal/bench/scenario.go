@@ -174,7 +174,7 @@ func pullIn(ctx context.Context, cfg Config, n *node, m Mode, ref string) (time.
 	var err error
 	switch {
 	case m.lazy():
-		_, err = command(sctx, nil, cfg.Lazypull, "pull", "--address", n.sock(), "--namespace", namespace, "--plain-http", ref)
+		_, err = command(sctx, nil, cfg.Lazypull, "pull", "--address", n.sock(), "--snapshotter-address", n.snSock, "--namespace", namespace, "--plain-http", ref)
 	case isStargz(m):
 		err = stargzPull(sctx, n, ref)
 	case m == ModePlain:
