@@ -3,7 +3,6 @@ package e2e
 import (
 	"fmt"
 	"os"
-	"path/filepath"
 	"strings"
 	"testing"
 )
@@ -38,7 +37,7 @@ func TestBadLabels(t *testing.T) {
 			}
 			ns := fmt.Sprintf("lazypull-e2e-bad-%d", i)
 			from := len(s.log.String())
-			must(t, e.bin, "pull", "--address", filepath.Join(s.containerd, "containerd.sock"), "--namespace", ns, "--plain-http", ref)
+			s.pull(t, e.bin, ns, ref)
 			out := s.ctr(t, ns, "run", "--rm", "--snapshotter", "lazypull", ref, fmt.Sprintf("bad-%d-%d", i, os.Getpid()))
 			if strings.TrimSpace(out) != pythonOutput {
 				t.Fatalf("container printed %q, want %q", out, pythonOutput)

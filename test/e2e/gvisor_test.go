@@ -45,7 +45,7 @@ func TestGVisorRunsLazyImage(t *testing.T) {
 	s := e.startSnapshotter(t)
 	const ns = "lazypull-e2e-gvisor"
 
-	must(t, e.bin, "pull", "--address", filepath.Join(s.containerd, "containerd.sock"), "--namespace", ns, "--plain-http", ref)
+	s.pull(t, e.bin, ns, ref)
 	// DIR/runsc: runsc with the flags this setup needs (scripts/containerd.sh).
 	out := s.ctr(t, ns, "run", "--rm", "--snapshotter", "lazypull", "--runc-binary", filepath.Join(s.containerd, "runsc"),
 		ref, fmt.Sprintf("gvisor-%d", os.Getpid()), "python3", "-c", gvisorProgram)
@@ -123,7 +123,7 @@ func TestGVisorShim(t *testing.T) {
 	if err := os.WriteFile(config, []byte("[runsc_config]\n  network = \"none\"\n"), 0o644); err != nil {
 		t.Fatal(err)
 	}
-	must(t, e.bin, "pull", "--address", filepath.Join(s.containerd, "containerd.sock"), "--namespace", ns, "--plain-http", ref)
+	s.pull(t, e.bin, ns, ref)
 	out := s.ctr(t, ns, "run", "--rm", "--snapshotter", "lazypull", "--runtime", "io.containerd.runsc.v1", "--runtime-config-path", config,
 		ref, fmt.Sprintf("gvisor-shim-%d", os.Getpid()), "python3", "-c", gvisorProgram)
 	checkGVisorOutput(t, out)

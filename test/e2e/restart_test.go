@@ -24,7 +24,7 @@ func TestSnapshotterKill9KeepsContainers(t *testing.T) {
 	ref := e.lazyImage(t, "python")
 	s := e.startSnapshotter(t)
 	const ns = "lazypull-e2e-kill"
-	must(t, e.bin, "pull", "--address", filepath.Join(s.containerd, "containerd.sock"), "--namespace", ns, "--plain-http", ref)
+	s.pull(t, e.bin, ns, ref)
 
 	logFile := filepath.Join(s.dir, "reader.log")
 	id := fmt.Sprintf("reader-%d", os.Getpid())
@@ -96,7 +96,7 @@ func TestSnapshotterRegistryDown(t *testing.T) {
 	ref := strings.Replace(e.lazyImage(t, "python"), e.registry, p.addr, 1)
 	s := e.startSnapshotter(t)
 	const ns = "lazypull-e2e-offline"
-	must(t, e.bin, "pull", "--address", filepath.Join(s.containerd, "containerd.sock"), "--namespace", ns, "--plain-http", ref)
+	s.pull(t, e.bin, ns, ref)
 	id := fmt.Sprintf("offline-%d", os.Getpid())
 	if got := s.ctr(t, ns, "run", "--rm", "--snapshotter", "lazypull", ref, id+"-a"); strings.TrimSpace(got) != pythonOutput {
 		t.Fatalf("container printed %q, want %q", got, pythonOutput)

@@ -37,7 +37,7 @@ func TestSnapshotterRootfsEqualsOverlayfs(t *testing.T) {
 	const ns = "lazypull-e2e-equal"
 
 	s.ctr(t, ns, "image", "pull", "--plain-http", "--snapshotter", "overlayfs", orig)
-	must(t, e.bin, "pull", "--address", filepath.Join(s.containerd, "containerd.sock"), "--namespace", ns, "--plain-http", lazy)
+	s.pull(t, e.bin, ns, lazy)
 	if remote, all := s.remoteSnapshots(t, ns); remote == 0 || remote != all {
 		t.Fatalf("%d remote snapshots of %d after lazypull pull, want all remote:\n%s", remote, all, s.log)
 	}

@@ -15,10 +15,11 @@ import (
 	"lazypull/internal/daemon"
 )
 
-// pull runs `lazypull pull` of ref into the env's containerd.
+// pull runs `lazypull pull` of ref into the env's containerd, handing the manifest to the
+// env's snapshotter early.
 func (s *snapshotterEnv) pull(t *testing.T, bin, ns, ref string) {
 	t.Helper()
-	must(t, bin, "pull", "--address", filepath.Join(s.containerd, "containerd.sock"), "--namespace", ns, "--plain-http", ref)
+	must(t, bin, "pull", "--address", filepath.Join(s.containerd, "containerd.sock"), "--snapshotter-address", s.sock, "--namespace", ns, "--plain-http", ref)
 }
 
 // runContainers starts n containers of ref through the lazypull snapshotter at once

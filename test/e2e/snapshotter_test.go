@@ -2,11 +2,16 @@ package e2e
 
 import (
 	"fmt"
+	"net"
+	"net/http"
+	"net/http/httputil"
+	"net/url"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"strconv"
 	"strings"
+	"sync"
 	"syscall"
 	"testing"
 	"time"
@@ -237,7 +242,7 @@ func TestSnapshotterRunsLazyImage(t *testing.T) {
 	const ns = "lazypull-e2e"
 
 	start := time.Now()
-	must(t, e.bin, "pull", "--address", filepath.Join(s.containerd, "containerd.sock"), "--namespace", ns, "--plain-http", ref)
+	s.pull(t, e.bin, ns, ref)
 	t.Logf("lazypull pull took %v", time.Since(start))
 	img := remoteImage(t, ref)
 	m, err := img.Manifest()
@@ -284,4 +289,81 @@ func TestSnapshotterRunsPlainImage(t *testing.T) {
 	if st, err := daemon.ReadStats(s.store); err == nil && st.Fetch != nil && st.Fetch.Bytes != 0 {
 		t.Errorf("the snapshotter fetched %d bytes for an image that is not lazy", st.Fetch.Bytes)
 	}
+}
+
+// countingProxy stands between containerd, the snapshotter and the registry, and records
+// each request as "METHOD /path".
+type countingProxy struct {
+	addr string
+	mu   sync.Mutex
+	reqs []string
+}
+
+func newCountingProxy(t *testing.T, registry string) *countingProxy {
+	t.Helper()
+	target, _ := url.Parse("http://" + registry)
+	p := &countingProxy{}
+	rp := httputil.NewSingleHostReverseProxy(target)
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	p.addr = ln.Addr().String()
+	srv := &http.Server{Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		p.mu.Lock()
+		p.reqs = append(p.reqs, r.Method+" "+r.URL.Path)
+		p.mu.Unlock()
+		rp.ServeHTTP(w, r)
+	})}
+	go srv.Serve(ln)
+	t.Cleanup(func() { srv.Close() })
+	return p
+}
+
+// count counts the requests recorded that match.
+func (p *countingProxy) count(match func(method, path string) bool) (n int, all []string) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	for _, r := range p.reqs {
+		method, path, _ := strings.Cut(r, " ")
+		if match(method, path) {
+			n++
+		}
+	}
+	return n, append([]string(nil), p.reqs...)
+}
+
+// TestSnapshotterManifestOnce: `lazypull pull` + `ctr run` of the lazy python image ask
+// the registry for the image manifest exactly once, with a GET and no HEAD: the pull's
+// own request, whose answer containerd and the snapshotter both take from the pull (the
+// snapshotter through its warm request, logged as such).
+func TestSnapshotterManifestOnce(t *testing.T) {
+	e := setup(t)
+	lazy := e.lazyImage(t, "python")
+	digest, err := remoteImage(t, lazy).Digest()
+	if err != nil {
+		t.Fatal(err)
+	}
+	p := newCountingProxy(t, e.registry)
+	ref := strings.Replace(lazy, e.registry, p.addr, 1)
+	repo, tag, _ := strings.Cut(strings.TrimPrefix(ref, p.addr+"/"), ":")
+	s := e.startSnapshotter(t)
+	const ns = "lazypull-e2e-manifest-once"
+	s.pull(t, e.bin, ns, ref)
+	out := s.ctr(t, ns, "run", "--rm", "--snapshotter", "lazypull", ref, fmt.Sprintf("once-%d", os.Getpid()))
+	if strings.TrimSpace(out) != pythonOutput {
+		t.Fatalf("container printed %q, want %q", out, pythonOutput)
+	}
+	manifest := func(method, path string) bool {
+		return path == "/v2/"+repo+"/manifests/"+tag || path == "/v2/"+repo+"/manifests/"+digest.String()
+	}
+	n, all := p.count(manifest)
+	heads, _ := p.count(func(method, path string) bool { return method == http.MethodHead && strings.Contains(path, "/manifests/") })
+	if n != 1 || heads != 0 {
+		t.Errorf("%d requests for the image manifest (%d HEAD); want one GET. Requests:\n%s", n, heads, strings.Join(all, "\n"))
+	}
+	if !strings.Contains(s.log.String(), "warm=true") {
+		t.Errorf("the snapshotter did not open the image from the pull's warm request:\n%s", s.log)
+	}
+	t.Logf("registry requests:\n%s", strings.Join(all, "\n"))
 }
