@@ -3,6 +3,7 @@ package daemon
 import (
 	"bytes"
 	"context"
+	"errors"
 	"fmt"
 	"log/slog"
 	"slices"
@@ -138,6 +139,17 @@ func openImage(ctx context.Context, st *store.Store, ref string, platform *v1.Pl
 	if err := g.Wait(); err != nil {
 		im.Close()
 		return nil, err
+	}
+	if partial && given != nil && !slices.ContainsFunc(im.Layers, func(l *Layer) bool { return l != nil }) {
+		// Not one layer opened, from a manifest handed in (Warm): that is the image's
+		// failure (most often its registry refusing the snapshotter), which a Prepare then
+		// meets itself when it fetches the manifest, and reports once for all the layers.
+		for _, err := range failed {
+			if err != nil && !errors.Is(err, ErrNotLazy) {
+				im.Close()
+				return nil, err
+			}
+		}
 	}
 	if partial {
 		im.Layers = slices.DeleteFunc(im.Layers, func(l *Layer) bool { return l == nil })

@@ -32,8 +32,9 @@ var ErrWarmRefused = errors.New("warm request refused")
 // would open it, under the same key, without fetching the manifest again: the Prepares
 // then join it. Only an image manifest whose bytes match digest is taken, never an index:
 // the pull sends the manifest of the platform containerd unpacks, and the snapshotter does
-// not pick another. Warm returns once the request is checked; a failure of the open is
-// logged here, once, and forgotten: the layers' Prepares then open the image themselves.
+// not pick another. Warm returns once the request is checked; a failure of the open (also
+// one that opens no layer at all) is logged here, once, and forgotten: the layers'
+// Prepares then open the image themselves, and warn if that fails too.
 func (f *SnapshotFS) Warm(ctx context.Context, ref, digest, mediaType string, manifest []byte) error {
 	key, img, err := warmImage(ref, digest, mediaType, manifest)
 	if err != nil {
@@ -47,7 +48,8 @@ func (f *SnapshotFS) Warm(ctx context.Context, ref, digest, mediaType string, ma
 	go func() {
 		f.open(context.WithoutCancel(ctx), e, key, img)
 		if e.err != nil {
-			f.log.Warn("warm open failed; the layers' Prepares open the image themselves", "image", key, "err", e.err)
+			// Info: the Prepares' own open warns if it fails too.
+			f.log.Info("warm open failed; the layers' Prepares open the image themselves", "image", key, "err", e.err)
 		}
 	}()
 	return nil

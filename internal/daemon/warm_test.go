@@ -11,6 +11,7 @@ import (
 	"path/filepath"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 
 	"github.com/google/go-containerregistry/pkg/name"
@@ -30,6 +31,8 @@ import (
 type requestLog struct {
 	mu sync.Mutex
 	n  map[string]int
+	// refuseBlobs answers every blob request 401.
+	refuseBlobs atomic.Bool
 }
 
 func (l *requestLog) count(key string) int {
@@ -54,6 +57,10 @@ func countedRegistry(t *testing.T) (host string, reqs *requestLog) {
 		reqs.mu.Lock()
 		reqs.n[r.Method+" "+kind]++
 		reqs.mu.Unlock()
+		if kind == "blobs" && reqs.refuseBlobs.Load() {
+			http.Error(w, `{"errors":[{"code":"UNAUTHORIZED"}]}`, http.StatusUnauthorized)
+			return
+		}
 		h.ServeHTTP(w, r)
 	}))
 	t.Cleanup(srv.Close)
@@ -207,5 +214,33 @@ func TestWarmFailureForgotten(t *testing.T) {
 	}
 	if !strings.Contains(err.Error(), "hosts directory") {
 		t.Errorf("Prepare's error %v does not say why", err)
+	}
+}
+
+// TestWarmNoLayerOpened: a warm open that opens not one layer (the registry refuses the
+// snapshotter) fails and is forgotten, so that the layer's Prepare opens the image itself,
+// fetching the manifest.
+func TestWarmNoLayerOpened(t *testing.T) {
+	f, ref, img, d, reqs := warmFixture(t)
+	reqs.refuseBlobs.Store(true)
+	raw, _ := img.RawManifest()
+	if err := f.Warm(context.Background(), ref, d.String(), "", raw); err != nil {
+		t.Fatal(err)
+	}
+	key, _ := imageKey(ref, d.String())
+	f.mu.Lock()
+	e := f.images[key]
+	f.mu.Unlock()
+	<-e.done
+	if e.err == nil || !strings.Contains(e.err.Error(), "401") {
+		t.Fatalf("warm open with every index refused: %v; want the 401", e.err)
+	}
+	_, _, err := f.layer(context.Background(), labelsOf(t, ref, img, d))
+	var reported *reportedError
+	if err == nil || errors.As(err, &reported) {
+		t.Errorf("Prepare after a failed warm open: %v; want its own open's error", err)
+	}
+	if n := reqs.count("GET manifests"); n != 1 {
+		t.Errorf("%d manifest requests; want the Prepare's own", n)
 	}
 }
