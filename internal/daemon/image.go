@@ -71,7 +71,8 @@ func OpenImage(ctx context.Context, st *store.Store, ref string, platform *v1.Pl
 // prefetch profile is looked up while the manifest and the layer indexes are read
 // (Prefetch uses it): a reference by digest names the profile's subject already, and the
 // prefetch needs both. given, when not nil, is ref's image manifest, already verified
-// (warmImage): it is not fetched again, and is kept in the store as a fetched one is.
+// (warmImage): it is not fetched again, and is kept in the store as a fetched one is once
+// a layer opened; an open of it that opens no layer at all fails.
 func openImage(ctx context.Context, st *store.Store, ref string, platform *v1.Platform, given *fetch.Image, partial, lookup bool, opts ...fetch.Option) (*Image, error) {
 	reg, err := fetch.New(ref, opts...)
 	if err != nil {
@@ -94,7 +95,9 @@ func openImage(ctx context.Context, st *store.Store, ref string, platform *v1.Pl
 		return nil, fmt.Errorf("image %s: %w", ref, err)
 	}
 	var kept []func()
-	if fetched {
+	if fetched && given == nil {
+		// A manifest handed in is kept below, once a layer opened: kept, it would let a
+		// Prepare after a failed warm open skip the request that reports the failure once.
 		kept = append(kept, keepManifest(st, img, ref))
 	}
 	im := &Image{Ref: ref, Image: img, Registry: reg, Layers: make([]*Layer, len(img.Manifest.Layers)), lease: st.NewLease(), bg: bg, cancel: cancel}
@@ -150,6 +153,9 @@ func openImage(ctx context.Context, st *store.Store, ref string, platform *v1.Pl
 				return nil, err
 			}
 		}
+	}
+	if given != nil {
+		im.kept = append(im.kept, keepManifest(st, img, ref))
 	}
 	if partial {
 		im.Layers = slices.DeleteFunc(im.Layers, func(l *Layer) bool { return l == nil })

@@ -235,7 +235,15 @@ func TestWarmNoLayerOpened(t *testing.T) {
 	if e.err == nil || !strings.Contains(e.err.Error(), "401") {
 		t.Fatalf("warm open with every index refused: %v; want the 401", e.err)
 	}
-	_, _, err := f.layer(context.Background(), labelsOf(t, ref, img, d))
+	// Not kept: the Prepare must meet the registry's refusal itself.
+	md, err := format.ParseDigest(d.String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := f.store.Meta(md); err == nil {
+		t.Errorf("the manifest of a failed warm open was kept in the store")
+	}
+	_, _, err = f.layer(context.Background(), labelsOf(t, ref, img, d))
 	var reported *reportedError
 	if err == nil || errors.As(err, &reported) {
 		t.Errorf("Prepare after a failed warm open: %v; want its own open's error", err)
