@@ -2,6 +2,7 @@ package cli
 
 import (
 	"context"
+	"errors"
 	"flag"
 	"fmt"
 	"log/slog"
@@ -107,16 +108,6 @@ func runPull(ctx context.Context, e *env, vals any, args []string) error {
 
 	w := newWarmer(log, ref, snapshotterAddress(ctx, client, f, log), client.ContentStore())
 	defer w.wait()
-	m := <-manifest
-	if m.err != nil {
-		return pullError(ref, registry, m.err)
-	}
-	top := ocispec.Descriptor{MediaType: string(m.desc.MediaType), Digest: digest.Digest(m.desc.Digest.String()), Size: m.desc.Size}
-	if images.IsManifestType(top.MediaType) {
-		// No platform to pick: this is the manifest containerd unpacks.
-		w.manifest(ctx, top, m.raw)
-	}
-
 	hostOpts := dockerconfig.HostOptions{
 		Credentials: func(host string) (string, string, error) {
 			reg, err := name.NewRegistry(host)
@@ -143,9 +134,26 @@ func runPull(ctx context.Context, e *env, vals any, args []string) error {
 	if f.hostsDir != "" {
 		hostOpts.HostDir = dockerconfig.HostDirFromRoot(f.hostsDir)
 	}
-	resolver := &pinnedResolver{
-		next: docker.NewResolver(docker.ResolverOptions{Hosts: dockerconfig.ConfigureHosts(ctx, hostOpts)}),
-		ref:  ref, desc: top, raw: m.raw,
+	resolver := &pinnedResolver{next: docker.NewResolver(docker.ResolverOptions{Hosts: dockerconfig.ConfigureHosts(ctx, hostOpts)})}
+	m := <-manifest
+	var fe *fetch.Error
+	switch {
+	case m.err == nil:
+		resolver.ref, resolver.raw = ref, m.raw
+		resolver.desc = ocispec.Descriptor{MediaType: string(m.desc.MediaType), Digest: digest.Digest(m.desc.Digest.String()), Size: m.desc.Size}
+		if images.IsManifestType(resolver.desc.MediaType) {
+			// No platform to pick: this is the manifest containerd unpacks.
+			w.manifest(ctx, resolver.desc, m.raw)
+		}
+	case errors.As(m.err, &fe) && fe.StatusCode != 0:
+		// The registry answered (no such image, credentials refused): containerd would be
+		// told the same.
+		return pullError(ref, registry, m.err)
+	default:
+		// Not reached where containerd's resolver may reach it (a hosts.toml setting fetch
+		// does not use): containerd resolves REF itself, as before.
+		log.Info("the pull's own manifest request failed; containerd resolves the image itself, and the snapshotter gets no head start",
+			"ref", ref, "err", m.err)
 	}
 
 	img, err := client.Pull(ctx, ref,
