@@ -358,7 +358,9 @@ func TestSnapshotterManifestOnce(t *testing.T) {
 		return path == "/v2/"+repo+"/manifests/"+tag || path == "/v2/"+repo+"/manifests/"+digest.String()
 	}
 	n, all := p.count(manifest)
-	heads, _ := p.count(func(method, path string) bool { return method == http.MethodHead && strings.Contains(path, "/manifests/") })
+	heads, _ := p.count(func(method, path string) bool {
+		return method == http.MethodHead && strings.Contains(path, "/manifests/")
+	})
 	if n != 1 || heads != 0 {
 		t.Errorf("%d requests for the image manifest (%d HEAD); want one GET. Requests:\n%s", n, heads, strings.Join(all, "\n"))
 	}
