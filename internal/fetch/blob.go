@@ -361,6 +361,18 @@ func (b *Blob) deliver(s *span, data []byte) {
 	}
 }
 
+// deliverPrefix ends the flights of a span whose bytes are all among the first n of data
+// (the span's, still being read): a read waiting for the front of a large span gets it
+// while the rest is on its way. deliver later ends the others (and skips these).
+func (b *Blob) deliverPrefix(s *span, data []byte, n int64) {
+	for _, f := range s.flights {
+		lo, hi := f.r.Off-s.Off, f.r.End()-s.Off
+		if hi <= n {
+			b.r.complete(f, data[lo:hi:hi], nil)
+		}
+	}
+}
+
 // tryEndpoints tries the endpoints in order, each for what the ones before left.
 func (b *Blob) tryEndpoints(ctx context.Context, spans []*span) ([]*span, *reqErr) {
 	r := b.r
@@ -462,6 +474,7 @@ func (b *Blob) request(ctx context.Context, e *endpoint, spans []*span) (rest []
 		wants[i] = s.Range
 	}
 	sink := func(i int, data []byte) { b.deliver(spans[i], data) }
+	progress := func(i int, data []byte, n int64) { b.deliverPrefix(spans[i], data, n) }
 	multi := len(spans) > 1
 	var got []bool
 	var perr error
@@ -469,9 +482,9 @@ func (b *Blob) request(ctx context.Context, e *endpoint, spans []*span) (rest []
 	case http.StatusPartialContent:
 		mt, params, _ := mime.ParseMediaType(resp.Header.Get("Content-Type"))
 		if mt == "multipart/byteranges" {
-			got, perr = readMultipart(body, params["boundary"], wants, b.size, sink)
+			got, perr = readMultipart(body, params["boundary"], wants, b.size, sink, progress)
 		} else {
-			got, perr = readSingle(body, resp.Header.Get("Content-Range"), resp.ContentLength, wants, b.size, sink)
+			got, perr = readSingle(body, resp.Header.Get("Content-Range"), resp.ContentLength, wants, b.size, sink, progress)
 		}
 	case http.StatusOK:
 		// The server ignored the Range header. Use the blob's start when what was

@@ -20,6 +20,51 @@ import (
 // rangeSink receives the bytes of wants[i]; b is owned by the sink from then on.
 type rangeSink func(i int, b []byte)
 
+// progressSink is told, while a long part is read, that the first n bytes of wants[i]'s b
+// are in; the rest of b is still being read into, and rangeSink gets the whole of b later
+// (or nothing, if the part turns out bad). nil: no such news.
+type progressSink func(i int, b []byte, n int64)
+
+// Streaming a long part: its bytes are told to a progressSink as they come, so that what
+// was asked for at the front of a span of megabytes (the first chunks of a large file)
+// can be used before the last byte arrives. Parts shorter than progressMin are read
+// whole. The last holdBack bytes of a part are only ever handed over whole, after the
+// delimiter that follows them: a part shorter than its Content-Range says reads the next
+// part's headers into its tail, and the delimiter check is what catches that. (What is
+// handed over early is still checked, chunk by chunk, against its digest by the store.)
+const (
+	progressMin  = 256 << 10
+	progressStep = 64 << 10
+	holdBack     = 64 << 10
+)
+
+// readPart reads the n-byte part that starts at blob offset first into a new buffer,
+// telling progress of the wants in covered as their bytes come in.
+func readPart(r io.Reader, n, first int64, wants []Range, covered []int, progress progressSink) ([]byte, error) {
+	buf := make([]byte, n)
+	if progress == nil || n < progressMin {
+		_, err := io.ReadFull(r, buf)
+		return buf, err
+	}
+	var have int64
+	for have < n-holdBack {
+		step := min(progressStep, n-holdBack-have)
+		if _, err := io.ReadFull(r, buf[have:have+step]); err != nil {
+			return buf, err
+		}
+		have += step
+		for _, i := range covered {
+			w := wants[i]
+			lo := w.Off - first
+			if in := min(have-lo, w.Len); in > 0 {
+				progress(i, buf[lo:lo+w.Len:lo+w.Len], in)
+			}
+		}
+	}
+	_, err := io.ReadFull(r, buf[have:])
+	return buf, err
+}
+
 const (
 	maxLine          = 4 << 10 // a delimiter or header line
 	maxPreambleLines = 16
@@ -29,9 +74,10 @@ const (
 // readMultipart reads a multipart/byteranges body (RFC 9110 14.6). Parts may come in any
 // order and may each cover several wants (a server may merge close ranges); a part that
 // covers no want still outstanding, or is larger than the span of all wants, is malformed.
-// A want's bytes are handed over only once its part has been read whole and the delimiter
-// after it seen. size is the blob's size, which each part's Content-Range must agree with.
-func readMultipart(r io.Reader, boundary string, wants []Range, size int64, sink rangeSink) ([]bool, error) {
+// A want's bytes are handed to sink only once its part has been read whole and the
+// delimiter after it seen; progress (if not nil) hears of a long part's front earlier
+// (readPart). size is the blob's size, which each part's Content-Range must agree with.
+func readMultipart(r io.Reader, boundary string, wants []Range, size int64, sink rangeSink, progress progressSink) ([]bool, error) {
 	got := make([]bool, len(wants))
 	if len(wants) == 0 {
 		return got, nil
@@ -79,8 +125,8 @@ func readMultipart(r io.Reader, boundary string, wants []Range, size int64, sink
 		if n > extent {
 			return got, malformed("part %d-%d larger than the %d bytes asked for", first, last, extent)
 		}
-		buf := make([]byte, n)
-		if _, err := io.ReadFull(br, buf); err != nil {
+		buf, err := readPart(br, n, first, wants, covered, progress)
+		if err != nil {
 			return got, unexpected(err)
 		}
 		// The data is followed by exactly the line end before the next delimiter;
@@ -146,7 +192,7 @@ func partHeaders(br *bufio.Reader, size int64) (first, last int64, err error) {
 // answer a multi-range request so, with one range that covers them all or (wrongly) with
 // the first alone; wants it covers are served, the others left. contentLength is the
 // response's, -1 if unknown.
-func readSingle(r io.Reader, cr string, contentLength int64, wants []Range, size int64, sink rangeSink) ([]bool, error) {
+func readSingle(r io.Reader, cr string, contentLength int64, wants []Range, size int64, sink rangeSink, progress progressSink) ([]bool, error) {
 	got := make([]bool, len(wants))
 	if len(wants) == 0 {
 		return got, nil
@@ -171,8 +217,8 @@ func readSingle(r io.Reader, cr string, contentLength int64, wants []Range, size
 	if len(covered) == 0 {
 		return got, malformed("Content-Range %d-%d serves no range asked for", first, last)
 	}
-	buf := make([]byte, n)
-	if _, err := io.ReadFull(r, buf); err != nil {
+	buf, err := readPart(r, n, first, wants, covered, progress)
+	if err != nil {
 		return got, unexpected(err)
 	}
 	var one [1]byte

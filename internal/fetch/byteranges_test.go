@@ -8,8 +8,10 @@ import (
 	"mime/multipart"
 	"net/textproto"
 	"strings"
+	"sync"
 	"testing"
 	"testing/iotest"
+	"time"
 )
 
 // The blob and the ranges the byteranges tests and fuzz targets ask for.
@@ -77,7 +79,7 @@ func readBR(t testing.TB, body []byte, boundary string) (delivery, []bool, error
 			t.Fatalf("range %d delivered twice", i)
 		}
 		got[i] = bytes.Clone(b)
-	})
+	}, nil)
 	if len(ok) != len(brWants) {
 		t.Fatalf("%d results for %d ranges", len(ok), len(brWants))
 	}
@@ -125,7 +127,7 @@ func TestReadMultipart(t *testing.T) {
 			// One byte at a time, as a slow network hands it over.
 			got = delivery{}
 			_, err = readMultipart(iotest.OneByteReader(bytes.NewReader(body)), brBoundary, brWants, int64(len(brBlob)),
-				func(i int, b []byte) { got[i] = bytes.Clone(b) })
+				func(i int, b []byte) { got[i] = bytes.Clone(b) }, nil)
 			if err != nil || len(got) != len(brWants) {
 				t.Fatalf("byte by byte: %v, %d ranges", err, len(got))
 			}
@@ -209,7 +211,7 @@ func TestReadSingleAndWhole(t *testing.T) {
 	sink := func(got delivery) rangeSink { return func(i int, b []byte) { got[i] = bytes.Clone(b) } }
 	// A range that covers several wants.
 	got := delivery{}
-	ok, err := readSingle(bytes.NewReader(brBlob[10:150]), "bytes 10-149/4096", 140, brWants, 4096, sink(got))
+	ok, err := readSingle(bytes.NewReader(brBlob[10:150]), "bytes 10-149/4096", 140, brWants, 4096, sink(got), nil)
 	if err != nil || !ok[0] || !ok[1] || ok[2] || ok[3] {
 		t.Fatalf("covering range: %v %v", ok, err)
 	}
@@ -228,7 +230,7 @@ func TestReadSingleAndWhole(t *testing.T) {
 		"star total":     {brBlob[10:30], "bytes 10-29/*", 20, nil},
 	} {
 		got := delivery{}
-		_, err := readSingle(bytes.NewReader(c.body), c.cr, c.cl, brWants[:1], 4096, sink(got))
+		_, err := readSingle(bytes.NewReader(c.body), c.cr, c.cl, brWants[:1], 4096, sink(got), nil)
 		if !errors.Is(err, c.want) && !(c.want == nil && err == nil) {
 			t.Errorf("%s: %v, want %v", name, err, c.want)
 		}
@@ -351,4 +353,104 @@ func FuzzContentRange(f *testing.F) {
 			t.Fatalf("%q (size %d): %d-%d accepted", v, size, first, last)
 		}
 	})
+}
+
+// gatedReader hands over its bytes up to gate, then blocks until the gate is opened.
+type gatedReader struct {
+	r    io.Reader
+	n    int64 // bytes handed over
+	gate int64
+	open chan struct{}
+}
+
+func (g *gatedReader) Read(p []byte) (int, error) {
+	if g.n >= g.gate {
+		select {
+		case <-g.open:
+		case <-time.After(5 * time.Second): // nothing told early: go on, and fail
+		}
+	} else if int64(len(p)) > g.gate-g.n {
+		p = p[:g.gate-g.n]
+	}
+	k, err := g.r.Read(p)
+	g.n += int64(k)
+	return k, err
+}
+
+// TestReadProgress: a long part's front is told while the rest is still on its way (the
+// reader blocks half-way), in both answers that can carry one; its last holdBack bytes
+// only whole, after the part checked out; short parts only whole.
+func TestReadProgress(t *testing.T) {
+	blob := make([]byte, 4<<20)
+	for i := range blob {
+		blob[i] = byte(i * 7 / 5)
+	}
+	const off, n = 1000, 2 << 20
+	wants := []Range{{0, 10}, {off, n}}
+	var mp bytes.Buffer
+	mw := multipart.NewWriter(&mp)
+	for _, w := range wants {
+		p, _ := mw.CreatePart(textproto.MIMEHeader{"Content-Range": {fmt.Sprintf("bytes %d-%d/%d", w.Off, w.End()-1, len(blob))}})
+		_, _ = p.Write(blob[w.Off:w.End()])
+	}
+	mw.Close()
+	for name, read := range map[string]func(r io.Reader, ws []Range, sink rangeSink, progress progressSink) ([]bool, error){
+		"multipart": func(r io.Reader, ws []Range, sink rangeSink, progress progressSink) ([]bool, error) {
+			return readMultipart(r, mw.Boundary(), ws, int64(len(blob)), sink, progress)
+		},
+		"single": func(r io.Reader, ws []Range, sink rangeSink, progress progressSink) ([]bool, error) {
+			return readSingle(r, fmt.Sprintf("bytes %d-%d/%d", off, off+n-1, len(blob)), n, ws[1:], int64(len(blob)), sink, progress)
+		},
+	} {
+		t.Run(name, func(t *testing.T) {
+			body := mp.Bytes()
+			if name == "single" {
+				body = blob[off : off+n]
+			}
+			g := &gatedReader{r: bytes.NewReader(body), gate: int64(len(body)) / 2, open: make(chan struct{})}
+			var mu sync.Mutex
+			var seen int64 // the most of the long range told before the gate opened
+			var whole, early bool
+			progress := func(i int, b []byte, k int64) {
+				mu.Lock()
+				defer mu.Unlock()
+				if len(b) != n || k <= 0 || k > n-holdBack {
+					t.Errorf("progress of want %d: %d of %d bytes; want the long range, at most %d", i, k, len(b), n-holdBack)
+					return
+				}
+				if !bytes.Equal(b[:k], blob[off:off+k]) {
+					t.Errorf("progress: the first %d bytes are not the blob's", k)
+				}
+				if g.n < int64(len(body)) {
+					early = true
+				}
+				seen = max(seen, k)
+				if k >= int64(len(body))/4 {
+					select {
+					case <-g.open:
+					default:
+						close(g.open) // seen while the reader was held: go on
+					}
+				}
+			}
+			sink := func(i int, b []byte) {
+				if len(b) == n {
+					whole = bytes.Equal(b, blob[off:off+n])
+				}
+			}
+			ok, err := read(g, wants, sink, progress)
+			if err != nil || !ok[len(ok)-1] {
+				t.Fatalf("%v %v", ok, err)
+			}
+			if !early || seen < int64(len(body))/4 || !whole {
+				t.Errorf("told early %v, up to %d bytes; delivered whole %v", early, seen, whole)
+			}
+		})
+	}
+	// A short part: nothing but the whole.
+	_, err := readSingle(bytes.NewReader(blob[:progressMin-1]), fmt.Sprintf("bytes 0-%d/%d", progressMin-2, len(blob)), progressMin-1,
+		[]Range{{0, progressMin - 1}}, int64(len(blob)), func(int, []byte) {}, func(int, []byte, int64) { t.Error("progress of a short part") })
+	if err != nil {
+		t.Fatal(err)
+	}
 }
