@@ -1,6 +1,7 @@
 package cli
 
 import (
+	"bytes"
 	"context"
 	"errors"
 	"flag"
@@ -84,14 +85,23 @@ func runPull(ctx context.Context, e *env, vals any, args []string) error {
 	}
 	// The manifest's round trip overlaps the connection to containerd.
 	type fetched struct {
-		desc v1.Descriptor
-		raw  []byte
-		err  error
+		desc   v1.Descriptor
+		raw    []byte
+		err    error
+		config *earlyBlob
 	}
 	manifest := make(chan fetched, 1)
 	go func() {
 		desc, raw, err := reg.FetchManifest(ctx, "")
-		manifest <- fetched{desc, raw, err}
+		var config *earlyBlob
+		if err == nil && desc.MediaType.IsImage() {
+			// containerd asks for the config only once it has stored the manifest; asked
+			// now, it is on its way meanwhile, and the layers are prepared sooner.
+			if m, err := v1.ParseManifest(bytes.NewReader(raw)); err == nil {
+				config = fetchEarly(ctx, reg, m.Config)
+			}
+		}
+		manifest <- fetched{desc, raw, err, config}
 	}()
 
 	client, err := containerd.New(f.address)
@@ -139,7 +149,7 @@ func runPull(ctx context.Context, e *env, vals any, args []string) error {
 	var fe *fetch.Error
 	switch {
 	case m.err == nil:
-		resolver.ref, resolver.raw = ref, m.raw
+		resolver.ref, resolver.raw, resolver.config = ref, m.raw, m.config
 		resolver.desc = ocispec.Descriptor{MediaType: string(m.desc.MediaType), Digest: digest.Digest(m.desc.Digest.String()), Size: m.desc.Size}
 		if images.IsManifestType(resolver.desc.MediaType) {
 			// No platform to pick: this is the manifest containerd unpacks.

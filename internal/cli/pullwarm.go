@@ -19,6 +19,7 @@ import (
 	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
 
 	"lazypull/format"
+	"lazypull/internal/fetch"
 	"lazypull/internal/warm"
 )
 
@@ -32,6 +33,50 @@ type pinnedResolver struct {
 	ref  string
 	desc ocispec.Descriptor
 	raw  []byte
+	// config is the image config, fetched as soon as the manifest was (fetchEarly); nil
+	// when the pull fetched none (an index: containerd picks the platform).
+	config *earlyBlob
+}
+
+// maxEarlyBlob bounds a config fetched early: configs are kilobytes; one this large is
+// left to containerd's own fetch.
+const maxEarlyBlob = 4 << 20
+
+// earlyBlob is a blob the pull fetches before containerd asks for it.
+type earlyBlob struct {
+	desc v1.Descriptor
+	done chan struct{}
+	b    []byte
+	err  error
+}
+
+// fetchEarly starts fetching the blob d describes (checked against its digest).
+func fetchEarly(ctx context.Context, reg *fetch.Registry, d v1.Descriptor) *earlyBlob {
+	if d.Size < 0 || d.Size > maxEarlyBlob {
+		return nil
+	}
+	e := &earlyBlob{desc: d, done: make(chan struct{})}
+	go func() {
+		defer close(e.done)
+		e.b, e.err = reg.Blob(d.Digest, d.Size).ReadAll(ctx)
+	}()
+	return e
+}
+
+// get returns the blob's bytes if desc is that blob and its fetch went well, else nil.
+func (e *earlyBlob) get(ctx context.Context, desc ocispec.Descriptor) []byte {
+	if e == nil || desc.Digest.String() != e.desc.Digest.String() || desc.Size != e.desc.Size {
+		return nil
+	}
+	select {
+	case <-e.done:
+	case <-ctx.Done():
+		return nil
+	}
+	if e.err != nil {
+		return nil // containerd fetches it itself, and reports what goes wrong
+	}
+	return e.b
 }
 
 var _ remotes.ResolverWithOptions = (*pinnedResolver)(nil)
@@ -78,6 +123,9 @@ type pinnedFetcher struct {
 func (f *pinnedFetcher) Fetch(ctx context.Context, desc ocispec.Descriptor) (io.ReadCloser, error) {
 	if raw := f.r.cached(desc); raw != nil {
 		return io.NopCloser(bytes.NewReader(raw)), nil
+	}
+	if b := f.r.config.get(ctx, desc); b != nil {
+		return io.NopCloser(bytes.NewReader(b)), nil
 	}
 	return f.next.Fetch(ctx, desc)
 }

@@ -148,6 +148,43 @@ func TestPinnedResolver(t *testing.T) {
 	if got := reg.counts(); got["HEAD manifests"]+got["GET manifests"] == 0 {
 		t.Errorf("resolving another reference sent %v; want it resolved by the registry", got)
 	}
+
+	// The config fetched early (as the pull does, once it has the manifest) is served
+	// from memory when containerd asks for it.
+	cfgDesc := ocispec.Descriptor{MediaType: string(m.Config.MediaType), Digest: digest.Digest(m.Config.Digest.String()), Size: m.Config.Size}
+	r.config = fetchEarly(ctx, fr, m.Config)
+	<-r.config.done
+	if got := reg.counts(); got["GET blobs"] != 1 {
+		t.Errorf("fetching the config early sent %v; want one blob GET", got)
+	}
+	if b := fetchAll(t, f.Fetch, cfgDesc); !bytes.Equal(b, cfg) {
+		t.Errorf("the config served from memory differs")
+	}
+	if got := reg.counts(); len(got) != 0 {
+		t.Errorf("fetching the config fetched early sent %v; want nothing", got)
+	}
+	// A config that failed to come early (here: not in the registry) is containerd's to fetch.
+	missing := m.Config
+	missing.Digest.Hex = strings.Repeat("0", 64)
+	r.config = fetchEarly(ctx, fr, missing)
+	<-r.config.done
+	if r.config.err == nil {
+		t.Fatal("fetching a missing config early succeeded")
+	}
+	reg.counts()
+	wrong := cfgDesc
+	wrong.Digest = digest.Digest(missing.Digest.String())
+	rc, err := f.Fetch(ctx, wrong)
+	if err == nil {
+		_, err = io.ReadAll(rc) // containerd's fetcher asks on the first read
+		rc.Close()
+	}
+	if err == nil {
+		t.Errorf("fetching a missing config succeeded")
+	}
+	if got := reg.counts(); got["GET blobs"]+got["HEAD blobs"] == 0 {
+		t.Errorf("a config that failed early was not asked of the registry again: %v", got)
+	}
 }
 
 func fetchAll(t *testing.T, fetch func(context.Context, ocispec.Descriptor) (io.ReadCloser, error), desc ocispec.Descriptor) []byte {
