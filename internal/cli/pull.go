@@ -91,10 +91,20 @@ func runPull(ctx context.Context, e *env, vals any, args []string) error {
 		config *earlyBlob
 	}
 	manifest := make(chan fetched, 1)
+	// With the snapshotter's address given, the warm request waits for nothing of
+	// containerd's (the connection, the lease, the plugin's address): it goes as soon as
+	// the manifest is in.
+	var w *warmer
+	if f.snapshotterAddress != "" {
+		w = newWarmer(log, ref, f.snapshotterAddress, nil)
+	}
 	go func() {
 		desc, raw, err := reg.FetchManifest(ctx, "")
 		var config *earlyBlob
 		if err == nil && desc.MediaType.IsImage() {
+			if w != nil {
+				w.manifest(ctx, pinnedDesc(desc), raw)
+			}
 			// containerd asks for the config only once it has stored the manifest; asked
 			// now, it is on its way meanwhile, and the layers are prepared sooner.
 			if m, err := v1.ParseManifest(bytes.NewReader(raw)); err == nil {
@@ -116,7 +126,11 @@ func runPull(ctx context.Context, e *env, vals any, args []string) error {
 	}
 	defer done(context.WithoutCancel(ctx))
 
-	w := newWarmer(log, ref, snapshotterAddress(ctx, client, f, log), client.ContentStore())
+	if w == nil {
+		w = newWarmer(log, ref, snapshotterAddress(ctx, client, f, log), client.ContentStore())
+	} else {
+		w.content = client.ContentStore() // for an index's platform manifest, during the pull
+	}
 	defer w.wait()
 	hostOpts := dockerconfig.HostOptions{
 		Credentials: func(host string) (string, string, error) {
@@ -150,7 +164,7 @@ func runPull(ctx context.Context, e *env, vals any, args []string) error {
 	switch {
 	case m.err == nil:
 		resolver.ref, resolver.raw, resolver.config = ref, m.raw, m.config
-		resolver.desc = ocispec.Descriptor{MediaType: string(m.desc.MediaType), Digest: digest.Digest(m.desc.Digest.String()), Size: m.desc.Size}
+		resolver.desc = pinnedDesc(m.desc)
 		if images.IsManifestType(resolver.desc.MediaType) {
 			// No platform to pick: this is the manifest containerd unpacks.
 			w.manifest(ctx, resolver.desc, m.raw)
@@ -179,6 +193,11 @@ func runPull(ctx context.Context, e *env, vals any, args []string) error {
 	}
 	fmt.Fprintf(e.stdout, "%s %s\n", img.Name(), img.Target().Digest)
 	return nil
+}
+
+// pinnedDesc is d as containerd takes it.
+func pinnedDesc(d v1.Descriptor) ocispec.Descriptor {
+	return ocispec.Descriptor{MediaType: string(d.MediaType), Digest: digest.Digest(d.Digest.String()), Size: d.Size}
 }
 
 // snapshotterAddress is where the pull sends its warm request: --snapshotter-address, else
