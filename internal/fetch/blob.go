@@ -237,6 +237,7 @@ type flightKey struct {
 type flight struct {
 	key       flightKey
 	r         Range
+	rank      int // its place among the ranges its caller asked for (launch)
 	g         *group
 	refs      int // callers waiting
 	done      bool
@@ -305,6 +306,9 @@ func (r *Registry) complete(f *flight, data []byte, err error) {
 // launch plans the requests for new flights and starts them.
 func (b *Blob) launch(ctx context.Context, fs []*flight) {
 	r := b.r
+	for i, f := range fs {
+		f.rank = i
+	}
 	sortFlights(fs)
 	spans := planSpans(fs, r.maxGap, r.maxRequest)
 	perRequest := maxRangesPerRequest
@@ -460,7 +464,7 @@ func (b *Blob) request(ctx context.Context, e *endpoint, spans []*span) (rest []
 	if err != nil {
 		return spans, &reqErr{host: e.host, err: err}
 	}
-	req.Header.Set("Range", rangeHeader(spans))
+	req.Header.Set("Range", rangeHeader(byRank(spans)))
 	req.Header.Set("Accept-Encoding", "identity") // ranges of the blob, not of a gzip of it
 	resp, err := e.client.Do(req)
 	if err != nil {

@@ -2,6 +2,7 @@ package fetch
 
 import (
 	"fmt"
+	"slices"
 	"sort"
 	"strconv"
 	"strings"
@@ -87,6 +88,26 @@ func packRequests(spans []*span, maxRanges int, maxRequest int64) [][]*span {
 	if len(cur) > 0 {
 		out = append(out, cur)
 	}
+	return out
+}
+
+// byRank returns spans (sorted by offset) in the order their caller asked for them: by the
+// first asked-for range each holds. A server sends the parts of a multi-range answer in the
+// order of the Range header (RFC 9110 14.2; Go's http.ServeContent, and so Docker's
+// registry, does), and parts are delivered as they stream (readPart): what a prefetch
+// profile names first (the binary a container executes, its libraries) then arrives first,
+// and the workload starts on it while the rest is on its way. The answer's readers do not
+// depend on the order of its parts.
+func byRank(spans []*span) []*span {
+	rank := func(s *span) int {
+		r := s.flights[0].rank
+		for _, f := range s.flights[1:] {
+			r = min(r, f.rank)
+		}
+		return r
+	}
+	out := slices.Clone(spans)
+	slices.SortStableFunc(out, func(a, b *span) int { return rank(a) - rank(b) })
 	return out
 }
 
