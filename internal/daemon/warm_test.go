@@ -195,18 +195,7 @@ func TestWarmFailureForgotten(t *testing.T) {
 	// A hosts directory that does not exist fails every open of the image.
 	f, ref, img, d, _ := warmFixture(t, fetch.WithHostsDir(filepath.Join(t.TempDir(), "none")))
 	raw, _ := img.RawManifest()
-	if err := f.Warm(context.Background(), ref, d.String(), "", raw); err != nil {
-		t.Fatal(err)
-	}
-	key, _ := imageKey(ref, d.String())
-	// Wait for the warm open to end.
-	f.mu.Lock()
-	e := f.images[key]
-	f.mu.Unlock()
-	if e == nil {
-		t.Fatal("no image entry after a warm request")
-	}
-	<-e.done
+	warmed(t, f, ref, d.String(), raw)
 	_, _, err := f.layer(context.Background(), labelsOf(t, ref, img, d))
 	var reported *reportedError
 	if err == nil || errors.As(err, &reported) {
@@ -224,14 +213,7 @@ func TestWarmNoLayerOpened(t *testing.T) {
 	f, ref, img, d, reqs := warmFixture(t)
 	reqs.refuseBlobs.Store(true)
 	raw, _ := img.RawManifest()
-	if err := f.Warm(context.Background(), ref, d.String(), "", raw); err != nil {
-		t.Fatal(err)
-	}
-	key, _ := imageKey(ref, d.String())
-	f.mu.Lock()
-	e := f.images[key]
-	f.mu.Unlock()
-	<-e.done
+	e := warmed(t, f, ref, d.String(), raw)
 	if e.err == nil || !strings.Contains(e.err.Error(), "401") {
 		t.Fatalf("warm open with every index refused: %v; want the 401", e.err)
 	}
@@ -251,4 +233,22 @@ func TestWarmNoLayerOpened(t *testing.T) {
 	if n := reqs.count("GET manifests"); n != 1 {
 		t.Errorf("%d manifest requests; want the Prepare's own", n)
 	}
+}
+
+// warmed sends f a warm request for the manifest raw of ref and waits for the open it
+// starts to end; it returns the image's entry.
+func warmed(t *testing.T, f *SnapshotFS, ref, digest string, raw []byte) *imageEntry {
+	t.Helper()
+	if err := f.Warm(context.Background(), ref, digest, "", raw); err != nil {
+		t.Fatal(err)
+	}
+	key, _ := imageKey(ref, digest)
+	f.mu.Lock()
+	e := f.images[key]
+	f.mu.Unlock()
+	if e == nil {
+		t.Fatal("no image entry after a warm request")
+	}
+	<-e.done
+	return e
 }
