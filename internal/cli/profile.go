@@ -67,6 +67,7 @@ has them. auto (the default): containerd if it answers at --address, else chroot
 		fs.DurationVar(&f.duration, "duration", time.Minute, "stop recording after `duration` at the latest")
 		fs.StringVar(&f.output, "output", "", "also write the profile document to `file`")
 		fs.BoolVar(&f.noPush, "no-push", false, "do not push the profile (with --output: record only)")
+		fs.BoolVar(&f.noPack, "no-pack", false, "push the profile without its pack (the layer indexes and profiled chunks in one blob, which a mount reads in one request; it costs registry space)")
 		fs.StringVar(&f.store, "store", "", "content store `dir` to read through (default: a new temporary one, so that every read is recorded)")
 		fs.StringVar(&f.runtime, "runtime", "auto", "which `runtime` runs the workload: containerd, chroot, or auto (containerd if it answers at --address)")
 		fs.StringVar(&f.address, "address", "/run/containerd/containerd.sock", "containerd's `socket`")
@@ -80,7 +81,7 @@ has them. auto (the default): containerd if it answers at --address, else chroot
 type profileFlags struct {
 	platform, hostsDir, until, output, store string
 	runtime, address, namespace              string
-	plainHTTP, noPush, netHost               bool
+	plainHTTP, noPush, noPack, netHost       bool
 	duration                                 time.Duration
 }
 
@@ -196,8 +197,15 @@ func runProfile(ctx context.Context, e *env, vals any, args []string) error {
 	if err != nil {
 		return fmt.Errorf("image %s: %w", ref, err)
 	}
+	var pack []byte
+	if !f.noPack {
+		if pack, err = im.Pack(ctx, p); err != nil {
+			return fmt.Errorf("image %s: profile %w", ref, err)
+		}
+		log.Info("packed", "bytes", len(pack))
+	}
 	subject := im.Image.Descriptor
-	desc, err := profile.Push(repo, v1.Descriptor{MediaType: subject.MediaType, Digest: subject.Digest, Size: subject.Size}, doc,
+	desc, err := profile.Push(repo, v1.Descriptor{MediaType: subject.MediaType, Digest: subject.Digest, Size: subject.Size}, doc, pack,
 		remote.WithContext(ctx), remote.WithAuthFromKeychain(authn.DefaultKeychain), remote.WithUserAgent("lazypull"))
 	if err != nil {
 		return err

@@ -9,6 +9,7 @@ import (
 	"slices"
 	"sync"
 	"sync/atomic"
+	"time"
 
 	"github.com/google/go-containerregistry/pkg/name"
 	v1 "github.com/google/go-containerregistry/pkg/v1"
@@ -35,8 +36,11 @@ type Image struct {
 	bg     context.Context    // background work (read-ahead, prefetch); ends with Close
 	cancel context.CancelFunc // ends background work
 
-	// lookup is the profile look-up openImage started beside the layer indexes, if any.
+	// lookup is the profile look-up openImage started, if any.
 	lookup *profileLookup
+	// pack is the profile's pack, when it has one: the layer indexes and the prefetch
+	// come from it.
+	pack *pack
 	// kept are the waits for the manifest and indexes openImage fetched to be stored
 	// (waitKept).
 	kept []func()
@@ -109,6 +113,9 @@ func openImage(ctx context.Context, st *store.Store, ref string, platform *v1.Pl
 		// platform's manifest. An early look-up for the index finds nothing and ends.
 		im.lookup = lookupProfile(bg, reg, img.Descriptor.Digest)
 	}
+	if im.lookup != nil {
+		im.pack = im.awaitPack(ctx)
+	}
 	var keptMu sync.Mutex
 	im.kept = kept
 	failed := make([]error, len(img.Manifest.Layers))
@@ -120,7 +127,7 @@ func openImage(ctx context.Context, st *store.Store, ref string, platform *v1.Pl
 			continue
 		}
 		g.Go(func() error {
-			l, wait, err := openLayer(gctx, bg, reg, st, im.lease, desc)
+			l, wait, err := openLayer(gctx, bg, reg, st, im.lease, desc, im.pack)
 			if wait != nil {
 				keptMu.Lock()
 				im.kept = append(im.kept, wait)
@@ -169,6 +176,28 @@ func openImage(ctx context.Context, st *store.Store, ref string, platform *v1.Pl
 		}
 	}
 	return im, nil
+}
+
+// awaitPack waits (up to packWait) for the profile look-up, and returns the profile's pack
+// if it has one, its GET not yet sent. The layers' indexes then come in the pack, with the
+// prefetch, instead of one request per layer beside the look-up: one round trip later, but
+// a single request for all.
+func (im *Image) awaitPack(ctx context.Context) *pack {
+	l := im.lookup
+	t := time.NewTimer(packWait)
+	defer t.Stop()
+	select {
+	case <-l.done:
+	case <-t.C:
+		slog.Info("profile look-up still running; reading the layer indexes without waiting for it", "image", im.Ref, "wait", packWait)
+		return nil
+	case <-ctx.Done():
+		return nil
+	}
+	if l.err != nil || l.found.pack == nil {
+		return nil // the prefetch reports the error
+	}
+	return newPack(im.bg, im.Registry, *l.found.pack, slog.Default())
 }
 
 // resolve returns the image manifest ref names. A reference by digest to an image manifest

@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"io"
+	"log/slog"
 	"os"
 	"sync"
 	"sync/atomic"
@@ -59,10 +60,10 @@ var (
 	_ store.Source      = blobSource{}
 )
 
-// openLayer reads a layer's index from the registry in one request, checked against the
-// digest in the layer's annotations (the manifest's word).
-// wait, when not nil, returns once the index fetched is stored (keepMeta).
-func openLayer(ctx, bg context.Context, reg *fetch.Registry, st *store.Store, lease *store.Lease, desc v1.Descriptor) (l *Layer, wait func(), err error) {
+// openLayer reads a layer's index from the store, the profile's pack (pk, if not nil) or
+// the registry (one request), checked against the digest in the layer's annotations (the
+// manifest's word). wait, when not nil, returns once the index read is stored (keepMeta).
+func openLayer(ctx, bg context.Context, reg *fetch.Registry, st *store.Store, lease *store.Lease, desc v1.Descriptor, pk *pack) (l *Layer, wait func(), err error) {
 	if !format.IsLayer(desc.Annotations) {
 		return nil, nil, fmt.Errorf("layer %s (%s): not a lazypull layer (no %s annotation); convert the image with `lazypull convert`", desc.Digest, desc.MediaType, format.AnnotationIndexDigest)
 	}
@@ -71,7 +72,7 @@ func openLayer(ctx, bg context.Context, reg *fetch.Registry, st *store.Store, le
 		return nil, nil, fmt.Errorf("layer %s: %w", desc.Digest, err)
 	}
 	blob := reg.Layer(desc)
-	ix, wait, err := readIndex(ctx, st, blob, desc, loc)
+	ix, wait, err := readIndex(ctx, st, blob, desc, loc, pk)
 	if err != nil {
 		return nil, nil, fmt.Errorf("layer %s: read index: %w", desc.Digest, err)
 	}
@@ -79,13 +80,22 @@ func openLayer(ctx, bg context.Context, reg *fetch.Registry, st *store.Store, le
 		streams: map[*format.Entry]*stream{}, bg: bg, raSlot: make(chan struct{}, readaheadSlots)}, wait, nil
 }
 
-// readIndex reads the layer's index from the store's metadata, or else from the registry
-// (then keeping it in the store, in the background: wait). Either way format.ReadIndex
-// checks it against loc.
-func readIndex(ctx context.Context, st *store.Store, blob *fetch.Blob, desc v1.Descriptor, loc format.IndexLocation) (ix *format.Index, wait func(), err error) {
+// readIndex reads the layer's index from the store's metadata, or else from the pack or
+// the registry (then keeping it in the store, in the background: wait). Either way
+// format.ReadIndex checks it against loc.
+func readIndex(ctx context.Context, st *store.Store, blob *fetch.Blob, desc v1.Descriptor, loc format.IndexLocation, pk *pack) (ix *format.Index, wait func(), err error) {
 	if b, err := st.Meta(loc.Digest); err == nil && int64(len(b)) == loc.Size {
 		if ix, err := format.ReadIndex(regionReaderAt{b, loc.Offset}, desc.Size, &loc); err == nil {
 			return ix, nil, nil
+		}
+	}
+	if pk != nil {
+		if b, ok := pk.index(loc.Digest); ok {
+			ix, err := format.ReadIndex(regionReaderAt{b, loc.Offset}, desc.Size, &loc)
+			if err == nil {
+				return ix, keepMeta(st, b, "cannot keep the layer index in the store; the layer will need its registry to be mounted again", "layer", desc.Digest), nil
+			}
+			slog.Warn("profile pack holds a bad index; reading it from the layer", "layer", desc.Digest, "pack", pk.blob.Digest(), "err", err)
 		}
 	}
 	rec := &recordingReaderAt{ra: blob.ReaderAt(ctx)}

@@ -67,7 +67,7 @@ func TestPrefetchProfilePerPlatform(t *testing.T) {
 				if err != nil {
 					t.Fatal(err)
 				}
-				pd, err := profile.Push(repo, d, doc)
+				pd, err := profile.Push(repo, d, doc, nil)
 				if err != nil {
 					t.Fatal(err)
 				}

@@ -27,12 +27,25 @@ const maxProfileManifest = 64 << 10
 // it: its manifest and its document, both checked against their digests, the document
 // parsed strictly (profile.Parse). No profile is (nil, empty descriptor, nil).
 func FindProfile(ctx context.Context, reg *fetch.Registry, subject v1.Hash) (*profile.Profile, v1.Descriptor, error) {
+	f, err := findProfile(ctx, reg, subject)
+	return f.p, f.desc, err
+}
+
+// found is a profile FindProfile found: the document, the artifact manifest's descriptor,
+// and its pack's, if it has one.
+type found struct {
+	p    *profile.Profile
+	desc v1.Descriptor
+	pack *v1.Descriptor
+}
+
+func findProfile(ctx context.Context, reg *fetch.Registry, subject v1.Hash) (found, error) {
 	refs, err := reg.Referrers(ctx, subject, profile.ArtifactType)
 	if err != nil {
-		return nil, v1.Descriptor{}, fmt.Errorf("look up the profile of %s: %w", subject, err)
+		return found{}, fmt.Errorf("look up the profile of %s: %w", subject, err)
 	}
 	if len(refs) == 0 {
-		return nil, v1.Descriptor{}, nil
+		return found{}, nil
 	}
 	// The newest: RFC 3339 UTC times sort as strings; among equals (or none), the last
 	// listed, which the tag schema appends.
@@ -44,20 +57,22 @@ func FindProfile(ctx context.Context, reg *fetch.Registry, subject v1.Hash) (*pr
 	}
 	where := fmt.Sprintf("profile %s of %s", best.Digest, subject)
 	if best.Size > maxProfileManifest {
-		return nil, best, fmt.Errorf("%s: manifest of %d bytes, more than %d: refused", where, best.Size, maxProfileManifest)
+		return found{desc: best}, fmt.Errorf("%s: manifest of %d bytes, more than %d: refused", where, best.Size, maxProfileManifest)
 	}
 	// The referrers tag index may carry the manifest itself (profile.Push embeds it there):
 	// checked against the descriptor, it saves the round trip to fetch it.
 	raw, err := embedded(best)
 	if err != nil {
-		return nil, best, fmt.Errorf("%s: manifest: %w", where, err)
+		return found{desc: best}, fmt.Errorf("%s: manifest: %w", where, err)
 	}
 	if raw == nil {
-		p, err := readProfile(ctx, reg, best.Digest, where)
-		return p, best, err
+		if _, raw, err = reg.Manifest(ctx, best.Digest); err != nil {
+			return found{desc: best}, fmt.Errorf("%s: %w", where, err)
+		}
 	}
-	p, err := parseProfile(ctx, reg, raw, where)
-	return p, best, err
+	f, err := parseProfile(ctx, reg, raw, where)
+	f.desc = best
+	return f, err
 }
 
 // ErrNotProfile: a manifest is not a lazypull profile artifact.
@@ -76,40 +91,50 @@ func readProfile(ctx context.Context, reg *fetch.Registry, digest v1.Hash, where
 	if err != nil {
 		return nil, fmt.Errorf("%s: %w", where, err)
 	}
-	return parseProfile(ctx, reg, raw, where)
+	f, err := parseProfile(ctx, reg, raw, where)
+	return f.p, err
 }
 
 // parseProfile reads the profile whose artifact manifest is raw (checked against its
-// digest already): its document, embedded or from the registry, parsed strictly.
-func parseProfile(ctx context.Context, reg *fetch.Registry, raw []byte, where string) (*profile.Profile, error) {
+// digest already): its document, embedded or from the registry, parsed strictly, and its
+// pack's descriptor. The pack is the optional second layer.
+func parseProfile(ctx context.Context, reg *fetch.Registry, raw []byte, where string) (found, error) {
 	if len(raw) > maxProfileManifest {
-		return nil, fmt.Errorf("%s: manifest of %d bytes, more than %d: %w", where, len(raw), maxProfileManifest, ErrNotProfile)
+		return found{}, fmt.Errorf("%s: manifest of %d bytes, more than %d: %w", where, len(raw), maxProfileManifest, ErrNotProfile)
 	}
 	m, err := v1.ParseManifest(bytes.NewReader(raw))
 	if err != nil {
-		return nil, fmt.Errorf("%s: manifest: %w", where, err)
+		return found{}, fmt.Errorf("%s: manifest: %w", where, err)
 	}
-	if m.ArtifactType != profile.ArtifactType || len(m.Layers) != 1 || m.Layers[0].MediaType != types.MediaType(profile.MediaType) {
-		return nil, fmt.Errorf("%s: %w (artifactType %q, %d layers)", where, ErrNotProfile, m.ArtifactType, len(m.Layers))
+	if m.ArtifactType != profile.ArtifactType || len(m.Layers) < 1 || len(m.Layers) > 2 || m.Layers[0].MediaType != types.MediaType(profile.MediaType) ||
+		len(m.Layers) == 2 && m.Layers[1].MediaType != types.MediaType(profile.PackMediaType) {
+		return found{}, fmt.Errorf("%s: %w (artifactType %q, %d layers)", where, ErrNotProfile, m.ArtifactType, len(m.Layers))
+	}
+	var pack *v1.Descriptor
+	if len(m.Layers) == 2 {
+		pack = &m.Layers[1]
+		if pack.Size > profile.MaxPack || pack.Size < 0 || pack.Digest.Algorithm != "sha256" {
+			return found{}, fmt.Errorf("%s: pack %s of %d bytes: want a sha256 digest and at most %d bytes; refused", where, pack.Digest, pack.Size, profile.MaxPack)
+		}
 	}
 	doc := m.Layers[0]
 	if doc.Size > profile.MaxSize || doc.Size < 0 {
-		return nil, fmt.Errorf("%s: document of %d bytes, more than %d: %w; refused", where, doc.Size, profile.MaxSize, profile.ErrTooLarge)
+		return found{}, fmt.Errorf("%s: document of %d bytes, more than %d: %w; refused", where, doc.Size, profile.MaxSize, profile.ErrTooLarge)
 	}
 	b, err := embedded(doc)
 	if err != nil {
-		return nil, fmt.Errorf("%s: document: %w", where, err)
+		return found{}, fmt.Errorf("%s: document: %w", where, err)
 	}
 	if b == nil {
 		if b, err = reg.Blob(doc.Digest, doc.Size).ReadAll(ctx); err != nil {
-			return nil, fmt.Errorf("%s: document: %w", where, err)
+			return found{}, fmt.Errorf("%s: document: %w", where, err)
 		}
 	}
 	p, err := profile.Parse(b)
 	if err != nil {
-		return nil, fmt.Errorf("%s: %w", where, err)
+		return found{}, fmt.Errorf("%s: %w", where, err)
 	}
-	return p, nil
+	return found{p: p, pack: pack}, nil
 }
 
 // embedded returns what d carries in its data field, checked against d's size and digest;
@@ -136,6 +161,7 @@ func embedded(d v1.Descriptor) ([]byte, error) {
 type PrefetchStats struct {
 	Image   string `json:"image"`
 	Profile string `json:"profile,omitempty"` // digest of the profile's manifest; "" if none
+	Pack    bool   `json:"pack,omitempty"`    // the layer indexes and chunks came in the profile's pack
 	Files   int    `json:"files"`             // profiled files found in the image
 	Stale   int    `json:"stale"`             // profiled files no longer in it, skipped
 	Bytes   int64  `json:"bytes"`             // bytes the profile's ranges cover
@@ -236,13 +262,36 @@ func (im *Image) PrefetchStats() (PrefetchStats, bool) {
 	return pf.st, true
 }
 
+// plan finds the profile's files in the image (profile.Plan): per layer, the ranges of
+// their content to fetch first, in the profile's order; how many files were found, the
+// paths of those that were not, and the bytes the ranges cover.
+func (im *Image) plan(p *profile.Profile) (per [][]store.Want, files int, stale []string, bytes int64, err error) {
+	layers := make([]profile.Layer, len(im.Layers))
+	for i, l := range im.Layers {
+		layers[i] = profile.Layer{Digest: l.Desc.Digest.String(), Index: l.Index}
+	}
+	wants, stale := p.Plan(layers)
+	per = make([][]store.Want, len(im.Layers))
+	for _, w := range wants {
+		f, err := im.Layers[w.Layer].file(w.Entry)
+		if err != nil {
+			return nil, 0, nil, 0, err
+		}
+		for _, r := range w.Ranges {
+			per[w.Layer] = append(per[w.Layer], store.Want{File: f, Off: r.Off, Len: r.Len})
+			bytes += r.Len
+		}
+	}
+	return per, len(wants), stale, bytes, nil
+}
+
 // profileLookup is a FindProfile running in the background.
 type profileLookup struct {
-	done     chan struct{}
-	p        *profile.Profile
-	desc     v1.Descriptor
+	done chan struct{}
+	found
 	err      error
 	requests int64 // the registry's requests while it ran (others' included)
+	after    int64 // the registry's requests when it ended
 }
 
 func lookupProfile(ctx context.Context, reg *fetch.Registry, subject v1.Hash) *profileLookup {
@@ -250,8 +299,9 @@ func lookupProfile(ctx context.Context, reg *fetch.Registry, subject v1.Hash) *p
 	go func() {
 		defer close(l.done)
 		before := reg.Stats().Requests
-		l.p, l.desc, l.err = FindProfile(ctx, reg, subject)
-		l.requests = reg.Stats().Requests - before
+		l.found, l.err = findProfile(ctx, reg, subject)
+		l.after = reg.Stats().Requests
+		l.requests = l.after - before
 	}()
 	return l
 }
@@ -267,6 +317,9 @@ func (im *Image) runPrefetch(ctx context.Context, pf *prefetch, log *slog.Logger
 		return nil // the image was closed
 	}
 	looked := im.Registry.Stats().Requests
+	if im.pack != nil {
+		looked = l.after // the pack's GET went out as the image opened
+	}
 	p, desc, err := l.p, l.desc, l.err
 	pf.mu.Lock()
 	pf.st.LookupRequests = l.requests
@@ -278,33 +331,31 @@ func (im *Image) runPrefetch(ctx context.Context, pf *prefetch, log *slog.Logger
 		log.Debug("no prefetch profile", "image", im.Ref)
 		return nil
 	}
-	layers := make([]profile.Layer, len(im.Layers))
-	for i, l := range im.Layers {
-		layers[i] = profile.Layer{Digest: l.Desc.Digest.String(), Index: l.Index}
+	per, files, stale, bytes, err := im.plan(p)
+	if err != nil {
+		return err
 	}
-	wants, stale := p.Plan(layers)
 	if len(stale) > 0 {
 		ex := stale[:min(len(stale), 5)]
 		log.Warn("profile names files the image no longer has; skipping them", "image", im.Ref, "profile", desc.Digest,
 			"stale", len(stale), "of", len(p.Files), "first", strings.Join(ex, ", "))
 	}
-	per := make([][]store.Want, len(im.Layers))
-	var bytes int64
-	for _, w := range wants {
-		l := im.Layers[w.Layer]
-		f, err := l.file(w.Entry)
-		if err != nil {
-			return err
-		}
-		im.lease.Pin(f) // what the workload reads at start stays while the image is mounted
-		for _, r := range w.Ranges {
-			per[w.Layer] = append(per[w.Layer], store.Want{File: f, Off: r.Off, Len: r.Len})
-			bytes += r.Len
+	for _, ws := range per {
+		for _, w := range ws {
+			im.lease.Pin(w.File) // what the workload reads at start stays while the image is mounted
 		}
 	}
 	pf.mu.Lock()
-	pf.st.Profile, pf.st.Files, pf.st.Stale, pf.st.Bytes = desc.Digest.String(), len(wants), len(stale), bytes
+	pf.st.Profile, pf.st.Files, pf.st.Stale, pf.st.Bytes = desc.Digest.String(), files, len(stale), bytes
+	pf.st.Pack = im.pack != nil
 	pf.mu.Unlock()
+	if im.pack != nil {
+		err := im.prefetchPacked(ctx, per)
+		pf.mu.Lock()
+		pf.st.Requests = im.Registry.Stats().Requests - looked
+		pf.mu.Unlock()
+		return err
+	}
 	g, gctx := errgroup.WithContext(ctx)
 	for i, ws := range per {
 		if len(ws) == 0 {

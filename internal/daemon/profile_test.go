@@ -80,10 +80,10 @@ func TestProfileRoundTrip(t *testing.T) {
 				t.Fatalf("no profile pushed yet: %v, %v", p, err)
 			}
 			t0 := time.Date(2025, 1, 1, 0, 0, 0, 0, time.UTC)
-			if _, err := profile.Push(repo, subject, testProfile(subject.Digest, t0.Add(time.Hour), "new")); err != nil {
+			if _, err := profile.Push(repo, subject, testProfile(subject.Digest, t0.Add(time.Hour), "new"), nil); err != nil {
 				t.Fatal(err)
 			}
-			if _, err := profile.Push(repo, subject, testProfile(subject.Digest, t0, "old")); err != nil {
+			if _, err := profile.Push(repo, subject, testProfile(subject.Digest, t0, "old"), nil); err != nil {
 				t.Fatal(err)
 			}
 			// Something else referring to the image is not a profile.
@@ -167,7 +167,7 @@ func TestProfileRefused(t *testing.T) {
 			if err := remote.WriteLayer(repo, static.NewLayer([]byte("{}"), profile.ArtifactType)); err != nil {
 				t.Fatal(err)
 			}
-			raw, err := profile.Manifest(subject, c.doc, time.Now())
+			raw, err := profile.Manifest(subject, c.doc, nil, time.Now())
 			if err != nil {
 				t.Fatal(err)
 			}
@@ -205,7 +205,7 @@ func TestProfileEmbedded(t *testing.T) {
 				t.Fatal(err)
 			}
 			doc := testProfile(subject.Digest, time.Now(), "embedded")
-			raw, err := profile.Manifest(subject, doc, time.Now())
+			raw, err := profile.Manifest(subject, doc, nil, time.Now())
 			if err != nil {
 				t.Fatal(err)
 			}
@@ -246,11 +246,11 @@ func TestProfileEmbedded(t *testing.T) {
 func TestProfileInTagIndex(t *testing.T) {
 	repo, subject := subjectImage(t, false)
 	t0 := time.Date(2025, 1, 1, 0, 0, 0, 0, time.UTC)
-	first, err := profile.Push(repo, subject, testProfile(subject.Digest, t0, "first"))
+	first, err := profile.Push(repo, subject, testProfile(subject.Digest, t0, "first"), nil)
 	if err != nil {
 		t.Fatal(err)
 	}
-	second, err := profile.Push(repo, subject, testProfile(subject.Digest, t0.Add(time.Hour), "second"))
+	second, err := profile.Push(repo, subject, testProfile(subject.Digest, t0.Add(time.Hour), "second"), nil)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -31,9 +31,9 @@ const AnnotationCreated = "org.opencontainers.image.created"
 const MaxEmbedded = 16 << 10
 
 // Manifest returns the artifact manifest of a profile document doc for the image manifest
-// subject: artifactType ArtifactType, an empty config, doc as its one layer (embedded too,
-// when at most MaxEmbedded bytes).
-func Manifest(subject v1.Descriptor, doc []byte, created time.Time) ([]byte, error) {
+// subject: artifactType ArtifactType, an empty config, doc as its first layer (embedded
+// too, when at most MaxEmbedded bytes), and the pack, when not nil, as its second.
+func Manifest(subject v1.Descriptor, doc []byte, pack *v1.Descriptor, created time.Time) ([]byte, error) {
 	dh, dn, err := v1.SHA256(bytes.NewReader(doc))
 	if err != nil {
 		return nil, err
@@ -57,28 +57,43 @@ func Manifest(subject v1.Descriptor, doc []byte, created time.Time) ([]byte, err
 	if len(doc) <= MaxEmbedded {
 		m.Layers[0].Data = doc
 	}
+	if pack != nil {
+		m.Layers = append(m.Layers, v1.Descriptor{MediaType: PackMediaType, Digest: pack.Digest, Size: pack.Size})
+	}
 	return json.Marshal(m)
 }
 
-// Push uploads the profile document doc as an artifact referring to the image manifest
-// subject, in repository repo, and returns the artifact manifest's descriptor. The manifest
+// Push uploads the profile document doc, and its pack when not nil (see PackWriter), as an
+// artifact referring to the image manifest subject, in repository repo, and returns the
+// artifact manifest's descriptor. The manifest
 // is put by digest; go-containerregistry then adds it to the referrers tag schema's index
 // when the registry has no referrers API (docker-registry 2.8), and leaves the index to the
 // registry when it has.
-func Push(repo name.Repository, subject v1.Descriptor, doc []byte, opts ...remote.Option) (v1.Descriptor, error) {
+func Push(repo name.Repository, subject v1.Descriptor, doc, pack []byte, opts ...remote.Option) (v1.Descriptor, error) {
 	p, err := Parse(doc)
 	if err != nil {
 		return v1.Descriptor{}, fmt.Errorf("push profile: %w", err)
 	}
-	for _, b := range []struct {
+	type blob struct {
 		data []byte
 		mt   types.MediaType
-	}{{emptyConfig, ArtifactType}, {doc, MediaType}} {
+	}
+	blobs := []blob{{emptyConfig, ArtifactType}, {doc, MediaType}}
+	var packDesc *v1.Descriptor
+	if pack != nil {
+		h, n, err := v1.SHA256(bytes.NewReader(pack))
+		if err != nil {
+			return v1.Descriptor{}, err
+		}
+		packDesc = &v1.Descriptor{Digest: h, Size: n}
+		blobs = append(blobs, blob{pack, PackMediaType})
+	}
+	for _, b := range blobs {
 		if err := remote.WriteLayer(repo, static.NewLayer(b.data, b.mt), opts...); err != nil {
-			return v1.Descriptor{}, fmt.Errorf("push profile to %s: upload blob: %w", repo, err)
+			return v1.Descriptor{}, fmt.Errorf("push profile to %s: upload %s blob: %w", repo, b.mt, err)
 		}
 	}
-	raw, err := Manifest(subject, doc, p.Created)
+	raw, err := Manifest(subject, doc, packDesc, p.Created)
 	if err != nil {
 		return v1.Descriptor{}, fmt.Errorf("push profile: %w", err)
 	}

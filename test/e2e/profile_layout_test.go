@@ -152,7 +152,7 @@ func TestProfileLayoutFewerRequests(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if _, err := profile.Push(lr.Context(), *ld, doc2); err != nil {
+	if _, err := profile.Push(lr.Context(), *ld, doc2, nil); err != nil {
 		t.Fatal(err)
 	}
 

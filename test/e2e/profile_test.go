@@ -141,7 +141,7 @@ func TestProfileCorruptRefused(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
-	raw, err := profile.Manifest(v1.Descriptor{MediaType: subject.MediaType, Digest: subject.Digest, Size: subject.Size}, doc, time.Now())
+	raw, err := profile.Manifest(v1.Descriptor{MediaType: subject.MediaType, Digest: subject.Digest, Size: subject.Size}, doc, nil, time.Now())
 	if err != nil {
 		t.Fatal(err)
 	}

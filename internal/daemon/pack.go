@@ -1,0 +1,335 @@
+package daemon
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"sync"
+	"time"
+
+	v1 "github.com/google/go-containerregistry/pkg/v1"
+	"golang.org/x/sync/errgroup"
+
+	"lazypull/format"
+	"lazypull/internal/fetch"
+	"lazypull/internal/profile"
+	"lazypull/internal/store"
+)
+
+// packWait bounds how long opening an image waits for its profile look-up to learn
+// whether a pack brings the layer indexes: the look-up is one round trip; one that takes
+// longer is not worth holding the mount for, and the indexes are then read from the layers.
+const packWait = 2 * time.Second
+
+// pack is a profile's pack (profile.PackWriter) being read from the registry, in one GET,
+// by the image's opening (the layer indexes, which come first) and then by its prefetch
+// (the chunk frames). Nothing in it is trusted: indexes are checked by format.ReadIndex
+// against the layers' annotations, frames by the store against their chunks' digests,
+// and what it lacks or gets wrong is fetched from the layer blobs.
+type pack struct {
+	blob *fetch.Blob
+	ctx  context.Context // the image's background: the GET ends with the image
+	log  *slog.Logger
+
+	mu      sync.Mutex
+	rc      io.ReadCloser
+	pr      *profile.PackReader
+	opened  bool
+	indexes map[format.Digest][]byte // index records read, not yet taken
+	next    *packRecord              // the first chunk record, read while looking for indexes
+	over    bool                     // no more records: the end, or an error (err)
+	err     error
+}
+
+type packRecord struct {
+	d format.Digest
+	b []byte
+}
+
+func newPack(ctx context.Context, reg *fetch.Registry, desc v1.Descriptor, log *slog.Logger) *pack {
+	return &pack{blob: reg.Blob(desc.Digest, desc.Size), ctx: ctx, log: log, indexes: map[format.Digest][]byte{}}
+}
+
+// openLocked sends the GET, once.
+func (p *pack) openLocked() {
+	if p.opened {
+		return
+	}
+	p.opened = true
+	rc, err := p.blob.Open(p.ctx)
+	if err == nil {
+		p.pr, err = profile.NewPackReader(rc, p.blob.Size())
+		if err != nil {
+			rc.Close()
+		}
+	}
+	if err != nil {
+		p.failLocked(err)
+		return
+	}
+	p.rc = rc
+	context.AfterFunc(p.ctx, func() { p.close() })
+}
+
+// failLocked ends the reading; a reason other than the image closing is logged, once.
+func (p *pack) failLocked(err error) {
+	if p.over {
+		return
+	}
+	p.over = true
+	if err == io.EOF {
+		return
+	}
+	p.err = err
+	if p.ctx.Err() == nil {
+		p.log.Warn("profile pack unreadable; reading from the layers instead", "pack", p.blob.Digest(), "err", err)
+	}
+}
+
+// nextLocked reads the next record; false at the end or after an error.
+func (p *pack) nextLocked() (profile.RecordKind, format.Digest, []byte, bool) {
+	if p.over {
+		return 0, format.Digest{}, nil, false
+	}
+	k, d, b, err := p.pr.Next()
+	if err != nil {
+		p.failLocked(err)
+		if p.rc != nil {
+			p.rc.Close()
+		}
+		return 0, d, nil, false
+	}
+	return k, d, b, true
+}
+
+// index returns the bytes of the index with digest d, when the pack holds them; it reads
+// the pack up to them (or to its first chunk: every index comes before).
+func (p *pack) index(d format.Digest) ([]byte, bool) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	p.openLocked()
+	for {
+		if b, ok := p.indexes[d]; ok {
+			delete(p.indexes, d)
+			return b, true
+		}
+		if p.next != nil {
+			return nil, false
+		}
+		k, rd, b, ok := p.nextLocked()
+		if !ok {
+			return nil, false
+		}
+		switch k {
+		case profile.RecordIndex:
+			p.indexes[rd] = append([]byte(nil), b...)
+		case profile.RecordChunk:
+			p.next = &packRecord{rd, append([]byte(nil), b...)}
+		}
+	}
+}
+
+// chunks hands fn every chunk record left in the pack, as it arrives; fn's error ends
+// the reading. It returns the pack's error, if it ended with one.
+func (p *pack) chunks(fn func(d format.Digest, frame []byte) error) error {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	p.openLocked()
+	p.indexes = nil // the layers are open: no one asks for an index any more
+	if r := p.next; r != nil {
+		p.next = nil
+		if err := fn(r.d, r.b); err != nil {
+			return err
+		}
+	}
+	for {
+		k, d, b, ok := p.nextLocked()
+		if !ok {
+			return p.err
+		}
+		if k != profile.RecordChunk {
+			continue
+		}
+		if err := fn(d, b); err != nil {
+			return err
+		}
+	}
+}
+
+// close ends the GET (the image closed).
+func (p *pack) close() {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	p.failLocked(io.EOF)
+	if p.rc != nil {
+		p.rc.Close()
+	}
+}
+
+// chunkKey names a chunk's frame where a layer blob holds it: by its chunk's digest (a
+// prefetch's plan) or by the layer (a pack's build).
+type chunkKey struct {
+	d        format.Digest
+	layer    *Layer
+	off, len int64
+}
+
+// packSource serves a prefetch's chunks from the pack, and what the pack does not bring
+// from the blobs of the layers that hold them.
+type packSource struct {
+	pack  *pack
+	owner map[chunkKey]*Layer
+}
+
+func (s packSource) Fetch(ctx context.Context, chunks []format.Chunk, fn func(format.Chunk, []byte) error) error {
+	want := make(map[format.Digest]format.Chunk, len(chunks))
+	for _, c := range chunks {
+		want[c.Digest] = c
+	}
+	got := make(map[format.Digest]bool, len(chunks))
+	err := s.pack.chunks(func(d format.Digest, frame []byte) error {
+		if c, ok := want[d]; ok && !got[d] && fn(c, frame) == nil {
+			got[d] = true // a frame fn refused (ErrCorrupt) is fetched from its layer below
+		}
+		return ctx.Err()
+	})
+	if err != nil && ctx.Err() != nil {
+		return ctx.Err()
+	}
+	rest := map[*Layer][]format.Chunk{}
+	for _, c := range chunks {
+		if got[c.Digest] {
+			continue
+		}
+		l := s.owner[chunkKey{d: c.Digest, off: c.Offset, len: c.CompSize}]
+		if l == nil {
+			return fmt.Errorf("prefetch: chunk %s at %d is in none of the image's layers", c.Digest, c.Offset)
+		}
+		rest[l] = append(rest[l], c)
+	}
+	g, gctx := errgroup.WithContext(ctx)
+	for l, cs := range rest {
+		g.Go(func() error {
+			if err := (blobSource{l.blob}).Fetch(gctx, cs, fn); err != nil {
+				return fmt.Errorf("layer %s: %w", l.Desc.Digest, err)
+			}
+			return nil
+		})
+	}
+	return g.Wait()
+}
+
+// prefetchPacked fetches the wants of every layer (per[i] for im.Layers[i]) in one
+// store.Prefetch from the pack.
+func (im *Image) prefetchPacked(ctx context.Context, per [][]store.Want) error {
+	owner := map[chunkKey]*Layer{}
+	var all []store.Want
+	for i, ws := range per {
+		l := im.Layers[i]
+		for _, w := range ws {
+			for _, c := range w.File.Chunks {
+				if k := (chunkKey{d: c.Digest, off: c.Offset, len: c.CompSize}); owner[k] == nil {
+					owner[k] = l
+				}
+			}
+		}
+		all = append(all, ws...)
+	}
+	if len(all) == 0 {
+		return nil
+	}
+	err := im.Layers[0].store.Prefetch(ctx, packSource{pack: im.pack, owner: owner}, all...)
+	if errors.Is(err, context.Canceled) && ctx.Err() != nil {
+		return nil
+	}
+	return err
+}
+
+// Pack builds the pack of profile p for the image (profile.PackWriter): every layer's
+// index, then the frame of every chunk the profile's ranges need, each once, in the
+// profile's order. The frames are fetched from the layer blobs as they are, and checked
+// against their chunks' digests, so a pack built from a bad registry fails here rather
+// than at every mount.
+func (im *Image) Pack(ctx context.Context, p *profile.Profile) ([]byte, error) {
+	var buf bytes.Buffer
+	pw := profile.NewPackWriter(&buf)
+	for _, l := range im.Layers {
+		loc, err := format.LocationFromAnnotations(l.Desc.Annotations)
+		if err != nil {
+			return nil, fmt.Errorf("pack: layer %s: %w", l.Desc.Digest, err)
+		}
+		b, err := l.store.Meta(loc.Digest)
+		if err != nil || int64(len(b)) != loc.Size {
+			b = make([]byte, loc.Size)
+			if _, err := l.blob.ReadAtContext(ctx, b, loc.Offset); err != nil {
+				return nil, fmt.Errorf("pack: layer %s: index: %w", l.Desc.Digest, err)
+			}
+		}
+		if err := pw.Index(loc.Digest, b); err != nil {
+			return nil, err
+		}
+	}
+	per, _, _, _, err := im.plan(p)
+	if err != nil {
+		return nil, fmt.Errorf("pack: %w", err)
+	}
+	// The chunks in the order the profile reads them, and per layer the frames to fetch.
+	type item struct {
+		l *Layer
+		c format.Chunk
+	}
+	var order []item
+	seen := map[format.Digest]bool{}
+	ranges := make([][]fetch.Range, len(im.Layers))
+	for i, ws := range per {
+		for _, w := range ws {
+			for _, c := range w.File.Chunks {
+				if c.FileOffset >= w.Off+w.Len || w.Off >= c.FileOffset+c.Size || seen[c.Digest] {
+					continue
+				}
+				seen[c.Digest] = true
+				order = append(order, item{im.Layers[i], c})
+				ranges[i] = append(ranges[i], fetch.Range{Off: c.Offset, Len: c.CompSize})
+			}
+		}
+	}
+	var mu sync.Mutex
+	frames := map[chunkKey][]byte{}
+	g, gctx := errgroup.WithContext(ctx)
+	for i, rs := range ranges {
+		if len(rs) == 0 {
+			continue
+		}
+		l := im.Layers[i]
+		g.Go(func() error {
+			err := l.blob.Fetch(gctx, rs, func(r fetch.Range, b []byte) error {
+				mu.Lock()
+				defer mu.Unlock()
+				frames[chunkKey{off: r.Off, len: r.Len, layer: l}] = bytes.Clone(b)
+				return nil
+			})
+			if err != nil {
+				return fmt.Errorf("pack: layer %s: %w", l.Desc.Digest, err)
+			}
+			return nil
+		})
+	}
+	if err := g.Wait(); err != nil {
+		return nil, err
+	}
+	for _, it := range order {
+		k := chunkKey{off: it.c.Offset, len: it.c.CompSize, layer: it.l}
+		frame := frames[k]
+		if _, err := it.c.Decode(nil, frame); err != nil {
+			return nil, fmt.Errorf("pack: layer %s: %w", it.l.Desc.Digest, err)
+		}
+		if err := pw.Chunk(it.c.Digest, frame); err != nil {
+			return nil, err
+		}
+		delete(frames, k)
+	}
+	return buf.Bytes(), nil
+}

@@ -1,0 +1,230 @@
+package profile
+
+import (
+	"bufio"
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"io"
+
+	"lazypull/format"
+)
+
+// A pack is a profile's start-up bytes in one blob: the index of every layer of the image
+// and the compressed frame of every chunk the profile's files need, in access order. A
+// mount reads it with one GET where it would read one index and one prefetch per layer
+// (three and a half round trips' worth of requests for a two-layer image become one),
+// and it needs no layer index to know what to ask for.
+//
+// A pack is trusted for nothing: each index it carries is checked against the digest in
+// its layer's annotations, each frame against its chunk's digest in that index, exactly as
+// if they came from the layer blob. A wrong or missing record costs a fetch from the layer
+// blob, never a wrong byte. It costs registry space: the profiled bytes are stored twice.
+//
+// Layout (integers big endian):
+//
+//	magic   [8]byte "LZPPACK\x00"
+//	version uint16  1
+//	records, to the end of the blob:
+//	  kind   uint8    1 index, 2 chunk frame
+//	  digest [32]byte index: the index's digest (format.AnnotationIndexDigest);
+//	                  chunk: the chunk's (of its uncompressed bytes)
+//	  length uint32
+//	  bytes  [length]byte
+//
+// Writers put every index record before the first chunk record: a mount waits for the
+// indexes, and the chunks come in the order the workload reads them.
+const (
+	// PackMediaType is the media type of a pack, the profile artifact's second layer.
+	PackMediaType = "application/vnd.lazypull.profile.pack.v1"
+	// MaxPack bounds a pack: what a workload reads at start, with room to spare.
+	MaxPack = 1 << 30
+)
+
+const (
+	packMagic   = "LZPPACK\x00"
+	packVersion = 1
+	packHeader  = len(packMagic) + 2
+	recHeader   = 1 + 32 + 4
+	// maxFrame bounds a chunk record: a frame of format.MaxChunkSize bytes of input that
+	// did not compress, with zstd's framing.
+	maxFrame = format.MaxChunkSize + format.MaxChunkSize/8
+)
+
+// RecordKind says what a pack record holds.
+type RecordKind uint8
+
+// Record kinds.
+const (
+	RecordIndex RecordKind = 1 // a layer's index, as its blob holds it
+	RecordChunk RecordKind = 2 // a chunk's compressed frame, as its blob holds it
+)
+
+func (k RecordKind) String() string {
+	switch k {
+	case RecordIndex:
+		return "index"
+	case RecordChunk:
+		return "chunk"
+	}
+	return fmt.Sprintf("kind %d", uint8(k))
+}
+
+// PackWriter writes a pack.
+type PackWriter struct {
+	w      io.Writer
+	n      int64
+	chunks bool // a chunk record was written
+	err    error
+}
+
+// NewPackWriter writes a pack's header to w and returns a writer of its records.
+func NewPackWriter(w io.Writer) *PackWriter {
+	pw := &PackWriter{w: w}
+	hdr := make([]byte, packHeader)
+	copy(hdr, packMagic)
+	binary.BigEndian.PutUint16(hdr[len(packMagic):], packVersion)
+	pw.write(hdr)
+	return pw
+}
+
+// Index adds the index region of a layer (what its blob holds at the index's offset), by
+// the index's digest. Every index comes before the first chunk.
+func (pw *PackWriter) Index(d format.Digest, b []byte) error {
+	if pw.chunks {
+		return errors.New("pack: an index record after a chunk record")
+	}
+	if len(b) > format.MaxIndexSize {
+		return fmt.Errorf("pack: index %s of %d bytes, more than %d", d, len(b), format.MaxIndexSize)
+	}
+	return pw.record(RecordIndex, d, b)
+}
+
+// Chunk adds a chunk's compressed frame, by the chunk's digest.
+func (pw *PackWriter) Chunk(d format.Digest, frame []byte) error {
+	if len(frame) > maxFrame {
+		return fmt.Errorf("pack: frame of chunk %s of %d bytes, more than %d", d, len(frame), maxFrame)
+	}
+	pw.chunks = true
+	return pw.record(RecordChunk, d, frame)
+}
+
+// Size is the pack's length so far.
+func (pw *PackWriter) Size() int64 { return pw.n }
+
+func (pw *PackWriter) record(k RecordKind, d format.Digest, b []byte) error {
+	if pw.n+int64(recHeader+len(b)) > MaxPack {
+		return fmt.Errorf("pack: more than %d bytes", MaxPack)
+	}
+	var hdr [recHeader]byte
+	hdr[0] = byte(k)
+	copy(hdr[1:33], d[:])
+	binary.BigEndian.PutUint32(hdr[33:], uint32(len(b)))
+	pw.write(hdr[:])
+	pw.write(b)
+	return pw.err
+}
+
+func (pw *PackWriter) write(b []byte) {
+	if pw.err != nil {
+		return
+	}
+	n, err := pw.w.Write(b)
+	pw.n += int64(n)
+	if err != nil {
+		pw.err = fmt.Errorf("pack: %w", err)
+	}
+}
+
+// ErrBadPack is wrapped by a PackReader's errors for bytes that are not a pack.
+var ErrBadPack = errors.New("not a lazypull pack")
+
+// PackReader reads a pack's records as they arrive.
+type PackReader struct {
+	r    *bufio.Reader
+	left int64 // bytes of the pack not read yet
+	off  int64 // offset of the next record
+	buf  []byte
+	err  error
+}
+
+// NewPackReader reads a pack of size bytes from r: its header now, its records on Next.
+func NewPackReader(r io.Reader, size int64) (*PackReader, error) {
+	if size < int64(packHeader) || size > MaxPack {
+		return nil, fmt.Errorf("pack of %d bytes: want %d to %d: %w", size, packHeader, MaxPack, ErrBadPack)
+	}
+	pr := &PackReader{r: bufio.NewReaderSize(r, 64<<10), left: size - int64(packHeader), off: int64(packHeader)}
+	var hdr [packHeader]byte
+	if _, err := io.ReadFull(pr.r, hdr[:]); err != nil {
+		return nil, fmt.Errorf("pack header: %w", unexpected(err))
+	}
+	if string(hdr[:len(packMagic)]) != packMagic {
+		return nil, fmt.Errorf("pack header: %w (magic %q)", ErrBadPack, hdr[:len(packMagic)])
+	}
+	if v := binary.BigEndian.Uint16(hdr[len(packMagic):]); v != packVersion {
+		return nil, fmt.Errorf("pack header: version %d, this lazypull reads %d: %w", v, packVersion, ErrBadPack)
+	}
+	return pr, nil
+}
+
+// Next returns the next record: its kind, digest and bytes (valid until the next call).
+// It returns io.EOF after the last one, and an error for a record that is malformed or cut
+// short; after an error it returns that error again.
+func (pr *PackReader) Next() (RecordKind, format.Digest, []byte, error) {
+	if pr.err != nil {
+		return 0, format.Digest{}, nil, pr.err
+	}
+	k, d, b, err := pr.next()
+	if err != nil {
+		pr.err = err
+	}
+	return k, d, b, err
+}
+
+func (pr *PackReader) next() (RecordKind, format.Digest, []byte, error) {
+	var d format.Digest
+	if pr.left == 0 {
+		return 0, d, nil, io.EOF
+	}
+	at := pr.off
+	if pr.left < recHeader {
+		return 0, d, nil, fmt.Errorf("pack record at %d: %d bytes left, a record header is %d: %w", at, pr.left, recHeader, ErrBadPack)
+	}
+	var hdr [recHeader]byte
+	if _, err := io.ReadFull(pr.r, hdr[:]); err != nil {
+		return 0, d, nil, fmt.Errorf("pack record at %d: %w", at, unexpected(err))
+	}
+	k := RecordKind(hdr[0])
+	copy(d[:], hdr[1:33])
+	n := int64(binary.BigEndian.Uint32(hdr[33:]))
+	limit := int64(maxFrame)
+	switch k {
+	case RecordIndex:
+		limit = format.MaxIndexSize
+	case RecordChunk:
+	default:
+		return 0, d, nil, fmt.Errorf("pack record at %d: %s: %w", at, k, ErrBadPack)
+	}
+	if n > limit || n > pr.left-recHeader {
+		return 0, d, nil, fmt.Errorf("pack record at %d (%s %s): %d bytes, more than the %d allowed or the %d left: %w",
+			at, k, d, n, limit, pr.left-recHeader, ErrBadPack)
+	}
+	if int64(cap(pr.buf)) < n {
+		pr.buf = make([]byte, n)
+	}
+	b := pr.buf[:n]
+	if _, err := io.ReadFull(pr.r, b); err != nil {
+		return 0, d, nil, fmt.Errorf("pack record at %d (%s %s): %w", at, k, d, unexpected(err))
+	}
+	pr.left -= recHeader + n
+	pr.off += recHeader + n
+	return k, d, b, nil
+}
+
+// unexpected: a pack that ends before its size is cut short.
+func unexpected(err error) error {
+	if errors.Is(err, io.EOF) {
+		return io.ErrUnexpectedEOF
+	}
+	return err
+}
