@@ -155,7 +155,11 @@ func runMount(ctx context.Context, e *env, vals any, args []string) error {
 	}()
 	for i := 0; i < len(args); i += 2 {
 		ref, dir := args[i], args[i+1]
-		im, err := daemon.OpenImage(ctx, st, ref, platform, fopts...)
+		open := daemon.OpenImage
+		if f.prefetch {
+			open = daemon.OpenImageWithProfile
+		}
+		im, err := open(ctx, st, ref, platform, fopts...)
 		if err != nil {
 			return err
 		}

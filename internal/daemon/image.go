@@ -67,6 +67,17 @@ func OpenImage(ctx context.Context, st *store.Store, ref string, platform *v1.Pl
 	return im, err
 }
 
+// OpenImageWithProfile is OpenImage for an image Prefetch is to run on: the image's profile
+// is looked up as it opens, and the profile's pack, when it has one, brings the layer
+// indexes and the prefetch in one request.
+func OpenImageWithProfile(ctx context.Context, st *store.Store, ref string, platform *v1.Platform, opts ...fetch.Option) (*Image, error) {
+	im, err := openImage(ctx, st, ref, platform, nil, false, true, opts...)
+	if err == nil {
+		im.waitKept()
+	}
+	return im, err
+}
+
 // openImage is OpenImage; with partial, a layer that is not a lazypull layer or whose
 // index cannot be read (missing, corrupt, not matching its annotations) does not fail the
 // image: it is left out of Layers and its error kept in Failed. The snapshotter then

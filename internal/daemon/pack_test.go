@@ -1,0 +1,248 @@
+package daemon
+
+import (
+	"bytes"
+	"context"
+	"encoding/binary"
+	"log/slog"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/google/go-containerregistry/pkg/name"
+	v1 "github.com/google/go-containerregistry/pkg/v1"
+	"github.com/google/go-containerregistry/pkg/v1/mutate"
+	"github.com/google/go-containerregistry/pkg/v1/remote"
+	"github.com/google/go-containerregistry/pkg/v1/types"
+
+	"lazypull/internal/fetch"
+	"lazypull/internal/profile"
+	"lazypull/internal/store"
+)
+
+// twoLayerImage is a lazypull image of two layers, base and app.
+func twoLayerImage(t *testing.T, base, app map[string][]byte) v1.Image {
+	t.Helper()
+	img, _ := lazyImageOf(t, base)
+	top, _ := lazyImageOf(t, app)
+	m, err := top.Manifest()
+	if err != nil {
+		t.Fatal(err)
+	}
+	ls, err := top.Layers()
+	if err != nil {
+		t.Fatal(err)
+	}
+	img, err = mutate.Append(img, mutate.Addendum{Layer: ls[0], Annotations: m.Layers[0].Annotations, MediaType: m.Layers[0].MediaType})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return mutate.MediaType(img, types.OCIManifestSchema1)
+}
+
+// packFixture pushes a two-layer image and a profile of files in both layers, and returns
+// the image's reference, its files, the profile and its pack (built as `lazypull profile`
+// builds it), and the registry's request counts.
+func packFixture(t *testing.T) (ref string, files map[string][]byte, p *profile.Profile, pack []byte, subject v1.Descriptor, reqs *requestLog) {
+	t.Helper()
+	big := func(s string, n int) []byte { return bytes.Repeat([]byte(s), n) }
+	base := map[string][]byte{"lib/libc.so": randomish(1, 900_000), "etc/passwd": []byte("root:x:0:0::/root:/bin/sh\n"), "lib/unused": big("u", 50_000)}
+	app := map[string][]byte{"bin/app": randomish(2, 700_000), "etc/app.conf": []byte("x=1\n"), "share/doc": big("d", 80_000)}
+	files = map[string][]byte{}
+	for _, m := range []map[string][]byte{base, app} {
+		for k, v := range m {
+			files[k] = v
+		}
+	}
+	img := twoLayerImage(t, base, app)
+	host, reqs := countedRegistry(t)
+	ref = host + "/pack:v1"
+	r, _ := name.ParseReference(ref)
+	if err := remote.Write(r, img); err != nil {
+		t.Fatal(err)
+	}
+	m, _ := img.Manifest()
+	d, _ := img.Digest()
+	raw, _ := img.RawManifest()
+	subject = v1.Descriptor{MediaType: types.OCIManifestSchema1, Digest: d, Size: int64(len(raw))}
+	p = &profile.Profile{Subject: d.String(), Created: time.Now().UTC().Truncate(time.Second),
+		Layers: []string{m.Layers[0].Digest.String(), m.Layers[1].Digest.String()},
+		Files: []profile.File{
+			{Layer: 1, Path: "bin/app", AtUS: 0, Ranges: []profile.Range{{Off: 0, Len: 700_000}}},
+			{Layer: 0, Path: "etc/passwd", AtUS: 10, Ranges: []profile.Range{{Off: 0, Len: 26}}},
+			{Layer: 0, Path: "lib/libc.so", AtUS: 20, Ranges: []profile.Range{{Off: 0, Len: 900_000}}},
+			{Layer: 1, Path: "etc/app.conf", AtUS: 30, Ranges: []profile.Range{{Off: 0, Len: 4}}},
+		}}
+	st, err := store.Open(t.TempDir())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer st.Close()
+	im, err := OpenImage(context.Background(), st, ref, nil, fetch.WithPlainHTTP())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer im.Close()
+	if pack, err = im.Pack(context.Background(), p); err != nil {
+		t.Fatal(err)
+	}
+	reqs.mu.Lock()
+	clear(reqs.n)
+	reqs.mu.Unlock()
+	return ref, files, p, pack, subject, reqs
+}
+
+// randomish is n bytes that do not compress, from seed.
+func randomish(seed uint64, n int) []byte {
+	b := make([]byte, n)
+	x := seed*0x9E3779B97F4A7C15 + 1
+	for i := range b {
+		x ^= x << 13
+		x ^= x >> 7
+		x ^= x << 17
+		b[i] = byte(x)
+	}
+	return b
+}
+
+// pushProfile pushes p with pack (nil: none) for subject in ref's repository.
+func pushProfile(t *testing.T, ref string, subject v1.Descriptor, p *profile.Profile, pack []byte) {
+	t.Helper()
+	doc, err := p.Marshal()
+	if err != nil {
+		t.Fatal(err)
+	}
+	r, _ := name.ParseReference(ref)
+	if _, err := profile.Push(r.Context(), subject, doc, pack); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// openPrefetched opens ref as the snapshotter does (look-up and prefetch) over a fresh
+// store and waits for the prefetch.
+func openPrefetched(t *testing.T, ref string) (*Image, PrefetchStats) {
+	t.Helper()
+	st, err := store.Open(t.TempDir())
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { st.Close() })
+	im, err := openImage(context.Background(), st, ref, nil, nil, true, true, fetch.WithPlainHTTP())
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(im.Close)
+	im.waitKept()
+	im.Prefetch(context.Background(), PrefetchOptions{Wait: time.Minute, Log: slog.New(slog.DiscardHandler)})
+	ps, _ := im.PrefetchStats()
+	if !ps.Done {
+		t.Fatalf("prefetch not done after a minute: %+v", ps)
+	}
+	return im, ps
+}
+
+// readFile reads one file of the image through its layer, as the mount does.
+func readFile(t *testing.T, im *Image, path string) []byte {
+	t.Helper()
+	for i := len(im.Layers) - 1; i >= 0; i-- {
+		l := im.Layers[i]
+		e, ok := l.Index.Lookup(path)
+		if !ok {
+			continue
+		}
+		b := make([]byte, e.Size)
+		if n, err := l.ReadAt(context.Background(), e, b, 0); int64(n) != e.Size {
+			t.Fatalf("read %s: %d of %d bytes: %v", path, n, e.Size, err)
+		}
+		return b
+	}
+	t.Fatalf("%s not in the image", path)
+	return nil
+}
+
+// TestPackPrefetch: with a pack, opening the image and prefetching its profile takes one
+// blob request (the pack: both layers' indexes and the profiled chunks), and the profiled
+// files are then read with no request at all; the rest still comes from the layers.
+func TestPackPrefetch(t *testing.T) {
+	ref, files, p, pack, subject, reqs := packFixture(t)
+	pushProfile(t, ref, subject, p, pack)
+	reqs.mu.Lock()
+	clear(reqs.n)
+	reqs.mu.Unlock()
+	im, ps := openPrefetched(t, ref)
+	if ps.Err != "" || !ps.Pack || ps.Files != 4 || ps.Requests != 1 {
+		t.Errorf("prefetch %+v; want the 4 files from the pack, in its one request", ps)
+	}
+	if n := reqs.count("GET blobs"); n != 1 {
+		t.Errorf("%d blob requests to open and prefetch; want 1 (the pack)", n)
+	}
+	for _, f := range p.Files {
+		if got := readFile(t, im, f.Path); !bytes.Equal(got, files[f.Path]) {
+			t.Errorf("%s: wrong bytes", f.Path)
+		}
+	}
+	if n := reqs.count("GET blobs"); n != 1 {
+		t.Errorf("%d blob requests after reading the profiled files; want still 1", n)
+	}
+	if got := readFile(t, im, "share/doc"); !bytes.Equal(got, files["share/doc"]) {
+		t.Errorf("share/doc: wrong bytes")
+	}
+	if n := reqs.count("GET blobs"); n != 2 {
+		t.Errorf("%d blob requests after reading a file the profile does not name; want 2", n)
+	}
+}
+
+// packRecords splits a pack into its records' (offset of the bytes, length), in order.
+func packRecords(t *testing.T, pack []byte) (kinds []byte, at []int, lens []int) {
+	t.Helper()
+	for off := 10; off < len(pack); {
+		n := int(binary.BigEndian.Uint32(pack[off+33:]))
+		kinds, at, lens = append(kinds, pack[off]), append(at, off+37), append(lens, n)
+		off += 37 + n
+	}
+	return kinds, at, lens
+}
+
+// TestPackDamaged: a pack that is wrong (an index or a frame changed) or cut short is
+// trusted for nothing: the image opens, the prefetch ends without error, and every file
+// reads right, what the pack could not give fetched from the layers.
+func TestPackDamaged(t *testing.T) {
+	for _, c := range []struct {
+		name   string
+		damage func(t *testing.T, pack []byte) []byte
+	}{
+		{"bad index", func(t *testing.T, pack []byte) []byte {
+			_, at, lens := packRecords(t, pack)
+			pack[at[1]+lens[1]/2] ^= 0xff // the second layer's index
+			return pack
+		}},
+		{"bad frame", func(t *testing.T, pack []byte) []byte {
+			kinds, at, lens := packRecords(t, pack)
+			if kinds[2] != byte(profile.RecordChunk) {
+				t.Fatalf("record 2 is of kind %d, want a chunk", kinds[2])
+			}
+			pack[at[2]+lens[2]/2] ^= 0xff
+			return pack
+		}},
+		{"cut short", func(t *testing.T, pack []byte) []byte {
+			return pack[:len(pack)-1000]
+		}},
+		{"not a pack", func(t *testing.T, pack []byte) []byte {
+			return []byte(strings.Repeat("not a pack ", 100))
+		}},
+	} {
+		t.Run(c.name, func(t *testing.T) {
+			ref, files, p, pack, subject, _ := packFixture(t)
+			pushProfile(t, ref, subject, p, c.damage(t, pack))
+			im, ps := openPrefetched(t, ref)
+			if ps.Err != "" || !ps.Pack || ps.Files != 4 {
+				t.Errorf("prefetch %+v; want the 4 files prefetched, without error", ps)
+			}
+			for path, want := range files {
+				if got := readFile(t, im, path); !bytes.Equal(got, want) {
+					t.Errorf("%s: wrong bytes", path)
+				}
+			}
+		})
+	}
+}
