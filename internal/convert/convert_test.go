@@ -81,7 +81,7 @@ func TestConvertRandomImageRegistry(t *testing.T) {
 	if k, _ := classifyManifest(desc.MediaType, raw); k != kindImage || desc.MediaType != types.OCIManifestSchema1 {
 		t.Errorf("result is %s, want an OCI manifest", desc.MediaType)
 	}
-	checkConverted(t, dstReader{t, dst}.image(desc.Digest), rawConfig(t, img), tarsOf(t, img), nil)
+	dstReader{t, dst}.check(desc.Digest, rawConfig(t, img), tarsOf(t, img), nil)
 	if s.Layers != 3 || s.Files != 3 || s.Chunks < 3 || s.BytesIn == 0 || s.BytesOut == 0 {
 		t.Errorf("summary %+v", s)
 	}
@@ -124,7 +124,7 @@ func TestConvertRandomIndexRegistryToLayout(t *testing.T) {
 		if d.MediaType != types.OCIManifestSchema1 || d.Platform == nil || !d.Platform.Equals(platforms[i]) || d.Annotations["n"] != string(rune('a'+i)) {
 			t.Errorf("entry %d: %s %v %v", i, d.MediaType, d.Platform, d.Annotations)
 		}
-		checkConverted(t, dstReader{t, dst}.image(d.Digest), rawConfig(t, imgs[i]), tarsOf(t, imgs[i]), nil)
+		dstReader{t, dst}.check(d.Digest, rawConfig(t, imgs[i]), tarsOf(t, imgs[i]), nil)
 	}
 	if s.Layers != 4 {
 		t.Errorf("summary counts %d layers, want 4", s.Layers)
@@ -151,7 +151,7 @@ func TestConvertRandomImageLayoutToRegistry(t *testing.T) {
 	convertOK(t, "oci:"+dir+":v2", dst, testOptions())
 
 	desc, _ := dstReader{t, dst}.root()
-	checkConverted(t, dstReader{t, dst}.image(desc.Digest), rawConfig(t, img), tarsOf(t, img), nil)
+	dstReader{t, dst}.check(desc.Digest, rawConfig(t, img), tarsOf(t, img), nil)
 }
 
 // Every layer media type lazypull reads, Docker and OCI manifests, layout and registry.
@@ -182,7 +182,7 @@ func TestConvertMediaTypes(t *testing.T) {
 			dst := "oci:" + dir + ":dst" // the same layout: blobs are shared, tags added
 			s := convertOK(t, "oci:"+dir+":src", dst, testOptions())
 			desc, _ := dstReader{t, dst}.root()
-			checkConverted(t, dstReader{t, dst}.image(desc.Digest), f.config, f.tars, annotations)
+			dstReader{t, dst}.check(desc.Digest, f.config, f.tars, annotations)
 			if tags := layoutTags(t, dir); !slices.Equal(tags, []string{"src", "dst"}) {
 				t.Errorf("layout tags %v, want [src dst]", tags)
 			}
@@ -196,7 +196,7 @@ func TestConvertMediaTypes(t *testing.T) {
 			dst := host + "/mt/" + tc.name + ":dst"
 			convertOK(t, src, dst, testOptions())
 			desc, _ := dstReader{t, dst}.root()
-			checkConverted(t, dstReader{t, dst}.image(desc.Digest), f.config, f.tars, annotations)
+			dstReader{t, dst}.check(desc.Digest, f.config, f.tars, annotations)
 		})
 	}
 }
@@ -237,7 +237,7 @@ func TestConvertPlatforms(t *testing.T) {
 			if !idx.Manifests[i].Platform.Equals(*f.platform) {
 				t.Errorf("entry %d platform %v", i, idx.Manifests[i].Platform)
 			}
-			checkConverted(t, dstReader{t, dst}.image(idx.Manifests[i].Digest), f.config, f.tars, f.annotations)
+			dstReader{t, dst}.check(idx.Manifests[i].Digest, f.config, f.tars, f.annotations)
 		}
 		if s.Layers != 3 {
 			t.Errorf("converted %d layers, want 3 (one shared)", s.Layers)
@@ -251,7 +251,7 @@ func TestConvertPlatforms(t *testing.T) {
 		dst := "oci:" + filepath.Join(t.TempDir(), "amd")
 		convertOK(t, "oci:"+single, dst, opts)
 		desc, _ := dstReader{t, dst}.root()
-		checkConverted(t, dstReader{t, dst}.image(desc.Digest), amd.config, amd.tars, amd.annotations)
+		dstReader{t, dst}.check(desc.Digest, amd.config, amd.tars, amd.annotations)
 	})
 	for _, want := range []string{"linux/arm64", "linux/arm64/v8"} {
 		t.Run(want, func(t *testing.T) {
@@ -263,7 +263,7 @@ func TestConvertPlatforms(t *testing.T) {
 			if desc.MediaType != types.OCIManifestSchema1 || s.Layers != 2 {
 				t.Fatalf("result is %s with %d layers, want one manifest with 2", desc.MediaType, s.Layers)
 			}
-			checkConverted(t, dstReader{t, dst}.image(desc.Digest), arm.config, arm.tars, arm.annotations)
+			dstReader{t, dst}.check(desc.Digest, arm.config, arm.tars, arm.annotations)
 		})
 	}
 }
@@ -284,7 +284,7 @@ func TestConvertTwice(t *testing.T) {
 		t.Errorf("layout tags %v, want [src lazy]", tags)
 	}
 	desc, _ := dstReader{t, "oci:" + dir + ":lazy"}.root()
-	checkConverted(t, dstReader{t, "oci:" + dir + ":lazy"}.image(desc.Digest), f.config, f.tars, nil)
+	dstReader{t, "oci:" + dir + ":lazy"}.check(desc.Digest, f.config, f.tars, nil)
 
 	// Another image into the same tag replaces the entry.
 	g := newFixture(t, rng, true, layerSpec{mt: types.OCILayerZStd})
@@ -298,7 +298,7 @@ func TestConvertTwice(t *testing.T) {
 	if desc.Digest.String() != third.Digest || third.Digest == first.Digest {
 		t.Errorf("tag points at %s, want the new conversion %s", desc.Digest, third.Digest)
 	}
-	checkConverted(t, dstReader{t, "oci:" + dir + ":lazy"}.image(desc.Digest), g.config, g.tars, g.annotations)
+	dstReader{t, "oci:" + dir + ":lazy"}.check(desc.Digest, g.config, g.tars, g.annotations)
 }
 
 // The converted manifest as JSON: media types, config descriptor, layer annotations.

@@ -359,6 +359,45 @@ func (d dstReader) image(h v1.Hash) v1.Image {
 	return img
 }
 
+// blob reads the blob h from the layout or registry by digest alone, as a reader that
+// ignores a descriptor's data field does.
+func (d dstReader) blob(h v1.Hash) []byte {
+	d.t.Helper()
+	loc, _ := parseLocation(d.loc, false)
+	if loc.isLayout() {
+		b, err := os.ReadFile(blobPath(loc.dir, h))
+		if err != nil {
+			d.t.Fatalf("blob %s: %v", h, err)
+		}
+		return b
+	}
+	l, err := remote.Layer(loc.ref.Context().Digest(h.String()))
+	if err != nil {
+		d.t.Fatalf("blob %s: %v", h, err)
+	}
+	rc, err := l.Compressed()
+	if err != nil {
+		d.t.Fatalf("blob %s: %v", h, err)
+	}
+	defer rc.Close()
+	b, err := io.ReadAll(rc)
+	if err != nil {
+		d.t.Fatalf("blob %s: %v", h, err)
+	}
+	return b
+}
+
+// check runs checkConverted on the image h names and reads its config blob on its own:
+// ggcr takes a registry image's config from the manifest when the manifest embeds it, so
+// checkConverted alone would not see a config blob that was never written.
+func (d dstReader) check(h v1.Hash, config []byte, tars [][]byte, annotations map[string]string) {
+	d.t.Helper()
+	checkConverted(d.t, d.image(h), config, tars, annotations)
+	if b := d.blob(sha(config)); !bytes.Equal(b, config) {
+		d.t.Errorf("config blob %s: %d bytes stored, not the config", sha(config), len(b))
+	}
+}
+
 // checkConverted checks a converted image against the tars it was made from: OCI media
 // types, the config blob unchanged, the annotations kept, and every layer a lazypull layer
 // that decompresses to exactly the original tar and opens through its index.
