@@ -5,6 +5,7 @@ import (
 	"context"
 	"encoding/base64"
 	"encoding/json"
+	"maps"
 	"math/rand"
 	"net"
 	"net/http"
@@ -399,4 +400,60 @@ func TestConvertDockerConfigCredentials(t *testing.T) {
 	}
 	convertOK(t, "oci:"+dir, dst, opts)
 	convertOK(t, dst, "oci:"+filepath.Join(t.TempDir(), "back"), opts)
+}
+
+// The converted manifest carries a config up to maxEmbeddedConfig in its descriptor's data
+// field, in either output, and writes the config blob all the same; a larger config is
+// only written.
+func TestConvertEmbedsConfig(t *testing.T) {
+	rng := rand.New(rand.NewSource(11))
+	host := newRegistry(t, nil)
+	base := newFixture(t, rng, true, layerSpec{mt: types.OCILayer})
+	// Leading blanks keep the config valid JSON: sized to just the bound and one past it.
+	padded := func(size int) *fixture {
+		f := *base
+		f.blobs = maps.Clone(base.blobs)
+		f.config = append(bytes.Repeat([]byte(" "), size-len(base.config)), base.config...)
+		f.configDesc = v1.Descriptor{MediaType: types.OCIConfigJSON, Digest: sha(f.config), Size: int64(len(f.config))}
+		f.blobs[f.configDesc.Digest] = f.config
+		f.build(t, true)
+		return &f
+	}
+	for _, tc := range []struct {
+		name  string
+		f     *fixture
+		embed bool
+	}{
+		{"small", base, true},
+		{"at the bound", padded(maxEmbeddedConfig), true},
+		{"over the bound", padded(maxEmbeddedConfig + 1), false},
+	} {
+		dir := t.TempDir()
+		writeFixtures(t, dir, "src", tc.f.manifest, tc.f.manifestMT, tc.f)
+		for out, dst := range map[string]string{
+			"layout":   "oci:" + t.TempDir() + ":dst", // not the source's: its blobs are not there
+			"registry": host + "/embed/" + strings.ReplaceAll(tc.name, " ", "-") + ":dst",
+		} {
+			t.Run(tc.name+"/"+out, func(t *testing.T) {
+				convertOK(t, "oci:"+dir+":src", dst, testOptions())
+				_, raw := dstReader{t, dst}.root()
+				m, err := v1.ParseManifest(bytes.NewReader(raw))
+				if err != nil {
+					t.Fatal(err)
+				}
+				if m.Config.Digest != sha(tc.f.config) || m.Config.Size != int64(len(tc.f.config)) {
+					t.Fatalf("config descriptor %s %d, want %s %d", m.Config.Digest, m.Config.Size, sha(tc.f.config), len(tc.f.config))
+				}
+				switch {
+				case tc.embed && !bytes.Equal(m.Config.Data, tc.f.config):
+					t.Errorf("config data is %d bytes, want the %d-byte config blob", len(m.Config.Data), len(tc.f.config))
+				case !tc.embed && m.Config.Data != nil:
+					t.Errorf("a %d-byte config is embedded; the bound is %d", len(tc.f.config), maxEmbeddedConfig)
+				}
+				if b := (dstReader{t, dst}).blob(m.Config.Digest); !bytes.Equal(b, tc.f.config) {
+					t.Errorf("config blob not written as it is: %d bytes", len(b))
+				}
+			})
+		}
+	}
 }

@@ -10,8 +10,10 @@
 //   - with Options.Profile, each layer's entries are reordered instead, the profile's files
 //     first (layout.go): the diff IDs change, and the config is rewritten with the new ones;
 //   - layers that already are lazypull layers (format.IsLayer) are copied as they are;
-//   - the result is an OCI image manifest per image, with the original manifest annotations,
-//     and an OCI index when the source was multi-platform and no platform was picked.
+//   - the result is an OCI image manifest per image, with the original manifest annotations
+//     and the config embedded in the config descriptor's data field (up to 16 KiB; the blob
+//     is written too), and an OCI index when the source was multi-platform and no platform
+//     was picked.
 //
 // Every blob read is checked against its descriptor (size and digest), every layer against
 // the diff ID its config lists. Blobs are written first, then manifests, and the tag last, so

@@ -163,6 +163,10 @@ func TestConvertLayoutByProfile(t *testing.T) {
 	if raw, _ := got.RawConfigFile(); !bytes.Contains(raw, []byte(`"history"`)) && bytes.Contains(rawConfig(t, img), []byte(`"history"`)) {
 		t.Errorf("config lost its history: %s", raw)
 	}
+	// The rewritten config is the one the manifest embeds, and is written as a blob too.
+	if md, _ := got.Manifest(); md.Config.Data == nil || !bytes.Equal(out.blob(md.Config.Digest), md.Config.Data) {
+		t.Errorf("the rewritten config is not both embedded in the manifest and written")
+	}
 	names, content := tarNames(t, tars[0])
 	wantFirst := []string{".", "usr", "usr/lib", "usr/lib/m41.so", ".wh.app", "app", "app/.wh..wh..opq", "app/a20.py", "usr/lib/m07.so",
 		"usr/lib/m03.so", "etc", "etc/os-release", "usr/lib/m12.so"}

@@ -220,13 +220,28 @@ func (p *plan) uniqueConfigs() []*imageJob {
 	return out
 }
 
-// buildOutput serializes the converted manifest: OCI media types, the original config blob,
-// the converted layers, the original annotations.
+// maxEmbeddedConfig is the largest config the converted manifest carries in its config
+// descriptor's data field (OCI image-spec 1.1), which saves a puller the config's round trip.
+// Configs are a few KiB and base64 adds a third, so at this bound the manifest grows by at
+// most about 22 KiB, bytes of a response the pull waits for anyway in place of a request of
+// their own, and stays far below the 4 MiB a registry must accept and containerd (and
+// lazypull's fetch) read for a manifest. A larger config (a long history) is left to its
+// own request.
+const maxEmbeddedConfig = 16 << 10
+
+// buildOutput serializes the converted manifest: OCI media types, the original config blob
+// (embedded in its descriptor too, up to maxEmbeddedConfig), the converted layers, the
+// original annotations.
 func (img *imageJob) buildOutput(layerFor func(v1.Descriptor) *layerJob) error {
+	config := img.configDesc
+	if len(img.config) <= maxEmbeddedConfig {
+		// The config blob is written all the same: a reader that ignores data fetches it.
+		config.Data = img.config
+	}
 	m := v1.Manifest{
 		SchemaVersion: 2,
 		MediaType:     types.OCIManifestSchema1,
-		Config:        img.configDesc,
+		Config:        config,
 		Layers:        make([]v1.Descriptor, 0, len(img.manifest.Layers)),
 		Annotations:   img.manifest.Annotations,
 	}
