@@ -31,9 +31,10 @@ var pullCommand = &command{
 	summary: "pull an image into containerd for the lazypull snapshotter, layers left in the registry",
 	help: `
 Pulls REF through containerd (--address) and unpacks it with the lazypull snapshotter:
-containerd downloads the manifest and the config, and the snapshotter mounts each lazypull
-layer from the registry instead of containerd downloading it. Layers that are not lazypull
-layers are downloaded and unpacked as usual. Then:
+containerd downloads the manifest and the config (the config not when the manifest embeds
+it, as lazypull convert's manifests do), and the snapshotter mounts each lazypull layer from
+the registry instead of containerd downloading it. Layers that are not lazypull layers are
+downloaded and unpacked as usual. Then:
 
   ctr run --snapshotter lazypull REF ID
 
@@ -106,7 +107,8 @@ func runPull(ctx context.Context, e *env, vals any, args []string) error {
 				w.manifest(ctx, pinnedDesc(desc), raw)
 			}
 			// containerd asks for the config only once it has stored the manifest; asked
-			// now, it is on its way meanwhile, and the layers are prepared sooner.
+			// now, it is on its way meanwhile, and the layers are prepared sooner. A config
+			// the manifest embeds is not asked for at all.
 			if m, err := v1.ParseManifest(bytes.NewReader(raw)); err == nil {
 				config = fetchEarly(ctx, reg, m.Config)
 			}
@@ -185,7 +187,7 @@ func runPull(ctx context.Context, e *env, vals any, args []string) error {
 		containerd.WithPullUnpack,
 		containerd.WithPullSnapshotter(f.snapshotter),
 		containerd.WithImageHandlerWrapper(func(h images.Handler) images.Handler {
-			return snapshotters.AppendInfoHandlerWrapper(ref)(labelLayers(ref, w.handler(resolver.cached, h)))
+			return snapshotters.AppendInfoHandlerWrapper(ref)(labelLayers(ref, w.handler(resolver.cached, dropBadData(log, ref, h))))
 		}),
 	)
 	if err != nil {

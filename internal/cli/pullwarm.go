@@ -33,8 +33,8 @@ type pinnedResolver struct {
 	ref  string
 	desc ocispec.Descriptor
 	raw  []byte
-	// config is the image config, fetched as soon as the manifest was (fetchEarly); nil
-	// when the pull fetched none (an index: containerd picks the platform).
+	// config is the image config, fetched as soon as the manifest was or taken from it
+	// (fetchEarly); nil when the pull fetched none (an index: containerd picks the platform).
 	config *earlyBlob
 }
 
@@ -50,8 +50,17 @@ type earlyBlob struct {
 	err  error
 }
 
-// fetchEarly starts fetching the blob d describes (checked against its digest).
+// fetchEarly starts fetching the blob d describes (checked against its digest). A blob the
+// manifest embeds (d.Data, OCI image-spec 1.1, as lazypull convert writes configs) is there
+// at once, without a request, when it checks out; embedded bytes that do not are ignored
+// and the blob fetched as if there were none (dropBadData warns of them once containerd
+// handles the manifest).
 func fetchEarly(ctx context.Context, reg *fetch.Registry, d v1.Descriptor) *earlyBlob {
+	if d.Data != nil && isBlob(d.Data, d.Size, d.Digest.String()) {
+		e := &earlyBlob{desc: d, done: make(chan struct{}), b: d.Data}
+		close(e.done)
+		return e
+	}
 	if d.Size < 0 || d.Size > maxEarlyBlob {
 		return nil
 	}
@@ -77,6 +86,36 @@ func (e *earlyBlob) get(ctx context.Context, desc ocispec.Descriptor) []byte {
 		return nil // containerd fetches it itself, and reports what goes wrong
 	}
 	return e.b
+}
+
+// isBlob reports whether data is the blob of that size and digest: a descriptor's data
+// field is to be used only when it is (image-spec 1.1 has readers check).
+func isBlob(data []byte, size int64, dgst string) bool {
+	d, err := digest.Parse(dgst)
+	return err == nil && int64(len(data)) == size && d.Algorithm().Available() && d.Algorithm().FromBytes(data) == d
+}
+
+// dropBadData wraps containerd's pull handler h: a child descriptor whose data field is not
+// the blob it describes loses the field, with a warning, and containerd fetches the blob as
+// if the manifest embedded nothing. containerd takes data for the blob whenever its length
+// is the size, unchecked until the content store's commit, which then fails the pull.
+func dropBadData(log *slog.Logger, ref string, h images.Handler) images.Handler {
+	return images.HandlerFunc(func(ctx context.Context, desc ocispec.Descriptor) ([]ocispec.Descriptor, error) {
+		children, err := h.Handle(ctx, desc)
+		for i, c := range children {
+			if c.Data == nil || isBlob(c.Data, c.Size, c.Digest.String()) {
+				continue
+			}
+			kind := "blob"
+			if images.IsConfigType(c.MediaType) {
+				kind = "config"
+			}
+			log.Warn("the manifest embeds data that is not the blob it describes; ignoring it and fetching the blob",
+				"image", ref, "manifest", desc.Digest, kind, c.Digest, "size", c.Size, "dataSize", len(c.Data))
+			children[i].Data = nil
+		}
+		return children, err
+	})
 }
 
 var _ remotes.ResolverWithOptions = (*pinnedResolver)(nil)

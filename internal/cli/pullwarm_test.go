@@ -18,11 +18,13 @@ import (
 
 	"github.com/containerd/containerd/v2/core/content"
 	"github.com/containerd/containerd/v2/core/images"
+	"github.com/containerd/containerd/v2/core/remotes"
 	"github.com/containerd/containerd/v2/core/remotes/docker"
 	dockerconfig "github.com/containerd/containerd/v2/core/remotes/docker/config"
 	"github.com/containerd/containerd/v2/plugins/content/local"
 	"github.com/google/go-containerregistry/pkg/name"
 	"github.com/google/go-containerregistry/pkg/registry"
+	v1 "github.com/google/go-containerregistry/pkg/v1"
 	"github.com/google/go-containerregistry/pkg/v1/empty"
 	"github.com/google/go-containerregistry/pkg/v1/mutate"
 	"github.com/google/go-containerregistry/pkg/v1/remote"
@@ -184,6 +186,120 @@ func TestPinnedResolver(t *testing.T) {
 	}
 	if got := reg.counts(); got["GET blobs"]+got["HEAD blobs"] == 0 {
 		t.Errorf("a config that failed early was not asked of the registry again: %v", got)
+	}
+}
+
+// ociManifest is a manifest to push as it is, bytes and media type.
+type ociManifest []byte
+
+func (m ociManifest) RawManifest() ([]byte, error)        { return m, nil }
+func (m ociManifest) MediaType() (types.MediaType, error) { return types.OCIManifestSchema1, nil }
+
+// TestEmbeddedConfig: a config the manifest embeds (the config descriptor's data) is
+// neither fetched early nor by containerd; embedded bytes that are not the config (another
+// digest, another size) are dropped with a warning, and the config is fetched as for a
+// manifest that embeds nothing.
+func TestEmbeddedConfig(t *testing.T) {
+	reg := newCountingRegistry(t)
+	// No layers: the config is the one blob containerd is to fetch.
+	img := mutate.MediaType(empty.Image, types.OCIManifestSchema1)
+	plain, _ := name.ParseReference(reg.host + "/app:plain")
+	if err := remote.Write(plain, img); err != nil {
+		t.Fatal(err)
+	}
+	cfg, _ := img.RawConfigFile()
+	flipped := bytes.Clone(cfg)
+	flipped[len(flipped)-1] ^= 1
+	for _, tc := range []struct {
+		name     string
+		data     []byte
+		fetched  bool // the config is asked of the registry
+		warnings int
+	}{
+		{"none", nil, true, 0},
+		{"embedded", cfg, false, 0},
+		{"another digest", flipped, true, 1},
+		{"another size", cfg[:len(cfg)-1], true, 1},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			m, _ := img.Manifest()
+			m = m.DeepCopy()
+			m.Config.Data = tc.data
+			raw, err := json.Marshal(m)
+			if err != nil {
+				t.Fatal(err)
+			}
+			ref := reg.host + "/app:" + strings.ReplaceAll(tc.name, " ", "-")
+			r, _ := name.ParseReference(ref)
+			if err := remote.Put(r, ociManifest(raw)); err != nil {
+				t.Fatal(err)
+			}
+			ctx := context.Background()
+			fr, err := fetch.New(ref, fetch.WithPlainHTTP())
+			if err != nil {
+				t.Fatal(err)
+			}
+			d, got, err := fr.FetchManifest(ctx, "")
+			if err != nil || !bytes.Equal(got, raw) {
+				t.Fatalf("FetchManifest: %v (same bytes: %v)", err, bytes.Equal(got, raw))
+			}
+			pm, err := v1.ParseManifest(bytes.NewReader(got))
+			if err != nil {
+				t.Fatal(err)
+			}
+			reg.counts()
+
+			// As runPull does, once it has the manifest.
+			config := fetchEarly(ctx, fr, pm.Config)
+			<-config.done
+			want := 0
+			if tc.fetched {
+				want = 1
+			}
+			if n := reg.counts()["GET blobs"]; n != want {
+				t.Errorf("the early config sent %d blob GETs, want %d", n, want)
+			}
+			if !bytes.Equal(config.b, cfg) {
+				t.Errorf("the early config is not the config")
+			}
+
+			// containerd's own fetch and children handlers, as its pull runs them.
+			var logged bytes.Buffer
+			log := slog.New(slog.NewTextHandler(&logged, nil))
+			next := docker.NewResolver(docker.ResolverOptions{Hosts: dockerconfig.ConfigureHosts(ctx, dockerconfig.HostOptions{DefaultScheme: "http"})})
+			pr := &pinnedResolver{next: next, ref: ref, desc: pinnedDesc(d), raw: got, config: config}
+			f, err := pr.Fetcher(ctx, ref)
+			if err != nil {
+				t.Fatal(err)
+			}
+			cs, err := local.NewStore(t.TempDir())
+			if err != nil {
+				t.Fatal(err)
+			}
+			h := dropBadData(log, ref, images.Handlers(remotes.FetchHandler(cs, f), images.ChildrenHandler(cs)))
+			if err := images.Dispatch(ctx, h, nil, pr.desc); err != nil {
+				t.Fatalf("pull: %v", err)
+			}
+			if got := reg.counts(); len(got) != 0 {
+				t.Errorf("containerd sent %v; want nothing (manifest pinned, config embedded or fetched early)", got)
+			}
+			cd := ocispec.Descriptor{MediaType: string(pm.Config.MediaType), Digest: digest.Digest(pm.Config.Digest.String()), Size: pm.Config.Size}
+			if b, err := content.ReadBlob(ctx, cs, cd); err != nil || !bytes.Equal(b, cfg) {
+				t.Errorf("containerd stored the config as %q, %v", b, err)
+			}
+			lines := strings.Split(strings.TrimSpace(logged.String()), "\n")
+			if logged.Len() == 0 {
+				lines = nil
+			}
+			if len(lines) != tc.warnings {
+				t.Fatalf("logged %q; want %d warnings", lines, tc.warnings)
+			}
+			for _, l := range lines {
+				if !strings.Contains(l, "level=WARN") || !strings.Contains(l, "image="+ref) || !strings.Contains(l, "config="+pm.Config.Digest.String()) {
+					t.Errorf("warning %q does not name the image and the config", l)
+				}
+			}
+		})
 	}
 }
 
