@@ -28,9 +28,11 @@ SRC and DST are registry references (host[:port]/repo[:tag]) or OCI image layout
 written oci:DIR[:TAG] (TAG defaults to latest; DIR is created if missing).
 
 Every layer (gzip, zstd or uncompressed tar) is rewritten as a lazypull tar+zstd layer with
-the same uncompressed content; the image config is kept byte for byte. A multi-platform
-source gives a multi-platform result unless --platform picks one image. Blobs are written
-first, the tag last: a failed conversion tags nothing.
+the same uncompressed content; the image config is kept byte for byte, and one of up to 16
+KiB is also embedded in the manifest (the config descriptor's data field), which saves a
+pull the config's request. A multi-platform source gives a multi-platform result unless
+--platform picks one image. Blobs are written first, the tag last: a failed conversion tags
+nothing.
 
 --profile lays each converted layer out by a prefetch profile (lazypull profile): the files
 it names come first, in the order the workload first read them, so that a mount's prefetch
