@@ -3,6 +3,7 @@ package daemon
 import (
 	"bytes"
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -13,6 +14,7 @@ import (
 
 	"github.com/google/go-containerregistry/pkg/name"
 	v1 "github.com/google/go-containerregistry/pkg/v1"
+	"github.com/google/go-containerregistry/pkg/v1/types"
 	"golang.org/x/sync/errgroup"
 
 	"lazypull/format"
@@ -263,17 +265,38 @@ func (im *Image) waitKept() {
 
 // cachedImage is the image manifest raw, digest d, of the registry's repository.
 func cachedImage(reg *fetch.Registry, raw []byte, d format.Digest) (*fetch.Image, error) {
+	h := v1.Hash{Algorithm: "sha256", Hex: d.String()[len("sha256:"):]}
+	img, err := manifestImage(reg.Host()+"/"+reg.Repository(), raw, h, "")
+	if err != nil {
+		return nil, fmt.Errorf("kept %w", err)
+	}
+	return img, nil
+}
+
+// manifestImage is the image manifest raw, already checked against its digest h, of the
+// repository repo (host/path). mt is the media type it came as, which counts only where the
+// manifest names none (OCI makes it optional); the one it names is covered by h. An index,
+// or anything else than an image manifest, is refused.
+func manifestImage(repo string, raw []byte, h v1.Hash, mt types.MediaType) (*fetch.Image, error) {
+	var probe struct {
+		MediaType types.MediaType `json:"mediaType"`
+		Manifests json.RawMessage `json:"manifests"`
+	}
+	if err := json.Unmarshal(raw, &probe); err != nil {
+		return nil, fmt.Errorf("manifest %s is not JSON: %w", h, err)
+	}
+	if probe.MediaType != "" {
+		mt = probe.MediaType
+	}
+	if !mt.IsImage() || probe.Manifests != nil {
+		return nil, fmt.Errorf("manifest %s is a %q, not an image manifest", h, mt)
+	}
 	m, err := v1.ParseManifest(bytes.NewReader(raw))
 	if err != nil {
-		return nil, fmt.Errorf("kept manifest %s: %w", d, err)
+		return nil, fmt.Errorf("manifest %s: %w", h, err)
 	}
-	mt := m.MediaType
-	if !mt.IsImage() {
-		return nil, fmt.Errorf("kept manifest %s is a %q, not an image manifest", d, mt)
-	}
-	h := v1.Hash{Algorithm: "sha256", Hex: d.String()[len("sha256:"):]}
 	return &fetch.Image{
-		Name:        reg.Host() + "/" + reg.Repository() + "@" + h.String(),
+		Name:        repo + "@" + h.String(),
 		Descriptor:  v1.Descriptor{MediaType: mt, Size: int64(len(raw)), Digest: h},
 		Manifest:    m,
 		RawManifest: raw,

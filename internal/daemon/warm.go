@@ -1,11 +1,9 @@
 package daemon
 
 import (
-	"bytes"
 	"context"
 	"crypto/sha256"
 	"encoding/hex"
-	"encoding/json"
 	"errors"
 	"fmt"
 
@@ -73,34 +71,13 @@ func warmImage(ref, digest, mediaType string, raw []byte) (string, *fetch.Image,
 	if err != nil {
 		return "", nil, fmt.Errorf("image reference %q: %w", ref, err)
 	}
-	// The media type inside the manifest is covered by its digest; the request's is not,
-	// and counts only where the manifest names none (OCI makes it optional).
-	var probe struct {
-		MediaType types.MediaType `json:"mediaType"`
-		Manifests json.RawMessage `json:"manifests"`
-	}
-	if err := json.Unmarshal(raw, &probe); err != nil {
-		return "", nil, fmt.Errorf("manifest %s is not JSON: %w", digest, err)
-	}
-	mt := probe.MediaType
-	if mt == "" {
-		mt = types.MediaType(mediaType)
-	}
-	if !mt.IsImage() || probe.Manifests != nil {
-		return "", nil, fmt.Errorf("manifest %s is a %q, not an image manifest: send the manifest of the platform containerd unpacks", digest, mt)
-	}
-	m, err := v1.ParseManifest(bytes.NewReader(raw))
-	if err != nil {
-		return "", nil, fmt.Errorf("manifest %s: %w", digest, err)
-	}
 	r, err := name.NewDigest(key)
 	if err != nil {
 		return "", nil, fmt.Errorf("image %s: %w", key, err)
 	}
-	return key, &fetch.Image{
-		Name:        r.Context().RegistryStr() + "/" + r.Context().RepositoryStr() + "@" + h.String(),
-		Descriptor:  v1.Descriptor{MediaType: mt, Size: int64(len(raw)), Digest: h},
-		Manifest:    m,
-		RawManifest: raw,
-	}, nil
+	img, err := manifestImage(r.Context().RegistryStr()+"/"+r.Context().RepositoryStr(), raw, h, types.MediaType(mediaType))
+	if err != nil {
+		return "", nil, fmt.Errorf("%w: send the manifest of the platform containerd unpacks", err)
+	}
+	return key, img, nil
 }
