@@ -88,6 +88,7 @@ func runPull(ctx context.Context, e *env, vals any, args []string) error {
 	type fetched struct {
 		desc   v1.Descriptor
 		raw    []byte
+		m      *v1.Manifest // parsed, when it is an image manifest
 		err    error
 		config *earlyBlob
 	}
@@ -102,18 +103,20 @@ func runPull(ctx context.Context, e *env, vals any, args []string) error {
 	go func() {
 		desc, raw, err := reg.FetchManifest(ctx, "")
 		var config *earlyBlob
+		var m *v1.Manifest
 		if err == nil && desc.MediaType.IsImage() {
+			m, _ = v1.ParseManifest(bytes.NewReader(raw))
+		}
+		if m != nil {
 			if w != nil {
-				w.manifest(ctx, pinnedDesc(desc), raw)
+				w.manifest(ctx, pinnedDesc(desc), raw, m)
 			}
 			// containerd asks for the config only once it has stored the manifest; asked
 			// now, it is on its way meanwhile, and the layers are prepared sooner. A config
 			// the manifest embeds is not asked for at all.
-			if m, err := v1.ParseManifest(bytes.NewReader(raw)); err == nil {
-				config = fetchEarly(ctx, reg, m.Config)
-			}
+			config = fetchEarly(ctx, reg, m.Config)
 		}
-		manifest <- fetched{desc, raw, err, config}
+		manifest <- fetched{desc, raw, m, err, config}
 	}()
 
 	client, err := containerd.New(f.address)
@@ -169,7 +172,7 @@ func runPull(ctx context.Context, e *env, vals any, args []string) error {
 		resolver.desc = pinnedDesc(m.desc)
 		if images.IsManifestType(resolver.desc.MediaType) {
 			// No platform to pick: this is the manifest containerd unpacks.
-			w.manifest(ctx, resolver.desc, m.raw)
+			w.manifest(ctx, resolver.desc, m.raw, m.m)
 		}
 	case errors.As(m.err, &fe) && fe.StatusCode != 0:
 		// The registry answered (no such image, credentials refused): containerd would be

@@ -215,14 +215,20 @@ func (w *warmer) was(d digest.Digest) bool {
 	return w.sent[d]
 }
 
-// manifest sends the image manifest desc, whose bytes are raw, unless it was sent already
-// or has no lazypull layer (the snapshotter has nothing to open then).
-func (w *warmer) manifest(ctx context.Context, desc ocispec.Descriptor, raw []byte) {
+// manifest sends the image manifest desc, whose bytes are raw (parsed: m, or nil to parse
+// them here), unless it was sent already or has no lazypull layer (the snapshotter has
+// nothing to open then).
+func (w *warmer) manifest(ctx context.Context, desc ocispec.Descriptor, raw []byte, m *v1.Manifest) {
 	if w.client == nil || !w.first(desc.Digest) {
 		return
 	}
-	m, err := v1.ParseManifest(bytes.NewReader(raw))
-	if err != nil || !slices.ContainsFunc(m.Layers, func(l v1.Descriptor) bool { return format.IsLayer(l.Annotations) }) {
+	if m == nil {
+		var err error
+		if m, err = v1.ParseManifest(bytes.NewReader(raw)); err != nil {
+			return
+		}
+	}
+	if !slices.ContainsFunc(m.Layers, func(l v1.Descriptor) bool { return format.IsLayer(l.Annotations) }) {
 		return
 	}
 	w.wg.Go(func() {
@@ -262,7 +268,7 @@ func (w *warmer) handler(cached func(ocispec.Descriptor) []byte, h images.Handle
 				return children, nil
 			}
 		}
-		w.manifest(ctx, desc, raw)
+		w.manifest(ctx, desc, raw, nil)
 		return children, nil
 	})
 }

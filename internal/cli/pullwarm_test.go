@@ -425,6 +425,6 @@ func TestWarmerHandler(t *testing.T) {
 
 	// Nothing listening: no error, nothing waits long.
 	w = newWarmer(slog.New(slog.DiscardHandler), ref, filepath.Join(t.TempDir(), "none.sock"), cs)
-	w.manifest(ctx, pinned, pinnedRaw)
+	w.manifest(ctx, pinned, pinnedRaw, nil)
 	w.wait()
 }
