@@ -197,20 +197,30 @@ func openImage(ctx context.Context, st *store.Store, ref string, platform *v1.Pl
 // a single request for all.
 func (im *Image) awaitPack(ctx context.Context) *pack {
 	l := im.lookup
-	t := time.NewTimer(packWait)
-	defer t.Stop()
-	select {
-	case <-l.done:
-	case <-t.C:
-		slog.Info("profile look-up still running; reading the layer indexes without waiting for it", "image", im.Ref, "wait", packWait)
-		return nil
-	case <-ctx.Done():
+	if !within(ctx, l.done, packWait) {
+		if ctx.Err() == nil {
+			slog.Info("profile look-up still running; reading the layer indexes without waiting for it", "image", im.Ref, "wait", packWait)
+		}
 		return nil
 	}
 	if l.err != nil || l.found.pack == nil {
 		return nil // the prefetch reports the error
 	}
 	return newPack(im.bg, im.Registry, *l.found.pack, slog.Default())
+}
+
+// within waits up to d for done to close, and says whether it did (false: d passed, or
+// ctx ended).
+func within(ctx context.Context, done <-chan struct{}, d time.Duration) bool {
+	t := time.NewTimer(d)
+	defer t.Stop()
+	select {
+	case <-done:
+		return true
+	case <-t.C:
+	case <-ctx.Done():
+	}
+	return false
 }
 
 // resolve returns the image manifest ref names. A reference by digest to an image manifest

@@ -239,13 +239,8 @@ func (im *Image) WaitPrefetch(ctx context.Context, d time.Duration, log *slog.Lo
 	if log == nil {
 		log = slog.Default()
 	}
-	t := time.NewTimer(d)
-	defer t.Stop()
-	select {
-	case <-pf.done:
-	case <-t.C:
+	if !within(ctx, pf.done, d) && ctx.Err() == nil {
 		log.Info("prefetch still running after the wait; going on in the background", "image", im.Ref, "wait", d)
-	case <-ctx.Done():
 	}
 }
 

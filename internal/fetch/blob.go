@@ -323,29 +323,16 @@ func (b *Blob) launch(ctx context.Context, fs []*flight) {
 // runJob fetches spans, retrying what failed in a way that may pass, and ends every flight
 // of them one way or the other.
 func (b *Blob) runJob(ctx context.Context, spans []*span) {
-	r := b.r
-	for attempt := 1; ; attempt++ {
+	err := b.r.retry(ctx, "blob", func() []any { return []any{"digest", b.digest.String(), "ranges", len(spans)} }, func() *reqErr {
 		rest, err := b.tryEndpoints(ctx, spans)
 		if err == nil || len(rest) == 0 {
-			return
+			return nil
 		}
 		spans = rest
-		if ce := ctxErr(err.host, ctx); ce != nil {
-			b.failSpans(spans, ce)
-			return
-		}
-		if !err.temporary || attempt >= r.attempts {
-			b.failSpans(spans, err)
-			return
-		}
-		r.stats.retries.Add(1)
-		r.metrics.retries.Inc()
-		r.log.Warn("blob request failed; retrying", "digest", b.digest.String(), "ranges", len(spans),
-			"endpoint", err.host, "status", err.status, "retry", attempt, "of", r.attempts-1, "err", err.err)
-		if werr := r.wait(ctx, attempt, err.retryAfter); werr != nil {
-			b.failSpans(spans, &reqErr{host: err.host, err: werr})
-			return
-		}
+		return err
+	})
+	if err != nil {
+		b.failSpans(spans, err)
 	}
 }
 

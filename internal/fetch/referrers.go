@@ -82,13 +82,14 @@ func (r *Registry) referrersAPI(ctx context.Context, subject v1.Hash, artifactTy
 	if len(eps) == 0 {
 		return nil, false, r.toError(&reqErr{host: r.host, err: errNoEndpoint}, subject.String(), Range{})
 	}
-	for attempt := 1; ; attempt++ {
+	rerr := r.retry(ctx, "referrers", func() []any { return []any{"subject", subject.String()} }, func() *reqErr {
 		var errs []*reqErr
 		for _, e := range eps {
-			raw, api, rerr := r.referrersFrom(ctx, e, subject, artifactType)
+			b, ok, rerr := r.referrersFrom(ctx, e, subject, artifactType)
 			if rerr == nil {
-				if api {
-					return raw, true, nil
+				if ok {
+					raw, api = b, true
+					return nil
 				}
 				continue // this endpoint has no API: ask the next, then the tag schema
 			}
@@ -97,22 +98,12 @@ func (r *Registry) referrersAPI(ctx context.Context, subject v1.Hash, artifactTy
 				break
 			}
 		}
-		if len(errs) == 0 {
-			return nil, false, nil
-		}
-		rerr := joinErrs(errs)
-		if ce := ctxErr(rerr.host, ctx); ce != nil {
-			rerr = ce
-		}
-		if ctx.Err() != nil || !rerr.temporary || attempt >= r.attempts {
-			return nil, false, fmt.Errorf("referrers: %w", r.toError(rerr, subject.String(), Range{}))
-		}
-		r.stats.retries.Add(1)
-		r.metrics.retries.Inc()
-		if werr := r.wait(ctx, attempt, rerr.retryAfter); werr != nil {
-			return nil, false, fmt.Errorf("referrers: %w", r.toError(&reqErr{host: rerr.host, err: werr}, subject.String(), Range{}))
-		}
+		return joinErrs(errs) // nil when no endpoint failed: none has the API
+	})
+	if rerr != nil {
+		return nil, false, fmt.Errorf("referrers: %w", r.toError(rerr, subject.String(), Range{}))
 	}
+	return raw, api, nil
 }
 
 // referrersFrom sends one referrers request to one endpoint.

@@ -203,6 +203,32 @@ func (r *Registry) wait(ctx context.Context, n int, retryAfter time.Duration) er
 	}
 }
 
+// retry calls try until it succeeds (nil), fails in a way a retry would not cure, or the
+// Registry's attempts are spent, waiting the backoff between tries; a failure once ctx has
+// ended is ctx's. Each retry is logged, as a failed kind request with what attrs returns.
+// It returns the last failure.
+func (r *Registry) retry(ctx context.Context, kind string, attrs func() []any, try func() *reqErr) *reqErr {
+	for attempt := 1; ; attempt++ {
+		err := try()
+		if err == nil {
+			return nil
+		}
+		if ce := ctxErr(err.host, ctx); ce != nil {
+			return ce
+		}
+		if !err.temporary || attempt >= r.attempts {
+			return err
+		}
+		r.stats.retries.Add(1)
+		r.metrics.retries.Inc()
+		r.log.Warn(kind+" request failed; retrying", append(attrs(), "endpoint", err.host, "status", err.status,
+			"retry", attempt, "of", r.attempts-1, "err", err.err)...)
+		if werr := r.wait(ctx, attempt, err.retryAfter); werr != nil {
+			return &reqErr{host: err.host, err: werr}
+		}
+	}
+}
+
 // newRequest makes a GET for a path under an endpoint's API root.
 func (r *Registry) newRequest(ctx context.Context, e *endpoint, p string) (*http.Request, error) {
 	u := e.base + "/" + r.repo + "/" + p

@@ -186,12 +186,15 @@ func (r *Registry) getManifest(ctx context.Context, id string, byDigest bool) (v
 	if len(eps) == 0 {
 		return v1.Descriptor{}, nil, r.toError(&reqErr{host: r.host, err: errNoEndpoint}, what, Range{})
 	}
-	for attempt := 1; ; attempt++ {
+	var desc v1.Descriptor
+	var raw []byte
+	err := r.retry(ctx, "manifest", func() []any { return []any{"manifest", id} }, func() *reqErr {
 		var errs []*reqErr
 		for i, e := range eps {
-			desc, raw, err := r.manifestFrom(ctx, e, id, byDigest)
+			d, b, err := r.manifestFrom(ctx, e, id, byDigest)
 			if err == nil {
-				return desc, raw, nil
+				desc, raw = d, b
+				return nil
 			}
 			errs = append(errs, err)
 			if ctx.Err() != nil {
@@ -202,21 +205,12 @@ func (r *Registry) getManifest(ctx context.Context, id string, byDigest bool) (v
 					"next", eps[i+1].host, "status", err.status, "err", err.err)
 			}
 		}
-		err := joinErrs(errs)
-		if ce := ctxErr(err.host, ctx); ce != nil {
-			err = ce
-		}
-		if ctx.Err() != nil || !err.temporary || attempt >= r.attempts {
-			return v1.Descriptor{}, nil, r.toError(err, what, Range{})
-		}
-		r.stats.retries.Add(1)
-		r.metrics.retries.Inc()
-		r.log.Warn("manifest request failed; retrying", "manifest", id, "endpoint", err.host,
-			"status", err.status, "retry", attempt, "of", r.attempts-1, "err", err.err)
-		if werr := r.wait(ctx, attempt, err.retryAfter); werr != nil {
-			return v1.Descriptor{}, nil, r.toError(&reqErr{host: err.host, err: werr}, what, Range{})
-		}
+		return joinErrs(errs)
+	})
+	if err != nil {
+		return v1.Descriptor{}, nil, r.toError(err, what, Range{})
 	}
+	return desc, raw, nil
 }
 
 // manifestFrom sends one manifest request to one endpoint.

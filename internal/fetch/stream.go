@@ -25,23 +25,15 @@ func (b *Blob) Open(ctx context.Context) (io.ReadCloser, error) {
 	if b.digest.Algorithm != "sha256" {
 		return nil, fmt.Errorf("fetch %s: cannot verify a %s digest", b.digest, b.digest.Algorithm)
 	}
-	r := b.r
-	for attempt := 1; ; attempt++ {
-		s, err := b.open(ctx)
-		if err == nil {
-			return s, nil
-		}
-		if !err.temporary || attempt >= r.attempts || ctx.Err() != nil {
-			return nil, r.toError(err, b.digest.String(), Range{Len: b.size})
-		}
-		r.stats.retries.Add(1)
-		r.metrics.retries.Inc()
-		r.log.Warn("blob request failed; retrying", "digest", b.digest.String(), "endpoint", err.host, "status", err.status,
-			"retry", attempt, "of", r.attempts-1, "err", err.err)
-		if werr := r.wait(ctx, attempt, err.retryAfter); werr != nil {
-			return nil, werr
-		}
+	var s *stream
+	err := b.r.retry(ctx, "blob", func() []any { return []any{"digest", b.digest.String()} }, func() (err *reqErr) {
+		s, err = b.open(ctx)
+		return err
+	})
+	if err != nil {
+		return nil, b.r.toError(err, b.digest.String(), Range{Len: b.size})
 	}
+	return s, nil
 }
 
 // open tries the endpoints in order for the blob's GET.
