@@ -106,6 +106,9 @@ func (s *stream) Read(p []byte) (int, error) {
 	if s.err != nil {
 		return 0, s.err
 	}
+	if len(p) == 0 {
+		return 0, nil // reads nothing; only a Read with room at the blob's end ends it
+	}
 	left := s.b.size - s.body.n
 	if int64(len(p)) > left {
 		p = p[:left]

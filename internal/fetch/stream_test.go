@@ -76,6 +76,31 @@ func TestOpenEmptyBlob(t *testing.T) {
 	}
 }
 
+// A Read of nothing is no read: it neither ends the blob nor checks its digest.
+func TestOpenEmptyRead(t *testing.T) {
+	f := newFake("r")
+	blob := randomBytes(41, 100000)
+	d := f.addBlob(blob)
+	_, host := serve(t, f)
+	reg, _ := newReg(t, host, "r")
+	rc, err := reg.Blob(d, int64(len(blob))).Open(t.Context())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer rc.Close()
+	head := make([]byte, 1000)
+	if _, err := io.ReadFull(rc, head); err != nil {
+		t.Fatal(err)
+	}
+	if n, err := rc.Read(nil); n != 0 || err != nil {
+		t.Fatalf("Read(nil) in the middle: %d, %v", n, err)
+	}
+	rest, err := readStream(rc)
+	if err != io.EOF || !bytes.Equal(append(head, rest...), blob) {
+		t.Fatalf("after %d bytes: %v", len(head)+len(rest), err)
+	}
+}
+
 func TestOpenWrongContent(t *testing.T) {
 	f := newFake("r")
 	blob := randomBytes(42, 1<<20)
