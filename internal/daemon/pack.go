@@ -95,6 +95,13 @@ func (p *pack) nextLocked() (profile.RecordKind, format.Digest, []byte, bool) {
 		return 0, format.Digest{}, nil, false
 	}
 	k, d, b, err := p.pr.Next()
+	if err == io.EOF {
+		// Every record is checked on its own; the pack's digest is too, for the log's
+		// sake: the stream checks it at its end, which the records leave unread.
+		if _, rerr := p.rc.Read(make([]byte, 1)); rerr != io.EOF {
+			err = fmt.Errorf("pack %s at its end: %w", p.blob.Digest(), rerr)
+		}
+	}
 	if err != nil {
 		p.failLocked(err)
 		if p.rc != nil {

@@ -119,6 +119,7 @@ func (s *stream) Read(p []byte) (int, error) {
 	}
 	n, err := s.body.Read(p)
 	s.sum.Write(p[:n])
+	s.b.r.stats.delivered.Add(int64(n))
 	if err == io.EOF && s.body.n < s.b.size {
 		err = io.ErrUnexpectedEOF
 	}
