@@ -3,7 +3,9 @@ package daemon
 import (
 	"bytes"
 	"context"
+	"crypto/sha256"
 	"encoding/binary"
+	"fmt"
 	"log/slog"
 	"strings"
 	"testing"
@@ -244,5 +246,27 @@ func TestPackDamaged(t *testing.T) {
 				}
 			}
 		})
+	}
+}
+
+// TestPackRegistryDies: the registry cuts the pack's GET half-way: what arrived is used,
+// the rest comes from the layers, the prefetch ends without error and every file reads
+// right.
+func TestPackRegistryDies(t *testing.T) {
+	ref, files, p, pack, subject, reqs := packFixture(t)
+	pushProfile(t, ref, subject, p, pack)
+	d := "sha256:" + fmt.Sprintf("%x", sha256.Sum256(pack))
+	reqs.cutBlob.Store(&d)
+	im, ps := openPrefetched(t, ref)
+	if ps.Err != "" || !ps.Pack || ps.Files != 4 {
+		t.Errorf("prefetch %+v; want the 4 files prefetched, without error", ps)
+	}
+	if n := reqs.count("GET blobs"); n < 2 {
+		t.Errorf("%d blob requests; want the cut pack's and the layers' for the rest", n)
+	}
+	for path, want := range files {
+		if got := readFile(t, im, path); !bytes.Equal(got, want) {
+			t.Errorf("%s: wrong bytes", path)
+		}
 	}
 }

@@ -9,6 +9,7 @@ import (
 	"net/http"
 	"net/http/httptest"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -33,6 +34,9 @@ type requestLog struct {
 	n  map[string]int
 	// refuseBlobs answers every blob request 401.
 	refuseBlobs atomic.Bool
+	// cutBlob, when set, is a blob digest whose GET is answered half and then cut (the
+	// registry dying mid-read).
+	cutBlob atomic.Pointer[string]
 }
 
 func (l *requestLog) count(key string) int {
@@ -59,6 +63,19 @@ func countedRegistry(t *testing.T) (host string, reqs *requestLog) {
 		reqs.mu.Unlock()
 		if kind == "blobs" && reqs.refuseBlobs.Load() {
 			http.Error(w, `{"errors":[{"code":"UNAUTHORIZED"}]}`, http.StatusUnauthorized)
+			return
+		}
+		if d := reqs.cutBlob.Load(); kind == "blobs" && d != nil && strings.HasSuffix(r.URL.Path, "/"+*d) && r.Method == http.MethodGet {
+			rec := httptest.NewRecorder()
+			h.ServeHTTP(rec, r)
+			body := rec.Body.Bytes()
+			w.Header().Set("Content-Length", strconv.Itoa(len(body)))
+			w.WriteHeader(rec.Code)
+			w.Write(body[:len(body)/2])
+			w.(http.Flusher).Flush()
+			if conn, _, err := w.(http.Hijacker).Hijack(); err == nil {
+				conn.Close()
+			}
 			return
 		}
 		h.ServeHTTP(w, r)
