@@ -126,7 +126,10 @@ func openImage(ctx context.Context, st *store.Store, ref string, platform *v1.Pl
 		// platform's manifest. An early look-up for the index finds nothing and ends.
 		im.lookup = lookupProfile(bg, reg, img.Descriptor.Digest)
 	}
-	if im.lookup != nil {
+	if im.lookup != nil && !indexesKept(st, img.Manifest.Layers) {
+		// Layers whose indexes the store keeps open without the registry; only when one
+		// does not is the pack worth waiting for. Its chunks serve the prefetch either
+		// way (runPrefetch).
 		im.pack = im.awaitPack(ctx)
 	}
 	var keptMu sync.Mutex
@@ -207,6 +210,20 @@ func (im *Image) awaitPack(ctx context.Context) *pack {
 		return nil // the prefetch reports the error
 	}
 	return newPack(im.bg, im.Registry, *l.found.pack, slog.Default())
+}
+
+// indexesKept reports whether st keeps the index of every lazypull layer of layers.
+func indexesKept(st *store.Store, layers []v1.Descriptor) bool {
+	for _, d := range layers {
+		if !format.IsLayer(d.Annotations) {
+			continue
+		}
+		loc, err := format.LocationFromAnnotations(d.Annotations)
+		if err != nil || !st.HasMeta(loc.Digest) {
+			return false
+		}
+	}
+	return true
 }
 
 // within waits up to d for done to close, and says whether it did (false: d passed, or

@@ -129,6 +129,12 @@ func openPrefetched(t *testing.T, ref string) (*Image, PrefetchStats) {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { st.Close() })
+	return openPrefetchedIn(t, st, ref)
+}
+
+// openPrefetchedIn is openPrefetched over the store st.
+func openPrefetchedIn(t *testing.T, st *store.Store, ref string) (*Image, PrefetchStats) {
+	t.Helper()
 	im, err := openImage(context.Background(), st, ref, nil, nil, true, true, fetch.WithPlainHTTP())
 	if err != nil {
 		t.Fatal(err)
@@ -268,5 +274,41 @@ func TestPackRegistryDies(t *testing.T) {
 		if got := readFile(t, im, path); !bytes.Equal(got, want) {
 			t.Errorf("%s: wrong bytes", path)
 		}
+	}
+}
+
+// TestPackIndexesKept: an image whose layer indexes the store keeps (opened before, its
+// content not fetched) opens without waiting for the look-up, and its prefetch still
+// takes the pack's chunks, in the pack's one request.
+func TestPackIndexesKept(t *testing.T) {
+	ref, files, p, pack, subject, reqs := packFixture(t)
+	pushProfile(t, ref, subject, p, pack)
+	st, err := store.Open(t.TempDir())
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { st.Close() })
+	first, err := OpenImage(context.Background(), st, ref, nil, fetch.WithPlainHTTP())
+	if err != nil {
+		t.Fatal(err)
+	}
+	first.Close()
+	reqs.mu.Lock()
+	clear(reqs.n)
+	reqs.mu.Unlock()
+	im, ps := openPrefetchedIn(t, st, ref)
+	if ps.Err != "" || !ps.Pack || ps.Files != 4 || ps.Requests != 1 {
+		t.Errorf("prefetch %+v; want the 4 files from the pack, in its one request", ps)
+	}
+	if n := reqs.count("GET blobs"); n != 1 {
+		t.Errorf("%d blob requests; want 1 (the pack, for its chunks)", n)
+	}
+	for _, f := range p.Files {
+		if got := readFile(t, im, f.Path); !bytes.Equal(got, files[f.Path]) {
+			t.Errorf("%s: wrong bytes", f.Path)
+		}
+	}
+	if n := reqs.count("GET blobs"); n != 1 {
+		t.Errorf("%d blob requests after reading the profiled files; want still 1", n)
 	}
 }

@@ -314,6 +314,10 @@ func (im *Image) runPrefetch(ctx context.Context, pf *prefetch, log *slog.Logger
 	looked := im.Registry.Stats().Requests
 	if im.pack != nil {
 		looked = l.after // the pack's GET went out as the image opened
+	} else if l.err == nil && l.found.pack != nil {
+		// The image opened without waiting for the look-up (its indexes were kept, or the
+		// look-up was slow): the pack still brings the chunks, in one request.
+		im.pack = newPack(im.bg, im.Registry, *l.found.pack, log)
 	}
 	p, desc, err := l.p, l.desc, l.err
 	pf.mu.Lock()

@@ -45,6 +45,16 @@ func (s *Store) PutMeta(b []byte) (format.Digest, error) {
 	return d, nil
 }
 
+// HasMeta reports whether metadata is kept under d (unchecked: Meta checks it).
+func (s *Store) HasMeta(d format.Digest) bool {
+	if !s.enter() {
+		return false
+	}
+	defer s.exit()
+	_, err := os.Stat(filepath.Join(s.path(metaName), d.String()[len("sha256:"):]))
+	return err == nil
+}
+
 // Meta returns the metadata kept under d, checked against d. It returns an error wrapping
 // fs.ErrNotExist when there is none, and ErrCorrupt (after removing it) when what is kept
 // does not hash to d.
