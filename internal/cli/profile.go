@@ -448,10 +448,11 @@ func showProfile(ctx context.Context, e *env, f *profileFlags, ref string) error
 	if err != nil {
 		return fmt.Errorf("image %s: %w", ref, err)
 	}
-	p, desc, err := daemon.FindProfile(ctx, reg, img.Descriptor.Digest)
+	found, err := daemon.LookupProfile(ctx, reg, img.Descriptor.Digest)
 	if err != nil {
 		return err
 	}
+	p, desc := found.Profile, found.Desc
 	if p == nil {
 		return fmt.Errorf("image %s (%s) has no profile: record one with 'lazypull profile %s'", ref, img.Descriptor.Digest, ref)
 	}
@@ -462,7 +463,13 @@ func showProfile(ctx context.Context, e *env, f *profileFlags, ref string) error
 	if len(p.Command) > 0 {
 		fmt.Fprintf(w, "command\t%q\n", p.Command)
 	}
-	fmt.Fprintf(w, "files\t%d, %d bytes\n\n", len(p.Files), p.Bytes())
+	fmt.Fprintf(w, "files\t%d, %d bytes\n", len(p.Files), p.Bytes())
+	if found.Pack != nil {
+		fmt.Fprintf(w, "pack\t%s, %d bytes\n", found.Pack.Digest, found.Pack.Size)
+	} else {
+		fmt.Fprintf(w, "pack\tnone\n")
+	}
+	fmt.Fprintln(w)
 	fmt.Fprintln(w, "AT (ms)\tLAYER\tBYTES\tRANGES\tPATH")
 	for _, fl := range p.Files {
 		var n int64

@@ -206,10 +206,10 @@ func (im *Image) awaitPack(ctx context.Context) *pack {
 		}
 		return nil
 	}
-	if l.err != nil || l.found.pack == nil {
+	if l.err != nil || l.Pack == nil {
 		return nil // the prefetch reports the error
 	}
-	return newPack(im.bg, im.Registry, *l.found.pack, slog.Default())
+	return newPack(im.bg, im.Registry, *l.Pack, slog.Default())
 }
 
 // indexesKept reports whether st keeps the index of every lazypull layer of layers.

@@ -27,25 +27,25 @@ const maxProfileManifest = 64 << 10
 // it: its manifest and its document, both checked against their digests, the document
 // parsed strictly (profile.Parse). No profile is (nil, empty descriptor, nil).
 func FindProfile(ctx context.Context, reg *fetch.Registry, subject v1.Hash) (*profile.Profile, v1.Descriptor, error) {
-	f, err := findProfile(ctx, reg, subject)
-	return f.p, f.desc, err
+	f, err := LookupProfile(ctx, reg, subject)
+	return f.Profile, f.Desc, err
 }
 
-// found is a profile FindProfile found: the document, the artifact manifest's descriptor,
-// and its pack's, if it has one.
-type found struct {
-	p    *profile.Profile
-	desc v1.Descriptor
-	pack *v1.Descriptor
+// Found is a profile LookupProfile found.
+type Found struct {
+	Profile *profile.Profile // the document; nil: none found
+	Desc    v1.Descriptor    // the artifact manifest's descriptor
+	Pack    *v1.Descriptor   // the pack's, if the profile has one
 }
 
-func findProfile(ctx context.Context, reg *fetch.Registry, subject v1.Hash) (found, error) {
+// LookupProfile is FindProfile, and also says whether the profile has a pack.
+func LookupProfile(ctx context.Context, reg *fetch.Registry, subject v1.Hash) (Found, error) {
 	refs, err := reg.Referrers(ctx, subject, profile.ArtifactType)
 	if err != nil {
-		return found{}, fmt.Errorf("look up the profile of %s: %w", subject, err)
+		return Found{}, fmt.Errorf("look up the profile of %s: %w", subject, err)
 	}
 	if len(refs) == 0 {
-		return found{}, nil
+		return Found{}, nil
 	}
 	// The newest: RFC 3339 UTC times sort as strings; among equals (or none), the last
 	// listed, which the tag schema appends.
@@ -57,21 +57,21 @@ func findProfile(ctx context.Context, reg *fetch.Registry, subject v1.Hash) (fou
 	}
 	where := fmt.Sprintf("profile %s of %s", best.Digest, subject)
 	if best.Size > maxProfileManifest {
-		return found{desc: best}, fmt.Errorf("%s: manifest of %d bytes, more than %d: refused", where, best.Size, maxProfileManifest)
+		return Found{Desc: best}, fmt.Errorf("%s: manifest of %d bytes, more than %d: refused", where, best.Size, maxProfileManifest)
 	}
 	// The referrers tag index may carry the manifest itself (profile.Push embeds it there):
 	// checked against the descriptor, it saves the round trip to fetch it.
 	raw, err := embedded(best)
 	if err != nil {
-		return found{desc: best}, fmt.Errorf("%s: manifest: %w", where, err)
+		return Found{Desc: best}, fmt.Errorf("%s: manifest: %w", where, err)
 	}
 	if raw == nil {
 		if _, raw, err = reg.Manifest(ctx, best.Digest); err != nil {
-			return found{desc: best}, fmt.Errorf("%s: %w", where, err)
+			return Found{Desc: best}, fmt.Errorf("%s: %w", where, err)
 		}
 	}
 	f, err := parseProfile(ctx, reg, raw, where)
-	f.desc = best
+	f.Desc = best
 	return f, err
 }
 
@@ -92,49 +92,49 @@ func readProfile(ctx context.Context, reg *fetch.Registry, digest v1.Hash, where
 		return nil, fmt.Errorf("%s: %w", where, err)
 	}
 	f, err := parseProfile(ctx, reg, raw, where)
-	return f.p, err
+	return f.Profile, err
 }
 
 // parseProfile reads the profile whose artifact manifest is raw (checked against its
 // digest already): its document, embedded or from the registry, parsed strictly, and its
 // pack's descriptor. The pack is the optional second layer.
-func parseProfile(ctx context.Context, reg *fetch.Registry, raw []byte, where string) (found, error) {
+func parseProfile(ctx context.Context, reg *fetch.Registry, raw []byte, where string) (Found, error) {
 	if len(raw) > maxProfileManifest {
-		return found{}, fmt.Errorf("%s: manifest of %d bytes, more than %d: %w", where, len(raw), maxProfileManifest, ErrNotProfile)
+		return Found{}, fmt.Errorf("%s: manifest of %d bytes, more than %d: %w", where, len(raw), maxProfileManifest, ErrNotProfile)
 	}
 	m, err := v1.ParseManifest(bytes.NewReader(raw))
 	if err != nil {
-		return found{}, fmt.Errorf("%s: manifest: %w", where, err)
+		return Found{}, fmt.Errorf("%s: manifest: %w", where, err)
 	}
 	if m.ArtifactType != profile.ArtifactType || len(m.Layers) < 1 || len(m.Layers) > 2 || m.Layers[0].MediaType != types.MediaType(profile.MediaType) ||
 		len(m.Layers) == 2 && m.Layers[1].MediaType != types.MediaType(profile.PackMediaType) {
-		return found{}, fmt.Errorf("%s: %w (artifactType %q, %d layers)", where, ErrNotProfile, m.ArtifactType, len(m.Layers))
+		return Found{}, fmt.Errorf("%s: %w (artifactType %q, %d layers)", where, ErrNotProfile, m.ArtifactType, len(m.Layers))
 	}
 	var pack *v1.Descriptor
 	if len(m.Layers) == 2 {
 		pack = &m.Layers[1]
 		if pack.Size > profile.MaxPack || pack.Size < 0 || pack.Digest.Algorithm != "sha256" {
-			return found{}, fmt.Errorf("%s: pack %s of %d bytes: want a sha256 digest and at most %d bytes; refused", where, pack.Digest, pack.Size, profile.MaxPack)
+			return Found{}, fmt.Errorf("%s: pack %s of %d bytes: want a sha256 digest and at most %d bytes; refused", where, pack.Digest, pack.Size, profile.MaxPack)
 		}
 	}
 	doc := m.Layers[0]
 	if doc.Size > profile.MaxSize || doc.Size < 0 {
-		return found{}, fmt.Errorf("%s: document of %d bytes, more than %d: %w; refused", where, doc.Size, profile.MaxSize, profile.ErrTooLarge)
+		return Found{}, fmt.Errorf("%s: document of %d bytes, more than %d: %w; refused", where, doc.Size, profile.MaxSize, profile.ErrTooLarge)
 	}
 	b, err := embedded(doc)
 	if err != nil {
-		return found{}, fmt.Errorf("%s: document: %w", where, err)
+		return Found{}, fmt.Errorf("%s: document: %w", where, err)
 	}
 	if b == nil {
 		if b, err = reg.Blob(doc.Digest, doc.Size).ReadAll(ctx); err != nil {
-			return found{}, fmt.Errorf("%s: document: %w", where, err)
+			return Found{}, fmt.Errorf("%s: document: %w", where, err)
 		}
 	}
 	p, err := profile.Parse(b)
 	if err != nil {
-		return found{}, fmt.Errorf("%s: %w", where, err)
+		return Found{}, fmt.Errorf("%s: %w", where, err)
 	}
-	return found{p: p, pack: pack}, nil
+	return Found{Profile: p, Pack: pack}, nil
 }
 
 // embedded returns what d carries in its data field, checked against d's size and digest;
@@ -283,7 +283,7 @@ func (im *Image) plan(p *profile.Profile) (per [][]store.Want, files int, stale 
 // profileLookup is a FindProfile running in the background.
 type profileLookup struct {
 	done chan struct{}
-	found
+	Found
 	err      error
 	requests int64 // the registry's requests while it ran (others' included)
 	after    int64 // the registry's requests when it ended
@@ -294,7 +294,7 @@ func lookupProfile(ctx context.Context, reg *fetch.Registry, subject v1.Hash) *p
 	go func() {
 		defer close(l.done)
 		before := reg.Stats().Requests
-		l.found, l.err = findProfile(ctx, reg, subject)
+		l.Found, l.err = LookupProfile(ctx, reg, subject)
 		l.after = reg.Stats().Requests
 		l.requests = l.after - before
 	}()
@@ -314,12 +314,12 @@ func (im *Image) runPrefetch(ctx context.Context, pf *prefetch, log *slog.Logger
 	looked := im.Registry.Stats().Requests
 	if im.pack != nil {
 		looked = l.after // the pack's GET went out as the image opened
-	} else if l.err == nil && l.found.pack != nil {
+	} else if l.err == nil && l.Pack != nil {
 		// The image opened without waiting for the look-up (its indexes were kept, or the
 		// look-up was slow): the pack still brings the chunks, in one request.
-		im.pack = newPack(im.bg, im.Registry, *l.found.pack, log)
+		im.pack = newPack(im.bg, im.Registry, *l.Pack, log)
 	}
-	p, desc, err := l.p, l.desc, l.err
+	p, desc, err := l.Profile, l.Desc, l.err
 	pf.mu.Lock()
 	pf.st.LookupRequests = l.requests
 	pf.mu.Unlock()

@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -77,6 +78,11 @@ func TestProfileRoundTripAndPrefetch(t *testing.T) {
 	show := e.lazypull(t, "profile", "show", "--plain-http", ref)
 	if show.code != 0 || !strings.Contains(show.stdout, digest) || !strings.Contains(show.stdout, "/usr/bin/python3") {
 		t.Fatalf("profile show: exit %d\n%s\n%s", show.code, show.stdout, show.stderr)
+	}
+	if !slices.ContainsFunc(strings.Split(show.stdout, "\n"), func(l string) bool {
+		return strings.HasPrefix(l, "pack ") && strings.Contains(l, "sha256:")
+	}) {
+		t.Errorf("profile show names no pack:\n%s", show.stdout)
 	}
 	// What containerd reads in the rootfs at create is in the profile too.
 	for _, f := range []string{"/etc/passwd", "/etc/group"} {
