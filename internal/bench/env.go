@@ -325,6 +325,13 @@ func (t *outputTail) String() string {
 // with the time that took. A server (keeps running) is then killed; a one-shot command must
 // exit with status 0. Either way it returns only once ctr has exited.
 func (n *node) runToReady(ctx context.Context, id, ready string, server bool, args ...string) (time.Duration, error) {
+	return n.runToReadyThen(ctx, id, ready, server, nil, args...)
+}
+
+// runToReadyThen is runToReady, calling atReady (when not nil) as soon as the readiness line
+// is seen, before the container is stopped or waited for: what is measured "before ready"
+// (the link's counters) is read there, not after the container's exit.
+func (n *node) runToReadyThen(ctx context.Context, id, ready string, server bool, atReady func(), args ...string) (time.Duration, error) {
 	cmd := exec.Command("ctr", n.ctr(append(append([]string{"run", "--rm"}, args...), id)...)...)
 	pr, pw := io.Pipe()
 	cmd.Stdout, cmd.Stderr = pw, pw
@@ -370,6 +377,9 @@ func (n *node) runToReady(ctx context.Context, id, ready string, server bool, ar
 		default:
 		}
 	case <-ctx.Done():
+	}
+	if !readyAt.IsZero() && atReady != nil {
+		atReady()
 	}
 	if readyAt.IsZero() {
 		if !ended {

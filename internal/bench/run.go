@@ -476,8 +476,9 @@ func coldRun(ctx context.Context, cfg Config, p *Proxy, j job, pg *progress) (ru
 	} else if isStargz(j.mode) {
 		args = append(args, stargzArgs()...)
 	}
-	took, err := n.runToReady(sctx, fmt.Sprintf("bench-%d", j.order), j.image.Ready, j.image.Server, append(args, r)...)
-	c1 := p.Counters()
+	var c1 Counters
+	took, err := n.runToReadyThen(sctx, fmt.Sprintf("bench-%d", j.order), j.image.Ready, j.image.Server,
+		func() { c1 = p.Counters() }, append(args, r)...)
 	cancel()
 	if err != nil {
 		return run, stepErr(j, "run to ready", err)

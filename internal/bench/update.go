@@ -80,8 +80,9 @@ func updateRun(ctx context.Context, cfg Config, p *Proxy, j scenarioJob, pg *pro
 	run.Pull = took.Seconds()
 	pg.step("v2: running to ready")
 	sctx, cancel := context.WithTimeout(ctx, cfg.StepTimeout)
-	took, err = n.runToReady(sctx, fmt.Sprintf("upd-%d-v2", j.order), v2.Ready, v2.Server, append(runArgs(j.mode), r2)...)
-	c2 := p.Counters()
+	var c2 Counters
+	took, err = n.runToReadyThen(sctx, fmt.Sprintf("upd-%d-v2", j.order), v2.Ready, v2.Server,
+		func() { c2 = p.Counters() }, append(runArgs(j.mode), r2)...)
 	cancel()
 	if err != nil {
 		return run, j.err("v2: run to ready", err)
