@@ -20,10 +20,33 @@ type Want struct {
 	Ranges []Range // clipped to the file's size
 }
 
+// PlanGap is the largest hole between two ranges of a file that Plan fetches with them. A
+// workload that maps a file reads it in the kernel's read-around windows (up to 1 MiB on
+// a lazypull mount), placed by the order of its page faults, which is not the same from
+// run to run: the windows one run recorded leave holes that the next run reads, each then
+// a request of its own before ready. Fetched with their neighbours, holes this small cost
+// a few percent more bytes (clang's profile 9%, a JVM's 2%) and save those round trips.
+const PlanGap = 1 << 20
+
+// bridge merges ranges (sorted, apart) whose hole is at most gap.
+func bridge(rs []Range, gap int64) []Range {
+	out := rs[:1]
+	for _, r := range rs[1:] {
+		last := &out[len(out)-1]
+		if r.Off-last.End() <= gap {
+			last.Len = r.End() - last.Off
+			continue
+		}
+		out = append(out, r)
+	}
+	return out
+}
+
 // Plan finds the profile's files in the image's layers, in the profile's order. A file
 // comes from the layer of the digest the profile names when the image has it, else from
 // the topmost layer that has the path (a profile of another version of the image). Files
-// found nowhere, or no longer regular files, are returned in stale, and skipped.
+// found nowhere, or no longer regular files, are returned in stale, and skipped. Ranges
+// closer than PlanGap are planned as one.
 func (p *Profile) Plan(layers []Layer) (wants []Want, stale []string) {
 	byDigest := map[string]int{}
 	for i, l := range layers {
@@ -66,7 +89,7 @@ func (p *Profile) Plan(layers []Layer) (wants []Want, stale []string) {
 			}
 			continue
 		}
-		wants = append(wants, Want{Layer: li, Entry: c, Ranges: rs})
+		wants = append(wants, Want{Layer: li, Entry: c, Ranges: bridge(rs, PlanGap)})
 	}
 	return wants, stale
 }
