@@ -384,15 +384,27 @@ func pushImage(ctx context.Context, cfg Config, reg string, im Image) (ImageInfo
 
 // recordProfile runs `lazypull profile` on the converted image, straight from the registry
 // (not through a link: the profile is made once, before the runs, like a CI job would),
-// until its readiness line, and pushes the profile beside the image.
-func recordProfile(ctx context.Context, cfg Config, reg string, im Image) (*ProfileInfo, error) {
+// until its readiness line, and pushes the profile beside the image. The workload runs as
+// the runs run it, a containerd container (a node of its own): what a container reads at
+// start is not quite what a chrooted process reads (a JVM, clang), and every read the
+// profile misses is a request before ready.
+func recordProfile(ctx context.Context, cfg Config, reg string, im Image) (_ *ProfileInfo, err error) {
 	dir := cfg.WorkDir
 	if cfg.LogDir != "" {
 		dir = cfg.LogDir // kept with the runs' logs
 	}
+	n, err := startNode(ctx, cfg.Scripts, cfg.Lazypull, cfg.WorkDir, ModePlain)
+	if err != nil {
+		return nil, fmt.Errorf("start a node to record on: %w", err)
+	}
+	defer func() {
+		if e := n.stop(); e != nil && err == nil {
+			err = fmt.Errorf("stop the node recorded on: %w", e)
+		}
+	}()
 	doc := filepath.Join(dir, im.Name+".profile.json")
-	out, err := command(ctx, nil, cfg.Lazypull, "profile", "--plain-http", "--until", im.Ready,
-		"--duration", "5m", "--output", doc, reg+"/bench/"+im.Name+":lazy")
+	out, err := command(ctx, nil, cfg.Lazypull, "profile", "--plain-http", "--runtime", "containerd", "--address", n.sock(),
+		"--until", im.Ready, "--duration", "5m", "--output", doc, reg+"/bench/"+im.Name+":lazy")
 	if err != nil {
 		return nil, err
 	}
