@@ -198,10 +198,10 @@ func TestPlan(t *testing.T) {
 	p := &Profile{Subject: digest('a'), Layers: []string{digest('b'), digest('c'), digest('9')}, Files: []File{
 		{Layer: 0, Path: "usr/bin/python3", Ranges: []Range{{0, 100}, {900, 500}, {2000, 10}}}, // bridged, clipped
 		{Layer: 0, Path: "usr/lib/libbig.so", Ranges: []Range{{0, 10}, {PlanGap + 10, 10}, {2*PlanGap + 21, 10}}},
-		{Layer: 1, Path: "app/gone.py", Ranges: []Range{{0, 1}}},                               // stale
-		{Layer: 0, Path: "etc/link", Ranges: []Range{{0, 50}}},                                 // hard link
-		{Layer: 2, Path: "app/main.py", Ranges: []Range{{0, 300}}},                             // other layer digest: by path
-		{Layer: 2, Path: "etc/os-release", Ranges: []Range{{0, 50}}},                           // now a directory
+		{Layer: 1, Path: "app/gone.py", Ranges: []Range{{0, 1}}},     // stale
+		{Layer: 0, Path: "etc/link", Ranges: []Range{{0, 50}}},       // hard link
+		{Layer: 2, Path: "app/main.py", Ranges: []Range{{0, 300}}},   // other layer digest: by path
+		{Layer: 2, Path: "etc/os-release", Ranges: []Range{{0, 50}}}, // now a directory
 	}}
 	wants, stale := p.Plan([]Layer{{digest('b'), lower}, {digest('c'), upper}})
 	if got, want := fmt.Sprint(stale), "[app/gone.py etc/os-release]"; got != want {
