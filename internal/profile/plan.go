@@ -28,23 +28,6 @@ type Want struct {
 // a few percent more bytes (clang's profile 9%, a JVM's 2%) and save those round trips.
 const PlanGap = 1 << 20
 
-// planWhole: a file whose profiled ranges cover at least 1/planWhole of it is planned
-// whole. A run reads what the recorded one did give or take the kernel's read-around
-// windows (see PlanGap), and for a file read mostly (a mapped library, a JVM's modules)
-// the windows it may read beyond the recorded ones are the rest of the file; fetching
-// that rest costs at most as much again as what was read, and saves requests before
-// ready that the holes and edges would cost.
-const planWhole = 2
-
-// covered is the bytes the ranges cover.
-func covered(rs []Range) int64 {
-	var n int64
-	for _, r := range rs {
-		n += r.Len
-	}
-	return n
-}
-
 // bridge merges ranges (sorted, apart) whose hole is at most gap.
 func bridge(rs []Range, gap int64) []Range {
 	out := rs[:1]
@@ -63,7 +46,7 @@ func bridge(rs []Range, gap int64) []Range {
 // comes from the layer of the digest the profile names when the image has it, else from
 // the topmost layer that has the path (a profile of another version of the image). Files
 // found nowhere, or no longer regular files, are returned in stale, and skipped. Ranges
-// closer than PlanGap are planned as one, and a file they cover at least half of whole.
+// closer than PlanGap are planned as one.
 func (p *Profile) Plan(layers []Layer) (wants []Want, stale []string) {
 	byDigest := map[string]int{}
 	for i, l := range layers {
@@ -106,11 +89,7 @@ func (p *Profile) Plan(layers []Layer) (wants []Want, stale []string) {
 			}
 			continue
 		}
-		rs = bridge(rs, PlanGap)
-		if n := covered(rs); n < c.Size && n*planWhole >= c.Size {
-			rs = []Range{{0, c.Size}}
-		}
-		wants = append(wants, Want{Layer: li, Entry: c, Ranges: rs})
+		wants = append(wants, Want{Layer: li, Entry: c, Ranges: bridge(rs, PlanGap)})
 	}
 	return wants, stale
 }
