@@ -30,6 +30,9 @@ type Layer struct {
 	mu      sync.Mutex
 	files   map[*format.Entry]store.File // chunk lists, built on first use of each file
 	streams map[*format.Entry]*stream    // sequential readers of large files
+	// profiled holds, for the files a prefetch profile names, where its last range ends:
+	// no read-ahead runs before a reader passes it (profiled).
+	profiled map[*format.Entry]int64
 
 	bg     context.Context // background read-ahead; ends with the image
 	raSlot chan struct{}   // bounds read-aheads in flight
@@ -189,6 +192,13 @@ func (l *Layer) readahead(e *format.Entry, f store.File, off, n int64) {
 		l.mu.Unlock()
 		return
 	}
+	if s.next <= l.profiled[e] {
+		// The prefetch brings what the workload reads of the file at start; a window
+		// reaching past the profile's end would be a request the start did not need.
+		// Once the reader is past it, read-ahead goes on from there.
+		l.mu.Unlock()
+		return
+	}
 	if s.ahead-s.next > s.window/2 {
 		l.mu.Unlock()
 		return
@@ -211,6 +221,16 @@ func (l *Layer) readahead(e *format.Entry, f store.File, off, n int64) {
 		// Errors are the reader's to meet and report, when it gets there.
 		_, _ = l.store.ReadAt(l.bg, blobSource{l.blob}, f, make([]byte, end-start), start)
 	}()
+}
+
+// profile notes where the prefetch profile's ranges of e end (readahead).
+func (l *Layer) profile(e *format.Entry, end int64) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if l.profiled == nil {
+		l.profiled = map[*format.Entry]int64{}
+	}
+	l.profiled[e] = max(l.profiled[e], end)
 }
 
 // readSparse serves a sparse file, which is not laid out in chunks, by decoding its tar

@@ -312,3 +312,66 @@ func TestPackIndexesKept(t *testing.T) {
 		t.Errorf("%d blob requests after reading the profiled files; want still 1", n)
 	}
 }
+
+// TestReadaheadStopsAtProfile: a large file read sequentially inside what the profile
+// prefetched starts no read-ahead past the profile's end (a request the start did not
+// need); read on past it, it reads ahead as before.
+func TestReadaheadStopsAtProfile(t *testing.T) {
+	const size, profiled = 24 << 20, 10 << 20
+	files := map[string][]byte{"lib/big.so": randomish(3, size)}
+	img, _ := lazyImageOf(t, files)
+	host, reqs := countedRegistry(t)
+	ref := host + "/ra:v1"
+	r, _ := name.ParseReference(ref)
+	if err := remote.Write(r, img); err != nil {
+		t.Fatal(err)
+	}
+	m, _ := img.Manifest()
+	d, _ := img.Digest()
+	raw, _ := img.RawManifest()
+	p := &profile.Profile{Subject: d.String(), Created: time.Now().UTC().Truncate(time.Second), Layers: []string{m.Layers[0].Digest.String()},
+		Files: []profile.File{{Layer: 0, Path: "lib/big.so", Ranges: []profile.Range{{Off: 0, Len: profiled}}}}}
+	st, err := store.Open(t.TempDir())
+	if err != nil {
+		t.Fatal(err)
+	}
+	built, err := OpenImage(context.Background(), st, ref, nil, fetch.WithPlainHTTP())
+	if err != nil {
+		t.Fatal(err)
+	}
+	pack, err := built.Pack(context.Background(), p)
+	built.Close()
+	st.Close()
+	if err != nil {
+		t.Fatal(err)
+	}
+	pushProfile(t, ref, v1.Descriptor{MediaType: types.OCIManifestSchema1, Digest: d, Size: int64(len(raw))}, p, pack)
+	reqs.mu.Lock()
+	clear(reqs.n)
+	reqs.mu.Unlock()
+
+	im, ps := openPrefetched(t, ref)
+	if ps.Err != "" || !ps.Pack || ps.Requests != 1 {
+		t.Fatalf("prefetch %+v; want the pack's one request", ps)
+	}
+	l := im.Layers[0]
+	e, _ := l.Index.Lookup("lib/big.so")
+	read := func(from, to int64) {
+		t.Helper()
+		for off := from; off < to; off += 1 << 20 {
+			b := make([]byte, 1<<20)
+			if n, err := l.ReadAt(context.Background(), e, b, off); n != len(b) || !bytes.Equal(b, files["lib/big.so"][off:off+1<<20]) {
+				t.Fatalf("read at %d: %d bytes, %v, or wrong bytes", off, n, err)
+			}
+		}
+	}
+	read(0, profiled)
+	time.Sleep(100 * time.Millisecond) // a read-ahead would have started by now
+	if n := reqs.count("GET blobs"); n != 1 {
+		t.Errorf("%d blob requests after reading the profiled part; want 1 (the pack): a read-ahead went past the profile", n)
+	}
+	read(profiled, size)
+	if n := reqs.count("GET blobs"); n < 2 {
+		t.Errorf("%d blob requests after reading past the profile; want more than the pack's", n)
+	}
+}

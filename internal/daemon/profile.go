@@ -258,26 +258,26 @@ func (im *Image) PrefetchStats() (PrefetchStats, bool) {
 }
 
 // plan finds the profile's files in the image (profile.Plan): per layer, the ranges of
-// their content to fetch first, in the profile's order; how many files were found, the
-// paths of those that were not, and the bytes the ranges cover.
-func (im *Image) plan(p *profile.Profile) (per [][]store.Want, files int, stale []string, bytes int64, err error) {
+// their content to fetch first, in the profile's order; the files found, the paths of
+// those that were not, and the bytes the ranges cover.
+func (im *Image) plan(p *profile.Profile) (per [][]store.Want, wants []profile.Want, stale []string, bytes int64, err error) {
 	layers := make([]profile.Layer, len(im.Layers))
 	for i, l := range im.Layers {
 		layers[i] = profile.Layer{Digest: l.Desc.Digest.String(), Index: l.Index}
 	}
-	wants, stale := p.Plan(layers)
+	wants, stale = p.Plan(layers)
 	per = make([][]store.Want, len(im.Layers))
 	for _, w := range wants {
 		f, err := im.Layers[w.Layer].file(w.Entry)
 		if err != nil {
-			return nil, 0, nil, 0, err
+			return nil, nil, nil, 0, err
 		}
 		for _, r := range w.Ranges {
 			per[w.Layer] = append(per[w.Layer], store.Want{File: f, Off: r.Off, Len: r.Len})
 			bytes += r.Len
 		}
 	}
-	return per, len(wants), stale, bytes, nil
+	return per, wants, stale, bytes, nil
 }
 
 // profileLookup is a FindProfile running in the background.
@@ -330,7 +330,7 @@ func (im *Image) runPrefetch(ctx context.Context, pf *prefetch, log *slog.Logger
 		log.Debug("no prefetch profile", "image", im.Ref)
 		return nil
 	}
-	per, files, stale, bytes, err := im.plan(p)
+	per, wants, stale, bytes, err := im.plan(p)
 	if err != nil {
 		return err
 	}
@@ -344,8 +344,11 @@ func (im *Image) runPrefetch(ctx context.Context, pf *prefetch, log *slog.Logger
 			im.lease.Pin(w.File) // what the workload reads at start stays while the image is mounted
 		}
 	}
+	for _, w := range wants {
+		im.Layers[w.Layer].profile(w.Entry, w.Ranges[len(w.Ranges)-1].End())
+	}
 	pf.mu.Lock()
-	pf.st.Profile, pf.st.Files, pf.st.Stale, pf.st.Bytes = desc.Digest.String(), files, len(stale), bytes
+	pf.st.Profile, pf.st.Files, pf.st.Stale, pf.st.Bytes = desc.Digest.String(), len(wants), len(stale), bytes
 	pf.st.Pack = im.pack != nil
 	pf.mu.Unlock()
 	if im.pack != nil {
