@@ -200,6 +200,20 @@ func TestPackPrefetch(t *testing.T) {
 	}
 }
 
+// checkServed checks that a damaged pack cost nothing but requests: the prefetch of the
+// fixture's 4 files ended without error, and every file reads right.
+func checkServed(t *testing.T, im *Image, ps PrefetchStats, files map[string][]byte) {
+	t.Helper()
+	if ps.Err != "" || !ps.Pack || ps.Files != 4 {
+		t.Errorf("prefetch %+v; want the 4 files prefetched, without error", ps)
+	}
+	for path, want := range files {
+		if got := readFile(t, im, path); !bytes.Equal(got, want) {
+			t.Errorf("%s: wrong bytes", path)
+		}
+	}
+}
+
 // packRecords splits a pack into its records' (offset of the bytes, length), in order.
 func packRecords(t *testing.T, pack []byte) (kinds []byte, at []int, lens []int) {
 	t.Helper()
@@ -243,14 +257,7 @@ func TestPackDamaged(t *testing.T) {
 			ref, files, p, pack, subject, _ := packFixture(t)
 			pushProfile(t, ref, subject, p, c.damage(t, pack))
 			im, ps := openPrefetched(t, ref)
-			if ps.Err != "" || !ps.Pack || ps.Files != 4 {
-				t.Errorf("prefetch %+v; want the 4 files prefetched, without error", ps)
-			}
-			for path, want := range files {
-				if got := readFile(t, im, path); !bytes.Equal(got, want) {
-					t.Errorf("%s: wrong bytes", path)
-				}
-			}
+			checkServed(t, im, ps, files)
 		})
 	}
 }
@@ -264,16 +271,9 @@ func TestPackRegistryDies(t *testing.T) {
 	d := "sha256:" + fmt.Sprintf("%x", sha256.Sum256(pack))
 	reqs.cutBlob.Store(&d)
 	im, ps := openPrefetched(t, ref)
-	if ps.Err != "" || !ps.Pack || ps.Files != 4 {
-		t.Errorf("prefetch %+v; want the 4 files prefetched, without error", ps)
-	}
+	checkServed(t, im, ps, files)
 	if n := reqs.count("GET blobs"); n < 2 {
 		t.Errorf("%d blob requests; want the cut pack's and the layers' for the rest", n)
-	}
-	for path, want := range files {
-		if got := readFile(t, im, path); !bytes.Equal(got, want) {
-			t.Errorf("%s: wrong bytes", path)
-		}
 	}
 }
 

@@ -11,6 +11,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	v1 "github.com/google/go-containerregistry/pkg/v1"
 )
 
 // readStream reads r to its first error, which it returns as it came (io.EOF included).
@@ -24,6 +26,17 @@ func readStream(r io.Reader) ([]byte, error) {
 			return out, err
 		}
 	}
+}
+
+// openStream opens the blob d of size bytes, closed when the test ends.
+func openStream(t *testing.T, reg *Registry, d v1.Hash, size int64) io.ReadCloser {
+	t.Helper()
+	rc, err := reg.Blob(d, size).Open(t.Context())
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { rc.Close() })
+	return rc
 }
 
 func TestOpenReadsWhole(t *testing.T) {
@@ -66,11 +79,7 @@ func TestOpenEmptyBlob(t *testing.T) {
 	d := f.addBlob(nil)
 	_, host := serve(t, f)
 	reg, _ := newReg(t, host, "r")
-	rc, err := reg.Blob(d, 0).Open(t.Context())
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer rc.Close()
+	rc := openStream(t, reg, d, 0)
 	if got, err := readStream(rc); err != io.EOF || len(got) != 0 {
 		t.Fatalf("%d bytes, %v", len(got), err)
 	}
@@ -83,11 +92,7 @@ func TestOpenEmptyRead(t *testing.T) {
 	d := f.addBlob(blob)
 	_, host := serve(t, f)
 	reg, _ := newReg(t, host, "r")
-	rc, err := reg.Blob(d, int64(len(blob))).Open(t.Context())
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer rc.Close()
+	rc := openStream(t, reg, d, int64(len(blob)))
 	head := make([]byte, 1000)
 	if _, err := io.ReadFull(rc, head); err != nil {
 		t.Fatal(err)
@@ -113,11 +118,7 @@ func TestOpenWrongContent(t *testing.T) {
 	_, host := serve(t, f)
 	reg, _ := newReg(t, host, "r")
 
-	rc, err := reg.Blob(d, int64(len(blob))).Open(t.Context())
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer rc.Close()
+	rc := openStream(t, reg, d, int64(len(blob)))
 	got, err := readStream(rc)
 	if len(got) != len(blob) {
 		t.Fatalf("%d bytes before the error, want the %d the server sent", len(got), len(blob))
@@ -154,11 +155,7 @@ func TestOpenBodyCut(t *testing.T) {
 			}
 			_, host := serve(t, f)
 			reg, _ := newReg(t, host, "r")
-			rc, err := reg.Blob(d, int64(len(blob))).Open(t.Context())
-			if err != nil {
-				t.Fatal(err)
-			}
-			defer rc.Close()
+			rc := openStream(t, reg, d, int64(len(blob)))
 			got, err := readStream(rc)
 			if !bytes.Equal(got, blob[:len(got)]) {
 				t.Fatal("wrong bytes before the cut")
@@ -210,11 +207,7 @@ func TestOpenLongerBody(t *testing.T) {
 	}
 	_, host := serve(t, f)
 	reg, _ := newReg(t, host, "r")
-	rc, err := reg.Blob(d, int64(len(blob))).Open(t.Context())
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer rc.Close()
+	rc := openStream(t, reg, d, int64(len(blob)))
 	if got, err := readStream(rc); err != io.EOF || !bytes.Equal(got, blob) {
 		t.Fatalf("after %d bytes: %v", len(got), err)
 	}
@@ -243,11 +236,7 @@ func TestOpenStatus(t *testing.T) {
 		f.hook = failFirst(2, http.StatusServiceUnavailable)
 		_, host := serve(t, f)
 		reg, _ := newReg(t, host, "r")
-		rc, err := reg.Blob(d, int64(len(blob))).Open(t.Context())
-		if err != nil {
-			t.Fatal(err)
-		}
-		defer rc.Close()
+		rc := openStream(t, reg, d, int64(len(blob)))
 		if got, err := readStream(rc); err != io.EOF || !bytes.Equal(got, blob) {
 			t.Fatalf("after %d bytes: %v", len(got), err)
 		}
