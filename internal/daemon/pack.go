@@ -176,11 +176,9 @@ func (p *pack) close() {
 	}
 }
 
-// chunkKey names a chunk's frame where a layer blob holds it: by its chunk's digest (a
-// prefetch's plan) or by the layer (a pack's build).
+// chunkKey names a chunk where a layer blob holds its frame.
 type chunkKey struct {
 	d        format.Digest
-	layer    *Layer
 	off, len int64
 }
 
@@ -285,37 +283,36 @@ func (im *Image) Pack(ctx context.Context, p *profile.Profile) ([]byte, error) {
 	}
 	// The chunks in the order the profile reads them, and per layer the frames to fetch.
 	type item struct {
-		l *Layer
-		c format.Chunk
+		layer int
+		c     format.Chunk
 	}
 	var order []item
 	seen := map[format.Digest]bool{}
 	ranges := make([][]fetch.Range, len(im.Layers))
 	for i, ws := range per {
 		for _, w := range ws {
-			for _, c := range w.File.Chunks {
-				if c.FileOffset >= w.Off+w.Len || w.Off >= c.FileOffset+c.Size || seen[c.Digest] {
-					continue
+			for _, c := range w.Chunks() {
+				if !seen[c.Digest] {
+					seen[c.Digest] = true
+					order = append(order, item{i, c})
+					ranges[i] = append(ranges[i], fetch.Range{Off: c.Offset, Len: c.CompSize})
 				}
-				seen[c.Digest] = true
-				order = append(order, item{im.Layers[i], c})
-				ranges[i] = append(ranges[i], fetch.Range{Off: c.Offset, Len: c.CompSize})
 			}
 		}
 	}
-	var mu sync.Mutex
-	frames := map[chunkKey][]byte{}
+	// frames[i] holds layer i's frames by offset.
+	frames := make([]map[int64][]byte, len(im.Layers))
 	g, gctx := errgroup.WithContext(ctx)
 	for i, rs := range ranges {
 		if len(rs) == 0 {
 			continue
 		}
-		l := im.Layers[i]
+		l, got := im.Layers[i], map[int64][]byte{}
+		frames[i] = got
 		g.Go(func() error {
+			// fn runs on this goroutine only (fetch.Blob.Fetch): got needs no lock.
 			err := l.blob.Fetch(gctx, rs, func(r fetch.Range, b []byte) error {
-				mu.Lock()
-				defer mu.Unlock()
-				frames[chunkKey{off: r.Off, len: r.Len, layer: l}] = bytes.Clone(b)
+				got[r.Off] = bytes.Clone(b)
 				return nil
 			})
 			if err != nil {
@@ -328,15 +325,14 @@ func (im *Image) Pack(ctx context.Context, p *profile.Profile) ([]byte, error) {
 		return nil, err
 	}
 	for _, it := range order {
-		k := chunkKey{off: it.c.Offset, len: it.c.CompSize, layer: it.l}
-		frame := frames[k]
+		frame := frames[it.layer][it.c.Offset]
 		if _, err := it.c.Decode(nil, frame); err != nil {
-			return nil, fmt.Errorf("pack: layer %s: %w", it.l.Desc.Digest, err)
+			return nil, fmt.Errorf("pack: layer %s: %w", im.Layers[it.layer].Desc.Digest, err)
 		}
 		if err := pw.Chunk(it.c.Digest, frame); err != nil {
 			return nil, err
 		}
-		delete(frames, k)
+		delete(frames[it.layer], it.c.Offset)
 	}
 	return buf.Bytes(), nil
 }

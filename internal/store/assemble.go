@@ -178,6 +178,17 @@ type Want struct {
 	Off, Len int64
 }
 
+// Chunks are the chunks of w.File that hold bytes of its range.
+func (w Want) Chunks() []format.Chunk {
+	var out []format.Chunk
+	for _, c := range w.File.Chunks {
+		if c.FileOffset < w.Off+w.Len && w.Off < c.FileOffset+c.Size {
+			out = append(out, c)
+		}
+	}
+	return out
+}
+
 // Prefetch makes local the chunks that cover the wanted ranges, fetching all that are
 // missing with one Fetch call (so that the source can coalesce them into few requests),
 // and returns when they are stored. It is how a mount fetches a profile's reads before the
@@ -204,11 +215,7 @@ func (s *Store) Prefetch(ctx context.Context, src Source, wants ...Want) error {
 			files = append(files, w.File)
 			need[w.File.Digest] = nil
 		}
-		for _, c := range w.File.Chunks {
-			if c.FileOffset < w.Off+w.Len && w.Off < c.FileOffset+c.Size {
-				need[w.File.Digest] = append(need[w.File.Digest], c)
-			}
-		}
+		need[w.File.Digest] = append(need[w.File.Digest], w.Chunks()...)
 	}
 	l := s.NewLease()
 	defer l.Release()
