@@ -34,14 +34,21 @@ var ErrWarmRefused = errors.New("warm request refused")
 // one that opens no layer at all) is logged here, once, and forgotten: the layers'
 // Prepares then open the image themselves, and warn if that fails too.
 func (f *SnapshotFS) Warm(ctx context.Context, ref, digest, mediaType string, manifest []byte) error {
+	_, err := f.warm(ctx, ref, digest, mediaType, manifest)
+	return err
+}
+
+// warm is Warm, returning the image's entry: a failed open forgets it at once, so a
+// look-up in f.images after Warm may no longer find it.
+func (f *SnapshotFS) warm(ctx context.Context, ref, digest, mediaType string, manifest []byte) (*imageEntry, error) {
 	key, img, err := warmImage(ref, digest, mediaType, manifest)
 	if err != nil {
-		return fmt.Errorf("%w: %w", ErrWarmRefused, err)
+		return nil, fmt.Errorf("%w: %w", ErrWarmRefused, err)
 	}
 	e, first := f.entry(key, true)
 	if !first {
 		f.log.Debug("warm request for an image open, opening or failed already", "image", key)
-		return nil
+		return e, nil
 	}
 	go func() {
 		f.open(context.WithoutCancel(ctx), e, key, img)
@@ -50,7 +57,7 @@ func (f *SnapshotFS) Warm(ctx context.Context, ref, digest, mediaType string, ma
 			f.log.Info("warm open failed; the layers' Prepares open the image themselves", "image", key, "err", e.err)
 		}
 	}()
-	return nil
+	return e, nil
 }
 
 // warmImage checks a warm request and returns the key the image is known by (imageKey)
