@@ -53,9 +53,12 @@
 // chunks lie inside an object of that name. It holds across kill -9 and power loss:
 //
 //   - An object is written under tmp/, checked (a chunk by Decode, an assembled file by its
-//     digest), fsynced, made read-only, and only then renamed to its name (and the
-//     directory fsynced). A process that dies earlier leaves a temp file, which Open
-//     deletes; a name never points at a partial or unsynced file.
+//     digest), fsynced, made read-only, and only then renamed to its name. A process
+//     that dies earlier leaves a temp file, which Open deletes; a name never points at a
+//     partial or unsynced file. Fetched chunks are written in batches whose write-back
+//     starts together before each is fsynced, so a batch costs about one journal commit.
+//     The directory is not fsynced after the rename: a rename that a power loss undoes
+//     leaves only the temp file, and costs a fetch.
 //   - A chunk log record is appended and fsynced before its object is renamed into place.
 //     A record whose object never appeared is ignored (and compacted away); a record torn
 //     by a crash fails its checksum and is cut off. A record is only trusted for an object

@@ -55,9 +55,11 @@ const (
 	// maxOpenFiles bounds the descriptors kept open for reads; opening and closing the
 	// file on each read costs as much as a 128 KiB read from the page cache.
 	maxOpenFiles = 256
-	// writers store fetched chunks in the background; several, so that their fsyncs
-	// share journal commits.
-	writers = 4
+	// writers store fetched chunks in the background, in batches (storeChunks): two, so
+	// that one writes the chunks queued while the other waits on its fsyncs.
+	writers = 2
+	// maxBatch bounds the chunks of one batch.
+	maxBatch = 64
 	// maxPending bounds the bytes of fetched chunks a bulk fetch queues for the writers.
 	maxPending = 64 << 20
 	// assemblers bounds the assemblies that reads start in the background; each copies and
@@ -684,18 +686,37 @@ func (s *Store) stamp(o *object) {
 // writeTemp writes a new file in tmp/ with fill, then makes it read-only and syncs it.
 // On error nothing is left behind.
 func (s *Store) writeTemp(fill func(f *os.File) error) (string, error) {
-	f, err := os.CreateTemp(s.path(tmpName), "object-*")
+	f, err := s.createTemp(fill)
 	if err != nil {
 		return "", err
 	}
-	name := f.Name()
+	return s.syncTemp(f)
+}
+
+// createTemp creates a file in tmp/, fills it with fill and makes it read-only, leaving it
+// open and unsynced for syncTemp. On error nothing is left behind.
+func (s *Store) createTemp(fill func(f *os.File) error) (*os.File, error) {
+	f, err := os.CreateTemp(s.path(tmpName), "object-*")
+	if err != nil {
+		return nil, err
+	}
 	err = fill(f)
 	if err == nil {
 		err = f.Chmod(0o444)
 	}
-	if err == nil {
-		err = f.Sync()
+	if err != nil {
+		f.Close()
+		_ = os.Remove(f.Name())
+		return nil, err
 	}
+	return f, nil
+}
+
+// syncTemp syncs and closes a file of createTemp and returns its name. On error nothing is
+// left behind.
+func (s *Store) syncTemp(f *os.File) (string, error) {
+	name := f.Name()
+	err := f.Sync()
 	if cerr := f.Close(); err == nil {
 		err = cerr
 	}
@@ -746,9 +767,9 @@ func (s *Store) commit(d format.Digest, tmp string, size int64, fl *flight, chun
 	}
 	s.enforceLocked()
 	s.mu.Unlock()
-	if err := syncDir(filepath.Dir(p)); err != nil {
-		s.log.Warn("store: cannot sync object directory", "dir", filepath.Dir(p), "err", err)
-	}
+	// The directory is not fsynced: a rename that a power loss undoes leaves the synced
+	// temp file, which Open deletes, and costs a fetch; an fsync per object cost a
+	// journal commit per chunk.
 	return o, nil
 }
 
