@@ -460,7 +460,7 @@ func coldRun(ctx context.Context, cfg Config, p *Proxy, j job, pg *progress) (ru
 			err = stepErr(j, "stop node", e)
 		}
 	}()
-	if err := dropCaches(); err != nil {
+	if err := dropCaches(nodePrograms(cfg, j.mode)...); err != nil {
 		return run, stepErr(j, "drop caches", err)
 	}
 	r := ref(p, j.image, j.mode)

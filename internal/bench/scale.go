@@ -47,7 +47,7 @@ func scaleRun(ctx context.Context, cfg Config, p *Proxy, j scenarioJob, pg *prog
 			err = j.err("stop node", e)
 		}
 	}()
-	if err := dropCaches(); err != nil {
+	if err := dropCaches(nodePrograms(cfg, j.mode)...); err != nil {
 		return run, j.err("drop caches", err)
 	}
 	r := ref(p, im, j.mode)

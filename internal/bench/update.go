@@ -66,7 +66,7 @@ func updateRun(ctx context.Context, cfg Config, p *Proxy, j scenarioJob, pg *pro
 	if err := quiet(ctx, p, quietIdle, cfg.StepTimeout); err != nil {
 		return run, j.err("v1: wait for the link to go quiet", err)
 	}
-	if err := dropCaches(); err != nil {
+	if err := dropCaches(nodePrograms(cfg, j.mode)...); err != nil {
 		return run, j.err("drop caches", err)
 	}
 
