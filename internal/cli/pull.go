@@ -99,6 +99,7 @@ func runPull(ctx context.Context, e *env, vals any, args []string) error {
 	var w *warmer
 	if f.snapshotterAddress != "" {
 		w = newWarmer(log, ref, f.snapshotterAddress, nil)
+		w.hint(ctx)
 	}
 	go func() {
 		desc, raw, err := reg.FetchManifest(ctx, "")

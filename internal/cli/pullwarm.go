@@ -198,6 +198,21 @@ func newWarmer(log *slog.Logger, ref, addr string, cs content.Provider) *warmer 
 	return w
 }
 
+// hint tells the snapshotter that the pull of w.ref starts (warm.Request.IsHint), so that
+// it connects to the registry while the pull fetches the manifest.
+func (w *warmer) hint(ctx context.Context) {
+	if w.client == nil {
+		return
+	}
+	w.wg.Go(func() {
+		ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), warmTimeout)
+		defer cancel()
+		if err := w.client.Send(ctx, warm.Request{Ref: w.ref}); err != nil {
+			w.log.Debug("the snapshotter took no hint", "snapshotter", w.addr, "err", err)
+		}
+	})
+}
+
 // first reports whether d is not marked sent yet, and marks it.
 func (w *warmer) first(d digest.Digest) bool {
 	w.mu.Lock()

@@ -160,9 +160,12 @@ func runSnapshotter(ctx context.Context, e *env, vals any, args []string) error 
 	}
 	srv := grpc.NewServer()
 	snapshotsapi.RegisterSnapshotsServer(srv, snapshotservice.FromSnapshotter(sn))
-	// `lazypull pull` hands over the image manifest here, before containerd prepares the
-	// first layer.
+	// `lazypull pull` says here that it starts, then hands over the image manifest, before
+	// containerd prepares the first layer.
 	warm.Register(srv, func(ctx context.Context, r warm.Request) error {
+		if r.IsHint() {
+			return lfs.Connect(r.Ref)
+		}
 		return lfs.Warm(ctx, r.Ref, r.Digest, r.MediaType, r.Manifest)
 	})
 

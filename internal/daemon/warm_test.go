@@ -264,3 +264,11 @@ func warmed(t *testing.T, f *SnapshotFS, ref, digest string, raw []byte) *imageE
 	<-e.done
 	return e
 }
+
+// TestConnectRefusesBadRef: a hint whose reference does not parse is refused, saying so.
+func TestConnectRefusesBadRef(t *testing.T) {
+	f, _, _, _, _ := warmFixture(t)
+	if err := f.Connect("Not A Ref::"); !errors.Is(err, ErrWarmRefused) || !strings.Contains(err.Error(), "Not A Ref::") {
+		t.Errorf("Connect of a bad reference: %v", err)
+	}
+}

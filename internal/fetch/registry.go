@@ -102,6 +102,7 @@ func New(ref string, opts ...Option) (*Registry, error) {
 	base := o.transport
 	if base == nil {
 		t := http.DefaultTransport.(*http.Transport).Clone()
+		t.DialContext = predial.dialContext(t.DialContext)
 		t.MaxIdleConnsPerHost = o.concurrency + 2
 		t.ResponseHeaderTimeout = time.Minute
 		base = t

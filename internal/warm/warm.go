@@ -40,7 +40,9 @@ const (
 	fieldManifest  = "manifest"
 )
 
-// Request asks the snapshotter to start opening an image.
+// Request asks the snapshotter to start opening an image. A request with a Ref and
+// nothing else is a hint: a pull of Ref is starting, and its manifest follows in a request
+// of its own; the snapshotter connects to the registry meanwhile (IsHint).
 type Request struct {
 	// Ref is the image reference the pull gives the layers' labels.
 	Ref string
@@ -48,6 +50,11 @@ type Request struct {
 	// them; MediaType the media type the pull has for it.
 	Digest, MediaType string
 	Manifest          []byte
+}
+
+// IsHint reports whether r is a hint rather than a manifest to open.
+func (r Request) IsHint() bool {
+	return r.Digest == "" && r.MediaType == "" && len(r.Manifest) == 0
 }
 
 // Handler serves a request. It returns once the request is checked; an error means it was
@@ -119,12 +126,14 @@ type Client struct {
 }
 
 // NewClient returns a client of the snapshotter serving the unix socket at path. It
-// connects on the first Send.
+// starts connecting at once, in the background: the first request is sent the moment a
+// manifest is in, and should not wait for the connection then.
 func NewClient(path string) (*Client, error) {
 	conn, err := grpc.NewClient("unix://"+path, grpc.WithTransportCredentials(insecure.NewCredentials()))
 	if err != nil {
 		return nil, fmt.Errorf("warm: snapshotter at %s: %w", path, err)
 	}
+	conn.Connect()
 	return &Client{conn: conn}, nil
 }
 

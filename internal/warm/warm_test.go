@@ -80,3 +80,21 @@ func TestSendReceive(t *testing.T) {
 		t.Errorf("server without the API: %v, want ErrUnavailable", err)
 	}
 }
+
+// TestHint: a request of a reference alone arrives as a hint; one with a manifest does not.
+func TestHint(t *testing.T) {
+	got := make(chan Request, 1)
+	sock := serve(t, func(_ context.Context, r Request) error {
+		got <- r
+		return nil
+	})
+	if err := send(t, sock, Request{Ref: "registry.test/app:1"}); err != nil {
+		t.Fatal(err)
+	}
+	if r := <-got; !r.IsHint() || r.Ref != "registry.test/app:1" {
+		t.Errorf("got %+v; want a hint for registry.test/app:1", r)
+	}
+	if r := (Request{Ref: "registry.test/app:1", Digest: "sha256:00", Manifest: []byte("{}")}); r.IsHint() {
+		t.Errorf("%+v taken for a hint", r)
+	}
+}

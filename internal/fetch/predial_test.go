@@ -1,0 +1,107 @@
+package fetch
+
+import (
+	"context"
+	"net"
+	"net/http"
+	"net/http/httptest"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+)
+
+// TestPredial: connections Predial dials are the ones a Registry made afterwards sends its
+// requests on (the server accepts no other), and Predial sends no request of its own.
+func TestPredial(t *testing.T) {
+	var conns, reqs atomic.Int64
+	srv := httptest.NewUnstartedServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		reqs.Add(1)
+		time.Sleep(20 * time.Millisecond) // the two requests overlap: two connections
+		w.WriteHeader(http.StatusNotFound)
+	}))
+	srv.Config.ConnState = func(_ net.Conn, s http.ConnState) {
+		if s == http.StateNew {
+			conns.Add(1)
+		}
+	}
+	srv.Start()
+	defer srv.Close()
+	ref := strings.TrimPrefix(srv.URL, "http://") + "/app:1"
+	if err := Predial(ref, 2, WithPlainHTTP()); err != nil {
+		t.Fatal(err)
+	}
+	deadline := time.Now().Add(5 * time.Second)
+	for conns.Load() < 2 && time.Now().Before(deadline) {
+		time.Sleep(time.Millisecond)
+	}
+	// Accepted; now wait until both are in the pool.
+	addr := strings.TrimPrefix(srv.URL, "http://")
+	pooled := func() int {
+		predial.mu.Lock()
+		defer predial.mu.Unlock()
+		return len(predial.conns[addr])
+	}
+	for pooled() < 2 && time.Now().Before(deadline) {
+		time.Sleep(time.Millisecond)
+	}
+	if n := pooled(); n != 2 {
+		t.Fatalf("%d connections dialed ahead; want 2", n)
+	}
+	if n := reqs.Load(); n != 0 {
+		t.Fatalf("Predial sent %d requests", n)
+	}
+	reg, err := New(ref, WithPlainHTTP(), WithRetry(1, 0))
+	if err != nil {
+		t.Fatal(err)
+	}
+	var wg sync.WaitGroup
+	for range 2 {
+		wg.Go(func() {
+			_, _, err := reg.FetchManifest(context.Background(), "")
+			if err == nil {
+				t.Error("FetchManifest of a 404 succeeded")
+			}
+		})
+	}
+	wg.Wait()
+	if n := reqs.Load(); n < 2 {
+		t.Fatalf("%d requests reached the server; want 2", n)
+	}
+	if n := conns.Load(); n != 2 {
+		t.Errorf("the server accepted %d connections; want the 2 dialed ahead", n)
+	}
+	if n := pooled(); n != 0 {
+		t.Errorf("%d connections dialed ahead were left unused", n)
+	}
+}
+
+// TestPredialTake: a connection dialed ahead is taken once, for its own address only, and
+// not after predialTTL.
+func TestPredialTake(t *testing.T) {
+	p := &predialer{conns: map[string][]predialed{}}
+	a, b := net.Pipe()
+	defer b.Close()
+	p.put("h:1", a)
+	if c := p.take("h:2"); c != nil {
+		t.Error("took a connection to another address")
+	}
+	if c := p.take("h:1"); c != a {
+		t.Errorf("take = %v; want the connection put", c)
+	}
+	if c := p.take("h:1"); c != nil {
+		t.Error("took one connection twice")
+	}
+	old, d := net.Pipe()
+	defer d.Close()
+	p.mu.Lock()
+	p.conns["h:1"] = []predialed{{c: old, at: time.Now().Add(-predialTTL - time.Second)}}
+	p.mu.Unlock()
+	if c := p.take("h:1"); c != nil {
+		t.Error("took an expired connection")
+	}
+	if _, err := old.Write([]byte("x")); err == nil {
+		t.Error("an expired connection was left open")
+	}
+}
