@@ -7,6 +7,7 @@ import (
 	"io"
 	"io/fs"
 	"os"
+	"runtime"
 	"slices"
 	"sync"
 
@@ -330,6 +331,11 @@ func (s *Store) fetch(ctx context.Context, src Source, mine []*flight, bulk bool
 		s.st.chunksFetched.Add(1)
 		s.st.bytesFetched.Add(int64(len(frame)))
 		s.enqueue(fl, data, bulk)
+		// A stream of frames (a pack, a large multi-range answer) is decoded and hashed
+		// here back to back, and with another busy goroutine it holds every P of a small
+		// machine: a FUSE request or a containerd call then waits for the preemption, up
+		// to 10 ms each, while the container starts. Yield between chunks.
+		runtime.Gosched()
 		return nil
 	})
 	for _, fl := range mine {
