@@ -105,3 +105,36 @@ func TestPredialTake(t *testing.T) {
 		t.Error("an expired connection was left open")
 	}
 }
+
+// TestRegistriesShareConnections: two Registries of one registry (a daemon opens one per
+// image) send their requests on the same connection, one after the other.
+func TestRegistriesShareConnections(t *testing.T) {
+	var conns, reqs atomic.Int64
+	srv := httptest.NewUnstartedServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		reqs.Add(1)
+		w.WriteHeader(http.StatusNotFound)
+	}))
+	srv.Config.ConnState = func(_ net.Conn, s http.ConnState) {
+		if s == http.StateNew {
+			conns.Add(1)
+		}
+	}
+	srv.Start()
+	defer srv.Close()
+	host := strings.TrimPrefix(srv.URL, "http://")
+	for _, repo := range []string{"/a:1", "/b:1", "/a:1"} {
+		reg, err := New(host+repo, WithPlainHTTP(), WithRetry(1, 0))
+		if err != nil {
+			t.Fatal(err)
+		}
+		if _, _, err := reg.FetchManifest(context.Background(), ""); err == nil {
+			t.Fatal("FetchManifest of a 404 succeeded")
+		}
+	}
+	if n := reqs.Load(); n != 3 {
+		t.Fatalf("%d requests; want 3", n)
+	}
+	if n := conns.Load(); n != 1 {
+		t.Errorf("three Registries opened %d connections to one registry; want 1", n)
+	}
+}

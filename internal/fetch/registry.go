@@ -101,11 +101,7 @@ func New(ref string, opts ...Option) (*Registry, error) {
 	}
 	base := o.transport
 	if base == nil {
-		t := http.DefaultTransport.(*http.Transport).Clone()
-		t.DialContext = predial.dialContext(t.DialContext)
-		t.MaxIdleConnsPerHost = o.concurrency + 2
-		t.ResponseHeaderTimeout = time.Minute
-		base = t
+		base = sharedTransport()
 	}
 	scopes := []string{repo.Scope("pull")}
 	for _, h := range hosts {
@@ -144,6 +140,31 @@ func New(ref string, opts ...Option) (*Registry, error) {
 		})
 	}
 	return reg, nil
+}
+
+// maxIdlePerHost bounds the idle connections the shared transport keeps to one host:
+// enough for a few images' fetches at the default concurrency.
+const maxIdlePerHost = 4*DefaultConcurrency + 2
+
+var (
+	sharedOnce sync.Once
+	shared     *http.Transport
+)
+
+// sharedTransport is the transport of every Registry without one of its own
+// (WithTransport): one pool of connections per process. A snapshotter or a mount opens a
+// Registry per image; with a transport each, every image set up its own connections (and
+// TLS sessions) to a registry the process was already talking to, and left them idle
+// until they timed out. It dials through predial.
+func sharedTransport() *http.Transport {
+	sharedOnce.Do(func() {
+		t := http.DefaultTransport.(*http.Transport).Clone()
+		t.DialContext = predial.dialContext(t.DialContext)
+		t.MaxIdleConnsPerHost = maxIdlePerHost
+		t.ResponseHeaderTimeout = time.Minute
+		shared = t
+	})
+	return shared
 }
 
 // Host is the registry's host[:port] as the reference names it.
