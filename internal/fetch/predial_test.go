@@ -15,19 +15,8 @@ import (
 // TestPredial: connections Predial dials are the ones a Registry made afterwards sends its
 // requests on (the server accepts no other), and Predial sends no request of its own.
 func TestPredial(t *testing.T) {
-	var conns, reqs atomic.Int64
-	srv := httptest.NewUnstartedServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		reqs.Add(1)
-		time.Sleep(20 * time.Millisecond) // the two requests overlap: two connections
-		w.WriteHeader(http.StatusNotFound)
-	}))
-	srv.Config.ConnState = func(_ net.Conn, s http.ConnState) {
-		if s == http.StateNew {
-			conns.Add(1)
-		}
-	}
-	srv.Start()
-	defer srv.Close()
+	// The two requests overlap: two connections.
+	srv, conns, reqs := countingServer(t, 20*time.Millisecond)
 	ref := strings.TrimPrefix(srv.URL, "http://") + "/app:1"
 	if err := Predial(ref, 2, WithPlainHTTP()); err != nil {
 		t.Fatal(err)
@@ -109,18 +98,7 @@ func TestPredialTake(t *testing.T) {
 // TestRegistriesShareConnections: two Registries of one registry (a daemon opens one per
 // image) send their requests on the same connection, one after the other.
 func TestRegistriesShareConnections(t *testing.T) {
-	var conns, reqs atomic.Int64
-	srv := httptest.NewUnstartedServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		reqs.Add(1)
-		w.WriteHeader(http.StatusNotFound)
-	}))
-	srv.Config.ConnState = func(_ net.Conn, s http.ConnState) {
-		if s == http.StateNew {
-			conns.Add(1)
-		}
-	}
-	srv.Start()
-	defer srv.Close()
+	srv, conns, reqs := countingServer(t, 0)
 	host := strings.TrimPrefix(srv.URL, "http://")
 	for _, repo := range []string{"/a:1", "/b:1", "/a:1"} {
 		reg, err := New(host+repo, WithPlainHTTP(), WithRetry(1, 0))
@@ -137,4 +115,24 @@ func TestRegistriesShareConnections(t *testing.T) {
 	if n := conns.Load(); n != 1 {
 		t.Errorf("three Registries opened %d connections to one registry; want 1", n)
 	}
+}
+
+// countingServer answers every request 404 after delay, counting the connections it
+// accepts and the requests it serves.
+func countingServer(t *testing.T, delay time.Duration) (srv *httptest.Server, conns, reqs *atomic.Int64) {
+	t.Helper()
+	conns, reqs = new(atomic.Int64), new(atomic.Int64)
+	srv = httptest.NewUnstartedServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		reqs.Add(1)
+		time.Sleep(delay)
+		w.WriteHeader(http.StatusNotFound)
+	}))
+	srv.Config.ConnState = func(_ net.Conn, s http.ConnState) {
+		if s == http.StateNew {
+			conns.Add(1)
+		}
+	}
+	srv.Start()
+	t.Cleanup(srv.Close)
+	return srv, conns, reqs
 }
