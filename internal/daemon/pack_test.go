@@ -57,17 +57,9 @@ func packFixture(t *testing.T) (ref string, files map[string][]byte, p *profile.
 		}
 	}
 	img := twoLayerImage(t, base, app)
-	host, reqs := countedRegistry(t)
-	ref = host + "/pack:v1"
-	r, _ := name.ParseReference(ref)
-	if err := remote.Write(r, img); err != nil {
-		t.Fatal(err)
-	}
+	ref, reqs, subject = pushCounted(t, img, "pack:v1")
 	m, _ := img.Manifest()
-	d, _ := img.Digest()
-	raw, _ := img.RawManifest()
-	subject = v1.Descriptor{MediaType: types.OCIManifestSchema1, Digest: d, Size: int64(len(raw))}
-	p = &profile.Profile{Subject: d.String(), Created: time.Now().UTC().Truncate(time.Second),
+	p = &profile.Profile{Subject: subject.Digest.String(), Created: time.Now().UTC().Truncate(time.Second),
 		Layers: []string{m.Layers[0].Digest.String(), m.Layers[1].Digest.String()},
 		Files: []profile.File{
 			{Layer: 1, Path: "bin/app", AtUS: 0, Ranges: []profile.Range{{Off: 0, Len: 700_000}}},
@@ -75,6 +67,29 @@ func packFixture(t *testing.T) (ref string, files map[string][]byte, p *profile.
 			{Layer: 0, Path: "lib/libc.so", AtUS: 20, Ranges: []profile.Range{{Off: 0, Len: 900_000}}},
 			{Layer: 1, Path: "etc/app.conf", AtUS: 30, Ranges: []profile.Range{{Off: 0, Len: 4}}},
 		}}
+	pack = buildPack(t, ref, p)
+	reqs.reset()
+	return ref, files, p, pack, subject, reqs
+}
+
+// pushCounted pushes img to a new counting registry as repo:tag and returns its
+// reference, the registry's request log and the image manifest's descriptor.
+func pushCounted(t *testing.T, img v1.Image, repoTag string) (ref string, reqs *requestLog, subject v1.Descriptor) {
+	t.Helper()
+	host, reqs := countedRegistry(t)
+	ref = host + "/" + repoTag
+	r, _ := name.ParseReference(ref)
+	if err := remote.Write(r, img); err != nil {
+		t.Fatal(err)
+	}
+	d, _ := img.Digest()
+	raw, _ := img.RawManifest()
+	return ref, reqs, v1.Descriptor{MediaType: types.OCIManifestSchema1, Digest: d, Size: int64(len(raw))}
+}
+
+// buildPack builds the pack of profile p for the image ref, on a store of its own.
+func buildPack(t *testing.T, ref string, p *profile.Profile) []byte {
+	t.Helper()
 	st, err := store.Open(t.TempDir())
 	if err != nil {
 		t.Fatal(err)
@@ -85,13 +100,11 @@ func packFixture(t *testing.T) (ref string, files map[string][]byte, p *profile.
 		t.Fatal(err)
 	}
 	defer im.Close()
-	if pack, err = im.Pack(context.Background(), p); err != nil {
+	pack, err := im.Pack(context.Background(), p)
+	if err != nil {
 		t.Fatal(err)
 	}
-	reqs.mu.Lock()
-	clear(reqs.n)
-	reqs.mu.Unlock()
-	return ref, files, p, pack, subject, reqs
+	return pack
 }
 
 // randomish is n bytes that do not compress, from seed.
@@ -174,24 +187,9 @@ func readFile(t *testing.T, im *Image, path string) []byte {
 func TestPackPrefetch(t *testing.T) {
 	ref, files, p, pack, subject, reqs := packFixture(t)
 	pushProfile(t, ref, subject, p, pack)
-	reqs.mu.Lock()
-	clear(reqs.n)
-	reqs.mu.Unlock()
+	reqs.reset()
 	im, ps := openPrefetched(t, ref)
-	if ps.Err != "" || !ps.Pack || ps.Files != 4 || ps.Requests != 1 {
-		t.Errorf("prefetch %+v; want the 4 files from the pack, in its one request", ps)
-	}
-	if n := reqs.count("GET blobs"); n != 1 {
-		t.Errorf("%d blob requests to open and prefetch; want 1 (the pack)", n)
-	}
-	for _, f := range p.Files {
-		if got := readFile(t, im, f.Path); !bytes.Equal(got, files[f.Path]) {
-			t.Errorf("%s: wrong bytes", f.Path)
-		}
-	}
-	if n := reqs.count("GET blobs"); n != 1 {
-		t.Errorf("%d blob requests after reading the profiled files; want still 1", n)
-	}
+	checkPackServed(t, im, ps, p, files, reqs)
 	if got := readFile(t, im, "share/doc"); !bytes.Equal(got, files["share/doc"]) {
 		t.Errorf("share/doc: wrong bytes")
 	}
@@ -283,25 +281,23 @@ func TestPackRegistryDies(t *testing.T) {
 func TestPackIndexesKept(t *testing.T) {
 	ref, files, p, pack, subject, reqs := packFixture(t)
 	pushProfile(t, ref, subject, p, pack)
-	st, err := store.Open(t.TempDir())
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { st.Close() })
-	first, err := OpenImage(context.Background(), st, ref, nil, fetch.WithPlainHTTP())
-	if err != nil {
-		t.Fatal(err)
-	}
+	first, st := openFill(t, ref) // opened once: the store keeps its indexes
 	first.Close()
-	reqs.mu.Lock()
-	clear(reqs.n)
-	reqs.mu.Unlock()
+	reqs.reset()
 	im, ps := openPrefetchedIn(t, st, ref)
+	checkPackServed(t, im, ps, p, files, reqs)
+}
+
+// checkPackServed checks that the prefetch ps of im took the 4 files of the profile p from
+// the pack in its one request, the only blob request so far, and that the profiled files
+// then read right (files holds their bytes) with no further request.
+func checkPackServed(t *testing.T, im *Image, ps PrefetchStats, p *profile.Profile, files map[string][]byte, reqs *requestLog) {
+	t.Helper()
 	if ps.Err != "" || !ps.Pack || ps.Files != 4 || ps.Requests != 1 {
 		t.Errorf("prefetch %+v; want the 4 files from the pack, in its one request", ps)
 	}
 	if n := reqs.count("GET blobs"); n != 1 {
-		t.Errorf("%d blob requests; want 1 (the pack, for its chunks)", n)
+		t.Errorf("%d blob requests to open and prefetch; want 1 (the pack)", n)
 	}
 	for _, f := range p.Files {
 		if got := readFile(t, im, f.Path); !bytes.Equal(got, files[f.Path]) {
@@ -320,35 +316,12 @@ func TestReadaheadStopsAtProfile(t *testing.T) {
 	const size, profiled = 24 << 20, 10 << 20
 	files := map[string][]byte{"lib/big.so": randomish(3, size)}
 	img, _ := lazyImageOf(t, files)
-	host, reqs := countedRegistry(t)
-	ref := host + "/ra:v1"
-	r, _ := name.ParseReference(ref)
-	if err := remote.Write(r, img); err != nil {
-		t.Fatal(err)
-	}
+	ref, reqs, subject := pushCounted(t, img, "ra:v1")
 	m, _ := img.Manifest()
-	d, _ := img.Digest()
-	raw, _ := img.RawManifest()
-	p := &profile.Profile{Subject: d.String(), Created: time.Now().UTC().Truncate(time.Second), Layers: []string{m.Layers[0].Digest.String()},
+	p := &profile.Profile{Subject: subject.Digest.String(), Created: time.Now().UTC().Truncate(time.Second), Layers: []string{m.Layers[0].Digest.String()},
 		Files: []profile.File{{Layer: 0, Path: "lib/big.so", Ranges: []profile.Range{{Off: 0, Len: profiled}}}}}
-	st, err := store.Open(t.TempDir())
-	if err != nil {
-		t.Fatal(err)
-	}
-	built, err := OpenImage(context.Background(), st, ref, nil, fetch.WithPlainHTTP())
-	if err != nil {
-		t.Fatal(err)
-	}
-	pack, err := built.Pack(context.Background(), p)
-	built.Close()
-	st.Close()
-	if err != nil {
-		t.Fatal(err)
-	}
-	pushProfile(t, ref, v1.Descriptor{MediaType: types.OCIManifestSchema1, Digest: d, Size: int64(len(raw))}, p, pack)
-	reqs.mu.Lock()
-	clear(reqs.n)
-	reqs.mu.Unlock()
+	pushProfile(t, ref, subject, p, buildPack(t, ref, p))
+	reqs.reset()
 
 	im, ps := openPrefetched(t, ref)
 	if ps.Err != "" || !ps.Pack || ps.Requests != 1 {

@@ -39,6 +39,13 @@ type requestLog struct {
 	cutBlob atomic.Pointer[string]
 }
 
+// reset forgets the requests counted so far.
+func (l *requestLog) reset() {
+	l.mu.Lock()
+	clear(l.n)
+	l.mu.Unlock()
+}
+
 func (l *requestLog) count(key string) int {
 	l.mu.Lock()
 	defer l.mu.Unlock()
@@ -95,9 +102,7 @@ func warmFixture(t *testing.T, fopts ...fetch.Option) (*SnapshotFS, string, v1.I
 	if err := remote.Write(r, img); err != nil {
 		t.Fatal(err)
 	}
-	reqs.mu.Lock()
-	clear(reqs.n) // the push's
-	reqs.mu.Unlock()
+	reqs.reset() // the push's
 	st, err := store.Open(t.TempDir())
 	if err != nil {
 		t.Fatal(err)

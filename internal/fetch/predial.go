@@ -103,7 +103,7 @@ func Predial(ref string, n int, opts ...Option) error {
 	if err != nil {
 		return fmt.Errorf("fetch: reference %q: %w", ref, err)
 	}
-	hosts, err := loadHosts(o.hostsDir, r.Context().RegistryStr(), nil, o.plainHTTP, func(string, []string) {})
+	hosts, err := endpointsOf(o, r.Context().RegistryStr(), func(string, []string) {})
 	if err != nil {
 		return fmt.Errorf("fetch: %w", err)
 	}

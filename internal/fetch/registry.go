@@ -87,13 +87,7 @@ func New(ref string, opts ...Option) (*Registry, error) {
 	}
 	reg.log = log.With("registry", reg.host, "repo", reg.repo)
 
-	// containerd knows the default registry by its short name (the default without its
-	// "index." prefix); ggcr by the long one.
-	var aliases []string
-	if reg.host == name.DefaultRegistry {
-		aliases = []string{strings.TrimPrefix(name.DefaultRegistry, "index.")}
-	}
-	hosts, err := loadHosts(o.hostsDir, reg.host, aliases, o.plainHTTP, func(file string, keys []string) {
+	hosts, err := endpointsOf(o, reg.host, func(file string, keys []string) {
 		reg.log.Warn("hosts file: ignoring settings lazypull does not use", "file", file, "keys", strings.Join(keys, ","))
 	})
 	if err != nil {
@@ -140,6 +134,18 @@ func New(ref string, opts ...Option) (*Registry, error) {
 		})
 	}
 	return reg, nil
+}
+
+// endpointsOf returns the endpoints of registry host under the options o: its hosts.toml
+// mirrors (warn is told of settings they hold that lazypull does not use), then host.
+func endpointsOf(o options, host string, warn func(file string, keys []string)) ([]hostConfig, error) {
+	// containerd knows the default registry by its short name (the default without its
+	// "index." prefix); ggcr by the long one.
+	var aliases []string
+	if host == name.DefaultRegistry {
+		aliases = []string{strings.TrimPrefix(name.DefaultRegistry, "index.")}
+	}
+	return loadHosts(o.hostsDir, host, aliases, o.plainHTTP, warn)
 }
 
 // maxIdlePerHost bounds the idle connections the shared transport keeps to one host:

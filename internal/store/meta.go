@@ -2,6 +2,7 @@ package store
 
 import (
 	"crypto/sha256"
+	"encoding/hex"
 	"errors"
 	"fmt"
 	"io/fs"
@@ -32,7 +33,7 @@ func (s *Store) PutMeta(b []byte) (format.Digest, error) {
 	}
 	defer s.exit()
 	dir := s.path(metaName)
-	p := filepath.Join(dir, d.String()[len("sha256:"):])
+	p := s.metaPath(d)
 	if _, err := os.Stat(p); err == nil {
 		return d, nil
 	}
@@ -51,8 +52,13 @@ func (s *Store) HasMeta(d format.Digest) bool {
 		return false
 	}
 	defer s.exit()
-	_, err := os.Stat(filepath.Join(s.path(metaName), d.String()[len("sha256:"):]))
+	_, err := os.Stat(s.metaPath(d))
 	return err == nil
+}
+
+// metaPath is where metadata d is kept.
+func (s *Store) metaPath(d format.Digest) string {
+	return filepath.Join(s.path(metaName), hex.EncodeToString(d[:]))
 }
 
 // Meta returns the metadata kept under d, checked against d. It returns an error wrapping
@@ -63,7 +69,7 @@ func (s *Store) Meta(d format.Digest) ([]byte, error) {
 		return nil, ErrClosed
 	}
 	defer s.exit()
-	p := filepath.Join(s.path(metaName), d.String()[len("sha256:"):])
+	p := s.metaPath(d)
 	b, err := os.ReadFile(p)
 	if err != nil {
 		if errors.Is(err, fs.ErrNotExist) {
