@@ -95,8 +95,14 @@
 // Mount checks the mount point (an existing, empty directory), clears a stale FUSE mount a
 // crashed process left on it (stat gives ENOTCONN: it is lazily unmounted first), and
 // mounts read-only with allow_other, default_permissions and POSIX ACLs (the kernel enforces
-// modes and system.posix_acl_* from the tar), fsname and subtype "lazypull", dev and suid (a
-// root file system needs both). Without /dev/fuse it fails with ErrNoFUSE. Unmount detaches
+// modes and system.posix_acl_* from the tar), fsname and subtype "lazypull", and nosuid and
+// nodev: every local user can reach the files of a mount, and an image's setuid-root
+// program, file capability or device node must not grant anything on the host. Overlayfs
+// over the views (the snapshotter's containers, the profile recorder's root) is not
+// affected: an overlayfs mount has suid and dev of its own, whatever its lower directories'
+// mounts have (Linux 6.18, checked). MountOptions.AllowSuidDev leaves them out, for a root
+// file system that root chroots into; Restore gives a mount made without them (by an
+// earlier version) nosuid and nodev. Without /dev/fuse Mount fails with ErrNoFUSE. Unmount detaches
 // a mount, live or stale, for "lazypull umount DIR"; Server.Unmount ends a mount of this
 // process.
 package fusefs

@@ -43,6 +43,24 @@ type MountOptions struct {
 	// when 0, the kernel's default (128) when negative. Reads that do not go through
 	// passthrough come in requests of at most this size (and at most 1 MiB).
 	ReadAheadKB int
+	// AllowSuidDev mounts without nosuid and nodev, so that the image's setuid and setgid
+	// bits and file capabilities (security.capability) take effect for programs run from
+	// the mount, and its device nodes open. It is for a root file system that root chroots
+	// into (lazypull mount --allow-suid-dev), and it hands the image's privileges to every
+	// local user who can reach the mount: a setuid-root program of the image runs as root
+	// for anyone. Overlayfs does not need it: an overlayfs mount over the views takes its
+	// own nosuid and nodev, not its lower directories' (which is why the snapshotter's
+	// containers run setuid programs as containerd's overlayfs snapshotter's do).
+	AllowSuidDev bool
+}
+
+// mountFlags are the mount(2) flags of a view: read-only, and unless AllowSuidDev,
+// nosuid and nodev, so that a mount never grants privileges on the host.
+func (o MountOptions) mountFlags() uintptr {
+	if o.AllowSuidDev {
+		return syscall.MS_RDONLY
+	}
+	return syscall.MS_RDONLY | syscall.MS_NOSUID | syscall.MS_NODEV
 }
 
 // DefaultReadAheadKB is the read-ahead of a mount: one request of the largest size (1 MiB).
@@ -133,11 +151,13 @@ func Mount(dir string, root *Root, opts MountOptions) (*Server, error) {
 		return nil, fmt.Errorf("mount %s: %w", abs, err)
 	}
 	// Mounted here, not by go-fuse, so that this process owns the connection's file and can
-	// hand it to another (Conn, Restore). ro: the kernel refuses writes itself. No nodev,
-	// nosuid: a root file system has devices and setuid programs. default_permissions: the
-	// kernel checks modes (and, with POSIX ACLs on, ACLs) against the attributes served.
+	// hand it to another (Conn, Restore). ro: the kernel refuses writes itself. nosuid,
+	// nodev (unless AllowSuidDev): allow_other lets every local user run the image's
+	// programs and open its device nodes, and an image is not the host's to grant root or
+	// devices with. default_permissions: the kernel checks modes (and, with POSIX ACLs on,
+	// ACLs) against the attributes served.
 	data := fmt.Sprintf("fd=%d,rootmode=%o,user_id=0,group_id=0,allow_other,default_permissions,max_read=%d", dev.Fd(), syscall.S_IFDIR, maxWrite)
-	if err := syscall.Mount(fsname, abs, "fuse.lazypull", syscall.MS_RDONLY, data); err != nil {
+	if err := syscall.Mount(fsname, abs, "fuse.lazypull", opts.mountFlags(), data); err != nil {
 		dev.Close()
 		return nil, fmt.Errorf("mount FUSE at %s: %w", abs, err)
 	}
@@ -196,7 +216,58 @@ func Restore(dir string, root *Root, conn *os.File, init []byte, opts MountOptio
 	if err := notifyResendTo(s.fuse); err != nil {
 		lg.Warn("fusefs: cannot ask the kernel to resend pending requests; readers that waited on the earlier process may hang", "dir", abs, "err", err)
 	}
+	if err := restrictMount(abs, opts); err != nil {
+		lg.Warn("fusefs: a restored mount lets setuid programs and devices of the image work on the host", "dir", abs, "err", err)
+	}
 	return s, nil
+}
+
+// restrictMount gives a restored mount the flags Mount gives: one made by an earlier
+// version of lazypull, without nosuid and nodev, gets them. Only the flags of the mount at
+// dir change (a bind remount, which asks the FUSE server nothing); overlayfs mounts over it
+// keep theirs.
+func restrictMount(dir string, opts MountOptions) error {
+	if opts.AllowSuidDev {
+		return nil
+	}
+	have, err := mountOptions(dir)
+	if err != nil {
+		return err
+	}
+	if slices.Contains(have, "nosuid") && slices.Contains(have, "nodev") {
+		return nil
+	}
+	if err := syscall.Mount("", dir, "", syscall.MS_REMOUNT|syscall.MS_BIND|opts.mountFlags(), ""); err != nil {
+		return fmt.Errorf("remount %s nosuid,nodev: %w", dir, err)
+	}
+	return nil
+}
+
+// mountOptions returns the per-mount options (ro, nosuid, ...) of the topmost mount at dir,
+// from /proc/self/mountinfo: reading them asks the file system nothing.
+func mountOptions(dir string) ([]string, error) {
+	f, err := os.Open("/proc/self/mountinfo")
+	if err != nil {
+		return nil, err
+	}
+	defer f.Close()
+	s := bufio.NewScanner(f)
+	s.Buffer(make([]byte, 64<<10), 1<<20)
+	var opts []string
+	found := false
+	for s.Scan() {
+		// id parent major:minor root mountpoint options ...
+		if fields := strings.Fields(s.Text()); len(fields) >= 6 && unescapeMountinfo(fields[4]) == dir {
+			opts, found = strings.Split(fields[5], ","), true
+		}
+	}
+	if err := s.Err(); err != nil {
+		return nil, err
+	}
+	if !found {
+		return nil, fmt.Errorf("%s: not a mount point", dir)
+	}
+	return opts, nil
 }
 
 // pollHack makes the kernel learn at once that the mount does not poll files (go-fuse

@@ -7,7 +7,9 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strconv"
+	"strings"
 	"testing"
 	"time"
 
@@ -22,6 +24,10 @@ import (
 // socket, and blocks the reads of "slow" in its Content until it is killed.
 
 const restoreHelperEnv = "LAZYPULL_FUSEFS_RESTORE_HELPER"
+
+// restoreHelperSuidDevEnv=1 makes the helper mount with AllowSuidDev, as lazypull mounted
+// before its mounts were nosuid and nodev.
+const restoreHelperSuidDevEnv = "LAZYPULL_FUSEFS_RESTORE_HELPER_SUIDDEV"
 
 func restoreIndex() *format.Index {
 	return &format.Index{Entries: []format.Entry{
@@ -60,7 +66,7 @@ func TestRestoreHelper(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	srv, err := Mount(dir, root, MountOptions{})
+	srv, err := Mount(dir, root, MountOptions{AllowSuidDev: os.Getenv(restoreHelperSuidDevEnv) == "1"})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -74,12 +80,21 @@ func TestRestoreHelper(t *testing.T) {
 	select {} // until killed
 }
 
-func TestRestoreAfterServerDied(t *testing.T) {
-	requireFUSE(t)
-	dir := filepath.Join(t.TempDir(), "mnt")
-	if err := os.Mkdir(dir, 0o755); err != nil {
-		t.Fatal(err)
-	}
+// restoreHelper is TestRestoreHelper running as a child: it has mounted the view at its
+// dir and sent the mount's connection, which conn and init are; entered reports each read
+// of "slow" it took. Its Cleanup kills the child and detaches the mount.
+type restoreHelper struct {
+	cmd     *exec.Cmd
+	out     *bytes.Buffer
+	entered *os.File
+	conn    *os.File
+	init    []byte
+}
+
+// startRestoreHelper runs TestRestoreHelper as a child that mounts at dir, with extraEnv
+// in its environment, and takes the connection it sends.
+func startRestoreHelper(t *testing.T, dir string, extraEnv ...string) *restoreHelper {
+	t.Helper()
 	enteredR, enteredW, err := os.Pipe()
 	if err != nil {
 		t.Fatal(err)
@@ -90,28 +105,28 @@ func TestRestoreAfterServerDied(t *testing.T) {
 	}
 	mine, theirs := os.NewFile(uintptr(pair[0]), "mine"), os.NewFile(uintptr(pair[1]), "theirs")
 	defer mine.Close()
-	cmd := exec.Command(os.Args[0], "-test.run=^TestRestoreHelper$")
-	cmd.Env = append(os.Environ(), restoreHelperEnv+"="+dir)
-	cmd.ExtraFiles = []*os.File{enteredW, theirs}
-	var out bytes.Buffer
-	cmd.Stdout, cmd.Stderr = &out, &out
-	if err := cmd.Start(); err != nil {
+	h := &restoreHelper{out: &bytes.Buffer{}, entered: enteredR}
+	h.cmd = exec.Command(os.Args[0], "-test.run=^TestRestoreHelper$")
+	h.cmd.Env = append(append(os.Environ(), restoreHelperEnv+"="+dir), extraEnv...)
+	h.cmd.ExtraFiles = []*os.File{enteredW, theirs}
+	h.cmd.Stdout, h.cmd.Stderr = h.out, h.out
+	if err := h.cmd.Start(); err != nil {
 		t.Fatal(err)
 	}
 	enteredW.Close()
 	theirs.Close()
-	defer func() {
-		cmd.Process.Kill()
-		cmd.Wait()
+	t.Cleanup(func() {
+		h.cmd.Process.Kill()
+		h.cmd.Wait()
 		Unmount(dir)
-	}()
+	})
 
 	// The connection and INIT request, as a keeper would get them.
 	init := make([]byte, 4096)
 	oob := make([]byte, unix.CmsgSpace(4))
 	n, oobn, _, _, err := unix.Recvmsg(pair[0], init, oob, 0)
 	if err != nil {
-		t.Fatalf("receive the connection: %v\n%s", err, out.String())
+		t.Fatalf("receive the connection: %v\n%s", err, h.out.String())
 	}
 	msgs, err := unix.ParseSocketControlMessage(oob[:oobn])
 	if err != nil || len(msgs) != 1 {
@@ -121,7 +136,18 @@ func TestRestoreAfterServerDied(t *testing.T) {
 	if err != nil || len(fds) != 1 {
 		t.Fatalf("rights: %v", err)
 	}
-	conn := os.NewFile(uintptr(fds[0]), "/dev/fuse")
+	h.conn, h.init = os.NewFile(uintptr(fds[0]), "/dev/fuse"), init[:n]
+	return h
+}
+
+func TestRestoreAfterServerDied(t *testing.T) {
+	requireFUSE(t)
+	dir := filepath.Join(t.TempDir(), "mnt")
+	if err := os.Mkdir(dir, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	h := startRestoreHelper(t, dir)
+	cmd, out, enteredR, conn, init := h.cmd, h.out, h.entered, h.conn, h.init
 	// Until Restore owns it, this process holds the connection: closing it on failure ends
 	// the mount, else a reader of it would wait for good.
 	restored := false
@@ -175,7 +201,7 @@ func TestRestoreAfterServerDied(t *testing.T) {
 		t.Fatal(err)
 	}
 	restored = true
-	srv, err := Restore(dir, root, conn, init[:n], MountOptions{})
+	srv, err := Restore(dir, root, conn, init, MountOptions{})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -203,8 +229,66 @@ func TestRestoreAfterServerDied(t *testing.T) {
 		t.Fatal(err)
 	}
 	c2, _ := os.Open(os.DevNull)
-	if _, err := Restore(dir, root, c2, init[:n], MountOptions{}); !errors.Is(err, ErrGone) {
+	if _, err := Restore(dir, root, c2, init, MountOptions{}); !errors.Is(err, ErrGone) {
 		t.Errorf("Restore on an unmounted directory: %v, want ErrGone", err)
+	}
+}
+
+// TestRestoreMakesNosuidNodev: a mount made without nosuid and nodev (by a lazypull from
+// before they were the default, held by the keeper over an upgrade) gets them when it is
+// restored, and then grants nothing to a user of the host.
+func TestRestoreMakesNosuidNodev(t *testing.T) {
+	requireFUSE(t)
+	dir := filepath.Join(reachableDir(t), "mnt")
+	if err := os.Mkdir(dir, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	h := startRestoreHelper(t, dir, restoreHelperSuidDevEnv+"=1")
+	restored := false
+	defer func() {
+		if !restored {
+			h.conn.Close()
+		}
+	}()
+	before, err := mountOptions(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if slices.Contains(before, "nosuid") || slices.Contains(before, "nodev") {
+		t.Fatalf("the helper's mount is %s already: this tests nothing", strings.Join(before, ","))
+	}
+	if err := h.cmd.Process.Kill(); err != nil {
+		t.Fatal(err)
+	}
+	h.cmd.Wait()
+	root, err := NewLayer(restoreIndex(), &patternContent{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	restored = true
+	srv, err := Restore(dir, root, h.conn, h.init, MountOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer srv.Unmount()
+	after, err := mountOptions(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, o := range []string{"ro", "nosuid", "nodev"} {
+		if !slices.Contains(after, o) {
+			t.Errorf("restored mount: options %s, want %s", strings.Join(after, ","), o)
+		}
+	}
+	var st unix.Statfs_t
+	if err := unix.Statfs(dir, &st); err != nil {
+		t.Fatal(err)
+	}
+	if st.Flags&unix.ST_NOSUID == 0 || st.Flags&unix.ST_NODEV == 0 || st.Flags&unix.ST_RDONLY == 0 {
+		t.Errorf("restored mount: statfs flags %#x, want ro, nosuid and nodev", st.Flags)
+	}
+	if b, err := os.ReadFile(filepath.Join(dir, "d", "fast")); err != nil || len(b) != 3000 {
+		t.Errorf("read after Restore: %d bytes, %v", len(b), err)
 	}
 }
 
