@@ -31,6 +31,13 @@ the chunks a read needs are fetched with HTTP Range requests, verified against t
 image's digests, and kept in the node's store, which every image shares: nothing is
 fetched twice, and a file another image already brought is not fetched at all.
 
+Other users of the host can read DIR too (as the image's file modes allow), but it grants
+them nothing: it is mounted nosuid and nodev, so the image's setuid and setgid bits and file
+capabilities do nothing and its device nodes do not open. --allow-suid-dev lifts that, for a root file system that root chroots into
+and runs setuid programs or devices in; it gives any local user who can reach DIR what the
+image grants, a setuid-root program of the image runs as root for them: use it only where
+nobody else can reach DIR (a directory of mode 0700), and only with images you trust.
+
 The command stays in the foreground until SIGINT or SIGTERM, or until DIR is unmounted
 (lazypull umount DIR), and then unmounts cleanly. A stale mount left at DIR by a crash is
 cleaned up first. The store is used by one process at a time: mount several images in
@@ -44,6 +51,7 @@ one command to share it between them while they are mounted.`,
 		fs.StringVar(&f.metricsAddr, "metrics-addr", "", "serve Prometheus metrics on `host:port` at /metrics")
 		fs.IntVar(&f.layer, "layer", -1, "mount only layer `n` (0 is the lowest) as a single-layer view, as the snapshotter does")
 		fs.BoolVar(&f.debug, "debug", false, "log every FUSE request")
+		fs.BoolVar(&f.allowSuidDev, "allow-suid-dev", false, "mount without nosuid,nodev: the image's setuid programs, file capabilities and devices work for every user who reaches DIR (risky: root for anyone with a setuid-root program of the image)")
 		addPrefetchFlags(fs, &f.prefetchFlags)
 		return f
 	},
@@ -62,12 +70,13 @@ func addStoreFlags(fs *flag.FlagSet, f *storeFlags) {
 
 type mountFlags struct {
 	storeFlags
-	platform    string
-	plainHTTP   bool
-	hostsDir    string
-	metricsAddr string
-	layer       int
-	debug       bool
+	platform     string
+	plainHTTP    bool
+	hostsDir     string
+	metricsAddr  string
+	layer        int
+	debug        bool
+	allowSuidDev bool
 	prefetchFlags
 }
 
@@ -180,7 +189,7 @@ func runMount(ctx context.Context, e *env, vals any, args []string) error {
 		if err != nil {
 			return fmt.Errorf("image %s: %w", ref, err)
 		}
-		srv, err := fusefs.Mount(dir, root, fusefs.MountOptions{FSName: "lazypull:" + ref, Logger: log, Debug: f.debug})
+		srv, err := fusefs.Mount(dir, root, fusefs.MountOptions{FSName: "lazypull:" + ref, Logger: log, Debug: f.debug, AllowSuidDev: f.allowSuidDev})
 		if err != nil {
 			return fmt.Errorf("mount %s at %s: %w", ref, dir, err)
 		}
