@@ -5,7 +5,6 @@ import (
 	"errors"
 	"flag"
 	"fmt"
-	"net"
 	"os"
 	"path/filepath"
 	"sync"
@@ -19,6 +18,7 @@ import (
 	"lazypull/internal/keeper"
 	"lazypull/internal/snapshot"
 	"lazypull/internal/store"
+	"lazypull/internal/unixsock"
 	"lazypull/internal/warm"
 )
 
@@ -154,9 +154,11 @@ func runSnapshotter(ctx context.Context, e *env, vals any, args []string) error 
 	if err := os.Remove(f.Address); err != nil && !errors.Is(err, os.ErrNotExist) {
 		return err
 	}
-	ln, err := net.Listen("unix", f.Address)
+	// 0600 from the start, whatever the umask: whoever connects can mount any image, and
+	// the warm API is served on the same socket.
+	ln, err := unixsock.Listen("unix", f.Address)
 	if err != nil {
-		return fmt.Errorf("listen on %s: %w", f.Address, err)
+		return err
 	}
 	srv := grpc.NewServer()
 	snapshotsapi.RegisterSnapshotsServer(srv, snapshotservice.FromSnapshotter(sn))

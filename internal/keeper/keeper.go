@@ -27,6 +27,8 @@ import (
 	"time"
 
 	"golang.org/x/sys/unix"
+
+	"lazypull/internal/unixsock"
 )
 
 // Entry is one descriptor the keeper holds, with the daemon's description of it.
@@ -65,13 +67,10 @@ type Server struct {
 // a descriptor nor a client, on its own.
 func Serve(ctx context.Context, path string, idle time.Duration, log *slog.Logger) error {
 	_ = os.Remove(path) // a socket left by a dead keeper; a live one would hold clients
-	l, err := net.ListenUnix("unixpacket", &net.UnixAddr{Name: path, Net: "unixpacket"})
+	// 0600 from the start: whoever connects can take the FUSE connections.
+	l, err := unixsock.Listen("unixpacket", path)
 	if err != nil {
-		return fmt.Errorf("keeper: listen on %s: %w", path, err)
-	}
-	if err := os.Chmod(path, 0o600); err != nil {
-		l.Close()
-		return fmt.Errorf("keeper: %s: %w", path, err)
+		return fmt.Errorf("keeper: %w", err)
 	}
 	s := &Server{log: log, idle: idle, entries: map[string]*Entry{}, since: time.Now()}
 	ctx, cancel := context.WithCancel(ctx)
