@@ -44,7 +44,10 @@ until SIGINT or SIGTERM. Register it in containerd's config.toml:
 and pull with 'lazypull pull REF' (or CRI with snapshotter "lazypull"): each lazypull layer
 is then mounted from its registry (FUSE, contents fetched on first read into the node's
 store) instead of downloaded; any other layer is downloaded and unpacked as containerd's
-overlayfs snapshotter does. Containers get overlayfs over the layers.
+overlayfs snapshotter does. Containers get overlayfs over the layers, and run setuid
+programs as they do on containerd's overlayfs snapshotter; the layer mounts themselves are
+nosuid and nodev, and the socket is mode 0600 whatever the umask (whoever connects can
+mount images and read their layers).
 
 Settings come from --config (TOML; the keys are listed below), then from flags given on the
 command line. A missing config file at the default path is not an error.`,
