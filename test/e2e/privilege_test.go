@@ -157,10 +157,10 @@ func TestSnapshotterSetuidAsOverlayfs(t *testing.T) {
 	}
 }
 
-// TestMountGrantsNoPrivileges: `lazypull mount` of the same image, read by uid 4242 on
+// TestLazypullMountGrantsNoPrivileges: `lazypull mount` of the same image, read by uid 4242 on
 // the host, gives its setuid-root program no root, its file capability no capability,
 // and its device node no access; with --allow-suid-dev all three work, as in a chroot.
-func TestMountGrantsNoPrivileges(t *testing.T) {
+func TestLazypullMountGrantsNoPrivileges(t *testing.T) {
 	e := setup(t)
 	_, lazy := e.privilegedImage(t)
 	for _, tc := range []struct {
