@@ -34,7 +34,7 @@ type command struct {
 }
 
 // commands lists the subcommands in the order `lazypull help` shows them.
-var commands = []*command{convertCommand, mountCommand, umountCommand, pullCommand, profileCommand, profileExecCommand, snapshotterCommand, keeperCommand, statsCommand, pruneCommand, benchCommand, versionCommand}
+var commands = []*command{convertCommand, mountCommand, umountCommand, pullCommand, profileCommand, profileChrootCommand, profileExecCommand, snapshotterCommand, keeperCommand, statsCommand, pruneCommand, benchCommand, versionCommand}
 
 // env is what a command may touch of the outside world.
 type env struct {
@@ -50,6 +50,12 @@ type usageError struct{ msg string }
 func (e *usageError) Error() string { return e.msg }
 
 func usagef(format string, args ...any) error { return &usageError{fmt.Sprintf(format, args...)} }
+
+// exitError ends the command with its status and says nothing more: a process it ran (with
+// the same stderr) has said why already.
+type exitError struct{ code int }
+
+func (e exitError) Error() string { return fmt.Sprintf("exit status %d", e.code) }
 
 // Main runs lazypull with args (without the program name) and returns the exit status.
 func Main(ctx context.Context, args []string, stdout, stderr io.Writer) int {
@@ -95,9 +101,12 @@ func Main(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 		err = cmd.run(ctx, e, vals, positional)
 	}
 	var ue *usageError
+	var ee exitError
 	switch {
 	case err == nil:
 		return exitOK
+	case errors.As(err, &ee):
+		return ee.code
 	case errors.As(err, &ue):
 		fmt.Fprintf(stderr, "lazypull %s: %s\nusage: lazypull %s %s\nRun 'lazypull %s -h' for details.\n", cmd.name, ue.msg, cmd.name, cmd.args, cmd.name)
 		return exitUsage

@@ -3,11 +3,9 @@ package cli
 import (
 	"bufio"
 	"context"
-	"errors"
 	"flag"
 	"fmt"
 	"io"
-	"io/fs"
 	"log/slog"
 	"os"
 	"os/exec"
@@ -49,33 +47,46 @@ it runs CMD ARGS if given, else the image's entrypoint and command. Its output g
 stderr. Recording stops when a line of its output contains --until, after --duration, or
 when it exits, whichever comes first; it is then killed.
 
---runtime says what runs it. containerd: a container of the containerd at --address
-(namespace --namespace, runtime io.containerd.runc.v2, no snapshot: its root is that
-overlay), with the image config's user, in a network namespace of its own unless
---net-host; what containerd and runc read in the image to create it is recorded too.
-chroot: chrooted, with /proc and /dev, as root, in the host's network namespace; the files
-containerd reads at create (/etc/passwd, /etc/group) are read first so that the profile
-has them. auto (the default): containerd if it answers at --address, else chroot.
+--runtime says what runs it. containerd (the default): a container of the containerd at
+--address (namespace --namespace, runtime io.containerd.runc.v2, no snapshot: its root is
+that overlay), with the image config's user, in a network namespace of its own unless
+--net-host; what containerd and runc read in the image to create it is recorded too. A
+containerd that does not answer at --address is an error: nothing falls back to chroot.
+chroot: only when asked for, and only for images you trust. The recorder then runs in a
+mount namespace of its own (every mount it makes, the lazy view, the overlay, /proc and
+/dev, is private to it and goes away with it; none is made through a symlink of the
+image), and the workload runs chrooted in it, with /proc and the host's /dev, as root, in
+the host's network namespace: chroot keeps the image's files from the host's paths, it
+does not contain what the image's programs do. The files containerd reads at create
+(/etc/passwd, /etc/group) are read first so that the profile has them.
+
+The profile pushed names the program that ran (the first word of CMD, or of the image's
+entrypoint and command), never its arguments, which may hold secrets; --output writes the
+same document, readable by its owner only (mode 0600).
 
 'lazypull profile show REF' prints the profile REF has, files in first-access order.`,
-	flags: func(fs *flag.FlagSet) any {
-		f := &profileFlags{}
-		fs.StringVar(&f.platform, "platform", "", "the image for `os/arch[/variant]` of a multi-platform REF (default: this machine's)")
-		fs.BoolVar(&f.plainHTTP, "plain-http", false, "talk to registries over http instead of https")
-		fs.StringVar(&f.hostsDir, "hosts-dir", "", "containerd-style `dir` of HOST/hosts.toml files naming mirrors")
-		fs.StringVar(&f.until, "until", "", "stop recording when a line of the workload's output contains `text`")
-		fs.DurationVar(&f.duration, "duration", time.Minute, "stop recording after `duration` at the latest")
-		fs.StringVar(&f.output, "output", "", "also write the profile document to `file`")
-		fs.BoolVar(&f.noPush, "no-push", false, "do not push the profile (with --output: record only)")
-		fs.BoolVar(&f.noPack, "no-pack", false, "push the profile without its pack (the layer indexes and profiled chunks in one blob, which a mount reads in one request; it costs registry space)")
-		fs.StringVar(&f.store, "store", "", "content store `dir` to read through (default: a new temporary one, so that every read is recorded)")
-		fs.StringVar(&f.runtime, "runtime", "auto", "which `runtime` runs the workload: containerd, chroot, or auto (containerd if it answers at --address)")
-		fs.StringVar(&f.address, "address", "/run/containerd/containerd.sock", "containerd's `socket`")
-		fs.StringVar(&f.namespace, "namespace", "lazypull-profile", "containerd `namespace` for the workload's container (one of its own: listings of users' containers never show it)")
-		fs.BoolVar(&f.netHost, "net-host", false, "with containerd: run the workload in the host's network namespace (chroot always does)")
-		return f
-	},
-	run: runProfile,
+	flags: profileFlagSet,
+	run:   runProfile,
+}
+
+// profileFlagSet declares the flags of profile (and of profile-chroot, which is started
+// with the same ones).
+func profileFlagSet(fs *flag.FlagSet) any {
+	f := &profileFlags{set: fs}
+	fs.StringVar(&f.platform, "platform", "", "the image for `os/arch[/variant]` of a multi-platform REF (default: this machine's)")
+	fs.BoolVar(&f.plainHTTP, "plain-http", false, "talk to registries over http instead of https")
+	fs.StringVar(&f.hostsDir, "hosts-dir", "", "containerd-style `dir` of HOST/hosts.toml files naming mirrors")
+	fs.StringVar(&f.until, "until", "", "stop recording when a line of the workload's output contains `text`")
+	fs.DurationVar(&f.duration, "duration", time.Minute, "stop recording after `duration` at the latest")
+	fs.StringVar(&f.output, "output", "", "also write the profile document to `file` (mode 0600)")
+	fs.BoolVar(&f.noPush, "no-push", false, "do not push the profile (with --output: record only)")
+	fs.BoolVar(&f.noPack, "no-pack", false, "push the profile without its pack (the layer indexes and profiled chunks in one blob, which a mount reads in one request; it costs registry space)")
+	fs.StringVar(&f.store, "store", "", "content store `dir` to read through (default: a new temporary one, so that every read is recorded)")
+	fs.StringVar(&f.runtime, "runtime", "containerd", "which `runtime` runs the workload: containerd (an error if it does not answer at --address), or chroot (trusted images only: as root on this host)")
+	fs.StringVar(&f.address, "address", "/run/containerd/containerd.sock", "containerd's `socket`")
+	fs.StringVar(&f.namespace, "namespace", "lazypull-profile", "containerd `namespace` for the workload's container (one of its own: listings of users' containers never show it)")
+	fs.BoolVar(&f.netHost, "net-host", false, "with containerd: run the workload in the host's network namespace (chroot always does)")
+	return f
 }
 
 type profileFlags struct {
@@ -83,6 +94,8 @@ type profileFlags struct {
 	runtime, address, namespace              string
 	plainHTTP, noPush, noPack, netHost       bool
 	duration                                 time.Duration
+	// set is the flag set these came from: profile-chroot is started with the flags set on it.
+	set *flag.FlagSet
 }
 
 func runProfile(ctx context.Context, e *env, vals any, args []string) error {
@@ -99,6 +112,25 @@ func runProfile(ctx context.Context, e *env, vals any, args []string) error {
 	if f.duration <= 0 {
 		return usagef("-duration must be positive")
 	}
+	if _, err := parsePlatform(f.platform); err != nil {
+		return err
+	}
+	switch f.runtime {
+	case "containerd":
+		return recordProfile(ctx, e, f, args)
+	case "chroot":
+		return recordInNamespace(ctx, e, f, args)
+	case "auto":
+		return usagef("-runtime auto is no more (it ran the image chrooted, as root on this host, whenever containerd did not answer): want containerd (the default) or chroot")
+	default:
+		return usagef("-runtime %q: want containerd or chroot", f.runtime)
+	}
+}
+
+// recordProfile records and pushes the profile of args[0] running args[1:] (the image's
+// entrypoint and command if none), as f says; with --runtime chroot it runs in
+// profile-chroot, in a mount namespace of its own.
+func recordProfile(ctx context.Context, e *env, f *profileFlags, args []string) error {
 	platform, err := parsePlatform(f.platform)
 	if err != nil {
 		return err
@@ -161,10 +193,13 @@ func runProfile(ctx context.Context, e *env, vals any, args []string) error {
 	}
 	var reason string
 	if client != nil {
+		if err := checkRuntimeFiles(rootfs); err != nil {
+			return fmt.Errorf("image %s: %w", ref, err)
+		}
 		reason, err = runContainer(ctx, e, log, client, f, rootfs, argv, cfg.Config)
 	} else {
 		runtimeReads(rootfs, log)
-		reason, err = runWorkload(ctx, e, rootfs, argv, cfg.Config.Env, cfg.Config.WorkingDir, f.until, f.duration)
+		reason, err = runWorkload(ctx, e, log, rootfs, argv, cfg.Config.Env, cfg.Config.WorkingDir, f.until, f.duration)
 	}
 	if err != nil {
 		return err
@@ -186,7 +221,7 @@ func runProfile(ctx context.Context, e *env, vals any, args []string) error {
 		return err
 	}
 	if f.output != "" {
-		if err := os.WriteFile(f.output, doc, 0o644); err != nil {
+		if err := writePrivate(f.output, doc); err != nil {
 			return fmt.Errorf("write profile: %w", err)
 		}
 	}
@@ -269,22 +304,23 @@ func profileRootfs(tmp string, root *fusefs.Root, ref string, procDev bool, log 
 	if err := syscall.Mount("overlay", rootfs, "overlay", 0, opts); err != nil {
 		return "", cleanup, fmt.Errorf("mount overlay at %s: %w", rootfs, err)
 	}
-	undo = append(undo, umount(rootfs))
+	undo = append(undo, umount(rootfs)) // with what is mounted in it: MNT_DETACH takes the tree
 	if !procDev {
 		return rootfs, cleanup, nil
 	}
+	// The image's /proc and /dev, resolved in the image, whatever symlinks it has there.
+	rd, err := openRoot(rootfs)
+	if err != nil {
+		return "", cleanup, err
+	}
+	defer rd.Close()
 	for _, m := range []struct {
 		src, dir, fstype string
 		flags            uintptr
 	}{{"proc", "proc", "proc", 0}, {"/dev", "dev", "", syscall.MS_BIND | syscall.MS_REC}} {
-		dir := filepath.Join(rootfs, m.dir)
-		if err := os.MkdirAll(dir, 0o755); err != nil {
-			return "", cleanup, fmt.Errorf("rootfs: %w", err)
+		if err := rd.mountOn(m.dir, m.src, m.fstype, m.flags); err != nil {
+			return "", cleanup, fmt.Errorf("image %s: %w", ref, err)
 		}
-		if err := syscall.Mount(m.src, dir, m.fstype, m.flags, ""); err != nil {
-			return "", cleanup, fmt.Errorf("mount %s at %s: %w", m.src, dir, err)
-		}
-		undo = append(undo, umount(dir))
 	}
 	return rootfs, cleanup, nil
 }
@@ -296,19 +332,66 @@ func profileRootfs(tmp string, root *fusefs.Root, ref string, procDev bool, log 
 var runtimeFiles = []string{"etc/passwd", "etc/group"}
 
 // runtimeReads reads runtimeFiles through rootfs, so that the recording has them first.
-// A file the image lacks is no error: the runtime does without it too.
+// A file the image lacks is no error: the runtime does without it too; nor is one that is
+// no regular file (a fifo, a symlink to /dev/zero), which is not read, nor more than
+// maxRuntimeFile of one.
 func runtimeReads(rootfs string, log *slog.Logger) {
+	rd, err := openRoot(rootfs)
+	if err != nil {
+		log.Warn("read what the runtime reads at create", "err", err)
+		return
+	}
+	defer rd.Close()
 	for _, f := range runtimeFiles {
-		if _, err := os.ReadFile(filepath.Join(rootfs, f)); err != nil && !errors.Is(err, fs.ErrNotExist) {
+		if err := rd.readAll(f, maxRuntimeFile); err != nil {
 			log.Warn("read what the runtime reads at create", "file", "/"+f, "err", err)
 		}
 	}
 }
 
+// checkRuntimeFiles checks, before containerd builds the container's spec, that the files
+// it and runc read in rootfs to look the user and groups up are absent or plain (see
+// rootDir.checkRuntimeFile): neither bounds its reads of them.
+func checkRuntimeFiles(rootfs string) error {
+	rd, err := openRoot(rootfs)
+	if err != nil {
+		return err
+	}
+	defer rd.Close()
+	for _, f := range runtimeFiles {
+		if err := rd.checkRuntimeFile(f, maxRuntimeFile); err != nil {
+			return fmt.Errorf("the runtime looks the user up in it: %w", err)
+		}
+	}
+	return nil
+}
+
+// writePrivate writes data to file, readable by its owner only (0600, whatever was there):
+// a new file beside it, renamed over it.
+func writePrivate(file string, data []byte) error {
+	t, err := os.CreateTemp(filepath.Dir(file), "."+filepath.Base(file)+".*")
+	if err != nil {
+		return err
+	}
+	defer os.Remove(t.Name()) // after the rename: nothing
+	if _, err := t.Write(data); err != nil {
+		t.Close()
+		return err
+	}
+	if err := t.Chmod(0o600); err != nil {
+		t.Close()
+		return err
+	}
+	if err := t.Close(); err != nil {
+		return err
+	}
+	return os.Rename(t.Name(), file)
+}
+
 // runWorkload runs argv chrooted in rootfs until a line of its output contains until,
 // until d passes, or until it exits; then kills what is left of it. It returns why it
 // stopped.
-func runWorkload(ctx context.Context, e *env, rootfs string, argv, env []string, wd, until string, d time.Duration) (string, error) {
+func runWorkload(ctx context.Context, e *env, log *slog.Logger, rootfs string, argv, env []string, wd, until string, d time.Duration) (string, error) {
 	if !hasVar(env, "PATH") {
 		env = append(env, "PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin")
 	}
@@ -338,9 +421,10 @@ func runWorkload(ctx context.Context, e *env, rootfs string, argv, env []string,
 	if err := cmd.Start(); err != nil {
 		pr.Close()
 		pw.Close()
-		return "", fmt.Errorf("run %s in the image: %w", strings.Join(argv, " "), err)
+		return "", fmt.Errorf("run %s in the image: %w", argv[0], err)
 	}
 	pw.Close()
+	log.Info("workload started", "pid", cmd.Process.Pid)
 	exited := make(chan error, 1)
 	go func() { exited <- cmd.Wait() }()
 	return watchWorkload(ctx, e.stderr, pr, exited, func() { _ = syscall.Kill(-cmd.Process.Pid, syscall.SIGKILL) }, until, d)
@@ -414,17 +498,22 @@ func hasVar(env []string, k string) bool {
 	return false
 }
 
-// lookPathIn finds a program as the image's PATH would, inside rootfs; the path returned
-// is inside the chroot.
+// lookPathIn finds a program as the image's PATH would, inside rootfs (symlinks resolved
+// in it); the path returned is inside the chroot.
 func lookPathIn(rootfs, prog string, env []string) (string, error) {
 	if strings.Contains(prog, "/") {
 		return prog, nil
 	}
+	rd, err := openRoot(rootfs)
+	if err != nil {
+		return "", err
+	}
+	defer rd.Close()
 	for _, kv := range env {
 		if p, ok := strings.CutPrefix(kv, "PATH="); ok {
 			for _, dir := range filepath.SplitList(p) {
 				cand := path.Join("/", dir, prog)
-				if fi, err := os.Stat(filepath.Join(rootfs, cand)); err == nil && fi.Mode().IsRegular() && fi.Mode()&0o111 != 0 {
+				if st, err := rd.stat(cand); err == nil && st.Mode&syscall.S_IFMT == syscall.S_IFREG && st.Mode&0o111 != 0 {
 					return cand, nil
 				}
 			}

@@ -23,7 +23,7 @@ import (
 const (
 	// runcRuntime is containerd's runc shim, what `ctr run` and CRI use by default.
 	runcRuntime = "io.containerd.runc.v2"
-	// containerdProbeTimeout bounds how long --runtime auto waits for containerd to answer:
+	// containerdProbeTimeout bounds how long profile waits for containerd to answer:
 	// one local RPC, so a containerd that takes longer is in no state to run the workload.
 	containerdProbeTimeout = 5 * time.Second
 	// containerCleanupTimeout bounds deleting the workload's task and container, which runs
@@ -32,27 +32,24 @@ const (
 )
 
 // profileRuntime returns a client of the containerd at address when the workload is to run
-// in a container, and nil when it is to run chrooted: mode is --runtime. It logs which and why.
+// in a container (mode containerd), and nil when it is to run chrooted (mode chroot, which is
+// only ever what was asked for). It logs which.
 func profileRuntime(ctx context.Context, log *slog.Logger, mode, address string) (*containerd.Client, error) {
 	switch mode {
 	case "chroot":
 		log.Info("the workload runs chrooted", "why", "--runtime chroot")
 		return nil, nil
-	case "containerd", "auto":
+	case "containerd":
 	default:
-		return nil, usagef("-runtime %q: want containerd, chroot or auto", mode)
+		return nil, usagef("-runtime %q: want containerd or chroot", mode)
 	}
 	client, version, err := dialContainerd(ctx, address)
-	switch {
-	case err == nil:
-		log.Info("the workload runs in a containerd container", "why", "--runtime "+mode, "address", address, "containerd", version)
-		return client, nil
-	case mode == "containerd":
-		return nil, fmt.Errorf("--runtime containerd: %w", err)
-	default:
-		log.Info("the workload runs chrooted", "why", "--runtime auto and no containerd answers", "address", address, "err", err)
-		return nil, nil
+	if err != nil {
+		return nil, fmt.Errorf("--runtime containerd: %w; start containerd, or name its socket with --address; "+
+			"--runtime chroot records without it, for an image you trust (its programs then run as root on this host)", err)
 	}
+	log.Info("the workload runs in a containerd container", "why", "--runtime "+mode, "address", address, "containerd", version)
+	return client, nil
 }
 
 // dialContainerd connects to the containerd at address and asks its version, so that a
@@ -149,7 +146,7 @@ func runContainer(ctx context.Context, e *env, log *slog.Logger, client *contain
 	}
 	if err := task.Start(ctx); err != nil {
 		pr.Close()
-		return "", fmt.Errorf("start %v in container %s: %w", argv, id, err)
+		return "", fmt.Errorf("start %s in container %s: %w", argv[0], id, err)
 	}
 	log.Debug("workload started", "pid", task.Pid())
 

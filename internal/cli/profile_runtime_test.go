@@ -10,30 +10,44 @@ import (
 	"testing"
 )
 
-// TestProfileRuntimeFlag: a bad --runtime, and --runtime containerd with no containerd, are
-// refused before anything is fetched (REF here names no registry that exists).
+// TestProfileRuntimeFlag: a bad --runtime, auto (which used to fall back to chroot), and the
+// default (containerd) with no containerd are refused before anything is fetched (REF here
+// names no registry that exists): the error names the socket and how to choose chroot.
 func TestProfileRuntimeFlag(t *testing.T) {
 	missing := filepath.Join(t.TempDir(), "containerd.sock")
+	hint := "--runtime chroot records without it"
 	for _, tc := range []struct {
+		name string
 		args []string
 		code int
-		err  string
+		err  []string
 	}{
-		{[]string{"profile", "--runtime", "docker", "nowhere.invalid/app:v1"}, exitUsage, `-runtime "docker": want containerd, chroot or auto`},
-		{[]string{"profile", "--runtime", "containerd", "--address", missing, "nowhere.invalid/app:v1"}, exitFailure, "--runtime containerd: containerd at " + missing},
+		{"bad", []string{"profile", "--runtime", "docker", "nowhere.invalid/app:v1"}, exitUsage, []string{`-runtime "docker": want containerd or chroot`}},
+		{"auto", []string{"profile", "--runtime", "auto", "--address", missing, "nowhere.invalid/app:v1"}, exitUsage, []string{"-runtime auto is no more", "want containerd (the default) or chroot"}},
+		{"containerd", []string{"profile", "--runtime", "containerd", "--address", missing, "nowhere.invalid/app:v1"}, exitFailure, []string{"--runtime containerd: containerd at " + missing, hint}},
+		{"default", []string{"profile", "--address", missing, "nowhere.invalid/app:v1"}, exitFailure, []string{"--runtime containerd: containerd at " + missing, hint}},
 	} {
-		t.Run(strings.Join(tc.args[1:3], " "), func(t *testing.T) {
+		t.Run(tc.name, func(t *testing.T) {
 			code, _, errOut := run(t, tc.args...)
-			if code != tc.code || !strings.Contains(errOut, tc.err) {
-				t.Errorf("exit %d, want %d with %q\nstderr: %s", code, tc.code, tc.err, errOut)
+			if code != tc.code {
+				t.Errorf("exit %d, want %d\nstderr: %s", code, tc.code, errOut)
+			}
+			for _, want := range tc.err {
+				if !strings.Contains(errOut, want) {
+					t.Errorf("stderr lacks %q:\n%s", want, errOut)
+				}
+			}
+			if strings.Contains(errOut, "runs chrooted") || strings.Contains(errOut, "nowhere.invalid") {
+				t.Errorf("went on (chrooted, or fetching) instead of stopping:\n%s", errOut)
 			}
 		})
 	}
 }
 
-// TestProfileRuntimeAuto: auto falls back to chroot, saying why, when no containerd answers
-// at the address: no socket there, or a socket nobody listens on (a containerd that died).
-func TestProfileRuntimeAuto(t *testing.T) {
+// TestProfileRuntimeNoFallback: the default runtime, containerd, is an error when no
+// containerd answers at the address (no socket there, or a socket nobody listens on: a
+// containerd that died), never a silent chroot; chroot is what --runtime chroot asks for.
+func TestProfileRuntimeNoFallback(t *testing.T) {
 	dir := t.TempDir()
 	stale := filepath.Join(dir, "stale.sock")
 	l, err := net.ListenUnix("unix", &net.UnixAddr{Name: stale, Net: "unix"})
@@ -42,21 +56,32 @@ func TestProfileRuntimeAuto(t *testing.T) {
 	}
 	l.SetUnlinkOnClose(false)
 	l.Close()
-	for _, tc := range []struct{ mode, address, want string }{
-		{"auto", filepath.Join(dir, "missing.sock"), "no such file or directory"},
-		{"auto", stale, "does not answer"},
-		{"chroot", stale, "--runtime chroot"},
+	missing := filepath.Join(dir, "missing.sock")
+	for _, tc := range []struct{ address, want string }{
+		{missing, "containerd at " + missing + ": stat " + missing + ": no such file or directory"},
+		{stale, "containerd at " + stale + " does not answer"},
 	} {
-		t.Run(tc.mode+" "+filepath.Base(tc.address), func(t *testing.T) {
+		t.Run(filepath.Base(tc.address), func(t *testing.T) {
 			var logs bytes.Buffer
 			log := slog.New(slog.NewTextHandler(&logs, nil))
-			client, err := profileRuntime(context.Background(), log, tc.mode, tc.address)
-			if err != nil || client != nil {
-				t.Fatalf("profileRuntime: %v, %v; want chroot (nil, nil)", client, err)
+			client, err := profileRuntime(context.Background(), log, "containerd", tc.address)
+			if client != nil || err == nil {
+				t.Fatalf("profileRuntime: %v, %v; want an error", client, err)
 			}
-			if s := logs.String(); !strings.Contains(s, "the workload runs chrooted") || !strings.Contains(s, tc.want) {
-				t.Errorf("the log does not say chroot and why (%q):\n%s", tc.want, s)
+			if !strings.Contains(err.Error(), tc.want) || !strings.Contains(err.Error(), "--runtime chroot") {
+				t.Errorf("error %q; want %q and how to choose chroot", err, tc.want)
+			}
+			if strings.Contains(logs.String(), "chrooted") {
+				t.Errorf("the log says chroot:\n%s", logs.String())
 			}
 		})
+	}
+	var logs bytes.Buffer
+	client, err := profileRuntime(context.Background(), slog.New(slog.NewTextHandler(&logs, nil)), "chroot", stale)
+	if err != nil || client != nil {
+		t.Fatalf("profileRuntime chroot: %v, %v; want chroot (nil, nil)", client, err)
+	}
+	if !strings.Contains(logs.String(), "the workload runs chrooted") || !strings.Contains(logs.String(), "--runtime chroot") {
+		t.Errorf("the log does not say chroot and why:\n%s", logs.String())
 	}
 }

@@ -15,7 +15,7 @@
 //	{
 //	  "subject": "sha256:...",          image manifest the profile was recorded on
 //	  "created": "2025-01-02T03:04:05Z",
-//	  "command": ["python3", "-c", "print(1)"],
+//	  "command": ["python3"],           the program only, never its arguments
 //	  "layers":  ["sha256:...", ...],   layer blob digests, lowest first
 //	  "files": [                        in first-access order
 //	    {"layer": 2, "path": "usr/bin/python3.11", "at_us": 1200, "ranges": [[0, 131072]]}

@@ -48,7 +48,10 @@ type Profile struct {
 	Subject string `json:"subject"`
 	// Created is when the recording ended.
 	Created time.Time `json:"created"`
-	// Command is what ran, for people reading the profile.
+	// Command is the program that ran, for people reading the profile: one word, never its
+	// arguments, which may carry secrets (a token, a password) and the profile is pushed to
+	// the registry beside the image. Profiles recorded before kept the arguments; they still
+	// parse.
 	Command []string `json:"command,omitempty"`
 	// Layers are the digests of the image's layer blobs, lowest first.
 	Layers []string `json:"layers"`

@@ -92,12 +92,13 @@ func (r *Recorder) Files() int {
 }
 
 // Profile returns what was recorded as a profile of the image whose manifest has digest
-// subject and whose layers have the given digests (lowest first). Truncated says that
-// MaxFiles was reached and later files were left out.
+// subject and whose layers have the given digests (lowest first), recorded by running
+// command: only its program (command[0]) is kept, never its arguments (see
+// Profile.Command). Truncated says that MaxFiles was reached and later files were left out.
 func (r *Recorder) Profile(subject string, layers []string, command []string) (p *Profile, truncated bool, err error) {
 	r.mu.Lock()
 	defer r.mu.Unlock()
-	p = &Profile{Subject: subject, Created: r.now().UTC().Truncate(time.Second), Command: command, Layers: layers}
+	p = &Profile{Subject: subject, Created: r.now().UTC().Truncate(time.Second), Command: command[:min(1, len(command))], Layers: layers}
 	for _, f := range r.order {
 		if f.Layer >= len(layers) {
 			return nil, false, fmt.Errorf("profile: a read of layer %d, the image has %d layers", f.Layer, len(layers))
