@@ -235,19 +235,33 @@ func TestProfileContainerd(t *testing.T) {
 	}
 }
 
-// TestProfileRuntimeAuto: without --runtime, containerd runs the workload when it answers
-// at --address; a containerd that is not there falls back to chroot, saying why.
-func TestProfileRuntimeAuto(t *testing.T) {
+// TestProfileRuntimeDefault: without --runtime, containerd runs the workload when it
+// answers at --address; a containerd that is not there is an error that names the socket and
+// how to record chrooted instead, and nothing runs chrooted (the old auto fell back to it).
+func TestProfileRuntimeDefault(t *testing.T) {
 	e := setup(t)
-	ref := e.profileRepoImage(t, "profile-auto")
+	ref := e.profileRepoImage(t, "profile-default")
 	script := fmt.Sprintf("print(%q)", profileLine)
-	for _, tc := range []struct{ address, want string }{
-		{e.containerd, "the workload runs in a containerd container"},
-		{filepath.Join(t.TempDir(), "containerd.sock"), "the workload runs chrooted"},
+	missing := filepath.Join(t.TempDir(), "containerd.sock")
+	for _, tc := range []struct {
+		address string
+		code    int
+		want    []string
+	}{
+		{e.containerd, 0, []string{"the workload runs in a containerd container", "--runtime containerd"}},
+		{missing, 1, []string{"containerd at " + missing, "--runtime chroot records without it"}},
 	} {
 		r := e.lazypull(t, "profile", "--plain-http", "--no-push", "--address", tc.address, "--until", profileLine, ref, "--", "python3", "-c", script)
-		if r.code != 0 || !strings.Contains(r.stderr, tc.want) || !strings.Contains(r.stderr, "--runtime auto") {
-			t.Errorf("lazypull profile --address %s: exit %d; want %q\n%s", tc.address, r.code, tc.want, r.stderr)
+		if r.code != tc.code {
+			t.Errorf("lazypull profile --address %s: exit %d, want %d\n%s", tc.address, r.code, tc.code, r.stderr)
+		}
+		for _, want := range tc.want {
+			if !strings.Contains(r.stderr, want) {
+				t.Errorf("lazypull profile --address %s: stderr lacks %q\n%s", tc.address, want, r.stderr)
+			}
+		}
+		if strings.Contains(r.stderr, "chrooted") {
+			t.Errorf("lazypull profile --address %s ran the workload chrooted:\n%s", tc.address, r.stderr)
 		}
 	}
 }
