@@ -89,9 +89,11 @@ func watchedRun(t *testing.T, ctx context.Context, cmd *exec.Cmd, bad func(mount
 	}
 	done := make(chan error, 1)
 	go func() { done <- cmd.Wait() }()
+	known := map[mount]bool{}
 	look := func() {
 		for _, m := range mounts(t, mi) {
-			if bad(m) {
+			if bad(m) && !known[m] {
+				known[m] = true
 				seen = append(seen, m)
 			}
 		}
