@@ -204,3 +204,38 @@ func TestRootDirMountOn(t *testing.T) {
 		t.Error("mountOn a symlink onto another mount: no error")
 	}
 }
+
+// TestWritePrivate: --output is written readable by its owner only, over a file that was
+// not, and over a symlink without writing through it.
+func TestWritePrivate(t *testing.T) {
+	dir := t.TempDir()
+	out, other := filepath.Join(dir, "profile.json"), filepath.Join(dir, "other")
+	if err := os.WriteFile(out, []byte("old"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(other, []byte("other"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	link := filepath.Join(dir, "link.json")
+	if err := os.Symlink(other, link); err != nil {
+		t.Fatal(err)
+	}
+	for _, p := range []string{out, link, filepath.Join(dir, "new.json")} {
+		if err := writePrivate(p, []byte("{}\n")); err != nil {
+			t.Fatal(err)
+		}
+		fi, err := os.Lstat(p)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if b, _ := os.ReadFile(p); fi.Mode() != 0o600 || string(b) != "{}\n" {
+			t.Errorf("%s: mode %v, %q; want a regular file, 0600, the document", p, fi.Mode(), b)
+		}
+	}
+	if b, _ := os.ReadFile(other); string(b) != "other" {
+		t.Errorf("written through the symlink: %q", b)
+	}
+	if ents, _ := os.ReadDir(dir); len(ents) != 4 {
+		t.Errorf("%d files left in the directory; want 4 (no temporary one)", len(ents))
+	}
+}

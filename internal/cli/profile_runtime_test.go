@@ -85,3 +85,36 @@ func TestProfileRuntimeNoFallback(t *testing.T) {
 		t.Errorf("the log does not say chroot and why:\n%s", logs.String())
 	}
 }
+
+// TestProfileChrootOwnNamespace: profile-chroot mounts nothing unless it runs in a mount
+// namespace of its own (started so by profile --runtime chroot): run here, in the test's own
+// namespace, it refuses before fetching anything.
+func TestProfileChrootOwnNamespace(t *testing.T) {
+	code, _, errOut := run(t, "profile-chroot", "--runtime", "chroot", "--", "nowhere.invalid/app:v1", "true")
+	if code != exitFailure || !strings.Contains(errOut, "runs in its parent's mount namespace") || strings.Contains(errOut, "nowhere.invalid") {
+		t.Errorf("exit %d; want a refusal:\n%s", code, errOut)
+	}
+}
+
+// TestProfileChildArgs: profile-chroot is started with the flags that were set, and the
+// image and command after "--", which parse back to the same.
+func TestProfileChildArgs(t *testing.T) {
+	cmd := lookup("profile")
+	fs := newFlagSet(cmd)
+	f := cmd.flags(fs).(*profileFlags)
+	pos, err := parseInterspersed(fs, []string{"--runtime", "chroot", "--until", "ready now", "--duration", "90s", "--no-push", "img:1", "--", "sh", "-c", "--until x"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	args := f.childArgs(profileChrootName, pos)
+	fs2 := newFlagSet(profileChrootCommand)
+	g := profileChrootCommand.flags(fs2).(*profileFlags)
+	pos2, err := parseInterspersed(fs2, args[1:])
+	if err != nil {
+		t.Fatal(err)
+	}
+	if args[0] != profileChrootName || g.runtime != "chroot" || g.until != "ready now" || g.duration != f.duration || !g.noPush ||
+		strings.Join(pos2, "|") != "img:1|sh|-c|--until x" {
+		t.Errorf("%q parsed back to %+v, %q", args, g, pos2)
+	}
+}
