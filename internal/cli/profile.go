@@ -11,11 +11,13 @@ import (
 	"os/exec"
 	"path"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"sync"
 	"syscall"
 	"text/tabwriter"
 	"time"
+	"unicode"
 
 	"github.com/google/go-containerregistry/pkg/authn"
 	"github.com/google/go-containerregistry/pkg/name"
@@ -565,9 +567,19 @@ func showProfile(ctx context.Context, e *env, f *profileFlags, ref string) error
 		for _, r := range fl.Ranges {
 			n += r.Len
 		}
-		fmt.Fprintf(w, "%.1f\t%d\t%d\t%d\t/%s\n", float64(fl.AtUS)/1000, fl.Layer, n, len(fl.Ranges), fl.Path)
+		fmt.Fprintf(w, "%.1f\t%d\t%d\t%d\t%s\n", float64(fl.AtUS)/1000, fl.Layer, n, len(fl.Ranges), printablePath(fl.Path))
 	}
 	return w.Flush()
+}
+
+// printablePath is how profile show prints a path of a profile (which comes from the
+// registry): as /PATH, quoted if it holds anything but printable characters, so that no
+// name sends the terminal control sequences, nor breaks the table.
+func printablePath(p string) string {
+	if strings.ContainsFunc(p, func(r rune) bool { return !unicode.IsPrint(r) || r == '\t' }) {
+		return strconv.Quote("/" + p)
+	}
+	return "/" + p
 }
 
 var profileExecCommand = &command{
