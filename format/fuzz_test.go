@@ -4,6 +4,7 @@ import (
 	"archive/tar"
 	"bytes"
 	"context"
+	"errors"
 	"testing"
 
 	"github.com/klauspost/compress/zstd"
@@ -24,14 +25,25 @@ func seedIndex(t testing.TB) (payload, body []byte) {
 	return payload, body
 }
 
-// FuzzDecodeIndex feeds hostile index payloads to the decoder: errors, never panics or
-// huge allocations; what decodes must encode and decode to the same index.
+// FuzzDecodeIndex feeds hostile index payloads to the decoder: errors, never panics;
+// decoding allocates at most the payload's budget, IndexBudget(len(p)) (plus
+// decodeOverhead), a small factor of its size; what decodes must encode and decode to the
+// same index.
 func FuzzDecodeIndex(f *testing.F) {
 	payload, _ := seedIndex(f)
 	f.Add(payload)
 	f.Add(payload[:indexHeaderLen])
+	names := sharedPrefixBody(300)
+	f.Add(payloadOf(f, names, uint64(len(names))))
+	counts := manyCountsBody(64<<10, 4<<10, 0, 7<<10, 0)
+	f.Add(payloadOf(f, counts, uint64(len(counts))))
 	f.Fuzz(func(t *testing.T, p []byte) {
-		ix, err := DecodeIndex(p)
+		var ix *Index
+		var err error
+		n := allocated(func() { ix, err = DecodeIndex(p) })
+		if limit := uint64(IndexBudget(len(p))) + decodeOverhead; n > limit {
+			t.Fatalf("decoding %d bytes allocated %d, over the bound of %d (err %v)", len(p), n, limit, err)
+		}
 		if err != nil {
 			return
 		}
@@ -39,14 +51,24 @@ func FuzzDecodeIndex(f *testing.F) {
 	})
 }
 
-// FuzzDecodeBody skips the zstd layer so mutations reach the body parser.
+// FuzzDecodeBody skips the zstd layer so mutations reach the body parser, with a budget
+// tight enough for mutations to meet: 4 times the body plus 64 KiB. Decoding allocates at
+// most that (plus decodeOverhead).
 func FuzzDecodeBody(f *testing.F) {
 	_, body := seedIndex(f)
 	f.Add(body)
 	f.Add([]byte{0, 0, 0})
 	f.Add([]byte{1, 1, 0, 3, 0, 1, 'a', '0', 0, 0, 0, 0, 0, 0})
+	f.Add(sharedPrefixBody(4))
+	f.Add(manyCountsBody(4<<10, 64, 0, 400, 0))
 	f.Fuzz(func(t *testing.T, b []byte) {
-		ix, err := decodeBody(b)
+		var ix *Index
+		var err error
+		budget := 4*int64(len(b)) + 64<<10
+		n := allocated(func() { ix, err = decodeBody(b, budget) })
+		if limit := uint64(budget) + decodeOverhead; n > limit {
+			t.Fatalf("decoding a %d-byte body allocated %d, over the bound of %d (err %v)", len(b), n, limit, err)
+		}
 		if err != nil {
 			return
 		}
@@ -64,6 +86,11 @@ func FuzzDecodeBody(f *testing.F) {
 func checkReencode(t *testing.T, ix *Index) {
 	t.Helper()
 	p, err := ix.Encode()
+	if errors.Is(err, errOverBudget) {
+		// Encoded better than the input was (or the input came without a payload):
+		// over the new payload's budget, which the encoder checks as the decoder would.
+		return
+	}
 	if err != nil {
 		t.Fatalf("re-encode a decoded index: %v", err)
 	}

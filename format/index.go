@@ -15,13 +15,31 @@ import (
 	"github.com/klauspost/compress/zstd"
 )
 
-// Limits on what an index may declare. A decoder checks every count and length against
-// these and against the bytes that remain before it allocates anything.
+// Limits on what an index may declare. An index comes from the image producer through the
+// registry: it is untrusted input, and what decoding it may allocate is bounded twice, by a
+// small factor of its size and by hard caps (docs/format.md, "Limits a reader enforces").
+// A decoder checks every count and length against these, against the bytes that remain and
+// against its decode budget before it allocates anything.
 const (
 	// MaxIndexSize bounds the compressed index payload.
 	MaxIndexSize = 256 << 20
 	// MaxIndexBodySize bounds the decompressed index body.
 	MaxIndexBodySize = 1 << 30
+	// MaxIndexBodyRatio bounds the declared body length by the compressed payload's:
+	// bodyLen <= MaxIndexBodyRatio*len(payload) + IndexBodySlack. Real indexes compress
+	// 1.5-6 fold (chunk digests do not compress); zstd could expand far more.
+	MaxIndexBodyRatio = 32
+	// IndexBodySlack lets a small index compress better than the ratio.
+	IndexBodySlack = 64 << 10
+	// IndexMemFactor and IndexMemSlack make the decode budget of a payload of n bytes:
+	// IndexMemFactor*n + IndexMemSlack, at most MaxIndexMemory. Everything decoding
+	// allocates draws from it: the body, the frame, entry and digest arrays, names, link
+	// names and xattrs. A real index takes 12-15 times its payload decoded, one of only
+	// empty files or directories up to ~60 times (names compress well, Entry is 200 bytes).
+	IndexMemFactor = 48
+	IndexMemSlack  = 8 << 20
+	// MaxIndexMemory bounds the decode budget of any index (about 3 million entries).
+	MaxIndexMemory = 1 << 30
 	// MaxNameLen bounds a path or link target, in bytes.
 	MaxNameLen = 64 << 10
 	// MaxXattrs bounds the extended attributes of one entry.
@@ -31,7 +49,17 @@ const (
 	// MaxChunkSize bounds the uncompressed size of one frame. The writer cuts content
 	// chunks at 512 KiB and header runs at 1 MiB; 64 MiB leaves room for other writers.
 	MaxChunkSize = 64 << 20
+	// MaxSparseSize bounds the size of a sparse file a reader serves. A sparse file is
+	// served by decoding its tar record again for each read (ReadSparseAt): memory stays
+	// at one frame, but the time of a read grows with the file, holes included.
+	MaxSparseSize = 1 << 30
 )
+
+// IndexBudget returns the decode budget of an index payload of n bytes: what decoding it
+// may allocate, body included.
+func IndexBudget(n int) int64 {
+	return min(IndexMemFactor*int64(n)+IndexMemSlack, MaxIndexMemory)
+}
 
 // indexMagic starts every index payload; the two bytes after it are the version.
 const indexMagic = "LZPINDEX"
@@ -225,7 +253,47 @@ func (ix *Index) Encode() ([]byte, error) {
 	if len(out) > MaxIndexSize {
 		return nil, fmt.Errorf("index of %d entries is %d bytes, over the limit of %d", len(ix.Entries), len(out), MaxIndexSize)
 	}
+	// Refuse to write what no reader would decode: a layer whose index compresses better
+	// than the ratio, or decodes to more than its budget.
+	if len(body) > MaxIndexBodyRatio*len(out)+IndexBodySlack {
+		return nil, fmt.Errorf("index of %d entries: %w: a body of %d bytes compressed to %d, over %d times", len(ix.Entries), errOverBudget, len(body), len(out), MaxIndexBodyRatio)
+	}
+	budget := IndexBudget(len(out))
+	r := &bodyReader{budget: budget - int64(len(body)), limit: budget, dry: true}
+	if r.budget < 0 || !ix.drawBudget(r) {
+		return nil, fmt.Errorf("index of %d entries: %w: %v", len(ix.Entries), errOverBudget, r.err)
+	}
 	return out, nil
+}
+
+// errOverBudget is what Encode returns for an index a reader would refuse to decode.
+var errOverBudget = errors.New("over the decode budget of its payload")
+
+// drawBudget draws from r what decoding the index allocates, in the decoder's order, and
+// reports whether it fits.
+func (ix *Index) drawBudget(r *bodyReader) bool {
+	r.alloc("frame list", len(ix.Frames), int(unsafe.Sizeof(Frame{})))
+	r.alloc("entry list", len(ix.Entries), int(unsafe.Sizeof(Entry{})))
+	r.alloc("chunk digests", len(ix.Digests), int(unsafe.Sizeof(Digest{})))
+	var names nameArena
+	for i := range ix.Entries {
+		e := &ix.Entries[i]
+		names.reserve(r, len(e.Name))
+		if e.Linkname != "" {
+			r.alloc("link name", len(e.Linkname), 1)
+		}
+		if len(e.Xattrs) > 0 {
+			r.alloc("xattrs", len(e.Xattrs), int(unsafe.Sizeof(Xattr{})))
+			for _, x := range e.Xattrs {
+				r.alloc("xattr name", len(x.Name), 1)
+				r.alloc("xattr value", len(x.Value), 1)
+			}
+		}
+		if r.err != nil {
+			return false
+		}
+	}
+	return true
 }
 
 // entry flag bits in the body
@@ -375,8 +443,12 @@ func commonPrefix(a, b string) int {
 // ErrNotIndex is returned when bytes do not start with the index magic.
 var ErrNotIndex = errors.New("not a lazypull index")
 
+// decoderPool holds index body decoders. DecodeAll is limited to the capacity of its
+// destination (WithDecodeAllCapLimit): a frame that decodes to more than the declared body
+// length fails instead of growing the buffer.
 var decoderPool = sync.Pool{New: func() any {
-	d, err := zstd.NewReader(nil, zstd.WithDecoderConcurrency(1), zstd.WithDecoderMaxMemory(MaxIndexBodySize), zstd.WithDecoderMaxWindow(64<<20))
+	d, err := zstd.NewReader(nil, zstd.WithDecoderConcurrency(1), zstd.WithDecoderMaxMemory(MaxIndexBodySize),
+		zstd.WithDecoderMaxWindow(64<<20), zstd.WithDecodeAllCapLimit(true))
 	if err != nil {
 		panic(err) // only for invalid options
 	}
@@ -384,7 +456,8 @@ var decoderPool = sync.Pool{New: func() any {
 }}
 
 // DecodeIndex parses an index payload. It checks every count and offset, so a hostile
-// payload yields an error, never a panic or an allocation beyond what the bytes justify.
+// payload yields an error, never a panic; what it allocates, body included, stays within
+// IndexBudget(len(p)).
 func DecodeIndex(p []byte) (*Index, error) {
 	if len(p) < indexHeaderLen || string(p[:8]) != indexMagic {
 		return nil, ErrNotIndex
@@ -399,26 +472,47 @@ func DecodeIndex(p []byte) (*Index, error) {
 	if bodyLen > MaxIndexBodySize {
 		return nil, fmt.Errorf("index body of %d bytes: over the limit of %d", bodyLen, MaxIndexBodySize)
 	}
-	// A zstd frame expands at most ~ (1<<17)/3 fold per byte in practice; refuse a body
-	// length that no payload of this size could produce before allocating for it.
-	if bodyLen > uint64(len(p))*1024 {
-		return nil, fmt.Errorf("index body of %d bytes from %d compressed: implausible", bodyLen, len(p))
+	if bodyLen > MaxIndexBodyRatio*uint64(len(p))+IndexBodySlack {
+		return nil, fmt.Errorf("index body of %d bytes from a %d-byte payload: over the limit of %d times the payload", bodyLen, len(p), MaxIndexBodyRatio)
+	}
+	budget := IndexBudget(len(p))
+	if int64(bodyLen) > budget {
+		return nil, fmt.Errorf("index body of %d bytes: over the decode budget of %d for a %d-byte payload", bodyLen, budget, len(p))
 	}
 	dec := decoderPool.Get().(*zstd.Decoder)
 	defer decoderPool.Put(dec)
 	body, err := dec.DecodeAll(p[indexHeaderLen:], make([]byte, 0, bodyLen))
 	if err != nil {
-		return nil, fmt.Errorf("decompress index: %w", err)
+		return nil, fmt.Errorf("decompress index body of %d bytes: %w", bodyLen, err)
 	}
 	if uint64(len(body)) != bodyLen {
 		return nil, fmt.Errorf("index body is %d bytes, header says %d", len(body), bodyLen)
 	}
-	return decodeBody(body)
+	return decodeBody(body, budget-int64(bodyLen))
 }
 
+// bodyReader reads an index body. Every allocation the decoded index makes draws from
+// budget first (alloc); the first failure sticks in err.
 type bodyReader struct {
-	b   []byte
-	err error
+	b      []byte
+	err    error
+	budget int64 // bytes the decoded index may still allocate
+	limit  int64 // the budget it started with, for errors
+	dry    bool  // only counting what decoding would draw (Index.drawBudget)
+}
+
+// alloc draws n items of size bytes from the budget, or fails naming what.
+func (r *bodyReader) alloc(what string, n, size int) bool {
+	if r.err != nil {
+		return false
+	}
+	need := int64(n) * int64(size) // n <= len(body) <= 1 GiB and size < 1 KiB: no overflow
+	if need > r.budget {
+		r.fail("index: %s: %d bytes, over what is left (%d) of the decode budget of %d", what, need, r.budget, r.limit)
+		return false
+	}
+	r.budget -= need
+	return true
 }
 
 func (r *bodyReader) fail(format string, args ...any) {
@@ -487,14 +581,29 @@ func (r *bodyReader) fixed(what string, n int) []byte {
 	return v
 }
 
-func decodeBody(body []byte) (*Index, error) {
-	r := &bodyReader{b: body}
+// Minimum body bytes of each item: a frame is two varints, an entry a name prefix and
+// length, type, flags, mode, uid, gid, mtime and size; a chunk digest 32 bytes.
+const minFrameBytes, minEntryBytes, minDigestBytes = 2, 9, 32
+
+// decodeBody parses an index body, allocating at most budget bytes.
+func decodeBody(body []byte, budget int64) (*Index, error) {
+	r := &bodyReader{b: body, budget: budget, limit: budget}
 	const maxOffset = 1 << 62
-	nFrames := r.count("frame count", 2)
-	nEntries := r.count("entry count", 8)
-	nChunks := r.count("chunk count", 32)
+	nFrames := r.count("frame count", minFrameBytes)
+	nEntries := r.count("entry count", minEntryBytes)
+	nChunks := r.count("chunk count", minDigestBytes)
 	if r.err != nil {
 		return nil, r.err
+	}
+	// Each count fits the bytes left alone; together they must too.
+	if need := uint64(nFrames)*minFrameBytes + uint64(nEntries)*minEntryBytes + uint64(nChunks)*minDigestBytes; need > uint64(len(r.b)) {
+		return nil, fmt.Errorf("index: %d frames, %d entries and %d chunks take at least %d bytes, %d left", nFrames, nEntries, nChunks, need, len(r.b))
+	}
+	r.alloc("frame list", nFrames, int(unsafe.Sizeof(Frame{})))
+	r.alloc("entry list", nEntries, int(unsafe.Sizeof(Entry{})))
+	r.alloc("chunk digests", nChunks, int(unsafe.Sizeof(Digest{})))
+	if r.err != nil {
+		return nil, fmt.Errorf("%w (%d frames, %d entries, %d chunks)", r.err, nFrames, nEntries, nChunks)
 	}
 	ix := &Index{Frames: make([]Frame, nFrames), Entries: make([]Entry, nEntries), Digests: make([]Digest, nChunks)}
 	var off, tarOff int64
@@ -537,9 +646,12 @@ func decodeBody(body []byte) (*Index, error) {
 		if shared > uint64(len(prev)) || shared+uint64(len(suffix)) > MaxNameLen {
 			return nil, fmt.Errorf("index: entry %d: name prefix %d longer than the previous name", i, shared)
 		}
-		e.Name = names.concat(prev[:shared], suffix)
+		e.Name = names.concat(r, prev[:shared], suffix)
+		if r.err != nil {
+			return nil, fmt.Errorf("%w, at entry %d (a name of %d bytes)", r.err, i, shared+uint64(len(suffix)))
+		}
 		prev = e.Name
-		if e.Name == "" || CleanName(e.Name) != e.Name {
+		if !isCleanName(e.Name) {
 			return nil, fmt.Errorf("index: entry %d: name %q is not a clean relative path", i, e.Name)
 		}
 		t := r.fixed("type", 1)
@@ -562,7 +674,9 @@ func decodeBody(body []byte) (*Index, error) {
 			e.ModNsec = int32(r.int63("mtime nsec", 999_999_999))
 		}
 		if flags&flagLinkname != 0 {
-			e.Linkname = string(r.bytes("link name", MaxNameLen))
+			if b := r.bytes("link name", MaxNameLen); r.alloc("link name", len(b), 1) {
+				e.Linkname = string(b)
+			}
 		}
 		if flags&flagDevice != 0 {
 			e.Devmajor = r.int63("devmajor", 1<<32)
@@ -573,12 +687,16 @@ func decodeBody(body []byte) (*Index, error) {
 			if n > MaxXattrs {
 				r.fail("index: entry %q: %d xattrs, over the limit of %d", e.Name, n, MaxXattrs)
 			}
-			if r.err == nil {
+			if r.alloc("xattrs", n, int(unsafe.Sizeof(Xattr{}))) {
 				e.Xattrs = make([]Xattr, n)
 			}
 			for j := range e.Xattrs {
-				e.Xattrs[j].Name = string(r.bytes("xattr name", 255))
-				e.Xattrs[j].Value = string(r.bytes("xattr value", MaxXattrValueLen))
+				if b := r.bytes("xattr name", 255); r.alloc("xattr name", len(b), 1) {
+					e.Xattrs[j].Name = string(b)
+				}
+				if b := r.bytes("xattr value", MaxXattrValueLen); r.alloc("xattr value", len(b), 1) {
+					e.Xattrs[j].Value = string(b)
+				}
 			}
 		}
 		e.Size = r.int63("size", maxOffset)
@@ -655,22 +773,69 @@ func decodeBody(body []byte) (*Index, error) {
 }
 
 // nameArena makes the entry names of an index out of few large allocations instead of
-// one per entry; decoding a 100k-entry index is dominated by allocation otherwise.
-type nameArena struct{ buf []byte }
+// one per entry; decoding a 100k-entry index is dominated by allocation otherwise. Each
+// block draws from the decode budget, so names sharing long prefixes (a few bytes in the
+// body each) cannot expand past it.
+type nameArena struct {
+	buf  []byte
+	free int // bytes left in buf's block
+}
 
-func (a *nameArena) concat(prefix string, suffix []byte) string {
+// nameBlock is the size of an arena block.
+const nameBlock = 256 << 10
+
+func (a *nameArena) concat(r *bodyReader, prefix string, suffix []byte) string {
 	n := len(prefix) + len(suffix)
-	if n == 0 {
+	if !a.reserve(r, n) {
 		return ""
-	}
-	if cap(a.buf)-len(a.buf) < n {
-		// Strings made so far keep the old block alive; it is never written again.
-		a.buf = make([]byte, 0, max(n, 256<<10))
 	}
 	start := len(a.buf)
 	a.buf = append(a.buf, prefix...)
 	a.buf = append(a.buf, suffix...)
-	return unsafe.String(&a.buf[start], n)
+	return unsafe.String(unsafe.SliceData(a.buf[start:]), n)
+}
+
+// reserve makes room for a name of n bytes, drawing a new block from the budget if the
+// current one lacks it. An encoder's dry run (drawBudget) uses it without buf: then only
+// free counts.
+func (a *nameArena) reserve(r *bodyReader, n int) bool {
+	if n == 0 || a.free >= n {
+		a.free -= n
+		return true
+	}
+	// Strings made so far keep the old block alive; it is never written again.
+	size := max(n, min(nameBlock, int(r.budget)))
+	if !r.alloc("names", size, 1) {
+		return false
+	}
+	if !r.dry {
+		a.buf = make([]byte, 0, size)
+	}
+	a.free = size - n
+	return true
+}
+
+// isCleanName reports whether CleanName(s) == s and s is not empty, without allocating:
+// "." or elements that are neither empty, "." nor "..".
+func isCleanName(s string) bool {
+	if s == "." {
+		return true
+	}
+	if s == "" {
+		return false
+	}
+	start := 0
+	for i := 0; i <= len(s); i++ {
+		if i < len(s) && s[i] != '/' {
+			continue
+		}
+		switch s[start:i] {
+		case "", ".", "..":
+			return false
+		}
+		start = i + 1
+	}
+	return true
 }
 
 // Names returns the sorted paths of all entries; for tests and tools.
