@@ -2,12 +2,12 @@ package format
 
 import (
 	"archive/tar"
-	"bytes"
 	"crypto/sha256"
 	"encoding/binary"
 	"errors"
 	"fmt"
 	"io"
+	"sort"
 	"strconv"
 	"sync"
 
@@ -249,43 +249,133 @@ func (l *Layer) ReadFile(e *Entry) ([]byte, error) {
 	return out, nil
 }
 
-// readSparse decodes a sparse entry from its tar record, spread over header frames.
+// readSparse decodes a sparse entry's whole content (ReadFile).
 func (l *Layer) readSparse(e *Entry) ([]byte, error) {
-	var rec []byte
-	end := e.TarOffset + e.TarLen
-	for _, f := range l.Index.Frames {
-		if f.TarOffset+f.TarSize <= e.TarOffset || f.TarOffset >= end {
-			continue
-		}
-		comp := make([]byte, f.Size)
-		if _, err := l.ra.ReadAt(comp, f.Offset); err != nil {
-			return nil, fmt.Errorf("%q: read frame at %d: %w", e.Name, f.Offset, err)
-		}
-		b, err := DecodeFrame(nil, comp, f.TarSize)
-		if err != nil {
-			return nil, fmt.Errorf("%q: %w", e.Name, err)
-		}
-		lo := max(e.TarOffset-f.TarOffset, 0)
-		hi := min(end-f.TarOffset, f.TarSize)
-		rec = append(rec, b[lo:hi]...)
+	if e.Size > MaxSparseSize {
+		return nil, fmt.Errorf("%q: sparse file of %d bytes: over the limit of %d", e.Name, e.Size, MaxSparseSize)
 	}
-	if int64(len(rec)) != e.TarLen {
-		return nil, fmt.Errorf("%q: sparse record of %d bytes, found %d", e.Name, e.TarLen, len(rec))
-	}
-	tr := tar.NewReader(bytes.NewReader(rec))
-	if _, err := tr.Next(); err != nil {
-		return nil, fmt.Errorf("%q: sparse record: %w", e.Name, err)
-	}
-	if e.Size > MaxIndexBodySize {
-		return nil, fmt.Errorf("%q: sparse file of %d bytes: too large to read whole", e.Name, e.Size)
-	}
-	h := sha256.New()
-	out, err := io.ReadAll(io.TeeReader(io.LimitReader(tr, e.Size+1), h))
+	out := make([]byte, e.Size)
+	n, err := l.ReadSparseAt(e, out, 0)
 	if err != nil {
-		return nil, fmt.Errorf("%q: sparse record: %w", e.Name, err)
+		return nil, err
 	}
-	if Digest(h.Sum(nil)) != e.Digest || int64(len(out)) != e.Size {
-		return nil, fmt.Errorf("%q: sparse content does not match its digest %s", e.Name, e.Digest)
+	return out[:n], nil
+}
+
+// MaxSparseHeader bounds the headers and sparse map of a sparse entry's tar record: what
+// a tar reader reads, and holds in memory, before the file's first byte. archive/tar caps
+// a PAX header at 1 MiB; a map of a million fragments is under 4 MiB.
+const MaxSparseHeader = 4 << 20
+
+// ReadSparseAt reads up to len(p) bytes of a sparse file's content at off, and returns
+// how many it read (fewer only at the end of the file). The content is not laid out in
+// chunks: each call decompresses the header frames of the entry's tar record one at a time,
+// decodes the record with a tar reader, copies the bytes asked for and checks the whole
+// content against the entry's digest before returning them. Memory is one frame and the
+// tar reader's header state (MaxSparseHeader), whatever the file's size; time grows with
+// it, holes included (MaxSparseSize).
+func (l *Layer) ReadSparseAt(e *Entry, p []byte, off int64) (int, error) {
+	if !e.Sparse {
+		return 0, fmt.Errorf("%q: not a sparse file", e.Name)
 	}
-	return out, nil
+	if e.Size > MaxSparseSize {
+		return 0, fmt.Errorf("%q: sparse file of %d bytes: over the limit of %d", e.Name, e.Size, MaxSparseSize)
+	}
+	// The record holds the headers, the map and at most the file's bytes.
+	if e.TarLen < 512 || e.TarLen > e.Size+MaxSparseHeader+512 {
+		return 0, fmt.Errorf("%q: sparse record of %d bytes for a file of %d: out of range", e.Name, e.TarLen, e.Size)
+	}
+	if off < 0 {
+		return 0, fmt.Errorf("%q: read at %d", e.Name, off)
+	}
+	if off >= e.Size || len(p) == 0 {
+		return 0, nil
+	}
+	rr := &recordReader{l: l, e: e, pos: e.TarOffset, end: e.TarOffset + e.TarLen, limit: e.TarOffset + MaxSparseHeader}
+	tr := tar.NewReader(rr)
+	if _, err := tr.Next(); err != nil {
+		return 0, fmt.Errorf("%q: sparse record at tar offset %d: %w", e.Name, e.TarOffset, err)
+	}
+	rr.limit = rr.end
+	h := sha256.New()
+	buf := make([]byte, 64<<10)
+	var pos int64 // in the file
+	n := 0
+	for {
+		k, err := tr.Read(buf)
+		h.Write(buf[:k])
+		if lo, hi := max(off, pos), min(off+int64(len(p)), pos+int64(k)); lo < hi {
+			n += copy(p[lo-off:], buf[lo-pos:hi-pos])
+		}
+		pos += int64(k)
+		if pos > e.Size {
+			return 0, fmt.Errorf("%q: sparse record holds more than the file's %d bytes", e.Name, e.Size)
+		}
+		if err == io.EOF {
+			break
+		}
+		if err != nil {
+			return 0, fmt.Errorf("%q: sparse record at tar offset %d: %w", e.Name, e.TarOffset, err)
+		}
+	}
+	if pos != e.Size || Digest(h.Sum(nil)) != e.Digest {
+		return 0, fmt.Errorf("%q: sparse content (%d bytes) does not match its size %d and digest %s", e.Name, pos, e.Size, e.Digest)
+	}
+	return n, nil
+}
+
+// recordReader reads the bytes of a tar record [pos, end) of the tar stream from the
+// header frames holding them, one frame in memory at a time. Reads past limit fail.
+type recordReader struct {
+	l          *Layer
+	e          *Entry
+	pos, end   int64
+	limit      int64
+	frame      []byte // decompressed frame holding pos, if any
+	frameStart int64  // its tar offset
+	comp       []byte
+}
+
+func (r *recordReader) Read(b []byte) (int, error) {
+	if r.pos >= r.end {
+		return 0, io.EOF
+	}
+	if r.pos >= r.limit {
+		return 0, fmt.Errorf("headers and sparse map over the limit of %d bytes", MaxSparseHeader)
+	}
+	if r.frame == nil || r.pos >= r.frameStart+int64(len(r.frame)) {
+		if err := r.next(); err != nil {
+			return 0, err
+		}
+	}
+	hi := min(r.end, r.limit, r.frameStart+int64(len(r.frame)))
+	k := copy(b, r.frame[r.pos-r.frameStart:hi-r.frameStart])
+	r.pos += int64(k)
+	return k, nil
+}
+
+// next decompresses the header frame holding r.pos.
+func (r *recordReader) next() error {
+	fs := r.l.Index.Frames
+	i := sort.Search(len(fs), func(i int) bool { return fs[i].TarOffset+fs[i].TarSize > r.pos })
+	if i == len(fs) || fs[i].TarOffset > r.pos {
+		return fmt.Errorf("tar offset %d: in no frame", r.pos)
+	}
+	f := fs[i]
+	if f.ChunkIndex >= 0 {
+		return fmt.Errorf("tar offset %d: in a content frame, not a header frame", r.pos)
+	}
+	if int64(cap(r.comp)) < f.Size {
+		r.comp = make([]byte, f.Size)
+	}
+	comp := r.comp[:f.Size]
+	if _, err := r.l.ra.ReadAt(comp, f.Offset); err != nil {
+		return fmt.Errorf("read frame at %d+%d: %w", f.Offset, f.Size, err)
+	}
+	b, err := DecodeFrame(r.frame, comp, f.TarSize)
+	if err != nil {
+		return fmt.Errorf("frame at %d: %w", f.Offset, err)
+	}
+	r.frame, r.frameStart = b, f.TarOffset
+	return nil
 }

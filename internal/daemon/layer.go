@@ -234,20 +234,18 @@ func (l *Layer) profile(e *format.Entry, end int64) {
 }
 
 // readSparse serves a sparse file, which is not laid out in chunks, by decoding its tar
-// record each time. Images hardly ever hold one.
+// record each time, by range: memory stays at one frame whatever the file's size.
+// Images hardly ever hold one.
 func (l *Layer) readSparse(ctx context.Context, e *format.Entry, p []byte, off int64) (int, error) {
 	fl, err := format.NewLayer(l.blob.ReaderAt(ctx), l.Desc.Size, l.Index)
 	if err != nil {
 		return 0, err
 	}
-	b, err := fl.ReadFile(e)
+	n, err := fl.ReadSparseAt(e, p, off)
 	if err != nil {
 		return 0, fmt.Errorf("layer %s: %w", l.Desc.Digest, err)
 	}
-	if off >= int64(len(b)) {
-		return 0, nil
-	}
-	return copy(p, b[off:]), nil
+	return n, nil
 }
 
 // LocalFile hands out the store's complete copy of a file, for FUSE passthrough.

@@ -1,0 +1,233 @@
+package daemon
+
+import (
+	"archive/tar"
+	"bytes"
+	"context"
+	"crypto/sha256"
+	"encoding/binary"
+	"encoding/hex"
+	"io"
+	"log"
+	"log/slog"
+	"math/rand/v2"
+	"net/http/httptest"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"runtime"
+	"strconv"
+	"strings"
+	"testing"
+
+	"github.com/containerd/containerd/v2/core/snapshots"
+	"github.com/containerd/containerd/v2/pkg/namespaces"
+	"github.com/google/go-containerregistry/pkg/name"
+	"github.com/google/go-containerregistry/pkg/registry"
+	v1 "github.com/google/go-containerregistry/pkg/v1"
+	"github.com/google/go-containerregistry/pkg/v1/empty"
+	"github.com/google/go-containerregistry/pkg/v1/mutate"
+	"github.com/google/go-containerregistry/pkg/v1/remote"
+	"github.com/google/go-containerregistry/pkg/v1/static"
+	"github.com/google/go-containerregistry/pkg/v1/types"
+	"github.com/klauspost/compress/zstd"
+
+	"lazypull/format"
+	"lazypull/internal/fetch"
+	"lazypull/internal/snapshot"
+	"lazypull/internal/store"
+)
+
+// allocated returns the bytes the process allocated while f ran.
+func allocated(f func()) uint64 {
+	var before, after runtime.MemStats
+	runtime.ReadMemStats(&before)
+	f()
+	runtime.ReadMemStats(&after)
+	return after.TotalAlloc - before.TotalAlloc
+}
+
+// pushLayerImage pushes a one-layer image of blob with the given annotations to a fresh
+// in-process registry and returns its reference, manifest digest and layer descriptor.
+func pushLayerImage(t *testing.T, blob []byte, ann map[string]string) (string, v1.Hash, v1.Descriptor) {
+	t.Helper()
+	srv := httptest.NewServer(registry.New(registry.Logger(log.New(io.Discard, "", 0))))
+	t.Cleanup(srv.Close)
+	img, err := mutate.Append(empty.Image, mutate.Addendum{Layer: static.NewLayer(blob, types.MediaType(format.MediaTypeLayer)),
+		Annotations: ann, MediaType: types.MediaType(format.MediaTypeLayer)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	img = mutate.MediaType(img, types.OCIManifestSchema1)
+	ref := strings.TrimPrefix(srv.URL, "http://") + "/crafted:v1"
+	r, _ := name.ParseReference(ref)
+	if err := remote.Write(r, img); err != nil {
+		t.Fatal(err)
+	}
+	d, _ := img.Digest()
+	m, _ := img.Manifest()
+	return ref, d, m.Layers[0]
+}
+
+// craftedLayer is a lazypull layer blob whose index payload is replaced by the index
+// declaring body (its header says body's length), with the annotations that locate it.
+func craftedLayer(t *testing.T, body []byte) ([]byte, map[string]string) {
+	t.Helper()
+	var tb bytes.Buffer
+	tw := tar.NewWriter(&tb)
+	tw.WriteHeader(&tar.Header{Name: "f", Mode: 0o644, Size: 2, Typeflag: tar.TypeReg})
+	tw.Write([]byte("hi"))
+	tw.Close()
+	var blob bytes.Buffer
+	res, err := format.Write(context.Background(), &blob, &tb)
+	if err != nil {
+		t.Fatal(err)
+	}
+	enc, _ := zstd.NewWriter(nil, zstd.WithEncoderLevel(zstd.SpeedBestCompression))
+	defer enc.Close()
+	p := make([]byte, 24)
+	copy(p, "LZPINDEX")
+	binary.LittleEndian.PutUint16(p[8:], format.Version)
+	binary.LittleEndian.PutUint64(p[16:], uint64(len(body)))
+	p = enc.EncodeAll(body, p)
+	b := blob.Bytes()
+	out := append(bytes.Clone(b[:res.IndexOffset]), p...)
+	out = append(out, b[len(b)-format.FooterSize:]...)
+	sum := sha256.Sum256(p)
+	return out, map[string]string{
+		format.AnnotationVersion:     strconv.Itoa(format.Version),
+		format.AnnotationIndexOffset: strconv.FormatInt(res.IndexOffset, 10),
+		format.AnnotationIndexSize:   strconv.Itoa(len(p)),
+		format.AnnotationIndexDigest: "sha256:" + hex.EncodeToString(sum[:]),
+	}
+}
+
+// TestMountCraftedIndex: Prepare of a layer whose index is crafted to decode into far more
+// memory than its size (names sharing 64 KiB prefixes; counts that fit the body alone but
+// not together; more entries than the budget) fails the remote mount with one warning that
+// names the layer and the limit, the layer takes the ordinary path, and the daemon
+// allocates a few MiB doing so (a real snapshotter over a real store and registry).
+func TestMountCraftedIndex(t *testing.T) {
+	names := func() []byte { // 8000 entries whose 64 KiB names take 12 bytes each
+		b := binary.AppendUvarint(nil, 0)
+		b = binary.AppendUvarint(b, 8000)
+		b = binary.AppendUvarint(b, 0)
+		for i := range 8000 {
+			if i == 0 {
+				b = binary.AppendUvarint(b, 0)
+				b = binary.AppendUvarint(b, format.MaxNameLen-1)
+				b = append(b, strings.Repeat("a", format.MaxNameLen-1)...)
+			} else {
+				b = binary.AppendUvarint(b, format.MaxNameLen-2)
+				b = binary.AppendUvarint(b, 1)
+				b = append(b, 'b')
+			}
+			b = append(b, '0', 0, 0, 0, 0, 0, 0)
+		}
+		return b
+	}
+	counts := func(frames, entries uint64) []byte { // 8 MiB: counts, 272 KiB random, zeros
+		b := binary.AppendUvarint(nil, frames)
+		b = binary.AppendUvarint(b, entries)
+		b = binary.AppendUvarint(b, 0)
+		rng := rand.New(rand.NewPCG(1, 2))
+		r := make([]byte, 272<<10)
+		for i := range r {
+			r[i] = byte(rng.Uint32())
+		}
+		b = append(b, r...)
+		return append(b, make([]byte, 8<<20-len(b))...)
+	}
+	for _, c := range []struct {
+		name string
+		body []byte
+		want string
+	}{
+		{"shared-prefix-names", names(), "times the payload"},
+		{"counts-each-alone", counts(2<<20, 1<<19), "take at least"},
+		{"entries-over-budget", counts(0, 800_000), "decode budget"},
+	} {
+		t.Run(c.name, func(t *testing.T) {
+			blob, ann := craftedLayer(t, c.body)
+			ref, d, desc := pushLayerImage(t, blob, ann)
+			var logs bytes.Buffer
+			logger := slog.New(slog.NewTextHandler(&logs, &slog.HandlerOptions{Level: slog.LevelWarn}))
+			st, err := store.Open(t.TempDir())
+			if err != nil {
+				t.Fatal(err)
+			}
+			t.Cleanup(func() { st.Close() })
+			fsys := NewSnapshotFS(st, nil, logger, fetch.WithPlainHTTP())
+			t.Cleanup(func() { fsys.Close() })
+			s, err := snapshot.New(t.TempDir(), fsys, snapshot.WithLogger(logger))
+			if err != nil {
+				t.Fatal(err)
+			}
+			t.Cleanup(func() { s.Close() })
+			labels := SnapshotLabels(ref, d.String(), desc.Digest.String(), desc.Annotations)
+			labels[snapshots.LabelSnapshotRef] = "layer-" + desc.Digest.Hex
+			ctx := namespaces.WithNamespace(context.Background(), "test")
+			var ms any
+			n := allocated(func() { ms, err = s.Prepare(ctx, "extract-1", "", snapshots.WithLabels(labels)) })
+			if err != nil || ms == nil {
+				t.Fatalf("Prepare: %v; want the ordinary path's mounts", err)
+			}
+			lines := strings.Split(strings.TrimSpace(logs.String()), "\n")
+			if len(lines) != 1 || !strings.Contains(lines[0], "level=WARN") || !strings.Contains(lines[0], desc.Digest.String()) || !strings.Contains(lines[0], c.want) {
+				t.Fatalf("want one warning naming the layer and %q; logged:\n%s", c.want, logs.String())
+			}
+			t.Logf("%d-byte layer: Prepare allocated %d bytes; logged: %s", len(blob), n, lines[0])
+			if n > 64<<20 {
+				t.Fatalf("Prepare of a layer with a %s index allocated %d bytes", c.name, n)
+			}
+		})
+	}
+}
+
+// TestReadSparseBounded: a read of 4 KiB of a 900 MiB sparse file (a 20 KB layer) through
+// the daemon's layer allocated the whole file; it allocates a frame and a buffer now.
+func TestReadSparseBounded(t *testing.T) {
+	if testing.Short() {
+		t.Skip("SKIP: hashes 900 MiB of holes")
+	}
+	if _, err := exec.LookPath("tar"); err != nil {
+		t.Skip("SKIP: GNU tar not installed; sparse files not tested (run make deps)")
+	}
+	dir := t.TempDir()
+	f, err := os.Create(filepath.Join(dir, "sparse"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	data := bytes.Repeat([]byte("lazypull"), 1000)
+	f.WriteAt(data, 512<<20)
+	f.Truncate(900 << 20)
+	f.Close()
+	var tb bytes.Buffer
+	cmd := exec.Command("tar", "--sparse", "--format=posix", "--sparse-version=1.0", "-C", dir, "-cf", "-", "sparse")
+	cmd.Stdout = &tb
+	if err := cmd.Run(); err != nil {
+		t.Fatal(err)
+	}
+	var blob bytes.Buffer
+	res, err := format.Write(context.Background(), &blob, &tb)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ref, _, _ := pushLayerImage(t, blob.Bytes(), res.Annotations())
+	im, _ := openFill(t, ref)
+	l := im.Layers[0]
+	e, ok := l.Index.Lookup("sparse")
+	if !ok || !e.Sparse {
+		t.Fatalf("no sparse entry: %+v", e)
+	}
+	p := make([]byte, 4096)
+	var n int
+	a := allocated(func() { n, err = l.ReadAt(context.Background(), e, p, 512<<20) })
+	if err != nil || n != len(p) || !bytes.Equal(p, data[:4096]) {
+		t.Fatalf("read 4 KiB at 512 MiB: %d bytes, %v", n, err)
+	}
+	t.Logf("layer of %d bytes, file of %d: a 4 KiB read allocated %d bytes", blob.Len(), e.Size, a)
+	if a > 16<<20 {
+		t.Fatalf("a 4 KiB read of a sparse file allocated %d bytes", a)
+	}
+}
