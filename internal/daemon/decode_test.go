@@ -90,6 +90,11 @@ func craftedLayer(t *testing.T, body []byte) ([]byte, map[string]string) {
 	binary.LittleEndian.PutUint16(p[8:], format.Version)
 	binary.LittleEndian.PutUint64(p[16:], uint64(len(body)))
 	p = enc.EncodeAll(body, p)
+	if len(p) < 880 { // pad with a skippable frame to 880 bytes, as the index first reported
+		p = binary.LittleEndian.AppendUint32(p, 0x184D2A50)
+		p = binary.LittleEndian.AppendUint32(p, uint32(880-len(p)-4))
+		p = append(p, make([]byte, 880-len(p))...)
+	}
 	b := blob.Bytes()
 	out := append(bytes.Clone(b[:res.IndexOffset]), p...)
 	out = append(out, b[len(b)-format.FooterSize:]...)
