@@ -19,6 +19,7 @@ import (
 
 	"lazypull/format"
 	"lazypull/internal/fetch"
+	"lazypull/internal/jsonlimit"
 	"lazypull/internal/fusefs"
 	"lazypull/internal/store"
 )
@@ -305,6 +306,9 @@ func cachedImage(reg *fetch.Registry, raw []byte, d format.Digest) (*fetch.Image
 // manifest names none (OCI makes it optional); the one it names is covered by h. An index,
 // or anything else than an image manifest, is refused.
 func manifestImage(repo string, raw []byte, h v1.Hash, mt types.MediaType) (*fetch.Image, error) {
+	if err := jsonlimit.Check(raw, "manifest "+h.String()); err != nil {
+		return nil, err
+	}
 	var probe struct {
 		MediaType types.MediaType `json:"mediaType"`
 		Manifests json.RawMessage `json:"manifests"`

@@ -14,6 +14,8 @@ import (
 
 	v1 "github.com/google/go-containerregistry/pkg/v1"
 	"github.com/google/go-containerregistry/pkg/v1/types"
+
+	"lazypull/internal/jsonlimit"
 )
 
 // Referrers lists the manifests whose subject is the manifest with digest subject (OCI
@@ -149,6 +151,9 @@ func (r *Registry) referrersFrom(ctx context.Context, e *endpoint, subject v1.Ha
 	}
 	if len(raw) > maxManifestSize {
 		return nil, false, &reqErr{host: e.host, status: resp.StatusCode, err: malformed("referrers index larger than %d bytes", maxManifestSize)}
+	}
+	if err := jsonlimit.Check(raw, "referrers index"); err != nil {
+		return nil, false, &reqErr{host: e.host, status: resp.StatusCode, err: malformed("%v", err)}
 	}
 	return raw, true, nil
 }

@@ -18,6 +18,8 @@ import (
 	"github.com/google/go-containerregistry/pkg/name"
 	v1 "github.com/google/go-containerregistry/pkg/v1"
 	"github.com/google/go-containerregistry/pkg/v1/types"
+
+	"lazypull/internal/jsonlimit"
 )
 
 // maxManifestSize is the largest manifest or index Resolve reads (containerd's limit).
@@ -249,6 +251,9 @@ func (r *Registry) manifestFrom(ctx context.Context, e *endpoint, id string, byD
 	}
 	if len(raw) > maxManifestSize {
 		return fail("manifest larger than %d bytes", maxManifestSize)
+	}
+	if err := jsonlimit.Check(raw, "manifest"); err != nil {
+		return fail("%v", err) // decoding it could take a thousand times its size
 	}
 	if resp.ContentLength >= 0 && resp.ContentLength != int64(len(raw)) {
 		return fail("manifest of %d bytes, Content-Length %d", len(raw), resp.ContentLength)

@@ -1,0 +1,34 @@
+package jsonlimit
+
+import (
+	"strings"
+	"testing"
+)
+
+func TestCount(t *testing.T) {
+	for _, c := range []struct {
+		in   string
+		o, a int
+	}{
+		{`{}`, 1, 0},
+		{`{"a":[1,{"b":[]}]}`, 2, 2},
+		{`{"a":"{[\"{"}`, 1, 0},
+		{`["\\",{}]`, 1, 1},
+		{`"\\\"{"`, 0, 0},
+	} {
+		if o, a := Count([]byte(c.in)); o != c.o || a != c.a {
+			t.Errorf("Count(%s) = %d, %d; want %d, %d", c.in, o, a, c.o, c.a)
+		}
+	}
+}
+
+func TestCheck(t *testing.T) {
+	small := `{"schemaVersion":2,"mediaType":"application/vnd.oci.image.index.v1+json","manifests":[]}`
+	if err := Check([]byte(small), "index"); err != nil {
+		t.Error(err)
+	}
+	empties := `{"manifests":[` + strings.Repeat(`{},`, 100_000) + `{}]}`
+	if err := Check([]byte(empties), "index"); err == nil || !strings.Contains(err.Error(), "index: 100003 objects and arrays") {
+		t.Errorf("100k empty descriptors: %v", err)
+	}
+}
