@@ -19,8 +19,8 @@ import (
 
 	"lazypull/format"
 	"lazypull/internal/fetch"
-	"lazypull/internal/jsonlimit"
 	"lazypull/internal/fusefs"
+	"lazypull/internal/jsonlimit"
 	"lazypull/internal/store"
 )
 
