@@ -209,16 +209,34 @@ func (pr *PackReader) next() (RecordKind, format.Digest, []byte, error) {
 		return 0, d, nil, fmt.Errorf("pack record at %d (%s %s): %d bytes, more than the %d allowed or the %d left: %w",
 			at, k, d, n, limit, pr.left-recHeader, ErrBadPack)
 	}
-	if int64(cap(pr.buf)) < n {
-		pr.buf = make([]byte, n)
-	}
-	b := pr.buf[:n]
-	if _, err := io.ReadFull(pr.r, b); err != nil {
+	// The record's length is the pack's word, not yet its bytes': the buffer grows as they
+	// arrive, so a pack cut short costs what it sent (twice at most), not what it claimed.
+	b, err := readGrowing(pr.r, pr.buf[:0], n)
+	pr.buf = b
+	if err != nil {
 		return 0, d, nil, fmt.Errorf("pack record at %d (%s %s): %w", at, k, d, unexpected(err))
 	}
 	pr.left -= recHeader + n
 	pr.off += recHeader + n
 	return k, d, b, nil
+}
+
+// readGrowing appends n bytes from r to buf, growing it at most twofold at a time (from
+// 1 MiB) as bytes arrive.
+func readGrowing(r io.Reader, buf []byte, n int64) ([]byte, error) {
+	for int64(len(buf)) < n {
+		if len(buf) == cap(buf) {
+			grown := make([]byte, len(buf), len(buf)+int(min(n-int64(len(buf)), max(int64(len(buf)), 1<<20))))
+			buf = grown[:copy(grown, buf)]
+		}
+		end := min(int64(cap(buf)), n)
+		k, err := io.ReadFull(r, buf[len(buf):end])
+		buf = buf[:len(buf)+k]
+		if err != nil {
+			return buf, err
+		}
+	}
+	return buf, nil
 }
 
 // unexpected: a pack that ends before its size is cut short.

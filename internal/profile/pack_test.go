@@ -8,6 +8,7 @@ import (
 	"fmt"
 	"io"
 	"math/rand/v2"
+	"runtime"
 	"strings"
 	"testing"
 	"testing/iotest"
@@ -364,6 +365,33 @@ func TestPackReaderErrors(t *testing.T) {
 	}
 }
 
+// TestPackReaderClaims: a record's length is a claim; a pack that declares 1 GiB and a
+// 200 MiB index record, then ends, made the reader allocate the 200 MiB. Now what it
+// allocates grows with the bytes that arrive.
+func TestPackReaderClaims(t *testing.T) {
+	data := cat([]byte("LZPPACK\x00\x00\x01"), recHdr(1, format.Digest{}, 200<<20), make([]byte, 1000))
+	var err error
+	n := allocated(func() {
+		pr, _ := NewPackReader(bytes.NewReader(data), MaxPack)
+		_, _, _, err = pr.Next()
+	})
+	if !errors.Is(err, io.ErrUnexpectedEOF) || !strings.Contains(err.Error(), "(index") {
+		t.Fatalf("a pack cut in a 200 MiB record: %v", err)
+	}
+	if n > 4<<20 {
+		t.Fatalf("reading %d bytes of a pack allocated %d", len(data), n)
+	}
+}
+
+// allocated returns the bytes the process allocated while f ran.
+func allocated(f func()) uint64 {
+	var before, after runtime.MemStats
+	runtime.ReadMemStats(&before)
+	f()
+	runtime.ReadMemStats(&after)
+	return after.TotalAlloc - before.TotalAlloc
+}
+
 // A reader error other than the end comes through as it is, wrapped.
 func TestPackReaderReadError(t *testing.T) {
 	good := writePack(t, samplePack())
@@ -386,6 +414,11 @@ func FuzzPackReader(f *testing.F) {
 		// The pack's size is the input's, or a little more or less: a size that the
 		// bytes do not bear out, either way.
 		size := int64(len(data)) + int64(delta)
+		// Reading, copies of the records included, allocates a few times the bytes given
+		// and the buffered reader's 64 KiB, whatever the records claim.
+		if n := allocated(func() { readPack(bytes.NewReader(data), size) }); n > 4*uint64(len(data))+(1<<20) {
+			t.Fatalf("reading a pack of %d bytes allocated %d", len(data), n)
+		}
 		pr, err := NewPackReader(bytes.NewReader(data), size)
 		if err != nil {
 			if !errors.Is(err, ErrBadPack) && !errors.Is(err, io.ErrUnexpectedEOF) {
