@@ -55,3 +55,54 @@ func Check(b []byte, what string) error {
 	}
 	return nil
 }
+
+// Elements returns the number of elements of a JSON array b (the commas at its top level,
+// outside strings, plus one), or 0 when b is not an array or is empty. It does not
+// validate the text.
+func Elements(b []byte) int {
+	depth, commas, nonEmpty := 0, 0, false
+	inString, escaped := false, false
+	for _, c := range b {
+		switch {
+		case escaped:
+			escaped = false
+			continue
+		case inString:
+			switch c {
+			case '\\':
+				escaped = true
+			case '"':
+				inString = false
+			}
+			continue
+		}
+		switch c {
+		case ' ', '\t', '\r', '\n':
+			continue
+		case '"':
+			inString = true
+		case '{', '[':
+			depth++
+			if depth == 1 {
+				if c != '[' {
+					return 0
+				}
+				continue
+			}
+		case '}', ']':
+			depth--
+			continue
+		case ',':
+			if depth == 1 {
+				commas++
+			}
+		}
+		if depth >= 1 {
+			nonEmpty = true
+		}
+	}
+	if !nonEmpty {
+		return 0
+	}
+	return commas + 1
+}

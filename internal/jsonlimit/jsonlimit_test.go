@@ -32,3 +32,24 @@ func TestCheck(t *testing.T) {
 		t.Errorf("100k empty descriptors: %v", err)
 	}
 }
+
+func TestElements(t *testing.T) {
+	for _, c := range []struct {
+		in string
+		n  int
+	}{
+		{`[]`, 0},
+		{` [ ] `, 0},
+		{`[1]`, 1},
+		{`[[1,2],[3,4]]`, 2},
+		{`["a,b","c"]`, 2},
+		{`[{"a":1,"b":[1,2]},{}]`, 2},
+		{`["\"",1]`, 2},
+		{`{"a":1}`, 0},
+		{`null`, 0},
+	} {
+		if n := Elements([]byte(c.in)); n != c.n {
+			t.Errorf("Elements(%s) = %d, want %d", c.in, n, c.n)
+		}
+	}
+}

@@ -11,6 +11,7 @@ import (
 	"time"
 
 	"lazypull/format"
+	"lazypull/internal/jsonlimit"
 )
 
 // Media types of the profile artifact.
@@ -81,17 +82,59 @@ func (r Range) MarshalJSON() ([]byte, error) {
 	return fmt.Appendf(nil, "[%d,%d]", r.Off, r.Len), nil
 }
 
-// UnmarshalJSON reads [offset, length].
+// UnmarshalJSON reads [offset, length]. It parses the pair itself: json.Unmarshal per
+// range allocated some 300 bytes for each, 50 times the text of a small one.
 func (r *Range) UnmarshalJSON(b []byte) error {
-	var v []int64
-	if err := json.Unmarshal(b, &v); err != nil {
+	s := bytes.TrimSpace(b)
+	inner, ok := bytes.CutPrefix(s, []byte("["))
+	if inner, ok = bytes.CutSuffix(inner, []byte("]")); !ok {
+		return fmt.Errorf("range: want [offset, length], got %.20q", s)
+	}
+	if len(bytes.TrimSpace(inner)) == 0 {
+		return errors.New("range: want [offset, length], got 0 numbers")
+	}
+	off, length, ok := bytes.Cut(inner, []byte(","))
+	if !ok || bytes.IndexByte(length, ',') >= 0 {
+		return fmt.Errorf("range: want [offset, length], got %d numbers", bytes.Count(inner, []byte(","))+1)
+	}
+	var err error
+	if r.Off, err = parseInt(off); err == nil {
+		r.Len, err = parseInt(length)
+	}
+	if err != nil {
 		return fmt.Errorf("range: want [offset, length]: %w", err)
 	}
-	if len(v) != 2 {
-		return fmt.Errorf("range: want [offset, length], got %d numbers", len(v))
-	}
-	r.Off, r.Len = v[0], v[1]
 	return nil
+}
+
+// parseInt parses a JSON integer (spaces around it allowed) that fits an int64.
+func parseInt(b []byte) (int64, error) {
+	b = bytes.TrimSpace(b)
+	neg := len(b) > 0 && b[0] == '-'
+	digits := b
+	if neg {
+		digits = b[1:]
+	}
+	if len(digits) == 0 || len(digits) > 1 && digits[0] == '0' {
+		return 0, fmt.Errorf("%.24q: not an integer", b)
+	}
+	var v uint64
+	for _, c := range digits {
+		if c < '0' || c > '9' {
+			return 0, fmt.Errorf("%.24q: not an integer", b)
+		}
+		if v > (1<<63)/10 {
+			return 0, fmt.Errorf("%.24q: out of range", b)
+		}
+		v = v*10 + uint64(c-'0')
+	}
+	switch {
+	case neg && v <= 1<<63:
+		return -int64(v), nil
+	case !neg && v < 1<<63:
+		return int64(v), nil
+	}
+	return 0, fmt.Errorf("%.24q: out of range", b)
 }
 
 // Bytes is the total length of the ranges of all files.
@@ -128,19 +171,92 @@ func Parse(b []byte) (*Profile, error) {
 	if len(b) > MaxSize {
 		return nil, fmt.Errorf("profile: %d bytes, more than %d: %w", len(b), MaxSize, ErrTooLarge)
 	}
+	// Each object is a File of 64 bytes or more, however short its text ("{}"): at most
+	// MaxFiles of them (and the document's own), counted before decoding.
+	if objects, _ := jsonlimit.Count(b); objects > MaxFiles+1 {
+		return nil, fmt.Errorf("profile: %d objects, so %d or more files, more than %d: %w", objects, objects-1, MaxFiles, ErrTooLarge)
+	}
 	d := json.NewDecoder(bytes.NewReader(b))
 	d.DisallowUnknownFields()
-	var p Profile
-	if err := d.Decode(&p); err != nil {
+	var doc document
+	if err := d.Decode(&doc); err != nil {
 		return nil, fmt.Errorf("profile: not a profile document: %w", err)
 	}
 	if _, err := d.Token(); !errors.Is(err, io.EOF) {
 		return nil, errors.New("profile: data after the document")
 	}
+	p := Profile{Subject: doc.Subject, Created: doc.Created, Command: doc.Command, Layers: doc.Layers}
+	if doc.Files != nil {
+		p.Files = make([]File, len(doc.Files))
+		for i, f := range doc.Files {
+			p.Files[i] = File{Layer: f.Layer, Path: f.Path, AtUS: f.AtUS, Ranges: f.Ranges}
+		}
+	}
 	if err := p.Validate(); err != nil {
 		return nil, err
 	}
 	return &p, nil
+}
+
+// document is a Profile as Parse decodes it: each array is counted before it is decoded,
+// refused past its limit, and decoded into a slice of exactly its length. A slice grown
+// by appending costs several times its size; a document of a million "" in its command
+// cost 289 MiB to decode, of "[0,1]" ranges 430 MiB.
+type document struct {
+	Subject string                    `json:"subject"`
+	Created time.Time                 `json:"created"`
+	Command list[string, argsLimit]   `json:"command,omitempty"`
+	Layers  list[string, layersLimit] `json:"layers"`
+	Files   list[fileDoc, filesLimit] `json:"files"`
+}
+
+type fileDoc struct {
+	Layer  int                      `json:"layer"`
+	Path   string                   `json:"path"`
+	AtUS   int64                    `json:"at_us"`
+	Ranges list[Range, rangesLimit] `json:"ranges"`
+}
+
+// A limit says how many elements a list may hold, what they are, and whether its elements
+// are objects to decode strictly (unknown fields refused).
+type limit interface {
+	limit() (n int, what string, strict bool)
+}
+
+type (
+	argsLimit   struct{}
+	layersLimit struct{}
+	filesLimit  struct{}
+	rangesLimit struct{}
+)
+
+func (argsLimit) limit() (int, string, bool)   { return maxCommand, "command arguments", false }
+func (layersLimit) limit() (int, string, bool) { return MaxLayers, "layers", false }
+func (filesLimit) limit() (int, string, bool)  { return MaxFiles, "files", true }
+func (rangesLimit) limit() (int, string, bool) { return MaxRanges, "ranges", false }
+
+// list is a JSON array of at most L's limit of T.
+type list[T any, L limit] []T
+
+func (l *list[T, L]) UnmarshalJSON(b []byte) error {
+	var lim L
+	max, what, strict := lim.limit()
+	n := jsonlimit.Elements(b)
+	if n > max {
+		return fmt.Errorf("%d %s, more than %d: %w", n, what, max, ErrTooLarge)
+	}
+	v := make([]T, 0, n)
+	if strict {
+		d := json.NewDecoder(bytes.NewReader(b))
+		d.DisallowUnknownFields()
+		if err := d.Decode(&v); err != nil {
+			return err
+		}
+	} else if err := json.Unmarshal(b, &v); err != nil {
+		return err
+	}
+	*l = v
+	return nil
 }
 
 // Validate checks the profile's fields and limits; every error names the field at fault.

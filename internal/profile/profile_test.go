@@ -225,16 +225,53 @@ func TestPlan(t *testing.T) {
 	}
 }
 
-// FuzzParse: Parse never panics, and what it accepts encodes to a document it accepts
-// again, unchanged.
+// parseBound is what Parse may allocate for a document of n bytes.
+func parseBound(n int) uint64 { return 16*uint64(n) + 1<<20 }
+
+// TestParseBounded: documents of MaxSize bytes made of the cheapest text for the costliest
+// values (empty objects, each a File; empty strings; short ranges) decoded into 300 MiB to
+// 1 GiB before their limits were checked. Now each array is counted first and decoded into
+// exactly its length: Parse allocates at most parseBound, 16 times the document.
+func TestParseBounded(t *testing.T) {
+	head := `{"subject":"` + digest('a') + `","created":"2025-01-01T00:00:00Z","layers":[],`
+	for _, c := range []struct{ name, pre, el, post, want string }{
+		{"files", head + `"files":[`, `{}`, `]}`, "files, more than"},
+		{"ranges", head + `"files":[{"layer":0,"path":"a","at_us":0,"ranges":[`, `[0,1]`, `]}]}`, "ranges, more than"},
+		{"command", head + `"files":[],"command":[`, `""`, `]}`, "command arguments, more than"},
+		{"layers", head + `"files":[],"layers":[`, `""`, `]}`, "layers, more than"},
+		{"many files with ranges", head + `"files":[`, `{"ranges":[` + strings.Repeat(`[0,1],`, 27) + `[0,1]]}`, `]}`, "files[0]"},
+	} {
+		t.Run(c.name, func(t *testing.T) {
+			n := (MaxSize - len(c.pre) - len(c.post)) / (len(c.el) + 1)
+			b := []byte(c.pre + strings.Repeat(c.el+",", n-1) + c.el + c.post)
+			var err error
+			a := allocated(func() { _, err = Parse(b) })
+			t.Logf("%d bytes: allocated %d: %v", len(b), a, err)
+			if err == nil || !strings.Contains(err.Error(), c.want) {
+				t.Fatalf("err %v, want one naming %q", err, c.want)
+			}
+			if a > parseBound(len(b)) {
+				t.Fatalf("parsing %d bytes allocated %d, more than %d", len(b), a, parseBound(len(b)))
+			}
+		})
+	}
+}
+
+// FuzzParse: Parse never panics, allocates at most parseBound, and what it accepts
+// encodes to a document it accepts again, unchanged.
 func FuzzParse(f *testing.F) {
 	good, _ := sample().Marshal()
 	f.Add(good)
 	f.Add([]byte(`{"subject":"sha256:` + strings.Repeat("0", 64) + `","created":"2025-01-01T00:00:00Z","layers":[],"files":[]}`))
 	f.Add([]byte(`{"files":[{"ranges":[[1,2]]}]}`))
 	f.Add([]byte("null"))
+	f.Add([]byte(`{"files":[{},{},{}],"command":["","",""],"layers":[""]}`))
 	f.Fuzz(func(t *testing.T, b []byte) {
-		p, err := Parse(b)
+		var p *Profile
+		var err error
+		if a := allocated(func() { p, err = Parse(b) }); a > parseBound(len(b)) {
+			t.Fatalf("parsing %d bytes allocated %d, more than %d", len(b), a, parseBound(len(b)))
+		}
 		if err != nil {
 			return
 		}
