@@ -1,6 +1,7 @@
 package jsonlimit
 
 import (
+	"encoding/json"
 	"strings"
 	"testing"
 )
@@ -52,4 +53,24 @@ func TestElements(t *testing.T) {
 			t.Errorf("Elements(%s) = %d, want %d", c.in, n, c.n)
 		}
 	}
+}
+
+// FuzzElements: for a JSON array, Elements is the number of elements json decodes, and
+// Count finds at least its own array.
+func FuzzElements(f *testing.F) {
+	for _, s := range []string{`[]`, `[1,"a,b",{"c":[1,2]}]`, `["\"]",[],{}]`, `[ 1 , 2 ]`, `{"a":[1]}`} {
+		f.Add([]byte(s))
+	}
+	f.Fuzz(func(t *testing.T, b []byte) {
+		var v []json.RawMessage
+		if json.Unmarshal(b, &v) != nil || v == nil {
+			return
+		}
+		if n := Elements(b); n != len(v) {
+			t.Fatalf("Elements(%s) = %d, json decodes %d", b, n, len(v))
+		}
+		if _, a := Count(b); a < 1 {
+			t.Fatalf("Count(%s): %d arrays", b, a)
+		}
+	})
 }

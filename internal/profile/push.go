@@ -15,6 +15,8 @@ import (
 	"github.com/google/go-containerregistry/pkg/v1/remote/transport"
 	"github.com/google/go-containerregistry/pkg/v1/static"
 	"github.com/google/go-containerregistry/pkg/v1/types"
+
+	"lazypull/internal/jsonlimit"
 )
 
 // emptyConfig is the config of a profile artifact, which has nothing to say there. Its
@@ -138,6 +140,9 @@ func embedInTagIndex(repo name.Repository, subject v1.Hash, desc v1.Descriptor, 
 			return nil // the registry has the referrers API
 		}
 		return fmt.Errorf("read %s: %w", tag, err)
+	}
+	if err := jsonlimit.Check(got.Manifest, "read "+tag.String()); err != nil {
+		return err
 	}
 	idx, err := v1.ParseIndexManifest(bytes.NewReader(got.Manifest))
 	if err != nil {
