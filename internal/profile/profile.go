@@ -86,8 +86,9 @@ func (r Range) MarshalJSON() ([]byte, error) {
 // range allocated some 300 bytes for each, 50 times the text of a small one.
 func (r *Range) UnmarshalJSON(b []byte) error {
 	s := bytes.TrimSpace(b)
-	inner, ok := bytes.CutPrefix(s, []byte("["))
-	if inner, ok = bytes.CutSuffix(inner, []byte("]")); !ok {
+	inner, open := bytes.CutPrefix(s, []byte("["))
+	inner, closed := bytes.CutSuffix(inner, []byte("]"))
+	if !open || !closed {
 		return fmt.Errorf("range: want [offset, length], got %.20q", s)
 	}
 	if len(bytes.TrimSpace(inner)) == 0 {
