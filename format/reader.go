@@ -223,7 +223,12 @@ func (l *Layer) ReadChunk(dst []byte, c Chunk) ([]byte, error) {
 	return c.Decode(dst, frame)
 }
 
-// ReadFile returns the whole verified content of a regular file or hard link entry.
+// MaxReadFile bounds the file ReadFile returns whole: its size is the index's claim,
+// allocated before a byte is read.
+const MaxReadFile = 1 << 30
+
+// ReadFile returns the whole verified content of a regular file or hard link entry, of at
+// most MaxReadFile bytes. It is for tools and tests; a file system reads by range.
 func (l *Layer) ReadFile(e *Entry) ([]byte, error) {
 	t, err := l.Index.Content(e)
 	if err != nil {
@@ -231,6 +236,9 @@ func (l *Layer) ReadFile(e *Entry) ([]byte, error) {
 	}
 	if t.Type != typeReg {
 		return nil, fmt.Errorf("%q: not a regular file", e.Name)
+	}
+	if t.Size > MaxReadFile {
+		return nil, fmt.Errorf("%q: %d bytes, over the limit of %d to read whole", e.Name, t.Size, MaxReadFile)
 	}
 	if t.Sparse {
 		return l.readSparse(t)
