@@ -171,7 +171,7 @@ func runSnapshotter(ctx context.Context, e *env, vals any, args []string) error 
 		if r.IsHint() {
 			return lfs.Connect(r.Ref)
 		}
-		return lfs.Warm(ctx, r.Ref, r.Digest, r.MediaType, r.Manifest)
+		return lfs.Warm(ctx, r.Ref, r.Digest, r.MediaType, r.Manifest, r.Profile)
 	})
 
 	if f.MetricsAddr != "" {

@@ -39,6 +39,8 @@ type Image struct {
 	bg     context.Context    // background work (read-ahead, prefetch); ends with Close
 	cancel context.CancelFunc // ends background work
 
+	// choice is what the image's profile is chosen by.
+	choice ProfileChoice
 	// lookup is the profile look-up openImage started, if any.
 	lookup *profileLookup
 	// pack is the profile's pack, when it has one: the layer indexes and the prefetch
@@ -63,7 +65,7 @@ const indexJobs = 8
 // each, in parallel). Every layer must be a lazypull layer. What the image's files need is
 // pinned in st until Close.
 func OpenImage(ctx context.Context, st *store.Store, ref string, platform *v1.Platform, opts ...fetch.Option) (*Image, error) {
-	im, err := openImage(ctx, st, ref, platform, nil, false, false, opts...)
+	im, err := openImage(ctx, st, ref, platform, nil, false, nil, opts...)
 	if err == nil {
 		im.waitKept()
 	}
@@ -74,7 +76,13 @@ func OpenImage(ctx context.Context, st *store.Store, ref string, platform *v1.Pl
 // is looked up as it opens, and the profile's pack, when it has one, brings the layer
 // indexes and the prefetch in one request.
 func OpenImageWithProfile(ctx context.Context, st *store.Store, ref string, platform *v1.Platform, opts ...fetch.Option) (*Image, error) {
-	im, err := openImage(ctx, st, ref, platform, nil, false, true, opts...)
+	return OpenImageChoosing(ctx, st, ref, platform, ProfileChoice{}, opts...)
+}
+
+// OpenImageChoosing is OpenImageWithProfile with the profile chosen by c (ChooseProfile):
+// under PolicyOff, or PolicyPinned without a pin, no look-up is made.
+func OpenImageChoosing(ctx context.Context, st *store.Store, ref string, platform *v1.Platform, c ProfileChoice, opts ...fetch.Option) (*Image, error) {
+	im, err := openImage(ctx, st, ref, platform, nil, false, &c, opts...)
 	if err == nil {
 		im.waitKept()
 	}
@@ -85,13 +93,18 @@ func OpenImageWithProfile(ctx context.Context, st *store.Store, ref string, plat
 // index cannot be read (missing, corrupt, not matching its annotations) does not fail the
 // image: it is left out of Layers and its error kept in Failed. The snapshotter then
 // unpacks that layer the ordinary way and still mounts the others; only a failure of the
-// image itself (manifest, registry, credentials) fails the open. With lookup, the image's
-// prefetch profile is looked up while the manifest and the layer indexes are read
+// image itself (manifest, registry, credentials) fails the open. With a choice that asks
+// the registry (ProfileChoice.asks), the image's prefetch profile is looked up while the manifest and the layer indexes are read
 // (Prefetch uses it): a reference by digest names the profile's subject already, and the
 // prefetch needs both. given, when not nil, is ref's image manifest, already verified
 // (warmImage): it is not fetched again, and is kept in the store as a fetched one is once
 // a layer opened; an open of it that opens no layer at all fails.
-func openImage(ctx context.Context, st *store.Store, ref string, platform *v1.Platform, given *fetch.Image, partial, lookup bool, opts ...fetch.Option) (*Image, error) {
+func openImage(ctx context.Context, st *store.Store, ref string, platform *v1.Platform, given *fetch.Image, partial bool, choice *ProfileChoice, opts ...fetch.Option) (*Image, error) {
+	var c ProfileChoice
+	if choice != nil {
+		c = *choice
+	}
+	lookup := choice != nil && c.asks()
 	reg, err := fetch.New(ref, opts...)
 	if err != nil {
 		return nil, fmt.Errorf("image %s: %w", ref, err)
@@ -101,7 +114,7 @@ func openImage(ctx context.Context, st *store.Store, ref string, platform *v1.Pl
 	var earlyFor v1.Hash
 	if r, err := name.NewDigest(ref); lookup && err == nil {
 		if h, err := v1.NewHash(r.DigestStr()); err == nil {
-			early, earlyFor = lookupProfile(bg, reg, h), h
+			early, earlyFor = lookupProfile(bg, reg, h, c), h
 		}
 	}
 	img, fetched, err := given, true, nil
@@ -118,14 +131,14 @@ func openImage(ctx context.Context, st *store.Store, ref string, platform *v1.Pl
 		// Prepare after a failed warm open skip the request that reports the failure once.
 		kept = append(kept, keepManifest(st, img, ref))
 	}
-	im := &Image{Ref: ref, Image: img, Registry: reg, Layers: make([]*Layer, len(img.Manifest.Layers)), lease: st.NewLease(), bg: bg, cancel: cancel}
+	im := &Image{Ref: ref, Image: img, Registry: reg, Layers: make([]*Layer, len(img.Manifest.Layers)), lease: st.NewLease(), bg: bg, cancel: cancel, choice: c}
 	switch {
 	case early != nil && earlyFor == img.Descriptor.Digest:
 		im.lookup = early
 	case lookup:
 		// The reference named an index (or nothing by digest): the subject is the
 		// platform's manifest. An early look-up for the index finds nothing and ends.
-		im.lookup = lookupProfile(bg, reg, img.Descriptor.Digest)
+		im.lookup = lookupProfile(bg, reg, img.Descriptor.Digest, c)
 	}
 	if im.lookup != nil && !indexesKept(st, img.Manifest.Layers) {
 		// Layers whose indexes the store keeps open without the registry; only when one

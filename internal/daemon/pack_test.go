@@ -148,7 +148,7 @@ func openPrefetched(t *testing.T, ref string) (*Image, PrefetchStats) {
 // openPrefetchedIn is openPrefetched over the store st.
 func openPrefetchedIn(t *testing.T, st *store.Store, ref string) (*Image, PrefetchStats) {
 	t.Helper()
-	im, err := openImage(context.Background(), st, ref, nil, nil, true, true, fetch.WithPlainHTTP())
+	im, err := openImage(context.Background(), st, ref, nil, nil, true, &ProfileChoice{}, fetch.WithPlainHTTP())
 	if err != nil {
 		t.Fatal(err)
 	}

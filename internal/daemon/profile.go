@@ -22,10 +22,96 @@ import (
 // maxProfileManifest bounds the artifact manifest of a profile: one config, one layer.
 const maxProfileManifest = 64 << 10
 
-// FindProfile looks up the newest prefetch profile of the image manifest subject among its
-// referrers (the referrers API, or the tag schema where the registry has none) and reads
-// it: its manifest and its document, both checked against their digests, the document
-// parsed strictly (profile.Parse). No profile is (nil, empty descriptor, nil).
+// ProfilePolicy says where a mount's prefetch profile may come from.
+type ProfilePolicy string
+
+// The profile policies (profile_policy in the snapshotter's config, --profile-policy).
+const (
+	// PolicyReferrers: a pinned profile if the operator gave one, else one found among
+	// the image manifest's referrers (the referrers API, or the tag schema), chosen by
+	// chooseReferrer.
+	PolicyReferrers ProfilePolicy = "referrers"
+	// PolicyPinned: only a profile whose digest the operator gave (ProfileChoice.Pin);
+	// an image without one gets none, and the registry is not asked.
+	PolicyPinned ProfilePolicy = "pinned"
+	// PolicyOff: no profile; the registry is not asked.
+	PolicyOff ProfilePolicy = "off"
+)
+
+// DefaultProfilePolicy is the policy of a mount and of the snapshotter unless configured;
+// docs/design.md says why.
+const DefaultProfilePolicy = PolicyReferrers
+
+// ParseProfilePolicy reads a policy's name.
+func ParseProfilePolicy(s string) (ProfilePolicy, error) {
+	switch p := ProfilePolicy(s); p {
+	case PolicyReferrers, PolicyPinned, PolicyOff:
+		return p, nil
+	}
+	return "", fmt.Errorf("profile policy %q: want %q, %q or %q", s, PolicyReferrers, PolicyPinned, PolicyOff)
+}
+
+// ParseProfileDigest reads a pinned profile's digest: sha256:<64 hex digits>.
+func ParseProfileDigest(s string) (v1.Hash, error) {
+	h, err := v1.NewHash(s)
+	if err != nil || h.Algorithm != "sha256" || len(h.Hex) != 64 {
+		return v1.Hash{}, fmt.Errorf("profile digest %q: want sha256:<64 hex digits>", s)
+	}
+	return h, nil
+}
+
+// ProfileChoice is what an image's profile is chosen by: the policy, and the profile the
+// operator pinned for the image, if any.
+type ProfileChoice struct {
+	Policy ProfilePolicy // "" is DefaultProfilePolicy
+	Pin    v1.Hash       // zero: none pinned
+	// Pins are profiles pinned by image manifest digest (the node's configuration), for
+	// an image that Pin does not pin.
+	Pins map[v1.Hash]v1.Hash
+}
+
+func (c ProfileChoice) policy() ProfilePolicy {
+	if c.Policy == "" {
+		return DefaultProfilePolicy
+	}
+	return c.Policy
+}
+
+// pinFor returns the profile pinned for the image manifest subject, if any.
+func (c ProfileChoice) pinFor(subject v1.Hash) (v1.Hash, bool) {
+	if c.Pin != (v1.Hash{}) {
+		return c.Pin, true
+	}
+	p, ok := c.Pins[subject]
+	return p, ok
+}
+
+// asks reports whether the choice may send the registry a request: off never does,
+// pinned only with a pin (given, or among Pins).
+func (c ProfileChoice) asks() bool {
+	switch c.policy() {
+	case PolicyOff:
+		return false
+	case PolicyPinned:
+		return c.Pin != (v1.Hash{}) || len(c.Pins) > 0
+	}
+	return true
+}
+
+// Where a profile came from (Found.Source, PrefetchStats.Source).
+const (
+	SourcePin       = "pin"       // the operator's pin
+	SourceReferrers = "referrers" // found among the image's referrers
+)
+
+// ErrProfileSubject: a profile does not refer to the image it was to be used for.
+var ErrProfileSubject = errors.New("the profile does not refer to this image")
+
+// FindProfile looks up the prefetch profile of the image manifest subject among its
+// referrers (the referrers API, or the tag schema where the registry has none), chosen as
+// chooseReferrer does, and reads it: its manifest and its document, both checked against
+// their digests, the document parsed strictly (profile.Parse). No profile is (nil, empty
+// descriptor, nil).
 func FindProfile(ctx context.Context, reg *fetch.Registry, subject v1.Hash) (*profile.Profile, v1.Descriptor, error) {
 	f, err := LookupProfile(ctx, reg, subject)
 	return f.Profile, f.Desc, err
@@ -36,43 +122,111 @@ type Found struct {
 	Profile *profile.Profile // the document; nil: none found
 	Desc    v1.Descriptor    // the artifact manifest's descriptor
 	Pack    *v1.Descriptor   // the pack's, if the profile has one
+	// Source is where it came from (SourcePin, SourceReferrers); "" for none.
+	Source string
+	// Candidates is how many profiles the referrers listed (0 for a pin, or when they
+	// were not asked).
+	Candidates int
+	// Why says how it was chosen, or why there is none, for the log.
+	Why string
+
+	subject *v1.Descriptor // its manifest's subject
 }
 
 // LookupProfile is FindProfile, and also says whether the profile has a pack.
 func LookupProfile(ctx context.Context, reg *fetch.Registry, subject v1.Hash) (Found, error) {
+	return ChooseProfile(ctx, reg, subject, ProfileChoice{Policy: PolicyReferrers})
+}
+
+// ChooseProfile returns the profile of the image manifest subject that the choice allows:
+// under PolicyOff none, without a request; a pinned one, under PolicyPinned or
+// PolicyReferrers, fetched by its digest from reg's repository (checked against it) and
+// refused unless its subject is the image manifest (ErrProfileSubject); under
+// PolicyPinned without a pin none, without a request; under PolicyReferrers without a pin,
+// the one chooseReferrer picks among the image's referrers, also refused unless it refers
+// to subject (the tag schema's index is a tag, which anyone with push rights can point
+// anywhere).
+func ChooseProfile(ctx context.Context, reg *fetch.Registry, subject v1.Hash, c ProfileChoice) (Found, error) {
+	pin, pinned := c.pinFor(subject)
+	switch {
+	case c.policy() == PolicyOff:
+		return Found{Why: "profile policy off"}, nil
+	case pinned:
+		where := fmt.Sprintf("pinned profile %s of %s", pin, subject)
+		_, raw, err := reg.Manifest(ctx, pin)
+		if err != nil {
+			return Found{Desc: v1.Descriptor{Digest: pin}, Source: SourcePin}, fmt.Errorf("%s: %w", where, err)
+		}
+		f, err := parseProfileOf(ctx, reg, raw, subject, where)
+		f.Desc = v1.Descriptor{MediaType: types.OCIManifestSchema1, ArtifactType: profile.ArtifactType, Digest: pin, Size: int64(len(raw))}
+		f.Source, f.Why = SourcePin, "pinned by the operator"
+		return f, err
+	case c.policy() == PolicyPinned:
+		return Found{Why: "profile policy pinned, and no profile pinned for the image"}, nil
+	}
 	refs, err := reg.Referrers(ctx, subject, profile.ArtifactType)
 	if err != nil {
 		return Found{}, fmt.Errorf("look up the profile of %s: %w", subject, err)
 	}
 	if len(refs) == 0 {
-		return Found{}, nil
+		return Found{Why: "no profile among the image's referrers"}, nil
 	}
-	// The newest: RFC 3339 UTC times sort as strings; among equals (or none), the last
-	// listed, which the tag schema appends.
-	best := refs[0]
-	for _, d := range refs[1:] {
-		if d.Annotations[profile.AnnotationCreated] >= best.Annotations[profile.AnnotationCreated] {
-			best = d
-		}
-	}
+	best, why := chooseReferrer(refs, time.Now())
 	where := fmt.Sprintf("profile %s of %s", best.Digest, subject)
+	found := Found{Desc: best, Source: SourceReferrers, Candidates: len(refs), Why: why}
 	if best.Size > maxProfileManifest {
-		return Found{Desc: best}, fmt.Errorf("%s: manifest of %d bytes, more than %d: refused", where, best.Size, maxProfileManifest)
+		return found, fmt.Errorf("%s: manifest of %d bytes, more than %d: refused", where, best.Size, maxProfileManifest)
 	}
 	// The referrers tag index may carry the manifest itself (profile.Push embeds it there):
 	// checked against the descriptor, it saves the round trip to fetch it.
 	raw, err := embedded(best)
 	if err != nil {
-		return Found{Desc: best}, fmt.Errorf("%s: manifest: %w", where, err)
+		return found, fmt.Errorf("%s: manifest: %w", where, err)
 	}
 	if raw == nil {
 		if _, raw, err = reg.Manifest(ctx, best.Digest); err != nil {
-			return Found{Desc: best}, fmt.Errorf("%s: %w", where, err)
+			return found, fmt.Errorf("%s: %w", where, err)
 		}
 	}
-	f, err := parseProfile(ctx, reg, raw, where)
-	f.Desc = best
+	f, err := parseProfileOf(ctx, reg, raw, subject, where)
+	f.Desc, f.Source, f.Candidates, f.Why = best, found.Source, found.Candidates, found.Why
 	return f, err
+}
+
+// maxClockSkew is how far past the node's clock a profile's created time may be and
+// still count: a time further ahead is a claim no recording made, and counts as none.
+const maxClockSkew = 24 * time.Hour
+
+// chooseReferrer picks one of the profiles the referrers list (at least one), and says
+// why. The order is the registry's or the pusher's (the tag schema lists in push order),
+// so it does not count: the newest by the created annotation wins, a time more than
+// maxClockSkew past now counting as none (a pusher cannot claim a year far ahead to stay
+// chosen over later recordings), and among equal times (or none) the greatest digest,
+// which no pusher chooses. Every node with the same referrers and a clock within
+// maxClockSkew of the truth picks the same.
+func chooseReferrer(refs []v1.Descriptor, now time.Time) (v1.Descriptor, string) {
+	created := func(d v1.Descriptor) time.Time {
+		t, err := time.Parse(time.RFC3339, d.Annotations[profile.AnnotationCreated])
+		if err != nil || t.After(now.Add(maxClockSkew)) {
+			return time.Time{}
+		}
+		return t
+	}
+	best, bt := refs[0], created(refs[0])
+	for _, d := range refs[1:] {
+		t := created(d)
+		if t.After(bt) || t.Equal(bt) && d.Digest.String() > best.Digest.String() {
+			best, bt = d, t
+		}
+	}
+	if len(refs) == 1 {
+		return best, "the only profile among the image's referrers"
+	}
+	if bt.IsZero() {
+		return best, fmt.Sprintf("%d profiles among the image's referrers, none with a creation time to trust: the greatest digest", len(refs))
+	}
+	return best, fmt.Sprintf("the newest of %d profiles among the image's referrers by creation time (%s), the greatest digest among equal times",
+		len(refs), bt.UTC().Format(time.RFC3339))
 }
 
 // ErrNotProfile: a manifest is not a lazypull profile artifact.
@@ -93,6 +247,21 @@ func readProfile(ctx context.Context, reg *fetch.Registry, digest v1.Hash, where
 	}
 	f, err := parseProfile(ctx, reg, raw, where)
 	return f.Profile, err
+}
+
+// parseProfileOf is parseProfile for a profile that must refer to the image manifest
+// subject: its manifest's subject must be subject, else ErrProfileSubject.
+func parseProfileOf(ctx context.Context, reg *fetch.Registry, raw []byte, subject v1.Hash, where string) (Found, error) {
+	f, err := parseProfile(ctx, reg, raw, where)
+	switch {
+	case err != nil:
+		return f, err
+	case f.subject == nil:
+		return Found{}, fmt.Errorf("%s: %w: it names no subject; refused", where, ErrProfileSubject)
+	case f.subject.Digest != subject:
+		return Found{}, fmt.Errorf("%s: %w: its subject is %s; refused", where, ErrProfileSubject, f.subject.Digest)
+	}
+	return f, nil
 }
 
 // parseProfile reads the profile whose artifact manifest is raw (checked against its
@@ -134,7 +303,7 @@ func parseProfile(ctx context.Context, reg *fetch.Registry, raw []byte, where st
 	if err != nil {
 		return Found{}, fmt.Errorf("%s: %w", where, err)
 	}
-	return Found{Profile: p, Pack: pack}, nil
+	return Found{Profile: p, Pack: pack, subject: m.Subject}, nil
 }
 
 // embedded returns what d carries in its data field, checked against d's size and digest;
@@ -161,6 +330,13 @@ func embedded(d v1.Descriptor) ([]byte, error) {
 type PrefetchStats struct {
 	Image   string `json:"image"`
 	Profile string `json:"profile,omitempty"` // digest of the profile's manifest; "" if none
+	// Policy is the profile policy the image was opened under; Source where its profile
+	// came from (SourcePin, SourceReferrers; "" for none); Candidates how many profiles
+	// the referrers listed; Why how it was chosen, or why there is none.
+	Policy     ProfilePolicy `json:"policy,omitempty"`
+	Source     string        `json:"source,omitempty"`
+	Candidates int           `json:"candidates,omitempty"`
+	Why        string        `json:"why,omitempty"`
 	Pack    bool   `json:"pack,omitempty"`    // the layer indexes and chunks came in the profile's pack
 	Files   int    `json:"files"`             // profiled files found in the image
 	Stale   int    `json:"stale"`             // profiled files no longer in it, skipped
@@ -189,6 +365,8 @@ type PrefetchOptions struct {
 	// on in the background all the same.
 	Wait time.Duration
 	Log  *slog.Logger
+	// Metrics, when not nil, counts the look-ups' outcomes.
+	Metrics *ProfileMetrics
 }
 
 // Prefetch looks up the image's profile and fetches the chunks of its ranges first, all
@@ -201,14 +379,14 @@ func (im *Image) Prefetch(ctx context.Context, o PrefetchOptions) {
 	if log == nil {
 		log = slog.Default()
 	}
-	pf := &prefetch{st: PrefetchStats{Image: im.Ref}, done: make(chan struct{})}
+	pf := &prefetch{st: PrefetchStats{Image: im.Ref, Policy: im.choice.policy()}, done: make(chan struct{})}
 	im.mu.Lock()
 	im.prefetch = pf
 	im.mu.Unlock()
 	go func() {
 		defer close(pf.done)
 		start := time.Now()
-		err := im.runPrefetch(im.bg, pf, log)
+		err := im.runPrefetch(im.bg, pf, log, o.Metrics)
 		pf.mu.Lock()
 		pf.st.Done, pf.st.Seconds = true, time.Since(start).Seconds()
 		if err != nil {
@@ -289,28 +467,29 @@ type profileLookup struct {
 	after    int64 // the registry's requests when it ended
 }
 
-func lookupProfile(ctx context.Context, reg *fetch.Registry, subject v1.Hash) *profileLookup {
+func lookupProfile(ctx context.Context, reg *fetch.Registry, subject v1.Hash, c ProfileChoice) *profileLookup {
 	l := &profileLookup{done: make(chan struct{})}
 	go func() {
 		defer close(l.done)
 		before := reg.Stats().Requests
-		l.Found, l.err = LookupProfile(ctx, reg, subject)
+		l.Found, l.err = ChooseProfile(ctx, reg, subject, c)
 		l.after = reg.Stats().Requests
 		l.requests = l.after - before
 	}()
 	return l
 }
 
-func (im *Image) runPrefetch(ctx context.Context, pf *prefetch, log *slog.Logger) error {
+func (im *Image) runPrefetch(ctx context.Context, pf *prefetch, log *slog.Logger, metrics *ProfileMetrics) error {
 	l := im.lookup
 	if l == nil {
-		l = lookupProfile(ctx, im.Registry, im.Image.Descriptor.Digest)
+		l = lookupProfile(ctx, im.Registry, im.Image.Descriptor.Digest, im.choice)
 	}
 	select {
 	case <-l.done:
 	case <-ctx.Done():
 		return nil // the image was closed
 	}
+	im.reportChoice(l, log, metrics)
 	looked := im.Registry.Stats().Requests
 	if im.pack != nil {
 		looked = l.after // the pack's GET went out as the image opened
@@ -322,12 +501,15 @@ func (im *Image) runPrefetch(ctx context.Context, pf *prefetch, log *slog.Logger
 	p, desc, err := l.Profile, l.Desc, l.err
 	pf.mu.Lock()
 	pf.st.LookupRequests = l.requests
+	pf.st.Source, pf.st.Candidates, pf.st.Why = l.Source, l.Candidates, l.Why
+	if l.err == nil && l.Profile != nil {
+		pf.st.Profile = l.Desc.Digest.String()
+	}
 	pf.mu.Unlock()
 	if err != nil {
 		return err
 	}
 	if p == nil {
-		log.Debug("no prefetch profile", "image", im.Ref)
 		return nil
 	}
 	per, wants, stale, bytes, err := im.plan(p)
@@ -379,4 +561,22 @@ func (im *Image) runPrefetch(ctx context.Context, pf *prefetch, log *slog.Logger
 		return nil // the image was closed
 	}
 	return err
+}
+
+// reportChoice logs, once per image, which profile the look-up l chose (or why none, or
+// why the one it chose was refused), and counts the outcome.
+func (im *Image) reportChoice(l *profileLookup, log *slog.Logger, metrics *ProfileMetrics) {
+	policy := im.choice.policy()
+	outcome := outcomeOf(l.Found, l.err)
+	metrics.observe(policy, outcome)
+	attrs := []any{"image", im.Ref, "digest", im.Image.Descriptor.Digest.String(), "policy", policy, "outcome", outcome,
+		"candidates", l.Candidates, "why", l.Why, "lookup_requests", l.requests}
+	switch {
+	case l.err != nil:
+		// Prefetch warns of it, with the error, once.
+	case l.Profile == nil:
+		log.Info("no prefetch profile", attrs...)
+	default:
+		log.Info("profile chosen", append(attrs, "profile", l.Desc.Digest.String(), "source", l.Source)...)
+	}
 }

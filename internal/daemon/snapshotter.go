@@ -30,6 +30,11 @@ const (
 	LabelImageRef       = LabelPrefix + "lazypull.image-ref"       // the image reference pulled
 	LabelManifestDigest = LabelPrefix + "lazypull.manifest-digest" // the image manifest holding the layer
 	LabelLayerDigest    = LabelPrefix + "lazypull.layer-digest"
+	// LabelProfile is the digest of the prefetch profile `lazypull pull --profile` pinned
+	// for the image. It counts only beside LabelImageRef: an image's own manifest can
+	// carry any containerd.io/snapshot/ annotation on its layers, which containerd (CRI
+	// too) passes on as labels, and the pull sets or removes this one on every layer.
+	LabelProfile = LabelPrefix + "lazypull.profile"
 	// The layer's index annotations, under the prefix (LabelPrefix + format.AnnotationIndex*).
 	LabelIndexDigest = LabelPrefix + format.AnnotationIndexDigest
 
@@ -71,6 +76,7 @@ type SnapshotFS struct {
 	keeper *keeper.Client // nil: mounts end with this process
 
 	prefetch *PrefetchOptions // nil: no profile is looked up
+	choice   ProfileChoice    // how the profile is chosen, for a pin a pull did not give
 	fill     *FillOptions     // nil: no background fill
 
 	mu         sync.Mutex
@@ -82,6 +88,14 @@ type SnapshotFS struct {
 // SetPrefetch has every image opened look up its prefetch profile and fetch the profiled
 // chunks first (Image.Prefetch). Call it before the first Mount.
 func (f *SnapshotFS) SetPrefetch(o PrefetchOptions) { f.prefetch = &o }
+
+// SetProfileChoice sets how every image opened chooses its profile: the policy, and the
+// node's pins by image manifest digest (Pin is ignored: a pull pins with LabelProfile, or
+// in its warm request). Call it before the first Mount.
+func (f *SnapshotFS) SetProfileChoice(c ProfileChoice) {
+	c.Pin = v1.Hash{}
+	f.choice = c
+}
 
 // SetBackgroundFetch has every image opened fetch the rest of its chunks in the
 // background after the prefetch (Image.BackgroundFetch). Call it before the first Mount.
@@ -99,6 +113,7 @@ type keptMount struct {
 }
 
 type imageEntry struct {
+	pin  v1.Hash // the profile the pull pinned (LabelProfile); zero: none
 	done chan struct{}
 	im   *Image
 	err  error
@@ -117,6 +132,29 @@ var _ snapshot.FileSystem = (*SnapshotFS)(nil)
 func NewSnapshotFS(st *store.Store, platform *v1.Platform, log *slog.Logger, fopts ...fetch.Option) *SnapshotFS {
 	return &SnapshotFS{store: st, platform: platform, fopts: fopts, log: log, images: map[string]*imageEntry{},
 		mounts: map[string]*fusefs.Server{}, mountImage: map[string]*Image{}}
+}
+
+// pinOf reads from labels the profile a pull pinned (LabelProfile); zero for none. It
+// counts only beside LabelImageRef (see LabelProfile).
+func pinOf(labels map[string]string) (v1.Hash, error) {
+	s := labels[LabelProfile]
+	if s == "" || labels[LabelImageRef] == "" {
+		return v1.Hash{}, nil
+	}
+	h, err := ParseProfileDigest(s)
+	if err != nil {
+		return v1.Hash{}, fmt.Errorf("label %s: %w", LabelProfile, err)
+	}
+	return h, nil
+}
+
+// entryKey is what an image's entry is known by: its reference, and the profile pinned
+// for it, if any. An image pulled again with another pin is opened again with it.
+func entryKey(ref string, pin v1.Hash) string {
+	if pin == (v1.Hash{}) {
+		return ref
+	}
+	return ref + " profile=" + pin.String()
 }
 
 // layerOf reads from labels the image reference to open and the layer's digest.
@@ -159,10 +197,11 @@ func imageKey(ref, manifestDigest string) (string, error) {
 
 // entry returns the entry of ref, and whether the caller is the first and must open it
 // (open): there is none yet, or the last open failed more than failedImageTTL ago.
-func (f *SnapshotFS) entry(ref string, warm bool) (e *imageEntry, first bool) {
+func (f *SnapshotFS) entry(ref string, pin v1.Hash, warm bool) (e *imageEntry, first bool) {
+	key := entryKey(ref, pin)
 	f.mu.Lock()
 	defer f.mu.Unlock()
-	if e, ok := f.images[ref]; ok {
+	if e, ok := f.images[key]; ok {
 		select {
 		case <-e.done:
 			if e.err == nil || time.Since(e.at) <= failedImageTTL {
@@ -172,8 +211,8 @@ func (f *SnapshotFS) entry(ref string, warm bool) (e *imageEntry, first bool) {
 			return e, false
 		}
 	}
-	e = &imageEntry{done: make(chan struct{}), warm: warm}
-	f.images[ref] = e
+	e = &imageEntry{done: make(chan struct{}), warm: warm, pin: pin}
+	f.images[key] = e
 	return e, true
 }
 
@@ -183,7 +222,13 @@ func (f *SnapshotFS) open(ctx context.Context, e *imageEntry, ref string, given 
 	// The image outlives the request that opened it.
 	// Partially: a layer whose index is missing or bad is unpacked the ordinary way
 	// while the others are still mounted.
-	e.im, e.err = openImage(context.WithoutCancel(ctx), f.store, ref, f.platform, given, true, f.prefetch != nil, f.fopts...)
+	var choice *ProfileChoice
+	if f.prefetch != nil {
+		c := f.choice
+		c.Pin = e.pin
+		choice = &c
+	}
+	e.im, e.err = openImage(context.WithoutCancel(ctx), f.store, ref, f.platform, given, true, choice, f.fopts...)
 	if e.err == nil && len(e.im.Layers) > 0 {
 		f.log.Info("image opened", "image", e.im, "warm", e.warm)
 		if f.prefetch != nil {
@@ -204,18 +249,19 @@ func (f *SnapshotFS) open(ctx context.Context, e *imageEntry, ref string, given 
 	e.at = time.Now()
 	if e.err != nil && e.warm {
 		f.mu.Lock()
-		if f.images[ref] == e {
-			delete(f.images, ref)
+		if key := entryKey(ref, e.pin); f.images[key] == e {
+			delete(f.images, key)
 		}
 		f.mu.Unlock()
 	}
 	close(e.done)
 }
 
-// image opens ref once; concurrent callers wait for the first.
-func (f *SnapshotFS) image(ctx context.Context, ref string) (*Image, error) {
+// image opens ref, with the profile pin (zero: none), once; concurrent callers wait for
+// the first.
+func (f *SnapshotFS) image(ctx context.Context, ref string, pin v1.Hash) (*Image, error) {
 	for {
-		e, first := f.entry(ref, false)
+		e, first := f.entry(ref, pin, false)
 		if first {
 			f.open(ctx, e, ref, nil)
 		} else {
@@ -250,7 +296,11 @@ func (f *SnapshotFS) layer(ctx context.Context, labels map[string]string) (*Laye
 	if err != nil {
 		return nil, nil, err
 	}
-	im, err := f.image(ctx, ref)
+	pin, err := pinOf(labels)
+	if err != nil {
+		return nil, nil, err
+	}
+	im, err := f.image(ctx, ref, pin)
 	if err != nil {
 		return nil, nil, err
 	}

@@ -32,9 +32,10 @@ var ErrWarmRefused = errors.New("warm request refused")
 // the pull sends the manifest of the platform containerd unpacks, and the snapshotter does
 // not pick another. Warm returns once the request is checked; a failure of the open (also
 // one that opens no layer at all) is logged here, once, and forgotten: the layers'
-// Prepares then open the image themselves, and warn if that fails too.
-func (f *SnapshotFS) Warm(ctx context.Context, ref, digest, mediaType string, manifest []byte) error {
-	_, err := f.warm(ctx, ref, digest, mediaType, manifest)
+// Prepares then open the image themselves, and warn if that fails too. profile is the
+// profile the pull pinned (LabelProfile), "" for none.
+func (f *SnapshotFS) Warm(ctx context.Context, ref, digest, mediaType string, manifest []byte, profile string) error {
+	_, err := f.warm(ctx, ref, digest, mediaType, manifest, profile)
 	return err
 }
 
@@ -54,12 +55,18 @@ func (f *SnapshotFS) Connect(ref string) error {
 
 // warm is Warm, returning the image's entry: a failed open forgets it at once, so a
 // look-up in f.images after Warm may no longer find it.
-func (f *SnapshotFS) warm(ctx context.Context, ref, digest, mediaType string, manifest []byte) (*imageEntry, error) {
+func (f *SnapshotFS) warm(ctx context.Context, ref, digest, mediaType string, manifest []byte, profile string) (*imageEntry, error) {
 	key, img, err := warmImage(ref, digest, mediaType, manifest)
 	if err != nil {
 		return nil, fmt.Errorf("%w: %w", ErrWarmRefused, err)
 	}
-	e, first := f.entry(key, true)
+	var pin v1.Hash
+	if profile != "" {
+		if pin, err = ParseProfileDigest(profile); err != nil {
+			return nil, fmt.Errorf("%w: %w", ErrWarmRefused, err)
+		}
+	}
+	e, first := f.entry(key, pin, true)
 	if !first {
 		f.log.Debug("warm request for an image open, opening or failed already", "image", key)
 		return e, nil

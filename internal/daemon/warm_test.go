@@ -156,7 +156,7 @@ func TestWarmRefused(t *testing.T) {
 		{"config", ref, cfgDigest.String(), string(types.OCIConfigJSON), cfg, "not an image manifest"},
 		{"too large", ref, d.String(), "", make([]byte, maxWarmManifest+1), "more than"},
 	} {
-		err := f.Warm(context.Background(), c.ref, c.digest, c.mediaType, c.raw)
+		err := f.Warm(context.Background(), c.ref, c.digest, c.mediaType, c.raw, "")
 		if !errors.Is(err, ErrWarmRefused) || !strings.Contains(err.Error(), c.want) {
 			t.Errorf("%s: Warm = %v; want it refused, saying %q", c.name, err, c.want)
 		}
@@ -175,11 +175,11 @@ func TestWarmRefused(t *testing.T) {
 func TestWarmThenPrepare(t *testing.T) {
 	f, ref, img, d, reqs := warmFixture(t)
 	raw, _ := img.RawManifest()
-	if err := f.Warm(context.Background(), ref, d.String(), "", raw); err != nil {
+	if err := f.Warm(context.Background(), ref, d.String(), "", raw, ""); err != nil {
 		t.Fatal(err)
 	}
 	// Twice: the second joins the first.
-	if err := f.Warm(context.Background(), ref, d.String(), "", raw); err != nil {
+	if err := f.Warm(context.Background(), ref, d.String(), "", raw, ""); err != nil {
 		t.Fatal(err)
 	}
 	l, im, err := f.layer(context.Background(), labelsOf(t, ref, img, d))
@@ -262,7 +262,7 @@ func TestWarmNoLayerOpened(t *testing.T) {
 func warmed(t *testing.T, f *SnapshotFS, ref, digest string, raw []byte) *imageEntry {
 	t.Helper()
 	// Not looked up in f.images after Warm: a failed open may have forgotten it already.
-	e, err := f.warm(context.Background(), ref, digest, "", raw)
+	e, err := f.warm(context.Background(), ref, digest, "", raw, "")
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -38,6 +38,9 @@ const (
 	fieldDigest    = "digest"
 	fieldMediaType = "mediaType"
 	fieldManifest  = "manifest"
+	// fieldProfile is optional: a snapshotter before it ignores it, and a pull before it
+	// sends none.
+	fieldProfile = "profile"
 )
 
 // Request asks the snapshotter to start opening an image. A request with a Ref and
@@ -50,6 +53,9 @@ type Request struct {
 	// them; MediaType the media type the pull has for it.
 	Digest, MediaType string
 	Manifest          []byte
+	// Profile is the digest of the prefetch profile the pull pinned for the image (its
+	// layers' lazypull.profile label); "" for none.
+	Profile string
 }
 
 // IsHint reports whether r is a hint rather than a manifest to open.
@@ -117,6 +123,11 @@ func decode(in *structpb.Struct) (Request, error) {
 	if r.Manifest, err = base64.StdEncoding.DecodeString(m); err != nil {
 		return r, fmt.Errorf("warm request: field %q: %w", fieldManifest, err)
 	}
+	if _, ok := in.GetFields()[fieldProfile]; ok {
+		if r.Profile, err = str(fieldProfile); err != nil {
+			return r, err
+		}
+	}
 	return r, nil
 }
 
@@ -146,6 +157,9 @@ func (c *Client) Send(ctx context.Context, r Request) error {
 		fieldMediaType: structpb.NewStringValue(r.MediaType),
 		fieldManifest:  structpb.NewStringValue(base64.StdEncoding.EncodeToString(r.Manifest)),
 	}}
+	if r.Profile != "" {
+		in.Fields[fieldProfile] = structpb.NewStringValue(r.Profile)
+	}
 	err := c.conn.Invoke(ctx, Method, in, &emptypb.Empty{})
 	switch status.Code(err) {
 	case codes.OK:
