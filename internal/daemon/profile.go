@@ -337,10 +337,10 @@ type PrefetchStats struct {
 	Source     string        `json:"source,omitempty"`
 	Candidates int           `json:"candidates,omitempty"`
 	Why        string        `json:"why,omitempty"`
-	Pack    bool   `json:"pack,omitempty"`    // the layer indexes and chunks came in the profile's pack
-	Files   int    `json:"files"`             // profiled files found in the image
-	Stale   int    `json:"stale"`             // profiled files no longer in it, skipped
-	Bytes   int64  `json:"bytes"`             // bytes the profile's ranges cover
+	Pack       bool          `json:"pack,omitempty"` // the layer indexes and chunks came in the profile's pack
+	Files      int           `json:"files"`          // profiled files found in the image
+	Stale      int           `json:"stale"`          // profiled files no longer in it, skipped
+	Bytes      int64         `json:"bytes"`          // bytes the profile's ranges cover
 	// LookupRequests went to finding and reading the profile, Requests to fetching its
 	// chunks (as the registry counted them: only this image read meanwhile, or they
 	// include the workload's).
