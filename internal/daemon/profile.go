@@ -330,6 +330,10 @@ func embedded(d v1.Descriptor) ([]byte, error) {
 type PrefetchStats struct {
 	Image   string `json:"image"`
 	Profile string `json:"profile,omitempty"` // digest of the profile's manifest; "" if none
+	Pack    bool   `json:"pack,omitempty"`    // the layer indexes and chunks came in the profile's pack
+	Files   int    `json:"files"`             // profiled files found in the image
+	Stale   int    `json:"stale"`             // profiled files no longer in it, skipped
+	Bytes   int64  `json:"bytes"`             // bytes the profile's ranges cover
 	// Policy is the profile policy the image was opened under; Source where its profile
 	// came from (SourcePin, SourceReferrers; "" for none); Candidates how many profiles
 	// the referrers listed; Why how it was chosen, or why there is none.
@@ -337,10 +341,6 @@ type PrefetchStats struct {
 	Source     string        `json:"source,omitempty"`
 	Candidates int           `json:"candidates,omitempty"`
 	Why        string        `json:"why,omitempty"`
-	Pack       bool          `json:"pack,omitempty"` // the layer indexes and chunks came in the profile's pack
-	Files      int           `json:"files"`          // profiled files found in the image
-	Stale      int           `json:"stale"`          // profiled files no longer in it, skipped
-	Bytes      int64         `json:"bytes"`          // bytes the profile's ranges cover
 	// LookupRequests went to finding and reading the profile, Requests to fetching its
 	// chunks (as the registry counted them: only this image read meanwhile, or they
 	// include the workload's).
