@@ -8,6 +8,7 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
+	"slices"
 	"sync"
 	"time"
 
@@ -52,6 +53,7 @@ one command to share it between them while they are mounted.`,
 		fs.IntVar(&f.layer, "layer", -1, "mount only layer `n` (0 is the lowest) as a single-layer view, as the snapshotter does")
 		fs.BoolVar(&f.debug, "debug", false, "log every FUSE request")
 		fs.BoolVar(&f.allowSuidDev, "allow-suid-dev", false, "mount without nosuid,nodev: the image's setuid programs, file capabilities and devices work for every user who reaches DIR (risky: root for anyone with a setuid-root program of the image)")
+		fs.StringVar(&f.profile, "profile", "", "use the prefetch profile of this `digest` (sha256:...), which must refer to the image: one REF only")
 		addPrefetchFlags(fs, &f.prefetchFlags)
 		return f
 	},
@@ -77,6 +79,7 @@ type mountFlags struct {
 	layer        int
 	debug        bool
 	allowSuidDev bool
+	profile      string
 	prefetchFlags
 }
 
@@ -86,6 +89,8 @@ type prefetchFlags struct {
 	prefetchWait        time.Duration
 	backgroundFetch     bool
 	backgroundFetchRate int64
+	profilePolicy       string
+	profilePins         profilePins
 }
 
 func addPrefetchFlags(fs *flag.FlagSet, f *prefetchFlags) {
@@ -93,6 +98,7 @@ func addPrefetchFlags(fs *flag.FlagSet, f *prefetchFlags) {
 	fs.DurationVar(&f.prefetchWait, "prefetch-wait", 0, "wait up to `duration` for the profiled content before mounting (0: fetch it in the background)")
 	fs.BoolVar(&f.backgroundFetch, "background-fetch", false, "after the prefetch, fetch the rest of each image in the background (rate-bounded; reads go first)")
 	fs.Int64Var(&f.backgroundFetchRate, "background-fetch-rate", daemon.DefaultFillRate, "bound the background fetch to `n` compressed bytes per second")
+	addProfileFlags(fs, f)
 }
 
 // check refuses prefetch settings that make no sense.
@@ -103,13 +109,13 @@ func (f *prefetchFlags) check() error {
 	if f.backgroundFetchRate <= 0 {
 		return usagef("-background-fetch-rate must be more than 0 bytes per second")
 	}
-	return nil
+	return f.checkProfile()
 }
 
 // start runs the prefetch and the background fill of a newly opened image, as set.
-func (f *prefetchFlags) start(ctx context.Context, im *daemon.Image, log *slog.Logger) error {
+func (f *prefetchFlags) start(ctx context.Context, im *daemon.Image, log *slog.Logger, pm *daemon.ProfileMetrics) error {
 	if f.prefetch {
-		im.Prefetch(ctx, daemon.PrefetchOptions{Wait: f.prefetchWait, Log: log})
+		im.Prefetch(ctx, daemon.PrefetchOptions{Wait: f.prefetchWait, Log: log, Metrics: pm})
 	}
 	if f.backgroundFetch {
 		return im.BackgroundFetch(daemon.FillOptions{Rate: f.backgroundFetchRate, Log: log})
@@ -134,6 +140,13 @@ func runMount(ctx context.Context, e *env, vals any, args []string) error {
 	if err := f.prefetchFlags.check(); err != nil {
 		return err
 	}
+	choice, err := f.prefetchFlags.choice(f.profile)
+	if err != nil {
+		return err
+	}
+	if f.profile != "" && len(args) != 2 {
+		return usagef("-profile pins the profile of one image; got %d", len(args)/2)
+	}
 	platform, err := parsePlatform(f.platform)
 	if err != nil {
 		return err
@@ -149,6 +162,7 @@ func runMount(ctx context.Context, e *env, vals any, args []string) error {
 	defer st.Close()
 
 	fopts, metrics := fetchOptions(log, f.plainHTTP, f.hostsDir)
+	pm := daemon.NewProfileMetrics(nil)
 
 	var images []*daemon.Image
 	var servers []*fusefs.Server
@@ -164,16 +178,17 @@ func runMount(ctx context.Context, e *env, vals any, args []string) error {
 	}()
 	for i := 0; i < len(args); i += 2 {
 		ref, dir := args[i], args[i+1]
-		open := daemon.OpenImage
+		var im *daemon.Image
 		if f.prefetch {
-			open = daemon.OpenImageWithProfile
+			im, err = daemon.OpenImageChoosing(ctx, st, ref, platform, choice, fopts...)
+		} else {
+			im, err = daemon.OpenImage(ctx, st, ref, platform, fopts...)
 		}
-		im, err := open(ctx, st, ref, platform, fopts...)
 		if err != nil {
 			return err
 		}
 		images = append(images, im)
-		if err := f.prefetchFlags.start(ctx, im, log); err != nil {
+		if err := f.prefetchFlags.start(ctx, im, log, pm); err != nil {
 			return err
 		}
 		var root *fusefs.Root
@@ -198,7 +213,8 @@ func runMount(ctx context.Context, e *env, vals any, args []string) error {
 	}
 
 	if f.metricsAddr != "" {
-		stop, err := serveMetrics(f.metricsAddr, append(st.Collectors(), metrics.Collectors()...), log)
+		pm.SetImages(func() []*daemon.Image { return images })
+		stop, err := serveMetrics(f.metricsAddr, slices.Concat(st.Collectors(), metrics.Collectors(), pm.Collectors()), log)
 		if err != nil {
 			return err
 		}

@@ -54,6 +54,7 @@ answers there, the pull goes on without that head start.`,
 		fs.StringVar(&f.snapshotter, "snapshotter", "lazypull", "the snapshotter's `name` in containerd's proxy_plugins")
 		fs.BoolVar(&f.plainHTTP, "plain-http", false, "talk to the registry over http instead of https")
 		fs.StringVar(&f.hostsDir, "hosts-dir", "", "containerd-style `dir` of HOST/hosts.toml files")
+		fs.StringVar(&f.profile, "profile", "", "have the snapshotter use the prefetch profile of this `digest` (sha256:...), which must refer to the image manifest unpacked")
 		fs.StringVar(&f.snapshotterAddress, "snapshotter-address", "", "the snapshotter's `socket`, to hand it the manifest early (default: containerd's address for --snapshotter, else "+defaultSnapshotterSocket+")")
 		return f
 	},
@@ -65,6 +66,7 @@ type pullFlags struct {
 	plainHTTP                       bool
 	hostsDir                        string
 	snapshotterAddress              string
+	profile                         string
 }
 
 func runPull(ctx context.Context, e *env, vals any, args []string) error {
@@ -77,6 +79,11 @@ func runPull(ctx context.Context, e *env, vals any, args []string) error {
 		return usagef("reference %q: %v", args[0], err)
 	}
 	ref := nref.Name() // fully qualified, as containerd names images
+	if f.profile != "" {
+		if _, err := daemon.ParseProfileDigest(f.profile); err != nil {
+			return usagef("-profile: %v", err)
+		}
+	}
 	registry := nref.Context().RegistryStr()
 	log := newLogger(e)
 	fopts, _ := fetchOptions(log, f.plainHTTP, f.hostsDir)
@@ -99,6 +106,7 @@ func runPull(ctx context.Context, e *env, vals any, args []string) error {
 	var w *warmer
 	if f.snapshotterAddress != "" {
 		w = newWarmer(log, ref, f.snapshotterAddress, nil)
+		w.profile = f.profile
 		w.hint(ctx)
 	}
 	go func() {
@@ -134,6 +142,7 @@ func runPull(ctx context.Context, e *env, vals any, args []string) error {
 
 	if w == nil {
 		w = newWarmer(log, ref, snapshotterAddress(ctx, client, f, log), client.ContentStore())
+		w.profile = f.profile
 	} else {
 		w.content = client.ContentStore() // for an index's platform manifest, during the pull
 	}
@@ -191,7 +200,7 @@ func runPull(ctx context.Context, e *env, vals any, args []string) error {
 		containerd.WithPullUnpack,
 		containerd.WithPullSnapshotter(f.snapshotter),
 		containerd.WithImageHandlerWrapper(func(h images.Handler) images.Handler {
-			return snapshotters.AppendInfoHandlerWrapper(ref)(labelLayers(ref, w.handler(resolver.cached, dropBadData(log, ref, h))))
+			return snapshotters.AppendInfoHandlerWrapper(ref)(labelLayers(ref, f.profile, w.handler(resolver.cached, dropBadData(log, ref, h))))
 		}),
 	)
 	if err != nil {
@@ -227,8 +236,10 @@ func snapshotterAddress(ctx context.Context, client *containerd.Client, f *pullF
 }
 
 // labelLayers puts on each lazypull layer descriptor of an image manifest the annotations
-// that containerd hands the snapshotter as labels.
-func labelLayers(ref string, h images.Handler) images.Handler {
+// that containerd hands the snapshotter as labels, the profile pinned (daemon.LabelProfile)
+// among them when not "". A LabelProfile the image's manifest put on a layer itself is
+// removed: only the operator pins.
+func labelLayers(ref, profile string, h images.Handler) images.Handler {
 	return images.HandlerFunc(func(ctx context.Context, desc ocispec.Descriptor) ([]ocispec.Descriptor, error) {
 		children, err := h.Handle(ctx, desc)
 		if err != nil || !images.IsManifestType(desc.MediaType) {
@@ -239,9 +250,13 @@ func labelLayers(ref string, h images.Handler) images.Handler {
 			if !images.IsLayerType(c.MediaType) {
 				continue
 			}
+			delete(c.Annotations, daemon.LabelProfile)
 			labels := daemon.SnapshotLabels(ref, desc.Digest.String(), c.Digest.String(), c.Annotations)
 			if len(labels) == 0 {
 				continue
+			}
+			if profile != "" {
+				labels[daemon.LabelProfile] = profile
 			}
 			if c.Annotations == nil {
 				c.Annotations = map[string]string{}

@@ -181,6 +181,7 @@ type warmer struct {
 	addr    string
 	content content.Provider
 	client  *warm.Client // nil: none could be made
+	profile string       // the profile pinned (pull --profile), "" for none
 
 	mu   sync.Mutex
 	sent map[digest.Digest]bool
@@ -249,7 +250,7 @@ func (w *warmer) manifest(ctx context.Context, desc ocispec.Descriptor, raw []by
 	w.wg.Go(func() {
 		ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), warmTimeout)
 		defer cancel()
-		err := w.client.Send(ctx, warm.Request{Ref: w.ref, Digest: desc.Digest.String(), MediaType: desc.MediaType, Manifest: raw})
+		err := w.client.Send(ctx, warm.Request{Ref: w.ref, Digest: desc.Digest.String(), MediaType: desc.MediaType, Manifest: raw, Profile: w.profile})
 		switch {
 		case err == nil:
 			w.log.Debug("the snapshotter opens the image early", "manifest", desc.Digest, "snapshotter", w.addr)

@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"slices"
 	"sync"
 	"time"
 
@@ -99,6 +100,10 @@ func runSnapshotter(ctx context.Context, e *env, vals any, args []string) error 
 	if err := f.prefetchFlags.check(); err != nil {
 		return err
 	}
+	choice, err := f.prefetchFlags.choice("")
+	if err != nil {
+		return err
+	}
 	platform, err := parsePlatform(f.Platform)
 	if err != nil {
 		return err
@@ -112,8 +117,10 @@ func runSnapshotter(ctx context.Context, e *env, vals any, args []string) error 
 
 	fopts, metrics := fetchOptions(log, f.PlainHTTP, f.HostsDir)
 	lfs := daemon.NewSnapshotFS(st, platform, log, fopts...)
+	pm := daemon.NewProfileMetrics(lfs.Images)
 	if f.prefetch {
-		lfs.SetPrefetch(daemon.PrefetchOptions{Wait: f.prefetchWait, Log: log})
+		lfs.SetPrefetch(daemon.PrefetchOptions{Wait: f.prefetchWait, Log: log, Metrics: pm})
+		lfs.SetProfileChoice(choice)
 	}
 	if f.backgroundFetch {
 		lfs.SetBackgroundFetch(daemon.FillOptions{Rate: f.backgroundFetchRate, Log: log})
@@ -175,7 +182,7 @@ func runSnapshotter(ctx context.Context, e *env, vals any, args []string) error 
 	})
 
 	if f.MetricsAddr != "" {
-		stop, err := serveMetrics(f.MetricsAddr, append(st.Collectors(), metrics.Collectors()...), log)
+		stop, err := serveMetrics(f.MetricsAddr, slices.Concat(st.Collectors(), metrics.Collectors(), pm.Collectors()), log)
 		if err != nil {
 			return err
 		}

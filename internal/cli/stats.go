@@ -59,7 +59,29 @@ func runStats(_ context.Context, e *env, vals any, args []string) error {
 	if s.PID != 0 {
 		fmt.Fprintf(e.stdout, "held by pid %d serving %s; figures of %s\n", s.PID, strings.Join(s.Images, ", "), s.Written.Format("15:04:05"))
 	}
+	for _, p := range s.Prefetch {
+		fmt.Fprintf(e.stdout, "profile of %s: %s\n", p.Image, profileUsed(p))
+	}
 	return nil
+}
+
+// profileUsed says which profile an image's prefetch used, and how it was chosen.
+func profileUsed(p daemon.PrefetchStats) string {
+	policy := string(p.Policy)
+	if policy == "" {
+		policy = "unknown" // written by a lazypull before the policies
+	}
+	switch {
+	case p.Err != "" && p.Profile != "":
+		return fmt.Sprintf("%s failed (policy %s, %s): %s", p.Profile, policy, p.Source, p.Err)
+	case p.Err != "":
+		return fmt.Sprintf("none (policy %s): %s", policy, p.Err)
+	case p.Profile != "":
+		return fmt.Sprintf("%s (policy %s, %s; %s)", p.Profile, policy, p.Source, p.Why)
+	case !p.Done:
+		return fmt.Sprintf("looking up (policy %s)", policy)
+	}
+	return fmt.Sprintf("none (policy %s: %s)", policy, p.Why)
 }
 
 // currentStats opens the store when it is free, else reads what its owner last wrote.
