@@ -53,7 +53,7 @@ func (l *requestLog) count(key string) int {
 }
 
 // countedRegistry serves an in-process registry that counts its requests as
-// "GET manifests", "HEAD blobs" and so on.
+// "GET manifests", "HEAD blobs" and so on ("GET referrers-tag": the tag schema's index).
 func countedRegistry(t *testing.T) (host string, reqs *requestLog) {
 	t.Helper()
 	reqs = &requestLog{n: map[string]int{}}
@@ -64,6 +64,9 @@ func countedRegistry(t *testing.T) (host string, reqs *requestLog) {
 			if strings.Contains(r.URL.Path, "/"+k+"/") {
 				kind = k
 			}
+		}
+		if strings.Contains(r.URL.Path, "/manifests/sha256-") {
+			kind = "referrers-tag" // the tag schema's index
 		}
 		reqs.mu.Lock()
 		reqs.n[r.Method+" "+kind]++
