@@ -272,7 +272,7 @@ lazy_bytes=$(manifest bench/python-0 lazy | jq '[.layers[].size] | add')
 start_sn() {
   sn_dir=$work/$1
   mkdir -p "$sn_dir"
-  printf 'root = "%s"\nstore = "%s"\nplain_http = true\n' "$sn_dir/root" "$sn_dir/store" >"$sn_dir/config.toml"
+  printf 'root = "%s"\nstore = "%s"\nplain_http = true\nprofile_policy = "referrers"\n' "$sn_dir/root" "$sn_dir/store" >"$sn_dir/config.toml"
   cur_log=$sn_dir/snapshotter.log
   local args=(snapshotter --config "$sn_dir/config.toml" --address "$sn_dir/sn.sock") i
   [ -z "${2:-}" ] || args+=(--debug-addr 127.0.0.1:0)

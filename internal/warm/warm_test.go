@@ -11,6 +11,7 @@ import (
 	"time"
 
 	"google.golang.org/grpc"
+	"google.golang.org/protobuf/types/known/structpb"
 )
 
 // serve serves a gRPC server on a unix socket in a temporary directory, with the warm-up
@@ -96,5 +97,31 @@ func TestHint(t *testing.T) {
 	}
 	if r := (Request{Ref: "registry.test/app:1", Digest: "sha256:00", Manifest: []byte("{}")}); r.IsHint() {
 		t.Errorf("%+v taken for a hint", r)
+	}
+}
+
+// TestProfileField: the pinned profile arrives with the request; a request without it (a
+// pull before the field) arrives with none, and one whose field is not a string is
+// refused.
+func TestProfileField(t *testing.T) {
+	got := make(chan Request, 1)
+	sock := serve(t, func(_ context.Context, r Request) error {
+		got <- r
+		return nil
+	})
+	base := Request{Ref: "registry.test/app:1", Digest: "sha256:" + strings.Repeat("a", 64), Manifest: []byte("{}")}
+	pinned := base
+	pinned.Profile = "sha256:" + strings.Repeat("b", 64)
+	for _, want := range []Request{pinned, base} {
+		if err := send(t, sock, want); err != nil {
+			t.Fatal(err)
+		}
+		if r := <-got; r.Profile != want.Profile || r.Digest != want.Digest {
+			t.Errorf("received %+v; want %+v", r, want)
+		}
+	}
+	in, _ := structpb.NewStruct(map[string]any{fieldRef: "r", fieldDigest: "d", fieldMediaType: "", fieldManifest: "", fieldProfile: 1.0})
+	if _, err := decode(in); err == nil || !strings.Contains(err.Error(), fieldProfile) {
+		t.Errorf("profile field of a number: %v; want it refused", err)
 	}
 }
