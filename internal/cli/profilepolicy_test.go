@@ -1,0 +1,107 @@
+package cli
+
+import (
+	"context"
+	"maps"
+	"strings"
+	"testing"
+
+	"github.com/containerd/containerd/v2/core/images"
+	v1 "github.com/google/go-containerregistry/pkg/v1"
+	"github.com/opencontainers/go-digest"
+	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
+
+	"lazypull/format"
+	"lazypull/internal/daemon"
+)
+
+var (
+	imgDigest  = "sha256:" + strings.Repeat("1", 64)
+	profDigest = "sha256:" + strings.Repeat("2", 64)
+)
+
+// TestProfilePolicyConfig: profile_policy and profile_pin are keys of the snapshotter's
+// config; the pins are read by image digest; a policy or a pin that does not parse is
+// refused, saying which.
+func TestProfilePolicyConfig(t *testing.T) {
+	fs, f := snapshotterFlagSet(t)
+	p := writeConfig(t, "profile_policy = \"pinned\"\nprofile_pin = \""+imgDigest+"="+profDigest+"\"\n")
+	if err := loadConfig(fs, p, true, setFlags(fs), "config"); err != nil {
+		t.Fatal(err)
+	}
+	if err := f.prefetchFlags.check(); err != nil {
+		t.Fatal(err)
+	}
+	c, err := f.prefetchFlags.choice("")
+	ih, _ := v1.NewHash(imgDigest)
+	if err != nil || c.Policy != daemon.PolicyPinned || c.Pins[ih].String() != profDigest {
+		t.Errorf("choice %+v, %v; want policy pinned and the pin of %s", c, err, imgDigest)
+	}
+
+	fs, f = snapshotterFlagSet(t)
+	if err := loadConfig(fs, writeConfig(t, "profile_policy = \"newest\"\n"), true, setFlags(fs), "config"); err != nil {
+		t.Fatal(err)
+	}
+	if err := f.prefetchFlags.check(); err == nil || !strings.Contains(err.Error(), `"newest"`) {
+		t.Errorf("profile_policy = \"newest\": %v; want it refused", err)
+	}
+
+	fs, _ = snapshotterFlagSet(t)
+	err = loadConfig(fs, writeConfig(t, "profile_pin = \""+imgDigest+"=sha256:12\"\n"), true, setFlags(fs), "config")
+	if err == nil || !strings.Contains(err.Error(), "profile_pin") || !strings.Contains(err.Error(), "sha256:12") {
+		t.Errorf("a malformed pin: %v; want it refused, naming the key and the value", err)
+	}
+}
+
+// TestProfileFlagUsage: mount --profile pins one image's profile by a digest; with two
+// images, a malformed digest, or policy off, it is a usage error, as is a bad policy.
+func TestProfileFlagUsage(t *testing.T) {
+	for _, c := range []struct {
+		args []string
+		want string
+	}{
+		{[]string{"mount", "--profile", profDigest, "r1", "d1", "r2", "d2"}, "one image"},
+		{[]string{"mount", "--profile", "sha256:abc", "r1", "d1"}, "profile digest"},
+		{[]string{"mount", "--profile", profDigest, "--profile-policy", "off", "r1", "d1"}, "policy off"},
+		{[]string{"mount", "--profile-policy", "any", "r1", "d1"}, "profile policy"},
+		{[]string{"pull", "--profile", "sha256:abc", "r1"}, "profile digest"},
+	} {
+		code, _, stderr := run(t, c.args...)
+		if code != exitUsage || !strings.Contains(stderr, c.want) {
+			t.Errorf("%q: exit %d, %q; want usage error saying %q", c.args, code, stderr, c.want)
+		}
+	}
+}
+
+// TestLabelLayersProfile: the pull's --profile goes on every lazypull layer as the
+// lazypull.profile label; a lazypull.profile annotation the image's manifest put on a
+// layer itself is removed, pinned or not.
+func TestLabelLayersProfile(t *testing.T) {
+	lazy := map[string]string{format.AnnotationIndexDigest: "sha256:" + strings.Repeat("3", 64), daemon.LabelProfile: "sha256:" + strings.Repeat("6", 64)}
+	layers := func() []ocispec.Descriptor {
+		return []ocispec.Descriptor{
+			{MediaType: ocispec.MediaTypeImageLayer, Digest: digest.Digest("sha256:" + strings.Repeat("4", 64)), Annotations: maps.Clone(lazy)},
+			{MediaType: ocispec.MediaTypeImageLayerGzip, Digest: digest.Digest("sha256:" + strings.Repeat("5", 64)), Annotations: map[string]string{daemon.LabelProfile: "x"}},
+		}
+	}
+	manifest := ocispec.Descriptor{MediaType: ocispec.MediaTypeImageManifest, Digest: digest.Digest("sha256:" + strings.Repeat("7", 64))}
+	for _, pin := range []string{profDigest, ""} {
+		h := labelLayers("registry.test/app:1", pin, images.HandlerFunc(func(context.Context, ocispec.Descriptor) ([]ocispec.Descriptor, error) {
+			return layers(), nil
+		}))
+		got, err := h.Handle(context.Background(), manifest)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if v, ok := got[0].Annotations[daemon.LabelProfile]; pin != "" && v != pin || pin == "" && ok {
+			t.Errorf("pin %q: lazy layer's %s = %q; want %q", pin, daemon.LabelProfile, v, pin)
+		}
+		if got[0].Annotations[daemon.LabelImageRef] == "" {
+			t.Errorf("lazy layer not labelled: %v", got[0].Annotations)
+		}
+		if v, ok := got[1].Annotations[daemon.LabelProfile]; ok {
+			t.Errorf("pin %q: other layer keeps the image's own %s = %q", pin, daemon.LabelProfile, v)
+		}
+	}
+}
+
