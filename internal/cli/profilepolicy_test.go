@@ -104,4 +104,3 @@ func TestLabelLayersProfile(t *testing.T) {
 		}
 	}
 }
-
