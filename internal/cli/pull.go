@@ -46,7 +46,11 @@ The pull fetches REF's manifest itself, once, and hands it to containerd and to 
 snapshotter (--snapshotter-address; by default the address containerd has for the proxy
 plugin --snapshotter, else the snapshotter's default): the snapshotter starts reading the
 layer indexes and prefetching while containerd still fetches the config. When nothing
-answers there, the pull goes on without that head start.`,
+answers there, the pull goes on without that head start.
+
+--profile sha256:... pins the image's prefetch profile: the snapshotter uses that profile
+(fetched by digest from the image's repository, and refused unless it refers to the image
+manifest unpacked) instead of looking one up, also under its profile_policy "pinned".`,
 	flags: func(fs *flag.FlagSet) any {
 		f := &pullFlags{}
 		fs.StringVar(&f.address, "address", "/run/containerd/containerd.sock", "containerd's `socket`")

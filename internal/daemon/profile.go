@@ -396,7 +396,7 @@ func (im *Image) Prefetch(ctx context.Context, o PrefetchOptions) {
 		pf.mu.Unlock()
 		switch {
 		case err != nil && im.bg.Err() == nil:
-			log.Warn("prefetch failed; the image is served without it", "image", im.Ref, "err", err)
+			log.Warn("prefetch failed; the image is served without it", "image", im.Ref, "policy", st.Policy, "profile", st.Profile, "err", err)
 		case st.Profile != "":
 			log.Info("prefetched the profile", "image", im.Ref, "profile", st.Profile, "files", st.Files, "stale", st.Stale,
 				"bytes", st.Bytes, "requests", st.Requests, "seconds", st.Seconds)
