@@ -7,6 +7,8 @@ import (
 	"flag"
 	"fmt"
 	"log/slog"
+	"maps"
+	"strings"
 
 	containerd "github.com/containerd/containerd/v2/client"
 	"github.com/containerd/containerd/v2/core/images"
@@ -241,8 +243,8 @@ func snapshotterAddress(ctx context.Context, client *containerd.Client, f *pullF
 
 // labelLayers puts on each lazypull layer descriptor of an image manifest the annotations
 // that containerd hands the snapshotter as labels, the profile pinned (daemon.LabelProfile)
-// among them when not "". A LabelProfile the image's manifest put on a layer itself is
-// removed: only the operator pins.
+// among them when not "". Lazypull's labels that the image's manifest put on a layer
+// itself are removed first, from every layer: they are the pull's to set.
 func labelLayers(ref, profile string, h images.Handler) images.Handler {
 	return images.HandlerFunc(func(ctx context.Context, desc ocispec.Descriptor) ([]ocispec.Descriptor, error) {
 		children, err := h.Handle(ctx, desc)
@@ -254,7 +256,7 @@ func labelLayers(ref, profile string, h images.Handler) images.Handler {
 			if !images.IsLayerType(c.MediaType) {
 				continue
 			}
-			delete(c.Annotations, daemon.LabelProfile)
+			maps.DeleteFunc(c.Annotations, func(k, _ string) bool { return strings.HasPrefix(k, daemon.LabelPrefix+"lazypull.") })
 			labels := daemon.SnapshotLabels(ref, desc.Digest.String(), c.Digest.String(), c.Annotations)
 			if len(labels) == 0 {
 				continue

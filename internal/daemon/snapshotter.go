@@ -39,8 +39,9 @@ const (
 	LabelIndexDigest = LabelPrefix + format.AnnotationIndexDigest
 
 	// What containerd's CRI plugin (snapshotters.AppendInfoHandlerWrapper) puts on layers.
-	LabelCRIImageRef    = LabelPrefix + "cri.image-ref"
-	LabelCRILayerDigest = LabelPrefix + "cri.layer-digest"
+	LabelCRIImageRef       = LabelPrefix + "cri.image-ref"
+	LabelCRILayerDigest    = LabelPrefix + "cri.layer-digest"
+	LabelCRIManifestDigest = LabelPrefix + "cri.manifest-digest"
 )
 
 // SnapshotLabels returns the annotations `lazypull pull` adds to a layer descriptor of the
@@ -158,9 +159,20 @@ func entryKey(ref string, pin v1.Hash) string {
 }
 
 // layerOf reads from labels the image reference to open and the layer's digest.
+//
+// containerd passes every containerd.io/snapshot/ annotation of a layer descriptor on as a
+// label: the image's own manifest can put lazypull's labels on its layers, and name there
+// a layer of another image, in another repository, which the snapshotter would fetch with
+// the node's credentials and mount as this image's. Lazypull's labels are therefore taken
+// only beside CRI's (snapshotters.AppendInfoHandlerWrapper, which CRI and `lazypull pull`
+// run after the manifest is read, so that they are the pull's, not the image's) and only
+// when they agree with them: the same repository, manifest and layer (checkLabels).
 func layerOf(labels map[string]string) (ref, layer string, err error) {
 	ref, layer = labels[LabelImageRef], labels[LabelLayerDigest]
 	if ref != "" && layer != "" {
+		if err := checkLabels(labels); err != nil {
+			return "", "", err
+		}
 		if md := labels[LabelManifestDigest]; md != "" {
 			key, err := imageKey(ref, md)
 			if err != nil {
@@ -175,6 +187,35 @@ func layerOf(labels map[string]string) (ref, layer string, err error) {
 		return ref, layer, nil
 	}
 	return "", "", ErrNotLazy
+}
+
+// checkLabels checks lazypull's labels against CRI's (see layerOf).
+func checkLabels(labels map[string]string) error {
+	ref, layer, md := labels[LabelImageRef], labels[LabelLayerDigest], labels[LabelManifestDigest]
+	criRef, criLayer, criMD := labels[LabelCRIImageRef], labels[LabelCRILayerDigest], labels[LabelCRIManifestDigest]
+	if criRef == "" || criLayer == "" {
+		return fmt.Errorf("label %s without %s and %s, which say what the pull pulled: it may be the image's own annotation; not trusted",
+			LabelImageRef, LabelCRIImageRef, LabelCRILayerDigest)
+	}
+	if layer != criLayer {
+		return fmt.Errorf("label %s is %s, but the layer pulled is %s (%s): not trusted", LabelLayerDigest, layer, criLayer, LabelCRILayerDigest)
+	}
+	if md != "" && criMD != "" && md != criMD {
+		return fmt.Errorf("label %s is %s, but the manifest pulled is %s (%s): not trusted", LabelManifestDigest, md, criMD, LabelCRIManifestDigest)
+	}
+	r, err := name.ParseReference(ref)
+	if err != nil {
+		return fmt.Errorf("label %s: %w", LabelImageRef, err)
+	}
+	cr, err := name.ParseReference(criRef)
+	if err != nil {
+		return fmt.Errorf("label %s: %w", LabelCRIImageRef, err)
+	}
+	if r.Context().String() != cr.Context().String() {
+		return fmt.Errorf("label %s names the repository %s, but the image pulled is in %s (%s): not trusted",
+			LabelImageRef, r.Context(), cr.Context(), LabelCRIImageRef)
+	}
+	return nil
 }
 
 // reportedError is an image's failure to open as the image's other layers get it: the

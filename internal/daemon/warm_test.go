@@ -120,7 +120,7 @@ func warmFixture(t *testing.T, fopts ...fetch.Option) (*SnapshotFS, string, v1.I
 	return f, ref, img, d, reqs
 }
 
-// labelsOf are the labels `lazypull pull` gives the image's first layer.
+// labelsOf are the labels `lazypull pull` gives the image's first layer (CRI's too).
 func labelsOf(t *testing.T, ref string, img v1.Image, d v1.Hash) map[string]string {
 	t.Helper()
 	m, err := img.Manifest()
@@ -128,7 +128,7 @@ func labelsOf(t *testing.T, ref string, img v1.Image, d v1.Hash) map[string]stri
 		t.Fatal(err)
 	}
 	l := m.Layers[0]
-	return SnapshotLabels(ref, d.String(), l.Digest.String(), l.Annotations)
+	return pulledLabels(ref, d.String(), l.Digest.String(), l.Annotations)
 }
 
 // TestWarmRefused: a warm request whose manifest does not match its digest, or that sends
