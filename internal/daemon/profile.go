@@ -563,8 +563,8 @@ func (im *Image) runPrefetch(ctx context.Context, pf *prefetch, log *slog.Logger
 	return err
 }
 
-// reportChoice logs, once per image, which profile the look-up l chose (or why none, or
-// why the one it chose was refused), and counts the outcome.
+// reportChoice logs, once per image, which profile the look-up l chose, or why there is
+// none (a refused one is in Prefetch's warning, with its error), and counts the outcome.
 func (im *Image) reportChoice(l *profileLookup, log *slog.Logger, metrics *ProfileMetrics) {
 	policy := im.choice.policy()
 	outcome := outcomeOf(l.Found, l.err)
