@@ -116,6 +116,7 @@ func TestProfilePinnedMount(t *testing.T) {
 		t.Fatalf("pinned: prefetch %+v; want the pinned profile %s\n%s", p, pinned, m.log)
 	}
 	checkChosen(t, m.log.String(), pinned, "pinned", "pin")
+	t.Logf("pinned: %d look-up requests, %d prefetch requests (pack %v), %d files", p.LookupRequests, p.Requests, p.Pack, p.Files)
 	st := e.lazypull(t, "stats", "--store", store)
 	if want := fmt.Sprintf("profile of %s: %s (policy pinned, pin;", ref, pinned); st.code != 0 || !strings.Contains(st.stdout, want) {
 		t.Errorf("lazypull stats: exit %d\n%s\nwant a line with %q", st.code, st.stdout, want)
@@ -138,6 +139,7 @@ func TestProfilePinnedMount(t *testing.T) {
 	if _, p = settledPrefetch(t, store, start); p.Profile != newer || p.Source != daemon.SourceReferrers || p.Candidates != 2 {
 		t.Errorf("default policy: prefetch %+v; want the newer referrer %s of 2", p, newer)
 	}
+	t.Logf("referrers: %d look-up requests, %d prefetch requests (pack %v), %d files", p.LookupRequests, p.Requests, p.Pack, p.Files)
 	m.stop(t)
 
 	store = t.TempDir()
