@@ -5,7 +5,9 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"net"
 	"net/http"
+	"net/url"
 	"strings"
 	"sync"
 
@@ -20,22 +22,34 @@ import (
 // refreshes the token) and sends the request again. Anonymous registries thus cost no
 // extra request, and a blob read is one request.
 //
-// The header is only ever set for the endpoint's own host: ggcr's transports check the
-// host of every request, including those an http.Client makes to follow a redirect to
-// object storage, and Go's client drops Authorization on a redirect to another domain too.
+// Credentials go only to the endpoint's own origin (scheme, host and port): a request
+// the client makes to follow a redirect elsewhere (object storage, or the same host over
+// plain http) goes out as it is, without them and without the challenge dance. ggcr's
+// transports check only the host (not the scheme), and Go's client copies headers it was
+// given to the same domain and its subdomains whatever the scheme: neither alone keeps a
+// token off a redirect from https://reg to http://reg.
+//
+// Over plain http (insecure), credentials are only sent where cleartext allows: a
+// registry on loopback, or one the operator named with http:// in a hosts.toml. Anywhere
+// else the keychain's credentials are refused with an error saying so, before any is sent.
 type authTransport struct {
-	base     http.RoundTripper
-	reg      name.Registry // the endpoint's host, as credentials are looked up
-	keychain authn.Keychain
-	scopes   []string
-	insecure bool // plain http: the token realm may be http too
-	log      func(msg string, args ...any)
+	base      http.RoundTripper
+	reg       name.Registry // the endpoint's host, as credentials are looked up
+	origin    string        // the endpoint's scheme://host:port (canonicalOrigin)
+	keychain  authn.Keychain
+	scopes    []string
+	insecure  bool // plain http: the token realm may be http too
+	cleartext bool // credentials may go over plain http (cleartextAllowed)
+	log       func(msg string, args ...any)
 
 	mu     sync.Mutex
 	authed http.RoundTripper // nil until a challenge was answered
 }
 
 func (a *authTransport) RoundTrip(req *http.Request) (*http.Response, error) {
+	if canonicalOrigin(req.URL) != a.origin {
+		return a.base.RoundTrip(req) // a redirect elsewhere: no credentials of ours
+	}
 	a.mu.Lock()
 	rt := a.authed
 	a.mu.Unlock()
@@ -45,7 +59,7 @@ func (a *authTransport) RoundTrip(req *http.Request) (*http.Response, error) {
 		return rt.RoundTrip(req.Clone(req.Context()))
 	}
 	resp, err := a.base.RoundTrip(req)
-	if err != nil || resp.StatusCode != http.StatusUnauthorized || req.URL.Host != a.reg.RegistryStr() {
+	if err != nil || resp.StatusCode != http.StatusUnauthorized {
 		return resp, err
 	}
 	ch, ok := parseChallenge(resp.Header.Values("WWW-Authenticate"))
@@ -73,6 +87,9 @@ func (a *authTransport) setup(ctx context.Context, ch *transport.Challenge) (htt
 	if err != nil {
 		return nil, &authError{fmt.Errorf("credentials for %s: %w", a.reg.RegistryStr(), err)}
 	}
+	if err := a.checkCleartext(ctx, auth, ch); err != nil {
+		return nil, &authError{err}
+	}
 	ch.Insecure = a.insecure
 	var rt http.RoundTripper
 	switch strings.ToLower(ch.Scheme) {
@@ -96,6 +113,77 @@ func (a *authTransport) setup(ctx context.Context, ch *transport.Challenge) (htt
 	a.authed = rt
 	a.log("authenticated", "scheme", strings.ToLower(ch.Scheme))
 	return rt, nil
+}
+
+// checkCleartext refuses to answer a challenge over plain http with credentials where
+// cleartext is not allowed: to the endpoint itself (Basic, or the bearer token that the
+// credentials buy), or to a token realm over http on another host that is not on
+// loopback. Anonymous access is never refused.
+func (a *authTransport) checkCleartext(ctx context.Context, auth authn.Authenticator, ch *transport.Challenge) error {
+	if !a.insecure {
+		return nil // https; ggcr refuses an http realm for an https registry
+	}
+	host := a.reg.RegistryStr()
+	var realm *url.URL
+	if strings.EqualFold(ch.Scheme, "bearer") {
+		if u, err := url.Parse(ch.Parameters["realm"]); err == nil && u.Scheme == "http" {
+			realm = u
+		}
+	}
+	ok := a.cleartext
+	if ok && realm != nil && !onLoopback(realm.Host) && canonicalOrigin(realm) != a.origin {
+		ok = false
+		host = realm.Host
+	}
+	if ok {
+		return nil
+	}
+	if secret, err := hasSecret(ctx, auth); err != nil {
+		return fmt.Errorf("credentials for %s: %w", a.reg.RegistryStr(), err)
+	} else if !secret {
+		return nil
+	}
+	return fmt.Errorf("refusing to send the credentials for %s over plain http to %s, which is not on loopback: "+
+		"use https, or, to allow cleartext for this host, name it as http://%s in its hosts.toml (hosts directory)",
+		a.reg.RegistryStr(), host, host)
+}
+
+// hasSecret reports whether auth holds credentials, as opposed to anonymous access.
+func hasSecret(ctx context.Context, auth authn.Authenticator) (bool, error) {
+	if auth == authn.Anonymous {
+		return false, nil
+	}
+	cfg, err := authn.Authorization(ctx, auth)
+	if err != nil {
+		return false, err
+	}
+	return *cfg != authn.AuthConfig{}, nil
+}
+
+// canonicalOrigin is scheme://host:port of u, the port made explicit and the host in
+// lower case: two URLs of one origin give the same string.
+func canonicalOrigin(u *url.URL) string {
+	port := u.Port()
+	if port == "" {
+		port = "443"
+		if u.Scheme == "http" {
+			port = "80"
+		}
+	}
+	return strings.ToLower(u.Scheme) + "://" + net.JoinHostPort(strings.ToLower(u.Hostname()), port)
+}
+
+// checkRedirect is the redirect policy of every endpoint's client: at most 10 redirects
+// (as Go's default), and none from https to anything else: an answer over TLS may not send
+// the request (its URL, perhaps signed) over cleartext.
+func checkRedirect(req *http.Request, via []*http.Request) error {
+	if len(via) >= 10 {
+		return errors.New("stopped after 10 redirects")
+	}
+	if prev := via[len(via)-1]; prev.URL.Scheme == "https" && req.URL.Scheme != "https" {
+		return fmt.Errorf("refusing a redirect from https://%s to %s://%s: a downgrade from TLS", prev.URL.Host, req.URL.Scheme, req.URL.Host)
+	}
+	return nil
 }
 
 // authError is a failure to get credentials or a token. It is temporary when the token

@@ -447,13 +447,10 @@ func (b *Blob) request(ctx context.Context, e *endpoint, spans []*span) (rest []
 	var body *countingReader
 	defer func() { r.finish(kindBlob, start, body, rerr) }()
 
-	req, err := r.newRequest(ctx, e, "blobs/"+b.digest.String())
-	if err != nil {
-		return spans, &reqErr{host: e.host, err: err}
-	}
-	req.Header.Set("Range", rangeHeader(byRank(spans)))
-	req.Header.Set("Accept-Encoding", "identity") // ranges of the blob, not of a gzip of it
-	resp, err := e.client.Do(req)
+	resp, err := r.do(ctx, e, "blobs/"+b.digest.String(), func(req *http.Request) {
+		req.Header.Set("Range", rangeHeader(byRank(spans)))
+		req.Header.Set("Accept-Encoding", "identity") // ranges of the blob, not of a gzip of it
+	})
 	if err != nil {
 		return spans, classify(e.host, err)
 	}

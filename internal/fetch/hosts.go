@@ -4,6 +4,8 @@ import (
 	"errors"
 	"fmt"
 	"io/fs"
+	"net"
+	"net/netip"
 	"net/url"
 	"os"
 	"path"
@@ -28,6 +30,7 @@ type hostConfig struct {
 	caps       capability
 	skipVerify bool
 	mirror     bool
+	named      bool // the URL, scheme included, is written in a hosts.toml
 }
 
 // hostsFile is the part of containerd's hosts.toml that lazypull reads.
@@ -138,7 +141,7 @@ func parseHosts(b []byte, def hostConfig) ([]hostConfig, []string, error) {
 		if caps == 0 {
 			continue // push-only
 		}
-		out = append(out, hostConfig{url: u, caps: caps, skipVerify: e.SkipVerify, mirror: true})
+		out = append(out, hostConfig{url: u, caps: caps, skipVerify: e.SkipVerify, mirror: true, named: true})
 	}
 
 	server := def
@@ -148,6 +151,7 @@ func parseHosts(b []byte, def hostConfig) ([]hostConfig, []string, error) {
 			return nil, nil, fmt.Errorf("server %q: %w", f.Server, err)
 		}
 		server.url = u
+		server.named = true
 	}
 	if f.Capabilities != nil {
 		caps, err := parseCaps(f.Capabilities)
@@ -213,4 +217,28 @@ func parseCaps(list []string) (capability, error) {
 		}
 	}
 	return c, nil
+}
+
+// cleartextAllowed reports whether credentials may go to endpoint h over its scheme: https
+// always; plain http only to a host on loopback or one a hosts.toml names with http:// (the
+// operator said so for that host). --plain-http alone (WithPlainHTTP) is not enough: it
+// says how to reach a registry, not that its secrets may cross the network in the clear.
+func cleartextAllowed(h hostConfig) bool {
+	return h.url.Scheme == "https" || h.named || onLoopback(h.url.Host)
+}
+
+// onLoopback reports whether host (host[:port]) names the loopback interface by itself:
+// "localhost" or a loopback IP literal (127.0.0.0/8, ::1). Other names are not resolved:
+// what a name resolves to is up to whoever answers DNS.
+func onLoopback(host string) bool {
+	h := host
+	if hh, _, err := net.SplitHostPort(host); err == nil {
+		h = hh
+	}
+	h = strings.TrimSuffix(strings.Trim(h, "[]"), ".")
+	if strings.EqualFold(h, "localhost") {
+		return true
+	}
+	ip, err := netip.ParseAddr(h)
+	return err == nil && ip.Unmap().IsLoopback()
 }

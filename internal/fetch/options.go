@@ -15,6 +15,9 @@ const (
 	DefaultConcurrency = 8
 	DefaultAttempts    = 4 // one try and three retries
 	DefaultBackoff     = 250 * time.Millisecond
+	// DefaultIdleTimeout is how long a request may go without a byte of its answer
+	// (headers, or body while it is read) before it is cancelled and retried.
+	DefaultIdleTimeout = 30 * time.Second
 	// DefaultMaxGap is the largest hole between two ranges that Fetch reads through to save a
 	// range of its own, as long as the holes stay under an eighth of the bytes asked for.
 	DefaultMaxGap = 16 << 10
@@ -44,6 +47,7 @@ type options struct {
 	maxGap      int64
 	maxRequest  int64
 	metrics     *Metrics
+	idle        time.Duration
 }
 
 func defaultOptions() options {
@@ -54,11 +58,15 @@ func defaultOptions() options {
 		backoff:     DefaultBackoff,
 		maxGap:      DefaultMaxGap,
 		maxRequest:  DefaultMaxRequest,
+		idle:        DefaultIdleTimeout,
 	}
 }
 
 // WithPlainHTTP talks plain http to the registry named in the reference instead of https.
-// Mirrors and servers from a hosts directory use the scheme their URL gives.
+// Mirrors and servers from a hosts directory use the scheme their URL gives. Credentials
+// go over such plain http only to a registry on loopback (localhost, 127.0.0.0/8, ::1):
+// for any other host the operator names http://HOST in HOST's hosts.toml (WithHostsDir),
+// else a registry that asks for credentials gets an error instead of them.
 func WithPlainHTTP() Option {
 	return func(o *options) error {
 		o.plainHTTP = true
@@ -172,6 +180,22 @@ func WithMetrics(m *Metrics) Option {
 			return errors.New("fetch: nil metrics")
 		}
 		o.metrics = m
+		return nil
+	}
+}
+
+// WithIdleTimeout bounds how long a request may wait for a byte of its answer: for the
+// headers (authentication round trips included), then for each read of the body that
+// waits on the registry (a caller that reads slowly is not the registry's fault). A
+// request idle that long is cancelled and fails as temporary, so it is retried
+// (WithRetry), then reported naming the registry, the blob, the range and "no bytes for
+// D". Default DefaultIdleTimeout.
+func WithIdleTimeout(d time.Duration) Option {
+	return func(o *options) error {
+		if d <= 0 {
+			return fmt.Errorf("fetch: idle timeout %v: must be positive", d)
+		}
+		o.idle = d
 		return nil
 	}
 }

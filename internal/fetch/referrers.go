@@ -122,12 +122,9 @@ func (r *Registry) referrersFrom(ctx context.Context, e *endpoint, subject v1.Ha
 	if artifactType != "" {
 		p += "?artifactType=" + url.QueryEscape(artifactType)
 	}
-	req, err := r.newRequest(ctx, e, p)
-	if err != nil {
-		return nil, false, &reqErr{host: e.host, err: err}
-	}
-	req.Header.Set("Accept", string(types.OCIImageIndex))
-	resp, err := e.client.Do(req)
+	resp, err := r.do(ctx, e, p, func(req *http.Request) {
+		req.Header.Set("Accept", string(types.OCIImageIndex))
+	})
 	if err != nil {
 		return nil, false, classify(e.host, err)
 	}

@@ -30,6 +30,7 @@ type Registry struct {
 	sem        chan struct{}
 	attempts   int
 	backoff    time.Duration
+	idle       time.Duration // WithIdleTimeout
 	maxGap     int64
 	maxRequest int64
 	log        *slog.Logger
@@ -73,6 +74,7 @@ func New(ref string, opts ...Option) (*Registry, error) {
 		sem:        make(chan struct{}, o.concurrency),
 		attempts:   o.attempts,
 		backoff:    o.backoff,
+		idle:       o.idle,
 		maxGap:     o.maxGap,
 		maxRequest: o.maxRequest,
 		metrics:    o.metrics,
@@ -118,19 +120,21 @@ func New(ref string, opts ...Option) (*Registry, error) {
 		}
 		epLog := reg.log.With("endpoint", h.url.Host)
 		at := &authTransport{
-			base:     rt,
-			reg:      nreg,
-			keychain: o.keychain,
-			scopes:   scopes,
-			insecure: h.url.Scheme == "http",
-			log:      epLog.Debug,
+			base:      rt,
+			reg:       nreg,
+			origin:    canonicalOrigin(h.url),
+			keychain:  o.keychain,
+			scopes:    scopes,
+			insecure:  h.url.Scheme == "http",
+			cleartext: cleartextAllowed(h),
+			log:       epLog.Debug,
 		}
 		reg.endpoints = append(reg.endpoints, &endpoint{
 			host:   h.url.Host,
 			base:   h.url.String(),
 			caps:   h.caps,
 			mirror: h.mirror,
-			client: &http.Client{Transport: at},
+			client: &http.Client{Transport: at, CheckRedirect: checkRedirect},
 		})
 	}
 	return reg, nil

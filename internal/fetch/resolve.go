@@ -226,12 +226,9 @@ func (r *Registry) manifestFrom(ctx context.Context, e *endpoint, id string, byD
 	var body *countingReader
 	defer func() { r.finish(kindManifest, start, body, rerr) }()
 
-	req, err := r.newRequest(ctx, e, "manifests/"+id)
-	if err != nil {
-		return desc, nil, &reqErr{host: e.host, err: err}
-	}
-	req.Header.Set("Accept", manifestAccept)
-	resp, err := e.client.Do(req)
+	resp, err := r.do(ctx, e, "manifests/"+id, func(req *http.Request) {
+		req.Header.Set("Accept", manifestAccept)
+	})
 	if err != nil {
 		return desc, nil, classify(e.host, err)
 	}

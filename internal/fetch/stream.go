@@ -69,12 +69,9 @@ func (b *Blob) openAt(ctx context.Context, e *endpoint) (*stream, *reqErr) {
 		r.release()
 		return nil, re
 	}
-	req, err := r.newRequest(ctx, e, "blobs/"+b.digest.String())
-	if err != nil {
-		return fail(&reqErr{host: e.host, err: err})
-	}
-	req.Header.Set("Accept-Encoding", "identity")
-	resp, err := e.client.Do(req)
+	resp, err := r.do(ctx, e, "blobs/"+b.digest.String(), func(req *http.Request) {
+		req.Header.Set("Accept-Encoding", "identity")
+	})
 	if err != nil {
 		return fail(classify(e.host, err))
 	}
