@@ -23,9 +23,21 @@
 // Authentication happens on demand: a request goes out without credentials, and only when
 // the endpoint answers 401 with a challenge does the keychain get asked, the token get
 // fetched (ggcr's bearer flow, which also refreshes it), and the request get sent again.
-// Credentials go only to the endpoint's own host, never to a host a redirect leads to
-// (object storage): ggcr's transports check the host of every request, and Go's client
-// drops the header on such redirects too.
+// Credentials go only to the endpoint's own origin (scheme, host, port), never to where a
+// redirect leads (object storage, or the same host over plain http): the endpoint's
+// transport checks the origin of every request before ggcr's adds a header (ggcr checks
+// the host only; Go's client copies headers to the same domain whatever the scheme, but
+// the header is never on the client's request). A redirect from https to anything else is
+// refused. Over plain http, credentials go only to a registry on loopback (localhost,
+// 127.0.0.0/8, ::1, by name, never by resolving) or one a hosts.toml names with http://;
+// --plain-http alone makes a registry that asks for credentials fail with an error that
+// says so. Anonymous access is not affected.
+//
+// A registry that stops sending cannot hold a request for ever: every request (manifest,
+// referrers, blob range, multipart answer, whole-blob stream) is cancelled when no byte of
+// its answer comes for WithIdleTimeout (30 s by default), while its headers are awaited or
+// while a Read of its body waits; that failure is temporary, retried, then reported as
+// "no bytes for 30s" with the registry, digest and range.
 //
 // Blob.Fetch takes many ranges. It sorts them, merges those that touch or overlap, reads
 // through small holes while they stay under an eighth of the bytes asked for (so the bytes
