@@ -218,7 +218,7 @@ func (l *chunkLog) compact(recs []chunkRecord) error {
 	}
 	l.mu.Lock()
 	defer l.mu.Unlock()
-	f, err := os.CreateTemp(l.tmpDir, "chunks-*.log")
+	f, err := os.CreateTemp(l.tmpDir, chunkLogTemp)
 	if err != nil {
 		return fmt.Errorf("chunk log: %w", err)
 	}

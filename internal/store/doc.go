@@ -28,11 +28,18 @@
 //
 // # On disk
 //
-//	<dir>/store-version            "lazypull store 1": another version is refused
+//	<dir>/store-version            "lazypull store 1": the mark of a store; another version is refused
 //	<dir>/store.lock               flock'ed by the process that has the store open
 //	<dir>/objects/<hh>/<hex>       content whose sha256 is <hex>; <hh> = <hex>[:2]; mode 0444
+//	<dir>/meta/<hex>               a manifest or layer index whose sha256 is <hex> (meta.go)
 //	<dir>/chunks.log               where the chunks of multi-chunk objects lie (chunklog.go)
-//	<dir>/tmp/                     objects being written; emptied by Open
+//	<dir>/tmp/object-N, chunks-N.log   objects and chunk logs being written
+//
+// A directory without store-version is made a store only if it is empty (but for
+// lost+found, and the lock and temp file of an interrupted first Open); anything else is
+// refused before Open writes or removes anything in it: a store pointed at /var by mistake
+// refuses it instead of emptying /var/tmp. Every store a lazypull wrote carries the file
+// (since the first version), so no directory is adopted without it.
 //
 // An object is either a complete file or one chunk of a file that is only partly local. A
 // one-chunk file and its chunk are the same bytes, so the same object; small files, the
@@ -44,7 +51,9 @@
 // complete file is found through the chunk log's index (chunk digest -> object, offset),
 // rebuilt in memory on Open from that one sequential file, not by reading any object.
 //
-// The directory touches nothing but these names, so it may hold other state.
+// The store touches nothing but these names, and of the temp files removes only those named
+// as it names its own (tmp/object-N, tmp/chunks-N.log, meta/.<hex>-N, .store-version-N), so
+// the directory may hold other state (the daemon's stats.json).
 //
 // # Crash safety
 //
@@ -55,7 +64,7 @@
 //   - An object is written under tmp/, checked (a chunk by Decode, an assembled file by its
 //     digest), fsynced, made read-only, and only then renamed to its name. A process
 //     that dies earlier leaves a temp file, which Open deletes; a name never points at a
-//     partial or unsynced file. Fetched chunks are written in batches whose write-back
+//     partial or unsynced file (metadata is written the same way, in meta/). Fetched chunks are written in batches whose write-back
 //     starts together before each is fsynced, so a batch costs about one journal commit.
 //     The directory is not fsynced after the rename: a rename that a power loss undoes
 //     leaves only the temp file, and costs a fetch.
@@ -76,8 +85,11 @@
 //
 // # Size and eviction
 //
-// WithMaxBytes bounds the bytes of objects. Past it, the least recently used objects that
-// no Lease pins and no read is using are evicted; access times are kept in memory and
+// WithMaxBytes bounds the bytes of objects and metadata together (meta/ holds manifests and
+// indexes, which count like objects and are evicted in the same LRU order; their read or
+// write is a use; Stats.Bytes includes them, Stats.MetaBytes says how much they are). Past
+// it, the least recently used objects and metadata that no Lease pins and no read is using
+// are evicted; access times are kept in memory and
 // written to the objects' mtimes at most hourly, which is the order a restart begins with.
 // Pinned bytes may take the store past its bound (it logs why). An evicted file that a
 // passthrough mount still has open stays readable through that descriptor (Linux frees it

@@ -18,7 +18,9 @@ type counters struct {
 // Stats is a snapshot of the store's state and of its counters since Open.
 type Stats struct {
 	Objects     int   // objects on disk: complete files and chunks of partly present ones
-	Bytes       int64 // their total size
+	Bytes       int64 // the total size of the objects and of the metadata: what MaxBytes bounds
+	Meta        int   // manifests and indexes kept under meta/
+	MetaBytes   int64 // their total size (part of Bytes)
 	MaxBytes    int64 // the bound; 0 for none
 	PinnedBytes int64 // bytes of objects that leases pin
 	Chunks      int   // chunks located inside complete multi-chunk files
@@ -38,7 +40,7 @@ type Stats struct {
 // Stats returns a snapshot of the store's state and counters.
 func (s *Store) Stats() Stats {
 	s.mu.Lock()
-	st := Stats{Objects: len(s.objects), Bytes: s.bytes, MaxBytes: s.maxBytes, Chunks: len(s.chunks)}
+	st := Stats{Objects: len(s.objects), Bytes: s.bytes, Meta: len(s.metas), MetaBytes: s.metaBytes, MaxBytes: s.maxBytes, Chunks: len(s.chunks)}
 	for _, o := range s.objects {
 		if s.pinnedLocked(o) {
 			st.PinnedBytes += o.size
@@ -76,7 +78,8 @@ func newMetric(name, help string, vt prometheus.ValueType, value func(*Stats) fl
 
 var metrics = []metric{
 	newMetric("objects", "Objects in the store: complete files and chunks of partly present ones.", prometheus.GaugeValue, func(s *Stats) float64 { return float64(s.Objects) }),
-	newMetric("bytes", "Bytes of the objects in the store.", prometheus.GaugeValue, func(s *Stats) float64 { return float64(s.Bytes) }),
+	newMetric("bytes", "Bytes of the objects and metadata in the store (what max_bytes bounds).", prometheus.GaugeValue, func(s *Stats) float64 { return float64(s.Bytes) }),
+	newMetric("meta_bytes", "Bytes of the manifests and indexes the store keeps (part of bytes).", prometheus.GaugeValue, func(s *Stats) float64 { return float64(s.MetaBytes) }),
 	newMetric("max_bytes", "The store's bound in bytes; 0 for none.", prometheus.GaugeValue, func(s *Stats) float64 { return float64(s.MaxBytes) }),
 	newMetric("pinned_bytes", "Bytes of objects that mounts pin.", prometheus.GaugeValue, func(s *Stats) float64 { return float64(s.PinnedBytes) }),
 	newMetric("hits_total", "Reads served from local data alone.", prometheus.CounterValue, func(s *Stats) float64 { return float64(s.Hits) }),

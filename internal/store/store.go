@@ -31,14 +31,50 @@ const DefaultDir = "/var/lib/lazypull"
 const Version = 1
 
 // Names inside the store directory. The store touches nothing else in it, so the directory
-// may be shared with other state (the snapshotter's, say).
+// may hold other state (the daemon's stats.json, say) once it is a store.
 const (
-	versionName  = "store-version" // "lazypull store <Version>\n"
+	versionName  = "store-version" // "lazypull store <Version>\n": the mark of a store
 	lockName     = "store.lock"    // flock'ed while a process has the store open
 	objectsName  = "objects"       // objects/<hex[:2]>/<hex>: content whose sha256 is <hex>
-	tmpName      = "tmp"           // temp files being written; emptied by Open
+	tmpName      = "tmp"           // temp files being written (tempPatterns); Open removes them
 	chunkLogName = "chunks.log"    // which chunks lie where inside multi-chunk objects
 )
+
+// Temp files the store creates, as os.CreateTemp names them (the * becomes decimal digits).
+// Open removes what a process that died left of these, and only these: a directory the
+// store is pointed at by mistake loses nothing.
+const (
+	objectTemp   = "object-*"     // in tmp/: an object being written (createTemp)
+	chunkLogTemp = "chunks-*.log" // in tmp/: a chunk log being compacted
+)
+
+// fresh reports whether the names of a directory without a version file let it become a
+// store: nothing, or only what a store's own first Open leaves before it writes the
+// version file (the lock, the version file's temp file), or lost+found (a file system
+// made for the store).
+func fresh(names []string) bool {
+	for _, n := range names {
+		if n != lockName && n != "lost+found" && !isTempOf(n, "."+versionName+"-*") {
+			return false
+		}
+	}
+	return true
+}
+
+// isTempOf reports whether name is what os.CreateTemp makes of pattern: the pattern with
+// its * replaced by decimal digits.
+func isTempOf(name, pattern string) bool {
+	pre, suf, _ := strings.Cut(pattern, "*")
+	if len(name) <= len(pre)+len(suf) || !strings.HasPrefix(name, pre) || !strings.HasSuffix(name, suf) {
+		return false
+	}
+	for _, c := range name[len(pre) : len(name)-len(suf)] {
+		if c < '0' || c > '9' {
+			return false
+		}
+	}
+	return true
+}
 
 const versionPrefix = "lazypull store "
 
@@ -138,8 +174,10 @@ type Store struct {
 	mu         sync.Mutex
 	closed     bool
 	objects    map[format.Digest]*object
-	lru        list.List // of *object, most recently used first
-	bytes      int64
+	metas      map[format.Digest]*object  // metadata under meta/ (meta.go)
+	lru        list.List                  // of *object (metadata too), most recently used first
+	bytes      int64                      // of objects and metadata: what the bound bounds
+	metaBytes  int64                      // of metadata alone
 	chunks     map[format.Digest]chunkLoc // chunks inside multi-chunk objects
 	flights    map[format.Digest]*flight  // chunks being fetched
 	assembling map[format.Digest]*flight  // files being assembled
@@ -171,6 +209,9 @@ type object struct {
 	// drop: a chunk object that an assembled file holds now, to be removed once the
 	// reads using it are done.
 	drop bool
+	// meta: not an object but metadata (a manifest or an index) under meta/, in the same
+	// LRU order and bound as the objects; never read through fd, never pinned.
+	meta bool
 }
 
 // chunkLoc says where a chunk lies inside a (multi-chunk) object.
@@ -180,10 +221,13 @@ type chunkLoc struct {
 	size int64
 }
 
-// Open opens the store in dir, creating it if need be. It takes an exclusive lock on the
-// store (a second process gets a clear error), refuses a store of another layout version,
-// removes temp files left by a process that died, drops anything under objects/ that is
-// not an object, and rebuilds its in-memory index from the directory and the chunk log.
+// Open opens the store in dir, creating it if need be. A directory that holds something
+// but no store-version file is not a store: Open refuses it, and writes or removes nothing
+// in it (pointed at /var by mistake, it would otherwise have emptied /var/tmp). Open takes
+// an exclusive lock on the store (a second process gets a clear error), refuses a store of
+// another layout version, removes the temp files a process that died left (named as the
+// store names its own, in its own directories), drops anything under objects/ that is not
+// an object, and rebuilds its in-memory index from objects/, meta/ and the chunk log.
 func Open(dir string, opts ...Option) (*Store, error) {
 	o := options{log: slog.Default()}
 	for _, opt := range opts {
@@ -206,6 +250,7 @@ func Open(dir string, opts ...Option) (*Store, error) {
 		log:        o.log,
 		maxBytes:   o.maxBytes,
 		objects:    make(map[format.Digest]*object),
+		metas:      make(map[format.Digest]*object),
 		chunks:     make(map[format.Digest]chunkLoc),
 		flights:    make(map[format.Digest]*flight),
 		assembling: make(map[format.Digest]*flight),
@@ -216,10 +261,21 @@ func Open(dir string, opts ...Option) (*Store, error) {
 	s.bgCtx, s.bgStop = context.WithCancel(context.Background())
 	s.wq.cond = sync.NewCond(&s.wq.mu)
 	s.asm = make(chan struct{}, assemblers)
-	if err := s.takeLock(); err != nil {
+	isNew, err := s.checkVersion()
+	if err == nil {
+		err = s.takeLock()
+	}
+	if err != nil {
+		s.bgStop()
 		return nil, err
 	}
-	if err := s.open(o.verify); err != nil {
+	if isNew {
+		err = s.writeVersion()
+	}
+	if err == nil {
+		err = s.open(o.verify)
+	}
+	if err != nil {
 		s.bgStop()
 		if s.clog != nil {
 			_ = s.clog.close()
@@ -235,9 +291,6 @@ func Open(dir string, opts ...Option) (*Store, error) {
 }
 
 func (s *Store) open(verify bool) error {
-	if err := s.checkVersion(); err != nil {
-		return err
-	}
 	for _, d := range []string{s.path(objectsName), s.path(tmpName)} {
 		if err := os.MkdirAll(d, 0o700); err != nil {
 			return fmt.Errorf("store %s: %w", s.dir, err)
@@ -265,7 +318,7 @@ func (s *Store) open(verify bool) error {
 	s.mu.Lock()
 	s.enforceLocked()
 	s.mu.Unlock()
-	s.log.Debug("store opened", "dir", s.dir, "objects", len(s.objects), "bytes", s.bytes, "chunk_locations", len(s.chunks))
+	s.log.Debug("store opened", "dir", s.dir, "objects", len(s.objects), "meta", len(s.metas), "bytes", s.bytes, "chunk_locations", len(s.chunks))
 	return nil
 }
 
@@ -275,6 +328,14 @@ func (s *Store) path(name string) string { return filepath.Join(s.dir, name) }
 func (s *Store) objectPath(d format.Digest) string {
 	h := hex.EncodeToString(d[:])
 	return filepath.Join(s.dir, objectsName, h[:2], h)
+}
+
+// pathOf is where o lies: under objects/, or under meta/ for metadata.
+func (s *Store) pathOf(o *object) string {
+	if o.meta {
+		return s.metaPath(o.digest)
+	}
+	return s.objectPath(o.digest)
 }
 
 func (s *Store) takeLock() error {
@@ -294,52 +355,105 @@ func (s *Store) takeLock() error {
 	return nil
 }
 
-// checkVersion reads the version file, or writes it into a new store.
-func (s *Store) checkVersion() error {
+// checkVersion reads the version file. Without one, the directory becomes a new store
+// (isNew: writeVersion marks it once the lock is held) only if it holds nothing (fresh);
+// anything else is refused untouched. Every store a lazypull wrote has its version file
+// (the first Open writes it), so a directory with a store's layout but no version file is
+// a store whose file was lost or not one at all: it is refused too, with the way to adopt
+// it by hand.
+func (s *Store) checkVersion() (isNew bool, err error) {
 	p := s.path(versionName)
 	b, err := os.ReadFile(p)
 	if errors.Is(err, fs.ErrNotExist) {
-		// A store with objects but no version file was not written by us (or lost the
-		// file): refuse it rather than clean it up as if it were ours.
-		if _, err := os.Stat(s.path(objectsName)); err == nil {
-			return fmt.Errorf("store %s: has %s/ but no %s file: not a lazypull store of a version this lazypull knows; move it away", s.dir, objectsName, versionName)
+		ents, err := os.ReadDir(s.dir)
+		if err != nil {
+			return false, fmt.Errorf("store %s: %w", s.dir, err)
 		}
-		content := fmt.Sprintf("%s%d\n", versionPrefix, Version)
-		if err := writeFileAtomic(p, s.dir, []byte(content)); err != nil {
-			return fmt.Errorf("store %s: write %s: %w", s.dir, versionName, err)
+		names := make([]string, len(ents))
+		for i, e := range ents {
+			names[i] = e.Name()
 		}
-		return nil
+		if fresh(names) {
+			return true, nil
+		}
+		if len(names) > 4 {
+			names = append(names[:4], "...")
+		}
+		hint := "use an empty or new directory for the store"
+		if slices.Contains(names, objectsName) {
+			hint += fmt.Sprintf(`; if it is a lazypull store that lost its %s file, write "%s%d" into it`, versionName, versionPrefix, Version)
+		}
+		return false, fmt.Errorf("store %s: not a lazypull store (no %s file) and not empty (it holds %s): refusing to use it, nothing was changed; %s",
+			s.dir, versionName, strings.Join(names, ", "), hint)
 	}
 	if err != nil {
-		return fmt.Errorf("store %s: %w", s.dir, err)
+		return false, fmt.Errorf("store %s: %w", s.dir, err)
 	}
 	line := strings.TrimSpace(string(b))
 	v, err := strconv.Atoi(strings.TrimPrefix(line, versionPrefix))
 	if !strings.HasPrefix(line, versionPrefix) || err != nil {
-		return fmt.Errorf("store %s: %s holds %q, want %q", s.dir, versionName, line, versionPrefix+strconv.Itoa(Version))
+		return false, fmt.Errorf("store %s: %s holds %q, want %q", s.dir, versionName, line, versionPrefix+strconv.Itoa(Version))
 	}
 	if v != Version {
-		return fmt.Errorf("store %s: written by store version %d, this lazypull reads version %d: use a lazypull that reads version %d, or move the directory away", s.dir, v, Version, v)
+		return false, fmt.Errorf("store %s: written by store version %d, this lazypull reads version %d: use a lazypull that reads version %d, or move the directory away", s.dir, v, Version, v)
+	}
+	return false, nil
+}
+
+// writeVersion marks a new store.
+func (s *Store) writeVersion() error {
+	content := fmt.Sprintf("%s%d\n", versionPrefix, Version)
+	if err := writeFileAtomic(s.path(versionName), s.dir, []byte(content)); err != nil {
+		return fmt.Errorf("store %s: write %s: %w", s.dir, versionName, err)
 	}
 	return nil
 }
 
-// cleanTmp removes what processes that died left in tmp/: objects and chunk logs that were
-// being written, never renamed into place, so never part of the store.
+// cleanTmp removes what processes that died left: objects and chunk logs that were being
+// written in tmp/, a version file's temp file: never renamed into place, so never part of
+// the store. Only files named as the store names its temp files are removed; anything
+// else is left where it is, and logged.
 func (s *Store) cleanTmp() error {
-	ents, err := os.ReadDir(s.path(tmpName))
+	removed, kept, err := s.removeTemps(s.path(tmpName), objectTemp, chunkLogTemp)
 	if err != nil {
-		return fmt.Errorf("store %s: %w", s.dir, err)
+		return err
 	}
-	for _, e := range ents {
-		if err := os.RemoveAll(filepath.Join(s.path(tmpName), e.Name())); err != nil {
-			return fmt.Errorf("store %s: remove temp file: %w", s.dir, err)
-		}
+	r, _, err := s.removeTemps(s.dir, "."+versionName+"-*")
+	if err != nil {
+		return err
 	}
-	if len(ents) > 0 {
-		s.log.Info("store: removed temp files of an earlier run", "dir", s.dir, "count", len(ents))
+	removed += r
+	if removed > 0 {
+		s.log.Info("store: removed temp files of an earlier run", "dir", s.dir, "count", removed)
+	}
+	if len(kept) > 0 {
+		s.log.Warn("store: leaving files in its temp directory that it did not make", "dir", s.path(tmpName), "files", strings.Join(kept, ","))
 	}
 	return nil
+}
+
+// removeTemps removes the regular files of dir named as one of patterns makes (isTempOf),
+// and returns how many, and the names of the other entries.
+func (s *Store) removeTemps(dir string, patterns ...string) (removed int, others []string, err error) {
+	ents, err := os.ReadDir(dir)
+	if err != nil {
+		if errors.Is(err, fs.ErrNotExist) {
+			return 0, nil, nil
+		}
+		return 0, nil, fmt.Errorf("store %s: %w", s.dir, err)
+	}
+	for _, e := range ents {
+		ours := e.Type().IsRegular() && slices.ContainsFunc(patterns, func(p string) bool { return isTempOf(e.Name(), p) })
+		if !ours {
+			others = append(others, e.Name())
+			continue
+		}
+		if err := os.Remove(filepath.Join(dir, e.Name())); err != nil && !errors.Is(err, fs.ErrNotExist) {
+			return removed, others, fmt.Errorf("store %s: remove temp file: %w", s.dir, err)
+		}
+		removed++
+	}
+	return removed, others, nil
 }
 
 // scan indexes objects/ and removes what does not belong there. Objects are named only
@@ -387,14 +501,23 @@ func (s *Store) scan() error {
 	if err := errors.Join(errs...); err != nil {
 		return err
 	}
-	objs := slices.Concat(found...)
+	metas, err := s.scanMeta()
+	if err != nil {
+		return err
+	}
+	objs := slices.Concat(append(found, metas)...)
 	// Least recently used last: the mtime is the coarse access time (stampEvery).
 	slices.SortFunc(objs, func(a, b scanned) int { return int(b.mtime - a.mtime) })
 	for _, f := range objs {
-		o := &object{digest: f.d, size: f.size, stamp: f.mtime}
+		o := &object{digest: f.d, size: f.size, stamp: f.mtime, meta: f.meta}
 		o.elem = s.lru.PushBack(o)
-		s.objects[f.d] = o
 		s.bytes += f.size
+		if f.meta {
+			s.metas[f.d] = o
+			s.metaBytes += f.size
+		} else {
+			s.objects[f.d] = o
+		}
 	}
 	if n := removed.Load(); n > 0 {
 		s.log.Warn("store: removed entries that were not objects", "dir", s.dir, "count", n)
@@ -406,6 +529,7 @@ type scanned struct {
 	d     format.Digest
 	size  int64
 	mtime int64
+	meta  bool
 }
 
 // scanDir lists the objects of one two-hex directory, removing what is not one.
@@ -441,7 +565,7 @@ func (s *Store) scanDir(root, sub string, garbage func(p, why string) error) ([]
 			}
 			continue
 		}
-		out = append(out, scanned{d, st.Size, st.Mtim.Sec})
+		out = append(out, scanned{d: d, size: st.Size, mtime: st.Mtim.Sec})
 	}
 	return out, nil
 }
@@ -571,7 +695,7 @@ func (s *Store) removeLocked(o *object) error {
 	if o.dead {
 		return nil
 	}
-	if err := os.Remove(s.objectPath(o.digest)); err != nil && !errors.Is(err, fs.ErrNotExist) {
+	if err := os.Remove(s.pathOf(o)); err != nil && !errors.Is(err, fs.ErrNotExist) {
 		return fmt.Errorf("store %s: remove object %s: %w", s.dir, o.digest, err)
 	}
 	s.forgetLocked(o)
@@ -585,8 +709,13 @@ func (s *Store) forgetLocked(o *object) {
 	}
 	o.dead = true
 	s.lru.Remove(o.elem)
-	delete(s.objects, o.digest)
 	s.bytes -= o.size
+	if o.meta {
+		delete(s.metas, o.digest)
+		s.metaBytes -= o.size
+		return
+	}
+	delete(s.objects, o.digest)
 	if o.refs == 0 {
 		s.closeFileLocked(o)
 	}
@@ -678,7 +807,7 @@ func (s *Store) touchLocked(o *object) bool {
 // stamp persists an object's access time as its mtime, the order a restart begins from.
 func (s *Store) stamp(o *object) {
 	now := time.Now()
-	if err := os.Chtimes(s.objectPath(o.digest), now, now); err != nil && !errors.Is(err, fs.ErrNotExist) {
+	if err := os.Chtimes(s.pathOf(o), now, now); err != nil && !errors.Is(err, fs.ErrNotExist) {
 		s.log.Debug("store: cannot stamp access time", "object", o.digest, "err", err)
 	}
 }
@@ -696,7 +825,7 @@ func (s *Store) writeTemp(fill func(f *os.File) error) (string, error) {
 // createTemp creates a file in tmp/, fills it with fill and makes it read-only, leaving it
 // open and unsynced for syncTemp. On error nothing is left behind.
 func (s *Store) createTemp(fill func(f *os.File) error) (*os.File, error) {
-	f, err := os.CreateTemp(s.path(tmpName), "object-*")
+	f, err := os.CreateTemp(s.path(tmpName), objectTemp)
 	if err != nil {
 		return nil, err
 	}
@@ -796,11 +925,26 @@ func isFull(err error) bool {
 	return errors.Is(err, syscall.ENOSPC) || errors.Is(err, syscall.EDQUOT)
 }
 
-// writeFileAtomic writes a small file with temp + fsync + rename + fsync of dir.
+// writeFileAtomic writes a small file with temp ("."+name+"-*") + fsync + rename + fsync
+// of dir.
 func writeFileAtomic(p, dir string, b []byte) error {
-	f, err := os.CreateTemp(dir, "."+filepath.Base(p)+"-*")
+	name, err := writeSynced(dir, "."+filepath.Base(p)+"-*", b)
 	if err != nil {
 		return err
+	}
+	if err := os.Rename(name, p); err != nil {
+		_ = os.Remove(name)
+		return err
+	}
+	return syncDir(dir)
+}
+
+// writeSynced writes b to a new temp file in dir, named after pattern, fsyncs it and
+// returns its name. On error nothing is left behind.
+func writeSynced(dir, pattern string, b []byte) (string, error) {
+	f, err := os.CreateTemp(dir, pattern)
+	if err != nil {
+		return "", err
 	}
 	name := f.Name()
 	_, err = f.Write(b)
@@ -810,14 +954,11 @@ func writeFileAtomic(p, dir string, b []byte) error {
 	if cerr := f.Close(); err == nil {
 		err = cerr
 	}
-	if err == nil {
-		err = os.Rename(name, p)
-	}
 	if err != nil {
 		_ = os.Remove(name)
-		return err
+		return "", err
 	}
-	return syncDir(dir)
+	return name, nil
 }
 
 func syncDir(dir string) error {
