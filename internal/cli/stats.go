@@ -50,7 +50,7 @@ func runStats(_ context.Context, e *env, vals any, args []string) error {
 		return enc.Encode(s)
 	}
 	st := s.Store
-	fmt.Fprintf(e.stdout, "store %s: %d objects, %s (bound %s, pinned %s)\n", f.dir, st.Objects, humanBytes(st.Bytes), boundString(st.MaxBytes), humanBytes(st.PinnedBytes))
+	fmt.Fprintf(e.stdout, "store %s: %d objects and %d manifests or indexes (%s), %s in all (bound %s, pinned %s)\n", f.dir, st.Objects, st.Meta, humanBytes(st.MetaBytes), humanBytes(st.Bytes), boundString(st.MaxBytes), humanBytes(st.PinnedBytes))
 	fmt.Fprintf(e.stdout, "reads: %d hits, %d misses; fetched %d chunks, %s; %d corrupt; %d evictions (%s)\n",
 		st.Hits, st.Misses, st.ChunksFetched, humanBytes(st.BytesFetched), st.Corrupt, st.Evictions, humanBytes(st.EvictedBytes))
 	if s.Fetch != nil {
