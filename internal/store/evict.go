@@ -133,7 +133,7 @@ func (s *Store) evictLocked(target int64) (n int, bytes int64) {
 
 // PruneResult says what Prune removed.
 type PruneResult struct {
-	Objects int
+	Objects int // objects and metadata
 	Bytes   int64
 }
 

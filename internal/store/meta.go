@@ -38,6 +38,10 @@ func (s *Store) PutMeta(b []byte) (format.Digest, error) {
 	if len(b) > maxMeta {
 		return d, fmt.Errorf("store: metadata %s of %d bytes is over the limit of %d", d, len(b), maxMeta)
 	}
+	if s.maxBytes > 0 && int64(len(b)) > s.maxBytes {
+		// Kept, it would evict everything else and then itself.
+		return d, fmt.Errorf("store: metadata %s of %d bytes is larger than the store's bound of %d", d, len(b), s.maxBytes)
+	}
 	if !s.enter() {
 		return d, ErrClosed
 	}

@@ -241,6 +241,13 @@ func TestMetaCountedAndBounded(t *testing.T) {
 	if st := s.Stats(); st.Bytes > 6*blob || st.Objects != 1 || st.Meta != 1 || st.Bytes != 5*blob+blob {
 		t.Fatalf("stats %+v: want the file and one blob", st)
 	}
+	// A blob larger than the bound is not kept: it would evict everything, then itself.
+	if _, err := s.PutMeta(make([]byte, 6*blob+1)); err == nil || !strings.Contains(err.Error(), "larger than the store's bound") {
+		t.Fatalf("metadata over the bound: %v", err)
+	}
+	if st := s.Stats(); st.Objects != 1 || st.Meta != 1 {
+		t.Fatalf("stats %+v after refusing metadata over the bound", st)
+	}
 	// Prune drops unpinned metadata as it drops objects.
 	if _, err := s.Prune(context.Background(), 0); err != nil {
 		t.Fatal(err)

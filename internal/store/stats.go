@@ -30,7 +30,7 @@ type Stats struct {
 	ChunksFetched int64 // chunks fetched from sources and verified
 	BytesFetched  int64 // compressed bytes of those chunks
 	Corrupt       int64 // frames from sources that failed verification
-	Evictions     int64 // objects evicted (or pruned)
+	Evictions     int64 // objects and metadata evicted (or pruned)
 	EvictedBytes  int64
 	WriteErrors   int64 // objects that could not be stored (a full disk, say)
 	Assembled     int64 // files assembled from their chunks
