@@ -405,3 +405,33 @@ func TestCleartextCredentialsRefused(t *testing.T) {
 }
 
 
+
+// A loopback registry over plain http may not send its credentials in cleartext to a token
+// realm elsewhere: the realm is the registry's to choose, the network between is not.
+func TestCleartextTokenRealmRefused(t *testing.T) {
+	var tokenCalls atomic.Int64
+	var realm string
+	_, addr := serve(t, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if r.URL.Path == "/token" {
+			tokenCalls.Add(1)
+			http.Error(w, "no", http.StatusUnauthorized)
+			return
+		}
+		w.Header().Set("WWW-Authenticate", `Bearer realm="`+realm+`",service="s"`)
+		http.Error(w, "auth", http.StatusUnauthorized)
+	}))
+	_, port, _ := net.SplitHostPort(addr)
+	realm = "http://auth.test:" + port + "/token"
+	rt := http.DefaultTransport.(*http.Transport).Clone()
+	rt.DialContext = func(ctx context.Context, network, a string) (net.Conn, error) {
+		return (&net.Dialer{}).DialContext(ctx, network, addr) // auth.test is this server too
+	}
+	reg, _ := newReg(t, addr, "r", WithTransport(rt), WithKeychain(staticKeychain{host: addr, user: "alice", pass: "pa55word"}))
+	_, err := reg.Blob(sha([]byte("x")), 10).ReadAt(make([]byte, 5), 0)
+	if err == nil || !strings.Contains(err.Error(), "over plain http to auth.test:"+port) {
+		t.Fatalf("error %v, want a refusal naming the realm's host", err)
+	}
+	if n := tokenCalls.Load(); n != 0 {
+		t.Fatalf("%d token requests: the credentials went out", n)
+	}
+}
