@@ -15,7 +15,6 @@ import (
 	"sync/atomic"
 	"testing"
 	"time"
-
 )
 
 // testIdle is the idle timeout of these tests: short, so that they take no time, and far
@@ -403,8 +402,6 @@ func TestCleartextCredentialsRefused(t *testing.T) {
 		t.Fatalf("anonymous: %v, want the registry's 401", err)
 	}
 }
-
-
 
 // A loopback registry over plain http may not send its credentials in cleartext to a token
 // realm elsewhere: the realm is the registry's to choose, the network between is not.
