@@ -71,7 +71,9 @@ func (b *Blob) ReadAtContext(ctx context.Context, p []byte, off int64) (int, err
 }
 
 // ReaderAt returns an io.ReaderAt whose reads are bounded by ctx, to hand to code that
-// takes one (format.ReadIndex, for one).
+// takes one. Each ReadAt is a request for all of its buffer, allocated by the caller
+// before any byte arrives: a range whose length is not the caller's own (an index's, from
+// the manifest) is better read with OpenRange.
 func (b *Blob) ReaderAt(ctx context.Context) io.ReaderAt { return ctxReaderAt{ctx, b} }
 
 type ctxReaderAt struct {
@@ -83,11 +85,19 @@ func (c ctxReaderAt) ReadAt(p []byte, off int64) (int, error) {
 	return c.b.ReadAtContext(c.ctx, p, off)
 }
 
-// ReadAll reads the whole blob in one request and checks it against its digest: for
-// configs and other small blobs.
+// MaxReadAll bounds the blob ReadAll reads: its size is the descriptor's word, and the
+// bytes are allocated before they arrive. It is the bound lazypull convert puts on a
+// manifest or config; configs are kilobytes.
+const MaxReadAll = 64 << 20
+
+// ReadAll reads the whole blob, of at most MaxReadAll bytes, in one request and checks it
+// against its digest: for configs and other small blobs.
 func (b *Blob) ReadAll(ctx context.Context) ([]byte, error) {
 	if err := b.check(); err != nil {
 		return nil, err
+	}
+	if b.size > MaxReadAll {
+		return nil, fmt.Errorf("fetch %s: a blob of %d bytes, over the limit of %d read whole", b.digest, b.size, MaxReadAll)
 	}
 	if b.digest.Algorithm != "sha256" {
 		return nil, fmt.Errorf("fetch %s: cannot verify a %s digest", b.digest, b.digest.Algorithm)

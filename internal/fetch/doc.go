@@ -8,7 +8,8 @@
 //	img, err := reg.Resolve(ctx, "", nil) // the tag given to New, this platform
 //	layer := reg.Layer(img.Manifest.Layers[0])
 //	loc, err := format.LocationFromAnnotations(img.Manifest.Layers[0].Annotations)
-//	ix, err := format.ReadIndex(layer.ReaderAt(ctx), layer.Size(), &loc) // one request
+//	rc, err := layer.OpenRange(ctx, loc.Offset, loc.Size) // one request, read as it comes
+//	ix, payload, err := format.ReadIndexFrom(rc, layer.Size(), loc)
 //	err = layer.Fetch(ctx, ranges, func(r fetch.Range, b []byte) error { ... })
 //
 // # Requests
@@ -19,7 +20,7 @@
 // tags if it has resolve. Every request (blob or manifest, any endpoint) takes a place
 // among at most WithMaxConcurrency in flight.
 //
-// Blob.ReadAt is one Range GET: no HEAD, no probe of the blob, no ping of the registry.
+// Blob.ReadAt and Blob.OpenRange are one Range GET each: no HEAD, no probe of the blob, no ping of the registry.
 // Authentication happens on demand: a request goes out without credentials, and only when
 // the endpoint answers 401 with a challenge does the keychain get asked, the token get
 // fetched (ggcr's bearer flow, which also refreshes it), and the request get sent again.

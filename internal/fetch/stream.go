@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"hash"
 	"io"
+	"mime"
 	"net/http"
 	"time"
 )
@@ -25,19 +26,42 @@ func (b *Blob) Open(ctx context.Context) (io.ReadCloser, error) {
 	if b.digest.Algorithm != "sha256" {
 		return nil, fmt.Errorf("fetch %s: cannot verify a %s digest", b.digest, b.digest.Algorithm)
 	}
+	return b.openRange(ctx, Range{Len: b.size}, false)
+}
+
+// OpenRange reads the n bytes at off in one Range GET, handing them on as they arrive: for
+// a range whose length is a claim the caller cannot trust (a layer's index, whose size is
+// the manifest's word), so that what the caller holds grows with the bytes the registry
+// sends, not with the bytes claimed. Its Read returns io.EOF after exactly n bytes, and an
+// *Error wrapping io.ErrUnexpectedEOF if the body ends before. The answer is a 206 whose
+// Content-Range is exactly the range, or a 200 with the whole blob when the range ends
+// within the first bytes Fetch would read through (WithCoalescing); anything else fails.
+// Nothing is checked against a digest: that is the caller's. As Open, only the request is
+// retried, and until Close it holds one of the Registry's places among the requests.
+func (b *Blob) OpenRange(ctx context.Context, off, n int64) (io.ReadCloser, error) {
+	if err := b.check(); err != nil {
+		return nil, err
+	}
+	if off < 0 || n <= 0 || off > b.size-n {
+		return nil, fmt.Errorf("fetch %s: range %d+%d outside the %d-byte blob", b.digest, off, n, b.size)
+	}
+	return b.openRange(ctx, Range{Off: off, Len: n}, true)
+}
+
+func (b *Blob) openRange(ctx context.Context, rg Range, ranged bool) (io.ReadCloser, error) {
 	var s *stream
 	err := b.r.retry(ctx, "blob", func() []any { return []any{"digest", b.digest.String()} }, func() (err *reqErr) {
-		s, err = b.open(ctx)
+		s, err = b.open(ctx, rg, ranged)
 		return err
 	})
 	if err != nil {
-		return nil, b.r.toError(err, b.digest.String(), Range{Len: b.size})
+		return nil, b.r.toError(err, b.digest.String(), rg)
 	}
 	return s, nil
 }
 
 // open tries the endpoints in order for the blob's GET.
-func (b *Blob) open(ctx context.Context) (*stream, *reqErr) {
+func (b *Blob) open(ctx context.Context, rg Range, ranged bool) (*stream, *reqErr) {
 	r := b.r
 	eps := r.endpointsFor(capPull)
 	if len(eps) == 0 {
@@ -45,7 +69,7 @@ func (b *Blob) open(ctx context.Context) (*stream, *reqErr) {
 	}
 	var errs []*reqErr
 	for _, e := range eps {
-		s, err := b.openAt(ctx, e)
+		s, err := b.openAt(ctx, e, rg, ranged)
 		if err == nil {
 			return s, nil
 		}
@@ -57,7 +81,9 @@ func (b *Blob) open(ctx context.Context) (*stream, *reqErr) {
 	return nil, joinErrs(errs)
 }
 
-func (b *Blob) openAt(ctx context.Context, e *endpoint) (*stream, *reqErr) {
+// openAt sends the GET of rg to one endpoint: of the whole blob, checked against its
+// digest at its end, unless ranged.
+func (b *Blob) openAt(ctx context.Context, e *endpoint, rg Range, ranged bool) (*stream, *reqErr) {
 	r := b.r
 	if err := r.acquire(ctx); err != nil {
 		return nil, &reqErr{host: e.host, err: err}
@@ -70,29 +96,72 @@ func (b *Blob) openAt(ctx context.Context, e *endpoint) (*stream, *reqErr) {
 		return nil, re
 	}
 	resp, err := r.do(ctx, e, "blobs/"+b.digest.String(), func(req *http.Request) {
+		if ranged {
+			req.Header.Set("Range", fmt.Sprintf("bytes=%d-%d", rg.Off, rg.End()-1))
+		}
 		req.Header.Set("Accept-Encoding", "identity")
 	})
 	if err != nil {
 		return fail(classify(e.host, err))
 	}
-	if resp.StatusCode != http.StatusOK {
+	body := &countingReader{r: resp.Body, total: &r.stats.bytes}
+	bad := func(format string, args ...any) (*stream, *reqErr) {
+		resp.Body.Close()
+		re := &reqErr{host: e.host, status: resp.StatusCode, err: malformed(format, args...)}
+		r.finish(kindBlob, start, body, re)
+		r.release()
+		return nil, re
+	}
+	switch {
+	case resp.StatusCode == http.StatusPartialContent && ranged:
+		if mt, _, _ := mime.ParseMediaType(resp.Header.Get("Content-Type")); mt == "multipart/byteranges" {
+			return bad("a multipart answer to the single range %s", rg)
+		}
+		first, last, err := parseContentRange(resp.Header.Get("Content-Range"), b.size)
+		if err != nil {
+			return bad("%v", err)
+		}
+		if first != rg.Off || last != rg.End()-1 {
+			return bad("Content-Range %d-%d for the range %s", first, last, rg)
+		}
+		if resp.ContentLength >= 0 && resp.ContentLength != rg.Len {
+			return bad("Content-Length %d for the range %s", resp.ContentLength, rg)
+		}
+	case resp.StatusCode == http.StatusOK:
+		if resp.ContentLength >= 0 && resp.ContentLength != b.size {
+			return bad("a body of %d bytes for a blob of %d", resp.ContentLength, b.size)
+		}
+		if ranged && rg.End() > r.maxRequest {
+			return bad("the registry answered a Range request with the whole blob; the range ends at %d, past the %d bytes lazypull reads through", rg.End(), r.maxRequest)
+		}
+		if _, err := io.CopyN(io.Discard, body, rg.Off); err != nil {
+			resp.Body.Close()
+			re := classify(e.host, endedEarly(resp, body, unexpected(err)))
+			re.status = resp.StatusCode
+			r.finish(kindBlob, start, body, re)
+			r.release()
+			return nil, re
+		}
+	default:
 		re := statusErr(e.host, resp)
 		resp.Body.Close()
 		return fail(re)
 	}
-	if resp.ContentLength >= 0 && resp.ContentLength != b.size {
-		resp.Body.Close()
-		return fail(&reqErr{host: e.host, status: resp.StatusCode, err: malformed("a body of %d bytes for a blob of %d", resp.ContentLength, b.size)})
+	s := &stream{b: b, rg: rg, resp: resp, body: body, start: start, host: e.host}
+	if !ranged {
+		s.sum = sha256.New()
 	}
-	return &stream{b: b, resp: resp, body: &countingReader{r: resp.Body, total: &r.stats.bytes}, sum: sha256.New(), start: start, host: e.host}, nil
+	return s, nil
 }
 
-// stream is an open blob GET (Open).
+// stream is an open blob GET (Open, OpenRange).
 type stream struct {
 	b     *Blob
+	rg    Range // what it hands on
+	n     int64 // of it, handed on
 	resp  *http.Response
 	body  *countingReader
-	sum   hash.Hash
+	sum   hash.Hash // of the whole blob (Open); nil for a range
 	start time.Time
 	host  string
 	err   error // the error every Read returns from now on
@@ -106,7 +175,7 @@ func (s *stream) Read(p []byte) (int, error) {
 	if len(p) == 0 {
 		return 0, nil // reads nothing; only a Read with room at the blob's end ends it
 	}
-	left := s.b.size - s.body.n
+	left := s.rg.Len - s.n
 	if int64(len(p)) > left {
 		p = p[:left]
 	}
@@ -115,24 +184,32 @@ func (s *stream) Read(p []byte) (int, error) {
 		return 0, s.err
 	}
 	n, err := s.body.Read(p)
-	s.sum.Write(p[:n])
+	s.n += int64(n)
+	if s.sum != nil {
+		s.sum.Write(p[:n])
+	}
 	s.b.r.stats.delivered.Add(int64(n))
-	if err == io.EOF && s.body.n < s.b.size {
+	if err == io.EOF && s.n < s.rg.Len {
 		err = io.ErrUnexpectedEOF
 	}
 	if err == io.EOF {
-		err = nil // checked on the next Read, at the blob's end
+		err = nil // checked on the next Read, at the end
 	}
 	if err != nil {
 		re := classify(s.host, err)
-		s.err = s.b.r.toError(re, s.b.digest.String(), Range{Off: s.body.n, Len: s.b.size - s.body.n})
+		re.status = s.resp.StatusCode
+		s.err = s.b.r.toError(re, s.b.digest.String(), Range{Off: s.rg.Off + s.n, Len: s.rg.Len - s.n})
 		s.close(re)
 	}
 	return n, s.err
 }
 
-// end checks the digest of the whole blob, read.
+// end checks the digest of the whole blob, read; a range has none.
 func (s *stream) end() error {
+	if s.sum == nil {
+		s.close(nil)
+		return io.EOF
+	}
 	if got := hex.EncodeToString(s.sum.Sum(nil)); got != s.b.digest.Hex {
 		re := &reqErr{host: s.host, status: s.resp.StatusCode, err: fmt.Errorf("content has digest sha256:%s", got)}
 		s.close(re)

@@ -1,0 +1,151 @@
+package fetch
+
+import (
+	"bytes"
+	"errors"
+	"fmt"
+	"io"
+	"net/http"
+	"net/http/httptest"
+	"strings"
+	"testing"
+	"time"
+)
+
+// OpenRange is one Range GET whose bytes come as they arrive, exactly the range's.
+func TestOpenRange(t *testing.T) {
+	f := newFake("r")
+	blob := randomBytes(60, 3<<20+77)
+	d := f.addBlob(blob)
+	_, host := serve(t, f)
+	reg, _ := newReg(t, host, "r")
+	off, n := int64(1<<20+5), int64(2<<20)
+	rc, err := reg.Blob(d, int64(len(blob))).OpenRange(t.Context(), off, n)
+	if err != nil {
+		t.Fatal(err)
+	}
+	got, err := readStream(rc)
+	if err != io.EOF || !bytes.Equal(got, blob[off:off+n]) {
+		t.Fatalf("%d bytes, %v; want the %d of the range, then io.EOF", len(got), err, n)
+	}
+	rc.Close()
+	if h := f.rangeLog(); len(h) != 1 || h[0] != fmt.Sprintf("bytes=%d-%d", off, off+n-1) {
+		t.Fatalf("Range headers %q; want one request for the range", h)
+	}
+	if s := reg.Stats(); s.Requests != 1 || s.Errors != 0 {
+		t.Fatalf("stats %+v", s)
+	}
+	for _, r := range []Range{{-1, 10}, {0, 0}, {int64(len(blob)) - 5, 6}} {
+		if _, err := reg.Blob(d, int64(len(blob))).OpenRange(t.Context(), r.Off, r.Len); err == nil || !strings.Contains(err.Error(), "outside") {
+			t.Fatalf("range %s: %v", r, err)
+		}
+	}
+	if s := reg.Stats(); s.Requests != 1 {
+		t.Fatalf("a range outside the blob sent a request: %+v", s)
+	}
+}
+
+// Answers that are not the range asked for fail, naming why; a 200 with the whole blob
+// serves a range near its start and fails one past what Fetch reads through.
+func TestOpenRangeAnswers(t *testing.T) {
+	blob := randomBytes(61, 100000)
+	off, n := int64(1000), int64(5000)
+	for _, c := range []struct {
+		name  string
+		serve func(w http.ResponseWriter, r *http.Request)
+		max   int64  // WithCoalescing's maxRequest, 0 for the default
+		want  string // "" for the range's bytes
+	}{
+		{"200-near-start", func(w http.ResponseWriter, r *http.Request) {
+			w.Write(blob)
+		}, 0, ""},
+		{"200-past-read-through", func(w http.ResponseWriter, r *http.Request) {
+			w.Write(blob)
+		}, 4096, "past the 4096 bytes"},
+		{"other-range", func(w http.ResponseWriter, r *http.Request) {
+			w.Header().Set("Content-Range", fmt.Sprintf("bytes %d-%d/%d", off, off+n-2, len(blob)))
+			w.WriteHeader(http.StatusPartialContent)
+			w.Write(blob[off : off+n-1])
+		}, 0, fmt.Sprintf("Content-Range %d-%d for the range", off, off+n-2)},
+		{"multipart", func(w http.ResponseWriter, r *http.Request) {
+			w.Header().Set("Content-Type", "multipart/byteranges; boundary=x")
+			w.WriteHeader(http.StatusPartialContent)
+		}, 0, "multipart answer"},
+		{"416", func(w http.ResponseWriter, r *http.Request) {
+			w.WriteHeader(http.StatusRequestedRangeNotSatisfiable)
+		}, 0, "416"},
+	} {
+		t.Run(c.name, func(t *testing.T) {
+			f := newFake("r")
+			d := f.addBlob(blob)
+			f.hook = func(_ int, w http.ResponseWriter, r *http.Request) bool { c.serve(w, r); return true }
+			_, host := serve(t, f)
+			var opts []Option
+			if c.max > 0 {
+				opts = append(opts, WithCoalescing(0, c.max))
+			}
+			opts = append(opts, WithRetry(1, time.Millisecond))
+			reg, _ := newReg(t, host, "r", opts...)
+			rc, err := reg.Blob(d, int64(len(blob))).OpenRange(t.Context(), off, n)
+			if c.want == "" {
+				if err != nil {
+					t.Fatal(err)
+				}
+				defer rc.Close()
+				got, err := readStream(rc)
+				if err != io.EOF || !bytes.Equal(got, blob[off:off+n]) {
+					t.Fatalf("%d bytes, %v", len(got), err)
+				}
+				return
+			}
+			if err == nil {
+				rc.Close()
+				t.Fatalf("opened; want an error naming %q", c.want)
+			}
+			var fe *Error
+			if !asError(err, &fe) || !strings.Contains(err.Error(), c.want) {
+				t.Fatalf("%v; want an *Error naming %q", err, c.want)
+			}
+		})
+	}
+}
+
+// A body that ends before the range does is io.ErrUnexpectedEOF, with what is left.
+func TestOpenRangeBodyCut(t *testing.T) {
+	f := newFake("r")
+	blob := randomBytes(62, 200000)
+	d := f.addBlob(blob)
+	f.hook = func(_ int, w http.ResponseWriter, r *http.Request) bool {
+		rec := httptest.NewRecorder()
+		http.ServeContent(rec, r, "", time.Time{}, bytes.NewReader(blob))
+		cutConn(w, rec.Code, rec.Header(), rec.Body.Bytes()[:3000])
+		return true
+	}
+	_, host := serve(t, f)
+	reg, _ := newReg(t, host, "r")
+	rc, err := reg.Blob(d, int64(len(blob))).OpenRange(t.Context(), 100, 150000)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer rc.Close()
+	got, err := readStream(rc)
+	var fe *Error
+	if !bytes.Equal(got, blob[100:3100]) || !asError(err, &fe) || !errors.Is(err, io.ErrUnexpectedEOF) || fe.Range != (Range{Off: 3100, Len: 147000}) {
+		t.Fatalf("%d bytes, %v", len(got), err)
+	}
+}
+
+// ReadAll refuses a blob whose descriptor claims more than MaxReadAll, before a request.
+func TestReadAllBound(t *testing.T) {
+	f := newFake("r")
+	d := f.addBlob([]byte("{}"))
+	_, host := serve(t, f)
+	reg, _ := newReg(t, host, "r")
+	var err error
+	if _, err = reg.Blob(d, MaxReadAll+1).ReadAll(t.Context()); err == nil || !strings.Contains(err.Error(), fmt.Sprintf("over the limit of %d", MaxReadAll)) {
+		t.Fatalf("ReadAll of a blob claiming %d bytes: %v", MaxReadAll+1, err)
+	}
+	if s := reg.Stats(); s.Requests != 0 {
+		t.Fatalf("stats %+v", s)
+	}
+}
