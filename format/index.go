@@ -21,8 +21,12 @@ import (
 // A decoder checks every count and length against these, against the bytes that remain and
 // against its decode budget before it allocates anything.
 const (
-	// MaxIndexSize bounds the compressed index payload.
-	MaxIndexSize = 256 << 20
+	// MaxIndexSize bounds the compressed index payload, and so what reading one may hold
+	// before it is verified (its size is the manifest's word, its bytes the registry's).
+	// A real index decodes into 12-15 times its payload, so a larger one could not decode
+	// within MaxIndexMemory anyway; 64 MiB is about 2 million files (an index of 100,000
+	// files is a few MiB, the python test image's about 1 MiB).
+	MaxIndexSize = 64 << 20
 	// MaxIndexBodySize bounds the decompressed index body.
 	MaxIndexBodySize = 1 << 30
 	// MaxIndexBodyRatio bounds the declared body length by the compressed payload's:

@@ -48,33 +48,48 @@ func LocationFromAnnotations(a map[string]string) (IndexLocation, error) {
 		*f.dst = v
 	}
 	if loc.Size > MaxIndexSize {
-		return loc, fmt.Errorf("annotation %s=%d: over the limit of %d", AnnotationIndexSize, loc.Size, MaxIndexSize)
+		return loc, fmt.Errorf("annotation %s=%d: an index over the limit of %d bytes", AnnotationIndexSize, loc.Size, MaxIndexSize)
 	}
 	return loc, nil
 }
 
 // tailRead is how much of a blob's end ReadIndex reads at once when it has no location:
-// enough for the footer and the index of most layers, so one request usually does.
+// enough for the footer and the index of most layers, so one request usually does. It is
+// also the first step of reading a payload whose size is a claim (readPayload).
 const tailRead = 256 << 10
+
+// Check says whether the location can be that of the index of a layer blob of the given
+// size: a payload of at most MaxIndexSize bytes followed by the footer frame alone, so
+// that a blob of any other size is truncated or extended.
+func (loc IndexLocation) Check(size int64) error {
+	if loc.Size > MaxIndexSize {
+		return fmt.Errorf("index at %d+%d: over the limit of %d bytes", loc.Offset, loc.Size, MaxIndexSize)
+	}
+	if loc.Offset < skippableHeaderLen || loc.Size < 0 || loc.Offset+loc.Size+FooterSize != size {
+		return fmt.Errorf("index at %d+%d: does not end %d bytes before the end of the %d-byte layer", loc.Offset, loc.Size, FooterSize, size)
+	}
+	return nil
+}
 
 // ReadIndex reads, verifies and decodes the index of a layer blob of the given size. With
 // a location (from the manifest) it reads just the payload and checks it against the
 // location's digest; without one (loc == nil) it finds the index through the footer, and
-// the digest checked is the footer's own. An index with the same digest that is decoded
-// already and still in use is returned rather than decoded again (shared.go): the
-// Index must not be changed.
+// the digest checked is the footer's own. Either way the payload's size is a claim: it is
+// read in steps that grow as its bytes arrive (readPayload), so a blob shorter than its
+// descriptor says costs what it holds. A reader of a registry should rather stream the
+// payload in one request (ReadIndexFrom). An index with the same digest that is decoded
+// already and still in use is returned rather than decoded again (shared.go): the Index
+// must not be changed.
 func ReadIndex(ra io.ReaderAt, size int64, loc *IndexLocation) (*Index, error) {
 	var payload []byte
 	var want Digest
 	if loc != nil {
-		// The index frame is followed by the footer frame alone, so a blob of any other
-		// size is truncated or extended.
-		if loc.Size > MaxIndexSize || loc.Offset < skippableHeaderLen || loc.Size < 0 || loc.Offset+loc.Size+FooterSize != size {
-			return nil, fmt.Errorf("index at %d+%d: does not end %d bytes before the end of the %d-byte layer", loc.Offset, loc.Size, FooterSize, size)
+		if err := loc.Check(size); err != nil {
+			return nil, err
 		}
-		payload = make([]byte, loc.Size)
-		if _, err := ra.ReadAt(payload, loc.Offset); err != nil {
-			return nil, fmt.Errorf("read index at %d+%d: %w", loc.Offset, loc.Size, err)
+		var err error
+		if payload, err = readPayload(io.NewSectionReader(ra, loc.Offset, loc.Size), loc.Offset, loc.Size); err != nil {
+			return nil, err
 		}
 		want = loc.Digest
 	} else {
@@ -95,14 +110,71 @@ func ReadIndex(ra io.ReaderAt, size int64, loc *IndexLocation) (*Index, error) {
 		}
 		if start := off - (size - n); start >= 0 {
 			payload = tail[start : start+plen]
-		} else {
-			payload = make([]byte, plen)
-			if _, err := ra.ReadAt(payload, off); err != nil {
-				return nil, fmt.Errorf("read index at %d+%d: %w", off, plen, err)
-			}
+		} else if payload, err = readPayload(io.NewSectionReader(ra, off, plen), off, plen); err != nil {
+			return nil, err
 		}
 		want = d
 	}
+	return indexOf(payload, size, want)
+}
+
+// ReadIndexFrom reads the index payload at loc from r, the stream of the layer blob's
+// loc.Size bytes at loc.Offset (one Range request), then verifies and decodes it as
+// ReadIndex does. It returns the payload too. loc.Size is the manifest's word: the buffer
+// grows as bytes arrive, and a stream that ends before loc.Size bytes is an error that
+// says how many came.
+func ReadIndexFrom(r io.Reader, size int64, loc IndexLocation) (*Index, []byte, error) {
+	if err := loc.Check(size); err != nil {
+		return nil, nil, err
+	}
+	payload, err := readPayload(r, loc.Offset, loc.Size)
+	if err != nil {
+		return nil, nil, err
+	}
+	ix, err := indexOf(payload, size, loc.Digest)
+	if err != nil {
+		return nil, nil, err
+	}
+	return ix, payload, nil
+}
+
+// ReadIndexBytes verifies and decodes the index payload b of the layer blob, read already
+// (kept in a store, or brought by a profile's pack), as ReadIndex does.
+func ReadIndexBytes(b []byte, size int64, loc IndexLocation) (*Index, error) {
+	if err := loc.Check(size); err != nil {
+		return nil, err
+	}
+	if int64(len(b)) != loc.Size {
+		return nil, fmt.Errorf("index at %d+%d: %d bytes", loc.Offset, loc.Size, len(b))
+	}
+	return indexOf(b, size, loc.Digest)
+}
+
+// readPayload reads the n bytes of the index payload at off from r into a buffer that
+// starts at tailRead bytes and at most doubles as they arrive: what it allocates is at most
+// three times what came (and about twice n when all of it does), whatever n claimed.
+func readPayload(r io.Reader, off, n int64) ([]byte, error) {
+	buf := make([]byte, 0, min(n, tailRead))
+	for int64(len(buf)) < n {
+		if len(buf) == cap(buf) {
+			grown := make([]byte, len(buf), min(n, 2*int64(cap(buf))))
+			buf = grown[:copy(grown, buf)]
+		}
+		k, err := io.ReadFull(r, buf[len(buf):cap(buf)])
+		buf = buf[:len(buf)+k]
+		if err != nil {
+			if errors.Is(err, io.EOF) || errors.Is(err, io.ErrUnexpectedEOF) {
+				return nil, fmt.Errorf("index at %d+%d: %d of its %d bytes arrived: %w", off, n, len(buf), n, err)
+			}
+			return nil, fmt.Errorf("index at %d+%d: read after %d of its %d bytes: %w", off, n, len(buf), n, err)
+		}
+	}
+	return buf, nil
+}
+
+// indexOf verifies a payload against its digest and decodes it, or returns the shared index
+// of that digest.
+func indexOf(payload []byte, size int64, want Digest) (*Index, error) {
 	if got := sum256(payload); got != want {
 		return nil, fmt.Errorf("index digest %s, want %s", got, want)
 	}

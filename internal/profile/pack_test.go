@@ -212,8 +212,7 @@ func TestPackWriterLimits(t *testing.T) {
 	})
 	t.Run("frame size", func(t *testing.T) {
 		// 72 MiB, never touched: the allocation costs address space, not memory. The
-		// index bound (format.MaxIndexSize, 256 MiB) is left untested for the same cost
-		// four times over; the reader's side of both is tested without allocating.
+		// index bound (format.MaxIndexSize, 64 MiB) is left untested for the same cost; the reader's side of both is tested without allocating.
 		if testing.Short() {
 			t.Skip("allocates 72 MiB")
 		}
@@ -367,16 +366,17 @@ func TestPackReaderErrors(t *testing.T) {
 
 // TestPackReaderClaims: a record's length is a claim; a pack that declares 1 GiB and a
 // 200 MiB index record, then ends, made the reader allocate the 200 MiB. Now what it
-// allocates grows with the bytes that arrive.
+// allocates grows with the bytes that arrive (and a record is at most format.MaxIndexSize,
+// 64 MiB: this one claims as much).
 func TestPackReaderClaims(t *testing.T) {
-	data := cat([]byte("LZPPACK\x00\x00\x01"), recHdr(1, format.Digest{}, 200<<20), make([]byte, 1000))
+	data := cat([]byte("LZPPACK\x00\x00\x01"), recHdr(1, format.Digest{}, format.MaxIndexSize), make([]byte, 1000))
 	var err error
 	n := allocated(func() {
 		pr, _ := NewPackReader(bytes.NewReader(data), MaxPack)
 		_, _, _, err = pr.Next()
 	})
 	if !errors.Is(err, io.ErrUnexpectedEOF) || !strings.Contains(err.Error(), "(index") {
-		t.Fatalf("a pack cut in a 200 MiB record: %v", err)
+		t.Fatalf("a pack cut in a %d-byte record: %v", format.MaxIndexSize, err)
 	}
 	if n > 4<<20 {
 		t.Fatalf("reading %d bytes of a pack allocated %d", len(data), n)
