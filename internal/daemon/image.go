@@ -223,7 +223,7 @@ func (im *Image) awaitPack(ctx context.Context) *pack {
 	if l.err != nil || l.Pack == nil {
 		return nil // the prefetch reports the error
 	}
-	return newPack(im.bg, im.Registry, *l.Pack, slog.Default())
+	return newPack(im.bg, im.Registry, *l.Pack, indexDigests(im.Image.Manifest.Layers), slog.Default())
 }
 
 // indexesKept reports whether st keeps the index of every lazypull layer of layers.

@@ -3,7 +3,6 @@ package daemon
 import (
 	"context"
 	"fmt"
-	"io"
 	"log/slog"
 	"os"
 	"sync"
@@ -85,57 +84,47 @@ func openLayer(ctx, bg context.Context, reg *fetch.Registry, st *store.Store, le
 
 // readIndex reads the layer's index from the store's metadata, or else from the pack or
 // the registry (then keeping it in the store, in the background: wait). Either way
-// format.ReadIndex checks it against loc.
+// format checks it against loc. From the registry it is one Range request read as a stream
+// (fetch.Blob.OpenRange, format.ReadIndexFrom): loc.Size is the manifest's word, at most
+// format.MaxIndexSize, and what is held grows with the bytes that arrive, so a manifest
+// that claims large indexes the registry does not hold costs what the registry sends.
 func readIndex(ctx context.Context, st *store.Store, blob *fetch.Blob, desc v1.Descriptor, loc format.IndexLocation, pk *pack) (ix *format.Index, wait func(), err error) {
+	if err := loc.Check(desc.Size); err != nil {
+		return nil, nil, err
+	}
 	if b, err := st.Meta(loc.Digest); err == nil && int64(len(b)) == loc.Size {
-		if ix, err := format.ReadIndex(regionReaderAt{b, loc.Offset}, desc.Size, &loc); err == nil {
+		if ix, err := format.ReadIndexBytes(b, desc.Size, loc); err == nil {
 			return ix, nil, nil
 		}
 	}
 	if pk != nil {
 		if b, ok := pk.index(loc.Digest); ok {
-			ix, err := format.ReadIndex(regionReaderAt{b, loc.Offset}, desc.Size, &loc)
+			ix, err := format.ReadIndexBytes(b, desc.Size, loc)
 			if err == nil {
 				return ix, keepMeta(st, b, "cannot keep the layer index in the store; the layer will need its registry to be mounted again", "layer", desc.Digest), nil
 			}
 			slog.Warn("profile pack holds a bad index; reading it from the layer", "layer", desc.Digest, "pack", pk.blob.Digest(), "err", err)
 		}
 	}
-	rec := &recordingReaderAt{ra: blob.ReaderAt(ctx)}
-	ix, err = format.ReadIndex(rec, desc.Size, &loc)
+	ix, b, err := fetchIndex(ctx, blob, desc, loc)
 	if err != nil {
 		return nil, nil, err
 	}
-	return ix, keepMeta(st, rec.b, "cannot keep the layer index in the store; the layer will need its registry to be mounted again", "layer", desc.Digest), nil
+	return ix, keepMeta(st, b, "cannot keep the layer index in the store; the layer will need its registry to be mounted again", "layer", desc.Digest), nil
 }
 
-// recordingReaderAt keeps what the one ReadAt of format.ReadIndex read: the index.
-type recordingReaderAt struct {
-	ra io.ReaderAt
-	b  []byte
-}
-
-func (r *recordingReaderAt) ReadAt(p []byte, off int64) (int, error) {
-	n, err := r.ra.ReadAt(p, off)
-	r.b = p[:n]
-	return n, err
-}
-
-// regionReaderAt reads the bytes b, which lie at off in a blob.
-type regionReaderAt struct {
-	b   []byte
-	off int64
-}
-
-func (r regionReaderAt) ReadAt(p []byte, off int64) (int, error) {
-	if off < r.off || off-r.off > int64(len(r.b)) {
-		return 0, fmt.Errorf("read at %d: outside the index region [%d, %d)", off, r.off, r.off+int64(len(r.b)))
+// fetchIndex reads the layer's index payload from the registry in one Range request and
+// decodes it; it returns the payload too.
+func fetchIndex(ctx context.Context, blob *fetch.Blob, desc v1.Descriptor, loc format.IndexLocation) (*format.Index, []byte, error) {
+	if err := loc.Check(desc.Size); err != nil {
+		return nil, nil, err
 	}
-	n := copy(p, r.b[off-r.off:])
-	if n < len(p) {
-		return n, io.EOF
+	rc, err := blob.OpenRange(ctx, loc.Offset, loc.Size)
+	if err != nil {
+		return nil, nil, err
 	}
-	return n, nil
+	defer rc.Close()
+	return format.ReadIndexFrom(rc, desc.Size, loc)
 }
 
 // file returns the store's description of a regular file's content. It does not pin the

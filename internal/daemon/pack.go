@@ -38,6 +38,7 @@ type pack struct {
 	rc      io.ReadCloser
 	pr      *profile.PackReader
 	opened  bool
+	want    map[format.Digest]bool   // the indexes of the image's layers: the only ones kept
 	indexes map[format.Digest][]byte // index records read, not yet taken
 	next    *packRecord              // the first chunk record, read while looking for indexes
 	over    bool                     // no more records: the end, or an error (err)
@@ -49,8 +50,23 @@ type packRecord struct {
 	b []byte
 }
 
-func newPack(ctx context.Context, reg *fetch.Registry, desc v1.Descriptor, log *slog.Logger) *pack {
-	return &pack{blob: reg.Blob(desc.Digest, desc.Size), ctx: ctx, log: log, indexes: map[format.Digest][]byte{}}
+// newPack reads the pack desc names. Of its index records, only those of the indexes in
+// want are kept (each once, until taken): a record is at most format.MaxIndexSize bytes,
+// read as they arrive (profile.PackReader), so what the pack's indexes hold is at most that
+// per layer of the image, however many records the pack carries.
+func newPack(ctx context.Context, reg *fetch.Registry, desc v1.Descriptor, want map[format.Digest]bool, log *slog.Logger) *pack {
+	return &pack{blob: reg.Blob(desc.Digest, desc.Size), ctx: ctx, log: log, want: want, indexes: map[format.Digest][]byte{}}
+}
+
+// indexDigests returns the index digests of the lazypull layers among layers.
+func indexDigests(layers []v1.Descriptor) map[format.Digest]bool {
+	want := map[format.Digest]bool{}
+	for _, d := range layers {
+		if loc, err := format.LocationFromAnnotations(d.Annotations); err == nil {
+			want[loc.Digest] = true
+		}
+	}
+	return want
 }
 
 // openLocked sends the GET, once.
@@ -132,7 +148,9 @@ func (p *pack) index(d format.Digest) ([]byte, bool) {
 		}
 		switch k {
 		case profile.RecordIndex:
-			p.indexes[rd] = append([]byte(nil), b...)
+			if _, dup := p.indexes[rd]; p.want[rd] && !dup {
+				p.indexes[rd] = append([]byte(nil), b...)
+			}
 		case profile.RecordChunk:
 			p.next = &packRecord{rd, append([]byte(nil), b...)}
 		}
@@ -268,8 +286,7 @@ func (im *Image) Pack(ctx context.Context, p *profile.Profile) ([]byte, error) {
 		}
 		b, err := l.store.Meta(loc.Digest)
 		if err != nil || int64(len(b)) != loc.Size {
-			b = make([]byte, loc.Size)
-			if _, err := l.blob.ReadAtContext(ctx, b, loc.Offset); err != nil {
+			if _, b, err = fetchIndex(ctx, l.blob, l.Desc, loc); err != nil {
 				return nil, fmt.Errorf("pack: layer %s: index: %w", l.Desc.Digest, err)
 			}
 		}

@@ -496,7 +496,7 @@ func (im *Image) runPrefetch(ctx context.Context, pf *prefetch, log *slog.Logger
 	} else if l.err == nil && l.Pack != nil {
 		// The image opened without waiting for the look-up (its indexes were kept, or the
 		// look-up was slow): the pack still brings the chunks, in one request.
-		im.pack = newPack(im.bg, im.Registry, *l.Pack, log)
+		im.pack = newPack(im.bg, im.Registry, *l.Pack, nil, log) // for its chunks alone
 	}
 	p, desc, err := l.Profile, l.Desc, l.err
 	pf.mu.Lock()
