@@ -20,9 +20,10 @@ import (
 // rangeSink receives the bytes of wants[i]; b is owned by the sink from then on.
 type rangeSink func(i int, b []byte)
 
-// progressSink is told, while a long part is read, that the first n bytes of wants[i]'s b
-// are in; the rest of b is still being read into, and rangeSink gets the whole of b later
-// (or nothing, if the part turns out bad). nil: no such news.
+// progressSink is told, while a long part is read, that the first n bytes of wants[i] are
+// in: b holds them, and they stay as they are (the part goes on in a buffer of its own
+// when it grows). rangeSink gets the whole later (or nothing, if the part turns out bad).
+// nil: no such news.
 type progressSink func(i int, b []byte, n int64)
 
 // Streaming a long part: its bytes are told to a progressSink as they come, so that what
@@ -38,30 +39,50 @@ const (
 	holdBack     = 64 << 10
 )
 
+// partUpfront is how much of a part is allocated before its bytes arrive. A part's length
+// is the answer's word (its Content-Range, checked against what was asked for, which is
+// itself a claim: an index's frame sizes): up to partUpfront, a request's default bound
+// (WithCoalescing), it is read into one buffer of its length; past it (one frame of up to
+// 72 MiB, a blob read whole) the buffer grows, at most doubling, as the bytes arrive, so
+// an answer cut short costs what it sent.
+const partUpfront = 16 << 20
+
 // readPart reads the n-byte part that starts at blob offset first into a new buffer,
 // telling progress of the wants in covered as their bytes come in.
 func readPart(r io.Reader, n, first int64, wants []Range, covered []int, progress progressSink) ([]byte, error) {
-	buf := make([]byte, n)
+	buf := make([]byte, 0, min(n, partUpfront))
+	fill := func(end int64) error {
+		for int64(len(buf)) < end {
+			if len(buf) == cap(buf) {
+				grown := make([]byte, len(buf), min(n, 2*int64(cap(buf))))
+				buf = grown[:copy(grown, buf)]
+			}
+			k, err := io.ReadFull(r, buf[len(buf):min(end, int64(cap(buf)))])
+			buf = buf[:len(buf)+k]
+			if err != nil {
+				return err
+			}
+		}
+		return nil
+	}
 	if progress == nil || n < progressMin {
-		_, err := io.ReadFull(r, buf)
+		err := fill(n)
 		return buf, err
 	}
-	var have int64
-	for have < n-holdBack {
-		step := min(progressStep, n-holdBack-have)
-		if _, err := io.ReadFull(r, buf[have:have+step]); err != nil {
+	for int64(len(buf)) < n-holdBack {
+		if err := fill(min(int64(len(buf))+progressStep, n-holdBack)); err != nil {
 			return buf, err
 		}
-		have += step
+		have := int64(len(buf))
 		for _, i := range covered {
 			w := wants[i]
 			lo := w.Off - first
 			if in := min(have-lo, w.Len); in > 0 {
-				progress(i, buf[lo:lo+w.Len:lo+w.Len], in)
+				progress(i, buf[lo:lo+in:lo+in], in)
 			}
 		}
 	}
-	_, err := io.ReadFull(r, buf[have:])
+	err := fill(n)
 	return buf, err
 }
 
@@ -247,8 +268,8 @@ func readWhole(r io.Reader, contentLength int64, wants []Range, size int64, sink
 		if _, err := io.CopyN(io.Discard, r, w.Off-pos); err != nil {
 			return got, unexpected(err)
 		}
-		buf := make([]byte, w.Len)
-		if _, err := io.ReadFull(r, buf); err != nil {
+		buf, err := readPart(r, w.Len, w.Off, nil, nil, nil)
+		if err != nil {
 			return got, unexpected(err)
 		}
 		pos = w.End()

@@ -414,8 +414,8 @@ func TestReadProgress(t *testing.T) {
 			progress := func(i int, b []byte, k int64) {
 				mu.Lock()
 				defer mu.Unlock()
-				if len(b) != n || k <= 0 || k > n-holdBack {
-					t.Errorf("progress of want %d: %d of %d bytes; want the long range, at most %d", i, k, len(b), n-holdBack)
+				if int64(len(b)) != k || k <= 0 || k > n-holdBack {
+					t.Errorf("progress of want %d: %d bytes told, %d given; want the long range's first, at most %d", i, k, len(b), n-holdBack)
 					return
 				}
 				if !bytes.Equal(b[:k], blob[off:off+k]) {

@@ -149,3 +149,49 @@ func TestReadAllBound(t *testing.T) {
 		t.Fatalf("stats %+v", s)
 	}
 }
+
+// A part's length is the answer's word, and the range it answers the caller's claim (an
+// index's frame sizes, up to 72 MiB a frame): a 206 for a 64 MiB range that ended after
+// 1 KiB allocated the 64 MiB before its first byte (on each try). Now a part past
+// partUpfront grows as its bytes arrive; one that does arrive is read whole, as a stream
+// (206) or from the whole blob (200).
+func TestFetchPartGrowsAsItArrives(t *testing.T) {
+	const claim, n = 100 << 20, 64 << 20
+	f := newFake("r")
+	d := f.addBlob([]byte("small"))
+	f.hook = func(_ int, w http.ResponseWriter, r *http.Request) bool {
+		h := http.Header{}
+		h.Set("Content-Range", fmt.Sprintf("bytes 0-%d/%d", n-1, claim))
+		h.Set("Content-Length", fmt.Sprint(n))
+		cutConn(w, http.StatusPartialContent, h, make([]byte, 1024))
+		return true
+	}
+	_, host := serve(t, f)
+	reg, _ := newReg(t, host, "r", WithRetry(1, 0))
+	var err error
+	a := allocated(func() {
+		err = reg.Blob(d, claim).Fetch(t.Context(), []Range{{0, n}}, func(Range, []byte) error { return nil })
+	})
+	if !errors.Is(err, io.ErrUnexpectedEOF) {
+		t.Fatalf("a %d-byte part cut after 1 KiB: %v", n, err)
+	}
+	if a > partUpfront+4<<20 {
+		t.Fatalf("a %d-byte part cut after 1 KiB allocated %d bytes", n, a)
+	}
+
+	blob := randomBytes(63, 3*partUpfront/2)
+	for _, whole := range []bool{false, true} {
+		f := newFake("r")
+		d := f.addBlob(blob)
+		if whole {
+			f.hook = func(_ int, w http.ResponseWriter, r *http.Request) bool { w.Write(blob); return true }
+		}
+		_, host := serve(t, f)
+		reg, _ := newReg(t, host, "r", WithCoalescing(0, int64(len(blob))))
+		rg := Range{Off: 100, Len: int64(len(blob)) - 200}
+		got, err := collect(t, reg.Blob(d, int64(len(blob))), []Range{rg})
+		if err != nil || !bytes.Equal(got[rg], blob[rg.Off:rg.End()]) {
+			t.Fatalf("a %d-byte range (200: %v): %d bytes, %v", rg.Len, whole, len(got[rg]), err)
+		}
+	}
+}
