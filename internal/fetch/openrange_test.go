@@ -110,7 +110,8 @@ func TestOpenRangeAnswers(t *testing.T) {
 	}
 }
 
-// A body that ends before the range does is io.ErrUnexpectedEOF, with what is left.
+// A body that ends before the range does is asked again for what is left, within the
+// Registry's attempts; then it is io.ErrUnexpectedEOF, with what is left.
 func TestOpenRangeBodyCut(t *testing.T) {
 	f := newFake("r")
 	blob := randomBytes(62, 200000)
@@ -122,7 +123,7 @@ func TestOpenRangeBodyCut(t *testing.T) {
 		return true
 	}
 	_, host := serve(t, f)
-	reg, _ := newReg(t, host, "r")
+	reg, _ := newReg(t, host, "r") // 4 attempts
 	rc, err := reg.Blob(d, int64(len(blob))).OpenRange(t.Context(), 100, 150000)
 	if err != nil {
 		t.Fatal(err)
@@ -130,8 +131,37 @@ func TestOpenRangeBodyCut(t *testing.T) {
 	defer rc.Close()
 	got, err := readStream(rc)
 	var fe *Error
-	if !bytes.Equal(got, blob[100:3100]) || !asError(err, &fe) || !errors.Is(err, io.ErrUnexpectedEOF) || fe.Range != (Range{Off: 3100, Len: 147000}) {
+	if !bytes.Equal(got, blob[100:12100]) || !asError(err, &fe) || !errors.Is(err, io.ErrUnexpectedEOF) || fe.Range != (Range{Off: 12100, Len: 138000}) {
 		t.Fatalf("%d bytes, %v", len(got), err)
+	}
+	want := []string{"bytes=100-150099", "bytes=3100-150099", "bytes=6100-150099", "bytes=9100-150099"}
+	if h := f.rangeLog(); fmt.Sprint(h) != fmt.Sprint(want) {
+		t.Fatalf("Range headers %q, want %q", h, want)
+	}
+	if s := reg.Stats(); s.Requests != 4 || s.Retries != 3 {
+		t.Fatalf("stats %+v", s)
+	}
+
+	// Cut once, then served: the bytes are the range's, in two requests.
+	f.hook = func(n int, w http.ResponseWriter, r *http.Request) bool {
+		if n > 5 {
+			return false
+		}
+		rec := httptest.NewRecorder()
+		http.ServeContent(rec, r, "", time.Time{}, bytes.NewReader(blob))
+		cutConn(w, rec.Code, rec.Header(), rec.Body.Bytes()[:3000])
+		return true
+	}
+	rc, err = reg.Blob(d, int64(len(blob))).OpenRange(t.Context(), 100, 150000)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer rc.Close()
+	if got, err := readStream(rc); err != io.EOF || !bytes.Equal(got, blob[100:150100]) {
+		t.Fatalf("%d bytes, %v; want the range's 150000, then io.EOF", len(got), err)
+	}
+	if h := f.rangeLog()[4:]; fmt.Sprint(h) != "[bytes=100-150099 bytes=3100-150099]" {
+		t.Fatalf("Range headers %q", h)
 	}
 }
 

@@ -36,8 +36,10 @@ func (b *Blob) Open(ctx context.Context) (io.ReadCloser, error) {
 // *Error wrapping io.ErrUnexpectedEOF if the body ends before. The answer is a 206 whose
 // Content-Range is exactly the range, or a 200 with the whole blob when the range ends
 // within the first bytes Fetch would read through (WithCoalescing); anything else fails.
-// Nothing is checked against a digest: that is the caller's. As Open, only the request is
-// retried, and until Close it holds one of the Registry's places among the requests.
+// Nothing is checked against a digest: that is the caller's. The request is retried as
+// Fetch's are, and a body that breaks off is asked again for what is left of the range,
+// within the Registry's attempts (WithRetry) in all; until Close it holds one of the
+// Registry's places among the requests.
 func (b *Blob) OpenRange(ctx context.Context, off, n int64) (io.ReadCloser, error) {
 	if err := b.check(); err != nil {
 		return nil, err
@@ -57,6 +59,7 @@ func (b *Blob) openRange(ctx context.Context, rg Range, ranged bool) (io.ReadClo
 	if err != nil {
 		return nil, b.r.toError(err, b.digest.String(), rg)
 	}
+	s.ctx, s.tries = ctx, 1
 	return s, nil
 }
 
@@ -157,6 +160,8 @@ func (b *Blob) openAt(ctx context.Context, e *endpoint, rg Range, ranged bool) (
 // stream is an open blob GET (Open, OpenRange).
 type stream struct {
 	b     *Blob
+	ctx   context.Context
+	tries int   // requests sent for a range (resume)
 	rg    Range // what it hands on
 	n     int64 // of it, handed on
 	resp  *http.Response
@@ -198,10 +203,47 @@ func (s *stream) Read(p []byte) (int, error) {
 	if err != nil {
 		re := classify(s.host, err)
 		re.status = s.resp.StatusCode
+		if s.sum == nil && s.resume(re) {
+			if n == 0 {
+				return s.Read(p)
+			}
+			return n, nil
+		}
 		s.err = s.b.r.toError(re, s.b.digest.String(), Range{Off: s.rg.Off + s.n, Len: s.rg.Len - s.n})
 		s.close(re)
 	}
 	return n, s.err
+}
+
+// resume asks again, after a range's body broke off in a way a retry may cure (re), for
+// what is left of the range, while the Registry's attempts last; the bytes handed on stand.
+// It reports whether a new answer took the broken one's place.
+func (s *stream) resume(re *reqErr) bool {
+	r := s.b.r
+	if !re.temporary || s.tries >= r.attempts || s.ctx.Err() != nil {
+		return false
+	}
+	s.close(re)
+	for ; s.tries < r.attempts; s.tries++ {
+		r.stats.retries.Add(1)
+		r.metrics.retries.Inc()
+		r.log.Warn("blob request failed; retrying", "digest", s.b.digest.String(), "left", s.rg.Len-s.n, "endpoint", re.host,
+			"status", re.status, "retry", s.tries, "of", r.attempts-1, "err", re.err)
+		if r.wait(s.ctx, s.tries, re.retryAfter) != nil {
+			return false
+		}
+		ns, err := s.b.open(s.ctx, Range{Off: s.rg.Off + s.n, Len: s.rg.Len - s.n}, true)
+		if err == nil {
+			s.tries++
+			s.resp, s.body, s.start, s.host, s.done = ns.resp, ns.body, ns.start, ns.host, false
+			return true
+		}
+		if !err.temporary {
+			return false
+		}
+		re = err
+	}
+	return false
 }
 
 // end checks the digest of the whole blob, read; a range has none.
