@@ -38,7 +38,7 @@ type pack struct {
 	rc      io.ReadCloser
 	pr      *profile.PackReader
 	opened  bool
-	want    map[format.Digest]bool   // the indexes of the image's layers: the only ones kept
+	want    map[format.Digest]int    // index records still to keep, by digest: one per layer
 	indexes map[format.Digest][]byte // index records read, not yet taken
 	next    *packRecord              // the first chunk record, read while looking for indexes
 	over    bool                     // no more records: the end, or an error (err)
@@ -50,20 +50,21 @@ type packRecord struct {
 	b []byte
 }
 
-// newPack reads the pack desc names. Of its index records, only those of the indexes in
-// want are kept (each once, until taken): a record is at most format.MaxIndexSize bytes,
-// read as they arrive (profile.PackReader), so what the pack's indexes hold is at most that
-// per layer of the image, however many records the pack carries.
-func newPack(ctx context.Context, reg *fetch.Registry, desc v1.Descriptor, want map[format.Digest]bool, log *slog.Logger) *pack {
+// newPack reads the pack desc names. Of its index records, only those want counts are
+// kept, until taken: as many records of a digest as want says (the image's layers with that
+// index, indexDigests). A record is at most format.MaxIndexSize bytes, read as they arrive
+// (profile.PackReader), so what the pack's indexes hold is at most that per layer of the
+// image, however many records the pack carries.
+func newPack(ctx context.Context, reg *fetch.Registry, desc v1.Descriptor, want map[format.Digest]int, log *slog.Logger) *pack {
 	return &pack{blob: reg.Blob(desc.Digest, desc.Size), ctx: ctx, log: log, want: want, indexes: map[format.Digest][]byte{}}
 }
 
-// indexDigests returns the index digests of the lazypull layers among layers.
-func indexDigests(layers []v1.Descriptor) map[format.Digest]bool {
-	want := map[format.Digest]bool{}
+// indexDigests counts the lazypull layers among layers by their index digest.
+func indexDigests(layers []v1.Descriptor) map[format.Digest]int {
+	want := map[format.Digest]int{}
 	for _, d := range layers {
 		if loc, err := format.LocationFromAnnotations(d.Annotations); err == nil {
-			want[loc.Digest] = true
+			want[loc.Digest]++
 		}
 	}
 	return want
@@ -148,7 +149,8 @@ func (p *pack) index(d format.Digest) ([]byte, bool) {
 		}
 		switch k {
 		case profile.RecordIndex:
-			if _, dup := p.indexes[rd]; p.want[rd] && !dup {
+			if p.want[rd] > 0 {
+				p.want[rd]--
 				p.indexes[rd] = append([]byte(nil), b...)
 			}
 		case profile.RecordChunk:
