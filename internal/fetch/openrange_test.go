@@ -2,6 +2,7 @@ package fetch
 
 import (
 	"bytes"
+	"context"
 	"errors"
 	"fmt"
 	"io"
@@ -43,6 +44,31 @@ func TestOpenRange(t *testing.T) {
 	if s := reg.Stats(); s.Requests != 1 {
 		t.Fatalf("a range outside the blob sent a request: %+v", s)
 	}
+}
+
+// A range read to its last byte gives its place among the requests back before Close (a
+// caller decoding what it read holds no request): with one place, a second range opens.
+func TestOpenRangeReleasesAtItsEnd(t *testing.T) {
+	f := newFake("r")
+	blob := randomBytes(64, 10000)
+	d := f.addBlob(blob)
+	_, host := serve(t, f)
+	reg, _ := newReg(t, host, "r", WithMaxConcurrency(1))
+	rc, err := reg.Blob(d, int64(len(blob))).OpenRange(t.Context(), 10, 100)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer rc.Close()
+	if _, err := io.ReadFull(rc, make([]byte, 100)); err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithTimeout(t.Context(), 10*time.Second)
+	defer cancel()
+	rc2, err := reg.Blob(d, int64(len(blob))).OpenRange(ctx, 200, 100)
+	if err != nil {
+		t.Fatalf("a second range while the first, read whole, is open: %v", err)
+	}
+	rc2.Close()
 }
 
 // Answers that are not the range asked for fail, naming why; a 200 with the whole blob

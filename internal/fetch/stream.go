@@ -200,6 +200,9 @@ func (s *stream) Read(p []byte) (int, error) {
 	if err == io.EOF {
 		err = nil // checked on the next Read, at the end
 	}
+	if err == nil && s.sum == nil && s.n == s.rg.Len {
+		s.close(nil) // a range read whole: its place goes to the next request now
+	}
 	if err != nil {
 		re := classify(s.host, err)
 		re.status = s.resp.StatusCode
