@@ -169,8 +169,7 @@ func TestMountCraftedIndex(t *testing.T) {
 				t.Fatal(err)
 			}
 			t.Cleanup(func() { s.Close() })
-			labels := SnapshotLabels(ref, d.String(), desc.Digest.String(), desc.Annotations)
-			labels[LabelCRIImageRef], labels[LabelCRILayerDigest], labels[LabelCRIManifestDigest] = ref, desc.Digest.String(), d.String()
+			labels := pulledLabels(ref, d.String(), desc.Digest.String(), desc.Annotations)
 			labels[snapshots.LabelSnapshotRef] = "layer-" + desc.Digest.Hex
 			ctx := namespaces.WithNamespace(context.Background(), "test")
 			var ms any

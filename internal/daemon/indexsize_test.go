@@ -177,7 +177,7 @@ func TestMountClaimedIndexSize(t *testing.T) {
 				t.Fatal(err)
 			}
 			t.Cleanup(func() { s.Close() })
-			labels := SnapshotLabels(ref, d.String(), desc.Digest.String(), desc.Annotations)
+			labels := pulledLabels(ref, d.String(), desc.Digest.String(), desc.Annotations)
 			labels[snapshots.LabelSnapshotRef] = "layer-" + desc.Digest.Hex
 			ctx := namespaces.WithNamespace(context.Background(), "test")
 			var ms any
