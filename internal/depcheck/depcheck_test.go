@@ -1,0 +1,451 @@
+package depcheck
+
+import (
+	"bytes"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"slices"
+	"strings"
+	"testing"
+)
+
+// module is lazypull's module path. Rules and messages name packages relative to it
+// ("internal/fetch"), third-party ones by their full path.
+const module = "lazypull"
+
+// rule is what one package may import. Only the package's own files count, not its tests':
+// a test may import a fixture builder its package must not.
+type rule struct {
+	// ours lists the lazypull packages the package imports, exactly: an import not listed
+	// fails the test (adding an edge to the graph is a decision, written down here with its
+	// reason), and so does one listed but no longer imported (the table stays the graph).
+	ours []string
+	// ext lists the third-party modules (path prefixes) the package may import; the
+	// standard library is always allowed. Dropping one is not an error.
+	ext []string
+}
+
+// Third-party modules, by what they are to lazypull.
+const (
+	containerd     = "github.com/containerd/containerd/v2"
+	containerdAPI  = "github.com/containerd/containerd/api"
+	continuity     = "github.com/containerd/continuity"
+	errdefs        = "github.com/containerd/errdefs"
+	mountinfo      = "github.com/moby/sys/mountinfo"
+	ggcr           = "github.com/google/go-containerregistry"
+	digest         = "github.com/opencontainers/go-digest"
+	imageSpec      = "github.com/opencontainers/image-spec"
+	runtimeSpec    = "github.com/opencontainers/runtime-spec"
+	compress       = "github.com/klauspost/compress"
+	gofuse         = "github.com/hanwen/go-fuse/v2"
+	toml           = "github.com/BurntSushi/toml"
+	prometheus     = "github.com/prometheus/client_golang"
+	grpc           = "google.golang.org/grpc"
+	protobuf       = "google.golang.org/protobuf"
+	xsys           = "golang.org/x/sys"
+	xsync          = "golang.org/x/sync"
+	xterm          = "golang.org/x/term"
+	ximage         = "golang.org/x/image"
+	format         = "format"
+	chunker        = "format/chunker"
+	fetch          = "internal/fetch"
+	store          = "internal/store"
+	fusefs         = "internal/fusefs"
+	snapshot       = "internal/snapshot"
+	daemon         = "internal/daemon"
+	cli            = "internal/cli"
+	bench          = "internal/bench"
+	convert        = "internal/convert"
+	profile        = "internal/profile"
+	keeper         = "internal/keeper"
+	warm           = "internal/warm"
+	unixsock       = "internal/unixsock"
+	jsonlimit      = "internal/jsonlimit"
+	imagebuild     = "internal/imagebuild"
+	lazypullBinary = "cmd/lazypull"
+)
+
+// allowed is lazypull's import graph as it is, one rule per package of the module, each
+// with the reason for its edges. Data flows one way: registry -> fetch -> store -> fusefs
+// -> snapshot. Each of those four declares the interface it consumes (store.Source,
+// fusefs.Content, snapshot.FileSystem) and imports none of the others; internal/daemon
+// adapts each to the next. checkFlow below checks that independently of this table.
+func allowed() map[string]rule {
+	return map[string]rule{
+		// The binary is main() over cli.Run: flags and subcommands live in internal/cli,
+		// where tests run them in-process.
+		lazypullBinary: {ours: []string{cli}},
+
+		// The layer format and its reference implementation, written to be read without
+		// lazypull: a second implementation, a scanner or a tool uses it without pulling in
+		// registry, store or FUSE code. zstd (and the gzip of unconverted layers) is the
+		// only thing it needs beyond the standard library. The chunker is part of the
+		// format: its cut rule decides the chunk boundaries the index records.
+		format:  {ours: []string{chunker}, ext: []string{compress}},
+		chunker: {},
+
+		// The registry end of the flow: manifests whole, blobs by byte ranges, auth, mirrors
+		// (hosts.toml), retries. It knows nothing of chunks, files or mounts; daemon hands
+		// a Registry's blobs to the store as its Source. jsonlimit bounds the JSON it
+		// decodes from the network before decoding it.
+		fetch: {ours: []string{jsonlimit}, ext: []string{ggcr, toml, prometheus}},
+
+		// The node-wide content-addressed store: keyed by the digests a layer index names
+		// (format), filled from the Source it declares (never fetch itself), read through
+		// by anyone (never fusefs itself).
+		store: {ours: []string{format}, ext: []string{prometheus, xsys}},
+
+		// Read-only FUSE views of a layer index; file content comes through the Content it
+		// declares, so it knows neither the store nor the registry, and nothing of
+		// containerd.
+		fusefs: {ours: []string{format}, ext: []string{gofuse, xsys}},
+
+		// containerd's overlayfs snapshotter plus remote snapshots, which the FileSystem it
+		// declares mounts. It sees layers as snapshot labels, not as images, chunks or FUSE
+		// mounts: none of ours.
+		snapshot: {ext: []string{containerd, continuity, errdefs, mountinfo}},
+
+		// The composition: opens images (manifest, indexes, profile), adapts fetch to
+		// store.Source, the store to fusefs.Content and its mounts to snapshot.FileSystem,
+		// hands mounts' FUSE connections to the keeper, prefetches profiles. The one place
+		// that sees every stage of the flow.
+		daemon: {
+			ours: []string{format, fetch, store, fusefs, snapshot, profile, keeper, jsonlimit},
+			ext:  []string{ggcr, prometheus, xsync},
+		},
+
+		// The subcommands. It wires the daemon to its users (snapshotter service, warm-up
+		// API, keeper process, stats) and, for `lazypull mount` and `lazypull profile`,
+		// also opens fetch registries, the store and fusefs mounts itself (mount.go,
+		// profile.go): a second composition beside daemon, kept here as it is. bench is
+		// `lazypull bench`.
+		cli: {
+			ours: []string{format, fetch, store, fusefs, snapshot, daemon, convert, profile,
+				bench, keeper, warm, unixsock},
+			ext: []string{containerd, containerdAPI, errdefs, ggcr, digest, imageSpec,
+				runtimeSpec, toml, prometheus, grpc, xsys, xterm},
+		},
+
+		// Converts an image: reads and writes whole blobs and manifests with
+		// go-containerregistry (fetch is the lazy read path, by range), writes layers with
+		// format, lays them out by a profile.
+		convert: {ours: []string{format, profile}, ext: []string{ggcr, compress, xsync}},
+
+		// The profile document, its recorder, the pack and Push (a write: fetch only reads,
+		// so it pushes with go-containerregistry). What it plans is in terms of the layer
+		// index (format); the daemon fetches what it plans.
+		profile: {ours: []string{format, jsonlimit}, ext: []string{ggcr}},
+
+		// Holds descriptors in a process of its own; they are opaque to it (no FUSE, no
+		// daemon). Its socket is owner-only from the start (unixsock).
+		keeper: {ours: []string{unixsock}, ext: []string{xsys}},
+
+		// The warm-up gRPC API between `lazypull pull` and the snapshotter: both ends
+		// import it, it imports neither.
+		warm: {ext: []string{grpc, protobuf}},
+
+		// Leaves: a unix socket only its owner may connect to; bounds on JSON decoding.
+		unixsock:  {ext: []string{xsys}},
+		jsonlimit: {},
+
+		// The `lazypull bench` harness: parses recorded profiles, and finds the FUSE
+		// mounts a run left behind (fusefs.MountsUnder) to clean them up.
+		bench: {ours: []string{fusefs, profile}, ext: []string{ggcr, ximage}},
+
+		// Packs rootfs directories into OCI layouts for test images; tools and tests only.
+		imagebuild: {ext: []string{compress, xsync, xsys}},
+
+		// This package: a test and nothing else.
+		"internal/depcheck": {},
+
+		// End-to-end tests only (test files, which this table does not pin).
+		"test/e2e": {},
+
+		// Tools of the tests and benchmarks, each a main package.
+		"tools/addlayer":  {ours: []string{imagebuild}, ext: []string{ggcr}},
+		"tools/indexsize": {ours: []string{format}, ext: []string{compress}},
+		"tools/mkimage":   {ours: []string{imagebuild}},
+		"tools/pause":     {},
+	}
+}
+
+// graph maps a package to its imports, all by their full import paths.
+type graph map[string][]string
+
+func TestImportGraph(t *testing.T) {
+	g := load(t)
+	if len(g) < 10 {
+		t.Fatalf("go list found %d packages of %s, want all of them: %v", len(g), module, g)
+	}
+	for _, v := range check(g, allowed()) {
+		t.Error(v)
+	}
+}
+
+// TestCheckCatches shows that check fails for each kind of edge the rules forbid, on
+// today's graph plus that edge.
+func TestCheckCatches(t *testing.T) {
+	g := load(t)
+	if v := check(g, allowed()); len(v) > 0 {
+		t.Fatalf("today's graph already violates the rules: %v", v)
+	}
+	cases := []struct {
+		name string
+		edit func(graph)
+		want string
+	}{
+		{"fusefs imports fetch", func(g graph) { add(g, fusefs, our(fetch)) }, "internal/fusefs imports internal/fetch"},
+		{"store imports fusefs", func(g graph) { add(g, store, our(fusefs)) }, "internal/store imports internal/fusefs"},
+		{"snapshot imports daemon", func(g graph) { add(g, snapshot, our(daemon)) }, "internal/snapshot imports internal/daemon"},
+		{"fetch imports store through a new package", func(g graph) {
+			add(g, "internal/newpkg", our(store))
+			add(g, fetch, our("internal/newpkg"))
+		}, "internal/fetch depends on internal/store"},
+		{"a new top directory is ours", func(g graph) {
+			add(g, "pkg/newpkg")
+			add(g, fusefs, our("pkg/newpkg"))
+		}, "internal/fusefs imports pkg/newpkg"},
+		{"format imports ours", func(g graph) { add(g, format, our(jsonlimit)) }, "format imports internal/jsonlimit"},
+		{"format imports a registry library", func(g graph) { add(g, format, ggcr+"/pkg/v1") }, "format imports " + ggcr + "/pkg/v1"},
+		{"chunker imports compression", func(g graph) { add(g, chunker, compress+"/zstd") }, "format/chunker imports " + compress + "/zstd"},
+		{"fusefs imports a registry library", func(g graph) { add(g, fusefs, ggcr+"/pkg/name") }, "internal/fusefs imports " + ggcr + "/pkg/name"},
+		{"the binary imports fetch", func(g graph) { add(g, lazypullBinary, our(fetch)) }, "cmd/lazypull imports internal/fetch"},
+		{"a package without a rule", func(g graph) { add(g, "internal/newpkg") }, "internal/newpkg has no rule"},
+		{"a rule without a package", func(g graph) { delete(g, our(keeper)) }, "rule for internal/keeper"},
+		{"an edge the table lists that is gone", func(g graph) { g[our(store)] = nil }, "internal/store no longer imports format"},
+		{"convert composes the flow", func(g graph) { add(g, convert, our(fetch), our(store), our(fusefs)) }, "internal/convert imports fetch, store and fusefs"},
+		{"the binary contains imagebuild", func(g graph) { add(g, warm, our(imagebuild)) }, "cmd/lazypull contains internal/imagebuild"},
+	}
+	for _, c := range cases {
+		t.Run(c.name, func(t *testing.T) {
+			h := make(graph, len(g))
+			for p, imps := range g {
+				h[p] = slices.Clone(imps)
+			}
+			c.edit(h)
+			v := check(h, allowed())
+			if !slices.ContainsFunc(v, func(s string) bool { return strings.Contains(s, c.want) }) {
+				t.Errorf("check did not report %q; it reported %q", c.want, v)
+			}
+		})
+	}
+}
+
+// check returns every way g breaks the rules: the table's, then the flow's.
+func check(g graph, rules map[string]rule) []string {
+	var v []string
+	for _, p := range sorted(g) {
+		r, ok := rules[rel(p)]
+		if !ok {
+			v = append(v, fmt.Sprintf("%s has no rule: add one to allowed() in internal/depcheck, with why it imports what it imports (it imports %q)", rel(p), g[p]))
+			continue
+		}
+		seen := map[string]bool{}
+		for _, imp := range g[p] {
+			switch {
+			case isOurs(imp):
+				seen[rel(imp)] = true
+				if !slices.Contains(r.ours, rel(imp)) {
+					v = append(v, fmt.Sprintf("%s imports %s, which its rule does not allow", rel(p), rel(imp)))
+				}
+			case !isStd(imp) && !slices.ContainsFunc(r.ext, func(m string) bool { return within(imp, m) }):
+				v = append(v, fmt.Sprintf("%s imports %s, a module its rule does not allow", rel(p), imp))
+			}
+		}
+		for _, imp := range r.ours {
+			if !seen[imp] {
+				v = append(v, fmt.Sprintf("%s no longer imports %s: remove it from its rule", rel(p), imp))
+			}
+		}
+	}
+	for _, p := range sorted(rules) {
+		if _, ok := g[our(p)]; !ok {
+			v = append(v, fmt.Sprintf("rule for %s, which is no package of %s: remove it", p, module))
+		}
+	}
+	return append(v, checkFlow(g)...)
+}
+
+// checkFlow checks the rules the table must keep, whatever it says.
+func checkFlow(g graph) []string {
+	// The stages data flows through, registry side first. None imports another, nor
+	// anything that composes them: each declares the interface it consumes.
+	stages := []string{fetch, store, fusefs, snapshot}
+	// composers may import fetch, store and fusefs together. Only daemon should; cli does
+	// today (lazypull mount and lazypull profile build their own fetch -> store -> fusefs).
+	composers := []string{daemon, cli}
+	// notInBinary are packages the lazypull binary must not contain: test-image tooling.
+	notInBinary := []string{imagebuild}
+
+	var v []string
+	// format depends on nothing of ours outside format/, and on the standard library and
+	// compression only, all the way down.
+	for _, p := range sorted(g) {
+		if !within(p, our(format)) {
+			continue
+		}
+		for _, d := range deps(g, p) {
+			if !within(d, our(format)) {
+				v = append(v, fmt.Sprintf("%s depends on %s: format depends on nothing of ours", rel(p), rel(d)))
+			}
+		}
+		for _, imp := range g[p] {
+			if !isOurs(imp) && !isStd(imp) && !within(imp, compress) {
+				v = append(v, fmt.Sprintf("%s imports %s: format needs the standard library and compression only", rel(p), imp))
+			}
+		}
+	}
+	// No stage depends on another stage or on what composes them.
+	for _, s := range stages {
+		for _, d := range deps(g, our(s)) {
+			if slices.Contains(stages, rel(d)) || slices.Contains(composers, rel(d)) {
+				v = append(v, fmt.Sprintf("%s depends on %s: a stage of the flow declares what it consumes and imports no other stage", s, rel(d)))
+			}
+		}
+	}
+	// Only the composition imports fetch, store and fusefs together.
+	for _, p := range sorted(g) {
+		imps := g[p]
+		if slices.Contains(imps, our(fetch)) && slices.Contains(imps, our(store)) && slices.Contains(imps, our(fusefs)) && !slices.Contains(composers, rel(p)) {
+			v = append(v, fmt.Sprintf("%s imports fetch, store and fusefs: only internal/daemon composes them", rel(p)))
+		}
+	}
+	// The binary is thin over internal/cli.
+	for _, imp := range g[our(lazypullBinary)] {
+		if isOurs(imp) && imp != our(cli) {
+			v = append(v, fmt.Sprintf("cmd/lazypull imports %s: it is thin over internal/cli", rel(imp)))
+		}
+	}
+	for _, d := range deps(g, our(lazypullBinary)) {
+		if slices.Contains(notInBinary, rel(d)) {
+			v = append(v, fmt.Sprintf("cmd/lazypull contains %s, which is for tests only", rel(d)))
+		}
+	}
+	return v
+}
+
+// deps returns the lazypull packages p depends on, directly or not.
+func deps(g graph, p string) []string {
+	seen := map[string]bool{}
+	var walk func(string)
+	walk = func(p string) {
+		for _, imp := range g[p] {
+			if isOurs(imp) && !seen[imp] {
+				seen[imp] = true
+				walk(imp)
+			}
+		}
+	}
+	walk(p)
+	return sorted(seen)
+}
+
+// load reads the module's import graph (non-test imports) with go list.
+func load(t *testing.T) graph {
+	t.Helper()
+	gobin, err := exec.LookPath("go")
+	if err != nil {
+		t.Fatalf("the import graph is read with the go command: %v", err)
+	}
+	cmd := exec.CommandContext(t.Context(), gobin, "list", "-e", "-json=ImportPath,Dir,Imports,Error", module+"/...")
+	var stderr bytes.Buffer
+	cmd.Stderr = &stderr
+	out, err := cmd.Output()
+	if err != nil {
+		t.Fatalf("go list: %v: %s", err, stderr.Bytes())
+	}
+	g := graph{}
+	var dirs []string
+	dec := json.NewDecoder(bytes.NewReader(out))
+	for {
+		var p struct {
+			ImportPath string
+			Dir        string
+			Imports    []string
+			Error      *struct{ Err string }
+		}
+		if err := dec.Decode(&p); errors.Is(err, io.EOF) {
+			break
+		} else if err != nil {
+			t.Fatalf("go list output: %v", err)
+		}
+		if p.Error != nil {
+			t.Fatalf("go list %s: %s", p.ImportPath, p.Error.Err)
+		}
+		g[p.ImportPath] = p.Imports
+		dirs = append(dirs, p.Dir)
+	}
+	consult(t, dirs)
+	return g
+}
+
+// consult reads the directories of the module's packages, and those above them, and stats
+// their Go files, so that go test's cache (which knows the files a test opens, not those
+// its go list child does) runs this test again when a source file, a package or a
+// directory changes, instead of reporting a stale pass.
+func consult(t *testing.T, dirs []string) {
+	t.Helper()
+	seen := map[string]bool{}
+	for _, dir := range dirs {
+		for d := dir; !seen[d]; d = filepath.Dir(d) {
+			seen[d] = true
+			ents, err := os.ReadDir(d)
+			if err != nil {
+				t.Fatal(err)
+			}
+			for _, e := range ents {
+				if strings.HasSuffix(e.Name(), ".go") || e.Name() == "go.mod" {
+					if _, err := os.Stat(filepath.Join(d, e.Name())); err != nil {
+						t.Fatal(err)
+					}
+				}
+			}
+			if _, err := os.Stat(filepath.Join(d, "go.mod")); err == nil || filepath.Dir(d) == d {
+				break // the module's root, or the file system's
+			}
+		}
+	}
+}
+
+// rel names a lazypull package relative to the module and leaves others as they are.
+func rel(path string) string {
+	if s, ok := strings.CutPrefix(path, module+"/"); ok {
+		return s
+	}
+	return path
+}
+
+// our is the import path of the lazypull package p names relative to the module.
+func our(p string) string { return module + "/" + p }
+
+// isOurs tells a package of the module by its import path.
+func isOurs(path string) bool { return within(path, module) }
+
+// isStd tells a standard library package: no dot in its first path element (and not ours:
+// the module's path has none either).
+func isStd(path string) bool {
+	first, _, _ := strings.Cut(path, "/")
+	return !isOurs(path) && !strings.Contains(first, ".")
+}
+
+// within tells whether path is pkg or below it.
+func within(path, pkg string) bool {
+	return path == pkg || strings.HasPrefix(path, pkg+"/")
+}
+
+// add adds imports to the package p names relative to the module, creating it if new.
+func add(g graph, p string, imps ...string) { g[our(p)] = append(g[our(p)], imps...) }
+
+func sorted[V any](m map[string]V) []string {
+	ks := make([]string, 0, len(m))
+	for k := range m {
+		ks = append(ks, k)
+	}
+	slices.Sort(ks)
+	return ks
+}
