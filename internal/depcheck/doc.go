@@ -9,4 +9,8 @@
 // table, the test checks the rules themselves over the whole graph, so that widening the
 // table alone cannot undo them. It reads the graph with `go list`, so it needs the go
 // command on PATH, as every test run has.
+//
+// Two more tests keep the documents that describe the graph in step with it: README.md's
+// "Layout" lists every package, and docs/design.md points to nothing outside the
+// repository.
 package depcheck
