@@ -83,8 +83,8 @@ func allowed() map[string]rule {
 
 		// The layer format and its reference implementation, written to be read without
 		// lazypull: a second implementation, a scanner or a tool uses it without pulling in
-		// registry, store or FUSE code. zstd (and the gzip of unconverted layers) is the
-		// only thing it needs beyond the standard library. The chunker is part of the
+		// registry, store or FUSE code. zstd is the only thing it needs beyond the
+		// standard library. The chunker is part of the
 		// format: its cut rule decides the chunk boundaries the index records.
 		format:  {ours: []string{chunker}, ext: []string{compress}},
 		chunker: {},
