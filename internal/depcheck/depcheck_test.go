@@ -178,7 +178,7 @@ func allowed() map[string]rule {
 type graph map[string][]string
 
 func TestImportGraph(t *testing.T) {
-	g := load(t)
+	g, _ := load(t)
 	if len(g) < 10 {
 		t.Fatalf("go list found %d packages of %s, want all of them: %v", len(g), module, g)
 	}
@@ -190,7 +190,7 @@ func TestImportGraph(t *testing.T) {
 // TestCheckCatches shows that check fails for each kind of edge the rules forbid, on
 // today's graph plus that edge.
 func TestCheckCatches(t *testing.T) {
-	g := load(t)
+	g, _ := load(t)
 	if v := check(g, allowed()); len(v) > 0 {
 		t.Fatalf("today's graph already violates the rules: %v", v)
 	}
@@ -345,27 +345,30 @@ func deps(g graph, p string) []string {
 	return sorted(seen)
 }
 
-// load reads the module's import graph (non-test imports) with go list.
-func load(t *testing.T) graph {
+// load reads the module's import graph (non-test imports) with go list, and the packages
+// with Go files but no package comment.
+func load(t *testing.T) (g graph, undocumented []string) {
 	t.Helper()
 	gobin, err := exec.LookPath("go")
 	if err != nil {
 		t.Fatalf("the import graph is read with the go command: %v", err)
 	}
-	cmd := exec.CommandContext(t.Context(), gobin, "list", "-e", "-json=ImportPath,Dir,Imports,Error", module+"/...")
+	cmd := exec.CommandContext(t.Context(), gobin, "list", "-e", "-json=ImportPath,Dir,Doc,GoFiles,Imports,Error", module+"/...")
 	var stderr bytes.Buffer
 	cmd.Stderr = &stderr
 	out, err := cmd.Output()
 	if err != nil {
 		t.Fatalf("go list: %v: %s", err, stderr.Bytes())
 	}
-	g := graph{}
+	g = graph{}
 	var dirs []string
 	dec := json.NewDecoder(bytes.NewReader(out))
 	for {
 		var p struct {
 			ImportPath string
 			Dir        string
+			Doc        string
+			GoFiles    []string
 			Imports    []string
 			Error      *struct{ Err string }
 		}
@@ -378,10 +381,13 @@ func load(t *testing.T) graph {
 			t.Fatalf("go list %s: %s", p.ImportPath, p.Error.Err)
 		}
 		g[p.ImportPath] = p.Imports
+		if len(p.GoFiles) > 0 && p.Doc == "" {
+			undocumented = append(undocumented, rel(p.ImportPath))
+		}
 		dirs = append(dirs, p.Dir)
 	}
 	consult(t, dirs)
-	return g
+	return g, undocumented
 }
 
 // consult reads the directories of the module's packages, and those above them, and stats

@@ -10,7 +10,7 @@
 // table alone cannot undo them. It reads the graph with `go list`, so it needs the go
 // command on PATH, as every test run has.
 //
-// Two more tests keep the documents that describe the graph in step with it: README.md's
-// "Layout" lists every package, and docs/design.md points to nothing outside the
-// repository.
+// Three more tests keep the documents that describe the graph in step with it: every
+// package has a package comment, README.md's "Layout" lists every package, and
+// docs/design.md points to nothing outside the repository.
 package depcheck

@@ -11,7 +11,7 @@ import (
 // TestLayoutListsEveryPackage checks that README.md's "Layout" lists every package of the
 // module, each on a line of its own that starts with the package's directory.
 func TestLayoutListsEveryPackage(t *testing.T) {
-	g := load(t)
+	g, _ := load(t)
 	layout := section(t, readDoc(t, "README.md"), "## Layout")
 	listed := map[string]bool{}
 	for _, line := range strings.Split(layout, "\n") {
@@ -23,6 +23,15 @@ func TestLayoutListsEveryPackage(t *testing.T) {
 		if !listed[rel(p)] {
 			t.Errorf("README.md's Layout does not list %s: add a line saying what it owns", rel(p))
 		}
+	}
+}
+
+// TestEveryPackageSaysWhatItOwns checks that every package with Go files has a package
+// comment (a doc.go, by custom), so that go doc and the Layout agree on what it owns.
+func TestEveryPackageSaysWhatItOwns(t *testing.T) {
+	_, undocumented := load(t)
+	for _, p := range undocumented {
+		t.Errorf("%s has no package comment: add a doc.go saying what it owns", p)
 	}
 }
 
