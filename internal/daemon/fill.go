@@ -64,6 +64,7 @@ type fill struct {
 // fillItem is a file of a layer whose chunks the fill wants.
 type fillItem struct {
 	l    *Layer
+	e    *format.Entry
 	f    store.File
 	name string
 }
@@ -200,7 +201,7 @@ func (im *Image) runFill(ctx context.Context, fl *fill, lim *limiter, log *slog.
 			if len(missing) == 0 {
 				continue
 			}
-			items = append(items, fillItem{l: l, f: f, name: e.Name})
+			items = append(items, fillItem{l: l, e: e, f: f, name: e.Name})
 			for _, c := range missing {
 				if !seen[c.Digest] {
 					seen[c.Digest] = true
@@ -230,23 +231,27 @@ func (im *Image) runFill(ctx context.Context, fl *fill, lim *limiter, log *slog.
 	}
 	var (
 		batch []store.Want
+		runs  []int // the header runs of the batch's files: they come with its chunks
 		bytes int64
 		cur   *Layer
 	)
 	flush := func() error {
-		if len(batch) == 0 {
+		if len(batch) == 0 && len(runs) == 0 {
 			return nil
 		}
-		defer func() { batch, bytes = nil, 0 }()
+		defer func() { batch, runs, bytes = nil, nil, 0 }()
 		if err := im.waitIdle(ctx); err != nil {
 			return err
 		}
 		if err := lim.Wait(ctx, bytes); err != nil {
 			return err
 		}
-		src := &countingSource{src: blobSource{cur.blob}}
+		src := &countingSource{src: &checkingSource{l: cur, runs: runs}}
 		err := cur.store.Prefetch(ctx, src, batch...)
 		counted(src.bytes.Load(), src.chunks.Load())
+		if err == nil {
+			cur.prefetchRuns(ctx, runs)
+		}
 		if err != nil {
 			return fmt.Errorf("layer %s: %w", cur.Desc.Digest, err)
 		}
@@ -258,6 +263,9 @@ func (im *Image) runFill(ctx context.Context, fl *fill, lim *limiter, log *slog.
 				return err
 			}
 			cur = it.l
+		}
+		if rs, err := it.l.runsFor(it.e); err == nil {
+			runs = append(runs, rs...)
 		}
 		// Again: reads (or an earlier batch, for a shared chunk) may have fetched some.
 		// A batch stays within fillBatch, the limiter's burst, so that every byte is paid

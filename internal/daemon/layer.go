@@ -37,6 +37,8 @@ type Layer struct {
 	raSlot chan struct{}   // bounds read-aheads in flight
 
 	reading *atomic.Int64 // the image's reads in progress (Image.reading)
+
+	tc tarCheck // the index checked against the tar (tarcheck.go)
 }
 
 // Read-ahead of sequentially read large files. The kernel asks FUSE for at most 1 MiB at
@@ -59,6 +61,7 @@ type stream struct {
 var (
 	_ fusefs.Content    = (*Layer)(nil)
 	_ fusefs.LocalFiler = (*Layer)(nil)
+	_ fusefs.Checker    = (*Layer)(nil)
 	_ store.Source      = blobSource{}
 )
 
@@ -144,13 +147,26 @@ func (l *Layer) file(e *format.Entry) (store.File, error) {
 	return f, nil
 }
 
-// ReadAt serves verified bytes of a regular file, fetching the chunks it lacks.
+// ReadAt serves verified bytes of a regular file, fetching the chunks it lacks. Nothing
+// is served before the entry (and the hard links to it) is found to match the layer's tar
+// (tarcheck.go): the header frames that say so come in the same Fetch as the chunks.
 func (l *Layer) ReadAt(ctx context.Context, e *format.Entry, p []byte, off int64) (int, error) {
 	if l.reading != nil {
 		l.reading.Add(1)
 		defer l.reading.Add(-1)
 	}
+	runs, err := l.runsFor(e)
+	if err != nil {
+		return 0, err
+	}
+	ok, err := l.checked(runs)
+	if err != nil {
+		return 0, err
+	}
 	if e.Sparse {
+		if err := l.checkRuns(ctx, runs); err != nil {
+			return 0, err
+		}
 		return l.readSparse(ctx, e, p, off)
 	}
 	f, err := l.file(e)
@@ -158,7 +174,14 @@ func (l *Layer) ReadAt(ctx context.Context, e *format.Entry, p []byte, off int64
 		return 0, err
 	}
 	l.readahead(e, f, off, int64(len(p)))
-	return l.store.ReadAt(ctx, blobSource{l.blob}, f, p, off)
+	if ok {
+		return l.store.ReadAt(ctx, blobSource{l.blob}, f, p, off)
+	}
+	n, err := l.store.ReadAt(ctx, &checkingSource{l: l, runs: runs}, f, p, off)
+	if cerr := l.checkRuns(ctx, runs); cerr != nil {
+		return 0, cerr
+	}
+	return n, err
 }
 
 // readahead starts fetching the next window of a large file read sequentially. What it
@@ -237,9 +260,15 @@ func (l *Layer) readSparse(ctx context.Context, e *format.Entry, p []byte, off i
 	return n, nil
 }
 
-// LocalFile hands out the store's complete copy of a file, for FUSE passthrough.
+// LocalFile hands out the store's complete copy of a file, for FUSE passthrough: only once
+// the entry is known to match the layer's tar (a read through ReadAt finds out).
 func (l *Layer) LocalFile(e *format.Entry) (*os.File, bool) {
 	if e.Sparse {
+		return nil, false
+	}
+	if runs, err := l.runsFor(e); err != nil {
+		return nil, false
+	} else if ok, _ := l.checked(runs); !ok {
 		return nil, false
 	}
 	f, err := l.file(e)

@@ -249,7 +249,15 @@ func (s packSource) Fetch(ctx context.Context, chunks []format.Chunk, fn func(fo
 
 // prefetchPacked fetches the wants of every layer (per[i] for im.Layers[i]) in one
 // store.Prefetch from the pack.
-func (im *Image) prefetchPacked(ctx context.Context, per [][]store.Want) error {
+func (im *Image) prefetchPacked(ctx context.Context, per [][]store.Want, runs [][]int) error {
+	// A pack holds no header frames (they have no digest to check a record against): the
+	// profiled files' header runs come from the layer blobs, one request per layer, sent
+	// beside the pack's.
+	var wg sync.WaitGroup
+	defer wg.Wait()
+	for i, l := range im.Layers {
+		wg.Go(func() { l.prefetchRuns(ctx, runs[i]) })
+	}
 	owner := map[chunkKey]*Layer{}
 	var all []store.Want
 	for i, ws := range per {

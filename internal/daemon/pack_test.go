@@ -190,11 +190,12 @@ func TestPackPrefetch(t *testing.T) {
 	reqs.reset()
 	im, ps := openPrefetched(t, ref)
 	checkPackServed(t, im, ps, p, files, reqs)
+	before := reqs.count("GET blobs")
 	if got := readFile(t, im, "share/doc"); !bytes.Equal(got, files["share/doc"]) {
 		t.Errorf("share/doc: wrong bytes")
 	}
-	if n := reqs.count("GET blobs"); n != 2 {
-		t.Errorf("%d blob requests after reading a file the profile does not name; want 2", n)
+	if n, want := reqs.count("GET blobs"), before+1; n != want {
+		t.Errorf("%d blob requests after reading a file the profile does not name; want %d", n, want)
 	}
 }
 
@@ -293,19 +294,20 @@ func TestPackIndexesKept(t *testing.T) {
 // then read right (files holds their bytes) with no further request.
 func checkPackServed(t *testing.T, im *Image, ps PrefetchStats, p *profile.Profile, files map[string][]byte, reqs *requestLog) {
 	t.Helper()
-	if ps.Err != "" || !ps.Pack || ps.Files != 4 || ps.Requests != 1 {
-		t.Errorf("prefetch %+v; want the 4 files from the pack, in its one request", ps)
-	}
-	if n := reqs.count("GET blobs"); n != 1 {
-		t.Errorf("%d blob requests to open and prefetch; want 1 (the pack)", n)
+	// Beside the pack, the profiled files' tar headers come from the layer blobs (a pack
+	// holds none: see tarcheck.go): one request per layer where the registry takes
+	// multi-range requests, one per run of headers here (this registry takes one range).
+	want := reqs.count("GET blobs")
+	if ps.Err != "" || !ps.Pack || ps.Files != 4 || ps.Requests != int64(want) || want < 2 || want > 1+len(p.Files) {
+		t.Errorf("prefetch %+v, %d blob requests; want the 4 files from the pack, in its one request, and their headers in at most %d", ps, want, len(p.Files))
 	}
 	for _, f := range p.Files {
 		if got := readFile(t, im, f.Path); !bytes.Equal(got, files[f.Path]) {
 			t.Errorf("%s: wrong bytes", f.Path)
 		}
 	}
-	if n := reqs.count("GET blobs"); n != 1 {
-		t.Errorf("%d blob requests after reading the profiled files; want still 1", n)
+	if n := reqs.count("GET blobs"); n != want {
+		t.Errorf("%d blob requests after reading the profiled files; want still %d", n, want)
 	}
 }
 
@@ -324,8 +326,8 @@ func TestReadaheadStopsAtProfile(t *testing.T) {
 	reqs.reset()
 
 	im, ps := openPrefetched(t, ref)
-	if ps.Err != "" || !ps.Pack || ps.Requests != 1 {
-		t.Fatalf("prefetch %+v; want the pack's one request", ps)
+	if ps.Err != "" || !ps.Pack || ps.Requests != 2 {
+		t.Fatalf("prefetch %+v; want the pack's one request and one for the file's tar header", ps)
 	}
 	l := im.Layers[0]
 	e, _ := l.Index.Lookup("lib/big.so")
@@ -340,11 +342,11 @@ func TestReadaheadStopsAtProfile(t *testing.T) {
 	}
 	read(0, profiled)
 	time.Sleep(100 * time.Millisecond) // a read-ahead would have started by now
-	if n := reqs.count("GET blobs"); n != 1 {
-		t.Errorf("%d blob requests after reading the profiled part; want 1 (the pack): a read-ahead went past the profile", n)
+	if n := reqs.count("GET blobs"); n != 2 {
+		t.Errorf("%d blob requests after reading the profiled part; want 2 (the pack, the header): a read-ahead went past the profile", n)
 	}
 	read(profiled, size)
-	if n := reqs.count("GET blobs"); n < 2 {
+	if n := reqs.count("GET blobs"); n < 3 {
 		t.Errorf("%d blob requests after reading past the profile; want more than the pack's", n)
 	}
 }

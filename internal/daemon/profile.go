@@ -533,8 +533,9 @@ func (im *Image) runPrefetch(ctx context.Context, pf *prefetch, log *slog.Logger
 	pf.st.Profile, pf.st.Files, pf.st.Stale, pf.st.Bytes = desc.Digest.String(), len(wants), len(stale), bytes
 	pf.st.Pack = im.pack != nil
 	pf.mu.Unlock()
+	runs := im.profiledRuns(wants)
 	if im.pack != nil {
-		err := im.prefetchPacked(ctx, per)
+		err := im.prefetchPacked(ctx, per, runs)
 		pf.mu.Lock()
 		pf.st.Requests = im.Registry.Stats().Requests - looked
 		pf.mu.Unlock()
@@ -547,9 +548,13 @@ func (im *Image) runPrefetch(ctx context.Context, pf *prefetch, log *slog.Logger
 		}
 		l := im.Layers[i]
 		g.Go(func() error {
-			if err := l.store.Prefetch(gctx, blobSource{l.blob}, ws...); err != nil {
+			// The header runs of the profiled files come in the same Fetch, each before
+			// its file's first chunk; what that Fetch did not bring (the chunks were
+			// local) comes after it.
+			if err := l.store.Prefetch(gctx, &checkingSource{l: l, runs: runs[i]}, ws...); err != nil {
 				return fmt.Errorf("layer %s: %w", l.Desc.Digest, err)
 			}
+			l.prefetchRuns(gctx, runs[i])
 			return nil
 		})
 	}

@@ -29,6 +29,16 @@ type LocalFiler interface {
 	LocalFile(e *format.Entry) (*os.File, bool)
 }
 
+// Checker is implemented by a Content that checks what the index says of an entry before
+// it is served. fusefs calls Check before it serves a symlink's target (a regular file's
+// content is the Content's to check in ReadAt); an error fails the request with EIO.
+type Checker interface {
+	Check(ctx context.Context, e *format.Entry) error
+}
+
+// An error a Content has logged already, and that every request for the entry will meet
+// again, has a method Reported() bool that returns true: fusefs logs it at debug level.
+
 // Layer is one layer of an image: its index and the source of its file content.
 type Layer struct {
 	Index   *format.Index

@@ -234,7 +234,10 @@ const repeatWindow = time.Second
 func (in *inode) logReadError(err error, off int64, length int) {
 	now := time.Now().UnixNano()
 	level := slog.LevelError
-	if last := in.lastErr.Load(); last != 0 && now-last < int64(repeatWindow) {
+	var rep interface{ Reported() bool }
+	if errors.As(err, &rep) && rep.Reported() {
+		level = slog.LevelDebug // the Content logged it
+	} else if last := in.lastErr.Load(); last != 0 && now-last < int64(repeatWindow) {
 		level = slog.LevelDebug
 	} else {
 		in.lastErr.Store(now)

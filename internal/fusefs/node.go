@@ -1,6 +1,7 @@
 package fusefs
 
 import (
+	"context"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -310,6 +311,15 @@ func (r *Root) Readlink(cancel <-chan struct{}, h *fuse.InHeader) ([]byte, fuse.
 	}
 	if n.n.kind != kindSymlink {
 		return nil, fuse.EINVAL
+	}
+	if c, ok := n.v.layers[n.n.layer].Content.(Checker); ok {
+		if err := c.Check(&fuse.Context{Cancel: cancel}, n.n.e); err != nil {
+			if errors.Is(err, context.Canceled) {
+				return nil, fuse.EINTR
+			}
+			n.logReadError(err, 0, 0)
+			return nil, fuse.EIO
+		}
 	}
 	return []byte(n.n.e.Linkname), fuse.OK
 }

@@ -1,0 +1,476 @@
+package daemon
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"sync"
+	"sync/atomic"
+	"unsafe"
+
+	"lazypull/format"
+	"lazypull/internal/fetch"
+	"lazypull/internal/profile"
+)
+
+// The index of a layer is checked against the layer's tar before what it says of an
+// entry is served: the entry's content (ReadAt, LocalFile) or its link target (Check).
+// The unit is a header run (format.HeaderRun): the header frames between two files'
+// content, which hold the tar headers of every entry up to and including the next file.
+// A run is fetched once (with the first content range that needs it, in the same Fetch,
+// so usually in the same Range request: the run's frames lie right before the file's
+// first chunk in the blob), checked with format.Index.CheckRun, and its verdict kept: in
+// memory, and for a run that matches, in the store (store.PutChecked), so that a restart
+// neither fetches it again nor needs the registry to serve what the store holds.
+
+// Run states.
+const (
+	runUnknown uint32 = iota
+	runMatches
+	runMismatch
+)
+
+// tarCheck holds a layer's header runs and their verdicts.
+type tarCheck struct {
+	once  sync.Once
+	err   error // the frames cannot be those of a tar the index describes: nothing is served
+	index format.Digest
+	runs  []format.HeaderRun
+	runOf []int32
+	links map[int][]int // a file's entry -> the hard links to it in this layer
+
+	state []atomic.Uint32 // per run
+
+	mu      sync.Mutex
+	flights map[int]*runFlight // runs being fetched
+	bad     map[int]error      // runs that do not match, and why
+	dirty   bool               // runs matched since the bitmap was last kept
+	writing bool               // a goroutine keeps the bitmap
+}
+
+// runFlight is a run being fetched and checked; err is its outcome, final when it is a
+// verdict (a mismatch or a match), not a failure to fetch.
+type runFlight struct {
+	done  chan struct{}
+	err   error
+	final bool
+}
+
+// refusedError is an entry that does not match the layer's tar. It has been logged once
+// (fusefs does not log it again on every read).
+type refusedError struct{ err error }
+
+func (e *refusedError) Error() string  { return e.err.Error() }
+func (e *refusedError) Unwrap() error  { return e.err }
+func (e *refusedError) Reported() bool { return true }
+
+func (l *Layer) tarCheck() *tarCheck {
+	tc := &l.tc
+	tc.once.Do(func() {
+		loc, err := format.LocationFromAnnotations(l.Desc.Annotations)
+		if err != nil {
+			tc.err = err
+			return
+		}
+		tc.index = loc.Digest
+		tc.runs, tc.runOf, err = l.Index.HeaderRuns()
+		if err != nil {
+			tc.err = fmt.Errorf("layer %s: the index does not describe the layer's tar: %w", l.Desc.Digest, err)
+			slog.Error("layer index does not describe the layer's tar; no file of it is served", "layer", l.Desc.Digest, "err", err)
+			return
+		}
+		tc.state = make([]atomic.Uint32, len(tc.runs))
+		tc.flights, tc.bad, tc.links = map[int]*runFlight{}, map[int]error{}, map[int][]int{}
+		for i := range l.Index.Entries {
+			e := &l.Index.Entries[i]
+			if !e.IsHardlink() {
+				continue
+			}
+			if t, err := l.Index.Content(e); err == nil {
+				if ti := l.entryIndex(t); ti >= 0 {
+					tc.links[ti] = append(tc.links[ti], i)
+				}
+			}
+		}
+		if bits := l.store.Checked(tc.index); len(bits) == (len(tc.runs)+7)/8 {
+			for r := range tc.runs {
+				if bits[r/8]&(1<<(r%8)) != 0 {
+					tc.state[r].Store(runMatches)
+				}
+			}
+		}
+	})
+	return tc
+}
+
+// entryIndex is the position of e in the layer's index, -1 if it is not one of its entries.
+func (l *Layer) entryIndex(e *format.Entry) int {
+	es := l.Index.Entries
+	if len(es) == 0 {
+		return -1
+	}
+	d := uintptr(unsafe.Pointer(e)) - uintptr(unsafe.Pointer(&es[0]))
+	i := int(d / unsafe.Sizeof(es[0]))
+	if d%unsafe.Sizeof(es[0]) != 0 || i < 0 || i >= len(es) || &es[i] != e {
+		return -1
+	}
+	return i
+}
+
+// runsFor returns the runs whose headers describe what serving e serves: e's own, and the
+// runs of the hard links that name its content.
+func (l *Layer) runsFor(e *format.Entry) ([]int, error) {
+	tc := l.tarCheck()
+	if tc.err != nil {
+		return nil, tc.err
+	}
+	i := l.entryIndex(e)
+	if i < 0 {
+		return nil, fmt.Errorf("layer %s: entry %q is not in the layer's index", l.Desc.Digest, e.Name)
+	}
+	runs := []int{int(tc.runOf[i])}
+	for _, j := range tc.links[i] {
+		if r := int(tc.runOf[j]); r != runs[len(runs)-1] {
+			runs = append(runs, r)
+		}
+	}
+	return runs, nil
+}
+
+// checked says whether all runs are known to match (ok), or one is known not to (err).
+func (l *Layer) checked(runs []int) (ok bool, err error) {
+	tc := &l.tc
+	ok = true
+	for _, r := range runs {
+		switch tc.state[r].Load() {
+		case runMatches:
+		case runMismatch:
+			tc.mu.Lock()
+			err = tc.bad[r]
+			tc.mu.Unlock()
+			return false, err
+		default:
+			ok = false
+		}
+	}
+	return ok, nil
+}
+
+// Check makes sure that what the index says of e (and of the hard links to it) is what
+// the layer's tar says, fetching the header frames that hold it if need be: it returns
+// nil once it is, and an error (a refusedError for a mismatch) otherwise. It is the
+// fusefs.Checker of the layer: a symlink's target is served only after it.
+func (l *Layer) Check(ctx context.Context, e *format.Entry) error {
+	runs, err := l.runsFor(e)
+	if err != nil {
+		return err
+	}
+	return l.checkRuns(ctx, runs)
+}
+
+func (l *Layer) checkRuns(ctx context.Context, runs []int) error {
+	tc := &l.tc
+	var last error
+	for range checkAttempts {
+		if ok, err := l.checked(runs); ok || err != nil {
+			return err
+		}
+		if mine := l.claim(runs); len(mine) > 0 {
+			// Fetched alone (the content is local), a run costs a request: the next few
+			// runs come with it, for the next files a walk or a start reads.
+			mine = append(mine, l.claim(l.neighbours(mine[len(mine)-1]))...)
+			if err := l.fetchRuns(ctx, mine, nil, nil); err != nil {
+				last = err
+			}
+		}
+		// Wait for the runs others fetch; one that failed to come is fetched again.
+		for _, r := range runs {
+			tc.mu.Lock()
+			fl := tc.flights[r]
+			tc.mu.Unlock()
+			if fl == nil {
+				continue
+			}
+			select {
+			case <-fl.done:
+			case <-ctx.Done():
+				return ctx.Err()
+			}
+			if fl.err != nil && !fl.final {
+				last = fl.err
+			}
+		}
+		if err := ctx.Err(); err != nil {
+			return err
+		}
+	}
+	if ok, err := l.checked(runs); ok || err != nil {
+		return err
+	}
+	if last == nil {
+		last = errors.New("not checked")
+	}
+	return fmt.Errorf("layer %s: check the index against the tar: %w", l.Desc.Digest, last)
+}
+
+// neighbourRuns is how many runs after one fetched alone come with it.
+const neighbourRuns = 16
+
+func (l *Layer) neighbours(r int) []int {
+	var out []int
+	for n := r + 1; n < len(l.tc.runs) && n <= r+neighbourRuns; n++ {
+		if l.tc.state[n].Load() == runUnknown {
+			out = append(out, n)
+		}
+	}
+	return out
+}
+
+// checkAttempts bounds how often checkRuns fetches a run that failed to come.
+const checkAttempts = 3
+
+// claim marks the runs that are neither checked nor being fetched as fetched by the
+// caller, who must settle each.
+func (l *Layer) claim(runs []int) (mine []int) {
+	tc := &l.tc
+	tc.mu.Lock()
+	defer tc.mu.Unlock()
+	for _, r := range runs {
+		if tc.state[r].Load() != runUnknown || tc.flights[r] != nil {
+			continue
+		}
+		tc.flights[r] = &runFlight{done: make(chan struct{})}
+		mine = append(mine, r)
+	}
+	return mine
+}
+
+// settle ends the flight of run r with its outcome: a verdict (final) or a failure.
+func (l *Layer) settle(r int, err error, final bool) {
+	tc := &l.tc
+	tc.mu.Lock()
+	fl := tc.flights[r]
+	delete(tc.flights, r)
+	keep := false
+	if final {
+		if err == nil {
+			tc.state[r].Store(runMatches)
+			tc.dirty = true
+			if !tc.writing {
+				tc.writing, keep = true, true
+			}
+		} else {
+			err = &refusedError{err: fmt.Errorf("layer %s: %w", l.Desc.Digest, err)}
+			tc.bad[r] = err
+			tc.state[r].Store(runMismatch)
+		}
+	}
+	tc.mu.Unlock()
+	if fl != nil {
+		fl.err, fl.final = err, final
+		close(fl.done)
+	}
+	if final && err != nil {
+		attrs := []any{"layer", l.Desc.Digest, "err", err}
+		var m *format.MismatchError
+		if errors.As(err, &m) {
+			attrs = []any{"layer", l.Desc.Digest, "entry", m.Entry, "field", m.Field, "index", m.Index, "tar", m.Tar}
+		}
+		slog.Error("layer index does not match the layer's tar; not serving the entry", attrs...)
+	}
+	if keep {
+		go l.keepChecked()
+	}
+}
+
+// keepChecked writes the bitmap of matching runs to the store until it is up to date.
+func (l *Layer) keepChecked() {
+	tc := &l.tc
+	for {
+		tc.mu.Lock()
+		if !tc.dirty {
+			tc.writing = false
+			tc.mu.Unlock()
+			return
+		}
+		tc.dirty = false
+		tc.mu.Unlock()
+		bits := make([]byte, (len(tc.runs)+7)/8)
+		for r := range tc.runs {
+			if tc.state[r].Load() == runMatches {
+				bits[r/8] |= 1 << (r % 8)
+			}
+		}
+		if err := l.store.PutChecked(tc.index, bits); err != nil {
+			slog.Debug("cannot keep which header runs were checked; a restart fetches them again", "layer", l.Desc.Digest, "err", err)
+		}
+	}
+}
+
+// runCollector gathers the header frames of the runs a Fetch brings, and checks each run
+// as soon as its last frame arrives.
+type runCollector struct {
+	l      *Layer
+	frames map[int64][2]int // blob offset of a header frame -> its run and frame number
+	got    map[int][][]byte
+	left   map[int]int // run -> frames still to come
+}
+
+func (l *Layer) newCollector(mine []int) (*runCollector, []fetch.Range) {
+	c := &runCollector{l: l, frames: map[int64][2]int{}, got: map[int][][]byte{}, left: map[int]int{}}
+	var ranges []fetch.Range
+	for _, r := range mine {
+		run := l.tc.runs[r]
+		c.left[r] = run.EndFrame - run.FirstFrame
+		c.got[r] = make([][]byte, run.EndFrame-run.FirstFrame)
+		for k := run.FirstFrame; k < run.EndFrame; k++ {
+			f := l.Index.Frames[k]
+			c.frames[f.Offset] = [2]int{r, k}
+			ranges = append(ranges, fetch.Range{Off: f.Offset, Len: f.Size})
+		}
+	}
+	return c, ranges
+}
+
+// take keeps a header frame if rg is one; it reports whether it was.
+func (c *runCollector) take(rg fetch.Range, b []byte) bool {
+	rk, ok := c.frames[rg.Off]
+	r, k := rk[0], rk[1]
+	if !ok || c.l.Index.Frames[k].Size != rg.Len {
+		return false
+	}
+	run := c.l.tc.runs[r]
+	if c.got[r][k-run.FirstFrame] != nil {
+		return true
+	}
+	c.got[r][k-run.FirstFrame] = bytes.Clone(b)
+	if c.left[r]--; c.left[r] == 0 {
+		data, err := c.l.Index.HeaderRunBytes(run, c.got[r])
+		if err == nil {
+			err = c.l.Index.CheckRun(run, bytes.NewReader(data))
+		}
+		var m *format.MismatchError
+		// A frame that does not decompress, or a header that does not parse, may be a bad
+		// response: not a verdict, the next read fetches it again.
+		c.l.settle(r, err, err == nil || errors.As(err, &m))
+		delete(c.left, r)
+		delete(c.got, r)
+	}
+	return true
+}
+
+// finish settles the runs whose frames did not all come, as failures.
+func (c *runCollector) finish(err error) {
+	if err == nil {
+		err = errors.New("the header frames did not all come")
+	}
+	for r := range c.left {
+		c.l.settle(r, fmt.Errorf("layer %s: fetch the tar headers: %w", c.l.Desc.Digest, err), false)
+	}
+}
+
+// fetchRuns fetches the header frames of the runs mine (claimed) from the layer blob and
+// settles them; with chunks, in the same Fetch as those chunk frames (fn gets them).
+func (l *Layer) fetchRuns(ctx context.Context, mine []int, chunks []format.Chunk, fn func(format.Chunk, []byte) error) error {
+	c, hranges := l.newCollector(mine)
+	ranges, byOff := orderRanges(l, mine, hranges, chunks)
+	err := l.blob.Fetch(ctx, ranges, func(r fetch.Range, b []byte) error {
+		if c.take(r, b) {
+			return nil
+		}
+		ch, ok := byOff[r.Off]
+		if !ok || ch.CompSize != r.Len || fn == nil {
+			return fmt.Errorf("fetch answered range %s, which nothing asked for", r)
+		}
+		return fn(ch, b)
+	})
+	c.finish(err)
+	return err
+}
+
+// orderRanges lists the header frames of each run right before the first chunk of the
+// file the run ends with (the order a multi-range request asks for them, and the order
+// they come in), the runs of no listed chunk first.
+func orderRanges(l *Layer, mine []int, hranges []fetch.Range, chunks []format.Chunk) ([]fetch.Range, map[int64]format.Chunk) {
+	byOff := make(map[int64]format.Chunk, len(chunks))
+	before := map[int64][]fetch.Range{} // chunk offset -> header frames to put before it
+	var lead []fetch.Range
+	for _, c := range chunks {
+		byOff[c.Offset] = c
+	}
+	i := 0
+	for _, r := range mine {
+		run := l.tc.runs[r]
+		n := run.EndFrame - run.FirstFrame
+		rs := hranges[i : i+n]
+		i += n
+		if run.Content {
+			if _, ok := byOff[l.Index.Frames[run.EndFrame].Offset]; ok {
+				before[l.Index.Frames[run.EndFrame].Offset] = rs
+				continue
+			}
+		}
+		lead = append(lead, rs...)
+	}
+	ranges := make([]fetch.Range, 0, len(hranges)+len(chunks))
+	ranges = append(ranges, lead...)
+	for _, c := range chunks {
+		ranges = append(ranges, before[c.Offset]...)
+		ranges = append(ranges, fetch.Range{Off: c.Offset, Len: c.CompSize})
+	}
+	return ranges, byOff
+}
+
+// checkingSource is the layer blob as a store.Source that also brings, in its first
+// Fetch, the header frames of runs not yet checked: those of the files being read.
+type checkingSource struct {
+	l    *Layer
+	runs []int
+	used atomic.Bool
+}
+
+func (s *checkingSource) Fetch(ctx context.Context, chunks []format.Chunk, fn func(format.Chunk, []byte) error) error {
+	var mine []int
+	if !s.used.Swap(true) {
+		mine = s.l.claim(s.runs)
+	}
+	if len(mine) == 0 {
+		return blobSource{s.l.blob}.Fetch(ctx, chunks, fn)
+	}
+	return s.l.fetchRuns(ctx, mine, chunks, fn)
+}
+
+// prefetchRuns fetches, in one Fetch, the runs that are neither checked nor being fetched.
+// Failures are left to the reads, which fetch again.
+func (l *Layer) prefetchRuns(ctx context.Context, runs []int) {
+	if len(runs) == 0 {
+		return
+	}
+	if mine := l.claim(runs); len(mine) > 0 {
+		_ = l.fetchRuns(ctx, mine, nil, nil)
+	}
+}
+
+// profiledRuns returns, per layer, the header runs of the profile's files.
+func (im *Image) profiledRuns(wants []profile.Want) [][]int {
+	out := make([][]int, len(im.Layers))
+	seen := make([]map[int]bool, len(im.Layers))
+	for _, w := range wants {
+		rs, err := im.Layers[w.Layer].runsFor(w.Entry)
+		if err != nil {
+			continue // its reads report it
+		}
+		if seen[w.Layer] == nil {
+			seen[w.Layer] = map[int]bool{}
+		}
+		for _, r := range rs {
+			if !seen[w.Layer][r] {
+				seen[w.Layer][r] = true
+				out[w.Layer] = append(out[w.Layer], r)
+			}
+		}
+	}
+	return out
+}
