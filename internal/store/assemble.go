@@ -47,6 +47,9 @@ func (s *Store) OpenLocal(f File) (*os.File, error) {
 		return nil, fmt.Errorf("store %s: file %s: %w", s.dir, f.Digest, fs.ErrNotExist)
 	}
 	defer s.release(o)
+	if o.size != f.Size {
+		return nil, fmt.Errorf("store %s: file %s: the object has %d bytes, the index says %d: %w", s.dir, f.Digest, o.size, f.Size, ErrCorrupt)
+	}
 	r, err := os.Open(s.objectPath(f.Digest))
 	if errors.Is(err, fs.ErrNotExist) {
 		s.mu.Lock()

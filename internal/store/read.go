@@ -132,7 +132,13 @@ func (s *Store) ReadAt(ctx context.Context, src Source, f File, p []byte, off in
 		p, eof = p[:rest], io.EOF
 	}
 
-	if o := s.acquire(f.Digest); o != nil {
+	if o := s.acquire(f.Digest); o != nil && o.size != f.Size {
+		err := s.wrongSize(o, f)
+		s.release(o)
+		if err != nil {
+			return 0, err
+		}
+	} else if o != nil {
 		ok, err := s.readLocal(o, p, off)
 		s.release(o)
 		if ok {

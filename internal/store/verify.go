@@ -114,3 +114,20 @@ func (s *Store) hashRange(o *object, off, n int64, buf []byte) (format.Digest, i
 	}
 	return format.Digest(h.Sum(nil)), k, err
 }
+
+// wrongSize handles an object whose size is not the one a reader's index gives its digest
+// (o is held). Either the object was damaged on disk, or the index is wrong about the
+// content its digest names; the object is hashed to tell. A damaged object is removed, and
+// wrongSize returns nil: the caller fetches. An intact one stays, and the read fails
+// wrapping ErrCorrupt: no byte of it is served as a file of another size.
+func (s *Store) wrongSize(o *object, f File) error {
+	got, _, err := s.hashRange(o, 0, o.size, make([]byte, 1<<20))
+	if err == nil && got == o.digest {
+		s.st.corrupt.Add(1)
+		return fmt.Errorf("store read %s: the index says %d bytes, the content with that digest has %d: %w", f.Digest, f.Size, o.size, ErrCorrupt)
+	}
+	s.log.Warn("store: object does not match its digest; removing it", "object", o.digest, "size", o.size, "index_size", f.Size, "err", err)
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.removeLocked(o)
+}
