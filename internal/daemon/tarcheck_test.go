@@ -1,0 +1,234 @@
+package daemon
+
+import (
+	"archive/tar"
+	"bytes"
+	"context"
+	"crypto/sha256"
+	"encoding/binary"
+	"errors"
+	"log/slog"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	v1 "github.com/google/go-containerregistry/pkg/v1"
+	"github.com/google/go-containerregistry/pkg/v1/empty"
+	"github.com/google/go-containerregistry/pkg/v1/mutate"
+	"github.com/google/go-containerregistry/pkg/v1/static"
+	"github.com/google/go-containerregistry/pkg/v1/types"
+
+	"lazypull/format"
+	"lazypull/internal/fetch"
+	"lazypull/internal/store"
+)
+
+// craftedLayer converts a tar of bin/bash, bin/sh (the real one), a symlink and a text
+// file, and then lets edit change the index as a hostile producer would, writing the
+// edited index back into the blob and its annotations: every digest in the chain still
+// checks out, only the index no longer describes the tar.
+func craftedLayer(t *testing.T, edit func(ix *format.Index)) (blob []byte, ann map[string]string) {
+	t.Helper()
+	var tb bytes.Buffer
+	tw := tar.NewWriter(&tb)
+	mt := time.Unix(1700000000, 0)
+	for _, f := range []struct{ name, body string }{{"bin/bash", "#!bash, another program"}, {"bin/sh", "#!sh, the real one"}, {"etc/motd", "welcome"}} {
+		tw.WriteHeader(&tar.Header{Typeflag: tar.TypeReg, Name: f.name, Mode: 0o755, Size: int64(len(f.body)), ModTime: mt})
+		tw.Write([]byte(f.body))
+	}
+	tw.WriteHeader(&tar.Header{Typeflag: tar.TypeSymlink, Name: "etc/alt", Linkname: "/bin/sh", ModTime: mt})
+	tw.Close()
+	var out bytes.Buffer
+	res, err := format.Write(context.Background(), &out, &tb)
+	if err != nil {
+		t.Fatal(err)
+	}
+	b := out.Bytes()
+	ix, err := format.DecodeIndex(b[res.IndexOffset : res.IndexOffset+res.IndexSize])
+	if err != nil {
+		t.Fatal(err)
+	}
+	edit(ix)
+	payload, err := ix.Encode()
+	if err != nil {
+		t.Fatal(err)
+	}
+	return rewriteIndex(b[:res.IndexOffset-8], payload)
+}
+
+// rewriteIndex appends an index payload and its footer to a layer's frames, as docs/format.md
+// lays them out, and returns the blob and its annotations.
+func rewriteIndex(frames, payload []byte) ([]byte, map[string]string) {
+	blob := bytes.Clone(frames)
+	blob = binary.LittleEndian.AppendUint32(blob, 0x184D2A5D)
+	blob = binary.LittleEndian.AppendUint32(blob, uint32(len(payload)))
+	off := int64(len(blob))
+	blob = append(blob, payload...)
+	sum := sha256.Sum256(payload)
+	blob = binary.LittleEndian.AppendUint32(blob, 0x184D2A5E)
+	blob = binary.LittleEndian.AppendUint32(blob, 56)
+	blob = append(blob, "LZPFOOTR"...)
+	blob = binary.LittleEndian.AppendUint64(blob, uint64(off))
+	blob = binary.LittleEndian.AppendUint64(blob, uint64(len(payload)))
+	blob = append(blob, sum[:]...)
+	r := format.Result{IndexOffset: off, IndexSize: int64(len(payload)), IndexDigest: format.Digest(sum).String()}
+	return blob, r.Annotations()
+}
+
+func imageOfLayer(t *testing.T, blob []byte, ann map[string]string) v1.Image {
+	t.Helper()
+	img, err := mutate.Append(empty.Image, mutate.Addendum{Layer: static.NewLayer(blob, types.MediaType(format.MediaTypeLayer)),
+		Annotations: ann, MediaType: types.MediaType(format.MediaTypeLayer)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return mutate.MediaType(img, types.OCIManifestSchema1)
+}
+
+// swapShBash names bash's frames bin/sh and the real sh's bin/bash: bin/sh would run bash.
+func swapShBash(ix *format.Index) {
+	ix.Entries[0].Name, ix.Entries[1].Name = ix.Entries[1].Name, ix.Entries[0].Name
+}
+
+// TestTarCheckRefusesCraftedIndex: a layer whose index maps bin/sh to another file's
+// frames (annotations and digests all updated) serves neither bin/sh nor bin/bash, with
+// one log line naming the layer, the entry and the field; the files whose headers match
+// are served; a symlink whose target the index changed is refused too.
+func TestTarCheckRefusesCraftedIndex(t *testing.T) {
+	var logb syncBuf
+	old := slog.Default()
+	slog.SetDefault(slog.New(slog.NewTextHandler(&logb, nil)))
+	t.Cleanup(func() { slog.SetDefault(old) })
+
+	blob, ann := craftedLayer(t, func(ix *format.Index) {
+		swapShBash(ix)
+		for i := range ix.Entries {
+			if ix.Entries[i].Name == "etc/alt" {
+				ix.Entries[i].Linkname = "/bin/bash"
+			}
+		}
+	})
+	ref, _, _ := pushCounted(t, imageOfLayer(t, blob, ann), "crafted:v1")
+	st, err := store.Open(t.TempDir())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer st.Close()
+	im, err := OpenImage(context.Background(), st, ref, nil, fetch.WithPlainHTTP())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer im.Close()
+	l := im.Layers[0]
+	read := func(name string) ([]byte, error) {
+		e, ok := l.Index.Lookup(name)
+		if !ok {
+			t.Fatalf("%s not in the index", name)
+		}
+		b := make([]byte, e.Size)
+		n, err := l.ReadAt(context.Background(), e, b, 0)
+		return b[:n], err
+	}
+	for range 2 { // the second time from the verdict kept
+		b, err := read("bin/sh")
+		var m *format.MismatchError
+		if err == nil || !errors.As(err, &m) || m.Entry != "bin/sh" || m.Field != "name" {
+			t.Fatalf("bin/sh: served %q, %v; want a name mismatch of bin/sh", b, err)
+		}
+		if _, err := read("bin/bash"); err == nil {
+			t.Fatal("bin/bash (the real sh's frames) served")
+		}
+	}
+	if b, err := read("etc/motd"); err != nil || string(b) != "welcome" {
+		t.Fatalf("etc/motd: %q, %v", b, err)
+	}
+	alt, _ := l.Index.Lookup("etc/alt")
+	var m *format.MismatchError
+	if err := l.Check(context.Background(), alt); !errors.As(err, &m) || m.Field != "link" {
+		t.Fatalf("symlink with a changed target: %v; want a link mismatch", err)
+	}
+	e, _ := l.Index.Lookup("bin/sh")
+	if f, ok := l.LocalFile(e); ok {
+		f.Close()
+		t.Fatal("bin/sh handed out for passthrough")
+	}
+	logs := logb.String()
+	if n := strings.Count(logs, `entry=bin/sh field=name`); n != 1 {
+		t.Errorf("%d log lines name bin/sh's mismatch; want 1:\n%s", n, logs)
+	}
+	if !strings.Contains(logs, "layer="+l.Desc.Digest.String()) {
+		t.Errorf("the log does not name the layer:\n%s", logs)
+	}
+}
+
+// TestTarCheckCleanImage: an unmodified layer serves every file, and the verdicts kept in
+// the store let a second open serve them with no request for their headers.
+func TestTarCheckCleanImage(t *testing.T) {
+	blob, ann := craftedLayer(t, func(*format.Index) {})
+	ref, reqs, _ := pushCounted(t, imageOfLayer(t, blob, ann), "clean:v1")
+	dir := t.TempDir()
+	open := func() (*store.Store, *Image) {
+		st, err := store.Open(dir)
+		if err != nil {
+			t.Fatal(err)
+		}
+		im, err := OpenImage(context.Background(), st, ref, nil, fetch.WithPlainHTTP())
+		if err != nil {
+			t.Fatal(err)
+		}
+		return st, im
+	}
+	st, im := open()
+	for _, n := range []string{"bin/bash", "bin/sh", "etc/motd"} {
+		readFile(t, im, n)
+	}
+	alt, _ := im.Layers[0].Index.Lookup("etc/alt")
+	if err := im.Layers[0].Check(context.Background(), alt); err != nil {
+		t.Fatal(err)
+	}
+	// Wait for the verdicts to be kept, then close.
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		loc, _ := format.LocationFromAnnotations(ann)
+		bits := st.Checked(loc.Digest)
+		if len(bits) == 1 && bits[0] == 0b1111 || time.Now().After(deadline) {
+			break
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	im.Close()
+	st.Close()
+
+	st, im = open()
+	defer st.Close()
+	defer im.Close()
+	reqs.reset()
+	for _, n := range []string{"bin/bash", "bin/sh", "etc/motd"} {
+		readFile(t, im, n)
+	}
+	if err := im.Layers[0].Check(context.Background(), alt); err != nil {
+		t.Fatal(err)
+	}
+	if n := reqs.count("GET blobs"); n != 0 {
+		t.Errorf("%d blob requests reading from the store after a restart; want none", n)
+	}
+}
+
+// syncBuf is a log sink for many goroutines.
+type syncBuf struct {
+	mu sync.Mutex
+	b  bytes.Buffer
+}
+
+func (s *syncBuf) Write(p []byte) (int, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.Write(p)
+}
+
+func (s *syncBuf) String() string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.String()
+}
