@@ -2,6 +2,7 @@ package daemon
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"log/slog"
 	"os"
@@ -178,6 +179,9 @@ func (l *Layer) ReadAt(ctx context.Context, e *format.Entry, p []byte, off int64
 		return l.store.ReadAt(ctx, blobSource{l.blob}, f, p, off)
 	}
 	n, err := l.store.ReadAt(ctx, &checkingSource{l: l, runs: runs}, f, p, off)
+	if err != nil && !errors.Is(err, io.EOF) {
+		return 0, err // the fetch failed: its retries are spent
+	}
 	if cerr := l.checkRuns(ctx, runs); cerr != nil {
 		return 0, cerr
 	}

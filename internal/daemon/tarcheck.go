@@ -6,6 +6,8 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"path"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"unsafe"
@@ -182,7 +184,14 @@ func (l *Layer) checkRuns(ctx context.Context, runs []int) error {
 			// runs come with it, for the next files a walk or a start reads.
 			mine = append(mine, l.claim(l.neighbours(mine[len(mine)-1]))...)
 			if err := l.fetchRuns(ctx, mine, nil, nil); err != nil {
-				last = err
+				// The fetch did its retries: report it, unless a verdict came all the same.
+				if ok, verr := l.checked(runs); ok || verr != nil {
+					return verr
+				}
+				if ctx.Err() != nil {
+					return ctx.Err()
+				}
+				return fmt.Errorf("layer %s: fetch the tar headers to check the index against: %w", l.Desc.Digest, err)
 			}
 		}
 		// Wait for the runs others fetch; one that failed to come is fetched again.
@@ -453,24 +462,98 @@ func (l *Layer) prefetchRuns(ctx context.Context, runs []int) {
 	}
 }
 
-// profiledRuns returns, per layer, the header runs of the profile's files.
+// profiledRuns returns, per layer, the header runs of the profile's files, and of the
+// symlinks a start likely follows, whose targets are served only once checked: a profile
+// records reads, not the path walks before them. Those are the symlinks that lead to a
+// profiled file or to one of its directories (bin -> usr/bin, python3 -> python3.11,
+// through directory symlinks), and those that sit in a profiled file's directory or the
+// one above it (a library's soname links, sitecustomize.py -> /etc/...: a program stats
+// or opens them, and reads another file, or none).
 func (im *Image) profiledRuns(wants []profile.Want) [][]int {
 	out := make([][]int, len(im.Layers))
 	seen := make([]map[int]bool, len(im.Layers))
-	for _, w := range wants {
-		rs, err := im.Layers[w.Layer].runsFor(w.Entry)
+	add := func(li int, e *format.Entry) {
+		rs, err := im.Layers[li].runsFor(e)
 		if err != nil {
-			continue // its reads report it
+			return // its reads report it
 		}
-		if seen[w.Layer] == nil {
-			seen[w.Layer] = map[int]bool{}
+		if seen[li] == nil {
+			seen[li] = map[int]bool{}
 		}
 		for _, r := range rs {
-			if !seen[w.Layer][r] {
-				seen[w.Layer][r] = true
-				out[w.Layer] = append(out[w.Layer], r)
+			if !seen[li][r] {
+				seen[li][r] = true
+				out[li] = append(out[li], r)
+			}
+		}
+	}
+	// The image's symlinks, the topmost layer's winning, to resolve targets through.
+	links := map[string]string{}
+	for _, l := range im.Layers {
+		for i := range l.Index.Entries {
+			if e := &l.Index.Entries[i]; e.IsSymlink() {
+				links[e.Name] = e.Linkname
+			}
+		}
+	}
+	paths := map[string]bool{} // profiled files and their directories
+	near := map[string]bool{}  // profiled files' directories and the ones above them
+	for _, w := range wants {
+		add(w.Layer, w.Entry)
+		for p := w.Entry.Name; p != "." && !paths[p]; p = path.Dir(p) {
+			paths[p] = true
+		}
+		d := path.Dir(w.Entry.Name)
+		near[d], near[path.Dir(d)] = true, true
+	}
+	for li, l := range im.Layers {
+		n := 0
+		for i := range l.Index.Entries {
+			e := &l.Index.Entries[i]
+			if !e.IsSymlink() || n >= maxLinkRuns {
+				continue
+			}
+			if near[path.Dir(e.Name)] || paths[resolveLinks(links, linkTarget(e))] {
+				add(li, e)
+				n++
 			}
 		}
 	}
 	return out
+}
+
+// maxLinkRuns bounds the symlinks per layer whose runs a prefetch brings.
+const maxLinkRuns = 1024
+
+// linkTarget is the path a symlink entry points at, cleaned and confined to the root.
+func linkTarget(e *format.Entry) string {
+	t := e.Linkname
+	if !strings.HasPrefix(t, "/") {
+		t = path.Join(path.Dir(e.Name), t)
+	}
+	return format.CleanName(t)
+}
+
+// resolveLinks follows the symlinks among p's directories (not p itself), at most 40 of them.
+func resolveLinks(links map[string]string, p string) string {
+	for range 40 {
+		elems := strings.Split(p, "/")
+		moved := false
+		for k := 1; k < len(elems); k++ {
+			dir := strings.Join(elems[:k], "/")
+			t, ok := links[dir]
+			if !ok {
+				continue
+			}
+			if !strings.HasPrefix(t, "/") {
+				t = path.Join(path.Dir(dir), t)
+			}
+			p, moved = format.CleanName(t+"/"+strings.Join(elems[k:], "/")), true
+			break
+		}
+		if !moved {
+			return p
+		}
+	}
+	return p
 }
