@@ -1,13 +1,17 @@
 package daemon
 
 import (
+	"bytes"
 	"context"
 	"errors"
 	"fmt"
 	"log/slog"
+	"slices"
 	"sync"
 	"sync/atomic"
 	"time"
+
+	v1 "github.com/google/go-containerregistry/pkg/v1"
 
 	"lazypull/format"
 	"lazypull/internal/store"
@@ -128,6 +132,8 @@ func (im *Image) BackgroundFetch(o FillOptions) error {
 		default:
 			log.Info("background fetch done", "image", im.Ref, "bytes", st.Bytes, "chunks", st.Chunks, "requests", st.Requests,
 				"seconds", st.Seconds)
+			// The layers are complete: their tar streams must have the config's diff IDs.
+			im.checkDiffIDs(fl.ctx, log)
 		}
 	}()
 	return nil
@@ -311,4 +317,40 @@ func (s *countingSource) Fetch(ctx context.Context, chunks []format.Chunk, fn fu
 		s.chunks.Add(1)
 		return nil
 	})
+}
+
+// checkDiffIDs checks every complete layer of the image against the diff ID the image's
+// config gives it (Layer.checkDiffID), and logs what it found.
+func (im *Image) checkDiffIDs(ctx context.Context, log *slog.Logger) {
+	cd := im.Image.Manifest.Config
+	raw, err := embedded(cd)
+	if err == nil && raw == nil {
+		raw, err = im.Registry.Blob(cd.Digest, cd.Size).ReadAll(ctx)
+	}
+	var cfg *v1.ConfigFile
+	if err == nil {
+		cfg, err = v1.ParseConfigFile(bytes.NewReader(raw))
+	}
+	if err != nil {
+		log.Warn("cannot read the image config; the layers' diff IDs are not checked", "image", im.Ref, "err", err)
+		return
+	}
+	ids := cfg.RootFS.DiffIDs
+	for _, l := range im.Layers {
+		i := slices.IndexFunc(im.Image.Manifest.Layers, func(d v1.Descriptor) bool { return d.Digest == l.Desc.Digest })
+		if i < 0 || i >= len(ids) {
+			log.Warn("the image config has no diff ID for the layer; not checked", "image", im.Ref, "layer", l.Desc.Digest)
+			continue
+		}
+		switch err := l.checkDiffID(ctx, ids[i].String()); {
+		case err == nil:
+			log.Info("layer's tar matches its diff ID", "layer", l.Desc.Digest, "diff_id", ids[i])
+		case errors.Is(err, errIncomplete), ctx.Err() != nil:
+		default:
+			var re *refusedError
+			if !errors.As(err, &re) {
+				log.Warn("cannot check the layer's diff ID", "layer", l.Desc.Digest, "err", err)
+			}
+		}
+	}
 }

@@ -130,13 +130,25 @@ func lazyImageOf(t *testing.T, files map[string][]byte) (v1.Image, *format.Index
 	if err != nil {
 		t.Fatal(err)
 	}
-	img, err := mutate.Append(empty.Image, mutate.Addendum{Layer: static.NewLayer(blob.Bytes(), types.MediaType(format.MediaTypeLayer)),
+	diffID, err := v1.NewHash(res.DiffID)
+	if err != nil {
+		t.Fatal(err)
+	}
+	img, err := mutate.Append(empty.Image, mutate.Addendum{Layer: diffIDLayer{static.NewLayer(blob.Bytes(), types.MediaType(format.MediaTypeLayer)), diffID},
 		Annotations: res.Annotations(), MediaType: types.MediaType(format.MediaTypeLayer)})
 	if err != nil {
 		t.Fatal(err)
 	}
 	return mutate.MediaType(img, types.OCIManifestSchema1), l.Index
 }
+
+// diffIDLayer is a layer with the diff ID of its tar (a static layer says its digest).
+type diffIDLayer struct {
+	v1.Layer
+	diffID v1.Hash
+}
+
+func (l diffIDLayer) DiffID() (v1.Hash, error) { return l.diffID, nil }
 
 func sortedKeys(m map[string][]byte) []string {
 	var ks []string

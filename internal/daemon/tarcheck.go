@@ -3,6 +3,7 @@ package daemon
 import (
 	"bytes"
 	"context"
+	"crypto/sha256"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -36,12 +37,15 @@ const (
 
 // tarCheck holds a layer's header runs and their verdicts.
 type tarCheck struct {
-	once  sync.Once
-	err   error // the frames cannot be those of a tar the index describes: nothing is served
-	index format.Digest
-	runs  []format.HeaderRun
-	runOf []int32
-	links map[int][]int // a file's entry -> the hard links to it in this layer
+	once sync.Once
+	err  error // the frames cannot be those of a tar the index describes: nothing is served
+	// refused is set when the layer's tar does not have the config's diff ID (checkDiffID):
+	// nothing more is served.
+	refused atomic.Pointer[refusedError]
+	index   format.Digest
+	runs    []format.HeaderRun
+	runOf   []int32
+	links   map[int][]int // a file's entry -> the hard links to it in this layer
 
 	state []atomic.Uint32 // per run
 
@@ -127,6 +131,9 @@ func (l *Layer) runsFor(e *format.Entry) ([]int, error) {
 	tc := l.tarCheck()
 	if tc.err != nil {
 		return nil, tc.err
+	}
+	if err := tc.refused.Load(); err != nil {
+		return nil, err
 	}
 	i := l.entryIndex(e)
 	if i < 0 {
@@ -556,4 +563,137 @@ func resolveLinks(links map[string]string, p string) string {
 		}
 	}
 	return p
+}
+
+// errIncomplete: a layer's chunks are not all in the store; its diff ID cannot be checked
+// without fetching them.
+var errIncomplete = errors.New("not all of the layer's chunks are in the store")
+
+// diffIDBatch bounds the blob bytes one request of checkDiffID asks for.
+const (
+	diffIDBatch = 8 << 20
+	diffIDGap   = 64 << 10 // header frames this close are read with what lies between
+)
+
+// checkDiffID checks, once every chunk of the layer is in the store, that the layer's tar
+// stream (its header frames, fetched again, and its chunks, read from the store, in blob
+// order) has the digest want, the diff ID the image's config gives it. That is what binds
+// the header frames the checks above fetched by range (which no digest in the index
+// covers) to the image: a registry that answered a Range with other header bytes than the
+// blob's is found out here. A layer that fails is refused whole from then on: every read
+// of it fails. On the way, every header run is checked (CheckRun) too.
+func (l *Layer) checkDiffID(ctx context.Context, want string) error {
+	tc := l.tarCheck()
+	if tc.err != nil {
+		return tc.err
+	}
+	for i := range l.Index.Entries {
+		e := &l.Index.Entries[i]
+		if e.NumFrames == 0 {
+			continue
+		}
+		f, err := l.file(e)
+		if err != nil {
+			return err
+		}
+		if len(l.store.Missing(f)) > 0 {
+			return errIncomplete
+		}
+	}
+	h := sha256.New()
+	buf := make([]byte, 1<<20)
+	for start := 0; start < len(tc.runs); {
+		end, frames, err := l.fetchHeaderBatch(ctx, start)
+		if err != nil {
+			return err
+		}
+		for r := start; r < end; r++ {
+			run := tc.runs[r]
+			data, err := l.Index.HeaderRunBytes(run, frames[r-start])
+			if err != nil {
+				return fmt.Errorf("layer %s: %w", l.Desc.Digest, err)
+			}
+			h.Write(data)
+			if tc.state[r].Load() == runUnknown {
+				if mine := l.claim([]int{r}); len(mine) == 1 {
+					err := l.Index.CheckRun(run, bytes.NewReader(data))
+					var m *format.MismatchError
+					l.settle(r, err, err == nil || errors.As(err, &m))
+				}
+			}
+			if !run.Content {
+				continue
+			}
+			e := &l.Index.Entries[run.EndEntry-1]
+			f, err := l.file(e)
+			if err != nil {
+				return err
+			}
+			for off := int64(0); off < f.Size; {
+				n, err := l.store.ReadAt(ctx, blobSource{l.blob}, f, buf, off)
+				if n == 0 && err != nil {
+					return fmt.Errorf("layer %s: read %q: %w", l.Desc.Digest, e.Name, err)
+				}
+				h.Write(buf[:n])
+				off += int64(n)
+			}
+		}
+		start = end
+	}
+	got := format.Digest(h.Sum(nil)).String()
+	if got == want {
+		return nil
+	}
+	err := &refusedError{err: fmt.Errorf("layer %s: its tar stream has digest %s, the image config's diff ID is %s", l.Desc.Digest, got, want)}
+	tc.refused.Store(err)
+	slog.Error("layer's tar does not match the diff ID in the image config; no file of it is served", "layer", l.Desc.Digest, "tar", got, "diff_id", want)
+	return err
+}
+
+// fetchHeaderBatch fetches the header frames of the runs from start on, as many as fit in
+// diffIDBatch bytes of requests, and returns where the batch ends and each run's frames.
+func (l *Layer) fetchHeaderBatch(ctx context.Context, start int) (end int, frames [][][]byte, err error) {
+	tc := &l.tc
+	var ranges []fetch.Range
+	var total int64
+	end = start
+	for end < len(tc.runs) && (end == start || total < diffIDBatch) {
+		run := tc.runs[end]
+		for k := run.FirstFrame; k < run.EndFrame; k++ {
+			f := l.Index.Frames[k]
+			if n := len(ranges); n > 0 && f.Offset-ranges[n-1].End() <= diffIDGap {
+				total += f.Offset + f.Size - ranges[n-1].End()
+				ranges[n-1].Len = f.Offset + f.Size - ranges[n-1].Off
+				continue
+			}
+			ranges = append(ranges, fetch.Range{Off: f.Offset, Len: f.Size})
+			total += f.Size
+		}
+		end++
+	}
+	got := make(map[int64][]byte, len(ranges))
+	err = l.blob.Fetch(ctx, ranges, func(r fetch.Range, b []byte) error {
+		got[r.Off] = bytes.Clone(b)
+		return nil
+	})
+	if err != nil {
+		return 0, nil, fmt.Errorf("layer %s: fetch the tar headers: %w", l.Desc.Digest, err)
+	}
+	frames = make([][][]byte, end-start)
+	ri := 0
+	for r := start; r < end; r++ {
+		run := tc.runs[r]
+		for k := run.FirstFrame; k < run.EndFrame; k++ {
+			f := l.Index.Frames[k]
+			for ri < len(ranges) && ranges[ri].End() < f.Offset+f.Size {
+				ri++
+			}
+			if ri == len(ranges) || ranges[ri].Off > f.Offset {
+				return 0, nil, fmt.Errorf("layer %s: header frame %d not fetched", l.Desc.Digest, k)
+			}
+			b := got[ranges[ri].Off]
+			frames[r-start] = append(frames[r-start], b[f.Offset-ranges[ri].Off:f.Offset-ranges[ri].Off+f.Size])
+		}
+	}
+	return end, frames, nil
 }

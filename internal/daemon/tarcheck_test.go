@@ -232,3 +232,69 @@ func (s *syncBuf) String() string {
 	defer s.mu.Unlock()
 	return s.b.String()
 }
+
+// TestFillChecksDiffID: once the background fill has made a layer complete, its tar
+// stream (header frames fetched again, chunks from the store) is checked against the
+// config's diff ID. A layer whose config says another diff ID (here: what a static layer
+// claims, its blob digest) is refused whole from then on, with one log line; a layer with
+// the right one is served, and said to match.
+func TestFillChecksDiffID(t *testing.T) {
+	for _, right := range []bool{true, false} {
+		t.Run(map[bool]string{true: "right", false: "wrong"}[right], func(t *testing.T) {
+			var logb syncBuf
+			old := slog.Default()
+			slog.SetDefault(slog.New(slog.NewTextHandler(&logb, nil)))
+			t.Cleanup(func() { slog.SetDefault(old) })
+
+			blob, ann := craftedLayer(t, func(*format.Index) {})
+			layer := v1.Layer(static.NewLayer(blob, types.MediaType(format.MediaTypeLayer)))
+			if right {
+				r, err := format.Open(bytes.NewReader(blob), int64(len(blob)), ann)
+				if err != nil {
+					t.Fatal(err)
+				}
+				c, err := format.VerifyLayer(bytes.NewReader(blob), r.Index, r.Index.Frames[len(r.Index.Frames)-1].Offset+r.Index.Frames[len(r.Index.Frames)-1].Size+8)
+				if err != nil {
+					t.Fatal(err)
+				}
+				h, _ := v1.NewHash(c.DiffID.String())
+				layer = diffIDLayer{layer, h}
+			}
+			img, err := mutate.Append(empty.Image, mutate.Addendum{Layer: layer, Annotations: ann, MediaType: types.MediaType(format.MediaTypeLayer)})
+			if err != nil {
+				t.Fatal(err)
+			}
+			ref, _, _ := pushCounted(t, mutate.MediaType(img, types.OCIManifestSchema1), "diffid:v1")
+			im, _ := openFill(t, ref)
+			if err := im.BackgroundFetch(FillOptions{Rate: 1 << 30}); err != nil {
+				t.Fatal(err)
+			}
+			ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+			defer cancel()
+			if err := im.WaitFill(ctx); err != nil {
+				t.Fatal(err)
+			}
+			l := im.Layers[0]
+			e, _ := l.Index.Lookup("bin/sh")
+			b := make([]byte, e.Size)
+			n, err := l.ReadAt(context.Background(), e, b, 0)
+			logs := logb.String()
+			if right {
+				if err != nil || string(b[:n]) != "#!sh, the real one" || !strings.Contains(logs, "matches its diff ID") {
+					t.Fatalf("read bin/sh: %q, %v\n%s", b[:n], err, logs)
+				}
+				return
+			}
+			if err == nil || !strings.Contains(err.Error(), "diff ID") {
+				t.Fatalf("read bin/sh of a layer whose tar is not its diff ID: %q, %v", b[:n], err)
+			}
+			if f, ok := l.LocalFile(e); ok {
+				f.Close()
+				t.Fatal("handed out for passthrough")
+			}
+			if n := strings.Count(logs, "does not match the diff ID"); n != 1 {
+				t.Errorf("%d log lines about the diff ID; want 1:\n%s", n, logs)
+			}
+		})
+	}
+}
