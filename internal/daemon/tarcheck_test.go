@@ -298,3 +298,17 @@ func TestFillChecksDiffID(t *testing.T) {
 		})
 	}
 }
+
+func TestResolveLinks(t *testing.T) {
+	links := map[string]string{"lib": "usr/lib", "lib64": "/usr/lib64", "usr/lib64": "../lib", "a": "a"}
+	for in, want := range map[string]string{
+		"lib/x86_64-linux-gnu/ld.so": "usr/lib/x86_64-linux-gnu/ld.so",
+		"lib64/ld.so":                "usr/lib/ld.so", // two hops: lib64 -> usr/lib64 -> usr/lib
+		"usr/bin/python3":            "usr/bin/python3",
+		"a/b":                        "a/b", // a loop: given up after 40 hops
+	} {
+		if got := resolveLinks(links, in); got != want {
+			t.Errorf("resolveLinks(%q) = %q, want %q", in, got, want)
+		}
+	}
+}
