@@ -119,9 +119,14 @@ func verifyImage(ctx context.Context, e *env, ref string, platform *v1.Platform,
 		fmt.Fprintf(e.stdout, "image %s: the config lists %d diff IDs for %d layers\n", img.Name, n, len(layers))
 		return errVerifyFailed
 	}
-	failed := 0
+	failed, lazy := 0, 0
 	for i, desc := range layers {
 		where := fmt.Sprintf("layer %d %s", i, desc.Digest)
+		if !format.IsLayer(desc.Annotations) {
+			fmt.Fprintf(e.stdout, "%s: not a lazypull layer (no %s annotation): no index to check; skipped\n", where, format.AnnotationIndexDigest)
+			continue
+		}
+		lazy++
 		res, err := verifyLayer(ctx, reg, desc, cfg.RootFS.DiffIDs[i])
 		if err != nil {
 			if ctx.Err() != nil {
@@ -142,16 +147,17 @@ func verifyImage(ctx context.Context, e *env, ref string, platform *v1.Platform,
 		fmt.Fprintf(e.stdout, "image %s: %d of %d layers do not match\n", img.Name, failed, len(layers))
 		return errVerifyFailed
 	}
-	fmt.Fprintf(e.stdout, "image %s: %d layers verified\n", img.Name, len(layers))
+	if lazy == 0 {
+		fmt.Fprintf(e.stdout, "image %s: not a lazypull image: no layer has an index\n", img.Name)
+		return errVerifyFailed
+	}
+	fmt.Fprintf(e.stdout, "image %s: %d layers verified\n", img.Name, lazy)
 	return nil
 }
 
 // verifyLayer streams one layer blob through format.VerifyLayer and compares what it
 // found with the manifest (blob digest) and the config (diff ID).
 func verifyLayer(ctx context.Context, reg *fetch.Registry, desc v1.Descriptor, diffID v1.Hash) (format.LayerCheck, error) {
-	if !format.IsLayer(desc.Annotations) {
-		return format.LayerCheck{}, fmt.Errorf("not a lazypull layer (no %s annotation): nothing a lazy mount would serve", format.AnnotationIndexDigest)
-	}
 	loc, err := format.LocationFromAnnotations(desc.Annotations)
 	if err != nil {
 		return format.LayerCheck{}, err

@@ -16,6 +16,7 @@ import (
 	"lazypull/format"
 	"lazypull/internal/fetch"
 	"lazypull/internal/profile"
+	"lazypull/internal/store"
 )
 
 // The index of a layer is checked against the layer's tar before what it says of an
@@ -587,12 +588,13 @@ func (l *Layer) checkDiffID(ctx context.Context, want string) error {
 	if tc.err != nil {
 		return tc.err
 	}
+	// Not Layer.file: that keeps every file's chunk list for the mount's life.
 	for i := range l.Index.Entries {
 		e := &l.Index.Entries[i]
 		if e.NumFrames == 0 {
 			continue
 		}
-		f, err := l.file(e)
+		f, err := store.FileOf(l.Index, e)
 		if err != nil {
 			return err
 		}
@@ -625,7 +627,7 @@ func (l *Layer) checkDiffID(ctx context.Context, want string) error {
 				continue
 			}
 			e := &l.Index.Entries[run.EndEntry-1]
-			f, err := l.file(e)
+			f, err := store.FileOf(l.Index, e)
 			if err != nil {
 				return err
 			}
