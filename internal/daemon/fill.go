@@ -112,9 +112,16 @@ func (im *Image) BackgroundFetch(o FillOptions) error {
 		start := time.Now()
 		before := im.Registry.Stats().Requests
 		err := im.runFill(fl.ctx, fl, lim, log)
+		requests := im.Registry.Stats().Requests - before
+		if err == nil {
+			// The layers are complete: their tar streams must have the config's diff
+			// IDs. Before the fill says it is done, so that what follows reads a layer
+			// whose every header run is checked.
+			im.checkDiffIDs(fl.ctx, log)
+		}
 		fl.mu.Lock()
 		fl.st.Done, fl.st.Seconds = true, time.Since(start).Seconds()
-		fl.st.Requests = im.Registry.Stats().Requests - before
+		fl.st.Requests = requests // the fill's; the check's are its own
 		if err != nil {
 			fl.st.Err = err.Error()
 		}
@@ -132,8 +139,6 @@ func (im *Image) BackgroundFetch(o FillOptions) error {
 		default:
 			log.Info("background fetch done", "image", im.Ref, "bytes", st.Bytes, "chunks", st.Chunks, "requests", st.Requests,
 				"seconds", st.Seconds)
-			// The layers are complete: their tar streams must have the config's diff IDs.
-			im.checkDiffIDs(fl.ctx, log)
 		}
 	}()
 	return nil

@@ -228,6 +228,10 @@ func TestBackgroundFetchMount(t *testing.T) {
 	if !strings.Contains(log, "background fetch started") || !strings.Contains(log, "background fetch done") {
 		t.Errorf("the log lacks the fill's start and end lines:\n%s", log)
 	}
+	// Complete, each layer's tar (header frames and stored chunks) has its diff ID.
+	if n := strings.Count(log, "matches its diff ID"); n != 2 {
+		t.Errorf("%d layers said to match their diff IDs; want the image's 2:\n%s", n, log)
+	}
 	tree := walk(t, m.dir) // reads every file
 	after := stats(t, storeDir, time.Now())
 	t.Logf("read %d paths after the fill", len(tree))
