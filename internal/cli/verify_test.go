@@ -1,0 +1,153 @@
+package cli
+
+import (
+	"archive/tar"
+	"bytes"
+	"context"
+	"crypto/sha256"
+	"encoding/binary"
+	"io"
+	"log"
+	"net/http/httptest"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+
+	"github.com/google/go-containerregistry/pkg/name"
+	"github.com/google/go-containerregistry/pkg/registry"
+	v1 "github.com/google/go-containerregistry/pkg/v1"
+	"github.com/google/go-containerregistry/pkg/v1/empty"
+	"github.com/google/go-containerregistry/pkg/v1/mutate"
+	"github.com/google/go-containerregistry/pkg/v1/remote"
+	"github.com/google/go-containerregistry/pkg/v1/static"
+	"github.com/google/go-containerregistry/pkg/v1/types"
+
+	"lazypull/format"
+	"lazypull/internal/store"
+)
+
+// diffIDLayer is a static layer with the diff ID of its tar (a static layer says its digest).
+type diffIDLayer struct {
+	v1.Layer
+	diffID v1.Hash
+}
+
+func (l diffIDLayer) DiffID() (v1.Hash, error) { return l.diffID, nil }
+
+// pushVerifyImage pushes a one-layer lazypull image of bin/bash, bin/sh and etc/motd, its index
+// first changed by edit (and written back into the blob and the annotations), with the
+// tar's diff ID in its config unless wrongDiffID, and returns its reference.
+func pushVerifyImage(t *testing.T, host string, edit func(ix *format.Index), wrongDiffID bool) string {
+	t.Helper()
+	var tb bytes.Buffer
+	tw := tar.NewWriter(&tb)
+	for _, f := range []struct{ name, body string }{{"bin/bash", "#!bash"}, {"bin/sh", "#!sh, the real one"}, {"etc/motd", "hi"}} {
+		tw.WriteHeader(&tar.Header{Typeflag: tar.TypeReg, Name: f.name, Mode: 0o755, Size: int64(len(f.body))})
+		tw.Write([]byte(f.body))
+	}
+	tw.Close()
+	var out bytes.Buffer
+	res, err := format.Write(context.Background(), &out, &tb)
+	if err != nil {
+		t.Fatal(err)
+	}
+	b := out.Bytes()
+	ix, err := format.DecodeIndex(b[res.IndexOffset : res.IndexOffset+res.IndexSize])
+	if err != nil {
+		t.Fatal(err)
+	}
+	edit(ix)
+	payload, err := ix.Encode()
+	if err != nil {
+		t.Fatal(err)
+	}
+	blob := bytes.Clone(b[:res.IndexOffset-8])
+	blob = binary.LittleEndian.AppendUint32(blob, 0x184D2A5D)
+	blob = binary.LittleEndian.AppendUint32(blob, uint32(len(payload)))
+	off := int64(len(blob))
+	blob = append(blob, payload...)
+	sum := sha256.Sum256(payload)
+	blob = binary.LittleEndian.AppendUint32(blob, 0x184D2A5E)
+	blob = binary.LittleEndian.AppendUint32(blob, 56)
+	blob = append(blob, "LZPFOOTR"...)
+	blob = binary.LittleEndian.AppendUint64(blob, uint64(off))
+	blob = binary.LittleEndian.AppendUint64(blob, uint64(len(payload)))
+	blob = append(blob, sum[:]...)
+	r := format.Result{IndexOffset: off, IndexSize: int64(len(payload)), IndexDigest: format.Digest(sum).String()}
+
+	layer := v1.Layer(static.NewLayer(blob, types.MediaType(format.MediaTypeLayer)))
+	if !wrongDiffID {
+		h, _ := v1.NewHash(res.DiffID)
+		layer = diffIDLayer{layer, h}
+	}
+	img, err := mutate.Append(empty.Image, mutate.Addendum{Layer: layer, Annotations: r.Annotations(), MediaType: types.MediaType(format.MediaTypeLayer)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ref := host + "/verify:" + map[bool]string{true: "wrong", false: "t"}[wrongDiffID] + strings.ReplaceAll(t.Name(), "/", "-")
+	tag, _ := name.ParseReference(ref)
+	if err := remote.Write(tag, mutate.MediaType(img, types.OCIManifestSchema1)); err != nil {
+		t.Fatal(err)
+	}
+	return ref
+}
+
+// TestVerifyImage: lazypull verify passes an honest image, and exits 1 naming the layer,
+// the entry and the field for an index that serves bash as bin/sh (all digests updated),
+// and for a config whose diff ID is not the tar's.
+func TestVerifyImage(t *testing.T) {
+	srv := httptest.NewServer(registry.New(registry.Logger(log.New(io.Discard, "", 0))))
+	defer srv.Close()
+	host := strings.TrimPrefix(srv.URL, "http://")
+
+	code, out, errs := run(t, "verify", "--plain-http", pushVerifyImage(t, host, func(*format.Index) {}, false))
+	if code != 0 || !strings.Contains(out, "1 layers verified") {
+		t.Errorf("honest image: exit %d\n%s%s", code, out, errs)
+	}
+	swap := func(ix *format.Index) { ix.Entries[0].Name, ix.Entries[1].Name = ix.Entries[1].Name, ix.Entries[0].Name }
+	code, out, errs = run(t, "verify", "--plain-http", pushVerifyImage(t, host, swap, false))
+	if code != 1 || !strings.Contains(out, `MISMATCH entry "bin/sh": name: index says "bin/sh", tar says "bin/bash"`) {
+		t.Errorf("crafted index: exit %d; want 1 naming bin/sh\n%s%s", code, out, errs)
+	}
+	code, out, errs = run(t, "verify", "--plain-http", pushVerifyImage(t, host, func(*format.Index) {}, true))
+	if code != 1 || !strings.Contains(out, "diff ID") {
+		t.Errorf("wrong diff ID: exit %d; want 1 naming the diff ID\n%s%s", code, out, errs)
+	}
+}
+
+// TestVerifyStoreCLI: verify --store refuses a store another process holds, and removes a
+// damaged object from one it can open, exiting 1.
+func TestVerifyStoreCLI(t *testing.T) {
+	dir := t.TempDir()
+	st, err := store.Open(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := st.PutMeta([]byte("x")); err != nil {
+		t.Fatal(err)
+	}
+	code, _, errs := run(t, "verify", "--store", "--store-dir", dir)
+	if code != 1 || !strings.Contains(errs, "in use by another process") {
+		t.Errorf("held store: exit %d; want 1 naming the lock\n%s", code, errs)
+	}
+	st.Close()
+	// An object under a name that is not its content's digest: what a bad disk leaves.
+	d := sha256.Sum256([]byte("right"))
+	p := filepath.Join(dir, "objects", format.Digest(d).String()[7:9], format.Digest(d).String()[7:])
+	os.MkdirAll(filepath.Dir(p), 0o755)
+	if err := os.WriteFile(p, []byte("wrong"), 0o444); err != nil {
+		t.Fatal(err)
+	}
+	code, out, errs := run(t, "verify", "--store", "--store-dir", dir)
+	if code != 1 || !strings.Contains(out, "1 damaged and removed") {
+		t.Errorf("damaged store: exit %d\n%s%s", code, out, errs)
+	}
+	if _, err := os.Stat(p); !os.IsNotExist(err) {
+		t.Errorf("damaged object still there: %v", err)
+	}
+	code, out, _ = run(t, "verify", "--store", "--store-dir", dir)
+	if code != 0 || !strings.Contains(out, "0 damaged") {
+		t.Errorf("after removal: exit %d\n%s", code, out)
+	}
+}
