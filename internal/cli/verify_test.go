@@ -105,7 +105,9 @@ func TestVerifyImage(t *testing.T) {
 	if code != 0 || !strings.Contains(out, "1 layers verified") {
 		t.Errorf("honest image: exit %d\n%s%s", code, out, errs)
 	}
-	swap := func(ix *format.Index) { ix.Entries[0].Name, ix.Entries[1].Name = ix.Entries[1].Name, ix.Entries[0].Name }
+	swap := func(ix *format.Index) {
+		ix.Entries[0].Name, ix.Entries[1].Name = ix.Entries[1].Name, ix.Entries[0].Name
+	}
 	code, out, errs = run(t, "verify", "--plain-http", pushVerifyImage(t, host, swap, false))
 	if code != 1 || !strings.Contains(out, `MISMATCH entry "bin/sh": name: index says "bin/sh", tar says "bin/bash"`) {
 		t.Errorf("crafted index: exit %d; want 1 naming bin/sh\n%s%s", code, out, errs)
