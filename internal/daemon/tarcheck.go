@@ -43,7 +43,7 @@ type tarCheck struct {
 	// refused is set when the layer's tar does not have the config's diff ID (checkDiffID):
 	// nothing more is served.
 	refused atomic.Pointer[refusedError]
-	index   format.Digest
+	index   format.Digest // what the verdicts are kept under in the store
 	runs    []format.HeaderRun
 	runOf   []int32
 	links   map[int][]int // a file's entry -> the hard links to it in this layer
@@ -81,7 +81,10 @@ func (l *Layer) tarCheck() *tarCheck {
 			tc.err = err
 			return
 		}
-		tc.index = loc.Digest
+		// Verdicts are kept under the layer blob and its index together: the index alone
+		// does not cover the header frames, and another blob could carry the same index
+		// over other headers.
+		tc.index = format.Digest(sha256.Sum256([]byte(l.Desc.Digest.String() + " " + loc.Digest.String())))
 		tc.runs, tc.runOf, err = l.Index.HeaderRuns()
 		if err != nil {
 			tc.err = fmt.Errorf("layer %s: the index does not describe the layer's tar: %w", l.Desc.Digest, err)

@@ -190,8 +190,7 @@ func TestTarCheckCleanImage(t *testing.T) {
 	// Wait for the verdicts to be kept, then close.
 	deadline := time.Now().Add(10 * time.Second)
 	for {
-		loc, _ := format.LocationFromAnnotations(ann)
-		bits := st.Checked(loc.Digest)
+		bits := st.Checked(im.Layers[0].tc.index)
 		if len(bits) == 1 && bits[0] == 0b1111 || time.Now().After(deadline) {
 			break
 		}
