@@ -53,6 +53,8 @@ type Image struct {
 	// yields to them.
 	reading atomic.Int64
 
+	crossOnce sync.Once // linkAcrossLayers, for a merged view (FSLayers)
+
 	mu       sync.Mutex
 	prefetch *prefetch // Prefetch's, when it ran
 	fill     *fill     // BackgroundFetch's, when it ran
@@ -349,6 +351,7 @@ func manifestImage(repo string, raw []byte, h v1.Hash, mt types.MediaType) (*fet
 
 // FSLayers returns the layers as the filesystem takes them, lowest first.
 func (im *Image) FSLayers() []fusefs.Layer {
+	im.crossOnce.Do(im.linkAcrossLayers)
 	out := make([]fusefs.Layer, len(im.Layers))
 	for i, l := range im.Layers {
 		out[i] = fusefs.Layer{Index: l.Index, Content: l}

@@ -40,6 +40,9 @@ type Layer struct {
 	reading *atomic.Int64 // the image's reads in progress (Image.reading)
 
 	tc tarCheck // the index checked against the tar (tarcheck.go)
+	// crossLinks holds, for a file of this layer, the upper layers' hard links to it
+	// (linkAcrossLayers): their runs are checked before it is served.
+	crossLinks map[*format.Entry][]crossRef
 }
 
 // Read-ahead of sequentially read large files. The kernel asks FUSE for at most 1 MiB at
@@ -164,6 +167,9 @@ func (l *Layer) ReadAt(ctx context.Context, e *format.Entry, p []byte, off int64
 	if err != nil {
 		return 0, err
 	}
+	if err := l.crossChecks(ctx, e, true); err != nil {
+		return 0, err
+	}
 	if e.Sparse {
 		if err := l.checkRuns(ctx, runs); err != nil {
 			return 0, err
@@ -272,7 +278,7 @@ func (l *Layer) LocalFile(e *format.Entry) (*os.File, bool) {
 	}
 	if runs, err := l.runsFor(e); err != nil {
 		return nil, false
-	} else if ok, _ := l.checked(runs); !ok {
+	} else if ok, _ := l.checked(runs); !ok || l.crossChecks(context.Background(), e, false) != nil {
 		return nil, false
 	}
 	f, err := l.file(e)

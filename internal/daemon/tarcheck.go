@@ -702,3 +702,72 @@ func (l *Layer) fetchHeaderBatch(ctx context.Context, start int) (end int, frame
 	}
 	return end, frames, nil
 }
+
+// crossRef is a hard link of an upper layer whose target is a file of a lower one: a
+// merged view serves the lower file under the link's name, so the link's own header run
+// (in its layer) is checked before the file is served.
+type crossRef struct {
+	l   *Layer
+	run int
+}
+
+// linkAcrossLayers finds the hard links whose targets lie in lower layers and has each
+// target's layer check the link's run too (Layer.crossChecks). A target is looked up in
+// the topmost lower layer that has a regular file of that name: a merged view may resolve
+// it otherwise (whiteouts), and then checks more than it needs, never less.
+func (im *Image) linkAcrossLayers() {
+	for i, up := range im.Layers {
+		tc := up.tarCheck()
+		if tc.err != nil {
+			continue
+		}
+		for k := range up.Index.Entries {
+			e := &up.Index.Entries[k]
+			if !e.IsHardlink() {
+				continue
+			}
+			if _, err := up.Index.Content(e); err == nil {
+				continue // in its own layer: runsFor has it
+			}
+			for j := i - 1; j >= 0; j-- {
+				lo := im.Layers[j]
+				t, ok := lo.Index.Lookup(e.Linkname)
+				if !ok {
+					continue
+				}
+				if t, err := lo.Index.Content(t); err == nil && t.IsRegular() {
+					lo.mu.Lock()
+					if lo.crossLinks == nil {
+						lo.crossLinks = map[*format.Entry][]crossRef{}
+					}
+					lo.crossLinks[t] = append(lo.crossLinks[t], crossRef{up, int(tc.runOf[k])})
+					lo.mu.Unlock()
+				}
+				break
+			}
+		}
+	}
+}
+
+// crossChecks checks the runs of the upper layers' hard links to e (linkAcrossLayers);
+// with wait false it only says whether they are all known to match.
+func (l *Layer) crossChecks(ctx context.Context, e *format.Entry, wait bool) error {
+	l.mu.Lock()
+	refs := l.crossLinks[e]
+	l.mu.Unlock()
+	for _, r := range refs {
+		if !wait {
+			if ok, err := r.l.checked([]int{r.run}); !ok {
+				if err == nil {
+					err = errors.New("not checked yet")
+				}
+				return err
+			}
+			continue
+		}
+		if err := r.l.checkRuns(ctx, []int{r.run}); err != nil {
+			return err
+		}
+	}
+	return nil
+}

@@ -39,8 +39,14 @@ func craftedLayer(t *testing.T, edit func(ix *format.Index)) (blob []byte, ann m
 	}
 	tw.WriteHeader(&tar.Header{Typeflag: tar.TypeSymlink, Name: "etc/alt", Linkname: "/bin/sh", ModTime: mt})
 	tw.Close()
+	return layerFromTar(t, tb.Bytes(), edit)
+}
+
+// layerFromTar converts a tar stream and rewrites its index as edit changes it.
+func layerFromTar(t *testing.T, src []byte, edit func(ix *format.Index)) (blob []byte, ann map[string]string) {
+	t.Helper()
 	var out bytes.Buffer
-	res, err := format.Write(context.Background(), &out, &tb)
+	res, err := format.Write(context.Background(), &out, bytes.NewReader(src))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -309,5 +315,49 @@ func TestResolveLinks(t *testing.T) {
 		if got := resolveLinks(links, in); got != want {
 			t.Errorf("resolveLinks(%q) = %q, want %q", in, got, want)
 		}
+	}
+}
+
+// TestTarCheckCrossLayerLink: an upper layer's hard link whose index names another lower
+// file than its tar header does (bin/x: tar says bin/sh, index says bin/bash) is served
+// by a merged view as the lower file: that file is refused until the link's header checks
+// out, which it never does.
+func TestTarCheckCrossLayerLink(t *testing.T) {
+	lower, lann := craftedLayer(t, func(*format.Index) {})
+	var tb bytes.Buffer
+	tw := tar.NewWriter(&tb)
+	tw.WriteHeader(&tar.Header{Typeflag: tar.TypeLink, Name: "bin/x", Linkname: "bin/sh"})
+	tw.Close()
+	upper, uann := layerFromTar(t, tb.Bytes(), func(ix *format.Index) { ix.Entries[0].Linkname = "bin/bash" })
+	img, err := mutate.Append(imageOfLayer(t, lower, lann), mutate.Addendum{Layer: static.NewLayer(upper, types.MediaType(format.MediaTypeLayer)),
+		Annotations: uann, MediaType: types.MediaType(format.MediaTypeLayer)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ref, _, _ := pushCounted(t, img, "crosslink:v1")
+	st, err := store.Open(t.TempDir())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer st.Close()
+	im, err := OpenImage(context.Background(), st, ref, nil, fetch.WithPlainHTTP())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer im.Close()
+	im.FSLayers()
+	l := im.Layers[0]
+	read := func(name string) error {
+		e, _ := l.Index.Lookup(name)
+		b := make([]byte, e.Size)
+		_, err := l.ReadAt(context.Background(), e, b, 0)
+		return err
+	}
+	var m *format.MismatchError
+	if err := read("bin/bash"); !errors.As(err, &m) || m.Entry != "bin/x" || m.Field != "link" {
+		t.Fatalf("bin/bash, which the crafted link bin/x names: %v; want a link mismatch of bin/x", err)
+	}
+	if err := read("bin/sh"); err != nil {
+		t.Fatalf("bin/sh, which no crafted entry names: %v", err)
 	}
 }
