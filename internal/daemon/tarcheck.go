@@ -180,6 +180,12 @@ func (l *Layer) Check(ctx context.Context, e *format.Entry) error {
 	if err != nil {
 		return err
 	}
+	if ok, err := l.checked(runs); ok || err != nil {
+		return err
+	}
+	if e.IsSymlink() {
+		l.fetchLinkTarget(ctx, e, runs)
+	}
 	return l.checkRuns(ctx, runs)
 }
 
@@ -233,6 +239,28 @@ func (l *Layer) checkRuns(ctx context.Context, runs []int) error {
 		last = errors.New("not checked")
 	}
 	return fmt.Errorf("layer %s: check the index against the tar: %w", l.Desc.Digest, last)
+}
+
+// fetchLinkTarget fetches the run of symlink e with the first chunk of the file it points
+// at, when that file is the one the run ends with (python3 -> python3.11, libz.so.1 ->
+// libz.so.1.2.13: a link sits right before its target in most tars): one Range for both,
+// where the readlink and the read that follows it would take two round trips. Errors are
+// left to checkRuns and to the read.
+func (l *Layer) fetchLinkTarget(ctx context.Context, e *format.Entry, runs []int) {
+	run := l.tc.runs[runs[0]]
+	if !run.Content {
+		return
+	}
+	t := &l.Index.Entries[run.EndEntry-1]
+	if t.Name != linkTarget(e) || t.Sparse {
+		return
+	}
+	f, err := l.file(t)
+	if err != nil || len(f.Chunks) == 0 {
+		return
+	}
+	with := append(runs[:len(runs):len(runs)], l.neighbours(runs[len(runs)-1])...)
+	_ = l.store.Prefetch(ctx, &checkingSource{l: l, runs: with}, store.Want{File: f, Off: 0, Len: f.Chunks[0].Size})
 }
 
 // neighbourRuns is how many runs after one fetched alone come with it.

@@ -361,3 +361,42 @@ func TestTarCheckCrossLayerLink(t *testing.T) {
 		t.Fatalf("bin/sh, which no crafted entry names: %v", err)
 	}
 }
+
+// TestTarCheckLinkBringsTarget: checking a symlink whose target is the file its header run
+// ends with (python3 -> python3.11) fetches that file's first chunk in the same request:
+// the read that follows the readlink needs no request of its own.
+func TestTarCheckLinkBringsTarget(t *testing.T) {
+	var tb bytes.Buffer
+	tw := tar.NewWriter(&tb)
+	tw.WriteHeader(&tar.Header{Typeflag: tar.TypeReg, Name: "usr/bin/other", Mode: 0o755, Size: 5})
+	tw.Write([]byte("other"))
+	tw.WriteHeader(&tar.Header{Typeflag: tar.TypeSymlink, Name: "usr/bin/python3", Linkname: "python3.11"})
+	body := bytes.Repeat([]byte("python"), 5000)
+	tw.WriteHeader(&tar.Header{Typeflag: tar.TypeReg, Name: "usr/bin/python3.11", Mode: 0o755, Size: int64(len(body))})
+	tw.Write(body)
+	tw.Close()
+	blob, ann := layerFromTar(t, tb.Bytes(), func(*format.Index) {})
+	ref, reqs, _ := pushCounted(t, imageOfLayer(t, blob, ann), "link:v1")
+	st, err := store.Open(t.TempDir())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer st.Close()
+	im, err := OpenImage(context.Background(), st, ref, nil, fetch.WithPlainHTTP())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer im.Close()
+	reqs.reset()
+	l := im.Layers[0]
+	link, _ := l.Index.Lookup("usr/bin/python3")
+	if err := l.Check(context.Background(), link); err != nil {
+		t.Fatal(err)
+	}
+	if got := readFile(t, im, "usr/bin/python3.11"); !bytes.Equal(got, body) {
+		t.Fatal("wrong bytes")
+	}
+	if n := reqs.count("GET blobs"); n != 1 {
+		t.Errorf("readlink and read of its target took %d requests; want 1", n)
+	}
+}
