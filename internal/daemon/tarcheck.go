@@ -385,10 +385,10 @@ func (l *Layer) newCollector(mine []int) (*runCollector, []fetch.Range) {
 // take keeps a header frame if rg is one; it reports whether it was.
 func (c *runCollector) take(rg fetch.Range, b []byte) bool {
 	rk, ok := c.frames[rg.Off]
-	r, k := rk[0], rk[1]
-	if !ok || c.l.Index.Frames[k].Size != rg.Len {
+	if !ok || c.l.Index.Frames[rk[1]].Size != rg.Len {
 		return false
 	}
+	r, k := rk[0], rk[1]
 	run := c.l.tc.runs[r]
 	if c.got[r][k-run.FirstFrame] != nil {
 		return true
