@@ -396,3 +396,23 @@ func (r *runReader) Read(p []byte) (int, error) {
 	r.cur = r.cur[n:]
 	return n, nil
 }
+
+// CheckRunFrames is CheckRun on the run's compressed header frames fr
+// (Index.Frames[r.FirstFrame:r.EndFrame], in order), decompressed one at a time, so that
+// it holds one frame's bytes, not the run's. Every decompressed byte of the run is written
+// to out (nil: discarded), those CheckRun did not need included.
+func (ix *Index) CheckRunFrames(r HeaderRun, fr [][]byte, out io.Writer) error {
+	if len(fr) != r.EndFrame-r.FirstFrame {
+		return fmt.Errorf("header run: %d frames, want %d", len(fr), r.EndFrame-r.FirstFrame)
+	}
+	if out == nil {
+		out = io.Discard
+	}
+	rr := &runReader{ix: ix, next: r.FirstFrame, end: r.EndFrame, out: out,
+		read: func(k int) ([]byte, error) { return fr[k-r.FirstFrame], nil }}
+	err := ix.CheckRun(r, rr)
+	if _, derr := io.Copy(io.Discard, rr); err == nil {
+		err = derr
+	}
+	return err
+}

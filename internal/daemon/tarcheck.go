@@ -366,11 +366,40 @@ type runCollector struct {
 	left   map[int]int // run -> frames still to come
 }
 
+// runSize is the compressed size of a run's header frames in the blob.
+func (l *Layer) runSize(run format.HeaderRun) int64 {
+	last := l.Index.Frames[run.EndFrame-1]
+	return last.Offset + last.Size - l.Index.Frames[run.FirstFrame].Offset
+}
+
+// runName names a run's entries for a message.
+func (l *Layer) runName(run format.HeaderRun) string {
+	switch n := run.EndEntry - run.FirstEntry; {
+	case n == 0:
+		return "the end of the archive"
+	case n == 1:
+		return fmt.Sprintf("entry %q", l.Index.Entries[run.FirstEntry].Name)
+	default:
+		return fmt.Sprintf("entries %q to %q", l.Index.Entries[run.FirstEntry].Name, l.Index.Entries[run.EndEntry-1].Name)
+	}
+}
+
+// maxLazyRun bounds the compressed header frames of one run fetched to check it on demand.
+// A run holds the headers between two files' content (at most 1 MiB per frame, which
+// compresses well); an honest layer comes near it only with hundreds of thousands of
+// entries and no file content between them. A larger run is refused: lazypull verify
+// checks it.
+const maxLazyRun = 64 << 20
+
 func (l *Layer) newCollector(mine []int) (*runCollector, []fetch.Range) {
 	c := &runCollector{l: l, frames: map[int64][2]int{}, got: map[int][][]byte{}, left: map[int]int{}}
 	var ranges []fetch.Range
 	for _, r := range mine {
 		run := l.tc.runs[r]
+		if size := l.runSize(run); size > maxLazyRun {
+			l.settle(r, fmt.Errorf("%s: header run of %d bytes, more than the %d checked on demand", l.runName(run), size, maxLazyRun), true)
+			continue
+		}
 		c.left[r] = run.EndFrame - run.FirstFrame
 		c.got[r] = make([][]byte, run.EndFrame-run.FirstFrame)
 		for k := run.FirstFrame; k < run.EndFrame; k++ {
@@ -395,10 +424,7 @@ func (c *runCollector) take(rg fetch.Range, b []byte) bool {
 	}
 	c.got[r][k-run.FirstFrame] = bytes.Clone(b)
 	if c.left[r]--; c.left[r] == 0 {
-		data, err := c.l.Index.HeaderRunBytes(run, c.got[r])
-		if err == nil {
-			err = c.l.Index.CheckRun(run, bytes.NewReader(data))
-		}
+		err := c.l.Index.CheckRunFrames(run, c.got[r], nil)
 		var m *format.MismatchError
 		// A frame that does not decompress, or a header that does not parse, may be a bad
 		// response: not a verdict, the next read fetches it again.
@@ -642,16 +668,14 @@ func (l *Layer) checkDiffID(ctx context.Context, want string) error {
 		}
 		for r := start; r < end; r++ {
 			run := tc.runs[r]
-			data, err := l.Index.HeaderRunBytes(run, frames[r-start])
-			if err != nil {
+			err := l.Index.CheckRunFrames(run, frames[r-start], h)
+			var m *format.MismatchError
+			if err != nil && !errors.As(err, &m) {
 				return fmt.Errorf("layer %s: %w", l.Desc.Digest, err)
 			}
-			h.Write(data)
 			if tc.state[r].Load() == runUnknown {
 				if mine := l.claim([]int{r}); len(mine) == 1 {
-					err := l.Index.CheckRun(run, bytes.NewReader(data))
-					var m *format.MismatchError
-					l.settle(r, err, err == nil || errors.As(err, &m))
+					l.settle(r, err, true)
 				}
 			}
 			if !run.Content {
@@ -692,6 +716,9 @@ func (l *Layer) fetchHeaderBatch(ctx context.Context, start int) (end int, frame
 	end = start
 	for end < len(tc.runs) && (end == start || total < diffIDBatch) {
 		run := tc.runs[end]
+		if size := l.runSize(run); size > maxLazyRun {
+			return 0, nil, fmt.Errorf("layer %s: %s: header run of %d bytes, more than the %d checked here; lazypull verify checks it", l.Desc.Digest, l.runName(run), size, maxLazyRun)
+		}
 		for k := run.FirstFrame; k < run.EndFrame; k++ {
 			f := l.Index.Frames[k]
 			if n := len(ranges); n > 0 && f.Offset-ranges[n-1].End() <= diffIDGap {
