@@ -24,11 +24,11 @@ import (
 	"lazypull/internal/store"
 )
 
-// craftedLayer converts a tar of bin/bash, bin/sh (the real one), a symlink and a text
+// binLayer converts a tar of bin/bash, bin/sh (the real one), a symlink and a text
 // file, and then lets edit change the index as a hostile producer would, writing the
 // edited index back into the blob and its annotations: every digest in the chain still
 // checks out, only the index no longer describes the tar.
-func craftedLayer(t *testing.T, edit func(ix *format.Index)) (blob []byte, ann map[string]string) {
+func binLayer(t *testing.T, edit func(ix *format.Index)) (blob []byte, ann map[string]string) {
 	t.Helper()
 	var tb bytes.Buffer
 	tw := tar.NewWriter(&tb)
@@ -107,7 +107,7 @@ func TestTarCheckRefusesCraftedIndex(t *testing.T) {
 	slog.SetDefault(slog.New(slog.NewTextHandler(&logb, nil)))
 	t.Cleanup(func() { slog.SetDefault(old) })
 
-	blob, ann := craftedLayer(t, func(ix *format.Index) {
+	blob, ann := binLayer(t, func(ix *format.Index) {
 		swapShBash(ix)
 		for i := range ix.Entries {
 			if ix.Entries[i].Name == "etc/alt" {
@@ -171,7 +171,7 @@ func TestTarCheckRefusesCraftedIndex(t *testing.T) {
 // TestTarCheckCleanImage: an unmodified layer serves every file, and the verdicts kept in
 // the store let a second open serve them with no request for their headers.
 func TestTarCheckCleanImage(t *testing.T) {
-	blob, ann := craftedLayer(t, func(*format.Index) {})
+	blob, ann := binLayer(t, func(*format.Index) {})
 	ref, reqs, _ := pushCounted(t, imageOfLayer(t, blob, ann), "clean:v1")
 	dir := t.TempDir()
 	open := func() (*store.Store, *Image) {
@@ -251,7 +251,7 @@ func TestFillChecksDiffID(t *testing.T) {
 			slog.SetDefault(slog.New(slog.NewTextHandler(&logb, nil)))
 			t.Cleanup(func() { slog.SetDefault(old) })
 
-			blob, ann := craftedLayer(t, func(*format.Index) {})
+			blob, ann := binLayer(t, func(*format.Index) {})
 			layer := v1.Layer(static.NewLayer(blob, types.MediaType(format.MediaTypeLayer)))
 			if right {
 				r, err := format.Open(bytes.NewReader(blob), int64(len(blob)), ann)
@@ -323,7 +323,7 @@ func TestResolveLinks(t *testing.T) {
 // by a merged view as the lower file: that file is refused until the link's header checks
 // out, which it never does.
 func TestTarCheckCrossLayerLink(t *testing.T) {
-	lower, lann := craftedLayer(t, func(*format.Index) {})
+	lower, lann := binLayer(t, func(*format.Index) {})
 	var tb bytes.Buffer
 	tw := tar.NewWriter(&tb)
 	tw.WriteHeader(&tar.Header{Typeflag: tar.TypeLink, Name: "bin/x", Linkname: "bin/sh"})
