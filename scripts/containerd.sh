@@ -1,18 +1,27 @@
 #!/usr/bin/env bash
-# Runs a private containerd (Debian's containerd 1.6) for lazypull's tests and demos, fully
-# separate from any system containerd: its own config, root, state and socket, all under DIR.
+# Runs a private containerd for lazypull's tests and demos, fully separate from any system
+# containerd: its own config, root, state and socket, all under DIR.
 #
 #   scripts/containerd.sh start DIR
 #   scripts/containerd.sh stop DIR
 #
-# Then: ctr --address DIR/containerd.sock image pull --plain-http 127.0.0.1:5000/IMG:TAG
-#       ctr --address DIR/containerd.sock run --rm 127.0.0.1:5000/IMG:TAG ID
+# Then: DIR/ctr --address DIR/containerd.sock image pull --plain-http 127.0.0.1:5000/IMG:TAG
+#       DIR/ctr --address DIR/containerd.sock run --rm 127.0.0.1:5000/IMG:TAG ID
+#
+# Which containerd: CONTAINERD_VERSION=1.6 (the default) is Debian's, /usr/bin/containerd;
+# CONTAINERD_VERSION=2 is the containerd 2.x that scripts/deps.sh builds into
+# bin/tools/containerd2; CONTAINERD_BIN=PATH names any other binary (its version is read from
+# `containerd --version`). The config follows the version: the version 2 format for 1.x,
+# version 3 (CRI split into io.containerd.cri.v1.images and .runtime) for 2.x. DIR/ctr is a
+# link to the ctr beside that binary: ctr of the same version. containerd runs with its own
+# directory first on PATH, so each finds the runc shim built with it (containerd looks the
+# shim up on PATH first, beside its own binary only when PATH has none).
 #
 # DIR holds config.toml (generated), root/, state/, containerd.sock, containerd.log,
-# containerd.pid. start waits until `ctr version` answers and is a no-op when a containerd
-# from DIR is running already. stop kills the tasks left in it, kills containerd by the PID
-# in DIR, waits for it to exit, and unmounts whatever is still mounted under DIR (snapshot
-# overlay mounts, container rootfs), so that DIR can be removed.
+# containerd.pid, ctr. start waits until `ctr version` answers and is a no-op when a
+# containerd from DIR is running already. stop kills the tasks left in it, kills containerd by
+# the PID in DIR, waits for it to exit, and unmounts whatever is still mounted under DIR
+# (snapshot overlay mounts, container rootfs), so that DIR can be removed.
 #
 # CONTAINERD_PROXY_SNAPSHOTTER=/path/to.sock registers a snapshotter served on that socket
 # (lazypull snapshotter --address /path/to.sock) as proxy plugin "lazypull":
@@ -37,7 +46,14 @@
 # pods need gVisor's own shim (runtime io.containerd.runsc.v1), which Debian does not ship.
 set -euo pipefail
 
-bin=/usr/bin/containerd
+here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
+repo=$(dirname "$here")
+case ${CONTAINERD_VERSION:-1.6} in
+  1.6) default_bin=/usr/bin/containerd ;;
+  2) default_bin=$repo/bin/tools/containerd2/containerd ;;
+  *) echo "containerd: CONTAINERD_VERSION=$CONTAINERD_VERSION: want 1.6 or 2" >&2; exit 2 ;;
+esac
+bin=${CONTAINERD_BIN:-$default_bin}
 timeout_s=20
 proxy_name=${CONTAINERD_PROXY_SNAPSHOTTER_NAME:-lazypull}
 [[ $proxy_name =~ ^[a-z][a-z0-9_-]*$ ]] || { echo "containerd: CONTAINERD_PROXY_SNAPSHOTTER_NAME=$proxy_name: want [a-z][a-z0-9_-]*" >&2; exit 2; }
@@ -92,8 +108,10 @@ EOF
   done
 }
 
-# cri_config DIR: the [plugins."io.containerd.grpc.v1.cri"] section, on stdout.
-cri_config() {
+# cri_config_v2 DIR: the CRI part of a version 2 config (containerd 1.6 and 1.7), on stdout.
+# README's snippet for 1.6/1.7 is its heart: snapshotter and disable_snapshot_annotations
+# under [plugins."io.containerd.grpc.v1.cri".containerd].
+cri_config_v2() {
   local dir=$1 snapshotter=overlayfs
   [ -n "${CONTAINERD_PROXY_SNAPSHOTTER:-}" ] && snapshotter=$proxy_name
   cat <<EOF
@@ -124,35 +142,81 @@ cri_config() {
 EOF
 }
 
-write_config() { # write_config DIR
-  local dir=$1 cri_disabled='  "io.containerd.grpc.v1.cri",
-' cri_config=''
+# cri_config_v3 DIR: the CRI part of a version 3 config (containerd 2.x), on stdout: CRI is
+# three plugins there. README's snippet for 2.x is its heart: snapshotter and
+# disable_snapshot_annotations under [plugins.'io.containerd.cri.v1.images'].
+cri_config_v3() {
+  local dir=$1 snapshotter=overlayfs
+  [ -n "${CONTAINERD_PROXY_SNAPSHOTTER:-}" ] && snapshotter=$proxy_name
+  cat <<EOF
+  [plugins.'io.containerd.cri.v1.images']
+    snapshotter = "$snapshotter"
+    # Pass each layer's annotations to the snapshotter as labels (cri.image-ref,
+    # cri.layer-digest, and the layer's own): how a remote snapshotter knows a layer.
+    disable_snapshot_annotations = false
+    [plugins.'io.containerd.cri.v1.images'.pinned_images]
+      sandbox = "$CONTAINERD_SANDBOX_IMAGE"
+    [plugins.'io.containerd.cri.v1.images'.registry]
+      config_path = "$dir/certs.d"
+  [plugins.'io.containerd.cri.v1.runtime']
+    # Never ask for an oom_score_adj below containerd's own (see cri_config_v2).
+    restrict_oom_score_adj = true
+    [plugins.'io.containerd.cri.v1.runtime'.containerd]
+      default_runtime_name = "runc"
+      [plugins.'io.containerd.cri.v1.runtime'.containerd.runtimes.runc]
+        runtime_type = "io.containerd.runc.v2"
+    # Pods use the host's network; this only keeps CRI away from the host's CNI config.
+    [plugins.'io.containerd.cri.v1.runtime'.cni]
+      bin_dirs = ["/usr/lib/cni"]
+      conf_dir = "$dir/cni/net.d"
+  [plugins.'io.containerd.grpc.v1.cri']
+    # Port 0: a free port for exec/attach streams, so that several of these containerds can
+    # run at once.
+    stream_server_address = "127.0.0.1"
+    stream_server_port = "0"
+EOF
+}
+
+# write_config DIR MAJOR: DIR/config.toml for containerd MAJOR.x (1: version 2, 2: version 3).
+write_config() {
+  local dir=$1 major=$2 version=2 cri_config='' disabled s
+  local -a off snapshotters
   write_runsc "$dir"
+  if [ "$major" = 1 ]; then
+    off=(io.containerd.grpc.v1.cri)
+    snapshotters=(aufs btrfs devmapper zfs)
+  else
+    version=3
+    off=(io.containerd.grpc.v1.cri io.containerd.cri.v1.images io.containerd.cri.v1.runtime
+      io.containerd.podsandbox.controller.v1.podsandbox)
+    snapshotters=(blockfile btrfs devmapper erofs zfs)
+  fi
   if [ "${CONTAINERD_CRI:-}" = 1 ]; then
     if [ -z "${CONTAINERD_SANDBOX_IMAGE:-}" ]; then
       log "CONTAINERD_CRI=1 needs CONTAINERD_SANDBOX_IMAGE (a pause image in a registry it can reach)"
       exit 1
     fi
-    cri_disabled=''
-    cri_config=$(cri_config "$dir")
+    off=()
+    if [ "$major" = 1 ]; then cri_config=$(cri_config_v2 "$dir"); else cri_config=$(cri_config_v3 "$dir"); fi
     # shellcheck disable=SC2086 # a list of HOST:PORT
     write_hosts "$dir" ${CONTAINERD_PLAIN_HTTP:-}
     printf 'runtime-endpoint: unix://%s\nimage-endpoint: unix://%s\ntimeout: 60\n' \
       "$dir/containerd.sock" "$dir/containerd.sock" >"$dir/crictl.yaml"
   fi
+  disabled=''
+  for s in "${off[@]}" "${snapshotters[@]/#/io.containerd.snapshotter.v1.}"; do
+    disabled+="  \"$s\",
+"
+  done
   cat >"$dir/config.toml" <<EOF
-# Generated by scripts/containerd.sh; rewritten on every start.
-version = 2
+# Generated by scripts/containerd.sh for containerd $major.x; rewritten on every start.
+version = $version
 root = "$dir/root"
 state = "$dir/state"
 # Kept light: no CRI (Kubernetes) server unless CONTAINERD_CRI=1. The snapshotters that
-# can't work here (no aufs/btrfs/zfs/devmapper) are off too; overlayfs and native remain.
+# can't work here are off too; overlayfs and native remain.
 disabled_plugins = [
-$cri_disabled  "io.containerd.snapshotter.v1.aufs",
-  "io.containerd.snapshotter.v1.btrfs",
-  "io.containerd.snapshotter.v1.devmapper",
-  "io.containerd.snapshotter.v1.zfs",
-]
+$disabled]
 
 [grpc]
   address = "$dir/containerd.sock"
@@ -189,7 +253,24 @@ EOF
   fi
 }
 
-ctr_() { ctr --address "$dir/containerd.sock" "$@"; }
+# major_version BIN: containerd's major version, 1 or 2, from `BIN --version`
+# ("containerd github.com/containerd/containerd/v2 2.4.2+unknown ...").
+major_version() {
+  local v
+  v=$("$1" --version 2>/dev/null | awk '{ print $3 }') || true
+  case ${v#v} in
+    1.*) echo 1 ;;
+    2.*) echo 2 ;;
+    *) log "$1 --version: no version 1.x or 2.x in its output"; exit 1 ;;
+  esac
+}
+
+# ctr_: the ctr of DIR's containerd (the link start leaves in DIR), else the one on PATH.
+ctr_() {
+  local c=ctr
+  [ -x "$dir/ctr" ] && c=$dir/ctr
+  "$c" --address "$dir/containerd.sock" "$@"
+}
 
 start() {
   local dir=$1
@@ -199,12 +280,18 @@ start() {
     log "already running from $dir (pid $(cat "$dir/containerd.pid"))"
     return 0
   fi
-  [ -x "$bin" ] || { log "$bin not found; run scripts/deps.sh"; exit 1; }
+  [ -x "$bin" ] || { log "$bin not found; run make deps (scripts/deps.sh)"; exit 1; }
+  local bindir major
+  bindir=$(dirname "$bin")
+  [ -x "$bindir/ctr" ] || { log "$bindir/ctr not found: want the ctr of $bin's version beside it"; exit 1; }
+  major=$(major_version "$bin")
   mkdir -p "$dir/root" "$dir/state"
-  write_config "$dir"
+  ln -sfn "$bindir/ctr" "$dir/ctr"
+  write_config "$dir" "$major"
   rm -f "$dir/containerd.sock" "$dir/containerd.sock.ttrpc"
   # setsid: containerd outlives this script and doesn't get the caller's terminal signals.
-  setsid "$bin" --config "$dir/config.toml" --log-level info >>"$dir/containerd.log" 2>&1 </dev/null &
+  # Its own directory first on PATH: there it finds the runc shim of its own version.
+  PATH="$bindir:$PATH" setsid "$bin" --config "$dir/config.toml" --log-level info >>"$dir/containerd.log" 2>&1 </dev/null &
   local pid=$!
   echo "$pid" >"$dir/containerd.pid"
 
@@ -226,7 +313,7 @@ start() {
     fi
     sleep 0.1
   done
-  log "running (pid $pid, socket $dir/containerd.sock)"
+  log "running containerd $major.x (pid $pid, $bin, socket $dir/containerd.sock)"
 }
 
 # kill_tasks: kill and delete every task still in this containerd, so that their shims exit

@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # Installs what lazypull's build, tests and demo need: Debian packages with apt-get, and Go
-# tools with `go install` into bin/tools of this repository (crictl, for the CRI tests), and
-# containerd-stargz-grpc built there from tools/stargz-grpc (for lazypull bench's stargz modes).
+# tools with `go install` into bin/tools of this repository (crictl, for the CRI tests;
+# containerd 2.x with its ctr and runc shim, in bin/tools/containerd2, for the tests against
+# containerd 2 beside Debian's 1.6), and containerd-stargz-grpc built there from
+# tools/stargz-grpc (for lazypull bench's stargz modes).
 # Idempotent: when everything is present it prints nothing and touches nothing.
 set -euo pipefail
 
@@ -13,9 +15,17 @@ tools=$repo/bin/tools
 # package has no containerd-shim-runsc-v1).
 pkgs=(containerd runc runsc docker-registry fuse3 zstd debootstrap skopeo stargz-snapshotter tar gzip curl iproute2 ca-certificates)
 
-# Go tools: binary name, then the module package at the version the tests are written for.
+# Go tools: binary path under bin/tools, then the module package at the version the tests are
+# written for. containerd 2's binaries have a directory of their own, off PATH: containerd
+# looks its runc shim up on PATH, so a containerd-shim-runc-v2 of 2.x in bin/tools (which
+# scripts/test.sh puts on PATH) would be the shim of Debian's containerd 1.6 too.
+# scripts/containerd.sh starts each containerd with its own directory first on PATH.
+containerd2=v2.4.2
 gotools=(
   "crictl sigs.k8s.io/cri-tools/cmd/crictl@v1.37.0"
+  "containerd2/containerd github.com/containerd/containerd/v2/cmd/containerd@$containerd2"
+  "containerd2/ctr github.com/containerd/containerd/v2/cmd/ctr@$containerd2"
+  "containerd2/containerd-shim-runc-v2 github.com/containerd/containerd/v2/cmd/containerd-shim-runc-v2@$containerd2"
 )
 
 # install_gotools: `go install` every Go tool that is missing from bin/tools or is another
@@ -28,9 +38,9 @@ install_gotools() {
     if go version -m "$tools/$bin" 2>/dev/null | awk -v v="$ver" '$1 == "mod" && $3 == v { found = 1 } END { exit !found }'; then
       continue
     fi
-    echo "deps: go install $pkg into $tools (a few minutes the first time)"
-    mkdir -p "$tools"
-    GOBIN=$tools go install "$pkg" || { echo "deps: go install $mod failed" >&2; exit 1; }
+    echo "deps: go install $pkg into $(dirname "$tools/$bin") (a few minutes the first time)"
+    mkdir -p "$(dirname "$tools/$bin")"
+    GOBIN=$(dirname "$tools/$bin") go install "$pkg" || { echo "deps: go install $mod failed" >&2; exit 1; }
   done
 }
 

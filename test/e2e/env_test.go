@@ -10,6 +10,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 )
@@ -77,10 +78,64 @@ func setup(t *testing.T) *env {
 			t.Fatalf("%s not installed: run make deps", tool)
 		}
 	}
+	if err := checkContainerd(e.containerd); err != nil {
+		t.Fatal(err)
+	}
 	if _, err := os.Stat(filepath.Join(e.images, "python", "index.json")); err != nil {
 		t.Fatalf("test image missing: %v (scripts/build-test-image.sh builds it)", err)
 	}
 	return e
+}
+
+// containerdVersion is the containerd the tests run against: CONTAINERD_VERSION, which
+// scripts/test.sh sets for each of its passes ("1.6", then "2" for the tests that run
+// containers) and scripts/containerd.sh reads for the containerds the tests start; Debian's
+// 1.6 when unset.
+func containerdVersion() string {
+	if v := os.Getenv("CONTAINERD_VERSION"); v != "" {
+		return v
+	}
+	return "1.6"
+}
+
+// checkContainerd checks, once per test binary, that the ctr on PATH and the containerd at
+// sock are of containerdVersion's major version: a test meant for containerd 2 that ran
+// against 1.6 (or with 1.6's ctr) would pass without testing what it says.
+func checkContainerd(sock string) error {
+	containerdChecked.once.Do(func() { containerdChecked.err = checkContainerdVersion(sock) })
+	return containerdChecked.err
+}
+
+var containerdChecked struct {
+	once sync.Once
+	err  error
+}
+
+func checkContainerdVersion(sock string) error {
+	want := strings.SplitN(containerdVersion(), ".", 2)[0] + "."
+	out, err := exec.Command("ctr", "--version").Output()
+	if err != nil {
+		return fmt.Errorf("ctr --version: %v", err)
+	}
+	// "ctr github.com/containerd/containerd/v2 2.4.2+unknown"
+	if f := strings.Fields(string(out)); len(f) < 3 || !strings.HasPrefix(strings.TrimPrefix(f[2], "v"), want) {
+		return fmt.Errorf("CONTAINERD_VERSION=%s but the ctr on PATH is %q: scripts/test.sh puts that version's ctr first on PATH", containerdVersion(), strings.TrimSpace(string(out)))
+	}
+	out, err = exec.Command("ctr", "--address", sock, "version").Output()
+	if err != nil {
+		return fmt.Errorf("ctr --address %s version: %v", sock, err)
+	}
+	_, server, _ := strings.Cut(string(out), "Server:")
+	var v string
+	for _, line := range strings.Split(server, "\n") {
+		if k, val, ok := strings.Cut(strings.TrimSpace(line), ":"); ok && k == "Version" {
+			v = strings.TrimSpace(val)
+		}
+	}
+	if !strings.HasPrefix(strings.TrimPrefix(v, "v"), want) {
+		return fmt.Errorf("CONTAINERD_VERSION=%s but the containerd at %s is %q", containerdVersion(), sock, v)
+	}
+	return nil
 }
 
 type result struct {
