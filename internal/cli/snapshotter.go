@@ -28,6 +28,7 @@ const (
 	defaultSnapshotterSocket = "/run/lazypull/snapshotter.sock"
 	defaultSnapshotterRoot   = "/var/lib/lazypull/snapshotter"
 	defaultConfigFile        = "/etc/lazypull/config.toml"
+	defaultContainerdConfig  = "/etc/containerd/config.toml"
 )
 
 var snapshotterCommand = &command{
@@ -64,6 +65,7 @@ command line. A missing config file at the default path is not an error.`,
 		fs.StringVar(&f.MetricsAddr, "metrics-addr", "", "serve Prometheus metrics on `host:port` at /metrics")
 		fs.StringVar(&f.DebugAddr, "debug-addr", "", "serve Go's profiles (pprof) on `host:port` at /debug/pprof/; keep it on loopback")
 		fs.StringVar(&f.Platform, "platform", "", "the image for `os/arch[/variant]` of a multi-platform image (default: this machine's)")
+		fs.StringVar(&f.ContainerdConfig, "containerd-config", defaultContainerdConfig, "containerd's config `file`, read to warn when containerd will not call this snapshotter (\"\": no check)")
 		addPrefetchFlags(fs, &f.prefetchFlags)
 		f.fs = fs
 		return f
@@ -83,6 +85,8 @@ type snapshotterFlags struct {
 	MetricsAddr   string
 	DebugAddr     string
 	Platform      string
+	// ContainerdConfig is checked against containerd's version once it answers.
+	ContainerdConfig string
 	prefetchFlags
 }
 
@@ -200,6 +204,9 @@ func runSnapshotter(ctx context.Context, e *env, vals any, args []string) error 
 	wg.Go(func() {
 		daemon.KeepStats(statsCtx, f.Store, 2*time.Second, func() daemon.Stats { return daemon.CollectStats(st, lfs.Images()) })
 	})
+	if f.ContainerdConfig != "" {
+		wg.Go(func() { watchContainerd(statsCtx, log, f.ContainerdConfig, f.Address, containerdCheckEvery) })
+	}
 	defer func() { stopStats(); wg.Wait() }()
 
 	served := make(chan error, 1)
