@@ -53,7 +53,7 @@ with_containerd() {
   CONTAINERD_VERSION=$v "$root/scripts/containerd.sh" start "$d"
   started+=("$d")
   ln -sfn "$(readlink "$d/ctr")" "$work/ctr-$v/ctr"
-  echo "test: containerd $v: go test $*" >&2
+  echo "test: containerd $v: $*" >&2
   local t0=$SECONDS
   CONTAINERD_VERSION=$v LAZYPULL_TEST_CONTAINERD="$d/containerd.sock" PATH="$work/ctr-$v:$PATH" "$@"
   echo "test: containerd $v: $((SECONDS - t0)) s" >&2

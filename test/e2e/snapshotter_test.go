@@ -85,7 +85,10 @@ func (e *env) startSnapshotterWith(t *testing.T, config string, opts ...snapshot
 	s := &snapshotterEnv{dir: dir, sock: filepath.Join(dir, "sn.sock"), store: filepath.Join(dir, "store"),
 		containerd: filepath.Join(dir, "ctd"), log: &syncBuffer{}, done: make(chan error, 1)}
 	s.config = filepath.Join(dir, "config.toml")
-	if err := os.WriteFile(s.config, fmt.Appendf(nil, "root = %q\nstore = %q\nplain_http = true\n%s", filepath.Join(dir, "root"), s.store, config), 0o644); err != nil {
+	// containerd_config: the snapshotter checks the config of its containerd (once it
+	// answers), not the host's.
+	if err := os.WriteFile(s.config, fmt.Appendf(nil, "root = %q\nstore = %q\nplain_http = true\ncontainerd_config = %q\n%s",
+		filepath.Join(dir, "root"), s.store, filepath.Join(s.containerd, "config.toml"), config), 0o644); err != nil {
 		t.Fatal(err)
 	}
 	s.bin, s.env = e.bin, e.cmdEnv
