@@ -3,7 +3,7 @@
 # (debootstrap, cached), pushes it to a private registry on loopback, converts it with
 # `lazypull convert`, and runs the original and the converted image with a private plain
 # containerd; then times cold starts of python over an emulated 100 Mbit/s + 20 ms link,
-# plain containerd against lazypull (`lazypull bench`, short form), and says where the chart
+# plain containerd against lazypull (`lazypull-bench e2e`, short form), and says where the chart
 # is. Cleans up everything it started.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -58,12 +58,12 @@ for tag in orig lazy; do
   printf '%-5s %d bytes of layers\n' "$tag" "$size"
 done
 
-# The short form of `lazypull bench` (make bench-e2e): one image, one link, plain vs lazypull
+# The short form of `lazypull-bench e2e` (make bench-e2e): one image, one link, plain vs lazypull
 # without and with a prefetch profile, every start cold. It starts its own registry, link, containerd and snapshotter, and stops
 # them; the results stay in bench-results/demo.
 step "cold starts over an emulated 100 Mbit/s link with 20 ms round trip: plain containerd vs lazypull"
 echo "(the first time, the bench image is built from Debian packages: a few minutes)"
-"$bin" bench --images python --links 100M/20ms --modes plain,lazypull,lazypull-profile --n 3 --warm 2 \
-  --scripts "$root/scripts" --out "$root/bench-results/demo"
+"$root/bin/lazypull-bench" e2e --images python --links 100M/20ms --modes plain,lazypull,lazypull-profile --n 3 --warm 2 \
+  --scripts "$root/scripts" --lazypull "$bin" --out "$root/bench-results/demo"
 echo
 echo "Chart: $root/bench-results/demo/chart.png; report: $root/bench-results/demo/report.html"

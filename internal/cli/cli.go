@@ -20,7 +20,7 @@ const (
 	exitUsage   = 2 // the command line was wrong
 )
 
-// command is one subcommand. Adding one (mount, pull, snapshotter, stats, bench) means
+// command is one subcommand. Adding one (mount, pull, snapshotter, stats) means
 // writing its run function and listing it in commands.
 type command struct {
 	name    string
@@ -34,7 +34,7 @@ type command struct {
 }
 
 // commands lists the subcommands in the order `lazypull help` shows them.
-var commands = []*command{convertCommand, mountCommand, umountCommand, pullCommand, profileCommand, profileChrootCommand, profileExecCommand, snapshotterCommand, keeperCommand, statsCommand, pruneCommand, verifyCommand, benchCommand, versionCommand}
+var commands = []*command{convertCommand, mountCommand, umountCommand, pullCommand, profileCommand, profileChrootCommand, profileExecCommand, snapshotterCommand, keeperCommand, statsCommand, pruneCommand, verifyCommand, versionCommand}
 
 // env is what a command may touch of the outside world.
 type env struct {

@@ -1,4 +1,4 @@
-package cli
+package main
 
 import (
 	"context"
@@ -34,9 +34,8 @@ const (
 	defaultBenchScenarioN     = 1
 )
 
-var benchCommand = &command{
-	name:    "bench",
-	args:    "[flags]",
+var e2eCommand = &subcommand{
+	name:    "e2e",
 	summary: "time cold container starts, plain containerd vs lazypull (vs stargz), over emulated links",
 	help: `
 A HelloBench-like benchmark: for every image, link and mode, N cold starts (containerd and
@@ -79,6 +78,7 @@ link and step named; the results so far are written, marked incomplete, and no t
 		fs.Uint64Var(&f.seed, "seed", 0, "order the runs with this `seed` (0: a random one, recorded)")
 		fs.StringVar(&f.out, "out", "", "write results.json, chart.png, report.html into `dir` (default bench-results/DATE)")
 		fs.StringVar(&f.scripts, "scripts", "scripts", "the project's scripts `dir` (registry, containerd, image builder)")
+		fs.StringVar(&f.lazypull, "lazypull", "", "the lazypull `binary` measured (default: lazypull beside lazypull-bench, i.e. bin/lazypull)")
 		fs.StringVar(&f.imagesDir, "images-dir", "/var/cache/lazypull-bench/images", "where the image builder keeps the OCI layouts")
 		fs.DurationVar(&f.timeout, "step-timeout", 10*time.Minute, "fail a pull or a run to ready that takes longer")
 		fs.StringVar(&f.scenarios, "scenarios", defaultBenchScenarios, "comma-separated `scenarios`: cold, update, scale")
@@ -89,7 +89,7 @@ link and step named; the results so far are written, marked incomplete, and no t
 		fs.IntVar(&f.scenarioN, "scenario-n", defaultBenchScenarioN, "runs per update or scale case, link and mode")
 		return f
 	},
-	run: runBench,
+	run: runE2E,
 }
 
 type benchFlags struct {
@@ -97,6 +97,7 @@ type benchFlags struct {
 	n, warm              int
 	seed                 uint64
 	out, scripts         string
+	lazypull             string
 	imagesDir            string
 	timeout              time.Duration
 	// The update and scale scenarios.
@@ -105,24 +106,14 @@ type benchFlags struct {
 	scenarioN                            int
 }
 
-func splitList(s string) []string {
-	var out []string
-	for f := range strings.SplitSeq(s, ",") {
-		if f = strings.TrimSpace(f); f != "" {
-			out = append(out, f)
-		}
-	}
-	return out
-}
-
-func runBench(ctx context.Context, e *env, vals any, args []string) error {
+func runE2E(ctx context.Context, e *env, vals any, args []string) error {
 	f := vals.(*benchFlags)
 	if len(args) != 0 {
 		return usagef("no arguments expected, got %q", args)
 	}
 	cfg := bench.Config{Images: splitList(f.images), N: f.n, Warm: f.warm, Seed: f.seed,
 		ImagesDir: f.imagesDir, StepTimeout: f.timeout, Progress: e.stderr, Terminal: e.stderrTerminal,
-		Log: newLogger(e), Command: "lazypull bench " + strings.Join(os.Args[2:], " ")}
+		Log: e.log, Command: commandLine()}
 	for _, l := range splitList(f.links) {
 		link, err := bench.ParseLink(l)
 		if err != nil {
@@ -145,15 +136,15 @@ func runBench(ctx context.Context, e *env, vals any, args []string) error {
 		return usagef("%v", err)
 	}
 	if os.Geteuid() != 0 {
-		return errors.New("bench: must run as root (containerd, mounts, drop_caches)")
+		return errors.New("must run as root (containerd, mounts, drop_caches)")
 	}
 	if cfg.Scripts, err = filepath.Abs(f.scripts); err != nil {
 		return err
 	}
 	if _, err := os.Stat(filepath.Join(cfg.Scripts, "build-bench-images.sh")); err != nil {
-		return fmt.Errorf("bench: --scripts %s: %w (run from the repository, or point --scripts at its scripts/)", f.scripts, err)
+		return fmt.Errorf("--scripts %s: %w (run from the repository, or point --scripts at its scripts/)", f.scripts, err)
 	}
-	if cfg.Lazypull, err = os.Executable(); err != nil {
+	if cfg.Lazypull, err = lazypullBinary(f.lazypull); err != nil {
 		return err
 	}
 	cfg.Stargz = bench.FindStargz(cfg.Scripts)
@@ -168,7 +159,7 @@ func runBench(ctx context.Context, e *env, vals any, args []string) error {
 	}
 	defer os.RemoveAll(cfg.WorkDir)
 
-	fmt.Fprintf(e.stderr, "lazypull bench: modes %s, seed %d\n", f.modes, cfg.Seed)
+	fmt.Fprintf(e.stderr, "lazypull-bench e2e: modes %s, seed %d\n", f.modes, cfg.Seed)
 	if sc.Has(bench.ScenarioCold) {
 		fmt.Fprintf(e.stderr, "  cold: images %s; links %s; %d cold runs each\n", strings.Join(cfg.Images, " "), f.links, cfg.N)
 	}

@@ -1,6 +1,8 @@
-package cli
+package main
 
 import (
+	"bytes"
+	"context"
 	"slices"
 	"strings"
 	"testing"
@@ -33,10 +35,17 @@ func TestBenchScenarioFlags(t *testing.T) {
 		{[]string{"--scenarios", "update", "--scenario-n", "0"}, "need at least 1 run per scenario"},
 	} {
 		t.Run(strings.Join(tc.args, " "), func(t *testing.T) {
-			code, out, errOut := run(t, append([]string{"bench"}, tc.args...)...)
+			code, out, errOut := run(t, append([]string{"e2e"}, tc.args...)...)
 			if code != 2 || !strings.Contains(errOut, tc.err) || out != "" {
 				t.Errorf("exit %d, stderr %q; want 2 and %q", code, errOut, tc.err)
 			}
 		})
 	}
+}
+
+func run(t *testing.T, args ...string) (code int, stdout, stderr string) {
+	t.Helper()
+	var out, errb bytes.Buffer
+	code = Main(context.Background(), args, &out, &errb)
+	return code, out.String(), errb.String()
 }

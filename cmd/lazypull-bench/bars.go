@@ -1,0 +1,112 @@
+package main
+
+import (
+	"context"
+	"flag"
+	"fmt"
+	"os"
+	"path/filepath"
+	"strings"
+
+	"lazypull/internal/bench"
+)
+
+// barFlags are the flags every bar benchmark (convert, mount, snapshotter) has.
+type barFlags struct {
+	n          int
+	record     bool
+	root       string
+	lazypull   string
+	testImages string
+}
+
+func (f *barFlags) declare(fs *flag.FlagSet) {
+	fs.IntVar(&f.n, "n", 3, "rounds of each measure (median and min-max are reported)")
+	fs.BoolVar(&f.record, "record", false, "append the report (markdown) to docs/benchmarks.md; default: only print it")
+	fs.StringVar(&f.root, "root", ".", "the repository `dir` (scripts/, tools/, docs/)")
+	fs.StringVar(&f.lazypull, "lazypull", "", "the lazypull `binary` measured (default: lazypull beside lazypull-bench, i.e. bin/lazypull)")
+	fs.StringVar(&f.testImages, "test-images", os.Getenv("LAZYPULL_TEST_IMAGES"), "where the python test image layout is written (`dir`; default $LAZYPULL_TEST_IMAGES, else the work dir)")
+}
+
+func (f *barFlags) config(e *env, args []string) (bench.BarConfig, error) {
+	if len(args) != 0 {
+		return bench.BarConfig{}, usagef("no arguments expected, got %q", args)
+	}
+	if f.n < 1 {
+		return bench.BarConfig{}, usagef("-n %d: want a positive integer", f.n)
+	}
+	root, err := filepath.Abs(f.root)
+	if err != nil {
+		return bench.BarConfig{}, err
+	}
+	if _, err := os.Stat(filepath.Join(root, "scripts", "registry.sh")); err != nil {
+		return bench.BarConfig{}, fmt.Errorf("--root %s: %w (run from the repository, or point --root at it)", f.root, err)
+	}
+	lp, err := lazypullBinary(f.lazypull)
+	if err != nil {
+		return bench.BarConfig{}, err
+	}
+	return bench.BarConfig{Root: root, Lazypull: lp, N: f.n, TestImages: f.testImages, Record: f.record,
+		Command: commandLine(), Log: e.stderr, Out: e.stdout}, nil
+}
+
+var mountCommand = &subcommand{
+	name:    "mount",
+	summary: "the lazy mount: cold read vs curl, passthrough vs local disk, bytes fetched for python3 -c 'print(1)'",
+	help: `
+The lazy mount's three bars, in one run (root; 4 to 5 minutes on a 2-CPU machine):
+  1. cold read of a 1 GiB file of random bytes through a fresh lazypull mount, against curl
+     of the same layer blob (and, for reference, curl in Range requests of the mount's mean
+     request size): mount >= 0.8x curl;
+  2. once the store holds the whole file, a read through the mount (FUSE passthrough)
+     against a read of the store's object file, cold (ABBA, page cache dropped) and hot:
+     mount >= 0.95x disk;
+  3. python3 -c 'print(1)' in a chroot of a fresh mount of the python test image: the bytes
+     fetched against the bytes the kernel read (FUSE_READ tracepoints) and the size of the
+     files opened (strace): fetched <= 1.2x read.
+It starts a registry on a random loopback port and removes everything it made at the end.
+The page cache is dropped before every cold read. -size makes the big file smaller for a
+quick run (the bars are judged at 1 GiB).`,
+	flags: func(fs *flag.FlagSet) any {
+		f := &mountFlags{}
+		f.declare(fs)
+		fs.StringVar(&f.size, "size", "1G", "size of the big file (K, M, G suffixes: binary units)")
+		return f
+	},
+	run: func(ctx context.Context, e *env, vals any, args []string) error {
+		f := vals.(*mountFlags)
+		cfg, err := f.config(e, args)
+		if err != nil {
+			return err
+		}
+		size, err := parseSize(f.size)
+		if err != nil {
+			return usagef("-size: %v", err)
+		}
+		return bench.Mount(ctx, bench.MountConfig{BarConfig: cfg, BigBytes: size})
+	},
+}
+
+type mountFlags struct {
+	barFlags
+	size string
+}
+
+// parseSize reads a byte count with an optional K, M or G suffix (powers of 1024).
+func parseSize(s string) (int64, error) {
+	mult := int64(1)
+	t := strings.ToUpper(strings.TrimSpace(s))
+	switch {
+	case strings.HasSuffix(t, "G"):
+		mult, t = 1<<30, strings.TrimSuffix(t, "G")
+	case strings.HasSuffix(t, "M"):
+		mult, t = 1<<20, strings.TrimSuffix(t, "M")
+	case strings.HasSuffix(t, "K"):
+		mult, t = 1<<10, strings.TrimSuffix(t, "K")
+	}
+	var n int64
+	if _, err := fmt.Sscan(t, &n); err != nil || n <= 0 {
+		return 0, fmt.Errorf("%q: want a positive size, e.g. 1G or 256M", s)
+	}
+	return n * mult, nil
+}
