@@ -110,3 +110,45 @@ func parseSize(s string) (int64, error) {
 	}
 	return n * mult, nil
 }
+
+var convertCommand = &subcommand{
+	name:    "convert",
+	summary: "the converter: throughput against ctr-remote --estargz, and index vs eStargz TOC size",
+	help: `
+lazypull's converter against ctr-remote's eStargz conversion, on the python test image
+(scripts/build-test-image.sh), in one run (root; about 5 minutes on an idle 2-CPU machine):
+  1. throughput, uncompressed MB/s: lazypull convert OCI layout -> OCI layout and registry ->
+     registry, ctr-remote image convert --estargz --oci (its defaults) and, for reference, at
+     -extra-level; each once to warm up, then -n times interleaved (-extra-n for the extra
+     level); medians and min-max of the wall clock, and CPU seconds of the converter plus its
+     daemon. Bar: lazypull (layout -> layout) >= 2x ctr-remote;
+  2. per layer, with tools/indexsize: lazypull's index against the eStargz TOC, compressed
+     and uncompressed. Bar: index <= 1/3 of the TOC.
+It starts a registry on a random loopback port and a private containerd, and stops them.`,
+	flags: func(fs *flag.FlagSet) any {
+		f := &convertFlags{}
+		f.declare(fs)
+		fs.IntVar(&f.extraLevel, "extra-level", 1, "the extra ctr-remote compression `level` measured for reference (1-9; 0: skip it)")
+		fs.IntVar(&f.extraN, "extra-n", 1, "timed runs at the extra level (at most -n)")
+		return f
+	},
+	run: func(ctx context.Context, e *env, vals any, args []string) error {
+		f := vals.(*convertFlags)
+		cfg, err := f.config(e, args)
+		if err != nil {
+			return err
+		}
+		if f.extraLevel < 0 || f.extraLevel > 9 {
+			return usagef("-extra-level %d: want 1 to 9, or 0", f.extraLevel)
+		}
+		if f.extraN < 1 {
+			return usagef("-extra-n %d: want a positive integer", f.extraN)
+		}
+		return bench.Convert(ctx, bench.ConvertConfig{BarConfig: cfg, ExtraLevel: f.extraLevel, ExtraN: f.extraN})
+	},
+}
+
+type convertFlags struct {
+	barFlags
+	extraLevel, extraN int
+}
