@@ -83,7 +83,7 @@ type convertBench struct {
 // indexRow is one row of tools/indexsize -tsv: layer digest format blob tar entries chunks
 // meta meta_raw sha256s.
 type indexRow struct {
-	layer, digest, format                      string
+	layer, digest, format                       string
 	blob, tar, entries, chunks, meta, raw, shas int64
 }
 
