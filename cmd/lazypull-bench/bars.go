@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 
 	"lazypull/internal/bench"
@@ -151,4 +152,48 @@ It starts a registry on a random loopback port and a private containerd, and sto
 type convertFlags struct {
 	barFlags
 	extraLevel, extraN int
+}
+
+var snapshotterCommand = &subcommand{
+	name:    "snapshotter",
+	summary: "the snapshotter: RSS with 10 images mounted, cold lazypull pull + ctr run vs ctr image pull + ctr run",
+	help: `
+The snapshotter's two bars, in one run (root; about 4 minutes on a 2-CPU machine), on the
+python test image (scripts/build-test-image.sh) pushed to a registry on a random loopback
+port, converted, and 9 variants of it with one small layer more each (tools/addlayer):
+  memory  one lazypull snapshotter and its containerd; lazypull pull and ctr run of each of
+          the 10 images; then the snapshotter's VmRSS (and VmHWM, RssAnon, RssFile, Pss, its
+          keeper's), the Go runtime's figures and the top of a heap profile. Bar: VmRSS <= 64 MiB.
+  cold    -n rounds, lazy and plain alternating first, on fresh roots: lazypull pull + ctr run
+          --snapshotter lazypull against ctr image pull + ctr run (overlayfs), timed, with the
+          registry's egress (its log) and the snapshotter's fetch.Bytes. Bar: lazypull's bytes
+          <= 0.25x plain's (medians).`,
+	flags: func(fs *flag.FlagSet) any {
+		f := &snapshotterFlags{}
+		f.declare(fs)
+		fs.StringVar(&f.parts, "parts", strings.Join(bench.SnapshotterParts, ","), "comma-separated `parts` to run: memory, cold")
+		return f
+	},
+	run: func(ctx context.Context, e *env, vals any, args []string) error {
+		f := vals.(*snapshotterFlags)
+		cfg, err := f.config(e, args)
+		if err != nil {
+			return err
+		}
+		parts := splitList(f.parts)
+		if len(parts) == 0 {
+			return usagef("-parts: none given (want memory, cold)")
+		}
+		for _, p := range parts {
+			if !slices.Contains(bench.SnapshotterParts, p) {
+				return usagef("-parts: unknown part %q (want memory, cold)", p)
+			}
+		}
+		return bench.Snapshotter(ctx, bench.SnapshotterConfig{BarConfig: cfg, Parts: parts})
+	},
+}
+
+type snapshotterFlags struct {
+	barFlags
+	parts string
 }

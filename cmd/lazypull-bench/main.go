@@ -51,7 +51,7 @@ type subcommand struct {
 	run   func(ctx context.Context, e *env, vals any, args []string) error
 }
 
-var subcommands = []*subcommand{e2eCommand, convertCommand, mountCommand}
+var subcommands = []*subcommand{e2eCommand, convertCommand, mountCommand, snapshotterCommand}
 
 func main() {
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)

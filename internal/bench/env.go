@@ -141,13 +141,19 @@ func startNode(ctx context.Context, scripts, lazypull, work string, mode Mode) (
 }
 
 func (n *node) startSnapshotter(prefetch bool) error {
+	return n.startSnapshotterWith(fmt.Sprintf("prefetch = %t\n", prefetch))
+}
+
+// startSnapshotterWith starts `lazypull snapshotter` on a fresh root and store in the node's
+// directory, with conf appended to its config file, and args after its own.
+func (n *node) startSnapshotterWith(conf string, args ...string) error {
 	n.snSock = filepath.Join(n.dir, "sn.sock")
 	n.snRoot = filepath.Join(n.dir, "sn")
 	n.snStore = filepath.Join(n.dir, "store")
 	// A config file of our own: the node's /etc/lazypull/config.toml must not change the run.
 	config := filepath.Join(n.dir, "sn.toml")
-	conf := fmt.Appendf(nil, "root = %q\nstore = %q\nplain_http = true\nprefetch = %t\n", n.snRoot, n.snStore, prefetch)
-	if err := os.WriteFile(config, conf, 0o644); err != nil {
+	full := fmt.Sprintf("root = %q\nstore = %q\nplain_http = true\n", n.snRoot, n.snStore) + conf
+	if err := os.WriteFile(config, []byte(full), 0o644); err != nil {
 		return err
 	}
 	log, err := os.Create(filepath.Join(n.dir, "snapshotter.log"))
@@ -155,7 +161,7 @@ func (n *node) startSnapshotter(prefetch bool) error {
 		return err
 	}
 	n.snLog = log
-	n.sn = exec.Command(n.lazypull, "snapshotter", "--config", config, "--address", n.snSock)
+	n.sn = exec.Command(n.lazypull, append([]string{"snapshotter", "--config", config, "--address", n.snSock}, args...)...)
 	n.sn.Stdout, n.sn.Stderr = log, log
 	if err := n.sn.Start(); err != nil {
 		return fmt.Errorf("start the snapshotter: %w", err)
