@@ -76,13 +76,13 @@ quick run (the bars are judged at 1 GiB).`,
 	},
 	run: func(ctx context.Context, e *env, vals any, args []string) error {
 		f := vals.(*mountFlags)
-		cfg, err := f.config(e, args)
-		if err != nil {
-			return err
-		}
 		size, err := parseSize(f.size)
 		if err != nil {
 			return usagef("-size: %v", err)
+		}
+		cfg, err := f.config(e, args)
+		if err != nil {
+			return err
 		}
 		return bench.Mount(ctx, bench.MountConfig{BarConfig: cfg, BigBytes: size})
 	},
@@ -135,15 +135,15 @@ It starts a registry on a random loopback port and a private containerd, and sto
 	},
 	run: func(ctx context.Context, e *env, vals any, args []string) error {
 		f := vals.(*convertFlags)
-		cfg, err := f.config(e, args)
-		if err != nil {
-			return err
-		}
 		if f.extraLevel < 0 || f.extraLevel > 9 {
 			return usagef("-extra-level %d: want 1 to 9, or 0", f.extraLevel)
 		}
 		if f.extraN < 1 {
 			return usagef("-extra-n %d: want a positive integer", f.extraN)
+		}
+		cfg, err := f.config(e, args)
+		if err != nil {
+			return err
 		}
 		return bench.Convert(ctx, bench.ConvertConfig{BarConfig: cfg, ExtraLevel: f.extraLevel, ExtraN: f.extraN})
 	},
@@ -176,10 +176,6 @@ port, converted, and 9 variants of it with one small layer more each (tools/addl
 	},
 	run: func(ctx context.Context, e *env, vals any, args []string) error {
 		f := vals.(*snapshotterFlags)
-		cfg, err := f.config(e, args)
-		if err != nil {
-			return err
-		}
 		parts := splitList(f.parts)
 		if len(parts) == 0 {
 			return usagef("-parts: none given (want memory, cold)")
@@ -188,6 +184,10 @@ port, converted, and 9 variants of it with one small layer more each (tools/addl
 			if !slices.Contains(bench.SnapshotterParts, p) {
 				return usagef("-parts: unknown part %q (want memory, cold)", p)
 			}
+		}
+		cfg, err := f.config(e, args)
+		if err != nil {
+			return err
 		}
 		return bench.Snapshotter(ctx, bench.SnapshotterConfig{BarConfig: cfg, Parts: parts})
 	},
