@@ -10,7 +10,7 @@ import (
 // and a daemon that opens each image on its own reads the index of a shared layer once per
 // image: decoded, each copy of the python test image's two indexes is about 2 MiB of heap,
 // so ten images of one base held ten copies, most of the snapshotter's memory
-// (docs/benchmarks.md, scripts/bench-snapshotter.sh). ReadIndex still reads and verifies the
+// (docs/benchmarks.md, lazypull-bench snapshotter). ReadIndex still reads and verifies the
 // payload every time; when the verified digest is that of an index decoded before and
 // still in use, it returns that Index instead of decoding another. An Index is never
 // changed once decoded (Lookup's map is built under a sync.Once), so callers can share it.

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Builds the images of `lazypull bench`: one shared Debian bookworm minbase layer (debootstrap)
+# Builds the images of `lazypull-bench e2e`: one shared Debian bookworm minbase layer (debootstrap)
 # and, per application, one layer of what `apt-get install --no-install-recommends` adds on top
 # of it (an overlayfs upper dir, real whiteouts), packed by tools/mkimage into an OCI layout
 # OUTDIR/APP (tag APP) with gzip layers, the way real images are made: base + app.

@@ -3,7 +3,7 @@
 # tools with `go install` into bin/tools of this repository (crictl, for the CRI tests;
 # containerd 2.x with its ctr and runc shim, in bin/tools/containerd2, for the tests against
 # containerd 2 beside Debian's 1.6), and containerd-stargz-grpc built there from
-# tools/stargz-grpc (for lazypull bench's stargz modes).
+# tools/stargz-grpc (for lazypull-bench e2e's stargz modes).
 # Idempotent: when everything is present it prints nothing and touches nothing.
 set -euo pipefail
 

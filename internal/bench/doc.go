@@ -1,6 +1,13 @@
-// Package bench is the harness behind `lazypull bench`: a HelloBench-like measurement of the
-// time from "start this image" to "the container is ready for work", cold every time, on real
-// images and emulated links, for plain containerd, lazypull and stargz-snapshotter side by side.
+// Package bench is the harness behind cmd/lazypull-bench, a binary of its own (nothing of it
+// is linked into bin/lazypull). Its main benchmark, `lazypull-bench e2e`, is a HelloBench-like
+// measurement of the time from "start this image" to "the container is ready for work", cold
+// every time, on real images and emulated links, for plain containerd, lazypull and
+// stargz-snapshotter side by side. Three more measure one component's bars each, on loopback:
+// the converter against ctr-remote (convert.go, `lazypull-bench convert`), the lazy mount's
+// reads (mount.go, `lazypull-bench mount`) and the snapshotter's memory and cold pull
+// (snapshotter.go, `lazypull-bench snapshotter`); they share bars.go (work directory,
+// process CPU, manifests, stats.json, markdown report appended to docs/benchmarks.md) and
+// the registry and node lifecycle of env.go.
 //
 // What it owns:
 //   - Proxy (shaper.go): a TCP proxy in user space, in front of the registry on loopback, that
@@ -19,6 +26,8 @@
 //     pull, then N containers at once).
 //   - reports (report.go, chart.go, scenario_report.go): JSON, a text table per link and per
 //     scenario, a PNG chart of the cold starts, an HTML page.
+//   - the bar benchmarks (bars.go, convert.go, mount.go, snapshotter.go), ported from the
+//     shell scripts they replace with the same measurements, bars and report.
 //
 // It runs the real components (docker-registry, containerd, runc, `lazypull snapshotter`,
 // containerd-stargz-grpc, ctr-remote) as processes, through the project's scripts; it never

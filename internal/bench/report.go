@@ -171,7 +171,7 @@ func rateString(bits int64) string {
 var htmlPage = template.Must(template.New("report").Funcs(template.FuncMap{
 	"mb": func(b int64) float64 { return float64(b) / 1e6 },
 }).Parse(`<!doctype html>
-<html lang="en"><head><meta charset="utf-8"><title>lazypull bench</title>
+<html lang="en"><head><meta charset="utf-8"><title>lazypull-bench e2e</title>
 <style>
 body { font-family: sans-serif; margin: 2em; max-width: 80em; }
 table { border-collapse: collapse; margin: 1em 0; }
@@ -179,7 +179,7 @@ th, td { border: 1px solid #bbb; padding: 0.2em 0.6em; text-align: right; }
 th:nth-child(-n+2), td:nth-child(-n+2) { text-align: left; }
 .fail { color: #b00; font-weight: bold; }
 </style></head><body>
-<h1>lazypull bench</h1>
+<h1>lazypull-bench e2e</h1>
 <p>{{.Res.Started.Format "2006-01-02 15:04:05 UTC"}}, {{.Res.Machine.CPUs}} CPUs ({{.Res.Machine.CPU}}), Linux {{.Res.Machine.Kernel}}, {{.Res.Machine.Go}};
 load average {{.Res.Machine.LoadStart}} at the start, {{.Res.Machine.LoadEnd}} at the end.</p>
 <p>Command: <code>{{.Res.Command}}</code></p>

@@ -54,7 +54,7 @@ type Config struct {
 	Scenarios ScenarioConfig
 }
 
-// Result is everything one `lazypull bench` measured. Complete is false when it stopped on
+// Result is everything one `lazypull-bench e2e` measured. Complete is false when it stopped on
 // a failure; then Failure says where, and the runs so far are kept but summarised nowhere.
 type Result struct {
 	Complete  bool        `json:"complete"`

@@ -110,7 +110,7 @@ func stargzSkip(cfg *Config) (string, error) {
 // no layer has been mounted for 5 s: the link counts it after ready, unless the start takes
 // longer than that.
 func stargzConfig() []byte {
-	return []byte(`# Written by lazypull bench for containerd-stargz-grpc (tools/stargz-grpc): the library's
+	return []byte(`# Written by lazypull-bench e2e for containerd-stargz-grpc (tools/stargz-grpc): the library's
 # defaults, stated. Registries on loopback speak plain HTTP without a resolver entry.
 prefetch_timeout_sec = 10
 noprefetch = false

@@ -3,7 +3,7 @@
 // directory (internal/imagebuild), written into the OCI layout DST (created if missing) under
 // DSTTAG. The existing layers are kept byte for byte with their descriptors' annotations, so a
 // lazypull image stays one and `lazypull convert` of the result converts the new layer only.
-// scripts/bench-snapshotter.sh makes variants of the test image with it.
+// lazypull-bench snapshotter (internal/bench) makes variants of the test image with it.
 //
 //	go run ./tools/addlayer -src DIR:TAG -dst DIR:TAG LAYERDIR
 package main

@@ -1,5 +1,5 @@
 // Command indexsize reports how big the metadata of a lazy-pullable layer is: the index of a
-// lazypull layer, or the table of contents (TOC) of an eStargz layer. scripts/bench-convert.sh
+// lazypull layer, or the table of contents (TOC) of an eStargz layer. lazypull-bench convert
 // uses it to compare the two for the same image.
 //
 //	go run ./tools/indexsize [-tsv] BLOB...

@@ -11,7 +11,7 @@
 //
 // It exists because Debian packages ctr-remote but not this daemon, and upstream's daemon
 // lives in a module (cmd/) that is not published; this is a small daemon of lazypull's own
-// over the published library (its service package), so that `lazypull bench` can run
+// over the published library (its service package), so that `lazypull-bench e2e` can run
 // eStargz side by side with lazypull. It is a separate Go module: none of the library's
 // dependencies reach lazypull's go.mod.
 //
