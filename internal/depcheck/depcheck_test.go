@@ -70,6 +70,7 @@ const (
 	jsonlimit      = "internal/jsonlimit"
 	imagebuild     = "internal/imagebuild"
 	lazypullBinary = "cmd/lazypull"
+	benchBinary    = "cmd/lazypull-bench"
 )
 
 // allowed is lazypull's import graph as it is, one rule per package of the module, each
@@ -124,11 +125,10 @@ func allowed() map[string]rule {
 		// The subcommands. It wires the daemon to its users (snapshotter service, warm-up
 		// API, keeper process, stats) and, for `lazypull mount` and `lazypull profile`,
 		// also opens fetch registries, the store and fusefs mounts itself (mount.go,
-		// profile.go): a second composition beside daemon, kept here as it is. bench is
-		// `lazypull bench`.
+		// profile.go): a second composition beside daemon, kept here as it is.
 		cli: {
 			ours: []string{format, fetch, store, fusefs, snapshot, daemon, convert, profile,
-				bench, keeper, warm, unixsock},
+				keeper, warm, unixsock},
 			ext: []string{containerd, containerdAPI, errdefs, ggcr, digest, imageSpec,
 				runtimeSpec, toml, prometheus, grpc, xsys, xterm},
 		},
@@ -155,9 +155,14 @@ func allowed() map[string]rule {
 		unixsock:  {ext: []string{xsys}},
 		jsonlimit: {},
 
-		// The `lazypull bench` harness: parses recorded profiles, and finds the FUSE
-		// mounts a run left behind (fusefs.MountsUnder) to clean them up.
-		bench: {ours: []string{fusefs, profile}, ext: []string{ggcr, ximage}},
+		// The harness of cmd/lazypull-bench: parses recorded profiles, finds the FUSE mounts
+		// a run left behind (fusefs.MountsUnder) to clean them up, and reads process CPU
+		// and mounts from the kernel (x/sys) for the mount and snapshotter bars.
+		bench: {ours: []string{fusefs, profile}, ext: []string{ggcr, ximage, xsys}},
+
+		// The benchmark binary, apart from the product: flags over internal/bench, and a
+		// terminal check for its progress lines.
+		benchBinary: {ours: []string{bench}, ext: []string{xterm}},
 
 		// Packs rootfs directories into OCI layouts for test images; tools and tests only.
 		imagebuild: {ext: []string{compress, xsync, xsys}},
