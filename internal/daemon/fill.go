@@ -229,7 +229,7 @@ func (im *Image) runFill(ctx context.Context, fl *fill, lim *limiter, log *slog.
 		return fmt.Errorf("%w: the image's missing %d bytes do not fit under the store's bound of %d bytes (%d used); the fill would only evict what it fetched",
 			errFillSkipped, plain, st.MaxBytes, st.Bytes)
 	}
-	log.Info("background fetch started", "image", im.Ref, "files", len(items), "bytes", planned, "rate", int64(lim.rate))
+	log.Info("background fetch started", "image", im.Ref, "files", len(items), "bytes", planned, "rate", lim.rate())
 	if len(items) == 0 {
 		return nil
 	}

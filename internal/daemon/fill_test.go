@@ -47,7 +47,7 @@ func fakeLimiter(t *testing.T, rate, burst int64) (*limiter, *fakeClock) {
 		t.Fatal(err)
 	}
 	c := &fakeClock{t: time.Unix(1_000_000, 0)}
-	l.now, l.sleep, l.last = c.now, c.sleep, c.t
+	l.now, l.sleep = c.now, c.sleep
 	return l, c
 }
 

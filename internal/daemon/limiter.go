@@ -3,38 +3,36 @@ package daemon
 import (
 	"context"
 	"fmt"
-	"sync"
 	"time"
+
+	"golang.org/x/time/rate"
 )
 
-// limiter is a token bucket of bytes: tokens accrue at rate bytes per second up to burst,
-// and Wait(n) takes n of them, waiting until there are. Over any stretch of time T from a
-// full bucket, what Wait grants is at most burst + rate*T. The clock and the sleep are
-// fields so that a test checks the bound on counts, not on wall-clock timing.
+// limiter is a token bucket of bytes (x/time/rate's): tokens accrue at rate bytes per
+// second up to burst, and Wait(n) takes n of them, waiting until there are. Over any
+// stretch of time T from a full bucket, what Wait grants is at most burst + rate*T. The
+// clock and the sleep are fields so that a test checks the bound on counts, not on
+// wall-clock timing.
 type limiter struct {
-	rate  float64 // bytes per second
-	burst int64
+	lim *rate.Limiter
 
 	now   func() time.Time
 	sleep func(ctx context.Context, d time.Duration) error
-
-	mu     sync.Mutex
-	tokens float64
-	last   time.Time
 }
 
 // newLimiter returns a limiter of rate bytes/s and a bucket of burst bytes, full.
-func newLimiter(rate, burst int64) (*limiter, error) {
-	if rate <= 0 {
-		return nil, fmt.Errorf("rate limit: %d bytes/s: want more than 0", rate)
+func newLimiter(bps, burst int64) (*limiter, error) {
+	if bps <= 0 {
+		return nil, fmt.Errorf("rate limit: %d bytes/s: want more than 0", bps)
 	}
-	if burst <= 0 {
+	if burst <= 0 || int64(int(burst)) != burst {
 		return nil, fmt.Errorf("rate limit: burst of %d bytes: want more than 0", burst)
 	}
-	l := &limiter{rate: float64(rate), burst: burst, now: time.Now, sleep: sleepCtx, tokens: float64(burst)}
-	l.last = l.now()
-	return l, nil
+	return &limiter{lim: rate.NewLimiter(rate.Limit(bps), int(burst)), now: time.Now, sleep: sleepCtx}, nil
 }
+
+// rate is the limiter's rate in bytes per second.
+func (l *limiter) rate() int64 { return int64(l.lim.Limit()) }
 
 func sleepCtx(ctx context.Context, d time.Duration) error {
 	t := time.NewTimer(d)
@@ -48,28 +46,23 @@ func sleepCtx(ctx context.Context, d time.Duration) error {
 }
 
 // Wait takes n tokens, waiting until the bucket holds them; n larger than the burst is
-// taken as the burst (one batch never waits forever). It returns ctx's error if ctx ends
-// first, and then takes nothing.
+// taken as the burst (one batch never waits forever). A full bucket grants at once, even
+// to an ended ctx; otherwise Wait returns ctx's error if ctx ends first, and then gives
+// back what it reserved. (rate.Limiter.WaitN refuses an ended ctx, and a ctx whose
+// deadline comes before the wait ends, with an error of its own.)
 func (l *limiter) Wait(ctx context.Context, n int64) error {
-	n = min(n, l.burst)
-	for {
-		l.mu.Lock()
-		now := l.now()
-		if el := now.Sub(l.last); el > 0 {
-			l.tokens = min(float64(l.burst), l.tokens+el.Seconds()*l.rate)
-		}
-		l.last = now
-		if l.tokens >= float64(n) {
-			l.tokens -= float64(n)
-			l.mu.Unlock()
-			return nil
-		}
-		need := (float64(n) - l.tokens) / l.rate
-		l.mu.Unlock()
-		// At least a millisecond: a wait shorter than the clock's grain would spin.
-		d := max(time.Duration(need*float64(time.Second)), time.Millisecond)
-		if err := l.sleep(ctx, d); err != nil {
-			return err
-		}
+	n = min(n, int64(l.lim.Burst()))
+	now := l.now()
+	r := l.lim.ReserveN(now, int(n)) // always OK: n is at most the burst, the rate finite
+	d := r.DelayFrom(now)
+	if d <= 0 {
+		return nil
 	}
+	// A microsecond more: rate truncates the delay to the nanosecond, which would let n
+	// through a hair before the rate allows.
+	if err := l.sleep(ctx, d+time.Microsecond); err != nil {
+		r.CancelAt(l.now())
+		return err
+	}
+	return nil
 }
