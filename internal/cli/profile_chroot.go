@@ -1,7 +1,6 @@
 package cli
 
 import (
-	"bufio"
 	"context"
 	"errors"
 	"flag"
@@ -11,6 +10,8 @@ import (
 	"strconv"
 	"strings"
 	"syscall"
+
+	"github.com/moby/sys/mountinfo"
 )
 
 // profileChrootName is the command `lazypull profile --runtime chroot` starts itself as.
@@ -86,24 +87,16 @@ func checkPrivateMountNS() error {
 	if self == parent {
 		return fmt.Errorf("%s runs in its parent's mount namespace (%s): it is started by lazypull profile --runtime chroot in one of its own", profileChrootName, self)
 	}
-	mi, err := os.Open("/proc/self/mountinfo")
+	ms, err := mountinfo.GetMounts(nil)
 	if err != nil {
 		return fmt.Errorf("mount namespace: %w", err)
 	}
-	defer mi.Close()
-	sc := bufio.NewScanner(mi)
-	sc.Buffer(make([]byte, 64<<10), 1<<20)
-	for sc.Scan() {
-		// ID PARENT MAJ:MIN ROOT MOUNTPOINT OPTIONS [OPTIONAL...] - TYPE SOURCE SUPER
-		fields := strings.Fields(sc.Text())
-		for i := 6; i < len(fields) && fields[i] != "-"; i++ {
-			if strings.HasPrefix(fields[i], "shared:") {
-				return fmt.Errorf("mount namespace %s: %s is shared (%s): mounts made in it would propagate", self, fields[4], fields[i])
+	for _, m := range ms {
+		for f := range strings.FieldsSeq(m.Optional) {
+			if strings.HasPrefix(f, "shared:") {
+				return fmt.Errorf("mount namespace %s: %s is shared (%s): mounts made in it would propagate", self, m.Mountpoint, f)
 			}
 		}
-	}
-	if err := sc.Err(); err != nil {
-		return fmt.Errorf("mount namespace: %w", err)
 	}
 	return nil
 }

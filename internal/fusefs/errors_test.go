@@ -11,6 +11,7 @@ import (
 	"os/exec"
 	"os/signal"
 	"path/filepath"
+	"slices"
 	"strings"
 	"sync/atomic"
 	"syscall"
@@ -387,16 +388,31 @@ func TestUnmountLive(t *testing.T) {
 	}
 }
 
-func TestUnescapeMountinfo(t *testing.T) {
-	for in, want := range map[string]string{
-		`/a/b`:             "/a/b",
-		`/with\040space`:   "/with space",
-		`/tab\011and\134x`: "/tab\tand\\x",
-		`/trailing\04`:     `/trailing\04`,
-	} {
-		if got := unescapeMountinfo(in); got != want {
-			t.Errorf("unescape(%q) = %q, want %q", in, got, want)
-		}
+// TestMountinfoEscapes: a mount point whose name mountinfo escapes (space, tab, backslash:
+// \040, \011, \134) is found under its own name, with its own options.
+func TestMountinfoEscapes(t *testing.T) {
+	requireFUSE(t) // root, for the tmpfs
+	parent := t.TempDir()
+	dir := filepath.Join(parent, "with space\tand\\x")
+	if err := os.Mkdir(dir, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	if err := unix.Mount("tmpfs", dir, "tmpfs", unix.MS_RDONLY|unix.MS_NOSUID|unix.MS_NODEV, "size=1m"); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = unix.Unmount(dir, unix.MNT_DETACH) })
+	if ok, err := isMountPoint(dir); !ok || err != nil {
+		t.Errorf("isMountPoint(%q): %v %v", dir, ok, err)
+	}
+	if under, err := MountsUnder(parent); err != nil || !slices.Equal(under, []string{dir}) {
+		t.Errorf("MountsUnder(%q): %q %v", parent, under, err)
+	}
+	opts, err := mountOptions(dir)
+	if err != nil || !slices.Contains(opts, "ro") || !slices.Contains(opts, "nosuid") || !slices.Contains(opts, "nodev") {
+		t.Errorf("mountOptions(%q): %q %v", dir, opts, err)
+	}
+	if _, err := mountOptions(parent); err == nil {
+		t.Errorf("mountOptions of %s, not a mount point: no error", parent)
 	}
 }
 

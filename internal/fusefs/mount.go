@@ -1,7 +1,6 @@
 package fusefs
 
 import (
-	"bufio"
 	"errors"
 	"fmt"
 	"io"
@@ -16,6 +15,7 @@ import (
 	"time"
 
 	"github.com/hanwen/go-fuse/v2/fuse"
+	"github.com/moby/sys/mountinfo"
 	"golang.org/x/sys/unix"
 )
 
@@ -244,30 +244,16 @@ func restrictMount(dir string, opts MountOptions) error {
 }
 
 // mountOptions returns the per-mount options (ro, nosuid, ...) of the topmost mount at dir,
-// from /proc/self/mountinfo: reading them asks the file system nothing.
+// from this thread's mountinfo: reading them asks the file system nothing.
 func mountOptions(dir string) ([]string, error) {
-	f, err := os.Open("/proc/self/mountinfo")
+	ms, err := mountinfo.GetMounts(func(m *mountinfo.Info) (skip, stop bool) { return m.Mountpoint != dir, false })
 	if err != nil {
 		return nil, err
 	}
-	defer f.Close()
-	s := bufio.NewScanner(f)
-	s.Buffer(make([]byte, 64<<10), 1<<20)
-	var opts []string
-	found := false
-	for s.Scan() {
-		// id parent major:minor root mountpoint options ...
-		if fields := strings.Fields(s.Text()); len(fields) >= 6 && unescapeMountinfo(fields[4]) == dir {
-			opts, found = strings.Split(fields[5], ","), true
-		}
-	}
-	if err := s.Err(); err != nil {
-		return nil, err
-	}
-	if !found {
+	if len(ms) == 0 {
 		return nil, fmt.Errorf("%s: not a mount point", dir)
 	}
-	return opts, nil
+	return strings.Split(ms[len(ms)-1].Options, ","), nil
 }
 
 // pollHack makes the kernel learn at once that the mount does not poll files (go-fuse
@@ -476,38 +462,13 @@ func MountsUnder(dir string) ([]string, error) {
 
 // mountPoints lists the mount points of this mount namespace, in mount order.
 func mountPoints() ([]string, error) {
-	f, err := os.Open("/proc/self/mountinfo")
+	ms, err := mountinfo.GetMounts(nil)
 	if err != nil {
 		return nil, err
 	}
-	defer f.Close()
-	s := bufio.NewScanner(f)
-	s.Buffer(make([]byte, 64<<10), 1<<20)
-	var out []string
-	for s.Scan() {
-		// id parent major:minor root mountpoint options ...
-		if fields := strings.Fields(s.Text()); len(fields) >= 5 {
-			out = append(out, unescapeMountinfo(fields[4]))
-		}
+	out := make([]string, len(ms))
+	for i, m := range ms {
+		out[i] = m.Mountpoint
 	}
-	return out, s.Err()
-}
-
-// unescapeMountinfo undoes the octal escapes (\040 for a space) of /proc/self/mountinfo.
-func unescapeMountinfo(s string) string {
-	if !strings.Contains(s, `\`) {
-		return s
-	}
-	var b strings.Builder
-	for i := 0; i < len(s); i++ {
-		if s[i] == '\\' && i+4 <= len(s) {
-			if v, err := strconv.ParseUint(s[i+1:i+4], 8, 8); err == nil {
-				b.WriteByte(byte(v))
-				i += 3
-				continue
-			}
-		}
-		b.WriteByte(s[i])
-	}
-	return b.String()
+	return out, nil
 }
