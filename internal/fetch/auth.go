@@ -204,7 +204,9 @@ func (e *authError) temporary() bool {
 // parseChallenge picks a challenge lazypull can answer from WWW-Authenticate values: the
 // first Bearer challenge with a realm, else the first Basic one. The header grammar
 // (RFC 9110 11.6.1): scheme, then comma-separated name=value parameters, values tokens or
-// quoted strings.
+// quoted strings. (containerd's docker/auth.ParseAuthHeader reads one challenge per header
+// line, so a Bearer after a Basic in one value is lost, and takes no '/' or ':' in an
+// unquoted value.)
 func parseChallenge(values []string) (*transport.Challenge, bool) {
 	var basic *transport.Challenge
 	for _, v := range values {

@@ -33,7 +33,10 @@ type hostConfig struct {
 	named      bool // the URL, scheme included, is written in a hosts.toml
 }
 
-// hostsFile is the part of containerd's hosts.toml that lazypull reads.
+// hostsFile is the part of containerd's hosts.toml that lazypull reads. (containerd's own
+// reader, docker/config, gives only whole http.Clients with the TLS settings built in, and
+// falls back to defaults, logging, on a file it cannot parse: lazypull's transport needs
+// the settings, and an error.)
 type hostsFile struct {
 	Server       string               `toml:"server"`
 	Capabilities []string             `toml:"capabilities"`
