@@ -55,11 +55,12 @@ type hostEntry struct {
 const hostsFileName = "hosts.toml"
 
 // loadHosts returns the endpoints for a registry host, in the order they are tried: the
-// mirrors of DIR/<host>/hosts.toml (else DIR/_default/hosts.toml) as listed, then the
-// server. Without a directory, or without a file for the host, the server alone is
-// returned: scheme://host/v2, the scheme http with plainHTTP. aliases are other directory
-// names for the same host (the default registry is known by two names). warn is told about
-// settings the file has that lazypull ignores.
+// mirrors of DIR/<host>/hosts.toml (for host:port, DIR/host_port_ or else DIR/host:port;
+// else DIR/_default/hosts.toml) as listed, then the server. Without a directory, or
+// without a file for the host, the server alone is returned: scheme://host/v2, the scheme
+// http with plainHTTP. aliases are other directory names for the same host (the default
+// registry is known by two names). warn is told about settings the file has that lazypull
+// ignores.
 func loadHosts(dir, host string, aliases []string, plainHTTP bool, warn func(file string, keys []string)) ([]hostConfig, error) {
 	scheme := "https"
 	if plainHTTP {
@@ -74,8 +75,17 @@ func loadHosts(dir, host string, aliases []string, plainHTTP bool, warn func(fil
 	} else if !fi.IsDir() {
 		return nil, fmt.Errorf("hosts directory %s: not a directory", dir)
 	}
+	// As containerd (docker/config's hostPaths), host:port is looked for as host_port_
+	// first, a name every file system takes, then as it is.
+	var names []string
+	for _, h := range append([]string{host}, aliases...) {
+		if i := strings.LastIndex(h, ":"); i > 0 {
+			names = append(names, h[:i]+"_"+h[i+1:]+"_")
+		}
+		names = append(names, h)
+	}
 	var file string
-	for _, name := range append(append([]string{host}, aliases...), "_default") {
+	for _, name := range append(names, "_default") {
 		if strings.ContainsAny(name, `/\`) || name == "." || name == ".." {
 			continue
 		}

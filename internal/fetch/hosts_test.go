@@ -227,6 +227,25 @@ func TestHostsDirLookup(t *testing.T) {
 	}
 }
 
+// TestHostsDirPort: the directory of a registry host:port is found under containerd's name
+// for it, host_port_, as containerd finds it, before host:port itself.
+func TestHostsDirPort(t *testing.T) {
+	f := newFake("app")
+	blob := randomBytes(52, 1000)
+	d := f.addBlob(blob)
+	_, host := serve(t, f)
+	dir := t.TempDir()
+	writeHosts(t, dir, "reg.invalid_5000_", `server = "http://`+host+`"`)
+	writeHosts(t, dir, "reg.invalid:5000", `server = "http://127.0.0.1:1"`)
+	reg, err := New("reg.invalid:5000/app", WithHostsDir(dir), WithRetry(1, 0))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := reg.Blob(d, int64(len(blob))).ReadAt(make([]byte, 10), 0); err != nil {
+		t.Fatalf("reg.invalid_5000_: %v", err)
+	}
+}
+
 type roundTripFunc func(*http.Request) (*http.Response, error)
 
 func (f roundTripFunc) RoundTrip(r *http.Request) (*http.Response, error) { return f(r) }
