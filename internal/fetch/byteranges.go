@@ -4,6 +4,7 @@ import (
 	"bufio"
 	"bytes"
 	"errors"
+	"fmt"
 	"io"
 	"mime/multipart"
 	"strconv"
@@ -159,8 +160,8 @@ func readMultipart(r io.Reader, boundary string, wants []Range, size int64, sink
 		// end it at the first "\r\n--boundary" in it, has read nothing past the headers);
 		// then the part as the Reader sees it must be empty: the line end and the delimiter
 		// follow at once.
-		if !g.atData() { // not with this Go's mime/multipart (TestReadMultipart)
-			return got, malformed("part %d-%d: the multipart reader read past its headers", first, last)
+		if !g.atData() {
+			return got, fmt.Errorf("multipart: the reader read past a part's headers")
 		}
 		g.data, g.lines = n, 0
 		if buf, err = readPart(g, n, first, wants, covered, progress); err != nil {
