@@ -4,7 +4,6 @@ import (
 	"bufio"
 	"bytes"
 	"errors"
-	"fmt"
 	"io"
 	"mime/multipart"
 	"strconv"
@@ -31,9 +30,9 @@ type progressSink func(i int, b []byte, n int64)
 // Streaming a long part: its bytes are told to a progressSink as they come, so that what
 // was asked for at the front of a span of megabytes (the first chunks of a large file)
 // can be used before the last byte arrives. Parts shorter than progressMin are read
-// whole. The last holdBack bytes of a part are only ever handed over whole, after the
-// delimiter that follows them: a part shorter than its Content-Range says reads the next
-// part's headers into its tail, and the delimiter check is what catches that. (What is
+// whole. The last holdBack bytes of a part are only ever handed over whole, once the part
+// has checked out (the delimiter after it, or the end of a single range's body): a part
+// whose data is not as long as its Content-Range says is only caught at its end. (What is
 // handed over early is still checked, chunk by chunk, against its digest by the store.)
 const (
 	progressMin  = 256 << 10
@@ -156,35 +155,45 @@ func readMultipart(r io.Reader, boundary string, wants []Range, size int64, sink
 		if n > extent {
 			return got, malformed("part %d-%d larger than the %d bytes asked for", first, last, extent)
 		}
-		// The data, read by its length from the body as it comes (the Reader, which would
-		// end it at the first "\r\n--boundary" in it, has read nothing past the headers);
-		// then the part as the Reader sees it must be empty: the line end and the delimiter
-		// follow at once.
-		if !g.atData() {
-			return got, fmt.Errorf("multipart: the reader read past a part's headers")
+		short := malformed("part %d-%d: its data is not %d bytes long", first, last, n)
+		g.data, g.lines, g.header = n, 0, false
+		if buf, err = readPart(partData{p, short}, n, first, wants, covered, progress); err != nil {
+			return got, g.classify(err)
 		}
-		g.data, g.lines = n, 0
-		if buf, err = readPart(g, n, first, wants, covered, progress); err != nil {
-			return got, err
-		}
+		// The data is followed by the delimiter: the part has no more. (The Reader takes
+		// a delimiter cut short for data: classify sees the cut.)
 		var one [1]byte
 		if k, err := p.Read(one[:]); k > 0 {
-			return got, g.classify(malformed("part %d-%d: its data is not %d bytes long", first, last, n))
+			return got, g.classify(short)
 		} else if err != io.EOF {
 			return got, g.classify(err)
 		}
 	}
 }
 
-// headGuard sits between the body and the multipart.Reader. It hands the Reader everything
-// but the parts' data (preamble, line ends, delimiters, headers) one line at a time, so
-// that the Reader never holds more than the line it reads, and holds that text to
-// lazypull's bounds, far below the Reader's own (10 MiB of header, 10000 header lines):
+// partData reads a part's data, which ends (io.EOF: the reader met the delimiter) before
+// its Content-Range said it would with short.
+type partData struct {
+	p     *multipart.Part
+	short error
+}
+
+func (d partData) Read(b []byte) (int, error) {
+	n, err := d.p.Read(b)
+	if err == io.EOF {
+		err = d.short
+	}
+	return n, err
+}
+
+// headGuard sits between the body and the multipart.Reader. It hands the Reader a part's
+// data as it comes, up to the length its Content-Range says (data), and everything else
+// (preamble, line ends, delimiters, headers) one line at a time, so that it holds that text
+// to lazypull's bounds, far below the Reader's own (10 MiB of header, 10000 header lines):
 // lines of at most maxLine bytes, at most maxPreambleLines of them before the first
 // delimiter and maxPartHeaders+3 after a part's data. In a part's header lines it replaces
 // control characters with spaces, as RFC 9110 5.5 allows, where the Reader would refuse
-// the part. A part's data it hands to readPart, up to the length its Content-Range says
-// (data). It turns the body's EOF into io.ErrUnexpectedEOF: a body that ends before its
+// the part. It turns the body's EOF into io.ErrUnexpectedEOF: a body that ends before its
 // close delimiter line has is cut short (the Reader would take a close delimiter without
 // its line end for the end).
 type headGuard struct {
@@ -194,17 +203,12 @@ type headGuard struct {
 	data     int64  // bytes of a part's data still to hand over as they come
 	preamble bool   // no delimiter yet
 	header   bool   // the lines are a part's headers
-	ended    bool   // the last line handed over ended a part's headers
 	lines    int    // lines handed over since the data (or in the preamble)
 	rest     []byte // of the line being handed over
 	last     byte   // the last byte handed over
 	eof      bool   // the body has ended
 	err      error  // the body's own error, if any
 }
-
-// atData reports whether what the guard handed over ends with the blank line that ends a
-// part's headers: the part's data is next in the body.
-func (g *headGuard) atData() bool { return g.ended && len(g.rest) == 0 }
 
 func (g *headGuard) Read(p []byte) (int, error) {
 	if len(g.rest) > 0 {
@@ -236,7 +240,6 @@ func (g *headGuard) Read(p []byte) (int, error) {
 		return 0, g.bodyErr(err)
 	}
 	g.lines++
-	g.ended = false
 	text := line // without its line end: LF, or CRLF
 	if t, ok := bytes.CutSuffix(text, []byte("\n")); ok {
 		text, _ = bytes.CutSuffix(t, []byte("\r"))
@@ -252,7 +255,7 @@ func (g *headGuard) Read(p []byte) (int, error) {
 	case !g.preamble && g.lines > maxPartHeaders+3:
 		return 0, malformed("more than %d part header lines", maxPartHeaders)
 	case g.header && len(text) == 0:
-		g.header, g.ended = false, true
+		g.header = false
 	case g.header:
 		for i, c := range text {
 			if c < ' ' && c != '\t' || c == 0x7f {

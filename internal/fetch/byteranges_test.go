@@ -253,22 +253,6 @@ func TestReadSingleAndWhole(t *testing.T) {
 	}
 }
 
-// TestReadMultipartBoundaryInData: a part's data is as long as its Content-Range says,
-// whatever it holds: a delimiter line inside it (RFC 2046 forbids it, but a server that
-// picks its boundary without looking, as Go's http.ServeContent or nginx, may send one, and
-// an image's author may put one in a layer) does not end the part.
-func TestReadMultipartBoundaryInData(t *testing.T) {
-	w := Range{100, 50}
-	blob := bytes.Clone(brBlob)
-	copy(blob[w.Off+10:], "\r\n--"+brBoundary+"\r\nContent-Range: bytes 0-9/4096\r\n\r\n")
-	body := fmt.Sprintf("--%s\r\nContent-Range: bytes %d-%d/%d\r\n\r\n%s\r\n--%s--\r\n", brBoundary, w.Off, w.End()-1, len(blob), blob[w.Off:w.End()], brBoundary)
-	var got []byte
-	ok, err := readMultipart(strings.NewReader(body), brBoundary, []Range{w}, int64(len(blob)), func(i int, b []byte) { got = b }, nil)
-	if err != nil || !ok[0] || !bytes.Equal(got, blob[w.Off:w.End()]) {
-		t.Fatalf("%v %v: %q", ok, err, got)
-	}
-}
-
 // endlessLines repeats line for ever and counts the bytes it has handed over.
 type endlessLines struct {
 	head, line string
