@@ -5,7 +5,6 @@ import (
 	"bytes"
 	"errors"
 	"io"
-	"mime/multipart"
 	"strconv"
 	"strings"
 )
@@ -30,9 +29,9 @@ type progressSink func(i int, b []byte, n int64)
 // Streaming a long part: its bytes are told to a progressSink as they come, so that what
 // was asked for at the front of a span of megabytes (the first chunks of a large file)
 // can be used before the last byte arrives. Parts shorter than progressMin are read
-// whole. The last holdBack bytes of a part are only ever handed over whole, once the part
-// has checked out (the delimiter after it, or the end of a single range's body): a part
-// whose data is not as long as its Content-Range says is only caught at its end. (What is
+// whole. The last holdBack bytes of a part are only ever handed over whole, after the
+// delimiter that follows them: a part shorter than its Content-Range says reads the next
+// part's headers into its tail, and the delimiter check is what catches that. (What is
 // handed over early is still checked, chunk by chunk, against its digest by the store.)
 const (
 	progressMin  = 256 << 10
@@ -93,15 +92,12 @@ const (
 	maxPartHeaders   = 32
 )
 
-// readMultipart reads a multipart/byteranges body (RFC 9110 14.6) with mime/multipart's
-// Reader (raw parts: no transfer decoding). Parts may come in any order and may each cover
-// several wants (a server may merge close ranges); a part that covers no want still
-// outstanding, or is larger than the span of all wants, is malformed, and so is one whose
-// data is not exactly as long as its Content-Range says. A want's bytes are handed to sink
-// only once its part has been read whole and the delimiter after it, with the next part's
-// headers (or the close delimiter), has checked out; progress (if not nil) hears of a long
-// part's front earlier (readPart). size is the blob's size, which each part's
-// Content-Range must agree with.
+// readMultipart reads a multipart/byteranges body (RFC 9110 14.6). Parts may come in any
+// order and may each cover several wants (a server may merge close ranges); a part that
+// covers no want still outstanding, or is larger than the span of all wants, is malformed.
+// A want's bytes are handed to sink only once its part has been read whole and the
+// delimiter after it seen; progress (if not nil) hears of a long part's front earlier
+// (readPart). size is the blob's size, which each part's Content-Range must agree with.
 func readMultipart(r io.Reader, boundary string, wants []Range, size int64, sink rangeSink, progress progressSink) ([]bool, error) {
 	got := make([]bool, len(wants))
 	if len(wants) == 0 {
@@ -111,38 +107,33 @@ func readMultipart(r io.Reader, boundary string, wants []Range, size int64, sink
 		return got, malformed("multipart boundary %q", boundary)
 	}
 	extent := wants[len(wants)-1].End() - wants[0].Off
-	g := &headGuard{body: r, br: bufio.NewReaderSize(r, 2*maxLine), delim: "--" + boundary, preamble: true}
-	mr := multipart.NewReader(g, boundary)
-	var (
-		covered []int  // the wants of the part read last, not yet handed over
-		first   int64  // its first byte in the blob
-		buf     []byte // its bytes
-	)
-	for {
-		p, err := mr.NextRawPart()
-		if err != nil && err != io.EOF {
-			return got, g.classify(err)
+	delim := "--" + boundary
+	br := bufio.NewReaderSize(r, 2*maxLine)
+
+	// The preamble, if any, up to the first delimiter. Its line end (CRLF, or a bare LF
+	// from a sloppy server) is the one the CRLF after each part's data must have.
+	var crlf bool
+	for i := 0; ; i++ {
+		if i == maxPreambleLines {
+			return got, malformed("no multipart delimiter in the first %d lines", maxPreambleLines)
 		}
-		// The delimiter after the part read last checked out.
-		for _, i := range covered {
-			got[i] = true
-			sink(i, buf[wants[i].Off-first:wants[i].End()-first:wants[i].End()-first])
-		}
-		if err == io.EOF {
-			return got, nil // the close delimiter; the epilogue, if any, is ignored
-		}
-		crs := p.Header.Values("Content-Range")
-		switch {
-		case len(crs) == 0:
-			return got, malformed("part without Content-Range")
-		case len(crs) > 1:
-			return got, malformed("part with two Content-Range headers")
-		}
-		var last int64
-		if first, last, err = parseContentRange(crs[0], size); err != nil {
+		line, cr, err := readLine(br)
+		if err != nil {
 			return got, err
 		}
-		covered = covered[:0]
+		if d := trimPadding(line); d == delim {
+			crlf = cr
+			break
+		} else if d == delim+"--" {
+			return got, nil // no parts at all
+		}
+	}
+	for {
+		first, last, err := partHeaders(br, size)
+		if err != nil {
+			return got, err
+		}
+		var covered []int
 		for i, w := range wants {
 			if !got[i] && w.Off >= first && w.End() <= last+1 {
 				covered = append(covered, i)
@@ -155,150 +146,67 @@ func readMultipart(r io.Reader, boundary string, wants []Range, size int64, sink
 		if n > extent {
 			return got, malformed("part %d-%d larger than the %d bytes asked for", first, last, extent)
 		}
-		short := malformed("part %d-%d: its data is not %d bytes long", first, last, n)
-		g.data, g.lines, g.header = n, 0, false
-		if buf, err = readPart(partData{p, short}, n, first, wants, covered, progress); err != nil {
-			return got, g.classify(err)
+		buf, err := readPart(br, n, first, wants, covered, progress)
+		if err != nil {
+			return got, unexpected(err)
 		}
-		// The data is followed by the delimiter: the part has no more. (The Reader takes
-		// a delimiter cut short for data: classify sees the cut.)
-		var one [1]byte
-		if k, err := p.Read(one[:]); k > 0 {
-			return got, g.classify(short)
-		} else if err != io.EOF {
-			return got, g.classify(err)
+		// The data is followed by exactly the line end before the next delimiter;
+		// anything else means the part is not as long as its Content-Range says.
+		line, cr, err := readLine(br)
+		if err != nil {
+			return got, err
+		}
+		if len(line) != 0 || cr != crlf {
+			return got, malformed("part %d-%d: its data is not %d bytes long", first, last, n)
+		}
+		line, _, err = readLine(br)
+		if err != nil {
+			return got, err
+		}
+		d := trimPadding(line)
+		if d != delim && d != delim+"--" {
+			return got, malformed("part %d-%d: no delimiter after its data", first, last)
+		}
+		for _, i := range covered {
+			got[i] = true
+			sink(i, buf[wants[i].Off-first:wants[i].End()-first:wants[i].End()-first])
+		}
+		if d == delim+"--" {
+			return got, nil // the epilogue, if any, is ignored
 		}
 	}
 }
 
-// partData reads a part's data, which ends (io.EOF: the reader met the delimiter) before
-// its Content-Range said it would with short.
-type partData struct {
-	p     *multipart.Part
-	short error
-}
-
-func (d partData) Read(b []byte) (int, error) {
-	n, err := d.p.Read(b)
-	if err == io.EOF {
-		err = d.short
-	}
-	return n, err
-}
-
-// headGuard sits between the body and the multipart.Reader. It hands the Reader a part's
-// data as it comes, up to the length its Content-Range says (data), and everything else
-// (preamble, line ends, delimiters, headers) one line at a time, so that it holds that text
-// to lazypull's bounds, far below the Reader's own (10 MiB of header, 10000 header lines):
-// lines of at most maxLine bytes, at most maxPreambleLines of them before the first
-// delimiter and maxPartHeaders+3 after a part's data. In a part's header lines it replaces
-// control characters with spaces, as RFC 9110 5.5 allows, where the Reader would refuse
-// the part. It turns the body's EOF into io.ErrUnexpectedEOF: a body that ends before its
-// close delimiter line has is cut short (the Reader would take a close delimiter without
-// its line end for the end).
-type headGuard struct {
-	body     io.Reader
-	br       *bufio.Reader // body
-	delim    string
-	data     int64  // bytes of a part's data still to hand over as they come
-	preamble bool   // no delimiter yet
-	header   bool   // the lines are a part's headers
-	lines    int    // lines handed over since the data (or in the preamble)
-	rest     []byte // of the line being handed over
-	last     byte   // the last byte handed over
-	eof      bool   // the body has ended
-	err      error  // the body's own error, if any
-}
-
-func (g *headGuard) Read(p []byte) (int, error) {
-	if len(g.rest) > 0 {
-		n := copy(p, g.rest)
-		g.rest = g.rest[n:]
-		g.last = p[n-1]
-		return n, nil
-	}
-	if g.data > 0 {
-		p = p[:min(int64(len(p)), g.data)]
-		var n int
-		var err error
-		if g.br.Buffered() > 0 {
-			n, err = g.br.Read(p)
-		} else {
-			n, err = g.body.Read(p)
+// partHeaders reads one part's header lines and returns its Content-Range.
+func partHeaders(br *bufio.Reader, size int64) (first, last int64, err error) {
+	var cr string
+	seen := false
+	for i := 0; ; i++ {
+		if i == maxPartHeaders {
+			return 0, 0, malformed("more than %d part header lines", maxPartHeaders)
 		}
-		g.data -= int64(n)
-		if n > 0 {
-			g.last = p[n-1]
+		line, _, err := readLine(br)
+		if err != nil {
+			return 0, 0, err
 		}
-		return n, g.bodyErr(err)
-	}
-	line, err := g.br.ReadSlice('\n')
-	if errors.Is(err, bufio.ErrBufferFull) || len(line) > maxLine {
-		return 0, malformed("line longer than %d bytes", maxLine)
-	}
-	if len(line) == 0 {
-		return 0, g.bodyErr(err)
-	}
-	g.lines++
-	text := line // without its line end: LF, or CRLF
-	if t, ok := bytes.CutSuffix(text, []byte("\n")); ok {
-		text, _ = bytes.CutSuffix(t, []byte("\r"))
-	}
-	switch d := trimPadding(text); {
-	case d == g.delim || d == g.delim+"--":
-		if g.preamble {
-			g.preamble, g.lines = false, 1
+		if len(line) == 0 {
+			break
 		}
-		g.header = true
-	case g.preamble && g.lines == maxPreambleLines:
-		return 0, malformed("no multipart delimiter in the first %d lines", maxPreambleLines)
-	case !g.preamble && g.lines > maxPartHeaders+3:
-		return 0, malformed("more than %d part header lines", maxPartHeaders)
-	case g.header && len(text) == 0:
-		g.header = false
-	case g.header:
-		for i, c := range text {
-			if c < ' ' && c != '\t' || c == 0x7f {
-				text[i] = ' '
+		k, v, ok := bytes.Cut(line, []byte(":"))
+		if !ok || len(k) == 0 || k[0] == ' ' || k[0] == '\t' {
+			return 0, 0, malformed("part header line %q", truncate(line))
+		}
+		if strings.EqualFold(strings.TrimSpace(string(k)), "Content-Range") {
+			if seen {
+				return 0, 0, malformed("part with two Content-Range headers")
 			}
+			seen, cr = true, string(v)
 		}
 	}
-	if err != nil {
-		g.bodyErr(err) // the line is cut: the next Read says so
+	if !seen {
+		return 0, 0, malformed("part without Content-Range")
 	}
-	n := copy(p, line)
-	g.rest = line[n:] // the Reader reads g again only once it has used all of line
-	g.last = p[n-1]
-	return n, nil
-}
-
-// bodyErr turns the body's EOF into io.ErrUnexpectedEOF and notes any other error.
-func (g *headGuard) bodyErr(err error) error {
-	switch {
-	case err == nil:
-	case errors.Is(err, io.EOF):
-		g.eof = true
-		return io.ErrUnexpectedEOF
-	default:
-		g.err = err
-	}
-	return err
-}
-
-// classify returns err, an error of the multipart.Reader or of a part, as readMultipart
-// reports it: the body's own error, io.ErrUnexpectedEOF for a body cut short (the Reader
-// takes a last line without its line end for a whole one: a header cut in two is "missing
-// colon" to it), errMalformed for a body the Reader or the guard refused.
-func (g *headGuard) classify(err error) error {
-	switch {
-	case g.err != nil && errors.Is(err, g.err):
-		return g.err
-	case errors.Is(err, io.ErrUnexpectedEOF), g.eof && g.last != '\n':
-		return io.ErrUnexpectedEOF
-	case errors.Is(err, errMalformed):
-		return err
-	}
-	return malformed("%v", err)
+	return parseContentRange(cr, size)
 }
 
 // readSingle reads the body of a 206 answer with a single Content-Range (cr). A server may
@@ -414,6 +322,23 @@ func parseUint(s string) (int64, error) {
 		return 0, errors.New("not a number")
 	}
 	return strconv.ParseInt(s, 10, 64)
+}
+
+// readLine reads a line of at most maxLine bytes and returns it without its LF or CRLF,
+// and whether it ended in CRLF.
+func readLine(br *bufio.Reader) (line []byte, crlf bool, err error) {
+	line, err = br.ReadSlice('\n')
+	switch {
+	case errors.Is(err, bufio.ErrBufferFull) || len(line) > maxLine:
+		return nil, false, malformed("line longer than %d bytes", maxLine)
+	case err != nil:
+		return nil, false, unexpected(err)
+	}
+	line = line[:len(line)-1]
+	if n := len(line); n > 0 && line[n-1] == '\r' {
+		return line[:n-1], true, nil
+	}
+	return line, false, nil
 }
 
 // trimPadding drops the whitespace RFC 2046 allows after a delimiter.
