@@ -253,6 +253,74 @@ func TestReadSingleAndWhole(t *testing.T) {
 	}
 }
 
+// TestReadMultipartBoundaryInData: a part's data is as long as its Content-Range says,
+// whatever it holds: a delimiter line inside it (RFC 2046 forbids it, but a server that
+// picks its boundary without looking, as Go's http.ServeContent or nginx, may send one, and
+// an image's author may put one in a layer) does not end the part.
+func TestReadMultipartBoundaryInData(t *testing.T) {
+	w := Range{100, 50}
+	blob := bytes.Clone(brBlob)
+	copy(blob[w.Off+10:], "\r\n--"+brBoundary+"\r\nContent-Range: bytes 0-9/4096\r\n\r\n")
+	body := fmt.Sprintf("--%s\r\nContent-Range: bytes %d-%d/%d\r\n\r\n%s\r\n--%s--\r\n", brBoundary, w.Off, w.End()-1, len(blob), blob[w.Off:w.End()], brBoundary)
+	var got []byte
+	ok, err := readMultipart(strings.NewReader(body), brBoundary, []Range{w}, int64(len(blob)), func(i int, b []byte) { got = b }, nil)
+	if err != nil || !ok[0] || !bytes.Equal(got, blob[w.Off:w.End()]) {
+		t.Fatalf("%v %v: %q", ok, err, got)
+	}
+}
+
+// endlessLines repeats line for ever and counts the bytes it has handed over.
+type endlessLines struct {
+	head, line string
+	n          int
+}
+
+func (e *endlessLines) Read(p []byte) (int, error) {
+	k := 0
+	for k < len(p) {
+		src := e.line
+		if e.n < len(e.head) {
+			src = e.head[e.n:]
+		} else {
+			src = src[(e.n-len(e.head))%len(e.line):]
+		}
+		c := copy(p[k:], src)
+		k += c
+		e.n += c
+	}
+	return k, nil
+}
+
+// TestReadMultipartHeadBound: the text around the parts' data (preamble, delimiters, part
+// headers) is held to maxLine, maxPreambleLines and maxPartHeaders, not to mime/multipart's
+// own bounds (10 MiB of header, 10000 header lines): an endless preamble or header block is
+// refused as malformed after a few KiB of it have been read.
+func TestReadMultipartHeadBound(t *testing.T) {
+	first, _ := brBody(bodyOpts{order: []int{0}})
+	first = bytes.TrimSuffix(first, []byte("--\r\n")) // the first part, and the next delimiter
+	for name, c := range map[string]struct{ head, line string }{
+		"preamble":       {"", "preamble\r\n"},
+		"first headers":  {"--" + brBoundary + "\r\n", "X-A: b\r\n"},
+		"later headers":  {string(first) + "\r\n", "X-A: b\r\n"},
+		"long headers":   {"--" + brBoundary + "\r\n", "X-A: " + strings.Repeat("b", maxLine-7) + "\r\n"},
+		"folded headers": {"--" + brBoundary + "\r\nX-A: b\r\n", " b\r\n"},
+	} {
+		t.Run(name, func(t *testing.T) {
+			r := &endlessLines{head: c.head, line: c.line}
+			got := delivery{}
+			_, err := readMultipart(r, brBoundary, brWants, int64(len(brBlob)), func(i int, b []byte) { got[i] = bytes.Clone(b) }, nil)
+			if !errors.Is(err, errMalformed) {
+				t.Fatalf("error %v, want malformed", err)
+			}
+			checkDelivered(t, got)
+			lines := max(maxPreambleLines, maxPartHeaders+3)
+			if bound := len(c.head) + lines*len(c.line) + 16<<10; r.n > bound {
+				t.Errorf("read %d bytes of the body before refusing it; the bounds allow %d", r.n, bound)
+			}
+		})
+	}
+}
+
 // FuzzReadMultipart feeds hostile bodies to the multipart/byteranges reader. It must never
 // panic, deliver a range twice or with the wrong length, or deliver bytes that are not in
 // the body; a body that reports success has delivered what it says.
