@@ -49,6 +49,7 @@ const (
 	protobuf      = "google.golang.org/protobuf"
 	xsys          = "golang.org/x/sys"
 	xsync         = "golang.org/x/sync"
+	xtime         = "golang.org/x/time"
 	xterm         = "golang.org/x/term"
 	ximage        = "golang.org/x/image"
 
@@ -106,7 +107,7 @@ func allowed() map[string]rule {
 		// Read-only FUSE views of a layer index; file content comes through the Content it
 		// declares, so it knows neither the store nor the registry, and nothing of
 		// containerd.
-		fusefs: {ours: []string{format}, ext: []string{gofuse, xsys}},
+		fusefs: {ours: []string{format}, ext: []string{gofuse, xsys, mountinfo}},
 
 		// containerd's overlayfs snapshotter plus remote snapshots, which the FileSystem it
 		// declares mounts. It sees layers as snapshot labels, not as images, chunks or FUSE
@@ -119,7 +120,7 @@ func allowed() map[string]rule {
 		// that sees every stage of the flow.
 		daemon: {
 			ours: []string{format, fetch, store, fusefs, snapshot, profile, keeper, jsonlimit},
-			ext:  []string{ggcr, prometheus, xsync},
+			ext:  []string{ggcr, prometheus, xsync, xtime},
 		},
 
 		// The subcommands. It wires the daemon to its users (snapshotter service, warm-up
@@ -130,7 +131,7 @@ func allowed() map[string]rule {
 			ours: []string{format, fetch, store, fusefs, snapshot, daemon, convert, profile,
 				keeper, warm, unixsock},
 			ext: []string{containerd, containerdAPI, errdefs, ggcr, digest, imageSpec,
-				runtimeSpec, toml, prometheus, grpc, xsys, xterm},
+				runtimeSpec, toml, prometheus, grpc, xsys, xterm, mountinfo},
 		},
 
 		// Converts an image: reads and writes whole blobs and manifests with
