@@ -5,6 +5,7 @@ import (
 	"bytes"
 	"context"
 	"errors"
+	"slices"
 	"testing"
 
 	"github.com/klauspost/compress/zstd"
@@ -53,10 +54,18 @@ func FuzzDecodeIndex(f *testing.F) {
 
 // FuzzDecodeBody skips the zstd layer so mutations reach the body parser, with a budget
 // tight enough for mutations to meet: 4 times the body plus 64 KiB. Decoding allocates at
-// most that (plus decodeOverhead).
+// most that (plus decodeOverhead), as a body of either version.
 func FuzzDecodeBody(f *testing.F) {
-	_, body := seedIndex(f)
+	payload, body := seedIndex(f)
 	f.Add(body)
+	ix, err := DecodeIndex(payload)
+	if err != nil {
+		f.Fatal(err)
+	}
+	ix.RunDigests = nil
+	if v1, err := ix.encodeBody(); err == nil {
+		f.Add(v1)
+	}
 	f.Add([]byte{0, 0, 0})
 	f.Add([]byte{1, 1, 0, 3, 0, 1, 'a', '0', 0, 0, 0, 0, 0, 0})
 	f.Add(sharedPrefixBody(4))
@@ -65,9 +74,14 @@ func FuzzDecodeBody(f *testing.F) {
 		var ix *Index
 		var err error
 		budget := 4*int64(len(b)) + 64<<10
-		n := allocated(func() { ix, err = decodeBody(b, budget) })
-		if limit := uint64(budget) + decodeOverhead; n > limit {
-			t.Fatalf("decoding a %d-byte body allocated %d, over the bound of %d (err %v)", len(b), n, limit, err)
+		for _, v := range []int{IndexVersion2, IndexVersion1} {
+			n := allocated(func() { ix, err = decodeBody(b, budget, v) })
+			if limit := uint64(budget) + decodeOverhead; n > limit {
+				t.Fatalf("decoding a %d-byte version %d body allocated %d, over the bound of %d (err %v)", len(b), v, n, limit, err)
+			}
+			if err == nil {
+				break
+			}
 		}
 		if err != nil {
 			return
@@ -97,6 +111,9 @@ func checkReencode(t *testing.T, ix *Index) {
 	ix2, err := DecodeIndex(p)
 	if err != nil {
 		t.Fatalf("decode a re-encoded index: %v", err)
+	}
+	if (ix2.RunDigests == nil) != (ix.RunDigests == nil) || !slices.Equal(ix2.RunDigests, ix.RunDigests) {
+		t.Fatalf("re-encoded index has run digests %v, want %v", ix2.RunDigests, ix.RunDigests)
 	}
 	if len(ix2.Entries) != len(ix.Entries) || len(ix2.Frames) != len(ix.Frames) || len(ix2.Digests) != len(ix.Digests) {
 		t.Fatalf("re-encoded index differs: %d/%d/%d vs %d/%d/%d", len(ix2.Entries), len(ix2.Frames), len(ix2.Digests), len(ix.Entries), len(ix.Frames), len(ix.Digests))

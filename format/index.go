@@ -68,10 +68,18 @@ func IndexBudget(n int) int64 {
 // indexMagic starts every index payload; the two bytes after it are the version.
 const indexMagic = "LZPINDEX"
 
+// Index payload versions. Version 1 gives header frames no digest; version 2 adds, after
+// the chunk digests, a digest per header run (Index.RunDigests). A reader reads both;
+// Encode writes version 2 when the index has run digests (the writer always gives them).
+const (
+	IndexVersion1 = 1
+	IndexVersion2 = 2
+)
+
 // index payload layout (all integers little endian):
 //
 //	magic    [8]byte  "LZPINDEX"
-//	version  uint16   1
+//	version  uint16   1 or 2
 //	flags    uint16   0; a reader refuses bits it does not know
 //	reserved uint32   0
 //	bodyLen  uint64   length of the decompressed body, <= MaxIndexBodySize
@@ -163,6 +171,11 @@ type Index struct {
 	Entries []Entry
 	// Digests holds the sha256 of each content chunk, indexed by Frame.ChunkIndex.
 	Digests []Digest
+	// RunDigests holds, for each header run (a maximal sequence of consecutive header
+	// frames, in blob order: HeaderRuns' runs when it succeeds), the sha256 of its
+	// compressed frames as the blob holds them, from its first frame's offset to its last
+	// one's end. Nil for a version 1 index, which gives header frames no digest.
+	RunDigests []Digest
 
 	once   sync.Once
 	byName map[string]int
@@ -251,7 +264,11 @@ func (ix *Index) Encode() ([]byte, error) {
 	defer enc.Close()
 	out := make([]byte, indexHeaderLen, indexHeaderLen+len(body)/2)
 	copy(out, indexMagic)
-	binary.LittleEndian.PutUint16(out[8:], Version)
+	version := uint16(IndexVersion1)
+	if ix.RunDigests != nil {
+		version = IndexVersion2
+	}
+	binary.LittleEndian.PutUint16(out[8:], version)
 	binary.LittleEndian.PutUint64(out[16:], uint64(len(body)))
 	out = enc.EncodeAll(body, out)
 	if len(out) > MaxIndexSize {
@@ -279,6 +296,9 @@ func (ix *Index) drawBudget(r *bodyReader) bool {
 	r.alloc("frame list", len(ix.Frames), int(unsafe.Sizeof(Frame{})))
 	r.alloc("entry list", len(ix.Entries), int(unsafe.Sizeof(Entry{})))
 	r.alloc("chunk digests", len(ix.Digests), int(unsafe.Sizeof(Digest{})))
+	if ix.RunDigests != nil {
+		r.alloc("run digests", len(ix.RunDigests), int(unsafe.Sizeof(Digest{})))
+	}
 	var names nameArena
 	for i := range ix.Entries {
 		e := &ix.Entries[i]
@@ -319,6 +339,7 @@ const (
 //	frameCount x { usize<<1 | isChunk, csize }
 //	entryCount x entry
 //	chunkCount x [32]byte chunk digests, in frame order
+//	version 2: runCount, runCount x [32]byte header run digests, in blob order
 //
 // entry: shared-prefix length with the previous name, suffix length, suffix bytes, type
 // byte, flags, mode, uid, gid, |mtime seconds|, then per flag: nsec; linkname length and
@@ -428,6 +449,15 @@ func (ix *Index) encodeBody() ([]byte, error) {
 	for _, d := range ix.Digests {
 		b = append(b, d[:]...)
 	}
+	if ix.RunDigests != nil {
+		if n := ix.headerRunCount(); n != len(ix.RunDigests) {
+			return nil, fmt.Errorf("%d header runs but %d run digests", n, len(ix.RunDigests))
+		}
+		b = binary.AppendUvarint(b, uint64(len(ix.RunDigests)))
+		for _, d := range ix.RunDigests {
+			b = append(b, d[:]...)
+		}
+	}
 	if len(b) > MaxIndexBodySize {
 		return nil, fmt.Errorf("index body of %d entries is %d bytes, over the limit of %d", len(ix.Entries), len(b), MaxIndexBodySize)
 	}
@@ -466,8 +496,9 @@ func DecodeIndex(p []byte) (*Index, error) {
 	if len(p) < indexHeaderLen || string(p[:8]) != indexMagic {
 		return nil, ErrNotIndex
 	}
-	if v := binary.LittleEndian.Uint16(p[8:]); v != Version {
-		return nil, fmt.Errorf("index version %d: this lazypull reads version %d", v, Version)
+	v := binary.LittleEndian.Uint16(p[8:])
+	if v != IndexVersion1 && v != IndexVersion2 {
+		return nil, fmt.Errorf("index version %d: this lazypull reads versions %d and %d", v, IndexVersion1, IndexVersion2)
 	}
 	if f := binary.LittleEndian.Uint16(p[10:]); f != 0 {
 		return nil, fmt.Errorf("index flags %#x: unknown", f)
@@ -492,7 +523,7 @@ func DecodeIndex(p []byte) (*Index, error) {
 	if uint64(len(body)) != bodyLen {
 		return nil, fmt.Errorf("index body is %d bytes, header says %d", len(body), bodyLen)
 	}
-	return decodeBody(body, budget-int64(bodyLen))
+	return decodeBody(body, budget-int64(bodyLen), int(v))
 }
 
 // bodyReader reads an index body. Every allocation the decoded index makes draws from
@@ -589,8 +620,9 @@ func (r *bodyReader) fixed(what string, n int) []byte {
 // length, type, flags, mode, uid, gid, mtime and size; a chunk digest 32 bytes.
 const minFrameBytes, minEntryBytes, minDigestBytes = 2, 9, 32
 
-// decodeBody parses an index body, allocating at most budget bytes.
-func decodeBody(body []byte, budget int64) (*Index, error) {
+// decodeBody parses an index body of the given payload version, allocating at most budget
+// bytes.
+func decodeBody(body []byte, budget int64, version int) (*Index, error) {
 	r := &bodyReader{b: body, budget: budget, limit: budget}
 	const maxOffset = 1 << 62
 	nFrames := r.count("frame count", minFrameBytes)
@@ -757,6 +789,25 @@ func decodeBody(body []byte, budget int64) (*Index, error) {
 	if r.err != nil {
 		return nil, r.err
 	}
+	if version >= IndexVersion2 {
+		n := r.count("run count", minDigestBytes)
+		if r.err != nil {
+			return nil, r.err
+		}
+		if want := ix.headerRunCount(); n != want {
+			return nil, fmt.Errorf("index: %d run digests for %d header runs", n, want)
+		}
+		if !r.alloc("run digests", n, int(unsafe.Sizeof(Digest{}))) {
+			return nil, r.err
+		}
+		ix.RunDigests = make([]Digest, n)
+		for i := range ix.RunDigests {
+			copy(ix.RunDigests[i][:], r.fixed("run digest", 32))
+		}
+		if r.err != nil {
+			return nil, r.err
+		}
+	}
 	if len(r.b) != 0 {
 		return nil, fmt.Errorf("index: %d bytes after the last digest", len(r.b))
 	}
@@ -774,6 +825,18 @@ func decodeBody(body []byte, budget int64) (*Index, error) {
 		}
 	}
 	return ix, nil
+}
+
+// headerRunCount counts the header runs of the frame list: its maximal sequences of
+// consecutive header frames.
+func (ix *Index) headerRunCount() int {
+	n := 0
+	for i, f := range ix.Frames {
+		if f.ChunkIndex < 0 && (i == 0 || ix.Frames[i-1].ChunkIndex >= 0) {
+			n++
+		}
+	}
+	return n
 }
 
 // nameArena makes the entry names of an index out of few large allocations instead of

@@ -102,7 +102,7 @@ func TestDecodeSharedPrefixNames(t *testing.T) {
 	// The body parser alone, with the budget of a payload ten times larger: the names
 	// draw from it and exhaust it.
 	budget := IndexBudget(10 * len(p))
-	n := allocated(func() { _, err = decodeBody(body, budget) })
+	n := allocated(func() { _, err = decodeBody(body, budget, IndexVersion1) })
 	if err == nil || !strings.Contains(err.Error(), "names") || !strings.Contains(err.Error(), "at entry") {
 		t.Fatalf("names over the budget: err %v", err)
 	}

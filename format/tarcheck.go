@@ -5,6 +5,7 @@ import (
 	"crypto/sha256"
 	"errors"
 	"fmt"
+	"hash"
 	"io"
 	"slices"
 )
@@ -291,6 +292,7 @@ type LayerCheck struct {
 	DiffID  Digest // sha256 of the uncompressed tar stream
 	Entries int    // entries checked against their tar headers
 	Chunks  int    // chunk frames checked against their digests
+	Runs    int    // header runs checked against their digests (a version 2 index)
 }
 
 // VerifyLayer reads a whole layer blob from r, from its first byte to its last, and checks
@@ -324,13 +326,35 @@ func VerifyLayer(r io.Reader, ix *Index, indexOffset int64) (LayerCheck, error) 
 		return comp, nil
 	}
 	var buf []byte
-	for _, run := range runs {
-		rr := &runReader{ix: ix, next: run.FirstFrame, end: run.EndFrame, read: read, out: dh}
+	for i, run := range runs {
+		// A version 2 index gives each run a digest of its compressed frames: hashed as
+		// they are read, checked once the run is.
+		var runHash hash.Hash
+		readRun := read
+		if ix.RunDigests != nil {
+			runHash = sha256.New()
+			readRun = func(k int) ([]byte, error) {
+				b, err := read(k)
+				runHash.Write(b)
+				return b, err
+			}
+		}
+		rr := &runReader{ix: ix, next: run.FirstFrame, end: run.EndFrame, read: readRun, out: dh}
 		if err := ix.CheckRun(run, rr); err != nil {
 			return res, err
 		}
 		if _, err := io.Copy(io.Discard, rr); err != nil {
 			return res, err
+		}
+		if runHash != nil {
+			if got := Digest(runHash.Sum(nil)); got != ix.RunDigests[i] {
+				e := &RunDigestError{Run: i, Index: ix.RunDigests[i], Got: got}
+				if run.EndEntry > run.FirstEntry {
+					e.Entry = ix.Entries[run.EndEntry-1].Name
+				}
+				return res, e
+			}
+			res.Runs++
 		}
 		res.Entries += run.EndEntry - run.FirstEntry
 		if !run.Content {
@@ -415,4 +439,67 @@ func (ix *Index) CheckRunFrames(r HeaderRun, fr [][]byte, out io.Writer) error {
 		err = derr
 	}
 	return err
+}
+
+// RunDigestError says that the compressed bytes given for a header run are not those its
+// digest in the index (Index.RunDigests) names: the registry or a pack sent other bytes
+// than the blob's, or the index does not describe the blob.
+type RunDigestError struct {
+	Run   int    // the run's number, in blob order
+	Entry string // the run's last entry (the file its frames precede), "" for none
+	Index Digest // what the index says
+	Got   Digest // the digest of the bytes given
+}
+
+func (e *RunDigestError) Error() string {
+	return fmt.Sprintf("header run %d (up to entry %q): its frames have digest %s, the index says %s", e.Run, e.Entry, e.Got, e.Index)
+}
+
+// CheckRunDigest checks the compressed frames fr of run i (HeaderRuns()[i], r; the frames
+// Index.Frames[r.FirstFrame:r.EndFrame], in order, as the blob holds them) against the
+// run's digest. A version 1 index has no run digests: it returns nil. The error is a
+// *RunDigestError when the bytes are not the run's.
+func (ix *Index) CheckRunDigest(i int, r HeaderRun, fr [][]byte) error {
+	if ix.RunDigests == nil {
+		return nil
+	}
+	if i < 0 || i >= len(ix.RunDigests) {
+		return fmt.Errorf("header run %d: the index has %d run digests", i, len(ix.RunDigests))
+	}
+	if len(fr) != r.EndFrame-r.FirstFrame {
+		return fmt.Errorf("header run %d: %d frames, want %d", i, len(fr), r.EndFrame-r.FirstFrame)
+	}
+	h := sha256.New()
+	for _, b := range fr {
+		h.Write(b)
+	}
+	if got := Digest(h.Sum(nil)); got != ix.RunDigests[i] {
+		e := &RunDigestError{Run: i, Index: ix.RunDigests[i], Got: got}
+		if r.EndEntry > r.FirstEntry {
+			e.Entry = ix.Entries[r.EndEntry-1].Name
+		}
+		return e
+	}
+	return nil
+}
+
+// CompSize is the compressed size of run r's frames in the blob: the bytes its digest
+// covers.
+func (r HeaderRun) CompSize(ix *Index) int64 {
+	last := ix.Frames[r.EndFrame-1]
+	return last.Offset + last.Size - ix.Frames[r.FirstFrame].Offset
+}
+
+// SplitRun cuts b, the compressed frames of run r as they lie in the blob, into its frames.
+func (ix *Index) SplitRun(r HeaderRun, b []byte) ([][]byte, error) {
+	if int64(len(b)) != r.CompSize(ix) {
+		return nil, fmt.Errorf("header run: %d bytes, its frames take %d", len(b), r.CompSize(ix))
+	}
+	fr := make([][]byte, 0, r.EndFrame-r.FirstFrame)
+	for k := r.FirstFrame; k < r.EndFrame; k++ {
+		n := ix.Frames[k].Size
+		fr = append(fr, b[:n:n])
+		b = b[n:]
+	}
+	return fr, nil
 }

@@ -16,7 +16,8 @@ import (
 	"github.com/klauspost/compress/zstd"
 )
 
-// Version is the layout version this package writes and reads.
+// Version is the layout version this package writes and reads (the layer annotation's);
+// the index payload has versions of its own (IndexVersion1, IndexVersion2).
 const Version = 1
 
 // Writer limits.
@@ -128,6 +129,10 @@ func Write(ctx context.Context, w io.Writer, r io.Reader, opts ...WriterOption) 
 	for i := range ix.Frames {
 		ix.Frames[i].Size = p.sizes[i]
 	}
+	if p.runHash != nil {
+		p.runs = append(p.runs, Digest(p.runHash.Sum(nil)))
+	}
+	ix.RunDigests = append(make([]Digest, 0, len(p.runs)), p.runs...)
 	payload, err := ix.Encode()
 	if err != nil {
 		return nil, err
@@ -163,6 +168,10 @@ type pipeline struct {
 	blobHash hash.Hash
 	written  int64
 	sizes    []int64 // compressed size per frame, filled by writeLoop
+	// runs holds the digest of each header run's compressed frames, filled by writeLoop;
+	// runHash is the run being written, nil between runs.
+	runs    []Digest
+	runHash hash.Hash
 }
 
 func (p *pipeline) submit(s *segment) error {
@@ -199,6 +208,16 @@ func (p *pipeline) writeLoop() error {
 			continue // drain, so the scanner never blocks
 		}
 		p.sizes = append(p.sizes, int64(len(s.comp)))
+		switch {
+		case !s.isChunk && p.runHash == nil:
+			p.runHash = sha256.New()
+			fallthrough
+		case !s.isChunk:
+			p.runHash.Write(s.comp)
+		case p.runHash != nil:
+			p.runs = append(p.runs, Digest(p.runHash.Sum(nil)))
+			p.runHash = nil
+		}
 		if err = p.write(s.comp); err != nil {
 			p.cancel() // stop the scanner; its context error is not the one to report
 		}
