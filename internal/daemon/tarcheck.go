@@ -323,8 +323,12 @@ func (l *Layer) settle(r int, err error, final bool) {
 	if final && err != nil {
 		attrs := []any{"layer", l.Desc.Digest, "err", err}
 		var m *format.MismatchError
-		if errors.As(err, &m) {
+		var d *format.RunDigestError
+		switch {
+		case errors.As(err, &m):
 			attrs = []any{"layer", l.Desc.Digest, "entry", m.Entry, "field", m.Field, "index", m.Index, "tar", m.Tar}
+		case errors.As(err, &d):
+			attrs = []any{"layer", l.Desc.Digest, "run", d.Run, "entry", d.Entry, "field", "run digest", "index", d.Index.String(), "got", d.Got.String()}
 		}
 		slog.Error("layer index does not match the layer's tar; not serving the entry", attrs...)
 	}
@@ -424,15 +428,35 @@ func (c *runCollector) take(rg fetch.Range, b []byte) bool {
 	}
 	c.got[r][k-run.FirstFrame] = bytes.Clone(b)
 	if c.left[r]--; c.left[r] == 0 {
-		err := c.l.Index.CheckRunFrames(run, c.got[r], nil)
-		var m *format.MismatchError
-		// A frame that does not decompress, or a header that does not parse, may be a bad
-		// response: not a verdict, the next read fetches it again.
-		c.l.settle(r, err, err == nil || errors.As(err, &m))
+		c.l.checkRunFrames(r, c.got[r])
 		delete(c.left, r)
 		delete(c.got, r)
 	}
 	return true
+}
+
+// checkRunFrames checks run r's compressed frames fr against the run's digest (a version 2
+// index), then its entries against the headers they hold, and settles it. Bytes that are
+// not the run's (RunDigestError) are a verdict, as a mismatch is: the index names them and
+// the blob does not hold them.
+func (l *Layer) checkRunFrames(r int, fr [][]byte) {
+	run := l.tc.runs[r]
+	err := l.Index.CheckRunDigest(r, run, fr)
+	if err == nil {
+		err = l.Index.CheckRunFrames(run, fr, nil)
+	}
+	// Without run digests, a frame that does not decompress, or a header that does not
+	// parse, may be a bad response: not a verdict, the next read fetches it again. With
+	// them, the bytes are the blob's: what fails is the index's.
+	l.settle(r, err, err == nil || isVerdict(err) || l.Index.RunDigests != nil)
+}
+
+// isVerdict says whether err is a run's verdict: the index does not describe the tar
+// (MismatchError), or the run's bytes are not those its digest names (RunDigestError).
+func isVerdict(err error) bool {
+	var m *format.MismatchError
+	var d *format.RunDigestError
+	return errors.As(err, &m) || errors.As(err, &d)
 }
 
 // finish settles the runs whose frames did not all come, as failures.
@@ -668,9 +692,15 @@ func (l *Layer) checkDiffID(ctx context.Context, want string) error {
 		}
 		for r := start; r < end; r++ {
 			run := tc.runs[r]
-			err := l.Index.CheckRunFrames(run, frames[r-start], h)
-			var m *format.MismatchError
-			if err != nil && !errors.As(err, &m) {
+			err := l.Index.CheckRunDigest(r, run, frames[r-start])
+			if err != nil {
+				// Not the run's bytes: its tar is not hashed either, the diff ID
+				// check below fails.
+				h.Write([]byte{0})
+			} else {
+				err = l.Index.CheckRunFrames(run, frames[r-start], h)
+			}
+			if err != nil && !isVerdict(err) {
 				return fmt.Errorf("layer %s: %w", l.Desc.Digest, err)
 			}
 			if tc.state[r].Load() == runUnknown {

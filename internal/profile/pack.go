@@ -24,16 +24,23 @@ import (
 // Layout (integers big endian):
 //
 //	magic   [8]byte "LZPPACK\x00"
-//	version uint16  1
+//	version uint16  1, or 2 for a pack that may hold header run records
 //	records, to the end of the blob:
-//	  kind   uint8    1 index, 2 chunk frame
+//	  kind   uint8    1 index, 2 chunk frame, 3 header run (version 2 only)
 //	  digest [32]byte index: the index's digest (format.AnnotationIndexDigest);
-//	                  chunk: the chunk's (of its uncompressed bytes)
+//	                  chunk: the chunk's (of its uncompressed bytes);
+//	                  header run: the run's (format.Index.RunDigests: of its compressed frames)
 //	  length uint32
 //	  bytes  [length]byte
 //
-// Writers put every index record before the first chunk record: a mount waits for the
-// indexes, and the chunks come in the order the workload reads them.
+// Writers put every index record before the first record of another kind: a mount waits
+// for the indexes. A version 2 writer puts the header runs of the profiled files (and of
+// the symlinks a start follows) next, then the chunks in the order the workload reads them.
+// A header run record holds the run's compressed frames as the blob holds them; a reader
+// uses it only for a layer whose index (version 2) gives the run that digest, after
+// hashing it. A reader of version 1 refuses a version 2 pack whole (it does not know kind 3
+// and would stop at the first such record): it reads from the layers instead, as it must
+// anyway, since only version 2 indexes have run digests.
 const (
 	// PackMediaType is the media type of a pack, the profile artifact's second layer.
 	PackMediaType = "application/vnd.lazypull.profile.pack.v1"
@@ -41,11 +48,20 @@ const (
 	MaxPack = 1 << 30
 )
 
+// Pack versions: version 2 may hold header run records.
 const (
-	packMagic   = "LZPPACK\x00"
-	packVersion = 1
-	packHeader  = len(packMagic) + 2
-	recHeader   = 1 + 32 + 4
+	PackVersion1 = 1
+	PackVersion2 = 2
+)
+
+// MaxRunRecord bounds a header run record: the compressed header frames of one run, as a
+// mount checks them on demand.
+const MaxRunRecord = 64 << 20
+
+const (
+	packMagic  = "LZPPACK\x00"
+	packHeader = len(packMagic) + 2
+	recHeader  = 1 + 32 + 4
 	// maxFrame bounds a chunk record: a frame of format.MaxChunkSize bytes of input that
 	// did not compress, with zstd's framing.
 	maxFrame = format.MaxChunkSize + format.MaxChunkSize/8
@@ -58,6 +74,7 @@ type RecordKind uint8
 const (
 	RecordIndex RecordKind = 1 // a layer's index, as its blob holds it
 	RecordChunk RecordKind = 2 // a chunk's compressed frame, as its blob holds it
+	RecordRun   RecordKind = 3 // a header run's compressed frames, as its blob holds them (version 2)
 )
 
 func (k RecordKind) String() string {
@@ -66,24 +83,36 @@ func (k RecordKind) String() string {
 		return "index"
 	case RecordChunk:
 		return "chunk"
+	case RecordRun:
+		return "header run"
 	}
 	return fmt.Sprintf("kind %d", uint8(k))
 }
 
 // PackWriter writes a pack.
 type PackWriter struct {
-	w      io.Writer
-	n      int64
-	chunks bool // a chunk record was written
-	err    error
+	w       io.Writer
+	version uint16
+	n       int64
+	chunks  bool // a chunk or header run record was written
+	err     error
 }
 
-// NewPackWriter writes a pack's header to w and returns a writer of its records.
-func NewPackWriter(w io.Writer) *PackWriter {
-	pw := &PackWriter{w: w}
+// NewPackWriter writes the header of a version 1 pack to w and returns a writer of its
+// records.
+func NewPackWriter(w io.Writer) *PackWriter { return NewPackWriterVersion(w, PackVersion1) }
+
+// NewPackWriterVersion writes the header of a pack of the given version (PackVersion1, or
+// PackVersion2 for a pack with header run records) to w and returns a writer of its
+// records.
+func NewPackWriterVersion(w io.Writer, version uint16) *PackWriter {
+	pw := &PackWriter{w: w, version: version}
+	if version != PackVersion1 && version != PackVersion2 {
+		pw.err = fmt.Errorf("pack: version %d", version)
+	}
 	hdr := make([]byte, packHeader)
 	copy(hdr, packMagic)
-	binary.BigEndian.PutUint16(hdr[len(packMagic):], packVersion)
+	binary.BigEndian.PutUint16(hdr[len(packMagic):], version)
 	pw.write(hdr)
 	return pw
 }
@@ -107,6 +136,19 @@ func (pw *PackWriter) Chunk(d format.Digest, frame []byte) error {
 	}
 	pw.chunks = true
 	return pw.record(RecordChunk, d, frame)
+}
+
+// Run adds a header run's compressed frames (as the blob holds them), by the run's digest
+// (format.Index.RunDigests). Only a version 2 pack holds them.
+func (pw *PackWriter) Run(d format.Digest, frames []byte) error {
+	if pw.version < PackVersion2 {
+		return errors.New("pack: a header run record in a version 1 pack")
+	}
+	if len(frames) > MaxRunRecord {
+		return fmt.Errorf("pack: header run %s of %d bytes, more than %d", d, len(frames), MaxRunRecord)
+	}
+	pw.chunks = true
+	return pw.record(RecordRun, d, frames)
 }
 
 // Size is the pack's length so far.
@@ -141,11 +183,12 @@ var ErrBadPack = errors.New("not a lazypull pack")
 
 // PackReader reads a pack's records as they arrive.
 type PackReader struct {
-	r    *bufio.Reader
-	left int64 // bytes of the pack not read yet
-	off  int64 // offset of the next record
-	buf  []byte
-	err  error
+	r       *bufio.Reader
+	version uint16
+	left    int64 // bytes of the pack not read yet
+	off     int64 // offset of the next record
+	buf     []byte
+	err     error
 }
 
 // NewPackReader reads a pack of size bytes from r: its header now, its records on Next.
@@ -161,11 +204,15 @@ func NewPackReader(r io.Reader, size int64) (*PackReader, error) {
 	if string(hdr[:len(packMagic)]) != packMagic {
 		return nil, fmt.Errorf("pack header: %w (magic %q)", ErrBadPack, hdr[:len(packMagic)])
 	}
-	if v := binary.BigEndian.Uint16(hdr[len(packMagic):]); v != packVersion {
-		return nil, fmt.Errorf("pack header: version %d, this lazypull reads %d: %w", v, packVersion, ErrBadPack)
+	pr.version = binary.BigEndian.Uint16(hdr[len(packMagic):])
+	if pr.version != PackVersion1 && pr.version != PackVersion2 {
+		return nil, fmt.Errorf("pack header: version %d, this lazypull reads %d and %d: %w", pr.version, PackVersion1, PackVersion2, ErrBadPack)
 	}
 	return pr, nil
 }
+
+// Version is the pack's version.
+func (pr *PackReader) Version() uint16 { return pr.version }
 
 // Next returns the next record: its kind, digest and bytes (valid until the next call).
 // It returns io.EOF after the last one, and an error for a record that is malformed or cut
@@ -202,6 +249,11 @@ func (pr *PackReader) next() (RecordKind, format.Digest, []byte, error) {
 	case RecordIndex:
 		limit = format.MaxIndexSize
 	case RecordChunk:
+	case RecordRun:
+		if pr.version < PackVersion2 {
+			return 0, d, nil, fmt.Errorf("pack record at %d: kind %d in a version %d pack: %w", at, uint8(k), pr.version, ErrBadPack)
+		}
+		limit = MaxRunRecord
 	default:
 		return 0, d, nil, fmt.Errorf("pack record at %d: %s: %w", at, k, ErrBadPack)
 	}
