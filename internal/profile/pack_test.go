@@ -294,7 +294,7 @@ func TestPackReaderErrors(t *testing.T) {
 		{name: "bad magic", data: cat([]byte("LZPPACK\x01\x00\x01"), good[packHeader:]), open: true, want: ErrBadPack, msg: "magic"},
 		{name: "not a pack", data: []byte("{\"mediaType\": \"x\"}"), open: true, want: ErrBadPack, msg: "magic"},
 		{name: "version 0", data: cat([]byte("LZPPACK\x00\x00\x00"), good[packHeader:]), open: true, want: ErrBadPack, msg: "version 0"},
-		{name: "version 2", data: cat([]byte("LZPPACK\x00\x00\x02"), good[packHeader:]), open: true, want: ErrBadPack, msg: "version 2"},
+		{name: "version 3", data: cat([]byte("LZPPACK\x00\x00\x03"), good[packHeader:]), open: true, want: ErrBadPack, msg: "version 3"},
 		{name: "size below the header", data: hdr[:packHeader-1], open: true, want: ErrBadPack, msg: "9 bytes"},
 		{name: "size zero", data: good, size: -1, open: true, want: ErrBadPack},
 		{name: "size above MaxPack", data: good, size: MaxPack + 1, open: true, want: ErrBadPack, msg: fmt.Sprint(MaxPack + 1)},
