@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"slices"
 	"sync"
 	"time"
 
@@ -40,12 +41,13 @@ type pack struct {
 	opened  bool
 	want    map[format.Digest]int    // index records still to keep, by digest: one per layer
 	indexes map[format.Digest][]byte // index records read, not yet taken
-	next    *packRecord              // the first chunk record, read while looking for indexes
+	next    *packRecord              // the first record after the indexes, read while looking for them
 	over    bool                     // no more records: the end, or an error (err)
 	err     error
 }
 
 type packRecord struct {
+	k profile.RecordKind
 	d format.Digest
 	b []byte
 }
@@ -153,8 +155,38 @@ func (p *pack) index(d format.Digest) ([]byte, bool) {
 				p.want[rd]--
 				p.indexes[rd] = append([]byte(nil), b...)
 			}
+		default:
+			p.next = &packRecord{k, rd, append([]byte(nil), b...)}
+		}
+	}
+}
+
+// runs hands fn every header run record that follows the indexes (a version 2 pack puts
+// them before the chunks), as it arrives; it stops at the first chunk record, which it
+// keeps for chunks.
+func (p *pack) runs(fn func(d format.Digest, frames []byte)) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	p.openLocked()
+	for {
+		if r := p.next; r != nil {
+			if r.k != profile.RecordRun {
+				return
+			}
+			p.next = nil
+			fn(r.d, r.b)
+			continue
+		}
+		k, d, b, ok := p.nextLocked()
+		if !ok {
+			return
+		}
+		switch k {
+		case profile.RecordRun:
+			fn(d, b)
 		case profile.RecordChunk:
-			p.next = &packRecord{rd, append([]byte(nil), b...)}
+			p.next = &packRecord{k, d, append([]byte(nil), b...)}
+			return
 		}
 	}
 }
@@ -168,8 +200,10 @@ func (p *pack) chunks(fn func(d format.Digest, frame []byte) error) error {
 	p.indexes = nil // the layers are open: no one asks for an index any more
 	if r := p.next; r != nil {
 		p.next = nil
-		if err := fn(r.d, r.b); err != nil {
-			return err
+		if r.k == profile.RecordChunk {
+			if err := fn(r.d, r.b); err != nil {
+				return err
+			}
 		}
 	}
 	for {
@@ -250,14 +284,9 @@ func (s packSource) Fetch(ctx context.Context, chunks []format.Chunk, fn func(fo
 // prefetchPacked fetches the wants of every layer (per[i] for im.Layers[i]) in one
 // store.Prefetch from the pack.
 func (im *Image) prefetchPacked(ctx context.Context, per [][]store.Want, runs [][]int) error {
-	// A pack holds no header frames (they have no digest to check a record against): the
-	// profiled files' header runs come from the layer blobs, one request per layer, sent
-	// beside the pack's.
 	var wg sync.WaitGroup
 	defer wg.Wait()
-	for i, l := range im.Layers {
-		wg.Go(func() { l.prefetchRuns(ctx, runs[i]) })
-	}
+	im.packedRuns(ctx, &wg, runs)
 	owner := map[chunkKey]*Layer{}
 	var all []store.Want
 	for i, ws := range per {
@@ -281,6 +310,77 @@ func (im *Image) prefetchPacked(ctx context.Context, per [][]store.Want, runs []
 	return err
 }
 
+// runRef is a header run of a layer.
+type runRef struct {
+	l *Layer
+	r int
+}
+
+// packedRuns brings the header runs runs[i] of each layer im.Layers[i]. Those of a layer
+// whose index gives runs a digest (version 2) are taken from the pack's header run
+// records, read before its chunks: each is hashed and used only if it is the run's; what
+// the pack lacks or gets wrong comes from the layer blob. Those of a version 1 index, which
+// a pack cannot carry (nothing to check a record against), come from the layer blobs, one
+// request per layer, sent beside the pack's. Requests go out on wg.
+func (im *Image) packedRuns(ctx context.Context, wg *sync.WaitGroup, runs [][]int) {
+	byDigest := map[format.Digest][]runRef{}
+	claimed := make([][]int, len(im.Layers))
+	for i, l := range im.Layers {
+		if len(runs[i]) == 0 {
+			continue
+		}
+		if l.Index.RunDigests == nil {
+			wg.Go(func() { l.prefetchRuns(ctx, runs[i]) })
+			continue
+		}
+		// Claimed: the reads of these runs wait for the pack, not fetch them again.
+		claimed[i] = l.claim(runs[i])
+		for _, r := range claimed[i] {
+			d := l.Index.RunDigests[r]
+			byDigest[d] = append(byDigest[d], runRef{l, r})
+		}
+	}
+	if len(byDigest) == 0 {
+		return
+	}
+	taken := map[runRef]bool{}
+	im.pack.runs(func(d format.Digest, frames []byte) {
+		for _, ref := range byDigest[d] {
+			if !taken[ref] && ref.l.takePackedRun(ref.r, frames) {
+				taken[ref] = true
+			}
+		}
+	})
+	for i, l := range im.Layers {
+		var left []int
+		for _, r := range claimed[i] {
+			if !taken[runRef{l, r}] {
+				left = append(left, r)
+			}
+		}
+		if len(left) > 0 {
+			wg.Go(func() { _ = l.fetchRuns(ctx, left, nil, nil) })
+		}
+	}
+}
+
+// takePackedRun checks a pack's header run record against run r's digest and, if it is the
+// run's bytes, checks the run with them and settles it. A record that is not (the pack is
+// trusted for nothing) is refused with a warning and the run is left to its layer blob.
+func (l *Layer) takePackedRun(r int, b []byte) bool {
+	run := l.tc.runs[r]
+	fr, err := l.Index.SplitRun(run, b)
+	if err == nil {
+		err = l.Index.CheckRunDigest(r, run, fr)
+	}
+	if err != nil {
+		slog.Warn("profile pack: header run record is not the run's; fetching it from the layer", "layer", l.Desc.Digest, "run", r, "err", err)
+		return false
+	}
+	l.checkRunFrames(r, fr)
+	return true
+}
+
 // Pack builds the pack of profile p for the image (profile.PackWriter): every layer's
 // index, then the frame of every chunk the profile's ranges need, each once, in the
 // profile's order. The frames are fetched from the layer blobs as they are, and checked
@@ -288,7 +388,15 @@ func (im *Image) prefetchPacked(ctx context.Context, per [][]store.Want, runs []
 // than at every mount.
 func (im *Image) Pack(ctx context.Context, p *profile.Profile) ([]byte, error) {
 	var buf bytes.Buffer
-	pw := profile.NewPackWriter(&buf)
+	// A version 2 pack when an index gives header runs digests: the runs the prefetch
+	// checks come in it. Otherwise version 1, which any reader reads.
+	version := uint16(profile.PackVersion1)
+	for _, l := range im.Layers {
+		if l.Index.RunDigests != nil {
+			version = profile.PackVersion2
+		}
+	}
+	pw := profile.NewPackWriterVersion(&buf, version)
 	for _, l := range im.Layers {
 		loc, err := format.LocationFromAnnotations(l.Desc.Annotations)
 		if err != nil {
@@ -304,9 +412,30 @@ func (im *Image) Pack(ctx context.Context, p *profile.Profile) ([]byte, error) {
 			return nil, err
 		}
 	}
-	per, _, _, _, err := im.plan(p)
+	per, wants, _, _, err := im.plan(p)
 	if err != nil {
 		return nil, fmt.Errorf("pack: %w", err)
+	}
+	// The header runs the prefetch checks (profiledRuns), of the layers with run digests,
+	// each digest once: fetched with the layer's chunks, written before them.
+	var runItems []runRef
+	runRanges := make([][]fetch.Range, len(im.Layers))
+	seenRun := map[format.Digest]bool{}
+	for i, rs := range im.profiledRuns(wants) {
+		l := im.Layers[i]
+		if l.Index.RunDigests == nil {
+			continue
+		}
+		for _, r := range rs {
+			run := l.tc.runs[r]
+			d := l.Index.RunDigests[r]
+			if seenRun[d] || run.CompSize(l.Index) > profile.MaxRunRecord {
+				continue
+			}
+			seenRun[d] = true
+			runItems = append(runItems, runRef{l, r})
+			runRanges[i] = append(runRanges[i], fetch.Range{Off: l.Index.Frames[run.FirstFrame].Offset, Len: run.CompSize(l.Index)})
+		}
 	}
 	// The chunks in the order the profile reads them, and per layer the frames to fetch.
 	type item struct {
@@ -331,6 +460,7 @@ func (im *Image) Pack(ctx context.Context, p *profile.Profile) ([]byte, error) {
 	frames := make([]map[int64][]byte, len(im.Layers))
 	g, gctx := errgroup.WithContext(ctx)
 	for i, rs := range ranges {
+		rs = append(runRanges[i], rs...)
 		if len(rs) == 0 {
 			continue
 		}
@@ -350,6 +480,21 @@ func (im *Image) Pack(ctx context.Context, p *profile.Profile) ([]byte, error) {
 	}
 	if err := g.Wait(); err != nil {
 		return nil, err
+	}
+	for _, it := range runItems {
+		i := slices.Index(im.Layers, it.l)
+		run := it.l.tc.runs[it.r]
+		b := frames[i][it.l.Index.Frames[run.FirstFrame].Offset]
+		fr, err := it.l.Index.SplitRun(run, b)
+		if err == nil {
+			err = it.l.Index.CheckRunDigest(it.r, run, fr)
+		}
+		if err != nil {
+			return nil, fmt.Errorf("pack: layer %s: %w", it.l.Desc.Digest, err)
+		}
+		if err := pw.Run(it.l.Index.RunDigests[it.r], b); err != nil {
+			return nil, err
+		}
 	}
 	for _, it := range order {
 		frame := frames[it.layer][it.c.Offset]
