@@ -134,14 +134,22 @@ func verifyImage(ctx context.Context, e *env, ref string, platform *v1.Platform,
 			}
 			failed++
 			var m *format.MismatchError
-			if errors.As(err, &m) {
+			var d *format.RunDigestError
+			switch {
+			case errors.As(err, &m):
 				fmt.Fprintf(e.stdout, "%s: MISMATCH entry %q: %s: index says %s, tar says %s\n", where, m.Entry, m.Field, m.Index, m.Tar)
-			} else {
+			case errors.As(err, &d):
+				fmt.Fprintf(e.stdout, "%s: MISMATCH header run %d (up to entry %q): run digest: index says %s, blob has %s\n", where, d.Run, d.Entry, d.Index, d.Got)
+			default:
 				fmt.Fprintf(e.stdout, "%s: MISMATCH %v\n", where, err)
 			}
 			continue
 		}
-		fmt.Fprintf(e.stdout, "%s: ok (%d entries, %d chunks, diff ID %s)\n", where, res.Entries, res.Chunks, res.DiffID)
+		runs := "no header run digests (index version 1)"
+		if res.Runs > 0 {
+			runs = fmt.Sprintf("%d header runs", res.Runs)
+		}
+		fmt.Fprintf(e.stdout, "%s: ok (%d entries, %d chunks, %s, diff ID %s)\n", where, res.Entries, res.Chunks, runs, res.DiffID)
 	}
 	if failed > 0 {
 		fmt.Fprintf(e.stdout, "image %s: %d of %d layers do not match\n", img.Name, failed, len(layers))

@@ -102,7 +102,7 @@ func TestVerifyImage(t *testing.T) {
 	host := strings.TrimPrefix(srv.URL, "http://")
 
 	code, out, errs := run(t, "verify", "--plain-http", pushVerifyImage(t, host, func(*format.Index) {}, false))
-	if code != 0 || !strings.Contains(out, "1 layers verified") {
+	if code != 0 || !strings.Contains(out, "1 layers verified") || !strings.Contains(out, " header runs,") {
 		t.Errorf("honest image: exit %d\n%s%s", code, out, errs)
 	}
 	swap := func(ix *format.Index) {
@@ -111,6 +111,15 @@ func TestVerifyImage(t *testing.T) {
 	code, out, errs = run(t, "verify", "--plain-http", pushVerifyImage(t, host, swap, false))
 	if code != 1 || !strings.Contains(out, `MISMATCH entry "bin/sh": name: index says "bin/sh", tar says "bin/bash"`) {
 		t.Errorf("crafted index: exit %d; want 1 naming bin/sh\n%s%s", code, out, errs)
+	}
+	// Header frames that are not those the index's run digest names.
+	code, out, errs = run(t, "verify", "--plain-http", pushVerifyImage(t, host, func(ix *format.Index) { ix.RunDigests[1][0] ^= 1 }, false))
+	if code != 1 || !strings.Contains(out, "MISMATCH header run 1") || !strings.Contains(out, "run digest") {
+		t.Errorf("wrong run digest: exit %d; want 1 naming run 1\n%s%s", code, out, errs)
+	}
+	code, out, errs = run(t, "verify", "--plain-http", pushVerifyImage(t, host, func(ix *format.Index) { ix.RunDigests = nil }, false))
+	if code != 0 || !strings.Contains(out, "no header run digests") {
+		t.Errorf("version 1 index: exit %d\n%s%s", code, out, errs)
 	}
 	code, out, errs = run(t, "verify", "--plain-http", pushVerifyImage(t, host, func(*format.Index) {}, true))
 	if code != 1 || !strings.Contains(out, "diff ID") {
