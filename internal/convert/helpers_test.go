@@ -460,8 +460,19 @@ func checkConverted(t *testing.T, img v1.Image, config []byte, tars [][]byte, an
 		if !bytes.Equal(got, tars[i]) {
 			t.Errorf("layer %d: decompresses to %d bytes (%s), want the original %d bytes (%s)", i, len(got), sha(got), len(tars[i]), sha(tars[i]))
 		}
-		if _, err := format.Open(bytes.NewReader(blob), int64(len(blob)), ld.Annotations); err != nil {
+		fl, err := format.Open(bytes.NewReader(blob), int64(len(blob)), ld.Annotations)
+		if err != nil {
 			t.Errorf("layer %d: open index: %v", i, err)
+			continue
+		}
+		// The index gives each header run a digest (version 2), which the blob's frames
+		// match: VerifyLayer checks them as it streams.
+		loc, err := format.LocationFromAnnotations(ld.Annotations)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if c, err := format.VerifyLayer(bytes.NewReader(blob), fl.Index, loc.Offset); err != nil || fl.Index.RunDigests == nil || c.Runs != len(fl.Index.RunDigests) {
+			t.Errorf("layer %d: %d run digests, %d runs checked: %v; want a version 2 index whose runs match", i, len(fl.Index.RunDigests), c.Runs, err)
 		}
 	}
 }
