@@ -25,7 +25,8 @@ import (
 // content, which hold the tar headers of every entry up to and including the next file.
 // A run is fetched once (with the first content range that needs it, in the same Fetch,
 // so usually in the same Range request: the run's frames lie right before the file's
-// first chunk in the blob), checked with format.Index.CheckRun, and its verdict kept: in
+// first chunk in the blob), checked against its run digest (format.Index.CheckRunDigest, a
+// version 2 index) and with format.Index.CheckRun, and its verdict kept: in
 // memory, and for a run that matches, in the store (store.PutChecked), so that a restart
 // neither fetches it again nor needs the registry to serve what the store holds.
 
@@ -659,10 +660,11 @@ const (
 
 // checkDiffID checks, once every chunk of the layer is in the store, that the layer's tar
 // stream (its header frames, fetched again, and its chunks, read from the store, in blob
-// order) has the digest want, the diff ID the image's config gives it. That is what binds
-// the header frames the checks above fetched by range (which no digest in the index
-// covers) to the image: a registry that answered a Range with other header bytes than the
-// blob's is found out here. A layer that fails is refused whole from then on: every read
+// order) has the digest want, the diff ID the image's config gives it. For a version 1
+// index, that is what binds the header frames the checks above fetched by range (which no
+// digest in the index covers) to the image: a registry that answered a Range with other
+// header bytes than the blob's is found out here. A version 2 index gives each run a
+// digest, checked before the run's headers wherever its bytes come from. A layer that fails is refused whole from then on: every read
 // of it fails. On the way, every header run is checked (CheckRun) too.
 func (l *Layer) checkDiffID(ctx context.Context, want string) error {
 	tc := l.tarCheck()
