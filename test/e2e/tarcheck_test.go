@@ -32,6 +32,25 @@ import (
 // the tar stream is the original's. Every digest in the chain checks out.
 func (e *env) craftedImage(t *testing.T, lazy, a, b string) string {
 	t.Helper()
+	return e.editedImage(t, lazy, "crafted", func(ix *format.Index) bool {
+		ea, oka := ix.Lookup(a)
+		eb, okb := ix.Lookup(b)
+		if !oka || !okb {
+			return false
+		}
+		if !ea.IsRegular() || !eb.IsRegular() || ea.Size == 0 || eb.Size == 0 {
+			t.Fatalf("%s and %s are not both files with content", a, b)
+		}
+		ea.Name, eb.Name = b, a
+		return true
+	})
+}
+
+// editedImage pushes the converted image lazy under tag with the index of its topmost
+// layer that edit changes (edit reports whether it did) rewritten into the layer blob and
+// its annotations, as craftedImage says.
+func (e *env) editedImage(t *testing.T, lazy, tag string, edit func(ix *format.Index) bool) string {
+	t.Helper()
 	img := remoteImage(t, lazy)
 	m, err := img.Manifest()
 	if err != nil {
@@ -61,15 +80,9 @@ func (e *env) craftedImage(t *testing.T, lazy, a, b string) string {
 		if err != nil {
 			t.Fatal(err)
 		}
-		ea, oka := ix.Lookup(a)
-		eb, okb := ix.Lookup(b)
-		if !oka || !okb {
+		if !edit(ix) {
 			continue
 		}
-		if !ea.IsRegular() || !eb.IsRegular() || ea.Size == 0 || eb.Size == 0 {
-			t.Fatalf("layer %d: %s and %s are not both files with content", i, a, b)
-		}
-		ea.Name, eb.Name = b, a
 		payload, err := ix.Encode()
 		if err != nil {
 			t.Fatal(err)
@@ -92,7 +105,7 @@ func (e *env) craftedImage(t *testing.T, lazy, a, b string) string {
 		if err != nil {
 			t.Fatal(err)
 		}
-		ref := repo + ":crafted"
+		ref := repo + ":" + tag
 		tr, err := name.ParseReference(ref, name.Insecure)
 		if err != nil {
 			t.Fatal(err)
@@ -102,7 +115,7 @@ func (e *env) craftedImage(t *testing.T, lazy, a, b string) string {
 		}
 		return ref
 	}
-	t.Fatalf("no layer of %s holds both %s and %s", lazy, a, b)
+	t.Fatalf("no layer of %s to edit", lazy)
 	return ""
 }
 
@@ -176,6 +189,59 @@ func TestTarCheckCraftedIndex(t *testing.T) {
 	r = e.lazypull(t, "verify", "--plain-http", lazy)
 	if r.code != 0 || !strings.Contains(r.stdout, "layers verified") {
 		t.Errorf("verify %s (unmodified): exit %d; want 0:\n%s%s", lazy, r.code, r.stdout, r.stderr)
+	}
+}
+
+// TestTarCheckRunDigest: the python image with an index whose run digest for dash's header
+// run is not its frames' (the headers themselves honest: what a Range answer with other
+// bytes than the blob's looks like to the reader). The lazy mount refuses dash (EIO, one
+// log line naming the layer, the run and the entry) before its headers are looked at, and
+// serves the rest; `lazypull verify` exits 1 naming the run.
+func TestTarCheckRunDigest(t *testing.T) {
+	e := setup(t)
+	lazy := e.lazyImage(t, "python")
+	edited := e.editedImage(t, lazy, "rundigest", func(ix *format.Index) bool {
+		dash, ok := ix.Lookup("usr/bin/dash")
+		if !ok || ix.RunDigests == nil {
+			return false
+		}
+		_, runOf, err := ix.HeaderRuns()
+		if err != nil {
+			t.Fatal(err)
+		}
+		for i := range ix.Entries {
+			if &ix.Entries[i] == dash {
+				ix.RunDigests[runOf[i]][0] ^= 1
+				return true
+			}
+		}
+		return false
+	})
+	m := e.mount(t, edited, t.TempDir())
+	for range 2 {
+		if b, err := os.ReadFile(filepath.Join(m.dir, "usr/bin/dash")); !errors.Is(err, syscall.EIO) {
+			t.Errorf("read usr/bin/dash: %d bytes, %v; want EIO", len(b), err)
+		}
+	}
+	if out := must(t, "chroot", m.dir, "python3", "-c", "print(6*7)"); strings.TrimSpace(out) != "42" {
+		t.Errorf("python3 printed %q", out)
+	}
+	deadline := time.Now().Add(10 * time.Second)
+	for !strings.Contains(m.log.String(), "entry=usr/bin/dash") && time.Now().Before(deadline) {
+		time.Sleep(50 * time.Millisecond)
+	}
+	var lines []string
+	for _, l := range strings.Split(m.log.String(), "\n") {
+		if strings.Contains(l, `field="run digest"`) {
+			lines = append(lines, l)
+		}
+	}
+	if len(lines) != 1 || !strings.Contains(lines[0], "layer=sha256:") || !strings.Contains(lines[0], "run=") || !strings.Contains(lines[0], "entry=usr/bin/dash") {
+		t.Errorf("want one log line naming the layer, the run and usr/bin/dash; got %d:\n%s", len(lines), m.log)
+	}
+	r := e.lazypull(t, "verify", "--plain-http", edited)
+	if r.code != 1 || !strings.Contains(r.stdout, "MISMATCH header run") || !strings.Contains(r.stdout, `"usr/bin/dash"`) {
+		t.Errorf("verify %s: exit %d; want 1 naming dash's run:\n%s%s", edited, r.code, r.stdout, r.stderr)
 	}
 }
 
