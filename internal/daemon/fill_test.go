@@ -111,6 +111,13 @@ func lazyImage(t *testing.T, files map[string][]byte) (string, *format.Index) {
 // layer's index.
 func lazyImageOf(t *testing.T, files map[string][]byte) (v1.Image, *format.Index) {
 	t.Helper()
+	return lazyImageWith(t, files, nil)
+}
+
+// lazyImageWith is lazyImageOf with the layer's index changed by edit (nil: none) and
+// written back into the blob and its annotations.
+func lazyImageWith(t *testing.T, files map[string][]byte, edit func(ix *format.Index)) (v1.Image, *format.Index) {
+	t.Helper()
 	var tb bytes.Buffer
 	tw := tar.NewWriter(&tb)
 	for _, n := range sortedKeys(files) {
@@ -126,7 +133,24 @@ func lazyImageOf(t *testing.T, files map[string][]byte) (v1.Image, *format.Index
 	if err != nil {
 		t.Fatal(err)
 	}
-	l, err := format.Open(bytes.NewReader(blob.Bytes()), int64(blob.Len()), res.Annotations())
+	ann := res.Annotations()
+	if edit != nil {
+		b := blob.Bytes()
+		ix, err := format.DecodeIndex(b[res.IndexOffset : res.IndexOffset+res.IndexSize])
+		if err != nil {
+			t.Fatal(err)
+		}
+		edit(ix)
+		payload, err := ix.Encode()
+		if err != nil {
+			t.Fatal(err)
+		}
+		var nb []byte
+		nb, ann = rewriteIndex(b[:res.IndexOffset-8], payload)
+		blob.Reset()
+		blob.Write(nb)
+	}
+	l, err := format.Open(bytes.NewReader(blob.Bytes()), int64(blob.Len()), ann)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -135,7 +159,7 @@ func lazyImageOf(t *testing.T, files map[string][]byte) (v1.Image, *format.Index
 		t.Fatal(err)
 	}
 	img, err := mutate.Append(empty.Image, mutate.Addendum{Layer: diffIDLayer{static.NewLayer(blob.Bytes(), types.MediaType(format.MediaTypeLayer)), diffID},
-		Annotations: res.Annotations(), MediaType: types.MediaType(format.MediaTypeLayer)})
+		Annotations: ann, MediaType: types.MediaType(format.MediaTypeLayer)})
 	if err != nil {
 		t.Fatal(err)
 	}

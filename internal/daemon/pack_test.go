@@ -17,6 +17,7 @@ import (
 	"github.com/google/go-containerregistry/pkg/v1/remote"
 	"github.com/google/go-containerregistry/pkg/v1/types"
 
+	"lazypull/format"
 	"lazypull/internal/fetch"
 	"lazypull/internal/profile"
 	"lazypull/internal/store"
@@ -25,8 +26,14 @@ import (
 // twoLayerImage is a lazypull image of two layers, base and app.
 func twoLayerImage(t *testing.T, base, app map[string][]byte) v1.Image {
 	t.Helper()
-	img, _ := lazyImageOf(t, base)
-	top, _ := lazyImageOf(t, app)
+	return twoLayerImageWith(t, base, app, nil)
+}
+
+// twoLayerImageWith is twoLayerImage with both layers' indexes changed by edit.
+func twoLayerImageWith(t *testing.T, base, app map[string][]byte, edit func(ix *format.Index)) v1.Image {
+	t.Helper()
+	img, _ := lazyImageWith(t, base, edit)
+	top, _ := lazyImageWith(t, app, edit)
 	m, err := top.Manifest()
 	if err != nil {
 		t.Fatal(err)
@@ -47,6 +54,12 @@ func twoLayerImage(t *testing.T, base, app map[string][]byte) v1.Image {
 // builds it), and the registry's request counts.
 func packFixture(t *testing.T) (ref string, files map[string][]byte, p *profile.Profile, pack []byte, subject v1.Descriptor, reqs *requestLog) {
 	t.Helper()
+	return packFixtureWith(t, nil)
+}
+
+// packFixtureWith is packFixture with the layers' indexes changed by edit.
+func packFixtureWith(t *testing.T, edit func(ix *format.Index)) (ref string, files map[string][]byte, p *profile.Profile, pack []byte, subject v1.Descriptor, reqs *requestLog) {
+	t.Helper()
 	big := func(s string, n int) []byte { return bytes.Repeat([]byte(s), n) }
 	base := map[string][]byte{"lib/libc.so": randomish(1, 900_000), "etc/passwd": []byte("root:x:0:0::/root:/bin/sh\n"), "lib/unused": big("u", 50_000)}
 	app := map[string][]byte{"bin/app": randomish(2, 700_000), "etc/app.conf": []byte("x=1\n"), "share/doc": big("d", 80_000)}
@@ -56,7 +69,7 @@ func packFixture(t *testing.T) (ref string, files map[string][]byte, p *profile.
 			files[k] = v
 		}
 	}
-	img := twoLayerImage(t, base, app)
+	img := twoLayerImageWith(t, base, app, edit)
 	ref, reqs, subject = pushCounted(t, img, "pack:v1")
 	m, _ := img.Manifest()
 	p = &profile.Profile{Subject: subject.Digest.String(), Created: time.Now().UTC().Truncate(time.Second),
@@ -303,6 +316,38 @@ func TestPackHeaderRuns(t *testing.T) {
 		t.Errorf("%d blob requests after reading the profiled files; want still 2", n)
 	}
 	checkServed(t, im, ps, files)
+}
+
+// TestPackIndexVersion1: an image whose indexes have no run digests (version 1) gets a
+// version 1 pack, with no header run records (nothing to check one against), which any
+// reader reads; its prefetch takes the profiled files' headers from the layer blobs beside
+// the pack, as before run digests, and every file is served.
+func TestPackIndexVersion1(t *testing.T) {
+	ref, files, p, pack, subject, reqs := packFixtureWith(t, func(ix *format.Index) { ix.RunDigests = nil })
+	kinds, _, _ := packRecords(t, pack)
+	if v := binary.BigEndian.Uint16(pack[8:]); v != profile.PackVersion1 || bytes.IndexByte(kinds, byte(profile.RecordRun)) >= 0 {
+		t.Fatalf("pack version %d with records %v; want version 1 and no header run", v, kinds)
+	}
+	pushProfile(t, ref, subject, p, pack)
+	reqs.reset()
+	im, ps := openPrefetched(t, ref)
+	if im.Layers[0].Index.RunDigests != nil {
+		t.Fatal("a version 1 index has run digests")
+	}
+	// The pack, and the headers from each layer: one request per layer where the registry
+	// takes multi-range requests, one per run of headers here (this registry takes one).
+	n := reqs.count("GET blobs")
+	if ps.Err != "" || !ps.Pack || ps.Files != 4 || ps.Requests != int64(n) || n < 2 || n > 1+len(p.Files) {
+		t.Errorf("prefetch %+v, %d blob requests; want the pack's and at most %d for the headers", ps, n, len(p.Files))
+	}
+	for _, f := range p.Files {
+		if got := readFile(t, im, f.Path); !bytes.Equal(got, files[f.Path]) {
+			t.Errorf("%s: wrong bytes", f.Path)
+		}
+	}
+	if got := reqs.count("GET blobs"); got != n {
+		t.Errorf("%d blob requests after reading the profiled files; want still %d", got, n)
+	}
 }
 
 // TestPackRegistryDies: the registry cuts the pack's GET half-way: what arrived is used,
