@@ -23,13 +23,8 @@ import (
 	"lazypull/internal/store"
 )
 
-// twoLayerImage is a lazypull image of two layers, base and app.
-func twoLayerImage(t *testing.T, base, app map[string][]byte) v1.Image {
-	t.Helper()
-	return twoLayerImageWith(t, base, app, nil)
-}
-
-// twoLayerImageWith is twoLayerImage with both layers' indexes changed by edit.
+// twoLayerImageWith is a lazypull image of two layers, base and app, with both layers'
+// indexes changed by edit.
 func twoLayerImageWith(t *testing.T, base, app map[string][]byte, edit func(ix *format.Index)) v1.Image {
 	t.Helper()
 	img, _ := lazyImageWith(t, base, edit)
