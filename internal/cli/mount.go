@@ -178,12 +178,11 @@ func runMount(ctx context.Context, e *env, vals any, args []string) error {
 	}()
 	for i := 0; i < len(args); i += 2 {
 		ref, dir := args[i], args[i+1]
-		var im *daemon.Image
+		o := daemon.OpenOptions{Platform: platform, Fetch: fopts}
 		if f.prefetch {
-			im, err = daemon.OpenImageChoosing(ctx, st, ref, platform, choice, fopts...)
-		} else {
-			im, err = daemon.OpenImage(ctx, st, ref, platform, fopts...)
+			o.Profile = &choice
 		}
+		im, err := daemon.OpenImage(ctx, st, ref, o)
 		if err != nil {
 			return err
 		}

@@ -225,7 +225,7 @@ func openFill(t *testing.T, ref string) (*Image, *store.Store) {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { st.Close() })
-	im, err := OpenImage(context.Background(), st, ref, nil, fetch.WithPlainHTTP())
+	im, err := OpenImage(context.Background(), st, ref, OpenOptions{Fetch: []fetch.Option{fetch.WithPlainHTTP()}})
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -63,51 +63,57 @@ type Image struct {
 // indexJobs bounds the layer indexes read at once when an image is opened.
 const indexJobs = 8
 
+// OpenOptions says how an image is opened (OpenImage).
+type OpenOptions struct {
+	// Platform picks the image manifest when the reference names an index; nil is the
+	// node's platform (fetch.Registry.Resolve).
+	Platform *v1.Platform
+	// Profile, when not nil, is what the image's profile is chosen by (ChooseProfile), for
+	// an image Prefetch is to run on: the profile is looked up as the image opens, and
+	// its pack, when it has one, brings the layer indexes and the prefetch in one
+	// request. Under PolicyOff, or PolicyPinned without a pin, no look-up is made. Nil:
+	// none as the image opens (Prefetch then looks up under DefaultProfilePolicy).
+	Profile *ProfileChoice
+	// Fetch configures the registry client (fetch.New).
+	Fetch []fetch.Option
+
+	// manifest, when not nil, is the reference's image manifest, already verified
+	// (warmImage): it is not fetched again, and is kept in the store as a fetched one is
+	// once a layer opened; an open of it that opens no layer at all fails.
+	manifest *fetch.Image
+	// partial: a layer that is not a lazypull layer or whose index cannot be read
+	// (missing, corrupt, not matching its annotations) does not fail the image: it is
+	// left out of Layers and its error kept in Failed (the snapshotter's open).
+	partial bool
+}
+
 // OpenImage resolves ref in its registry and reads the index of every layer (one request
 // each, in parallel). Every layer must be a lazypull layer. What the image's files need is
 // pinned in st until Close.
-func OpenImage(ctx context.Context, st *store.Store, ref string, platform *v1.Platform, opts ...fetch.Option) (*Image, error) {
-	im, err := openImage(ctx, st, ref, platform, nil, false, nil, opts...)
+func OpenImage(ctx context.Context, st *store.Store, ref string, o OpenOptions) (*Image, error) {
+	o.manifest, o.partial = nil, false
+	im, err := openImage(ctx, st, ref, o)
 	if err == nil {
 		im.waitKept()
 	}
 	return im, err
 }
 
-// OpenImageWithProfile is OpenImage for an image Prefetch is to run on: the image's profile
-// is looked up as it opens, and the profile's pack, when it has one, brings the layer
-// indexes and the prefetch in one request.
-func OpenImageWithProfile(ctx context.Context, st *store.Store, ref string, platform *v1.Platform, opts ...fetch.Option) (*Image, error) {
-	return OpenImageChoosing(ctx, st, ref, platform, ProfileChoice{}, opts...)
-}
-
-// OpenImageChoosing is OpenImageWithProfile with the profile chosen by c (ChooseProfile):
-// under PolicyOff, or PolicyPinned without a pin, no look-up is made.
-func OpenImageChoosing(ctx context.Context, st *store.Store, ref string, platform *v1.Platform, c ProfileChoice, opts ...fetch.Option) (*Image, error) {
-	im, err := openImage(ctx, st, ref, platform, nil, false, &c, opts...)
-	if err == nil {
-		im.waitKept()
-	}
-	return im, err
-}
-
-// openImage is OpenImage; with partial, a layer that is not a lazypull layer or whose
-// index cannot be read (missing, corrupt, not matching its annotations) does not fail the
-// image: it is left out of Layers and its error kept in Failed. The snapshotter then
-// unpacks that layer the ordinary way and still mounts the others; only a failure of the
-// image itself (manifest, registry, credentials) fails the open. With a choice that asks
-// the registry (ProfileChoice.asks), the image's prefetch profile is looked up while the manifest and the layer indexes are read
-// (Prefetch uses it): a reference by digest names the profile's subject already, and the
-// prefetch needs both. given, when not nil, is ref's image manifest, already verified
-// (warmImage): it is not fetched again, and is kept in the store as a fetched one is once
-// a layer opened; an open of it that opens no layer at all fails.
-func openImage(ctx context.Context, st *store.Store, ref string, platform *v1.Platform, given *fetch.Image, partial bool, choice *ProfileChoice, opts ...fetch.Option) (*Image, error) {
+// openImage is OpenImage without waiting for what it fetched to be stored (waitKept), and
+// with the snapshotter's modes (o.partial, o.manifest). Partially, only a failure of the
+// image itself (manifest, registry, credentials) fails the open: the snapshotter unpacks a
+// failed layer the ordinary way and still mounts the others. With a choice that asks the
+// registry (ProfileChoice.asks), the image's prefetch profile is looked up while the
+// manifest and the layer indexes are read (Prefetch uses it): a reference by digest names
+// the profile's subject already, and the prefetch needs both.
+func openImage(ctx context.Context, st *store.Store, ref string, o OpenOptions) (*Image, error) {
+	choice, given, partial := o.Profile, o.manifest, o.partial
 	var c ProfileChoice
 	if choice != nil {
 		c = *choice
 	}
 	lookup := choice != nil && c.asks()
-	reg, err := fetch.New(ref, opts...)
+	reg, err := fetch.New(ref, o.Fetch...)
 	if err != nil {
 		return nil, fmt.Errorf("image %s: %w", ref, err)
 	}
@@ -121,7 +127,7 @@ func openImage(ctx context.Context, st *store.Store, ref string, platform *v1.Pl
 	}
 	img, fetched, err := given, true, nil
 	if given == nil {
-		img, fetched, err = resolve(ctx, st, reg, ref, platform)
+		img, fetched, err = resolve(ctx, st, reg, ref, o.Platform)
 	}
 	if err != nil {
 		cancel()

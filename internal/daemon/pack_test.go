@@ -103,7 +103,7 @@ func buildPack(t *testing.T, ref string, p *profile.Profile) []byte {
 		t.Fatal(err)
 	}
 	defer st.Close()
-	im, err := OpenImage(context.Background(), st, ref, nil, fetch.WithPlainHTTP())
+	im, err := OpenImage(context.Background(), st, ref, OpenOptions{Fetch: []fetch.Option{fetch.WithPlainHTTP()}})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -156,7 +156,7 @@ func openPrefetched(t *testing.T, ref string) (*Image, PrefetchStats) {
 // openPrefetchedIn is openPrefetched over the store st.
 func openPrefetchedIn(t *testing.T, st *store.Store, ref string) (*Image, PrefetchStats) {
 	t.Helper()
-	im, err := openImage(context.Background(), st, ref, nil, nil, true, &ProfileChoice{}, fetch.WithPlainHTTP())
+	im, err := openImage(context.Background(), st, ref, OpenOptions{Profile: &ProfileChoice{}, Fetch: []fetch.Option{fetch.WithPlainHTTP()}, partial: true})
 	if err != nil {
 		t.Fatal(err)
 	}

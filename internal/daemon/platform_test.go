@@ -78,7 +78,7 @@ func TestPrefetchProfilePerPlatform(t *testing.T) {
 				if err != nil {
 					t.Fatal(err)
 				}
-				im, err := OpenImage(context.Background(), st, repo.Tag("v1").String(), p, fetch.WithPlainHTTP())
+				im, err := OpenImage(context.Background(), st, repo.Tag("v1").String(), OpenOptions{Platform: p, Fetch: []fetch.Option{fetch.WithPlainHTTP()}})
 				if err != nil {
 					t.Fatal(err)
 				}

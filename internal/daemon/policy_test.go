@@ -229,7 +229,7 @@ func TestProfileChoiceReported(t *testing.T) {
 	run := func(c ProfileChoice) (*Image, PrefetchStats, string) {
 		t.Helper()
 		var logs bytes.Buffer
-		im, err := openImage(context.Background(), st, ref, nil, nil, true, &c, fetch.WithPlainHTTP())
+		im, err := openImage(context.Background(), st, ref, OpenOptions{Profile: &c, Fetch: []fetch.Option{fetch.WithPlainHTTP()}, partial: true})
 		if err != nil {
 			t.Fatal(err)
 		}

@@ -22,7 +22,7 @@ func openBinLayer(t *testing.T, repoTag string, edit func(ix *format.Index)) (*L
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { st.Close() })
-	im, err := OpenImage(context.Background(), st, ref, nil, fetch.WithPlainHTTP())
+	im, err := OpenImage(context.Background(), st, ref, OpenOptions{Fetch: []fetch.Option{fetch.WithPlainHTTP()}})
 	if err != nil {
 		t.Fatal(err)
 	}

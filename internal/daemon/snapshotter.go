@@ -269,7 +269,7 @@ func (f *SnapshotFS) open(ctx context.Context, e *imageEntry, ref string, given 
 		c.Pin = e.pin
 		choice = &c
 	}
-	e.im, e.err = openImage(context.WithoutCancel(ctx), f.store, ref, f.platform, given, true, choice, f.fopts...)
+	e.im, e.err = openImage(context.WithoutCancel(ctx), f.store, ref, OpenOptions{Platform: f.platform, Profile: choice, Fetch: f.fopts, manifest: given, partial: true})
 	if e.err == nil && len(e.im.Layers) > 0 {
 		f.log.Info("image opened", "image", e.im, "warm", e.warm)
 		if f.prefetch != nil {

@@ -121,7 +121,7 @@ func TestTarCheckRefusesCraftedIndex(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer st.Close()
-	im, err := OpenImage(context.Background(), st, ref, nil, fetch.WithPlainHTTP())
+	im, err := OpenImage(context.Background(), st, ref, OpenOptions{Fetch: []fetch.Option{fetch.WithPlainHTTP()}})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -179,7 +179,7 @@ func TestTarCheckCleanImage(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		im, err := OpenImage(context.Background(), st, ref, nil, fetch.WithPlainHTTP())
+		im, err := OpenImage(context.Background(), st, ref, OpenOptions{Fetch: []fetch.Option{fetch.WithPlainHTTP()}})
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -340,7 +340,7 @@ func TestTarCheckCrossLayerLink(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer st.Close()
-	im, err := OpenImage(context.Background(), st, ref, nil, fetch.WithPlainHTTP())
+	im, err := OpenImage(context.Background(), st, ref, OpenOptions{Fetch: []fetch.Option{fetch.WithPlainHTTP()}})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -382,7 +382,7 @@ func TestTarCheckLinkBringsTarget(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer st.Close()
-	im, err := OpenImage(context.Background(), st, ref, nil, fetch.WithPlainHTTP())
+	im, err := OpenImage(context.Background(), st, ref, OpenOptions{Fetch: []fetch.Option{fetch.WithPlainHTTP()}})
 	if err != nil {
 		t.Fatal(err)
 	}
