@@ -56,8 +56,13 @@ type FillStats struct {
 	Err      string  `json:"error,omitempty"`
 }
 
-// fill is an image's background fill in progress.
-type fill struct {
+// filler is an image's background fill (BackgroundFetch): what it fetches at what rate,
+// and what it did.
+type filler struct {
+	im  *Image
+	lim *limiter
+	log *slog.Logger
+
 	mu     sync.Mutex
 	st     FillStats
 	done   chan struct{}
@@ -93,55 +98,59 @@ func (im *Image) BackgroundFetch(o FillOptions) error {
 	if log == nil {
 		log = slog.Default()
 	}
-	fl := &fill{st: FillStats{Image: im.Ref, Rate: rate}, done: make(chan struct{})}
+	fl := &filler{im: im, lim: lim, log: log, st: FillStats{Image: im.Ref, Rate: rate}, done: make(chan struct{})}
 	fl.ctx, fl.cancel = context.WithCancel(im.bg)
 	im.mu.Lock()
 	im.fill = fl
-	pf := im.prefetch
 	im.mu.Unlock()
-	go func() {
-		defer close(fl.done)
-		defer fl.cancel()
-		if pf != nil {
-			select {
-			case <-pf.done:
-			case <-fl.ctx.Done():
-				return
-			}
-		}
-		start := time.Now()
-		before := im.Registry.Stats().Requests
-		err := im.runFill(fl.ctx, fl, lim, log)
-		requests := im.Registry.Stats().Requests - before
-		if err == nil {
-			// The layers are complete: their tar streams must have the config's diff
-			// IDs. Before the fill says it is done, so that what follows reads a layer
-			// whose every header run is checked.
-			im.checkDiffIDs(fl.ctx, log)
-		}
-		fl.mu.Lock()
-		fl.st.Done, fl.st.Seconds = true, time.Since(start).Seconds()
-		fl.st.Requests = requests // the fill's; the check's are its own
-		if err != nil {
-			fl.st.Err = err.Error()
-		}
-		st := fl.st
-		fl.mu.Unlock()
-		switch {
-		case errors.Is(err, errFillSkipped):
-			log.Warn("background fetch skipped", "image", im.Ref, "why", err)
-		case err != nil && fl.ctx.Err() != nil:
-			log.Info("background fetch stopped: the image was closed or unmounted", "image", im.Ref, "bytes", st.Bytes, "chunks", st.Chunks,
-				"requests", st.Requests, "seconds", st.Seconds)
-		case err != nil:
-			log.Warn("background fetch failed; reads fetch what they need as before", "image", im.Ref, "bytes", st.Bytes,
-				"requests", st.Requests, "err", err)
-		default:
-			log.Info("background fetch done", "image", im.Ref, "bytes", st.Bytes, "chunks", st.Chunks, "requests", st.Requests,
-				"seconds", st.Seconds)
-		}
-	}()
+	go fl.run(im.prefetch.ended())
 	return nil
+}
+
+// run fills the image, after the prefetch if one runs (after closes when it has ended),
+// then checks the layers' diff IDs, and logs what it did.
+func (fl *filler) run(after <-chan struct{}) {
+	im, log := fl.im, fl.log
+	defer close(fl.done)
+	defer fl.cancel()
+	if after != nil {
+		select {
+		case <-after:
+		case <-fl.ctx.Done():
+			return
+		}
+	}
+	start := time.Now()
+	before := im.Registry.Stats().Requests
+	err := fl.fetchMissing(fl.ctx)
+	requests := im.Registry.Stats().Requests - before
+	if err == nil {
+		// The layers are complete: their tar streams must have the config's diff
+		// IDs. Before the fill says it is done, so that what follows reads a layer
+		// whose every header run is checked.
+		im.checkDiffIDs(fl.ctx, log)
+	}
+	fl.mu.Lock()
+	fl.st.Done, fl.st.Seconds = true, time.Since(start).Seconds()
+	fl.st.Requests = requests // the fill's; the check's are its own
+	if err != nil {
+		fl.st.Err = err.Error()
+	}
+	st := fl.st
+	fl.mu.Unlock()
+	switch {
+	case errors.Is(err, errFillSkipped):
+		log.Warn("background fetch skipped", "image", im.Ref, "why", err)
+	case err != nil && fl.ctx.Err() != nil:
+		log.Info("background fetch stopped: the image was closed or unmounted", "image", im.Ref, "bytes", st.Bytes, "chunks", st.Chunks,
+			"requests", st.Requests, "seconds", st.Seconds)
+	case err != nil:
+		log.Warn("background fetch failed; reads fetch what they need as before", "image", im.Ref, "bytes", st.Bytes,
+			"requests", st.Requests, "err", err)
+	default:
+		log.Info("background fetch done", "image", im.Ref, "bytes", st.Bytes, "chunks", st.Chunks, "requests", st.Requests,
+			"seconds", st.Seconds)
+	}
 }
 
 // StopBackgroundFetch stops the image's background fill, if one runs; what it fetched
@@ -188,7 +197,9 @@ func (im *Image) WaitFill(ctx context.Context) error {
 // errFillSkipped: the fill did not start, for a reason it names.
 var errFillSkipped = errors.New("background fetch skipped")
 
-func (im *Image) runFill(ctx context.Context, fl *fill, lim *limiter, log *slog.Logger) error {
+// fetchMissing fetches what the store lacks of the image, in blob order, in batches.
+func (fl *filler) fetchMissing(ctx context.Context) error {
+	im, lim, log := fl.im, fl.lim, fl.log
 	if len(im.Layers) == 0 {
 		return nil
 	}
@@ -251,7 +262,7 @@ func (im *Image) runFill(ctx context.Context, fl *fill, lim *limiter, log *slog.
 			return nil
 		}
 		defer func() { batch, runs, bytes = nil, nil, 0 }()
-		if err := im.waitIdle(ctx); err != nil {
+		if err := fl.waitIdle(ctx); err != nil {
 			return err
 		}
 		if err := lim.Wait(ctx, bytes); err != nil {
@@ -298,8 +309,8 @@ func (im *Image) runFill(ctx context.Context, fl *fill, lim *limiter, log *slog.
 func (im *Image) layerStore() *store.Store { return im.Layers[0].store }
 
 // waitIdle returns once no read of the image is in progress: the fill yields to them.
-func (im *Image) waitIdle(ctx context.Context) error {
-	for im.reading.Load() > 0 {
+func (fl *filler) waitIdle(ctx context.Context) error {
+	for fl.im.reading.Load() > 0 {
 		if err := sleepCtx(ctx, fillIdlePoll); err != nil {
 			return err
 		}

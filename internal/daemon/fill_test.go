@@ -321,8 +321,8 @@ func TestBackgroundFetchRate(t *testing.T) {
 	const rate = 512 << 10
 	lim, c := fakeLimiter(t, rate, fillBatch)
 	start := c.t
-	fl := &fill{done: make(chan struct{})}
-	if err := im.runFill(context.Background(), fl, lim, slog.New(slog.DiscardHandler)); err != nil {
+	fl := &filler{im: im, lim: lim, log: slog.New(slog.DiscardHandler), done: make(chan struct{})}
+	if err := fl.fetchMissing(context.Background()); err != nil {
 		t.Fatal(err)
 	}
 	el := c.t.Sub(start).Seconds()

@@ -39,13 +39,9 @@ type Image struct {
 	bg     context.Context    // background work (read-ahead, prefetch); ends with Close
 	cancel context.CancelFunc // ends background work
 
-	// choice is what the image's profile is chosen by.
-	choice ProfileChoice
-	// lookup is the profile look-up openImage started, if any.
-	lookup *profileLookup
-	// pack is the profile's pack, when it has one: the layer indexes and the prefetch
-	// come from it.
-	pack *pack
+	// prefetch is the image's prefetch: the profile look-up openImage started, the
+	// profile's pack, and the prefetch Prefetch starts.
+	prefetch *prefetcher
 	// kept are the waits for the manifest and indexes openImage fetched to be stored
 	// (waitKept).
 	kept []func()
@@ -55,9 +51,8 @@ type Image struct {
 
 	crossOnce sync.Once // linkAcrossLayers, for a merged view (FSLayers)
 
-	mu       sync.Mutex
-	prefetch *prefetch // Prefetch's, when it ran
-	fill     *fill     // BackgroundFetch's, when it ran
+	mu   sync.Mutex
+	fill *filler // BackgroundFetch's, when it ran
 }
 
 // indexJobs bounds the layer indexes read at once when an image is opened.
@@ -119,11 +114,8 @@ func openImage(ctx context.Context, st *store.Store, ref string, o OpenOptions) 
 	}
 	bg, cancel := context.WithCancel(context.Background())
 	var early *profileLookup
-	var earlyFor v1.Hash
-	if r, err := name.NewDigest(ref); lookup && err == nil {
-		if h, err := v1.NewHash(r.DigestStr()); err == nil {
-			early, earlyFor = lookupProfile(bg, reg, h, c), h
-		}
+	if lookup {
+		early = lookupEarly(bg, reg, ref, c)
 	}
 	img, fetched, err := given, true, nil
 	if given == nil {
@@ -139,20 +131,17 @@ func openImage(ctx context.Context, st *store.Store, ref string, o OpenOptions) 
 		// Prepare after a failed warm open skip the request that reports the failure once.
 		kept = append(kept, keepManifest(st, img, ref))
 	}
-	im := &Image{Ref: ref, Image: img, Registry: reg, Layers: make([]*Layer, len(img.Manifest.Layers)), lease: st.NewLease(), bg: bg, cancel: cancel, choice: c}
-	switch {
-	case early != nil && earlyFor == img.Descriptor.Digest:
-		im.lookup = early
-	case lookup:
-		// The reference named an index (or nothing by digest): the subject is the
-		// platform's manifest. An early look-up for the index finds nothing and ends.
-		im.lookup = lookupProfile(bg, reg, img.Descriptor.Digest, c)
+	im := &Image{Ref: ref, Image: img, Registry: reg, Layers: make([]*Layer, len(img.Manifest.Layers)), lease: st.NewLease(), bg: bg, cancel: cancel}
+	pf := &prefetcher{im: im, choice: c}
+	im.prefetch = pf
+	if lookup {
+		pf.lookup = lookupOf(bg, reg, early, img.Descriptor.Digest, c)
 	}
-	if im.lookup != nil && !indexesKept(st, img.Manifest.Layers) {
+	if pf.lookup != nil && !indexesKept(st, img.Manifest.Layers) {
 		// Layers whose indexes the store keeps open without the registry; only when one
 		// does not is the pack worth waiting for. Its chunks serve the prefetch either
-		// way (runPrefetch).
-		im.pack = im.awaitPack(ctx)
+		// way (prefetcher.run).
+		pf.pack = pf.awaitPack(ctx)
 	}
 	var keptMu sync.Mutex
 	im.kept = kept
@@ -165,7 +154,7 @@ func openImage(ctx context.Context, st *store.Store, ref string, o OpenOptions) 
 			continue
 		}
 		g.Go(func() error {
-			l, wait, err := openLayer(gctx, bg, reg, st, im.lease, desc, im.pack)
+			l, wait, err := openLayer(gctx, bg, reg, st, im.lease, desc, pf.pack)
 			if wait != nil {
 				keptMu.Lock()
 				im.kept = append(im.kept, wait)
@@ -214,24 +203,6 @@ func openImage(ctx context.Context, st *store.Store, ref string, o OpenOptions) 
 		}
 	}
 	return im, nil
-}
-
-// awaitPack waits (up to packWait) for the profile look-up, and returns the profile's pack
-// if it has one, its GET not yet sent. The layers' indexes then come in the pack, with the
-// prefetch, instead of one request per layer beside the look-up: one round trip later, but
-// a single request for all.
-func (im *Image) awaitPack(ctx context.Context) *pack {
-	l := im.lookup
-	if !within(ctx, l.done, packWait) {
-		if ctx.Err() == nil {
-			slog.Info("profile look-up still running; reading the layer indexes without waiting for it", "image", im.Ref, "wait", packWait)
-		}
-		return nil
-	}
-	if l.err != nil || l.Pack == nil {
-		return nil // the prefetch reports the error
-	}
-	return newPack(im.bg, im.Registry, *l.Pack, indexDigests(im.Image.Manifest.Layers), slog.Default())
 }
 
 // indexesKept reports whether st keeps the index of every lazypull layer of layers.

@@ -3,7 +3,6 @@ package daemon
 import (
 	"bytes"
 	"context"
-	"errors"
 	"fmt"
 	"io"
 	"log/slog"
@@ -17,7 +16,6 @@ import (
 	"lazypull/format"
 	"lazypull/internal/fetch"
 	"lazypull/internal/profile"
-	"lazypull/internal/store"
 )
 
 // packWait bounds how long opening an image waits for its profile look-up to learn
@@ -279,89 +277,6 @@ func (s packSource) Fetch(ctx context.Context, chunks []format.Chunk, fn func(fo
 		})
 	}
 	return g.Wait()
-}
-
-// prefetchPacked fetches the wants of every layer (per[i] for im.Layers[i]) in one
-// store.Prefetch from the pack.
-func (im *Image) prefetchPacked(ctx context.Context, per [][]store.Want, runs [][]int) error {
-	var wg sync.WaitGroup
-	defer wg.Wait()
-	im.packedRuns(ctx, &wg, runs)
-	owner := map[chunkKey]*Layer{}
-	var all []store.Want
-	for i, ws := range per {
-		l := im.Layers[i]
-		for _, w := range ws {
-			for _, c := range w.File.Chunks {
-				if k := (chunkKey{d: c.Digest, off: c.Offset, len: c.CompSize}); owner[k] == nil {
-					owner[k] = l
-				}
-			}
-		}
-		all = append(all, ws...)
-	}
-	if len(all) == 0 {
-		return nil
-	}
-	err := im.Layers[0].store.Prefetch(ctx, packSource{pack: im.pack, owner: owner}, all...)
-	if errors.Is(err, context.Canceled) && ctx.Err() != nil {
-		return nil
-	}
-	return err
-}
-
-// runRef is a header run of a layer.
-type runRef struct {
-	l *Layer
-	r int
-}
-
-// packedRuns brings the header runs runs[i] of each layer im.Layers[i]. Those of a layer
-// whose index gives runs a digest (version 2) are taken from the pack's header run
-// records, read before its chunks: each is hashed and used only if it is the run's; what
-// the pack lacks or gets wrong comes from the layer blob. Those of a version 1 index, which
-// a pack cannot carry (nothing to check a record against), come from the layer blobs, one
-// request per layer, sent beside the pack's. Requests go out on wg.
-func (im *Image) packedRuns(ctx context.Context, wg *sync.WaitGroup, runs [][]int) {
-	byDigest := map[format.Digest][]runRef{}
-	claimed := make([][]int, len(im.Layers))
-	for i, l := range im.Layers {
-		if len(runs[i]) == 0 {
-			continue
-		}
-		if l.Index.RunDigests == nil {
-			wg.Go(func() { l.prefetchRuns(ctx, runs[i]) })
-			continue
-		}
-		// Claimed: the reads of these runs wait for the pack, not fetch them again.
-		claimed[i] = l.claim(runs[i])
-		for _, r := range claimed[i] {
-			d := l.Index.RunDigests[r]
-			byDigest[d] = append(byDigest[d], runRef{l, r})
-		}
-	}
-	if len(byDigest) == 0 {
-		return
-	}
-	taken := map[runRef]bool{}
-	im.pack.runs(func(d format.Digest, frames []byte) {
-		for _, ref := range byDigest[d] {
-			if !taken[ref] && ref.l.takePackedRun(ref.r, frames) {
-				taken[ref] = true
-			}
-		}
-	})
-	for i, l := range im.Layers {
-		var left []int
-		for _, r := range claimed[i] {
-			if !taken[runRef{l, r}] {
-				left = append(left, r)
-			}
-		}
-		if len(left) > 0 {
-			wg.Go(func() { _ = l.fetchRuns(ctx, left, nil, nil) })
-		}
-	}
 }
 
 // takePackedRun checks a pack's header run record against run r's digest and, if it is the
