@@ -143,37 +143,9 @@ func openImage(ctx context.Context, st *store.Store, ref string, o OpenOptions) 
 		// way (prefetcher.run).
 		pf.pack = pf.awaitPack(ctx)
 	}
-	var keptMu sync.Mutex
 	im.kept = kept
-	failed := make([]error, len(img.Manifest.Layers))
-	g, gctx := errgroup.WithContext(ctx)
-	g.SetLimit(indexJobs)
-	for i, desc := range img.Manifest.Layers {
-		if partial && !format.IsLayer(desc.Annotations) {
-			failed[i] = fmt.Errorf("layer %s: %w", desc.Digest, ErrNotLazy)
-			continue
-		}
-		g.Go(func() error {
-			l, wait, err := openLayer(gctx, bg, reg, st, im.lease, desc, pf.pack)
-			if wait != nil {
-				keptMu.Lock()
-				im.kept = append(im.kept, wait)
-				keptMu.Unlock()
-			}
-			if err != nil {
-				err = fmt.Errorf("image %s: %w", ref, err)
-				if partial && ctx.Err() == nil {
-					failed[i] = err
-					return nil
-				}
-				return err
-			}
-			l.reading = &im.reading
-			im.Layers[i] = l
-			return nil
-		})
-	}
-	if err := g.Wait(); err != nil {
+	failed, err := im.openLayers(ctx, st, pf.pack, partial)
+	if err != nil {
 		im.Close()
 		return nil, err
 	}
@@ -192,17 +164,60 @@ func openImage(ctx context.Context, st *store.Store, ref string, o OpenOptions) 
 		im.kept = append(im.kept, keepManifest(st, img, ref))
 	}
 	if partial {
-		im.Layers = slices.DeleteFunc(im.Layers, func(l *Layer) bool { return l == nil })
-		for i, err := range failed {
-			if err != nil {
-				if im.Failed == nil {
-					im.Failed = map[string]error{}
-				}
-				im.Failed[img.Manifest.Layers[i].Digest.String()] = err
-			}
-		}
+		im.leaveOut(failed)
 	}
 	return im, nil
+}
+
+// openLayers opens the image's layers (openLayer), indexJobs at once, their indexes from
+// the store, the pack pk (when not nil) or the registry, into im.Layers. Partially, a
+// layer that fails is left nil, its error in failed; else it fails them all.
+func (im *Image) openLayers(ctx context.Context, st *store.Store, pk *pack, partial bool) (failed []error, err error) {
+	var keptMu sync.Mutex
+	descs := im.Image.Manifest.Layers
+	failed = make([]error, len(descs))
+	g, gctx := errgroup.WithContext(ctx)
+	g.SetLimit(indexJobs)
+	for i, desc := range descs {
+		if partial && !format.IsLayer(desc.Annotations) {
+			failed[i] = fmt.Errorf("layer %s: %w", desc.Digest, ErrNotLazy)
+			continue
+		}
+		g.Go(func() error {
+			l, wait, err := openLayer(gctx, im.bg, im.Registry, st, im.lease, desc, pk)
+			if wait != nil {
+				keptMu.Lock()
+				im.kept = append(im.kept, wait)
+				keptMu.Unlock()
+			}
+			if err != nil {
+				err = fmt.Errorf("image %s: %w", im.Ref, err)
+				if partial && ctx.Err() == nil {
+					failed[i] = err
+					return nil
+				}
+				return err
+			}
+			l.reading = &im.reading
+			im.Layers[i] = l
+			return nil
+		})
+	}
+	return failed, g.Wait()
+}
+
+// leaveOut leaves the layers that failed to open out of im.Layers, their errors in
+// im.Failed by layer digest.
+func (im *Image) leaveOut(failed []error) {
+	im.Layers = slices.DeleteFunc(im.Layers, func(l *Layer) bool { return l == nil })
+	for i, err := range failed {
+		if err != nil {
+			if im.Failed == nil {
+				im.Failed = map[string]error{}
+			}
+			im.Failed[im.Image.Manifest.Layers[i].Digest.String()] = err
+		}
+	}
 }
 
 // indexesKept reports whether st keeps the index of every lazypull layer of layers.
