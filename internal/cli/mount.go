@@ -178,7 +178,7 @@ func runMount(ctx context.Context, e *env, vals any, args []string) error {
 	}()
 	for i := 0; i < len(args); i += 2 {
 		ref, dir := args[i], args[i+1]
-		o := daemon.OpenOptions{Platform: platform, Fetch: fopts}
+		o := daemon.OpenOptions{Platform: platform, Fetch: fopts, Log: log}
 		if f.prefetch {
 			o.Profile = &choice
 		}

@@ -161,7 +161,7 @@ func recordProfile(ctx context.Context, e *env, f *profileFlags, args []string) 
 	}
 	defer st.Close()
 	fopts, _ := fetchOptions(log, f.plainHTTP, f.hostsDir)
-	im, err := daemon.OpenImage(ctx, st, ref, daemon.OpenOptions{Platform: platform, Fetch: fopts})
+	im, err := daemon.OpenImage(ctx, st, ref, daemon.OpenOptions{Platform: platform, Fetch: fopts, Log: log})
 	if err != nil {
 		return err
 	}

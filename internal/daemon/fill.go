@@ -36,7 +36,8 @@ const (
 type FillOptions struct {
 	// Rate bounds the fill in compressed bytes per second; 0 means DefaultFillRate.
 	Rate int64
-	Log  *slog.Logger
+	// Log receives the fill's log lines; nil: the image's (OpenOptions.Log).
+	Log *slog.Logger
 }
 
 // FillStats says what an image's background fill did.
@@ -96,7 +97,7 @@ func (im *Image) BackgroundFetch(o FillOptions) error {
 	}
 	log := o.Log
 	if log == nil {
-		log = slog.Default()
+		log = im.log
 	}
 	fl := &filler{im: im, lim: lim, log: log, st: FillStats{Image: im.Ref, Rate: rate}, done: make(chan struct{})}
 	fl.ctx, fl.cancel = context.WithCancel(im.bg)

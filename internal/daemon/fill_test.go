@@ -220,12 +220,18 @@ func distinctChunks(ix *format.Index) int {
 
 func openFill(t *testing.T, ref string) (*Image, *store.Store) {
 	t.Helper()
+	return openFillLog(t, ref, nil)
+}
+
+// openFillLog is openFill with the image logging to log.
+func openFillLog(t *testing.T, ref string, log *slog.Logger) (*Image, *store.Store) {
+	t.Helper()
 	st, err := store.Open(t.TempDir())
 	if err != nil {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { st.Close() })
-	im, err := OpenImage(context.Background(), st, ref, OpenOptions{Fetch: []fetch.Option{fetch.WithPlainHTTP()}})
+	im, err := OpenImage(context.Background(), st, ref, OpenOptions{Fetch: []fetch.Option{fetch.WithPlainHTTP()}, Log: log})
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -36,6 +36,7 @@ type Image struct {
 	Failed map[string]error
 
 	lease  *store.Lease
+	log    *slog.Logger       // OpenOptions.Log
 	bg     context.Context    // background work (read-ahead, prefetch); ends with Close
 	cancel context.CancelFunc // ends background work
 
@@ -71,6 +72,10 @@ type OpenOptions struct {
 	Profile *ProfileChoice
 	// Fetch configures the registry client (fetch.New).
 	Fetch []fetch.Option
+	// Log receives the image's log lines: its layers' (refused entries and layers), its
+	// prefetch's and its fill's unless their options name another logger. Nil discards
+	// them.
+	Log *slog.Logger
 
 	// manifest, when not nil, is the reference's image manifest, already verified
 	// (warmImage): it is not fetched again, and is kept in the store as a fetched one is
@@ -108,6 +113,10 @@ func openImage(ctx context.Context, st *store.Store, ref string, o OpenOptions) 
 		c = *choice
 	}
 	lookup := choice != nil && c.asks()
+	log := o.Log
+	if log == nil {
+		log = slog.New(slog.DiscardHandler)
+	}
 	reg, err := fetch.New(ref, o.Fetch...)
 	if err != nil {
 		return nil, fmt.Errorf("image %s: %w", ref, err)
@@ -129,9 +138,9 @@ func openImage(ctx context.Context, st *store.Store, ref string, o OpenOptions) 
 	if fetched && given == nil {
 		// A manifest handed in is kept below, once a layer opened: kept, it would let a
 		// Prepare after a failed warm open skip the request that reports the failure once.
-		kept = append(kept, keepManifest(st, img, ref))
+		kept = append(kept, keepManifest(st, log, img, ref))
 	}
-	im := &Image{Ref: ref, Image: img, Registry: reg, Layers: make([]*Layer, len(img.Manifest.Layers)), lease: st.NewLease(), bg: bg, cancel: cancel}
+	im := &Image{Ref: ref, Image: img, Registry: reg, Layers: make([]*Layer, len(img.Manifest.Layers)), lease: st.NewLease(), log: log, bg: bg, cancel: cancel}
 	pf := &prefetcher{im: im, choice: c}
 	im.prefetch = pf
 	if lookup {
@@ -161,7 +170,7 @@ func openImage(ctx context.Context, st *store.Store, ref string, o OpenOptions) 
 		}
 	}
 	if given != nil {
-		im.kept = append(im.kept, keepManifest(st, img, ref))
+		im.kept = append(im.kept, keepManifest(st, log, img, ref))
 	}
 	if partial {
 		im.leaveOut(failed)
@@ -184,7 +193,7 @@ func (im *Image) openLayers(ctx context.Context, st *store.Store, pk *pack, part
 			continue
 		}
 		g.Go(func() error {
-			l, wait, err := openLayer(gctx, im.bg, im.Registry, st, im.lease, desc, pk)
+			l, wait, err := openLayer(gctx, im, st, desc, pk)
 			if wait != nil {
 				keptMu.Lock()
 				im.kept = append(im.kept, wait)
@@ -198,7 +207,6 @@ func (im *Image) openLayers(ctx context.Context, st *store.Store, pk *pack, part
 				}
 				return err
 			}
-			l.reading = &im.reading
 			im.Layers[i] = l
 			return nil
 		})
@@ -270,8 +278,8 @@ func resolve(ctx context.Context, st *store.Store, reg *fetch.Registry, ref stri
 }
 
 // keepManifest stores img's manifest for resolve, in the background (keepMeta).
-func keepManifest(st *store.Store, img *fetch.Image, ref string) (wait func()) {
-	return keepMeta(st, img.RawManifest, "cannot keep the image manifest in the store; the image will need its registry to be mounted again", "image", ref)
+func keepManifest(st *store.Store, log *slog.Logger, img *fetch.Image, ref string) (wait func()) {
+	return keepMeta(st, log, img.RawManifest, "cannot keep the image manifest in the store; the image will need its registry to be mounted again", "image", ref)
 }
 
 // keepMeta stores b in st's metadata in the background: its fsyncs overlap the other
@@ -279,12 +287,12 @@ func keepManifest(st *store.Store, img *fetch.Image, ref string) (wait func()) {
 // once it is stored (or could not be: then warn is logged with the attributes). Wait
 // before the image is mounted (waitKept), so that a mounted image can always be mounted
 // again without its registry.
-func keepMeta(st *store.Store, b []byte, warn string, attrs ...any) (wait func()) {
+func keepMeta(st *store.Store, log *slog.Logger, b []byte, warn string, attrs ...any) (wait func()) {
 	done := make(chan struct{})
 	go func() {
 		defer close(done)
 		if _, err := st.PutMeta(b); err != nil {
-			slog.Warn(warn, append(attrs, "err", err)...)
+			log.Warn(warn, append(attrs, "err", err)...)
 		}
 	}()
 	return func() { <-done }

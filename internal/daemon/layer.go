@@ -27,6 +27,7 @@ type Layer struct {
 	blob  *fetch.Blob
 	store *store.Store
 	lease *store.Lease
+	log   *slog.Logger // the image's
 
 	mu      sync.Mutex
 	files   map[*format.Entry]store.File // chunk lists, built on first use of each file
@@ -73,7 +74,7 @@ var (
 // openLayer reads a layer's index from the store, the profile's pack (pk, if not nil) or
 // the registry (one request), checked against the digest in the layer's annotations (the
 // manifest's word). wait, when not nil, returns once the index read is stored (keepMeta).
-func openLayer(ctx, bg context.Context, reg *fetch.Registry, st *store.Store, lease *store.Lease, desc v1.Descriptor, pk *pack) (l *Layer, wait func(), err error) {
+func openLayer(ctx context.Context, im *Image, st *store.Store, desc v1.Descriptor, pk *pack) (l *Layer, wait func(), err error) {
 	if !format.IsLayer(desc.Annotations) {
 		return nil, nil, fmt.Errorf("layer %s (%s): not a lazypull layer (no %s annotation); convert the image with `lazypull convert`", desc.Digest, desc.MediaType, format.AnnotationIndexDigest)
 	}
@@ -81,13 +82,13 @@ func openLayer(ctx, bg context.Context, reg *fetch.Registry, st *store.Store, le
 	if err != nil {
 		return nil, nil, fmt.Errorf("layer %s: %w", desc.Digest, err)
 	}
-	blob := reg.Layer(desc)
-	ix, wait, err := readIndex(ctx, st, blob, desc, loc, pk)
+	blob := im.Registry.Layer(desc)
+	ix, wait, err := readIndex(ctx, st, blob, desc, loc, pk, im.log)
 	if err != nil {
 		return nil, nil, fmt.Errorf("layer %s: read index: %w", desc.Digest, err)
 	}
-	return &Layer{Desc: desc, Index: ix, blob: blob, store: st, lease: lease, files: map[*format.Entry]store.File{},
-		streams: map[*format.Entry]*stream{}, bg: bg, raSlot: make(chan struct{}, readaheadSlots)}, wait, nil
+	return &Layer{Desc: desc, Index: ix, blob: blob, store: st, lease: im.lease, log: im.log, files: map[*format.Entry]store.File{},
+		streams: map[*format.Entry]*stream{}, bg: im.bg, raSlot: make(chan struct{}, readaheadSlots), reading: &im.reading}, wait, nil
 }
 
 // readIndex reads the layer's index from the store's metadata, or else from the pack or
@@ -96,7 +97,7 @@ func openLayer(ctx, bg context.Context, reg *fetch.Registry, st *store.Store, le
 // (fetch.Blob.OpenRange, format.ReadIndexFrom): loc.Size is the manifest's word, at most
 // format.MaxIndexSize, and what is held grows with the bytes that arrive, so a manifest
 // that claims large indexes the registry does not hold costs what the registry sends.
-func readIndex(ctx context.Context, st *store.Store, blob *fetch.Blob, desc v1.Descriptor, loc format.IndexLocation, pk *pack) (ix *format.Index, wait func(), err error) {
+func readIndex(ctx context.Context, st *store.Store, blob *fetch.Blob, desc v1.Descriptor, loc format.IndexLocation, pk *pack, log *slog.Logger) (ix *format.Index, wait func(), err error) {
 	if err := loc.Check(desc.Size); err != nil {
 		return nil, nil, err
 	}
@@ -109,16 +110,16 @@ func readIndex(ctx context.Context, st *store.Store, blob *fetch.Blob, desc v1.D
 		if b, ok := pk.index(loc.Digest); ok {
 			ix, err := format.ReadIndexBytes(b, desc.Size, loc)
 			if err == nil {
-				return ix, keepMeta(st, b, "cannot keep the layer index in the store; the layer will need its registry to be mounted again", "layer", desc.Digest), nil
+				return ix, keepMeta(st, log, b, "cannot keep the layer index in the store; the layer will need its registry to be mounted again", "layer", desc.Digest), nil
 			}
-			slog.Warn("profile pack holds a bad index; reading it from the layer", "layer", desc.Digest, "pack", pk.blob.Digest(), "err", err)
+			log.Warn("profile pack holds a bad index; reading it from the layer", "layer", desc.Digest, "pack", pk.blob.Digest(), "err", err)
 		}
 	}
 	ix, b, err := fetchIndex(ctx, blob, desc, loc)
 	if err != nil {
 		return nil, nil, err
 	}
-	return ix, keepMeta(st, b, "cannot keep the layer index in the store; the layer will need its registry to be mounted again", "layer", desc.Digest), nil
+	return ix, keepMeta(st, log, b, "cannot keep the layer index in the store; the layer will need its registry to be mounted again", "layer", desc.Digest), nil
 }
 
 // fetchIndex reads the layer's index payload from the registry in one Range request and

@@ -289,7 +289,7 @@ func (l *Layer) takePackedRun(r int, b []byte) bool {
 		err = l.Index.CheckRunDigest(r, run, fr)
 	}
 	if err != nil {
-		slog.Warn("profile pack: header run record is not the run's; fetching it from the layer", "layer", l.Desc.Digest, "run", r, "err", err)
+		l.log.Warn("profile pack: header run record is not the run's; fetching it from the layer", "layer", l.Desc.Digest, "run", r, "err", err)
 		return false
 	}
 	l.checkRunFrames(r, fr)

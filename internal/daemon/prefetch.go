@@ -47,7 +47,8 @@ type PrefetchOptions struct {
 	// at once (the fetch goes on in the background). A prefetch that outlasts Wait goes
 	// on in the background all the same.
 	Wait time.Duration
-	Log  *slog.Logger
+	// Log receives the prefetch's log lines; nil: the image's (OpenOptions.Log).
+	Log *slog.Logger
 	// Metrics, when not nil, counts the look-ups' outcomes.
 	Metrics *ProfileMetrics
 }
@@ -81,7 +82,8 @@ func (im *Image) Prefetch(ctx context.Context, o PrefetchOptions) {
 }
 
 // WaitPrefetch waits up to d for the prefetch Prefetch started to end; it returns at once
-// if there is none or d is not positive.
+// if there is none or d is not positive. A wait that ends first is logged to log (nil: the
+// image's).
 func (im *Image) WaitPrefetch(ctx context.Context, d time.Duration, log *slog.Logger) {
 	im.prefetch.wait(ctx, d, log)
 }
@@ -96,7 +98,7 @@ func (pf *prefetcher) start(ctx context.Context, o PrefetchOptions) {
 	im := pf.im
 	log := o.Log
 	if log == nil {
-		log = slog.Default()
+		log = im.log
 	}
 	done := make(chan struct{})
 	pf.mu.Lock()
@@ -137,7 +139,7 @@ func (pf *prefetcher) wait(ctx context.Context, d time.Duration, log *slog.Logge
 		return
 	}
 	if log == nil {
-		log = slog.Default()
+		log = pf.im.log
 	}
 	if !within(ctx, done, d) && ctx.Err() == nil {
 		log.Info("prefetch still running after the wait; going on in the background", "image", pf.im.Ref, "wait", d)
@@ -277,14 +279,14 @@ func (pf *prefetcher) awaitPack(ctx context.Context) *pack {
 	l := pf.lookup
 	if !within(ctx, l.done, packWait) {
 		if ctx.Err() == nil {
-			slog.Info("profile look-up still running; reading the layer indexes without waiting for it", "image", im.Ref, "wait", packWait)
+			im.log.Info("profile look-up still running; reading the layer indexes without waiting for it", "image", im.Ref, "wait", packWait)
 		}
 		return nil
 	}
 	if l.err != nil || l.Pack == nil {
 		return nil // the prefetch reports the error
 	}
-	return newPack(im.bg, im.Registry, *l.Pack, indexDigests(im.Image.Manifest.Layers), slog.Default())
+	return newPack(im.bg, im.Registry, *l.Pack, indexDigests(im.Image.Manifest.Layers), im.log)
 }
 
 // plan finds the profile's files in the image (profile.Plan): per layer, the ranges of

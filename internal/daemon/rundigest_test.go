@@ -12,8 +12,9 @@ import (
 	"lazypull/internal/store"
 )
 
-// openBinLayer pushes binLayer's layer with its index edited by edit and opens it.
-func openBinLayer(t *testing.T, repoTag string, edit func(ix *format.Index)) (*Layer, *requestLog) {
+// openBinLayer pushes binLayer's layer with its index edited by edit and opens it, its
+// image logging to log.
+func openBinLayer(t *testing.T, repoTag string, log *slog.Logger, edit func(ix *format.Index)) (*Layer, *requestLog) {
 	t.Helper()
 	blob, ann := binLayer(t, edit)
 	ref, reqs, _ := pushCounted(t, imageOfLayer(t, blob, ann), repoTag)
@@ -22,7 +23,7 @@ func openBinLayer(t *testing.T, repoTag string, edit func(ix *format.Index)) (*L
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { st.Close() })
-	im, err := OpenImage(context.Background(), st, ref, OpenOptions{Fetch: []fetch.Option{fetch.WithPlainHTTP()}})
+	im, err := OpenImage(context.Background(), st, ref, OpenOptions{Fetch: []fetch.Option{fetch.WithPlainHTTP()}, Log: log})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -65,12 +66,10 @@ func runOfEntry(t *testing.T, ix *format.Index, name string) int {
 // other bytes than the blob's looks like to the reader.
 func TestTarCheckRunDigestRange(t *testing.T) {
 	var logb syncBuf
-	old := slog.Default()
-	slog.SetDefault(slog.New(slog.NewTextHandler(&logb, nil)))
-	t.Cleanup(func() { slog.SetDefault(old) })
+	log := slog.New(slog.NewTextHandler(&logb, nil))
 
 	var run int
-	l, _ := openBinLayer(t, "rundigest:v1", func(ix *format.Index) {
+	l, _ := openBinLayer(t, "rundigest:v1", log, func(ix *format.Index) {
 		run = runOfEntry(t, ix, "bin/sh")
 		ix.RunDigests[run][0] ^= 1
 	})
@@ -105,7 +104,7 @@ func isRefused(err error) bool {
 // before them) is served as before: headers by Range, checked against the index, a crafted
 // entry refused, the others served.
 func TestTarCheckIndexVersion1(t *testing.T) {
-	l, _ := openBinLayer(t, "v1:v1", func(ix *format.Index) { ix.RunDigests = nil })
+	l, _ := openBinLayer(t, "v1:v1", nil, func(ix *format.Index) { ix.RunDigests = nil })
 	if l.Index.RunDigests != nil {
 		t.Fatal("a version 1 index has run digests")
 	}
@@ -118,7 +117,7 @@ func TestTarCheckIndexVersion1(t *testing.T) {
 	if err := l.Check(context.Background(), alt); err != nil {
 		t.Fatal(err)
 	}
-	crafted, _ := openBinLayer(t, "v1crafted:v1", func(ix *format.Index) { ix.RunDigests = nil; swapShBash(ix) })
+	crafted, _ := openBinLayer(t, "v1crafted:v1", nil, func(ix *format.Index) { ix.RunDigests = nil; swapShBash(ix) })
 	var m *format.MismatchError
 	if _, err := readEntry(t, crafted, "bin/sh"); !errors.As(err, &m) || m.Field != "name" {
 		t.Fatalf("crafted version 1 index: bin/sh: %v; want a name mismatch", err)

@@ -6,7 +6,6 @@ import (
 	"crypto/sha256"
 	"errors"
 	"fmt"
-	"log/slog"
 	"path"
 	"strings"
 	"sync"
@@ -89,7 +88,7 @@ func (l *Layer) tarCheck() *tarCheck {
 		tc.runs, tc.runOf, err = l.Index.HeaderRuns()
 		if err != nil {
 			tc.err = fmt.Errorf("layer %s: the index does not describe the layer's tar: %w", l.Desc.Digest, err)
-			slog.Error("layer index does not describe the layer's tar; no file of it is served", "layer", l.Desc.Digest, "err", err)
+			l.log.Error("layer index does not describe the layer's tar; no file of it is served", "layer", l.Desc.Digest, "err", err)
 			return
 		}
 		tc.state = make([]atomic.Uint32, len(tc.runs))
@@ -331,7 +330,7 @@ func (l *Layer) settle(r int, err error, final bool) {
 		case errors.As(err, &d):
 			attrs = []any{"layer", l.Desc.Digest, "run", d.Run, "entry", d.Entry, "field", "run digest", "index", d.Index.String(), "got", d.Got.String()}
 		}
-		slog.Error("layer index does not match the layer's tar; not serving the entry", attrs...)
+		l.log.Error("layer index does not match the layer's tar; not serving the entry", attrs...)
 	}
 	if keep {
 		go l.keepChecked()
@@ -357,7 +356,7 @@ func (l *Layer) keepChecked() {
 			}
 		}
 		if err := l.store.PutChecked(tc.index, bits); err != nil {
-			slog.Debug("cannot keep which header runs were checked; a restart fetches them again", "layer", l.Desc.Digest, "err", err)
+			l.log.Debug("cannot keep which header runs were checked; a restart fetches them again", "layer", l.Desc.Digest, "err", err)
 		}
 	}
 }
@@ -735,7 +734,7 @@ func (l *Layer) checkDiffID(ctx context.Context, want string) error {
 	}
 	err := &refusedError{err: fmt.Errorf("layer %s: its tar stream has digest %s, the image config's diff ID is %s", l.Desc.Digest, got, want)}
 	tc.refused.Store(err)
-	slog.Error("layer's tar does not match the diff ID in the image config; no file of it is served", "layer", l.Desc.Digest, "tar", got, "diff_id", want)
+	l.log.Error("layer's tar does not match the diff ID in the image config; no file of it is served", "layer", l.Desc.Digest, "tar", got, "diff_id", want)
 	return err
 }
 

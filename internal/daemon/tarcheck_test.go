@@ -103,9 +103,7 @@ func swapShBash(ix *format.Index) {
 // are served; a symlink whose target the index changed is refused too.
 func TestTarCheckRefusesCraftedIndex(t *testing.T) {
 	var logb syncBuf
-	old := slog.Default()
-	slog.SetDefault(slog.New(slog.NewTextHandler(&logb, nil)))
-	t.Cleanup(func() { slog.SetDefault(old) })
+	log := slog.New(slog.NewTextHandler(&logb, nil))
 
 	blob, ann := binLayer(t, func(ix *format.Index) {
 		swapShBash(ix)
@@ -121,7 +119,7 @@ func TestTarCheckRefusesCraftedIndex(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer st.Close()
-	im, err := OpenImage(context.Background(), st, ref, OpenOptions{Fetch: []fetch.Option{fetch.WithPlainHTTP()}})
+	im, err := OpenImage(context.Background(), st, ref, OpenOptions{Fetch: []fetch.Option{fetch.WithPlainHTTP()}, Log: log})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -247,9 +245,7 @@ func TestFillChecksDiffID(t *testing.T) {
 	for _, right := range []bool{true, false} {
 		t.Run(map[bool]string{true: "right", false: "wrong"}[right], func(t *testing.T) {
 			var logb syncBuf
-			old := slog.Default()
-			slog.SetDefault(slog.New(slog.NewTextHandler(&logb, nil)))
-			t.Cleanup(func() { slog.SetDefault(old) })
+			log := slog.New(slog.NewTextHandler(&logb, nil))
 
 			blob, ann := binLayer(t, func(*format.Index) {})
 			layer := v1.Layer(static.NewLayer(blob, types.MediaType(format.MediaTypeLayer)))
@@ -270,7 +266,7 @@ func TestFillChecksDiffID(t *testing.T) {
 				t.Fatal(err)
 			}
 			ref, _, _ := pushCounted(t, mutate.MediaType(img, types.OCIManifestSchema1), "diffid:v1")
-			im, _ := openFill(t, ref)
+			im, _ := openFillLog(t, ref, log)
 			if err := im.BackgroundFetch(FillOptions{Rate: 1 << 30}); err != nil {
 				t.Fatal(err)
 			}
