@@ -65,7 +65,8 @@ func WithRecorder(rec Recorder) Option {
 	return func(c *config) { c.record = rec }
 }
 
-// WithLogger sets where read errors and warnings are logged; the default is slog.Default().
+// WithLogger sets where read errors and warnings are logged; without it (or with nil) they
+// are discarded.
 func WithLogger(l *slog.Logger) Option {
 	return func(c *config) {
 		if l != nil {

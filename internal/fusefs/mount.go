@@ -35,7 +35,7 @@ type MountOptions struct {
 	FSName string
 	// Timeout is how long the kernel caches entries and attributes; DefaultTimeout when 0.
 	Timeout time.Duration
-	// Logger receives the stale-mount notice and go-fuse's warnings; slog.Default() when nil.
+	// Logger receives the stale-mount notice and go-fuse's warnings; nil discards them.
 	Logger *slog.Logger
 	// Debug logs every FUSE request (go-fuse's debug output) to Logger.
 	Debug bool
@@ -127,7 +127,7 @@ func (s *Server) Wait() { <-s.done }
 func Mount(dir string, root *Root, opts MountOptions) (*Server, error) {
 	lg := opts.Logger
 	if lg == nil {
-		lg = slog.Default()
+		lg = slog.New(slog.DiscardHandler)
 	}
 	abs, err := filepath.Abs(dir)
 	if err != nil {
@@ -188,7 +188,7 @@ func Mount(dir string, root *Root, opts MountOptions) (*Server, error) {
 func Restore(dir string, root *Root, conn *os.File, init []byte, opts MountOptions) (*Server, error) {
 	lg := opts.Logger
 	if lg == nil {
-		lg = slog.Default()
+		lg = slog.New(slog.DiscardHandler)
 	}
 	abs, err := filepath.Abs(dir)
 	if err != nil {

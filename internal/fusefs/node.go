@@ -91,7 +91,7 @@ func NewMerged(layers []Layer, opts ...Option) (*Root, error) {
 }
 
 func newView(layers []Layer, merged bool, opts []Option) *view {
-	cfg := config{log: slog.Default()}
+	cfg := config{log: slog.New(slog.DiscardHandler)}
 	for _, o := range opts {
 		o(&cfg)
 	}

@@ -43,8 +43,14 @@ const RemoteLabel = "containerd.io/snapshot/lazypull.remote"
 // Option configures New.
 type Option func(*Snapshotter)
 
-// WithLogger sets where the snapshotter logs (slog.Default() otherwise).
-func WithLogger(l *slog.Logger) Option { return func(s *Snapshotter) { s.log = l } }
+// WithLogger sets where the snapshotter logs; without it (or with nil) it logs nowhere.
+func WithLogger(l *slog.Logger) Option {
+	return func(s *Snapshotter) {
+		if l != nil {
+			s.log = l
+		}
+	}
+}
 
 // WithMountOptions adds options to every overlay mount the snapshotter hands out.
 func WithMountOptions(opts ...string) Option {
@@ -69,7 +75,7 @@ var _ snapshots.Snapshotter = (*Snapshotter)(nil)
 // fsys may be nil: then it is containerd's overlayfs snapshotter and nothing more. Remote
 // snapshots of an earlier run are mounted again when first used.
 func New(root string, fsys FileSystem, opts ...Option) (*Snapshotter, error) {
-	s := &Snapshotter{root: root, fs: fsys, log: slog.Default(), remote: map[string]map[string]string{}}
+	s := &Snapshotter{root: root, fs: fsys, log: slog.New(slog.DiscardHandler), remote: map[string]map[string]string{}}
 	for _, o := range opts {
 		o(s)
 	}
