@@ -16,6 +16,7 @@ import (
 	"lazypull/format"
 	"lazypull/internal/fetch"
 	"lazypull/internal/profile"
+	"lazypull/internal/store"
 )
 
 // packWait bounds how long opening an image waits for its profile look-up to learn
@@ -312,88 +313,20 @@ func (im *Image) Pack(ctx context.Context, p *profile.Profile) ([]byte, error) {
 		}
 	}
 	pw := profile.NewPackWriterVersion(&buf, version)
-	for _, l := range im.Layers {
-		loc, err := format.LocationFromAnnotations(l.Desc.Annotations)
-		if err != nil {
-			return nil, fmt.Errorf("pack: layer %s: %w", l.Desc.Digest, err)
-		}
-		b, err := l.store.Meta(loc.Digest)
-		if err != nil || int64(len(b)) != loc.Size {
-			if _, b, err = fetchIndex(ctx, l.blob, l.Desc, loc); err != nil {
-				return nil, fmt.Errorf("pack: layer %s: index: %w", l.Desc.Digest, err)
-			}
-		}
-		if err := pw.Index(loc.Digest, b); err != nil {
-			return nil, err
-		}
+	if err := im.packIndexes(ctx, pw); err != nil {
+		return nil, err
 	}
 	per, wants, _, _, err := im.plan(p)
 	if err != nil {
 		return nil, fmt.Errorf("pack: %w", err)
 	}
-	// The header runs the prefetch checks (profiledRuns), of the layers with run digests,
-	// each digest once: fetched with the layer's chunks, written before them.
-	var runItems []runRef
-	runRanges := make([][]fetch.Range, len(im.Layers))
-	seenRun := map[format.Digest]bool{}
-	for i, rs := range im.profiledRuns(wants) {
-		l := im.Layers[i]
-		if l.Index.RunDigests == nil {
-			continue
-		}
-		for _, r := range rs {
-			run := l.tc.runs[r]
-			d := l.Index.RunDigests[r]
-			if seenRun[d] || run.CompSize(l.Index) > profile.MaxRunRecord {
-				continue
-			}
-			seenRun[d] = true
-			runItems = append(runItems, runRef{l, r})
-			runRanges[i] = append(runRanges[i], fetch.Range{Off: l.Index.Frames[run.FirstFrame].Offset, Len: run.CompSize(l.Index)})
-		}
+	runItems, runRanges := im.packRuns(wants)
+	order, ranges := packChunks(per, len(im.Layers))
+	for i := range ranges {
+		ranges[i] = append(runRanges[i], ranges[i]...)
 	}
-	// The chunks in the order the profile reads them, and per layer the frames to fetch.
-	type item struct {
-		layer int
-		c     format.Chunk
-	}
-	var order []item
-	seen := map[format.Digest]bool{}
-	ranges := make([][]fetch.Range, len(im.Layers))
-	for i, ws := range per {
-		for _, w := range ws {
-			for _, c := range w.Chunks() {
-				if !seen[c.Digest] {
-					seen[c.Digest] = true
-					order = append(order, item{i, c})
-					ranges[i] = append(ranges[i], fetch.Range{Off: c.Offset, Len: c.CompSize})
-				}
-			}
-		}
-	}
-	// frames[i] holds layer i's frames by offset.
-	frames := make([]map[int64][]byte, len(im.Layers))
-	g, gctx := errgroup.WithContext(ctx)
-	for i, rs := range ranges {
-		rs = append(runRanges[i], rs...)
-		if len(rs) == 0 {
-			continue
-		}
-		l, got := im.Layers[i], map[int64][]byte{}
-		frames[i] = got
-		g.Go(func() error {
-			// fn runs on this goroutine only (fetch.Blob.Fetch): got needs no lock.
-			err := l.blob.Fetch(gctx, rs, func(r fetch.Range, b []byte) error {
-				got[r.Off] = bytes.Clone(b)
-				return nil
-			})
-			if err != nil {
-				return fmt.Errorf("pack: layer %s: %w", l.Desc.Digest, err)
-			}
-			return nil
-		})
-	}
-	if err := g.Wait(); err != nil {
+	frames, err := im.fetchFrames(ctx, ranges)
+	if err != nil {
 		return nil, err
 	}
 	for _, it := range runItems {
@@ -422,4 +355,103 @@ func (im *Image) Pack(ctx context.Context, p *profile.Profile) ([]byte, error) {
 		delete(frames[it.layer], it.c.Offset)
 	}
 	return buf.Bytes(), nil
+}
+
+// packIndexes writes the index of every layer to pw: from the store, or the registry.
+func (im *Image) packIndexes(ctx context.Context, pw *profile.PackWriter) error {
+	for _, l := range im.Layers {
+		loc, err := format.LocationFromAnnotations(l.Desc.Annotations)
+		if err != nil {
+			return fmt.Errorf("pack: layer %s: %w", l.Desc.Digest, err)
+		}
+		b, err := l.store.Meta(loc.Digest)
+		if err != nil || int64(len(b)) != loc.Size {
+			if _, b, err = fetchIndex(ctx, l.blob, l.Desc, loc); err != nil {
+				return fmt.Errorf("pack: layer %s: index: %w", l.Desc.Digest, err)
+			}
+		}
+		if err := pw.Index(loc.Digest, b); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// packRuns returns the header runs the prefetch checks (profiledRuns) of the profiled
+// files wants, of the layers with run digests, each digest once, and per layer where
+// they lie in its blob: fetched with the layer's chunks, written before them.
+func (im *Image) packRuns(wants []profile.Want) (items []runRef, ranges [][]fetch.Range) {
+	ranges = make([][]fetch.Range, len(im.Layers))
+	seen := map[format.Digest]bool{}
+	for i, rs := range im.profiledRuns(wants) {
+		l := im.Layers[i]
+		if l.Index.RunDigests == nil {
+			continue
+		}
+		for _, r := range rs {
+			run := l.tc.runs[r]
+			d := l.Index.RunDigests[r]
+			if seen[d] || run.CompSize(l.Index) > profile.MaxRunRecord {
+				continue
+			}
+			seen[d] = true
+			items = append(items, runRef{l, r})
+			ranges[i] = append(ranges[i], fetch.Range{Off: l.Index.Frames[run.FirstFrame].Offset, Len: run.CompSize(l.Index)})
+		}
+	}
+	return items, ranges
+}
+
+// packItem is a chunk of layer layer for the pack.
+type packItem struct {
+	layer int
+	c     format.Chunk
+}
+
+// packChunks returns the chunks of the wants per[i] of each of the n layers in the order
+// the profile reads them, each once, and per layer the frames to fetch.
+func packChunks(per [][]store.Want, n int) (order []packItem, ranges [][]fetch.Range) {
+	seen := map[format.Digest]bool{}
+	ranges = make([][]fetch.Range, n)
+	for i, ws := range per {
+		for _, w := range ws {
+			for _, c := range w.Chunks() {
+				if !seen[c.Digest] {
+					seen[c.Digest] = true
+					order = append(order, packItem{i, c})
+					ranges[i] = append(ranges[i], fetch.Range{Off: c.Offset, Len: c.CompSize})
+				}
+			}
+		}
+	}
+	return order, ranges
+}
+
+// fetchFrames fetches ranges[i] of each layer im.Layers[i], the layers in parallel; it
+// returns each layer's frames by offset.
+func (im *Image) fetchFrames(ctx context.Context, ranges [][]fetch.Range) ([]map[int64][]byte, error) {
+	frames := make([]map[int64][]byte, len(im.Layers))
+	g, gctx := errgroup.WithContext(ctx)
+	for i, rs := range ranges {
+		if len(rs) == 0 {
+			continue
+		}
+		l, got := im.Layers[i], map[int64][]byte{}
+		frames[i] = got
+		g.Go(func() error {
+			// fn runs on this goroutine only (fetch.Blob.Fetch): got needs no lock.
+			err := l.blob.Fetch(gctx, rs, func(r fetch.Range, b []byte) error {
+				got[r.Off] = bytes.Clone(b)
+				return nil
+			})
+			if err != nil {
+				return fmt.Errorf("pack: layer %s: %w", l.Desc.Digest, err)
+			}
+			return nil
+		})
+	}
+	if err := g.Wait(); err != nil {
+		return nil, err
+	}
+	return frames, nil
 }
