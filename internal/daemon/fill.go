@@ -204,35 +204,9 @@ func (fl *filler) fetchMissing(ctx context.Context) error {
 	if len(im.Layers) == 0 {
 		return nil
 	}
-	// What is missing now: every regular file of every layer, in blob order.
-	var items []fillItem
-	seen := map[format.Digest]bool{}
-	var planned, plain int64
-	for _, l := range im.Layers {
-		for i := range l.Index.Entries {
-			e := &l.Index.Entries[i]
-			if !e.IsRegular() || e.Sparse || e.Size == 0 {
-				continue
-			}
-			// Not Layer.file: that keeps the chunk list of every file for the mount's
-			// life, and the fill goes once over all of them.
-			f, err := store.FileOf(l.Index, e)
-			if err != nil {
-				return fmt.Errorf("layer %s: %w", l.Desc.Digest, err)
-			}
-			missing := l.store.Missing(f)
-			if len(missing) == 0 {
-				continue
-			}
-			items = append(items, fillItem{l: l, e: e, f: f, name: e.Name})
-			for _, c := range missing {
-				if !seen[c.Digest] {
-					seen[c.Digest] = true
-					planned += c.CompSize
-					plain += c.Size
-				}
-			}
-		}
+	items, planned, plain, err := im.missing()
+	if err != nil {
+		return err
 	}
 	fl.mu.Lock()
 	fl.st.Planned = planned
@@ -304,6 +278,40 @@ func (fl *filler) fetchMissing(ctx context.Context) error {
 		}
 	}
 	return flush()
+}
+
+// missing returns what the store lacks of the image now: every regular file of every
+// layer with a chunk missing, in blob order, and the compressed and plain bytes of those
+// chunks, each counted once.
+func (im *Image) missing() (items []fillItem, planned, plain int64, err error) {
+	seen := map[format.Digest]bool{}
+	for _, l := range im.Layers {
+		for i := range l.Index.Entries {
+			e := &l.Index.Entries[i]
+			if !e.IsRegular() || e.Sparse || e.Size == 0 {
+				continue
+			}
+			// Not Layer.file: that keeps the chunk list of every file for the mount's
+			// life, and the fill goes once over all of them.
+			f, err := store.FileOf(l.Index, e)
+			if err != nil {
+				return nil, 0, 0, fmt.Errorf("layer %s: %w", l.Desc.Digest, err)
+			}
+			missing := l.store.Missing(f)
+			if len(missing) == 0 {
+				continue
+			}
+			items = append(items, fillItem{l: l, e: e, f: f, name: e.Name})
+			for _, c := range missing {
+				if !seen[c.Digest] {
+					seen[c.Digest] = true
+					planned += c.CompSize
+					plain += c.Size
+				}
+			}
+		}
+	}
+	return items, planned, plain, nil
 }
 
 // layerStore is the store the image's layers fill.
