@@ -70,6 +70,7 @@ const (
 	unixsock       = "internal/unixsock"
 	jsonlimit      = "internal/jsonlimit"
 	imagebuild     = "internal/imagebuild"
+	testutil       = "internal/testutil"
 	lazypullBinary = "cmd/lazypull"
 	benchBinary    = "cmd/lazypull-bench"
 )
@@ -168,6 +169,11 @@ func allowed() map[string]rule {
 		// Packs rootfs directories into OCI layouts for test images; tools and tests only.
 		imagebuild: {ext: []string{compress, xsync, xsys}},
 
+		// What tests share (random bytes, log capture, waits, tar builders, an in-process
+		// registry): imported by _test.go files only (checkFlow checks that nothing's own
+		// files import it), and itself of nothing of ours, so that format's tests may use it.
+		testutil: {ext: []string{ggcr}},
+
 		// This package: a test and nothing else.
 		"internal/depcheck": {},
 
@@ -243,6 +249,10 @@ func TestCheckCatches(t *testing.T) {
 			"internal/convert imports internal/fetch", "internal/convert imports fetch, store and fusefs"},
 		{"the binary contains imagebuild", func(g graph) { add(g, warm, our(imagebuild)) },
 			"internal/warm imports internal/imagebuild", "cmd/lazypull contains internal/imagebuild"},
+		{"a package's own files import testutil", func(g graph) { add(g, store, our(testutil)) },
+			"internal/store imports internal/testutil", "internal/store imports internal/testutil, which is for _test.go files only"},
+		{"testutil imports ours", func(g graph) { add(g, testutil, our(format)) },
+			"internal/testutil imports format", "internal/testutil imports format: it imports nothing of ours"},
 	}
 	for _, c := range cases {
 		t.Run(c.name, func(t *testing.T) {
@@ -352,6 +362,19 @@ func checkFlow(g graph) []string {
 	for _, d := range deps(g, our(lazypullBinary)) {
 		if slices.Contains(notInBinary, rel(d)) {
 			v = append(v, fmt.Sprintf("cmd/lazypull contains %s, which is for tests only", rel(d)))
+		}
+	}
+	// testutil is for _test.go files: no package's own files import it (the graph is of
+	// non-test imports, so any edge to it is one), and it imports nothing of ours, so that
+	// the tests of any package, format's among them, may import it without a cycle.
+	for _, p := range sorted(g) {
+		if slices.Contains(g[p], our(testutil)) {
+			v = append(v, fmt.Sprintf("%s imports %s, which is for _test.go files only", rel(p), testutil))
+		}
+	}
+	for _, imp := range g[our(testutil)] {
+		if isOurs(imp) {
+			v = append(v, fmt.Sprintf("%s imports %s: it imports nothing of ours", testutil, rel(imp)))
 		}
 	}
 	return v

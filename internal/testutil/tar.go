@@ -1,0 +1,50 @@
+package testutil
+
+import (
+	"archive/tar"
+	"bytes"
+	"testing"
+	"time"
+)
+
+// Entry is one entry of a tar stream: its header and, for a regular file, its body.
+type Entry struct {
+	Hdr  tar.Header
+	Body []byte
+}
+
+// ModTime is the modification time of the entries File and Dir make.
+var modTime = time.Unix(1700000000, 0)
+
+// File is a regular file, mode 0644.
+func File(name string, body []byte) Entry {
+	return Entry{Hdr: tar.Header{Typeflag: tar.TypeReg, Name: name, Mode: 0o644, ModTime: modTime}, Body: body}
+}
+
+// Dir is a directory, mode 0755.
+func Dir(name string) Entry {
+	return Entry{Hdr: tar.Header{Typeflag: tar.TypeDir, Name: name, Mode: 0o755, ModTime: modTime}}
+}
+
+// Tar returns the tar stream of entries, in order. A regular file's size is its body's.
+func Tar(t testing.TB, entries ...Entry) []byte {
+	t.Helper()
+	var buf bytes.Buffer
+	tw := tar.NewWriter(&buf)
+	for _, e := range entries {
+		h := e.Hdr
+		if h.Typeflag == tar.TypeReg {
+			h.Size = int64(len(e.Body))
+		}
+		if err := tw.WriteHeader(&h); err != nil {
+			t.Fatalf("tar header %q: %v", h.Name, err)
+		}
+		if _, err := tw.Write(e.Body); err != nil {
+			t.Fatalf("tar body %q: %v", h.Name, err)
+		}
+	}
+	if err := tw.Close(); err != nil {
+		t.Fatal(err)
+	}
+	return buf.Bytes()
+}

@@ -1,0 +1,92 @@
+package testutil
+
+import (
+	"archive/tar"
+	"bytes"
+	"io"
+	"net/http"
+	"slices"
+	"sync"
+	"testing"
+	"time"
+)
+
+func TestRandBytes(t *testing.T) {
+	a, b, c := RandBytes(1, 1000), RandBytes(1, 1000), RandBytes(2, 1000)
+	if !bytes.Equal(a, b) || bytes.Equal(a, c) || len(a) != 1000 {
+		t.Error("RandBytes is not reproducible by seed")
+	}
+}
+
+// TestLogBuffer: lines logged from many goroutines all arrive (run with -race).
+func TestLogBuffer(t *testing.T) {
+	log, lb := NewLog(t)
+	var wg sync.WaitGroup
+	for range 8 {
+		wg.Go(func() {
+			for range 100 {
+				log.Debug("line", "k", "v")
+				_ = lb.String()
+			}
+		})
+	}
+	wg.Wait()
+	if n := lb.Count("msg=line k=v"); n != 800 {
+		t.Errorf("%d lines, want 800", n)
+	}
+}
+
+func TestWait(t *testing.T) {
+	ch := make(chan int, 1)
+	go func() { ch <- 7 }()
+	if v := Recv(t, ch, 10*time.Second, "the value"); v != 7 {
+		t.Errorf("got %d", v)
+	}
+	n := 0
+	WaitFor(t, 10*time.Second, "the fifth call", func() bool { n++; return n == 5 })
+}
+
+func TestTar(t *testing.T) {
+	b := Tar(t, Dir("d/"), File("d/f", []byte("hello")))
+	tr := tar.NewReader(bytes.NewReader(b))
+	var names []string
+	for {
+		h, err := tr.Next()
+		if err == io.EOF {
+			break
+		}
+		if err != nil {
+			t.Fatal(err)
+		}
+		names = append(names, h.Name)
+		if body, _ := io.ReadAll(tr); h.Name == "d/f" && string(body) != "hello" {
+			t.Errorf("d/f holds %q", body)
+		}
+	}
+	if !slices.Equal(names, []string{"d/", "d/f"}) {
+		t.Errorf("entries %q", names)
+	}
+}
+
+func TestRegistryLogsRequests(t *testing.T) {
+	r := NewRegistry(t)
+	req, _ := http.NewRequest("GET", r.Server.URL+"/v2/a/blobs/sha256:"+string(bytes.Repeat([]byte("0"), 64)), nil)
+	req.Header.Set("Range", "bytes=0-9")
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp.Body.Close()
+	if resp, err = http.Get(r.Server.URL + "/v2/"); err != nil {
+		t.Fatal(err)
+	}
+	resp.Body.Close()
+	want := []string{"GET /v2/a/blobs/sha256:" + string(bytes.Repeat([]byte("0"), 64)) + " Range: bytes=0-9", "GET /v2/"}
+	if got := r.Requests(); !slices.Equal(got, want) {
+		t.Errorf("request log %q, want %q", got, want)
+	}
+	r.Reset()
+	if got := r.Requests(); len(got) != 0 {
+		t.Errorf("after Reset: %q", got)
+	}
+}

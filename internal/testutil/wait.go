@@ -1,0 +1,45 @@
+package testutil
+
+import (
+	"testing"
+	"time"
+)
+
+// Recv waits for a value on ch (an event the code under test sends) and fails the test
+// if none comes within d, naming what it waited for.
+func Recv[T any](t testing.TB, ch <-chan T, d time.Duration, what string) T {
+	t.Helper()
+	timer := time.NewTimer(d)
+	defer timer.Stop()
+	select {
+	case v := <-ch:
+		return v
+	case <-timer.C:
+		t.Fatalf("timed out after %v waiting for %s", d, what)
+	case <-t.Context().Done():
+		t.Fatalf("test ended waiting for %s", what)
+	}
+	var zero T
+	return zero
+}
+
+// WaitFor polls cond until it holds and fails the test if it does not within d, naming
+// what it waited for. It is for state nothing signals (a file that appears, a process
+// that answers, another process's counter); where the code under test can send an event,
+// wait for that instead. It polls every millisecond at first, backing off to every
+// 100 ms, so that a cond that is costly (a process to run) is not run in a busy loop.
+func WaitFor(t testing.TB, d time.Duration, what string, cond func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(d)
+	every := time.Millisecond
+	for !cond() {
+		if time.Now().After(deadline) {
+			t.Fatalf("timed out after %v waiting for %s", d, what)
+		}
+		if t.Context().Err() != nil {
+			t.Fatalf("test ended waiting for %s", what)
+		}
+		time.Sleep(every)
+		every = min(2*every, 100*time.Millisecond)
+	}
+}
