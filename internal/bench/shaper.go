@@ -79,6 +79,7 @@ const chunkSize = 16 << 10
 type Proxy struct {
 	link   Link
 	target string
+	dial   func() (net.Conn, error) // connects to target
 	ln     net.Listener
 	log    *slog.Logger
 	// up carries requests (node -> registry), down responses.
@@ -111,12 +112,19 @@ func NewProxy(target string, link Link, log *slog.Logger) (*Proxy, error) {
 	if err != nil {
 		return nil, fmt.Errorf("proxy for link %s: %w", link.Name, err)
 	}
-	p := &Proxy{link: link, target: target, ln: ln, log: log,
+	return newProxy(ln, target, func() (net.Conn, error) { return net.Dial("tcp", target) }, link, log), nil
+}
+
+// newProxy starts a Proxy that accepts on ln and dials target with dial. Its tests give it
+// in-memory connections (net.Pipe), so that they run on a fake clock (testing/synctest):
+// the link's timing is all time.Now and time.Sleep.
+func newProxy(ln net.Listener, target string, dial func() (net.Conn, error), link Link, log *slog.Logger) *Proxy {
+	p := &Proxy{link: link, target: target, dial: dial, ln: ln, log: log,
 		up: &pacer{rate: link.bytesPerSecond()}, down: &pacer{rate: link.bytesPerSecond()},
 		open: map[net.Conn]struct{}{}}
 	p.wg.Add(1)
 	go p.accept()
-	return p, nil
+	return p
 }
 
 // Addr is the proxy's host:port.
@@ -200,7 +208,7 @@ func (p *Proxy) serve(client net.Conn, accepted time.Time) {
 		return
 	}
 	defer p.untrack(client)
-	server, err := net.Dial("tcp", p.target)
+	server, err := p.dial()
 	if err != nil {
 		p.log.Warn("proxy: dial the target", "target", p.target, "err", err)
 		return

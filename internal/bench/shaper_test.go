@@ -2,40 +2,102 @@ package bench
 
 import (
 	"bytes"
+	"context"
 	"io"
 	"log/slog"
+	"net"
 	"net/http"
-	"net/http/httptest"
 	"strconv"
 	"sync"
 	"testing"
+	"testing/synctest"
 	"time"
 )
 
-// blobServer serves n bytes at /blob and nothing at /small.
-func blobServer(t *testing.T, n int) *httptest.Server {
+// pipeListener is a net.Listener of in-memory connections (net.Pipe): inside a
+// testing/synctest bubble a goroutine blocked on one is durably blocked, so the fake clock
+// moves on while the proxy sleeps and the client waits.
+type pipeListener struct {
+	conns chan net.Conn
+	done  chan struct{}
+	once  sync.Once
+}
+
+func newPipeListener() *pipeListener {
+	return &pipeListener{conns: make(chan net.Conn), done: make(chan struct{})}
+}
+
+func (l *pipeListener) Accept() (net.Conn, error) {
+	select {
+	case c := <-l.conns:
+		return c, nil
+	case <-l.done:
+		return nil, net.ErrClosed
+	}
+}
+
+func (l *pipeListener) Close() error {
+	l.once.Do(func() { close(l.done) })
+	return nil
+}
+
+func (l *pipeListener) Addr() net.Addr { return pipeAddr{} }
+
+// Dial connects to the listener.
+func (l *pipeListener) Dial() (net.Conn, error) {
+	c, s := net.Pipe()
+	select {
+	case l.conns <- s:
+		return c, nil
+	case <-l.done:
+		c.Close()
+		s.Close()
+		return nil, net.ErrClosed
+	}
+}
+
+type pipeAddr struct{}
+
+func (pipeAddr) Network() string { return "pipe" }
+func (pipeAddr) String() string  { return "pipe" }
+
+// blobServer serves n bytes at /blob and nothing at /small, on in-memory connections.
+func blobServer(t *testing.T, n int) *pipeListener {
 	t.Helper()
 	blob := bytes.Repeat([]byte("lazypull"), n/8+1)[:n]
-	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+	ln := newPipeListener()
+	srv := &http.Server{Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		if r.URL.Path == "/blob" {
 			w.Header().Set("Content-Length", strconv.Itoa(n))
 			w.Write(blob)
 			return
 		}
 		w.WriteHeader(http.StatusNoContent)
-	}))
-	t.Cleanup(srv.Close)
-	return srv
+	})}
+	go srv.Serve(ln)
+	t.Cleanup(func() { srv.Close() })
+	return ln
 }
 
-func newTestProxy(t *testing.T, target string, l Link) *Proxy {
+// testProxy is a Proxy on in-memory connections, with a client that dials it.
+type testProxy struct {
+	*Proxy
+	ln *pipeListener
+}
+
+func newTestProxy(t *testing.T, target *pipeListener, l Link) *testProxy {
 	t.Helper()
-	p, err := NewProxy(target, l, slog.New(slog.DiscardHandler))
-	if err != nil {
-		t.Fatal(err)
-	}
+	ln := newPipeListener()
+	p := newProxy(ln, "pipe", target.Dial, l, slog.New(slog.DiscardHandler))
 	t.Cleanup(func() { p.Close() })
-	return p
+	return &testProxy{p, ln}
+}
+
+// client returns an HTTP client of its own (its own connections) to the proxy.
+func (p *testProxy) client(t *testing.T) *http.Client {
+	tr := &http.Transport{DialContext: func(context.Context, string, string) (net.Conn, error) { return p.ln.Dial() }}
+	t.Cleanup(tr.CloseIdleConnections)
+	return &http.Client{Transport: tr}
 }
 
 func get(t *testing.T, c *http.Client, url string) int64 {
@@ -61,75 +123,92 @@ func within(t *testing.T, what string, got, want, lo, hi float64) {
 	}
 }
 
+// The proxy's tests run in a testing/synctest bubble on in-memory connections: the link's
+// delays are the proxy's own time.Sleep calls on the bubble's fake clock, so a test's
+// elapsed time is what the link costs, not how loaded the machine is.
+
 // TestProxyRate: a 2 MB download through a 20 Mbit/s link takes 2 MB / 2.5 MB/s = 0.8 s
 // (plus a few round trips of 2 ms), and the proxy counts the bytes it forwarded.
 func TestProxyRate(t *testing.T) {
-	const size = 2_000_000
-	srv := blobServer(t, size)
-	l, _ := ParseLink("20M/2ms")
-	p := newTestProxy(t, srv.Listener.Addr().String(), l)
-	c := &http.Client{Transport: &http.Transport{}}
-	start := time.Now()
-	if n := get(t, c, "http://"+p.Addr()+"/blob"); n != size {
-		t.Fatalf("got %d bytes, want %d", n, size)
-	}
-	within(t, "seconds for 2 MB at 20 Mbit/s", time.Since(start).Seconds(), size/2.5e6, 0.9, 1.3)
-	cs := p.Counters()
-	if cs.Down < size || cs.Down > size+1000 {
-		t.Errorf("counted %d bytes down, want the %d of the body plus headers", cs.Down, size)
-	}
-	if cs.Requests != 1 || cs.Conns != 1 {
-		t.Errorf("counted %d requests on %d connections, want 1 on 1", cs.Requests, cs.Conns)
-	}
+	synctest.Test(t, func(t *testing.T) {
+		const size = 2_000_000
+		srv := blobServer(t, size)
+		l, _ := ParseLink("20M/2ms")
+		p := newTestProxy(t, srv, l)
+		start := time.Now()
+		if n := get(t, p.client(t), "http://proxy/blob"); n != size {
+			t.Fatalf("got %d bytes, want %d", n, size)
+		}
+		within(t, "seconds for 2 MB at 20 Mbit/s", time.Since(start).Seconds(), size/2.5e6, 0.9, 1.3)
+		cs := p.Counters()
+		if cs.Down < size || cs.Down > size+1000 {
+			t.Errorf("counted %d bytes down, want the %d of the body plus headers", cs.Down, size)
+		}
+		if cs.Requests != 1 || cs.Conns != 1 {
+			t.Errorf("counted %d requests on %d connections, want 1 on 1", cs.Requests, cs.Conns)
+		}
+	})
 }
 
 // TestProxySharedRate: two downloads at once share the link: together they take as long as
 // one download of both.
 func TestProxySharedRate(t *testing.T) {
-	const size = 1_000_000
-	srv := blobServer(t, size)
-	l, _ := ParseLink("20M/2ms")
-	p := newTestProxy(t, srv.Listener.Addr().String(), l)
-	start := time.Now()
-	var wg sync.WaitGroup
-	for range 2 {
-		wg.Go(func() {
-			get(t, &http.Client{Transport: &http.Transport{}}, "http://"+p.Addr()+"/blob")
-		})
-	}
-	wg.Wait()
-	within(t, "seconds for 2 x 1 MB at once at 20 Mbit/s", time.Since(start).Seconds(), 2*size/2.5e6, 0.9, 1.3)
+	synctest.Test(t, func(t *testing.T) {
+		const size = 1_000_000
+		srv := blobServer(t, size)
+		l, _ := ParseLink("20M/2ms")
+		p := newTestProxy(t, srv, l)
+		start := time.Now()
+		var wg sync.WaitGroup
+		for range 2 {
+			c := p.client(t)
+			wg.Go(func() {
+				if n := get(t, c, "http://proxy/blob"); n != size {
+					t.Errorf("got %d bytes, want %d", n, size)
+				}
+			})
+		}
+		wg.Wait()
+		within(t, "seconds for 2 x 1 MB at once at 20 Mbit/s", time.Since(start).Seconds(), 2*size/2.5e6, 0.9, 1.3)
+		if cs := p.Counters(); cs.Conns != 2 {
+			t.Errorf("counted %d connections, want 2", cs.Conns)
+		}
+	})
 }
 
 // TestProxyLatency: a request on a new connection costs two round trips (the handshake,
 // then the request and its answer); on a kept-alive connection one.
 func TestProxyLatency(t *testing.T) {
-	srv := blobServer(t, 0)
-	l, _ := ParseLink("1G/100ms")
-	p := newTestProxy(t, srv.Listener.Addr().String(), l)
-	c := &http.Client{Transport: &http.Transport{}}
-	start := time.Now()
-	get(t, c, "http://"+p.Addr()+"/small")
-	within(t, "first request, s", time.Since(start).Seconds(), 0.2, 0.95, 1.3)
-	start = time.Now()
-	get(t, c, "http://"+p.Addr()+"/small")
-	within(t, "second request on the same connection, s", time.Since(start).Seconds(), 0.1, 0.95, 1.3)
-	if cs := p.Counters(); cs.Requests != 2 || cs.Conns != 1 {
-		t.Errorf("counted %d requests on %d connections, want 2 on 1", cs.Requests, cs.Conns)
-	}
+	synctest.Test(t, func(t *testing.T) {
+		srv := blobServer(t, 0)
+		l, _ := ParseLink("1G/100ms")
+		p := newTestProxy(t, srv, l)
+		c := p.client(t)
+		start := time.Now()
+		get(t, c, "http://proxy/small")
+		within(t, "first request, s", time.Since(start).Seconds(), 0.2, 0.95, 1.3)
+		start = time.Now()
+		get(t, c, "http://proxy/small")
+		within(t, "second request on the same connection, s", time.Since(start).Seconds(), 0.1, 0.95, 1.3)
+		if cs := p.Counters(); cs.Requests != 2 || cs.Conns != 1 {
+			t.Errorf("counted %d requests on %d connections, want 2 on 1", cs.Requests, cs.Conns)
+		}
+	})
 }
 
 // TestProxyBandwidthDelay: a long transfer over a link with a large bandwidth-delay product
 // is not slowed by the proxy's queue (it holds enough in flight to fill the link).
 func TestProxyBandwidthDelay(t *testing.T) {
-	const size = 8_000_000
-	srv := blobServer(t, size)
-	l, _ := ParseLink("100M/100ms")
-	p := newTestProxy(t, srv.Listener.Addr().String(), l)
-	start := time.Now()
-	get(t, &http.Client{Transport: &http.Transport{}}, "http://"+p.Addr()+"/blob")
-	// 8 MB at 12.5 MB/s, plus a handshake and one round trip.
-	within(t, "seconds for 8 MB at 100 Mbit/s, 100 ms RTT", time.Since(start).Seconds(), size/12.5e6+0.2, 0.9, 1.3)
+	synctest.Test(t, func(t *testing.T) {
+		const size = 8_000_000
+		srv := blobServer(t, size)
+		l, _ := ParseLink("100M/100ms")
+		p := newTestProxy(t, srv, l)
+		start := time.Now()
+		get(t, p.client(t), "http://proxy/blob")
+		// 8 MB at 12.5 MB/s, plus a handshake and one round trip.
+		within(t, "seconds for 8 MB at 100 Mbit/s, 100 ms RTT", time.Since(start).Seconds(), size/12.5e6+0.2, 0.9, 1.3)
+	})
 }
 
 func TestParseLink(t *testing.T) {
