@@ -8,13 +8,15 @@ import (
 	"io"
 	"runtime"
 	"testing"
+
+	"lazypull/internal/testutil"
 )
 
 // manyFiles builds a tar of n small files spread over directories, like a distro layer.
 func manyFiles(tb testing.TB, n int) []byte {
 	var buf bytes.Buffer
 	tw := tar.NewWriter(&buf)
-	body := randBytes(7, 4096)
+	body := testutil.RandBytes(7, 4096)
 	for i := range n {
 		if i%50 == 0 {
 			tw.WriteHeader(&tar.Header{Typeflag: tar.TypeDir, Name: fmt.Sprintf("usr/share/pkg%05d/", i/50), Mode: 0o755})

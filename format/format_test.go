@@ -7,7 +7,6 @@ import (
 	"crypto/sha256"
 	"fmt"
 	"io"
-	"math/rand/v2"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -16,81 +15,53 @@ import (
 	"testing"
 	"time"
 
+	"lazypull/internal/testutil"
+
 	"github.com/klauspost/compress/zstd"
 )
-
-// randBytes returns n reproducible pseudo-random bytes.
-func randBytes(seed uint64, n int) []byte {
-	r := rand.New(rand.NewPCG(seed, seed^0x9e3779b97f4a7c15))
-	b := make([]byte, n)
-	for i := range b {
-		b[i] = byte(r.Uint32())
-	}
-	return b
-}
-
-type tarEntry struct {
-	hdr  tar.Header
-	body []byte
-}
 
 // edgeCases is a tar stream with every kind of entry a layer can hold.
 func edgeCases(t testing.TB) []byte {
 	t.Helper()
 	mt := time.Date(2024, 2, 29, 12, 34, 56, 0, time.UTC)
 	long := strings.Repeat("very-long-directory-name/", 12) + "file.txt"
-	entries := []tarEntry{
-		{hdr: tar.Header{Typeflag: tar.TypeDir, Name: "./", Mode: 0o755, ModTime: mt}},
-		{hdr: tar.Header{Typeflag: tar.TypeDir, Name: "etc/", Mode: 0o755, ModTime: mt}},
-		{hdr: tar.Header{Typeflag: tar.TypeReg, Name: "etc/hostname", Mode: 0o644, ModTime: mt}, body: []byte("lazypull\n")},
-		{hdr: tar.Header{Typeflag: tar.TypeReg, Name: "etc/empty", Mode: 0o600, Uid: 1000, Gid: 1000, Uname: "u", Gname: "g", ModTime: mt}},
-		{hdr: tar.Header{Typeflag: tar.TypeDir, Name: "usr/bin/", Mode: 0o755, ModTime: mt}},
-		{hdr: tar.Header{Typeflag: tar.TypeReg, Name: "usr/bin/sudo", Mode: 0o4755, ModTime: mt}, body: randBytes(1, 70_000)},
-		{hdr: tar.Header{Typeflag: tar.TypeReg, Name: "usr/bin/sgid", Mode: 0o2711 | 0o1000, Uid: 65534, Gid: 4_000_000, ModTime: mt}, body: []byte("#!/bin/sh\n")},
-		{hdr: tar.Header{Typeflag: tar.TypeReg, Name: "usr/lib/big.so", Mode: 0o644, ModTime: time.Date(2023, 1, 1, 0, 0, 0, 123456789, time.UTC), Format: tar.FormatPAX}, body: randBytes(2, 3<<20+12345)},
-		{hdr: tar.Header{Typeflag: tar.TypeReg, Name: "usr/lib/zeros", Mode: 0o644, ModTime: mt}, body: make([]byte, 1<<20)},
-		{hdr: tar.Header{Typeflag: tar.TypeLink, Name: "usr/bin/sudo-link", Linkname: "usr/bin/sudo", ModTime: mt}},
-		{hdr: tar.Header{Typeflag: tar.TypeLink, Name: "usr/bin/link-of-link", Linkname: "./usr/bin/sudo-link", ModTime: mt}},
-		{hdr: tar.Header{Typeflag: tar.TypeSymlink, Name: "usr/bin/sh", Linkname: "/bin/dash", Mode: 0o777, ModTime: mt}},
-		{hdr: tar.Header{Typeflag: tar.TypeSymlink, Name: "usr/bin/rel", Linkname: "../lib/big.so", Mode: 0o777, ModTime: mt}},
-		{hdr: tar.Header{Typeflag: tar.TypeChar, Name: "dev/null", Mode: 0o666, Devmajor: 1, Devminor: 3, ModTime: mt}},
-		{hdr: tar.Header{Typeflag: tar.TypeBlock, Name: "dev/sda", Mode: 0o660, Devmajor: 8, Devminor: 0, ModTime: mt}},
-		{hdr: tar.Header{Typeflag: tar.TypeFifo, Name: "run/fifo", Mode: 0o600, ModTime: mt}},
-		{hdr: tar.Header{Typeflag: tar.TypeReg, Name: "bin/ping", Mode: 0o755, ModTime: mt, PAXRecords: map[string]string{
+	entries := []testutil.Entry{
+		{Hdr: tar.Header{Typeflag: tar.TypeDir, Name: "./", Mode: 0o755, ModTime: mt}},
+		{Hdr: tar.Header{Typeflag: tar.TypeDir, Name: "etc/", Mode: 0o755, ModTime: mt}},
+		{Hdr: tar.Header{Typeflag: tar.TypeReg, Name: "etc/hostname", Mode: 0o644, ModTime: mt}, Body: []byte("lazypull\n")},
+		{Hdr: tar.Header{Typeflag: tar.TypeReg, Name: "etc/empty", Mode: 0o600, Uid: 1000, Gid: 1000, Uname: "u", Gname: "g", ModTime: mt}},
+		{Hdr: tar.Header{Typeflag: tar.TypeDir, Name: "usr/bin/", Mode: 0o755, ModTime: mt}},
+		{Hdr: tar.Header{Typeflag: tar.TypeReg, Name: "usr/bin/sudo", Mode: 0o4755, ModTime: mt}, Body: testutil.RandBytes(1, 70_000)},
+		{Hdr: tar.Header{Typeflag: tar.TypeReg, Name: "usr/bin/sgid", Mode: 0o2711 | 0o1000, Uid: 65534, Gid: 4_000_000, ModTime: mt}, Body: []byte("#!/bin/sh\n")},
+		{Hdr: tar.Header{Typeflag: tar.TypeReg, Name: "usr/lib/big.so", Mode: 0o644, ModTime: time.Date(2023, 1, 1, 0, 0, 0, 123456789, time.UTC), Format: tar.FormatPAX}, Body: testutil.RandBytes(2, 3<<20+12345)},
+		{Hdr: tar.Header{Typeflag: tar.TypeReg, Name: "usr/lib/zeros", Mode: 0o644, ModTime: mt}, Body: make([]byte, 1<<20)},
+		{Hdr: tar.Header{Typeflag: tar.TypeLink, Name: "usr/bin/sudo-link", Linkname: "usr/bin/sudo", ModTime: mt}},
+		{Hdr: tar.Header{Typeflag: tar.TypeLink, Name: "usr/bin/link-of-link", Linkname: "./usr/bin/sudo-link", ModTime: mt}},
+		{Hdr: tar.Header{Typeflag: tar.TypeSymlink, Name: "usr/bin/sh", Linkname: "/bin/dash", Mode: 0o777, ModTime: mt}},
+		{Hdr: tar.Header{Typeflag: tar.TypeSymlink, Name: "usr/bin/rel", Linkname: "../lib/big.so", Mode: 0o777, ModTime: mt}},
+		{Hdr: tar.Header{Typeflag: tar.TypeChar, Name: "dev/null", Mode: 0o666, Devmajor: 1, Devminor: 3, ModTime: mt}},
+		{Hdr: tar.Header{Typeflag: tar.TypeBlock, Name: "dev/sda", Mode: 0o660, Devmajor: 8, Devminor: 0, ModTime: mt}},
+		{Hdr: tar.Header{Typeflag: tar.TypeFifo, Name: "run/fifo", Mode: 0o600, ModTime: mt}},
+		{Hdr: tar.Header{Typeflag: tar.TypeReg, Name: "bin/ping", Mode: 0o755, ModTime: mt, PAXRecords: map[string]string{
 			"SCHILY.xattr.security.capability": "\x01\x00\x00\x02\x00\x20\x00\x00",
 			"SCHILY.xattr.user.comment":        "hello",
-		}}, body: []byte("\x7fELF")},
-		{hdr: tar.Header{Typeflag: tar.TypeReg, Name: "var/lib/.wh.removed", Mode: 0o600, ModTime: mt}},
-		{hdr: tar.Header{Typeflag: tar.TypeReg, Name: "opt/app/.wh..wh..opq", Mode: 0o600, ModTime: mt}},
-		{hdr: tar.Header{Typeflag: tar.TypeReg, Name: long, Mode: 0o644, ModTime: mt}, body: []byte("long name")},
-		{hdr: tar.Header{Typeflag: tar.TypeSymlink, Name: "long-target", Linkname: long + "/" + long, ModTime: mt}},
-		{hdr: tar.Header{Typeflag: tar.TypeReg, Name: "data/caf\xe9-latin1.txt", Mode: 0o644, ModTime: mt}, body: []byte("non-UTF-8 name")},
-		{hdr: tar.Header{Typeflag: tar.TypeReg, Name: "data/日本語.txt", Mode: 0o644, ModTime: mt, Format: tar.FormatPAX}, body: []byte("UTF-8 name")},
-		{hdr: tar.Header{Typeflag: tar.TypeReg, Name: "data/old", Mode: 0o644, ModTime: time.Unix(-86400*365, 0)}, body: []byte("before 1970")},
+		}}, Body: []byte("\x7fELF")},
+		{Hdr: tar.Header{Typeflag: tar.TypeReg, Name: "var/lib/.wh.removed", Mode: 0o600, ModTime: mt}},
+		{Hdr: tar.Header{Typeflag: tar.TypeReg, Name: "opt/app/.wh..wh..opq", Mode: 0o600, ModTime: mt}},
+		{Hdr: tar.Header{Typeflag: tar.TypeReg, Name: long, Mode: 0o644, ModTime: mt}, Body: []byte("long name")},
+		{Hdr: tar.Header{Typeflag: tar.TypeSymlink, Name: "long-target", Linkname: long + "/" + long, ModTime: mt}},
+		{Hdr: tar.Header{Typeflag: tar.TypeReg, Name: "data/caf\xe9-latin1.txt", Mode: 0o644, ModTime: mt}, Body: []byte("non-UTF-8 name")},
+		{Hdr: tar.Header{Typeflag: tar.TypeReg, Name: "data/日本語.txt", Mode: 0o644, ModTime: mt, Format: tar.FormatPAX}, Body: []byte("UTF-8 name")},
+		{Hdr: tar.Header{Typeflag: tar.TypeReg, Name: "data/old", Mode: 0o644, ModTime: time.Unix(-86400*365, 0)}, Body: []byte("before 1970")},
 		// Hostile names stay in the stream as they were; the index confines them.
-		{hdr: tar.Header{Typeflag: tar.TypeReg, Name: "/abs/path", Mode: 0o644, ModTime: mt}, body: []byte("absolute")},
-		{hdr: tar.Header{Typeflag: tar.TypeReg, Name: "../../escape", Mode: 0o644, ModTime: mt}, body: []byte("dot-dot")},
-		{hdr: tar.Header{Typeflag: tar.TypeSymlink, Name: "data/out", Linkname: "../../../../etc/shadow", ModTime: mt}},
-		{hdr: tar.Header{Typeflag: tar.TypeReg, Name: "etc/hostname", Mode: 0o644, ModTime: mt}, body: []byte("second copy wins\n")},
+		{Hdr: tar.Header{Typeflag: tar.TypeReg, Name: "/abs/path", Mode: 0o644, ModTime: mt}, Body: []byte("absolute")},
+		{Hdr: tar.Header{Typeflag: tar.TypeReg, Name: "../../escape", Mode: 0o644, ModTime: mt}, Body: []byte("dot-dot")},
+		{Hdr: tar.Header{Typeflag: tar.TypeSymlink, Name: "data/out", Linkname: "../../../../etc/shadow", ModTime: mt}},
+		{Hdr: tar.Header{Typeflag: tar.TypeReg, Name: "etc/hostname", Mode: 0o644, ModTime: mt}, Body: []byte("second copy wins\n")},
 	}
-	var buf bytes.Buffer
-	tw := tar.NewWriter(&buf)
-	for _, e := range entries {
-		h := e.hdr
-		h.Size = int64(len(e.body))
-		if err := tw.WriteHeader(&h); err != nil {
-			t.Fatalf("write header %q: %v", h.Name, err)
-		}
-		if _, err := tw.Write(e.body); err != nil {
-			t.Fatal(err)
-		}
-	}
-	if err := tw.Close(); err != nil {
-		t.Fatal(err)
-	}
+	b := testutil.Tar(t, entries...)
 	// Real tar writers pad to a 10 KiB record; keep such a tail byte for byte.
-	buf.Write(make([]byte, 10240-buf.Len()%10240))
-	return buf.Bytes()
+	return append(b, make([]byte, 10240-len(b)%10240)...)
 }
 
 // gnuSparse builds tar streams with sparse files using GNU tar, in both GNU and PAX form.
@@ -105,7 +76,7 @@ func gnuSparse(t *testing.T) map[string][]byte {
 		t.Fatal(err)
 	}
 	for _, off := range []int64{0, 1 << 20, 5 << 20} {
-		if _, err := f.WriteAt(randBytes(uint64(off), 10000), off); err != nil {
+		if _, err := f.WriteAt(testutil.RandBytes(uint64(off), 10000), off); err != nil {
 			t.Fatal(err)
 		}
 	}
@@ -399,7 +370,7 @@ func TestCorruption(t *testing.T) {
 	t.Run("bad tar", func(t *testing.T) {
 		for name, in := range map[string][]byte{
 			"truncated entry": src[:2000],
-			"garbage":         randBytes(9, 4096),
+			"garbage":         testutil.RandBytes(9, 4096),
 		} {
 			if _, err := Write(context.Background(), io.Discard, bytes.NewReader(in)); err == nil {
 				t.Errorf("%s: Write succeeded", name)

@@ -12,6 +12,8 @@ import (
 	"strings"
 	"testing"
 
+	"lazypull/internal/testutil"
+
 	"github.com/klauspost/compress/zstd"
 )
 
@@ -118,7 +120,7 @@ func manyCountsBody(size, random int, frames, entries, chunks uint64) []byte {
 	b := binary.AppendUvarint(nil, frames)
 	b = binary.AppendUvarint(b, entries)
 	b = binary.AppendUvarint(b, chunks)
-	b = append(b, randBytes(3, random)...)
+	b = append(b, testutil.RandBytes(3, random)...)
 	return append(b, make([]byte, size-len(b))...)
 }
 
@@ -248,7 +250,7 @@ func sparseTar(t *testing.T, size int64, data []int64, format string) []byte {
 		t.Fatal(err)
 	}
 	for _, off := range data {
-		if _, err := f.WriteAt(randBytes(uint64(off), 10000), off); err != nil {
+		if _, err := f.WriteAt(testutil.RandBytes(uint64(off), 10000), off); err != nil {
 			t.Fatal(err)
 		}
 	}
@@ -325,7 +327,7 @@ func TestReadSparseBounded(t *testing.T) {
 	p := make([]byte, 4096)
 	var n int
 	a := allocated(func() { n, err = l.ReadSparseAt(e, p, 512<<20) })
-	if err != nil || n != len(p) || !bytes.Equal(p, randBytes(512<<20, 10000)[:4096]) {
+	if err != nil || n != len(p) || !bytes.Equal(p, testutil.RandBytes(512<<20, 10000)[:4096]) {
 		t.Fatalf("read 4 KiB at 512 MiB: %d bytes, %v", n, err)
 	}
 	if a > 8<<20 {

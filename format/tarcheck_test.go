@@ -8,6 +8,8 @@ import (
 	"fmt"
 	"testing"
 	"time"
+
+	"lazypull/internal/testutil"
 )
 
 // checkAllRuns checks every header run of a layer blob as a lazy reader does: the run's
@@ -57,7 +59,7 @@ func manyHeaders(t *testing.T) []byte {
 	for i := range 3000 {
 		write(tar.Header{Typeflag: tar.TypeSymlink, Name: fmt.Sprintf("links/%05d", i), Linkname: "../first", ModTime: mt}, nil)
 	}
-	write(tar.Header{Typeflag: tar.TypeReg, Name: "last", Mode: 0o644, ModTime: mt}, randBytes(9, 100_000))
+	write(tar.Header{Typeflag: tar.TypeReg, Name: "last", Mode: 0o644, ModTime: mt}, testutil.RandBytes(9, 100_000))
 	tw.Close()
 	return buf.Bytes()
 }

@@ -8,6 +8,8 @@ import (
 	"os"
 	"path/filepath"
 	"testing"
+
+	"lazypull/internal/testutil"
 )
 
 // BenchmarkLocalRead reads a fully local 64 MiB file whole, through ReadAt (the FUSE read
@@ -15,7 +17,7 @@ import (
 // reads of the sizes FUSE issues.
 func BenchmarkLocalRead(b *testing.B) {
 	const size = 64 << 20
-	l := buildLayer(b, tfile{"big", randBytes(1, size)})
+	l := buildLayer(b, tfile{"big", testutil.RandBytes(1, size)})
 	f := l.files["big"]
 	s := openStore(b, b.TempDir())
 	if err := s.Fill(context.Background(), newSource(l), f); err != nil {

@@ -16,6 +16,7 @@ import (
 	"time"
 
 	"lazypull/format"
+	"lazypull/internal/testutil"
 )
 
 // What a process that died leaves behind is cleaned up by Open, and the store then serves
@@ -62,7 +63,7 @@ func TestReopenCleansLeftovers(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
-	someHex := hex.EncodeToString(randBytes(1, 32))
+	someHex := hex.EncodeToString(testutil.RandBytes(1, 32))
 	write("tmp/object-123456", []byte("half an obj"))
 	write("tmp/chunks-99.log", []byte("LZPCHLOG"))
 	write("objects/zz/whatever", []byte("x"))
@@ -86,7 +87,7 @@ func TestReopenCleansLeftovers(t *testing.T) {
 	}
 	_ = f.Close()
 
-	lg, logs := testLogger(t)
+	lg, logs := testutil.NewLog(t)
 	s2 := openStore(t, dir, WithLogger(lg))
 	if ents, _ := os.ReadDir(filepath.Join(dir, tmpName)); len(ents) != 0 {
 		t.Errorf("tmp/ not emptied: %v", ents)
@@ -108,7 +109,7 @@ func TestReopenCleansLeftovers(t *testing.T) {
 		t.Errorf("chunk log is %d bytes, want its torn tail cut back to %d", st.Size(), logInfo.Size())
 	}
 	for _, want := range []string{"removed temp files", "not an object", "torn", "dropped chunk objects"} {
-		if logs.count(want) == 0 {
+		if logs.Count(want) == 0 {
 			t.Errorf("log does not mention %q:\n%s", want, logs)
 		}
 	}
@@ -175,7 +176,7 @@ const crashReady = "LAZYPULL-STORE-CHILD-READY"
 func crashFiles() []tfile {
 	files := mixedFiles(81)
 	for i := range 12 {
-		files = append(files, tfile{fmt.Sprintf("more/%d", i), randBytes(uint64(100+i), 10_000+i*90_000)})
+		files = append(files, tfile{fmt.Sprintf("more/%d", i), testutil.RandBytes(uint64(100+i), 10_000+i*90_000)})
 	}
 	return files
 }
@@ -282,7 +283,7 @@ func TestKilledWhileWriting(t *testing.T) {
 			t.Fatalf("round %d: child did not die by the signal (%v): it failed on its own:\n%s\n%s", round, err, after.String(), stderr.String())
 		}
 
-		lg, logs := testLogger(t)
+		lg, logs := testutil.NewLog(t)
 		s, err := Open(storeDir, WithLogger(lg))
 		if err != nil {
 			t.Fatalf("round %d: reopen: %v", round, err)
@@ -298,7 +299,7 @@ func TestKilledWhileWriting(t *testing.T) {
 		if ents, _ := os.ReadDir(filepath.Join(storeDir, tmpName)); len(ents) != 0 {
 			t.Fatalf("round %d: tmp/ not emptied", round)
 		}
-		t.Logf("round %d: killed %v after it got going: %d objects, %d bytes, %d chunk locations checked; temp files left: %v", round, wait, st.Objects, st.Bytes, res.Chunks, logs.count("removed temp files") > 0)
+		t.Logf("round %d: killed %v after it got going: %d objects, %d bytes, %d chunk locations checked; temp files left: %v", round, wait, st.Objects, st.Bytes, res.Chunks, logs.Count("removed temp files") > 0)
 		src := newSource(l)
 		for _, name := range l.names {
 			if got := readAll(t, s, src, l.files[name], 256<<10); !bytes.Equal(got, l.data[name]) {
@@ -316,16 +317,16 @@ func TestKilledWhileWriting(t *testing.T) {
 // is lost; compaction keeps what is live.
 func TestChunkLog(t *testing.T) {
 	dir := t.TempDir()
-	lg, _ := testLogger(t)
+	lg, _ := testutil.NewLog(t)
 	p := filepath.Join(dir, "chunks.log")
 	l, recs, err := openChunkLog(p, dir, lg)
 	if err != nil || len(recs) != 0 {
 		t.Fatal(recs, err)
 	}
 	mk := func(seed uint64, n int) chunkRecord {
-		r := chunkRecord{object: format.Digest(randBytes(seed, 32))}
+		r := chunkRecord{object: format.Digest(testutil.RandBytes(seed, 32))}
 		for i := range n {
-			r.chunks = append(r.chunks, recChunk{format.Digest(randBytes(seed+uint64(i)+1, 32)), int64(1000 + i)})
+			r.chunks = append(r.chunks, recChunk{format.Digest(testutil.RandBytes(seed+uint64(i)+1, 32)), int64(1000 + i)})
 		}
 		return r
 	}

@@ -10,6 +10,8 @@ import (
 	"syscall"
 	"testing"
 
+	"lazypull/internal/testutil"
+
 	"golang.org/x/sys/unix"
 )
 
@@ -26,15 +28,15 @@ func TestDiskFull(t *testing.T) {
 		}
 	})
 	files := []tfile{
-		{"a", randBytes(91, 1500_000)},
-		{"b", randBytes(92, 1000_000)},
-		{"c", randBytes(93, 800_000)},
-		{"d", randBytes(94, 300_000)},
+		{"a", testutil.RandBytes(91, 1500_000)},
+		{"b", testutil.RandBytes(92, 1000_000)},
+		{"c", testutil.RandBytes(93, 800_000)},
+		{"d", testutil.RandBytes(94, 300_000)},
 		{"small", []byte("small file\n")},
 	}
 	l := buildLayer(t, files...)
 	dir := filepath.Join(mnt, "store")
-	lg, logs := testLogger(t)
+	lg, logs := testutil.NewLog(t)
 	s := openStore(t, dir, WithLogger(lg))
 	src := newSource(l)
 	ctx := context.Background()
@@ -51,7 +53,7 @@ func TestDiskFull(t *testing.T) {
 	if st.WriteErrors == 0 {
 		t.Fatalf("no write errors on a 1 MiB disk: %+v", st)
 	}
-	if n := logs.count("disk full"); n != 1 {
+	if n := logs.Count("disk full"); n != 1 {
 		t.Errorf("%d disk-full warnings, want 1:\n%s", n, logs)
 	}
 	err := s.Fill(ctx, src, l.files["a"], l.files["b"], l.files["c"])

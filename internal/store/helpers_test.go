@@ -1,31 +1,18 @@
 package store
 
 import (
-	"archive/tar"
 	"bytes"
 	"context"
 	"fmt"
 	"log/slog"
-	"math/rand/v2"
 	"os"
 	"path/filepath"
-	"strings"
 	"sync"
 	"testing"
-	"time"
 
 	"lazypull/format"
+	"lazypull/internal/testutil"
 )
-
-// randBytes returns n reproducible pseudo-random bytes.
-func randBytes(seed uint64, n int) []byte {
-	r := rand.New(rand.NewPCG(seed, seed^0x9e3779b97f4a7c15))
-	b := make([]byte, n)
-	for i := range b {
-		b[i] = byte(r.Uint32())
-	}
-	return b
-}
 
 type tfile struct {
 	name string
@@ -43,22 +30,12 @@ type testLayer struct {
 
 func buildLayer(t testing.TB, files ...tfile) *testLayer {
 	t.Helper()
-	var tb bytes.Buffer
-	tw := tar.NewWriter(&tb)
+	var entries []testutil.Entry
 	for _, f := range files {
-		h := &tar.Header{Typeflag: tar.TypeReg, Name: f.name, Mode: 0o644, Size: int64(len(f.data)), ModTime: time.Unix(1700000000, 0)}
-		if err := tw.WriteHeader(h); err != nil {
-			t.Fatal(err)
-		}
-		if _, err := tw.Write(f.data); err != nil {
-			t.Fatal(err)
-		}
-	}
-	if err := tw.Close(); err != nil {
-		t.Fatal(err)
+		entries = append(entries, testutil.File(f.name, f.data))
 	}
 	var blob bytes.Buffer
-	if _, err := format.Write(context.Background(), &blob, &tb); err != nil {
+	if _, err := format.Write(context.Background(), &blob, bytes.NewReader(testutil.Tar(t, entries...))); err != nil {
 		t.Fatal(err)
 	}
 	return openLayer(t, blob.Bytes(), files)
@@ -95,10 +72,10 @@ func mixedFiles(seed uint64) []tfile {
 	return []tfile{
 		{"empty", nil},
 		{"tiny", []byte("hello, store\n")},
-		{"one-chunk", randBytes(seed+1, 20_000)},
-		{"exactly-32k", randBytes(seed+2, 32<<10)},
-		{"few-chunks", randBytes(seed+3, 300_000)},
-		{"many-chunks", randBytes(seed+4, 3<<20+12345)},
+		{"one-chunk", testutil.RandBytes(seed+1, 20_000)},
+		{"exactly-32k", testutil.RandBytes(seed+2, 32<<10)},
+		{"few-chunks", testutil.RandBytes(seed+3, 300_000)},
+		{"many-chunks", testutil.RandBytes(seed+4, 3<<20+12345)},
 		{"zeros", make([]byte, 2<<20)},
 		{"text", bytes.Repeat([]byte("lazy pull, lazy pull, "), 50_000)},
 	}
@@ -118,10 +95,13 @@ type fakeSource struct {
 	// each Fetch delivers anything.
 	corrupt func(c format.Chunk) bool
 	gate    chan struct{}
+	// fetching gets a value each time Fetch is called (before the gate), for a test to
+	// wait on; calls beyond its buffer are not signalled.
+	fetching chan struct{}
 }
 
 func newSource(l *testLayer) *fakeSource {
-	return &fakeSource{blob: l.blob, fetched: map[format.Digest]int{}}
+	return &fakeSource{blob: l.blob, fetched: map[format.Digest]int{}, fetching: make(chan struct{}, 100)}
 }
 
 func (s *fakeSource) Fetch(ctx context.Context, chunks []format.Chunk, fn func(c format.Chunk, frame []byte) error) error {
@@ -133,6 +113,10 @@ func (s *fakeSource) Fetch(ctx context.Context, chunks []format.Chunk, fn func(c
 	}
 	gate, corrupt := s.gate, s.corrupt
 	s.mu.Unlock()
+	select {
+	case s.fetching <- struct{}{}:
+	default:
+	}
 	if gate != nil {
 		select {
 		case <-gate:
@@ -163,31 +147,6 @@ func (s *fakeSource) counts() (calls, chunks int) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	return s.calls, s.chunks
-}
-
-// logBuffer collects log lines.
-type logBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (l *logBuffer) Write(p []byte) (int, error) {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.b.Write(p)
-}
-
-func (l *logBuffer) String() string {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.b.String()
-}
-
-func (l *logBuffer) count(substr string) int { return strings.Count(l.String(), substr) }
-
-func testLogger(t testing.TB) (*slog.Logger, *logBuffer) {
-	lb := &logBuffer{}
-	return slog.New(slog.NewTextHandler(lb, &slog.HandlerOptions{Level: slog.LevelDebug})), lb
 }
 
 func openStore(t testing.TB, dir string, opts ...Option) *Store {

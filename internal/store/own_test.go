@@ -15,6 +15,7 @@ import (
 	"testing"
 
 	"lazypull/format"
+	"lazypull/internal/testutil"
 )
 
 // put writes files (relative path -> content) under dir; a path ending in / is a directory.
@@ -113,12 +114,12 @@ func TestOpenRemovesOnlyItsOwnTemps(t *testing.T) {
 		files[p] = "x"
 	}
 	put(t, dir, files)
-	lg, logs := testLogger(t)
+	lg, logs := testutil.NewLog(t)
 	s = openStore(t, dir, WithLogger(lg))
 	exist(t, dir, false, ours...)
 	exist(t, dir, true, theirs...)
 	for _, want := range []string{"removed temp files", "did not make"} {
-		if logs.count(want) == 0 {
+		if logs.Count(want) == 0 {
 			t.Errorf("log does not mention %q:\n%s", want, logs)
 		}
 	}
@@ -231,7 +232,7 @@ func TestMetaCountedAndBounded(t *testing.T) {
 
 	// Objects and metadata share the bound: reading a file of 5 blobs' size evicts all
 	// but one blob.
-	data := randBytes(70, 5*blob)
+	data := testutil.RandBytes(70, 5*blob)
 	l := buildLayer(t, tfile{"f", data})
 	f := l.files["f"]
 	if got := readAll(t, s, newSource(l), f, 1<<20); string(got) != string(data) {
@@ -261,7 +262,7 @@ func TestMetaCountedAndBounded(t *testing.T) {
 // is: objects and metadata are counted, the daemon's stats.json stays, temp files go.
 func TestOpenStoreOfPreviousVersion(t *testing.T) {
 	dir := t.TempDir()
-	obj := randBytes(71, 3000)
+	obj := testutil.RandBytes(71, 3000)
 	od := sha256.Sum256(obj)
 	oh := hex.EncodeToString(od[:])
 	man := []byte(`{"schemaVersion":2,"mediaType":"application/vnd.oci.image.manifest.v1+json"}`)

@@ -7,6 +7,8 @@ import (
 	"sync"
 	"testing"
 	"time"
+
+	"lazypull/internal/testutil"
 )
 
 // TestPrefetchRanges: Prefetch fetches the chunks covering the wanted ranges, of several
@@ -70,14 +72,7 @@ func TestReadWaitsForPrefetch(t *testing.T) {
 	errc := make(chan error, 1)
 	go func() { errc <- s.Prefetch(context.Background(), src, Want{File: many, Off: 0, Len: many.Size}) }()
 	// Wait until the Prefetch's Fetch is in the source (held by the gate).
-	for deadline := time.Now().Add(10 * time.Second); ; time.Sleep(time.Millisecond) {
-		if c, _ := src.counts(); c == 1 {
-			break
-		}
-		if time.Now().After(deadline) {
-			t.Fatal("Prefetch never called Fetch")
-		}
-	}
+	testutil.Recv(t, src.fetching, 10*time.Second, "the Prefetch's Fetch")
 	var wg sync.WaitGroup
 	results := make([][]byte, 3) // the file is 3 MiB and a bit
 	for i := range results {
@@ -89,7 +84,24 @@ func TestReadWaitsForPrefetch(t *testing.T) {
 			results[i] = p
 		})
 	}
-	time.Sleep(50 * time.Millisecond) // the readers join the flights
+	// The readers join the flights: each read's first chunk has a flight it joined (a read
+	// plans all its chunks at once). The store signals nothing then: its state is polled.
+	testutil.WaitFor(t, 10*time.Second, "the readers to join the Prefetch's flights", func() bool {
+		s.mu.Lock()
+		defer s.mu.Unlock()
+		for i := range results {
+			off, joined := int64(i)<<20, false
+			for _, fl := range s.flights {
+				if fl.c.FileOffset <= off && off < fl.c.FileOffset+fl.c.Size && fl.joined > 0 {
+					joined = true
+				}
+			}
+			if !joined {
+				return false
+			}
+		}
+		return true
+	})
 	close(gate)
 	wg.Wait()
 	if err := <-errc; err != nil {

@@ -17,6 +17,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 
 	"lazypull/format"
+	"lazypull/internal/testutil"
 )
 
 // checkRandomReads reads random ranges of random files and compares them to the originals.
@@ -151,8 +152,8 @@ func TestReadAtEdges(t *testing.T) {
 // Two files sharing most chunks (an edited copy): the second one's shared chunks are
 // found in the first, never fetched, even from another layer.
 func TestSharedChunksNotFetched(t *testing.T) {
-	base := randBytes(7, 4<<20)
-	edited := append(bytes.Clone(base[:3<<20]), randBytes(8, 200_000)...)
+	base := testutil.RandBytes(7, 4<<20)
+	edited := append(bytes.Clone(base[:3<<20]), testutil.RandBytes(8, 200_000)...)
 	edited = append(edited, base[3<<20+50_000:]...)
 	l1 := buildLayer(t, tfile{"v1/app", base})
 	l2 := buildLayer(t, tfile{"v2/app", edited})
@@ -217,9 +218,9 @@ func TestSharedChunksNotFetched(t *testing.T) {
 
 // An identical file in two layers (two images) is one object, fetched once.
 func TestIdenticalFileStoredOnce(t *testing.T) {
-	shared := randBytes(11, 1<<20)
+	shared := testutil.RandBytes(11, 1<<20)
 	small := []byte("the same small config file\n")
-	l1 := buildLayer(t, tfile{"a/lib.so", shared}, tfile{"a/conf", small}, tfile{"a/other", randBytes(12, 5000)})
+	l1 := buildLayer(t, tfile{"a/lib.so", shared}, tfile{"a/conf", small}, tfile{"a/other", testutil.RandBytes(12, 5000)})
 	l2 := buildLayer(t, tfile{"b/x/lib-copy.so", shared}, tfile{"b/conf", small})
 	s := openStore(t, t.TempDir())
 	src1, src2 := newSource(l1), newSource(l2)
@@ -255,7 +256,7 @@ func TestIdenticalFileStoredOnce(t *testing.T) {
 
 // Twenty readers of one chunk at once: one fetch.
 func TestConcurrentReadersOneFetch(t *testing.T) {
-	l := buildLayer(t, tfile{"big", randBytes(13, 2<<20)})
+	l := buildLayer(t, tfile{"big", testutil.RandBytes(13, 2<<20)})
 	f := l.files["big"]
 	src := newSource(l)
 	src.gate = make(chan struct{})
@@ -276,8 +277,9 @@ func TestConcurrentReadersOneFetch(t *testing.T) {
 			}
 		})
 	}
-	// Let every reader reach the flight before the one fetch proceeds.
-	waitFor(t, func() bool {
+	// Let every reader reach the flight before the one fetch proceeds (the store signals
+	// nothing when a reader joins a flight: its count is polled).
+	testutil.WaitFor(t, 10*time.Second, "19 readers to join the flight", func() bool {
 		s.mu.Lock()
 		defer s.mu.Unlock()
 		for _, fl := range s.flights {
@@ -301,7 +303,7 @@ func TestConcurrentReadersOneFetch(t *testing.T) {
 
 // A reader that gives up does not fail the others waiting for the same chunk.
 func TestCanceledReaderDoesNotFailOthers(t *testing.T) {
-	l := buildLayer(t, tfile{"big", randBytes(14, 1<<20)})
+	l := buildLayer(t, tfile{"big", testutil.RandBytes(14, 1<<20)})
 	f := l.files["big"]
 	src := newSource(l)
 	src.gate = make(chan struct{})
@@ -312,7 +314,7 @@ func TestCanceledReaderDoesNotFailOthers(t *testing.T) {
 		_, err := s.ReadAt(ctx, src, f, make([]byte, 10), 0)
 		first <- err
 	}()
-	waitFor(t, func() bool { c, _ := src.counts(); return c == 1 })
+	testutil.Recv(t, src.fetching, 10*time.Second, "the first reader's Fetch")
 	second := make(chan error, 1)
 	go func() {
 		p := make([]byte, 10)
@@ -322,7 +324,7 @@ func TestCanceledReaderDoesNotFailOthers(t *testing.T) {
 		}
 		second <- err
 	}()
-	waitFor(t, func() bool {
+	testutil.WaitFor(t, 10*time.Second, "the second reader to join the flight", func() bool {
 		s.mu.Lock()
 		defer s.mu.Unlock()
 		for _, fl := range s.flights {
@@ -402,7 +404,7 @@ func (r retryingSource) Fetch(ctx context.Context, chunks []format.Chunk, fn fun
 }
 
 func TestSourceRetriesCorruptFrame(t *testing.T) {
-	l := buildLayer(t, tfile{"f", randBytes(15, 500_000)})
+	l := buildLayer(t, tfile{"f", testutil.RandBytes(15, 500_000)})
 	s := openStore(t, t.TempDir())
 	if got := readAll(t, s, retryingSource{newSource(l)}, l.files["f"], 64<<10); !bytes.Equal(got, l.data["f"]) {
 		t.Fatal("read differs")
@@ -417,7 +419,7 @@ func (lazySource) Fetch(context.Context, []format.Chunk, func(format.Chunk, []by
 }
 
 func TestSourceDeliversNothing(t *testing.T) {
-	l := buildLayer(t, tfile{"f", randBytes(16, 100_000)})
+	l := buildLayer(t, tfile{"f", testutil.RandBytes(16, 100_000)})
 	s := openStore(t, t.TempDir())
 	_, err := s.ReadAt(context.Background(), lazySource{}, l.files["f"], make([]byte, 10), 0)
 	if err == nil || !strings.Contains(err.Error(), "returned without it") {
@@ -537,7 +539,7 @@ func TestFillAndOpenLocal(t *testing.T) {
 
 // An evicted file stays readable through a descriptor opened before (passthrough).
 func TestOpenFileSurvivesEviction(t *testing.T) {
-	l := buildLayer(t, tfile{"f", randBytes(22, 200_000)})
+	l := buildLayer(t, tfile{"f", testutil.RandBytes(22, 200_000)})
 	s := openStore(t, t.TempDir())
 	f := l.files["f"]
 	if err := s.Fill(context.Background(), newSource(l), f); err != nil {
@@ -563,7 +565,7 @@ func TestOpenFileSurvivesEviction(t *testing.T) {
 func TestEvictionBound(t *testing.T) {
 	l := buildLayer(t, mixedFiles(31)...)
 	const max = 600 << 10
-	lg, _ := testLogger(t)
+	lg, _ := testutil.NewLog(t)
 	s := openStore(t, t.TempDir(), WithMaxBytes(max), WithLogger(lg))
 	src := newSource(l)
 	// A pinned file stays, whatever else is read.
@@ -641,7 +643,7 @@ func TestPrune(t *testing.T) {
 }
 
 func TestCollectors(t *testing.T) {
-	l := buildLayer(t, tfile{"f", randBytes(51, 100_000)})
+	l := buildLayer(t, tfile{"f", testutil.RandBytes(51, 100_000)})
 	s := openStore(t, t.TempDir())
 	_ = readAll(t, s, newSource(l), l.files["f"], 4096)
 	reg := prometheus.NewRegistry()
@@ -679,17 +681,6 @@ func TestCollectors(t *testing.T) {
 	}
 	if got["lazypull_store_misses_total"] == 0 {
 		t.Error("no misses counted")
-	}
-}
-
-// waitFor polls cond until it holds (or the test times out).
-func waitFor(t *testing.T, cond func() bool) {
-	t.Helper()
-	for !cond() {
-		if t.Context().Err() != nil {
-			t.Fatal("gave up waiting")
-		}
-		time.Sleep(time.Millisecond)
 	}
 }
 

@@ -9,6 +9,8 @@ import (
 	"path/filepath"
 	"sync"
 	"testing"
+
+	"lazypull/internal/testutil"
 )
 
 // Reads, fills, prunes, pins and passthrough opens at once, from two layers that share
@@ -16,7 +18,7 @@ import (
 // and the store is consistent after.
 func TestConcurrentStress(t *testing.T) {
 	files := mixedFiles(201)
-	edited := append(bytes.Clone(files[5].data[:1<<20]), randBytes(202, 100_000)...)
+	edited := append(bytes.Clone(files[5].data[:1<<20]), testutil.RandBytes(202, 100_000)...)
 	l1 := buildLayer(t, files...)
 	l2 := buildLayer(t, append(files[1:5], tfile{"edited", edited}, tfile{"copy-of-many", files[5].data})...)
 	layers := []*testLayer{l1, l2}

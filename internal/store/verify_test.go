@@ -8,6 +8,7 @@ import (
 	"testing"
 
 	"lazypull/format"
+	"lazypull/internal/testutil"
 )
 
 // TestWrongSizeNotServed: an index that gives a stored digest another size (a crafted
@@ -15,7 +16,7 @@ import (
 // file) gets no byte of the object: the read fails with ErrCorrupt, and the intact object
 // stays for the readers whose index is right.
 func TestWrongSizeNotServed(t *testing.T) {
-	l := buildLayer(t, tfile{"f", randBytes(7, 20_000)})
+	l := buildLayer(t, tfile{"f", testutil.RandBytes(7, 20_000)})
 	s := openStore(t, t.TempDir())
 	f := l.files["f"]
 	if got := readAll(t, s, newSource(l), f, 1<<20); !bytes.Equal(got, l.data["f"]) {
@@ -46,7 +47,7 @@ func TestWrongSizeNotServed(t *testing.T) {
 // content fetched again.
 func TestWrongSizeOnDiskRefetched(t *testing.T) {
 	dir := t.TempDir()
-	l := buildLayer(t, tfile{"f", randBytes(8, 20_000)})
+	l := buildLayer(t, tfile{"f", testutil.RandBytes(8, 20_000)})
 	s := openStore(t, dir)
 	f := l.files["f"]
 	readAll(t, s, newSource(l), f, 1<<20)
