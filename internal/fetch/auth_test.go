@@ -11,6 +11,8 @@ import (
 	"sync/atomic"
 	"testing"
 
+	"lazypull/internal/testutil"
+
 	"github.com/google/go-containerregistry/pkg/authn"
 )
 
@@ -63,7 +65,7 @@ func (tr *tokenRegistry) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 
 func TestBearerTokenFlow(t *testing.T) {
 	tr := &tokenRegistry{fakeRegistry: newFake("team/app"), token: "tok-123"}
-	blob := randomBytes(30, 100000)
+	blob := testutil.RandBytes(30, 100000)
 	d := tr.addBlob(blob)
 	_, host := serve(t, tr)
 	tr.host = host
@@ -97,7 +99,7 @@ func TestBearerTokenFlow(t *testing.T) {
 
 func TestBasicAuth(t *testing.T) {
 	f := newFake("r")
-	blob := randomBytes(31, 1000)
+	blob := testutil.RandBytes(31, 1000)
 	d := f.addBlob(blob)
 	var challenged atomic.Int64
 	h := http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {

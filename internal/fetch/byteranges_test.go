@@ -12,11 +12,13 @@ import (
 	"testing"
 	"testing/iotest"
 	"time"
+
+	"lazypull/internal/testutil"
 )
 
 // The blob and the ranges the byteranges tests and fuzz targets ask for.
 var (
-	brBlob  = randomBytes(70, 4096)
+	brBlob  = testutil.RandBytes(70, 4096)
 	brWants = []Range{{10, 20}, {100, 50}, {1000, 1}, {2000, 300}}
 )
 
@@ -526,7 +528,7 @@ func TestReadProgress(t *testing.T) {
 // BenchmarkReadMultipart reads four 4 MiB parts of a 32 MiB blob, as Go's multipart writer
 // frames them, with progress told.
 func BenchmarkReadMultipart(b *testing.B) {
-	blob := randomBytes(5, 32<<20)
+	blob := testutil.RandBytes(5, 32<<20)
 	wants := []Range{{0, 4 << 20}, {8 << 20, 4 << 20}, {16 << 20, 4 << 20}, {24 << 20, 4 << 20}}
 	var mp bytes.Buffer
 	mw := multipart.NewWriter(&mp)

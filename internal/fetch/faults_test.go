@@ -16,12 +16,15 @@ import (
 	"testing"
 	"time"
 
+	"lazypull/internal/testutil"
+
+	"log"
+
 	"github.com/google/go-containerregistry/pkg/name"
 	"github.com/google/go-containerregistry/pkg/registry"
 	"github.com/google/go-containerregistry/pkg/v1/remote"
 	"github.com/google/go-containerregistry/pkg/v1/static"
 	"github.com/google/go-containerregistry/pkg/v1/types"
-	"log"
 )
 
 // failFirst answers the first n blob requests with status.
@@ -39,7 +42,7 @@ func TestRetryOn5xxAnd429(t *testing.T) {
 	for _, status := range []int{500, 502, 503, 504, 429} {
 		t.Run(strconv.Itoa(status), func(t *testing.T) {
 			f := newFake("r")
-			blob := randomBytes(20, 100000)
+			blob := testutil.RandBytes(20, 100000)
 			d := f.addBlob(blob)
 			f.hook = failFirst(2, status)
 			_, host := serve(t, f)
@@ -123,7 +126,7 @@ func TestRegistryGone(t *testing.T) {
 // A connection dropped in the middle of a body is retried, for what is missing only.
 func TestConnectionCutMidBody(t *testing.T) {
 	f := newFake("r")
-	blob := randomBytes(21, 300000)
+	blob := testutil.RandBytes(21, 300000)
 	d := f.addBlob(blob)
 	f.hook = func(n int, w http.ResponseWriter, r *http.Request) bool {
 		if n != 1 {
@@ -157,7 +160,7 @@ func TestConnectionCutMidBody(t *testing.T) {
 // A body shorter than its Content-Length, on a single range.
 func TestTruncatedBody(t *testing.T) {
 	f := newFake("r")
-	blob := randomBytes(22, 100000)
+	blob := testutil.RandBytes(22, 100000)
 	d := f.addBlob(blob)
 	f.hook = func(n int, w http.ResponseWriter, r *http.Request) bool {
 		if n > 2 {
@@ -186,7 +189,7 @@ func TestTruncatedBody(t *testing.T) {
 // A body that keeps being cut short ends in a temporary error naming the range.
 func TestTruncatedBodyGivesUp(t *testing.T) {
 	f := newFake("r")
-	blob := randomBytes(23, 10000)
+	blob := testutil.RandBytes(23, 10000)
 	d := f.addBlob(blob)
 	f.hook = func(n int, w http.ResponseWriter, r *http.Request) bool {
 		w.Header().Set("Content-Range", "bytes 0-999/10000")
@@ -217,7 +220,7 @@ func multiRefusal(answer func(w http.ResponseWriter, r *http.Request)) func(int,
 }
 
 func TestMultiRangeFallback(t *testing.T) {
-	blob := randomBytes(24, 200000)
+	blob := testutil.RandBytes(24, 200000)
 	cases := map[string]struct {
 		answer   func(w http.ResponseWriter, r *http.Request)
 		requests int64 // for the first Fetch
@@ -297,7 +300,7 @@ func TestMultiRangeFallback(t *testing.T) {
 // ggcr's in-process registry reads only the first range of a multi-range request.
 func TestFallbackWithGGCRRegistry(t *testing.T) {
 	_, host := serve(t, registry.New(registry.Logger(log.New(io.Discard, "", 0))))
-	blob := randomBytes(25, 300000)
+	blob := testutil.RandBytes(25, 300000)
 	layer := static.NewLayer(blob, types.OCILayerZStd)
 	ref, err := name.NewDigest(host + "/ggcr/blob@" + sha(blob).String())
 	if err != nil {
@@ -322,7 +325,7 @@ func TestFallbackWithGGCRRegistry(t *testing.T) {
 // served from the body's start; what lies past it is an error, never wrong bytes.
 func TestRangeIgnored(t *testing.T) {
 	f := newFake("r")
-	blob := randomBytes(26, 100000)
+	blob := testutil.RandBytes(26, 100000)
 	d := f.addBlob(blob)
 	f.hook = func(_ int, w http.ResponseWriter, r *http.Request) bool {
 		w.Header().Set("Content-Length", strconv.Itoa(len(blob)))
@@ -347,7 +350,7 @@ func TestRangeIgnored(t *testing.T) {
 // Answers that do not match what was asked never reach the caller.
 func TestWrongRangeAnswer(t *testing.T) {
 	f := newFake("r")
-	blob := randomBytes(27, 100000)
+	blob := testutil.RandBytes(27, 100000)
 	d := f.addBlob(blob)
 	answers := map[string]func(w http.ResponseWriter){
 		"shifted": func(w http.ResponseWriter) {
@@ -398,7 +401,7 @@ func TestWrongRangeAnswer(t *testing.T) {
 // A redirect to object storage on another host is followed; the credentials stay with the
 // registry, and the storage URL's signature stays out of errors and logs.
 func TestRedirectKeepsCredentialsHome(t *testing.T) {
-	blob := randomBytes(28, 200000)
+	blob := testutil.RandBytes(28, 200000)
 	d := sha(blob)
 	var mu sync.Mutex
 	var storageAuth []string

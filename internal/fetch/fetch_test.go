@@ -11,11 +11,13 @@ import (
 	"sync"
 	"testing"
 	"time"
+
+	"lazypull/internal/testutil"
 )
 
 func TestReadAtIsOneRangeRequest(t *testing.T) {
 	f := newFake("lib/app")
-	blob := randomBytes(1, 1<<20)
+	blob := testutil.RandBytes(1, 1<<20)
 	d := f.addBlob(blob)
 	_, host := serve(t, f)
 	reg, _ := newReg(t, host, "lib/app")
@@ -42,7 +44,7 @@ func TestReadAtIsOneRangeRequest(t *testing.T) {
 
 func TestReadAtSemantics(t *testing.T) {
 	f := newFake("r")
-	blob := randomBytes(2, 1000)
+	blob := testutil.RandBytes(2, 1000)
 	d := f.addBlob(blob)
 	_, host := serve(t, f)
 	reg, _ := newReg(t, host, "r")
@@ -100,7 +102,7 @@ func spread(seed uint64, n int, lo, hi, gap int64) ([]Range, int64) {
 func TestFetchMultiRange(t *testing.T) {
 	f := newFake("r")
 	ranges, end := spread(3, 300, 2<<10, 64<<10, 200<<10)
-	blob := randomBytes(3, int(end))
+	blob := testutil.RandBytes(3, int(end))
 	d := f.addBlob(blob)
 	_, host := serve(t, f)
 	reg, _ := newReg(t, host, "r")
@@ -166,7 +168,7 @@ func TestFetchBytesBar(t *testing.T) {
 				}
 			}
 			f := newFake("r")
-			blob := randomBytes(5, int(off))
+			blob := testutil.RandBytes(5, int(off))
 			d := f.addBlob(blob)
 			if !multi {
 				f.hook = func(_ int, w http.ResponseWriter, r *http.Request) bool {
@@ -211,7 +213,7 @@ func TestFetchBytesBar(t *testing.T) {
 
 func TestFetchMergesTouchingRanges(t *testing.T) {
 	f := newFake("r")
-	blob := randomBytes(6, 1<<20)
+	blob := testutil.RandBytes(6, 1<<20)
 	d := f.addBlob(blob)
 	_, host := serve(t, f)
 	reg, _ := newReg(t, host, "r")
@@ -230,7 +232,7 @@ func TestFetchMergesTouchingRanges(t *testing.T) {
 
 func TestFetchCallsFnPerRange(t *testing.T) {
 	f := newFake("r")
-	blob := randomBytes(7, 10000)
+	blob := testutil.RandBytes(7, 10000)
 	d := f.addBlob(blob)
 	_, host := serve(t, f)
 	reg, _ := newReg(t, host, "r")
@@ -272,7 +274,7 @@ func TestFetchCallsFnPerRange(t *testing.T) {
 // N callers asking for the same ranges at once cause one request.
 func TestSingleflight(t *testing.T) {
 	f := newFake("r")
-	blob := randomBytes(8, 1<<20)
+	blob := testutil.RandBytes(8, 1<<20)
 	d := f.addBlob(blob)
 	gate := make(chan struct{})
 	f.hook = func(int, http.ResponseWriter, *http.Request) bool { <-gate; return false }
@@ -291,8 +293,9 @@ func TestSingleflight(t *testing.T) {
 			checkRanges(t, blob, ranges, got)
 		})
 	}
-	// Wait until every caller waits on the flights, then let the one request through.
-	waitFor(t, func() bool {
+	// Wait until every caller waits on the flights, then let the one request through
+	// (joining a flight signals nothing: the registry's count is polled).
+	testutil.WaitFor(t, 10*time.Second, "every caller to wait on the flights", func() bool {
 		reg.mu.Lock()
 		defer reg.mu.Unlock()
 		for _, fl := range reg.flights {
@@ -323,7 +326,7 @@ func TestSingleflight(t *testing.T) {
 // The caller that started a request going away does not fail the others waiting on it.
 func TestSingleflightLeaderLeaves(t *testing.T) {
 	f := newFake("r")
-	blob := randomBytes(9, 100000)
+	blob := testutil.RandBytes(9, 100000)
 	d := f.addBlob(blob)
 	gate := make(chan struct{})
 	f.hook = func(int, http.ResponseWriter, *http.Request) bool { <-gate; return false }
@@ -337,14 +340,14 @@ func TestSingleflightLeaderLeaves(t *testing.T) {
 	go func() {
 		leader <- b.Fetch(lctx, rg, func(Range, []byte) error { return nil })
 	}()
-	waitFor(t, func() bool { return f.blobGets.Load() == 1 })
+	testutil.Recv(t, f.blobReqs, 10*time.Second, "the blob request")
 	waiter := make(chan error)
 	go func() {
 		got, err := collect(t, b, rg)
 		checkRanges(t, blob, rg, got)
 		waiter <- err
 	}()
-	waitFor(t, func() bool {
+	testutil.WaitFor(t, 10*time.Second, "the waiter to join the flight", func() bool {
 		reg.mu.Lock()
 		defer reg.mu.Unlock()
 		for _, fl := range reg.flights {
@@ -368,7 +371,7 @@ func TestSingleflightLeaderLeaves(t *testing.T) {
 // When every caller has gone, the request is cancelled and a later call starts afresh.
 func TestAbandonedRequestIsCancelled(t *testing.T) {
 	f := newFake("r")
-	blob := randomBytes(10, 100000)
+	blob := testutil.RandBytes(10, 100000)
 	d := f.addBlob(blob)
 	cancelled := make(chan struct{}, 1)
 	f.hook = func(n int, w http.ResponseWriter, r *http.Request) bool {
@@ -389,7 +392,7 @@ func TestAbandonedRequestIsCancelled(t *testing.T) {
 		_, err := b.ReadAtContext(ctx, make([]byte, 10), 0)
 		done <- err
 	}()
-	waitFor(t, func() bool { return f.blobGets.Load() == 1 })
+	testutil.Recv(t, f.blobReqs, 10*time.Second, "the blob request")
 	cancel()
 	if err := <-done; !errors.Is(err, context.Canceled) {
 		t.Fatalf("ReadAt: %v", err)
@@ -407,7 +410,7 @@ func TestAbandonedRequestIsCancelled(t *testing.T) {
 
 func TestConcurrencyBound(t *testing.T) {
 	f := newFake("r")
-	blob := randomBytes(11, 1<<20)
+	blob := testutil.RandBytes(11, 1<<20)
 	d := f.addBlob(blob)
 	f.delay = 20 * time.Millisecond
 	// Single ranges only, so one Fetch makes many requests.
@@ -440,23 +443,12 @@ func TestConcurrencyBound(t *testing.T) {
 	}
 }
 
-func waitFor(t *testing.T, cond func() bool) {
-	t.Helper()
-	deadline := time.Now().Add(10 * time.Second)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatal("timed out waiting")
-		}
-		time.Sleep(time.Millisecond)
-	}
-}
-
 // TestFetchAsksInCallersOrder: one multi-range request whose Range header lists the spans
 // in the order the caller asked for them (a prefetch profile's access order), not by
 // offset; every range still gets its own bytes, and close ranges still merge into a span.
 func TestFetchAsksInCallersOrder(t *testing.T) {
 	f := newFake("r")
-	blob := randomBytes(3, 1<<20)
+	blob := testutil.RandBytes(3, 1<<20)
 	d := f.addBlob(blob)
 	_, host := serve(t, f)
 	reg, _ := newReg(t, host, "r")

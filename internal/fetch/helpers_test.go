@@ -5,8 +5,6 @@ import (
 	"crypto/sha256"
 	"encoding/hex"
 	"errors"
-	"log/slog"
-	"math/rand/v2"
 	"net/http"
 	"net/http/httptest"
 	"strconv"
@@ -15,6 +13,8 @@ import (
 	"sync/atomic"
 	"testing"
 	"time"
+
+	"lazypull/internal/testutil"
 
 	v1 "github.com/google/go-containerregistry/pkg/v1"
 )
@@ -39,6 +39,9 @@ type fakeRegistry struct {
 	inflight  atomic.Int64
 	maxFlight atomic.Int64
 	delay     time.Duration // before each blob answer
+	// blobReqs gets the number of each blob request as it arrives (before hook), for a
+	// test to wait on; requests beyond its buffer are not signalled.
+	blobReqs chan int
 }
 
 type fakeManifest struct {
@@ -47,7 +50,7 @@ type fakeManifest struct {
 }
 
 func newFake(repo string) *fakeRegistry {
-	return &fakeRegistry{repo: repo, blobs: map[string][]byte{}, manifests: map[string]fakeManifest{}}
+	return &fakeRegistry{repo: repo, blobs: map[string][]byte{}, manifests: map[string]fakeManifest{}, blobReqs: make(chan int, 100)}
 }
 
 func (f *fakeRegistry) addBlob(b []byte) v1.Hash {
@@ -83,6 +86,10 @@ func (f *fakeRegistry) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 			f.heads.Add(1)
 		}
 		n := int(f.blobGets.Add(1))
+		select {
+		case f.blobReqs <- n:
+		default:
+		}
 		cur := f.inflight.Add(1)
 		defer f.inflight.Add(-1)
 		for {
@@ -135,12 +142,6 @@ func sha(b []byte) v1.Hash {
 	return v1.Hash{Algorithm: "sha256", Hex: hex.EncodeToString(s[:])}
 }
 
-func randomBytes(seed uint64, n int) []byte {
-	b := make([]byte, n)
-	_, _ = rand.NewChaCha8([32]byte{byte(seed), byte(seed >> 8), 1}).Read(b)
-	return b
-}
-
 // serve starts a test server and returns its host:port.
 func serve(t *testing.T, h http.Handler) (*httptest.Server, string) {
 	t.Helper()
@@ -149,40 +150,10 @@ func serve(t *testing.T, h http.Handler) (*httptest.Server, string) {
 	return srv, strings.TrimPrefix(srv.URL, "http://")
 }
 
-// logBuffer collects log lines for the test to check, and shows them with -v.
-type logBuffer struct {
-	t  *testing.T
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (l *logBuffer) Write(p []byte) (int, error) {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	l.b.Write(p)
-	return len(p), nil
-}
-
-func (l *logBuffer) String() string {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.b.String()
-}
-
-func newLog(t *testing.T) (*slog.Logger, *logBuffer) {
-	lb := &logBuffer{t: t}
-	t.Cleanup(func() {
-		if t.Failed() || testing.Verbose() {
-			t.Logf("log:\n%s", lb.String())
-		}
-	})
-	return slog.New(slog.NewTextHandler(lb, &slog.HandlerOptions{Level: slog.LevelDebug})), lb
-}
-
 // newReg makes a Registry for host/repo over plain http with fast retries.
-func newReg(t *testing.T, host, repo string, opts ...Option) (*Registry, *logBuffer) {
+func newReg(t *testing.T, host, repo string, opts ...Option) (*Registry, *testutil.LogBuffer) {
 	t.Helper()
-	log, lb := newLog(t)
+	log, lb := testutil.NewLog(t)
 	all := append([]Option{WithPlainHTTP(), WithRetry(4, time.Millisecond), WithLogger(log)}, opts...)
 	r, err := New(host+"/"+repo, all...)
 	if err != nil {

@@ -13,6 +13,8 @@ import (
 	"testing"
 	"time"
 
+	"lazypull/internal/testutil"
+
 	"github.com/google/go-containerregistry/pkg/name"
 )
 
@@ -121,7 +123,7 @@ func writeHosts(t *testing.T, dir, host, content string) {
 // Mirrors are tried in order, then the server: a dead mirror and one without the blob are
 // passed over for the next.
 func TestMirrors(t *testing.T) {
-	blob := randomBytes(50, 100000)
+	blob := testutil.RandBytes(50, 100000)
 	raw := []byte(`{"schemaVersion":2,"mediaType":"application/vnd.oci.image.manifest.v1+json","config":{"mediaType":"application/vnd.oci.image.config.v1+json","digest":"sha256:` + strings.Repeat("a", 64) + `","size":2},"layers":[]}`)
 
 	dead, deadHost := serve(t, newFake("lib/app"))
@@ -148,7 +150,7 @@ server = "http://`+upstreamHost+`"
 [host."http://`+mirrorHost+`"]
   capabilities = ["pull"]
 `)
-	log, lb := newLog(t)
+	log, lb := testutil.NewLog(t)
 	reg, err := New("registry.invalid:5000/lib/app:v1", WithHostsDir(dir), WithRetry(2, time.Millisecond), WithLogger(log))
 	if err != nil {
 		t.Fatal(err)
@@ -189,7 +191,7 @@ server = "http://`+upstreamHost+`"
 
 func TestHostsDirLookup(t *testing.T) {
 	f := newFake("app")
-	blob := randomBytes(51, 1000)
+	blob := testutil.RandBytes(51, 1000)
 	d := f.addBlob(blob)
 	_, host := serve(t, f)
 	dir := t.TempDir()
@@ -231,7 +233,7 @@ func TestHostsDirLookup(t *testing.T) {
 // for it, host_port_, as containerd finds it, before host:port itself.
 func TestHostsDirPort(t *testing.T) {
 	f := newFake("app")
-	blob := randomBytes(52, 1000)
+	blob := testutil.RandBytes(52, 1000)
 	d := f.addBlob(blob)
 	_, host := serve(t, f)
 	dir := t.TempDir()
@@ -284,7 +286,7 @@ func TestOptions(t *testing.T) {
 // the TLS error is final, not retried.
 func TestSkipVerify(t *testing.T) {
 	f := newFake("app")
-	blob := randomBytes(52, 1000)
+	blob := testutil.RandBytes(52, 1000)
 	d := f.addBlob(blob)
 	srv := httptest.NewTLSServer(f)
 	t.Cleanup(srv.Close)
@@ -315,7 +317,7 @@ func TestSkipVerify(t *testing.T) {
 // The default registry's directory goes by containerd's short name for it.
 func TestHostsDirDefaultRegistry(t *testing.T) {
 	f := newFake("library/app")
-	blob := randomBytes(53, 1000)
+	blob := testutil.RandBytes(53, 1000)
 	d := f.addBlob(blob)
 	_, host := serve(t, f)
 	dir := t.TempDir()

@@ -3,13 +3,16 @@ package fetch
 import (
 	"net/http"
 	"testing"
+	"time"
+
+	"lazypull/internal/testutil"
 
 	"github.com/prometheus/client_golang/prometheus"
 )
 
 func TestMetrics(t *testing.T) {
 	f := newFake("r")
-	blob := randomBytes(60, 100000)
+	blob := testutil.RandBytes(60, 100000)
 	d := f.addBlob(blob)
 	f.hook = failFirst(1, http.StatusBadGateway)
 	_, host := serve(t, f)
@@ -35,7 +38,7 @@ func TestMetrics(t *testing.T) {
 	// A request is recorded once its body is done with, which may be just after the
 	// caller has its bytes.
 	var got map[string]float64
-	waitFor(t, func() bool {
+	testutil.WaitFor(t, 10*time.Second, "the blob request's metrics", func() bool {
 		got = gather(t, pr)
 		return got["lazypull_fetch_requests_total kind=blob outcome=ok"] == 1
 	})

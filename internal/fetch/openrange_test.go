@@ -11,12 +11,14 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"lazypull/internal/testutil"
 )
 
 // OpenRange is one Range GET whose bytes come as they arrive, exactly the range's.
 func TestOpenRange(t *testing.T) {
 	f := newFake("r")
-	blob := randomBytes(60, 3<<20+77)
+	blob := testutil.RandBytes(60, 3<<20+77)
 	d := f.addBlob(blob)
 	_, host := serve(t, f)
 	reg, _ := newReg(t, host, "r")
@@ -50,7 +52,7 @@ func TestOpenRange(t *testing.T) {
 // caller decoding what it read holds no request): with one place, a second range opens.
 func TestOpenRangeReleasesAtItsEnd(t *testing.T) {
 	f := newFake("r")
-	blob := randomBytes(64, 10000)
+	blob := testutil.RandBytes(64, 10000)
 	d := f.addBlob(blob)
 	_, host := serve(t, f)
 	reg, _ := newReg(t, host, "r", WithMaxConcurrency(1))
@@ -74,7 +76,7 @@ func TestOpenRangeReleasesAtItsEnd(t *testing.T) {
 // Answers that are not the range asked for fail, naming why; a 200 with the whole blob
 // serves a range near its start and fails one past what Fetch reads through.
 func TestOpenRangeAnswers(t *testing.T) {
-	blob := randomBytes(61, 100000)
+	blob := testutil.RandBytes(61, 100000)
 	off, n := int64(1000), int64(5000)
 	for _, c := range []struct {
 		name  string
@@ -140,7 +142,7 @@ func TestOpenRangeAnswers(t *testing.T) {
 // Registry's attempts; then it is io.ErrUnexpectedEOF, with what is left.
 func TestOpenRangeBodyCut(t *testing.T) {
 	f := newFake("r")
-	blob := randomBytes(62, 200000)
+	blob := testutil.RandBytes(62, 200000)
 	d := f.addBlob(blob)
 	f.hook = func(_ int, w http.ResponseWriter, r *http.Request) bool {
 		rec := httptest.NewRecorder()
@@ -235,7 +237,7 @@ func TestFetchPartGrowsAsItArrives(t *testing.T) {
 		t.Fatalf("a %d-byte part cut after 1 KiB allocated %d bytes", n, a)
 	}
 
-	blob := randomBytes(63, 3*partUpfront/2)
+	blob := testutil.RandBytes(63, 3*partUpfront/2)
 	for _, whole := range []bool{false, true} {
 		f := newFake("r")
 		d := f.addBlob(blob)

@@ -10,6 +10,8 @@ import (
 	"sync/atomic"
 	"testing"
 	"time"
+
+	"lazypull/internal/testutil"
 )
 
 // TestPredial: connections Predial dials are the ones a Registry made afterwards sends its
@@ -21,10 +23,8 @@ func TestPredial(t *testing.T) {
 	if err := Predial(ref, 2, WithPlainHTTP()); err != nil {
 		t.Fatal(err)
 	}
-	deadline := time.Now().Add(5 * time.Second)
-	for conns.Load() < 2 && time.Now().Before(deadline) {
-		time.Sleep(time.Millisecond)
-	}
+	// Neither the server nor Predial signals a connection: their counts are polled.
+	testutil.WaitFor(t, 5*time.Second, "the server to accept two connections", func() bool { return conns.Load() >= 2 })
 	// Accepted; now wait until both are in the pool.
 	addr := strings.TrimPrefix(srv.URL, "http://")
 	pooled := func() int {
@@ -32,9 +32,7 @@ func TestPredial(t *testing.T) {
 		defer predial.mu.Unlock()
 		return len(predial.conns[addr])
 	}
-	for pooled() < 2 && time.Now().Before(deadline) {
-		time.Sleep(time.Millisecond)
-	}
+	testutil.WaitFor(t, 5*time.Second, "two connections in the pool", func() bool { return pooled() >= 2 })
 	if n := pooled(); n != 2 {
 		t.Fatalf("%d connections dialed ahead; want 2", n)
 	}

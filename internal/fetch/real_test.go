@@ -14,6 +14,7 @@ import (
 	"time"
 
 	"lazypull/format"
+	"lazypull/internal/testutil"
 
 	"github.com/google/go-containerregistry/pkg/name"
 	v1 "github.com/google/go-containerregistry/pkg/v1"
@@ -79,7 +80,7 @@ func lazypullLayer(t *testing.T) (blob []byte, res *format.Result, files map[str
 		if i%40 == 0 {
 			n = 1<<20 + rnd.IntN(2<<20) // several chunks
 		}
-		data := randomBytes(uint64(1000+i), n)
+		data := testutil.RandBytes(uint64(1000+i), n)
 		if i%2 == 0 { // text, which compresses some 3x
 			var b bytes.Buffer
 			for b.Len() < n {

@@ -9,6 +9,8 @@ import (
 	"strings"
 	"testing"
 
+	"lazypull/internal/testutil"
+
 	"github.com/google/go-containerregistry/pkg/name"
 	"github.com/google/go-containerregistry/pkg/registry"
 	v1 "github.com/google/go-containerregistry/pkg/v1"
@@ -23,8 +25,8 @@ import (
 func testImage(t *testing.T, seed uint64) v1.Image {
 	t.Helper()
 	img, err := mutate.Append(mutate.MediaType(empty.Image, types.OCIManifestSchema1),
-		mutate.Addendum{Layer: static.NewLayer(randomBytes(seed, 5000), types.OCILayer)},
-		mutate.Addendum{Layer: static.NewLayer(randomBytes(seed+1, 7000), types.OCILayerZStd),
+		mutate.Addendum{Layer: static.NewLayer(testutil.RandBytes(seed, 5000), types.OCILayer)},
+		mutate.Addendum{Layer: static.NewLayer(testutil.RandBytes(seed+1, 7000), types.OCILayerZStd),
 			Annotations: map[string]string{"dev.lazypull.layer.index.offset": "10"}},
 	)
 	if err != nil {

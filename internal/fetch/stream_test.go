@@ -12,6 +12,8 @@ import (
 	"testing"
 	"time"
 
+	"lazypull/internal/testutil"
+
 	v1 "github.com/google/go-containerregistry/pkg/v1"
 )
 
@@ -41,7 +43,7 @@ func openStream(t *testing.T, reg *Registry, d v1.Hash, size int64) io.ReadClose
 
 func TestOpenReadsWhole(t *testing.T) {
 	f := newFake("r")
-	blob := randomBytes(40, 3<<20+123)
+	blob := testutil.RandBytes(40, 3<<20+123)
 	d := f.addBlob(blob)
 	_, host := serve(t, f)
 	reg, _ := newReg(t, host, "r")
@@ -88,7 +90,7 @@ func TestOpenEmptyBlob(t *testing.T) {
 // A Read of nothing is no read: it neither ends the blob nor checks its digest.
 func TestOpenEmptyRead(t *testing.T) {
 	f := newFake("r")
-	blob := randomBytes(41, 100000)
+	blob := testutil.RandBytes(41, 100000)
 	d := f.addBlob(blob)
 	_, host := serve(t, f)
 	reg, _ := newReg(t, host, "r")
@@ -108,7 +110,7 @@ func TestOpenEmptyRead(t *testing.T) {
 
 func TestOpenWrongContent(t *testing.T) {
 	f := newFake("r")
-	blob := randomBytes(42, 1<<20)
+	blob := testutil.RandBytes(42, 1<<20)
 	d := f.addBlob(blob)
 	wrong := bytes.Clone(blob)
 	wrong[len(wrong)-1] ^= 1
@@ -138,7 +140,7 @@ func TestOpenWrongContent(t *testing.T) {
 
 // A body cut short, however it is framed, ends in an error (the caller's to retry).
 func TestOpenBodyCut(t *testing.T) {
-	blob := randomBytes(43, 500000)
+	blob := testutil.RandBytes(43, 500000)
 	for _, framed := range []bool{true, false} {
 		t.Run("content-length "+strconv.FormatBool(framed), func(t *testing.T) {
 			f := newFake("r")
@@ -177,7 +179,7 @@ func TestOpenBodyCut(t *testing.T) {
 
 func TestOpenWrongLength(t *testing.T) {
 	f := newFake("r")
-	blob := randomBytes(44, 10000)
+	blob := testutil.RandBytes(44, 10000)
 	d := f.addBlob(blob)
 	_, host := serve(t, f)
 	reg, _ := newReg(t, host, "r")
@@ -196,7 +198,7 @@ func TestOpenWrongLength(t *testing.T) {
 // checked, the rest left unread.
 func TestOpenLongerBody(t *testing.T) {
 	f := newFake("r")
-	blob := randomBytes(47, 100000)
+	blob := testutil.RandBytes(47, 100000)
 	d := f.addBlob(blob)
 	f.hook = func(_ int, w http.ResponseWriter, _ *http.Request) bool {
 		w.WriteHeader(http.StatusOK)
@@ -231,7 +233,7 @@ func TestOpenStatus(t *testing.T) {
 	})
 	t.Run("503 then 200", func(t *testing.T) {
 		f := newFake("r")
-		blob := randomBytes(45, 200000)
+		blob := testutil.RandBytes(45, 200000)
 		d := f.addBlob(blob)
 		f.hook = failFirst(2, http.StatusServiceUnavailable)
 		_, host := serve(t, f)
@@ -265,7 +267,7 @@ func TestOpenStatus(t *testing.T) {
 // is closed, read to its end or failed.
 func TestOpenReleasesItsPlace(t *testing.T) {
 	f := newFake("r")
-	blob := randomBytes(46, 1<<20)
+	blob := testutil.RandBytes(46, 1<<20)
 	d := f.addBlob(blob)
 	bad := sha([]byte("not the blob"))
 	f.mu.Lock()

@@ -15,6 +15,8 @@ import (
 	"sync/atomic"
 	"testing"
 	"time"
+
+	"lazypull/internal/testutil"
 )
 
 // testIdle is the idle timeout of these tests: short, so that they take no time, and far
@@ -40,7 +42,7 @@ func stall(w http.ResponseWriter, r *http.Request, stop <-chan struct{}, status 
 func TestStalledReadsDoNotHoldSlots(t *testing.T) {
 	const stalled = DefaultConcurrency
 	f := newFake("r")
-	blob := randomBytes(90, 1<<20)
+	blob := testutil.RandBytes(90, 1<<20)
 	d := f.addBlob(blob)
 	stop := make(chan struct{})
 	inflight := make(chan string, 64)
@@ -115,7 +117,7 @@ func TestStalledReadsDoNotHoldSlots(t *testing.T) {
 // Every kind of request is under the idle timeout: manifests and referrers (headers that
 // never come, or a body that stops), multi-range answers and whole-blob streams.
 func TestIdleTimeoutEveryBody(t *testing.T) {
-	blob := randomBytes(91, 300_000)
+	blob := testutil.RandBytes(91, 300_000)
 	d := sha(blob)
 	manifest := []byte(`{"schemaVersion":2,"mediaType":"application/vnd.oci.image.manifest.v1+json","config":{"mediaType":"application/vnd.oci.image.config.v1+json","digest":"` + d.String() + `","size":300000},"layers":[]}`)
 	md := sha(manifest)
@@ -236,7 +238,7 @@ func (l sniffListener) Accept() (net.Conn, error) {
 // and ggcr's transport, which checks the host but not the scheme, sends the password in
 // cleartext.
 func TestRedirectDowngradeRefused(t *testing.T) {
-	blob := randomBytes(92, 5000)
+	blob := testutil.RandBytes(92, 5000)
 	d := sha(blob)
 	ts := httptest.NewTLSServer(http.NotFoundHandler()) // for its certificate and a client trusting it
 	t.Cleanup(ts.Close)
@@ -265,7 +267,7 @@ func TestRedirectDowngradeRefused(t *testing.T) {
 	go func() { _ = srv.Serve(sniffListener{ln, ts.TLS}) }()
 	t.Cleanup(func() { _ = srv.Close() })
 
-	log, lb := newLog(t)
+	log, lb := testutil.NewLog(t)
 	rt := ts.Client().Transport.(*http.Transport).Clone()
 	reg, err := New(host+"/r", WithTransport(rt), WithRetry(3, time.Millisecond), WithLogger(log),
 		WithKeychain(staticKeychain{host: host, user: "alice", pass: "pa55word"}))
@@ -349,7 +351,7 @@ func TestOnLoopback(t *testing.T) {
 // counts is the name, not where it leads. On ec65bd9 the password goes in cleartext.
 func TestCleartextCredentialsRefused(t *testing.T) {
 	f := newFake("r")
-	blob := randomBytes(93, 1000)
+	blob := testutil.RandBytes(93, 1000)
 	d := f.addBlob(blob)
 	var mu sync.Mutex
 	var auths []string

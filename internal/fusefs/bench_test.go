@@ -13,6 +13,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"lazypull/format"
+	"lazypull/internal/testutil"
 )
 
 // BenchmarkSequentialRead reads a 256 MiB file whose content is complete on local disk, from
@@ -185,7 +186,7 @@ func benchFile(b *testing.B, size int64) string {
 		if err != nil {
 			b.Fatal(err)
 		}
-		block := randBytes(7, 1<<20)
+		block := testutil.RandBytes(7, 1<<20)
 		for off := int64(0); off < size; off += int64(len(block)) {
 			if _, err := f.Write(block); err != nil {
 				b.Fatal(err)

@@ -22,6 +22,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"lazypull/format"
+	"lazypull/internal/testutil"
 )
 
 var errBackend = errors.New("backend: chunk sha256:abcd: connection reset by peer")
@@ -37,8 +38,8 @@ func TestContentErrorIsEIO(t *testing.T) {
 		}
 		return nil
 	}}
-	var logs logBuffer
-	root, err := NewLayer(l.Index, c, WithLogger(logs.logger()))
+	var logs testutil.LogBuffer
+	root, err := NewLayer(l.Index, c, WithLogger(logs.Logger()))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -74,8 +75,8 @@ func TestContentErrorIsEIO(t *testing.T) {
 // TestShortContentIsEIO: a Content that has fewer bytes than the index says is an error.
 func TestShortContentIsEIO(t *testing.T) {
 	ix := &format.Index{Entries: []format.Entry{{Name: "f", Type: '0', Mode: 0o644, Size: 100}}}
-	var logs logBuffer
-	root, err := NewLayer(ix, shortContent{}, WithLogger(logs.logger()))
+	var logs testutil.LogBuffer
+	root, err := NewLayer(ix, shortContent{}, WithLogger(logs.Logger()))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -126,10 +127,10 @@ func (c *blockingContent) ReadAt(ctx context.Context, e *format.Entry, p []byte,
 
 func TestCanceledReadIsEINTR(t *testing.T) {
 	// unit level: a read whose request is interrupted answers EINTR, and logs nothing
-	var logs logBuffer
+	var logs testutil.LogBuffer
 	ix := &format.Index{Entries: []format.Entry{{Name: "f", Type: '0', Mode: 0o644, Size: 100}}}
 	bc := &blockingContent{entered: make(chan struct{}, 1), canceled: make(chan struct{}, 1), release: make(chan struct{})}
-	root, err := NewLayer(ix, bc, WithLogger(logs.logger()))
+	root, err := NewLayer(ix, bc, WithLogger(logs.Logger()))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -272,13 +273,13 @@ func TestStaleMountIsCleared(t *testing.T) {
 		Unmount(dir)
 		t.Fatalf("after the crash, stat gives %v; want ENOTCONN", err)
 	}
-	var logs logBuffer
+	var logs testutil.LogBuffer
 	ix := &format.Index{Entries: []format.Entry{{Name: "fresh", Type: '0', Mode: 0o644}}}
 	r, err := NewLayer(ix, shortContent{})
 	if err != nil {
 		t.Fatal(err)
 	}
-	srv, err := Mount(dir, r, MountOptions{Logger: logs.logger()})
+	srv, err := Mount(dir, r, MountOptions{Logger: logs.Logger()})
 	if err != nil {
 		t.Fatalf("Mount over a stale mount: %v", err)
 	}
@@ -303,15 +304,15 @@ func TestPassthroughRefused(t *testing.T) {
 		skipOrFail(t, "cannot mount overlayfs: "+err.Error())
 	}
 	t.Cleanup(func() { syscall.Unmount(ovl, syscall.MNT_DETACH) })
-	tb := mkTar(t, []tentry{file("a", 0o644, randBytes(3, 1<<20)), file("b", 0o644, []byte("bee"))})
+	tb := mkTar(t, []tentry{file("a", 0o644, testutil.RandBytes(3, 1<<20)), file("b", 0o644, []byte("bee"))})
 	l := convertLayer(t, tb)
 	// the local copies are on overlayfs, read-only; write them to the lower directory
 	c := newLocalContent(t, l, lower)
 	for e, p := range c.files {
 		c.files[e] = filepath.Join(ovl, filepath.Base(p))
 	}
-	var logs logBuffer
-	root, err := NewLayer(l.Index, c, WithLogger(logs.logger()))
+	var logs testutil.LogBuffer
+	root, err := NewLayer(l.Index, c, WithLogger(logs.Logger()))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -435,7 +436,7 @@ func (c *switchContent) LocalFile(e *format.Entry) (*os.File, bool) {
 // of the opens already there.
 func TestOpenWhileModeChanges(t *testing.T) {
 	requireFUSE(t)
-	body := randBytes(9, 1<<20)
+	body := testutil.RandBytes(9, 1<<20)
 	l := convertLayer(t, mkTar(t, []tentry{file("f", 0o644, body)}))
 	c := &switchContent{localContent: newLocalContent(t, l, t.TempDir())}
 	root, err := NewLayer(l.Index, c)

@@ -18,6 +18,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"lazypull/format"
+	"lazypull/internal/testutil"
 )
 
 var (
@@ -27,23 +28,23 @@ var (
 )
 
 func dir(name string, mode int64) tentry {
-	return tentry{hdr: tar.Header{Typeflag: tar.TypeDir, Name: name, Mode: mode, ModTime: mt}}
+	return tentry{Hdr: tar.Header{Typeflag: tar.TypeDir, Name: name, Mode: mode, ModTime: mt}}
 }
 
 func file(name string, mode int64, body []byte) tentry {
-	return tentry{hdr: tar.Header{Typeflag: tar.TypeReg, Name: name, Mode: mode, ModTime: mt}, body: body}
+	return tentry{Hdr: tar.Header{Typeflag: tar.TypeReg, Name: name, Mode: mode, ModTime: mt}, Body: body}
 }
 
 func hardlink(name, target string) tentry {
-	return tentry{hdr: tar.Header{Typeflag: tar.TypeLink, Name: name, Linkname: target, ModTime: mt}}
+	return tentry{Hdr: tar.Header{Typeflag: tar.TypeLink, Name: name, Linkname: target, ModTime: mt}}
 }
 
 func symlink(name, target string) tentry {
-	return tentry{hdr: tar.Header{Typeflag: tar.TypeSymlink, Name: name, Linkname: target, Mode: 0o777, ModTime: mt}}
+	return tentry{Hdr: tar.Header{Typeflag: tar.TypeSymlink, Name: name, Linkname: target, Mode: 0o777, ModTime: mt}}
 }
 
 func with(e tentry, f func(h *tar.Header)) tentry {
-	f(&e.hdr)
+	f(&e.Hdr)
 	return e
 }
 
@@ -78,19 +79,19 @@ func testLayers(t testing.TB) [][]byte {
 		with(file("etc/acl", 0o640, []byte("acl\n")), xattr("system.posix_acl_access", acl)),
 		dir("usr/", 0o755),
 		dir("usr/bin/", 0o755),
-		file("usr/bin/sudo", 0o4755, randBytes(1, 70_000)),
+		file("usr/bin/sudo", 0o4755, testutil.RandBytes(1, 70_000)),
 		with(file("usr/bin/sgid", 0o3711, []byte("#!/bin/sh\n")), func(h *tar.Header) { h.Uid, h.Gid = 65534, 4_000_000 }),
-		with(file("usr/lib/big.so", 0o644, randBytes(2, 3<<20+12345)), func(h *tar.Header) { h.ModTime, h.Format = mtNsec, tar.FormatPAX }),
+		with(file("usr/lib/big.so", 0o644, testutil.RandBytes(2, 3<<20+12345)), func(h *tar.Header) { h.ModTime, h.Format = mtNsec, tar.FormatPAX }),
 		file("usr/lib/zeros", 0o644, make([]byte, 1<<20)),
 		hardlink("usr/bin/sudo-link", "usr/bin/sudo"),
 		hardlink("usr/bin/link-of-link", "./usr/bin/sudo-link"),
 		symlink("usr/bin/sh", "/bin/dash"),
 		symlink("usr/bin/rel", "../lib/big.so"),
 		symlink("usr/bin/longlink", "/"+longDir+"target"),
-		{hdr: tar.Header{Typeflag: tar.TypeChar, Name: "dev/null", Mode: 0o666, Devmajor: 1, Devminor: 3, ModTime: mt}},
-		{hdr: tar.Header{Typeflag: tar.TypeBlock, Name: "dev/sda", Mode: 0o660, Devmajor: 8, Devminor: 0, Gid: 6, ModTime: mt}},
-		{hdr: tar.Header{Typeflag: tar.TypeChar, Name: "dev/big", Mode: 0o600, Devmajor: 511, Devminor: 70000, ModTime: mt}},
-		{hdr: tar.Header{Typeflag: tar.TypeFifo, Name: "run/fifo", Mode: 0o600, ModTime: mt}},
+		{Hdr: tar.Header{Typeflag: tar.TypeChar, Name: "dev/null", Mode: 0o666, Devmajor: 1, Devminor: 3, ModTime: mt}},
+		{Hdr: tar.Header{Typeflag: tar.TypeBlock, Name: "dev/sda", Mode: 0o660, Devmajor: 8, Devminor: 0, Gid: 6, ModTime: mt}},
+		{Hdr: tar.Header{Typeflag: tar.TypeChar, Name: "dev/big", Mode: 0o600, Devmajor: 511, Devminor: 70000, ModTime: mt}},
+		{Hdr: tar.Header{Typeflag: tar.TypeFifo, Name: "run/fifo", Mode: 0o600, ModTime: mt}},
 		with(file("bin/ping", 0o755, []byte("\x7fELF ping")), xattr(
 			"security.capability", "\x01\x00\x00\x02\x00\x20\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00",
 			"user.comment", "pings\x00with a NUL",
@@ -654,7 +655,7 @@ func TestOverlayUpperOnLayerViews(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	want := append(randBytes(2, 3<<20+12345), "appended"...)
+	want := append(testutil.RandBytes(2, 3<<20+12345), "appended"...)
 	if !bytes.Equal(got, want) {
 		t.Errorf("usr/lib/big.so after copy-up and append: %d bytes, differs", len(got))
 	}
@@ -729,7 +730,7 @@ func TestReadsByRange(t *testing.T) {
 	if _, err := f.ReadAt(b, off); err != nil {
 		t.Fatal(err)
 	}
-	if !bytes.Equal(b, randBytes(2, 3<<20+12345)[off:off+100]) {
+	if !bytes.Equal(b, testutil.RandBytes(2, 3<<20+12345)[off:off+100]) {
 		t.Error("content differs")
 	}
 	var total int64

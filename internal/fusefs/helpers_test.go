@@ -8,15 +8,12 @@ import (
 	"errors"
 	"fmt"
 	"io"
-	"log/slog"
-	"math/rand/v2"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"slices"
 	"sort"
 	"strings"
-	"sync"
 	"sync/atomic"
 	"syscall"
 	"testing"
@@ -24,6 +21,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"lazypull/format"
+	"lazypull/internal/testutil"
 )
 
 // requireFUSE skips a test that needs real FUSE mounts when it cannot have them: no
@@ -51,41 +49,10 @@ func skipOrFail(t testing.TB, why string) {
 	t.Skipf("SKIP: %s", why)
 }
 
-func randBytes(seed uint64, n int) []byte {
-	r := rand.New(rand.NewPCG(seed, seed^0x9e3779b97f4a7c15))
-	b := make([]byte, n)
-	for i := range b {
-		b[i] = byte(r.Uint32())
-	}
-	return b
-}
+// tentry is one entry of a test tar.
+type tentry = testutil.Entry
 
-type tentry struct {
-	hdr  tar.Header
-	body []byte
-}
-
-func mkTar(t testing.TB, entries []tentry) []byte {
-	t.Helper()
-	var buf bytes.Buffer
-	tw := tar.NewWriter(&buf)
-	for _, e := range entries {
-		h := e.hdr
-		if h.Typeflag == tar.TypeReg {
-			h.Size = int64(len(e.body))
-		}
-		if err := tw.WriteHeader(&h); err != nil {
-			t.Fatalf("tar header %q: %v", h.Name, err)
-		}
-		if _, err := tw.Write(e.body); err != nil {
-			t.Fatalf("tar body %q: %v", h.Name, err)
-		}
-	}
-	if err := tw.Close(); err != nil {
-		t.Fatal(err)
-	}
-	return buf.Bytes()
-}
+func mkTar(t testing.TB, entries []tentry) []byte { return testutil.Tar(t, entries...) }
 
 // convertLayer converts a tar into a lazypull layer and opens it.
 func convertLayer(t testing.TB, tarball []byte) *format.Layer {
@@ -211,28 +178,6 @@ func mountView(t testing.TB, root *Root) (string, *Server) {
 		}
 	})
 	return dir, srv
-}
-
-// logBuffer collects slog output for assertions.
-type logBuffer struct {
-	mu  sync.Mutex
-	buf bytes.Buffer
-}
-
-func (l *logBuffer) Write(p []byte) (int, error) {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.buf.Write(p)
-}
-
-func (l *logBuffer) String() string {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.buf.String()
-}
-
-func (l *logBuffer) logger() *slog.Logger {
-	return slog.New(slog.NewTextHandler(l, &slog.HandlerOptions{Level: slog.LevelDebug}))
 }
 
 // fileInfo is what a test compares of one file.

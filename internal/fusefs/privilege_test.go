@@ -34,7 +34,7 @@ func privilegedLayer(t *testing.T) []byte {
 		file("bin/id", 0o4755, id),
 		with(file("bin/capcat", 0o755, cat), xattr("security.capability", capDacReadSearch)),
 		dir("dev/", 0o755),
-		{hdr: tar.Header{Typeflag: tar.TypeChar, Name: "dev/fuse", Mode: 0o666, Devmajor: 10, Devminor: 229, ModTime: mt}},
+		{Hdr: tar.Header{Typeflag: tar.TypeChar, Name: "dev/fuse", Mode: 0o666, Devmajor: 10, Devminor: 229, ModTime: mt}},
 	})
 }
 

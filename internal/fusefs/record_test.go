@@ -8,18 +8,19 @@ import (
 	"testing"
 
 	"lazypull/format"
+	"lazypull/internal/testutil"
 )
 
 // TestRecorderSeesEveryFirstRead: a recording view reports the reads of every file in the
 // order they happen, also of files that have a local copy (no passthrough hides them).
 func TestRecorderSeesEveryFirstRead(t *testing.T) {
 	requireFUSE(t)
-	big := randBytes(7, 3<<20)
+	big := testutil.RandBytes(7, 3<<20)
 	l := convertLayer(t, mkTar(t, []tentry{
-		{hdr: tar.Header{Name: "bin/", Typeflag: tar.TypeDir, Mode: 0o755}},
-		{hdr: tar.Header{Name: "bin/tool", Typeflag: tar.TypeReg, Mode: 0o755}, body: big},
-		{hdr: tar.Header{Name: "etc/conf", Typeflag: tar.TypeReg, Mode: 0o644}, body: []byte("hello")},
-		{hdr: tar.Header{Name: "etc/link", Typeflag: tar.TypeLink, Linkname: "etc/conf"}},
+		{Hdr: tar.Header{Name: "bin/", Typeflag: tar.TypeDir, Mode: 0o755}},
+		{Hdr: tar.Header{Name: "bin/tool", Typeflag: tar.TypeReg, Mode: 0o755}, Body: big},
+		{Hdr: tar.Header{Name: "etc/conf", Typeflag: tar.TypeReg, Mode: 0o644}, Body: []byte("hello")},
+		{Hdr: tar.Header{Name: "etc/link", Typeflag: tar.TypeLink, Linkname: "etc/conf"}},
 	}))
 	c := newLocalContent(t, l, t.TempDir()) // every file local: passthrough would hide the reads
 	type read struct {

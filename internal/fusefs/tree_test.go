@@ -8,6 +8,7 @@ import (
 	"github.com/hanwen/go-fuse/v2/fuse"
 
 	"lazypull/format"
+	"lazypull/internal/testutil"
 )
 
 // These tests check the trees without mounting: the cases a tar from tar -x cannot show.
@@ -77,7 +78,7 @@ func itoa(v uint64) string {
 }
 
 func TestLayerTree(t *testing.T) {
-	var logs logBuffer
+	var logs testutil.LogBuffer
 	ix := &format.Index{Entries: []format.Entry{
 		ent("d/", '5', mode(0o700)),         // 0
 		ent("d/x", '0'),                     // 1
@@ -102,7 +103,7 @@ func TestLayerTree(t *testing.T) {
 		ent("gone", '0', mode(0)),           // 20
 		ent(".wh.gone", '0'),                // 21: the file stays
 	}}
-	r := build(NewLayer(ix, shortContent{}, WithLogger(logs.logger())))
+	r := build(NewLayer(ix, shortContent{}, WithLogger(logs.Logger())))
 	want := strings.Join([]string{
 		"d dir 2 2",
 		"d/x reg 2 3",
@@ -147,8 +148,8 @@ func TestMergedTree(t *testing.T) {
 		ent("keep", '0'),                    // 2
 		ent("tree/b", '0'),                  // 3: tree is synthesized here
 	}}
-	var logs logBuffer
-	r := build(NewMerged([]Layer{{lower, shortContent{}}, {upper, shortContent{}}}, WithLogger(logs.logger())))
+	var logs testutil.LogBuffer
+	r := build(NewMerged([]Layer{{lower, shortContent{}}, {upper, shortContent{}}}, WithLogger(logs.Logger())))
 	// the opaque root hides lower/ and tree/, so ext (resolved before) is the only name of
 	// the lower file left
 	want := strings.Join([]string{
@@ -188,9 +189,9 @@ func TestMergedTree(t *testing.T) {
 }
 
 func TestMergedDanglingLink(t *testing.T) {
-	var logs logBuffer
+	var logs testutil.LogBuffer
 	up := &format.Index{Entries: []format.Entry{ent("l", '1', link("nowhere"))}}
-	r := build(NewMerged([]Layer{{up, shortContent{}}}, WithLogger(logs.logger())))
+	r := build(NewMerged([]Layer{{up, shortContent{}}}, WithLogger(logs.Logger())))
 	if got := listing(r); got != "" {
 		t.Errorf("tree: %q", got)
 	}

@@ -7,13 +7,13 @@ import (
 	"errors"
 	"fmt"
 	"io"
-	"math/rand/v2"
 	"runtime"
 	"strings"
 	"testing"
 	"testing/iotest"
 
 	"lazypull/format"
+	"lazypull/internal/testutil"
 )
 
 // packRec is one record of a pack, as a test writes or reads it.
@@ -25,22 +25,16 @@ type packRec struct {
 
 func recDigest(b []byte) format.Digest { return sha256.Sum256(b) }
 
-func randBytes(seed uint64, n int) []byte {
-	b := make([]byte, n)
-	_, _ = rand.NewChaCha8([32]byte{byte(seed), byte(seed >> 8), 7}).Read(b)
-	return b
-}
-
 // samplePack returns records as a profile's pack holds them: indexes first, then chunk
 // frames of sizes either side of the reader's buffer, one of them empty.
 func samplePack() []packRec {
 	var recs []packRec
 	for i, n := range []int{300, 70 << 10, 1} {
-		b := randBytes(uint64(i), n)
+		b := testutil.RandBytes(uint64(i), n)
 		recs = append(recs, packRec{RecordIndex, recDigest(b), b})
 	}
 	for i, n := range []int{4096, 0, 200 << 10, 64 << 10, 17} {
-		b := randBytes(uint64(100+i), n)
+		b := testutil.RandBytes(uint64(100+i), n)
 		recs = append(recs, packRec{RecordChunk, recDigest(b), b})
 	}
 	return recs

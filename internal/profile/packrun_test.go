@@ -6,6 +6,8 @@ import (
 	"errors"
 	"io"
 	"testing"
+
+	"lazypull/internal/testutil"
 )
 
 // TestPackRunRecords: a version 2 pack carries header run records beside indexes and
@@ -14,7 +16,7 @@ import (
 // version 1 reader, which knows only version 1, refuses a version 2 pack at its header.
 func TestPackRunRecords(t *testing.T) {
 	recs := samplePack()
-	run := randBytes(900, 3000)
+	run := testutil.RandBytes(900, 3000)
 	withRun := append(append(recs[:3:3], packRec{RecordRun, recDigest(run), run}), recs[3:]...)
 	var buf bytes.Buffer
 	pw := NewPackWriterVersion(&buf, PackVersion2)
