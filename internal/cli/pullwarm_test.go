@@ -5,11 +5,8 @@ import (
 	"context"
 	"encoding/json"
 	"io"
-	"log"
 	"log/slog"
 	"net"
-	"net/http"
-	"net/http/httptest"
 	"os"
 	"path/filepath"
 	"strings"
@@ -23,7 +20,6 @@ import (
 	dockerconfig "github.com/containerd/containerd/v2/core/remotes/docker/config"
 	"github.com/containerd/containerd/v2/plugins/content/local"
 	"github.com/google/go-containerregistry/pkg/name"
-	"github.com/google/go-containerregistry/pkg/registry"
 	v1 "github.com/google/go-containerregistry/pkg/v1"
 	"github.com/google/go-containerregistry/pkg/v1/empty"
 	"github.com/google/go-containerregistry/pkg/v1/mutate"
@@ -35,6 +31,7 @@ import (
 	"google.golang.org/grpc"
 
 	"lazypull/internal/fetch"
+	"lazypull/internal/testutil"
 	"lazypull/internal/warm"
 )
 
@@ -48,42 +45,32 @@ var lazyAnnotations = map[string]string{
 // countingRegistry serves an in-process registry and counts its requests by method and
 // path kind ("HEAD manifests", "GET blobs").
 type countingRegistry struct {
+	*testutil.Registry
 	host string
-	mu   sync.Mutex
-	n    map[string]int
 }
 
 func newCountingRegistry(t *testing.T) *countingRegistry {
 	t.Helper()
-	c := &countingRegistry{n: map[string]int{}}
-	h := registry.New(registry.Logger(log.New(io.Discard, "", 0)))
-	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+	r := testutil.NewRegistry(t)
+	return &countingRegistry{r, r.Host}
+}
+
+// counts returns the requests since the last call, counted by method and path kind.
+func (c *countingRegistry) counts() map[string]int {
+	out := map[string]int{}
+	for _, line := range c.Take() {
+		method, path, _ := strings.Cut(line, " ")
+		path, _, _ = strings.Cut(path, " ")
 		kind := "other"
 		for _, k := range []string{"manifests", "blobs"} {
-			if strings.Contains(r.URL.Path, "/"+k+"/") {
+			if strings.Contains(path, "/"+k+"/") {
 				kind = k
 			}
 		}
-		c.mu.Lock()
-		c.n[r.Method+" "+kind]++
-		c.mu.Unlock()
-		h.ServeHTTP(w, r)
-	}))
-	t.Cleanup(srv.Close)
-	c.host = strings.TrimPrefix(srv.URL, "http://")
-	return c
-}
-
-func (c *countingRegistry) counts() map[string]int {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	out := map[string]int{}
-	for k, v := range c.n {
-		if k != "GET other" { // the version check
-			out[k] = v
+		if k := method + " " + kind; k != "GET other" { // the version check
+			out[k]++
 		}
 	}
-	clear(c.n)
 	return out
 }
 

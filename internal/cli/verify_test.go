@@ -6,16 +6,12 @@ import (
 	"context"
 	"crypto/sha256"
 	"encoding/binary"
-	"io"
-	"log"
-	"net/http/httptest"
 	"os"
 	"path/filepath"
 	"strings"
 	"testing"
 
 	"github.com/google/go-containerregistry/pkg/name"
-	"github.com/google/go-containerregistry/pkg/registry"
 	v1 "github.com/google/go-containerregistry/pkg/v1"
 	"github.com/google/go-containerregistry/pkg/v1/empty"
 	"github.com/google/go-containerregistry/pkg/v1/mutate"
@@ -25,6 +21,7 @@ import (
 
 	"lazypull/format"
 	"lazypull/internal/store"
+	"lazypull/internal/testutil"
 )
 
 // diffIDLayer is a static layer with the diff ID of its tar (a static layer says its digest).
@@ -97,9 +94,7 @@ func pushVerifyImage(t *testing.T, host string, edit func(ix *format.Index), wro
 // the entry and the field for an index that serves bash as bin/sh (all digests updated),
 // and for a config whose diff ID is not the tar's.
 func TestVerifyImage(t *testing.T) {
-	srv := httptest.NewServer(registry.New(registry.Logger(log.New(io.Discard, "", 0))))
-	defer srv.Close()
-	host := strings.TrimPrefix(srv.URL, "http://")
+	host := testutil.NewRegistry(t).Host
 
 	code, out, errs := run(t, "verify", "--plain-http", pushVerifyImage(t, host, func(*format.Index) {}, false))
 	if code != 0 || !strings.Contains(out, "1 layers verified") || !strings.Contains(out, " header runs,") {

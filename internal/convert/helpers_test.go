@@ -9,19 +9,15 @@ import (
 	"encoding/json"
 	"fmt"
 	"io"
-	"log"
 	"math/rand"
 	"net/http"
-	"net/http/httptest"
 	"os"
 	"path/filepath"
-	"strings"
 	"testing"
 	"time"
 
 	"github.com/google/go-containerregistry/pkg/authn"
 	"github.com/google/go-containerregistry/pkg/name"
-	"github.com/google/go-containerregistry/pkg/registry"
 	v1 "github.com/google/go-containerregistry/pkg/v1"
 	"github.com/google/go-containerregistry/pkg/v1/layout"
 	"github.com/google/go-containerregistry/pkg/v1/remote"
@@ -30,6 +26,7 @@ import (
 	"github.com/klauspost/compress/zstd"
 
 	"lazypull/format"
+	"lazypull/internal/testutil"
 )
 
 // testOptions are Options for tests: no credentials from the machine, quick retries.
@@ -46,16 +43,8 @@ func testOptions() Options {
 // newRegistry starts an in-process registry; wrap, if not nil, wraps its handler.
 func newRegistry(t *testing.T, wrap func(http.Handler) http.Handler) string {
 	t.Helper()
-	var h http.Handler = registry.New(registry.Logger(discardLogger()))
-	if wrap != nil {
-		h = wrap(h)
-	}
-	s := httptest.NewServer(h)
-	t.Cleanup(s.Close)
-	return strings.TrimPrefix(s.URL, "http://")
+	return testutil.NewRegistry(t, testutil.WithHandler(wrap)).Host
 }
-
-func discardLogger() *log.Logger { return log.New(io.Discard, "", 0) }
 
 // randomTar makes a layer tar with directories, small and large files (several chunks),
 // an empty file, a symlink and a hard link.

@@ -18,10 +18,7 @@ import (
 
 	"lazypull/internal/testutil"
 
-	"log"
-
 	"github.com/google/go-containerregistry/pkg/name"
-	"github.com/google/go-containerregistry/pkg/registry"
 	"github.com/google/go-containerregistry/pkg/v1/remote"
 	"github.com/google/go-containerregistry/pkg/v1/static"
 	"github.com/google/go-containerregistry/pkg/v1/types"
@@ -299,7 +296,7 @@ func TestMultiRangeFallback(t *testing.T) {
 
 // ggcr's in-process registry reads only the first range of a multi-range request.
 func TestFallbackWithGGCRRegistry(t *testing.T) {
-	_, host := serve(t, registry.New(registry.Logger(log.New(io.Discard, "", 0))))
+	host := testutil.NewRegistry(t).Host
 	blob := testutil.RandBytes(25, 300000)
 	layer := static.NewLayer(blob, types.OCILayerZStd)
 	ref, err := name.NewDigest(host + "/ggcr/blob@" + sha(blob).String())

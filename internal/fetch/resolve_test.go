@@ -2,8 +2,6 @@ package fetch
 
 import (
 	"errors"
-	"io"
-	"log"
 	"net/http"
 	"runtime"
 	"strings"
@@ -12,7 +10,6 @@ import (
 	"lazypull/internal/testutil"
 
 	"github.com/google/go-containerregistry/pkg/name"
-	"github.com/google/go-containerregistry/pkg/registry"
 	v1 "github.com/google/go-containerregistry/pkg/v1"
 	"github.com/google/go-containerregistry/pkg/v1/empty"
 	"github.com/google/go-containerregistry/pkg/v1/mutate"
@@ -37,8 +34,7 @@ func testImage(t *testing.T, seed uint64) v1.Image {
 
 func ggcrRegistry(t *testing.T) string {
 	t.Helper()
-	_, host := serve(t, registry.New(registry.Logger(log.New(io.Discard, "", 0))))
-	return host
+	return testutil.NewRegistry(t).Host
 }
 
 func TestResolve(t *testing.T) {

@@ -38,7 +38,7 @@ func WithReferrers() RegistryOption {
 }
 
 // WithHandler wraps the registry's handler (behind the request log), e.g. to answer some
-// requests itself.
+// requests itself. A nil wrap does nothing.
 func WithHandler(wrap func(http.Handler) http.Handler) RegistryOption {
 	return func(c *registryConfig) { c.wrap = wrap }
 }
@@ -78,9 +78,11 @@ func (r *Registry) Requests() []string {
 	return append([]string(nil), r.log...)
 }
 
-// Reset forgets the requests so far.
-func (r *Registry) Reset() {
+// Take returns the requests so far, as Requests does, and forgets them.
+func (r *Registry) Take() []string {
 	r.mu.Lock()
 	defer r.mu.Unlock()
+	log := r.log
 	r.log = nil
+	return log
 }

@@ -85,8 +85,10 @@ func TestRegistryLogsRequests(t *testing.T) {
 	if got := r.Requests(); !slices.Equal(got, want) {
 		t.Errorf("request log %q, want %q", got, want)
 	}
-	r.Reset()
+	if got := r.Take(); !slices.Equal(got, want) {
+		t.Errorf("Take: %q, want %q", got, want)
+	}
 	if got := r.Requests(); len(got) != 0 {
-		t.Errorf("after Reset: %q", got)
+		t.Errorf("after Take: %q", got)
 	}
 }
