@@ -7,6 +7,8 @@ import (
 	"sync"
 	"testing"
 	"time"
+
+	"lazypull/internal/testutil"
 )
 
 // TestSharedIndex: reading the index of a layer whose index is in use already gives that
@@ -21,16 +23,12 @@ func TestSharedIndex(t *testing.T) {
 	}
 	useShared(t, blob, res)
 	// Nothing holds the index any more: it goes, and so does its entry.
-	for deadline := time.Now().Add(5 * time.Second); ; {
+	// A collection signals nothing a test can wait on: collect and look again until then.
+	testutil.WaitFor(t, 5*time.Second, "the shared index to be dropped after its last user", func() bool {
 		runtime.GC()
-		if _, ok := sharedIndexes.Load(want); !ok {
-			break
-		}
-		if time.Now().After(deadline) {
-			t.Fatal("the shared index is still listed 5 s after its last user dropped it")
-		}
-		time.Sleep(10 * time.Millisecond)
-	}
+		_, ok := sharedIndexes.Load(want)
+		return !ok
+	})
 }
 
 func useShared(t *testing.T, blob []byte, res *Result) {

@@ -1,7 +1,6 @@
 package cli
 
 import (
-	"bytes"
 	"context"
 	"log/slog"
 	"net"
@@ -9,9 +8,10 @@ import (
 	"path/filepath"
 	"regexp"
 	"strings"
-	"sync"
 	"testing"
 	"time"
+
+	"lazypull/internal/testutil"
 
 	versionapi "github.com/containerd/containerd/api/services/version/v1"
 	ptypes "github.com/containerd/containerd/v2/pkg/protobuf/types"
@@ -97,15 +97,6 @@ func (f *fakeVersion) Version(context.Context, *ptypes.Empty) (*versionapi.Versi
 	return &versionapi.VersionResponse{Version: f.version}, nil
 }
 
-// syncBuf is a bytes.Buffer for a logger and a test reading it.
-type syncBuf struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (s *syncBuf) Write(p []byte) (int, error) { s.mu.Lock(); defer s.mu.Unlock(); return s.b.Write(p) }
-func (s *syncBuf) String() string              { s.mu.Lock(); defer s.mu.Unlock(); return s.b.String() }
-
 // TestWatchContainerdWarns: the snapshotter waits for containerd's config and for containerd
 // to answer at the address the config names, asks its version over the API, and logs one
 // warning for README's version 2 config on a containerd 2 and one info line for README's
@@ -124,7 +115,7 @@ func TestWatchContainerdWarns(t *testing.T) {
 			dir := t.TempDir()
 			sock := filepath.Join(dir, "containerd.sock")
 			config := filepath.Join(dir, "config.toml")
-			var buf syncBuf
+			var buf testutil.LogBuffer
 			log := slog.New(slog.NewTextHandler(&buf, nil))
 			ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 			defer cancel()

@@ -8,6 +8,8 @@ import (
 	"path/filepath"
 	"testing"
 	"time"
+
+	"lazypull/internal/testutil"
 )
 
 func start(t *testing.T, idle time.Duration) (string, chan error) {
@@ -17,16 +19,9 @@ func start(t *testing.T, idle time.Duration) (string, chan error) {
 	done := make(chan error, 1)
 	go func() { done <- Serve(ctx, sock, idle, slog.New(slog.NewTextHandler(io.Discard, nil))) }()
 	t.Cleanup(func() { cancel(); <-done })
-	deadline := time.Now().Add(5 * time.Second)
-	for {
-		if _, err := os.Stat(sock); err == nil {
-			return sock, done
-		}
-		if time.Now().After(deadline) {
-			t.Fatal("no keeper socket")
-		}
-		time.Sleep(10 * time.Millisecond)
-	}
+	// Serve signals nothing when it listens: the socket's file is polled.
+	testutil.WaitFor(t, 5*time.Second, "the keeper socket", func() bool { _, err := os.Stat(sock); return err == nil })
+	return sock, done
 }
 
 // TestKeepsAcrossClients: a descriptor put by one client outlives it and is listed to the
