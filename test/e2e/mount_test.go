@@ -2,7 +2,6 @@ package e2e
 
 import (
 	"bufio"
-	"bytes"
 	"context"
 	"crypto/sha256"
 	"encoding/json"
@@ -28,6 +27,7 @@ import (
 	"lazypull/format"
 	"lazypull/internal/daemon"
 	"lazypull/internal/store"
+	"lazypull/internal/testutil"
 )
 
 // lazyImage converts the python test image (or its flattened twin) into the registry once
@@ -47,32 +47,15 @@ func (e *env) lazyImage(t *testing.T, name string) string {
 type mounted struct {
 	dir, store string
 	cmd        *exec.Cmd
-	log        *syncBuffer
+	log        *testutil.LogBuffer
 	done       chan error
-}
-
-type syncBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (s *syncBuffer) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.Write(p)
-}
-
-func (s *syncBuffer) String() string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.String()
 }
 
 // mount starts `lazypull mount` of ref at a new directory with the given store and waits
 // until the tree is there. The mount is stopped with SIGTERM when the test ends.
 func (e *env) mount(t *testing.T, ref, storeDir string, flags ...string) *mounted {
 	t.Helper()
-	m := &mounted{dir: filepath.Join(t.TempDir(), "mnt"), store: storeDir, log: &syncBuffer{}, done: make(chan error, 1)}
+	m := &mounted{dir: filepath.Join(t.TempDir(), "mnt"), store: storeDir, log: &testutil.LogBuffer{}, done: make(chan error, 1)}
 	if err := os.Mkdir(m.dir, 0o755); err != nil {
 		t.Fatal(err)
 	}
@@ -405,7 +388,7 @@ func TestMountKill9ThenRemount(t *testing.T) {
 // remountAt mounts ref at an existing (possibly stale) mount point.
 func (e *env) remountAt(t *testing.T, ref, storeDir, dir string) *mounted {
 	t.Helper()
-	m := &mounted{dir: dir, store: storeDir, log: &syncBuffer{}, done: make(chan error, 1)}
+	m := &mounted{dir: dir, store: storeDir, log: &testutil.LogBuffer{}, done: make(chan error, 1)}
 	m.cmd = e.command(e.bin, "mount", "--plain-http", "--store", storeDir, ref, dir)
 	m.cmd.Stdout, m.cmd.Stderr = m.log, m.log
 	if err := m.cmd.Start(); err != nil {

@@ -14,6 +14,8 @@ import (
 	"testing"
 	"time"
 
+	"lazypull/internal/testutil"
+
 	"github.com/google/go-containerregistry/pkg/name"
 	"github.com/google/go-containerregistry/pkg/v1/mutate"
 	"github.com/google/go-containerregistry/pkg/v1/remote"
@@ -202,7 +204,7 @@ func TestSnapshotterSocketMode(t *testing.T) {
 	if err := os.WriteFile(config, nil, 0o644); err != nil {
 		t.Fatal(err)
 	}
-	log := &syncBuffer{}
+	log := &testutil.LogBuffer{}
 	cmd := exec.Command("sh", "-c", `umask 000 && exec "$0" "$@"`, e.bin, "snapshotter", "--config", config,
 		"--address", sock, "--root", root, "--store", filepath.Join(dir, "store"), "--plain-http")
 	cmd.Stdout, cmd.Stderr = log, log

@@ -8,6 +8,8 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"lazypull/internal/testutil"
 )
 
 // readerScript reads 2,000 files under /usr, one after the other, printing FAIL for a file
@@ -32,7 +34,7 @@ func TestSnapshotterKill9KeepsContainers(t *testing.T) {
 	t.Cleanup(func() {
 		run(t, "ctr", "--address", filepath.Join(s.containerd, "containerd.sock"), "--namespace", ns, "task", "kill", "-s", "SIGKILL", id)
 	})
-	waitFor(t, 60*time.Second, "the reader to start reading", func() bool {
+	testutil.WaitFor(t, 60*time.Second, "the reader to start reading", func() bool {
 		b, _ := os.ReadFile(logFile)
 		return strings.Contains(string(b), "read 300")
 	})
@@ -53,7 +55,7 @@ func TestSnapshotterKill9KeepsContainers(t *testing.T) {
 	}
 
 	s.start(t)
-	waitFor(t, 10*time.Minute, "the reader to finish", func() bool {
+	testutil.WaitFor(t, 10*time.Minute, "the reader to finish", func() bool {
 		b, _ := os.ReadFile(logFile)
 		return strings.Contains(string(b), "DONE")
 	})
@@ -73,17 +75,6 @@ func TestSnapshotterKill9KeepsContainers(t *testing.T) {
 func lastLine(b []byte) string {
 	lines := strings.Split(strings.TrimSpace(string(b)), "\n")
 	return lines[len(lines)-1]
-}
-
-func waitFor(t *testing.T, d time.Duration, what string, ok func() bool) {
-	t.Helper()
-	deadline := time.Now().Add(d)
-	for !ok() {
-		if time.Now().After(deadline) {
-			t.Fatalf("timed out after %v waiting for %s", d, what)
-		}
-		time.Sleep(100 * time.Millisecond)
-	}
 }
 
 // TestSnapshotterRegistryDown: once a container of an image ran, its registry goes away;

@@ -18,6 +18,7 @@ import (
 
 	"lazypull/internal/daemon"
 	"lazypull/internal/snapshot"
+	"lazypull/internal/testutil"
 )
 
 // snapshotterEnv is a `lazypull snapshotter` and a containerd of its own that has it as
@@ -26,7 +27,7 @@ type snapshotterEnv struct {
 	dir, sock, store, containerd, config, bin string
 	env                                       []string // added to the snapshotter's environment (credentials)
 	cmd                                       *exec.Cmd
-	log                                       *syncBuffer
+	log                                       *testutil.LogBuffer
 	done                                      chan error
 }
 
@@ -83,7 +84,7 @@ func (e *env) startSnapshotterWith(t *testing.T, config string, opts ...snapshot
 		t.Fatal(err)
 	}
 	s := &snapshotterEnv{dir: dir, sock: filepath.Join(dir, "sn.sock"), store: filepath.Join(dir, "store"),
-		containerd: filepath.Join(dir, "ctd"), log: &syncBuffer{}, done: make(chan error, 1)}
+		containerd: filepath.Join(dir, "ctd"), log: &testutil.LogBuffer{}, done: make(chan error, 1)}
 	s.config = filepath.Join(dir, "config.toml")
 	// containerd_config: the snapshotter checks the config of its containerd (once it
 	// answers), not the host's.

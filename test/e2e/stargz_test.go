@@ -9,6 +9,8 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"lazypull/internal/testutil"
 )
 
 // TestStargzDaemonRunsEstargzLazily: tools/stargz-grpc's containerd-stargz-grpc (built into
@@ -44,7 +46,7 @@ func TestStargzDaemonRunsEstargzLazily(t *testing.T) {
 	if err := os.WriteFile(config, []byte("no_background_fetch = true\n"), 0o644); err != nil {
 		t.Fatal(err)
 	}
-	log := &syncBuffer{}
+	log := &testutil.LogBuffer{}
 	cmd := exec.Command(bin, "--address", sock, "--root", root, "--config", config, "--log-level", "debug")
 	cmd.Stdout, cmd.Stderr = log, log
 	if err := cmd.Start(); err != nil {
