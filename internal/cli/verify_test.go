@@ -5,7 +5,6 @@ import (
 	"bytes"
 	"context"
 	"crypto/sha256"
-	"encoding/binary"
 	"os"
 	"path/filepath"
 	"strings"
@@ -22,6 +21,7 @@ import (
 	"lazypull/format"
 	"lazypull/internal/store"
 	"lazypull/internal/testutil"
+	"lazypull/internal/testutil/layertest"
 )
 
 // diffIDLayer is a static layer with the diff ID of its tar (a static layer says its digest).
@@ -37,15 +37,12 @@ func (l diffIDLayer) DiffID() (v1.Hash, error) { return l.diffID, nil }
 // tar's diff ID in its config unless wrongDiffID, and returns its reference.
 func pushVerifyImage(t *testing.T, host string, edit func(ix *format.Index), wrongDiffID bool) string {
 	t.Helper()
-	var tb bytes.Buffer
-	tw := tar.NewWriter(&tb)
+	var entries []testutil.Entry
 	for _, f := range []struct{ name, body string }{{"bin/bash", "#!bash"}, {"bin/sh", "#!sh, the real one"}, {"etc/motd", "hi"}} {
-		tw.WriteHeader(&tar.Header{Typeflag: tar.TypeReg, Name: f.name, Mode: 0o755, Size: int64(len(f.body))})
-		tw.Write([]byte(f.body))
+		entries = append(entries, testutil.Entry{Hdr: tar.Header{Typeflag: tar.TypeReg, Name: f.name, Mode: 0o755}, Body: []byte(f.body)})
 	}
-	tw.Close()
 	var out bytes.Buffer
-	res, err := format.Write(context.Background(), &out, &tb)
+	res, err := format.Write(context.Background(), &out, bytes.NewReader(testutil.Tar(t, entries...)))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -59,26 +56,14 @@ func pushVerifyImage(t *testing.T, host string, edit func(ix *format.Index), wro
 	if err != nil {
 		t.Fatal(err)
 	}
-	blob := bytes.Clone(b[:res.IndexOffset-8])
-	blob = binary.LittleEndian.AppendUint32(blob, 0x184D2A5D)
-	blob = binary.LittleEndian.AppendUint32(blob, uint32(len(payload)))
-	off := int64(len(blob))
-	blob = append(blob, payload...)
-	sum := sha256.Sum256(payload)
-	blob = binary.LittleEndian.AppendUint32(blob, 0x184D2A5E)
-	blob = binary.LittleEndian.AppendUint32(blob, 56)
-	blob = append(blob, "LZPFOOTR"...)
-	blob = binary.LittleEndian.AppendUint64(blob, uint64(off))
-	blob = binary.LittleEndian.AppendUint64(blob, uint64(len(payload)))
-	blob = append(blob, sum[:]...)
-	r := format.Result{IndexOffset: off, IndexSize: int64(len(payload)), IndexDigest: format.Digest(sum).String()}
+	blob, ann := layertest.WithIndex(b[:res.IndexOffset-8], payload)
 
 	layer := v1.Layer(static.NewLayer(blob, types.MediaType(format.MediaTypeLayer)))
 	if !wrongDiffID {
 		h, _ := v1.NewHash(res.DiffID)
 		layer = diffIDLayer{layer, h}
 	}
-	img, err := mutate.Append(empty.Image, mutate.Addendum{Layer: layer, Annotations: r.Annotations(), MediaType: types.MediaType(format.MediaTypeLayer)})
+	img, err := mutate.Append(empty.Image, mutate.Addendum{Layer: layer, Annotations: ann, MediaType: types.MediaType(format.MediaTypeLayer)})
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -425,15 +425,7 @@ func checkConverted(t *testing.T, img v1.Image, config []byte, tars [][]byte, an
 		if ld.MediaType != format.MediaTypeLayer || !format.IsLayer(ld.Annotations) {
 			t.Errorf("layer %d: media type %s, annotations %v", i, ld.MediaType, ld.Annotations)
 		}
-		rc, err := layers[i].Compressed()
-		if err != nil {
-			t.Fatal(err)
-		}
-		blob, err := io.ReadAll(rc)
-		rc.Close()
-		if err != nil {
-			t.Fatal(err)
-		}
+		blob := testutil.Compressed(t, layers[i])
 		if sha(blob) != ld.Digest || int64(len(blob)) != ld.Size {
 			t.Errorf("layer %d: blob does not match its descriptor", i)
 		}
@@ -475,16 +467,7 @@ func tarsOf(t *testing.T, img v1.Image) [][]byte {
 	}
 	var out [][]byte
 	for _, l := range ls {
-		rc, err := l.Uncompressed()
-		if err != nil {
-			t.Fatal(err)
-		}
-		b, err := io.ReadAll(rc)
-		rc.Close()
-		if err != nil {
-			t.Fatal(err)
-		}
-		out = append(out, b)
+		out = append(out, testutil.Uncompressed(t, l))
 	}
 	return out
 }

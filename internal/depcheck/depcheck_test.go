@@ -71,6 +71,7 @@ const (
 	jsonlimit      = "internal/jsonlimit"
 	imagebuild     = "internal/imagebuild"
 	testutil       = "internal/testutil"
+	layertest      = "internal/testutil/layertest"
 	lazypullBinary = "cmd/lazypull"
 	benchBinary    = "cmd/lazypull-bench"
 )
@@ -173,6 +174,9 @@ func allowed() map[string]rule {
 		// registry): imported by _test.go files only (checkFlow checks that nothing's own
 		// files import it), and itself of nothing of ours, so that format's tests may use it.
 		testutil: {ext: []string{ggcr}},
+		// Lazypull layers built byte by byte for tests (an index that is not the tar's):
+		// for _test.go files only too; apart from testutil because it needs format.
+		layertest: {ours: []string{format}},
 
 		// This package: a test and nothing else.
 		"internal/depcheck": {},
@@ -251,6 +255,8 @@ func TestCheckCatches(t *testing.T) {
 			"internal/warm imports internal/imagebuild", "cmd/lazypull contains internal/imagebuild"},
 		{"a package's own files import testutil", func(g graph) { add(g, store, our(testutil)) },
 			"internal/store imports internal/testutil", "internal/store imports internal/testutil, which is for _test.go files only"},
+		{"a package's own files import layertest", func(g graph) { add(g, cli, our(layertest)) },
+			"internal/cli imports internal/testutil/layertest", "internal/cli imports internal/testutil/layertest, which is for _test.go files only"},
 		{"testutil imports ours", func(g graph) { add(g, testutil, our(format)) },
 			"internal/testutil imports format", "internal/testutil imports format: it imports nothing of ours"},
 	}
@@ -319,6 +325,8 @@ func checkFlow(g graph) []string {
 	composers := []string{daemon, cli}
 	// notInBinary are packages the lazypull binary must not contain: test-image tooling.
 	notInBinary := []string{imagebuild}
+	// testOnly are packages only _test.go files import.
+	testOnly := []string{testutil, layertest}
 
 	var v []string
 	// format depends on nothing of ours outside format/, and on the standard library and
@@ -364,12 +372,15 @@ func checkFlow(g graph) []string {
 			v = append(v, fmt.Sprintf("cmd/lazypull contains %s, which is for tests only", rel(d)))
 		}
 	}
-	// testutil is for _test.go files: no package's own files import it (the graph is of
-	// non-test imports, so any edge to it is one), and it imports nothing of ours, so that
-	// the tests of any package, format's among them, may import it without a cycle.
+	// testutil and layertest are for _test.go files: no package's own files import them
+	// (the graph is of non-test imports, so any edge to them is one), and testutil imports
+	// nothing of ours, so that the tests of any package, format's among them, may import it
+	// without a cycle.
 	for _, p := range sorted(g) {
-		if slices.Contains(g[p], our(testutil)) {
-			v = append(v, fmt.Sprintf("%s imports %s, which is for _test.go files only", rel(p), testutil))
+		for _, imp := range g[p] {
+			if slices.Contains(testOnly, rel(imp)) {
+				v = append(v, fmt.Sprintf("%s imports %s, which is for _test.go files only", rel(p), rel(imp)))
+			}
 		}
 	}
 	for _, imp := range g[our(testutil)] {
