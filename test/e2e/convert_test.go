@@ -4,7 +4,6 @@ import (
 	"crypto/sha256"
 	"encoding/json"
 	"fmt"
-	"io"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -17,6 +16,7 @@ import (
 
 	"lazypull/format"
 	"lazypull/internal/convert"
+	"lazypull/internal/testutil"
 )
 
 const pythonOutput = "hello from python"
@@ -105,15 +105,7 @@ func checkConverted(t *testing.T, img v1.Image, wantCfg v1.Hash) {
 			t.Errorf("layer %d: %s with annotations %v", i, desc.MediaType, desc.Annotations)
 			continue
 		}
-		rc, err := layers[i].Compressed()
-		if err != nil {
-			t.Fatal(err)
-		}
-		blob, err := io.ReadAll(rc)
-		rc.Close()
-		if err != nil {
-			t.Fatal(err)
-		}
+		blob := testutil.Compressed(t, layers[i])
 		cmd := exec.Command("zstd", "-dc")
 		cmd.Stdin = strings.NewReader(string(blob))
 		plain, err := cmd.Output()

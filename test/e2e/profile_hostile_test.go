@@ -18,6 +18,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"lazypull/internal/imagebuild"
+	"lazypull/internal/testutil"
 )
 
 // hostileImage builds an image of one layer, a static program (/pause, from tools/pause)
@@ -286,16 +287,7 @@ func TestProfileKeepsArgumentsLocal(t *testing.T) {
 		t.Fatal(err)
 	}
 	for i, l := range layers {
-		rc, err := l.Compressed()
-		if err != nil {
-			t.Fatal(err)
-		}
-		b, err := io.ReadAll(rc)
-		rc.Close()
-		if err != nil {
-			t.Fatal(err)
-		}
-		blobs[fmt.Sprintf("layer %d", i)] = b
+		blobs[fmt.Sprintf("layer %d", i)] = testutil.Compressed(t, l)
 	}
 	if len(blobs) < 2 {
 		t.Fatalf("the profile artifact %s has no layer", digest)

@@ -3,11 +3,9 @@ package e2e
 import (
 	"bytes"
 	"crypto/sha256"
-	"encoding/binary"
 	"encoding/hex"
 	"encoding/json"
 	"errors"
-	"io"
 	"os"
 	"path/filepath"
 	"strings"
@@ -22,6 +20,8 @@ import (
 	"github.com/google/go-containerregistry/pkg/v1/types"
 
 	"lazypull/format"
+	"lazypull/internal/testutil"
+	"lazypull/internal/testutil/layertest"
 )
 
 // craftedImage pushes the converted python image with one layer's index edited as a
@@ -67,15 +67,7 @@ func (e *env) editedImage(t *testing.T, lazy, tag string, edit func(ix *format.I
 		if err != nil {
 			t.Fatal(err)
 		}
-		rc, err := layers[i].Compressed()
-		if err != nil {
-			t.Fatal(err)
-		}
-		blob, err := io.ReadAll(rc)
-		rc.Close()
-		if err != nil {
-			t.Fatal(err)
-		}
+		blob := testutil.Compressed(t, layers[i])
 		ix, err := format.DecodeIndex(blob[loc.Offset : loc.Offset+loc.Size])
 		if err != nil {
 			t.Fatal(err)
@@ -87,7 +79,7 @@ func (e *env) editedImage(t *testing.T, lazy, tag string, edit func(ix *format.I
 		if err != nil {
 			t.Fatal(err)
 		}
-		nb, ann := rewriteIndex(blob[:loc.Offset-8], payload)
+		nb, ann := layertest.WithIndex(blob[:loc.Offset-8], payload)
 		r, err := name.NewRepository(repo, name.Insecure)
 		if err != nil {
 			t.Fatal(err)
@@ -119,25 +111,6 @@ func (e *env) editedImage(t *testing.T, lazy, tag string, edit func(ix *format.I
 	return ""
 }
 
-// rewriteIndex appends an index payload and its footer to a layer's frames, as
-// docs/format.md lays them out, and returns the blob and its index annotations.
-func rewriteIndex(frames, payload []byte) ([]byte, map[string]string) {
-	blob := bytes.Clone(frames)
-	blob = binary.LittleEndian.AppendUint32(blob, 0x184D2A5D)
-	blob = binary.LittleEndian.AppendUint32(blob, uint32(len(payload)))
-	off := int64(len(blob))
-	blob = append(blob, payload...)
-	sum := sha256.Sum256(payload)
-	blob = binary.LittleEndian.AppendUint32(blob, 0x184D2A5E)
-	blob = binary.LittleEndian.AppendUint32(blob, 56)
-	blob = append(blob, "LZPFOOTR"...)
-	blob = binary.LittleEndian.AppendUint64(blob, uint64(off))
-	blob = binary.LittleEndian.AppendUint64(blob, uint64(len(payload)))
-	blob = append(blob, sum[:]...)
-	r := format.Result{IndexOffset: off, IndexSize: int64(len(payload)), IndexDigest: format.Digest(sum).String()}
-	return blob, r.Annotations()
-}
-
 // TestTarCheckCraftedIndex: the python image with an index that serves bash as dash
 // (and so as /bin/sh), all digests updated. The lazy mount refuses both files (EIO, one
 // log line naming the layer, the entry and the field) and serves the others;
@@ -165,10 +138,8 @@ func TestTarCheckCraftedIndex(t *testing.T) {
 	if out := must(t, "chroot", m.dir, "python3", "-c", "print(6*7)"); strings.TrimSpace(out) != "42" {
 		t.Errorf("python3 printed %q", out)
 	}
-	deadline := time.Now().Add(10 * time.Second)
-	for !strings.Contains(m.log.String(), "entry=usr/bin/dash") && time.Now().Before(deadline) {
-		time.Sleep(50 * time.Millisecond)
-	}
+	// The mount logs in its own process: its output is polled.
+	testutil.WaitFor(t, 10*time.Second, "the mount's line on usr/bin/dash", func() bool { return strings.Contains(m.log.String(), "entry=usr/bin/dash") })
 	var lines []string
 	for _, l := range strings.Split(m.log.String(), "\n") {
 		if strings.Contains(l, "does not match the layer's tar") && strings.Contains(l, "entry=usr/bin/dash") {
@@ -226,10 +197,8 @@ func TestTarCheckRunDigest(t *testing.T) {
 	if out := must(t, "chroot", m.dir, "python3", "-c", "print(6*7)"); strings.TrimSpace(out) != "42" {
 		t.Errorf("python3 printed %q", out)
 	}
-	deadline := time.Now().Add(10 * time.Second)
-	for !strings.Contains(m.log.String(), "entry=usr/bin/dash") && time.Now().Before(deadline) {
-		time.Sleep(50 * time.Millisecond)
-	}
+	// The mount logs in its own process: its output is polled.
+	testutil.WaitFor(t, 10*time.Second, "the mount's line on usr/bin/dash", func() bool { return strings.Contains(m.log.String(), "entry=usr/bin/dash") })
 	var lines []string
 	for _, l := range strings.Split(m.log.String(), "\n") {
 		if strings.Contains(l, `field="run digest"`) {
