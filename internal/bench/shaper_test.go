@@ -85,10 +85,16 @@ type testProxy struct {
 	ln *pipeListener
 }
 
-func newTestProxy(t *testing.T, target *pipeListener, l Link) *testProxy {
+// newTestProxy starts a proxy over link (as ParseLink reads it) to a blobServer of size
+// bytes.
+func newTestProxy(t *testing.T, size int, link string) *testProxy {
 	t.Helper()
+	l, err := ParseLink(link)
+	if err != nil {
+		t.Fatal(err)
+	}
 	ln := newPipeListener()
-	p := newProxy(ln, "pipe", target.Dial, l, slog.New(slog.DiscardHandler))
+	p := newProxy(ln, "pipe", blobServer(t, size).Dial, l, slog.New(slog.DiscardHandler))
 	t.Cleanup(func() { p.Close() })
 	return &testProxy{p, ln}
 }
@@ -132,9 +138,7 @@ func within(t *testing.T, what string, got, want, lo, hi float64) {
 func TestProxyRate(t *testing.T) {
 	synctest.Test(t, func(t *testing.T) {
 		const size = 2_000_000
-		srv := blobServer(t, size)
-		l, _ := ParseLink("20M/2ms")
-		p := newTestProxy(t, srv, l)
+		p := newTestProxy(t, size, "20M/2ms")
 		start := time.Now()
 		if n := get(t, p.client(t), "http://proxy/blob"); n != size {
 			t.Fatalf("got %d bytes, want %d", n, size)
@@ -155,9 +159,7 @@ func TestProxyRate(t *testing.T) {
 func TestProxySharedRate(t *testing.T) {
 	synctest.Test(t, func(t *testing.T) {
 		const size = 1_000_000
-		srv := blobServer(t, size)
-		l, _ := ParseLink("20M/2ms")
-		p := newTestProxy(t, srv, l)
+		p := newTestProxy(t, size, "20M/2ms")
 		start := time.Now()
 		var wg sync.WaitGroup
 		for range 2 {
@@ -180,9 +182,7 @@ func TestProxySharedRate(t *testing.T) {
 // then the request and its answer); on a kept-alive connection one.
 func TestProxyLatency(t *testing.T) {
 	synctest.Test(t, func(t *testing.T) {
-		srv := blobServer(t, 0)
-		l, _ := ParseLink("1G/100ms")
-		p := newTestProxy(t, srv, l)
+		p := newTestProxy(t, 0, "1G/100ms")
 		c := p.client(t)
 		start := time.Now()
 		get(t, c, "http://proxy/small")
@@ -201,9 +201,7 @@ func TestProxyLatency(t *testing.T) {
 func TestProxyBandwidthDelay(t *testing.T) {
 	synctest.Test(t, func(t *testing.T) {
 		const size = 8_000_000
-		srv := blobServer(t, size)
-		l, _ := ParseLink("100M/100ms")
-		p := newTestProxy(t, srv, l)
+		p := newTestProxy(t, size, "100M/100ms")
 		start := time.Now()
 		get(t, p.client(t), "http://proxy/blob")
 		// 8 MB at 12.5 MB/s, plus a handshake and one round trip.
