@@ -67,20 +67,33 @@ func (e *env) mount(t *testing.T, ref, storeDir string, flags ...string) *mounte
 	}
 	go func() { m.done <- m.cmd.Wait() }()
 	t.Cleanup(func() { m.stop(t) })
+	waitStarted(t, "lazypull mount at "+m.dir, m.done, m.log, func() bool { return isMountpoint(m.dir) })
+	return m
+}
+
+// waitStarted waits until ready holds for a process the test started (another process
+// signals nothing a test can wait on: ready is polled), and fails with the process's output
+// if it exits first or is not ready within 30 s. done gets the process's exit; what it
+// takes from done it puts back for whoever waits on it next.
+func waitStarted(t *testing.T, what string, done chan error, out fmt.Stringer, ready func() bool) {
+	t.Helper()
 	deadline := time.Now().Add(30 * time.Second)
-	for !isMountpoint(m.dir) {
+	for !ready() {
 		select {
-		case err := <-m.done:
-			t.Fatalf("lazypull mount exited (%v) before mounting:\n%s", err, m.log)
+		case err := <-done:
+			done <- err
+			t.Fatalf("%s exited (%v) before it was ready:\n%s", what, err, out)
 		default:
 		}
 		if time.Now().After(deadline) {
-			t.Fatalf("lazypull mount: %s not mounted after 30 s:\n%s", m.dir, m.log)
+			t.Fatalf("%s: not ready after 30 s:\n%s", what, out)
 		}
 		time.Sleep(20 * time.Millisecond)
 	}
-	return m
 }
+
+// exists tells whether path exists.
+func exists(path string) bool { _, err := os.Stat(path); return err == nil }
 
 // stop ends the mount with SIGTERM and checks that it unmounted cleanly.
 func (m *mounted) stop(t *testing.T) {
@@ -396,21 +409,8 @@ func (e *env) remountAt(t *testing.T, ref, storeDir, dir string) *mounted {
 	}
 	go func() { m.done <- m.cmd.Wait() }()
 	t.Cleanup(func() { m.stop(t) })
-	deadline := time.Now().Add(30 * time.Second)
-	for {
-		if _, err := os.Stat(filepath.Join(dir, "usr")); err == nil {
-			return m
-		}
-		select {
-		case err := <-m.done:
-			t.Fatalf("lazypull mount at a stale mount point exited (%v):\n%s", err, m.log)
-		default:
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("remount at %s: not serving after 30 s:\n%s", dir, m.log)
-		}
-		time.Sleep(50 * time.Millisecond)
-	}
+	waitStarted(t, "lazypull mount at the stale mount point "+dir, m.done, m.log, func() bool { return exists(filepath.Join(dir, "usr")) })
+	return m
 }
 
 // TestMountTinyStore: with a store bound far below the image, eviction happens and every

@@ -227,22 +227,7 @@ func TestSnapshotterSocketMode(t *testing.T) {
 		}
 	}()
 	// The socket is created last, after the keeper's: once it is there, both are.
-	deadline := time.Now().Add(30 * time.Second)
-	for {
-		if _, err := os.Lstat(sock); err == nil {
-			break
-		}
-		select {
-		case err := <-done:
-			done <- err
-			t.Fatalf("lazypull snapshotter exited (%v):\n%s", err, log)
-		default:
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("lazypull snapshotter: no socket after 30 s:\n%s", log)
-		}
-		time.Sleep(20 * time.Millisecond)
-	}
+	waitStarted(t, "lazypull snapshotter (its socket)", done, log, func() bool { return exists(sock) })
 	status, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", cmd.Process.Pid))
 	if err != nil {
 		t.Fatal(err)

@@ -46,22 +46,7 @@ func (s *snapshotterEnv) start(t *testing.T) {
 	done := make(chan error, 1)
 	s.done = done
 	go func() { done <- s.cmd.Wait() }()
-	deadline := time.Now().Add(30 * time.Second)
-	for {
-		if _, err := os.Stat(s.sock); err == nil {
-			return
-		}
-		select {
-		case err := <-done:
-			done <- err
-			t.Fatalf("lazypull snapshotter exited (%v):\n%s", err, s.log)
-		default:
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("lazypull snapshotter: no socket after 30 s:\n%s", s.log)
-		}
-		time.Sleep(20 * time.Millisecond)
-	}
+	waitStarted(t, "lazypull snapshotter (its socket)", done, s.log, func() bool { return exists(s.sock) })
 }
 
 // snapshotterOption adds to the environment of scripts/containerd.sh, which configures the

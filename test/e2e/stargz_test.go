@@ -89,22 +89,7 @@ func TestStargzDaemonRunsEstargzLazily(t *testing.T) {
 		}
 	}
 	t.Cleanup(stop)
-	deadline := time.Now().Add(30 * time.Second)
-	for {
-		if _, err := os.Stat(sock); err == nil {
-			break
-		}
-		select {
-		case err := <-done:
-			done <- err
-			t.Fatalf("containerd-stargz-grpc exited at start (%v):\n%s", err, log)
-		default:
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("containerd-stargz-grpc: no socket after 30 s:\n%s", log)
-		}
-		time.Sleep(20 * time.Millisecond)
-	}
+	waitStarted(t, "containerd-stargz-grpc (its socket)", done, log, func() bool { return exists(sock) })
 	start := exec.Command("../../scripts/containerd.sh", "start", ctd)
 	start.Env = append(os.Environ(), "CONTAINERD_PROXY_SNAPSHOTTER="+sock, "CONTAINERD_PROXY_SNAPSHOTTER_NAME=stargz")
 	if out, err := start.CombinedOutput(); err != nil {
