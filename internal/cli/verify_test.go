@@ -2,8 +2,6 @@ package cli
 
 import (
 	"archive/tar"
-	"bytes"
-	"context"
 	"crypto/sha256"
 	"os"
 	"path/filepath"
@@ -41,22 +39,7 @@ func pushVerifyImage(t *testing.T, host string, edit func(ix *format.Index), wro
 	for _, f := range []struct{ name, body string }{{"bin/bash", "#!bash"}, {"bin/sh", "#!sh, the real one"}, {"etc/motd", "hi"}} {
 		entries = append(entries, testutil.Entry{Hdr: tar.Header{Typeflag: tar.TypeReg, Name: f.name, Mode: 0o755}, Body: []byte(f.body)})
 	}
-	var out bytes.Buffer
-	res, err := format.Write(context.Background(), &out, bytes.NewReader(testutil.Tar(t, entries...)))
-	if err != nil {
-		t.Fatal(err)
-	}
-	b := out.Bytes()
-	ix, err := format.DecodeIndex(b[res.IndexOffset : res.IndexOffset+res.IndexSize])
-	if err != nil {
-		t.Fatal(err)
-	}
-	edit(ix)
-	payload, err := ix.Encode()
-	if err != nil {
-		t.Fatal(err)
-	}
-	blob, ann := layertest.WithIndex(b[:res.IndexOffset-8], payload)
+	blob, ann, res := layertest.FromTar(t, testutil.Tar(t, entries...), edit)
 
 	layer := v1.Layer(static.NewLayer(blob, types.MediaType(format.MediaTypeLayer)))
 	if !wrongDiffID {

@@ -8,11 +8,41 @@ package layertest
 
 import (
 	"bytes"
+	"context"
 	"crypto/sha256"
 	"encoding/binary"
+	"testing"
 
 	"lazypull/format"
 )
+
+// FromTar converts a tar stream into a lazypull layer and returns its blob, its index
+// annotations and what the writer said of it. With edit, the index is decoded, changed by
+// edit and written back (WithIndex) in place of the writer's: a layer whose index is not
+// its tar's, all digests of the index updated; res is still the writer's.
+func FromTar(t testing.TB, tarball []byte, edit func(ix *format.Index)) (blob []byte, ann map[string]string, res *format.Result) {
+	t.Helper()
+	var out bytes.Buffer
+	res, err := format.Write(context.Background(), &out, bytes.NewReader(tarball))
+	if err != nil {
+		t.Fatal(err)
+	}
+	b := out.Bytes()
+	if edit == nil {
+		return b, res.Annotations(), res
+	}
+	ix, err := format.DecodeIndex(b[res.IndexOffset : res.IndexOffset+res.IndexSize])
+	if err != nil {
+		t.Fatal(err)
+	}
+	edit(ix)
+	payload, err := ix.Encode()
+	if err != nil {
+		t.Fatal(err)
+	}
+	blob, ann = WithIndex(b[:res.IndexOffset-8], payload)
+	return blob, ann, res
+}
 
 // WithIndex appends an index payload and its footer to a layer's frames, as
 // docs/format.md lays them out, and returns the blob and its index annotations.
