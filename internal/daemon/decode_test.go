@@ -47,6 +47,41 @@ func allocated(f func()) uint64 {
 	return after.TotalAlloc - before.TotalAlloc
 }
 
+// prepared is what prepareMeasured saw: Prepare's mounts and error, the bytes it
+// allocated, and the warnings logged meanwhile.
+type prepared struct {
+	mounts any
+	err    error
+	alloc  uint64
+	logs   *bytes.Buffer
+}
+
+// prepareMeasured prepares the layer desc of the image ref (manifest d) through a real
+// snapshotter over a fresh store, labelled as a pull labels it, and measures what the
+// Prepare allocates.
+func prepareMeasured(t *testing.T, ref string, d v1.Hash, desc v1.Descriptor) prepared {
+	t.Helper()
+	p := prepared{logs: new(bytes.Buffer)}
+	logger := slog.New(slog.NewTextHandler(p.logs, &slog.HandlerOptions{Level: slog.LevelWarn}))
+	st, err := store.Open(t.TempDir())
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { st.Close() })
+	fsys := NewSnapshotFS(st, nil, logger, fetch.WithPlainHTTP())
+	t.Cleanup(func() { fsys.Close() })
+	s, err := snapshot.New(t.TempDir(), fsys, snapshot.WithLogger(logger))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { s.Close() })
+	labels := pulledLabels(ref, d.String(), desc.Digest.String(), desc.Annotations)
+	labels[snapshots.LabelSnapshotRef] = "layer-" + desc.Digest.Hex
+	ctx := namespaces.WithNamespace(context.Background(), "test")
+	p.alloc = allocated(func() { p.mounts, p.err = s.Prepare(ctx, "extract-1", "", snapshots.WithLabels(labels)) })
+	return p
+}
+
 // pushLayerImage pushes a one-layer image of blob with the given annotations to a fresh
 // in-process registry and returns its reference, manifest digest and layer descriptor.
 func pushLayerImage(t *testing.T, blob []byte, ann map[string]string) (string, v1.Hash, v1.Descriptor) {
@@ -155,25 +190,8 @@ func TestMountCraftedIndex(t *testing.T) {
 		t.Run(c.name, func(t *testing.T) {
 			blob, ann := craftedLayer(t, c.body)
 			ref, d, desc := pushLayerImage(t, blob, ann)
-			var logs bytes.Buffer
-			logger := slog.New(slog.NewTextHandler(&logs, &slog.HandlerOptions{Level: slog.LevelWarn}))
-			st, err := store.Open(t.TempDir())
-			if err != nil {
-				t.Fatal(err)
-			}
-			t.Cleanup(func() { st.Close() })
-			fsys := NewSnapshotFS(st, nil, logger, fetch.WithPlainHTTP())
-			t.Cleanup(func() { fsys.Close() })
-			s, err := snapshot.New(t.TempDir(), fsys, snapshot.WithLogger(logger))
-			if err != nil {
-				t.Fatal(err)
-			}
-			t.Cleanup(func() { s.Close() })
-			labels := pulledLabels(ref, d.String(), desc.Digest.String(), desc.Annotations)
-			labels[snapshots.LabelSnapshotRef] = "layer-" + desc.Digest.Hex
-			ctx := namespaces.WithNamespace(context.Background(), "test")
-			var ms any
-			n := allocated(func() { ms, err = s.Prepare(ctx, "extract-1", "", snapshots.WithLabels(labels)) })
+			p := prepareMeasured(t, ref, d, desc)
+			ms, err, n, logs := p.mounts, p.err, p.alloc, p.logs
 			if err != nil || ms == nil {
 				t.Fatalf("Prepare: %v; want the ordinary path's mounts", err)
 			}

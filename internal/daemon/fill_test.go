@@ -26,6 +26,7 @@ import (
 	"lazypull/format"
 	"lazypull/internal/fetch"
 	"lazypull/internal/store"
+	"lazypull/internal/testutil/layertest"
 )
 
 // fakeClock drives a limiter without waiting: sleeping advances the clock.
@@ -146,7 +147,7 @@ func lazyImageWith(t *testing.T, files map[string][]byte, edit func(ix *format.I
 			t.Fatal(err)
 		}
 		var nb []byte
-		nb, ann = rewriteIndex(b[:res.IndexOffset-8], payload)
+		nb, ann = layertest.WithIndex(b[:res.IndexOffset-8], payload)
 		blob.Reset()
 		blob.Write(nb)
 	}

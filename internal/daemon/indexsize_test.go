@@ -10,7 +10,6 @@ import (
 	"fmt"
 	"io"
 	"log"
-	"log/slog"
 	"net/http"
 	"net/http/httptest"
 	"strconv"
@@ -18,8 +17,6 @@ import (
 	"sync/atomic"
 	"testing"
 
-	"github.com/containerd/containerd/v2/core/snapshots"
-	"github.com/containerd/containerd/v2/pkg/namespaces"
 	"github.com/containerd/errdefs"
 	"github.com/google/go-containerregistry/pkg/name"
 	"github.com/google/go-containerregistry/pkg/registry"
@@ -31,9 +28,6 @@ import (
 	"github.com/google/go-containerregistry/pkg/v1/types"
 
 	"lazypull/format"
-	"lazypull/internal/fetch"
-	"lazypull/internal/snapshot"
-	"lazypull/internal/store"
 )
 
 // rawManifest is a manifest pushed as its bytes.
@@ -163,25 +157,8 @@ func TestMountClaimedIndexSize(t *testing.T) {
 	} {
 		t.Run(c.name, func(t *testing.T) {
 			ref, d, desc, reg := pushClaimingImage(t, blob, ann, c.claim)
-			var logs bytes.Buffer
-			logger := slog.New(slog.NewTextHandler(&logs, &slog.HandlerOptions{Level: slog.LevelWarn}))
-			st, err := store.Open(t.TempDir())
-			if err != nil {
-				t.Fatal(err)
-			}
-			t.Cleanup(func() { st.Close() })
-			fsys := NewSnapshotFS(st, nil, logger, fetch.WithPlainHTTP())
-			t.Cleanup(func() { fsys.Close() })
-			s, err := snapshot.New(t.TempDir(), fsys, snapshot.WithLogger(logger))
-			if err != nil {
-				t.Fatal(err)
-			}
-			t.Cleanup(func() { s.Close() })
-			labels := pulledLabels(ref, d.String(), desc.Digest.String(), desc.Annotations)
-			labels[snapshots.LabelSnapshotRef] = "layer-" + desc.Digest.Hex
-			ctx := namespaces.WithNamespace(context.Background(), "test")
-			var ms any
-			n := allocated(func() { ms, err = s.Prepare(ctx, "extract-1", "", snapshots.WithLabels(labels)) })
+			p := prepareMeasured(t, ref, d, desc)
+			ms, err, n, logs := p.mounts, p.err, p.alloc, p.logs
 			t.Logf("claim %d: Prepare allocated %d bytes, sent %d Range requests for the layer; logged: %s", c.claim, n, reg.ranges.Load(), logs.String())
 			if c.want == "" {
 				if !errors.Is(err, errdefs.ErrAlreadyExists) || logs.Len() != 0 {

@@ -4,8 +4,6 @@ import (
 	"archive/tar"
 	"bytes"
 	"context"
-	"crypto/sha256"
-	"encoding/binary"
 	"errors"
 	"log/slog"
 	"strings"
@@ -22,6 +20,7 @@ import (
 	"lazypull/format"
 	"lazypull/internal/fetch"
 	"lazypull/internal/store"
+	"lazypull/internal/testutil/layertest"
 )
 
 // binLayer converts a tar of bin/bash, bin/sh (the real one), a symlink and a text
@@ -45,41 +44,8 @@ func binLayer(t *testing.T, edit func(ix *format.Index)) (blob []byte, ann map[s
 // layerFromTar converts a tar stream and rewrites its index as edit changes it.
 func layerFromTar(t *testing.T, src []byte, edit func(ix *format.Index)) (blob []byte, ann map[string]string) {
 	t.Helper()
-	var out bytes.Buffer
-	res, err := format.Write(context.Background(), &out, bytes.NewReader(src))
-	if err != nil {
-		t.Fatal(err)
-	}
-	b := out.Bytes()
-	ix, err := format.DecodeIndex(b[res.IndexOffset : res.IndexOffset+res.IndexSize])
-	if err != nil {
-		t.Fatal(err)
-	}
-	edit(ix)
-	payload, err := ix.Encode()
-	if err != nil {
-		t.Fatal(err)
-	}
-	return rewriteIndex(b[:res.IndexOffset-8], payload)
-}
-
-// rewriteIndex appends an index payload and its footer to a layer's frames, as docs/format.md
-// lays them out, and returns the blob and its annotations.
-func rewriteIndex(frames, payload []byte) ([]byte, map[string]string) {
-	blob := bytes.Clone(frames)
-	blob = binary.LittleEndian.AppendUint32(blob, 0x184D2A5D)
-	blob = binary.LittleEndian.AppendUint32(blob, uint32(len(payload)))
-	off := int64(len(blob))
-	blob = append(blob, payload...)
-	sum := sha256.Sum256(payload)
-	blob = binary.LittleEndian.AppendUint32(blob, 0x184D2A5E)
-	blob = binary.LittleEndian.AppendUint32(blob, 56)
-	blob = append(blob, "LZPFOOTR"...)
-	blob = binary.LittleEndian.AppendUint64(blob, uint64(off))
-	blob = binary.LittleEndian.AppendUint64(blob, uint64(len(payload)))
-	blob = append(blob, sum[:]...)
-	r := format.Result{IndexOffset: off, IndexSize: int64(len(payload)), IndexDigest: format.Digest(sum).String()}
-	return blob, r.Annotations()
+	blob, ann, _ = layertest.FromTar(t, src, edit)
+	return blob, ann
 }
 
 func imageOfLayer(t *testing.T, blob []byte, ann map[string]string) v1.Image {
