@@ -237,7 +237,7 @@ func TestReadSparseBounded(t *testing.T) {
 		t.Fatal(err)
 	}
 	ref, _, _ := pushLayerImage(t, blob.Bytes(), res.Annotations())
-	im, _ := openFill(t, ref)
+	im, _ := openFresh(t, ref)
 	l := im.Layers[0]
 	e, ok := l.Index.Lookup("sparse")
 	if !ok || !e.Sparse {

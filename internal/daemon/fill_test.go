@@ -219,13 +219,14 @@ func distinctChunks(ix *format.Index) int {
 	return len(seen)
 }
 
-func openFill(t *testing.T, ref string) (*Image, *store.Store) {
+// openFresh opens the image ref on a store of its own; both close when the test ends.
+func openFresh(t *testing.T, ref string) (*Image, *store.Store) {
 	t.Helper()
-	return openFillLog(t, ref, nil)
+	return openFreshLog(t, ref, nil)
 }
 
-// openFillLog is openFill with the image logging to log.
-func openFillLog(t *testing.T, ref string, log *slog.Logger) (*Image, *store.Store) {
+// openFreshLog is openFresh with the image logging to log.
+func openFreshLog(t *testing.T, ref string, log *slog.Logger) (*Image, *store.Store) {
 	t.Helper()
 	st, err := store.Open(t.TempDir())
 	if err != nil {
@@ -267,7 +268,7 @@ func readAll(t *testing.T, im *Image, files map[string][]byte) {
 func TestBackgroundFetch(t *testing.T) {
 	files := fillFiles()
 	ref, ix := lazyImage(t, files)
-	im, st := openFill(t, ref)
+	im, st := openFresh(t, ref)
 	l := im.Layers[0]
 	e, _ := l.Index.Lookup("d1/f10") // a multi-chunk file, read in part
 	if _, err := l.ReadAt(context.Background(), e, make([]byte, 1000), 300_000); err != nil {
@@ -324,7 +325,7 @@ func TestBackgroundFetch(t *testing.T) {
 func TestBackgroundFetchRate(t *testing.T) {
 	files := fillFiles()
 	ref, _ := lazyImage(t, files)
-	im, _ := openFill(t, ref)
+	im, _ := openFresh(t, ref)
 	const rate = 512 << 10
 	lim, c := fakeLimiter(t, rate, fillBatch)
 	start := c.t
@@ -347,7 +348,7 @@ func TestBackgroundFetchStops(t *testing.T) {
 	ref, _ := lazyImage(t, fillFiles())
 	for _, how := range []string{"close", "stop"} {
 		t.Run(how, func(t *testing.T) {
-			im, _ := openFill(t, ref)
+			im, _ := openFresh(t, ref)
 			im.reading.Add(1) // a read that never ends: the fill waits for it
 			if err := im.BackgroundFetch(FillOptions{Log: slog.New(slog.DiscardHandler)}); err != nil {
 				t.Fatal(err)

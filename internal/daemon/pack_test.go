@@ -98,16 +98,7 @@ func pushCounted(t *testing.T, img v1.Image, repoTag string) (ref string, reqs *
 // buildPack builds the pack of profile p for the image ref, on a store of its own.
 func buildPack(t *testing.T, ref string, p *profile.Profile) []byte {
 	t.Helper()
-	st, err := store.Open(t.TempDir())
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer st.Close()
-	im, err := OpenImage(context.Background(), st, ref, OpenOptions{Fetch: []fetch.Option{fetch.WithPlainHTTP()}})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer im.Close()
+	im, _ := openFresh(t, ref)
 	pack, err := im.Pack(context.Background(), p)
 	if err != nil {
 		t.Fatal(err)
@@ -366,7 +357,7 @@ func TestPackRegistryDies(t *testing.T) {
 func TestPackIndexesKept(t *testing.T) {
 	ref, files, p, pack, subject, reqs := packFixture(t)
 	pushProfile(t, ref, subject, p, pack)
-	first, st := openFill(t, ref) // opened once: the store keeps its indexes
+	first, st := openFresh(t, ref) // opened once: the store keeps its indexes
 	first.Close()
 	reqs.reset()
 	im, ps := openPrefetchedIn(t, st, ref)

@@ -8,8 +8,6 @@ import (
 	"testing"
 
 	"lazypull/format"
-	"lazypull/internal/fetch"
-	"lazypull/internal/store"
 )
 
 // openBinLayer pushes binLayer's layer with its index edited by edit and opens it, its
@@ -18,16 +16,7 @@ func openBinLayer(t *testing.T, repoTag string, log *slog.Logger, edit func(ix *
 	t.Helper()
 	blob, ann := binLayer(t, edit)
 	ref, reqs, _ := pushCounted(t, imageOfLayer(t, blob, ann), repoTag)
-	st, err := store.Open(t.TempDir())
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { st.Close() })
-	im, err := OpenImage(context.Background(), st, ref, OpenOptions{Fetch: []fetch.Option{fetch.WithPlainHTTP()}, Log: log})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(im.Close)
+	im, _ := openFreshLog(t, ref, log)
 	return im.Layers[0], reqs
 }
 

@@ -80,16 +80,7 @@ func TestTarCheckRefusesCraftedIndex(t *testing.T) {
 		}
 	})
 	ref, _, _ := pushCounted(t, imageOfLayer(t, blob, ann), "crafted:v1")
-	st, err := store.Open(t.TempDir())
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer st.Close()
-	im, err := OpenImage(context.Background(), st, ref, OpenOptions{Fetch: []fetch.Option{fetch.WithPlainHTTP()}, Log: log})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer im.Close()
+	im, _ := openFreshLog(t, ref, log)
 	l := im.Layers[0]
 	read := func(name string) ([]byte, error) {
 		e, ok := l.Index.Lookup(name)
@@ -232,7 +223,7 @@ func TestFillChecksDiffID(t *testing.T) {
 				t.Fatal(err)
 			}
 			ref, _, _ := pushCounted(t, mutate.MediaType(img, types.OCIManifestSchema1), "diffid:v1")
-			im, _ := openFillLog(t, ref, log)
+			im, _ := openFreshLog(t, ref, log)
 			if err := im.BackgroundFetch(FillOptions{Rate: 1 << 30}); err != nil {
 				t.Fatal(err)
 			}
@@ -297,16 +288,7 @@ func TestTarCheckCrossLayerLink(t *testing.T) {
 		t.Fatal(err)
 	}
 	ref, _, _ := pushCounted(t, img, "crosslink:v1")
-	st, err := store.Open(t.TempDir())
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer st.Close()
-	im, err := OpenImage(context.Background(), st, ref, OpenOptions{Fetch: []fetch.Option{fetch.WithPlainHTTP()}})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer im.Close()
+	im, _ := openFresh(t, ref)
 	im.FSLayers()
 	l := im.Layers[0]
 	read := func(name string) error {
@@ -339,16 +321,7 @@ func TestTarCheckLinkBringsTarget(t *testing.T) {
 	tw.Close()
 	blob, ann := layerFromTar(t, tb.Bytes(), func(*format.Index) {})
 	ref, reqs, _ := pushCounted(t, imageOfLayer(t, blob, ann), "link:v1")
-	st, err := store.Open(t.TempDir())
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer st.Close()
-	im, err := OpenImage(context.Background(), st, ref, OpenOptions{Fetch: []fetch.Option{fetch.WithPlainHTTP()}})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer im.Close()
+	im, _ := openFresh(t, ref)
 	reqs.reset()
 	l := im.Layers[0]
 	link, _ := l.Index.Lookup("usr/bin/python3")
