@@ -80,6 +80,16 @@ func newBar(cfg BarConfig, name, workPattern string) (*bar, error) {
 	return b, nil
 }
 
+// need reports the first of the programs a bar runs that is not on PATH.
+func need(programs ...string) error {
+	for _, p := range programs {
+		if _, err := exec.LookPath(p); err != nil {
+			return fmt.Errorf("%s not found; run scripts/deps.sh (make deps)", p)
+		}
+	}
+	return nil
+}
+
 func (b *bar) step(format string, args ...any) {
 	b.stepNow = fmt.Sprintf(format, args...)
 	b.logf("== %s", b.stepNow)

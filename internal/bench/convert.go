@@ -145,10 +145,8 @@ func (c *convertBench) timed(ctx context.Context, key, run string, daemonPID int
 
 func (c *convertBench) run(ctx context.Context) error {
 	b := c.bar
-	for _, t := range []string{"ctr", "ctr-remote", "skopeo", "containerd", "go", "tar"} {
-		if _, err := exec.LookPath(t); err != nil {
-			return fmt.Errorf("%s not found; run scripts/deps.sh (make deps)", t)
-		}
+	if err := need("ctr", "ctr-remote", "skopeo", "containerd", "go", "tar"); err != nil {
+		return err
 	}
 	commit := b.commit()
 	b.step("start a registry on a random loopback port")

@@ -115,10 +115,8 @@ const tracefsDir = "/sys/kernel/tracing"
 
 func (m *mountBench) run(ctx context.Context) error {
 	b := m.bar
-	for _, t := range []string{"go", "curl", "docker-registry", "chroot", "mountpoint", "strace"} {
-		if _, err := exec.LookPath(t); err != nil {
-			return fmt.Errorf("%s not found; run scripts/deps.sh (make deps)", t)
-		}
+	if err := need("go", "curl", "docker-registry", "chroot", "mountpoint", "strace"); err != nil {
+		return err
 	}
 	commit := b.commit()
 	b.step("start a registry on a random loopback port")

@@ -260,10 +260,8 @@ func mibOf(kib int64) string { return fmt.Sprintf("%.1f", float64(kib)/1024) }
 
 func (s *snBench) run(ctx context.Context) error {
 	b := s.bar
-	for _, t := range []string{"go", "ctr", "containerd", "runc", "docker-registry", "skopeo"} {
-		if _, err := exec.LookPath(t); err != nil {
-			return fmt.Errorf("%s not found; run scripts/deps.sh (make deps)", t)
-		}
+	if err := need("go", "ctr", "containerd", "runc", "docker-registry", "skopeo"); err != nil {
+		return err
 	}
 	if _, err := os.Stat("/dev/fuse"); err != nil {
 		return fmt.Errorf("/dev/fuse missing: this machine cannot mount FUSE")
