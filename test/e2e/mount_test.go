@@ -488,6 +488,22 @@ type rawManifest struct {
 func (r rawManifest) RawManifest() ([]byte, error)        { return r.raw, nil }
 func (r rawManifest) MediaType() (types.MediaType, error) { return r.mt, nil }
 
+// putManifest pushes m, byte for byte as it marshals, as the OCI manifest ref.
+func putManifest(t *testing.T, ref string, m *v1.Manifest) {
+	t.Helper()
+	raw, err := json.Marshal(m)
+	if err != nil {
+		t.Fatal(err)
+	}
+	r, err := name.ParseReference(ref, name.Insecure)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := remote.Put(r, rawManifest{raw, types.OCIManifestSchema1}); err != nil {
+		t.Fatalf("push %s: %v", ref, err)
+	}
+}
+
 // tamper changes the layer descriptors of a lazypull manifest; the blobs stay as they are.
 type tamper struct {
 	name string // in the tag of the tampered image
@@ -548,17 +564,7 @@ func (e *env) tamperedImage(t *testing.T, ref string, tampers ...tamper) string 
 		tp.fn(t, e, repo, m.Layers)
 		tag += "-" + tp.name
 	}
-	raw, err := json.Marshal(m)
-	if err != nil {
-		t.Fatal(err)
-	}
 	bad := repo + ":" + tag
-	r, err := name.ParseReference(bad, name.Insecure)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := remote.Put(r, rawManifest{raw, types.OCIManifestSchema1}); err != nil {
-		t.Fatalf("push %s: %v", bad, err)
-	}
+	putManifest(t, bad, m)
 	return bad
 }

@@ -4,7 +4,6 @@ import (
 	"bytes"
 	"crypto/sha256"
 	"encoding/hex"
-	"encoding/json"
 	"errors"
 	"os"
 	"path/filepath"
@@ -17,7 +16,6 @@ import (
 	v1 "github.com/google/go-containerregistry/pkg/v1"
 	"github.com/google/go-containerregistry/pkg/v1/remote"
 	"github.com/google/go-containerregistry/pkg/v1/static"
-	"github.com/google/go-containerregistry/pkg/v1/types"
 
 	"lazypull/format"
 	"lazypull/internal/testutil"
@@ -93,18 +91,8 @@ func (e *env) editedImage(t *testing.T, lazy, tag string, edit func(ix *format.I
 		for k, v := range ann {
 			m.Layers[i].Annotations[k] = v
 		}
-		raw, err := json.Marshal(m)
-		if err != nil {
-			t.Fatal(err)
-		}
 		ref := repo + ":" + tag
-		tr, err := name.ParseReference(ref, name.Insecure)
-		if err != nil {
-			t.Fatal(err)
-		}
-		if err := remote.Put(tr, rawManifest{raw, types.OCIManifestSchema1}); err != nil {
-			t.Fatalf("push %s: %v", ref, err)
-		}
+		putManifest(t, ref, m)
 		return ref
 	}
 	t.Fatalf("no layer of %s to edit", lazy)
