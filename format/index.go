@@ -351,99 +351,21 @@ func (ix *Index) encodeBody() ([]byte, error) {
 	b = binary.AppendUvarint(b, uint64(len(ix.Frames)))
 	b = binary.AppendUvarint(b, uint64(len(ix.Entries)))
 	b = binary.AppendUvarint(b, uint64(len(ix.Digests)))
-	next := 0
-	for i, f := range ix.Frames {
-		isChunk := uint64(0)
-		if f.ChunkIndex >= 0 {
-			if f.ChunkIndex != next {
-				return nil, fmt.Errorf("frame %d: chunk index %d out of order", i, f.ChunkIndex)
-			}
-			next++
-			isChunk = 1
-		}
-		b = binary.AppendUvarint(b, uint64(f.TarSize)<<1|isChunk)
-		b = binary.AppendUvarint(b, uint64(f.Size))
-	}
-	if next != len(ix.Digests) {
-		return nil, fmt.Errorf("%d chunk frames but %d digests", next, len(ix.Digests))
+	b, err := ix.appendFrames(b)
+	if err != nil {
+		return nil, err
 	}
 	prev := ""
 	frameEnd := 0
 	for i := range ix.Entries {
 		e := &ix.Entries[i]
-		shared := commonPrefix(prev, e.Name)
-		b = binary.AppendUvarint(b, uint64(shared))
-		b = binary.AppendUvarint(b, uint64(len(e.Name)-shared))
-		b = append(b, e.Name[shared:]...)
+		if e.NumFrames > 0 && e.FirstFrame < frameEnd {
+			return nil, fmt.Errorf("entry %q: frames out of order", e.Name)
+		}
+		b = appendEntry(b, e, prev, frameEnd)
 		prev = e.Name
-		b = append(b, e.Type)
-		var flags uint64
-		if e.ModNsec != 0 {
-			flags |= flagNsec
-		}
-		if e.Linkname != "" {
-			flags |= flagLinkname
-		}
-		if e.Devmajor != 0 || e.Devminor != 0 {
-			flags |= flagDevice
-		}
-		if len(e.Xattrs) > 0 {
-			flags |= flagXattrs
-		}
 		if e.NumFrames > 0 {
-			flags |= flagContent
-			if e.NumFrames > 1 {
-				flags |= flagMulti
-			}
-		}
-		if e.Sparse {
-			flags |= flagSparse
-		}
-		sec := e.ModSec
-		if sec < 0 {
-			flags |= flagNegMtime
-			sec = -sec
-		}
-		b = binary.AppendUvarint(b, flags)
-		b = binary.AppendUvarint(b, uint64(e.Mode))
-		b = binary.AppendUvarint(b, uint64(e.UID))
-		b = binary.AppendUvarint(b, uint64(e.GID))
-		b = binary.AppendUvarint(b, uint64(sec))
-		if flags&flagNsec != 0 {
-			b = binary.AppendUvarint(b, uint64(e.ModNsec))
-		}
-		if flags&flagLinkname != 0 {
-			b = binary.AppendUvarint(b, uint64(len(e.Linkname)))
-			b = append(b, e.Linkname...)
-		}
-		if flags&flagDevice != 0 {
-			b = binary.AppendUvarint(b, uint64(e.Devmajor))
-			b = binary.AppendUvarint(b, uint64(e.Devminor))
-		}
-		if flags&flagXattrs != 0 {
-			b = binary.AppendUvarint(b, uint64(len(e.Xattrs)))
-			for _, x := range e.Xattrs {
-				b = binary.AppendUvarint(b, uint64(len(x.Name)))
-				b = append(b, x.Name...)
-				b = binary.AppendUvarint(b, uint64(len(x.Value)))
-				b = append(b, x.Value...)
-			}
-		}
-		b = binary.AppendUvarint(b, uint64(e.Size))
-		if flags&flagContent != 0 {
-			if e.FirstFrame < frameEnd {
-				return nil, fmt.Errorf("entry %q: frames out of order", e.Name)
-			}
-			b = binary.AppendUvarint(b, uint64(e.FirstFrame-frameEnd))
-			b = binary.AppendUvarint(b, uint64(e.NumFrames))
 			frameEnd = e.FirstFrame + e.NumFrames
-		}
-		if flags&(flagMulti|flagSparse) != 0 {
-			b = append(b, e.Digest[:]...)
-		}
-		if flags&flagSparse != 0 {
-			b = binary.AppendUvarint(b, uint64(e.TarOffset))
-			b = binary.AppendUvarint(b, uint64(e.TarLen))
 		}
 	}
 	for _, d := range ix.Digests {
@@ -462,6 +384,111 @@ func (ix *Index) encodeBody() ([]byte, error) {
 		return nil, fmt.Errorf("index body of %d entries is %d bytes, over the limit of %d", len(ix.Entries), len(b), MaxIndexBodySize)
 	}
 	return b, nil
+}
+
+// appendFrames appends the frame table: each frame's tar size (with whether it is a chunk)
+// and compressed size. Chunk frames must name the chunks in order.
+func (ix *Index) appendFrames(b []byte) ([]byte, error) {
+	next := 0
+	for i, f := range ix.Frames {
+		isChunk := uint64(0)
+		if f.ChunkIndex >= 0 {
+			if f.ChunkIndex != next {
+				return nil, fmt.Errorf("frame %d: chunk index %d out of order", i, f.ChunkIndex)
+			}
+			next++
+			isChunk = 1
+		}
+		b = binary.AppendUvarint(b, uint64(f.TarSize)<<1|isChunk)
+		b = binary.AppendUvarint(b, uint64(f.Size))
+	}
+	if next != len(ix.Digests) {
+		return nil, fmt.Errorf("%d chunk frames but %d digests", next, len(ix.Digests))
+	}
+	return b, nil
+}
+
+// entryFlags returns the flags that say which optional fields of e are encoded.
+func entryFlags(e *Entry) uint64 {
+	var flags uint64
+	if e.ModNsec != 0 {
+		flags |= flagNsec
+	}
+	if e.Linkname != "" {
+		flags |= flagLinkname
+	}
+	if e.Devmajor != 0 || e.Devminor != 0 {
+		flags |= flagDevice
+	}
+	if len(e.Xattrs) > 0 {
+		flags |= flagXattrs
+	}
+	if e.NumFrames > 0 {
+		flags |= flagContent
+		if e.NumFrames > 1 {
+			flags |= flagMulti
+		}
+	}
+	if e.Sparse {
+		flags |= flagSparse
+	}
+	if e.ModSec < 0 {
+		flags |= flagNegMtime
+	}
+	return flags
+}
+
+// appendEntry appends e, its name relative to prev and its first frame relative to
+// frameEnd, the end of the previous content entry's frames (the caller checks the order).
+func appendEntry(b []byte, e *Entry, prev string, frameEnd int) []byte {
+	shared := commonPrefix(prev, e.Name)
+	b = binary.AppendUvarint(b, uint64(shared))
+	b = binary.AppendUvarint(b, uint64(len(e.Name)-shared))
+	b = append(b, e.Name[shared:]...)
+	b = append(b, e.Type)
+	flags := entryFlags(e)
+	sec := e.ModSec
+	if sec < 0 {
+		sec = -sec
+	}
+	b = binary.AppendUvarint(b, flags)
+	b = binary.AppendUvarint(b, uint64(e.Mode))
+	b = binary.AppendUvarint(b, uint64(e.UID))
+	b = binary.AppendUvarint(b, uint64(e.GID))
+	b = binary.AppendUvarint(b, uint64(sec))
+	if flags&flagNsec != 0 {
+		b = binary.AppendUvarint(b, uint64(e.ModNsec))
+	}
+	if flags&flagLinkname != 0 {
+		b = binary.AppendUvarint(b, uint64(len(e.Linkname)))
+		b = append(b, e.Linkname...)
+	}
+	if flags&flagDevice != 0 {
+		b = binary.AppendUvarint(b, uint64(e.Devmajor))
+		b = binary.AppendUvarint(b, uint64(e.Devminor))
+	}
+	if flags&flagXattrs != 0 {
+		b = binary.AppendUvarint(b, uint64(len(e.Xattrs)))
+		for _, x := range e.Xattrs {
+			b = binary.AppendUvarint(b, uint64(len(x.Name)))
+			b = append(b, x.Name...)
+			b = binary.AppendUvarint(b, uint64(len(x.Value)))
+			b = append(b, x.Value...)
+		}
+	}
+	b = binary.AppendUvarint(b, uint64(e.Size))
+	if flags&flagContent != 0 {
+		b = binary.AppendUvarint(b, uint64(e.FirstFrame-frameEnd))
+		b = binary.AppendUvarint(b, uint64(e.NumFrames))
+	}
+	if flags&(flagMulti|flagSparse) != 0 {
+		b = append(b, e.Digest[:]...)
+	}
+	if flags&flagSparse != 0 {
+		b = binary.AppendUvarint(b, uint64(e.TarOffset))
+		b = binary.AppendUvarint(b, uint64(e.TarLen))
+	}
+	return b
 }
 
 func commonPrefix(a, b string) int {
@@ -624,163 +651,18 @@ const minFrameBytes, minEntryBytes, minDigestBytes = 2, 9, 32
 // bytes.
 func decodeBody(body []byte, budget int64, version int) (*Index, error) {
 	r := &bodyReader{b: body, budget: budget, limit: budget}
-	const maxOffset = 1 << 62
-	nFrames := r.count("frame count", minFrameBytes)
-	nEntries := r.count("entry count", minEntryBytes)
-	nChunks := r.count("chunk count", minDigestBytes)
-	if r.err != nil {
-		return nil, r.err
+	ix, nChunks, err := r.lists()
+	if err != nil {
+		return nil, err
 	}
-	// Each count fits the bytes left alone; together they must too.
-	if need := uint64(nFrames)*minFrameBytes + uint64(nEntries)*minEntryBytes + uint64(nChunks)*minDigestBytes; need > uint64(len(r.b)) {
-		return nil, fmt.Errorf("index: %d frames, %d entries and %d chunks take at least %d bytes, %d left", nFrames, nEntries, nChunks, need, len(r.b))
+	tarEnd, err := r.frames(ix, nChunks)
+	if err != nil {
+		return nil, err
 	}
-	r.alloc("frame list", nFrames, int(unsafe.Sizeof(Frame{})))
-	r.alloc("entry list", nEntries, int(unsafe.Sizeof(Entry{})))
-	r.alloc("chunk digests", nChunks, int(unsafe.Sizeof(Digest{})))
-	if r.err != nil {
-		return nil, fmt.Errorf("%w (%d frames, %d entries, %d chunks)", r.err, nFrames, nEntries, nChunks)
-	}
-	ix := &Index{Frames: make([]Frame, nFrames), Entries: make([]Entry, nEntries), Digests: make([]Digest, nChunks)}
-	var off, tarOff int64
-	chunk := 0
-	for i := range ix.Frames {
-		v := r.uvarint("frame size")
-		cs := r.int63("frame compressed size", MaxChunkSize+MaxChunkSize/8+1024)
-		us := int64(v >> 1)
-		if us > MaxChunkSize || us == 0 {
-			r.fail("index: frame %d: size %d out of range", i, us)
-		}
-		if r.err != nil {
-			return nil, r.err
-		}
-		f := Frame{Offset: off, Size: cs, TarOffset: tarOff, TarSize: us, ChunkIndex: -1}
-		if v&1 != 0 {
-			if chunk >= nChunks {
-				return nil, fmt.Errorf("index: frame %d: more chunk frames than the %d digests", i, nChunks)
-			}
-			f.ChunkIndex = chunk
-			chunk++
-		}
-		ix.Frames[i] = f
-		off += cs
-		tarOff += us
-	}
-	if chunk != nChunks {
-		return nil, fmt.Errorf("index: %d chunk frames but %d digests", chunk, nChunks)
-	}
-	prev := ""
-	frameEnd := 0
-	var names nameArena
+	d := entryDecoder{r: r, ix: ix, tarEnd: tarEnd}
 	for i := range ix.Entries {
-		e := &ix.Entries[i]
-		shared := r.uvarint("name prefix")
-		suffix := r.bytes("name", MaxNameLen)
-		if r.err != nil {
-			return nil, r.err
-		}
-		if shared > uint64(len(prev)) || shared+uint64(len(suffix)) > MaxNameLen {
-			return nil, fmt.Errorf("index: entry %d: name prefix %d longer than the previous name", i, shared)
-		}
-		e.Name = names.concat(r, prev[:shared], suffix)
-		if r.err != nil {
-			return nil, fmt.Errorf("%w, at entry %d (a name of %d bytes)", r.err, i, shared+uint64(len(suffix)))
-		}
-		prev = e.Name
-		if !isCleanName(e.Name) {
-			return nil, fmt.Errorf("index: entry %d: name %q is not a clean relative path", i, e.Name)
-		}
-		t := r.fixed("type", 1)
-		flags := r.uvarint("flags")
-		e.Mode = r.int63("mode", 1<<32)
-		e.UID = int(r.int63("uid", 1<<32))
-		e.GID = int(r.int63("gid", 1<<32))
-		e.ModSec = r.int63("mtime", maxOffset)
-		if r.err != nil {
-			return nil, r.err
-		}
-		e.Type = t[0]
-		if flags&^knownFlags != 0 {
-			return nil, fmt.Errorf("index: entry %q: unknown flags %#x", e.Name, flags)
-		}
-		if flags&flagNegMtime != 0 {
-			e.ModSec = -e.ModSec
-		}
-		if flags&flagNsec != 0 {
-			e.ModNsec = int32(r.int63("mtime nsec", 999_999_999))
-		}
-		if flags&flagLinkname != 0 {
-			if b := r.bytes("link name", MaxNameLen); r.alloc("link name", len(b), 1) {
-				e.Linkname = string(b)
-			}
-		}
-		if flags&flagDevice != 0 {
-			e.Devmajor = r.int63("devmajor", 1<<32)
-			e.Devminor = r.int63("devminor", 1<<32)
-		}
-		if flags&flagXattrs != 0 {
-			n := r.count("xattr count", 2)
-			if n > MaxXattrs {
-				r.fail("index: entry %q: %d xattrs, over the limit of %d", e.Name, n, MaxXattrs)
-			}
-			if r.alloc("xattrs", n, int(unsafe.Sizeof(Xattr{}))) {
-				e.Xattrs = make([]Xattr, n)
-			}
-			for j := range e.Xattrs {
-				if b := r.bytes("xattr name", 255); r.alloc("xattr name", len(b), 1) {
-					e.Xattrs[j].Name = string(b)
-				}
-				if b := r.bytes("xattr value", MaxXattrValueLen); r.alloc("xattr value", len(b), 1) {
-					e.Xattrs[j].Value = string(b)
-				}
-			}
-		}
-		e.Size = r.int63("size", maxOffset)
-		if flags&flagContent != 0 {
-			gap := r.uvarint("first frame")
-			n := r.uvarint("frame count")
-			if r.err != nil {
-				return nil, r.err
-			}
-			if gap > uint64(nFrames-frameEnd) || n == 0 || n > uint64(nFrames-frameEnd)-gap {
-				return nil, fmt.Errorf("index: entry %q: frames past the end", e.Name)
-			}
-			e.FirstFrame = frameEnd + int(gap)
-			e.NumFrames = int(n)
-			frameEnd = e.FirstFrame + e.NumFrames
-			var total int64
-			for _, f := range ix.Frames[e.FirstFrame:frameEnd] {
-				if f.ChunkIndex < 0 {
-					return nil, fmt.Errorf("index: entry %q: content in a header frame", e.Name)
-				}
-				total += f.TarSize
-			}
-			if total != e.Size {
-				return nil, fmt.Errorf("index: entry %q: chunks hold %d bytes, size is %d", e.Name, total, e.Size)
-			}
-			if e.Type != typeReg {
-				return nil, fmt.Errorf("index: entry %q of type %q has content", e.Name, e.Type)
-			}
-		}
-		if flags&flagMulti != 0 && flags&flagContent == 0 {
-			return nil, fmt.Errorf("index: entry %q: multi-chunk flag without content", e.Name)
-		}
-		if flags&(flagMulti|flagSparse) != 0 {
-			copy(e.Digest[:], r.fixed("file digest", 32))
-		}
-		if flags&flagSparse != 0 {
-			e.Sparse = true
-			e.TarOffset = r.int63("tar offset", maxOffset)
-			e.TarLen = r.int63("tar length", maxOffset)
-			if r.err == nil && (e.TarOffset > tarOff || e.TarLen > tarOff-e.TarOffset) {
-				return nil, fmt.Errorf("index: entry %q: sparse record past the end of the tar stream", e.Name)
-			}
-			if flags&flagContent != 0 {
-				return nil, fmt.Errorf("index: entry %q: sparse and chunked", e.Name)
-			}
-		}
-		if r.err != nil {
-			return nil, r.err
+		if err := d.entry(i); err != nil {
+			return nil, err
 		}
 	}
 	for i := range ix.Digests {
@@ -790,22 +672,8 @@ func decodeBody(body []byte, budget int64, version int) (*Index, error) {
 		return nil, r.err
 	}
 	if version >= IndexVersion2 {
-		n := r.count("run count", minDigestBytes)
-		if r.err != nil {
-			return nil, r.err
-		}
-		if want := ix.headerRunCount(); n != want {
-			return nil, fmt.Errorf("index: %d run digests for %d header runs", n, want)
-		}
-		if !r.alloc("run digests", n, int(unsafe.Sizeof(Digest{}))) {
-			return nil, r.err
-		}
-		ix.RunDigests = make([]Digest, n)
-		for i := range ix.RunDigests {
-			copy(ix.RunDigests[i][:], r.fixed("run digest", 32))
-		}
-		if r.err != nil {
-			return nil, r.err
+		if err := r.runDigests(ix); err != nil {
+			return nil, err
 		}
 	}
 	if len(r.b) != 0 {
@@ -825,6 +693,229 @@ func decodeBody(body []byte, budget int64, version int) (*Index, error) {
 		}
 	}
 	return ix, nil
+}
+
+// maxOffset bounds offsets, sizes and times in an index body.
+const maxOffset = 1 << 62
+
+// lists reads the three counts and allocates the index's frame, entry and digest lists,
+// within the budget and what the bytes left can hold.
+func (r *bodyReader) lists() (*Index, int, error) {
+	nFrames := r.count("frame count", minFrameBytes)
+	nEntries := r.count("entry count", minEntryBytes)
+	nChunks := r.count("chunk count", minDigestBytes)
+	if r.err != nil {
+		return nil, 0, r.err
+	}
+	// Each count fits the bytes left alone; together they must too.
+	if need := uint64(nFrames)*minFrameBytes + uint64(nEntries)*minEntryBytes + uint64(nChunks)*minDigestBytes; need > uint64(len(r.b)) {
+		return nil, 0, fmt.Errorf("index: %d frames, %d entries and %d chunks take at least %d bytes, %d left", nFrames, nEntries, nChunks, need, len(r.b))
+	}
+	r.alloc("frame list", nFrames, int(unsafe.Sizeof(Frame{})))
+	r.alloc("entry list", nEntries, int(unsafe.Sizeof(Entry{})))
+	r.alloc("chunk digests", nChunks, int(unsafe.Sizeof(Digest{})))
+	if r.err != nil {
+		return nil, 0, fmt.Errorf("%w (%d frames, %d entries, %d chunks)", r.err, nFrames, nEntries, nChunks)
+	}
+	return &Index{Frames: make([]Frame, nFrames), Entries: make([]Entry, nEntries), Digests: make([]Digest, nChunks)}, nChunks, nil
+}
+
+// frames reads the frame table into ix.Frames and returns the tar stream's length.
+func (r *bodyReader) frames(ix *Index, nChunks int) (int64, error) {
+	var off, tarOff int64
+	chunk := 0
+	for i := range ix.Frames {
+		v := r.uvarint("frame size")
+		cs := r.int63("frame compressed size", MaxChunkSize+MaxChunkSize/8+1024)
+		us := int64(v >> 1)
+		if us > MaxChunkSize || us == 0 {
+			r.fail("index: frame %d: size %d out of range", i, us)
+		}
+		if r.err != nil {
+			return 0, r.err
+		}
+		f := Frame{Offset: off, Size: cs, TarOffset: tarOff, TarSize: us, ChunkIndex: -1}
+		if v&1 != 0 {
+			if chunk >= nChunks {
+				return 0, fmt.Errorf("index: frame %d: more chunk frames than the %d digests", i, nChunks)
+			}
+			f.ChunkIndex = chunk
+			chunk++
+		}
+		ix.Frames[i] = f
+		off += cs
+		tarOff += us
+	}
+	if chunk != nChunks {
+		return 0, fmt.Errorf("index: %d chunk frames but %d digests", chunk, nChunks)
+	}
+	return tarOff, nil
+}
+
+// runDigests reads the header run digests of a version 2 body.
+func (r *bodyReader) runDigests(ix *Index) error {
+	n := r.count("run count", minDigestBytes)
+	if r.err != nil {
+		return r.err
+	}
+	if want := ix.headerRunCount(); n != want {
+		return fmt.Errorf("index: %d run digests for %d header runs", n, want)
+	}
+	if !r.alloc("run digests", n, int(unsafe.Sizeof(Digest{}))) {
+		return r.err
+	}
+	ix.RunDigests = make([]Digest, n)
+	for i := range ix.RunDigests {
+		copy(ix.RunDigests[i][:], r.fixed("run digest", 32))
+	}
+	return r.err
+}
+
+// entryDecoder reads the entries of a body in order: each name is relative to the one
+// before, each first frame to the end of the previous content entry's frames.
+type entryDecoder struct {
+	r        *bodyReader
+	ix       *Index
+	tarEnd   int64 // the tar stream's length, from the frames
+	prev     string
+	frameEnd int
+	names    nameArena
+}
+
+func (d *entryDecoder) entry(i int) error {
+	r, e := d.r, &d.ix.Entries[i]
+	if err := d.name(i, e); err != nil {
+		return err
+	}
+	t := r.fixed("type", 1)
+	flags := r.uvarint("flags")
+	e.Mode = r.int63("mode", 1<<32)
+	e.UID = int(r.int63("uid", 1<<32))
+	e.GID = int(r.int63("gid", 1<<32))
+	e.ModSec = r.int63("mtime", maxOffset)
+	if r.err != nil {
+		return r.err
+	}
+	e.Type = t[0]
+	if flags&^knownFlags != 0 {
+		return fmt.Errorf("index: entry %q: unknown flags %#x", e.Name, flags)
+	}
+	if flags&flagNegMtime != 0 {
+		e.ModSec = -e.ModSec
+	}
+	d.optional(e, flags)
+	e.Size = r.int63("size", maxOffset)
+	if flags&flagContent != 0 {
+		if err := d.content(e); err != nil {
+			return err
+		}
+	}
+	if flags&flagMulti != 0 && flags&flagContent == 0 {
+		return fmt.Errorf("index: entry %q: multi-chunk flag without content", e.Name)
+	}
+	if flags&(flagMulti|flagSparse) != 0 {
+		copy(e.Digest[:], r.fixed("file digest", 32))
+	}
+	if flags&flagSparse != 0 {
+		e.Sparse = true
+		e.TarOffset = r.int63("tar offset", maxOffset)
+		e.TarLen = r.int63("tar length", maxOffset)
+		if r.err == nil && (e.TarOffset > d.tarEnd || e.TarLen > d.tarEnd-e.TarOffset) {
+			return fmt.Errorf("index: entry %q: sparse record past the end of the tar stream", e.Name)
+		}
+		if flags&flagContent != 0 {
+			return fmt.Errorf("index: entry %q: sparse and chunked", e.Name)
+		}
+	}
+	return r.err
+}
+
+// name reads entry i's name: a prefix shared with the previous name and a suffix.
+func (d *entryDecoder) name(i int, e *Entry) error {
+	r := d.r
+	shared := r.uvarint("name prefix")
+	suffix := r.bytes("name", MaxNameLen)
+	if r.err != nil {
+		return r.err
+	}
+	if shared > uint64(len(d.prev)) || shared+uint64(len(suffix)) > MaxNameLen {
+		return fmt.Errorf("index: entry %d: name prefix %d longer than the previous name", i, shared)
+	}
+	e.Name = d.names.concat(r, d.prev[:shared], suffix)
+	if r.err != nil {
+		return fmt.Errorf("%w, at entry %d (a name of %d bytes)", r.err, i, shared+uint64(len(suffix)))
+	}
+	d.prev = e.Name
+	if !isCleanName(e.Name) {
+		return fmt.Errorf("index: entry %d: name %q is not a clean relative path", i, e.Name)
+	}
+	return nil
+}
+
+// optional reads the fields flags say e has: mtime nanoseconds, link name, device numbers
+// and xattrs. Errors stay in r.
+func (d *entryDecoder) optional(e *Entry, flags uint64) {
+	r := d.r
+	if flags&flagNsec != 0 {
+		e.ModNsec = int32(r.int63("mtime nsec", 999_999_999))
+	}
+	if flags&flagLinkname != 0 {
+		if b := r.bytes("link name", MaxNameLen); r.alloc("link name", len(b), 1) {
+			e.Linkname = string(b)
+		}
+	}
+	if flags&flagDevice != 0 {
+		e.Devmajor = r.int63("devmajor", 1<<32)
+		e.Devminor = r.int63("devminor", 1<<32)
+	}
+	if flags&flagXattrs == 0 {
+		return
+	}
+	n := r.count("xattr count", 2)
+	if n > MaxXattrs {
+		r.fail("index: entry %q: %d xattrs, over the limit of %d", e.Name, n, MaxXattrs)
+	}
+	if r.alloc("xattrs", n, int(unsafe.Sizeof(Xattr{}))) {
+		e.Xattrs = make([]Xattr, n)
+	}
+	for j := range e.Xattrs {
+		if b := r.bytes("xattr name", 255); r.alloc("xattr name", len(b), 1) {
+			e.Xattrs[j].Name = string(b)
+		}
+		if b := r.bytes("xattr value", MaxXattrValueLen); r.alloc("xattr value", len(b), 1) {
+			e.Xattrs[j].Value = string(b)
+		}
+	}
+}
+
+// content reads a regular file's frames and checks they are chunk frames holding its size.
+func (d *entryDecoder) content(e *Entry) error {
+	r, nFrames := d.r, len(d.ix.Frames)
+	gap := r.uvarint("first frame")
+	n := r.uvarint("frame count")
+	if r.err != nil {
+		return r.err
+	}
+	if gap > uint64(nFrames-d.frameEnd) || n == 0 || n > uint64(nFrames-d.frameEnd)-gap {
+		return fmt.Errorf("index: entry %q: frames past the end", e.Name)
+	}
+	e.FirstFrame = d.frameEnd + int(gap)
+	e.NumFrames = int(n)
+	d.frameEnd = e.FirstFrame + e.NumFrames
+	var total int64
+	for _, f := range d.ix.Frames[e.FirstFrame:d.frameEnd] {
+		if f.ChunkIndex < 0 {
+			return fmt.Errorf("index: entry %q: content in a header frame", e.Name)
+		}
+		total += f.TarSize
+	}
+	if total != e.Size {
+		return fmt.Errorf("index: entry %q: chunks hold %d bytes, size is %d", e.Name, total, e.Size)
+	}
+	if e.Type != typeReg {
+		return fmt.Errorf("index: entry %q of type %q has content", e.Name, e.Type)
+	}
+	return nil
 }
 
 // headerRunCount counts the header runs of the frame list: its maximal sequences of

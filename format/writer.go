@@ -319,48 +319,11 @@ func (s *scanner) run(r io.Reader) error {
 			s.files++
 		case e.Type == typeReg && hdr.Size > 0:
 			s.files++
-			if err := s.flushMeta(); err != nil {
+			single, err := s.content(tr, hdr, &e, &buf)
+			if err != nil {
 				return err
 			}
-			s.recording = false
-			first := len(s.ix.Frames)
-			var fileHash hash.Hash
-			remaining := hdr.Size
-			buf = buf[:0]
-			for remaining > 0 || len(buf) > 0 {
-				for remaining > 0 && len(buf) < s.o.cutter.MaxChunk() {
-					want := min(int64(cap(buf)-len(buf)), remaining)
-					n, err := io.ReadFull(tr, buf[len(buf):len(buf)+int(want)])
-					buf = buf[:len(buf)+n]
-					remaining -= int64(n)
-					if err != nil {
-						return fmt.Errorf("read content of %q at offset %d: %w", hdr.Name, hdr.Size-remaining, noEOF(err))
-					}
-				}
-				n := s.o.cutter.Cut(buf, remaining == 0)
-				if n <= 0 || n > len(buf) {
-					return fmt.Errorf("chunk cutter returned %d for %d bytes", n, len(buf))
-				}
-				seg := &segment{data: append([]byte(nil), buf[:n]...), isChunk: true}
-				if fileHash == nil && (remaining > 0 || n < len(buf)) {
-					fileHash = sha256.New()
-				}
-				if fileHash != nil {
-					fileHash.Write(seg.data)
-				}
-				buf = buf[:copy(buf, buf[n:])]
-				s.ix.Frames = append(s.ix.Frames, Frame{TarSize: int64(n), ChunkIndex: len(s.chunks)})
-				s.chunks = append(s.chunks, seg)
-				if err := s.p.submit(seg); err != nil {
-					return err
-				}
-			}
-			s.recording = true
-			e.FirstFrame = first
-			e.NumFrames = len(s.ix.Frames) - first
-			if fileHash != nil {
-				e.Digest = Digest(fileHash.Sum(nil))
-			} else {
+			if single {
 				singles = append(singles, idx)
 			}
 		case e.Type == typeReg:
@@ -395,6 +358,57 @@ func (s *scanner) run(r io.Reader) error {
 		e.Digest = s.ix.Digests[s.ix.Frames[e.FirstFrame].ChunkIndex]
 	}
 	return nil
+}
+
+// content cuts the content of the regular file hdr into chunk frames, submitted to the
+// compressors in order, and sets e's frames. single says its digest is its only chunk's,
+// known once that chunk is compressed; otherwise e.Digest is set. buf is reused across files.
+func (s *scanner) content(tr *tar.Reader, hdr *tar.Header, e *Entry, buf *[]byte) (single bool, err error) {
+	if err := s.flushMeta(); err != nil {
+		return false, err
+	}
+	s.recording = false
+	first := len(s.ix.Frames)
+	var fileHash hash.Hash
+	remaining := hdr.Size
+	b := (*buf)[:0]
+	defer func() { *buf = b }()
+	for remaining > 0 || len(b) > 0 {
+		for remaining > 0 && len(b) < s.o.cutter.MaxChunk() {
+			want := min(int64(cap(b)-len(b)), remaining)
+			n, err := io.ReadFull(tr, b[len(b):len(b)+int(want)])
+			b = b[:len(b)+n]
+			remaining -= int64(n)
+			if err != nil {
+				return false, fmt.Errorf("read content of %q at offset %d: %w", hdr.Name, hdr.Size-remaining, noEOF(err))
+			}
+		}
+		n := s.o.cutter.Cut(b, remaining == 0)
+		if n <= 0 || n > len(b) {
+			return false, fmt.Errorf("chunk cutter returned %d for %d bytes", n, len(b))
+		}
+		seg := &segment{data: append([]byte(nil), b[:n]...), isChunk: true}
+		if fileHash == nil && (remaining > 0 || n < len(b)) {
+			fileHash = sha256.New()
+		}
+		if fileHash != nil {
+			fileHash.Write(seg.data)
+		}
+		b = b[:copy(b, b[n:])]
+		s.ix.Frames = append(s.ix.Frames, Frame{TarSize: int64(n), ChunkIndex: len(s.chunks)})
+		s.chunks = append(s.chunks, seg)
+		if err := s.p.submit(seg); err != nil {
+			return false, err
+		}
+	}
+	s.recording = true
+	e.FirstFrame = first
+	e.NumFrames = len(s.ix.Frames) - first
+	if fileHash == nil {
+		return true, nil
+	}
+	e.Digest = Digest(fileHash.Sum(nil))
+	return false, nil
 }
 
 // typeRegA is the pre-POSIX typeflag of a regular file.

@@ -143,45 +143,14 @@ func (lw *layerWriter) writeEntry(abs, rel string) (bool, error) {
 		return false, lw.writeHeader(hdr)
 	}
 
-	xattrs, err := readXattrs(abs)
+	xattrs, err := addXattrs(abs, hdr)
 	if err != nil {
 		return false, err
-	}
-	if err := checkOverlayXattrs(abs, xattrs); err != nil {
-		return false, err
-	}
-	for _, name := range slices.Sorted(maps.Keys(xattrs)) {
-		if strings.HasPrefix(name, overlayXattrPrefix) {
-			continue
-		}
-		if hdr.PAXRecords == nil {
-			hdr.PAXRecords = map[string]string{}
-		}
-		hdr.PAXRecords[paxSchilyXattr+name] = xattrs[name]
 	}
 
 	switch mode {
 	case unix.S_IFDIR:
-		hdr.Typeflag = tar.TypeDir
-		hdr.Name += "/"
-		if err := lw.writeHeader(hdr); err != nil {
-			return false, err
-		}
-		if lw.opts.Overlay && xattrs[overlayOpaque] == "y" {
-			opq := &tar.Header{
-				Typeflag: tar.TypeReg,
-				Name:     rel + "/" + WhiteoutOpaque,
-				Mode:     hdr.Mode & 0o777,
-				Uid:      hdr.Uid,
-				Gid:      hdr.Gid,
-				ModTime:  hdr.ModTime,
-				Format:   tar.FormatPAX,
-			}
-			if err := lw.writeHeader(opq); err != nil {
-				return false, err
-			}
-		}
-		return true, nil
+		return true, lw.writeDir(hdr, rel, xattrs[overlayOpaque] == "y")
 	case unix.S_IFLNK:
 		target, err := os.Readlink(abs)
 		if err != nil {
@@ -226,6 +195,50 @@ func (lw *layerWriter) writeEntry(abs, rel string) (bool, error) {
 	default:
 		return false, fmt.Errorf("%s: unsupported file type %#o", abs, mode)
 	}
+}
+
+// addXattrs reads abs's xattrs and records them in hdr, all but overlayfs's own, which it
+// returns with the rest for the caller to act on.
+func addXattrs(abs string, hdr *tar.Header) (map[string]string, error) {
+	xattrs, err := readXattrs(abs)
+	if err != nil {
+		return nil, err
+	}
+	if err := checkOverlayXattrs(abs, xattrs); err != nil {
+		return nil, err
+	}
+	for _, name := range slices.Sorted(maps.Keys(xattrs)) {
+		if strings.HasPrefix(name, overlayXattrPrefix) {
+			continue
+		}
+		if hdr.PAXRecords == nil {
+			hdr.PAXRecords = map[string]string{}
+		}
+		hdr.PAXRecords[paxSchilyXattr+name] = xattrs[name]
+	}
+	return xattrs, nil
+}
+
+// writeDir writes a directory's header, and in an overlay upper directory an opaque one's
+// whiteout after it.
+func (lw *layerWriter) writeDir(hdr *tar.Header, rel string, opaque bool) error {
+	hdr.Typeflag = tar.TypeDir
+	hdr.Name += "/"
+	if err := lw.writeHeader(hdr); err != nil {
+		return err
+	}
+	if !lw.opts.Overlay || !opaque {
+		return nil
+	}
+	return lw.writeHeader(&tar.Header{
+		Typeflag: tar.TypeReg,
+		Name:     rel + "/" + WhiteoutOpaque,
+		Mode:     hdr.Mode & 0o777,
+		Uid:      hdr.Uid,
+		Gid:      hdr.Gid,
+		ModTime:  hdr.ModTime,
+		Format:   tar.FormatPAX,
+	})
 }
 
 func (lw *layerWriter) writeHeader(hdr *tar.Header) error {
