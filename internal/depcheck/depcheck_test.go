@@ -52,6 +52,7 @@ const (
 	xtime         = "golang.org/x/time"
 	xterm         = "golang.org/x/term"
 	ximage        = "golang.org/x/image"
+	criAPI        = "k8s.io/cri-api"
 
 	// Packages of ours, relative to the module.
 	format         = "format"
@@ -67,6 +68,7 @@ const (
 	profile        = "internal/profile"
 	keeper         = "internal/keeper"
 	warm           = "internal/warm"
+	criproxy       = "internal/criproxy"
 	unixsock       = "internal/unixsock"
 	jsonlimit      = "internal/jsonlimit"
 	imagebuild     = "internal/imagebuild"
@@ -153,6 +155,13 @@ func allowed() map[string]rule {
 		// The warm-up gRPC API between `lazypull pull` and the snapshotter: both ends
 		// import it, it imports neither.
 		warm: {ext: []string{grpc, protobuf}},
+
+		// The CRI image service proxy that learns kubelet's pull credentials: it forwards
+		// gRPC (CRI's messages only decoded to read a pull's credentials, with cri-api),
+		// keys them by repository with go-containerregistry's name and hands them out as
+		// its authn form; its socket is owner-only from the start (unixsock). It knows
+		// nothing of fetch: fetch's user asks its Store.
+		criproxy: {ours: []string{unixsock}, ext: []string{grpc, protobuf, criAPI, ggcr}},
 
 		// Leaves: a unix socket only its owner may connect to; bounds on JSON decoding.
 		unixsock:  {ext: []string{xsys}},
