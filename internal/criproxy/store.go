@@ -19,6 +19,11 @@ import (
 // otherwise: far more than the images a node runs, few enough to bound its memory.
 const DefaultMaxEntries = 1024
 
+// MaxCredentialBytes bounds one credential (user name and secret, or token): tokens of
+// cloud registries take a few KiB. A larger one is forwarded, not kept, so that a Store's
+// memory is bounded by its entries.
+const MaxCredentialBytes = 64 << 10
+
 // tokenUser is the user name that says the secret is an identity token, in Docker's
 // credential-helper convention (which go-containerregistry's authn follows).
 const tokenUser = "<token>"
@@ -33,7 +38,7 @@ const tokenUser = "<token>"
 // that succeeded (kubelet tries an image's pull secrets one after the other until one
 // works). A pull without credentials leaves the repository's alone: the layers already
 // mounted still read with them. When the Store is full, the credential stored longest
-// ago goes.
+// ago goes; a credential over MaxCredentialBytes is not kept.
 type Store struct {
 	max int
 
@@ -186,6 +191,9 @@ func credential(image string, a *runtime.AuthConfig) (string, authn.AuthConfig, 
 	auth, err := parseAuth(a)
 	if err != nil {
 		return "", authn.AuthConfig{}, err
+	}
+	if n := len(auth.Username) + len(auth.Password) + len(auth.IdentityToken) + len(auth.RegistryToken); n > MaxCredentialBytes {
+		return "", authn.AuthConfig{}, fmt.Errorf("credentials of %d bytes, more than %d", n, MaxCredentialBytes)
 	}
 	if addr := a.GetServerAddress(); addr != "" {
 		host, err := serverHost(addr)

@@ -56,6 +56,8 @@ func TestCredentialForms(t *testing.T) {
 			"", authn.AuthConfig{}, "auth is not base64"},
 		{"auth without a colon", "registry.example/app", &runtime.AuthConfig{Auth: b64("s3cr3t")},
 			"", authn.AuthConfig{}, "auth is not user:password"},
+		{"too large", "registry.example/app", &runtime.AuthConfig{RegistryToken: strings.Repeat("t", MaxCredentialBytes+1)},
+			"", authn.AuthConfig{}, "credentials of 65537 bytes, more than 65536"},
 		{"image reference not one", "Registry.example/APP:v1", &runtime.AuthConfig{Username: "u", Password: "s3cr3t"},
 			"", authn.AuthConfig{}, "image reference"},
 	}
