@@ -17,6 +17,7 @@ import (
 	"lazypull/internal/daemon"
 	"lazypull/internal/fetch"
 	"lazypull/internal/profile"
+	"lazypull/internal/progress"
 )
 
 var convertCommand = &command{
@@ -89,18 +90,18 @@ func runConvert(ctx context.Context, e *env, vals any, args []string) error {
 		opts.Profile = p
 	}
 
-	var display *termProgress
+	var display *progress.Term
 	if e.stderrTerminal {
-		display = newTermProgress(e.stderr, e.stderrFd)
+		display = progress.NewTerm(e.stderr, e.stderrFd)
 		opts.Progress = display
 		opts.Logger = slog.New(slog.NewTextHandler(display, nil))
 	} else {
 		opts.Logger = slog.New(slog.NewTextHandler(e.stderr, nil))
-		opts.Progress = logProgress{opts.Logger}
+		opts.Progress = progress.Log{Logger: opts.Logger}
 	}
 	s, err := convert.Convert(ctx, args[0], args[1], opts)
 	if display != nil {
-		display.stop()
+		display.Stop()
 	}
 	if err != nil {
 		return err
@@ -189,15 +190,4 @@ func loadProfile(ctx context.Context, arg, src string, plainHTTP bool, platform 
 }
 
 // humanBytes formats n in binary units: 512 B, 1.5 KiB, 12.3 MiB.
-func humanBytes(n int64) string {
-	const unit = 1024
-	if n < unit {
-		return fmt.Sprintf("%d B", n)
-	}
-	div, exp := int64(unit), 0
-	for m := n / unit; m >= unit && exp < 5; m /= unit {
-		div *= unit
-		exp++
-	}
-	return fmt.Sprintf("%.1f %ciB", float64(n)/float64(div), "KMGTPE"[exp])
-}
+func humanBytes(n int64) string { return progress.HumanBytes(n) }

@@ -66,6 +66,9 @@ const (
 	bench          = "internal/bench"
 	convert        = "internal/convert"
 	profile        = "internal/profile"
+	progress       = "internal/progress"
+	pull           = "internal/pull"
+	record         = "internal/record"
 	keeper         = "internal/keeper"
 	warm           = "internal/warm"
 	criproxy       = "internal/criproxy"
@@ -132,7 +135,7 @@ func allowed() map[string]rule {
 		// also opens fetch registries, the store and fusefs mounts itself (mount.go,
 		// profile.go): a second composition beside daemon, kept here as it is.
 		cli: {
-			ours: []string{format, fetch, store, fusefs, snapshot, daemon, convert, profile,
+			ours: []string{format, fetch, store, fusefs, snapshot, daemon, convert, profile, progress,
 				keeper, warm, unixsock},
 			ext: []string{containerd, containerdAPI, errdefs, ggcr, digest, imageSpec,
 				runtimeSpec, toml, prometheus, grpc, xsys, xterm, mountinfo},
@@ -147,6 +150,10 @@ func allowed() map[string]rule {
 		// so it pushes with go-containerregistry). What it plans is in terms of the layer
 		// index (format); the daemon fetches what it plans.
 		profile: {ours: []string{format, jsonlimit}, ext: []string{ggcr}},
+
+		// A conversion's progress on a terminal or in the log: it implements
+		// convert.Progress, and sizes its lines to the terminal (x/term).
+		progress: {ours: []string{convert}, ext: []string{ggcr, xterm}},
 
 		// Holds descriptors in a process of its own; they are opaque to it (no FUSE, no
 		// daemon). Its socket is owner-only from the start (unixsock).

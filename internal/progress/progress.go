@@ -1,4 +1,4 @@
-package cli
+package progress
 
 import (
 	"bytes"
@@ -16,28 +16,28 @@ import (
 	"lazypull/internal/convert"
 )
 
-// logProgress reports layers as log lines: for stderr that is not a terminal.
-type logProgress struct{ log *slog.Logger }
+// Log reports layers as log lines: for an output that is not a terminal.
+type Log struct{ Logger *slog.Logger }
 
-var _ convert.Progress = logProgress{}
+var _ convert.Progress = Log{}
 
-func (p logProgress) LayerStart(l convert.Layer) {
-	p.log.Info("layer start", "image", l.Image, "layer", l.Source.Digest.String(), "mediaType", string(l.Source.MediaType), "size", l.Source.Size)
+func (p Log) LayerStart(l convert.Layer) {
+	p.Logger.Info("layer start", "image", l.Image, "layer", l.Source.Digest.String(), "mediaType", string(l.Source.MediaType), "size", l.Source.Size)
 }
 
-func (p logProgress) LayerRead(v1.Hash, int64) {}
+func (p Log) LayerRead(v1.Hash, int64) {}
 
-func (p logProgress) LayerPush(convert.Layer) {}
+func (p Log) LayerPush(convert.Layer) {}
 
-func (p logProgress) LayerDone(l convert.Layer) {
-	p.log.Info("layer done", "layer", l.Source.Digest.String(), "result", l.Result.Digest.String(),
+func (p Log) LayerDone(l convert.Layer) {
+	p.Logger.Info("layer done", "layer", l.Source.Digest.String(), "result", l.Result.Digest.String(),
 		"bytesIn", l.Source.Size, "bytesOut", l.Result.Size, "files", l.Files, "chunks", l.Chunks, "copied", l.Copied)
 }
 
-// termProgress draws one live line per layer in flight below the lines already printed, and
+// Term draws one live line per layer in flight below the lines already printed, and
 // a permanent line for each finished layer. Log lines are written through it (it is an
 // io.Writer) so they land above the live lines instead of through them.
-type termProgress struct {
+type Term struct {
 	w  io.Writer
 	fd int
 
@@ -60,12 +60,14 @@ type termLayer struct {
 const termRedraw = 150 * time.Millisecond
 
 var (
-	_ convert.Progress = (*termProgress)(nil)
-	_ io.Writer        = (*termProgress)(nil)
+	_ convert.Progress = (*Term)(nil)
+	_ io.Writer        = (*Term)(nil)
 )
 
-func newTermProgress(w io.Writer, fd int) *termProgress {
-	p := &termProgress{w: w, fd: fd, done: make(chan struct{})}
+// NewTerm starts drawing on w, a terminal whose size fd tells (lines are not cut when it
+// tells none); Stop ends it.
+func NewTerm(w io.Writer, fd int) *Term {
+	p := &Term{w: w, fd: fd, done: make(chan struct{})}
 	p.wg.Go(func() {
 		t := time.NewTicker(termRedraw)
 		defer t.Stop()
@@ -83,13 +85,13 @@ func newTermProgress(w io.Writer, fd int) *termProgress {
 	return p
 }
 
-func (p *termProgress) LayerStart(l convert.Layer) {
+func (p *Term) LayerStart(l convert.Layer) {
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	p.layers = append(p.layers, &termLayer{l: l})
 }
 
-func (p *termProgress) find(d v1.Hash) *termLayer {
+func (p *Term) find(d v1.Hash) *termLayer {
 	for _, t := range p.layers {
 		if t.l.Source.Digest == d {
 			return t
@@ -98,7 +100,7 @@ func (p *termProgress) find(d v1.Hash) *termLayer {
 	return nil
 }
 
-func (p *termProgress) LayerRead(d v1.Hash, n int64) {
+func (p *Term) LayerRead(d v1.Hash, n int64) {
 	p.mu.Lock()
 	t := p.find(d)
 	p.mu.Unlock()
@@ -107,7 +109,7 @@ func (p *termProgress) LayerRead(d v1.Hash, n int64) {
 	}
 }
 
-func (p *termProgress) LayerPush(l convert.Layer) {
+func (p *Term) LayerPush(l convert.Layer) {
 	p.mu.Lock()
 	t := p.find(l.Source.Digest)
 	p.mu.Unlock()
@@ -116,7 +118,7 @@ func (p *termProgress) LayerPush(l convert.Layer) {
 	}
 }
 
-func (p *termProgress) LayerDone(l convert.Layer) {
+func (p *Term) LayerDone(l convert.Layer) {
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	for i, t := range p.layers {
@@ -127,16 +129,16 @@ func (p *termProgress) LayerDone(l convert.Layer) {
 	}
 	var line string
 	if l.Copied {
-		line = fmt.Sprintf("done %s  %s (already lazypull, copied)", short(l.Source.Digest), humanBytes(l.Source.Size))
+		line = fmt.Sprintf("done %s  %s (already lazypull, copied)", short(l.Source.Digest), HumanBytes(l.Source.Size))
 	} else {
 		line = fmt.Sprintf("done %s  %s -> %s  %d files  %d chunks", short(l.Source.Digest),
-			humanBytes(l.Source.Size), humanBytes(l.Result.Size), l.Files, l.Chunks)
+			HumanBytes(l.Source.Size), HumanBytes(l.Result.Size), l.Files, l.Chunks)
 	}
 	p.redrawLocked([]byte(line + "\n"))
 }
 
 // Write prints log output above the live lines.
-func (p *termProgress) Write(b []byte) (int, error) {
+func (p *Term) Write(b []byte) (int, error) {
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	if p.closed {
@@ -146,8 +148,8 @@ func (p *termProgress) Write(b []byte) (int, error) {
 	return len(b), nil
 }
 
-// stop clears the live lines and stops redrawing; later writes go straight through.
-func (p *termProgress) stop() {
+// Stop clears the live lines and stops redrawing; later writes go straight through.
+func (p *Term) Stop() {
 	p.mu.Lock()
 	if p.closed {
 		p.mu.Unlock()
@@ -163,7 +165,7 @@ func (p *termProgress) stop() {
 
 // redrawLocked erases the live lines, prints above (permanent output, may be nil) and draws
 // the live lines again.
-func (p *termProgress) redrawLocked(above []byte) {
+func (p *Term) redrawLocked(above []byte) {
 	if p.closed {
 		return
 	}
@@ -191,7 +193,7 @@ func (p *termProgress) redrawLocked(above []byte) {
 		if size > 0 {
 			pct = int(read * 100 / size)
 		}
-		line := fmt.Sprintf("%s %s %s / %s %3d%%", state, short(t.l.Source.Digest), humanBytes(read), humanBytes(size), pct)
+		line := fmt.Sprintf("%s %s %s / %s %3d%%", state, short(t.l.Source.Digest), HumanBytes(read), HumanBytes(size), pct)
 		if width > 1 && len(line) >= width {
 			line = line[:width-1]
 		}
@@ -208,4 +210,18 @@ func short(h v1.Hash) string {
 		return s[:i+13]
 	}
 	return s
+}
+
+// HumanBytes formats n in binary units: 512 B, 1.5 KiB, 12.3 MiB.
+func HumanBytes(n int64) string {
+	const unit = 1024
+	if n < unit {
+		return fmt.Sprintf("%d B", n)
+	}
+	div, exp := int64(unit), 0
+	for m := n / unit; m >= unit && exp < 5; m /= unit {
+		div *= unit
+		exp++
+	}
+	return fmt.Sprintf("%.1f %ciB", float64(n)/float64(div), "KMGTPE"[exp])
 }
