@@ -135,7 +135,7 @@ func allowed() map[string]rule {
 		// also opens fetch registries, the store and fusefs mounts itself (mount.go,
 		// profile.go): a second composition beside daemon, kept here as it is.
 		cli: {
-			ours: []string{format, fetch, store, fusefs, snapshot, daemon, convert, profile, progress,
+			ours: []string{format, fetch, store, fusefs, snapshot, daemon, convert, profile, progress, pull,
 				keeper, warm, unixsock},
 			ext: []string{containerd, containerdAPI, errdefs, ggcr, digest, imageSpec,
 				runtimeSpec, toml, prometheus, grpc, xsys, xterm, mountinfo},
@@ -150,6 +150,15 @@ func allowed() map[string]rule {
 		// so it pushes with go-containerregistry). What it plans is in terms of the layer
 		// index (format); the daemon fetches what it plans.
 		profile: {ours: []string{format, jsonlimit}, ext: []string{ggcr}},
+
+		// `lazypull pull`: fetches the manifest itself (fetch), hands it to containerd
+		// (its client, resolver and image handlers) and to the snapshotter (warm), and
+		// labels the layers as the snapshotter reads them (daemon.SnapshotLabels; format
+		// tells a lazypull layer).
+		pull: {
+			ours: []string{format, fetch, daemon, warm},
+			ext:  []string{containerd, ggcr, digest, imageSpec},
+		},
 
 		// A conversion's progress on a terminal or in the log: it implements
 		// convert.Progress, and sizes its lines to the terminal (x/term).
