@@ -162,3 +162,12 @@ func TestConvertFailure(t *testing.T) {
 		t.Errorf("destination created for a source that does not exist")
 	}
 }
+
+// TestConvertProfileDigestLayout: a --profile digest names a profile in SRC's repository, a
+// usage error when SRC is an OCI layout.
+func TestConvertProfileDigestLayout(t *testing.T) {
+	code, _, errOut := run(t, "convert", "--profile", "sha256:"+strings.Repeat("c", 64), "oci:/nowhere:x", "oci:/nowhere2:y")
+	if code != exitUsage || !strings.Contains(errOut, "OCI layout") {
+		t.Errorf("exit %d, %q; want a usage error naming the OCI layout", code, errOut)
+	}
+}

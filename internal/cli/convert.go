@@ -7,24 +7,21 @@ import (
 	"flag"
 	"fmt"
 	"log/slog"
-	"os"
-	"strings"
 
-	"github.com/google/go-containerregistry/pkg/name"
 	v1 "github.com/google/go-containerregistry/pkg/v1"
 
 	"lazypull/internal/convert"
 	"lazypull/internal/daemon"
-	"lazypull/internal/fetch"
-	"lazypull/internal/profile"
 	"lazypull/internal/progress"
 )
 
-var convertCommand = &command{
-	name:    "convert",
-	args:    "[flags] SRC DST",
-	summary: "convert an image to lazypull layers and push it",
-	help: `
+// convertCommand is `lazypull convert`: flags over convert.Convert.
+func convertCommand() *command {
+	return &command{
+		name:    "convert",
+		args:    "[flags] SRC DST",
+		summary: "convert an image to lazypull layers and push it",
+		help: `
 SRC and DST are registry references (host[:port]/repo[:tag]) or OCI image layouts,
 written oci:DIR[:TAG] (TAG defaults to latest; DIR is created if missing).
 
@@ -46,16 +43,17 @@ another order: their diff IDs change, and the config is rewritten with the new o
 Credentials come from the Docker config and its credential helpers. Registries on loopback
 and private addresses are spoken to over plain http; --plain-http does so for any host.
 Flags may also follow SRC and DST. Temp files go to $TMPDIR.`,
-	flags: func(fs *flag.FlagSet) any {
-		f := &convertFlags{}
-		fs.StringVar(&f.platform, "platform", "", "convert only the image for `os/arch[/variant]` of a multi-platform source")
-		fs.IntVar(&f.jobs, "jobs", convert.DefaultJobs(), "convert `n` layers at once")
-		fs.BoolVar(&f.plainHTTP, "plain-http", false, "talk to registries over http instead of https")
-		fs.BoolVar(&f.json, "json", false, "print a JSON summary on stdout")
-		fs.StringVar(&f.profile, "profile", "", "lay the layers out by the prefetch profile `PROFILE`: a file, a digest in SRC's repository, or a REF")
-		return f
-	},
-	run: runConvert,
+		flags: func(fs *flag.FlagSet) any {
+			f := &convertFlags{}
+			fs.StringVar(&f.platform, "platform", "", "convert only the image for `os/arch[/variant]` of a multi-platform source")
+			fs.IntVar(&f.jobs, "jobs", convert.DefaultJobs(), "convert `n` layers at once")
+			fs.BoolVar(&f.plainHTTP, "plain-http", false, "talk to registries over http instead of https")
+			fs.BoolVar(&f.json, "json", false, "print a JSON summary on stdout")
+			fs.StringVar(&f.profile, "profile", "", "lay the layers out by the prefetch profile `PROFILE`: a file, a digest in SRC's repository, or a REF")
+			return f
+		},
+		run: runConvert,
+	}
 }
 
 type convertFlags struct {
@@ -83,9 +81,12 @@ func runConvert(ctx context.Context, e *env, vals any, args []string) error {
 		opts.Platform = p
 	}
 	if f.profile != "" {
-		p, err := loadProfile(ctx, f.profile, args[0], f.plainHTTP, opts.Platform)
+		p, err := daemon.LoadProfile(ctx, f.profile, args[0], f.plainHTTP, opts.Platform)
+		if errors.Is(err, daemon.ErrProfileNoRepository) {
+			return usagef("--profile %v", err)
+		}
 		if err != nil {
-			return err
+			return fmt.Errorf("--profile %w", err)
 		}
 		opts.Profile = p
 	}
@@ -118,75 +119,6 @@ func runConvert(ctx context.Context, e *env, vals any, args []string) error {
 	_, err = fmt.Fprintf(e.stdout, "%s -> %s %s (%d layers, %d files, %d chunks%s, %s in, %s out, %.1fs)\n",
 		s.Source, s.Destination, s.Digest, s.Layers, s.Files, s.Chunks, laid, humanBytes(s.BytesIn), humanBytes(s.BytesOut), s.Seconds)
 	return err
-}
-
-// loadProfile reads the profile --profile names: a file, the digest of a profile artifact
-// in src's repository, or a registry reference (to a profile artifact by digest, or to an
-// image whose newest profile is taken).
-func loadProfile(ctx context.Context, arg, src string, plainHTTP bool, platform *v1.Platform) (*profile.Profile, error) {
-	if fi, err := os.Stat(arg); err == nil && fi.Mode().IsRegular() {
-		if fi.Size() > profile.MaxSize {
-			return nil, fmt.Errorf("--profile %s: %d bytes, more than %d: %w", arg, fi.Size(), profile.MaxSize, profile.ErrTooLarge)
-		}
-		b, err := os.ReadFile(arg)
-		if err != nil {
-			return nil, fmt.Errorf("--profile: %w", err)
-		}
-		p, err := profile.Parse(b)
-		if err != nil {
-			return nil, fmt.Errorf("--profile %s: %w", arg, err)
-		}
-		return p, nil
-	}
-	ref := arg
-	if _, err := v1.NewHash(arg); err == nil {
-		if strings.HasPrefix(src, "oci:") {
-			return nil, usagef("--profile %s: a digest names a profile in SRC's repository, but SRC is an OCI layout; give a file or a registry reference", arg)
-		}
-		r, err := name.ParseReference(src)
-		if err != nil {
-			return nil, fmt.Errorf("--profile %s: source %q: %w", arg, src, err)
-		}
-		ref = r.Context().Digest(arg).String()
-	}
-	r, err := name.ParseReference(ref)
-	if err != nil {
-		return nil, fmt.Errorf("--profile %q: neither a file nor a reference: %w", arg, err)
-	}
-	// As convert does: plain http for loopback and private registries, or when told.
-	opts := []fetch.Option{}
-	if plainHTTP || r.Context().Scheme() == "http" {
-		opts = append(opts, fetch.WithPlainHTTP())
-	}
-	reg, err := fetch.New(ref, opts...)
-	if err != nil {
-		return nil, fmt.Errorf("--profile %s: %w", arg, err)
-	}
-	if d, ok := r.(name.Digest); ok {
-		h, err := v1.NewHash(d.DigestStr())
-		if err != nil {
-			return nil, fmt.Errorf("--profile %s: %w", arg, err)
-		}
-		p, err := daemon.ReadProfile(ctx, reg, h)
-		if err == nil {
-			return p, nil
-		}
-		if !errors.Is(err, daemon.ErrNotProfile) {
-			return nil, fmt.Errorf("--profile: %w", err)
-		}
-	}
-	img, err := reg.Resolve(ctx, "", platform)
-	if err != nil {
-		return nil, fmt.Errorf("--profile %s: %w", arg, err)
-	}
-	p, _, err := daemon.FindProfile(ctx, reg, img.Descriptor.Digest)
-	if err != nil {
-		return nil, fmt.Errorf("--profile: %w", err)
-	}
-	if p == nil {
-		return nil, fmt.Errorf("--profile %s: image %s has no profile: record one with 'lazypull profile'", arg, img.Descriptor.Digest)
-	}
-	return p, nil
 }
 
 // humanBytes formats n in binary units: 512 B, 1.5 KiB, 12.3 MiB.

@@ -1,4 +1,4 @@
-package cli
+package daemon
 
 import (
 	"context"
@@ -11,7 +11,7 @@ import (
 	"lazypull/internal/profile"
 )
 
-// TestLoadProfile: --profile reads a profile document from a file, refuses a corrupt one
+// TestLoadProfile: convert's --profile reads a profile document from a file, refuses a corrupt one
 // naming the file, and refuses a digest when SRC is an OCI layout (a digest names a
 // profile in SRC's repository).
 func TestLoadProfile(t *testing.T) {
@@ -28,19 +28,18 @@ func TestLoadProfile(t *testing.T) {
 	os.WriteFile(badFile, []byte(`{"files": 3}`), 0o644)
 	ctx := context.Background()
 
-	p, err := loadProfile(ctx, goodFile, "oci:/nowhere:x", false, nil)
+	p, err := LoadProfile(ctx, goodFile, "oci:/nowhere:x", false, nil)
 	if err != nil || len(p.Files) != 1 || p.Files[0].Path != "usr/bin/python3" {
-		t.Fatalf("loadProfile(file) = %+v, %v", p, err)
+		t.Fatalf("LoadProfile(file) = %+v, %v", p, err)
 	}
-	if _, err := loadProfile(ctx, badFile, "oci:/nowhere:x", false, nil); err == nil || !strings.Contains(err.Error(), badFile) || !strings.Contains(err.Error(), "not a profile document") {
+	if _, err := LoadProfile(ctx, badFile, "oci:/nowhere:x", false, nil); err == nil || !strings.Contains(err.Error(), badFile) || !strings.Contains(err.Error(), "not a profile document") {
 		t.Errorf("corrupt profile file: %v; want an error naming the file and the fault", err)
 	}
-	_, err = loadProfile(ctx, "sha256:"+strings.Repeat("c", 64), "oci:/nowhere:x", false, nil)
-	var ue *usageError
-	if !errors.As(err, &ue) || !strings.Contains(err.Error(), "OCI layout") {
-		t.Errorf("digest with a layout source: %v; want a usage error", err)
+	_, err = LoadProfile(ctx, "sha256:"+strings.Repeat("c", 64), "oci:/nowhere:x", false, nil)
+	if !errors.Is(err, ErrProfileNoRepository) || !strings.Contains(err.Error(), "OCI layout") {
+		t.Errorf("digest with a layout source: %v; want ErrProfileNoRepository", err)
 	}
-	if _, err := loadProfile(ctx, "no such file::", "oci:/nowhere:x", false, nil); err == nil || !strings.Contains(err.Error(), "neither a file nor a reference") {
+	if _, err := LoadProfile(ctx, "no such file::", "oci:/nowhere:x", false, nil); err == nil || !strings.Contains(err.Error(), "neither a file nor a reference") {
 		t.Errorf("neither a file nor a reference: %v", err)
 	}
 }
