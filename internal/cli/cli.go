@@ -34,7 +34,7 @@ type command struct {
 }
 
 // commands lists the subcommands in the order `lazypull help` shows them.
-var commands = []*command{convertCommand(), mountCommand, umountCommand, pullCommand(), profileCommand, profileChrootCommand, profileExecCommand, snapshotterCommand, keeperCommand, statsCommand, pruneCommand, verifyCommand, versionCommand}
+var commands = []*command{convertCommand(), mountCommand, umountCommand, pullCommand(), profileCommand(), profileChrootCommand(), profileExecCommand(), snapshotterCommand, keeperCommand, statsCommand, pruneCommand, verifyCommand, versionCommand}
 
 // env is what a command may touch of the outside world.
 type env struct {

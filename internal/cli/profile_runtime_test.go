@@ -1,10 +1,6 @@
 package cli
 
 import (
-	"bytes"
-	"context"
-	"log/slog"
-	"net"
 	"path/filepath"
 	"strings"
 	"testing"
@@ -44,48 +40,6 @@ func TestProfileRuntimeFlag(t *testing.T) {
 	}
 }
 
-// TestProfileRuntimeNoFallback: the default runtime, containerd, is an error when no
-// containerd answers at the address (no socket there, or a socket nobody listens on: a
-// containerd that died), never a silent chroot; chroot is what --runtime chroot asks for.
-func TestProfileRuntimeNoFallback(t *testing.T) {
-	dir := t.TempDir()
-	stale := filepath.Join(dir, "stale.sock")
-	l, err := net.ListenUnix("unix", &net.UnixAddr{Name: stale, Net: "unix"})
-	if err != nil {
-		t.Fatal(err)
-	}
-	l.SetUnlinkOnClose(false)
-	l.Close()
-	missing := filepath.Join(dir, "missing.sock")
-	for _, tc := range []struct{ address, want string }{
-		{missing, "containerd at " + missing + ": stat " + missing + ": no such file or directory"},
-		{stale, "containerd at " + stale + " does not answer"},
-	} {
-		t.Run(filepath.Base(tc.address), func(t *testing.T) {
-			var logs bytes.Buffer
-			log := slog.New(slog.NewTextHandler(&logs, nil))
-			client, err := profileRuntime(context.Background(), log, "containerd", tc.address)
-			if client != nil || err == nil {
-				t.Fatalf("profileRuntime: %v, %v; want an error", client, err)
-			}
-			if !strings.Contains(err.Error(), tc.want) || !strings.Contains(err.Error(), "--runtime chroot") {
-				t.Errorf("error %q; want %q and how to choose chroot", err, tc.want)
-			}
-			if strings.Contains(logs.String(), "chrooted") {
-				t.Errorf("the log says chroot:\n%s", logs.String())
-			}
-		})
-	}
-	var logs bytes.Buffer
-	client, err := profileRuntime(context.Background(), slog.New(slog.NewTextHandler(&logs, nil)), "chroot", stale)
-	if err != nil || client != nil {
-		t.Fatalf("profileRuntime chroot: %v, %v; want chroot (nil, nil)", client, err)
-	}
-	if !strings.Contains(logs.String(), "the workload runs chrooted") || !strings.Contains(logs.String(), "--runtime chroot") {
-		t.Errorf("the log does not say chroot and why:\n%s", logs.String())
-	}
-}
-
 // TestProfileChrootOwnNamespace: profile-chroot mounts nothing unless it runs in a mount
 // namespace of its own (started so by profile --runtime chroot): run here, in the test's own
 // namespace, it refuses before fetching anything.
@@ -107,8 +61,8 @@ func TestProfileChildArgs(t *testing.T) {
 		t.Fatal(err)
 	}
 	args := f.childArgs(profileChrootName, pos)
-	fs2 := newFlagSet(profileChrootCommand)
-	g := profileChrootCommand.flags(fs2).(*profileFlags)
+	fs2 := newFlagSet(profileChrootCommand())
+	g := profileChrootCommand().flags(fs2).(*profileFlags)
 	pos2, err := parseInterspersed(fs2, args[1:])
 	if err != nil {
 		t.Fatal(err)
@@ -116,21 +70,5 @@ func TestProfileChildArgs(t *testing.T) {
 	if args[0] != profileChrootName || g.runtime != "chroot" || g.until != "ready now" || g.duration != f.duration || !g.noPush ||
 		strings.Join(pos2, "|") != "img:1|sh|-c|--until x" {
 		t.Errorf("%q parsed back to %+v, %q", args, g, pos2)
-	}
-}
-
-// TestPrintablePath: profile show prints a profile's paths (from the registry) so that none
-// sends the terminal a control sequence.
-func TestPrintablePath(t *testing.T) {
-	for in, want := range map[string]string{
-		"usr/bin/python3":   "/usr/bin/python3",
-		"usr/lib/é.py":      "/usr/lib/é.py",
-		"x\x1b]0;pwned\x07": `"/x\x1b]0;pwned\a"`,
-		"a\tb":              `"/a\tb"`,
-		"line\nbreak":       `"/line\nbreak"`,
-	} {
-		if got := printablePath(in); got != want {
-			t.Errorf("printablePath(%q) = %s, want %s", in, got, want)
-		}
 	}
 }

@@ -130,15 +130,26 @@ func allowed() map[string]rule {
 			ext:  []string{ggcr, prometheus, xsync, xtime},
 		},
 
-		// The subcommands. It wires the daemon to its users (snapshotter service, warm-up
-		// API, keeper process, stats) and, for `lazypull mount` and `lazypull profile`,
-		// also opens fetch registries, the store and fusefs mounts itself (mount.go,
-		// profile.go): a second composition beside daemon, kept here as it is.
+		// The subcommands: flags, and the wiring of the packages that do the work (pull,
+		// record, convert with progress, the daemon for the snapshotter service, the
+		// warm-up API, the keeper process, stats). `lazypull mount` still opens fetch
+		// registries, the store and fusefs mounts itself (mount.go): a second composition
+		// beside daemon, kept here as it is.
 		cli: {
 			ours: []string{format, fetch, store, fusefs, snapshot, daemon, convert, profile, progress, pull,
-				keeper, warm, unixsock},
-			ext: []string{containerd, containerdAPI, errdefs, ggcr, digest, imageSpec,
-				runtimeSpec, toml, prometheus, grpc, xsys, xterm, mountinfo},
+				record, keeper, warm, unixsock},
+			ext: []string{containerd, containerdAPI, ggcr, toml, prometheus, grpc, xsys, xterm},
+		},
+
+		// Records a profile (`lazypull profile`): opens the image as the daemon does, on a
+		// store of its own (store, fetch options), runs the workload on a recording fusefs
+		// view (the profile package's Recorder) in a containerd container (containerd's
+		// client and runc spec, errdefs) or chrooted in a private mount namespace
+		// (mountinfo, openat2 from x/sys), then pushes the profile (ggcr). Apart from
+		// profile, which daemon imports: recording needs daemon.
+		record: {
+			ours: []string{fetch, store, fusefs, daemon, profile},
+			ext:  []string{containerd, errdefs, ggcr, mountinfo, runtimeSpec, xsys},
 		},
 
 		// Converts an image: reads and writes whole blobs and manifests with
@@ -345,9 +356,10 @@ func checkFlow(g graph) []string {
 	// The stages data flows through, registry side first. None imports another, nor
 	// anything that composes them: each declares the interface it consumes.
 	stages := []string{fetch, store, fusefs, snapshot}
-	// composers may import fetch, store and fusefs together. Only daemon should; cli does
-	// today (lazypull mount and lazypull profile build their own fetch -> store -> fusefs).
-	composers := []string{daemon, cli}
+	// composers may import fetch, store and fusefs together. Only daemon should; cli
+	// (lazypull mount) and record (lazypull profile's recording view) build their own
+	// fetch -> store -> fusefs today.
+	composers := []string{daemon, cli, record}
 	// notInBinary are packages the lazypull binary must not contain: test-image tooling.
 	notInBinary := []string{imagebuild}
 	// testOnly are packages only _test.go files import.

@@ -4,12 +4,13 @@ import (
 	"bytes"
 	"context"
 	"errors"
-	"lazypull/format"
-	"lazypull/internal/warm"
 	"log/slog"
 	"slices"
 	"sync"
 	"time"
+
+	"lazypull/format"
+	"lazypull/internal/warm"
 
 	"github.com/containerd/containerd/v2/core/content"
 	"github.com/containerd/containerd/v2/core/images"

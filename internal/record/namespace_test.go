@@ -1,4 +1,4 @@
-package cli
+package record
 
 import (
 	"fmt"
@@ -17,7 +17,7 @@ func TestCheckPrivateMountNS(t *testing.T) {
 		mountNSChild(mode, os.Getenv("LAZYPULL_TEST_MOUNTNS_DIR"))
 		return
 	}
-	if err := checkPrivateMountNS(); err == nil || !strings.Contains(err.Error(), "parent's mount namespace") {
+	if err := CheckPrivateMountNS(); err == nil || !strings.Contains(err.Error(), "parent's mount namespace") {
 		t.Errorf("in its parent's mount namespace: %v", err)
 	}
 	if os.Getuid() != 0 {
@@ -40,7 +40,7 @@ func TestCheckPrivateMountNS(t *testing.T) {
 }
 
 // mountNSChild runs in a new mount namespace: it makes every mount private, in mode
-// "shared" mounts a shared tmpfs on dir, and prints what checkPrivateMountNS says.
+// "shared" mounts a shared tmpfs on dir, and prints what CheckPrivateMountNS says.
 func mountNSChild(mode, dir string) {
 	if err := syscall.Mount("", "/", "", syscall.MS_REC|syscall.MS_PRIVATE, ""); err != nil {
 		fmt.Println("setup:", err)
@@ -60,6 +60,6 @@ func mountNSChild(mode, dir string) {
 			os.Exit(2)
 		}
 	}
-	fmt.Println("check:", checkPrivateMountNS())
+	fmt.Println("check:", CheckPrivateMountNS())
 	os.Exit(0)
 }

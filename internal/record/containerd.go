@@ -1,4 +1,4 @@
-package cli
+package record
 
 import (
 	"context"
@@ -31,24 +31,24 @@ const (
 	containerCleanupTimeout = time.Minute
 )
 
-// profileRuntime returns a client of the containerd at address when the workload is to run
-// in a container (mode containerd), and nil when it is to run chrooted (mode chroot, which is
-// only ever what was asked for). It logs which.
-func profileRuntime(ctx context.Context, log *slog.Logger, mode, address string) (*containerd.Client, error) {
+// connect returns a client of the containerd at address when the workload is to run in a
+// container (Containerd), and nil when it is to run chrooted (Chroot, which is only ever
+// what was asked for). It logs which.
+func connect(ctx context.Context, log *slog.Logger, mode Runtime, address string) (*containerd.Client, error) {
 	switch mode {
-	case "chroot":
+	case Chroot:
 		log.Info("the workload runs chrooted", "why", "--runtime chroot")
 		return nil, nil
-	case "containerd":
+	case Containerd:
 	default:
-		return nil, usagef("-runtime %q: want containerd or chroot", mode)
+		return nil, fmt.Errorf("runtime %q: want %s or %s", mode, Containerd, Chroot)
 	}
 	client, version, err := dialContainerd(ctx, address)
 	if err != nil {
 		return nil, fmt.Errorf("--runtime containerd: %w; start containerd, or name its socket with --address; "+
 			"--runtime chroot records without it, for an image you trust (its programs then run as root on this host)", err)
 	}
-	log.Info("the workload runs in a containerd container", "why", "--runtime "+mode, "address", address, "containerd", version)
+	log.Info("the workload runs in a containerd container", "why", "--runtime "+string(mode), "address", address, "containerd", version)
 	return client, nil
 }
 
@@ -77,38 +77,16 @@ func dialContainerd(ctx context.Context, address string) (*containerd.Client, st
 // overlay; no snapshot), with cfg's environment, working directory and user, until
 // watchWorkload stops it; then it deletes the task and the container, also after an error.
 // It returns why the workload stopped.
-//
-// The spec is built as containerd's oci.WithImageConfigArgs builds it from an image, so
-// that the user and group lookups it makes in the rootfs (and runc's at start) are the
-// reads a real container create makes, and are recorded.
-func runContainer(ctx context.Context, e *env, log *slog.Logger, client *containerd.Client, f *profileFlags, rootfs string, argv []string, cfg v1.Config) (reason string, err error) {
-	ctx = namespaces.WithNamespace(ctx, f.namespace)
+func runContainer(ctx context.Context, opts Options, log *slog.Logger, client *containerd.Client, rootfs string, argv []string, cfg v1.Config) (reason string, err error) {
+	ctx = namespaces.WithNamespace(ctx, opts.Namespace)
 	// Cleanup runs after ctx is cancelled too (an interrupt), but not forever.
 	cleanupCtx := func() (context.Context, context.CancelFunc) {
 		return context.WithTimeout(context.WithoutCancel(ctx), containerCleanupTimeout)
 	}
 	id := fmt.Sprintf("lazypull-profile-%d-%d", os.Getpid(), time.Now().UnixNano())
-	log = log.With("container", id, "namespace", f.namespace)
+	log = log.With("container", id, "namespace", opts.Namespace)
 
-	opts := []oci.SpecOpts{
-		oci.WithDefaultSpec(),
-		oci.WithRootFSPath(rootfs),
-		oci.WithEnv(cfg.Env),
-		oci.WithProcessArgs(argv...),
-	}
-	if cfg.WorkingDir != "" {
-		opts = append(opts, oci.WithProcessCwd(cfg.WorkingDir))
-	}
-	if cfg.User != "" {
-		opts = append(opts, oci.WithUser(cfg.User), withAdditionalGIDsOfUID())
-	} else {
-		// As containerd does: root's supplementary groups even when the image names no user.
-		opts = append(opts, oci.WithAdditionalGIDs("root"))
-	}
-	if f.netHost {
-		opts = append(opts, oci.WithHostNamespace(specs.NetworkNamespace), oci.WithHostHostsFile, oci.WithHostResolvconf)
-	}
-	ctr, err := client.NewContainer(ctx, id, containerd.WithRuntime(runcRuntime, nil), containerd.WithNewSpec(opts...))
+	ctr, err := client.NewContainer(ctx, id, containerd.WithRuntime(runcRuntime, nil), containerd.WithNewSpec(containerSpec(opts, rootfs, argv, cfg)...))
 	if err != nil {
 		return "", fmt.Errorf("create container %s in containerd: %w", id, err)
 	}
@@ -116,7 +94,7 @@ func runContainer(ctx context.Context, e *env, log *slog.Logger, client *contain
 		cctx, cancel := cleanupCtx()
 		defer cancel()
 		if derr := ctr.Delete(cctx); derr != nil && !errdefs.IsNotFound(derr) {
-			err = errors.Join(err, fmt.Errorf("delete container %s from containerd (namespace %s): %w", id, f.namespace, derr))
+			err = errors.Join(err, fmt.Errorf("delete container %s from containerd (namespace %s): %w", id, opts.Namespace, derr))
 		}
 	}()
 
@@ -172,7 +150,33 @@ func runContainer(ctx context.Context, e *env, log *slog.Logger, client *contain
 			log.Warn("kill the workload", "err", err)
 		}
 	}
-	return watchWorkload(ctx, e.stderr, pr, exited, kill, f.until, f.duration)
+	return watchWorkload(ctx, opts.Stderr, pr, exited, kill, opts.Until, opts.Duration)
+}
+
+// containerSpec is the spec of the workload's container: built as containerd's
+// oci.WithImageConfigArgs builds it from an image, so that the user and group lookups it
+// makes in the rootfs (and runc's at start) are the reads a real container create makes,
+// and are recorded.
+func containerSpec(o Options, rootfs string, argv []string, cfg v1.Config) []oci.SpecOpts {
+	opts := []oci.SpecOpts{
+		oci.WithDefaultSpec(),
+		oci.WithRootFSPath(rootfs),
+		oci.WithEnv(cfg.Env),
+		oci.WithProcessArgs(argv...),
+	}
+	if cfg.WorkingDir != "" {
+		opts = append(opts, oci.WithProcessCwd(cfg.WorkingDir))
+	}
+	if cfg.User != "" {
+		opts = append(opts, oci.WithUser(cfg.User), withAdditionalGIDsOfUID())
+	} else {
+		// As containerd does: root's supplementary groups even when the image names no user.
+		opts = append(opts, oci.WithAdditionalGIDs("root"))
+	}
+	if o.NetHost {
+		opts = append(opts, oci.WithHostNamespace(specs.NetworkNamespace), oci.WithHostHostsFile, oci.WithHostResolvconf)
+	}
+	return opts
 }
 
 // withAdditionalGIDsOfUID is what containerd does after oci.WithUser for an image's user:
