@@ -17,8 +17,8 @@ import (
 )
 
 // runWorkload runs argv chrooted in rootfs (through opts.ChrootHelper) until a line of its
-// output contains opts.Until, until opts.Duration passes, or until it exits; then kills what is left of it. It returns why it
-// stopped.
+// output contains opts.Until, until opts.Duration passes, or until it exits; then kills
+// what is left of it. It returns why it stopped.
 func runWorkload(ctx context.Context, opts Options, log *slog.Logger, rootfs string, argv, env []string, wd string) (string, error) {
 	if !hasVar(env, "PATH") {
 		env = append(env, "PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin")
