@@ -134,7 +134,7 @@ func WithMaxBytes(n int64) Option {
 	}
 }
 
-// WithLogger sets where the store logs (default: slog.Default()).
+// WithLogger sets where the store logs (default: nowhere; the caller owns its logger).
 func WithLogger(l *slog.Logger) Option {
 	return func(o *options) error {
 		if l == nil {
@@ -229,7 +229,7 @@ type chunkLoc struct {
 // store names its own, in its own directories), drops anything under objects/ that is not
 // an object, and rebuilds its in-memory index from objects/, meta/ and the chunk log.
 func Open(dir string, opts ...Option) (*Store, error) {
-	o := options{log: slog.Default()}
+	o := options{log: slog.New(slog.DiscardHandler)}
 	for _, opt := range opts {
 		if err := opt(&o); err != nil {
 			return nil, err
