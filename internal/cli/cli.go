@@ -6,11 +6,15 @@ import (
 	"flag"
 	"fmt"
 	"io"
+	"log/slog"
 	"os"
 	"strings"
 
 	v1 "github.com/google/go-containerregistry/pkg/v1"
 	"golang.org/x/term"
+
+	"lazypull/internal/fetch"
+	"lazypull/internal/service"
 )
 
 // Exit statuses.
@@ -34,7 +38,10 @@ type command struct {
 }
 
 // commands lists the subcommands in the order `lazypull help` shows them.
-var commands = []*command{convertCommand(), mountCommand, umountCommand, pullCommand(), profileCommand(), profileChrootCommand(), profileExecCommand(), snapshotterCommand, keeperCommand, statsCommand, pruneCommand, verifyCommand, versionCommand}
+func commands() []*command {
+	return []*command{convertCommand(), mountCommand(), umountCommand(), pullCommand(), profileCommand(), profileChrootCommand(),
+		profileExecCommand(), snapshotterCommand(), keeperCommand(), statsCommand(), pruneCommand(), verifyCommand(), versionCommand()}
+}
 
 // env is what a command may touch of the outside world.
 type env struct {
@@ -117,7 +124,7 @@ func Main(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 }
 
 func lookup(name string) *command {
-	for _, c := range commands {
+	for _, c := range commands() {
 		if c.name == name {
 			return c
 		}
@@ -157,7 +164,7 @@ func parseInterspersed(fs *flag.FlagSet, args []string) ([]string, error) {
 
 func printUsage(w io.Writer) {
 	fmt.Fprintf(w, "lazypull: lazy-pulling container images\n\nusage: lazypull COMMAND [flags] [args]\n\ncommands:\n")
-	for _, c := range commands {
+	for _, c := range commands() {
 		fmt.Fprintf(w, "  %-10s %s\n", c.name, c.summary)
 	}
 	fmt.Fprintf(w, "  %-10s %s\n", "help", "show this, or the usage of a command: lazypull help COMMAND")
@@ -192,12 +199,20 @@ func oneLine(s string) string {
 
 // parsePlatform parses the -platform flag: nil (this machine's) when empty.
 func parsePlatform(s string) (*v1.Platform, error) {
-	if s == "" {
-		return nil, nil
-	}
-	p, err := v1.ParsePlatform(s)
+	p, err := service.ParsePlatform(s)
 	if err != nil {
-		return nil, usagef("-platform %q: %v", s, err)
+		return nil, usagef("%v", err)
 	}
 	return p, nil
+}
+
+func newLogger(e *env) *slog.Logger { return newLeveledLogger(e, slog.LevelInfo) }
+
+func newLeveledLogger(e *env, level slog.Level) *slog.Logger {
+	return slog.New(slog.NewTextHandler(e.stderr, &slog.HandlerOptions{Level: level}))
+}
+
+// fetchOptions are the registry settings of a command, built where all are: in service.
+func fetchOptions(log *slog.Logger, plainHTTP bool, hostsDir string) ([]fetch.Option, *fetch.Metrics) {
+	return service.FetchOptions(log, plainHTTP, hostsDir)
 }

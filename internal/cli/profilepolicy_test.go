@@ -18,30 +18,30 @@ var (
 // config; the pins are read by image digest; a policy or a pin that does not parse is
 // refused, saying which.
 func TestProfilePolicyConfig(t *testing.T) {
-	fs, f := snapshotterFlagSet(t)
+	_, f := snapshotterFlagSet(t)
 	p := writeConfig(t, "profile_policy = \"pinned\"\nprofile_pin = \""+imgDigest+"="+profDigest+"\"\n")
-	if err := loadConfig(fs, p, true, setFlags(fs), "config"); err != nil {
+	if err := f.load(p, true); err != nil {
 		t.Fatal(err)
 	}
-	if err := f.prefetchFlags.check(); err != nil {
+	if err := f.PrefetchConfig.Check(); err != nil {
 		t.Fatal(err)
 	}
-	c, err := f.prefetchFlags.choice("")
+	c, err := f.Choice("")
 	ih, _ := v1.NewHash(imgDigest)
 	if err != nil || c.Policy != daemon.PolicyPinned || c.Pins[ih].String() != profDigest {
 		t.Errorf("choice %+v, %v; want policy pinned and the pin of %s", c, err, imgDigest)
 	}
 
-	fs, f = snapshotterFlagSet(t)
-	if err := loadConfig(fs, writeConfig(t, "profile_policy = \"newest\"\n"), true, setFlags(fs), "config"); err != nil {
+	_, f = snapshotterFlagSet(t)
+	if err := f.load(writeConfig(t, "profile_policy = \"newest\"\n"), true); err != nil {
 		t.Fatal(err)
 	}
-	if err := f.prefetchFlags.check(); err == nil || !strings.Contains(err.Error(), `"newest"`) {
+	if err := f.PrefetchConfig.Check(); err == nil || !strings.Contains(err.Error(), `"newest"`) {
 		t.Errorf("profile_policy = \"newest\": %v; want it refused", err)
 	}
 
-	fs, _ = snapshotterFlagSet(t)
-	err = loadConfig(fs, writeConfig(t, "profile_pin = \""+imgDigest+"=sha256:12\"\n"), true, setFlags(fs), "config")
+	_, f = snapshotterFlagSet(t)
+	err = f.load(writeConfig(t, "profile_pin = \""+imgDigest+"=sha256:12\"\n"), true)
 	if err == nil || !strings.Contains(err.Error(), "profile_pin") || !strings.Contains(err.Error(), "sha256:12") {
 		t.Errorf("a malformed pin: %v; want it refused, naming the key and the value", err)
 	}

@@ -3,31 +3,30 @@ package cli
 import (
 	"context"
 	"encoding/json"
-	"errors"
 	"flag"
 	"fmt"
-	"io/fs"
 	"strings"
 
-	"lazypull/internal/daemon"
-	"lazypull/internal/store"
+	"lazypull/internal/service"
 )
 
-var statsCommand = &command{
-	name:    "stats",
-	args:    "[flags]",
-	summary: "show what the node's store holds and what it fetched",
-	help: `
+func statsCommand() *command {
+	return &command{
+		name:    "stats",
+		args:    "[flags]",
+		summary: "show what the node's store holds and what it fetched",
+		help: `
 Objects and bytes in the store, and the hits, misses and bytes fetched since the process
 that holds the store (a mount, the snapshotter) started. When no process holds the store,
 the store is opened to count what it holds.`,
-	flags: func(fs *flag.FlagSet) any {
-		f := &statsFlags{}
-		fs.StringVar(&f.dir, "store", store.DefaultDir, "the node's content store `dir`")
-		fs.BoolVar(&f.json, "json", false, "print JSON")
-		return f
-	},
-	run: runStats,
+		flags: func(fs *flag.FlagSet) any {
+			f := &statsFlags{}
+			fs.StringVar(&f.dir, "store", service.DefaultStoreDir, "the node's content store `dir`")
+			fs.BoolVar(&f.json, "json", false, "print JSON")
+			return f
+		},
+		run: runStats,
+	}
 }
 
 type statsFlags struct {
@@ -40,7 +39,7 @@ func runStats(_ context.Context, e *env, vals any, args []string) error {
 	if len(args) != 0 {
 		return usagef("takes no arguments")
 	}
-	s, err := currentStats(f.dir)
+	s, err := service.Stats(f.dir, newLogger(e))
 	if err != nil {
 		return err
 	}
@@ -60,45 +59,9 @@ func runStats(_ context.Context, e *env, vals any, args []string) error {
 		fmt.Fprintf(e.stdout, "held by pid %d serving %s; figures of %s\n", s.PID, strings.Join(s.Images, ", "), s.Written.Format("15:04:05"))
 	}
 	for _, p := range s.Prefetch {
-		fmt.Fprintf(e.stdout, "profile of %s: %s\n", p.Image, profileUsed(p))
+		fmt.Fprintf(e.stdout, "profile of %s: %s\n", p.Image, service.ProfileUsed(p))
 	}
 	return nil
-}
-
-// profileUsed says which profile an image's prefetch used, and how it was chosen.
-func profileUsed(p daemon.PrefetchStats) string {
-	policy := string(p.Policy)
-	if policy == "" {
-		policy = "unknown" // written by a lazypull before the policies
-	}
-	switch {
-	case p.Err != "" && p.Profile != "":
-		return fmt.Sprintf("%s failed (policy %s, %s): %s", p.Profile, policy, p.Source, p.Err)
-	case p.Err != "":
-		return fmt.Sprintf("none (policy %s): %s", policy, p.Err)
-	case p.Profile != "":
-		return fmt.Sprintf("%s (policy %s, %s; %s)", p.Profile, policy, p.Source, p.Why)
-	case !p.Done:
-		return fmt.Sprintf("looking up (policy %s)", policy)
-	}
-	return fmt.Sprintf("none (policy %s: %s)", policy, p.Why)
-}
-
-// currentStats opens the store when it is free, else reads what its owner last wrote.
-func currentStats(dir string) (daemon.Stats, error) {
-	st, err := store.Open(dir)
-	if err == nil {
-		defer st.Close()
-		return daemon.Stats{Store: st.Stats()}, nil
-	}
-	if !strings.Contains(err.Error(), "in use") {
-		return daemon.Stats{}, err
-	}
-	s, rerr := daemon.ReadStats(dir)
-	if errors.Is(rerr, fs.ErrNotExist) {
-		return daemon.Stats{}, fmt.Errorf("%w; and it wrote no %s yet", err, daemon.StatsFile)
-	}
-	return s, rerr
 }
 
 func boundString(n int64) string {
@@ -108,36 +71,33 @@ func boundString(n int64) string {
 	return humanBytes(n)
 }
 
-var pruneCommand = &command{
-	name:    "prune",
-	args:    "[flags]",
-	summary: "remove content from the node's store that no mount uses",
-	flags: func(fs *flag.FlagSet) any {
-		f := &pruneFlags{}
-		fs.StringVar(&f.dir, "store", store.DefaultDir, "the node's content store `dir`")
-		fs.Int64Var(&f.target, "to", 0, "prune down to `n` bytes (0: everything)")
-		return f
-	},
-	run: func(ctx context.Context, e *env, vals any, args []string) error {
-		f := vals.(*pruneFlags)
-		if len(args) != 0 {
-			return usagef("takes no arguments")
-		}
-		if f.target < 0 {
-			return usagef("-to must not be negative")
-		}
-		st, err := store.Open(f.dir)
-		if err != nil {
-			return err
-		}
-		defer st.Close()
-		r, err := st.Prune(ctx, f.target)
-		if err != nil {
-			return err
-		}
-		fmt.Fprintf(e.stdout, "pruned %d objects, %s\n", r.Objects, humanBytes(r.Bytes))
-		return nil
-	},
+func pruneCommand() *command {
+	return &command{
+		name:    "prune",
+		args:    "[flags]",
+		summary: "remove content from the node's store that no mount uses",
+		flags: func(fs *flag.FlagSet) any {
+			f := &pruneFlags{}
+			fs.StringVar(&f.dir, "store", service.DefaultStoreDir, "the node's content store `dir`")
+			fs.Int64Var(&f.target, "to", 0, "prune down to `n` bytes (0: everything)")
+			return f
+		},
+		run: func(ctx context.Context, e *env, vals any, args []string) error {
+			f := vals.(*pruneFlags)
+			if len(args) != 0 {
+				return usagef("takes no arguments")
+			}
+			if f.target < 0 {
+				return usagef("-to must not be negative")
+			}
+			r, err := service.Prune(ctx, f.dir, f.target, newLogger(e))
+			if err != nil {
+				return err
+			}
+			fmt.Fprintf(e.stdout, "pruned %d objects, %s\n", r.Objects, humanBytes(r.Bytes))
+			return nil
+		},
+	}
 }
 
 type pruneFlags struct {

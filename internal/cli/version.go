@@ -11,17 +11,19 @@ import (
 // -ldflags "-X lazypull/internal/cli.Version=v1.2.3"; otherwise taken from the build info.
 var Version = ""
 
-var versionCommand = &command{
-	name:    "version",
-	args:    "",
-	summary: "print lazypull's version",
-	run: func(_ context.Context, e *env, _ any, args []string) error {
-		if len(args) > 0 {
-			return usagef("takes no arguments")
-		}
-		_, err := fmt.Fprintf(e.stdout, "lazypull %s %s %s/%s\n", version(), runtime.Version(), runtime.GOOS, runtime.GOARCH)
-		return err
-	},
+func versionCommand() *command {
+	return &command{
+		name:    "version",
+		args:    "",
+		summary: "print lazypull's version",
+		run: func(_ context.Context, e *env, _ any, args []string) error {
+			if len(args) > 0 {
+				return usagef("takes no arguments")
+			}
+			_, err := fmt.Fprintf(e.stdout, "lazypull %s %s %s/%s\n", version(), runtime.Version(), runtime.GOOS, runtime.GOARCH)
+			return err
+		},
+	}
 }
 
 func version() string {

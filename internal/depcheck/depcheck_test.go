@@ -63,6 +63,8 @@ const (
 	snapshot       = "internal/snapshot"
 	daemon         = "internal/daemon"
 	cli            = "internal/cli"
+	service        = "internal/service"
+	verify         = "internal/verify"
 	bench          = "internal/bench"
 	convert        = "internal/convert"
 	profile        = "internal/profile"
@@ -130,15 +132,15 @@ func allowed() map[string]rule {
 			ext:  []string{ggcr, prometheus, xsync, xtime},
 		},
 
-		// The subcommands: flags, and the wiring of the packages that do the work (pull,
-		// record, convert with progress, the daemon for the snapshotter service, the
-		// warm-up API, the keeper process, stats). `lazypull mount` still opens fetch
-		// registries, the store and fusefs mounts itself (mount.go): a second composition
-		// beside daemon, kept here as it is.
+		// The subcommands: flags parsed into service's settings for `lazypull snapshotter`
+		// and `lazypull mount` (service assembles them), and into the options of the
+		// packages that do the work: pull, record, convert with progress, verify, the
+		// keeper process, stats.
 		cli: {
-			ours: []string{format, fetch, store, fusefs, snapshot, daemon, convert, profile, progress, pull,
-				record, keeper, warm, unixsock},
-			ext: []string{containerd, containerdAPI, ggcr, toml, prometheus, grpc, xsys, xterm},
+			ours: []string{fetch, daemon, convert, profile, progress, pull, record, keeper,
+				service, verify},
+			ext: []string{containerd, containerdAPI, errdefs, ggcr, digest, imageSpec,
+				runtimeSpec, xsys, xterm, mountinfo},
 		},
 
 		// Records a profile (`lazypull profile`): opens the image as the daemon does, on a
@@ -151,6 +153,21 @@ func allowed() map[string]rule {
 			ours: []string{fetch, store, fusefs, daemon, profile},
 			ext:  []string{containerd, errdefs, ggcr, mountinfo, runtimeSpec, xsys},
 		},
+
+		// The composition root: owns the daemon's configuration (a TOML file, hence toml;
+		// the socket's directory checked with x/sys) and assembles the store, the fetch
+		// options, the filesystem (daemon), the keeper, the snapshotter and its gRPC
+		// services (containerd's snapshots API, warm; its socket owner-only by unixsock),
+		// metrics (prometheus), and the check of containerd's config, over containerd's
+		// version API. fusefs: the mounts of `lazypull mount`.
+		service: {
+			ours: []string{fetch, store, fusefs, snapshot, daemon, keeper, warm, unixsock},
+			ext:  []string{containerd, containerdAPI, ggcr, toml, prometheus, grpc, xsys},
+		},
+
+		// Checks an image's layer indexes against its layers (format), read whole from the
+		// registry (fetch).
+		verify: {ours: []string{format, fetch}, ext: []string{ggcr}},
 
 		// Converts an image: reads and writes whole blobs and manifests with
 		// go-containerregistry (fetch is the lazy read path, by range), writes layers with
@@ -356,10 +373,10 @@ func checkFlow(g graph) []string {
 	// The stages data flows through, registry side first. None imports another, nor
 	// anything that composes them: each declares the interface it consumes.
 	stages := []string{fetch, store, fusefs, snapshot}
-	// composers may import fetch, store and fusefs together. Only daemon should; cli
-	// (lazypull mount) and record (lazypull profile's recording view) build their own
-	// fetch -> store -> fusefs today.
-	composers := []string{daemon, cli, record}
+	// composers may import fetch, store and fusefs together: daemon, which composes the
+	// stages, service, which assembles the daemon, and record (lazypull profile's
+	// recording view builds its own fetch -> store -> fusefs).
+	composers := []string{daemon, service, record}
 	// notInBinary are packages the lazypull binary must not contain: test-image tooling.
 	notInBinary := []string{imagebuild}
 	// testOnly are packages only _test.go files import.

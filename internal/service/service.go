@@ -1,0 +1,170 @@
+package service
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/http"
+	"net/http/pprof"
+	"slices"
+	"sync"
+	"time"
+
+	v1 "github.com/google/go-containerregistry/pkg/v1"
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/promhttp"
+
+	"lazypull/internal/daemon"
+	"lazypull/internal/fetch"
+	"lazypull/internal/store"
+)
+
+// statsEvery is how often a process holding the store writes its figures for `lazypull stats`.
+const statsEvery = 2 * time.Second
+
+// FetchOptions are the registry settings of every command that reads a registry; every
+// registry made with them reports into the one Metrics returned, so that its collectors
+// register once. It is the one place fetch options are built.
+func FetchOptions(log *slog.Logger, plainHTTP bool, hostsDir string) ([]fetch.Option, *fetch.Metrics) {
+	metrics := fetch.NewMetrics()
+	opts := []fetch.Option{fetch.WithLogger(log), fetch.WithMetrics(metrics)}
+	if plainHTTP {
+		opts = append(opts, fetch.WithPlainHTTP())
+	}
+	if hostsDir != "" {
+		opts = append(opts, fetch.WithHostsDir(hostsDir))
+	}
+	return opts, metrics
+}
+
+// node is what the snapshotter and a mount share: the store, the registry options, the
+// metrics, the platform and the prefetch settings.
+type node struct {
+	cfg      NodeConfig
+	log      *slog.Logger
+	store    *store.Store
+	fetch    []fetch.Option
+	metrics  *fetch.Metrics
+	profiles *daemon.ProfileMetrics
+	platform *v1.Platform
+	stops    []func() // run by close, last first
+}
+
+// openNode checks cfg and opens the store.
+func openNode(cfg NodeConfig, log *slog.Logger) (*node, error) {
+	if err := cfg.Check(); err != nil {
+		return nil, err
+	}
+	platform, err := ParsePlatform(cfg.Platform)
+	if err != nil {
+		return nil, err
+	}
+	st, err := store.Open(cfg.Store, store.WithMaxBytes(cfg.StoreMaxBytes), store.WithLogger(log))
+	if err != nil {
+		return nil, err
+	}
+	n := &node{cfg: cfg, log: log, store: st, platform: platform, profiles: daemon.NewProfileMetrics(nil)}
+	n.fetch, n.metrics = FetchOptions(log, cfg.PlainHTTP, cfg.HostsDir)
+	return n, nil
+}
+
+func (n *node) close() {
+	for _, stop := range slices.Backward(n.stops) {
+		stop()
+	}
+	n.store.Close()
+}
+
+// prefetchOptions are the prefetch and background fill, as set; nil when off.
+func (n *node) prefetchOptions() (*daemon.PrefetchOptions, *daemon.FillOptions) {
+	var p *daemon.PrefetchOptions
+	var f *daemon.FillOptions
+	if n.cfg.Prefetch {
+		p = &daemon.PrefetchOptions{Wait: n.cfg.PrefetchWait, Log: n.log, Metrics: n.profiles}
+	}
+	if n.cfg.BackgroundFetch {
+		f = &daemon.FillOptions{Rate: n.cfg.BackgroundFetchRate, Log: n.log}
+	}
+	return p, f
+}
+
+// serve starts what reports on the images open (listed by images): the metrics, when
+// set, and the stats file; close stops them.
+func (n *node) serve(images func() []*daemon.Image) error {
+	n.profiles.SetImages(images)
+	if n.cfg.MetricsAddr != "" {
+		stop, err := serveMetrics(n.cfg.MetricsAddr, slices.Concat(n.store.Collectors(), n.metrics.Collectors(), n.profiles.Collectors()), n.log)
+		if err != nil {
+			return err
+		}
+		n.onClose(stop)
+	}
+	n.goUntilClose(func(ctx context.Context) {
+		daemon.KeepStats(ctx, n.cfg.Store, statsEvery, func() daemon.Stats { return daemon.CollectStats(n.store, images()) })
+	})
+	return nil
+}
+
+// goUntilClose runs fn in a goroutine until close, which cancels its context and waits.
+func (n *node) goUntilClose(fn func(ctx context.Context)) {
+	ctx, cancel := context.WithCancel(context.Background())
+	var wg sync.WaitGroup
+	wg.Go(func() { fn(ctx) })
+	n.onClose(func() { cancel(); wg.Wait() })
+}
+
+// onClose has close run stop, before what was added earlier and before the store closes.
+func (n *node) onClose(stop func()) { n.stops = append(n.stops, stop) }
+
+// serveMetrics serves Prometheus metrics at addr/metrics until stop is called.
+func serveMetrics(addr string, cs []prometheus.Collector, log *slog.Logger) (stop func(), err error) {
+	reg := prometheus.NewRegistry()
+	for _, c := range cs {
+		if err := reg.Register(c); err != nil {
+			return nil, fmt.Errorf("metrics: %w", err)
+		}
+	}
+	mux := http.NewServeMux()
+	mux.Handle("/metrics", promhttp.HandlerFor(reg, promhttp.HandlerOpts{}))
+	stop, bound, err := serveHTTP("metrics", addr, mux, log)
+	if err == nil {
+		log.Info("serving metrics", "addr", bound)
+	}
+	return stop, err
+}
+
+// serveDebug serves Go's runtime profiles (net/http/pprof) at addr/debug/pprof/ until stop
+// is called: `go tool pprof http://ADDR/debug/pprof/heap` shows where a daemon's memory
+// goes. A mux of its own, never http.DefaultServeMux, so that nothing else registered
+// there is exposed; keep addr on loopback (profiles name the code and its call stacks).
+func serveDebug(addr string, log *slog.Logger) (stop func(), err error) {
+	mux := http.NewServeMux()
+	mux.HandleFunc("/debug/pprof/", pprof.Index) // heap, goroutine, allocs, ... by name
+	mux.HandleFunc("/debug/pprof/cmdline", pprof.Cmdline)
+	mux.HandleFunc("/debug/pprof/profile", pprof.Profile)
+	mux.HandleFunc("/debug/pprof/symbol", pprof.Symbol)
+	mux.HandleFunc("/debug/pprof/trace", pprof.Trace)
+	stop, bound, err := serveHTTP("debug", addr, mux, log)
+	if err == nil {
+		log.Info("serving Go profiles", "addr", bound, "path", "/debug/pprof/")
+	}
+	return stop, err
+}
+
+// serveHTTP serves h on addr (what: "metrics", "debug") until stop is called; bound is
+// the address it listens on.
+func serveHTTP(what, addr string, h http.Handler, log *slog.Logger) (stop func(), bound string, err error) {
+	ln, err := net.Listen("tcp", addr)
+	if err != nil {
+		return nil, "", fmt.Errorf("%s address %s: %w", what, addr, err)
+	}
+	srv := &http.Server{Handler: h, ReadHeaderTimeout: 10 * time.Second}
+	go func() {
+		if err := srv.Serve(ln); err != nil && !errors.Is(err, http.ErrServerClosed) {
+			log.Warn(what+" server", "addr", addr, "err", err)
+		}
+	}()
+	return func() { srv.Close() }, ln.Addr().String(), nil
+}

@@ -1,0 +1,154 @@
+package service
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"os"
+	"path/filepath"
+	"time"
+
+	snapshotsapi "github.com/containerd/containerd/api/services/snapshots/v1"
+	"github.com/containerd/containerd/v2/contrib/snapshotservice"
+	"google.golang.org/grpc"
+
+	"lazypull/internal/daemon"
+	"lazypull/internal/keeper"
+	"lazypull/internal/snapshot"
+	"lazypull/internal/unixsock"
+	"lazypull/internal/warm"
+)
+
+// Check refuses settings the snapshotter cannot start with, before anything is opened or
+// mounted (it makes the socket's directory).
+func (c *Config) Check() error {
+	if err := CheckSocketPath(c.Address); err != nil {
+		return err
+	}
+	return c.NodeConfig.Check()
+}
+
+// Serve runs the snapshotter of cfg: containerd's snapshots API and lazypull's warm-up API
+// on cfg.Address, lazypull layers mounted from their registries, until ctx is done.
+func Serve(ctx context.Context, cfg Config, log *slog.Logger) error {
+	choice, err := cfg.Choice("")
+	if err != nil {
+		return err
+	}
+	n, err := openNode(cfg.NodeConfig, log)
+	if err != nil {
+		return err
+	}
+	defer n.close()
+
+	lfs := daemon.NewSnapshotFS(n.store, n.platform, log, n.fetch...)
+	p, fill := n.prefetchOptions()
+	if p != nil {
+		lfs.SetPrefetch(*p)
+		lfs.SetProfileChoice(choice)
+	}
+	if fill != nil {
+		lfs.SetBackgroundFetch(*fill)
+	}
+	n.onClose(func() {
+		if err := lfs.Close(); err != nil {
+			log.Warn("unmount layers", "err", err)
+		}
+	})
+	if err := os.MkdirAll(cfg.Root, 0o700); err != nil {
+		return err
+	}
+	startKeeper(ctx, cfg.Root, lfs, log)
+	sn, err := snapshot.New(cfg.Root, lfs, snapshot.WithLogger(log))
+	if err != nil {
+		return err
+	}
+	n.onClose(func() { sn.Close() })
+
+	srv := grpc.NewServer()
+	snapshotsapi.RegisterSnapshotsServer(srv, snapshotservice.FromSnapshotter(sn))
+	// `lazypull pull` says here that it starts, then hands over the image manifest, before
+	// containerd prepares the first layer.
+	warm.Register(srv, func(ctx context.Context, r warm.Request) error {
+		if r.IsHint() {
+			return lfs.Connect(r.Ref)
+		}
+		return lfs.Warm(ctx, r.Ref, r.Digest, r.MediaType, r.Manifest, r.Profile)
+	})
+	if err := n.serve(lfs.Images); err != nil {
+		return err
+	}
+	if cfg.DebugAddr != "" {
+		stop, err := serveDebug(cfg.DebugAddr, log)
+		if err != nil {
+			return err
+		}
+		n.onClose(stop)
+	}
+	if cfg.ContainerdConfig != "" {
+		n.goUntilClose(func(ctx context.Context) {
+			watchContainerd(ctx, log, cfg.ContainerdConfig, cfg.Address, containerdCheckEvery)
+		})
+	}
+	return serveGRPC(ctx, srv, cfg, log)
+}
+
+// startKeeper hands the layers' FUSE connections to a keeper process, so that running
+// containers survive a crash or restart of this process; the mounts it holds already are
+// served again first. Without a keeper the snapshotter runs on, its mounts ending with it.
+func startKeeper(ctx context.Context, root string, lfs *daemon.SnapshotFS, log *slog.Logger) {
+	exe, err := os.Executable()
+	if err != nil {
+		log.Warn("no keeper: lazy layers will end with this process", "err", err)
+		return
+	}
+	sock := filepath.Join(root, "keeper.sock")
+	kc, err := keeper.Start(sock, exe, []string{"keeper", "--socket", sock}, filepath.Join(root, "keeper.log"))
+	if err != nil {
+		log.Warn("no keeper: lazy layers will end with this process", "err", err)
+		return
+	}
+	lfs.SetKeeper(kc)
+	n, err := lfs.Restore(ctx)
+	if err != nil {
+		log.Warn("keeper: cannot take back the mounts it holds", "err", err)
+	} else if n > 0 {
+		log.Info("layer mounts restored", "mounts", n)
+	}
+}
+
+// serveGRPC serves srv on cfg.Address until ctx is done, then stops it, gracefully for up
+// to 10 seconds.
+func serveGRPC(ctx context.Context, srv *grpc.Server, cfg Config, log *slog.Logger) error {
+	if err := os.MkdirAll(filepath.Dir(cfg.Address), 0o711); err != nil {
+		return err
+	}
+	if err := os.Remove(cfg.Address); err != nil && !errors.Is(err, os.ErrNotExist) {
+		return err
+	}
+	// 0600 from the start, whatever the umask: whoever connects can mount any image, and
+	// the warm API is served on the same socket.
+	ln, err := unixsock.Listen("unix", cfg.Address)
+	if err != nil {
+		return err
+	}
+	served := make(chan error, 1)
+	go func() { served <- srv.Serve(ln) }()
+	log.Info("serving containerd snapshots API", "address", cfg.Address, "root", cfg.Root, "store", cfg.Store)
+	select {
+	case <-ctx.Done():
+		log.Info("signal: stopping")
+	case err := <-served:
+		return fmt.Errorf("serve %s: %w", cfg.Address, err)
+	}
+	stopped := make(chan struct{})
+	go func() { srv.GracefulStop(); close(stopped) }()
+	select {
+	case <-stopped:
+	case <-time.After(10 * time.Second):
+		srv.Stop()
+	}
+	os.Remove(cfg.Address)
+	return nil
+}
