@@ -22,10 +22,7 @@ mounts outlive the snapshotter: while it is down (crashed, killed, restarted) re
 running containers wait instead of failing, and the next snapshotter takes the mounts back
 and answers them. The snapshotter starts it (socket ROOT/keeper.sock, log ROOT/keeper.log);
 it exits by itself once it holds nothing and nobody is connected.`,
-		flags: func(fs *flag.FlagSet) any {
-			sock := fs.String("socket", "", "serve on this unix `socket`")
-			return sock
-		},
+		flags: func(fs *flag.FlagSet) any { return fs.String("socket", "", "serve on this unix `socket`") },
 		run: func(ctx context.Context, e *env, vals any, args []string) error {
 			sock := *vals.(*string)
 			if sock == "" || len(args) > 0 {

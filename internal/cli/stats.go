@@ -5,7 +5,6 @@ import (
 	"encoding/json"
 	"flag"
 	"fmt"
-	"strings"
 
 	"lazypull/internal/service"
 )
@@ -48,27 +47,8 @@ func runStats(_ context.Context, e *env, vals any, args []string) error {
 		enc.SetIndent("", "  ")
 		return enc.Encode(s)
 	}
-	st := s.Store
-	fmt.Fprintf(e.stdout, "store %s: %d objects and %d manifests or indexes (%s), %s in all (bound %s, pinned %s)\n", f.dir, st.Objects, st.Meta, humanBytes(st.MetaBytes), humanBytes(st.Bytes), boundString(st.MaxBytes), humanBytes(st.PinnedBytes))
-	fmt.Fprintf(e.stdout, "reads: %d hits, %d misses; fetched %d chunks, %s; %d corrupt; %d evictions (%s)\n",
-		st.Hits, st.Misses, st.ChunksFetched, humanBytes(st.BytesFetched), st.Corrupt, st.Evictions, humanBytes(st.EvictedBytes))
-	if s.Fetch != nil {
-		fmt.Fprintf(e.stdout, "registry: %d requests, %s read, %d retries, %d errors\n", s.Fetch.Requests, humanBytes(s.Fetch.Bytes), s.Fetch.Retries, s.Fetch.Errors)
-	}
-	if s.PID != 0 {
-		fmt.Fprintf(e.stdout, "held by pid %d serving %s; figures of %s\n", s.PID, strings.Join(s.Images, ", "), s.Written.Format("15:04:05"))
-	}
-	for _, p := range s.Prefetch {
-		fmt.Fprintf(e.stdout, "profile of %s: %s\n", p.Image, service.ProfileUsed(p))
-	}
+	service.WriteStats(e.stdout, f.dir, s)
 	return nil
-}
-
-func boundString(n int64) string {
-	if n == 0 {
-		return "none"
-	}
-	return humanBytes(n)
 }
 
 func pruneCommand() *command {

@@ -3,7 +3,6 @@ package cli
 import (
 	"context"
 	"flag"
-	"fmt"
 
 	"lazypull/internal/service"
 	"lazypull/internal/verify"
@@ -58,16 +57,10 @@ func runVerify(ctx context.Context, e *env, vals any, args []string) error {
 		if len(args) != 0 {
 			return usagef("--store takes no REF")
 		}
-		r, err := service.VerifyStore(ctx, f.dir, log)
-		if err != nil {
+		if damaged, err := service.VerifyStore(ctx, e.stdout, f.dir, log); err != nil || !damaged {
 			return err
 		}
-		fmt.Fprintf(e.stdout, "store %s: %d objects (%s) hashed, %d damaged and removed; %d chunk locations checked, %d wrong and forgotten\n",
-			f.dir, r.Objects, humanBytes(r.Bytes), r.Bad, r.Chunks, r.BadChunks)
-		if r.Bad > 0 || r.BadChunks > 0 {
-			return verify.ErrMismatch
-		}
-		return nil
+		return verify.ErrMismatch
 	}
 	if len(args) != 1 {
 		return usagef("want one REF (or --store)")

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io"
 	"io/fs"
 	"log/slog"
 	"strings"
@@ -30,8 +31,47 @@ func Stats(dir string, log *slog.Logger) (daemon.Stats, error) {
 	return s, rerr
 }
 
-// ProfileUsed says which profile an image's prefetch used, and how it was chosen.
-func ProfileUsed(p daemon.PrefetchStats) string {
+// WriteStats writes s, the figures of the store at dir, as `lazypull stats` shows them.
+func WriteStats(w io.Writer, dir string, s daemon.Stats) {
+	st := s.Store
+	fmt.Fprintf(w, "store %s: %d objects and %d manifests or indexes (%s), %s in all (bound %s, pinned %s)\n", dir, st.Objects, st.Meta, humanBytes(st.MetaBytes), humanBytes(st.Bytes), boundString(st.MaxBytes), humanBytes(st.PinnedBytes))
+	fmt.Fprintf(w, "reads: %d hits, %d misses; fetched %d chunks, %s; %d corrupt; %d evictions (%s)\n",
+		st.Hits, st.Misses, st.ChunksFetched, humanBytes(st.BytesFetched), st.Corrupt, st.Evictions, humanBytes(st.EvictedBytes))
+	if s.Fetch != nil {
+		fmt.Fprintf(w, "registry: %d requests, %s read, %d retries, %d errors\n", s.Fetch.Requests, humanBytes(s.Fetch.Bytes), s.Fetch.Retries, s.Fetch.Errors)
+	}
+	if s.PID != 0 {
+		fmt.Fprintf(w, "held by pid %d serving %s; figures of %s\n", s.PID, strings.Join(s.Images, ", "), s.Written.Format("15:04:05"))
+	}
+	for _, p := range s.Prefetch {
+		fmt.Fprintf(w, "profile of %s: %s\n", p.Image, profileUsed(p))
+	}
+}
+
+func boundString(n int64) string {
+	if n == 0 {
+		return "none"
+	}
+	return humanBytes(n)
+}
+
+// humanBytes formats n in binary units: 512 B, 1.5 KiB, 12.3 MiB (as cli's humanBytes,
+// which the converter's and the pull's progress use).
+func humanBytes(n int64) string {
+	const unit = 1024
+	if n < unit {
+		return fmt.Sprintf("%d B", n)
+	}
+	div, exp := int64(unit), 0
+	for m := n / unit; m >= unit && exp < 5; m /= unit {
+		div *= unit
+		exp++
+	}
+	return fmt.Sprintf("%.1f %ciB", float64(n)/float64(div), "KMGTPE"[exp])
+}
+
+// profileUsed says which profile an image's prefetch used, and how it was chosen.
+func profileUsed(p daemon.PrefetchStats) string {
 	policy := string(p.Policy)
 	if policy == "" {
 		policy = "unknown" // written by a lazypull before the policies
@@ -64,16 +104,19 @@ func Prune(ctx context.Context, dir string, target int64, log *slog.Logger) (sto
 }
 
 // VerifyStore hashes every object of the store at dir and every chunk location in them,
-// and removes what does not match its digest.
-func VerifyStore(ctx context.Context, dir string, log *slog.Logger) (store.VerifyResult, error) {
+// removes what does not match its digest, and writes the counts to w; damaged: it removed
+// something.
+func VerifyStore(ctx context.Context, w io.Writer, dir string, log *slog.Logger) (damaged bool, err error) {
 	st, err := store.Open(dir, store.WithLogger(log))
 	if err != nil {
-		return store.VerifyResult{}, fmt.Errorf("verify --store: %w", err)
+		return false, fmt.Errorf("verify --store: %w", err)
 	}
 	defer st.Close()
 	r, err := st.Verify(ctx)
 	if err != nil {
-		return r, fmt.Errorf("verify --store %s: %w", dir, err)
+		return false, fmt.Errorf("verify --store %s: %w", dir, err)
 	}
-	return r, nil
+	fmt.Fprintf(w, "store %s: %d objects (%s) hashed, %d damaged and removed; %d chunk locations checked, %d wrong and forgotten\n",
+		dir, r.Objects, humanBytes(r.Bytes), r.Bad, r.Chunks, r.BadChunks)
+	return r.Bad > 0 || r.BadChunks > 0, nil
 }
