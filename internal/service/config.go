@@ -401,11 +401,6 @@ func slicesEqual(a, b toml.Key) bool {
 	return true
 }
 
-var (
-	durationType = reflect.TypeFor[time.Duration]()
-	valueType    = reflect.TypeFor[flag.Value]()
-)
-
 // optionValue checks a TOML value against the type of the field it sets and keeps it, to
 // be applied once the whole file is known to be right. Its errors come back from the toml
 // package with the key's line.
@@ -418,7 +413,7 @@ type optionValue struct {
 // kind names the TOML type a field takes.
 func kind(v reflect.Value) string {
 	switch {
-	case v.Type() == durationType:
+	case v.Type() == reflect.TypeFor[time.Duration]():
 		return "duration string (like \"90s\")"
 	case v.Kind() == reflect.Bool:
 		return "boolean"
@@ -470,13 +465,13 @@ func (o *optionValue) UnmarshalTOML(v any) error {
 // checkText checks a string value: a duration parses, a flag.Value takes it (on a scratch copy).
 func (o *optionValue) checkText(s string, ft reflect.Type) error {
 	switch {
-	case ft == durationType:
+	case ft == reflect.TypeFor[time.Duration]():
 		d, err := time.ParseDuration(s)
 		if err != nil {
 			return fmt.Errorf("invalid value %q: parse error", s)
 		}
 		o.val = reflect.ValueOf(d)
-	case reflect.PointerTo(ft).Implements(valueType):
+	case reflect.PointerTo(ft).Implements(reflect.TypeFor[flag.Value]()):
 		if err := reflect.New(ft).Interface().(flag.Value).Set(s); err != nil {
 			return err
 		}
