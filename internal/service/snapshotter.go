@@ -20,17 +20,10 @@ import (
 	"lazypull/internal/warm"
 )
 
-// Check refuses settings the snapshotter cannot start with, before anything is opened or
-// mounted (it makes the socket's directory).
-func (c *Config) Check() error {
-	if err := CheckSocketPath(c.Address); err != nil {
-		return err
-	}
-	return c.NodeConfig.Check()
-}
-
 // Serve runs the snapshotter of cfg: containerd's snapshots API and lazypull's warm-up API
-// on cfg.Address, lazypull layers mounted from their registries, until ctx is done.
+// on cfg.Address, lazypull layers mounted from their registries, until ctx is done. The
+// caller checks cfg first (CheckSocketPath, NodeConfig.Check), to refuse a mistake before
+// anything is opened; Serve checks the node's settings again.
 func Serve(ctx context.Context, cfg Config, log *slog.Logger) error {
 	choice, err := cfg.Choice("")
 	if err != nil {
