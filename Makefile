@@ -40,7 +40,7 @@ bench:
 	$(GO) test -run '^$$' -bench . -benchtime 10x ./format/...
 
 # The benchmarks of bin/lazypull-bench (root). BENCH_FLAGS passes flags to any of them, e.g.
-# BENCH_FLAGS='--n 5 --record' (--record appends the report to docs/benchmarks.md).
+# BENCH_FLAGS='--n 5 --record' (--record appends the report to docs/benchmarks-history.md).
 BENCH_FLAGS ?=
 
 # Converter throughput against ctr-remote's eStargz conversion, and index vs TOC size.

@@ -23,7 +23,7 @@ type barFlags struct {
 
 func (f *barFlags) declare(fs *flag.FlagSet) {
 	fs.IntVar(&f.n, "n", 3, "rounds of each measure (median and min-max are reported)")
-	fs.BoolVar(&f.record, "record", false, "append the report (markdown) to docs/benchmarks.md; default: only print it")
+	fs.BoolVar(&f.record, "record", false, "append the report (markdown) to docs/benchmarks-history.md; default: only print it")
 	fs.StringVar(&f.root, "root", ".", "the repository `dir` (scripts/, tools/, docs/)")
 	fs.StringVar(&f.lazypull, "lazypull", "", "the lazypull `binary` measured (default: lazypull beside lazypull-bench, i.e. bin/lazypull)")
 	fs.StringVar(&f.testImages, "test-images", os.Getenv("LAZYPULL_TEST_IMAGES"), "where the python test image layout is written (`dir`; default $LAZYPULL_TEST_IMAGES, else the work dir)")

@@ -19,7 +19,7 @@ import (
 // one component each, on the python test image or a synthetic one, on loopback) share.
 type BarConfig struct {
 	// Root is the repository: scripts/ (registry, containerd, test image), tools/ (built with
-	// go build), docs/benchmarks.md (Record).
+	// go build), docs/benchmarks-history.md (Record).
 	Root string
 	// Lazypull is the lazypull binary measured.
 	Lazypull string
@@ -28,7 +28,7 @@ type BarConfig struct {
 	// TestImages is where scripts/build-test-image.sh writes the python test image layout
 	// ("": the work directory, so that tests reading the shared one are not disturbed).
 	TestImages string
-	// Record appends the report (markdown) to docs/benchmarks.md.
+	// Record appends the report (markdown) to docs/benchmarks-history.md, the dated runs.
 	Record bool
 	// Command is the command line, for the report.
 	Command string
@@ -186,27 +186,27 @@ func (b *bar) cpu(pid int) (float64, error) {
 	return float64(ut+st) / b.hz, nil
 }
 
-// finish prints the report and, when Record, appends it to docs/benchmarks.md.
+// finish prints the report and, when Record, appends it to docs/benchmarks-history.md.
 func (b *bar) finish(report string) error {
 	fmt.Fprintln(b.cfg.Out)
 	fmt.Fprint(b.cfg.Out, report)
 	if !b.cfg.Record {
-		b.logf("--record appends this report to docs/benchmarks.md")
+		b.logf("--record appends this report to docs/benchmarks-history.md")
 		return nil
 	}
-	docs := filepath.Join(b.cfg.Root, "docs", "benchmarks.md")
+	docs := filepath.Join(b.cfg.Root, "docs", "benchmarks-history.md")
 	f, err := os.OpenFile(docs, os.O_APPEND|os.O_WRONLY|os.O_CREATE, 0o644)
 	if err != nil {
 		return err
 	}
 	if st, err := f.Stat(); err == nil && st.Size() == 0 {
-		fmt.Fprint(f, "# Benchmarks\n\nRecorded runs, newest last. See the end of each section for the bars.\n")
+		fmt.Fprint(f, "# Benchmarks: the dated history\n\nRecorded runs, oldest first. See the end of each section for the bars.\n")
 	}
 	if _, err := io.WriteString(f, report); err != nil {
 		f.Close()
 		return err
 	}
-	b.logf("appended the report to docs/benchmarks.md")
+	b.logf("appended the report to docs/benchmarks-history.md")
 	return f.Close()
 }
 

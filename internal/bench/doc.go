@@ -6,8 +6,8 @@
 // the converter against ctr-remote (convert.go, `lazypull-bench convert`), the lazy mount's
 // reads (mount.go, `lazypull-bench mount`) and the snapshotter's memory and cold pull
 // (snapshotter.go, `lazypull-bench snapshotter`); they share bars.go (work directory,
-// process CPU, manifests, stats.json, markdown report appended to docs/benchmarks.md) and
-// the registry and node lifecycle of env.go.
+// process CPU, manifests, stats.json, markdown report appended to
+// docs/benchmarks-history.md) and the registry and node lifecycle of env.go.
 //
 // What it owns:
 //   - Proxy (shaper.go): a TCP proxy in user space, in front of the registry on loopback, that
