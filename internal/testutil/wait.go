@@ -30,11 +30,26 @@ func Recv[T any](t testing.TB, ch <-chan T, d time.Duration, what string) T {
 // 100 ms, so that a cond that is costly (a process to run) is not run in a busy loop.
 func WaitFor(t testing.TB, d time.Duration, what string, cond func() bool) {
 	t.Helper()
+	Await(t, d, what, func() (bool, string) { return cond(), "" })
+}
+
+// Await is WaitFor for a check with something to show when it fails: besides whether it
+// holds, check returns the state it saw (a process's output, the last answer), and a
+// timeout names the last one, which says why.
+func Await(t testing.TB, d time.Duration, what string, check func() (done bool, state string)) {
+	t.Helper()
 	deadline := time.Now().Add(d)
 	every := time.Millisecond
-	for !cond() {
+	for {
+		done, state := check()
+		if done {
+			return
+		}
 		if time.Now().After(deadline) {
-			t.Fatalf("timed out after %v waiting for %s", d, what)
+			if state != "" {
+				state = ":\n" + state
+			}
+			t.Fatalf("timed out after %v waiting for %s%s", d, what, state)
 		}
 		if t.Context().Err() != nil {
 			t.Fatalf("test ended waiting for %s", what)

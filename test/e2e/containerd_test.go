@@ -5,6 +5,7 @@ import (
 	"go/ast"
 	"go/parser"
 	"go/token"
+	"lazypull/internal/testutil"
 	"os"
 	"path/filepath"
 	"regexp"
@@ -101,22 +102,21 @@ func TestContainerdTestsListed(t *testing.T) {
 // (logged once containerd answers) and fails unless it is that containerd will use it.
 func (s *snapshotterEnv) wantContainerdChecked(t *testing.T, ok bool) string {
 	t.Helper()
-	deadline := time.Now().Add(time.Minute)
-	for {
-		for _, l := range strings.Split(s.log.String(), "\n") {
-			good := strings.Contains(l, `msg="containerd's config uses this snapshotter"`)
-			if good || strings.Contains(l, `msg="containerd will not use this snapshotter as configured"`) {
-				if good != ok {
-					t.Errorf("the snapshotter's check of its containerd's config: %s", l)
-				}
-				return l
+	var verdict string
+	testutil.Await(t, time.Minute, "the snapshotter's check of its containerd's config (in its log)", func() (bool, string) {
+		log := s.log.String()
+		for _, l := range strings.Split(log, "\n") {
+			if strings.Contains(l, `msg="containerd's config uses this snapshotter"`) || strings.Contains(l, `msg="containerd will not use this snapshotter as configured"`) {
+				verdict = l
+				return true, ""
 			}
 		}
-		if time.Now().After(deadline) {
-			t.Fatalf("the snapshotter logged no check of its containerd's config:\n%s", s.log)
-		}
-		time.Sleep(100 * time.Millisecond)
+		return false, log
+	})
+	if good := strings.Contains(verdict, `msg="containerd's config uses this snapshotter"`); good != ok {
+		t.Errorf("the snapshotter's check of its containerd's config: %s", verdict)
 	}
+	return verdict
 }
 
 // readmeContainerdConfig is README's containerd config.toml for containerd 1.6/1.7 or 2.x

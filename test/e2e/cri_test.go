@@ -12,6 +12,7 @@ import (
 	"time"
 
 	"lazypull/internal/imagebuild"
+	"lazypull/internal/testutil"
 )
 
 // criNamespace is the containerd namespace of everything CRI does.
@@ -78,26 +79,20 @@ func writeJSON(t *testing.T, dir, name string, v any) string {
 // waitExited waits until the CRI container id has exited and returns its exit code.
 func (s *snapshotterEnv) waitExited(t *testing.T, id string, timeout time.Duration) int {
 	t.Helper()
-	deadline := time.Now().Add(timeout)
-	for {
-		var st struct {
-			Status struct {
-				State    string `json:"state"`
-				ExitCode int    `json:"exitCode"`
-			} `json:"status"`
-		}
+	var st struct {
+		Status struct {
+			State    string `json:"state"`
+			ExitCode int    `json:"exitCode"`
+		} `json:"status"`
+	}
+	testutil.Await(t, timeout, "container "+id+" to exit", func() (bool, string) {
 		out := s.crictl(t, "inspect", "--output", "json", id)
 		if err := json.Unmarshal([]byte(out), &st); err != nil {
 			t.Fatalf("crictl inspect %s: %v\n%s", id, err, out)
 		}
-		if st.Status.State == "CONTAINER_EXITED" {
-			return st.Status.ExitCode
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("container %s still %s after %v:\n%s", id, st.Status.State, timeout, out)
-		}
-		time.Sleep(100 * time.Millisecond)
-	}
+		return st.Status.State == "CONTAINER_EXITED", out
+	})
+	return st.Status.ExitCode
 }
 
 // TestCRIRunsLazyImage: Kubernetes' path. containerd's CRI plugin, configured with the

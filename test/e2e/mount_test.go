@@ -11,6 +11,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -77,19 +78,15 @@ func (e *env) mount(t *testing.T, ref, storeDir string, flags ...string) *mounte
 // takes from done it puts back for whoever waits on it next.
 func waitStarted(t *testing.T, what string, done chan error, out fmt.Stringer, ready func() bool) {
 	t.Helper()
-	deadline := time.Now().Add(30 * time.Second)
-	for !ready() {
+	testutil.Await(t, 30*time.Second, what+" to be ready", func() (bool, string) {
 		select {
 		case err := <-done:
 			done <- err
 			t.Fatalf("%s exited (%v) before it was ready:\n%s", what, err, out)
 		default:
 		}
-		if time.Now().After(deadline) {
-			t.Fatalf("%s: not ready after 30 s:\n%s", what, out)
-		}
-		time.Sleep(20 * time.Millisecond)
-	}
+		return ready(), out.String()
+	})
 }
 
 // exists tells whether path exists.
@@ -143,20 +140,52 @@ func isMountpoint(dir string) bool {
 	return false
 }
 
+// fuseConnections mounts fusectl, the FUSE connections' control files, at a directory of
+// the test's until it ends, and returns that directory (for fuseWaiting).
+func fuseConnections(t *testing.T) string {
+	t.Helper()
+	dir := t.TempDir()
+	if err := unix.Mount("fusectl", dir, "fusectl", 0, ""); err != nil {
+		t.Fatalf("mount fusectl: %v", err)
+	}
+	t.Cleanup(func() { unix.Unmount(dir, unix.MNT_DETACH) })
+	return dir
+}
+
+// fuseWaiting returns how many requests of the FUSE mounts at dirs wait for an answer from
+// their daemon (in flight, or queued while it is down), from fusectl at ctl.
+func fuseWaiting(ctl string, dirs ...string) int {
+	b, _ := os.ReadFile("/proc/self/mountinfo")
+	n := 0
+	for _, line := range strings.Split(string(b), "\n") {
+		f := strings.Fields(line)
+		if len(f) < 5 || !slices.Contains(dirs, f[4]) {
+			continue
+		}
+		// A FUSE mount's device is anonymous (major 0): fusectl names it by its minor.
+		_, minor, _ := strings.Cut(f[2], ":")
+		w, err := os.ReadFile(filepath.Join(ctl, minor, "waiting"))
+		if err == nil {
+			v, _ := strconv.Atoi(strings.TrimSpace(string(w)))
+			n += v
+		}
+	}
+	return n
+}
+
 // stats waits until the mount's owner has written figures newer than after, and returns them.
 func stats(t *testing.T, storeDir string, after time.Time) daemon.Stats {
 	t.Helper()
-	deadline := time.Now().Add(15 * time.Second)
-	for {
-		s, err := daemon.ReadStats(storeDir)
-		if err == nil && s.Written.After(after) {
-			return s
+	var s daemon.Stats
+	testutil.Await(t, 15*time.Second, fmt.Sprintf("stats newer than %v in %s", after, storeDir), func() (bool, string) {
+		var err error
+		s, err = daemon.ReadStats(storeDir)
+		if err != nil {
+			return false, err.Error()
 		}
-		if time.Now().After(deadline) {
-			t.Fatalf("no stats newer than %v in %s: %v", after, storeDir, err)
-		}
-		time.Sleep(100 * time.Millisecond)
-	}
+		return s.Written.After(after), fmt.Sprintf("the last written %v", s.Written)
+	})
+	return s
 }
 
 // reference mounts the original image's rootfs with containerd (overlayfs over the
@@ -368,7 +397,8 @@ func TestMountKill9ThenRemount(t *testing.T) {
 	if err := reader.Start(); err != nil {
 		t.Fatal(err)
 	}
-	time.Sleep(700 * time.Millisecond)
+	ctl := fuseConnections(t)
+	testutil.WaitFor(t, 30*time.Second, "a read of the mount in flight", func() bool { return fuseWaiting(ctl, m.dir) > 0 })
 	m.kill()
 	reader.Wait()
 

@@ -188,14 +188,13 @@ func TestProfileContainerd(t *testing.T) {
 	// killed, not just waited for.
 	script := fmt.Sprintf("import json, email; print(%q, flush=True); import time; time.sleep(600)", profileLine)
 
-	start := time.Now()
+	// The workload must be stopped at its ready line, not at --duration: the log's
+	// stopped="ready line seen" (checked below) says which, as no clock could on a busy
+	// machine.
 	r := e.lazypull(t, "profile", "--plain-http", "--runtime", "containerd", "--address", e.containerd,
 		"--until", profileLine, "--duration", "3m", ref, "--", "python3", "-c", script)
 	if r.code != 0 {
 		t.Fatalf("lazypull profile: exit %d\n%s", r.code, r.stderr)
-	}
-	if took := time.Since(start); took > 2*time.Minute {
-		t.Errorf("lazypull profile took %s: the workload was not stopped at its ready line", took)
 	}
 	digest := strings.TrimSpace(r.stdout)
 	if _, err := v1.NewHash(digest); err != nil {

@@ -44,7 +44,19 @@ func TestSnapshotterKill9KeepsContainers(t *testing.T) {
 	}
 	<-s.done
 	before, _ := os.ReadFile(logFile)
-	time.Sleep(2 * time.Second) // the reader waits on the mounts meanwhile
+	// The reader's next read of a layer not yet fetched waits on its mount meanwhile, queued
+	// in the kernel for the snapshotter to come back (or, were that broken, fails or ends).
+	ctl := fuseConnections(t)
+	var lazy []string
+	for _, m := range mountsUnder(s.dir) {
+		if isLazyMount(m) {
+			lazy = append(lazy, m)
+		}
+	}
+	testutil.Await(t, time.Minute, "a read of the container's to wait on its lazy layers", func() (bool, string) {
+		b, _ := os.ReadFile(logFile)
+		return fuseWaiting(ctl, lazy...) > 0 || strings.Contains(string(b), "FAIL") || strings.Contains(string(b), "DONE"), string(b)
+	})
 	mid, _ := os.ReadFile(logFile)
 	if strings.Contains(string(mid), "FAIL") {
 		t.Fatalf("reads failed while the snapshotter was down:\n%s", mid)

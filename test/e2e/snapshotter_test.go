@@ -120,12 +120,9 @@ func (s *snapshotterEnv) stop(t *testing.T) {
 		}
 		exec.Command("umount", "-l", left[i]).Run()
 	}
-	if pid := keeperPID(filepath.Join(s.dir, "root", "keeper.sock")); pid > 0 {
-		deadline := time.Now().Add(30 * time.Second)
-		for keeperPID(filepath.Join(s.dir, "root", "keeper.sock")) == pid && time.Now().Before(deadline) {
-			time.Sleep(100 * time.Millisecond)
-		}
-		if keeperPID(filepath.Join(s.dir, "root", "keeper.sock")) == pid {
+	keeperSock := filepath.Join(s.dir, "root", "keeper.sock")
+	if pid := keeperPID(keeperSock); pid > 0 {
+		if !eventually(30*time.Second, func() bool { return keeperPID(keeperSock) != pid }) {
 			t.Errorf("the keeper (pid %d) did not exit with nothing left to keep", pid)
 			syscall.Kill(pid, syscall.SIGTERM)
 		}
@@ -150,6 +147,19 @@ func isLazyMount(dir string) bool {
 	return false
 }
 
+// eventually polls cond for up to d and reports whether it came to hold: testutil.WaitFor
+// for a cleanup, which reports what did not happen and goes on cleaning up.
+func eventually(d time.Duration, cond func() bool) bool {
+	deadline := time.Now().Add(d)
+	for every := time.Millisecond; !cond(); every = min(2*every, 100*time.Millisecond) {
+		if time.Now().After(deadline) {
+			return false
+		}
+		time.Sleep(every)
+	}
+	return true
+}
+
 // keeperPID returns the PID of the `lazypull keeper` serving sock, or 0.
 func keeperPID(sock string) int {
 	procs, _ := filepath.Glob("/proc/[0-9]*/cmdline")
@@ -172,17 +182,10 @@ func keeperPID(sock string) int {
 // "unavailable" meanwhile (as any proxy snapshotter's do).
 func (s *snapshotterEnv) waitReady(t *testing.T, ns string) {
 	t.Helper()
-	deadline := time.Now().Add(2 * time.Minute)
-	for {
+	testutil.Await(t, 2*time.Minute, "containerd to reach the snapshotter", func() (bool, string) {
 		r := run(t, "ctr", "--address", filepath.Join(s.containerd, "containerd.sock"), "--namespace", ns, "snapshots", "--snapshotter", "lazypull", "ls")
-		if r.code == 0 {
-			return
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("containerd does not reach the snapshotter: exit %d\n%s", r.code, r.stderr)
-		}
-		time.Sleep(200 * time.Millisecond)
-	}
+		return r.code == 0, fmt.Sprintf("exit %d\n%s", r.code, r.stderr)
+	})
 }
 
 func mountsUnder(dir string) []string {
