@@ -42,6 +42,12 @@ declare -A pkgs cmds setups
 # has app files to change.
 pkgs[python]="python3"
 cmds[python]='["python3","/app/main.py"]'
+# The app's files that python-v2 keeps as they are.
+python_kept='cat >/app/settings.py <<"EOF"
+NAME = "python"
+DATA = "/app/data"
+EOF
+printf "{\"greeting\": \"hello\"}\n" >/app/data/messages.json'
 setups[python]='mkdir -p /app/data
 cat >/app/main.py <<"EOF"
 import json, os, greet, settings
@@ -53,11 +59,7 @@ cat >/app/greet.py <<"EOF"
 def hello(greeting, name):
     return greeting + " from " + name
 EOF
-cat >/app/settings.py <<"EOF"
-NAME = "python"
-DATA = "/app/data"
-EOF
-printf "{\"greeting\": \"hello\"}\n" >/app/data/messages.json'
+'"$python_kept"
 # v2: two packages added, main.py and greet.py changed, a YAML file added, settings.py and
 # messages.json unchanged.
 pkgs[python-v2]="python3 python3-yaml python3-six"
@@ -76,11 +78,7 @@ import six
 def hello(greeting, name, version):
     return six.text_type(greeting + " from " + name + " " + version)
 EOF
-cat >/app/settings.py <<"EOF"
-NAME = "python"
-DATA = "/app/data"
-EOF
-printf "{\"greeting\": \"hello\"}\n" >/app/data/messages.json
+'"$python_kept"'
 printf "version: v2\nchanges: [yaml, six]\n" >/app/data/release.yaml'
 pkgs[node]="nodejs"
 cmds[node]='["node","-e","console.log(\"hello from node\")"]'

@@ -60,26 +60,19 @@ bin=${CONTAINERD_BIN:-$default_bin}
 timeout_s=20
 proxy_name=${CONTAINERD_PROXY_SNAPSHOTTER_NAME:-lazypull}
 [[ $proxy_name =~ ^[a-z][a-z0-9_-]*$ ]] || { echo "containerd: CONTAINERD_PROXY_SNAPSHOTTER_NAME=$proxy_name: want [a-z][a-z0-9_-]*" >&2; exit 2; }
+# CRI's snapshotter: the proxy one when there is one.
+cri_snapshotter=overlayfs
+[ -n "${CONTAINERD_PROXY_SNAPSHOTTER:-}" ] && cri_snapshotter=$proxy_name
 
 usage() { echo "usage: $0 start DIR | stop DIR" >&2; exit 2; }
 log() { echo "containerd: $*" >&2; }
 
-# alive PID: true while PID exists and is not a zombie.
-alive() {
-  local state
-  state=$(awk '{ print $3 }' "/proc/$1/stat" 2>/dev/null) || return 1
-  [ -n "$state" ] && [ "$state" != Z ]
-}
+# alive, running_as, kill_wait, terminate, wait_ready: scripts/lib-daemon.sh.
+# shellcheck source=scripts/lib-daemon.sh
+source "$(dirname "${BASH_SOURCE[0]}")/lib-daemon.sh"
 
 # running DIR: true if the PID in DIR/containerd.pid is a live containerd using DIR's config.
-running() {
-  local pidfile=$1/containerd.pid pid
-  [ -f "$pidfile" ] || return 1
-  pid=$(cat "$pidfile")
-  [[ $pid =~ ^[0-9]+$ ]] || return 1
-  alive "$pid" || return 1
-  tr '\0' ' ' <"/proc/$pid/cmdline" | grep -q -- "--config $1/config.toml"
-}
+running() { running_as "$1/containerd.pid" "--config $1/config.toml"; }
 
 # write_runsc DIR: DIR/runsc, runsc in runc's place for containerd's runc shim. The flags are
 # what gVisor needs here: --network=none, because gVisor's own network stack refuses to start
@@ -115,8 +108,7 @@ EOF
 # README's snippet for 1.6/1.7 is its heart: snapshotter and disable_snapshot_annotations
 # under [plugins."io.containerd.grpc.v1.cri".containerd].
 cri_config_v2() {
-  local dir=$1 snapshotter=overlayfs
-  [ -n "${CONTAINERD_PROXY_SNAPSHOTTER:-}" ] && snapshotter=$proxy_name
+  local dir=$1
   cat <<EOF
   [plugins."io.containerd.grpc.v1.cri"]
     sandbox_image = "$CONTAINERD_SANDBOX_IMAGE"
@@ -129,7 +121,7 @@ cri_config_v2() {
     # then fails with "can't get final child's PID from pipe".
     restrict_oom_score_adj = true
     [plugins."io.containerd.grpc.v1.cri".containerd]
-      snapshotter = "$snapshotter"
+      snapshotter = "$cri_snapshotter"
       # Pass each layer's annotations to the snapshotter as labels (cri.image-ref,
       # cri.layer-digest, and the layer's own): how a remote snapshotter knows a layer.
       disable_snapshot_annotations = false
@@ -149,13 +141,11 @@ EOF
 # three plugins there. README's snippet for 2.x is its heart: snapshotter and
 # disable_snapshot_annotations under [plugins.'io.containerd.cri.v1.images'].
 cri_config_v3() {
-  local dir=$1 snapshotter=overlayfs
-  [ -n "${CONTAINERD_PROXY_SNAPSHOTTER:-}" ] && snapshotter=$proxy_name
+  local dir=$1
   cat <<EOF
   [plugins.'io.containerd.cri.v1.images']
-    snapshotter = "$snapshotter"
-    # Pass each layer's annotations to the snapshotter as labels (cri.image-ref,
-    # cri.layer-digest, and the layer's own): how a remote snapshotter knows a layer.
+    snapshotter = "$cri_snapshotter"
+    # Each layer's annotations to the snapshotter as labels (see cri_config_v2).
     disable_snapshot_annotations = false
     [plugins.'io.containerd.cri.v1.images'.pinned_images]
       sandbox = "$CONTAINERD_SANDBOX_IMAGE"
@@ -314,6 +304,11 @@ ctr_() {
   "$c" --address "$dir/containerd.sock" "$@"
 }
 
+# answers: true once DIR's containerd answers on its socket.
+answers() {
+  [ -S "$dir/containerd.sock" ] && ctr_ --timeout 2s version >/dev/null 2>&1
+}
+
 start() {
   local dir=$1
   mkdir -p "$dir"
@@ -337,24 +332,7 @@ start() {
   local pid=$!
   echo "$pid" >"$dir/containerd.pid"
 
-  local deadline=$((SECONDS + timeout_s))
-  until [ -S "$dir/containerd.sock" ] && ctr_ --timeout 2s version >/dev/null 2>&1; do
-    if ! alive "$pid"; then
-      log "containerd exited during startup; log tail:"
-      tail -n 20 "$dir/containerd.log" >&2
-      rm -f "$dir/containerd.pid"
-      exit 1
-    fi
-    if [ $SECONDS -ge $deadline ]; then
-      log "no answer on $dir/containerd.sock after ${timeout_s}s; log tail:"
-      tail -n 20 "$dir/containerd.log" >&2
-      kill "$pid" 2>/dev/null || true
-      while alive "$pid"; do sleep 0.1; done
-      rm -f "$dir/containerd.pid"
-      exit 1
-    fi
-    sleep 0.1
-  done
+  wait_ready containerd "$pid" "$dir/containerd.pid" "$dir/containerd.log" "on $dir/containerd.sock" answers
   log "running containerd $major.x (pid $pid, $bin, socket $dir/containerd.sock)"
 }
 
@@ -387,8 +365,7 @@ kill_orphans() {
     if ! [[ $pid =~ ^[0-9]+$ ]] || ! alive "$pid"; then continue; fi
     grep -q ":/$ns/$id\$" "/proc/$pid/cgroup" 2>/dev/null || continue
     log "killing leftover container $ns/$id (init pid $pid)"
-    kill -KILL "$pid" 2>/dev/null || true
-    while alive "$pid"; do sleep 0.1; done
+    kill_wait KILL "$pid"
   done
   # Only the shims' command lines are read: reading every process's (a fork each) took
   # seconds on a busy machine, at every stop.
@@ -429,18 +406,9 @@ stop() {
   dir=$(cd "$dir" && pwd)
   if running "$dir"; then
     kill_tasks
-    local pid i
+    local pid
     pid=$(cat "$dir/containerd.pid")
-    kill -TERM "$pid" 2>/dev/null || true
-    for ((i = 0; i < 150; i++)); do
-      alive "$pid" || break
-      sleep 0.1
-    done
-    if alive "$pid"; then
-      log "pid $pid still alive after 15s; sending SIGKILL"
-      kill -KILL "$pid" 2>/dev/null || true
-      while alive "$pid"; do sleep 0.1; done
-    fi
+    terminate "$pid" 15
     log "stopped (pid $pid)"
   else
     log "not running from $dir"

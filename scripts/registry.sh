@@ -18,22 +18,12 @@ timeout_s=20
 usage() { echo "usage: $0 start DIR [ADDR] | stop DIR" >&2; exit 2; }
 log() { echo "registry: $*" >&2; }
 
-# alive PID: true while PID exists and is not a zombie.
-alive() {
-  local state
-  state=$(awk '{ print $3 }' "/proc/$1/stat" 2>/dev/null) || return 1
-  [ -n "$state" ] && [ "$state" != Z ]
-}
+# alive, running_as, kill_wait, terminate, wait_ready: scripts/lib-daemon.sh.
+# shellcheck source=scripts/lib-daemon.sh
+source "$(dirname "${BASH_SOURCE[0]}")/lib-daemon.sh"
 
 # running DIR: true if the PID in DIR/registry.pid is a live docker-registry.
-running() {
-  local pidfile=$1/registry.pid pid
-  [ -f "$pidfile" ] || return 1
-  pid=$(cat "$pidfile")
-  [[ $pid =~ ^[0-9]+$ ]] || return 1
-  [ -r "/proc/$pid/cmdline" ] || return 1
-  tr '\0' ' ' <"/proc/$pid/cmdline" | grep -q -- "docker-registry serve $1/config.yml"
-}
+running() { running_as "$1/registry.pid" "docker-registry serve $1/config.yml"; }
 
 write_config() { # write_config DIR ADDR
   local dir=$1 addr=$2 auth=""
@@ -71,6 +61,13 @@ $auth
 EOF
 }
 
+# answers ADDR: true once GET /v2/ answers 200, or 401 under REGISTRY_HTPASSWD.
+answers() {
+  local code
+  code=$(curl -s -o /dev/null -w '%{http_code}' --max-time 2 "http://$1/v2/" || true)
+  [ "$code" = 200 ] || { [ -n "${REGISTRY_HTPASSWD:-}" ] && [ "$code" = 401 ]; }
+}
+
 start() {
   local dir=$1 addr=${2:-127.0.0.1:5000} asked=${2:-}
   case $addr in
@@ -105,28 +102,7 @@ start() {
   local pid=$!
   echo "$pid" >"$dir/registry.pid"
 
-  local url="http://$addr/v2/" deadline=$((SECONDS + timeout_s)) code
-  while :; do
-    code=$(curl -s -o /dev/null -w '%{http_code}' --max-time 2 "$url" || true)
-    if [ "$code" = 200 ] || { [ -n "${REGISTRY_HTPASSWD:-}" ] && [ "$code" = 401 ]; }; then
-      break
-    fi
-    if ! alive "$pid"; then
-      log "docker-registry exited during startup; log tail:"
-      tail -n 20 "$dir/registry.log" >&2
-      rm -f "$dir/registry.pid"
-      exit 1
-    fi
-    if [ $SECONDS -ge $deadline ]; then
-      log "no answer from $url after ${timeout_s}s; log tail:"
-      tail -n 20 "$dir/registry.log" >&2
-      kill "$pid" 2>/dev/null || true
-      while alive "$pid"; do sleep 0.1; done
-      rm -f "$dir/registry.pid"
-      exit 1
-    fi
-    sleep 0.1
-  done
+  wait_ready docker-registry "$pid" "$dir/registry.pid" "$dir/registry.log" "from http://$addr/v2/" answers "$addr"
   if ! alive "$pid"; then
     log "docker-registry exited right after startup; log tail:"
     tail -n 20 "$dir/registry.log" >&2
@@ -145,18 +121,9 @@ stop() {
     log "not running from $dir"
     return 0
   fi
-  local pid i
+  local pid
   pid=$(cat "$dir/registry.pid")
-  kill -TERM "$pid" 2>/dev/null || true
-  for ((i = 0; i < 100; i++)); do
-    alive "$pid" || break
-    sleep 0.1
-  done
-  if alive "$pid"; then
-    log "pid $pid still alive after 10s; sending SIGKILL"
-    kill -KILL "$pid" 2>/dev/null || true
-    while alive "$pid"; do sleep 0.1; done
-  fi
+  terminate "$pid" 10
   rm -f "$dir/registry.pid"
   log "stopped (pid $pid)"
 }
