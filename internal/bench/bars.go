@@ -107,6 +107,21 @@ func (b *bar) fail(err error) error {
 	return fmt.Errorf("FAILED in step '%s': %w", b.stepNow, err)
 }
 
+// execute runs a bar's run, then its stops in order (each stop the bench's own daemons, a
+// no-op for one never started) and removes the work directory: the run's error (named by
+// its step), else the first stop's.
+func (b *bar) execute(run func() error, stops ...func() error) (err error) {
+	defer func() {
+		for _, stop := range stops {
+			if serr := stop(); serr != nil && err == nil {
+				err = serr
+			}
+		}
+		b.removeWork()
+	}()
+	return b.fail(run())
+}
+
 // removeWork removes the work directory, unless something is still mounted under it.
 func (b *bar) removeWork() {
 	if left := mountsUnder(b.work); len(left) > 0 {

@@ -55,20 +55,14 @@ func Convert(ctx context.Context, cfg ConvertConfig) (err error) {
 		return err
 	}
 	c := &convertBench{bar: b, extraLevel: cfg.ExtraLevel, extraN: cfg.ExtraN, times: map[string][][]float64{}}
-	defer func() {
-		if c.ctd != "" {
-			if _, serr := command(context.Background(), nil, filepath.Join(b.scripts(), "containerd.sh"), "stop", c.ctd); serr != nil && err == nil {
-				err = serr
-			}
+	stopContainerd := func() error {
+		if c.ctd == "" {
+			return nil
 		}
-		if c.reg != nil {
-			if serr := c.reg.stop(); serr != nil && err == nil {
-				err = serr
-			}
-		}
-		b.removeWork()
-	}()
-	return b.fail(c.run(ctx))
+		_, err := command(context.Background(), nil, filepath.Join(b.scripts(), "containerd.sh"), "stop", c.ctd)
+		return err
+	}
+	return b.execute(func() error { return c.run(ctx) }, stopContainerd, func() error { return c.reg.stop() })
 }
 
 type convertBench struct {

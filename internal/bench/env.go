@@ -94,6 +94,9 @@ func startRegistry(ctx context.Context, scripts, dir string) (*registry, error) 
 }
 
 func (r *registry) stop() error {
+	if r == nil {
+		return nil
+	}
 	_, err := command(context.Background(), nil, filepath.Join(r.scripts, "registry.sh"), "stop", r.dir)
 	return err
 }

@@ -74,17 +74,9 @@ func Mount(ctx context.Context, cfg MountConfig) (err error) {
 		return err
 	}
 	m := &mountBench{bar: b, big: cfg.BigBytes}
-	defer func() {
-		m.stop()
-		m.traceOff()
-		if m.reg != nil {
-			if serr := m.reg.stop(); serr != nil && err == nil {
-				err = serr
-			}
-		}
-		b.removeWork()
-	}()
-	return b.fail(m.run(ctx))
+	// As before, the mount's exit on the way out is not the bench's result.
+	stopMount := func() error { m.stop(); m.traceOff(); return nil }
+	return b.execute(func() error { return m.run(ctx) }, stopMount, func() error { return m.reg.stop() })
 }
 
 type mountBench struct {

@@ -48,19 +48,7 @@ func linkRows(res *Result, link string) []row {
 		}
 		r := row{Image: s.Image, Mode: string(s.Mode), Pull: s.Pull.Format(2), Ready: s.Ready.Format(2),
 			Total: s.Total.Format(2), MB: s.Bytes.Scale(1e-6).Format(1), Requests: s.Requests.Format(0),
-			VsPlain: "-", VsLimit: "-", VsStargz: "-", ReqVsStargz: "-"}
-		if s.VsPlain > 0 {
-			r.VsPlain = fmt.Sprintf("%.2fx", s.VsPlain)
-		}
-		if s.VsStargz > 0 {
-			r.VsStargz = fmt.Sprintf("%.2fx", s.VsStargz)
-		}
-		if s.RequestsVsStargz > 0 {
-			r.ReqVsStargz = fmt.Sprintf("%.2fx", s.RequestsVsStargz)
-		}
-		if s.VsLimit > 0 {
-			r.VsLimit = fmt.Sprintf("%.2fx", s.VsLimit)
-		}
+			VsPlain: timesCell(s.VsPlain), VsLimit: timesCell(s.VsLimit), VsStargz: timesCell(s.VsStargz), ReqVsStargz: timesCell(s.RequestsVsStargz)}
 		rows = append(rows, r)
 	}
 	for _, l := range res.Limits {

@@ -140,37 +140,20 @@ func SummarizeScale(runs []ScaleRun, image string, counts []int, links []Link, m
 		for _, k := range counts {
 			var group []ScaleSummary
 			for _, m := range modes {
-				var pull, all, total, bytes, reqs []float64
-				for _, r := range runs {
-					if r.Image != image || r.Count != k || r.Mode != m || r.Link != l.Name {
-						continue
-					}
-					pull = append(pull, r.Pull)
-					all = append(all, r.AllReady)
-					total = append(total, r.Total)
-					bytes = append(bytes, float64(r.Bytes))
-					reqs = append(reqs, float64(r.Requests))
-				}
-				if len(total) == 0 {
+				st, ok := statsOf(runs, func(r ScaleRun) bool { return r.Image == image && r.Count == k && r.Mode == m && r.Link == l.Name },
+					func(r ScaleRun) float64 { return r.Pull }, func(r ScaleRun) float64 { return r.AllReady },
+					func(r ScaleRun) float64 { return r.Total }, func(r ScaleRun) float64 { return float64(r.Bytes) },
+					func(r ScaleRun) float64 { return float64(r.Requests) })
+				if !ok {
 					continue
 				}
-				group = append(group, ScaleSummary{Image: image, Count: k, Mode: m, Link: l.Name, Pull: NewStat(pull),
-					AllReady: NewStat(all), Total: NewStat(total), Bytes: NewStat(bytes), Requests: NewStat(reqs)})
+				group = append(group, ScaleSummary{Image: image, Count: k, Mode: m, Link: l.Name, Pull: st[0],
+					AllReady: st[1], Total: st[2], Bytes: st[3], Requests: st[4]})
 			}
-			var plain *ScaleSummary
-			for i := range group {
-				if group[i].Mode == ModePlain {
-					plain = &group[i]
-				}
-			}
-			if plain != nil {
+			if p := slices.IndexFunc(group, func(s ScaleSummary) bool { return s.Mode == ModePlain }); p >= 0 {
+				plain := group[p]
 				for i := range group {
-					if group[i].Total.Median > 0 {
-						group[i].VsPlain = plain.Total.Median / group[i].Total.Median
-					}
-					if plain.Bytes.Median > 0 {
-						group[i].BytesVsPlain = group[i].Bytes.Median / plain.Bytes.Median
-					}
+					group[i].VsPlain, group[i].BytesVsPlain = againstPlain(plain.Total, plain.Bytes, group[i].Total, group[i].Bytes)
 				}
 			}
 			out = append(out, group...)
@@ -192,13 +175,7 @@ func scaleTable(res *Result) *table {
 	}
 	for _, s := range res.ScaleSummaries {
 		r := []string{s.Image, fmt.Sprint(s.Count), s.Link, string(s.Mode), s.Pull.Format(2), s.AllReady.Format(2), s.Total.Format(2),
-			s.Bytes.Scale(1e-6).Format(2), s.Requests.Format(0), "-", "-"}
-		if s.VsPlain > 0 {
-			r[9] = fmt.Sprintf("%.2fx", s.VsPlain)
-		}
-		if s.BytesVsPlain > 0 {
-			r[10] = fmt.Sprintf("%.1f%%", s.BytesVsPlain*100)
-		}
+			s.Bytes.Scale(1e-6).Format(2), s.Requests.Format(0), timesCell(s.VsPlain), percentCell(s.BytesVsPlain)}
 		t.Rows = append(t.Rows, r)
 	}
 	return t

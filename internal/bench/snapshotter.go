@@ -87,20 +87,13 @@ func Snapshotter(ctx context.Context, cfg SnapshotterConfig) (err error) {
 		return err
 	}
 	s := &snBench{bar: b, parts: cfg.Parts}
-	defer func() {
-		if s.node != nil {
-			if serr := s.stopNode(); serr != nil && err == nil {
-				err = serr
-			}
+	stopNode := func() error {
+		if s.node == nil {
+			return nil
 		}
-		if s.reg != nil {
-			if serr := s.reg.stop(); serr != nil && err == nil {
-				err = serr
-			}
-		}
-		b.removeWork()
-	}()
-	return b.fail(s.run(ctx))
+		return s.stopNode()
+	}
+	return b.execute(func() error { return s.run(ctx) }, stopNode, func() error { return s.reg.stop() })
 }
 
 type snBench struct {

@@ -67,6 +67,55 @@ func NewStat(xs []float64) Stat {
 	return Stat{Median: m, Min: s[0], Max: s[len(s)-1], N: len(s)}
 }
 
+// statsOf returns the Stat of each figure over the runs keep selects, in the order of
+// figures; ok is false when keep selects none.
+func statsOf[R any](runs []R, keep func(R) bool, figures ...func(R) float64) (stats []Stat, ok bool) {
+	xs := make([][]float64, len(figures))
+	for _, r := range runs {
+		if !keep(r) {
+			continue
+		}
+		ok = true
+		for i, f := range figures {
+			xs[i] = append(xs[i], f(r))
+		}
+	}
+	stats = make([]Stat, len(figures))
+	for i := range xs {
+		stats[i] = NewStat(xs[i])
+	}
+	return stats, ok
+}
+
+// againstPlain returns plain's median total over total's (how many times faster than
+// plain) and bytes' median over plain's (the share of plain's bytes); each is 0 where its
+// divisor is.
+func againstPlain(plainTotal, plainBytes, total, bytes Stat) (faster, bytesShare float64) {
+	if total.Median > 0 {
+		faster = plainTotal.Median / total.Median
+	}
+	if plainBytes.Median > 0 {
+		bytesShare = bytes.Median / plainBytes.Median
+	}
+	return faster, bytesShare
+}
+
+// timesCell is a table cell of a ratio, "1.23x", or "-" for 0 (no ratio).
+func timesCell(x float64) string {
+	if x > 0 {
+		return fmt.Sprintf("%.2fx", x)
+	}
+	return "-"
+}
+
+// percentCell is a table cell of a fraction in percent, "12.3%", or "-" for 0 (none).
+func percentCell(x float64) string {
+	if x > 0 {
+		return fmt.Sprintf("%.1f%%", x*100)
+	}
+	return "-"
+}
+
 // Format prints the median with the range: "1.23 (1.10-1.40)", prec digits after the point.
 func (s Stat) Format(prec int) string {
 	if s.N == 0 {
@@ -132,22 +181,14 @@ func Summarize(runs []Run, images []string, links []Link, modes []Mode, limits [
 			var plain float64
 			var group []Summary
 			for _, m := range modes {
-				var pull, ready, total, bytes, reqs []float64
-				for _, r := range runs {
-					if r.Image != im || r.Mode != m || r.Link != l.Name {
-						continue
-					}
-					pull = append(pull, r.Pull)
-					ready = append(ready, r.Ready)
-					total = append(total, r.Total)
-					bytes = append(bytes, float64(r.Bytes))
-					reqs = append(reqs, float64(r.Requests))
-				}
-				if len(total) == 0 {
+				st, ok := statsOf(runs, func(r Run) bool { return r.Image == im && r.Mode == m && r.Link == l.Name },
+					func(r Run) float64 { return r.Pull }, func(r Run) float64 { return r.Ready },
+					func(r Run) float64 { return r.Total }, func(r Run) float64 { return float64(r.Bytes) },
+					func(r Run) float64 { return float64(r.Requests) })
+				if !ok {
 					continue
 				}
-				s := Summary{Image: im, Mode: m, Link: l.Name, Pull: NewStat(pull), Ready: NewStat(ready),
-					Total: NewStat(total), Bytes: NewStat(bytes), Requests: NewStat(reqs)}
+				s := Summary{Image: im, Mode: m, Link: l.Name, Pull: st[0], Ready: st[1], Total: st[2], Bytes: st[3], Requests: st[4]}
 				if m == ModePlain {
 					plain = s.Total.Median
 				}

@@ -3,6 +3,7 @@ package bench
 import (
 	"context"
 	"fmt"
+	"slices"
 	"time"
 )
 
@@ -158,41 +159,22 @@ func SummarizeUpdates(runs []UpdateRun, images []string, links []Link, modes []M
 	for _, l := range links {
 		for _, im := range images {
 			var group []UpdateSummary
-			var plain *UpdateSummary
 			for _, m := range modes {
-				var v1, pull, ready, total, bytes, reqs []float64
-				for _, r := range runs {
-					if r.From != im || r.Mode != m || r.Link != l.Name {
-						continue
-					}
-					v1 = append(v1, float64(r.V1Bytes))
-					pull = append(pull, r.Pull)
-					ready = append(ready, r.Ready)
-					total = append(total, r.Total)
-					bytes = append(bytes, float64(r.Bytes))
-					reqs = append(reqs, float64(r.Requests))
-				}
-				if len(total) == 0 {
+				st, ok := statsOf(runs, func(r UpdateRun) bool { return r.From == im && r.Mode == m && r.Link == l.Name },
+					func(r UpdateRun) float64 { return float64(r.V1Bytes) }, func(r UpdateRun) float64 { return r.Pull },
+					func(r UpdateRun) float64 { return r.Ready }, func(r UpdateRun) float64 { return r.Total },
+					func(r UpdateRun) float64 { return float64(r.Bytes) }, func(r UpdateRun) float64 { return float64(r.Requests) })
+				if !ok {
 					continue
 				}
 				group = append(group, UpdateSummary{From: im, To: Updates[im], Mode: m, Link: l.Name,
-					V1Bytes: NewStat(v1), Pull: NewStat(pull), Ready: NewStat(ready), Total: NewStat(total),
-					Bytes: NewStat(bytes), Requests: NewStat(reqs)})
+					V1Bytes: st[0], Pull: st[1], Ready: st[2], Total: st[3], Bytes: st[4], Requests: st[5]})
 			}
-			for i := range group {
-				if group[i].Mode == ModePlain {
-					plain = &group[i]
-				}
-			}
-			if plain != nil {
+			if p := slices.IndexFunc(group, func(s UpdateSummary) bool { return s.Mode == ModePlain }); p >= 0 {
+				plain := group[p]
 				for i := range group {
 					s := &group[i]
-					if s.Total.Median > 0 {
-						s.VsPlain = plain.Total.Median / s.Total.Median
-					}
-					if plain.Bytes.Median > 0 {
-						s.BytesVsPlain = s.Bytes.Median / plain.Bytes.Median
-					}
+					s.VsPlain, s.BytesVsPlain = againstPlain(plain.Total, plain.Bytes, s.Total, s.Bytes)
 					if s.Mode.lazy() {
 						ok := s.BytesVsPlain <= UpdateBar
 						s.MeetsBar = &ok
@@ -218,13 +200,7 @@ func updateTable(res *Result) *table {
 	}
 	for _, s := range res.UpdateSummaries {
 		r := []string{s.From + " -> " + s.To, s.Link, string(s.Mode), s.Pull.Format(2), s.Ready.Format(2), s.Total.Format(2),
-			s.Bytes.Scale(1e-6).Format(2), s.Requests.Format(0), "-", "-", "-", s.V1Bytes.Scale(1e-6).Format(1)}
-		if s.VsPlain > 0 {
-			r[8] = fmt.Sprintf("%.2fx", s.VsPlain)
-		}
-		if s.BytesVsPlain > 0 {
-			r[9] = fmt.Sprintf("%.1f%%", s.BytesVsPlain*100)
-		}
+			s.Bytes.Scale(1e-6).Format(2), s.Requests.Format(0), timesCell(s.VsPlain), percentCell(s.BytesVsPlain), "-", s.V1Bytes.Scale(1e-6).Format(1)}
 		if s.MeetsBar != nil {
 			r[10] = map[bool]string{true: "met", false: "MISSED"}[*s.MeetsBar]
 		}
