@@ -597,21 +597,8 @@ func (s *snBench) coldLazy(ctx context.Context, r int, ref string) ([]float64, e
 	if err := s.startNode(ctx, fmt.Sprintf("cold-lazy-%d", r), true, false); err != nil {
 		return nil, err
 	}
-	mark := fileSize(s.regLog)
-	t0 := time.Now()
-	if err := s.pull(ctx, ref); err != nil {
-		return nil, err
-	}
-	t1 := time.Now()
-	out, err := s.ctrRun(ctx, "run", "--rm", "--snapshotter", "lazypull", ref, fmt.Sprintf("cold-lazy-%d", r))
-	t2 := time.Now()
-	if err != nil {
-		return nil, err
-	}
-	if out != "hello from python" {
-		return nil, fmt.Errorf("lazy container printed %q", out)
-	}
-	reqs, egress, err := s.egressSince(mark)
+	row, err := s.timedStart(ctx, "lazy", func() error { return s.pull(ctx, ref) },
+		"run", "--rm", "--snapshotter", "lazypull", ref, fmt.Sprintf("cold-lazy-%d", r))
 	if err != nil {
 		return nil, err
 	}
@@ -621,8 +608,7 @@ func (s *snBench) coldLazy(ctx context.Context, r int, ref string) ([]float64, e
 	if err != nil {
 		return nil, err
 	}
-	row := []float64{t1.Sub(t0).Seconds(), t2.Sub(t1).Seconds(), t2.Sub(t0).Seconds(), float64(reqs), float64(egress),
-		float64(st.Fetch.Bytes), float64(st.Store.ChunksFetched)}
+	row = append(row, float64(st.Fetch.Bytes), float64(st.Store.ChunksFetched))
 	return row, s.stopNode()
 }
 
@@ -631,26 +617,40 @@ func (s *snBench) coldPlain(ctx context.Context, r int, orig string) ([]float64,
 	if err := s.startNode(ctx, fmt.Sprintf("cold-plain-%d", r), false, false); err != nil {
 		return nil, err
 	}
+	pull := func() error {
+		_, err := command(ctx, nil, "ctr", s.ctr("image", "pull", "--plain-http", orig)...)
+		return err
+	}
+	row, err := s.timedStart(ctx, "plain", pull, "run", "--rm", orig, fmt.Sprintf("cold-plain-%d", r))
+	if err != nil {
+		return nil, err
+	}
+	return row, s.stopNode()
+}
+
+// timedStart is a round's timed part: pull, then `ctr` with run's arguments, which must
+// print the python image's line. It returns pull_s run_s total_s requests egress, the last
+// two what the registry served meanwhile; what names the mode in an error.
+func (s *snBench) timedStart(ctx context.Context, what string, pull func() error, run ...string) ([]float64, error) {
 	mark := fileSize(s.regLog)
 	t0 := time.Now()
-	if _, err := command(ctx, nil, "ctr", s.ctr("image", "pull", "--plain-http", orig)...); err != nil {
+	if err := pull(); err != nil {
 		return nil, err
 	}
 	t1 := time.Now()
-	out, err := s.ctrRun(ctx, "run", "--rm", orig, fmt.Sprintf("cold-plain-%d", r))
+	out, err := s.ctrRun(ctx, run...)
 	t2 := time.Now()
 	if err != nil {
 		return nil, err
 	}
 	if out != "hello from python" {
-		return nil, fmt.Errorf("plain container printed %q", out)
+		return nil, fmt.Errorf("%s container printed %q", what, out)
 	}
 	reqs, egress, err := s.egressSince(mark)
 	if err != nil {
 		return nil, err
 	}
-	row := []float64{t1.Sub(t0).Seconds(), t2.Sub(t1).Seconds(), t2.Sub(t0).Seconds(), float64(reqs), float64(egress)}
-	return row, s.stopNode()
+	return []float64{t1.Sub(t0).Seconds(), t2.Sub(t1).Seconds(), t2.Sub(t0).Seconds(), float64(reqs), float64(egress)}, nil
 }
 
 func memTotal() string {
