@@ -144,15 +144,7 @@ func TestCRIRunsLazyImage(t *testing.T) {
 		t.Fatalf("container printed %q, want %q", out, pythonOutput)
 	}
 
-	st := stats(t, s.store, time.Now())
-	imageBytes := int64(0)
-	for _, l := range m.Layers {
-		imageBytes += l.Size
-	}
-	t.Logf("fetched %d bytes in %d requests of a %d-byte image", st.Fetch.Bytes, st.Fetch.Requests, imageBytes)
-	if st.Fetch.Bytes == 0 || st.Fetch.Bytes > imageBytes/10 {
-		t.Errorf("running python through CRI fetched %d bytes of a %d-byte image; want a small fraction", st.Fetch.Bytes, imageBytes)
-	}
+	wantFetchedLittle(t, "running python through CRI", s.store, time.Now(), m)
 
 	// What kubelet does when the pod goes: its containers and sandbox stop and go, and their
 	// snapshots with them (containerd.sh stop checks nothing is left mounted).

@@ -44,31 +44,69 @@ func (e *env) lazyImage(t *testing.T, name string) string {
 	return ref
 }
 
+// proc is a process of ours (lazypull mount, lazypull snapshotter) that a test runs in the
+// background: its output and its exit.
+type proc struct {
+	cmd  *exec.Cmd
+	log  *testutil.LogBuffer
+	done chan error // gets cmd's exit; made by start
+}
+
+// start starts cmd with its output to p.log and waits until ready holds (waitStarted).
+func (p *proc) start(t *testing.T, what string, cmd *exec.Cmd, ready func() bool) {
+	t.Helper()
+	p.cmd, p.done = cmd, make(chan error, 1)
+	if p.log == nil {
+		p.log = &testutil.LogBuffer{}
+	}
+	cmd.Stdout, cmd.Stderr = p.log, p.log
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	done := p.done
+	go func() { done <- cmd.Wait() }()
+	waitStarted(t, what, done, p.log, ready)
+}
+
+// terminate sends the process SIGTERM and returns its exit, or kills it if it has not
+// exited within d (then stopped is false).
+func (p *proc) terminate(d time.Duration) (stopped bool, exit error) {
+	p.cmd.Process.Signal(syscall.SIGTERM)
+	select {
+	case err := <-p.done:
+		return true, err
+	case <-time.After(d):
+		p.cmd.Process.Kill()
+		return false, nil
+	}
+}
+
 // mounted is a `lazypull mount` running in the background.
 type mounted struct {
+	proc
 	dir, store string
-	cmd        *exec.Cmd
-	log        *testutil.LogBuffer
-	done       chan error
 }
 
 // mount starts `lazypull mount` of ref at a new directory with the given store and waits
 // until the tree is there. The mount is stopped with SIGTERM when the test ends.
 func (e *env) mount(t *testing.T, ref, storeDir string, flags ...string) *mounted {
 	t.Helper()
-	m := &mounted{dir: filepath.Join(t.TempDir(), "mnt"), store: storeDir, log: &testutil.LogBuffer{}, done: make(chan error, 1)}
-	if err := os.Mkdir(m.dir, 0o755); err != nil {
+	dir := filepath.Join(t.TempDir(), "mnt")
+	if err := os.Mkdir(dir, 0o755); err != nil {
 		t.Fatal(err)
 	}
-	args := append([]string{"mount", "--plain-http", "--store", storeDir}, flags...)
-	m.cmd = e.command(e.bin, append(args, ref, m.dir)...)
-	m.cmd.Stdout, m.cmd.Stderr = m.log, m.log
-	if err := m.cmd.Start(); err != nil {
-		t.Fatal(err)
-	}
-	go func() { m.done <- m.cmd.Wait() }()
+	return e.mountAt(t, "lazypull mount at "+dir, ref, storeDir, dir, func() bool { return isMountpoint(dir) }, flags...)
+}
+
+// mountAt starts `lazypull mount` of ref at dir and waits until ready holds; the test's
+// cleanup stops it.
+func (e *env) mountAt(t *testing.T, what, ref, storeDir, dir string, ready func() bool, flags ...string) *mounted {
+	t.Helper()
+	m := &mounted{dir: dir, store: storeDir}
+	// Before the start: a mount that fails to come up is stopped too.
 	t.Cleanup(func() { m.stop(t) })
-	waitStarted(t, "lazypull mount at "+m.dir, m.done, m.log, func() bool { return isMountpoint(m.dir) })
+	args := append([]string{"mount", "--plain-http", "--store", storeDir}, flags...)
+	m.start(t, what, e.command(e.bin, append(args, ref, dir)...), ready)
 	return m
 }
 
@@ -94,7 +132,7 @@ func exists(path string) bool { _, err := os.Stat(path); return err == nil }
 
 // stop ends the mount with SIGTERM and checks that it unmounted cleanly.
 func (m *mounted) stop(t *testing.T) {
-	if m.cmd.ProcessState != nil || m.cmd.Process == nil {
+	if m.cmd == nil || m.cmd.ProcessState != nil || m.cmd.Process == nil {
 		return
 	}
 	select {
@@ -102,15 +140,10 @@ func (m *mounted) stop(t *testing.T) {
 		return
 	default:
 	}
-	m.cmd.Process.Signal(syscall.SIGTERM)
-	select {
-	case err := <-m.done:
-		if err != nil {
-			t.Errorf("lazypull mount ended with %v:\n%s", err, m.log)
-		}
-	case <-time.After(20 * time.Second):
-		m.cmd.Process.Kill()
+	if stopped, err := m.terminate(20 * time.Second); !stopped {
 		t.Errorf("lazypull mount did not stop on SIGTERM:\n%s", m.log)
+	} else if err != nil {
+		t.Errorf("lazypull mount ended with %v:\n%s", err, m.log)
 	}
 	if isMountpoint(m.dir) {
 		t.Errorf("%s still mounted after SIGTERM", m.dir)
@@ -352,16 +385,25 @@ func TestMountRunsPythonFetchingLittle(t *testing.T) {
 		t.Fatalf("python3 printed %q", out)
 	}
 	done := time.Now()
-	s := stats(t, storeDir, done)
-	imageBytes := int64(0)
-	img := remoteImage(t, ref)
-	m2, _ := img.Manifest()
-	for _, l := range m2.Layers {
+	m2, err := remoteImage(t, ref).Manifest()
+	if err != nil {
+		t.Fatal(err)
+	}
+	wantFetchedLittle(t, "python3 -c 'print(1)'", storeDir, done, m2)
+}
+
+// wantFetchedLittle checks what the owner of storeDir fetched, by its stats written after
+// after: some of image m, and at most a tenth of its layers' bytes; what names the workload.
+func wantFetchedLittle(t *testing.T, what, storeDir string, after time.Time, m *v1.Manifest) {
+	t.Helper()
+	st := stats(t, storeDir, after)
+	var imageBytes int64
+	for _, l := range m.Layers {
 		imageBytes += l.Size
 	}
-	t.Logf("fetched %d bytes in %d requests (%d chunks) of a %d-byte image", s.Fetch.Bytes, s.Fetch.Requests, s.Store.ChunksFetched, imageBytes)
-	if s.Fetch.Bytes == 0 || s.Fetch.Bytes > imageBytes/10 {
-		t.Errorf("python3 -c 'print(1)' fetched %d bytes of a %d-byte image; want a small fraction", s.Fetch.Bytes, imageBytes)
+	t.Logf("%s fetched %d bytes in %d requests (%d chunks) of a %d-byte image", what, st.Fetch.Bytes, st.Fetch.Requests, st.Store.ChunksFetched, imageBytes)
+	if st.Fetch.Bytes == 0 || st.Fetch.Bytes > imageBytes/10 {
+		t.Errorf("%s fetched %d bytes of a %d-byte image; want a small fraction", what, st.Fetch.Bytes, imageBytes)
 	}
 }
 
@@ -431,16 +473,7 @@ func TestMountKill9ThenRemount(t *testing.T) {
 // remountAt mounts ref at an existing (possibly stale) mount point.
 func (e *env) remountAt(t *testing.T, ref, storeDir, dir string) *mounted {
 	t.Helper()
-	m := &mounted{dir: dir, store: storeDir, log: &testutil.LogBuffer{}, done: make(chan error, 1)}
-	m.cmd = e.command(e.bin, "mount", "--plain-http", "--store", storeDir, ref, dir)
-	m.cmd.Stdout, m.cmd.Stderr = m.log, m.log
-	if err := m.cmd.Start(); err != nil {
-		t.Fatal(err)
-	}
-	go func() { m.done <- m.cmd.Wait() }()
-	t.Cleanup(func() { m.stop(t) })
-	waitStarted(t, "lazypull mount at the stale mount point "+dir, m.done, m.log, func() bool { return exists(filepath.Join(dir, "usr")) })
-	return m
+	return e.mountAt(t, "lazypull mount at the stale mount point "+dir, ref, storeDir, dir, func() bool { return exists(filepath.Join(dir, "usr")) })
 }
 
 // TestMountTinyStore: with a store bound far below the image, eviction happens and every

@@ -24,29 +24,20 @@ import (
 // snapshotterEnv is a `lazypull snapshotter` and a containerd of its own that has it as
 // proxy plugin "lazypull", both under one temporary directory.
 type snapshotterEnv struct {
+	proc
 	dir, sock, store, containerd, config, bin string
 	env                                       []string // added to the snapshotter's environment (credentials)
-	cmd                                       *exec.Cmd
-	log                                       *testutil.LogBuffer
-	done                                      chan error
 }
 
 // start starts the snapshotter process and waits for its socket.
 func (s *snapshotterEnv) start(t *testing.T) {
 	t.Helper()
 	os.Remove(s.sock)
-	s.cmd = exec.Command(s.bin, "snapshotter", "--config", s.config, "--address", s.sock)
+	cmd := exec.Command(s.bin, "snapshotter", "--config", s.config, "--address", s.sock)
 	if len(s.env) > 0 {
-		s.cmd.Env = append(os.Environ(), s.env...)
+		cmd.Env = append(os.Environ(), s.env...)
 	}
-	s.cmd.Stdout, s.cmd.Stderr = s.log, s.log
-	if err := s.cmd.Start(); err != nil {
-		t.Fatal(err)
-	}
-	done := make(chan error, 1)
-	s.done = done
-	go func() { done <- s.cmd.Wait() }()
-	waitStarted(t, "lazypull snapshotter (its socket)", done, s.log, func() bool { return exists(s.sock) })
+	s.proc.start(t, "lazypull snapshotter (its socket)", cmd, func() bool { return exists(s.sock) })
 }
 
 // snapshotterOption adds to the environment of scripts/containerd.sh, which configures the
@@ -69,7 +60,7 @@ func (e *env) startSnapshotterWith(t *testing.T, config string, opts ...snapshot
 		t.Fatal(err)
 	}
 	s := &snapshotterEnv{dir: dir, sock: filepath.Join(dir, "sn.sock"), store: filepath.Join(dir, "store"),
-		containerd: filepath.Join(dir, "ctd"), log: &testutil.LogBuffer{}, done: make(chan error, 1)}
+		containerd: filepath.Join(dir, "ctd"), proc: proc{log: &testutil.LogBuffer{}, done: make(chan error, 1)}}
 	s.config = filepath.Join(dir, "config.toml")
 	// containerd_config: the snapshotter checks the config of its containerd (once it
 	// answers), not the host's.
@@ -101,16 +92,11 @@ func (s *snapshotterEnv) stop(t *testing.T) {
 	select {
 	case <-s.done:
 	default:
-		s.cmd.Process.Signal(syscall.SIGTERM)
-		select {
-		case err := <-s.done:
-			if err != nil {
-				t.Errorf("lazypull snapshotter ended with %v:\n%s", err, s.log)
-			}
-		case <-time.After(30 * time.Second):
-			s.cmd.Process.Kill()
+		if stopped, err := s.terminate(30 * time.Second); !stopped {
 			<-s.done
 			t.Errorf("lazypull snapshotter did not stop on SIGTERM:\n%s", s.log)
+		} else if err != nil {
+			t.Errorf("lazypull snapshotter ended with %v:\n%s", err, s.log)
 		}
 	}
 	left := mountsUnder(s.dir)
@@ -249,15 +235,7 @@ func TestSnapshotterRunsLazyImage(t *testing.T) {
 	if strings.TrimSpace(out) != pythonOutput {
 		t.Fatalf("container printed %q, want %q", out, pythonOutput)
 	}
-	st := stats(t, s.store, time.Now())
-	imageBytes := int64(0)
-	for _, l := range m.Layers {
-		imageBytes += l.Size
-	}
-	t.Logf("fetched %d bytes in %d requests of a %d-byte image", st.Fetch.Bytes, st.Fetch.Requests, imageBytes)
-	if st.Fetch.Bytes == 0 || st.Fetch.Bytes > imageBytes/10 {
-		t.Errorf("running python fetched %d bytes of a %d-byte image; want a small fraction", st.Fetch.Bytes, imageBytes)
-	}
+	wantFetchedLittle(t, "running python", s.store, time.Now(), m)
 }
 
 // TestSnapshotterRunsPlainImage: an image that is not a lazypull image, pulled by plain
