@@ -135,7 +135,19 @@ func (b *bar) scripts() string { return filepath.Join(b.cfg.Root, "scripts") }
 
 // registry starts a docker-registry on a random loopback port in WORK/registry.
 func (b *bar) registry(ctx context.Context) (*registry, error) {
+	b.step("start a registry on a random loopback port")
 	return startRegistry(ctx, b.scripts(), filepath.Join(b.work, "registry"))
+}
+
+// begin is how every bar starts: it checks that the programs it runs are installed, and
+// returns the commit measured and the bar's registry, started.
+func (b *bar) begin(ctx context.Context, programs ...string) (commit string, reg *registry, err error) {
+	if err := need(programs...); err != nil {
+		return "", nil, err
+	}
+	commit = b.commit()
+	reg, err = b.registry(ctx)
+	return commit, reg, err
 }
 
 // buildTool builds tools/NAME of the repository into the work directory.

@@ -139,12 +139,7 @@ func (c *convertBench) timed(ctx context.Context, key, run string, daemonPID int
 
 func (c *convertBench) run(ctx context.Context) error {
 	b := c.bar
-	if err := need("ctr", "ctr-remote", "skopeo", "containerd", "go", "tar"); err != nil {
-		return err
-	}
-	commit := b.commit()
-	b.step("start a registry on a random loopback port")
-	reg, err := b.registry(ctx)
+	commit, reg, err := b.begin(ctx, "ctr", "ctr-remote", "skopeo", "containerd", "go", "tar")
 	if err != nil {
 		return err
 	}

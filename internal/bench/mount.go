@@ -107,12 +107,7 @@ const tracefsDir = "/sys/kernel/tracing"
 
 func (m *mountBench) run(ctx context.Context) error {
 	b := m.bar
-	if err := need("go", "curl", "docker-registry", "chroot", "mountpoint", "strace"); err != nil {
-		return err
-	}
-	commit := b.commit()
-	b.step("start a registry on a random loopback port")
-	reg, err := b.registry(ctx)
+	commit, reg, err := b.begin(ctx, "go", "curl", "docker-registry", "chroot", "mountpoint", "strace")
 	if err != nil {
 		return err
 	}

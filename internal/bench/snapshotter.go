@@ -253,16 +253,10 @@ func mibOf(kib int64) string { return fmt.Sprintf("%.1f", float64(kib)/1024) }
 
 func (s *snBench) run(ctx context.Context) error {
 	b := s.bar
-	if err := need("go", "ctr", "containerd", "runc", "docker-registry", "skopeo"); err != nil {
-		return err
-	}
 	if _, err := os.Stat("/dev/fuse"); err != nil {
 		return fmt.Errorf("/dev/fuse missing: this machine cannot mount FUSE")
 	}
-	commit := b.commit()
-
-	b.step("start a registry on a random loopback port")
-	reg, err := b.registry(ctx)
+	commit, reg, err := b.begin(ctx, "go", "ctr", "containerd", "runc", "docker-registry", "skopeo")
 	if err != nil {
 		return err
 	}
