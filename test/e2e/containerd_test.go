@@ -197,10 +197,8 @@ func TestCRIReadmeConfig(t *testing.T) {
 // be first on PATH otherwise).
 func TestSnapshotterShimOfItsContainerd(t *testing.T) {
 	e := setup(t)
-	ref := e.lazyImage(t, "python")
-	s := e.startSnapshotter(t)
 	const ns = "lazypull-e2e-shim"
-	s.pull(t, e.bin, ns, ref)
+	s, ref := e.pythonPulled(t, ns)
 	id := fmt.Sprintf("shim-%d", os.Getpid())
 	s.ctr(t, ns, "run", "-d", "--snapshotter", "lazypull", ref, id, "python3", "-c", "import time; time.sleep(600)")
 	ctrBin, err := filepath.EvalSymlinks(filepath.Join(s.containerd, "ctr"))

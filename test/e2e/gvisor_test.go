@@ -41,11 +41,8 @@ func checkGVisorOutput(t *testing.T, out string) {
 func TestGVisorRunsLazyImage(t *testing.T) {
 	e := setup(t)
 	tool(t, "runsc")
-	ref := e.lazyImage(t, "python")
-	s := e.startSnapshotter(t)
 	const ns = "lazypull-e2e-gvisor"
-
-	s.pull(t, e.bin, ns, ref)
+	s, ref := e.pythonPulled(t, ns)
 	// DIR/runsc: runsc with the flags this setup needs (scripts/containerd.sh).
 	out := s.ctr(t, ns, "run", "--rm", "--snapshotter", "lazypull", "--runc-binary", filepath.Join(s.containerd, "runsc"),
 		ref, fmt.Sprintf("gvisor-%d", os.Getpid()), "python3", "-c", gvisorProgram)

@@ -23,10 +23,8 @@ const readerScript = `n=0; for f in $(find /usr -type f | sort | head -2000); do
 // are restored rather than made again, and a new container of the image runs.
 func TestSnapshotterKill9KeepsContainers(t *testing.T) {
 	e := setup(t)
-	ref := e.lazyImage(t, "python")
-	s := e.startSnapshotter(t)
 	const ns = "lazypull-e2e-kill"
-	s.pull(t, e.bin, ns, ref)
+	s, ref := e.pythonPulled(t, ns)
 
 	logFile := filepath.Join(s.dir, "reader.log")
 	id := fmt.Sprintf("reader-%d", os.Getpid())
@@ -106,19 +104,27 @@ func TestSnapshotterRegistryDown(t *testing.T) {
 	}
 	p.srv.Close() // the registry is gone from here on
 
+	// restarted starts the snapshotter again; then a new container of the image must run
+	// (when names the event), and the snapshotter's log must say logged (missing says what
+	// its absence means).
+	restarted := func(when, id, logged, missing string) {
+		t.Helper()
+		s.start(t)
+		s.waitReady(t, ns)
+		if got := s.ctr(t, ns, "run", "--rm", "--snapshotter", "lazypull", ref, id); strings.TrimSpace(got) != pythonOutput {
+			t.Fatalf("after %s with the registry down, a container printed %q, want %q\n%s", when, got, pythonOutput, s.log)
+		}
+		if !strings.Contains(s.log.String(), logged) {
+			t.Errorf("%s:\n%s", missing, s.log)
+		}
+	}
+
 	// 1. killed and restarted: the kept mounts are served again
 	if err := s.cmd.Process.Kill(); err != nil {
 		t.Fatal(err)
 	}
 	<-s.done
-	s.start(t)
-	s.waitReady(t, ns)
-	if got := s.ctr(t, ns, "run", "--rm", "--snapshotter", "lazypull", ref, id+"-b"); strings.TrimSpace(got) != pythonOutput {
-		t.Fatalf("after a restart with the registry down, a container printed %q, want %q\n%s", got, pythonOutput, s.log)
-	}
-	if !strings.Contains(s.log.String(), "layer mounts restored") {
-		t.Errorf("the restarted snapshotter did not restore the mounts:\n%s", s.log)
-	}
+	restarted("a restart", id+"-b", "layer mounts restored", "the restarted snapshotter did not restore the mounts")
 
 	// 2. stopped, and its mounts gone with the keeper (a reboot): mounted again on use
 	s.cmd.Process.Signal(syscall.SIGTERM)
@@ -130,12 +136,5 @@ func TestSnapshotterRegistryDown(t *testing.T) {
 			}
 		}
 	}
-	s.start(t)
-	s.waitReady(t, ns)
-	if got := s.ctr(t, ns, "run", "--rm", "--snapshotter", "lazypull", ref, id+"-c"); strings.TrimSpace(got) != pythonOutput {
-		t.Fatalf("after a reboot with the registry down, a container printed %q, want %q\n%s", got, pythonOutput, s.log)
-	}
-	if !strings.Contains(s.log.String(), "remote snapshot mounted again") {
-		t.Errorf("the layers were not mounted again:\n%s", s.log)
-	}
+	restarted("a reboot", id+"-c", "remote snapshot mounted again", "the layers were not mounted again")
 }

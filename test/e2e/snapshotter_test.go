@@ -40,6 +40,16 @@ func (s *snapshotterEnv) start(t *testing.T) {
 	s.proc.start(t, "lazypull snapshotter (its socket)", cmd, func() bool { return exists(s.sock) })
 }
 
+// pythonPulled starts a snapshotter and its containerd (startSnapshotter) and pulls the lazy
+// python test image into namespace ns with `lazypull pull`; it returns both.
+func (e *env) pythonPulled(t *testing.T, ns string) (*snapshotterEnv, string) {
+	t.Helper()
+	ref := e.lazyImage(t, "python")
+	s := e.startSnapshotter(t)
+	s.pull(t, e.bin, ns, ref)
+	return s, ref
+}
+
 // snapshotterOption adds to the environment of scripts/containerd.sh, which configures the
 // containerd that startSnapshotter starts.
 type snapshotterOption func(s *snapshotterEnv) (containerdEnv []string)
