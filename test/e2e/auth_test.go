@@ -150,10 +150,7 @@ func TestAuthRegistry(t *testing.T) {
 	checkAuthFailure(t, "convert with wrong credentials", r, reg.addr)
 
 	ref := good.lazyImage(t, "python")
-	m, err := remoteImage(t, ref, remote.WithAuth(&authn.Basic{Username: reg.user, Password: reg.password})).Manifest()
-	if err != nil {
-		t.Fatal(err)
-	}
+	m := remoteManifest(t, ref, remote.WithAuth(&authn.Basic{Username: reg.user, Password: reg.password}))
 	sn := good.startSnapshotter(t)
 	ctdSock := filepath.Join(sn.containerd, "containerd.sock")
 

@@ -15,10 +15,7 @@ import (
 func TestBadLabels(t *testing.T) {
 	e := setup(t)
 	lazy := e.lazyImage(t, "python")
-	m, err := remoteImage(t, lazy).Manifest()
-	if err != nil {
-		t.Fatal(err)
-	}
+	m := remoteManifest(t, lazy)
 	s := e.startSnapshotter(t)
 	for i, c := range []struct {
 		name    string
@@ -31,10 +28,7 @@ func TestBadLabels(t *testing.T) {
 	} {
 		t.Run(c.name, func(t *testing.T) {
 			ref := e.tamperedImage(t, lazy, c.tampers...)
-			tm, err := remoteImage(t, ref).Manifest()
-			if err != nil {
-				t.Fatal(err)
-			}
+			tm := remoteManifest(t, ref)
 			ns := fmt.Sprintf("lazypull-e2e-bad-%d", i)
 			from := len(s.log.String())
 			s.pull(t, e.bin, ns, ref)

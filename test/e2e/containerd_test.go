@@ -158,10 +158,7 @@ func TestCRIReadmeConfig(t *testing.T) {
 	e := setup(t)
 	tool(t, "crictl")
 	ref := e.lazyImage(t, "python")
-	m, err := remoteImage(t, ref).Manifest()
-	if err != nil {
-		t.Fatal(err)
-	}
+	m := remoteManifest(t, ref)
 	v := containerdVersion()
 	configs := []string{v}
 	if v == "2" {

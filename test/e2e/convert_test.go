@@ -45,6 +45,16 @@ func remoteImage(t *testing.T, ref string, opts ...remote.Option) v1.Image {
 	return img
 }
 
+// remoteManifest reads the manifest of the image ref from its registry.
+func remoteManifest(t *testing.T, ref string, opts ...remote.Option) *v1.Manifest {
+	t.Helper()
+	m, err := remoteImage(t, ref, opts...).Manifest()
+	if err != nil {
+		t.Fatalf("manifest of %s: %v", ref, err)
+	}
+	return m
+}
+
 // TestConvertedImageRunsInPlainContainerd converts the Debian + python3 image from an OCI
 // layout and from the registry, and runs the original and both conversions with plain
 // containerd (overlayfs snapshotter, runc): every one prints the same.

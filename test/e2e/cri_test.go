@@ -44,22 +44,33 @@ func (e *env) pauseImage(t *testing.T) string {
 	if _, loaded := pauseOnce.LoadOrStore(ref, true); loaded {
 		return ref
 	}
+	e.push(t, pauseLayout(t, "pause", nil), "pause", ref)
+	return ref
+}
+
+// pauseLayout builds an image of one layer whose entrypoint is /pause (tools/pause, one
+// static binary), with what craft adds to its root (nil: nothing), into a new OCI layout
+// under tag, and returns the layout's directory.
+func pauseLayout(t *testing.T, tag string, craft func(root string)) string {
+	t.Helper()
 	dir := t.TempDir()
-	rootfs := filepath.Join(dir, "rootfs")
-	if err := os.Mkdir(rootfs, 0o755); err != nil {
+	root := filepath.Join(dir, "rootfs")
+	if err := os.Mkdir(root, 0o755); err != nil {
 		t.Fatal(err)
 	}
-	build := exec.Command("go", "build", "-trimpath", "-ldflags=-s -w", "-o", filepath.Join(rootfs, "pause"), "lazypull/tools/pause")
+	build := exec.Command("go", "build", "-trimpath", "-ldflags=-s -w", "-o", filepath.Join(root, "pause"), "lazypull/tools/pause")
 	build.Env = append(os.Environ(), "CGO_ENABLED=0")
 	if out, err := build.CombinedOutput(); err != nil {
 		t.Fatalf("build tools/pause: %v\n%s", err, out)
 	}
-	layout := filepath.Join(dir, "oci")
-	if _, err := imagebuild.Build(layout, []string{rootfs}, imagebuild.Options{Tag: "pause", Entrypoint: []string{"/pause"}}); err != nil {
-		t.Fatalf("pause image: %v", err)
+	if craft != nil {
+		craft(root)
 	}
-	e.push(t, layout, "pause", ref)
-	return ref
+	layout := filepath.Join(dir, "oci")
+	if _, err := imagebuild.Build(layout, []string{root}, imagebuild.Options{Tag: tag, Entrypoint: []string{"/pause"}}); err != nil {
+		t.Fatalf("image %s: %v", tag, err)
+	}
+	return layout
 }
 
 // writeJSON writes v as JSON to a new file in dir and returns its path.
@@ -109,10 +120,7 @@ func TestCRIRunsLazyImage(t *testing.T) {
 	start := time.Now()
 	s.crictl(t, "pull", ref)
 	t.Logf("crictl pull took %v", time.Since(start))
-	m, err := remoteImage(t, ref).Manifest()
-	if err != nil {
-		t.Fatal(err)
-	}
+	m := remoteManifest(t, ref)
 	if remote, all := s.remoteSnapshots(t, criNamespace); remote != len(m.Layers) || all != len(m.Layers) {
 		t.Fatalf("after crictl pull: %d remote snapshots of %d, want all %d layers remote:\n%s", remote, all, len(m.Layers), s.log)
 	}

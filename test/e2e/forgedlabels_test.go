@@ -25,10 +25,7 @@ func TestForgedLabelsNotTrusted(t *testing.T) {
 	e := setup(t)
 	tool(t, "crictl")
 	private := e.lazyImage(t, "python")
-	pm, err := remoteImage(t, private).Manifest()
-	if err != nil {
-		t.Fatal(err)
-	}
+	pm := remoteManifest(t, private)
 	pd, err := remoteImage(t, private).Digest()
 	if err != nil {
 		t.Fatal(err)

@@ -48,10 +48,7 @@ func TestGVisorRunsLazyImage(t *testing.T) {
 		ref, fmt.Sprintf("gvisor-%d", os.Getpid()), "python3", "-c", gvisorProgram)
 	checkGVisorOutput(t, out)
 
-	m, err := remoteImage(t, ref).Manifest()
-	if err != nil {
-		t.Fatal(err)
-	}
+	m := remoteManifest(t, ref)
 	wantFetchedLittle(t, "running python under gVisor", s.store, time.Now(), m)
 }
 

@@ -385,10 +385,7 @@ func TestMountRunsPythonFetchingLittle(t *testing.T) {
 		t.Fatalf("python3 printed %q", out)
 	}
 	done := time.Now()
-	m2, err := remoteImage(t, ref).Manifest()
-	if err != nil {
-		t.Fatal(err)
-	}
+	m2 := remoteManifest(t, ref)
 	wantFetchedLittle(t, "python3 -c 'print(1)'", storeDir, done, m2)
 }
 
@@ -601,10 +598,7 @@ func indexAtGarbage(i int) tamper {
 func indexMissing(i int) tamper {
 	return tamper{fmt.Sprintf("noindex%d", i), func(t *testing.T, e *env, repo string, layers []v1.Descriptor) {
 		e.push(t, filepath.Join(e.images, "python"), "python", repo+":orig")
-		orig, err := remoteImage(t, repo+":orig").Manifest()
-		if err != nil {
-			t.Fatal(err)
-		}
+		orig := remoteManifest(t, repo+":orig")
 		o := orig.Layers[i]
 		layers[i].Digest, layers[i].Size, layers[i].MediaType = o.Digest, o.Size, o.MediaType
 	}}
@@ -617,10 +611,7 @@ func (e *env) tamperedImage(t *testing.T, ref string, tampers ...tamper) string 
 	if len(tampers) == 0 {
 		tampers = []tamper{wrongIndexDigest(1)}
 	}
-	m, err := remoteImage(t, ref).Manifest()
-	if err != nil {
-		t.Fatal(err)
-	}
+	m := remoteManifest(t, ref)
 	repo := ref[:strings.LastIndex(ref, ":")]
 	tag := "tampered"
 	for _, tp := range tampers {

@@ -127,11 +127,7 @@ func TestSnapshotterSetuidAsOverlayfs(t *testing.T) {
 	s := e.startSnapshotter(t)
 	const ns = "lazypull-e2e-priv"
 
-	s.ctr(t, ns, "image", "pull", "--plain-http", "--snapshotter", "overlayfs", orig)
-	s.pull(t, e.bin, ns, lazy)
-	if remote, all := s.remoteSnapshots(t, ns); remote == 0 || remote != all {
-		t.Fatalf("%d remote snapshots of %d after lazypull pull, want all remote:\n%s", remote, all, s.log)
-	}
+	s.pullBoth(t, e.bin, ns, orig, lazy)
 	// --allow-new-privs: without it ctr sets no_new_privs, and setuid bits and file
 	// capabilities do nothing on any snapshotter. Docker's and Kubernetes' defaults
 	// (allowPrivilegeEscalation) leave it off.

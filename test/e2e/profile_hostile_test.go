@@ -17,7 +17,6 @@ import (
 	"github.com/google/go-containerregistry/pkg/v1/remote"
 	"golang.org/x/sys/unix"
 
-	"lazypull/internal/imagebuild"
 	"lazypull/internal/testutil"
 )
 
@@ -26,21 +25,7 @@ import (
 // reference.
 func (e *env) hostileImage(t *testing.T, tag string, craft func(root string)) string {
 	t.Helper()
-	dir := t.TempDir()
-	root := filepath.Join(dir, "rootfs")
-	if err := os.Mkdir(root, 0o755); err != nil {
-		t.Fatal(err)
-	}
-	build := exec.Command("go", "build", "-trimpath", "-ldflags=-s -w", "-o", filepath.Join(root, "pause"), "lazypull/tools/pause")
-	build.Env = append(os.Environ(), "CGO_ENABLED=0")
-	if out, err := build.CombinedOutput(); err != nil {
-		t.Fatalf("build tools/pause: %v\n%s", err, out)
-	}
-	craft(root)
-	layout := filepath.Join(dir, "oci")
-	if _, err := imagebuild.Build(layout, []string{root}, imagebuild.Options{Tag: tag, Entrypoint: []string{"/pause"}}); err != nil {
-		t.Fatalf("image: %v", err)
-	}
+	layout := pauseLayout(t, tag, craft)
 	ref := fmt.Sprintf("%s/e2e/hostile-%d:%s", e.registry, os.Getpid(), tag)
 	e.convert(t, "oci:"+layout+":"+tag, ref)
 	return ref

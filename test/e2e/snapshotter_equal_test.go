@@ -36,11 +36,7 @@ func TestSnapshotterRootfsEqualsOverlayfs(t *testing.T) {
 	s := e.startSnapshotter(t)
 	const ns = "lazypull-e2e-equal"
 
-	s.ctr(t, ns, "image", "pull", "--plain-http", "--snapshotter", "overlayfs", orig)
-	s.pull(t, e.bin, ns, lazy)
-	if remote, all := s.remoteSnapshots(t, ns); remote == 0 || remote != all {
-		t.Fatalf("%d remote snapshots of %d after lazypull pull, want all remote:\n%s", remote, all, s.log)
-	}
+	s.pullBoth(t, e.bin, ns, orig, lazy)
 
 	want := walk(t, s.rootfs(t, ns, "overlayfs", orig))
 	got := walk(t, s.rootfs(t, ns, "lazypull", lazy))

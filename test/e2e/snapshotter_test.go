@@ -204,6 +204,17 @@ func (s *snapshotterEnv) ctr(t *testing.T, ns string, args ...string) string {
 	return must(t, "ctr", append([]string{"--address", filepath.Join(s.containerd, "containerd.sock"), "--namespace", ns}, args...)...)
 }
 
+// pullBoth pulls orig the ordinary way (unpacked with overlayfs) and lazy with `lazypull
+// pull` into namespace ns, and fails unless every snapshot of the lazy one is remote.
+func (s *snapshotterEnv) pullBoth(t *testing.T, bin, ns, orig, lazy string) {
+	t.Helper()
+	s.ctr(t, ns, "image", "pull", "--plain-http", "--snapshotter", "overlayfs", orig)
+	s.pull(t, bin, ns, lazy)
+	if remote, all := s.remoteSnapshots(t, ns); remote == 0 || remote != all {
+		t.Fatalf("%d remote snapshots of %d after lazypull pull, want all remote:\n%s", remote, all, s.log)
+	}
+}
+
 // remoteSnapshots counts the committed snapshots of namespace ns that are remote ones.
 func (s *snapshotterEnv) remoteSnapshots(t *testing.T, ns string) (remote, all int) {
 	t.Helper()
