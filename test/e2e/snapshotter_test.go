@@ -118,10 +118,12 @@ func (s *snapshotterEnv) stop(t *testing.T) {
 	}
 	keeperSock := filepath.Join(s.dir, "root", "keeper.sock")
 	if pid := keeperPID(keeperSock); pid > 0 {
+		start := time.Now()
 		if !eventually(30*time.Second, func() bool { return keeperPID(keeperSock) != pid }) {
 			t.Errorf("the keeper (pid %d) did not exit with nothing left to keep", pid)
 			syscall.Kill(pid, syscall.SIGTERM)
 		}
+		t.Logf("the keeper exited %v after the mounts went (its idle time)", time.Since(start).Round(100*time.Millisecond))
 	}
 	if t.Failed() {
 		t.Logf("snapshotter log:\n%s", s.log)
