@@ -1,7 +1,6 @@
 package e2e
 
 import (
-	"bufio"
 	"context"
 	"crypto/sha256"
 	"encoding/json"
@@ -157,21 +156,42 @@ func (m *mounted) kill() {
 	<-m.done
 }
 
-func isMountpoint(dir string) bool {
-	f, err := os.Open("/proc/self/mountinfo")
-	if err != nil {
-		return false
-	}
-	defer f.Close()
-	sc := bufio.NewScanner(f)
-	for sc.Scan() {
-		fields := strings.Fields(sc.Text())
-		if len(fields) > 4 && fields[4] == dir {
-			return true
+// mount is one line of /proc/self/mountinfo.
+type mount struct{ point, fstype, source, dev, opts string }
+
+// parseMounts reads the lines of a mountinfo file, in its order (a mount over another
+// after it).
+func parseMounts(text string) []mount {
+	var out []mount
+	for _, line := range strings.Split(text, "\n") {
+		// ID PARENT MAJ:MIN ROOT MOUNTPOINT OPTIONS [OPTIONAL...] - TYPE SOURCE SUPER
+		before, after, ok := strings.Cut(line, " - ")
+		b, a := strings.Fields(before), strings.Fields(after)
+		if ok && len(b) >= 6 && len(a) >= 2 {
+			out = append(out, mount{point: b[4], fstype: a[0], source: a[1], dev: b[2], opts: b[5]})
 		}
 	}
-	return false
+	return out
 }
+
+// mountTable returns the test process's mounts.
+func mountTable() []mount {
+	b, _ := os.ReadFile("/proc/self/mountinfo")
+	return parseMounts(string(b))
+}
+
+// mountsAt returns the mounts at dir, the topmost last.
+func mountsAt(dir string) []mount {
+	var out []mount
+	for _, m := range mountTable() {
+		if m.point == dir {
+			out = append(out, m)
+		}
+	}
+	return out
+}
+
+func isMountpoint(dir string) bool { return len(mountsAt(dir)) > 0 }
 
 // fuseConnections mounts fusectl, the FUSE connections' control files, at a directory of
 // the test's until it ends, and returns that directory (for fuseWaiting).
@@ -188,15 +208,13 @@ func fuseConnections(t *testing.T) string {
 // fuseWaiting returns how many requests of the FUSE mounts at dirs wait for an answer from
 // their daemon (in flight, or queued while it is down), from fusectl at ctl.
 func fuseWaiting(ctl string, dirs ...string) int {
-	b, _ := os.ReadFile("/proc/self/mountinfo")
 	n := 0
-	for _, line := range strings.Split(string(b), "\n") {
-		f := strings.Fields(line)
-		if len(f) < 5 || !slices.Contains(dirs, f[4]) {
+	for _, m := range mountTable() {
+		if !slices.Contains(dirs, m.point) {
 			continue
 		}
 		// A FUSE mount's device is anonymous (major 0): fusectl names it by its minor.
-		_, minor, _ := strings.Cut(f[2], ":")
+		_, minor, _ := strings.Cut(m.dev, ":")
 		w, err := os.ReadFile(filepath.Join(ctl, minor, "waiting"))
 		if err == nil {
 			v, _ := strconv.Atoi(strings.TrimSpace(string(w)))

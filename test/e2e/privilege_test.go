@@ -245,14 +245,11 @@ func TestSnapshotterSocketMode(t *testing.T) {
 
 // mountOpts returns the per-mount options of the topmost mount at dir.
 func mountOpts(dir string) string {
-	b, _ := os.ReadFile("/proc/self/mountinfo")
-	opts := ""
-	for _, line := range strings.Split(string(b), "\n") {
-		if f := strings.Fields(line); len(f) > 5 && f[4] == dir {
-			opts = f[5]
-		}
+	ms := mountsAt(dir)
+	if len(ms) == 0 {
+		return ""
 	}
-	return opts
+	return ms[len(ms)-1].opts
 }
 
 // hasAll reports whether the comma-separated opts has every one of want.

@@ -1,7 +1,6 @@
 package e2e
 
 import (
-	"bufio"
 	"bytes"
 	"context"
 	"fmt"
@@ -31,30 +30,18 @@ func (e *env) hostileImage(t *testing.T, tag string, craft func(root string)) st
 	return ref
 }
 
-// mount is one line of /proc/self/mountinfo.
-type mount struct{ point, fstype, source string }
-
-// mounts reads this process's mount table (the namespace the tests, and the host, are in).
+// mounts reads this process's mount table (the namespace the tests, and the host, are in)
+// from f, /proc/self/mountinfo kept open.
 func mounts(t *testing.T, f *os.File) []mount {
 	t.Helper()
 	if _, err := f.Seek(0, io.SeekStart); err != nil {
 		t.Fatal(err)
 	}
-	var out []mount
-	sc := bufio.NewScanner(f)
-	sc.Buffer(make([]byte, 64<<10), 1<<20)
-	for sc.Scan() {
-		// ID PARENT MAJ:MIN ROOT MOUNTPOINT OPTIONS [OPTIONAL...] - TYPE SOURCE SUPER
-		before, after, ok := strings.Cut(sc.Text(), " - ")
-		b, a := strings.Fields(before), strings.Fields(after)
-		if ok && len(b) >= 5 && len(a) >= 2 {
-			out = append(out, mount{b[4], a[0], a[1]})
-		}
-	}
-	if err := sc.Err(); err != nil {
+	b, err := io.ReadAll(f)
+	if err != nil {
 		t.Fatal(err)
 	}
-	return out
+	return parseMounts(string(b))
 }
 
 // watchedRun runs cmd until it exits or ctx ends (then it is killed), and meanwhile looks at

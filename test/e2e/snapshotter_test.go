@@ -133,16 +133,8 @@ func (s *snapshotterEnv) stop(t *testing.T) {
 
 // isLazyMount reports whether dir is a lazypull FUSE mount.
 func isLazyMount(dir string) bool {
-	b, _ := os.ReadFile("/proc/self/mountinfo")
-	for _, line := range strings.Split(string(b), "\n") {
-		f := strings.Fields(line)
-		for i := 6; i+1 < len(f); i++ {
-			if f[i] == "-" && len(f) > 4 && f[4] == dir {
-				return f[i+1] == "fuse.lazypull"
-			}
-		}
-	}
-	return false
+	ms := mountsAt(dir)
+	return len(ms) > 0 && ms[0].fstype == "fuse.lazypull"
 }
 
 // eventually polls cond for up to d and reports whether it came to hold: testutil.WaitFor
@@ -186,16 +178,12 @@ func (s *snapshotterEnv) waitReady(t *testing.T, ns string) {
 	})
 }
 
+// mountsUnder returns the mount points below dir, a mount over another after it.
 func mountsUnder(dir string) []string {
-	b, err := os.ReadFile("/proc/self/mountinfo")
-	if err != nil {
-		return nil
-	}
 	var out []string
-	for _, line := range strings.Split(string(b), "\n") {
-		f := strings.Fields(line)
-		if len(f) > 4 && strings.HasPrefix(f[4], dir+"/") {
-			out = append(out, f[4])
+	for _, m := range mountTable() {
+		if strings.HasPrefix(m.point, dir+"/") {
+			out = append(out, m.point)
 		}
 	}
 	return out

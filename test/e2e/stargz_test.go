@@ -120,14 +120,6 @@ func TestStargzDaemonRunsEstargzLazily(t *testing.T) {
 
 // isFUSE reports whether dir is a FUSE mount point.
 func isFUSE(dir string) bool {
-	b, _ := os.ReadFile("/proc/self/mountinfo")
-	for _, line := range strings.Split(string(b), "\n") {
-		f := strings.Fields(line)
-		for i := 6; i+1 < len(f); i++ {
-			if f[i] == "-" && len(f) > 4 && f[4] == dir {
-				return strings.HasPrefix(f[i+1], "fuse")
-			}
-		}
-	}
-	return false
+	ms := mountsAt(dir)
+	return len(ms) > 0 && strings.HasPrefix(ms[0].fstype, "fuse")
 }
