@@ -32,13 +32,37 @@ func (e *env) convert(t *testing.T, src, dst string) convert.Summary {
 	return s
 }
 
-func remoteImage(t *testing.T, ref string, opts ...remote.Option) v1.Image {
+// parseRef parses ref, an image reference to a registry of the test's (plain http).
+func parseRef(t *testing.T, ref string) name.Reference {
 	t.Helper()
 	r, err := name.ParseReference(ref, name.Insecure)
 	if err != nil {
 		t.Fatal(err)
 	}
-	img, err := remote.Image(r, opts...)
+	return r
+}
+
+// remoteHead returns the descriptor of the image ref in its registry.
+func remoteHead(t *testing.T, ref string) v1.Descriptor {
+	t.Helper()
+	d, err := remote.Head(parseRef(t, ref))
+	if err != nil {
+		t.Fatalf("head %s: %v", ref, err)
+	}
+	return *d
+}
+
+// pushImage writes img to the registry as ref.
+func pushImage(t *testing.T, ref string, img v1.Image) {
+	t.Helper()
+	if err := remote.Write(parseRef(t, ref), img); err != nil {
+		t.Fatalf("push %s: %v", ref, err)
+	}
+}
+
+func remoteImage(t *testing.T, ref string, opts ...remote.Option) v1.Image {
+	t.Helper()
+	img, err := remote.Image(parseRef(t, ref), opts...)
 	if err != nil {
 		t.Fatalf("read %s: %v", ref, err)
 	}

@@ -7,11 +7,9 @@ import (
 	"strings"
 	"testing"
 
-	"github.com/google/go-containerregistry/pkg/name"
 	"github.com/google/go-containerregistry/pkg/v1/empty"
 	"github.com/google/go-containerregistry/pkg/v1/mutate"
 	"github.com/google/go-containerregistry/pkg/v1/random"
-	"github.com/google/go-containerregistry/pkg/v1/remote"
 
 	"lazypull/internal/daemon"
 )
@@ -63,13 +61,7 @@ func TestForgedLabelsNotTrusted(t *testing.T) {
 		t.Fatal(err)
 	}
 	ref := fmt.Sprintf("%s/e2e/forged-%d:1", e.registry, os.Getpid())
-	r, err := name.ParseReference(ref, name.Insecure)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := remote.Write(r, img); err != nil {
-		t.Fatal(err)
-	}
+	pushImage(t, ref, img)
 
 	s := e.startSnapshotter(t, withCRI(e.registry, e.registry+"/e2e/no-pause:1"))
 	s.crictl(t, "pull", ref)

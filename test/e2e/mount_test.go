@@ -18,7 +18,6 @@ import (
 	"testing"
 	"time"
 
-	"github.com/google/go-containerregistry/pkg/name"
 	v1 "github.com/google/go-containerregistry/pkg/v1"
 	"github.com/google/go-containerregistry/pkg/v1/remote"
 	"github.com/google/go-containerregistry/pkg/v1/types"
@@ -573,11 +572,7 @@ func putManifest(t *testing.T, ref string, m *v1.Manifest) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	r, err := name.ParseReference(ref, name.Insecure)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := remote.Put(r, rawManifest{raw, types.OCIManifestSchema1}); err != nil {
+	if err := remote.Put(parseRef(t, ref), rawManifest{raw, types.OCIManifestSchema1}); err != nil {
 		t.Fatalf("push %s: %v", ref, err)
 	}
 }

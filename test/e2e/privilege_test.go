@@ -16,9 +16,7 @@ import (
 
 	"lazypull/internal/testutil"
 
-	"github.com/google/go-containerregistry/pkg/name"
 	"github.com/google/go-containerregistry/pkg/v1/mutate"
-	"github.com/google/go-containerregistry/pkg/v1/remote"
 	"github.com/google/go-containerregistry/pkg/v1/tarball"
 )
 
@@ -106,13 +104,7 @@ func (e *env) privilegedImage(t *testing.T) (orig, lazy string) {
 	if img, err = mutate.Config(img, cfg); err != nil {
 		t.Fatal(err)
 	}
-	ref, err := name.ParseReference(orig, name.Insecure)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := remote.Write(ref, img); err != nil {
-		t.Fatalf("push %s: %v", orig, err)
-	}
+	pushImage(t, orig, img)
 	e.convert(t, orig, lazy)
 	return orig, lazy
 }

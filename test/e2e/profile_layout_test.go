@@ -8,9 +8,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/google/go-containerregistry/pkg/name"
 	v1 "github.com/google/go-containerregistry/pkg/v1"
-	"github.com/google/go-containerregistry/pkg/v1/remote"
 
 	"lazypull/internal/daemon"
 	"lazypull/internal/profile"
@@ -147,17 +145,13 @@ func TestProfileLayoutFewerRequests(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	lr, _ := name.ParseReference(laid, name.Insecure)
-	ld, err := remote.Head(lr)
-	if err != nil {
-		t.Fatal(err)
-	}
+	ld := remoteHead(t, laid)
 	p.Subject = ld.Digest.String()
 	doc2, err := p.Marshal()
 	if err != nil {
 		t.Fatal(err)
 	}
-	if _, err := profile.Push(lr.Context(), *ld, doc2, nil); err != nil {
+	if _, err := profile.Push(parseRef(t, laid).Context(), ld, doc2, nil); err != nil {
 		t.Fatal(err)
 	}
 

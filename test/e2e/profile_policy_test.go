@@ -10,7 +10,6 @@ import (
 	"testing"
 	"time"
 
-	"github.com/google/go-containerregistry/pkg/name"
 	v1 "github.com/google/go-containerregistry/pkg/v1"
 	"github.com/google/go-containerregistry/pkg/v1/random"
 	"github.com/google/go-containerregistry/pkg/v1/remote"
@@ -28,14 +27,7 @@ func (e *env) pinFixture(t *testing.T, what string) (ref, pinned, newer, foreign
 	t.Helper()
 	ref = e.profileRepoImage(t, what)
 	pinned, doc := e.recordProfile(t, ref, fmt.Sprintf("import json, email; print(%q)", profileLine))
-	r, err := name.ParseReference(ref, name.Insecure)
-	if err != nil {
-		t.Fatal(err)
-	}
-	subject, err := remote.Head(r)
-	if err != nil {
-		t.Fatal(err)
-	}
+	r, subject := parseRef(t, ref), remoteHead(t, ref)
 	p, err := profile.Parse(doc)
 	if err != nil {
 		t.Fatal(err)
@@ -52,7 +44,7 @@ func (e *env) pinFixture(t *testing.T, what string) (ref, pinned, newer, foreign
 		return d.Digest.String()
 	}
 	p.Created = p.Created.Add(time.Hour)
-	newer = push(*subject, p)
+	newer = push(subject, p)
 
 	other, _ := random.Image(1024, 1)
 	if err := remote.Write(r.Context().Tag("other"), other); err != nil {

@@ -26,15 +26,7 @@ func (e *env) profiledImage(t *testing.T, tag string) (string, v1.Descriptor) {
 	t.Helper()
 	ref := fmt.Sprintf("%s/e2e/profile-%d:%s", e.registry, os.Getpid(), tag)
 	e.convert(t, "oci:"+filepath.Join(e.images, "python")+":python", ref)
-	r, err := name.ParseReference(ref, name.Insecure)
-	if err != nil {
-		t.Fatal(err)
-	}
-	d, err := remote.Head(r)
-	if err != nil {
-		t.Fatal(err)
-	}
-	return ref, *d
+	return ref, remoteHead(t, ref)
 }
 
 const profileLine = "hello-profile"
