@@ -471,11 +471,15 @@ func first(load string) float64 {
 	return v
 }
 
-func containerdVersion() string {
-	out, _ := exec.Command("containerd", "--version").Output()
+func containerdVersion() string { return programVersion("containerd", 2) }
+
+// programVersion is "NAME VERSION", VERSION the word at index at of `NAME --version`'s
+// output.
+func programVersion(name string, at int) string {
+	out, _ := exec.Command(name, "--version").Output()
 	f := strings.Fields(string(out))
-	if len(f) < 3 {
-		return "containerd (version unknown)"
+	if len(f) <= at {
+		return name + " (version unknown)"
 	}
-	return "containerd " + f[2]
+	return name + " " + f[at]
 }

@@ -1082,13 +1082,6 @@ func fsOf(path string) (string, string) {
 	return f[0], f[1]
 }
 
-func curlVersion() string {
-	out, _ := exec.Command("curl", "--version").Output()
-	f := strings.Fields(string(out))
-	if len(f) < 2 {
-		return "curl"
-	}
-	return "curl " + f[1]
-}
+func curlVersion() string { return programVersion("curl", 1) }
 
 func numCPU() int { return machine().CPUs }
