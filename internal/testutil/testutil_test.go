@@ -3,6 +3,7 @@ package testutil
 import (
 	"archive/tar"
 	"bytes"
+	"fmt"
 	"io"
 	"net/http"
 	"slices"
@@ -44,6 +45,14 @@ func TestWait(t *testing.T) {
 	}
 	n := 0
 	WaitFor(t, 10*time.Second, "the fifth call", func() bool { n++; return n == 5 })
+	n = 0
+	Await(t, 10*time.Second, "the third call", func() (bool, string) { n++; return n == 3, fmt.Sprint(n) })
+	if !Eventually(10*time.Second, func() bool { n++; return n == 6 }) {
+		t.Error("Eventually: the sixth call did not count")
+	}
+	if Eventually(5*time.Millisecond, func() bool { return false }) {
+		t.Error("Eventually held for a cond that never does")
+	}
 }
 
 func TestTar(t *testing.T) {

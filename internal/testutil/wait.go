@@ -1,6 +1,7 @@
 package testutil
 
 import (
+	"context"
 	"testing"
 	"time"
 )
@@ -38,23 +39,38 @@ func WaitFor(t testing.TB, d time.Duration, what string, cond func() bool) {
 // timeout names the last one, which says why.
 func Await(t testing.TB, d time.Duration, what string, check func() (done bool, state string)) {
 	t.Helper()
+	var state string
+	held := poll(t.Context(), d, func() (done bool) {
+		done, state = check()
+		return done
+	})
+	switch {
+	case held:
+	case t.Context().Err() != nil:
+		t.Fatalf("test ended waiting for %s", what)
+	case state != "":
+		t.Fatalf("timed out after %v waiting for %s:\n%s", d, what, state)
+	default:
+		t.Fatalf("timed out after %v waiting for %s", d, what)
+	}
+}
+
+// Eventually polls cond as WaitFor does, for up to d, and reports whether it came to hold:
+// for a caller that goes on either way, such as a cleanup (whose test's context has ended)
+// that reports what did not happen and cleans up the rest.
+func Eventually(d time.Duration, cond func() bool) bool {
+	return poll(context.Background(), d, cond)
+}
+
+// poll runs cond until it holds (true), d has passed or ctx ends (false): every millisecond
+// at first, backing off to every 100 ms.
+func poll(ctx context.Context, d time.Duration, cond func() bool) bool {
 	deadline := time.Now().Add(d)
-	every := time.Millisecond
-	for {
-		done, state := check()
-		if done {
-			return
-		}
-		if time.Now().After(deadline) {
-			if state != "" {
-				state = ":\n" + state
-			}
-			t.Fatalf("timed out after %v waiting for %s%s", d, what, state)
-		}
-		if t.Context().Err() != nil {
-			t.Fatalf("test ended waiting for %s", what)
+	for every := time.Millisecond; !cond(); every = min(2*every, 100*time.Millisecond) {
+		if time.Now().After(deadline) || ctx.Err() != nil {
+			return false
 		}
 		time.Sleep(every)
-		every = min(2*every, 100*time.Millisecond)
 	}
+	return true
 }

@@ -119,7 +119,7 @@ func (s *snapshotterEnv) stop(t *testing.T) {
 	keeperSock := filepath.Join(s.dir, "root", "keeper.sock")
 	if pid := keeperPID(keeperSock); pid > 0 {
 		start := time.Now()
-		if !eventually(30*time.Second, func() bool { return keeperPID(keeperSock) != pid }) {
+		if !testutil.Eventually(30*time.Second, func() bool { return keeperPID(keeperSock) != pid }) {
 			t.Errorf("the keeper (pid %d) did not exit with nothing left to keep", pid)
 			syscall.Kill(pid, syscall.SIGTERM)
 		}
@@ -135,19 +135,6 @@ func (s *snapshotterEnv) stop(t *testing.T) {
 func isLazyMount(dir string) bool {
 	ms := mountsAt(dir)
 	return len(ms) > 0 && ms[0].fstype == "fuse.lazypull"
-}
-
-// eventually polls cond for up to d and reports whether it came to hold: testutil.WaitFor
-// for a cleanup, which reports what did not happen and goes on cleaning up.
-func eventually(d time.Duration, cond func() bool) bool {
-	deadline := time.Now().Add(d)
-	for every := time.Millisecond; !cond(); every = min(2*every, 100*time.Millisecond) {
-		if time.Now().After(deadline) {
-			return false
-		}
-		time.Sleep(every)
-	}
-	return true
 }
 
 // keeperPID returns the PID of the `lazypull keeper` serving sock, or 0.
