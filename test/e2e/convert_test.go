@@ -114,23 +114,30 @@ func TestConvertedImageRunsInPlainContainerd(t *testing.T) {
 	}
 }
 
-// checkConverted checks a converted image against the format: zstd layers with the
-// index annotations, the original config, and layers that decompress (with the zstd CLI)
-// to the config's diff IDs.
-func checkConverted(t *testing.T, img v1.Image, wantCfg v1.Hash) {
+// manifestLayers returns img's manifest and its layers.
+func manifestLayers(t *testing.T, img v1.Image) (*v1.Manifest, []v1.Layer) {
 	t.Helper()
 	m, err := img.Manifest()
 	if err != nil {
 		t.Fatal(err)
 	}
+	layers, err := img.Layers()
+	if err != nil {
+		t.Fatal(err)
+	}
+	return m, layers
+}
+
+// checkConverted checks a converted image against the format: zstd layers with the
+// index annotations, the original config, and layers that decompress (with the zstd CLI)
+// to the config's diff IDs.
+func checkConverted(t *testing.T, img v1.Image, wantCfg v1.Hash) {
+	t.Helper()
+	m, layers := manifestLayers(t, img)
 	if m.MediaType != "application/vnd.oci.image.manifest.v1+json" || m.Config.Digest != wantCfg {
 		t.Errorf("manifest %s with config %s; want an OCI manifest with config %s", m.MediaType, m.Config.Digest, wantCfg)
 	}
 	cfg, err := img.ConfigFile()
-	if err != nil {
-		t.Fatal(err)
-	}
-	layers, err := img.Layers()
 	if err != nil {
 		t.Fatal(err)
 	}

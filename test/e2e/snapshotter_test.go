@@ -220,11 +220,7 @@ func TestSnapshotterRunsLazyImage(t *testing.T) {
 	start := time.Now()
 	s.pull(t, e.bin, ns, ref)
 	t.Logf("lazypull pull took %v", time.Since(start))
-	img := remoteImage(t, ref)
-	m, err := img.Manifest()
-	if err != nil {
-		t.Fatal(err)
-	}
+	m := remoteManifest(t, ref)
 	if remote, all := s.remoteSnapshots(t, ns); remote != len(m.Layers) || all != len(m.Layers) {
 		t.Fatalf("%d remote snapshots of %d, want all %d layers remote:\n%s", remote, all, len(m.Layers), s.log)
 	}

@@ -49,15 +49,7 @@ func (e *env) craftedImage(t *testing.T, lazy, a, b string) string {
 // its annotations, as craftedImage says.
 func (e *env) editedImage(t *testing.T, lazy, tag string, edit func(ix *format.Index) bool) string {
 	t.Helper()
-	img := remoteImage(t, lazy)
-	m, err := img.Manifest()
-	if err != nil {
-		t.Fatal(err)
-	}
-	layers, err := img.Layers()
-	if err != nil {
-		t.Fatal(err)
-	}
+	m, layers := manifestLayers(t, remoteImage(t, lazy))
 	repo := lazy[:strings.LastIndex(lazy, ":")]
 	for i := len(layers) - 1; i >= 0; i-- {
 		desc := m.Layers[i]
