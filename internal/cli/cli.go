@@ -212,7 +212,7 @@ func newLeveledLogger(e *env, level slog.Level) *slog.Logger {
 	return slog.New(slog.NewTextHandler(e.stderr, &slog.HandlerOptions{Level: level}))
 }
 
-// fetchOptions are the registry settings of a command, built where all are: in service.
-func fetchOptions(log *slog.Logger, plainHTTP bool, hostsDir string) ([]fetch.Option, *fetch.Metrics) {
-	return service.FetchOptions(log, plainHTTP, hostsDir)
+// newClient makes the command's registry client, where every one is made: in service.
+func newClient(log *slog.Logger, plainHTTP bool, hostsDir string) (*fetch.Client, error) {
+	return service.NewClient(log, plainHTTP, hostsDir)
 }

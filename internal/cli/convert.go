@@ -81,7 +81,12 @@ func runConvert(ctx context.Context, e *env, vals any, args []string) error {
 		opts.Platform = p
 	}
 	if f.profile != "" {
-		p, err := daemon.LoadProfile(ctx, f.profile, args[0], f.plainHTTP, opts.Platform)
+		client, err := newClient(newLogger(e), f.plainHTTP, "")
+		if err != nil {
+			return err
+		}
+		defer client.Close()
+		p, err := daemon.LoadProfile(ctx, f.profile, args[0], client, opts.Platform)
 		if errors.Is(err, daemon.ErrProfileNoRepository) {
 			return usagef("--profile %v", err)
 		}

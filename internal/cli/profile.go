@@ -9,7 +9,6 @@ import (
 	"time"
 
 	"lazypull/internal/daemon"
-	"lazypull/internal/fetch"
 	"lazypull/internal/profile"
 	"lazypull/internal/record"
 )
@@ -124,11 +123,15 @@ func recordProfile(ctx context.Context, e *env, f *profileFlags, args []string) 
 		return err
 	}
 	log := newLogger(e)
-	fopts, _ := fetchOptions(log, f.plainHTTP, f.hostsDir)
+	client, err := newClient(log, f.plainHTTP, f.hostsDir)
+	if err != nil {
+		return err
+	}
+	defer client.Close()
 	res, err := record.Record(ctx, args[0], args[1:], record.Options{
 		Runtime: record.Runtime(f.runtime), Address: f.address, Namespace: f.namespace, NetHost: f.netHost,
 		ChrootHelper: []string{profileExecName, "--"},
-		Platform:     platform, Fetch: fopts, StoreDir: f.store,
+		Platform:     platform, Client: client, StoreDir: f.store,
 		Until: f.until, Duration: f.duration,
 		Output: f.output, NoPush: f.noPush, NoPack: f.noPack, PlainHTTP: f.plainHTTP,
 		Log: log, Stderr: e.stderr,
@@ -151,8 +154,12 @@ func showProfile(ctx context.Context, e *env, f *profileFlags, ref string) error
 	if err != nil {
 		return err
 	}
-	fopts, _ := fetchOptions(newLogger(e), f.plainHTTP, f.hostsDir)
-	reg, err := fetch.New(ref, fopts...)
+	client, err := newClient(newLogger(e), f.plainHTTP, f.hostsDir)
+	if err != nil {
+		return err
+	}
+	defer client.Close()
+	reg, err := client.Open(ref)
 	if err != nil {
 		return err
 	}

@@ -8,7 +8,6 @@ import (
 	"github.com/google/go-containerregistry/pkg/name"
 
 	"lazypull/internal/daemon"
-	"lazypull/internal/fetch"
 	"lazypull/internal/pull"
 )
 
@@ -78,15 +77,19 @@ func runPull(ctx context.Context, e *env, vals any, args []string) error {
 		}
 	}
 	log := newLogger(e)
-	fopts, _ := fetchOptions(log, f.plainHTTP, f.hostsDir)
-	reg, err := fetch.New(nref.Name(), fopts...)
+	client, err := newClient(log, f.plainHTTP, f.hostsDir)
+	if err != nil {
+		return err
+	}
+	defer client.Close()
+	reg, err := client.Open(nref.Name())
 	if err != nil {
 		return fmt.Errorf("pull %s: %w", nref.Name(), err)
 	}
 	img, err := pull.Pull(ctx, reg, nref, pull.Options{
 		Address: f.address, Namespace: f.namespace, Snapshotter: f.snapshotter,
 		SnapshotterAddress: f.snapshotterAddress, DefaultSnapshotterAddress: defaultSnapshotterSocket,
-		Profile: f.profile, PlainHTTP: f.plainHTTP, HostsDir: f.hostsDir, Log: log,
+		Profile: f.profile, Client: client, Log: log,
 	})
 	if err != nil {
 		return err

@@ -69,6 +69,10 @@ func runVerify(ctx context.Context, e *env, vals any, args []string) error {
 	if err != nil {
 		return err
 	}
-	fopts, _ := service.FetchOptions(log, f.plainHTTP, f.hostsDir)
-	return verify.Image(ctx, e.stdout, args[0], platform, fopts...)
+	client, err := newClient(log, f.plainHTTP, f.hostsDir)
+	if err != nil {
+		return err
+	}
+	defer client.Close()
+	return verify.Image(ctx, e.stdout, args[0], platform, client)
 }

@@ -33,7 +33,6 @@ import (
 	"github.com/klauspost/compress/zstd"
 
 	"lazypull/format"
-	"lazypull/internal/fetch"
 	"lazypull/internal/snapshot"
 	"lazypull/internal/store"
 )
@@ -68,7 +67,7 @@ func prepareMeasured(t *testing.T, ref string, d v1.Hash, desc v1.Descriptor) pr
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { st.Close() })
-	fsys := NewSnapshotFS(st, nil, logger, fetch.WithPlainHTTP())
+	fsys := NewSnapshotFS(st, nil, logger, testClient(t))
 	t.Cleanup(func() { fsys.Close() })
 	s, err := snapshot.New(t.TempDir(), fsys, snapshot.WithLogger(logger))
 	if err != nil {

@@ -233,7 +233,7 @@ func openFreshLog(t *testing.T, ref string, log *slog.Logger) (*Image, *store.St
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { st.Close() })
-	im, err := OpenImage(context.Background(), st, ref, OpenOptions{Fetch: []fetch.Option{fetch.WithPlainHTTP()}, Log: log})
+	im, err := OpenImage(context.Background(), st, ref, OpenOptions{Client: testClient(t), Log: log})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -366,4 +366,15 @@ func TestBackgroundFetchStops(t *testing.T) {
 			}
 		})
 	}
+}
+
+// testClient is a registry client for a test, plain HTTP, with opts.
+func testClient(t testing.TB, opts ...fetch.Option) *fetch.Client {
+	t.Helper()
+	c, err := fetch.NewClient(append([]fetch.Option{fetch.WithPlainHTTP()}, opts...)...)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(c.Close)
+	return c
 }

@@ -65,8 +65,9 @@ type OpenOptions struct {
 	// request. Under PolicyOff, or PolicyPinned without a pin, no look-up is made. Nil:
 	// none as the image opens (Prefetch then looks up under DefaultProfilePolicy).
 	Profile *ProfileChoice
-	// Fetch configures the registry client (fetch.New).
-	Fetch []fetch.Option
+	// Client is the node's registry client, which the image's Registry is opened from
+	// (fetch.Client.Open). It must not be nil.
+	Client *fetch.Client
 	// Log receives the image's log lines: its layers' (refused entries and layers), its
 	// prefetch's and its fill's unless their options name another logger. Nil discards
 	// them.
@@ -112,7 +113,10 @@ func openImage(ctx context.Context, st *store.Store, ref string, o OpenOptions) 
 	if log == nil {
 		log = slog.New(slog.DiscardHandler)
 	}
-	reg, err := fetch.New(ref, o.Fetch...)
+	if o.Client == nil {
+		return nil, fmt.Errorf("image %s: no registry client", ref)
+	}
+	reg, err := o.Client.Open(ref)
 	if err != nil {
 		return nil, fmt.Errorf("image %s: %w", ref, err)
 	}

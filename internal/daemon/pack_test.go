@@ -18,7 +18,6 @@ import (
 	"github.com/google/go-containerregistry/pkg/v1/types"
 
 	"lazypull/format"
-	"lazypull/internal/fetch"
 	"lazypull/internal/profile"
 	"lazypull/internal/store"
 )
@@ -147,7 +146,7 @@ func openPrefetched(t *testing.T, ref string) (*Image, PrefetchStats) {
 // openPrefetchedIn is openPrefetched over the store st.
 func openPrefetchedIn(t *testing.T, st *store.Store, ref string) (*Image, PrefetchStats) {
 	t.Helper()
-	im, err := openImage(context.Background(), st, ref, OpenOptions{Profile: &ProfileChoice{}, Fetch: []fetch.Option{fetch.WithPlainHTTP()}, partial: true})
+	im, err := openImage(context.Background(), st, ref, OpenOptions{Profile: &ProfileChoice{}, Client: testClient(t), partial: true})
 	if err != nil {
 		t.Fatal(err)
 	}

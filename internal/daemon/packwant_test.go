@@ -10,7 +10,6 @@ import (
 	v1 "github.com/google/go-containerregistry/pkg/v1"
 
 	"lazypull/format"
-	"lazypull/internal/fetch"
 	"lazypull/internal/profile"
 )
 
@@ -34,7 +33,7 @@ func TestPackKeepsOnlyItsLayersIndexes(t *testing.T) {
 	if err := pw.Chunk(format.Digest{3}, []byte("frame")); err != nil {
 		t.Fatal(err)
 	}
-	reg, err := fetch.New("127.0.0.1:1/packs", fetch.WithPlainHTTP())
+	reg, err := testClient(t).Open("127.0.0.1:1/packs")
 	if err != nil {
 		t.Fatal(err)
 	}

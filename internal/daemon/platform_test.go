@@ -18,7 +18,6 @@ import (
 	"github.com/google/go-containerregistry/pkg/v1/remote"
 	"github.com/google/go-containerregistry/pkg/v1/types"
 
-	"lazypull/internal/fetch"
 	"lazypull/internal/profile"
 	"lazypull/internal/store"
 )
@@ -78,7 +77,7 @@ func TestPrefetchProfilePerPlatform(t *testing.T) {
 				if err != nil {
 					t.Fatal(err)
 				}
-				im, err := OpenImage(context.Background(), st, repo.Tag("v1").String(), OpenOptions{Platform: p, Fetch: []fetch.Option{fetch.WithPlainHTTP()}})
+				im, err := OpenImage(context.Background(), st, repo.Tag("v1").String(), OpenOptions{Platform: p, Client: testClient(t)})
 				if err != nil {
 					t.Fatal(err)
 				}

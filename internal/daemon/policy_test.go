@@ -19,7 +19,6 @@ import (
 	"github.com/google/go-containerregistry/pkg/v1/remote"
 	"github.com/prometheus/client_golang/prometheus"
 
-	"lazypull/internal/fetch"
 	"lazypull/internal/profile"
 	"lazypull/internal/store"
 )
@@ -229,7 +228,7 @@ func TestProfileChoiceReported(t *testing.T) {
 	run := func(c ProfileChoice) (*Image, PrefetchStats, string) {
 		t.Helper()
 		var logs bytes.Buffer
-		im, err := openImage(context.Background(), st, ref, OpenOptions{Profile: &c, Fetch: []fetch.Option{fetch.WithPlainHTTP()}, partial: true})
+		im, err := openImage(context.Background(), st, ref, OpenOptions{Profile: &c, Client: testClient(t), partial: true})
 		if err != nil {
 			t.Fatal(err)
 		}

@@ -60,7 +60,7 @@ func testProfile(subject v1.Hash, created time.Time, path string) []byte {
 
 func registryOf(t *testing.T, repo name.Repository) *fetch.Registry {
 	t.Helper()
-	reg, err := fetch.New(repo.Tag("v1").String(), fetch.WithPlainHTTP())
+	reg, err := testClient(t).Open(repo.Tag("v1").String())
 	if err != nil {
 		t.Fatal(err)
 	}

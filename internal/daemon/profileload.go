@@ -21,9 +21,9 @@ var ErrProfileNoRepository = errors.New("a digest names a profile in the source'
 // LoadProfile reads the profile that arg names, for a conversion of src: a file holding the
 // document, the digest of a profile artifact in src's repository, or a registry reference
 // (to a profile artifact by digest, or to an image whose newest profile is taken; platform
-// picks the image of an index, nil for this machine's). Registries on loopback and private
-// addresses are spoken to over plain http, any with plainHTTP (as convert does).
-func LoadProfile(ctx context.Context, arg, src string, plainHTTP bool, platform *v1.Platform) (*profile.Profile, error) {
+// picks the image of an index, nil for this machine's). Registries are read through client,
+// under its plain-HTTP rule.
+func LoadProfile(ctx context.Context, arg, src string, client *fetch.Client, platform *v1.Platform) (*profile.Profile, error) {
 	if fi, err := os.Stat(arg); err == nil && fi.Mode().IsRegular() {
 		return loadProfileFile(arg, fi.Size())
 	}
@@ -42,11 +42,7 @@ func LoadProfile(ctx context.Context, arg, src string, plainHTTP bool, platform 
 	if err != nil {
 		return nil, fmt.Errorf("%q: neither a file nor a reference: %w", arg, err)
 	}
-	opts := []fetch.Option{}
-	if plainHTTP || r.Context().Scheme() == "http" {
-		opts = append(opts, fetch.WithPlainHTTP())
-	}
-	reg, err := fetch.New(ref, opts...)
+	reg, err := client.Open(ref)
 	if err != nil {
 		return nil, fmt.Errorf("%s: %w", arg, err)
 	}

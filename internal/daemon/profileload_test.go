@@ -28,18 +28,18 @@ func TestLoadProfile(t *testing.T) {
 	os.WriteFile(badFile, []byte(`{"files": 3}`), 0o644)
 	ctx := context.Background()
 
-	p, err := LoadProfile(ctx, goodFile, "oci:/nowhere:x", false, nil)
+	p, err := LoadProfile(ctx, goodFile, "oci:/nowhere:x", nil, nil)
 	if err != nil || len(p.Files) != 1 || p.Files[0].Path != "usr/bin/python3" {
 		t.Fatalf("LoadProfile(file) = %+v, %v", p, err)
 	}
-	if _, err := LoadProfile(ctx, badFile, "oci:/nowhere:x", false, nil); err == nil || !strings.Contains(err.Error(), badFile) || !strings.Contains(err.Error(), "not a profile document") {
+	if _, err := LoadProfile(ctx, badFile, "oci:/nowhere:x", nil, nil); err == nil || !strings.Contains(err.Error(), badFile) || !strings.Contains(err.Error(), "not a profile document") {
 		t.Errorf("corrupt profile file: %v; want an error naming the file and the fault", err)
 	}
-	_, err = LoadProfile(ctx, "sha256:"+strings.Repeat("c", 64), "oci:/nowhere:x", false, nil)
+	_, err = LoadProfile(ctx, "sha256:"+strings.Repeat("c", 64), "oci:/nowhere:x", nil, nil)
 	if !errors.Is(err, ErrProfileNoRepository) || !strings.Contains(err.Error(), "OCI layout") {
 		t.Errorf("digest with a layout source: %v; want ErrProfileNoRepository", err)
 	}
-	if _, err := LoadProfile(ctx, "no such file::", "oci:/nowhere:x", false, nil); err == nil || !strings.Contains(err.Error(), "neither a file nor a reference") {
+	if _, err := LoadProfile(ctx, "no such file::", "oci:/nowhere:x", nil, nil); err == nil || !strings.Contains(err.Error(), "neither a file nor a reference") {
 		t.Errorf("neither a file nor a reference: %v", err)
 	}
 }

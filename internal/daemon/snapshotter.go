@@ -71,7 +71,7 @@ const failedImageTTL = 30 * time.Second
 type SnapshotFS struct {
 	store    *store.Store
 	platform *v1.Platform
-	fopts    []fetch.Option
+	client   *fetch.Client
 	log      *slog.Logger
 
 	keeper *keeper.Client // nil: mounts end with this process
@@ -129,13 +129,14 @@ type imageEntry struct {
 
 var _ snapshot.FileSystem = (*SnapshotFS)(nil)
 
-// NewSnapshotFS returns the snapshotter's file system over st; fopts configure registry
-// access. It and the images it opens log to log (nil: nowhere).
-func NewSnapshotFS(st *store.Store, platform *v1.Platform, log *slog.Logger, fopts ...fetch.Option) *SnapshotFS {
+// NewSnapshotFS returns the snapshotter's file system over st; every image it opens reads
+// its registry through client, the node's one. It and the images it opens log to log
+// (nil: nowhere).
+func NewSnapshotFS(st *store.Store, platform *v1.Platform, log *slog.Logger, client *fetch.Client) *SnapshotFS {
 	if log == nil {
 		log = slog.New(slog.DiscardHandler)
 	}
-	return &SnapshotFS{store: st, platform: platform, fopts: fopts, log: log, images: map[string]*imageEntry{},
+	return &SnapshotFS{store: st, platform: platform, client: client, log: log, images: map[string]*imageEntry{},
 		mounts: map[string]*fusefs.Server{}, mountImage: map[string]*Image{}}
 }
 
@@ -273,7 +274,7 @@ func (f *SnapshotFS) open(ctx context.Context, e *imageEntry, ref string, given 
 		c.Pin = e.pin
 		choice = &c
 	}
-	e.im, e.err = openImage(context.WithoutCancel(ctx), f.store, ref, OpenOptions{Platform: f.platform, Profile: choice, Fetch: f.fopts, Log: f.log, manifest: given, partial: true})
+	e.im, e.err = openImage(context.WithoutCancel(ctx), f.store, ref, OpenOptions{Platform: f.platform, Profile: choice, Client: f.client, Log: f.log, manifest: given, partial: true})
 	if e.err == nil && len(e.im.Layers) > 0 {
 		f.log.Info("image opened", "image", e.im, "warm", e.warm)
 		if f.prefetch != nil {

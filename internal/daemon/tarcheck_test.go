@@ -18,7 +18,6 @@ import (
 	"github.com/google/go-containerregistry/pkg/v1/types"
 
 	"lazypull/format"
-	"lazypull/internal/fetch"
 	"lazypull/internal/store"
 	"lazypull/internal/testutil/layertest"
 )
@@ -134,7 +133,7 @@ func TestTarCheckCleanImage(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		im, err := OpenImage(context.Background(), st, ref, OpenOptions{Fetch: []fetch.Option{fetch.WithPlainHTTP()}})
+		im, err := OpenImage(context.Background(), st, ref, OpenOptions{Client: testClient(t)})
 		if err != nil {
 			t.Fatal(err)
 		}

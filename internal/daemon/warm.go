@@ -43,11 +43,11 @@ func (f *SnapshotFS) Warm(ctx context.Context, ref, digest, mediaType string, ma
 // requests go out together.
 const predialConns = 2
 
-// Connect has connections to ref's registry dialed ahead (fetch.Predial): a pull of ref is
+// Connect has connections to ref's registry dialed ahead (fetch.Client.Predial): a pull of ref is
 // starting, and its manifest's warm request follows once the pull has it. The look-up
 // that request starts then finds them open, instead of paying a round trip to set each up.
 func (f *SnapshotFS) Connect(ref string) error {
-	if err := fetch.Predial(ref, predialConns, f.fopts...); err != nil {
+	if err := f.client.Predial(ref, predialConns); err != nil {
 		return fmt.Errorf("%w: %w", ErrWarmRefused, err)
 	}
 	return nil

@@ -111,7 +111,7 @@ func warmFixture(t *testing.T, fopts ...fetch.Option) (*SnapshotFS, string, v1.I
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { st.Close() })
-	f := NewSnapshotFS(st, nil, slog.New(slog.DiscardHandler), append([]fetch.Option{fetch.WithPlainHTTP()}, fopts...)...)
+	f := NewSnapshotFS(st, nil, slog.New(slog.DiscardHandler), testClient(t, fopts...))
 	t.Cleanup(func() { f.Close() })
 	d, err := img.Digest()
 	if err != nil {

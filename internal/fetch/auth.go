@@ -34,8 +34,9 @@ import (
 // else the keychain's credentials are refused with an error saying so, before any is sent.
 type authTransport struct {
 	base      http.RoundTripper
-	reg       name.Registry // the endpoint's host, as credentials are looked up
-	origin    string        // the endpoint's scheme://host:port (canonicalOrigin)
+	reg       name.Registry  // the endpoint's host
+	resource  authn.Resource // the endpoint's repository, as credentials are looked up
+	origin    string         // the endpoint's scheme://host:port (canonicalOrigin)
 	keychain  authn.Keychain
 	scopes    []string
 	insecure  bool // plain http: the token realm may be http too
@@ -83,7 +84,7 @@ func (a *authTransport) setup(ctx context.Context, ch *transport.Challenge) (htt
 	if a.authed != nil {
 		return a.authed, nil
 	}
-	auth, err := authn.Resolve(ctx, a.keychain, a.reg)
+	auth, err := authn.Resolve(ctx, a.keychain, a.resource)
 	if err != nil {
 		return nil, &authError{fmt.Errorf("credentials for %s: %w", a.reg.RegistryStr(), err)}
 	}

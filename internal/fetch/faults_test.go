@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"io"
 	"mime/multipart"
+	"net"
 	"net/http"
 	"net/http/httptest"
 	"net/textproto"
@@ -473,10 +474,12 @@ func TestErrorString(t *testing.T) {
 	}
 }
 
-// https to a registry that speaks plain http fails at once, saying so.
+// https to a registry that speaks plain http, not on loopback (by name), fails at once,
+// saying so.
 func TestHTTPSToPlainRegistry(t *testing.T) {
-	_, host := serve(t, newFake("r"))
-	reg, err := New(host+"/r", WithRetry(3, time.Millisecond))
+	_, addr := serve(t, newFake("r"))
+	_, port, _ := net.SplitHostPort(addr)
+	reg, err := openRef("registry.invalid:"+port+"/r", WithRetry(3, time.Millisecond), WithTransport(dialOnly(addr)))
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -2,9 +2,11 @@ package fetch
 
 import (
 	"bytes"
+	"context"
 	"crypto/sha256"
 	"encoding/hex"
 	"errors"
+	"net"
 	"net/http"
 	"net/http/httptest"
 	"strconv"
@@ -155,7 +157,7 @@ func newReg(t *testing.T, host, repo string, opts ...Option) (*Registry, *testut
 	t.Helper()
 	log, lb := testutil.NewLog(t)
 	all := append([]Option{WithPlainHTTP(), WithRetry(4, time.Millisecond), WithLogger(log)}, opts...)
-	r, err := New(host+"/"+repo, all...)
+	r, err := openRef(host+"/"+repo, all...)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -213,3 +215,24 @@ func cutConn(w http.ResponseWriter, status int, header http.Header, body []byte)
 }
 
 func asError(err error, target **Error) bool { return errors.As(err, target) }
+
+// openRef opens ref through a Client of its own, made with opts.
+func openRef(ref string, opts ...Option) (*Registry, error) {
+	c, err := NewClient(opts...)
+	if err != nil {
+		return nil, err
+	}
+	return c.Open(ref)
+}
+
+// dialOnly is a transport that dials addr whatever a request names: a registry on
+// loopback passes for one elsewhere, and nothing leaves the machine.
+func dialOnly(addr string) *http.Transport {
+	t := http.DefaultTransport.(*http.Transport).Clone()
+	t.Proxy = nil
+	t.DialContext = func(ctx context.Context, network, _ string) (net.Conn, error) {
+		var d net.Dialer
+		return d.DialContext(ctx, network, addr)
+	}
+	return t
+}

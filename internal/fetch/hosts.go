@@ -31,6 +31,7 @@ type hostConfig struct {
 	skipVerify bool
 	mirror     bool
 	named      bool // the URL, scheme included, is written in a hosts.toml
+	fallback   bool // https, falling back to plain http when TLS is answered so (httpFallback)
 }
 
 // hostsFile is the part of containerd's hosts.toml that lazypull reads. (containerd's own
@@ -57,16 +58,12 @@ const hostsFileName = "hosts.toml"
 // loadHosts returns the endpoints for a registry host, in the order they are tried: the
 // mirrors of DIR/<host>/hosts.toml (for host:port, DIR/host_port_ or else DIR/host:port;
 // else DIR/_default/hosts.toml) as listed, then the server. Without a directory, or
-// without a file for the host, the server alone is returned: scheme://host/v2, the scheme
-// http with plainHTTP. aliases are other directory names for the same host (the default
-// registry is known by two names). warn is told about settings the file has that lazypull
-// ignores.
-func loadHosts(dir, host string, aliases []string, plainHTTP bool, warn func(file string, keys []string)) ([]hostConfig, error) {
-	scheme := "https"
-	if plainHTTP {
-		scheme = "http"
-	}
-	def := hostConfig{url: &url.URL{Scheme: scheme, Host: host, Path: "/v2"}, caps: capPull | capResolve}
+// without a file for the host, the server alone is returned: scheme://host/v2, falling
+// back to plain http if fallback (the plain-HTTP rule, Client.PlainHTTP, says which).
+// aliases are other directory names for the same host (the default registry is known by
+// two names). warn is told about settings the file has that lazypull ignores.
+func loadHosts(dir, host string, aliases []string, scheme string, fallback bool, warn func(file string, keys []string)) ([]hostConfig, error) {
+	def := hostConfig{url: &url.URL{Scheme: scheme, Host: host, Path: "/v2"}, caps: capPull | capResolve, fallback: fallback}
 	if dir == "" {
 		return []hostConfig{def}, nil
 	}
@@ -165,6 +162,7 @@ func parseHosts(b []byte, def hostConfig) ([]hostConfig, []string, error) {
 		}
 		server.url = u
 		server.named = true
+		server.fallback = false // the file says which scheme
 	}
 	if f.Capabilities != nil {
 		caps, err := parseCaps(f.Capabilities)

@@ -151,7 +151,7 @@ server = "http://`+upstreamHost+`"
   capabilities = ["pull"]
 `)
 	log, lb := testutil.NewLog(t)
-	reg, err := New("registry.invalid:5000/lib/app:v1", WithHostsDir(dir), WithRetry(2, time.Millisecond), WithLogger(log))
+	reg, err := openRef("registry.invalid:5000/lib/app:v1", WithHostsDir(dir), WithRetry(2, time.Millisecond), WithLogger(log))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -196,7 +196,7 @@ func TestHostsDirLookup(t *testing.T) {
 	_, host := serve(t, f)
 	dir := t.TempDir()
 	writeHosts(t, dir, "_default", `server = "http://`+host+`"`)
-	reg, err := New("elsewhere.invalid/app", WithHostsDir(dir))
+	reg, err := openRef("elsewhere.invalid/app", WithHostsDir(dir))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -205,26 +205,26 @@ func TestHostsDirLookup(t *testing.T) {
 	}
 	// A host with a directory of its own does not use _default.
 	writeHosts(t, dir, "elsewhere.invalid", `server = "http://127.0.0.1:1"`)
-	reg, err = New("elsewhere.invalid/app", WithHostsDir(dir), WithRetry(1, 0))
+	reg, err = openRef("elsewhere.invalid/app", WithHostsDir(dir), WithRetry(1, 0))
 	if err != nil {
 		t.Fatal(err)
 	}
 	if _, err := reg.Blob(d, int64(len(blob))).ReadAt(make([]byte, 10), 0); err == nil {
 		t.Fatal("own hosts.toml not used")
 	}
-	if _, err := New("x.invalid/app", WithHostsDir(filepath.Join(dir, "missing"))); err == nil {
+	if _, err := openRef("x.invalid/app", WithHostsDir(filepath.Join(dir, "missing"))); err == nil {
 		t.Fatal("missing hosts dir: no error")
 	}
 	writeHosts(t, dir, "bad.invalid", `server = "ftp://x"`)
-	if _, err := New("bad.invalid/app", WithHostsDir(dir)); err == nil || !strings.Contains(err.Error(), "hosts.toml") {
+	if _, err := openRef("bad.invalid/app", WithHostsDir(dir)); err == nil || !strings.Contains(err.Error(), "hosts.toml") {
 		t.Fatalf("bad hosts.toml: %v", err)
 	}
 	// skip_verify needs a transport it can configure.
 	writeHosts(t, dir, "tls.invalid", "skip_verify = true\n")
-	if _, err := New("tls.invalid/app", WithHostsDir(dir), WithTransport(http.DefaultTransport)); err != nil {
+	if _, err := openRef("tls.invalid/app", WithHostsDir(dir), WithTransport(http.DefaultTransport)); err != nil {
 		t.Fatalf("skip_verify with an *http.Transport: %v", err)
 	}
-	if _, err := New("tls.invalid/app", WithHostsDir(dir), WithTransport(roundTripFunc(nil))); err == nil {
+	if _, err := openRef("tls.invalid/app", WithHostsDir(dir), WithTransport(roundTripFunc(nil))); err == nil {
 		t.Fatal("skip_verify with a custom transport: no error")
 	}
 }
@@ -239,7 +239,7 @@ func TestHostsDirPort(t *testing.T) {
 	dir := t.TempDir()
 	writeHosts(t, dir, "reg.invalid_5000_", `server = "http://`+host+`"`)
 	writeHosts(t, dir, "reg.invalid:5000", `server = "http://127.0.0.1:1"`)
-	reg, err := New("reg.invalid:5000/app", WithHostsDir(dir), WithRetry(1, 0))
+	reg, err := openRef("reg.invalid:5000/app", WithHostsDir(dir), WithRetry(1, 0))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -266,14 +266,14 @@ func TestOptions(t *testing.T) {
 		"nil metrics":      WithMetrics(nil),
 	}
 	for name, opt := range bad {
-		if _, err := New("example.invalid/r", opt); err == nil {
+		if _, err := openRef("example.invalid/r", opt); err == nil {
 			t.Errorf("%s: no error", name)
 		}
 	}
-	if _, err := New("not a reference!"); err == nil {
+	if _, err := openRef("not a reference!"); err == nil {
 		t.Error("bad reference: no error")
 	}
-	r, err := New("example.invalid:5000/a/b:tag", WithMaxConcurrency(1), WithPlainHTTP())
+	r, err := openRef("example.invalid:5000/a/b:tag", WithMaxConcurrency(1), WithPlainHTTP())
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -293,14 +293,14 @@ func TestSkipVerify(t *testing.T) {
 	host := strings.TrimPrefix(srv.URL, "https://")
 	dir := t.TempDir()
 	writeHosts(t, dir, host, "skip_verify = true\n")
-	reg, err := New(host+"/app", WithHostsDir(dir))
+	reg, err := openRef(host+"/app", WithHostsDir(dir))
 	if err != nil {
 		t.Fatal(err)
 	}
 	if _, err := reg.Blob(d, int64(len(blob))).ReadAt(make([]byte, 10), 0); err != nil {
 		t.Fatalf("skip_verify: %v", err)
 	}
-	reg, err = New(host+"/app", WithRetry(3, time.Millisecond))
+	reg, err = openRef(host+"/app", WithRetry(3, time.Millisecond))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -329,7 +329,7 @@ func TestHostsDirDefaultRegistry(t *testing.T) {
 		}
 		return http.DefaultTransport.RoundTrip(r)
 	})
-	reg, err := New("app", WithHostsDir(dir), WithTransport(loopback), WithRetry(1, 0))
+	reg, err := openRef("app", WithHostsDir(dir), WithTransport(loopback), WithRetry(1, 0))
 	if err != nil {
 		t.Fatal(err)
 	}

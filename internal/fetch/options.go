@@ -31,13 +31,14 @@ const (
 	userAgent = "lazypull"
 )
 
-// Option configures a Registry. Options check their arguments and New reports the first
-// that is wrong.
+// Option configures a Client, and so every Registry it opens. Options check their
+// arguments and NewClient reports the first that is wrong.
 type Option func(*options) error
 
 type options struct {
 	plainHTTP   bool
 	keychain    authn.Keychain
+	credentials Credentials
 	hostsDir    string
 	concurrency int
 	attempts    int
@@ -62,8 +63,10 @@ func defaultOptions() options {
 	}
 }
 
-// WithPlainHTTP talks plain http to the registry named in the reference instead of https.
-// Mirrors and servers from a hosts directory use the scheme their URL gives. Credentials
+// WithPlainHTTP talks plain http to the registries named in references instead of https
+// (see Client.PlainHTTP for the rule without it: loopback registries that answer TLS
+// with plain HTTP are spoken to over http anyway). Mirrors and servers from a hosts
+// directory use the scheme their URL gives. Credentials
 // go over such plain http only to a registry on loopback (localhost, 127.0.0.0/8, ::1):
 // for any other host the operator names http://HOST in HOST's hosts.toml (WithHostsDir),
 // else a registry that asks for credentials gets an error instead of them.
@@ -87,6 +90,18 @@ func WithKeychain(kc authn.Keychain) Option {
 	}
 }
 
+// WithCredentials has credentials asked of cr before the keychain (WithKeychain, the
+// Docker config by default): see Credentials.
+func WithCredentials(cr Credentials) Option {
+	return func(o *options) error {
+		if cr == nil {
+			return errors.New("fetch: nil credentials")
+		}
+		o.credentials = cr
+		return nil
+	}
+}
+
 // WithHostsDir reads mirrors and the upstream server from a directory laid out as
 // containerd's registry hosts configuration: DIR/<host[:port]>/hosts.toml, else
 // DIR/_default/hosts.toml. The directory must exist; a host without a file of its own
@@ -101,8 +116,8 @@ func WithHostsDir(dir string) Option {
 	}
 }
 
-// WithMaxConcurrency bounds the requests a Registry has in flight at once, blobs and
-// manifests together, default 8.
+// WithMaxConcurrency bounds the requests a Client has in flight at once, for all the
+// images (Registries) it opened together, blobs and manifests alike; default 8.
 func WithMaxConcurrency(n int) Option {
 	return func(o *options) error {
 		if n < 1 {
@@ -143,7 +158,8 @@ func WithLogger(l *slog.Logger) Option {
 }
 
 // WithTransport sets the HTTP transport every request goes through (tests use it to put
-// faults in between). The default is a clone of http.DefaultTransport.
+// faults in between). The default is the Client's own, a clone of http.DefaultTransport
+// shared by all its Registries, dialing through its Predial.
 func WithTransport(rt http.RoundTripper) Option {
 	return func(o *options) error {
 		if rt == nil {
@@ -172,8 +188,8 @@ func WithCoalescing(maxGap, maxRequest int64) Option {
 	}
 }
 
-// WithMetrics makes the Registry count into m, so that several registries can share one set
-// of Prometheus collectors. By default each Registry has its own (see Registry.Collectors).
+// WithMetrics makes the Client's registries count into m. By default the Client has a set
+// of its own (see Client.Collectors).
 func WithMetrics(m *Metrics) Option {
 	return func(o *options) error {
 		if m == nil {

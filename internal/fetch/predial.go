@@ -3,6 +3,7 @@ package fetch
 import (
 	"context"
 	"fmt"
+	"log/slog"
 	"net"
 	"net/http"
 	"sync"
@@ -17,8 +18,8 @@ const predialTTL = 10 * time.Second
 // predialer holds TCP connections dialed ahead of the requests that will use them. A
 // snapshotter told that a pull is starting (Predial) dials the registry while the pull
 // fetches the manifest, so that the profile look-up that follows finds connections open
-// instead of paying a round trip to set each up. Every Registry's default transport dials
-// through it (New), whatever Registry the connections were dialed for.
+// instead of paying a round trip to set each up. A Client's own transport dials through
+// its predialer, whatever Registry the connections were dialed for.
 type predialer struct {
 	mu    sync.Mutex
 	conns map[string][]predialed // by host:port
@@ -29,7 +30,19 @@ type predialed struct {
 	at time.Time
 }
 
-var predial = &predialer{conns: map[string][]predialed{}}
+func newPredialer() *predialer { return &predialer{conns: map[string][]predialed{}} }
+
+// closeAll closes the connections dialed ahead and not taken.
+func (p *predialer) closeAll() {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	for addr, cs := range p.conns {
+		for _, pc := range cs {
+			pc.c.Close()
+		}
+		delete(p.conns, addr)
+	}
+}
 
 // dialContext wraps next: a TCP dial to an address with a connection dialed ahead takes
 // that connection.
@@ -83,27 +96,21 @@ func (p *predialer) put(addr string, c net.Conn) {
 }
 
 // Predial dials n TCP connections, in the background, to each endpoint the registry of
-// ref is reached at (its hosts.toml mirrors included, as New finds them), for the
-// Registries New makes afterwards to use: a caller that knows a pull of ref is about to
-// start has the connection round trips done while the pull fetches the manifest. No
-// request is sent. Nothing is dialed for endpoints reached through an HTTP proxy, or with
-// a transport of the caller's (WithTransport). The error is about the options or ref; a
-// dial that fails is forgotten.
-func Predial(ref string, n int, opts ...Option) error {
-	o := defaultOptions()
-	for _, opt := range opts {
-		if err := opt(&o); err != nil {
-			return err
-		}
-	}
-	if o.transport != nil || n <= 0 {
+// ref is reached at (its hosts.toml mirrors included, as Open finds them), for the
+// Registries of c to use: a caller that knows a pull of ref is about to start has the
+// connection round trips done while the pull fetches the manifest. No request is sent.
+// Nothing is dialed for endpoints reached through an HTTP proxy, or by a client with a
+// transport of the caller's (WithTransport). The error is about ref or the hosts
+// configuration; a dial that fails is forgotten.
+func (c *Client) Predial(ref string, n int) error {
+	if c.predial == nil || n <= 0 {
 		return nil
 	}
 	r, err := name.ParseReference(ref)
 	if err != nil {
 		return fmt.Errorf("fetch: reference %q: %w", ref, err)
 	}
-	hosts, err := endpointsOf(o, r.Context().RegistryStr(), func(string, []string) {})
+	hosts, err := c.endpoints(r.Context().RegistryStr(), slog.New(slog.DiscardHandler))
 	if err != nil {
 		return fmt.Errorf("fetch: %w", err)
 	}
@@ -124,8 +131,8 @@ func Predial(ref string, n int, opts ...Option) error {
 			go func() {
 				ctx, cancel := context.WithTimeout(context.Background(), d.Timeout)
 				defer cancel()
-				if c, err := d.DialContext(ctx, "tcp", addr); err == nil {
-					predial.put(addr, c)
+				if conn, err := d.DialContext(ctx, "tcp", addr); err == nil {
+					c.predial.put(addr, conn)
 				}
 			}()
 		}

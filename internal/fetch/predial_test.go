@@ -20,7 +20,11 @@ func TestPredial(t *testing.T) {
 	// The two requests overlap: two connections.
 	srv, conns, reqs := countingServer(t, 20*time.Millisecond)
 	ref := strings.TrimPrefix(srv.URL, "http://") + "/app:1"
-	if err := Predial(ref, 2, WithPlainHTTP()); err != nil {
+	c, err := NewClient(WithPlainHTTP(), WithRetry(1, 0))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := c.Predial(ref, 2); err != nil {
 		t.Fatal(err)
 	}
 	// Neither the server nor Predial signals a connection: their counts are polled.
@@ -28,9 +32,9 @@ func TestPredial(t *testing.T) {
 	// Accepted; now wait until both are in the pool.
 	addr := strings.TrimPrefix(srv.URL, "http://")
 	pooled := func() int {
-		predial.mu.Lock()
-		defer predial.mu.Unlock()
-		return len(predial.conns[addr])
+		c.predial.mu.Lock()
+		defer c.predial.mu.Unlock()
+		return len(c.predial.conns[addr])
 	}
 	testutil.WaitFor(t, 5*time.Second, "two connections in the pool", func() bool { return pooled() >= 2 })
 	if n := pooled(); n != 2 {
@@ -39,7 +43,7 @@ func TestPredial(t *testing.T) {
 	if n := reqs.Load(); n != 0 {
 		t.Fatalf("Predial sent %d requests", n)
 	}
-	reg, err := New(ref, WithPlainHTTP(), WithRetry(1, 0))
+	reg, err := c.Open(ref)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -67,7 +71,7 @@ func TestPredial(t *testing.T) {
 // TestPredialTake: a connection dialed ahead is taken once, for its own address only, and
 // not after predialTTL.
 func TestPredialTake(t *testing.T) {
-	p := &predialer{conns: map[string][]predialed{}}
+	p := newPredialer()
 	a, b := net.Pipe()
 	defer b.Close()
 	p.put("h:1", a)
@@ -98,8 +102,12 @@ func TestPredialTake(t *testing.T) {
 func TestRegistriesShareConnections(t *testing.T) {
 	srv, conns, reqs := countingServer(t, 0)
 	host := strings.TrimPrefix(srv.URL, "http://")
+	c, err := NewClient(WithPlainHTTP(), WithRetry(1, 0))
+	if err != nil {
+		t.Fatal(err)
+	}
 	for _, repo := range []string{"/a:1", "/b:1", "/a:1"} {
-		reg, err := New(host+repo, WithPlainHTTP(), WithRetry(1, 0))
+		reg, err := c.Open(host + repo)
 		if err != nil {
 			t.Fatal(err)
 		}

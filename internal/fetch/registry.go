@@ -2,7 +2,6 @@ package fetch
 
 import (
 	"context"
-	"crypto/tls"
 	"errors"
 	"fmt"
 	"io"
@@ -10,7 +9,6 @@ import (
 	"math/rand/v2"
 	"net/http"
 	"net/url"
-	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -20,7 +18,8 @@ import (
 )
 
 // Registry reads one repository of an OCI distribution registry: its manifests (Resolve)
-// and its blobs (Blob). It is safe for concurrent use; all its requests share one bound.
+// and its blobs (Blob). It is safe for concurrent use. Registries come from a Client
+// (Client.Open), whose bound on requests in flight all of them share.
 type Registry struct {
 	host string // as in the reference, e.g. 127.0.0.1:5000
 	repo string // repository path, e.g. library/python
@@ -49,132 +48,6 @@ type endpoint struct {
 	mirror bool
 	client *http.Client
 	single atomic.Bool // refuses multi-range requests: ask range by range
-}
-
-// New makes a Registry for the repository a reference names ("host[:port]/path[:tag]" or
-// "...@sha256:..."; a tag or digest in it is what Resolve resolves when given none). It
-// sends nothing: credentials are looked up, and the token fetched, the first time the
-// registry asks for them.
-func New(ref string, opts ...Option) (*Registry, error) {
-	o := defaultOptions()
-	for _, opt := range opts {
-		if err := opt(&o); err != nil {
-			return nil, err
-		}
-	}
-	r, err := name.ParseReference(ref)
-	if err != nil {
-		return nil, fmt.Errorf("fetch: reference %q: %w", ref, err)
-	}
-	repo := r.Context()
-	reg := &Registry{
-		host:       repo.RegistryStr(),
-		repo:       repo.RepositoryStr(),
-		ref:        r,
-		sem:        make(chan struct{}, o.concurrency),
-		attempts:   o.attempts,
-		backoff:    o.backoff,
-		idle:       o.idle,
-		maxGap:     o.maxGap,
-		maxRequest: o.maxRequest,
-		metrics:    o.metrics,
-		flights:    map[flightKey]*flight{},
-	}
-	if reg.metrics == nil {
-		reg.metrics = NewMetrics()
-	}
-	log := o.logger
-	if log == nil {
-		log = slog.New(slog.DiscardHandler)
-	}
-	reg.log = log.With("registry", reg.host, "repo", reg.repo)
-
-	hosts, err := endpointsOf(o, reg.host, func(file string, keys []string) {
-		reg.log.Warn("hosts file: ignoring settings lazypull does not use", "file", file, "keys", strings.Join(keys, ","))
-	})
-	if err != nil {
-		return nil, fmt.Errorf("fetch: %w", err)
-	}
-	base := o.transport
-	if base == nil {
-		base = sharedTransport()
-	}
-	scopes := []string{repo.Scope("pull")}
-	for _, h := range hosts {
-		rt := base
-		if h.skipVerify {
-			t, ok := base.(*http.Transport)
-			if !ok {
-				return nil, fmt.Errorf("fetch: %s: skip_verify needs the default transport", h.url.Host)
-			}
-			t = t.Clone()
-			if t.TLSClientConfig == nil {
-				t.TLSClientConfig = &tls.Config{}
-			}
-			t.TLSClientConfig.InsecureSkipVerify = true
-			rt = t
-		}
-		nreg, err := name.NewRegistry(h.url.Host)
-		if err != nil {
-			return nil, fmt.Errorf("fetch: endpoint %s: %w", h.url.Host, err)
-		}
-		epLog := reg.log.With("endpoint", h.url.Host)
-		at := &authTransport{
-			base:      rt,
-			reg:       nreg,
-			origin:    canonicalOrigin(h.url),
-			keychain:  o.keychain,
-			scopes:    scopes,
-			insecure:  h.url.Scheme == "http",
-			cleartext: cleartextAllowed(h),
-			log:       epLog.Debug,
-		}
-		reg.endpoints = append(reg.endpoints, &endpoint{
-			host:   h.url.Host,
-			base:   h.url.String(),
-			caps:   h.caps,
-			mirror: h.mirror,
-			client: &http.Client{Transport: at, CheckRedirect: checkRedirect},
-		})
-	}
-	return reg, nil
-}
-
-// endpointsOf returns the endpoints of registry host under the options o: its hosts.toml
-// mirrors (warn is told of settings they hold that lazypull does not use), then host.
-func endpointsOf(o options, host string, warn func(file string, keys []string)) ([]hostConfig, error) {
-	// containerd knows the default registry by its short name (the default without its
-	// "index." prefix); ggcr by the long one.
-	var aliases []string
-	if host == name.DefaultRegistry {
-		aliases = []string{strings.TrimPrefix(name.DefaultRegistry, "index.")}
-	}
-	return loadHosts(o.hostsDir, host, aliases, o.plainHTTP, warn)
-}
-
-// maxIdlePerHost bounds the idle connections the shared transport keeps to one host:
-// enough for a few images' fetches at the default concurrency.
-const maxIdlePerHost = 4*DefaultConcurrency + 2
-
-var (
-	sharedOnce sync.Once
-	shared     *http.Transport
-)
-
-// sharedTransport is the transport of every Registry without one of its own
-// (WithTransport): one pool of connections per process. A snapshotter or a mount opens a
-// Registry per image; with a transport each, every image set up its own connections (and
-// TLS sessions) to a registry the process was already talking to, and left them idle
-// until they timed out. It dials through predial.
-func sharedTransport() *http.Transport {
-	sharedOnce.Do(func() {
-		t := http.DefaultTransport.(*http.Transport).Clone()
-		t.DialContext = predial.dialContext(t.DialContext)
-		t.MaxIdleConnsPerHost = maxIdlePerHost
-		t.ResponseHeaderTimeout = time.Minute
-		shared = t
-	})
-	return shared
 }
 
 // Host is the registry's host[:port] as the reference names it.

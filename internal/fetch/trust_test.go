@@ -198,7 +198,7 @@ func TestIdleTimeoutEveryBody(t *testing.T) {
 			}
 		})
 	}
-	if _, err := New("h/r", WithIdleTimeout(0)); err == nil {
+	if _, err := openRef("h/r", WithIdleTimeout(0)); err == nil {
 		t.Error("zero idle timeout accepted")
 	}
 }
@@ -269,7 +269,7 @@ func TestRedirectDowngradeRefused(t *testing.T) {
 
 	log, lb := testutil.NewLog(t)
 	rt := ts.Client().Transport.(*http.Transport).Clone()
-	reg, err := New(host+"/r", WithTransport(rt), WithRetry(3, time.Millisecond), WithLogger(log),
+	reg, err := openRef(host+"/r", WithTransport(rt), WithRetry(3, time.Millisecond), WithLogger(log),
 		WithKeychain(staticKeychain{host: host, user: "alice", pass: "pa55word"}))
 	if err != nil {
 		t.Fatal(err)

@@ -16,7 +16,6 @@ import (
 	"github.com/containerd/containerd/v2/pkg/namespaces"
 	"github.com/containerd/containerd/v2/pkg/snapshotters"
 	"github.com/containerd/containerd/v2/plugins"
-	"github.com/google/go-containerregistry/pkg/authn"
 	"github.com/google/go-containerregistry/pkg/name"
 	v1 "github.com/google/go-containerregistry/pkg/v1"
 	"github.com/opencontainers/go-digest"
@@ -39,10 +38,10 @@ type Options struct {
 	// Profile, when not "", is the digest of the prefetch profile the snapshotter is to
 	// use (daemon.LabelProfile on every lazypull layer).
 	Profile string
-	// PlainHTTP and HostsDir (containerd's hosts.toml layout) are how containerd's
-	// resolver reaches the registry, as the fetch.Registry given to Pull does.
-	PlainHTTP bool
-	HostsDir  string
+	// Client is the registry client the fetch.Registry given to Pull comes from:
+	// containerd's resolver reaches the registry as it does (its hosts.toml directory, its
+	// plain-HTTP rule, its credentials).
+	Client *fetch.Client
 	// Log gets what the pull has to say beside its error; nil: nothing.
 	Log *slog.Logger
 }
@@ -100,7 +99,7 @@ func Pull(ctx context.Context, reg *fetch.Registry, nref name.Reference, opts Op
 	}
 	defer w.wait()
 	resolver := &pinnedResolver{next: docker.NewResolver(docker.ResolverOptions{
-		Hosts: dockerconfig.ConfigureHosts(ctx, hostOptions(opts.PlainHTTP, opts.HostsDir)),
+		Hosts: dockerconfig.ConfigureHosts(ctx, hostOptions(ctx, opts.Client, nref.Context().RepositoryStr())),
 	})}
 	m := <-manifest
 	var fe *fetch.Error
@@ -163,34 +162,21 @@ func fetchManifest(ctx context.Context, reg *fetch.Registry, w *warmer) <-chan f
 	return manifest
 }
 
-// hostOptions is how containerd's resolver reaches registries: credentials from the Docker
-// config and its helpers, plain http when asked, hosts.toml files under hostsDir.
-func hostOptions(plainHTTP bool, hostsDir string) dockerconfig.HostOptions {
+// hostOptions is how containerd's resolver reaches registries, as client does: its
+// credentials (for repo), its plain-HTTP rule (loopback falls back to http by containerd's
+// own), hosts.toml files under its hosts directory.
+func hostOptions(ctx context.Context, client *fetch.Client, repo string) dockerconfig.HostOptions {
 	hostOpts := dockerconfig.HostOptions{
 		Credentials: func(host string) (string, string, error) {
-			reg, err := name.NewRegistry(host)
-			if err != nil {
-				return "", "", nil
-			}
-			a, err := authn.DefaultKeychain.Resolve(reg)
-			if err != nil {
-				return "", "", err
-			}
-			c, err := a.Authorization()
-			if err != nil {
-				return "", "", err
-			}
-			if c.IdentityToken != "" {
-				return "", c.IdentityToken, nil
-			}
-			return c.Username, c.Password, nil
+			user, secret, _, err := client.Credentials(ctx, host, repo)
+			return user, secret, err
 		},
 	}
-	if plainHTTP {
+	if client.AllPlainHTTP() {
 		hostOpts.DefaultScheme = "http"
 	}
-	if hostsDir != "" {
-		hostOpts.HostDir = dockerconfig.HostDirFromRoot(hostsDir)
+	if dir := client.HostsDir(); dir != "" {
+		hostOpts.HostDir = dockerconfig.HostDirFromRoot(dir)
 	}
 	return hostOpts
 }

@@ -92,7 +92,7 @@ func TestPinnedResolver(t *testing.T) {
 		}
 	}
 	ctx := context.Background()
-	fr, err := fetch.New(ref, fetch.WithPlainHTTP())
+	fr, err := openRegistry(ref)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -222,7 +222,7 @@ func TestEmbeddedConfig(t *testing.T) {
 				t.Fatal(err)
 			}
 			ctx := context.Background()
-			fr, err := fetch.New(ref, fetch.WithPlainHTTP())
+			fr, err := openRegistry(ref)
 			if err != nil {
 				t.Fatal(err)
 			}
@@ -414,4 +414,13 @@ func TestWarmerHandler(t *testing.T) {
 	w = newWarmer(slog.New(slog.DiscardHandler), ref, filepath.Join(t.TempDir(), "none.sock"), cs)
 	w.manifest(ctx, pinned, pinnedRaw, nil)
 	w.wait()
+}
+
+// openRegistry opens ref through a plain-HTTP registry client of its own.
+func openRegistry(ref string) (*fetch.Registry, error) {
+	c, err := fetch.NewClient(fetch.WithPlainHTTP())
+	if err != nil {
+		return nil, err
+	}
+	return c.Open(ref)
 }

@@ -12,7 +12,6 @@ import (
 	"time"
 
 	containerd "github.com/containerd/containerd/v2/client"
-	"github.com/google/go-containerregistry/pkg/authn"
 	"github.com/google/go-containerregistry/pkg/name"
 	v1 "github.com/google/go-containerregistry/pkg/v1"
 	"github.com/google/go-containerregistry/pkg/v1/remote"
@@ -53,10 +52,10 @@ type Options struct {
 	// [ARGS...]: the helper calls ExecChrooted with them.
 	ChrootHelper []string
 
-	// Platform picks the image of an index (nil: this machine's); Fetch is how its
-	// registry is reached.
+	// Platform picks the image of an index (nil: this machine's); Client is how its
+	// registry is reached, and the profile pushed.
 	Platform *v1.Platform
-	Fetch    []fetch.Option
+	Client   *fetch.Client
 	// StoreDir is the content store read through; "": a new temporary one, so that every
 	// read is recorded.
 	StoreDir string
@@ -127,7 +126,7 @@ func Record(ctx context.Context, ref string, argv []string, opts Options) (Resul
 		return Result{}, err
 	}
 	defer st.Close()
-	im, err := daemon.OpenImage(ctx, st, ref, daemon.OpenOptions{Platform: opts.Platform, Fetch: opts.Fetch, Log: r.log})
+	im, err := daemon.OpenImage(ctx, st, ref, daemon.OpenOptions{Platform: opts.Platform, Client: opts.Client, Log: r.log})
 	if err != nil {
 		return Result{}, err
 	}
@@ -240,7 +239,7 @@ func (r *recording) push(ctx context.Context, im *daemon.Image, p *profile.Profi
 	}
 	subject := im.Image.Descriptor
 	desc, err := profile.Push(repo, v1.Descriptor{MediaType: subject.MediaType, Digest: subject.Digest, Size: subject.Size}, doc, pack,
-		remote.WithContext(ctx), remote.WithAuthFromKeychain(authn.DefaultKeychain), remote.WithUserAgent("lazypull"))
+		remote.WithContext(ctx), remote.WithTransport(r.opts.Client.Transport()), remote.WithAuthFromKeychain(r.opts.Client.Keychain()), remote.WithUserAgent("lazypull"))
 	if err != nil {
 		return nil, err
 	}

@@ -24,19 +24,19 @@ import (
 // statsEvery is how often a process holding the store writes its figures for `lazypull stats`.
 const statsEvery = 2 * time.Second
 
-// FetchOptions are the registry settings of every command that reads a registry; every
-// registry made with them reports into the one Metrics returned, so that its collectors
-// register once. It is the one place fetch options are built.
-func FetchOptions(log *slog.Logger, plainHTTP bool, hostsDir string) ([]fetch.Option, *fetch.Metrics) {
-	metrics := fetch.NewMetrics()
-	opts := []fetch.Option{fetch.WithLogger(log), fetch.WithMetrics(metrics)}
+// NewClient makes the registry client of a command that reads registries: one per
+// process, so that every image's registry shares its connections, its bound on requests in
+// flight, its credentials and its metrics. It is the one place registry settings are
+// turned into a client.
+func NewClient(log *slog.Logger, plainHTTP bool, hostsDir string, more ...fetch.Option) (*fetch.Client, error) {
+	opts := []fetch.Option{fetch.WithLogger(log)}
 	if plainHTTP {
 		opts = append(opts, fetch.WithPlainHTTP())
 	}
 	if hostsDir != "" {
 		opts = append(opts, fetch.WithHostsDir(hostsDir))
 	}
-	return opts, metrics
+	return fetch.NewClient(append(opts, more...)...)
 }
 
 // node is what the snapshotter and a mount share: the store, the registry options, the
@@ -45,8 +45,7 @@ type node struct {
 	cfg      NodeConfig
 	log      *slog.Logger
 	store    *store.Store
-	fetch    []fetch.Option
-	metrics  *fetch.Metrics
+	client   *fetch.Client
 	profiles *daemon.ProfileMetrics
 	platform *v1.Platform
 	stops    []func() // run by close, last first
@@ -65,8 +64,12 @@ func openNode(cfg NodeConfig, log *slog.Logger) (*node, error) {
 	if err != nil {
 		return nil, err
 	}
-	n := &node{cfg: cfg, log: log, store: st, platform: platform, profiles: daemon.NewProfileMetrics(nil)}
-	n.fetch, n.metrics = FetchOptions(log, cfg.PlainHTTP, cfg.HostsDir)
+	client, err := NewClient(log, cfg.PlainHTTP, cfg.HostsDir)
+	if err != nil {
+		st.Close()
+		return nil, err
+	}
+	n := &node{cfg: cfg, log: log, store: st, client: client, platform: platform, profiles: daemon.NewProfileMetrics(nil)}
 	return n, nil
 }
 
@@ -74,6 +77,7 @@ func (n *node) close() {
 	for _, stop := range slices.Backward(n.stops) {
 		stop()
 	}
+	n.client.Close()
 	n.store.Close()
 }
 
@@ -95,7 +99,7 @@ func (n *node) prefetchOptions() (*daemon.PrefetchOptions, *daemon.FillOptions) 
 func (n *node) serve(images func() []*daemon.Image) error {
 	n.profiles.SetImages(images)
 	if n.cfg.MetricsAddr != "" {
-		stop, err := serveMetrics(n.cfg.MetricsAddr, slices.Concat(n.store.Collectors(), n.metrics.Collectors(), n.profiles.Collectors()), n.log)
+		stop, err := serveMetrics(n.cfg.MetricsAddr, slices.Concat(n.store.Collectors(), n.client.Collectors(), n.profiles.Collectors()), n.log)
 		if err != nil {
 			return err
 		}

@@ -35,7 +35,7 @@ func Serve(ctx context.Context, cfg Config, log *slog.Logger) error {
 	}
 	defer n.close()
 
-	lfs := daemon.NewSnapshotFS(n.store, n.platform, log, n.fetch...)
+	lfs := daemon.NewSnapshotFS(n.store, n.platform, log, n.client)
 	p, fill := n.prefetchOptions()
 	if p != nil {
 		lfs.SetPrefetch(*p)

@@ -24,8 +24,8 @@ var ErrMismatch = errors.New("verify: mismatch found")
 // every chunk against its digest in the index, and every entry of the index against its tar
 // header. It writes one line per layer to w, and returns ErrMismatch when any does not
 // match (or the image has no lazypull layer).
-func Image(ctx context.Context, w io.Writer, ref string, platform *v1.Platform, fopts ...fetch.Option) error {
-	reg, err := fetch.New(ref, fopts...)
+func Image(ctx context.Context, w io.Writer, ref string, platform *v1.Platform, client *fetch.Client) error {
+	reg, err := client.Open(ref)
 	if err != nil {
 		return err
 	}

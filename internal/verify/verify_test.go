@@ -64,7 +64,12 @@ func pushVerifyImage(t *testing.T, host string, edit func(ix *format.Index), wro
 func check(t *testing.T, ref string) (code int, out, errs string) {
 	t.Helper()
 	var w bytes.Buffer
-	err := Image(context.Background(), &w, ref, nil, fetch.WithPlainHTTP())
+	client, err := fetch.NewClient(fetch.WithPlainHTTP())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer client.Close()
+	err = Image(context.Background(), &w, ref, nil, client)
 	switch {
 	case errors.Is(err, ErrMismatch):
 		return 1, w.String(), err.Error()

@@ -1,0 +1,229 @@
+package fetch
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net"
+	"net/http"
+	"net/http/httptest"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/google/go-containerregistry/pkg/name"
+	"github.com/google/go-containerregistry/pkg/v1/random"
+	"github.com/google/go-containerregistry/pkg/v1/remote"
+
+	"lazypull/internal/testutil"
+)
+
+// TestClientBoundsRequestsAcrossImages: the Registries of one Client, one per image, have
+// at most WithMaxConcurrency requests in flight together, as the registry counts them.
+// The registry holds every request until the test lets one go, so that requests beyond
+// the bound would be seen arriving.
+func TestClientBoundsRequestsAcrossImages(t *testing.T) {
+	const images, reads, limit = 4, 3, 3
+	var inflight, most atomic.Int64
+	arrived := make(chan struct{}, images*reads)
+	gate := make(chan struct{})
+	_, host := serve(t, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		n := inflight.Add(1)
+		for m := most.Load(); n > m && !most.CompareAndSwap(m, n); m = most.Load() {
+		}
+		arrived <- struct{}{}
+		<-gate
+		inflight.Add(-1)
+		http.NotFound(w, r)
+	}))
+	c, err := NewClient(WithPlainHTTP(), WithMaxConcurrency(limit), WithRetry(1, 0))
+	if err != nil {
+		t.Fatal(err)
+	}
+	var wg sync.WaitGroup
+	for i := range images {
+		reg, err := c.Open(fmt.Sprintf("%s/image%d", host, i))
+		if err != nil {
+			t.Fatal(err)
+		}
+		for j := range reads {
+			wg.Go(func() {
+				d := sha([]byte{byte(i), byte(j)})
+				_, _ = reg.Blob(d, 10).ReadAt(make([]byte, 5), 0)
+			})
+		}
+	}
+	for i := range images * reads {
+		testutil.Recv(t, arrived, 5*time.Second, "a request")
+		if i >= limit-1 { // the bound is reached: let one go for each that arrives
+			gate <- struct{}{}
+		}
+	}
+	for range limit - 1 {
+		gate <- struct{}{}
+	}
+	wg.Wait()
+	if m := most.Load(); m != limit {
+		t.Fatalf("%d requests in flight at most across %d images; want %d, the client's bound", m, images, limit)
+	}
+}
+
+// TestPlainHTTPRule: one rule for every command. With WithPlainHTTP every registry no
+// hosts.toml names is reached over http; without, https, but a registry on loopback (by
+// name) that answers TLS with plain HTTP is reached over http. A registry elsewhere that
+// does so fails (TestHTTPSToPlainRegistry), and an https registry on loopback stays
+// https (TestRedirectDowngradeRefused).
+func TestPlainHTTPRule(t *testing.T) {
+	plain, err := NewClient(WithPlainHTTP())
+	if err != nil {
+		t.Fatal(err)
+	}
+	def, err := NewClient()
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, tc := range []struct {
+		c        *Client
+		host     string
+		scheme   string
+		fallback bool
+	}{
+		{plain, "registry.example:5000", "http", false},
+		{plain, "127.0.0.1:5000", "http", false},
+		{def, "registry.example:5000", "https", false},
+		{def, "10.0.0.1:5000", "https", false}, // private, not loopback
+		{def, "localhost.example:5000", "https", false},
+		{def, "127.0.0.1:5000", "https", true},
+		{def, "127.1.2.3", "https", true},
+		{def, "localhost:5000", "https", true},
+		{def, "[::1]:5000", "https", true},
+	} {
+		if s, fb := tc.c.PlainHTTP(tc.host); s != tc.scheme || fb != tc.fallback {
+			t.Errorf("PlainHTTP(%s) (plain %v) = %s, %v; want %s, %v", tc.host, tc.c.AllPlainHTTP(), s, fb, tc.scheme, tc.fallback)
+		}
+	}
+
+	// A plain registry on loopback, without WithPlainHTTP: the first request finds it
+	// plain, the ones after go over http at once.
+	f := newFake("r")
+	blob := testutil.RandBytes(14, 100)
+	d := f.addBlob(blob)
+	var conns atomic.Int64
+	srv := httptest.NewUnstartedServer(f)
+	srv.Config.ConnState = func(_ net.Conn, s http.ConnState) {
+		if s == http.StateNew {
+			conns.Add(1)
+		}
+	}
+	srv.Start()
+	t.Cleanup(srv.Close)
+	host := strings.TrimPrefix(srv.URL, "http://")
+	reg, err := def.Open(host + "/r")
+	if err != nil {
+		t.Fatal(err)
+	}
+	for range 3 {
+		if _, err := reg.Blob(d, int64(len(blob))).ReadAt(make([]byte, 10), 0); err != nil {
+			t.Fatalf("a plain registry on loopback without --plain-http: %v", err)
+		}
+	}
+	if s := reg.Stats(); s.Requests != 3 || s.Retries != 0 {
+		t.Fatalf("stats %+v; want 3 requests, no retry", s)
+	}
+	if n := f.blobGets.Load(); n != 3 {
+		t.Fatalf("%d blob requests reached the registry; want 3", n)
+	}
+	if n := conns.Load(); n != 2 {
+		t.Fatalf("%d connections; want 2, the TLS try and the plain one", n)
+	}
+}
+
+// TestClientTransportFollowsTheRule: go-containerregistry's remote, over Client.Transport
+// and Client.Keychain, reaches registries as Open's Registries do: the server a hosts.toml
+// names, plain http only by the rule.
+func TestClientTransportFollowsTheRule(t *testing.T) {
+	reg := testutil.NewRegistry(t)
+	img, err := random.Image(100, 1)
+	if err != nil {
+		t.Fatal(err)
+	}
+	_, port, _ := net.SplitHostPort(reg.Host)
+	elsewhere := "registry.invalid:" + port // not loopback by name; dialed to the registry
+	ref, err := name.ParseReference(elsewhere+"/app:1", name.Insecure)
+	if err != nil {
+		t.Fatal(err)
+	}
+	remoteOpts := func(c *Client) []remote.Option {
+		return []remote.Option{remote.WithTransport(c.Transport()), remote.WithAuthFromKeychain(c.Keychain())}
+	}
+
+	// Without WithPlainHTTP, a registry that is not on loopback is https only, whatever
+	// the reference's scheme says.
+	def, err := NewClient(WithTransport(dialOnly(reg.Host)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := remote.Write(ref, img, remoteOpts(def)...); err == nil || !strings.Contains(err.Error(), "HTTP response to HTTPS client") {
+		t.Fatalf("push over https to a plain registry: %v", err)
+	}
+	plain, err := NewClient(WithTransport(dialOnly(reg.Host)), WithPlainHTTP())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := remote.Write(ref, img, remoteOpts(plain)...); err != nil {
+		t.Fatalf("push with WithPlainHTTP: %v", err)
+	}
+
+	// A hosts.toml naming the server sends the requests there.
+	dir := t.TempDir()
+	writeHosts(t, dir, "mirrored.invalid", `server = "http://`+reg.Host+`"`)
+	named, err := NewClient(WithHostsDir(dir))
+	if err != nil {
+		t.Fatal(err)
+	}
+	want, _ := img.Digest()
+	got, err := remote.Head(name.MustParseReference("mirrored.invalid/app:1"), remoteOpts(named)...)
+	if err != nil || got.Digest != want {
+		t.Fatalf("head through the hosts.toml server: %v, %v; want %s", got, err, want)
+	}
+}
+
+// TestCredentialsFirst: a Client's Credentials are asked before its keychain, for the
+// endpoint's host and the repository; without any, the keychain's are used.
+func TestCredentialsFirst(t *testing.T) {
+	cr := credsFunc(func(_ context.Context, host, repo string) (string, string, bool, error) {
+		switch repo {
+		case "kubelet/app":
+			return "kube", "s3cret", true, nil
+		case "broken/app":
+			return "", "", false, errors.New("the proxy is gone")
+		}
+		return "", "", false, nil
+	})
+	c, err := NewClient(WithCredentials(cr), WithKeychain(staticKeychain{host: "r.example", user: "docker", pass: "cfg"}))
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, tc := range []struct {
+		repo, user, secret string
+		ok                 bool
+		err                string
+	}{
+		{"kubelet/app", "kube", "s3cret", true, ""},
+		{"other/app", "docker", "cfg", true, ""},
+		{"broken/app", "", "", false, "the proxy is gone"},
+	} {
+		user, secret, ok, err := c.Credentials(context.Background(), "r.example", tc.repo)
+		if user != tc.user || secret != tc.secret || ok != tc.ok || (err == nil) != (tc.err == "") || err != nil && !strings.Contains(err.Error(), tc.err) {
+			t.Errorf("%s: %q %q %v %v; want %q %q %v %q", tc.repo, user, secret, ok, err, tc.user, tc.secret, tc.ok, tc.err)
+		}
+	}
+}
+
+type credsFunc func(ctx context.Context, host, repo string) (string, string, bool, error)
+
+func (f credsFunc) Credentials(ctx context.Context, host, repo string) (string, string, bool, error) {
+	return f(ctx, host, repo)
+}
