@@ -41,13 +41,15 @@ own reference by digest works too). The layers then decompress to the same entri
 another order: their diff IDs change, and the config is rewritten with the new ones.
 
 Credentials come from the Docker config and its credential helpers. Registries on loopback
-and private addresses are spoken to over plain http; --plain-http does so for any host.
+that answer TLS with plain HTTP are spoken to over plain http; --plain-http does so for
+any host. --hosts-dir names each registry's server as containerd's hosts.toml does.
 Flags may also follow SRC and DST. Temp files go to $TMPDIR.`,
 		flags: func(fs *flag.FlagSet) any {
 			f := &convertFlags{}
 			fs.StringVar(&f.platform, "platform", "", "convert only the image for `os/arch[/variant]` of a multi-platform source")
 			fs.IntVar(&f.jobs, "jobs", convert.DefaultJobs(), "convert `n` layers at once")
 			fs.BoolVar(&f.plainHTTP, "plain-http", false, "talk to registries over http instead of https")
+			fs.StringVar(&f.hostsDir, "hosts-dir", "", "containerd-style `dir` of HOST/hosts.toml files naming servers")
 			fs.BoolVar(&f.json, "json", false, "print a JSON summary on stdout")
 			fs.StringVar(&f.profile, "profile", "", "lay the layers out by the prefetch profile `PROFILE`: a file, a digest in SRC's repository, or a REF")
 			return f
@@ -60,6 +62,7 @@ type convertFlags struct {
 	platform  string
 	jobs      int
 	plainHTTP bool
+	hostsDir  string
 	json      bool
 	profile   string
 }
@@ -72,7 +75,12 @@ func runConvert(ctx context.Context, e *env, vals any, args []string) error {
 	if f.jobs < 1 {
 		return usagef("-jobs must be at least 1, not %d", f.jobs)
 	}
-	opts := convert.Options{Jobs: f.jobs, PlainHTTP: f.plainHTTP}
+	client, err := newClient(newLogger(e), f.plainHTTP, f.hostsDir)
+	if err != nil {
+		return err
+	}
+	defer client.Close()
+	opts := convert.Options{Jobs: f.jobs, PlainHTTP: f.plainHTTP, Keychain: client.Keychain(), Transport: client.Transport()}
 	if f.platform != "" {
 		p, err := v1.ParsePlatform(f.platform)
 		if err != nil || p.OS == "" || p.Architecture == "" {
@@ -81,11 +89,6 @@ func runConvert(ctx context.Context, e *env, vals any, args []string) error {
 		opts.Platform = p
 	}
 	if f.profile != "" {
-		client, err := newClient(newLogger(e), f.plainHTTP, "")
-		if err != nil {
-			return err
-		}
-		defer client.Close()
 		p, err := daemon.LoadProfile(ctx, f.profile, args[0], client, opts.Platform)
 		if errors.Is(err, daemon.ErrProfileNoRepository) {
 			return usagef("--profile %v", err)

@@ -29,8 +29,10 @@ type Options struct {
 	Platform *v1.Platform
 	// Jobs is how many layers are converted at once; 0 means DefaultJobs().
 	Jobs int
-	// PlainHTTP talks to registries over http. Loopback and private-network registries
-	// (localhost:5000, 127.0.0.1:PORT, 10.x, 192.168.x) are spoken to over http anyway.
+	// PlainHTTP talks to registries over http. Without it, go-containerregistry tries
+	// http after https for loopback and private-network registries, unless Transport
+	// decides otherwise (the command's, a fetch.Client's, applies lazypull's one
+	// plain-HTTP rule and the hosts directory).
 	PlainHTTP bool
 	// Keychain supplies registry credentials; nil means authn.DefaultKeychain (the Docker
 	// config and its credential helpers).
