@@ -77,9 +77,8 @@ func (loc IndexLocation) Check(size int64) error {
 // the digest checked is the footer's own. Either way the payload's size is a claim: it is
 // read in steps that grow as its bytes arrive (readPayload), so a blob shorter than its
 // descriptor says costs what it holds. A reader of a registry should rather stream the
-// payload in one request (ReadIndexFrom). An index with the same digest that is decoded
-// already and still in use is returned rather than decoded again (shared.go): the Index
-// must not be changed.
+// payload in one request (ReadIndexFrom). Every call decodes an Index of its own; a
+// caller that keeps indexes shares them (internal/store's ShareIndex).
 func ReadIndex(ra io.ReaderAt, size int64, loc *IndexLocation) (*Index, error) {
 	var payload []byte
 	var want Digest
@@ -172,18 +171,14 @@ func readPayload(r io.Reader, off, n int64) ([]byte, error) {
 	return buf, nil
 }
 
-// indexOf verifies a payload against its digest and decodes it, or returns the shared index
-// of that digest.
+// indexOf verifies a payload against its digest and decodes it.
 func indexOf(payload []byte, size int64, want Digest) (*Index, error) {
 	if got := sum256(payload); got != want {
 		return nil, fmt.Errorf("index digest %s, want %s", got, want)
 	}
-	ix := sharedIndex(want)
-	if ix == nil {
-		var err error
-		if ix, err = DecodeIndex(payload); err != nil {
-			return nil, err
-		}
+	ix, err := DecodeIndex(payload)
+	if err != nil {
+		return nil, err
 	}
 	if n := len(ix.Frames); n > 0 {
 		last := ix.Frames[n-1]
@@ -191,7 +186,7 @@ func indexOf(payload []byte, size int64, want Digest) (*Index, error) {
 			return nil, fmt.Errorf("index: frames end at %d, past the %d-byte layer", last.Offset+last.Size, size)
 		}
 	}
-	return shareIndex(want, ix), nil
+	return ix, nil
 }
 
 // ErrNoFooter is returned for a blob that does not end in a lazypull footer.

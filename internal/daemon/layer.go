@@ -87,6 +87,7 @@ func openLayer(ctx context.Context, im *Image, st *store.Store, desc v1.Descript
 	if err != nil {
 		return nil, nil, fmt.Errorf("layer %s: read index: %w", desc.Digest, err)
 	}
+	ix = st.ShareIndex(loc.Digest, ix)
 	return &Layer{Desc: desc, Index: ix, blob: blob, store: st, lease: im.lease, log: im.log, files: map[*format.Entry]store.File{},
 		streams: map[*format.Entry]*stream{}, bg: im.bg, raSlot: make(chan struct{}, readaheadSlots), reading: &im.reading}, wait, nil
 }

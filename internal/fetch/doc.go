@@ -4,21 +4,35 @@
 //
 // # Use
 //
-//	reg, err := fetch.New("127.0.0.1:5000/python:3.12", fetch.WithPlainHTTP())
-//	img, err := reg.Resolve(ctx, "", nil) // the tag given to New, this platform
+//	c, err := fetch.NewClient(fetch.WithHostsDir(dir)) // once, by the composition root
+//	reg, err := c.Open("127.0.0.1:5000/python:3.12")   // per image
+//	img, err := reg.Resolve(ctx, "", nil)               // the tag given to Open, this platform
 //	layer := reg.Layer(img.Manifest.Layers[0])
 //	loc, err := format.LocationFromAnnotations(img.Manifest.Layers[0].Annotations)
 //	rc, err := layer.OpenRange(ctx, loc.Offset, loc.Size) // one request, read as it comes
 //	ix, payload, err := format.ReadIndexFrom(rc, layer.Size(), loc)
 //	err = layer.Fetch(ctx, ranges, func(r fetch.Range, b []byte) error { ... })
 //
+// # The client
+//
+// A Client is made once per process, by whoever composes it (a command, the snapshotter),
+// and every image's Registry is opened from it (Client.Open). It owns what they share: the
+// HTTP transport and its connections, connections dialed ahead (Client.Predial), the bound
+// on requests in flight (WithMaxConcurrency, across all its Registries), credentials
+// (WithCredentials, asked before the Docker config: the seam for credentials handed over in
+// memory, see Credentials), metrics, logger, the hosts directory and the plain-HTTP rule
+// (Client.PlainHTTP: http with WithPlainHTTP; else https, a registry on loopback that
+// answers TLS with plain HTTP being spoken to over http). Code that speaks to registries
+// through go-containerregistry's remote uses Client.Transport and Client.Keychain, and so
+// reaches them the same way. The package has no globals.
+//
 // # Requests
 //
 // A Registry serves one repository. Its endpoints are the mirrors of a containerd hosts
 // directory (WithHostsDir), tried in the order the file lists them, then the server; an
 // endpoint is used for blobs and manifests by digest if it has the pull capability, for
-// tags if it has resolve. Every request (blob or manifest, any endpoint) takes a place
-// among at most WithMaxConcurrency in flight.
+// tags if it has resolve. Every request (blob or manifest, any endpoint, any Registry of
+// the Client) takes a place among at most WithMaxConcurrency in flight.
 //
 // Blob.ReadAt and Blob.OpenRange are one Range GET each: no HEAD, no probe of the blob, no ping of the registry.
 // Authentication happens on demand: a request goes out without credentials, and only when

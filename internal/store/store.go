@@ -157,6 +157,7 @@ func WithVerifyOnOpen() Option {
 
 // Store is the node-wide content-addressed store. Its methods are safe for concurrent use.
 type Store struct {
+	indexes  indexes // decoded layer indexes, shared (ShareIndex)
 	dir      string
 	log      *slog.Logger
 	maxBytes int64
