@@ -123,9 +123,7 @@ func TestRegistryGone(t *testing.T) {
 
 // A connection dropped in the middle of a body is retried, for what is missing only.
 func TestConnectionCutMidBody(t *testing.T) {
-	f := newFake("r")
-	blob := testutil.RandBytes(21, 300000)
-	d := f.addBlob(blob)
+	f, blob, d, reg, _ := blobRegistry(t, 21, 300000)
 	f.hook = func(n int, w http.ResponseWriter, r *http.Request) bool {
 		if n != 1 {
 			return false
@@ -138,8 +136,6 @@ func TestConnectionCutMidBody(t *testing.T) {
 		cutConn(w, rec.Code, rec.Header(), body[:len(body)/2])
 		return true
 	}
-	_, host := serve(t, f)
-	reg, _ := newReg(t, host, "r")
 	ranges := []Range{{0, 1000}, {100000, 50000}, {250000, 1000}}
 	got, err := collect(t, reg.Blob(d, int64(len(blob))), ranges)
 	if err != nil {
@@ -157,9 +153,7 @@ func TestConnectionCutMidBody(t *testing.T) {
 
 // A body shorter than its Content-Length, on a single range.
 func TestTruncatedBody(t *testing.T) {
-	f := newFake("r")
-	blob := testutil.RandBytes(22, 100000)
-	d := f.addBlob(blob)
+	f, blob, d, reg, _ := blobRegistry(t, 22, 100000)
 	f.hook = func(n int, w http.ResponseWriter, r *http.Request) bool {
 		if n > 2 {
 			return false
@@ -170,8 +164,6 @@ func TestTruncatedBody(t *testing.T) {
 		_, _ = w.Write(blob[500:900]) // the server closes the connection: short body
 		return true
 	}
-	_, host := serve(t, f)
-	reg, _ := newReg(t, host, "r")
 	p := make([]byte, 1000)
 	if _, err := reg.Blob(d, int64(len(blob))).ReadAt(p, 500); err != nil {
 		t.Fatal(err)
@@ -186,9 +178,7 @@ func TestTruncatedBody(t *testing.T) {
 
 // A body that keeps being cut short ends in a temporary error naming the range.
 func TestTruncatedBodyGivesUp(t *testing.T) {
-	f := newFake("r")
-	blob := testutil.RandBytes(23, 10000)
-	d := f.addBlob(blob)
+	f, blob, d, reg, _ := blobRegistry(t, 23, 10000, WithRetry(2, 0))
 	f.hook = func(n int, w http.ResponseWriter, r *http.Request) bool {
 		w.Header().Set("Content-Range", "bytes 0-999/10000")
 		w.Header().Set("Content-Length", "1000")
@@ -196,8 +186,6 @@ func TestTruncatedBodyGivesUp(t *testing.T) {
 		_, _ = w.Write(blob[:10])
 		return true
 	}
-	_, host := serve(t, f)
-	reg, _ := newReg(t, host, "r", WithRetry(2, 0))
 	_, err := reg.Blob(d, int64(len(blob))).ReadAt(make([]byte, 1000), 0)
 	var fe *Error
 	if !errors.As(err, &fe) || !fe.Temporary() || !errors.Is(err, io.ErrUnexpectedEOF) || fe.Range != (Range{0, 1000}) {
@@ -322,16 +310,12 @@ func TestFallbackWithGGCRRegistry(t *testing.T) {
 // A registry that ignores Range altogether: what lies in the first maxRequest bytes is
 // served from the body's start; what lies past it is an error, never wrong bytes.
 func TestRangeIgnored(t *testing.T) {
-	f := newFake("r")
-	blob := testutil.RandBytes(26, 100000)
-	d := f.addBlob(blob)
+	f, blob, d, reg, _ := blobRegistry(t, 26, 100000, WithCoalescing(0, 50000))
 	f.hook = func(_ int, w http.ResponseWriter, r *http.Request) bool {
 		w.Header().Set("Content-Length", strconv.Itoa(len(blob)))
 		_, _ = w.Write(blob)
 		return true
 	}
-	_, host := serve(t, f)
-	reg, _ := newReg(t, host, "r", WithCoalescing(0, 50000))
 	b := reg.Blob(d, int64(len(blob)))
 	p := make([]byte, 1000)
 	if _, err := b.ReadAt(p, 40000); err != nil || !bytes.Equal(p, blob[40000:41000]) {

@@ -43,11 +43,7 @@ func TestReadAtIsOneRangeRequest(t *testing.T) {
 }
 
 func TestReadAtSemantics(t *testing.T) {
-	f := newFake("r")
-	blob := testutil.RandBytes(2, 1000)
-	d := f.addBlob(blob)
-	_, host := serve(t, f)
-	reg, _ := newReg(t, host, "r")
+	f, blob, d, reg, _ := blobRegistry(t, 2, 1000)
 	b := reg.Blob(d, int64(len(blob)))
 
 	p := make([]byte, 100)
@@ -212,11 +208,7 @@ func TestFetchBytesBar(t *testing.T) {
 }
 
 func TestFetchMergesTouchingRanges(t *testing.T) {
-	f := newFake("r")
-	blob := testutil.RandBytes(6, 1<<20)
-	d := f.addBlob(blob)
-	_, host := serve(t, f)
-	reg, _ := newReg(t, host, "r")
+	f, blob, d, reg, _ := blobRegistry(t, 6, 1<<20)
 	ranges := []Range{{1000, 100}, {1100, 200}, {1300, 50}, {1400, 100}, {1000, 90}, {1050, 100}, {500000, 10}}
 	got, err := collect(t, reg.Blob(d, int64(len(blob))), ranges)
 	if err != nil {
@@ -231,11 +223,7 @@ func TestFetchMergesTouchingRanges(t *testing.T) {
 }
 
 func TestFetchCallsFnPerRange(t *testing.T) {
-	f := newFake("r")
-	blob := testutil.RandBytes(7, 10000)
-	d := f.addBlob(blob)
-	_, host := serve(t, f)
-	reg, _ := newReg(t, host, "r")
+	f, blob, d, reg, _ := blobRegistry(t, 7, 10000)
 	b := reg.Blob(d, int64(len(blob)))
 
 	calls := map[Range]int{}
@@ -273,13 +261,9 @@ func TestFetchCallsFnPerRange(t *testing.T) {
 
 // N callers asking for the same ranges at once cause one request.
 func TestSingleflight(t *testing.T) {
-	f := newFake("r")
-	blob := testutil.RandBytes(8, 1<<20)
-	d := f.addBlob(blob)
+	f, blob, d, reg, _ := blobRegistry(t, 8, 1<<20)
 	gate := make(chan struct{})
 	f.hook = func(int, http.ResponseWriter, *http.Request) bool { <-gate; return false }
-	_, host := serve(t, f)
-	reg, _ := newReg(t, host, "r")
 
 	ranges := []Range{{100, 5000}, {200000, 3000}, {900000, 100000}}
 	const n = 20
@@ -325,13 +309,9 @@ func TestSingleflight(t *testing.T) {
 
 // The caller that started a request going away does not fail the others waiting on it.
 func TestSingleflightLeaderLeaves(t *testing.T) {
-	f := newFake("r")
-	blob := testutil.RandBytes(9, 100000)
-	d := f.addBlob(blob)
+	f, blob, d, reg, _ := blobRegistry(t, 9, 100000)
 	gate := make(chan struct{})
 	f.hook = func(int, http.ResponseWriter, *http.Request) bool { <-gate; return false }
-	_, host := serve(t, f)
-	reg, _ := newReg(t, host, "r")
 	b := reg.Blob(d, int64(len(blob)))
 	rg := []Range{{10, 1000}}
 
@@ -370,9 +350,7 @@ func TestSingleflightLeaderLeaves(t *testing.T) {
 
 // When every caller has gone, the request is cancelled and a later call starts afresh.
 func TestAbandonedRequestIsCancelled(t *testing.T) {
-	f := newFake("r")
-	blob := testutil.RandBytes(10, 100000)
-	d := f.addBlob(blob)
+	f, blob, d, reg, _ := blobRegistry(t, 10, 100000)
 	cancelled := make(chan struct{}, 1)
 	f.hook = func(n int, w http.ResponseWriter, r *http.Request) bool {
 		if n == 1 {
@@ -382,8 +360,6 @@ func TestAbandonedRequestIsCancelled(t *testing.T) {
 		}
 		return false
 	}
-	_, host := serve(t, f)
-	reg, _ := newReg(t, host, "r")
 	b := reg.Blob(d, int64(len(blob)))
 	ctx, cancel := context.WithCancel(t.Context())
 	defer cancel()
@@ -409,9 +385,7 @@ func TestAbandonedRequestIsCancelled(t *testing.T) {
 }
 
 func TestConcurrencyBound(t *testing.T) {
-	f := newFake("r")
-	blob := testutil.RandBytes(11, 1<<20)
-	d := f.addBlob(blob)
+	f, blob, d, reg, _ := blobRegistry(t, 11, 1<<20, WithMaxConcurrency(3), WithCoalescing(0, 1<<20))
 	f.delay = 20 * time.Millisecond
 	// Single ranges only, so one Fetch makes many requests.
 	f.hook = func(_ int, w http.ResponseWriter, r *http.Request) bool {
@@ -421,8 +395,6 @@ func TestConcurrencyBound(t *testing.T) {
 		}
 		return false
 	}
-	_, host := serve(t, f)
-	reg, _ := newReg(t, host, "r", WithMaxConcurrency(3), WithCoalescing(0, 1<<20))
 	var ranges []Range
 	for i := range 30 {
 		ranges = append(ranges, Range{int64(i) * 30000, 1000})
@@ -447,11 +419,7 @@ func TestConcurrencyBound(t *testing.T) {
 // in the order the caller asked for them (a prefetch profile's access order), not by
 // offset; every range still gets its own bytes, and close ranges still merge into a span.
 func TestFetchAsksInCallersOrder(t *testing.T) {
-	f := newFake("r")
-	blob := testutil.RandBytes(3, 1<<20)
-	d := f.addBlob(blob)
-	_, host := serve(t, f)
-	reg, _ := newReg(t, host, "r")
+	f, blob, d, reg, _ := blobRegistry(t, 3, 1<<20)
 	b := reg.Blob(d, int64(len(blob)))
 	ranges := []Range{{900000, 1000}, {500000, 1000}, {100, 100}, {500000 + 1000, 500}, {700000, 10}}
 	got := map[Range][]byte{}

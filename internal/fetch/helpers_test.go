@@ -236,3 +236,16 @@ func dialOnly(addr string) *http.Transport {
 	}
 	return t
 }
+
+// blobRegistry serves a random blob (testutil.RandBytes(seed, n)) from a fake registry of
+// repository "r" and returns the fake, the blob, its digest, and a Registry for it (newReg,
+// with opts) with its log.
+func blobRegistry(t *testing.T, seed uint64, n int, opts ...Option) (*fakeRegistry, []byte, v1.Hash, *Registry, *testutil.LogBuffer) {
+	t.Helper()
+	f := newFake("r")
+	blob := testutil.RandBytes(seed, n)
+	d := f.addBlob(blob)
+	_, host := serve(t, f)
+	reg, lb := newReg(t, host, "r", opts...)
+	return f, blob, d, reg, lb
+}

@@ -11,12 +11,8 @@ import (
 )
 
 func TestMetrics(t *testing.T) {
-	f := newFake("r")
-	blob := testutil.RandBytes(60, 100000)
-	d := f.addBlob(blob)
+	f, blob, d, reg, _ := blobRegistry(t, 60, 100000)
 	f.hook = failFirst(1, http.StatusBadGateway)
-	_, host := serve(t, f)
-	reg, _ := newReg(t, host, "r")
 
 	pr := prometheus.NewRegistry()
 	for _, c := range reg.Collectors() {
@@ -62,8 +58,8 @@ func TestMetrics(t *testing.T) {
 
 	// Shared metrics: two registries count into one set.
 	m := NewMetrics()
-	r1, _ := newReg(t, host, "r", WithMetrics(m))
-	r2, _ := newReg(t, host, "r", WithMetrics(m))
+	r1, _ := newReg(t, reg.Host(), "r", WithMetrics(m))
+	r2, _ := newReg(t, reg.Host(), "r", WithMetrics(m))
 	if r1.Collectors()[0] != r2.Collectors()[0] {
 		t.Fatal("collectors not shared")
 	}

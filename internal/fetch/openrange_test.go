@@ -17,11 +17,7 @@ import (
 
 // OpenRange is one Range GET whose bytes come as they arrive, exactly the range's.
 func TestOpenRange(t *testing.T) {
-	f := newFake("r")
-	blob := testutil.RandBytes(60, 3<<20+77)
-	d := f.addBlob(blob)
-	_, host := serve(t, f)
-	reg, _ := newReg(t, host, "r")
+	f, blob, d, reg, _ := blobRegistry(t, 60, 3<<20+77)
 	off, n := int64(1<<20+5), int64(2<<20)
 	rc, err := reg.Blob(d, int64(len(blob))).OpenRange(t.Context(), off, n)
 	if err != nil {
@@ -51,11 +47,7 @@ func TestOpenRange(t *testing.T) {
 // A range read to its last byte gives its place among the requests back before Close (a
 // caller decoding what it read holds no request): with one place, a second range opens.
 func TestOpenRangeReleasesAtItsEnd(t *testing.T) {
-	f := newFake("r")
-	blob := testutil.RandBytes(64, 10000)
-	d := f.addBlob(blob)
-	_, host := serve(t, f)
-	reg, _ := newReg(t, host, "r", WithMaxConcurrency(1))
+	_, blob, d, reg, _ := blobRegistry(t, 64, 10000, WithMaxConcurrency(1))
 	rc, err := reg.Blob(d, int64(len(blob))).OpenRange(t.Context(), 10, 100)
 	if err != nil {
 		t.Fatal(err)
@@ -141,17 +133,13 @@ func TestOpenRangeAnswers(t *testing.T) {
 // A body that ends before the range does is asked again for what is left, within the
 // Registry's attempts; then it is io.ErrUnexpectedEOF, with what is left.
 func TestOpenRangeBodyCut(t *testing.T) {
-	f := newFake("r")
-	blob := testutil.RandBytes(62, 200000)
-	d := f.addBlob(blob)
+	f, blob, d, reg, _ := blobRegistry(t, 62, 200000) // 4 attempts
 	f.hook = func(_ int, w http.ResponseWriter, r *http.Request) bool {
 		rec := httptest.NewRecorder()
 		http.ServeContent(rec, r, "", time.Time{}, bytes.NewReader(blob))
 		cutConn(w, rec.Code, rec.Header(), rec.Body.Bytes()[:3000])
 		return true
 	}
-	_, host := serve(t, f)
-	reg, _ := newReg(t, host, "r") // 4 attempts
 	rc, err := reg.Blob(d, int64(len(blob))).OpenRange(t.Context(), 100, 150000)
 	if err != nil {
 		t.Fatal(err)

@@ -42,11 +42,7 @@ func openStream(t *testing.T, reg *Registry, d v1.Hash, size int64) io.ReadClose
 }
 
 func TestOpenReadsWhole(t *testing.T) {
-	f := newFake("r")
-	blob := testutil.RandBytes(40, 3<<20+123)
-	d := f.addBlob(blob)
-	_, host := serve(t, f)
-	reg, _ := newReg(t, host, "r")
+	f, blob, d, reg, _ := blobRegistry(t, 40, 3<<20+123)
 
 	rc, err := reg.Blob(d, int64(len(blob))).Open(t.Context())
 	if err != nil {
@@ -89,11 +85,7 @@ func TestOpenEmptyBlob(t *testing.T) {
 
 // A Read of nothing is no read: it neither ends the blob nor checks its digest.
 func TestOpenEmptyRead(t *testing.T) {
-	f := newFake("r")
-	blob := testutil.RandBytes(41, 100000)
-	d := f.addBlob(blob)
-	_, host := serve(t, f)
-	reg, _ := newReg(t, host, "r")
+	_, blob, d, reg, _ := blobRegistry(t, 41, 100000)
 	rc := openStream(t, reg, d, int64(len(blob)))
 	head := make([]byte, 1000)
 	if _, err := io.ReadFull(rc, head); err != nil {
@@ -109,16 +101,12 @@ func TestOpenEmptyRead(t *testing.T) {
 }
 
 func TestOpenWrongContent(t *testing.T) {
-	f := newFake("r")
-	blob := testutil.RandBytes(42, 1<<20)
-	d := f.addBlob(blob)
+	f, blob, d, reg, _ := blobRegistry(t, 42, 1<<20)
 	wrong := bytes.Clone(blob)
 	wrong[len(wrong)-1] ^= 1
 	f.mu.Lock()
 	f.blobs[d.String()] = wrong
 	f.mu.Unlock()
-	_, host := serve(t, f)
-	reg, _ := newReg(t, host, "r")
 
 	rc := openStream(t, reg, d, int64(len(blob)))
 	got, err := readStream(rc)
@@ -178,11 +166,7 @@ func TestOpenBodyCut(t *testing.T) {
 }
 
 func TestOpenWrongLength(t *testing.T) {
-	f := newFake("r")
-	blob := testutil.RandBytes(44, 10000)
-	d := f.addBlob(blob)
-	_, host := serve(t, f)
-	reg, _ := newReg(t, host, "r")
+	_, blob, d, reg, _ := blobRegistry(t, 44, 10000)
 	// The descriptor says one byte more than the registry has.
 	_, err := reg.Blob(d, int64(len(blob))+1).Open(t.Context())
 	var fe *Error
@@ -197,9 +181,7 @@ func TestOpenWrongLength(t *testing.T) {
 // A body without a length that runs on past the blob: the blob's bytes are read and
 // checked, the rest left unread.
 func TestOpenLongerBody(t *testing.T) {
-	f := newFake("r")
-	blob := testutil.RandBytes(47, 100000)
-	d := f.addBlob(blob)
+	f, blob, d, reg, _ := blobRegistry(t, 47, 100000)
 	f.hook = func(_ int, w http.ResponseWriter, _ *http.Request) bool {
 		w.WriteHeader(http.StatusOK)
 		w.(http.Flusher).Flush() // chunked: no Content-Length
@@ -207,8 +189,6 @@ func TestOpenLongerBody(t *testing.T) {
 		_, _ = w.Write([]byte("and more"))
 		return true
 	}
-	_, host := serve(t, f)
-	reg, _ := newReg(t, host, "r")
 	rc := openStream(t, reg, d, int64(len(blob)))
 	if got, err := readStream(rc); err != io.EOF || !bytes.Equal(got, blob) {
 		t.Fatalf("after %d bytes: %v", len(got), err)
@@ -266,15 +246,11 @@ func TestOpenStatus(t *testing.T) {
 // An open blob holds one of the Registry's places among the requests in flight until it
 // is closed, read to its end or failed.
 func TestOpenReleasesItsPlace(t *testing.T) {
-	f := newFake("r")
-	blob := testutil.RandBytes(46, 1<<20)
-	d := f.addBlob(blob)
+	f, blob, d, reg, _ := blobRegistry(t, 46, 1<<20, WithMaxConcurrency(1))
 	bad := sha([]byte("not the blob"))
 	f.mu.Lock()
 	f.blobs[bad.String()] = blob
 	f.mu.Unlock()
-	_, host := serve(t, f)
-	reg, _ := newReg(t, host, "r", WithMaxConcurrency(1))
 	b := reg.Blob(d, int64(len(blob)))
 
 	// open fails the test where Open waits for a place, instead of hanging it. The
