@@ -46,11 +46,7 @@ func TestRetryOn5xxAnd429(t *testing.T) {
 			_, host := serve(t, f)
 			reg, lb := newReg(t, host, "r")
 			ranges := []Range{{0, 100}, {50000, 100}}
-			got, err := collect(t, reg.Blob(d, int64(len(blob))), ranges)
-			if err != nil {
-				t.Fatal(err)
-			}
-			checkRanges(t, blob, ranges, got)
+			collectChecked(t, reg.Blob(d, int64(len(blob))), blob, ranges, ranges)
 			if s := reg.Stats(); s.Requests != 3 || s.Retries != 2 || s.Errors != 2 {
 				t.Fatalf("stats %+v; want 3 requests, 2 retries", s)
 			}
@@ -137,11 +133,7 @@ func TestConnectionCutMidBody(t *testing.T) {
 		return true
 	}
 	ranges := []Range{{0, 1000}, {100000, 50000}, {250000, 1000}}
-	got, err := collect(t, reg.Blob(d, int64(len(blob))), ranges)
-	if err != nil {
-		t.Fatal(err)
-	}
-	checkRanges(t, blob, ranges, got)
+	collectChecked(t, reg.Blob(d, int64(len(blob))), blob, ranges, ranges)
 	h := f.rangeLog()
 	if len(h) != 2 || h[0] != "bytes=0-999,100000-149999,250000-250999" || h[1] != "bytes=100000-149999,250000-250999" {
 		t.Fatalf("Range headers %q: the retry should ask only for what the cut lost", h)
@@ -254,11 +246,7 @@ func TestMultiRangeFallback(t *testing.T) {
 			_, host := serve(t, f)
 			reg, lb := newReg(t, host, "r")
 			ranges := []Range{{0, 100}, {50000, 100}, {150000, 100}}
-			got, err := collect(t, reg.Blob(d, int64(len(blob))), ranges)
-			if err != nil {
-				t.Fatal(err)
-			}
-			checkRanges(t, blob, ranges, got)
+			got, _ := collectChecked(t, reg.Blob(d, int64(len(blob))), blob, ranges, ranges)
 			s := reg.Stats()
 			if s.Requests != c.requests || s.Fallbacks != 1 {
 				t.Fatalf("stats %+v, want %d requests and a fallback", s, c.requests)
@@ -269,7 +257,7 @@ func TestMultiRangeFallback(t *testing.T) {
 			// For good: the next Fetch asks range by range from the start.
 			n := len(f.rangeLog())
 			more := []Range{{1000, 10}, {90000, 10}}
-			got, err = collect(t, reg.Blob(d, int64(len(blob))), more)
+			got, err := collect(t, reg.Blob(d, int64(len(blob))), more)
 			if err != nil {
 				t.Fatal(err)
 			}
@@ -297,11 +285,7 @@ func TestFallbackWithGGCRRegistry(t *testing.T) {
 	}
 	reg, _ := newReg(t, host, "ggcr/blob")
 	ranges := []Range{{10, 100}, {100000, 1000}, {299000, 1000}}
-	got, err := collect(t, reg.Blob(sha(blob), int64(len(blob))), ranges)
-	if err != nil {
-		t.Fatal(err)
-	}
-	checkRanges(t, blob, ranges, got)
+	collectChecked(t, reg.Blob(sha(blob), int64(len(blob))), blob, ranges, ranges)
 	if s := reg.Stats(); s.Fallbacks != 1 || s.Requests != 3 {
 		t.Fatalf("stats %+v: want the first range kept from the refused request", s)
 	}
@@ -335,25 +319,10 @@ func TestWrongRangeAnswer(t *testing.T) {
 	blob := testutil.RandBytes(27, 100000)
 	d := f.addBlob(blob)
 	answers := map[string]func(w http.ResponseWriter){
-		"shifted": func(w http.ResponseWriter) {
-			w.Header().Set("Content-Range", "bytes 1001-2000/100000")
-			w.WriteHeader(http.StatusPartialContent)
-			_, _ = w.Write(blob[1001:2001])
-		},
-		"other size": func(w http.ResponseWriter) {
-			w.Header().Set("Content-Range", "bytes 1000-1999/99999")
-			w.WriteHeader(http.StatusPartialContent)
-			_, _ = w.Write(blob[1000:2000])
-		},
-		"no Content-Range": func(w http.ResponseWriter) {
-			w.WriteHeader(http.StatusPartialContent)
-			_, _ = w.Write(blob[1000:2000])
-		},
-		"longer body": func(w http.ResponseWriter) {
-			w.Header().Set("Content-Range", "bytes 1000-1999/100000")
-			w.WriteHeader(http.StatusPartialContent)
-			_, _ = w.Write(blob[1000:3000])
-		},
+		"shifted":          func(w http.ResponseWriter) { answer206(w, "bytes 1001-2000/100000", blob[1001:2001]) },
+		"other size":       func(w http.ResponseWriter) { answer206(w, "bytes 1000-1999/99999", blob[1000:2000]) },
+		"no Content-Range": func(w http.ResponseWriter) { answer206(w, "", blob[1000:2000]) },
+		"longer body":      func(w http.ResponseWriter) { answer206(w, "bytes 1000-1999/100000", blob[1000:3000]) },
 		"200 of another size": func(w http.ResponseWriter) {
 			w.Header().Set("Content-Length", "5000")
 			_, _ = w.Write(blob[:5000])
@@ -418,11 +387,7 @@ func TestRedirectKeepsCredentialsHome(t *testing.T) {
 	_, host := serve(t, reg)
 	r, lb := newReg(t, host, "r", WithKeychain(staticKeychain{host: host, user: "alice", pass: "pa55word"}))
 	ranges := []Range{{0, 100}, {100000, 5000}}
-	got, err := collect(t, r.Blob(d, int64(len(blob))), ranges)
-	if err != nil {
-		t.Fatal(err)
-	}
-	checkRanges(t, blob, ranges, got)
+	collectChecked(t, r.Blob(d, int64(len(blob))), blob, ranges, ranges)
 	mu.Lock()
 	auths := append([]string(nil), storageAuth...)
 	mu.Unlock()
@@ -435,7 +400,7 @@ func TestRedirectKeepsCredentialsHome(t *testing.T) {
 		}
 	}
 	fail.Store("&fail=1")
-	_, err = r.Blob(d, int64(len(blob))).ReadAt(make([]byte, 10), 0)
+	_, err := r.Blob(d, int64(len(blob))).ReadAt(make([]byte, 10), 0)
 	var fe *Error
 	if !errors.As(err, &fe) || fe.StatusCode != 403 {
 		t.Fatalf("error %v", err)
@@ -475,4 +440,13 @@ func TestHTTPSToPlainRegistry(t *testing.T) {
 	if s := reg.Stats(); s.Requests != 1 {
 		t.Fatalf("stats %+v", s)
 	}
+}
+
+// answer206 writes a 206 answer of body with the Content-Range cr, none if "".
+func answer206(w http.ResponseWriter, cr string, body []byte) {
+	if cr != "" {
+		w.Header().Set("Content-Range", cr)
+	}
+	w.WriteHeader(http.StatusPartialContent)
+	_, _ = w.Write(body)
 }

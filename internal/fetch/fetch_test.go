@@ -106,15 +106,7 @@ func TestFetchMultiRange(t *testing.T) {
 	// Shuffled, as callers may ask.
 	asked := append([]Range(nil), ranges...)
 	rand.New(rand.NewPCG(1, 2)).Shuffle(len(asked), func(i, j int) { asked[i], asked[j] = asked[j], asked[i] })
-	got, err := collect(t, reg.Blob(d, end), asked)
-	if err != nil {
-		t.Fatal(err)
-	}
-	checkRanges(t, blob, ranges, got)
-	var needed int64
-	for _, r := range ranges {
-		needed += r.Len
-	}
+	_, needed := collectChecked(t, reg.Blob(d, end), blob, asked, ranges)
 	s := reg.Stats()
 	// 300 ranges, at most 64 to a request and 16 MiB.
 	if s.Requests > 8 || s.Requests < 5 {
@@ -184,15 +176,7 @@ func TestFetchBytesBar(t *testing.T) {
 				}
 			}
 			before := reg.Stats()
-			got, err := collect(t, reg.Blob(d, off), wanted)
-			if err != nil {
-				t.Fatal(err)
-			}
-			checkRanges(t, blob, wanted, got)
-			var needed int64
-			for _, r := range wanted {
-				needed += r.Len
-			}
+			_, needed := collectChecked(t, reg.Blob(d, off), blob, wanted, wanted)
 			s := reg.Stats()
 			fetched, reqs := s.Bytes-before.Bytes, s.Requests-before.Requests
 			ratio := float64(fetched) / float64(needed)
@@ -210,11 +194,7 @@ func TestFetchBytesBar(t *testing.T) {
 func TestFetchMergesTouchingRanges(t *testing.T) {
 	f, blob, d, reg, _ := blobRegistry(t, 6, 1<<20)
 	ranges := []Range{{1000, 100}, {1100, 200}, {1300, 50}, {1400, 100}, {1000, 90}, {1050, 100}, {500000, 10}}
-	got, err := collect(t, reg.Blob(d, int64(len(blob))), ranges)
-	if err != nil {
-		t.Fatal(err)
-	}
-	checkRanges(t, blob, ranges, got)
+	collectChecked(t, reg.Blob(d, int64(len(blob))), blob, ranges, ranges)
 	// Touching and overlapping ranges merge, a 50-byte hole is read through, the far
 	// range stays apart; duplicates are asked for once.
 	if h := f.rangeLog(); len(h) != 1 || h[0] != "bytes=1000-1499,500000-500009" {

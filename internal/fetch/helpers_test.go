@@ -249,3 +249,19 @@ func blobRegistry(t *testing.T, seed uint64, n int, opts ...Option) (*fakeRegist
 	reg, lb := newReg(t, host, "r", opts...)
 	return f, blob, d, reg, lb
 }
+
+// collectChecked runs Fetch of asked and checks that every range of want came right; it
+// returns what came and the bytes want covers.
+func collectChecked(t *testing.T, b *Blob, blob []byte, asked, want []Range) (map[Range][]byte, int64) {
+	t.Helper()
+	got, err := collect(t, b, asked)
+	if err != nil {
+		t.Fatal(err)
+	}
+	checkRanges(t, blob, want, got)
+	var needed int64
+	for _, r := range want {
+		needed += r.Len
+	}
+	return got, needed
+}

@@ -16,6 +16,7 @@ import (
 	"lazypull/internal/testutil"
 
 	"github.com/google/go-containerregistry/pkg/name"
+	v1 "github.com/google/go-containerregistry/pkg/v1"
 )
 
 func TestParseHosts(t *testing.T) {
@@ -156,11 +157,7 @@ server = "http://`+upstreamHost+`"
 		t.Fatal(err)
 	}
 	ranges := []Range{{0, 1000}, {50000, 1000}}
-	got, err := collect(t, reg.Blob(d, int64(len(blob))), ranges)
-	if err != nil {
-		t.Fatal(err)
-	}
-	checkRanges(t, blob, ranges, got)
+	collectChecked(t, reg.Blob(d, int64(len(blob))), blob, ranges, ranges)
 	if empty.blobGets.Load() != 1 || mirror.blobGets.Load() != 1 || upstream.blobGets.Load() != 0 {
 		t.Fatalf("blob requests: empty mirror %d, mirror %d, server %d", empty.blobGets.Load(), mirror.blobGets.Load(), upstream.blobGets.Load())
 	}
@@ -190,12 +187,7 @@ server = "http://`+upstreamHost+`"
 }
 
 func TestHostsDirLookup(t *testing.T) {
-	f := newFake("app")
-	blob := testutil.RandBytes(51, 1000)
-	d := f.addBlob(blob)
-	_, host := serve(t, f)
-	dir := t.TempDir()
-	writeHosts(t, dir, "_default", `server = "http://`+host+`"`)
+	blob, d, _, dir := hostsServer(t, "app", 51, "_default")
 	reg, err := openRef("elsewhere.invalid/app", WithHostsDir(dir))
 	if err != nil {
 		t.Fatal(err)
@@ -232,12 +224,7 @@ func TestHostsDirLookup(t *testing.T) {
 // TestHostsDirPort: the directory of a registry host:port is found under containerd's name
 // for it, host_port_, as containerd finds it, before host:port itself.
 func TestHostsDirPort(t *testing.T) {
-	f := newFake("app")
-	blob := testutil.RandBytes(52, 1000)
-	d := f.addBlob(blob)
-	_, host := serve(t, f)
-	dir := t.TempDir()
-	writeHosts(t, dir, "reg.invalid_5000_", `server = "http://`+host+`"`)
+	blob, d, _, dir := hostsServer(t, "app", 52, "reg.invalid_5000_")
 	writeHosts(t, dir, "reg.invalid:5000", `server = "http://127.0.0.1:1"`)
 	reg, err := openRef("reg.invalid:5000/app", WithHostsDir(dir), WithRetry(1, 0))
 	if err != nil {
@@ -316,12 +303,7 @@ func TestSkipVerify(t *testing.T) {
 
 // The default registry's directory goes by containerd's short name for it.
 func TestHostsDirDefaultRegistry(t *testing.T) {
-	f := newFake("library/app")
-	blob := testutil.RandBytes(53, 1000)
-	d := f.addBlob(blob)
-	_, host := serve(t, f)
-	dir := t.TempDir()
-	writeHosts(t, dir, strings.TrimPrefix(name.DefaultRegistry, "index."), `server = "http://`+host+`"`)
+	blob, d, host, dir := hostsServer(t, "library/app", 53, strings.TrimPrefix(name.DefaultRegistry, "index."))
 	// Nothing may leave the machine, whatever goes wrong.
 	loopback := roundTripFunc(func(r *http.Request) (*http.Response, error) {
 		if r.URL.Host != host {
@@ -339,4 +321,18 @@ func TestHostsDirDefaultRegistry(t *testing.T) {
 	if _, err := reg.Blob(d, int64(len(blob))).ReadAt(make([]byte, 10), 0); err != nil {
 		t.Fatal(err)
 	}
+}
+
+// hostsServer serves a random blob of 1000 bytes (seed) from a fake registry of repo, and
+// writes a hosts directory whose DIR/name/hosts.toml names that registry as the server. It
+// returns the blob, its digest, the registry's host:port and the directory.
+func hostsServer(t *testing.T, repo string, seed uint64, name string) (blob []byte, d v1.Hash, host, dir string) {
+	t.Helper()
+	f := newFake(repo)
+	blob = testutil.RandBytes(seed, 1000)
+	d = f.addBlob(blob)
+	_, host = serve(t, f)
+	dir = t.TempDir()
+	writeHosts(t, dir, name, `server = "http://`+host+`"`)
+	return blob, d, host, dir
 }
