@@ -10,7 +10,6 @@ import (
 	"mime"
 	"net/http"
 	"sync"
-	"time"
 
 	v1 "github.com/google/go-containerregistry/pkg/v1"
 )
@@ -448,14 +447,11 @@ func (r *Registry) markSingle(e *endpoint, why error) {
 // left and why, nil if none.
 func (b *Blob) request(ctx context.Context, e *endpoint, spans []*span) (rest []*span, rerr *reqErr) {
 	r := b.r
-	if err := r.acquire(ctx); err != nil {
-		return spans, &reqErr{host: e.host, err: err}
+	tr, rerr := r.begin(ctx, e, kindBlob)
+	if rerr != nil {
+		return spans, rerr
 	}
-	defer r.release()
-	start := time.Now()
-	r.stats.requests.Add(1)
-	var body *countingReader
-	defer func() { r.finish(kindBlob, start, body, rerr) }()
+	defer func() { tr.end(rerr) }()
 
 	resp, err := r.do(ctx, e, "blobs/"+b.digest.String(), func(req *http.Request) {
 		req.Header.Set("Range", rangeHeader(byRank(spans)))
@@ -465,7 +461,7 @@ func (b *Blob) request(ctx context.Context, e *endpoint, spans []*span) (rest []
 		return spans, classify(e.host, err)
 	}
 	defer resp.Body.Close()
-	body = &countingReader{r: resp.Body, total: &r.stats.bytes}
+	body := tr.read(resp.Body)
 
 	wants := make([]Range, len(spans))
 	for i, s := range spans {

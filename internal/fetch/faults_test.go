@@ -432,14 +432,7 @@ func TestHTTPSToPlainRegistry(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	_, err = reg.Blob(sha([]byte("x")), 10).ReadAt(make([]byte, 5), 0)
-	var fe *Error
-	if !errors.As(err, &fe) || fe.Temporary() || !strings.Contains(err.Error(), "HTTP response to HTTPS client") {
-		t.Fatalf("error %v", err)
-	}
-	if s := reg.Stats(); s.Requests != 1 {
-		t.Fatalf("stats %+v", s)
-	}
+	finalError(t, reg, sha([]byte("x")), 10, "HTTP response to HTTPS client")
 }
 
 // answer206 writes a 206 answer of body with the Content-Range cr, none if "".

@@ -265,3 +265,19 @@ func collectChecked(t *testing.T, b *Blob, blob []byte, asked, want []Range) (ma
 	}
 	return got, needed
 }
+
+// finalError reads the first bytes of blob d (size bytes) through reg and checks that the
+// read fails after one request, not retried, with an *Error that is not temporary and
+// says want. It returns the error.
+func finalError(t *testing.T, reg *Registry, d v1.Hash, size int64, want string) error {
+	t.Helper()
+	_, err := reg.Blob(d, size).ReadAt(make([]byte, min(size, 5)), 0)
+	var fe *Error
+	if !errors.As(err, &fe) || fe.Temporary() || !strings.Contains(err.Error(), want) {
+		t.Fatalf("error %v; want a final one saying %q", err, want)
+	}
+	if s := reg.Stats(); s.Requests != 1 {
+		t.Fatalf("stats %+v: want one request, not retried", s)
+	}
+	return err
+}

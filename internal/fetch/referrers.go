@@ -10,12 +10,9 @@ import (
 	"net/http"
 	"net/url"
 	"strings"
-	"time"
 
 	v1 "github.com/google/go-containerregistry/pkg/v1"
 	"github.com/google/go-containerregistry/pkg/v1/types"
-
-	"lazypull/internal/jsonlimit"
 )
 
 // Referrers lists the manifests whose subject is the manifest with digest subject (OCI
@@ -110,14 +107,11 @@ func (r *Registry) referrersAPI(ctx context.Context, subject v1.Hash, artifactTy
 
 // referrersFrom sends one referrers request to one endpoint.
 func (r *Registry) referrersFrom(ctx context.Context, e *endpoint, subject v1.Hash, artifactType string) (raw []byte, api bool, rerr *reqErr) {
-	if err := r.acquire(ctx); err != nil {
-		return nil, false, &reqErr{host: e.host, err: err}
+	tr, rerr := r.begin(ctx, e, kindManifest)
+	if rerr != nil {
+		return nil, false, rerr
 	}
-	defer r.release()
-	start := time.Now()
-	r.stats.requests.Add(1)
-	var body *countingReader
-	defer func() { r.finish(kindManifest, start, body, rerr) }()
+	defer func() { tr.end(rerr) }()
 	p := "referrers/" + subject.String()
 	if artifactType != "" {
 		p += "?artifactType=" + url.QueryEscape(artifactType)
@@ -129,7 +123,7 @@ func (r *Registry) referrersFrom(ctx context.Context, e *endpoint, subject v1.Ha
 		return nil, false, classify(e.host, err)
 	}
 	defer resp.Body.Close()
-	body = &countingReader{r: resp.Body, total: &r.stats.bytes}
+	body := tr.read(resp.Body)
 	ct, _, _ := mime.ParseMediaType(resp.Header.Get("Content-Type"))
 	switch {
 	case resp.StatusCode == http.StatusNotFound, resp.StatusCode == http.StatusBadRequest,
@@ -140,17 +134,8 @@ func (r *Registry) referrersFrom(ctx context.Context, e *endpoint, subject v1.Ha
 	case resp.StatusCode != http.StatusOK:
 		return nil, false, statusErr(e.host, resp)
 	}
-	raw, err = io.ReadAll(io.LimitReader(body, maxManifestSize+1))
-	if err != nil {
-		re := classify(e.host, unexpected(err))
-		re.status = resp.StatusCode
-		return nil, false, re
-	}
-	if len(raw) > maxManifestSize {
-		return nil, false, &reqErr{host: e.host, status: resp.StatusCode, err: malformed("referrers index larger than %d bytes", maxManifestSize)}
-	}
-	if err := jsonlimit.Check(raw, "referrers index"); err != nil {
-		return nil, false, &reqErr{host: e.host, status: resp.StatusCode, err: malformed("%v", err)}
+	if raw, rerr = readDocument(e.host, resp, body, "referrers index"); rerr != nil {
+		return nil, false, rerr
 	}
 	return raw, true, nil
 }

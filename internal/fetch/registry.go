@@ -86,6 +86,37 @@ func (r *Registry) acquire(ctx context.Context) error {
 
 func (r *Registry) release() { <-r.sem }
 
+// tracked is one request in flight: it holds a place among the requests (acquire) and is
+// counted; end records it (kind, time, the bytes read through read) and gives the place
+// back.
+type tracked struct {
+	r     *Registry
+	kind  string
+	start time.Time
+	body  *countingReader // nil until read
+}
+
+// begin takes a place for one request of kind to e and counts it; the caller defers end.
+func (r *Registry) begin(ctx context.Context, e *endpoint, kind string) (*tracked, *reqErr) {
+	if err := r.acquire(ctx); err != nil {
+		return nil, &reqErr{host: e.host, err: err}
+	}
+	r.stats.requests.Add(1)
+	return &tracked{r: r, kind: kind, start: time.Now()}, nil
+}
+
+// read counts the answer's body as it is read.
+func (t *tracked) read(body io.Reader) *countingReader {
+	t.body = &countingReader{r: body, total: &t.r.stats.bytes}
+	return t.body
+}
+
+// end records the request and gives its place back.
+func (t *tracked) end(rerr *reqErr) {
+	t.r.finish(t.kind, t.start, t.body, rerr)
+	t.r.release()
+}
+
 // wait sleeps before retry number n (1 for the first): the base backoff doubled n-1 times,
 // at most 32 times the base, with ±50% jitter, and no less than a server's Retry-After
 // (itself capped at a minute).

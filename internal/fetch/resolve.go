@@ -13,7 +13,6 @@ import (
 	"runtime"
 	"sort"
 	"strings"
-	"time"
 
 	"github.com/google/go-containerregistry/pkg/name"
 	v1 "github.com/google/go-containerregistry/pkg/v1"
@@ -215,16 +214,32 @@ func (r *Registry) getManifest(ctx context.Context, id string, byDigest bool) (v
 	return desc, raw, nil
 }
 
+// readDocument reads the JSON document an answer from host carries (a manifest, a
+// referrers index; what names it in errors): at most maxManifestSize bytes, and checked
+// with jsonlimit before anything decodes it, which could take a thousand times its size.
+func readDocument(host string, resp *http.Response, body io.Reader, what string) ([]byte, *reqErr) {
+	raw, err := io.ReadAll(io.LimitReader(body, maxManifestSize+1))
+	if err != nil {
+		re := classify(host, unexpected(err))
+		re.status = resp.StatusCode
+		return nil, re
+	}
+	if len(raw) > maxManifestSize {
+		return nil, &reqErr{host: host, status: resp.StatusCode, err: malformed("%s larger than %d bytes", what, maxManifestSize)}
+	}
+	if err := jsonlimit.Check(raw, what); err != nil {
+		return nil, &reqErr{host: host, status: resp.StatusCode, err: malformed("%v", err)}
+	}
+	return raw, nil
+}
+
 // manifestFrom sends one manifest request to one endpoint.
 func (r *Registry) manifestFrom(ctx context.Context, e *endpoint, id string, byDigest bool) (desc v1.Descriptor, raw []byte, rerr *reqErr) {
-	if err := r.acquire(ctx); err != nil {
-		return desc, nil, &reqErr{host: e.host, err: err}
+	tr, rerr := r.begin(ctx, e, kindManifest)
+	if rerr != nil {
+		return desc, nil, rerr
 	}
-	defer r.release()
-	start := time.Now()
-	r.stats.requests.Add(1)
-	var body *countingReader
-	defer func() { r.finish(kindManifest, start, body, rerr) }()
+	defer func() { tr.end(rerr) }()
 
 	resp, err := r.do(ctx, e, "manifests/"+id, func(req *http.Request) {
 		req.Header.Set("Accept", manifestAccept)
@@ -233,24 +248,15 @@ func (r *Registry) manifestFrom(ctx context.Context, e *endpoint, id string, byD
 		return desc, nil, classify(e.host, err)
 	}
 	defer resp.Body.Close()
-	body = &countingReader{r: resp.Body, total: &r.stats.bytes}
+	body := tr.read(resp.Body)
 	if resp.StatusCode != http.StatusOK {
 		return desc, nil, statusErr(e.host, resp)
 	}
-	raw, err = io.ReadAll(io.LimitReader(body, maxManifestSize+1))
-	if err != nil {
-		re := classify(e.host, unexpected(err))
-		re.status = resp.StatusCode
-		return desc, nil, re
+	if raw, rerr = readDocument(e.host, resp, body, "manifest"); rerr != nil {
+		return desc, nil, rerr
 	}
 	fail := func(format string, args ...any) (v1.Descriptor, []byte, *reqErr) {
 		return v1.Descriptor{}, nil, &reqErr{host: e.host, status: resp.StatusCode, err: malformed(format, args...)}
-	}
-	if len(raw) > maxManifestSize {
-		return fail("manifest larger than %d bytes", maxManifestSize)
-	}
-	if err := jsonlimit.Check(raw, "manifest"); err != nil {
-		return fail("%v", err) // decoding it could take a thousand times its size
 	}
 	if resp.ContentLength >= 0 && resp.ContentLength != int64(len(raw)) {
 		return fail("manifest of %d bytes, Content-Length %d", len(raw), resp.ContentLength)
