@@ -380,23 +380,15 @@ func (b *Blob) tryEndpoints(ctx context.Context, spans []*span) ([]*span, *reqEr
 	if len(eps) == 0 {
 		return spans, &reqErr{host: r.host, err: errNoEndpoint}
 	}
-	var errs []*reqErr
-	for i, e := range eps {
+	err := r.inTurn(ctx, eps, []any{"digest", b.digest.String()}, func(e *endpoint) *reqErr {
 		rest, err := b.fromEndpoint(ctx, e, spans)
-		if err == nil {
-			return nil, nil
-		}
 		spans = rest
-		errs = append(errs, err)
-		if ctx.Err() != nil {
-			break
-		}
-		if i+1 < len(eps) {
-			r.log.Warn("endpoint failed; trying the next", "digest", b.digest.String(), "endpoint", e.host,
-				"next", eps[i+1].host, "status", err.status, "err", err.err)
-		}
+		return err
+	})
+	if err == nil {
+		return nil, nil
 	}
-	return spans, joinErrs(errs)
+	return spans, err
 }
 
 // fromEndpoint fetches spans from one endpoint: in one multi-range request unless the

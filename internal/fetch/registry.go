@@ -9,6 +9,7 @@ import (
 	"math/rand/v2"
 	"net/http"
 	"net/url"
+	"slices"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -238,6 +239,28 @@ func (r *Registry) finish(kind string, start time.Time, body *countingReader, e 
 // toError makes the error a caller sees.
 func (r *Registry) toError(e *reqErr, digest string, rg Range) *Error {
 	return &Error{Registry: e.host, Repo: r.repo, Digest: digest, Range: rg, StatusCode: e.status, Err: e.err, temporary: e.temporary}
+}
+
+// inTurn tries the endpoints in order until one succeeds (try returns nil) or ctx ends, and
+// returns their failures joined (joinErrs). With attrs (what they say of the request), a
+// failure before the last endpoint is logged.
+func (r *Registry) inTurn(ctx context.Context, eps []*endpoint, attrs []any, try func(e *endpoint) *reqErr) *reqErr {
+	var errs []*reqErr
+	for i, e := range eps {
+		err := try(e)
+		if err == nil {
+			return nil
+		}
+		errs = append(errs, err)
+		if ctx.Err() != nil {
+			break
+		}
+		if attrs != nil && i+1 < len(eps) {
+			r.log.Warn("endpoint failed; trying the next", slices.Concat(attrs, []any{"endpoint", e.host,
+				"next", eps[i+1].host, "status", err.status, "err", err.err})...)
+		}
+	}
+	return joinErrs(errs)
 }
 
 // joinErrs merges the failures of one try at each endpoint: the last one is reported (the

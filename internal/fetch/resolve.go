@@ -190,23 +190,13 @@ func (r *Registry) getManifest(ctx context.Context, id string, byDigest bool) (v
 	var desc v1.Descriptor
 	var raw []byte
 	err := r.retry(ctx, "manifest", func() []any { return []any{"manifest", id} }, func() *reqErr {
-		var errs []*reqErr
-		for i, e := range eps {
+		return r.inTurn(ctx, eps, []any{"manifest", id}, func(e *endpoint) *reqErr {
 			d, b, err := r.manifestFrom(ctx, e, id, byDigest)
 			if err == nil {
 				desc, raw = d, b
-				return nil
 			}
-			errs = append(errs, err)
-			if ctx.Err() != nil {
-				break
-			}
-			if i+1 < len(eps) {
-				r.log.Warn("endpoint failed; trying the next", "manifest", id, "endpoint", e.host,
-					"next", eps[i+1].host, "status", err.status, "err", err.err)
-			}
-		}
-		return joinErrs(errs)
+			return err
+		})
 	})
 	if err != nil {
 		return v1.Descriptor{}, nil, r.toError(err, what, Range{})

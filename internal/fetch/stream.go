@@ -70,18 +70,16 @@ func (b *Blob) open(ctx context.Context, rg Range, ranged bool) (*stream, *reqEr
 	if len(eps) == 0 {
 		return nil, &reqErr{host: r.host, err: errNoEndpoint}
 	}
-	var errs []*reqErr
-	for _, e := range eps {
-		s, err := b.openAt(ctx, e, rg, ranged)
-		if err == nil {
-			return s, nil
-		}
-		errs = append(errs, err)
-		if ctx.Err() != nil {
-			break
-		}
+	var s *stream
+	err := r.inTurn(ctx, eps, nil, func(e *endpoint) *reqErr {
+		var err *reqErr
+		s, err = b.openAt(ctx, e, rg, ranged)
+		return err
+	})
+	if err != nil {
+		return nil, err
 	}
-	return nil, joinErrs(errs)
+	return s, nil
 }
 
 // openAt sends the GET of rg to one endpoint: of the whole blob, checked against its
