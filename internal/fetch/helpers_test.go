@@ -272,6 +272,14 @@ func collectChecked(t *testing.T, b *Blob, blob []byte, asked, want []Range) (ma
 func finalError(t *testing.T, reg *Registry, d v1.Hash, size int64, want string) error {
 	t.Helper()
 	_, err := reg.Blob(d, size).ReadAt(make([]byte, min(size, 5)), 0)
+	checkFinal(t, reg, err, want)
+	return err
+}
+
+// checkFinal checks that err, reg's first request's, is an *Error that is not temporary and
+// says want, and that it was not retried.
+func checkFinal(t *testing.T, reg *Registry, err error, want string) {
+	t.Helper()
 	var fe *Error
 	if !errors.As(err, &fe) || fe.Temporary() || !strings.Contains(err.Error(), want) {
 		t.Fatalf("error %v; want a final one saying %q", err, want)
@@ -279,5 +287,4 @@ func finalError(t *testing.T, reg *Registry, d v1.Hash, size int64, want string)
 	if s := reg.Stats(); s.Requests != 1 {
 		t.Fatalf("stats %+v: want one request, not retried", s)
 	}
-	return err
 }
