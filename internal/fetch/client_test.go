@@ -232,7 +232,7 @@ func (f credsFunc) Credentials(ctx context.Context, host, repo string) (string, 
 // requests on (the server accepts no other), and Predial sends no request of its own.
 func TestPredial(t *testing.T) {
 	// The two requests overlap: two connections.
-	srv, conns, reqs := countingServer(t, 20*time.Millisecond)
+	srv, conns, reqs := countingServer(t, 2)
 	ref := strings.TrimPrefix(srv.URL, "http://") + "/app:1"
 	c, err := NewClient(WithPlainHTTP(), WithRetry(1, 0))
 	if err != nil {
@@ -337,14 +337,24 @@ func TestRegistriesShareConnections(t *testing.T) {
 	}
 }
 
-// countingServer answers every request 404 after delay, counting the connections it
-// accepts and the requests it serves.
-func countingServer(t *testing.T, delay time.Duration) (srv *httptest.Server, conns, reqs *atomic.Int64) {
+// countingServer answers every request 404, counting the connections it accepts and the
+// requests it serves. The first together requests are answered only once all of them
+// have arrived (so they overlap), or after 5 s.
+func countingServer(t *testing.T, together int64) (srv *httptest.Server, conns, reqs *atomic.Int64) {
 	t.Helper()
 	conns, reqs = new(atomic.Int64), new(atomic.Int64)
+	all := make(chan struct{})
 	srv = httptest.NewUnstartedServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		reqs.Add(1)
-		time.Sleep(delay)
+		n := reqs.Add(1)
+		if n == together {
+			close(all)
+		}
+		if n <= together {
+			select {
+			case <-all:
+			case <-time.After(5 * time.Second):
+			}
+		}
 		w.WriteHeader(http.StatusNotFound)
 	}))
 	srv.Config.ConnState = func(_ net.Conn, s http.ConnState) {
