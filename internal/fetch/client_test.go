@@ -11,6 +11,7 @@ import (
 	"sync"
 	"sync/atomic"
 	"testing"
+	"testing/synctest"
 	"time"
 
 	"github.com/google/go-containerregistry/pkg/name"
@@ -21,53 +22,49 @@ import (
 )
 
 // TestClientBoundsRequestsAcrossImages: the Registries of one Client, one per image, have
-// at most WithMaxConcurrency requests in flight together, as the registry counts them.
-// The registry holds every request until the test lets one go, so that requests beyond
-// the bound would be seen arriving.
+// at most WithMaxConcurrency requests in flight together, as the registry (a transport
+// that holds every request until the test lets one go) counts them. In a synctest bubble,
+// once every goroutine is blocked, every request that can go out is out: the count is
+// exact, with no wait for stragglers.
 func TestClientBoundsRequestsAcrossImages(t *testing.T) {
-	const images, reads, limit = 4, 3, 3
-	var inflight, most atomic.Int64
-	arrived := make(chan struct{}, images*reads)
-	gate := make(chan struct{})
-	_, host := serve(t, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		n := inflight.Add(1)
-		for m := most.Load(); n > m && !most.CompareAndSwap(m, n); m = most.Load() {
-		}
-		arrived <- struct{}{}
-		<-gate
-		inflight.Add(-1)
-		http.NotFound(w, r)
-	}))
-	c, err := NewClient(WithPlainHTTP(), WithMaxConcurrency(limit), WithRetry(1, 0))
-	if err != nil {
-		t.Fatal(err)
-	}
-	var wg sync.WaitGroup
-	for i := range images {
-		reg, err := c.Open(fmt.Sprintf("%s/image%d", host, i))
+	synctest.Test(t, func(t *testing.T) {
+		const images, reads, limit = 4, 3, 3
+		var inflight atomic.Int64
+		gate := make(chan struct{})
+		registry := roundTripFunc(func(r *http.Request) (*http.Response, error) {
+			inflight.Add(1)
+			<-gate
+			inflight.Add(-1)
+			return &http.Response{StatusCode: http.StatusNotFound, Header: http.Header{}, Body: http.NoBody, Request: r}, nil
+		})
+		c, err := NewClient(WithTransport(registry), WithMaxConcurrency(limit), WithRetry(1, 0))
 		if err != nil {
 			t.Fatal(err)
 		}
-		for j := range reads {
-			wg.Go(func() {
-				d := sha([]byte{byte(i), byte(j)})
-				_, _ = reg.Blob(d, 10).ReadAt(make([]byte, 5), 0)
-			})
+		var wg sync.WaitGroup
+		for i := range images {
+			reg, err := c.Open(fmt.Sprintf("registry.example/image%d", i))
+			if err != nil {
+				t.Fatal(err)
+			}
+			for j := range reads {
+				wg.Go(func() {
+					d := sha([]byte{byte(i), byte(j)})
+					_, _ = reg.Blob(d, 10).ReadAt(make([]byte, 5), 0)
+				})
+			}
 		}
-	}
-	for i := range images * reads {
-		testutil.Recv(t, arrived, 5*time.Second, "a request")
-		if i >= limit-1 { // the bound is reached: let one go for each that arrives
+		for left := images * reads; left > 0; left-- {
+			synctest.Wait()
+			if n, want := inflight.Load(), int64(min(limit, left)); n != want {
+				close(gate) // let them all go, so that the bubble ends
+				wg.Wait()
+				t.Fatalf("%d requests in flight across %d images with %d to go; want %d (the client's bound %d)", n, images, left, want, limit)
+			}
 			gate <- struct{}{}
 		}
-	}
-	for range limit - 1 {
-		gate <- struct{}{}
-	}
-	wg.Wait()
-	if m := most.Load(); m != limit {
-		t.Fatalf("%d requests in flight at most across %d images; want %d, the client's bound", m, images, limit)
-	}
+		wg.Wait()
+	})
 }
 
 // TestPlainHTTPRule: one rule for every command. With WithPlainHTTP every registry no
