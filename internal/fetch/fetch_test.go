@@ -10,6 +10,7 @@ import (
 	"strings"
 	"sync"
 	"testing"
+	"testing/synctest"
 	"time"
 
 	"lazypull/internal/testutil"
@@ -364,35 +365,42 @@ func TestAbandonedRequestIsCancelled(t *testing.T) {
 	}
 }
 
+// TestConcurrencyBound runs in a synctest bubble, the registry in process: its delay is
+// fake time, so requests overlap without the test waiting on a clock.
 func TestConcurrencyBound(t *testing.T) {
-	f, blob, d, reg, _ := blobRegistry(t, 11, 1<<20, WithMaxConcurrency(3), WithCoalescing(0, 1<<20))
-	f.delay = 20 * time.Millisecond
-	// Single ranges only, so one Fetch makes many requests.
-	f.hook = func(_ int, w http.ResponseWriter, r *http.Request) bool {
-		if strings.Contains(r.Header.Get("Range"), ",") {
-			w.WriteHeader(http.StatusRequestedRangeNotSatisfiable)
-			return true
-		}
-		return false
-	}
-	var ranges []Range
-	for i := range 30 {
-		ranges = append(ranges, Range{int64(i) * 30000, 1000})
-	}
-	var wg sync.WaitGroup
-	for i := range 4 {
-		wg.Go(func() {
-			got, err := collect(t, reg.Blob(d, int64(len(blob))), ranges[i*7:i*7+9])
-			if err != nil {
-				t.Error(err)
+	synctest.Test(t, func(t *testing.T) {
+		f := newFake("r")
+		blob := testutil.RandBytes(11, 1<<20)
+		d := f.addBlob(blob)
+		f.delay = 20 * time.Millisecond
+		reg, _ := newReg(t, "registry.example", "r", WithTransport(inProcess(f)), WithMaxConcurrency(3), WithCoalescing(0, 1<<20))
+		// Single ranges only, so one Fetch makes many requests.
+		f.hook = func(_ int, w http.ResponseWriter, r *http.Request) bool {
+			if strings.Contains(r.Header.Get("Range"), ",") {
+				w.WriteHeader(http.StatusRequestedRangeNotSatisfiable)
+				return true
 			}
-			checkRanges(t, blob, ranges[i*7:i*7+9], got)
-		})
-	}
-	wg.Wait()
-	if m := f.maxFlight.Load(); m > 3 || m < 2 {
-		t.Fatalf("at most %d requests in flight at once; want 2 or 3 (bound 3)", m)
-	}
+			return false
+		}
+		var ranges []Range
+		for i := range 30 {
+			ranges = append(ranges, Range{int64(i) * 30000, 1000})
+		}
+		var wg sync.WaitGroup
+		for i := range 4 {
+			wg.Go(func() {
+				got, err := collect(t, reg.Blob(d, int64(len(blob))), ranges[i*7:i*7+9])
+				if err != nil {
+					t.Error(err)
+				}
+				checkRanges(t, blob, ranges[i*7:i*7+9], got)
+			})
+		}
+		wg.Wait()
+		if m := f.maxFlight.Load(); m > 3 || m < 2 {
+			t.Fatalf("at most %d requests in flight at once; want 2 or 3 (bound 3)", m)
+		}
+	})
 }
 
 // TestFetchAsksInCallersOrder: one multi-range request whose Range header lists the spans

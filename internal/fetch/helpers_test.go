@@ -288,3 +288,15 @@ func checkFinal(t *testing.T, reg *Registry, err error, want string) {
 		t.Fatalf("stats %+v: want one request, not retried", s)
 	}
 }
+
+// inProcess is a transport that serves every request with h in the caller's goroutine: no
+// network, so that a test can run in a synctest bubble.
+func inProcess(h http.Handler) roundTripFunc {
+	return func(r *http.Request) (*http.Response, error) {
+		rec := httptest.NewRecorder()
+		h.ServeHTTP(rec, r)
+		resp := rec.Result()
+		resp.Request = r
+		return resp, nil
+	}
+}
