@@ -1,17 +1,13 @@
 package daemon
 
 import (
-	"archive/tar"
 	"bytes"
 	"context"
 	"crypto/sha256"
 	"encoding/binary"
 	"encoding/hex"
-	"io"
-	"log"
 	"log/slog"
 	"math/rand/v2"
-	"net/http/httptest"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -22,19 +18,14 @@ import (
 
 	"github.com/containerd/containerd/v2/core/snapshots"
 	"github.com/containerd/containerd/v2/pkg/namespaces"
-	"github.com/google/go-containerregistry/pkg/name"
-	"github.com/google/go-containerregistry/pkg/registry"
 	v1 "github.com/google/go-containerregistry/pkg/v1"
-	"github.com/google/go-containerregistry/pkg/v1/empty"
-	"github.com/google/go-containerregistry/pkg/v1/mutate"
-	"github.com/google/go-containerregistry/pkg/v1/remote"
-	"github.com/google/go-containerregistry/pkg/v1/static"
-	"github.com/google/go-containerregistry/pkg/v1/types"
 	"github.com/klauspost/compress/zstd"
 
 	"lazypull/format"
 	"lazypull/internal/snapshot"
 	"lazypull/internal/store"
+	"lazypull/internal/testutil"
+	"lazypull/internal/testutil/layertest"
 )
 
 // allocated returns the bytes the process allocated while f ran.
@@ -52,7 +43,7 @@ type prepared struct {
 	mounts any
 	err    error
 	alloc  uint64
-	logs   *bytes.Buffer
+	logs   *testutil.LogBuffer
 }
 
 // prepareMeasured prepares the layer desc of the image ref (manifest d) through a real
@@ -60,8 +51,9 @@ type prepared struct {
 // Prepare allocates.
 func prepareMeasured(t *testing.T, ref string, d v1.Hash, desc v1.Descriptor) prepared {
 	t.Helper()
-	p := prepared{logs: new(bytes.Buffer)}
-	logger := slog.New(slog.NewTextHandler(p.logs, &slog.HandlerOptions{Level: slog.LevelWarn}))
+	var p prepared
+	var logger *slog.Logger
+	logger, p.logs = testutil.NewLogAt(t, slog.LevelWarn)
 	st, err := store.Open(t.TempDir())
 	if err != nil {
 		t.Fatal(err)
@@ -85,19 +77,8 @@ func prepareMeasured(t *testing.T, ref string, d v1.Hash, desc v1.Descriptor) pr
 // in-process registry and returns its reference, manifest digest and layer descriptor.
 func pushLayerImage(t *testing.T, blob []byte, ann map[string]string) (string, v1.Hash, v1.Descriptor) {
 	t.Helper()
-	srv := httptest.NewServer(registry.New(registry.Logger(log.New(io.Discard, "", 0))))
-	t.Cleanup(srv.Close)
-	img, err := mutate.Append(empty.Image, mutate.Addendum{Layer: static.NewLayer(blob, types.MediaType(format.MediaTypeLayer)),
-		Annotations: ann, MediaType: types.MediaType(format.MediaTypeLayer)})
-	if err != nil {
-		t.Fatal(err)
-	}
-	img = mutate.MediaType(img, types.OCIManifestSchema1)
-	ref := strings.TrimPrefix(srv.URL, "http://") + "/crafted:v1"
-	r, _ := name.ParseReference(ref)
-	if err := remote.Write(r, img); err != nil {
-		t.Fatal(err)
-	}
+	img := imageOfLayer(t, blob, ann)
+	ref := testutil.NewRegistry(t).Push(t, "crafted:v1", img)
 	d, _ := img.Digest()
 	m, _ := img.Manifest()
 	return ref, d, m.Layers[0]
@@ -107,16 +88,7 @@ func pushLayerImage(t *testing.T, blob []byte, ann map[string]string) (string, v
 // declaring body (its header says body's length), with the annotations that locate it.
 func craftedLayer(t *testing.T, body []byte) ([]byte, map[string]string) {
 	t.Helper()
-	var tb bytes.Buffer
-	tw := tar.NewWriter(&tb)
-	tw.WriteHeader(&tar.Header{Name: "f", Mode: 0o644, Size: 2, Typeflag: tar.TypeReg})
-	tw.Write([]byte("hi"))
-	tw.Close()
-	var blob bytes.Buffer
-	res, err := format.Write(context.Background(), &blob, &tb)
-	if err != nil {
-		t.Fatal(err)
-	}
+	b, _, res := layertest.FromTar(t, testutil.Tar(t, testutil.File("f", []byte("hi"))), nil)
 	enc, _ := zstd.NewWriter(nil, zstd.WithEncoderLevel(zstd.SpeedBestCompression))
 	defer enc.Close()
 	p := make([]byte, 24)
@@ -129,7 +101,6 @@ func craftedLayer(t *testing.T, body []byte) ([]byte, map[string]string) {
 		p = binary.LittleEndian.AppendUint32(p, uint32(880-len(p)-4))
 		p = append(p, make([]byte, 880-len(p))...)
 	}
-	b := blob.Bytes()
 	out := append(bytes.Clone(b[:res.IndexOffset]), p...)
 	out = append(out, b[len(b)-format.FooterSize:]...)
 	sum := sha256.Sum256(p)
@@ -230,12 +201,8 @@ func TestReadSparseBounded(t *testing.T) {
 	if err := cmd.Run(); err != nil {
 		t.Fatal(err)
 	}
-	var blob bytes.Buffer
-	res, err := format.Write(context.Background(), &blob, &tb)
-	if err != nil {
-		t.Fatal(err)
-	}
-	ref, _, _ := pushLayerImage(t, blob.Bytes(), res.Annotations())
+	blob, ann, _ := layertest.FromTar(t, tb.Bytes(), nil)
+	ref, _, _ := pushLayerImage(t, blob, ann)
 	im, _ := openFresh(t, ref)
 	l := im.Layers[0]
 	e, ok := l.Index.Lookup("sparse")
@@ -248,7 +215,7 @@ func TestReadSparseBounded(t *testing.T) {
 	if err != nil || n != len(p) || !bytes.Equal(p, data[:4096]) {
 		t.Fatalf("read 4 KiB at 512 MiB: %d bytes, %v", n, err)
 	}
-	t.Logf("layer of %d bytes, file of %d: a 4 KiB read allocated %d bytes", blob.Len(), e.Size, a)
+	t.Logf("layer of %d bytes, file of %d: a 4 KiB read allocated %d bytes", len(blob), e.Size, a)
 	if a > 16<<20 {
 		t.Fatalf("a 4 KiB read of a sparse file allocated %d bytes", a)
 	}

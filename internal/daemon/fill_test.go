@@ -1,31 +1,28 @@
 package daemon
 
 import (
-	"archive/tar"
 	"bytes"
 	"context"
 	"fmt"
 	"io"
-	"log"
 	"log/slog"
+	"maps"
 	"math/rand/v2"
-	"net/http/httptest"
+	"slices"
 	"strings"
 	"testing"
 	"time"
 
-	"github.com/google/go-containerregistry/pkg/name"
-	"github.com/google/go-containerregistry/pkg/registry"
 	v1 "github.com/google/go-containerregistry/pkg/v1"
 	"github.com/google/go-containerregistry/pkg/v1/empty"
 	"github.com/google/go-containerregistry/pkg/v1/mutate"
-	"github.com/google/go-containerregistry/pkg/v1/remote"
 	"github.com/google/go-containerregistry/pkg/v1/static"
 	"github.com/google/go-containerregistry/pkg/v1/types"
 
 	"lazypull/format"
 	"lazypull/internal/fetch"
 	"lazypull/internal/store"
+	"lazypull/internal/testutil"
 	"lazypull/internal/testutil/layertest"
 )
 
@@ -98,14 +95,7 @@ func TestLimiterBound(t *testing.T) {
 func lazyImage(t *testing.T, files map[string][]byte) (string, *format.Index) {
 	t.Helper()
 	img, ix := lazyImageOf(t, files)
-	srv := httptest.NewServer(registry.New(registry.Logger(log.New(io.Discard, "", 0))))
-	t.Cleanup(srv.Close)
-	ref := strings.TrimPrefix(srv.URL, "http://") + "/fill:v1"
-	r, _ := name.ParseReference(ref)
-	if err := remote.Write(r, img); err != nil {
-		t.Fatal(err)
-	}
-	return ref, ix
+	return testutil.NewRegistry(t).Push(t, "fill:v1", img), ix
 }
 
 // lazyImageOf makes a one-layer lazypull image of the files, and returns it with the
@@ -119,39 +109,12 @@ func lazyImageOf(t *testing.T, files map[string][]byte) (v1.Image, *format.Index
 // written back into the blob and its annotations.
 func lazyImageWith(t *testing.T, files map[string][]byte, edit func(ix *format.Index)) (v1.Image, *format.Index) {
 	t.Helper()
-	var tb bytes.Buffer
-	tw := tar.NewWriter(&tb)
-	for _, n := range sortedKeys(files) {
-		b := files[n]
-		if err := tw.WriteHeader(&tar.Header{Name: n, Mode: 0o644, Size: int64(len(b)), Typeflag: tar.TypeReg}); err != nil {
-			t.Fatal(err)
-		}
-		tw.Write(b)
+	var entries []testutil.Entry
+	for _, n := range slices.Sorted(maps.Keys(files)) {
+		entries = append(entries, testutil.File(n, files[n]))
 	}
-	tw.Close()
-	var blob bytes.Buffer
-	res, err := format.Write(context.Background(), &blob, &tb)
-	if err != nil {
-		t.Fatal(err)
-	}
-	ann := res.Annotations()
-	if edit != nil {
-		b := blob.Bytes()
-		ix, err := format.DecodeIndex(b[res.IndexOffset : res.IndexOffset+res.IndexSize])
-		if err != nil {
-			t.Fatal(err)
-		}
-		edit(ix)
-		payload, err := ix.Encode()
-		if err != nil {
-			t.Fatal(err)
-		}
-		var nb []byte
-		nb, ann = layertest.WithIndex(b[:res.IndexOffset-8], payload)
-		blob.Reset()
-		blob.Write(nb)
-	}
-	l, err := format.Open(bytes.NewReader(blob.Bytes()), int64(blob.Len()), ann)
+	blob, ann, res := layertest.FromTar(t, testutil.Tar(t, entries...), edit)
+	l, err := format.Open(bytes.NewReader(blob), int64(len(blob)), ann)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -159,12 +122,17 @@ func lazyImageWith(t *testing.T, files map[string][]byte, edit func(ix *format.I
 	if err != nil {
 		t.Fatal(err)
 	}
-	img, err := mutate.Append(empty.Image, mutate.Addendum{Layer: diffIDLayer{static.NewLayer(blob.Bytes(), types.MediaType(format.MediaTypeLayer)), diffID},
-		Annotations: ann, MediaType: types.MediaType(format.MediaTypeLayer)})
+	return withLayer(t, empty.Image, diffIDLayer{static.NewLayer(blob, types.MediaType(format.MediaTypeLayer)), diffID}, ann), l.Index
+}
+
+// withLayer is img with the lazypull layer l (annotations ann) on top, as an OCI image.
+func withLayer(t *testing.T, img v1.Image, l v1.Layer, ann map[string]string) v1.Image {
+	t.Helper()
+	img, err := mutate.Append(img, mutate.Addendum{Layer: l, Annotations: ann, MediaType: types.MediaType(format.MediaTypeLayer)})
 	if err != nil {
 		t.Fatal(err)
 	}
-	return mutate.MediaType(img, types.OCIManifestSchema1), l.Index
+	return mutate.MediaType(img, types.OCIManifestSchema1)
 }
 
 // diffIDLayer is a layer with the diff ID of its tar (a static layer says its digest).
@@ -174,21 +142,6 @@ type diffIDLayer struct {
 }
 
 func (l diffIDLayer) DiffID() (v1.Hash, error) { return l.diffID, nil }
-
-func sortedKeys(m map[string][]byte) []string {
-	var ks []string
-	for k := range m {
-		ks = append(ks, k)
-	}
-	for i := range ks {
-		for j := i + 1; j < len(ks); j++ {
-			if ks[j] < ks[i] {
-				ks[i], ks[j] = ks[j], ks[i]
-			}
-		}
-	}
-	return ks
-}
 
 func fillFiles() map[string][]byte {
 	rng := rand.New(rand.NewPCG(1, 2))
@@ -279,8 +232,8 @@ func TestBackgroundFetch(t *testing.T) {
 		t.Fatal("the read fetched nothing")
 	}
 
-	var logb bytes.Buffer
-	if err := im.BackgroundFetch(FillOptions{Rate: 1 << 30, Log: slog.New(slog.NewTextHandler(&logb, nil))}); err != nil {
+	log, logb := testutil.NewLogAt(t, slog.LevelInfo)
+	if err := im.BackgroundFetch(FillOptions{Rate: 1 << 30, Log: log}); err != nil {
 		t.Fatal(err)
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
@@ -290,7 +243,7 @@ func TestBackgroundFetch(t *testing.T) {
 	}
 	fs, ok := im.FillStats()
 	if !ok || !fs.Done || fs.Err != "" {
-		t.Fatalf("fill stats %+v\n%s", fs, &logb)
+		t.Fatalf("fill stats %+v\n%s", fs, logb)
 	}
 	after := st.Stats()
 	if want := int64(distinctChunks(ix)); after.ChunksFetched != want {
@@ -306,7 +259,7 @@ func TestBackgroundFetch(t *testing.T) {
 	}
 	for _, want := range []string{"background fetch started", "background fetch done"} {
 		if !strings.Contains(logb.String(), want) {
-			t.Errorf("log lacks %q:\n%s", want, &logb)
+			t.Errorf("log lacks %q:\n%s", want, logb)
 		}
 	}
 

@@ -1,17 +1,11 @@
 package daemon
 
 import (
-	"archive/tar"
-	"bytes"
-	"context"
 	"crypto/sha256"
 	"encoding/json"
 	"errors"
 	"fmt"
-	"io"
-	"log"
 	"net/http"
-	"net/http/httptest"
 	"strconv"
 	"strings"
 	"sync/atomic"
@@ -19,15 +13,13 @@ import (
 
 	"github.com/containerd/errdefs"
 	"github.com/google/go-containerregistry/pkg/name"
-	"github.com/google/go-containerregistry/pkg/registry"
 	v1 "github.com/google/go-containerregistry/pkg/v1"
-	"github.com/google/go-containerregistry/pkg/v1/empty"
-	"github.com/google/go-containerregistry/pkg/v1/mutate"
 	"github.com/google/go-containerregistry/pkg/v1/remote"
-	"github.com/google/go-containerregistry/pkg/v1/static"
 	"github.com/google/go-containerregistry/pkg/v1/types"
 
 	"lazypull/format"
+	"lazypull/internal/testutil"
+	"lazypull/internal/testutil/layertest"
 )
 
 // rawManifest is a manifest pushed as its bytes.
@@ -82,20 +74,10 @@ func (s *shortRegistry) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 // claim 0 the manifest is the true one.
 func pushClaimingImage(t *testing.T, blob []byte, ann map[string]string, claim int64) (ref string, d v1.Hash, desc v1.Descriptor, reg *shortRegistry) {
 	t.Helper()
-	reg = &shortRegistry{h: registry.New(registry.Logger(log.New(io.Discard, "", 0))), blobs: map[string][]byte{}}
-	srv := httptest.NewServer(reg)
-	t.Cleanup(srv.Close)
-	img, err := mutate.Append(empty.Image, mutate.Addendum{Layer: static.NewLayer(blob, types.MediaType(format.MediaTypeLayer)),
-		Annotations: ann, MediaType: types.MediaType(format.MediaTypeLayer)})
-	if err != nil {
-		t.Fatal(err)
-	}
-	img = mutate.MediaType(img, types.OCIManifestSchema1)
-	ref = strings.TrimPrefix(srv.URL, "http://") + "/claims:v1"
+	reg = &shortRegistry{blobs: map[string][]byte{}}
+	img := imageOfLayer(t, blob, ann)
+	ref = testutil.NewRegistry(t, testutil.WithHandler(func(h http.Handler) http.Handler { reg.h = h; return reg })).Push(t, "claims:v1", img)
 	r, _ := name.ParseReference(ref)
-	if err := remote.Write(r, img); err != nil {
-		t.Fatal(err)
-	}
 	m, _ := img.Manifest()
 	desc = m.Layers[0]
 	reg.blob = desc.Digest.String()
@@ -131,20 +113,11 @@ func pushClaimingImage(t *testing.T, blob []byte, ann map[string]string, claim i
 // Prepare takes the ordinary path with one warning naming the layer, having allocated a
 // few MiB. A true manifest still mounts remotely, with one Range request for its index.
 func TestMountClaimedIndexSize(t *testing.T) {
-	var tb bytes.Buffer
-	tw := tar.NewWriter(&tb)
+	var entries []testutil.Entry
 	for i := range 200 {
-		data := []byte(strings.Repeat(strconv.Itoa(i), 100))
-		tw.WriteHeader(&tar.Header{Name: fmt.Sprintf("f%d", i), Mode: 0o644, Size: int64(len(data)), Typeflag: tar.TypeReg})
-		tw.Write(data)
+		entries = append(entries, testutil.File(fmt.Sprintf("f%d", i), []byte(strings.Repeat(strconv.Itoa(i), 100))))
 	}
-	tw.Close()
-	var lb bytes.Buffer
-	res, err := format.Write(context.Background(), &lb, &tb)
-	if err != nil {
-		t.Fatal(err)
-	}
-	blob, ann := lb.Bytes(), res.Annotations()
+	blob, ann, res := layertest.FromTar(t, testutil.Tar(t, entries...), nil)
 	served := int64(len(blob)) - res.IndexOffset // what a range from the index on finds
 	for _, c := range []struct {
 		name  string
@@ -161,7 +134,7 @@ func TestMountClaimedIndexSize(t *testing.T) {
 			ms, err, n, logs := p.mounts, p.err, p.alloc, p.logs
 			t.Logf("claim %d: Prepare allocated %d bytes, sent %d Range requests for the layer; logged: %s", c.claim, n, reg.ranges.Load(), logs.String())
 			if c.want == "" {
-				if !errors.Is(err, errdefs.ErrAlreadyExists) || logs.Len() != 0 {
+				if !errors.Is(err, errdefs.ErrAlreadyExists) || logs.String() != "" {
 					t.Fatalf("Prepare of a true layer: %v; want it mounted remotely (ErrAlreadyExists), nothing logged; logged:\n%s", err, logs.String())
 				}
 				if got := reg.ranges.Load(); got != 1 {

@@ -38,6 +38,7 @@ type Layer struct {
 
 	bg     context.Context // background read-ahead; ends with the image
 	raSlot chan struct{}   // bounds read-aheads in flight
+	raRuns atomic.Int64    // read-aheads started, for tests to count
 
 	reading *atomic.Int64 // the image's reads in progress (Image.reading)
 
@@ -241,6 +242,7 @@ func (l *Layer) readahead(e *format.Entry, f store.File, off, n int64) {
 	default:
 		return // enough in flight; the reader's own fetches go on
 	}
+	l.raRuns.Add(1)
 	go func() {
 		defer func() { <-l.raSlot }()
 		// Errors are the reader's to meet and report, when it gets there.

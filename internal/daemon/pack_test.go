@@ -13,13 +13,12 @@ import (
 
 	"github.com/google/go-containerregistry/pkg/name"
 	v1 "github.com/google/go-containerregistry/pkg/v1"
-	"github.com/google/go-containerregistry/pkg/v1/mutate"
-	"github.com/google/go-containerregistry/pkg/v1/remote"
 	"github.com/google/go-containerregistry/pkg/v1/types"
 
 	"lazypull/format"
 	"lazypull/internal/profile"
 	"lazypull/internal/store"
+	"lazypull/internal/testutil"
 )
 
 // twoLayerImageWith is a lazypull image of two layers, base and app, with both layers'
@@ -36,11 +35,7 @@ func twoLayerImageWith(t *testing.T, base, app map[string][]byte, edit func(ix *
 	if err != nil {
 		t.Fatal(err)
 	}
-	img, err = mutate.Append(img, mutate.Addendum{Layer: ls[0], Annotations: m.Layers[0].Annotations, MediaType: m.Layers[0].MediaType})
-	if err != nil {
-		t.Fatal(err)
-	}
-	return mutate.MediaType(img, types.OCIManifestSchema1)
+	return withLayer(t, img, ls[0], m.Layers[0].Annotations)
 }
 
 // packFixture pushes a two-layer image and a profile of files in both layers, and returns
@@ -55,8 +50,8 @@ func packFixture(t *testing.T) (ref string, files map[string][]byte, p *profile.
 func packFixtureWith(t *testing.T, edit func(ix *format.Index)) (ref string, files map[string][]byte, p *profile.Profile, pack []byte, subject v1.Descriptor, reqs *requestLog) {
 	t.Helper()
 	big := func(s string, n int) []byte { return bytes.Repeat([]byte(s), n) }
-	base := map[string][]byte{"lib/libc.so": randomish(1, 900_000), "etc/passwd": []byte("root:x:0:0::/root:/bin/sh\n"), "lib/unused": big("u", 50_000)}
-	app := map[string][]byte{"bin/app": randomish(2, 700_000), "etc/app.conf": []byte("x=1\n"), "share/doc": big("d", 80_000)}
+	base := map[string][]byte{"lib/libc.so": testutil.RandBytes(1, 900_000), "etc/passwd": []byte("root:x:0:0::/root:/bin/sh\n"), "lib/unused": big("u", 50_000)}
+	app := map[string][]byte{"bin/app": testutil.RandBytes(2, 700_000), "etc/app.conf": []byte("x=1\n"), "share/doc": big("d", 80_000)}
 	files = map[string][]byte{}
 	for _, m := range []map[string][]byte{base, app} {
 		for k, v := range m {
@@ -83,12 +78,8 @@ func packFixtureWith(t *testing.T, edit func(ix *format.Index)) (ref string, fil
 // reference, the registry's request log and the image manifest's descriptor.
 func pushCounted(t *testing.T, img v1.Image, repoTag string) (ref string, reqs *requestLog, subject v1.Descriptor) {
 	t.Helper()
-	host, reqs := countedRegistry(t)
-	ref = host + "/" + repoTag
-	r, _ := name.ParseReference(ref)
-	if err := remote.Write(r, img); err != nil {
-		t.Fatal(err)
-	}
+	reqs = countedRegistry(t)
+	ref = reqs.reg.Push(t, repoTag, img)
 	d, _ := img.Digest()
 	raw, _ := img.RawManifest()
 	return ref, reqs, v1.Descriptor{MediaType: types.OCIManifestSchema1, Digest: d, Size: int64(len(raw))}
@@ -103,19 +94,6 @@ func buildPack(t *testing.T, ref string, p *profile.Profile) []byte {
 		t.Fatal(err)
 	}
 	return pack
-}
-
-// randomish is n bytes that do not compress, from seed.
-func randomish(seed uint64, n int) []byte {
-	b := make([]byte, n)
-	x := seed*0x9E3779B97F4A7C15 + 1
-	for i := range b {
-		x ^= x << 13
-		x ^= x >> 7
-		x ^= x << 17
-		b[i] = byte(x)
-	}
-	return b
 }
 
 // pushProfile pushes p with pack (nil: none) for subject in ref's repository.
@@ -392,7 +370,7 @@ func checkPackServed(t *testing.T, im *Image, ps PrefetchStats, p *profile.Profi
 // need); read on past it, it reads ahead as before.
 func TestReadaheadStopsAtProfile(t *testing.T) {
 	const size, profiled = 24 << 20, 10 << 20
-	files := map[string][]byte{"lib/big.so": randomish(3, size)}
+	files := map[string][]byte{"lib/big.so": testutil.RandBytes(3, size)}
 	img, _ := lazyImageOf(t, files)
 	ref, reqs, subject := pushCounted(t, img, "ra:v1")
 	m, _ := img.Manifest()
@@ -417,11 +395,17 @@ func TestReadaheadStopsAtProfile(t *testing.T) {
 		}
 	}
 	read(0, profiled)
-	time.Sleep(100 * time.Millisecond) // a read-ahead would have started by now
+	// A read-ahead starts (or not) in the read that asks for it: none may have.
+	if n := l.raRuns.Load(); n != 0 {
+		t.Errorf("%d read-aheads started reading the profiled part; want none: a read-ahead went past the profile", n)
+	}
 	if n := reqs.count("GET blobs"); n != 1 {
 		t.Errorf("%d blob requests after reading the profiled part; want 1 (the pack): a read-ahead went past the profile", n)
 	}
 	read(profiled, size)
+	if l.raRuns.Load() == 0 {
+		t.Error("no read-ahead started reading on past the profile")
+	}
 	if n := reqs.count("GET blobs"); n < 2 {
 		t.Errorf("%d blob requests after reading past the profile; want more than the pack's", n)
 	}

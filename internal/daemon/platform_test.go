@@ -2,16 +2,11 @@ package daemon
 
 import (
 	"context"
-	"io"
-	"log"
 	"log/slog"
-	"net/http/httptest"
 	"strings"
 	"testing"
 	"time"
 
-	"github.com/google/go-containerregistry/pkg/name"
-	"github.com/google/go-containerregistry/pkg/registry"
 	v1 "github.com/google/go-containerregistry/pkg/v1"
 	"github.com/google/go-containerregistry/pkg/v1/empty"
 	"github.com/google/go-containerregistry/pkg/v1/mutate"
@@ -28,12 +23,7 @@ import (
 func TestPrefetchProfilePerPlatform(t *testing.T) {
 	for _, api := range []bool{true, false} {
 		t.Run(map[bool]string{true: "referrers API", false: "tag schema"}[api], func(t *testing.T) {
-			srv := httptest.NewServer(registry.New(registry.Logger(log.New(io.Discard, "", 0)), registry.WithReferrersSupport(api)))
-			t.Cleanup(srv.Close)
-			repo, err := name.NewRepository(strings.TrimPrefix(srv.URL, "http://") + "/multi")
-			if err != nil {
-				t.Fatal(err)
-			}
+			repo := repoWith(t, api, "multi")
 			platforms := map[string]*v1.Platform{
 				"amd64": {OS: "linux", Architecture: "amd64"},
 				"arm64": {OS: "linux", Architecture: "arm64", Variant: "v8"},

@@ -5,14 +5,11 @@ import (
 	"context"
 	"encoding/json"
 	"io"
-	"log"
-	"net/http/httptest"
 	"strings"
 	"testing"
 	"time"
 
 	"github.com/google/go-containerregistry/pkg/name"
-	"github.com/google/go-containerregistry/pkg/registry"
 	v1 "github.com/google/go-containerregistry/pkg/v1"
 	"github.com/google/go-containerregistry/pkg/v1/random"
 	"github.com/google/go-containerregistry/pkg/v1/remote"
@@ -21,18 +18,14 @@ import (
 
 	"lazypull/internal/fetch"
 	"lazypull/internal/profile"
+	"lazypull/internal/testutil"
 )
 
 // subjectImage serves a registry (with or without the referrers API) holding one random
 // image, and returns the repository and the image's descriptor.
 func subjectImage(t *testing.T, referrersAPI bool) (name.Repository, v1.Descriptor) {
 	t.Helper()
-	srv := httptest.NewServer(registry.New(registry.Logger(log.New(io.Discard, "", 0)), registry.WithReferrersSupport(referrersAPI)))
-	t.Cleanup(srv.Close)
-	repo, err := name.NewRepository(strings.TrimPrefix(srv.URL, "http://") + "/app")
-	if err != nil {
-		t.Fatal(err)
-	}
+	repo := repoWith(t, referrersAPI, "app")
 	img, err := random.Image(1024, 2)
 	if err != nil {
 		t.Fatal(err)
@@ -46,6 +39,21 @@ func subjectImage(t *testing.T, referrersAPI bool) (name.Repository, v1.Descript
 	}
 	raw, _ := img.RawManifest()
 	return repo, v1.Descriptor{MediaType: types.DockerManifestSchema2, Digest: d, Size: int64(len(raw))}
+}
+
+// repoWith is the repository path of a new in-process registry that answers the referrers
+// API, or not (referrers are then found through the tag schema).
+func repoWith(t *testing.T, referrersAPI bool, path string) name.Repository {
+	t.Helper()
+	var opts []testutil.RegistryOption
+	if referrersAPI {
+		opts = append(opts, testutil.WithReferrers())
+	}
+	repo, err := name.NewRepository(testutil.NewRegistry(t, opts...).Host + "/" + path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return repo
 }
 
 func testProfile(subject v1.Hash, created time.Time, path string) []byte {
@@ -172,7 +180,7 @@ func TestProfileRefused(t *testing.T) {
 				t.Fatal(err)
 			}
 			h, _, _ := v1.SHA256(bytes.NewReader(raw))
-			if err := remote.Put(repo.Digest(h.String()), rawBytes(raw)); err != nil {
+			if err := remote.Put(repo.Digest(h.String()), rawManifest{raw, types.OCIManifestSchema1}); err != nil {
 				t.Fatal(err)
 			}
 			reqs := registryOf(t, repo)
@@ -186,11 +194,6 @@ func TestProfileRefused(t *testing.T) {
 		})
 	}
 }
-
-type rawBytes []byte
-
-func (m rawBytes) RawManifest() ([]byte, error)        { return m, nil }
-func (m rawBytes) MediaType() (types.MediaType, error) { return types.OCIManifestSchema1, nil }
 
 func jsonEncode(w io.Writer, v any) error { return json.NewEncoder(w).Encode(v) }
 
@@ -220,7 +223,7 @@ func TestProfileEmbedded(t *testing.T) {
 				}
 			}
 			h, _, _ := v1.SHA256(bytes.NewReader(raw))
-			if err := remote.Put(repo.Digest(h.String()), rawBytes(raw)); err != nil {
+			if err := remote.Put(repo.Digest(h.String()), rawManifest{raw, types.OCIManifestSchema1}); err != nil {
 				t.Fatal(err)
 			}
 			reg := registryOf(t, repo)

@@ -8,6 +8,7 @@ import (
 	"testing"
 
 	"lazypull/format"
+	"lazypull/internal/testutil"
 )
 
 // openBinLayer pushes binLayer's layer with its index edited by edit and opens it, its
@@ -54,8 +55,7 @@ func runOfEntry(t *testing.T, ix *format.Index, name string) int {
 // names other bytes than the blob's for bin/sh's run, which is what a Range answer with
 // other bytes than the blob's looks like to the reader.
 func TestTarCheckRunDigestRange(t *testing.T) {
-	var logb syncBuf
-	log := slog.New(slog.NewTextHandler(&logb, nil))
+	log, logb := testutil.NewLogAt(t, slog.LevelInfo)
 
 	var run int
 	l, _ := openBinLayer(t, "rundigest:v1", log, func(ix *format.Index) {

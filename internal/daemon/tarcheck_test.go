@@ -1,13 +1,11 @@
 package daemon
 
 import (
-	"archive/tar"
 	"bytes"
 	"context"
 	"errors"
 	"log/slog"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
@@ -19,6 +17,7 @@ import (
 
 	"lazypull/format"
 	"lazypull/internal/store"
+	"lazypull/internal/testutil"
 	"lazypull/internal/testutil/layertest"
 )
 
@@ -28,16 +27,13 @@ import (
 // checks out, only the index no longer describes the tar.
 func binLayer(t *testing.T, edit func(ix *format.Index)) (blob []byte, ann map[string]string) {
 	t.Helper()
-	var tb bytes.Buffer
-	tw := tar.NewWriter(&tb)
-	mt := time.Unix(1700000000, 0)
-	for _, f := range []struct{ name, body string }{{"bin/bash", "#!bash, another program"}, {"bin/sh", "#!sh, the real one"}, {"etc/motd", "welcome"}} {
-		tw.WriteHeader(&tar.Header{Typeflag: tar.TypeReg, Name: f.name, Mode: 0o755, Size: int64(len(f.body)), ModTime: mt})
-		tw.Write([]byte(f.body))
+	exec := func(name, body string) testutil.Entry {
+		e := testutil.File(name, []byte(body))
+		e.Hdr.Mode = 0o755
+		return e
 	}
-	tw.WriteHeader(&tar.Header{Typeflag: tar.TypeSymlink, Name: "etc/alt", Linkname: "/bin/sh", ModTime: mt})
-	tw.Close()
-	return layerFromTar(t, tb.Bytes(), edit)
+	return layerFromTar(t, testutil.Tar(t, exec("bin/bash", "#!bash, another program"), exec("bin/sh", "#!sh, the real one"),
+		exec("etc/motd", "welcome"), testutil.Symlink("etc/alt", "/bin/sh")), edit)
 }
 
 // layerFromTar converts a tar stream and rewrites its index as edit changes it.
@@ -49,12 +45,7 @@ func layerFromTar(t *testing.T, src []byte, edit func(ix *format.Index)) (blob [
 
 func imageOfLayer(t *testing.T, blob []byte, ann map[string]string) v1.Image {
 	t.Helper()
-	img, err := mutate.Append(empty.Image, mutate.Addendum{Layer: static.NewLayer(blob, types.MediaType(format.MediaTypeLayer)),
-		Annotations: ann, MediaType: types.MediaType(format.MediaTypeLayer)})
-	if err != nil {
-		t.Fatal(err)
-	}
-	return mutate.MediaType(img, types.OCIManifestSchema1)
+	return withLayer(t, empty.Image, static.NewLayer(blob, types.MediaType(format.MediaTypeLayer)), ann)
 }
 
 // swapShBash names bash's frames bin/sh and the real sh's bin/bash: bin/sh would run bash.
@@ -67,8 +58,7 @@ func swapShBash(ix *format.Index) {
 // one log line naming the layer, the entry and the field; the files whose headers match
 // are served; a symlink whose target the index changed is refused too.
 func TestTarCheckRefusesCraftedIndex(t *testing.T) {
-	var logb syncBuf
-	log := slog.New(slog.NewTextHandler(&logb, nil))
+	log, logb := testutil.NewLogAt(t, slog.LevelInfo)
 
 	blob, ann := binLayer(t, func(ix *format.Index) {
 		swapShBash(ix)
@@ -147,15 +137,11 @@ func TestTarCheckCleanImage(t *testing.T) {
 	if err := im.Layers[0].Check(context.Background(), alt); err != nil {
 		t.Fatal(err)
 	}
-	// Wait for the verdicts to be kept, then close.
-	deadline := time.Now().Add(10 * time.Second)
-	for {
+	// Wait for the verdicts to be kept (by a goroutine of their own), then close.
+	testutil.WaitFor(t, 10*time.Second, "the four runs' verdicts kept", func() bool {
 		bits := st.Checked(im.Layers[0].tc.index)
-		if len(bits) == 1 && bits[0] == 0b1111 || time.Now().After(deadline) {
-			break
-		}
-		time.Sleep(10 * time.Millisecond)
-	}
+		return len(bits) == 1 && bits[0] == 0b1111
+	})
 	im.Close()
 	st.Close()
 
@@ -176,24 +162,6 @@ func TestTarCheckCleanImage(t *testing.T) {
 	}
 }
 
-// syncBuf is a log sink for many goroutines.
-type syncBuf struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (s *syncBuf) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.Write(p)
-}
-
-func (s *syncBuf) String() string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.String()
-}
-
 // TestFillChecksDiffID: once the background fill has made a layer complete, its tar
 // stream (header frames fetched again, chunks from the store) is checked against the
 // config's diff ID. A layer whose config says another diff ID (here: what a static layer
@@ -202,8 +170,7 @@ func (s *syncBuf) String() string {
 func TestFillChecksDiffID(t *testing.T) {
 	for _, right := range []bool{true, false} {
 		t.Run(map[bool]string{true: "right", false: "wrong"}[right], func(t *testing.T) {
-			var logb syncBuf
-			log := slog.New(slog.NewTextHandler(&logb, nil))
+			log, logb := testutil.NewLogAt(t, slog.LevelInfo)
 
 			blob, ann := binLayer(t, func(*format.Index) {})
 			layer := v1.Layer(static.NewLayer(blob, types.MediaType(format.MediaTypeLayer)))
@@ -278,16 +245,8 @@ func TestResolveLinks(t *testing.T) {
 // out, which it never does.
 func TestTarCheckCrossLayerLink(t *testing.T) {
 	lower, lann := binLayer(t, func(*format.Index) {})
-	var tb bytes.Buffer
-	tw := tar.NewWriter(&tb)
-	tw.WriteHeader(&tar.Header{Typeflag: tar.TypeLink, Name: "bin/x", Linkname: "bin/sh"})
-	tw.Close()
-	upper, uann := layerFromTar(t, tb.Bytes(), func(ix *format.Index) { ix.Entries[0].Linkname = "bin/bash" })
-	img, err := mutate.Append(imageOfLayer(t, lower, lann), mutate.Addendum{Layer: static.NewLayer(upper, types.MediaType(format.MediaTypeLayer)),
-		Annotations: uann, MediaType: types.MediaType(format.MediaTypeLayer)})
-	if err != nil {
-		t.Fatal(err)
-	}
+	upper, uann := layerFromTar(t, testutil.Tar(t, testutil.Link("bin/x", "bin/sh")), func(ix *format.Index) { ix.Entries[0].Linkname = "bin/bash" })
+	img := withLayer(t, imageOfLayer(t, lower, lann), static.NewLayer(upper, types.MediaType(format.MediaTypeLayer)), uann)
 	ref, _, _ := pushCounted(t, img, "crosslink:v1")
 	im, _ := openFresh(t, ref)
 	im.FSLayers()
@@ -311,16 +270,9 @@ func TestTarCheckCrossLayerLink(t *testing.T) {
 // ends with (python3 -> python3.11) fetches that file's first chunk in the same request:
 // the read that follows the readlink needs no request of its own.
 func TestTarCheckLinkBringsTarget(t *testing.T) {
-	var tb bytes.Buffer
-	tw := tar.NewWriter(&tb)
-	tw.WriteHeader(&tar.Header{Typeflag: tar.TypeReg, Name: "usr/bin/other", Mode: 0o755, Size: 5})
-	tw.Write([]byte("other"))
-	tw.WriteHeader(&tar.Header{Typeflag: tar.TypeSymlink, Name: "usr/bin/python3", Linkname: "python3.11"})
 	body := bytes.Repeat([]byte("python"), 5000)
-	tw.WriteHeader(&tar.Header{Typeflag: tar.TypeReg, Name: "usr/bin/python3.11", Mode: 0o755, Size: int64(len(body))})
-	tw.Write(body)
-	tw.Close()
-	blob, ann := layerFromTar(t, tb.Bytes(), func(*format.Index) {})
+	blob, ann := layerFromTar(t, testutil.Tar(t, testutil.File("usr/bin/other", []byte("other")), testutil.Symlink("usr/bin/python3", "python3.11"),
+		testutil.File("usr/bin/python3.11", body)), func(*format.Index) {})
 	ref, reqs, _ := pushCounted(t, imageOfLayer(t, blob, ann), "link:v1")
 	im, _ := openFresh(t, ref)
 	reqs.reset()

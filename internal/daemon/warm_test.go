@@ -3,35 +3,31 @@ package daemon
 import (
 	"context"
 	"errors"
-	"io"
-	"log"
 	"log/slog"
 	"net/http"
 	"net/http/httptest"
 	"path/filepath"
 	"strconv"
 	"strings"
-	"sync"
 	"sync/atomic"
 	"testing"
 
-	"github.com/google/go-containerregistry/pkg/name"
-	"github.com/google/go-containerregistry/pkg/registry"
 	v1 "github.com/google/go-containerregistry/pkg/v1"
 	"github.com/google/go-containerregistry/pkg/v1/empty"
 	"github.com/google/go-containerregistry/pkg/v1/mutate"
-	"github.com/google/go-containerregistry/pkg/v1/remote"
 	"github.com/google/go-containerregistry/pkg/v1/types"
 
 	"lazypull/format"
 	"lazypull/internal/fetch"
 	"lazypull/internal/store"
+	"lazypull/internal/testutil"
 )
 
-// requestLog counts a registry's requests by method and kind (manifests, blobs).
+// requestLog counts the requests of a testutil registry by method and kind ("GET
+// manifests", "HEAD blobs" and so on; "GET referrers-tag": the tag schema's index), and
+// can make its blob requests fail.
 type requestLog struct {
-	mu sync.Mutex
-	n  map[string]int
+	reg *testutil.Registry
 	// refuseBlobs answers every blob request 401.
 	refuseBlobs atomic.Bool
 	// cutBlob, when set, is a blob digest whose GET is answered half and then cut (the
@@ -39,43 +35,56 @@ type requestLog struct {
 	cutBlob atomic.Pointer[string]
 }
 
-// reset forgets the requests counted so far.
-func (l *requestLog) reset() {
-	l.mu.Lock()
-	clear(l.n)
-	l.mu.Unlock()
+// countedRegistry serves an in-process registry and returns the log of its requests.
+func countedRegistry(t *testing.T) *requestLog {
+	t.Helper()
+	reqs := &requestLog{}
+	reqs.reg = testutil.NewRegistry(t, testutil.WithHandler(reqs.failing))
+	return reqs
 }
+
+// reset forgets the requests counted so far.
+func (l *requestLog) reset() { l.reg.Take() }
 
 func (l *requestLog) count(key string) int {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.n[key]
+	n := 0
+	for _, line := range l.reg.Requests() {
+		method, rest, _ := strings.Cut(line, " ")
+		path, _, _ := strings.Cut(rest, " ") // the path, without " Range: ..."
+		if method+" "+requestKind(path) == key {
+			n++
+		}
+	}
+	return n
 }
 
-// countedRegistry serves an in-process registry that counts its requests as
-// "GET manifests", "HEAD blobs" and so on ("GET referrers-tag": the tag schema's index).
-func countedRegistry(t *testing.T) (host string, reqs *requestLog) {
-	t.Helper()
-	reqs = &requestLog{n: map[string]int{}}
-	h := registry.New(registry.Logger(log.New(io.Discard, "", 0)))
-	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		kind := "other"
-		for _, k := range []string{"manifests", "blobs", "referrers"} {
-			if strings.Contains(r.URL.Path, "/"+k+"/") {
-				kind = k
-			}
+// requestKind is what a registry request's path asks for: "manifests", "blobs",
+// "referrers", "referrers-tag" (the tag schema's index) or "other".
+func requestKind(path string) string {
+	kind := "other"
+	for _, k := range []string{"manifests", "blobs", "referrers"} {
+		if strings.Contains(path, "/"+k+"/") {
+			kind = k
 		}
-		if strings.Contains(r.URL.Path, "/manifests/sha256-") {
-			kind = "referrers-tag" // the tag schema's index
+	}
+	if strings.Contains(path, "/manifests/sha256-") {
+		kind = "referrers-tag"
+	}
+	return kind
+}
+
+// failing wraps the registry's handler to refuse or cut blob requests as l says.
+func (l *requestLog) failing(h http.Handler) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if requestKind(r.URL.Path) != "blobs" {
+			h.ServeHTTP(w, r)
+			return
 		}
-		reqs.mu.Lock()
-		reqs.n[r.Method+" "+kind]++
-		reqs.mu.Unlock()
-		if kind == "blobs" && reqs.refuseBlobs.Load() {
+		if l.refuseBlobs.Load() {
 			http.Error(w, `{"errors":[{"code":"UNAUTHORIZED"}]}`, http.StatusUnauthorized)
 			return
 		}
-		if d := reqs.cutBlob.Load(); kind == "blobs" && d != nil && strings.HasSuffix(r.URL.Path, "/"+*d) && r.Method == http.MethodGet {
+		if d := l.cutBlob.Load(); d != nil && strings.HasSuffix(r.URL.Path, "/"+*d) && r.Method == http.MethodGet {
 			rec := httptest.NewRecorder()
 			h.ServeHTTP(rec, r)
 			body := rec.Body.Bytes()
@@ -89,22 +98,15 @@ func countedRegistry(t *testing.T) (host string, reqs *requestLog) {
 			return
 		}
 		h.ServeHTTP(w, r)
-	}))
-	t.Cleanup(srv.Close)
-	return strings.TrimPrefix(srv.URL, "http://"), reqs
+	})
 }
 
 // warmFixture pushes a one-layer lazypull image and returns a snapshotter file system over
 // a fresh store, the tag's reference, the image and its manifest's digest.
 func warmFixture(t *testing.T, fopts ...fetch.Option) (*SnapshotFS, string, v1.Image, v1.Hash, *requestLog) {
 	t.Helper()
-	host, reqs := countedRegistry(t)
 	img, _ := lazyImageOf(t, map[string][]byte{"bin/app": []byte(strings.Repeat("app", 5000))})
-	ref := host + "/warm:v1"
-	r, _ := name.ParseReference(ref)
-	if err := remote.Write(r, img); err != nil {
-		t.Fatal(err)
-	}
+	ref, reqs, subject := pushCounted(t, img, "warm:v1")
 	reqs.reset() // the push's
 	st, err := store.Open(t.TempDir())
 	if err != nil {
@@ -113,11 +115,7 @@ func warmFixture(t *testing.T, fopts ...fetch.Option) (*SnapshotFS, string, v1.I
 	t.Cleanup(func() { st.Close() })
 	f := NewSnapshotFS(st, nil, slog.New(slog.DiscardHandler), testClient(t, fopts...))
 	t.Cleanup(func() { f.Close() })
-	d, err := img.Digest()
-	if err != nil {
-		t.Fatal(err)
-	}
-	return f, ref, img, d, reqs
+	return f, ref, img, subject.Digest, reqs
 }
 
 // labelsOf are the labels `lazypull pull` gives the image's first layer (CRI's too).

@@ -39,11 +39,17 @@ func (l *LogBuffer) Logger() *slog.Logger {
 // NewLog returns a debug logger and the buffer it writes to; the test shows what was
 // logged when it fails or runs with -v.
 func NewLog(t testing.TB) (*slog.Logger, *LogBuffer) {
+	return NewLogAt(t, slog.LevelDebug)
+}
+
+// NewLogAt is NewLog with a logger that keeps only the lines at level or above: for a test
+// that counts the lines a level logs.
+func NewLogAt(t testing.TB, level slog.Level) (*slog.Logger, *LogBuffer) {
 	lb := &LogBuffer{}
 	t.Cleanup(func() {
 		if t.Failed() || testing.Verbose() {
 			t.Logf("log:\n%s", lb.String())
 		}
 	})
-	return lb.Logger(), lb
+	return slog.New(slog.NewTextHandler(lb, &slog.HandlerOptions{Level: level})), lb
 }

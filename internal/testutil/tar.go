@@ -48,3 +48,13 @@ func Tar(t testing.TB, entries ...Entry) []byte {
 	}
 	return buf.Bytes()
 }
+
+// Symlink is a symbolic link to target.
+func Symlink(name, target string) Entry {
+	return Entry{Hdr: tar.Header{Typeflag: tar.TypeSymlink, Name: name, Linkname: target, ModTime: modTime}}
+}
+
+// Link is a hard link to target, an entry before it.
+func Link(name, target string) Entry {
+	return Entry{Hdr: tar.Header{Typeflag: tar.TypeLink, Name: name, Linkname: target, ModTime: modTime}}
+}

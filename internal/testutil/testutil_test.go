@@ -5,8 +5,11 @@ import (
 	"bytes"
 	"fmt"
 	"io"
+	"log/slog"
+	"maps"
 	"net/http"
 	"slices"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -37,6 +40,15 @@ func TestLogBuffer(t *testing.T) {
 	}
 }
 
+func TestNewLogAt(t *testing.T) {
+	log, lb := NewLogAt(t, slog.LevelWarn)
+	log.Info("dropped")
+	log.Warn("kept")
+	if got := lb.String(); strings.Contains(got, "dropped") || lb.Count("level=WARN msg=kept") != 1 {
+		t.Errorf("logged %q; want the warning only", got)
+	}
+}
+
 func TestWait(t *testing.T) {
 	ch := make(chan int, 1)
 	go func() { ch <- 7 }()
@@ -56,9 +68,10 @@ func TestWait(t *testing.T) {
 }
 
 func TestTar(t *testing.T) {
-	b := Tar(t, Dir("d/"), File("d/f", []byte("hello")))
+	b := Tar(t, Dir("d/"), File("d/f", []byte("hello")), Symlink("d/s", "f"), Link("d/l", "d/f"))
 	tr := tar.NewReader(bytes.NewReader(b))
 	var names []string
+	links := map[string]string{}
 	for {
 		h, err := tr.Next()
 		if err == io.EOF {
@@ -68,12 +81,18 @@ func TestTar(t *testing.T) {
 			t.Fatal(err)
 		}
 		names = append(names, h.Name)
+		if h.Linkname != "" {
+			links[h.Name] = string(h.Typeflag) + h.Linkname
+		}
 		if body, _ := io.ReadAll(tr); h.Name == "d/f" && string(body) != "hello" {
 			t.Errorf("d/f holds %q", body)
 		}
 	}
-	if !slices.Equal(names, []string{"d/", "d/f"}) {
+	if !slices.Equal(names, []string{"d/", "d/f", "d/s", "d/l"}) {
 		t.Errorf("entries %q", names)
+	}
+	if want := map[string]string{"d/s": string(tar.TypeSymlink) + "f", "d/l": string(tar.TypeLink) + "d/f"}; !maps.Equal(links, want) {
+		t.Errorf("links %q, want %q", links, want)
 	}
 }
 
