@@ -5,6 +5,8 @@ import (
 	"fmt"
 	"strings"
 	"testing"
+
+	"lazypull/internal/testutil"
 )
 
 // TestReadIndexClaimedSize: the index's size in a location is the manifest's word; reading
@@ -39,11 +41,11 @@ func TestReadIndexClaimedSize(t *testing.T) {
 	held := size - loc.Offset // what the blob holds from the index on
 	want := fmt.Sprintf("index at %d+%d: %d of its %d bytes arrived", claim.Offset, claim.Size, held, claim.Size)
 	var n uint64
-	n = allocated(func() { _, err = ReadIndex(bytes.NewReader(blob), claimed, &claim) })
+	n = testutil.Allocated(func() { _, err = ReadIndex(bytes.NewReader(blob), claimed, &claim) })
 	if err == nil || !strings.Contains(err.Error(), want) || n > 2<<20 {
 		t.Fatalf("ReadIndex of a %d-byte layer claiming a %d-byte index: %v, %d bytes allocated; want %q and at most 2 MiB", size, claim.Size, err, n, want)
 	}
-	n = allocated(func() { _, _, err = ReadIndexFrom(bytes.NewReader(blob[loc.Offset:]), claimed, claim) })
+	n = testutil.Allocated(func() { _, _, err = ReadIndexFrom(bytes.NewReader(blob[loc.Offset:]), claimed, claim) })
 	if err == nil || !strings.Contains(err.Error(), want) || n > 2<<20 {
 		t.Fatalf("ReadIndexFrom of %d bytes claiming a %d-byte index: %v, %d bytes allocated; want %q and at most 2 MiB", held, claim.Size, err, n, want)
 	}

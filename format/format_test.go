@@ -7,9 +7,7 @@ import (
 	"crypto/sha256"
 	"fmt"
 	"io"
-	"os"
 	"os/exec"
-	"path/filepath"
 	"slices"
 	"strings"
 	"testing"
@@ -67,37 +65,9 @@ func edgeCases(t testing.TB) []byte {
 // gnuSparse builds tar streams with sparse files using GNU tar, in both GNU and PAX form.
 func gnuSparse(t *testing.T) map[string][]byte {
 	t.Helper()
-	if _, err := exec.LookPath("tar"); err != nil {
-		t.Skipf("SKIP: GNU tar not installed; sparse files not tested (run make deps)")
-	}
-	dir := t.TempDir()
-	f, err := os.Create(filepath.Join(dir, "sparse"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	for _, off := range []int64{0, 1 << 20, 5 << 20} {
-		if _, err := f.WriteAt(testutil.RandBytes(uint64(off), 10000), off); err != nil {
-			t.Fatal(err)
-		}
-	}
-	if err := f.Truncate(8 << 20); err != nil {
-		t.Fatal(err)
-	}
-	f.Close()
-	if err := os.WriteFile(filepath.Join(dir, "after"), []byte("after the sparse file"), 0o644); err != nil {
-		t.Fatal(err)
-	}
 	out := map[string][]byte{}
 	for _, fm := range []string{"gnu", "pax", "posix"} {
-		cmd := exec.Command("tar", "--sparse", "--format="+fm, "-C", dir, "-cf", "-", "sparse", "after")
-		if fm == "posix" {
-			cmd.Args = append(cmd.Args[:1], append([]string{"--sparse-version=1.0"}, cmd.Args[1:]...)...)
-		}
-		b, err := cmd.Output()
-		if err != nil {
-			t.Fatalf("tar --format=%s: %v", fm, err)
-		}
-		out[fm] = b
+		out[fm] = testutil.SparseTar(t, fm, 8<<20, randomAt(0, 1<<20, 5<<20), map[string][]byte{"after": []byte("after the sparse file")})
 	}
 	return out
 }

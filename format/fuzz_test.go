@@ -9,6 +9,8 @@ import (
 	"testing"
 
 	"github.com/klauspost/compress/zstd"
+
+	"lazypull/internal/testutil"
 )
 
 // seedIndex returns the index payload and body of a small layer with every entry kind.
@@ -41,7 +43,7 @@ func FuzzDecodeIndex(f *testing.F) {
 	f.Fuzz(func(t *testing.T, p []byte) {
 		var ix *Index
 		var err error
-		n := allocated(func() { ix, err = DecodeIndex(p) })
+		n := testutil.Allocated(func() { ix, err = DecodeIndex(p) })
 		if limit := uint64(IndexBudget(len(p))) + decodeOverhead; n > limit {
 			t.Fatalf("decoding %d bytes allocated %d, over the bound of %d (err %v)", len(p), n, limit, err)
 		}
@@ -75,7 +77,7 @@ func FuzzDecodeBody(f *testing.F) {
 		var err error
 		budget := 4*int64(len(b)) + 64<<10
 		for _, v := range []int{IndexVersion2, IndexVersion1} {
-			n := allocated(func() { ix, err = decodeBody(b, budget, v) })
+			n := testutil.Allocated(func() { ix, err = decodeBody(b, budget, v) })
 			if limit := uint64(budget) + decodeOverhead; n > limit {
 				t.Fatalf("decoding a %d-byte version %d body allocated %d, over the bound of %d (err %v)", len(b), v, n, limit, err)
 			}

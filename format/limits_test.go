@@ -5,10 +5,6 @@ import (
 	"encoding/binary"
 	"errors"
 	"fmt"
-	"os"
-	"os/exec"
-	"path/filepath"
-	"runtime"
 	"strings"
 	"testing"
 
@@ -21,22 +17,12 @@ import (
 // pool is empty, error strings, the Index header.
 const decodeOverhead = 2 << 20
 
-// allocated returns the bytes allocated while f runs. The process's other goroutines count
-// too, so callers run serially (no t.Parallel in this package).
-func allocated(f func()) uint64 {
-	var before, after runtime.MemStats
-	runtime.ReadMemStats(&before)
-	f()
-	runtime.ReadMemStats(&after)
-	return after.TotalAlloc - before.TotalAlloc
-}
-
 // checkDecodeBound decodes p and fails unless decoding allocated at most its budget (plus
 // decodeOverhead). It returns the decode error.
 func checkDecodeBound(t *testing.T, p []byte) error {
 	t.Helper()
 	var err error
-	n := allocated(func() { _, err = DecodeIndex(p) })
+	n := testutil.Allocated(func() { _, err = DecodeIndex(p) })
 	if limit := uint64(IndexBudget(len(p))) + decodeOverhead; n > limit {
 		t.Fatalf("decoding a %d-byte index allocated %d bytes, over its bound of %d (err %v)", len(p), n, limit, err)
 	}
@@ -104,7 +90,7 @@ func TestDecodeSharedPrefixNames(t *testing.T) {
 	// The body parser alone, with the budget of a payload ten times larger: the names
 	// draw from it and exhaust it.
 	budget := IndexBudget(10 * len(p))
-	n := allocated(func() { _, err = decodeBody(body, budget, IndexVersion1) })
+	n := testutil.Allocated(func() { _, err = decodeBody(body, budget, IndexVersion1) })
 	if err == nil || !strings.Contains(err.Error(), "names") || !strings.Contains(err.Error(), "at entry") {
 		t.Fatalf("names over the budget: err %v", err)
 	}
@@ -142,7 +128,7 @@ func TestDecodeManyCounts(t *testing.T) {
 			body := manyCountsBody(size, random, c.frames, c.entries, c.chunks)
 			p := payloadOf(t, body, uint64(len(body)))
 			var err error
-			n := allocated(func() { err = checkDecodeBound(t, p) })
+			n := testutil.Allocated(func() { err = checkDecodeBound(t, p) })
 			t.Logf("payload %d bytes: allocated %d bytes: %v", len(p), n, err)
 			if err == nil || !strings.Contains(err.Error(), c.want) {
 				t.Fatalf("err %v, want one about %q", err, c.want)
@@ -241,32 +227,16 @@ func TestEncodeRefusesOverBudget(t *testing.T) {
 // with 10,000 random bytes at each offset in data, in the given format.
 func sparseTar(t *testing.T, size int64, data []int64, format string) []byte {
 	t.Helper()
-	if _, err := exec.LookPath("tar"); err != nil {
-		t.Skipf("SKIP: GNU tar not installed; sparse files not tested (run make deps)")
+	return testutil.SparseTar(t, format, size, randomAt(data...), nil)
+}
+
+// randomAt is 10,000 random bytes at each offset, seeded by it.
+func randomAt(offs ...int64) map[int64][]byte {
+	data := map[int64][]byte{}
+	for _, off := range offs {
+		data[off] = testutil.RandBytes(uint64(off), 10000)
 	}
-	dir := t.TempDir()
-	f, err := os.Create(filepath.Join(dir, "sparse"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	for _, off := range data {
-		if _, err := f.WriteAt(testutil.RandBytes(uint64(off), 10000), off); err != nil {
-			t.Fatal(err)
-		}
-	}
-	if err := f.Truncate(size); err != nil {
-		t.Fatal(err)
-	}
-	f.Close()
-	cmd := exec.Command("tar", "--sparse", "--format="+format, "-C", dir, "-cf", "-", "sparse")
-	if format == "posix" {
-		cmd.Args = append(cmd.Args[:1], append([]string{"--sparse-version=1.0"}, cmd.Args[1:]...)...)
-	}
-	b, err := cmd.Output()
-	if err != nil {
-		t.Fatalf("tar --format=%s: %v", format, err)
-	}
-	return b
+	return data
 }
 
 // TestReadSparseAt: ranges of a sparse file read by ReadSparseAt are those of its whole
@@ -326,7 +296,7 @@ func TestReadSparseBounded(t *testing.T) {
 	t.Logf("layer of %d bytes, sparse file of %d bytes", len(blob), e.Size)
 	p := make([]byte, 4096)
 	var n int
-	a := allocated(func() { n, err = l.ReadSparseAt(e, p, 512<<20) })
+	a := testutil.Allocated(func() { n, err = l.ReadSparseAt(e, p, 512<<20) })
 	if err != nil || n != len(p) || !bytes.Equal(p, testutil.RandBytes(512<<20, 10000)[:4096]) {
 		t.Fatalf("read 4 KiB at 512 MiB: %d bytes, %v", n, err)
 	}

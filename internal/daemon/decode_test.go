@@ -8,10 +8,6 @@ import (
 	"encoding/hex"
 	"log/slog"
 	"math/rand/v2"
-	"os"
-	"os/exec"
-	"path/filepath"
-	"runtime"
 	"strconv"
 	"strings"
 	"testing"
@@ -27,15 +23,6 @@ import (
 	"lazypull/internal/testutil"
 	"lazypull/internal/testutil/layertest"
 )
-
-// allocated returns the bytes the process allocated while f ran.
-func allocated(f func()) uint64 {
-	var before, after runtime.MemStats
-	runtime.ReadMemStats(&before)
-	f()
-	runtime.ReadMemStats(&after)
-	return after.TotalAlloc - before.TotalAlloc
-}
 
 // prepared is what prepareMeasured saw: Prepare's mounts and error, the bytes it
 // allocated, and the warnings logged meanwhile.
@@ -69,7 +56,7 @@ func prepareMeasured(t *testing.T, ref string, d v1.Hash, desc v1.Descriptor) pr
 	labels := pulledLabels(ref, d.String(), desc.Digest.String(), desc.Annotations)
 	labels[snapshots.LabelSnapshotRef] = "layer-" + desc.Digest.Hex
 	ctx := namespaces.WithNamespace(context.Background(), "test")
-	p.alloc = allocated(func() { p.mounts, p.err = s.Prepare(ctx, "extract-1", "", snapshots.WithLabels(labels)) })
+	p.alloc = testutil.Allocated(func() { p.mounts, p.err = s.Prepare(ctx, "extract-1", "", snapshots.WithLabels(labels)) })
 	return p
 }
 
@@ -183,25 +170,9 @@ func TestReadSparseBounded(t *testing.T) {
 	if testing.Short() {
 		t.Skip("SKIP: hashes 900 MiB of holes")
 	}
-	if _, err := exec.LookPath("tar"); err != nil {
-		t.Skip("SKIP: GNU tar not installed; sparse files not tested (run make deps)")
-	}
-	dir := t.TempDir()
-	f, err := os.Create(filepath.Join(dir, "sparse"))
-	if err != nil {
-		t.Fatal(err)
-	}
 	data := bytes.Repeat([]byte("lazypull"), 1000)
-	f.WriteAt(data, 512<<20)
-	f.Truncate(900 << 20)
-	f.Close()
-	var tb bytes.Buffer
-	cmd := exec.Command("tar", "--sparse", "--format=posix", "--sparse-version=1.0", "-C", dir, "-cf", "-", "sparse")
-	cmd.Stdout = &tb
-	if err := cmd.Run(); err != nil {
-		t.Fatal(err)
-	}
-	blob, ann, _ := layertest.FromTar(t, tb.Bytes(), nil)
+	tb := testutil.SparseTar(t, "posix", 900<<20, map[int64][]byte{512 << 20: data}, nil)
+	blob, ann, _ := layertest.FromTar(t, tb, nil)
 	ref, _, _ := pushLayerImage(t, blob, ann)
 	im, _ := openFresh(t, ref)
 	l := im.Layers[0]
@@ -211,7 +182,8 @@ func TestReadSparseBounded(t *testing.T) {
 	}
 	p := make([]byte, 4096)
 	var n int
-	a := allocated(func() { n, err = l.ReadAt(context.Background(), e, p, 512<<20) })
+	var err error
+	a := testutil.Allocated(func() { n, err = l.ReadAt(context.Background(), e, p, 512<<20) })
 	if err != nil || n != len(p) || !bytes.Equal(p, data[:4096]) {
 		t.Fatalf("read 4 KiB at 512 MiB: %d bytes, %v", n, err)
 	}

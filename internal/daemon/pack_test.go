@@ -303,14 +303,7 @@ func TestPackIndexVersion1(t *testing.T) {
 	if ps.Err != "" || !ps.Pack || ps.Files != 4 || ps.Requests != int64(n) || n < 2 || n > 1+len(p.Files) {
 		t.Errorf("prefetch %+v, %d blob requests; want the pack's and at most %d for the headers", ps, n, len(p.Files))
 	}
-	for _, f := range p.Files {
-		if got := readFile(t, im, f.Path); !bytes.Equal(got, files[f.Path]) {
-			t.Errorf("%s: wrong bytes", f.Path)
-		}
-	}
-	if got := reqs.count("GET blobs"); got != n {
-		t.Errorf("%d blob requests after reading the profiled files; want still %d", got, n)
-	}
+	readProfiled(t, im, p, files, reqs, n)
 }
 
 // TestPackRegistryDies: the registry cuts the pack's GET half-way: what arrived is used,
@@ -355,13 +348,20 @@ func checkPackServed(t *testing.T, im *Image, ps PrefetchStats, p *profile.Profi
 	if n := reqs.count("GET blobs"); n != want {
 		t.Errorf("%d blob requests to open and prefetch; want 1 (the pack)", n)
 	}
+	readProfiled(t, im, p, files, reqs, want)
+}
+
+// readProfiled reads the files of the profile p through im and checks their bytes (files
+// holds them), and that the registry got no blob request for them: still n in all.
+func readProfiled(t *testing.T, im *Image, p *profile.Profile, files map[string][]byte, reqs *requestLog, n int) {
+	t.Helper()
 	for _, f := range p.Files {
 		if got := readFile(t, im, f.Path); !bytes.Equal(got, files[f.Path]) {
 			t.Errorf("%s: wrong bytes", f.Path)
 		}
 	}
-	if n := reqs.count("GET blobs"); n != want {
-		t.Errorf("%d blob requests after reading the profiled files; want still %d", n, want)
+	if got := reqs.count("GET blobs"); got != n {
+		t.Errorf("%d blob requests after reading the profiled files; want still %d", got, n)
 	}
 }
 

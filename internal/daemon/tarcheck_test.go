@@ -60,7 +60,7 @@ func swapShBash(ix *format.Index) {
 func TestTarCheckRefusesCraftedIndex(t *testing.T) {
 	log, logb := testutil.NewLogAt(t, slog.LevelInfo)
 
-	blob, ann := binLayer(t, func(ix *format.Index) {
+	l, _ := openBinLayer(t, "crafted:v1", log, func(ix *format.Index) {
 		swapShBash(ix)
 		for i := range ix.Entries {
 			if ix.Entries[i].Name == "etc/alt" {
@@ -68,18 +68,7 @@ func TestTarCheckRefusesCraftedIndex(t *testing.T) {
 			}
 		}
 	})
-	ref, _, _ := pushCounted(t, imageOfLayer(t, blob, ann), "crafted:v1")
-	im, _ := openFreshLog(t, ref, log)
-	l := im.Layers[0]
-	read := func(name string) ([]byte, error) {
-		e, ok := l.Index.Lookup(name)
-		if !ok {
-			t.Fatalf("%s not in the index", name)
-		}
-		b := make([]byte, e.Size)
-		n, err := l.ReadAt(context.Background(), e, b, 0)
-		return b[:n], err
-	}
+	read := func(name string) ([]byte, error) { return readEntry(t, l, name) }
 	for range 2 { // the second time from the verdict kept
 		b, err := read("bin/sh")
 		var m *format.MismatchError

@@ -462,23 +462,24 @@ func TestOpenWhileModeChanges(t *testing.T) {
 		return f
 	}
 
-	f1 := open("cached open, no local copy")
-	check("cached open", f1)
-	c.local.Store(true)
-	f2 := open("open once the copy is local, while a cached open is there")
-	check("second open", f2)
-	f1.Close()
-	f2.Close()
+	// An open, then another once the copy is there (local) or gone, while the first is.
+	openTwice := func(first, firstCheck string, local bool, second, secondCheck string) {
+		t.Helper()
+		f1 := open(first)
+		check(firstCheck, f1)
+		c.local.Store(local)
+		f2 := open(second)
+		check(secondCheck, f2)
+		f1.Close()
+		f2.Close()
+	}
+	openTwice("cached open, no local copy", "cached open", true,
+		"open once the copy is local, while a cached open is there", "second open")
 
 	unix.Fadvise(int(open("drop cache").Fd()), 0, 0, unix.FADV_DONTNEED)
 	reads := c.reads.Load()
-	f3 := open("passthrough open")
-	check("passthrough open", f3)
-	c.local.Store(false)
-	f4 := open("open once the copy is gone, while a passthrough open is there")
-	check("open after eviction", f4)
-	f3.Close()
-	f4.Close()
+	openTwice("passthrough open", "passthrough open", false,
+		"open once the copy is gone, while a passthrough open is there", "open after eviction")
 	if srv.Passthrough() && c.reads.Load() != reads {
 		t.Errorf("passthrough opens read the content %d times", c.reads.Load()-reads)
 	}

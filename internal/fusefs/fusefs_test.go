@@ -342,13 +342,7 @@ func TestMergedViewMatchesOverlayfs(t *testing.T) {
 }
 
 func TestHardlinksAreOneInode(t *testing.T) {
-	requireFUSE(t)
-	l := convertLayer(t, testLayers(t)[0])
-	root, err := NewLayer(l.Index, &layerContent{l: l})
-	if err != nil {
-		t.Fatal(err)
-	}
-	mnt, _ := mountView(t, root)
+	mnt := mountTestLayer(t)
 	var a, b, c unix.Stat_t
 	for p, st := range map[string]*unix.Stat_t{"usr/bin/sudo": &a, "usr/bin/sudo-link": &b, "usr/bin/link-of-link": &c} {
 		if err := unix.Lstat(filepath.Join(mnt, p), st); err != nil {
@@ -405,13 +399,7 @@ func TestInodeNumbersStable(t *testing.T) {
 }
 
 func TestReadOnly(t *testing.T) {
-	requireFUSE(t)
-	l := convertLayer(t, testLayers(t)[0])
-	root, err := NewLayer(l.Index, &layerContent{l: l})
-	if err != nil {
-		t.Fatal(err)
-	}
-	mnt, _ := mountView(t, root)
+	mnt := mountTestLayer(t)
 	p := filepath.Join(mnt, "etc/hostname")
 	checks := map[string]error{}
 	_, checks["open for write"] = os.OpenFile(p, os.O_WRONLY, 0)
@@ -454,13 +442,7 @@ func TestReadOnly(t *testing.T) {
 }
 
 func TestXattrs(t *testing.T) {
-	requireFUSE(t)
-	l := convertLayer(t, testLayers(t)[0])
-	root, err := NewLayer(l.Index, &layerContent{l: l})
-	if err != nil {
-		t.Fatal(err)
-	}
-	mnt, _ := mountView(t, root)
+	mnt := mountTestLayer(t)
 	p := filepath.Join(mnt, "bin/ping")
 	if _, err := unix.Lgetxattr(p, "user.nope", nil); errno(err) != unix.ENODATA {
 		t.Errorf("missing xattr: %v, want ENODATA", err)
@@ -482,13 +464,7 @@ func TestXattrs(t *testing.T) {
 }
 
 func TestDirectoryListing(t *testing.T) {
-	requireFUSE(t)
-	l := convertLayer(t, testLayers(t)[0])
-	root, err := NewLayer(l.Index, &layerContent{l: l})
-	if err != nil {
-		t.Fatal(err)
-	}
-	mnt, _ := mountView(t, root)
+	mnt := mountTestLayer(t)
 	// getdents with . and .., in order, with types
 	fd, err := unix.Open(filepath.Join(mnt, "usr/bin"), unix.O_RDONLY|unix.O_DIRECTORY, 0)
 	if err != nil {
@@ -540,13 +516,7 @@ func TestDirectoryListing(t *testing.T) {
 }
 
 func TestStatfs(t *testing.T) {
-	requireFUSE(t)
-	l := convertLayer(t, testLayers(t)[0])
-	root, err := NewLayer(l.Index, &layerContent{l: l})
-	if err != nil {
-		t.Fatal(err)
-	}
-	mnt, _ := mountView(t, root)
+	mnt := mountTestLayer(t)
 	var st unix.Statfs_t
 	if err := unix.Statfs(mnt, &st); err != nil {
 		t.Fatal(err)
@@ -574,13 +544,7 @@ func TestStatfs(t *testing.T) {
 
 // TestPermissionsEnforced: default_permissions makes the kernel check modes (and ACLs).
 func TestPermissionsEnforced(t *testing.T) {
-	requireFUSE(t)
-	l := convertLayer(t, testLayers(t)[0])
-	root, err := NewLayer(l.Index, &layerContent{l: l})
-	if err != nil {
-		t.Fatal(err)
-	}
-	mnt, _ := mountView(t, root)
+	mnt := mountTestLayer(t)
 	// others must reach the mount point
 	for d := filepath.Dir(mnt); d != os.TempDir() && d != "/"; d = filepath.Dir(d) {
 		if err := os.Chmod(d, 0o755); err != nil {

@@ -180,6 +180,20 @@ func mountView(t testing.TB, root *Root) (string, *Server) {
 	return dir, srv
 }
 
+// mountTestLayer mounts the view of testLayers' first layer, read from the layer itself,
+// and returns where; it skips the test where FUSE mounts cannot be had.
+func mountTestLayer(t testing.TB) string {
+	t.Helper()
+	requireFUSE(t)
+	l := convertLayer(t, testLayers(t)[0])
+	root, err := NewLayer(l.Index, &layerContent{l: l})
+	if err != nil {
+		t.Fatal(err)
+	}
+	mnt, _ := mountView(t, root)
+	return mnt
+}
+
 // fileInfo is what a test compares of one file.
 type fileInfo struct {
 	Type       uint32 // S_IFMT bits

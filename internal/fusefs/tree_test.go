@@ -63,6 +63,14 @@ func listing(r *Root) string {
 	return strings.Join(lines, "\n")
 }
 
+// checkListing checks the view's listing, line by line.
+func checkListing(t *testing.T, r *Root, want ...string) {
+	t.Helper()
+	if got, want := listing(r), strings.Join(want, "\n"); got != want {
+		t.Errorf("tree:\n%s\nwant:\n%s", got, want)
+	}
+}
+
 func itoa(v uint64) string {
 	if v >= 1<<32 {
 		return itoa(v>>32) + "<<32|" + itoa(v&(1<<32-1))
@@ -104,7 +112,7 @@ func TestLayerTree(t *testing.T) {
 		ent(".wh.gone", '0'),                // 21: the file stays
 	}}
 	r := build(NewLayer(ix, shortContent{}, WithLogger(logs.Logger())))
-	want := strings.Join([]string{
+	checkListing(t, r,
 		"d dir 2 2",
 		"d/x reg 2 3",
 		"deep dir 3 25",
@@ -117,10 +125,7 @@ func TestLayerTree(t *testing.T) {
 		"l/y reg 1 12",
 		"o dir 2 5 opaque",
 		"p dir 2 8 opaque",
-	}, "\n")
-	if got := listing(r); got != want {
-		t.Errorf("tree:\n%s\nwant:\n%s", got, want)
-	}
+	)
 	if root := r.v.inodes[rootIno]; root.nlink != 2+5 {
 		t.Errorf("root nlink %d", root.nlink)
 	}
@@ -152,20 +157,17 @@ func TestMergedTree(t *testing.T) {
 	r := build(NewMerged([]Layer{{lower, shortContent{}}, {upper, shortContent{}}}, WithLogger(logs.Logger())))
 	// the opaque root hides lower/ and tree/, so ext (resolved before) is the only name of
 	// the lower file left
-	want := strings.Join([]string{
+	checkListing(t, r,
 		"ext reg 1 3",
 		"keep reg 1 1<<32|4",
 		"tree dir 2 1<<32|6",
 		"tree/b reg 1 1<<32|5",
-	}, "\n")
-	if got := listing(r); got != want {
-		t.Errorf("tree:\n%s\nwant:\n%s", got, want)
-	}
+	)
 
 	// without the opaque root, ext and lower/file are one inode, and tree keeps its mode
 	upper.Entries[1] = ent("unrelated", '0')
 	r = build(NewMerged([]Layer{{lower, shortContent{}}, {upper, shortContent{}}}))
-	want = strings.Join([]string{
+	checkListing(t, r,
 		"ext reg 2 3",
 		"keep reg 1 1<<32|4",
 		"lower dir 2 2",
@@ -174,10 +176,7 @@ func TestMergedTree(t *testing.T) {
 		"tree/a reg 1 6",
 		"tree/b reg 1 1<<32|5",
 		"unrelated reg 1 1<<32|3",
-	}, "\n")
-	if got := listing(r); got != want {
-		t.Errorf("tree:\n%s\nwant:\n%s", got, want)
-	}
+	)
 	tree := r.v.inodes[rootIno].child("tree")
 	if tree.n.e == nil || tree.n.e.Mode != 0o700 {
 		t.Errorf("tree: a synthesized upper directory must keep the lower one's attributes")

@@ -7,7 +7,6 @@ import (
 	"errors"
 	"fmt"
 	"io"
-	"runtime"
 	"strings"
 	"testing"
 	"testing/iotest"
@@ -365,7 +364,7 @@ func TestPackReaderErrors(t *testing.T) {
 func TestPackReaderClaims(t *testing.T) {
 	data := cat([]byte("LZPPACK\x00\x00\x01"), recHdr(1, format.Digest{}, format.MaxIndexSize), make([]byte, 1000))
 	var err error
-	n := allocated(func() {
+	n := testutil.Allocated(func() {
 		pr, _ := NewPackReader(bytes.NewReader(data), MaxPack)
 		_, _, _, err = pr.Next()
 	})
@@ -375,15 +374,6 @@ func TestPackReaderClaims(t *testing.T) {
 	if n > 4<<20 {
 		t.Fatalf("reading %d bytes of a pack allocated %d", len(data), n)
 	}
-}
-
-// allocated returns the bytes the process allocated while f ran.
-func allocated(f func()) uint64 {
-	var before, after runtime.MemStats
-	runtime.ReadMemStats(&before)
-	f()
-	runtime.ReadMemStats(&after)
-	return after.TotalAlloc - before.TotalAlloc
 }
 
 // A reader error other than the end comes through as it is, wrapped.
@@ -410,7 +400,7 @@ func FuzzPackReader(f *testing.F) {
 		size := int64(len(data)) + int64(delta)
 		// Reading, copies of the records included, allocates a few times the bytes given
 		// and the buffered reader's 64 KiB, whatever the records claim.
-		if n := allocated(func() { readPack(bytes.NewReader(data), size) }); n > 4*uint64(len(data))+(1<<20) {
+		if n := testutil.Allocated(func() { readPack(bytes.NewReader(data), size) }); n > 4*uint64(len(data))+(1<<20) {
 			t.Fatalf("reading a pack of %d bytes allocated %d", len(data), n)
 		}
 		pr, err := NewPackReader(bytes.NewReader(data), size)

@@ -10,6 +10,7 @@ import (
 	"time"
 
 	"lazypull/format"
+	"lazypull/internal/testutil"
 )
 
 func digest(c byte) string { return "sha256:" + strings.Repeat(string(c), 64) }
@@ -245,7 +246,7 @@ func TestParseBounded(t *testing.T) {
 			n := (MaxSize - len(c.pre) - len(c.post)) / (len(c.el) + 1)
 			b := []byte(c.pre + strings.Repeat(c.el+",", n-1) + c.el + c.post)
 			var err error
-			a := allocated(func() { _, err = Parse(b) })
+			a := testutil.Allocated(func() { _, err = Parse(b) })
 			t.Logf("%d bytes: allocated %d: %v", len(b), a, err)
 			if err == nil || !strings.Contains(err.Error(), c.want) {
 				t.Fatalf("err %v, want one naming %q", err, c.want)
@@ -269,7 +270,7 @@ func FuzzParse(f *testing.F) {
 	f.Fuzz(func(t *testing.T, b []byte) {
 		var p *Profile
 		var err error
-		if a := allocated(func() { p, err = Parse(b) }); a > parseBound(len(b)) {
+		if a := testutil.Allocated(func() { p, err = Parse(b) }); a > parseBound(len(b)) {
 			t.Fatalf("parsing %d bytes allocated %d, more than %d", len(b), a, parseBound(len(b)))
 		}
 		if err != nil {
