@@ -34,7 +34,7 @@ func BenchmarkSequentialRead(b *testing.B) {
 		readAll(b, local, size, false)
 	})
 	b.Run("passthrough", func(b *testing.B) {
-		root, mnt, srv := mountBench(b, ix, &localFileContent{path: local})
+		root, mnt, srv := mountIndex(b, ix, &localFileContent{path: local})
 		if !srv.Passthrough() {
 			b.Log("the kernel does not offer FUSE passthrough: this measures FUSE reads of the local file")
 		}
@@ -44,15 +44,15 @@ func BenchmarkSequentialRead(b *testing.B) {
 		}
 	})
 	b.Run("fuse", func(b *testing.B) {
-		_, mnt, _ := mountBench(b, ix, fileContent{openBench(b, local)})
+		_, mnt, _ := mountIndex(b, ix, fileContent{openBench(b, local)})
 		readAll(b, filepath.Join(mnt, "big"), size, true)
 	})
 
 	// The three one after the other in each iteration, so that they share the machine's
 	// moods (a VM's throughput drifts a lot): MB/s of each, and the mounts' as % of local.
 	b.Run("interleaved", func(b *testing.B) {
-		_, ptMnt, _ := mountBench(b, ix, &localFileContent{path: local})
-		_, fuMnt, _ := mountBench(b, ix, fileContent{openBench(b, local)})
+		_, ptMnt, _ := mountIndex(b, ix, &localFileContent{path: local})
+		_, fuMnt, _ := mountIndex(b, ix, fileContent{openBench(b, local)})
 		buf := make([]byte, 1<<20)
 		var tLocal, tPT, tFUSE, cLocal, cPT time.Duration
 		b.ResetTimer()
@@ -75,17 +75,6 @@ func BenchmarkSequentialRead(b *testing.B) {
 		b.ReportMetric(100*mbps(cPT)/mbps(cLocal), "passthrough-%local-cpu")
 		b.ReportMetric(0, "ns/op")
 	})
-}
-
-// mountBench mounts the layer ix, its content served by c.
-func mountBench(b *testing.B, ix *format.Index, c Content) (*Root, string, *Server) {
-	b.Helper()
-	root, err := NewLayer(ix, c)
-	if err != nil {
-		b.Fatal(err)
-	}
-	mnt, srv := mountView(b, root)
-	return root, mnt, srv
 }
 
 // openBench opens path for reading until the benchmark ends.

@@ -39,12 +39,8 @@ func TestContentErrorIsEIO(t *testing.T) {
 		return nil
 	}}
 	var logs testutil.LogBuffer
-	root, err := NewLayer(l.Index, c, WithLogger(logs.Logger()))
-	if err != nil {
-		t.Fatal(err)
-	}
-	mnt, _ := mountView(t, root)
-	_, err = os.ReadFile(filepath.Join(mnt, "usr/lib/big.so"))
+	_, mnt, _ := mountIndex(t, l.Index, c, WithLogger(logs.Logger()))
+	_, err := os.ReadFile(filepath.Join(mnt, "usr/lib/big.so"))
 	if errno(err) != syscall.EIO {
 		t.Fatalf("read of a file whose content fails: %v, want EIO", err)
 	}
@@ -151,11 +147,7 @@ func TestInterruptedReadThroughMount(t *testing.T) {
 	requireFUSE(t)
 	ix := &format.Index{Entries: []format.Entry{{Name: "slow", Type: '0', Mode: 0o644, Size: 1 << 20}}}
 	bc := &blockingContent{entered: make(chan struct{}, 1), canceled: make(chan struct{}, 1), release: make(chan struct{})}
-	root, err := NewLayer(ix, bc)
-	if err != nil {
-		t.Fatal(err)
-	}
-	mnt, _ := mountView(t, root)
+	_, mnt, _ := mountIndex(t, ix, bc)
 	t.Cleanup(func() { close(bc.release) })
 	// O_DIRECT reads are synchronous requests, which the kernel interrupts; buffered reads
 	// go through readahead, which it does not.
@@ -312,11 +304,7 @@ func TestPassthroughRefused(t *testing.T) {
 		c.files[e] = filepath.Join(ovl, filepath.Base(p))
 	}
 	var logs testutil.LogBuffer
-	root, err := NewLayer(l.Index, c, WithLogger(logs.Logger()))
-	if err != nil {
-		t.Fatal(err)
-	}
-	mnt, srv := mountView(t, root)
+	root, mnt, srv := mountIndex(t, l.Index, c, WithLogger(logs.Logger()))
 	for _, name := range []string{"a", "b"} {
 		got, err := os.ReadFile(filepath.Join(mnt, name))
 		if err != nil {
@@ -439,11 +427,7 @@ func TestOpenWhileModeChanges(t *testing.T) {
 	body := testutil.RandBytes(9, 1<<20)
 	l := convertLayer(t, mkTar(t, []tentry{file("f", 0o644, body)}))
 	c := &switchContent{localContent: newLocalContent(t, l, t.TempDir())}
-	root, err := NewLayer(l.Index, c)
-	if err != nil {
-		t.Fatal(err)
-	}
-	mnt, srv := mountView(t, root)
+	_, mnt, srv := mountIndex(t, l.Index, c)
 	p := filepath.Join(mnt, "f")
 	check := func(what string, f *os.File) {
 		t.Helper()

@@ -185,6 +185,16 @@ func extract(t testing.TB, tarball []byte) tree {
 	return tr
 }
 
+// layerView is what the layer view of a tar shows: the tar extracted, the directories it
+// does not list as fusefs synthesizes them, whiteouts as overlayfs has them.
+func layerView(t testing.TB, tarball []byte) tree {
+	t.Helper()
+	tr := extract(t, tarball)
+	setSynthesized(tr, tarNames(t, tarball))
+	overlayStyle(tr)
+	return tr
+}
+
 func TestMain(m *testing.M) {
 	syscall.Umask(0o022) // tar -x makes implicit directories with it
 	if dir := os.Getenv("LAZYPULL_FUSEFS_HELPER_MOUNT"); dir != "" {
@@ -204,14 +214,8 @@ func TestLayerViewMatchesTar(t *testing.T) {
 	for i, tb := range tars {
 		t.Run(fmt.Sprint("layer", i), func(t *testing.T) {
 			l := convertLayer(t, tb)
-			root, err := NewLayer(l.Index, &layerContent{l: l})
-			if err != nil {
-				t.Fatal(err)
-			}
-			mnt, _ := mountView(t, root)
-			want := extract(t, tb)
-			setSynthesized(want, tarNames(t, tb))
-			overlayStyle(want)
+			_, mnt, _ := mountIndex(t, l.Index, &layerContent{l: l})
+			want := layerView(t, tb)
 			got := snapshot(t, mnt)
 			if len(got) < 5 {
 				t.Fatalf("mount shows %d files", len(got))
@@ -226,14 +230,8 @@ func TestLayerViewPassthroughMatchesTar(t *testing.T) {
 	tb := testLayers(t)[0]
 	l := convertLayer(t, tb)
 	c := newLocalContent(t, l, t.TempDir())
-	root, err := NewLayer(l.Index, c)
-	if err != nil {
-		t.Fatal(err)
-	}
-	mnt, srv := mountView(t, root)
-	want := extract(t, tb)
-	setSynthesized(want, tarNames(t, tb))
-	overlayStyle(want)
+	root, mnt, srv := mountIndex(t, l.Index, c)
+	want := layerView(t, tb)
 	compareTrees(t, want, snapshot(t, mnt), compareOpts{})
 	if !srv.Passthrough() {
 		t.Logf("the kernel does not offer FUSE passthrough; reads went through FUSE")
@@ -305,11 +303,7 @@ func TestMergedViewMatchesOverlayfs(t *testing.T) {
 	for _, l := range ls {
 		c := &layerContent{l: l}
 		layers = append(layers, Layer{Index: l.Index, Content: c})
-		root, err := NewLayer(l.Index, c)
-		if err != nil {
-			t.Fatal(err)
-		}
-		mnt, _ := mountView(t, root)
+		_, mnt, _ := mountIndex(t, l.Index, c)
 		lowers = append([]string{mnt}, lowers...) // overlayfs lists the top first
 	}
 	ovl := filepath.Join(t.TempDir(), "ovl")
@@ -361,11 +355,7 @@ func TestInodeNumbersStable(t *testing.T) {
 	requireFUSE(t)
 	l := convertLayer(t, testLayers(t)[0])
 	inos := func() map[string]uint64 {
-		root, err := NewLayer(l.Index, &layerContent{l: l})
-		if err != nil {
-			t.Fatal(err)
-		}
-		mnt, srv := mountView(t, root)
+		_, mnt, srv := mountIndex(t, l.Index, &layerContent{l: l})
 		out := map[string]uint64{}
 		for p, f := range snapshot(t, mnt) {
 			out[p] = f.ino
@@ -582,11 +572,7 @@ func TestOverlayUpperOnLayerViews(t *testing.T) {
 	tars := testLayers(t)
 	var lowers []string
 	for _, l := range openLayers(t, tars) {
-		root, err := NewLayer(l.Index, &layerContent{l: l})
-		if err != nil {
-			t.Fatal(err)
-		}
-		mnt, _ := mountView(t, root)
+		_, mnt, _ := mountIndex(t, l.Index, &layerContent{l: l})
 		lowers = append([]string{mnt}, lowers...)
 	}
 	base := t.TempDir()
@@ -676,11 +662,7 @@ func TestReadsByRange(t *testing.T) {
 	requireFUSE(t)
 	l := convertLayer(t, testLayers(t)[0])
 	c := &rangeContent{layerContent: layerContent{l: l}}
-	root, err := NewLayer(l.Index, c)
-	if err != nil {
-		t.Fatal(err)
-	}
-	mnt, _ := mountView(t, root)
+	_, mnt, _ := mountIndex(t, l.Index, c)
 	f, err := os.Open(filepath.Join(mnt, "usr/lib/big.so"))
 	if err != nil {
 		t.Fatal(err)

@@ -180,17 +180,25 @@ func mountView(t testing.TB, root *Root) (string, *Server) {
 	return dir, srv
 }
 
+// mountIndex mounts the layer view of ix, its content served by c, at a fresh directory
+// until the test ends.
+func mountIndex(t testing.TB, ix *format.Index, c Content, opts ...Option) (root *Root, mnt string, srv *Server) {
+	t.Helper()
+	root, err := NewLayer(ix, c, opts...)
+	if err != nil {
+		t.Fatal(err)
+	}
+	mnt, srv = mountView(t, root)
+	return root, mnt, srv
+}
+
 // mountTestLayer mounts the view of testLayers' first layer, read from the layer itself,
 // and returns where; it skips the test where FUSE mounts cannot be had.
 func mountTestLayer(t testing.TB) string {
 	t.Helper()
 	requireFUSE(t)
 	l := convertLayer(t, testLayers(t)[0])
-	root, err := NewLayer(l.Index, &layerContent{l: l})
-	if err != nil {
-		t.Fatal(err)
-	}
-	mnt, _ := mountView(t, root)
+	_, mnt, _ := mountIndex(t, l.Index, &layerContent{l: l})
 	return mnt
 }
 
