@@ -221,29 +221,17 @@ func TestConvertErrors(t *testing.T) {
 		}},
 		{"layout/digest mismatch", func(t *testing.T) setup {
 			f := good()
-			src := inLayout(t, f, func(p string) {
-				b, _ := os.ReadFile(p)
-				b[len(b)/2] ^= 1
-				os.WriteFile(p, b, 0o644)
-			})
+			src := inLayout(t, f, flipFileByte(func(n int) int { return n / 2 }))
 			return setup{src: src, dst: layoutDst(t), want: []string{src, f.layers[1].Digest.String(), "digest mismatch"}}
 		}},
 		{"layout/digest mismatch in a tar header, uncompressed", func(t *testing.T) setup {
 			f := badLayer(layerSpec{mt: types.OCIUncompressedLayer})
-			src := inLayout(t, f, func(p string) {
-				b, _ := os.ReadFile(p)
-				b[600] ^= 1 // the second header: the tar reader fails first
-				os.WriteFile(p, b, 0o644)
-			})
+			src := inLayout(t, f, flipFileByte(func(int) int { return 600 })) // the second header: the tar reader fails first
 			return setup{src: src, dst: layoutDst(t), want: []string{src, f.layers[1].Digest.String(), "digest mismatch"}}
 		}},
 		{"layout/digest mismatch in file content, uncompressed", func(t *testing.T) setup {
 			f := badLayer(layerSpec{mt: types.OCIUncompressedLayer})
-			src := inLayout(t, f, func(p string) {
-				b, _ := os.ReadFile(p)
-				b[2000] ^= 1 // content of the first file, where tar does not look
-				os.WriteFile(p, b, 0o644)
-			})
+			src := inLayout(t, f, flipFileByte(func(int) int { return 2000 })) // content of the first file, where tar does not look
 			return setup{src: src, dst: layoutDst(t), want: []string{src, f.layers[1].Digest.String(), "digest mismatch"}}
 		}},
 		{"layout/truncated blob", func(t *testing.T) setup {
@@ -332,5 +320,15 @@ func TestConvertErrors(t *testing.T) {
 				t.Errorf("destination %s is tagged", s.dst)
 			}
 		})
+	}
+}
+
+// flipFileByte is an edit of a blob file in a layout: it flips a bit of the byte at(n) of
+// the file's n bytes.
+func flipFileByte(at func(n int) int) func(p string) {
+	return func(p string) {
+		b, _ := os.ReadFile(p)
+		b[at(len(b))] ^= 1
+		os.WriteFile(p, b, 0o644)
 	}
 }

@@ -44,6 +44,16 @@ func writePack(t testing.TB, recs []packRec) []byte {
 	t.Helper()
 	var buf bytes.Buffer
 	pw := NewPackWriter(&buf)
+	writeRecs(t, pw, recs)
+	if pw.Size() != int64(buf.Len()) {
+		t.Fatalf("writer says %d bytes, wrote %d", pw.Size(), buf.Len())
+	}
+	return buf.Bytes()
+}
+
+// writeRecs writes recs with pw, each by its kind's method.
+func writeRecs(t testing.TB, pw *PackWriter, recs []packRec) {
+	t.Helper()
 	for _, r := range recs {
 		var err error
 		switch r.kind {
@@ -51,6 +61,8 @@ func writePack(t testing.TB, recs []packRec) []byte {
 			err = pw.Index(r.d, r.b)
 		case RecordChunk:
 			err = pw.Chunk(r.d, r.b)
+		case RecordRun:
+			err = pw.Run(r.d, r.b)
 		default:
 			t.Fatalf("record kind %d", r.kind)
 		}
@@ -58,10 +70,6 @@ func writePack(t testing.TB, recs []packRec) []byte {
 			t.Fatal(err)
 		}
 	}
-	if pw.Size() != int64(buf.Len()) {
-		t.Fatalf("writer says %d bytes, wrote %d", pw.Size(), buf.Len())
-	}
-	return buf.Bytes()
 }
 
 // readPack reads a pack to its end or its first error, copying each record's bytes.

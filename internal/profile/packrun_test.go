@@ -20,20 +20,7 @@ func TestPackRunRecords(t *testing.T) {
 	withRun := append(append(recs[:3:3], packRec{RecordRun, recDigest(run), run}), recs[3:]...)
 	var buf bytes.Buffer
 	pw := NewPackWriterVersion(&buf, PackVersion2)
-	for _, r := range withRun {
-		var err error
-		switch r.kind {
-		case RecordIndex:
-			err = pw.Index(r.d, r.b)
-		case RecordChunk:
-			err = pw.Chunk(r.d, r.b)
-		case RecordRun:
-			err = pw.Run(r.d, r.b)
-		}
-		if err != nil {
-			t.Fatal(err)
-		}
-	}
+	writeRecs(t, pw, withRun)
 	if err := pw.Index(recs[0].d, recs[0].b); err == nil {
 		t.Fatal("an index record after a header run record was written")
 	}

@@ -391,7 +391,7 @@ func (s *Store) storeChunks(jobs []writeJob) {
 		err := errs[i]
 		var tmp string
 		if err == nil {
-			tmp, err = s.syncTemp(files[i])
+			tmp, err = syncTemp(files[i])
 		}
 		if err == nil {
 			_, err = s.commit(fl.c.Digest, tmp, int64(len(j.data)), fl, nil)

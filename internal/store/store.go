@@ -820,7 +820,7 @@ func (s *Store) writeTemp(fill func(f *os.File) error) (string, error) {
 	if err != nil {
 		return "", err
 	}
-	return s.syncTemp(f)
+	return syncTemp(f)
 }
 
 // createTemp creates a file in tmp/, fills it with fill and makes it read-only, leaving it
@@ -842,9 +842,9 @@ func (s *Store) createTemp(fill func(f *os.File) error) (*os.File, error) {
 	return f, nil
 }
 
-// syncTemp syncs and closes a file of createTemp and returns its name. On error nothing is
+// syncTemp syncs and closes a new temp file and returns its name. On error nothing is
 // left behind.
-func (s *Store) syncTemp(f *os.File) (string, error) {
+func syncTemp(f *os.File) (string, error) {
 	name := f.Name()
 	err := f.Sync()
 	if cerr := f.Close(); err == nil {
@@ -947,19 +947,12 @@ func writeSynced(dir, pattern string, b []byte) (string, error) {
 	if err != nil {
 		return "", err
 	}
-	name := f.Name()
-	_, err = f.Write(b)
-	if err == nil {
-		err = f.Sync()
-	}
-	if cerr := f.Close(); err == nil {
-		err = cerr
-	}
-	if err != nil {
-		_ = os.Remove(name)
+	if _, err := f.Write(b); err != nil {
+		_ = f.Close()
+		_ = os.Remove(f.Name())
 		return "", err
 	}
-	return name, nil
+	return syncTemp(f)
 }
 
 func syncDir(dir string) error {

@@ -277,16 +277,8 @@ func TestConcurrentReadersOneFetch(t *testing.T) {
 			}
 		})
 	}
-	// Let every reader reach the flight before the one fetch proceeds (the store signals
-	// nothing when a reader joins a flight: its count is polled).
-	testutil.WaitFor(t, 10*time.Second, "19 readers to join the flight", func() bool {
-		s.mu.Lock()
-		defer s.mu.Unlock()
-		for _, fl := range s.flights {
-			return fl.joined == 19
-		}
-		return false
-	})
+	// Let every reader reach the flight before the one fetch proceeds.
+	waitJoined(t, s, 19, "19 readers to join the flight")
 	close(src.gate)
 	wg.Wait()
 	close(errs)
@@ -299,6 +291,20 @@ func TestConcurrentReadersOneFetch(t *testing.T) {
 	if st := s.Stats(); st.Misses != 20 {
 		t.Errorf("%d misses, want 20", st.Misses)
 	}
+}
+
+// waitJoined waits until n reads have joined the store's one flight (what, for the
+// failure). The store signals nothing when a reader joins a flight: its count is polled.
+func waitJoined(t *testing.T, s *Store, n int, what string) {
+	t.Helper()
+	testutil.WaitFor(t, 10*time.Second, what, func() bool {
+		s.mu.Lock()
+		defer s.mu.Unlock()
+		for _, fl := range s.flights {
+			return fl.joined == n
+		}
+		return false
+	})
 }
 
 // A reader that gives up does not fail the others waiting for the same chunk.
@@ -324,14 +330,7 @@ func TestCanceledReaderDoesNotFailOthers(t *testing.T) {
 		}
 		second <- err
 	}()
-	testutil.WaitFor(t, 10*time.Second, "the second reader to join the flight", func() bool {
-		s.mu.Lock()
-		defer s.mu.Unlock()
-		for _, fl := range s.flights {
-			return fl.joined == 1
-		}
-		return false
-	})
+	waitJoined(t, s, 1, "the second reader to join the flight")
 	cancel()
 	if err := <-first; !errors.Is(err, context.Canceled) {
 		t.Fatalf("canceled reader: %v", err)
