@@ -23,20 +23,10 @@ const (
 // Count returns the objects and arrays of a JSON text: the '{' and '[' outside strings.
 // It does not validate the text; the decoder does.
 func Count(b []byte) (objects, arrays int) {
-	inString, escaped := false, false
+	var str stringTracker
 	for _, c := range b {
 		switch {
-		case escaped:
-			escaped = false
-		case inString:
-			switch c {
-			case '\\':
-				escaped = true
-			case '"':
-				inString = false
-			}
-		case c == '"':
-			inString = true
+		case str.step(c):
 		case c == '{':
 			objects++
 		case c == '[':
@@ -44,6 +34,30 @@ func Count(b []byte) (objects, arrays int) {
 		}
 	}
 	return objects, arrays
+}
+
+// stringTracker follows a JSON text byte by byte, to tell the bytes of its strings
+// (quotes included) from the structure around them.
+type stringTracker struct{ in, escaped bool }
+
+// step takes the text's next byte c and reports whether it belongs to a string.
+func (s *stringTracker) step(c byte) bool {
+	switch {
+	case s.escaped:
+		s.escaped = false
+	case s.in:
+		switch c {
+		case '\\':
+			s.escaped = true
+		case '"':
+			s.in = false
+		}
+	case c == '"':
+		s.in = true
+	default:
+		return false
+	}
+	return true
 }
 
 // Check returns an error, naming what the document is, when b holds more objects and
@@ -61,26 +75,15 @@ func Check(b []byte, what string) error {
 // validate the text.
 func Elements(b []byte) int {
 	depth, commas, nonEmpty := 0, 0, false
-	inString, escaped := false, false
+	var str stringTracker
 	for _, c := range b {
-		switch {
-		case escaped:
-			escaped = false
-			continue
-		case inString:
-			switch c {
-			case '\\':
-				escaped = true
-			case '"':
-				inString = false
-			}
+		if str.step(c) {
+			nonEmpty = nonEmpty || depth >= 1 // a string in the array, or an element's
 			continue
 		}
 		switch c {
 		case ' ', '\t', '\r', '\n':
 			continue
-		case '"':
-			inString = true
 		case '{', '[':
 			depth++
 			if depth == 1 {

@@ -12,6 +12,8 @@ import (
 
 	"google.golang.org/grpc"
 	"google.golang.org/protobuf/types/known/structpb"
+
+	"lazypull/internal/testutil"
 )
 
 // serve serves a gRPC server on a unix socket in a temporary directory, with the warm-up
@@ -35,6 +37,16 @@ func serve(t *testing.T, h Handler) string {
 	go srv.Serve(ln)
 	t.Cleanup(srv.Stop)
 	return sock
+}
+
+// serveInto serves a handler that passes each request it gets on to the channel returned.
+func serveInto(t *testing.T) (string, <-chan Request) {
+	t.Helper()
+	got := make(chan Request, 1)
+	return serve(t, func(_ context.Context, r Request) error {
+		got <- r
+		return nil
+	}), got
 }
 
 func send(t *testing.T, sock string, r Request) error {
@@ -84,15 +96,11 @@ func TestSendReceive(t *testing.T) {
 
 // TestHint: a request of a reference alone arrives as a hint; one with a manifest does not.
 func TestHint(t *testing.T) {
-	got := make(chan Request, 1)
-	sock := serve(t, func(_ context.Context, r Request) error {
-		got <- r
-		return nil
-	})
+	sock, got := serveInto(t)
 	if err := send(t, sock, Request{Ref: "registry.test/app:1"}); err != nil {
 		t.Fatal(err)
 	}
-	if r := <-got; !r.IsHint() || r.Ref != "registry.test/app:1" {
+	if r := testutil.Recv(t, got, 10*time.Second, "the request"); !r.IsHint() || r.Ref != "registry.test/app:1" {
 		t.Errorf("got %+v; want a hint for registry.test/app:1", r)
 	}
 	if r := (Request{Ref: "registry.test/app:1", Digest: "sha256:00", Manifest: []byte("{}")}); r.IsHint() {
@@ -104,11 +112,7 @@ func TestHint(t *testing.T) {
 // pull before the field) arrives with none, and one whose field is not a string is
 // refused.
 func TestProfileField(t *testing.T) {
-	got := make(chan Request, 1)
-	sock := serve(t, func(_ context.Context, r Request) error {
-		got <- r
-		return nil
-	})
+	sock, got := serveInto(t)
 	base := Request{Ref: "registry.test/app:1", Digest: "sha256:" + strings.Repeat("a", 64), Manifest: []byte("{}")}
 	pinned := base
 	pinned.Profile = "sha256:" + strings.Repeat("b", 64)
@@ -116,7 +120,7 @@ func TestProfileField(t *testing.T) {
 		if err := send(t, sock, want); err != nil {
 			t.Fatal(err)
 		}
-		if r := <-got; r.Profile != want.Profile || r.Digest != want.Digest {
+		if r := testutil.Recv(t, got, 10*time.Second, "the request"); r.Profile != want.Profile || r.Digest != want.Digest {
 			t.Errorf("received %+v; want %+v", r, want)
 		}
 	}
