@@ -27,12 +27,7 @@ func checkAllRuns(t *testing.T, blob []byte, ix *Index) error {
 		}
 	}
 	for _, r := range runs {
-		var fr [][]byte
-		for k := r.FirstFrame; k < r.EndFrame; k++ {
-			f := ix.Frames[k]
-			fr = append(fr, blob[f.Offset:f.Offset+f.Size])
-		}
-		b, err := ix.HeaderRunBytes(r, fr)
+		b, err := runBytes(blob, ix, r)
 		if err != nil {
 			return err
 		}
@@ -41,6 +36,16 @@ func checkAllRuns(t *testing.T, blob []byte, ix *Index) error {
 		}
 	}
 	return nil
+}
+
+// runBytes decompresses the header bytes of run r of the layer blob, whose index is ix.
+func runBytes(blob []byte, ix *Index, r HeaderRun) ([]byte, error) {
+	first := ix.Frames[r.FirstFrame]
+	fr, err := ix.SplitRun(r, blob[first.Offset:first.Offset+r.CompSize(ix)])
+	if err != nil {
+		return nil, err
+	}
+	return ix.HeaderRunBytes(r, fr)
 }
 
 // manyHeaders is a tar whose headers between two files take several header frames.
@@ -205,11 +210,7 @@ func TestCheckRunsSwappedContent(t *testing.T) {
 	}
 	for i, e := range ix.Entries {
 		r := runs[runOf[i]]
-		var fr [][]byte
-		for k := r.FirstFrame; k < r.EndFrame; k++ {
-			fr = append(fr, blob[ix.Frames[k].Offset:ix.Frames[k].Offset+ix.Frames[k].Size])
-		}
-		b, err := ix.HeaderRunBytes(r, fr)
+		b, err := runBytes(blob, ix, r)
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -255,11 +256,7 @@ func FuzzCheckRuns(f *testing.F) {
 			return
 		}
 		r := runs[int(flip)%len(runs)]
-		var fr [][]byte
-		for k := r.FirstFrame; k < r.EndFrame; k++ {
-			fr = append(fr, blob[ix.Frames[k].Offset:ix.Frames[k].Offset+ix.Frames[k].Size])
-		}
-		data, err := ix.HeaderRunBytes(r, fr)
+		data, err := runBytes(blob, ix, r)
 		if err != nil {
 			t.Fatal(err)
 		}

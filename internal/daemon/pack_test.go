@@ -200,6 +200,18 @@ func packRecords(t *testing.T, pack []byte) (kinds []byte, at []int, lens []int)
 	return kinds, at, lens
 }
 
+// damageFirst changes a byte in the middle of the pack's first record of kind k.
+func damageFirst(t *testing.T, pack []byte, k profile.RecordKind) []byte {
+	t.Helper()
+	kinds, at, lens := packRecords(t, pack)
+	i := bytes.IndexByte(kinds, byte(k))
+	if i < 0 {
+		t.Fatalf("no record of kind %d", k)
+	}
+	pack[at[i]+lens[i]/2] ^= 0xff
+	return pack
+}
+
 // TestPackDamaged: a pack that is wrong (an index or a frame changed) or cut short is
 // trusted for nothing: the image opens, the prefetch ends without error, and every file
 // reads right, what the pack could not give fetched from the layers.
@@ -214,22 +226,10 @@ func TestPackDamaged(t *testing.T) {
 			return pack
 		}},
 		{"bad frame", func(t *testing.T, pack []byte) []byte {
-			kinds, at, lens := packRecords(t, pack)
-			i := bytes.IndexByte(kinds, byte(profile.RecordChunk))
-			if i < 0 {
-				t.Fatal("no chunk record")
-			}
-			pack[at[i]+lens[i]/2] ^= 0xff
-			return pack
+			return damageFirst(t, pack, profile.RecordChunk)
 		}},
 		{"bad header run", func(t *testing.T, pack []byte) []byte {
-			kinds, at, lens := packRecords(t, pack)
-			i := bytes.IndexByte(kinds, byte(profile.RecordRun))
-			if i < 0 {
-				t.Fatal("no header run record")
-			}
-			pack[at[i]+lens[i]/2] ^= 0xff
-			return pack
+			return damageFirst(t, pack, profile.RecordRun)
 		}},
 		{"cut short", func(t *testing.T, pack []byte) []byte {
 			return pack[:len(pack)-1000]

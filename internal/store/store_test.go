@@ -254,13 +254,19 @@ func TestIdenticalFileStoredOnce(t *testing.T) {
 	}
 }
 
-// Twenty readers of one chunk at once: one fetch.
-func TestConcurrentReadersOneFetch(t *testing.T) {
-	l := buildLayer(t, tfile{"big", testutil.RandBytes(13, 2<<20)})
-	f := l.files["big"]
+// gatedBig is a layer of one file, "big", of size random bytes (from seed), its source,
+// which holds every Fetch until its gate is closed, and a fresh store.
+func gatedBig(t *testing.T, seed uint64, size int) (*testLayer, File, *fakeSource, *Store) {
+	t.Helper()
+	l := buildLayer(t, tfile{"big", testutil.RandBytes(seed, size)})
 	src := newSource(l)
 	src.gate = make(chan struct{})
-	s := openStore(t, t.TempDir())
+	return l, l.files["big"], src, openStore(t, t.TempDir())
+}
+
+// Twenty readers of one chunk at once: one fetch.
+func TestConcurrentReadersOneFetch(t *testing.T) {
+	l, f, src, s := gatedBig(t, 13, 2<<20)
 	c := f.Chunks[2]
 	var wg sync.WaitGroup
 	errs := make(chan error, 20)
@@ -309,11 +315,7 @@ func waitJoined(t *testing.T, s *Store, n int, what string) {
 
 // A reader that gives up does not fail the others waiting for the same chunk.
 func TestCanceledReaderDoesNotFailOthers(t *testing.T) {
-	l := buildLayer(t, tfile{"big", testutil.RandBytes(14, 1<<20)})
-	f := l.files["big"]
-	src := newSource(l)
-	src.gate = make(chan struct{})
-	s := openStore(t, t.TempDir())
+	l, f, src, s := gatedBig(t, 14, 1<<20)
 	ctx, cancel := context.WithCancel(context.Background())
 	first := make(chan error, 1)
 	go func() {
