@@ -1,7 +1,6 @@
 package convert
 
 import (
-	"archive/tar"
 	"bytes"
 	"context"
 	"crypto/sha256"
@@ -50,16 +49,8 @@ func newRegistry(t *testing.T, wrap func(http.Handler) http.Handler) string {
 // an empty file, a symlink and a hard link.
 func randomTar(t *testing.T, rng *rand.Rand, nfiles int) []byte {
 	t.Helper()
-	var buf bytes.Buffer
-	tw := tar.NewWriter(&buf)
-	mod := time.Unix(1700000000, 0)
-	must := func(err error) {
-		if err != nil {
-			t.Fatal(err)
-		}
-	}
 	dir := fmt.Sprintf("d%d/", rng.Intn(1000))
-	must(tw.WriteHeader(&tar.Header{Name: dir, Typeflag: tar.TypeDir, Mode: 0o755, ModTime: mod}))
+	es := []testutil.Entry{testutil.Dir(dir)}
 	for i := range nfiles {
 		size := rng.Intn(4096)
 		if i == 0 {
@@ -67,15 +58,12 @@ func randomTar(t *testing.T, rng *rand.Rand, nfiles int) []byte {
 		}
 		data := make([]byte, size)
 		rng.Read(data)
-		must(tw.WriteHeader(&tar.Header{Name: fmt.Sprintf("%sf%d", dir, i), Typeflag: tar.TypeReg, Mode: 0o644, Size: int64(size), ModTime: mod}))
-		_, err := tw.Write(data)
-		must(err)
+		es = append(es, testutil.File(fmt.Sprintf("%sf%d", dir, i), data))
 	}
-	must(tw.WriteHeader(&tar.Header{Name: dir + "empty", Typeflag: tar.TypeReg, Mode: 0o600, ModTime: mod}))
-	must(tw.WriteHeader(&tar.Header{Name: dir + "link", Typeflag: tar.TypeSymlink, Linkname: "f0", ModTime: mod}))
-	must(tw.WriteHeader(&tar.Header{Name: dir + "hard", Typeflag: tar.TypeLink, Linkname: dir + "f0", ModTime: mod}))
-	must(tw.Close())
-	return buf.Bytes()
+	empty := testutil.File(dir+"empty", nil)
+	empty.Hdr.Mode = 0o600
+	es = append(es, empty, testutil.Symlink(dir+"link", "f0"), testutil.Link(dir+"hard", dir+"f0"))
+	return testutil.Tar(t, es...)
 }
 
 func compress(t *testing.T, data []byte, mt types.MediaType) []byte {

@@ -20,6 +20,7 @@ import (
 
 	"lazypull/format"
 	"lazypull/internal/profile"
+	"lazypull/internal/testutil"
 )
 
 // layoutEntry is an entry of a test tar.
@@ -66,24 +67,19 @@ func layoutTar(t *testing.T) ([]byte, []layoutEntry) {
 		layoutEntry{name: "etc/twice", typ: tar.TypeReg, data: []byte("two")},
 		layoutEntry{name: "usr/lib/big", typ: tar.TypeReg, data: data(1 << 20)},
 	)
-	var b bytes.Buffer
-	tw := tar.NewWriter(&b)
+	var tes []testutil.Entry
 	for _, e := range es {
-		h := &tar.Header{Name: e.name, Typeflag: e.typ, Mode: 0o644, Linkname: e.link, Size: int64(len(e.data)),
-			ModTime: time.Unix(1700000000, 0), Format: tar.FormatPAX}
+		te := testutil.Entry{Hdr: tar.Header{Name: e.name, Typeflag: e.typ, Mode: 0o644, Linkname: e.link,
+			ModTime: time.Unix(1700000000, 0), Format: tar.FormatPAX}, Body: e.data}
 		if e.typ == tar.TypeDir {
-			h.Mode = 0o755
+			te.Hdr.Mode = 0o755
 		}
 		if e.name == "usr/lib/m03.so" {
-			h.PAXRecords = map[string]string{"SCHILY.xattr.user.test": "v"} // extra header blocks move along
+			te.Hdr.PAXRecords = map[string]string{"SCHILY.xattr.user.test": "v"} // extra header blocks move along
 		}
-		if err := tw.WriteHeader(h); err != nil {
-			t.Fatal(err)
-		}
-		tw.Write(e.data)
+		tes = append(tes, te)
 	}
-	tw.Close()
-	return b.Bytes(), es
+	return testutil.Tar(t, tes...), es
 }
 
 // layoutProfile names profiled files in an order unlike the tar's.
@@ -246,19 +242,9 @@ func TestLayoutKeepsPlainOrderWithoutProfileFiles(t *testing.T) {
 // FuzzLayout: for any bytes scanTar accepts, the laid-out stream has the same length and
 // the same entries (a permutation of the spans), whatever the profile names.
 func FuzzLayout(f *testing.F) {
-	var b bytes.Buffer
-	tw := tar.NewWriter(&b)
-	for _, n := range []string{"a/", "a/b", "c", "a/d"} {
-		h := &tar.Header{Name: n, Typeflag: tar.TypeReg, Size: 3}
-		if strings.HasSuffix(n, "/") {
-			h.Typeflag, h.Size = tar.TypeDir, 0
-		}
-		tw.WriteHeader(h)
-		tw.Write([]byte("xyz")[:h.Size])
-	}
-	tw.Close()
-	f.Add(b.Bytes(), "a/d")
-	f.Add(b.Bytes()[:700], "c")
+	b := testutil.Tar(f, testutil.Dir("a/"), testutil.File("a/b", []byte("xyz")), testutil.File("c", []byte("xyz")), testutil.File("a/d", []byte("xyz")))
+	f.Add(b, "a/d")
+	f.Add(b[:700], "c")
 	f.Add([]byte("not a tar"), "x")
 	f.Fuzz(func(t *testing.T, src []byte, first string) {
 		entries, trailer, err := scanTar(bytes.NewReader(src), int64(len(src)))

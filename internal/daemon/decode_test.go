@@ -7,7 +7,6 @@ import (
 	"encoding/binary"
 	"encoding/hex"
 	"log/slog"
-	"math/rand/v2"
 	"strconv"
 	"strings"
 	"testing"
@@ -127,12 +126,7 @@ func TestMountCraftedIndex(t *testing.T) {
 		b := binary.AppendUvarint(nil, frames)
 		b = binary.AppendUvarint(b, entries)
 		b = binary.AppendUvarint(b, 0)
-		rng := rand.New(rand.NewPCG(1, 2))
-		r := make([]byte, 272<<10)
-		for i := range r {
-			r[i] = byte(rng.Uint32())
-		}
-		b = append(b, r...)
+		b = append(b, testutil.RandBytes(1, 272<<10)...)
 		return append(b, make([]byte, 8<<20-len(b))...)
 	}
 	for _, c := range []struct {

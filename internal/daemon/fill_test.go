@@ -151,11 +151,7 @@ func fillFiles() map[string][]byte {
 		if i%10 == 0 {
 			n = 1<<20 + rng.IntN(1<<20) // several chunks
 		}
-		b := make([]byte, n)
-		for j := range b {
-			b[j] = byte(rng.Uint32())
-		}
-		files[fmt.Sprintf("d%d/f%02d", i%3, i)] = b
+		files[fmt.Sprintf("d%d/f%02d", i%3, i)] = testutil.RandBytes(uint64(i), n)
 	}
 	files["dup/a"] = files["d0/f00"] // same content: its chunks once
 	return files

@@ -21,6 +21,7 @@ import (
 
 	"lazypull/internal/profile"
 	"lazypull/internal/store"
+	"lazypull/internal/testutil"
 )
 
 // pushed pushes a profile of path, created at created, for subject in repo and returns
@@ -227,7 +228,7 @@ func TestProfileChoiceReported(t *testing.T) {
 	t.Cleanup(func() { st.Close() })
 	run := func(c ProfileChoice) (*Image, PrefetchStats, string) {
 		t.Helper()
-		var logs bytes.Buffer
+		var logs testutil.LogBuffer // the prefetch logs from its goroutines
 		im, err := openImage(context.Background(), st, ref, OpenOptions{Profile: &c, Client: testClient(t), partial: true})
 		if err != nil {
 			t.Fatal(err)

@@ -364,11 +364,7 @@ func TestUnmountLive(t *testing.T) {
 	}
 	done := make(chan struct{})
 	go func() { srv.Wait(); close(done) }()
-	select {
-	case <-done:
-	case <-time.After(10 * time.Second):
-		t.Fatal("the server still serves after Unmount")
-	}
+	testutil.Recv(t, done, 10*time.Second, "the server to stop serving after Unmount")
 	if mounted, err := isMountPoint(dir); err != nil || mounted {
 		t.Errorf("still mounted: %v %v", mounted, err)
 	}

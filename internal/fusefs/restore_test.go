@@ -16,6 +16,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"lazypull/format"
+	"lazypull/internal/testutil"
 )
 
 // The process that serves a mount dies while a reader waits on it; another process takes
@@ -206,19 +207,15 @@ func TestRestoreAfterServerDied(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer srv.Unmount()
-	select {
-	case b := <-got:
-		e := &restoreIndex().Entries[2]
-		if len(b) != int(e.Size) {
-			t.Fatalf("the resent read gave %d bytes (%q...), want %d", len(b), b[:min(len(b), 40)], e.Size)
+	resent := testutil.Recv(t, got, 30*time.Second, "the read that waited on the dead server to be answered after Restore")
+	e := &restoreIndex().Entries[2]
+	if len(resent) != int(e.Size) {
+		t.Fatalf("the resent read gave %d bytes (%q...), want %d", len(resent), resent[:min(len(resent), 40)], e.Size)
+	}
+	for i := range resent {
+		if resent[i] != pattern(e, int64(i)) {
+			t.Fatalf("byte %d of the resent read is wrong", i)
 		}
-		for i := range b {
-			if b[i] != pattern(e, int64(i)) {
-				t.Fatalf("byte %d of the resent read is wrong", i)
-			}
-		}
-	case <-time.After(30 * time.Second):
-		t.Fatal("the read that waited on the dead server was not answered after Restore")
 	}
 	b, err := os.ReadFile(filepath.Join(dir, "d", "fast"))
 	if err != nil || len(b) != 3000 || b[10] != pattern(&restoreIndex().Entries[1], 10) {

@@ -75,15 +75,10 @@ func TestKeepsAcrossClients(t *testing.T) {
 // TestExitsWhenIdle: with nothing to keep and no client, the keeper exits on its own.
 func TestExitsWhenIdle(t *testing.T) {
 	_, done := start(t, time.Millisecond)
-	select {
-	case err := <-done:
-		if err != nil {
-			t.Fatal(err)
-		}
-		done <- nil
-	case <-time.After(3 * checkEvery):
-		t.Fatal("the idle keeper did not exit")
+	if err := testutil.Recv(t, done, 3*checkEvery, "the idle keeper to exit"); err != nil {
+		t.Fatal(err)
 	}
+	done <- nil // for the cleanup
 }
 
 // TestBadRequests: a put without a descriptor and an unknown operation are answered with
