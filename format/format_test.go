@@ -13,9 +13,9 @@ import (
 	"testing"
 	"time"
 
-	"lazypull/internal/testutil"
-
 	"github.com/klauspost/compress/zstd"
+
+	"lazypull/internal/testutil"
 )
 
 // edgeCases is a tar stream with every kind of entry a layer can hold.

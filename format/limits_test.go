@@ -8,9 +8,9 @@ import (
 	"strings"
 	"testing"
 
-	"lazypull/internal/testutil"
-
 	"github.com/klauspost/compress/zstd"
+
+	"lazypull/internal/testutil"
 )
 
 // decodeOverhead is what decoding may allocate outside its budget: a zstd decoder when the

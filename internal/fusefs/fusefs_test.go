@@ -257,11 +257,7 @@ func TestMergedViewMatchesReference(t *testing.T) {
 		extracted = append(extracted, extract(t, tars[i]))
 		listed = append(listed, tarNames(t, tars[i]))
 	}
-	root, err := NewMerged(layers)
-	if err != nil {
-		t.Fatal(err)
-	}
-	mnt, _ := mountView(t, root)
+	mnt := mountMerged(t, layers)
 	got := snapshot(t, mnt)
 	want := applyLayers(extracted, listed)
 	compareTrees(t, want, got, compareOpts{})
@@ -318,11 +314,7 @@ func TestMergedViewMatchesOverlayfs(t *testing.T) {
 			t.Errorf("unmount overlayfs: %v", err)
 		}
 	})
-	root, err := NewMerged(layers)
-	if err != nil {
-		t.Fatal(err)
-	}
-	mnt, _ := mountView(t, root)
+	mnt := mountMerged(t, layers)
 	compareTrees(t, snapshot(t, ovl), snapshot(t, mnt), compareOpts{
 		skipDirNlink: true, // overlayfs says 1 for merged directories
 		// overlayfs takes the attributes of a directory an upper layer synthesizes (it does

@@ -192,6 +192,17 @@ func mountIndex(t testing.TB, ix *format.Index, c Content, opts ...Option) (root
 	return root, mnt, srv
 }
 
+// mountMerged mounts the merged view of layers at a fresh directory until the test ends.
+func mountMerged(t testing.TB, layers []Layer) string {
+	t.Helper()
+	root, err := NewMerged(layers)
+	if err != nil {
+		t.Fatal(err)
+	}
+	mnt, _ := mountView(t, root)
+	return mnt
+}
+
 // mountTestLayer mounts the view of testLayers' first layer, read from the layer itself,
 // and returns where; it skips the test where FUSE mounts cannot be had.
 func mountTestLayer(t testing.TB) string {

@@ -41,11 +41,7 @@ func TestDebianImage(t *testing.T) {
 		t.Logf("layer %d: %d entries, %d names in the view", i, len(l.Index.Entries), len(got))
 		compareTrees(t, want, got, compareOpts{})
 	}
-	root, err := NewMerged(layers)
-	if err != nil {
-		t.Fatal(err)
-	}
-	mnt, _ := mountView(t, root)
+	mnt := mountMerged(t, layers)
 	compareTrees(t, applyLayers(extracted, listed), snapshot(t, mnt), compareOpts{})
 }
 

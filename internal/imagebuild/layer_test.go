@@ -14,6 +14,8 @@ import (
 	"time"
 
 	"golang.org/x/sys/unix"
+
+	"lazypull/internal/testutil"
 )
 
 type entry struct {
@@ -93,12 +95,7 @@ func find(t *testing.T, es []entry, name string) entry {
 	return entry{}
 }
 
-func requireRoot(t *testing.T) {
-	t.Helper()
-	if os.Geteuid() != 0 {
-		t.Skip("needs root (mknod, chown, trusted.* xattrs)")
-	}
-}
+func requireRoot(t *testing.T) { testutil.NeedRoot(t, "mknod, chown, trusted.* xattrs") }
 
 func must(t *testing.T, err error) {
 	t.Helper()

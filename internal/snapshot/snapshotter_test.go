@@ -14,14 +14,11 @@ import (
 	"github.com/containerd/containerd/v2/core/snapshots/testsuite"
 	"github.com/containerd/containerd/v2/pkg/namespaces"
 	"github.com/containerd/errdefs"
+
+	"lazypull/internal/testutil"
 )
 
-func needRoot(t *testing.T) {
-	t.Helper()
-	if os.Geteuid() != 0 {
-		t.Skip("SKIP: needs root (overlayfs mounts)")
-	}
-}
+func needRoot(t *testing.T) { testutil.NeedRoot(t, "overlayfs mounts") }
 
 // TestSnapshotterSuite runs containerd's snapshotter test suite against the ordinary path.
 // The suite is told it tests "overlayfs", which it exempts from renaming a lower directory

@@ -8,6 +8,7 @@ import (
 	"log/slog"
 	"maps"
 	"net/http"
+	"os"
 	"slices"
 	"strings"
 	"sync"
@@ -46,6 +47,17 @@ func TestNewLogAt(t *testing.T) {
 	log.Warn("kept")
 	if got := lb.String(); strings.Contains(got, "dropped") || lb.Count("level=WARN msg=kept") != 1 {
 		t.Errorf("logged %q; want the warning only", got)
+	}
+}
+
+func TestNeedRoot(t *testing.T) {
+	ran := false
+	t.Run("sub", func(t *testing.T) {
+		NeedRoot(t, "a test")
+		ran = true
+	})
+	if ran != (os.Geteuid() == 0) {
+		t.Errorf("ran %v as uid %d", ran, os.Geteuid())
 	}
 }
 
