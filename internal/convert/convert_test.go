@@ -25,6 +25,7 @@ import (
 	"github.com/google/go-containerregistry/pkg/v1/types"
 
 	"lazypull/format"
+	"lazypull/internal/testutil"
 )
 
 func convertOK(t *testing.T, src, dst string, opts Options) *Summary {
@@ -68,10 +69,7 @@ func TestConvertRandomImageRegistry(t *testing.T) {
 	host := newRegistry(t, nil)
 	img := randomImage(t, 1, 3)
 	src, dst := host+"/random/src:v1", host+"/random/dst:lazy"
-	ref, _ := name.ParseReference(src)
-	if err := remote.Write(ref, img); err != nil {
-		t.Fatal(err)
-	}
+	testutil.Push(t, src, img)
 
 	s := convertOK(t, src, dst, testOptions())
 

@@ -12,10 +12,8 @@ import (
 	"testing"
 	"time"
 
-	"github.com/google/go-containerregistry/pkg/name"
 	"github.com/google/go-containerregistry/pkg/v1/empty"
 	"github.com/google/go-containerregistry/pkg/v1/mutate"
-	"github.com/google/go-containerregistry/pkg/v1/remote"
 	"github.com/google/go-containerregistry/pkg/v1/tarball"
 
 	"lazypull/format"
@@ -130,10 +128,7 @@ func TestConvertLayoutByProfile(t *testing.T) {
 		t.Fatal(err)
 	}
 	srcRef := reg + "/app:v1"
-	r, _ := name.ParseReference(srcRef)
-	if err := remote.Write(r, img); err != nil {
-		t.Fatal(err)
-	}
+	testutil.Push(t, srcRef, img)
 	opts := testOptions()
 	opts.Profile = layoutProfile()
 	s := convertOK(t, srcRef, reg+"/app:laid", opts)

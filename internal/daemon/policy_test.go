@@ -87,9 +87,7 @@ func TestChooseProfilePolicies(t *testing.T) {
 func TestPinnedProfileOfAnotherImage(t *testing.T) {
 	repo, subject := subjectImage(t, false)
 	other, _ := random.Image(512, 1)
-	if err := remote.Write(repo.Tag("other"), other); err != nil {
-		t.Fatal(err)
-	}
+	testutil.Push(t, repo.Tag("other").String(), other)
 	od, _ := other.Digest()
 	raw, _ := other.RawManifest()
 	otherDesc := v1.Descriptor{MediaType: subject.MediaType, Digest: od, Size: int64(len(raw))}

@@ -34,9 +34,7 @@ func subjectImage(t *testing.T, referrersAPI bool) (name.Repository, v1.Descript
 	if err != nil {
 		t.Fatal(err)
 	}
-	if err := remote.Write(repo.Tag("v1"), img); err != nil {
-		t.Fatal(err)
-	}
+	testutil.Push(t, repo.Tag("v1").String(), img)
 	d, err := img.Digest()
 	if err != nil {
 		t.Fatal(err)
@@ -100,9 +98,7 @@ func TestProfileRoundTrip(t *testing.T) {
 			}
 			// Something else referring to the image is not a profile.
 			other, _ := random.Image(10, 1)
-			if err := remote.Write(repo.Tag("sig"), mutateSubject(t, other, subject)); err != nil {
-				t.Fatal(err)
-			}
+			testutil.Push(t, repo.Tag("sig").String(), mutateSubject(t, other, subject))
 			p, desc, err := FindProfile(ctx, reg, subject.Digest)
 			if err != nil || p == nil {
 				t.Fatalf("FindProfile: %v, %v", p, err)

@@ -13,6 +13,14 @@ import (
 func (r *Registry) Push(t testing.TB, repoTag string, img v1.Image) string {
 	t.Helper()
 	ref := r.Host + "/" + repoTag
+	Push(t, ref, img)
+	return ref
+}
+
+// Push writes img to a registry as the tag ref ("host/repo:tag"), over plain HTTP where
+// the host is local.
+func Push(t testing.TB, ref string, img v1.Image) {
+	t.Helper()
 	tag, err := name.NewTag(ref)
 	if err != nil {
 		t.Fatal(err)
@@ -20,5 +28,4 @@ func (r *Registry) Push(t testing.TB, repoTag string, img v1.Image) string {
 	if err := remote.Write(tag, img); err != nil {
 		t.Fatalf("push %s: %v", ref, err)
 	}
-	return ref
 }
