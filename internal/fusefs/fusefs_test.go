@@ -162,14 +162,29 @@ func testLayers(t testing.TB) [][]byte {
 	return [][]byte{mkTar(t, base), mkTar(t, upper), mkTar(t, top)}
 }
 
-// layers converts the test layers and opens them.
-func openLayers(t testing.TB, tars [][]byte) []*format.Layer {
+// openLayers converts the tars and opens them, as layers of a merged view each served by
+// a layerContent.
+func openLayers(t testing.TB, tars [][]byte) []Layer {
 	t.Helper()
-	var out []*format.Layer
+	var out []Layer
 	for _, tb := range tars {
-		out = append(out, convertLayer(t, tb))
+		l := convertLayer(t, tb)
+		out = append(out, Layer{Index: l.Index, Content: &layerContent{l: l}})
 	}
 	return out
+}
+
+// mergedReference is what the merged view of tars (the bottom layer first) shows: the
+// tars extracted and applied one over the other (applyLayers).
+func mergedReference(t testing.TB, tars [][]byte) tree {
+	t.Helper()
+	var extracted []tree
+	var listed [][]string
+	for _, tb := range tars {
+		extracted = append(extracted, extract(t, tb))
+		listed = append(listed, tarNames(t, tb))
+	}
+	return applyLayers(extracted, listed)
 }
 
 // extract untars a layer into a fresh directory and snapshots it.
@@ -248,18 +263,9 @@ func TestLayerViewPassthroughMatchesTar(t *testing.T) {
 func TestMergedViewMatchesReference(t *testing.T) {
 	requireFUSE(t)
 	tars := testLayers(t)
-	ls := openLayers(t, tars)
-	var layers []Layer
-	var extracted []tree
-	var listed [][]string
-	for i, l := range ls {
-		layers = append(layers, Layer{Index: l.Index, Content: &layerContent{l: l}})
-		extracted = append(extracted, extract(t, tars[i]))
-		listed = append(listed, tarNames(t, tars[i]))
-	}
-	mnt := mountMerged(t, layers)
+	mnt := mountMerged(t, openLayers(t, tars))
 	got := snapshot(t, mnt)
-	want := applyLayers(extracted, listed)
+	want := mergedReference(t, tars)
 	compareTrees(t, want, got, compareOpts{})
 
 	// spot checks of what the layers do, in case the reference is wrong the same way
@@ -292,14 +298,10 @@ func TestMergedViewMatchesReference(t *testing.T) {
 // agrees with it.
 func TestMergedViewMatchesOverlayfs(t *testing.T) {
 	requireFUSE(t)
-	tars := testLayers(t)
-	ls := openLayers(t, tars)
-	var layers []Layer
+	layers := openLayers(t, testLayers(t))
 	var lowers []string
-	for _, l := range ls {
-		c := &layerContent{l: l}
-		layers = append(layers, Layer{Index: l.Index, Content: c})
-		_, mnt, _ := mountIndex(t, l.Index, c)
+	for _, l := range layers {
+		_, mnt, _ := mountIndex(t, l.Index, l.Content)
 		lowers = append([]string{mnt}, lowers...) // overlayfs lists the top first
 	}
 	ovl := filepath.Join(t.TempDir(), "ovl")
@@ -564,7 +566,7 @@ func TestOverlayUpperOnLayerViews(t *testing.T) {
 	tars := testLayers(t)
 	var lowers []string
 	for _, l := range openLayers(t, tars) {
-		_, mnt, _ := mountIndex(t, l.Index, &layerContent{l: l})
+		_, mnt, _ := mountIndex(t, l.Index, l.Content)
 		lowers = append([]string{mnt}, lowers...)
 	}
 	base := t.TempDir()
