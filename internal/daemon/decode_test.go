@@ -37,9 +37,8 @@ type prepared struct {
 // Prepare allocates.
 func prepareMeasured(t *testing.T, ref string, d v1.Hash, desc v1.Descriptor) prepared {
 	t.Helper()
-	var p prepared
-	var logger *slog.Logger
-	logger, p.logs = testutil.NewLogAt(t, slog.LevelWarn)
+	logger, logs := testutil.NewLogAt(t, slog.LevelWarn)
+	p := prepared{logs: logs}
 	st, err := store.Open(t.TempDir())
 	if err != nil {
 		t.Fatal(err)
