@@ -53,24 +53,12 @@ type tarEntry struct {
 	start, end int64
 }
 
-// countingReader counts what is read through it.
-type countingReader struct {
-	r io.Reader
-	n int64
-}
-
-func (c *countingReader) Read(p []byte) (int, error) {
-	n, err := c.r.Read(p)
-	c.n += int64(n)
-	return n, err
-}
-
 // scanTar lists the entries of a tar stream of size bytes, with the byte span of each, and
 // returns where the end-of-archive trailer starts. The spans and the trailer tile the
-// stream, or scanTar fails.
-func scanTar(r io.Reader, size int64) ([]tarEntry, int64, error) {
-	cr := &countingReader{r: r}
-	tr := tar.NewReader(cr)
+// stream, or scanTar fails. archive/tar reads exactly the blocks an entry needs, so once
+// an entry's content is read, r's offset is where the content ends.
+func scanTar(r io.ReadSeeker, size int64) ([]tarEntry, int64, error) {
+	tr := tar.NewReader(r)
 	var out []tarEntry
 	var start int64
 	for {
@@ -84,7 +72,11 @@ func scanTar(r io.Reader, size int64) ([]tarEntry, int64, error) {
 		if _, err := io.Copy(io.Discard, tr); err != nil {
 			return nil, 0, fmt.Errorf("tar entry %q: %w", h.Name, err)
 		}
-		end := (cr.n + 511) &^ 511 // the content's padding
+		off, err := r.Seek(0, io.SeekCurrent)
+		if err != nil {
+			return nil, 0, fmt.Errorf("tar entry %q: %w", h.Name, err)
+		}
+		end := (off + 511) &^ 511 // the content's padding
 		e := tarEntry{name: format.CleanName(h.Name), typ: h.Typeflag, start: start, end: end}
 		if h.Typeflag == tar.TypeLink {
 			e.link = format.CleanName(h.Linkname)
