@@ -159,9 +159,10 @@ func allowed() map[string]rule {
 		// options, the filesystem (daemon), the keeper, the snapshotter and its gRPC
 		// services (containerd's snapshots API, warm; its socket owner-only by unixsock),
 		// metrics (prometheus), and the check of containerd's config, over containerd's
-		// version API. fusefs: the mounts of `lazypull mount`.
+		// version API. fusefs: the mounts of `lazypull mount`. progress: the stats and
+		// prune reports print sizes as the converter's progress does (HumanBytes).
 		service: {
-			ours: []string{fetch, store, fusefs, snapshot, daemon, keeper, warm, unixsock},
+			ours: []string{fetch, store, fusefs, snapshot, daemon, keeper, warm, unixsock, progress},
 			ext:  []string{containerd, containerdAPI, ggcr, toml, prometheus, grpc, xsys},
 		},
 

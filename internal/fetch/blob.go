@@ -146,65 +146,13 @@ func (b *Blob) Fetch(ctx context.Context, ranges []Range, fn func(Range, []byte)
 	if err := ctx.Err(); err != nil {
 		return err
 	}
-	type want struct {
-		r     Range
-		count int // times asked for in this call
-		f     *flight
+	wants, err := distinctWants(ranges, fn)
+	if err != nil || len(wants) == 0 {
+		return err
 	}
-	index := map[Range]*want{}
-	var wants []*want
-	for _, rg := range ranges {
-		if rg.Len == 0 {
-			if err := fn(rg, []byte{}); err != nil {
-				return err
-			}
-			continue
-		}
-		if w := index[rg]; w != nil {
-			w.count++
-			continue
-		}
-		w := &want{r: rg, count: 1}
-		index[rg] = w
-		wants = append(wants, w)
-	}
-	if len(wants) == 0 {
-		return nil
-	}
-
-	// Join the flights for these ranges that are under way, start the others.
 	r := b.r
 	sub := make(chan *flight, len(wants))
-	byFlight := make(map[*flight]*want, len(wants))
-	var mine []*flight
-	r.mu.Lock()
-	for _, w := range wants {
-		k := flightKey{digest: b.digest.String(), off: w.r.Off, len: w.r.Len}
-		f := r.flights[k]
-		if f == nil {
-			f = &flight{key: k, r: w.r}
-			r.flights[k] = f
-			mine = append(mine, f)
-		}
-		f.refs++
-		f.subs = append(f.subs, sub)
-		w.f = f
-		byFlight[f] = w
-	}
-	if len(mine) > 0 {
-		// The requests outlive this caller's ctx while others wait on them; they are
-		// cancelled when no one waits any more.
-		gctx, cancel := context.WithCancel(context.WithoutCancel(ctx))
-		g := &group{live: len(mine), cancel: cancel}
-		for _, f := range mine {
-			f.g = g
-		}
-		r.mu.Unlock()
-		b.launch(gctx, mine)
-	} else {
-		r.mu.Unlock()
-	}
-
+	byFlight := b.join(ctx, wants, sub)
 	pending := len(wants)
 	defer func() {
 		if pending == 0 {
@@ -234,6 +182,72 @@ func (b *Blob) Fetch(ctx context.Context, ranges []Range, fn func(Range, []byte)
 		}
 	}
 	return nil
+}
+
+// want is a range one Fetch asks for, and the flight that brings it.
+type want struct {
+	r     Range
+	count int // times asked for in this call
+	f     *flight
+}
+
+// distinctWants returns the distinct non-empty ranges of ranges, in order, counting
+// repeats; fn gets empty ranges at once.
+func distinctWants(ranges []Range, fn func(Range, []byte) error) ([]*want, error) {
+	index := map[Range]*want{}
+	var wants []*want
+	for _, rg := range ranges {
+		if rg.Len == 0 {
+			if err := fn(rg, []byte{}); err != nil {
+				return nil, err
+			}
+			continue
+		}
+		if w := index[rg]; w != nil {
+			w.count++
+			continue
+		}
+		w := &want{r: rg, count: 1}
+		index[rg] = w
+		wants = append(wants, w)
+	}
+	return wants, nil
+}
+
+// join joins the flights for wants that are under way and starts the others, each
+// reporting to sub when done; it returns which want each flight brings.
+func (b *Blob) join(ctx context.Context, wants []*want, sub chan *flight) map[*flight]*want {
+	r := b.r
+	byFlight := make(map[*flight]*want, len(wants))
+	var mine []*flight
+	r.mu.Lock()
+	for _, w := range wants {
+		k := flightKey{digest: b.digest.String(), off: w.r.Off, len: w.r.Len}
+		f := r.flights[k]
+		if f == nil {
+			f = &flight{key: k, r: w.r}
+			r.flights[k] = f
+			mine = append(mine, f)
+		}
+		f.refs++
+		f.subs = append(f.subs, sub)
+		w.f = f
+		byFlight[f] = w
+	}
+	if len(mine) == 0 {
+		r.mu.Unlock()
+		return byFlight
+	}
+	// The requests outlive this caller's ctx while others wait on them; they are
+	// cancelled when no one waits any more.
+	gctx, cancel := context.WithCancel(context.WithoutCancel(ctx))
+	g := &group{live: len(mine), cancel: cancel}
+	for _, f := range mine {
+		f.g = g
+	}
+	r.mu.Unlock()
+	b.launch(gctx, mine)
+	return byFlight
 }
 
 // flightKey names a range of a blob being fetched.

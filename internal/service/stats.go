@@ -10,6 +10,7 @@ import (
 	"strings"
 
 	"lazypull/internal/daemon"
+	"lazypull/internal/progress"
 	"lazypull/internal/store"
 )
 
@@ -55,20 +56,7 @@ func boundString(n int64) string {
 	return humanBytes(n)
 }
 
-// humanBytes formats n in binary units: 512 B, 1.5 KiB, 12.3 MiB (as cli's humanBytes,
-// which the converter's and the pull's progress use).
-func humanBytes(n int64) string {
-	const unit = 1024
-	if n < unit {
-		return fmt.Sprintf("%d B", n)
-	}
-	div, exp := int64(unit), 0
-	for m := n / unit; m >= unit && exp < 5; m /= unit {
-		div *= unit
-		exp++
-	}
-	return fmt.Sprintf("%.1f %ciB", float64(n)/float64(div), "KMGTPE"[exp])
-}
+func humanBytes(n int64) string { return progress.HumanBytes(n) }
 
 // profileUsed says which profile an image's prefetch used, and how it was chosen.
 func profileUsed(p daemon.PrefetchStats) string {
