@@ -10,6 +10,7 @@ import (
 	"testing"
 
 	"lazypull/internal/service"
+	"lazypull/internal/testutil"
 )
 
 // snapshotterFlagSet is the real schema of the snapshotter's config file: its flags.
@@ -26,11 +27,7 @@ func snapshotterFlagSet(t *testing.T, args ...string) (*flag.FlagSet, *snapshott
 
 func writeConfig(t *testing.T, text string) string {
 	t.Helper()
-	p := filepath.Join(t.TempDir(), "config.toml")
-	if err := os.WriteFile(p, []byte(text), 0o644); err != nil {
-		t.Fatal(err)
-	}
-	return p
+	return testutil.WriteTemp(t, "config.toml", []byte(text))
 }
 
 func TestConfigSetsFlagsCommandLineWins(t *testing.T) {

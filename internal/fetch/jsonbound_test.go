@@ -2,22 +2,13 @@ package fetch
 
 import (
 	"errors"
+	"lazypull/internal/testutil"
 	"net/http"
-	"runtime"
 	"strings"
 	"testing"
 
 	v1 "github.com/google/go-containerregistry/pkg/v1"
 )
-
-// allocated returns the bytes the process allocated while f ran.
-func allocated(f func()) uint64 {
-	var before, after runtime.MemStats
-	runtime.ReadMemStats(&before)
-	f()
-	runtime.ReadMemStats(&after)
-	return after.TotalAlloc - before.TotalAlloc
-}
 
 // emptyObjects is a JSON document of about 4 MiB (the largest a registry may send): the
 // given prefix, empty objects, the suffix. Each "{}" decodes into a whole descriptor.
@@ -67,7 +58,7 @@ func TestJSONFromRegistryBounded(t *testing.T) {
 	} {
 		t.Run(c.name, func(t *testing.T) {
 			var err error
-			n := allocated(func() { err = c.run() })
+			n := testutil.Allocated(func() { err = c.run() })
 			t.Logf("allocated %d bytes: %v", n, err)
 			if err == nil || !errors.Is(err, errMalformed) || !strings.Contains(err.Error(), c.want+"") || !strings.Contains(err.Error(), "objects and arrays") {
 				t.Fatalf("4 MiB of empty descriptors: %v", err)

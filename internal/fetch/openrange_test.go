@@ -215,7 +215,7 @@ func TestFetchPartGrowsAsItArrives(t *testing.T) {
 	_, host := serve(t, f)
 	reg, _ := newReg(t, host, "r", WithRetry(1, 0))
 	var err error
-	a := allocated(func() {
+	a := testutil.Allocated(func() {
 		err = reg.Blob(d, claim).Fetch(t.Context(), []Range{{0, n}}, func(Range, []byte) error { return nil })
 	})
 	if !errors.Is(err, io.ErrUnexpectedEOF) {

@@ -6,8 +6,6 @@ import (
 	"encoding/json"
 	"io"
 	"log/slog"
-	"net"
-	"os"
 	"path/filepath"
 	"strings"
 	"sync"
@@ -307,16 +305,7 @@ func fetchAll(t *testing.T, fetch func(context.Context, ocispec.Descriptor) (io.
 // warmServer serves the warm-up API on a unix socket and records the requests.
 func warmServer(t *testing.T) (string, func() []warm.Request) {
 	t.Helper()
-	dir, err := os.MkdirTemp("", "lzpw-")
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { os.RemoveAll(dir) })
-	sock := filepath.Join(dir, "sn.sock")
-	ln, err := net.Listen("unix", sock)
-	if err != nil {
-		t.Fatal(err)
-	}
+	ln, sock := testutil.ListenUnix(t)
 	var mu sync.Mutex
 	var got []warm.Request
 	srv := grpc.NewServer()

@@ -2,6 +2,7 @@ package service
 
 import (
 	"errors"
+	"lazypull/internal/testutil"
 	"net"
 	"os"
 	"path/filepath"
@@ -14,11 +15,7 @@ import (
 
 func writeConfig(t *testing.T, text string) string {
 	t.Helper()
-	p := filepath.Join(t.TempDir(), "config.toml")
-	if err := os.WriteFile(p, []byte(text), 0o644); err != nil {
-		t.Fatal(err)
-	}
-	return p
+	return testutil.WriteTemp(t, "config.toml", []byte(text))
 }
 
 func TestConfigMissingFile(t *testing.T) {

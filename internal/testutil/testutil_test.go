@@ -7,8 +7,10 @@ import (
 	"io"
 	"log/slog"
 	"maps"
+	"net"
 	"net/http"
 	"os"
+	"path/filepath"
 	"slices"
 	"strings"
 	"sync"
@@ -130,5 +132,29 @@ func TestRegistryLogsRequests(t *testing.T) {
 	}
 	if got := r.Requests(); len(got) != 0 {
 		t.Errorf("after Take: %q", got)
+	}
+}
+
+func TestListenUnix(t *testing.T) {
+	ln, sock := ListenUnix(t)
+	if len(sock) > 100 {
+		t.Errorf("socket path of %d bytes, want one that fits sun_path: %s", len(sock), sock)
+	}
+	go func() {
+		if c, err := ln.Accept(); err == nil {
+			c.Close()
+		}
+	}()
+	c, err := net.Dial("unix", sock)
+	if err != nil {
+		t.Fatalf("dial %s: %v", sock, err)
+	}
+	c.Close()
+}
+
+func TestWriteTemp(t *testing.T) {
+	p := WriteTemp(t, "a.toml", []byte("x = 1\n"))
+	if b, err := os.ReadFile(p); err != nil || string(b) != "x = 1\n" || filepath.Base(p) != "a.toml" {
+		t.Errorf("WriteTemp wrote %q to %s (%v)", b, p, err)
 	}
 }

@@ -3,8 +3,6 @@ package warm
 import (
 	"context"
 	"errors"
-	"net"
-	"os"
 	"path/filepath"
 	"strings"
 	"testing"
@@ -20,16 +18,7 @@ import (
 // API when h is not nil.
 func serve(t *testing.T, h Handler) string {
 	t.Helper()
-	dir, err := os.MkdirTemp("", "lzwarm-") // short: unix socket paths are limited
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { os.RemoveAll(dir) })
-	sock := filepath.Join(dir, "sn.sock")
-	ln, err := net.Listen("unix", sock)
-	if err != nil {
-		t.Fatal(err)
-	}
+	ln, sock := testutil.ListenUnix(t)
 	srv := grpc.NewServer()
 	if h != nil {
 		Register(srv, h)

@@ -1,0 +1,43 @@
+package testutil
+
+import (
+	"net"
+	"os"
+	"path/filepath"
+	"testing"
+)
+
+// ShortDir returns a new directory under the system's temp dir, removed when the test
+// ends. A socket path must fit in 108 bytes, which t.TempDir's long names may not.
+func ShortDir(t testing.TB) string {
+	t.Helper()
+	dir, err := os.MkdirTemp("", "lz-")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { os.RemoveAll(dir) })
+	return dir
+}
+
+// ListenUnix listens on a unix socket in a new ShortDir and returns the listener (closed
+// when the test ends) and the socket's path.
+func ListenUnix(t testing.TB) (net.Listener, string) {
+	t.Helper()
+	sock := filepath.Join(ShortDir(t), "s.sock")
+	ln, err := net.Listen("unix", sock)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { ln.Close() })
+	return ln, sock
+}
+
+// WriteTemp writes data to a file named name in a new t.TempDir and returns its path.
+func WriteTemp(t testing.TB, name string, data []byte) string {
+	t.Helper()
+	p := filepath.Join(t.TempDir(), name)
+	if err := os.WriteFile(p, data, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	return p
+}
