@@ -95,7 +95,7 @@ func bump(m map[format.Digest]int, d format.Digest, delta int) {
 }
 
 func (s *Store) pinnedLocked(o *object) bool {
-	return s.filePins[o.digest] > 0 || s.chunkPins[o.digest] > 0
+	return s.filePins[o.digest] > 0 || s.chunkPins[o.digest] > 0 || (o.meta && s.metaPins[o.digest] > 0)
 }
 
 // enforceLocked keeps the bound, after an object was added or pins were released.

@@ -75,6 +75,7 @@ func (s *Store) PutMeta(b []byte) (format.Digest, error) {
 	s.metas[d] = o
 	s.bytes += o.size
 	s.metaBytes += o.size
+	s.changes.Add(1)
 	s.enforceLocked()
 	s.mu.Unlock()
 	if err := syncDir(dir); err != nil {

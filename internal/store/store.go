@@ -185,11 +185,13 @@ type Store struct {
 	progress   map[format.Digest]int      // partly present files: chunks known present
 	filePins   map[format.Digest]int
 	chunkPins  map[format.Digest]int
+	metaPins   map[format.Digest]int // metadata a prune keeps (PruneKeeping)
 	fds        list.List // of *object with an open fd, most recently used first
 	lastFull   time.Time // last disk-full warning
 	lastOver   time.Time // last over-the-bound warning
 
-	st counters
+	st      counters
+	changes atomic.Uint64 // objects and metadata added or removed (Changes)
 }
 
 // object is one file under objects/.
@@ -258,6 +260,7 @@ func Open(dir string, opts ...Option) (*Store, error) {
 		progress:   make(map[format.Digest]int),
 		filePins:   make(map[format.Digest]int),
 		chunkPins:  make(map[format.Digest]int),
+		metaPins:   make(map[format.Digest]int),
 	}
 	s.bgCtx, s.bgStop = context.WithCancel(context.Background())
 	s.wq.cond = sync.NewCond(&s.wq.mu)
@@ -687,6 +690,7 @@ func (s *Store) addLocked(d format.Digest, size int64) *object {
 	o.elem = s.lru.PushFront(o)
 	s.objects[d] = o
 	s.bytes += size
+	s.changes.Add(1)
 	return o
 }
 
@@ -709,6 +713,7 @@ func (s *Store) forgetLocked(o *object) {
 		return
 	}
 	o.dead = true
+	s.changes.Add(1)
 	s.lru.Remove(o.elem)
 	s.bytes -= o.size
 	if o.meta {

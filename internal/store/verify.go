@@ -86,6 +86,7 @@ func (s *Store) Verify(ctx context.Context) (VerifyResult, error) {
 		s.mu.Lock()
 		if s.chunks[x.d] == x.l {
 			delete(s.chunks, x.d)
+			s.changes.Add(1)
 		}
 		s.mu.Unlock()
 	}
