@@ -186,9 +186,9 @@ type Store struct {
 	filePins   map[format.Digest]int
 	chunkPins  map[format.Digest]int
 	metaPins   map[format.Digest]int // metadata a prune keeps (PruneKeeping)
-	fds        list.List // of *object with an open fd, most recently used first
-	lastFull   time.Time // last disk-full warning
-	lastOver   time.Time // last over-the-bound warning
+	fds        list.List             // of *object with an open fd, most recently used first
+	lastFull   time.Time             // last disk-full warning
+	lastOver   time.Time             // last over-the-bound warning
 
 	st      counters
 	changes atomic.Uint64 // objects and metadata added or removed (Changes)
