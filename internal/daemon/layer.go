@@ -42,6 +42,8 @@ type Layer struct {
 
 	reading *atomic.Int64 // the image's reads in progress (Image.reading)
 
+	usage usageCache // what the store holds of the layer, last counted (held)
+
 	tc tarCheck // the index checked against the tar (tarcheck.go)
 	// crossLinks holds, for a file of this layer, the upper layers' hard links to it
 	// (linkAcrossLayers): their runs are checked before it is served.

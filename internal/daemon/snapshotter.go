@@ -84,6 +84,12 @@ type SnapshotFS struct {
 	images     map[string]*imageEntry
 	mounts     map[string]*fusefs.Server
 	mountImage map[string]*Image // the image of each mount's layer
+	// uses counts, per image, its layers mounted and being mounted: the image is closed
+	// (its pins in the store released) and forgotten when the last goes (release).
+	uses map[*Image]int
+	// stored caches the Usage of the remote snapshots not mounted by this process (after
+	// a restart), by mountpoint, read from the store.
+	stored map[string]*usageCache
 }
 
 // SetPrefetch has every image opened look up its prefetch profile and fetch the profiled
@@ -137,7 +143,7 @@ func NewSnapshotFS(st *store.Store, platform *v1.Platform, log *slog.Logger, cli
 		log = slog.New(slog.DiscardHandler)
 	}
 	return &SnapshotFS{store: st, platform: platform, client: client, log: log, images: map[string]*imageEntry{},
-		mounts: map[string]*fusefs.Server{}, mountImage: map[string]*Image{}}
+		mounts: map[string]*fusefs.Server{}, mountImage: map[string]*Image{}, uses: map[*Image]int{}, stored: map[string]*usageCache{}}
 }
 
 // pinOf reads from labels the profile a pull pinned (LabelProfile); zero for none. It
@@ -304,7 +310,8 @@ func (f *SnapshotFS) open(ctx context.Context, e *imageEntry, ref string, given 
 }
 
 // image opens ref, with the profile pin (zero: none), once; concurrent callers wait for
-// the first.
+// the first. The caller holds a use of the image (hold), which its mount keeps or release
+// gives back.
 func (f *SnapshotFS) image(ctx context.Context, ref string, pin v1.Hash) (*Image, error) {
 	for {
 		e, first := f.entry(ref, pin, false)
@@ -327,6 +334,9 @@ func (f *SnapshotFS) image(ctx context.Context, ref string, pin v1.Hash) (*Image
 		case e.err != nil:
 			return nil, &reportedError{e.err}
 		}
+		if !f.hold(entryKey(ref, pin), e) {
+			continue // closed meanwhile, its last layer unmounted: opened again
+		}
 		if f.prefetch != nil && f.prefetch.Wait > 0 && e.waited.CompareAndSwap(false, true) {
 			// With Wait, container create waits (at most that long) for the start-up
 			// reads to be local; the image's other layers need not.
@@ -336,7 +346,46 @@ func (f *SnapshotFS) image(ctx context.Context, ref string, pin v1.Hash) (*Image
 	}
 }
 
-// layer opens the layer the labels name, and returns it with its image.
+// hold counts a use of e's image, the entry of key; false when the entry was forgotten
+// meanwhile (its image closed: release).
+func (f *SnapshotFS) hold(key string, e *imageEntry) bool {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if f.images[key] != e {
+		return false
+	}
+	f.uses[e.im]++
+	return true
+}
+
+// release gives back a use of im (hold). With the last, the image is forgotten and
+// closed: its background fill stops and what its lease pins in the store may be evicted
+// or pruned; the manifest and indexes the store keeps open it again.
+func (f *SnapshotFS) release(im *Image) {
+	if im == nil {
+		return
+	}
+	f.mu.Lock()
+	f.uses[im]--
+	last := f.uses[im] <= 0
+	if last {
+		delete(f.uses, im)
+		for key, e := range f.images {
+			if e.im == im {
+				delete(f.images, key)
+			}
+		}
+	}
+	f.mu.Unlock()
+	if last {
+		im.StopBackgroundFetch()
+		im.Close()
+		f.log.Info("image closed: no layer of it is mounted", "image", im.Ref)
+	}
+}
+
+// layer opens the layer the labels name, and returns it with its image, of which the
+// caller holds a use (image).
 func (f *SnapshotFS) layer(ctx context.Context, labels map[string]string) (*Layer, *Image, error) {
 	ref, digest, err := layerOf(labels)
 	if err != nil {
@@ -355,40 +404,38 @@ func (f *SnapshotFS) layer(ctx context.Context, labels map[string]string) (*Laye
 			return l, im, nil
 		}
 	}
+	f.release(im)
 	if err, ok := im.Failed[digest]; ok {
 		return nil, nil, err
 	}
 	return nil, nil, fmt.Errorf("image %s has no layer %s", ref, digest)
 }
 
-// mounted records that the layer mount at dir belongs to im.
-func (f *SnapshotFS) mounted(dir string, srv *fusefs.Server, im *Image) (old *fusefs.Server) {
+// mounted records that the layer mount at dir belongs to im; the mount keeps the use of
+// im its caller holds. A mount it replaces is unmounted, and its use given back.
+func (f *SnapshotFS) mounted(dir string, srv *fusefs.Server, im *Image) {
 	f.mu.Lock()
-	defer f.mu.Unlock()
-	old = f.mounts[dir]
+	old, oldIm := f.mounts[dir], f.mountImage[dir]
 	f.mounts[dir] = srv
 	f.mountImage[dir] = im
-	return old
+	f.mu.Unlock()
+	if old != nil {
+		_ = old.Unmount()
+		f.release(oldIm)
+	}
 }
 
-// unmounted forgets the mount at dir; when it was the last of its image's layers, the
-// image's background fill stops (the image is no longer in use: removed from containerd).
+// unmounted forgets the mount at dir and gives back its use of its image: when it was the
+// last of the image's layers (the image removed from containerd), the image is closed.
 func (f *SnapshotFS) unmounted(dir string) (*fusefs.Server, bool) {
 	f.mu.Lock()
 	srv, ok := f.mounts[dir]
 	delete(f.mounts, dir)
 	im := f.mountImage[dir]
 	delete(f.mountImage, dir)
-	last := im != nil
-	for _, other := range f.mountImage {
-		if other == im {
-			last = false
-		}
-	}
+	delete(f.stored, dir)
 	f.mu.Unlock()
-	if last {
-		im.StopBackgroundFetch()
-	}
+	f.release(im)
 	return srv, ok
 }
 
@@ -403,18 +450,18 @@ func (f *SnapshotFS) Mount(ctx context.Context, mountpoint string, labels map[st
 	t0 := time.Now()
 	root, err := fusefs.NewLayer(layer.Index, layer, fusefs.WithLogger(f.log))
 	if err != nil {
+		f.release(im)
 		return fmt.Errorf("layer %s: %w", digest, err)
 	}
 	srv, err := fusefs.Mount(mountpoint, root, fusefs.MountOptions{FSName: "lazypull:" + digest, Logger: f.log})
 	if err != nil {
+		f.release(im)
 		return fmt.Errorf("mount layer %s at %s: %w", digest, mountpoint, err)
 	}
 	t1 := time.Now()
 	f.keep(srv, labels)
 	t2 := time.Now()
-	if old := f.mounted(mountpoint, srv, im); old != nil {
-		_ = old.Unmount()
-	}
+	f.mounted(mountpoint, srv, im)
 	f.log.Info("layer mounted", "layer", digest, "image", ref, "dir", mountpoint, "passthrough", srv.Passthrough(),
 		"mount_s", t1.Sub(t0).Seconds(), "keep_s", t2.Sub(t1).Seconds())
 	return nil
@@ -483,11 +530,13 @@ func (f *SnapshotFS) restore(ctx context.Context, e keeper.Entry) error {
 	}
 	root, err := fusefs.NewLayer(layer.Index, layer, fusefs.WithLogger(f.log))
 	if err != nil {
+		f.release(im)
 		e.File.Close()
 		return err
 	}
 	srv, err := fusefs.Restore(e.Key, root, e.File, km.Init, fusefs.MountOptions{Logger: f.log})
 	if err != nil {
+		f.release(im)
 		return err
 	}
 	f.mounted(e.Key, srv, im)
@@ -546,7 +595,7 @@ func (f *SnapshotFS) Images() []*Image {
 func (f *SnapshotFS) Close() error {
 	f.mu.Lock()
 	mounts := f.mounts
-	f.mounts, f.mountImage = map[string]*fusefs.Server{}, map[string]*Image{}
+	f.mounts, f.mountImage, f.uses = map[string]*fusefs.Server{}, map[string]*Image{}, map[*Image]int{}
 	f.mu.Unlock()
 	if f.keeper != nil {
 		for _, srv := range mounts {

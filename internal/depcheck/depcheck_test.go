@@ -37,6 +37,7 @@ const (
 	continuity    = "github.com/containerd/continuity"
 	errdefs       = "github.com/containerd/errdefs"
 	mountinfo     = "github.com/moby/sys/mountinfo"
+	bbolt         = "go.etcd.io/bbolt"
 	ggcr          = "github.com/google/go-containerregistry"
 	digest        = "github.com/opencontainers/go-digest"
 	imageSpec     = "github.com/opencontainers/image-spec"
@@ -120,8 +121,9 @@ func allowed() map[string]rule {
 
 		// containerd's overlayfs snapshotter plus remote snapshots, which the FileSystem it
 		// declares mounts. It sees layers as snapshot labels, not as images, chunks or FUSE
-		// mounts: none of ours.
-		snapshot: {ext: []string{containerd, continuity, errdefs, mountinfo}},
+		// mounts: none of ours. bbolt: its metadata read-only by a process that is not
+		// the snapshotter (ReadRemote, for a prune while it is stopped).
+		snapshot: {ext: []string{containerd, continuity, errdefs, mountinfo, bbolt}},
 
 		// The composition: opens images (manifest, indexes, profile), adapts fetch to
 		// store.Source, the store to fusefs.Content and its mounts to snapshot.FileSystem,

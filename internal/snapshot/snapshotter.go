@@ -10,6 +10,7 @@ import (
 	"strings"
 	"sync"
 	"syscall"
+	"time"
 
 	"github.com/containerd/containerd/v2/core/mount"
 	"github.com/containerd/containerd/v2/core/snapshots"
@@ -18,6 +19,7 @@ import (
 	"github.com/containerd/continuity/fs"
 	"github.com/containerd/errdefs"
 	"github.com/moby/sys/mountinfo"
+	bolt "go.etcd.io/bbolt"
 )
 
 // FileSystem mounts layers lazily. labels are the snapshot's labels as Prepare got them:
@@ -30,6 +32,10 @@ type FileSystem interface {
 	Check(ctx context.Context, mountpoint string, labels map[string]string) error
 	// Unmount undoes Mount; also a mount left by an earlier process.
 	Unmount(ctx context.Context, mountpoint string) error
+	// Usage is the disk the layer the labels name, mounted (or to be mounted again) at
+	// mountpoint, takes where the FileSystem keeps its content: bytes and files (inodes).
+	// It is called for every remote snapshot, periodically: it must be cheap.
+	Usage(ctx context.Context, mountpoint string, labels map[string]string) (bytes, inodes int64, err error)
 }
 
 // ErrNotRemote is what a FileSystem's Mount answers (wrapped) when the labels do not name a
@@ -151,7 +157,8 @@ func (s *Snapshotter) Update(ctx context.Context, info snapshots.Info, fieldpath
 }
 
 // Usage is the disk use of a snapshot: scanned for an active one, recorded at commit for a
-// committed one (zero for a remote snapshot, whose bytes are in the lazypull store).
+// committed one, and for a remote snapshot what the FileSystem holds of its layer now
+// (containerd's CRI sums these for kubelet's image GC).
 func (s *Snapshotter) Usage(ctx context.Context, key string) (snapshots.Usage, error) {
 	var (
 		id    string
@@ -171,7 +178,26 @@ func (s *Snapshotter) Usage(ctx context.Context, key string) (snapshots.Usage, e
 		}
 		usage = snapshots.Usage(du)
 	}
+	if info.Kind == snapshots.KindCommitted && info.Labels[RemoteLabel] == "true" && s.fs != nil {
+		size, inodes, err := s.fs.Usage(ctx, s.upperPath(id), info.Labels)
+		if err != nil {
+			return snapshots.Usage{}, fmt.Errorf("usage of remote snapshot %s: %w", key, err)
+		}
+		usage = snapshots.Usage{Size: size, Inodes: inodes}
+	}
 	return usage, nil
+}
+
+// Remote returns the labels of the committed remote snapshots: the layers the FileSystem
+// mounts, or will mount again when they are used.
+func (s *Snapshotter) Remote() []map[string]string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	out := make([]map[string]string, 0, len(s.remote))
+	for _, labels := range s.remote {
+		out = append(out, labels)
+	}
+	return out
 }
 
 // Prepare creates an active snapshot; for a layer the FileSystem mounts (label
@@ -495,4 +521,37 @@ func (s *Snapshotter) upperPath(id string) string {
 }
 func (s *Snapshotter) workPath(id string) string {
 	return filepath.Join(s.root, "snapshots", id, "work")
+}
+
+// ReadRemote returns the labels of the committed remote snapshots that the snapshotter at
+// root recorded, reading its metadata without changing it: for a process that is not the
+// snapshotter (a prune while it is stopped). It fails (wrapping fs.ErrNotExist when there
+// is no metadata) rather than wait while a snapshotter has the metadata open.
+func ReadRemote(ctx context.Context, root string) ([]map[string]string, error) {
+	db := filepath.Join(root, "metadata.db")
+	if _, err := os.Stat(db); err != nil {
+		return nil, fmt.Errorf("snapshotter metadata: %w", err)
+	}
+	ms, err := storage.NewMetaStore(db, func(o *bolt.Options) error {
+		o.ReadOnly = true
+		o.Timeout = time.Second // a snapshotter holds it: do not wait for it
+		return nil
+	})
+	if err != nil {
+		return nil, fmt.Errorf("snapshotter metadata %s: %w", db, err)
+	}
+	defer ms.Close()
+	var out []map[string]string
+	err = ms.WithTransaction(ctx, false, func(ctx context.Context) error {
+		return storage.WalkInfo(ctx, func(ctx context.Context, info snapshots.Info) error {
+			if info.Kind == snapshots.KindCommitted && info.Labels[RemoteLabel] == "true" {
+				out = append(out, info.Labels)
+			}
+			return nil
+		})
+	})
+	if err != nil && !errdefs.IsNotFound(err) {
+		return nil, fmt.Errorf("snapshotter metadata %s: %w", db, err)
+	}
+	return out, nil
 }

@@ -76,6 +76,15 @@ func (f *fakeFS) Check(ctx context.Context, mp string, labels map[string]string)
 	return nil
 }
 
+// Usage says the layer takes as many bytes as its file's name is long, in one file.
+func (f *fakeFS) Usage(ctx context.Context, mp string, labels map[string]string) (int64, int64, error) {
+	name, ok := labels["containerd.io/snapshot/test.file"]
+	if !ok {
+		return 0, 0, errors.New("not a remote layer")
+	}
+	return int64(len(name)), 1, nil
+}
+
 func (f *fakeFS) Unmount(ctx context.Context, mp string) error {
 	f.mu.Lock()
 	defer f.mu.Unlock()
