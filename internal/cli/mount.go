@@ -48,7 +48,7 @@ one command to share it between them while they are mounted.`,
 // c's values; what names the image a -platform picks from ("REF", "image").
 func addNodeFlags(fs *flag.FlagSet, c *service.NodeConfig, what string) {
 	fs.StringVar(&c.Store, "store", c.Store, "the node's content store `dir`")
-	fs.Int64Var(&c.StoreMaxBytes, "store-max-bytes", 0, "evict least recently used content to keep the store under `n` bytes (0: no bound)")
+	fs.Var(&c.StoreMaxBytes, "store-max-bytes", "evict least recently used content to keep the store under `size`: bytes, or with a unit (10G, 512MiB; K, M, G, T are powers of 1024); 0: no bound; auto: a quarter of the file system holding the store")
 	fs.StringVar(&c.Platform, "platform", "", "the image for `os/arch[/variant]` of a multi-platform "+what+" (default: this machine's)")
 	fs.BoolVar(&c.PlainHTTP, "plain-http", false, "talk to registries over http instead of https")
 	fs.StringVar(&c.HostsDir, "hosts-dir", "", "containerd-style `dir` of HOST/hosts.toml files naming mirrors")

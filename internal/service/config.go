@@ -48,7 +48,7 @@ type Config struct {
 // registries, the metrics and the prefetch.
 type NodeConfig struct {
 	Store         string `toml:"store"`
-	StoreMaxBytes int64  `toml:"store_max_bytes"` // 0: no bound
+	StoreMaxBytes Size   `toml:"store_max_bytes"` // 0: no bound; SizeAuto: AutoBound
 	PlainHTTP     bool   `toml:"plain_http"`
 	HostsDir      string `toml:"hosts_dir"`    // containerd-style HOST/hosts.toml files
 	MetricsAddr   string `toml:"metrics_addr"` // Prometheus at /metrics ("": none)
@@ -69,7 +69,8 @@ type PrefetchConfig struct {
 // DefaultNodeConfig is a NodeConfig at its defaults.
 func DefaultNodeConfig() NodeConfig {
 	return NodeConfig{
-		Store: DefaultStoreDir,
+		Store:         DefaultStoreDir,
+		StoreMaxBytes: SizeAuto,
 		PrefetchConfig: PrefetchConfig{
 			Prefetch:            true,
 			BackgroundFetchRate: daemon.DefaultFillRate,
@@ -86,7 +87,7 @@ func DefaultConfig() Config {
 // Check refuses settings that make no sense, before anything is opened. Its errors name the
 // flag, and are the command line's to report.
 func (c *NodeConfig) Check() error {
-	if c.StoreMaxBytes < 0 {
+	if c.StoreMaxBytes < 0 && c.StoreMaxBytes != SizeAuto {
 		return errors.New("-store-max-bytes must not be negative")
 	}
 	if _, err := ParsePlatform(c.Platform); err != nil {
@@ -415,6 +416,8 @@ func kind(v reflect.Value) string {
 	switch {
 	case v.Type() == reflect.TypeFor[time.Duration]():
 		return "duration string (like \"90s\")"
+	case v.Type() == reflect.TypeFor[Size]():
+		return "size (bytes, or a string like \"10G\" or \"auto\")"
 	case v.Kind() == reflect.Bool:
 		return "boolean"
 	case v.CanInt() || v.CanUint():
@@ -428,6 +431,22 @@ func kind(v reflect.Value) string {
 func (o *optionValue) UnmarshalTOML(v any) error {
 	ft := o.field.Type()
 	switch k := kind(o.field); k {
+	case kind(reflect.ValueOf(Size(0))):
+		switch n := v.(type) {
+		case int64:
+			if n < 0 {
+				return fmt.Errorf("invalid value %d: a size must not be negative", n)
+			}
+			o.val = reflect.ValueOf(Size(n))
+		case string:
+			var z Size
+			if err := z.Set(n); err != nil {
+				return err
+			}
+			o.val = reflect.ValueOf(z)
+		default:
+			return wrongType(k, v)
+		}
 	case "boolean":
 		b, ok := v.(bool)
 		if !ok {

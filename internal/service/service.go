@@ -60,9 +60,16 @@ func openNode(cfg NodeConfig, log *slog.Logger) (*node, error) {
 	if err != nil {
 		return nil, err
 	}
-	st, err := store.Open(cfg.Store, store.WithMaxBytes(cfg.StoreMaxBytes), store.WithLogger(log))
+	bound, err := cfg.StoreMaxBytes.Bytes(cfg.Store)
 	if err != nil {
 		return nil, err
+	}
+	st, err := store.Open(cfg.Store, store.WithMaxBytes(bound), store.WithLogger(log))
+	if err != nil {
+		return nil, err
+	}
+	if cfg.StoreMaxBytes == SizeAuto {
+		log.Info("store bound auto: a quarter of its file system", "store", cfg.Store, "max_bytes", bound)
 	}
 	client, err := NewClient(log, cfg.PlainHTTP, cfg.HostsDir)
 	if err != nil {
