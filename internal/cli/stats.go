@@ -4,7 +4,6 @@ import (
 	"context"
 	"encoding/json"
 	"flag"
-	"fmt"
 
 	"lazypull/internal/service"
 )
@@ -55,11 +54,24 @@ func pruneCommand() *command {
 	return &command{
 		name:    "prune",
 		args:    "[flags]",
-		summary: "remove content from the node's store that no mount uses",
+		summary: "remove content from the node's store that no image in use needs",
+		help: `
+Removes, least recently used first, what the store holds for images that are no longer
+in use (removed from containerd: crictl rmi, kubelet's image GC), down to --to. It keeps
+the manifests, layer indexes and content of every layer a snapshot of the snapshotter
+holds (what its containers read, and what a restart needs while the registry is down),
+and of every image a mount or the snapshotter has open.
+
+While the snapshotter (or a mount) runs, it holds the store: prune asks it, on the socket
+` + service.AdminSocket + ` in the store's directory, and it prunes under its own lock. With
+none running, prune opens the store itself and reads the snapshotter's metadata (--root)
+for what is in use; when it cannot, it keeps every manifest and index, and says so.`,
 		flags: func(fs *flag.FlagSet) any {
 			f := &pruneFlags{}
 			fs.StringVar(&f.dir, "store", service.DefaultStoreDir, "the node's content store `dir`")
-			fs.Int64Var(&f.target, "to", 0, "prune down to `n` bytes (0: everything)")
+			fs.StringVar(&f.root, "root", service.DefaultRoot, "the snapshotter's root `dir`, read for the images in use when no snapshotter runs")
+			fs.Var(&f.target, "to", "prune down to `size`: bytes, or with a unit (10G, 512MiB); 0: all that no image in use needs")
+			fs.BoolVar(&f.json, "json", false, "print JSON")
 			return f
 		},
 		run: func(ctx context.Context, e *env, vals any, args []string) error {
@@ -67,20 +79,26 @@ func pruneCommand() *command {
 			if len(args) != 0 {
 				return usagef("takes no arguments")
 			}
-			if f.target < 0 {
-				return usagef("-to must not be negative")
+			if f.target == service.SizeAuto {
+				return usagef("-to takes a size, not auto")
 			}
-			r, err := service.Prune(ctx, f.dir, f.target, newLogger(e))
+			r, err := service.Prune(ctx, f.dir, f.root, int64(f.target), newLogger(e))
 			if err != nil {
 				return err
 			}
-			fmt.Fprintf(e.stdout, "pruned %d objects, %s\n", r.Objects, humanBytes(r.Bytes))
+			if f.json {
+				enc := json.NewEncoder(e.stdout)
+				enc.SetIndent("", "  ")
+				return enc.Encode(r)
+			}
+			service.WritePrune(e.stdout, f.dir, r)
 			return nil
 		},
 	}
 }
 
 type pruneFlags struct {
-	dir    string
-	target int64
+	dir, root string
+	target    service.Size
+	json      bool
 }

@@ -77,7 +77,7 @@ func Mount(ctx context.Context, cfg MountConfig, mounts []MountPoint, log *slog.
 		}
 		servers = append(servers, srv)
 	}
-	if err := n.serve(func() []*daemon.Image { return images }); err != nil {
+	if err := n.serve(func() []*daemon.Image { return images }, nil); err != nil {
 		return err
 	}
 

@@ -102,8 +102,20 @@ func (n *node) prefetchOptions() (*daemon.PrefetchOptions, *daemon.FillOptions) 
 }
 
 // serve starts what reports on the images open (listed by images): the metrics, when
-// set, and the stats file; close stops them.
-func (n *node) serve(images func() []*daemon.Image) error {
+// set, and the stats file; and the admin socket, whose prunes keep what the images and
+// the remote snapshots (labels listed by remote; nil: none) use. Close stops them.
+func (n *node) serve(images func() []*daemon.Image, remote func() []map[string]string) error {
+	err := n.serveAdmin(func() ([]daemon.LayerUse, []*daemon.Image, []string) {
+		var labels []map[string]string
+		if remote != nil {
+			labels = remote()
+		}
+		uses, problems := remoteUses(labels)
+		return uses, images(), problems
+	})
+	if err != nil {
+		return err
+	}
 	n.profiles.SetImages(images)
 	if n.cfg.MetricsAddr != "" {
 		stop, err := serveMetrics(n.cfg.MetricsAddr, slices.Concat(n.store.Collectors(), n.client.Collectors(), n.profiles.Collectors()), n.log)

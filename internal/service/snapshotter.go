@@ -69,7 +69,7 @@ func Serve(ctx context.Context, cfg Config, log *slog.Logger) error {
 		}
 		return lfs.Warm(ctx, r.Ref, r.Digest, r.MediaType, r.Manifest, r.Profile)
 	})
-	if err := n.serve(lfs.Images); err != nil {
+	if err := n.serve(lfs.Images, sn.Remote); err != nil {
 		return err
 	}
 	if cfg.DebugAddr != "" {

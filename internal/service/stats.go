@@ -77,20 +77,6 @@ func profileUsed(p daemon.PrefetchStats) string {
 	return fmt.Sprintf("none (policy %s: %s)", policy, p.Why)
 }
 
-// Prune removes content no mount uses from the store at dir, down to target bytes (0:
-// everything it can).
-func Prune(ctx context.Context, dir string, target int64, log *slog.Logger) (store.PruneResult, error) {
-	if target < 0 {
-		return store.PruneResult{}, errors.New("-to must not be negative")
-	}
-	st, err := store.Open(dir, store.WithLogger(log))
-	if err != nil {
-		return store.PruneResult{}, err
-	}
-	defer st.Close()
-	return st.Prune(ctx, target)
-}
-
 // VerifyStore hashes every object of the store at dir and every chunk location in them,
 // removes what does not match its digest, and writes the counts to w; damaged: it removed
 // something.

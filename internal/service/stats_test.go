@@ -51,10 +51,10 @@ func TestPruneVerifyStore(t *testing.T) {
 	}
 	st.Close()
 	ctx := context.Background()
-	if _, err := Prune(ctx, dir, -1, discard()); err == nil {
+	if _, err := Prune(ctx, dir, t.TempDir(), -1, discard()); err == nil {
 		t.Error("Prune to -1 bytes: no error")
 	}
-	if _, err := Prune(ctx, dir, 0, discard()); err != nil {
+	if _, err := Prune(ctx, dir, t.TempDir(), 0, discard()); err != nil {
 		t.Errorf("Prune: %v", err)
 	}
 	var b bytes.Buffer

@@ -71,6 +71,9 @@ func (s *Store) Changes() uint64 { return s.changes.Load() }
 type Keep struct {
 	Files []File
 	Meta  []format.Digest
+	// AllMeta keeps every manifest and index: for a prune that cannot tell which images
+	// are in use.
+	AllMeta bool
 }
 
 // PruneKeeping is Prune that also leaves what keep names, pinned for the prune's time.
@@ -92,6 +95,12 @@ func (s *Store) PruneKeeping(ctx context.Context, target int64, keep Keep) (Prun
 				bump(s.filePins, loc.obj.digest, 1)
 				holders = append(holders, loc.obj.digest)
 			}
+		}
+	}
+	if keep.AllMeta {
+		keep.Meta = keep.Meta[:len(keep.Meta):len(keep.Meta)]
+		for d := range s.metas {
+			keep.Meta = append(keep.Meta, d)
 		}
 	}
 	for _, d := range keep.Meta {
