@@ -130,9 +130,9 @@ func (f *SnapshotFS) Usage(ctx context.Context, mountpoint string, labels map[st
 
 // KeepInUse is what a prune of st leaves for the layers in use (uses: the remote
 // snapshots') and the images open: their manifests, their layers' indexes and the content
-// of their files. problems lists, one line each, what could not be read, and so is not
-// kept beyond what a lease pins.
-func KeepInUse(st *store.Store, uses []LayerUse, images []*Image) (keep store.Keep, problems []string) {
+// of their files; layers counts the layers kept. problems lists, one line each, what could
+// not be read, and so is not kept beyond what a lease pins.
+func KeepInUse(st *store.Store, uses []LayerUse, images []*Image) (keep store.Keep, layers int, problems []string) {
 	seenMeta := map[format.Digest]bool{}
 	addMeta := func(d format.Digest) {
 		if !seenMeta[d] {
@@ -175,7 +175,7 @@ func KeepInUse(st *store.Store, uses []LayerUse, images []*Image) (keep store.Ke
 		}
 		addLayer(desc, ix)
 	}
-	return keep, problems
+	return keep, len(seenLayer), problems
 }
 
 // storedLayer reads u's layer descriptor from its image manifest, and its index, from the

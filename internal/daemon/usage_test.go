@@ -118,9 +118,9 @@ func TestUsage(t *testing.T) {
 	if !ok {
 		t.Fatalf("no use in %v", labels)
 	}
-	keep, problems := KeepInUse(f.store, []LayerUse{u}, nil)
-	if len(problems) != 0 {
-		t.Fatal(problems)
+	keep, layers, problems := KeepInUse(f.store, []LayerUse{u}, nil)
+	if len(problems) != 0 || layers != 1 {
+		t.Fatal(layers, problems)
 	}
 	st := f.store.Stats()
 	if _, err := f.store.PruneKeeping(ctx, 0, keep); err != nil {
@@ -133,7 +133,7 @@ func TestUsage(t *testing.T) {
 	if _, err := f.store.Prune(ctx, 0); err != nil {
 		t.Fatal(err)
 	}
-	if _, problems := KeepInUse(f.store, []LayerUse{u}, nil); len(problems) != 1 {
+	if _, layers, problems := KeepInUse(f.store, []LayerUse{u}, nil); len(problems) != 1 || layers != 0 {
 		t.Errorf("problems %v, want the manifest missing", problems)
 	}
 }

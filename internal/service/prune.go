@@ -47,7 +47,7 @@ type PruneReport struct {
 	Before int64 `json:"before"`
 	After  int64 `json:"after"`
 	// Layers counts the layers in use (remote snapshots, layers of open images) whose
-	// index and content were kept; Images the images open.
+	// index and content were kept, each once; Images the images open.
 	Layers int `json:"layers"`
 	Images int `json:"images"`
 	// AllMeta, when not "", says why every manifest and index was kept.
@@ -76,12 +76,8 @@ func remoteUses(labels []map[string]string) (uses []daemon.LayerUse, problems []
 // pruneStore prunes st down to target bytes, keeping what use says is in use.
 func pruneStore(ctx context.Context, st *store.Store, target int64, use inUse) (PruneReport, error) {
 	uses, images, problems := use()
-	keep, more := daemon.KeepInUse(st, uses, images)
-	r := PruneReport{Before: st.Stats().Bytes, Images: len(images), Problems: append(problems, more...)}
-	r.Layers = len(uses)
-	for _, im := range images {
-		r.Layers += len(im.Layers)
-	}
+	keep, layers, more := daemon.KeepInUse(st, uses, images)
+	r := PruneReport{Before: st.Stats().Bytes, Layers: layers, Images: len(images), Problems: append(problems, more...)}
 	res, err := st.PruneKeeping(ctx, target, keep)
 	r.PruneResult, r.After = res, st.Stats().Bytes
 	return r, err

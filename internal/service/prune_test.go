@@ -44,15 +44,15 @@ func TestPruneAsksHolder(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if r.Holder != os.Getpid() || r.Objects != 1 || r.Before <= r.After || r.Layers != 1 || len(r.Problems) != 2 {
-		t.Errorf("prune by the holder: %+v; want one manifest pruned, one layer kept and two problems", r)
+	if r.Holder != os.Getpid() || r.Objects != 1 || r.Before <= r.After || r.Layers != 0 || len(r.Problems) != 2 {
+		t.Errorf("prune by the holder: %+v; want one manifest pruned, no layer found to keep, two problems", r)
 	}
 	if !n.store.HasMeta(used) || n.store.HasMeta(unused) {
 		t.Error("the manifest in use was pruned, or the other kept")
 	}
 	var b bytes.Buffer
 	WritePrune(&b, dir, r)
-	for _, want := range []string{"pruned 1 objects", "holding the store (pid", "kept the manifests, indexes and content of 1 layers", "not kept: layer", "not kept: remote snapshot by-tag"} {
+	for _, want := range []string{"pruned 1 objects", "holding the store (pid", "kept the manifests, indexes and content of 0 layers", "not kept: layer", "not kept: remote snapshot by-tag"} {
 		if !strings.Contains(b.String(), want) {
 			t.Errorf("report %q lacks %q", b.String(), want)
 		}
