@@ -7,7 +7,12 @@ import (
 	"strings"
 	"testing"
 
+	"github.com/containerd/containerd/v2/core/snapshots"
+	"github.com/containerd/containerd/v2/pkg/namespaces"
+	"github.com/containerd/errdefs"
+
 	"lazypull/internal/daemon"
+	"lazypull/internal/snapshot"
 	"lazypull/internal/store"
 )
 
@@ -76,5 +81,53 @@ func TestPruneAsksHolder(t *testing.T) {
 	defer st.Close()
 	if _, err := Prune(ctx, dir, t.TempDir(), 0, discard()); err == nil || !strings.Contains(err.Error(), "answers no prune") {
 		t.Errorf("prune of a store held without an admin socket: %v", err)
+	}
+}
+
+// nopFS is a snapshot.FileSystem that mounts nothing: the remote snapshots it makes exist
+// in the snapshotter's metadata only.
+type nopFS struct{}
+
+func (nopFS) Mount(context.Context, string, map[string]string) error { return nil }
+func (nopFS) Check(context.Context, string, map[string]string) error { return nil }
+func (nopFS) Unmount(context.Context, string) error                  { return nil }
+func (nopFS) Usage(context.Context, string, map[string]string) (int64, int64, error) {
+	return 0, 0, nil
+}
+
+// TestPruneReadsSnapshotterMetadata: with no process holding the store, prune keeps what
+// the stopped snapshotter's remote snapshots name.
+func TestPruneReadsSnapshotterMetadata(t *testing.T) {
+	if os.Geteuid() != 0 {
+		t.Skip("SKIP: needs root (the snapshotter's overlayfs checks)")
+	}
+	dir, root := t.TempDir(), t.TempDir()
+	st, err := store.Open(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	used, _ := st.PutMeta([]byte(`{"schemaVersion":2,"layers":[]}`))
+	unused, _ := st.PutMeta([]byte(`{"schemaVersion":2,"config":{}}`))
+	st.Close()
+	ctx := namespaces.WithNamespace(context.Background(), "test")
+	sn, err := snapshot.New(root, nopFS{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	labels := map[string]string{snapshots.LabelSnapshotRef: "layer1",
+		daemon.LabelCRIImageRef: "registry.test/app:v1", daemon.LabelCRIManifestDigest: used.String(),
+		daemon.LabelCRILayerDigest: "sha256:" + strings.Repeat("3", 64)}
+	if _, err := sn.Prepare(ctx, "extract", "", snapshots.WithLabels(labels)); !errdefs.IsAlreadyExists(err) {
+		t.Fatalf("remote snapshot: %v", err)
+	}
+	sn.Close()
+	r, err := Prune(ctx, dir, root, 0, discard())
+	if err != nil || r.Holder != 0 || r.AllMeta != "" || r.Objects != 1 || len(r.Problems) != 1 {
+		t.Fatalf("prune with the snapshotter stopped: %+v, %v", r, err)
+	}
+	st, _ = store.Open(dir)
+	defer st.Close()
+	if !st.HasMeta(used) || st.HasMeta(unused) {
+		t.Error("the manifest a remote snapshot names was pruned, or the other kept")
 	}
 }
