@@ -151,6 +151,12 @@ func TestCRIImageVolumeIsLazy(t *testing.T) {
 	want := rangeSums(t, weights, offs, rangeMiB)
 	read := int64(len(offs)*rangeMiB) << 20
 
+	// A profile is recorded by running the image's own program: a model image has none,
+	// and `lazypull profile` says so (the reads of a volume come from another container).
+	if r := e.lazypull(t, "profile", "--plain-http", "--runtime", "chroot", "--no-push", "--duration", "5s", model); r.code == 0 || !strings.Contains(r.stderr, "no entrypoint or command") {
+		t.Errorf("lazypull profile of the model image: exit %d, stderr %q; want a failure naming the missing command", r.code, r.stderr)
+	}
+
 	// The container's image is the plain python image: unpacked in full by containerd, it
 	// fetches nothing through lazypull, so all lazypull fetches are the volume's.
 	reader := fmt.Sprintf("%s/e2e/python-%d:plain", e.registry, os.Getpid())
