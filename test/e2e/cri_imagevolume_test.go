@@ -218,6 +218,27 @@ func TestCRIImageVolumeIsLazy(t *testing.T) {
 		t.Errorf("image volume: fetched %d bytes for %d read; want at least what was read and at most 1.2x that plus the index (%d)", st.Fetch.Bytes, read, limit)
 	}
 
+	// The volume is an active lazypull snapshot keyed by its mount point under CRI's
+	// image-volumes directory, and goes with the pod.
+	if n := s.imageVolumeSnapshots(t); n != 1 {
+		t.Errorf("%d lazypull snapshots of image volumes while the pod runs, want 1", n)
+	}
 	s.crictl(t, "stopp", podID)
 	s.crictl(t, "rmp", podID)
+	if n := s.imageVolumeSnapshots(t); n != 0 {
+		t.Errorf("%d lazypull snapshots of image volumes left after rmp", n)
+	}
+}
+
+// imageVolumeSnapshots counts CRI's active lazypull snapshots of image volumes: their keys
+// are the volumes' mount points, under CRI's image-volumes directory.
+func (s *snapshotterEnv) imageVolumeSnapshots(t *testing.T) int {
+	t.Helper()
+	n := 0
+	for _, line := range strings.Split(s.ctr(t, criNamespace, "snapshots", "--snapshotter", "lazypull", "ls"), "\n") {
+		if f := strings.Fields(line); len(f) > 0 && strings.Contains(f[0], "/image-volumes/") && f[len(f)-1] == "Active" {
+			n++
+		}
+	}
+	return n
 }
