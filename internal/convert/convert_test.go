@@ -25,6 +25,7 @@ import (
 	"github.com/google/go-containerregistry/pkg/v1/types"
 
 	"lazypull/format"
+	"lazypull/internal/ocilayout"
 	"lazypull/internal/testutil"
 )
 
@@ -139,10 +140,10 @@ func TestConvertRandomImageLayoutToRegistry(t *testing.T) {
 	}
 	img := randomImage(t, 2, 2)
 	other := randomImage(t, 3, 1)
-	if err := p.AppendImage(other, layout.WithAnnotations(map[string]string{annotationRefName: "other"})); err != nil {
+	if err := p.AppendImage(other, layout.WithAnnotations(map[string]string{ocilayout.AnnotationRefName: "other"})); err != nil {
 		t.Fatal(err)
 	}
-	if err := p.AppendImage(img, layout.WithAnnotations(map[string]string{annotationRefName: "v2"})); err != nil {
+	if err := p.AppendImage(img, layout.WithAnnotations(map[string]string{ocilayout.AnnotationRefName: "v2"})); err != nil {
 		t.Fatal(err)
 	}
 	dst := newRegistry(t, nil) + "/from/layout:v2"

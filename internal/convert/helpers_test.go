@@ -25,6 +25,7 @@ import (
 	"github.com/klauspost/compress/zstd"
 
 	"lazypull/format"
+	"lazypull/internal/ocilayout"
 	"lazypull/internal/testutil"
 )
 
@@ -220,6 +221,11 @@ func pushFixtures(t *testing.T, ref string, root []byte, mt types.MediaType, fs 
 	}
 }
 
+// blobPath is where the OCI layout at dir keeps the blob h.
+func blobPath(dir string, h v1.Hash) string {
+	return filepath.Join(dir, "blobs", h.Algorithm, h.Hex)
+}
+
 // writeFixtures writes fixtures into an OCI layout at dir and tags root as tag.
 func writeFixtures(t *testing.T, dir, tag string, root []byte, mt types.MediaType, fs ...*fixture) {
 	t.Helper()
@@ -239,11 +245,11 @@ func writeFixtures(t *testing.T, dir, tag string, root []byte, mt types.MediaTyp
 		put(f.manifest)
 	}
 	put(root)
-	if err := os.WriteFile(filepath.Join(dir, "oci-layout"), []byte(ociLayoutFile), 0o644); err != nil {
+	if err := os.WriteFile(filepath.Join(dir, "oci-layout"), []byte(`{"imageLayoutVersion":"1.0.0"}`), 0o644); err != nil {
 		t.Fatal(err)
 	}
 	idx := v1.IndexManifest{SchemaVersion: 2, MediaType: types.OCIImageIndex, Manifests: []v1.Descriptor{{
-		MediaType: mt, Digest: sha(root), Size: int64(len(root)), Annotations: map[string]string{annotationRefName: tag},
+		MediaType: mt, Digest: sha(root), Size: int64(len(root)), Annotations: map[string]string{ocilayout.AnnotationRefName: tag},
 	}}}
 	b, _ := json.Marshal(idx)
 	if err := os.WriteFile(filepath.Join(dir, "index.json"), b, 0o644); err != nil {
@@ -254,13 +260,13 @@ func writeFixtures(t *testing.T, dir, tag string, root []byte, mt types.MediaTyp
 // layoutTags lists the tags in dir/index.json; none if there is no layout.
 func layoutTags(t *testing.T, dir string) []string {
 	t.Helper()
-	idx, err := readLayoutIndex(dir)
+	idx, err := ocilayout.At(dir).Index()
 	if err != nil {
 		return nil
 	}
 	var tags []string
 	for _, d := range idx.Manifests {
-		tags = append(tags, d.Annotations[annotationRefName])
+		tags = append(tags, d.Annotations[ocilayout.AnnotationRefName])
 	}
 	return tags
 }

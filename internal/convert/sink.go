@@ -1,13 +1,10 @@
 package convert
 
 import (
-	"bytes"
 	"context"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
-	"io/fs"
 	"net/http"
 	"os"
 	"path/filepath"
@@ -17,6 +14,8 @@ import (
 	v1 "github.com/google/go-containerregistry/pkg/v1"
 	"github.com/google/go-containerregistry/pkg/v1/remote"
 	"github.com/google/go-containerregistry/pkg/v1/types"
+
+	"lazypull/internal/ocilayout"
 )
 
 // sink is where a converted image is written. Convert calls putBlob for every blob, then
@@ -101,35 +100,28 @@ func (l *blobLayer) Compressed() (io.ReadCloser, error)   { return l.open() }
 func (l *blobLayer) DiffID() (v1.Hash, error)             { return v1.Hash{}, errNotUncompressed }
 func (l *blobLayer) Uncompressed() (io.ReadCloser, error) { return nil, errNotUncompressed }
 
-// layoutSink writes to a directory in OCI image layout, creating it if needed. Blobs are
-// written to a temp file and renamed into place; index.json is replaced atomically at the end.
+// layoutSink writes to a directory in OCI image layout, creating it if needed. The layout
+// (internal/ocilayout) checks every blob against its descriptor and renames it into place,
+// and replaces index.json atomically at the end.
 type layoutSink struct {
 	loc location
 }
 
-const ociLayoutFile = `{"imageLayoutVersion":"1.0.0"}`
+func (s *layoutSink) layout() *ocilayout.Layout { return ocilayout.At(s.loc.dir) }
 
 func (s *layoutSink) check(context.Context) error {
-	dir := s.loc.dir
-	blobs := filepath.Join(dir, "blobs", "sha256")
-	if err := os.MkdirAll(blobs, 0o755); err != nil {
-		return fmt.Errorf("create OCI layout: %w", err)
-	}
-	if _, err := os.Stat(filepath.Join(dir, "oci-layout")); errors.Is(err, fs.ErrNotExist) {
-		if err := writeFileAtomic(filepath.Join(dir, "oci-layout"), []byte(ociLayoutFile)); err != nil {
-			return fmt.Errorf("create OCI layout: %w", err)
-		}
-	} else if err != nil {
+	l := s.layout()
+	if err := l.Init(); err != nil {
 		return err
 	}
 	// An index.json we could not update later is better found now.
-	if _, err := os.Stat(filepath.Join(dir, "index.json")); err == nil {
-		if _, err := readLayoutIndex(dir); err != nil {
+	if l.HasIndex() {
+		if _, err := l.Index(); err != nil {
 			return err
 		}
 	}
 	// Root ignores permission bits, so try a write rather than look at them.
-	f, err := os.CreateTemp(blobs, ".probe-*")
+	f, err := os.CreateTemp(filepath.Join(s.loc.dir, "blobs", "sha256"), ".probe-*")
 	if err != nil {
 		return fmt.Errorf("OCI layout not writable: %w", err)
 	}
@@ -138,26 +130,16 @@ func (s *layoutSink) check(context.Context) error {
 }
 
 func (s *layoutSink) putBlob(_ context.Context, desc v1.Descriptor, open func() (io.ReadCloser, error)) error {
-	path := blobPath(s.loc.dir, desc.Digest)
-	if fi, err := os.Stat(path); err == nil && fi.Mode().IsRegular() && fi.Size() == desc.Size {
+	l := s.layout()
+	if l.HasBlob(desc) {
 		return nil // content-addressed: already there
-	}
-	if err := os.MkdirAll(filepath.Dir(path), 0o755); err != nil {
-		return err
 	}
 	rc, err := open()
 	if err != nil {
 		return err
 	}
 	defer rc.Close()
-	vr, err := newVerifyReader(rc, desc, nil)
-	if err != nil {
-		return err
-	}
-	if err := writeFileAtomicFrom(path, vr); err != nil {
-		return fmt.Errorf("write blob %s: %w", desc.Digest, err)
-	}
-	return nil
+	return l.WriteBlob(desc, rc)
 }
 
 func (s *layoutSink) putManifest(ctx context.Context, desc v1.Descriptor, raw []byte) error {
@@ -168,77 +150,5 @@ func (s *layoutSink) tag(ctx context.Context, desc v1.Descriptor, raw []byte) er
 	if err := s.putManifest(ctx, desc, raw); err != nil {
 		return err
 	}
-	idx := &v1.IndexManifest{SchemaVersion: 2, MediaType: types.OCIImageIndex}
-	if _, err := os.Stat(filepath.Join(s.loc.dir, "index.json")); err == nil {
-		if idx, err = readLayoutIndex(s.loc.dir); err != nil {
-			return err
-		}
-	}
-	kept := idx.Manifests[:0]
-	for _, d := range idx.Manifests {
-		if d.Annotations[annotationRefName] != s.loc.tag {
-			kept = append(kept, d)
-		}
-	}
-	entry := v1.Descriptor{
-		MediaType:   desc.MediaType,
-		Digest:      desc.Digest,
-		Size:        desc.Size,
-		Annotations: map[string]string{annotationRefName: s.loc.tag},
-	}
-	idx.Manifests = append(kept, entry)
-	b, err := json.MarshalIndent(idx, "", "  ")
-	if err != nil {
-		return err
-	}
-	if err := writeFileAtomic(filepath.Join(s.loc.dir, "index.json"), append(b, '\n')); err != nil {
-		return fmt.Errorf("update index.json: %w", err)
-	}
-	return nil
-}
-
-// writeFileAtomic replaces path with data: temp file, fsync, rename, fsync of the directory.
-// Every blob goes through it, so by the time index.json names a manifest, all it refers to is
-// durable.
-func writeFileAtomic(path string, data []byte) error {
-	return writeFileAtomicFrom(path, bytes.NewReader(data))
-}
-
-func writeFileAtomicFrom(path string, r io.Reader) (err error) {
-	dir := filepath.Dir(path)
-	f, err := os.CreateTemp(dir, "."+filepath.Base(path)+".tmp-*")
-	if err != nil {
-		return err
-	}
-	defer func() {
-		if err != nil {
-			f.Close()
-			os.Remove(f.Name())
-		}
-	}()
-	if _, err = io.Copy(f, r); err != nil {
-		return err
-	}
-	if err = f.Chmod(0o644); err != nil {
-		return err
-	}
-	if err = f.Sync(); err != nil {
-		return err
-	}
-	if err = f.Close(); err != nil {
-		return err
-	}
-	if err = os.Rename(f.Name(), path); err != nil {
-		return err
-	}
-	return syncDir(dir)
-}
-
-func syncDir(dir string) error {
-	d, err := os.Open(dir)
-	if err != nil {
-		return err
-	}
-	defer d.Close()
-	return d.Sync()
+	return s.layout().Tag(v1.Descriptor{MediaType: desc.MediaType, Digest: desc.Digest, Size: desc.Size}, s.loc.tag)
 }

@@ -3,19 +3,15 @@ package convert
 import (
 	"bytes"
 	"context"
-	"encoding/json"
-	"errors"
 	"fmt"
 	"io"
-	"io/fs"
-	"os"
-	"path/filepath"
-	"sort"
 	"strings"
 
 	"github.com/google/go-containerregistry/pkg/name"
 	v1 "github.com/google/go-containerregistry/pkg/v1"
 	"github.com/google/go-containerregistry/pkg/v1/remote"
+
+	"lazypull/internal/ocilayout"
 )
 
 // source is where an image is read from. Everything it returns is checked by the caller
@@ -75,25 +71,15 @@ type layoutSource struct {
 	loc location
 }
 
-// annotationRefName is the index.json annotation that carries a layout's tags.
-const annotationRefName = "org.opencontainers.image.ref.name"
+func (s *layoutSource) layout() *ocilayout.Layout { return ocilayout.At(s.loc.dir) }
 
 func (s *layoutSource) root(ctx context.Context) (v1.Descriptor, []byte, error) {
-	idx, err := readLayoutIndex(s.loc.dir)
+	idx, err := s.layout().Index()
 	if err != nil {
 		return v1.Descriptor{}, nil, err
 	}
-	var found []v1.Descriptor
-	var tags []string
-	for _, d := range idx.Manifests {
-		ref, ok := d.Annotations[annotationRefName]
-		if ok {
-			tags = append(tags, ref)
-		}
-		if ok && ref == s.loc.tag {
-			found = append(found, d)
-		}
-	}
+	found := ocilayout.Tagged(idx, s.loc.tag)
+	tags := ocilayout.Tags(idx)
 	// A layout written without tags (ggcr's layout.Write, for one) is still usable when it
 	// holds exactly one manifest and no tag was asked for.
 	if len(found) == 0 && !s.loc.tagGiven && len(idx.Manifests) == 1 && len(tags) == 0 {
@@ -101,7 +87,6 @@ func (s *layoutSource) root(ctx context.Context) (v1.Descriptor, []byte, error) 
 	}
 	switch {
 	case len(found) == 0:
-		sort.Strings(tags)
 		have := "no tagged manifests"
 		if len(tags) > 0 {
 			have = "tags: " + strings.Join(tags, ", ")
@@ -129,34 +114,5 @@ func (s *layoutSource) manifest(ctx context.Context, desc v1.Descriptor) ([]byte
 }
 
 func (s *layoutSource) blob(_ context.Context, desc v1.Descriptor) (io.ReadCloser, error) {
-	f, err := os.Open(blobPath(s.loc.dir, desc.Digest))
-	if errors.Is(err, fs.ErrNotExist) {
-		return nil, fmt.Errorf("blob %s missing from %s: %w", desc.Digest, s.loc.dir, err)
-	}
-	return f, err
-}
-
-// blobPath is where a layout keeps a blob. v1.Hash only ever holds a known algorithm and hex
-// digits, so the result cannot leave dir.
-func blobPath(dir string, h v1.Hash) string {
-	return filepath.Join(dir, "blobs", h.Algorithm, h.Hex)
-}
-
-// readLayoutIndex reads and parses dir/index.json.
-func readLayoutIndex(dir string) (*v1.IndexManifest, error) {
-	b, err := os.ReadFile(filepath.Join(dir, "index.json"))
-	if err != nil {
-		if errors.Is(err, fs.ErrNotExist) {
-			if _, serr := os.Stat(dir); serr != nil {
-				return nil, fmt.Errorf("no OCI layout at %s: %w", dir, serr)
-			}
-			return nil, fmt.Errorf("no OCI layout at %s: index.json missing", dir)
-		}
-		return nil, err
-	}
-	var idx v1.IndexManifest
-	if err := json.Unmarshal(b, &idx); err != nil {
-		return nil, fmt.Errorf("parse %s: %w", filepath.Join(dir, "index.json"), err)
-	}
-	return &idx, nil
+	return s.layout().Blob(desc.Digest)
 }

@@ -78,6 +78,7 @@ const (
 	unixsock       = "internal/unixsock"
 	jsonlimit      = "internal/jsonlimit"
 	imagebuild     = "internal/imagebuild"
+	ocilayout      = "internal/ocilayout"
 	testutil       = "internal/testutil"
 	layertest      = "internal/testutil/layertest"
 	lazypullBinary = "cmd/lazypull"
@@ -174,8 +175,8 @@ func allowed() map[string]rule {
 
 		// Converts an image: reads and writes whole blobs and manifests with
 		// go-containerregistry (fetch is the lazy read path, by range), writes layers with
-		// format, lays them out by a profile.
-		convert: {ours: []string{format, profile}, ext: []string{ggcr, compress, xsync}},
+		// format, lays them out by a profile; reads and writes OCI layouts with ocilayout.
+		convert: {ours: []string{format, profile, ocilayout}, ext: []string{ggcr, compress, xsync}},
 
 		// The profile document, its recorder, the pack and Push (a write: fetch only reads,
 		// so it pushes with go-containerregistry). What it plans is in terms of the layer
@@ -224,7 +225,13 @@ func allowed() map[string]rule {
 		benchBinary: {ours: []string{bench}, ext: []string{xterm}},
 
 		// Packs rootfs directories into OCI layouts for test images; tools and tests only.
-		imagebuild: {ext: []string{compress, xsync, xsys}},
+		// The layout itself is ocilayout's (ggcr's v1 types at its API).
+		imagebuild: {ours: []string{ocilayout}, ext: []string{ggcr, compress, xsync, xsys}},
+
+		// OCI image layout directories, read and written: the one implementation of
+		// convert, imagebuild and the tools. Bounds index.json with jsonlimit, speaks ggcr's
+		// v1 types, locks a layout with flock (x/sys).
+		ocilayout: {ours: []string{jsonlimit}, ext: []string{ggcr, xsys}},
 
 		// What tests share (random bytes, log capture, waits, tar builders, an in-process
 		// registry): imported by _test.go files only (checkFlow checks that nothing's own

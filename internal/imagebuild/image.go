@@ -5,6 +5,7 @@
 package imagebuild
 
 import (
+	"bytes"
 	"crypto/sha256"
 	"encoding/hex"
 	"encoding/json"
@@ -12,14 +13,15 @@ import (
 	"fmt"
 	"hash"
 	"io"
-	"os"
-	"path/filepath"
 	"runtime"
-	"slices"
 	"time"
 
+	v1 "github.com/google/go-containerregistry/pkg/v1"
+	"github.com/google/go-containerregistry/pkg/v1/types"
 	"github.com/klauspost/compress/gzip"
 	"golang.org/x/sync/errgroup"
+
+	"lazypull/internal/ocilayout"
 )
 
 // Media types and annotations of the OCI image spec.
@@ -28,7 +30,7 @@ const (
 	MediaTypeManifest  = "application/vnd.oci.image.manifest.v1+json"
 	MediaTypeConfig    = "application/vnd.oci.image.config.v1+json"
 	MediaTypeLayerGzip = "application/vnd.oci.image.layer.v1.tar+gzip"
-	AnnotationRefName  = "org.opencontainers.image.ref.name"
+	AnnotationRefName  = ocilayout.AnnotationRefName
 )
 
 // Options describes the image Build writes.
@@ -91,12 +93,6 @@ type manifest struct {
 	Layers        []Descriptor `json:"layers"`
 }
 
-type index struct {
-	SchemaVersion int          `json:"schemaVersion"`
-	MediaType     string       `json:"mediaType,omitempty"`
-	Manifests     []Descriptor `json:"manifests"`
-}
-
 type imageConfig struct {
 	Created      *time.Time      `json:"created,omitempty"`
 	Architecture string          `json:"architecture"`
@@ -144,11 +140,8 @@ func Build(outDir string, layerDirs []string, opts Options) (*Result, error) {
 	if opts.GzipLevel == 0 {
 		opts.GzipLevel = gzip.DefaultCompression
 	}
-	blobDir := filepath.Join(outDir, "blobs", "sha256")
-	if err := os.MkdirAll(blobDir, 0o755); err != nil {
-		return nil, fmt.Errorf("imagebuild: create layout: %w", err)
-	}
-	if err := writeFileAtomic(filepath.Join(outDir, "oci-layout"), []byte(`{"imageLayoutVersion":"1.0.0"}`)); err != nil {
+	lay := ocilayout.At(outDir)
+	if err := lay.Init(); err != nil {
 		return nil, fmt.Errorf("imagebuild: %w", err)
 	}
 
@@ -157,7 +150,7 @@ func Build(outDir string, layerDirs []string, opts Options) (*Result, error) {
 	g.SetLimit(runtime.GOMAXPROCS(0))
 	for i, dir := range layerDirs {
 		g.Go(func() error {
-			l, err := writeLayerBlob(blobDir, dir, LayerOptions{Overlay: i > 0}, opts.GzipLevel)
+			l, err := writeLayerBlob(lay, dir, LayerOptions{Overlay: i > 0}, opts.GzipLevel)
 			if err != nil {
 				return fmt.Errorf("imagebuild: layer %d: %w", i, err)
 			}
@@ -192,59 +185,34 @@ func Build(outDir string, layerDirs []string, opts Options) (*Result, error) {
 		mf.Layers = append(mf.Layers, l.Descriptor)
 	}
 	var err error
-	if res.Config, err = writeJSONBlob(blobDir, MediaTypeConfig, cfg); err != nil {
+	if res.Config, err = writeJSONBlob(lay, MediaTypeConfig, cfg); err != nil {
 		return nil, fmt.Errorf("imagebuild: config: %w", err)
 	}
 	mf.Config = res.Config
-	if res.Manifest, err = writeJSONBlob(blobDir, MediaTypeManifest, mf); err != nil {
+	if res.Manifest, err = writeJSONBlob(lay, MediaTypeManifest, mf); err != nil {
 		return nil, fmt.Errorf("imagebuild: manifest: %w", err)
 	}
 	res.Manifest.Annotations = map[string]string{AnnotationRefName: opts.Tag}
 	res.Manifest.Platform = &Platform{Architecture: opts.Architecture, OS: opts.OS, Variant: variant}
 
-	if err := updateIndex(outDir, res.Manifest, opts.Tag); err != nil {
+	mdesc, err := res.Manifest.v1()
+	if err != nil {
+		return nil, fmt.Errorf("imagebuild: %w", err)
+	}
+	if err := lay.Tag(mdesc, opts.Tag); err != nil {
 		return nil, fmt.Errorf("imagebuild: %w", err)
 	}
 	return res, nil
 }
 
-// updateIndex adds desc to outDir/index.json, replacing any entry with the same tag.
-func updateIndex(outDir string, desc Descriptor, tag string) error {
-	p := filepath.Join(outDir, "index.json")
-	idx := index{SchemaVersion: 2, MediaType: MediaTypeIndex}
-	data, err := os.ReadFile(p)
-	switch {
-	case err == nil:
-		if err := json.Unmarshal(data, &idx); err != nil {
-			return fmt.Errorf("parse existing %s: %w", p, err)
-		}
-	case !errors.Is(err, os.ErrNotExist):
-		return fmt.Errorf("read index: %w", err)
-	}
-	idx.Manifests = slices.DeleteFunc(idx.Manifests, func(d Descriptor) bool {
-		return d.Annotations[AnnotationRefName] == tag
-	})
-	idx.Manifests = append(idx.Manifests, desc)
-	out, err := json.Marshal(idx)
+// writeLayerBlob writes dir as a gzip layer blob into the layout.
+func writeLayerBlob(lay *ocilayout.Layout, dir string, lopts LayerOptions, level int) (*Layer, error) {
+	w, err := lay.NewBlob()
 	if err != nil {
-		return fmt.Errorf("encode index: %w", err)
+		return nil, err
 	}
-	return writeFileAtomic(p, out)
-}
-
-// writeLayerBlob writes dir as a gzip layer blob into blobDir.
-func writeLayerBlob(blobDir, dir string, lopts LayerOptions, level int) (*Layer, error) {
-	tmp, err := os.CreateTemp(blobDir, ".layer-*")
-	if err != nil {
-		return nil, fmt.Errorf("create temp blob: %w", err)
-	}
-	defer func() {
-		tmp.Close()
-		os.Remove(tmp.Name()) // no-op once renamed
-	}()
-
-	compressed := newDigester(tmp)
-	zw, err := gzip.NewWriterLevel(compressed, level)
+	defer w.Close()
+	zw, err := gzip.NewWriterLevel(w, level)
 	if err != nil {
 		return nil, fmt.Errorf("gzip writer: %w", err)
 	}
@@ -255,58 +223,46 @@ func writeLayerBlob(blobDir, dir string, lopts LayerOptions, level int) (*Layer,
 	if err := zw.Close(); err != nil {
 		return nil, fmt.Errorf("finish gzip: %w", err)
 	}
-	if err := tmp.Chmod(0o644); err != nil {
-		return nil, fmt.Errorf("write blob: %w", err)
-	}
-	if err := tmp.Close(); err != nil {
-		return nil, fmt.Errorf("write blob: %w", err)
-	}
-	digest := compressed.digest()
-	if err := os.Rename(tmp.Name(), filepath.Join(blobDir, digest[len("sha256:"):])); err != nil {
+	digest, size, err := w.Commit()
+	if err != nil {
 		return nil, fmt.Errorf("store blob: %w", err)
 	}
 	return &Layer{
-		Descriptor:       Descriptor{MediaType: MediaTypeLayerGzip, Digest: digest, Size: compressed.n},
+		Descriptor:       Descriptor{MediaType: MediaTypeLayerGzip, Digest: digest.String(), Size: size},
 		DiffID:           uncompressed.digest(),
 		UncompressedSize: uncompressed.n,
 		Dir:              dir,
 	}, nil
 }
 
-func writeJSONBlob(blobDir, mediaType string, v any) (Descriptor, error) {
+func writeJSONBlob(lay *ocilayout.Layout, mediaType string, v any) (Descriptor, error) {
 	data, err := json.Marshal(v)
 	if err != nil {
 		return Descriptor{}, fmt.Errorf("encode: %w", err)
 	}
 	sum := sha256.Sum256(data)
-	hexSum := hex.EncodeToString(sum[:])
-	if err := writeFileAtomic(filepath.Join(blobDir, hexSum), data); err != nil {
+	d := Descriptor{MediaType: mediaType, Digest: "sha256:" + hex.EncodeToString(sum[:]), Size: int64(len(data))}
+	desc, err := d.v1()
+	if err != nil {
 		return Descriptor{}, err
 	}
-	return Descriptor{MediaType: mediaType, Digest: "sha256:" + hexSum, Size: int64(len(data))}, nil
+	if err := lay.WriteBlob(desc, bytes.NewReader(data)); err != nil {
+		return Descriptor{}, err
+	}
+	return d, nil
 }
 
-func writeFileAtomic(p string, data []byte) error {
-	tmp, err := os.CreateTemp(filepath.Dir(p), ".tmp-*")
+// v1 is d as go-containerregistry's descriptor.
+func (d Descriptor) v1() (v1.Descriptor, error) {
+	h, err := v1.NewHash(d.Digest)
 	if err != nil {
-		return fmt.Errorf("write %s: %w", p, err)
+		return v1.Descriptor{}, err
 	}
-	defer os.Remove(tmp.Name())
-	if _, err := tmp.Write(data); err != nil {
-		tmp.Close()
-		return fmt.Errorf("write %s: %w", p, err)
+	out := v1.Descriptor{MediaType: types.MediaType(d.MediaType), Digest: h, Size: d.Size, Annotations: d.Annotations}
+	if d.Platform != nil {
+		out.Platform = &v1.Platform{Architecture: d.Platform.Architecture, OS: d.Platform.OS, Variant: d.Platform.Variant}
 	}
-	if err := tmp.Chmod(0o644); err != nil {
-		tmp.Close()
-		return fmt.Errorf("write %s: %w", p, err)
-	}
-	if err := tmp.Close(); err != nil {
-		return fmt.Errorf("write %s: %w", p, err)
-	}
-	if err := os.Rename(tmp.Name(), p); err != nil {
-		return fmt.Errorf("write %s: %w", p, err)
-	}
-	return nil
+	return out, nil
 }
 
 // digester passes writes through to w while hashing and counting them.

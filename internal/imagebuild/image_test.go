@@ -159,6 +159,13 @@ func TestBuildDeterministic(t *testing.T) {
 	}
 }
 
+// index is index.json as these tests read it.
+type index struct {
+	SchemaVersion int          `json:"schemaVersion"`
+	MediaType     string       `json:"mediaType,omitempty"`
+	Manifests     []Descriptor `json:"manifests"`
+}
+
 func TestBuildUpdatesIndex(t *testing.T) {
 	base, upper := testLayers(t)
 	layout := filepath.Join(t.TempDir(), "img")
