@@ -13,6 +13,8 @@ import (
 	"strconv"
 	"strings"
 	"time"
+
+	"lazypull/internal/ocilayout"
 )
 
 // BarConfig is what the bar benchmarks (convert, mount, snapshotter: one bar or a few of
@@ -168,7 +170,7 @@ func (b *bar) testImage(ctx context.Context) (string, error) {
 		return "", err
 	}
 	src := filepath.Join(b.cfg.TestImages, "python")
-	if _, err := os.Stat(filepath.Join(src, "index.json")); err != nil {
+	if !ocilayout.At(src).HasIndex() {
 		return "", fmt.Errorf("no OCI layout at %s", src)
 	}
 	return src, nil

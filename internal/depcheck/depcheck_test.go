@@ -218,7 +218,8 @@ func allowed() map[string]rule {
 		// The harness of cmd/lazypull-bench: parses recorded profiles, finds the FUSE mounts
 		// a run left behind (fusefs.MountsUnder) to clean them up, and reads process CPU
 		// and mounts from the kernel (x/sys) for the mount and snapshotter bars.
-		bench: {ours: []string{fusefs, profile}, ext: []string{ggcr, ximage, xsys}},
+		// ocilayout says whether the test image's layout is there.
+		bench: {ours: []string{fusefs, profile, ocilayout}, ext: []string{ggcr, ximage, xsys}},
 
 		// The benchmark binary, apart from the product: flags over internal/bench, and a
 		// terminal check for its progress lines.
@@ -248,8 +249,8 @@ func allowed() map[string]rule {
 		"test/e2e": {},
 
 		// Tools of the tests and benchmarks, each a main package.
-		"tools/addlayer":  {ours: []string{imagebuild}, ext: []string{ggcr}},
-		"tools/indexsize": {ours: []string{format}, ext: []string{compress}},
+		"tools/addlayer":  {ours: []string{imagebuild, ocilayout}, ext: []string{ggcr}},
+		"tools/indexsize": {ours: []string{format, ocilayout}, ext: []string{ggcr, compress}},
 		"tools/mkimage":   {ours: []string{imagebuild}},
 		"tools/pause":     {},
 	}

@@ -17,14 +17,12 @@ import (
 	"strings"
 
 	v1 "github.com/google/go-containerregistry/pkg/v1"
-	"github.com/google/go-containerregistry/pkg/v1/empty"
-	"github.com/google/go-containerregistry/pkg/v1/layout"
-	"github.com/google/go-containerregistry/pkg/v1/match"
 	"github.com/google/go-containerregistry/pkg/v1/mutate"
 	"github.com/google/go-containerregistry/pkg/v1/tarball"
 	"github.com/google/go-containerregistry/pkg/v1/types"
 
 	"lazypull/internal/imagebuild"
+	"lazypull/internal/ocilayout"
 )
 
 func main() {
@@ -66,42 +64,35 @@ func run() error {
 	if err != nil {
 		return fmt.Errorf("add layer: %w", err)
 	}
-	p, err := layout.FromPath(dstDir)
-	if err != nil {
-		if p, err = layout.Write(dstDir, empty.Index); err != nil {
-			return fmt.Errorf("create layout %s: %w", dstDir, err)
-		}
-	}
-	ann := map[string]string{imagebuild.AnnotationRefName: dstTag}
-	if err := p.ReplaceImage(img, match.Annotation(imagebuild.AnnotationRefName, dstTag), layout.WithAnnotations(ann)); err != nil {
-		return fmt.Errorf("write %s:%s: %w", dstDir, dstTag, err)
-	}
-	d, err := img.Digest()
-	if err != nil {
+	out := ocilayout.At(dstDir)
+	if err := out.Init(); err != nil {
 		return err
 	}
-	fmt.Fprintf(os.Stderr, "%s:%s %s (%s:%s + %s)\n", dstDir, dstTag, d, srcDir, srcTag, flag.Arg(0))
+	desc, err := out.WriteImage(img)
+	if err != nil {
+		return fmt.Errorf("write %s:%s: %w", dstDir, dstTag, err)
+	}
+	if err := out.Tag(desc, dstTag); err != nil {
+		return fmt.Errorf("write %s:%s: %w", dstDir, dstTag, err)
+	}
+	fmt.Fprintf(os.Stderr, "%s:%s %s (%s:%s + %s)\n", dstDir, dstTag, desc.Digest, srcDir, srcTag, flag.Arg(0))
 	return nil
 }
 
 // imageByTag finds the image that the layout at dir tags tag.
 func imageByTag(dir, tag string) (v1.Image, error) {
-	p, err := layout.FromPath(dir)
+	lay := ocilayout.At(dir)
+	idx, err := lay.Index()
 	if err != nil {
 		return nil, fmt.Errorf("layout %s: %w", dir, err)
 	}
-	idx, err := p.ImageIndex()
+	found := ocilayout.Tagged(idx, tag)
+	if len(found) == 0 {
+		return nil, fmt.Errorf("layout %s: no image tagged %q", dir, tag)
+	}
+	img, err := lay.Image(found[0])
 	if err != nil {
 		return nil, fmt.Errorf("layout %s: %w", dir, err)
 	}
-	m, err := idx.IndexManifest()
-	if err != nil {
-		return nil, fmt.Errorf("layout %s: %w", dir, err)
-	}
-	for _, d := range m.Manifests {
-		if d.Annotations[imagebuild.AnnotationRefName] == tag {
-			return idx.Image(d.Digest)
-		}
-	}
-	return nil, fmt.Errorf("layout %s: no image tagged %q", dir, tag)
+	return img, nil
 }

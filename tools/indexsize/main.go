@@ -49,15 +49,17 @@ import (
 	"hash"
 	"io"
 	"os"
-	"path/filepath"
 	"strconv"
 	"strings"
 	"text/tabwriter"
 
+	v1 "github.com/google/go-containerregistry/pkg/v1"
+	"github.com/google/go-containerregistry/pkg/v1/types"
 	"github.com/klauspost/compress/gzip"
 	"github.com/klauspost/compress/zstd"
 
 	"lazypull/format"
+	"lazypull/internal/ocilayout"
 )
 
 func main() {
@@ -378,10 +380,6 @@ type descriptor struct {
 	Annotations map[string]string `json:"annotations"`
 }
 
-type indexJSON struct {
-	Manifests []descriptor `json:"manifests"`
-}
-
 type manifestJSON struct {
 	MediaType string       `json:"mediaType"`
 	Manifests []descriptor `json:"manifests"` // an image index
@@ -395,59 +393,49 @@ type configJSON struct {
 	} `json:"rootfs"`
 }
 
-func blobPath(dir, digest string) (string, error) {
-	alg, hexd, ok := strings.Cut(digest, ":")
-	if !ok || alg != "sha256" || len(hexd) != 64 {
-		return "", fmt.Errorf("digest %q: want sha256:<64 hex digits>", digest)
+// v1 is d as go-containerregistry's descriptor; its digest must parse.
+func (d descriptor) v1() (v1.Descriptor, error) {
+	h, err := v1.NewHash(d.Digest)
+	if err != nil {
+		return v1.Descriptor{}, fmt.Errorf("digest %q: %w", d.Digest, err)
 	}
-	if _, err := hex.DecodeString(hexd); err != nil {
-		return "", fmt.Errorf("digest %q: %w", digest, err)
-	}
-	return filepath.Join(dir, "blobs", alg, hexd), nil
+	return v1.Descriptor{MediaType: types.MediaType(d.MediaType), Digest: h, Size: d.Size, Annotations: d.Annotations}, nil
 }
 
-func readJSON(dir, digest string, v any) error {
-	p, err := blobPath(dir, digest)
+// readJSON reads the blob d names, checked against it, into v.
+func readJSON(lay *ocilayout.Layout, d descriptor, v any) error {
+	desc, err := d.v1()
 	if err != nil {
 		return err
 	}
-	b, err := os.ReadFile(p)
+	b, err := lay.ReadBlob(desc)
 	if err != nil {
 		return err
-	}
-	if got := fmt.Sprintf("sha256:%x", sha256.Sum256(b)); got != digest {
-		return fmt.Errorf("blob %s hashes to %s", digest, got)
 	}
 	return json.Unmarshal(b, v)
 }
 
 // layoutImage finds the manifest tagged tag (any tag when the layout has one image).
-func layoutImage(dir, tag string) (*manifestJSON, error) {
-	b, err := os.ReadFile(filepath.Join(dir, "index.json"))
+func layoutImage(lay *ocilayout.Layout, tag string) (*manifestJSON, error) {
+	ix, err := lay.Index()
 	if err != nil {
 		return nil, err
 	}
-	var ix indexJSON
-	if err := json.Unmarshal(b, &ix); err != nil {
-		return nil, fmt.Errorf("index.json: %w", err)
-	}
-	var found []descriptor
-	for _, d := range ix.Manifests {
-		if tag == "" || d.Annotations["org.opencontainers.image.ref.name"] == tag {
-			found = append(found, d)
-		}
+	found := ix.Manifests
+	if tag != "" {
+		found = ocilayout.Tagged(ix, tag)
 	}
 	switch {
 	case len(found) == 0 && tag != "":
-		return nil, fmt.Errorf("no image tagged %q in %s", tag, dir)
+		return nil, fmt.Errorf("no image tagged %q in %s", tag, lay.Dir())
 	case len(found) != 1:
-		return nil, fmt.Errorf("%s holds %d images; give DIR:TAG", dir, len(found))
+		return nil, fmt.Errorf("%s holds %d images; give DIR:TAG", lay.Dir(), len(found))
 	}
-	d := found[0]
+	d := descriptor{MediaType: string(found[0].MediaType), Digest: found[0].Digest.String(), Size: found[0].Size}
 	// An image index with one manifest (a single-platform index) is followed to it.
 	for depth := 0; ; depth++ {
 		var m manifestJSON
-		if err := readJSON(dir, d.Digest, &m); err != nil {
+		if err := readJSON(lay, d, &m); err != nil {
 			return nil, fmt.Errorf("manifest %s: %w", d.Digest, err)
 		}
 		if len(m.Manifests) == 0 {
@@ -465,12 +453,13 @@ func layoutRows(spec string) ([]row, error) {
 	if i := strings.LastIndex(spec, ":"); i >= 0 && !strings.Contains(spec[i+1:], "/") {
 		dir, tag = spec[:i], spec[i+1:]
 	}
-	m, err := layoutImage(dir, tag)
+	lay := ocilayout.At(dir)
+	m, err := layoutImage(lay, tag)
 	if err != nil {
 		return nil, fmt.Errorf("layout %s: %w", spec, err)
 	}
 	var cfg configJSON
-	if err := readJSON(dir, m.Config.Digest, &cfg); err != nil {
+	if err := readJSON(lay, m.Config, &cfg); err != nil {
 		return nil, fmt.Errorf("layout %s: config %s: %w", spec, m.Config.Digest, err)
 	}
 	if len(cfg.RootFS.DiffIDs) != len(m.Layers) {
@@ -478,7 +467,7 @@ func layoutRows(spec string) ([]row, error) {
 	}
 	var rows []row
 	for i, l := range m.Layers {
-		r, err := layerRow(dir, l, cfg.RootFS.DiffIDs[i])
+		r, err := layerRow(lay, l, cfg.RootFS.DiffIDs[i])
 		if err != nil {
 			return nil, fmt.Errorf("layout %s: layer %d (%s): %w", spec, i, l.Digest, err)
 		}
@@ -488,13 +477,13 @@ func layoutRows(spec string) ([]row, error) {
 	return rows, nil
 }
 
-func layerRow(dir string, l descriptor, diffID string) (row, error) {
+func layerRow(lay *ocilayout.Layout, l descriptor, diffID string) (row, error) {
 	r := row{digest: l.Digest, entries: -1, chunks: -1, meta: -1, metaRaw: -1, sha256s: -1}
-	p, err := blobPath(dir, l.Digest)
+	desc, err := l.v1()
 	if err != nil {
 		return r, err
 	}
-	f, err := os.Open(p)
+	f, err := lay.Blob(desc.Digest)
 	if err != nil {
 		return r, err
 	}
