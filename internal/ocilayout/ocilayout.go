@@ -79,7 +79,7 @@ func (l *Layout) Index() (*v1.IndexManifest, error) {
 	if err != nil {
 		return nil, err
 	}
-	return l.parseIndex(b)
+	return parseIndex(b, filepath.Join(l.dir, indexFile))
 }
 
 // readIndex reads index.json, at most MaxIndexSize bytes of it.
@@ -106,14 +106,14 @@ func (l *Layout) readIndex() ([]byte, error) {
 	return b, nil
 }
 
-func (l *Layout) parseIndex(b []byte) (*v1.IndexManifest, error) {
-	p := filepath.Join(l.dir, indexFile)
-	if err := jsonlimit.Check(b, p); err != nil {
+// parseIndex parses index.json, named name in errors.
+func parseIndex(b []byte, name string) (*v1.IndexManifest, error) {
+	if err := jsonlimit.Check(b, name); err != nil {
 		return nil, err
 	}
 	var idx v1.IndexManifest
 	if err := json.Unmarshal(b, &idx); err != nil {
-		return nil, fmt.Errorf("parse %s: %w", p, err)
+		return nil, fmt.Errorf("parse %s: %w", name, err)
 	}
 	return &idx, nil
 }
@@ -155,17 +155,33 @@ func (l *Layout) Tag(desc v1.Descriptor, tag string) error {
 	}
 	defer unlock()
 
-	out := indexJSON{SchemaVersion: 2, MediaType: types.OCIImageIndex}
+	p := filepath.Join(l.dir, indexFile)
+	var old []byte
 	if l.HasIndex() {
-		b, err := l.readIndex()
-		if err != nil {
+		if old, err = l.readIndex(); err != nil {
 			return err
 		}
-		if _, err := l.parseIndex(b); err != nil { // what Index refuses, Tag does too
-			return err
+	}
+	b, err := updateIndex(old, desc, tag, p)
+	if err != nil {
+		return err
+	}
+	if err := writeFileAtomic(p, b); err != nil {
+		return fmt.Errorf("update index.json: %w", err)
+	}
+	return nil
+}
+
+// updateIndex returns index.json old (nil: none yet) with desc tagged tag; name is its name
+// in errors.
+func updateIndex(old []byte, desc v1.Descriptor, tag, name string) ([]byte, error) {
+	out := indexJSON{SchemaVersion: 2, MediaType: types.OCIImageIndex}
+	if old != nil {
+		if _, err := parseIndex(old, name); err != nil { // what Index refuses, Tag does too
+			return nil, err
 		}
-		if err := json.Unmarshal(b, &out); err != nil {
-			return fmt.Errorf("parse %s: %w", filepath.Join(l.dir, indexFile), err)
+		if err := json.Unmarshal(old, &out); err != nil {
+			return nil, fmt.Errorf("parse %s: %w", name, err)
 		}
 	}
 	kept := out.Manifests[:0]
@@ -174,7 +190,7 @@ func (l *Layout) Tag(desc v1.Descriptor, tag string) error {
 			Annotations map[string]string `json:"annotations"`
 		}
 		if err := json.Unmarshal(raw, &d); err != nil {
-			return fmt.Errorf("parse %s: %w", filepath.Join(l.dir, indexFile), err)
+			return nil, fmt.Errorf("parse %s: %w", name, err)
 		}
 		if ref, ok := d.Annotations[AnnotationRefName]; !ok || ref != tag {
 			kept = append(kept, raw)
@@ -182,17 +198,19 @@ func (l *Layout) Tag(desc v1.Descriptor, tag string) error {
 	}
 	entry, err := json.Marshal(entryOf(desc, tag))
 	if err != nil {
-		return err
+		return nil, err
 	}
 	out.Manifests = append(kept, entry)
 	b, err := json.Marshal(out)
 	if err != nil {
-		return err
+		return nil, err
 	}
-	if err := writeFileAtomic(filepath.Join(l.dir, indexFile), b); err != nil {
-		return fmt.Errorf("update index.json: %w", err)
+	// Compacting may leave too many objects for Index's bound (an index padded with
+	// blanks): refuse rather than write what Index would then refuse.
+	if err := jsonlimit.Check(b, "new "+name); err != nil {
+		return nil, err
 	}
-	return nil
+	return b, nil
 }
 
 // indexJSON is index.json as Tag rewrites it: the entries it keeps stay as they were, fields
@@ -202,6 +220,8 @@ type indexJSON struct {
 	MediaType     types.MediaType   `json:"mediaType,omitempty"`
 	Manifests     []json.RawMessage `json:"manifests"`
 	Annotations   map[string]string `json:"annotations,omitempty"`
+	Subject       json.RawMessage   `json:"subject,omitempty"`
+	ArtifactType  string            `json:"artifactType,omitempty"`
 }
 
 // entry is a descriptor with its fields in the OCI image spec's order (v1.Descriptor puts
