@@ -1,15 +1,15 @@
 package fusefs
 
 import (
-	"bytes"
 	"compress/gzip"
-	"encoding/json"
 	"fmt"
 	"io"
 	"os"
 	"path/filepath"
 	"strings"
 	"testing"
+
+	"lazypull/internal/ocilayout"
 )
 
 // TestDebianImage runs the comparisons on the test image scripts/build-test-image.sh builds
@@ -40,39 +40,40 @@ func TestDebianImage(t *testing.T) {
 // imageLayers reads the uncompressed layer tars of the image of an OCI layout.
 func imageLayers(t *testing.T, layout string) [][]byte {
 	t.Helper()
-	blob := func(digest string) []byte {
-		b, err := os.ReadFile(filepath.Join(layout, "blobs", strings.Replace(digest, ":", "/", 1)))
-		if err != nil {
-			t.Fatal(err)
-		}
-		return b
+	lay := ocilayout.At(layout)
+	idx, err := lay.Index()
+	if err != nil || len(idx.Manifests) == 0 {
+		t.Fatalf("index.json: %v", err)
 	}
-	var index struct{ Manifests []struct{ Digest string } }
-	b, err := os.ReadFile(filepath.Join(layout, "index.json"))
+	img, err := lay.Image(idx.Manifests[0])
 	if err != nil {
 		t.Fatal(err)
 	}
-	if err := json.Unmarshal(b, &index); err != nil || len(index.Manifests) == 0 {
-		t.Fatalf("index.json: %v", err)
-	}
-	var manifest struct {
-		Layers []struct{ MediaType, Digest string }
-	}
-	if err := json.Unmarshal(blob(index.Manifests[0].Digest), &manifest); err != nil {
+	layers, err := img.Layers()
+	if err != nil {
 		t.Fatal(err)
 	}
 	var out [][]byte
-	for _, l := range manifest.Layers {
-		if !strings.HasSuffix(l.MediaType, "+gzip") {
-			t.Fatalf("layer %s: media type %s, want gzip", l.Digest, l.MediaType)
+	for _, l := range layers {
+		d, _ := l.Digest()
+		if mt, _ := l.MediaType(); !strings.HasSuffix(string(mt), "+gzip") {
+			t.Fatalf("layer %s: media type %s, want gzip", d, mt)
 		}
-		zr, err := gzip.NewReader(bytes.NewReader(blob(l.Digest)))
+		rc, err := l.Compressed() // checked against its digest as it is read
+		if err != nil {
+			t.Fatal(err)
+		}
+		zr, err := gzip.NewReader(rc)
 		if err != nil {
 			t.Fatal(err)
 		}
 		tb, err := io.ReadAll(zr)
+		if err == nil {
+			_, err = io.Copy(io.Discard, rc) // the gzip trailer read, the digest is checked
+		}
+		rc.Close()
 		if err != nil {
-			t.Fatal(fmt.Errorf("layer %s: %w", l.Digest, err))
+			t.Fatal(fmt.Errorf("layer %s: %w", d, err))
 		}
 		out = append(out, tb)
 	}
