@@ -11,26 +11,30 @@ import (
 	"lazypull/internal/testutil"
 )
 
-func needFUSE(t *testing.T) {
+// mountWarm mounts warmFixture's layer at a new directory, unmounted when the test ends,
+// and returns the file system, the layer's labels and the mount point. It needs root and
+// /dev/fuse.
+func mountWarm(t *testing.T) (*SnapshotFS, map[string]string, string) {
 	t.Helper()
 	if _, err := os.Stat("/dev/fuse"); err != nil || os.Geteuid() != 0 {
 		t.Skip("SKIP: needs root and /dev/fuse")
 	}
+	f, ref, img, d, _ := warmFixture(t)
+	labels := labelsOf(t, ref, img, d)
+	mp := t.TempDir()
+	if err := f.Mount(context.Background(), mp, labels); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { f.Unmount(context.Background(), mp) })
+	return f, labels, mp
 }
 
 // TestUnmountReleasesImage: the image of a mounted layer holds its pins in the store; when
 // its last layer is unmounted (the snapshot removed), the image is closed and forgotten,
 // what it pinned may be pruned, and a mount after opens it again.
 func TestUnmountReleasesImage(t *testing.T) {
-	needFUSE(t)
 	ctx := context.Background()
-	f, ref, img, d, _ := warmFixture(t)
-	labels := labelsOf(t, ref, img, d)
-	mp := t.TempDir()
-	if err := f.Mount(ctx, mp, labels); err != nil {
-		t.Fatal(err)
-	}
-	defer f.Unmount(ctx, mp)
+	f, labels, mp := mountWarm(t)
 	if b, err := os.ReadFile(filepath.Join(mp, "bin/app")); err != nil || string(b) != strings.Repeat("app", 5000) {
 		t.Fatalf("read through the mount: %v", err)
 	}
@@ -84,15 +88,8 @@ func TestUnmountReleasesImage(t *testing.T) {
 // then also the content read; an unmounted one (after a restart) is counted from the
 // store's metadata; KeepInUse keeps all of it.
 func TestUsage(t *testing.T) {
-	needFUSE(t)
 	ctx := context.Background()
-	f, ref, img, d, _ := warmFixture(t)
-	labels := labelsOf(t, ref, img, d)
-	mp := t.TempDir()
-	if err := f.Mount(ctx, mp, labels); err != nil {
-		t.Fatal(err)
-	}
-	defer f.Unmount(ctx, mp)
+	f, labels, mp := mountWarm(t)
 	f.Images()[0].waitKept()
 	before, n, err := f.Usage(ctx, mp, labels)
 	if err != nil || before <= 0 || n != 1 {
