@@ -130,7 +130,7 @@ func (c *converter) rewrite(ctx context.Context, j *layerJob, vr *verifyReader, 
 			return nil, ctx.Err()
 		}
 		// A damaged blob is the cause, even when format.Write tripped over it first.
-		if verr := vr.finish(); verr != nil {
+		if verr := vr.Finish(); verr != nil {
 			return nil, verr
 		}
 		return nil, fmt.Errorf("write lazypull layer: %w", err)
@@ -141,7 +141,7 @@ func (c *converter) rewrite(ctx context.Context, j *layerJob, vr *verifyReader, 
 	} else if n > 0 {
 		return nil, fmt.Errorf("write lazypull layer: %d bytes of the tar stream left unread", n)
 	}
-	if err := vr.finish(); err != nil {
+	if err := vr.Finish(); err != nil {
 		return nil, err
 	}
 	for _, want := range j.diffIDs {
@@ -206,7 +206,7 @@ func (d *decoder) blame(err error) error {
 	if errors.Is(err, context.Canceled) || errors.Is(err, context.DeadlineExceeded) || d.kind == uncompressed {
 		return err
 	}
-	if verr := d.vr.finish(); verr != nil {
+	if verr := d.vr.Finish(); verr != nil {
 		return verr
 	}
 	return fmt.Errorf("%w %s: %w", ErrCorrupt, d.kind, err)
@@ -250,7 +250,7 @@ func (c *converter) rewriteLaidOut(ctx context.Context, j *layerJob, vr *verifyR
 		}
 		return nil, fmt.Errorf("spool the tar stream to %s: %w", spool.Name(), err)
 	}
-	if err := vr.finish(); err != nil {
+	if err := vr.Finish(); err != nil {
 		return nil, err
 	}
 	diffID := "sha256:" + hex.EncodeToString(h.Sum(nil))

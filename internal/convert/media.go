@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"lazypull/internal/ocilayout"
 	"strings"
 
 	"github.com/google/go-containerregistry/pkg/v1/types"
@@ -17,11 +18,12 @@ var (
 	ErrUnsupportedMediaType = errors.New("unsupported media type")
 	// ErrCorrupt: a layer's bytes do not decompress as its media type says they should.
 	ErrCorrupt = errors.New("corrupt")
-	// ErrTruncated: a blob ended before the size its descriptor gives.
-	ErrTruncated = errors.New("truncated blob")
+	// ErrTruncated: a blob ended before the size its descriptor gives (ocilayout's, which
+	// checks every blob read).
+	ErrTruncated = ocilayout.ErrTruncated
 	// ErrDigestMismatch: a blob's bytes do not hash to its descriptor's digest (or are longer
 	// than its size), or a layer does not decompress to the diff ID its config lists.
-	ErrDigestMismatch = errors.New("digest mismatch")
+	ErrDigestMismatch = ocilayout.ErrDigestMismatch
 )
 
 // mediaTypeNondistributableZstd is the one non-distributable OCI layer type ggcr has no constant for.

@@ -1,6 +1,7 @@
 package ocilayout
 
 import (
+	"context"
 	"crypto/sha256"
 	"encoding/hex"
 	"errors"
@@ -57,7 +58,7 @@ func (l *Layout) ReadBlob(desc v1.Descriptor) ([]byte, error) {
 		return nil, err
 	}
 	defer f.Close()
-	vr, err := newVerifyReader(f, desc)
+	vr, err := NewVerifyReader(f, desc, nil)
 	if err != nil {
 		return nil, err
 	}
@@ -97,7 +98,7 @@ func (l *Layout) WriteBlob(desc v1.Descriptor, r io.Reader) error {
 	if err != nil {
 		return err
 	}
-	vr, err := newVerifyReader(r, desc)
+	vr, err := NewVerifyReader(r, desc, nil)
 	if err != nil {
 		return err
 	}
@@ -220,18 +221,23 @@ func syncDir(dir string) error {
 	return d.Sync()
 }
 
-// verifyReader passes a blob through while checking it against its descriptor: exactly
-// desc.Size bytes that hash to desc.Digest. A failure is returned in place of io.EOF.
-type verifyReader struct {
-	r    io.Reader
-	h    hash.Hash
-	want v1.Hash
-	size int64
-	n    int64
-	err  error // sticky
+// VerifyReader passes a blob through while checking it against its descriptor: exactly
+// desc.Size bytes that hash to desc.Digest. A failure (ErrDigestMismatch, ErrTruncated) is
+// returned from Read in place of io.EOF, so nothing downstream mistakes a bad blob for a
+// good one, and is remembered for Err.
+type VerifyReader struct {
+	r      io.Reader
+	h      hash.Hash
+	want   v1.Hash
+	size   int64
+	n      int64
+	err    error         // sticky: io.EOF once verified, else the failure
+	onRead func(n int64) // optional; told the running byte count
 }
 
-func newVerifyReader(r io.Reader, desc v1.Descriptor) (*verifyReader, error) {
+// NewVerifyReader checks r against desc as it is read; onRead, when not nil, is told the
+// running byte count after each read.
+func NewVerifyReader(r io.Reader, desc v1.Descriptor, onRead func(int64)) (*VerifyReader, error) {
 	h, err := v1.Hasher(desc.Digest.Algorithm)
 	if err != nil {
 		return nil, fmt.Errorf("digest %s: %w", desc.Digest, err)
@@ -240,10 +246,10 @@ func newVerifyReader(r io.Reader, desc v1.Descriptor) (*verifyReader, error) {
 		return nil, fmt.Errorf("descriptor of %s has negative size %d", desc.Digest, desc.Size)
 	}
 	// One byte past the size is enough to tell a blob that is too long.
-	return &verifyReader{r: io.LimitReader(r, desc.Size+1), h: h, want: desc.Digest, size: desc.Size}, nil
+	return &VerifyReader{r: io.LimitReader(r, desc.Size+1), h: h, want: desc.Digest, size: desc.Size, onRead: onRead}, nil
 }
 
-func (v *verifyReader) Read(p []byte) (int, error) {
+func (v *VerifyReader) Read(p []byte) (int, error) {
 	if v.err != nil {
 		return 0, v.err
 	}
@@ -254,19 +260,51 @@ func (v *verifyReader) Read(p []byte) (int, error) {
 	}
 	v.h.Write(p[:n])
 	v.n += int64(n)
+	if v.onRead != nil && n > 0 {
+		v.onRead(v.n)
+	}
 	switch {
 	case err == nil:
 		return n, nil
 	case errors.Is(err, ErrDigestMismatch):
+	case errors.Is(err, context.Canceled), errors.Is(err, context.DeadlineExceeded):
 	case err == io.EOF && v.n < v.size:
 		err = fmt.Errorf("%w: blob %s: read %d of %d bytes", ErrTruncated, v.want, v.n, v.size)
-	case err == io.EOF:
-		if got := hex.EncodeToString(v.h.Sum(nil)); got != v.want.Hex {
-			err = fmt.Errorf("%w: blob hashes to %s:%s, descriptor says %s", ErrDigestMismatch, v.want.Algorithm, got, v.want)
+	case err == io.EOF || v.n == v.size:
+		// At the end (or at the end with an error from a lower, verifying reader): our own
+		// hash decides.
+		if got := v.Sum(); got != v.want {
+			err = fmt.Errorf("%w: blob hashes to %s, descriptor says %s", ErrDigestMismatch, got, v.want)
+		} else if err != io.EOF {
+			err = fmt.Errorf("read blob %s: %w", v.want, err)
 		}
 	default:
-		err = fmt.Errorf("blob %s: read %d of %d bytes: %w", v.want, v.n, v.size, err)
+		// The source failed part way through: a dropped connection, or a registry that
+		// sent fewer bytes than the descriptor promises.
+		err = fmt.Errorf("%w: blob %s: read %d of %d bytes: %w", ErrTruncated, v.want, v.n, v.size, err)
 	}
 	v.err = err
 	return n, err
+}
+
+// Sum is the digest of what was read so far.
+func (v *VerifyReader) Sum() v1.Hash {
+	return v1.Hash{Algorithm: v.want.Algorithm, Hex: hex.EncodeToString(v.h.Sum(nil))}
+}
+
+// Err reports why the blob failed verification, or nil if it has not (yet) failed.
+func (v *VerifyReader) Err() error {
+	if v.err == io.EOF {
+		return nil
+	}
+	return v.err
+}
+
+// Finish reads whatever the consumer left unread and reports whether the whole blob
+// verified.
+func (v *VerifyReader) Finish() error {
+	if _, err := io.Copy(io.Discard, v); err != nil {
+		return err
+	}
+	return v.Err()
 }

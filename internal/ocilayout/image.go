@@ -74,7 +74,7 @@ func (b *layer) Compressed() (io.ReadCloser, error) {
 	if err != nil {
 		return nil, err
 	}
-	vr, err := newVerifyReader(f, b.desc)
+	vr, err := NewVerifyReader(f, b.desc, nil)
 	if err != nil {
 		f.Close()
 		return nil, err
