@@ -1,0 +1,168 @@
+package gzindex
+
+import (
+	"bytes"
+	"compress/flate"
+	"crypto/sha256"
+	"errors"
+	"fmt"
+	"hash"
+	"hash/crc32"
+	"io"
+)
+
+// Build reads a gzip blob once, from start to end, and returns its index: a checkpoint at
+// the first deflate block boundary after every spanSize compressed bytes (and before a
+// span's output passes SoftSpanOut), each with the history needed to resume there and the
+// sha256 of the span's output. Every member's CRC-32 and size are checked. Memory stays
+// at a few hundred KiB plus the index. If out is not nil, it receives the uncompressed
+// stream as it is decoded (the one pass can read the tar too); spanSize <= 0 means
+// DefaultSpanSize.
+func Build(r io.Reader, spanSize int64, out io.Writer) (*Index, error) {
+	if spanSize <= 0 {
+		spanSize = DefaultSpanSize
+	}
+	b := &builder{
+		ix:   &Index{spanSize: spanSize},
+		span: sha256.New(),
+		crc:  crc32.NewIEEE(),
+		out:  out,
+	}
+	var err error
+	if b.zw, err = flate.NewWriter(&b.zbuf, flate.BestCompression); err != nil {
+		return nil, err
+	}
+	f := newInflater(nil, 0, r, b.write)
+	for member := 0; member == 0 || !f.br.atEOF(); member++ {
+		if err := b.member(f); err != nil {
+			return nil, fmt.Errorf("gzindex: member %d (compressed byte %d): %w", member, f.br.bitPos()/8, err)
+		}
+	}
+	b.ix.compressedSize = f.br.bitPos() / 8
+	b.ix.size = b.total
+	if b.total == 0 {
+		b.ix.points = nil
+	} else {
+		b.endSpan()
+	}
+	return b.ix, nil
+}
+
+// builder is Build's state: the index so far and the running digests.
+type builder struct {
+	ix        *Index
+	span      hash.Hash // sha256 of the current span's output
+	crc       hash.Hash32
+	out       io.Writer
+	total     int64 // output so far
+	memberOut int64 // output of the current member
+	zw        *flate.Writer
+	zbuf      bytes.Buffer
+}
+
+// write is the inflater's sink.
+func (b *builder) write(p []byte) error {
+	b.span.Write(p)
+	b.crc.Write(p)
+	b.total += int64(len(p))
+	b.memberOut += int64(len(p))
+	if n := len(b.ix.points); n > 0 && b.total-b.ix.points[n-1].out > MaxSpanOut {
+		return fmt.Errorf("a deflate block makes span %d longer than %d bytes", n-1, MaxSpanOut)
+	}
+	if b.out != nil {
+		if _, err := b.out.Write(p); err != nil {
+			return fmt.Errorf("writing uncompressed stream: %w", err)
+		}
+	}
+	return nil
+}
+
+// member decodes one gzip member, checkpointing at block boundaries.
+func (b *builder) member(f *inflater) error {
+	if err := f.header(); err != nil {
+		return err
+	}
+	b.crc.Reset()
+	b.memberOut = 0
+	for last := false; !last; {
+		if err := b.checkpoint(f); err != nil {
+			return err
+		}
+		var err error
+		if last, err = f.block(); err != nil {
+			return err
+		}
+	}
+	crc, size, err := f.trailer()
+	if err != nil {
+		return err
+	}
+	if crc != b.crc.Sum32() {
+		return corrupt("CRC-32 %08x, trailer says %08x", b.crc.Sum32(), crc)
+	}
+	if size != uint32(b.memberOut) {
+		return corrupt("size %d (mod 2^32), trailer says %d", uint32(b.memberOut), size)
+	}
+	return nil
+}
+
+// checkpoint records a checkpoint at the block boundary f is at, if one is due: the
+// first, then one a span size of input or SoftSpanOut of output after the last, provided
+// the span has output.
+func (b *builder) checkpoint(f *inflater) error {
+	bit := f.br.bitPos()
+	if n := len(b.ix.points); n > 0 {
+		last := b.ix.points[n-1]
+		if b.total == last.out || bit-last.bit < b.ix.spanSize*8 && b.total-last.out < SoftSpanOut {
+			return nil
+		}
+		b.endSpan()
+	}
+	w := f.window()
+	b.zbuf.Reset()
+	b.zw.Reset(&b.zbuf)
+	if _, err := b.zw.Write(w); err != nil {
+		return err
+	}
+	if err := b.zw.Close(); err != nil {
+		return err
+	}
+	if len(w) == 0 {
+		b.zbuf.Reset()
+	}
+	b.ix.points = append(b.ix.points, checkpoint{
+		bit:       bit,
+		out:       b.total,
+		windowLen: len(w),
+		window:    bytes.Clone(b.zbuf.Bytes()),
+	})
+	return nil
+}
+
+// endSpan gives the last checkpoint its span's digest.
+func (b *builder) endSpan() {
+	p := &b.ix.points[len(b.ix.points)-1]
+	b.span.Sum(p.digest[:0])
+	b.span.Reset()
+}
+
+// errNoWindow is wrapped when a checkpoint's stored window does not inflate to its length.
+var errNoWindow = errors.New("bad window")
+
+// inflateWindow returns checkpoint i's window, uncompressed.
+func (ix *Index) inflateWindow(i int) ([]byte, error) {
+	p := ix.points[i]
+	if p.windowLen == 0 {
+		return nil, nil
+	}
+	w := make([]byte, p.windowLen)
+	zr := flate.NewReader(bytes.NewReader(p.window))
+	defer zr.Close()
+	if _, err := io.ReadFull(zr, w); err != nil {
+		return nil, fmt.Errorf("%w: %v", errNoWindow, err)
+	}
+	if n, _ := zr.Read(make([]byte, 1)); n != 0 {
+		return nil, fmt.Errorf("%w: longer than %d bytes", errNoWindow, p.windowLen)
+	}
+	return w, nil
+}

@@ -1,0 +1,20 @@
+// Package gzindex gives random access into an unconverted gzip blob (an OCI tar+gzip
+// layer as any builder pushed it) through an index built in one streaming pass: zlib's
+// zran technique, in Go, with every byte served verified.
+//
+// Build reads the blob once and records a checkpoint at the first deflate block boundary
+// after every span of compressed bytes: the bit offset of the block, its offset in the
+// uncompressed stream, the 32 KiB of output before it (the history a match may reach,
+// stored raw-deflate-compressed), and the sha256 of the span's output up to the next
+// checkpoint. A Reader then serves any uncompressed range by fetching only the spans it
+// covers from an io.ReaderAt (a registry range fetcher), inflating each from its
+// checkpoint with this package's own inflater (compress/flate cannot start at a bit
+// offset), and checking each span's digest before serving a byte of it.
+//
+// Encode and Decode give the index a compact versioned binary form. Decode treats its
+// input as hostile: a trailing sha256, canonical varints, checkpoints in order within the
+// blob, spans within MaxSpanOut, and at most MemFactor times the input's size allocated.
+//
+// The package depends on the standard library only, as format does, so that a tool can
+// read these indexes without lazypull.
+package gzindex

@@ -1,0 +1,349 @@
+package gzindex
+
+import (
+	"bytes"
+	"compress/gzip"
+	"errors"
+	"fmt"
+	"io"
+	"math/rand/v2"
+	"os/exec"
+	"strings"
+	"sync/atomic"
+	"testing"
+)
+
+// corpus returns n bytes that exercise every deflate block type: text-like runs
+// (dynamic blocks, long matches), random bytes (stored blocks), zeros (matches at
+// distance 1) and short pieces (fixed blocks, from small members).
+func corpus(n int, seed uint64) []byte {
+	rng := rand.New(rand.NewPCG(seed, seed))
+	words := strings.Fields("the quick brown fox jumps over lazy dog import def class return self None " +
+		"usr lib python3 site packages __init__ py pyc so elf ld linux x86_64 gnu")
+	var b bytes.Buffer
+	for b.Len() < n {
+		switch rng.IntN(4) {
+		case 0, 1:
+			for range 200 + rng.IntN(4000) {
+				b.WriteString(words[rng.IntN(len(words))])
+				b.WriteByte(" \n/."[rng.IntN(4)])
+			}
+		case 2:
+			r := make([]byte, 1000+rng.IntN(100000))
+			for i := range r {
+				r[i] = byte(rng.Uint32())
+			}
+			b.Write(r)
+		default:
+			b.Write(make([]byte, rng.IntN(300000)))
+		}
+	}
+	return b.Bytes()[:n]
+}
+
+// gzipGo compresses with compress/gzip at level, with a header naming every optional field.
+func gzipGo(t testing.TB, p []byte, level int) []byte {
+	var b bytes.Buffer
+	zw, err := gzip.NewWriterLevel(&b, level)
+	if err != nil {
+		t.Fatal(err)
+	}
+	zw.Name, zw.Comment, zw.Extra = "layer.tar", "a comment", []byte("extra field")
+	if _, err := zw.Write(p); err != nil {
+		t.Fatal(err)
+	}
+	if err := zw.Close(); err != nil {
+		t.Fatal(err)
+	}
+	return b.Bytes()
+}
+
+// gzipCmd compresses with an external command (gzip, pigz), or skips.
+func gzipCmd(t testing.TB, p []byte, name string, args ...string) []byte {
+	if _, err := exec.LookPath(name); err != nil {
+		t.Skipf("%s not installed", name)
+	}
+	cmd := exec.Command(name, args...)
+	cmd.Stdin = bytes.NewReader(p)
+	out, err := cmd.Output()
+	if err != nil {
+		t.Fatalf("%s %v: %v", name, args, err)
+	}
+	return out
+}
+
+// gunzip decompresses every member with compress/gzip: the reference.
+func gunzip(t testing.TB, blob []byte) []byte {
+	zr, err := gzip.NewReader(bytes.NewReader(blob))
+	if err != nil {
+		t.Fatal(err)
+	}
+	out, err := io.ReadAll(zr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return out
+}
+
+// streams returns the gzip streams the round trips run on, by name.
+func streams(t *testing.T) map[string][]byte {
+	data := corpus(3<<20, 1)
+	small := corpus(5000, 2)
+	multi := slicesConcat(gzipGo(t, data[:1<<20], 6), gzipGo(t, nil, 6), gzipGo(t, small, 9),
+		gzipGo(t, data[1<<20:], 1), gzipGo(t, nil, 9))
+	s := map[string][]byte{
+		"go-1":         gzipGo(t, data, gzip.BestSpeed),
+		"go-9":         gzipGo(t, data, gzip.BestCompression),
+		"go-huffman":   gzipGo(t, data, gzip.HuffmanOnly),
+		"go-stored":    gzipGo(t, data[:200000], gzip.NoCompression),
+		"multi-member": multi,
+		"small":        gzipGo(t, small, 9),
+	}
+	for name, args := range map[string][]string{"gzip-1": {"-1", "-c"}, "gzip-9": {"-9", "-c", "-n"}} {
+		if _, err := exec.LookPath("gzip"); err == nil {
+			s[name] = gzipCmd(t, data, "gzip", args...)
+			s[name+"-small"] = gzipCmd(t, small, "gzip", args...)
+		}
+	}
+	if _, err := exec.LookPath("pigz"); err == nil {
+		s["pigz-p1"] = gzipCmd(t, data, "pigz", "-p", "1", "-c")
+		s["pigz-p4-b128"] = gzipCmd(t, data, "pigz", "-p", "4", "-b", "128", "-c")
+		s["pigz-p3-9"] = gzipCmd(t, data, "pigz", "-9", "-p", "3", "-c")
+	} else {
+		t.Log("pigz not installed: its streams are not tested")
+	}
+	return s
+}
+
+func slicesConcat(parts ...[]byte) []byte { return bytes.Join(parts, nil) }
+
+// countingReaderAt counts the bytes and the reads it serves.
+type countingReaderAt struct {
+	r            io.ReaderAt
+	bytes, reads atomic.Int64
+}
+
+func (c *countingReaderAt) ReadAt(p []byte, off int64) (int, error) {
+	c.reads.Add(1)
+	n, err := c.r.ReadAt(p, off)
+	c.bytes.Add(int64(n))
+	return n, err
+}
+
+func build(t testing.TB, blob []byte, span int64) (*Index, []byte) {
+	t.Helper()
+	var out bytes.Buffer
+	ix, err := Build(bytes.NewReader(blob), span, &out)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return ix, out.Bytes()
+}
+
+// TestRoundTrip builds the index of each stream, checks the pass's output and the
+// index's encoding, and reads at every offset class through the reader.
+func TestRoundTrip(t *testing.T) {
+	var types [3]int
+	for name, blob := range streams(t) {
+		t.Run(name, func(t *testing.T) {
+			want := gunzip(t, blob)
+			ix, out := build(t, blob, 64<<10)
+			if !bytes.Equal(out, want) {
+				t.Fatalf("build pass output (%d bytes) is not the stream (%d bytes)", len(out), len(want))
+			}
+			if ix.Size() != int64(len(want)) || ix.CompressedSize() != int64(len(blob)) {
+				t.Fatalf("sizes %d, %d; want %d, %d", ix.Size(), ix.CompressedSize(), len(want), len(blob))
+			}
+			enc := ix.Encode()
+			ix2, err := Decode(enc)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if !bytes.Equal(ix2.Encode(), enc) {
+				t.Fatal("decoded index encodes differently")
+			}
+			t.Logf("%d bytes -> %d compressed, %d spans, index %d bytes", len(want), len(blob), ix.NumSpans(), len(enc))
+			checkReads(t, ix2, blob, want)
+		})
+	}
+	// Every block type was decoded by some stream.
+	for _, blob := range streams(t) {
+		f := newInflater(nil, 0, bytes.NewReader(blob), func([]byte) error { return nil })
+		for f.br.bitPos() == 0 || !f.br.atEOF() {
+			if err := f.header(); err != nil {
+				t.Fatal(err)
+			}
+			for last := false; !last; {
+				var err error
+				if last, err = f.block(); err != nil {
+					t.Fatal(err)
+				}
+			}
+			if _, _, err := f.trailer(); err != nil {
+				t.Fatal(err)
+			}
+		}
+		for i, n := range f.blockTypes {
+			types[i] += n
+		}
+	}
+	if types[0] == 0 || types[1] == 0 || types[2] == 0 {
+		t.Fatalf("blocks decoded by type (stored, fixed, dynamic): %v; want each", types)
+	}
+}
+
+// checkReads reads at every offset class, through readers that keep no span and some.
+func checkReads(t *testing.T, ix *Index, blob, want []byte) {
+	type read struct{ off, n int64 }
+	size := int64(len(want))
+	reads := []read{{0, size}, {0, 1}, {size - 1, 1}, {size - 100, 100}, {max(size-50, 0), 100}, {size, 10}, {size + 5, 1}}
+	for i := range ix.NumSpans() {
+		s := ix.Span(i)
+		reads = append(reads, read{s.Off, 1}, read{s.Off, s.Len}, read{s.Off + s.Len/2, 4096},
+			read{s.Off + s.Len - 10, 20}, read{s.Off + 1, 3 * s.Len})
+	}
+	rng := rand.New(rand.NewPCG(3, 3))
+	for range 50 {
+		off := rng.Int64N(size)
+		reads = append(reads, read{off, rng.Int64N(300000) + 1})
+	}
+	for _, keep := range []int{0, 3} {
+		r := NewReader(ix, bytes.NewReader(blob), keep)
+		for _, rd := range reads {
+			if rd.off < 0 || rd.n <= 0 {
+				continue
+			}
+			p := make([]byte, rd.n)
+			n, err := r.ReadAt(p, rd.off)
+			end := min(rd.off+rd.n, size)
+			wantN := max(end-rd.off, 0)
+			if int64(n) != wantN || (wantN < rd.n) != (err == io.EOF) || (err != nil && err != io.EOF) {
+				t.Fatalf("keep %d: ReadAt(%d bytes at %d) = %d, %v; want %d bytes", keep, rd.n, rd.off, n, err, wantN)
+			}
+			if wantN > 0 && !bytes.Equal(p[:n], want[rd.off:end]) {
+				t.Fatalf("keep %d: ReadAt(%d bytes at %d): wrong bytes", keep, rd.n, rd.off)
+			}
+		}
+	}
+}
+
+// TestReadFetchesOnlyItsSpans: a read inside one span fetches that span's compressed
+// bytes in one read, and a read across spans fetches their run in one read.
+func TestReadFetchesOnlyItsSpans(t *testing.T) {
+	blob := gzipGo(t, corpus(2<<20, 4), 6)
+	ix, want := build(t, blob, 64<<10)
+	if ix.NumSpans() < 5 {
+		t.Fatalf("%d spans", ix.NumSpans())
+	}
+	c := &countingReaderAt{r: bytes.NewReader(blob)}
+	r := NewReader(ix, c, 0)
+	s := ix.Span(2)
+	p := make([]byte, 100)
+	if _, err := r.ReadAt(p, s.Off+10); err != nil || !bytes.Equal(p, want[s.Off+10:s.Off+110]) {
+		t.Fatalf("read: %v", err)
+	}
+	if c.bytes.Load() != s.CompLen || c.reads.Load() != 1 {
+		t.Fatalf("fetched %d bytes in %d reads; want span 2's %d in 1", c.bytes.Load(), c.reads.Load(), s.CompLen)
+	}
+	c.bytes.Store(0)
+	c.reads.Store(0)
+	s3 := ix.Span(3)
+	p = make([]byte, s.Len+10)
+	if _, err := r.ReadAt(p, s.Off); err != nil || !bytes.Equal(p, want[s.Off:s.Off+s.Len+10]) {
+		t.Fatalf("read: %v", err)
+	}
+	if wantBytes := s3.CompOff + s3.CompLen - s.CompOff; c.bytes.Load() != wantBytes || c.reads.Load() != 1 {
+		t.Fatalf("fetched %d bytes in %d reads; want %d in 1", c.bytes.Load(), c.reads.Load(), wantBytes)
+	}
+}
+
+// TestCorruptSpan: a flipped byte in a span's compressed bytes fails the read of that
+// span with an error naming it; other spans still read.
+func TestCorruptSpan(t *testing.T) {
+	for _, level := range []int{gzip.NoCompression, gzip.BestSpeed, gzip.BestCompression} {
+		blob := gzipGo(t, corpus(1<<20, 5), level)
+		ix, want := build(t, blob, 64<<10)
+		for _, k := range []int{0, ix.NumSpans() / 2, ix.NumSpans() - 1} {
+			s := ix.Span(k)
+			bad := bytes.Clone(blob)
+			bad[s.CompOff+s.CompLen/2] ^= 0x10
+			r := NewReader(ix, bytes.NewReader(bad), 2)
+			_, err := r.ReadAt(make([]byte, 10), s.Off+s.Len-10)
+			var se *SpanError
+			if !errors.As(err, &se) || se.Span != k || !strings.Contains(err.Error(), fmt.Sprintf("span %d ", k)) {
+				t.Fatalf("level %d, span %d corrupt: err %v; want a SpanError naming span %d", level, k, err, k)
+			}
+			other := (k + 1) % ix.NumSpans()
+			o := ix.Span(other)
+			p := make([]byte, 10)
+			if _, err := r.ReadAt(p, o.Off); err != nil || !bytes.Equal(p, want[o.Off:o.Off+10]) {
+				t.Fatalf("span %d after span %d's corruption: %v", other, k, err)
+			}
+		}
+	}
+}
+
+// TestCorruptIndex: a flipped byte anywhere in an encoded index, or a truncation, fails
+// Decode; so does a stored window that does not inflate to its length, at read time.
+func TestCorruptIndex(t *testing.T) {
+	blob := gzipGo(t, corpus(1<<20, 6), 6)
+	ix, _ := build(t, blob, 64<<10)
+	enc := ix.Encode()
+	for i := 0; i < len(enc); i += 1 + len(enc)/300 {
+		bad := bytes.Clone(enc)
+		bad[i] ^= 1
+		if _, err := Decode(bad); !errors.Is(err, ErrCorruptIndex) {
+			t.Fatalf("byte %d flipped: err %v", i, err)
+		}
+	}
+	for _, n := range []int{0, 10, len(enc) / 2, len(enc) - 1} {
+		if _, err := Decode(enc[:n]); !errors.Is(err, ErrCorruptIndex) {
+			t.Fatalf("truncated to %d: err %v", n, err)
+		}
+	}
+	k := ix.NumSpans() / 2
+	ix.points[k].window = ix.points[k].window[:len(ix.points[k].window)/2]
+	_, err := NewReader(ix, bytes.NewReader(blob), 0).ReadAt(make([]byte, 1), ix.Span(k).Off)
+	var se *SpanError
+	if !errors.As(err, &se) || se.Span != k || !errors.Is(err, errNoWindow) {
+		t.Fatalf("truncated window: err %v", err)
+	}
+}
+
+// TestBuildRejects: what is not a valid gzip stream fails the build pass.
+func TestBuildRejects(t *testing.T) {
+	good := gzipGo(t, corpus(300000, 7), 6)
+	crcBad := bytes.Clone(good)
+	crcBad[len(crcBad)-8] ^= 1
+	sizeBad := bytes.Clone(good)
+	sizeBad[len(sizeBad)-1] ^= 1
+	for name, blob := range map[string][]byte{
+		"empty":         nil,
+		"not gzip":      []byte("hello, world, not gzip at all"),
+		"truncated":     good[:len(good)/2],
+		"no trailer":    good[:len(good)-8],
+		"crc":           crcBad,
+		"size":          sizeBad,
+		"garbage after": append(bytes.Clone(good), 0, 0, 0, 0),
+	} {
+		if _, err := Build(bytes.NewReader(blob), 0, nil); err == nil {
+			t.Errorf("%s: built", name)
+		}
+	}
+}
+
+// TestEmptyStream: a stream of empty members has no spans and reads as empty.
+func TestEmptyStream(t *testing.T) {
+	blob := slicesConcat(gzipGo(t, nil, 6), gzipGo(t, nil, 1))
+	ix, _ := build(t, blob, 0)
+	if ix.Size() != 0 || ix.NumSpans() != 0 {
+		t.Fatalf("size %d, %d spans", ix.Size(), ix.NumSpans())
+	}
+	ix2, err := Decode(ix.Encode())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if n, err := NewReader(ix2, bytes.NewReader(blob), 1).ReadAt(make([]byte, 1), 0); n != 0 || err != io.EOF {
+		t.Fatalf("ReadAt = %d, %v", n, err)
+	}
+}

@@ -1,0 +1,278 @@
+package gzindex
+
+import (
+	"bytes"
+	"crypto/sha256"
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"sort"
+)
+
+const (
+	// DefaultSpanSize is the compressed distance between checkpoints Build uses when
+	// given none (docs/benchmarks.md has the measurement behind it).
+	DefaultSpanSize = 1 << 20
+	// SoftSpanOut is the output after which Build checkpoints at the next block boundary
+	// whatever the compressed distance, so that a highly compressed span stays small.
+	SoftSpanOut = 32 << 20
+	// MaxSpanOut bounds a span's output, which a reader holds in memory to verify before
+	// serving: Build fails on a stream with a block that long (zlib's are far shorter),
+	// Decode refuses an index that claims one.
+	MaxSpanOut = 64 << 20
+	// MaxSize bounds an encoded index Decode accepts (64 MiB: a 2 GiB-compressed layer
+	// checkpointed every 1 MiB takes about 30 MiB).
+	MaxSize = 64 << 20
+	// MemFactor and MemSlack bound what Decode allocates: MemFactor times the input's
+	// length plus MemSlack. Windows stay compressed until a read needs one.
+	MemFactor = 4
+	MemSlack  = 4 << 10
+)
+
+// Version is the encoding Encode writes and Decode reads.
+const Version = 1
+
+// magic starts every encoded index; a big-endian uint16 version follows.
+const magic = "LZPGZIDX"
+
+// minPointLen is the shortest encoding of a checkpoint: four one-byte varints and a digest.
+const minPointLen = 4 + sha256.Size
+
+// ErrCorruptIndex is wrapped by every error of Decode.
+var ErrCorruptIndex = errors.New("gzindex: corrupt index")
+
+// Index locates checkpoints in a gzip blob: places where inflating can resume, each with
+// the history it needs, and the digest of the span of output up to the next one.
+type Index struct {
+	spanSize       int64
+	compressedSize int64
+	size           int64
+	points         []checkpoint
+}
+
+// checkpoint is a deflate block boundary.
+type checkpoint struct {
+	bit       int64 // the block's first bit in the compressed blob
+	out       int64 // offset of its first output byte in the uncompressed stream
+	windowLen int   // length of the history before it (<= 32 KiB; less after a member start)
+	window    []byte
+	digest    [sha256.Size]byte // sha256 of the span's output: up to the next checkpoint or the end
+}
+
+// Span is one span of an index: its output range and the compressed bytes that hold it.
+type Span struct {
+	// Off and Len are the span's range in the uncompressed stream.
+	Off, Len int64
+	// CompOff and CompLen are the compressed bytes a reader fetches to decode the span:
+	// from the byte holding its first bit to the byte holding the next span's first bit
+	// (to the blob's end for the last span).
+	CompOff, CompLen int64
+	// Digest is the sha256 of the span's output.
+	Digest [sha256.Size]byte
+}
+
+// Size returns the length of the uncompressed stream.
+func (ix *Index) Size() int64 { return ix.size }
+
+// CompressedSize returns the length of the gzip blob.
+func (ix *Index) CompressedSize() int64 { return ix.compressedSize }
+
+// SpanSize returns the compressed distance between checkpoints the index was built with.
+func (ix *Index) SpanSize() int64 { return ix.spanSize }
+
+// NumSpans returns the number of spans.
+func (ix *Index) NumSpans() int { return len(ix.points) }
+
+// Span returns span i.
+func (ix *Index) Span(i int) Span {
+	p := ix.points[i]
+	end, compEnd := ix.size, ix.compressedSize
+	if i+1 < len(ix.points) {
+		next := ix.points[i+1]
+		end, compEnd = next.out, (next.bit+7)/8
+	}
+	return Span{Off: p.out, Len: end - p.out, CompOff: p.bit / 8, CompLen: compEnd - p.bit/8, Digest: p.digest}
+}
+
+// SpanAt returns the index of the span holding uncompressed offset off, which must be
+// in [0, Size()).
+func (ix *Index) SpanAt(off int64) int {
+	return sort.Search(len(ix.points), func(i int) bool { return ix.points[i].out > off }) - 1
+}
+
+// Encode returns the index's binary form: the magic and version, then uvarints (span
+// size, compressed size, size, checkpoint count), then per checkpoint the uvarints of its
+// bit and output offsets (deltas from the previous checkpoint's), its window's length and
+// compressed length, its span's sha256 and its raw-deflate-compressed window; last, the
+// sha256 of everything before it.
+func (ix *Index) Encode() []byte {
+	b := ix.encodeBody()
+	sum := sha256.Sum256(b)
+	return append(b, sum[:]...)
+}
+
+func (ix *Index) encodeBody() []byte {
+	b := make([]byte, 0, 64+len(ix.points)*(minPointLen+16))
+	b = append(b, magic...)
+	b = binary.BigEndian.AppendUint16(b, Version)
+	for _, v := range []int64{ix.spanSize, ix.compressedSize, ix.size, int64(len(ix.points))} {
+		b = binary.AppendUvarint(b, uint64(v))
+	}
+	var bit, out int64
+	for _, p := range ix.points {
+		b = binary.AppendUvarint(b, uint64(p.bit-bit))
+		b = binary.AppendUvarint(b, uint64(p.out-out))
+		b = binary.AppendUvarint(b, uint64(p.windowLen))
+		b = binary.AppendUvarint(b, uint64(len(p.window)))
+		b = append(b, p.digest[:]...)
+		b = append(b, p.window...)
+		bit, out = p.bit, p.out
+	}
+	return b
+}
+
+// Decode parses an encoded index. It checks the trailing digest, then every bound a
+// reader relies on; it allocates at most MemFactor*len(data)+MemSlack bytes, whatever
+// data claims.
+func Decode(data []byte) (*Index, error) {
+	if len(data) > MaxSize {
+		return nil, fmt.Errorf("%w: %d bytes, over the limit of %d", ErrCorruptIndex, len(data), MaxSize)
+	}
+	if len(data) < sha256.Size {
+		return nil, fmt.Errorf("%w: %d bytes", ErrCorruptIndex, len(data))
+	}
+	body, sum := data[:len(data)-sha256.Size], data[len(data)-sha256.Size:]
+	if got := sha256.Sum256(body); !bytes.Equal(got[:], sum) {
+		return nil, fmt.Errorf("%w: digest mismatch", ErrCorruptIndex)
+	}
+	return decodeBody(body)
+}
+
+// decodeBody parses an index without its trailing digest.
+func decodeBody(data []byte) (*Index, error) {
+	d := decoder{b: bytes.Clone(data)}
+	if len(d.b) < len(magic)+2 || string(d.b[:len(magic)]) != magic {
+		return nil, fmt.Errorf("%w: no magic", ErrCorruptIndex)
+	}
+	if v := binary.BigEndian.Uint16(d.b[len(magic):]); v != Version {
+		return nil, fmt.Errorf("%w: version %d, want %d", ErrCorruptIndex, v, Version)
+	}
+	d.b = d.b[len(magic)+2:]
+	ix := &Index{spanSize: d.int(), compressedSize: d.int(), size: d.int()}
+	n := d.int()
+	if d.err == nil && n > int64(len(d.b)/minPointLen) {
+		d.fail("%d checkpoints in %d bytes", n, len(d.b))
+	}
+	if d.err != nil {
+		return nil, d.err
+	}
+	ix.points = make([]checkpoint, n)
+	for i := range ix.points {
+		if err := d.point(ix, i); err != nil {
+			return nil, err
+		}
+	}
+	if len(d.b) != 0 {
+		return nil, fmt.Errorf("%w: %d bytes after the last checkpoint", ErrCorruptIndex, len(d.b))
+	}
+	if err := ix.check(); err != nil {
+		return nil, err
+	}
+	return ix, nil
+}
+
+// decoder reads an index body, remembering its first error.
+type decoder struct {
+	b   []byte
+	err error
+}
+
+func (d *decoder) fail(format string, args ...any) {
+	if d.err == nil {
+		d.err = fmt.Errorf("%w: %s", ErrCorruptIndex, fmt.Sprintf(format, args...))
+	}
+}
+
+// int reads a uvarint that must fit an int64 with room to add another (offsets of at
+// most 2^62).
+func (d *decoder) int() int64 {
+	if d.err != nil {
+		return 0
+	}
+	v, n := binary.Uvarint(d.b)
+	if n <= 0 || v > 1<<62 || n != uvarintLen(v) {
+		d.fail("bad varint")
+		return 0
+	}
+	d.b = d.b[n:]
+	return int64(v)
+}
+
+// point reads checkpoint i.
+func (d *decoder) point(ix *Index, i int) error {
+	p := &ix.points[i]
+	p.bit, p.out = d.int(), d.int()
+	if i > 0 {
+		prev := ix.points[i-1]
+		p.bit += prev.bit
+		p.out += prev.out
+	}
+	wl, cl := d.int(), d.int()
+	if d.err != nil {
+		return d.err
+	}
+	if wl > windowSize || cl > int64(len(d.b)) || (wl == 0) != (cl == 0) {
+		return fmt.Errorf("%w: checkpoint %d: window of %d bytes in %d", ErrCorruptIndex, i, wl, cl)
+	}
+	p.windowLen = int(wl)
+	if len(d.b) < sha256.Size+int(cl) {
+		return fmt.Errorf("%w: checkpoint %d truncated", ErrCorruptIndex, i)
+	}
+	copy(p.digest[:], d.b)
+	if cl > 0 {
+		p.window = d.b[sha256.Size : sha256.Size+cl : sha256.Size+cl]
+	}
+	d.b = d.b[sha256.Size+cl:]
+	return nil
+}
+
+// check verifies what readers rely on: checkpoints in order within the blob, spans of
+// output within MaxSpanOut, windows no longer than the output before them.
+func (ix *Index) check() error {
+	bad := func(format string, args ...any) error {
+		return fmt.Errorf("%w: %s", ErrCorruptIndex, fmt.Sprintf(format, args...))
+	}
+	if ix.spanSize <= 0 {
+		return bad("span size %d", ix.spanSize)
+	}
+	if (ix.size == 0) != (len(ix.points) == 0) {
+		return bad("%d checkpoints for %d bytes", len(ix.points), ix.size)
+	}
+	for i, p := range ix.points {
+		if i == 0 && p.out != 0 {
+			return bad("first checkpoint at output offset %d", p.out)
+		}
+		if i > 0 && (p.out <= ix.points[i-1].out || p.bit <= ix.points[i-1].bit) {
+			return bad("checkpoint %d out of order", i)
+		}
+		if p.bit >= ix.compressedSize*8 || p.out >= ix.size {
+			return bad("checkpoint %d past the end", i)
+		}
+		if int64(p.windowLen) > p.out {
+			return bad("checkpoint %d: window of %d bytes at output offset %d", i, p.windowLen, p.out)
+		}
+		if s := ix.Span(i); s.Len > MaxSpanOut {
+			return bad("span %d of %d bytes, over the limit of %d", i, s.Len, MaxSpanOut)
+		}
+	}
+	return nil
+}
+
+// uvarintLen returns the length of v's shortest uvarint, the one Encode writes.
+func uvarintLen(v uint64) int {
+	n := 1
+	for ; v >= 0x80; v >>= 7 {
+		n++
+	}
+	return n
+}

@@ -1,0 +1,201 @@
+package gzindex
+
+import (
+	"crypto/sha256"
+	"errors"
+	"fmt"
+	"io"
+	"sync"
+)
+
+// SpanError is the error of a span that cannot be served: its bytes fail to fetch or
+// decode, or decode to output that does not match its digest.
+type SpanError struct {
+	Span             int
+	CompOff, CompLen int64
+	Err              error
+}
+
+func (e *SpanError) Error() string {
+	return fmt.Sprintf("gzindex: span %d (compressed bytes %d-%d): %v", e.Span, e.CompOff, e.CompOff+e.CompLen, e.Err)
+}
+
+func (e *SpanError) Unwrap() error { return e.Err }
+
+// ErrDigest is wrapped by the SpanError of a span whose output does not match its digest.
+var ErrDigest = errors.New("span digest mismatch")
+
+// Reader serves the uncompressed stream of a gzip blob through its index, decoding only
+// the spans a read covers and serving none of a span's bytes before its whole output
+// matches its digest. It keeps the last few verified spans (a span is up to MaxSpanOut).
+// It is safe for concurrent use.
+type Reader struct {
+	ix   *Index
+	blob io.ReaderAt
+
+	mu    sync.Mutex
+	cache []cachedSpan // most recently used last
+	keep  int
+}
+
+type cachedSpan struct {
+	i   int
+	out []byte
+}
+
+// NewReader returns a reader of the stream ix indexes, fetching compressed bytes from
+// blob (which may be a range fetcher). It keeps the output of up to keep spans; keep <= 0
+// keeps none.
+func NewReader(ix *Index, blob io.ReaderAt, keep int) *Reader {
+	return &Reader{ix: ix, blob: blob, keep: max(keep, 0)}
+}
+
+// ReadAt reads the uncompressed bytes [off, off+len(p)). Spans not kept are fetched in
+// one ReadAt of blob per run of consecutive spans.
+func (r *Reader) ReadAt(p []byte, off int64) (int, error) {
+	if off < 0 {
+		return 0, fmt.Errorf("gzindex: negative offset %d", off)
+	}
+	if off >= r.ix.size {
+		return 0, io.EOF
+	}
+	want := min(int64(len(p)), r.ix.size-off)
+	first, last := r.ix.SpanAt(off), r.ix.SpanAt(off+want-1)
+	n := 0
+	for i := first; i <= last; {
+		out := r.cached(i)
+		run := [][]byte{out}
+		if out == nil {
+			j := i
+			for j < last && r.cached(j+1) == nil {
+				j++
+			}
+			var err error
+			if run, err = r.decode(i, j); err != nil {
+				return n, err
+			}
+		}
+		for k, out := range run {
+			s := r.ix.points[i+k].out
+			n += copy(p[n:want], out[off+int64(n)-s:])
+			r.put(i+k, out)
+		}
+		i += len(run)
+	}
+	if int64(n) < int64(len(p)) {
+		return n, io.EOF
+	}
+	return n, nil
+}
+
+func (r *Reader) cached(i int) []byte {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	for _, c := range r.cache {
+		if c.i == i {
+			return c.out
+		}
+	}
+	return nil
+}
+
+func (r *Reader) put(i int, out []byte) {
+	if r.keep == 0 {
+		return
+	}
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	for k, c := range r.cache {
+		if c.i == i {
+			r.cache = append(r.cache[:k], r.cache[k+1:]...)
+			break
+		}
+	}
+	if len(r.cache) == r.keep {
+		r.cache = r.cache[1:]
+	}
+	r.cache = append(r.cache, cachedSpan{i: i, out: out})
+}
+
+// decode fetches spans first..last in one read and returns each one's verified output.
+func (r *Reader) decode(first, last int) ([][]byte, error) {
+	s0, sN := r.ix.Span(first), r.ix.Span(last)
+	src := make([]byte, sN.CompOff+sN.CompLen-s0.CompOff)
+	if n, err := r.blob.ReadAt(src, s0.CompOff); n < len(src) {
+		if err == nil || err == io.EOF {
+			err = io.ErrUnexpectedEOF
+		}
+		return nil, &SpanError{Span: first, CompOff: s0.CompOff, CompLen: int64(len(src)), Err: fmt.Errorf("fetching: %w", err)}
+	}
+	v := &verifier{ix: r.ix, i: first, last: last}
+	err := r.inflate(src, first, last, v)
+	if errors.Is(err, errStop) {
+		return v.done, nil
+	}
+	if err == nil {
+		err = io.ErrUnexpectedEOF
+	}
+	s := r.ix.Span(v.i)
+	return nil, &SpanError{Span: v.i, CompOff: s.CompOff, CompLen: s.CompLen, Err: err}
+}
+
+// inflate decodes src, the compressed bytes of spans first..last, into v until v stops it.
+func (r *Reader) inflate(src []byte, first, last int, v *verifier) error {
+	p := r.ix.points[first]
+	window, err := r.ix.inflateWindow(first)
+	if err != nil {
+		return err
+	}
+	f := newInflater(src, p.bit/8, nil, v.write)
+	f.preset(window)
+	if err := f.br.skip(uint(p.bit % 8)); err != nil {
+		return err
+	}
+	v.buf = make([]byte, 0, r.ix.Span(first).Len)
+	for {
+		for last := false; !last; {
+			if last, err = f.block(); err != nil {
+				return err
+			}
+		}
+		if _, _, err := f.trailer(); err != nil {
+			return err
+		}
+		if f.br.atEOF() {
+			return nil
+		}
+		if err := f.header(); err != nil {
+			return err
+		}
+	}
+}
+
+// verifier is a reader's sink: it cuts output into spans and checks each one's digest.
+type verifier struct {
+	ix      *Index
+	i, last int // span being filled, last span wanted
+	buf     []byte
+	done    [][]byte
+}
+
+func (v *verifier) write(p []byte) error {
+	for len(p) > 0 {
+		s := v.ix.Span(v.i)
+		k := min(len(p), int(s.Len)-len(v.buf))
+		v.buf = append(v.buf, p[:k]...)
+		p = p[k:]
+		if int64(len(v.buf)) < s.Len {
+			continue
+		}
+		if sha256.Sum256(v.buf) != s.Digest {
+			return ErrDigest
+		}
+		v.done = append(v.done, v.buf)
+		if v.i == v.last {
+			return errStop
+		}
+		v.i++
+		v.buf = make([]byte, 0, v.ix.Span(v.i).Len)
+	}
+	return nil
+}
