@@ -40,9 +40,14 @@ func Build(r io.Reader, spanSize int64, out io.Writer) (*Index, error) {
 	}
 	b.ix.compressedSize = f.br.bitPos() / 8
 	b.ix.size = b.total
-	if b.total == 0 {
+	switch n := len(b.ix.points); {
+	case b.total == 0:
 		b.ix.points = nil
-	} else {
+	case b.ix.points[n-1].out == b.total:
+		// A checkpoint with no output after it (at a final empty block, as
+		// compress/flate ends a stream with): the span before it already has its digest.
+		b.ix.points = b.ix.points[:n-1]
+	default:
 		b.endSpan()
 	}
 	return b.ix, nil

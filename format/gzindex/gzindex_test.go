@@ -347,3 +347,26 @@ func TestEmptyStream(t *testing.T) {
 		t.Fatalf("ReadAt = %d, %v", n, err)
 	}
 }
+
+// TestTinySpans checkpoints at nearly every block boundary, members' first and final
+// (empty) blocks included.
+func TestTinySpans(t *testing.T) {
+	data := corpus(200000, 13)
+	for name, blob := range map[string][]byte{
+		"go-6":   gzipGo(t, data, 6),
+		"multi":  slicesConcat(gzipGo(t, data[:1000], 9), gzipGo(t, nil, 1), gzipGo(t, data[1000:], 1), gzipGo(t, nil, 0)),
+		"gzip-9": gzipCmd(t, data, "gzip", "-9", "-c"),
+	} {
+		t.Run(name, func(t *testing.T) {
+			ix, out := build(t, blob, 1)
+			if !bytes.Equal(out, data) {
+				t.Fatal("build pass output is not the stream")
+			}
+			if _, err := Decode(ix.Encode()); err != nil {
+				t.Fatal(err)
+			}
+			t.Logf("%d spans", ix.NumSpans())
+			checkReads(t, ix, blob, data)
+		})
+	}
+}

@@ -1,0 +1,119 @@
+package gzindex
+
+import (
+	"bytes"
+	"compress/gzip"
+	"crypto/sha256"
+	"io"
+	"runtime"
+	"testing"
+)
+
+// decodeOverhead is what a decode may allocate beyond its budget that is not the
+// decoder's: the error's formatting, the runtime's own.
+const decodeOverhead = 16 << 10
+
+func allocated(f func()) uint64 {
+	var before, after runtime.MemStats
+	runtime.ReadMemStats(&before)
+	f()
+	runtime.ReadMemStats(&after)
+	return after.TotalAlloc - before.TotalAlloc
+}
+
+// seedIndexes returns encoded indexes of a few streams: multi-span, multi-member, empty.
+func seedIndexes(t testing.TB) [][]byte {
+	var seeds [][]byte
+	for _, blob := range [][]byte{
+		gzipGo(t, bytes.Repeat([]byte("a small index, a few windows. "), 3000), 6),
+		slicesConcat(gzipGo(t, corpus(3000, 9), 1), gzipGo(t, nil, 9), gzipGo(t, corpus(2000, 10), 9)),
+		gzipGo(t, nil, 6),
+	} {
+		ix, err := Build(bytes.NewReader(blob), 64, nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		seeds = append(seeds, ix.Encode())
+	}
+	return seeds
+}
+
+// FuzzDecode feeds hostile encoded indexes to Decode: errors, never panics; allocates at
+// most MemFactor times the input plus MemSlack (plus decodeOverhead); what decodes
+// encodes to the same bytes.
+func FuzzDecode(f *testing.F) {
+	for _, s := range seedIndexes(f) {
+		f.Add(s)
+		f.Add(s[:len(s)/2])
+	}
+	f.Fuzz(func(t *testing.T, p []byte) {
+		checkDecode(t, p, Decode, (*Index).Encode)
+	})
+}
+
+// FuzzDecodeBody skips the trailing digest, which mutations rarely get past, so that
+// they reach the parser; the same bounds hold.
+func FuzzDecodeBody(f *testing.F) {
+	for _, s := range seedIndexes(f) {
+		body := s[:len(s)-sha256.Size]
+		f.Add(body)
+		f.Add(body[:len(body)*2/3])
+	}
+	f.Fuzz(func(t *testing.T, p []byte) {
+		checkDecode(t, p, decodeBody, (*Index).encodeBody)
+	})
+}
+
+func checkDecode(t *testing.T, p []byte, decode func([]byte) (*Index, error), encode func(*Index) []byte) {
+	var ix *Index
+	var err error
+	n := allocated(func() { ix, err = decode(p) })
+	if limit := uint64(MemFactor*len(p)+MemSlack) + decodeOverhead; n > limit {
+		t.Fatalf("decoding %d bytes allocated %d, over the bound of %d (err %v)", len(p), n, limit, err)
+	}
+	if err != nil {
+		return
+	}
+	if !bytes.Equal(encode(ix), p) {
+		t.Fatal("a decoded index encodes to other bytes")
+	}
+}
+
+// FuzzBuild feeds hostile gzip streams to Build and, when it accepts one, reads the
+// stream back through the index: errors, never panics; the reader serves exactly what the
+// build pass decoded, and that is what compress/gzip decodes when it accepts the stream.
+func FuzzBuild(f *testing.F) {
+	f.Add(gzipGo(f, corpus(50000, 11), 6))
+	f.Add(gzipGo(f, corpus(20000, 12), 1))
+	f.Add(gzipGo(f, []byte("hello, hello, hello"), 9))
+	f.Add(slicesConcat(gzipGo(f, nil, 6), gzipGo(f, []byte("x"), 0)))
+	f.Fuzz(func(t *testing.T, blob []byte) {
+		var out bytes.Buffer
+		ix, err := Build(bytes.NewReader(blob), 1024, &out)
+		if err != nil {
+			return
+		}
+		if zr, err := gzip.NewReader(bytes.NewReader(blob)); err == nil {
+			if want, err := io.ReadAll(zr); err == nil && !bytes.Equal(want, out.Bytes()) {
+				t.Fatal("the build pass and compress/gzip decode to different bytes")
+			}
+		}
+		p := make([]byte, ix.Size())
+		if n, err := NewReader(ix, bytes.NewReader(blob), 0).ReadAt(p, 0); int64(n) != ix.Size() || (err != nil && err != io.EOF) {
+			t.Fatalf("reading back: %d bytes of %d, %v", n, ix.Size(), err)
+		}
+		if !bytes.Equal(p, out.Bytes()) {
+			t.Fatal("the reader serves other bytes than the build pass decoded")
+		}
+	})
+}
+
+func TestSeedIndexes(t *testing.T) {
+	for _, s := range seedIndexes(t) {
+		ix, err := Decode(s)
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Logf("%d bytes, %d spans", len(s), ix.NumSpans())
+	}
+}
