@@ -601,13 +601,11 @@ func (f *inflater) codes(lit, dist *huffman) error {
 		if d > f.pos-f.histStart {
 			return corrupt("distance %d reaches before the history", d)
 		}
-		from := f.pos - d
-		if d >= n {
-			copy(f.out[f.pos:f.pos+n], f.out[from:from+n])
-		} else {
-			for i := range n {
-				f.out[f.pos+i] = f.out[from+i]
-			}
+		// An overlapping match (d < n) repeats its last d bytes: copy what is already
+		// there, doubling each time.
+		from, dst := f.pos-d, f.out[f.pos:f.pos+n]
+		for k := 0; k < n; {
+			k += copy(dst[k:], f.out[from:f.pos+k])
 		}
 		f.pos += n
 	}

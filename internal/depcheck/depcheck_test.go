@@ -58,6 +58,7 @@ const (
 	// Packages of ours, relative to the module.
 	format         = "format"
 	chunker        = "format/chunker"
+	gzindex        = "format/gzindex"
 	fetch          = "internal/fetch"
 	store          = "internal/store"
 	fusefs         = "internal/fusefs"
@@ -103,6 +104,10 @@ func allowed() map[string]rule {
 		// format: its cut rule decides the chunk boundaries the index records.
 		format:  {ours: []string{chunker}, ext: []string{compress}},
 		chunker: {},
+		// Random access into unconverted gzip layers (checkpoints, a resumable inflater,
+		// the index's encoding): a format beside the layer format, read by tools without
+		// lazypull, so the standard library only, like format; format does not import it.
+		gzindex: {},
 
 		// The registry end of the flow: manifests whole, blobs by byte ranges, auth, mirrors
 		// (hosts.toml), retries. It knows nothing of chunks, files or mounts; daemon hands
