@@ -6,11 +6,20 @@ import (
 	"fmt"
 	"io"
 	"math/rand/v2"
+	"os"
 	"testing"
 )
 
-// benchBlob is 16 MiB of the test corpus, gzip -6 by compress/gzip.
+// benchBlob is the gzip blob at GZINDEX_BENCH_BLOB (a real layer), or 16 MiB of the
+// test corpus, gzip -6 by compress/gzip. It returns the blob and its uncompressed size.
 func benchBlob(b *testing.B) (blob []byte, size int) {
+	if path := os.Getenv("GZINDEX_BENCH_BLOB"); path != "" {
+		blob, err := os.ReadFile(path)
+		if err != nil {
+			b.Fatal(err)
+		}
+		return blob, len(gunzip(b, blob))
+	}
 	data := corpus(16<<20, 20)
 	return gzipGo(b, data, gzip.DefaultCompression), len(data)
 }
@@ -45,7 +54,7 @@ func BenchmarkGunzip(b *testing.B) {
 // span decoded and verified per read), by span size.
 func BenchmarkReadAt(b *testing.B) {
 	blob, size := benchBlob(b)
-	for _, span := range []int64{256 << 10, 1 << 20, 4 << 20} {
+	for _, span := range []int64{64 << 10, 128 << 10, 1 << 20} {
 		b.Run(fmt.Sprintf("span=%dKiB", span>>10), func(b *testing.B) {
 			ix, err := Build(bytes.NewReader(blob), span, nil)
 			if err != nil {

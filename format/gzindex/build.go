@@ -13,8 +13,8 @@ import (
 
 // Build reads a gzip blob once, from start to end, and returns its index: a checkpoint at
 // the first deflate block boundary after every spanSize compressed bytes (and before a
-// span's output passes SoftSpanOut), each with the history needed to resume there and the
-// sha256 of the span's output. Every member's CRC-32 and size are checked. Memory stays
+// span's output passes SoftSpanOut; never within 32 KiB of output of the last), each
+// with the history its span's matches use and the sha256 of the span's output. Every member's CRC-32 and size are checked. Memory stays
 // at a few hundred KiB plus the index. If out is not nil, it receives the uncompressed
 // stream as it is decoded (the one pass can read the tar too); spanSize <= 0 means
 // DefaultSpanSize.
@@ -29,10 +29,11 @@ func Build(r io.Reader, spanSize int64, out io.Writer) (*Index, error) {
 		out:  out,
 	}
 	var err error
-	if b.zw, err = flate.NewWriter(&b.zbuf, flate.BestCompression); err != nil {
+	if b.zw, err = flate.NewWriter(&b.zbuf, flate.DefaultCompression); err != nil {
 		return nil, err
 	}
 	f := newInflater(nil, 0, r, b.write)
+	f.refs = &b.refs
 	for member := 0; member == 0 || !f.br.atEOF(); member++ {
 		if err := b.member(f); err != nil {
 			return nil, fmt.Errorf("gzindex: member %d (compressed byte %d): %w", member, f.br.bitPos()/8, err)
@@ -40,6 +41,9 @@ func Build(r io.Reader, spanSize int64, out io.Writer) (*Index, error) {
 	}
 	b.ix.compressedSize = f.br.bitPos() / 8
 	b.ix.size = b.total
+	if err := b.finishWindow(); err != nil {
+		return nil, err
+	}
 	switch n := len(b.ix.points); {
 	case b.total == 0:
 		b.ix.points = nil
@@ -63,6 +67,9 @@ type builder struct {
 	memberOut int64 // output of the current member
 	zw        *flate.Writer
 	zbuf      bytes.Buffer
+	refs      refs
+	window    []byte // the last checkpoint's window, until its span is decoded far enough to trim it
+	pending   bool   // window is the last checkpoint's and not stored yet
 }
 
 // write is the inflater's sink.
@@ -113,17 +120,43 @@ func (b *builder) member(f *inflater) error {
 
 // checkpoint records a checkpoint at the block boundary f is at, if one is due: the
 // first, then one a span size of input or SoftSpanOut of output after the last, provided
-// the span has output.
+// the span has a window of output at least (so that no match after the new checkpoint
+// reaches the last one's window).
 func (b *builder) checkpoint(f *inflater) error {
 	bit := f.br.bitPos()
 	if n := len(b.ix.points); n > 0 {
 		last := b.ix.points[n-1]
-		if b.total == last.out || bit-last.bit < b.ix.spanSize*8 && b.total-last.out < SoftSpanOut {
+		if bit-last.bit > MaxSpanIn*8 {
+			return fmt.Errorf("span %d longer than %d compressed bytes", n-1, MaxSpanIn)
+		}
+		if b.total-last.out < windowSize || bit-last.bit < b.ix.spanSize*8 && b.total-last.out < SoftSpanOut {
 			return nil
 		}
 		b.endSpan()
+		if err := b.finishWindow(); err != nil {
+			return err
+		}
 	}
 	w := f.window()
+	b.window = append(b.window[:0], w...)
+	b.refs.reset(b.total-int64(len(w)), b.total)
+	b.pending = true
+	b.ix.points = append(b.ix.points, checkpoint{bit: bit, out: b.total})
+	return nil
+}
+
+// finishWindow stores the last checkpoint's window, trimmed to what its span uses, compressed.
+func (b *builder) finishWindow() error {
+	if !b.pending {
+		return nil
+	}
+	b.pending = false
+	w := b.refs.trim(b.window)
+	p := &b.ix.points[len(b.ix.points)-1]
+	p.windowLen = len(w)
+	if len(w) == 0 {
+		return nil
+	}
 	b.zbuf.Reset()
 	b.zw.Reset(&b.zbuf)
 	if _, err := b.zw.Write(w); err != nil {
@@ -132,15 +165,7 @@ func (b *builder) checkpoint(f *inflater) error {
 	if err := b.zw.Close(); err != nil {
 		return err
 	}
-	if len(w) == 0 {
-		b.zbuf.Reset()
-	}
-	b.ix.points = append(b.ix.points, checkpoint{
-		bit:       bit,
-		out:       b.total,
-		windowLen: len(w),
-		window:    bytes.Clone(b.zbuf.Bytes()),
-	})
+	p.window = bytes.Clone(b.zbuf.Bytes())
 	return nil
 }
 

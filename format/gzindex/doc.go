@@ -4,9 +4,9 @@
 //
 // Build reads the blob once and records a checkpoint at the first deflate block boundary
 // after every span of compressed bytes: the bit offset of the block, its offset in the
-// uncompressed stream, the 32 KiB of output before it (the history a match may reach,
-// stored raw-deflate-compressed), and the sha256 of the span's output up to the next
-// checkpoint. A Reader then serves any uncompressed range by fetching only the spans it
+// uncompressed stream, the output before it that the span's matches copy (at most 32
+// KiB; the bytes they skip zeroed, the rest raw-deflate-compressed), and the sha256 of
+// the span's output up to the next checkpoint. A Reader then serves any uncompressed range by fetching only the spans it
 // covers from an io.ReaderAt (a registry range fetcher), inflating each from its
 // checkpoint with this package's own inflater (compress/flate cannot start at a bit
 // offset), and checking each span's digest before serving a byte of it.

@@ -41,6 +41,18 @@ func corpus(n int, seed uint64) []byte {
 	return b.Bytes()[:n]
 }
 
+// text returns n bytes of words: matches everywhere, windows in use at every checkpoint.
+func text(n int, seed uint64) []byte {
+	rng := rand.New(rand.NewPCG(seed, seed))
+	words := strings.Fields("the quick brown fox jumps over lazy dog import def class return self None")
+	var b bytes.Buffer
+	for b.Len() < n {
+		b.WriteString(words[rng.IntN(len(words))])
+		b.WriteByte(" \n/."[rng.IntN(4)])
+	}
+	return b.Bytes()[:n]
+}
+
 // gzipGo compresses with compress/gzip at level, with a header naming every optional field.
 func gzipGo(t testing.TB, p []byte, level int) []byte {
 	var b bytes.Buffer
@@ -144,6 +156,7 @@ func build(t testing.TB, blob []byte, span int64) (*Index, []byte) {
 // index's encoding, and reads at every offset class through the reader.
 func TestRoundTrip(t *testing.T) {
 	var types [3]int
+	windows := 0
 	for name, blob := range streams(t) {
 		t.Run(name, func(t *testing.T) {
 			want := gunzip(t, blob)
@@ -163,8 +176,14 @@ func TestRoundTrip(t *testing.T) {
 				t.Fatal("decoded index encodes differently")
 			}
 			t.Logf("%d bytes -> %d compressed, %d spans, index %d bytes", len(want), len(blob), ix.NumSpans(), len(enc))
+			for _, p := range ix2.points {
+				windows += p.windowLen
+			}
 			checkReads(t, ix2, blob, want)
 		})
+	}
+	if windows == 0 {
+		t.Fatal("no checkpoint has a window: reads never resumed with history")
 	}
 	// Every block type was decoded by some stream.
 	for _, blob := range streams(t) {
@@ -286,7 +305,7 @@ func TestCorruptSpan(t *testing.T) {
 // TestCorruptIndex: a flipped byte anywhere in an encoded index, or a truncation, fails
 // Decode; so does a stored window that does not inflate to its length, at read time.
 func TestCorruptIndex(t *testing.T) {
-	blob := gzipGo(t, corpus(1<<20, 6), 6)
+	blob := gzipGo(t, text(1<<20, 6), 6)
 	ix, _ := build(t, blob, 64<<10)
 	enc := ix.Encode()
 	for i := 0; i < len(enc); i += 1 + len(enc)/300 {
@@ -301,7 +320,29 @@ func TestCorruptIndex(t *testing.T) {
 			t.Fatalf("truncated to %d: err %v", n, err)
 		}
 	}
-	k := ix.NumSpans() / 2
+	// Well-formed encodings of indexes a reader must not trust.
+	for name, change := range map[string]func(ix *Index){
+		"huge last span in":   func(ix *Index) { ix.compressedSize = 1 << 40 },
+		"huge last span out":  func(ix *Index) { ix.size = ix.points[len(ix.points)-1].out + MaxSpanOut + 1 },
+		"window too long":     func(ix *Index) { ix.points[1].windowLen = windowSize + 1 },
+		"window before start": func(ix *Index) { ix.points[1].windowLen = int(ix.points[1].out) + 1 },
+		"out of order":        func(ix *Index) { ix.points[1].out, ix.points[2].out = ix.points[2].out, ix.points[1].out },
+		"first not at 0":      func(ix *Index) { ix.points[0].out = 1 },
+		"checkpoint past end": func(ix *Index) { ix.size = ix.points[len(ix.points)-1].out },
+	} {
+		bad, _ := Decode(enc)
+		change(bad)
+		if _, err := Decode(bad.Encode()); !errors.Is(err, ErrCorruptIndex) {
+			t.Errorf("%s: err %v", name, err)
+		}
+	}
+
+	k := 1
+	for ix.points[k].windowLen == 0 {
+		if k++; k == ix.NumSpans() {
+			t.Fatal("no checkpoint with a window")
+		}
+	}
 	ix.points[k].window = ix.points[k].window[:len(ix.points[k].window)/2]
 	_, err := NewReader(ix, bytes.NewReader(blob), 0).ReadAt(make([]byte, 1), ix.Span(k).Off)
 	var se *SpanError

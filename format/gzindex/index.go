@@ -12,7 +12,7 @@ import (
 const (
 	// DefaultSpanSize is the compressed distance between checkpoints Build uses when
 	// given none (docs/benchmarks.md has the measurement behind it).
-	DefaultSpanSize = 512 << 10
+	DefaultSpanSize = 128 << 10
 	// SoftSpanOut is the output after which Build checkpoints at the next block boundary
 	// whatever the compressed distance, so that a highly compressed span stays small.
 	SoftSpanOut = 32 << 20
@@ -20,8 +20,13 @@ const (
 	// serving: Build fails on a stream with a block that long (zlib's are far shorter),
 	// Decode refuses an index that claims one.
 	MaxSpanOut = 64 << 20
-	// MaxSize bounds an encoded index Decode accepts (64 MiB: a 2 GiB-compressed layer
-	// checkpointed every 1 MiB takes about 30 MiB).
+	// MaxSpanIn bounds a span's compressed bytes, which a reader fetches whole: Build
+	// fails on a stream with a span that long (only empty members can make one), Decode
+	// refuses an index that claims one.
+	MaxSpanIn = 2 * MaxSpanOut
+	// MaxSize bounds an encoded index Decode accepts: 64 MiB, the index of a layer of
+	// about 4 GiB checkpointed every 128 KiB (windows trimmed and compressed take 1-2 KiB
+	// a checkpoint on the Debian layers measured).
 	MaxSize = 64 << 20
 	// MemFactor and MemSlack bound what Decode allocates: MemFactor times the input's
 	// length plus MemSlack. Windows stay compressed until a read needs one.
@@ -261,8 +266,8 @@ func (ix *Index) check() error {
 		if int64(p.windowLen) > p.out {
 			return bad("checkpoint %d: window of %d bytes at output offset %d", i, p.windowLen, p.out)
 		}
-		if s := ix.Span(i); s.Len > MaxSpanOut {
-			return bad("span %d of %d bytes, over the limit of %d", i, s.Len, MaxSpanOut)
+		if s := ix.Span(i); s.Len > MaxSpanOut || s.CompLen > MaxSpanIn {
+			return bad("span %d of %d bytes in %d, over the limits of %d in %d", i, s.Len, s.CompLen, MaxSpanOut, MaxSpanIn)
 		}
 	}
 	return nil

@@ -264,6 +264,8 @@ type inflater struct {
 	flushed   int // out[:flushed] has been handed to sink
 	histStart int // the first byte of out a match may reach (the member's or the window's start)
 	sink      func([]byte) error
+	outBase   int64 // stream offset of out[0]
+	refs      *refs // if not nil, records which bytes of a checkpoint's window matches use
 
 	lit, dist, clen     huffman
 	fixedLit, fixedDist huffman
@@ -316,6 +318,7 @@ func (f *inflater) slide() error {
 	}
 	copy(f.out, f.out[shift:f.pos])
 	f.pos -= shift
+	f.outBase += int64(shift)
 	f.flushed = f.pos
 	f.histStart = max(f.histStart-shift, 0)
 	return nil
@@ -601,6 +604,9 @@ func (f *inflater) codes(lit, dist *huffman) error {
 		if d > f.pos-f.histStart {
 			return corrupt("distance %d reaches before the history", d)
 		}
+		if f.refs != nil {
+			f.refs.mark(f.outBase+int64(f.pos-d), n)
+		}
 		// An overlapping match (d < n) repeats its last d bytes: copy what is already
 		// there, doubling each time.
 		from, dst := f.pos-d, f.out[f.pos:f.pos+n]
@@ -609,4 +615,41 @@ func (f *inflater) codes(lit, dist *huffman) error {
 		}
 		f.pos += n
 	}
+}
+
+// refs records which bytes of a checkpoint's window the output after it copies: a
+// window keeps only those (the others zeroed, its unused head cut), which makes windows,
+// most of an index, smaller. Build puts checkpoints at least a window apart, so only the
+// last one's window can still be referred to.
+type refs struct {
+	start, end int64 // the window's range in the output stream
+	used       [windowSize / 64]uint64
+}
+
+// reset starts recording for a window covering [start, end) of the output.
+func (r *refs) reset(start, end int64) {
+	r.start, r.end = start, end
+	r.used = [windowSize / 64]uint64{}
+}
+
+// mark records a match copying n bytes from stream offset src.
+func (r *refs) mark(src int64, n int) {
+	for k := max(src, r.start); k < min(src+int64(n), r.end); k++ {
+		i := k - r.start
+		r.used[i/64] |= 1 << (i % 64)
+	}
+}
+
+// trim zeroes the bytes of w (the window) no match used and returns it from the first
+// used byte on.
+func (r *refs) trim(w []byte) []byte {
+	first := len(w)
+	for i := range w {
+		if r.used[i/64]&(1<<(i%64)) == 0 {
+			w[i] = 0
+		} else if first == len(w) {
+			first = i
+		}
+	}
+	return w[first:]
 }

@@ -37,7 +37,7 @@ func TestMeasureSpanSizes(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		for _, s := range []int64{256, 512, 1024, 2048, 4096, 8192} {
+		for _, s := range []int64{64, 128, 256, 512, 1024, 2048, 4096, 8192} {
 			measureSpanSize(t, path, blob, s<<10, want)
 		}
 	}

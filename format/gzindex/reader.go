@@ -67,7 +67,7 @@ func (r *Reader) ReadAt(p []byte, off int64) (int, error) {
 		run := [][]byte{out}
 		if out == nil {
 			j := i
-			for j < last && r.cached(j+1) == nil {
+			for j < last && r.cached(j+1) == nil && r.runLen(i, j+1) <= maxRun {
 				j++
 			}
 			var err error
@@ -86,6 +86,16 @@ func (r *Reader) ReadAt(p []byte, off int64) (int, error) {
 		return n, io.EOF
 	}
 	return n, nil
+}
+
+// maxRun bounds the compressed bytes one ReadAt of the blob fetches for a run of spans
+// (a run of one span may fetch up to MaxSpanIn).
+const maxRun = 64 << 20
+
+// runLen returns the compressed length of spans i..j.
+func (r *Reader) runLen(i, j int) int64 {
+	s := r.ix.Span(j)
+	return s.CompOff + s.CompLen - r.ix.Span(i).CompOff
 }
 
 func (r *Reader) cached(i int) []byte {
@@ -119,8 +129,8 @@ func (r *Reader) put(i int, out []byte) {
 
 // decode fetches spans first..last in one read and returns each one's verified output.
 func (r *Reader) decode(first, last int) ([][]byte, error) {
-	s0, sN := r.ix.Span(first), r.ix.Span(last)
-	src := make([]byte, sN.CompOff+sN.CompLen-s0.CompOff)
+	s0 := r.ix.Span(first)
+	src := make([]byte, r.runLen(first, last))
 	if n, err := r.blob.ReadAt(src, s0.CompOff); n < len(src) {
 		if err == nil || err == io.EOF {
 			err = io.ErrUnexpectedEOF
