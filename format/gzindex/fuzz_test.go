@@ -2,8 +2,10 @@ package gzindex
 
 import (
 	"bytes"
+	"compress/flate"
 	"compress/gzip"
 	"crypto/sha256"
+	"errors"
 	"io"
 	"runtime"
 	"testing"
@@ -116,4 +118,38 @@ func TestSeedIndexes(t *testing.T) {
 		}
 		t.Logf("%d bytes, %d spans", len(s), ix.NumSpans())
 	}
+}
+
+// FuzzInflate feeds hostile raw deflate streams to the inflater and to compress/flate:
+// errors, never panics; what one decodes to its final block, the other decodes to the
+// same bytes.
+func FuzzInflate(f *testing.F) {
+	for _, level := range []int{0, 1, 6, 9, -2} {
+		blob := gzipGo(f, corpus(3000, 14), level)
+		f.Add(blob[10+len("layer.tar")+1+len("a comment")+1+2+len("extra field") : len(blob)-8])
+	}
+	f.Fuzz(func(t *testing.T, src []byte) {
+		var got bytes.Buffer
+		in := newInflater(src, 0, nil, func(p []byte) error {
+			if got.Len() > 1<<20 {
+				return errStop
+			}
+			got.Write(p)
+			return nil
+		})
+		var err error
+		for last := false; !last && err == nil; {
+			last, err = in.block()
+		}
+		want, werr := io.ReadAll(io.LimitReader(flate.NewReader(bytes.NewReader(src)), 1<<20+1))
+		if errors.Is(err, errStop) || len(want) > 1<<20 {
+			return
+		}
+		if (err == nil) != (werr == nil) {
+			t.Fatalf("inflater: %v; compress/flate: %v", err, werr)
+		}
+		if err == nil && !bytes.Equal(got.Bytes(), want) {
+			t.Fatal("the inflater and compress/flate decode to different bytes")
+		}
+	})
 }
