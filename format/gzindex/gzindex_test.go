@@ -411,3 +411,47 @@ func TestTinySpans(t *testing.T) {
 		})
 	}
 }
+
+// TestShortBlob: a blob shorter than its index says fails the read of the spans it cuts,
+// naming the first.
+func TestShortBlob(t *testing.T) {
+	blob := gzipGo(t, text(1<<20, 15), 6)
+	ix, _ := build(t, blob, 32<<10)
+	last := ix.NumSpans() - 1
+	s := ix.Span(last)
+	_, err := NewReader(ix, bytes.NewReader(blob[:s.CompOff+s.CompLen/2]), 0).ReadAt(make([]byte, 10), s.Off)
+	var se *SpanError
+	if !errors.As(err, &se) || se.Span != last || !errors.Is(err, io.ErrUnexpectedEOF) {
+		t.Fatalf("err %v; want span %d's fetch to fail", err, last)
+	}
+}
+
+// TestConcurrentReads: readers of one Reader, some spans kept, all get the stream's bytes
+// (run with -race).
+func TestConcurrentReads(t *testing.T) {
+	data := text(1<<20, 16)
+	blob := gzipGo(t, data, 6)
+	ix, _ := build(t, blob, 16<<10)
+	r := NewReader(ix, bytes.NewReader(blob), 2)
+	errs := make(chan error, 4)
+	for g := range 4 {
+		go func() {
+			rng := rand.New(rand.NewPCG(uint64(g), 17))
+			for range 100 {
+				off, n := rng.Int64N(int64(len(data))), rng.Int64N(50000)+1
+				p := make([]byte, n)
+				k, err := r.ReadAt(p, off)
+				if (err != nil && err != io.EOF) || !bytes.Equal(p[:k], data[off:off+int64(k)]) {
+					errs <- fmt.Errorf("ReadAt(%d at %d): %d, %v", n, off, k, err)
+					return
+				}
+			}
+			errs <- nil
+		}()
+	}
+	for range 4 {
+		if err := <-errs; err != nil {
+			t.Fatal(err)
+		}
+	}
+}
