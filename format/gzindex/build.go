@@ -14,10 +14,10 @@ import (
 // Build reads a gzip blob once, from start to end, and returns its index: a checkpoint at
 // the first deflate block boundary after every spanSize compressed bytes (and before a
 // span's output passes SoftSpanOut; never within 32 KiB of output of the last), each
-// with the history its span's matches use and the sha256 of the span's output. Every member's CRC-32 and size are checked. Memory stays
-// at a few hundred KiB plus the index. If out is not nil, it receives the uncompressed
-// stream as it is decoded (the one pass can read the tar too); spanSize <= 0 means
-// DefaultSpanSize.
+// with the history its span's matches use and the sha256 of the span's output. Every
+// member's CRC-32 and size are checked. Memory stays at a few hundred KiB plus the
+// index. If out is not nil, it receives the uncompressed stream as it is decoded (the
+// one pass can read the tar too); spanSize <= 0 means DefaultSpanSize.
 func Build(r io.Reader, spanSize int64, out io.Writer) (*Index, error) {
 	if spanSize <= 0 {
 		spanSize = DefaultSpanSize
