@@ -179,32 +179,17 @@ func TestCRIImageVolumeIsLazy(t *testing.T) {
 		indexBytes += loc.Size
 	}
 
-	name := fmt.Sprintf("model-%d", os.Getpid())
-	pod := writeJSON(t, s.dir, "pod.json", map[string]any{
-		"metadata":      map[string]any{"name": name, "namespace": "default", "uid": name, "attempt": 0},
-		"log_directory": filepath.Join(s.dir, "pods", name),
-		"linux":         map[string]any{"security_context": map[string]any{"namespace_options": map[string]any{"network": 2}}},
-	})
 	args := []string{"python3", "-c", readRangesScript, "/model/" + modelPath, strconv.Itoa(rangeMiB)}
 	for _, off := range offs {
 		args = append(args, strconv.Itoa(off))
 	}
-	ctr := writeJSON(t, s.dir, "container.json", map[string]any{
+	podID, id := s.runPod(t, "model", map[string]any{
 		"metadata": map[string]any{"name": "reader"},
 		"image":    map[string]any{"image": reader},
 		"command":  args,
 		"mounts":   []map[string]any{{"container_path": "/model", "image": map[string]any{"image": model}, "readonly": true}},
 		"log_path": "reader.log",
-		"linux":    map[string]any{},
-	})
-	podID := s.crictl(t, "runp", pod)
-	start := time.Now()
-	id := s.crictl(t, "create", podID, ctr, pod)
-	s.crictl(t, "start", id)
-	if code := s.waitExited(t, id, 5*time.Minute); code != 0 {
-		t.Fatalf("reader exited with %d; logs:\n%s\nsnapshotter:\n%s", code, s.crictl(t, "logs", id), s.log)
-	}
-	t.Logf("crictl create + start to exit took %v", time.Since(start))
+	}, 5*time.Minute)
 	if got := strings.Fields(s.crictl(t, "logs", id)); !slices.Equal(got, want) {
 		t.Fatalf("the pod read other bytes than the model's: sha256 of its %d ranges\n%v\nwant\n%v", len(offs), got, want)
 	}

@@ -106,6 +106,35 @@ func (s *snapshotterEnv) waitExited(t *testing.T, id string, timeout time.Durati
 	return st.Status.ExitCode
 }
 
+// runPod runs a pod named name-PID on the host's network (no CNI here:
+// scripts/containerd.sh) with one container of config ctr (crictl's container JSON), waits
+// until the container exits 0 within timeout, and returns the pod's and the container's
+// IDs.
+func (s *snapshotterEnv) runPod(t *testing.T, name string, ctr map[string]any, timeout time.Duration) (podID, id string) {
+	t.Helper()
+	name = fmt.Sprintf("%s-%d", name, os.Getpid())
+	pod := writeJSON(t, s.dir, "pod.json", map[string]any{
+		"metadata":      map[string]any{"name": name, "namespace": "default", "uid": name, "attempt": 0},
+		"log_directory": filepath.Join(s.dir, "pods", name),
+		"linux":         map[string]any{"security_context": map[string]any{"namespace_options": map[string]any{"network": 2}}},
+	})
+	if ctr["linux"] == nil {
+		ctr["linux"] = map[string]any{}
+	}
+	cfg := writeJSON(t, s.dir, "container.json", ctr)
+	start := time.Now()
+	podID = s.crictl(t, "runp", pod)
+	t.Logf("crictl runp took %v", time.Since(start))
+	start = time.Now()
+	id = s.crictl(t, "create", podID, cfg, pod)
+	s.crictl(t, "start", id)
+	if code := s.waitExited(t, id, timeout); code != 0 {
+		t.Fatalf("container exited with %d; logs:\n%s\nsnapshotter:\n%s", code, s.crictl(t, "logs", id), s.log)
+	}
+	t.Logf("crictl create + start to exit took %v", time.Since(start))
+	return podID, id
+}
+
 // TestCRIRunsLazyImage: Kubernetes' path. containerd's CRI plugin, configured with the
 // lazypull snapshotter, pulls a lazypull image (crictl pull: every layer becomes a remote
 // snapshot), runs a pod and a python container from it (crictl runp, create, start), and the
@@ -125,29 +154,11 @@ func TestCRIRunsLazyImage(t *testing.T) {
 		t.Fatalf("after crictl pull: %d remote snapshots of %d, want all %d layers remote:\n%s", remote, all, len(m.Layers), s.log)
 	}
 
-	// The pod uses the host's network: no CNI here (scripts/containerd.sh).
-	name := fmt.Sprintf("lazy-%d", os.Getpid())
-	pod := writeJSON(t, s.dir, "pod.json", map[string]any{
-		"metadata":      map[string]any{"name": name, "namespace": "default", "uid": name, "attempt": 0},
-		"log_directory": filepath.Join(s.dir, "pods", name),
-		"linux":         map[string]any{"security_context": map[string]any{"namespace_options": map[string]any{"network": 2}}},
-	})
-	ctr := writeJSON(t, s.dir, "container.json", map[string]any{
+	podID, id := s.runPod(t, "lazy", map[string]any{
 		"metadata": map[string]any{"name": "python"},
 		"image":    map[string]any{"image": ref},
 		"log_path": "python.log",
-		"linux":    map[string]any{},
-	})
-	start = time.Now()
-	podID := s.crictl(t, "runp", pod)
-	t.Logf("crictl runp took %v", time.Since(start))
-	start = time.Now()
-	id := s.crictl(t, "create", podID, ctr, pod)
-	s.crictl(t, "start", id)
-	if code := s.waitExited(t, id, 2*time.Minute); code != 0 {
-		t.Fatalf("container exited with %d; logs:\n%s", code, s.crictl(t, "logs", id))
-	}
-	t.Logf("crictl create + start to exit took %v", time.Since(start))
+	}, 2*time.Minute)
 	if out := s.crictl(t, "logs", id); out != pythonOutput {
 		t.Fatalf("container printed %q, want %q", out, pythonOutput)
 	}

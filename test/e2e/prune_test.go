@@ -5,7 +5,6 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
-	"fmt"
 	"io"
 	"os"
 	"path/filepath"
@@ -130,24 +129,11 @@ func TestCRIPruneRemovedImage(t *testing.T) {
 
 	// Python runs in a pod, then the pod and its image go.
 	s.crictl(t, "pull", refA)
-	name := fmt.Sprintf("prune-%d", os.Getpid())
-	pod := writeJSON(t, s.dir, "pod.json", map[string]any{
-		"metadata":      map[string]any{"name": name, "namespace": "default", "uid": name, "attempt": 0},
-		"log_directory": filepath.Join(s.dir, "pods", name),
-		"linux":         map[string]any{"security_context": map[string]any{"namespace_options": map[string]any{"network": 2}}},
-	})
-	ctr := writeJSON(t, s.dir, "container.json", map[string]any{
+	podID, _ := s.runPod(t, "prune", map[string]any{
 		"metadata": map[string]any{"name": "python"},
 		"image":    map[string]any{"image": refA},
 		"log_path": "python.log",
-		"linux":    map[string]any{},
-	})
-	podID := s.crictl(t, "runp", pod)
-	id := s.crictl(t, "create", podID, ctr, pod)
-	s.crictl(t, "start", id)
-	if code := s.waitExited(t, id, 2*time.Minute); code != 0 {
-		t.Fatalf("container exited with %d; logs:\n%s", code, s.crictl(t, "logs", id))
-	}
+	}, 2*time.Minute)
 	layersA := layerDigests(t, refA)
 	usageA := s.remoteUsage(t, layersA)
 	var heldA int64
