@@ -269,65 +269,20 @@ func Bench(ctx context.Context, cfg Config) (res *Result, err error) {
 		}
 	}()
 
-	for _, name := range build {
-		im := Workloads[name]
-		pg.step("pushing and converting " + im.Name)
-		info, err := pushImage(ctx, cfg, reg.addr, im)
-		if err != nil {
-			return fail(&StepError{Image: im.Name, Step: "push and convert", Err: err, Msg: err.Error()})
-		}
-		if slices.Contains(cfg.Modes, ModeProfile) {
-			pg.step("recording the prefetch profile of " + im.Name)
-			if info.Profile, err = recordProfile(ctx, cfg, reg.addr, im); err != nil {
-				return fail(&StepError{Image: im.Name, Mode: ModeProfile, Step: "record profile", Err: err, Msg: err.Error()})
-			}
-		}
-		res.Images = append(res.Images, info)
+	if res.Images, err = pushImages(ctx, cfg, reg.addr, build, pg); err != nil {
+		return fail(err)
 	}
 	if err := pushStargzImages(ctx, cfg, reg.addr, res.Images, pg); err != nil {
 		return fail(err)
 	}
 
-	proxies := map[string]*Proxy{}
-	for _, l := range cfg.allLinks() {
-		p, err := NewProxy(reg.addr, l, cfg.Log)
-		if err != nil {
-			return fail(&StepError{Link: l.Name, Step: "start link", Err: err, Msg: err.Error()})
-		}
-		defer p.Close()
-		proxies[l.Name] = p
+	proxies, closeProxies, err := startProxies(cfg, reg.addr)
+	defer closeProxies()
+	if err != nil {
+		return fail(err)
 	}
-	var fastest Link // none when the cold starts do not run
-	for i, l := range cfg.Links {
-		if i == 0 || l.Rate > fastest.Rate {
-			fastest = l
-		}
-	}
-
-	js := jobs(images, cfg.Links, cfg.Modes, cfg.N, cfg.Seed)
-	total := len(js) + len(images)
-	for i, im := range images {
-		pg.prefix = fmt.Sprintf("[%d/%d] %s warm", i+1, total, im.Name)
-		w, err := warmStarts(ctx, cfg, proxies[fastest.Name], im, pg)
-		if err != nil {
-			return fail(err)
-		}
-		res.Warm = append(res.Warm, w...)
-		var ws []float64
-		for _, x := range w {
-			ws = append(ws, x.Ready)
-		}
-		pg.done(fmt.Sprintf("[%d/%d] %-8s warm local start (%d): ready %s s", i+1, total, im.Name, len(w), NewStat(ws).Format(2)))
-	}
-	for i, j := range js {
-		pg.prefix = fmt.Sprintf("[%d/%d] %s %s %s #%d", len(images)+i+1, total, j.image.Name, j.mode, j.link.Name, j.rep)
-		r, err := coldRun(ctx, cfg, proxies[j.link.Name], j, pg)
-		if err != nil {
-			return fail(err)
-		}
-		res.Runs = append(res.Runs, r)
-		pg.done(fmt.Sprintf("[%d/%d] %-8s %-8s %-9s #%d: pull %6.2f s, to ready %6.2f s, total %6.2f s, %7.2f MB in %d requests",
-			len(images)+i+1, total, j.image.Name, j.mode, j.link.Name, j.rep, r.Pull, r.Ready, r.Total, float64(r.Bytes)/1e6, r.Requests))
+	if err := startRounds(ctx, cfg, res, proxies, images, pg); err != nil {
+		return fail(err)
 	}
 
 	if cold {
@@ -341,6 +296,85 @@ func Bench(ctx context.Context, cfg Config) (res *Result, err error) {
 	res.Finished = time.Now().UTC()
 	res.Machine.LoadEnd = loadavg()
 	return res, nil
+}
+
+// pushImages pushes and converts each image of build into the registry at reg, recording
+// its prefetch profile too when the profile mode runs.
+func pushImages(ctx context.Context, cfg Config, reg string, build []string, pg *progress) ([]ImageInfo, error) {
+	var infos []ImageInfo
+	for _, name := range build {
+		im := Workloads[name]
+		pg.step("pushing and converting " + im.Name)
+		info, err := pushImage(ctx, cfg, reg, im)
+		if err != nil {
+			return infos, &StepError{Image: im.Name, Step: "push and convert", Err: err, Msg: err.Error()}
+		}
+		if slices.Contains(cfg.Modes, ModeProfile) {
+			pg.step("recording the prefetch profile of " + im.Name)
+			if info.Profile, err = recordProfile(ctx, cfg, reg, im); err != nil {
+				return infos, &StepError{Image: im.Name, Mode: ModeProfile, Step: "record profile", Err: err, Msg: err.Error()}
+			}
+		}
+		infos = append(infos, info)
+	}
+	return infos, nil
+}
+
+// startProxies starts one emulated link in front of the registry at reg for each link the
+// run uses, by link name; closeAll closes those started, also when err is not nil.
+func startProxies(cfg Config, reg string) (proxies map[string]*Proxy, closeAll func(), err error) {
+	proxies = map[string]*Proxy{}
+	closeAll = func() {
+		for _, p := range proxies {
+			p.Close()
+		}
+	}
+	for _, l := range cfg.allLinks() {
+		p, err := NewProxy(reg, l, cfg.Log)
+		if err != nil {
+			return proxies, closeAll, &StepError{Link: l.Name, Step: "start link", Err: err, Msg: err.Error()}
+		}
+		proxies[l.Name] = p
+	}
+	return proxies, closeAll, nil
+}
+
+// startRounds runs the warm local starts of images over the fastest link, then the cold
+// starts of every job, in the jobs' shuffled order, into res.
+func startRounds(ctx context.Context, cfg Config, res *Result, proxies map[string]*Proxy, images []Image, pg *progress) error {
+	var fastest Link // none when the cold starts do not run
+	for i, l := range cfg.Links {
+		if i == 0 || l.Rate > fastest.Rate {
+			fastest = l
+		}
+	}
+
+	js := jobs(images, cfg.Links, cfg.Modes, cfg.N, cfg.Seed)
+	total := len(js) + len(images)
+	for i, im := range images {
+		pg.prefix = fmt.Sprintf("[%d/%d] %s warm", i+1, total, im.Name)
+		w, err := warmStarts(ctx, cfg, proxies[fastest.Name], im, pg)
+		if err != nil {
+			return err
+		}
+		res.Warm = append(res.Warm, w...)
+		var ws []float64
+		for _, x := range w {
+			ws = append(ws, x.Ready)
+		}
+		pg.done(fmt.Sprintf("[%d/%d] %-8s warm local start (%d): ready %s s", i+1, total, im.Name, len(w), NewStat(ws).Format(2)))
+	}
+	for i, j := range js {
+		pg.prefix = fmt.Sprintf("[%d/%d] %s %s %s #%d", len(images)+i+1, total, j.image.Name, j.mode, j.link.Name, j.rep)
+		r, err := coldRun(ctx, cfg, proxies[j.link.Name], j, pg)
+		if err != nil {
+			return err
+		}
+		res.Runs = append(res.Runs, r)
+		pg.done(fmt.Sprintf("[%d/%d] %-8s %-8s %-9s #%d: pull %6.2f s, to ready %6.2f s, total %6.2f s, %7.2f MB in %d requests",
+			len(images)+i+1, total, j.image.Name, j.mode, j.link.Name, j.rep, r.Pull, r.Ready, r.Total, float64(r.Bytes)/1e6, r.Requests))
+	}
+	return nil
 }
 
 // pushImage pushes the OCI layout of im to the registry as REG/bench/NAME:orig (skopeo) and
