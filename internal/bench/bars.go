@@ -384,3 +384,9 @@ func verdict(ok bool) string {
 	}
 	return "MISSED"
 }
+
+// mdReport is a bar's markdown report, written a line at a time.
+type mdReport struct{ strings.Builder }
+
+// p writes one line, format and args as for fmt.Printf.
+func (w *mdReport) p(format string, args ...any) { fmt.Fprintf(&w.Builder, format+"\n", args...) }
