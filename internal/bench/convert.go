@@ -70,6 +70,9 @@ type convertBench struct {
 	extraLevel, extraN int
 	reg                *registry
 	ctd                string // containerd's directory, once started
+	sock               string // containerd's socket
+	// The daemons the converters work through: the registry's and containerd's PIDs.
+	regPID, ctdPID int
 	// times: per converter, the timed runs' wall, cpu and daemon cpu seconds.
 	times map[string][][]float64
 }
@@ -144,75 +147,122 @@ func (c *convertBench) run(ctx context.Context) error {
 		return err
 	}
 	c.reg = reg
-	addr := reg.addr
-	regPID, err := readPID(filepath.Join(reg.dir, "registry.pid"))
+	src, indexsize, srcRows, err := c.setup(ctx)
 	if err != nil {
 		return err
+	}
+	r := &convertResult{commit: commit, src: srcRows}
+	for _, row := range srcRows {
+		r.tarBytes += row.tar
+		r.srcBlobBytes += row.blob
+	}
+	if r.tarBytes <= 0 {
+		return fmt.Errorf("source image has no tar bytes")
+	}
+	b.logf("source: %d layers, %d bytes compressed, %d bytes uncompressed", len(srcRows), r.srcBlobBytes, r.tarBytes)
+	if err := c.pushSource(ctx, src); err != nil {
+		return err
+	}
+	if err := c.rounds(ctx, src, r); err != nil {
+		return err
+	}
+	if err := c.checkDigests(); err != nil {
+		return err
+	}
+	if err := c.indexSizes(ctx, indexsize, r); err != nil {
+		return err
+	}
+	b.step("report")
+	return b.finish(c.report(r))
+}
+
+// convertResult is what the converter bench measured, for its report.
+type convertResult struct {
+	commit                string
+	loadBefore, loadAfter string
+	// The source image: its tar stream bytes and compressed blob bytes.
+	tarBytes, srcBlobBytes int64
+	// tools/indexsize's rows, per layer: the source's, lazypull's and eStargz's.
+	src, lazy, esgz []indexRow
+}
+
+// setup starts containerd and builds the test image and tools/indexsize; it returns the
+// image's OCI layout, the tool, and the image's rows.
+func (c *convertBench) setup(ctx context.Context) (src, indexsize string, rows []indexRow, err error) {
+	b := c.bar
+	if c.regPID, err = readPID(filepath.Join(c.reg.dir, "registry.pid")); err != nil {
+		return "", "", nil, err
 	}
 	b.step("start containerd")
-	ctd := filepath.Join(b.work, "containerd")
-	c.ctd = ctd
-	if _, err := command(ctx, nil, filepath.Join(b.scripts(), "containerd.sh"), "start", ctd); err != nil {
-		return err
+	c.ctd = filepath.Join(b.work, "containerd")
+	if _, err := command(ctx, nil, filepath.Join(b.scripts(), "containerd.sh"), "start", c.ctd); err != nil {
+		return "", "", nil, err
 	}
-	sock := filepath.Join(ctd, "containerd.sock")
-	ctdPID, err := readPID(filepath.Join(ctd, "containerd.pid"))
-	if err != nil {
-		return err
+	c.sock = filepath.Join(c.ctd, "containerd.sock")
+	if c.ctdPID, err = readPID(filepath.Join(c.ctd, "containerd.pid")); err != nil {
+		return "", "", nil, err
 	}
 
 	b.step("build the test image (scripts/build-test-image.sh)")
-	src, err := b.testImage(ctx)
-	if err != nil {
-		return err
+	if src, err = b.testImage(ctx); err != nil {
+		return "", "", nil, err
 	}
 	b.step("build tools/indexsize")
-	indexsize, err := b.buildTool(ctx, "indexsize")
-	if err != nil {
-		return err
+	if indexsize, err = b.buildTool(ctx, "indexsize"); err != nil {
+		return "", "", nil, err
 	}
 	b.step("measure the source image (tools/indexsize: tar stream sizes, checked against the diff IDs)")
-	srcRows, err := c.indexsize(ctx, indexsize, src+":python")
-	if err != nil {
-		return err
+	if rows, err = c.indexsize(ctx, indexsize, src+":python"); err != nil {
+		return "", "", nil, err
 	}
-	layers := len(srcRows)
-	var tarBytes, srcBlobBytes int64
-	for _, r := range srcRows {
-		tarBytes += r.tar
-		srcBlobBytes += r.blob
-	}
-	if tarBytes <= 0 {
-		return fmt.Errorf("source image has no tar bytes")
-	}
-	b.logf("source: %d layers, %d bytes compressed, %d bytes uncompressed", layers, srcBlobBytes, tarBytes)
+	return src, indexsize, rows, nil
+}
 
+// pushSource pushes the source image from its layout src to the registry and pulls it into
+// containerd.
+func (c *convertBench) pushSource(ctx context.Context, src string) error {
+	b := c.bar
+	addr := c.reg.addr
 	b.step("push the source image to the registry (skopeo)")
 	if _, err := command(ctx, nil, "skopeo", "--insecure-policy", "copy", "--dest-tls-verify=false", "oci:"+src+":python", "docker://"+addr+"/python:src"); err != nil {
 		return err
 	}
 	b.step("pull the source image into containerd (ctr image pull)")
-	if _, err := command(ctx, nil, "ctr", "--address", sock, "image", "pull", "--plain-http", addr+"/python:src"); err != nil {
-		return err
-	}
+	_, err := command(ctx, nil, "ctr", "--address", c.sock, "image", "pull", "--plain-http", addr+"/python:src")
+	return err
+}
 
-	// The converters. Each run writes to a new destination, so nothing is skipped as already there.
-	runOCI := func(run string) (float64, error) {
-		os.RemoveAll(filepath.Join(b.work, "lazy-oci-"+run))
-		return c.timed(ctx, "oci", run, 0, b.cfg.Lazypull, "convert", "--json", "oci:"+src+":python", "oci:"+filepath.Join(b.work, "lazy-oci-"+run)+":lazy")
-	}
-	runReg := func(run string) (float64, error) {
-		return c.timed(ctx, "reg", run, regPID, b.cfg.Lazypull, "convert", "--json", addr+"/python:src", addr+"/lazy-"+run+":latest")
-	}
-	runEsgz := func(run string) (float64, error) {
-		return c.timed(ctx, "esgz", run, ctdPID, "ctr-remote", "--address", sock, "image", "convert", "--estargz", "--oci",
-			addr+"/python:src", addr+"/python:esgz-"+run)
-	}
-	runExtra := func(run string) (float64, error) {
-		return c.timed(ctx, "extra", run, ctdPID, "ctr-remote", "--address", sock, "image", "convert", "--estargz",
-			"--estargz-compression-level", strconv.Itoa(c.extraLevel), "--oci", addr+"/python:src", fmt.Sprintf("%s/python:esgz-l%d-%s", addr, c.extraLevel, run))
-	}
+// The converters, each run of which writes to a new destination, so nothing is skipped as
+// already there.
 
+func (c *convertBench) runOCI(ctx context.Context, src, run string) (float64, error) {
+	os.RemoveAll(filepath.Join(c.work, "lazy-oci-"+run))
+	return c.timed(ctx, "oci", run, 0, c.cfg.Lazypull, "convert", "--json", "oci:"+src+":python", "oci:"+filepath.Join(c.work, "lazy-oci-"+run)+":lazy")
+}
+
+func (c *convertBench) runReg(ctx context.Context, run string) (float64, error) {
+	addr := c.reg.addr
+	return c.timed(ctx, "reg", run, c.regPID, c.cfg.Lazypull, "convert", "--json", addr+"/python:src", addr+"/lazy-"+run+":latest")
+}
+
+func (c *convertBench) runEsgz(ctx context.Context, run string) (float64, error) {
+	addr := c.reg.addr
+	return c.timed(ctx, "esgz", run, c.ctdPID, "ctr-remote", "--address", c.sock, "image", "convert", "--estargz", "--oci",
+		addr+"/python:src", addr+"/python:esgz-"+run)
+}
+
+func (c *convertBench) runExtra(ctx context.Context, run string) (float64, error) {
+	addr := c.reg.addr
+	return c.timed(ctx, "extra", run, c.ctdPID, "ctr-remote", "--address", c.sock, "image", "convert", "--estargz",
+		"--estargz-compression-level", strconv.Itoa(c.extraLevel), "--oci", addr+"/python:src", fmt.Sprintf("%s/python:esgz-l%d-%s", addr, c.extraLevel, run))
+}
+
+// rounds runs each converter once to warm up, then the N timed rounds, interleaved.
+func (c *convertBench) rounds(ctx context.Context, src string, r *convertResult) error {
+	b := c.bar
+	runOCI := func(run string) (float64, error) { return c.runOCI(ctx, src, run) }
+	runReg := func(run string) (float64, error) { return c.runReg(ctx, run) }
+	runEsgz := func(run string) (float64, error) { return c.runEsgz(ctx, run) }
 	b.step("warm up: each converter once")
 	for _, w := range []struct {
 		name string
@@ -226,7 +276,7 @@ func (c *convertBench) run(ctx context.Context) error {
 	}
 	os.RemoveAll(filepath.Join(b.work, "lazy-oci-warm"))
 
-	loadBefore := loadavg()
+	r.loadBefore = loadavg()
 	for i := 1; i <= b.cfg.N; i++ {
 		run := strconv.Itoa(i)
 		b.step("run %d of %d: lazypull oci -> oci", i, b.cfg.N)
@@ -251,14 +301,19 @@ func (c *convertBench) run(ctx context.Context) error {
 		b.logf("%.3f s", t)
 		if c.extraLevel != 0 && i <= c.extraN {
 			b.step("run %d of %d: ctr-remote image convert --estargz --estargz-compression-level %d --oci", i, c.extraN, c.extraLevel)
-			if t, err = runExtra(run); err != nil {
+			if t, err = c.runExtra(ctx, run); err != nil {
 				return err
 			}
 			b.logf("%.3f s", t)
 		}
 	}
-	loadAfter := loadavg()
+	r.loadAfter = loadavg()
+	return nil
+}
 
+// checkDigests checks that every lazypull run wrote the same image, from their logs.
+func (c *convertBench) checkDigests() error {
+	b := c.bar
 	b.step("check that every lazypull run wrote the same image")
 	// --json summaries: {"source":...,"digest":"sha256:<manifest>",...}; logs say digest=..., not "digest":
 	digestRE := regexp.MustCompile(`"digest":"(sha256:[0-9a-f]{64})"`)
@@ -280,10 +335,16 @@ func (c *convertBench) run(ctx context.Context) error {
 			return fmt.Errorf("%s wrote manifest %q, run 1 wrote %s", strings.TrimSuffix(filepath.Base(f), ".log"), d, lazyDigest)
 		}
 	}
+	return nil
+}
 
+// indexSizes exports the first eStargz image from containerd and measures the indexes of
+// the first lazypull image and its TOCs with tools/indexsize, into r.
+func (c *convertBench) indexSizes(ctx context.Context, indexsize string, r *convertResult) error {
+	b := c.bar
 	b.step("export the eStargz image from containerd (ctr image export)")
 	esgzTar := filepath.Join(b.work, "esgz.tar")
-	if _, err := command(ctx, nil, "ctr", "--address", sock, "image", "export", esgzTar, addr+"/python:esgz-1"); err != nil {
+	if _, err := command(ctx, nil, "ctr", "--address", c.sock, "image", "export", esgzTar, c.reg.addr+"/python:esgz-1"); err != nil {
 		return err
 	}
 	esgzDir := filepath.Join(b.work, "esgz")
@@ -296,90 +357,172 @@ func (c *convertBench) run(ctx context.Context) error {
 	os.Remove(esgzTar)
 
 	b.step("index and TOC sizes (tools/indexsize)")
-	lazyRows, err := c.indexsize(ctx, indexsize, filepath.Join(b.work, "lazy-oci-1")+":lazy")
-	if err != nil {
+	var err error
+	if r.lazy, err = c.indexsize(ctx, indexsize, filepath.Join(b.work, "lazy-oci-1")+":lazy"); err != nil {
 		return err
 	}
-	esgzRows, err := c.indexsize(ctx, indexsize, esgzDir)
-	if err != nil {
+	if r.esgz, err = c.indexsize(ctx, indexsize, esgzDir); err != nil {
 		return err
 	}
-	if len(lazyRows) != layers {
-		return fmt.Errorf("lazypull image has %d layers, source %d", len(lazyRows), layers)
+	layers := len(r.src)
+	if len(r.lazy) != layers {
+		return fmt.Errorf("lazypull image has %d layers, source %d", len(r.lazy), layers)
 	}
-	if len(esgzRows) != layers {
-		return fmt.Errorf("eStargz image has %d layers, source %d", len(esgzRows), layers)
+	if len(r.esgz) != layers {
+		return fmt.Errorf("eStargz image has %d layers, source %d", len(r.esgz), layers)
 	}
 	for i := range layers {
-		if lazyRows[i].format != "lazypull" {
+		if r.lazy[i].format != "lazypull" {
 			return fmt.Errorf("a layer of the lazypull image is not a lazypull layer")
 		}
-		if esgzRows[i].format != "estargz" {
+		if r.esgz[i].format != "estargz" {
 			return fmt.Errorf("a layer of the converted image is not eStargz")
 		}
 		// The lazypull layers' tar streams are the source's, byte for byte (indexsize checked the diff IDs).
-		if lazyRows[i].tar != srcRows[i].tar {
+		if r.lazy[i].tar != r.src[i].tar {
 			return fmt.Errorf("lazypull tar sizes differ from the source's")
 		}
 	}
+	return nil
+}
 
-	b.step("report")
-	N := b.cfg.N
-	mb := func(secs float64) float64 { return float64(tarBytes) / 1e6 / secs }
-	med := func(key string, col int) float64 { return median(column(c.times[key], col)) }
-	cpuMed := func(key string) float64 {
-		var xs []float64
-		for _, r := range c.times[key] {
-			xs = append(xs, r[1]+r[2])
-		}
-		return median(xs)
-	}
-	ratioOCI := med("esgz", 0) / med("oci", 0)
-	ratioReg := med("esgz", 0) / med("reg", 0)
-	ratioCPU := cpuMed("esgz") / cpuMed("oci")
-	verdictTP := verdict(round2(ratioOCI) >= 2)
-	// tpRow: a markdown row. The MB/s range runs from the slowest run to the fastest.
-	tpRow := func(key, label string) string {
-		s := NewStat(column(c.times[key], 0))
-		return fmt.Sprintf("| %s | %.3f (%.3f-%.3f) | %.1f (%.1f-%.1f) | %.3f + %.3f | %.1f |", label, s.Median, s.Min, s.Max,
-			mb(s.Median), mb(s.Max), mb(s.Min), med(key, 1), med(key, 2), mb(cpuMed(key)))
-	}
+// convertFigures are the report's figures of the throughput runs.
+type convertFigures struct {
+	c        *convertBench
+	tarBytes int64
+}
 
-	// Index vs TOC, per layer and in total.
+// mb is the uncompressed MB/s of a conversion in secs.
+func (f convertFigures) mb(secs float64) float64 { return float64(f.tarBytes) / 1e6 / secs }
+
+// med is the median of column col of converter key's timed runs.
+func (f convertFigures) med(key string, col int) float64 {
+	return median(column(f.c.times[key], col))
+}
+
+// cpu is the median CPU seconds of converter key's timed runs, its daemon's included.
+func (f convertFigures) cpu(key string) float64 {
+	var xs []float64
+	for _, r := range f.c.times[key] {
+		xs = append(xs, r[1]+r[2])
+	}
+	return median(xs)
+}
+
+// row is converter key's markdown row. The MB/s range runs from the slowest run to the fastest.
+func (f convertFigures) row(key, label string) string {
+	s := NewStat(column(f.c.times[key], 0))
+	return fmt.Sprintf("| %s | %.3f (%.3f-%.3f) | %.1f (%.1f-%.1f) | %.3f + %.3f | %.1f |", label, s.Median, s.Min, s.Max,
+		f.mb(s.Median), f.mb(s.Max), f.mb(s.Min), f.med(key, 1), f.med(key, 2), f.mb(f.cpu(key)))
+}
+
+// indexTotals are the index and TOC sizes summed over the layers: lazypull's (l) and
+// eStargz's (e) entries, chunks, compressed metadata, raw metadata and sha256 bytes.
+type indexTotals struct {
+	le, ee, lc, ec, lm, em, lr, er, ls, es int64
+	// worst is the largest ratio of a layer's compressed index to its TOC.
+	worst float64
+}
+
+// indexTable is the markdown rows of the index vs TOC table, per layer and in all.
+func indexTable(lazy, esgz []indexRow) (string, indexTotals) {
 	pct := func(a, b int64) string { return fmt.Sprintf("%.1f%%", 100*float64(a)/float64(b)) }
-	var indexTable strings.Builder
-	var le, ee, lc, ec, lm, em, lr, er, ls, es int64
-	worst := 0.0
-	for i := range layers {
-		l, e := lazyRows[i], esgzRows[i]
-		fmt.Fprintf(&indexTable, "| %s | %d / %d | %d / %d | %d | %d | %s | %d | %d | %s | %d / %d |\n",
+	var tb strings.Builder
+	var t indexTotals
+	for i := range lazy {
+		l, e := lazy[i], esgz[i]
+		fmt.Fprintf(&tb, "| %s | %d / %d | %d / %d | %d | %d | %s | %d | %d | %s | %d / %d |\n",
 			l.layer, l.entries, e.entries, l.chunks, e.chunks, l.meta, e.meta, pct(l.meta, e.meta), l.raw, e.raw, pct(l.raw, e.raw), 32*l.shas, 32*e.shas)
-		le, ee, lc, ec, lm, em, lr, er = le+l.entries, ee+e.entries, lc+l.chunks, ec+e.chunks, lm+l.meta, em+e.meta, lr+l.raw, er+e.raw
-		ls, es = ls+32*l.shas, es+32*e.shas
-		worst = max(worst, float64(l.meta)/float64(e.meta))
+		t.le, t.ee, t.lc, t.ec, t.lm, t.em, t.lr, t.er = t.le+l.entries, t.ee+e.entries, t.lc+l.chunks, t.ec+e.chunks, t.lm+l.meta, t.em+e.meta, t.lr+l.raw, t.er+e.raw
+		t.ls, t.es = t.ls+32*l.shas, t.es+32*e.shas
+		t.worst = max(t.worst, float64(l.meta)/float64(e.meta))
 	}
-	fmt.Fprintf(&indexTable, "| all | %d / %d | %d / %d | %d | %d | %s | %d | %d | %s | %d / %d |",
-		le, ee, lc, ec, lm, em, pct(lm, em), lr, er, pct(lr, er), ls, es)
-	ratioC := float64(lm) / float64(em)
-	ratioR := float64(lr) / float64(er)
-	verdictC := verdict(3*lm <= em)
-	verdictR := verdict(3*lr <= er)
-	floor := ls
-	nonshaRatio := float64(lm-ls) / float64(em-es)
+	fmt.Fprintf(&tb, "| all | %d / %d | %d / %d | %d | %d | %s | %d | %d | %s | %d / %d |",
+		t.le, t.ee, t.lc, t.ec, t.lm, t.em, pct(t.lm, t.em), t.lr, t.er, pct(t.lr, t.er), t.ls, t.es)
+	return tb.String(), t
+}
 
-	var w strings.Builder
-	p := func(format string, args ...any) { fmt.Fprintf(&w, format+"\n", args...) }
+// report writes the console summary and returns the markdown report of r.
+func (c *convertBench) report(r *convertResult) string {
+	b := c.bar
+	N := b.cfg.N
+	f := convertFigures{c: c, tarBytes: r.tarBytes}
+	ratioOCI := f.med("esgz", 0) / f.med("oci", 0)
+	ratioCPU := f.cpu("esgz") / f.cpu("oci")
+	verdictTP := verdict(round2(ratioOCI) >= 2)
+	table, t := indexTable(r.lazy, r.esgz)
+	ratioC := float64(t.lm) / float64(t.em)
+	ratioR := float64(t.lr) / float64(t.er)
+	verdictC := verdict(3*t.lm <= t.em)
+	verdictR := verdict(3*t.lr <= t.er)
+
+	var w mdReport
+	p := w.p
 	p("")
 	p("## make bench-convert, %s", time.Now().UTC().Format("2006-01-02 15:04:05 UTC"))
 	p("")
 	p("Command: `%s` (lazypull-bench convert, N=%d); the run took %.0f s.", b.cfg.Command, N, time.Since(b.started).Seconds())
 	p("Machine: %s.", machineLine())
 	p("Versions: %s (%s, built from the work tree at %s); ctr-remote from stargz-snapshotter"+
-		" %s; %s.", b.lazypullVersion(), b.cfg.Lazypull, commit, debVersion("stargz-snapshotter"), containerdVersion())
+		" %s; %s.", b.lazypullVersion(), b.cfg.Lazypull, r.commit, debVersion("stargz-snapshotter"), containerdVersion())
 	p("Image: the test image of scripts/build-test-image.sh (Debian bookworm minbase + python3),"+
 		" %d gzip layers, %d bytes compressed, %d bytes of tar"+
-		" (%.1f MB, the sum of the diff IDs' sizes).", layers, srcBlobBytes, tarBytes, float64(tarBytes)/1e6)
+		" (%.1f MB, the sum of the diff IDs' sizes).", len(r.src), r.srcBlobBytes, r.tarBytes, float64(r.tarBytes)/1e6)
 	p("")
+	c.reportThroughput(&w, r, f)
+	p("### Bar: index <= 1/3 of the eStargz TOC, compressed: %s (%.2fx); uncompressed: %s (%.2fx)", verdictC, ratioC, verdictR, ratioR)
+	p("")
+	p("Per layer (`tools/indexsize`): lazypull index payload against the eStargz TOC gzip member" +
+		" (compressed; footers not counted), and the index body against stargz.index.json" +
+		" (uncompressed). Entries and chunks are lazypull / eStargz (ctr-remote's default chunk size);" +
+		" the sha256 floor is 32 bytes per distinct SHA-256 value the metadata carries.")
+	p("")
+	p("| layer | entries | chunks | index, compressed | TOC, compressed | index/TOC | index body | TOC JSON | body/JSON | sha256 floor |")
+	p("|---|---|---|---|---|---|---|---|---|---|")
+	p("%s", table)
+	p("")
+	if verdictC == "MISSED" {
+		floor := t.ls
+		nonshaRatio := float64(t.lm-t.ls) / float64(t.em-t.es)
+		p("**The compressed bar is missed** (worst layer %.2fx). Both formats carry a"+
+			" SHA-256 per chunk (and per multi-chunk file), 32 bytes of entropy each that no compressor"+
+			" removes: they are %d bytes, %.0f%% of lazypull's compressed index and alone"+
+			" %.2fx the eStargz TOC, so 1/3 cannot be reached while every chunk is verified"+
+			" with a sha256 (and lazypull's 128 KiB average chunks give it more chunks than eStargz's"+
+			" default). Everything but the digests is %.2fx eStargz's.", t.worst, floor, 100*float64(floor)/float64(t.lm),
+			float64(floor)/float64(t.em), nonshaRatio)
+	}
+	if verdictR == "MISSED" {
+		p("**The uncompressed bar is missed.**")
+	}
+
+	// The console summary, then the markdown.
+	o := b.cfg.Out
+	fmt.Fprintln(o)
+	fmt.Fprintf(o, "throughput (median of %d; uncompressed MB/s of %d tar bytes; CPU incl. daemon):\n", N, r.tarBytes)
+	sumRow := func(key, label string) {
+		fmt.Fprintf(o, "  %-42s %8.3f s %7.1f MB/s  %8.3f CPU-s\n", label, f.med(key, 0), f.mb(f.med(key, 0)), f.cpu(key))
+	}
+	sumRow("oci", "lazypull oci -> oci")
+	sumRow("reg", "lazypull registry -> registry")
+	sumRow("esgz", "ctr-remote --estargz")
+	if c.extraLevel != 0 {
+		sumRow("extra", fmt.Sprintf("ctr-remote --estargz (level %d)", c.extraLevel))
+	}
+	fmt.Fprintf(o, "  lazypull / ctr-remote: %.2fx wall-clock (bar >= 2x: %s), %.2fx CPU\n", ratioOCI, verdictTP, ratioCPU)
+	fmt.Fprintf(o, "index vs TOC: compressed %d / %d = %.2fx (bar <= 0.33: %s); uncompressed %d / %d = %.2fx (%s)\n",
+		t.lm, t.em, ratioC, verdictC, t.lr, t.er, ratioR, verdictR)
+	return w.String()
+}
+
+// reportThroughput writes the throughput bar's section.
+func (c *convertBench) reportThroughput(w *mdReport, r *convertResult, f convertFigures) {
+	p := w.p
+	N := c.cfg.N
+	ratioOCI := f.med("esgz", 0) / f.med("oci", 0)
+	ratioReg := f.med("esgz", 0) / f.med("reg", 0)
+	ratioCPU := f.cpu("esgz") / f.cpu("oci")
+	verdictTP := verdict(round2(ratioOCI) >= 2)
 	p("### Bar: converter throughput, lazypull >= 2x ctr-remote: %s (%.2fx)", verdictTP, ratioOCI)
 	p("")
 	p("Wall-clock seconds and uncompressed MB/s (10^6 bytes of tar per second): median of %d runs"+
@@ -390,19 +533,19 @@ func (c *convertBench) run(ctx context.Context) error {
 	p("")
 	p("| converter | seconds | MB/s | CPU s | MB per CPU-s |")
 	p("|---|---|---|---|---|")
-	p("%s", tpRow("oci", "lazypull convert, OCI layout -> OCI layout"))
-	p("%s", tpRow("reg", "lazypull convert, registry -> registry (loopback)"))
-	p("%s", tpRow("esgz", "ctr-remote image convert --estargz --oci (content store -> content store)"))
+	p("%s", f.row("oci", "lazypull convert, OCI layout -> OCI layout"))
+	p("%s", f.row("reg", "lazypull convert, registry -> registry (loopback)"))
+	p("%s", f.row("esgz", "ctr-remote image convert --estargz --oci (content store -> content store)"))
 	if c.extraLevel != 0 {
 		runs := "run"
 		if c.extraN != 1 {
 			runs = "runs"
 		}
-		p("%s", tpRow("extra", fmt.Sprintf("ctr-remote, same, --estargz-compression-level %d (%d %s)", c.extraLevel, c.extraN, runs)))
+		p("%s", f.row("extra", fmt.Sprintf("ctr-remote, same, --estargz-compression-level %d (%d %s)", c.extraLevel, c.extraN, runs)))
 	}
 	p("")
-	p("Load average (1, 5, 15 min) before the timed runs: %s; after: %s.", loadBefore, loadAfter)
-	if first(loadBefore) > float64(numCPU())/2 || first(loadAfter) > float64(numCPU())/2+1 {
+	p("Load average (1, 5, 15 min) before the timed runs: %s; after: %s.", r.loadBefore, r.loadAfter)
+	if first(r.loadBefore) > float64(numCPU())/2 || first(r.loadAfter) > float64(numCPU())/2+1 {
 		p("Other work was running on the machine: the wall-clock figures are noisy, the CPU" +
 			" figures much less so.")
 	}
@@ -412,53 +555,12 @@ func (c *convertBench) run(ctx context.Context) error {
 		" (local conversion, daemons included).", ratioOCI, ratioReg, ratioCPU)
 	if c.extraLevel != 0 {
 		p("ctr-remote's default gzip level is 9; at level %d lazypull is still"+
-			" %.2fx, so the gap is not the compression level alone.", c.extraLevel, med("extra", 0)/med("oci", 0))
+			" %.2fx, so the gap is not the compression level alone.", c.extraLevel, f.med("extra", 0)/f.med("oci", 0))
 	}
 	if verdictTP == "MISSED" {
 		p("**The bar is missed**: lazypull is below 2x ctr-remote on this run.")
 	}
 	p("")
-	p("### Bar: index <= 1/3 of the eStargz TOC, compressed: %s (%.2fx); uncompressed: %s (%.2fx)", verdictC, ratioC, verdictR, ratioR)
-	p("")
-	p("Per layer (`tools/indexsize`): lazypull index payload against the eStargz TOC gzip member" +
-		" (compressed; footers not counted), and the index body against stargz.index.json" +
-		" (uncompressed). Entries and chunks are lazypull / eStargz (ctr-remote's default chunk size);" +
-		" the sha256 floor is 32 bytes per distinct SHA-256 value the metadata carries.")
-	p("")
-	p("| layer | entries | chunks | index, compressed | TOC, compressed | index/TOC | index body | TOC JSON | body/JSON | sha256 floor |")
-	p("|---|---|---|---|---|---|---|---|---|---|")
-	p("%s", indexTable.String())
-	p("")
-	if verdictC == "MISSED" {
-		p("**The compressed bar is missed** (worst layer %.2fx). Both formats carry a"+
-			" SHA-256 per chunk (and per multi-chunk file), 32 bytes of entropy each that no compressor"+
-			" removes: they are %d bytes, %.0f%% of lazypull's compressed index and alone"+
-			" %.2fx the eStargz TOC, so 1/3 cannot be reached while every chunk is verified"+
-			" with a sha256 (and lazypull's 128 KiB average chunks give it more chunks than eStargz's"+
-			" default). Everything but the digests is %.2fx eStargz's.", worst, floor, 100*float64(floor)/float64(lm),
-			float64(floor)/float64(em), nonshaRatio)
-	}
-	if verdictR == "MISSED" {
-		p("**The uncompressed bar is missed.**")
-	}
-
-	// The console summary, then the markdown.
-	o := b.cfg.Out
-	fmt.Fprintln(o)
-	fmt.Fprintf(o, "throughput (median of %d; uncompressed MB/s of %d tar bytes; CPU incl. daemon):\n", N, tarBytes)
-	sumRow := func(key, label string) {
-		fmt.Fprintf(o, "  %-42s %8.3f s %7.1f MB/s  %8.3f CPU-s\n", label, med(key, 0), mb(med(key, 0)), cpuMed(key))
-	}
-	sumRow("oci", "lazypull oci -> oci")
-	sumRow("reg", "lazypull registry -> registry")
-	sumRow("esgz", "ctr-remote --estargz")
-	if c.extraLevel != 0 {
-		sumRow("extra", fmt.Sprintf("ctr-remote --estargz (level %d)", c.extraLevel))
-	}
-	fmt.Fprintf(o, "  lazypull / ctr-remote: %.2fx wall-clock (bar >= 2x: %s), %.2fx CPU\n", ratioOCI, verdictTP, ratioCPU)
-	fmt.Fprintf(o, "index vs TOC: compressed %d / %d = %.2fx (bar <= 0.33: %s); uncompressed %d / %d = %.2fx (%s)\n",
-		lm, em, ratioC, verdictC, lr, er, ratioR, verdictR)
-	return b.finish(w.String())
 }
 
 // first is the first number of a load average line.
