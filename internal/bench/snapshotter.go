@@ -261,8 +261,45 @@ func (s *snBench) run(ctx context.Context) error {
 		return err
 	}
 	s.reg, s.regLog = reg, filepath.Join(reg.dir, "registry.log")
-	addr := reg.addr
+	r := &snResult{commit: commit}
+	if err := s.pushImages(ctx, r); err != nil {
+		return err
+	}
+	if s.has("memory") {
+		b.step("memory: %d images through one snapshotter", snapshotterImages)
+		if r.mem, err = s.memory(ctx, r.refs); err != nil {
+			return err
+		}
+	}
+	if s.has("cold") {
+		if err := s.coldRounds(ctx, r); err != nil {
+			return err
+		}
+	}
+	return b.finish(s.report(r))
+}
 
+// snResult is what the snapshotter bench measured, for its report.
+type snResult struct {
+	commit string
+	// The original image's reference, the lazypull images' (the converted image first, then
+	// its variants), and the layer bytes of the original and the converted image.
+	orig                 string
+	refs                 []string
+	origBytes, lazyBytes int64
+
+	mem *snMemory // nil when the memory part does not run
+
+	// The cold starts, a row per round (timedStart's), and the load around them.
+	coldLazy, coldPlain   [][]float64
+	loadBefore, loadAfter string
+}
+
+// pushImages pushes the original test image, converts it, and converts the variants, each
+// the converted image with one more small layer, into the registry; into r.
+func (s *snBench) pushImages(ctx context.Context, r *snResult) error {
+	b := s.bar
+	addr := s.reg.addr
 	b.step("build the python test image (cached) and tools/addlayer")
 	images, err := b.testImage(ctx)
 	if err != nil {
@@ -274,38 +311,24 @@ func (s *snBench) run(ctx context.Context) error {
 	}
 
 	b.step("push the original, convert it, and make %d variants", snapshotterImages-1)
-	orig := addr + "/bench/python:orig"
-	if _, err := command(ctx, nil, "skopeo", "copy", "--quiet", "--dest-tls-verify=false", "oci:"+images+":python", "docker://"+orig); err != nil {
+	r.orig = addr + "/bench/python:orig"
+	if _, err := command(ctx, nil, "skopeo", "copy", "--quiet", "--dest-tls-verify=false", "oci:"+images+":python", "docker://"+r.orig); err != nil {
 		return err
 	}
 	lazyLayout := filepath.Join(b.work, "lazy")
 	if _, err := command(ctx, nil, b.cfg.Lazypull, "convert", "--json", "oci:"+images+":python", "oci:"+lazyLayout+":python"); err != nil {
 		return err
 	}
-	var refs []string
 	for i := range snapshotterImages {
 		ref := fmt.Sprintf("%s/bench/python-%d:lazy", addr, i)
 		if i == 0 {
 			if _, err := command(ctx, nil, b.cfg.Lazypull, "convert", "--json", "oci:"+lazyLayout+":python", ref); err != nil {
 				return err
 			}
-		} else {
-			layer := filepath.Join(b.work, fmt.Sprintf("layer-%d", i))
-			if err := os.MkdirAll(filepath.Join(layer, "etc"), 0o755); err != nil {
-				return err
-			}
-			if err := os.WriteFile(filepath.Join(layer, "etc", "lazypull-variant"), variantFile(i), 0o644); err != nil {
-				return err
-			}
-			variants := fmt.Sprintf("%s:python-%d", filepath.Join(b.work, "variants"), i)
-			if _, err := command(ctx, nil, addlayer, "-src", lazyLayout+":python", "-dst", variants, layer); err != nil {
-				return err
-			}
-			if _, err := command(ctx, nil, b.cfg.Lazypull, "convert", "--json", "oci:"+variants, ref); err != nil {
-				return err
-			}
+		} else if err := s.pushVariant(ctx, addlayer, lazyLayout, i, ref); err != nil {
+			return err
 		}
-		refs = append(refs, ref)
+		r.refs = append(r.refs, ref)
 	}
 	origMan, err := getManifest(ctx, addr, "bench/python", "orig")
 	if err != nil {
@@ -322,119 +345,148 @@ func (s *snBench) run(ctx context.Context) error {
 	if len(v1Man.Layers) != 3 {
 		return fmt.Errorf("variant 1 does not have 3 layers")
 	}
-	origBytes, lazyBytes := origMan.layerBytes(), lazyMan.layerBytes()
+	r.origBytes, r.lazyBytes = origMan.layerBytes(), lazyMan.layerBytes()
+	return nil
+}
 
-	var mem *snMemory
-	if s.has("memory") {
-		b.step("memory: %d images through one snapshotter", snapshotterImages)
-		if mem, err = s.memory(ctx, refs); err != nil {
-			return err
-		}
+// pushVariant makes variant i of the converted image in lazyLayout, with addlayer, and
+// converts it into the registry as ref.
+func (s *snBench) pushVariant(ctx context.Context, addlayer, lazyLayout string, i int, ref string) error {
+	b := s.bar
+	layer := filepath.Join(b.work, fmt.Sprintf("layer-%d", i))
+	if err := os.MkdirAll(filepath.Join(layer, "etc"), 0o755); err != nil {
+		return err
 	}
-	var coldLazy, coldPlain [][]float64
-	var loadBefore, loadAfter string
-	var byteRatio, timeRatio float64
-	var verdictCold string
-	if s.has("cold") {
-		loadBefore = loadavg()
-		for r := 1; r <= b.cfg.N; r++ {
-			b.step("cold start, round %d of %d", r, b.cfg.N)
-			lazyFirst := r%2 == 1
-			for k := range 2 {
-				if (k == 0) == lazyFirst {
-					row, err := s.coldLazy(ctx, r, refs[0])
-					if err != nil {
-						return err
-					}
-					coldLazy = append(coldLazy, row)
-					b.logf("lazy round %d: %v", r, row)
-				} else {
-					row, err := s.coldPlain(ctx, r, orig)
-					if err != nil {
-						return err
-					}
-					coldPlain = append(coldPlain, row)
-					b.logf("plain round %d: %v", r, row)
+	if err := os.WriteFile(filepath.Join(layer, "etc", "lazypull-variant"), variantFile(i), 0o644); err != nil {
+		return err
+	}
+	variants := fmt.Sprintf("%s:python-%d", filepath.Join(b.work, "variants"), i)
+	if _, err := command(ctx, nil, addlayer, "-src", lazyLayout+":python", "-dst", variants, layer); err != nil {
+		return err
+	}
+	_, err := command(ctx, nil, b.cfg.Lazypull, "convert", "--json", "oci:"+variants, ref)
+	return err
+}
+
+// coldRounds runs the N cold start rounds, lazy and plain alternating first, into r.
+func (s *snBench) coldRounds(ctx context.Context, r *snResult) error {
+	b := s.bar
+	r.loadBefore = loadavg()
+	for round := 1; round <= b.cfg.N; round++ {
+		b.step("cold start, round %d of %d", round, b.cfg.N)
+		lazyFirst := round%2 == 1
+		for k := range 2 {
+			if (k == 0) == lazyFirst {
+				row, err := s.coldLazy(ctx, round, r.refs[0])
+				if err != nil {
+					return err
 				}
+				r.coldLazy = append(r.coldLazy, row)
+				b.logf("lazy round %d: %v", round, row)
+			} else {
+				row, err := s.coldPlain(ctx, round, r.orig)
+				if err != nil {
+					return err
+				}
+				r.coldPlain = append(r.coldPlain, row)
+				b.logf("plain round %d: %v", round, row)
 			}
 		}
-		loadAfter = loadavg()
-		byteRatio = median(column(coldLazy, 4)) / median(column(coldPlain, 4))
-		timeRatio = median(column(coldLazy, 2)) / median(column(coldPlain, 2))
-		verdictCold = verdict(byteRatio <= 0.25)
 	}
+	r.loadAfter = loadavg()
+	return nil
+}
 
-	var w strings.Builder
-	p := func(format string, args ...any) { fmt.Fprintf(&w, format+"\n", args...) }
+// report returns the markdown report of r.
+func (s *snBench) report(r *snResult) string {
+	b := s.bar
+	var w mdReport
+	p := w.p
 	p("")
 	p("## lazypull-bench snapshotter, %s", time.Now().UTC().Format("2006-01-02 15:04:05 UTC"))
 	p("")
 	p("Command: `%s` (`make bench-snapshotter`; N=%d, parts %s; root); the run took %.0f s.", b.cfg.Command, b.cfg.N, strings.Join(s.parts, " "), time.Since(b.started).Seconds())
 	p("Machine: %s, %s.", machineLine(), memTotal())
 	p("Versions: %s (%s; the work tree was at %s when the run started);"+
-		" containerd %s, runc %s, docker-registry %s.", b.lazypullVersion(), b.cfg.Lazypull, commit,
+		" containerd %s, runc %s, docker-registry %s.", b.lazypullVersion(), b.cfg.Lazypull, r.commit,
 		debVersion("containerd"), debVersion("runc"), debVersion("docker-registry"))
 	p("Images: the python test image (Debian bookworm minbase + python3): original 2 gzip layers,"+
 		" %d bytes; converted, %d bytes of lazypull layers; %d variants of the"+
-		" converted image, each with one more small layer (tools/addlayer).", origBytes, lazyBytes, snapshotterImages-1)
-	if mem != nil {
-		p("")
-		p("### Bar: daemon RSS with %d images mounted <= 64 MiB: %s (%s MiB)", snapshotterImages, mem.verdict, mibOf(mem.rss))
-		p("")
-		p("One `lazypull snapshotter` and its containerd; for each of the %d images, `lazypull pull`, then"+
-			" `ctr run --rm --snapshotter lazypull REF ID python3 -c \"print('image N')\"`. Read from"+
-			" /proc/PID/status of the snapshotter 5 s after the last container exited; it then served"+
-			" %d FUSE layer mounts (the 2 shared layers once, and each variant's own layer) for"+
-			" %d open images, with %d threads; it had fetched %d chunks"+
-			" (%.2f MB from the registry, indexes included).", snapshotterImages, mem.fuseMounts, mem.imagesOpen, mem.threads,
-			mem.chunks, float64(mem.fetched)/1e6)
-		p("")
-		p("| | KiB | MiB |")
-		p("|---|---|---|")
-		p("| VmRSS, at start (no image) | %d | %s |", mem.rssStart, mibOf(mem.rssStart))
-		p("| **VmRSS**, %d images | **%d** | **%s** |", snapshotterImages, mem.rss, mibOf(mem.rss))
-		p("| of which RssAnon (Go heap, stacks, runtime) | %d | %s |", mem.rssAnon, mibOf(mem.rssAnon))
-		p("| of which RssFile (the binary's pages) | %d | %s |", mem.rssFile, mibOf(mem.rssFile))
-		p("| VmHWM (peak) | %d | %s |", mem.hwm, mibOf(mem.hwm))
-		p("| for reference: Pss (file pages shared with other processes split among them) | %d | %s |", mem.pss, mibOf(mem.pss))
-		p("| for reference: VmRSS of its `lazypull keeper` (holds the FUSE connections; a process of its own) | %s | %s |", mem.keeperRSS, mem.keeperRSSMiB)
-		p("| for reference: Pss of the keeper (the same binary: most of its pages are the snapshotter's too) | %s | %s |", mem.keeperPss, mem.keeperPssMiB)
-		p("")
-		p("VmRSS after each image (KiB): %s.", strings.Join(mem.curve, ", "))
-		p("")
-		p("Go runtime (MiB, runtime.MemStats from the heap profile): HeapAlloc %s, HeapInuse %s,"+
-			" HeapReleased %s, Sys %s, NextGC %s. Heap profile, in use at the last GC"+
-			" (`go tool pprof -top -sample_index=inuse_space`):", mem.memstat("HeapAlloc"), mem.memstat("HeapInuse"),
-			mem.memstat("HeapReleased"), mem.memstat("Sys"), mem.memstat("NextGC"))
-		p("")
-		p("```")
-		w.WriteString(mem.heapTop)
-		p("```")
+		" converted image, each with one more small layer (tools/addlayer).", r.origBytes, r.lazyBytes, snapshotterImages-1)
+	if r.mem != nil {
+		reportMemory(&w, r.mem)
 	}
 	if s.has("cold") {
-		p("")
-		p("### Bar: cold `lazypull pull` + `ctr run` fetches far fewer bytes than `ctr image pull` + `ctr run` (taken as <= 0.25x): %s (%.3fx the bytes)", verdictCold, byteRatio)
-		p("")
-		p("Each round: a fresh containerd root (and for lazypull a fresh snapshotter root and store), daemons"+
-			" started before the clock; timed: the pull, then `ctr run --rm` until the container printed"+
-			" \"hello from python\" and exited. Bytes: the registry's egress during the timed part (sum of"+
-			" http.response.written in its log: manifests, configs, blobs and Range responses), and lazypull's"+
-			" own count (fetch.Bytes: the snapshotter's requests, not containerd's manifest and config). Medians"+
-			" of %d rounds (min-max), lazy and plain alternating first; loopback registry; page cache not dropped."+
-			" Load average (1, 5, 15 min) before: %s; after: %s.", b.cfg.N, loadBefore, loadAfter)
-		p("")
-		p("| | pull, s | run, s | total, s | requests | bytes from the registry | lazypull fetch.Bytes | chunks |")
-		p("|---|---|---|---|---|---|---|---|")
-		p("| `lazypull pull` + `ctr run --snapshotter lazypull` | %s | %s | **%s** | %s | **%s** | %s | %s |",
-			mrange(column(coldLazy, 0), "%.3f"), mrange(column(coldLazy, 1), "%.3f"), mrange(column(coldLazy, 2), "%.3f"),
-			mrange(column(coldLazy, 3), "%.0f"), mrangeMB(column(coldLazy, 4), " MB"), mrangeMB(column(coldLazy, 5), " MB"), mrange(column(coldLazy, 6), "%.0f"))
-		p("| `ctr image pull` + `ctr run` (overlayfs) | %s | %s | **%s** | %s | **%s** | - | - |",
-			mrange(column(coldPlain, 0), "%.3f"), mrange(column(coldPlain, 1), "%.3f"), mrange(column(coldPlain, 2), "%.3f"),
-			mrange(column(coldPlain, 3), "%.0f"), mrangeMB(column(coldPlain, 4), " MB"))
-		p("")
-		p("lazypull / plain: bytes %.3fx (medians), wall clock %.2fx.", byteRatio, timeRatio)
+		s.reportCold(&w, r)
 	}
-	return b.finish(w.String())
+	return w.String()
+}
+
+// reportMemory writes the memory bar's section.
+func reportMemory(w *mdReport, mem *snMemory) {
+	p := w.p
+	p("")
+	p("### Bar: daemon RSS with %d images mounted <= 64 MiB: %s (%s MiB)", snapshotterImages, mem.verdict, mibOf(mem.rss))
+	p("")
+	p("One `lazypull snapshotter` and its containerd; for each of the %d images, `lazypull pull`, then"+
+		" `ctr run --rm --snapshotter lazypull REF ID python3 -c \"print('image N')\"`. Read from"+
+		" /proc/PID/status of the snapshotter 5 s after the last container exited; it then served"+
+		" %d FUSE layer mounts (the 2 shared layers once, and each variant's own layer) for"+
+		" %d open images, with %d threads; it had fetched %d chunks"+
+		" (%.2f MB from the registry, indexes included).", snapshotterImages, mem.fuseMounts, mem.imagesOpen, mem.threads,
+		mem.chunks, float64(mem.fetched)/1e6)
+	p("")
+	p("| | KiB | MiB |")
+	p("|---|---|---|")
+	p("| VmRSS, at start (no image) | %d | %s |", mem.rssStart, mibOf(mem.rssStart))
+	p("| **VmRSS**, %d images | **%d** | **%s** |", snapshotterImages, mem.rss, mibOf(mem.rss))
+	p("| of which RssAnon (Go heap, stacks, runtime) | %d | %s |", mem.rssAnon, mibOf(mem.rssAnon))
+	p("| of which RssFile (the binary's pages) | %d | %s |", mem.rssFile, mibOf(mem.rssFile))
+	p("| VmHWM (peak) | %d | %s |", mem.hwm, mibOf(mem.hwm))
+	p("| for reference: Pss (file pages shared with other processes split among them) | %d | %s |", mem.pss, mibOf(mem.pss))
+	p("| for reference: VmRSS of its `lazypull keeper` (holds the FUSE connections; a process of its own) | %s | %s |", mem.keeperRSS, mem.keeperRSSMiB)
+	p("| for reference: Pss of the keeper (the same binary: most of its pages are the snapshotter's too) | %s | %s |", mem.keeperPss, mem.keeperPssMiB)
+	p("")
+	p("VmRSS after each image (KiB): %s.", strings.Join(mem.curve, ", "))
+	p("")
+	p("Go runtime (MiB, runtime.MemStats from the heap profile): HeapAlloc %s, HeapInuse %s,"+
+		" HeapReleased %s, Sys %s, NextGC %s. Heap profile, in use at the last GC"+
+		" (`go tool pprof -top -sample_index=inuse_space`):", mem.memstat("HeapAlloc"), mem.memstat("HeapInuse"),
+		mem.memstat("HeapReleased"), mem.memstat("Sys"), mem.memstat("NextGC"))
+	p("")
+	p("```")
+	w.WriteString(mem.heapTop)
+	p("```")
+}
+
+// reportCold writes the cold start bar's section.
+func (s *snBench) reportCold(w *mdReport, r *snResult) {
+	p := w.p
+	coldLazy, coldPlain := r.coldLazy, r.coldPlain
+	byteRatio := median(column(coldLazy, 4)) / median(column(coldPlain, 4))
+	timeRatio := median(column(coldLazy, 2)) / median(column(coldPlain, 2))
+	verdictCold := verdict(byteRatio <= 0.25)
+	p("")
+	p("### Bar: cold `lazypull pull` + `ctr run` fetches far fewer bytes than `ctr image pull` + `ctr run` (taken as <= 0.25x): %s (%.3fx the bytes)", verdictCold, byteRatio)
+	p("")
+	p("Each round: a fresh containerd root (and for lazypull a fresh snapshotter root and store), daemons"+
+		" started before the clock; timed: the pull, then `ctr run --rm` until the container printed"+
+		" \"hello from python\" and exited. Bytes: the registry's egress during the timed part (sum of"+
+		" http.response.written in its log: manifests, configs, blobs and Range responses), and lazypull's"+
+		" own count (fetch.Bytes: the snapshotter's requests, not containerd's manifest and config). Medians"+
+		" of %d rounds (min-max), lazy and plain alternating first; loopback registry; page cache not dropped."+
+		" Load average (1, 5, 15 min) before: %s; after: %s.", s.cfg.N, r.loadBefore, r.loadAfter)
+	p("")
+	p("| | pull, s | run, s | total, s | requests | bytes from the registry | lazypull fetch.Bytes | chunks |")
+	p("|---|---|---|---|---|---|---|---|")
+	p("| `lazypull pull` + `ctr run --snapshotter lazypull` | %s | %s | **%s** | %s | **%s** | %s | %s |",
+		mrange(column(coldLazy, 0), "%.3f"), mrange(column(coldLazy, 1), "%.3f"), mrange(column(coldLazy, 2), "%.3f"),
+		mrange(column(coldLazy, 3), "%.0f"), mrangeMB(column(coldLazy, 4), " MB"), mrangeMB(column(coldLazy, 5), " MB"), mrange(column(coldLazy, 6), "%.0f"))
+	p("| `ctr image pull` + `ctr run` (overlayfs) | %s | %s | **%s** | %s | **%s** | - | - |",
+		mrange(column(coldPlain, 0), "%.3f"), mrange(column(coldPlain, 1), "%.3f"), mrange(column(coldPlain, 2), "%.3f"),
+		mrange(column(coldPlain, 3), "%.0f"), mrangeMB(column(coldPlain, 4), " MB"))
+	p("")
+	p("lazypull / plain: bytes %.3fx (medians), wall clock %.2fx.", byteRatio, timeRatio)
 }
 
 // variantFile is the content of variant i's /etc/lazypull-variant: a line naming it and
