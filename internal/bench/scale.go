@@ -37,45 +37,32 @@ type ScaleRun struct {
 func scaleRun(ctx context.Context, cfg Config, p *Proxy, j scenarioJob, pg *progress) (run ScaleRun, err error) {
 	im := Workloads[j.image]
 	run = ScaleRun{Image: im.Name, Count: j.count, Mode: j.mode, Link: j.link.Name, Rep: j.rep, Order: j.order}
-	pg.step("starting a fresh node")
-	n, err := startFor(ctx, cfg, j.mode)
-	if err != nil {
-		return run, j.err("start node", err)
-	}
-	defer func() {
-		if e := n.stop(); e != nil && err == nil {
-			err = j.err("stop node", e)
+	err = onFreshNode(ctx, cfg, j, pg, func(n *node) error {
+		if err := dropCaches(nodePrograms(cfg, j.mode)...); err != nil {
+			return j.err("drop caches", err)
 		}
-	}()
-	if err := dropCaches(nodePrograms(cfg, j.mode)...); err != nil {
-		return run, j.err("drop caches", err)
-	}
-	r := ref(p, im, j.mode)
-	c0, t0 := p.Counters(), time.Now()
-	pg.step("pulling " + r)
-	took, err := pullIn(ctx, cfg, n, j.mode, r)
-	if err != nil {
-		return run, j.err("pull", err)
-	}
-	run.Pull = took.Seconds()
-	pg.step(fmt.Sprintf("running %d containers to ready", j.count))
-	ready, err := startMany(ctx, cfg, n, fmt.Sprintf("scale-%d", j.order), im, j.mode, r, j.count)
-	c1 := p.Counters()
-	if err != nil {
-		return run, j.err("run to ready", err)
-	}
-	run.FirstReady, run.MedianReady, run.AllReady = readySpread(ready)
-	run.Total = run.Pull + run.AllReady
-	d := c1.Sub(c0)
-	run.Bytes, run.Requests = d.Down, d.Requests
-	if err := keepLogs(cfg, p, n, j, t0, run.Total); err != nil {
-		return run, j.err("keep logs", err)
-	}
-	pg.step("stopping the node")
-	if run.BytesAfter, err = n.stopAfterReady(p, c1); err != nil {
-		return run, j.err("stop node", err)
-	}
-	return run, nil
+		r := ref(p, im, j.mode)
+		c0, t0 := p.Counters(), time.Now()
+		pg.step("pulling " + r)
+		took, err := pullIn(ctx, cfg, n, j.mode, r)
+		if err != nil {
+			return j.err("pull", err)
+		}
+		run.Pull = took.Seconds()
+		pg.step(fmt.Sprintf("running %d containers to ready", j.count))
+		ready, err := startMany(ctx, cfg, n, fmt.Sprintf("scale-%d", j.order), im, j.mode, r, j.count)
+		c1 := p.Counters()
+		if err != nil {
+			return j.err("run to ready", err)
+		}
+		run.FirstReady, run.MedianReady, run.AllReady = readySpread(ready)
+		run.Total = run.Pull + run.AllReady
+		d := c1.Sub(c0)
+		run.Bytes, run.Requests = d.Down, d.Requests
+		run.BytesAfter, err = stopMeasured(cfg, p, n, j, pg, "", t0, run.Total, c1)
+		return err
+	})
+	return run, err
 }
 
 // startMany starts count containers of im at once and returns, for each, the time from the

@@ -333,13 +333,39 @@ func runScenarios(ctx context.Context, cfg Config, res *Result, proxies map[stri
 	return nil
 }
 
-// keepLogs, when cfg.LogDir is set, writes the link's requests since t0 into it as
-// NAME.requests, NAME from the job, and has n's stop keep a lazy node's snapshotter log as
-// NAME.log, as the cold runs do.
-func keepLogs(cfg Config, p *Proxy, n *node, j scenarioJob, t0 time.Time, readyAfter float64) error {
+// onFreshNode starts a fresh node for j's mode, has measure work on it and stops it, unless
+// measure did (stopMeasured); the stop's error is returned when measure's is nil.
+func onFreshNode(ctx context.Context, cfg Config, j scenarioJob, pg *progress, measure func(*node) error) (err error) {
+	pg.step("starting a fresh node")
+	n, err := startFor(ctx, cfg, j.mode)
+	if err != nil {
+		return j.err("start node", err)
+	}
+	defer func() {
+		if e := n.stop(); e != nil && err == nil {
+			err = j.err("stop node", e)
+		}
+	}()
+	return measure(n)
+}
+
+// stopMeasured ends j's measured step, begun at t0 and ready readyAfter seconds later with
+// the link's counters at ready: when cfg.LogDir is set, it writes the link's requests since
+// t0 into it as NAME.requests, NAME from the job, and has n's stop keep a lazy node's
+// snapshotter log as NAME.log, as the cold runs do; then it stops n and returns the bytes
+// the link forwarded after ready. prefix starts the name of the keep-logs step in an error.
+func stopMeasured(cfg Config, p *Proxy, n *node, j scenarioJob, pg *progress, prefix string, t0 time.Time, readyAfter float64, ready Counters) (int64, error) {
 	name := fmt.Sprintf("%s-%s-%s-%s-%d", j.scenario, j.image, j.mode, j.link.Name, j.rep)
 	if j.scenario == ScenarioScale {
 		name = fmt.Sprintf("%s-%s-x%d-%s-%s-%d", j.scenario, j.image, j.count, j.mode, j.link.Name, j.rep)
 	}
-	return n.keepLogs(cfg.LogDir, name, p, j.mode, t0, "the measured step's start", readyAfter)
+	if err := n.keepLogs(cfg.LogDir, name, p, j.mode, t0, "the measured step's start", readyAfter); err != nil {
+		return 0, j.err(prefix+"keep logs", err)
+	}
+	pg.step("stopping the node")
+	after, err := n.stopAfterReady(p, ready)
+	if err != nil {
+		return 0, j.err("stop node", err)
+	}
+	return after, nil
 }

@@ -37,69 +37,56 @@ type UpdateRun struct {
 func updateRun(ctx context.Context, cfg Config, p *Proxy, j scenarioJob, pg *progress) (run UpdateRun, err error) {
 	v1, v2 := Workloads[j.image], Workloads[Updates[j.image]]
 	run = UpdateRun{From: v1.Name, To: v2.Name, Mode: j.mode, Link: j.link.Name, Rep: j.rep, Order: j.order}
-	pg.step("starting a fresh node")
-	n, err := startFor(ctx, cfg, j.mode)
-	if err != nil {
-		return run, j.err("start node", err)
-	}
-	defer func() {
-		if e := n.stop(); e != nil && err == nil {
-			err = j.err("stop node", e)
+	err = onFreshNode(ctx, cfg, j, pg, func(n *node) error {
+
+		c0 := p.Counters()
+		r1 := ref(p, v1, j.mode)
+		pg.step("v1: pulling " + r1)
+		if _, err := pullIn(ctx, cfg, n, j.mode, r1); err != nil {
+			return j.err("v1: pull", err)
 		}
-	}()
+		pg.step("v1: running to ready")
+		if err := runReady(ctx, cfg, n, fmt.Sprintf("upd-%d-v1", j.order), v1, j.mode, r1); err != nil {
+			return j.err("v1: run to ready", err)
+		}
+		d1 := p.Counters().Sub(c0)
+		run.V1Bytes, run.V1Requests = d1.Down, d1.Requests
+		// Whatever v1's start set off in the background (a prefetch, the stargz snapshotter's
+		// whole-layer fetch) is v1's: the update is measured from a node that is done with v1, as
+		// after v1 has served a while. The idle period is longer than the 5 s the stargz
+		// snapshotter waits after the last mount before it fetches the layers in the background.
+		if err := quiet(ctx, p, quietIdle, cfg.StepTimeout); err != nil {
+			return j.err("v1: wait for the link to go quiet", err)
+		}
+		if err := dropCaches(nodePrograms(cfg, j.mode)...); err != nil {
+			return j.err("drop caches", err)
+		}
 
-	c0 := p.Counters()
-	r1 := ref(p, v1, j.mode)
-	pg.step("v1: pulling " + r1)
-	if _, err := pullIn(ctx, cfg, n, j.mode, r1); err != nil {
-		return run, j.err("v1: pull", err)
-	}
-	pg.step("v1: running to ready")
-	if err := runReady(ctx, cfg, n, fmt.Sprintf("upd-%d-v1", j.order), v1, j.mode, r1); err != nil {
-		return run, j.err("v1: run to ready", err)
-	}
-	d1 := p.Counters().Sub(c0)
-	run.V1Bytes, run.V1Requests = d1.Down, d1.Requests
-	// Whatever v1's start set off in the background (a prefetch, the stargz snapshotter's
-	// whole-layer fetch) is v1's: the update is measured from a node that is done with v1, as
-	// after v1 has served a while. The idle period is longer than the 5 s the stargz
-	// snapshotter waits after the last mount before it fetches the layers in the background.
-	if err := quiet(ctx, p, quietIdle, cfg.StepTimeout); err != nil {
-		return run, j.err("v1: wait for the link to go quiet", err)
-	}
-	if err := dropCaches(nodePrograms(cfg, j.mode)...); err != nil {
-		return run, j.err("drop caches", err)
-	}
-
-	r2 := ref(p, v2, j.mode)
-	c1, t1 := p.Counters(), time.Now()
-	pg.step("v2: pulling " + r2)
-	took, err := pullIn(ctx, cfg, n, j.mode, r2)
-	if err != nil {
-		return run, j.err("v2: pull", err)
-	}
-	run.Pull = took.Seconds()
-	pg.step("v2: running to ready")
-	sctx, cancel := context.WithTimeout(ctx, cfg.StepTimeout)
-	var c2 Counters
-	took, err = n.runToReadyThen(sctx, fmt.Sprintf("upd-%d-v2", j.order), v2.Ready, v2.Server,
-		func() { c2 = p.Counters() }, append(runArgs(j.mode), r2)...)
-	cancel()
-	if err != nil {
-		return run, j.err("v2: run to ready", err)
-	}
-	run.Ready = took.Seconds()
-	run.Total = run.Pull + run.Ready
-	d := c2.Sub(c1)
-	run.Bytes, run.Requests = d.Down, d.Requests
-	if err := keepLogs(cfg, p, n, j, t1, run.Total); err != nil {
-		return run, j.err("v2: keep logs", err)
-	}
-	pg.step("stopping the node")
-	if run.BytesAfter, err = n.stopAfterReady(p, c2); err != nil {
-		return run, j.err("stop node", err)
-	}
-	return run, nil
+		r2 := ref(p, v2, j.mode)
+		c1, t1 := p.Counters(), time.Now()
+		pg.step("v2: pulling " + r2)
+		took, err := pullIn(ctx, cfg, n, j.mode, r2)
+		if err != nil {
+			return j.err("v2: pull", err)
+		}
+		run.Pull = took.Seconds()
+		pg.step("v2: running to ready")
+		sctx, cancel := context.WithTimeout(ctx, cfg.StepTimeout)
+		var c2 Counters
+		took, err = n.runToReadyThen(sctx, fmt.Sprintf("upd-%d-v2", j.order), v2.Ready, v2.Server,
+			func() { c2 = p.Counters() }, append(runArgs(j.mode), r2)...)
+		cancel()
+		if err != nil {
+			return j.err("v2: run to ready", err)
+		}
+		run.Ready = took.Seconds()
+		run.Total = run.Pull + run.Ready
+		d := c2.Sub(c1)
+		run.Bytes, run.Requests = d.Down, d.Requests
+		run.BytesAfter, err = stopMeasured(cfg, p, n, j, pg, "v2: ", t1, run.Total, c2)
+		return err
+	})
+	return run, err
 }
 
 // runReady runs im to ready on n within the step timeout.
