@@ -30,8 +30,8 @@ func sampleResult(t *testing.T) *Result {
 			for rep := 1; rep <= 2; rep++ {
 				k := float64(rep) * float64(1e9/l.Rate)
 				res.Runs = append(res.Runs,
-					Run{Image: im, Mode: ModePlain, Link: l.Name, Rep: rep, Pull: 5 * k, Ready: 0.3, Total: 5*k + 0.3, Bytes: 68e6, Requests: 5},
-					Run{Image: im, Mode: ModeLazypull, Link: l.Name, Rep: rep, Pull: 0.3, Ready: 1 * k, Total: 0.3 + k, Bytes: 5e6, Requests: 37})
+					Run{Image: im, Mode: ModePlain, Link: l.Name, Rep: rep, Start: Start{Pull: 5 * k, Ready: 0.3, Total: 5*k + 0.3, Bytes: 68e6, Requests: 5}},
+					Run{Image: im, Mode: ModeLazypull, Link: l.Name, Rep: rep, Start: Start{Pull: 0.3, Ready: 1 * k, Total: 0.3 + k, Bytes: 5e6, Requests: 37}})
 			}
 		}
 		res.Warm = append(res.Warm, Warm{Image: im, Rep: 1, Ready: 0.28})

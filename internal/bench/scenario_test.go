@@ -137,11 +137,11 @@ func TestScenarioJobs(t *testing.T) {
 func TestSummarizeUpdates(t *testing.T) {
 	l, _ := ParseLink("100M/20ms")
 	runs := []UpdateRun{
-		{From: "python", Mode: ModePlain, Link: l.Name, Total: 3, Bytes: 20e6, V1Bytes: 40e6},
-		{From: "python", Mode: ModePlain, Link: l.Name, Total: 5, Bytes: 20e6, V1Bytes: 40e6},
-		{From: "python", Mode: ModeLazypull, Link: l.Name, Total: 1, Bytes: 1e6, V1Bytes: 5e6},
-		{From: "python", Mode: ModeLazypull, Link: l.Name, Total: 2, Bytes: 3e6, V1Bytes: 5e6},
-		{From: "node", Mode: ModeLazypull, Link: l.Name, Total: 2, Bytes: 3e6}, // not asked for
+		{From: "python", Mode: ModePlain, Link: l.Name, V1Bytes: 40e6, Start: Start{Total: 3, Bytes: 20e6}},
+		{From: "python", Mode: ModePlain, Link: l.Name, V1Bytes: 40e6, Start: Start{Total: 5, Bytes: 20e6}},
+		{From: "python", Mode: ModeLazypull, Link: l.Name, V1Bytes: 5e6, Start: Start{Total: 1, Bytes: 1e6}},
+		{From: "python", Mode: ModeLazypull, Link: l.Name, V1Bytes: 5e6, Start: Start{Total: 2, Bytes: 3e6}},
+		{From: "node", Mode: ModeLazypull, Link: l.Name, Start: Start{Total: 2, Bytes: 3e6}}, // not asked for
 	}
 	s := SummarizeUpdates(runs, []string{"python"}, []Link{l}, []Mode{ModePlain, ModeLazypull})
 	if len(s) != 2 || s[0].Mode != ModePlain || s[1].Mode != ModeLazypull || s[1].To != "python-v2" {
@@ -201,8 +201,8 @@ func TestScenarioReports(t *testing.T) {
 	res := &Result{Complete: true, Command: "lazypull bench --scenarios update,scale", Links: []Link{l}, Modes: modes,
 		ScenarioResults: ScenarioResults{Scenarios: []string{"update", "scale"}, ScenarioLinks: []Link{l}, ScenarioN: 1,
 			UpdateRuns: []UpdateRun{
-				{From: "python", To: "python-v2", Mode: ModePlain, Link: l.Name, Rep: 1, Total: 4, Bytes: 18e6},
-				{From: "python", To: "python-v2", Mode: ModeLazypull, Link: l.Name, Rep: 1, Total: 1, Bytes: 2.5e6}},
+				{From: "python", To: "python-v2", Mode: ModePlain, Link: l.Name, Rep: 1, Start: Start{Total: 4, Bytes: 18e6}},
+				{From: "python", To: "python-v2", Mode: ModeLazypull, Link: l.Name, Rep: 1, Start: Start{Total: 1, Bytes: 2.5e6}}},
 			ScaleRuns: []ScaleRun{
 				{Image: "python", Count: 10, Mode: ModePlain, Link: l.Name, Rep: 1, Total: 9, Bytes: 18e6},
 				{Image: "python", Count: 10, Mode: ModeLazypull, Link: l.Name, Rep: 1, Total: 6, Bytes: 4e6}}}}

@@ -120,12 +120,12 @@ func TestFindStargz(t *testing.T) {
 
 func TestStargzRatios(t *testing.T) {
 	runs := []Run{
-		{Image: "py", Mode: ModePlain, Link: "l", Total: 10, Requests: 4},
-		{Image: "py", Mode: ModeLazypull, Link: "l", Total: 2, Requests: 10},
-		{Image: "py", Mode: ModeEstargz, Link: "l", Total: 5, Requests: 60},
-		{Image: "py", Mode: ModeEstargzOpt, Link: "l", Total: 4, Requests: 40},
-		{Image: "gcc", Mode: ModePlain, Link: "l", Total: 10, Requests: 4},
-		{Image: "gcc", Mode: ModeEstargz, Link: "l", Total: 8, Requests: 80},
+		{Image: "py", Mode: ModePlain, Link: "l", Start: Start{Total: 10, Requests: 4}},
+		{Image: "py", Mode: ModeLazypull, Link: "l", Start: Start{Total: 2, Requests: 10}},
+		{Image: "py", Mode: ModeEstargz, Link: "l", Start: Start{Total: 5, Requests: 60}},
+		{Image: "py", Mode: ModeEstargzOpt, Link: "l", Start: Start{Total: 4, Requests: 40}},
+		{Image: "gcc", Mode: ModePlain, Link: "l", Start: Start{Total: 10, Requests: 4}},
+		{Image: "gcc", Mode: ModeEstargz, Link: "l", Start: Start{Total: 8, Requests: 80}},
 	}
 	modes := []Mode{ModePlain, ModeLazypull, ModeEstargz, ModeEstargzOpt}
 	sums := Summarize(runs, []string{"py", "gcc"}, []Link{{Name: "l"}}, modes, nil)

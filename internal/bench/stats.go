@@ -31,6 +31,11 @@ type Run struct {
 	Rep   int    `json:"rep"`
 	// Order is the run's position in the randomised sequence (0 first).
 	Order int `json:"order"`
+	Start
+}
+
+// Start is what one start measured: a pull, then `ctr run` to ready.
+type Start struct {
 	// Pull is the pull command's wall clock; Ready is from `ctr run` starting to the readiness
 	// line (create + run to ready); Total is their sum.
 	Pull  float64 `json:"pull_s"`
@@ -134,14 +139,10 @@ func (s Stat) Scale(f float64) Stat {
 
 // Summary aggregates the runs of one image, mode and link.
 type Summary struct {
-	Image    string `json:"image"`
-	Mode     Mode   `json:"mode"`
-	Link     string `json:"link"`
-	Pull     Stat   `json:"pull_s"`
-	Ready    Stat   `json:"ready_s"`
-	Total    Stat   `json:"total_s"`
-	Bytes    Stat   `json:"bytes_before_ready"`
-	Requests Stat   `json:"requests_before_ready"`
+	Image string `json:"image"`
+	Mode  Mode   `json:"mode"`
+	Link  string `json:"link"`
+	StartStats
 	// VsPlain is plain's median total over this one's (how many times faster; 0 when there
 	// is no plain run); VsLimit is this median total over the image's limit on this link.
 	VsPlain float64 `json:"speedup_vs_plain,omitempty"`
@@ -151,6 +152,23 @@ type Summary struct {
 	// when neither ran): see stargzRatios.
 	VsStargz         float64 `json:"speedup_vs_stargz,omitempty"`
 	RequestsVsStargz float64 `json:"requests_vs_stargz,omitempty"`
+}
+
+// StartStats summarises the Starts of a set of runs.
+type StartStats struct {
+	Pull     Stat `json:"pull_s"`
+	Ready    Stat `json:"ready_s"`
+	Total    Stat `json:"total_s"`
+	Bytes    Stat `json:"bytes_before_ready"`
+	Requests Stat `json:"requests_before_ready"`
+}
+
+// startStats summarises the starts of the runs keep selects; ok is false when it selects none.
+func startStats[R any](runs []R, keep func(R) bool, start func(R) Start) (StartStats, bool) {
+	st, ok := statsOf(runs, keep, func(r R) float64 { return start(r).Pull }, func(r R) float64 { return start(r).Ready },
+		func(r R) float64 { return start(r).Total }, func(r R) float64 { return float64(start(r).Bytes) },
+		func(r R) float64 { return float64(start(r).Requests) })
+	return StartStats{Pull: st[0], Ready: st[1], Total: st[2], Bytes: st[3], Requests: st[4]}, ok
 }
 
 // Limit is the physical limit of one image on one link: the time a start needs at the least,
@@ -181,14 +199,12 @@ func Summarize(runs []Run, images []string, links []Link, modes []Mode, limits [
 			var plain float64
 			var group []Summary
 			for _, m := range modes {
-				st, ok := statsOf(runs, func(r Run) bool { return r.Image == im && r.Mode == m && r.Link == l.Name },
-					func(r Run) float64 { return r.Pull }, func(r Run) float64 { return r.Ready },
-					func(r Run) float64 { return r.Total }, func(r Run) float64 { return float64(r.Bytes) },
-					func(r Run) float64 { return float64(r.Requests) })
+				st, ok := startStats(runs, func(r Run) bool { return r.Image == im && r.Mode == m && r.Link == l.Name },
+					func(r Run) Start { return r.Start })
 				if !ok {
 					continue
 				}
-				s := Summary{Image: im, Mode: m, Link: l.Name, Pull: st[0], Ready: st[1], Total: st[2], Bytes: st[3], Requests: st[4]}
+				s := Summary{Image: im, Mode: m, Link: l.Name, StartStats: st}
 				if m == ModePlain {
 					plain = s.Total.Median
 				}

@@ -40,14 +40,14 @@ func TestSummarizeAndLimits(t *testing.T) {
 	slow, _ := ParseLink("100M/20ms")
 	links := []Link{slow, fast} // the fastest found by rate, not by position
 	runs := []Run{
-		{Image: "py", Mode: ModePlain, Link: slow.Name, Total: 10, Pull: 9, Ready: 1, Bytes: 60e6},
-		{Image: "py", Mode: ModePlain, Link: slow.Name, Total: 12, Pull: 11, Ready: 1, Bytes: 60e6},
-		{Image: "py", Mode: ModePlain, Link: slow.Name, Total: 11, Pull: 10, Ready: 1, Bytes: 60e6},
-		{Image: "py", Mode: ModeLazypull, Link: slow.Name, Total: 2, Bytes: 5e6, Requests: 30},
-		{Image: "py", Mode: ModeLazypull, Link: slow.Name, Total: 1, Bytes: 5e6, Requests: 40},
-		{Image: "py", Mode: ModeLazypull, Link: fast.Name, Total: 1, Bytes: 4e6},
-		{Image: "py", Mode: ModeLazypull, Link: fast.Name, Total: 1, Bytes: 6e6},
-		{Image: "other", Mode: ModePlain, Link: fast.Name, Total: 3}, // not asked for
+		{Image: "py", Mode: ModePlain, Link: slow.Name, Start: Start{Total: 10, Pull: 9, Ready: 1, Bytes: 60e6}},
+		{Image: "py", Mode: ModePlain, Link: slow.Name, Start: Start{Total: 12, Pull: 11, Ready: 1, Bytes: 60e6}},
+		{Image: "py", Mode: ModePlain, Link: slow.Name, Start: Start{Total: 11, Pull: 10, Ready: 1, Bytes: 60e6}},
+		{Image: "py", Mode: ModeLazypull, Link: slow.Name, Start: Start{Total: 2, Bytes: 5e6, Requests: 30}},
+		{Image: "py", Mode: ModeLazypull, Link: slow.Name, Start: Start{Total: 1, Bytes: 5e6, Requests: 40}},
+		{Image: "py", Mode: ModeLazypull, Link: fast.Name, Start: Start{Total: 1, Bytes: 4e6}},
+		{Image: "py", Mode: ModeLazypull, Link: fast.Name, Start: Start{Total: 1, Bytes: 6e6}},
+		{Image: "other", Mode: ModePlain, Link: fast.Name, Start: Start{Total: 3}}, // not asked for
 	}
 	warm := []Warm{{Image: "py", Ready: 0.3}, {Image: "py", Ready: 0.5}, {Image: "py", Ready: 0.4}}
 	lims := Limits(runs, warm, []string{"py"}, links)

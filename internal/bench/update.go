@@ -23,13 +23,7 @@ type UpdateRun struct {
 	// V1Bytes and V1Requests: what starting v1 fetched (the node's state before the update).
 	V1Bytes    int64 `json:"v1_bytes_before_ready"`
 	V1Requests int64 `json:"v1_requests_before_ready"`
-	// Pull, Ready, Total, Bytes, Requests, BytesAfter: as in Run, for v2.
-	Pull       float64 `json:"pull_s"`
-	Ready      float64 `json:"ready_s"`
-	Total      float64 `json:"total_s"`
-	Bytes      int64   `json:"bytes_before_ready"`
-	Requests   int64   `json:"requests_before_ready"`
-	BytesAfter int64   `json:"bytes_after_ready"`
+	Start            // v2's
 }
 
 // updateRun is one update: a fresh node, v1 to ready, the page cache dropped, then v2 to
@@ -122,16 +116,12 @@ func quiet(ctx context.Context, p *Proxy, idle, max time.Duration) error {
 
 // UpdateSummary aggregates the update runs of one image, mode and link.
 type UpdateSummary struct {
-	From     string `json:"from"`
-	To       string `json:"to"`
-	Mode     Mode   `json:"mode"`
-	Link     string `json:"link"`
-	V1Bytes  Stat   `json:"v1_bytes_before_ready"`
-	Pull     Stat   `json:"pull_s"`
-	Ready    Stat   `json:"ready_s"`
-	Total    Stat   `json:"total_s"`
-	Bytes    Stat   `json:"bytes_before_ready"`
-	Requests Stat   `json:"requests_before_ready"`
+	From       string `json:"from"`
+	To         string `json:"to"`
+	Mode       Mode   `json:"mode"`
+	Link       string `json:"link"`
+	V1Bytes    Stat   `json:"v1_bytes_before_ready"`
+	StartStats        // v2's
 	// VsPlain is plain's median total over this one's; BytesVsPlain this median of bytes over
 	// plain's (the bar: at most UpdateBar); both 0 without a plain run.
 	VsPlain      float64 `json:"speedup_vs_plain,omitempty"`
@@ -147,15 +137,13 @@ func SummarizeUpdates(runs []UpdateRun, images []string, links []Link, modes []M
 		for _, im := range images {
 			var group []UpdateSummary
 			for _, m := range modes {
-				st, ok := statsOf(runs, func(r UpdateRun) bool { return r.From == im && r.Mode == m && r.Link == l.Name },
-					func(r UpdateRun) float64 { return float64(r.V1Bytes) }, func(r UpdateRun) float64 { return r.Pull },
-					func(r UpdateRun) float64 { return r.Ready }, func(r UpdateRun) float64 { return r.Total },
-					func(r UpdateRun) float64 { return float64(r.Bytes) }, func(r UpdateRun) float64 { return float64(r.Requests) })
+				keep := func(r UpdateRun) bool { return r.From == im && r.Mode == m && r.Link == l.Name }
+				st, ok := startStats(runs, keep, func(r UpdateRun) Start { return r.Start })
 				if !ok {
 					continue
 				}
-				group = append(group, UpdateSummary{From: im, To: Updates[im], Mode: m, Link: l.Name,
-					V1Bytes: st[0], Pull: st[1], Ready: st[2], Total: st[3], Bytes: st[4], Requests: st[5]})
+				v1, _ := statsOf(runs, keep, func(r UpdateRun) float64 { return float64(r.V1Bytes) })
+				group = append(group, UpdateSummary{From: im, To: Updates[im], Mode: m, Link: l.Name, V1Bytes: v1[0], StartStats: st})
 			}
 			if p := slices.IndexFunc(group, func(s UpdateSummary) bool { return s.Mode == ModePlain }); p >= 0 {
 				plain := group[p]
