@@ -105,19 +105,16 @@ func readySpread(ready []time.Duration) (first, median, last float64) {
 
 // ScaleSummary aggregates the scale runs of one image, count, mode and link.
 type ScaleSummary struct {
-	Image    string `json:"image"`
-	Count    int    `json:"count"`
-	Mode     Mode   `json:"mode"`
-	Link     string `json:"link"`
-	Pull     Stat   `json:"pull_s"`
-	AllReady Stat   `json:"all_ready_s"`
-	Total    Stat   `json:"total_s"`
-	Bytes    Stat   `json:"bytes_before_ready"`
-	Requests Stat   `json:"requests_before_ready"`
-	// VsPlain is plain's median total over this one's, for the same count; BytesVsPlain this
-	// median of bytes over plain's. 0 without a plain run.
-	VsPlain      float64 `json:"speedup_vs_plain,omitempty"`
-	BytesVsPlain float64 `json:"bytes_vs_plain,omitempty"`
+	Image       string `json:"image"`
+	Count       int    `json:"count"`
+	Mode        Mode   `json:"mode"`
+	Link        string `json:"link"`
+	Pull        Stat   `json:"pull_s"`
+	AllReady    Stat   `json:"all_ready_s"`
+	Total       Stat   `json:"total_s"`
+	Bytes       Stat   `json:"bytes_before_ready"`
+	Requests    Stat   `json:"requests_before_ready"`
+	PlainRatios        // against plain's, for the same count
 }
 
 // SummarizeScale aggregates scale runs per link, count and mode, in the order given.
@@ -137,12 +134,9 @@ func SummarizeScale(runs []ScaleRun, image string, counts []int, links []Link, m
 				group = append(group, ScaleSummary{Image: image, Count: k, Mode: m, Link: l.Name, Pull: st[0],
 					AllReady: st[1], Total: st[2], Bytes: st[3], Requests: st[4]})
 			}
-			if p := slices.IndexFunc(group, func(s ScaleSummary) bool { return s.Mode == ModePlain }); p >= 0 {
-				plain := group[p]
-				for i := range group {
-					group[i].VsPlain, group[i].BytesVsPlain = againstPlain(plain.Total, plain.Bytes, group[i].Total, group[i].Bytes)
-				}
-			}
+			comparePlain(group, func(s *ScaleSummary) (Mode, Stat, Stat, *PlainRatios) {
+				return s.Mode, s.Total, s.Bytes, &s.PlainRatios
+			})
 			out = append(out, group...)
 		}
 	}

@@ -105,6 +105,33 @@ func againstPlain(plainTotal, plainBytes, total, bytes Stat) (faster, bytesShare
 	return faster, bytesShare
 }
 
+// PlainRatios compare a summary with plain's of the same group; both are 0 without a plain
+// run.
+type PlainRatios struct {
+	// VsPlain is plain's median total over this one's; BytesVsPlain this median of bytes over
+	// plain's.
+	VsPlain      float64 `json:"speedup_vs_plain,omitempty"`
+	BytesVsPlain float64 `json:"bytes_vs_plain,omitempty"`
+}
+
+// comparePlain sets the PlainRatios of each summary of group against the group's plain
+// one, fig giving a summary's mode, total, bytes and ratios; it reports whether there was a
+// plain one.
+func comparePlain[S any](group []S, fig func(*S) (m Mode, total, bytes Stat, r *PlainRatios)) bool {
+	for i := range group {
+		m, plainTotal, plainBytes, _ := fig(&group[i])
+		if m != ModePlain {
+			continue
+		}
+		for j := range group {
+			_, total, bytes, r := fig(&group[j])
+			r.VsPlain, r.BytesVsPlain = againstPlain(plainTotal, plainBytes, total, bytes)
+		}
+		return true
+	}
+	return false
+}
+
 // timesCell is a table cell of a ratio, "1.23x", or "-" for 0 (no ratio).
 func timesCell(x float64) string {
 	if x > 0 {

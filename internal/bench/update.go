@@ -3,7 +3,6 @@ package bench
 import (
 	"context"
 	"fmt"
-	"slices"
 	"time"
 )
 
@@ -116,16 +115,13 @@ func quiet(ctx context.Context, p *Proxy, idle, max time.Duration) error {
 
 // UpdateSummary aggregates the update runs of one image, mode and link.
 type UpdateSummary struct {
-	From       string `json:"from"`
-	To         string `json:"to"`
-	Mode       Mode   `json:"mode"`
-	Link       string `json:"link"`
-	V1Bytes    Stat   `json:"v1_bytes_before_ready"`
-	StartStats        // v2's
-	// VsPlain is plain's median total over this one's; BytesVsPlain this median of bytes over
-	// plain's (the bar: at most UpdateBar); both 0 without a plain run.
-	VsPlain      float64 `json:"speedup_vs_plain,omitempty"`
-	BytesVsPlain float64 `json:"bytes_vs_plain,omitempty"`
+	From        string `json:"from"`
+	To          string `json:"to"`
+	Mode        Mode   `json:"mode"`
+	Link        string `json:"link"`
+	V1Bytes     Stat   `json:"v1_bytes_before_ready"`
+	StartStats         // v2's
+	PlainRatios        // the bar: BytesVsPlain at most UpdateBar
 	// MeetsBar: BytesVsPlain <= UpdateBar, for the lazypull modes (the bar is theirs).
 	MeetsBar *bool `json:"meets_bar,omitempty"`
 }
@@ -145,12 +141,11 @@ func SummarizeUpdates(runs []UpdateRun, images []string, links []Link, modes []M
 				v1, _ := statsOf(runs, keep, func(r UpdateRun) float64 { return float64(r.V1Bytes) })
 				group = append(group, UpdateSummary{From: im, To: Updates[im], Mode: m, Link: l.Name, V1Bytes: v1[0], StartStats: st})
 			}
-			if p := slices.IndexFunc(group, func(s UpdateSummary) bool { return s.Mode == ModePlain }); p >= 0 {
-				plain := group[p]
+			if comparePlain(group, func(s *UpdateSummary) (Mode, Stat, Stat, *PlainRatios) {
+				return s.Mode, s.Total, s.Bytes, &s.PlainRatios
+			}) {
 				for i := range group {
-					s := &group[i]
-					s.VsPlain, s.BytesVsPlain = againstPlain(plain.Total, plain.Bytes, s.Total, s.Bytes)
-					if s.Mode.lazy() {
+					if s := &group[i]; s.Mode.lazy() {
 						ok := s.BytesVsPlain <= UpdateBar
 						s.MeetsBar = &ok
 					}
