@@ -120,8 +120,12 @@ func get(t *testing.T, c *http.Client, url string) int64 {
 	return n
 }
 
-func within(t *testing.T, what string, got, want, lo, hi float64) {
+// timed runs f and checks that it took want seconds (of the bubble's clock), lo to hi times.
+func timed(t *testing.T, what string, want, lo, hi float64, f func()) {
 	t.Helper()
+	start := time.Now()
+	f()
+	got := time.Since(start).Seconds()
 	r := got / want
 	t.Logf("%s: %.4g, expected %.4g: ratio %.2f", what, got, want, r)
 	if r < lo || r > hi {
@@ -139,11 +143,11 @@ func TestProxyRate(t *testing.T) {
 	synctest.Test(t, func(t *testing.T) {
 		const size = 2_000_000
 		p := newTestProxy(t, size, "20M/2ms")
-		start := time.Now()
-		if n := get(t, p.client(t), "http://proxy/blob"); n != size {
-			t.Fatalf("got %d bytes, want %d", n, size)
-		}
-		within(t, "seconds for 2 MB at 20 Mbit/s", time.Since(start).Seconds(), size/2.5e6, 0.9, 1.3)
+		timed(t, "seconds for 2 MB at 20 Mbit/s", size/2.5e6, 0.9, 1.3, func() {
+			if n := get(t, p.client(t), "http://proxy/blob"); n != size {
+				t.Fatalf("got %d bytes, want %d", n, size)
+			}
+		})
 		cs := p.Counters()
 		if cs.Down < size || cs.Down > size+1000 {
 			t.Errorf("counted %d bytes down, want the %d of the body plus headers", cs.Down, size)
@@ -160,18 +164,18 @@ func TestProxySharedRate(t *testing.T) {
 	synctest.Test(t, func(t *testing.T) {
 		const size = 1_000_000
 		p := newTestProxy(t, size, "20M/2ms")
-		start := time.Now()
-		var wg sync.WaitGroup
-		for range 2 {
-			c := p.client(t)
-			wg.Go(func() {
-				if n := get(t, c, "http://proxy/blob"); n != size {
-					t.Errorf("got %d bytes, want %d", n, size)
-				}
-			})
-		}
-		wg.Wait()
-		within(t, "seconds for 2 x 1 MB at once at 20 Mbit/s", time.Since(start).Seconds(), 2*size/2.5e6, 0.9, 1.3)
+		timed(t, "seconds for 2 x 1 MB at once at 20 Mbit/s", 2*size/2.5e6, 0.9, 1.3, func() {
+			var wg sync.WaitGroup
+			for range 2 {
+				c := p.client(t)
+				wg.Go(func() {
+					if n := get(t, c, "http://proxy/blob"); n != size {
+						t.Errorf("got %d bytes, want %d", n, size)
+					}
+				})
+			}
+			wg.Wait()
+		})
 		if cs := p.Counters(); cs.Conns != 2 {
 			t.Errorf("counted %d connections, want 2", cs.Conns)
 		}
@@ -184,12 +188,8 @@ func TestProxyLatency(t *testing.T) {
 	synctest.Test(t, func(t *testing.T) {
 		p := newTestProxy(t, 0, "1G/100ms")
 		c := p.client(t)
-		start := time.Now()
-		get(t, c, "http://proxy/small")
-		within(t, "first request, s", time.Since(start).Seconds(), 0.2, 0.95, 1.3)
-		start = time.Now()
-		get(t, c, "http://proxy/small")
-		within(t, "second request on the same connection, s", time.Since(start).Seconds(), 0.1, 0.95, 1.3)
+		timed(t, "first request, s", 0.2, 0.95, 1.3, func() { get(t, c, "http://proxy/small") })
+		timed(t, "second request on the same connection, s", 0.1, 0.95, 1.3, func() { get(t, c, "http://proxy/small") })
 		if cs := p.Counters(); cs.Requests != 2 || cs.Conns != 1 {
 			t.Errorf("counted %d requests on %d connections, want 2 on 1", cs.Requests, cs.Conns)
 		}
@@ -202,10 +202,8 @@ func TestProxyBandwidthDelay(t *testing.T) {
 	synctest.Test(t, func(t *testing.T) {
 		const size = 8_000_000
 		p := newTestProxy(t, size, "100M/100ms")
-		start := time.Now()
-		get(t, p.client(t), "http://proxy/blob")
 		// 8 MB at 12.5 MB/s, plus a handshake and one round trip.
-		within(t, "seconds for 8 MB at 100 Mbit/s, 100 ms RTT", time.Since(start).Seconds(), size/12.5e6+0.2, 0.9, 1.3)
+		timed(t, "seconds for 8 MB at 100 Mbit/s, 100 ms RTT", size/12.5e6+0.2, 0.9, 1.3, func() { get(t, p.client(t), "http://proxy/blob") })
 	})
 }
 
