@@ -41,26 +41,45 @@ func sampleResult(t *testing.T) *Result {
 	return res
 }
 
-func TestWriteAllComplete(t *testing.T) {
-	res := sampleResult(t)
-	dir := t.TempDir()
+// writeAll writes res with WriteAll into a new directory; it returns the directory and the
+// paths written.
+func writeAll(t *testing.T, res *Result) (dir string, paths []string) {
+	t.Helper()
+	dir = t.TempDir()
 	paths, err := WriteAll(dir, res)
 	if err != nil {
 		t.Fatal(err)
 	}
-	if len(paths) != 3 {
-		t.Fatalf("wrote %v, want results.json, chart.png, report.html", paths)
-	}
+	return dir, paths
+}
 
+// readBack reads the results.json and the report.html that WriteAll wrote into dir.
+func readBack(t *testing.T, dir string) (*Result, string) {
+	t.Helper()
 	f, err := os.Open(filepath.Join(dir, "results.json"))
 	if err != nil {
 		t.Fatal(err)
 	}
+	defer f.Close()
 	back, err := ReadJSON(f)
-	f.Close()
 	if err != nil {
 		t.Fatal(err)
 	}
+	h, err := os.ReadFile(filepath.Join(dir, "report.html"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	return back, string(h)
+}
+
+func TestWriteAllComplete(t *testing.T) {
+	res := sampleResult(t)
+	dir, paths := writeAll(t, res)
+	if len(paths) != 3 {
+		t.Fatalf("wrote %v, want results.json, chart.png, report.html", paths)
+	}
+
+	back, html := readBack(t, dir)
 	if !back.Complete || len(back.Runs) != len(res.Runs) || len(back.Summaries) != len(res.Summaries) ||
 		back.Links[1].RTT != 20*time.Millisecond || back.Summaries[1].VsPlain == 0 {
 		t.Errorf("results.json does not read back as written: %+v", back)
@@ -95,11 +114,6 @@ func TestWriteAllComplete(t *testing.T) {
 		}
 	}
 
-	h, err := os.ReadFile(filepath.Join(dir, "report.html"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	html := string(h)
 	for _, want := range []string{"<!doctype html>", "</html>", "lazypull bench --n 2", "Link 1G/2ms", "Link 100M/20ms", "stargz modes skipped"} {
 		if !strings.Contains(html, want) {
 			t.Errorf("report.html lacks %q", want)
@@ -132,11 +146,7 @@ func TestIncompleteIsNeverATable(t *testing.T) {
 	res.Complete = false
 	res.Summaries, res.Limits = nil, nil
 	res.Failure = &StepError{Image: "node", Mode: ModeLazypull, Link: "100M/20ms", Rep: 2, Step: "run to ready", Msg: "ctr run exited"}
-	dir := t.TempDir()
-	paths, err := WriteAll(dir, res)
-	if err != nil {
-		t.Fatal(err)
-	}
+	dir, paths := writeAll(t, res)
 	if _, err := os.Stat(filepath.Join(dir, "chart.png")); err == nil || len(paths) != 2 {
 		t.Errorf("an incomplete result got a chart (wrote %v)", paths)
 	}

@@ -2,8 +2,6 @@ package bench
 
 import (
 	"bytes"
-	"os"
-	"path/filepath"
 	"slices"
 	"strings"
 	"testing"
@@ -222,30 +220,14 @@ func TestScenarioReports(t *testing.T) {
 		t.Errorf("a cold table without cold runs:\n%s", out)
 	}
 
-	dir := t.TempDir()
-	paths, err := WriteAll(dir, res)
-	if err != nil {
-		t.Fatal(err)
-	}
+	dir, paths := writeAll(t, res)
 	if len(paths) != 2 {
 		t.Errorf("wrote %v, want results.json and report.html (no cold starts, no chart)", paths)
 	}
-	h, err := os.ReadFile(filepath.Join(dir, "report.html"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	if html := string(h); !strings.Contains(html, "<h2>Image update") || !strings.Contains(html, "<h2>Scale") ||
+	back, html := readBack(t, dir)
+	if !strings.Contains(html, "<h2>Image update") || !strings.Contains(html, "<h2>Scale") ||
 		strings.Count(html, "<table>") != 3 || strings.Count(html, "<tr>") != strings.Count(html, "</tr>") {
 		t.Errorf("report.html:\n%s", html)
-	}
-	f, err := os.Open(filepath.Join(dir, "results.json"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer f.Close()
-	back, err := ReadJSON(f)
-	if err != nil {
-		t.Fatal(err)
 	}
 	if len(back.UpdateRuns) != 2 || len(back.ScaleSummaries) != 2 || back.UpdateSummaries[1].MeetsBar == nil || *back.UpdateSummaries[1].MeetsBar {
 		t.Errorf("results.json does not read back the scenarios: %+v", back.ScenarioResults)
