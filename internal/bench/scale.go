@@ -32,6 +32,12 @@ type ScaleRun struct {
 	BytesAfter int64 `json:"bytes_after_ready"`
 }
 
+// progressLine is the run's line in the progress output.
+func (r ScaleRun) progressLine() string {
+	return fmt.Sprintf("scale %s x%-3d %-8s %-9s #%d: pull %6.2f s, all ready %6.2f s after, total %6.2f s, %7.2f MB in %d requests",
+		r.Image, r.Count, r.Mode, r.Link, r.Rep, r.Pull, r.AllReady, r.Total, float64(r.Bytes)/1e6, r.Requests)
+}
+
 // scaleRun is one scale run: a fresh node, the page cache dropped, one pull, then j.count
 // containers started at once.
 func scaleRun(ctx context.Context, cfg Config, p *Proxy, j scenarioJob, pg *progress) (run ScaleRun, err error) {

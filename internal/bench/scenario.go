@@ -309,24 +309,24 @@ func runScenarios(ctx context.Context, cfg Config, res *Result, proxies map[stri
 			return j.err("start link", fmt.Errorf("no proxy for link %s", j.link.Name))
 		}
 		pg.prefix = fmt.Sprintf("[%d/%d] %s", i+1, len(js), j)
+		var line string
+		var err error
 		switch j.scenario {
 		case ScenarioUpdate:
-			r, err := updateRun(ctx, cfg, p, j, pg)
-			if err != nil {
-				return err
+			var r UpdateRun
+			if r, err = updateRun(ctx, cfg, p, j, pg); err == nil {
+				res.UpdateRuns, line = append(res.UpdateRuns, r), r.progressLine()
 			}
-			res.UpdateRuns = append(res.UpdateRuns, r)
-			pg.done(fmt.Sprintf("[%d/%d] update %s -> %s %-8s %-9s #%d: pull %6.2f s, to ready %6.2f s, total %6.2f s, %7.2f MB in %d requests (v1: %.2f MB)",
-				i+1, len(js), r.From, r.To, r.Mode, r.Link, r.Rep, r.Pull, r.Ready, r.Total, float64(r.Bytes)/1e6, r.Requests, float64(r.V1Bytes)/1e6))
 		case ScenarioScale:
-			r, err := scaleRun(ctx, cfg, p, j, pg)
-			if err != nil {
-				return err
+			var r ScaleRun
+			if r, err = scaleRun(ctx, cfg, p, j, pg); err == nil {
+				res.ScaleRuns, line = append(res.ScaleRuns, r), r.progressLine()
 			}
-			res.ScaleRuns = append(res.ScaleRuns, r)
-			pg.done(fmt.Sprintf("[%d/%d] scale %s x%-3d %-8s %-9s #%d: pull %6.2f s, all ready %6.2f s after, total %6.2f s, %7.2f MB in %d requests",
-				i+1, len(js), r.Image, r.Count, r.Mode, r.Link, r.Rep, r.Pull, r.AllReady, r.Total, float64(r.Bytes)/1e6, r.Requests))
 		}
+		if err != nil {
+			return err
+		}
+		pg.done(fmt.Sprintf("[%d/%d] %s", i+1, len(js), line))
 	}
 	res.UpdateSummaries = SummarizeUpdates(res.UpdateRuns, sc.Update, sc.Links, cfg.Modes)
 	res.ScaleSummaries = SummarizeScale(res.ScaleRuns, sc.ScaleImage, sc.ScaleCounts, sc.Links, cfg.Modes)

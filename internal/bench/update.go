@@ -25,6 +25,12 @@ type UpdateRun struct {
 	Start            // v2's
 }
 
+// progressLine is the run's line in the progress output.
+func (r UpdateRun) progressLine() string {
+	return fmt.Sprintf("update %s -> %s %-8s %-9s #%d: pull %6.2f s, to ready %6.2f s, total %6.2f s, %7.2f MB in %d requests (v1: %.2f MB)",
+		r.From, r.To, r.Mode, r.Link, r.Rep, r.Pull, r.Ready, r.Total, float64(r.Bytes)/1e6, r.Requests, float64(r.V1Bytes)/1e6)
+}
+
 // updateRun is one update: a fresh node, v1 to ready, the page cache dropped, then v2 to
 // ready with the link's counters read around that step only.
 func updateRun(ctx context.Context, cfg Config, p *Proxy, j scenarioJob, pg *progress) (run UpdateRun, err error) {
