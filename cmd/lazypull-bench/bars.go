@@ -51,10 +51,47 @@ func (f *barFlags) config(e *env, args []string) (bench.BarConfig, error) {
 		Command: commandLine(), Log: e.stderr, Out: e.stdout}, nil
 }
 
-var mountCommand = &subcommand{
-	name:    "mount",
-	summary: "the lazy mount: cold read vs curl, passthrough vs local disk, bytes fetched for python3 -c 'print(1)'",
-	help: `
+// barBench is a bar benchmark's own flags, beside the barFlags, and how it runs.
+type barBench interface {
+	// declare declares its flags on fs.
+	declare(fs *flag.FlagSet)
+	// check checks them once parsed (a usage error), before the barFlags are.
+	check() error
+	// run runs the benchmark.
+	run(ctx context.Context, cfg bench.BarConfig) error
+}
+
+// barCommand is the subcommand of a bar benchmark: the barFlags and the flags of a
+// barBench from newBench.
+func barCommand(name, summary, help string, newBench func() barBench) *subcommand {
+	type flags struct {
+		barFlags
+		bench barBench
+	}
+	return &subcommand{name: name, summary: summary, help: help,
+		flags: func(fs *flag.FlagSet) any {
+			f := &flags{bench: newBench()}
+			f.declare(fs)
+			f.bench.declare(fs)
+			return f
+		},
+		run: func(ctx context.Context, e *env, vals any, args []string) error {
+			f := vals.(*flags)
+			if err := f.bench.check(); err != nil {
+				return err
+			}
+			cfg, err := f.config(e, args)
+			if err != nil {
+				return err
+			}
+			return f.bench.run(ctx, cfg)
+		},
+	}
+}
+
+var mountCommand = barCommand("mount",
+	"the lazy mount: cold read vs curl, passthrough vs local disk, bytes fetched for python3 -c 'print(1)'",
+	`
 The lazy mount's three bars, in one run (root; 4 to 5 minutes on a 2-CPU machine):
   1. cold read of a 1 GiB file of random bytes through a fresh lazypull mount, against curl
      of the same layer blob (and, for reference, curl in Range requests of the mount's mean
@@ -68,29 +105,27 @@ The lazy mount's three bars, in one run (root; 4 to 5 minutes on a 2-CPU machine
 It starts a registry on a random loopback port and removes everything it made at the end.
 The page cache is dropped before every cold read. -size makes the big file smaller for a
 quick run (the bars are judged at 1 GiB).`,
-	flags: func(fs *flag.FlagSet) any {
-		f := &mountFlags{}
-		f.declare(fs)
-		fs.StringVar(&f.size, "size", "1G", "size of the big file (K, M, G suffixes: binary units)")
-		return f
-	},
-	run: func(ctx context.Context, e *env, vals any, args []string) error {
-		f := vals.(*mountFlags)
-		size, err := parseSize(f.size)
-		if err != nil {
-			return usagef("-size: %v", err)
-		}
-		cfg, err := f.config(e, args)
-		if err != nil {
-			return err
-		}
-		return bench.Mount(ctx, bench.MountConfig{BarConfig: cfg, BigBytes: size})
-	},
+	func() barBench { return &mountFlags{} })
+
+// mountFlags are the mount benchmark's own flags.
+type mountFlags struct {
+	size  string
+	bytes int64 // size, parsed
 }
 
-type mountFlags struct {
-	barFlags
-	size string
+func (f *mountFlags) declare(fs *flag.FlagSet) {
+	fs.StringVar(&f.size, "size", "1G", "size of the big file (K, M, G suffixes: binary units)")
+}
+
+func (f *mountFlags) check() (err error) {
+	if f.bytes, err = parseSize(f.size); err != nil {
+		return usagef("-size: %v", err)
+	}
+	return nil
+}
+
+func (f *mountFlags) run(ctx context.Context, cfg bench.BarConfig) error {
+	return bench.Mount(ctx, bench.MountConfig{BarConfig: cfg, BigBytes: f.bytes})
 }
 
 // parseSize reads a byte count with an optional K, M or G suffix (powers of 1024).
@@ -112,10 +147,9 @@ func parseSize(s string) (int64, error) {
 	return n * mult, nil
 }
 
-var convertCommand = &subcommand{
-	name:    "convert",
-	summary: "the converter: throughput against ctr-remote --estargz, and index vs eStargz TOC size",
-	help: `
+var convertCommand = barCommand("convert",
+	"the converter: throughput against ctr-remote --estargz, and index vs eStargz TOC size",
+	`
 lazypull's converter against ctr-remote's eStargz conversion, on the python test image
 (scripts/build-test-image.sh), in one run (root; about 5 minutes on an idle 2-CPU machine):
   1. throughput, uncompressed MB/s: lazypull convert OCI layout -> OCI layout and registry ->
@@ -126,38 +160,35 @@ lazypull's converter against ctr-remote's eStargz conversion, on the python test
   2. per layer, with tools/indexsize: lazypull's index against the eStargz TOC, compressed
      and uncompressed. Bar: index <= 1/3 of the TOC.
 It starts a registry on a random loopback port and a private containerd, and stops them.`,
-	flags: func(fs *flag.FlagSet) any {
-		f := &convertFlags{}
-		f.declare(fs)
-		fs.IntVar(&f.extraLevel, "extra-level", 1, "the extra ctr-remote compression `level` measured for reference (1-9; 0: skip it)")
-		fs.IntVar(&f.extraN, "extra-n", 1, "timed runs at the extra level (at most -n)")
-		return f
-	},
-	run: func(ctx context.Context, e *env, vals any, args []string) error {
-		f := vals.(*convertFlags)
-		if f.extraLevel < 0 || f.extraLevel > 9 {
-			return usagef("-extra-level %d: want 1 to 9, or 0", f.extraLevel)
-		}
-		if f.extraN < 1 {
-			return usagef("-extra-n %d: want a positive integer", f.extraN)
-		}
-		cfg, err := f.config(e, args)
-		if err != nil {
-			return err
-		}
-		return bench.Convert(ctx, bench.ConvertConfig{BarConfig: cfg, ExtraLevel: f.extraLevel, ExtraN: f.extraN})
-	},
-}
+	func() barBench { return &convertFlags{} })
 
+// convertFlags are the converter benchmark's own flags.
 type convertFlags struct {
-	barFlags
 	extraLevel, extraN int
 }
 
-var snapshotterCommand = &subcommand{
-	name:    "snapshotter",
-	summary: "the snapshotter: RSS with 10 images mounted, cold lazypull pull + ctr run vs ctr image pull + ctr run",
-	help: `
+func (f *convertFlags) declare(fs *flag.FlagSet) {
+	fs.IntVar(&f.extraLevel, "extra-level", 1, "the extra ctr-remote compression `level` measured for reference (1-9; 0: skip it)")
+	fs.IntVar(&f.extraN, "extra-n", 1, "timed runs at the extra level (at most -n)")
+}
+
+func (f *convertFlags) check() error {
+	if f.extraLevel < 0 || f.extraLevel > 9 {
+		return usagef("-extra-level %d: want 1 to 9, or 0", f.extraLevel)
+	}
+	if f.extraN < 1 {
+		return usagef("-extra-n %d: want a positive integer", f.extraN)
+	}
+	return nil
+}
+
+func (f *convertFlags) run(ctx context.Context, cfg bench.BarConfig) error {
+	return bench.Convert(ctx, bench.ConvertConfig{BarConfig: cfg, ExtraLevel: f.extraLevel, ExtraN: f.extraN})
+}
+
+var snapshotterCommand = barCommand("snapshotter",
+	"the snapshotter: RSS with 10 images mounted, cold lazypull pull + ctr run vs ctr image pull + ctr run",
+	`
 The snapshotter's two bars, in one run (root; about 4 minutes on a 2-CPU machine), on the
 python test image (scripts/build-test-image.sh) pushed to a registry on a random loopback
 port, converted, and 9 variants of it with one small layer more each (tools/addlayer):
@@ -168,32 +199,31 @@ port, converted, and 9 variants of it with one small layer more each (tools/addl
           --snapshotter lazypull against ctr image pull + ctr run (overlayfs), timed, with the
           registry's egress (its log) and the snapshotter's fetch.Bytes. Bar: lazypull's bytes
           <= 0.25x plain's (medians).`,
-	flags: func(fs *flag.FlagSet) any {
-		f := &snapshotterFlags{}
-		f.declare(fs)
-		fs.StringVar(&f.parts, "parts", strings.Join(bench.SnapshotterParts, ","), "comma-separated `parts` to run: memory, cold")
-		return f
-	},
-	run: func(ctx context.Context, e *env, vals any, args []string) error {
-		f := vals.(*snapshotterFlags)
-		parts := splitList(f.parts)
-		if len(parts) == 0 {
-			return usagef("-parts: none given (want memory, cold)")
-		}
-		for _, p := range parts {
-			if !slices.Contains(bench.SnapshotterParts, p) {
-				return usagef("-parts: unknown part %q (want memory, cold)", p)
-			}
-		}
-		cfg, err := f.config(e, args)
-		if err != nil {
-			return err
-		}
-		return bench.Snapshotter(ctx, bench.SnapshotterConfig{BarConfig: cfg, Parts: parts})
-	},
+	func() barBench { return &snapshotterFlags{} })
+
+// snapshotterFlags are the snapshotter benchmark's own flags.
+type snapshotterFlags struct {
+	parts string
+	list  []string // parts, split
 }
 
-type snapshotterFlags struct {
-	barFlags
-	parts string
+func (f *snapshotterFlags) declare(fs *flag.FlagSet) {
+	fs.StringVar(&f.parts, "parts", strings.Join(bench.SnapshotterParts, ","), "comma-separated `parts` to run: memory, cold")
+}
+
+func (f *snapshotterFlags) check() error {
+	f.list = splitList(f.parts)
+	if len(f.list) == 0 {
+		return usagef("-parts: none given (want memory, cold)")
+	}
+	for _, p := range f.list {
+		if !slices.Contains(bench.SnapshotterParts, p) {
+			return usagef("-parts: unknown part %q (want memory, cold)", p)
+		}
+	}
+	return nil
+}
+
+func (f *snapshotterFlags) run(ctx context.Context, cfg bench.BarConfig) error {
+	return bench.Snapshotter(ctx, bench.SnapshotterConfig{BarConfig: cfg, Parts: f.list})
 }
