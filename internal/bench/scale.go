@@ -125,28 +125,17 @@ type ScaleSummary struct {
 
 // SummarizeScale aggregates scale runs per link, count and mode, in the order given.
 func SummarizeScale(runs []ScaleRun, image string, counts []int, links []Link, modes []Mode) []ScaleSummary {
-	var out []ScaleSummary
-	for _, l := range links {
-		for _, k := range counts {
-			var group []ScaleSummary
-			for _, m := range modes {
-				st, ok := statsOf(runs, func(r ScaleRun) bool { return r.Image == image && r.Count == k && r.Mode == m && r.Link == l.Name },
-					func(r ScaleRun) float64 { return r.Pull }, func(r ScaleRun) float64 { return r.AllReady },
-					func(r ScaleRun) float64 { return r.Total }, func(r ScaleRun) float64 { return float64(r.Bytes) },
-					func(r ScaleRun) float64 { return float64(r.Requests) })
-				if !ok {
-					continue
-				}
-				group = append(group, ScaleSummary{Image: image, Count: k, Mode: m, Link: l.Name, Pull: st[0],
-					AllReady: st[1], Total: st[2], Bytes: st[3], Requests: st[4]})
-			}
-			comparePlain(group, func(s *ScaleSummary) (Mode, Stat, Stat, *PlainRatios) {
-				return s.Mode, s.Total, s.Bytes, &s.PlainRatios
-			})
-			out = append(out, group...)
-		}
+	summarize := func(l Link, k int, m Mode) (ScaleSummary, bool) {
+		st, ok := statsOf(runs, func(r ScaleRun) bool { return r.Image == image && r.Count == k && r.Mode == m && r.Link == l.Name },
+			func(r ScaleRun) float64 { return r.Pull }, func(r ScaleRun) float64 { return r.AllReady },
+			func(r ScaleRun) float64 { return r.Total }, func(r ScaleRun) float64 { return float64(r.Bytes) },
+			func(r ScaleRun) float64 { return float64(r.Requests) })
+		return ScaleSummary{Image: image, Count: k, Mode: m, Link: l.Name, Pull: st[0],
+			AllReady: st[1], Total: st[2], Bytes: st[3], Requests: st[4]}, ok
 	}
-	return out
+	return summarizeGroups(links, counts, modes, summarize, func(s *ScaleSummary) (Mode, Stat, Stat, *PlainRatios) {
+		return s.Mode, s.Total, s.Bytes, &s.PlainRatios
+	}, nil)
 }
 
 // scaleTable is the scale scenario's table: a row per link, count and mode.

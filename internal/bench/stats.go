@@ -114,6 +114,30 @@ type PlainRatios struct {
 	BytesVsPlain float64 `json:"bytes_vs_plain,omitempty"`
 }
 
+// summarizeGroups makes the summaries of a scenario's runs a group at a time, a group per
+// link and key, in that order: summarize's summary of each mode that has runs (ok), then
+// their ratios against the group's plain one (comparePlain, with fig); withPlain, if not
+// nil, then sees each group that has a plain summary.
+func summarizeGroups[K, S any](links []Link, keys []K, modes []Mode, summarize func(l Link, k K, m Mode) (s S, ok bool),
+	fig func(*S) (Mode, Stat, Stat, *PlainRatios), withPlain func(group []S)) []S {
+	var out []S
+	for _, l := range links {
+		for _, k := range keys {
+			var group []S
+			for _, m := range modes {
+				if s, ok := summarize(l, k, m); ok {
+					group = append(group, s)
+				}
+			}
+			if comparePlain(group, fig) && withPlain != nil {
+				withPlain(group)
+			}
+			out = append(out, group...)
+		}
+	}
+	return out
+}
+
 // comparePlain sets the PlainRatios of each summary of group against the group's plain
 // one, fig giving a summary's mode, total, bytes and ratios; it reports whether there was a
 // plain one.

@@ -134,33 +134,24 @@ type UpdateSummary struct {
 
 // SummarizeUpdates aggregates update runs per image, link and mode, in the order given.
 func SummarizeUpdates(runs []UpdateRun, images []string, links []Link, modes []Mode) []UpdateSummary {
-	var out []UpdateSummary
-	for _, l := range links {
-		for _, im := range images {
-			var group []UpdateSummary
-			for _, m := range modes {
-				keep := func(r UpdateRun) bool { return r.From == im && r.Mode == m && r.Link == l.Name }
-				st, ok := startStats(runs, keep, func(r UpdateRun) Start { return r.Start })
-				if !ok {
-					continue
-				}
-				v1, _ := statsOf(runs, keep, func(r UpdateRun) float64 { return float64(r.V1Bytes) })
-				group = append(group, UpdateSummary{From: im, To: Updates[im], Mode: m, Link: l.Name, V1Bytes: v1[0], StartStats: st})
+	summarize := func(l Link, im string, m Mode) (UpdateSummary, bool) {
+		keep := func(r UpdateRun) bool { return r.From == im && r.Mode == m && r.Link == l.Name }
+		st, ok := startStats(runs, keep, func(r UpdateRun) Start { return r.Start })
+		v1, _ := statsOf(runs, keep, func(r UpdateRun) float64 { return float64(r.V1Bytes) })
+		return UpdateSummary{From: im, To: Updates[im], Mode: m, Link: l.Name, V1Bytes: v1[0], StartStats: st}, ok
+	}
+	// The bar is the lazypull modes', against plain's bytes.
+	judge := func(group []UpdateSummary) {
+		for i := range group {
+			if s := &group[i]; s.Mode.lazy() {
+				ok := s.BytesVsPlain <= UpdateBar
+				s.MeetsBar = &ok
 			}
-			if comparePlain(group, func(s *UpdateSummary) (Mode, Stat, Stat, *PlainRatios) {
-				return s.Mode, s.Total, s.Bytes, &s.PlainRatios
-			}) {
-				for i := range group {
-					if s := &group[i]; s.Mode.lazy() {
-						ok := s.BytesVsPlain <= UpdateBar
-						s.MeetsBar = &ok
-					}
-				}
-			}
-			out = append(out, group...)
 		}
 	}
-	return out
+	return summarizeGroups(links, images, modes, summarize, func(s *UpdateSummary) (Mode, Stat, Stat, *PlainRatios) {
+		return s.Mode, s.Total, s.Bytes, &s.PlainRatios
+	}, judge)
 }
 
 // updateTable is the update scenario's table: a row per image, link and mode.
