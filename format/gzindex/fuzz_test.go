@@ -7,21 +7,13 @@ import (
 	"crypto/sha256"
 	"errors"
 	"io"
-	"runtime"
+	"lazypull/internal/testutil"
 	"testing"
 )
 
 // decodeOverhead is what a decode may allocate beyond its budget that is not the
 // decoder's: the error's formatting, the runtime's own.
 const decodeOverhead = 16 << 10
-
-func allocated(f func()) uint64 {
-	var before, after runtime.MemStats
-	runtime.ReadMemStats(&before)
-	f()
-	runtime.ReadMemStats(&after)
-	return after.TotalAlloc - before.TotalAlloc
-}
 
 // seedIndexes returns encoded indexes of a few streams: multi-span, multi-member, empty.
 func seedIndexes(t testing.TB) [][]byte {
@@ -69,7 +61,7 @@ func FuzzDecodeBody(f *testing.F) {
 func checkDecode(t *testing.T, p []byte, decode func([]byte) (*Index, error), encode func(*Index) []byte) {
 	var ix *Index
 	var err error
-	n := allocated(func() { ix, err = decode(p) })
+	n := testutil.Allocated(func() { ix, err = decode(p) })
 	if limit := uint64(MemFactor*len(p)+MemSlack) + decodeOverhead; n > limit {
 		t.Fatalf("decoding %d bytes allocated %d, over the bound of %d (err %v)", len(p), n, limit, err)
 	}
