@@ -17,10 +17,15 @@ import (
 )
 
 // authTransport authenticates to one endpoint lazily: requests go out without credentials
-// until the endpoint answers 401 with a challenge; then it asks the keychain for the
-// endpoint's credentials, sets up ggcr's basic or bearer transport (which fetches and
-// refreshes the token) and sends the request again. Anonymous registries thus cost no
-// extra request, and a blob read is one request.
+// until the endpoint answers 401 with a challenge; then it looks the credentials up
+// (credentials), sets up the basic or bearer flow (ggcr's token exchange) and sends the
+// request again. Anonymous registries thus cost no extra request, and a blob read is one
+// request.
+//
+// An authenticated request that gets 401 again (the token expired, or the credentials
+// changed: a later CRI pull with new ones) has the credentials looked up again and a new
+// token fetched, once, and is sent once more; what that answers is the answer. Requests
+// that ran into the same stale token together share one new token.
 //
 // Credentials go only to the endpoint's own origin (scheme, host and port): a request
 // the client makes to follow a redirect elsewhere (object storage, or the same host over
@@ -31,20 +36,24 @@ import (
 //
 // Over plain http (insecure), credentials are only sent where cleartext allows: a
 // registry on loopback, or one the operator named with http:// in a hosts.toml. Anywhere
-// else the keychain's credentials are refused with an error saying so, before any is sent.
+// else the credentials are refused with an error saying so, before any is sent.
 type authTransport struct {
-	base      http.RoundTripper
-	reg       name.Registry  // the endpoint's host
-	resource  authn.Resource // the endpoint's repository, as credentials are looked up
-	origin    string         // the endpoint's scheme://host:port (canonicalOrigin)
-	keychain  authn.Keychain
-	scopes    []string
-	insecure  bool // plain http: the token realm may be http too
-	cleartext bool // credentials may go over plain http (cleartextAllowed)
-	log       func(msg string, args ...any)
+	base        http.RoundTripper
+	reg         name.Registry // the endpoint's host
+	origin      string        // the endpoint's scheme://host:port (canonicalOrigin)
+	credentials func(context.Context) (authn.Authenticator, error)
+	scopes      []string
+	insecure    bool // plain http: the token realm may be http too
+	cleartext   bool // credentials may go over plain http (cleartextAllowed)
+	log         func(msg string, args ...any)
 
 	mu     sync.Mutex
-	authed http.RoundTripper // nil until a challenge was answered
+	authed *authed // nil until a challenge was answered
+}
+
+// authed is an answered challenge: requests through rt carry its credentials or token.
+type authed struct {
+	rt http.RoundTripper
 }
 
 func (a *authTransport) RoundTrip(req *http.Request) (*http.Response, error) {
@@ -52,14 +61,17 @@ func (a *authTransport) RoundTrip(req *http.Request) (*http.Response, error) {
 		return a.base.RoundTrip(req) // a redirect elsewhere: no credentials of ours
 	}
 	a.mu.Lock()
-	rt := a.authed
+	cur := a.authed
 	a.mu.Unlock()
-	if rt != nil {
-		// ggcr's transports set headers on the request they are given; keep the
-		// caller's request as it was.
-		return rt.RoundTrip(req.Clone(req.Context()))
+	var resp *http.Response
+	var err error
+	if cur != nil {
+		// The transports set headers on the request they are given; keep the caller's
+		// request as it was.
+		resp, err = cur.rt.RoundTrip(req.Clone(req.Context()))
+	} else {
+		resp, err = a.base.RoundTrip(req)
 	}
-	resp, err := a.base.RoundTrip(req)
 	if err != nil || resp.StatusCode != http.StatusUnauthorized {
 		return resp, err
 	}
@@ -67,24 +79,49 @@ func (a *authTransport) RoundTrip(req *http.Request) (*http.Response, error) {
 	if !ok {
 		return resp, nil
 	}
+	again, err := resend(req)
+	if err != nil || again == nil {
+		return resp, nil // a body that cannot be sent twice: the 401 is the answer
+	}
 	// The body of a 401 is a short error document; drain it so the connection is reused.
 	_, _ = io.Copy(io.Discard, io.LimitReader(resp.Body, 64<<10))
 	resp.Body.Close()
-	rt, err = a.setup(req.Context(), ch)
+	next, err := a.setup(req.Context(), ch, cur)
+	if err != nil {
+		closeBody(again)
+		return nil, err
+	}
+	return next.rt.RoundTrip(again)
+}
+
+// resend returns a copy of req to send again, its body got anew; nil when the body
+// cannot be (no GetBody).
+func resend(req *http.Request) (*http.Request, error) {
+	out := req.Clone(req.Context())
+	if req.Body == nil || req.Body == http.NoBody {
+		return out, nil
+	}
+	if req.GetBody == nil {
+		return nil, nil
+	}
+	body, err := req.GetBody()
 	if err != nil {
 		return nil, err
 	}
-	return rt.RoundTrip(req.Clone(req.Context()))
+	out.Body = body
+	return out, nil
 }
 
-// setup answers a challenge once for all requests that ran into it together.
-func (a *authTransport) setup(ctx context.Context, ch *transport.Challenge) (http.RoundTripper, error) {
+// setup answers a challenge that a request sent with stale (nil: without credentials) ran
+// into: once for all requests that ran into it together. When another request has
+// answered one since, its answer is taken as it is.
+func (a *authTransport) setup(ctx context.Context, ch *transport.Challenge, stale *authed) (*authed, error) {
 	a.mu.Lock()
 	defer a.mu.Unlock()
-	if a.authed != nil {
+	if a.authed != stale {
 		return a.authed, nil
 	}
-	auth, err := authn.Resolve(ctx, a.keychain, a.resource)
+	auth, err := a.credentials(ctx)
 	if err != nil {
 		return nil, &authError{fmt.Errorf("credentials for %s: %w", a.reg.RegistryStr(), err)}
 	}
@@ -92,28 +129,62 @@ func (a *authTransport) setup(ctx context.Context, ch *transport.Challenge) (htt
 		return nil, &authError{err}
 	}
 	ch.Insecure = a.insecure
+	scheme := strings.ToLower(ch.Scheme)
 	var rt http.RoundTripper
-	switch strings.ToLower(ch.Scheme) {
+	switch scheme {
 	case "basic":
 		rt, err = transport.FromToken(a.reg, auth, a.base, ch, nil)
 	case "bearer":
-		var tok *transport.Token
-		tok, err = transport.Exchange(ctx, a.reg, auth, a.base, a.scopes, ch)
-		if err == nil {
-			if tok.Token == "" {
-				tok.Token = tok.AccessToken // some token servers fill only access_token
-			}
-			rt, err = transport.FromToken(a.reg, auth, a.base, ch, tok)
-		}
+		rt, err = a.bearer(ctx, auth, ch)
 	default:
 		return nil, &authError{fmt.Errorf("%s asks for %q authentication, which lazypull does not speak", a.reg.RegistryStr(), ch.Scheme)}
 	}
 	if err != nil {
-		return nil, &authError{fmt.Errorf("authenticate to %s (%s): %w", a.reg.RegistryStr(), strings.ToLower(ch.Scheme), err)}
+		return nil, &authError{fmt.Errorf("authenticate to %s (%s): %w", a.reg.RegistryStr(), scheme, err)}
 	}
-	a.authed = rt
-	a.log("authenticated", "scheme", strings.ToLower(ch.Scheme))
-	return rt, nil
+	a.authed = &authed{rt: rt}
+	if stale == nil {
+		a.log("authenticated", "scheme", scheme)
+	} else {
+		a.log("authenticated again: the registry refused the last credentials (token expired, or credentials replaced)", "scheme", scheme)
+	}
+	return a.authed, nil
+}
+
+// bearer gets a token for the credentials from the challenge's token server (a registry
+// token given as the credentials is the token itself) and returns the transport that
+// sends it. Unlike ggcr's bearer transport, it does not fetch a token again on its own
+// when the registry refuses this one: RoundTrip does, with the credentials looked up
+// again, once per request.
+func (a *authTransport) bearer(ctx context.Context, auth authn.Authenticator, ch *transport.Challenge) (http.RoundTripper, error) {
+	cfg, err := authn.Authorization(ctx, auth)
+	if err != nil {
+		return nil, err
+	}
+	token := cfg.RegistryToken
+	if token == "" {
+		tok, err := transport.Exchange(ctx, a.reg, auth, a.base, a.scopes, ch)
+		if err != nil {
+			return nil, err
+		}
+		token = tok.Token
+		if token == "" {
+			token = tok.AccessToken // some token servers fill only access_token
+		}
+	}
+	return &bearerTransport{base: a.base, header: "Bearer " + token}, nil
+}
+
+// bearerTransport sends each request with a bearer token. authTransport hands it only
+// requests to the endpoint's own origin.
+type bearerTransport struct {
+	base   http.RoundTripper
+	header string
+}
+
+func (t *bearerTransport) RoundTrip(req *http.Request) (*http.Response, error) {
+	req.Header.Set("Authorization", t.header)
+	return t.base.RoundTrip(req)
 }
 
 // checkCleartext refuses to answer a challenge over plain http with credentials where

@@ -110,15 +110,14 @@ func (c *Client) Open(ref string) (*Registry, error) {
 			return nil, fmt.Errorf("fetch: endpoint %s: %w", h.url.Host, err)
 		}
 		at := &authTransport{
-			base:      rt,
-			reg:       nreg,
-			resource:  nreg.Repo(reg.repo),
-			origin:    canonicalOrigin(h.url),
-			keychain:  c.keychain,
-			scopes:    scopes,
-			insecure:  h.url.Scheme == "http" || h.fallback,
-			cleartext: cleartextAllowed(h),
-			log:       reg.log.With("endpoint", h.url.Host).Debug,
+			base:        rt,
+			reg:         nreg,
+			origin:      canonicalOrigin(h.url),
+			credentials: c.credentialsFor(repo, nreg.Repo(reg.repo)),
+			scopes:      scopes,
+			insecure:    h.url.Scheme == "http" || h.fallback,
+			cleartext:   cleartextAllowed(h),
+			log:         reg.log.With("endpoint", h.url.Host).Debug,
 		}
 		reg.endpoints = append(reg.endpoints, &endpoint{
 			host:   h.url.Host,
@@ -129,6 +128,23 @@ func (c *Client) Open(ref string) (*Registry, error) {
 		})
 	}
 	return reg, nil
+}
+
+// credentialsFor returns how the requests of an image (repository image) to one of its
+// endpoints (endpoint: the endpoint's host and the repository) find their credentials,
+// each time a challenge asks: WithCredentials' for the image's own registry and
+// repository, whichever endpoint (a mirror too) serves it, for they were given for the
+// image; else the keychain's for the endpoint.
+func (c *Client) credentialsFor(image name.Repository, endpoint authn.Resource) func(context.Context) (authn.Authenticator, error) {
+	return func(ctx context.Context) (authn.Authenticator, error) {
+		if c.o.credentials != nil {
+			auth, err := credentialsKeychain{c.o.credentials}.ResolveContext(ctx, image)
+			if err != nil || auth != authn.Anonymous {
+				return auth, err
+			}
+		}
+		return authn.Resolve(ctx, c.o.keychain, endpoint)
+	}
 }
 
 // transportFor is the transport an endpoint's requests go through: the client's, made to

@@ -17,9 +17,11 @@ import (
 // Credentials supplies registry credentials from somewhere other than the Docker config
 // (WithCredentials): a CRI proxy, for one, will hand over in memory the credentials
 // kubelet has for an image. A Client asks it first, each time a registry's challenge
-// needs credentials, for the endpoint's host (host[:port], a mirror's own) and the
+// needs credentials (the first, and again whenever the registry refuses those it sent:
+// a token expired, credentials replaced), for the image's own registry (host[:port] as
+// the reference names it, whichever endpoint, a mirror too, serves the request) and
 // repository path; ok false (with a nil error) means it has none for them, and the
-// Docker config is asked next. user "" with a secret is an identity token; otherwise
+// Docker config is asked next, for the endpoint's host. user "" with a secret is an identity token; otherwise
 // user and secret are a user name and password (or token). An error fails the request
 // that needed them.
 type Credentials interface {

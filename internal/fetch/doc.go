@@ -36,8 +36,11 @@
 //
 // Blob.ReadAt and Blob.OpenRange are one Range GET each: no HEAD, no probe of the blob, no ping of the registry.
 // Authentication happens on demand: a request goes out without credentials, and only when
-// the endpoint answers 401 with a challenge does the keychain get asked, the token get
-// fetched (ggcr's bearer flow, which also refreshes it), and the request get sent again.
+// the endpoint answers 401 with a challenge do the credentials get looked up, the token get
+// fetched (ggcr's token exchange), and the request get sent again. A 401 to a request sent
+// with them (the token expired, or the credentials changed at their source) has them
+// looked up again and a new token fetched, once per request, shared by the requests that
+// ran into it together: tokens that live seconds serve reads hours later.
 // Credentials go only to the endpoint's own origin (scheme, host, port), never to where a
 // redirect leads (object storage, or the same host over plain http): the endpoint's
 // transport checks the origin of every request before ggcr's adds a header (ggcr checks

@@ -293,10 +293,10 @@ func TestCredentialsStayWithTheirOrigin(t *testing.T) {
 		got = append(got, r.URL.Scheme+"://"+r.URL.Host+" "+r.Header.Get("Authorization"))
 		return &http.Response{StatusCode: 200, Body: http.NoBody, Request: r}, nil
 	})
-	at := &authTransport{base: base, origin: "https://reg.example:443", authed: roundTripFunc(func(r *http.Request) (*http.Response, error) {
+	at := &authTransport{base: base, origin: "https://reg.example:443", authed: &authed{rt: roundTripFunc(func(r *http.Request) (*http.Response, error) {
 		r.Header.Set("Authorization", "Bearer tok")
 		return base(r)
-	})}
+	})}}
 	for _, u := range []string{"https://reg.example/v2/", "https://REG.example:443/v2/", "http://reg.example/v2/", "http://reg.example:443/v2/", "https://reg.example:8443/v2/", "https://storage.example/x"} {
 		req, _ := http.NewRequest(http.MethodGet, u, nil)
 		if _, err := at.RoundTrip(req); err != nil {
