@@ -56,6 +56,8 @@ func bindSnapshotterFlags(fs *flag.FlagSet) any {
 	fs.StringVar(&c.Root, "root", c.Root, "snapshots and their metadata in `dir`")
 	fs.StringVar(&c.DebugAddr, "debug-addr", "", "serve Go's profiles (pprof) on `host:port` at /debug/pprof/; keep it on loopback")
 	fs.StringVar(&c.ContainerdConfig, "containerd-config", c.ContainerdConfig, "containerd's config `file`, read to warn when containerd will not call this snapshotter (\"\": no check)")
+	fs.StringVar(&c.CRIProxyAddress, "cri-proxy-address", c.CRIProxyAddress, "serve CRI's image service on this unix `socket` (kubelet's --image-service-endpoint), forwarded to --cri-proxy-upstream, and read images with the credentials their pulls came with, kept in memory only (\"\": off)")
+	fs.StringVar(&c.CRIProxyUpstream, "cri-proxy-upstream", c.CRIProxyUpstream, "containerd's CRI unix `socket`, which the CRI proxy forwards to")
 	addNodeFlags(fs, &c.NodeConfig, "image")
 	return f
 }

@@ -169,8 +169,10 @@ func allowed() map[string]rule {
 		// metrics (prometheus), and the check of containerd's config, over containerd's
 		// version API. fusefs: the mounts of `lazypull mount`. progress: the stats and
 		// prune reports print sizes as the converter's progress does (HumanBytes).
+		// criproxy: the CRI proxy it serves beside the snapshotter, whose Store is the
+		// fetch client's credentials.
 		service: {
-			ours: []string{fetch, store, fusefs, snapshot, daemon, keeper, warm, unixsock, progress},
+			ours: []string{fetch, store, fusefs, snapshot, daemon, keeper, warm, unixsock, progress, criproxy},
 			ext:  []string{containerd, containerdAPI, ggcr, toml, prometheus, grpc, xsys},
 		},
 

@@ -29,6 +29,7 @@ const (
 	DefaultRoot             = "/var/lib/lazypull/snapshotter"
 	DefaultConfigFile       = "/etc/lazypull/config.toml"
 	DefaultContainerdConfig = "/etc/containerd/config.toml"
+	DefaultCRIProxyUpstream = "/run/containerd/containerd.sock"
 )
 
 // Config is the snapshotter's settings: the keys of its config file (TOML, the tags below)
@@ -42,6 +43,14 @@ type Config struct {
 	// ContainerdConfig is containerd's config file, checked against containerd's version
 	// once it answers ("": no check).
 	ContainerdConfig string `toml:"containerd_config"`
+	CRIProxy
+}
+
+// CRIProxy is where the snapshotter serves CRI's image service to learn the credentials
+// of kubelet's pulls (internal/criproxy), and the containerd CRI socket it forwards to.
+type CRIProxy struct {
+	CRIProxyAddress  string `toml:"cri_proxy_address"` // "": no proxy
+	CRIProxyUpstream string `toml:"cri_proxy_upstream"`
 }
 
 // NodeConfig is what the snapshotter and `lazypull mount` share: the node's store, the
@@ -81,7 +90,8 @@ func DefaultNodeConfig() NodeConfig {
 
 // DefaultConfig is a Config at its defaults.
 func DefaultConfig() Config {
-	return Config{Address: DefaultAddress, Root: DefaultRoot, NodeConfig: DefaultNodeConfig(), ContainerdConfig: DefaultContainerdConfig}
+	return Config{Address: DefaultAddress, Root: DefaultRoot, NodeConfig: DefaultNodeConfig(), ContainerdConfig: DefaultContainerdConfig,
+		CRIProxy: CRIProxy{CRIProxyUpstream: DefaultCRIProxyUpstream}}
 }
 
 // Check refuses settings that make no sense, before anything is opened. Its errors name the

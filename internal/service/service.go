@@ -51,8 +51,8 @@ type node struct {
 	stops    []func() // run by close, last first
 }
 
-// openNode checks cfg and opens the store.
-func openNode(cfg NodeConfig, log *slog.Logger) (*node, error) {
+// openNode checks cfg and opens the store; more are options of the registry client.
+func openNode(cfg NodeConfig, log *slog.Logger, more ...fetch.Option) (*node, error) {
 	if err := cfg.Check(); err != nil {
 		return nil, err
 	}
@@ -71,7 +71,7 @@ func openNode(cfg NodeConfig, log *slog.Logger) (*node, error) {
 	if cfg.StoreMaxBytes == SizeAuto {
 		log.Info("store bound auto: a quarter of its file system", "store", cfg.Store, "max_bytes", bound)
 	}
-	client, err := NewClient(log, cfg.PlainHTTP, cfg.HostsDir)
+	client, err := NewClient(log, cfg.PlainHTTP, cfg.HostsDir, more...)
 	if err != nil {
 		st.Close()
 		return nil, err

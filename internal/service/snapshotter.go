@@ -13,7 +13,9 @@ import (
 	"github.com/containerd/containerd/v2/contrib/snapshotservice"
 	"google.golang.org/grpc"
 
+	"lazypull/internal/criproxy"
 	"lazypull/internal/daemon"
+	"lazypull/internal/fetch"
 	"lazypull/internal/keeper"
 	"lazypull/internal/snapshot"
 	"lazypull/internal/unixsock"
@@ -29,11 +31,24 @@ func Serve(ctx context.Context, cfg Config, log *slog.Logger) error {
 	if err != nil {
 		return err
 	}
-	n, err := openNode(cfg.NodeConfig, log)
+	var creds *criproxy.Store
+	var more []fetch.Option
+	if cfg.CRIProxyAddress != "" {
+		creds = criproxy.NewStore(0)
+		more = append(more, fetch.WithCredentials(criCredentials{creds}))
+	}
+	n, err := openNode(cfg.NodeConfig, log, more...)
 	if err != nil {
 		return err
 	}
 	defer n.close()
+	if creds != nil {
+		stop, err := serveCRIProxy(cfg.CRIProxy, creds, log)
+		if err != nil {
+			return err
+		}
+		n.onClose(stop)
+	}
 
 	lfs := daemon.NewSnapshotFS(n.store, n.platform, log, n.client)
 	p, fill := n.prefetchOptions()
