@@ -195,6 +195,16 @@ func layerOf(labels map[string]string) (ref, layer string, err error) {
 	}
 	ref, layer = labels[LabelCRIImageRef], labels[LabelCRILayerDigest]
 	if ref != "" && layer != "" {
+		// The image by the manifest CRI pulled, as with lazypull's labels: not the tag
+		// again (it may have moved since), and a restarted snapshotter mounts it again
+		// from the store without its registry (or the credentials of its pull).
+		if md := labels[LabelCRIManifestDigest]; md != "" {
+			key, err := imageKey(ref, md)
+			if err != nil {
+				return "", "", fmt.Errorf("label %s: %w", LabelCRIImageRef, err)
+			}
+			return key, layer, nil
+		}
 		return ref, layer, nil
 	}
 	return "", "", ErrNotLazy

@@ -38,6 +38,10 @@ func TestSnapshotLabelsAndLayerOf(t *testing.T) {
 	if err != nil || gotRef != ref || gotLayer != layer {
 		t.Errorf("layerOf(CRI labels) = %q %q %v", gotRef, gotLayer, err)
 	}
+	gotRef, gotLayer, err = layerOf(map[string]string{LabelCRIImageRef: ref, LabelCRILayerDigest: layer, LabelCRIManifestDigest: manifest})
+	if err != nil || gotRef != "127.0.0.1:5000/app@"+manifest || gotLayer != layer {
+		t.Errorf("layerOf(CRI labels with the manifest) = %q %q %v; want the image by manifest digest", gotRef, gotLayer, err)
+	}
 	if _, _, err := layerOf(map[string]string{"containerd.io/snapshot.ref": "x"}); !errors.Is(err, ErrNotLazy) {
 		t.Errorf("layerOf(no labels) = %v, want ErrNotLazy", err)
 	}

@@ -62,7 +62,9 @@ func (e *env) startSnapshotter(t *testing.T, opts ...snapshotterOption) *snapsho
 	return e.startSnapshotterWith(t, "", opts...)
 }
 
-// startSnapshotterWith is startSnapshotter with more lines for its config file.
+// startSnapshotterWith is startSnapshotter with more lines for its config file, in which
+// $SNAPSHOTTER_DIR stands for the temporary directory everything of it is under (its
+// containerd's socket is $SNAPSHOTTER_DIR/ctd/containerd.sock).
 func (e *env) startSnapshotterWith(t *testing.T, config string, opts ...snapshotterOption) *snapshotterEnv {
 	t.Helper()
 	dir, err := os.MkdirTemp("", "lzsn-") // short: unix socket paths are limited
@@ -75,7 +77,7 @@ func (e *env) startSnapshotterWith(t *testing.T, config string, opts ...snapshot
 	// containerd_config: the snapshotter checks the config of its containerd (once it
 	// answers), not the host's.
 	if err := os.WriteFile(s.config, fmt.Appendf(nil, "root = %q\nstore = %q\nplain_http = true\ncontainerd_config = %q\n%s",
-		filepath.Join(dir, "root"), s.store, filepath.Join(s.containerd, "config.toml"), config), 0o644); err != nil {
+		filepath.Join(dir, "root"), s.store, filepath.Join(s.containerd, "config.toml"), strings.ReplaceAll(config, "$SNAPSHOTTER_DIR", dir)), 0o644); err != nil {
 		t.Fatal(err)
 	}
 	s.bin, s.env = e.bin, e.cmdEnv
