@@ -13,6 +13,8 @@ import (
 	"testing/synctest"
 	"time"
 
+	"github.com/google/go-containerregistry/pkg/authn"
+
 	"lazypull/internal/testutil"
 )
 
@@ -239,3 +241,53 @@ func TestBasicCredentialsRotate(t *testing.T) {
 		t.Errorf("%d 401s; want 4 (one more, sent once more, refused again)", n)
 	}
 }
+
+// TestCredentialsForTheImageAtAMirror: a mirror that asks for credentials is given the
+// Credentials of the image's own registry and repository (they were given for the image),
+// looked up by those, not by the mirror's host; the keychain is asked for the mirror's.
+func TestCredentialsForTheImageAtAMirror(t *testing.T) {
+	f := newFake("lib/app")
+	blob := testutil.RandBytes(42, 1000)
+	d := f.addBlob(blob)
+	h := http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if u, p, ok := r.BasicAuth(); !ok || u != "kube" || p != "s3cret" {
+			w.Header().Set("WWW-Authenticate", `Basic realm="mirror"`)
+			http.Error(w, "no", http.StatusUnauthorized)
+			return
+		}
+		f.ServeHTTP(w, r)
+	})
+	_, mirrorHost := serve(t, h)
+	dir := t.TempDir()
+	writeHosts(t, dir, "registry.invalid:5000", `
+server = "http://registry.invalid:5000"
+[host."http://`+mirrorHost+`"]
+  capabilities = ["pull"]
+`)
+	var asked, keychainAsked []string
+	cr := credsFunc(func(_ context.Context, host, repo string) (string, string, bool, error) {
+		asked = append(asked, host+"/"+repo)
+		if host == "registry.invalid:5000" && repo == "lib/app" {
+			return "kube", "s3cret", true, nil
+		}
+		return "", "", false, nil
+	})
+	kc := keychainFunc(func(r authn.Resource) (authn.Authenticator, error) {
+		keychainAsked = append(keychainAsked, r.String())
+		return authn.Anonymous, nil
+	})
+	reg, err := openRef("registry.invalid:5000/lib/app:v1", WithHostsDir(dir), WithRetry(1, time.Millisecond), WithCredentials(cr), WithKeychain(kc))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := reg.Blob(d, int64(len(blob))).ReadAt(make([]byte, 10), 0); err != nil {
+		t.Fatalf("read through the mirror with the image's credentials: %v", err)
+	}
+	if len(asked) != 1 || asked[0] != "registry.invalid:5000/lib/app" || len(keychainAsked) != 0 {
+		t.Errorf("Credentials asked for %q, the keychain for %q; want the image's registry and repository once, the keychain not", asked, keychainAsked)
+	}
+}
+
+type keychainFunc func(authn.Resource) (authn.Authenticator, error)
+
+func (f keychainFunc) Resolve(r authn.Resource) (authn.Authenticator, error) { return f(r) }
