@@ -72,7 +72,7 @@ func TestCRIProxyPullSecrets(t *testing.T) {
 		t.Fatalf("after crictl pull --creds: %d remote snapshots of %d, want all %d layers remote:\n%s", remote, all, len(m.Layers), s.log)
 	}
 
-	podID, code, out := s.runPod(t, ref, fmt.Sprintf("secret-%d", os.Getpid()), nil)
+	podID, code, out := s.runImagePod(t, ref, fmt.Sprintf("secret-%d", os.Getpid()), nil)
 	if code != 0 || out != pythonOutput {
 		t.Fatalf("the container exited %d having printed %q; want 0 and %q\nsnapshotter:\n%s", code, out, pythonOutput, s.log)
 	}
@@ -100,7 +100,7 @@ func TestCRIProxyPullSecrets(t *testing.T) {
 	s.start(t)
 	s.waitReady(t, criNamespace)
 	readMore := []string{"sh", "-c", "cat /usr/lib/python3*/email/*.py /usr/lib/python3*/xml/dom/*.py >/dev/null && echo read"}
-	podID, code, out = s.runPod(t, ref, fmt.Sprintf("secret-restarted-%d", os.Getpid()), readMore)
+	podID, code, out = s.runImagePod(t, ref, fmt.Sprintf("secret-restarted-%d", os.Getpid()), readMore)
 	if code == 0 {
 		t.Errorf("after a restart, without the credentials, a container read unread files of the private image: %q", out)
 	}
@@ -111,7 +111,7 @@ func TestCRIProxyPullSecrets(t *testing.T) {
 	if r.code != 0 {
 		t.Fatalf("crictl pull --creds after the restart: exit %d:\n%s%s", r.code, r.stdout, r.stderr)
 	}
-	podID, code, out = s.runPod(t, ref, fmt.Sprintf("secret-again-%d", os.Getpid()), readMore)
+	podID, code, out = s.runImagePod(t, ref, fmt.Sprintf("secret-again-%d", os.Getpid()), readMore)
 	if code != 0 || out != "read" {
 		t.Errorf("after a restart and a pull with the credentials: the container exited %d having printed %q; want 0 and \"read\"\n%s", code, out, s.log)
 	}
@@ -125,35 +125,22 @@ func TestCRIProxyPullSecrets(t *testing.T) {
 	}
 }
 
-// runPod runs a pod with one container of image ref through CRI (crictl runp, create,
-// start), its command cmd (nil: the image's), waits until the container has exited, and
-// returns the pod's ID, the container's exit code and its output; a container that does
-// not start has code -1, and crictl's error as its output.
-func (s *snapshotterEnv) runPod(t *testing.T, ref, name string, cmd []string) (podID string, code int, out string) {
+// runImagePod runs a pod named name with one container of image ref, its command cmd
+// (nil: the image's), waits until the container has exited, and returns the pod's ID, the
+// container's exit code and its output; a container that does not start has code -1, and
+// crictl's error as its output.
+func (s *snapshotterEnv) runImagePod(t *testing.T, ref, name string, cmd []string) (podID string, code int, out string) {
 	t.Helper()
-	// The pod uses the host's network: no CNI here (scripts/containerd.sh).
-	pod := writeJSON(t, s.dir, "pod-"+name+".json", map[string]any{
-		"metadata":      map[string]any{"name": name, "namespace": "default", "uid": name, "attempt": 0},
-		"log_directory": filepath.Join(s.dir, "pods", name),
-		"linux":         map[string]any{"security_context": map[string]any{"namespace_options": map[string]any{"network": 2}}},
-	})
 	spec := map[string]any{
 		"metadata": map[string]any{"name": "c"},
 		"image":    map[string]any{"image": ref},
 		"log_path": "c.log",
-		"linux":    map[string]any{},
 	}
 	if cmd != nil {
 		spec["command"] = cmd
 	}
-	ctr := writeJSON(t, s.dir, "container-"+name+".json", spec)
-	podID = s.crictl(t, "runp", pod)
-	id := s.crictl(t, "create", podID, ctr, pod)
-	if r := run(t, tool(t, "crictl"), "--config", filepath.Join(s.containerd, "crictl.yaml"), "start", id); r.code != 0 {
-		return podID, -1, r.stderr
-	}
-	code = s.waitExited(t, id, 2*time.Minute)
-	return podID, code, s.crictl(t, "logs", id)
+	podID, _, code, out = s.startPod(t, name, spec, 2*time.Minute)
+	return podID, code, out
 }
 
 // removePod stops and removes a pod, as kubelet does when it goes.

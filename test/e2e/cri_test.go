@@ -106,14 +106,26 @@ func (s *snapshotterEnv) waitExited(t *testing.T, id string, timeout time.Durati
 	return st.Status.ExitCode
 }
 
-// runPod runs a pod named name-PID on the host's network (no CNI here:
-// scripts/containerd.sh) with one container of config ctr (crictl's container JSON), waits
-// until the container exits 0 within timeout, and returns the pod's and the container's
-// IDs.
+// runPod runs a pod named name-PID with one container of config ctr (crictl's container
+// JSON), waits until the container exits 0 within timeout, and returns the pod's and the
+// container's IDs.
 func (s *snapshotterEnv) runPod(t *testing.T, name string, ctr map[string]any, timeout time.Duration) (podID, id string) {
 	t.Helper()
-	name = fmt.Sprintf("%s-%d", name, os.Getpid())
-	pod := writeJSON(t, s.dir, "pod.json", map[string]any{
+	podID, id, code, out := s.startPod(t, fmt.Sprintf("%s-%d", name, os.Getpid()), ctr, timeout)
+	if code != 0 {
+		t.Fatalf("container exited with %d; logs:\n%s\nsnapshotter:\n%s", code, out, s.log)
+	}
+	return podID, id
+}
+
+// startPod runs a pod named name on the host's network (no CNI here:
+// scripts/containerd.sh) with one container of config ctr, waits until the container has
+// exited, within timeout, and returns the pod's and the container's IDs, its exit code and
+// its output; a container that does not start has code -1, and crictl's error as its
+// output.
+func (s *snapshotterEnv) startPod(t *testing.T, name string, ctr map[string]any, timeout time.Duration) (podID, id string, code int, out string) {
+	t.Helper()
+	pod := writeJSON(t, s.dir, "pod-"+name+".json", map[string]any{
 		"metadata":      map[string]any{"name": name, "namespace": "default", "uid": name, "attempt": 0},
 		"log_directory": filepath.Join(s.dir, "pods", name),
 		"linux":         map[string]any{"security_context": map[string]any{"namespace_options": map[string]any{"network": 2}}},
@@ -121,18 +133,18 @@ func (s *snapshotterEnv) runPod(t *testing.T, name string, ctr map[string]any, t
 	if ctr["linux"] == nil {
 		ctr["linux"] = map[string]any{}
 	}
-	cfg := writeJSON(t, s.dir, "container.json", ctr)
+	cfg := writeJSON(t, s.dir, "container-"+name+".json", ctr)
 	start := time.Now()
 	podID = s.crictl(t, "runp", pod)
 	t.Logf("crictl runp took %v", time.Since(start))
 	start = time.Now()
 	id = s.crictl(t, "create", podID, cfg, pod)
-	s.crictl(t, "start", id)
-	if code := s.waitExited(t, id, timeout); code != 0 {
-		t.Fatalf("container exited with %d; logs:\n%s\nsnapshotter:\n%s", code, s.crictl(t, "logs", id), s.log)
+	if r := run(t, tool(t, "crictl"), "--config", filepath.Join(s.containerd, "crictl.yaml"), "start", id); r.code != 0 {
+		return podID, id, -1, r.stderr
 	}
+	code = s.waitExited(t, id, timeout)
 	t.Logf("crictl create + start to exit took %v", time.Since(start))
-	return podID, id
+	return podID, id, code, s.crictl(t, "logs", id)
 }
 
 // TestCRIRunsLazyImage: Kubernetes' path. containerd's CRI plugin, configured with the
