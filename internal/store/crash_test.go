@@ -133,10 +133,7 @@ func TestVerifyDropsDamage(t *testing.T) {
 	dir := t.TempDir()
 	l := buildLayer(t, mixedFiles(62)...)
 	s := openStore(t, dir)
-	var all []File
-	for _, name := range l.names {
-		all = append(all, l.files[name])
-	}
+	all := l.all()
 	if err := s.Fill(context.Background(), newSource(l), all...); err != nil {
 		t.Fatal(err)
 	}

@@ -13,10 +13,7 @@ func TestHeldOf(t *testing.T) {
 	l := buildLayer(t, mixedFiles(51)...)
 	s := openStore(t, t.TempDir())
 	src := newSource(l)
-	var all []File
-	for _, name := range l.names {
-		all = append(all, l.files[name])
-	}
+	all := l.all()
 	if h := s.HeldOf(slices.Values(all)); h.Bytes != 0 || h.Objects != 0 {
 		t.Fatalf("empty store holds %+v", h)
 	}

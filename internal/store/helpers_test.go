@@ -28,6 +28,15 @@ type testLayer struct {
 	names []string
 }
 
+// all returns the layer's files, in its order.
+func (l *testLayer) all() []File {
+	var all []File
+	for _, name := range l.names {
+		all = append(all, l.files[name])
+	}
+	return all
+}
+
 func buildLayer(t testing.TB, files ...tfile) *testLayer {
 	t.Helper()
 	var entries []testutil.Entry

@@ -503,10 +503,7 @@ func TestFillAndOpenLocal(t *testing.T) {
 	l := buildLayer(t, mixedFiles(21)...)
 	src := newSource(l)
 	s := openStore(t, t.TempDir())
-	var all []File
-	for _, name := range l.names {
-		all = append(all, l.files[name])
-	}
+	all := l.all()
 	if err := s.Fill(context.Background(), src, all...); err != nil {
 		t.Fatal(err)
 	}
@@ -611,10 +608,7 @@ func TestPrune(t *testing.T) {
 	l := buildLayer(t, mixedFiles(41)...)
 	s := openStore(t, t.TempDir())
 	src := newSource(l)
-	var all []File
-	for _, name := range l.names {
-		all = append(all, l.files[name])
-	}
+	all := l.all()
 	if err := s.Fill(context.Background(), src, all...); err != nil {
 		t.Fatal(err)
 	}
