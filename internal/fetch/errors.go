@@ -83,6 +83,7 @@ type reqErr struct {
 	err        error
 	temporary  bool
 	fallback   bool          // the endpoint refused a multi-range request: ask range by range
+	absent     bool          // a 404 to a look-up that may find nothing: an answer, not a failure
 	retryAfter time.Duration // from a 429 or 503
 }
 

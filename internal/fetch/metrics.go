@@ -20,7 +20,8 @@ type Stats struct {
 	Delivered int64
 	// Retries is the retries made after a failure that may pass.
 	Retries int64
-	// Errors is the requests that failed (status, connection or body), retried or not.
+	// Errors is the requests that failed (status, connection or body), retried or not; a
+	// look-up that found nothing (a referrers tag's 404) is an answer, not an error.
 	Errors int64
 	// Fallbacks is the endpoints found to refuse multi-range requests.
 	Fallbacks int64
@@ -46,9 +47,10 @@ const (
 	kindBlob     = "blob"
 	kindManifest = "manifest"
 
-	outcomeOK       = "ok"       // everything asked for came
-	outcomeFallback = "fallback" // the endpoint refused several ranges in one request
-	outcomeError    = "error"    // status, connection or body failure (retried or not)
+	outcomeOK       = "ok"        // everything asked for came
+	outcomeFallback = "fallback"  // the endpoint refused several ranges in one request
+	outcomeError    = "error"     // status, connection or body failure (retried or not)
+	outcomeNotFound = "not_found" // a look-up that may find nothing found nothing (a referrers tag's 404)
 )
 
 // Metrics are Prometheus collectors for fetch requests. Register them with
@@ -68,7 +70,8 @@ type Metrics struct {
 //	lazypull_fetch_seconds{kind,outcome}         request duration, body included
 //	lazypull_fetch_retries_total                 retries after failures that may pass
 //
-// kind is blob or manifest; outcome is ok, fallback (multi-range refused) or error.
+// kind is blob or manifest; outcome is ok, fallback (multi-range refused), not_found (a
+// look-up that may find nothing, such as a profile's referrers tag, found nothing) or error.
 func NewMetrics() *Metrics {
 	labels := []string{"kind", "outcome"}
 	return &Metrics{

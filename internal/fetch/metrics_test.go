@@ -2,6 +2,7 @@ package fetch
 
 import (
 	"net/http"
+	"strings"
 	"testing"
 	"time"
 
@@ -87,4 +88,36 @@ func gather(t *testing.T, pr *prometheus.Registry) map[string]float64 {
 		}
 	}
 	return got
+}
+
+// TestReferrersNotFoundIsNoError: a registry without the referrers API and without the
+// referrers tag answers a profile look-up with two 404s. That is "no profile", not two
+// failed requests: neither Stats.Errors nor the error outcome counts them.
+func TestReferrersNotFoundIsNoError(t *testing.T) {
+	f := newFake("r")
+	_, host := serve(t, f)
+	reg, _ := newReg(t, host, "r")
+	pr := prometheus.NewRegistry()
+	for _, c := range reg.Collectors() {
+		if err := pr.Register(c); err != nil {
+			t.Fatal(err)
+		}
+	}
+	subject := sha([]byte("an image manifest"))
+	got, err := reg.Referrers(t.Context(), subject, "")
+	if err != nil || len(got) != 0 {
+		t.Fatalf("referrers: %v, %v", got, err)
+	}
+	if s := reg.Stats(); s.Errors != 0 || s.Requests != 2 {
+		t.Errorf("stats %+v: want 2 requests, no errors", s)
+	}
+	m := gather(t, pr)
+	for k, v := range m {
+		if strings.Contains(k, "requests_total") && strings.Contains(k, "outcome=error") && v != 0 {
+			t.Errorf("%s = %v, want 0", k, v)
+		}
+	}
+	if m["lazypull_fetch_requests_total kind=manifest outcome=not_found"] != 1 {
+		t.Errorf("the tag schema's 404 is not counted as not_found: %v", m)
+	}
 }

@@ -37,7 +37,7 @@ func (r *Registry) Referrers(ctx context.Context, subject v1.Hash, artifactType 
 	defer cancel()
 	tagCh := make(chan tagAnswer, 1)
 	go func() {
-		_, raw, err := r.getManifest(tctx, subject.Algorithm+"-"+subject.Hex, false)
+		_, raw, err := r.getManifest(tctx, subject.Algorithm+"-"+subject.Hex, false, true)
 		tagCh <- tagAnswer{raw, err}
 	}()
 	raw, api, err := r.referrersAPI(ctx, subject, artifactType)
@@ -149,5 +149,5 @@ func (r *Registry) Manifest(ctx context.Context, digest v1.Hash) (v1.Descriptor,
 	if strings.ContainsAny(digest.Hex, "/?#") {
 		return v1.Descriptor{}, nil, fmt.Errorf("fetch: manifest %q: not a digest", digest)
 	}
-	return r.getManifest(ctx, digest.String(), true)
+	return r.getManifest(ctx, digest.String(), true, false)
 }

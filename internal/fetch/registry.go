@@ -215,13 +215,15 @@ func endedEarly(resp *http.Response, body *countingReader, err error) error {
 // finish records one request: its outcome, bytes and time.
 func (r *Registry) finish(kind string, start time.Time, body *countingReader, e *reqErr) {
 	outcome := outcomeOK
-	if e != nil {
+	switch {
+	case e == nil:
+	case e.fallback:
+		outcome = outcomeFallback
+	case e.absent:
+		outcome = outcomeNotFound
+	default:
 		outcome = outcomeError
-		if e.fallback {
-			outcome = outcomeFallback
-		} else {
-			r.stats.errors.Add(1)
-		}
+		r.stats.errors.Add(1)
 	}
 	var n int64
 	if body != nil {
@@ -229,7 +231,7 @@ func (r *Registry) finish(kind string, start time.Time, body *countingReader, e 
 	}
 	d := time.Since(start)
 	r.metrics.observe(kind, outcome, n, d)
-	if e != nil && !e.fallback {
+	if outcome == outcomeError {
 		r.log.Debug("request failed", "kind", kind, "endpoint", e.host, "status", e.status, "bytes", n, "seconds", d.Seconds(), "err", e.err)
 	} else {
 		r.log.Debug("request", "kind", kind, "outcome", outcome, "bytes", n, "seconds", d.Seconds())
@@ -255,7 +257,7 @@ func (r *Registry) inTurn(ctx context.Context, eps []*endpoint, attrs []any, try
 		if ctx.Err() != nil {
 			break
 		}
-		if attrs != nil && i+1 < len(eps) {
+		if attrs != nil && i+1 < len(eps) && !err.absent {
 			r.log.Warn("endpoint failed; trying the next", slices.Concat(attrs, []any{"endpoint", e.host,
 				"next", eps[i+1].host, "status", err.status, "err", err.err})...)
 		}

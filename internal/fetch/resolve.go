@@ -66,7 +66,7 @@ func (r *Registry) Resolve(ctx context.Context, ref string, platform *v1.Platfor
 	if err != nil {
 		return nil, err
 	}
-	desc, raw, err := r.getManifest(ctx, id, byDigest)
+	desc, raw, err := r.getManifest(ctx, id, byDigest, false)
 	if err != nil {
 		return nil, err
 	}
@@ -85,7 +85,7 @@ func (r *Registry) Resolve(ctx context.Context, ref string, platform *v1.Platfor
 		if err != nil {
 			return nil, r.manifestErr(desc.Digest.String(), err)
 		}
-		cdesc, craw, err := r.getManifest(ctx, child.Digest.String(), true)
+		cdesc, craw, err := r.getManifest(ctx, child.Digest.String(), true, false)
 		if err != nil {
 			return nil, err
 		}
@@ -123,7 +123,7 @@ func (r *Registry) FetchManifest(ctx context.Context, ref string) (v1.Descriptor
 	if err != nil {
 		return v1.Descriptor{}, nil, err
 	}
-	return r.getManifest(ctx, id, byDigest)
+	return r.getManifest(ctx, id, byDigest, false)
 }
 
 func (r *Registry) manifestErr(digest string, err error) *Error {
@@ -178,7 +178,10 @@ func pickPlatform(idx *v1.IndexManifest, want v1.Platform) (v1.Descriptor, error
 
 // getManifest fetches a manifest by tag or digest, trying each endpoint in order and
 // retrying failures that may pass, and checks it against its digest.
-func (r *Registry) getManifest(ctx context.Context, id string, byDigest bool) (v1.Descriptor, []byte, error) {
+// getManifest fetches the manifest id, a tag or (byDigest) a digest. With lookup, the
+// manifest may well not be there (a referrers tag): a 404 is then an answer, not a failed
+// request, and is counted as such (outcome not_found, not in Stats.Errors).
+func (r *Registry) getManifest(ctx context.Context, id string, byDigest, lookup bool) (v1.Descriptor, []byte, error) {
 	caps, what := capResolve, ":"+id
 	if byDigest {
 		caps, what = capPull, id
@@ -191,7 +194,7 @@ func (r *Registry) getManifest(ctx context.Context, id string, byDigest bool) (v
 	var raw []byte
 	err := r.retry(ctx, "manifest", func() []any { return []any{"manifest", id} }, func() *reqErr {
 		return r.inTurn(ctx, eps, []any{"manifest", id}, func(e *endpoint) *reqErr {
-			d, b, err := r.manifestFrom(ctx, e, id, byDigest)
+			d, b, err := r.manifestFrom(ctx, e, id, byDigest, lookup)
 			if err == nil {
 				desc, raw = d, b
 			}
@@ -224,7 +227,7 @@ func readDocument(host string, resp *http.Response, body io.Reader, what string)
 }
 
 // manifestFrom sends one manifest request to one endpoint.
-func (r *Registry) manifestFrom(ctx context.Context, e *endpoint, id string, byDigest bool) (desc v1.Descriptor, raw []byte, rerr *reqErr) {
+func (r *Registry) manifestFrom(ctx context.Context, e *endpoint, id string, byDigest, lookup bool) (desc v1.Descriptor, raw []byte, rerr *reqErr) {
 	tr, rerr := r.begin(ctx, e, kindManifest)
 	if rerr != nil {
 		return desc, nil, rerr
@@ -240,7 +243,9 @@ func (r *Registry) manifestFrom(ctx context.Context, e *endpoint, id string, byD
 	defer resp.Body.Close()
 	body := tr.read(resp.Body)
 	if resp.StatusCode != http.StatusOK {
-		return desc, nil, statusErr(e.host, resp)
+		rerr = statusErr(e.host, resp)
+		rerr.absent = lookup && resp.StatusCode == http.StatusNotFound
+		return desc, nil, rerr
 	}
 	if raw, rerr = readDocument(e.host, resp, body, "manifest"); rerr != nil {
 		return desc, nil, rerr
