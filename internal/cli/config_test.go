@@ -2,12 +2,14 @@ package cli
 
 import (
 	"flag"
+	"log/slog"
 	"os"
 	"path/filepath"
 	"regexp"
 	"slices"
 	"strings"
 	"testing"
+	"time"
 
 	"lazypull/internal/service"
 	"lazypull/internal/testutil"
@@ -118,4 +120,48 @@ func readmeConfigExample(t *testing.T, readme string) string {
 		t.Fatal("README.md has no ```toml block after a line naming /etc/lazypull/config.toml")
 	}
 	return m[1]
+}
+
+// TestConfigLogLevelAndKeeperIdle: log_level and keeper_idle are keys as their flags are,
+// and a wrong value is refused with the file, the line and what to write instead.
+func TestConfigLogLevelAndKeeperIdle(t *testing.T) {
+	_, f := snapshotterFlagSet(t)
+	if f.LogLevel.Level() != slog.LevelInfo || f.KeeperIdle != 10*time.Second {
+		t.Fatalf("defaults: log level %v, keeper idle %v", f.LogLevel.Level(), f.KeeperIdle)
+	}
+	if err := f.load(writeConfig(t, "log_level = \"debug\"\nkeeper_idle = \"500ms\"\n"), true); err != nil {
+		t.Fatal(err)
+	}
+	if f.LogLevel.Level() != slog.LevelDebug || f.KeeperIdle != 500*time.Millisecond {
+		t.Errorf("config not applied: log level %v, keeper idle %v", f.LogLevel.Level(), f.KeeperIdle)
+	}
+	_, f = snapshotterFlagSet(t, "--log-level", "WARN")
+	if f.LogLevel.Level() != slog.LevelWarn {
+		t.Errorf("--log-level WARN: %v", f.LogLevel.Level())
+	}
+	for _, c := range []struct{ text, want string }{
+		{"\nlog_level = \"verbose\"\n", `:2: key "log_level": log level "verbose": want debug, info, warn or error`},
+		{"prefetch_wait = \"5\"\n", `:1: key "prefetch_wait": invalid duration "5": a duration needs a unit (ms, s, m, h), like "5s"`},
+		{"keeper_idle = \"ten\"\n", `:1: key "keeper_idle": invalid duration "ten": want a number with a unit`},
+	} {
+		_, f := snapshotterFlagSet(t)
+		p := writeConfig(t, c.text)
+		if err := f.load(p, true); err == nil || !strings.Contains(err.Error(), "config "+p+c.want) {
+			t.Errorf("%q: %v, want %q", c.text, err, c.want)
+		}
+	}
+	dir := t.TempDir()
+	sn := []string{"snapshotter", "--config", writeConfig(t, ""), "--address", filepath.Join(dir, "sn.sock"), "--root", filepath.Join(dir, "root"),
+		"--store", filepath.Join(dir, "store")}
+	for _, args := range [][]string{append(sn, "--keeper-idle", "0"), append(sn, "--log-level", "loud"),
+		{"mount", "--store", filepath.Join(dir, "store"), "--log-level", "loud", "r", dir}} {
+		if code, _, stderr := run(t, args...); code != exitUsage {
+			t.Errorf("%q: exit %d, want %d; %s", args, code, exitUsage, stderr)
+		}
+	}
+	for _, d := range []string{"root", "store"} {
+		if _, err := os.Stat(filepath.Join(dir, d)); err == nil {
+			t.Errorf("%s made before the settings were checked", d)
+		}
+	}
 }

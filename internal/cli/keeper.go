@@ -6,29 +6,41 @@ import (
 	"time"
 
 	"lazypull/internal/keeper"
+	"lazypull/internal/service"
 )
 
-// keeperIdle is how long a keeper with nothing to hold and no client waits before exiting.
-const keeperIdle = 10 * time.Second
+type keeperFlags struct {
+	socket string
+	idle   time.Duration
+}
 
 func keeperCommand() *command {
 	return &command{
 		name:    "keeper",
-		args:    "--socket PATH",
+		args:    "--socket PATH [--idle DURATION]",
 		summary: "hold the snapshotter's FUSE connections across its restarts (started by it)",
 		help: `
 Holds the /dev/fuse connections of the layers a lazypull snapshotter mounted, so that the
 mounts outlive the snapshotter: while it is down (crashed, killed, restarted) reads in
 running containers wait instead of failing, and the next snapshotter takes the mounts back
-and answers them. The snapshotter starts it (socket ROOT/keeper.sock, log ROOT/keeper.log);
-it exits by itself once it holds nothing and nobody is connected.`,
-		flags: func(fs *flag.FlagSet) any { return fs.String("socket", "", "serve on this unix `socket`") },
+and answers them. The snapshotter starts it (socket ROOT/keeper.sock, log ROOT/keeper.log,
+--idle its keeper_idle); it exits by itself once it has held nothing and had nobody
+connected for --idle.`,
+		flags: func(fs *flag.FlagSet) any {
+			f := &keeperFlags{}
+			fs.StringVar(&f.socket, "socket", "", "serve on this unix `socket`")
+			fs.DurationVar(&f.idle, "idle", service.DefaultKeeperIdle, "exit after `duration` holding nothing with nobody connected")
+			return f
+		},
 		run: func(ctx context.Context, e *env, vals any, args []string) error {
-			sock := *vals.(*string)
-			if sock == "" || len(args) > 0 {
-				return usagef("usage: lazypull keeper --socket PATH")
+			f := vals.(*keeperFlags)
+			if f.socket == "" || len(args) > 0 {
+				return usagef("usage: lazypull keeper --socket PATH [--idle DURATION]")
 			}
-			return keeper.Serve(ctx, sock, keeperIdle, newLogger(e))
+			if f.idle <= 0 {
+				return usagef("--idle must be more than 0")
+			}
+			return keeper.Serve(ctx, f.socket, f.idle, newLogger(e))
 		},
 	}
 }

@@ -53,6 +53,7 @@ func addNodeFlags(fs *flag.FlagSet, c *service.NodeConfig, what string) {
 	fs.BoolVar(&c.PlainHTTP, "plain-http", false, "talk to registries over http instead of https")
 	fs.StringVar(&c.HostsDir, "hosts-dir", "", "containerd-style `dir` of HOST/hosts.toml files naming mirrors")
 	fs.StringVar(&c.MetricsAddr, "metrics-addr", "", "serve Prometheus metrics on `host:port` at /metrics")
+	fs.Var(&c.LogLevel, "log-level", "log at `level` and above: debug, info, warn or error")
 	fs.BoolVar(&c.Prefetch, "prefetch", c.Prefetch, "look up the image's prefetch profile (lazypull profile) and fetch what it names first")
 	fs.DurationVar(&c.PrefetchWait, "prefetch-wait", 0, "wait up to `duration` for the profiled content before mounting (0: fetch it in the background)")
 	fs.BoolVar(&c.BackgroundFetch, "background-fetch", false, "after the prefetch, fetch the rest of each image in the background (rate-bounded; reads go first)")
@@ -76,10 +77,11 @@ func runMount(ctx context.Context, e *env, vals any, args []string) error {
 	if err := c.Check(mounts); err != nil {
 		return usagef("%v", err)
 	}
-	log := newLogger(e)
+	level := c.LogLevel.Level()
 	if c.Debug {
-		log = newLeveledLogger(e, slog.LevelDebug) // go-fuse logs each request at debug
+		level = slog.LevelDebug // go-fuse logs each request at debug
 	}
+	log := newLeveledLogger(e, level)
 	return service.Mount(ctx, *c, mounts, log)
 }
 

@@ -4,6 +4,7 @@ import (
 	"errors"
 	"flag"
 	"fmt"
+	"log/slog"
 	"net"
 	"os"
 	"path/filepath"
@@ -30,6 +31,7 @@ const (
 	DefaultConfigFile       = "/etc/lazypull/config.toml"
 	DefaultContainerdConfig = "/etc/containerd/config.toml"
 	DefaultCRIProxyUpstream = "/run/containerd/containerd.sock"
+	DefaultKeeperIdle       = 10 * time.Second
 )
 
 // Config is the snapshotter's settings: the keys of its config file (TOML, the tags below)
@@ -38,6 +40,9 @@ const (
 type Config struct {
 	Address string `toml:"address"` // the unix socket the snapshots API is served on
 	Root    string `toml:"root"`    // snapshots and their metadata
+	// KeeperIdle is how long the keeper process waits, holding nothing and with nobody
+	// connected, before it exits.
+	KeeperIdle time.Duration `toml:"keeper_idle"`
 	NodeConfig
 	DebugAddr string `toml:"debug_addr"` // Go's profiles at /debug/pprof/ ("": none)
 	// ContainerdConfig is containerd's config file, checked against containerd's version
@@ -56,12 +61,13 @@ type CRIProxy struct {
 // NodeConfig is what the snapshotter and `lazypull mount` share: the node's store, the
 // registries, the metrics and the prefetch.
 type NodeConfig struct {
-	Store         string `toml:"store"`
-	StoreMaxBytes Size   `toml:"store_max_bytes"` // 0: no bound; SizeAuto: AutoBound
-	PlainHTTP     bool   `toml:"plain_http"`
-	HostsDir      string `toml:"hosts_dir"`    // containerd-style HOST/hosts.toml files
-	MetricsAddr   string `toml:"metrics_addr"` // Prometheus at /metrics ("": none)
-	Platform      string `toml:"platform"`     // os/arch[/variant]; "": this machine's
+	Store         string   `toml:"store"`
+	StoreMaxBytes Size     `toml:"store_max_bytes"` // 0: no bound; SizeAuto: AutoBound
+	PlainHTTP     bool     `toml:"plain_http"`
+	HostsDir      string   `toml:"hosts_dir"`    // containerd-style HOST/hosts.toml files
+	MetricsAddr   string   `toml:"metrics_addr"` // Prometheus at /metrics ("": none)
+	Platform      string   `toml:"platform"`     // os/arch[/variant]; "": this machine's
+	LogLevel      LogLevel `toml:"log_level"`    // the least severe level logged
 	PrefetchConfig
 }
 
@@ -90,8 +96,17 @@ func DefaultNodeConfig() NodeConfig {
 
 // DefaultConfig is a Config at its defaults.
 func DefaultConfig() Config {
-	return Config{Address: DefaultAddress, Root: DefaultRoot, NodeConfig: DefaultNodeConfig(), ContainerdConfig: DefaultContainerdConfig,
-		CRIProxy: CRIProxy{CRIProxyUpstream: DefaultCRIProxyUpstream}}
+	return Config{Address: DefaultAddress, Root: DefaultRoot, KeeperIdle: DefaultKeeperIdle, NodeConfig: DefaultNodeConfig(),
+		ContainerdConfig: DefaultContainerdConfig, CRIProxy: CRIProxy{CRIProxyUpstream: DefaultCRIProxyUpstream}}
+}
+
+// Check refuses settings of the snapshotter that make no sense, before anything is opened.
+// Its errors name the flag, and are the command line's to report.
+func (c *Config) Check() error {
+	if c.KeeperIdle <= 0 {
+		return errors.New("-keeper-idle must be more than 0")
+	}
+	return c.NodeConfig.Check()
 }
 
 // Check refuses settings that make no sense, before anything is opened. Its errors name the
@@ -153,6 +168,42 @@ func ParsePlatform(s string) (*v1.Platform, error) {
 	}
 	return p, nil
 }
+
+// LogLevel is the least severe level a daemon logs: a flag and a config key, spelled
+// debug, info, warn or error. Its zero value is info.
+type LogLevel slog.Level
+
+// logLevels are the levels a LogLevel is set to, by name.
+var logLevels = []struct {
+	name  string
+	level slog.Level
+}{{"debug", slog.LevelDebug}, {"info", slog.LevelInfo}, {"warn", slog.LevelWarn}, {"error", slog.LevelError}}
+
+func (l *LogLevel) String() string {
+	if l == nil {
+		return "info"
+	}
+	for _, n := range logLevels {
+		if n.level == slog.Level(*l) {
+			return n.name
+		}
+	}
+	return slog.Level(*l).String()
+}
+
+// Set sets the level named s.
+func (l *LogLevel) Set(s string) error {
+	for _, n := range logLevels {
+		if strings.EqualFold(s, n.name) {
+			*l = LogLevel(n.level)
+			return nil
+		}
+	}
+	return fmt.Errorf("log level %q: want debug, info, warn or error", s)
+}
+
+// Level is the level as slog takes it.
+func (l LogLevel) Level() slog.Level { return slog.Level(l) }
 
 // ProfilePins are profiles pinned by image manifest digest: a flag that may be repeated,
 // each value (and the config key's string) a comma-separated list of IMAGE=PROFILE.
@@ -428,6 +479,8 @@ func kind(v reflect.Value) string {
 		return "duration string (like \"90s\")"
 	case v.Type() == reflect.TypeFor[Size]():
 		return "size (bytes, or a string like \"10G\" or \"auto\")"
+	case reflect.PointerTo(v.Type()).Implements(reflect.TypeFor[flag.Value]()):
+		return "string"
 	case v.Kind() == reflect.Bool:
 		return "boolean"
 	case v.CanInt() || v.CanUint():
@@ -495,9 +548,9 @@ func (o *optionValue) UnmarshalTOML(v any) error {
 func (o *optionValue) checkText(s string, ft reflect.Type) error {
 	switch {
 	case ft == reflect.TypeFor[time.Duration]():
-		d, err := time.ParseDuration(s)
+		d, err := ParseDuration(s)
 		if err != nil {
-			return fmt.Errorf("invalid value %q: parse error", s)
+			return err
 		}
 		o.val = reflect.ValueOf(d)
 	case reflect.PointerTo(ft).Implements(reflect.TypeFor[flag.Value]()):
@@ -509,6 +562,19 @@ func (o *optionValue) checkText(s string, ft reflect.Type) error {
 		o.val = reflect.ValueOf(s)
 	}
 	return nil
+}
+
+// ParseDuration parses a duration setting ("90s", "1m30s"), and says what to write when a
+// unit is missing ("5": "5s").
+func ParseDuration(s string) (time.Duration, error) {
+	d, err := time.ParseDuration(s)
+	if err == nil {
+		return d, nil
+	}
+	if _, nerr := strconv.ParseFloat(strings.TrimSpace(s), 64); nerr == nil {
+		return 0, fmt.Errorf("invalid duration %q: a duration needs a unit (ms, s, m, h), like \"%ss\"", s, strings.TrimSpace(s))
+	}
+	return 0, fmt.Errorf("invalid duration %q: want a number with a unit (ms, s, m, h), like \"90s\" or \"1m30s\"", s)
 }
 
 // apply sets the field to the value checked.

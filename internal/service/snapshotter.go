@@ -67,7 +67,7 @@ func Serve(ctx context.Context, cfg Config, log *slog.Logger) error {
 	if err := os.MkdirAll(cfg.Root, 0o700); err != nil {
 		return err
 	}
-	startKeeper(ctx, cfg.Root, lfs, log)
+	startKeeper(ctx, cfg.Root, cfg.KeeperIdle, lfs, log)
 	sn, err := snapshot.New(cfg.Root, lfs, snapshot.WithLogger(log))
 	if err != nil {
 		return err
@@ -105,14 +105,15 @@ func Serve(ctx context.Context, cfg Config, log *slog.Logger) error {
 // startKeeper hands the layers' FUSE connections to a keeper process, so that running
 // containers survive a crash or restart of this process; the mounts it holds already are
 // served again first. Without a keeper the snapshotter runs on, its mounts ending with it.
-func startKeeper(ctx context.Context, root string, lfs *daemon.SnapshotFS, log *slog.Logger) {
+// The keeper exits once it has held nothing and had no client for idle.
+func startKeeper(ctx context.Context, root string, idle time.Duration, lfs *daemon.SnapshotFS, log *slog.Logger) {
 	exe, err := os.Executable()
 	if err != nil {
 		log.Warn("no keeper: lazy layers will end with this process", "err", err)
 		return
 	}
 	sock := filepath.Join(root, "keeper.sock")
-	kc, err := keeper.Start(sock, exe, []string{"keeper", "--socket", sock}, filepath.Join(root, "keeper.log"))
+	kc, err := keeper.Start(sock, exe, []string{"keeper", "--socket", sock, "--idle", idle.String()}, filepath.Join(root, "keeper.log"))
 	if err != nil {
 		log.Warn("no keeper: lazy layers will end with this process", "err", err)
 		return
