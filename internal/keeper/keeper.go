@@ -50,7 +50,8 @@ type message struct {
 // maxMessage bounds a message; Meta is small (labels and a FUSE INIT request).
 const maxMessage = 64 << 10
 
-// checkEvery is how often the keeper looks for connections that ended.
+// checkEvery is how often the keeper looks for connections that ended, at most: a
+// keeper with a shorter idle time looks twice per idle time.
 const checkEvery = 2 * time.Second
 
 // Server is the keeper's side.
@@ -99,7 +100,7 @@ func Serve(ctx context.Context, path string, idle time.Duration, log *slog.Logge
 
 // watch drops descriptors whose connection ended, and ends the keeper when it is idle.
 func (s *Server) watch(ctx context.Context, stop context.CancelFunc) {
-	t := time.NewTicker(checkEvery)
+	t := time.NewTicker(min(checkEvery, max(s.idle/2, 10*time.Millisecond)))
 	defer t.Stop()
 	for {
 		select {

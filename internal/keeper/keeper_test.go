@@ -81,6 +81,18 @@ func TestExitsWhenIdle(t *testing.T) {
 	done <- nil // for the cleanup
 }
 
+// TestShortIdleExitsSoon: a keeper idle for 100ms looks often enough to exit well before
+// checkEvery (the snapshotter's tests stop theirs that way).
+func TestShortIdleExitsSoon(t *testing.T) {
+	start0 := time.Now()
+	_, done := start(t, 100*time.Millisecond)
+	if err := testutil.Recv(t, done, checkEvery/2, "the idle keeper to exit"); err != nil {
+		t.Fatal(err)
+	}
+	t.Logf("exited after %v", time.Since(start0))
+	done <- nil // for the cleanup
+}
+
 // TestBadRequests: a put without a descriptor and an unknown operation are answered with
 // an error, and the keeper goes on.
 func TestBadRequests(t *testing.T) {
