@@ -178,7 +178,7 @@ func Prune(ctx context.Context, dir, root string, target int64, log *slog.Logger
 	if !errors.Is(err, errNoHolder) {
 		return r, err
 	}
-	st, err := store.Open(dir, store.WithLogger(log))
+	st, err := store.Open(dir, store.WithExisting(), store.WithLogger(log))
 	if err != nil {
 		if strings.Contains(err.Error(), "in use") {
 			err = fmt.Errorf("%w; and it answers no prune on %s (a lazypull before prunes by its holder?): stop it, or prune with it", err, filepath.Join(dir, AdminSocket))

@@ -17,7 +17,7 @@ import (
 // Stats are the figures of the store at dir: counted by opening it when it is free, else
 // what the process that holds it (a mount, the snapshotter) last wrote.
 func Stats(dir string, log *slog.Logger) (daemon.Stats, error) {
-	st, err := store.Open(dir, store.WithLogger(log))
+	st, err := store.Open(dir, store.WithExisting(), store.WithLogger(log))
 	if err == nil {
 		defer st.Close()
 		return daemon.Stats{Store: st.Stats()}, nil
@@ -81,7 +81,7 @@ func profileUsed(p daemon.PrefetchStats) string {
 // removes what does not match its digest, and writes the counts to w; damaged: it removed
 // something.
 func VerifyStore(ctx context.Context, w io.Writer, dir string, log *slog.Logger) (damaged bool, err error) {
-	st, err := store.Open(dir, store.WithLogger(log))
+	st, err := store.Open(dir, store.WithExisting(), store.WithLogger(log))
 	if err != nil {
 		return false, fmt.Errorf("verify --store: %w", err)
 	}

@@ -119,6 +119,7 @@ type options struct {
 	maxBytes int64
 	log      *slog.Logger
 	verify   bool
+	existing bool
 }
 
 // WithMaxBytes bounds the bytes the store keeps on disk; least recently used objects that
@@ -151,6 +152,20 @@ func WithLogger(l *slog.Logger) Option {
 func WithVerifyOnOpen() Option {
 	return func(o *options) error {
 		o.verify = true
+		return nil
+	}
+}
+
+// ErrNoStore is what Open answers, with WithExisting, for a directory that holds no store.
+var ErrNoStore = errors.New("no lazypull store")
+
+// WithExisting opens only a store that exists: a directory that is missing, or holds no
+// store, is ErrNoStore and is left as it was (not created). Commands that read or trim the
+// node's store (stats, prune) take it, so that a mistyped directory is an error, not a new
+// empty store.
+func WithExisting() Option {
+	return func(o *options) error {
+		o.existing = true
 		return nil
 	}
 }
@@ -244,6 +259,11 @@ func Open(dir string, opts ...Option) (*Store, error) {
 	dir, err := filepath.Abs(dir)
 	if err != nil {
 		return nil, fmt.Errorf("store %s: %w", dir, err)
+	}
+	if o.existing {
+		if _, err := os.Stat(filepath.Join(dir, versionName)); errors.Is(err, fs.ErrNotExist) {
+			return nil, fmt.Errorf("%w at %s", ErrNoStore, dir)
+		}
 	}
 	if err := os.MkdirAll(dir, 0o700); err != nil {
 		return nil, fmt.Errorf("store %s: %w", dir, err)
