@@ -52,6 +52,11 @@ func parseLocation(s string, plainHTTP bool) (location, error) {
 	if s == "" {
 		return loc, errors.New("empty image reference")
 	}
+	if looksLikePath(s) {
+		// name.ParseReference takes "/srv/app:v1" for a Docker Hub repository.
+		return loc, fmt.Errorf("%q is a directory path, not a registry reference: an OCI image layout wants %s/abs/path[:tag] (here %s%s)",
+			s, layoutPrefix, layoutPrefix, s)
+	}
 	var opts []name.Option
 	if plainHTTP {
 		opts = append(opts, name.Insecure)
@@ -62,4 +67,10 @@ func parseLocation(s string, plainHTTP bool) (location, error) {
 	}
 	loc.ref = ref
 	return loc, nil
+}
+
+// looksLikePath reports whether s is spelled as a file system path (absolute, or relative
+// to "." or ".."), which no registry reference is.
+func looksLikePath(s string) bool {
+	return strings.HasPrefix(s, "/") || strings.HasPrefix(s, "./") || strings.HasPrefix(s, "../") || s == "." || s == ".."
 }

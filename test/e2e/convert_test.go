@@ -202,6 +202,7 @@ func TestConvertBadInput(t *testing.T) {
 		{"dst not writable", []string{"convert", layout, "oci:/proc/lazypull-nowhere:x"}, 1, "/proc/lazypull-nowhere"},
 		{"unknown flag", []string{"convert", "--frobnicate", layout, "oci:" + t.TempDir()}, 2, "frobnicate"},
 		{"missing args", []string{"convert", layout}, 2, "usage"},
+		{"layout without oci:", []string{"convert", strings.TrimPrefix(layout, "oci:"), "oci:" + t.TempDir() + ":x"}, 1, "an OCI image layout wants oci:/abs/path[:tag]"},
 	}
 	for _, c := range cases {
 		t.Run(c.name, func(t *testing.T) {
