@@ -39,6 +39,11 @@ func damageBlob(h v1.Hash, f func([]byte) []byte) func(http.Handler) http.Handle
 
 // refuse wraps a registry so that requests matching refused get status code.
 func refuse(code int, refused func(*http.Request) bool) func(http.Handler) http.Handler {
+	return refuseWith(code, `{"errors":[{"code":"DENIED","message":"not for you"}]}`, refused)
+}
+
+// refuseWith is refuse with the error document body.
+func refuseWith(code int, body string, refused func(*http.Request) bool) func(http.Handler) http.Handler {
 	return func(next http.Handler) http.Handler {
 		return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 			if !refused(r) {
@@ -50,7 +55,7 @@ func refuse(code int, refused func(*http.Request) bool) func(http.Handler) http.
 			}
 			w.Header().Set("Content-Type", "application/json")
 			w.WriteHeader(code)
-			w.Write([]byte(`{"errors":[{"code":"DENIED","message":"not for you"}]}`))
+			w.Write([]byte(body))
 		})
 	}
 }
@@ -74,6 +79,7 @@ func TestConvertErrors(t *testing.T) {
 		src, dst string
 		opts     func(*Options)
 		want     []string // substrings of the error
+		not      []string // what the error must not say
 	}
 	// Sources with one bad layer, the second: its digest must be in the error.
 	badLayer := func(spec layerSpec) *fixture {
@@ -174,6 +180,18 @@ func TestConvertErrors(t *testing.T) {
 			src := host + "/private/image:v1"
 			pushFixtures(t, src, f.manifest, f.manifestMT, f)
 			return setup{src: src, dst: layoutDst(t), want: []string{src, "401", "authentication refused"}}
+		}},
+		{"registry/source wants credentials, with docker-registry's detail (401)", func(t *testing.T) setup {
+			f := good()
+			host := newRegistry(t, refuseWith(http.StatusUnauthorized,
+				`{"errors":[{"code":"UNAUTHORIZED","message":"authentication required","detail":[{"Type":"repository","Class":"","Name":"private/image","Action":"pull"}]}]}`,
+				func(r *http.Request) bool {
+					return r.Method == http.MethodGet && strings.Contains(r.URL.Path, "/manifests/")
+				}))
+			src := host + "/private/image:v1"
+			pushFixtures(t, src, f.manifest, f.manifestMT, f)
+			return setup{src: src, dst: layoutDst(t), want: []string{src, "401", "authentication refused", "registry " + host + " refused the credentials",
+				"docker login " + host, "UNAUTHORIZED: authentication required"}, not: []string{"map[", "Action:pull"}}
 		}},
 		{"registry/source forbids a blob (403)", func(t *testing.T) setup {
 			f := good()
@@ -303,6 +321,11 @@ func TestConvertErrors(t *testing.T) {
 			for _, w := range s.want {
 				if !strings.Contains(msg, w) {
 					t.Errorf("error does not name %q", w)
+				}
+			}
+			for _, w := range s.not {
+				if strings.Contains(msg, w) {
+					t.Errorf("error says %q", w)
 				}
 			}
 			if strings.Contains(msg, "\n") {
