@@ -80,6 +80,9 @@ type SnapshotFS struct {
 	choice   ProfileChoice    // how the profile is chosen, for a pin a pull did not give
 	fill     *FillOptions     // nil: no background fill
 
+	fallbacks *FallbackMetrics // nil: not counted
+	changed   func()           // called when an image opened or a layer mounted; nil: none
+
 	mu         sync.Mutex
 	images     map[string]*imageEntry
 	mounts     map[string]*fusefs.Server
@@ -102,6 +105,21 @@ func (f *SnapshotFS) SetPrefetch(o PrefetchOptions) { f.prefetch = &o }
 func (f *SnapshotFS) SetProfileChoice(c ProfileChoice) {
 	c.Pin = v1.Hash{}
 	f.choice = c
+}
+
+// SetFallbackMetrics counts in m the layers that fall back to a full download. Call it
+// before the first Mount.
+func (f *SnapshotFS) SetFallbackMetrics(m *FallbackMetrics) { f.fallbacks = m }
+
+// OnChange has fn called (in the caller's goroutine, so quickly) after an image is opened
+// or a layer mounted: the stats file is written then, not only at its next tick. Call it
+// before the first Mount.
+func (f *SnapshotFS) OnChange(fn func()) { f.changed = fn }
+
+func (f *SnapshotFS) notify() {
+	if f.changed != nil {
+		f.changed()
+	}
 }
 
 // SetBackgroundFetch has every image opened fetch the rest of its chunks in the
@@ -239,14 +257,6 @@ func checkLabels(labels map[string]string) error {
 	return nil
 }
 
-// reportedError is an image's failure to open as the image's other layers get it: the
-// first layer's Prepare warned about it, and the next ones take the ordinary path quietly
-// (snapshot.ErrNotRemote) rather than repeat the warning once per layer.
-type reportedError struct{ err error }
-
-func (e *reportedError) Error() string   { return e.err.Error() + " (reported already)" }
-func (e *reportedError) Unwrap() []error { return []error{e.err, snapshot.ErrNotRemote} }
-
 // imageKey is how images are known to the file system: the reference ref names the
 // repository of, by the digest of its image manifest.
 func imageKey(ref, manifestDigest string) (string, error) {
@@ -317,6 +327,7 @@ func (f *SnapshotFS) open(ctx context.Context, e *imageEntry, ref string, given 
 		f.mu.Unlock()
 	}
 	close(e.done)
+	f.notify()
 }
 
 // image opens ref, with the profile pin (zero: none), once; concurrent callers wait for
@@ -339,10 +350,10 @@ func (f *SnapshotFS) image(ctx context.Context, ref string, pin v1.Hash) (*Image
 			// Forgotten (open): this Prepare opens the image itself, or joins the one
 			// that does.
 			continue
-		case e.err != nil && first:
-			return nil, e.err
 		case e.err != nil:
-			return nil, &reportedError{e.err}
+			// Each of the image's layers reports it (Mount): every layer that falls back
+			// says why.
+			return nil, e.err
 		}
 		if !f.hold(entryKey(ref, pin), e) {
 			continue // closed meanwhile, its last layer unmounted: opened again
@@ -399,11 +410,14 @@ func (f *SnapshotFS) release(im *Image) {
 func (f *SnapshotFS) layer(ctx context.Context, labels map[string]string) (*Layer, *Image, error) {
 	ref, digest, err := layerOf(labels)
 	if err != nil {
-		return nil, nil, err
+		if errors.Is(err, ErrNotLazy) {
+			return nil, nil, err
+		}
+		return nil, nil, labelError{err}
 	}
 	pin, err := pinOf(labels)
 	if err != nil {
-		return nil, nil, err
+		return nil, nil, labelError{err}
 	}
 	im, err := f.image(ctx, ref, pin)
 	if err != nil {
@@ -416,7 +430,10 @@ func (f *SnapshotFS) layer(ctx context.Context, labels map[string]string) (*Laye
 	}
 	f.release(im)
 	if err, ok := im.Failed[digest]; ok {
-		return nil, nil, err
+		if errors.Is(err, ErrNotLazy) {
+			return nil, nil, err
+		}
+		return nil, nil, indexError{err}
 	}
 	return nil, nil, fmt.Errorf("image %s has no layer %s", ref, digest)
 }
@@ -449,8 +466,25 @@ func (f *SnapshotFS) unmounted(dir string) (*fusefs.Server, bool) {
 	return srv, ok
 }
 
-// Mount mounts the single-layer view of the layer the labels name at mountpoint.
+// Mount mounts the single-layer view of the layer the labels name at mountpoint. A
+// lazypull layer it cannot mount is logged, once, at warn level with why, and counted
+// (FallbackMetrics); the snapshotter then downloads it whole (snapshot.ErrNotRemote).
 func (f *SnapshotFS) Mount(ctx context.Context, mountpoint string, labels map[string]string) error {
+	err := f.mount(ctx, mountpoint, labels)
+	if err == nil || errors.Is(err, ErrNotLazy) || ctx.Err() != nil {
+		return err
+	}
+	reason := fallbackReason(err)
+	f.fallbacks.observe(reason)
+	layer, image := labels[LabelLayerDigest], labels[LabelImageRef]
+	if layer == "" || image == "" {
+		layer, image = labels[LabelCRILayerDigest], labels[LabelCRIImageRef]
+	}
+	f.log.Warn("layer not mounted lazily: it is downloaded whole instead", "layer", layer, "image", image, "reason", reason, "err", err)
+	return &fallbackError{reason: reason, err: err}
+}
+
+func (f *SnapshotFS) mount(ctx context.Context, mountpoint string, labels map[string]string) error {
 	layer, im, err := f.layer(ctx, labels)
 	if err != nil {
 		return err
@@ -461,12 +495,12 @@ func (f *SnapshotFS) Mount(ctx context.Context, mountpoint string, labels map[st
 	root, err := fusefs.NewLayer(layer.Index, layer, fusefs.WithLogger(f.log))
 	if err != nil {
 		f.release(im)
-		return fmt.Errorf("layer %s: %w", digest, err)
+		return indexError{fmt.Errorf("layer %s: %w", digest, err)}
 	}
 	srv, err := fusefs.Mount(mountpoint, root, fusefs.MountOptions{FSName: "lazypull:" + digest, Logger: f.log})
 	if err != nil {
 		f.release(im)
-		return fmt.Errorf("mount layer %s at %s: %w", digest, mountpoint, err)
+		return mountError{fmt.Errorf("mount layer %s at %s: %w", digest, mountpoint, err)}
 	}
 	t1 := time.Now()
 	f.keep(srv, labels)
@@ -474,6 +508,7 @@ func (f *SnapshotFS) Mount(ctx context.Context, mountpoint string, labels map[st
 	f.mounted(mountpoint, srv, im)
 	f.log.Info("layer mounted", "layer", digest, "image", ref, "dir", mountpoint, "passthrough", srv.Passthrough(),
 		"mount_s", t1.Sub(t0).Seconds(), "keep_s", t2.Sub(t1).Seconds())
+	f.notify()
 	return nil
 }
 
@@ -580,6 +615,24 @@ func (f *SnapshotFS) Unmount(ctx context.Context, mountpoint string) error {
 		return srv.Unmount()
 	}
 	return fusefs.Unmount(mountpoint)
+}
+
+// FailedImages lists the images whose open failed (their layers are downloaded whole),
+// as `lazypull stats` shows them.
+func (f *SnapshotFS) FailedImages() []ImageStats {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	var out []ImageStats
+	for key, e := range f.images {
+		select {
+		case <-e.done:
+			if e.err != nil {
+				out = append(out, ImageStats{Image: key, Err: fallbackReason(e.err) + ": " + e.err.Error()})
+			}
+		default:
+		}
+	}
+	return out
 }
 
 // Images returns the images open now.

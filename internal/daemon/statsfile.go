@@ -3,6 +3,7 @@ package daemon
 import (
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"os"
 	"path/filepath"
@@ -23,10 +24,46 @@ type Stats struct {
 	PID     int          `json:"pid,omitempty"`
 	Written time.Time    `json:"written"`
 	Images  []string     `json:"images,omitempty"`
+	// Open has one entry per image open (or that failed to open, for the snapshotter):
+	// whether its layers are mounted lazily, and its registry's figures.
+	Open []ImageStats `json:"open,omitempty"`
 	// Prefetch has one entry per image that looked for a profile.
 	Prefetch []PrefetchStats `json:"prefetch,omitempty"`
 	// BackgroundFetch has one entry per image with a background fill.
 	BackgroundFetch []FillStats `json:"background_fetch,omitempty"`
+}
+
+// ImageStats is one image as `lazypull stats` lists it.
+type ImageStats struct {
+	Image string `json:"image"`
+	// Layers is the image's layers; Lazy those mounted (or to be mounted) lazily.
+	Layers int `json:"layers"`
+	Lazy   int `json:"lazy"`
+	// Plain is the layers that are no lazypull layers (unpacked as usual by design);
+	// Fallbacks the lazypull layers downloaded whole instead, by reason (FallbackReasons).
+	Plain     int            `json:"plain,omitempty"`
+	Fallbacks map[string]int `json:"fallbacks,omitempty"`
+	// Err is why the image did not open at all (every layer downloaded whole).
+	Err   string       `json:"err,omitempty"`
+	Fetch *fetch.Stats `json:"fetch,omitempty"`
+}
+
+// imageStats is what Stats lists of im.
+func imageStats(im *Image) ImageStats {
+	s := ImageStats{Image: im.Ref, Layers: len(im.Layers) + len(im.Failed), Lazy: len(im.Layers)}
+	for _, err := range im.Failed {
+		if errors.Is(err, ErrNotLazy) {
+			s.Plain++
+			continue
+		}
+		if s.Fallbacks == nil {
+			s.Fallbacks = map[string]int{}
+		}
+		s.Fallbacks[fallbackReason(err)]++
+	}
+	r := im.Registry.Stats()
+	s.Fetch = &r
+	return s
 }
 
 // CollectStats gathers the store's figures and the fetch figures of the given images.
@@ -42,6 +79,7 @@ func CollectStats(st *store.Store, images []*Image) Stats {
 		fs.Errors += r.Errors
 		fs.Fallbacks += r.Fallbacks
 		s.Images = append(s.Images, im.Ref)
+		s.Open = append(s.Open, imageStats(im))
 		if ps, ok := im.PrefetchStats(); ok {
 			s.Prefetch = append(s.Prefetch, ps)
 		}
@@ -87,8 +125,10 @@ func ReadStats(dir string) (Stats, error) {
 	return s, nil
 }
 
-// KeepStats writes stats every interval until ctx ends, and once more then.
-func KeepStats(ctx context.Context, dir string, interval time.Duration, collect func() Stats) {
+// KeepStats writes stats every interval until ctx ends, and once more then; and at once
+// when kick fires (an image opened, a layer mounted), so that `lazypull stats` right after
+// a container starts shows it.
+func KeepStats(ctx context.Context, dir string, interval time.Duration, kick <-chan struct{}, collect func() Stats) {
 	t := time.NewTicker(interval)
 	defer t.Stop()
 	for {
@@ -99,6 +139,7 @@ func KeepStats(ctx context.Context, dir string, interval time.Duration, collect 
 		case <-ctx.Done():
 			return
 		case <-t.C:
+		case <-kick:
 		}
 	}
 }

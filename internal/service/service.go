@@ -47,8 +47,14 @@ type node struct {
 	store    *store.Store
 	client   *fetch.Client
 	profiles *daemon.ProfileMetrics
-	platform *v1.Platform
-	stops    []func() // run by close, last first
+	// fallbacks counts the snapshotter's layers downloaded whole (no mount falls back).
+	fallbacks *daemon.FallbackMetrics
+	// statsKick asks for the stats file to be written now (statsChanged); failed lists
+	// the images that failed to open, for the stats file (nil: none).
+	statsKick chan struct{}
+	failed    func() []daemon.ImageStats
+	platform  *v1.Platform
+	stops     []func() // run by close, last first
 }
 
 // openNode checks cfg and opens the store; more are options of the registry client.
@@ -76,7 +82,8 @@ func openNode(cfg NodeConfig, log *slog.Logger, more ...fetch.Option) (*node, er
 		st.Close()
 		return nil, err
 	}
-	n := &node{cfg: cfg, log: log, store: st, client: client, platform: platform, profiles: daemon.NewProfileMetrics(nil)}
+	n := &node{cfg: cfg, log: log, store: st, client: client, platform: platform, profiles: daemon.NewProfileMetrics(nil),
+		fallbacks: daemon.NewFallbackMetrics(), statsKick: make(chan struct{}, 1)}
 	return n, nil
 }
 
@@ -101,9 +108,19 @@ func (n *node) prefetchOptions() (*daemon.PrefetchOptions, *daemon.FillOptions) 
 	return p, f
 }
 
-// serve starts what reports on the images open (listed by images): the metrics, when
-// set, and the stats file; and the admin socket, whose prunes keep what the images and
-// the remote snapshots (labels listed by remote; nil: none) use. Close stops them.
+// statsChanged has the stats file written now rather than at its next tick: an image
+// opened, a layer mounted.
+func (n *node) statsChanged() {
+	select {
+	case n.statsKick <- struct{}{}:
+	default: // a write is due already
+	}
+}
+
+// serve starts what reports on the images open (listed by images; n.failed, when set,
+// lists those that failed to open): the metrics, when set, and the stats file; and the
+// admin socket, whose prunes keep what the images and the remote snapshots (labels listed
+// by remote; nil: none) use. Close stops them.
 func (n *node) serve(images func() []*daemon.Image, remote func() []map[string]string) error {
 	err := n.serveAdmin(func() ([]daemon.LayerUse, []*daemon.Image, []string) {
 		var labels []map[string]string
@@ -118,14 +135,21 @@ func (n *node) serve(images func() []*daemon.Image, remote func() []map[string]s
 	}
 	n.profiles.SetImages(images)
 	if n.cfg.MetricsAddr != "" {
-		stop, err := serveMetrics(n.cfg.MetricsAddr, slices.Concat(n.store.Collectors(), n.client.Collectors(), n.profiles.Collectors()), n.log)
+		stop, err := serveMetrics(n.cfg.MetricsAddr, slices.Concat(n.store.Collectors(), n.client.Collectors(), n.profiles.Collectors(),
+			n.fallbacks.Collectors()), n.log)
 		if err != nil {
 			return err
 		}
 		n.onClose(stop)
 	}
 	n.goUntilClose(func(ctx context.Context) {
-		daemon.KeepStats(ctx, n.cfg.Store, statsEvery, func() daemon.Stats { return daemon.CollectStats(n.store, images()) })
+		daemon.KeepStats(ctx, n.cfg.Store, statsEvery, n.statsKick, func() daemon.Stats {
+			s := daemon.CollectStats(n.store, images())
+			if n.failed != nil {
+				s.Open = append(s.Open, n.failed()...)
+			}
+			return s
+		})
 	})
 	return nil
 }

@@ -51,6 +51,8 @@ func Serve(ctx context.Context, cfg Config, log *slog.Logger) error {
 	}
 
 	lfs := daemon.NewSnapshotFS(n.store, n.platform, log, n.client)
+	lfs.SetFallbackMetrics(n.fallbacks)
+	lfs.OnChange(n.statsChanged)
 	p, fill := n.prefetchOptions()
 	if p != nil {
 		lfs.SetPrefetch(*p)
@@ -84,6 +86,7 @@ func Serve(ctx context.Context, cfg Config, log *slog.Logger) error {
 		}
 		return lfs.Warm(ctx, r.Ref, r.Digest, r.MediaType, r.Manifest, r.Profile)
 	})
+	n.failed = lfs.FailedImages
 	if err := n.serve(lfs.Images, sn.Remote); err != nil {
 		return err
 	}

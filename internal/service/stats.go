@@ -44,9 +44,42 @@ func WriteStats(w io.Writer, dir string, s daemon.Stats) {
 	if s.PID != 0 {
 		fmt.Fprintf(w, "held by pid %d serving %s; figures of %s\n", s.PID, strings.Join(s.Images, ", "), s.Written.Format("15:04:05"))
 	}
+	for _, im := range s.Open {
+		fmt.Fprintf(w, "image %s: %s\n", im.Image, imageState(im))
+	}
 	for _, p := range s.Prefetch {
 		fmt.Fprintf(w, "profile of %s: %s\n", p.Image, profileUsed(p))
 	}
+}
+
+// imageState says whether an image's layers are lazy, and why those that are not, with
+// what its registry served.
+func imageState(im daemon.ImageStats) string {
+	if im.Err != "" {
+		return "not lazy, every layer downloaded whole: " + im.Err
+	}
+	var b strings.Builder
+	switch {
+	case im.Layers > 0 && im.Lazy == im.Layers:
+		b.WriteString("lazy")
+	case im.Lazy > 0:
+		b.WriteString("partly lazy")
+	default:
+		b.WriteString("not lazy")
+	}
+	fmt.Fprintf(&b, ", %d of %d layers", im.Lazy, im.Layers)
+	if im.Plain > 0 {
+		fmt.Fprintf(&b, "; %d not lazypull layers", im.Plain)
+	}
+	for _, r := range daemon.FallbackReasons {
+		if n := im.Fallbacks[r]; n > 0 {
+			fmt.Fprintf(&b, "; %d downloaded whole (%s)", n, r)
+		}
+	}
+	if f := im.Fetch; f != nil {
+		fmt.Fprintf(&b, "; registry: %d requests, %s read, %d errors", f.Requests, humanBytes(f.Bytes), f.Errors)
+	}
+	return b.String()
 }
 
 func boundString(n int64) string {

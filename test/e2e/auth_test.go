@@ -221,12 +221,15 @@ func TestAuthRegistry(t *testing.T) {
 		if strings.TrimSpace(out) != pythonOutput {
 			t.Fatalf("container printed %q, want %q", out, pythonOutput)
 		}
+		// One warning per layer, each saying why (reason=auth, the registry, its 401).
 		w := warnings(s.log.String())
-		if len(w) != 1 {
-			t.Fatalf("%d warnings, want one for the image:\n%s", len(w), strings.Join(w, "\n"))
+		if len(w) != len(m.Layers) {
+			t.Fatalf("%d warnings, want one per layer (%d):\n%s", len(w), len(m.Layers), strings.Join(w, "\n"))
 		}
-		if !strings.Contains(w[0], reg.addr) || !mentions401(w[0]) {
-			t.Errorf("the warning does not name the registry %s and its 401:\n%s", reg.addr, w[0])
+		for _, line := range w {
+			if !strings.Contains(line, reg.addr) || !mentions401(line) || !strings.Contains(line, "reason=auth") {
+				t.Errorf("the warning does not name the registry %s, its 401 and reason=auth:\n%s", reg.addr, line)
+			}
 		}
 		t.Logf("warning: %s", w[0])
 		record("snapshotter (wrong credentials)", result{stderr: s.log.String()})

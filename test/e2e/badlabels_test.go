@@ -11,12 +11,15 @@ import (
 // is wrong (a digest it does not have), at garbage (its offset inside the tar stream) or
 // missing (the layer blob is a plain one). Each such layer is downloaded and unpacked the
 // ordinary way with one warning that names it, the image's good layers are still mounted
-// lazily, and the container runs and prints what it should.
+// lazily, and the container runs and prints what it should. `lazypull stats` lists the image
+// as partly lazy (or not lazy) with why, and lazypull_fallback_layers_total{reason="index"}
+// counts each such layer.
 func TestBadLabels(t *testing.T) {
 	e := setup(t)
 	lazy := e.lazyImage(t, "python")
 	m := remoteManifest(t, lazy)
-	s := e.startSnapshotter(t)
+	s := e.startSnapshotterWith(t, "metrics_addr = \"127.0.0.1:0\"\n")
+	fallbacks := 0
 	for i, c := range []struct {
 		name    string
 		tampers []tamper
@@ -57,6 +60,19 @@ func TestBadLabels(t *testing.T) {
 			}
 			for _, line := range w {
 				t.Logf("warning: %s", line)
+			}
+			state := "partly lazy"
+			if len(c.bad) == len(m.Layers) {
+				state = "not lazy"
+			}
+			want := fmt.Sprintf("%s, %d of %d layers; %d downloaded whole (index)", state, len(m.Layers)-len(c.bad), len(m.Layers), len(c.bad))
+			st := e.lazypull(t, "stats", "--store", s.store)
+			if st.code != 0 || !strings.Contains(st.stdout, want) {
+				t.Errorf("lazypull stats: exit %d, want a line saying %q:\n%s%s", st.code, want, st.stdout, st.stderr)
+			}
+			fallbacks += len(c.bad)
+			if want := fmt.Sprintf(`lazypull_fallback_layers_total{reason="index"} %d`, fallbacks); !strings.Contains(metricsOf(t, s.log.String()), want+"\n") {
+				t.Errorf("metrics lack %s:\n%s", want, grepLines(metricsOf(t, s.log.String()), "lazypull_fallback"))
 			}
 		})
 	}

@@ -227,6 +227,11 @@ func TestSnapshotterRunsLazyImage(t *testing.T) {
 	if remote, all := s.remoteSnapshots(t, ns); remote != len(m.Layers) || all != len(m.Layers) {
 		t.Fatalf("%d remote snapshots of %d, want all %d layers remote:\n%s", remote, all, len(m.Layers), s.log)
 	}
+	// At once, not at the stats file's next tick.
+	want := fmt.Sprintf(": lazy, %d of %d layers; registry: ", len(m.Layers), len(m.Layers))
+	if st := e.lazypull(t, "stats", "--store", s.store); st.code != 0 || !strings.Contains(st.stdout, want) {
+		t.Errorf("lazypull stats right after the pull: exit %d, want the image listed with %q:\n%s%s", st.code, want, st.stdout, st.stderr)
+	}
 
 	out := s.ctr(t, ns, "run", "--rm", "--snapshotter", "lazypull", ref, fmt.Sprintf("lazy-%d", os.Getpid()))
 	if strings.TrimSpace(out) != pythonOutput {
