@@ -2,6 +2,7 @@ package daemon
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"log/slog"
 	"strings"
@@ -13,6 +14,7 @@ import (
 	v1 "github.com/google/go-containerregistry/pkg/v1"
 	"github.com/prometheus/client_golang/prometheus"
 
+	"lazypull/internal/fetch"
 	"lazypull/internal/snapshot"
 	"lazypull/internal/store"
 	"lazypull/internal/testutil"
@@ -124,6 +126,12 @@ func TestStatsWrittenOnChange(t *testing.T) {
 	})
 	if o := s.Open[0]; o.Layers != len(m.Layers) || o.Lazy != len(m.Layers) || o.Fetch == nil || o.Fetch.Requests == 0 {
 		t.Errorf("image listed as %+v; want all %d layers lazy, with its requests", o, len(m.Layers))
+	}
+	// A layer whose index the registry refuses is listed as downloaded whole for that reason.
+	if o := imageStats(&Image{Ref: "r", Registry: f.Images()[0].Registry, Failed: map[string]error{
+		"sha256:1": &fetch.Error{StatusCode: 401}, "sha256:2": errors.New("bad index"), "sha256:3": ErrNotLazy,
+	}}); o.Fallbacks[ReasonAuth] != 1 || o.Fallbacks[ReasonIndex] != 1 || o.Plain != 1 || o.Layers != 3 {
+		t.Errorf("failed layers listed as %+v", o)
 	}
 	// An image that fails to open is listed, not lazy, with why.
 	img2, _ := lazyImageOf(t, map[string][]byte{"bin/other": []byte("other")})

@@ -59,7 +59,7 @@ func imageStats(im *Image) ImageStats {
 		if s.Fallbacks == nil {
 			s.Fallbacks = map[string]int{}
 		}
-		s.Fallbacks[fallbackReason(err)]++
+		s.Fallbacks[fallbackReason(indexError{err})]++ // as Mount names it (SnapshotFS.layer)
 	}
 	r := im.Registry.Stats()
 	s.Fetch = &r
