@@ -6,6 +6,7 @@ import (
 	"slices"
 	"strconv"
 	"strings"
+	"time"
 
 	"lazypull/internal/service"
 )
@@ -65,3 +66,30 @@ func tomlSetting(fl *flag.Flag) string {
 	}
 	return configKey(fl.Name) + " = " + v
 }
+
+// durationValue is a duration flag whose error for a number without a unit says which to
+// write ("5": "5s"), as the config file's does (service.ParseDuration).
+type durationValue struct{ d *time.Duration }
+
+func durationFlag(fs *flag.FlagSet, p *time.Duration, name string, value time.Duration, usage string) {
+	*p = value
+	fs.Var(durationValue{p}, name, usage)
+}
+
+func (v durationValue) String() string {
+	if v.d == nil {
+		return time.Duration(0).String()
+	}
+	return v.d.String()
+}
+
+func (v durationValue) Set(s string) error {
+	d, err := service.ParseDuration(s)
+	if err != nil {
+		return err
+	}
+	*v.d = d
+	return nil
+}
+
+func (v durationValue) Get() any { return *v.d }

@@ -150,6 +150,9 @@ func TestConfigLogLevelAndKeeperIdle(t *testing.T) {
 			t.Errorf("%q: %v, want %q", c.text, err, c.want)
 		}
 	}
+	if code, _, stderr := run(t, "mount", "--prefetch-wait", "5", "r", t.TempDir()); code != exitUsage || !strings.Contains(stderr, `invalid duration "5": a duration needs a unit (ms, s, m, h), like "5s"`) {
+		t.Errorf("--prefetch-wait 5: exit %d, %s", code, stderr)
+	}
 	dir := t.TempDir()
 	sn := []string{"snapshotter", "--config", writeConfig(t, ""), "--address", filepath.Join(dir, "sn.sock"), "--root", filepath.Join(dir, "root"),
 		"--store", filepath.Join(dir, "store")}

@@ -29,7 +29,7 @@ connected for --idle.`,
 		flags: func(fs *flag.FlagSet) any {
 			f := &keeperFlags{}
 			fs.StringVar(&f.socket, "socket", "", "serve on this unix `socket`")
-			fs.DurationVar(&f.idle, "idle", service.DefaultKeeperIdle, "exit after `duration` holding nothing with nobody connected")
+			durationFlag(fs, &f.idle, "idle", service.DefaultKeeperIdle, "exit after `duration` holding nothing with nobody connected")
 			return f
 		},
 		run: func(ctx context.Context, e *env, vals any, args []string) error {

@@ -55,7 +55,7 @@ func addNodeFlags(fs *flag.FlagSet, c *service.NodeConfig, what string) {
 	fs.StringVar(&c.MetricsAddr, "metrics-addr", "", "serve Prometheus metrics on `host:port` at /metrics")
 	fs.Var(&c.LogLevel, "log-level", "log at `level` and above: debug, info, warn or error")
 	fs.BoolVar(&c.Prefetch, "prefetch", c.Prefetch, "look up the image's prefetch profile (lazypull profile) and fetch what it names first")
-	fs.DurationVar(&c.PrefetchWait, "prefetch-wait", 0, "wait up to `duration` for the profiled content before mounting (0: fetch it in the background)")
+	durationFlag(fs, &c.PrefetchWait, "prefetch-wait", 0, "wait up to `duration` for the profiled content before mounting (0: fetch it in the background)")
 	fs.BoolVar(&c.BackgroundFetch, "background-fetch", false, "after the prefetch, fetch the rest of each image in the background (rate-bounded; reads go first)")
 	fs.Int64Var(&c.BackgroundFetchRate, "background-fetch-rate", c.BackgroundFetchRate, "bound the background fetch to `n` compressed bytes per second")
 	fs.StringVar(&c.ProfilePolicy, "profile-policy", c.ProfilePolicy,

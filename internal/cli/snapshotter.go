@@ -54,7 +54,7 @@ func bindSnapshotterFlags(fs *flag.FlagSet) any {
 	fs.StringVar(&f.config, "config", service.DefaultConfigFile, "TOML `file` of settings")
 	fs.StringVar(&c.Address, "address", c.Address, "serve on this unix `socket`")
 	fs.StringVar(&c.Root, "root", c.Root, "snapshots and their metadata in `dir`")
-	fs.DurationVar(&c.KeeperIdle, "keeper-idle", c.KeeperIdle, "the keeper process exits once it has held no mount and had no client for `duration`")
+	durationFlag(fs, &c.KeeperIdle, "keeper-idle", c.KeeperIdle, "the keeper process exits once it has held no mount and had no client for `duration`")
 	fs.StringVar(&c.DebugAddr, "debug-addr", "", "serve Go's profiles (pprof) on `host:port` at /debug/pprof/; keep it on loopback")
 	fs.StringVar(&c.ContainerdConfig, "containerd-config", c.ContainerdConfig, "containerd's config `file`, read to warn when containerd will not call this snapshotter (\"\": no check)")
 	fs.StringVar(&c.CRIProxyAddress, "cri-proxy-address", c.CRIProxyAddress, "serve CRI's image service on this unix `socket` (kubelet's --image-service-endpoint), forwarded to --cri-proxy-upstream, and read images with the credentials their pulls came with, kept in memory only (\"\": off)")
