@@ -104,7 +104,7 @@ func (n *node) mount(ctx context.Context, cfg MountConfig, m MountPoint, choice 
 	}
 	im, err := daemon.OpenImage(ctx, n.store, m.Ref, o)
 	if err != nil {
-		return nil, nil, err
+		return nil, nil, credentialsHint(err)
 	}
 	p, fill := n.prefetchOptions()
 	if p != nil {
