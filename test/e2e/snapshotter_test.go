@@ -238,6 +238,19 @@ func TestSnapshotterRunsLazyImage(t *testing.T) {
 		t.Fatalf("container printed %q, want %q", out, pythonOutput)
 	}
 	wantFetchedLittle(t, "running python", s.store, time.Now(), m)
+	// The profile look-up found none (the registry's 404s): that is no fetch error.
+	ran := time.Now()
+	var st daemon.Stats
+	if !testutil.Eventually(10*time.Second, func() bool {
+		var err error
+		st, err = daemon.ReadStats(s.store)
+		return err == nil && st.Written.After(ran)
+	}) {
+		t.Fatalf("no stats written after the run")
+	}
+	if st.Fetch == nil || st.Fetch.Errors != 0 {
+		t.Errorf("stats count fetch errors: %+v", st.Fetch)
+	}
 }
 
 // TestSnapshotterRunsPlainImage: an image that is not a lazypull image, pulled by plain
