@@ -104,3 +104,50 @@ func (m *FallbackMetrics) observe(reason string) {
 func (m *FallbackMetrics) Collectors() []prometheus.Collector {
 	return []prometheus.Collector{m.layers}
 }
+
+// maxNotLazy bounds the images notLazyImages remembers.
+const maxNotLazy = 64
+
+// notLazyImages remembers the last images opened none of whose layers is lazy (every
+// layer downloaded whole, or none a lazypull layer), for `lazypull stats`: such an image
+// is closed with its last Prepare (no mount holds it), so the images open do not show it.
+// Not safe for concurrent use: SnapshotFS.mu guards it.
+type notLazyImages struct {
+	byRef map[string]ImageStats
+	order []string // oldest first
+}
+
+func (n *notLazyImages) add(s ImageStats) {
+	if n.byRef == nil {
+		n.byRef = map[string]ImageStats{}
+	}
+	if _, ok := n.byRef[s.Image]; !ok {
+		n.order = append(n.order, s.Image)
+	}
+	n.byRef[s.Image] = s
+	if len(n.order) > maxNotLazy {
+		delete(n.byRef, n.order[0])
+		n.order = n.order[1:]
+	}
+}
+
+func (n *notLazyImages) remove(ref string) {
+	if _, ok := n.byRef[ref]; !ok {
+		return
+	}
+	delete(n.byRef, ref)
+	for i, r := range n.order {
+		if r == ref {
+			n.order = append(n.order[:i], n.order[i+1:]...)
+			break
+		}
+	}
+}
+
+func (n *notLazyImages) list() []ImageStats {
+	out := make([]ImageStats, 0, len(n.order))
+	for _, r := range n.order {
+		out = append(out, n.byRef[r])
+	}
+	return out
+}

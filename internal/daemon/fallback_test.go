@@ -163,3 +163,36 @@ func imageKeyOf(t *testing.T, ref string, d v1.Hash) string {
 	}
 	return k
 }
+
+// TestNotLazyImageListed: an image none of whose layers mounts lazily is closed with its
+// last Prepare, and still listed by FailedImages (for `lazypull stats`), with why; the
+// list is bounded, and an image that opens lazily leaves it.
+func TestNotLazyImageListed(t *testing.T) {
+	f, ref, img, d, reqs := warmFixture(t)
+	reqs.refuseBlobs.Store(true) // the layer's index: 401
+	labels := labelsOf(t, ref, img, d)
+	if err := f.Mount(context.Background(), t.TempDir(), labels); !errors.Is(err, snapshot.ErrNotRemote) {
+		t.Fatalf("Mount: %v; want the ordinary path", err)
+	}
+	got := f.FailedImages()
+	if len(got) != 1 || got[0].Image != imageKeyOf(t, ref, d) || got[0].Lazy != 0 || got[0].Layers != 1 || got[0].Fallbacks[ReasonAuth] != 1 {
+		t.Fatalf("listed %+v; want the image, its one layer downloaded whole (auth)", got)
+	}
+	if len(f.Images()) != 0 {
+		t.Errorf("the image is still open")
+	}
+	reqs.refuseBlobs.Store(false)
+	if err := f.Mount(context.Background(), t.TempDir(), labels); err != nil {
+		t.Fatal(err)
+	}
+	if got := f.FailedImages(); len(got) != 0 {
+		t.Errorf("listed %+v after the image mounted lazily", got)
+	}
+	var n notLazyImages
+	for i := range maxNotLazy + 5 {
+		n.add(ImageStats{Image: fmt.Sprint(i)})
+	}
+	if l := n.list(); len(l) != maxNotLazy || l[0].Image != "5" {
+		t.Errorf("bounded list holds %d, oldest %q", len(l), l[0].Image)
+	}
+}

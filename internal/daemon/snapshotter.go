@@ -90,6 +90,8 @@ type SnapshotFS struct {
 	// uses counts, per image, its layers mounted and being mounted: the image is closed
 	// (its pins in the store released) and forgotten when the last goes (release).
 	uses map[*Image]int
+	// notLazy are the images closed that had no lazy layer, for FailedImages.
+	notLazy notLazyImages
 	// stored caches the Usage of the remote snapshots not mounted by this process (after
 	// a restart), by mountpoint, read from the store.
 	stored map[string]*usageCache
@@ -302,6 +304,9 @@ func (f *SnapshotFS) open(ctx context.Context, e *imageEntry, ref string, given 
 	}
 	e.im, e.err = openImage(context.WithoutCancel(ctx), f.store, ref, OpenOptions{Platform: f.platform, Profile: choice, Client: f.client, Log: f.log, manifest: given, partial: true})
 	if e.err == nil && len(e.im.Layers) > 0 {
+		f.mu.Lock()
+		f.notLazy.remove(ref)
+		f.mu.Unlock()
 		f.log.Info("image opened", "image", e.im, "warm", e.warm)
 		if f.prefetch != nil {
 			// Before the first layer is mounted.
@@ -395,6 +400,9 @@ func (f *SnapshotFS) release(im *Image) {
 			if e.im == im {
 				delete(f.images, key)
 			}
+		}
+		if len(im.Layers) == 0 {
+			f.notLazy.add(imageStats(im))
 		}
 	}
 	f.mu.Unlock()
@@ -617,12 +625,13 @@ func (f *SnapshotFS) Unmount(ctx context.Context, mountpoint string) error {
 	return fusefs.Unmount(mountpoint)
 }
 
-// FailedImages lists the images whose open failed (their layers are downloaded whole),
-// as `lazypull stats` shows them.
+// FailedImages lists the images whose open failed, and the last ones opened none of whose
+// layers is lazy (their layers are downloaded whole, or are no lazypull layers), as
+// `lazypull stats` shows them.
 func (f *SnapshotFS) FailedImages() []ImageStats {
 	f.mu.Lock()
 	defer f.mu.Unlock()
-	var out []ImageStats
+	out := f.notLazy.list()
 	for key, e := range f.images {
 		select {
 		case <-e.done:
