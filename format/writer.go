@@ -298,10 +298,7 @@ func (s *scanner) run(r io.Reader) error {
 		if err != nil {
 			return fmt.Errorf("read tar entry at offset %d: %w", hdrStart, err)
 		}
-		e := entryFromHeader(hdr)
-		if hdr.Typeflag == tar.TypeReg || hdr.Typeflag == tar.TypeGNUSparse || hdr.Typeflag == typeRegA || hdr.Typeflag == tar.TypeCont {
-			e.Type = typeReg
-		}
+		e := EntryFromHeader(hdr)
 		idx := len(s.ix.Entries)
 		switch {
 		case isSparse(hdr):
@@ -431,6 +428,22 @@ func isSparse(h *tar.Header) bool {
 		}
 	}
 	return false
+}
+
+// EntryFromHeader returns the entry an index records for a tar header: the name cleaned
+// (CleanName), every regular-file typeflag made '0', the xattrs of its PAX records sorted,
+// Sparse set for a sparse file. Where the content lies (frames, digest, tar range) is the
+// caller's to fill in.
+func EntryFromHeader(h *tar.Header) Entry {
+	e := entryFromHeader(h)
+	if h.Typeflag == tar.TypeReg || h.Typeflag == tar.TypeGNUSparse || h.Typeflag == typeRegA || h.Typeflag == tar.TypeCont {
+		e.Type = typeReg
+	}
+	e.Sparse = isSparse(h)
+	if e.Sparse {
+		e.Type = typeReg
+	}
+	return e
 }
 
 func entryFromHeader(h *tar.Header) Entry {

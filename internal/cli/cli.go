@@ -40,7 +40,7 @@ type command struct {
 // commands lists the subcommands in the order `lazypull help` shows them.
 func commands() []*command {
 	return []*command{convertCommand(), mountCommand(), umountCommand(), pullCommand(), profileCommand(), profileChrootCommand(),
-		profileExecCommand(), snapshotterCommand(), keeperCommand(), statsCommand(), pruneCommand(), verifyCommand(), versionCommand()}
+		profileExecCommand(), snapshotterCommand(), keeperCommand(), statsCommand(), pruneCommand(), verifyCommand(), indexCommand(), versionCommand()}
 }
 
 // env is what a command may touch of the outside world.

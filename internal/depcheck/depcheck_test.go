@@ -67,6 +67,7 @@ const (
 	cli            = "internal/cli"
 	service        = "internal/service"
 	verify         = "internal/verify"
+	imageindex     = "internal/imageindex"
 	bench          = "internal/bench"
 	convert        = "internal/convert"
 	profile        = "internal/profile"
@@ -142,11 +143,11 @@ func allowed() map[string]rule {
 
 		// The subcommands: flags parsed into service's settings for `lazypull snapshotter`
 		// and `lazypull mount` (service assembles them), and into the options of the
-		// packages that do the work: pull, record, convert with progress, verify, the
-		// keeper process, stats.
+		// packages that do the work: pull, record, convert with progress, verify, index
+		// (imageindex), the keeper process, stats.
 		cli: {
 			ours: []string{fetch, daemon, convert, profile, progress, pull, record, keeper,
-				service, verify},
+				service, verify, imageindex},
 			ext: []string{containerd, containerdAPI, errdefs, ggcr, digest, imageSpec,
 				runtimeSpec, xsys, xterm, mountinfo},
 		},
@@ -179,6 +180,11 @@ func allowed() map[string]rule {
 		// Checks an image's layer indexes against its layers (format), read whole from the
 		// registry (fetch).
 		verify: {ours: []string{format, fetch}, ext: []string{ggcr}},
+
+		// Indexes an unconverted image (`lazypull index`): reads its layers whole from the
+		// registry (fetch), builds gzindex checkpoints and a file table of format's entries,
+		// several layers at once (x/sync), and pushes the artifact (ggcr: fetch only reads).
+		imageindex: {ours: []string{format, gzindex, fetch}, ext: []string{ggcr, xsync}},
 
 		// Converts an image: reads and writes whole blobs and manifests with
 		// go-containerregistry (fetch is the lazy read path, by range), writes layers with

@@ -1,0 +1,69 @@
+package cli
+
+import (
+	"context"
+	"flag"
+
+	"lazypull/internal/imageindex"
+)
+
+func indexCommand() *command {
+	return &command{
+		name:    "index",
+		args:    "[flags] REF",
+		summary: "index an unconverted image's gzip layers for lazy reads, pushed beside it",
+		help: `
+Reads each layer of the image once (several at a time, each streamed: memory stays at a
+few hundred KiB a layer plus its index) and builds, for a gzip layer, checkpoints that let
+any range of its tar stream be inflated from a few ranges of the blob, and a file table:
+each entry's metadata, and each regular file's sha256 and place in the tar stream. Each
+layer's tar stream is checked against the diff ID in the config. The indexes are pushed as
+one artifact whose subject is the image manifest (artifactType
+application/vnd.lazypull.index.v1, one blob per layer), found through the referrers API or
+its tag schema: the image itself, its digest and its tags, are not touched. Uncompressed
+tar layers get a file table only; zstd layers are not indexed yet (the command fails,
+naming the layer, before reading anything).`,
+		flags: func(fs *flag.FlagSet) any {
+			f := &indexFlags{}
+			fs.StringVar(&f.platform, "platform", "", "the image for `os/arch[/variant]` of a multi-platform REF (default: this machine's)")
+			fs.Int64Var(&f.span, "span", 0, "compressed `bytes` between checkpoints (default 128 KiB)")
+			fs.IntVar(&f.jobs, "jobs", 4, "layers read at once")
+			fs.BoolVar(&f.plainHTTP, "plain-http", false, "talk to registries over http instead of https")
+			fs.StringVar(&f.hostsDir, "hosts-dir", "", "containerd-style `dir` of HOST/hosts.toml files naming mirrors")
+			return f
+		},
+		run: runIndex,
+	}
+}
+
+type indexFlags struct {
+	platform  string
+	span      int64
+	jobs      int
+	plainHTTP bool
+	hostsDir  string
+}
+
+func runIndex(ctx context.Context, e *env, vals any, args []string) error {
+	f := vals.(*indexFlags)
+	if len(args) != 1 {
+		return usagef("want one REF")
+	}
+	if f.span < 0 || f.jobs < 1 {
+		return usagef("--span must be positive, --jobs at least 1")
+	}
+	platform, err := parsePlatform(f.platform)
+	if err != nil {
+		return err
+	}
+	log := newLogger(e)
+	client, err := newClient(log, f.plainHTTP, f.hostsDir)
+	if err != nil {
+		return err
+	}
+	defer client.Close()
+	_, err = imageindex.Image(ctx, e.stdout, args[0], imageindex.Options{
+		Client: client, Platform: platform, SpanSize: f.span, Jobs: f.jobs, Log: log,
+	})
+	return err
+}

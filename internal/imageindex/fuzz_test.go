@@ -1,0 +1,69 @@
+package imageindex
+
+import (
+	"bytes"
+	"testing"
+
+	"lazypull/internal/testutil"
+)
+
+// decodeOverhead is what a decode may allocate beyond its budget that is not the
+// decoder's: the error's formatting, the runtime's own.
+const decodeOverhead = 16 << 10
+
+// FuzzDecodeTable feeds hostile tables to DecodeTable: errors, never panics; allocates at
+// most MemFactor times the input plus MemSlack (plus decodeOverhead); what decodes encodes
+// to the same bytes.
+func FuzzDecodeTable(f *testing.F) {
+	b, err := BuildLayer(bytes.NewReader(testTar(f)), false, 0)
+	if err != nil {
+		f.Fatal(err)
+	}
+	enc := b.Table.Encode()
+	f.Add(enc)
+	f.Add(enc[:len(enc)/2])
+	f.Add((&Table{}).Encode())
+	f.Fuzz(func(t *testing.T, p []byte) {
+		var tab *Table
+		var err error
+		n := testutil.Allocated(func() { tab, err = DecodeTable(p) })
+		if limit := uint64(MemFactor*len(p)+MemSlack) + decodeOverhead; n > limit {
+			t.Fatalf("decoding %d bytes allocated %d, over the bound of %d (err %v)", len(p), n, limit, err)
+		}
+		if err != nil {
+			return
+		}
+		if !bytes.Equal(tab.Encode(), p) {
+			t.Fatal("a decoded table encodes to other bytes")
+		}
+	})
+}
+
+// FuzzDecodeLayer: a hostile layer blob errors, never panics, and what decodes encodes to
+// the same bytes.
+func FuzzDecodeLayer(f *testing.F) {
+	for _, gz := range []bool{true, false} {
+		in := testTar(f)
+		if gz {
+			in = gzipped(f, in)
+		}
+		b, err := BuildLayer(bytes.NewReader(in), gz, 64<<10)
+		if err != nil {
+			f.Fatal(err)
+		}
+		enc, err := b.Encode()
+		if err != nil {
+			f.Fatal(err)
+		}
+		f.Add(enc, gz)
+	}
+	f.Fuzz(func(t *testing.T, p []byte, gz bool) {
+		l, err := DecodeLayer(p, gz)
+		if err != nil {
+			return
+		}
+		if _, err := l.Encode(); err != nil {
+			t.Fatalf("a decoded layer does not encode: %v", err)
+		}
+	})
+}

@@ -1,0 +1,141 @@
+package imageindex
+
+import (
+	"bytes"
+	"io"
+	"strings"
+	"testing"
+
+	"github.com/google/go-containerregistry/pkg/name"
+	v1 "github.com/google/go-containerregistry/pkg/v1"
+	"github.com/google/go-containerregistry/pkg/v1/empty"
+	"github.com/google/go-containerregistry/pkg/v1/mutate"
+	"github.com/google/go-containerregistry/pkg/v1/remote"
+	"github.com/google/go-containerregistry/pkg/v1/static"
+	"github.com/google/go-containerregistry/pkg/v1/tarball"
+	"github.com/google/go-containerregistry/pkg/v1/types"
+
+	"lazypull/format/gzindex"
+	"lazypull/internal/fetch"
+	"lazypull/internal/testutil"
+)
+
+// TestImage indexes a two-layer image (gzip, then plain tar) in a registry with and
+// without the referrers API: the artifact is found as a referrer, the image is unchanged,
+// and each layer's files read through its index over the registry match the tar.
+func TestImage(t *testing.T) {
+	for _, api := range []bool{true, false} {
+		var opts []testutil.RegistryOption
+		if api {
+			opts = append(opts, testutil.WithReferrers())
+		}
+		reg := testutil.NewRegistry(t, opts...)
+		tr := testTar(t)
+		gzLayer, err := tarball.LayerFromOpener(func() (io.ReadCloser, error) { return io.NopCloser(bytes.NewReader(tr)), nil })
+		if err != nil {
+			t.Fatal(err)
+		}
+		plain := testutil.Tar(t, testutil.File("etc/hostname", []byte("box\n")))
+		img, err := mutate.AppendLayers(empty.Image, gzLayer, static.NewLayer(plain, types.OCIUncompressedLayer))
+		if err != nil {
+			t.Fatal(err)
+		}
+		ref := reg.Push(t, "app:v1", mutate.MediaType(img, types.OCIManifestSchema1))
+		before := headDigest(t, ref)
+
+		client, err := fetch.NewClient(fetch.WithPlainHTTP())
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer client.Close()
+		var out bytes.Buffer
+		res, err := Image(t.Context(), &out, ref, Options{Client: client, SpanSize: 64 << 10})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if !strings.Contains(out.String(), "index "+res.Artifact.Digest.String()+" pushed") {
+			t.Errorf("output:\n%s", out.String())
+		}
+		if after := headDigest(t, ref); after != before || res.Image.Digest != before {
+			t.Fatalf("image digest %s, then %s (indexed %s)", before, after, res.Image.Digest)
+		}
+		freg, err := client.Open(ref)
+		if err != nil {
+			t.Fatal(err)
+		}
+		refs, err := freg.Referrers(t.Context(), before, ArtifactType)
+		if err != nil || len(refs) != 1 || refs[0].Digest != res.Artifact.Digest {
+			t.Fatalf("referrers %v, %v: want the artifact %s", refs, err, res.Artifact.Digest)
+		}
+		_, raw, err := freg.Manifest(t.Context(), res.Artifact.Digest)
+		if err != nil {
+			t.Fatal(err)
+		}
+		m, err := v1.ParseManifest(bytes.NewReader(raw))
+		if err != nil {
+			t.Fatal(err)
+		}
+		layers, _ := img.Layers()
+		for i, tarStream := range [][]byte{tr, plain} {
+			ld, _ := layers[i].Digest()
+			if got := m.Layers[i].Annotations[AnnotationLayer]; got != ld.String() {
+				t.Fatalf("artifact layer %d names %s, want %s", i, got, ld)
+			}
+			enc, err := freg.Layer(m.Layers[i]).ReadAll(t.Context())
+			if err != nil {
+				t.Fatal(err)
+			}
+			l, err := DecodeLayer(enc, i == 0)
+			if err != nil {
+				t.Fatal(err)
+			}
+			lsize, _ := layers[i].Size()
+			var ra io.ReaderAt = freg.Blob(ld, lsize).ReaderAt(t.Context())
+			if l.GZ != nil {
+				ra = gzindex.NewReader(l.GZ, ra, 2)
+			}
+			checkTable(t, l.Table, tarStream, ra)
+		}
+	}
+}
+
+// TestImageRefusesZstd: an image with a zstd layer fails, naming the layer, and nothing
+// is pushed.
+func TestImageRefusesZstd(t *testing.T) {
+	reg := testutil.NewRegistry(t, testutil.WithReferrers())
+	img, err := mutate.AppendLayers(empty.Image, static.NewLayer([]byte("not really zstd"), types.OCILayerZStd))
+	if err != nil {
+		t.Fatal(err)
+	}
+	ref := reg.Push(t, "app:zstd", mutate.MediaType(img, types.OCIManifestSchema1))
+	client, err := fetch.NewClient(fetch.WithPlainHTTP())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer client.Close()
+	ld, _ := img.Layers()
+	d, _ := ld[0].Digest()
+	pushed := len(reg.Requests())
+	_, err = Image(t.Context(), io.Discard, ref, Options{Client: client})
+	if err == nil || !strings.Contains(err.Error(), "layer 0 "+d.String()) || !strings.Contains(err.Error(), "not indexed yet") {
+		t.Fatalf("got %v, want an error naming layer 0 %s", err, d)
+	}
+	for _, r := range reg.Requests()[pushed:] {
+		if !strings.HasPrefix(r, "GET") && !strings.HasPrefix(r, "HEAD") {
+			t.Errorf("pushed: %s", r)
+		}
+	}
+}
+
+func headDigest(t *testing.T, ref string) v1.Hash {
+	t.Helper()
+	tag, err := name.NewTag(ref)
+	if err != nil {
+		t.Fatal(err)
+	}
+	d, err := remote.Head(tag)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return d.Digest
+}

@@ -1,0 +1,247 @@
+package imageindex
+
+import (
+	"archive/tar"
+	"bytes"
+	"compress/gzip"
+	"crypto/sha256"
+	"errors"
+	"reflect"
+	"strings"
+	"testing"
+	"time"
+
+	"lazypull/format"
+	"lazypull/format/gzindex"
+	"lazypull/internal/testutil"
+)
+
+// testTar is a layer of every kind of entry: files (empty, small, over several spans),
+// a directory, links, a device, a fifo, xattrs, nanosecond mtimes, a duplicate path.
+func testTar(t testing.TB) []byte {
+	dev := testutil.Entry{Hdr: tar.Header{Typeflag: tar.TypeChar, Name: "dev/null", Mode: 0o666, Devmajor: 1, Devminor: 3, ModTime: time.Unix(5, 0)}}
+	fifo := testutil.Entry{Hdr: tar.Header{Typeflag: tar.TypeFifo, Name: "run/fifo", Mode: 0o600, ModTime: time.Unix(-5, 0)}}
+	ping := testutil.File("bin/ping", []byte("ping"))
+	ping.Hdr.Format = tar.FormatPAX
+	ping.Hdr.PAXRecords = map[string]string{"SCHILY.xattr.security.capability": "\x01\x00\x00\x02", "SCHILY.xattr.user.a": ""}
+	ping.Hdr.ModTime = time.Unix(1700000000, 123456789)
+	ping.Hdr.Uid, ping.Hdr.Gid, ping.Hdr.Mode = 1000, 1001, 0o4755
+	return testutil.Tar(t,
+		testutil.Dir("bin"),
+		testutil.File("bin/empty", nil),
+		ping,
+		testutil.File("usr/lib/big", testutil.RandBytes(1, 700<<10)),
+		testutil.File("usr/lib/text", bytes.Repeat([]byte("compressible text; "), 50000)),
+		testutil.Symlink("bin/sh", "/bin/bash"),
+		testutil.Link("bin/ping2", "./bin/ping"),
+		dev, fifo,
+		testutil.File("../etc/motd", []byte("hello")),
+		testutil.File("etc/motd", []byte("hello again")),
+	)
+}
+
+func gzipped(t testing.TB, b []byte) []byte {
+	var buf bytes.Buffer
+	zw := gzip.NewWriter(&buf)
+	zw.Write(b)
+	if err := zw.Close(); err != nil {
+		t.Fatal(err)
+	}
+	return buf.Bytes()
+}
+
+// TestBuildLayer builds the index of a gzip layer and of its tar, and checks each entry
+// against its tar header and each file's bytes read through the gzindex (and the tar
+// itself) against the file.
+func TestBuildLayer(t *testing.T) {
+	tr := testTar(t)
+	blob := gzipped(t, tr)
+	for _, gz := range []bool{true, false} {
+		in := tr
+		if gz {
+			in = blob
+		}
+		b, err := BuildLayer(bytes.NewReader(in), gz, 64<<10)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if b.DiffID != format.Digest(sha256.Sum256(tr)) || b.Table.TarSize != int64(len(tr)) {
+			t.Fatalf("diff ID %s, tar size %d: want the tar's", b.DiffID, b.Table.TarSize)
+		}
+		if (b.GZ != nil) != gz || (gz && b.GZ.NumSpans() < 2) {
+			t.Fatalf("gzip %v: gzindex %v", gz, b.GZ)
+		}
+		var ra interface {
+			ReadAt([]byte, int64) (int, error)
+		} = bytes.NewReader(tr)
+		if gz {
+			ra = gzindex.NewReader(b.GZ, bytes.NewReader(blob), 2)
+		}
+		checkTable(t, b.Table, tr, ra)
+	}
+}
+
+// checkTable compares t with the tar stream tr, reading contents through ra.
+func checkTable(t *testing.T, tab *Table, tr []byte, ra interface {
+	ReadAt([]byte, int64) (int, error)
+}) {
+	t.Helper()
+	r := tar.NewReader(bytes.NewReader(tr))
+	i := 0
+	for ; ; i++ {
+		h, err := r.Next()
+		if err != nil {
+			break
+		}
+		if i >= len(tab.Entries) {
+			t.Fatalf("table has %d entries, the tar more", len(tab.Entries))
+		}
+		e := tab.Entries[i]
+		want := format.EntryFromHeader(h)
+		want.Digest, want.TarOffset, want.TarLen = e.Digest, e.TarOffset, e.TarLen
+		if !reflect.DeepEqual(e, want) {
+			t.Errorf("entry %d:\n got %+v\nwant %+v", i, e, want)
+		}
+		if !e.IsRegular() {
+			continue
+		}
+		body := make([]byte, e.Size)
+		r.Read(body)
+		got := make([]byte, e.TarLen)
+		if _, err := ra.ReadAt(got, e.TarOffset); err != nil && len(got) > 0 {
+			t.Fatalf("%s: read %d+%d: %v", e.Name, e.TarOffset, e.TarLen, err)
+		}
+		if !bytes.Equal(got, body) || e.Digest != format.Digest(sha256.Sum256(body)) {
+			t.Errorf("%s: content or digest differs", e.Name)
+		}
+	}
+	if i != len(tab.Entries) {
+		t.Fatalf("table has %d entries, the tar %d", len(tab.Entries), i)
+	}
+}
+
+// TestLayerRoundTrip: a layer blob decodes to what was encoded, and encodes again to the
+// same bytes.
+func TestLayerRoundTrip(t *testing.T) {
+	blob := gzipped(t, testTar(t))
+	b, err := BuildLayer(bytes.NewReader(blob), true, 64<<10)
+	if err != nil {
+		t.Fatal(err)
+	}
+	enc, err := b.Encode()
+	if err != nil {
+		t.Fatal(err)
+	}
+	l, err := DecodeLayer(enc, true)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !reflect.DeepEqual(l.Table, b.Table) {
+		t.Fatal("the table decodes to another")
+	}
+	if !bytes.Equal(l.GZ.Encode(), b.GZ.Encode()) {
+		t.Fatal("the gzindex decodes to another")
+	}
+	if again, _ := l.Encode(); !bytes.Equal(again, enc) {
+		t.Fatal("a decoded layer encodes to other bytes")
+	}
+	if _, err := DecodeLayer(enc, false); !errors.Is(err, ErrCorrupt) {
+		t.Fatalf("a gzindex for an uncompressed layer: %v", err)
+	}
+	plain, err := BuildLayer(bytes.NewReader(testTar(t)), false, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	penc, err := plain.Encode()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := DecodeLayer(penc, true); !errors.Is(err, ErrCorrupt) {
+		t.Fatalf("a gzip layer without a gzindex: %v", err)
+	}
+}
+
+// TestBuildLayerRefuses: a blob that is not gzip, a tar cut short, a gzip stream with a
+// bad CRC fail, with no goroutine left behind (the test's leak would hang the pipe).
+func TestBuildLayerRefuses(t *testing.T) {
+	tr := testTar(t)
+	blob := gzipped(t, tr)
+	bad := bytes.Clone(blob)
+	bad[len(bad)-5] ^= 1 // the CRC
+	for name, c := range map[string]struct {
+		in []byte
+		gz bool
+	}{
+		"not gzip":      {tr, true},
+		"truncated gz":  {blob[:len(blob)/2], true},
+		"crc":           {bad, true},
+		"truncated tar": {tr[:1000], false},
+		"cut gz tar":    {gzipped(t, tr[:len(tr)/2+7]), true},
+	} {
+		if _, err := BuildLayer(bytes.NewReader(c.in), c.gz, 0); err == nil {
+			t.Errorf("%s: no error", name)
+		}
+	}
+}
+
+// TestDecodeTableHostile: claims beyond the bytes, unclean names, ranges out of order or
+// past the stream, unknown flags and versions, trailing bytes all fail with ErrCorrupt.
+func TestDecodeTableHostile(t *testing.T) {
+	b, err := BuildLayer(bytes.NewReader(testTar(t)), false, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	good := b.Table
+	edit := func(f func(*Table)) []byte {
+		c := &Table{TarSize: good.TarSize, Entries: append([]format.Entry(nil), good.Entries...)}
+		f(c)
+		return c.Encode()
+	}
+	find := func(tab *Table, n string) *format.Entry {
+		for i := range tab.Entries {
+			if tab.Entries[i].Name == n {
+				return &tab.Entries[i]
+			}
+		}
+		t.Fatalf("no %s", n)
+		return nil
+	}
+	enc := good.Encode()
+	header := len(tableMagic) + 2
+	for name, data := range map[string][]byte{
+		"empty":          nil,
+		"magic":          append([]byte("LZPXTABL"), enc[8:]...),
+		"version":        append(append([]byte(tableMagic), 0, 9), enc[header:]...),
+		"trailing":       append(bytes.Clone(enc), 0),
+		"truncated":      enc[:len(enc)-1],
+		"many entries":   append(append([]byte(tableMagic), 0, 1, 0), 0xff, 0xff, 0xff, 0xff, 0x0f),
+		"unclean name":   edit(func(c *Table) { c.Entries[1].Name = "bin/../x" }),
+		"absolute name":  edit(func(c *Table) { c.Entries[1].Name = "/bin" }),
+		"past the end":   edit(func(c *Table) { find(c, "usr/lib/big").TarOffset = c.TarSize - 10 }),
+		"overlap":        edit(func(c *Table) { find(c, "usr/lib/text").TarOffset -= 1000 }),
+		"size mismatch":  edit(func(c *Table) { find(c, "bin/ping").TarLen++ }),
+		"mode":           edit(func(c *Table) { c.Entries[0].Mode = 0o17777 }),
+		"sparse non-reg": edit(func(c *Table) { c.Entries[0].Sparse = true }),
+		"long name":      edit(func(c *Table) { c.Entries[0].Name = strings.Repeat("a", format.MaxNameLen+1) }),
+		"xattrs":         edit(func(c *Table) { find(c, "bin/ping").Xattrs = make([]format.Xattr, format.MaxXattrs+1) }),
+		"nsec":           edit(func(c *Table) { c.Entries[0].ModNsec = 1e9 }),
+	} {
+		if _, err := DecodeTable(data); !errors.Is(err, ErrCorrupt) {
+			t.Errorf("%s: %v, want ErrCorrupt", name, err)
+		}
+	}
+	if _, err := DecodeTable(enc); err != nil {
+		t.Fatal(err)
+	}
+	// A flag whose field is its zero value would decode to an entry that encodes
+	// otherwise: refused, so that decoding is one to one.
+	i := bytes.Index(enc, []byte("\x00\x03bin"))
+	if i < 0 {
+		t.Fatal("no bin entry in the encoding")
+	}
+	nsec := bytes.Clone(enc)
+	nsec[i] = flagNsec
+	if _, err := DecodeTable(nsec); !errors.Is(err, ErrCorrupt) {
+		t.Errorf("a flagged zero field: %v", err)
+	}
+}
