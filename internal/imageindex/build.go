@@ -3,6 +3,7 @@ package imageindex
 import (
 	"archive/tar"
 	"crypto/sha256"
+	"errors"
 	"fmt"
 	"hash"
 	"io"
@@ -44,13 +45,17 @@ func BuildLayer(r io.Reader, gz bool, spanSize int64) (*Built, error) {
 	}()
 	s := newScanner(pr)
 	serr := s.run()
-	// The scanner reads to the stream's end; if it stopped early, the build's next write fails.
-	pr.CloseWithError(fmt.Errorf("imageindex: tar scan stopped: %v", serr))
-	res := <-done
-	if res.err != nil {
-		return nil, res.err
-	}
+	// The scanner reads to the stream's end; if it stopped early, the build's next write
+	// fails with its error.
 	if serr != nil {
+		pr.CloseWithError(serr)
+	}
+	res := <-done
+	// Either failure carries the other's cause: report the one that came first.
+	switch {
+	case res.err != nil && (serr == nil || errors.Is(serr, res.err)):
+		return nil, res.err
+	case serr != nil:
 		return nil, serr
 	}
 	if res.ix.Size() != s.t.TarSize {
