@@ -25,6 +25,17 @@ const layerVersion = 1
 // MaxLayerSize bounds a layer blob DecodeLayer accepts: a compressed table and a gzindex.
 const MaxLayerSize = MaxTableSize + gzindex.MaxSize
 
+// MaxTableRatio and TableSlack bound what a compressed table of n bytes may inflate to:
+// MaxTableRatio*n + TableSlack (and MaxTableSize), so that what a small hostile blob makes
+// a reader hold stays small. Tables deflate 3-4 fold (sha256 digests do not compress).
+const (
+	MaxTableRatio = 32
+	TableSlack    = 64 << 10
+)
+
+// tableLimit is what a compressed table of n bytes may inflate to.
+func tableLimit(n int) int64 { return min(MaxTableRatio*int64(n)+TableSlack, MaxTableSize) }
+
 // Encode returns the layer blob: magic "LZPGZLAY", version uint16 (big endian), the
 // length of the compressed table (uvarint), the table's encoding compressed with raw
 // deflate, then the gzindex's encoding (nothing for an uncompressed layer). The encoded
@@ -46,6 +57,9 @@ func (l *Layer) Encode() ([]byte, error) {
 	if err := zw.Close(); err != nil {
 		return nil, err
 	}
+	if int64(len(raw)) > tableLimit(z.Len()) {
+		return nil, fmt.Errorf("file table of %d entries: %d bytes deflated to %d, over the limit a reader accepts", len(l.Table.Entries), len(raw), z.Len())
+	}
 	b := append([]byte(layerMagic), 0, layerVersion)
 	b = binary.AppendUvarint(b, uint64(z.Len()))
 	b = append(b, z.Bytes()...)
@@ -55,8 +69,8 @@ func (l *Layer) Encode() ([]byte, error) {
 	return b, nil
 }
 
-// DecodeLayer parses a layer blob, hostile: the table inflates to at most MaxTableSize,
-// then DecodeTable's and gzindex.Decode's bounds hold. gz says whether the layer is a
+// DecodeLayer parses a layer blob, hostile: the table inflates to at most MaxTableRatio
+// times its compressed size plus TableSlack (and MaxTableSize), then DecodeTable's and gzindex.Decode's bounds hold. gz says whether the layer is a
 // gzip blob, which must then have a gzindex whose output is the table's tar stream.
 func DecodeLayer(data []byte, gz bool) (*Layer, error) {
 	if len(data) > MaxLayerSize {
@@ -75,9 +89,10 @@ func DecodeLayer(data []byte, gz bool) (*Layer, error) {
 	}
 	ztable, gzpart := rest[k:k+int(n)], rest[k+int(n):]
 	var raw bytes.Buffer
-	m, err := io.Copy(&raw, io.LimitReader(flate.NewReader(bytes.NewReader(ztable)), MaxTableSize+1))
-	if err != nil || m > MaxTableSize {
-		return nil, fmt.Errorf("%w: table does not inflate within %d bytes: %v", ErrCorrupt, MaxTableSize, err)
+	limit := tableLimit(len(ztable))
+	m, err := io.Copy(&raw, io.LimitReader(flate.NewReader(bytes.NewReader(ztable)), limit+1))
+	if err != nil || m > limit {
+		return nil, fmt.Errorf("%w: table does not inflate within %d bytes: %v", ErrCorrupt, limit, err)
 	}
 	t, err := DecodeTable(raw.Bytes())
 	if err != nil {

@@ -3,8 +3,10 @@ package imageindex
 import (
 	"archive/tar"
 	"bytes"
+	"compress/flate"
 	"compress/gzip"
 	"crypto/sha256"
+	"encoding/binary"
 	"errors"
 	"reflect"
 	"strings"
@@ -255,5 +257,28 @@ func TestDecodeTableHostile(t *testing.T) {
 		if _, err := DecodeTable(b); !errors.Is(err, ErrCorrupt) {
 			t.Errorf("flagged zero %s: %v, want ErrCorrupt", name, err)
 		}
+	}
+}
+
+// TestLayerInflateBound: a table that deflates beyond MaxTableRatio is refused by Encode
+// and, crafted, by DecodeLayer before it is inflated whole.
+func TestLayerInflateBound(t *testing.T) {
+	tab := &Table{Entries: make([]format.Entry, 200000)}
+	for i := range tab.Entries {
+		tab.Entries[i] = format.Entry{Name: "a", Type: '5'}
+	}
+	if _, err := (&Layer{Table: tab}).Encode(); err == nil || !strings.Contains(err.Error(), "over the limit") {
+		t.Fatalf("Encode of a table deflating %d-fold: %v", MaxTableRatio, err)
+	}
+	raw := tab.Encode()
+	var z bytes.Buffer
+	zw, _ := flate.NewWriter(&z, flate.BestCompression)
+	zw.Write(raw)
+	zw.Close()
+	b := append([]byte(layerMagic), 0, layerVersion)
+	b = binary.AppendUvarint(b, uint64(z.Len()))
+	b = append(b, z.Bytes()...)
+	if _, err := DecodeLayer(b, false); !errors.Is(err, ErrCorrupt) || !strings.Contains(err.Error(), "does not inflate within") {
+		t.Fatalf("DecodeLayer: %v", err)
 	}
 }
