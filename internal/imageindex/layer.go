@@ -27,7 +27,8 @@ const MaxLayerSize = MaxTableSize + gzindex.MaxSize
 
 // MaxTableRatio and TableSlack bound what a compressed table of n bytes may inflate to:
 // MaxTableRatio*n + TableSlack (and MaxTableSize), so that what a small hostile blob makes
-// a reader hold stays small. Tables deflate 3-4 fold (sha256 digests do not compress).
+// a reader hold stays small. Real tables deflate a few fold at most: sha256 digests do not
+// compress.
 const (
 	MaxTableRatio = 32
 	TableSlack    = 64 << 10
