@@ -42,9 +42,10 @@ const tokenUser = "<token>"
 type Store struct {
 	max int
 
-	mu      sync.Mutex
-	entries map[string]*entry // by key(registry, repository)
-	order   *list.List        // of *entry, the most recently stored at the back
+	mu       sync.Mutex
+	entries  map[string]*entry // by key(registry, repository)
+	order    *list.List        // of *entry, the most recently stored at the back
+	onChange func()            // nil: none
 }
 
 type entry struct {
@@ -103,6 +104,58 @@ func (s *Store) Credentials(_ context.Context, host, repo string) (user, secret 
 	return "", "", false
 }
 
+// OnChange has fn called after each change of the Store, with the Store's lock held: fn
+// must neither block nor call the Store. Call it before the Store is used.
+func (s *Store) OnChange(fn func()) { s.onChange = fn }
+
+func (s *Store) changed() {
+	if s.onChange != nil {
+		s.onChange()
+	}
+}
+
+// Credential is a repository's credential: Key is "registry/repository", normalized.
+type Credential struct {
+	Key  string
+	Auth authn.AuthConfig
+}
+
+// Kept returns the credentials of pulls that succeeded, one a repository, the one stored
+// longest ago first: a repository whose pull is still running has the credential it goes
+// back to should the pull fail (none, if no pull of it succeeded before).
+func (s *Store) Kept() []Credential {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	out := make([]Credential, 0, len(s.entries))
+	for el := s.order.Front(); el != nil; el = el.Next() {
+		e := el.Value.(*entry)
+		switch {
+		case e.done:
+			out = append(out, Credential{e.key, e.auth})
+		case e.fallback != nil:
+			out = append(out, Credential{e.key, e.fallback.auth})
+		}
+	}
+	return out
+}
+
+// Restore stores c as the credential of a pull of its repository that succeeded, unless
+// the repository has one already; a key that is no normalized repository is an error.
+func (s *Store) Restore(c Credential) error {
+	r, err := repository(c.Key)
+	if err != nil || key(r) != c.Key {
+		return fmt.Errorf("%q is no repository key", c.Key)
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if _, ok := s.entries[c.Key]; ok {
+		return nil
+	}
+	s.set(&entry{key: c.Key, auth: c.Auth, done: true})
+	s.changed()
+	return nil
+}
+
 // Len returns how many repositories have a credential.
 func (s *Store) Len() int {
 	s.mu.Lock()
@@ -123,12 +176,14 @@ func (s *Store) put(k string, auth authn.AuthConfig) (done func(ok bool)) {
 		}
 	}
 	s.set(e)
+	s.changed()
 	return func(ok bool) { s.end(e, ok) }
 }
 
 func (s *Store) end(e *entry, ok bool) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
+	defer s.changed()
 	cur := s.entries[e.key]
 	if ok {
 		e.done = true

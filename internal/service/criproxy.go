@@ -3,10 +3,52 @@ package service
 import (
 	"context"
 	"errors"
+	"iter"
 	"log/slog"
 
 	"lazypull/internal/criproxy"
+	"lazypull/internal/keeper"
 )
+
+// serveCRICredentials serves the CRI proxy of cfg, which keeps kubelet's credentials in
+// creds. With a keeper (kc not nil), the credentials survive a restart of the snapshotter
+// in the keeper's memory: those it holds for an earlier snapshotter go back into creds
+// first, and each change of creds is handed to it until close. A keeper of an older
+// lazypull keeps none: that is logged, and the snapshotter goes on without.
+func serveCRICredentials(n *node, cfg CRIProxy, creds *criproxy.Store, kc *keeper.Client, log *slog.Logger) error {
+	if kc != nil {
+		plog := log.With("component", "cri-proxy")
+		m := criproxy.NewMirror(creds, kc, plog)
+		vs, err := kc.ListValues()
+		switch {
+		case errors.Is(err, errors.ErrUnsupported): // the mirror says so
+		case err != nil:
+			plog.Warn("cannot take back the CRI credentials the keeper holds", "err", err)
+		default:
+			if k := m.Restore(keeperValues(vs)); k > 0 {
+				plog.Info("CRI credentials restored from the keeper", "repositories", k)
+			}
+		}
+		// Registered before the proxy's stop, so run after it: the last pulls are handed over.
+		n.goUntilClose(m.Run)
+	}
+	stop, err := serveCRIProxy(cfg, creds, log)
+	if err != nil {
+		return err
+	}
+	n.onClose(stop)
+	return nil
+}
+
+func keeperValues(vs []keeper.Value) iter.Seq2[string, []byte] {
+	return func(yield func(string, []byte) bool) {
+		for _, v := range vs {
+			if !yield(v.Key, v.Value) {
+				return
+			}
+		}
+	}
+}
 
 // serveCRIProxy serves CRI's image service at cfg.CRIProxyAddress, forwarding to
 // containerd's at cfg.CRIProxyUpstream, and keeps each pull's credentials in creds (the

@@ -42,13 +42,6 @@ func Serve(ctx context.Context, cfg Config, log *slog.Logger) error {
 		return err
 	}
 	defer n.close()
-	if creds != nil {
-		stop, err := serveCRIProxy(cfg.CRIProxy, creds, log)
-		if err != nil {
-			return err
-		}
-		n.onClose(stop)
-	}
 
 	lfs := daemon.NewSnapshotFS(n.store, n.platform, log, n.client)
 	lfs.SetFallbackMetrics(n.fallbacks)
@@ -69,7 +62,19 @@ func Serve(ctx context.Context, cfg Config, log *slog.Logger) error {
 	if err := os.MkdirAll(cfg.Root, 0o700); err != nil {
 		return err
 	}
-	startKeeper(ctx, cfg.Root, cfg.KeeperIdle, lfs, log)
+	kc := startKeeper(cfg.Root, cfg.KeeperIdle, log)
+	if kc != nil {
+		lfs.SetKeeper(kc) // lfs.Close closes it
+	}
+	// The credentials first: the mounts restored read with them.
+	if creds != nil {
+		if err := serveCRICredentials(n, cfg.CRIProxy, creds, kc, log); err != nil {
+			return err
+		}
+	}
+	if kc != nil {
+		restoreMounts(ctx, lfs, log)
+	}
 	sn, err := snapshot.New(cfg.Root, lfs, snapshot.WithLogger(log))
 	if err != nil {
 		return err
@@ -105,23 +110,28 @@ func Serve(ctx context.Context, cfg Config, log *slog.Logger) error {
 	return serveGRPC(ctx, srv, cfg, log)
 }
 
-// startKeeper hands the layers' FUSE connections to a keeper process, so that running
-// containers survive a crash or restart of this process; the mounts it holds already are
-// served again first. Without a keeper the snapshotter runs on, its mounts ending with it.
+// startKeeper starts the keeper process, or connects to the one running, and returns its
+// client; nil when there is none, the snapshotter running on, its mounts ending with it.
 // The keeper exits once it has held nothing and had no client for idle.
-func startKeeper(ctx context.Context, root string, idle time.Duration, lfs *daemon.SnapshotFS, log *slog.Logger) {
+func startKeeper(root string, idle time.Duration, log *slog.Logger) *keeper.Client {
 	exe, err := os.Executable()
 	if err != nil {
 		log.Warn("no keeper: lazy layers will end with this process", "err", err)
-		return
+		return nil
 	}
 	sock := filepath.Join(root, "keeper.sock")
 	kc, err := keeper.Start(sock, exe, []string{"keeper", "--socket", sock, "--idle", idle.String()}, filepath.Join(root, "keeper.log"))
 	if err != nil {
 		log.Warn("no keeper: lazy layers will end with this process", "err", err)
-		return
+		return nil
 	}
-	lfs.SetKeeper(kc)
+	return kc
+}
+
+// restoreMounts serves again the mounts an earlier snapshotter left to lfs's keeper, which
+// holds the layers' FUSE connections so that running containers survive a crash or
+// restart of this process.
+func restoreMounts(ctx context.Context, lfs *daemon.SnapshotFS, log *slog.Logger) {
 	n, err := lfs.Restore(ctx)
 	if err != nil {
 		log.Warn("keeper: cannot take back the mounts it holds", "err", err)
