@@ -23,9 +23,11 @@ func keeperCommand() *command {
 Holds the /dev/fuse connections of the layers a lazypull snapshotter mounted, so that the
 mounts outlive the snapshotter: while it is down (crashed, killed, restarted) reads in
 running containers wait instead of failing, and the next snapshotter takes the mounts back
-and answers them. The snapshotter starts it (socket ROOT/keeper.sock, log ROOT/keeper.log,
---idle its keeper_idle); it exits by itself once it has held nothing and had nobody
-connected for --idle.`,
+and answers them. It also keeps, in its memory only, the registry credentials the
+snapshotter's CRI proxy got from kubelet, so that the next snapshotter has them too (never
+written to a file, never logged; they die with the keeper). The snapshotter starts it
+(socket ROOT/keeper.sock, mode 0600, log ROOT/keeper.log, --idle its keeper_idle); it exits
+by itself once it has held no connection and had nobody connected for --idle.`,
 		flags: func(fs *flag.FlagSet) any {
 			f := &keeperFlags{}
 			fs.StringVar(&f.socket, "socket", "", "serve on this unix `socket`")

@@ -13,5 +13,7 @@
 // reads.
 //
 // A credential is never written to disk, and never logged: the Proxy logs the image
-// reference of a pull and whether it came with credentials.
+// reference of a pull and whether it came with credentials. To survive a restart of the
+// snapshotter, the Store's credentials are handed to a process that outlives it, in its
+// memory too (a Mirror to a Keeper: the snapshotter's keeper), and taken back from it.
 package criproxy
