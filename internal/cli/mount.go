@@ -36,6 +36,7 @@ one command to share it between them while they are mounted.`,
 			addNodeFlags(fs, &c.NodeConfig, "REF")
 			fs.IntVar(&c.Layer, "layer", -1, "mount only layer `n` (0 is the lowest) as a single-layer view, as the snapshotter does")
 			fs.BoolVar(&c.Debug, "debug", false, "log every FUSE request")
+			fs.StringVar(&c.DebugAddr, "debug-addr", "", "serve Go's profiles (pprof) on `host:port` at /debug/pprof/; keep it on loopback")
 			fs.BoolVar(&c.AllowSuidDev, "allow-suid-dev", false, "mount without nosuid,nodev: the image's setuid programs, file capabilities and devices work for every user who reaches DIR (risky: root for anyone with a setuid-root program of the image)")
 			fs.StringVar(&c.Profile, "profile", "", "use the prefetch profile of this `digest` (sha256:...), which must refer to the image: one REF only")
 			return c

@@ -16,6 +16,7 @@ type MountConfig struct {
 	Debug        bool   // log every FUSE request (log at debug level)
 	AllowSuidDev bool   // mount without nosuid,nodev
 	Profile      string // the digest of the prefetch profile to use: one image only
+	DebugAddr    string // Go's profiles at /debug/pprof/ ("": none), as the snapshotter's
 }
 
 // Unmount unmounts what `lazypull mount` mounted at dir (`lazypull umount`).
@@ -79,6 +80,13 @@ func Mount(ctx context.Context, cfg MountConfig, mounts []MountPoint, log *slog.
 	}
 	if err := n.serve(func() []*daemon.Image { return images }, nil); err != nil {
 		return err
+	}
+	if cfg.DebugAddr != "" {
+		stop, err := serveDebug(cfg.DebugAddr, log)
+		if err != nil {
+			return err
+		}
+		n.onClose(stop)
 	}
 
 	// Until a signal, or until any mount goes away (lazypull umount, fusermount -u).
