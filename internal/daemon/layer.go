@@ -248,7 +248,7 @@ func (l *Layer) readahead(e *format.Entry, f store.File, off, n int64) {
 	go func() {
 		defer func() { <-l.raSlot }()
 		// Errors are the reader's to meet and report, when it gets there.
-		_, _ = l.store.ReadAt(l.bg, blobSource{l.blob}, f, make([]byte, end-start), start)
+		_ = l.store.ReadAhead(l.bg, blobSource{l.blob}, f, start, end-start)
 	}()
 }
 

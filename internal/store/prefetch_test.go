@@ -3,11 +3,13 @@ package store
 import (
 	"bytes"
 	"context"
+	"errors"
 	"strings"
 	"sync"
 	"testing"
 	"time"
 
+	"lazypull/format"
 	"lazypull/internal/testutil"
 )
 
@@ -121,5 +123,99 @@ func TestReadWaitsForPrefetch(t *testing.T) {
 		if n != 1 {
 			t.Errorf("chunk %s fetched %d times", d, n)
 		}
+	}
+}
+
+// TestReadAhead: ReadAhead fetches the chunks of its range once, in one Fetch call, and
+// stores them; a read that joins its flights is served their verified bytes, a read after
+// it fetches nothing; a read-ahead of the rest makes the file complete, and one of a
+// complete file fetches nothing. A range outside the file and a corrupt frame are errors.
+func TestReadAhead(t *testing.T) {
+	l := buildLayer(t, mixedFiles(33)...)
+	src := newSource(l)
+	gate := make(chan struct{})
+	src.gate = gate
+	s := openStore(t, t.TempDir())
+	ctx := context.Background()
+	many, want := l.files["many-chunks"], l.data["many-chunks"]
+	if len(many.Chunks) < 4 {
+		t.Fatalf("many-chunks has %d chunks, want at least 4", len(many.Chunks))
+	}
+	half := many.Size / 2
+	errc := make(chan error, 1)
+	go func() { errc <- s.ReadAhead(ctx, src, many, 0, half) }()
+	testutil.Recv(t, src.fetching, 10*time.Second, "the read-ahead's Fetch")
+	got := make([]byte, 64<<10)
+	readc := make(chan error, 1)
+	go func() { _, err := s.ReadAt(ctx, src, many, got, 1000); readc <- err }()
+	testutil.WaitFor(t, 10*time.Second, "the reader to join the read-ahead's flight", func() bool {
+		s.mu.Lock()
+		defer s.mu.Unlock()
+		for _, fl := range s.flights {
+			if fl.joined > 0 {
+				return true
+			}
+		}
+		return false
+	})
+	close(gate)
+	if err := <-errc; err != nil {
+		t.Fatal(err)
+	}
+	if err := <-readc; err != nil {
+		t.Fatal(err)
+	}
+	if !bytes.Equal(got, want[1000:1000+len(got)]) {
+		t.Error("the read that joined the read-ahead got wrong bytes")
+	}
+	calls, first := src.counts()
+	if calls != 1 {
+		t.Errorf("%d Fetch calls; the read should have waited for the read-ahead's", calls)
+	}
+	if first == len(many.Chunks) {
+		t.Errorf("the read-ahead of half the file fetched all its %d chunks", first)
+	}
+	s.idle()
+	p := make([]byte, half)
+	if _, err := s.ReadAt(ctx, src, many, p, 0); err != nil {
+		t.Fatal(err)
+	}
+	if !bytes.Equal(p, want[:half]) {
+		t.Error("a read of the read-ahead's range: wrong bytes")
+	}
+	if c, _ := src.counts(); c != 1 {
+		t.Errorf("a read of the read-ahead's range fetched again (%d Fetch calls)", c)
+	}
+	if _, ok := s.LocalPath(many); ok {
+		t.Error("the file is complete after a read-ahead of half of it")
+	}
+
+	if err := s.ReadAhead(ctx, src, many, half, many.Size-half); err != nil {
+		t.Fatal(err)
+	}
+	s.idle()
+	if _, ok := s.LocalPath(many); !ok {
+		t.Error("the file is not complete after a read-ahead of the rest")
+	}
+	calls, chunks := src.counts()
+	if chunks != len(many.Chunks) {
+		t.Errorf("%d chunks fetched for a file of %d", chunks, len(many.Chunks))
+	}
+	if err := s.ReadAhead(ctx, src, many, 0, many.Size); err != nil {
+		t.Fatal(err)
+	}
+	if c, _ := src.counts(); c != calls {
+		t.Error("a read-ahead of a complete file fetched")
+	}
+	if err := s.ReadAhead(ctx, src, many, many.Size-10, 11); err == nil || !strings.Contains(err.Error(), "outside file") {
+		t.Errorf("range outside the file: %v", err)
+	}
+
+	few := l.files["few-chunks"]
+	src.mu.Lock()
+	src.corrupt = func(format.Chunk) bool { return true }
+	src.mu.Unlock()
+	if err := s.ReadAhead(ctx, src, few, 0, few.Size); !errors.Is(err, ErrCorrupt) {
+		t.Errorf("read-ahead of corrupt frames: %v, want ErrCorrupt", err)
 	}
 }

@@ -163,6 +163,56 @@ func (s *Store) ReadAt(ctx context.Context, src Source, f File, p []byte, off in
 	return len(p), eof
 }
 
+// ReadAhead makes local the chunks that hold f's bytes [off, off+n), as a ReadAt of that
+// range would, without copying them anywhere: a read-ahead of a file read sequentially.
+// The missing chunks are fetched in one Source.Fetch call, verified and queued to be
+// stored; chunks that another read is fetching are left to it. It returns once its own
+// fetch has ended, with the first chunk's error if any did not arrive or verify. A read
+// that joins its flights meanwhile is served from memory (as from any flight); a later
+// one reads the store. Why not ReadAt into a buffer: a window of 16 MiB was allocated,
+// zeroed, filled and dropped, two passes over every byte read for nothing.
+func (s *Store) ReadAhead(ctx context.Context, src Source, f File, off, n int64) error {
+	if off < 0 || n < 0 || off > f.Size-n {
+		return fmt.Errorf("store read-ahead: range %d+%d outside file %s of %d bytes", off, n, f.Digest, f.Size)
+	}
+	if n == 0 {
+		return nil
+	}
+	if !s.enter() {
+		return ErrClosed
+	}
+	defer s.exit()
+	s.mu.Lock()
+	complete := s.objects[f.Digest] != nil
+	s.mu.Unlock()
+	if complete {
+		return nil
+	}
+	lo, hi, err := f.span(off, n)
+	if err != nil {
+		return fmt.Errorf("store read-ahead at %d+%d: %w", off, n, err)
+	}
+	parts, mine := s.plan(f, f.Chunks[lo:hi], false)
+	for _, pt := range parts {
+		if pt.o != nil {
+			s.release(pt.o)
+		}
+	}
+	if len(mine) == 0 {
+		return nil
+	}
+	s.fetch(ctx, src, mine, false)
+	for _, fl := range mine {
+		fl.mu.Lock()
+		ferr := fl.err
+		fl.mu.Unlock()
+		if ferr != nil {
+			return ferr
+		}
+	}
+	return nil
+}
+
 // readLocal reads p from an object at off. ok is false when the object turned out to be
 // gone or short, so the caller should fetch instead (the object is forgotten); err is set
 // for other I/O errors, which the caller returns.
