@@ -12,6 +12,7 @@
 //	s, err := store.Open(dir, store.WithMaxBytes(20<<30), store.WithLogger(log))
 //	f, err := store.FileOf(layer.Index, entry)  // digest, size, chunks of one file
 //	n, err := s.ReadAt(ctx, src, f, p, off)      // serve a FUSE read
+//	err = s.ReadAhead(ctx, src, f, off, n)       // fetch a range ahead of a reader, no copy
 //	r, err := s.OpenLocal(f)                     // complete local copy, for passthrough
 //	err = s.Fill(ctx, src, files...)             // prefetch: make files complete
 //	lease := s.NewLease(); lease.Pin(f)          // keep what a mount serves
