@@ -87,6 +87,10 @@ type fillItem struct {
 // is never fetched again. The fill ends with the image (Close). It logs one line when it
 // starts and one when it ends.
 func (im *Image) BackgroundFetch(o FillOptions) error {
+	if len(im.indexed) > 0 {
+		im.log.Info("no background fetch for an image served from its index artifact (not implemented yet)", "image", im.Ref)
+		return nil
+	}
 	rate := o.Rate
 	if rate == 0 {
 		rate = DefaultFillRate

@@ -26,6 +26,9 @@ type Image struct {
 	Image    *fetch.Image
 	Registry *fetch.Registry
 	Layers   []*Layer
+	// indexed are the layers of an image with no lazypull layer, served from its index
+	// artifact (indexed.go); Layers is then empty.
+	indexed []*indexedLayer
 	// Failed holds, by layer digest, the layers an image opened for the snapshotter left
 	// out: not lazypull layers, or their index could not be read. See openImage.
 	Failed map[string]error
@@ -72,6 +75,12 @@ type OpenOptions struct {
 	// prefetch's and its fill's unless their options name another logger. Nil discards
 	// them.
 	Log *slog.Logger
+
+	// IndexPolicy says where the index artifact of an image with no lazypull layer may
+	// come from (indexed.go): PolicyReferrers, among its referrers; PolicyPinned and
+	// PolicyOff, nowhere (no index is pinned), without a request. "" is
+	// DefaultProfilePolicy. The snapshotter's partial open does not look.
+	IndexPolicy ProfilePolicy
 
 	// manifest, when not nil, is the reference's image manifest, already verified
 	// (warmImage): it is not fetched again, and is kept in the store as a fetched one is
@@ -152,6 +161,15 @@ func openImage(ctx context.Context, st *store.Store, ref string, o OpenOptions) 
 		pf.pack = pf.awaitPack(ctx)
 	}
 	im.kept = kept
+	if !partial && given == nil {
+		ok, err := im.openFromIndex(ctx, o.IndexPolicy)
+		if err != nil || ok {
+			if err != nil {
+				im.Close()
+			}
+			return im, err
+		}
+	}
 	failed, err := im.openLayers(ctx, st, pf.pack, partial)
 	if err != nil {
 		im.Close()
@@ -266,6 +284,13 @@ func (im *Image) waitKept() {
 // FSLayers returns the layers as the filesystem takes them, lowest first.
 func (im *Image) FSLayers() []fusefs.Layer {
 	im.crossOnce.Do(im.linkAcrossLayers)
+	if len(im.indexed) > 0 {
+		out := make([]fusefs.Layer, len(im.indexed))
+		for i, l := range im.indexed {
+			out[i] = fusefs.Layer{Index: l.Index, Content: l}
+		}
+		return out
+	}
 	out := make([]fusefs.Layer, len(im.Layers))
 	for i, l := range im.Layers {
 		out[i] = fusefs.Layer{Index: l.Index, Content: l}
@@ -282,9 +307,13 @@ func (im *Image) Close() {
 // LogValue describes the image in one log attribute.
 func (im *Image) LogValue() slog.Value {
 	files := 0
-	for _, l := range im.Layers {
+	for _, l := range im.FSLayers() {
 		files += len(l.Index.Entries)
 	}
-	return slog.GroupValue(slog.String("ref", im.Ref), slog.String("digest", im.Image.Descriptor.Digest.String()),
-		slog.Int("layers", len(im.Layers)), slog.Int("entries", files))
+	attrs := []slog.Attr{slog.String("ref", im.Ref), slog.String("digest", im.Image.Descriptor.Digest.String()),
+		slog.Int("layers", len(im.Layers)+len(im.indexed)), slog.Int("entries", files)}
+	if len(im.indexed) > 0 {
+		attrs = append(attrs, slog.Bool("from_index", true))
+	}
+	return slog.GroupValue(attrs...)
 }

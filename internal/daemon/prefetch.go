@@ -78,6 +78,10 @@ type prefetcher struct {
 // missing, corrupt or oversized profile is logged and the image works without it. The
 // prefetch ends with the image (Close).
 func (im *Image) Prefetch(ctx context.Context, o PrefetchOptions) {
+	if len(im.indexed) > 0 {
+		im.log.Info("no prefetch for an image served from its index artifact (not implemented yet)", "image", im.Ref)
+		return
+	}
 	im.prefetch.start(ctx, o)
 }
 

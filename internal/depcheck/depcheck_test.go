@@ -135,9 +135,10 @@ func allowed() map[string]rule {
 		// The composition: opens images (manifest, indexes, profile), adapts fetch to
 		// store.Source, the store to fusefs.Content and its mounts to snapshot.FileSystem,
 		// hands mounts' FUSE connections to the keeper, prefetches profiles. The one place
-		// that sees every stage of the flow.
+		// that sees every stage of the flow. imageindex and gzindex: an unconverted image is
+		// served from its index artifact (decoded by imageindex, read through gzindex).
 		daemon: {
-			ours: []string{format, fetch, store, fusefs, snapshot, profile, keeper, jsonlimit},
+			ours: []string{format, fetch, store, fusefs, snapshot, profile, keeper, jsonlimit, imageindex, gzindex},
 			ext:  []string{ggcr, prometheus, xsync, xtime},
 		},
 
