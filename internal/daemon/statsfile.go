@@ -50,7 +50,8 @@ type ImageStats struct {
 
 // imageStats is what Stats lists of im.
 func imageStats(im *Image) ImageStats {
-	s := ImageStats{Image: im.Ref, Layers: len(im.Layers) + len(im.Failed), Lazy: len(im.Layers)}
+	lazy := len(im.Layers) + len(im.indexed) // indexed: served from the image's index artifact
+	s := ImageStats{Image: im.Ref, Layers: lazy + len(im.Failed), Lazy: lazy}
 	for _, err := range im.Failed {
 		if errors.Is(err, ErrNotLazy) {
 			s.Plain++

@@ -1,0 +1,98 @@
+package e2e
+
+import (
+	"bytes"
+	"fmt"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	v1 "github.com/google/go-containerregistry/pkg/v1"
+
+	"lazypull/internal/fetch"
+	"lazypull/internal/imageindex"
+)
+
+// TestMountIndexedPlainImage mounts the plain Debian python image (gzip layers, not
+// converted) lazily from the index `lazypull index` pushed: a dozen files (the largest
+// among them) read from the mount equal the image's unpacked, and what was fetched is a
+// small fraction of the image. Then python3 runs from it.
+func TestMountIndexedPlainImage(t *testing.T) {
+	e := setup(t)
+	ref := fmt.Sprintf("%s/e2e/indexmount-%d:plain", e.registry, os.Getpid())
+	e.push(t, filepath.Join(e.images, "python"), "python", ref)
+	if r := e.lazypull(t, "index", "--plain-http", ref); r.code != 0 {
+		t.Fatalf("lazypull index: exit %d\nstdout: %s\nstderr: %s", r.code, r.stdout, r.stderr)
+	}
+	tables, m := indexTables(t, ref)
+	files := unpackedFiles(t, ref)
+	picked := pickFiles(t, files, tables)
+
+	storeDir := t.TempDir()
+	mnt := e.mount(t, ref, storeDir)
+	for _, name := range picked {
+		got, err := os.ReadFile(filepath.Join(mnt.dir, name))
+		if err != nil {
+			t.Errorf("%s: %v", name, err)
+			continue
+		}
+		if !bytes.Equal(got, files[name]) {
+			t.Errorf("%s: %d bytes read from the mount differ from the unpacked file's %d", name, len(got), len(files[name]))
+		}
+	}
+	if _, err := os.Stat(filepath.Join(mnt.dir, "usr/bin/python3")); err != nil {
+		t.Errorf("the tree: %v", err)
+	}
+	wantFetchedLittle(t, fmt.Sprintf("reading %d files from the indexed mount", len(picked)), storeDir, time.Now(), m)
+	t.Logf("read %v", picked)
+
+	if out := must(t, "chroot", mnt.dir, "python3", "-c", "print(1)"); strings.TrimSpace(out) != "1" {
+		t.Fatalf("python3 from the indexed mount printed %q", out)
+	}
+	st := stats(t, storeDir, time.Now())
+	t.Logf("after python3 -c 'print(1)': %d bytes fetched in %d requests", st.Fetch.Bytes, st.Fetch.Requests)
+}
+
+// indexTables returns the decoded index of each layer of the image ref (its one index
+// artifact) and the image manifest.
+func indexTables(t *testing.T, ref string) ([]*imageindex.Layer, *v1.Manifest) {
+	t.Helper()
+	client, err := fetch.NewClient(fetch.WithPlainHTTP())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer client.Close()
+	reg, err := client.Open(ref)
+	if err != nil {
+		t.Fatal(err)
+	}
+	img, err := reg.Resolve(t.Context(), "", nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	refs, err := reg.Referrers(t.Context(), img.Descriptor.Digest, imageindex.ArtifactType)
+	if err != nil || len(refs) != 1 {
+		t.Fatalf("referrers of %s: %v, %v; want one index", img.Descriptor.Digest, refs, err)
+	}
+	_, raw, err := reg.Manifest(t.Context(), refs[0].Digest)
+	if err != nil {
+		t.Fatal(err)
+	}
+	am, err := v1.ParseManifest(bytes.NewReader(raw))
+	if err != nil {
+		t.Fatal(err)
+	}
+	tables := make([]*imageindex.Layer, len(am.Layers))
+	for i, d := range am.Layers {
+		enc, err := reg.Layer(d).ReadAll(t.Context())
+		if err != nil {
+			t.Fatal(err)
+		}
+		if tables[i], err = imageindex.DecodeLayer(enc, true); err != nil {
+			t.Fatalf("layer %d: %v", i, err)
+		}
+	}
+	return tables, img.Manifest
+}
