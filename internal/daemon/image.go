@@ -298,6 +298,22 @@ func (im *Image) FSLayers() []fusefs.Layer {
 	return out
 }
 
+// NumLayers returns the number of layers the image serves: its lazypull layers, or the
+// layers served from its index artifact.
+func (im *Image) NumLayers() int { return len(im.Layers) + len(im.indexed) }
+
+// FSLayer returns layer i (lowest first) alone, as the filesystem takes it, and false if
+// there is no such layer.
+func (im *Image) FSLayer(i int) (fusefs.Layer, bool) {
+	switch {
+	case i < 0 || i >= im.NumLayers():
+		return fusefs.Layer{}, false
+	case len(im.indexed) > 0:
+		return fusefs.Layer{Index: im.indexed[i].Index, Content: im.indexed[i]}, true
+	}
+	return fusefs.Layer{Index: im.Layers[i].Index, Content: im.Layers[i]}, true
+}
+
 // Close stops the image's background work and unpins what its files hold in the store.
 func (im *Image) Close() {
 	im.cancel()
@@ -311,7 +327,7 @@ func (im *Image) LogValue() slog.Value {
 		files += len(l.Index.Entries)
 	}
 	attrs := []slog.Attr{slog.String("ref", im.Ref), slog.String("digest", im.Image.Descriptor.Digest.String()),
-		slog.Int("layers", len(im.Layers)+len(im.indexed)), slog.Int("entries", files)}
+		slog.Int("layers", im.NumLayers()), slog.Int("entries", files)}
 	if len(im.indexed) > 0 {
 		attrs = append(attrs, slog.Bool("from_index", true))
 	}

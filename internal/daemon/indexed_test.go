@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"errors"
+	"fmt"
 	"io"
 	"log/slog"
 	"math/rand/v2"
@@ -29,9 +30,9 @@ import (
 // indexedFixture pushes an unconverted image (a gzip layer with small files, a large
 // incompressible one, a symlink; a plain tar layer) and indexes it (64 KiB spans). It
 // returns the reference, the files' contents by name, and the artifact.
-func indexedFixture(t *testing.T) (ref string, files map[string][]byte, art *imageindex.Result) {
+func indexedFixture(t *testing.T, opts ...testutil.RegistryOption) (ref string, files map[string][]byte, art *imageindex.Result) {
 	t.Helper()
-	reg := testutil.NewRegistry(t)
+	reg := testutil.NewRegistry(t, opts...)
 	rnd := rand.New(rand.NewPCG(1, 2))
 	big := make([]byte, wholeFileMax+wholeFileMax/2+12345)
 	for i := range big {
@@ -86,11 +87,24 @@ func readIndexed(t *testing.T, layers []fusefs.Layer, name string) ([]byte, erro
 	return nil, nil
 }
 
-// TestOpenFromIndex opens an unconverted image from its index artifact: its tree is the
-// tables', each file reads back as the tar has it, and what was fetched of the image's
+// TestOpenFromIndex opens an unconverted image from its index artifact, found through
+// the referrers tag schema or the referrers API: its tree is the tables', each file reads
+// back as the tar has it, alone (FSLayer) or merged, and what was fetched of the image's
 // layers is the spans of the files read, not the layers.
 func TestOpenFromIndex(t *testing.T) {
-	ref, files, art := indexedFixture(t)
+	for _, api := range []bool{false, true} {
+		t.Run(fmt.Sprintf("referrers API %v", api), func(t *testing.T) {
+			var opts []testutil.RegistryOption
+			if api {
+				opts = append(opts, testutil.WithReferrers())
+			}
+			testOpenFromIndex(t, opts...)
+		})
+	}
+}
+
+func testOpenFromIndex(t *testing.T, opts ...testutil.RegistryOption) {
+	ref, files, art := indexedFixture(t, opts...)
 	st, err := store.Open(t.TempDir())
 	if err != nil {
 		t.Fatal(err)
@@ -111,6 +125,12 @@ func TestOpenFromIndex(t *testing.T) {
 	}
 	if e, ok := layers[0].Index.Lookup("usr/lib/libbig.so.1"); !ok || !e.IsSymlink() || e.Linkname != "libbig.so" {
 		t.Errorf("symlink: %+v, %v", e, ok)
+	}
+	if l, ok := im.FSLayer(1); !ok || l.Content != layers[1].Content || im.NumLayers() != 2 {
+		t.Errorf("FSLayer(1): %v, %v; %d layers", l, ok, im.NumLayers())
+	}
+	if _, ok := im.FSLayer(2); ok {
+		t.Error("FSLayer(2) of 2 layers")
 	}
 	before := im.Registry.Stats().Bytes
 	for _, name := range []string{"etc/os-release", "etc/hostname", "usr/share/doc.txt"} {

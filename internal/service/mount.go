@@ -125,11 +125,11 @@ func (n *node) mount(ctx context.Context, cfg MountConfig, m MountPoint, choice 
 	}
 	var root *fusefs.Root
 	if cfg.Layer >= 0 {
-		if cfg.Layer >= len(im.Layers) {
-			return im, nil, fmt.Errorf("image %s has %d layers: no layer %d", m.Ref, len(im.Layers), cfg.Layer)
+		l, ok := im.FSLayer(cfg.Layer)
+		if !ok {
+			return im, nil, fmt.Errorf("image %s has %d layers: no layer %d", m.Ref, im.NumLayers(), cfg.Layer)
 		}
-		l := im.Layers[cfg.Layer]
-		root, err = fusefs.NewLayer(l.Index, l, fusefs.WithLogger(n.log))
+		root, err = fusefs.NewLayer(l.Index, l.Content, fusefs.WithLogger(n.log))
 	} else {
 		root, err = fusefs.NewMerged(im.FSLayers(), fusefs.WithLogger(n.log))
 	}
