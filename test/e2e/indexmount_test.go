@@ -45,6 +45,17 @@ func TestMountIndexedPlainImage(t *testing.T) {
 	if _, err := os.Stat(filepath.Join(mnt.dir, "usr/bin/python3")); err != nil {
 		t.Errorf("the tree: %v", err)
 	}
+	var spans, indexBytes int64 // the compressed spans the files need, the index artifact's blobs
+	for _, tb := range tables {
+		indexBytes += int64(len(tb.GZ.Encode()))
+	}
+	for _, name := range picked {
+		i, e := topEntry(tables, name)
+		ix := tables[i].GZ
+		first, last := ix.Span(ix.SpanAt(e.TarOffset)), ix.Span(ix.SpanAt(e.TarOffset+e.TarLen-1))
+		spans += last.CompOff + last.CompLen - first.CompOff
+	}
+	t.Logf("the files' spans: %d compressed bytes; the gzindexes %d bytes", spans, indexBytes)
 	wantFetchedLittle(t, fmt.Sprintf("reading %d files from the indexed mount", len(picked)), storeDir, time.Now(), m)
 	t.Logf("read %v", picked)
 
