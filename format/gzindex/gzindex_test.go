@@ -226,7 +226,7 @@ func checkReads(t *testing.T, ix *Index, blob, want []byte) {
 		off := rng.Int64N(size)
 		reads = append(reads, read{off, rng.Int64N(300000) + 1})
 	}
-	for _, keep := range []int{0, 3} {
+	for _, keep := range []int64{0, 3 << 20} {
 		r := NewReader(ix, bytes.NewReader(blob), keep)
 		for _, rd := range reads {
 			if rd.off < 0 || rd.n <= 0 {
@@ -286,7 +286,7 @@ func TestCorruptSpan(t *testing.T) {
 			s := ix.Span(k)
 			bad := bytes.Clone(blob)
 			bad[s.CompOff+s.CompLen/2] ^= 0x10
-			r := NewReader(ix, bytes.NewReader(bad), 2)
+			r := NewReader(ix, bytes.NewReader(bad), 2<<20)
 			_, err := r.ReadAt(make([]byte, 10), s.Off+s.Len-10)
 			var se *SpanError
 			if !errors.As(err, &se) || se.Span != k || !strings.Contains(err.Error(), fmt.Sprintf("span %d ", k)) {
@@ -432,7 +432,7 @@ func TestConcurrentReads(t *testing.T) {
 	data := text(1<<20, 16)
 	blob := gzipGo(t, data, 6)
 	ix, _ := build(t, blob, 16<<10)
-	r := NewReader(ix, bytes.NewReader(blob), 2)
+	r := NewReader(ix, bytes.NewReader(blob), 256<<10) // a few spans
 	errs := make(chan error, 4)
 	for g := range 4 {
 		go func() {
@@ -453,5 +453,35 @@ func TestConcurrentReads(t *testing.T) {
 		if err := <-errs; err != nil {
 			t.Fatal(err)
 		}
+	}
+}
+
+// TestKeepBoundsBytes: the spans a Reader keeps hold at most keep bytes of output, however
+// many spans are read, and a span larger than keep is not kept at all.
+func TestKeepBoundsBytes(t *testing.T) {
+	data := text(1<<20, 16)
+	blob := gzipGo(t, data, 6)
+	ix, _ := build(t, blob, 16<<10)
+	var biggest int64
+	for i := range ix.NumSpans() {
+		biggest = max(biggest, ix.Span(i).Len)
+	}
+	if ix.NumSpans() < 4 {
+		t.Fatalf("%d spans, want several", ix.NumSpans())
+	}
+	keep := 3 * biggest
+	r := NewReader(ix, bytes.NewReader(blob), keep)
+	p := make([]byte, 4096)
+	for off := int64(0); off < int64(len(data)); off += 4096 {
+		if _, err := r.ReadAt(p, off); err != nil && err != io.EOF {
+			t.Fatal(err)
+		}
+		if r.kept > keep || len(r.cache) == 0 {
+			t.Fatalf("at %d: %d spans, %d bytes kept; want some, at most %d bytes", off, len(r.cache), r.kept, keep)
+		}
+	}
+	small := NewReader(ix, bytes.NewReader(blob), 10)
+	if _, err := small.ReadAt(p, 0); err != nil || len(small.cache) != 0 {
+		t.Fatalf("keep of 10 bytes: %d spans kept (%v); want none", len(small.cache), err)
 	}
 }

@@ -60,7 +60,7 @@ func measureSpanSize(t *testing.T, path string, blob []byte, span int64, want ma
 	ranges := <-files
 	spans := map[int]bool{}
 	var read, fetched int64
-	r := NewReader(ix, bytes.NewReader(blob), 4)
+	r := NewReader(ix, bytes.NewReader(blob), 4<<20)
 	for _, fr := range ranges {
 		read += fr.n
 		if fr.n == 0 {

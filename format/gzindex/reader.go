@@ -27,15 +27,16 @@ var ErrDigest = errors.New("span digest mismatch")
 
 // Reader serves the uncompressed stream of a gzip blob through its index, decoding only
 // the spans a read covers and serving none of a span's bytes before its whole output
-// matches its digest. It keeps the last few verified spans (a span is up to MaxSpanOut).
-// It is safe for concurrent use.
+// matches its digest. It keeps the most recently used verified spans, up to a number of
+// bytes of output. It is safe for concurrent use.
 type Reader struct {
 	ix   *Index
 	blob io.ReaderAt
 
 	mu    sync.Mutex
 	cache []cachedSpan // most recently used last
-	keep  int
+	kept  int64        // bytes of output in cache
+	keep  int64        // at most this many
 }
 
 type cachedSpan struct {
@@ -44,9 +45,10 @@ type cachedSpan struct {
 }
 
 // NewReader returns a reader of the stream ix indexes, fetching compressed bytes from
-// blob (which may be a range fetcher). It keeps the output of up to keep spans; keep <= 0
-// keeps none.
-func NewReader(ix *Index, blob io.ReaderAt, keep int) *Reader {
+// blob (which may be a range fetcher). It keeps the output of the spans read last, keep
+// bytes of it at most (a span is up to MaxSpanOut; one larger than keep is not kept);
+// keep <= 0 keeps none.
+func NewReader(ix *Index, blob io.ReaderAt, keep int64) *Reader {
 	return &Reader{ix: ix, blob: blob, keep: max(keep, 0)}
 }
 
@@ -118,13 +120,19 @@ func (r *Reader) put(i int, out []byte) {
 	for k, c := range r.cache {
 		if c.i == i {
 			r.cache = append(r.cache[:k], r.cache[k+1:]...)
+			r.kept -= int64(len(c.out))
 			break
 		}
 	}
-	if len(r.cache) == r.keep {
+	if int64(len(out)) > r.keep {
+		return
+	}
+	for len(r.cache) > 0 && r.kept+int64(len(out)) > r.keep {
+		r.kept -= int64(len(r.cache[0].out))
 		r.cache = r.cache[1:]
 	}
 	r.cache = append(r.cache, cachedSpan{i: i, out: out})
+	r.kept += int64(len(out))
 }
 
 // decode fetches spans first..last in one read and returns each one's verified output.

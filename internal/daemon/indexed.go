@@ -41,10 +41,11 @@ const maxIndexManifest = 1 << 20
 // its digest before any of it is served.
 const wholeFileMax = 4 << 20
 
-// gzSpansKept is how many decoded spans (up to gzindex.MaxSpanOut each) a gzip layer
-// keeps, for reads that come back to them (small files that share a span, a file read
-// in kernel-sized pieces).
-const gzSpansKept = 8
+// gzSpansKept bounds the bytes of decoded spans a gzip layer keeps, for reads that come
+// back to them (small files that share a span, a file read in kernel-sized pieces): a few
+// spans of ordinary data (128 KiB compressed, a few times that decoded), not the 64 MiB a
+// hostile index may claim for one span (gzindex.MaxSpanOut), which is then not kept.
+const gzSpansKept = 8 << 20
 
 // findIndex returns the index artifact of the image manifest subject that policy allows:
 // under PolicyReferrers the newest among its referrers (chooseReferrer), under

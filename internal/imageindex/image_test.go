@@ -92,7 +92,7 @@ func TestImage(t *testing.T) {
 			lsize, _ := layers[i].Size()
 			var ra io.ReaderAt = freg.Blob(ld, lsize).ReaderAt(t.Context())
 			if l.GZ != nil {
-				ra = gzindex.NewReader(l.GZ, ra, 2)
+				ra = gzindex.NewReader(l.GZ, ra, 2<<20)
 			}
 			checkTable(t, l.Table, tarStream, ra)
 		}

@@ -77,7 +77,7 @@ func TestBuildLayer(t *testing.T) {
 			ReadAt([]byte, int64) (int, error)
 		} = bytes.NewReader(tr)
 		if gz {
-			ra = gzindex.NewReader(b.GZ, bytes.NewReader(blob), 2)
+			ra = gzindex.NewReader(b.GZ, bytes.NewReader(blob), 2<<20)
 		}
 		checkTable(t, b.Table, tr, ra)
 	}

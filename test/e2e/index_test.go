@@ -96,7 +96,7 @@ func TestIndexPlainImage(t *testing.T) {
 	picked := pickFiles(t, files, tables)
 	for _, name := range picked {
 		i, e := topEntry(tables, name)
-		ra := gzindex.NewReader(tables[i].GZ, reg.Layer(img.Manifest.Layers[i]).ReaderAt(t.Context()), 4)
+		ra := gzindex.NewReader(tables[i].GZ, reg.Layer(img.Manifest.Layers[i]).ReaderAt(t.Context()), 4<<20)
 		got := make([]byte, e.TarLen)
 		if n, err := ra.ReadAt(got, e.TarOffset); n != len(got) {
 			t.Fatalf("%s: read %d+%d of layer %d: %d bytes, %v", name, e.TarOffset, e.TarLen, i, n, err)
