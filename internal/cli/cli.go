@@ -216,3 +216,30 @@ func newLeveledLogger(e *env, level slog.Level) *slog.Logger {
 func newClient(log *slog.Logger, plainHTTP bool, hostsDir string) (*fetch.Client, error) {
 	return service.NewClient(log, plainHTTP, hostsDir)
 }
+
+// registryFlags are the flags of a command that reads an image from a registry: which
+// image of an index, and how the registry is reached.
+type registryFlags struct {
+	platform  string
+	plainHTTP bool
+	hostsDir  string
+}
+
+func (r *registryFlags) add(fs *flag.FlagSet) {
+	fs.StringVar(&r.platform, "platform", "", "the image for `os/arch[/variant]` of a multi-platform REF (default: this machine's)")
+	fs.BoolVar(&r.plainHTTP, "plain-http", false, "talk to registries over http instead of https")
+	fs.StringVar(&r.hostsDir, "hosts-dir", "", "containerd-style `dir` of HOST/hosts.toml files naming mirrors")
+}
+
+// open parses the platform and makes the registry client, which the caller closes.
+func (r *registryFlags) open(log *slog.Logger) (*v1.Platform, *fetch.Client, error) {
+	platform, err := parsePlatform(r.platform)
+	if err != nil {
+		return nil, nil, err
+	}
+	client, err := newClient(log, r.plainHTTP, r.hostsDir)
+	if err != nil {
+		return nil, nil, err
+	}
+	return platform, client, nil
+}

@@ -25,11 +25,9 @@ tar layers get a file table only; zstd layers are not indexed yet (the command f
 naming the layer, before reading anything).`,
 		flags: func(fs *flag.FlagSet) any {
 			f := &indexFlags{}
-			fs.StringVar(&f.platform, "platform", "", "the image for `os/arch[/variant]` of a multi-platform REF (default: this machine's)")
+			f.registry.add(fs)
 			fs.Int64Var(&f.span, "span", 0, "compressed `bytes` between checkpoints (default 128 KiB)")
 			fs.IntVar(&f.jobs, "jobs", 4, "layers read at once")
-			fs.BoolVar(&f.plainHTTP, "plain-http", false, "talk to registries over http instead of https")
-			fs.StringVar(&f.hostsDir, "hosts-dir", "", "containerd-style `dir` of HOST/hosts.toml files naming mirrors")
 			return f
 		},
 		run: runIndex,
@@ -37,11 +35,9 @@ naming the layer, before reading anything).`,
 }
 
 type indexFlags struct {
-	platform  string
-	span      int64
-	jobs      int
-	plainHTTP bool
-	hostsDir  string
+	registry registryFlags
+	span     int64
+	jobs     int
 }
 
 func runIndex(ctx context.Context, e *env, vals any, args []string) error {
@@ -52,12 +48,8 @@ func runIndex(ctx context.Context, e *env, vals any, args []string) error {
 	if f.span < 0 || f.jobs < 1 {
 		return usagef("--span must be positive, --jobs at least 1")
 	}
-	platform, err := parsePlatform(f.platform)
-	if err != nil {
-		return err
-	}
 	log := newLogger(e)
-	client, err := newClient(log, f.plainHTTP, f.hostsDir)
+	platform, client, err := f.registry.open(log)
 	if err != nil {
 		return err
 	}

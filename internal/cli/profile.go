@@ -61,9 +61,7 @@ same document, readable by its owner only (mode 0600).
 // with the same ones).
 func profileFlagSet(fs *flag.FlagSet) any {
 	f := &profileFlags{set: fs}
-	fs.StringVar(&f.platform, "platform", "", "the image for `os/arch[/variant]` of a multi-platform REF (default: this machine's)")
-	fs.BoolVar(&f.plainHTTP, "plain-http", false, "talk to registries over http instead of https")
-	fs.StringVar(&f.hostsDir, "hosts-dir", "", "containerd-style `dir` of HOST/hosts.toml files naming mirrors")
+	f.registry.add(fs)
 	fs.StringVar(&f.until, "until", "", "stop recording when a line of the workload's output contains `text`")
 	fs.DurationVar(&f.duration, "duration", time.Minute, "stop recording after `duration` at the latest")
 	fs.StringVar(&f.output, "output", "", "also write the profile document to `file` (mode 0600)")
@@ -78,10 +76,11 @@ func profileFlagSet(fs *flag.FlagSet) any {
 }
 
 type profileFlags struct {
-	platform, hostsDir, until, output, store string
-	runtime, address, namespace              string
-	plainHTTP, noPush, noPack, netHost       bool
-	duration                                 time.Duration
+	registry                    registryFlags
+	until, output, store        string
+	runtime, address, namespace string
+	noPush, noPack, netHost     bool
+	duration                    time.Duration
 	// set is the flag set these came from: profile-chroot is started with the flags set on it.
 	set *flag.FlagSet
 }
@@ -100,7 +99,7 @@ func runProfile(ctx context.Context, e *env, vals any, args []string) error {
 	if f.duration <= 0 {
 		return usagef("-duration must be positive")
 	}
-	if _, err := parsePlatform(f.platform); err != nil {
+	if _, err := parsePlatform(f.registry.platform); err != nil {
 		return err
 	}
 	switch f.runtime {
@@ -118,12 +117,8 @@ func runProfile(ctx context.Context, e *env, vals any, args []string) error {
 // recordProfile records and pushes the profile of args[0] running args[1:] (the image's
 // entrypoint and command if none), as f says.
 func recordProfile(ctx context.Context, e *env, f *profileFlags, args []string) error {
-	platform, err := parsePlatform(f.platform)
-	if err != nil {
-		return err
-	}
 	log := newLogger(e)
-	client, err := newClient(log, f.plainHTTP, f.hostsDir)
+	platform, client, err := f.registry.open(log)
 	if err != nil {
 		return err
 	}
@@ -133,7 +128,7 @@ func recordProfile(ctx context.Context, e *env, f *profileFlags, args []string) 
 		ChrootHelper: []string{profileExecName, "--"},
 		Platform:     platform, Client: client, StoreDir: f.store,
 		Until: f.until, Duration: f.duration,
-		Output: f.output, NoPush: f.noPush, NoPack: f.noPack, PlainHTTP: f.plainHTTP,
+		Output: f.output, NoPush: f.noPush, NoPack: f.noPack, PlainHTTP: f.registry.plainHTTP,
 		Log: log, Stderr: e.stderr,
 	})
 	if errors.Is(err, record.ErrNoCommand) {
@@ -150,11 +145,7 @@ func recordProfile(ctx context.Context, e *env, f *profileFlags, args []string) 
 
 // showProfile prints the profile of REF.
 func showProfile(ctx context.Context, e *env, f *profileFlags, ref string) error {
-	platform, err := parsePlatform(f.platform)
-	if err != nil {
-		return err
-	}
-	client, err := newClient(newLogger(e), f.plainHTTP, f.hostsDir)
+	platform, client, err := f.registry.open(newLogger(e))
 	if err != nil {
 		return err
 	}

@@ -31,11 +31,9 @@ holds it, verify --store refuses with an error naming the lock: stop the holder 
 (a snapshotter's mounts wait for it, held by the keeper).`,
 		flags: func(fs *flag.FlagSet) any {
 			f := &verifyFlags{}
+			f.registry.add(fs)
 			fs.BoolVar(&f.store, "store", false, "verify the node's store instead of an image")
 			fs.StringVar(&f.dir, "store-dir", service.DefaultStoreDir, "the node's content store `dir` (with --store)")
-			fs.StringVar(&f.platform, "platform", "", "the image for `os/arch[/variant]` of a multi-platform REF (default: this machine's)")
-			fs.BoolVar(&f.plainHTTP, "plain-http", false, "talk to registries over http instead of https")
-			fs.StringVar(&f.hostsDir, "hosts-dir", "", "containerd-style `dir` of HOST/hosts.toml files naming mirrors")
 			return f
 		},
 		run: runVerify,
@@ -43,11 +41,9 @@ holds it, verify --store refuses with an error naming the lock: stop the holder 
 }
 
 type verifyFlags struct {
-	store     bool
-	dir       string
-	platform  string
-	plainHTTP bool
-	hostsDir  string
+	registry registryFlags
+	store    bool
+	dir      string
 }
 
 func runVerify(ctx context.Context, e *env, vals any, args []string) error {
@@ -65,11 +61,7 @@ func runVerify(ctx context.Context, e *env, vals any, args []string) error {
 	if len(args) != 1 {
 		return usagef("want one REF (or --store)")
 	}
-	platform, err := parsePlatform(f.platform)
-	if err != nil {
-		return err
-	}
-	client, err := newClient(log, f.plainHTTP, f.hostsDir)
+	platform, client, err := f.registry.open(log)
 	if err != nil {
 		return err
 	}
