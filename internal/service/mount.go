@@ -81,12 +81,8 @@ func Mount(ctx context.Context, cfg MountConfig, mounts []MountPoint, log *slog.
 	if err := n.serve(func() []*daemon.Image { return images }, nil); err != nil {
 		return err
 	}
-	if cfg.DebugAddr != "" {
-		stop, err := serveDebug(cfg.DebugAddr, log)
-		if err != nil {
-			return err
-		}
-		n.onClose(stop)
+	if err := n.serveDebug(cfg.DebugAddr); err != nil {
+		return err
 	}
 
 	// Until a signal, or until any mount goes away (lazypull umount, fusermount -u).

@@ -154,6 +154,19 @@ func (n *node) serve(images func() []*daemon.Image, remote func() []map[string]s
 	return nil
 }
 
+// serveDebug serves Go's profiles at addr until close; "" serves nothing.
+func (n *node) serveDebug(addr string) error {
+	if addr == "" {
+		return nil
+	}
+	stop, err := serveDebug(addr, n.log)
+	if err != nil {
+		return err
+	}
+	n.onClose(stop)
+	return nil
+}
+
 // goUntilClose runs fn in a goroutine until close, which cancels its context and waits.
 func (n *node) goUntilClose(fn func(ctx context.Context)) {
 	ctx, cancel := context.WithCancel(context.Background())

@@ -95,12 +95,8 @@ func Serve(ctx context.Context, cfg Config, log *slog.Logger) error {
 	if err := n.serve(lfs.Images, sn.Remote); err != nil {
 		return err
 	}
-	if cfg.DebugAddr != "" {
-		stop, err := serveDebug(cfg.DebugAddr, log)
-		if err != nil {
-			return err
-		}
-		n.onClose(stop)
+	if err := n.serveDebug(cfg.DebugAddr); err != nil {
+		return err
 	}
 	if cfg.ContainerdConfig != "" {
 		n.goUntilClose(func(ctx context.Context) {
