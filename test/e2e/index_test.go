@@ -22,32 +22,35 @@ import (
 	"lazypull/internal/imageindex"
 )
 
-// TestIndexPlainImage runs `lazypull index` on the plain Debian python image (gzip
-// layers, as built): the artifact is found through the referrers API (or its tag schema),
-// the image's digest is unchanged, and a dozen files read through each layer's gzindex,
-// by Range requests to the layer blob, equal the files of the image unpacked.
-func TestIndexPlainImage(t *testing.T) {
-	e := setup(t)
-	ref := fmt.Sprintf("%s/e2e/index-%d:plain", e.registry, os.Getpid())
+// indexedImage pushes the plain Debian python image (gzip layers, as built) as
+// e2e/NAME-PID:plain, runs `lazypull index` on it, checks the image's digest did not
+// change, and returns the reference and the image's descriptor.
+func (e *env) indexedImage(t *testing.T, name string) (string, v1.Descriptor) {
+	t.Helper()
+	ref := fmt.Sprintf("%s/e2e/%s-%d:plain", e.registry, name, os.Getpid())
 	e.push(t, filepath.Join(e.images, "python"), "python", ref)
 	before := remoteHead(t, ref)
-
 	start := time.Now()
 	r := e.lazypull(t, "index", "--plain-http", ref)
-	took := time.Since(start)
 	if r.code != 0 {
 		t.Fatalf("lazypull index: exit %d\nstdout: %s\nstderr: %s", r.code, r.stdout, r.stderr)
 	}
-	t.Logf("lazypull index --plain-http %s: %v\n%s", ref, took.Round(time.Millisecond), r.stdout)
+	t.Logf("lazypull index --plain-http %s: %v\n%s", ref, time.Since(start).Round(time.Millisecond), r.stdout)
 	if after := remoteHead(t, ref); after.Digest != before.Digest {
 		t.Fatalf("the image's digest changed: %s, then %s", before.Digest, after.Digest)
 	}
+	return ref, before
+}
 
+// resolvePlain opens ref's registry over plain HTTP, as the test registry speaks, through a
+// client closed when the test ends, and resolves ref.
+func resolvePlain(t *testing.T, ref string) (*fetch.Registry, *fetch.Image) {
+	t.Helper()
 	client, err := fetch.NewClient(fetch.WithPlainHTTP())
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer client.Close()
+	t.Cleanup(func() { client.Close() })
 	reg, err := client.Open(ref)
 	if err != nil {
 		t.Fatal(err)
@@ -56,6 +59,18 @@ func TestIndexPlainImage(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
+	return reg, img
+}
+
+// TestIndexPlainImage runs `lazypull index` on the plain Debian python image (gzip
+// layers, as built): the artifact is found through the referrers API (or its tag schema),
+// the image's digest is unchanged, and a dozen files read through each layer's gzindex,
+// by Range requests to the layer blob, equal the files of the image unpacked.
+func TestIndexPlainImage(t *testing.T) {
+	e := setup(t)
+	ref, before := e.indexedImage(t, "index")
+
+	reg, img := resolvePlain(t, ref)
 	refs, err := reg.Referrers(t.Context(), before.Digest, imageindex.ArtifactType)
 	if err != nil || len(refs) != 1 {
 		t.Fatalf("referrers of %s: %v, %v; want one index", before.Digest, refs, err)

@@ -11,7 +11,6 @@ import (
 
 	v1 "github.com/google/go-containerregistry/pkg/v1"
 
-	"lazypull/internal/fetch"
 	"lazypull/internal/imageindex"
 )
 
@@ -21,11 +20,7 @@ import (
 // small fraction of the image. Then python3 runs from it.
 func TestMountIndexedPlainImage(t *testing.T) {
 	e := setup(t)
-	ref := fmt.Sprintf("%s/e2e/indexmount-%d:plain", e.registry, os.Getpid())
-	e.push(t, filepath.Join(e.images, "python"), "python", ref)
-	if r := e.lazypull(t, "index", "--plain-http", ref); r.code != 0 {
-		t.Fatalf("lazypull index: exit %d\nstdout: %s\nstderr: %s", r.code, r.stdout, r.stderr)
-	}
+	ref, _ := e.indexedImage(t, "indexmount")
 	tables, m := indexTables(t, ref)
 	files := unpackedFiles(t, ref)
 	picked := pickFiles(t, files, tables)
@@ -70,19 +65,7 @@ func TestMountIndexedPlainImage(t *testing.T) {
 // artifact) and the image manifest.
 func indexTables(t *testing.T, ref string) ([]*imageindex.Layer, *v1.Manifest) {
 	t.Helper()
-	client, err := fetch.NewClient(fetch.WithPlainHTTP())
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer client.Close()
-	reg, err := client.Open(ref)
-	if err != nil {
-		t.Fatal(err)
-	}
-	img, err := reg.Resolve(t.Context(), "", nil)
-	if err != nil {
-		t.Fatal(err)
-	}
+	reg, img := resolvePlain(t, ref)
 	refs, err := reg.Referrers(t.Context(), img.Descriptor.Digest, imageindex.ArtifactType)
 	if err != nil || len(refs) != 1 {
 		t.Fatalf("referrers of %s: %v, %v; want one index", img.Descriptor.Digest, refs, err)
