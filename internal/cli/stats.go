@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/json"
 	"flag"
+	"io"
 
 	"lazypull/internal/service"
 )
@@ -41,13 +42,7 @@ func runStats(_ context.Context, e *env, vals any, args []string) error {
 	if err != nil {
 		return err
 	}
-	if f.json {
-		enc := json.NewEncoder(e.stdout)
-		enc.SetIndent("", "  ")
-		return enc.Encode(s)
-	}
-	service.WriteStats(e.stdout, f.dir, s)
-	return nil
+	return report(e.stdout, f.json, s, func(w io.Writer) { service.WriteStats(w, f.dir, s) })
 }
 
 func pruneCommand() *command {
@@ -86,13 +81,7 @@ for what is in use; when it cannot, it keeps every manifest and index, and says 
 			if err != nil {
 				return err
 			}
-			if f.json {
-				enc := json.NewEncoder(e.stdout)
-				enc.SetIndent("", "  ")
-				return enc.Encode(r)
-			}
-			service.WritePrune(e.stdout, f.dir, r)
-			return nil
+			return report(e.stdout, f.json, r, func(w io.Writer) { service.WritePrune(w, f.dir, r) })
 		},
 	}
 }
@@ -101,4 +90,15 @@ type pruneFlags struct {
 	dir, root string
 	target    service.Size
 	json      bool
+}
+
+// report writes v to w as indented JSON when asJSON, else as text writes it.
+func report(w io.Writer, asJSON bool, v any, text func(io.Writer)) error {
+	if asJSON {
+		enc := json.NewEncoder(w)
+		enc.SetIndent("", "  ")
+		return enc.Encode(v)
+	}
+	text(w)
+	return nil
 }
