@@ -25,20 +25,14 @@ func TestWriteStats(t *testing.T) {
 			{Image: "r/b", Done: false},
 		},
 	}
-	var b bytes.Buffer
-	WriteStats(&b, "/st", s)
-	for _, want := range []string{
+	wantStats(t, s,
 		"store /st: 3 objects and 0 manifests or indexes (0 B), 3.0 MiB in all (bound none, pinned 0 B)\n",
 		"fetched 0 chunks, 1.5 KiB;",
 		"registry: 7 requests, 512 B read, 0 retries, 0 errors\n",
 		"held by pid 42 serving r/a, r/b;",
 		"profile of r/a: sha256:p (policy pinned, pin; pinned)\n",
 		"profile of r/b: looking up (policy unknown)\n",
-	} {
-		if !strings.Contains(b.String(), want) {
-			t.Errorf("stats do not say %q:\n%s", want, b.String())
-		}
-	}
+	)
 }
 
 // TestPruneVerifyStore: prune and verify --store open the store themselves, and refuse a
@@ -65,3 +59,15 @@ func TestPruneVerifyStore(t *testing.T) {
 }
 
 func discard() *slog.Logger { return slog.New(slog.DiscardHandler) }
+
+// wantStats checks that the stats text of s (of the store /st) holds each of want.
+func wantStats(t *testing.T, s daemon.Stats, want ...string) {
+	t.Helper()
+	var b bytes.Buffer
+	WriteStats(&b, "/st", s)
+	for _, w := range want {
+		if !strings.Contains(b.String(), w) {
+			t.Errorf("stats do not say %q:\n%s", w, b.String())
+		}
+	}
+}
