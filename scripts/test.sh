@@ -17,7 +17,7 @@ root=$PWD
 # starts a snapshotter with its containerd (startSnapshotter), and those that run images in
 # the shared one. TestContainerdTestsListed (test/e2e) fails when a test that starts a
 # snapshotter is missing here.
-containerd_tests='^(TestSnapshotter|TestCRI|TestBadLabels|TestGVisor|TestAuthRegistry|TestProfileSnapshotterPrefetch|TestConvertedImageRunsInPlainContainerd|TestProfileContainerd|TestProfilePinnedSnapshotter|TestForgedLabelsNotTrusted)'
+containerd_tests='^(TestSnapshotter|TestCRI|TestBadLabels|TestGVisor|TestAuthRegistry|TestProfileSnapshotterPrefetch|TestConvertedImageRunsInPlainContainerd|TestProfileContainerd|TestProfileVolume|TestProfilePinnedSnapshotter|TestForgedLabelsNotTrusted)'
 
 work=$(mktemp -d /tmp/lazypull-test.XXXXXX)
 started=()

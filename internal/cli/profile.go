@@ -47,6 +47,12 @@ the host's network namespace: chroot keeps the image's files from the host's pat
 does not contain what the image's programs do. The files containerd reads at create
 (/etc/passwd, /etc/group) are read first so that the profile has them.
 
+--volume PATH --runner-image RUNNER records a data image (model weights: files, no
+program): RUNNER, an image in containerd (namespace --namespace; pull it there first),
+runs CMD ARGS (or its own entrypoint and command) as an ordinary container, its root from
+containerd's snapshotter, with REF's recording view mounted read-only at PATH (resolved in
+RUNNER's root). Only REF's reads are recorded, and the profile is REF's. containerd only.
+
 The profile pushed names the program that ran (the first word of CMD, or of the image's
 entrypoint and command), never its arguments, which may hold secrets; --output writes the
 same document, readable by its owner only (mode 0600).
@@ -71,6 +77,8 @@ func profileFlagSet(fs *flag.FlagSet) any {
 	fs.StringVar(&f.runtime, "runtime", "containerd", "which `runtime` runs the workload: containerd (an error if it does not answer at --address), or chroot (trusted images only: as root on this host)")
 	fs.StringVar(&f.address, "address", "/run/containerd/containerd.sock", "containerd's `socket`")
 	fs.StringVar(&f.namespace, "namespace", "lazypull-profile", "containerd `namespace` for the workload's container (one of its own: listings of users' containers never show it)")
+	fs.StringVar(&f.volume, "volume", "", "run --runner-image, not REF, with REF mounted read-only at `path` in it: how a data image (model weights, no program) is recorded")
+	fs.StringVar(&f.runner, "runner-image", "", "with --volume: the `image` in containerd (namespace --namespace) whose program reads the volume")
 	fs.BoolVar(&f.netHost, "net-host", false, "with containerd: run the workload in the host's network namespace (chroot always does)")
 	return f
 }
@@ -79,6 +87,7 @@ type profileFlags struct {
 	registry                    registryFlags
 	until, output, store        string
 	runtime, address, namespace string
+	volume, runner              string
 	noPush, noPack, netHost     bool
 	duration                    time.Duration
 	// set is the flag set these came from: profile-chroot is started with the flags set on it.
@@ -101,6 +110,12 @@ func runProfile(ctx context.Context, e *env, vals any, args []string) error {
 	}
 	if _, err := parsePlatform(f.registry.platform); err != nil {
 		return err
+	}
+	if (f.volume != "") != (f.runner != "") {
+		return usagef("-volume and -runner-image go together")
+	}
+	if f.volume != "" && f.runtime != "containerd" {
+		return usagef("-volume: the runner image runs with -runtime containerd only")
 	}
 	switch f.runtime {
 	case "containerd":
@@ -128,10 +143,11 @@ func recordProfile(ctx context.Context, e *env, f *profileFlags, args []string) 
 		ChrootHelper: []string{profileExecName, "--"},
 		Platform:     platform, Client: client, StoreDir: f.store,
 		Until: f.until, Duration: f.duration,
+		Runner: f.runner, Volume: f.volume,
 		Output: f.output, NoPush: f.noPush, NoPack: f.noPack, PlainHTTP: f.registry.plainHTTP,
 		Log: log, Stderr: e.stderr,
 	})
-	if errors.Is(err, record.ErrNoCommand) {
+	if errors.Is(err, record.ErrNoCommand) || errors.Is(err, record.ErrVolume) {
 		return usagef("%v", err)
 	}
 	if err != nil {

@@ -72,3 +72,21 @@ func TestProfileChildArgs(t *testing.T) {
 		t.Errorf("%q parsed back to %+v, %q", args, g, pos2)
 	}
 }
+
+// TestProfileVolumeFlags: --volume and --runner-image go together, with containerd only,
+// and a volume path that is no clean absolute path is a usage error.
+func TestProfileVolumeFlags(t *testing.T) {
+	for _, tc := range []struct {
+		args []string
+		want string
+	}{
+		{[]string{"profile", "--volume", "/model", "model"}, "-volume and -runner-image go together"},
+		{[]string{"profile", "--runner-image", "reader", "model"}, "-volume and -runner-image go together"},
+		{[]string{"profile", "--runtime", "chroot", "--volume", "/model", "--runner-image", "reader", "model"}, "-runtime containerd only"},
+		{[]string{"profile", "--volume", "model", "--runner-image", "reader", "model"}, "want an absolute, clean path"},
+	} {
+		if code, _, stderr := run(t, tc.args...); code != exitUsage || !strings.Contains(stderr, tc.want) {
+			t.Errorf("%q: exit %d, stderr %q; want %d and %q", tc.args, code, stderr, exitUsage, tc.want)
+		}
+	}
+}

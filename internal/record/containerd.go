@@ -77,7 +77,15 @@ func dialContainerd(ctx context.Context, address string) (*containerd.Client, st
 // overlay; no snapshot), with cfg's environment, working directory and user, until
 // watchWorkload stops it; then it deletes the task and the container, also after an error.
 // It returns why the workload stopped.
-func runContainer(ctx context.Context, opts Options, log *slog.Logger, client *containerd.Client, rootfs string, argv []string, cfg v1.Config) (reason string, err error) {
+func runContainer(ctx context.Context, opts Options, log *slog.Logger, client *containerd.Client, rootfs string, argv []string, cfg v1.Config) (string, error) {
+	return startContainer(ctx, opts, log, client, argv[0], containerd.WithNewSpec(containerSpec(opts, rootfs, argv, cfg)...))
+}
+
+// startContainer creates a container of client with runc and newOpts (its spec, its
+// snapshot if any), runs it until watchWorkload stops it, then deletes its task and it
+// (its snapshot too), also after an error. prog names the program, for messages. It
+// returns why the workload stopped.
+func startContainer(ctx context.Context, opts Options, log *slog.Logger, client *containerd.Client, prog string, newOpts ...containerd.NewContainerOpts) (reason string, err error) {
 	ctx = namespaces.WithNamespace(ctx, opts.Namespace)
 	// Cleanup runs after ctx is cancelled too (an interrupt), but not forever.
 	cleanupCtx := func() (context.Context, context.CancelFunc) {
@@ -86,14 +94,14 @@ func runContainer(ctx context.Context, opts Options, log *slog.Logger, client *c
 	id := fmt.Sprintf("lazypull-profile-%d-%d", os.Getpid(), time.Now().UnixNano())
 	log = log.With("container", id, "namespace", opts.Namespace)
 
-	ctr, err := client.NewContainer(ctx, id, containerd.WithRuntime(runcRuntime, nil), containerd.WithNewSpec(containerSpec(opts, rootfs, argv, cfg)...))
+	ctr, err := client.NewContainer(ctx, id, append([]containerd.NewContainerOpts{containerd.WithRuntime(runcRuntime, nil)}, newOpts...)...)
 	if err != nil {
 		return "", fmt.Errorf("create container %s in containerd: %w", id, err)
 	}
 	defer func() {
 		cctx, cancel := cleanupCtx()
 		defer cancel()
-		if derr := ctr.Delete(cctx); derr != nil && !errdefs.IsNotFound(derr) {
+		if derr := ctr.Delete(cctx, containerd.WithSnapshotCleanup); derr != nil && !errdefs.IsNotFound(derr) {
 			err = errors.Join(err, fmt.Errorf("delete container %s from containerd (namespace %s): %w", id, opts.Namespace, derr))
 		}
 	}()
@@ -124,7 +132,7 @@ func runContainer(ctx context.Context, opts Options, log *slog.Logger, client *c
 	}
 	if err := task.Start(ctx); err != nil {
 		pr.Close()
-		return "", fmt.Errorf("start %s in container %s: %w", argv[0], id, err)
+		return "", fmt.Errorf("start %s in container %s: %w", prog, id, err)
 	}
 	log.Debug("workload started", "pid", task.Pid())
 

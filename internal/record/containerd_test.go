@@ -3,6 +3,7 @@ package record
 import (
 	"bytes"
 	"context"
+	"errors"
 	"log/slog"
 	"net"
 	"path/filepath"
@@ -49,5 +50,34 @@ func TestProfileRuntimeNoFallback(t *testing.T) {
 	}
 	if !strings.Contains(logs.String(), "the workload runs chrooted") || !strings.Contains(logs.String(), "--runtime chroot") {
 		t.Errorf("the log does not say chroot and why:\n%s", logs.String())
+	}
+}
+
+// TestCheckVolume: a volume needs its path and the runner image, containerd, and a path
+// that is absolute, clean, not the root and not where the runtime mounts its own.
+func TestCheckVolume(t *testing.T) {
+	ok := Options{Runtime: Containerd, Runner: "reader", Volume: "/model"}
+	if err := checkVolume(ok); err != nil {
+		t.Fatalf("checkVolume(%+v): %v", ok, err)
+	}
+	for _, tc := range []struct {
+		edit func(*Options)
+		want string
+	}{
+		{func(o *Options) { o.Runner = "" }, "needs both"},
+		{func(o *Options) { o.Volume = "" }, "needs both"},
+		{func(o *Options) { o.Runtime = Chroot }, "--runtime containerd only"},
+		{func(o *Options) { o.Volume = "model" }, "absolute, clean"},
+		{func(o *Options) { o.Volume = "/model/../etc" }, "absolute, clean"},
+		{func(o *Options) { o.Volume = "/" }, "other than /"},
+		{func(o *Options) { o.Volume = "/proc/x" }, "mounts its own /proc"},
+		{func(o *Options) { o.Volume = "/dev" }, "mounts its own /dev"},
+	} {
+		o := ok
+		tc.edit(&o)
+		err := checkVolume(o)
+		if !errors.Is(err, ErrVolume) || !strings.Contains(err.Error(), tc.want) {
+			t.Errorf("checkVolume(%+v): %v; want ErrVolume, %q", o, err, tc.want)
+		}
 	}
 }

@@ -69,6 +69,12 @@ type Options struct {
 	Output string
 	// NoPush: the profile is not pushed; NoPack: it is pushed without its pack.
 	NoPush, NoPack bool
+	// Runner, when not "", is an image in containerd (namespace Namespace) that runs argv
+	// (its entrypoint and command if empty) instead of the recorded image, which is mounted
+	// read-only at Volume in it (an absolute path, resolved in the runner's root): how a
+	// data image (files, no program) is recorded. Containerd only.
+	Runner, Volume string
+
 	// PlainHTTP pushes over plain http to any host (loopback and private ones always are).
 	PlainHTTP bool
 
@@ -94,7 +100,8 @@ type recording struct {
 }
 
 // Record runs the image ref once, argv (the image's entrypoint and command if empty) on a
-// lazy view of it that records every read, as opts say; then makes the profile of what was
+// lazy view of it that records every read, as opts say (or the runner image with that view
+// as a volume: Options.Runner); then makes the profile of what was
 // read and, unless opts.NoPush, pushes it to ref's repository with its pack.
 func Record(ctx context.Context, ref string, argv []string, opts Options) (Result, error) {
 	r := &recording{opts: opts, log: opts.Log, ref: ref}
@@ -103,6 +110,11 @@ func Record(ctx context.Context, ref string, argv []string, opts Options) (Resul
 	}
 	if r.opts.Stderr == nil {
 		r.opts.Stderr = io.Discard
+	}
+	if opts.Runner != "" || opts.Volume != "" {
+		if err := checkVolume(opts); err != nil {
+			return Result{}, err
+		}
 	}
 	client, err := connect(ctx, r.log, opts.Runtime, opts.Address)
 	if err != nil {
@@ -131,6 +143,9 @@ func Record(ctx context.Context, ref string, argv []string, opts Options) (Resul
 		return Result{}, err
 	}
 	defer im.Close()
+	if opts.Runner != "" {
+		return r.recordVolume(ctx, im, tmp, argv)
+	}
 	cfg, err := r.config(ctx, im)
 	if err != nil {
 		return Result{}, err
@@ -138,7 +153,7 @@ func Record(ctx context.Context, ref string, argv []string, opts Options) (Resul
 	if len(argv) == 0 {
 		argv = append(append([]string{}, cfg.Config.Entrypoint...), cfg.Config.Cmd...)
 		if len(argv) == 0 {
-			return Result{}, fmt.Errorf("image %s has %w: give one after --", ref, ErrNoCommand)
+			return Result{}, fmt.Errorf("image %s has %w: give one after --, or, for a data image, a runner image that reads it (--volume, --runner-image)", ref, ErrNoCommand)
 		}
 	}
 	rec := profile.NewRecorder()

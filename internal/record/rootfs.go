@@ -28,14 +28,14 @@ func profileRootfs(tmp string, root *fusefs.Root, ref string, procDev bool, log 
 		}
 	}
 	lower, rw, rootfs := filepath.Join(tmp, "lower"), filepath.Join(tmp, "rw"), filepath.Join(tmp, "root")
-	for _, d := range []string{lower, rw, rootfs} {
+	for _, d := range []string{rw, rootfs} {
 		if err := os.Mkdir(d, 0o755); err != nil {
 			return "", cleanup, err
 		}
 	}
-	srv, err := fusefs.Mount(lower, root, fusefs.MountOptions{FSName: "lazypull:" + ref, Logger: log})
+	srv, err := mountView(lower, root, ref, log)
 	if err != nil {
-		return "", cleanup, fmt.Errorf("mount %s: %w", ref, err)
+		return "", cleanup, err
 	}
 	undo = append(undo, func() {
 		if err := srv.Unmount(); err != nil {
@@ -75,6 +75,19 @@ func profileRootfs(tmp string, root *fusefs.Root, ref string, procDev bool, log 
 		}
 	}
 	return rootfs, cleanup, nil
+}
+
+// mountView makes the directory dir (of the recorder's own) and mounts the recording view
+// root of the image ref on it.
+func mountView(dir string, root *fusefs.Root, ref string, log *slog.Logger) (*fusefs.Server, error) {
+	if err := os.Mkdir(dir, 0o755); err != nil {
+		return nil, err
+	}
+	srv, err := fusefs.Mount(dir, root, fusefs.MountOptions{FSName: "lazypull:" + ref, Logger: log})
+	if err != nil {
+		return nil, fmt.Errorf("mount %s: %w", ref, err)
+	}
+	return srv, nil
 }
 
 // runtimeFiles are what the container runtime reads in the rootfs to create a container,

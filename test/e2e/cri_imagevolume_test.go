@@ -44,10 +44,10 @@ func envMiB(t *testing.T, name string, def int) int {
 	return n
 }
 
-// modelImage builds the model image (one layer: modelPath, size MiB of seeded random bytes)
+// modelImage builds the model image name (one layer: modelPath, size MiB of seeded random bytes)
 // as an OCI layout, converts it into the test registry, and returns its reference and the
 // path of the weights file it holds, to compare what the pod reads against.
-func (e *env) modelImage(t *testing.T, size int) (ref, weights string) {
+func (e *env) modelImage(t *testing.T, name string, size int) (ref, weights string) {
 	t.Helper()
 	dir := t.TempDir()
 	root := filepath.Join(dir, "rootfs")
@@ -73,7 +73,7 @@ func (e *env) modelImage(t *testing.T, size int) (ref, weights string) {
 		t.Fatalf("model image: %v", err)
 	}
 	built := time.Since(start)
-	ref = fmt.Sprintf("%s/e2e/model-%d:lazy", e.registry, os.Getpid())
+	ref = fmt.Sprintf("%s/e2e/%s-%d:lazy", e.registry, name, os.Getpid())
 	start = time.Now()
 	e.convert(t, "oci:"+layout+":model", ref)
 	t.Logf("model image of %d MiB: built in %v, converted and pushed in %v", size, built.Round(time.Millisecond), time.Since(start).Round(time.Millisecond))
@@ -146,7 +146,7 @@ func TestCRIImageVolumeIsLazy(t *testing.T) {
 	size := envMiB(t, "LAZYPULL_TEST_MODEL_MIB", modelMiB)
 	readMiB := envMiB(t, "LAZYPULL_TEST_MODEL_READ_MIB", modelReadMiB)
 	rangeMiB := envMiB(t, "LAZYPULL_TEST_MODEL_RANGE_MIB", modelRangeMiB)
-	model, weights := e.modelImage(t, size)
+	model, weights := e.modelImage(t, "model", size)
 	offs := scatteredRanges(readMiB/rangeMiB, rangeMiB, size)
 	want := rangeSums(t, weights, offs, rangeMiB)
 	read := int64(len(offs)*rangeMiB) << 20
