@@ -152,7 +152,7 @@ func TestCRIImageVolumeIsLazy(t *testing.T) {
 	read := int64(len(offs)*rangeMiB) << 20
 
 	// A profile is recorded by running the image's own program: a model image has none,
-	// and `lazypull profile` says so (the reads of a volume come from another container).
+	// and `lazypull profile` says so (TestProfileVolume records one with --volume).
 	if r := e.lazypull(t, "profile", "--plain-http", "--runtime", "chroot", "--no-push", "--duration", "5s", model); r.code == 0 || !strings.Contains(r.stderr, "no entrypoint or command") {
 		t.Errorf("lazypull profile of the model image: exit %d, stderr %q; want a failure naming the missing command", r.code, r.stderr)
 	}

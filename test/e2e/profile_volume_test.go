@@ -97,6 +97,9 @@ func TestProfileVolume(t *testing.T) {
 	if pf.Err != "" || pf.Profile != digest || pf.Files != 1 || pf.Bytes < int64(len(offs)*rangeMiB)<<20 {
 		t.Fatalf("prefetch %+v; want the profile %s, its file and at least the %d ranges of %d MiB\n%s", pf, digest, len(offs), rangeMiB, m.log)
 	}
+	if !pf.Pack || pf.Requests != 1 {
+		t.Errorf("the profiled %d bytes took %d requests (pack: %v); want the pack's one", pf.Bytes, pf.Requests, pf.Pack)
+	}
 	t.Logf("prefetch: %+v; fetch: %+v; store: %d chunks fetched", pf, *s.Fetch, s.Store.ChunksFetched)
 	before, beforeReq := s.Store.ChunksFetched, s.Fetch.Requests
 	if got := preadSums(t, filepath.Join(m.dir, modelPath), offs, rangeMiB); !slices.Equal(got, want) {
