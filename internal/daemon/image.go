@@ -158,7 +158,7 @@ func openImage(ctx context.Context, st *store.Store, ref string, o OpenOptions) 
 		// Layers whose indexes the store keeps open without the registry; only when one
 		// does not is the pack worth waiting for. Its chunks serve the prefetch either
 		// way (prefetcher.run).
-		pf.pack = pf.awaitPack(ctx)
+		pf.pack = pf.awaitPack(ctx, st)
 	}
 	im.kept = kept
 	if !partial && given == nil {

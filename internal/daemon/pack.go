@@ -43,6 +43,12 @@ type pack struct {
 	next    *packRecord              // the first record after the indexes, read while looking for them
 	over    bool                     // no more records: the end, or an error (err)
 	err     error
+	// prefix, when not 0, is where the index records end: the GET asks for them alone
+	// (the node holds some of the rest, read by range once the indexes tell where).
+	prefix int64
+	// lay, once set (useLayout), is where the records after the indexes lie: they are
+	// read by range (fetchRecords), those the node lacks, not streamed.
+	lay *packLayout
 }
 
 type packRecord struct {
@@ -77,9 +83,15 @@ func (p *pack) openLocked() {
 		return
 	}
 	p.opened = true
-	rc, err := p.blob.Open(p.ctx)
+	size := p.blob.Size()
+	open := p.blob.Open
+	if p.prefix > 0 {
+		size = p.prefix
+		open = func(ctx context.Context) (io.ReadCloser, error) { return p.blob.OpenRange(ctx, 0, size) }
+	}
+	rc, err := open(p.ctx)
 	if err == nil {
-		p.pr, err = profile.NewPackReader(rc, p.blob.Size())
+		p.pr, err = profile.NewPackReader(rc, size)
 		if err != nil {
 			rc.Close()
 		}
@@ -223,10 +235,40 @@ func (p *pack) chunks(fn func(d format.Digest, frame []byte) error) error {
 func (p *pack) close() {
 	p.mu.Lock()
 	defer p.mu.Unlock()
+	p.closeLocked()
+}
+
+func (p *pack) closeLocked() {
 	p.failLocked(io.EOF)
 	if p.rc != nil {
 		p.rc.Close()
 	}
+}
+
+// useLayout decides how the records after the indexes are read, lay being where they lie
+// and missing what of its chunk records the node lacks: by range (then true; the GET, if
+// any, ends) when the GET asked for the indexes alone, or when it has not gone out and the
+// node holds some of the chunks; else streamed, as a cold node reads them, in one request.
+func (p *pack) useLayout(lay packLayout, missing int64) bool {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if p.prefix == 0 && (p.opened || missing >= lay.chunkBytes) {
+		return false
+	}
+	p.lay = &lay
+	p.opened = true
+	p.closeLocked()
+	return true
+}
+
+// layout is where the records lie, when they are read by range (useLayout).
+func (p *pack) layout() (packLayout, bool) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if p.lay == nil {
+		return packLayout{}, false
+	}
+	return *p.lay, true
 }
 
 // chunkKey names a chunk where a layer blob holds its frame.
@@ -248,13 +290,30 @@ func (s packSource) Fetch(ctx context.Context, chunks []format.Chunk, fn func(fo
 		want[c.Digest] = c
 	}
 	got := make(map[format.Digest]bool, len(chunks))
-	err := s.pack.chunks(func(d format.Digest, frame []byte) error {
-		if c, ok := want[d]; ok && !got[d] && fn(c, frame) == nil {
-			got[d] = true // a frame fn refused (ErrCorrupt) is fetched from its layer below
+	if lay, ok := s.pack.layout(); ok {
+		var recs []packRec
+		for d := range want {
+			if r, ok := lay.chunks[d]; ok {
+				recs = append(recs, r)
+			}
 		}
-		return ctx.Err()
-	})
-	if err != nil && ctx.Err() != nil {
+		s.pack.fetchRecords(ctx, recs, func(r packRec, frame []byte) {
+			if c := want[r.d]; !got[r.d] && fn(c, frame) == nil {
+				got[r.d] = true
+			}
+		})
+	} else {
+		err := s.pack.chunks(func(d format.Digest, frame []byte) error {
+			if c, ok := want[d]; ok && !got[d] && fn(c, frame) == nil {
+				got[d] = true // a frame fn refused (ErrCorrupt) is fetched from its layer below
+			}
+			return ctx.Err()
+		})
+		if err != nil && ctx.Err() != nil {
+			return ctx.Err()
+		}
+	}
+	if ctx.Err() != nil {
 		return ctx.Err()
 	}
 	rest := map[*Layer][]format.Chunk{}

@@ -226,7 +226,7 @@ func (pf *prefetcher) fetch(ctx context.Context, p *profile.Profile, desc string
 		pf.mu.Unlock()
 	}
 	if pf.pack != nil {
-		err := pf.prefetchPacked(ctx, per, runs)
+		err := pf.prefetchPacked(ctx, per, wants, runs)
 		requests()
 		return err
 	}
@@ -278,7 +278,7 @@ func (pf *prefetcher) reportChoice(l *profileLookup, log *slog.Logger, metrics *
 // if it has one, its GET not yet sent. The layers' indexes then come in the pack, with the
 // prefetch, instead of one request per layer beside the look-up: one round trip later, but
 // a single request for all.
-func (pf *prefetcher) awaitPack(ctx context.Context) *pack {
+func (pf *prefetcher) awaitPack(ctx context.Context, st *store.Store) *pack {
 	im := pf.im
 	l := pf.lookup
 	if !within(ctx, l.done, packWait) {
@@ -290,7 +290,13 @@ func (pf *prefetcher) awaitPack(ctx context.Context) *pack {
 	if l.err != nil || l.Pack == nil {
 		return nil // the prefetch reports the error
 	}
-	return newPack(im.bg, im.Registry, *l.Pack, indexDigests(im.Image.Manifest.Layers), im.log)
+	pk := newPack(im.bg, im.Registry, *l.Pack, indexDigests(im.Image.Manifest.Layers), im.log)
+	if end, ok := packIndexEnd(im.Image.Manifest.Layers); ok && end < pk.blob.Size() && anyIndexKept(st, im.Image.Manifest.Layers) {
+		// The node ran an image sharing a layer: the indexes alone, the rest by range
+		// once they tell which records it lacks (prefetchPacked).
+		pk.prefix = end
+	}
+	return pk
 }
 
 // plan finds the profile's files in the image (profile.Plan): per layer, the ranges of
@@ -316,10 +322,18 @@ func (im *Image) plan(p *profile.Profile) (per [][]store.Want, wants []profile.W
 	return per, wants, stale, bytes, nil
 }
 
-// prefetchPacked fetches the wants of every layer (per[i] for im.Layers[i]) in one
-// store.Prefetch from the pack.
-func (pf *prefetcher) prefetchPacked(ctx context.Context, per [][]store.Want, runs [][]int) error {
+// prefetchPacked fetches the wants of every layer (per[i] for im.Layers[i], planned as
+// wants) in one store.Prefetch from the pack: streamed, or only the records the node lacks
+// (pack.useLayout).
+func (pf *prefetcher) prefetchPacked(ctx context.Context, per [][]store.Want, wants []profile.Want, runs [][]int) error {
 	im := pf.im
+	if lay, ok := im.packLayout(per, wants, pf.pack.blob.Size()); ok {
+		missing := lay.missingChunkBytes(im.Layers[0].store, per)
+		if pf.pack.useLayout(lay, missing) {
+			im.log.Debug("profile pack: reading the records this node lacks, by range", "image", im.Ref,
+				"pack", pf.pack.blob.Digest(), "missing", missing, "of", lay.chunkBytes)
+		}
+	}
 	var wg sync.WaitGroup
 	defer wg.Wait()
 	pf.packedRuns(ctx, &wg, runs)
@@ -381,13 +395,24 @@ func (pf *prefetcher) packedRuns(ctx context.Context, wg *sync.WaitGroup, runs [
 		return
 	}
 	taken := map[runRef]bool{}
-	pf.pack.runs(func(d format.Digest, frames []byte) {
+	take := func(d format.Digest, frames []byte) {
 		for _, ref := range byDigest[d] {
 			if !taken[ref] && ref.l.takePackedRun(ref.r, frames) {
 				taken[ref] = true
 			}
 		}
-	})
+	}
+	if lay, ok := pf.pack.layout(); ok {
+		var recs []packRec
+		for d := range byDigest {
+			if r, ok := lay.runs[d]; ok {
+				recs = append(recs, r)
+			}
+		}
+		pf.pack.fetchRecords(ctx, recs, func(r packRec, b []byte) { take(r.d, b) })
+	} else {
+		pf.pack.runs(take)
+	}
 	for i, l := range im.Layers {
 		var left []int
 		for _, r := range claimed[i] {

@@ -67,6 +67,29 @@ const (
 	maxFrame = format.MaxChunkSize + format.MaxChunkSize/8
 )
 
+// HeaderSize is the length of a pack's header; RecordHeaderSize that of a record's, before
+// its bytes. A reader that knows where the writer put a record (the order above, from the
+// profile and the layers' indexes) may read it alone, by range: RecordAt checks it.
+const (
+	HeaderSize       = packHeader
+	RecordHeaderSize = recHeader
+)
+
+// RecordAt returns the bytes of the record b, read by range where a pack's layout puts the
+// record of kind k and digest d with n bytes: b must be that whole record, its header
+// saying so. The bytes are still to be checked against d, as a streamed record's are.
+func RecordAt(b []byte, k RecordKind, d format.Digest, n int64) ([]byte, error) {
+	if int64(len(b)) != recHeader+n {
+		return nil, fmt.Errorf("pack record (%s %s): %d bytes, want %d: %w", k, d, len(b), recHeader+n, ErrBadPack)
+	}
+	var got format.Digest
+	copy(got[:], b[1:33])
+	if gk, gn := RecordKind(b[0]), int64(binary.BigEndian.Uint32(b[33:recHeader])); gk != k || got != d || gn != n {
+		return nil, fmt.Errorf("pack record where %s %s of %d bytes should be: %s %s of %d bytes: %w", k, d, n, gk, got, gn, ErrBadPack)
+	}
+	return b[recHeader:], nil
+}
+
 // RecordKind says what a pack record holds.
 type RecordKind uint8
 
