@@ -402,26 +402,33 @@ func (pf *prefetcher) packedRuns(ctx context.Context, wg *sync.WaitGroup, runs [
 			}
 		}
 	}
+	rest := func() {
+		for i, l := range im.Layers {
+			var left []int
+			for _, r := range claimed[i] {
+				if !taken[runRef{l, r}] {
+					left = append(left, r)
+				}
+			}
+			if len(left) > 0 {
+				wg.Go(func() { _ = l.fetchRuns(ctx, left, nil, nil) })
+			}
+		}
+	}
 	if lay, ok := pf.pack.layout(); ok {
+		// Read by range: beside the chunks' request, not before it.
 		var recs []packRec
 		for d := range byDigest {
 			if r, ok := lay.runs[d]; ok {
 				recs = append(recs, r)
 			}
 		}
-		pf.pack.fetchRecords(ctx, recs, func(r packRec, b []byte) { take(r.d, b) })
-	} else {
-		pf.pack.runs(take)
+		wg.Go(func() {
+			pf.pack.fetchRecords(ctx, recs, func(r packRec, b []byte) { take(r.d, b) })
+			rest()
+		})
+		return
 	}
-	for i, l := range im.Layers {
-		var left []int
-		for _, r := range claimed[i] {
-			if !taken[runRef{l, r}] {
-				left = append(left, r)
-			}
-		}
-		if len(left) > 0 {
-			wg.Go(func() { _ = l.fetchRuns(ctx, left, nil, nil) })
-		}
-	}
+	pf.pack.runs(take)
+	rest()
 }
