@@ -43,9 +43,10 @@ type pack struct {
 	next    *packRecord              // the first record after the indexes, read while looking for them
 	over    bool                     // no more records: the end, or an error (err)
 	err     error
-	// prefix, when not 0, is where the index records end: the GET asks for them alone
-	// (the node holds some of the rest, read by range once the indexes tell where).
-	prefix int64
+	// prefix, when not 0, is where the index records end: the GET asks for those from
+	// from on alone, the indexes the node lacks (it holds some of the rest, read by range
+	// once the indexes tell where).
+	from, prefix int64
 	// lay, once set (useLayout), is where the records after the indexes lie: they are
 	// read by range (fetchRecords), those the node lacks, not streamed.
 	lay *packLayout
@@ -83,25 +84,41 @@ func (p *pack) openLocked() {
 		return
 	}
 	p.opened = true
-	size := p.blob.Size()
-	open := p.blob.Open
-	if p.prefix > 0 {
-		size = p.prefix
-		open = func(ctx context.Context) (io.ReadCloser, error) { return p.blob.OpenRange(ctx, 0, size) }
-	}
-	rc, err := open(p.ctx)
-	if err == nil {
-		p.pr, err = profile.NewPackReader(rc, size)
-		if err != nil {
-			rc.Close()
-		}
-	}
+	rc, err := p.openStream()
 	if err != nil {
 		p.failLocked(err)
 		return
 	}
 	p.rc = rc
 	context.AfterFunc(p.ctx, func() { p.close() })
+}
+
+// openStream sends the GET: of the whole pack, or of the index records from p.from to
+// p.prefix.
+func (p *pack) openStream() (io.ReadCloser, error) {
+	if p.prefix == 0 {
+		rc, err := p.blob.Open(p.ctx)
+		if err != nil {
+			return nil, err
+		}
+		if p.pr, err = profile.NewPackReader(rc, p.blob.Size()); err != nil {
+			rc.Close()
+			return nil, err
+		}
+		return rc, nil
+	}
+	n := p.prefix - p.from
+	rc, err := p.blob.OpenRange(p.ctx, p.from, n)
+	if err != nil {
+		return nil, err
+	}
+	// Of these records, index records alone are kept: a version 2 reader takes any kind a
+	// pack holds.
+	if p.pr, err = profile.NewPackReaderAt(rc, p.from, n, profile.PackVersion2); err != nil {
+		rc.Close()
+		return nil, err
+	}
+	return rc, nil
 }
 
 // failLocked ends the reading; a reason other than the image closing is logged, once.

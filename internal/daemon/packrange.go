@@ -54,15 +54,26 @@ func packIndexEnd(layers []v1.Descriptor) (int64, bool) {
 	return end, len(layers) > 0
 }
 
-// anyIndexKept says whether the store keeps the index of one of the layers: the node has
-// run an image that shares a layer, and is likely to hold some of the pack's chunks.
-func anyIndexKept(st *store.Store, layers []v1.Descriptor) bool {
+// packIndexSpan is where the index records of the pack of an image with these layers lie
+// from the first whose index the store does not keep to the last, when the store keeps
+// one of them (the node ran an image that shares a layer, and is likely to hold some of
+// the pack's chunks) and every layer is a lazypull layer.
+func packIndexSpan(st *store.Store, layers []v1.Descriptor) (from, end int64, ok bool) {
+	end = int64(profile.HeaderSize)
+	from, kept := int64(-1), false
 	for _, d := range layers {
-		if loc, err := format.LocationFromAnnotations(d.Annotations); err == nil && st.HasMeta(loc.Digest) {
-			return true
+		loc, err := format.LocationFromAnnotations(d.Annotations)
+		if err != nil {
+			return 0, 0, false
 		}
+		if st.HasMeta(loc.Digest) {
+			kept = true
+		} else if from < 0 {
+			from = end
+		}
+		end += profile.RecordHeaderSize + loc.Size
 	}
-	return false
+	return from, end, kept && from >= 0
 }
 
 // packLayout computes where the pack of the profile planned as per and wants (Image.plan)

@@ -291,10 +291,10 @@ func (pf *prefetcher) awaitPack(ctx context.Context, st *store.Store) *pack {
 		return nil // the prefetch reports the error
 	}
 	pk := newPack(im.bg, im.Registry, *l.Pack, indexDigests(im.Image.Manifest.Layers), im.log)
-	if end, ok := packIndexEnd(im.Image.Manifest.Layers); ok && end < pk.blob.Size() && anyIndexKept(st, im.Image.Manifest.Layers) {
-		// The node ran an image sharing a layer: the indexes alone, the rest by range
-		// once they tell which records it lacks (prefetchPacked).
-		pk.prefix = end
+	if from, end, ok := packIndexSpan(st, im.Image.Manifest.Layers); ok && end < pk.blob.Size() {
+		// The node ran an image sharing a layer: the indexes it lacks alone, the rest by
+		// range once they tell which records it lacks (prefetchPacked).
+		pk.from, pk.prefix = from, end
 	}
 	return pk
 }
@@ -333,6 +333,9 @@ func (pf *prefetcher) prefetchPacked(ctx context.Context, per [][]store.Want, wa
 			im.log.Debug("profile pack: reading the records this node lacks, by range", "image", im.Ref,
 				"pack", pf.pack.blob.Digest(), "missing", missing, "of", lay.chunkBytes)
 		}
+	} else if pf.pack.prefix > 0 {
+		im.log.Info("profile pack: its records are not where its layout puts them; fetching what this node lacks from the layers",
+			"image", im.Ref, "pack", pf.pack.blob.Digest())
 	}
 	var wg sync.WaitGroup
 	defer wg.Wait()

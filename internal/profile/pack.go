@@ -234,6 +234,19 @@ func NewPackReader(r io.Reader, size int64) (*PackReader, error) {
 	return pr, nil
 }
 
+// NewPackReaderAt reads the records of a pack that lie in the n bytes at offset off, read
+// by range from r (the pack's header is not among them): as a reader of version reads
+// them, the first at off. A record cut by the range's end is malformed.
+func NewPackReaderAt(r io.Reader, off, n int64, version uint16) (*PackReader, error) {
+	if off < int64(packHeader) || n < 0 || off+n > MaxPack {
+		return nil, fmt.Errorf("pack records at %d+%d: want them after the header and within %d bytes: %w", off, n, MaxPack, ErrBadPack)
+	}
+	if version != PackVersion1 && version != PackVersion2 {
+		return nil, fmt.Errorf("pack: version %d", version)
+	}
+	return &PackReader{r: bufio.NewReaderSize(r, 64<<10), version: version, left: n, off: off}, nil
+}
+
 // Version is the pack's version.
 func (pr *PackReader) Version() uint16 { return pr.version }
 

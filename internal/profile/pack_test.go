@@ -475,3 +475,59 @@ func FuzzPackReader(f *testing.F) {
 		}
 	})
 }
+
+// TestPackRecordsByRange: a record read by range where the writer put it (its offset from
+// the lengths of those before it) is RecordAt's, header and all; a range that is not that
+// record (another's, cut, shifted) is refused. NewPackReaderAt reads the records of a span.
+func TestPackRecordsByRange(t *testing.T) {
+	recs := samplePack()
+	pack := writePack(t, recs)
+	off := int64(HeaderSize)
+	at := make([]int64, len(recs))
+	for i, r := range recs {
+		at[i] = off
+		off += RecordHeaderSize + int64(len(r.b))
+	}
+	if off != int64(len(pack)) {
+		t.Fatalf("layout ends at %d; the pack is %d bytes", off, len(pack))
+	}
+	for i, r := range recs {
+		n := int64(len(r.b))
+		b, err := RecordAt(pack[at[i]:at[i]+RecordHeaderSize+n], r.kind, r.d, n)
+		if err != nil || !bytes.Equal(b, r.b) {
+			t.Errorf("record %d: %v", i, err)
+		}
+	}
+	r := recs[4]
+	n := int64(len(r.b))
+	for name, b := range map[string][]byte{
+		"another's": pack[at[3] : at[3]+RecordHeaderSize+n],
+		"cut":       pack[at[4] : at[4]+RecordHeaderSize+n-1],
+		"shifted":   pack[at[4]+1 : at[4]+1+RecordHeaderSize+n],
+	} {
+		if _, err := RecordAt(b, r.kind, r.d, n); !errors.Is(err, ErrBadPack) {
+			t.Errorf("%s: %v; want ErrBadPack", name, err)
+		}
+	}
+	if _, err := RecordAt(pack[at[4]:at[4]+RecordHeaderSize+n], RecordIndex, r.d, n); !errors.Is(err, ErrBadPack) {
+		t.Errorf("another kind: %v; want ErrBadPack", err)
+	}
+
+	// The index records from the second on, read by range.
+	pr, err := NewPackReaderAt(bytes.NewReader(pack[at[1]:at[3]]), at[1], at[3]-at[1], PackVersion1)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for i := 1; i < 3; i++ {
+		k, d, b, err := pr.Next()
+		if err != nil || k != recs[i].kind || d != recs[i].d || !bytes.Equal(b, recs[i].b) {
+			t.Fatalf("record %d by range: %s %s, %v", i, k, d, err)
+		}
+	}
+	if _, _, _, err := pr.Next(); err != io.EOF {
+		t.Errorf("after the span: %v; want io.EOF", err)
+	}
+	if _, err := NewPackReaderAt(bytes.NewReader(nil), 0, 10, PackVersion1); !errors.Is(err, ErrBadPack) {
+		t.Errorf("a span over the header: %v; want ErrBadPack", err)
+	}
+}
