@@ -278,6 +278,22 @@ func (p *pack) useLayout(lay packLayout, missing int64) bool {
 	return true
 }
 
+// streamRest makes the records after the indexes come streamed, in one Range request, as a
+// cold node reads them, when the GET asked for the indexes the node lacks alone and the
+// layout that would have said where the rest lies is not the pack's (written in an order
+// this reader does not know). It says whether it did.
+func (p *pack) streamRest() bool {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if p.prefix == 0 || p.lay != nil {
+		return false
+	}
+	p.closeLocked()
+	p.from, p.prefix = p.prefix, p.blob.Size()
+	p.opened, p.over, p.err, p.next, p.pr, p.rc = false, false, nil, nil, nil, nil
+	return true
+}
+
 // layout is where the records lie, when they are read by range (useLayout).
 func (p *pack) layout() (packLayout, bool) {
 	p.mu.Lock()

@@ -333,8 +333,8 @@ func (pf *prefetcher) prefetchPacked(ctx context.Context, per [][]store.Want, wa
 			im.log.Debug("profile pack: reading the records this node lacks, by range", "image", im.Ref,
 				"pack", pf.pack.blob.Digest(), "missing", missing, "of", lay.chunkBytes)
 		}
-	} else if pf.pack.prefix > 0 {
-		im.log.Info("profile pack: its records are not where its layout puts them; fetching what this node lacks from the layers",
+	} else if pf.pack.streamRest() {
+		im.log.Info("profile pack: its records are not where this reader puts them; reading them all",
 			"image", im.Ref, "pack", pf.pack.blob.Digest())
 	}
 	var wg sync.WaitGroup
