@@ -9,8 +9,10 @@ import (
 	"math/rand/v2"
 	"os/exec"
 	"strings"
+	"sync"
 	"sync/atomic"
 	"testing"
+	"time"
 )
 
 // corpus returns n bytes that exercise every deflate block type: text-like runs
@@ -483,5 +485,48 @@ func TestKeepBoundsBytes(t *testing.T) {
 	small := NewReader(ix, bytes.NewReader(blob), 10)
 	if _, err := small.ReadAt(p, 0); err != nil || len(small.cache) != 0 {
 		t.Fatalf("keep of 10 bytes: %d spans kept (%v); want none", len(small.cache), err)
+	}
+}
+
+// concurrencyReader counts the ReadAt calls in flight at once.
+type concurrencyReader struct {
+	r         io.ReaderAt
+	mu        sync.Mutex
+	now, most int
+}
+
+func (c *concurrencyReader) ReadAt(p []byte, off int64) (int, error) {
+	c.mu.Lock()
+	c.now++
+	c.most = max(c.most, c.now)
+	c.mu.Unlock()
+	defer func() { c.mu.Lock(); c.now--; c.mu.Unlock() }()
+	time.Sleep(time.Millisecond) // hold the fetch open, so concurrent decodes would overlap
+	return c.r.ReadAt(p, off)
+}
+
+// TestDecodeBudget: a Reader's decodes in flight hold at most its budget (one larger runs
+// alone): with a budget below one span, reads of different spans decode one at a time,
+// and all get their bytes.
+func TestDecodeBudget(t *testing.T) {
+	data := text(1<<20, 16)
+	blob := gzipGo(t, data, 6)
+	ix, _ := build(t, blob, 16<<10)
+	c := &concurrencyReader{r: bytes.NewReader(blob)}
+	r := NewReader(ix, c, 0)
+	r.budget = 1
+	var wg sync.WaitGroup
+	for i := range ix.NumSpans() {
+		wg.Go(func() {
+			s := ix.Span(i)
+			p := make([]byte, min(s.Len, 100))
+			if n, err := r.ReadAt(p, s.Off); n != len(p) || !bytes.Equal(p, data[s.Off:s.Off+int64(n)]) {
+				t.Errorf("span %d: ReadAt = %d, %v", i, n, err)
+			}
+		})
+	}
+	wg.Wait()
+	if c.most != 1 || r.inflight != 0 {
+		t.Errorf("%d decodes in flight at once (%d left counted); want 1 under a budget below one span", c.most, r.inflight)
 	}
 }

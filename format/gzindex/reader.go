@@ -37,7 +37,18 @@ type Reader struct {
 	cache []cachedSpan // most recently used last
 	kept  int64        // bytes of output in cache
 	keep  int64        // at most this many
+
+	// Decodes in flight hold their compressed bytes and their output: at most budget
+	// bytes of them at once (a decode larger than budget runs alone), whatever spans a
+	// hostile index claims. done is signalled when one ends.
+	inflight, budget int64
+	done             *sync.Cond
 }
+
+// decodeBudget is the bytes a Reader's concurrent decodes may hold at once: many of
+// ordinary spans (128 KiB compressed, a few times that decoded), one of the largest an
+// index may claim (MaxSpanIn, MaxSpanOut).
+const decodeBudget = 16 << 20
 
 type cachedSpan struct {
 	i   int
@@ -49,7 +60,36 @@ type cachedSpan struct {
 // bytes of it at most (a span is up to MaxSpanOut; one larger than keep is not kept);
 // keep <= 0 keeps none.
 func NewReader(ix *Index, blob io.ReaderAt, keep int64) *Reader {
-	return &Reader{ix: ix, blob: blob, keep: max(keep, 0)}
+	r := &Reader{ix: ix, blob: blob, keep: max(keep, 0), budget: decodeBudget}
+	r.done = sync.NewCond(&r.mu)
+	return r
+}
+
+// acquire waits until a decode of n bytes fits the budget (or none is in flight) and
+// counts it in; release counts it out.
+func (r *Reader) acquire(n int64) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	for r.inflight > 0 && r.inflight+n > r.budget {
+		r.done.Wait()
+	}
+	r.inflight += n
+}
+
+func (r *Reader) release(n int64) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	r.inflight -= n
+	r.done.Broadcast()
+}
+
+// decodeSize is what decoding spans i..j holds: their compressed bytes and their output.
+func (r *Reader) decodeSize(i, j int) int64 {
+	n := r.runLen(i, j)
+	for k := i; k <= j; k++ {
+		n += r.ix.Span(k).Len
+	}
+	return n
 }
 
 // ReadAt reads the uncompressed bytes [off, off+len(p)). Spans not kept are fetched in
@@ -73,7 +113,11 @@ func (r *Reader) ReadAt(p []byte, off int64) (int, error) {
 				j++
 			}
 			var err error
-			if run, err = r.decode(i, j); err != nil {
+			size := r.decodeSize(i, j)
+			r.acquire(size)
+			run, err = r.decode(i, j)
+			r.release(size)
+			if err != nil {
 				return n, err
 			}
 		}
