@@ -112,12 +112,13 @@ func (s *Store) Fill(ctx context.Context, src Source, files ...File) error {
 
 // fetchMissing makes every chunk of the files (that are not complete already) local.
 func (s *Store) fetchMissing(ctx context.Context, src Source, files []File) error {
-	return s.fetchChunks(ctx, src, files, func(f File) []format.Chunk { return f.Chunks })
+	return s.fetchChunks(ctx, src, files, true, func(f File) []format.Chunk { return f.Chunks })
 }
 
 // fetchChunks makes local the chunks that chunksOf picks of each file (that is not
-// complete already), with one Fetch call for all of them.
-func (s *Store) fetchChunks(ctx context.Context, src Source, files []File, chunksOf func(File) []format.Chunk) error {
+// complete already), with one Fetch call for all of them. direct: into the files'
+// fillings (the files are to be made complete), not objects of their own.
+func (s *Store) fetchChunks(ctx context.Context, src Source, files []File, direct bool, chunksOf func(File) []format.Chunk) error {
 	for attempt := 1; ; attempt++ {
 		var parts []part
 		var mine []*flight
@@ -145,6 +146,9 @@ func (s *Store) fetchChunks(ctx context.Context, src Source, files []File, chunk
 			}
 		}
 		if len(mine) > 0 {
+			for _, fl := range mine {
+				fl.direct = direct
+			}
 			s.fetch(ctx, src, mine, true)
 		}
 		again := false
@@ -225,7 +229,7 @@ func (s *Store) Prefetch(ctx context.Context, src Source, wants ...Want) error {
 	for _, f := range files {
 		l.Pin(f)
 	}
-	return s.fetchChunks(ctx, src, files, func(f File) []format.Chunk { return need[f.Digest] })
+	return s.fetchChunks(ctx, src, files, false, func(f File) []format.Chunk { return need[f.Digest] })
 }
 
 // assembleOrWait makes f complete from local chunks, or waits for the assembly running.
@@ -354,6 +358,14 @@ func (s *Store) endAssembly(f File, fl *flight, err error) {
 // with reflinks shares the blocks), verifies the whole against f's digest, records where
 // its chunks lie, renames it into place and drops the chunk objects it now holds.
 func (s *Store) assemble(ctx context.Context, f File) error {
+	if done, err := s.completeFill(ctx, f); done || err != nil {
+		return err // a file being filled is completed from its temp file instead
+	}
+	return s.assembleParts(ctx, f)
+}
+
+// assembleParts writes f as one object from its local chunks (assemble).
+func (s *Store) assembleParts(ctx context.Context, f File) error {
 	s.mu.Lock()
 	if s.objects[f.Digest] != nil {
 		s.mu.Unlock()
@@ -399,7 +411,7 @@ func (s *Store) assemble(ctx context.Context, f File) error {
 			r := srcs[p.o]
 			if r == nil {
 				var err error
-				if r, err = os.Open(s.objectPath(p.o.digest)); err != nil {
+				if r, err = s.openObject(p.o); err != nil {
 					if errors.Is(err, fs.ErrNotExist) {
 						return fmt.Errorf("chunk %s: %w", p.c.Digest, errMissing)
 					}

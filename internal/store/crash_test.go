@@ -179,7 +179,7 @@ func crashFiles() []tfile {
 }
 
 // TestCrashChild is the child of TestKilledWhileWriting: it writes to the store without
-// pause (reads, fills, prunes, under a small bound) until it is killed.
+// pause (reads, reads ahead, fills, prunes, under a small bound) until it is killed.
 func TestCrashChild(t *testing.T) {
 	dir := os.Getenv(crashChildEnv)
 	if dir == "" {
@@ -203,7 +203,7 @@ func TestCrashChild(t *testing.T) {
 		}
 		name := l.names[r.IntN(len(l.names))]
 		f := l.files[name]
-		switch op := r.IntN(10); {
+		switch op := r.IntN(12); {
 		case op < 6:
 			off := r.Int64N(f.Size + 1)
 			p := make([]byte, r.IntN(400_000)+1)
@@ -214,7 +214,13 @@ func TestCrashChild(t *testing.T) {
 			if !bytes.Equal(p[:k], l.data[name][off:off+int64(k)]) {
 				t.Fatalf("%s at %d: wrong bytes", name, off)
 			}
-		case op < 9:
+		case op < 8: // read ahead, into the file's filling
+			off := r.Int64N(f.Size + 1)
+			n := min(r.Int64N(2<<20), f.Size-off)
+			if err := s.ReadAhead(ctx, src, f, off, n); err != nil {
+				t.Fatal(err)
+			}
+		case op < 11:
 			if err := s.Fill(ctx, src, f, l.files[l.names[r.IntN(len(l.names))]]); err != nil {
 				t.Fatal(err)
 			}

@@ -34,7 +34,7 @@
 //	<dir>/objects/<hh>/<hex>       content whose sha256 is <hex>; <hh> = <hex>[:2]; mode 0444
 //	<dir>/meta/<hex>               a manifest or layer index whose sha256 is <hex> (meta.go)
 //	<dir>/chunks.log               where the chunks of multi-chunk objects lie (chunklog.go)
-//	<dir>/tmp/object-N, chunks-N.log   objects and chunk logs being written
+//	<dir>/tmp/object-N, chunks-N.log   objects (files being filled too) and chunk logs being written
 //
 // A directory without store-version is made a store only if it is empty (but for
 // lost+found, and the lock and temp file of an interrupted first Open); anything else is
@@ -52,6 +52,18 @@
 // complete file is found through the chunk log's index (chunk digest -> object, offset),
 // rebuilt in memory on Open from that one sequential file, not by reading any object.
 //
+// Chunks fetched to make a file complete (Fill) or ahead of a sequential reader
+// (ReadAhead) are not objects of their own: a multi-chunk file's are written straight into
+// one temp file of its size (tmp/object-N, a "filling", direct.go) at their offsets, each
+// verified (Decode) before it is written. The file's sha256 is computed over the prefix of
+// chunks present as it grows; when the last chunk is in (the chunks it lacks copied from
+// where they lie, as an assembly would), the file is checked against its digest, fsynced
+// once, recorded in the chunk log and renamed to its name: no create, fsync, copy or
+// unlink per chunk. Until then its chunks are read from the temp file, found by other
+// files through the same index, and its bytes count against the bound; which chunks it
+// holds is kept in memory only, so a filling does not outlive the process (Close removes
+// it, Open removes what a crash left) and a restart fetches what it held again.
+//
 // The store touches nothing but these names, and of the temp files removes only those named
 // as it names its own (tmp/object-N, tmp/chunks-N.log, meta/.<hex>-N, .store-version-N), so
 // the directory may hold other state (the daemon's stats.json).
@@ -62,7 +74,7 @@
 // whose sha256 is <hex>, and a chunk log record (whose checksum matches) says truly where
 // chunks lie inside an object of that name. It holds across kill -9 and power loss:
 //
-//   - An object is written under tmp/, checked (a chunk by Decode, an assembled file by its
+//   - An object is written under tmp/, checked (a chunk by Decode, an assembled or filled file by its
 //     digest), fsynced, made read-only, and only then renamed to its name. A process
 //     that dies earlier leaves a temp file, which Open deletes; a name never points at a
 //     partial or unsynced file (metadata is written the same way, in meta/). Fetched chunks are written in batches whose write-back

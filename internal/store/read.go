@@ -47,6 +47,8 @@ type flight struct {
 	// keep says a reader will copy data after done; set under Store.mu while the flight is
 	// in Store.flights. A flight nobody reads (a Fill's) drops data once stored.
 	keep bool
+	// direct: the chunk goes into its file's filling (direct.go), not an object of its own.
+	direct bool
 	// joined counts the reads that found the flight running and waited for it.
 	joined int
 	// stored is closed once the chunk is stored, or will not be: storeErr (set before)
@@ -200,6 +202,9 @@ func (s *Store) ReadAhead(ctx context.Context, src Source, f File, off, n int64)
 	}
 	if len(mine) == 0 {
 		return nil
+	}
+	for _, fl := range mine {
+		fl.direct = true
 	}
 	s.fetch(ctx, src, mine, false)
 	for _, fl := range mine {
@@ -427,6 +432,10 @@ func (s *Store) storeChunks(jobs []writeJob) {
 	files := make([]*os.File, len(jobs))
 	errs := make([]error, len(jobs))
 	for i, j := range jobs {
+		if direct(j.fl) {
+			errs[i] = s.storeDirect(j.fl, j.data)
+			continue
+		}
 		files[i], errs[i] = s.createTemp(func(w *os.File) error {
 			_, err := w.Write(j.data)
 			return err
@@ -440,10 +449,10 @@ func (s *Store) storeChunks(jobs []writeJob) {
 		fl := j.fl
 		err := errs[i]
 		var tmp string
-		if err == nil {
+		if err == nil && !direct(fl) {
 			tmp, err = syncTemp(files[i])
 		}
-		if err == nil {
+		if err == nil && !direct(fl) {
 			_, err = s.commit(fl.c.Digest, tmp, int64(len(j.data)), fl, nil)
 		}
 		s.mu.Lock()

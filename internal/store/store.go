@@ -197,6 +197,7 @@ type Store struct {
 	chunks     map[format.Digest]chunkLoc // chunks inside multi-chunk objects
 	flights    map[format.Digest]*flight  // chunks being fetched
 	assembling map[format.Digest]*flight  // files being assembled
+	fills      map[format.Digest]*object  // files being filled in tmp/ (direct.go)
 	progress   map[format.Digest]int      // partly present files: chunks known present
 	filePins   map[format.Digest]int
 	chunkPins  map[format.Digest]int
@@ -230,6 +231,8 @@ type object struct {
 	// meta: not an object but metadata (a manifest or an index) under meta/, in the same
 	// LRU order and bound as the objects; never read through fd, never pinned.
 	meta bool
+	// fill: a multi-chunk file being filled in tmp/ (direct.go), not yet under objects/.
+	fill *filling
 }
 
 // chunkLoc says where a chunk lies inside a (multi-chunk) object.
@@ -277,6 +280,7 @@ func Open(dir string, opts ...Option) (*Store, error) {
 		chunks:     make(map[format.Digest]chunkLoc),
 		flights:    make(map[format.Digest]*flight),
 		assembling: make(map[format.Digest]*flight),
+		fills:      make(map[format.Digest]*object),
 		progress:   make(map[format.Digest]int),
 		filePins:   make(map[format.Digest]int),
 		chunkPins:  make(map[format.Digest]int),
@@ -354,10 +358,21 @@ func (s *Store) objectPath(d format.Digest) string {
 	return filepath.Join(s.dir, objectsName, h[:2], h)
 }
 
+// openObject opens o's file afresh (a filling's is in tmp/ until it is complete).
+func (s *Store) openObject(o *object) (*os.File, error) {
+	s.mu.Lock()
+	p := s.pathOf(o)
+	s.mu.Unlock()
+	return os.Open(p)
+}
+
 // pathOf is where o lies: under objects/, or under meta/ for metadata.
 func (s *Store) pathOf(o *object) string {
 	if o.meta {
 		return s.metaPath(o.digest)
+	}
+	if o.filling() {
+		return o.fill.tmp
 	}
 	return s.objectPath(o.digest)
 }
@@ -677,6 +692,11 @@ func (s *Store) Close() error {
 	s.bgStop()
 	s.bg.Wait()
 	s.mu.Lock()
+	for _, o := range s.fills { // partly filled files: lost, as a crash would lose them
+		if err := s.removeLocked(o); err != nil {
+			s.log.Warn("store: cannot remove a partly filled file", "err", err)
+		}
+	}
 	for s.fds.Len() > 0 {
 		s.closeFileLocked(s.fds.Front().Value.(*object))
 	}
@@ -741,6 +761,15 @@ func (s *Store) forgetLocked(o *object) {
 		s.metaBytes -= o.size
 		return
 	}
+	if o.filling() {
+		if s.fills[o.digest] == o {
+			delete(s.fills, o.digest)
+		}
+		if o.refs == 0 {
+			s.closeFileLocked(o)
+		}
+		return
+	}
 	delete(s.objects, o.digest)
 	if o.refs == 0 {
 		s.closeFileLocked(o)
@@ -788,8 +817,9 @@ func (s *Store) file(o *object) (*os.File, error) {
 		s.mu.Unlock()
 		return fd, nil
 	}
+	p := s.pathOf(o)
 	s.mu.Unlock()
-	f, err := os.Open(s.objectPath(o.digest))
+	f, err := os.Open(p)
 	if err != nil {
 		return nil, err
 	}
@@ -803,7 +833,7 @@ func (s *Store) file(o *object) (*os.File, error) {
 	for e := s.fds.Back(); e != nil && s.fds.Len() > maxOpenFiles; {
 		v := e.Value.(*object)
 		e = e.Prev()
-		if v.refs == 0 {
+		if v.refs == 0 && !v.filling() { // a filling's name changes: keep its descriptor
 			s.closeFileLocked(v)
 		}
 	}
@@ -811,6 +841,10 @@ func (s *Store) file(o *object) (*os.File, error) {
 }
 
 func (s *Store) closeFileLocked(o *object) {
+	if o.dead && o.fill != nil && o.fill.w != nil {
+		_ = o.fill.w.Close() // unused: whoever writes it holds a ref
+		o.fill.w = nil
+	}
 	if o.fd == nil {
 		return
 	}

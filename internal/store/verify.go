@@ -5,7 +5,6 @@ import (
 	"crypto/sha256"
 	"fmt"
 	"io"
-	"os"
 
 	"lazypull/format"
 )
@@ -64,7 +63,7 @@ func (s *Store) Verify(ctx context.Context) (VerifyResult, error) {
 	var locs []loc
 	s.mu.Lock()
 	for d, l := range s.chunks {
-		if !l.obj.dead {
+		if !l.obj.dead && !l.obj.filling() { // a filling's chunks were verified as written
 			locs = append(locs, loc{d, l})
 		}
 	}
@@ -95,7 +94,7 @@ func (s *Store) Verify(ctx context.Context) (VerifyResult, error) {
 
 // hashRange hashes n bytes of an object from off; a short object is an error.
 func (s *Store) hashRange(o *object, off, n int64, buf []byte) (format.Digest, int64, error) {
-	f, err := os.Open(s.objectPath(o.digest))
+	f, err := s.openObject(o)
 	if err != nil {
 		return format.Digest{}, 0, err
 	}
