@@ -9,6 +9,7 @@ import (
 	"io/fs"
 	"os"
 	"path/filepath"
+	"slices"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -43,13 +44,18 @@ type filling struct {
 func direct(fl *flight) bool { return fl.direct && len(fl.file.Chunks) > 1 }
 
 // storeDirect writes a verified chunk into its file's filling (on a writer goroutine).
-func (s *Store) storeDirect(fl *flight, data []byte) error {
+// handled is false when the chunk is to be stored as an object of its own instead: the
+// file is being filled as cut into other chunks (the same content, another index).
+func (s *Store) storeDirect(fl *flight, data []byte) (handled bool, err error) {
 	o, err := s.fillOf(fl.file)
 	if err != nil || o == nil {
-		return err
+		return true, err
 	}
 	defer s.release(o)
 	fi := o.fill
+	if !slices.Equal(fi.f.Chunks, fl.file.Chunks) {
+		return false, nil
+	}
 	fi.mu.Lock()
 	off, added, err := fi.put(fl.c, data)
 	fi.mu.Unlock()
@@ -60,17 +66,17 @@ func (s *Store) storeDirect(fl *flight, data []byte) error {
 		if rerr := s.removeLocked(o); rerr != nil {
 			s.log.Warn("store: cannot remove a partly filled file", "err", rerr)
 		}
-		return err
+		return true, err
 	}
 	if o.dead || added == 0 {
-		return nil
+		return true, nil
 	}
 	o.size += added
 	s.bytes += added
 	s.chunks[fl.c.Digest] = chunkLoc{obj: o, off: off, size: fl.c.Size}
 	s.changes.Add(1)
 	s.enforceLocked()
-	return nil
+	return true, nil
 }
 
 // fillOf returns f's filling object, held, making it if need be; nil when f is complete.

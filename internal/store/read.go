@@ -431,10 +431,12 @@ func (s *Store) fetch(ctx context.Context, src Source, mine []*flight, bulk bool
 func (s *Store) storeChunks(jobs []writeJob) {
 	files := make([]*os.File, len(jobs))
 	errs := make([]error, len(jobs))
+	inFill := make([]bool, len(jobs)) // written into its file's filling (direct.go)
 	for i, j := range jobs {
 		if direct(j.fl) {
-			errs[i] = s.storeDirect(j.fl, j.data)
-			continue
+			if inFill[i], errs[i] = s.storeDirect(j.fl, j.data); inFill[i] {
+				continue
+			}
 		}
 		files[i], errs[i] = s.createTemp(func(w *os.File) error {
 			_, err := w.Write(j.data)
@@ -449,10 +451,10 @@ func (s *Store) storeChunks(jobs []writeJob) {
 		fl := j.fl
 		err := errs[i]
 		var tmp string
-		if err == nil && !direct(fl) {
+		if err == nil && !inFill[i] {
 			tmp, err = syncTemp(files[i])
 		}
-		if err == nil && !direct(fl) {
+		if err == nil && !inFill[i] {
 			_, err = s.commit(fl.c.Digest, tmp, int64(len(j.data)), fl, nil)
 		}
 		s.mu.Lock()
