@@ -308,3 +308,67 @@ func TestDedupAcrossFillings(t *testing.T) {
 		t.Fatalf("verify: %+v, %v", r, err)
 	}
 }
+
+// fixedCutter cuts content into chunks of n bytes.
+type fixedCutter int
+
+func (c fixedCutter) Cut(data []byte, final bool) int {
+	if len(data) >= int(c) {
+		return int(c)
+	}
+	if final {
+		return len(data)
+	}
+	return 0
+}
+
+func (c fixedCutter) MaxChunk() int { return int(c) }
+
+// The same content cut into other chunks (another layer's index) while its file is being
+// filled: those chunks are stored as objects of their own, never refused, and both views
+// of the file read right and complete.
+func TestFillOtherChunking(t *testing.T) {
+	data := testutil.RandBytes(47, 2<<20)
+	la := buildLayer(t, tfile{"f", data})
+	var blob bytes.Buffer
+	tarball := testutil.Tar(t, testutil.File("f", data))
+	if _, err := format.Write(context.Background(), &blob, bytes.NewReader(tarball), format.WithCutter(fixedCutter(100_000))); err != nil {
+		t.Fatal(err)
+	}
+	lb := openLayer(t, blob.Bytes(), []tfile{{"f", data}})
+	fa, fb := la.files["f"], lb.files["f"]
+	if fa.Digest != fb.Digest || slices.Equal(fa.Chunks, fb.Chunks) {
+		t.Fatal("want the same file cut two ways")
+	}
+	s := openStore(t, t.TempDir())
+	ctx := context.Background()
+	srcA, srcB := newSource(la), newSource(lb)
+	if err := s.ReadAhead(ctx, srcA, fa, 0, 1<<20); err != nil {
+		t.Fatal(err)
+	}
+	s.idle()
+	if err := s.ReadAhead(ctx, srcB, fb, 0, fb.Size); err != nil {
+		t.Fatal(err)
+	}
+	s.idle()
+	if st := s.Stats(); st.WriteErrors != 0 {
+		t.Fatalf("%d write errors storing the other chunking's chunks", st.WriteErrors)
+	}
+	if got := readAll(t, s, srcB, fb, 300_000); !bytes.Equal(got, data) {
+		t.Fatal("the other chunking reads wrong")
+	}
+	if err := s.Fill(ctx, srcA, fa); err != nil {
+		t.Fatal(err)
+	}
+	s.idle()
+	p, ok := s.LocalPath(fb)
+	if !ok {
+		t.Fatal("not complete after Fill")
+	}
+	if got, err := os.ReadFile(p); err != nil || !bytes.Equal(got, data) {
+		t.Fatalf("complete file differs (%v)", err)
+	}
+	if got := readAll(t, s, srcA, fa, 1<<20); !bytes.Equal(got, data) {
+		t.Fatal("reads wrong once complete")
+	}
+}
