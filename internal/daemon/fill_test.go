@@ -174,6 +174,20 @@ func openFresh(t *testing.T, ref string) (*Image, *store.Store) {
 	return openFreshLog(t, ref, nil)
 }
 
+// openIn opens the store at dir and ref's image on it; the caller closes both.
+func openIn(t *testing.T, dir, ref string) (*store.Store, *Image) {
+	t.Helper()
+	st, err := store.Open(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	im, err := OpenImage(context.Background(), st, ref, OpenOptions{Client: testClient(t)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return st, im
+}
+
 // openFreshLog is openFresh with the image logging to log.
 func openFreshLog(t *testing.T, ref string, log *slog.Logger) (*Image, *store.Store) {
 	t.Helper()

@@ -1,7 +1,6 @@
 package daemon
 
 import (
-	"context"
 	"crypto/sha256"
 	"encoding/hex"
 	"fmt"
@@ -23,14 +22,7 @@ import (
 func warmNode(t *testing.T, ref string, drop int, read ...string) *store.Store {
 	t.Helper()
 	dir := t.TempDir()
-	st, err := store.Open(dir)
-	if err != nil {
-		t.Fatal(err)
-	}
-	im, err := OpenImage(context.Background(), st, ref, OpenOptions{Client: testClient(t)})
-	if err != nil {
-		t.Fatal(err)
-	}
+	st, im := openIn(t, dir, ref)
 	for _, path := range read {
 		readFile(t, im, path)
 	}
@@ -52,7 +44,7 @@ func warmNode(t *testing.T, ref string, drop int, read ...string) *store.Store {
 			t.Fatal(err)
 		}
 	}
-	st, err = store.Open(dir)
+	st, err := store.Open(dir)
 	if err != nil {
 		t.Fatal(err)
 	}

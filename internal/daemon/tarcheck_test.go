@@ -107,17 +107,7 @@ func TestTarCheckCleanImage(t *testing.T) {
 	blob, ann := binLayer(t, func(*format.Index) {})
 	ref, reqs, _ := pushCounted(t, imageOfLayer(t, blob, ann), "clean:v1")
 	dir := t.TempDir()
-	open := func() (*store.Store, *Image) {
-		st, err := store.Open(dir)
-		if err != nil {
-			t.Fatal(err)
-		}
-		im, err := OpenImage(context.Background(), st, ref, OpenOptions{Client: testClient(t)})
-		if err != nil {
-			t.Fatal(err)
-		}
-		return st, im
-	}
+	open := func() (*store.Store, *Image) { return openIn(t, dir, ref) }
 	st, im := open()
 	for _, n := range []string{"bin/bash", "bin/sh", "etc/motd"} {
 		readFile(t, im, n)

@@ -259,10 +259,7 @@ func TestDedupAcrossFillings(t *testing.T) {
 	la := buildLayer(t, tfile{"a", a})
 	lb := buildLayer(t, tfile{"b", b})
 	fa, fb := la.files["a"], lb.files["b"]
-	shared := map[format.Digest]bool{}
-	for _, c := range fa.Chunks {
-		shared[c.Digest] = true
-	}
+	shared := chunkSet(fa)
 	var nShared int
 	for _, c := range fb.Chunks {
 		if shared[c.Digest] {

@@ -28,6 +28,15 @@ type testLayer struct {
 	names []string
 }
 
+// chunkSet returns the digests of f's chunks.
+func chunkSet(f File) map[format.Digest]bool {
+	set := map[format.Digest]bool{}
+	for _, c := range f.Chunks {
+		set[c.Digest] = true
+	}
+	return set
+}
+
 // all returns the layer's files, in its order.
 func (l *testLayer) all() []File {
 	var all []File

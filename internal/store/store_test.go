@@ -158,10 +158,7 @@ func TestSharedChunksNotFetched(t *testing.T) {
 	l1 := buildLayer(t, tfile{"v1/app", base})
 	l2 := buildLayer(t, tfile{"v2/app", edited})
 	f1, f2 := l1.files["v1/app"], l2.files["v2/app"]
-	inV1 := map[format.Digest]bool{}
-	for _, c := range f1.Chunks {
-		inV1[c.Digest] = true
-	}
+	inV1 := chunkSet(f1)
 	newChunks := map[format.Digest]bool{}
 	for _, c := range f2.Chunks {
 		if !inV1[c.Digest] {
