@@ -644,20 +644,16 @@ func TestCollectors(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
-	mfs, err := reg.Gather()
-	if err != nil {
-		t.Fatal(err)
-	}
-	got := map[string]float64{}
-	for _, mf := range mfs {
-		m := mf.GetMetric()[0]
-		if m.GetCounter() != nil {
-			got[mf.GetName()] = m.GetCounter().GetValue()
-		} else {
-			got[mf.GetName()] = m.GetGauge().GetValue()
-		}
-	}
-	st := s.Stats()
+	// The read's file is put together in the background: compare the metrics with the
+	// stats of a moment when nothing changed between the two.
+	var got map[string]float64
+	var st Stats
+	testutil.WaitFor(t, 10*time.Second, "the metrics and the stats taken with nothing changing between them", func() bool {
+		before := s.Stats()
+		got = gather(t, reg)
+		st = s.Stats()
+		return before == st
+	})
 	for name, want := range map[string]float64{
 		"lazypull_store_objects":              float64(st.Objects),
 		"lazypull_store_bytes":                float64(st.Bytes),
@@ -674,6 +670,25 @@ func TestCollectors(t *testing.T) {
 	if got["lazypull_store_misses_total"] == 0 {
 		t.Error("no misses counted")
 	}
+}
+
+// gather returns the value of each metric reg gathers (the first of each family).
+func gather(t *testing.T, reg *prometheus.Registry) map[string]float64 {
+	t.Helper()
+	mfs, err := reg.Gather()
+	if err != nil {
+		t.Fatal(err)
+	}
+	got := map[string]float64{}
+	for _, mf := range mfs {
+		m := mf.GetMetric()[0]
+		if m.GetCounter() != nil {
+			got[mf.GetName()] = m.GetCounter().GetValue()
+		} else {
+			got[mf.GetName()] = m.GetGauge().GetValue()
+		}
+	}
+	return got
 }
 
 func TestMeta(t *testing.T) {
