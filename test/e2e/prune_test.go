@@ -155,13 +155,7 @@ func TestCRIPruneRemovedImage(t *testing.T) {
 	s.crictl(t, "rmp", podID)
 	s.crictl(t, "rmi", refA)
 	// containerd removes the image's snapshots in its garbage collection, after rmi.
-	deadline := time.Now().Add(time.Minute)
-	for len(s.remoteUsage(t, layersA)) > 0 {
-		if time.Now().After(deadline) {
-			t.Fatalf("A's snapshots still there a minute after rmi")
-		}
-		time.Sleep(200 * time.Millisecond)
-	}
+	testutil.WaitFor(t, time.Minute, "A's snapshots gone after rmi", func() bool { return len(s.remoteUsage(t, layersA)) == 0 })
 
 	out := e.lazypull(t, "prune", "--json", "--store", s.store, "--root", filepath.Join(s.dir, "root"))
 	if out.code != 0 {
