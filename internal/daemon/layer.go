@@ -42,6 +42,8 @@ type Layer struct {
 
 	reading *atomic.Int64 // the image's reads in progress (Image.reading)
 
+	auto atomic.Pointer[autoLayer] // the recording of the image's start, if any (autoprofile.go)
+
 	usage usageCache // what the store holds of the layer, last counted (held)
 
 	tc tarCheck // the index checked against the tar (tarcheck.go)
@@ -185,6 +187,9 @@ func (l *Layer) ReadAt(ctx context.Context, e *format.Entry, p []byte, off int64
 	f, err := l.file(e)
 	if err != nil {
 		return 0, err
+	}
+	if a := l.auto.Load(); a != nil {
+		a.read(e, f, off, int64(len(p)))
 	}
 	l.readahead(e, f, off, int64(len(p)))
 	if ok {

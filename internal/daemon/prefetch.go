@@ -51,6 +51,9 @@ type PrefetchOptions struct {
 	Log *slog.Logger
 	// Metrics, when not nil, counts the look-ups' outcomes.
 	Metrics *ProfileMetrics
+	// Auto, when not nil, records the start of an image with no published profile, and
+	// uses what this node recorded before (autoprofile.go). Only under PolicyReferrers.
+	Auto *AutoProfileOptions
 }
 
 // prefetcher is an image's prefetch: the profile look-up its opening started, the
@@ -66,6 +69,8 @@ type prefetcher struct {
 	// pack is the profile's pack, when it has one: the layer indexes and the prefetch
 	// come from it.
 	pack *pack
+	// rec records the image's start (PrefetchOptions.Auto); nil: not recorded.
+	rec *autoRecorder
 
 	mu   sync.Mutex
 	st   PrefetchStats
@@ -108,6 +113,9 @@ func (pf *prefetcher) start(ctx context.Context, o PrefetchOptions) {
 	pf.mu.Lock()
 	pf.st, pf.done = PrefetchStats{Image: im.Ref, Policy: pf.choice.policy()}, done
 	pf.mu.Unlock()
+	if o.Auto != nil && pf.choice.policy() == PolicyReferrers && len(im.Layers) > 0 {
+		pf.rec = newAutoRecorder(im, *o.Auto) // before the first read
+	}
 	go func() {
 		defer close(done)
 		start := time.Now()
@@ -188,7 +196,13 @@ func (pf *prefetcher) run(ctx context.Context, log *slog.Logger, metrics *Profil
 	}
 	pf.mu.Unlock()
 	if l.err != nil || l.Profile == nil {
+		if used, err := pf.runAuto(ctx, l.err, looked, log); used || err != nil {
+			return err
+		}
 		return l.err
+	}
+	if pf.rec != nil {
+		pf.rec.decide(false) // the published profile is used
 	}
 	return pf.fetch(ctx, l.Profile, l.Desc.Digest.String(), looked, log)
 }

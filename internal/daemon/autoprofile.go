@@ -1,0 +1,493 @@
+package daemon
+
+import (
+	"context"
+	"fmt"
+	"log/slog"
+	"slices"
+	"sort"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"lazypull/format"
+	"lazypull/internal/profile"
+	"lazypull/internal/store"
+)
+
+// Automatic profiles (docs/design.md, "Automatic profiles"): an image started on this node
+// with no published profile has its first start's reads recorded, at the layers' Content
+// (Layer.ReadAt, every read that reaches the filesystem), kept in the store as this node's
+// profile of the image, and used by its next start; later starts are merged in. An image
+// with no profile of its own uses that of a related image (another version from the same
+// repository) that this node started.
+
+// Defaults of AutoProfileOptions.
+const (
+	// DefaultAutoQuiet ends a recording once nothing new (no file, no chunk) was read for
+	// this long: the workload is up, or waiting on something else than its files.
+	DefaultAutoQuiet = 2 * time.Second
+	// DefaultAutoMaxDuration ends a recording this long after its first read whatever
+	// goes on: a workload that keeps reading new files is past its start.
+	DefaultAutoMaxDuration = 60 * time.Second
+	// DefaultAutoMaxFiles bounds the files of a recording, and of a merged profile.
+	DefaultAutoMaxFiles = 20_000
+	// DefaultAutoMaxBytes bounds the bytes of a recording, and of a merged profile.
+	DefaultAutoMaxBytes = 1 << 30
+	// DefaultAutoMaxStarts is how many starts are merged into an image's profile; later
+	// starts are not recorded.
+	DefaultAutoMaxStarts = 5
+)
+
+// Sources of an automatic profile (PrefetchStats.Source).
+const (
+	SourceNode    = "node"         // this node's profile of the image
+	SourceRelated = "node-related" // this node's profile of another version of the image
+)
+
+// AutoProfileOptions configures automatic profiles (PrefetchOptions.Auto). Zero fields take
+// the defaults.
+type AutoProfileOptions struct {
+	Quiet       time.Duration
+	MaxDuration time.Duration
+	MaxFiles    int
+	MaxBytes    int64
+	MaxStarts   int
+	// Push, when not nil, is called with each profile kept, to publish it (PushProfile):
+	// in the background, its error logged.
+	Push func(ctx context.Context, im *Image, p *profile.Profile, doc []byte) error
+}
+
+func (o AutoProfileOptions) withDefaults() AutoProfileOptions {
+	o.Quiet = cmp0(o.Quiet, DefaultAutoQuiet)
+	o.MaxDuration = cmp0(o.MaxDuration, DefaultAutoMaxDuration)
+	o.MaxFiles = min(cmp0(o.MaxFiles, DefaultAutoMaxFiles), profile.MaxFiles)
+	o.MaxBytes = cmp0(o.MaxBytes, DefaultAutoMaxBytes)
+	o.MaxStarts = cmp0(o.MaxStarts, DefaultAutoMaxStarts)
+	return o
+}
+
+// cmp0 is v, or def when v is not positive.
+func cmp0[T int | int64 | time.Duration](v, def T) T {
+	if v <= 0 {
+		return def
+	}
+	return v
+}
+
+// autoRecorder records the reads of an image's start. Reads tell it through their layer's
+// autoLayer; what it costs them is an atomic load, a compare-and-swap for the first read
+// of each file, and an atomic or per chunk read.
+type autoRecorder struct {
+	im     *Image
+	o      AutoProfileOptions
+	layers []*autoLayer
+
+	active  atomic.Bool
+	first   atomic.Int64 // the first read, unix ns; 0: none yet
+	lastNew atomic.Int64 // the last read that recorded something new, unix ns
+	seq     atomic.Int64 // first accesses so far
+	bytes   atomic.Int64 // chunk bytes recorded
+	full    atomic.Bool  // a bound was reached
+
+	once sync.Once     // finish
+	done chan struct{} // closed once the recording is kept (or dropped)
+	// decided closes when the prefetch knows whether the recording is wanted: until then
+	// it records, and keeps nothing.
+	decided chan struct{}
+	keep    bool // set before decided closes
+}
+
+// autoLayer is the recording of one layer: the files read, by their entry's first frame
+// (unique to a regular file with content).
+type autoLayer struct {
+	r     *autoRecorder
+	layer int // position in the image
+	slots []atomic.Pointer[autoFile]
+}
+
+// autoFile is a file read: when first, and which of its chunks.
+type autoFile struct {
+	e      *format.Entry
+	chunks []format.Chunk
+	seq    int64
+	at     time.Duration // after the first read of the image
+	bits   []atomic.Uint64
+}
+
+// newAutoRecorder starts recording the reads of im's layers.
+func newAutoRecorder(im *Image, o AutoProfileOptions) *autoRecorder {
+	r := &autoRecorder{im: im, o: o.withDefaults(), done: make(chan struct{}), decided: make(chan struct{})}
+	r.active.Store(true)
+	for i, l := range im.Layers {
+		a := &autoLayer{r: r, layer: i, slots: make([]atomic.Pointer[autoFile], len(l.Index.Frames))}
+		r.layers = append(r.layers, a)
+		l.auto.Store(a)
+	}
+	return r
+}
+
+// read records that n bytes at off of e (its content f) were read.
+func (a *autoLayer) read(e *format.Entry, f store.File, off, n int64) {
+	r := a.r
+	if !r.active.Load() || n <= 0 || len(f.Chunks) == 0 || e.FirstFrame < 0 || e.FirstFrame >= len(a.slots) {
+		return
+	}
+	now := time.Now().UnixNano()
+	if r.first.Load() == 0 && r.first.CompareAndSwap(0, now) {
+		go r.watch()
+	}
+	slot := &a.slots[e.FirstFrame]
+	af := slot.Load()
+	if af == nil {
+		if r.seq.Load() >= int64(r.o.MaxFiles) {
+			r.stop()
+			return
+		}
+		af = &autoFile{e: e, chunks: f.Chunks, seq: r.seq.Add(1), at: time.Duration(now - r.first.Load()),
+			bits: make([]atomic.Uint64, (len(f.Chunks)+63)/64)}
+		if !slot.CompareAndSwap(nil, af) {
+			af = slot.Load()
+		}
+	}
+	cs := af.chunks
+	var added int64
+	for k := sort.Search(len(cs), func(k int) bool { return cs[k].FileOffset+cs[k].Size > off }); k < len(cs) && cs[k].FileOffset < off+n; k++ {
+		bit := uint64(1) << (k % 64)
+		if af.bits[k/64].Or(bit)&bit == 0 {
+			added += cs[k].Size
+		}
+	}
+	if added > 0 {
+		r.lastNew.Store(now)
+		if r.bytes.Add(added) >= r.o.MaxBytes {
+			r.stop()
+		}
+	}
+}
+
+// stop ends the recording at a bound.
+func (r *autoRecorder) stop() {
+	r.full.Store(true)
+	r.active.Store(false)
+}
+
+// watch ends the recording (finish) when the start is over: nothing new read for Quiet,
+// MaxDuration after the first read, a bound reached, or the image closed.
+func (r *autoRecorder) watch() {
+	tick := time.NewTicker(max(r.o.Quiet/4, 10*time.Millisecond))
+	defer tick.Stop()
+	first := time.Unix(0, r.first.Load())
+	for {
+		select {
+		case <-r.im.bg.Done():
+			r.finish("image closed")
+			return
+		case <-tick.C:
+		}
+		last := time.Unix(0, max(r.lastNew.Load(), r.first.Load()))
+		switch {
+		case r.full.Load():
+			r.finish("bound reached")
+			return
+		case time.Since(last) >= r.o.Quiet:
+			r.finish("quiet")
+			return
+		case time.Since(first) >= r.o.MaxDuration:
+			r.finish("time limit")
+			return
+		}
+	}
+}
+
+// decide says whether the recording is wanted (the image had no published profile, and
+// its own has room for more starts); until then nothing is kept.
+func (r *autoRecorder) decide(keep bool) {
+	r.keep = keep
+	close(r.decided)
+	if !keep {
+		r.finish("not wanted")
+	}
+}
+
+// finish ends the recording, and keeps it when it is wanted. It runs once.
+func (r *autoRecorder) finish(why string) {
+	r.once.Do(func() {
+		r.active.Store(false)
+		for i, l := range r.im.Layers {
+			l.auto.CompareAndSwap(r.layers[i], nil)
+		}
+		go func() {
+			defer close(r.done)
+			select {
+			case <-r.decided:
+			default:
+				select {
+				case <-r.decided:
+				case <-r.im.bg.Done():
+					return // closed before the look-up ended: nothing known to keep it by
+				}
+			}
+			if r.keep {
+				r.save(why)
+			}
+		}()
+	})
+}
+
+// recorded returns the recording as a profile of the image, and each file's content digest.
+func (r *autoRecorder) recorded() (*profile.Profile, []string) {
+	im := r.im
+	var files []*autoFile
+	layerOf := map[*autoFile]int{}
+	for _, a := range r.layers {
+		for i := range a.slots {
+			if af := a.slots[i].Load(); af != nil {
+				files = append(files, af)
+				layerOf[af] = a.layer
+			}
+		}
+	}
+	slices.SortFunc(files, func(x, y *autoFile) int { return int(x.seq - y.seq) })
+	p := &profile.Profile{Subject: im.Image.Descriptor.Digest.String(), Created: time.Now().UTC().Truncate(time.Second)}
+	for _, l := range im.Layers {
+		p.Layers = append(p.Layers, l.Desc.Digest.String())
+	}
+	digests := make([]string, 0, len(files))
+	var at int64
+	for _, af := range files {
+		at = max(at, af.at.Microseconds()) // first-access order; concurrent reads may cross
+		p.Files = append(p.Files, profile.File{Layer: layerOf[af], Path: af.e.Name, AtUS: at, Ranges: af.ranges()})
+		digests = append(digests, af.e.Digest.String())
+	}
+	return p, digests
+}
+
+// ranges are the chunks read of the file, as ranges; past profile.MaxRanges the closest
+// ones merge.
+func (af *autoFile) ranges() []profile.Range {
+	var rs []profile.Range
+	for k, c := range af.chunks {
+		if af.bits[k/64].Load()&(1<<(k%64)) == 0 {
+			continue
+		}
+		if n := len(rs); n > 0 && rs[n-1].End() == c.FileOffset {
+			rs[n-1].Len += c.Size
+			continue
+		}
+		rs = append(rs, profile.Range{Off: c.FileOffset, Len: c.Size})
+	}
+	for len(rs) > profile.MaxRanges {
+		best := 0
+		for k := 1; k+1 < len(rs); k++ {
+			if rs[k+1].Off-rs[k].End() < rs[best+1].Off-rs[best].End() {
+				best = k
+			}
+		}
+		rs = slices.Replace(rs, best, best+2, profile.Range{Off: rs[best].Off, Len: rs[best+1].End() - rs[best].Off})
+	}
+	return rs
+}
+
+// repository is the image's repository, what its profiles are grouped by (related).
+func (im *Image) repository() string {
+	return im.Registry.Host() + "/" + im.Registry.Repository()
+}
+
+// save merges the recording into the image's profile in the store, and publishes it when
+// configured.
+func (r *autoRecorder) save(why string) {
+	im := r.im
+	st := im.Layers[0].store
+	rec, digests := r.recorded()
+	if len(rec.Files) == 0 {
+		im.log.Info("automatic profile: the start read no file; nothing kept", "image", im.Ref, "why", why)
+		return
+	}
+	old, _ := loadAuto(st, im.Image.Descriptor.Digest.String(), im.log)
+	merged := profile.Merge(old, im.repository(), rec, digests, profile.AutoLimits{Files: r.o.MaxFiles, Bytes: r.o.MaxBytes})
+	b, err := merged.Marshal()
+	if err == nil {
+		err = st.PutProfile(im.repository(), manifestDigest(im), b)
+	}
+	if err != nil {
+		im.log.Warn("automatic profile not kept", "image", im.Ref, "err", err)
+		return
+	}
+	im.log.Info("automatic profile kept", "image", im.Ref, "digest", im.Image.Descriptor.Digest.String(), "why", why,
+		"files", len(rec.Files), "bytes", rec.Bytes(), "starts", merged.Starts, "merged_files", len(merged.Profile.Files), "truncated", r.full.Load())
+	if r.o.Push == nil {
+		return
+	}
+	doc, err := merged.Profile.Marshal()
+	if err == nil {
+		err = r.o.Push(context.WithoutCancel(im.bg), im, merged.Profile, doc)
+	}
+	if err != nil {
+		im.log.Warn("automatic profile not pushed", "image", im.Ref, "err", err)
+		return
+	}
+	im.log.Info("automatic profile pushed", "image", im.Ref, "files", len(merged.Profile.Files))
+}
+
+// manifestDigest is the image manifest's digest as the store keys profiles by.
+func manifestDigest(im *Image) format.Digest {
+	d, _ := format.ParseDigest(im.Image.Descriptor.Digest.String())
+	return d
+}
+
+// loadAuto reads the store's profile of the image manifest digest: nil, without a word, when
+// there is none; nil, logged and removed, when it does not parse or is another image's.
+func loadAuto(st *store.Store, digest string, log *slog.Logger) (*profile.Auto, error) {
+	d, err := format.ParseDigest(digest)
+	if err != nil {
+		return nil, err
+	}
+	b, err := st.Profile(d)
+	if err != nil {
+		return nil, err
+	}
+	a, err := profile.ParseAuto(b)
+	if err == nil && a.Profile.Subject != digest {
+		err = fmt.Errorf("%w: its subject is %s", ErrProfileSubject, a.Profile.Subject)
+	}
+	if err != nil {
+		log.Warn("automatic profile in the store is corrupt; ignored and removed", "digest", digest, "err", err)
+		_ = st.RemoveProfile(d)
+		return nil, err
+	}
+	return a, nil
+}
+
+// maxRelated bounds the profiles of related images read to find one that parses.
+const maxRelated = 4
+
+// runAuto is the prefetch of an image with no published profile (lookupErr, when the
+// look-up failed): by this node's profile of it, else by its profile of a related image,
+// when it has one. It reports whether one was used. Whether this start's recording is
+// kept is decided here: when the image's own profile has fewer than MaxStarts starts.
+func (pf *prefetcher) runAuto(ctx context.Context, lookupErr error, looked int64, log *slog.Logger) (bool, error) {
+	r := pf.rec
+	if r == nil {
+		return false, nil
+	}
+	im := pf.im
+	if lookupErr != nil {
+		log.Warn("profile look-up failed; using this node's automatic profile, if any", "image", im.Ref, "err", lookupErr)
+	}
+	st := im.Layers[0].store
+	own, _ := loadAuto(st, im.Image.Descriptor.Digest.String(), log)
+	r.decide(own == nil || own.Starts < r.o.MaxStarts)
+	var p *profile.Profile
+	source, why := SourceNode, ""
+	if own != nil {
+		p, why = own.Profile, fmt.Sprintf("this node's profile of the image, %d starts merged", own.Starts)
+	} else if rel, moved := pf.related(st, log); rel != nil {
+		p, source = rel, SourceRelated
+		why = fmt.Sprintf("this node's profile of %s, another image of the repository (%d files found under another path)", rel.Subject, moved)
+	}
+	if p == nil {
+		log.Info("no automatic profile of the image on this node; recording its start", "image", im.Ref)
+		return false, nil
+	}
+	pf.mu.Lock()
+	pf.st.Source, pf.st.Why = source, why
+	pf.mu.Unlock()
+	log.Info("automatic profile chosen", "image", im.Ref, "source", source, "why", why, "files", len(p.Files))
+	return true, pf.fetch(ctx, p, p.Subject, looked, log)
+}
+
+// related returns this node's profile of an image related to im's, mapped onto im
+// (mapAuto), and how many of its files were found under another path; nil when there is
+// none. Related is: kept in the same repository (registry host and path, as im's
+// reference names them), of another image manifest; the most recently kept wins.
+func (pf *prefetcher) related(st *store.Store, log *slog.Logger) (*profile.Profile, int) {
+	im := pf.im
+	subject := im.Image.Descriptor.Digest.String()
+	ds, err := st.Profiles(im.repository())
+	if err != nil {
+		log.Warn("automatic profiles of the repository not listed", "image", im.Ref, "err", err)
+		return nil, 0
+	}
+	tried := 0
+	for _, d := range ds {
+		if d.String() == subject {
+			continue
+		}
+		if tried++; tried > maxRelated {
+			break
+		}
+		a, err := loadAuto(st, d.String(), log)
+		if err != nil || a.Repository != im.repository() {
+			continue
+		}
+		return mapAuto(a, im)
+	}
+	return nil, 0
+}
+
+// fileAt is where a regular file is in an image.
+type fileAt struct {
+	layer int
+	name  string
+}
+
+// mapAuto maps a, the profile of another version of im's image, onto im: a file whose path
+// no layer of im has, but whose content (by its digest) im has under another path, is
+// taken from there. The rest is profile.Plan's: a file by its path, from the layer of the
+// same digest or the topmost that has it; what im does not have is skipped. It returns the
+// profile mapped, and how many files were found under another path.
+func mapAuto(a *profile.Auto, im *Image) (*profile.Profile, int) {
+	p := *a.Profile
+	p.Layers, p.Files = slices.Clone(p.Layers), slices.Clone(p.Files)
+	var byDigest map[format.Digest]fileAt
+	moved := 0
+	for i := range p.Files {
+		f := &p.Files[i]
+		d, err := format.ParseDigest(a.Digests[i])
+		if err != nil || im.hasFile(f.Path) {
+			continue
+		}
+		if byDigest == nil {
+			byDigest = im.filesByDigest()
+		}
+		w, ok := byDigest[d]
+		if !ok {
+			continue
+		}
+		ld := im.Layers[w.layer].Desc.Digest.String()
+		li := slices.Index(p.Layers, ld)
+		if li < 0 {
+			li = len(p.Layers)
+			p.Layers = append(p.Layers, ld)
+		}
+		f.Path, f.Layer = w.name, li
+		moved++
+	}
+	return &p, moved
+}
+
+// hasFile reports whether a layer of im has an entry at path.
+func (im *Image) hasFile(path string) bool {
+	for _, l := range im.Layers {
+		if _, ok := l.Index.Lookup(path); ok {
+			return true
+		}
+	}
+	return false
+}
+
+// filesByDigest finds im's regular files with content by their content's digest, the
+// topmost layer's first.
+func (im *Image) filesByDigest() map[format.Digest]fileAt {
+	out := map[format.Digest]fileAt{}
+	for i, l := range slices.Backward(im.Layers) {
+		for j := range l.Index.Entries {
+			e := &l.Index.Entries[j]
+			if _, ok := out[e.Digest]; !ok && e.IsRegular() && e.Size > 0 && !e.Sparse {
+				out[e.Digest] = fileAt{i, e.Name}
+			}
+		}
+	}
+	return out
+}

@@ -1,0 +1,200 @@
+package daemon
+
+import (
+	"bytes"
+	"context"
+	"crypto/sha256"
+	"fmt"
+	"slices"
+	"strconv"
+	"log/slog"
+	"os"
+	"path/filepath"
+	"testing"
+	"time"
+
+	v1 "github.com/google/go-containerregistry/pkg/v1"
+
+	"lazypull/format"
+	"lazypull/internal/profile"
+	"lazypull/internal/store"
+	"lazypull/internal/testutil"
+)
+
+// autoQuiet is the quiet period of the tests' recordings: short, so that they end soon.
+const autoQuiet = 200 * time.Millisecond
+
+// autoFiles are the files of the tests' two-layer image.
+func autoFiles() (base, app map[string][]byte) {
+	base = map[string][]byte{"lib/libc.so": testutil.RandBytes(1, 900_000), "etc/passwd": []byte("root:x:0:0::/root:/bin/sh\n"),
+		"lib/unused": testutil.RandBytes(3, 300_000)}
+	app = map[string][]byte{"bin/app": testutil.RandBytes(2, 700_000), "etc/app.conf": []byte("x=1\n"), "share/doc": testutil.RandBytes(4, 80_000)}
+	return base, app
+}
+
+// openStore opens a store in a new directory, closed when the test ends.
+func openStore(t *testing.T) *store.Store {
+	t.Helper()
+	st, err := store.Open(t.TempDir())
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { st.Close() })
+	return st
+}
+
+// mountImage mounts every layer of the image ref (manifest d) through a snapshotter's file
+// system over st that records starts (quiet period autoQuiet), and returns the mount
+// directories, lowest layer first, and the file system (closed when the test ends).
+func mountImage(t *testing.T, st *store.Store, ref string, img v1.Image, log *slog.Logger) ([]string, *SnapshotFS) {
+	t.Helper()
+	testutil.NeedRoot(t, "FUSE mounts")
+	fsys := NewSnapshotFS(st, nil, log, testClient(t))
+	fsys.SetPrefetch(PrefetchOptions{Auto: &AutoProfileOptions{Quiet: autoQuiet}})
+	t.Cleanup(func() { fsys.Close() })
+	d, _ := img.Digest()
+	m, _ := img.Manifest()
+	var dirs []string
+	for _, l := range m.Layers {
+		dir := t.TempDir()
+		labels := pulledLabels(ref, d.String(), l.Digest.String(), l.Annotations)
+		if err := fsys.Mount(context.Background(), dir, labels); err != nil {
+			t.Fatal(err)
+		}
+		dirs = append(dirs, dir)
+	}
+	return dirs, fsys
+}
+
+// readAt reads n bytes at off of the file at path.
+func readAt(t *testing.T, path string, off, n int64) []byte {
+	t.Helper()
+	f, err := os.Open(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	b := make([]byte, n)
+	if _, err := f.ReadAt(b, off); err != nil {
+		t.Fatalf("read %s: %v", path, err)
+	}
+	return b
+}
+
+// keptAuto waits for the store to keep a profile of the image manifest d with at least
+// starts starts, and returns it.
+func keptAuto(t *testing.T, st *store.Store, d v1.Hash, starts int) *profile.Auto {
+	t.Helper()
+	fd, _ := format.ParseDigest(d.String())
+	var a *profile.Auto
+	testutil.Await(t, 10*time.Second, "the automatic profile kept", func() (bool, string) {
+		b, err := st.Profile(fd)
+		if err != nil {
+			return false, err.Error()
+		}
+		if a, err = profile.ParseAuto(b); err != nil {
+			return false, err.Error()
+		}
+		return a.Starts >= starts, a.Profile.String()
+	})
+	return a
+}
+
+// copyProfiles keeps in to the profiles from keeps of the image manifests ds: a node whose
+// store holds its profiles but no longer the content they name (evicted), or another node.
+func copyProfiles(t *testing.T, from, to *store.Store, ds ...v1.Hash) {
+	t.Helper()
+	for _, d := range ds {
+		fd, _ := format.ParseDigest(d.String())
+		b, err := from.Profile(fd)
+		if err != nil {
+			t.Fatal(err)
+		}
+		a, err := profile.ParseAuto(b)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := to.PutProfile(a.Repository, fd, b); err != nil {
+			t.Fatal(err)
+		}
+	}
+}
+
+// TestAutoProfile: the first start of an image with no profile, through real FUSE mounts,
+// is recorded (files in first-access order, the chunks read of a file read in part) and
+// kept in the store; the next start of the image, on a store that holds that profile but
+// none of the content, prefetches the recorded files: reading them then costs no request.
+func TestAutoProfile(t *testing.T) {
+	base, app := autoFiles()
+	img := twoLayerImageWith(t, base, app, nil)
+	ref, reqs, subject := pushCounted(t, img, "auto:v1")
+	st := openStore(t)
+	log, logs := testutil.NewLog(t)
+	dirs, fsys := mountImage(t, st, ref, img, log)
+	if !bytes.Equal(readAt(t, filepath.Join(dirs[1], "bin/app"), 0, 700_000), app["bin/app"]) {
+		t.Fatal("bin/app: wrong bytes")
+	}
+	readAt(t, filepath.Join(dirs[0], "etc/passwd"), 0, 10)
+	readAt(t, filepath.Join(dirs[0], "lib/libc.so"), 0, 4096)
+	a := keptAuto(t, st, subject.Digest, 1)
+	var paths []string
+	for _, f := range a.Profile.Files {
+		paths = append(paths, f.Path)
+	}
+	if got, want := paths, []string{"bin/app", "etc/passwd", "lib/libc.so"}; !slices.Equal(got, want) {
+		t.Fatalf("recorded %q; want %q in first-access order", got, want)
+	}
+	if libc := a.Profile.Files[2]; libc.Ranges[0].Off != 0 || libc.Ranges[len(libc.Ranges)-1].End() >= 900_000 {
+		t.Errorf("lib/libc.so recorded as %v after a read of its first 4096 bytes; want its first chunks only", libc.Ranges)
+	}
+	if a.Digests[0] != sha256Of(app["bin/app"]) {
+		t.Errorf("bin/app recorded with digest %s", a.Digests[0])
+	}
+	if logs.Count("automatic profile kept") != 1 {
+		t.Errorf("want one log line for the profile kept:\n%s", logs)
+	}
+	fsys.Close()
+
+	st2 := openStore(t)
+	copyProfiles(t, st, st2, subject.Digest)
+	reqs.reset()
+	dirs, fsys = mountImage(t, st2, ref, img, log)
+	ps := prefetchedOf(t, fsys)
+	if ps.Source != SourceNode || ps.Files != 3 || ps.Stale != 0 || ps.Err != "" {
+		t.Fatalf("second start prefetched %+v; want the 3 files of this node's profile", ps)
+	}
+	before := reqs.count("GET blobs")
+	if !bytes.Equal(readAt(t, filepath.Join(dirs[1], "bin/app"), 0, 700_000), app["bin/app"]) ||
+		!bytes.Equal(readAt(t, filepath.Join(dirs[0], "lib/libc.so"), 0, 4096), base["lib/libc.so"][:4096]) {
+		t.Fatal("wrong bytes")
+	}
+	readAt(t, filepath.Join(dirs[0], "etc/passwd"), 0, 10)
+	if n := reqs.count("GET blobs"); n != before {
+		t.Errorf("%d blob requests reading the recorded files after the prefetch; want none", n-before)
+	}
+	readAt(t, filepath.Join(dirs[1], "share/doc"), 0, 100)
+	if n := reqs.count("GET blobs"); n != before+1 {
+		t.Errorf("%d blob requests reading a file not recorded; want 1 (the test counts requests)", n-before)
+	}
+	// The second start is merged in.
+	if a := keptAuto(t, st2, subject.Digest, 2); len(a.Profile.Files) != 4 {
+		t.Errorf("merged profile %s; want 4 files", a.Profile)
+	}
+}
+
+// prefetchedOf waits for the prefetch of the one image fsys has open, and returns its figures.
+func prefetchedOf(t *testing.T, fsys *SnapshotFS) PrefetchStats {
+	t.Helper()
+	var ps PrefetchStats
+	testutil.Await(t, 10*time.Second, "the prefetch", func() (bool, string) {
+		ims := fsys.Images()
+		if len(ims) != 1 {
+			return false, "images open: " + strconv.Itoa(len(ims))
+		}
+		ps, _ = ims[0].PrefetchStats()
+		return ps.Done, fmt.Sprintf("%+v", ps)
+	})
+	return ps
+}
+
+func sha256Of(b []byte) string { return format.Digest(sha256.Sum256(b)).String() }
