@@ -10,6 +10,7 @@ import (
 	"path/filepath"
 	"slices"
 	"strconv"
+	"strings"
 	"testing"
 	"time"
 
@@ -197,4 +198,120 @@ func prefetchedOf(t *testing.T, fsys *SnapshotFS) PrefetchStats {
 	return ps
 }
 
+// digestOf is a made-up digest: c 64 times.
+func digestOf(c byte) string { return "sha256:" + strings.Repeat(string(c), 64) }
+
 func sha256Of(b []byte) string { return format.Digest(sha256.Sum256(b)).String() }
+
+// startIn opens the image ref over st as the snapshotter does, recording its start (quiet
+// period autoQuiet), and waits for its prefetch.
+func startIn(t *testing.T, st *store.Store, ref string, log *slog.Logger) (*Image, PrefetchStats) {
+	t.Helper()
+	im, err := openImage(context.Background(), st, ref, OpenOptions{Profile: &ProfileChoice{}, Client: testClient(t), Log: log, partial: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(im.Close)
+	im.waitKept()
+	im.Prefetch(context.Background(), PrefetchOptions{Wait: time.Minute, Auto: &AutoProfileOptions{Quiet: autoQuiet}})
+	ps, _ := im.PrefetchStats()
+	if !ps.Done {
+		t.Fatalf("prefetch not done after a minute: %+v", ps)
+	}
+	return im, ps
+}
+
+// readPart reads n bytes at the start of path through im's layers, as a mount does.
+func readPart(t *testing.T, im *Image, path string, n int64) []byte {
+	t.Helper()
+	for _, l := range slices.Backward(im.Layers) {
+		if e, ok := l.Index.Lookup(path); ok {
+			b := make([]byte, min(n, e.Size))
+			if k, err := l.ReadAt(context.Background(), e, b, 0); k != len(b) {
+				t.Fatalf("read %s: %d of %d bytes: %v", path, k, len(b), err)
+			}
+			return b
+		}
+	}
+	t.Fatalf("%s not in the image", path)
+	return nil
+}
+
+// TestAutoProfileAcrossVersions: v2 of an image, started on a node that recorded v1 and
+// has no profile of v2, is prefetched by v1's profile mapped onto v2: a changed file by
+// its path, a renamed one by its content's digest; one v2 no longer has is skipped. The
+// files v1 read are then read from v2 without a request.
+func TestAutoProfileAcrossVersions(t *testing.T) {
+	base, app := autoFiles()
+	v1img := twoLayerImageWith(t, base, app, nil)
+	ref1, reqs, subject1 := pushCounted(t, v1img, "auto:v1")
+	app2 := map[string][]byte{"bin/app": testutil.RandBytes(5, 720_000), "share/doc2": app["share/doc"], "share/new": []byte("new")}
+	v2img := twoLayerImageWith(t, base, app2, nil)
+	ref2 := reqs.reg.Push(t, "auto:v2", v2img)
+
+	st1 := openStore(t)
+	im, _ := startIn(t, st1, ref1, nil)
+	for _, p := range []string{"bin/app", "etc/app.conf", "share/doc"} {
+		readPart(t, im, p, 1<<20)
+	}
+	readPart(t, im, "lib/libc.so", 4096)
+	keptAuto(t, st1, subject1.Digest, 1)
+	im.Close()
+
+	st2 := openStore(t)
+	copyProfiles(t, st1, st2, subject1.Digest)
+	log, logs := testutil.NewLog(t)
+	reqs.reset()
+	im2, ps := startIn(t, st2, ref2, log)
+	if ps.Source != SourceRelated || ps.Files != 3 || ps.Stale != 1 || ps.Err != "" {
+		t.Fatalf("v2 prefetched %+v; want v1's profile: 3 files found, 1 skipped", ps)
+	}
+	if !strings.Contains(ps.Why, "1 files found under another path") || logs.Count("no longer has") != 1 {
+		t.Errorf("why %q; logged:\n%s", ps.Why, logs)
+	}
+	before := reqs.count("GET blobs")
+	if !bytes.Equal(readPart(t, im2, "bin/app", 1<<20), app2["bin/app"]) || !bytes.Equal(readPart(t, im2, "share/doc2", 1<<20), app["share/doc"]) {
+		t.Fatal("wrong bytes")
+	}
+	readPart(t, im2, "lib/libc.so", 4096)
+	if n := reqs.count("GET blobs"); n != before {
+		t.Errorf("%d blob requests reading v1's files from v2 after the prefetch; want none", n-before)
+	}
+	// v2's own start is recorded and kept beside v1's.
+	d2, _ := v2img.Digest()
+	if a := keptAuto(t, st2, d2, 1); a.Profile.Subject != d2.String() {
+		t.Errorf("v2's profile has subject %s", a.Profile.Subject)
+	}
+}
+
+// TestAutoProfileCorrupt: a profile in the store that does not parse, or is another
+// image's, is logged, removed and ignored (the image is served without it, and its start
+// recorded anew), never a panic.
+func TestAutoProfileCorrupt(t *testing.T) {
+	base, app := autoFiles()
+	img := twoLayerImageWith(t, base, app, nil)
+	ref, _, subject := pushCounted(t, img, "auto:v1")
+	fd, _ := format.ParseDigest(subject.Digest.String())
+	other := profile.Merge(nil, "x", &profile.Profile{Subject: digestOf('e'), Layers: []string{digestOf('f')}}, nil, profile.AutoLimits{})
+	otherDoc, _ := other.Marshal()
+	for name, doc := range map[string][]byte{"garbage": []byte(`{"repository":`), "another image's": otherDoc, "empty": nil} {
+		t.Run(name, func(t *testing.T) {
+			st := openStore(t)
+			if err := st.PutProfile("r", fd, doc); err != nil {
+				t.Fatal(err)
+			}
+			log, logs := testutil.NewLog(t)
+			im, ps := startIn(t, st, ref, log)
+			if ps.Source != "" || ps.Files != 0 || ps.Err != "" {
+				t.Errorf("prefetched %+v; want no profile", ps)
+			}
+			if logs.Count("automatic profile in the store is corrupt; ignored and removed") != 1 {
+				t.Errorf("want one log line for the corrupt profile:\n%s", logs)
+			}
+			readPart(t, im, "bin/app", 10)
+			if a := keptAuto(t, st, subject.Digest, 1); a.Starts != 1 || len(a.Profile.Files) != 1 {
+				t.Errorf("kept %s after a corrupt one; want this start alone", a.Profile)
+			}
+		})
+	}
+}

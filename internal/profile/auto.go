@@ -50,7 +50,7 @@ func (digestsLimit) limit() (int, string, bool) { return MaxFiles, "digests", fa
 // maxRepository bounds the repository's name (a reference is at most a few hundred bytes).
 const maxRepository = 4096
 
-// MarshalAuto encodes a, after checking it as ParseAuto would.
+// Marshal encodes a, after checking it as ParseAuto would.
 func (a *Auto) Marshal() ([]byte, error) {
 	if err := a.validate(); err != nil {
 		return nil, err
