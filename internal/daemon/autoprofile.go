@@ -4,6 +4,12 @@ import (
 	"context"
 	"fmt"
 	"log/slog"
+
+	"github.com/google/go-containerregistry/pkg/name"
+	v1 "github.com/google/go-containerregistry/pkg/v1"
+	"github.com/google/go-containerregistry/pkg/v1/remote"
+
+	"lazypull/internal/fetch"
 	"slices"
 	"sort"
 	"sync"
@@ -316,8 +322,8 @@ func (r *autoRecorder) save(why string) {
 	}
 	im.log.Info("automatic profile kept", "image", im.Ref, "digest", im.Image.Descriptor.Digest.String(), "why", why,
 		"files", len(rec.Files), "bytes", rec.Bytes(), "starts", merged.Starts, "merged_files", len(merged.Profile.Files), "truncated", r.full.Load())
-	if r.o.Push == nil {
-		return
+	if r.o.Push == nil || old != nil && len(old.Profile.Files) == len(merged.Profile.Files) {
+		return // published already, or no file the published one lacks
 	}
 	doc, err := merged.Profile.Marshal()
 	if err == nil {
@@ -490,4 +496,36 @@ func (im *Image) filesByDigest() map[format.Digest]fileAt {
 		}
 	}
 	return out
+}
+
+// PushProfile pushes the profile p of im (its document doc) as a referrer of im's manifest
+// in im's repository, with its pack unless noPack, through client (its transport and
+// credentials; plainHTTP pushes over plain http to any host, as loopback and private
+// addresses always are), and returns the artifact manifest's descriptor.
+func PushProfile(ctx context.Context, client *fetch.Client, im *Image, p *profile.Profile, doc []byte, noPack, plainHTTP bool) (v1.Descriptor, error) {
+	var nameOpts []name.Option
+	if plainHTTP {
+		nameOpts = append(nameOpts, name.Insecure)
+	}
+	repo, err := name.NewRepository(im.repository(), nameOpts...)
+	if err != nil {
+		return v1.Descriptor{}, fmt.Errorf("image %s: %w", im.Ref, err)
+	}
+	var pack []byte
+	if !noPack {
+		if pack, err = im.Pack(ctx, p); err != nil {
+			return v1.Descriptor{}, fmt.Errorf("image %s: profile %w", im.Ref, err)
+		}
+	}
+	subject := im.Image.Descriptor
+	return profile.Push(repo, v1.Descriptor{MediaType: subject.MediaType, Digest: subject.Digest, Size: subject.Size}, doc, pack,
+		remote.WithContext(ctx), remote.WithTransport(client.Transport()), remote.WithAuthFromKeychain(client.Keychain()), remote.WithUserAgent("lazypull"))
+}
+
+// AutoPush is AutoProfileOptions.Push through client (PushProfile, with a pack).
+func AutoPush(client *fetch.Client, plainHTTP bool) func(ctx context.Context, im *Image, p *profile.Profile, doc []byte) error {
+	return func(ctx context.Context, im *Image, p *profile.Profile, doc []byte) error {
+		_, err := PushProfile(ctx, client, im, p, doc, false, plainHTTP)
+		return err
+	}
 }

@@ -207,13 +207,19 @@ func sha256Of(b []byte) string { return format.Digest(sha256.Sum256(b)).String()
 // period autoQuiet), and waits for its prefetch.
 func startIn(t *testing.T, st *store.Store, ref string, log *slog.Logger) (*Image, PrefetchStats) {
 	t.Helper()
+	return startWith(t, st, ref, log, AutoProfileOptions{Quiet: autoQuiet})
+}
+
+// startWith is startIn with the automatic profiles' options o.
+func startWith(t *testing.T, st *store.Store, ref string, log *slog.Logger, o AutoProfileOptions) (*Image, PrefetchStats) {
+	t.Helper()
 	im, err := openImage(context.Background(), st, ref, OpenOptions{Profile: &ProfileChoice{}, Client: testClient(t), Log: log, partial: true})
 	if err != nil {
 		t.Fatal(err)
 	}
 	t.Cleanup(im.Close)
 	im.waitKept()
-	im.Prefetch(context.Background(), PrefetchOptions{Wait: time.Minute, Auto: &AutoProfileOptions{Quiet: autoQuiet}})
+	im.Prefetch(context.Background(), PrefetchOptions{Wait: time.Minute, Auto: &o})
 	ps, _ := im.PrefetchStats()
 	if !ps.Done {
 		t.Fatalf("prefetch not done after a minute: %+v", ps)
@@ -313,5 +319,38 @@ func TestAutoProfileCorrupt(t *testing.T) {
 				t.Errorf("kept %s after a corrupt one; want this start alone", a.Profile)
 			}
 		})
+	}
+}
+
+// TestAutoProfilePushed: with Push, the profile a node keeps is pushed, with its pack, as a
+// referrer of the image; another node starting the image then finds it as a published
+// profile, and its prefetch (one pack request) brings every file the first node's start
+// read: reading them costs no request.
+func TestAutoProfilePushed(t *testing.T) {
+	base, app := autoFiles()
+	img := twoLayerImageWith(t, base, app, nil)
+	ref, reqs, _ := pushCounted(t, img, "auto:v1")
+	log, logs := testutil.NewLog(t)
+	im, _ := startWith(t, openStore(t), ref, log, AutoProfileOptions{Quiet: autoQuiet, Push: AutoPush(testClient(t), true)})
+	readPart(t, im, "bin/app", 1<<20)
+	readPart(t, im, "etc/passwd", 10)
+	testutil.WaitFor(t, 10*time.Second, "the profile pushed", func() bool { return logs.Count("automatic profile pushed") == 1 })
+	reqs.reset()
+	im2, ps := startIn(t, openStore(t), ref, log)
+	if ps.Source != SourceReferrers || !ps.Pack || ps.Files != 2 || ps.Err != "" {
+		t.Fatalf("the second node prefetched %+v; want the pushed profile, with its pack", ps)
+	}
+	before := reqs.count("GET blobs")
+	if !bytes.Equal(readPart(t, im2, "bin/app", 1<<20), app["bin/app"]) {
+		t.Fatal("wrong bytes")
+	}
+	readPart(t, im2, "etc/passwd", 10)
+	if n := reqs.count("GET blobs"); n != before {
+		t.Errorf("%d blob requests reading the first node's files after the prefetch; want none", n-before)
+	}
+	// The second node does not record a start it has a published profile for (decided
+	// before the prefetch began).
+	if _, err := im2.Layers[0].store.Profile(manifestDigest(im2)); err == nil {
+		t.Errorf("the second node kept a profile of an image with a published one")
 	}
 }

@@ -12,9 +12,7 @@ import (
 	"time"
 
 	containerd "github.com/containerd/containerd/v2/client"
-	"github.com/google/go-containerregistry/pkg/name"
 	v1 "github.com/google/go-containerregistry/pkg/v1"
-	"github.com/google/go-containerregistry/pkg/v1/remote"
 
 	"lazypull/internal/daemon"
 	"lazypull/internal/fetch"
@@ -237,24 +235,7 @@ func (r *recording) finish(ctx context.Context, im *daemon.Image, rec *profile.R
 // push pushes the profile p (its document doc) and, unless opts.NoPack, its pack to im's
 // repository, with im's manifest as subject.
 func (r *recording) push(ctx context.Context, im *daemon.Image, p *profile.Profile, doc []byte) (*v1.Descriptor, error) {
-	var nameOpts []name.Option
-	if r.opts.PlainHTTP { // go-containerregistry already uses it for loopback and private addresses
-		nameOpts = append(nameOpts, name.Insecure)
-	}
-	repo, err := name.NewRepository(im.Registry.Host()+"/"+im.Registry.Repository(), nameOpts...)
-	if err != nil {
-		return nil, fmt.Errorf("image %s: %w", r.ref, err)
-	}
-	var pack []byte
-	if !r.opts.NoPack {
-		if pack, err = im.Pack(ctx, p); err != nil {
-			return nil, fmt.Errorf("image %s: profile %w", r.ref, err)
-		}
-		r.log.Info("packed", "bytes", len(pack))
-	}
-	subject := im.Image.Descriptor
-	desc, err := profile.Push(repo, v1.Descriptor{MediaType: subject.MediaType, Digest: subject.Digest, Size: subject.Size}, doc, pack,
-		remote.WithContext(ctx), remote.WithTransport(r.opts.Client.Transport()), remote.WithAuthFromKeychain(r.opts.Client.Keychain()), remote.WithUserAgent("lazypull"))
+	desc, err := daemon.PushProfile(ctx, r.opts.Client, im, p, doc, r.opts.NoPack, r.opts.PlainHTTP)
 	if err != nil {
 		return nil, err
 	}
