@@ -64,6 +64,12 @@ func addNodeFlags(fs *flag.FlagSet, c *service.NodeConfig, what string) {
 			"pinned (only one pinned, by -profile-pin or a pull's --profile) or off (none; the registry is not asked)")
 	fs.Var(&c.ProfilePins, "profile-pin", "pin a prefetch profile as `image=profile`: the image manifest's digest and the "+
 		"profile's (sha256:...=sha256:...); repeat, or separate with commas")
+	fs.BoolVar(&c.AutoProfile, "auto-profile", c.AutoProfile, "record the start of an image with no published profile (policy referrers), keep it in the store as this node's profile, and prefetch by it next time (or by that of another version from the same repository)")
+	fs.BoolVar(&c.AutoProfilePush, "auto-profile-push", c.AutoProfilePush, "push the profiles recorded with -auto-profile, with their packs, as referrers of their images, with the node's credentials")
+	durationFlag(fs, &c.AutoProfileQuiet, "auto-profile-quiet", c.AutoProfileQuiet, "a recording ends once nothing new was read for `duration`")
+	durationFlag(fs, &c.AutoProfileMaxTime, "auto-profile-max-time", c.AutoProfileMaxTime, "a recording ends `duration` after its first read")
+	fs.IntVar(&c.AutoProfileMaxFiles, "auto-profile-max-files", c.AutoProfileMaxFiles, "record at most `n` files of a start")
+	fs.Int64Var(&c.AutoProfileMaxBytes, "auto-profile-max-bytes", c.AutoProfileMaxBytes, "record at most `n` bytes of a start")
 }
 
 func runMount(ctx context.Context, e *env, vals any, args []string) error {

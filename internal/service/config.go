@@ -18,6 +18,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"lazypull/internal/daemon"
+	"lazypull/internal/fetch"
 	"lazypull/internal/store"
 )
 
@@ -79,6 +80,14 @@ type PrefetchConfig struct {
 	BackgroundFetchRate int64         `toml:"background_fetch_rate"`
 	ProfilePolicy       string        `toml:"profile_policy"`
 	ProfilePins         ProfilePins   `toml:"profile_pin"`
+	// Automatic profiles (daemon.AutoProfileOptions): record the start of an image with
+	// no published profile, keep it and use it next time; push it when AutoProfilePush.
+	AutoProfile         bool          `toml:"auto_profile"`
+	AutoProfilePush     bool          `toml:"auto_profile_push"`
+	AutoProfileQuiet    time.Duration `toml:"auto_profile_quiet"`
+	AutoProfileMaxTime  time.Duration `toml:"auto_profile_max_time"`
+	AutoProfileMaxFiles int           `toml:"auto_profile_max_files"`
+	AutoProfileMaxBytes int64         `toml:"auto_profile_max_bytes"`
 }
 
 // DefaultNodeConfig is a NodeConfig at its defaults.
@@ -90,6 +99,11 @@ func DefaultNodeConfig() NodeConfig {
 			Prefetch:            true,
 			BackgroundFetchRate: daemon.DefaultFillRate,
 			ProfilePolicy:       string(daemon.DefaultProfilePolicy),
+			AutoProfile:         true,
+			AutoProfileQuiet:    daemon.DefaultAutoQuiet,
+			AutoProfileMaxTime:  daemon.DefaultAutoMaxDuration,
+			AutoProfileMaxFiles: daemon.DefaultAutoMaxFiles,
+			AutoProfileMaxBytes: daemon.DefaultAutoMaxBytes,
 		},
 	}
 }
@@ -132,7 +146,31 @@ func (c *PrefetchConfig) Check() error {
 	if _, err := daemon.ParseProfilePolicy(c.ProfilePolicy); err != nil {
 		return fmt.Errorf("-profile-policy: %w", err)
 	}
+	switch {
+	case c.AutoProfileQuiet <= 0:
+		return errors.New("-auto-profile-quiet must be more than 0")
+	case c.AutoProfileMaxTime <= 0:
+		return errors.New("-auto-profile-max-time must be more than 0")
+	case c.AutoProfileMaxFiles <= 0:
+		return errors.New("-auto-profile-max-files must be more than 0")
+	case c.AutoProfileMaxBytes <= 0:
+		return errors.New("-auto-profile-max-bytes must be more than 0")
+	}
 	return nil
+}
+
+// Auto is the automatic profiles' options under these settings (nil: off), pushing through
+// client.
+func (c *PrefetchConfig) Auto(client *fetch.Client, plainHTTP bool) *daemon.AutoProfileOptions {
+	if !c.AutoProfile {
+		return nil
+	}
+	o := &daemon.AutoProfileOptions{Quiet: c.AutoProfileQuiet, MaxDuration: c.AutoProfileMaxTime, MaxFiles: c.AutoProfileMaxFiles,
+		MaxBytes: c.AutoProfileMaxBytes}
+	if c.AutoProfilePush {
+		o.Push = daemon.AutoPush(client, plainHTTP)
+	}
+	return o
 }
 
 // Choice is how an image's profile is chosen under these settings, pinned to the profile of

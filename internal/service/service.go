@@ -100,7 +100,7 @@ func (n *node) prefetchOptions() (*daemon.PrefetchOptions, *daemon.FillOptions) 
 	var p *daemon.PrefetchOptions
 	var f *daemon.FillOptions
 	if n.cfg.Prefetch {
-		p = &daemon.PrefetchOptions{Wait: n.cfg.PrefetchWait, Log: n.log, Metrics: n.profiles}
+		p = &daemon.PrefetchOptions{Wait: n.cfg.PrefetchWait, Log: n.log, Metrics: n.profiles, Auto: n.cfg.Auto(n.client, n.cfg.PlainHTTP)}
 	}
 	if n.cfg.BackgroundFetch {
 		f = &daemon.FillOptions{Rate: n.cfg.BackgroundFetchRate, Log: n.log}
