@@ -52,7 +52,8 @@ type PrefetchOptions struct {
 	// Metrics, when not nil, counts the look-ups' outcomes.
 	Metrics *ProfileMetrics
 	// Auto, when not nil, records the start of an image with no published profile, and
-	// uses what this node recorded before (autoprofile.go). Only under PolicyReferrers.
+	// uses what this node recorded before (autoprofile.go). Only under PolicyReferrers,
+	// for an image no profile is pinned for.
 	Auto *AutoProfileOptions
 }
 
@@ -113,7 +114,7 @@ func (pf *prefetcher) start(ctx context.Context, o PrefetchOptions) {
 	pf.mu.Lock()
 	pf.st, pf.done = PrefetchStats{Image: im.Ref, Policy: pf.choice.policy()}, done
 	pf.mu.Unlock()
-	if o.Auto != nil && pf.choice.policy() == PolicyReferrers && len(im.Layers) > 0 {
+	if _, pinned := pf.choice.pinFor(im.Image.Descriptor.Digest); o.Auto != nil && !pinned && pf.choice.policy() == PolicyReferrers && len(im.Layers) > 0 {
 		pf.rec = newAutoRecorder(im, *o.Auto) // before the first read
 	}
 	go func() {
