@@ -102,6 +102,9 @@ type autoRecorder struct {
 	// it records, and keeps nothing.
 	decided chan struct{}
 	keep    bool // set before decided closes
+	// whole: the image's first start on the node (no profile of it kept): files handed
+	// out for passthrough are recorded whole (autoLayer.local).
+	whole bool
 }
 
 // autoLayer is the recording of one layer: the files read, by their entry's first frame
@@ -123,7 +126,8 @@ type autoFile struct {
 
 // newAutoRecorder starts recording the reads of im's layers.
 func newAutoRecorder(im *Image, o AutoProfileOptions) *autoRecorder {
-	r := &autoRecorder{im: im, o: o.withDefaults(), done: make(chan struct{}), decided: make(chan struct{})}
+	_, err := im.Layers[0].store.Profile(manifestDigest(im))
+	r := &autoRecorder{im: im, o: o.withDefaults(), done: make(chan struct{}), decided: make(chan struct{}), whole: err != nil}
 	r.active.Store(true)
 	for i, l := range im.Layers {
 		a := &autoLayer{r: r, layer: i, slots: make([]atomic.Pointer[autoFile], len(l.Index.Frames))}
@@ -169,6 +173,16 @@ func (a *autoLayer) read(e *format.Entry, f store.File, off, n int64) {
 		if r.bytes.Add(added) >= r.o.MaxBytes {
 			r.stop()
 		}
+	}
+}
+
+// local records that e (its content f), complete in the store, is handed out for FUSE
+// passthrough: its reads will not reach the layer. On an image's first start on the node
+// (rec.whole), the whole file is recorded: the start had it complete, and a start on
+// another node would fetch it as it is read. Later starts only merge in what they read.
+func (a *autoLayer) local(e *format.Entry, f store.File) {
+	if a.r.whole {
+		a.read(e, f, 0, f.Size)
 	}
 }
 

@@ -301,6 +301,9 @@ func (l *Layer) LocalFile(e *format.Entry) (*os.File, bool) {
 	if err != nil || fd == nil {
 		return nil, false
 	}
+	if a := l.auto.Load(); a != nil {
+		a.local(e, f)
+	}
 	return fd, true
 }
 
