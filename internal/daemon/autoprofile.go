@@ -350,6 +350,35 @@ func (r *autoRecorder) save(why string) {
 	im.log.Info("automatic profile pushed", "image", im.Ref, "files", len(merged.Profile.Files))
 }
 
+// adopt keeps p, the published profile the image is prefetched by, as this node's profile
+// of it when the node keeps none: another version of the image started on this node then
+// finds it (related), as it finds what the node recorded.
+func (r *autoRecorder) adopt(p *profile.Profile) {
+	im := r.im
+	st := im.Layers[0].store
+	if _, err := st.Profile(manifestDigest(im)); err == nil {
+		return
+	}
+	digests := make([]string, len(p.Files))
+	for i, f := range p.Files {
+		for _, l := range slices.Backward(im.Layers) {
+			if e, ok := l.Index.Lookup(f.Path); ok && e.IsRegular() && (l.Desc.Digest.String() == p.Layers[f.Layer] || digests[i] == "") {
+				digests[i] = e.Digest.String()
+			}
+		}
+	}
+	a := profile.Merge(nil, im.repository(), p, digests, profile.AutoLimits{Files: r.o.MaxFiles, Bytes: r.o.MaxBytes})
+	b, err := a.Marshal()
+	if err == nil {
+		err = st.PutProfile(im.repository(), manifestDigest(im), b)
+	}
+	if err != nil {
+		im.log.Warn("published profile not kept as this node's", "image", im.Ref, "err", err)
+		return
+	}
+	im.log.Info("published profile kept as this node's profile of the image", "image", im.Ref, "files", len(a.Profile.Files))
+}
+
 // manifestDigest is the image manifest's digest as the store keys profiles by.
 func manifestDigest(im *Image) format.Digest {
 	d, _ := format.ParseDigest(im.Image.Descriptor.Digest.String())

@@ -325,7 +325,8 @@ func TestAutoProfileCorrupt(t *testing.T) {
 // TestAutoProfilePushed: with Push, the profile a node keeps is pushed, with its pack, as a
 // referrer of the image; another node starting the image then finds it as a published
 // profile, and its prefetch (one pack request) brings every file the first node's start
-// read: reading them costs no request.
+// read: reading them costs no request. It records nothing, and keeps the published profile
+// as its own.
 func TestAutoProfilePushed(t *testing.T) {
 	base, app := autoFiles()
 	img := twoLayerImageWith(t, base, app, nil)
@@ -348,9 +349,15 @@ func TestAutoProfilePushed(t *testing.T) {
 	if n := reqs.count("GET blobs"); n != before {
 		t.Errorf("%d blob requests reading the first node's files after the prefetch; want none", n-before)
 	}
-	// The second node does not record a start it has a published profile for (decided
-	// before the prefetch began).
-	if _, err := im2.Layers[0].store.Profile(manifestDigest(im2)); err == nil {
-		t.Errorf("the second node kept a profile of an image with a published one")
+	// The second node does not record a start it has a published profile for: it keeps the
+	// published one as its own, for other versions of the image.
+	testutil.WaitFor(t, 10*time.Second, "the published profile kept", func() bool {
+		return logs.Count("published profile kept as this node's profile") == 1
+	})
+	if a := keptAuto(t, im2.Layers[0].store, im2.Image.Descriptor.Digest, 1); len(a.Profile.Files) != 2 || a.Digests[0] != sha256Of(app["bin/app"]) {
+		t.Errorf("the second node kept %s, digests %q; want the published profile's 2 files", a.Profile, a.Digests)
+	}
+	if logs.Count("recording its start") != 1 {
+		t.Errorf("want one start recorded (the first node's):\n%s", logs)
 	}
 }

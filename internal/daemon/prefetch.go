@@ -204,6 +204,7 @@ func (pf *prefetcher) run(ctx context.Context, log *slog.Logger, metrics *Profil
 	}
 	if pf.rec != nil {
 		pf.rec.decide(false) // the published profile is used
+		go pf.rec.adopt(l.Profile)
 	}
 	return pf.fetch(ctx, l.Profile, l.Desc.Digest.String(), looked, log)
 }
