@@ -120,6 +120,11 @@ const namespace = "lazypull-bench"
 // startNode starts containerd, with the lazypull snapshotter for the lazypull modes (looking
 // up prefetch profiles in ModeProfile only), under a new directory in work.
 func startNode(ctx context.Context, scripts, lazypull, work string, mode Mode) (n *node, err error) {
+	return startNodeWith(ctx, scripts, lazypull, work, mode, fmt.Sprintf("prefetch = %t\n", mode == ModeProfile || mode == ModeAuto))
+}
+
+// startNodeWith is startNode with snConf as the snapshotter's config (lazy modes).
+func startNodeWith(ctx context.Context, scripts, lazypull, work string, mode Mode, snConf string) (n *node, err error) {
 	dir, err := os.MkdirTemp(work, "n") // short: unix socket paths are limited to 108 bytes
 	if err != nil {
 		return nil, err
@@ -132,7 +137,7 @@ func startNode(ctx context.Context, scripts, lazypull, work string, mode Mode) (
 	}()
 	var env []string
 	if mode.lazy() {
-		if err := n.startSnapshotter(mode == ModeProfile); err != nil {
+		if err := n.startSnapshotterWith(snConf); err != nil {
 			return n, err
 		}
 		env = append(env, "CONTAINERD_PROXY_SNAPSHOTTER="+n.snSock)
@@ -141,10 +146,6 @@ func startNode(ctx context.Context, scripts, lazypull, work string, mode Mode) (
 		return n, fmt.Errorf("start containerd: %w", err)
 	}
 	return n, nil
-}
-
-func (n *node) startSnapshotter(prefetch bool) error {
-	return n.startSnapshotterWith(fmt.Sprintf("prefetch = %t\n", prefetch))
 }
 
 // startSnapshotterWith starts `lazypull snapshotter` on a fresh root and store in the node's

@@ -86,6 +86,9 @@ type ImageInfo struct {
 	LazyBytes int64 `json:"lazy_bytes"`
 	// Profile is the prefetch profile recorded for ModeProfile, when that mode runs.
 	Profile *ProfileInfo `json:"profile,omitempty"`
+	// Auto is the automatic profile a first node pushed for ModeAuto, when that mode runs
+	// and the image starts cold (not for an update's v2, which uses v1's).
+	Auto *ProfileInfo `json:"auto_profile,omitempty"`
 	// EstargzBytes and EstargzOptBytes: the eStargz images' layers (stargz modes only).
 	EstargzBytes    int64 `json:"estargz_bytes,omitempty"`
 	EstargzOptBytes int64 `json:"estargz_opt_bytes,omitempty"`
@@ -165,7 +168,7 @@ func (c *Config) Validate() error {
 	}
 	for _, m := range c.Modes {
 		if m != ModePlain && !m.lazy() && !isStargz(m) {
-			return fmt.Errorf("unknown mode %q (known: plain, lazypull, lazypull-profile, estargz, estargz-opt)", m)
+			return fmt.Errorf("unknown mode %q (known: plain, lazypull, lazypull-profile, lazypull-auto, estargz, estargz-opt)", m)
 		}
 	}
 	if cold && c.N < 1 {
@@ -313,6 +316,12 @@ func pushImages(ctx context.Context, cfg Config, reg string, build []string, pg 
 			pg.step("recording the prefetch profile of " + im.Name)
 			if info.Profile, err = recordProfile(ctx, cfg, reg, im); err != nil {
 				return infos, &StepError{Image: im.Name, Mode: ModeProfile, Step: "record profile", Err: err, Msg: err.Error()}
+			}
+		}
+		if slices.Contains(cfg.Modes, ModeAuto) {
+			pg.step("converting " + im.Name + " for the automatic profile mode")
+			if info.Auto, err = pushAuto(ctx, cfg, reg, im); err != nil {
+				return infos, &StepError{Image: im.Name, Mode: ModeAuto, Step: "record the automatic profile", Err: err, Msg: err.Error()}
 			}
 		}
 		infos = append(infos, info)
@@ -466,6 +475,9 @@ func recordProfile(ctx context.Context, cfg Config, reg string, im Image) (_ *Pr
 // ref is the image's reference through the link's proxy, in mode m.
 func ref(p *Proxy, im Image, m Mode) string {
 	tag := "orig"
+	if m == ModeAuto {
+		return p.Addr() + "/" + autoRepo + ":" + im.Name
+	}
 	if m.lazy() {
 		tag = "lazy"
 	} else if isStargz(m) {

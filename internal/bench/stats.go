@@ -18,10 +18,14 @@ const (
 	// profile` before the runs) looked up and its chunks fetched first. ModeLazypull runs
 	// with prefetch off, so that the two differ only in the profile.
 	ModeProfile Mode = "lazypull-profile"
+	// ModeAuto: as ModeProfile, but the profile is the one a first node recorded and
+	// pushed by itself (auto_profile_push) as it ran the image once before the runs, with
+	// no `lazypull profile` (auto.go). The images are in a repository of their own.
+	ModeAuto Mode = "lazypull-auto"
 )
 
 // lazy reports whether m runs on the lazypull snapshotter.
-func (m Mode) lazy() bool { return m == ModeLazypull || m == ModeProfile }
+func (m Mode) lazy() bool { return m == ModeLazypull || m == ModeProfile || m == ModeAuto }
 
 // Run is one cold start of one image in one mode over one link.
 type Run struct {
