@@ -48,7 +48,9 @@ to a private registry on loopback as the original gzip image (mode plain: ctr im
 ctr run) and converted with lazypull convert (mode lazypull: lazypull pull + ctr run
 --snapshotter lazypull, prefetch off). With mode lazypull-profile, a prefetch profile of
 each image is recorded first (lazypull profile, until the readiness line) and pushed beside
-it, and the snapshotter fetches what it names first. Modes estargz and estargz-opt convert
+it, and the snapshotter fetches what it names first. With mode lazypull-auto, the image is
+converted into a repository of its own and run once on a first node whose snapshotter
+records the start and pushes it (auto_profile_push); the runs find that profile instead. Modes estargz and estargz-opt convert
 it with ctr-remote (image convert --estargz; image optimize, which runs the image's
 command) and run it on stargz-snapshotter: bin/tools/containerd-stargz-grpc (make deps
 builds it), ctr-remote image rpull, ctr run --snapshotter stargz; the conversions are cached
@@ -72,7 +74,7 @@ link and step named; the results so far are written, marked incomplete, and no t
 		f := &benchFlags{}
 		fs.StringVar(&f.images, "images", defaultBenchImages, "comma-separated `images`: python, node, gcc, postgres, jdk, big")
 		fs.StringVar(&f.links, "links", defaultBenchLinks, "comma-separated `links`, RATE/RTT each (bits/s with K, M, G)")
-		fs.StringVar(&f.modes, "modes", defaultBenchModes, "comma-separated `modes`: plain, lazypull, lazypull-profile, estargz, estargz-opt")
+		fs.StringVar(&f.modes, "modes", defaultBenchModes, "comma-separated `modes`: plain, lazypull, lazypull-profile, lazypull-auto, estargz, estargz-opt")
 		fs.IntVar(&f.n, "n", defaultBenchN, "cold runs per image, link and mode")
 		fs.IntVar(&f.warm, "warm", 3, "warm local starts per image (for the limit)")
 		fs.Uint64Var(&f.seed, "seed", 0, "order the runs with this `seed` (0: a random one, recorded)")
