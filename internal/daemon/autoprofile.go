@@ -127,7 +127,13 @@ type autoFile struct {
 // newAutoRecorder starts recording the reads of im's layers.
 func newAutoRecorder(im *Image, o AutoProfileOptions) *autoRecorder {
 	_, err := im.Layers[0].store.Profile(manifestDigest(im))
-	r := &autoRecorder{im: im, o: o.withDefaults(), done: make(chan struct{}), decided: make(chan struct{}), whole: err != nil}
+	return newAutoRecorderFor(im, o, err != nil)
+}
+
+// newAutoRecorderFor is newAutoRecorder, on the image's first start on the node or not
+// (autoRecorder.whole).
+func newAutoRecorderFor(im *Image, o AutoProfileOptions, whole bool) *autoRecorder {
+	r := &autoRecorder{im: im, o: o.withDefaults(), done: make(chan struct{}), decided: make(chan struct{}), whole: whole}
 	r.active.Store(true)
 	for i, l := range im.Layers {
 		a := &autoLayer{r: r, layer: i, slots: make([]atomic.Pointer[autoFile], len(l.Index.Frames))}
@@ -143,8 +149,7 @@ func (a *autoLayer) read(e *format.Entry, f store.File, off, n int64) {
 	if !r.active.Load() || n <= 0 || len(f.Chunks) == 0 || e.FirstFrame < 0 || e.FirstFrame >= len(a.slots) {
 		return
 	}
-	now := time.Now().UnixNano()
-	if r.first.Load() == 0 && r.first.CompareAndSwap(0, now) {
+	if r.first.Load() == 0 && r.first.CompareAndSwap(0, time.Now().UnixNano()) {
 		go r.watch()
 	}
 	slot := &a.slots[e.FirstFrame]
@@ -154,7 +159,7 @@ func (a *autoLayer) read(e *format.Entry, f store.File, off, n int64) {
 			r.stop()
 			return
 		}
-		af = &autoFile{e: e, chunks: f.Chunks, seq: r.seq.Add(1), at: time.Duration(now - r.first.Load()),
+		af = &autoFile{e: e, chunks: f.Chunks, seq: r.seq.Add(1), at: time.Duration(time.Now().UnixNano() - r.first.Load()),
 			bits: make([]atomic.Uint64, (len(f.Chunks)+63)/64)}
 		if !slot.CompareAndSwap(nil, af) {
 			af = slot.Load()
@@ -163,13 +168,15 @@ func (a *autoLayer) read(e *format.Entry, f store.File, off, n int64) {
 	cs := af.chunks
 	var added int64
 	for k := sort.Search(len(cs), func(k int) bool { return cs[k].FileOffset+cs[k].Size > off }); k < len(cs) && cs[k].FileOffset < off+n; k++ {
-		bit := uint64(1) << (k % 64)
-		if af.bits[k/64].Or(bit)&bit == 0 {
+		// Read first: a chunk read again (most reads) writes nothing, so CPUs reading the
+		// same file do not pass its cache line to and fro.
+		w, bit := &af.bits[k/64], uint64(1)<<(k%64)
+		if w.Load()&bit == 0 && w.Or(bit)&bit == 0 {
 			added += cs[k].Size
 		}
 	}
 	if added > 0 {
-		r.lastNew.Store(now)
+		r.lastNew.Store(time.Now().UnixNano())
 		if r.bytes.Add(added) >= r.o.MaxBytes {
 			r.stop()
 		}
