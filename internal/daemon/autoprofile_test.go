@@ -122,14 +122,23 @@ func copyProfiles(t *testing.T, from, to *store.Store, ds ...v1.Hash) {
 }
 
 // TestAutoProfile: the first start of an image with no profile, through real FUSE mounts,
-// is recorded (files in first-access order, the chunks read of a file read in part) and
-// kept in the store; the next start of the image, on a store that holds that profile but
-// none of the content, prefetches the recorded files: reading them then costs no request.
+// is recorded (files in first-access order, the chunks read of a file read in part, whole a
+// file served from its local copy) and kept in the store; the next start of the image, on
+// a store that holds that profile but none of the content, prefetches the recorded files:
+// reading them then costs no request.
 func TestAutoProfile(t *testing.T) {
 	base, app := autoFiles()
 	img := twoLayerImageWith(t, base, app, nil)
 	ref, reqs, subject := pushCounted(t, img, "auto:v1")
 	st := openStore(t)
+	// share/doc is complete in the store before the start (another image brought it): the
+	// start's open of it is answered from the local copy, its reads never reach the layer.
+	early, err := OpenImage(context.Background(), st, ref, OpenOptions{Client: testClient(t)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	readPart(t, early, "share/doc", 80_000)
+	early.Close()
 	log, logs := testutil.NewLog(t)
 	dirs, fsys := mountImage(t, st, ref, img, log)
 	if !bytes.Equal(readAt(t, filepath.Join(dirs[1], "bin/app"), 0, 700_000), app["bin/app"]) {
@@ -137,16 +146,20 @@ func TestAutoProfile(t *testing.T) {
 	}
 	readAt(t, filepath.Join(dirs[0], "etc/passwd"), 0, 10)
 	readAt(t, filepath.Join(dirs[0], "lib/libc.so"), 0, 4096)
+	readAt(t, filepath.Join(dirs[1], "share/doc"), 0, 100)
 	a := keptAuto(t, st, subject.Digest, 1)
 	var paths []string
 	for _, f := range a.Profile.Files {
 		paths = append(paths, f.Path)
 	}
-	if got, want := paths, []string{"bin/app", "etc/passwd", "lib/libc.so"}; !slices.Equal(got, want) {
+	if got, want := paths, []string{"bin/app", "etc/passwd", "lib/libc.so", "share/doc"}; !slices.Equal(got, want) {
 		t.Fatalf("recorded %q; want %q in first-access order", got, want)
 	}
 	if libc := a.Profile.Files[2]; libc.Ranges[0].Off != 0 || libc.Ranges[len(libc.Ranges)-1].End() >= 900_000 {
 		t.Errorf("lib/libc.so recorded as %v after a read of its first 4096 bytes; want its first chunks only", libc.Ranges)
+	}
+	if doc := a.Profile.Files[3]; !slices.Equal(doc.Ranges, []profile.Range{{Off: 0, Len: 80_000}}) {
+		t.Errorf("share/doc, served from its local copy, recorded as %v; want it whole", doc.Ranges)
 	}
 	if a.Digests[0] != sha256Of(app["bin/app"]) {
 		t.Errorf("bin/app recorded with digest %s", a.Digests[0])
@@ -161,8 +174,8 @@ func TestAutoProfile(t *testing.T) {
 	reqs.reset()
 	dirs, fsys = mountImage(t, st2, ref, img, log)
 	ps := prefetchedOf(t, fsys)
-	if ps.Source != SourceNode || ps.Files != 3 || ps.Stale != 0 || ps.Err != "" {
-		t.Fatalf("second start prefetched %+v; want the 3 files of this node's profile", ps)
+	if ps.Source != SourceNode || ps.Files != 4 || ps.Stale != 0 || ps.Err != "" {
+		t.Fatalf("second start prefetched %+v; want the 4 files of this node's profile", ps)
 	}
 	before := reqs.count("GET blobs")
 	if !bytes.Equal(readAt(t, filepath.Join(dirs[1], "bin/app"), 0, 700_000), app["bin/app"]) ||
@@ -170,16 +183,17 @@ func TestAutoProfile(t *testing.T) {
 		t.Fatal("wrong bytes")
 	}
 	readAt(t, filepath.Join(dirs[0], "etc/passwd"), 0, 10)
+	readAt(t, filepath.Join(dirs[1], "share/doc"), 0, 100)
 	if n := reqs.count("GET blobs"); n != before {
 		t.Errorf("%d blob requests reading the recorded files after the prefetch; want none", n-before)
 	}
-	readAt(t, filepath.Join(dirs[1], "share/doc"), 0, 100)
+	readAt(t, filepath.Join(dirs[0], "lib/unused"), 0, 100)
 	if n := reqs.count("GET blobs"); n != before+1 {
 		t.Errorf("%d blob requests reading a file not recorded; want 1 (the test counts requests)", n-before)
 	}
 	// The second start is merged in.
-	if a := keptAuto(t, st2, subject.Digest, 2); len(a.Profile.Files) != 4 {
-		t.Errorf("merged profile %s; want 4 files", a.Profile)
+	if a := keptAuto(t, st2, subject.Digest, 2); len(a.Profile.Files) != 5 {
+		t.Errorf("merged profile %s; want 5 files", a.Profile)
 	}
 }
 
