@@ -96,8 +96,9 @@ type autoRecorder struct {
 	bytes   atomic.Int64 // chunk bytes recorded
 	full    atomic.Bool  // a bound was reached
 
-	once sync.Once     // finish
-	done chan struct{} // closed once the recording is kept (or dropped)
+	once  sync.Once     // finish
+	ended chan struct{} // closed as the recording ends (finish)
+	done  chan struct{} // closed once the recording is kept (or dropped)
 	// decided closes when the prefetch knows whether the recording is wanted: until then
 	// it records, and keeps nothing.
 	decided chan struct{}
@@ -133,7 +134,7 @@ func newAutoRecorder(im *Image, o AutoProfileOptions) *autoRecorder {
 // newAutoRecorderFor is newAutoRecorder, on the image's first start on the node or not
 // (autoRecorder.whole).
 func newAutoRecorderFor(im *Image, o AutoProfileOptions, whole bool) *autoRecorder {
-	r := &autoRecorder{im: im, o: o.withDefaults(), done: make(chan struct{}), decided: make(chan struct{}), whole: whole}
+	r := &autoRecorder{im: im, o: o.withDefaults(), ended: make(chan struct{}), done: make(chan struct{}), decided: make(chan struct{}), whole: whole}
 	r.active.Store(true)
 	for i, l := range im.Layers {
 		a := &autoLayer{r: r, layer: i, slots: make([]atomic.Pointer[autoFile], len(l.Index.Frames))}
@@ -196,13 +197,13 @@ func (a *autoLayer) local(e *format.Entry, f store.File) {
 // stop ends the recording at a bound.
 func (r *autoRecorder) stop() {
 	r.full.Store(true)
-	r.active.Store(false)
+	r.finish("bound reached")
 }
 
 // watch ends the recording (finish) when the start is over: nothing new read for Quiet,
 // MaxDuration after the first read, a bound reached, or the image closed.
 func (r *autoRecorder) watch() {
-	tick := time.NewTicker(max(r.o.Quiet/4, 10*time.Millisecond))
+	tick := time.NewTicker(max(min(r.o.Quiet/4, time.Second), 10*time.Millisecond))
 	defer tick.Stop()
 	first := time.Unix(0, r.first.Load())
 	for {
@@ -210,13 +211,12 @@ func (r *autoRecorder) watch() {
 		case <-r.im.bg.Done():
 			r.finish("image closed")
 			return
+		case <-r.ended:
+			return
 		case <-tick.C:
 		}
 		last := time.Unix(0, max(r.lastNew.Load(), r.first.Load()))
 		switch {
-		case r.full.Load():
-			r.finish("bound reached")
-			return
 		case time.Since(last) >= r.o.Quiet:
 			r.finish("quiet")
 			return
@@ -241,6 +241,7 @@ func (r *autoRecorder) decide(keep bool) {
 func (r *autoRecorder) finish(why string) {
 	r.once.Do(func() {
 		r.active.Store(false)
+		close(r.ended)
 		for i, l := range r.im.Layers {
 			l.auto.CompareAndSwap(r.layers[i], nil)
 		}

@@ -405,3 +405,38 @@ func BenchmarkAutoRecordRead(b *testing.B) {
 		}
 	})
 }
+
+// TestAutoProfileBounded: a recording stops at its file bound, and is kept at once, marked
+// truncated; starts merged later stay within the bound.
+func TestAutoProfileBounded(t *testing.T) {
+	base, app := autoFiles()
+	ref, _, subject := pushCounted(t, twoLayerImageWith(t, base, app, nil), "auto:v1")
+	st := openStore(t)
+	o := AutoProfileOptions{Quiet: time.Hour, MaxFiles: 2}
+	log, logs := testutil.NewLog(t)
+	im, _ := startWith(t, st, ref, log, o)
+	for _, p := range []string{"bin/app", "etc/passwd", "lib/libc.so"} {
+		readPart(t, im, p, 100)
+	}
+	testutil.WaitFor(t, 10*time.Second, "the profile kept, truncated", func() bool { return logs.Count("truncated=true") == 1 })
+	if got := pathsOf(keptAuto(t, st, subject.Digest, 1)); !slices.Equal(got, []string{"bin/app", "etc/passwd"}) {
+		t.Errorf("kept %q; want the first 2 files", got)
+	}
+	im.Close()
+	im, _ = startWith(t, st, ref, log, o)
+	for _, p := range []string{"share/doc", "etc/app.conf"} {
+		readPart(t, im, p, 100)
+	}
+	im.Close() // ends the recording (its quiet period is an hour)
+	if a := keptAuto(t, st, subject.Digest, 2); len(a.Profile.Files) != 2 {
+		t.Errorf("merged %q; want at most 2 files", pathsOf(a))
+	}
+}
+
+func pathsOf(a *profile.Auto) []string {
+	var out []string
+	for _, f := range a.Profile.Files {
+		out = append(out, f.Path)
+	}
+	return out
+}
