@@ -291,8 +291,7 @@ func (r *autoRecorder) recorded() (*profile.Profile, []string) {
 	return p, digests
 }
 
-// ranges are the chunks read of the file, as ranges; past profile.MaxRanges the closest
-// ones merge.
+// ranges are the chunks read of the file, as ranges, coarsened to profile.MaxRanges.
 func (af *autoFile) ranges() []profile.Range {
 	var rs []profile.Range
 	for k, c := range af.chunks {
@@ -305,16 +304,7 @@ func (af *autoFile) ranges() []profile.Range {
 		}
 		rs = append(rs, profile.Range{Off: c.FileOffset, Len: c.Size})
 	}
-	for len(rs) > profile.MaxRanges {
-		best := 0
-		for k := 1; k+1 < len(rs); k++ {
-			if rs[k+1].Off-rs[k].End() < rs[best+1].Off-rs[best].End() {
-				best = k
-			}
-		}
-		rs = slices.Replace(rs, best, best+2, profile.Range{Off: rs[best].Off, Len: rs[best+1].End() - rs[best].Off})
-	}
-	return rs
+	return profile.Coarsen(rs)
 }
 
 // repository is the image's repository, what its profiles are grouped by (related).

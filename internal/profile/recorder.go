@@ -71,8 +71,13 @@ func addRange(rs []Range, r Range) []Range {
 		r = Range{start, max(r.End(), rs[j].End()) - start}
 		j++
 	}
-	rs = slices.Replace(rs, i, j, r)
-	if len(rs) > MaxRanges {
+	return Coarsen(slices.Replace(rs, i, j, r))
+}
+
+// Coarsen merges the two closest neighbours of rs (sorted, apart) until it has at most
+// MaxRanges: the ranges get coarser, never more.
+func Coarsen(rs []Range) []Range {
+	for len(rs) > MaxRanges {
 		best := 0
 		for k := 1; k+1 < len(rs); k++ {
 			if rs[k+1].Off-rs[k].End() < rs[best+1].Off-rs[best].End() {
