@@ -22,8 +22,9 @@ import (
 	"lazypull/internal/testutil"
 )
 
-// autoQuiet is the quiet period of the tests' recordings: short, so that they end soon.
-const autoQuiet = 200 * time.Millisecond
+// autoQuiet is the quiet period of the tests' recordings: long, so that a loaded machine
+// does not end one between two reads; the tests end them by closing the image.
+const autoQuiet = time.Hour
 
 // autoFiles are the files of the tests' two-layer image.
 func autoFiles() (base, app map[string][]byte) {
@@ -147,6 +148,7 @@ func TestAutoProfile(t *testing.T) {
 	readAt(t, filepath.Join(dirs[0], "etc/passwd"), 0, 10)
 	readAt(t, filepath.Join(dirs[0], "lib/libc.so"), 0, 4096)
 	readAt(t, filepath.Join(dirs[1], "share/doc"), 0, 100)
+	fsys.Close() // unmounted, the image closes: its recording ends
 	a := keptAuto(t, st, subject.Digest, 1)
 	var paths []string
 	for _, f := range a.Profile.Files {
@@ -167,7 +169,6 @@ func TestAutoProfile(t *testing.T) {
 	if logs.Count("automatic profile kept") != 1 {
 		t.Errorf("want one log line for the profile kept:\n%s", logs)
 	}
-	fsys.Close()
 
 	st2 := openStore(t)
 	copyProfiles(t, st, st2, subject.Digest)
@@ -192,6 +193,7 @@ func TestAutoProfile(t *testing.T) {
 		t.Errorf("%d blob requests reading a file not recorded; want 1 (the test counts requests)", n-before)
 	}
 	// The second start is merged in.
+	fsys.Close()
 	if a := keptAuto(t, st2, subject.Digest, 2); len(a.Profile.Files) != 5 {
 		t.Errorf("merged profile %s; want 5 files", a.Profile)
 	}
@@ -275,8 +277,8 @@ func TestAutoProfileAcrossVersions(t *testing.T) {
 		readPart(t, im, p, 1<<20)
 	}
 	readPart(t, im, "lib/libc.so", 4096)
-	keptAuto(t, st1, subject1.Digest, 1)
 	im.Close()
+	keptAuto(t, st1, subject1.Digest, 1)
 
 	st2 := openStore(t)
 	copyProfiles(t, st1, st2, subject1.Digest)
@@ -298,6 +300,7 @@ func TestAutoProfileAcrossVersions(t *testing.T) {
 		t.Errorf("%d blob requests reading v1's files from v2 after the prefetch; want none", n-before)
 	}
 	// v2's own start is recorded and kept beside v1's.
+	im2.Close()
 	d2, _ := v2img.Digest()
 	if a := keptAuto(t, st2, d2, 1); a.Profile.Subject != d2.String() {
 		t.Errorf("v2's profile has subject %s", a.Profile.Subject)
@@ -329,6 +332,7 @@ func TestAutoProfileCorrupt(t *testing.T) {
 				t.Errorf("want one log line for the corrupt profile:\n%s", logs)
 			}
 			readPart(t, im, "bin/app", 10)
+			im.Close()
 			if a := keptAuto(t, st, subject.Digest, 1); a.Starts != 1 || len(a.Profile.Files) != 1 {
 				t.Errorf("kept %s after a corrupt one; want this start alone", a.Profile)
 			}
@@ -349,6 +353,7 @@ func TestAutoProfilePushed(t *testing.T) {
 	im, _ := startWith(t, openStore(t), ref, log, AutoProfileOptions{Quiet: autoQuiet, Push: AutoPush(testClient(t), true)})
 	readPart(t, im, "bin/app", 1<<20)
 	readPart(t, im, "etc/passwd", 10)
+	im.Close()
 	testutil.WaitFor(t, 10*time.Second, "the profile pushed", func() bool { return logs.Count("automatic profile pushed") == 1 })
 	reqs.reset()
 	im2, ps := startIn(t, openStore(t), ref, log)
@@ -439,4 +444,19 @@ func pathsOf(a *profile.Auto) []string {
 		out = append(out, f.Path)
 	}
 	return out
+}
+
+// TestAutoProfileQuiet: a recording ends, and is kept, once nothing new was read for its
+// quiet period, the image still open.
+func TestAutoProfileQuiet(t *testing.T) {
+	base, app := autoFiles()
+	ref, _, subject := pushCounted(t, twoLayerImageWith(t, base, app, nil), "auto:v1")
+	st := openStore(t)
+	log, logs := testutil.NewLog(t)
+	im, _ := startWith(t, st, ref, log, AutoProfileOptions{Quiet: 50 * time.Millisecond})
+	readPart(t, im, "bin/app", 100)
+	if got := pathsOf(keptAuto(t, st, subject.Digest, 1)); !slices.Equal(got, []string{"bin/app"}) {
+		t.Errorf("kept %q", got)
+	}
+	testutil.WaitFor(t, 10*time.Second, "the log line", func() bool { return logs.Count("why=quiet") == 1 })
 }
