@@ -59,6 +59,7 @@ func addNodeFlags(fs *flag.FlagSet, c *service.NodeConfig, what string) {
 	durationFlag(fs, &c.PrefetchWait, "prefetch-wait", 0, "wait up to `duration` for the profiled content before mounting (0: fetch it in the background)")
 	fs.BoolVar(&c.BackgroundFetch, "background-fetch", false, "after the prefetch, fetch the rest of each image in the background (rate-bounded; reads go first)")
 	fs.Int64Var(&c.BackgroundFetchRate, "background-fetch-rate", c.BackgroundFetchRate, "bound the background fetch to `n` compressed bytes per second")
+	fs.BoolVar(&c.Speculate, "speculate", c.Speculate, "on a read that misses, also fetch the rest of a file of up to 8 MiB, and the other files of a small directory")
 	fs.StringVar(&c.ProfilePolicy, "profile-policy", c.ProfilePolicy,
 		"where a prefetch profile may come from: `policy` referrers (one pinned, else found among the image's referrers), "+
 			"pinned (only one pinned, by -profile-pin or a pull's --profile) or off (none; the registry is not asked)")

@@ -76,7 +76,8 @@ type SnapshotFS struct {
 
 	keeper *keeper.Client // nil: mounts end with this process
 
-	prefetch *PrefetchOptions // nil: no profile is looked up
+	prefetch      *PrefetchOptions // nil: no profile is looked up
+	noSpeculation bool             // OpenOptions.NoSpeculation
 	choice   ProfileChoice    // how the profile is chosen, for a pin a pull did not give
 	fill     *FillOptions     // nil: no background fill
 
@@ -108,6 +109,10 @@ func (f *SnapshotFS) SetProfileChoice(c ProfileChoice) {
 	c.Pin = v1.Hash{}
 	f.choice = c
 }
+
+// SetSpeculation says whether a read that misses fetches more than it asks for (see
+// OpenOptions.NoSpeculation); on by default. Call it before the first Mount.
+func (f *SnapshotFS) SetSpeculation(on bool) { f.noSpeculation = !on }
 
 // SetFallbackMetrics counts in m the layers that fall back to a full download. Call it
 // before the first Mount.
@@ -302,7 +307,8 @@ func (f *SnapshotFS) open(ctx context.Context, e *imageEntry, ref string, given 
 		c.Pin = e.pin
 		choice = &c
 	}
-	e.im, e.err = openImage(context.WithoutCancel(ctx), f.store, ref, OpenOptions{Platform: f.platform, Profile: choice, Client: f.client, Log: f.log, manifest: given, partial: true})
+	e.im, e.err = openImage(context.WithoutCancel(ctx), f.store, ref, OpenOptions{Platform: f.platform, Profile: choice, Client: f.client, Log: f.log,
+		NoSpeculation: f.noSpeculation, manifest: given, partial: true})
 	if e.err == nil && len(e.im.Layers) > 0 {
 		f.mu.Lock()
 		f.notLazy.remove(ref)

@@ -79,6 +79,7 @@ type PrefetchConfig struct {
 	BackgroundFetchRate int64         `toml:"background_fetch_rate"`
 	ProfilePolicy       string        `toml:"profile_policy"`
 	ProfilePins         ProfilePins   `toml:"profile_pin"`
+	Speculate           bool          `toml:"speculate"`
 }
 
 // DefaultNodeConfig is a NodeConfig at its defaults.
@@ -90,6 +91,7 @@ func DefaultNodeConfig() NodeConfig {
 			Prefetch:            true,
 			BackgroundFetchRate: daemon.DefaultFillRate,
 			ProfilePolicy:       string(daemon.DefaultProfilePolicy),
+			Speculate:           true,
 		},
 	}
 }
