@@ -112,3 +112,28 @@ func TestBadRequests(t *testing.T) {
 		t.Errorf("the keeper stopped answering: %v", err)
 	}
 }
+
+// TestCleanDisconnectNotWarned: a client that closes its connection between requests is
+// the normal end of a client, not a bad request: nothing is logged at warning level.
+func TestCleanDisconnectNotWarned(t *testing.T) {
+	var log testutil.LogBuffer
+	s := &Server{log: slog.New(slog.NewTextHandler(&log, nil)), idle: time.Hour, version: Version}
+	sock := startServer(t, s)
+	c, err := Dial(sock)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := c.Version(); err != nil {
+		t.Fatal(err)
+	}
+	c.Close()
+	// The connection's goroutine logs before it counts the client gone.
+	testutil.WaitFor(t, 5*time.Second, "the keeper to see the client gone", func() bool {
+		s.mu.Lock()
+		defer s.mu.Unlock()
+		return s.clients == 0
+	})
+	if n := log.Count("level=WARN"); n != 0 {
+		t.Errorf("a clean disconnect logged %d warnings:\n%s", n, log.String())
+	}
+}

@@ -20,6 +20,12 @@ import (
 // startVersion starts a keeper that speaks protocol version v, as Serve does.
 func startVersion(t *testing.T, v int, idle time.Duration) string {
 	t.Helper()
+	return startServer(t, &Server{log: slog.New(slog.DiscardHandler), idle: idle, version: v})
+}
+
+// startServer serves s on a new socket, as Serve does, until the test ends.
+func startServer(t *testing.T, s *Server) string {
+	t.Helper()
 	sock := filepath.Join(t.TempDir(), "k.sock")
 	l, err := unixsock.Listen("unixpacket", sock)
 	if err != nil {
@@ -27,9 +33,7 @@ func startVersion(t *testing.T, v int, idle time.Duration) string {
 	}
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan error, 1)
-	go func() {
-		done <- serve(ctx, l, sock, &Server{log: slog.New(slog.DiscardHandler), idle: idle, version: v})
-	}()
+	go func() { done <- serve(ctx, l, sock, s) }()
 	t.Cleanup(func() { cancel(); <-done })
 	return sock
 }
