@@ -37,6 +37,13 @@ type command struct {
 	run func(ctx context.Context, e *env, vals any, positional []string) error
 }
 
+// typed makes a command's run from one that takes what its flags returned, a *T.
+func typed[T any](run func(ctx context.Context, e *env, f *T, positional []string) error) func(context.Context, *env, any, []string) error {
+	return func(ctx context.Context, e *env, vals any, positional []string) error {
+		return run(ctx, e, vals.(*T), positional)
+	}
+}
+
 // commands lists the subcommands in the order `lazypull help` shows them.
 func commands() []*command {
 	return []*command{convertCommand(), mountCommand(), umountCommand(), pullCommand(), profileCommand(), profileChrootCommand(),
@@ -212,23 +219,34 @@ func newLeveledLogger(e *env, level slog.Level) *slog.Logger {
 	return slog.New(slog.NewTextHandler(e.stderr, &slog.HandlerOptions{Level: level}))
 }
 
-// newClient makes the command's registry client, where every one is made: in service.
-func newClient(log *slog.Logger, plainHTTP bool, hostsDir string) (*fetch.Client, error) {
-	return service.NewClient(log, plainHTTP, hostsDir)
+// reachFlags are how a command reaches registries: over plain http or not, and where
+// containerd-style hosts.toml files name each registry's servers.
+type reachFlags struct {
+	plainHTTP bool
+	hostsDir  string
+}
+
+func (r *reachFlags) add(fs *flag.FlagSet) {
+	fs.BoolVar(&r.plainHTTP, "plain-http", false, "talk to registries over http instead of https")
+	fs.StringVar(&r.hostsDir, "hosts-dir", "", "containerd-style `dir` of HOST/hosts.toml files naming each registry's servers")
+}
+
+// client makes the command's registry client, where every one is made: in service. The
+// caller closes it.
+func (r *reachFlags) client(log *slog.Logger) (*fetch.Client, error) {
+	return service.NewClient(log, r.plainHTTP, r.hostsDir)
 }
 
 // registryFlags are the flags of a command that reads an image from a registry: which
 // image of an index, and how the registry is reached.
 type registryFlags struct {
-	platform  string
-	plainHTTP bool
-	hostsDir  string
+	platform string
+	reach    reachFlags
 }
 
 func (r *registryFlags) add(fs *flag.FlagSet) {
 	fs.StringVar(&r.platform, "platform", "", "the image for `os/arch[/variant]` of a multi-platform REF (default: this machine's)")
-	fs.BoolVar(&r.plainHTTP, "plain-http", false, "talk to registries over http instead of https")
-	fs.StringVar(&r.hostsDir, "hosts-dir", "", "containerd-style `dir` of HOST/hosts.toml files naming mirrors")
+	r.reach.add(fs)
 }
 
 // open parses the platform and makes the registry client, which the caller closes.
@@ -237,7 +255,7 @@ func (r *registryFlags) open(log *slog.Logger) (*v1.Platform, *fetch.Client, err
 	if err != nil {
 		return nil, nil, err
 	}
-	client, err := newClient(log, r.plainHTTP, r.hostsDir)
+	client, err := r.reach.client(log)
 	if err != nil {
 		return nil, nil, err
 	}

@@ -30,7 +30,7 @@ naming the layer, before reading anything).`,
 			fs.IntVar(&f.jobs, "jobs", 4, "layers read at once")
 			return f
 		},
-		run: runIndex,
+		run: typed(runIndex),
 	}
 }
 
@@ -40,8 +40,7 @@ type indexFlags struct {
 	jobs     int
 }
 
-func runIndex(ctx context.Context, e *env, vals any, args []string) error {
-	f := vals.(*indexFlags)
+func runIndex(ctx context.Context, e *env, f *indexFlags, args []string) error {
 	if len(args) != 1 {
 		return usagef("want one REF")
 	}

@@ -34,8 +34,7 @@ by itself once it has held no connection and had nobody connected for --idle.`,
 			durationFlag(fs, &f.idle, "idle", service.DefaultKeeperIdle, "exit after `duration` holding nothing with nobody connected")
 			return f
 		},
-		run: func(ctx context.Context, e *env, vals any, args []string) error {
-			f := vals.(*keeperFlags)
+		run: typed(func(ctx context.Context, e *env, f *keeperFlags, args []string) error {
 			if f.socket == "" || len(args) > 0 {
 				return usagef("usage: lazypull keeper --socket PATH [--idle DURATION]")
 			}
@@ -43,6 +42,6 @@ by itself once it has held no connection and had nobody connected for --idle.`,
 				return usagef("--idle must be more than 0")
 			}
 			return keeper.Serve(ctx, f.socket, f.idle, newLogger(e))
-		},
+		}),
 	}
 }

@@ -41,7 +41,7 @@ one command to share it between them while they are mounted.`,
 			fs.StringVar(&c.Profile, "profile", "", "use the prefetch profile of this `digest` (sha256:...), which must refer to the image: one REF only")
 			return c
 		},
-		run: runMount,
+		run: typed(runMount),
 	}
 }
 
@@ -67,8 +67,7 @@ func addNodeFlags(fs *flag.FlagSet, c *service.NodeConfig, what string) {
 		"profile's (sha256:...=sha256:...); repeat, or separate with commas")
 }
 
-func runMount(ctx context.Context, e *env, vals any, args []string) error {
-	c := vals.(*service.MountConfig)
+func runMount(ctx context.Context, e *env, c *service.MountConfig, args []string) error {
 	if len(args) == 0 || len(args)%2 != 0 {
 		return usagef("want REF DIR pairs, got %d argument(s)", len(args))
 	}

@@ -59,7 +59,7 @@ same document, readable by its owner only (mode 0600).
 
 'lazypull profile show REF' prints the profile REF has, files in first-access order.`,
 		flags: profileFlagSet,
-		run:   runProfile,
+		run:   typed(runProfile),
 	}
 }
 
@@ -94,8 +94,7 @@ type profileFlags struct {
 	set *flag.FlagSet
 }
 
-func runProfile(ctx context.Context, e *env, vals any, args []string) error {
-	f := vals.(*profileFlags)
+func runProfile(ctx context.Context, e *env, f *profileFlags, args []string) error {
 	if len(args) > 0 && args[0] == "show" {
 		if len(args) != 2 {
 			return usagef("profile show: want REF")
@@ -144,7 +143,7 @@ func recordProfile(ctx context.Context, e *env, f *profileFlags, args []string) 
 		Platform:     platform, Client: client, StoreDir: f.store,
 		Until: f.until, Duration: f.duration,
 		Runner: f.runner, Volume: f.volume,
-		Output: f.output, NoPush: f.noPush, NoPack: f.noPack, PlainHTTP: f.registry.plainHTTP,
+		Output: f.output, NoPush: f.noPush, NoPack: f.noPack, PlainHTTP: f.registry.reach.plainHTTP,
 		Log: log, Stderr: e.stderr,
 	})
 	if errors.Is(err, record.ErrNoCommand) || errors.Is(err, record.ErrVolume) {
@@ -199,8 +198,7 @@ func profileChrootCommand() *command {
 		args:    "[flags] -- REF [CMD ARGS...]",
 		summary: "record a profile chrooted, in a mount namespace of its own (started by lazypull profile --runtime chroot)",
 		flags:   profileFlagSet,
-		run: func(ctx context.Context, e *env, vals any, args []string) error {
-			f := vals.(*profileFlags)
+		run: typed(func(ctx context.Context, e *env, f *profileFlags, args []string) error {
 			if len(args) == 0 || f.runtime != "chroot" {
 				return usagef("started by lazypull profile --runtime chroot only")
 			}
@@ -208,7 +206,7 @@ func profileChrootCommand() *command {
 				return fmt.Errorf("%s (started by lazypull profile --runtime chroot in one of its own): %w", profileChrootName, err)
 			}
 			return recordProfile(ctx, e, f, args)
-		},
+		}),
 	}
 }
 

@@ -34,7 +34,7 @@ mount images and read their layers).
 Settings come from --config (TOML; the keys are listed below), then from flags given on the
 command line. A missing config file at the default path is not an error.`,
 		flags: bindSnapshotterFlags,
-		run:   runSnapshotter,
+		run:   typed(runSnapshotter),
 	}
 	// The reference of the config file follows the help; it is made from the flags.
 	c.help += "\n\n" + configDoc(c.flags, service.DefaultConfigFile)
@@ -63,8 +63,7 @@ func bindSnapshotterFlags(fs *flag.FlagSet) any {
 	return f
 }
 
-func runSnapshotter(ctx context.Context, e *env, vals any, args []string) error {
-	f := vals.(*snapshotterFlags)
+func runSnapshotter(ctx context.Context, e *env, f *snapshotterFlags, args []string) error {
 	if len(args) != 0 {
 		return usagef("no arguments expected, got %q", args)
 	}

@@ -24,7 +24,7 @@ the store is opened to count what it holds.`,
 			fs.BoolVar(&f.json, "json", false, "print JSON")
 			return f
 		},
-		run: runStats,
+		run: typed(runStats),
 	}
 }
 
@@ -33,8 +33,7 @@ type statsFlags struct {
 	json bool
 }
 
-func runStats(_ context.Context, e *env, vals any, args []string) error {
-	f := vals.(*statsFlags)
+func runStats(_ context.Context, e *env, f *statsFlags, args []string) error {
 	if len(args) != 0 {
 		return usagef("takes no arguments")
 	}
@@ -69,8 +68,7 @@ for what is in use; when it cannot, it keeps every manifest and index, and says 
 			fs.BoolVar(&f.json, "json", false, "print JSON")
 			return f
 		},
-		run: func(ctx context.Context, e *env, vals any, args []string) error {
-			f := vals.(*pruneFlags)
+		run: typed(func(ctx context.Context, e *env, f *pruneFlags, args []string) error {
 			if len(args) != 0 {
 				return usagef("takes no arguments")
 			}
@@ -82,7 +80,7 @@ for what is in use; when it cannot, it keeps every manifest and index, and says 
 				return err
 			}
 			return report(e.stdout, f.json, r, func(w io.Writer) { service.WritePrune(w, f.dir, r) })
-		},
+		}),
 	}
 }
 

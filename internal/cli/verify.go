@@ -36,7 +36,7 @@ holds it, verify --store refuses with an error naming the lock: stop the holder 
 			fs.StringVar(&f.dir, "store-dir", service.DefaultStoreDir, "the node's content store `dir` (with --store)")
 			return f
 		},
-		run: runVerify,
+		run: typed(runVerify),
 	}
 }
 
@@ -46,8 +46,7 @@ type verifyFlags struct {
 	dir      string
 }
 
-func runVerify(ctx context.Context, e *env, vals any, args []string) error {
-	f := vals.(*verifyFlags)
+func runVerify(ctx context.Context, e *env, f *verifyFlags, args []string) error {
 	log := newLogger(e)
 	if f.store {
 		if len(args) != 0 {
