@@ -40,11 +40,12 @@ const tableMagic = "LZPFTABL"
 var ErrCorrupt = errors.New("imageindex: corrupt index")
 
 // entry flag bits in the encoding: which optional fields follow.
+// The low bits are format's Meta bits, the optional fields encoded as format's index does.
 const (
-	flagNsec     = 1 << 0
-	flagLinkname = 1 << 1
-	flagDevice   = 1 << 2
-	flagXattrs   = 1 << 3
+	flagNsec     = format.MetaNsec
+	flagLinkname = format.MetaLinkname
+	flagDevice   = format.MetaDevice
+	flagXattrs   = format.MetaXattrs
 	flagSparse   = 1 << 4
 	flagsKnown   = 1<<5 - 1
 )
@@ -78,19 +79,7 @@ func (t *Table) Encode() []byte {
 }
 
 func appendEntry(b []byte, e *format.Entry) []byte {
-	var flags byte
-	if e.ModNsec != 0 {
-		flags |= flagNsec
-	}
-	if e.Linkname != "" {
-		flags |= flagLinkname
-	}
-	if e.Devmajor != 0 || e.Devminor != 0 {
-		flags |= flagDevice
-	}
-	if len(e.Xattrs) > 0 {
-		flags |= flagXattrs
-	}
+	flags := byte(e.MetaFlags())
 	if e.Sparse {
 		flags |= flagSparse
 	}
@@ -101,23 +90,7 @@ func appendEntry(b []byte, e *format.Entry) []byte {
 	b = binary.AppendUvarint(b, uint64(e.UID))
 	b = binary.AppendUvarint(b, uint64(e.GID))
 	b = binary.AppendVarint(b, e.ModSec)
-	if flags&flagNsec != 0 {
-		b = binary.AppendUvarint(b, uint64(e.ModNsec))
-	}
-	if flags&flagLinkname != 0 {
-		b = appendString(b, e.Linkname)
-	}
-	if flags&flagDevice != 0 {
-		b = binary.AppendUvarint(b, uint64(e.Devmajor))
-		b = binary.AppendUvarint(b, uint64(e.Devminor))
-	}
-	if flags&flagXattrs != 0 {
-		b = binary.AppendUvarint(b, uint64(len(e.Xattrs)))
-		for _, x := range e.Xattrs {
-			b = appendString(b, x.Name)
-			b = appendString(b, x.Value)
-		}
-	}
+	b = e.AppendMeta(b, uint64(flags))
 	if e.Type == typeReg {
 		b = binary.AppendUvarint(b, uint64(e.Size))
 		b = append(b, e.Digest[:]...)
