@@ -110,17 +110,12 @@ func appendString(b []byte, s string) []byte {
 // each regular file's range within the tar stream, after the previous one's; it allocates
 // at most MemFactor*len(data)+MemSlack bytes (and MaxMemory), whatever data claims.
 func DecodeTable(data []byte) (*Table, error) {
-	if len(data) > MaxTableSize {
-		return nil, fmt.Errorf("%w: table of %d bytes, over the limit of %d", ErrCorrupt, len(data), MaxTableSize)
-	}
-	if len(data) < len(tableMagic)+2 || string(data[:len(tableMagic)]) != tableMagic {
-		return nil, fmt.Errorf("%w: no table magic", ErrCorrupt)
-	}
-	if v := binary.BigEndian.Uint16(data[len(tableMagic):]); v != tableVersion {
-		return nil, fmt.Errorf("%w: table version %d, want %d", ErrCorrupt, v, tableVersion)
+	body, err := header(data, "table", tableMagic, tableVersion, MaxTableSize)
+	if err != nil {
+		return nil, err
 	}
 	d := &decoder{
-		b:      data[len(tableMagic)+2:],
+		b:      body,
 		budget: min(MemFactor*int64(len(data))+MemSlack, MaxMemory),
 	}
 	// One string holds every name, link name and xattr: entries slice it.
@@ -154,6 +149,22 @@ func DecodeTable(data []byte) (*Table, error) {
 		return nil, fmt.Errorf("%w: %d bytes after the last entry", ErrCorrupt, len(d.b))
 	}
 	return t, nil
+}
+
+// header checks the start of one of the package's encodings, what (a table, a layer): its
+// size at most maxSize, its magic, and its version (a big-endian uint16 after the magic).
+// It returns the bytes after them.
+func header(data []byte, what, magic string, version uint16, maxSize int) ([]byte, error) {
+	if len(data) > maxSize {
+		return nil, fmt.Errorf("%w: %s of %d bytes, over the limit of %d", ErrCorrupt, what, len(data), maxSize)
+	}
+	if len(data) < len(magic)+2 || string(data[:len(magic)]) != magic {
+		return nil, fmt.Errorf("%w: no %s magic", ErrCorrupt, what)
+	}
+	if v := binary.BigEndian.Uint16(data[len(magic):]); v != version {
+		return nil, fmt.Errorf("%w: %s version %d, want %d", ErrCorrupt, what, v, version)
+	}
+	return data[len(magic)+2:], nil
 }
 
 // decoder reads a table's encoding: b is what remains, s the same bytes as one string
