@@ -15,10 +15,7 @@ const decodeOverhead = 16 << 10
 // most MemFactor times the input plus MemSlack (plus decodeOverhead); what decodes encodes
 // to the same bytes.
 func FuzzDecodeTable(f *testing.F) {
-	b, err := BuildLayer(bytes.NewReader(testTar(f)), false, 0)
-	if err != nil {
-		f.Fatal(err)
-	}
+	b := build(f, testTar(f), false, 0)
 	enc := b.Table.Encode()
 	f.Add(enc)
 	f.Add(enc[:len(enc)/2])
@@ -47,14 +44,8 @@ func FuzzDecodeLayer(f *testing.F) {
 		if gz {
 			in = gzipped(f, in)
 		}
-		b, err := BuildLayer(bytes.NewReader(in), gz, 64<<10)
-		if err != nil {
-			f.Fatal(err)
-		}
-		enc, err := b.Encode()
-		if err != nil {
-			f.Fatal(err)
-		}
+		b := build(f, in, gz, 64<<10)
+		enc := encode(f, b)
 		f.Add(enc, gz)
 	}
 	f.Fuzz(func(t *testing.T, p []byte, gz bool) {
