@@ -21,12 +21,7 @@ func FuzzDecodeTable(f *testing.F) {
 	f.Add(enc[:len(enc)/2])
 	f.Add((&Table{}).Encode())
 	f.Fuzz(func(t *testing.T, p []byte) {
-		var tab *Table
-		var err error
-		n := testutil.Allocated(func() { tab, err = DecodeTable(p) })
-		if limit := uint64(MemFactor*len(p)+MemSlack) + decodeOverhead; n > limit {
-			t.Fatalf("decoding %d bytes allocated %d, over the bound of %d (err %v)", len(p), n, limit, err)
-		}
+		tab, err := testutil.DecodeWithin(t, p, uint64(MemFactor*len(p)+MemSlack)+decodeOverhead, DecodeTable)
 		if err != nil {
 			return
 		}
