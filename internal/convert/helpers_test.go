@@ -229,15 +229,7 @@ func blobPath(dir string, h v1.Hash) string {
 // writeFixtures writes fixtures into an OCI layout at dir and tags root as tag.
 func writeFixtures(t *testing.T, dir, tag string, root []byte, mt types.MediaType, fs ...*fixture) {
 	t.Helper()
-	put := func(b []byte) {
-		p := blobPath(dir, sha(b))
-		if err := os.MkdirAll(filepath.Dir(p), 0o755); err != nil {
-			t.Fatal(err)
-		}
-		if err := os.WriteFile(p, b, 0o644); err != nil {
-			t.Fatal(err)
-		}
-	}
+	put := func(b []byte) { testutil.WriteFile(t, blobPath(dir, sha(b)), b, 0o644) }
 	for _, f := range fs {
 		for _, b := range f.blobs {
 			put(b)
