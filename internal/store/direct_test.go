@@ -31,15 +31,7 @@ func (s *shuffledSource) Fetch(ctx context.Context, chunks []format.Chunk, fn fu
 
 func tmpFiles(t *testing.T, dir string) []string {
 	t.Helper()
-	ents, err := os.ReadDir(filepath.Join(dir, tmpName))
-	if err != nil {
-		t.Fatal(err)
-	}
-	var out []string
-	for _, e := range ents {
-		out = append(out, e.Name())
-	}
-	return out
+	return testutil.DirNames(t, filepath.Join(dir, tmpName))
 }
 
 // Fill writes each multi-chunk file straight into one temp file, chunks arriving in any

@@ -40,6 +40,20 @@ func WriteTemp(t testing.TB, name string, data []byte) string {
 	return p
 }
 
+// DirNames returns the names in dir, hidden ones too, sorted.
+func DirNames(t testing.TB, dir string) []string {
+	t.Helper()
+	es, err := os.ReadDir(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var out []string
+	for _, e := range es {
+		out = append(out, e.Name())
+	}
+	return out
+}
+
 // WriteFile writes data to the file p with permissions perm, making its missing parent
 // directories: 0o700 for a file only its owner may read, else 0o755.
 func WriteFile(t testing.TB, p string, data []byte, perm os.FileMode) {
