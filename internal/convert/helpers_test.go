@@ -25,6 +25,7 @@ import (
 	"github.com/klauspost/compress/zstd"
 
 	"lazypull/format"
+	"lazypull/internal/artifact"
 	"lazypull/internal/ocilayout"
 	"lazypull/internal/testutil"
 )
@@ -212,11 +213,11 @@ func pushFixtures(t *testing.T, ref string, root []byte, mt types.MediaType, fs 
 				t.Fatal(err)
 			}
 		}
-		if err := remote.Put(r.Context().Digest(sha(f.manifest).String()), rawManifest{f.manifest, f.manifestMT}); err != nil {
+		if err := remote.Put(r.Context().Digest(sha(f.manifest).String()), artifact.Raw{Bytes: f.manifest, Type: f.manifestMT}); err != nil {
 			t.Fatal(err)
 		}
 	}
-	if err := remote.Put(r, rawManifest{root, mt}); err != nil {
+	if err := remote.Put(r, artifact.Raw{Bytes: root, Type: mt}); err != nil {
 		t.Fatal(err)
 	}
 }

@@ -68,6 +68,7 @@ const (
 	service        = "internal/service"
 	verify         = "internal/verify"
 	imageindex     = "internal/imageindex"
+	artifact       = "internal/artifact"
 	bench          = "internal/bench"
 	convert        = "internal/convert"
 	profile        = "internal/profile"
@@ -185,17 +186,22 @@ func allowed() map[string]rule {
 		// Indexes an unconverted image (`lazypull index`): reads its layers whole from the
 		// registry (fetch), builds gzindex checkpoints and a file table of format's entries,
 		// several layers at once (x/sync), and pushes the artifact (ggcr: fetch only reads).
-		imageindex: {ours: []string{format, gzindex, fetch}, ext: []string{ggcr, xsync}},
+		imageindex: {ours: []string{format, gzindex, fetch, artifact}, ext: []string{ggcr, xsync}},
 
 		// Converts an image: reads and writes whole blobs and manifests with
 		// go-containerregistry (fetch is the lazy read path, by range), writes layers with
 		// format, lays them out by a profile; reads and writes OCI layouts with ocilayout.
-		convert: {ours: []string{format, profile, ocilayout}, ext: []string{ggcr, compress, xsync}},
+		convert: {ours: []string{format, profile, ocilayout, artifact}, ext: []string{ggcr, compress, xsync}},
 
 		// The profile document, its recorder, the pack and Push (a write: fetch only reads,
 		// so it pushes with go-containerregistry). What it plans is in terms of the layer
 		// index (format); the daemon fetches what it plans.
-		profile: {ours: []string{format, jsonlimit}, ext: []string{ggcr}},
+		profile: {ours: []string{format, jsonlimit, artifact}, ext: []string{ggcr}},
+
+		// OCI artifacts referring to an image manifest (the index artifact, profiles):
+		// their manifest, and pushing it and their blobs with go-containerregistry. The
+		// manifest bytes pushed as they are (Raw) serve convert too.
+		artifact: {ext: []string{ggcr}},
 
 		// `lazypull pull`: fetches the manifest itself (fetch), hands it to containerd
 		// (its client, resolver and image handlers) and to the snapshotter (warm), and
