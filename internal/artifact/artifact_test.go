@@ -18,12 +18,7 @@ import (
 // referrers with its type and creation time, and reads back as pushed: its blob, its
 // config of the artifact's type, its subject.
 func TestPushFoundByReferrers(t *testing.T) {
-	for _, api := range []bool{true, false} {
-		var opts []testutil.RegistryOption
-		if api {
-			opts = append(opts, testutil.WithReferrers())
-		}
-		reg := testutil.NewRegistry(t, opts...)
+	testutil.EachRegistry(t, func(t *testing.T, reg *testutil.Registry) {
 		img, err := random.Image(64, 1)
 		if err != nil {
 			t.Fatal(err)
@@ -63,7 +58,7 @@ func TestPushFoundByReferrers(t *testing.T) {
 		}
 		if len(im.Manifests) != 1 || im.Manifests[0].Digest != desc.Digest || im.Manifests[0].ArtifactType != typ ||
 			im.Manifests[0].Annotations[AnnotationCreated] != "2026-12-07T12:00:00Z" {
-			t.Fatalf("referrers API %v: %+v; want the artifact %s of type %s, created then", api, im.Manifests, desc.Digest, typ)
+			t.Fatalf("referrers %+v; want the artifact %s of type %s, created then", im.Manifests, desc.Digest, typ)
 		}
 		got, err := remote.Get(repo.Digest(desc.Digest.String()))
 		if err != nil || !bytes.Equal(got.Manifest, raw) {
@@ -83,5 +78,5 @@ func TestPushFoundByReferrers(t *testing.T) {
 		if b := testutil.Compressed(t, l); !bytes.Equal(b, data) {
 			t.Fatalf("blob read back: %q", b)
 		}
-	}
+	})
 }

@@ -24,12 +24,7 @@ import (
 // without the referrers API: the artifact is found as a referrer, the image is unchanged,
 // and each layer's files read through its index over the registry match the tar.
 func TestImage(t *testing.T) {
-	for _, api := range []bool{true, false} {
-		var opts []testutil.RegistryOption
-		if api {
-			opts = append(opts, testutil.WithReferrers())
-		}
-		reg := testutil.NewRegistry(t, opts...)
+	testutil.EachRegistry(t, func(t *testing.T, reg *testutil.Registry) {
 		tr := testTar(t)
 		gzLayer, err := tarball.LayerFromOpener(func() (io.ReadCloser, error) { return io.NopCloser(bytes.NewReader(tr)), nil })
 		if err != nil {
@@ -96,7 +91,7 @@ func TestImage(t *testing.T) {
 			}
 			checkTable(t, l.Table, tarStream, ra)
 		}
-	}
+	})
 }
 
 // TestImageRefusesZstd: an image with a zstd layer fails, naming the layer, and nothing
