@@ -12,10 +12,6 @@ import (
 	"testing"
 	"time"
 
-	"github.com/google/go-containerregistry/pkg/v1/empty"
-	"github.com/google/go-containerregistry/pkg/v1/mutate"
-	"github.com/google/go-containerregistry/pkg/v1/tarball"
-
 	"lazypull/format"
 	"lazypull/internal/profile"
 	"lazypull/internal/testutil"
@@ -119,14 +115,7 @@ func tarNames(t *testing.T, b []byte) ([]string, map[string][]byte) {
 func TestConvertLayoutByProfile(t *testing.T) {
 	src, entries := layoutTar(t)
 	reg := newRegistry(t, nil)
-	layer, err := tarball.LayerFromOpener(func() (io.ReadCloser, error) { return io.NopCloser(bytes.NewReader(src)), nil })
-	if err != nil {
-		t.Fatal(err)
-	}
-	img, err := mutate.AppendLayers(empty.Image, layer)
-	if err != nil {
-		t.Fatal(err)
-	}
+	img := testutil.ImageOf(t, testutil.GzipLayer(t, src))
 	srcRef := reg + "/app:v1"
 	testutil.Push(t, srcRef, img)
 	opts := testOptions()

@@ -12,7 +12,6 @@ import (
 	"github.com/google/go-containerregistry/pkg/v1/mutate"
 	"github.com/google/go-containerregistry/pkg/v1/remote"
 	"github.com/google/go-containerregistry/pkg/v1/static"
-	"github.com/google/go-containerregistry/pkg/v1/tarball"
 	"github.com/google/go-containerregistry/pkg/v1/types"
 
 	"lazypull/format/gzindex"
@@ -26,15 +25,8 @@ import (
 func TestImage(t *testing.T) {
 	testutil.EachRegistry(t, func(t *testing.T, reg *testutil.Registry) {
 		tr := testTar(t)
-		gzLayer, err := tarball.LayerFromOpener(func() (io.ReadCloser, error) { return io.NopCloser(bytes.NewReader(tr)), nil })
-		if err != nil {
-			t.Fatal(err)
-		}
 		plain := testutil.Tar(t, testutil.File("etc/hostname", []byte("box\n")))
-		img, err := mutate.AppendLayers(empty.Image, gzLayer, static.NewLayer(plain, types.OCIUncompressedLayer))
-		if err != nil {
-			t.Fatal(err)
-		}
+		img := testutil.ImageOf(t, testutil.GzipLayer(t, tr), static.NewLayer(plain, types.OCIUncompressedLayer))
 		ref := reg.Push(t, "app:v1", mutate.MediaType(img, types.OCIManifestSchema1))
 		before := headDigest(t, ref)
 
