@@ -10,6 +10,7 @@ import (
 
 	v1 "github.com/google/go-containerregistry/pkg/v1"
 
+	"lazypull/internal/cmdline"
 	"lazypull/internal/convert"
 	"lazypull/internal/daemon"
 	"lazypull/internal/progress"
@@ -67,10 +68,10 @@ type convertFlags struct {
 
 func runConvert(ctx context.Context, e *env, f *convertFlags, args []string) error {
 	if len(args) != 2 {
-		return usagef("want SRC and DST, got %d argument(s)", len(args))
+		return cmdline.Usagef("want SRC and DST, got %d argument(s)", len(args))
 	}
 	if f.jobs < 1 {
-		return usagef("-jobs must be at least 1, not %d", f.jobs)
+		return cmdline.Usagef("-jobs must be at least 1, not %d", f.jobs)
 	}
 	client, err := f.reach.client(newLogger(e))
 	if err != nil {
@@ -81,14 +82,14 @@ func runConvert(ctx context.Context, e *env, f *convertFlags, args []string) err
 	if f.platform != "" {
 		p, err := v1.ParsePlatform(f.platform)
 		if err != nil || p.OS == "" || p.Architecture == "" {
-			return usagef("-platform %q: want os/arch[/variant], like linux/arm64", f.platform)
+			return cmdline.Usagef("-platform %q: want os/arch[/variant], like linux/arm64", f.platform)
 		}
 		opts.Platform = p
 	}
 	if f.profile != "" {
 		p, err := daemon.LoadProfile(ctx, f.profile, args[0], client, opts.Platform)
 		if errors.Is(err, daemon.ErrProfileNoRepository) {
-			return usagef("--profile %v", err)
+			return cmdline.Usagef("--profile %v", err)
 		}
 		if err != nil {
 			return fmt.Errorf("--profile %w", err)

@@ -4,6 +4,7 @@ import (
 	"context"
 	"flag"
 
+	"lazypull/internal/cmdline"
 	"lazypull/internal/imageindex"
 )
 
@@ -42,10 +43,10 @@ type indexFlags struct {
 
 func runIndex(ctx context.Context, e *env, f *indexFlags, args []string) error {
 	if len(args) != 1 {
-		return usagef("want one REF")
+		return cmdline.Usagef("want one REF")
 	}
 	if f.span < 0 || f.jobs < 1 {
-		return usagef("--span must be positive, --jobs at least 1")
+		return cmdline.Usagef("--span must be positive, --jobs at least 1")
 	}
 	log := newLogger(e)
 	platform, client, err := f.registry.open(log)

@@ -5,6 +5,7 @@ import (
 	"flag"
 	"time"
 
+	"lazypull/internal/cmdline"
 	"lazypull/internal/keeper"
 	"lazypull/internal/service"
 )
@@ -36,10 +37,10 @@ by itself once it has held no connection and had nobody connected for --idle.`,
 		},
 		run: typed(func(ctx context.Context, e *env, f *keeperFlags, args []string) error {
 			if f.socket == "" || len(args) > 0 {
-				return usagef("usage: lazypull keeper --socket PATH [--idle DURATION]")
+				return cmdline.Usagef("usage: lazypull keeper --socket PATH [--idle DURATION]")
 			}
 			if f.idle <= 0 {
-				return usagef("--idle must be more than 0")
+				return cmdline.Usagef("--idle must be more than 0")
 			}
 			return keeper.Serve(ctx, f.socket, f.idle, newLogger(e))
 		}),

@@ -5,6 +5,7 @@ import (
 	"flag"
 	"log/slog"
 
+	"lazypull/internal/cmdline"
 	"lazypull/internal/service"
 )
 
@@ -69,14 +70,14 @@ func addNodeFlags(fs *flag.FlagSet, c *service.NodeConfig, what string) {
 
 func runMount(ctx context.Context, e *env, c *service.MountConfig, args []string) error {
 	if len(args) == 0 || len(args)%2 != 0 {
-		return usagef("want REF DIR pairs, got %d argument(s)", len(args))
+		return cmdline.Usagef("want REF DIR pairs, got %d argument(s)", len(args))
 	}
 	var mounts []service.MountPoint
 	for i := 0; i < len(args); i += 2 {
 		mounts = append(mounts, service.MountPoint{Ref: args[i], Dir: args[i+1]})
 	}
 	if err := c.Check(mounts); err != nil {
-		return usagef("%v", err)
+		return cmdline.Usagef("%v", err)
 	}
 	level := c.LogLevel.Level()
 	if c.Debug {
@@ -93,7 +94,7 @@ func umountCommand() *command {
 		summary: "unmount a lazypull mount (also a stale one left by a crash)",
 		run: func(_ context.Context, _ *env, _ any, args []string) error {
 			if len(args) != 1 {
-				return usagef("want DIR")
+				return cmdline.Usagef("want DIR")
 			}
 			return service.Unmount(args[0])
 		},

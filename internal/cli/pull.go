@@ -7,6 +7,7 @@ import (
 
 	"github.com/google/go-containerregistry/pkg/name"
 
+	"lazypull/internal/cmdline"
 	"lazypull/internal/daemon"
 	"lazypull/internal/pull"
 )
@@ -62,15 +63,15 @@ type pullFlags struct {
 
 func runPull(ctx context.Context, e *env, f *pullFlags, args []string) error {
 	if len(args) != 1 {
-		return usagef("want REF")
+		return cmdline.Usagef("want REF")
 	}
 	nref, err := name.ParseReference(args[0])
 	if err != nil {
-		return usagef("reference %q: %v", args[0], err)
+		return cmdline.Usagef("reference %q: %v", args[0], err)
 	}
 	if f.profile != "" {
 		if _, err := daemon.ParseProfileDigest(f.profile); err != nil {
-			return usagef("-profile: %v", err)
+			return cmdline.Usagef("-profile: %v", err)
 		}
 	}
 	log := newLogger(e)

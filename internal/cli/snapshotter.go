@@ -4,6 +4,7 @@ import (
 	"context"
 	"flag"
 
+	"lazypull/internal/cmdline"
 	"lazypull/internal/service"
 )
 
@@ -65,7 +66,7 @@ func bindSnapshotterFlags(fs *flag.FlagSet) any {
 
 func runSnapshotter(ctx context.Context, e *env, f *snapshotterFlags, args []string) error {
 	if len(args) != 0 {
-		return usagef("no arguments expected, got %q", args)
+		return cmdline.Usagef("no arguments expected, got %q", args)
 	}
 	// The file at the default path is optional; one named with --config is not. A mistake
 	// is refused before anything is opened or mounted.
@@ -76,7 +77,7 @@ func runSnapshotter(ctx context.Context, e *env, f *snapshotterFlags, args []str
 		return err
 	}
 	if err := f.Config.Check(); err != nil {
-		return usagef("%v", err)
+		return cmdline.Usagef("%v", err)
 	}
 	return service.Serve(ctx, f.Config, newLeveledLogger(e, f.LogLevel.Level()))
 }

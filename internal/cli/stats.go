@@ -6,6 +6,7 @@ import (
 	"flag"
 	"io"
 
+	"lazypull/internal/cmdline"
 	"lazypull/internal/service"
 )
 
@@ -35,7 +36,7 @@ type statsFlags struct {
 
 func runStats(_ context.Context, e *env, f *statsFlags, args []string) error {
 	if len(args) != 0 {
-		return usagef("takes no arguments")
+		return cmdline.Usagef("takes no arguments")
 	}
 	s, err := service.Stats(f.dir, newLogger(e))
 	if err != nil {
@@ -70,10 +71,10 @@ for what is in use; when it cannot, it keeps every manifest and index, and says 
 		},
 		run: typed(func(ctx context.Context, e *env, f *pruneFlags, args []string) error {
 			if len(args) != 0 {
-				return usagef("takes no arguments")
+				return cmdline.Usagef("takes no arguments")
 			}
 			if f.target == service.SizeAuto {
-				return usagef("-to takes a size, not auto")
+				return cmdline.Usagef("-to takes a size, not auto")
 			}
 			r, err := service.Prune(ctx, f.dir, f.root, int64(f.target), newLogger(e))
 			if err != nil {

@@ -65,6 +65,7 @@ const (
 	snapshot       = "internal/snapshot"
 	daemon         = "internal/daemon"
 	cli            = "internal/cli"
+	cmdline        = "internal/cmdline"
 	service        = "internal/service"
 	verify         = "internal/verify"
 	imageindex     = "internal/imageindex"
@@ -146,10 +147,11 @@ func allowed() map[string]rule {
 		// The subcommands: flags parsed into service's settings for `lazypull snapshotter`
 		// and `lazypull mount` (service assembles them), and into the options of the
 		// packages that do the work: pull, record, convert with progress, verify, index
-		// (imageindex), the keeper process, stats.
+		// (imageindex), the keeper process, stats; exit statuses and usage errors as the
+		// bench binary has them (cmdline).
 		cli: {
 			ours: []string{fetch, daemon, convert, profile, progress, pull, record, keeper,
-				service, verify, imageindex},
+				service, verify, imageindex, cmdline},
 			ext: []string{containerd, containerdAPI, errdefs, ggcr, digest, imageSpec,
 				runtimeSpec, xsys, xterm, mountinfo},
 		},
@@ -241,9 +243,13 @@ func allowed() map[string]rule {
 		// ocilayout says whether the test image's layout is there.
 		bench: {ours: []string{fusefs, profile, ocilayout}, ext: []string{ggcr, ximage, xsys}},
 
-		// The benchmark binary, apart from the product: flags over internal/bench, and a
-		// terminal check for its progress lines.
-		benchBinary: {ours: []string{bench}, ext: []string{xterm}},
+		// The benchmark binary, apart from the product: flags over internal/bench, with
+		// the exit statuses, usage errors and terminal check of lazypull's (cmdline).
+		benchBinary: {ours: []string{bench, cmdline}},
+
+		// What the two binaries' command lines share: exit statuses, the usage error, the
+		// terminal check (x/term).
+		cmdline: {ext: []string{xterm}},
 
 		// Packs rootfs directories into OCI layouts for test images; tools and tests only.
 		// The layout itself is ocilayout's (ggcr's v1 types at its API).
