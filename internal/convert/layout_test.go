@@ -88,24 +88,17 @@ func layoutProfile() *profile.Profile {
 // tarNames lists the cleaned names of a tar in order, with their contents.
 func tarNames(t *testing.T, b []byte) ([]string, map[string][]byte) {
 	t.Helper()
-	tr := tar.NewReader(bytes.NewReader(b))
 	var names []string
 	content := map[string][]byte{}
-	for {
-		h, err := tr.Next()
-		if err == io.EOF {
-			return names, content
-		}
-		if err != nil {
-			t.Fatal(err)
-		}
+	for h, body := range testutil.TarEntries(t, b) {
 		n := format.CleanName(h.Name)
 		names = append(names, n)
-		content[n], _ = io.ReadAll(tr)
+		content[n] = body
 		if h.Typeflag == tar.TypeLink {
 			content[n] = []byte("link to " + format.CleanName(h.Linkname))
 		}
 	}
+	return names, content
 }
 
 // TestConvertLayoutByProfile converts an image with --profile: the profiled files come
