@@ -6,11 +6,9 @@ import (
 	"strings"
 	"testing"
 
-	"github.com/google/go-containerregistry/pkg/name"
 	v1 "github.com/google/go-containerregistry/pkg/v1"
 	"github.com/google/go-containerregistry/pkg/v1/empty"
 	"github.com/google/go-containerregistry/pkg/v1/mutate"
-	"github.com/google/go-containerregistry/pkg/v1/remote"
 	"github.com/google/go-containerregistry/pkg/v1/static"
 	"github.com/google/go-containerregistry/pkg/v1/types"
 
@@ -28,7 +26,7 @@ func TestImage(t *testing.T) {
 		plain := testutil.Tar(t, testutil.File("etc/hostname", []byte("box\n")))
 		img := testutil.ImageOf(t, testutil.GzipLayer(t, tr), static.NewLayer(plain, types.OCIUncompressedLayer))
 		ref := reg.Push(t, "app:v1", mutate.MediaType(img, types.OCIManifestSchema1))
-		before := headDigest(t, ref)
+		before := testutil.Head(t, ref).Digest
 
 		client, err := fetch.NewClient(fetch.WithPlainHTTP())
 		if err != nil {
@@ -43,7 +41,7 @@ func TestImage(t *testing.T) {
 		if !strings.Contains(out.String(), "index "+res.Artifact.Digest.String()+" pushed") {
 			t.Errorf("output:\n%s", out.String())
 		}
-		if after := headDigest(t, ref); after != before || res.Image.Digest != before {
+		if after := testutil.Head(t, ref).Digest; after != before || res.Image.Digest != before {
 			t.Fatalf("image digest %s, then %s (indexed %s)", before, after, res.Image.Digest)
 		}
 		freg, err := client.Open(ref)
@@ -112,17 +110,4 @@ func TestImageRefusesZstd(t *testing.T) {
 			t.Errorf("pushed: %s", r)
 		}
 	}
-}
-
-func headDigest(t *testing.T, ref string) v1.Hash {
-	t.Helper()
-	tag, err := name.NewTag(ref)
-	if err != nil {
-		t.Fatal(err)
-	}
-	d, err := remote.Head(tag)
-	if err != nil {
-		t.Fatal(err)
-	}
-	return d.Digest
 }
