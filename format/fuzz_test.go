@@ -41,12 +41,7 @@ func FuzzDecodeIndex(f *testing.F) {
 	counts := manyCountsBody(64<<10, 4<<10, 0, 7<<10, 0)
 	f.Add(payloadOf(f, counts, uint64(len(counts))))
 	f.Fuzz(func(t *testing.T, p []byte) {
-		var ix *Index
-		var err error
-		n := testutil.Allocated(func() { ix, err = DecodeIndex(p) })
-		if limit := uint64(IndexBudget(len(p))) + decodeOverhead; n > limit {
-			t.Fatalf("decoding %d bytes allocated %d, over the bound of %d (err %v)", len(p), n, limit, err)
-		}
+		ix, err := testutil.DecodeWithin(t, p, uint64(IndexBudget(len(p)))+decodeOverhead, DecodeIndex)
 		if err != nil {
 			return
 		}

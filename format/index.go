@@ -320,12 +320,22 @@ func (ix *Index) drawBudget(r *bodyReader) bool {
 	return true
 }
 
+// Entry metadata bits: which of an entry's optional metadata fields are set (Entry.MetaFlags),
+// the low bits of the index's entry flags. Other encodings of an Entry (a layer's file table
+// in an image index) carry them too, with Entry.AppendMeta.
+const (
+	MetaNsec     = 1 << 0 // ModNsec
+	MetaLinkname = 1 << 1 // Linkname
+	MetaDevice   = 1 << 2 // Devmajor, Devminor
+	MetaXattrs   = 1 << 3 // Xattrs
+)
+
 // entry flag bits in the body
 const (
-	flagNsec     = 1 << 0
-	flagLinkname = 1 << 1
-	flagDevice   = 1 << 2
-	flagXattrs   = 1 << 3
+	flagNsec     = MetaNsec
+	flagLinkname = MetaLinkname
+	flagDevice   = MetaDevice
+	flagXattrs   = MetaXattrs
 	flagContent  = 1 << 4 // has chunks: first frame (delta), frame count
 	flagMulti    = 1 << 5 // more than one chunk: the file digest follows (else it is the chunk's)
 	flagSparse   = 1 << 6 // tar offset and length of its record, and file digest
@@ -408,21 +418,56 @@ func (ix *Index) appendFrames(b []byte) ([]byte, error) {
 	return b, nil
 }
 
-// entryFlags returns the flags that say which optional fields of e are encoded.
-func entryFlags(e *Entry) uint64 {
+// MetaFlags returns the Meta bits of the optional metadata fields e has.
+func (e *Entry) MetaFlags() uint64 {
 	var flags uint64
 	if e.ModNsec != 0 {
-		flags |= flagNsec
+		flags |= MetaNsec
 	}
 	if e.Linkname != "" {
-		flags |= flagLinkname
+		flags |= MetaLinkname
 	}
 	if e.Devmajor != 0 || e.Devminor != 0 {
-		flags |= flagDevice
+		flags |= MetaDevice
 	}
 	if len(e.Xattrs) > 0 {
-		flags |= flagXattrs
+		flags |= MetaXattrs
 	}
+	return flags
+}
+
+// AppendMeta appends the optional metadata fields of e that flags names (its Meta bits;
+// other bits are ignored) as the index encodes them: [mtime nanoseconds] [link name]
+// [devmajor devminor] [xattr count, (name value)...], integers as uvarints and strings as
+// a uvarint length and the bytes.
+func (e *Entry) AppendMeta(b []byte, flags uint64) []byte {
+	if flags&MetaNsec != 0 {
+		b = binary.AppendUvarint(b, uint64(e.ModNsec))
+	}
+	if flags&MetaLinkname != 0 {
+		b = appendString(b, e.Linkname)
+	}
+	if flags&MetaDevice != 0 {
+		b = binary.AppendUvarint(b, uint64(e.Devmajor))
+		b = binary.AppendUvarint(b, uint64(e.Devminor))
+	}
+	if flags&MetaXattrs != 0 {
+		b = binary.AppendUvarint(b, uint64(len(e.Xattrs)))
+		for _, x := range e.Xattrs {
+			b = appendString(b, x.Name)
+			b = appendString(b, x.Value)
+		}
+	}
+	return b
+}
+
+func appendString(b []byte, s string) []byte {
+	return append(binary.AppendUvarint(b, uint64(len(s))), s...)
+}
+
+// entryFlags returns the flags that say which optional fields of e are encoded.
+func entryFlags(e *Entry) uint64 {
+	flags := e.MetaFlags()
 	if e.NumFrames > 0 {
 		flags |= flagContent
 		if e.NumFrames > 1 {
@@ -456,26 +501,7 @@ func appendEntry(b []byte, e *Entry, prev string, frameEnd int) []byte {
 	b = binary.AppendUvarint(b, uint64(e.UID))
 	b = binary.AppendUvarint(b, uint64(e.GID))
 	b = binary.AppendUvarint(b, uint64(sec))
-	if flags&flagNsec != 0 {
-		b = binary.AppendUvarint(b, uint64(e.ModNsec))
-	}
-	if flags&flagLinkname != 0 {
-		b = binary.AppendUvarint(b, uint64(len(e.Linkname)))
-		b = append(b, e.Linkname...)
-	}
-	if flags&flagDevice != 0 {
-		b = binary.AppendUvarint(b, uint64(e.Devmajor))
-		b = binary.AppendUvarint(b, uint64(e.Devminor))
-	}
-	if flags&flagXattrs != 0 {
-		b = binary.AppendUvarint(b, uint64(len(e.Xattrs)))
-		for _, x := range e.Xattrs {
-			b = binary.AppendUvarint(b, uint64(len(x.Name)))
-			b = append(b, x.Name...)
-			b = binary.AppendUvarint(b, uint64(len(x.Value)))
-			b = append(b, x.Value...)
-		}
-	}
+	b = e.AppendMeta(b, flags)
 	b = binary.AppendUvarint(b, uint64(e.Size))
 	if flags&flagContent != 0 {
 		b = binary.AppendUvarint(b, uint64(e.FirstFrame-frameEnd))

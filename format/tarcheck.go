@@ -111,17 +111,20 @@ func (e *MismatchError) Error() string {
 func (ix *Index) CheckRun(r HeaderRun, data io.Reader) error {
 	base := r.TarOffset(ix)
 	size := r.TarSize(ix)
-	cr := &countReader{r: io.LimitReader(data, size)}
+	// What lr has left says where the run is: archive/tar reads exactly the blocks an
+	// entry needs, so after Next, read() is where the entry's content begins.
+	lr := &io.LimitedReader{R: data, N: size}
+	read := func() int64 { return size - lr.N }
 	// The run starts where the previous file's content ended: its padding comes first.
 	if pad := (512 - base%512) % 512; pad > 0 {
-		if _, err := io.CopyN(io.Discard, cr, pad); err != nil {
+		if _, err := io.CopyN(io.Discard, lr, pad); err != nil {
 			return fmt.Errorf("tar padding at %d: %w", base, noEOF(err))
 		}
 	}
-	tr := tar.NewReader(cr)
+	tr := tar.NewReader(lr)
 	for i := r.FirstEntry; i < r.EndEntry; i++ {
 		e := &ix.Entries[i]
-		hdrStart := (base + cr.n + 511) &^ 511
+		hdrStart := (base + read() + 511) &^ 511
 		hdr, err := tr.Next()
 		if err == io.EOF {
 			return &MismatchError{Entry: e.Name, Field: "entry", Index: "an entry", Tar: fmt.Sprintf("the end of the archive at %d", hdrStart)}
@@ -142,13 +145,13 @@ func (ix *Index) CheckRun(r HeaderRun, data io.Reader) error {
 				return fmt.Errorf("entry %q: sparse record at %d: %w", e.Name, hdrStart, err)
 			}
 			want.Digest = Digest(h.Sum(nil))
-			want.TarOffset, want.TarLen = hdrStart, base+cr.n-hdrStart
+			want.TarOffset, want.TarLen = hdrStart, base+read()-hdrStart
 		case want.Type == typeReg && hdr.Size > 0:
 			if !last || !r.Content {
-				return &MismatchError{Entry: e.Name, Field: "content", Index: "no content frames", Tar: fmt.Sprintf("%d bytes of content at %d", hdr.Size, base+cr.n)}
+				return &MismatchError{Entry: e.Name, Field: "content", Index: "no content frames", Tar: fmt.Sprintf("%d bytes of content at %d", hdr.Size, base+read())}
 			}
-			if cr.n != size {
-				return &MismatchError{Entry: e.Name, Field: "content", Index: fmt.Sprintf("content frames at %d", base+size), Tar: fmt.Sprintf("content at %d", base+cr.n)}
+			if read() != size {
+				return &MismatchError{Entry: e.Name, Field: "content", Index: fmt.Sprintf("content frames at %d", base+size), Tar: fmt.Sprintf("content at %d", base+read())}
 			}
 		case want.Type == typeReg:
 			want.Digest = emptyDigest
@@ -168,7 +171,7 @@ func (ix *Index) CheckRun(r HeaderRun, data io.Reader) error {
 	case err == io.EOF:
 		return nil
 	case err != nil:
-		return fmt.Errorf("tar header at %d: %w", (base+cr.n+511)&^511, err)
+		return fmt.Errorf("tar header at %d: %w", (base+read()+511)&^511, err)
 	default:
 		return &MismatchError{Entry: CleanName(hdr.Name), Field: "entry", Index: "no such entry", Tar: "an entry"}
 	}
@@ -244,19 +247,6 @@ func typeName(t byte) string {
 		return "fifo"
 	}
 	return fmt.Sprintf("type %q", t)
-}
-
-// countReader counts the bytes read through it. archive/tar reads exactly the blocks an
-// entry needs, so after Next the count is where the entry's content begins.
-type countReader struct {
-	r io.Reader
-	n int64
-}
-
-func (c *countReader) Read(p []byte) (int, error) {
-	n, err := c.r.Read(p)
-	c.n += int64(n)
-	return n, err
 }
 
 // HeaderRunBytes returns the decompressed bytes of run r, given its compressed header

@@ -10,6 +10,7 @@ import (
 	"strings"
 
 	"lazypull/internal/bench"
+	"lazypull/internal/cmdline"
 )
 
 // barFlags are the flags every bar benchmark (convert, mount, snapshotter) has.
@@ -31,10 +32,10 @@ func (f *barFlags) declare(fs *flag.FlagSet) {
 
 func (f *barFlags) config(e *env, args []string) (bench.BarConfig, error) {
 	if len(args) != 0 {
-		return bench.BarConfig{}, usagef("no arguments expected, got %q", args)
+		return bench.BarConfig{}, cmdline.Usagef("no arguments expected, got %q", args)
 	}
 	if f.n < 1 {
-		return bench.BarConfig{}, usagef("-n %d: want a positive integer", f.n)
+		return bench.BarConfig{}, cmdline.Usagef("-n %d: want a positive integer", f.n)
 	}
 	root, err := filepath.Abs(f.root)
 	if err != nil {
@@ -119,7 +120,7 @@ func (f *mountFlags) declare(fs *flag.FlagSet) {
 
 func (f *mountFlags) check() (err error) {
 	if f.bytes, err = parseSize(f.size); err != nil {
-		return usagef("-size: %v", err)
+		return cmdline.Usagef("-size: %v", err)
 	}
 	return nil
 }
@@ -174,10 +175,10 @@ func (f *convertFlags) declare(fs *flag.FlagSet) {
 
 func (f *convertFlags) check() error {
 	if f.extraLevel < 0 || f.extraLevel > 9 {
-		return usagef("-extra-level %d: want 1 to 9, or 0", f.extraLevel)
+		return cmdline.Usagef("-extra-level %d: want 1 to 9, or 0", f.extraLevel)
 	}
 	if f.extraN < 1 {
-		return usagef("-extra-n %d: want a positive integer", f.extraN)
+		return cmdline.Usagef("-extra-n %d: want a positive integer", f.extraN)
 	}
 	return nil
 }
@@ -214,11 +215,11 @@ func (f *snapshotterFlags) declare(fs *flag.FlagSet) {
 func (f *snapshotterFlags) check() error {
 	f.list = splitList(f.parts)
 	if len(f.list) == 0 {
-		return usagef("-parts: none given (want memory, cold)")
+		return cmdline.Usagef("-parts: none given (want memory, cold)")
 	}
 	for _, p := range f.list {
 		if !slices.Contains(bench.SnapshotterParts, p) {
-			return usagef("-parts: unknown part %q (want memory, cold)", p)
+			return cmdline.Usagef("-parts: unknown part %q (want memory, cold)", p)
 		}
 	}
 	return nil

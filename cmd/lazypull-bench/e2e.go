@@ -12,6 +12,7 @@ import (
 	"time"
 
 	"lazypull/internal/bench"
+	"lazypull/internal/cmdline"
 )
 
 // The default set: sized to run unattended in under 30 minutes on a 2-CPU machine.
@@ -111,7 +112,7 @@ type benchFlags struct {
 func runE2E(ctx context.Context, e *env, vals any, args []string) error {
 	f := vals.(*benchFlags)
 	if len(args) != 0 {
-		return usagef("no arguments expected, got %q", args)
+		return cmdline.Usagef("no arguments expected, got %q", args)
 	}
 	cfg := bench.Config{Images: splitList(f.images), N: f.n, Warm: f.warm, Seed: f.seed,
 		ImagesDir: f.imagesDir, StepTimeout: f.timeout, Progress: e.stderr, Terminal: e.stderrTerminal,
@@ -119,7 +120,7 @@ func runE2E(ctx context.Context, e *env, vals any, args []string) error {
 	for _, l := range splitList(f.links) {
 		link, err := bench.ParseLink(l)
 		if err != nil {
-			return usagef("%v", err)
+			return cmdline.Usagef("%v", err)
 		}
 		cfg.Links = append(cfg.Links, link)
 	}
@@ -128,14 +129,14 @@ func runE2E(ctx context.Context, e *env, vals any, args []string) error {
 	}
 	sc, err := scenarioConfig(f)
 	if err != nil {
-		return usagef("%v", err)
+		return cmdline.Usagef("%v", err)
 	}
 	cfg.Scenarios = sc
 	if cfg.Seed == 0 {
 		cfg.Seed = rand.Uint64()
 	}
 	if err := cfg.Validate(); err != nil {
-		return usagef("%v", err)
+		return cmdline.Usagef("%v", err)
 	}
 	if os.Geteuid() != 0 {
 		return errors.New("must run as root (containerd, mounts, drop_caches)")

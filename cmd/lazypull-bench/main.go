@@ -18,14 +18,7 @@ import (
 	"strings"
 	"syscall"
 
-	"golang.org/x/term"
-)
-
-// Exit statuses.
-const (
-	exitOK      = 0
-	exitFailure = 1 // the benchmark ran and failed
-	exitUsage   = 2 // the command line was wrong
+	"lazypull/internal/cmdline"
 )
 
 // env is what a subcommand may touch of the outside world.
@@ -35,13 +28,6 @@ type env struct {
 	stderrTerminal bool
 	log            *slog.Logger
 }
-
-// usageError is a wrong command line: exit status 2.
-type usageError struct{ msg string }
-
-func (e *usageError) Error() string { return e.msg }
-
-func usagef(format string, args ...any) error { return &usageError{fmt.Sprintf(format, args...)} }
 
 // subcommand is one benchmark.
 type subcommand struct {
@@ -71,17 +57,15 @@ func printUsage(w io.Writer) {
 // Main runs lazypull-bench with args (without the program name) and returns the exit status.
 func Main(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 	e := &env{stdout: stdout, stderr: stderr, log: slog.New(slog.NewTextHandler(stderr, nil))}
-	if f, ok := stderr.(*os.File); ok && term.IsTerminal(int(f.Fd())) {
-		e.stderrTerminal = true
-	}
+	_, e.stderrTerminal = cmdline.Terminal(stderr)
 	if len(args) == 0 {
 		printUsage(stderr)
-		return exitUsage
+		return cmdline.ExitUsage
 	}
 	switch args[0] {
 	case "help", "-h", "-help", "--help":
 		printUsage(stdout)
-		return exitOK
+		return cmdline.ExitOK
 	}
 	var cmd *subcommand
 	for _, c := range subcommands {
@@ -92,7 +76,7 @@ func Main(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 	if cmd == nil {
 		fmt.Fprintf(stderr, "lazypull-bench: unknown benchmark %q\n", args[0])
 		printUsage(stderr)
-		return exitUsage
+		return cmdline.ExitUsage
 	}
 	fs := flag.NewFlagSet("lazypull-bench "+cmd.name, flag.ContinueOnError)
 	fs.SetOutput(stderr)
@@ -105,21 +89,21 @@ func Main(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 		if errors.Is(err, flag.ErrHelp) {
 			fs.SetOutput(stdout)
 			fs.Usage()
-			return exitOK
+			return cmdline.ExitOK
 		}
-		return exitUsage
+		return cmdline.ExitUsage
 	}
 	err := cmd.run(ctx, e, vals, fs.Args())
 	if err == nil {
-		return exitOK
+		return cmdline.ExitOK
 	}
 	fmt.Fprintf(stderr, "lazypull-bench %s: %v\n", cmd.name, err)
-	var ue *usageError
+	var ue *cmdline.UsageError
 	if errors.As(err, &ue) {
 		fmt.Fprintf(stderr, "Run 'lazypull-bench %s -h' for usage.\n", cmd.name)
-		return exitUsage
+		return cmdline.ExitUsage
 	}
-	return exitFailure
+	return cmdline.ExitFailure
 }
 
 // commandLine is how the run was asked for, for the reports.

@@ -59,12 +59,7 @@ func FuzzDecodeBody(f *testing.F) {
 }
 
 func checkDecode(t *testing.T, p []byte, decode func([]byte) (*Index, error), encode func(*Index) []byte) {
-	var ix *Index
-	var err error
-	n := testutil.Allocated(func() { ix, err = decode(p) })
-	if limit := uint64(MemFactor*len(p)+MemSlack) + decodeOverhead; n > limit {
-		t.Fatalf("decoding %d bytes allocated %d, over the bound of %d (err %v)", len(p), n, limit, err)
-	}
+	ix, err := testutil.DecodeWithin(t, p, uint64(MemFactor*len(p)+MemSlack)+decodeOverhead, decode)
 	if err != nil {
 		return
 	}

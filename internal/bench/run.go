@@ -461,13 +461,9 @@ func recordProfile(ctx context.Context, cfg Config, reg string, im Image) (_ *Pr
 	if dgst == "" {
 		return nil, fmt.Errorf("lazypull profile printed no digest:\n%s", tail(out, 20))
 	}
-	b, err := os.ReadFile(doc)
+	p, err := profile.ReadFile(doc)
 	if err != nil {
-		return nil, err
-	}
-	p, err := profile.Parse(b)
-	if err != nil {
-		return nil, fmt.Errorf("read back the profile %s: %w", doc, err)
+		return nil, fmt.Errorf("read back the profile: %w", err)
 	}
 	return &ProfileInfo{Digest: dgst, Files: len(p.Files), Bytes: p.Bytes()}, nil
 }

@@ -7,21 +7,13 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
-	"os"
 	"strings"
 
 	v1 "github.com/google/go-containerregistry/pkg/v1"
-	"golang.org/x/term"
 
+	"lazypull/internal/cmdline"
 	"lazypull/internal/fetch"
 	"lazypull/internal/service"
-)
-
-// Exit statuses.
-const (
-	exitOK      = 0
-	exitFailure = 1 // the command ran and failed
-	exitUsage   = 2 // the command line was wrong
 )
 
 // command is one subcommand. Adding one (mount, pull, snapshotter, stats) means
@@ -35,6 +27,13 @@ type command struct {
 	flags func(fs *flag.FlagSet) any
 	// run does the work; positional are the arguments after the flags.
 	run func(ctx context.Context, e *env, vals any, positional []string) error
+}
+
+// typed makes a command's run from one that takes what its flags returned, a *T.
+func typed[T any](run func(ctx context.Context, e *env, f *T, positional []string) error) func(context.Context, *env, any, []string) error {
+	return func(ctx context.Context, e *env, vals any, positional []string) error {
+		return run(ctx, e, vals.(*T), positional)
+	}
 }
 
 // commands lists the subcommands in the order `lazypull help` shows them.
@@ -51,13 +50,6 @@ type env struct {
 	stderrFd       int
 }
 
-// usageError is a wrong command line: reported with a pointer to the usage, exit status 2.
-type usageError struct{ msg string }
-
-func (e *usageError) Error() string { return e.msg }
-
-func usagef(format string, args ...any) error { return &usageError{fmt.Sprintf(format, args...)} }
-
 // exitError ends the command with its status and says nothing more: a process it ran (with
 // the same stderr) has said why already.
 type exitError struct{ code int }
@@ -67,31 +59,29 @@ func (e exitError) Error() string { return fmt.Sprintf("exit status %d", e.code)
 // Main runs lazypull with args (without the program name) and returns the exit status.
 func Main(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 	e := &env{stdout: stdout, stderr: stderr}
-	if f, ok := stderr.(*os.File); ok && term.IsTerminal(int(f.Fd())) {
-		e.stderrTerminal, e.stderrFd = true, int(f.Fd())
-	}
+	e.stderrFd, e.stderrTerminal = cmdline.Terminal(stderr)
 
 	if len(args) == 0 {
 		printUsage(stderr)
-		return exitUsage
+		return cmdline.ExitUsage
 	}
 	switch args[0] {
 	case "help", "-h", "-help", "--help":
 		if len(args) > 1 {
 			if cmd := lookup(args[1]); cmd != nil {
 				printCommandUsage(stdout, cmd)
-				return exitOK
+				return cmdline.ExitOK
 			}
 			fmt.Fprintf(stderr, "lazypull: unknown command %q\nRun 'lazypull help' for the list of commands.\n", args[1])
-			return exitUsage
+			return cmdline.ExitUsage
 		}
 		printUsage(stdout)
-		return exitOK
+		return cmdline.ExitOK
 	}
 	cmd := lookup(args[0])
 	if cmd == nil {
 		fmt.Fprintf(stderr, "lazypull: unknown command %q\nRun 'lazypull help' for the list of commands.\n", args[0])
-		return exitUsage
+		return cmdline.ExitUsage
 	}
 
 	fs := newFlagSet(cmd)
@@ -102,24 +92,24 @@ func Main(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 	positional, err := parseInterspersed(fs, args[1:])
 	if errors.Is(err, flag.ErrHelp) {
 		printCommandUsage(stdout, cmd)
-		return exitOK
+		return cmdline.ExitOK
 	}
 	if err == nil {
 		err = cmd.run(ctx, e, vals, positional)
 	}
-	var ue *usageError
+	var ue *cmdline.UsageError
 	var ee exitError
 	switch {
 	case err == nil:
-		return exitOK
+		return cmdline.ExitOK
 	case errors.As(err, &ee):
 		return ee.code
 	case errors.As(err, &ue):
-		fmt.Fprintf(stderr, "lazypull %s: %s\nusage: lazypull %s %s\nRun 'lazypull %s -h' for details.\n", cmd.name, ue.msg, cmd.name, cmd.args, cmd.name)
-		return exitUsage
+		fmt.Fprintf(stderr, "lazypull %s: %s\nusage: lazypull %s %s\nRun 'lazypull %s -h' for details.\n", cmd.name, ue.Msg, cmd.name, cmd.args, cmd.name)
+		return cmdline.ExitUsage
 	default:
 		fmt.Fprintf(stderr, "lazypull: %s\n", oneLine(err.Error()))
-		return exitFailure
+		return cmdline.ExitFailure
 	}
 }
 
@@ -147,7 +137,7 @@ func parseInterspersed(fs *flag.FlagSet, args []string) ([]string, error) {
 			if errors.Is(err, flag.ErrHelp) {
 				return nil, err
 			}
-			return nil, usagef("%v", err)
+			return nil, cmdline.Usagef("%v", err)
 		}
 		rest := fs.Args()
 		consumed := len(args) - len(rest)
@@ -201,7 +191,7 @@ func oneLine(s string) string {
 func parsePlatform(s string) (*v1.Platform, error) {
 	p, err := service.ParsePlatform(s)
 	if err != nil {
-		return nil, usagef("%v", err)
+		return nil, cmdline.Usagef("%v", err)
 	}
 	return p, nil
 }
@@ -212,23 +202,34 @@ func newLeveledLogger(e *env, level slog.Level) *slog.Logger {
 	return slog.New(slog.NewTextHandler(e.stderr, &slog.HandlerOptions{Level: level}))
 }
 
-// newClient makes the command's registry client, where every one is made: in service.
-func newClient(log *slog.Logger, plainHTTP bool, hostsDir string) (*fetch.Client, error) {
-	return service.NewClient(log, plainHTTP, hostsDir)
+// reachFlags are how a command reaches registries: over plain http or not, and where
+// containerd-style hosts.toml files name each registry's servers.
+type reachFlags struct {
+	plainHTTP bool
+	hostsDir  string
+}
+
+func (r *reachFlags) add(fs *flag.FlagSet) {
+	fs.BoolVar(&r.plainHTTP, "plain-http", false, "talk to registries over http instead of https")
+	fs.StringVar(&r.hostsDir, "hosts-dir", "", "containerd-style `dir` of HOST/hosts.toml files naming each registry's servers")
+}
+
+// client makes the command's registry client, where every one is made: in service. The
+// caller closes it.
+func (r *reachFlags) client(log *slog.Logger) (*fetch.Client, error) {
+	return service.NewClient(log, r.plainHTTP, r.hostsDir)
 }
 
 // registryFlags are the flags of a command that reads an image from a registry: which
 // image of an index, and how the registry is reached.
 type registryFlags struct {
-	platform  string
-	plainHTTP bool
-	hostsDir  string
+	platform string
+	reach    reachFlags
 }
 
 func (r *registryFlags) add(fs *flag.FlagSet) {
 	fs.StringVar(&r.platform, "platform", "", "the image for `os/arch[/variant]` of a multi-platform REF (default: this machine's)")
-	fs.BoolVar(&r.plainHTTP, "plain-http", false, "talk to registries over http instead of https")
-	fs.StringVar(&r.hostsDir, "hosts-dir", "", "containerd-style `dir` of HOST/hosts.toml files naming mirrors")
+	r.reach.add(fs)
 }
 
 // open parses the platform and makes the registry client, which the caller closes.
@@ -237,7 +238,7 @@ func (r *registryFlags) open(log *slog.Logger) (*v1.Platform, *fetch.Client, err
 	if err != nil {
 		return nil, nil, err
 	}
-	client, err := newClient(log, r.plainHTTP, r.hostsDir)
+	client, err := r.reach.client(log)
 	if err != nil {
 		return nil, nil, err
 	}

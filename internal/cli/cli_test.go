@@ -15,6 +15,8 @@ import (
 	"github.com/google/go-containerregistry/pkg/v1/empty"
 	"github.com/google/go-containerregistry/pkg/v1/layout"
 	"github.com/google/go-containerregistry/pkg/v1/random"
+
+	"lazypull/internal/cmdline"
 )
 
 func run(t *testing.T, args ...string) (code int, stdout, stderr string) {
@@ -167,7 +169,7 @@ func TestConvertFailure(t *testing.T) {
 // usage error when SRC is an OCI layout.
 func TestConvertProfileDigestLayout(t *testing.T) {
 	code, _, errOut := run(t, "convert", "--profile", "sha256:"+strings.Repeat("c", 64), "oci:/nowhere:x", "oci:/nowhere2:y")
-	if code != exitUsage || !strings.Contains(errOut, "OCI layout") {
+	if code != cmdline.ExitUsage || !strings.Contains(errOut, "OCI layout") {
 		t.Errorf("exit %d, %q; want a usage error naming the OCI layout", code, errOut)
 	}
 }

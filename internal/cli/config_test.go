@@ -11,6 +11,7 @@ import (
 	"testing"
 	"time"
 
+	"lazypull/internal/cmdline"
 	"lazypull/internal/service"
 	"lazypull/internal/testutil"
 )
@@ -62,8 +63,8 @@ func TestSnapshotterRefusesBadConfig(t *testing.T) {
 	dir := t.TempDir()
 	p := writeConfig(t, "root = \""+filepath.Join(dir, "root")+"\"\nstore = \""+filepath.Join(dir, "store")+"\"\nplain_http = \"true\"\n")
 	code, _, stderr := run(t, "snapshotter", "--config", p, "--address", filepath.Join(dir, "sn.sock"))
-	if code != exitFailure {
-		t.Errorf("exit %d, want %d", code, exitFailure)
+	if code != cmdline.ExitFailure {
+		t.Errorf("exit %d, want %d", code, cmdline.ExitFailure)
 	}
 	if want := "config " + p + `:3: key "plain_http": wrong type`; !strings.Contains(stderr, want) {
 		t.Errorf("stderr %q does not say %q", stderr, want)
@@ -150,7 +151,7 @@ func TestConfigLogLevelAndKeeperIdle(t *testing.T) {
 			t.Errorf("%q: %v, want %q", c.text, err, c.want)
 		}
 	}
-	if code, _, stderr := run(t, "mount", "--prefetch-wait", "5", "r", t.TempDir()); code != exitUsage || !strings.Contains(stderr, `invalid duration "5": a duration needs a unit (ms, s, m, h), like "5s"`) {
+	if code, _, stderr := run(t, "mount", "--prefetch-wait", "5", "r", t.TempDir()); code != cmdline.ExitUsage || !strings.Contains(stderr, `invalid duration "5": a duration needs a unit (ms, s, m, h), like "5s"`) {
 		t.Errorf("--prefetch-wait 5: exit %d, %s", code, stderr)
 	}
 	dir := t.TempDir()
@@ -158,8 +159,8 @@ func TestConfigLogLevelAndKeeperIdle(t *testing.T) {
 		"--store", filepath.Join(dir, "store")}
 	for _, args := range [][]string{append(sn, "--keeper-idle", "0"), append(sn, "--log-level", "loud"),
 		{"mount", "--store", filepath.Join(dir, "store"), "--log-level", "loud", "r", dir}} {
-		if code, _, stderr := run(t, args...); code != exitUsage {
-			t.Errorf("%q: exit %d, want %d; %s", args, code, exitUsage, stderr)
+		if code, _, stderr := run(t, args...); code != cmdline.ExitUsage {
+			t.Errorf("%q: exit %d, want %d; %s", args, code, cmdline.ExitUsage, stderr)
 		}
 	}
 	for _, d := range []string{"root", "store"} {

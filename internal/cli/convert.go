@@ -10,6 +10,7 @@ import (
 
 	v1 "github.com/google/go-containerregistry/pkg/v1"
 
+	"lazypull/internal/cmdline"
 	"lazypull/internal/convert"
 	"lazypull/internal/daemon"
 	"lazypull/internal/progress"
@@ -48,50 +49,47 @@ Flags may also follow SRC and DST. Temp files go to $TMPDIR.`,
 			f := &convertFlags{}
 			fs.StringVar(&f.platform, "platform", "", "convert only the image for `os/arch[/variant]` of a multi-platform source")
 			fs.IntVar(&f.jobs, "jobs", convert.DefaultJobs(), "convert `n` layers at once")
-			fs.BoolVar(&f.plainHTTP, "plain-http", false, "talk to registries over http instead of https")
-			fs.StringVar(&f.hostsDir, "hosts-dir", "", "containerd-style `dir` of HOST/hosts.toml files naming servers")
+			f.reach.add(fs)
 			fs.BoolVar(&f.json, "json", false, "print a JSON summary on stdout")
 			fs.StringVar(&f.profile, "profile", "", "lay the layers out by the prefetch profile `PROFILE`: a file, a digest in SRC's repository, or a REF")
 			return f
 		},
-		run: runConvert,
+		run: typed(runConvert),
 	}
 }
 
 type convertFlags struct {
-	platform  string
-	jobs      int
-	plainHTTP bool
-	hostsDir  string
-	json      bool
-	profile   string
+	platform string
+	jobs     int
+	reach    reachFlags
+	json     bool
+	profile  string
 }
 
-func runConvert(ctx context.Context, e *env, vals any, args []string) error {
-	f := vals.(*convertFlags)
+func runConvert(ctx context.Context, e *env, f *convertFlags, args []string) error {
 	if len(args) != 2 {
-		return usagef("want SRC and DST, got %d argument(s)", len(args))
+		return cmdline.Usagef("want SRC and DST, got %d argument(s)", len(args))
 	}
 	if f.jobs < 1 {
-		return usagef("-jobs must be at least 1, not %d", f.jobs)
+		return cmdline.Usagef("-jobs must be at least 1, not %d", f.jobs)
 	}
-	client, err := newClient(newLogger(e), f.plainHTTP, f.hostsDir)
+	client, err := f.reach.client(newLogger(e))
 	if err != nil {
 		return err
 	}
 	defer client.Close()
-	opts := convert.Options{Jobs: f.jobs, PlainHTTP: f.plainHTTP, Keychain: client.Keychain(), Transport: client.Transport()}
+	opts := convert.Options{Jobs: f.jobs, PlainHTTP: f.reach.plainHTTP, Keychain: client.Keychain(), Transport: client.Transport()}
 	if f.platform != "" {
 		p, err := v1.ParsePlatform(f.platform)
 		if err != nil || p.OS == "" || p.Architecture == "" {
-			return usagef("-platform %q: want os/arch[/variant], like linux/arm64", f.platform)
+			return cmdline.Usagef("-platform %q: want os/arch[/variant], like linux/arm64", f.platform)
 		}
 		opts.Platform = p
 	}
 	if f.profile != "" {
 		p, err := daemon.LoadProfile(ctx, f.profile, args[0], client, opts.Platform)
 		if errors.Is(err, daemon.ErrProfileNoRepository) {
-			return usagef("--profile %v", err)
+			return cmdline.Usagef("--profile %v", err)
 		}
 		if err != nil {
 			return fmt.Errorf("--profile %w", err)

@@ -4,6 +4,7 @@ import (
 	"context"
 	"flag"
 
+	"lazypull/internal/cmdline"
 	"lazypull/internal/imageindex"
 )
 
@@ -30,7 +31,7 @@ naming the layer, before reading anything).`,
 			fs.IntVar(&f.jobs, "jobs", 4, "layers read at once")
 			return f
 		},
-		run: runIndex,
+		run: typed(runIndex),
 	}
 }
 
@@ -40,13 +41,12 @@ type indexFlags struct {
 	jobs     int
 }
 
-func runIndex(ctx context.Context, e *env, vals any, args []string) error {
-	f := vals.(*indexFlags)
+func runIndex(ctx context.Context, e *env, f *indexFlags, args []string) error {
 	if len(args) != 1 {
-		return usagef("want one REF")
+		return cmdline.Usagef("want one REF")
 	}
 	if f.span < 0 || f.jobs < 1 {
-		return usagef("--span must be positive, --jobs at least 1")
+		return cmdline.Usagef("--span must be positive, --jobs at least 1")
 	}
 	log := newLogger(e)
 	platform, client, err := f.registry.open(log)

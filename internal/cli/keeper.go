@@ -5,6 +5,7 @@ import (
 	"flag"
 	"time"
 
+	"lazypull/internal/cmdline"
 	"lazypull/internal/keeper"
 	"lazypull/internal/service"
 )
@@ -34,15 +35,14 @@ by itself once it has held no connection and had nobody connected for --idle.`,
 			durationFlag(fs, &f.idle, "idle", service.DefaultKeeperIdle, "exit after `duration` holding nothing with nobody connected")
 			return f
 		},
-		run: func(ctx context.Context, e *env, vals any, args []string) error {
-			f := vals.(*keeperFlags)
+		run: typed(func(ctx context.Context, e *env, f *keeperFlags, args []string) error {
 			if f.socket == "" || len(args) > 0 {
-				return usagef("usage: lazypull keeper --socket PATH [--idle DURATION]")
+				return cmdline.Usagef("usage: lazypull keeper --socket PATH [--idle DURATION]")
 			}
 			if f.idle <= 0 {
-				return usagef("--idle must be more than 0")
+				return cmdline.Usagef("--idle must be more than 0")
 			}
 			return keeper.Serve(ctx, f.socket, f.idle, newLogger(e))
-		},
+		}),
 	}
 }

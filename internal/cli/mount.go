@@ -5,6 +5,7 @@ import (
 	"flag"
 	"log/slog"
 
+	"lazypull/internal/cmdline"
 	"lazypull/internal/service"
 )
 
@@ -41,7 +42,7 @@ one command to share it between them while they are mounted.`,
 			fs.StringVar(&c.Profile, "profile", "", "use the prefetch profile of this `digest` (sha256:...), which must refer to the image: one REF only")
 			return c
 		},
-		run: runMount,
+		run: typed(runMount),
 	}
 }
 
@@ -59,6 +60,7 @@ func addNodeFlags(fs *flag.FlagSet, c *service.NodeConfig, what string) {
 	durationFlag(fs, &c.PrefetchWait, "prefetch-wait", 0, "wait up to `duration` for the profiled content before mounting (0: fetch it in the background)")
 	fs.BoolVar(&c.BackgroundFetch, "background-fetch", false, "after the prefetch, fetch the rest of each image in the background (rate-bounded; reads go first)")
 	fs.Int64Var(&c.BackgroundFetchRate, "background-fetch-rate", c.BackgroundFetchRate, "bound the background fetch to `n` compressed bytes per second")
+	fs.BoolVar(&c.Speculate, "speculate", c.Speculate, "on a read that misses, also fetch the rest of a file of up to 8 MiB, and the other files of a small directory")
 	fs.StringVar(&c.ProfilePolicy, "profile-policy", c.ProfilePolicy,
 		"where a prefetch profile may come from: `policy` referrers (one pinned, else found among the image's referrers), "+
 			"pinned (only one pinned, by -profile-pin or a pull's --profile) or off (none; the registry is not asked)")
@@ -72,17 +74,16 @@ func addNodeFlags(fs *flag.FlagSet, c *service.NodeConfig, what string) {
 	fs.Int64Var(&c.AutoProfileMaxBytes, "auto-profile-max-bytes", c.AutoProfileMaxBytes, "record at most `n` bytes of a start")
 }
 
-func runMount(ctx context.Context, e *env, vals any, args []string) error {
-	c := vals.(*service.MountConfig)
+func runMount(ctx context.Context, e *env, c *service.MountConfig, args []string) error {
 	if len(args) == 0 || len(args)%2 != 0 {
-		return usagef("want REF DIR pairs, got %d argument(s)", len(args))
+		return cmdline.Usagef("want REF DIR pairs, got %d argument(s)", len(args))
 	}
 	var mounts []service.MountPoint
 	for i := 0; i < len(args); i += 2 {
 		mounts = append(mounts, service.MountPoint{Ref: args[i], Dir: args[i+1]})
 	}
 	if err := c.Check(mounts); err != nil {
-		return usagef("%v", err)
+		return cmdline.Usagef("%v", err)
 	}
 	level := c.LogLevel.Level()
 	if c.Debug {
@@ -99,7 +100,7 @@ func umountCommand() *command {
 		summary: "unmount a lazypull mount (also a stale one left by a crash)",
 		run: func(_ context.Context, _ *env, _ any, args []string) error {
 			if len(args) != 1 {
-				return usagef("want DIR")
+				return cmdline.Usagef("want DIR")
 			}
 			return service.Unmount(args[0])
 		},

@@ -8,6 +8,7 @@ import (
 	"os/exec"
 	"time"
 
+	"lazypull/internal/cmdline"
 	"lazypull/internal/daemon"
 	"lazypull/internal/profile"
 	"lazypull/internal/record"
@@ -59,7 +60,7 @@ same document, readable by its owner only (mode 0600).
 
 'lazypull profile show REF' prints the profile REF has, files in first-access order.`,
 		flags: profileFlagSet,
-		run:   runProfile,
+		run:   typed(runProfile),
 	}
 }
 
@@ -94,28 +95,27 @@ type profileFlags struct {
 	set *flag.FlagSet
 }
 
-func runProfile(ctx context.Context, e *env, vals any, args []string) error {
-	f := vals.(*profileFlags)
+func runProfile(ctx context.Context, e *env, f *profileFlags, args []string) error {
 	if len(args) > 0 && args[0] == "show" {
 		if len(args) != 2 {
-			return usagef("profile show: want REF")
+			return cmdline.Usagef("profile show: want REF")
 		}
 		return showProfile(ctx, e, f, args[1])
 	}
 	if len(args) == 0 {
-		return usagef("want REF")
+		return cmdline.Usagef("want REF")
 	}
 	if f.duration <= 0 {
-		return usagef("-duration must be positive")
+		return cmdline.Usagef("-duration must be positive")
 	}
 	if _, err := parsePlatform(f.registry.platform); err != nil {
 		return err
 	}
 	if (f.volume != "") != (f.runner != "") {
-		return usagef("-volume and -runner-image go together")
+		return cmdline.Usagef("-volume and -runner-image go together")
 	}
 	if f.volume != "" && f.runtime != "containerd" {
-		return usagef("-volume: the runner image runs with -runtime containerd only")
+		return cmdline.Usagef("-volume: the runner image runs with -runtime containerd only")
 	}
 	switch f.runtime {
 	case "containerd":
@@ -123,9 +123,9 @@ func runProfile(ctx context.Context, e *env, vals any, args []string) error {
 	case "chroot":
 		return recordInNamespace(ctx, e, f, args)
 	case "auto":
-		return usagef("-runtime auto is no more (it ran the image chrooted, as root on this host, whenever containerd did not answer): want containerd (the default) or chroot")
+		return cmdline.Usagef("-runtime auto is no more (it ran the image chrooted, as root on this host, whenever containerd did not answer): want containerd (the default) or chroot")
 	default:
-		return usagef("-runtime %q: want containerd or chroot", f.runtime)
+		return cmdline.Usagef("-runtime %q: want containerd or chroot", f.runtime)
 	}
 }
 
@@ -144,11 +144,11 @@ func recordProfile(ctx context.Context, e *env, f *profileFlags, args []string) 
 		Platform:     platform, Client: client, StoreDir: f.store,
 		Until: f.until, Duration: f.duration,
 		Runner: f.runner, Volume: f.volume,
-		Output: f.output, NoPush: f.noPush, NoPack: f.noPack, PlainHTTP: f.registry.plainHTTP,
+		Output: f.output, NoPush: f.noPush, NoPack: f.noPack, PlainHTTP: f.registry.reach.plainHTTP,
 		Log: log, Stderr: e.stderr,
 	})
 	if errors.Is(err, record.ErrNoCommand) || errors.Is(err, record.ErrVolume) {
-		return usagef("%v", err)
+		return cmdline.Usagef("%v", err)
 	}
 	if err != nil {
 		return err
@@ -199,16 +199,15 @@ func profileChrootCommand() *command {
 		args:    "[flags] -- REF [CMD ARGS...]",
 		summary: "record a profile chrooted, in a mount namespace of its own (started by lazypull profile --runtime chroot)",
 		flags:   profileFlagSet,
-		run: func(ctx context.Context, e *env, vals any, args []string) error {
-			f := vals.(*profileFlags)
+		run: typed(func(ctx context.Context, e *env, f *profileFlags, args []string) error {
 			if len(args) == 0 || f.runtime != "chroot" {
-				return usagef("started by lazypull profile --runtime chroot only")
+				return cmdline.Usagef("started by lazypull profile --runtime chroot only")
 			}
 			if err := record.CheckPrivateMountNS(); err != nil {
 				return fmt.Errorf("%s (started by lazypull profile --runtime chroot in one of its own): %w", profileChrootName, err)
 			}
 			return recordProfile(ctx, e, f, args)
-		},
+		}),
 	}
 }
 
@@ -243,7 +242,7 @@ func profileExecCommand() *command {
 		summary: "run a workload chrooted for lazypull profile (started by it)",
 		run: func(_ context.Context, _ *env, _ any, args []string) error {
 			if len(args) < 4 {
-				return usagef("want ROOTFS DIR PROG ARGV0 [ARGS...]")
+				return cmdline.Usagef("want ROOTFS DIR PROG ARGV0 [ARGS...]")
 			}
 			return record.ExecChrooted(args[0], args[1], args[2], args[3:])
 		},

@@ -4,6 +4,8 @@ import (
 	"path/filepath"
 	"strings"
 	"testing"
+
+	"lazypull/internal/cmdline"
 )
 
 // TestProfileRuntimeFlag: a bad --runtime, auto (which used to fall back to chroot), and the
@@ -18,10 +20,10 @@ func TestProfileRuntimeFlag(t *testing.T) {
 		code int
 		err  []string
 	}{
-		{"bad", []string{"profile", "--runtime", "docker", "nowhere.invalid/app:v1"}, exitUsage, []string{`-runtime "docker": want containerd or chroot`}},
-		{"auto", []string{"profile", "--runtime", "auto", "--address", missing, "nowhere.invalid/app:v1"}, exitUsage, []string{"-runtime auto is no more", "want containerd (the default) or chroot"}},
-		{"containerd", []string{"profile", "--runtime", "containerd", "--address", missing, "nowhere.invalid/app:v1"}, exitFailure, []string{"--runtime containerd: containerd at " + missing, hint}},
-		{"default", []string{"profile", "--address", missing, "nowhere.invalid/app:v1"}, exitFailure, []string{"--runtime containerd: containerd at " + missing, hint}},
+		{"bad", []string{"profile", "--runtime", "docker", "nowhere.invalid/app:v1"}, cmdline.ExitUsage, []string{`-runtime "docker": want containerd or chroot`}},
+		{"auto", []string{"profile", "--runtime", "auto", "--address", missing, "nowhere.invalid/app:v1"}, cmdline.ExitUsage, []string{"-runtime auto is no more", "want containerd (the default) or chroot"}},
+		{"containerd", []string{"profile", "--runtime", "containerd", "--address", missing, "nowhere.invalid/app:v1"}, cmdline.ExitFailure, []string{"--runtime containerd: containerd at " + missing, hint}},
+		{"default", []string{"profile", "--address", missing, "nowhere.invalid/app:v1"}, cmdline.ExitFailure, []string{"--runtime containerd: containerd at " + missing, hint}},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			code, _, errOut := run(t, tc.args...)
@@ -45,7 +47,7 @@ func TestProfileRuntimeFlag(t *testing.T) {
 // namespace, it refuses before fetching anything.
 func TestProfileChrootOwnNamespace(t *testing.T) {
 	code, _, errOut := run(t, "profile-chroot", "--runtime", "chroot", "--", "nowhere.invalid/app:v1", "true")
-	if code != exitFailure || !strings.Contains(errOut, "runs in its parent's mount namespace") || strings.Contains(errOut, "nowhere.invalid") {
+	if code != cmdline.ExitFailure || !strings.Contains(errOut, "runs in its parent's mount namespace") || strings.Contains(errOut, "nowhere.invalid") {
 		t.Errorf("exit %d; want a refusal:\n%s", code, errOut)
 	}
 }
@@ -85,8 +87,8 @@ func TestProfileVolumeFlags(t *testing.T) {
 		{[]string{"profile", "--runtime", "chroot", "--volume", "/model", "--runner-image", "reader", "model"}, "-runtime containerd only"},
 		{[]string{"profile", "--volume", "model", "--runner-image", "reader", "model"}, "want an absolute, clean path"},
 	} {
-		if code, _, stderr := run(t, tc.args...); code != exitUsage || !strings.Contains(stderr, tc.want) {
-			t.Errorf("%q: exit %d, stderr %q; want %d and %q", tc.args, code, stderr, exitUsage, tc.want)
+		if code, _, stderr := run(t, tc.args...); code != cmdline.ExitUsage || !strings.Contains(stderr, tc.want) {
+			t.Errorf("%q: exit %d, stderr %q; want %d and %q", tc.args, code, stderr, cmdline.ExitUsage, tc.want)
 		}
 	}
 }

@@ -6,6 +6,7 @@ import (
 
 	v1 "github.com/google/go-containerregistry/pkg/v1"
 
+	"lazypull/internal/cmdline"
 	"lazypull/internal/daemon"
 )
 
@@ -61,7 +62,7 @@ func TestProfileFlagUsage(t *testing.T) {
 		{[]string{"pull", "--profile", "sha256:abc", "r1"}, "profile digest"},
 	} {
 		code, _, stderr := run(t, c.args...)
-		if code != exitUsage || !strings.Contains(stderr, c.want) {
+		if code != cmdline.ExitUsage || !strings.Contains(stderr, c.want) {
 			t.Errorf("%q: exit %d, %q; want usage error saying %q", c.args, code, stderr, c.want)
 		}
 	}

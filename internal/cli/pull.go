@@ -7,6 +7,7 @@ import (
 
 	"github.com/google/go-containerregistry/pkg/name"
 
+	"lazypull/internal/cmdline"
 	"lazypull/internal/daemon"
 	"lazypull/internal/pull"
 )
@@ -44,40 +45,37 @@ manifest unpacked) instead of looking one up, also under its profile_policy "pin
 			fs.StringVar(&f.address, "address", "/run/containerd/containerd.sock", "containerd's `socket`")
 			fs.StringVar(&f.namespace, "namespace", "default", "containerd `namespace`")
 			fs.StringVar(&f.snapshotter, "snapshotter", "lazypull", "the snapshotter's `name` in containerd's proxy_plugins")
-			fs.BoolVar(&f.plainHTTP, "plain-http", false, "talk to the registry over http instead of https")
-			fs.StringVar(&f.hostsDir, "hosts-dir", "", "containerd-style `dir` of HOST/hosts.toml files")
+			f.reach.add(fs)
 			fs.StringVar(&f.profile, "profile", "", "have the snapshotter use the prefetch profile of this `digest` (sha256:...), which must refer to the image manifest unpacked")
 			fs.StringVar(&f.snapshotterAddress, "snapshotter-address", "", "the snapshotter's `socket`, to hand it the manifest early (default: containerd's address for --snapshotter, else "+defaultSnapshotterSocket+")")
 			return f
 		},
-		run: runPull,
+		run: typed(runPull),
 	}
 }
 
 type pullFlags struct {
 	address, namespace, snapshotter string
-	plainHTTP                       bool
-	hostsDir                        string
 	snapshotterAddress              string
 	profile                         string
+	reach                           reachFlags
 }
 
-func runPull(ctx context.Context, e *env, vals any, args []string) error {
-	f := vals.(*pullFlags)
+func runPull(ctx context.Context, e *env, f *pullFlags, args []string) error {
 	if len(args) != 1 {
-		return usagef("want REF")
+		return cmdline.Usagef("want REF")
 	}
 	nref, err := name.ParseReference(args[0])
 	if err != nil {
-		return usagef("reference %q: %v", args[0], err)
+		return cmdline.Usagef("reference %q: %v", args[0], err)
 	}
 	if f.profile != "" {
 		if _, err := daemon.ParseProfileDigest(f.profile); err != nil {
-			return usagef("-profile: %v", err)
+			return cmdline.Usagef("-profile: %v", err)
 		}
 	}
 	log := newLogger(e)
-	client, err := newClient(log, f.plainHTTP, f.hostsDir)
+	client, err := f.reach.client(log)
 	if err != nil {
 		return err
 	}

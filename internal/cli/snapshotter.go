@@ -4,6 +4,7 @@ import (
 	"context"
 	"flag"
 
+	"lazypull/internal/cmdline"
 	"lazypull/internal/service"
 )
 
@@ -34,7 +35,7 @@ mount images and read their layers).
 Settings come from --config (TOML; the keys are listed below), then from flags given on the
 command line. A missing config file at the default path is not an error.`,
 		flags: bindSnapshotterFlags,
-		run:   runSnapshotter,
+		run:   typed(runSnapshotter),
 	}
 	// The reference of the config file follows the help; it is made from the flags.
 	c.help += "\n\n" + configDoc(c.flags, service.DefaultConfigFile)
@@ -63,10 +64,9 @@ func bindSnapshotterFlags(fs *flag.FlagSet) any {
 	return f
 }
 
-func runSnapshotter(ctx context.Context, e *env, vals any, args []string) error {
-	f := vals.(*snapshotterFlags)
+func runSnapshotter(ctx context.Context, e *env, f *snapshotterFlags, args []string) error {
 	if len(args) != 0 {
-		return usagef("no arguments expected, got %q", args)
+		return cmdline.Usagef("no arguments expected, got %q", args)
 	}
 	// The file at the default path is optional; one named with --config is not. A mistake
 	// is refused before anything is opened or mounted.
@@ -77,7 +77,7 @@ func runSnapshotter(ctx context.Context, e *env, vals any, args []string) error 
 		return err
 	}
 	if err := f.Config.Check(); err != nil {
-		return usagef("%v", err)
+		return cmdline.Usagef("%v", err)
 	}
 	return service.Serve(ctx, f.Config, newLeveledLogger(e, f.LogLevel.Level()))
 }

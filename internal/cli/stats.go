@@ -6,6 +6,7 @@ import (
 	"flag"
 	"io"
 
+	"lazypull/internal/cmdline"
 	"lazypull/internal/service"
 )
 
@@ -24,7 +25,7 @@ the store is opened to count what it holds.`,
 			fs.BoolVar(&f.json, "json", false, "print JSON")
 			return f
 		},
-		run: runStats,
+		run: typed(runStats),
 	}
 }
 
@@ -33,10 +34,9 @@ type statsFlags struct {
 	json bool
 }
 
-func runStats(_ context.Context, e *env, vals any, args []string) error {
-	f := vals.(*statsFlags)
+func runStats(_ context.Context, e *env, f *statsFlags, args []string) error {
 	if len(args) != 0 {
-		return usagef("takes no arguments")
+		return cmdline.Usagef("takes no arguments")
 	}
 	s, err := service.Stats(f.dir, newLogger(e))
 	if err != nil {
@@ -69,20 +69,19 @@ for what is in use; when it cannot, it keeps every manifest and index, and says 
 			fs.BoolVar(&f.json, "json", false, "print JSON")
 			return f
 		},
-		run: func(ctx context.Context, e *env, vals any, args []string) error {
-			f := vals.(*pruneFlags)
+		run: typed(func(ctx context.Context, e *env, f *pruneFlags, args []string) error {
 			if len(args) != 0 {
-				return usagef("takes no arguments")
+				return cmdline.Usagef("takes no arguments")
 			}
 			if f.target == service.SizeAuto {
-				return usagef("-to takes a size, not auto")
+				return cmdline.Usagef("-to takes a size, not auto")
 			}
 			r, err := service.Prune(ctx, f.dir, f.root, int64(f.target), newLogger(e))
 			if err != nil {
 				return err
 			}
 			return report(e.stdout, f.json, r, func(w io.Writer) { service.WritePrune(w, f.dir, r) })
-		},
+		}),
 	}
 }
 

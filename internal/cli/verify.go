@@ -4,6 +4,7 @@ import (
 	"context"
 	"flag"
 
+	"lazypull/internal/cmdline"
 	"lazypull/internal/service"
 	"lazypull/internal/verify"
 )
@@ -36,7 +37,7 @@ holds it, verify --store refuses with an error naming the lock: stop the holder 
 			fs.StringVar(&f.dir, "store-dir", service.DefaultStoreDir, "the node's content store `dir` (with --store)")
 			return f
 		},
-		run: runVerify,
+		run: typed(runVerify),
 	}
 }
 
@@ -46,12 +47,11 @@ type verifyFlags struct {
 	dir      string
 }
 
-func runVerify(ctx context.Context, e *env, vals any, args []string) error {
-	f := vals.(*verifyFlags)
+func runVerify(ctx context.Context, e *env, f *verifyFlags, args []string) error {
 	log := newLogger(e)
 	if f.store {
 		if len(args) != 0 {
-			return usagef("--store takes no REF")
+			return cmdline.Usagef("--store takes no REF")
 		}
 		if damaged, err := service.VerifyStore(ctx, e.stdout, f.dir, log); err != nil || !damaged {
 			return err
@@ -59,7 +59,7 @@ func runVerify(ctx context.Context, e *env, vals any, args []string) error {
 		return verify.ErrMismatch
 	}
 	if len(args) != 1 {
-		return usagef("want one REF (or --store)")
+		return cmdline.Usagef("want one REF (or --store)")
 	}
 	platform, client, err := f.registry.open(log)
 	if err != nil {

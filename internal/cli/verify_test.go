@@ -9,6 +9,7 @@ import (
 
 	"lazypull/format"
 	"lazypull/internal/store"
+	"lazypull/internal/testutil"
 )
 
 // TestVerifyStoreCLI: verify --store refuses a store another process holds, and removes a
@@ -30,10 +31,7 @@ func TestVerifyStoreCLI(t *testing.T) {
 	// An object under a name that is not its content's digest: what a bad disk leaves.
 	d := sha256.Sum256([]byte("right"))
 	p := filepath.Join(dir, "objects", format.Digest(d).String()[7:9], format.Digest(d).String()[7:])
-	os.MkdirAll(filepath.Dir(p), 0o755)
-	if err := os.WriteFile(p, []byte("wrong"), 0o444); err != nil {
-		t.Fatal(err)
-	}
+	testutil.WriteFile(t, p, []byte("wrong"), 0o444)
 	code, out, errs := run(t, "verify", "--store", "--store-dir", dir)
 	if code != 1 || !strings.Contains(out, "1 damaged and removed") {
 		t.Errorf("damaged store: exit %d\n%s%s", code, out, errs)

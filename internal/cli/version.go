@@ -5,6 +5,8 @@ import (
 	"fmt"
 	"runtime"
 	"runtime/debug"
+
+	"lazypull/internal/cmdline"
 )
 
 // Version is lazypull's version, set at build time with
@@ -18,7 +20,7 @@ func versionCommand() *command {
 		summary: "print lazypull's version",
 		run: func(_ context.Context, e *env, _ any, args []string) error {
 			if len(args) > 0 {
-				return usagef("takes no arguments")
+				return cmdline.Usagef("takes no arguments")
 			}
 			_, err := fmt.Fprintf(e.stdout, "lazypull %s %s %s/%s\n", version(), runtime.Version(), runtime.GOOS, runtime.GOARCH)
 			return err

@@ -25,6 +25,7 @@ import (
 	"github.com/klauspost/compress/zstd"
 
 	"lazypull/format"
+	"lazypull/internal/artifact"
 	"lazypull/internal/ocilayout"
 	"lazypull/internal/testutil"
 )
@@ -212,11 +213,11 @@ func pushFixtures(t *testing.T, ref string, root []byte, mt types.MediaType, fs 
 				t.Fatal(err)
 			}
 		}
-		if err := remote.Put(r.Context().Digest(sha(f.manifest).String()), rawManifest{f.manifest, f.manifestMT}); err != nil {
+		if err := remote.Put(r.Context().Digest(sha(f.manifest).String()), artifact.Raw{Bytes: f.manifest, Type: f.manifestMT}); err != nil {
 			t.Fatal(err)
 		}
 	}
-	if err := remote.Put(r, rawManifest{root, mt}); err != nil {
+	if err := remote.Put(r, artifact.Raw{Bytes: root, Type: mt}); err != nil {
 		t.Fatal(err)
 	}
 }
@@ -229,15 +230,7 @@ func blobPath(dir string, h v1.Hash) string {
 // writeFixtures writes fixtures into an OCI layout at dir and tags root as tag.
 func writeFixtures(t *testing.T, dir, tag string, root []byte, mt types.MediaType, fs ...*fixture) {
 	t.Helper()
-	put := func(b []byte) {
-		p := blobPath(dir, sha(b))
-		if err := os.MkdirAll(filepath.Dir(p), 0o755); err != nil {
-			t.Fatal(err)
-		}
-		if err := os.WriteFile(p, b, 0o644); err != nil {
-			t.Fatal(err)
-		}
-	}
+	put := func(b []byte) { testutil.WriteFile(t, blobPath(dir, sha(b)), b, 0o644) }
 	for _, f := range fs {
 		for _, b := range f.blobs {
 			put(b)

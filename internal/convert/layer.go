@@ -64,8 +64,7 @@ func (c *converter) runLayer1(ctx context.Context, j *layerJob) error {
 		tmp.Close()
 		os.Remove(tmp.Name())
 	}()
-	bw := bufio.NewWriterSize(tmp, 1<<20)
-	out := &countingWriter{w: bw}
+	out := bufio.NewWriterSize(tmp, 1<<20)
 
 	if j.Copied {
 		if _, err := io.Copy(out, vr); err != nil {
@@ -87,9 +86,6 @@ func (c *converter) runLayer1(ctx context.Context, j *layerJob) error {
 		if err != nil {
 			return fmt.Errorf("write lazypull layer: %w", err)
 		}
-		if res.Size != out.n {
-			return fmt.Errorf("write lazypull layer: format reports %d bytes, but wrote %d", res.Size, out.n)
-		}
 		j.Result = v1.Descriptor{
 			MediaType:   format.MediaTypeLayer,
 			Digest:      digest,
@@ -98,8 +94,14 @@ func (c *converter) runLayer1(ctx context.Context, j *layerJob) error {
 		}
 		j.Entries, j.Files, j.Chunks = res.Entries, res.Files, res.Chunks
 	}
-	if err := bw.Flush(); err != nil {
+	if err := out.Flush(); err != nil {
 		return fmt.Errorf("write temp file: %w", err)
+	}
+	// What is pushed is the temp file: it must hold the bytes format reported.
+	if st, err := tmp.Stat(); err != nil {
+		return fmt.Errorf("write temp file: %w", err)
+	} else if st.Size() != j.Result.Size {
+		return fmt.Errorf("write lazypull layer: %d bytes reported, but %d written", j.Result.Size, st.Size())
 	}
 
 	c.progress.LayerPush(j.Layer)
@@ -210,18 +212,6 @@ func (d *decoder) blame(err error) error {
 		return verr
 	}
 	return fmt.Errorf("%w %s: %w", ErrCorrupt, d.kind, err)
-}
-
-// countingWriter passes writes through and counts them.
-type countingWriter struct {
-	w io.Writer
-	n int64
-}
-
-func (cw *countingWriter) Write(p []byte) (int, error) {
-	n, err := cw.w.Write(p)
-	cw.n += int64(n)
-	return n, err
 }
 
 // rewriteLaidOut is rewrite with the layer's entries laid out by Options.Profile (see

@@ -12,10 +12,6 @@ import (
 	"testing"
 	"time"
 
-	"github.com/google/go-containerregistry/pkg/v1/empty"
-	"github.com/google/go-containerregistry/pkg/v1/mutate"
-	"github.com/google/go-containerregistry/pkg/v1/tarball"
-
 	"lazypull/format"
 	"lazypull/internal/profile"
 	"lazypull/internal/testutil"
@@ -92,24 +88,17 @@ func layoutProfile() *profile.Profile {
 // tarNames lists the cleaned names of a tar in order, with their contents.
 func tarNames(t *testing.T, b []byte) ([]string, map[string][]byte) {
 	t.Helper()
-	tr := tar.NewReader(bytes.NewReader(b))
 	var names []string
 	content := map[string][]byte{}
-	for {
-		h, err := tr.Next()
-		if err == io.EOF {
-			return names, content
-		}
-		if err != nil {
-			t.Fatal(err)
-		}
+	for h, body := range testutil.TarEntries(t, b) {
 		n := format.CleanName(h.Name)
 		names = append(names, n)
-		content[n], _ = io.ReadAll(tr)
+		content[n] = body
 		if h.Typeflag == tar.TypeLink {
 			content[n] = []byte("link to " + format.CleanName(h.Linkname))
 		}
 	}
+	return names, content
 }
 
 // TestConvertLayoutByProfile converts an image with --profile: the profiled files come
@@ -119,14 +108,7 @@ func tarNames(t *testing.T, b []byte) ([]string, map[string][]byte) {
 func TestConvertLayoutByProfile(t *testing.T) {
 	src, entries := layoutTar(t)
 	reg := newRegistry(t, nil)
-	layer, err := tarball.LayerFromOpener(func() (io.ReadCloser, error) { return io.NopCloser(bytes.NewReader(src)), nil })
-	if err != nil {
-		t.Fatal(err)
-	}
-	img, err := mutate.AppendLayers(empty.Image, layer)
-	if err != nil {
-		t.Fatal(err)
-	}
+	img := testutil.ImageOf(t, testutil.GzipLayer(t, src))
 	srcRef := reg + "/app:v1"
 	testutil.Push(t, srcRef, img)
 	opts := testOptions()

@@ -15,6 +15,7 @@ import (
 	"github.com/google/go-containerregistry/pkg/v1/remote"
 	"github.com/google/go-containerregistry/pkg/v1/types"
 
+	"lazypull/internal/artifact"
 	"lazypull/internal/ocilayout"
 )
 
@@ -61,27 +62,18 @@ func (s *remoteSink) putBlob(ctx context.Context, desc v1.Descriptor, open func(
 }
 
 func (s *remoteSink) putManifest(ctx context.Context, desc v1.Descriptor, raw []byte) error {
-	if err := s.pusher.Put(ctx, s.ref.Context().Digest(desc.Digest.String()), rawManifest{raw, desc.MediaType}); err != nil {
+	if err := s.pusher.Put(ctx, s.ref.Context().Digest(desc.Digest.String()), artifact.Raw{Bytes: raw, Type: desc.MediaType}); err != nil {
 		return fmt.Errorf("push manifest %s: %w", desc.Digest, describeRemoteError(err))
 	}
 	return nil
 }
 
 func (s *remoteSink) tag(ctx context.Context, desc v1.Descriptor, raw []byte) error {
-	if err := s.pusher.Put(ctx, s.ref, rawManifest{raw, desc.MediaType}); err != nil {
+	if err := s.pusher.Put(ctx, s.ref, artifact.Raw{Bytes: raw, Type: desc.MediaType}); err != nil {
 		return fmt.Errorf("push manifest %s as %s: %w", desc.Digest, s.ref, describeRemoteError(err))
 	}
 	return nil
 }
-
-// rawManifest is a remote.Taggable of bytes already serialized.
-type rawManifest struct {
-	raw []byte
-	mt  types.MediaType
-}
-
-func (m rawManifest) RawManifest() ([]byte, error)        { return m.raw, nil }
-func (m rawManifest) MediaType() (types.MediaType, error) { return m.mt, nil }
 
 // blobLayer is the v1.Layer ggcr's pusher uploads: a blob of known digest and size.
 type blobLayer struct {

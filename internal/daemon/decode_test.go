@@ -32,6 +32,25 @@ type prepared struct {
 	logs   *testutil.LogBuffer
 }
 
+// newSnapshotter returns a snapshotter over a SnapshotFS on a fresh store, both logging to
+// log; all is closed when the test ends.
+func newSnapshotter(t *testing.T, log *slog.Logger) (*SnapshotFS, *snapshot.Snapshotter) {
+	t.Helper()
+	st, err := store.Open(t.TempDir())
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { st.Close() })
+	fsys := NewSnapshotFS(st, nil, log, testClient(t))
+	t.Cleanup(func() { fsys.Close() })
+	s, err := snapshot.New(t.TempDir(), fsys, snapshot.WithLogger(log))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { s.Close() })
+	return fsys, s
+}
+
 // prepareMeasured prepares the layer desc of the image ref (manifest d) through a real
 // snapshotter over a fresh store, labelled as a pull labels it, and measures what the
 // Prepare allocates.
@@ -39,18 +58,7 @@ func prepareMeasured(t *testing.T, ref string, d v1.Hash, desc v1.Descriptor) pr
 	t.Helper()
 	logger, logs := testutil.NewLogAt(t, slog.LevelWarn)
 	p := prepared{logs: logs}
-	st, err := store.Open(t.TempDir())
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { st.Close() })
-	fsys := NewSnapshotFS(st, nil, logger, testClient(t))
-	t.Cleanup(func() { fsys.Close() })
-	s, err := snapshot.New(t.TempDir(), fsys, snapshot.WithLogger(logger))
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { s.Close() })
+	_, s := newSnapshotter(t, logger)
 	labels := pulledLabels(ref, d.String(), desc.Digest.String(), desc.Annotations)
 	labels[snapshots.LabelSnapshotRef] = "layer-" + desc.Digest.Hex
 	ctx := namespaces.WithNamespace(context.Background(), "test")

@@ -16,7 +16,6 @@ import (
 
 	"lazypull/internal/fetch"
 	"lazypull/internal/snapshot"
-	"lazypull/internal/store"
 	"lazypull/internal/testutil"
 )
 
@@ -30,20 +29,9 @@ func TestEveryFallbackWarnsAndCounts(t *testing.T) {
 	ref, reqs, subject := pushCounted(t, img, "fallback:v1")
 	reqs.refuseManifests.Store(true)
 	log, logs := testutil.NewLogAt(t, slog.LevelWarn)
-	st, err := store.Open(t.TempDir())
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { st.Close() })
-	fsys := NewSnapshotFS(st, nil, log, testClient(t))
-	t.Cleanup(func() { fsys.Close() })
+	fsys, s := newSnapshotter(t, log)
 	m := NewFallbackMetrics()
 	fsys.SetFallbackMetrics(m)
-	s, err := snapshot.New(t.TempDir(), fsys, snapshot.WithLogger(log))
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { s.Close() })
 	man, _ := img.Manifest()
 	ctx := namespaces.WithNamespace(context.Background(), "test")
 	parent := ""

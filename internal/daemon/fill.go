@@ -14,6 +14,7 @@ import (
 	v1 "github.com/google/go-containerregistry/pkg/v1"
 
 	"lazypull/format"
+	"lazypull/internal/fetch"
 	"lazypull/internal/store"
 )
 
@@ -324,7 +325,7 @@ func (im *Image) layerStore() *store.Store { return im.Layers[0].store }
 // waitIdle returns once no read of the image is in progress: the fill yields to them.
 func (fl *filler) waitIdle(ctx context.Context) error {
 	for fl.im.reading.Load() > 0 {
-		if err := sleepCtx(ctx, fillIdlePoll); err != nil {
+		if err := fetch.Sleep(ctx, fillIdlePoll); err != nil {
 			return err
 		}
 	}

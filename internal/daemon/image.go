@@ -50,6 +50,8 @@ type Image struct {
 
 	crossOnce sync.Once // linkAcrossLayers, for a merged view (FSLayers)
 
+	noSpeculation bool // OpenOptions.NoSpeculation
+
 	mu   sync.Mutex
 	fill *filler // BackgroundFetch's, when it ran
 }
@@ -81,6 +83,12 @@ type OpenOptions struct {
 	// PolicyOff, nowhere (no index is pinned), without a request. "" is
 	// DefaultProfilePolicy. The snapshotter's partial open does not look.
 	IndexPolicy ProfilePolicy
+
+	// NoSpeculation turns off what a read that misses fetches beyond what it asks for:
+	// the small files next to it in its directory (speculate.go) and, for a file of up
+	// to wholeMax, the rest of it (Layer.fetchWhole). Read-ahead of a file read in a row
+	// stays.
+	NoSpeculation bool
 
 	// manifest, when not nil, is the reference's image manifest, already verified
 	// (warmImage): it is not fetched again, and is kept in the store as a fetched one is
@@ -148,7 +156,8 @@ func openImage(ctx context.Context, st *store.Store, ref string, o OpenOptions) 
 		// Prepare after a failed warm open skip the request that reports the failure once.
 		kept = append(kept, keepManifest(st, log, img, ref))
 	}
-	im := &Image{Ref: ref, Image: img, Registry: reg, Layers: make([]*Layer, len(img.Manifest.Layers)), lease: st.NewLease(), log: log, bg: bg, cancel: cancel}
+	im := &Image{Ref: ref, Image: img, Registry: reg, Layers: make([]*Layer, len(img.Manifest.Layers)), lease: st.NewLease(), log: log, bg: bg, cancel: cancel,
+		noSpeculation: o.NoSpeculation}
 	pf := &prefetcher{im: im, choice: c}
 	im.prefetch = pf
 	if lookup {

@@ -40,6 +40,14 @@ type Layer struct {
 	raSlot chan struct{}   // bounds read-aheads in flight
 	raRuns atomic.Int64    // read-aheads started, for tests to count
 
+	// Neighbour fetches (speculate.go): the entries whose first read was seen, a bound
+	// on the fetches in flight, and how many ran, for tests to count.
+	speculated    map[*format.Entry]bool
+	whole         map[*format.Entry]bool // files fetchWhole ran for
+	nbSlot        chan struct{}
+	nbRuns        atomic.Int64
+	noSpeculation bool
+
 	reading *atomic.Int64 // the image's reads in progress (Image.reading)
 
 	auto atomic.Pointer[autoLayer] // the recording of the image's start, if any (autoprofile.go)
@@ -52,14 +60,20 @@ type Layer struct {
 	crossLinks map[*format.Entry][]crossRef
 }
 
-// Read-ahead of sequentially read large files. The kernel asks FUSE for at most 1 MiB at
-// a time, and a registry serves a 1 MiB Range request far slower per byte than a large
-// one (docker-registry: ~7-11 ms of CPU per request), so a cold sequential read keeps a
-// window, doubling up to readaheadMax, fetched ahead of the reader.
+// Read-ahead of files read sequentially. The kernel asks FUSE for at most 1 MiB at a
+// time, each a round trip when it misses, and a registry serves a 1 MiB Range request far
+// slower per byte than a large one (docker-registry: ~7-11 ms of CPU per request), so a
+// cold sequential read keeps a window, doubling from readaheadMin up to readaheadMax,
+// fetched ahead of the reader. Files from readaheadFrom up are followed: a program or a
+// library of a few MiB read in a row at start (python3.11, libc) would otherwise wait a
+// round trip for each of the kernel's requests, one after another.
 const (
-	readaheadMin   = 4 << 20
+	readaheadFrom  = 1 << 20
+	readaheadMin   = 1 << 20
 	readaheadMax   = 16 << 20
 	readaheadSlots = 2
+	// wholeMax is the largest file fetched whole after its first read (fetchWhole).
+	wholeMax = 8 << 20
 )
 
 // stream is the read-ahead state of one file read sequentially.
@@ -94,7 +108,8 @@ func openLayer(ctx context.Context, im *Image, st *store.Store, desc v1.Descript
 	}
 	ix = st.ShareIndex(loc.Digest, ix)
 	return &Layer{Desc: desc, Index: ix, blob: blob, store: st, lease: im.lease, log: im.log, files: map[*format.Entry]store.File{},
-		streams: map[*format.Entry]*stream{}, bg: im.bg, raSlot: make(chan struct{}, readaheadSlots), reading: &im.reading}, wait, nil
+		streams: map[*format.Entry]*stream{}, bg: im.bg, raSlot: make(chan struct{}, readaheadSlots), reading: &im.reading,
+		nbSlot: make(chan struct{}, neighbourSlots), noSpeculation: im.noSpeculation}, wait, nil
 }
 
 // readIndex reads the layer's index from the store's metadata, or else from the pack or
@@ -192,8 +207,13 @@ func (l *Layer) ReadAt(ctx context.Context, e *format.Entry, p []byte, off int64
 		a.read(e, f, off, int64(len(p)))
 	}
 	l.readahead(e, f, off, int64(len(p)))
+	l.speculate(e, f)
 	if ok {
-		return l.store.ReadAt(ctx, blobSource{l.blob}, f, p, off)
+		n, err := l.store.ReadAt(ctx, blobSource{l.blob}, f, p, off)
+		if err == nil || errors.Is(err, io.EOF) {
+			l.fetchWhole(e, f)
+		}
+		return n, err
 	}
 	n, err := l.store.ReadAt(ctx, &checkingSource{l: l, runs: runs}, f, p, off)
 	if err != nil && !errors.Is(err, io.EOF) {
@@ -202,6 +222,7 @@ func (l *Layer) ReadAt(ctx context.Context, e *format.Entry, p []byte, off int64
 	if cerr := l.checkRuns(ctx, runs); cerr != nil {
 		return 0, cerr
 	}
+	l.fetchWhole(e, f)
 	return n, err
 }
 
@@ -209,7 +230,7 @@ func (l *Layer) ReadAt(ctx context.Context, e *format.Entry, p []byte, off int64
 // fetches goes to the store; a read that reaches a chunk in flight waits for that fetch
 // (the store fetches each chunk once), it never starts another.
 func (l *Layer) readahead(e *format.Entry, f store.File, off, n int64) {
-	if f.Size < 2*readaheadMin {
+	if f.Size <= readaheadFrom {
 		return // the kernel's own read-ahead covers small files
 	}
 	l.mu.Lock()

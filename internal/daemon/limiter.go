@@ -6,6 +6,8 @@ import (
 	"time"
 
 	"golang.org/x/time/rate"
+
+	"lazypull/internal/fetch"
 )
 
 // limiter is a token bucket of bytes (x/time/rate's): tokens accrue at rate bytes per
@@ -28,22 +30,11 @@ func newLimiter(bps, burst int64) (*limiter, error) {
 	if burst <= 0 || int64(int(burst)) != burst {
 		return nil, fmt.Errorf("rate limit: burst of %d bytes: want more than 0", burst)
 	}
-	return &limiter{lim: rate.NewLimiter(rate.Limit(bps), int(burst)), now: time.Now, sleep: sleepCtx}, nil
+	return &limiter{lim: rate.NewLimiter(rate.Limit(bps), int(burst)), now: time.Now, sleep: fetch.Sleep}, nil
 }
 
 // rate is the limiter's rate in bytes per second.
 func (l *limiter) rate() int64 { return int64(l.lim.Limit()) }
-
-func sleepCtx(ctx context.Context, d time.Duration) error {
-	t := time.NewTimer(d)
-	defer t.Stop()
-	select {
-	case <-t.C:
-		return nil
-	case <-ctx.Done():
-		return ctx.Err()
-	}
-}
 
 // Wait takes n tokens, waiting until the bucket holds them; n larger than the burst is
 // taken as the burst (one batch never waits forever). A full bucket grants at once, even

@@ -78,13 +78,5 @@ func loadProfileFile(file string, size int64) (*profile.Profile, error) {
 	if size > profile.MaxSize {
 		return nil, fmt.Errorf("%s: %d bytes, more than %d: %w", file, size, profile.MaxSize, profile.ErrTooLarge)
 	}
-	b, err := os.ReadFile(file)
-	if err != nil {
-		return nil, err
-	}
-	p, err := profile.Parse(b)
-	if err != nil {
-		return nil, fmt.Errorf("%s: %w", file, err)
-	}
-	return p, nil
+	return profile.ReadFile(file)
 }

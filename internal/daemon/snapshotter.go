@@ -76,9 +76,10 @@ type SnapshotFS struct {
 
 	keeper *keeper.Client // nil: mounts end with this process
 
-	prefetch *PrefetchOptions // nil: no profile is looked up
-	choice   ProfileChoice    // how the profile is chosen, for a pin a pull did not give
-	fill     *FillOptions     // nil: no background fill
+	prefetch      *PrefetchOptions // nil: no profile is looked up
+	noSpeculation bool             // OpenOptions.NoSpeculation
+	choice        ProfileChoice    // how the profile is chosen, for a pin a pull did not give
+	fill          *FillOptions     // nil: no background fill
 
 	fallbacks *FallbackMetrics // nil: not counted
 	changed   func()           // called when an image opened or a layer mounted; nil: none
@@ -108,6 +109,10 @@ func (f *SnapshotFS) SetProfileChoice(c ProfileChoice) {
 	c.Pin = v1.Hash{}
 	f.choice = c
 }
+
+// SetSpeculation says whether a read that misses fetches more than it asks for (see
+// OpenOptions.NoSpeculation); on by default. Call it before the first Mount.
+func (f *SnapshotFS) SetSpeculation(on bool) { f.noSpeculation = !on }
 
 // SetFallbackMetrics counts in m the layers that fall back to a full download. Call it
 // before the first Mount.
@@ -199,35 +204,36 @@ func entryKey(ref string, pin v1.Hash) string {
 // run after the manifest is read, so that they are the pull's, not the image's) and only
 // when they agree with them: the same repository, manifest and layer (checkLabels).
 func layerOf(labels map[string]string) (ref, layer string, err error) {
-	ref, layer = labels[LabelImageRef], labels[LabelLayerDigest]
-	if ref != "" && layer != "" {
+	set := labelSet{LabelCRIImageRef, LabelCRILayerDigest, LabelCRIManifestDigest}
+	if labels[LabelImageRef] != "" && labels[LabelLayerDigest] != "" {
 		if err := checkLabels(labels); err != nil {
 			return "", "", err
 		}
-		if md := labels[LabelManifestDigest]; md != "" {
-			key, err := imageKey(ref, md)
-			if err != nil {
-				return "", "", fmt.Errorf("label %s: %w", LabelImageRef, err)
-			}
-			return key, layer, nil
-		}
-		return ref, layer, nil
+		set = labelSet{LabelImageRef, LabelLayerDigest, LabelManifestDigest}
 	}
-	ref, layer = labels[LabelCRIImageRef], labels[LabelCRILayerDigest]
-	if ref != "" && layer != "" {
-		// The image by the manifest CRI pulled, as with lazypull's labels: not the tag
-		// again (it may have moved since), and a restarted snapshotter mounts it again
-		// from the store without its registry (or the credentials of its pull).
-		if md := labels[LabelCRIManifestDigest]; md != "" {
-			key, err := imageKey(ref, md)
-			if err != nil {
-				return "", "", fmt.Errorf("label %s: %w", LabelCRIImageRef, err)
-			}
-			return key, layer, nil
-		}
-		return ref, layer, nil
+	return set.layerOf(labels)
+}
+
+// labelSet names the labels that say which image and layer to mount: lazypull's or CRI's.
+type labelSet struct{ ref, layer, manifest string }
+
+// layerOf reads the set's labels: the image to open is the one of the manifest pulled,
+// when the labels name it (not the tag again, which may have moved since; a restarted
+// snapshotter then mounts it again from the store, without its registry or the
+// credentials of its pull), else the reference.
+func (s labelSet) layerOf(labels map[string]string) (ref, layer string, err error) {
+	ref, layer = labels[s.ref], labels[s.layer]
+	if ref == "" || layer == "" {
+		return "", "", ErrNotLazy
 	}
-	return "", "", ErrNotLazy
+	if md := labels[s.manifest]; md != "" {
+		key, err := imageKey(ref, md)
+		if err != nil {
+			return "", "", fmt.Errorf("label %s: %w", s.ref, err)
+		}
+		return key, layer, nil
+	}
+	return ref, layer, nil
 }
 
 // checkLabels checks lazypull's labels against CRI's (see layerOf).
@@ -302,7 +308,8 @@ func (f *SnapshotFS) open(ctx context.Context, e *imageEntry, ref string, given 
 		c.Pin = e.pin
 		choice = &c
 	}
-	e.im, e.err = openImage(context.WithoutCancel(ctx), f.store, ref, OpenOptions{Platform: f.platform, Profile: choice, Client: f.client, Log: f.log, manifest: given, partial: true})
+	e.im, e.err = openImage(context.WithoutCancel(ctx), f.store, ref, OpenOptions{Platform: f.platform, Profile: choice, Client: f.client, Log: f.log,
+		NoSpeculation: f.noSpeculation, manifest: given, partial: true})
 	if e.err == nil && len(e.im.Layers) > 0 {
 		f.mu.Lock()
 		f.notLazy.remove(ref)

@@ -65,9 +65,11 @@ const (
 	snapshot       = "internal/snapshot"
 	daemon         = "internal/daemon"
 	cli            = "internal/cli"
+	cmdline        = "internal/cmdline"
 	service        = "internal/service"
 	verify         = "internal/verify"
 	imageindex     = "internal/imageindex"
+	artifact       = "internal/artifact"
 	bench          = "internal/bench"
 	convert        = "internal/convert"
 	profile        = "internal/profile"
@@ -145,10 +147,11 @@ func allowed() map[string]rule {
 		// The subcommands: flags parsed into service's settings for `lazypull snapshotter`
 		// and `lazypull mount` (service assembles them), and into the options of the
 		// packages that do the work: pull, record, convert with progress, verify, index
-		// (imageindex), the keeper process, stats.
+		// (imageindex), the keeper process, stats; exit statuses and usage errors as the
+		// bench binary has them (cmdline).
 		cli: {
 			ours: []string{fetch, daemon, convert, profile, progress, pull, record, keeper,
-				service, verify, imageindex},
+				service, verify, imageindex, cmdline},
 			ext: []string{containerd, containerdAPI, errdefs, ggcr, digest, imageSpec,
 				runtimeSpec, xsys, xterm, mountinfo},
 		},
@@ -185,17 +188,22 @@ func allowed() map[string]rule {
 		// Indexes an unconverted image (`lazypull index`): reads its layers whole from the
 		// registry (fetch), builds gzindex checkpoints and a file table of format's entries,
 		// several layers at once (x/sync), and pushes the artifact (ggcr: fetch only reads).
-		imageindex: {ours: []string{format, gzindex, fetch}, ext: []string{ggcr, xsync}},
+		imageindex: {ours: []string{format, gzindex, fetch, artifact}, ext: []string{ggcr, xsync}},
 
 		// Converts an image: reads and writes whole blobs and manifests with
 		// go-containerregistry (fetch is the lazy read path, by range), writes layers with
 		// format, lays them out by a profile; reads and writes OCI layouts with ocilayout.
-		convert: {ours: []string{format, profile, ocilayout}, ext: []string{ggcr, compress, xsync}},
+		convert: {ours: []string{format, profile, ocilayout, artifact}, ext: []string{ggcr, compress, xsync}},
 
 		// The profile document, its recorder, the pack and Push (a write: fetch only reads,
 		// so it pushes with go-containerregistry). What it plans is in terms of the layer
 		// index (format); the daemon fetches what it plans.
-		profile: {ours: []string{format, jsonlimit}, ext: []string{ggcr}},
+		profile: {ours: []string{format, jsonlimit, artifact}, ext: []string{ggcr}},
+
+		// OCI artifacts referring to an image manifest (the index artifact, profiles):
+		// their manifest, and pushing it and their blobs with go-containerregistry. The
+		// manifest bytes pushed as they are (Raw) serve convert too.
+		artifact: {ext: []string{ggcr}},
 
 		// `lazypull pull`: fetches the manifest itself (fetch), hands it to containerd
 		// (its client, resolver and image handlers) and to the snapshotter (warm), and
@@ -235,9 +243,13 @@ func allowed() map[string]rule {
 		// ocilayout says whether the test image's layout is there.
 		bench: {ours: []string{fusefs, profile, ocilayout}, ext: []string{ggcr, ximage, xsys}},
 
-		// The benchmark binary, apart from the product: flags over internal/bench, and a
-		// terminal check for its progress lines.
-		benchBinary: {ours: []string{bench}, ext: []string{xterm}},
+		// The benchmark binary, apart from the product: flags over internal/bench, with
+		// the exit statuses, usage errors and terminal check of lazypull's (cmdline).
+		benchBinary: {ours: []string{bench, cmdline}},
+
+		// What the two binaries' command lines share: exit statuses, the usage error, the
+		// terminal check (x/term).
+		cmdline: {ext: []string{xterm}},
 
 		// Packs rootfs directories into OCI layouts for test images; tools and tests only.
 		// The layout itself is ocilayout's (ggcr's v1 types at its API).

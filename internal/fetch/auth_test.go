@@ -56,8 +56,7 @@ func (tr *tokenRegistry) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	}
 	if r.Header.Get("Authorization") != "Bearer "+tr.token {
 		tr.challenged.Add(1)
-		w.Header().Set("WWW-Authenticate", `Bearer realm="http://`+tr.host+`/token",service="test-registry",scope="repository:`+tr.repo+`:pull"`)
-		http.Error(w, `{"errors":[{"code":"UNAUTHORIZED","message":"authentication required"}]}`, http.StatusUnauthorized)
+		bearerChallenge(w, tr.host, tr.repo)
 		return
 	}
 	tr.fakeRegistry.ServeHTTP(w, r)
@@ -102,15 +101,7 @@ func TestBasicAuth(t *testing.T) {
 	blob := testutil.RandBytes(31, 1000)
 	d := f.addBlob(blob)
 	var challenged atomic.Int64
-	h := http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		if r.Header.Get("Authorization") != "Basic "+b64("alice:pa55word") {
-			challenged.Add(1)
-			w.Header().Set("WWW-Authenticate", `Basic realm="registry"`)
-			http.Error(w, "no", http.StatusUnauthorized)
-			return
-		}
-		f.ServeHTTP(w, r)
-	})
+	h := basicAuth("registry", func(u, p string) bool { return u == "alice" && p == "pa55word" }, &challenged, f)
 	_, host := serve(t, h)
 	reg, _ := newReg(t, host, "r", WithKeychain(staticKeychain{host: host, user: "alice", pass: "pa55word"}))
 	b := reg.Blob(d, int64(len(blob)))

@@ -145,6 +145,29 @@ func sha(b []byte) v1.Hash {
 }
 
 // serve starts a test server and returns its host:port.
+// basicAuth serves next to the requests whose basic credentials ok accepts, and answers
+// the others with a challenge for realm, counting them in refused (when not nil).
+func basicAuth(realm string, ok func(user, pass string) bool, refused *atomic.Int64, next http.Handler) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if u, p, given := r.BasicAuth(); !given || !ok(u, p) {
+			if refused != nil {
+				refused.Add(1)
+			}
+			w.Header().Set("WWW-Authenticate", `Basic realm="`+realm+`"`)
+			http.Error(w, "no", http.StatusUnauthorized)
+			return
+		}
+		next.ServeHTTP(w, r)
+	})
+}
+
+// bearerChallenge answers a request without a valid token: a challenge naming the token
+// endpoint at host and the pull scope of repo.
+func bearerChallenge(w http.ResponseWriter, host, repo string) {
+	w.Header().Set("WWW-Authenticate", `Bearer realm="http://`+host+`/token",service="test-registry",scope="repository:`+repo+`:pull"`)
+	http.Error(w, `{"errors":[{"code":"UNAUTHORIZED","message":"authentication required"}]}`, http.StatusUnauthorized)
+}
+
 func serve(t *testing.T, h http.Handler) (*httptest.Server, string) {
 	t.Helper()
 	srv := httptest.NewServer(h)

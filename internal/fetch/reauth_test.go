@@ -47,8 +47,7 @@ func (tr *expiringTokens) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	tr.mu.Unlock()
 	if !ok || !time.Now().Before(until) {
 		tr.refused.Add(1)
-		w.Header().Set("WWW-Authenticate", `Bearer realm="http://`+tr.host+`/token",service="test-registry",scope="repository:`+tr.repo+`:pull"`)
-		http.Error(w, `{"errors":[{"code":"UNAUTHORIZED","message":"authentication required"}]}`, http.StatusUnauthorized)
+		bearerChallenge(w, tr.host, tr.repo)
 		return
 	}
 	tr.fakeRegistry.ServeHTTP(w, r)
@@ -200,18 +199,11 @@ func TestBasicCredentialsRotate(t *testing.T) {
 	var mu sync.Mutex
 	password := "one"
 	var refused atomic.Int64
-	h := http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+	h := basicAuth("registry", func(u, p string) bool {
 		mu.Lock()
-		want := password
-		mu.Unlock()
-		if u, p, ok := r.BasicAuth(); !ok || u != "alice" || p != want {
-			refused.Add(1)
-			w.Header().Set("WWW-Authenticate", `Basic realm="registry"`)
-			http.Error(w, "no", http.StatusUnauthorized)
-			return
-		}
-		f.ServeHTTP(w, r)
-	})
+		defer mu.Unlock()
+		return u == "alice" && p == password
+	}, &refused, f)
 	_, host := serve(t, h)
 	creds := &rotatingCredentials{password: "one"}
 	reg, _ := newReg(t, host, "r", WithCredentials(creds))
@@ -249,14 +241,7 @@ func TestCredentialsForTheImageAtAMirror(t *testing.T) {
 	f := newFake("lib/app")
 	blob := testutil.RandBytes(42, 1000)
 	d := f.addBlob(blob)
-	h := http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		if u, p, ok := r.BasicAuth(); !ok || u != "kube" || p != "s3cret" {
-			w.Header().Set("WWW-Authenticate", `Basic realm="mirror"`)
-			http.Error(w, "no", http.StatusUnauthorized)
-			return
-		}
-		f.ServeHTTP(w, r)
-	})
+	h := basicAuth("mirror", func(u, p string) bool { return u == "kube" && p == "s3cret" }, nil, f)
 	_, mirrorHost := serve(t, h)
 	dir := t.TempDir()
 	writeHosts(t, dir, "registry.invalid:5000", `

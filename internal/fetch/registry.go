@@ -130,6 +130,11 @@ func (r *Registry) wait(ctx context.Context, n int, retryAfter time.Duration) er
 	if d <= 0 {
 		return ctx.Err()
 	}
+	return Sleep(ctx, d)
+}
+
+// Sleep waits d, or until ctx ends: then it returns ctx's error.
+func Sleep(ctx context.Context, d time.Duration) error {
 	t := time.NewTimer(d)
 	defer t.Stop()
 	select {

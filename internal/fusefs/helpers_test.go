@@ -421,32 +421,17 @@ func untar(t testing.TB, tarball []byte, dir string) {
 func tarNames(t testing.TB, tarball []byte) []string {
 	t.Helper()
 	var names []string
-	tr := tar.NewReader(bytes.NewReader(tarball))
-	for {
-		h, err := tr.Next()
-		if err == io.EOF {
-			return names
-		}
-		if err != nil {
-			t.Fatal(err)
-		}
+	for h := range testutil.TarEntries(t, tarball) {
 		names = append(names, format.CleanName(h.Name))
 	}
+	return names
 }
 
 // setDirTimes sets the mtime of the directories a tar lists to the tar's: GNU tar sets them,
 // then creates the symlinks it delayed, which changes them again.
 func setDirTimes(t testing.TB, tr tree, tarball []byte) {
 	t.Helper()
-	r := tar.NewReader(bytes.NewReader(tarball))
-	for {
-		h, err := r.Next()
-		if err == io.EOF {
-			return
-		}
-		if err != nil {
-			t.Fatal(err)
-		}
+	for h := range testutil.TarEntries(t, tarball) {
 		if f := tr[format.CleanName(h.Name)]; f != nil && f.Type == unix.S_IFDIR && h.Typeflag == tar.TypeDir {
 			f.Mtime, f.MtimeNsec = h.ModTime.Unix(), int64(h.ModTime.Nanosecond())
 		}

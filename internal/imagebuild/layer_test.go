@@ -35,20 +35,8 @@ type entry struct {
 
 func readLayer(t *testing.T, data []byte) []entry {
 	t.Helper()
-	tr := tar.NewReader(bytes.NewReader(data))
 	var out []entry
-	for {
-		h, err := tr.Next()
-		if err == io.EOF {
-			return out
-		}
-		if err != nil {
-			t.Fatalf("read tar: %v", err)
-		}
-		body, err := io.ReadAll(tr)
-		if err != nil {
-			t.Fatalf("read %s: %v", h.Name, err)
-		}
+	for h, body := range testutil.TarEntries(t, data) {
 		if h.Uname != "" || h.Gname != "" {
 			t.Errorf("%s: has user/group names %q/%q, want numeric ids only", h.Name, h.Uname, h.Gname)
 		}
@@ -65,6 +53,7 @@ func readLayer(t *testing.T, data []byte) []entry {
 		}
 		out = append(out, e)
 	}
+	return out
 }
 
 func layerBytes(t *testing.T, dir string, opts LayerOptions) []byte {

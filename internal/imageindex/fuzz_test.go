@@ -15,21 +15,13 @@ const decodeOverhead = 16 << 10
 // most MemFactor times the input plus MemSlack (plus decodeOverhead); what decodes encodes
 // to the same bytes.
 func FuzzDecodeTable(f *testing.F) {
-	b, err := BuildLayer(bytes.NewReader(testTar(f)), false, 0)
-	if err != nil {
-		f.Fatal(err)
-	}
+	b := build(f, testTar(f), false, 0)
 	enc := b.Table.Encode()
 	f.Add(enc)
 	f.Add(enc[:len(enc)/2])
 	f.Add((&Table{}).Encode())
 	f.Fuzz(func(t *testing.T, p []byte) {
-		var tab *Table
-		var err error
-		n := testutil.Allocated(func() { tab, err = DecodeTable(p) })
-		if limit := uint64(MemFactor*len(p)+MemSlack) + decodeOverhead; n > limit {
-			t.Fatalf("decoding %d bytes allocated %d, over the bound of %d (err %v)", len(p), n, limit, err)
-		}
+		tab, err := testutil.DecodeWithin(t, p, uint64(MemFactor*len(p)+MemSlack)+decodeOverhead, DecodeTable)
 		if err != nil {
 			return
 		}
@@ -47,14 +39,8 @@ func FuzzDecodeLayer(f *testing.F) {
 		if gz {
 			in = gzipped(f, in)
 		}
-		b, err := BuildLayer(bytes.NewReader(in), gz, 64<<10)
-		if err != nil {
-			f.Fatal(err)
-		}
-		enc, err := b.Encode()
-		if err != nil {
-			f.Fatal(err)
-		}
+		b := build(f, in, gz, 64<<10)
+		enc := encode(f, b)
 		f.Add(enc, gz)
 	}
 	f.Fuzz(func(t *testing.T, p []byte, gz bool) {

@@ -14,6 +14,7 @@ import (
 	"github.com/google/go-containerregistry/pkg/v1/remote"
 	"golang.org/x/sync/errgroup"
 
+	"lazypull/internal/artifact"
 	"lazypull/internal/fetch"
 )
 
@@ -181,7 +182,7 @@ func indexLayer(ctx context.Context, reg *fetch.Registry, repo name.Repository, 
 	if err != nil {
 		return LayerResult{}, err
 	}
-	blob, err := pushBlob(repo, enc, LayerMediaType, ropts)
+	blob, err := artifact.PushBlob(repo, enc, LayerMediaType, ropts...)
 	if err != nil {
 		return LayerResult{}, err
 	}

@@ -6,13 +6,10 @@ import (
 	"strings"
 	"testing"
 
-	"github.com/google/go-containerregistry/pkg/name"
 	v1 "github.com/google/go-containerregistry/pkg/v1"
 	"github.com/google/go-containerregistry/pkg/v1/empty"
 	"github.com/google/go-containerregistry/pkg/v1/mutate"
-	"github.com/google/go-containerregistry/pkg/v1/remote"
 	"github.com/google/go-containerregistry/pkg/v1/static"
-	"github.com/google/go-containerregistry/pkg/v1/tarball"
 	"github.com/google/go-containerregistry/pkg/v1/types"
 
 	"lazypull/format/gzindex"
@@ -24,24 +21,12 @@ import (
 // without the referrers API: the artifact is found as a referrer, the image is unchanged,
 // and each layer's files read through its index over the registry match the tar.
 func TestImage(t *testing.T) {
-	for _, api := range []bool{true, false} {
-		var opts []testutil.RegistryOption
-		if api {
-			opts = append(opts, testutil.WithReferrers())
-		}
-		reg := testutil.NewRegistry(t, opts...)
+	testutil.EachRegistry(t, func(t *testing.T, reg *testutil.Registry) {
 		tr := testTar(t)
-		gzLayer, err := tarball.LayerFromOpener(func() (io.ReadCloser, error) { return io.NopCloser(bytes.NewReader(tr)), nil })
-		if err != nil {
-			t.Fatal(err)
-		}
 		plain := testutil.Tar(t, testutil.File("etc/hostname", []byte("box\n")))
-		img, err := mutate.AppendLayers(empty.Image, gzLayer, static.NewLayer(plain, types.OCIUncompressedLayer))
-		if err != nil {
-			t.Fatal(err)
-		}
+		img := testutil.ImageOf(t, testutil.GzipLayer(t, tr), static.NewLayer(plain, types.OCIUncompressedLayer))
 		ref := reg.Push(t, "app:v1", mutate.MediaType(img, types.OCIManifestSchema1))
-		before := headDigest(t, ref)
+		before := testutil.Head(t, ref).Digest
 
 		client, err := fetch.NewClient(fetch.WithPlainHTTP())
 		if err != nil {
@@ -56,7 +41,7 @@ func TestImage(t *testing.T) {
 		if !strings.Contains(out.String(), "index "+res.Artifact.Digest.String()+" pushed") {
 			t.Errorf("output:\n%s", out.String())
 		}
-		if after := headDigest(t, ref); after != before || res.Image.Digest != before {
+		if after := testutil.Head(t, ref).Digest; after != before || res.Image.Digest != before {
 			t.Fatalf("image digest %s, then %s (indexed %s)", before, after, res.Image.Digest)
 		}
 		freg, err := client.Open(ref)
@@ -96,7 +81,7 @@ func TestImage(t *testing.T) {
 			}
 			checkTable(t, l.Table, tarStream, ra)
 		}
-	}
+	})
 }
 
 // TestImageRefusesZstd: an image with a zstd layer fails, naming the layer, and nothing
@@ -125,17 +110,4 @@ func TestImageRefusesZstd(t *testing.T) {
 			t.Errorf("pushed: %s", r)
 		}
 	}
-}
-
-func headDigest(t *testing.T, ref string) v1.Hash {
-	t.Helper()
-	tag, err := name.NewTag(ref)
-	if err != nil {
-		t.Fatal(err)
-	}
-	d, err := remote.Head(tag)
-	if err != nil {
-		t.Fatal(err)
-	}
-	return d.Digest
 }

@@ -74,16 +74,10 @@ func (l *Layer) Encode() ([]byte, error) {
 // times its compressed size plus TableSlack (and MaxTableSize), then DecodeTable's and gzindex.Decode's bounds hold. gz says whether the layer is a
 // gzip blob, which must then have a gzindex whose output is the table's tar stream.
 func DecodeLayer(data []byte, gz bool) (*Layer, error) {
-	if len(data) > MaxLayerSize {
-		return nil, fmt.Errorf("%w: layer blob of %d bytes, over the limit of %d", ErrCorrupt, len(data), MaxLayerSize)
+	rest, err := header(data, "layer", layerMagic, layerVersion, MaxLayerSize)
+	if err != nil {
+		return nil, err
 	}
-	if len(data) < len(layerMagic)+2 || string(data[:len(layerMagic)]) != layerMagic {
-		return nil, fmt.Errorf("%w: no layer magic", ErrCorrupt)
-	}
-	if v := binary.BigEndian.Uint16(data[len(layerMagic):]); v != layerVersion {
-		return nil, fmt.Errorf("%w: layer blob version %d, want %d", ErrCorrupt, v, layerVersion)
-	}
-	rest := data[len(layerMagic)+2:]
 	n, k := binary.Uvarint(rest)
 	if k <= 0 || n > uint64(len(rest)-k) {
 		return nil, fmt.Errorf("%w: table length", ErrCorrupt)

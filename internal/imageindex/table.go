@@ -40,11 +40,12 @@ const tableMagic = "LZPFTABL"
 var ErrCorrupt = errors.New("imageindex: corrupt index")
 
 // entry flag bits in the encoding: which optional fields follow.
+// The low bits are format's Meta bits, the optional fields encoded as format's index does.
 const (
-	flagNsec     = 1 << 0
-	flagLinkname = 1 << 1
-	flagDevice   = 1 << 2
-	flagXattrs   = 1 << 3
+	flagNsec     = format.MetaNsec
+	flagLinkname = format.MetaLinkname
+	flagDevice   = format.MetaDevice
+	flagXattrs   = format.MetaXattrs
 	flagSparse   = 1 << 4
 	flagsKnown   = 1<<5 - 1
 )
@@ -78,19 +79,7 @@ func (t *Table) Encode() []byte {
 }
 
 func appendEntry(b []byte, e *format.Entry) []byte {
-	var flags byte
-	if e.ModNsec != 0 {
-		flags |= flagNsec
-	}
-	if e.Linkname != "" {
-		flags |= flagLinkname
-	}
-	if e.Devmajor != 0 || e.Devminor != 0 {
-		flags |= flagDevice
-	}
-	if len(e.Xattrs) > 0 {
-		flags |= flagXattrs
-	}
+	flags := byte(e.MetaFlags())
 	if e.Sparse {
 		flags |= flagSparse
 	}
@@ -101,23 +90,7 @@ func appendEntry(b []byte, e *format.Entry) []byte {
 	b = binary.AppendUvarint(b, uint64(e.UID))
 	b = binary.AppendUvarint(b, uint64(e.GID))
 	b = binary.AppendVarint(b, e.ModSec)
-	if flags&flagNsec != 0 {
-		b = binary.AppendUvarint(b, uint64(e.ModNsec))
-	}
-	if flags&flagLinkname != 0 {
-		b = appendString(b, e.Linkname)
-	}
-	if flags&flagDevice != 0 {
-		b = binary.AppendUvarint(b, uint64(e.Devmajor))
-		b = binary.AppendUvarint(b, uint64(e.Devminor))
-	}
-	if flags&flagXattrs != 0 {
-		b = binary.AppendUvarint(b, uint64(len(e.Xattrs)))
-		for _, x := range e.Xattrs {
-			b = appendString(b, x.Name)
-			b = appendString(b, x.Value)
-		}
-	}
+	b = e.AppendMeta(b, uint64(flags))
 	if e.Type == typeReg {
 		b = binary.AppendUvarint(b, uint64(e.Size))
 		b = append(b, e.Digest[:]...)
@@ -137,17 +110,12 @@ func appendString(b []byte, s string) []byte {
 // each regular file's range within the tar stream, after the previous one's; it allocates
 // at most MemFactor*len(data)+MemSlack bytes (and MaxMemory), whatever data claims.
 func DecodeTable(data []byte) (*Table, error) {
-	if len(data) > MaxTableSize {
-		return nil, fmt.Errorf("%w: table of %d bytes, over the limit of %d", ErrCorrupt, len(data), MaxTableSize)
-	}
-	if len(data) < len(tableMagic)+2 || string(data[:len(tableMagic)]) != tableMagic {
-		return nil, fmt.Errorf("%w: no table magic", ErrCorrupt)
-	}
-	if v := binary.BigEndian.Uint16(data[len(tableMagic):]); v != tableVersion {
-		return nil, fmt.Errorf("%w: table version %d, want %d", ErrCorrupt, v, tableVersion)
+	body, err := header(data, "table", tableMagic, tableVersion, MaxTableSize)
+	if err != nil {
+		return nil, err
 	}
 	d := &decoder{
-		b:      data[len(tableMagic)+2:],
+		b:      body,
 		budget: min(MemFactor*int64(len(data))+MemSlack, MaxMemory),
 	}
 	// One string holds every name, link name and xattr: entries slice it.
@@ -181,6 +149,22 @@ func DecodeTable(data []byte) (*Table, error) {
 		return nil, fmt.Errorf("%w: %d bytes after the last entry", ErrCorrupt, len(d.b))
 	}
 	return t, nil
+}
+
+// header checks the start of one of the package's encodings, what (a table, a layer): its
+// size at most maxSize, its magic, and its version (a big-endian uint16 after the magic).
+// It returns the bytes after them.
+func header(data []byte, what, magic string, version uint16, maxSize int) ([]byte, error) {
+	if len(data) > maxSize {
+		return nil, fmt.Errorf("%w: %s of %d bytes, over the limit of %d", ErrCorrupt, what, len(data), maxSize)
+	}
+	if len(data) < len(magic)+2 || string(data[:len(magic)]) != magic {
+		return nil, fmt.Errorf("%w: no %s magic", ErrCorrupt, what)
+	}
+	if v := binary.BigEndian.Uint16(data[len(magic):]); v != version {
+		return nil, fmt.Errorf("%w: %s version %d, want %d", ErrCorrupt, what, v, version)
+	}
+	return data[len(magic)+2:], nil
 }
 
 // decoder reads a table's encoding: b is what remains, s the same bytes as one string

@@ -55,6 +55,26 @@ func gzipped(t testing.TB, b []byte) []byte {
 // TestBuildLayer builds the index of a gzip layer and of its tar, and checks each entry
 // against its tar header and each file's bytes read through the gzindex (and the tar
 // itself) against the file.
+// build indexes the layer blob in (gzip or not), failing the test on an error.
+func build(t testing.TB, in []byte, gz bool, spanSize int64) *Built {
+	t.Helper()
+	b, err := BuildLayer(bytes.NewReader(in), gz, spanSize)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return b
+}
+
+// encode returns b's layer blob, failing the test on an error.
+func encode(t testing.TB, b *Built) []byte {
+	t.Helper()
+	enc, err := b.Encode()
+	if err != nil {
+		t.Fatal(err)
+	}
+	return enc
+}
+
 func TestBuildLayer(t *testing.T) {
 	tr := testTar(t)
 	blob := gzipped(t, tr)
@@ -63,10 +83,7 @@ func TestBuildLayer(t *testing.T) {
 		if gz {
 			in = blob
 		}
-		b, err := BuildLayer(bytes.NewReader(in), gz, 64<<10)
-		if err != nil {
-			t.Fatal(err)
-		}
+		b := build(t, in, gz, 64<<10)
 		if b.DiffID != format.Digest(sha256.Sum256(tr)) || b.Table.TarSize != int64(len(tr)) {
 			t.Fatalf("diff ID %s, tar size %d: want the tar's", b.DiffID, b.Table.TarSize)
 		}
@@ -126,14 +143,8 @@ func checkTable(t *testing.T, tab *Table, tr []byte, ra interface {
 // same bytes.
 func TestLayerRoundTrip(t *testing.T) {
 	blob := gzipped(t, testTar(t))
-	b, err := BuildLayer(bytes.NewReader(blob), true, 64<<10)
-	if err != nil {
-		t.Fatal(err)
-	}
-	enc, err := b.Encode()
-	if err != nil {
-		t.Fatal(err)
-	}
+	b := build(t, blob, true, 64<<10)
+	enc := encode(t, b)
 	l, err := DecodeLayer(enc, true)
 	if err != nil {
 		t.Fatal(err)
@@ -150,14 +161,8 @@ func TestLayerRoundTrip(t *testing.T) {
 	if _, err := DecodeLayer(enc, false); !errors.Is(err, ErrCorrupt) {
 		t.Fatalf("a gzindex for an uncompressed layer: %v", err)
 	}
-	plain, err := BuildLayer(bytes.NewReader(testTar(t)), false, 0)
-	if err != nil {
-		t.Fatal(err)
-	}
-	penc, err := plain.Encode()
-	if err != nil {
-		t.Fatal(err)
-	}
+	plain := build(t, testTar(t), false, 0)
+	penc := encode(t, plain)
 	if _, err := DecodeLayer(penc, true); !errors.Is(err, ErrCorrupt) {
 		t.Fatalf("a gzip layer without a gzindex: %v", err)
 	}
@@ -189,10 +194,7 @@ func TestBuildLayerRefuses(t *testing.T) {
 // TestDecodeTableHostile: claims beyond the bytes, unclean names, ranges out of order or
 // past the stream, unknown flags and versions, trailing bytes all fail with ErrCorrupt.
 func TestDecodeTableHostile(t *testing.T) {
-	b, err := BuildLayer(bytes.NewReader(testTar(t)), false, 0)
-	if err != nil {
-		t.Fatal(err)
-	}
+	b := build(t, testTar(t), false, 0)
 	good := b.Table
 	edit := func(f func(*Table)) []byte {
 		c := &Table{TarSize: good.TarSize, Entries: append([]format.Entry(nil), good.Entries...)}

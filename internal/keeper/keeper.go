@@ -30,6 +30,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"io"
 	"log/slog"
 	"net"
 	"os"
@@ -322,11 +323,13 @@ func recv(c *net.UnixConn, b []byte) (message, *os.File, error) {
 	var m message
 	oob := make([]byte, unix.CmsgSpace(4*4))
 	n, oobn, flags, _, err := c.ReadMsgUnix(b, oob)
+	// A client that closes between requests reads as an empty message, which the net
+	// package reports as io.EOF on a packet stream.
+	if errors.Is(err, io.EOF) || (err == nil && n == 0 && oobn == 0) {
+		return m, nil, errClosed
+	}
 	if err != nil {
 		return m, nil, err
-	}
-	if n == 0 && oobn == 0 {
-		return m, nil, errClosed
 	}
 	var f *os.File
 	if oobn > 0 {

@@ -33,21 +33,14 @@ func TestKeepsAcrossClients(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer r.Close()
-	c, err := Dial(sock)
-	if err != nil {
-		t.Fatal(err)
-	}
+	c := dial(t, sock)
 	if err := c.Put("/mnt/a", []byte("meta"), w); err != nil {
 		t.Fatal(err)
 	}
 	w.Close()
 	c.Close() // the first "process" is gone; only the keeper holds the write end
 
-	c2, err := Dial(sock)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer c2.Close()
+	c2 := dial(t, sock)
 	es, err := c2.List()
 	if err != nil || len(es) != 1 || es[0].Key != "/mnt/a" || string(es[0].Meta) != "meta" {
 		t.Fatalf("List = %+v, %v", es, err)
@@ -97,11 +90,7 @@ func TestShortIdleExitsSoon(t *testing.T) {
 // an error, and the keeper goes on.
 func TestBadRequests(t *testing.T) {
 	sock, _ := start(t, time.Hour)
-	c, err := Dial(sock)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer c.Close()
+	c := dial(t, sock)
 	if err := c.Put("k", nil, nil); err == nil {
 		t.Error("put without a descriptor succeeded")
 	}
@@ -110,5 +99,27 @@ func TestBadRequests(t *testing.T) {
 	}
 	if _, err := c.List(); err != nil {
 		t.Errorf("the keeper stopped answering: %v", err)
+	}
+}
+
+// TestCleanDisconnectNotWarned: a client that closes its connection between requests is
+// the normal end of a client, not a bad request: nothing is logged at warning level.
+func TestCleanDisconnectNotWarned(t *testing.T) {
+	var log testutil.LogBuffer
+	s := &Server{log: slog.New(slog.NewTextHandler(&log, nil)), idle: time.Hour, version: Version}
+	sock := startServer(t, s)
+	c := dial(t, sock)
+	if _, err := c.Version(); err != nil {
+		t.Fatal(err)
+	}
+	c.Close()
+	// The connection's goroutine logs before it counts the client gone.
+	testutil.WaitFor(t, 5*time.Second, "the keeper to see the client gone", func() bool {
+		s.mu.Lock()
+		defer s.mu.Unlock()
+		return s.clients == 0
+	})
+	if n := log.Count("level=WARN"); n != 0 {
+		t.Errorf("a clean disconnect logged %d warnings:\n%s", n, log.String())
 	}
 }

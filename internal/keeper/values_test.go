@@ -20,6 +20,23 @@ import (
 // startVersion starts a keeper that speaks protocol version v, as Serve does.
 func startVersion(t *testing.T, v int, idle time.Duration) string {
 	t.Helper()
+	return startServer(t, &Server{log: slog.New(slog.DiscardHandler), idle: idle, version: v})
+}
+
+// dial connects a client to the keeper at sock, closed when the test ends.
+func dial(t *testing.T, sock string) *Client {
+	t.Helper()
+	c, err := Dial(sock)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { c.Close() })
+	return c
+}
+
+// startServer serves s on a new socket, as Serve does, until the test ends.
+func startServer(t *testing.T, s *Server) string {
+	t.Helper()
 	sock := filepath.Join(t.TempDir(), "k.sock")
 	l, err := unixsock.Listen("unixpacket", sock)
 	if err != nil {
@@ -27,9 +44,7 @@ func startVersion(t *testing.T, v int, idle time.Duration) string {
 	}
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan error, 1)
-	go func() {
-		done <- serve(ctx, l, sock, &Server{log: slog.New(slog.DiscardHandler), idle: idle, version: v})
-	}()
+	go func() { done <- serve(ctx, l, sock, s) }()
 	t.Cleanup(func() { cancel(); <-done })
 	return sock
 }
@@ -52,10 +67,7 @@ func TestValuesAcrossClients(t *testing.T) {
 	}()
 	testutil.WaitFor(t, 5*time.Second, "the keeper socket", func() bool { _, err := os.Stat(sock); return err == nil })
 
-	c, err := Dial(sock)
-	if err != nil {
-		t.Fatal(err)
-	}
+	c := dial(t, sock)
 	if v, err := c.Version(); err != nil || v != Version {
 		t.Fatalf("Version = %d, %v; want %d", v, err, Version)
 	}
@@ -73,11 +85,7 @@ func TestValuesAcrossClients(t *testing.T) {
 	}
 	c.Close()
 
-	c2, err := Dial(sock)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer c2.Close()
+	c2 := dial(t, sock)
 	vs, err := c2.ListValues()
 	if err != nil || len(vs) != 2 || vs[0].Key != "a" || !bytes.Equal(vs[0].Value, big) || vs[1].Key != "b" || string(vs[1].Value) != "secret-b2" {
 		t.Fatalf("ListValues = %d values %v", len(vs), err)
@@ -98,11 +106,7 @@ func TestValuesAcrossClients(t *testing.T) {
 // MaxValueBytes is refused, and the keeper goes on.
 func TestValuesBounded(t *testing.T) {
 	sock, _ := start(t, time.Hour)
-	c, err := Dial(sock)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer c.Close()
+	c := dial(t, sock)
 	for i := range MaxValues + 2 {
 		if err := c.PutValue(fmt.Sprint(i), []byte{byte(i)}); err != nil {
 			t.Fatal(err)
@@ -143,10 +147,7 @@ func TestSocketOwnerOnly(t *testing.T) {
 // client, exits when idle (the values die with it).
 func TestValuesKeepNoKeeper(t *testing.T) {
 	sock, done := start(t, 50*time.Millisecond)
-	c, err := Dial(sock)
-	if err != nil {
-		t.Fatal(err)
-	}
+	c := dial(t, sock)
 	if err := c.PutValue("k", []byte("v")); err != nil {
 		t.Fatal(err)
 	}
@@ -162,11 +163,7 @@ func TestValuesKeepNoKeeper(t *testing.T) {
 // the connection goes on serving descriptors.
 func TestOldKeeper(t *testing.T) {
 	sock := startVersion(t, 1, time.Hour)
-	c, err := Dial(sock)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer c.Close()
+	c := dial(t, sock)
 	if v, err := c.Version(); err != nil || v != 1 {
 		t.Fatalf("Version = %d, %v; want 1", v, err)
 	}

@@ -19,6 +19,8 @@ import (
 	"github.com/google/go-containerregistry/pkg/v1/layout"
 	"github.com/google/go-containerregistry/pkg/v1/random"
 	"github.com/google/go-containerregistry/pkg/v1/types"
+
+	"lazypull/internal/testutil"
 )
 
 func descOf(b []byte, mt types.MediaType) v1.Descriptor {
@@ -44,20 +46,6 @@ func putManifest(t *testing.T, l *Layout, b []byte) v1.Descriptor {
 		t.Fatal(err)
 	}
 	return d
-}
-
-// files lists the names in dir, hidden ones too.
-func files(t *testing.T, dir string) []string {
-	t.Helper()
-	es, err := os.ReadDir(dir)
-	if err != nil {
-		t.Fatal(err)
-	}
-	var out []string
-	for _, e := range es {
-		out = append(out, e.Name())
-	}
-	return out
 }
 
 func TestInit(t *testing.T) {
@@ -205,7 +193,7 @@ func TestTagConcurrent(t *testing.T) {
 func TestWriteBlob(t *testing.T) {
 	data := []byte("some blob content")
 	good := descOf(data, types.OCILayer)
-	blobs := func(l *Layout) []string { return files(t, filepath.Join(l.Dir(), "blobs", "sha256")) }
+	blobs := func(l *Layout) []string { return testutil.DirNames(t, filepath.Join(l.Dir(), "blobs", "sha256")) }
 	for _, tc := range []struct {
 		name string
 		r    io.Reader
@@ -293,7 +281,7 @@ func TestBlobWriter(t *testing.T) {
 	}
 	fmt.Fprint(w, "abandoned")
 	w.Close()
-	if b := files(t, filepath.Join(l.Dir(), "blobs", "sha256")); !slices.Equal(b, []string{h.Hex}) {
+	if b := testutil.DirNames(t, filepath.Join(l.Dir(), "blobs", "sha256")); !slices.Equal(b, []string{h.Hex}) {
 		t.Errorf("blobs %v", b)
 	}
 }

@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"os"
 	"path"
 	"strings"
 	"time"
@@ -166,6 +167,24 @@ func (p *Profile) Marshal() ([]byte, error) {
 
 // ErrTooLarge is wrapped by Parse's error for a document over MaxSize.
 var ErrTooLarge = errors.New("profile too large")
+
+// ReadFile reads and parses the profile document in file, reading no more of it than a
+// document may hold; an error names the file.
+func ReadFile(file string) (*Profile, error) {
+	f, err := os.Open(file)
+	if err != nil {
+		return nil, err
+	}
+	defer f.Close()
+	b, err := io.ReadAll(io.LimitReader(f, MaxSize+1))
+	if err == nil {
+		var p *Profile
+		if p, err = Parse(b); err == nil {
+			return p, nil
+		}
+	}
+	return nil, fmt.Errorf("%s: %w", file, err)
+}
 
 // Parse decodes and checks a profile document.
 func Parse(b []byte) (*Profile, error) {

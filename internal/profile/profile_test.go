@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"reflect"
 	"strings"
 	"testing"
 	"time"
@@ -124,6 +125,20 @@ func TestParseLimits(t *testing.T) {
 	b, _ = json.Marshal(p)
 	if _, err := Parse(b); err == nil || !strings.Contains(err.Error(), "ranges, more than") {
 		t.Errorf("too many ranges: %v", err)
+	}
+}
+
+// TestReadFile: a document in a file reads as Parse reads it; a file over MaxSize is
+// refused with ErrTooLarge, naming the file.
+func TestReadFile(t *testing.T) {
+	good, _ := sample().Marshal()
+	p, err := ReadFile(testutil.WriteTemp(t, "profile.json", good))
+	if err != nil || !reflect.DeepEqual(p, sample()) {
+		t.Fatalf("ReadFile = %+v, %v; want the sample", p, err)
+	}
+	big := testutil.WriteTemp(t, "big.json", make([]byte, MaxSize+2))
+	if _, err := ReadFile(big); !errors.Is(err, ErrTooLarge) || !strings.Contains(err.Error(), big) {
+		t.Errorf("oversized file: %v, want ErrTooLarge naming %s", err, big)
 	}
 }
 

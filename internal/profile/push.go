@@ -13,18 +13,14 @@ import (
 	v1 "github.com/google/go-containerregistry/pkg/v1"
 	"github.com/google/go-containerregistry/pkg/v1/remote"
 	"github.com/google/go-containerregistry/pkg/v1/remote/transport"
-	"github.com/google/go-containerregistry/pkg/v1/static"
 	"github.com/google/go-containerregistry/pkg/v1/types"
 
+	"lazypull/internal/artifact"
 	"lazypull/internal/jsonlimit"
 )
 
-// emptyConfig is the config of a profile artifact, which has nothing to say there. Its
-// media type is ArtifactType rather than the OCI empty descriptor's, see ArtifactType.
-var emptyConfig = []byte("{}")
-
 // AnnotationCreated is the annotation of a profile's manifest saying when it was recorded.
-const AnnotationCreated = "org.opencontainers.image.created"
+const AnnotationCreated = artifact.AnnotationCreated
 
 // MaxEmbedded is the largest document Manifest embeds in its layer descriptor's data
 // field (OCI 1.1), base64 in the manifest: a mount then reads the profile with the manifest,
@@ -40,29 +36,14 @@ func Manifest(subject v1.Descriptor, doc []byte, pack *v1.Descriptor, created ti
 	if err != nil {
 		return nil, err
 	}
-	ch, cn, err := v1.SHA256(bytes.NewReader(emptyConfig))
-	if err != nil {
-		return nil, err
-	}
-	m := v1.Manifest{
-		SchemaVersion: 2,
-		MediaType:     types.OCIManifestSchema1,
-		ArtifactType:  ArtifactType,
-		Config:        v1.Descriptor{MediaType: ArtifactType, Digest: ch, Size: cn},
-		Layers:        []v1.Descriptor{{MediaType: MediaType, Digest: dh, Size: dn}},
-		// Only what the referrers API and the tag schema need of the subject.
-		Subject: &v1.Descriptor{MediaType: subject.MediaType, Digest: subject.Digest, Size: subject.Size},
-		// Copied into the referrers list, so that a mount picks the newest profile
-		// without fetching each.
-		Annotations: map[string]string{AnnotationCreated: created.UTC().Format(time.RFC3339)},
-	}
+	layers := []v1.Descriptor{{MediaType: MediaType, Digest: dh, Size: dn}}
 	if len(doc) <= MaxEmbedded {
-		m.Layers[0].Data = doc
+		layers[0].Data = doc
 	}
 	if pack != nil {
-		m.Layers = append(m.Layers, v1.Descriptor{MediaType: PackMediaType, Digest: pack.Digest, Size: pack.Size})
+		layers = append(layers, v1.Descriptor{MediaType: PackMediaType, Digest: pack.Digest, Size: pack.Size})
 	}
-	return json.Marshal(m)
+	return artifact.Manifest(ArtifactType, subject, layers, created)
 }
 
 // Push uploads the profile document doc, and its pack when not nil (see PackWriter), as an
@@ -76,42 +57,30 @@ func Push(repo name.Repository, subject v1.Descriptor, doc, pack []byte, opts ..
 	if err != nil {
 		return v1.Descriptor{}, fmt.Errorf("push profile: %w", err)
 	}
-	type blob struct {
-		data []byte
-		mt   types.MediaType
-	}
-	blobs := []blob{{emptyConfig, ArtifactType}, {doc, MediaType}}
 	var packDesc *v1.Descriptor
 	if pack != nil {
-		h, n, err := v1.SHA256(bytes.NewReader(pack))
+		d, err := artifact.PushBlob(repo, pack, PackMediaType, opts...)
 		if err != nil {
-			return v1.Descriptor{}, err
+			return v1.Descriptor{}, fmt.Errorf("push profile: %w", err)
 		}
-		packDesc = &v1.Descriptor{Digest: h, Size: n}
-		blobs = append(blobs, blob{pack, PackMediaType})
+		packDesc = &d
 	}
-	for _, b := range blobs {
-		if err := remote.WriteLayer(repo, static.NewLayer(b.data, b.mt), opts...); err != nil {
-			return v1.Descriptor{}, fmt.Errorf("push profile to %s: upload %s blob: %w", repo, b.mt, err)
-		}
+	if _, err := artifact.PushBlob(repo, doc, MediaType, opts...); err != nil {
+		return v1.Descriptor{}, fmt.Errorf("push profile: %w", err)
 	}
 	raw, err := Manifest(subject, doc, packDesc, p.Created)
 	if err != nil {
 		return v1.Descriptor{}, fmt.Errorf("push profile: %w", err)
 	}
-	h, n, err := v1.SHA256(bytes.NewReader(raw))
+	desc, err := artifact.PushManifest(repo, ArtifactType, raw, opts...)
 	if err != nil {
-		return v1.Descriptor{}, err
+		return v1.Descriptor{}, fmt.Errorf("push profile: %w", err)
 	}
-	if err := remote.Put(repo.Digest(h.String()), rawManifest(raw), opts...); err != nil {
-		return v1.Descriptor{}, fmt.Errorf("push profile to %s: put manifest %s: %w", repo, h, err)
-	}
-	desc := v1.Descriptor{MediaType: types.OCIManifestSchema1, ArtifactType: ArtifactType, Digest: h, Size: n,
-		Annotations: map[string]string{AnnotationCreated: p.Created.UTC().Format(time.RFC3339)}}
+	desc.Annotations = map[string]string{AnnotationCreated: p.Created.UTC().Format(time.RFC3339)}
 	if err := embedInTagIndex(repo, subject.Digest, desc, raw, opts...); err != nil {
 		// The profile is pushed and found all the same; a mount only reads its manifest
 		// in a round trip of its own.
-		slog.Warn("profile pushed, but not embedded in the referrers tag index", "repo", repo.String(), "profile", h, "err", err)
+		slog.Warn("profile pushed, but not embedded in the referrers tag index", "repo", repo.String(), "profile", desc.Digest, "err", err)
 	}
 	return desc, nil
 }
@@ -163,20 +132,8 @@ func embedInTagIndex(repo name.Repository, subject v1.Hash, desc v1.Descriptor, 
 	if err != nil {
 		return err
 	}
-	if err := remote.Put(tag, rawIndex(b), opts...); err != nil {
+	if err := remote.Put(tag, artifact.Raw{Bytes: b, Type: types.OCIImageIndex}, opts...); err != nil {
 		return fmt.Errorf("put %s: %w", tag, err)
 	}
 	return nil
 }
-
-// rawManifest is a manifest's bytes as remote.Put takes them.
-type rawManifest []byte
-
-func (m rawManifest) RawManifest() ([]byte, error)        { return m, nil }
-func (m rawManifest) MediaType() (types.MediaType, error) { return types.OCIManifestSchema1, nil }
-
-// rawIndex is an image index's bytes as remote.Put takes them.
-type rawIndex []byte
-
-func (m rawIndex) RawManifest() ([]byte, error)        { return m, nil }
-func (m rawIndex) MediaType() (types.MediaType, error) { return types.OCIImageIndex, nil }

@@ -88,6 +88,7 @@ type PrefetchConfig struct {
 	AutoProfileMaxTime  time.Duration `toml:"auto_profile_max_time"`
 	AutoProfileMaxFiles int           `toml:"auto_profile_max_files"`
 	AutoProfileMaxBytes int64         `toml:"auto_profile_max_bytes"`
+	Speculate           bool          `toml:"speculate"`
 }
 
 // DefaultNodeConfig is a NodeConfig at its defaults.
@@ -104,6 +105,7 @@ func DefaultNodeConfig() NodeConfig {
 			AutoProfileMaxTime:  daemon.DefaultAutoMaxDuration,
 			AutoProfileMaxFiles: daemon.DefaultAutoMaxFiles,
 			AutoProfileMaxBytes: daemon.DefaultAutoMaxBytes,
+			Speculate:           true,
 		},
 	}
 }

@@ -23,6 +23,16 @@ func needRoot(t *testing.T) { testutil.NeedRoot(t, "overlayfs mounts") }
 // TestSnapshotterSuite runs containerd's snapshotter test suite against the ordinary path.
 // The suite is told it tests "overlayfs", which it exempts from renaming a lower directory
 // (overlayfs without redirect_dir answers EXDEV), as for containerd's own overlayfs.
+// open opens a snapshotter at root over fsys, failing the test on an error.
+func open(t *testing.T, root string, fsys FileSystem) *Snapshotter {
+	t.Helper()
+	s, err := New(root, fsys)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return s
+}
+
 func TestSnapshotterSuite(t *testing.T) {
 	needRoot(t)
 	testsuite.SnapshotterSuite(t, "overlayfs", func(ctx context.Context, root string) (snapshots.Snapshotter, func() error, error) {
@@ -103,14 +113,11 @@ func TestRemoteSnapshot(t *testing.T) {
 	ctx := namespaces.WithNamespace(context.Background(), "test")
 	root := t.TempDir()
 	fsys := &fakeFS{}
-	s, err := New(root, fsys)
-	if err != nil {
-		t.Fatal(err)
-	}
+	s := open(t, root, fsys)
 	defer s.Close()
 
 	labels := map[string]string{snapshots.LabelSnapshotRef: "layer1", "containerd.io/snapshot/test.file": "one"}
-	_, err = s.Prepare(ctx, "extract-1", "", snapshots.WithLabels(labels))
+	_, err := s.Prepare(ctx, "extract-1", "", snapshots.WithLabels(labels))
 	if !errdefs.IsAlreadyExists(err) {
 		t.Fatalf("Prepare of a remote layer: %v, want ErrAlreadyExists", err)
 	}
@@ -156,10 +163,7 @@ func TestRemoteSnapshot(t *testing.T) {
 	// A container after a restart of the snapshotter: the remote layer is mounted again.
 	fsys.Unmount(ctx, filepath.Join(root, "snapshots", idOf(t, s, ctx, "layer1"), "fs"))
 	s.Close()
-	s, err = New(root, fsys)
-	if err != nil {
-		t.Fatal(err)
-	}
+	s = open(t, root, fsys)
 	ms, err = s.Prepare(ctx, "container", "layer2")
 	if err != nil {
 		t.Fatal(err)

@@ -22,10 +22,7 @@ func TestRemoteUsage(t *testing.T) {
 		t.Fatalf("ReadRemote without metadata: %v, want not exist", err)
 	}
 	fsys := &fakeFS{}
-	s, err := New(root, fsys)
-	if err != nil {
-		t.Fatal(err)
-	}
+	s := open(t, root, fsys)
 	defer s.Close()
 	labels := map[string]string{snapshots.LabelSnapshotRef: "layer1", "containerd.io/snapshot/test.file": "eleven-byte"}
 	if _, err := s.Prepare(ctx, "extract-1", "", snapshots.WithLabels(labels)); !errdefs.IsAlreadyExists(err) {

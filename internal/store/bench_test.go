@@ -6,7 +6,6 @@ import (
 	"io"
 	"log/slog"
 	"os"
-	"path/filepath"
 	"testing"
 
 	"lazypull/internal/testutil"
@@ -67,13 +66,7 @@ func BenchmarkOpen(b *testing.B) {
 	for i := range 100_000 {
 		data := []byte(fmt.Sprintf("object %d", i))
 		d := sha256Sum(data)
-		p := s.objectPath(d)
-		if err := os.MkdirAll(filepath.Dir(p), 0o700); err != nil {
-			b.Fatal(err)
-		}
-		if err := os.WriteFile(p, data, 0o444); err != nil {
-			b.Fatal(err)
-		}
+		testutil.WriteFile(b, s.objectPath(d), data, 0o444)
 		if i%10 == 0 {
 			r := chunkRecord{object: d}
 			for k := range 8 {

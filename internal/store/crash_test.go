@@ -53,16 +53,7 @@ func TestReopenCleansLeftovers(t *testing.T) {
 	}
 
 	// The debris of a crash, and things that were never ours.
-	write := func(rel string, b []byte) {
-		t.Helper()
-		p := filepath.Join(dir, rel)
-		if err := os.MkdirAll(filepath.Dir(p), 0o700); err != nil {
-			t.Fatal(err)
-		}
-		if err := os.WriteFile(p, b, 0o600); err != nil {
-			t.Fatal(err)
-		}
-	}
+	write := func(rel string, b []byte) { testutil.WriteFile(t, filepath.Join(dir, rel), b, 0o600) }
 	someHex := hex.EncodeToString(testutil.RandBytes(1, 32))
 	write("tmp/object-123456", []byte("half an obj"))
 	write("tmp/chunks-99.log", []byte("LZPCHLOG"))

@@ -29,17 +29,23 @@ func (s *shuffledSource) Fetch(ctx context.Context, chunks []format.Chunk, fn fu
 	return s.fakeSource.Fetch(ctx, chunks, fn)
 }
 
+// checkComplete checks that f, what, is complete in s once its writes are done, its local
+// file holding data.
+func checkComplete(t *testing.T, s *Store, f File, data []byte, what string) {
+	t.Helper()
+	s.idle()
+	p, ok := s.LocalPath(f)
+	if !ok {
+		t.Fatalf("%s: not complete", what)
+	}
+	if got, err := os.ReadFile(p); err != nil || !bytes.Equal(got, data) {
+		t.Fatalf("%s: the complete file differs (%v)", what, err)
+	}
+}
+
 func tmpFiles(t *testing.T, dir string) []string {
 	t.Helper()
-	ents, err := os.ReadDir(filepath.Join(dir, tmpName))
-	if err != nil {
-		t.Fatal(err)
-	}
-	var out []string
-	for _, e := range ents {
-		out = append(out, e.Name())
-	}
-	return out
+	return testutil.DirNames(t, filepath.Join(dir, tmpName))
 }
 
 // Fill writes each multi-chunk file straight into one temp file, chunks arriving in any
@@ -146,14 +152,7 @@ func TestReadsDuringFill(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
-	s.idle()
-	lp, ok := s.LocalPath(f)
-	if !ok {
-		t.Fatal("not complete after every chunk was read")
-	}
-	if b, err := os.ReadFile(lp); err != nil || !bytes.Equal(b, data) {
-		t.Fatalf("complete file differs (%v)", err)
-	}
+	checkComplete(t, s, f, data, "the file after every chunk was read")
 	if objs := dirFiles(t, filepath.Join(dir, objectsName)); len(objs) != 1 {
 		t.Errorf("objects after the fill completed: %v; want the file alone", objs)
 	}
@@ -286,14 +285,7 @@ func TestDedupAcrossFillings(t *testing.T) {
 	if _, k := srcB.counts(); k != len(fb.Chunks)-nShared {
 		t.Errorf("b fetched %d chunks; want the %d it does not share with a's filling", k, len(fb.Chunks)-nShared)
 	}
-	s.idle()
-	p, ok := s.LocalPath(fb)
-	if !ok {
-		t.Fatal("b not complete after Fill")
-	}
-	if got, err := os.ReadFile(p); err != nil || !bytes.Equal(got, b) {
-		t.Fatalf("b differs (%v)", err)
-	}
+	checkComplete(t, s, fb, b, "b after Fill")
 	if err := s.Fill(ctx, srcA, fa); err != nil {
 		t.Fatal(err)
 	}
@@ -357,14 +349,7 @@ func TestFillOtherChunking(t *testing.T) {
 	if err := s.Fill(ctx, srcA, fa); err != nil {
 		t.Fatal(err)
 	}
-	s.idle()
-	p, ok := s.LocalPath(fb)
-	if !ok {
-		t.Fatal("not complete after Fill")
-	}
-	if got, err := os.ReadFile(p); err != nil || !bytes.Equal(got, data) {
-		t.Fatalf("complete file differs (%v)", err)
-	}
+	checkComplete(t, s, fb, data, "the file after Fill")
 	if got := readAll(t, s, srcA, fa, 1<<20); !bytes.Equal(got, data) {
 		t.Fatal("reads wrong once complete")
 	}

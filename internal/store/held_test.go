@@ -10,9 +10,7 @@ import (
 )
 
 func TestHeldOf(t *testing.T) {
-	l := buildLayer(t, mixedFiles(51)...)
-	s := openStore(t, t.TempDir())
-	src := newSource(l)
+	l, src, s := mixedStore(t, 51)
 	all := l.all()
 	if h := s.HeldOf(slices.Values(all)); h.Bytes != 0 || h.Objects != 0 {
 		t.Fatalf("empty store holds %+v", h)

@@ -167,6 +167,14 @@ func (s *fakeSource) counts() (calls, chunks int) {
 	return s.calls, s.chunks
 }
 
+// mixedStore returns a layer of mixedFiles(seed), a source serving it, and a store in a
+// new temp directory.
+func mixedStore(t testing.TB, seed uint64) (*testLayer, *fakeSource, *Store) {
+	t.Helper()
+	l := buildLayer(t, mixedFiles(seed)...)
+	return l, newSource(l), openStore(t, t.TempDir())
+}
+
 func openStore(t testing.TB, dir string, opts ...Option) *Store {
 	t.Helper()
 	s, err := Open(dir, append([]Option{WithLogger(slog.New(slog.DiscardHandler))}, opts...)...)

@@ -29,12 +29,7 @@ func put(t *testing.T, dir string, files map[string]string) {
 			}
 			continue
 		}
-		if err := os.MkdirAll(filepath.Dir(p), 0o700); err != nil {
-			t.Fatal(err)
-		}
-		if err := os.WriteFile(p, []byte(content), 0o600); err != nil {
-			t.Fatal(err)
-		}
+		testutil.WriteFile(t, p, []byte(content), 0o600)
 	}
 }
 

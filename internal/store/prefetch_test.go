@@ -16,9 +16,7 @@ import (
 // TestPrefetchRanges: Prefetch fetches the chunks covering the wanted ranges, of several
 // files, in one Fetch call, and nothing else; reads of those ranges then fetch nothing.
 func TestPrefetchRanges(t *testing.T) {
-	l := buildLayer(t, mixedFiles(31)...)
-	src := newSource(l)
-	s := openStore(t, t.TempDir())
+	l, src, s := mixedStore(t, 31)
 	many, few, tiny := l.files["many-chunks"], l.files["few-chunks"], l.files["tiny"]
 	wants := []Want{
 		{File: many, Off: 1 << 20, Len: 4096},
@@ -65,11 +63,9 @@ func TestPrefetchRanges(t *testing.T) {
 // TestReadWaitsForPrefetch: a read of a chunk that a Prefetch is fetching waits for that
 // fetch, and the source is asked for each chunk once.
 func TestReadWaitsForPrefetch(t *testing.T) {
-	l := buildLayer(t, mixedFiles(32)...)
-	src := newSource(l)
+	l, src, s := mixedStore(t, 32)
 	gate := make(chan struct{})
 	src.gate = gate
-	s := openStore(t, t.TempDir())
 	many := l.files["many-chunks"]
 	errc := make(chan error, 1)
 	go func() { errc <- s.Prefetch(context.Background(), src, Want{File: many, Off: 0, Len: many.Size}) }()
@@ -131,11 +127,9 @@ func TestReadWaitsForPrefetch(t *testing.T) {
 // it fetches nothing; a read-ahead of the rest makes the file complete, and one of a
 // complete file fetches nothing. A range outside the file and a corrupt frame are errors.
 func TestReadAhead(t *testing.T) {
-	l := buildLayer(t, mixedFiles(33)...)
-	src := newSource(l)
+	l, src, s := mixedStore(t, 33)
 	gate := make(chan struct{})
 	src.gate = gate
-	s := openStore(t, t.TempDir())
 	ctx := context.Background()
 	many, want := l.files["many-chunks"], l.data["many-chunks"]
 	if len(many.Chunks) < 4 {

@@ -50,9 +50,7 @@ func checkRandomReads(t *testing.T, s *Store, src Source, l *testLayer, seed uin
 }
 
 func TestReadAtRandomRanges(t *testing.T) {
-	l := buildLayer(t, mixedFiles(1)...)
-	src := newSource(l)
-	s := openStore(t, t.TempDir())
+	l, src, s := mixedStore(t, 1)
 	checkRandomReads(t, s, src, l, 1, 400)
 	// Every file read whole: all chunks are local now, and reading again fetches nothing.
 	for _, name := range l.names {
@@ -105,9 +103,7 @@ func TestReadAtRandomRanges(t *testing.T) {
 }
 
 func TestReadAtEdges(t *testing.T) {
-	l := buildLayer(t, mixedFiles(3)...)
-	src := newSource(l)
-	s := openStore(t, t.TempDir())
+	l, src, s := mixedStore(t, 3)
 	ctx := context.Background()
 	f := l.files["few-chunks"]
 	if _, err := s.ReadAt(ctx, src, f, make([]byte, 1), -1); err == nil {
@@ -497,9 +493,7 @@ func TestClosed(t *testing.T) {
 }
 
 func TestFillAndOpenLocal(t *testing.T) {
-	l := buildLayer(t, mixedFiles(21)...)
-	src := newSource(l)
-	s := openStore(t, t.TempDir())
+	l, src, s := mixedStore(t, 21)
 	all := l.all()
 	if err := s.Fill(context.Background(), src, all...); err != nil {
 		t.Fatal(err)
@@ -602,9 +596,7 @@ func TestEvictionBound(t *testing.T) {
 }
 
 func TestPrune(t *testing.T) {
-	l := buildLayer(t, mixedFiles(41)...)
-	s := openStore(t, t.TempDir())
-	src := newSource(l)
+	l, src, s := mixedStore(t, 41)
 	all := l.all()
 	if err := s.Fill(context.Background(), src, all...); err != nil {
 		t.Fatal(err)

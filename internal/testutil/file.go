@@ -36,8 +36,36 @@ func ListenUnix(t testing.TB) (net.Listener, string) {
 func WriteTemp(t testing.TB, name string, data []byte) string {
 	t.Helper()
 	p := filepath.Join(t.TempDir(), name)
-	if err := os.WriteFile(p, data, 0o644); err != nil {
+	WriteFile(t, p, data, 0o644)
+	return p
+}
+
+// DirNames returns the names in dir, hidden ones too, sorted.
+func DirNames(t testing.TB, dir string) []string {
+	t.Helper()
+	es, err := os.ReadDir(dir)
+	if err != nil {
 		t.Fatal(err)
 	}
-	return p
+	var out []string
+	for _, e := range es {
+		out = append(out, e.Name())
+	}
+	return out
+}
+
+// WriteFile writes data to the file p with permissions perm, making its missing parent
+// directories: 0o700 for a file only its owner may read, else 0o755.
+func WriteFile(t testing.TB, p string, data []byte, perm os.FileMode) {
+	t.Helper()
+	dirPerm := os.FileMode(0o755)
+	if perm&0o077 == 0 {
+		dirPerm = 0o700
+	}
+	if err := os.MkdirAll(filepath.Dir(p), dirPerm); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(p, data, perm); err != nil {
+		t.Fatal(err)
+	}
 }

@@ -1,11 +1,35 @@
 package testutil
 
 import (
+	"bytes"
 	"io"
 	"testing"
 
 	v1 "github.com/google/go-containerregistry/pkg/v1"
+	"github.com/google/go-containerregistry/pkg/v1/empty"
+	"github.com/google/go-containerregistry/pkg/v1/mutate"
+	"github.com/google/go-containerregistry/pkg/v1/tarball"
 )
+
+// GzipLayer returns the tar stream tr as a gzip layer, as docker builds them.
+func GzipLayer(t testing.TB, tr []byte) v1.Layer {
+	t.Helper()
+	l, err := tarball.LayerFromOpener(func() (io.ReadCloser, error) { return io.NopCloser(bytes.NewReader(tr)), nil })
+	if err != nil {
+		t.Fatal(err)
+	}
+	return l
+}
+
+// ImageOf returns an image of layers, in that order, with an empty config.
+func ImageOf(t testing.TB, layers ...v1.Layer) v1.Image {
+	t.Helper()
+	img, err := mutate.AppendLayers(empty.Image, layers...)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return img
+}
 
 // Compressed returns a layer's blob as the registry holds it.
 func Compressed(t testing.TB, l v1.Layer) []byte {

@@ -17,6 +17,21 @@ func (r *Registry) Push(t testing.TB, repoTag string, img v1.Image) string {
 	return ref
 }
 
+// Head returns the descriptor of the image ref ("host/repo:tag" or "@digest") in its
+// registry, over plain HTTP.
+func Head(t testing.TB, ref string) v1.Descriptor {
+	t.Helper()
+	r, err := name.ParseReference(ref, name.Insecure)
+	if err != nil {
+		t.Fatal(err)
+	}
+	d, err := remote.Head(r)
+	if err != nil {
+		t.Fatalf("head %s: %v", ref, err)
+	}
+	return *d
+}
+
 // Push writes img to a registry as the tag ref ("host/repo:tag"), over plain HTTP where
 // the host is local.
 func Push(t testing.TB, ref string, img v1.Image) {

@@ -43,6 +43,13 @@ func WithHandler(wrap func(http.Handler) http.Handler) RegistryOption {
 	return func(c *registryConfig) { c.wrap = wrap }
 }
 
+// EachRegistry runs f in a subtest on a new registry with the referrers API, and in
+// another on one without it (where clients list referrers through its tag schema).
+func EachRegistry(t *testing.T, f func(t *testing.T, reg *Registry)) {
+	t.Run("referrers API", func(t *testing.T) { f(t, NewRegistry(t, WithReferrers())) })
+	t.Run("tag schema", func(t *testing.T) { f(t, NewRegistry(t)) })
+}
+
 // NewRegistry starts a registry that stops when the test ends.
 func NewRegistry(t testing.TB, opts ...RegistryOption) *Registry {
 	t.Helper()

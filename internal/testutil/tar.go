@@ -3,6 +3,8 @@ package testutil
 import (
 	"archive/tar"
 	"bytes"
+	"io"
+	"iter"
 	"testing"
 	"time"
 )
@@ -57,4 +59,28 @@ func Symlink(name, target string) Entry {
 // Link is a hard link to target, an entry before it.
 func Link(name, target string) Entry {
 	return Entry{Hdr: tar.Header{Typeflag: tar.TypeLink, Name: name, Linkname: target, ModTime: modTime}}
+}
+
+// TarEntries yields the entries of the tar stream b in order, each header with its
+// content; a stream that does not read fails t.
+func TarEntries(t testing.TB, b []byte) iter.Seq2[*tar.Header, []byte] {
+	return func(yield func(*tar.Header, []byte) bool) {
+		tr := tar.NewReader(bytes.NewReader(b))
+		for {
+			h, err := tr.Next()
+			if err == io.EOF {
+				return
+			}
+			if err != nil {
+				t.Fatalf("read tar: %v", err)
+			}
+			body, err := io.ReadAll(tr)
+			if err != nil {
+				t.Fatalf("read tar entry %s: %v", h.Name, err)
+			}
+			if !yield(h, body) {
+				return
+			}
+		}
+	}
 }

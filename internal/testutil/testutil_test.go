@@ -4,7 +4,6 @@ import (
 	"archive/tar"
 	"bytes"
 	"fmt"
-	"io"
 	"log/slog"
 	"maps"
 	"net"
@@ -83,22 +82,14 @@ func TestWait(t *testing.T) {
 
 func TestTar(t *testing.T) {
 	b := Tar(t, Dir("d/"), File("d/f", []byte("hello")), Symlink("d/s", "f"), Link("d/l", "d/f"))
-	tr := tar.NewReader(bytes.NewReader(b))
 	var names []string
 	links := map[string]string{}
-	for {
-		h, err := tr.Next()
-		if err == io.EOF {
-			break
-		}
-		if err != nil {
-			t.Fatal(err)
-		}
+	for h, body := range TarEntries(t, b) {
 		names = append(names, h.Name)
 		if h.Linkname != "" {
 			links[h.Name] = string(h.Typeflag) + h.Linkname
 		}
-		if body, _ := io.ReadAll(tr); h.Name == "d/f" && string(body) != "hello" {
+		if h.Name == "d/f" && string(body) != "hello" {
 			t.Errorf("d/f holds %q", body)
 		}
 	}

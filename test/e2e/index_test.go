@@ -62,18 +62,13 @@ func resolvePlain(t *testing.T, ref string) (*fetch.Registry, *fetch.Image) {
 	return reg, img
 }
 
-// TestIndexPlainImage runs `lazypull index` on the plain Debian python image (gzip
-// layers, as built): the artifact is found through the referrers API (or its tag schema),
-// the image's digest is unchanged, and a dozen files read through each layer's gzindex,
-// by Range requests to the layer blob, equal the files of the image unpacked.
-func TestIndexPlainImage(t *testing.T) {
-	e := setup(t)
-	ref, before := e.indexedImage(t, "index")
-
-	reg, img := resolvePlain(t, ref)
-	refs, err := reg.Referrers(t.Context(), before.Digest, imageindex.ArtifactType)
+// indexArtifact returns the manifest, parsed and raw, of the one index artifact whose
+// subject is the image manifest subject in reg.
+func indexArtifact(t *testing.T, reg *fetch.Registry, subject v1.Hash) (*v1.Manifest, []byte) {
+	t.Helper()
+	refs, err := reg.Referrers(t.Context(), subject, imageindex.ArtifactType)
 	if err != nil || len(refs) != 1 {
-		t.Fatalf("referrers of %s: %v, %v; want one index", before.Digest, refs, err)
+		t.Fatalf("referrers of %s: %v, %v; want one index", subject, refs, err)
 	}
 	_, raw, err := reg.Manifest(t.Context(), refs[0].Digest)
 	if err != nil {
@@ -83,6 +78,19 @@ func TestIndexPlainImage(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
+	return m, raw
+}
+
+// TestIndexPlainImage runs `lazypull index` on the plain Debian python image (gzip
+// layers, as built): the artifact is found through the referrers API (or its tag schema),
+// the image's digest is unchanged, and a dozen files read through each layer's gzindex,
+// by Range requests to the layer blob, equal the files of the image unpacked.
+func TestIndexPlainImage(t *testing.T) {
+	e := setup(t)
+	ref, before := e.indexedImage(t, "index")
+
+	reg, img := resolvePlain(t, ref)
+	m, raw := indexArtifact(t, reg, before.Digest)
 	if m.Subject == nil || m.Subject.Digest != before.Digest || m.ArtifactType != imageindex.ArtifactType || len(m.Layers) != len(img.Manifest.Layers) {
 		t.Fatalf("artifact manifest: subject %v, artifactType %q, %d layers for %d", m.Subject, m.ArtifactType, len(m.Layers), len(img.Manifest.Layers))
 	}

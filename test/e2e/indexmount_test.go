@@ -66,18 +66,7 @@ func TestMountIndexedPlainImage(t *testing.T) {
 func indexTables(t *testing.T, ref string) ([]*imageindex.Layer, *v1.Manifest) {
 	t.Helper()
 	reg, img := resolvePlain(t, ref)
-	refs, err := reg.Referrers(t.Context(), img.Descriptor.Digest, imageindex.ArtifactType)
-	if err != nil || len(refs) != 1 {
-		t.Fatalf("referrers of %s: %v, %v; want one index", img.Descriptor.Digest, refs, err)
-	}
-	_, raw, err := reg.Manifest(t.Context(), refs[0].Digest)
-	if err != nil {
-		t.Fatal(err)
-	}
-	am, err := v1.ParseManifest(bytes.NewReader(raw))
-	if err != nil {
-		t.Fatal(err)
-	}
+	am, _ := indexArtifact(t, reg, img.Descriptor.Digest)
 	tables := make([]*imageindex.Layer, len(am.Layers))
 	for i, d := range am.Layers {
 		enc, err := reg.Layer(d).ReadAll(t.Context())

@@ -4,7 +4,6 @@ import (
 	"archive/tar"
 	"bytes"
 	"fmt"
-	"io"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -17,7 +16,6 @@ import (
 	"lazypull/internal/testutil"
 
 	"github.com/google/go-containerregistry/pkg/v1/mutate"
-	"github.com/google/go-containerregistry/pkg/v1/tarball"
 )
 
 // capDacOverride is a security.capability value (VFS_CAP_REVISION_2, effective) granting
@@ -87,11 +85,7 @@ func (e *env) privilegedImage(t *testing.T) (orig, lazy string) {
 	if err := tw.Close(); err != nil {
 		t.Fatal(err)
 	}
-	layer, err := tarball.LayerFromOpener(func() (io.ReadCloser, error) { return io.NopCloser(bytes.NewReader(buf.Bytes())), nil })
-	if err != nil {
-		t.Fatal(err)
-	}
-	img, err := mutate.AppendLayers(remoteImage(t, repo+":base"), layer)
+	img, err := mutate.AppendLayers(remoteImage(t, repo+":base"), testutil.GzipLayer(t, buf.Bytes()))
 	if err != nil {
 		t.Fatal(err)
 	}

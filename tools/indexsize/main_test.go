@@ -9,7 +9,6 @@ import (
 	"encoding/binary"
 	"encoding/json"
 	"fmt"
-	"os"
 	"path/filepath"
 	"strings"
 	"testing"
@@ -17,6 +16,7 @@ import (
 	"github.com/klauspost/compress/gzip"
 
 	"lazypull/format"
+	"lazypull/internal/testutil"
 )
 
 // testTar is a small layer: a directory, two files (one of several chunks) and a symlink.
@@ -54,12 +54,7 @@ func testTar(t *testing.T) []byte {
 func writeFile(t *testing.T, dir, name string, b []byte) string {
 	t.Helper()
 	p := filepath.Join(dir, name)
-	if err := os.MkdirAll(filepath.Dir(p), 0o755); err != nil {
-		t.Fatal(err)
-	}
-	if err := os.WriteFile(p, b, 0o644); err != nil {
-		t.Fatal(err)
-	}
+	testutil.WriteFile(t, p, b, 0o644)
 	return p
 }
 

@@ -1,0 +1,180 @@
+package daemon
+
+import (
+	"path"
+	"strings"
+
+	"lazypull/format"
+	"lazypull/internal/store"
+)
+
+// Neighbours: a start without a profile reads many small files one after another (an
+// interpreter's modules, a program's data files), each a miss that waits a round trip.
+// Files read together often share a small directory (a package's modules: json/, re/, an
+// app's files). So the first read of a small file that misses the store also fetches, in
+// a request of its own beside the read's, the other small files of its directory, when
+// all of them together are at most neighbourBudget compressed bytes: about half the
+// bandwidth-delay product of the links the bench measures (100 Mbit/s x 20 ms = 250 KB,
+// 1 Gbit/s x 2 ms = 250 KB, 20 Mbit/s x 50 ms = 125 KB), so a useless guess costs less
+// than the round trip a good one saves. A larger directory (a library directory, a
+// package of hundreds of modules) gets nothing: there, measured on python, the files
+// near the one read were seldom the next ones read, and fetching them slowed the reads
+// they shared the link with (docs/benchmarks.md, "Fewer round trips without a profile").
+// What comes is verified and stored like any fetch (store.Prefetch); nothing is pinned.
+const (
+	neighbourBudget = 128 << 10
+	// neighbourMax is the largest file of a directory fetched whole: a directory that
+	// holds a larger one is not.
+	neighbourMax = 64 << 10
+	// neighbourScan bounds the index entries looked at on each side of the read file.
+	neighbourScan = 512
+	// neighbourSlots bounds the neighbour fetches in flight per layer; when they are all
+	// busy, a miss fetches no neighbours.
+	neighbourSlots = 2
+)
+
+// speculate fetches, in the background, the neighbours of e (dirNeighbours) when the first
+// read of e (its content f) misses the store.
+func (l *Layer) speculate(e *format.Entry, f store.File) {
+	if l.noSpeculation {
+		return
+	}
+	l.mu.Lock()
+	if l.speculated == nil {
+		l.speculated = map[*format.Entry]bool{}
+	}
+	if l.speculated[e] {
+		l.mu.Unlock()
+		return
+	}
+	l.speculated[e] = true
+	l.mu.Unlock()
+	if len(l.store.Missing(f)) == 0 {
+		return
+	}
+	select {
+	case l.nbSlot <- struct{}{}:
+	default:
+		return
+	}
+	go func() {
+		defer func() { <-l.nbSlot }()
+		wants, runs := l.dirNeighbours(e)
+		if len(wants) == 0 {
+			return
+		}
+		l.nbRuns.Add(1)
+		// Errors are the readers' to meet, if they ever read these files.
+		if err := l.store.Prefetch(l.bg, &checkingSource{l: l, runs: runs}, wants...); err == nil {
+			l.prefetchRuns(l.bg, runs)
+		}
+	}()
+}
+
+// dirNeighbours returns the other regular files of e's directory that the store lacks,
+// if all the directory's files are small and its files that the store lacks are at most
+// neighbourBudget compressed bytes, else none; and the header runs that must be checked
+// before any of them is served. The directory's files are found next to e in the layer's
+// index (tar order), looking past its subdirectories' entries.
+func (l *Layer) dirNeighbours(e *format.Entry) ([]store.Want, []int) {
+	i := l.entryIndex(e)
+	if i < 0 {
+		return nil, nil
+	}
+	dir := path.Dir(e.Name)
+	es := l.Index.Entries
+	var (
+		wants  []store.Want
+		runs   []int
+		budget = int64(neighbourBudget)
+		seen   = map[int]bool{}
+		over   bool
+	)
+	// take adds es[j] if it is a neighbour that fits; it says whether to go on that way.
+	take := func(j int) bool {
+		if j < 0 || j >= len(es) {
+			return false
+		}
+		n := &es[j]
+		if !strings.HasPrefix(n.Name, dir+"/") && dir != "." {
+			return false // left the directory
+		}
+		if path.Dir(n.Name) != dir || !n.IsRegular() || n.Sparse || n.Size == 0 {
+			return true // a subdirectory's entry, or not a small file: look past it
+		}
+		if n.Size > neighbourMax {
+			over = true
+			return false
+		}
+		f, err := l.file(n)
+		if err != nil || len(l.store.Missing(f)) == 0 {
+			return true
+		}
+		var comp int64
+		for _, c := range f.Chunks {
+			comp += c.CompSize
+		}
+		if comp > budget {
+			over = true
+			return false
+		}
+		rs, err := l.runsFor(n)
+		if err != nil {
+			return true
+		}
+		budget -= comp
+		wants = append(wants, store.Want{File: f, Len: f.Size})
+		for _, r := range rs {
+			if !seen[r] {
+				seen[r] = true
+				runs = append(runs, r)
+			}
+		}
+		return true
+	}
+	after, before := true, true
+	for k := 1; k <= neighbourScan && (after || before) && !over; k++ {
+		if after {
+			after = take(i + k)
+		}
+		if before && !over {
+			before = take(i - k)
+		}
+	}
+	if over || after || before {
+		return nil, nil
+	}
+	return wants, runs
+}
+
+// fetchWhole fetches the rest of a mid-sized file in the background after its first read
+// missed the store (the read was served first, by a request of its own). Programs and
+// libraries are read whole at start, but through page faults on their mappings, in pieces
+// of the kernel's read-around (up to 1 MiB each, out of order): without this each piece
+// waits a round trip of its own (python3.11 of 6.6 MB took 9). Larger files are left to
+// read-ahead, which follows a reader in a row.
+func (l *Layer) fetchWhole(e *format.Entry, f store.File) {
+	if l.noSpeculation || f.Size <= readaheadFrom || f.Size > wholeMax {
+		return
+	}
+	l.mu.Lock()
+	if l.whole == nil {
+		l.whole = map[*format.Entry]bool{}
+	}
+	first := !l.whole[e]
+	l.whole[e] = true
+	l.mu.Unlock()
+	if !first {
+		return
+	}
+	select {
+	case l.raSlot <- struct{}{}:
+	default:
+		return
+	}
+	l.raRuns.Add(1)
+	go func() {
+		defer func() { <-l.raSlot }()
+		_ = l.store.ReadAhead(l.bg, blobSource{l.blob}, f, 0, f.Size)
+	}()
+}

@@ -1,0 +1,186 @@
+package daemon
+
+import (
+	"bytes"
+	"context"
+	"fmt"
+	"io"
+	"testing"
+	"time"
+
+	"lazypull/internal/testutil"
+)
+
+// waitNeighbours waits for l's neighbour fetches to end: a miss takes its slot before
+// ReadAt returns.
+func waitNeighbours(t *testing.T, l *Layer) {
+	t.Helper()
+	testutil.WaitFor(t, time.Minute, "the neighbour fetches to end", func() bool { return len(l.nbSlot) == 0 })
+}
+
+// neighbourFiles: a small directory (with a subdirectory), a directory beside it, and a
+// directory with a file too large to guess.
+func neighbourFiles() map[string][]byte {
+	files := map[string][]byte{}
+	for i := range 12 {
+		files[fmt.Sprintf("lib/m%02d.pyc", i)] = testutil.RandBytes(uint64(i), 3000+i*100)
+		files[fmt.Sprintf("other/o%02d", i)] = testutil.RandBytes(uint64(100+i), 2000)
+		files[fmt.Sprintf("lib/sub/s%02d", i)] = testutil.RandBytes(uint64(200+i), 1000)
+		files[fmt.Sprintf("so/l%02d", i)] = testutil.RandBytes(uint64(300+i), 2000)
+	}
+	files["so/big.so"] = testutil.RandBytes(400, neighbourMax+1)
+	return files
+}
+
+// TestNeighboursFetchedWithMiss: the first read of a small file that misses brings the
+// other small files of its directory, in one request beside the read's, verified and
+// stored: reading them then asks the registry nothing. Files of other directories (also
+// the subdirectory's) are not fetched; nor are the neighbours in a directory that holds a
+// file over neighbourMax; and with OpenOptions.NoSpeculation nothing but the read file is.
+func TestNeighboursFetchedWithMiss(t *testing.T) {
+	files := neighbourFiles()
+	ref, _ := lazyImage(t, files)
+	for _, off := range []bool{false, true} {
+		t.Run(fmt.Sprintf("NoSpeculation=%v", off), func(t *testing.T) {
+			im, st := openFreshWith(t, ref, OpenOptions{NoSpeculation: off})
+			l := im.Layers[0]
+			read := func(name string) {
+				t.Helper()
+				e, ok := l.Index.Lookup(name)
+				if !ok {
+					t.Fatalf("%s not in the index", name)
+				}
+				b := make([]byte, e.Size)
+				if n, err := l.ReadAt(context.Background(), e, b, 0); (err != nil && err != io.EOF) || int64(n) != e.Size {
+					t.Fatalf("read %s: %d bytes, %v", name, n, err)
+				}
+				if !bytes.Equal(b, files[name]) {
+					t.Fatalf("read %s: wrong bytes", name)
+				}
+			}
+			local := func(name string) bool {
+				e, _ := l.Index.Lookup(name)
+				f, err := l.file(e)
+				if err != nil {
+					t.Fatal(err)
+				}
+				return len(st.Missing(f)) == 0
+			}
+			read("lib/m06.pyc")
+			read("so/l03")
+			waitNeighbours(t, l)
+			for name := range files {
+				want := name == "lib/m06.pyc" || name == "so/l03" || (!off && len(name) == len("lib/m00.pyc") && name[:5] == "lib/m")
+				if got := local(name); got != want {
+					t.Errorf("%s local: %v, want %v", name, got, want)
+				}
+			}
+			if off {
+				if n := l.nbRuns.Load(); n != 0 {
+					t.Errorf("%d neighbour fetches with NoSpeculation", n)
+				}
+				return
+			}
+			if n := l.nbRuns.Load(); n != 1 {
+				t.Errorf("%d neighbour fetches, want 1", n)
+			}
+			before := im.Registry.Stats().Requests
+			for i := range 12 {
+				read(fmt.Sprintf("lib/m%02d.pyc", i))
+			}
+			waitNeighbours(t, l)
+			if n := im.Registry.Stats().Requests - before; n != 0 {
+				t.Errorf("reading the neighbours took %d requests, want none", n)
+			}
+		})
+	}
+}
+
+// TestNeighboursBudget: a directory whose missing files are more than neighbourBudget
+// compressed bytes brings no neighbours; once most of it is local, the rest comes.
+func TestNeighboursBudget(t *testing.T) {
+	files := map[string][]byte{}
+	for i := range 30 {
+		files[fmt.Sprintf("d/f%03d", i)] = testutil.RandBytes(uint64(i), 10_000) // random: stored, not compressed
+	}
+	ref, _ := lazyImage(t, files)
+	im, st := openFresh(t, ref)
+	l := im.Layers[0]
+	e, _ := l.Index.Lookup("d/f015")
+	if wants, _ := l.dirNeighbours(e); len(wants) != 0 {
+		t.Fatalf("%d neighbours of a directory of 300 KB; want none", len(wants))
+	}
+	// Make all but 5 files local: the 5 fit the budget.
+	for i := range 25 {
+		n, _ := l.Index.Lookup(fmt.Sprintf("d/f%03d", i))
+		f, err := l.file(n)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := st.Fill(context.Background(), blobSource{l.blob}, f); err != nil {
+			t.Fatal(err)
+		}
+	}
+	wants, runs := l.dirNeighbours(e)
+	if len(wants) != 5 || len(runs) == 0 {
+		t.Fatalf("%d neighbours, %d runs; want the 5 missing files and their header runs", len(wants), len(runs))
+	}
+	var comp int64
+	for _, w := range wants {
+		for _, c := range w.File.Chunks {
+			comp += c.CompSize
+		}
+	}
+	if comp > neighbourBudget {
+		t.Errorf("neighbours of %d compressed bytes; the budget is %d", comp, neighbourBudget)
+	}
+}
+
+// TestWholeFileAfterMiss: a read of a few pages in the middle of a file of a few MiB (a
+// page fault on a mapped library) is served, and the rest of the file follows in the
+// background, verified and stored: reading all of it then asks the registry nothing. A
+// file over wholeMax, and any file with OpenOptions.NoSpeculation, is left alone.
+func TestWholeFileAfterMiss(t *testing.T) {
+	files := map[string][]byte{
+		"lib/libmid.so": testutil.RandBytes(1, 3<<20),
+		"lib/libbig.so": testutil.RandBytes(2, wholeMax+1),
+	}
+	ref, _ := lazyImage(t, files)
+	for _, off := range []bool{false, true} {
+		t.Run(fmt.Sprintf("NoSpeculation=%v", off), func(t *testing.T) {
+			im, st := openFreshWith(t, ref, OpenOptions{NoSpeculation: off})
+			l := im.Layers[0]
+			for _, name := range []string{"lib/libmid.so", "lib/libbig.so"} {
+				e, _ := l.Index.Lookup(name)
+				p := make([]byte, 8192)
+				if _, err := l.ReadAt(context.Background(), e, p, 1<<20); err != nil || !bytes.Equal(p, files[name][1<<20:1<<20+8192]) {
+					t.Fatalf("read %s: %v, or wrong bytes", name, err)
+				}
+			}
+			testutil.WaitFor(t, time.Minute, "the read-aheads to end", func() bool { return len(l.raSlot) == 0 })
+			for name, data := range files {
+				e, _ := l.Index.Lookup(name)
+				f, err := l.file(e)
+				if err != nil {
+					t.Fatal(err)
+				}
+				want := !off && int64(len(data)) <= wholeMax
+				if got := len(st.Missing(f)) == 0; got != want {
+					t.Errorf("%s whole in the store: %v, want %v", name, got, want)
+				}
+			}
+			if off {
+				return
+			}
+			e, _ := l.Index.Lookup("lib/libmid.so")
+			before := im.Registry.Stats().Requests
+			b := make([]byte, len(files["lib/libmid.so"]))
+			if n, err := l.ReadAt(context.Background(), e, b, 0); n != len(b) || (err != nil && err != io.EOF) || !bytes.Equal(b, files["lib/libmid.so"]) {
+				t.Fatalf("read lib/libmid.so whole: %d bytes, %v, or wrong bytes", n, err)
+			}
+			if n := im.Registry.Stats().Requests - before; n != 0 {
+				t.Errorf("reading the file fetched whole took %d requests, want none", n)
+			}
+		})
+	}
+}
