@@ -78,8 +78,8 @@ type SnapshotFS struct {
 
 	prefetch      *PrefetchOptions // nil: no profile is looked up
 	noSpeculation bool             // OpenOptions.NoSpeculation
-	choice   ProfileChoice    // how the profile is chosen, for a pin a pull did not give
-	fill     *FillOptions     // nil: no background fill
+	choice        ProfileChoice    // how the profile is chosen, for a pin a pull did not give
+	fill          *FillOptions     // nil: no background fill
 
 	fallbacks *FallbackMetrics // nil: not counted
 	changed   func()           // called when an image opened or a layer mounted; nil: none
