@@ -22,6 +22,7 @@ import (
 	"github.com/awslabs/soci-snapshotter/ztoc"
 	snapshotsapi "github.com/containerd/containerd/api/services/snapshots/v1"
 	"github.com/containerd/containerd/v2/contrib/snapshotservice"
+	"github.com/containerd/containerd/v2/pkg/namespaces"
 	ctdlog "github.com/containerd/log"
 	bolt "go.etcd.io/bbolt"
 	"google.golang.org/grpc"
@@ -36,8 +37,8 @@ const (
 )
 
 type serveFlags struct {
-	address, root, config, logLevel string
-	configGiven                     bool
+	address, root, config, logLevel, namespace string
+	configGiven                                bool
 }
 
 func parseServeFlags(args []string) (serveFlags, error) {
@@ -46,6 +47,7 @@ func parseServeFlags(args []string) (serveFlags, error) {
 	fs.StringVar(&f.address, "address", defaultAddress, "unix socket `path` to serve containerd's snapshots API on")
 	fs.StringVar(&f.root, "root", defaultRoot, "`dir` for snapshots, SOCI artifacts and FUSE mounts")
 	fs.StringVar(&f.config, "config", config.DefaultConfigPath, "TOML configuration `file` (the SOCI snapshotter's format); the default path may be absent")
+	fs.StringVar(&f.namespace, "namespace", namespaces.Default, "containerd `namespace` of calls that carry none (containerd 1.6 sends none to proxy plugins)")
 	fs.StringVar(&f.logLevel, "log-level", "info", "log `level`: trace, debug, info, warn, error")
 	if err := fs.Parse(args); err != nil {
 		return f, err
@@ -58,8 +60,8 @@ func parseServeFlags(args []string) (serveFlags, error) {
 			f.configGiven = true
 		}
 	})
-	if f.address == "" || f.root == "" {
-		return f, errors.New("--address and --root must not be empty")
+	if f.address == "" || f.root == "" || f.namespace == "" {
+		return f, errors.New("--address, --root and --namespace must not be empty")
 	}
 	return f, nil
 }
@@ -107,7 +109,7 @@ func serve(args []string) error {
 	}
 	defer os.Remove(f.address)
 
-	srv := grpc.NewServer()
+	srv := grpc.NewServer(namespaceInterceptors(f.namespace)...)
 	snapshotsapi.RegisterSnapshotsServer(srv, snapshotservice.FromSnapshotter(sn))
 	served := make(chan error, 1)
 	go func() { served <- srv.Serve(l) }()
