@@ -7,6 +7,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strings"
 	"time"
 )
@@ -49,7 +50,7 @@ func findSoci(scripts string) string {
 // sociSkip drops the soci mode from cfg.Modes when soci-grpc is missing, and returns the note
 // that says so loudly ("" when nothing is dropped), or an error when no mode is left.
 func sociSkip(cfg *Config) (string, error) {
-	if !containsMode(cfg.Modes, ModeSoci) || findSoci(cfg.Scripts) != "" {
+	if !slices.Contains(cfg.Modes, ModeSoci) || findSoci(cfg.Scripts) != "" {
 		return "", nil
 	}
 	var kept []Mode
@@ -64,15 +65,6 @@ func sociSkip(cfg *Config) (string, error) {
 	}
 	cfg.Modes = kept
 	return "WARNING: soci mode SKIPPED: missing " + missing, nil
-}
-
-func containsMode(ms []Mode, m Mode) bool {
-	for _, x := range ms {
-		if x == m {
-			return true
-		}
-	}
-	return false
 }
 
 // sociConfig is the configuration file of the bench's SOCI snapshotter: its own, so that a
@@ -150,7 +142,7 @@ func sociArgs() []string { return []string{"--snapshotter", sociSnapshotter} }
 // asked for: soci-grpc create on a copy of the original's OCI layout (its blobs hard-linked:
 // create adds files and rewrites index.json, never a blob). Nothing here runs through a link.
 func pushSociImages(ctx context.Context, cfg Config, reg string, infos []ImageInfo, pg *progress) error {
-	if !containsMode(cfg.Modes, ModeSoci) {
+	if !slices.Contains(cfg.Modes, ModeSoci) {
 		return nil
 	}
 	for _, info := range infos {
