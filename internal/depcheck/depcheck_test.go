@@ -59,6 +59,7 @@ const (
 	format         = "format"
 	chunker        = "format/chunker"
 	gzindex        = "format/gzindex"
+	zstdindex      = "format/zstdindex"
 	fetch          = "internal/fetch"
 	store          = "internal/store"
 	fusefs         = "internal/fusefs"
@@ -111,6 +112,10 @@ func allowed() map[string]rule {
 		// the index's encoding): a format beside the layer format, read by tools without
 		// lazypull, so the standard library only, like format; format does not import it.
 		gzindex: {},
+		// Random access into unconverted zstd layers: the same for zstd, with the zstd
+		// decoder (spans are decoded by a stock decoder from a dictionary of the
+		// checkpoint's state, Huffman literals by huff0 in the build pass).
+		zstdindex: {ext: []string{compress}},
 
 		// The registry end of the flow: manifests whole, blobs by byte ranges, auth, mirrors
 		// (hosts.toml), retries. It knows nothing of chunks, files or mounts; daemon hands

@@ -1,0 +1,276 @@
+package zstdindex
+
+import (
+	"crypto/sha256"
+	"errors"
+	"fmt"
+	"io"
+	"sync"
+
+	"github.com/klauspost/compress/zstd"
+)
+
+// SpanError is the error of a span that cannot be served: its bytes or window fail to
+// fetch or decode, or decode to output that does not match its digest.
+type SpanError struct {
+	Span             int
+	CompOff, CompLen int64
+	Err              error
+}
+
+func (e *SpanError) Error() string {
+	return fmt.Sprintf("zstdindex: span %d (compressed bytes %d-%d): %v", e.Span, e.CompOff, e.CompOff+e.CompLen, e.Err)
+}
+
+func (e *SpanError) Unwrap() error { return e.Err }
+
+// ErrDigest is wrapped by the SpanError of a span whose output does not match its digest.
+var ErrDigest = errors.New("span digest mismatch")
+
+// errWindow is wrapped when a window from the window blob does not decode to its length.
+var errWindow = errors.New("bad window")
+
+// Reader serves the uncompressed stream of a zstd blob through its index, decoding only
+// the spans a read covers with a stock decoder, and serving none of a span's bytes
+// before its whole output matches its digest. A span inside a frame needs its window:
+// the end of the previous span's output if the reader keeps it, else the window's bytes
+// fetched from the window blob. It keeps the most recently used verified spans, up to a
+// number of bytes of output. It is safe for concurrent use.
+type Reader struct {
+	ix      *Index
+	blob    io.ReaderAt
+	windows io.ReaderAt
+
+	mu    sync.Mutex
+	cache []cachedSpan // most recently used last
+	kept  int64        // bytes of output in cache
+	keep  int64        // at most this many
+
+	// Decodes in flight hold their compressed bytes, windows and output: at most budget
+	// bytes of them at once (a decode larger than budget runs alone). done is signalled
+	// when one ends.
+	inflight, budget int64
+	done             *sync.Cond
+}
+
+// decodeBudget is the bytes a Reader's concurrent decodes may hold at once.
+const decodeBudget = 64 << 20
+
+type cachedSpan struct {
+	i   int
+	out []byte
+}
+
+// NewReader returns a reader of the stream ix indexes, fetching compressed bytes from
+// blob and windows from the window blob (either may be a range fetcher). It keeps the
+// output of the spans read last, keep bytes of it at most; keep <= 0 keeps none.
+func NewReader(ix *Index, blob, windows io.ReaderAt, keep int64) *Reader {
+	r := &Reader{ix: ix, blob: blob, windows: windows, keep: max(keep, 0), budget: decodeBudget}
+	r.done = sync.NewCond(&r.mu)
+	return r
+}
+
+func (r *Reader) acquire(n int64) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	for r.inflight > 0 && r.inflight+n > r.budget {
+		r.done.Wait()
+	}
+	r.inflight += n
+}
+
+func (r *Reader) release(n int64) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	r.inflight -= n
+	r.done.Broadcast()
+}
+
+// decodeSize is what decoding spans i..j holds: their compressed bytes and output, the
+// window twice (dictionary and decoder history) and the compressed window.
+func (r *Reader) decodeSize(i, j int) int64 {
+	n := r.runLen(i, j)
+	for k := i; k <= j; k++ {
+		n += r.ix.Span(k).Len
+	}
+	p := r.ix.points[i]
+	return n + 2*p.window + p.winLen
+}
+
+// ReadAt reads the uncompressed bytes [off, off+len(p)). Spans not kept are fetched in
+// one ReadAt of blob per run of consecutive spans.
+func (r *Reader) ReadAt(p []byte, off int64) (int, error) {
+	if off < 0 {
+		return 0, fmt.Errorf("zstdindex: negative offset %d", off)
+	}
+	if off >= r.ix.size {
+		return 0, io.EOF
+	}
+	want := min(int64(len(p)), r.ix.size-off)
+	first, last := r.ix.SpanAt(off), r.ix.SpanAt(off+want-1)
+	n := 0
+	for i := first; i <= last; {
+		out := r.cached(i)
+		run := [][]byte{out}
+		if out == nil {
+			j := i
+			for j < last && r.cached(j+1) == nil && r.runLen(i, j+1) <= maxRun {
+				j++
+			}
+			var err error
+			size := r.decodeSize(i, j)
+			r.acquire(size)
+			run, err = r.decode(i, j)
+			r.release(size)
+			if err != nil {
+				return n, err
+			}
+		}
+		for k, out := range run {
+			s := r.ix.points[i+k].out
+			n += copy(p[n:want], out[off+int64(n)-s:])
+			r.put(i+k, out)
+		}
+		i += len(run)
+	}
+	if int64(n) < int64(len(p)) {
+		return n, io.EOF
+	}
+	return n, nil
+}
+
+// maxRun bounds the compressed bytes one ReadAt of the blob fetches for a run of spans.
+const maxRun = 64 << 20
+
+// runLen returns the compressed length of spans i..j.
+func (r *Reader) runLen(i, j int) int64 {
+	s := r.ix.Span(j)
+	return s.CompOff + s.CompLen - r.ix.Span(i).CompOff
+}
+
+func (r *Reader) cached(i int) []byte {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	for _, c := range r.cache {
+		if c.i == i {
+			return c.out
+		}
+	}
+	return nil
+}
+
+func (r *Reader) put(i int, out []byte) {
+	if r.keep == 0 {
+		return
+	}
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	for k, c := range r.cache {
+		if c.i == i {
+			r.cache = append(r.cache[:k], r.cache[k+1:]...)
+			r.kept -= int64(len(c.out))
+			break
+		}
+	}
+	if int64(len(out)) > r.keep {
+		return
+	}
+	for len(r.cache) > 0 && r.kept+int64(len(out)) > r.keep {
+		r.kept -= int64(len(r.cache[0].out))
+		r.cache = r.cache[1:]
+	}
+	r.cache = append(r.cache, cachedSpan{i: i, out: out})
+	r.kept += int64(len(out))
+}
+
+// decode fetches spans first..last in one read and returns each one's verified output.
+func (r *Reader) decode(first, last int) ([][]byte, error) {
+	s0 := r.ix.Span(first)
+	fail := func(i int, err error) error {
+		s := r.ix.Span(i)
+		return &SpanError{Span: i, CompOff: s.CompOff, CompLen: s.CompLen, Err: err}
+	}
+	src := make([]byte, r.runLen(first, last))
+	if n, err := r.blob.ReadAt(src, s0.CompOff); n < len(src) {
+		if err == nil || err == io.EOF {
+			err = io.ErrUnexpectedEOF
+		}
+		return nil, &SpanError{Span: first, CompOff: s0.CompOff, CompLen: int64(len(src)), Err: fmt.Errorf("fetching: %w", err)}
+	}
+	var total int64
+	for k := first; k <= last; k++ {
+		total += r.ix.Span(k).Len
+	}
+	out, err := r.inflate(first, src, total)
+	if err != nil {
+		return nil, fail(first, err)
+	}
+	if int64(len(out)) != total {
+		return nil, fail(first, fmt.Errorf("%w: %d bytes of output, want %d", ErrDigest, len(out), total))
+	}
+	var done [][]byte
+	for k := first; k <= last; k++ {
+		s := r.ix.Span(k)
+		o := out[s.Off-s0.Off : s.Off-s0.Off+s.Len : s.Off-s0.Off+s.Len]
+		if sha256.Sum256(o) != s.Digest {
+			return nil, fail(k, ErrDigest)
+		}
+		done = append(done, o)
+	}
+	return done, nil
+}
+
+// inflate decodes src, the compressed bytes of spans from first on, with a stock
+// decoder: at most total bytes of output, plus one to tell a longer stream.
+func (r *Reader) inflate(first int, src []byte, total int64) ([]byte, error) {
+	p := &r.ix.points[first]
+	stream, window, err := p.stream(src)
+	if err != nil {
+		return nil, err
+	}
+	win := int64(windowSize(windowDescriptor(window)))
+	opts := []zstd.DOption{zstd.WithDecoderConcurrency(1), zstd.WithDecoderMaxWindow(uint64(max(win, minWindow))),
+		zstd.WithDecoderMaxMemory(uint64(max(total+1, win, minWindow)))}
+	if p.mid {
+		content, err := r.window(first)
+		if err != nil {
+			return nil, err
+		}
+		opts = append(opts, zstd.WithDecoderDicts(p.dictionary(content)))
+	}
+	d, err := zstd.NewReader(nil, opts...)
+	if err != nil {
+		return nil, fmt.Errorf("dictionary: %w", err)
+	}
+	defer d.Close()
+	return d.DecodeAll(stream, make([]byte, 0, total))
+}
+
+// window returns checkpoint i's window: the end of span i-1's output if kept, else
+// fetched from the window blob.
+func (r *Reader) window(i int) ([]byte, error) {
+	p := &r.ix.points[i]
+	if prev := r.cached(i - 1); int64(len(prev)) >= p.content {
+		return prev[int64(len(prev))-p.content:], nil
+	}
+	z := make([]byte, p.winLen)
+	if n, err := r.windows.ReadAt(z, p.winOff); n < len(z) {
+		if err == nil || err == io.EOF {
+			err = io.ErrUnexpectedEOF
+		}
+		return nil, fmt.Errorf("fetching window (bytes %d-%d of the window blob): %w", p.winOff, p.winOff+p.winLen, err)
+	}
+	d, err := zstd.NewReader(nil, zstd.WithDecoderConcurrency(1), zstd.WithDecoderMaxMemory(uint64(max(p.content, minWindow))))
+	if err != nil {
+		return nil, err
+	}
+	defer d.Close()
+	w, err := d.DecodeAll(z, make([]byte, 0, p.content))
+	if err != nil {
+		return nil, fmt.Errorf("%w: %v", errWindow, err)
+	}
+	if int64(len(w)) != p.content {
+		return nil, fmt.Errorf("%w: %d bytes, want %d", errWindow, len(w), p.content)
+	}
+	return w, nil
+}
