@@ -86,15 +86,18 @@ func (r *Reader) release(n int64) {
 	r.done.Broadcast()
 }
 
-// decodeSize is what decoding spans i..j holds: their compressed bytes and output, the
-// window twice (dictionary and decoder history) and the compressed window.
+// decodeSize is what decoding spans i..j holds: their compressed bytes and output, and
+// for a span inside a frame its window twice (dictionary and decoder history) and
+// compressed.
 func (r *Reader) decodeSize(i, j int) int64 {
 	n := r.runLen(i, j)
+	var win int64
 	for k := i; k <= j; k++ {
 		n += r.ix.Span(k).Len
+		p := r.ix.points[k]
+		win = max(win, 2*p.window+p.winLen)
 	}
-	p := r.ix.points[i]
-	return n + 2*p.window + p.winLen
+	return n + win
 }
 
 // ReadAt reads the uncompressed bytes [off, off+len(p)). Spans not kept are fetched in
@@ -184,12 +187,12 @@ func (r *Reader) put(i int, out []byte) {
 }
 
 // decode fetches spans first..last in one read and returns each one's verified output.
+// Each span is decoded on its own: a window stored for a span holds only the bytes its
+// own matches read (the others zeroed), so a span inside a frame takes the output before
+// it as its window when the reader has enough of it (decoded in this run, or kept), else
+// its stored window.
 func (r *Reader) decode(first, last int) ([][]byte, error) {
 	s0 := r.ix.Span(first)
-	fail := func(i int, err error) error {
-		s := r.ix.Span(i)
-		return &SpanError{Span: i, CompOff: s.CompOff, CompLen: s.CompLen, Err: err}
-	}
 	src := make([]byte, r.runLen(first, last))
 	if n, err := r.blob.ReadAt(src, s0.CompOff); n < len(src) {
 		if err == nil || err == io.EOF {
@@ -197,44 +200,36 @@ func (r *Reader) decode(first, last int) ([][]byte, error) {
 		}
 		return nil, &SpanError{Span: first, CompOff: s0.CompOff, CompLen: int64(len(src)), Err: fmt.Errorf("fetching: %w", err)}
 	}
-	var total int64
-	for k := first; k <= last; k++ {
-		total += r.ix.Span(k).Len
-	}
-	out, err := r.inflate(first, src, total)
-	if err != nil {
-		return nil, fail(first, err)
-	}
-	if int64(len(out)) != total {
-		return nil, fail(first, fmt.Errorf("%w: %d bytes of output, want %d", ErrDigest, len(out), total))
-	}
 	var done [][]byte
 	for k := first; k <= last; k++ {
 		s := r.ix.Span(k)
-		o := out[s.Off-s0.Off : s.Off-s0.Off+s.Len : s.Off-s0.Off+s.Len]
-		if sha256.Sum256(o) != s.Digest {
-			return nil, fail(k, ErrDigest)
+		out, err := r.decodeSpan(k, src[s.CompOff-s0.CompOff:s.CompOff-s0.CompOff+s.CompLen], done)
+		if err != nil {
+			return nil, &SpanError{Span: k, CompOff: s.CompOff, CompLen: s.CompLen, Err: err}
 		}
-		done = append(done, o)
+		done = append(done, out)
 	}
 	return done, nil
 }
 
-// inflate decodes src, the compressed bytes of spans from first on, with a stock
-// decoder: at most total bytes of output, plus one to tell a longer stream.
-func (r *Reader) inflate(first int, src []byte, total int64) ([]byte, error) {
-	p := &r.ix.points[first]
+// decodeSpan decodes span k from its compressed bytes src with a stock decoder and
+// checks its digest; run holds the output of the spans decoded before it in this run.
+func (r *Reader) decodeSpan(k int, src []byte, run [][]byte) ([]byte, error) {
+	p := &r.ix.points[k]
+	s := r.ix.Span(k)
 	stream, window, err := p.stream(src)
 	if err != nil {
 		return nil, err
 	}
-	win := int64(windowSize(windowDescriptor(window)))
+	win := windowSize(windowDescriptor(window))
 	opts := []zstd.DOption{zstd.WithDecoderConcurrency(1), zstd.WithDecoderMaxWindow(uint64(max(win, minWindow))),
-		zstd.WithDecoderMaxMemory(uint64(max(total+1, win, minWindow)))}
+		zstd.WithDecoderMaxMemory(uint64(max(s.Len+1, win, minWindow)))}
 	if p.mid {
-		content, err := r.window(first)
-		if err != nil {
-			return nil, err
+		content := r.before(k, p.content, run)
+		if content == nil {
+			if content, err = r.window(k); err != nil {
+				return nil, err
+			}
 		}
 		opts = append(opts, zstd.WithDecoderDicts(p.dictionary(content)))
 	}
@@ -243,7 +238,40 @@ func (r *Reader) inflate(first int, src []byte, total int64) ([]byte, error) {
 		return nil, fmt.Errorf("dictionary: %w", err)
 	}
 	defer d.Close()
-	return d.DecodeAll(stream, make([]byte, 0, total))
+	out, err := d.DecodeAll(stream, make([]byte, 0, s.Len))
+	if err != nil {
+		return nil, err
+	}
+	if int64(len(out)) != s.Len || sha256.Sum256(out) != s.Digest {
+		return nil, ErrDigest
+	}
+	return out[:len(out):len(out)], nil
+}
+
+// before returns the n bytes of output before span k if the spans before it are at hand
+// (decoded in this run, which started at span k-len(run), or kept), else nil.
+func (r *Reader) before(k int, n int64, run [][]byte) []byte {
+	var parts [][]byte
+	have := int64(0)
+	for i := k - 1; i >= 0 && have < n; i-- {
+		out := r.cached(i)
+		if j := i - (k - len(run)); j >= 0 {
+			out = run[j]
+		}
+		if out == nil {
+			return nil
+		}
+		parts = append(parts, out)
+		have += int64(len(out))
+	}
+	if have < n {
+		return nil
+	}
+	b := make([]byte, 0, have)
+	for i := len(parts) - 1; i >= 0; i-- {
+		b = append(b, parts[i]...)
+	}
+	return b[have-n:]
 }
 
 // window returns checkpoint i's window: the end of span i-1's output if kept, else
