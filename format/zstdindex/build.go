@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"hash"
 	"io"
+	"math/bits"
 
 	"github.com/klauspost/compress/zstd"
 )
@@ -232,9 +233,40 @@ func (b *builder) checkpoint(frameStart bool) error {
 
 // markUsed records that the current span's matches read the window's [from, to).
 func (b *builder) markUsed(from, to int64) {
-	for i := max(from, b.windowStart) - b.windowStart; i < to-b.windowStart; i++ {
+	for i := max(from, b.windowStart) - b.windowStart; i < to-b.windowStart; {
+		if i%64 == 0 && to-b.windowStart-i >= 64 {
+			b.used[i/64] = ^uint64(0)
+			i += 64
+			continue
+		}
 		b.used[i/64] |= 1 << (i % 64)
+		i++
 	}
+}
+
+// zeroUnused zeroes the window bytes no match read and returns the index of the first
+// byte one did (len(b.window) if none).
+func (b *builder) zeroUnused() int {
+	first := len(b.window)
+	for w, u := range b.used {
+		chunk := b.window[64*w : min(64*w+64, len(b.window))]
+		switch u {
+		case 0:
+			clear(chunk)
+			continue
+		case ^uint64(0):
+		default:
+			for i := range chunk {
+				if u&(1<<i) == 0 {
+					chunk[i] = 0
+				}
+			}
+		}
+		if first == len(b.window) {
+			first = 64*w + bits.TrailingZeros64(u)
+		}
+	}
+	return first
 }
 
 // finishWindow stores the last checkpoint's window, compressed: from the first byte its
@@ -247,20 +279,7 @@ func (b *builder) finishWindow() error {
 	b.pending = false
 	b.f.ref = nil
 	p := &b.ix.points[len(b.ix.points)-1]
-	first := len(b.window)
-	for i := range b.window {
-		if b.used[i/64]&(1<<(i%64)) != 0 {
-			first = i
-			break
-		}
-		b.window[i] = 0
-	}
-	for i := first; i < len(b.window); i++ {
-		if b.used[i/64]&(1<<(i%64)) == 0 {
-			b.window[i] = 0
-		}
-	}
-	n := int64(len(b.window) - first)
+	n := int64(len(b.window) - b.zeroUnused())
 	for _, r := range p.reps {
 		n = max(n, int64(r))
 	}

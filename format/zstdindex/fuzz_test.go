@@ -178,3 +178,22 @@ func int16Bytes(v []int16) []byte {
 	}
 	return b
 }
+
+// TestDictionaryLoads: the dictionary of a checkpoint with no table in force yet (the
+// stand-in Huffman table, the predefined distributions written out) is one
+// klauspost/compress accepts, with the smallest window the repeat offsets allow.
+func TestDictionaryLoads(t *testing.T) {
+	var f frameDecoder
+	f.reset(frameHeader{window: minWindow})
+	p := checkpoint{mid: true, entropy: f.entropy(), reps: [3]uint32{1, 4, 8}, content: 8}
+	if err := checkEntropy(p.entropy, nil); err != nil {
+		t.Fatal(err)
+	}
+	d, err := zstd.InspectDictionary(p.dictionary(make([]byte, 8)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if d.ID() != dictID || d.ContentSize() != 8 || d.Offsets() != [3]int{1, 4, 8} {
+		t.Fatalf("dictionary %d of %d bytes, offsets %v", d.ID(), d.ContentSize(), d.Offsets())
+	}
+}
