@@ -142,7 +142,7 @@ func (f *frameDecoder) literals(c []byte) (int, error) {
 	if typ == 2 {
 		s, rest, err := huff0.ReadTable(data, f.huffS)
 		if err != nil {
-			return 0, fmt.Errorf("Huffman table: %v", err)
+			return 0, fmt.Errorf("huffman table: %v", err)
 		}
 		f.huffS, f.huffDec = s, s.Decoder()
 		f.huff = append(f.huff[:0], data[:len(data)-len(rest)]...)

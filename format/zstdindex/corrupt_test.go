@@ -105,12 +105,12 @@ func TestBuildErrors(t *testing.T) {
 		blob []byte
 		want string
 	}{
-		"checksum":     {flip(good, int64(len(good)-2)), "checksum"},
-		"truncated":    {good[:len(good)-10], "unexpected EOF"},
-		"trailing":     {append(bytes.Clone(good), 1, 2, 3), "bytes at the end"},
-		"no magic":     {append([]byte{1, 2, 3, 4, 5, 6, 7, 8, 9}, good...), "no frame magic"},
-		"big window":   {bigWindow, "over the limit"},
-		"block":        {flip(good, int64(len(good)/2)), "frame 0"},
+		"checksum":   {flip(good, int64(len(good)-2)), "checksum"},
+		"truncated":  {good[:len(good)-10], "unexpected EOF"},
+		"trailing":   {append(bytes.Clone(good), 1, 2, 3), "bytes at the end"},
+		"no magic":   {append([]byte{1, 2, 3, 4, 5, 6, 7, 8, 9}, good...), "no frame magic"},
+		"big window": {bigWindow, "over the limit"},
+		"block":      {flip(good, int64(len(good)/2)), "frame 0"},
 	} {
 		t.Run(name, func(t *testing.T) {
 			_, err := Build(bytes.NewReader(c.blob), 0, nil, &bytes.Buffer{})

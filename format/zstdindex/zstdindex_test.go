@@ -139,7 +139,7 @@ func skippable(p []byte) []byte {
 
 // streams returns the zstd blobs the round trips run on, by name, with their content.
 func streams(t *testing.T) map[string][2][]byte {
-	data := realTar(t, 12<<20)
+	data := realTar(t, 8<<20)
 	small := corpus(5000, 2)
 	mixed := corpus(3<<20, 1)
 	multi := slicesConcat(zstdGo(t, data[:3<<20], zstd.SpeedDefault), skippable([]byte("lazypull")),
