@@ -7,7 +7,6 @@ import (
 	"fmt"
 	"hash"
 	"io"
-	"math/bits"
 
 	"github.com/klauspost/compress/zstd"
 )
@@ -244,34 +243,34 @@ func (b *builder) markUsed(from, to int64) {
 	}
 }
 
-// zeroUnused zeroes the window bytes no match read and returns the index of the first
-// byte one did (len(b.window) if none).
-func (b *builder) zeroUnused() int {
-	first := len(b.window)
-	for w, u := range b.used {
-		chunk := b.window[64*w : min(64*w+64, len(b.window))]
-		switch u {
-		case 0:
-			clear(chunk)
-			continue
-		case ^uint64(0):
-		default:
-			for i := range chunk {
-				if u&(1<<i) == 0 {
-					chunk[i] = 0
-				}
-			}
-		}
-		if first == len(b.window) {
-			first = 64*w + bits.TrailingZeros64(u)
+// usedAt reports whether the current span's matches read window byte i.
+func (b *builder) usedAt(i int) bool { return b.used[i/64]&(1<<(i%64)) != 0 }
+
+// nextRun returns the next run [i, j) of window bytes the span's matches read, from i
+// on; i == len(b.window) if there is none.
+func (b *builder) nextRun(i int) (int, int) {
+	for i < len(b.window) && !b.usedAt(i) {
+		if i%64 == 0 && b.used[i/64] == 0 {
+			i += 64
+		} else {
+			i++
 		}
 	}
-	return first
+	i = min(i, len(b.window))
+	j := i
+	for j < len(b.window) && b.usedAt(j) {
+		if j%64 == 0 && b.used[j/64] == ^uint64(0) {
+			j += 64
+		} else {
+			j++
+		}
+	}
+	return i, min(j, len(b.window))
 }
 
-// finishWindow stores the last checkpoint's window, compressed: from the first byte its
-// span's matches read (but as long as its longest repeat offset), the bytes they do not
-// read zeroed.
+// finishWindow stores the last checkpoint's window: from the first byte its span's
+// matches read (but as long as its longest repeat offset, which a dictionary requires),
+// as the runs of bytes they read (sparseWindow), compressed.
 func (b *builder) finishWindow() error {
 	if !b.pending {
 		return nil
@@ -279,17 +278,25 @@ func (b *builder) finishWindow() error {
 	b.pending = false
 	b.f.ref = nil
 	p := &b.ix.points[len(b.ix.points)-1]
-	n := int64(len(b.window) - b.zeroUnused())
+	first, _ := b.nextRun(0)
+	n := int64(len(b.window) - first)
 	for _, r := range p.reps {
 		n = max(n, int64(r))
 	}
-	var content []byte
-	if pad := n - int64(len(b.window)); pad > 0 {
-		content = append(make([]byte, pad), b.window...)
-	} else {
-		content = b.window[-pad:]
+	var hdr, data []byte
+	runs, end := 0, first // end: window index where the last run ended
+	for i, j := b.nextRun(first); i < len(b.window); i, j = b.nextRun(j) {
+		hdr = binary.AppendUvarint(hdr, uint64(i-end))
+		hdr = binary.AppendUvarint(hdr, uint64(j-i))
+		data = append(data, b.window[i:j]...)
+		runs, end = runs+1, j
 	}
-	z := b.enc.EncodeAll(content, nil)
+	// The content starts n bytes before the window's end: the first run at
+	// first-(len(window)-n) (the runs' first gap is from first).
+	lead := uint64(n - int64(len(b.window)-first))
+	sparse := binary.AppendUvarint(binary.AppendUvarint(nil, lead), uint64(runs))
+	sparse = append(append(sparse, hdr...), data...)
+	z := b.enc.EncodeAll(sparse, nil)
 	if _, err := b.windows.Write(z); err != nil {
 		return fmt.Errorf("writing windows: %w", err)
 	}

@@ -274,13 +274,10 @@ func (r *Reader) before(k int, n int64, run [][]byte) []byte {
 	return b[have-n:]
 }
 
-// window returns checkpoint i's window: the end of span i-1's output if kept, else
-// fetched from the window blob.
+// window returns checkpoint i's window from the window blob: the bytes its span's
+// matches read, the others zeroed.
 func (r *Reader) window(i int) ([]byte, error) {
 	p := &r.ix.points[i]
-	if prev := r.cached(i - 1); int64(len(prev)) >= p.content {
-		return prev[int64(len(prev))-p.content:], nil
-	}
 	z := make([]byte, p.winLen)
 	if n, err := r.windows.ReadAt(z, p.winOff); n < len(z) {
 		if err == nil || err == io.EOF {
@@ -288,17 +285,54 @@ func (r *Reader) window(i int) ([]byte, error) {
 		}
 		return nil, fmt.Errorf("fetching window (bytes %d-%d of the window blob): %w", p.winOff, p.winOff+p.winLen, err)
 	}
-	d, err := zstd.NewReader(nil, zstd.WithDecoderConcurrency(1), zstd.WithDecoderMaxMemory(uint64(max(p.content, minWindow))))
+	d, err := zstd.NewReader(nil, zstd.WithDecoderConcurrency(1), zstd.WithDecoderMaxMemory(uint64(max(maxSparse(p.content), minWindow))))
 	if err != nil {
 		return nil, err
 	}
 	defer d.Close()
-	w, err := d.DecodeAll(z, make([]byte, 0, p.content))
+	sparse, err := d.DecodeAll(z, nil)
 	if err != nil {
 		return nil, fmt.Errorf("%w: %v", errWindow, err)
 	}
-	if int64(len(w)) != p.content {
-		return nil, fmt.Errorf("%w: %d bytes, want %d", errWindow, len(w), p.content)
+	w, err := unsparse(sparse, p.content)
+	if err != nil {
+		return nil, fmt.Errorf("%w: %v", errWindow, err)
+	}
+	return w, nil
+}
+
+// maxSparse bounds the sparse form of a window of n bytes: its bytes, two varints of at
+// most 4 bytes per run (a run and a gap take 2 bytes at least), two more.
+func maxSparse(n int64) int64 { return n + 4*(n+1) + 20 }
+
+// unsparse returns the n-byte window a sparse window gives: uvarints of the zeros before
+// the first run and of the run count, the uvarints of each run's gap (zeros since the
+// last) and length, then the runs' bytes; every byte no run covers is zero.
+func unsparse(b []byte, n int64) ([]byte, error) {
+	r := decoder{b: b}
+	pos, runs := r.int(), r.int()
+	if r.err != nil || runs > int64(len(r.b)) {
+		return nil, errors.New("bad header")
+	}
+	type run struct{ at, n int64 }
+	rs := make([]run, runs)
+	var total int64
+	for i := range rs {
+		pos += r.int()
+		rs[i] = run{pos, r.int()}
+		pos += rs[i].n
+		total += rs[i].n
+		if r.err != nil || pos > n {
+			return nil, fmt.Errorf("run %d past the window's %d bytes", i, n)
+		}
+	}
+	if total != int64(len(r.b)) {
+		return nil, fmt.Errorf("%d bytes of runs, %d given", total, len(r.b))
+	}
+	w := make([]byte, n)
+	for _, x := range rs {
+		copy(w[x.at:], r.b[:x.n])
+		r.b = r.b[x.n:]
 	}
 	return w, nil
 }
