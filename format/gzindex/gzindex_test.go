@@ -478,13 +478,16 @@ func TestKeepBoundsBytes(t *testing.T) {
 		if _, err := r.ReadAt(p, off); err != nil && err != io.EOF {
 			t.Fatal(err)
 		}
-		if r.kept > keep || len(r.cache) == 0 {
-			t.Fatalf("at %d: %d spans, %d bytes kept; want some, at most %d bytes", off, len(r.cache), r.kept, keep)
+		if n, kept, _ := r.s.Stats(); kept > keep || n == 0 {
+			t.Fatalf("at %d: %d spans, %d bytes kept; want some, at most %d bytes", off, n, kept, keep)
 		}
 	}
 	small := NewReader(ix, bytes.NewReader(blob), 10)
-	if _, err := small.ReadAt(p, 0); err != nil || len(small.cache) != 0 {
-		t.Fatalf("keep of 10 bytes: %d spans kept (%v); want none", len(small.cache), err)
+	if _, err := small.ReadAt(p, 0); err != nil {
+		t.Fatal(err)
+	}
+	if n, _, _ := small.s.Stats(); n != 0 {
+		t.Fatalf("keep of 10 bytes: %d spans kept; want none", n)
 	}
 }
 
@@ -514,7 +517,7 @@ func TestDecodeBudget(t *testing.T) {
 	ix, _ := build(t, blob, 16<<10)
 	c := &concurrencyReader{r: bytes.NewReader(blob)}
 	r := NewReader(ix, c, 0)
-	r.budget = 1
+	r.s.SetBudget(1)
 	var wg sync.WaitGroup
 	for i := range ix.NumSpans() {
 		wg.Go(func() {
@@ -526,7 +529,7 @@ func TestDecodeBudget(t *testing.T) {
 		})
 	}
 	wg.Wait()
-	if c.most != 1 || r.inflight != 0 {
-		t.Errorf("%d decodes in flight at once (%d left counted); want 1 under a budget below one span", c.most, r.inflight)
+	if _, _, inflight := r.s.Stats(); c.most != 1 || inflight != 0 {
+		t.Errorf("%d decodes in flight at once (%d left counted); want 1 under a budget below one span", c.most, inflight)
 	}
 }

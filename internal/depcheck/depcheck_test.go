@@ -60,6 +60,7 @@ const (
 	chunker        = "format/chunker"
 	gzindex        = "format/gzindex"
 	zstdindex      = "format/zstdindex"
+	spans          = "format/internal/spans"
 	fetch          = "internal/fetch"
 	store          = "internal/store"
 	fusefs         = "internal/fusefs"
@@ -111,11 +112,16 @@ func allowed() map[string]rule {
 		// Random access into unconverted gzip layers (checkpoints, a resumable inflater,
 		// the index's encoding): a format beside the layer format, read by tools without
 		// lazypull, so the standard library only, like format; format does not import it.
-		gzindex: {},
+		// spans: the reading side it shares with zstdindex.
+		gzindex: {ours: []string{spans}},
 		// Random access into unconverted zstd layers: the same for zstd, with the zstd
 		// decoder (spans are decoded by a stock decoder from a dictionary of the
 		// checkpoint's state, Huffman literals by huff0 in the build pass).
-		zstdindex: {ext: []string{compress}},
+		zstdindex: {ours: []string{spans}, ext: []string{compress}},
+		// The reading side gzindex and zstdindex share: spans decoded whole and checked
+		// before they are served, kept up to a number of bytes, decodes in flight held to
+		// a budget. The standard library only, as both.
+		spans: {},
 
 		// The registry end of the flow: manifests whole, blobs by byte ranges, auth, mirrors
 		// (hosts.toml), retries. It knows nothing of chunks, files or mounts; daemon hands
