@@ -39,6 +39,9 @@ type frameDecoder struct {
 	tables    [3]tableState
 	hist      []byte // the frame's output from histStart on: at least a window, then the block
 	histStart int64
+	// pin, if pinned, is a frame position hist keeps output from (a pending window).
+	pin    int64
+	pinned bool
 	out       int64 // the frame's output so far
 	lits      []byte
 	// ref, if not nil, is called with each match's source range [from, to) of frame
@@ -53,10 +56,14 @@ func (f *frameDecoder) reset(h frameHeader) {
 
 // block decodes one block's content and appends its output to f.hist; it returns that output.
 func (f *frameDecoder) block(h blockHeader, c []byte) ([]byte, error) {
-	if n := int64(len(f.hist)); n > f.hdr.window+max(f.hdr.window/2, 4*maxBlock) {
-		k := copy(f.hist, f.hist[n-f.hdr.window:])
+	drop := int64(len(f.hist)) - f.hdr.window
+	if f.pinned {
+		drop = min(drop, f.pin-f.histStart)
+	}
+	if drop >= max(f.hdr.window/2, 4*maxBlock) { // amortized: a window moves once per half window
+		k := copy(f.hist, f.hist[drop:])
 		f.hist = f.hist[:k]
-		f.histStart += n - int64(k)
+		f.histStart += drop
 	}
 	start := len(f.hist)
 	switch h.typ {

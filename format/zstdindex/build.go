@@ -65,8 +65,9 @@ type builder struct {
 	buf     []byte
 
 	pending     bool   // the last checkpoint's window is not stored yet
-	window      []byte // its window: the frame's output before it
+	window      []byte // its window, the frame's output before it, once its span is decoded
 	windowStart int64  // frame position of window[0]
+	windowLen   int
 	used        []uint64
 	winOff      int64 // window blob bytes written
 }
@@ -112,7 +113,11 @@ func (b *builder) frame() (bool, error) {
 			return false, err
 		}
 	}
-	b.f.ref = nil
+	// No match of a later frame reads this one: store a pending window now, while
+	// the frame's history holds it.
+	if err := b.finishWindow(); err != nil {
+		return false, err
+	}
 	if h.contentSize >= 0 && h.contentSize != b.f.out {
 		return false, fmt.Errorf("%w: %d bytes of output, header says %d", errFrame, b.f.out, h.contentSize)
 	}
@@ -220,10 +225,17 @@ func (b *builder) checkpoint(frameStart bool) error {
 	}
 	b.ix.points = append(b.ix.points, p)
 	if p.mid {
-		w := b.f.hist[max(0, int64(len(b.f.hist))-min(b.f.hdr.window, b.f.out)):]
-		b.window = append(b.window[:0], w...)
-		b.windowStart = b.f.out - int64(len(w))
-		b.used = make([]uint64, (len(w)+63)/64)
+		// The window stays in the frame decoder's history (pinned) until the span is
+		// decoded: finishWindow reads the bytes the span's matches used from there.
+		b.windowLen = int(min(b.f.hdr.window, b.f.out))
+		b.windowStart = b.f.out - int64(b.windowLen)
+		b.f.pin, b.f.pinned = b.windowStart, true
+		words := (b.windowLen + 63) / 64
+		if cap(b.used) < words {
+			b.used = make([]uint64, words)
+		}
+		b.used = b.used[:words]
+		clear(b.used)
 		b.pending = true
 		b.f.ref, b.f.refBelow = b.markUsed, b.f.out
 	}
@@ -277,6 +289,9 @@ func (b *builder) finishWindow() error {
 	}
 	b.pending = false
 	b.f.ref = nil
+	b.f.pinned = false
+	from := b.windowStart - b.f.histStart
+	b.window = b.f.hist[from : from+int64(b.windowLen)]
 	p := &b.ix.points[len(b.ix.points)-1]
 	first, _ := b.nextRun(0)
 	n := int64(len(b.window) - first)

@@ -12,7 +12,7 @@ import (
 const (
 	// DefaultSpanSize is the compressed distance between checkpoints Build uses when
 	// given none (docs/benchmarks.md has the measurement behind it).
-	DefaultSpanSize = 128 << 10
+	DefaultSpanSize = 64 << 10
 	// SoftSpanOut is the output after which Build checkpoints at the next boundary
 	// whatever the compressed distance, so that a highly compressed span stays small.
 	SoftSpanOut = 32 << 20
