@@ -42,8 +42,8 @@ type frameDecoder struct {
 	// pin, if pinned, is a frame position hist keeps output from (a pending window).
 	pin    int64
 	pinned bool
-	out       int64 // the frame's output so far
-	lits      []byte
+	out    int64 // the frame's output so far
+	lits   []byte
 	// ref, if not nil, is called with each match's source range [from, to) of frame
 	// output, when it starts before refBelow.
 	ref      func(from, to int64)

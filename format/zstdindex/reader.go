@@ -75,16 +75,15 @@ func (s *source) Span(i int) (off, n, compOff, compLen int64) {
 	return sp.Off, sp.Len, sp.CompOff, sp.CompLen
 }
 
-// decodeSize is what decoding spans i..j holds: their compressed bytes and output, and
-// for a span inside a frame its window twice (dictionary and decoder history) and
-// compressed.
+// decodeSize is what decoding spans i..j holds: their compressed bytes and output, and a
+// window: twice (the dictionary, and the decoder's copy) and compressed.
 func (r *Reader) decodeSize(i, j int) int64 {
 	n := r.runLen(i, j)
 	var win int64
 	for k := i; k <= j; k++ {
 		n += r.ix.Span(k).Len
 		p := r.ix.points[k]
-		win = max(win, 2*p.window+p.winLen)
+		win = max(win, 2*p.content+p.winLen)
 	}
 	return n + win
 }
