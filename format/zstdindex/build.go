@@ -16,8 +16,9 @@ import (
 // SoftSpanOut bytes of output), each with what a stock decoder needs to resume there,
 // and the sha256 of its span's output. The windows of checkpoints inside frames go to
 // windows, compressed, one after the other: the index records where (the window blob).
-// Every frame's checksum is checked. Memory stays at twice the largest frame window plus
-// the index. If out is not nil, it receives the uncompressed stream as it is decoded;
+// Every frame's checksum is checked. Memory stays at about twice the largest frame
+// window (one and a half, plus a span's output while its window is pending) plus the
+// index. If out is not nil, it receives the uncompressed stream as it is decoded;
 // spanSize <= 0 means DefaultSpanSize.
 func Build(r io.Reader, spanSize int64, out, windows io.Writer) (*Index, error) {
 	if spanSize <= 0 {

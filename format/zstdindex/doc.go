@@ -6,7 +6,8 @@
 // literals through klauspost/compress/huff0) and records a checkpoint at the first frame
 // start or block boundary after every span of compressed bytes. A frame start needs no
 // state. A block boundary inside a frame needs the decoder's: the window (the frame's
-// output before it, as far back as the span's matches read, the bytes they skip zeroed),
+// output before it, as far back as the span's matches read; stored as the runs of bytes
+// they read),
 // the three repeat offsets, and the entropy tables in force (the Huffman table, the FSE
 // tables of literals lengths, match lengths and offsets). The window goes to a second
 // blob, compressed, which a reader fetches by range; the index keeps the rest and the
