@@ -8,6 +8,8 @@ import (
 	"testing"
 
 	"github.com/klauspost/compress/zstd"
+
+	"lazypull/internal/testutil"
 )
 
 // benchBlob is the zstd blob at ZSTDINDEX_BENCH_BLOB (a real layer), or 16 MiB of the
@@ -20,7 +22,7 @@ func benchBlob(b *testing.B) (blob []byte, size int) {
 		}
 		return blob, len(unzstd(b, blob))
 	}
-	data := corpus(16<<20, 20)
+	data := testutil.Corpus(16<<20, 20)
 	return zstdGo(b, data, zstd.SpeedDefault), len(data)
 }
 

@@ -8,6 +8,8 @@ import (
 	"testing"
 
 	"github.com/klauspost/compress/zstd"
+
+	"lazypull/internal/testutil"
 )
 
 // TestCorruptSpan flips a byte in the middle of each span's compressed bytes: reading
@@ -65,7 +67,7 @@ func flip(b []byte, i int64) []byte {
 // digest: Decode fails, or the index it returns serves the stream or errors, never other
 // bytes.
 func TestCorruptIndex(t *testing.T) {
-	data := corpus(1<<20, 5)
+	data := testutil.Corpus(1<<20, 5)
 	blob := zstdGo(t, data, zstd.SpeedDefault, zstd.WithWindowSize(256<<10))
 	ix, windows := build(t, blob, 32<<10)
 	enc := ix.Encode()
@@ -99,8 +101,8 @@ func TestCorruptIndex(t *testing.T) {
 
 // TestBuildErrors: a blob Build refuses, with the error saying why and where.
 func TestBuildErrors(t *testing.T) {
-	good := zstdGo(t, corpus(300<<10, 6), zstd.SpeedDefault)
-	bigWindow := zstdCmd(t, corpus(300<<10, 6), "--long=28", "--no-content-size")
+	good := zstdGo(t, testutil.Corpus(300<<10, 6), zstd.SpeedDefault)
+	bigWindow := zstdCmd(t, testutil.Corpus(300<<10, 6), "--long=28", "--no-content-size")
 	for name, c := range map[string]struct {
 		blob []byte
 		want string

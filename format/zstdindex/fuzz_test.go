@@ -18,9 +18,9 @@ const decodeOverhead = 16 << 10
 // seedBlobs returns small zstd blobs: several frames, tables of every mode, windows.
 func seedBlobs(t testing.TB) [][]byte {
 	return [][]byte{
-		zstdGo(t, corpus(100<<10, 7), zstd.SpeedDefault, zstd.WithWindowSize(4<<10)),
-		slicesConcat(zstdGo(t, corpus(50<<10, 8), zstd.SpeedBestCompression, zstd.WithWindowSize(8<<10)), skippable([]byte("x")),
-			zstdGo(t, nil, zstd.SpeedFastest), zstdGo(t, corpus(30<<10, 9), zstd.SpeedFastest, zstd.WithEncoderCRC(false))),
+		zstdGo(t, testutil.Corpus(100<<10, 7), zstd.SpeedDefault, zstd.WithWindowSize(4<<10)),
+		slicesConcat(zstdGo(t, testutil.Corpus(50<<10, 8), zstd.SpeedBestCompression, zstd.WithWindowSize(8<<10)), skippable([]byte("x")),
+			zstdGo(t, nil, zstd.SpeedFastest), zstdGo(t, testutil.Corpus(30<<10, 9), zstd.SpeedFastest, zstd.WithEncoderCRC(false))),
 		zstdGo(t, []byte("hello, hello, hello"), zstd.SpeedDefault),
 	}
 }
@@ -65,7 +65,7 @@ func FuzzDecode(f *testing.F) {
 		f.Add(s[:len(s)/2])
 	}
 	f.Fuzz(func(t *testing.T, p []byte) {
-		checkDecode(t, p, Decode, (*Index).Encode)
+		testutil.CheckDecode(t, p, uint64(MemFactor*len(p)+MemSlack)+decodeOverhead, Decode, (*Index).Encode)
 	})
 }
 
@@ -78,23 +78,8 @@ func FuzzDecodeBody(f *testing.F) {
 		f.Add(body[:len(body)*2/3])
 	}
 	f.Fuzz(func(t *testing.T, p []byte) {
-		checkDecode(t, p, decodeBody, (*Index).encodeBody)
+		testutil.CheckDecode(t, p, uint64(MemFactor*len(p)+MemSlack)+decodeOverhead, decodeBody, (*Index).encodeBody)
 	})
-}
-
-func checkDecode(t *testing.T, p []byte, decode func([]byte) (*Index, error), encode func(*Index) []byte) {
-	var ix *Index
-	var err error
-	n := testutil.Allocated(func() { ix, err = decode(p) })
-	if limit := uint64(MemFactor*len(p)+MemSlack) + decodeOverhead; n > limit {
-		t.Fatalf("decoding %d bytes allocated %d, over the bound of %d (err %v)", len(p), n, limit, err)
-	}
-	if err != nil {
-		return
-	}
-	if !bytes.Equal(encode(ix), p) {
-		t.Fatal("a decoded index encodes to other bytes")
-	}
 }
 
 // FuzzBuild feeds hostile zstd blobs to Build and, when it accepts one, reads the blob

@@ -9,39 +9,13 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
-	"strings"
 	"sync/atomic"
 	"testing"
 
 	"github.com/klauspost/compress/zstd"
-)
 
-// corpus returns n bytes of text-like runs, random bytes and zeros: every block and
-// literals type, long and short matches, repeat offsets.
-func corpus(n int, seed uint64) []byte {
-	rng := rand.New(rand.NewPCG(seed, seed))
-	words := strings.Fields("the quick brown fox jumps over lazy dog import def class return self None " +
-		"usr lib python3 site packages __init__ py pyc so elf ld linux x86_64 gnu")
-	var b bytes.Buffer
-	for b.Len() < n {
-		switch rng.IntN(4) {
-		case 0, 1:
-			for range 200 + rng.IntN(4000) {
-				b.WriteString(words[rng.IntN(len(words))])
-				b.WriteByte(" \n/."[rng.IntN(4)])
-			}
-		case 2:
-			r := make([]byte, 1000+rng.IntN(100000))
-			for i := range r {
-				r[i] = byte(rng.Uint32())
-			}
-			b.Write(r)
-		default:
-			b.Write(make([]byte, rng.IntN(300000)))
-		}
-	}
-	return b.Bytes()[:n]
-}
+	"lazypull/internal/testutil"
+)
 
 // zstdGo compresses with klauspost/compress at level, in one frame.
 func zstdGo(t testing.TB, p []byte, level zstd.EncoderLevel, opts ...zstd.EOption) []byte {
@@ -140,8 +114,8 @@ func skippable(p []byte) []byte {
 // streams returns the zstd blobs the round trips run on, by name, with their content.
 func streams(t *testing.T) map[string][2][]byte {
 	data := realTar(t, 8<<20)
-	small := corpus(5000, 2)
-	mixed := corpus(3<<20, 1)
+	small := testutil.Corpus(5000, 2)
+	mixed := testutil.Corpus(3<<20, 1)
 	multi := slicesConcat(zstdGo(t, data[:3<<20], zstd.SpeedDefault), skippable([]byte("lazypull")),
 		zstdGo(t, nil, zstd.SpeedFastest), zstdGo(t, small, zstd.SpeedBestCompression),
 		zstdGo(t, data[3<<20:], zstd.SpeedFastest, zstd.WithEncoderCRC(false)), skippable(nil))
