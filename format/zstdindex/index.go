@@ -7,6 +7,8 @@ import (
 	"errors"
 	"fmt"
 	"sort"
+
+	"lazypull/format/internal/wire"
 )
 
 const (
@@ -130,16 +132,11 @@ func (ix *Index) SpanAt(off int64) int {
 // entropy section, the three repeat offsets, the window's length, offset and compressed
 // length in the window blob; then its span's sha256. Last, the sha256 of everything
 // before it.
-func (ix *Index) Encode() []byte {
-	b := ix.encodeBody()
-	sum := sha256.Sum256(b)
-	return append(b, sum[:]...)
-}
+func (ix *Index) Encode() []byte { return wire.Seal(ix.encodeBody()) }
 
 func (ix *Index) encodeBody() []byte {
 	b := make([]byte, 0, 64+len(ix.points)*(minPointLen+64))
-	b = append(b, magic...)
-	b = binary.BigEndian.AppendUint16(b, Version)
+	b = wire.AppendHeader(b, magic, Version)
 	for _, v := range []int64{ix.spanSize, ix.compressedSize, ix.size, ix.windowsSize, int64(len(ix.points))} {
 		b = binary.AppendUvarint(b, uint64(v))
 	}
@@ -176,45 +173,36 @@ func (ix *Index) encodeBody() []byte {
 // reader relies on (entropy sections parse); it allocates at most
 // MemFactor*len(data)+MemSlack bytes, whatever data claims.
 func Decode(data []byte) (*Index, error) {
-	if len(data) > MaxSize {
-		return nil, fmt.Errorf("%w: %d bytes, over the limit of %d", ErrCorruptIndex, len(data), MaxSize)
-	}
-	if len(data) < sha256.Size {
-		return nil, fmt.Errorf("%w: %d bytes", ErrCorruptIndex, len(data))
-	}
-	body, sum := data[:len(data)-sha256.Size], data[len(data)-sha256.Size:]
-	if got := sha256.Sum256(body); !bytes.Equal(got[:], sum) {
-		return nil, fmt.Errorf("%w: digest mismatch", ErrCorruptIndex)
+	body, err := wire.Open(data, MaxSize, ErrCorruptIndex)
+	if err != nil {
+		return nil, err
 	}
 	return decodeBody(body)
 }
 
 // decodeBody parses an index without its trailing digest.
 func decodeBody(data []byte) (*Index, error) {
-	d := decoder{b: bytes.Clone(data), norm: make([]int16, 0, 64)}
-	if len(d.b) < len(magic)+2 || string(d.b[:len(magic)]) != magic {
-		return nil, fmt.Errorf("%w: no magic", ErrCorruptIndex)
+	d := &wire.Reader{B: bytes.Clone(data), Corrupt: ErrCorruptIndex}
+	if err := d.Header(magic, Version); err != nil {
+		return nil, err
 	}
-	if v := binary.BigEndian.Uint16(d.b[len(magic):]); v != Version {
-		return nil, fmt.Errorf("%w: version %d, want %d", ErrCorruptIndex, v, Version)
+	ix := &Index{spanSize: d.Int(), compressedSize: d.Int(), size: d.Int(), windowsSize: d.Int()}
+	n := d.Int()
+	if d.Err == nil && n > int64(len(d.B)/minPointLen) {
+		d.Fail("%d checkpoints in %d bytes", n, len(d.B))
 	}
-	d.b = d.b[len(magic)+2:]
-	ix := &Index{spanSize: d.int(), compressedSize: d.int(), size: d.int(), windowsSize: d.int()}
-	n := d.int()
-	if d.err == nil && n > int64(len(d.b)/minPointLen) {
-		d.fail("%d checkpoints in %d bytes", n, len(d.b))
-	}
-	if d.err != nil {
-		return nil, d.err
+	if d.Err != nil {
+		return nil, d.Err
 	}
 	ix.points = make([]checkpoint, n)
+	norm := make([]int16, 0, 64) // reused by the entropy sections' parses
 	for i := range ix.points {
-		if err := d.point(ix, i); err != nil {
+		if err := point(d, ix, i, norm); err != nil {
 			return nil, err
 		}
 	}
-	if len(d.b) != 0 {
-		return nil, fmt.Errorf("%w: %d bytes after the last checkpoint", ErrCorruptIndex, len(d.b))
+	if len(d.B) != 0 {
+		return nil, fmt.Errorf("%w: %d bytes after the last checkpoint", ErrCorruptIndex, len(d.B))
 	}
 	if err := ix.check(); err != nil {
 		return nil, err
@@ -222,80 +210,38 @@ func decodeBody(data []byte) (*Index, error) {
 	return ix, nil
 }
 
-// decoder reads an index body, remembering its first error.
-type decoder struct {
-	b    []byte
-	norm []int16 // reused by the entropy sections' parses
-	err  error
-}
-
-func (d *decoder) fail(format string, args ...any) {
-	if d.err == nil {
-		d.err = fmt.Errorf("%w: %s", ErrCorruptIndex, fmt.Sprintf(format, args...))
-	}
-}
-
-// int reads a uvarint that must fit an int64 with room to add another (offsets of at
-// most 2^62).
-func (d *decoder) int() int64 {
-	if d.err != nil {
-		return 0
-	}
-	v, n := binary.Uvarint(d.b)
-	if n <= 0 || v > 1<<62 || n != uvarintLen(v) {
-		d.fail("bad varint")
-		return 0
-	}
-	d.b = d.b[n:]
-	return int64(v)
-}
-
-// bytes reads n bytes.
-func (d *decoder) bytes(n int64) []byte {
-	if d.err != nil {
-		return nil
-	}
-	if n > int64(len(d.b)) {
-		d.fail("truncated")
-		return nil
-	}
-	p := d.b[:n:n]
-	d.b = d.b[n:]
-	return p
-}
-
 // point reads checkpoint i.
-func (d *decoder) point(ix *Index, i int) error {
+func point(d *wire.Reader, ix *Index, i int, norm []int16) error {
 	p := &ix.points[i]
-	p.in, p.out = d.int(), d.int()
+	p.in, p.out = d.Int(), d.Int()
 	if i > 0 {
 		p.in += ix.points[i-1].in
 		p.out += ix.points[i-1].out
 	}
-	flags := d.bytes(1)
-	if d.err != nil {
-		return d.err
+	flags := d.Bytes(1)
+	if d.Err != nil {
+		return d.Err
 	}
 	if flags[0] > 3 || flags[0] == 2 {
 		return fmt.Errorf("%w: checkpoint %d: flags %#x", ErrCorruptIndex, i, flags[0])
 	}
 	p.mid, p.checksum = flags[0]&1 != 0, flags[0]&2 != 0
 	if p.mid {
-		p.window = d.int()
-		p.entropy = d.bytes(d.int())
+		p.window = d.Int()
+		p.entropy = d.Bytes(d.Int())
 		for k := range p.reps {
-			p.reps[k] = uint32(min(d.int(), 1<<32-1))
+			p.reps[k] = uint32(min(d.Int(), 1<<32-1))
 		}
-		p.content, p.winOff, p.winLen = d.int(), d.int(), d.int()
-		if d.err != nil {
-			return d.err
+		p.content, p.winOff, p.winLen = d.Int(), d.Int(), d.Int()
+		if d.Err != nil {
+			return d.Err
 		}
-		if err := p.checkMid(ix.windowsSize, d.norm); err != nil {
+		if err := p.checkMid(ix.windowsSize, norm); err != nil {
 			return fmt.Errorf("%w: checkpoint %d: %v", ErrCorruptIndex, i, err)
 		}
 	}
-	copy(p.digest[:], d.bytes(sha256.Size))
-	return d.err
+	copy(p.digest[:], d.Bytes(sha256.Size))
+	return d.Err
 }
 
 // checkMid checks a checkpoint inside a frame: its window and dictionary fit the limits
@@ -369,13 +315,4 @@ func (ix *Index) check() error {
 		}
 	}
 	return nil
-}
-
-// uvarintLen returns the length of v's shortest uvarint, the one Encode writes.
-func uvarintLen(v uint64) int {
-	n := 1
-	for ; v >= 0x80; v >>= 7 {
-		n++
-	}
-	return n
 }

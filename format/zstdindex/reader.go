@@ -9,6 +9,8 @@ import (
 	"github.com/klauspost/compress/zstd"
 
 	"lazypull/format/internal/spans"
+
+	"lazypull/format/internal/wire"
 )
 
 // SpanError is the error of a span that cannot be served: its bytes or window fail to
@@ -217,30 +219,30 @@ func maxSparse(n int64) int64 { return n + 4*(n+1) + 20 }
 // the first run and of the run count, the uvarints of each run's gap (zeros since the
 // last) and length, then the runs' bytes; every byte no run covers is zero.
 func unsparse(b []byte, n int64) ([]byte, error) {
-	r := decoder{b: b}
-	pos, runs := r.int(), r.int()
-	if r.err != nil || runs > int64(len(r.b)) {
+	r := wire.Reader{B: b, Corrupt: errWindow}
+	pos, runs := r.Int(), r.Int()
+	if r.Err != nil || runs > int64(len(r.B)) {
 		return nil, errors.New("bad header")
 	}
 	type run struct{ at, n int64 }
 	rs := make([]run, runs)
 	var total int64
 	for i := range rs {
-		pos += r.int()
-		rs[i] = run{pos, r.int()}
+		pos += r.Int()
+		rs[i] = run{pos, r.Int()}
 		pos += rs[i].n
 		total += rs[i].n
-		if r.err != nil || pos > n {
+		if r.Err != nil || pos > n {
 			return nil, fmt.Errorf("run %d past the window's %d bytes", i, n)
 		}
 	}
-	if total != int64(len(r.b)) {
-		return nil, fmt.Errorf("%d bytes of runs, %d given", total, len(r.b))
+	if total != int64(len(r.B)) {
+		return nil, fmt.Errorf("%d bytes of runs, %d given", total, len(r.B))
 	}
 	w := make([]byte, n)
 	for _, x := range rs {
-		copy(w[x.at:], r.b[:x.n])
-		r.b = r.b[x.n:]
+		copy(w[x.at:], r.B[:x.n])
+		r.B = r.B[x.n:]
 	}
 	return w, nil
 }
