@@ -81,7 +81,8 @@ type OpenOptions struct {
 	// IndexPolicy says where the index artifact of an image with no lazypull layer may
 	// come from (indexed.go): PolicyReferrers, among its referrers; PolicyPinned and
 	// PolicyOff, nowhere (no index is pinned), without a request. "" is
-	// DefaultProfilePolicy. The snapshotter's partial open does not look.
+	// DefaultProfilePolicy. The snapshotter's partial open looks too
+	// (openFromIndexPartial), layer by layer.
 	IndexPolicy ProfilePolicy
 
 	// NoSpeculation turns off what a read that misses fetches beyond what it asks for:
@@ -171,7 +172,7 @@ func openImage(ctx context.Context, st *store.Store, ref string, o OpenOptions) 
 	}
 	im.kept = kept
 	if !partial && given == nil {
-		ok, err := im.openFromIndex(ctx, o.IndexPolicy)
+		ok, err := im.openFromIndex(ctx, st, o.IndexPolicy)
 		if err != nil || ok {
 			if err != nil {
 				im.Close()
@@ -200,6 +201,7 @@ func openImage(ctx context.Context, st *store.Store, ref string, o OpenOptions) 
 	}
 	if partial {
 		im.leaveOut(failed)
+		im.openFromIndexPartial(ctx, st, o.IndexPolicy)
 	}
 	return im, nil
 }

@@ -105,6 +105,12 @@ func (f *SnapshotFS) Usage(ctx context.Context, mountpoint string, labels map[st
 				return h.Bytes, int64(h.Objects), nil
 			}
 		}
+		for _, l := range im.indexed {
+			if l.Desc.Digest.String() == digest {
+				h := l.held()
+				return h.Bytes, int64(h.Objects), nil
+			}
+		}
 	}
 	u, ok := UseOf(labels)
 	if !ok {
