@@ -1,6 +1,7 @@
 package daemon
 
 import (
+	"cmp"
 	"context"
 	"encoding/binary"
 	"errors"
@@ -8,6 +9,7 @@ import (
 	"io"
 	"iter"
 	"os"
+	"slices"
 
 	"lazypull/format"
 	"lazypull/internal/fusefs"
@@ -103,27 +105,100 @@ func (l *indexedLayer) storeFiles() iter.Seq[store.File] {
 // whole file, its Offset where the file's content starts in the stream.
 type tarSource struct{ l *indexedLayer }
 
+// Reads of the tar stream for a Fetch: files whose contents lie within tarGroupGap of
+// each other are read together, up to tarGroupMax bytes at once (one run of spans, one
+// request), tarGroupJobs groups at a time.
+const (
+	tarGroupGap  = 256 << 10
+	tarGroupMax  = 8 << 20
+	tarGroupJobs = 4
+)
+
+// tarGroup is one read of the tar stream: [start, end), holding chunks.
+type tarGroup struct {
+	start, end int64
+	chunks     []format.Chunk
+	buf        []byte
+	err        error
+	done       chan struct{}
+}
+
+// Fetch reads the chunks' files from the tar stream, close ones together, and hands each
+// to fn as a raw frame, from the calling goroutine, in stream order.
 func (s tarSource) Fetch(ctx context.Context, chunks []format.Chunk, fn func(format.Chunk, []byte) error) error {
-	for _, c := range chunks {
-		if err := ctx.Err(); err != nil {
-			return err
-		}
-		if c.Size > wholeFileMax || c.CompSize != c.Size {
-			return fmt.Errorf("layer %s: chunk %s of %d bytes: not a file the index serves through the store", s.l.Desc.Digest, c.Digest, c.Size)
-		}
-		buf := make([]byte, c.Size)
-		n, err := s.l.tar.ReadAt(buf, c.Offset)
-		if int64(n) < c.Size {
-			if err == nil || errors.Is(err, io.EOF) {
-				err = io.ErrUnexpectedEOF
+	groups, err := s.groups(chunks)
+	if err != nil {
+		return err
+	}
+	sem := make(chan struct{}, tarGroupJobs)
+	next := 0 // the first group not started
+	start := func() {
+		for next < len(groups) {
+			select {
+			case sem <- struct{}{}:
+			default:
+				return
 			}
-			return fmt.Errorf("layer %s: read %d bytes at %d of its tar stream: %w", s.l.Desc.Digest, c.Size, c.Offset, err)
-		}
-		if err := fn(c, rawFrame(buf)); err != nil {
-			return err
+			g := groups[next]
+			next++
+			go func() {
+				defer close(g.done)
+				g.buf = make([]byte, g.end-g.start)
+				n, err := s.l.tar.ReadAt(g.buf, g.start)
+				if int64(n) < g.end-g.start {
+					if err == nil || errors.Is(err, io.EOF) {
+						err = io.ErrUnexpectedEOF
+					}
+					g.err = fmt.Errorf("layer %s: read %d bytes at %d of its tar stream: %w", s.l.Desc.Digest, g.end-g.start, g.start, err)
+				}
+			}()
 		}
 	}
+	defer func() {
+		for _, g := range groups[:next] {
+			<-g.done // no read outlives the call
+		}
+	}()
+	for _, g := range groups {
+		start()
+		select {
+		case <-g.done:
+		case <-ctx.Done():
+			return ctx.Err()
+		}
+		<-sem
+		if g.err != nil {
+			return g.err
+		}
+		for _, c := range g.chunks {
+			if err := fn(c, rawFrame(g.buf[c.Offset-g.start:c.Offset-g.start+c.Size])); err != nil {
+				return err
+			}
+		}
+		g.buf = nil
+	}
 	return nil
+}
+
+// groups sorts the chunks by offset into the reads Fetch makes.
+func (s tarSource) groups(chunks []format.Chunk) ([]*tarGroup, error) {
+	cs := slices.Clone(chunks)
+	slices.SortFunc(cs, func(a, b format.Chunk) int { return cmp.Compare(a.Offset, b.Offset) })
+	var out []*tarGroup
+	for _, c := range cs {
+		if c.Size <= 0 || c.Size > wholeFileMax || c.CompSize != c.Size || c.Offset < 0 {
+			return nil, fmt.Errorf("layer %s: chunk %s of %d bytes at %d: not a file the index serves through the store", s.l.Desc.Digest, c.Digest, c.Size, c.Offset)
+		}
+		end := c.Offset + c.Size
+		if n := len(out); n > 0 && c.Offset-out[n-1].end <= tarGroupGap && max(end, out[n-1].end)-out[n-1].start <= tarGroupMax {
+			g := out[n-1]
+			g.end = max(g.end, end)
+			g.chunks = append(g.chunks, c)
+			continue
+		}
+		out = append(out, &tarGroup{start: c.Offset, end: end, chunks: []format.Chunk{c}, done: make(chan struct{})})
+	}
+	return out, nil
 }
 
 // Raw zstd frames (RFC 8878): magic, a frame header descriptor for a single segment with an
