@@ -194,3 +194,20 @@ func (im *Image) indexedLayerOf(digest, chain string) (*indexedLayer, error) {
 	return nil, indexError{fmt.Errorf("layer %s: containerd prepares it as the snapshot of chain %q (%s), the image config's diff IDs make its chain %s: not mounted from the index",
 		digest, chain, LabelChainID, other.chainID)}
 }
+
+// FromIndex reports whether the image's layers are served from its index artifact (an
+// unconverted image) rather than lazypull layers.
+func (im *Image) FromIndex() bool { return len(im.indexed) > 0 }
+
+// LayerDigests returns the digests of the layers the image serves, lowest first: what a
+// profile recorded on it names.
+func (im *Image) LayerDigests() []string {
+	out := make([]string, 0, im.NumLayers())
+	for _, l := range im.Layers {
+		out = append(out, l.Desc.Digest.String())
+	}
+	for _, l := range im.indexed {
+		out = append(out, l.Desc.Digest.String())
+	}
+	return out
+}

@@ -19,6 +19,7 @@ import (
 	dto "github.com/prometheus/client_model/go"
 
 	"lazypull/internal/imageindex"
+	"lazypull/internal/profile"
 	"lazypull/internal/snapshot"
 	"lazypull/internal/store"
 	"lazypull/internal/testutil"
@@ -168,5 +169,35 @@ func putArtifact(t *testing.T, ref string, subject v1.Descriptor, blobs []v1.Des
 	h, _, _ := v1.SHA256(bytes.NewReader(raw))
 	if err := remote.Put(r.Context().Digest(h.String()), rawManifest{raw, types.OCIManifestSchema1}); err != nil {
 		t.Fatal(err)
+	}
+}
+
+// TestPrefetchIndexedImage: the profile of an unconverted image served from its index
+// artifact is prefetched: its small files are in the store before anything reads them,
+// and reading them then asks the registry for nothing; a large file is left to its reads.
+func TestPrefetchIndexedImage(t *testing.T) {
+	ref, files, art := indexedFixture(t)
+	p := &profile.Profile{Subject: art.Image.Digest.String(), Created: time.Now().UTC().Truncate(time.Second),
+		Layers: []string{art.Layers[0].Layer.Digest.String(), art.Layers[1].Layer.Digest.String()},
+		Files: []profile.File{
+			{Layer: 0, Path: "usr/share/doc.txt", Ranges: []profile.Range{{Off: 0, Len: 100}}},
+			{Layer: 1, Path: "etc/hostname", Ranges: []profile.Range{{Off: 0, Len: 4}}},
+			{Layer: 0, Path: "usr/lib/libbig.so", Ranges: []profile.Range{{Off: 0, Len: 4096}}},
+		}}
+	pushProfile(t, ref, art.Image, p, nil)
+	im, ps := openPrefetched(t, ref)
+	want := int64(len(files["usr/share/doc.txt"]) + len(files["etc/hostname"]))
+	if !im.FromIndex() || ps.Profile == "" || ps.Files != 2 || ps.Bytes != want || ps.Err != "" {
+		t.Fatalf("prefetch %+v; want the two small files, %d bytes", ps, want)
+	}
+	before := im.Registry.Stats()
+	for _, name := range []string{"usr/share/doc.txt", "etc/hostname"} {
+		got, err := readIndexed(t, im.FSLayers(), name)
+		if err != nil || !bytes.Equal(got, files[name]) {
+			t.Errorf("%s: %d bytes, %v", name, len(got), err)
+		}
+	}
+	if after := im.Registry.Stats(); after.Requests != before.Requests {
+		t.Errorf("reading the prefetched files made %d requests", after.Requests-before.Requests)
 	}
 }

@@ -203,11 +203,7 @@ func (r *recording) run(ctx context.Context, im *daemon.Image, rec *profile.Reco
 
 // finish makes the profile of what rec recorded, writes it to opts.Output and pushes it.
 func (r *recording) finish(ctx context.Context, im *daemon.Image, rec *profile.Recorder, argv []string, reason string) (Result, error) {
-	layers := make([]string, len(im.Layers))
-	for i, l := range im.Layers {
-		layers[i] = l.Desc.Digest.String()
-	}
-	p, truncated, err := rec.Profile(im.Image.Descriptor.Digest.String(), layers, argv)
+	p, truncated, err := rec.Profile(im.Image.Descriptor.Digest.String(), im.LayerDigests(), argv)
 	if err != nil {
 		return Result{}, err
 	}
@@ -246,7 +242,9 @@ func (r *recording) push(ctx context.Context, im *daemon.Image, p *profile.Profi
 		return nil, fmt.Errorf("image %s: %w", r.ref, err)
 	}
 	var pack []byte
-	if !r.opts.NoPack {
+	// A pack holds lazypull layers' indexes and chunk frames: an image served from its
+	// index artifact has none, and its prefetch reads the layers' tar streams.
+	if !r.opts.NoPack && !im.FromIndex() {
 		if pack, err = im.Pack(ctx, p); err != nil {
 			return nil, fmt.Errorf("image %s: profile %w", r.ref, err)
 		}
