@@ -88,3 +88,35 @@ func TestCRIIndexedImage(t *testing.T) {
 	s.crictl(t, "stopp", podID)
 	s.crictl(t, "rmp", podID)
 }
+
+// TestSnapshotterIndexedProfile: `lazypull profile` records a start of the unconverted
+// python image with an index artifact (no pack: there are no lazypull layers to pack),
+// the snapshotter prefetches its small files into the store while `lazypull pull` prepares
+// the layers, and the profiled workload run in a container then fetches no small file
+// (no chunk into the store): what it still fetches is the spans of its large files, which
+// are not prefetched.
+func TestSnapshotterIndexedProfile(t *testing.T) {
+	e := setup(t)
+	ref, _ := e.indexedImage(t, "snindexedprofile")
+	script := fmt.Sprintf("import json, email; print(%q)", profileLine)
+	digest, _ := e.recordProfile(t, ref, script)
+
+	s := e.startSnapshotterWith(t, "prefetch_wait = \"2m\"\n")
+	const ns = "lazypull-e2e-indexed-profile"
+	start := time.Now()
+	s.pull(t, e.bin, ns, ref)
+	st, p := settledPrefetch(t, s.store, start)
+	t.Logf("prefetch: %+v; fetch: %+v; store: %d chunks fetched", p, *st.Fetch, st.Store.ChunksFetched)
+	if p.Err != "" || p.Profile != digest || p.Files == 0 || p.Stale != 0 || p.Pack {
+		t.Fatalf("prefetch %+v; want the profile %s done without error, no pack\n%s", p, digest, s.log)
+	}
+	out := s.ctr(t, ns, "run", "--rm", "--snapshotter", "lazypull", ref, fmt.Sprintf("indexed-profile-%d", os.Getpid()), "python3", "-c", script)
+	if strings.TrimSpace(out) != profileLine {
+		t.Fatalf("container printed %q, want %q", out, profileLine)
+	}
+	after := stats(t, s.store, time.Now())
+	t.Logf("the run after the prefetch: %d more bytes in %d more requests", after.Fetch.Bytes-st.Fetch.Bytes, after.Fetch.Requests-st.Fetch.Requests)
+	if n := after.Store.ChunksFetched - st.Store.ChunksFetched; n != 0 {
+		t.Errorf("the profiled workload fetched %d small files after the prefetch; want none", n)
+	}
+}
