@@ -8,6 +8,7 @@ import (
 	"maps"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -81,12 +82,16 @@ func TestSnapshotFSIndexedImage(t *testing.T) {
 			t.Errorf("%s: %d bytes, %v; want its %d", name, len(got), err, len(files[name]))
 		}
 	}
-	for _, e := range f.Images()[0].indexed[0].Index.Entries {
-		if e.Name == "usr/share/doc.txt" {
-			if _, ok := st.LocalPath(storeFile(&e)); !ok {
-				t.Errorf("%s read, but not in the store", e.Name)
-			}
-		}
+	doc, _ := f.Images()[0].indexed[0].Index.Lookup("usr/share/doc.txt")
+	if _, ok := st.LocalPath(storeFile(doc)); !ok {
+		t.Errorf("%s read, but not in the store", doc.Name)
+	}
+	if b, n, err := f.Usage(ctx, dirs[0], criLabels(t, ref, art, 0)); err != nil || b < doc.Size || n < 1 {
+		t.Errorf("usage of layer 0: %d bytes in %d objects, %v; want at least the file read", b, n, err)
+	}
+	keep, _, _ := KeepInUse(st, nil, f.Images())
+	if !slices.ContainsFunc(keep.Files, func(kf store.File) bool { return kf.Digest == doc.Digest }) {
+		t.Errorf("a prune would not keep %s, read through a mounted layer", doc.Name)
 	}
 	if !strings.Contains(logs.String(), "image opened from its index artifact") {
 		t.Errorf("no line saying the image was opened from its index:\n%s", logs)
