@@ -27,8 +27,10 @@ type Image struct {
 	Registry *fetch.Registry
 	Layers   []*Layer
 	// indexed are the layers of an image with no lazypull layer, served from its index
-	// artifact (indexed.go); Layers is then empty.
+	// artifact (indexed.go); Layers is then empty. noIndex: the snapshotter's open looked
+	// for the artifact and found none.
 	indexed []*indexedLayer
+	noIndex bool
 	// Failed holds, by layer digest, the layers an image opened for the snapshotter left
 	// out: not lazypull layers, or their index could not be read. See openImage.
 	Failed map[string]error
@@ -91,6 +93,9 @@ type OpenOptions struct {
 	// stays.
 	NoSpeculation bool
 
+	// noIndex: the image was found to have no index artifact moments ago (the
+	// snapshotter's open of its layer before): the partial open does not look again.
+	noIndex bool
 	// manifest, when not nil, is the reference's image manifest, already verified
 	// (warmImage): it is not fetched again, and is kept in the store as a fetched one is
 	// once a layer opened; an open of it that opens no layer at all fails.
@@ -201,7 +206,9 @@ func openImage(ctx context.Context, st *store.Store, ref string, o OpenOptions) 
 	}
 	if partial {
 		im.leaveOut(failed)
-		im.openFromIndexPartial(ctx, st, o.IndexPolicy)
+		if !o.noIndex {
+			im.openFromIndexPartial(ctx, st, o.IndexPolicy)
+		}
 	}
 	return im, nil
 }

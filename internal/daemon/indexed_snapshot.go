@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"slices"
 	"sync"
+	"time"
 
 	v1 "github.com/google/go-containerregistry/pkg/v1"
 
@@ -141,6 +142,7 @@ func (im *Image) openFromIndexPartial(ctx context.Context, st *store.Store, poli
 	}
 	m, art, err := findIndex(ctx, im.Registry, im.Image.Descriptor.Digest, policy)
 	if err == nil && m == nil {
+		im.noIndex = true
 		im.log.Info("image has no lazypull layers and no index artifact: its layers are downloaded whole", "image", im.Ref, "policy", policy)
 		return
 	}
@@ -210,4 +212,36 @@ func (im *Image) LayerDigests() []string {
 		out = append(out, l.Desc.Digest.String())
 	}
 	return out
+}
+
+// noIndexTTL is how long the snapshotter takes an image found without an index artifact
+// at its word: the layers of an image none of which is mounted are prepared one after
+// another, each opening the image again, and would each look up its referrers again.
+const noIndexTTL = failedImageTTL
+
+// maxNoIndex bounds the images noIndexCache remembers.
+const maxNoIndex = 256
+
+// noIndexCache remembers, by reference, when images were found without an index
+// artifact. Safe for concurrent use.
+type noIndexCache struct {
+	mu sync.Mutex
+	at map[string]time.Time
+}
+
+func (c *noIndexCache) add(ref string) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.at == nil || len(c.at) >= maxNoIndex {
+		c.at = map[string]time.Time{}
+	}
+	c.at[ref] = time.Now()
+}
+
+// known says whether ref was found without an index less than noIndexTTL ago.
+func (c *noIndexCache) known(ref string) bool {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	t, ok := c.at[ref]
+	return ok && time.Since(t) < noIndexTTL
 }

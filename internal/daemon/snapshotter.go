@@ -96,6 +96,9 @@ type SnapshotFS struct {
 	// stored caches the Usage of the remote snapshots not mounted by this process (after
 	// a restart), by mountpoint, read from the store.
 	stored map[string]*usageCache
+	// noIndex says when an image with no lazypull layer was last found to have no index
+	// artifact, by reference: its other layers' Prepares do not look again (noIndexTTL).
+	noIndex noIndexCache
 }
 
 // SetPrefetch has every image opened look up its prefetch profile and fetch the profiled
@@ -316,7 +319,10 @@ func (f *SnapshotFS) open(ctx context.Context, e *imageEntry, ref string, given 
 		choice = &c
 	}
 	e.im, e.err = openImage(context.WithoutCancel(ctx), f.store, ref, OpenOptions{Platform: f.platform, Profile: choice, Client: f.client, Log: f.log,
-		IndexPolicy: f.choice.Policy, NoSpeculation: f.noSpeculation, manifest: given, partial: true})
+		IndexPolicy: f.choice.Policy, NoSpeculation: f.noSpeculation, noIndex: f.noIndex.known(ref), manifest: given, partial: true})
+	if e.err == nil && e.im.noIndex {
+		f.noIndex.add(ref)
+	}
 	if e.err == nil && e.im.NumLayers() > 0 {
 		f.mu.Lock()
 		f.notLazy.remove(ref)
