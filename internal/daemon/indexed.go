@@ -171,6 +171,14 @@ type indexedFile struct {
 	h    hash.Hash
 }
 
+// failed returns the error every read of the file fails with, if its content was found
+// not to match its digest.
+func (f *indexedFile) failed() error {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	return f.bad
+}
+
 func (l *indexedLayer) file(e *format.Entry) *indexedFile {
 	l.mu.Lock()
 	defer l.mu.Unlock()
@@ -211,11 +219,8 @@ func (l *indexedLayer) ReadAt(ctx context.Context, e *format.Entry, p []byte, of
 		return 0, fmt.Errorf("layer %s: %s: files over %d bytes of an uncompressed layer are not served from an image index yet", l.Desc.Digest, e.Name, wholeFileMax)
 	}
 	f := l.file(e)
-	f.mu.Lock()
-	bad := f.bad
-	f.mu.Unlock()
-	if bad != nil {
-		return 0, bad
+	if err := f.failed(); err != nil {
+		return 0, err
 	}
 	n, err := l.readTar(e, p, off)
 	if err != nil {

@@ -46,11 +46,8 @@ func storeFile(e *format.Entry) store.File {
 // whose content does not match the table's digest is logged once and fails every read.
 func (l *indexedLayer) readStored(ctx context.Context, e *format.Entry, p []byte, off int64) (int, error) {
 	f := l.file(e)
-	f.mu.Lock()
-	bad := f.bad
-	f.mu.Unlock()
-	if bad != nil {
-		return 0, bad
+	if err := f.failed(); err != nil {
+		return 0, err
 	}
 	n, err := l.store.ReadAt(ctx, tarSource{l}, storeFile(e), p, off)
 	if errors.Is(err, store.ErrCorrupt) {
@@ -59,7 +56,7 @@ func (l *indexedLayer) readStored(ctx context.Context, e *format.Entry, p []byte
 			f.bad = fmt.Errorf("layer %s: %s: content does not match the index's digest: %w", l.Desc.Digest, e.Name, err)
 			l.log.Error("image index: file content does not match its digest; not served", "layer", l.Desc.Digest, "file", e.Name, "err", err)
 		}
-		bad = f.bad
+		bad := f.bad
 		f.mu.Unlock()
 		return 0, bad
 	}

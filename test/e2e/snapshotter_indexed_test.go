@@ -28,10 +28,7 @@ func TestSnapshotterIndexedImage(t *testing.T) {
 	start := time.Now()
 	s.pull(t, e.bin, ns, ref)
 	t.Logf("lazypull pull took %v", time.Since(start))
-	m := remoteManifest(t, ref)
-	if remote, all := s.remoteSnapshots(t, ns); remote != len(m.Layers) || all != len(m.Layers) {
-		t.Fatalf("%d remote snapshots of %d, want all %d layers remote:\n%s", remote, all, len(m.Layers), s.log)
-	}
+	m := s.wantAllRemote(t, ns, ref)
 	if !strings.Contains(s.log.String(), "image opened from its index artifact") {
 		t.Errorf("the snapshotter's log does not say the image was opened from its index:\n%s", s.log)
 	}
@@ -40,10 +37,7 @@ func TestSnapshotterIndexedImage(t *testing.T) {
 		t.Errorf("lazypull stats: exit %d, want the image listed with %q:\n%s%s", st.code, want, st.stdout, st.stderr)
 	}
 
-	out := s.ctr(t, ns, "run", "--rm", "--snapshotter", "lazypull", ref, fmt.Sprintf("indexed-%d", os.Getpid()))
-	if strings.TrimSpace(out) != pythonOutput {
-		t.Fatalf("container printed %q, want %q", out, pythonOutput)
-	}
+	s.runPython(t, ns, ref, "indexed")
 	// A sixth, not a tenth as for a converted image: the index artifact is 1.8% of the
 	// image, read whole at the open, and a read fetches whole 128 KiB spans of the gzip
 	// blob, a small file whole (docs/benchmarks.md, "Unconverted gzip"): 11% here.
@@ -72,18 +66,8 @@ func TestCRIIndexedImage(t *testing.T) {
 	s := e.startSnapshotter(t, withCRI(e.registry, e.pauseImage(t)))
 
 	s.crictl(t, "pull", ref)
-	m := remoteManifest(t, ref)
-	if remote, all := s.remoteSnapshots(t, criNamespace); remote != len(m.Layers) || all != len(m.Layers) {
-		t.Fatalf("after crictl pull: %d remote snapshots of %d, want the image's %d layers remote:\n%s", remote, all, len(m.Layers), s.log)
-	}
-	podID, id := s.runPod(t, "indexed", map[string]any{
-		"metadata": map[string]any{"name": "python"},
-		"image":    map[string]any{"image": ref},
-		"log_path": "python.log",
-	}, 2*time.Minute)
-	if out := s.crictl(t, "logs", id); out != pythonOutput {
-		t.Fatalf("container printed %q, want %q", out, pythonOutput)
-	}
+	m := s.wantAllRemote(t, criNamespace, ref)
+	podID := s.runPythonPod(t, "indexed", ref)
 	wantFetchedAtMost(t, "running python from the indexed image through CRI", s.store, time.Now(), m, 6) // see TestSnapshotterIndexedImage
 	s.crictl(t, "stopp", podID)
 	s.crictl(t, "rmp", podID)
