@@ -2,8 +2,8 @@
 # Installs what lazypull's build, tests and demo need: Debian packages with apt-get, and Go
 # tools with `go install` into bin/tools of this repository (crictl, for the CRI tests;
 # containerd 2.x with its ctr and runc shim, in bin/tools/containerd2, for the tests against
-# containerd 2 beside Debian's 1.6), and containerd-stargz-grpc built there from
-# tools/stargz-grpc (for lazypull-bench e2e's stargz modes).
+# containerd 2 beside Debian's 1.6), and containerd-stargz-grpc and soci-grpc built there from
+# tools/stargz-grpc and tools/soci-grpc (for lazypull-bench e2e's stargz and soci modes).
 # Idempotent: when everything is present it prints nothing and touches nothing.
 set -euo pipefail
 
@@ -44,21 +44,27 @@ install_gotools() {
   done
 }
 
-# build_stargz: bin/tools/containerd-stargz-grpc from tools/stargz-grpc, a module of its own
-# (the stargz-snapshotter library and its dependencies stay out of lazypull's go.mod). Built
-# again only when its sources or the Go version change: the key of the build sits beside it.
-build_stargz() {
-  local src=$repo/tools/stargz-grpc out=$tools/containerd-stargz-grpc key f
+# build_tool DIR NAME: bin/tools/NAME from tools/DIR, a module of its own (the library it runs
+# and its dependencies stay out of lazypull's go.mod): containerd-stargz-grpc from
+# tools/stargz-grpc, soci-grpc from tools/soci-grpc. Built again only when its sources or the
+# Go version change: the key of the build sits beside it.
+build_tool() {
+  local src=$repo/tools/$1 out=$tools/$2 key f
   key=$( (go version; cat "$src/go.mod" "$src/go.sum"
     for f in "$src"/*.go; do case $f in *_test.go) ;; *) cat "$f" ;; esac; done) | sha256sum | cut -c1-16)
   if [ -x "$out" ] && [ "$(cat "$out.key" 2>/dev/null || true)" = "$key" ]; then
     return 0
   fi
-  echo "deps: go build containerd-stargz-grpc (tools/stargz-grpc) into $tools (a few minutes the first time)"
+  echo "deps: go build $2 (tools/$1) into $tools (a few minutes the first time)"
   mkdir -p "$tools"
-  (cd "$src" && go build -o "$out.tmp" .) || { rm -f "$out.tmp"; echo "deps: build of tools/stargz-grpc failed" >&2; exit 1; }
+  (cd "$src" && go build -o "$out.tmp" .) || { rm -f "$out.tmp"; echo "deps: build of tools/$1 failed" >&2; exit 1; }
   mv "$out.tmp" "$out"
   echo "$key" >"$out.key"
+}
+
+build_tools() {
+  build_tool stargz-grpc containerd-stargz-grpc
+  build_tool soci-grpc soci-grpc
 }
 
 missing=()
@@ -67,7 +73,7 @@ for p in "${pkgs[@]}"; do
 done
 if [ ${#missing[@]} -eq 0 ]; then
   install_gotools
-  build_stargz
+  build_tools
   exit 0
 fi
 
@@ -87,4 +93,4 @@ trap '[ $had_policy -eq 0 ] && rm -f "$policy"' EXIT
 apt-get -qq update >/dev/null
 apt-get -qq install -y --no-install-recommends "${missing[@]}" >/dev/null
 install_gotools
-build_stargz
+build_tools

@@ -69,7 +69,10 @@ for v in "${versions[@]:1}"; do
   esac
   with_containerd "$v" go test -count=1 -timeout 20m ${TEST_VERBOSE:+-v} -run "${TEST_RUN:-$containerd_tests}" ./test/e2e
 done
-# tools/stargz-grpc is a module of its own, which ./... does not reach.
+# tools/stargz-grpc and tools/soci-grpc are modules of their own, which ./... does not reach.
+# TestLazyPullE2E of tools/soci-grpc starts its own registry and containerd (the version of
+# CONTAINERD_VERSION, 1.6 here).
 if [ -z "${TEST_PKGS:-}" ]; then
   (cd tools/stargz-grpc && go test -count=1 ${TEST_VERBOSE:+-v} ${TEST_RUN:+-run "$TEST_RUN"} ./...)
+  (cd tools/soci-grpc && go test -count=1 -timeout 15m ${TEST_VERBOSE:+-v} ${TEST_RUN:+-run "$TEST_RUN"} ./...)
 fi

@@ -55,7 +55,10 @@ records the start and pushes it (auto_profile_push); the runs find that profile 
 it with ctr-remote (image convert --estargz; image optimize, which runs the image's
 command) and run it on stargz-snapshotter: bin/tools/containerd-stargz-grpc (make deps
 builds it), ctr-remote image rpull, ctr run --snapshotter stargz; the conversions are cached
-beside --images-dir's layouts and never timed. Each link is a shaping proxy in front of the
+beside --images-dir's layouts and never timed. Mode soci runs AWS's SOCI snapshotter on the
+original gzip layers: bin/tools/soci-grpc (make deps builds it from tools/soci-grpc) makes
+and pushes its SOCI index (soci-grpc create, never timed), soci-grpc rpull, ctr run
+--snapshotter soci. Each link is a shaping proxy in front of the
 registry: RATE/RTT,
 bandwidth in bits/s shared by the link's connections, plus the round trip.
 
@@ -75,7 +78,7 @@ link and step named; the results so far are written, marked incomplete, and no t
 		f := &benchFlags{}
 		fs.StringVar(&f.images, "images", defaultBenchImages, "comma-separated `images`: python, node, gcc, postgres, jdk, big")
 		fs.StringVar(&f.links, "links", defaultBenchLinks, "comma-separated `links`, RATE/RTT each (bits/s with K, M, G)")
-		fs.StringVar(&f.modes, "modes", defaultBenchModes, "comma-separated `modes`: plain, lazypull, lazypull-profile, lazypull-auto, estargz, estargz-opt")
+		fs.StringVar(&f.modes, "modes", defaultBenchModes, "comma-separated `modes`: plain, lazypull, lazypull-profile, lazypull-auto, estargz, estargz-opt, soci")
 		fs.IntVar(&f.n, "n", defaultBenchN, "cold runs per image, link and mode")
 		fs.IntVar(&f.warm, "warm", 3, "warm local starts per image (for the limit)")
 		fs.Uint64Var(&f.seed, "seed", 0, "order the runs with this `seed` (0: a random one, recorded)")

@@ -8,6 +8,8 @@ import (
 	"math/rand/v2"
 	"os"
 	"testing"
+
+	"lazypull/internal/testutil"
 )
 
 // benchBlob is the gzip blob at GZINDEX_BENCH_BLOB (a real layer), or 16 MiB of the
@@ -20,7 +22,7 @@ func benchBlob(b *testing.B) (blob []byte, size int) {
 		}
 		return blob, len(gunzip(b, blob))
 	}
-	data := corpus(16<<20, 20)
+	data := testutil.Corpus(16<<20, 20)
 	return gzipGo(b, data, gzip.DefaultCompression), len(data)
 }
 

@@ -20,7 +20,7 @@ func seedIndexes(t testing.TB) [][]byte {
 	var seeds [][]byte
 	for _, blob := range [][]byte{
 		gzipGo(t, bytes.Repeat([]byte("a small index, a few windows. "), 3000), 6),
-		slicesConcat(gzipGo(t, corpus(3000, 9), 1), gzipGo(t, nil, 9), gzipGo(t, corpus(2000, 10), 9)),
+		slicesConcat(gzipGo(t, testutil.Corpus(3000, 9), 1), gzipGo(t, nil, 9), gzipGo(t, testutil.Corpus(2000, 10), 9)),
 		gzipGo(t, nil, 6),
 	} {
 		ix, err := Build(bytes.NewReader(blob), 64, nil)
@@ -41,7 +41,7 @@ func FuzzDecode(f *testing.F) {
 		f.Add(s[:len(s)/2])
 	}
 	f.Fuzz(func(t *testing.T, p []byte) {
-		checkDecode(t, p, Decode, (*Index).Encode)
+		testutil.CheckDecode(t, p, uint64(MemFactor*len(p)+MemSlack)+decodeOverhead, Decode, (*Index).Encode)
 	})
 }
 
@@ -54,26 +54,16 @@ func FuzzDecodeBody(f *testing.F) {
 		f.Add(body[:len(body)*2/3])
 	}
 	f.Fuzz(func(t *testing.T, p []byte) {
-		checkDecode(t, p, decodeBody, (*Index).encodeBody)
+		testutil.CheckDecode(t, p, uint64(MemFactor*len(p)+MemSlack)+decodeOverhead, decodeBody, (*Index).encodeBody)
 	})
-}
-
-func checkDecode(t *testing.T, p []byte, decode func([]byte) (*Index, error), encode func(*Index) []byte) {
-	ix, err := testutil.DecodeWithin(t, p, uint64(MemFactor*len(p)+MemSlack)+decodeOverhead, decode)
-	if err != nil {
-		return
-	}
-	if !bytes.Equal(encode(ix), p) {
-		t.Fatal("a decoded index encodes to other bytes")
-	}
 }
 
 // FuzzBuild feeds hostile gzip streams to Build and, when it accepts one, reads the
 // stream back through the index: errors, never panics; the reader serves exactly what the
 // build pass decoded, and that is what compress/gzip decodes when it accepts the stream.
 func FuzzBuild(f *testing.F) {
-	f.Add(gzipGo(f, corpus(50000, 11), 6))
-	f.Add(gzipGo(f, corpus(20000, 12), 1))
+	f.Add(gzipGo(f, testutil.Corpus(50000, 11), 6))
+	f.Add(gzipGo(f, testutil.Corpus(20000, 12), 1))
 	f.Add(gzipGo(f, []byte("hello, hello, hello"), 9))
 	f.Add(slicesConcat(gzipGo(f, nil, 6), gzipGo(f, []byte("x"), 0)))
 	f.Fuzz(func(t *testing.T, blob []byte) {
@@ -112,7 +102,7 @@ func TestSeedIndexes(t *testing.T) {
 // same bytes.
 func FuzzInflate(f *testing.F) {
 	for _, level := range []int{0, 1, 6, 9, -2} {
-		blob := gzipGo(f, corpus(3000, 14), level)
+		blob := gzipGo(f, testutil.Corpus(3000, 14), level)
 		f.Add(blob[10+len("layer.tar")+1+len("a comment")+1+2+len("extra field") : len(blob)-8])
 	}
 	f.Fuzz(func(t *testing.T, src []byte) {

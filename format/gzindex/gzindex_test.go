@@ -13,35 +13,9 @@ import (
 	"sync/atomic"
 	"testing"
 	"time"
-)
 
-// corpus returns n bytes that exercise every deflate block type: text-like runs
-// (dynamic blocks, long matches), random bytes (stored blocks), zeros (matches at
-// distance 1) and short pieces (fixed blocks, from small members).
-func corpus(n int, seed uint64) []byte {
-	rng := rand.New(rand.NewPCG(seed, seed))
-	words := strings.Fields("the quick brown fox jumps over lazy dog import def class return self None " +
-		"usr lib python3 site packages __init__ py pyc so elf ld linux x86_64 gnu")
-	var b bytes.Buffer
-	for b.Len() < n {
-		switch rng.IntN(4) {
-		case 0, 1:
-			for range 200 + rng.IntN(4000) {
-				b.WriteString(words[rng.IntN(len(words))])
-				b.WriteByte(" \n/."[rng.IntN(4)])
-			}
-		case 2:
-			r := make([]byte, 1000+rng.IntN(100000))
-			for i := range r {
-				r[i] = byte(rng.Uint32())
-			}
-			b.Write(r)
-		default:
-			b.Write(make([]byte, rng.IntN(300000)))
-		}
-	}
-	return b.Bytes()[:n]
-}
+	"lazypull/internal/testutil"
+)
 
 // text returns n bytes of words: matches everywhere, windows in use at every checkpoint.
 func text(n int, seed uint64) []byte {
@@ -101,8 +75,8 @@ func gunzip(t testing.TB, blob []byte) []byte {
 
 // streams returns the gzip streams the round trips run on, by name.
 func streams(t *testing.T) map[string][]byte {
-	data := corpus(3<<20, 1)
-	small := corpus(5000, 2)
+	data := testutil.Corpus(3<<20, 1)
+	small := testutil.Corpus(5000, 2)
 	multi := slicesConcat(gzipGo(t, data[:1<<20], 6), gzipGo(t, nil, 6), gzipGo(t, small, 9),
 		gzipGo(t, data[1<<20:], 1), gzipGo(t, nil, 9))
 	s := map[string][]byte{
@@ -251,7 +225,7 @@ func checkReads(t *testing.T, ix *Index, blob, want []byte) {
 // TestReadFetchesOnlyItsSpans: a read inside one span fetches that span's compressed
 // bytes in one read, and a read across spans fetches their run in one read.
 func TestReadFetchesOnlyItsSpans(t *testing.T) {
-	blob := gzipGo(t, corpus(2<<20, 4), 6)
+	blob := gzipGo(t, testutil.Corpus(2<<20, 4), 6)
 	ix, want := build(t, blob, 64<<10)
 	if ix.NumSpans() < 5 {
 		t.Fatalf("%d spans", ix.NumSpans())
@@ -282,7 +256,7 @@ func TestReadFetchesOnlyItsSpans(t *testing.T) {
 // span with an error naming it; other spans still read.
 func TestCorruptSpan(t *testing.T) {
 	for _, level := range []int{gzip.NoCompression, gzip.BestSpeed, gzip.BestCompression} {
-		blob := gzipGo(t, corpus(1<<20, 5), level)
+		blob := gzipGo(t, testutil.Corpus(1<<20, 5), level)
 		ix, want := build(t, blob, 64<<10)
 		for _, k := range []int{0, ix.NumSpans() / 2, ix.NumSpans() - 1} {
 			s := ix.Span(k)
@@ -355,7 +329,7 @@ func TestCorruptIndex(t *testing.T) {
 
 // TestBuildRejects: what is not a valid gzip stream fails the build pass.
 func TestBuildRejects(t *testing.T) {
-	good := gzipGo(t, corpus(300000, 7), 6)
+	good := gzipGo(t, testutil.Corpus(300000, 7), 6)
 	crcBad := bytes.Clone(good)
 	crcBad[len(crcBad)-8] ^= 1
 	sizeBad := bytes.Clone(good)
@@ -394,7 +368,7 @@ func TestEmptyStream(t *testing.T) {
 // TestTinySpans checkpoints at nearly every block boundary, members' first and final
 // (empty) blocks included.
 func TestTinySpans(t *testing.T) {
-	data := corpus(200000, 13)
+	data := testutil.Corpus(200000, 13)
 	for name, blob := range map[string][]byte{
 		"go-6":   gzipGo(t, data, 6),
 		"multi":  slicesConcat(gzipGo(t, data[:1000], 9), gzipGo(t, nil, 1), gzipGo(t, data[1000:], 1), gzipGo(t, nil, 0)),
@@ -478,13 +452,16 @@ func TestKeepBoundsBytes(t *testing.T) {
 		if _, err := r.ReadAt(p, off); err != nil && err != io.EOF {
 			t.Fatal(err)
 		}
-		if r.kept > keep || len(r.cache) == 0 {
-			t.Fatalf("at %d: %d spans, %d bytes kept; want some, at most %d bytes", off, len(r.cache), r.kept, keep)
+		if n, kept, _ := r.s.Stats(); kept > keep || n == 0 {
+			t.Fatalf("at %d: %d spans, %d bytes kept; want some, at most %d bytes", off, n, kept, keep)
 		}
 	}
 	small := NewReader(ix, bytes.NewReader(blob), 10)
-	if _, err := small.ReadAt(p, 0); err != nil || len(small.cache) != 0 {
-		t.Fatalf("keep of 10 bytes: %d spans kept (%v); want none", len(small.cache), err)
+	if _, err := small.ReadAt(p, 0); err != nil {
+		t.Fatal(err)
+	}
+	if n, _, _ := small.s.Stats(); n != 0 {
+		t.Fatalf("keep of 10 bytes: %d spans kept; want none", n)
 	}
 }
 
@@ -514,7 +491,7 @@ func TestDecodeBudget(t *testing.T) {
 	ix, _ := build(t, blob, 16<<10)
 	c := &concurrencyReader{r: bytes.NewReader(blob)}
 	r := NewReader(ix, c, 0)
-	r.budget = 1
+	r.s.SetBudget(1)
 	var wg sync.WaitGroup
 	for i := range ix.NumSpans() {
 		wg.Go(func() {
@@ -526,7 +503,7 @@ func TestDecodeBudget(t *testing.T) {
 		})
 	}
 	wg.Wait()
-	if c.most != 1 || r.inflight != 0 {
-		t.Errorf("%d decodes in flight at once (%d left counted); want 1 under a budget below one span", c.most, r.inflight)
+	if _, _, inflight := r.s.Stats(); c.most != 1 || inflight != 0 {
+		t.Errorf("%d decodes in flight at once (%d left counted); want 1 under a budget below one span", c.most, inflight)
 	}
 }

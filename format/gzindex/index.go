@@ -7,6 +7,8 @@ import (
 	"errors"
 	"fmt"
 	"sort"
+
+	"lazypull/format/internal/wire"
 )
 
 const (
@@ -110,16 +112,11 @@ func (ix *Index) SpanAt(off int64) int {
 // bit and output offsets (deltas from the previous checkpoint's), its window's length and
 // compressed length, its span's sha256 and its raw-deflate-compressed window; last, the
 // sha256 of everything before it.
-func (ix *Index) Encode() []byte {
-	b := ix.encodeBody()
-	sum := sha256.Sum256(b)
-	return append(b, sum[:]...)
-}
+func (ix *Index) Encode() []byte { return wire.Seal(ix.encodeBody()) }
 
 func (ix *Index) encodeBody() []byte {
 	b := make([]byte, 0, 64+len(ix.points)*(minPointLen+16))
-	b = append(b, magic...)
-	b = binary.BigEndian.AppendUint16(b, Version)
+	b = wire.AppendHeader(b, magic, Version)
 	for _, v := range []int64{ix.spanSize, ix.compressedSize, ix.size, int64(len(ix.points))} {
 		b = binary.AppendUvarint(b, uint64(v))
 	}
@@ -140,45 +137,35 @@ func (ix *Index) encodeBody() []byte {
 // reader relies on; it allocates at most MemFactor*len(data)+MemSlack bytes, whatever
 // data claims.
 func Decode(data []byte) (*Index, error) {
-	if len(data) > MaxSize {
-		return nil, fmt.Errorf("%w: %d bytes, over the limit of %d", ErrCorruptIndex, len(data), MaxSize)
-	}
-	if len(data) < sha256.Size {
-		return nil, fmt.Errorf("%w: %d bytes", ErrCorruptIndex, len(data))
-	}
-	body, sum := data[:len(data)-sha256.Size], data[len(data)-sha256.Size:]
-	if got := sha256.Sum256(body); !bytes.Equal(got[:], sum) {
-		return nil, fmt.Errorf("%w: digest mismatch", ErrCorruptIndex)
+	body, err := wire.Open(data, MaxSize, ErrCorruptIndex)
+	if err != nil {
+		return nil, err
 	}
 	return decodeBody(body)
 }
 
 // decodeBody parses an index without its trailing digest.
 func decodeBody(data []byte) (*Index, error) {
-	d := decoder{b: bytes.Clone(data)}
-	if len(d.b) < len(magic)+2 || string(d.b[:len(magic)]) != magic {
-		return nil, fmt.Errorf("%w: no magic", ErrCorruptIndex)
+	d := &wire.Reader{B: bytes.Clone(data), Corrupt: ErrCorruptIndex}
+	if err := d.Header(magic, Version); err != nil {
+		return nil, err
 	}
-	if v := binary.BigEndian.Uint16(d.b[len(magic):]); v != Version {
-		return nil, fmt.Errorf("%w: version %d, want %d", ErrCorruptIndex, v, Version)
+	ix := &Index{spanSize: d.Int(), compressedSize: d.Int(), size: d.Int()}
+	n := d.Int()
+	if d.Err == nil && n > int64(len(d.B)/minPointLen) {
+		d.Fail("%d checkpoints in %d bytes", n, len(d.B))
 	}
-	d.b = d.b[len(magic)+2:]
-	ix := &Index{spanSize: d.int(), compressedSize: d.int(), size: d.int()}
-	n := d.int()
-	if d.err == nil && n > int64(len(d.b)/minPointLen) {
-		d.fail("%d checkpoints in %d bytes", n, len(d.b))
-	}
-	if d.err != nil {
-		return nil, d.err
+	if d.Err != nil {
+		return nil, d.Err
 	}
 	ix.points = make([]checkpoint, n)
 	for i := range ix.points {
-		if err := d.point(ix, i); err != nil {
+		if err := point(d, ix, i); err != nil {
 			return nil, err
 		}
 	}
-	if len(d.b) != 0 {
-		return nil, fmt.Errorf("%w: %d bytes after the last checkpoint", ErrCorruptIndex, len(d.b))
+	if len(d.B) != 0 {
+		return nil, fmt.Errorf("%w: %d bytes after the last checkpoint", ErrCorruptIndex, len(d.B))
 	}
 	if err := ix.check(); err != nil {
 		return nil, err
@@ -186,58 +173,31 @@ func decodeBody(data []byte) (*Index, error) {
 	return ix, nil
 }
 
-// decoder reads an index body, remembering its first error.
-type decoder struct {
-	b   []byte
-	err error
-}
-
-func (d *decoder) fail(format string, args ...any) {
-	if d.err == nil {
-		d.err = fmt.Errorf("%w: %s", ErrCorruptIndex, fmt.Sprintf(format, args...))
-	}
-}
-
-// int reads a uvarint that must fit an int64 with room to add another (offsets of at
-// most 2^62).
-func (d *decoder) int() int64 {
-	if d.err != nil {
-		return 0
-	}
-	v, n := binary.Uvarint(d.b)
-	if n <= 0 || v > 1<<62 || n != uvarintLen(v) {
-		d.fail("bad varint")
-		return 0
-	}
-	d.b = d.b[n:]
-	return int64(v)
-}
-
 // point reads checkpoint i.
-func (d *decoder) point(ix *Index, i int) error {
+func point(d *wire.Reader, ix *Index, i int) error {
 	p := &ix.points[i]
-	p.bit, p.out = d.int(), d.int()
+	p.bit, p.out = d.Int(), d.Int()
 	if i > 0 {
 		prev := ix.points[i-1]
 		p.bit += prev.bit
 		p.out += prev.out
 	}
-	wl, cl := d.int(), d.int()
-	if d.err != nil {
-		return d.err
+	wl, cl := d.Int(), d.Int()
+	if d.Err != nil {
+		return d.Err
 	}
-	if wl > windowSize || cl > int64(len(d.b)) || (wl == 0) != (cl == 0) {
+	if wl > windowSize || cl > int64(len(d.B)) || (wl == 0) != (cl == 0) {
 		return fmt.Errorf("%w: checkpoint %d: window of %d bytes in %d", ErrCorruptIndex, i, wl, cl)
 	}
 	p.windowLen = int(wl)
-	if len(d.b) < sha256.Size+int(cl) {
+	if len(d.B) < sha256.Size+int(cl) {
 		return fmt.Errorf("%w: checkpoint %d truncated", ErrCorruptIndex, i)
 	}
-	copy(p.digest[:], d.b)
+	copy(p.digest[:], d.B)
 	if cl > 0 {
-		p.window = d.b[sha256.Size : sha256.Size+cl : sha256.Size+cl]
+		p.window = d.B[sha256.Size : sha256.Size+cl : sha256.Size+cl]
 	}
-	d.b = d.b[sha256.Size+cl:]
+	d.B = d.B[sha256.Size+cl:]
 	return nil
 }
 
@@ -271,13 +231,4 @@ func (ix *Index) check() error {
 		}
 	}
 	return nil
-}
-
-// uvarintLen returns the length of v's shortest uvarint, the one Encode writes.
-func uvarintLen(v uint64) int {
-	n := 1
-	for ; v >= 0x80; v >>= 7 {
-		n++
-	}
-	return n
 }

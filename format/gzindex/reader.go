@@ -5,7 +5,8 @@ import (
 	"errors"
 	"fmt"
 	"io"
-	"sync"
+
+	"lazypull/format/internal/spans"
 )
 
 // SpanError is the error of a span that cannot be served: its bytes fail to fetch or
@@ -32,17 +33,7 @@ var ErrDigest = errors.New("span digest mismatch")
 type Reader struct {
 	ix   *Index
 	blob io.ReaderAt
-
-	mu    sync.Mutex
-	cache []cachedSpan // most recently used last
-	kept  int64        // bytes of output in cache
-	keep  int64        // at most this many
-
-	// Decodes in flight hold their compressed bytes and their output: at most budget
-	// bytes of them at once (a decode larger than budget runs alone), whatever spans a
-	// hostile index claims. done is signalled when one ends.
-	inflight, budget int64
-	done             *sync.Cond
+	s    *spans.Reader
 }
 
 // decodeBudget is the bytes a Reader's concurrent decodes may hold at once: many of
@@ -50,37 +41,32 @@ type Reader struct {
 // index may claim (MaxSpanIn, MaxSpanOut).
 const decodeBudget = 16 << 20
 
-type cachedSpan struct {
-	i   int
-	out []byte
-}
-
 // NewReader returns a reader of the stream ix indexes, fetching compressed bytes from
 // blob (which may be a range fetcher). It keeps the output of the spans read last, keep
 // bytes of it at most (a span is up to MaxSpanOut; one larger than keep is not kept);
 // keep <= 0 keeps none.
 func NewReader(ix *Index, blob io.ReaderAt, keep int64) *Reader {
-	r := &Reader{ix: ix, blob: blob, keep: max(keep, 0), budget: decodeBudget}
-	r.done = sync.NewCond(&r.mu)
+	r := &Reader{ix: ix, blob: blob}
+	r.s = spans.NewReader((*source)(r), keep, decodeBudget)
 	return r
 }
 
-// acquire waits until a decode of n bytes fits the budget (or none is in flight) and
-// counts it in; release counts it out.
-func (r *Reader) acquire(n int64) {
-	r.mu.Lock()
-	defer r.mu.Unlock()
-	for r.inflight > 0 && r.inflight+n > r.budget {
-		r.done.Wait()
-	}
-	r.inflight += n
+// ReadAt reads the uncompressed bytes [off, off+len(p)). Spans not kept are fetched in
+// one ReadAt of blob per run of consecutive spans.
+func (r *Reader) ReadAt(p []byte, off int64) (int, error) {
+	return r.s.ReadAt(p, off, "gzindex")
 }
 
-func (r *Reader) release(n int64) {
-	r.mu.Lock()
-	defer r.mu.Unlock()
-	r.inflight -= n
-	r.done.Broadcast()
+// source is a Reader as the spans.Decoder of its spans.Reader.
+type source Reader
+
+func (s *source) Size() int64                       { return s.ix.size }
+func (s *source) SpanAt(off int64) int              { return s.ix.SpanAt(off) }
+func (s *source) Hold(i, j int) int64               { return (*Reader)(s).decodeSize(i, j) }
+func (s *source) Decode(i, j int) ([][]byte, error) { return (*Reader)(s).decode(i, j) }
+func (s *source) Span(i int) (off, n, compOff, compLen int64) {
+	sp := s.ix.Span(i)
+	return sp.Off, sp.Len, sp.CompOff, sp.CompLen
 }
 
 // decodeSize is what decoding spans i..j holds: their compressed bytes and their output.
@@ -92,91 +78,10 @@ func (r *Reader) decodeSize(i, j int) int64 {
 	return n
 }
 
-// ReadAt reads the uncompressed bytes [off, off+len(p)). Spans not kept are fetched in
-// one ReadAt of blob per run of consecutive spans.
-func (r *Reader) ReadAt(p []byte, off int64) (int, error) {
-	if off < 0 {
-		return 0, fmt.Errorf("gzindex: negative offset %d", off)
-	}
-	if off >= r.ix.size {
-		return 0, io.EOF
-	}
-	want := min(int64(len(p)), r.ix.size-off)
-	first, last := r.ix.SpanAt(off), r.ix.SpanAt(off+want-1)
-	n := 0
-	for i := first; i <= last; {
-		out := r.cached(i)
-		run := [][]byte{out}
-		if out == nil {
-			j := i
-			for j < last && r.cached(j+1) == nil && r.runLen(i, j+1) <= maxRun {
-				j++
-			}
-			var err error
-			size := r.decodeSize(i, j)
-			r.acquire(size)
-			run, err = r.decode(i, j)
-			r.release(size)
-			if err != nil {
-				return n, err
-			}
-		}
-		for k, out := range run {
-			s := r.ix.points[i+k].out
-			n += copy(p[n:want], out[off+int64(n)-s:])
-			r.put(i+k, out)
-		}
-		i += len(run)
-	}
-	if int64(n) < int64(len(p)) {
-		return n, io.EOF
-	}
-	return n, nil
-}
-
-// maxRun bounds the compressed bytes one ReadAt of the blob fetches for a run of spans
-// (a run of one span may fetch up to MaxSpanIn).
-const maxRun = 64 << 20
-
 // runLen returns the compressed length of spans i..j.
 func (r *Reader) runLen(i, j int) int64 {
 	s := r.ix.Span(j)
 	return s.CompOff + s.CompLen - r.ix.Span(i).CompOff
-}
-
-func (r *Reader) cached(i int) []byte {
-	r.mu.Lock()
-	defer r.mu.Unlock()
-	for _, c := range r.cache {
-		if c.i == i {
-			return c.out
-		}
-	}
-	return nil
-}
-
-func (r *Reader) put(i int, out []byte) {
-	if r.keep == 0 {
-		return
-	}
-	r.mu.Lock()
-	defer r.mu.Unlock()
-	for k, c := range r.cache {
-		if c.i == i {
-			r.cache = append(r.cache[:k], r.cache[k+1:]...)
-			r.kept -= int64(len(c.out))
-			break
-		}
-	}
-	if int64(len(out)) > r.keep {
-		return
-	}
-	for len(r.cache) > 0 && r.kept+int64(len(out)) > r.keep {
-		r.kept -= int64(len(r.cache[0].out))
-		r.cache = r.cache[1:]
-	}
-	r.cache = append(r.cache, cachedSpan{i: i, out: out})
-	r.kept += int64(len(out))
 }
 
 // decode fetches spans first..last in one read and returns each one's verified output.

@@ -262,7 +262,7 @@ func (n *node) keepLogs(logDir, name string, p *Proxy, mode Mode, since time.Tim
 		return nil
 	}
 	base := filepath.Join(logDir, strings.NewReplacer("/", "_").Replace(name))
-	if mode.lazy() || isStargz(mode) {
+	if mode.lazy() || isStargz(mode) || isSoci(mode) {
 		n.keepLog = base + ".log"
 	}
 	reqs := fmt.Sprintf("# the link's requests from %s (%s), ready at +%.3fs\n%s\n",
@@ -310,6 +310,8 @@ func nodePrograms(cfg Config, mode Mode) []string {
 		progs = append(progs, cfg.Lazypull)
 	case isStargz(mode):
 		progs = append(progs, cfg.Stargz, "ctr-remote")
+	case isSoci(mode):
+		progs = append(progs, findSoci(cfg.Scripts))
 	}
 	return progs
 }

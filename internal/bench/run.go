@@ -167,8 +167,8 @@ func (c *Config) Validate() error {
 		}
 	}
 	for _, m := range c.Modes {
-		if m != ModePlain && !m.lazy() && !isStargz(m) {
-			return fmt.Errorf("unknown mode %q (known: plain, lazypull, lazypull-profile, lazypull-auto, estargz, estargz-opt)", m)
+		if m != ModePlain && !m.lazy() && !isStargz(m) && !isSoci(m) {
+			return fmt.Errorf("unknown mode %q (known: plain, lazypull, lazypull-profile, lazypull-auto, estargz, estargz-opt, soci)", m)
 		}
 	}
 	if cold && c.N < 1 {
@@ -223,10 +223,16 @@ func Bench(ctx context.Context, cfg Config) (res *Result, err error) {
 	if err != nil {
 		return nil, err
 	}
+	sociNote, err := sociSkip(&cfg)
+	if err != nil {
+		return nil, err
+	}
 	res = &Result{Command: cfg.Command, Started: time.Now().UTC(), Machine: machine(), Seed: cfg.Seed,
 		N: cfg.N, Links: cfg.Links, Modes: cfg.Modes}
-	if note != "" {
-		res.Skipped = append(res.Skipped, note)
+	for _, n := range []string{note, sociNote} {
+		if n != "" {
+			res.Skipped = append(res.Skipped, n)
+		}
 	}
 	fail := func(err error) (*Result, error) {
 		var e *StepError
@@ -276,6 +282,9 @@ func Bench(ctx context.Context, cfg Config) (res *Result, err error) {
 		return fail(err)
 	}
 	if err := pushStargzImages(ctx, cfg, reg.addr, res.Images, pg); err != nil {
+		return fail(err)
+	}
+	if err := pushSociImages(ctx, cfg, reg.addr, res.Images, pg); err != nil {
 		return fail(err)
 	}
 
@@ -478,6 +487,8 @@ func ref(p *Proxy, im Image, m Mode) string {
 		tag = "lazy"
 	} else if isStargz(m) {
 		tag = stargzTag(m)
+	} else if isSoci(m) {
+		tag = sociTag
 	}
 	return p.Addr() + "/bench/" + im.Name + ":" + tag
 }
@@ -491,6 +502,8 @@ func coldRun(ctx context.Context, cfg Config, p *Proxy, j job, pg *progress) (ru
 	var n *node
 	if isStargz(j.mode) {
 		n, err = startStargzNode(ctx, cfg)
+	} else if isSoci(j.mode) {
+		n, err = startSociNode(ctx, cfg)
 	} else {
 		n, err = startNode(ctx, cfg.Scripts, cfg.Lazypull, cfg.WorkDir, j.mode)
 	}
@@ -514,6 +527,8 @@ func coldRun(ctx context.Context, cfg Config, p *Proxy, j job, pg *progress) (ru
 		_, err = command(sctx, nil, cfg.Lazypull, "pull", "--address", n.sock(), "--snapshotter-address", n.snSock, "--namespace", namespace, "--plain-http", r)
 	} else if isStargz(j.mode) {
 		err = stargzPull(sctx, n, r)
+	} else if isSoci(j.mode) {
+		err = sociPull(sctx, cfg, n, r)
 	} else {
 		_, err = command(sctx, nil, "ctr", n.ctr("image", "pull", "--plain-http", r)...)
 	}
@@ -529,6 +544,8 @@ func coldRun(ctx context.Context, cfg Config, p *Proxy, j job, pg *progress) (ru
 		args = append(args, "--snapshotter", "lazypull")
 	} else if isStargz(j.mode) {
 		args = append(args, stargzArgs()...)
+	} else if isSoci(j.mode) {
+		args = append(args, sociArgs()...)
 	}
 	var c1 Counters
 	took, err := n.runToReadyThen(sctx, fmt.Sprintf("bench-%d", j.order), j.image.Ready, j.image.Server,

@@ -553,7 +553,9 @@ func PushProfile(ctx context.Context, client *fetch.Client, im *Image, p *profil
 		return v1.Descriptor{}, fmt.Errorf("image %s: %w", im.Ref, err)
 	}
 	var pack []byte
-	if !noPack {
+	// A pack holds lazypull layers' indexes and chunk frames: an image served from its
+	// index artifact has none, and its prefetch reads the layers' tar streams.
+	if !noPack && !im.FromIndex() {
 		if pack, err = im.Pack(ctx, p); err != nil {
 			return v1.Descriptor{}, fmt.Errorf("image %s: profile %w", im.Ref, err)
 		}

@@ -27,8 +27,10 @@ type Image struct {
 	Registry *fetch.Registry
 	Layers   []*Layer
 	// indexed are the layers of an image with no lazypull layer, served from its index
-	// artifact (indexed.go); Layers is then empty.
+	// artifact (indexed.go); Layers is then empty. noIndex: the snapshotter's open looked
+	// for the artifact and found none.
 	indexed []*indexedLayer
+	noIndex bool
 	// Failed holds, by layer digest, the layers an image opened for the snapshotter left
 	// out: not lazypull layers, or their index could not be read. See openImage.
 	Failed map[string]error
@@ -81,7 +83,8 @@ type OpenOptions struct {
 	// IndexPolicy says where the index artifact of an image with no lazypull layer may
 	// come from (indexed.go): PolicyReferrers, among its referrers; PolicyPinned and
 	// PolicyOff, nowhere (no index is pinned), without a request. "" is
-	// DefaultProfilePolicy. The snapshotter's partial open does not look.
+	// DefaultProfilePolicy. The snapshotter's partial open looks too
+	// (openFromIndexPartial), layer by layer.
 	IndexPolicy ProfilePolicy
 
 	// NoSpeculation turns off what a read that misses fetches beyond what it asks for:
@@ -90,6 +93,9 @@ type OpenOptions struct {
 	// stays.
 	NoSpeculation bool
 
+	// noIndex: the image was found to have no index artifact moments ago (the
+	// snapshotter's open of its layer before): the partial open does not look again.
+	noIndex bool
 	// manifest, when not nil, is the reference's image manifest, already verified
 	// (warmImage): it is not fetched again, and is kept in the store as a fetched one is
 	// once a layer opened; an open of it that opens no layer at all fails.
@@ -171,7 +177,7 @@ func openImage(ctx context.Context, st *store.Store, ref string, o OpenOptions) 
 	}
 	im.kept = kept
 	if !partial && given == nil {
-		ok, err := im.openFromIndex(ctx, o.IndexPolicy)
+		ok, err := im.openFromIndex(ctx, st, o.IndexPolicy)
 		if err != nil || ok {
 			if err != nil {
 				im.Close()
@@ -200,6 +206,9 @@ func openImage(ctx context.Context, st *store.Store, ref string, o OpenOptions) 
 	}
 	if partial {
 		im.leaveOut(failed)
+		if !o.noIndex {
+			im.openFromIndexPartial(ctx, st, o.IndexPolicy)
+		}
 	}
 	return im, nil
 }

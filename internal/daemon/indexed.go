@@ -21,6 +21,7 @@ import (
 	"lazypull/internal/fetch"
 	"lazypull/internal/fusefs"
 	"lazypull/internal/imageindex"
+	"lazypull/internal/store"
 )
 
 // An image that is not converted (no lazypull layer) may still be mounted lazily from its
@@ -91,33 +92,6 @@ func findIndex(ctx context.Context, reg *fetch.Registry, subject v1.Hash, policy
 	return m, best, nil
 }
 
-// openIndexed opens the image's layers from its index artifact m (findIndex) into
-// im.indexed: one blob per layer, read whole (each at most imageindex.MaxLayerSize, checked
-// against its digest) and decoded, indexJobs at once.
-func (im *Image) openIndexed(ctx context.Context, m *v1.Manifest, art v1.Descriptor) error {
-	descs := im.Image.Manifest.Layers
-	if len(m.Layers) != len(descs) {
-		return fmt.Errorf("image %s: index %s has %d layers for the image's %d", im.Ref, art.Digest, len(m.Layers), len(descs))
-	}
-	im.indexed = make([]*indexedLayer, len(descs))
-	errs := make([]error, len(descs))
-	var wg sync.WaitGroup
-	sem := make(chan struct{}, indexJobs)
-	for i, desc := range descs {
-		wg.Add(1)
-		sem <- struct{}{}
-		go func() {
-			defer func() { <-sem; wg.Done() }()
-			im.indexed[i], errs[i] = openIndexedLayer(ctx, im, desc, m.Layers[i])
-			if errs[i] != nil {
-				errs[i] = fmt.Errorf("image %s: index %s: layer %d %s: %w", im.Ref, art.Digest, i, desc.Digest, errs[i])
-			}
-		}()
-	}
-	wg.Wait()
-	return errors.Join(errs...)
-}
-
 // openIndexedLayer reads and decodes the index blob ld of the image layer desc.
 func openIndexedLayer(ctx context.Context, im *Image, desc, ld v1.Descriptor) (*indexedLayer, error) {
 	if got := ld.Annotations[imageindex.AnnotationLayer]; got != desc.Digest.String() {
@@ -174,20 +148,35 @@ type indexedLayer struct {
 	files map[*format.Entry]*indexedFile
 
 	reading interface{ Add(int64) int64 } // the image's reads in progress (Image.reading)
+
+	// store holds the files of up to wholeFileMax bytes read
+	// (indexed_store.go), shared by digest with every other layer on the node.
+	store *store.Store
+	// diffID is the layer's diff ID, which its index was built from; chainID the chain
+	// ID of its snapshot (indexed_snapshot.go).
+	diffID, chainID string
 }
 
 var _ fusefs.Content = (*indexedLayer)(nil)
 
 // indexedFile is what is known of one file's content against its digest.
 type indexedFile struct {
-	mu       sync.Mutex // held while the whole file is read to check it
-	verified bool       // the whole content matched the digest
-	bad      error      // the content did not match: every read fails with it
+	mu       sync.Mutex
+	verified bool  // the whole content matched the digest
+	bad      error // the content did not match: every read fails with it
 
 	// A large file of a gzip layer is served span by span as the gzindex verifies
 	// them; its digest is checked as it is read through in order from its start.
 	next int64
 	h    hash.Hash
+}
+
+// failed returns the error every read of the file fails with, if its content was found
+// not to match its digest.
+func (f *indexedFile) failed() error {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	return f.bad
 }
 
 func (l *indexedLayer) file(e *format.Entry) *indexedFile {
@@ -203,15 +192,14 @@ func (l *indexedLayer) file(e *format.Entry) *indexedFile {
 
 // ReadAt serves verified bytes of a regular file from the layer's tar stream. What is
 // checked when:
-//   - a file of up to wholeFileMax bytes is read whole and its sha256 checked against
-//     the table's before any of its bytes is served; later reads come through the same
-//     spans, each checked against its digest again, so they serve the bytes checked (a
-//     plain tar layer's file is read and checked whole again: its blob has no span
-//     digests; a larger one is refused);
+//   - a file of up to wholeFileMax bytes is read whole through the store (readStored),
+//     which checks it against the table's sha256 before any of its bytes is served and
+//     keeps it;
 //   - a larger file of a gzip layer is served span by span, each span's output checked
 //     against the gzindex's digest before any of it is served, and its sha256 checked
 //     against the table's once it has been read through in order from its start: the
-//     read that ends it fails on a mismatch, and every read of the file after it.
+//     read that ends it fails on a mismatch, and every read of the file after it (a
+//     plain tar layer's is refused: its blob has no span digests).
 func (l *indexedLayer) ReadAt(ctx context.Context, e *format.Entry, p []byte, off int64) (int, error) {
 	if l.reading != nil {
 		l.reading.Add(1)
@@ -223,39 +211,23 @@ func (l *indexedLayer) ReadAt(ctx context.Context, e *format.Entry, p []byte, of
 	if err := ctx.Err(); err != nil {
 		return 0, err
 	}
-	if !l.spans && e.Size > wholeFileMax {
+	if e.Size <= wholeFileMax {
+		return l.readStored(ctx, e, p, off)
+	}
+	if !l.spans {
 		// Its blob has no span digests: each read would have to read the file whole.
 		return 0, fmt.Errorf("layer %s: %s: files over %d bytes of an uncompressed layer are not served from an image index yet", l.Desc.Digest, e.Name, wholeFileMax)
 	}
 	f := l.file(e)
-	whole := e.Size <= wholeFileMax
-	if whole {
-		content, err := l.verifyWhole(ctx, e, f)
-		if err != nil {
-			return 0, err
-		}
-		if content != nil {
-			n := copy(p, content[off:])
-			if n < len(p) {
-				return n, io.EOF
-			}
-			return n, nil
-		}
-	}
-	f.mu.Lock()
-	bad := f.bad
-	f.mu.Unlock()
-	if bad != nil {
-		return 0, bad
+	if err := f.failed(); err != nil {
+		return 0, err
 	}
 	n, err := l.readTar(e, p, off)
 	if err != nil {
 		return n, err
 	}
-	if !whole {
-		if err := l.follow(e, f, p[:n], off); err != nil {
-			return 0, err
-		}
+	if err := l.follow(e, f, p[:n], off); err != nil {
+		return 0, err
 	}
 	return n, nil
 }
@@ -277,33 +249,6 @@ func (l *indexedLayer) readTar(e *format.Entry, p []byte, off int64) (int, error
 		return n, io.EOF
 	}
 	return n, nil
-}
-
-// verifyWhole reads e whole and checks it against its digest, once: it returns the
-// content the first time (nil once the file is known good).
-func (l *indexedLayer) verifyWhole(ctx context.Context, e *format.Entry, f *indexedFile) ([]byte, error) {
-	f.mu.Lock()
-	defer f.mu.Unlock()
-	switch {
-	case f.bad != nil:
-		return nil, f.bad
-	case f.verified && l.spans:
-		return nil, nil
-	}
-	if err := ctx.Err(); err != nil {
-		return nil, err
-	}
-	content := make([]byte, e.Size)
-	if _, err := l.readTar(e, content, 0); err != nil && !errors.Is(err, io.EOF) {
-		return nil, err
-	}
-	if format.Digest(sha256.Sum256(content)) != e.Digest {
-		f.bad = fmt.Errorf("layer %s: %s: content does not match the index's digest", l.Desc.Digest, e.Name)
-		l.log.Error("image index: file content does not match its digest; not served", "layer", l.Desc.Digest, "file", e.Name)
-		return nil, f.bad
-	}
-	f.verified = true
-	return content, nil
 }
 
 // follow hashes the bytes of a large file read in order from its start, and checks the
@@ -338,7 +283,7 @@ func (l *indexedLayer) follow(e *format.Entry, f *indexedFile, b []byte, off int
 // artifact, when policy finds one, and says whether it did. An image with a lazypull
 // layer, or with no index, is left to the ordinary open (false, nil), with a log line for
 // the latter.
-func (im *Image) openFromIndex(ctx context.Context, policy ProfilePolicy) (bool, error) {
+func (im *Image) openFromIndex(ctx context.Context, st *store.Store, policy ProfilePolicy) (bool, error) {
 	descs := im.Image.Manifest.Layers
 	if len(descs) == 0 || slices.ContainsFunc(descs, func(d v1.Descriptor) bool { return format.IsLayer(d.Annotations) }) {
 		return false, nil
@@ -351,9 +296,11 @@ func (im *Image) openFromIndex(ctx context.Context, policy ProfilePolicy) (bool,
 		im.log.Info("image has no lazypull layers and no index artifact", "image", im.Ref, "policy", policy)
 		return false, nil
 	}
-	if err := im.openIndexed(ctx, m, art); err != nil {
+	layers, errs := im.openIndexedLayers(ctx, st, m, art)
+	if err := errors.Join(errs...); err != nil {
 		return false, err
 	}
+	im.indexed = layers
 	im.Layers = nil
 	im.log.Info("image opened from its index artifact", "image", im.Ref, "index", art.Digest, "layers", len(im.indexed))
 	return true, nil

@@ -245,8 +245,7 @@ func pushTampered(t *testing.T, ref string, art *imageindex.Result) {
 			t.Fatal(err)
 		}
 		h, n, _ := v1.SHA256(bytes.NewReader(enc))
-		blobs = append(blobs, v1.Descriptor{MediaType: imageindex.LayerMediaType, Digest: h, Size: n,
-			Annotations: map[string]string{imageindex.AnnotationLayer: lr.Layer.Digest.String()}})
+		blobs = append(blobs, v1.Descriptor{MediaType: imageindex.LayerMediaType, Digest: h, Size: n, Annotations: lr.Blob.Annotations})
 	}
 	if err := remote.WriteLayer(repo, static.NewLayer([]byte("{}"), imageindex.ArtifactType)); err != nil {
 		t.Fatal(err)

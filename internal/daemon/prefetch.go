@@ -82,12 +82,9 @@ type prefetcher struct {
 // layers at once, each layer's chunks in one store.Prefetch (one coalesced Fetch: a few
 // large parallel requests). Reads that need a chunk meanwhile wait for its fetch. A
 // missing, corrupt or oversized profile is logged and the image works without it. The
-// prefetch ends with the image (Close).
+// prefetch ends with the image (Close). An image served from its index artifact
+// prefetches its profiled small files whole (fetchIndexed).
 func (im *Image) Prefetch(ctx context.Context, o PrefetchOptions) {
-	if len(im.indexed) > 0 {
-		im.log.Info("no prefetch for an image served from its index artifact (not implemented yet)", "image", im.Ref)
-		return
-	}
 	im.prefetch.start(ctx, o)
 }
 
@@ -184,7 +181,7 @@ func (pf *prefetcher) run(ctx context.Context, log *slog.Logger, metrics *Profil
 	looked := im.Registry.Stats().Requests
 	if pf.pack != nil {
 		looked = l.after // the pack's GET went out as the image opened
-	} else if l.err == nil && l.Pack != nil {
+	} else if l.err == nil && l.Pack != nil && len(im.indexed) == 0 {
 		// The image opened without waiting for the look-up (its indexes were kept, or the
 		// look-up was slow): the pack still brings the chunks, in one request.
 		pf.pack = newPack(im.bg, im.Registry, *l.Pack, nil, log) // for its chunks alone
@@ -214,6 +211,9 @@ func (pf *prefetcher) run(ctx context.Context, log *slog.Logger, metrics *Profil
 // since looked.
 func (pf *prefetcher) fetch(ctx context.Context, p *profile.Profile, desc string, looked int64, log *slog.Logger) error {
 	im := pf.im
+	if len(im.indexed) > 0 {
+		return pf.fetchIndexed(ctx, p, desc, looked, log)
+	}
 	per, wants, stale, bytes, err := im.plan(p)
 	if err != nil {
 		return err

@@ -96,6 +96,9 @@ type SnapshotFS struct {
 	// stored caches the Usage of the remote snapshots not mounted by this process (after
 	// a restart), by mountpoint, read from the store.
 	stored map[string]*usageCache
+	// noIndex says when an image with no lazypull layer was last found to have no index
+	// artifact, by reference: its other layers' Prepares do not look again (noIndexTTL).
+	noIndex noIndexCache
 }
 
 // SetPrefetch has every image opened look up its prefetch profile and fetch the profiled
@@ -137,6 +140,13 @@ func (f *SnapshotFS) SetBackgroundFetch(o FillOptions) { f.fill = &o }
 // mounts outlive this process (a crash, a restart) and Restore in the next one takes them
 // back. Call it before the first Mount.
 func (f *SnapshotFS) SetKeeper(k *keeper.Client) { f.keeper = k }
+
+// mountLayer is a layer the snapshotter mounts: a lazypull layer, or one served from its
+// image's index artifact.
+type mountLayer struct {
+	Desc v1.Descriptor
+	fusefs.Layer
+}
 
 // keptMount is what the keeper holds beside a mount's connection.
 type keptMount struct {
@@ -309,8 +319,11 @@ func (f *SnapshotFS) open(ctx context.Context, e *imageEntry, ref string, given 
 		choice = &c
 	}
 	e.im, e.err = openImage(context.WithoutCancel(ctx), f.store, ref, OpenOptions{Platform: f.platform, Profile: choice, Client: f.client, Log: f.log,
-		NoSpeculation: f.noSpeculation, manifest: given, partial: true})
-	if e.err == nil && len(e.im.Layers) > 0 {
+		IndexPolicy: f.choice.Policy, NoSpeculation: f.noSpeculation, noIndex: f.noIndex.known(ref), manifest: given, partial: true})
+	if e.err == nil && e.im.noIndex {
+		f.noIndex.add(ref)
+	}
+	if e.err == nil && e.im.NumLayers() > 0 {
 		f.mu.Lock()
 		f.notLazy.remove(ref)
 		f.mu.Unlock()
@@ -408,7 +421,7 @@ func (f *SnapshotFS) release(im *Image) {
 				delete(f.images, key)
 			}
 		}
-		if len(im.Layers) == 0 {
+		if im.NumLayers() == 0 {
 			f.notLazy.add(imageStats(im))
 		}
 	}
@@ -420,37 +433,44 @@ func (f *SnapshotFS) release(im *Image) {
 	}
 }
 
-// layer opens the layer the labels name, and returns it with its image, of which the
-// caller holds a use (image).
-func (f *SnapshotFS) layer(ctx context.Context, labels map[string]string) (*Layer, *Image, error) {
+// layer opens the layer the labels name, a lazypull layer or one the image's index
+// artifact serves, and returns it with its image, of which the caller holds a use (image).
+func (f *SnapshotFS) layer(ctx context.Context, labels map[string]string) (mountLayer, *Image, error) {
 	ref, digest, err := layerOf(labels)
 	if err != nil {
 		if errors.Is(err, ErrNotLazy) {
-			return nil, nil, err
+			return mountLayer{}, nil, err
 		}
-		return nil, nil, labelError{err}
+		return mountLayer{}, nil, labelError{err}
 	}
 	pin, err := pinOf(labels)
 	if err != nil {
-		return nil, nil, labelError{err}
+		return mountLayer{}, nil, labelError{err}
 	}
 	im, err := f.image(ctx, ref, pin)
 	if err != nil {
-		return nil, nil, err
+		return mountLayer{}, nil, err
 	}
 	for _, l := range im.Layers {
 		if l.Desc.Digest.String() == digest {
-			return l, im, nil
+			return mountLayer{Desc: l.Desc, Layer: fusefs.Layer{Index: l.Index, Content: l}}, im, nil
 		}
+	}
+	il, err := im.indexedLayerOf(digest, labels[LabelChainID])
+	if il != nil {
+		return mountLayer{Desc: il.Desc, Layer: fusefs.Layer{Index: il.Index, Content: il}}, im, nil
 	}
 	f.release(im)
+	if err != nil {
+		return mountLayer{}, nil, err
+	}
 	if err, ok := im.Failed[digest]; ok {
 		if errors.Is(err, ErrNotLazy) {
-			return nil, nil, err
+			return mountLayer{}, nil, err
 		}
-		return nil, nil, indexError{err}
+		return mountLayer{}, nil, indexError{err}
 	}
-	return nil, nil, fmt.Errorf("image %s has no layer %s", ref, digest)
+	return mountLayer{}, nil, fmt.Errorf("image %s has no layer %s", ref, digest)
 }
 
 // mounted records that the layer mount at dir belongs to im; the mount keeps the use of
@@ -507,7 +527,7 @@ func (f *SnapshotFS) mount(ctx context.Context, mountpoint string, labels map[st
 	digest := layer.Desc.Digest.String()
 	ref, _, _ := layerOf(labels)
 	t0 := time.Now()
-	root, err := fusefs.NewLayer(layer.Index, layer, fusefs.WithLogger(f.log))
+	root, err := fusefs.NewLayer(layer.Index, layer.Content, fusefs.WithLogger(f.log))
 	if err != nil {
 		f.release(im)
 		return indexError{fmt.Errorf("layer %s: %w", digest, err)}
@@ -588,7 +608,7 @@ func (f *SnapshotFS) restore(ctx context.Context, e keeper.Entry) error {
 		e.File.Close()
 		return err
 	}
-	root, err := fusefs.NewLayer(layer.Index, layer, fusefs.WithLogger(f.log))
+	root, err := fusefs.NewLayer(layer.Index, layer.Content, fusefs.WithLogger(f.log))
 	if err != nil {
 		f.release(im)
 		e.File.Close()

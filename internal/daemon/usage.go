@@ -5,6 +5,7 @@ import (
 	"context"
 	"fmt"
 	"iter"
+	"slices"
 	"sync"
 
 	v1 "github.com/google/go-containerregistry/pkg/v1"
@@ -105,6 +106,12 @@ func (f *SnapshotFS) Usage(ctx context.Context, mountpoint string, labels map[st
 				return h.Bytes, int64(h.Objects), nil
 			}
 		}
+		for _, l := range im.indexed {
+			if l.Desc.Digest.String() == digest {
+				h := l.held()
+				return h.Bytes, int64(h.Objects), nil
+			}
+		}
 	}
 	u, ok := UseOf(labels)
 	if !ok {
@@ -159,6 +166,15 @@ func KeepInUse(st *store.Store, uses []LayerUse, images []*Image) (keep store.Ke
 		}
 		for _, l := range im.Layers {
 			addLayer(l.Desc, l.Index)
+		}
+		if d, err := format.ParseDigest(im.Image.Manifest.Config.Digest.String()); err == nil && len(im.indexed) > 0 {
+			addMeta(d) // the diff IDs an indexed layer is bound by (indexed_snapshot.go)
+		}
+		for _, l := range im.indexed { // their files, by digest (indexed_store.go)
+			if !seenLayer[l.Desc.Digest.String()] {
+				seenLayer[l.Desc.Digest.String()] = true
+				keep.Files = slices.AppendSeq(keep.Files, l.storeFiles())
+			}
 		}
 	}
 	for _, u := range uses {

@@ -191,7 +191,7 @@ func TestWarmThenPrepare(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if l == nil || im.Image.Descriptor.Digest != d || len(im.Layers) != 1 {
+	if l.Content == nil || im.Image.Descriptor.Digest != d || len(im.Layers) != 1 {
 		t.Fatalf("layer %v of image %+v", l, im.Image.Descriptor)
 	}
 	if got := f.Images(); len(got) != 1 || got[0] != im {

@@ -59,6 +59,9 @@ const (
 	format         = "format"
 	chunker        = "format/chunker"
 	gzindex        = "format/gzindex"
+	zstdindex      = "format/zstdindex"
+	spans          = "format/internal/spans"
+	wire           = "format/internal/wire"
 	fetch          = "internal/fetch"
 	store          = "internal/store"
 	fusefs         = "internal/fusefs"
@@ -110,7 +113,19 @@ func allowed() map[string]rule {
 		// Random access into unconverted gzip layers (checkpoints, a resumable inflater,
 		// the index's encoding): a format beside the layer format, read by tools without
 		// lazypull, so the standard library only, like format; format does not import it.
-		gzindex: {},
+		// spans and wire: the reading side and the encoding it shares with zstdindex.
+		gzindex: {ours: []string{spans, wire}},
+		// Random access into unconverted zstd layers: the same for zstd, with the zstd
+		// decoder (spans are decoded by a stock decoder from a dictionary of the
+		// checkpoint's state, Huffman literals by huff0 in the build pass).
+		zstdindex: {ours: []string{spans, wire}, ext: []string{compress}},
+		// The reading side gzindex and zstdindex share: spans decoded whole and checked
+		// before they are served, kept up to a number of bytes, decodes in flight held to
+		// a budget. The standard library only, as both.
+		spans: {},
+		// The index encoding gzindex and zstdindex share: magic and version, canonical
+		// uvarints, a trailing sha256; read as hostile. The standard library only.
+		wire: {},
 
 		// The registry end of the flow: manifests whole, blobs by byte ranges, auth, mirrors
 		// (hosts.toml), retries. It knows nothing of chunks, files or mounts; daemon hands

@@ -186,7 +186,7 @@ func indexLayer(ctx context.Context, reg *fetch.Registry, repo name.Repository, 
 	if err != nil {
 		return LayerResult{}, err
 	}
-	blob.Annotations = map[string]string{AnnotationLayer: desc.Digest.String()}
+	blob.Annotations = map[string]string{AnnotationLayer: desc.Digest.String(), AnnotationDiffID: diffID.String()}
 	lr := LayerResult{Layer: desc, Blob: blob, Entries: len(b.Table.Entries), TarSize: b.Table.TarSize}
 	for i := range b.Table.Entries {
 		if b.Table.Entries[i].IsRegular() {

@@ -2,6 +2,8 @@ package imageindex
 
 import (
 	"bytes"
+	"crypto/sha256"
+	"fmt"
 	"io"
 	"strings"
 	"testing"
@@ -65,6 +67,9 @@ func TestImage(t *testing.T) {
 			ld, _ := layers[i].Digest()
 			if got := m.Layers[i].Annotations[AnnotationLayer]; got != ld.String() {
 				t.Fatalf("artifact layer %d names %s, want %s", i, got, ld)
+			}
+			if got, want := m.Layers[i].Annotations[AnnotationDiffID], fmt.Sprintf("sha256:%x", sha256.Sum256(tarStream)); got != want {
+				t.Fatalf("artifact layer %d gives the diff ID %s, want %s", i, got, want)
 			}
 			enc, err := freg.Layer(m.Layers[i]).ReadAll(t.Context())
 			if err != nil {

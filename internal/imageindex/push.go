@@ -20,6 +20,11 @@ const (
 	// AnnotationLayer, on an artifact layer's descriptor, names the image layer it
 	// indexes by digest.
 	AnnotationLayer = "dev.lazypull.index.layer.digest"
+	// AnnotationDiffID, on an artifact layer's descriptor, is the digest of the image
+	// layer's uncompressed tar stream that the index was built from: the diff ID the image
+	// config gives the layer, which a reader checks before it uses the index (containerd
+	// names the layer's snapshot by the chain of diff IDs).
+	AnnotationDiffID = "dev.lazypull.index.layer.diff-id"
 	// AnnotationCreated says when the artifact was built.
 	AnnotationCreated = artifact.AnnotationCreated
 )

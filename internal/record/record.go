@@ -201,11 +201,7 @@ func (r *recording) run(ctx context.Context, im *daemon.Image, rec *profile.Reco
 
 // finish makes the profile of what rec recorded, writes it to opts.Output and pushes it.
 func (r *recording) finish(ctx context.Context, im *daemon.Image, rec *profile.Recorder, argv []string, reason string) (Result, error) {
-	layers := make([]string, len(im.Layers))
-	for i, l := range im.Layers {
-		layers[i] = l.Desc.Digest.String()
-	}
-	p, truncated, err := rec.Profile(im.Image.Descriptor.Digest.String(), layers, argv)
+	p, truncated, err := rec.Profile(im.Image.Descriptor.Digest.String(), im.LayerDigests(), argv)
 	if err != nil {
 		return Result{}, err
 	}

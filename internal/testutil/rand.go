@@ -1,6 +1,11 @@
 package testutil
 
-import "math/rand/v2"
+import (
+	"bytes"
+	"math/rand/v2"
+	"strings"
+	"testing"
+)
 
 // RandBytes returns n reproducible pseudo-random bytes: the same seed, the same bytes.
 func RandBytes(seed uint64, n int) []byte {
@@ -10,4 +15,50 @@ func RandBytes(seed uint64, n int) []byte {
 		b[i] = byte(r.Uint32())
 	}
 	return b
+}
+
+// Corpus returns n reproducible bytes that exercise a compressor's every path: text-like
+// runs of words (long and short matches, repeated offsets), random bytes (stored, raw
+// and uncompressible blocks) and runs of zeros (matches at distance 1, RLE).
+func Corpus(n int, seed uint64) []byte {
+	rng := rand.New(rand.NewPCG(seed, seed))
+	words := strings.Fields("the quick brown fox jumps over lazy dog import def class return self None " +
+		"usr lib python3 site packages __init__ py pyc so elf ld linux x86_64 gnu")
+	var b bytes.Buffer
+	for b.Len() < n {
+		switch rng.IntN(4) {
+		case 0, 1:
+			for range 200 + rng.IntN(4000) {
+				b.WriteString(words[rng.IntN(len(words))])
+				b.WriteByte(" \n/."[rng.IntN(4)])
+			}
+		case 2:
+			r := make([]byte, 1000+rng.IntN(100000))
+			for i := range r {
+				r[i] = byte(rng.Uint32())
+			}
+			b.Write(r)
+		default:
+			b.Write(make([]byte, rng.IntN(300000)))
+		}
+	}
+	return b.Bytes()[:n]
+}
+
+// CheckDecode is a fuzz property of a decoder of hostile bytes: decoding p allocates at
+// most limit bytes, and what decodes encodes back to p.
+func CheckDecode[T any](t testing.TB, p []byte, limit uint64, decode func([]byte) (T, error), encode func(T) []byte) {
+	t.Helper()
+	var v T
+	var err error
+	n := Allocated(func() { v, err = decode(p) })
+	if n > limit {
+		t.Fatalf("decoding %d bytes allocated %d, over the bound of %d (err %v)", len(p), n, limit, err)
+	}
+	if err != nil {
+		return
+	}
+	if !bytes.Equal(encode(v), p) {
+		t.Fatal("a decoded value encodes to other bytes")
+	}
 }

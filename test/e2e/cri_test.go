@@ -147,6 +147,21 @@ func (s *snapshotterEnv) startPod(t *testing.T, name string, ctr map[string]any,
 	return podID, id, code, s.crictl(t, "logs", id)
 }
 
+// runPythonPod runs a pod NAME with a container of ref (python printing pythonOutput),
+// fails t unless it printed that, and returns the pod's ID.
+func (s *snapshotterEnv) runPythonPod(t *testing.T, name, ref string) string {
+	t.Helper()
+	podID, id := s.runPod(t, name, map[string]any{
+		"metadata": map[string]any{"name": "python"},
+		"image":    map[string]any{"image": ref},
+		"log_path": "python.log",
+	}, 2*time.Minute)
+	if out := s.crictl(t, "logs", id); out != pythonOutput {
+		t.Fatalf("container printed %q, want %q", out, pythonOutput)
+	}
+	return podID
+}
+
 // TestCRIRunsLazyImage: Kubernetes' path. containerd's CRI plugin, configured with the
 // lazypull snapshotter, pulls a lazypull image (crictl pull: every layer becomes a remote
 // snapshot), runs a pod and a python container from it (crictl runp, create, start), and the
@@ -161,19 +176,8 @@ func TestCRIRunsLazyImage(t *testing.T) {
 	start := time.Now()
 	s.crictl(t, "pull", ref)
 	t.Logf("crictl pull took %v", time.Since(start))
-	m := remoteManifest(t, ref)
-	if remote, all := s.remoteSnapshots(t, criNamespace); remote != len(m.Layers) || all != len(m.Layers) {
-		t.Fatalf("after crictl pull: %d remote snapshots of %d, want all %d layers remote:\n%s", remote, all, len(m.Layers), s.log)
-	}
-
-	podID, id := s.runPod(t, "lazy", map[string]any{
-		"metadata": map[string]any{"name": "python"},
-		"image":    map[string]any{"image": ref},
-		"log_path": "python.log",
-	}, 2*time.Minute)
-	if out := s.crictl(t, "logs", id); out != pythonOutput {
-		t.Fatalf("container printed %q, want %q", out, pythonOutput)
-	}
+	m := s.wantAllRemote(t, criNamespace, ref)
+	podID := s.runPythonPod(t, "lazy", ref)
 
 	wantFetchedLittle(t, "running python through CRI", s.store, time.Now(), m)
 

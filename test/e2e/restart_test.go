@@ -25,7 +25,26 @@ func TestSnapshotterKill9KeepsContainers(t *testing.T) {
 	e := setup(t)
 	const ns = "lazypull-e2e-kill"
 	s, ref := e.pythonPulled(t, ns)
+	kill9KeepsContainers(t, s, ns, ref)
+}
 
+// TestSnapshotterKill9KeepsIndexedContainers is TestSnapshotterKill9KeepsContainers for
+// the unconverted python image with an index artifact: its layers' mounts are restored
+// from the index, bound again by the chain IDs the kept labels hold.
+func TestSnapshotterKill9KeepsIndexedContainers(t *testing.T) {
+	e := setup(t)
+	const ns = "lazypull-e2e-kill-indexed"
+	ref, _ := e.indexedImage(t, "killindexed")
+	s := e.startSnapshotter(t)
+	s.pull(t, e.bin, ns, ref)
+	kill9KeepsContainers(t, s, ns, ref)
+}
+
+// kill9KeepsContainers runs a container of ref (pulled into ns) that reads its lazy layers,
+// kills the snapshotter with SIGKILL meanwhile and starts it again, and checks that every
+// read succeeded, the mounts were restored, and a new container of ref runs.
+func kill9KeepsContainers(t *testing.T, s *snapshotterEnv, ns, ref string) {
+	t.Helper()
 	logFile := filepath.Join(s.dir, "reader.log")
 	id := fmt.Sprintf("reader-%d", os.Getpid())
 	s.ctr(t, ns, "run", "-d", "--log-uri", "file://"+logFile, "--snapshotter", "lazypull", ref, id, "sh", "-c", readerScript)

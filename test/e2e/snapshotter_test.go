@@ -16,6 +16,8 @@ import (
 	"testing"
 	"time"
 
+	v1 "github.com/google/go-containerregistry/pkg/v1"
+
 	"lazypull/internal/daemon"
 	"lazypull/internal/snapshot"
 	"lazypull/internal/testutil"
@@ -211,6 +213,27 @@ func (s *snapshotterEnv) remoteSnapshots(t *testing.T, ns string) (remote, all i
 	return remote, all
 }
 
+// wantAllRemote fails t unless every layer of ref is a remote snapshot in namespace ns,
+// and nothing else is there; it returns ref's manifest.
+func (s *snapshotterEnv) wantAllRemote(t *testing.T, ns, ref string) *v1.Manifest {
+	t.Helper()
+	m := remoteManifest(t, ref)
+	if remote, all := s.remoteSnapshots(t, ns); remote != len(m.Layers) || all != len(m.Layers) {
+		t.Fatalf("%d remote snapshots of %d, want all %d layers remote:\n%s", remote, all, len(m.Layers), s.log)
+	}
+	return m
+}
+
+// runPython runs ref's command (python printing pythonOutput) with `ctr run --rm` in
+// namespace ns, as container NAME-PID, and fails t unless it printed that.
+func (s *snapshotterEnv) runPython(t *testing.T, ns, ref, name string) {
+	t.Helper()
+	out := s.ctr(t, ns, "run", "--rm", "--snapshotter", "lazypull", ref, fmt.Sprintf("%s-%d", name, os.Getpid()))
+	if strings.TrimSpace(out) != pythonOutput {
+		t.Fatalf("container printed %q, want %q", out, pythonOutput)
+	}
+}
+
 // TestSnapshotterRunsLazyImage: `lazypull pull` of a converted image makes every layer a
 // remote snapshot, `ctr run --snapshotter lazypull` runs python from it, and that fetched a
 // small fraction of the image.
@@ -223,20 +246,14 @@ func TestSnapshotterRunsLazyImage(t *testing.T) {
 	start := time.Now()
 	s.pull(t, e.bin, ns, ref)
 	t.Logf("lazypull pull took %v", time.Since(start))
-	m := remoteManifest(t, ref)
-	if remote, all := s.remoteSnapshots(t, ns); remote != len(m.Layers) || all != len(m.Layers) {
-		t.Fatalf("%d remote snapshots of %d, want all %d layers remote:\n%s", remote, all, len(m.Layers), s.log)
-	}
+	m := s.wantAllRemote(t, ns, ref)
 	// At once, not at the stats file's next tick.
 	want := fmt.Sprintf(": lazy, %d of %d layers; registry: ", len(m.Layers), len(m.Layers))
 	if st := e.lazypull(t, "stats", "--store", s.store); st.code != 0 || !strings.Contains(st.stdout, want) {
 		t.Errorf("lazypull stats right after the pull: exit %d, want the image listed with %q:\n%s%s", st.code, want, st.stdout, st.stderr)
 	}
 
-	out := s.ctr(t, ns, "run", "--rm", "--snapshotter", "lazypull", ref, fmt.Sprintf("lazy-%d", os.Getpid()))
-	if strings.TrimSpace(out) != pythonOutput {
-		t.Fatalf("container printed %q, want %q", out, pythonOutput)
-	}
+	s.runPython(t, ns, ref, "lazy")
 	wantFetchedLittle(t, "running python", s.store, time.Now(), m)
 	// The profile look-up found none (the registry's 404s): that is no fetch error.
 	ran := time.Now()
