@@ -8,10 +8,13 @@ import (
 	"bytes"
 	"encoding/json"
 	"fmt"
+	"io"
+	"os"
 	"time"
 
 	"github.com/google/go-containerregistry/pkg/name"
 	v1 "github.com/google/go-containerregistry/pkg/v1"
+	"github.com/google/go-containerregistry/pkg/v1/partial"
 	"github.com/google/go-containerregistry/pkg/v1/remote"
 	"github.com/google/go-containerregistry/pkg/v1/static"
 	"github.com/google/go-containerregistry/pkg/v1/types"
@@ -55,6 +58,34 @@ func PushBlob(repo name.Repository, data []byte, mt types.MediaType, opts ...rem
 		return v1.Descriptor{}, fmt.Errorf("push to %s: upload %s blob %s: %w", repo, mt, h, err)
 	}
 	return v1.Descriptor{MediaType: mt, Digest: h, Size: n}, nil
+}
+
+// PushFile uploads the file f, of digest h and size n, as one blob of media type mt to
+// repo, streamed from the file, and returns its descriptor.
+func PushFile(repo name.Repository, f *os.File, h v1.Hash, n int64, mt types.MediaType, opts ...remote.Option) (v1.Descriptor, error) {
+	l, err := partial.CompressedToLayer(fileBlob{f, h, n, mt})
+	if err != nil {
+		return v1.Descriptor{}, err
+	}
+	if err := remote.WriteLayer(repo, l, opts...); err != nil {
+		return v1.Descriptor{}, fmt.Errorf("push to %s: upload %s blob %s: %w", repo, mt, h, err)
+	}
+	return v1.Descriptor{MediaType: mt, Digest: h, Size: n}, nil
+}
+
+// fileBlob is a file as a partial.CompressedLayer: its bytes are the blob.
+type fileBlob struct {
+	f  *os.File
+	h  v1.Hash
+	n  int64
+	mt types.MediaType
+}
+
+func (b fileBlob) Digest() (v1.Hash, error)            { return b.h, nil }
+func (b fileBlob) Size() (int64, error)                { return b.n, nil }
+func (b fileBlob) MediaType() (types.MediaType, error) { return b.mt, nil }
+func (b fileBlob) Compressed() (io.ReadCloser, error) {
+	return io.NopCloser(io.NewSectionReader(b.f, 0, b.n)), nil
 }
 
 // PushManifest uploads the config and the manifest raw (from Manifest) of an artifact of

@@ -12,22 +12,24 @@ func indexCommand() *command {
 	return &command{
 		name:    "index",
 		args:    "[flags] REF",
-		summary: "index an unconverted image's gzip layers for lazy reads, pushed beside it",
+		summary: "index an unconverted image's gzip and zstd layers for lazy reads, pushed beside it",
 		help: `
 Reads each layer of the image once (several at a time, each streamed: memory stays at a
-few hundred KiB a layer plus its index) and builds, for a gzip layer, checkpoints that let
-any range of its tar stream be inflated from a few ranges of the blob, and a file table:
+few hundred KiB a layer plus its index) and builds, for a gzip or zstd layer, checkpoints
+that let any range of its tar stream be decoded from a few ranges of the blob, and a file
+table:
 each entry's metadata, and each regular file's sha256 and place in the tar stream. Each
 layer's tar stream is checked against the diff ID in the config. The indexes are pushed as
 one artifact whose subject is the image manifest (artifactType
-application/vnd.lazypull.index.v1, one blob per layer), found through the referrers API or
-its tag schema: the image itself, its digest and its tags, are not touched. Uncompressed
-tar layers get a file table only; zstd layers are not indexed yet (the command fails,
-naming the layer, before reading anything).`,
+application/vnd.lazypull.index.v1, one blob per layer, then a window blob per zstd layer:
+the decoder windows of its checkpoints, read by range only), found through the referrers
+API or its tag schema: the image itself, its digest and its tags, are not touched.
+Uncompressed tar layers get a file table only. A zstd layer's windows are written to a
+temporary file while it is read, then uploaded.`,
 		flags: func(fs *flag.FlagSet) any {
 			f := &indexFlags{}
 			f.registry.add(fs)
-			fs.Int64Var(&f.span, "span", 0, "compressed `bytes` between checkpoints (default 128 KiB)")
+			fs.Int64Var(&f.span, "span", 0, "compressed `bytes` between checkpoints (default 128 KiB for gzip, 64 KiB for zstd)")
 			fs.IntVar(&f.jobs, "jobs", 4, "layers read at once")
 			return f
 		},

@@ -27,8 +27,8 @@ func TestIndexUsage(t *testing.T) {
 	}
 }
 
-// TestIndex runs `lazypull index` on a gzip image, then on a zstd one, which it refuses
-// naming the layer.
+// TestIndex runs `lazypull index` on a gzip image, on a zstd one, and on one whose zstd
+// layer does not decode, which it refuses naming the layer.
 func TestIndex(t *testing.T) {
 	reg := testutil.NewRegistry(t, testutil.WithReferrers())
 	tr := testutil.Tar(t, testutil.Dir("etc"), testutil.File("etc/motd", []byte("hello")))
@@ -37,9 +37,14 @@ func TestIndex(t *testing.T) {
 	if code, out, errOut := run(t, "index", "--plain-http", ref); code != 0 || !strings.Contains(out, "2 entries, 1 files") || !strings.Contains(out, "pushed") {
 		t.Fatalf("exit %d\nstdout: %s\nstderr: %s", code, out, errOut)
 	}
-	zimg := testutil.ImageOf(t, static.NewLayer([]byte("zstd"), types.OCILayerZStd))
+	zimg := testutil.ImageOf(t, testutil.ZstdLayer(t, tr))
 	zref := reg.Push(t, "app:zstd", mutate.MediaType(zimg, types.OCIManifestSchema1))
-	if code, _, errOut := run(t, "index", "--plain-http", zref); code != 1 || !strings.Contains(errOut, "layer 0 sha256:") || !strings.Contains(errOut, "zstd layers are not indexed yet") {
-		t.Fatalf("zstd image: exit %d, stderr %q", code, errOut)
+	if code, out, errOut := run(t, "index", "--plain-http", zref); code != 0 || !strings.Contains(out, "2 entries, 1 files, tar 2560 bytes, zstd, 1 checkpoints") || !strings.Contains(out, "pushed") {
+		t.Fatalf("zstd image: exit %d\nstdout: %s\nstderr: %s", code, out, errOut)
+	}
+	bimg := testutil.ImageOf(t, static.NewLayer([]byte("zstd"), types.OCILayerZStd))
+	bref := reg.Push(t, "app:badzstd", mutate.MediaType(bimg, types.OCIManifestSchema1))
+	if code, _, errOut := run(t, "index", "--plain-http", bref); code != 1 || !strings.Contains(errOut, "layer 0 sha256:") || !strings.Contains(errOut, "zstdindex") {
+		t.Fatalf("bad zstd image: exit %d, stderr %q", code, errOut)
 	}
 }

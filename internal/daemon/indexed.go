@@ -10,7 +10,6 @@ import (
 	"io"
 	"log/slog"
 	"slices"
-	"strings"
 	"sync"
 	"time"
 
@@ -42,7 +41,7 @@ const maxIndexManifest = 1 << 20
 // its digest before any of it is served.
 const wholeFileMax = 4 << 20
 
-// gzSpansKept bounds the bytes of decoded spans a gzip layer keeps, for reads that come
+// gzSpansKept bounds the bytes of decoded spans a gzip (or zstd) layer keeps, for reads that come
 // back to them (small files that share a span, a file read in kernel-sized pieces): a few
 // spans of ordinary data (128 KiB compressed, a few times that decoded), not the 64 MiB a
 // hostile index may claim for one span (gzindex.MaxSpanOut), which is then not kept.
@@ -92,43 +91,48 @@ func findIndex(ctx context.Context, reg *fetch.Registry, subject v1.Hash, policy
 	return m, best, nil
 }
 
-// openIndexedLayer reads and decodes the index blob ld of the image layer desc.
-func openIndexedLayer(ctx context.Context, im *Image, desc, ld v1.Descriptor) (*indexedLayer, error) {
+// openIndexedLayer reads and decodes the index blob ld of the image layer desc; windows
+// is the artifact's window blob for the layer, if it has one (a zstd layer's,
+// indexed_zstd.go).
+func openIndexedLayer(ctx context.Context, im *Image, desc, ld v1.Descriptor, windows *v1.Descriptor) (*indexedLayer, error) {
 	if got := ld.Annotations[imageindex.AnnotationLayer]; got != desc.Digest.String() {
 		return nil, fmt.Errorf("index blob names layer %q", got)
 	}
 	if ld.MediaType != imageindex.LayerMediaType || ld.Size <= 0 || ld.Size > imageindex.MaxLayerSize {
 		return nil, fmt.Errorf("index blob %s of media type %q and %d bytes: refused", ld.Digest, ld.MediaType, ld.Size)
 	}
-	var gz bool
-	switch mt := string(desc.MediaType); {
-	case strings.HasSuffix(mt, "gzip"):
-		gz = true
-	case strings.HasSuffix(mt, ".tar"):
-	default:
-		return nil, fmt.Errorf("media type %s is not a layer an index serves", mt)
+	kind, err := imageindex.KindOf(string(desc.MediaType))
+	if err != nil {
+		return nil, err
 	}
 	raw, err := im.Registry.Blob(ld.Digest, ld.Size).ReadAll(ctx)
 	if err != nil {
 		return nil, fmt.Errorf("index blob %s: %w", ld.Digest, err)
 	}
-	il, err := imageindex.DecodeLayer(raw, gz)
+	il, err := imageindex.DecodeLayer(raw, kind)
 	if err != nil {
 		return nil, fmt.Errorf("index blob %s: %w", ld.Digest, err)
 	}
+	if windows != nil && kind != imageindex.Zstd {
+		return nil, fmt.Errorf("window blob %s for a %v layer: refused", windows.Digest, kind)
+	}
 	blob := im.Registry.Layer(desc)
-	// Reads are not canceled one by one: the gzindex reader shares decoded spans among
-	// readers, and its fetches end with the image.
+	// Reads are not canceled one by one: the gzindex and zstdindex readers share decoded
+	// spans among readers, and their fetches end with the image.
 	var tar io.ReaderAt = blob.ReaderAt(im.bg)
 	switch {
-	case gz && il.GZ.CompressedSize() != desc.Size:
+	case kind == imageindex.Zstd:
+		if tar, err = zstdTar(im, desc, il.ZS, tar, windows); err != nil {
+			return nil, fmt.Errorf("index blob %s: %w", ld.Digest, err)
+		}
+	case kind == imageindex.Gzip && il.GZ.CompressedSize() != desc.Size:
 		return nil, fmt.Errorf("index blob %s: its gzindex is of a blob of %d bytes, the layer is %d", ld.Digest, il.GZ.CompressedSize(), desc.Size)
-	case gz:
+	case kind == imageindex.Gzip:
 		tar = gzindex.NewReader(il.GZ, tar, gzSpansKept)
 	case il.Table.TarSize != desc.Size:
 		return nil, fmt.Errorf("index blob %s: a tar stream of %d bytes, the layer is %d", ld.Digest, il.Table.TarSize, desc.Size)
 	}
-	return &indexedLayer{Desc: desc, Index: &format.Index{Entries: il.Table.Entries}, tar: tar, spans: gz,
+	return &indexedLayer{Desc: desc, Index: &format.Index{Entries: il.Table.Entries}, tar: tar, spans: kind != imageindex.Tar,
 		log: im.log, files: map[*format.Entry]*indexedFile{}, reading: &im.reading}, nil
 }
 
@@ -141,7 +145,7 @@ type indexedLayer struct {
 	Index *format.Index
 
 	tar   io.ReaderAt // the uncompressed tar stream
-	spans bool        // tar verifies every span against the gzindex's digest
+	spans bool        // tar verifies every span against the gzindex's (zstdindex's) digest
 	log   *slog.Logger
 
 	mu    sync.Mutex

@@ -83,7 +83,7 @@ func (im *Image) configDiffIDs(ctx context.Context, st *store.Store) ([]v1.Hash,
 // openIndexedLayers opens the image's layers from its index artifact m (findIndex), by
 // position: layers[i] is image layer i served from its index blob, or nil with errs[i]
 // saying why (the artifact's blob for it names another layer or another diff ID than the
-// config's, cannot be read or decoded). indexJobs blobs are read at once, each whole (at
+// config's, cannot be read or decoded, or its window blob is missing or wrong). indexJobs blobs are read at once, each whole (at
 // most imageindex.MaxLayerSize, checked against its digest). Files of up to wholeFileMax
 // bytes are read through st.
 func (im *Image) openIndexedLayers(ctx context.Context, st *store.Store, m *v1.Manifest, art v1.Descriptor) (layers []*indexedLayer, errs []error) {
@@ -95,8 +95,9 @@ func (im *Image) openIndexedLayers(ctx context.Context, st *store.Store, m *v1.M
 		}
 		return layers, errs
 	}
-	if len(m.Layers) != len(descs) {
-		return fail(fmt.Errorf("image %s: index %s has %d layers for the image's %d", im.Ref, art.Digest, len(m.Layers), len(descs)))
+	windows, err := windowBlobs(m, descs)
+	if err != nil {
+		return fail(fmt.Errorf("image %s: index %s: %w", im.Ref, art.Digest, err))
 	}
 	ids, err := im.configDiffIDs(ctx, st)
 	if err != nil {
@@ -115,7 +116,7 @@ func (im *Image) openIndexedLayers(ctx context.Context, st *store.Store, m *v1.M
 		sem <- struct{}{}
 		go func() {
 			defer func() { <-sem; wg.Done() }()
-			l, err := openIndexedLayer(ctx, im, desc, m.Layers[i])
+			l, err := openIndexedLayer(ctx, im, desc, m.Layers[i], windows[i])
 			if err != nil {
 				errs[i] = fmt.Errorf("image %s: index %s: layer %d %s: %w", im.Ref, art.Digest, i, desc.Digest, err)
 				return

@@ -214,7 +214,7 @@ func pushTampered(t *testing.T, ref string, art *imageindex.Result) {
 	}
 	repo := r.Context()
 	var blobs []v1.Descriptor
-	for i, lr := range art.Layers {
+	for _, lr := range art.Layers {
 		l, err := remote.Layer(repo.Digest(lr.Blob.Digest.String()))
 		if err != nil {
 			t.Fatal(err)
@@ -228,7 +228,7 @@ func pushTampered(t *testing.T, ref string, art *imageindex.Result) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		il, err := imageindex.DecodeLayer(raw, i == 0)
+		il, err := imageindex.DecodeLayer(raw, lr.Kind)
 		if err != nil {
 			t.Fatal(err)
 		}

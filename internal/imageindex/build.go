@@ -10,6 +10,7 @@ import (
 
 	"lazypull/format"
 	"lazypull/format/gzindex"
+	"lazypull/format/zstdindex"
 )
 
 // Built is what BuildLayer returns: the layer's index and the digest of its tar stream
@@ -19,29 +20,54 @@ type Built struct {
 	DiffID format.Digest
 }
 
-// BuildLayer reads one layer blob r once, from start to end, and builds its index: for a
-// gzip blob (gz), the gzindex with a checkpoint every spanSize compressed bytes (<= 0:
-// gzindex.DefaultSpanSize) and the file table of the tar stream it decodes to, in the same
-// pass; for an uncompressed blob, the file table only. Memory stays at a few hundred KiB
-// plus the index, whatever the layer's size.
-func BuildLayer(r io.Reader, gz bool, spanSize int64) (*Built, error) {
-	if !gz {
+// BuildLayer reads one layer blob r of kind kind once, from start to end, and builds its
+// index: for a gzip blob, the gzindex with a checkpoint every spanSize compressed bytes
+// (<= 0: gzindex.DefaultSpanSize), for a zstd blob the zstdindex (<= 0:
+// zstdindex.DefaultSpanSize; its windows written to windows, the window blob), and the
+// file table of the tar stream it decodes to, in the same pass; for an uncompressed blob,
+// the file table only. Memory stays at a few hundred KiB plus the index (and, for zstd,
+// about twice the largest frame window), whatever the layer's size.
+func BuildLayer(r io.Reader, kind Kind, spanSize int64, windows io.Writer) (*Built, error) {
+	var build func(out io.Writer) (*Layer, error)
+	switch kind {
+	case Tar:
 		s := newScanner(r)
 		if err := s.run(); err != nil {
 			return nil, err
 		}
 		return &Built{Layer: Layer{Table: &s.t}, DiffID: format.Digest(s.diff.Sum(nil))}, nil
+	case Gzip:
+		build = func(out io.Writer) (*Layer, error) {
+			ix, err := gzindex.Build(r, spanSize, out)
+			return &Layer{GZ: ix}, err
+		}
+	case Zstd:
+		if windows == nil {
+			return nil, errors.New("imageindex: a zstd layer needs a writer for its window blob")
+		}
+		build = func(out io.Writer) (*Layer, error) {
+			ix, err := zstdindex.Build(r, spanSize, out, windows)
+			return &Layer{ZS: ix}, err
+		}
+	default:
+		return nil, fmt.Errorf("imageindex: layer of kind %v", kind)
 	}
+	return buildTee(build)
+}
+
+// buildTee runs build, which decodes a compressed blob and writes its tar stream to out,
+// and the tar scan of that stream, in one pass (a pipe between them).
+func buildTee(build func(out io.Writer) (*Layer, error)) (*Built, error) {
 	pr, pw := io.Pipe()
 	type result struct {
-		ix  *gzindex.Index
+		l   *Layer
 		err error
 	}
 	done := make(chan result, 1)
 	go func() {
-		ix, err := gzindex.Build(r, spanSize, pw)
+		l, err := build(pw)
 		pw.CloseWithError(err)
-		done <- result{ix, err}
+		done <- result{l, err}
 	}()
 	s := newScanner(pr)
 	serr := s.run()
@@ -58,10 +84,16 @@ func BuildLayer(r io.Reader, gz bool, spanSize int64) (*Built, error) {
 	case serr != nil:
 		return nil, serr
 	}
-	if res.ix.Size() != s.t.TarSize {
-		return nil, fmt.Errorf("imageindex: the gzip stream is %d bytes, the tar scan read %d", res.ix.Size(), s.t.TarSize)
+	l := res.l
+	size := l.ZS.Size
+	if l.GZ != nil {
+		size = l.GZ.Size
 	}
-	return &Built{Layer: Layer{Table: &s.t, GZ: res.ix}, DiffID: format.Digest(s.diff.Sum(nil))}, nil
+	if size() != s.t.TarSize {
+		return nil, fmt.Errorf("imageindex: the %v stream is %d bytes, the tar scan read %d", l.Kind(), size(), s.t.TarSize)
+	}
+	l.Table = &s.t
+	return &Built{Layer: *l, DiffID: format.Digest(s.diff.Sum(nil))}, nil
 }
 
 // scanner reads a tar stream into a file table, counting the bytes read to know where

@@ -15,7 +15,7 @@ const decodeOverhead = 16 << 10
 // most MemFactor times the input plus MemSlack (plus decodeOverhead); what decodes encodes
 // to the same bytes.
 func FuzzDecodeTable(f *testing.F) {
-	b := build(f, testTar(f), false, 0)
+	b := build(f, testTar(f), Tar, 0)
 	enc := b.Table.Encode()
 	f.Add(enc)
 	f.Add(enc[:len(enc)/2])
@@ -34,17 +34,12 @@ func FuzzDecodeTable(f *testing.F) {
 // FuzzDecodeLayer: a hostile layer blob errors, never panics, and what decodes encodes to
 // the same bytes.
 func FuzzDecodeLayer(f *testing.F) {
-	for _, gz := range []bool{true, false} {
-		in := testTar(f)
-		if gz {
-			in = gzipped(f, in)
-		}
-		b := build(f, in, gz, 64<<10)
-		enc := encode(f, b)
-		f.Add(enc, gz)
+	for _, k := range []Kind{Tar, Gzip, Zstd} {
+		b := build(f, blobOf(f, testTar(f), k), k, 64<<10)
+		f.Add(encode(f, b), uint8(k))
 	}
-	f.Fuzz(func(t *testing.T, p []byte, gz bool) {
-		l, err := DecodeLayer(p, gz)
+	f.Fuzz(func(t *testing.T, p []byte, k uint8) {
+		l, err := DecodeLayer(p, Kind(k%3))
 		if err != nil {
 			return
 		}

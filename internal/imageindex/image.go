@@ -3,10 +3,13 @@ package imageindex
 import (
 	"bytes"
 	"context"
+	"crypto/sha256"
+	"encoding/hex"
 	"fmt"
+	"hash"
 	"io"
 	"log/slog"
-	"strings"
+	"os"
 	"time"
 
 	"github.com/google/go-containerregistry/pkg/name"
@@ -22,7 +25,8 @@ import (
 type Options struct {
 	Client   *fetch.Client
 	Platform *v1.Platform // of a multi-platform image; nil: this machine's
-	// SpanSize is the compressed distance between checkpoints; <= 0: gzindex's default.
+	// SpanSize is the compressed distance between checkpoints; <= 0: gzindex's default
+	// for gzip layers, zstdindex's for zstd ones.
 	SpanSize int64
 	// Jobs is how many layers are read at once; <= 0: 4.
 	Jobs int
@@ -35,38 +39,32 @@ type Result struct {
 	Artifact  v1.Descriptor // the artifact manifest
 	Layers    []LayerResult
 	ImageSize int64 // the layers' blobs, as the manifest sizes them
-	IndexSize int64 // the artifact's layer blobs
+	IndexSize int64 // the artifact's index blobs, read whole by a mount
+	// WindowsSize is the artifact's window blobs (zstd layers'), read by range only.
+	WindowsSize int64
 }
 
 // LayerResult describes one layer's index.
 type LayerResult struct {
-	Layer       v1.Descriptor // the image layer
-	Blob        v1.Descriptor // its index, an artifact layer
+	Layer v1.Descriptor // the image layer
+	Blob  v1.Descriptor // its index, an artifact layer
+	Kind  Kind
+	// Windows is a zstd layer's window blob, an artifact layer too (none, size 0, when
+	// no checkpoint needs a window).
+	Windows     v1.Descriptor
 	Entries     int
 	Files       int // regular files
 	TarSize     int64
 	Checkpoints int // 0 for an uncompressed layer
 }
 
-// layerKind tells how a layer blob holds its tar stream, from its media type.
-func layerKind(mt string) (gz bool, err error) {
-	switch {
-	case strings.HasSuffix(mt, "zstd"):
-		return false, fmt.Errorf("zstd layers are not indexed yet (media type %s)", mt)
-	case strings.HasSuffix(mt, "gzip"):
-		return true, nil
-	case strings.HasSuffix(mt, ".tar"):
-		return false, nil
-	}
-	return false, fmt.Errorf("media type %s is not a tar layer lazypull indexes", mt)
-}
-
 // Image indexes the image at ref, as it is: it reads each layer blob once (opts.Jobs at
 // a time, each streamed through BuildLayer and checked against the config's diff ID),
-// uploads each layer's index as it is built, then the artifact manifest with the image
-// manifest as subject. It writes a line per layer and one for the artifact to w. An
-// image with a layer it cannot index (zstd, for now) fails before anything is read, with
-// an error naming the layer.
+// uploads each layer's index as it is built (and a zstd layer's window blob), then the
+// artifact manifest with the image manifest as subject: the index blobs in image layer
+// order, then the window blobs. It writes a line per layer and one for the artifact to w.
+// An image with a layer it cannot index fails before anything is read, with an error
+// naming the layer.
 func Image(ctx context.Context, w io.Writer, ref string, opts Options) (*Result, error) {
 	log := opts.Log
 	if log == nil {
@@ -85,9 +83,9 @@ func Image(ctx context.Context, w io.Writer, ref string, opts Options) (*Result,
 		return nil, err
 	}
 	layers := img.Manifest.Layers
-	kinds := make([]bool, len(layers))
+	kinds := make([]Kind, len(layers))
 	for i, desc := range layers {
-		if kinds[i], err = layerKind(string(desc.MediaType)); err != nil {
+		if kinds[i], err = KindOf(string(desc.MediaType)); err != nil {
 			return nil, fmt.Errorf("image %s: layer %d %s: %w", img.Name, i, desc.Digest, err)
 		}
 	}
@@ -123,22 +121,35 @@ func Image(ctx context.Context, w io.Writer, ref string, opts Options) (*Result,
 	if err := g.Wait(); err != nil {
 		return nil, err
 	}
-	blobs := make([]v1.Descriptor, len(layers))
+	blobs := make([]v1.Descriptor, len(layers), 2*len(layers))
 	for i, lr := range res.Layers {
 		blobs[i] = lr.Blob
 		res.ImageSize += lr.Layer.Size
 		res.IndexSize += lr.Blob.Size
-		kind := fmt.Sprintf("%d checkpoints", lr.Checkpoints)
-		if !kinds[i] {
+		res.WindowsSize += lr.Windows.Size
+		kind := fmt.Sprintf("%v, %d checkpoints", lr.Kind, lr.Checkpoints)
+		switch {
+		case lr.Kind == Tar:
 			kind = "uncompressed, no checkpoints"
+		case lr.Windows.Size > 0:
+			kind += fmt.Sprintf(", window blob %d bytes", lr.Windows.Size)
 		}
 		fmt.Fprintf(w, "layer %d %s: %d entries, %d files, tar %d bytes, %s: index %d bytes\n",
 			i, lr.Layer.Digest, lr.Entries, lr.Files, lr.TarSize, kind, lr.Blob.Size)
 	}
+	for _, lr := range res.Layers {
+		if lr.Windows.Size > 0 {
+			blobs = append(blobs, lr.Windows)
+		}
+	}
 	if res.Artifact, err = pushManifest(repo, img.Descriptor, blobs, time.Now(), ropts); err != nil {
 		return nil, fmt.Errorf("image %s: %w", img.Name, err)
 	}
-	fmt.Fprintf(w, "image %s: index %s pushed (%d bytes for %d bytes of layers)\n", img.Name, res.Artifact.Digest, res.IndexSize, res.ImageSize)
+	windows := ""
+	if res.WindowsSize > 0 {
+		windows = fmt.Sprintf(", window blobs %d bytes", res.WindowsSize)
+	}
+	fmt.Fprintf(w, "image %s: index %s pushed (%d bytes%s for %d bytes of layers)\n", img.Name, res.Artifact.Digest, res.IndexSize, windows, res.ImageSize)
 	return res, nil
 }
 
@@ -159,14 +170,22 @@ func configDiffIDs(ctx context.Context, reg *fetch.Registry, img *fetch.Image) (
 }
 
 // indexLayer streams one layer blob (its digest checked at its end) through BuildLayer,
-// checks its tar stream against the diff ID, and uploads its index.
-func indexLayer(ctx context.Context, reg *fetch.Registry, repo name.Repository, desc v1.Descriptor, gz bool, diffID v1.Hash, span int64, ropts []remote.Option) (LayerResult, error) {
+// checks its tar stream against the diff ID, and uploads its index (and a zstd layer's
+// window blob, written to a temporary file as it is built, then streamed from there).
+func indexLayer(ctx context.Context, reg *fetch.Registry, repo name.Repository, desc v1.Descriptor, kind Kind, diffID v1.Hash, span int64, ropts []remote.Option) (LayerResult, error) {
 	rc, err := reg.Layer(desc).Open(ctx)
 	if err != nil {
 		return LayerResult{}, err
 	}
 	defer rc.Close()
-	b, err := BuildLayer(rc, gz, span)
+	var win *windowFile
+	if kind == Zstd {
+		if win, err = newWindowFile(); err != nil {
+			return LayerResult{}, err
+		}
+		defer win.close()
+	}
+	b, err := BuildLayer(rc, kind, span, win.writer())
 	if err != nil {
 		return LayerResult{}, err
 	}
@@ -182,19 +201,61 @@ func indexLayer(ctx context.Context, reg *fetch.Registry, repo name.Repository, 
 	if err != nil {
 		return LayerResult{}, err
 	}
-	blob, err := artifact.PushBlob(repo, enc, LayerMediaType, ropts...)
-	if err != nil {
+	lr := LayerResult{Layer: desc, Kind: kind, Entries: len(b.Table.Entries), TarSize: b.Table.TarSize}
+	if b.ZS != nil && b.ZS.WindowsSize() > 0 {
+		if lr.Windows, err = win.push(repo, b.ZS.WindowsSize(), ropts); err != nil {
+			return LayerResult{}, err
+		}
+		lr.Windows.Annotations = map[string]string{AnnotationLayer: desc.Digest.String()}
+	}
+	if lr.Blob, err = artifact.PushBlob(repo, enc, LayerMediaType, ropts...); err != nil {
 		return LayerResult{}, err
 	}
-	blob.Annotations = map[string]string{AnnotationLayer: desc.Digest.String(), AnnotationDiffID: diffID.String()}
-	lr := LayerResult{Layer: desc, Blob: blob, Entries: len(b.Table.Entries), TarSize: b.Table.TarSize}
+	lr.Blob.Annotations = map[string]string{AnnotationLayer: desc.Digest.String(), AnnotationDiffID: diffID.String()}
 	for i := range b.Table.Entries {
 		if b.Table.Entries[i].IsRegular() {
 			lr.Files++
 		}
 	}
-	if b.GZ != nil {
+	switch {
+	case b.GZ != nil:
 		lr.Checkpoints = b.GZ.NumSpans()
+	case b.ZS != nil:
+		lr.Checkpoints = b.ZS.NumSpans()
 	}
 	return lr, nil
+}
+
+// windowFile is a zstd layer's window blob while it is built: a temporary file and the
+// running sha256 of what was written to it.
+type windowFile struct {
+	f *os.File
+	h hash.Hash
+}
+
+func newWindowFile() (*windowFile, error) {
+	f, err := os.CreateTemp("", "lazypull-index-windows-*")
+	if err != nil {
+		return nil, fmt.Errorf("window blob: %w", err)
+	}
+	return &windowFile{f: f, h: sha256.New()}, nil
+}
+
+// writer returns where BuildLayer writes the windows; nil for no window file.
+func (w *windowFile) writer() io.Writer {
+	if w == nil {
+		return nil
+	}
+	return io.MultiWriter(w.f, w.h)
+}
+
+// push uploads the n bytes written as the window blob.
+func (w *windowFile) push(repo name.Repository, n int64, ropts []remote.Option) (v1.Descriptor, error) {
+	h := v1.Hash{Algorithm: "sha256", Hex: hex.EncodeToString(w.h.Sum(nil))}
+	return artifact.PushFile(repo, w.f, h, n, WindowsMediaType, ropts...)
+}
+
+func (w *windowFile) close() {
+	w.f.Close()
+	os.Remove(w.f.Name())
 }

@@ -15,18 +15,20 @@ import (
 	"github.com/google/go-containerregistry/pkg/v1/types"
 
 	"lazypull/format/gzindex"
+	"lazypull/format/zstdindex"
 	"lazypull/internal/fetch"
 	"lazypull/internal/testutil"
 )
 
-// TestImage indexes a two-layer image (gzip, then plain tar) in a registry with and
+// TestImage indexes a three-layer image (gzip, plain tar, zstd) in a registry with and
 // without the referrers API: the artifact is found as a referrer, the image is unchanged,
-// and each layer's files read through its index over the registry match the tar.
+// the zstd layer's window blob follows the index blobs, and each layer's files read
+// through its index over the registry (and the window blob) match the tar.
 func TestImage(t *testing.T) {
 	testutil.EachRegistry(t, func(t *testing.T, reg *testutil.Registry) {
 		tr := testTar(t)
 		plain := testutil.Tar(t, testutil.File("etc/hostname", []byte("box\n")))
-		img := testutil.ImageOf(t, testutil.GzipLayer(t, tr), static.NewLayer(plain, types.OCIUncompressedLayer))
+		img := testutil.ImageOf(t, testutil.GzipLayer(t, tr), static.NewLayer(plain, types.OCIUncompressedLayer), testutil.ZstdLayer(t, tr))
 		ref := reg.Push(t, "app:v1", mutate.MediaType(img, types.OCIManifestSchema1))
 		before := testutil.Head(t, ref).Digest
 
@@ -63,7 +65,13 @@ func TestImage(t *testing.T) {
 			t.Fatal(err)
 		}
 		layers, _ := img.Layers()
-		for i, tarStream := range [][]byte{tr, plain} {
+		zd, _ := layers[2].Digest()
+		if len(m.Layers) != 4 || m.Layers[3].MediaType != WindowsMediaType || m.Layers[3].Annotations[AnnotationLayer] != zd.String() ||
+			m.Layers[3].Size != res.WindowsSize || res.Layers[2].Windows.Digest != m.Layers[3].Digest {
+			t.Fatalf("artifact layers %+v: want the three index blobs, then the zstd layer's window blob", m.Layers)
+		}
+		kinds := []Kind{Gzip, Tar, Zstd}
+		for i, tarStream := range [][]byte{tr, plain, tr} {
 			ld, _ := layers[i].Digest()
 			if got := m.Layers[i].Annotations[AnnotationLayer]; got != ld.String() {
 				t.Fatalf("artifact layer %d names %s, want %s", i, got, ld)
@@ -75,44 +83,56 @@ func TestImage(t *testing.T) {
 			if err != nil {
 				t.Fatal(err)
 			}
-			l, err := DecodeLayer(enc, i == 0)
+			l, err := DecodeLayer(enc, kinds[i])
 			if err != nil {
 				t.Fatal(err)
 			}
 			lsize, _ := layers[i].Size()
 			var ra io.ReaderAt = freg.Blob(ld, lsize).ReaderAt(t.Context())
-			if l.GZ != nil {
+			switch {
+			case l.GZ != nil:
 				ra = gzindex.NewReader(l.GZ, ra, 2<<20)
+			case l.ZS != nil:
+				ra = zstdindex.NewReader(l.ZS, ra, freg.Layer(m.Layers[3]).ReaderAt(t.Context()), 0)
 			}
 			checkTable(t, l.Table, tarStream, ra)
 		}
 	})
 }
 
-// TestImageRefusesZstd: an image with a zstd layer fails, naming the layer, and nothing
+// TestImageRefuses: an image with a layer that is not a tar stream fails before anything
+// is read, one whose zstd blob does not decode fails; each names the layer, and nothing
 // is pushed.
-func TestImageRefusesZstd(t *testing.T) {
+func TestImageRefuses(t *testing.T) {
 	reg := testutil.NewRegistry(t, testutil.WithReferrers())
-	img, err := mutate.AppendLayers(empty.Image, static.NewLayer([]byte("not really zstd"), types.OCILayerZStd))
-	if err != nil {
-		t.Fatal(err)
-	}
-	ref := reg.Push(t, "app:zstd", mutate.MediaType(img, types.OCIManifestSchema1))
 	client, err := fetch.NewClient(fetch.WithPlainHTTP())
 	if err != nil {
 		t.Fatal(err)
 	}
 	defer client.Close()
-	ld, _ := img.Layers()
-	d, _ := ld[0].Digest()
-	pushed := len(reg.Requests())
-	_, err = Image(t.Context(), io.Discard, ref, Options{Client: client})
-	if err == nil || !strings.Contains(err.Error(), "layer 0 "+d.String()) || !strings.Contains(err.Error(), "not indexed yet") {
-		t.Fatalf("got %v, want an error naming layer 0 %s", err, d)
-	}
-	for _, r := range reg.Requests()[pushed:] {
-		if !strings.HasPrefix(r, "GET") && !strings.HasPrefix(r, "HEAD") {
-			t.Errorf("pushed: %s", r)
+	for _, c := range []struct {
+		mt   types.MediaType
+		want string
+	}{
+		{"application/vnd.example.data", "not a tar layer"},
+		{types.OCILayerZStd, "zstdindex"},
+	} {
+		img, err := mutate.AppendLayers(empty.Image, static.NewLayer([]byte("not really a layer"), c.mt))
+		if err != nil {
+			t.Fatal(err)
+		}
+		ref := reg.Push(t, "app:bad", mutate.MediaType(img, types.OCIManifestSchema1))
+		ld, _ := img.Layers()
+		d, _ := ld[0].Digest()
+		pushed := len(reg.Requests())
+		_, err = Image(t.Context(), io.Discard, ref, Options{Client: client})
+		if err == nil || !strings.Contains(err.Error(), "layer 0 "+d.String()) || !strings.Contains(err.Error(), c.want) {
+			t.Fatalf("%s: got %v, want an error naming layer 0 %s and %q", c.mt, err, d, c.want)
+		}
+		for _, r := range reg.Requests()[pushed:] {
+			if !strings.HasPrefix(r, "GET") && !strings.HasPrefix(r, "HEAD") {
+				t.Errorf("%s: pushed: %s", c.mt, r)
+			}
 		}
 	}
 }

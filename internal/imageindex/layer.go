@@ -4,17 +4,72 @@ import (
 	"bytes"
 	"compress/flate"
 	"encoding/binary"
+	"errors"
 	"fmt"
 	"io"
 
+	"strings"
+
 	"lazypull/format/gzindex"
+	"lazypull/format/zstdindex"
 )
 
-// Layer is the index of one image layer: its file table and, for a gzip layer, the
-// checkpoints that serve its uncompressed tar stream by ranges of the blob.
+// Kind is how an image layer's blob holds its tar stream.
+type Kind int
+
+const (
+	// Tar is an uncompressed layer: its blob is its tar stream.
+	Tar Kind = iota
+	// Gzip is a gzip layer, served through a gzindex.
+	Gzip
+	// Zstd is a zstd layer, served through a zstdindex and its window blob.
+	Zstd
+)
+
+func (k Kind) String() string {
+	switch k {
+	case Tar:
+		return "tar"
+	case Gzip:
+		return "gzip"
+	case Zstd:
+		return "zstd"
+	}
+	return fmt.Sprintf("Kind(%d)", int(k))
+}
+
+// KindOf tells how a layer blob of media type mt holds its tar stream: OCI's and
+// Docker's tar, tar+gzip and tar+zstd layers are indexed.
+func KindOf(mt string) (Kind, error) {
+	switch {
+	case strings.HasSuffix(mt, "zstd"):
+		return Zstd, nil
+	case strings.HasSuffix(mt, "gzip"):
+		return Gzip, nil
+	case strings.HasSuffix(mt, ".tar"):
+		return Tar, nil
+	}
+	return 0, fmt.Errorf("media type %s is not a tar layer lazypull indexes", mt)
+}
+
+// Layer is the index of one image layer: its file table and, for a compressed layer, the
+// checkpoints that serve its uncompressed tar stream by ranges of the blob (and, for
+// zstd, of its window blob).
 type Layer struct {
 	Table *Table
-	GZ    *gzindex.Index // nil for an uncompressed tar layer: its blob is its tar stream
+	GZ    *gzindex.Index   // a gzip layer's
+	ZS    *zstdindex.Index // a zstd layer's
+}
+
+// Kind returns the kind of layer l indexes.
+func (l *Layer) Kind() Kind {
+	switch {
+	case l.GZ != nil:
+		return Gzip
+	case l.ZS != nil:
+		return Zstd
+	}
+	return Tar
 }
 
 // layerMagic starts a layer blob; a big-endian uint16 version follows.
@@ -22,8 +77,9 @@ const layerMagic = "LZPGZLAY"
 
 const layerVersion = 1
 
-// MaxLayerSize bounds a layer blob DecodeLayer accepts: a compressed table and a gzindex.
-const MaxLayerSize = MaxTableSize + gzindex.MaxSize
+// MaxLayerSize bounds a layer blob DecodeLayer accepts: a compressed table and a gzindex
+// or a zstdindex.
+const MaxLayerSize = MaxTableSize + max(gzindex.MaxSize, zstdindex.MaxSize)
 
 // MaxTableRatio and TableSlack bound what a compressed table of n bytes may inflate to:
 // MaxTableRatio*n + TableSlack (and MaxTableSize), so that what a small hostile blob makes
@@ -39,7 +95,8 @@ func tableLimit(n int) int64 { return min(MaxTableRatio*int64(n)+TableSlack, Max
 
 // Encode returns the layer blob: magic "LZPGZLAY", version uint16 (big endian), the
 // length of the compressed table (uvarint), the table's encoding compressed with raw
-// deflate, then the gzindex's encoding (nothing for an uncompressed layer). The encoded
+// deflate, then the gzindex's or zstdindex's encoding (nothing for an uncompressed
+// layer). The encoded
 // table is decoded again before it is written: what no reader would accept (a name over
 // format's limits) fails here, at the build, and not at every mount.
 func (l *Layer) Encode() ([]byte, error) {
@@ -64,16 +121,23 @@ func (l *Layer) Encode() ([]byte, error) {
 	b := append([]byte(layerMagic), 0, layerVersion)
 	b = binary.AppendUvarint(b, uint64(z.Len()))
 	b = append(b, z.Bytes()...)
-	if l.GZ != nil {
+	switch {
+	case l.GZ != nil && l.ZS != nil:
+		return nil, errors.New("a layer with both a gzindex and a zstdindex")
+	case l.GZ != nil:
 		b = append(b, l.GZ.Encode()...)
+	case l.ZS != nil:
+		b = append(b, l.ZS.Encode()...)
 	}
 	return b, nil
 }
 
 // DecodeLayer parses a layer blob, hostile: the table inflates to at most MaxTableRatio
-// times its compressed size plus TableSlack (and MaxTableSize), then DecodeTable's and gzindex.Decode's bounds hold. gz says whether the layer is a
-// gzip blob, which must then have a gzindex whose output is the table's tar stream.
-func DecodeLayer(data []byte, gz bool) (*Layer, error) {
+// times its compressed size plus TableSlack (and MaxTableSize), then DecodeTable's and
+// gzindex.Decode's or zstdindex.Decode's bounds hold. kind is the image layer's: a gzip
+// (zstd) layer must have a gzindex (zstdindex) whose output is the table's tar stream, a
+// tar layer neither.
+func DecodeLayer(data []byte, kind Kind) (*Layer, error) {
 	rest, err := header(data, "layer", layerMagic, layerVersion, MaxLayerSize)
 	if err != nil {
 		return nil, err
@@ -82,7 +146,7 @@ func DecodeLayer(data []byte, gz bool) (*Layer, error) {
 	if k <= 0 || n > uint64(len(rest)-k) {
 		return nil, fmt.Errorf("%w: table length", ErrCorrupt)
 	}
-	ztable, gzpart := rest[k:k+int(n)], rest[k+int(n):]
+	ztable, ixpart := rest[k:k+int(n)], rest[k+int(n):]
 	var raw bytes.Buffer
 	limit := tableLimit(len(ztable))
 	m, err := io.Copy(&raw, io.LimitReader(flate.NewReader(bytes.NewReader(ztable)), limit+1))
@@ -94,16 +158,27 @@ func DecodeLayer(data []byte, gz bool) (*Layer, error) {
 		return nil, err
 	}
 	l := &Layer{Table: t}
-	switch {
-	case !gz && len(gzpart) > 0:
-		return nil, fmt.Errorf("%w: a gzindex for an uncompressed layer", ErrCorrupt)
-	case gz:
-		if l.GZ, err = gzindex.Decode(gzpart); err != nil {
+	size := t.TarSize
+	switch kind {
+	case Tar:
+		if len(ixpart) > 0 {
+			return nil, fmt.Errorf("%w: an index of checkpoints for an uncompressed layer", ErrCorrupt)
+		}
+	case Gzip:
+		if l.GZ, err = gzindex.Decode(ixpart); err != nil {
 			return nil, fmt.Errorf("%w: %w", ErrCorrupt, err)
 		}
-		if l.GZ.Size() != t.TarSize {
-			return nil, fmt.Errorf("%w: the gzindex serves %d bytes, the table's tar stream is %d", ErrCorrupt, l.GZ.Size(), t.TarSize)
+		size = l.GZ.Size()
+	case Zstd:
+		if l.ZS, err = zstdindex.Decode(ixpart); err != nil {
+			return nil, fmt.Errorf("%w: %w", ErrCorrupt, err)
 		}
+		size = l.ZS.Size()
+	default:
+		return nil, fmt.Errorf("imageindex: layer of kind %v", kind)
+	}
+	if size != t.TarSize {
+		return nil, fmt.Errorf("%w: the %v index serves %d bytes, the table's tar stream is %d", ErrCorrupt, kind, size, t.TarSize)
 	}
 	return l, nil
 }

@@ -17,8 +17,12 @@ const (
 	// LayerMediaType is the media type of an artifact layer: one image layer's index
 	// (Layer.Encode).
 	LayerMediaType = "application/vnd.lazypull.index.layer.v1"
+	// WindowsMediaType is the media type of a zstd layer's window blob, an artifact layer
+	// after the index blobs: the checkpoints' windows (format/zstdindex), read by range
+	// when a read starts a span whose preceding output the reader does not hold.
+	WindowsMediaType = "application/vnd.lazypull.index.windows.v1"
 	// AnnotationLayer, on an artifact layer's descriptor, names the image layer it
-	// indexes by digest.
+	// indexes (or holds the windows of) by digest.
 	AnnotationLayer = "dev.lazypull.index.layer.digest"
 	// AnnotationDiffID, on an artifact layer's descriptor, is the digest of the image
 	// layer's uncompressed tar stream that the index was built from: the diff ID the image

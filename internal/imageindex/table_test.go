@@ -8,13 +8,17 @@ import (
 	"crypto/sha256"
 	"encoding/binary"
 	"errors"
+	"io"
 	"reflect"
 	"strings"
 	"testing"
 	"time"
 
+	"github.com/klauspost/compress/zstd"
+
 	"lazypull/format"
 	"lazypull/format/gzindex"
+	"lazypull/format/zstdindex"
 	"lazypull/internal/testutil"
 )
 
@@ -52,17 +56,43 @@ func gzipped(t testing.TB, b []byte) []byte {
 	return buf.Bytes()
 }
 
-// TestBuildLayer builds the index of a gzip layer and of its tar, and checks each entry
-// against its tar header and each file's bytes read through the gzindex (and the tar
-// itself) against the file.
-// build indexes the layer blob in (gzip or not), failing the test on an error.
-func build(t testing.TB, in []byte, gz bool, spanSize int64) *Built {
-	t.Helper()
-	b, err := BuildLayer(bytes.NewReader(in), gz, spanSize)
+// zstded compresses b into one zstd frame at level 3, as skopeo writes a layer.
+func zstded(t testing.TB, b []byte) []byte {
+	enc, err := zstd.NewWriter(nil, zstd.WithEncoderLevel(zstd.SpeedDefault), zstd.WithEncoderConcurrency(1))
 	if err != nil {
 		t.Fatal(err)
 	}
+	defer enc.Close()
+	return enc.EncodeAll(b, nil)
+}
+
+// blobOf returns the tar stream tr as a layer blob of kind k.
+func blobOf(t testing.TB, tr []byte, k Kind) []byte {
+	switch k {
+	case Gzip:
+		return gzipped(t, tr)
+	case Zstd:
+		return zstded(t, tr)
+	}
+	return tr
+}
+
+// build indexes the layer blob in of kind kind, failing the test on an error.
+func build(t testing.TB, in []byte, kind Kind, spanSize int64) *Built {
+	t.Helper()
+	b, _ := buildWindows(t, in, kind, spanSize)
 	return b
+}
+
+// buildWindows indexes the layer blob in of kind kind and returns its window blob too.
+func buildWindows(t testing.TB, in []byte, kind Kind, spanSize int64) (*Built, []byte) {
+	t.Helper()
+	var w bytes.Buffer
+	b, err := BuildLayer(bytes.NewReader(in), kind, spanSize, &w)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return b, w.Bytes()
 }
 
 // encode returns b's layer blob, failing the test on an error.
@@ -75,26 +105,28 @@ func encode(t testing.TB, b *Built) []byte {
 	return enc
 }
 
+// TestBuildLayer builds the index of a gzip layer, of a zstd one and of their tar, and
+// checks each entry against its tar header and each file's bytes read through the gzindex
+// or zstdindex (and the tar itself) against the file.
 func TestBuildLayer(t *testing.T) {
 	tr := testTar(t)
-	blob := gzipped(t, tr)
-	for _, gz := range []bool{true, false} {
-		in := tr
-		if gz {
-			in = blob
-		}
-		b := build(t, in, gz, 64<<10)
+	for _, k := range []Kind{Tar, Gzip, Zstd} {
+		blob := blobOf(t, tr, k)
+		b, windows := buildWindows(t, blob, k, 64<<10)
 		if b.DiffID != format.Digest(sha256.Sum256(tr)) || b.Table.TarSize != int64(len(tr)) {
-			t.Fatalf("diff ID %s, tar size %d: want the tar's", b.DiffID, b.Table.TarSize)
+			t.Fatalf("%v: diff ID %s, tar size %d: want the tar's", k, b.DiffID, b.Table.TarSize)
 		}
-		if (b.GZ != nil) != gz || (gz && b.GZ.NumSpans() < 2) {
-			t.Fatalf("gzip %v: gzindex %v", gz, b.GZ)
+		if b.Kind() != k || (k == Gzip && b.GZ.NumSpans() < 2) || (k == Zstd && (b.ZS.NumSpans() < 2 || b.ZS.WindowsSize() != int64(len(windows)) || len(windows) == 0)) {
+			t.Fatalf("%v: index of kind %v (%d bytes of windows)", k, b.Kind(), len(windows))
 		}
 		var ra interface {
 			ReadAt([]byte, int64) (int, error)
 		} = bytes.NewReader(tr)
-		if gz {
+		switch k {
+		case Gzip:
 			ra = gzindex.NewReader(b.GZ, bytes.NewReader(blob), 2<<20)
+		case Zstd:
+			ra = zstdindex.NewReader(b.ZS, bytes.NewReader(blob), bytes.NewReader(windows), 0)
 		}
 		checkTable(t, b.Table, tr, ra)
 	}
@@ -142,29 +174,38 @@ func checkTable(t *testing.T, tab *Table, tr []byte, ra interface {
 // TestLayerRoundTrip: a layer blob decodes to what was encoded, and encodes again to the
 // same bytes.
 func TestLayerRoundTrip(t *testing.T) {
-	blob := gzipped(t, testTar(t))
-	b := build(t, blob, true, 64<<10)
-	enc := encode(t, b)
-	l, err := DecodeLayer(enc, true)
-	if err != nil {
-		t.Fatal(err)
+	for _, k := range []Kind{Gzip, Zstd} {
+		b := build(t, blobOf(t, testTar(t), k), k, 64<<10)
+		enc := encode(t, b)
+		l, err := DecodeLayer(enc, k)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if !reflect.DeepEqual(l.Table, b.Table) {
+			t.Fatalf("%v: the table decodes to another", k)
+		}
+		if k == Gzip && !bytes.Equal(l.GZ.Encode(), b.GZ.Encode()) || k == Zstd && !bytes.Equal(l.ZS.Encode(), b.ZS.Encode()) {
+			t.Fatalf("%v: the index decodes to another", k)
+		}
+		if again, _ := l.Encode(); !bytes.Equal(again, enc) {
+			t.Fatalf("%v: a decoded layer encodes to other bytes", k)
+		}
+		for _, other := range []Kind{Tar, Gzip, Zstd} {
+			if _, err := DecodeLayer(enc, other); other != k && !errors.Is(err, ErrCorrupt) {
+				t.Fatalf("the %v layer's index read as a %v layer's: %v", k, other, err)
+			}
+		}
 	}
-	if !reflect.DeepEqual(l.Table, b.Table) {
-		t.Fatal("the table decodes to another")
-	}
-	if !bytes.Equal(l.GZ.Encode(), b.GZ.Encode()) {
-		t.Fatal("the gzindex decodes to another")
-	}
-	if again, _ := l.Encode(); !bytes.Equal(again, enc) {
-		t.Fatal("a decoded layer encodes to other bytes")
-	}
-	if _, err := DecodeLayer(enc, false); !errors.Is(err, ErrCorrupt) {
+	enc := encode(t, build(t, gzipped(t, testTar(t)), Gzip, 64<<10))
+	if _, err := DecodeLayer(enc, Tar); !errors.Is(err, ErrCorrupt) {
 		t.Fatalf("a gzindex for an uncompressed layer: %v", err)
 	}
-	plain := build(t, testTar(t), false, 0)
+	plain := build(t, testTar(t), Tar, 0)
 	penc := encode(t, plain)
-	if _, err := DecodeLayer(penc, true); !errors.Is(err, ErrCorrupt) {
-		t.Fatalf("a gzip layer without a gzindex: %v", err)
+	for _, k := range []Kind{Gzip, Zstd} {
+		if _, err := DecodeLayer(penc, k); !errors.Is(err, ErrCorrupt) {
+			t.Fatalf("a %v layer without its index: %v", k, err)
+		}
 	}
 }
 
@@ -175,26 +216,33 @@ func TestBuildLayerRefuses(t *testing.T) {
 	blob := gzipped(t, tr)
 	bad := bytes.Clone(blob)
 	bad[len(bad)-5] ^= 1 // the CRC
+	zblob := zstded(t, tr)
 	for name, c := range map[string]struct {
-		in []byte
-		gz bool
+		in   []byte
+		kind Kind
 	}{
-		"not gzip":      {tr, true},
-		"truncated gz":  {blob[:len(blob)/2], true},
-		"crc":           {bad, true},
-		"truncated tar": {tr[:1000], false},
-		"cut gz tar":    {gzipped(t, tr[:len(tr)/2+7]), true},
+		"not gzip":       {tr, Gzip},
+		"truncated gz":   {blob[:len(blob)/2], Gzip},
+		"crc":            {bad, Gzip},
+		"truncated tar":  {tr[:1000], Tar},
+		"cut gz tar":     {gzipped(t, tr[:len(tr)/2+7]), Gzip},
+		"not zstd":       {tr, Zstd},
+		"truncated zstd": {zblob[:len(zblob)/2], Zstd},
+		"cut zstd tar":   {zstded(t, tr[:len(tr)/2+7]), Zstd},
 	} {
-		if _, err := BuildLayer(bytes.NewReader(c.in), c.gz, 0); err == nil {
+		if _, err := BuildLayer(bytes.NewReader(c.in), c.kind, 0, io.Discard); err == nil {
 			t.Errorf("%s: no error", name)
 		}
+	}
+	if _, err := BuildLayer(bytes.NewReader(zblob), Zstd, 0, nil); err == nil {
+		t.Error("a zstd layer built without a window writer")
 	}
 }
 
 // TestDecodeTableHostile: claims beyond the bytes, unclean names, ranges out of order or
 // past the stream, unknown flags and versions, trailing bytes all fail with ErrCorrupt.
 func TestDecodeTableHostile(t *testing.T) {
-	b := build(t, testTar(t), false, 0)
+	b := build(t, testTar(t), Tar, 0)
 	good := b.Table
 	edit := func(f func(*Table)) []byte {
 		c := &Table{TarSize: good.TarSize, Entries: append([]format.Entry(nil), good.Entries...)}
@@ -280,7 +328,7 @@ func TestLayerInflateBound(t *testing.T) {
 	b := append([]byte(layerMagic), 0, layerVersion)
 	b = binary.AppendUvarint(b, uint64(z.Len()))
 	b = append(b, z.Bytes()...)
-	if _, err := DecodeLayer(b, false); !errors.Is(err, ErrCorrupt) || !strings.Contains(err.Error(), "does not inflate within") {
+	if _, err := DecodeLayer(b, Tar); !errors.Is(err, ErrCorrupt) || !strings.Contains(err.Error(), "does not inflate within") {
 		t.Fatalf("DecodeLayer: %v", err)
 	}
 }

@@ -105,7 +105,7 @@ func TestIndexPlainImage(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		if tables[i], err = imageindex.DecodeLayer(enc, true); err != nil {
+		if tables[i], err = imageindex.DecodeLayer(enc, imageindex.Gzip); err != nil {
 			t.Fatalf("layer %d: %v", i, err)
 		}
 		imageSize += layer.Size

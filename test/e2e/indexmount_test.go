@@ -62,18 +62,22 @@ func TestMountIndexedPlainImage(t *testing.T) {
 }
 
 // indexTables returns the decoded index of each layer of the image ref (its one index
-// artifact) and the image manifest.
+// artifact's first blobs, one per image layer) and the image manifest.
 func indexTables(t *testing.T, ref string) ([]*imageindex.Layer, *v1.Manifest) {
 	t.Helper()
 	reg, img := resolvePlain(t, ref)
 	am, _ := indexArtifact(t, reg, img.Descriptor.Digest)
-	tables := make([]*imageindex.Layer, len(am.Layers))
-	for i, d := range am.Layers {
+	tables := make([]*imageindex.Layer, len(img.Manifest.Layers))
+	for i, d := range am.Layers[:len(tables)] {
 		enc, err := reg.Layer(d).ReadAll(t.Context())
 		if err != nil {
 			t.Fatal(err)
 		}
-		if tables[i], err = imageindex.DecodeLayer(enc, true); err != nil {
+		kind, err := imageindex.KindOf(string(img.Manifest.Layers[i].MediaType))
+		if err != nil {
+			t.Fatal(err)
+		}
+		if tables[i], err = imageindex.DecodeLayer(enc, kind); err != nil {
 			t.Fatalf("layer %d: %v", i, err)
 		}
 	}

@@ -1,0 +1,77 @@
+package daemon
+
+import (
+	"bytes"
+	"fmt"
+	"io"
+
+	v1 "github.com/google/go-containerregistry/pkg/v1"
+
+	"lazypull/format/zstdindex"
+	"lazypull/internal/imageindex"
+)
+
+// A zstd layer of an unconverted image is served from its index artifact as a gzip layer
+// is (indexed.go), through a zstdindex instead of a gzindex, with one more blob: the
+// layer's window blob (imageindex.WindowsMediaType), an artifact layer after the index
+// blobs, naming the image layer by digest. A read fetches the compressed spans it covers
+// by Range from the layer blob, and a window by Range from the window blob only when it
+// starts a span inside a frame whose preceding output the reader does not hold (kept, or
+// decoded in the same read). Each span's output is checked against its sha256 before any
+// of it is served, each file against the table's sha256 (as for gzip), so a corrupt or
+// forged window blob fails reads, never serves a wrong byte.
+
+// windowBlobs returns, by image layer position, the window blob the artifact manifest m
+// gives each layer (nil: none). m's first len(descs) layers are the index blobs, in image
+// layer order; each after them must be a window blob naming one of the image's zstd
+// layers, at most one a layer.
+func windowBlobs(m *v1.Manifest, descs []v1.Descriptor) ([]*v1.Descriptor, error) {
+	if len(m.Layers) < len(descs) {
+		return nil, fmt.Errorf("%d layers for the image's %d", len(m.Layers), len(descs))
+	}
+	byDigest := map[string]*v1.Descriptor{}
+	for i := len(descs); i < len(m.Layers); i++ {
+		d := &m.Layers[i]
+		name := d.Annotations[imageindex.AnnotationLayer]
+		if d.MediaType != imageindex.WindowsMediaType || d.Size <= 0 {
+			return nil, fmt.Errorf("layer %d: blob %s of media type %q and %d bytes after the index blobs: not a window blob", i, d.Digest, d.MediaType, d.Size)
+		}
+		if byDigest[name] != nil {
+			return nil, fmt.Errorf("layer %d: a second window blob for layer %q", i, name)
+		}
+		byDigest[name] = d
+	}
+	// Several image layers of one digest share one window blob.
+	out := make([]*v1.Descriptor, len(descs))
+	layers := map[string]bool{}
+	for i, desc := range descs {
+		out[i] = byDigest[desc.Digest.String()]
+		layers[desc.Digest.String()] = true
+	}
+	for name, d := range byDigest {
+		if !layers[name] {
+			return nil, fmt.Errorf("window blob %s names layer %q, not one of the image's", d.Digest, name)
+		}
+	}
+	return out, nil
+}
+
+// zstdTar returns the uncompressed tar stream of the zstd layer desc, whose blob blob
+// reads, through its zstdindex ix and its window blob wd (nil when ix needs none).
+func zstdTar(im *Image, desc v1.Descriptor, ix *zstdindex.Index, blob io.ReaderAt, wd *v1.Descriptor) (io.ReaderAt, error) {
+	if ix.CompressedSize() != desc.Size {
+		return nil, fmt.Errorf("its zstdindex is of a blob of %d bytes, the layer is %d", ix.CompressedSize(), desc.Size)
+	}
+	var windows io.ReaderAt = bytes.NewReader(nil)
+	switch {
+	case wd == nil && ix.WindowsSize() > 0:
+		return nil, fmt.Errorf("its zstdindex needs a window blob of %d bytes; the artifact has none for the layer", ix.WindowsSize())
+	case wd != nil && wd.Size != ix.WindowsSize():
+		return nil, fmt.Errorf("window blob %s of %d bytes, the zstdindex's is %d", wd.Digest, wd.Size, ix.WindowsSize())
+	case wd != nil:
+		// Read by range, never whole: its digest cannot be checked; a window that is not
+		// the index's decodes to a span that fails its digest.
+		windows = im.Registry.Blob(wd.Digest, wd.Size).ReaderAt(im.bg)
+	}
+	return zstdindex.NewReader(ix, blob, windows, gzSpansKept), nil
+}
