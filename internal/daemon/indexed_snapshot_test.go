@@ -166,11 +166,18 @@ func countReason(t *testing.T, m *FallbackMetrics, reason string) float64 {
 // blobs already in ref's repository.
 func putArtifact(t *testing.T, ref string, subject v1.Descriptor, blobs []v1.Descriptor) {
 	t.Helper()
+	putArtifactAt(t, ref, subject, blobs, time.Now().Add(time.Hour))
+}
+
+// putArtifactAt pushes an index artifact manifest over blobs already in ref's repository,
+// created at created.
+func putArtifactAt(t *testing.T, ref string, subject v1.Descriptor, blobs []v1.Descriptor, created time.Time) {
+	t.Helper()
 	r, err := name.ParseReference(ref)
 	if err != nil {
 		t.Fatal(err)
 	}
-	raw, err := imageindex.Manifest(subject, blobs, time.Now().Add(time.Hour))
+	raw, err := imageindex.Manifest(subject, blobs, created)
 	if err != nil {
 		t.Fatal(err)
 	}
