@@ -29,6 +29,13 @@ func (e *env) indexedImage(t *testing.T, name string) (string, v1.Descriptor) {
 	t.Helper()
 	ref := fmt.Sprintf("%s/e2e/%s-%d:plain", e.registry, name, os.Getpid())
 	e.push(t, filepath.Join(e.images, "python"), "python", ref)
+	return ref, e.index(t, ref)
+}
+
+// index runs `lazypull index` on the image ref, checks the image's digest did not change,
+// and returns its descriptor.
+func (e *env) index(t *testing.T, ref string) v1.Descriptor {
+	t.Helper()
 	before := remoteHead(t, ref)
 	start := time.Now()
 	r := e.lazypull(t, "index", "--plain-http", ref)
@@ -39,7 +46,7 @@ func (e *env) indexedImage(t *testing.T, name string) (string, v1.Descriptor) {
 	if after := remoteHead(t, ref); after.Digest != before.Digest {
 		t.Fatalf("the image's digest changed: %s, then %s", before.Digest, after.Digest)
 	}
-	return ref, before
+	return before
 }
 
 // resolvePlain opens ref's registry over plain HTTP, as the test registry speaks, through a
