@@ -152,10 +152,11 @@ func allowed() map[string]rule {
 		// The composition: opens images (manifest, indexes, profile), adapts fetch to
 		// store.Source, the store to fusefs.Content and its mounts to snapshot.FileSystem,
 		// hands mounts' FUSE connections to the keeper, prefetches profiles. The one place
-		// that sees every stage of the flow. imageindex and gzindex: an unconverted image is
-		// served from its index artifact (decoded by imageindex, read through gzindex).
+		// that sees every stage of the flow. imageindex, gzindex and zstdindex: an
+		// unconverted image is served from its index artifact (decoded by imageindex, read
+		// through gzindex or zstdindex).
 		daemon: {
-			ours: []string{format, fetch, store, fusefs, snapshot, profile, keeper, jsonlimit, imageindex, gzindex},
+			ours: []string{format, fetch, store, fusefs, snapshot, profile, keeper, jsonlimit, imageindex, gzindex, zstdindex},
 			ext:  []string{ggcr, prometheus, xsync, xtime},
 		},
 
@@ -201,9 +202,10 @@ func allowed() map[string]rule {
 		verify: {ours: []string{format, fetch}, ext: []string{ggcr}},
 
 		// Indexes an unconverted image (`lazypull index`): reads its layers whole from the
-		// registry (fetch), builds gzindex checkpoints and a file table of format's entries,
-		// several layers at once (x/sync), and pushes the artifact (ggcr: fetch only reads).
-		imageindex: {ours: []string{format, gzindex, fetch, artifact}, ext: []string{ggcr, xsync}},
+		// registry (fetch), builds gzindex or zstdindex checkpoints and a file table of
+		// format's entries, several layers at once (x/sync), and pushes the artifact (ggcr:
+		// fetch only reads).
+		imageindex: {ours: []string{format, gzindex, zstdindex, fetch, artifact}, ext: []string{ggcr, xsync}},
 
 		// Converts an image: reads and writes whole blobs and manifests with
 		// go-containerregistry (fetch is the lazy read path, by range), writes layers with
@@ -278,7 +280,8 @@ func allowed() map[string]rule {
 		// What tests share (random bytes, log capture, waits, tar builders, an in-process
 		// registry): imported by _test.go files only (checkFlow checks that nothing's own
 		// files import it), and itself of nothing of ours, so that format's tests may use it.
-		testutil: {ext: []string{ggcr}},
+		// compress: zstd layers, as skopeo writes them (ZstdLayer).
+		testutil: {ext: []string{ggcr, compress}},
 		// Lazypull layers built byte by byte for tests (an index that is not the tar's):
 		// for _test.go files only too; apart from testutil because it needs format.
 		layertest: {ours: []string{format}},
