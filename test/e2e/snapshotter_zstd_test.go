@@ -16,14 +16,17 @@ import (
 
 // indexedZstdImage pushes the plain Debian python image recompressed by skopeo to zstd
 // (one frame a layer, zstd's default level) as e2e/NAME-PID:zstd, runs `lazypull index`
-// on it, and returns the reference.
+// on it, and returns the reference. skopeo recompresses into an OCI layout first: copied
+// straight to a registry that holds the gzip blobs already, it would reuse them.
 func (e *env) indexedZstdImage(t *testing.T, name string) string {
 	t.Helper()
 	ref := fmt.Sprintf("%s/e2e/%s-%d:zstd", e.registry, name, os.Getpid())
+	layout := filepath.Join(t.TempDir(), "zstd")
 	start := time.Now()
-	must(t, "skopeo", "copy", "--quiet", "--dest-tls-verify=false", "--dest-compress", "--dest-compress-format", "zstd",
-		fmt.Sprintf("oci:%s:%s", filepath.Join(e.images, "python"), "python"), "docker://"+ref)
+	must(t, "skopeo", "copy", "--quiet", "--dest-compress-format", "zstd",
+		fmt.Sprintf("oci:%s:%s", filepath.Join(e.images, "python"), "python"), "oci:"+layout+":python")
 	t.Logf("skopeo copy --dest-compress-format zstd: %v", time.Since(start).Round(time.Millisecond))
+	e.push(t, layout, "python", ref)
 	e.index(t, ref)
 	return ref
 }
