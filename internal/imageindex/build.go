@@ -85,12 +85,15 @@ func buildTee(build func(out io.Writer) (*Layer, error)) (*Built, error) {
 		return nil, serr
 	}
 	l := res.l
-	size := l.ZS.Size
-	if l.GZ != nil {
-		size = l.GZ.Size
+	var size int64
+	switch {
+	case l.GZ != nil:
+		size = l.GZ.Size()
+	case l.ZS != nil:
+		size = l.ZS.Size()
 	}
-	if size() != s.t.TarSize {
-		return nil, fmt.Errorf("imageindex: the %v stream is %d bytes, the tar scan read %d", l.Kind(), size(), s.t.TarSize)
+	if size != s.t.TarSize {
+		return nil, fmt.Errorf("imageindex: the %v stream is %d bytes, the tar scan read %d", l.Kind(), size, s.t.TarSize)
 	}
 	l.Table = &s.t
 	return &Built{Layer: *l, DiffID: format.Digest(s.diff.Sum(nil))}, nil
