@@ -85,7 +85,7 @@ else its own entrypoint and command, and is ready at the first output line conta
 includes ctr's removal of the container). With --user-image the scenarios default to cold.`,
 	flags: func(fs *flag.FlagSet) any {
 		f := &benchFlags{}
-		fs.StringVar(&f.images, "images", defaultBenchImages, "comma-separated `images`: python, node, gcc, postgres, jdk, big")
+		fs.StringVar(&f.images, "images", defaultBenchImages, "comma-separated `images`: python, node, gcc, postgres, jdk, big, ml (3 GiB)")
 		fs.StringVar(&f.links, "links", defaultBenchLinks, "comma-separated `links`, RATE/RTT each (bits/s with K, M, G)")
 		fs.StringVar(&f.modes, "modes", defaultBenchModes, "comma-separated `modes`: plain, lazypull, lazypull-profile, lazypull-auto, estargz, estargz-opt, soci")
 		fs.IntVar(&f.n, "n", defaultBenchN, "cold runs per image, link and mode")

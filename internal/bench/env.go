@@ -46,6 +46,8 @@ var Workloads = map[string]Image{
 	"postgres": {Name: "postgres", Ready: "ready to accept connections", Server: true},
 	"jdk":      {Name: "jdk", Ready: "hello from java"},
 	"big":      {Name: "big", Ready: "hello from big"},
+	// ML-sized, opt-in: 3 GiB of weights, 1.5 GiB read at start.
+	"ml": {Name: "ml", Ready: "weights loaded"},
 
 	// python's next version, for the update scenario (Updates).
 	"python-v2": {Name: "python-v2", Ready: "hello from python v2"},
