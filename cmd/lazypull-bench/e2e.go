@@ -188,7 +188,7 @@ func runE2E(ctx context.Context, e *env, vals any, args []string) error {
 	}
 	cfg.Scenarios = sc
 	if err := f.addUserImage(&cfg); err != nil {
-		return usagef("%v", err)
+		return cmdline.Usagef("%v", err)
 	}
 	sc = cfg.Scenarios
 	if cfg.Seed == 0 {
