@@ -435,6 +435,9 @@ func (n *node) runToReady(ctx context.Context, id string, im Image, args ...stri
 // (the link's counters) is read there, not after the container's exit.
 func (n *node) runToReadyThen(ctx context.Context, id string, im Image, atReady func(), args ...string) (time.Duration, error) {
 	ready, server := im.Ready, im.Server
+	// runc's state directory is per namespace, not per containerd: another bench on the
+	// machine runs containers of the same names.
+	id = fmt.Sprintf("%s-%d", id, os.Getpid())
 	args = append(append(append([]string{"run", "--rm"}, args...), id), im.Cmd...)
 	cmd := exec.Command("ctr", n.ctr(args...)...)
 	pr, pw := io.Pipe()

@@ -162,19 +162,24 @@ func TestFastWatch(t *testing.T) {
 	// watch feeds ticks of 250 ms, perTick bytes fetched before each, and returns the tick
 	// at which the watch said fast (0: not within ticks).
 	watch := func(perTick int64, ticks int) int {
-		var n atomic.Int64
+		// The watch reads the count once as it begins, then once a tick: perTick more each
+		// time (only the watch's goroutine calls it).
+		calls := int64(0)
+		bytes := func() int64 {
+			calls++
+			return (calls - 1) * perTick
+		}
 		tick, fast := make(chan time.Time), make(chan struct{})
 		ctx, cancel := context.WithCancel(context.Background())
 		defer cancel()
 		start := time.Unix(1e9, 0)
-		go fastWatch(ctx, start, tick, n.Load, image, minRate, fast)
+		go fastWatch(ctx, start, tick, bytes, image, minRate, fast)
 		for i := 1; i <= ticks+1; i++ { // one more: the last one is looked at
 			select {
 			case tick <- start.Add(time.Duration(i) * fastTick):
 			case <-fast:
 				return i - 1
 			}
-			n.Add(perTick)
 		}
 		return 0
 	}
