@@ -3,6 +3,7 @@ package daemon
 import (
 	"context"
 	"fmt"
+	"sync/atomic"
 	"time"
 
 	"golang.org/x/sync/errgroup"
@@ -15,8 +16,10 @@ import (
 // would leave it lazy for minutes where a plain pull has it whole. The fill then goes at
 // line rate instead: the rest of every layer, in batches of fillParallelBatch, several at
 // once, never more than the node's FillSlots together (all images filling share them), and
-// without yielding to reads: reads take places among the node's requests of their own (the
-// fetch client's bound is larger than the slots), so they never queue behind the fill.
+// one at a time while the image's files are being read. It does not stop for reads, as the
+// trickle does (a sequential reader of a big file would stop it for good); reads take
+// places among the node's requests of their own (the fetch client's bound is larger than
+// the slots), so they never queue behind the fill.
 
 // ParallelPolicy says when an image's fill goes at line rate (FillOptions.Parallel).
 type ParallelPolicy string
@@ -146,16 +149,27 @@ func (fl *filler) startWatch(minRate int64) <-chan struct{} {
 
 // parallelSender returns a send for filler.batches that fetches each batch in a goroutine
 // of its own once it holds one of the node's fill slots (so that planning stays at most the
-// slots ahead of the fetches), and a wait that returns once every batch sent has ended,
+// slots ahead of the fetches), one at a time while a read of the image is in progress, and
+// a wait that returns once every batch sent has ended,
 // with the first error. After an error, send refuses more.
 func (fl *filler) parallelSender(ctx context.Context) (send func(l *Layer, batch []store.Want, runs []int, bytes int64) error, wait func() error) {
 	g, gctx := errgroup.WithContext(ctx)
+	var mine atomic.Int64 // this image's batches in flight
 	send = func(l *Layer, batch []store.Want, runs []int, _ int64) error {
+		// While the image's files are being read, one batch at a time: the reads get the
+		// link and the CPU first.
+		for fl.im.reading.Load() > 0 && mine.Load() > 0 {
+			if err := sleepCtx(gctx, fillIdlePoll); err != nil {
+				return err
+			}
+		}
 		if err := fl.slots.acquire(gctx); err != nil {
 			return err
 		}
+		mine.Add(1)
 		g.Go(func() error {
 			defer fl.slots.release()
+			defer mine.Add(-1)
 			return fl.fetchBatch(gctx, l, batch, runs)
 		})
 		return nil

@@ -238,3 +238,27 @@ func TestBackgroundFetchParallelPolicy(t *testing.T) {
 		t.Errorf("a fill that never started logged at info:\n%s", logb)
 	}
 }
+
+// TestParallelFetchYieldsToReads: while a read of the image is in progress, its parallel
+// fill keeps one batch in flight, not its slots' worth; once the read ends, it takes them.
+func TestParallelFetchYieldsToReads(t *testing.T) {
+	gate := &gatedBlobs{open: make(chan struct{})}
+	img, _ := lazyImageOf(t, fillFiles())
+	ref := testutil.NewRegistry(t, testutil.WithHandler(gate.wrap)).Push(t, "fill:v1", img)
+	defer close(gate.open)
+	im, _ := openFresh(t, ref)
+	gate.on.Store(true)
+	im.reading.Add(1) // a read in progress
+	fl := parallelFiller(im, NewFillSlots(3))
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	errs := make(chan error, 1)
+	go func() { errs <- fl.fill(ctx) }()
+	testutil.WaitFor(t, time.Minute, "a fill batch in flight", func() bool { return gate.held() >= 1 })
+	if testutil.Eventually(200*time.Millisecond, func() bool { return gate.held() > 1 }) {
+		t.Fatalf("%d fill batches in flight while a read is in progress; want 1", gate.held())
+	}
+	im.reading.Add(-1)
+	testutil.WaitFor(t, time.Minute, "3 fill batches in flight once the read ended", func() bool { return gate.held() == 3 })
+	cancel()
+}
