@@ -84,6 +84,7 @@ type filler struct {
 	fast    <-chan struct{}
 	slots   *FillSlots
 	batch   int64
+	begun   bool // under mu: the trickle or the parallel fill started
 
 	mu     sync.Mutex
 	st     FillStats
@@ -219,7 +220,8 @@ func (im *Image) StopBackgroundFetch() {
 	}
 }
 
-// FillStats returns the background fill's figures, and false if there was none.
+// FillStats returns the background fill's figures, and false if there was none, or none
+// yet (a parallel fill alone, waiting for its policy to start it).
 func (im *Image) FillStats() (FillStats, bool) {
 	im.mu.Lock()
 	fl := im.fill
@@ -229,7 +231,7 @@ func (im *Image) FillStats() (FillStats, bool) {
 	}
 	fl.mu.Lock()
 	defer fl.mu.Unlock()
-	return fl.st, true
+	return fl.st, fl.begun
 }
 
 // WaitFill waits until the background fill has ended (or ctx has); it returns at once if
@@ -263,6 +265,9 @@ var errGoParallel = errors.New("the link is fast: the rest in parallel")
 // to the end), then the parallel fill; or, with no trickle, the parallel fill once it is to
 // go.
 func (fl *filler) fill(ctx context.Context) error {
+	fl.mu.Lock()
+	fl.begun = fl.trickle
+	fl.mu.Unlock()
 	if fl.trickle {
 		if err := fl.fetchMissing(ctx, false); !errors.Is(err, errGoParallel) {
 			return err
@@ -275,7 +280,7 @@ func (fl *filler) fill(ctx context.Context) error {
 		}
 	}
 	fl.mu.Lock()
-	fl.st.Parallel, fl.st.Streams = true, fl.slots.Len()
+	fl.begun, fl.st.Parallel, fl.st.Streams = true, true, fl.slots.Len()
 	fl.mu.Unlock()
 	return fl.fetchMissing(ctx, true)
 }

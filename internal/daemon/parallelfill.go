@@ -135,14 +135,21 @@ func (im *Image) compressedBytes() int64 {
 }
 
 // startWatch starts ParallelAuto's watch of the image's fetch rate, and returns what it
-// closes when the fill should go at line rate.
+// closes when the fill should go at line rate. What the fill fetched itself (a trickle's)
+// does not count: only the workload's reads and the prefetch say the link is fast.
 func (fl *filler) startWatch(minRate int64) <-chan struct{} {
 	fast := make(chan struct{})
 	t := time.NewTicker(fastTick)
 	reg := fl.im.Registry
+	bytes := func() int64 {
+		fl.mu.Lock()
+		own := fl.st.Bytes
+		fl.mu.Unlock()
+		return reg.Stats().Bytes - own
+	}
 	go func() {
 		defer t.Stop()
-		fastWatch(fl.ctx, time.Now(), t.C, func() int64 { return reg.Stats().Bytes }, fl.im.compressedBytes(), minRate, fast)
+		fastWatch(fl.ctx, time.Now(), t.C, bytes, fl.im.compressedBytes(), minRate, fast)
 	}()
 	return fast
 }
