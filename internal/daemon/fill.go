@@ -84,7 +84,7 @@ type filler struct {
 	fast    <-chan struct{}
 	slots   *FillSlots
 	batch   int64
-	begun   bool // under mu: the trickle or the parallel fill started
+	begun   bool // under mu: a trickle, or the parallel fill started
 
 	mu     sync.Mutex
 	st     FillStats
@@ -140,7 +140,7 @@ func (im *Image) BackgroundFetch(o FillOptions) error {
 		slots = NewFillSlots(DefaultFillStreams)
 	}
 	fl := &filler{im: im, lim: lim, log: log, trickle: !o.NoTrickle, slots: slots, batch: fillParallelBatch,
-		st: FillStats{Image: im.Ref, Rate: rate}, done: make(chan struct{})}
+		begun: !o.NoTrickle, st: FillStats{Image: im.Ref, Rate: rate}, done: make(chan struct{})}
 	fl.ctx, fl.cancel = context.WithCancel(im.bg)
 	switch policy {
 	case ParallelOn:
@@ -265,9 +265,6 @@ var errGoParallel = errors.New("the link is fast: the rest in parallel")
 // to the end), then the parallel fill; or, with no trickle, the parallel fill once it is to
 // go.
 func (fl *filler) fill(ctx context.Context) error {
-	fl.mu.Lock()
-	fl.begun = fl.trickle
-	fl.mu.Unlock()
 	if fl.trickle {
 		if err := fl.fetchMissing(ctx, false); !errors.Is(err, errGoParallel) {
 			return err
