@@ -8,6 +8,7 @@ import (
 
 	"golang.org/x/sync/errgroup"
 
+	"lazypull/internal/fetch"
 	"lazypull/internal/store"
 )
 
@@ -166,7 +167,7 @@ func (fl *filler) parallelSender(ctx context.Context) (send func(l *Layer, batch
 		// While the image's files are being read, one batch at a time: the reads get the
 		// link and the CPU first.
 		for fl.im.reading.Load() > 0 && mine.Load() > 0 {
-			if err := sleepCtx(gctx, fillIdlePoll); err != nil {
+			if err := fetch.Sleep(gctx, fillIdlePoll); err != nil {
 				return err
 			}
 		}
