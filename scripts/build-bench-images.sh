@@ -4,7 +4,7 @@
 # of it (an overlayfs upper dir, real whiteouts), packed by tools/mkimage into an OCI layout
 # OUTDIR/APP (tag APP) with gzip layers, the way real images are made: base + app.
 #
-#   scripts/build-bench-images.sh OUTDIR APP...      # APP: python python-v2 node gcc postgres jdk big
+#   scripts/build-bench-images.sh OUTDIR APP...      # APP: python python-v2 node gcc postgres jdk big ml
 #
 # python-v2 is the next version of python, for the image-update scenario: the same base layer,
 # and its app layer built again from the same base with a few packages added (python3-yaml,
@@ -23,7 +23,7 @@
 # scripts/build-test-image.sh's, so that neither ever removes what the other's users read.
 set -euo pipefail
 
-usage() { echo "usage: $0 OUTDIR APP... (APP: python python-v2 node gcc postgres jdk big)" >&2; exit 2; }
+usage() { echo "usage: $0 OUTDIR APP... (APP: python python-v2 node gcc postgres jdk big ml)" >&2; exit 2; }
 [ $# -ge 2 ] || usage
 [ "$(id -u)" -eq 0 ] || { echo "build-bench-images: must run as root (debootstrap, mount, chroot)" >&2; exit 1; }
 
@@ -96,6 +96,38 @@ setups[jdk]='mkdir -p /opt/hello && printf "public class Hello { public static v
 # Over 1 GiB uncompressed: a C/C++ toolchain with LLVM and clang, running one small command.
 pkgs[big]="clang-14 llvm-14-dev lld-14 g++ gfortran libboost-all-dev"
 cmds[big]='["sh","-c","clang-14 --version >/dev/null && echo hello from big"]'
+
+# An ML-sized image (opt-in): python3 with numpy and a 3 GiB weights file of generated
+# (incompressible, like real weights) bytes, of which the start reads 1.5 GiB: the first
+# GiB in order, 16 MiB at a time (as a loader reads the first tensors), then 128 ranges of
+# 4 MiB at scattered offsets through np.memmap; ready once they are loaded and summed.
+pkgs[ml]="python3 python3-numpy"
+cmds[ml]='["python3","/app/load.py"]'
+setups[ml]='mkdir -p /app /models
+python3 - <<"EOF"
+import numpy as np
+rng = np.random.default_rng(0)
+with open("/models/weights.bin", "wb") as f:
+    for _ in range(48):
+        f.write(rng.bytes(64 << 20))
+EOF
+cat >/app/load.py <<"EOF"
+import os, numpy as np
+W, MiB = "/models/weights.bin", 1 << 20
+size = os.path.getsize(W)
+total = 0
+with open(W, "rb", buffering=0) as f:
+    buf = bytearray(16 * MiB)
+    for _ in range(64):
+        n = f.readinto(buf)
+        total += int(np.frombuffer(buf, dtype=np.uint64)[: n // 8].sum(dtype=np.uint64))
+m = np.memmap(W, dtype=np.uint8, mode="r")
+rng = np.random.default_rng(1)
+for o in rng.integers(1024 * MiB // 4096, (size - 4 * MiB) // 4096, size=128):
+    o = int(o) * 4096
+    total += int(m[o : o + 4 * MiB].view(np.uint64).sum(dtype=np.uint64))
+print("weights loaded", total % 1000003, flush=True)
+EOF'
 
 for app in "$@"; do
   [ -n "${pkgs[$app]:-}" ] || { log "unknown app $app"; usage; }

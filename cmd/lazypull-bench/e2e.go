@@ -73,10 +73,19 @@ link and step named; the results so far are written, marked incomplete, and no t
           requests, and lazypull's bytes against the bar of 10% of plain's.
   scale   one pull, then N containers of --scale-image started at once, for each N of --scale:
           the time until all are ready and the registry's egress.
---scenarios update,scale runs them without the cold starts.`,
+--scenarios update,scale runs them without the cold starts.
+
+--user-image benches an image of yours instead of (or, with --images, beside) the built ones:
+an OCI layout directory, oci:DIR:TAG, docker://REF or a registry reference (a registry on
+loopback is read over plain HTTP). It is copied into the private registry as it is (skopeo),
+converted with lazypull convert, profiled when lazypull-profile runs, and started cold like
+the others, in the same modes, links and report, as --user-name. It runs --user-cmd if given,
+else its own entrypoint and command, and is ready at the first output line containing
+--user-ready, or, without --user-ready, when the command exits with status 0 (the time then
+includes ctr's removal of the container). With --user-image the scenarios default to cold.`,
 	flags: func(fs *flag.FlagSet) any {
 		f := &benchFlags{}
-		fs.StringVar(&f.images, "images", defaultBenchImages, "comma-separated `images`: python, node, gcc, postgres, jdk, big")
+		fs.StringVar(&f.images, "images", defaultBenchImages, "comma-separated `images`: python, node, gcc, postgres, jdk, big, ml (3 GiB)")
 		fs.StringVar(&f.links, "links", defaultBenchLinks, "comma-separated `links`, RATE/RTT each (bits/s with K, M, G)")
 		fs.StringVar(&f.modes, "modes", defaultBenchModes, "comma-separated `modes`: plain, lazypull, lazypull-profile, lazypull-auto, estargz, estargz-opt, soci")
 		fs.IntVar(&f.n, "n", defaultBenchN, "cold runs per image, link and mode")
@@ -93,6 +102,12 @@ link and step named; the results so far are written, marked incomplete, and no t
 		fs.StringVar(&f.scale, "scale", defaultBenchScale, "comma-separated container `counts` started at once in the scale scenario")
 		fs.StringVar(&f.scenarioLinks, "scenario-links", defaultBenchScenarioLinks, "comma-separated `links` of the update and scale scenarios")
 		fs.IntVar(&f.scenarioN, "scenario-n", defaultBenchScenarioN, "runs per update or scale case, link and mode")
+		fs.StringVar(&f.userImage, "user-image", "", "an `image` of yours to bench: OCI layout dir, oci:DIR:TAG, docker://REF or a registry reference")
+		fs.StringVar(&f.userName, "user-name", "user", "the user image's `name` in the report")
+		fs.StringVar(&f.userCmd, "user-cmd", "", "the `command` the user image runs (JSON array or words; default: its own)")
+		fs.StringVar(&f.userReady, "user-ready", "", "the user image's readiness `line` (default: ready when the command exits with status 0)")
+		fs.BoolVar(&f.userServer, "user-server", false, "the user image keeps running once ready (killed then; needs --user-ready)")
+		f.fs = fs
 		return f
 	},
 	run: runE2E,
@@ -110,6 +125,43 @@ type benchFlags struct {
 	scenarios, update, scaleImage, scale string
 	scenarioLinks                        string
 	scenarioN                            int
+	// A user's image.
+	userImage, userName, userCmd, userReady string
+	userServer                              bool
+	fs                                      *flag.FlagSet // to tell the flags given from defaults
+}
+
+// given says whether flag name was on the command line.
+func (f *benchFlags) given(name string) bool {
+	found := false
+	f.fs.Visit(func(fl *flag.Flag) { found = found || fl.Name == name })
+	return found
+}
+
+// userImage adds the user's image, when one is given, to cfg: alone unless --images is given
+// too, and in the cold starts only unless --scenarios is given.
+func (f *benchFlags) addUserImage(cfg *bench.Config) error {
+	if f.userImage == "" {
+		for _, n := range []string{"user-name", "user-cmd", "user-ready", "user-server"} {
+			if f.given(n) {
+				return fmt.Errorf("--%s without --user-image", n)
+			}
+		}
+		return nil
+	}
+	im, err := bench.ParseUserImage(f.userName, f.userImage, f.userCmd, f.userReady, f.userServer)
+	if err != nil {
+		return fmt.Errorf("--user-image: %w", err)
+	}
+	cfg.User = append(cfg.User, im)
+	if !f.given("images") {
+		cfg.Images = nil
+	}
+	cfg.Images = append(cfg.Images, im.Name)
+	if !f.given("scenarios") {
+		cfg.Scenarios.Run = []string{bench.ScenarioCold}
+	}
+	return nil
 }
 
 func runE2E(ctx context.Context, e *env, vals any, args []string) error {
@@ -135,6 +187,10 @@ func runE2E(ctx context.Context, e *env, vals any, args []string) error {
 		return cmdline.Usagef("%v", err)
 	}
 	cfg.Scenarios = sc
+	if err := f.addUserImage(&cfg); err != nil {
+		return cmdline.Usagef("%v", err)
+	}
+	sc = cfg.Scenarios
 	if cfg.Seed == 0 {
 		cfg.Seed = rand.Uint64()
 	}

@@ -38,7 +38,7 @@ func pushAuto(ctx context.Context, cfg Config, reg string, im Image) (_ *Profile
 		return nil, err
 	}
 	sctx, cancel := context.WithTimeout(ctx, cfg.StepTimeout)
-	_, err = n.runToReadyThen(sctx, "auto-"+im.Name, im.Ready, im.Server, func() {}, "--snapshotter", "lazypull", ref)
+	_, err = n.runToReadyThen(sctx, "auto-"+im.Name, im, func() {}, "--snapshotter", "lazypull", ref)
 	cancel()
 	if err != nil {
 		return nil, err

@@ -22,14 +22,19 @@ import (
 )
 
 // Image is one workload: an image built by scripts/build-bench-images.sh whose Cmd prints a
-// readiness line.
+// readiness line, or a user's image (ParseUserImage).
 type Image struct {
 	Name string `json:"name"`
 	// Ready is the readiness line: the run is ready when a line of the container's output
-	// (stdout or stderr) contains it.
-	Ready string `json:"ready"`
+	// (stdout or stderr) contains it. Empty: when the command exits with status 0.
+	Ready string `json:"ready,omitempty"`
 	// Server: the workload keeps running once ready; the harness kills it then.
 	Server bool `json:"server,omitempty"`
+	// Source, a user's image only: where skopeo copies it from (oci:DIR[:TAG],
+	// docker://REF), instead of the layout the image builder made.
+	Source string `json:"source,omitempty"`
+	// Cmd, when set, is run instead of the image's entrypoint and command.
+	Cmd []string `json:"cmd,omitempty"`
 }
 
 // Workloads are the images the harness knows, by name; their Cmd is in
@@ -41,6 +46,8 @@ var Workloads = map[string]Image{
 	"postgres": {Name: "postgres", Ready: "ready to accept connections", Server: true},
 	"jdk":      {Name: "jdk", Ready: "hello from java"},
 	"big":      {Name: "big", Ready: "hello from big"},
+	// ML-sized, opt-in: 3 GiB of weights, 1.5 GiB read at start.
+	"ml": {Name: "ml", Ready: "weights loaded"},
 
 	// python's next version, for the update scenario (Updates).
 	"python-v2": {Name: "python-v2", Ready: "hello from python v2"},
@@ -414,18 +421,25 @@ func (t *outputTail) String() string {
 	return strings.Join(t.lines, "\n")
 }
 
-// runToReady runs `ctr run` with args and returns when a line of its output contains ready,
-// with the time that took. A server (keeps running) is then killed; a one-shot command must
-// exit with status 0. Either way it returns only once ctr has exited.
-func (n *node) runToReady(ctx context.Context, id, ready string, server bool, args ...string) (time.Duration, error) {
-	return n.runToReadyThen(ctx, id, ready, server, nil, args...)
+// runToReady runs `ctr run` with args (the image's reference last), as container id running
+// im's Cmd when it has one, and returns when a line of its output contains im.Ready (or, when
+// im.Ready is empty, when it exits with status 0), with the time that took. A server (keeps
+// running) is then killed; a one-shot command must exit with status 0. Either way it
+// returns only once ctr has exited.
+func (n *node) runToReady(ctx context.Context, id string, im Image, args ...string) (time.Duration, error) {
+	return n.runToReadyThen(ctx, id, im, nil, args...)
 }
 
 // runToReadyThen is runToReady, calling atReady (when not nil) as soon as the readiness line
 // is seen, before the container is stopped or waited for: what is measured "before ready"
 // (the link's counters) is read there, not after the container's exit.
-func (n *node) runToReadyThen(ctx context.Context, id, ready string, server bool, atReady func(), args ...string) (time.Duration, error) {
-	cmd := exec.Command("ctr", n.ctr(append(append([]string{"run", "--rm"}, args...), id)...)...)
+func (n *node) runToReadyThen(ctx context.Context, id string, im Image, atReady func(), args ...string) (time.Duration, error) {
+	ready, server := im.Ready, im.Server
+	// runc's state directory is per namespace, not per containerd: another bench on the
+	// machine runs containers of the same names.
+	id = fmt.Sprintf("%s-%d", id, os.Getpid())
+	args = append(append(append([]string{"run", "--rm"}, args...), id), im.Cmd...)
+	cmd := exec.Command("ctr", n.ctr(args...)...)
 	pr, pw := io.Pipe()
 	cmd.Stdout, cmd.Stderr = pw, pw
 	var out outputTail
@@ -437,7 +451,7 @@ func (n *node) runToReadyThen(ctx context.Context, id, ready string, server bool
 		sc.Buffer(make([]byte, 64<<10), 1<<20)
 		seen := false
 		for sc.Scan() {
-			if !seen && strings.Contains(sc.Text(), ready) {
+			if !seen && ready != "" && strings.Contains(sc.Text(), ready) {
 				readyCh <- time.Now()
 				seen = true
 			}
@@ -468,6 +482,9 @@ func (n *node) runToReadyThen(ctx context.Context, id, ready string, server bool
 		select {
 		case readyAt = <-readyCh:
 		default:
+			if ready == "" && exitErr == nil {
+				readyAt = time.Now() // ready on exit 0
+			}
 		}
 	case <-ctx.Done():
 	}
@@ -482,6 +499,9 @@ func (n *node) runToReadyThen(ctx context.Context, id, ready string, server bool
 		}
 		if ctx.Err() != nil {
 			return 0, fmt.Errorf("not ready after %v (%w); output:\n%s", time.Since(start).Round(time.Millisecond), ctx.Err(), out.String())
+		}
+		if ready == "" {
+			return 0, fmt.Errorf("ctr run: %w; output:\n%s", exitErr, out.String())
 		}
 		return 0, fmt.Errorf("ctr run exited (%v) without the readiness line %q; output:\n%s", exitErr, ready, out.String())
 	}

@@ -23,9 +23,11 @@ import (
 
 // Config is what Bench measures and where.
 type Config struct {
-	Images []string // names of Workloads
-	Links  []Link
-	Modes  []Mode
+	Images []string // names of Workloads or of User's images
+	// User are the user's images (ParseUserImage), benched like the built ones.
+	User  []Image
+	Links []Link
+	Modes []Mode
 	// N is the cold runs per image, mode and link; Warm the warm starts per image.
 	N, Warm int
 	// Seed orders the runs; it is recorded so that an order can be replayed.
@@ -162,7 +164,7 @@ func (c *Config) Validate() error {
 		return errors.New("need at least one image, link and mode")
 	}
 	for _, im := range c.Images {
-		if _, ok := Workloads[im]; !ok {
+		if _, ok := c.workload(im); !ok {
 			return fmt.Errorf("unknown image %q (known: %s)", im, strings.Join(slices.Sorted(maps.Keys(Workloads)), ", "))
 		}
 	}
@@ -249,15 +251,18 @@ func Bench(ctx context.Context, cfg Config) (res *Result, err error) {
 	var images []Image
 	if cold {
 		for _, n := range cfg.Images {
-			images = append(images, Workloads[n])
+			im, _ := cfg.workload(n)
+			images = append(images, im)
 		}
 	}
 	build := cfg.allImages()
 
-	// Images: built (cached) by the script from Debian packages.
-	pg.step("building images " + strings.Join(build, " ") + " (cached after the first time)")
-	if _, err := command(ctx, nil, filepath.Join(cfg.Scripts, "build-bench-images.sh"), append([]string{cfg.ImagesDir}, build...)...); err != nil {
-		return fail(&StepError{Step: "build images", Err: err, Msg: err.Error()})
+	// Images: built (cached) by the script from Debian packages; the user's are not built.
+	if b := cfg.toBuild(build); len(b) > 0 {
+		pg.step("building images " + strings.Join(b, " ") + " (cached after the first time)")
+		if _, err := command(ctx, nil, filepath.Join(cfg.Scripts, "build-bench-images.sh"), append([]string{cfg.ImagesDir}, b...)...); err != nil {
+			return fail(&StepError{Step: "build images", Err: err, Msg: err.Error()})
+		}
 	}
 
 	for _, d := range []string{cfg.WorkDir, cfg.LogDir} {
@@ -315,7 +320,7 @@ func Bench(ctx context.Context, cfg Config) (res *Result, err error) {
 func pushImages(ctx context.Context, cfg Config, reg string, build []string, pg *progress) ([]ImageInfo, error) {
 	var infos []ImageInfo
 	for _, name := range build {
-		im := Workloads[name]
+		im, _ := cfg.workload(name)
 		pg.step("pushing and converting " + im.Name)
 		info, err := pushImage(ctx, cfg, reg, im)
 		if err != nil {
@@ -395,14 +400,15 @@ func startRounds(ctx context.Context, cfg Config, res *Result, proxies map[strin
 	return nil
 }
 
-// pushImage pushes the OCI layout of im to the registry as REG/bench/NAME:orig (skopeo) and
-// converts it to REG/bench/NAME:lazy (lazypull convert).
+// pushImage pushes im (the builder's OCI layout, or a user's image from its source) to the
+// registry as REG/bench/NAME:orig (skopeo) and converts it to REG/bench/NAME:lazy (lazypull
+// convert).
 func pushImage(ctx context.Context, cfg Config, reg string, im Image) (ImageInfo, error) {
 	info := ImageInfo{Image: im}
-	layout := filepath.Join(cfg.ImagesDir, im.Name)
 	orig, lazy := reg+"/bench/"+im.Name+":orig", reg+"/bench/"+im.Name+":lazy"
-	if _, err := command(ctx, nil, "skopeo", "copy", "--quiet", "--dest-tls-verify=false",
-		"oci:"+layout+":"+im.Name, "docker://"+orig); err != nil {
+	src := im.source(cfg.ImagesDir)
+	args := append(append([]string{"copy", "--quiet", "--dest-tls-verify=false"}, skopeoSourceArgs(src)...), src, "docker://"+orig)
+	if _, err := command(ctx, nil, "skopeo", args...); err != nil {
 		return info, err
 	}
 	if _, err := command(ctx, nil, cfg.Lazypull, "convert", orig, lazy); err != nil {
@@ -455,8 +461,15 @@ func recordProfile(ctx context.Context, cfg Config, reg string, im Image) (_ *Pr
 		}
 	}()
 	doc := filepath.Join(dir, im.Name+".profile.json")
-	out, err := command(ctx, nil, cfg.Lazypull, "profile", "--plain-http", "--runtime", "containerd", "--address", n.sock(),
-		"--until", im.Ready, "--duration", "5m", "--output", doc, reg+"/bench/"+im.Name+":lazy")
+	args := []string{"profile", "--plain-http", "--runtime", "containerd", "--address", n.sock(), "--duration", "5m", "--output", doc}
+	if im.Ready != "" { // else until it exits
+		args = append(args, "--until", im.Ready)
+	}
+	args = append(args, reg+"/bench/"+im.Name+":lazy")
+	if len(im.Cmd) > 0 {
+		args = append(append(args, "--"), im.Cmd...)
+	}
+	out, err := command(ctx, nil, cfg.Lazypull, args...)
 	if err != nil {
 		return nil, err
 	}
@@ -548,7 +561,7 @@ func coldRun(ctx context.Context, cfg Config, p *Proxy, j job, pg *progress) (ru
 		args = append(args, sociArgs()...)
 	}
 	var c1 Counters
-	took, err := n.runToReadyThen(sctx, fmt.Sprintf("bench-%d", j.order), j.image.Ready, j.image.Server,
+	took, err := n.runToReadyThen(sctx, fmt.Sprintf("bench-%d", j.order), j.image,
 		func() { c1 = p.Counters() }, append(args, r)...)
 	cancel()
 	if err != nil {
@@ -589,7 +602,7 @@ func warmStarts(ctx context.Context, cfg Config, p *Proxy, im Image, pg *progres
 	var out []Warm
 	for i := 0; i <= cfg.Warm; i++ {
 		pg.step(fmt.Sprintf("run %d of %d", i, cfg.Warm))
-		took, err := n.runToReady(sctx, fmt.Sprintf("warm-%d", i), im.Ready, im.Server, r)
+		took, err := n.runToReady(sctx, fmt.Sprintf("warm-%d", i), im, r)
 		if err != nil {
 			return nil, stepErr(j, "warm: run to ready", err)
 		}

@@ -84,7 +84,7 @@ func startMany(ctx context.Context, cfg Config, n *node, prefix string, im Image
 	for i := range count {
 		wg.Go(func() {
 			launched := time.Now()
-			took, err := n.runToReady(sctx, fmt.Sprintf("%s-%d", prefix, i), im.Ready, im.Server, append(runArgs(m), ref)...)
+			took, err := n.runToReady(sctx, fmt.Sprintf("%s-%d", prefix, i), im, append(runArgs(m), ref)...)
 			if err != nil {
 				errs[i] = fmt.Errorf("container %d of %d: %w", i+1, count, err)
 				return

@@ -4,6 +4,7 @@ import (
 	"context"
 	"crypto/sha256"
 	"encoding/hex"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
@@ -216,6 +217,9 @@ func pushStargz(ctx context.Context, cfg Config, reg string, info *ImageInfo, mo
 		tag := stargzTag(m)
 		dst := reg + "/bench/" + info.Name + ":" + tag
 		args := stargzConvertArgs(m)
+		if m == ModeEstargzOpt {
+			args = append(args, optimizeCmdArgs(info.Cmd)...)
+		}
 		key := stargzCacheKey(origDigest, ctrRemote, args)
 		cache := filepath.Join(cfg.ImagesDir, "stargz", info.Name+"-"+tag)
 		hit, err := pushCached(ctx, cache, key, tag, dst)
@@ -264,6 +268,17 @@ func stargzConvertArgs(m Mode) []string {
 		return []string{"optimize", "--oci"}
 	}
 	return []string{"convert", "--estargz", "--oci"}
+}
+
+// optimizeCmdArgs are the `ctr-remote image optimize` flags running cmd (a user's command)
+// instead of the image's own; none when cmd is empty.
+func optimizeCmdArgs(cmd []string) []string {
+	if len(cmd) == 0 {
+		return nil
+	}
+	entry, _ := json.Marshal(cmd[:1])
+	rest, _ := json.Marshal(append([]string{}, cmd[1:]...))
+	return []string{"--entrypoint", string(entry), "--args", string(rest)}
 }
 
 // stargzCacheKey names a conversion: of which original manifest, by which ctr-remote (its

@@ -72,7 +72,7 @@ func updateRun(ctx context.Context, cfg Config, p *Proxy, j scenarioJob, pg *pro
 		pg.step("v2: running to ready")
 		sctx, cancel := context.WithTimeout(ctx, cfg.StepTimeout)
 		var c2 Counters
-		took, err = n.runToReadyThen(sctx, fmt.Sprintf("upd-%d-v2", j.order), v2.Ready, v2.Server,
+		took, err = n.runToReadyThen(sctx, fmt.Sprintf("upd-%d-v2", j.order), v2,
 			func() { c2 = p.Counters() }, append(runArgs(j.mode), r2)...)
 		cancel()
 		if err != nil {
@@ -92,7 +92,7 @@ func updateRun(ctx context.Context, cfg Config, p *Proxy, j scenarioJob, pg *pro
 func runReady(ctx context.Context, cfg Config, n *node, id string, im Image, m Mode, ref string) error {
 	sctx, cancel := context.WithTimeout(ctx, cfg.StepTimeout)
 	defer cancel()
-	_, err := n.runToReady(sctx, id, im.Ready, im.Server, append(runArgs(m), ref)...)
+	_, err := n.runToReady(sctx, id, im, append(runArgs(m), ref)...)
 	return err
 }
 

@@ -61,6 +61,11 @@ func addNodeFlags(fs *flag.FlagSet, c *service.NodeConfig, what string) {
 	fs.BoolVar(&c.BackgroundFetch, "background-fetch", false, "after the prefetch, fetch the rest of each image in the background (rate-bounded; reads go first)")
 	fs.Int64Var(&c.BackgroundFetchRate, "background-fetch-rate", c.BackgroundFetchRate, "bound the background fetch to `n` compressed bytes per second")
 	fs.BoolVar(&c.Speculate, "speculate", c.Speculate, "on a read that misses, also fetch the rest of a file of up to 8 MiB, and the other files of a small directory")
+
+	fs.StringVar(&c.ParallelFetch, "parallel-fetch", c.ParallelFetch, "when to fetch the rest of each image at line rate, after the prefetch: `policy` "+
+		"auto (once it fetches at -parallel-fetch-min-rate and has fetched a quarter of its bytes: a fast link, a workload reading much of it), on or off")
+	fs.IntVar(&c.ParallelFetchStreams, "parallel-fetch-streams", c.ParallelFetchStreams, "the node's parallel fetch requests in flight at once, across images (`n`, below the 8 of the registry client: reads keep the rest)")
+	fs.Int64Var(&c.ParallelFetchMinRate, "parallel-fetch-min-rate", c.ParallelFetchMinRate, "a fast link for -parallel-fetch auto: `n` compressed bytes per second over a second")
 	fs.StringVar(&c.ProfilePolicy, "profile-policy", c.ProfilePolicy,
 		"where a prefetch profile may come from: `policy` referrers (one pinned, else found among the image's referrers), "+
 			"pinned (only one pinned, by -profile-pin or a pull's --profile) or off (none; the registry is not asked)")

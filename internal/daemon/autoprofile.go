@@ -561,7 +561,7 @@ func PushProfile(ctx context.Context, client *fetch.Client, im *Image, p *profil
 		}
 	}
 	subject := im.Image.Descriptor
-	return profile.Push(repo, v1.Descriptor{MediaType: subject.MediaType, Digest: subject.Digest, Size: subject.Size}, doc, pack,
+	return profile.Push(im.log, repo, v1.Descriptor{MediaType: subject.MediaType, Digest: subject.Digest, Size: subject.Size}, doc, pack,
 		remote.WithContext(ctx), remote.WithTransport(client.Transport()), remote.WithAuthFromKeychain(client.Keychain()), remote.WithUserAgent("lazypull"))
 }
 

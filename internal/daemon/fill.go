@@ -33,10 +33,20 @@ const (
 	fillIdlePoll = 5 * time.Millisecond
 )
 
-// FillOptions configures Image.BackgroundFetch.
+// FillOptions configures Image.BackgroundFetch. Its zero value is the trickle alone: the
+// rest of the image at DefaultFillRate, yielding to reads.
 type FillOptions struct {
-	// Rate bounds the fill in compressed bytes per second; 0 means DefaultFillRate.
+	// Rate bounds the trickle in compressed bytes per second; 0 means DefaultFillRate.
 	Rate int64
+	// NoTrickle: no trickle; only the parallel fill, when Parallel starts it.
+	NoTrickle bool
+	// Parallel says when the fill goes at line rate instead (parallelfill.go); "" is
+	// ParallelOff. FastRate is ParallelAuto's fast link (0: DefaultFastRate); Slots bound
+	// the parallel batches in flight, shared by the node's images (nil: DefaultFillStreams
+	// of the image's own).
+	Parallel ParallelPolicy
+	FastRate int64
+	Slots    *FillSlots
 	// Log receives the fill's log lines; nil: the image's (OpenOptions.Log).
 	Log *slog.Logger
 }
@@ -51,8 +61,12 @@ type FillStats struct {
 	Chunks  int64 `json:"chunks"`
 	// Requests is what the registry counted meanwhile: the fill's, and any reads' of the
 	// same image.
-	Requests int64   `json:"requests"`
-	Rate     int64   `json:"rate"`
+	Requests int64 `json:"requests"`
+	Rate     int64 `json:"rate"`
+	// Parallel: the fill went at line rate (ParallelPolicy), Streams batches at most at
+	// once on the node.
+	Parallel bool    `json:"parallel,omitempty"`
+	Streams  int     `json:"streams,omitempty"`
 	Seconds  float64 `json:"seconds"`
 	Done     bool    `json:"done"`
 	Err      string  `json:"error,omitempty"`
@@ -64,6 +78,13 @@ type filler struct {
 	im  *Image
 	lim *limiter
 	log *slog.Logger
+	// trickle: fill at lim's rate first; fast closes when the fill is to go at line rate
+	// (nil: never), in batches of batch bytes, at most len(slots) at once on the node.
+	trickle bool
+	fast    <-chan struct{}
+	slots   *FillSlots
+	batch   int64
+	begun   bool // under mu: a trickle, or the parallel fill started
 
 	mu     sync.Mutex
 	st     FillStats
@@ -92,6 +113,16 @@ func (im *Image) BackgroundFetch(o FillOptions) error {
 		im.log.Info("no background fetch for an image served from its index artifact (not implemented yet)", "image", im.Ref)
 		return nil
 	}
+	policy := o.Parallel
+	if policy == "" {
+		policy = ParallelOff
+	}
+	if _, err := ParseParallelPolicy(string(policy)); err != nil {
+		return fmt.Errorf("background fetch of %s: %w", im.Ref, err)
+	}
+	if o.NoTrickle && policy == ParallelOff {
+		return nil
+	}
 	rate := o.Rate
 	if rate == 0 {
 		rate = DefaultFillRate
@@ -104,8 +135,25 @@ func (im *Image) BackgroundFetch(o FillOptions) error {
 	if log == nil {
 		log = im.log
 	}
-	fl := &filler{im: im, lim: lim, log: log, st: FillStats{Image: im.Ref, Rate: rate}, done: make(chan struct{})}
+	slots := o.Slots
+	if slots == nil {
+		slots = NewFillSlots(DefaultFillStreams)
+	}
+	fl := &filler{im: im, lim: lim, log: log, trickle: !o.NoTrickle, slots: slots, batch: fillParallelBatch,
+		begun: !o.NoTrickle, st: FillStats{Image: im.Ref, Rate: rate}, done: make(chan struct{})}
 	fl.ctx, fl.cancel = context.WithCancel(im.bg)
+	switch policy {
+	case ParallelOn:
+		fast := make(chan struct{})
+		close(fast)
+		fl.fast = fast
+	case ParallelAuto:
+		minRate := o.FastRate
+		if minRate <= 0 {
+			minRate = DefaultFastRate
+		}
+		fl.fast = fl.startWatch(minRate)
+	}
 	im.mu.Lock()
 	im.fill = fl
 	im.mu.Unlock()
@@ -128,7 +176,7 @@ func (fl *filler) run(after <-chan struct{}) {
 	}
 	start := time.Now()
 	before := im.Registry.Stats().Requests
-	err := fl.fetchMissing(fl.ctx)
+	err := fl.fill(fl.ctx)
 	requests := im.Registry.Stats().Requests - before
 	if err == nil {
 		// The layers are complete: their tar streams must have the config's diff
@@ -145,6 +193,8 @@ func (fl *filler) run(after <-chan struct{}) {
 	st := fl.st
 	fl.mu.Unlock()
 	switch {
+	case errors.Is(err, errNotFast):
+		log.Debug("no background fetch: the image never fetched fast enough for its parallel fetch", "image", im.Ref)
 	case errors.Is(err, errFillSkipped):
 		log.Warn("background fetch skipped", "image", im.Ref, "why", err)
 	case err != nil && fl.ctx.Err() != nil:
@@ -170,7 +220,8 @@ func (im *Image) StopBackgroundFetch() {
 	}
 }
 
-// FillStats returns the background fill's figures, and false if there was none.
+// FillStats returns the background fill's figures, and false if there was none, or none
+// yet (a parallel fill alone, waiting for its policy to start it).
 func (im *Image) FillStats() (FillStats, bool) {
 	im.mu.Lock()
 	fl := im.fill
@@ -180,7 +231,7 @@ func (im *Image) FillStats() (FillStats, bool) {
 	}
 	fl.mu.Lock()
 	defer fl.mu.Unlock()
-	return fl.st, true
+	return fl.st, fl.begun
 }
 
 // WaitFill waits until the background fill has ended (or ctx has); it returns at once if
@@ -203,9 +254,49 @@ func (im *Image) WaitFill(ctx context.Context) error {
 // errFillSkipped: the fill did not start, for a reason it names.
 var errFillSkipped = errors.New("background fetch skipped")
 
-// fetchMissing fetches what the store lacks of the image, in blob order, in batches.
-func (fl *filler) fetchMissing(ctx context.Context) error {
-	im, lim, log := fl.im, fl.lim, fl.log
+// errNotFast: a fill with no trickle ended before the image fetched fast enough for its
+// parallel fill (ParallelAuto).
+var errNotFast = errors.New("never fast enough for the parallel fetch")
+
+// errGoParallel: the trickle stopped for the parallel fill to fetch the rest.
+var errGoParallel = errors.New("the link is fast: the rest in parallel")
+
+// fill fetches the rest of the image: the trickle until the fill is to go at line rate (or
+// to the end), then the parallel fill; or, with no trickle, the parallel fill once it is to
+// go.
+func (fl *filler) fill(ctx context.Context) error {
+	if fl.trickle {
+		if err := fl.fetchMissing(ctx, false); !errors.Is(err, errGoParallel) {
+			return err
+		}
+	} else {
+		select {
+		case <-fl.fast:
+		case <-ctx.Done():
+			return fmt.Errorf("%w: %w", errNotFast, ctx.Err())
+		}
+	}
+	fl.mu.Lock()
+	fl.begun, fl.st.Parallel, fl.st.Streams = true, true, fl.slots.Len()
+	fl.mu.Unlock()
+	return fl.fetchMissing(ctx, true)
+}
+
+// goParallel says whether the fill is to go at line rate now.
+func (fl *filler) goParallel() bool {
+	select {
+	case <-fl.fast:
+		return true
+	default:
+		return false
+	}
+}
+
+// fetchMissing fetches what the store lacks of the image, in blob order, in batches: one at
+// a time at the limiter's rate while no read is in progress (the trickle, until goParallel),
+// or, when parallel, at line rate, as many at once as the node's fill slots allow.
+func (fl *filler) fetchMissing(ctx context.Context, parallel bool) (err error) {
+	im, log := fl.im, fl.log
 	if len(im.Layers) == 0 {
 		return nil
 	}
@@ -214,23 +305,55 @@ func (fl *filler) fetchMissing(ctx context.Context) error {
 		return err
 	}
 	fl.mu.Lock()
-	fl.st.Planned = planned
+	if !parallel || fl.st.Planned == 0 { // the trickle's plan, when it went first
+		fl.st.Planned = planned
+	}
 	fl.mu.Unlock()
 	if st := im.layerStore().Stats(); st.MaxBytes > 0 && st.Bytes+plain > st.MaxBytes {
 		return fmt.Errorf("%w: the image's missing %d bytes do not fit under the store's bound of %d bytes (%d used); the fill would only evict what it fetched",
 			errFillSkipped, plain, st.MaxBytes, st.Bytes)
 	}
-	log.Info("background fetch started", "image", im.Ref, "files", len(items), "bytes", planned, "rate", lim.rate())
+	if parallel {
+		log.Info("background fetch started, in parallel at line rate", "image", im.Ref, "files", len(items), "bytes", planned,
+			"streams", fl.slots.Len())
+	} else {
+		log.Info("background fetch started", "image", im.Ref, "files", len(items), "bytes", planned, "rate", fl.lim.rate())
+	}
 	if len(items) == 0 {
 		return nil
 	}
-
-	counted := func(n, chunks int64) {
-		fl.mu.Lock()
-		fl.st.Bytes += n
-		fl.st.Chunks += chunks
-		fl.mu.Unlock()
+	maxBatch := int64(fillBatch) // the limiter's burst: every byte is paid for
+	var send func(l *Layer, batch []store.Want, runs []int, bytes int64) error
+	if parallel {
+		maxBatch = fl.batch
+		var wait func() error
+		send, wait = fl.parallelSender(ctx)
+		defer func() {
+			if werr := wait(); werr != nil { // the first batch's error, before a send's refusal
+				err = werr
+			}
+		}()
+	} else {
+		send = func(l *Layer, batch []store.Want, runs []int, bytes int64) error {
+			if fl.goParallel() {
+				return errGoParallel
+			}
+			if err := fl.waitIdle(ctx); err != nil {
+				return err
+			}
+			if err := fl.lim.Wait(ctx, bytes); err != nil {
+				return err
+			}
+			return fl.fetchBatch(ctx, l, batch, runs)
+		}
 	}
+	return fl.batches(items, maxBatch, send)
+}
+
+// batches cuts the missing chunks of items, in order, into batches of at most maxBatch
+// compressed bytes within one layer, each with the header runs of its files, and has send
+// fetch each.
+func (fl *filler) batches(items []fillItem, maxBatch int64, send func(l *Layer, batch []store.Want, runs []int, bytes int64) error) error {
 	var (
 		batch []store.Want
 		runs  []int // the header runs of the batch's files: they come with its chunks
@@ -241,23 +364,9 @@ func (fl *filler) fetchMissing(ctx context.Context) error {
 		if len(batch) == 0 && len(runs) == 0 {
 			return nil
 		}
-		defer func() { batch, runs, bytes = nil, nil, 0 }()
-		if err := fl.waitIdle(ctx); err != nil {
-			return err
-		}
-		if err := lim.Wait(ctx, bytes); err != nil {
-			return err
-		}
-		src := &countingSource{src: &checkingSource{l: cur, runs: runs}}
-		err := cur.store.Prefetch(ctx, src, batch...)
-		counted(src.bytes.Load(), src.chunks.Load())
-		if err == nil {
-			cur.prefetchRuns(ctx, runs)
-		}
-		if err != nil {
-			return fmt.Errorf("layer %s: %w", cur.Desc.Digest, err)
-		}
-		return nil
+		b, r, n := batch, runs, bytes
+		batch, runs, bytes = nil, nil, 0
+		return send(cur, b, r, n)
 	}
 	for _, it := range items {
 		if it.l != cur {
@@ -270,10 +379,9 @@ func (fl *filler) fetchMissing(ctx context.Context) error {
 			runs = append(runs, rs...)
 		}
 		// Again: reads (or an earlier batch, for a shared chunk) may have fetched some.
-		// A batch stays within fillBatch, the limiter's burst, so that every byte is paid
-		// for (a chunk's frame is far smaller).
+		// A batch stays within maxBatch (a chunk's frame is far smaller).
 		for _, c := range it.l.store.Missing(it.f) {
-			if bytes+c.CompSize > fillBatch {
+			if bytes+c.CompSize > maxBatch {
 				if err := flush(); err != nil {
 					return err
 				}
@@ -283,6 +391,22 @@ func (fl *filler) fetchMissing(ctx context.Context) error {
 		}
 	}
 	return flush()
+}
+
+// fetchBatch fetches one batch of layer l's chunks and the header runs that come with
+// them, and counts what it fetched.
+func (fl *filler) fetchBatch(ctx context.Context, l *Layer, batch []store.Want, runs []int) error {
+	src := &countingSource{src: &checkingSource{l: l, runs: runs}}
+	err := l.store.Prefetch(ctx, src, batch...)
+	fl.mu.Lock()
+	fl.st.Bytes += src.bytes.Load()
+	fl.st.Chunks += src.chunks.Load()
+	fl.mu.Unlock()
+	if err != nil {
+		return fmt.Errorf("layer %s: %w", l.Desc.Digest, err)
+	}
+	l.prefetchRuns(ctx, runs)
+	return nil
 }
 
 // missing returns what the store lacks of the image now: every regular file of every

@@ -301,7 +301,7 @@ func TestBackgroundFetchRate(t *testing.T) {
 	lim, c := fakeLimiter(t, rate, fillBatch)
 	start := c.t
 	fl := &filler{im: im, lim: lim, log: slog.New(slog.DiscardHandler), done: make(chan struct{})}
-	if err := fl.fetchMissing(context.Background()); err != nil {
+	if err := fl.fetchMissing(context.Background(), false); err != nil {
 		t.Fatal(err)
 	}
 	el := c.t.Sub(start).Seconds()

@@ -104,7 +104,7 @@ func pushProfile(t *testing.T, ref string, subject v1.Descriptor, p *profile.Pro
 		t.Fatal(err)
 	}
 	r, _ := name.ParseReference(ref)
-	if _, err := profile.Push(r.Context(), subject, doc, pack); err != nil {
+	if _, err := profile.Push(nil, r.Context(), subject, doc, pack); err != nil {
 		t.Fatal(err)
 	}
 }

@@ -28,7 +28,7 @@ import (
 // its manifest's digest.
 func pushed(t *testing.T, repo name.Repository, subject v1.Descriptor, created time.Time, path string) v1.Hash {
 	t.Helper()
-	d, err := profile.Push(repo, subject, testProfile(subject.Digest, created, path), nil)
+	d, err := profile.Push(nil, repo, subject, testProfile(subject.Digest, created, path), nil)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -208,7 +208,7 @@ func TestProfileChoiceReported(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	pinnedDesc, err := profile.Push(r.Context(), subject, doc, pack)
+	pinnedDesc, err := profile.Push(nil, r.Context(), subject, doc, pack)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -90,10 +90,10 @@ func TestProfileRoundTrip(t *testing.T) {
 				t.Fatalf("no profile pushed yet: %v, %v", p, err)
 			}
 			t0 := time.Date(2025, 1, 1, 0, 0, 0, 0, time.UTC)
-			if _, err := profile.Push(repo, subject, testProfile(subject.Digest, t0.Add(time.Hour), "new"), nil); err != nil {
+			if _, err := profile.Push(nil, repo, subject, testProfile(subject.Digest, t0.Add(time.Hour), "new"), nil); err != nil {
 				t.Fatal(err)
 			}
-			if _, err := profile.Push(repo, subject, testProfile(subject.Digest, t0, "old"), nil); err != nil {
+			if _, err := profile.Push(nil, repo, subject, testProfile(subject.Digest, t0, "old"), nil); err != nil {
 				t.Fatal(err)
 			}
 			// Something else referring to the image is not a profile.
@@ -249,11 +249,11 @@ func TestProfileEmbedded(t *testing.T) {
 func TestProfileInTagIndex(t *testing.T) {
 	repo, subject := subjectImage(t, false)
 	t0 := time.Date(2025, 1, 1, 0, 0, 0, 0, time.UTC)
-	first, err := profile.Push(repo, subject, testProfile(subject.Digest, t0, "first"), nil)
+	first, err := profile.Push(nil, repo, subject, testProfile(subject.Digest, t0, "first"), nil)
 	if err != nil {
 		t.Fatal(err)
 	}
-	second, err := profile.Push(repo, subject, testProfile(subject.Digest, t0.Add(time.Hour), "second"), nil)
+	second, err := profile.Push(nil, repo, subject, testProfile(subject.Digest, t0.Add(time.Hour), "second"), nil)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -347,7 +347,7 @@ func TestPrefetchProfilePerPlatform(t *testing.T) {
 				if err != nil {
 					t.Fatal(err)
 				}
-				pd, err := profile.Push(repo, d, doc, nil)
+				pd, err := profile.Push(nil, repo, d, doc, nil)
 				if err != nil {
 					t.Fatal(err)
 				}

@@ -51,8 +51,12 @@ func Manifest(subject v1.Descriptor, doc []byte, pack *v1.Descriptor, created ti
 // artifact manifest's descriptor. The manifest
 // is put by digest; go-containerregistry then adds it to the referrers tag schema's index
 // when the registry has no referrers API (docker-registry 2.8), and leaves the index to the
-// registry when it has.
-func Push(repo name.Repository, subject v1.Descriptor, doc, pack []byte, opts ...remote.Option) (v1.Descriptor, error) {
+// registry when it has. A failure to embed the manifest in that index is logged to log (nil:
+// nowhere): the profile is pushed and found all the same.
+func Push(log *slog.Logger, repo name.Repository, subject v1.Descriptor, doc, pack []byte, opts ...remote.Option) (v1.Descriptor, error) {
+	if log == nil {
+		log = slog.New(slog.DiscardHandler)
+	}
 	p, err := Parse(doc)
 	if err != nil {
 		return v1.Descriptor{}, fmt.Errorf("push profile: %w", err)
@@ -80,7 +84,7 @@ func Push(repo name.Repository, subject v1.Descriptor, doc, pack []byte, opts ..
 	if err := embedInTagIndex(repo, subject.Digest, desc, raw, opts...); err != nil {
 		// The profile is pushed and found all the same; a mount only reads its manifest
 		// in a round trip of its own.
-		slog.Warn("profile pushed, but not embedded in the referrers tag index", "repo", repo.String(), "profile", desc.Digest, "err", err)
+		log.Warn("profile pushed, but not embedded in the referrers tag index", "repo", repo.String(), "profile", desc.Digest, "err", err)
 	}
 	return desc, nil
 }

@@ -228,10 +228,21 @@ func (r *recording) finish(ctx context.Context, im *daemon.Image, rec *profile.R
 	return Result{Profile: p, Pushed: desc}, nil
 }
 
+// maxPackedProfile bounds the file bytes of a profile pushed with a pack: a pack is built
+// in memory, and for more its single request saves little over the prefetch's large
+// ranges of the layer blobs (an ML image's weights).
+const maxPackedProfile = 256 << 20
+
 // push pushes the profile p (its document doc) and, unless opts.NoPack, its pack to im's
 // repository, with im's manifest as subject.
 func (r *recording) push(ctx context.Context, im *daemon.Image, p *profile.Profile, doc []byte) (*v1.Descriptor, error) {
-	desc, err := daemon.PushProfile(ctx, r.opts.Client, im, p, doc, r.opts.NoPack, r.opts.PlainHTTP)
+	noPack := r.opts.NoPack
+	if !noPack && p.Bytes() > maxPackedProfile {
+		r.log.Info("the profile names too many bytes for a pack; pushed without one (mounts prefetch from the layer blobs, in large ranges)",
+			"bytes", p.Bytes(), "max", maxPackedProfile)
+		noPack = true
+	}
+	desc, err := daemon.PushProfile(ctx, r.opts.Client, im, p, doc, noPack, r.opts.PlainHTTP)
 	if err != nil {
 		return nil, err
 	}

@@ -78,8 +78,14 @@ type PrefetchConfig struct {
 	PrefetchWait        time.Duration `toml:"prefetch_wait"`
 	BackgroundFetch     bool          `toml:"background_fetch"`
 	BackgroundFetchRate int64         `toml:"background_fetch_rate"`
-	ProfilePolicy       string        `toml:"profile_policy"`
-	ProfilePins         ProfilePins   `toml:"profile_pin"`
+	// ParallelFetch is when the rest of an image is fetched at line rate
+	// (daemon.ParallelPolicy), ParallelFetchStreams batches at once on the node, and
+	// ParallelFetchMinRate the fast link of its "auto".
+	ParallelFetch        string      `toml:"parallel_fetch"`
+	ParallelFetchStreams int         `toml:"parallel_fetch_streams"`
+	ParallelFetchMinRate int64       `toml:"parallel_fetch_min_rate"`
+	ProfilePolicy        string      `toml:"profile_policy"`
+	ProfilePins          ProfilePins `toml:"profile_pin"`
 	// Automatic profiles (daemon.AutoProfileOptions): record the start of an image with
 	// no published profile, keep it and use it next time; push it when AutoProfilePush.
 	AutoProfile         bool          `toml:"auto_profile"`
@@ -97,15 +103,18 @@ func DefaultNodeConfig() NodeConfig {
 		Store:         DefaultStoreDir,
 		StoreMaxBytes: SizeAuto,
 		PrefetchConfig: PrefetchConfig{
-			Prefetch:            true,
-			BackgroundFetchRate: daemon.DefaultFillRate,
-			ProfilePolicy:       string(daemon.DefaultProfilePolicy),
-			AutoProfile:         true,
-			AutoProfileQuiet:    daemon.DefaultAutoQuiet,
-			AutoProfileMaxTime:  daemon.DefaultAutoMaxDuration,
-			AutoProfileMaxFiles: daemon.DefaultAutoMaxFiles,
-			AutoProfileMaxBytes: daemon.DefaultAutoMaxBytes,
-			Speculate:           true,
+			Prefetch:             true,
+			BackgroundFetchRate:  daemon.DefaultFillRate,
+			ProfilePolicy:        string(daemon.DefaultProfilePolicy),
+			AutoProfile:          true,
+			AutoProfileQuiet:     daemon.DefaultAutoQuiet,
+			AutoProfileMaxTime:   daemon.DefaultAutoMaxDuration,
+			AutoProfileMaxFiles:  daemon.DefaultAutoMaxFiles,
+			AutoProfileMaxBytes:  daemon.DefaultAutoMaxBytes,
+			Speculate:            true,
+			ParallelFetch:        string(daemon.ParallelAuto),
+			ParallelFetchStreams: daemon.DefaultFillStreams,
+			ParallelFetchMinRate: daemon.DefaultFastRate,
 		},
 	}
 }
@@ -147,6 +156,17 @@ func (c *PrefetchConfig) Check() error {
 	}
 	if _, err := daemon.ParseProfilePolicy(c.ProfilePolicy); err != nil {
 		return fmt.Errorf("-profile-policy: %w", err)
+	}
+	if _, err := daemon.ParseParallelPolicy(c.ParallelFetch); err != nil {
+		return fmt.Errorf("-parallel-fetch: %w", err)
+	}
+	// Fewer than the registry client's requests in flight: reads keep places of their own.
+	if c.ParallelFetchStreams < 1 || c.ParallelFetchStreams >= fetch.DefaultConcurrency {
+		return fmt.Errorf("-parallel-fetch-streams %d: want 1 to %d (the node's %d requests in flight, one at least left to reads)",
+			c.ParallelFetchStreams, fetch.DefaultConcurrency-1, fetch.DefaultConcurrency)
+	}
+	if c.ParallelFetchMinRate <= 0 {
+		return errors.New("-parallel-fetch-min-rate must be more than 0 bytes per second")
 	}
 	switch {
 	case c.AutoProfileQuiet <= 0:

@@ -54,6 +54,8 @@ type node struct {
 	statsKick chan struct{}
 	failed    func() []daemon.ImageStats
 	platform  *v1.Platform
+	// fillSlots bound the parallel fills' batches in flight, across the node's images.
+	fillSlots *daemon.FillSlots
 	stops     []func() // run by close, last first
 }
 
@@ -83,7 +85,7 @@ func openNode(cfg NodeConfig, log *slog.Logger, more ...fetch.Option) (*node, er
 		return nil, err
 	}
 	n := &node{cfg: cfg, log: log, store: st, client: client, platform: platform, profiles: daemon.NewProfileMetrics(nil),
-		fallbacks: daemon.NewFallbackMetrics(), statsKick: make(chan struct{}, 1)}
+		fallbacks: daemon.NewFallbackMetrics(), statsKick: make(chan struct{}, 1), fillSlots: daemon.NewFillSlots(cfg.ParallelFetchStreams)}
 	return n, nil
 }
 
@@ -102,8 +104,10 @@ func (n *node) prefetchOptions() (*daemon.PrefetchOptions, *daemon.FillOptions) 
 	if n.cfg.Prefetch {
 		p = &daemon.PrefetchOptions{Wait: n.cfg.PrefetchWait, Log: n.log, Metrics: n.profiles, Auto: n.cfg.Auto(n.client, n.cfg.PlainHTTP)}
 	}
-	if n.cfg.BackgroundFetch {
-		f = &daemon.FillOptions{Rate: n.cfg.BackgroundFetchRate, Log: n.log}
+	parallel := daemon.ParallelPolicy(n.cfg.ParallelFetch)
+	if n.cfg.BackgroundFetch || parallel != daemon.ParallelOff {
+		f = &daemon.FillOptions{Rate: n.cfg.BackgroundFetchRate, NoTrickle: !n.cfg.BackgroundFetch, Parallel: parallel,
+			FastRate: n.cfg.ParallelFetchMinRate, Slots: n.fillSlots, Log: n.log}
 	}
 	return p, f
 }

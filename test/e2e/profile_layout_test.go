@@ -151,7 +151,7 @@ func TestProfileLayoutFewerRequests(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if _, err := profile.Push(parseRef(t, laid).Context(), ld, doc2, nil); err != nil {
+	if _, err := profile.Push(nil, parseRef(t, laid).Context(), ld, doc2, nil); err != nil {
 		t.Fatal(err)
 	}
 

@@ -37,7 +37,7 @@ func (e *env) pinFixture(t *testing.T, what string) (ref, pinned, newer, foreign
 		if err != nil {
 			t.Fatal(err)
 		}
-		d, err := profile.Push(r.Context(), subject, b, nil)
+		d, err := profile.Push(nil, r.Context(), subject, b, nil)
 		if err != nil {
 			t.Fatal(err)
 		}
