@@ -83,9 +83,11 @@ func TestSnapshotFSIndexedImage(t *testing.T) {
 		}
 	}
 	doc, _ := f.Images()[0].indexed[0].Index.Lookup("usr/share/doc.txt")
-	if _, ok := st.LocalPath(storeFile(doc)); !ok {
-		t.Errorf("%s read, but not in the store", doc.Name)
-	}
+	// The store puts a read's file together in the background, after the read is served.
+	testutil.WaitFor(t, time.Minute, doc.Name+", read, to be in the store", func() bool {
+		_, ok := st.LocalPath(storeFile(doc))
+		return ok
+	})
 	if b, n, err := f.Usage(ctx, dirs[0], criLabels(t, ref, art, 0)); err != nil || b < doc.Size || n < 1 {
 		t.Errorf("usage of layer 0: %d bytes in %d objects, %v; want at least the file read", b, n, err)
 	}
