@@ -219,8 +219,16 @@ func (pf *prefetcher) fetch(ctx context.Context, p *profile.Profile, desc string
 		return err
 	}
 	if len(stale) > 0 {
+		// A published profile that names missing files is worth a warning; this node's own
+		// profile of another version of the image (SourceRelated) is expected to.
+		pf.mu.Lock()
+		level := slog.LevelWarn
+		if src := pf.st.Source; src == SourceNode || src == SourceRelated {
+			level = slog.LevelInfo
+		}
+		pf.mu.Unlock()
 		ex := stale[:min(len(stale), 5)]
-		log.Warn("profile names files the image no longer has; skipping them", "image", im.Ref, "profile", desc,
+		log.Log(ctx, level, "profile names files the image no longer has; skipping them", "image", im.Ref, "profile", desc,
 			"stale", len(stale), "of", len(p.Files), "first", strings.Join(ex, ", "))
 	}
 	for _, ws := range per {
