@@ -58,7 +58,11 @@ builds it), ctr-remote image rpull, ctr run --snapshotter stargz; the conversion
 beside --images-dir's layouts and never timed. Mode soci runs AWS's SOCI snapshotter on the
 original gzip layers: bin/tools/soci-grpc (make deps builds it from tools/soci-grpc) makes
 and pushes its SOCI index (soci-grpc create, never timed), soci-grpc rpull, ctr run
---snapshotter soci. Each link is a shaping proxy in front of the
+--snapshotter soci. Modes lazypull-index and lazypull-index-profile run the original gzip
+image, unconverted, in a repository of its own with an index artifact pushed beside it by
+lazypull index (never timed), on the lazypull snapshotter as modes lazypull and
+lazypull-profile do (the profile recorded with lazypull profile on the indexed image).
+Each link is a shaping proxy in front of the
 registry: RATE/RTT,
 bandwidth in bits/s shared by the link's connections, plus the round trip.
 
@@ -87,7 +91,7 @@ includes ctr's removal of the container). With --user-image the scenarios defaul
 		f := &benchFlags{}
 		fs.StringVar(&f.images, "images", defaultBenchImages, "comma-separated `images`: python, node, gcc, postgres, jdk, big, ml (3 GiB)")
 		fs.StringVar(&f.links, "links", defaultBenchLinks, "comma-separated `links`, RATE/RTT each (bits/s with K, M, G)")
-		fs.StringVar(&f.modes, "modes", defaultBenchModes, "comma-separated `modes`: plain, lazypull, lazypull-profile, lazypull-auto, estargz, estargz-opt, soci")
+		fs.StringVar(&f.modes, "modes", defaultBenchModes, "comma-separated `modes`: plain, lazypull, lazypull-profile, lazypull-auto, lazypull-index, lazypull-index-profile, estargz, estargz-opt, soci")
 		fs.IntVar(&f.n, "n", defaultBenchN, "cold runs per image, link and mode")
 		fs.IntVar(&f.warm, "warm", 3, "warm local starts per image (for the limit)")
 		fs.Uint64Var(&f.seed, "seed", 0, "order the runs with this `seed` (0: a random one, recorded)")

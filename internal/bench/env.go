@@ -127,7 +127,7 @@ const namespace = "lazypull-bench"
 // startNode starts containerd, with the lazypull snapshotter for the lazypull modes (looking
 // up prefetch profiles in ModeProfile only), under a new directory in work.
 func startNode(ctx context.Context, scripts, lazypull, work string, mode Mode) (n *node, err error) {
-	return startNodeWith(ctx, scripts, lazypull, work, mode, fmt.Sprintf("prefetch = %t\n", mode == ModeProfile || mode == ModeAuto))
+	return startNodeWith(ctx, scripts, lazypull, work, mode, fmt.Sprintf("prefetch = %t\n", prefetches(mode)))
 }
 
 // startNodeWith is startNode with snConf as the snapshotter's config (lazy modes).

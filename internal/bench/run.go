@@ -94,6 +94,8 @@ type ImageInfo struct {
 	// EstargzBytes and EstargzOptBytes: the eStargz images' layers (stargz modes only).
 	EstargzBytes    int64 `json:"estargz_bytes,omitempty"`
 	EstargzOptBytes int64 `json:"estargz_opt_bytes,omitempty"`
+	// Indexed: the indexed copy of the original image (indexed modes only).
+	Indexed *IndexedInfo `json:"indexed,omitempty"`
 }
 
 // ProfileInfo describes the prefetch profile recorded for an image.
@@ -170,7 +172,7 @@ func (c *Config) Validate() error {
 	}
 	for _, m := range c.Modes {
 		if m != ModePlain && !m.lazy() && !isStargz(m) && !isSoci(m) {
-			return fmt.Errorf("unknown mode %q (known: plain, lazypull, lazypull-profile, lazypull-auto, estargz, estargz-opt, soci)", m)
+			return fmt.Errorf("unknown mode %q (known: plain, lazypull, lazypull-profile, lazypull-auto, lazypull-index, lazypull-index-profile, estargz, estargz-opt, soci)", m)
 		}
 	}
 	if cold && c.N < 1 {
@@ -292,6 +294,9 @@ func Bench(ctx context.Context, cfg Config) (res *Result, err error) {
 	if err := pushSociImages(ctx, cfg, reg.addr, res.Images, pg); err != nil {
 		return fail(err)
 	}
+	if err := pushIndexedImages(ctx, cfg, reg.addr, res.Images, pg); err != nil {
+		return fail(err)
+	}
 
 	proxies, closeProxies, err := startProxies(cfg, reg.addr)
 	defer closeProxies()
@@ -328,7 +333,7 @@ func pushImages(ctx context.Context, cfg Config, reg string, build []string, pg 
 		}
 		if slices.Contains(cfg.Modes, ModeProfile) {
 			pg.step("recording the prefetch profile of " + im.Name)
-			if info.Profile, err = recordProfile(ctx, cfg, reg, im); err != nil {
+			if info.Profile, err = recordProfile(ctx, cfg, im, reg+"/bench/"+im.Name+":lazy", im.Name+".profile.json"); err != nil {
 				return infos, &StepError{Image: im.Name, Mode: ModeProfile, Step: "record profile", Err: err, Msg: err.Error()}
 			}
 		}
@@ -440,13 +445,14 @@ func pushImage(ctx context.Context, cfg Config, reg string, im Image) (ImageInfo
 	return info, nil
 }
 
-// recordProfile runs `lazypull profile` on the converted image, straight from the registry
+// recordProfile runs `lazypull profile` on the image ref (converted, or indexed), into the
+// file doc of the log directory, straight from the registry
 // (not through a link: the profile is made once, before the runs, like a CI job would),
 // until its readiness line, and pushes the profile beside the image. The workload runs as
 // the runs run it, a containerd container (a node of its own): what a container reads at
 // start is not quite what a chrooted process reads (a JVM, clang), and every read the
 // profile misses is a request before ready.
-func recordProfile(ctx context.Context, cfg Config, reg string, im Image) (_ *ProfileInfo, err error) {
+func recordProfile(ctx context.Context, cfg Config, im Image, ref, doc string) (_ *ProfileInfo, err error) {
 	dir := cfg.WorkDir
 	if cfg.LogDir != "" {
 		dir = cfg.LogDir // kept with the runs' logs
@@ -460,12 +466,12 @@ func recordProfile(ctx context.Context, cfg Config, reg string, im Image) (_ *Pr
 			err = fmt.Errorf("stop the node recorded on: %w", e)
 		}
 	}()
-	doc := filepath.Join(dir, im.Name+".profile.json")
+	doc = filepath.Join(dir, doc)
 	args := []string{"profile", "--plain-http", "--runtime", "containerd", "--address", n.sock(), "--duration", "5m", "--output", doc}
 	if im.Ready != "" { // else until it exits
 		args = append(args, "--until", im.Ready)
 	}
-	args = append(args, reg+"/bench/"+im.Name+":lazy")
+	args = append(args, ref)
 	if len(im.Cmd) > 0 {
 		args = append(append(args, "--"), im.Cmd...)
 	}
@@ -495,6 +501,9 @@ func ref(p *Proxy, im Image, m Mode) string {
 	tag := "orig"
 	if m == ModeAuto {
 		return p.Addr() + "/" + autoRepo + ":" + im.Name
+	}
+	if isIndexed(m) {
+		return p.Addr() + "/" + indexRepo + ":" + im.Name
 	}
 	if m.lazy() {
 		tag = "lazy"

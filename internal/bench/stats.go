@@ -25,7 +25,9 @@ const (
 )
 
 // lazy reports whether m runs on the lazypull snapshotter.
-func (m Mode) lazy() bool { return m == ModeLazypull || m == ModeProfile || m == ModeAuto }
+func (m Mode) lazy() bool {
+	return m == ModeLazypull || m == ModeProfile || m == ModeAuto || isIndexed(m)
+}
 
 // Run is one cold start of one image in one mode over one link.
 type Run struct {
