@@ -155,9 +155,10 @@ lazypull's converter against ctr-remote's eStargz conversion, on the python test
 (scripts/build-test-image.sh), in one run (root; about 5 minutes on an idle 2-CPU machine):
   1. throughput, uncompressed MB/s: lazypull convert OCI layout -> OCI layout and registry ->
      registry, ctr-remote image convert --estargz --oci (its defaults) and, for reference, at
-     -extra-level; each once to warm up, then -n times interleaved (-extra-n for the extra
-     level); medians and min-max of the wall clock, and CPU seconds of the converter plus its
-     daemon. Bar: lazypull (layout -> layout) >= 2x ctr-remote;
+     -extra-level, and lazypull index of the image in the registry; each once to warm up,
+     then -n times interleaved (-extra-n for the extra level); medians and min-max of the
+     wall clock, and CPU seconds of the converter plus its daemon. Bars: lazypull (layout ->
+     layout) >= 2x ctr-remote; lazypull index >= 2x ctr-remote;
   2. per layer, with tools/indexsize: lazypull's index against the eStargz TOC, compressed
      and uncompressed. Bar: index <= 1/3 of the TOC.
 It starts a registry on a random loopback port and a private containerd, and stops them.`,
