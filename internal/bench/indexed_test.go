@@ -9,11 +9,7 @@ import (
 // TestIndexedModes: the indexed modes run the original image from a repository of its own
 // on the lazypull snapshotter, the profile mode alone with prefetch on; Validate takes them.
 func TestIndexedModes(t *testing.T) {
-	p, err := NewProxy("127.0.0.1:1", Link{Name: "l", Rate: 1e6}, slog.New(slog.DiscardHandler))
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer p.Close()
+	p := unreachableProxy(t)
 	for _, tc := range []struct {
 		m                       Mode
 		indexed, prefetch, lazy bool
@@ -41,4 +37,16 @@ func TestIndexedModes(t *testing.T) {
 	if err := cfg.Validate(); err == nil || !strings.Contains(err.Error(), "lazypull-index-profile") {
 		t.Errorf("unknown mode: %v; want an error listing the known ones", err)
 	}
+}
+
+// unreachableProxy is a link in front of nothing, closed when the test ends: for the addresses
+// ref gives.
+func unreachableProxy(t *testing.T) *Proxy {
+	t.Helper()
+	p, err := NewProxy("127.0.0.1:1", Link{Name: "l", Rate: 1e6}, slog.New(slog.DiscardHandler))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { p.Close() })
+	return p
 }

@@ -2,7 +2,6 @@ package bench
 
 import (
 	"bytes"
-	"log/slog"
 	"os"
 	"path/filepath"
 	"strings"
@@ -12,11 +11,7 @@ import (
 )
 
 func TestStargzModes(t *testing.T) {
-	p, err := NewProxy("127.0.0.1:1", Link{Name: "l", Rate: 1e6}, slog.New(slog.DiscardHandler))
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer p.Close()
+	p := unreachableProxy(t)
 	for _, tc := range []struct {
 		m          Mode
 		stargz     bool
