@@ -149,10 +149,40 @@ func (m *mounted) stop(t *testing.T) {
 	}
 }
 
-// kill ends the mount with SIGKILL, leaving a stale mount behind.
-func (m *mounted) kill() {
+// kill ends the mount with SIGKILL, leaving a stale mount behind. A process that SIGKILL
+// has not ended within a minute is stuck in the kernel (once, under a load of 20, it was
+// still there 14 minutes on): the test logs its threads' kernel stacks loudly, aborts the
+// mount's FUSE connection (what an operator does, by fusectl) and waits again, so that a
+// hang is a diagnosis, not a CI timeout.
+func (m *mounted) kill(t *testing.T, ctl string) {
+	t.Helper()
 	m.cmd.Process.Kill()
-	<-m.done
+	select {
+	case <-m.done:
+		return
+	case <-time.After(time.Minute):
+	}
+	pid := m.cmd.Process.Pid
+	var b strings.Builder
+	tasks, _ := filepath.Glob(fmt.Sprintf("/proc/%d/task/*", pid))
+	for _, task := range tasks {
+		st, _ := os.ReadFile(filepath.Join(task, "stat"))
+		stack, _ := os.ReadFile(filepath.Join(task, "stack"))
+		fmt.Fprintf(&b, "%s\n%s\n", strings.TrimSpace(string(st)), stack)
+	}
+	t.Logf("WARNING: lazypull mount (pid %d) still alive a minute after SIGKILL; its threads:\n%s", pid, b.String())
+	for _, mt := range mountTable() {
+		if mt.point == m.dir {
+			_, minor, _ := strings.Cut(mt.dev, ":")
+			err := os.WriteFile(filepath.Join(ctl, minor, "abort"), []byte("1"), 0o200)
+			t.Logf("WARNING: aborted the FUSE connection of %s: %v", m.dir, err)
+		}
+	}
+	select {
+	case <-m.done:
+	case <-time.After(time.Minute):
+		t.Fatalf("lazypull mount (pid %d) still alive after SIGKILL and the abort of its FUSE connection", pid)
+	}
 }
 
 // mount is one line of /proc/self/mountinfo.
@@ -461,7 +491,7 @@ func TestMountKill9ThenRemount(t *testing.T) {
 	}
 	ctl := fuseConnections(t)
 	testutil.WaitFor(t, 30*time.Second, "a read of the mount in flight", func() bool { return fuseWaiting(ctl, m.dir) > 0 })
-	m.kill()
+	m.kill(t, ctl)
 	reader.Wait()
 
 	// The store holds only verified objects.
