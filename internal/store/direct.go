@@ -58,6 +58,9 @@ func (s *Store) storeDirect(fl *flight, data []byte) (handled bool, err error) {
 	}
 	fi.mu.Lock()
 	off, added, err := fi.put(fl.c, data)
+	if err == nil {
+		err = s.fillGaps(o)
+	}
 	fi.mu.Unlock()
 	s.mu.Lock()
 	defer s.mu.Unlock()
@@ -237,45 +240,72 @@ func (s *Store) completeFill(ctx context.Context, f File) (done bool, err error)
 
 // copyMissing copies into o's filling the chunks it lacks from wherever they lie.
 func (s *Store) copyMissing(ctx context.Context, o *object) error {
-	fi := o.fill
-	for i, c := range fi.f.Chunks {
-		if fi.have[i] {
+	for i := range o.fill.f.Chunks {
+		if o.fill.have[i] {
 			continue
 		}
 		if err := ctx.Err(); err != nil {
 			return err
 		}
-		s.mu.Lock()
-		p, off, ok := s.locateLocked(c)
-		if ok && p == o {
-			ok = false // a location in this very file that was not written: cannot be
+		if err := s.copyIn(o, i); err != nil {
+			return err
 		}
-		if ok {
-			p.refs++
-		}
-		s.mu.Unlock()
-		if !ok {
-			return fmt.Errorf("chunk %s: %w", c.Digest, errMissing)
-		}
-		r, err := s.file(p)
-		if err == nil {
-			err = copyRange(fi.w, r, off, c.FileOffset, c.Size)
-		}
-		s.release(p)
-		if errors.Is(err, fs.ErrNotExist) {
-			return fmt.Errorf("chunk %s: %w", c.Digest, errMissing)
-		}
-		if err != nil {
-			return fmt.Errorf("copy chunk %s from object %s: %w", c.Digest, p.digest, err)
-		}
-		fi.have[i] = true
-		s.mu.Lock()
-		if !o.dead {
-			o.size += c.Size
-			s.bytes += c.Size
-		}
-		s.mu.Unlock()
 	}
+	return nil
+}
+
+// fillGaps copies into o's filling the chunks that stop its hashed prefix and are stored
+// elsewhere already (the first chunks of a sequential read, which plain reads store as
+// objects of their own, before the read-ahead starts), and hashes on: the file's sha256
+// then keeps up with the chunks as they come, from memory, instead of re-reading the
+// whole file when it completes. Best effort: completeFill copies what is left. fi.mu held.
+func (s *Store) fillGaps(o *object) error {
+	fi := o.fill
+	moved := false
+	for fi.next < len(fi.have) && !fi.have[fi.next] && s.copyIn(o, fi.next) == nil {
+		moved = true
+	}
+	if !moved {
+		return nil
+	}
+	return fi.advance(format.Digest{}, nil)
+}
+
+// copyIn copies chunk i of o's filling from where it lies in the store (errMissing if
+// nowhere). fi.mu held.
+func (s *Store) copyIn(o *object, i int) error {
+	fi := o.fill
+	c := fi.f.Chunks[i]
+	s.mu.Lock()
+	p, off, ok := s.locateLocked(c)
+	if ok && p == o {
+		ok = false // a location in this very file that was not written: cannot be
+	}
+	if ok {
+		p.refs++
+	}
+	s.mu.Unlock()
+	if !ok {
+		return fmt.Errorf("chunk %s: %w", c.Digest, errMissing)
+	}
+	r, err := s.file(p)
+	if err == nil {
+		err = copyRange(fi.w, r, off, c.FileOffset, c.Size)
+	}
+	s.release(p)
+	if errors.Is(err, fs.ErrNotExist) {
+		return fmt.Errorf("chunk %s: %w", c.Digest, errMissing)
+	}
+	if err != nil {
+		return fmt.Errorf("copy chunk %s from object %s: %w", c.Digest, p.digest, err)
+	}
+	fi.have[i] = true
+	s.mu.Lock()
+	if !o.dead {
+		o.size += c.Size
+		s.bytes += c.Size
+	}
+	s.mu.Unlock()
 	return nil
 }
 
