@@ -348,7 +348,7 @@ func (s *Store) endAssembly(f File, fl *flight, err error) {
 		delete(s.assembling, f.Digest)
 	}
 	s.mu.Unlock()
-	fl.finish(nil, err)
+	fl.finish(nil, nil, err)
 	if err == nil {
 		s.st.assembled.Add(1)
 	}

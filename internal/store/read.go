@@ -10,6 +10,7 @@ import (
 	"runtime"
 	"slices"
 	"sync"
+	"sync/atomic"
 
 	"golang.org/x/sys/unix"
 
@@ -41,9 +42,13 @@ type flight struct {
 	done chan struct{}
 	mu   sync.Mutex
 	over bool
-	data []byte // the verified chunk
-	err  error
-	bad  error // the last corrupt delivery, reported if no good one follows
+	data []byte  // the verified chunk
+	buf  *[]byte // data's pooled buffer (chunkBufs), handed back when holds drops to 0
+	// holds counts who may still read data: the fetch and then the writer (one, from
+	// newFlight), and each read that planned to copy from it (plan, with keep).
+	holds atomic.Int32
+	err   error
+	bad   error // the last corrupt delivery, reported if no good one follows
 	// keep says a reader will copy data after done; set under Store.mu while the flight is
 	// in Store.flights. A flight nobody reads (a Fill's) drops data once stored.
 	keep bool
@@ -59,7 +64,21 @@ type flight struct {
 }
 
 func newFlight(c format.Chunk, file File) *flight {
-	return &flight{c: c, file: file, done: make(chan struct{}), stored: make(chan struct{})}
+	fl := &flight{c: c, file: file, done: make(chan struct{}), stored: make(chan struct{})}
+	fl.holds.Store(1)
+	return fl
+}
+
+// unhold says one holder of fl is done with its data; the last hands the buffer back.
+func (s *Store) unhold(fl *flight) {
+	if fl.holds.Add(-1) != 0 {
+		return
+	}
+	fl.mu.Lock()
+	b := fl.buf
+	fl.buf, fl.data = nil, nil
+	fl.mu.Unlock()
+	s.bufs.put(b)
 }
 
 // settle says the flight's chunk is stored (err == nil) or will not be.
@@ -73,14 +92,14 @@ func (fl *flight) settle(err error) {
 	close(fl.stored)
 }
 
-// finish ends the flight once; false if it had ended.
-func (fl *flight) finish(data []byte, err error) bool {
+// finish ends the flight once; false if it had ended. buf is data's pooled buffer, if any.
+func (fl *flight) finish(data []byte, buf *[]byte, err error) bool {
 	fl.mu.Lock()
 	defer fl.mu.Unlock()
 	if fl.over {
 		return false
 	}
-	fl.over, fl.data, fl.err = true, data, err
+	fl.over, fl.data, fl.buf, fl.err = true, data, buf, err
 	close(fl.done)
 	return true
 }
@@ -310,6 +329,9 @@ func (s *Store) plan(f File, chunks []format.Chunk, keep bool) (parts []part, mi
 			fl.joined++
 		}
 		fl.keep = fl.keep || keep
+		if keep {
+			fl.holds.Add(1) // let go in copyParts
+		}
 		parts = append(parts, part{c: c, fl: fl})
 	}
 	s.mu.Unlock()
@@ -327,6 +349,8 @@ func (s *Store) copyParts(ctx context.Context, parts []part, p []byte, off int64
 		for _, pt := range parts {
 			if pt.o != nil {
 				s.release(pt.o)
+			} else {
+				s.unhold(pt.fl)
 			}
 		}
 	}()
@@ -377,8 +401,10 @@ func (s *Store) fetch(ctx context.Context, src Source, mine []*flight, bulk bool
 			return nil // delivered twice
 		}
 		// Decode with the chunk as we know it, not as the source says it is.
-		data, err := fl.c.Decode(nil, frame)
+		dst, buf := s.bufs.get(fl.c.Size)
+		data, err := fl.c.Decode(dst, frame)
 		if err != nil {
+			s.bufs.put(buf)
 			s.st.corrupt.Add(1)
 			err = fmt.Errorf("store chunk %s of %s: %w: %w", fl.c.Digest, fl.file.Digest, ErrCorrupt, err)
 			fl.mu.Lock()
@@ -386,7 +412,8 @@ func (s *Store) fetch(ctx context.Context, src Source, mine []*flight, bulk bool
 			fl.mu.Unlock()
 			return err
 		}
-		if !fl.finish(data, nil) {
+		if !fl.finish(data, buf, nil) {
+			s.bufs.put(buf) // delivered twice at once: the first one's data is the flight's
 			return nil
 		}
 		s.st.chunksFetched.Add(1)
@@ -415,8 +442,9 @@ func (s *Store) fetch(ctx context.Context, src Source, mine []*flight, bulk bool
 		}
 		// Out of the map first: a waiter woken by finish must not find it again.
 		s.dropFlight(fl)
-		if fl.finish(nil, ferr) {
+		if fl.finish(nil, nil, ferr) {
 			fl.settle(nil)
+			s.unhold(fl)
 		}
 	}
 }
@@ -555,6 +583,7 @@ func (s *Store) writer() {
 		for _, j := range batch {
 			s.maybeAssemble(j.fl.file, true)
 			bytes += int64(len(j.data))
+			s.unhold(j.fl) // stored, and out of s.flights
 		}
 
 		q.mu.Lock()

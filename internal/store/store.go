@@ -184,6 +184,7 @@ type Store struct {
 	bg      sync.WaitGroup // assemblies started by reads
 	ops     sync.WaitGroup // calls in progress
 	wq      writeQueue
+	bufs    chunkBufs
 	writers sync.WaitGroup
 	asm     chan struct{} // assemblers slots
 
