@@ -186,7 +186,13 @@ func (s *stream) Read(p []byte) (int, error) {
 		s.err = s.end()
 		return 0, s.err
 	}
-	n, err := s.body.Read(p)
+	// A request whose context ended fails its next Read, even when the transport holds the
+	// rest of the body already (a small blob on loopback): what was asked for is over.
+	var n int
+	err := s.ctx.Err()
+	if err == nil {
+		n, err = s.body.Read(p)
+	}
 	s.n += int64(n)
 	if s.sum != nil {
 		s.sum.Write(p[:n])
