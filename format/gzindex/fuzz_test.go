@@ -4,7 +4,6 @@ import (
 	"bytes"
 	"compress/flate"
 	"compress/gzip"
-	"crypto/sha256"
 	"errors"
 	"io"
 	"lazypull/internal/testutil"
@@ -14,6 +13,9 @@ import (
 // decodeOverhead is what a decode may allocate beyond its budget that is not the
 // decoder's: the error's formatting, the runtime's own.
 const decodeOverhead = 16 << 10
+
+// decodeLimit is what decoding n bytes may allocate.
+func decodeLimit(n int) uint64 { return uint64(MemFactor*n+MemSlack) + decodeOverhead }
 
 // seedIndexes returns encoded indexes of a few streams: multi-span, multi-member, empty.
 func seedIndexes(t testing.TB) [][]byte {
@@ -36,26 +38,13 @@ func seedIndexes(t testing.TB) [][]byte {
 // most MemFactor times the input plus MemSlack (plus decodeOverhead); what decodes
 // encodes to the same bytes.
 func FuzzDecode(f *testing.F) {
-	for _, s := range seedIndexes(f) {
-		f.Add(s)
-		f.Add(s[:len(s)/2])
-	}
-	f.Fuzz(func(t *testing.T, p []byte) {
-		testutil.CheckDecode(t, p, uint64(MemFactor*len(p)+MemSlack)+decodeOverhead, Decode, (*Index).Encode)
-	})
+	testutil.FuzzDecode(f, seedIndexes(f), decodeLimit, Decode, (*Index).Encode)
 }
 
 // FuzzDecodeBody skips the trailing digest, which mutations rarely get past, so that
 // they reach the parser; the same bounds hold.
 func FuzzDecodeBody(f *testing.F) {
-	for _, s := range seedIndexes(f) {
-		body := s[:len(s)-sha256.Size]
-		f.Add(body)
-		f.Add(body[:len(body)*2/3])
-	}
-	f.Fuzz(func(t *testing.T, p []byte) {
-		testutil.CheckDecode(t, p, uint64(MemFactor*len(p)+MemSlack)+decodeOverhead, decodeBody, (*Index).encodeBody)
-	})
+	testutil.FuzzDecodeBody(f, seedIndexes(f), decodeLimit, decodeBody, (*Index).encodeBody)
 }
 
 // FuzzBuild feeds hostile gzip streams to Build and, when it accepts one, reads the

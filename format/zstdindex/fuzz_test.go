@@ -2,7 +2,6 @@ package zstdindex
 
 import (
 	"bytes"
-	"crypto/sha256"
 	"io"
 	"testing"
 
@@ -14,6 +13,9 @@ import (
 // decodeOverhead is what a decode may allocate beyond its budget that is not the
 // decoder's: the error's formatting, the runtime's own.
 const decodeOverhead = 16 << 10
+
+// decodeLimit is what decoding n bytes may allocate.
+func decodeLimit(n int) uint64 { return uint64(MemFactor*n+MemSlack) + decodeOverhead }
 
 // seedBlobs returns small zstd blobs: several frames, tables of every mode, windows.
 func seedBlobs(t testing.TB) [][]byte {
@@ -60,26 +62,13 @@ func TestSeedIndexes(t *testing.T) {
 // most MemFactor times the input plus MemSlack (plus decodeOverhead); what decodes
 // encodes to the same bytes.
 func FuzzDecode(f *testing.F) {
-	for _, s := range seedIndexes(f) {
-		f.Add(s)
-		f.Add(s[:len(s)/2])
-	}
-	f.Fuzz(func(t *testing.T, p []byte) {
-		testutil.CheckDecode(t, p, uint64(MemFactor*len(p)+MemSlack)+decodeOverhead, Decode, (*Index).Encode)
-	})
+	testutil.FuzzDecode(f, seedIndexes(f), decodeLimit, Decode, (*Index).Encode)
 }
 
 // FuzzDecodeBody skips the trailing digest, which mutations rarely get past, so that
 // they reach the parser (checkpoints, dictionary tables); the same bounds hold.
 func FuzzDecodeBody(f *testing.F) {
-	for _, s := range seedIndexes(f) {
-		body := s[:len(s)-sha256.Size]
-		f.Add(body)
-		f.Add(body[:len(body)*2/3])
-	}
-	f.Fuzz(func(t *testing.T, p []byte) {
-		testutil.CheckDecode(t, p, uint64(MemFactor*len(p)+MemSlack)+decodeOverhead, decodeBody, (*Index).encodeBody)
-	})
+	testutil.FuzzDecodeBody(f, seedIndexes(f), decodeLimit, decodeBody, (*Index).encodeBody)
 }
 
 // FuzzBuild feeds hostile zstd blobs to Build and, when it accepts one, reads the blob

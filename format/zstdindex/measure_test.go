@@ -1,14 +1,14 @@
 package zstdindex
 
 import (
-	"archive/tar"
 	"bytes"
 	"fmt"
 	"io"
 	"os"
 	"strings"
 	"testing"
-	"time"
+
+	"lazypull/internal/testutil"
 )
 
 // TestMeasureSpanSizes measures what the span size costs and saves on real layers: for
@@ -19,21 +19,10 @@ import (
 // alone on average (a reader of its own). Each file read is compared with the tar's.
 // Skipped unless both are set (docs/benchmarks.md has the command and the results).
 func TestMeasureSpanSizes(t *testing.T) {
-	blobs, list := os.Getenv("ZSTDINDEX_MEASURE_BLOBS"), os.Getenv("ZSTDINDEX_MEASURE_FILES")
-	if blobs == "" || list == "" {
-		t.Skip("ZSTDINDEX_MEASURE_BLOBS and ZSTDINDEX_MEASURE_FILES not set")
-	}
-	l, err := os.ReadFile(list)
-	if err != nil {
-		t.Fatal(err)
-	}
-	want := map[string]bool{}
-	for _, name := range strings.Fields(string(l)) {
-		want[name] = true
-	}
+	blobs, want := testutil.MeasureInputs(t, "ZSTDINDEX")
 	fmt.Println("| blob | MB | S KiB | spans (in frames) | index KB | index / blob | windows MB | windows / blob | files read MB | fetched MB (of it windows) | fetched / read | one file: fetched KB | build MB/s |")
 	fmt.Println("| ---- | -- | ----- | ----------------- | -------- | ------------ | ---------- | -------------- | ------------- | -------------------------- | -------------- | -------------------- | ---------- |")
-	for _, path := range strings.Split(blobs, ",") {
+	for _, path := range blobs {
 		blob, err := os.ReadFile(path)
 		if err != nil {
 			t.Fatal(err)
@@ -44,33 +33,21 @@ func TestMeasureSpanSizes(t *testing.T) {
 	}
 }
 
-// fileRange is a file's content range in the uncompressed tar, and the file's content.
-type fileRange struct {
-	off  int64
-	data []byte
-}
-
 func measureSpanSize(t *testing.T, path string, blob []byte, span int64, want map[string]bool) {
-	pr, pw := io.Pipe()
-	files := make(chan []fileRange, 1)
-	go func() { files <- tarRanges(pr, want) }()
+	var ix *Index
 	var windows bytes.Buffer
-	start := time.Now()
-	ix, err := Build(bytes.NewReader(blob), span, pw, &windows)
-	pw.CloseWithError(err)
-	if err != nil {
-		t.Fatal(err)
-	}
-	elapsed := time.Since(start)
-	ranges := <-files
+	files, elapsed := testutil.BuildFiles(t, want, func(w io.Writer) (err error) {
+		ix, err = Build(bytes.NewReader(blob), span, w, &windows)
+		return err
+	})
 	b, w := &countingReaderAt{r: bytes.NewReader(blob)}, &countingReaderAt{r: bytes.NewReader(windows.Bytes())}
 	r := NewReader(ix, b, w, 1<<40) // keeps every span: each fetched once
 	var read, one int64
-	for _, fr := range ranges {
-		read += int64(len(fr.data))
-		readFile(t, r, fr)
+	for _, f := range files {
+		read += int64(len(f.Data))
+		testutil.ReadBack(t, r, f)
 		b1, w1 := &countingReaderAt{r: bytes.NewReader(blob)}, &countingReaderAt{r: bytes.NewReader(windows.Bytes())}
-		readFile(t, NewReader(ix, b1, w1, 0), fr)
+		testutil.ReadBack(t, NewReader(ix, b1, w1, 0), f)
 		one += b1.n.Load() + w1.n.Load()
 	}
 	fetched := b.n.Load() + w.n.Load()
@@ -86,53 +63,5 @@ func measureSpanSize(t *testing.T, path string, blob []byte, span int64, want ma
 		span>>10, ix.NumSpans(), mid, float64(enc)/1e3, 100*float64(enc)/float64(len(blob)),
 		float64(windows.Len())/1e6, 100*float64(windows.Len())/float64(len(blob)),
 		float64(read)/1e6, float64(fetched)/1e6, float64(w.n.Load())/1e6, float64(fetched)/float64(max(read, 1)),
-		float64(one)/float64(max(len(ranges), 1))/1e3, float64(ix.Size())/1e6/elapsed.Seconds())
-}
-
-func readFile(t *testing.T, r *Reader, fr fileRange) {
-	if len(fr.data) == 0 {
-		return
-	}
-	p := make([]byte, len(fr.data))
-	if _, err := r.ReadAt(p, fr.off); err != nil && err != io.EOF {
-		t.Fatal(err)
-	}
-	if !bytes.Equal(p, fr.data) {
-		t.Fatalf("file at %d: other bytes", fr.off)
-	}
-}
-
-// tarRanges reads a tar stream to its end and returns the regular files named in want
-// (leading "./" ignored).
-func tarRanges(r io.Reader, want map[string]bool) []fileRange {
-	defer io.Copy(io.Discard, r)
-	c := &countingReader{r: r}
-	tr := tar.NewReader(c)
-	var out []fileRange
-	for {
-		h, err := tr.Next()
-		if err != nil {
-			return out
-		}
-		if h.Typeflag == tar.TypeReg && want[strings.TrimPrefix(h.Name, "./")] {
-			off := c.n
-			data, err := io.ReadAll(tr)
-			if err != nil {
-				return out
-			}
-			out = append(out, fileRange{off: off, data: data})
-		}
-	}
-}
-
-// countingReader counts the bytes read through it.
-type countingReader struct {
-	r io.Reader
-	n int64
-}
-
-func (c *countingReader) Read(p []byte) (int, error) {
-	n, err := c.r.Read(p)
-	c.n += int64(n)
-	return n, err
+		float64(one)/float64(max(len(files), 1))/1e3, float64(ix.Size())/1e6/elapsed.Seconds())
 }

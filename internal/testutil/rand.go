@@ -2,6 +2,7 @@ package testutil
 
 import (
 	"bytes"
+	"crypto/sha256"
 	"math/rand/v2"
 	"strings"
 	"testing"
@@ -61,4 +62,26 @@ func CheckDecode[T any](t testing.TB, p []byte, limit uint64, decode func([]byte
 	if !bytes.Equal(encode(v), p) {
 		t.Fatal("a decoded value encodes to other bytes")
 	}
+}
+
+// FuzzDecode seeds a fuzz target of an index decoder with encoded indexes and halves of
+// them, and checks with CheckDecode each input it is given against limit(len(input)).
+func FuzzDecode[T any](f *testing.F, seeds [][]byte, limit func(n int) uint64, decode func([]byte) (T, error), encode func(T) []byte) {
+	for _, s := range seeds {
+		f.Add(s)
+		f.Add(s[:len(s)/2])
+	}
+	f.Fuzz(func(t *testing.T, p []byte) { CheckDecode(t, p, limit(len(p)), decode, encode) })
+}
+
+// FuzzDecodeBody is FuzzDecode for the body of an index sealed by a trailing sha256
+// (which mutations rarely get past): it seeds with the seeds' bodies and two thirds of
+// them.
+func FuzzDecodeBody[T any](f *testing.F, seeds [][]byte, limit func(n int) uint64, decode func([]byte) (T, error), encode func(T) []byte) {
+	for _, s := range seeds {
+		body := s[:len(s)-sha256.Size]
+		f.Add(body)
+		f.Add(body[:len(body)*2/3])
+	}
+	f.Fuzz(func(t *testing.T, p []byte) { CheckDecode(t, p, limit(len(p)), decode, encode) })
 }
