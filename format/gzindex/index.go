@@ -3,7 +3,6 @@ package gzindex
 import (
 	"bytes"
 	"crypto/sha256"
-	"encoding/binary"
 	"errors"
 	"fmt"
 	"sort"
@@ -117,15 +116,10 @@ func (ix *Index) Encode() []byte { return wire.Seal(ix.encodeBody()) }
 func (ix *Index) encodeBody() []byte {
 	b := make([]byte, 0, 64+len(ix.points)*(minPointLen+16))
 	b = wire.AppendHeader(b, magic, Version)
-	for _, v := range []int64{ix.spanSize, ix.compressedSize, ix.size, int64(len(ix.points))} {
-		b = binary.AppendUvarint(b, uint64(v))
-	}
+	b = wire.AppendInts(b, ix.spanSize, ix.compressedSize, ix.size, int64(len(ix.points)))
 	var bit, out int64
 	for _, p := range ix.points {
-		b = binary.AppendUvarint(b, uint64(p.bit-bit))
-		b = binary.AppendUvarint(b, uint64(p.out-out))
-		b = binary.AppendUvarint(b, uint64(p.windowLen))
-		b = binary.AppendUvarint(b, uint64(len(p.window)))
+		b = wire.AppendInts(b, p.bit-bit, p.out-out, int64(p.windowLen), int64(len(p.window)))
 		b = append(b, p.digest[:]...)
 		b = append(b, p.window...)
 		bit, out = p.bit, p.out
@@ -151,10 +145,7 @@ func decodeBody(data []byte) (*Index, error) {
 		return nil, err
 	}
 	ix := &Index{spanSize: d.Int(), compressedSize: d.Int(), size: d.Int()}
-	n := d.Int()
-	if d.Err == nil && n > int64(len(d.B)/minPointLen) {
-		d.Fail("%d checkpoints in %d bytes", n, len(d.B))
-	}
+	n := d.Count("checkpoints", minPointLen)
 	if d.Err != nil {
 		return nil, d.Err
 	}
@@ -164,8 +155,8 @@ func decodeBody(data []byte) (*Index, error) {
 			return nil, err
 		}
 	}
-	if len(d.B) != 0 {
-		return nil, fmt.Errorf("%w: %d bytes after the last checkpoint", ErrCorruptIndex, len(d.B))
+	if err := d.End("checkpoint"); err != nil {
+		return nil, err
 	}
 	if err := ix.check(); err != nil {
 		return nil, err

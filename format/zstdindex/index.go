@@ -137,13 +137,10 @@ func (ix *Index) Encode() []byte { return wire.Seal(ix.encodeBody()) }
 func (ix *Index) encodeBody() []byte {
 	b := make([]byte, 0, 64+len(ix.points)*(minPointLen+64))
 	b = wire.AppendHeader(b, magic, Version)
-	for _, v := range []int64{ix.spanSize, ix.compressedSize, ix.size, ix.windowsSize, int64(len(ix.points))} {
-		b = binary.AppendUvarint(b, uint64(v))
-	}
+	b = wire.AppendInts(b, ix.spanSize, ix.compressedSize, ix.size, ix.windowsSize, int64(len(ix.points)))
 	var in, out int64
 	for _, p := range ix.points {
-		b = binary.AppendUvarint(b, uint64(p.in-in))
-		b = binary.AppendUvarint(b, uint64(p.out-out))
+		b = wire.AppendInts(b, p.in-in, p.out-out)
 		flags := 0
 		if p.mid {
 			flags |= 1
@@ -159,9 +156,7 @@ func (ix *Index) encodeBody() []byte {
 			for _, r := range p.reps {
 				b = binary.AppendUvarint(b, uint64(r))
 			}
-			for _, v := range []int64{p.content, p.winOff, p.winLen} {
-				b = binary.AppendUvarint(b, uint64(v))
-			}
+			b = wire.AppendInts(b, p.content, p.winOff, p.winLen)
 		}
 		b = append(b, p.digest[:]...)
 		in, out = p.in, p.out
@@ -187,10 +182,7 @@ func decodeBody(data []byte) (*Index, error) {
 		return nil, err
 	}
 	ix := &Index{spanSize: d.Int(), compressedSize: d.Int(), size: d.Int(), windowsSize: d.Int()}
-	n := d.Int()
-	if d.Err == nil && n > int64(len(d.B)/minPointLen) {
-		d.Fail("%d checkpoints in %d bytes", n, len(d.B))
-	}
+	n := d.Count("checkpoints", minPointLen)
 	if d.Err != nil {
 		return nil, d.Err
 	}
@@ -201,8 +193,8 @@ func decodeBody(data []byte) (*Index, error) {
 			return nil, err
 		}
 	}
-	if len(d.B) != 0 {
-		return nil, fmt.Errorf("%w: %d bytes after the last checkpoint", ErrCorruptIndex, len(d.B))
+	if err := d.End("checkpoint"); err != nil {
+		return nil, err
 	}
 	if err := ix.check(); err != nil {
 		return nil, err

@@ -34,6 +34,14 @@ func AppendHeader(b []byte, magic string, version uint16) []byte {
 	return binary.BigEndian.AppendUint16(append(b, magic...), version)
 }
 
+// AppendInts appends the uvarints of vs, which must not be negative.
+func AppendInts(b []byte, vs ...int64) []byte {
+	for _, v := range vs {
+		b = binary.AppendUvarint(b, uint64(v))
+	}
+	return b
+}
+
 // Reader reads an encoded body, remembering its first error; every error wraps Corrupt.
 type Reader struct {
 	B       []byte // what is left to read
@@ -75,6 +83,25 @@ func (r *Reader) Int() int64 {
 	}
 	r.B = r.B[n:]
 	return int64(v)
+}
+
+// Count reads the number of the records that follow, which must fit in what is left if
+// each takes minLen bytes at least (so that it bounds what a decoder allocates for them).
+func (r *Reader) Count(what string, minLen int) int64 {
+	n := r.Int()
+	if r.Err == nil && n > int64(len(r.B)/minLen) {
+		r.Fail("%d %s in %d bytes", n, what, len(r.B))
+	}
+	return n
+}
+
+// End returns the first error, else an error if any bytes are left after the last
+// record, named by what.
+func (r *Reader) End(what string) error {
+	if r.Err == nil && len(r.B) != 0 {
+		r.Fail("%d bytes after the last %s", len(r.B), what)
+	}
+	return r.Err
 }
 
 // Bytes reads n bytes (a slice of the input, capacity n).

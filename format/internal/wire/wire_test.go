@@ -57,3 +57,27 @@ func TestOpen(t *testing.T) {
 		}
 	}
 }
+
+// TestCountEnd: AppendInts writes what Int reads; a count that cannot fit in what is left
+// at minLen bytes a record fails, and so do bytes left after the last record.
+func TestCountEnd(t *testing.T) {
+	b := AppendInts(nil, 2, 300, 1<<62)
+	r := Reader{B: append(b, 0xff), Corrupt: errCorrupt}
+	if n := r.Count("records", 5); n != 2 || r.Err != nil {
+		t.Fatalf("count %d, %v", n, r.Err)
+	}
+	if a, c := r.Int(), r.Int(); a != 300 || c != 1<<62 || r.Err != nil {
+		t.Fatalf("read %d, %d, %v", a, c, r.Err)
+	}
+	if err := r.End("record"); !errors.Is(err, errCorrupt) || err.Error() != "corrupt: 1 bytes after the last record" {
+		t.Fatalf("a byte left: %v", err)
+	}
+	r = Reader{B: AppendInts(nil, 3, 1, 2), Corrupt: errCorrupt}
+	if r.Count("records", 1); !errors.Is(r.Err, errCorrupt) || r.Err.Error() != "corrupt: 3 records in 2 bytes" {
+		t.Fatalf("3 records of at least a byte in 2: %v", r.Err)
+	}
+	r = Reader{B: AppendInts(nil, 2, 1, 2), Corrupt: errCorrupt}
+	if n := r.Count("records", 1); n != 2 || r.Int() != 1 || r.Int() != 2 || r.End("record") != nil {
+		t.Fatalf("2 records of a byte: %d, %v", n, r.Err)
+	}
+}
