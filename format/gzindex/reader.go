@@ -62,40 +62,21 @@ type source Reader
 
 func (s *source) Size() int64                       { return s.ix.size }
 func (s *source) SpanAt(off int64) int              { return s.ix.SpanAt(off) }
-func (s *source) Hold(i, j int) int64               { return (*Reader)(s).decodeSize(i, j) }
+func (s *source) Hold(i, j int) int64               { return s.s.RunSize(i, j) }
 func (s *source) Decode(i, j int) ([][]byte, error) { return (*Reader)(s).decode(i, j) }
 func (s *source) Span(i int) (off, n, compOff, compLen int64) {
 	sp := s.ix.Span(i)
 	return sp.Off, sp.Len, sp.CompOff, sp.CompLen
 }
 
-// decodeSize is what decoding spans i..j holds: their compressed bytes and their output.
-func (r *Reader) decodeSize(i, j int) int64 {
-	n := r.runLen(i, j)
-	for k := i; k <= j; k++ {
-		n += r.ix.Span(k).Len
-	}
-	return n
-}
-
-// runLen returns the compressed length of spans i..j.
-func (r *Reader) runLen(i, j int) int64 {
-	s := r.ix.Span(j)
-	return s.CompOff + s.CompLen - r.ix.Span(i).CompOff
-}
-
 // decode fetches spans first..last in one read and returns each one's verified output.
 func (r *Reader) decode(first, last int) ([][]byte, error) {
-	s0 := r.ix.Span(first)
-	src := make([]byte, r.runLen(first, last))
-	if n, err := r.blob.ReadAt(src, s0.CompOff); n < len(src) {
-		if err == nil || err == io.EOF {
-			err = io.ErrUnexpectedEOF
-		}
-		return nil, &SpanError{Span: first, CompOff: s0.CompOff, CompLen: int64(len(src)), Err: fmt.Errorf("fetching: %w", err)}
+	src, err := r.s.Fetch(r.blob, first, last)
+	if err != nil {
+		return nil, &SpanError{Span: first, CompOff: r.ix.Span(first).CompOff, CompLen: r.s.RunLen(first, last), Err: err}
 	}
 	v := &verifier{ix: r.ix, i: first, last: last}
-	err := r.inflate(src, first, last, v)
+	err = r.inflate(src, first, last, v)
 	if errors.Is(err, errStop) {
 		return v.done, nil
 	}

@@ -80,20 +80,12 @@ func (s *source) Span(i int) (off, n, compOff, compLen int64) {
 // decodeSize is what decoding spans i..j holds: their compressed bytes and output, and a
 // window: twice (the dictionary, and the decoder's copy) and compressed.
 func (r *Reader) decodeSize(i, j int) int64 {
-	n := r.runLen(i, j)
 	var win int64
 	for k := i; k <= j; k++ {
-		n += r.ix.Span(k).Len
 		p := r.ix.points[k]
 		win = max(win, 2*p.content+p.winLen)
 	}
-	return n + win
-}
-
-// runLen returns the compressed length of spans i..j.
-func (r *Reader) runLen(i, j int) int64 {
-	s := r.ix.Span(j)
-	return s.CompOff + s.CompLen - r.ix.Span(i).CompOff
+	return r.s.RunSize(i, j) + win
 }
 
 // decode fetches spans first..last in one read and returns each one's verified output.
@@ -103,12 +95,9 @@ func (r *Reader) runLen(i, j int) int64 {
 // its stored window.
 func (r *Reader) decode(first, last int) ([][]byte, error) {
 	s0 := r.ix.Span(first)
-	src := make([]byte, r.runLen(first, last))
-	if n, err := r.blob.ReadAt(src, s0.CompOff); n < len(src) {
-		if err == nil || err == io.EOF {
-			err = io.ErrUnexpectedEOF
-		}
-		return nil, &SpanError{Span: first, CompOff: s0.CompOff, CompLen: int64(len(src)), Err: fmt.Errorf("fetching: %w", err)}
+	src, err := r.s.Fetch(r.blob, first, last)
+	if err != nil {
+		return nil, &SpanError{Span: first, CompOff: s0.CompOff, CompLen: r.s.RunLen(first, last), Err: err}
 	}
 	var done [][]byte
 	for k := first; k <= last; k++ {
@@ -188,11 +177,8 @@ func (r *Reader) before(k int, n int64, run [][]byte) []byte {
 // matches read, the others zeroed.
 func (r *Reader) window(i int) ([]byte, error) {
 	p := &r.ix.points[i]
-	z := make([]byte, p.winLen)
-	if n, err := r.windows.ReadAt(z, p.winOff); n < len(z) {
-		if err == nil || err == io.EOF {
-			err = io.ErrUnexpectedEOF
-		}
+	z, err := spans.ReadFull(r.windows, p.winOff, p.winLen)
+	if err != nil {
 		return nil, fmt.Errorf("fetching window (bytes %d-%d of the window blob): %w", p.winOff, p.winOff+p.winLen, err)
 	}
 	d, err := zstd.NewReader(nil, zstd.WithDecoderConcurrency(1), zstd.WithDecoderMaxMemory(uint64(max(maxSparse(p.content), minWindow))))

@@ -103,7 +103,7 @@ func (r *Reader) ReadAt(p []byte, off int64, prefix string) (int, error) {
 		run := [][]byte{out}
 		if out == nil {
 			j := i
-			for j < last && r.Cached(j+1) == nil && r.runLen(i, j+1) <= MaxRun {
+			for j < last && r.Cached(j+1) == nil && r.RunLen(i, j+1) <= MaxRun {
 				j++
 			}
 			var err error
@@ -128,11 +128,45 @@ func (r *Reader) ReadAt(p []byte, off int64, prefix string) (int, error) {
 	return n, nil
 }
 
-// runLen returns the compressed length of spans i..j.
-func (r *Reader) runLen(i, j int) int64 {
+// RunLen returns the compressed length of spans i..j.
+func (r *Reader) RunLen(i, j int) int64 {
 	_, _, a, _ := r.d.Span(i)
 	_, _, b, n := r.d.Span(j)
 	return b + n - a
+}
+
+// RunSize returns what decoding spans i..j holds at least: their compressed bytes and
+// their output.
+func (r *Reader) RunSize(i, j int) int64 {
+	n := r.RunLen(i, j)
+	for k := i; k <= j; k++ {
+		_, l, _, _ := r.d.Span(k)
+		n += l
+	}
+	return n
+}
+
+// Fetch reads the compressed bytes of spans i..j from blob in one ReadAt.
+func (r *Reader) Fetch(blob io.ReaderAt, i, j int) ([]byte, error) {
+	_, _, off, _ := r.d.Span(i)
+	b, err := ReadFull(blob, off, r.RunLen(i, j))
+	if err != nil {
+		return nil, fmt.Errorf("fetching: %w", err)
+	}
+	return b, nil
+}
+
+// ReadFull reads bytes [off, off+n) of ra; a short read is io.ErrUnexpectedEOF unless
+// ra says why.
+func ReadFull(ra io.ReaderAt, off, n int64) ([]byte, error) {
+	b := make([]byte, n)
+	if k, err := ra.ReadAt(b, off); k < len(b) {
+		if err == nil || err == io.EOF {
+			err = io.ErrUnexpectedEOF
+		}
+		return nil, err
+	}
+	return b, nil
 }
 
 // Cached returns span i's output if it is kept, else nil.
