@@ -9,7 +9,6 @@ import (
 	"path/filepath"
 	"slices"
 	"strings"
-	"time"
 )
 
 // The SOCI mode: AWS's SOCI snapshotter, which lazily loads the original gzip layers through
@@ -85,46 +84,12 @@ func sociConfig() []byte {
 // new directory in cfg.WorkDir (SOCI's defaults, its artifacts in its own store), then
 // containerd with it as proxy plugin "soci". node.stop stops containerd, then the runner by
 // its PID with SIGTERM (it unmounts its layers' FUSE mounts), and unmounts what is left.
-func startSociNode(ctx context.Context, cfg Config) (n *node, err error) {
-	bin := findSoci(cfg.Scripts)
-	dir, err := os.MkdirTemp(cfg.WorkDir, "n") // short: unix socket paths are limited to 108 bytes
-	if err != nil {
-		return nil, err
-	}
-	n = &node{scripts: cfg.Scripts, lazypull: cfg.Lazypull, dir: dir, ctd: filepath.Join(dir, "ctd")}
-	defer func() {
-		if err != nil {
-			n.stop()
-		}
-	}()
-	n.snSock = filepath.Join(dir, "soci.sock")
-	n.snRoot = filepath.Join(dir, "soci")
-	log, err := os.Create(filepath.Join(dir, "snapshotter.log"))
-	if err != nil {
-		return n, err
-	}
-	n.snLog = log
-	config := filepath.Join(dir, "soci.toml")
-	if err := os.WriteFile(config, sociConfig(), 0o644); err != nil {
-		return n, fmt.Errorf("soci config: %w", err)
-	}
-	n.sn = exec.Command(bin, "serve", "--address", n.snSock, "--root", n.snRoot,
-		"--config", config, "--namespace", namespace, "--log-level", "info")
-	n.sn.Stdout, n.sn.Stderr = log, log
-	if err := n.sn.Start(); err != nil {
-		return n, fmt.Errorf("start %s: %w", bin, err)
-	}
-	done := make(chan error, 1)
-	n.snDone = done
-	go func() { done <- n.sn.Wait() }()
-	if err := waitSocket(n.snSock, done, 30*time.Second, n.snapshotterLog); err != nil {
-		return n, fmt.Errorf("%s: %w", sociBinary, err)
-	}
-	env := []string{"CONTAINERD_PROXY_SNAPSHOTTER=" + n.snSock, "CONTAINERD_PROXY_SNAPSHOTTER_NAME=" + sociSnapshotter}
-	if _, err := command(ctx, env, filepath.Join(cfg.Scripts, "containerd.sh"), "start", n.ctd); err != nil {
-		return n, fmt.Errorf("start containerd: %w", err)
-	}
-	return n, nil
+func startSociNode(ctx context.Context, cfg Config) (*node, error) {
+	return startProxyNode(ctx, cfg, proxyPlugin{name: sociSnapshotter, stem: "soci", bin: findSoci(cfg.Scripts),
+		binary: sociBinary, config: sociConfig(), args: func(sock, root, config string) []string {
+			return []string{"serve", "--address", sock, "--root", root, "--config", config,
+				"--namespace", namespace, "--log-level", "info"}
+		}})
 }
 
 // sociPull pulls ref for the SOCI snapshotter: soci-grpc rpull prepares the layers' snapshots

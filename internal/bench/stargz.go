@@ -123,7 +123,31 @@ no_background_fetch = false
 // root under a new directory in cfg.WorkDir, then containerd with it as proxy plugin
 // "stargz". node.stop stops both (the daemon by its PID, with SIGTERM: it unmounts its
 // layers' FUSE mounts on the way out) and unmounts whatever is left under the directory.
-func startStargzNode(ctx context.Context, cfg Config) (n *node, err error) {
+func startStargzNode(ctx context.Context, cfg Config) (*node, error) {
+	return startProxyNode(ctx, cfg, proxyPlugin{name: stargzSnapshotter, stem: "sgz", bin: cfg.Stargz,
+		binary: stargzBinary, config: stargzConfig(), args: func(sock, root, config string) []string {
+			return []string{"--address", sock, "--root", root, "--config", config, "--log-level", "info"}
+		}})
+}
+
+// proxyPlugin is a snapshotter other than lazypull's that a node runs as containerd's
+// proxy plugin.
+type proxyPlugin struct {
+	name   string // the plugin's name
+	stem   string // of its socket, root and config file in the node's directory
+	bin    string // the program run
+	binary string // its name in errors
+	config []byte // its configuration file
+	// args returns the program's arguments: serve on sock, keep its state under root,
+	// read config.
+	args func(sock, root, config string) []string
+}
+
+// startProxyNode starts a cold node for p: p on a fresh root under a new directory in
+// cfg.WorkDir (its log in snapshotter.log), then containerd with it as proxy plugin
+// p.name. node.stop stops containerd, then p by its PID with SIGTERM (it unmounts its
+// layers' FUSE mounts), and unmounts whatever is left under the directory.
+func startProxyNode(ctx context.Context, cfg Config, p proxyPlugin) (n *node, err error) {
 	dir, err := os.MkdirTemp(cfg.WorkDir, "n") // short: unix socket paths are limited to 108 bytes
 	if err != nil {
 		return nil, err
@@ -134,29 +158,29 @@ func startStargzNode(ctx context.Context, cfg Config) (n *node, err error) {
 			n.stop()
 		}
 	}()
-	n.snSock = filepath.Join(dir, "sgz.sock")
-	n.snRoot = filepath.Join(dir, "sgz")
-	config := filepath.Join(dir, "sgz.toml")
-	if err := os.WriteFile(config, stargzConfig(), 0o644); err != nil {
-		return n, fmt.Errorf("stargz config: %w", err)
+	n.snSock = filepath.Join(dir, p.stem+".sock")
+	n.snRoot = filepath.Join(dir, p.stem)
+	config := filepath.Join(dir, p.stem+".toml")
+	if err := os.WriteFile(config, p.config, 0o644); err != nil {
+		return n, fmt.Errorf("%s config: %w", p.name, err)
 	}
 	log, err := os.Create(filepath.Join(dir, "snapshotter.log"))
 	if err != nil {
 		return n, err
 	}
 	n.snLog = log
-	n.sn = exec.Command(cfg.Stargz, "--address", n.snSock, "--root", n.snRoot, "--config", config, "--log-level", "info")
+	n.sn = exec.Command(p.bin, p.args(n.snSock, n.snRoot, config)...)
 	n.sn.Stdout, n.sn.Stderr = log, log
 	if err := n.sn.Start(); err != nil {
-		return n, fmt.Errorf("start %s: %w", cfg.Stargz, err)
+		return n, fmt.Errorf("start %s: %w", p.bin, err)
 	}
 	done := make(chan error, 1)
 	n.snDone = done
 	go func() { done <- n.sn.Wait() }()
 	if err := waitSocket(n.snSock, done, 30*time.Second, n.snapshotterLog); err != nil {
-		return n, fmt.Errorf("%s: %w", stargzBinary, err)
+		return n, fmt.Errorf("%s: %w", p.binary, err)
 	}
-	env := []string{"CONTAINERD_PROXY_SNAPSHOTTER=" + n.snSock, "CONTAINERD_PROXY_SNAPSHOTTER_NAME=" + stargzSnapshotter}
+	env := []string{"CONTAINERD_PROXY_SNAPSHOTTER=" + n.snSock, "CONTAINERD_PROXY_SNAPSHOTTER_NAME=" + p.name}
 	if _, err := command(ctx, env, filepath.Join(cfg.Scripts, "containerd.sh"), "start", n.ctd); err != nil {
 		return n, fmt.Errorf("start containerd: %w", err)
 	}

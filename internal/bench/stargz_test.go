@@ -2,12 +2,16 @@ package bench
 
 import (
 	"bytes"
+	"context"
 	"os"
 	"path/filepath"
+	"regexp"
 	"strings"
 	"testing"
 
 	"github.com/BurntSushi/toml"
+
+	"lazypull/internal/testutil"
 )
 
 func TestStargzModes(t *testing.T) {
@@ -154,5 +158,50 @@ func TestStargzRatios(t *testing.T) {
 	WriteTables(&b, res)
 	if strings.Contains(b.String(), "stargz") {
 		t.Errorf("stargz columns without a stargz mode:\n%s", b.String())
+	}
+}
+
+// TestStartProxyNode: a stargz node runs containerd-stargz-grpc as containerd's proxy
+// plugin "stargz" (containerd lists it, its log is the node's snapshotter log), and stop
+// leaves nothing behind; a plugin that exits at start fails the start with its name and
+// leaves no directory.
+func TestStartProxyNode(t *testing.T) {
+	testutil.NeedRoot(t, "containerd")
+	scripts, err := filepath.Abs("../../scripts")
+	if err != nil {
+		t.Fatal(err)
+	}
+	cfg := Config{Scripts: scripts, WorkDir: testutil.ShortDir(t), Stargz: FindStargz(scripts)}
+	ctx := context.Background()
+
+	bad := proxyPlugin{name: "bad", stem: "bad", bin: "/bin/false", binary: "false", config: []byte("\n"),
+		args: func(sock, root, config string) []string { return nil }}
+	if n, err := startProxyNode(ctx, cfg, bad); err == nil || !strings.Contains(err.Error(), "false: exited at start") {
+		t.Errorf("a plugin that exits: node %v, err %v", n, err)
+	}
+	if left := testutil.DirNames(t, cfg.WorkDir); len(left) != 0 {
+		t.Errorf("a failed start left %v", left)
+	}
+
+	if cfg.Stargz == "" {
+		t.Skip("SKIP: no " + stargzBinary)
+	}
+	n, err := startStargzNode(ctx, cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	out, err := command(ctx, nil, filepath.Join(n.ctd, "ctr"), n.ctr("plugins", "ls")...)
+	if err != nil {
+		n.stop()
+		t.Fatal(err)
+	}
+	if !regexp.MustCompile(`io\.containerd\.snapshotter\.v1\s+stargz\s+-\s+ok`).MatchString(out) {
+		t.Errorf("containerd has no proxy plugin stargz:\n%s", out)
+	}
+	if err := n.stop(); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := os.Stat(n.dir); !os.IsNotExist(err) {
+		t.Errorf("the node's directory after stop: %v", err)
 	}
 }
