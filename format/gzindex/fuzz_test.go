@@ -10,13 +10,6 @@ import (
 	"testing"
 )
 
-// decodeOverhead is what a decode may allocate beyond its budget that is not the
-// decoder's: the error's formatting, the runtime's own.
-const decodeOverhead = 16 << 10
-
-// decodeLimit is what decoding n bytes may allocate.
-func decodeLimit(n int) uint64 { return uint64(MemFactor*n+MemSlack) + decodeOverhead }
-
 // seedIndexes returns encoded indexes of a few streams: multi-span, multi-member, empty.
 func seedIndexes(t testing.TB) [][]byte {
 	var seeds [][]byte
@@ -35,16 +28,16 @@ func seedIndexes(t testing.TB) [][]byte {
 }
 
 // FuzzDecode feeds hostile encoded indexes to Decode: errors, never panics; allocates at
-// most MemFactor times the input plus MemSlack (plus decodeOverhead); what decodes
+// most MemFactor times the input plus MemSlack (plus 16 KiB); what decodes
 // encodes to the same bytes.
 func FuzzDecode(f *testing.F) {
-	testutil.FuzzDecode(f, seedIndexes(f), decodeLimit, Decode, (*Index).Encode)
+	testutil.FuzzDecode(f, seedIndexes(f), MemFactor, MemSlack, Decode, (*Index).Encode)
 }
 
 // FuzzDecodeBody skips the trailing digest, which mutations rarely get past, so that
 // they reach the parser; the same bounds hold.
 func FuzzDecodeBody(f *testing.F) {
-	testutil.FuzzDecodeBody(f, seedIndexes(f), decodeLimit, decodeBody, (*Index).encodeBody)
+	testutil.FuzzDecodeBody(f, seedIndexes(f), MemFactor, MemSlack, decodeBody, (*Index).encodeBody)
 }
 
 // FuzzBuild feeds hostile gzip streams to Build and, when it accepts one, reads the

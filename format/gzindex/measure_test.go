@@ -4,7 +4,6 @@ import (
 	"bytes"
 	"fmt"
 	"io"
-	"os"
 	"strings"
 	"testing"
 
@@ -18,18 +17,10 @@ import (
 // once). Each file is read back through a Reader and compared with the tar's. Skipped
 // unless both are set (docs/benchmarks.md has the command and the results).
 func TestMeasureSpanSizes(t *testing.T) {
-	blobs, want := testutil.MeasureInputs(t, "GZINDEX")
-	fmt.Println("| blob | MB | S KiB | spans | index KB | index / blob | files read MB | fetched MB | fetched / blob | fetched / read | index + fetched MB | build MB/s |")
-	fmt.Println("| ---- | -- | ----- | ----- | -------- | ------------ | ------------- | ---------- | -------------- | -------------- | ------------------ | ---------- |")
-	for _, path := range blobs {
-		blob, err := os.ReadFile(path)
-		if err != nil {
-			t.Fatal(err)
-		}
-		for _, s := range []int64{64, 128, 256, 512, 1024, 2048, 4096, 8192} {
-			measureSpanSize(t, path, blob, s<<10, want)
-		}
-	}
+	testutil.MeasureSpanSizes(t, "GZINDEX", "| blob | MB | S KiB | spans | index KB | index / blob | files read MB | fetched MB | fetched / blob | fetched / read | index + fetched MB | build MB/s |",
+		[]int64{64, 128, 256, 512, 1024, 2048, 4096, 8192}, func(path string, blob []byte, span int64, want map[string]bool) {
+			measureSpanSize(t, path, blob, span, want)
+		})
 }
 
 func measureSpanSize(t *testing.T, path string, blob []byte, span int64, want map[string]bool) {

@@ -10,13 +10,6 @@ import (
 	"github.com/klauspost/compress/zstd"
 )
 
-// decodeOverhead is what a decode may allocate beyond its budget that is not the
-// decoder's: the error's formatting, the runtime's own.
-const decodeOverhead = 16 << 10
-
-// decodeLimit is what decoding n bytes may allocate.
-func decodeLimit(n int) uint64 { return uint64(MemFactor*n+MemSlack) + decodeOverhead }
-
 // seedBlobs returns small zstd blobs: several frames, tables of every mode, windows.
 func seedBlobs(t testing.TB) [][]byte {
 	return [][]byte{
@@ -59,16 +52,16 @@ func TestSeedIndexes(t *testing.T) {
 }
 
 // FuzzDecode feeds hostile encoded indexes to Decode: errors, never panics; allocates at
-// most MemFactor times the input plus MemSlack (plus decodeOverhead); what decodes
+// most MemFactor times the input plus MemSlack (plus 16 KiB); what decodes
 // encodes to the same bytes.
 func FuzzDecode(f *testing.F) {
-	testutil.FuzzDecode(f, seedIndexes(f), decodeLimit, Decode, (*Index).Encode)
+	testutil.FuzzDecode(f, seedIndexes(f), MemFactor, MemSlack, Decode, (*Index).Encode)
 }
 
 // FuzzDecodeBody skips the trailing digest, which mutations rarely get past, so that
 // they reach the parser (checkpoints, dictionary tables); the same bounds hold.
 func FuzzDecodeBody(f *testing.F) {
-	testutil.FuzzDecodeBody(f, seedIndexes(f), decodeLimit, decodeBody, (*Index).encodeBody)
+	testutil.FuzzDecodeBody(f, seedIndexes(f), MemFactor, MemSlack, decodeBody, (*Index).encodeBody)
 }
 
 // FuzzBuild feeds hostile zstd blobs to Build and, when it accepts one, reads the blob

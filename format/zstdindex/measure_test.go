@@ -4,7 +4,6 @@ import (
 	"bytes"
 	"fmt"
 	"io"
-	"os"
 	"strings"
 	"testing"
 
@@ -19,18 +18,10 @@ import (
 // alone on average (a reader of its own). Each file read is compared with the tar's.
 // Skipped unless both are set (docs/benchmarks.md has the command and the results).
 func TestMeasureSpanSizes(t *testing.T) {
-	blobs, want := testutil.MeasureInputs(t, "ZSTDINDEX")
-	fmt.Println("| blob | MB | S KiB | spans (in frames) | index KB | index / blob | windows MB | windows / blob | files read MB | fetched MB (of it windows) | fetched / read | one file: fetched KB | build MB/s |")
-	fmt.Println("| ---- | -- | ----- | ----------------- | -------- | ------------ | ---------- | -------------- | ------------- | -------------------------- | -------------- | -------------------- | ---------- |")
-	for _, path := range blobs {
-		blob, err := os.ReadFile(path)
-		if err != nil {
-			t.Fatal(err)
-		}
-		for _, s := range []int64{64, 128, 256, 512, 1024} {
-			measureSpanSize(t, path, blob, s<<10, want)
-		}
-	}
+	testutil.MeasureSpanSizes(t, "ZSTDINDEX", "| blob | MB | S KiB | spans (in frames) | index KB | index / blob | windows MB | windows / blob | files read MB | fetched MB (of it windows) | fetched / read | one file: fetched KB | build MB/s |",
+		[]int64{64, 128, 256, 512, 1024}, func(path string, blob []byte, span int64, want map[string]bool) {
+			measureSpanSize(t, path, blob, span, want)
+		})
 }
 
 func measureSpanSize(t *testing.T, path string, blob []byte, span int64, want map[string]bool) {

@@ -3,31 +3,45 @@ package testutil
 import (
 	"archive/tar"
 	"bytes"
+	"fmt"
 	"io"
 	"os"
+	"regexp"
 	"strings"
 	"testing"
 	"time"
 )
 
-// MeasureInputs returns the inputs of a measurement on real layers: the blob paths in
-// PREFIX_MEASURE_BLOBS (comma-separated) and the tar paths listed in the file
-// PREFIX_MEASURE_FILES (one a line). It skips t unless both are set.
-func MeasureInputs(t testing.TB, prefix string) (blobs []string, files map[string]bool) {
+// MeasureSpanSizes runs measure on every blob whose path is in PREFIX_MEASURE_BLOBS
+// (comma-separated) at every span size in kib (KiB), with the tar paths listed in the
+// file PREFIX_MEASURE_FILES (one a line) as want, after printing header, the header row
+// of the markdown table measure prints rows of, and its separator row. It skips t unless
+// both are set.
+func MeasureSpanSizes(t testing.TB, prefix, header string, kib []int64, measure func(path string, blob []byte, span int64, want map[string]bool)) {
 	t.Helper()
-	b, list := os.Getenv(prefix+"_MEASURE_BLOBS"), os.Getenv(prefix+"_MEASURE_FILES")
-	if b == "" || list == "" {
+	blobs, list := os.Getenv(prefix+"_MEASURE_BLOBS"), os.Getenv(prefix+"_MEASURE_FILES")
+	if blobs == "" || list == "" {
 		t.Skipf("%s_MEASURE_BLOBS and %s_MEASURE_FILES not set", prefix, prefix)
 	}
 	l, err := os.ReadFile(list)
 	if err != nil {
 		t.Fatal(err)
 	}
-	files = map[string]bool{}
+	want := map[string]bool{}
 	for _, name := range strings.Fields(string(l)) {
-		files[name] = true
+		want[name] = true
 	}
-	return strings.Split(b, ","), files
+	fmt.Println(header)
+	fmt.Println(regexp.MustCompile(`[^| ][^|]*[^| ]|[^| ]`).ReplaceAllStringFunc(header, func(c string) string { return strings.Repeat("-", len(c)) }))
+	for _, path := range strings.Split(blobs, ",") {
+		blob, err := os.ReadFile(path)
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, s := range kib {
+			measure(path, blob, s<<10, want)
+		}
+	}
 }
 
 // TarFile is a regular file of a tar stream: its content's offset in the stream, and
