@@ -1,7 +1,6 @@
 package zstdindex
 
 import (
-	"bytes"
 	"crypto/sha256"
 	"encoding/binary"
 	"errors"
@@ -177,8 +176,8 @@ func Decode(data []byte) (*Index, error) {
 
 // decodeBody parses an index without its trailing digest.
 func decodeBody(data []byte) (*Index, error) {
-	d := &wire.Reader{B: bytes.Clone(data), Corrupt: ErrCorruptIndex}
-	if err := d.Header(magic, Version); err != nil {
+	d, err := wire.NewReader(data, magic, Version, ErrCorruptIndex)
+	if err != nil {
 		return nil, err
 	}
 	ix := &Index{spanSize: d.Int(), compressedSize: d.Int(), size: d.Int(), windowsSize: d.Int()}

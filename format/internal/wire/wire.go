@@ -49,6 +49,16 @@ type Reader struct {
 	Corrupt error
 }
 
+// NewReader returns a reader of a copy of body (what it reads may be kept) past its
+// header, the magic and the version, which must be these. Its errors wrap corrupt.
+func NewReader(body []byte, magic string, version uint16, corrupt error) (*Reader, error) {
+	r := &Reader{B: bytes.Clone(body), Corrupt: corrupt}
+	if err := r.Header(magic, version); err != nil {
+		return nil, err
+	}
+	return r, nil
+}
+
 // Fail records an error, unless there is one already.
 func (r *Reader) Fail(format string, args ...any) {
 	if r.Err == nil {

@@ -81,3 +81,25 @@ func TestCountEnd(t *testing.T) {
 		t.Fatalf("2 records of a byte: %d, %v", n, r.Err)
 	}
 }
+
+// TestNewReader: a reader past the header, of a copy of the body; a wrong magic or
+// version fails, wrapping Corrupt.
+func TestNewReader(t *testing.T) {
+	body := AppendInts(AppendHeader(nil, "MAGIC", 3), 7)
+	r, err := NewReader(body, "MAGIC", 3, errCorrupt)
+	if err != nil {
+		t.Fatal(err)
+	}
+	body[len(body)-1] = 8
+	if v := r.Int(); v != 7 || r.End("record") != nil {
+		t.Fatalf("read %d, %v", v, r.Err)
+	}
+	for _, c := range []struct {
+		magic   string
+		version uint16
+	}{{"MAGIX", 3}, {"MAGIC", 4}} {
+		if _, err := NewReader(body, c.magic, c.version, errCorrupt); !errors.Is(err, errCorrupt) {
+			t.Errorf("%s v%d: %v", c.magic, c.version, err)
+		}
+	}
+}
