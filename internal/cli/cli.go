@@ -39,7 +39,7 @@ func typed[T any](run func(ctx context.Context, e *env, f *T, positional []strin
 // commands lists the subcommands in the order `lazypull help` shows them.
 func commands() []*command {
 	return []*command{convertCommand(), mountCommand(), umountCommand(), pullCommand(), profileCommand(), profileChrootCommand(),
-		profileExecCommand(), snapshotterCommand(), keeperCommand(), statsCommand(), pruneCommand(), verifyCommand(), indexCommand(), versionCommand()}
+		profileExecCommand(), mountProbeCommand(), snapshotterCommand(), keeperCommand(), statsCommand(), pruneCommand(), verifyCommand(), indexCommand(), versionCommand()}
 }
 
 // env is what a command may touch of the outside world.

@@ -111,3 +111,20 @@ func umountCommand() *command {
 		},
 	}
 }
+
+// mountProbeCommand probes a new mount for poll, in a process of its own: lazypull starts
+// it for each mount it makes (fusefs.MountOptions.Probe).
+func mountProbeCommand() *command {
+	return &command{
+		name:    service.ProbeCommand,
+		args:    "DIR",
+		summary: "probe a new mount for poll (started by lazypull for each mount it makes)",
+		run: func(_ context.Context, _ *env, _ any, args []string) error {
+			if len(args) != 1 {
+				return cmdline.Usagef("want DIR")
+			}
+			service.Probe(args[0])
+			return nil
+		},
+	}
+}

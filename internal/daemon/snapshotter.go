@@ -78,6 +78,7 @@ type SnapshotFS struct {
 
 	prefetch      *PrefetchOptions // nil: no profile is looked up
 	noSpeculation bool             // OpenOptions.NoSpeculation
+	probe         []string         // fusefs.MountOptions.Probe of its mounts
 	choice        ProfileChoice    // how the profile is chosen, for a pin a pull did not give
 	fill          *FillOptions     // nil: no background fill
 
@@ -112,6 +113,10 @@ func (f *SnapshotFS) SetProfileChoice(c ProfileChoice) {
 	c.Pin = v1.Hash{}
 	f.choice = c
 }
+
+// SetMountProbe sets the command that probes each new mount (fusefs.MountOptions.Probe);
+// nil probes in this process. Call it before the first Mount.
+func (f *SnapshotFS) SetMountProbe(cmd []string) { f.probe = cmd }
 
 // SetSpeculation says whether a read that misses fetches more than it asks for (see
 // OpenOptions.NoSpeculation); on by default. Call it before the first Mount.
@@ -532,7 +537,7 @@ func (f *SnapshotFS) mount(ctx context.Context, mountpoint string, labels map[st
 		f.release(im)
 		return indexError{fmt.Errorf("layer %s: %w", digest, err)}
 	}
-	srv, err := fusefs.Mount(mountpoint, root, fusefs.MountOptions{FSName: "lazypull:" + digest, Logger: f.log})
+	srv, err := fusefs.Mount(mountpoint, root, fusefs.MountOptions{FSName: "lazypull:" + digest, Logger: f.log, Probe: f.probe})
 	if err != nil {
 		f.release(im)
 		return mountError{fmt.Errorf("mount layer %s at %s: %w", digest, mountpoint, err)}

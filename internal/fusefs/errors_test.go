@@ -7,6 +7,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"log/slog"
 	"os"
 	"os/exec"
 	"os/signal"
@@ -462,5 +463,49 @@ func TestOpenWhileModeChanges(t *testing.T) {
 		"open once the copy is gone, while a passthrough open is there", "open after eviction")
 	if srv.Passthrough() && c.reads.Load() != reads {
 		t.Errorf("passthrough opens read the content %d times", c.reads.Load()-reads)
+	}
+}
+
+// TestMountProbeInChild: with MountOptions.Probe set, a new mount is probed by that command
+// (the mount's directory appended), in a process of its own, before Mount returns; a
+// probe that cannot start is logged and done in this process, and the mount still works.
+func TestMountProbeInChild(t *testing.T) {
+	requireFUSE(t)
+	l := convertLayer(t, testLayers(t)[0])
+	for _, c := range []struct {
+		name  string
+		probe func(out string) []string
+		ran   bool
+	}{
+		{"child", func(out string) []string { return []string{"/bin/sh", "-c", `echo "$0" > ` + out} }, true},
+		{"missing", func(string) []string { return []string{"/nonexistent/lazypull", "mount-probe"} }, false},
+	} {
+		t.Run(c.name, func(t *testing.T) {
+			root, err := NewLayer(l.Index, &layerContent{l: l})
+			if err != nil {
+				t.Fatal(err)
+			}
+			dir := filepath.Join(t.TempDir(), "mnt")
+			if err := os.Mkdir(dir, 0o755); err != nil {
+				t.Fatal(err)
+			}
+			out := filepath.Join(t.TempDir(), "probed")
+			log, logs := testutil.NewLogAt(t, slog.LevelWarn)
+			srv, err := Mount(dir, root, MountOptions{Probe: c.probe(out), Logger: log})
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer srv.Unmount()
+			b, _ := os.ReadFile(out)
+			if got := strings.TrimSpace(string(b)) == dir; got != c.ran {
+				t.Errorf("probe ran with the mount's directory: %v, want %v (it wrote %q)", got, c.ran, b)
+			}
+			if warned := strings.Contains(logs.String(), "cannot start the mount's poll probe"); warned == c.ran {
+				t.Errorf("warning of a probe that cannot start: %v, want %v:\n%s", warned, !c.ran, logs)
+			}
+			if ents, err := os.ReadDir(dir); err != nil || len(ents) == 0 {
+				t.Errorf("the mount after its probe: %d entries, %v", len(ents), err)
+			}
+		})
 	}
 }

@@ -52,6 +52,15 @@ type MountOptions struct {
 	// own nosuid and nodev, not its lower directories' (which is why the snapshotter's
 	// containers run setuid programs as containerd's overlayfs snapshotter's do).
 	AllowSuidDev bool
+	// Probe is the command (argv, the mount's directory appended) that probes a new mount
+	// for poll (PollProbe) in a process of its own; nil probes in this process. The probe
+	// opens a file of the mount, a request to the server: made by this process, a SIGKILL
+	// that lands while it waits for its answer leaves the killed thread waiting for it
+	// uninterruptibly, so the process never ends and its mounts hang until their
+	// connections are aborted by hand. A child holds no /dev/fuse descriptor: killed with
+	// its parent or not, it ends when the connection does. lazypull's commands set it
+	// (`lazypull mount-probe`); tests that read their own mounts in process leave it nil.
+	Probe []string
 }
 
 // mountFlags are the mount(2) flags of a view: read-only, and unless AllowSuidDev,
@@ -166,7 +175,7 @@ func Mount(dir string, root *Root, opts MountOptions) (*Server, error) {
 		syscall.Unmount(abs, syscall.MNT_DETACH)
 		return nil, fmt.Errorf("mount FUSE at %s: %w", abs, err)
 	}
-	pollHack(abs)
+	probe(abs, opts.Probe, lg)
 	ra := opts.ReadAheadKB
 	if ra == 0 {
 		ra = DefaultReadAheadKB
@@ -256,12 +265,41 @@ func mountOptions(dir string) ([]string, error) {
 	return strings.Split(ms[len(ms)-1].Options, ","), nil
 }
 
-// pollHack makes the kernel learn at once that the mount does not poll files (go-fuse
+// probeTimeout bounds the wait for a probe process: a server that does not answer its
+// requests within it has other troubles, and the probe ends with the connection.
+const probeTimeout = 30 * time.Second
+
+// probe probes the mount at dir for poll: by the command cmd (MountOptions.Probe), else in
+// this process (PollProbe).
+func probe(dir string, cmd []string, lg *slog.Logger) {
+	if len(cmd) == 0 {
+		PollProbe(dir)
+		return
+	}
+	c := exec.Command(cmd[0], append(slices.Clone(cmd[1:]), dir)...)
+	if err := c.Start(); err != nil {
+		lg.Warn("fusefs: cannot start the mount's poll probe; probing in this process", "dir", dir, "cmd", cmd[0], "err", err)
+		PollProbe(dir)
+		return
+	}
+	done := make(chan error, 1)
+	go func() { done <- c.Wait() }()
+	select {
+	case err := <-done:
+		if err != nil {
+			lg.Warn("fusefs: the mount's poll probe failed", "dir", dir, "err", err)
+		}
+	case <-time.After(probeTimeout):
+		lg.Warn("fusefs: the mount's poll probe has not ended; going on without it", "dir", dir, "pid", c.Process.Pid)
+	}
+}
+
+// PollProbe makes the kernel learn at once that the mount does not poll files (go-fuse
 // answers ENOSYS for its magic name). Otherwise the first file of the mount that a Go
 // program of this process opens is registered with the runtime's epoll, whose FUSE_POLL
 // request may then wait for a thread that this same runtime cannot give. The kernel
 // remembers the answer for the connection, so a Restore needs none.
-func pollHack(dir string) {
+func PollProbe(dir string) {
 	fd, err := unix.Open(filepath.Join(dir, ".go-fuse-epoll-hack"), unix.O_RDONLY|unix.O_CLOEXEC, 0)
 	if err != nil {
 		return
@@ -347,13 +385,19 @@ func serve(dir string, root *Root, dev *os.File, init []byte, opts MountOptions,
 	return s, nil
 }
 
-// setReadAhead sets the read-ahead of the mount at dir, through its backing device info.
+// setReadAhead sets the read-ahead of the mount at dir, through its backing device info,
+// found in this process's mountinfo: a stat of dir would be a request to the mount's
+// server, from this process (see MountOptions.Probe).
 func setReadAhead(dir string, kb int) error {
-	var st syscall.Stat_t
-	if err := syscall.Stat(dir, &st); err != nil {
+	ms, err := mountinfo.GetMounts(func(m *mountinfo.Info) (skip, stop bool) { return m.Mountpoint != dir, false })
+	if err != nil {
 		return err
 	}
-	p := fmt.Sprintf("/sys/class/bdi/%d:%d/read_ahead_kb", unix.Major(st.Dev), unix.Minor(st.Dev))
+	if len(ms) == 0 {
+		return fmt.Errorf("%s: not a mount point", dir)
+	}
+	m := ms[len(ms)-1]
+	p := fmt.Sprintf("/sys/class/bdi/%d:%d/read_ahead_kb", m.Major, m.Minor)
 	return os.WriteFile(p, []byte(strconv.Itoa(kb)), 0)
 }
 

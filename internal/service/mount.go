@@ -132,7 +132,8 @@ func (n *node) mount(ctx context.Context, cfg MountConfig, m MountPoint, choice 
 	if err != nil {
 		return im, nil, fmt.Errorf("image %s: %w", m.Ref, err)
 	}
-	srv, err := fusefs.Mount(m.Dir, root, fusefs.MountOptions{FSName: "lazypull:" + m.Ref, Logger: n.log, Debug: cfg.Debug, AllowSuidDev: cfg.AllowSuidDev})
+	srv, err := fusefs.Mount(m.Dir, root, fusefs.MountOptions{FSName: "lazypull:" + m.Ref, Logger: n.log, Debug: cfg.Debug, AllowSuidDev: cfg.AllowSuidDev,
+		Probe: n.probe})
 	if err != nil {
 		return im, nil, fmt.Errorf("mount %s at %s: %w", m.Ref, m.Dir, err)
 	}

@@ -8,6 +8,7 @@ import (
 	"net"
 	"net/http"
 	"net/http/pprof"
+	"os"
 	"slices"
 	"sync"
 	"time"
@@ -18,6 +19,7 @@ import (
 
 	"lazypull/internal/daemon"
 	"lazypull/internal/fetch"
+	"lazypull/internal/fusefs"
 	"lazypull/internal/store"
 )
 
@@ -56,8 +58,19 @@ type node struct {
 	platform  *v1.Platform
 	// fillSlots bound the parallel fills' batches in flight, across the node's images.
 	fillSlots *daemon.FillSlots
-	stops     []func() // run by close, last first
+	// probe is how a new mount is probed for poll: this program started again as
+	// ProbeCommand (fusefs.MountOptions.Probe); nil when its path is unknown.
+	probe []string
+	stops []func() // run by close, last first
 }
+
+// ProbeCommand is the command of this program that probes a new mount for poll
+// (fusefs.PollProbe), in a process of its own: the command line registers it, the node
+// starts it for each mount it makes.
+const ProbeCommand = "mount-probe"
+
+// Probe is ProbeCommand: it probes the mount at dir for poll (fusefs.PollProbe).
+func Probe(dir string) { fusefs.PollProbe(dir) }
 
 // openNode checks cfg and opens the store; more are options of the registry client.
 func openNode(cfg NodeConfig, log *slog.Logger, more ...fetch.Option) (*node, error) {
@@ -86,6 +99,11 @@ func openNode(cfg NodeConfig, log *slog.Logger, more ...fetch.Option) (*node, er
 	}
 	n := &node{cfg: cfg, log: log, store: st, client: client, platform: platform, profiles: daemon.NewProfileMetrics(nil),
 		fallbacks: daemon.NewFallbackMetrics(), statsKick: make(chan struct{}, 1), fillSlots: daemon.NewFillSlots(cfg.ParallelFetchStreams)}
+	if exe, err := os.Executable(); err == nil {
+		n.probe = []string{exe, ProbeCommand}
+	} else {
+		log.Warn("this program's path is unknown: new mounts are probed for poll in this process", "err", err)
+	}
 	return n, nil
 }
 
