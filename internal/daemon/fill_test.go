@@ -113,7 +113,14 @@ func lazyImageWith(t *testing.T, files map[string][]byte, edit func(ix *format.I
 	for _, n := range slices.Sorted(maps.Keys(files)) {
 		entries = append(entries, testutil.File(n, files[n]))
 	}
-	blob, ann, res := layertest.FromTar(t, testutil.Tar(t, entries...), edit)
+	return lazyTarOn(t, empty.Image, testutil.Tar(t, entries...), edit)
+}
+
+// lazyTarOn is img with a lazypull layer of the tar tr on top (its index changed by
+// edit, nil: none), and the layer's index.
+func lazyTarOn(t *testing.T, img v1.Image, tr []byte, edit func(ix *format.Index)) (v1.Image, *format.Index) {
+	t.Helper()
+	blob, ann, res := layertest.FromTar(t, tr, edit)
 	l, err := format.Open(bytes.NewReader(blob), int64(len(blob)), ann)
 	if err != nil {
 		t.Fatal(err)
@@ -122,7 +129,7 @@ func lazyImageWith(t *testing.T, files map[string][]byte, edit func(ix *format.I
 	if err != nil {
 		t.Fatal(err)
 	}
-	return withLayer(t, empty.Image, diffIDLayer{static.NewLayer(blob, types.MediaType(format.MediaTypeLayer)), diffID}, ann), l.Index
+	return withLayer(t, img, diffIDLayer{static.NewLayer(blob, types.MediaType(format.MediaTypeLayer)), diffID}, ann), l.Index
 }
 
 // withLayer is img with the lazypull layer l (annotations ann) on top, as an OCI image.

@@ -52,7 +52,8 @@ type Image struct {
 
 	crossOnce sync.Once // linkAcrossLayers, for a merged view (FSLayers)
 
-	noSpeculation bool // OpenOptions.NoSpeculation
+	noSpeculation bool    // OpenOptions.NoSpeculation
+	elf           elfWalk // what programs read need (elfspec.go)
 
 	mu   sync.Mutex
 	fill *filler // BackgroundFetch's, when it ran

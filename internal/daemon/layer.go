@@ -48,6 +48,11 @@ type Layer struct {
 	nbRuns        atomic.Int64
 	noSpeculation bool
 
+	// im is the image the layer belongs to: the walk of programs' libraries (elfspec.go)
+	// looks across its layers. elfRuns counts the walk's fetches of this layer's files.
+	im      *Image
+	elfRuns atomic.Int64
+
 	reading *atomic.Int64 // the image's reads in progress (Image.reading)
 
 	auto atomic.Pointer[autoLayer] // the recording of the image's start, if any (autoprofile.go)
@@ -109,7 +114,7 @@ func openLayer(ctx context.Context, im *Image, st *store.Store, desc v1.Descript
 	ix = st.ShareIndex(loc.Digest, ix)
 	return &Layer{Desc: desc, Index: ix, blob: blob, store: st, lease: im.lease, log: im.log, files: map[*format.Entry]store.File{},
 		streams: map[*format.Entry]*stream{}, bg: im.bg, raSlot: make(chan struct{}, readaheadSlots), reading: &im.reading,
-		nbSlot: make(chan struct{}, neighbourSlots), noSpeculation: im.noSpeculation}, wait, nil
+		nbSlot: make(chan struct{}, neighbourSlots), noSpeculation: im.noSpeculation, im: im}, wait, nil
 }
 
 // readIndex reads the layer's index from the store's metadata, or else from the pack or
@@ -212,6 +217,9 @@ func (l *Layer) ReadAt(ctx context.Context, e *format.Entry, p []byte, off int64
 		n, err := l.store.ReadAt(ctx, blobSource{l.blob}, f, p, off)
 		if err == nil || errors.Is(err, io.EOF) {
 			l.fetchWhole(e, f)
+			if off == 0 {
+				l.speculateELF(e, p[:n])
+			}
 		}
 		return n, err
 	}
@@ -223,6 +231,9 @@ func (l *Layer) ReadAt(ctx context.Context, e *format.Entry, p []byte, off int64
 		return 0, cerr
 	}
 	l.fetchWhole(e, f)
+	if off == 0 {
+		l.speculateELF(e, p[:n])
+	}
 	return n, err
 }
 

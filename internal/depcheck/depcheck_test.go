@@ -84,6 +84,7 @@ const (
 	criproxy       = "internal/criproxy"
 	unixsock       = "internal/unixsock"
 	jsonlimit      = "internal/jsonlimit"
+	elfdeps        = "internal/elfdeps"
 	imagebuild     = "internal/imagebuild"
 	ocilayout      = "internal/ocilayout"
 	testutil       = "internal/testutil"
@@ -154,9 +155,10 @@ func allowed() map[string]rule {
 		// hands mounts' FUSE connections to the keeper, prefetches profiles. The one place
 		// that sees every stage of the flow. imageindex, gzindex and zstdindex: an
 		// unconverted image is served from its index artifact (decoded by imageindex, read
-		// through gzindex or zstdindex).
+		// through gzindex or zstdindex). elfdeps: a program's first read starts the fetch of
+		// the libraries it needs (elfspec.go).
 		daemon: {
-			ours: []string{format, fetch, store, fusefs, snapshot, profile, keeper, jsonlimit, imageindex, gzindex, zstdindex},
+			ours: []string{format, fetch, store, fusefs, snapshot, profile, keeper, jsonlimit, imageindex, gzindex, zstdindex, elfdeps},
 			ext:  []string{ggcr, prometheus, xsync, xtime},
 		},
 
@@ -250,9 +252,11 @@ func allowed() map[string]rule {
 		// nothing of fetch: fetch's user asks its Store.
 		criproxy: {ours: []string{unixsock}, ext: []string{grpc, protobuf, criAPI, ggcr}},
 
-		// Leaves: a unix socket only its owner may connect to; bounds on JSON decoding.
+		// Leaves: a unix socket only its owner may connect to; bounds on JSON decoding; what
+		// an ELF file needs loaded with it.
 		unixsock:  {ext: []string{xsys}},
 		jsonlimit: {},
+		elfdeps:   {},
 
 		// The harness of cmd/lazypull-bench: parses recorded profiles, finds the FUSE mounts
 		// a run left behind (fusefs.MountsUnder) to clean them up, and reads process CPU

@@ -1,0 +1,359 @@
+package daemon
+
+import (
+	"context"
+	"path"
+	"slices"
+	"strings"
+	"sync"
+
+	"debug/elf"
+
+	"lazypull/format"
+	"lazypull/internal/elfdeps"
+	"lazypull/internal/store"
+)
+
+// Programs and their libraries. Without a profile, the start of a program is a chain of
+// round trips: the kernel reads the executable's header, the loader opens each library
+// it needs, reads its header, maps it and faults its pages in, in pieces of the kernel's
+// read-around (up to 1 MiB), each a miss; then the libraries those need, one after the
+// other. node's start waits on about 60 of them, gcc's on more (cc1, as, ld and theirs).
+// Yet what a program needs is written in it: PT_INTERP and the DT_NEEDED entries of its
+// dynamic segment, found where the loader finds them (DT_RUNPATH with $ORIGIN, then the
+// system's library directories). So the first read of an ELF program or library (the
+// read at offset 0 that shows the ELF magic) starts, in the background, a walk of what
+// it needs, level by level: each file's header, program headers and dynamic segment are
+// read (small reads, verified like any), and its loadable segments fetched in one store
+// Prefetch per layer, every file of a level at once; then the libraries those name.
+//
+// What is fetched of a file is what the loader maps and touches: its executable and
+// writable segments whole, read-only ones up to elfDataMax each (relocations, symbol
+// tables, rodata); a larger read-only segment is data the program pages in as it uses
+// it (ICU's 30 MiB table, of which node reads 2.6 MiB) and is left to its faults. The
+// walk is bounded: elfMaxFiles files and elfBudget bytes per image, elfDepth levels.
+// Like every speculation it fetches verified chunks into the store and pins nothing.
+const (
+	elfMaxFiles = 96
+	elfBudget   = 512 << 20
+	elfDepth    = 6
+	elfDataMax  = 8 << 20
+	// elfSegmentMax bounds what is fetched of one executable or writable segment.
+	elfSegmentMax = 128 << 20
+)
+
+// elfWalk is an image's walk of programs and libraries (Image.elf).
+type elfWalk struct {
+	mu      sync.Mutex
+	seen    map[string]bool // paths of files taken (the image's view: the top layer's)
+	queue   []elfTarget
+	running bool
+	budget  int64
+	files   int
+}
+
+// elfTarget is a file of the image found for the walk.
+type elfTarget struct {
+	l *Layer
+	e *format.Entry // regular, content entry
+}
+
+// speculateELF notes the first read of e, at offset 0, whose bytes head show an ELF file:
+// it and what it needs are walked (elfWalk), unless already.
+func (l *Layer) speculateELF(e *format.Entry, head []byte) {
+	if l.noSpeculation || l.im == nil || !elfdeps.IsELF(head) {
+		return
+	}
+	l.im.elf.add(l.im, []elfTarget{{l: l, e: e}})
+}
+
+// add queues the targets not seen yet and starts the walk if it is not running.
+func (w *elfWalk) add(im *Image, ts []elfTarget) {
+	if w.push(ts) {
+		go w.run(im)
+	}
+}
+
+// push queues the targets not seen yet; start says the walk is to be started (it was
+// not running, and now is).
+func (w *elfWalk) push(ts []elfTarget) (start bool) {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	if w.seen == nil {
+		w.seen, w.budget = map[string]bool{}, elfBudget
+	}
+	for _, t := range ts {
+		if w.seen[t.e.Name] || w.files >= elfMaxFiles {
+			continue
+		}
+		w.seen[t.e.Name] = true
+		w.files++
+		w.queue = append(w.queue, t)
+	}
+	if w.running || len(w.queue) == 0 {
+		return false
+	}
+	w.running = true
+	return true
+}
+
+// run walks the queue level by level until it is empty or the image closes.
+func (w *elfWalk) run(im *Image) {
+	for depth := 0; ; depth++ {
+		w.mu.Lock()
+		level := w.queue
+		w.queue = nil
+		if len(level) == 0 || depth >= elfDepth || im.bg.Err() != nil {
+			w.running = false
+			w.mu.Unlock()
+			return
+		}
+		w.mu.Unlock()
+		w.push(im.elfLevel(im.bg, w, level))
+	}
+}
+
+// take draws n bytes from the walk's budget; false when they do not fit.
+func (w *elfWalk) take(n int64) bool {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	if n > w.budget {
+		return false
+	}
+	w.budget -= n
+	return true
+}
+
+// elfLevel reads every target's ELF headers (in parallel), starts the fetch of their
+// segments (one Prefetch per layer, not waited for) and returns the libraries they need.
+func (im *Image) elfLevel(ctx context.Context, w *elfWalk, level []elfTarget) []elfTarget {
+	parsed := make([]*elfdeps.File, len(level))
+	var wg sync.WaitGroup
+	for i, t := range level {
+		wg.Go(func() {
+			f, err := t.l.file(t.e)
+			if err != nil {
+				return
+			}
+			ef, err := elfdeps.Read(&layerFileReader{ctx: ctx, l: t.l, e: t.e, f: f}, f.Size)
+			if err != nil {
+				im.log.Debug("program's needs not read", "layer", t.l.Desc.Digest, "path", t.e.Name, "err", err)
+				return
+			}
+			parsed[i] = ef
+		})
+	}
+	wg.Wait()
+	byLayer := map[*Layer]*elfBatch{}
+	var next []elfTarget
+	for i, t := range level {
+		ef := parsed[i]
+		if ef == nil {
+			continue
+		}
+		f, _ := t.l.file(t.e)
+		b := byLayer[t.l]
+		if b == nil {
+			b = &elfBatch{seen: map[int]bool{}}
+			byLayer[t.l] = b
+		}
+		b.add(t.l, t.e, f, ef, w)
+		for _, name := range ef.Needed {
+			if nt, ok := im.findLibrary(name, path.Dir(t.e.Name), ef); ok {
+				next = append(next, nt)
+			}
+		}
+		if ef.Interp != "" {
+			if nt, ok := im.findFile(ef.Interp); ok {
+				next = append(next, nt)
+			}
+		}
+	}
+	for l, b := range byLayer {
+		go l.prefetchBatch(ctx, b)
+	}
+	return next
+}
+
+// elfBatch is what a level of the walk fetches of one layer's files: their ranges, and
+// the header runs to check before any of them is served.
+type elfBatch struct {
+	wants []store.Want
+	runs  []int
+	seen  map[int]bool
+}
+
+// add adds the ranges of e (content f) the loader maps, as far as the walk's budget goes.
+func (b *elfBatch) add(l *Layer, e *format.Entry, f store.File, ef *elfdeps.File, w *elfWalk) {
+	rs, err := l.runsFor(e)
+	if err != nil {
+		return
+	}
+	for _, r := range rs {
+		if !b.seen[r] {
+			b.seen[r] = true
+			b.runs = append(b.runs, r)
+		}
+	}
+	for _, wnt := range elfWants(f, ef) {
+		if w.take(wnt.Len) {
+			b.wants = append(b.wants, wnt)
+		}
+	}
+}
+
+// prefetchBatch fetches a level's ranges of l's files.
+func (l *Layer) prefetchBatch(ctx context.Context, b *elfBatch) {
+	if len(b.wants) == 0 {
+		return
+	}
+	l.elfRuns.Add(1)
+	// Errors are the readers' to meet, if they ever read these bytes.
+	if err := l.store.Prefetch(ctx, &checkingSource{l: l, runs: b.runs}, b.wants...); err == nil {
+		l.prefetchRuns(ctx, b.runs)
+	}
+}
+
+// elfWants are the ranges of f fetched for a program or library ef: the first page (the
+// headers the loader reads), executable and writable segments (up to elfSegmentMax) and
+// read-only ones up to elfDataMax, the local chunks left out by the store.
+func elfWants(f store.File, ef *elfdeps.File) []store.Want {
+	wants := []store.Want{{File: f, Len: min(f.Size, 64<<10)}}
+	for _, ld := range ef.Loads {
+		n := ld.Size
+		switch {
+		case ld.Exec || ld.Write:
+			n = min(n, elfSegmentMax)
+		case n > elfDataMax:
+			continue
+		}
+		if n > 0 {
+			wants = append(wants, store.Want{File: f, Off: ld.Off, Len: n})
+		}
+	}
+	return wants
+}
+
+// multiarch is the Debian library directory of machine m, "" if none.
+func multiarch(m elf.Machine) string {
+	switch m {
+	case elf.EM_X86_64:
+		return "x86_64-linux-gnu"
+	case elf.EM_AARCH64:
+		return "aarch64-linux-gnu"
+	case elf.EM_386:
+		return "i386-linux-gnu"
+	case elf.EM_ARM:
+		return "arm-linux-gnueabihf"
+	case elf.EM_PPC64:
+		return "powerpc64le-linux-gnu"
+	case elf.EM_S390:
+		return "s390x-linux-gnu"
+	case elf.EM_RISCV:
+		return "riscv64-linux-gnu"
+	}
+	return ""
+}
+
+// findLibrary finds the library name that a file in dir, read as ef, needs, where the
+// loader looks: ef's run path ($ORIGIN is dir), then the system's directories.
+func (im *Image) findLibrary(name, dir string, ef *elfdeps.File) (elfTarget, bool) {
+	if strings.Contains(name, "/") {
+		return im.findFile(name)
+	}
+	var dirs []string
+	for _, d := range ef.RunPath {
+		d = strings.ReplaceAll(strings.ReplaceAll(d, "${ORIGIN}", "$ORIGIN"), "$ORIGIN", "/"+dir)
+		if strings.HasPrefix(d, "/") {
+			dirs = append(dirs, d)
+		}
+	}
+	if ma := multiarch(ef.Machine); ma != "" {
+		dirs = append(dirs, "/usr/lib/"+ma, "/lib/"+ma)
+	}
+	dirs = append(dirs, "/usr/lib64", "/lib64", "/usr/lib", "/lib")
+	for _, d := range dirs {
+		if t, ok := im.findFile(path.Join(d, name)); ok {
+			return t, true
+		}
+	}
+	return elfTarget{}, false
+}
+
+// findFile finds the regular file at p in the image as a container sees it: each
+// element of the path in the top layer that has it, symbolic links followed (at most 16,
+// also in the directories of the path: /lib64 -> usr/lib64), hard links too.
+func (im *Image) findFile(p string) (elfTarget, bool) {
+	parts := strings.Split(format.CleanName(p), "/")
+	cur, links := "", 0
+	for i := 0; i < len(parts); i++ {
+		next := path.Join(cur, parts[i])
+		l, e := im.lookup(next)
+		switch {
+		case e == nil && i < len(parts)-1:
+			cur = next // a directory a tar may leave implicit
+			continue
+		case e == nil:
+			return elfTarget{}, false
+		case e.IsSymlink():
+			links++
+			if links > 16 {
+				return elfTarget{}, false
+			}
+			base := cur
+			if strings.HasPrefix(e.Linkname, "/") {
+				base = ""
+			}
+			parts = append(strings.Split(format.CleanName(path.Join(base, e.Linkname)), "/"), parts[i+1:]...)
+			if len(parts) > 256 {
+				return elfTarget{}, false
+			}
+			cur, i = "", -1
+			continue
+		case i < len(parts)-1:
+			cur = next
+			continue
+		}
+		ce, err := l.Index.Content(e)
+		if err != nil || !ce.IsRegular() || ce.Sparse {
+			return elfTarget{}, false
+		}
+		return elfTarget{l: l, e: ce}, true
+	}
+	return elfTarget{}, false
+}
+
+// lookup finds the entry at p in the top layer that has one.
+func (im *Image) lookup(p string) (*Layer, *format.Entry) {
+	for _, l := range slices.Backward(im.Layers) {
+		if e, ok := l.Index.Lookup(p); ok {
+			return l, e
+		}
+	}
+	return nil, nil
+}
+
+// layerFileReader reads a file of a layer through the store (verified, fetched when
+// missing), for the walk's own reads: they are no reads of the workload's, so neither
+// recorded nor followed by read-ahead.
+type layerFileReader struct {
+	ctx context.Context
+	l   *Layer
+	e   *format.Entry
+	f   store.File
+}
+
+func (r *layerFileReader) ReadAt(p []byte, off int64) (int, error) {
+	runs, err := r.l.runsFor(r.e)
+	if err != nil {
+		return 0, err
+	}
+	n, err := r.l.store.ReadAt(r.ctx, &checkingSource{l: r.l, runs: runs}, r.f, p, off)
+	if err != nil {
+		return n, err
+	}
+	if err := r.l.checkRuns(r.ctx, runs); err != nil {
+		return 0, err
+	}
+	return n, nil
+}

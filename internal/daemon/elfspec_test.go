@@ -1,0 +1,190 @@
+package daemon
+
+import (
+	"context"
+	"os"
+	"path"
+	"path/filepath"
+	"testing"
+	"time"
+
+	"github.com/google/go-containerregistry/pkg/v1/empty"
+
+	"lazypull/format"
+	"lazypull/internal/elfdeps"
+	"lazypull/internal/testutil"
+)
+
+// hostProgram builds a two-layer image of a real program of this machine and the
+// libraries it needs, as Debian lays them out: the libraries (real files beside their
+// version symlinks, /lib64 a symlink to usr/lib64 whose loader is a symlink into the
+// multiarch directory) and one library nothing needs in the base layer, the program in
+// the layer above. It returns the image's reference and the paths of the files the
+// program needs, the loader included.
+func hostProgram(t *testing.T, prog string) (ref string, needed []string) {
+	t.Helper()
+	const dir = "/usr/lib/x86_64-linux-gnu"
+	read := func(p string) *elfdeps.File {
+		f, err := os.Open(p)
+		if err != nil {
+			t.Skipf("this machine has no %s: %v", p, err)
+		}
+		defer f.Close()
+		fi, _ := f.Stat()
+		ef, err := elfdeps.Read(f, fi.Size())
+		if err != nil {
+			t.Fatalf("%s: %v", p, err)
+		}
+		return ef
+	}
+	base := []testutil.Entry{
+		testutil.Symlink("lib64", "usr/lib64"),
+		testutil.Symlink("usr/lib64/ld-linux-x86-64.so.2", "../lib/x86_64-linux-gnu/ld-linux-x86-64.so.2"),
+		testutil.File("usr/lib/x86_64-linux-gnu/libunrelated.so.1", testutil.RandBytes(7, 300_000)),
+	}
+	seen := map[string]bool{}
+	queue := append(read(prog).Needed, "ld-linux-x86-64.so.2")
+	for len(queue) > 0 {
+		name := queue[0]
+		queue = queue[1:]
+		if seen[name] {
+			continue
+		}
+		seen[name] = true
+		hp := filepath.Join(dir, name)
+		real, err := filepath.EvalSymlinks(hp)
+		if err != nil {
+			t.Skipf("this machine has no %s: %v", hp, err)
+		}
+		file := path.Join(dir[1:], filepath.Base(real))
+		if filepath.Base(real) != name {
+			base = append(base, testutil.Symlink(path.Join(dir[1:], name), filepath.Base(real)))
+		}
+		if !seen["file:"+file] {
+			seen["file:"+file] = true
+			b, err := os.ReadFile(real)
+			if err != nil {
+				t.Fatal(err)
+			}
+			base = append(base, testutil.File(file, b))
+			needed = append(needed, file)
+		}
+		queue = append(queue, read(real).Needed...)
+	}
+	b, err := os.ReadFile(prog)
+	if err != nil {
+		t.Fatal(err)
+	}
+	img, _ := lazyTarOn(t, empty.Image, testutil.Tar(t, base...), nil)
+	img, _ = lazyTarOn(t, img, testutil.Tar(t, testutil.File(prog[1:], b)), nil)
+	return testutil.NewRegistry(t).Push(t, "elf:v1", img), needed
+}
+
+// TestProgramNeedsFetched: the first read of a program (its header, as execve reads it)
+// brings, before anything asks for them, the loadable segments of the libraries it needs
+// and of those they need, across layers and symbolic links (of files and of directories),
+// and the loader; the rest of the program's own segments too. A library nothing needs is
+// not fetched. With OpenOptions.NoSpeculation nothing is.
+func TestProgramNeedsFetched(t *testing.T) {
+	const prog = "/usr/bin/python3.11"
+	ref, needed := hostProgram(t, prog)
+	if len(needed) < 4 {
+		t.Fatalf("the program needs %d files (%q); the test needs a few", len(needed), needed)
+	}
+	for _, off := range []bool{false, true} {
+		im, st := openFreshWith(t, ref, OpenOptions{NoSpeculation: off})
+		app, base := im.Layers[1], im.Layers[0]
+		e, ok := app.Index.Lookup(prog)
+		if !ok {
+			t.Fatalf("%s not in the image", prog)
+		}
+		head := make([]byte, 4096)
+		if _, err := app.ReadAt(context.Background(), e, head, 0); err != nil {
+			t.Fatal(err)
+		}
+		// segmentsLocal says whether the chunks of every loadable segment of the layer's
+		// file p are in the store.
+		segmentsLocal := func(l *Layer, p string) bool {
+			e, ok := l.Index.Lookup(p)
+			if !ok {
+				t.Fatalf("%s not in the layer", p)
+			}
+			f, err := l.file(e)
+			if err != nil {
+				t.Fatal(err)
+			}
+			ef, err := elfdeps.Read(&layerFileReader{ctx: context.Background(), l: l, e: e, f: f}, f.Size)
+			if err != nil {
+				t.Fatal(err)
+			}
+			missing := map[format.Digest]bool{}
+			for _, c := range st.Missing(f) {
+				missing[c.Digest] = true
+			}
+			for _, w := range elfWants(f, ef) {
+				for _, c := range w.Chunks() {
+					if missing[c.Digest] {
+						return false
+					}
+				}
+			}
+			return true
+		}
+		if off {
+			if n := app.elfRuns.Load() + base.elfRuns.Load(); n != 0 {
+				t.Errorf("NoSpeculation: %d fetches of programs' needs", n)
+			}
+			continue
+		}
+		for _, p := range needed {
+			testutil.WaitFor(t, time.Minute, p+"'s segments to be fetched", func() bool { return segmentsLocal(base, p) })
+		}
+		testutil.WaitFor(t, time.Minute, "the program's own segments", func() bool { return segmentsLocal(app, prog) })
+		ue, _ := base.Index.Lookup("usr/lib/x86_64-linux-gnu/libunrelated.so.1")
+		uf, err := base.file(ue)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if len(st.Missing(uf)) != len(uf.Chunks) {
+			t.Errorf("a library nothing needs was fetched")
+		}
+		t.Logf("%d needed files fetched with %d requests in all", len(needed), im.Registry.Stats().Requests)
+	}
+}
+
+// TestFindFile: paths resolve as in the container: the top layer's entry, symbolic links
+// in the file and in its directories, relative and absolute, no way out of the root,
+// and loops end.
+func TestFindFile(t *testing.T) {
+	lower := testutil.Tar(t,
+		testutil.File("usr/lib/a.so", []byte("lower a")),
+		testutil.File("usr/lib/b.so", []byte("b")),
+		testutil.Symlink("lib", "usr/lib"),
+		testutil.Symlink("usr/lib/loop1", "loop2"),
+		testutil.Symlink("usr/lib/loop2", "loop1"),
+		testutil.Symlink("usr/lib/up", "../../../../../usr/lib/b.so"),
+		testutil.Symlink("usr/lib/abs", "/lib/b.so"),
+	)
+	upper := testutil.Tar(t, testutil.File("usr/lib/a.so", []byte("upper a")))
+	img, _ := lazyTarOn(t, empty.Image, lower, nil)
+	img, _ = lazyTarOn(t, img, upper, nil)
+	im, _ := openFresh(t, testutil.NewRegistry(t).Push(t, "find:v1", img))
+	for p, want := range map[string]string{
+		"/usr/lib/a.so":  "1:usr/lib/a.so",
+		"/lib/a.so":      "1:usr/lib/a.so",
+		"/lib/b.so":      "0:usr/lib/b.so",
+		"/usr/lib/up":    "0:usr/lib/b.so",
+		"/lib/abs":       "0:usr/lib/b.so",
+		"/usr/lib/loop1": "",
+		"/usr/lib/none":  "",
+		"/lib":           "",
+	} {
+		got := ""
+		if tg, ok := im.findFile(p); ok {
+			got = map[*Layer]string{im.Layers[0]: "0:", im.Layers[1]: "1:"}[tg.l] + tg.e.Name
+		}
+		if got != want {
+			t.Errorf("findFile(%q) = %q, want %q", p, got, want)
+		}
+	}
+}
