@@ -37,80 +37,114 @@ const (
 	elfMaxFiles = 96
 	elfBudget   = 512 << 20
 	elfDepth    = 6
-	elfDataMax  = 8 << 20
+	elfJobs     = 8
+	elfDataMax  = 16 << 20
 	// elfSegmentMax bounds what is fetched of one executable or writable segment.
 	elfSegmentMax = 128 << 20
 )
 
 // elfWalk is an image's walk of programs and libraries (Image.elf).
 type elfWalk struct {
-	mu      sync.Mutex
-	seen    map[string]bool // paths of files taken (the image's view: the top layer's)
-	queue   []elfTarget
-	running bool
-	budget  int64
-	files   int
+	mu     sync.Mutex
+	seen   map[string]bool // paths of files taken (the image's view: the top layer's)
+	budget int64
+	files  int
+	slots  chan struct{} // bounds the files read at once
+	runs   sync.WaitGroup
 }
 
-// elfTarget is a file of the image found for the walk.
+// elfTarget is a file of the image found for the walk, and how deep.
 type elfTarget struct {
-	l *Layer
-	e *format.Entry // regular, content entry
+	l     *Layer
+	e     *format.Entry // regular, content entry
+	depth int
 }
 
-// speculateELF notes the first read of e, at offset 0, whose bytes head show an ELF file:
-// it and what it needs are walked (elfWalk), unless already.
-func (l *Layer) speculateELF(e *format.Entry, head []byte) {
-	if l.noSpeculation || l.im == nil || !elfdeps.IsELF(head) {
-		return
+// speculateELF notes the first read of e, at offset 0, whose bytes head show an ELF
+// program or library:
+// it and what it needs are walked (elfWalk), unless already. It says whether e is the
+// walk's (fetchWhole leaves it alone then).
+func (l *Layer) speculateELF(e *format.Entry, head []byte) bool {
+	if l.noSpeculation || l.im == nil || !elfdeps.IsProgram(head) {
+		return false
 	}
 	l.im.elf.add(l.im, []elfTarget{{l: l, e: e}})
+	return true
 }
 
-// add queues the targets not seen yet and starts the walk if it is not running.
+// add starts the walk of each target not seen yet, within the walk's bounds. A file the
+// walk takes is not fetched whole after its first read (fetchWhole): its segments are.
 func (w *elfWalk) add(im *Image, ts []elfTarget) {
-	if w.push(ts) {
-		go w.run(im)
-	}
-}
-
-// push queues the targets not seen yet; start says the walk is to be started (it was
-// not running, and now is).
-func (w *elfWalk) push(ts []elfTarget) (start bool) {
 	w.mu.Lock()
 	defer w.mu.Unlock()
 	if w.seen == nil {
-		w.seen, w.budget = map[string]bool{}, elfBudget
+		w.seen, w.budget, w.slots = map[string]bool{}, elfBudget, make(chan struct{}, elfJobs)
 	}
 	for _, t := range ts {
-		if w.seen[t.e.Name] || w.files >= elfMaxFiles {
+		if w.seen[t.e.Name] || w.files >= elfMaxFiles || t.depth > elfDepth {
 			continue
 		}
 		w.seen[t.e.Name] = true
 		w.files++
-		w.queue = append(w.queue, t)
+		t.l.takeWhole(t.e)
+		w.runs.Add(1)
+		go func() {
+			defer w.runs.Done()
+			w.walk(im, t)
+		}()
 	}
-	if w.running || len(w.queue) == 0 {
-		return false
-	}
-	w.running = true
-	return true
 }
 
-// run walks the queue level by level until it is empty or the image closes.
-func (w *elfWalk) run(im *Image) {
-	for depth := 0; ; depth++ {
-		w.mu.Lock()
-		level := w.queue
-		w.queue = nil
-		if len(level) == 0 || depth >= elfDepth || im.bg.Err() != nil {
-			w.running = false
-			w.mu.Unlock()
-			return
-		}
-		w.mu.Unlock()
-		w.push(im.elfLevel(im.bg, w, level))
+// walk reads t's program headers, starts the fetch of its segments, reads its dynamic
+// segment meanwhile (in a request of its own, so it does not wait behind the segments)
+// and walks the libraries it needs.
+func (w *elfWalk) walk(im *Image, t elfTarget) {
+	ctx := im.bg
+	select {
+	case w.slots <- struct{}{}:
+		defer func() { <-w.slots }()
+	case <-ctx.Done():
+		return
 	}
+	f, err := t.l.file(t.e)
+	if err != nil {
+		return
+	}
+	r := &layerFileReader{ctx: ctx, l: t.l, e: t.e, f: f}
+	ef, err := elfdeps.ReadProgram(r, f.Size)
+	if err != nil {
+		im.log.Debug("program's needs not read", "layer", t.l.Desc.Digest, "path", t.e.Name, "err", err)
+		return
+	}
+	var wants []store.Want
+	for _, wnt := range without(elfWants(f, ef), ef.Dynamic.Off, ef.Dynamic.Size) {
+		if w.take(wnt.Len) {
+			wants = append(wants, wnt)
+		}
+	}
+	w.runs.Add(1)
+	go func() {
+		defer w.runs.Done()
+		t.l.prefetchELF(ctx, t.e, wants)
+	}()
+	if err := ef.ReadDynamic(r); err != nil {
+		im.log.Debug("program's needs not read", "layer", t.l.Desc.Digest, "path", t.e.Name, "err", err)
+		return
+	}
+	var next []elfTarget
+	for _, name := range ef.Needed {
+		if nt, ok := im.findLibrary(name, path.Dir(t.e.Name), ef); ok {
+			nt.depth = t.depth + 1
+			next = append(next, nt)
+		}
+	}
+	if ef.Interp != "" {
+		if nt, ok := im.findFile(ef.Interp); ok {
+			nt.depth = t.depth + 1
+			next = append(next, nt)
+		}
+	}
+	w.add(im, next)
 }
 
 // take draws n bytes from the walk's budget; false when they do not fit.
@@ -124,94 +158,56 @@ func (w *elfWalk) take(n int64) bool {
 	return true
 }
 
-// elfLevel reads every target's ELF headers (in parallel), starts the fetch of their
-// segments (one Prefetch per layer, not waited for) and returns the libraries they need.
-func (im *Image) elfLevel(ctx context.Context, w *elfWalk, level []elfTarget) []elfTarget {
-	parsed := make([]*elfdeps.File, len(level))
-	var wg sync.WaitGroup
-	for i, t := range level {
-		wg.Go(func() {
-			f, err := t.l.file(t.e)
-			if err != nil {
-				return
-			}
-			ef, err := elfdeps.Read(&layerFileReader{ctx: ctx, l: t.l, e: t.e, f: f}, f.Size)
-			if err != nil {
-				im.log.Debug("program's needs not read", "layer", t.l.Desc.Digest, "path", t.e.Name, "err", err)
-				return
-			}
-			parsed[i] = ef
-		})
-	}
-	wg.Wait()
-	byLayer := map[*Layer]*elfBatch{}
-	var next []elfTarget
-	for i, t := range level {
-		ef := parsed[i]
-		if ef == nil {
-			continue
-		}
-		f, _ := t.l.file(t.e)
-		b := byLayer[t.l]
-		if b == nil {
-			b = &elfBatch{seen: map[int]bool{}}
-			byLayer[t.l] = b
-		}
-		b.add(t.l, t.e, f, ef, w)
-		for _, name := range ef.Needed {
-			if nt, ok := im.findLibrary(name, path.Dir(t.e.Name), ef); ok {
-				next = append(next, nt)
-			}
-		}
-		if ef.Interp != "" {
-			if nt, ok := im.findFile(ef.Interp); ok {
-				next = append(next, nt)
-			}
-		}
-	}
-	for l, b := range byLayer {
-		go l.prefetchBatch(ctx, b)
-	}
-	return next
-}
-
-// elfBatch is what a level of the walk fetches of one layer's files: their ranges, and
-// the header runs to check before any of them is served.
-type elfBatch struct {
-	wants []store.Want
-	runs  []int
-	seen  map[int]bool
-}
-
-// add adds the ranges of e (content f) the loader maps, as far as the walk's budget goes.
-func (b *elfBatch) add(l *Layer, e *format.Entry, f store.File, ef *elfdeps.File, w *elfWalk) {
-	rs, err := l.runsFor(e)
-	if err != nil {
-		return
-	}
-	for _, r := range rs {
-		if !b.seen[r] {
-			b.seen[r] = true
-			b.runs = append(b.runs, r)
-		}
-	}
-	for _, wnt := range elfWants(f, ef) {
-		if w.take(wnt.Len) {
-			b.wants = append(b.wants, wnt)
-		}
-	}
-}
-
-// prefetchBatch fetches a level's ranges of l's files.
-func (l *Layer) prefetchBatch(ctx context.Context, b *elfBatch) {
-	if len(b.wants) == 0 {
+// prefetchELF fetches the ranges wants of e, checking its header runs as any fetch.
+func (l *Layer) prefetchELF(ctx context.Context, e *format.Entry, wants []store.Want) {
+	runs, err := l.runsFor(e)
+	if err != nil || len(wants) == 0 {
 		return
 	}
 	l.elfRuns.Add(1)
 	// Errors are the readers' to meet, if they ever read these bytes.
-	if err := l.store.Prefetch(ctx, &checkingSource{l: l, runs: b.runs}, b.wants...); err == nil {
-		l.prefetchRuns(ctx, b.runs)
+	if err := l.store.Prefetch(ctx, &checkingSource{l: l, runs: runs}, wants...); err == nil {
+		l.prefetchRuns(ctx, runs)
 	}
+}
+
+// takeWhole marks e as fetched by other means than fetchWhole.
+func (l *Layer) takeWhole(e *format.Entry) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if l.whole == nil {
+		l.whole = map[*format.Entry]bool{}
+	}
+	l.whole[e] = true
+}
+
+// without returns wants with the chunks that hold [off, off+n) left out, so that a read
+// of that range is not a wait behind them.
+func without(wants []store.Want, off, n int64) []store.Want {
+	if n <= 0 {
+		return wants
+	}
+	var out []store.Want
+	for _, w := range wants {
+		lo, hi := off, off+n
+		for _, c := range w.Chunks() {
+			if c.FileOffset < off+n && off < c.FileOffset+c.Size {
+				lo, hi = min(lo, c.FileOffset), max(hi, c.FileOffset+c.Size)
+			}
+		}
+		end := w.Off + w.Len
+		if hi <= w.Off || lo >= end {
+			out = append(out, w)
+			continue
+		}
+		if lo > w.Off {
+			out = append(out, store.Want{File: w.File, Off: w.Off, Len: lo - w.Off})
+		}
+		if hi < end {
+			out = append(out, store.Want{File: w.File, Off: hi, Len: end - hi})
+		}
+	}
+	return out
 }
 
 // elfWants are the ranges of f fetched for a program or library ef: the first page (the

@@ -47,6 +47,10 @@ type Layer struct {
 	nbSlot        chan struct{}
 	nbRuns        atomic.Int64
 	noSpeculation bool
+	// dirMissed counts the misses of first reads in each directory; dirs lists each
+	// directory's entries (dirFiles).
+	dirMissed map[string]int
+	dirs      map[string][]int
 
 	// im is the image the layer belongs to: the walk of programs' libraries (elfspec.go)
 	// looks across its layers. elfRuns counts the walk's fetches of this layer's files.
@@ -216,10 +220,10 @@ func (l *Layer) ReadAt(ctx context.Context, e *format.Entry, p []byte, off int64
 	if ok {
 		n, err := l.store.ReadAt(ctx, blobSource{l.blob}, f, p, off)
 		if err == nil || errors.Is(err, io.EOF) {
-			l.fetchWhole(e, f)
 			if off == 0 {
 				l.speculateELF(e, p[:n])
 			}
+			l.fetchWhole(e, f)
 		}
 		return n, err
 	}
@@ -230,10 +234,10 @@ func (l *Layer) ReadAt(ctx context.Context, e *format.Entry, p []byte, off int64
 	if cerr := l.checkRuns(ctx, runs); cerr != nil {
 		return 0, cerr
 	}
-	l.fetchWhole(e, f)
 	if off == 0 {
 		l.speculateELF(e, p[:n])
 	}
+	l.fetchWhole(e, f)
 	return n, err
 }
 

@@ -184,3 +184,72 @@ func TestWholeFileAfterMiss(t *testing.T) {
 		})
 	}
 }
+
+// TestDirectoryAfterTwoMisses: in a directory too large for the neighbour rule, the first
+// miss brings nothing more, the second brings the directory's other small files (one
+// fetch), not a file over neighbourMax nor a subdirectory's; a directory whose missing
+// files are over dirBudget compressed brings nothing, however many misses.
+func TestDirectoryAfterTwoMisses(t *testing.T) {
+	files := map[string][]byte{}
+	for i := range 40 {
+		files[fmt.Sprintf("inc/h%02d.h", i)] = testutil.RandBytes(uint64(i), 10_000) // 400 KB: over neighbourBudget
+		files[fmt.Sprintf("inc/sub/s%02d.h", i)] = testutil.RandBytes(uint64(100+i), 1000)
+	}
+	files["inc/big.h"] = testutil.RandBytes(99, neighbourMax+1)
+	for i := range 120 {
+		files[fmt.Sprintf("huge/m%03d", i)] = testutil.RandBytes(uint64(1000+i), 10_000) // 1.2 MB: over dirBudget
+	}
+	ref, _ := lazyImage(t, files)
+	im, st := openFresh(t, ref)
+	l := im.Layers[0]
+	read := func(name string) {
+		t.Helper()
+		e, ok := l.Index.Lookup(name)
+		if !ok {
+			t.Fatalf("%s not in the index", name)
+		}
+		b := make([]byte, e.Size)
+		if _, err := l.ReadAt(context.Background(), e, b, 0); err != nil && err != io.EOF {
+			t.Fatalf("read %s: %v", name, err)
+		}
+		if !bytes.Equal(b, files[name]) {
+			t.Fatalf("read %s: wrong bytes", name)
+		}
+	}
+	local := func(name string) bool {
+		e, _ := l.Index.Lookup(name)
+		f, err := l.file(e)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return len(st.Missing(f)) == 0
+	}
+	count := func(prefix string) (n int) {
+		for name := range files {
+			if len(name) > len(prefix) && name[:len(prefix)] == prefix && local(name) {
+				n++
+			}
+		}
+		return n
+	}
+	read("inc/h05.h")
+	waitNeighbours(t, l)
+	if n := count("inc/h"); n != 1 {
+		t.Fatalf("after one miss %d files of inc/ local, want 1", n)
+	}
+	read("inc/h30.h")
+	waitNeighbours(t, l)
+	if n := count("inc/h"); n != 40 {
+		t.Errorf("after two misses %d of the 40 small files of inc/ local", n)
+	}
+	if local("inc/big.h") || count("inc/sub/") != 0 {
+		t.Errorf("a file over neighbourMax or a subdirectory's files came with inc/")
+	}
+	for _, name := range []string{"huge/m001", "huge/m050", "huge/m100"} {
+		read(name)
+		waitNeighbours(t, l)
+	}
+	if n := count("huge/"); n != 3 {
+		t.Errorf("%d files of a directory over dirBudget local after 3 reads, want 3", n)
+	}
+}

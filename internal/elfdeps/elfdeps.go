@@ -53,6 +53,11 @@ type File struct {
 	RunPath []string
 	// Loads are the PT_LOAD segments, in file order of their headers.
 	Loads []Load
+	// Dynamic is the dynamic segment's range (at most its first 64 KiB), zero if none.
+	Dynamic Load
+
+	size int64
+	bo   binary.ByteOrder
 
 	addrs []mapped // the PT_LOAD segments' addresses, for fileOffset
 }
@@ -65,6 +70,22 @@ type mapped struct {
 
 // IsELF says whether b starts with the ELF magic.
 func IsELF(b []byte) bool { return len(b) >= 4 && string(b[:4]) == elf.ELFMAG }
+
+// IsProgram says whether b, a file's first bytes, is the start of an ELF executable or
+// shared object (what ReadProgram reads), not an object file or a core dump.
+func IsProgram(b []byte) bool {
+	if !IsELF(b) || len(b) < 18 {
+		return false
+	}
+	var t elf.Type
+	switch elf.Data(b[elf.EI_DATA]) {
+	case elf.ELFDATA2LSB:
+		t = elf.Type(binary.LittleEndian.Uint16(b[16:]))
+	case elf.ELFDATA2MSB:
+		t = elf.Type(binary.BigEndian.Uint16(b[16:]))
+	}
+	return t == elf.ET_EXEC || t == elf.ET_DYN
+}
 
 // reader reads bounded pieces of the file.
 type reader struct {
@@ -94,22 +115,38 @@ func (rd *reader) word(b []byte, i int) uint64 {
 }
 
 // Read reads f's interpreter, needed libraries, run path and loadable segments from r, a
-// file of size bytes. A file without a dynamic segment (static) has no Needed.
+// file of size bytes: ReadProgram, then ReadDynamic. A file without a dynamic segment
+// (static) has no Needed.
 func Read(r io.ReaderAt, size int64) (*File, error) {
+	f, err := ReadProgram(r, size)
+	if err != nil {
+		return nil, err
+	}
+	if err := f.ReadDynamic(r); err != nil {
+		return nil, err
+	}
+	return f, nil
+}
+
+// ReadProgram reads the file header and program headers of r, a file of size bytes:
+// Loads, Interp and Dynamic, not yet what the dynamic segment says (ReadDynamic). Those
+// are at the start of a file; the dynamic segment is usually near its end.
+func ReadProgram(r io.ReaderAt, size int64) (*File, error) {
 	rd := &reader{r: r, size: size}
 	id, err := rd.read(0, elf.EI_NIDENT, "identification")
 	if err != nil || !IsELF(id) {
 		return nil, ErrNotELF
 	}
-	f := &File{Class: elf.Class(id[elf.EI_CLASS])}
+	f := &File{Class: elf.Class(id[elf.EI_CLASS]), size: size}
 	switch elf.Data(id[elf.EI_DATA]) {
 	case elf.ELFDATA2LSB:
-		rd.bo = binary.LittleEndian
+		f.bo = binary.LittleEndian
 	case elf.ELFDATA2MSB:
-		rd.bo = binary.BigEndian
+		f.bo = binary.BigEndian
 	default:
 		return nil, fmt.Errorf("%w: byte order %d", ErrNotELF, id[elf.EI_DATA])
 	}
+	rd.bo = f.bo
 	var ehsize, phentsize int64
 	switch f.Class {
 	case elf.ELFCLASS64:
@@ -144,22 +181,23 @@ func Read(r io.ReaderAt, size int64) (*File, error) {
 	if err != nil {
 		return nil, err
 	}
-	dyn, err := f.programHeaders(rd, ph, phnum, phentsize)
-	if err != nil {
+	if err := f.programHeaders(rd, ph, phnum, phentsize); err != nil {
 		return nil, err
-	}
-	if dyn.Size > 0 {
-		if err := f.dynamic(rd, dyn); err != nil {
-			return nil, err
-		}
 	}
 	return f, nil
 }
 
-// programHeaders fills f.Loads and f.Interp, and returns the dynamic segment's range
-// (zero if there is none).
-func (f *File) programHeaders(rd *reader, ph []byte, phnum int, phentsize int64) (Load, error) {
-	var dyn Load
+// ReadDynamic reads, from r (the file ReadProgram read), what the dynamic segment says:
+// Needed and RunPath. A file without one has none.
+func (f *File) ReadDynamic(r io.ReaderAt) error {
+	if f.Dynamic.Size == 0 {
+		return nil
+	}
+	return f.dynamic(&reader{r: r, size: f.size, bo: f.bo, is64: f.Class == elf.ELFCLASS64}, f.Dynamic)
+}
+
+// programHeaders fills f.Loads, f.Interp and f.Dynamic.
+func (f *File) programHeaders(rd *reader, ph []byte, phnum int, phentsize int64) error {
 	for i := range phnum {
 		h := ph[int64(i)*phentsize:]
 		typ := elf.ProgType(rd.bo.Uint32(h))
@@ -173,7 +211,7 @@ func (f *File) programHeaders(rd *reader, ph []byte, phnum int, phentsize int64)
 			flags = elf.ProgFlag(rd.bo.Uint32(h[24:]))
 		}
 		if off > uint64(rd.size) || filesz > uint64(rd.size)-off {
-			return Load{}, fmt.Errorf("elf: program header %d (%s): %d+%d outside the file of %d bytes", i, typ, off, filesz, rd.size)
+			return fmt.Errorf("elf: program header %d (%s): %d+%d outside the file of %d bytes", i, typ, off, filesz, rd.size)
 		}
 		seg := Load{Off: int64(off), Size: int64(filesz), Exec: flags&elf.PF_X != 0, Write: flags&elf.PF_W != 0}
 		switch typ {
@@ -182,19 +220,19 @@ func (f *File) programHeaders(rd *reader, ph []byte, phnum int, phentsize int64)
 			f.addrs = append(f.addrs, mapped{vaddr: vaddr, off: seg.Off, size: seg.Size})
 		case elf.PT_INTERP:
 			if seg.Size > maxPath {
-				return Load{}, fmt.Errorf("elf: interpreter path of %d bytes (at most %d)", seg.Size, maxPath)
+				return fmt.Errorf("elf: interpreter path of %d bytes (at most %d)", seg.Size, maxPath)
 			}
 			b, err := rd.read(seg.Off, seg.Size, "interpreter")
 			if err != nil {
-				return Load{}, err
+				return err
 			}
 			f.Interp, _, _ = strings.Cut(string(b), "\x00")
 		case elf.PT_DYNAMIC:
-			dyn = seg
-			dyn.Size = min(dyn.Size, maxDynamic)
+			f.Dynamic = seg
+			f.Dynamic.Size = min(f.Dynamic.Size, maxDynamic)
 		}
 	}
-	return dyn, nil
+	return nil
 }
 
 // dynamic reads the dynamic segment: DT_NEEDED, DT_RUNPATH and DT_RPATH, whose strings

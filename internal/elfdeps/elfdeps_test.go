@@ -215,9 +215,19 @@ func TestReadRefuses(t *testing.T) {
 			t.Errorf("%s: read without error", name)
 		}
 	}
+	if IsProgram(good) != true || IsProgram(good[:17]) || IsProgram(mutRel(good)) {
+		t.Errorf("IsProgram: a shared object, its first 17 bytes, an object file: %v %v %v", IsProgram(good), IsProgram(good[:17]), IsProgram(mutRel(good)))
+	}
 	if _, err := Read(bytes.NewReader([]byte("#!/bin/sh\n")), 10); !errors.Is(err, ErrNotELF) {
 		t.Errorf("a script: %v, want ErrNotELF", err)
 	}
+}
+
+// mutRel is b made an object file.
+func mutRel(b []byte) []byte {
+	b = slices.Clone(b)
+	binary.LittleEndian.PutUint16(b[16:], uint16(elf.ET_REL))
+	return b
 }
 
 // countingReader counts the bytes read.
