@@ -6,6 +6,7 @@ import (
 	"slices"
 	"strings"
 	"sync"
+	"sync/atomic"
 
 	"debug/elf"
 
@@ -50,7 +51,8 @@ type elfWalk struct {
 	budget int64
 	files  int
 	slots  chan struct{} // bounds the files read at once
-	runs   sync.WaitGroup
+	// pending counts the walk's goroutines (reads and fetches), for tests to wait on.
+	pending atomic.Int64
 }
 
 // elfTarget is a file of the image found for the walk, and how deep.
@@ -60,39 +62,45 @@ type elfTarget struct {
 	depth int
 }
 
-// speculateELF notes the first read of e, at offset 0, whose bytes head show an ELF
-// program or library:
-// it and what it needs are walked (elfWalk), unless already. It says whether e is the
-// walk's (fetchWhole leaves it alone then).
-func (l *Layer) speculateELF(e *format.Entry, head []byte) bool {
-	if l.noSpeculation || l.im == nil || !elfdeps.IsProgram(head) {
-		return false
+// speculateELF notes the first read of e (content f), at offset 0, whose bytes head
+// show an ELF program or library: it and what it needs are walked (elfWalk), unless
+// already. One the walk cannot take (its bounds) is fetched whole if small enough
+// (fetchWhole).
+func (l *Layer) speculateELF(e *format.Entry, f store.File, head []byte) {
+	if l.noSpeculation || !elfdeps.IsProgram(head) {
+		return
 	}
-	l.im.elf.add(l.im, []elfTarget{{l: l, e: e}})
-	return true
+	if l.im == nil || !l.im.elf.add(l.im, []elfTarget{{l: l, e: e}}) {
+		l.fetchWhole(e, f)
+	}
 }
 
-// add starts the walk of each target not seen yet, within the walk's bounds. A file the
-// walk takes is not fetched whole after its first read (fetchWhole): its segments are.
-func (w *elfWalk) add(im *Image, ts []elfTarget) {
+// add starts the walk of each target not seen yet, within the walk's bounds. It says
+// whether the first target is the walk's (now or before).
+func (w *elfWalk) add(im *Image, ts []elfTarget) (taken bool) {
 	w.mu.Lock()
 	defer w.mu.Unlock()
 	if w.seen == nil {
 		w.seen, w.budget, w.slots = map[string]bool{}, elfBudget, make(chan struct{}, elfJobs)
 	}
-	for _, t := range ts {
-		if w.seen[t.e.Name] || w.files >= elfMaxFiles || t.depth > elfDepth {
+	for i, t := range ts {
+		if w.seen[t.e.Name] {
+			taken = taken || i == 0
 			continue
 		}
+		if w.files >= elfMaxFiles || t.depth > elfDepth {
+			continue
+		}
+		taken = taken || i == 0
 		w.seen[t.e.Name] = true
 		w.files++
-		t.l.takeWhole(t.e)
-		w.runs.Add(1)
+		w.pending.Add(1)
 		go func() {
-			defer w.runs.Done()
+			defer w.pending.Add(-1)
 			w.walk(im, t)
 		}()
 	}
+	return taken
 }
 
 // walk reads t's program headers, starts the fetch of its segments, reads its dynamic
@@ -114,19 +122,31 @@ func (w *elfWalk) walk(im *Image, t elfTarget) {
 	ef, err := elfdeps.ReadProgram(r, f.Size)
 	if err != nil {
 		im.log.Debug("program's needs not read", "layer", t.l.Desc.Digest, "path", t.e.Name, "err", err)
+		t.l.fetchWhole(t.e, f)
 		return
 	}
-	var wants []store.Want
-	for _, wnt := range without(elfWants(f, ef), ef.Dynamic.Off, ef.Dynamic.Size) {
-		if w.take(wnt.Len) {
-			wants = append(wants, wnt)
+	// The writable segments first, in a request of their own: the loader relocates
+	// before the program runs, and they are at the end of the file, after the code.
+	dyn := []elfdeps.Load{ef.Dynamic}
+	var first, rest []store.Want
+	for _, wnt := range without(elfWants(f, ef), dyn) {
+		if !w.take(wnt.Len) {
+			continue
+		}
+		if wnt.Off >= firstWritable(ef) {
+			first = append(first, wnt)
+		} else {
+			rest = append(rest, wnt)
 		}
 	}
-	w.runs.Add(1)
-	go func() {
-		defer w.runs.Done()
-		t.l.prefetchELF(ctx, t.e, wants)
-	}()
+	rest = without(rest, asLoads(first))
+	for _, ws := range [][]store.Want{first, rest} {
+		w.pending.Add(1)
+		go func() {
+			defer w.pending.Add(-1)
+			t.l.prefetchELF(ctx, t.e, ws)
+		}()
+	}
 	if err := ef.ReadDynamic(r); err != nil {
 		im.log.Debug("program's needs not read", "layer", t.l.Desc.Digest, "path", t.e.Name, "err", err)
 		return
@@ -171,43 +191,57 @@ func (l *Layer) prefetchELF(ctx context.Context, e *format.Entry, wants []store.
 	}
 }
 
-// takeWhole marks e as fetched by other means than fetchWhole.
-func (l *Layer) takeWhole(e *format.Entry) {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	if l.whole == nil {
-		l.whole = map[*format.Entry]bool{}
+// firstWritable is where the first writable segment of ef starts in the file (its size
+// when there is none).
+func firstWritable(ef *elfdeps.File) int64 {
+	at := int64(1) << 62
+	for _, ld := range ef.Loads {
+		if ld.Write && ld.Size > 0 {
+			at = min(at, ld.Off)
+		}
 	}
-	l.whole[e] = true
+	return at
 }
 
-// without returns wants with the chunks that hold [off, off+n) left out, so that a read
-// of that range is not a wait behind them.
-func without(wants []store.Want, off, n int64) []store.Want {
-	if n <= 0 {
-		return wants
-	}
-	var out []store.Want
-	for _, w := range wants {
-		lo, hi := off, off+n
-		for _, c := range w.Chunks() {
-			if c.FileOffset < off+n && off < c.FileOffset+c.Size {
-				lo, hi = min(lo, c.FileOffset), max(hi, c.FileOffset+c.Size)
-			}
-		}
-		end := w.Off + w.Len
-		if hi <= w.Off || lo >= end {
-			out = append(out, w)
-			continue
-		}
-		if lo > w.Off {
-			out = append(out, store.Want{File: w.File, Off: w.Off, Len: lo - w.Off})
-		}
-		if hi < end {
-			out = append(out, store.Want{File: w.File, Off: hi, Len: end - hi})
-		}
+// asLoads is the ranges of wants.
+func asLoads(wants []store.Want) []elfdeps.Load {
+	out := make([]elfdeps.Load, len(wants))
+	for i, w := range wants {
+		out[i] = elfdeps.Load{Off: w.Off, Size: w.Len}
 	}
 	return out
+}
+
+// without returns wants with the chunks that hold any of the ranges cut left out, so
+// that a fetch of those ranges is not a wait behind them (nor they behind it).
+func without(wants []store.Want, cut []elfdeps.Load) []store.Want {
+	for _, c := range cut {
+		if c.Size <= 0 {
+			continue
+		}
+		var out []store.Want
+		for _, w := range wants {
+			lo, hi := c.Off, c.Off+c.Size
+			for _, ch := range w.File.Chunks {
+				if ch.FileOffset < c.Off+c.Size && c.Off < ch.FileOffset+ch.Size {
+					lo, hi = min(lo, ch.FileOffset), max(hi, ch.FileOffset+ch.Size)
+				}
+			}
+			end := w.Off + w.Len
+			if hi <= w.Off || lo >= end {
+				out = append(out, w)
+				continue
+			}
+			if lo > w.Off {
+				out = append(out, store.Want{File: w.File, Off: w.Off, Len: lo - w.Off})
+			}
+			if hi < end {
+				out = append(out, store.Want{File: w.File, Off: hi, Len: end - hi})
+			}
+		}
+		wants = out
+	}
+	return wants
 }
 
 // elfWants are the ranges of f fetched for a program or library ef: the first page (the

@@ -188,3 +188,6 @@ func TestFindFile(t *testing.T) {
 		}
 	}
 }
+
+// elfIdle says whether im's walk of programs' needs has ended, fetches included.
+func elfIdle(im *Image) bool { return im.elf.pending.Load() == 0 }

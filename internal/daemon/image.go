@@ -89,9 +89,9 @@ type OpenOptions struct {
 	IndexPolicy ProfilePolicy
 
 	// NoSpeculation turns off what a read that misses fetches beyond what it asks for:
-	// the small files next to it in its directory (speculate.go) and, for a file of up
-	// to wholeMax, the rest of it (Layer.fetchWhole). Read-ahead of a file read in a row
-	// stays.
+	// the small files next to it in its directory (speculate.go), what a program needs
+	// (elfspec.go) and the rest of a program the walk cannot read (Layer.fetchWhole).
+	// Read-ahead of a file read in a row stays.
 	NoSpeculation bool
 
 	// noIndex: the image was found to have no index artifact moments ago (the

@@ -219,11 +219,8 @@ func (l *Layer) ReadAt(ctx context.Context, e *format.Entry, p []byte, off int64
 	l.speculate(e, f)
 	if ok {
 		n, err := l.store.ReadAt(ctx, blobSource{l.blob}, f, p, off)
-		if err == nil || errors.Is(err, io.EOF) {
-			if off == 0 {
-				l.speculateELF(e, p[:n])
-			}
-			l.fetchWhole(e, f)
+		if (err == nil || errors.Is(err, io.EOF)) && off == 0 {
+			l.speculateELF(e, f, p[:n])
 		}
 		return n, err
 	}
@@ -235,9 +232,8 @@ func (l *Layer) ReadAt(ctx context.Context, e *format.Entry, p []byte, off int64
 		return 0, cerr
 	}
 	if off == 0 {
-		l.speculateELF(e, p[:n])
+		l.speculateELF(e, f, p[:n])
 	}
-	l.fetchWhole(e, f)
 	return n, err
 }
 
