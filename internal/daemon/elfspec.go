@@ -39,7 +39,9 @@ const (
 	elfBudget   = 512 << 20
 	elfDepth    = 6
 	elfJobs     = 8
-	elfDataMax  = 16 << 20
+	// elfSplitFrom: a file with more to fetch has its writable segments fetched first.
+	elfSplitFrom = 4 << 20
+	elfDataMax   = 16 << 20
 	// elfSegmentMax bounds what is fetched of one executable or writable segment.
 	elfSegmentMax = 128 << 20
 )
@@ -125,21 +127,30 @@ func (w *elfWalk) walk(im *Image, t elfTarget) {
 		t.l.fetchWhole(t.e, f)
 		return
 	}
-	// The writable segments first, in a request of their own: the loader relocates
-	// before the program runs, and they are at the end of the file, after the code.
+	// The writable segments of a large file first, in a request of their own: the
+	// loader relocates before the program runs, and they are at the end of the file,
+	// after megabytes of code. A small file comes in one request (a node's requests in
+	// flight are bounded: fetch.DefaultConcurrency).
 	dyn := []elfdeps.Load{ef.Dynamic}
 	var first, rest []store.Want
+	var total int64
 	for _, wnt := range without(elfWants(f, ef), dyn) {
-		if !w.take(wnt.Len) {
-			continue
-		}
-		if wnt.Off >= firstWritable(ef) {
-			first = append(first, wnt)
-		} else {
+		if w.take(wnt.Len) {
 			rest = append(rest, wnt)
+			total += wnt.Len
 		}
 	}
-	rest = without(rest, asLoads(first))
+	if total > elfSplitFrom {
+		var code []store.Want
+		for _, wnt := range rest {
+			if wnt.Off >= firstWritable(ef) {
+				first = append(first, wnt)
+			} else {
+				code = append(code, wnt)
+			}
+		}
+		rest = without(code, asLoads(first))
+	}
 	for _, ws := range [][]store.Want{first, rest} {
 		w.pending.Add(1)
 		go func() {
