@@ -127,10 +127,12 @@ func (w *elfWalk) walk(im *Image, t elfTarget) {
 		t.l.fetchWhole(t.e, f)
 		return
 	}
-	// The writable segments of a large file first, in a request of their own: the
-	// loader relocates before the program runs, and they are at the end of the file,
-	// after megabytes of code. A small file comes in one request (a node's requests in
-	// flight are bounded: fetch.DefaultConcurrency).
+	// What the loader reads before the program runs first, in a request of its own, for
+	// a large file: the first segment when it is not code (headers, symbol and string
+	// tables, relocations) and the writable ones (at the end of the file, after
+	// megabytes of code); then the code and the read-only data, in file order. A small
+	// file comes in one request (a node's requests in flight are bounded:
+	// fetch.DefaultConcurrency).
 	dyn := []elfdeps.Load{ef.Dynamic}
 	var first, rest []store.Want
 	var total int64
@@ -143,7 +145,7 @@ func (w *elfWalk) walk(im *Image, t elfTarget) {
 	if total > elfSplitFrom {
 		var code []store.Want
 		for _, wnt := range rest {
-			if wnt.Off >= firstWritable(ef) {
+			if loaderFirst(ef, wnt.Off) {
 				first = append(first, wnt)
 			} else {
 				code = append(code, wnt)
@@ -202,16 +204,15 @@ func (l *Layer) prefetchELF(ctx context.Context, e *format.Entry, wants []store.
 	}
 }
 
-// firstWritable is where the first writable segment of ef starts in the file (its size
-// when there is none).
-func firstWritable(ef *elfdeps.File) int64 {
-	at := int64(1) << 62
-	for _, ld := range ef.Loads {
-		if ld.Write && ld.Size > 0 {
-			at = min(at, ld.Off)
+// loaderFirst says whether the byte at off of ef is in a segment the loader reads before
+// the program runs: a writable one, or the first one when it is not code.
+func loaderFirst(ef *elfdeps.File, off int64) bool {
+	for i, ld := range ef.Loads {
+		if off >= ld.Off && off < ld.Off+ld.Size && (ld.Write || (i == 0 && !ld.Exec)) {
+			return true
 		}
 	}
-	return at
+	return false
 }
 
 // asLoads is the ranges of wants.

@@ -208,8 +208,8 @@ func TestDirectoryAfterTwoMisses(t *testing.T) {
 		files[fmt.Sprintf("inc/sub/s%02d.h", i)] = testutil.RandBytes(uint64(100+i), 1000)
 	}
 	files["inc/big.h"] = testutil.RandBytes(99, neighbourMax+1)
-	for i := range 120 {
-		files[fmt.Sprintf("huge/m%03d", i)] = testutil.RandBytes(uint64(1000+i), 10_000) // 1.2 MB: over dirBudget
+	for i := range dirBudget/10_000 + 20 {
+		files[fmt.Sprintf("huge/m%03d", i)] = testutil.RandBytes(uint64(1000+i), 10_000) // over dirBudget
 	}
 	ref, _ := lazyImage(t, files)
 	im, st := openFresh(t, ref)
