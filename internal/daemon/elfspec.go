@@ -64,13 +64,19 @@ type elfTarget struct {
 	depth int
 }
 
-// speculateELF notes the first read of e (content f), at offset 0, whose bytes head
-// show an ELF program or library: it and what it needs are walked (elfWalk), unless
-// already. One the walk cannot take (its bounds) is fetched whole if small enough
-// (fetchWhole).
+// speculateELF notes a read of e (content f) at offset 0 that missed the store, whose
+// bytes head show an ELF program or library: it and what it needs are walked (elfWalk),
+// unless already, or unless the image is prefetched by a profile (which brings what the
+// start reads, and no more). One the walk cannot take (its bounds) is fetched whole if
+// small enough (fetchWhole).
 func (l *Layer) speculateELF(e *format.Entry, f store.File, head []byte) {
 	if l.noSpeculation || !elfdeps.IsProgram(head) {
 		return
+	}
+	if l.im != nil {
+		if st, ok := l.im.PrefetchStats(); ok && st.Profile != "" {
+			return
+		}
 	}
 	if l.im == nil || !l.im.elf.add(l.im, []elfTarget{{l: l, e: e}}) {
 		l.fetchWhole(e, f)
@@ -398,4 +404,12 @@ func (r *layerFileReader) ReadAt(p []byte, off int64) (int, error) {
 		return 0, err
 	}
 	return n, nil
+}
+
+// headMissing says whether the first chunk of f is neither local nor being fetched.
+func (l *Layer) headMissing(f store.File) bool {
+	if len(f.Chunks) == 0 {
+		return false
+	}
+	return len(l.store.Missing(store.File{Digest: f.Digest, Size: f.Size, Chunks: f.Chunks[:1]})) > 0
 }
