@@ -39,6 +39,10 @@ const (
 	elfBudget   = 512 << 20
 	elfDepth    = 6
 	elfJobs     = 8
+	// A file's needed libraries and run path directories looked up, at most: each look-up
+	// walks a path through the image's layers (real files: 5-30 and 0-2).
+	elfMaxNeeded  = 64
+	elfMaxRunPath = 8
 	// elfSplitFrom: a file with more to fetch has its writable segments fetched first.
 	elfSplitFrom = 4 << 20
 	elfDataMax   = 16 << 20
@@ -171,7 +175,7 @@ func (w *elfWalk) walk(im *Image, t elfTarget) {
 		return
 	}
 	var next []elfTarget
-	for _, name := range ef.Needed {
+	for _, name := range ef.Needed[:min(len(ef.Needed), elfMaxNeeded)] {
 		if nt, ok := im.findLibrary(name, path.Dir(t.e.Name), ef); ok {
 			nt.depth = t.depth + 1
 			next = append(next, nt)
@@ -310,7 +314,7 @@ func (im *Image) findLibrary(name, dir string, ef *elfdeps.File) (elfTarget, boo
 		return im.findFile(name)
 	}
 	var dirs []string
-	for _, d := range ef.RunPath {
+	for _, d := range ef.RunPath[:min(len(ef.RunPath), elfMaxRunPath)] {
 		d = strings.ReplaceAll(strings.ReplaceAll(d, "${ORIGIN}", "$ORIGIN"), "$ORIGIN", "/"+dir)
 		if strings.HasPrefix(d, "/") {
 			dirs = append(dirs, d)
