@@ -120,19 +120,21 @@ func openIndexedLayer(ctx context.Context, im *Image, desc, ld v1.Descriptor, wi
 	// Reads are not canceled one by one: the gzindex and zstdindex readers share decoded
 	// spans among readers, and their fetches end with the image.
 	var tar io.ReaderAt = blob.ReaderAt(im.bg)
+	var spans *spanTable
 	switch {
 	case kind == imageindex.Zstd:
 		if tar, err = zstdTar(im, desc, il.ZS, tar, windows); err != nil {
 			return nil, fmt.Errorf("index blob %s: %w", ld.Digest, err)
 		}
+		spans = zstdSpans(il.ZS)
 	case kind == imageindex.Gzip && il.GZ.CompressedSize() != desc.Size:
 		return nil, fmt.Errorf("index blob %s: its gzindex is of a blob of %d bytes, the layer is %d", ld.Digest, il.GZ.CompressedSize(), desc.Size)
 	case kind == imageindex.Gzip:
-		tar = gzindex.NewReader(il.GZ, tar, gzSpansKept)
+		tar, spans = gzindex.NewReader(il.GZ, tar, gzSpansKept), gzSpans(il.GZ)
 	case il.Table.TarSize != desc.Size:
 		return nil, fmt.Errorf("index blob %s: a tar stream of %d bytes, the layer is %d", ld.Digest, il.Table.TarSize, desc.Size)
 	}
-	return &indexedLayer{Desc: desc, Index: &format.Index{Entries: il.Table.Entries}, tar: tar, spans: kind != imageindex.Tar,
+	return &indexedLayer{Desc: desc, Index: &format.Index{Entries: il.Table.Entries}, tar: tar, spans: kind != imageindex.Tar, spanTab: spans,
 		log: im.log, files: map[*format.Entry]*indexedFile{}, reading: &im.reading}, nil
 }
 
@@ -146,15 +148,19 @@ type indexedLayer struct {
 
 	tar   io.ReaderAt // the uncompressed tar stream
 	spans bool        // tar verifies every span against the gzindex's (zstdindex's) digest
-	log   *slog.Logger
+	// spanTab is the gzindex's (zstdindex's) spans, through which large files are
+	// stored (indexed_large.go); nil for a plain tar layer.
+	spanTab *spanTable
+	log     *slog.Logger
 
 	mu    sync.Mutex
 	files map[*format.Entry]*indexedFile
 
 	reading interface{ Add(int64) int64 } // the image's reads in progress (Image.reading)
 
-	// store holds the files of up to wholeFileMax bytes read
-	// (indexed_store.go), shared by digest with every other layer on the node.
+	// store holds the files of up to wholeFileMax bytes read (indexed_store.go), and
+	// the spans of larger ones (indexed_large.go), shared by digest with every other
+	// layer on the node.
 	store *store.Store
 	// diffID is the layer's diff ID, which its index was built from; chainID the chain
 	// ID of its snapshot (indexed_snapshot.go).
@@ -199,11 +205,12 @@ func (l *indexedLayer) file(e *format.Entry) *indexedFile {
 //   - a file of up to wholeFileMax bytes is read whole through the store (readStored),
 //     which checks it against the table's sha256 before any of its bytes is served and
 //     keeps it;
-//   - a larger file of a gzip layer is served span by span, each span's output checked
-//     against the gzindex's digest before any of it is served, and its sha256 checked
-//     against the table's once it has been read through in order from its start: the
-//     read that ends it fails on a mismatch, and every read of the file after it (a
-//     plain tar layer's is refused: its blob has no span digests).
+//   - a larger file of a gzip (zstd) layer is served span by span through the store
+//     (readSpans, indexed_large.go), each span's output checked against the gzindex's
+//     digest before any of it is served or stored, and its sha256 checked against the
+//     table's once it has been read through in order from its start: the read that ends
+//     it fails on a mismatch, and every read of the file after it (a plain tar layer's
+//     is refused: its blob has no span digests).
 func (l *indexedLayer) ReadAt(ctx context.Context, e *format.Entry, p []byte, off int64) (int, error) {
 	if l.reading != nil {
 		l.reading.Add(1)
@@ -226,14 +233,20 @@ func (l *indexedLayer) ReadAt(ctx context.Context, e *format.Entry, p []byte, of
 	if err := f.failed(); err != nil {
 		return 0, err
 	}
-	n, err := l.readTar(e, p, off)
-	if err != nil {
+	n, served, err := l.readSpans(ctx, e, p, off)
+	switch {
+	case !served:
+		n, err = l.readTar(e, p, off)
+	case err == nil && n < len(p):
+		err = io.EOF
+	}
+	if err != nil && !errors.Is(err, io.EOF) {
 		return n, err
 	}
-	if err := l.follow(e, f, p[:n], off); err != nil {
-		return 0, err
+	if ferr := l.follow(e, f, p[:n], off); ferr != nil {
+		return 0, ferr
 	}
-	return n, nil
+	return n, err
 }
 
 // readTar reads e's content [off, off+len(p)) from the tar stream.

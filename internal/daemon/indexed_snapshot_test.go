@@ -190,8 +190,9 @@ func putArtifactAt(t *testing.T, ref string, subject v1.Descriptor, blobs []v1.D
 }
 
 // TestPrefetchIndexedImage: the profile of an unconverted image served from its index
-// artifact is prefetched: its small files are in the store before anything reads them,
-// and reading them then asks the registry for nothing; a large file is left to its reads.
+// artifact is prefetched: its small files, and the spans holding the profiled range of a
+// large file, are in the store before anything reads them, and reading them then asks
+// the registry for nothing.
 func TestPrefetchIndexedImage(t *testing.T) {
 	ref, files, art := indexedFixture(t)
 	p := &profile.Profile{Subject: art.Image.Digest.String(), Created: time.Now().UTC().Truncate(time.Second),
@@ -204,8 +205,8 @@ func TestPrefetchIndexedImage(t *testing.T) {
 	pushProfile(t, ref, art.Image, p, nil)
 	im, ps := openPrefetched(t, ref)
 	want := int64(len(files["usr/share/doc.txt"]) + len(files["etc/hostname"]))
-	if !im.FromIndex() || ps.Profile == "" || ps.Files != 2 || ps.Bytes != want || ps.Err != "" {
-		t.Fatalf("prefetch %+v; want the two small files, %d bytes", ps, want)
+	if !im.FromIndex() || ps.Profile == "" || ps.Files != 3 || ps.Bytes < want+4096 || ps.Bytes > want+1<<20 || ps.Err != "" {
+		t.Fatalf("prefetch %+v; want the two small files, %d bytes, and a span or two of the large one", ps, want)
 	}
 	before := im.Registry.Stats()
 	for _, name := range []string{"usr/share/doc.txt", "etc/hostname"} {
@@ -213,6 +214,12 @@ func TestPrefetchIndexedImage(t *testing.T) {
 		if err != nil || !bytes.Equal(got, files[name]) {
 			t.Errorf("%s: %d bytes, %v", name, len(got), err)
 		}
+	}
+	l := im.indexed[0]
+	e, _ := l.Index.Lookup("usr/lib/libbig.so")
+	b := make([]byte, 4096)
+	if n, err := l.ReadAt(t.Context(), e, b, 0); n != len(b) || err != nil || !bytes.Equal(b, files["usr/lib/libbig.so"][:4096]) {
+		t.Errorf("large file's profiled range: %d bytes, %v", n, err)
 	}
 	if after := im.Registry.Stats(); after.Requests != before.Requests {
 		t.Errorf("reading the prefetched files made %d requests", after.Requests-before.Requests)

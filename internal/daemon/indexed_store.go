@@ -24,8 +24,8 @@ import (
 // complete. The store fills its chunks from a Source of frames it decodes and checks
 // against the chunk's digest; tarSource hands it the file's bytes from the layer's tar
 // stream (through the gzindex, each span checked against its digest) in a zstd frame of
-// raw blocks, which decodes with a copy. Larger files are served span by span as before
-// (indexed.go): their content has no chunk digests to fill the store with.
+// raw blocks, which decodes with a copy. Larger files are stored by the spans of the tar
+// stream that hold them (indexed_large.go).
 
 var (
 	_ store.Source      = tarSource{}
@@ -86,7 +86,8 @@ func (l *indexedLayer) held() store.Held {
 	return l.store.HeldOf(l.storeFiles())
 }
 
-// storeFiles yields the store's view of every regular file of the layer.
+// storeFiles yields the store's view of every regular file of the layer, and of the
+// spans that hold its large files.
 func (l *indexedLayer) storeFiles() iter.Seq[store.File] {
 	return func(yield func(store.File) bool) {
 		for i := range l.Index.Entries {
@@ -95,11 +96,16 @@ func (l *indexedLayer) storeFiles() iter.Seq[store.File] {
 				return
 			}
 		}
+		for s := range l.largeSpans() {
+			if !yield(store.File{Digest: s.Digest, Size: s.Len}) {
+				return
+			}
+		}
 	}
 }
 
 // tarSource is a layer's uncompressed tar stream as the store's Source: a chunk is a
-// whole file, its Offset where the file's content starts in the stream.
+// whole file or a span (indexed_large.go), its Offset where it starts in the stream.
 type tarSource struct{ l *indexedLayer }
 
 // Reads of the tar stream for a Fetch: files whose contents lie within tarGroupGap of
@@ -184,7 +190,7 @@ func (s tarSource) groups(chunks []format.Chunk) ([]*tarGroup, error) {
 	var out []*tarGroup
 	for _, c := range cs {
 		if c.Size <= 0 || c.Size > wholeFileMax || c.CompSize != c.Size || c.Offset < 0 {
-			return nil, fmt.Errorf("layer %s: chunk %s of %d bytes at %d: not a file the index serves through the store", s.l.Desc.Digest, c.Digest, c.Size, c.Offset)
+			return nil, fmt.Errorf("layer %s: chunk %s of %d bytes at %d: not a file or span the index serves through the store", s.l.Desc.Digest, c.Digest, c.Size, c.Offset)
 		}
 		end := c.Offset + c.Size
 		if n := len(out); n > 0 && c.Offset-out[n-1].end <= tarGroupGap && max(end, out[n-1].end)-out[n-1].start <= tarGroupMax {
