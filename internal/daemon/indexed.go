@@ -121,9 +121,10 @@ func openIndexedLayer(ctx context.Context, im *Image, desc, ld v1.Descriptor, wi
 	// spans among readers, and their fetches end with the image.
 	var tar io.ReaderAt = blob.ReaderAt(im.bg)
 	var spans *spanTable
+	var dec runDecoder
 	switch {
 	case kind == imageindex.Zstd:
-		if tar, err = zstdTar(im, desc, il.ZS, tar, windows); err != nil {
+		if tar, dec, err = zstdTar(im, desc, il.ZS, tar, windows); err != nil {
 			return nil, fmt.Errorf("index blob %s: %w", ld.Digest, err)
 		}
 		spans = zstdSpans(il.ZS)
@@ -131,11 +132,12 @@ func openIndexedLayer(ctx context.Context, im *Image, desc, ld v1.Descriptor, wi
 		return nil, fmt.Errorf("index blob %s: its gzindex is of a blob of %d bytes, the layer is %d", ld.Digest, il.GZ.CompressedSize(), desc.Size)
 	case kind == imageindex.Gzip:
 		tar, spans = gzindex.NewReader(il.GZ, tar, gzSpansKept), gzSpans(il.GZ)
+		dec = func(comp io.ReaderAt) io.ReaderAt { return gzindex.NewReader(il.GZ, comp, 0) }
 	case il.Table.TarSize != desc.Size:
 		return nil, fmt.Errorf("index blob %s: a tar stream of %d bytes, the layer is %d", ld.Digest, il.Table.TarSize, desc.Size)
 	}
 	return &indexedLayer{Desc: desc, Index: &format.Index{Entries: il.Table.Entries}, tar: tar, spans: kind != imageindex.Tar, spanTab: spans,
-		log: im.log, files: map[*format.Entry]*indexedFile{}, reading: &im.reading}, nil
+		blob: blob, decoder: dec, log: im.log, files: map[*format.Entry]*indexedFile{}, reading: &im.reading}, nil
 }
 
 // indexedLayer is one layer of an unconverted image, served from its index artifact: its
@@ -151,6 +153,11 @@ type indexedLayer struct {
 	// spanTab is the gzindex's (zstdindex's) spans, through which large files are
 	// stored (indexed_large.go); nil for a plain tar layer.
 	spanTab *spanTable
+	// blob is the layer blob, from which the store's fetches read runs of spans in
+	// parallel, each decoded by a reader decoder makes (indexed_large.go); nil
+	// decoder for a plain tar layer.
+	blob    *fetch.Blob
+	decoder runDecoder
 	log     *slog.Logger
 
 	mu    sync.Mutex

@@ -2,14 +2,18 @@ package daemon
 
 import (
 	"context"
+	"errors"
 	"fmt"
+	"io"
 	"iter"
+	"slices"
 
 	"golang.org/x/sync/errgroup"
 
 	"lazypull/format"
 	"lazypull/format/gzindex"
 	"lazypull/format/zstdindex"
+	"lazypull/internal/fetch"
 	"lazypull/internal/profile"
 	"lazypull/internal/store"
 )
@@ -41,12 +45,16 @@ type spanTable struct {
 	n    int
 	at   func(off int64) int // the span holding offset off of the tar stream
 	span func(i int) tarSpan
+	comp func(i int) fetch.Range // the compressed bytes that decode to span i
 }
 
 func gzSpans(ix *gzindex.Index) *spanTable {
 	return &spanTable{n: ix.NumSpans(), at: ix.SpanAt, span: func(i int) tarSpan {
 		s := ix.Span(i)
 		return tarSpan{Off: s.Off, Len: s.Len, Digest: s.Digest}
+	}, comp: func(i int) fetch.Range {
+		s := ix.Span(i)
+		return fetch.Range{Off: s.CompOff, Len: s.CompLen}
 	}}
 }
 
@@ -54,6 +62,9 @@ func zstdSpans(ix *zstdindex.Index) *spanTable {
 	return &spanTable{n: ix.NumSpans(), at: ix.SpanAt, span: func(i int) tarSpan {
 		s := ix.Span(i)
 		return tarSpan{Off: s.Off, Len: s.Len, Digest: s.Digest}
+	}, comp: func(i int) fetch.Range {
+		s := ix.Span(i)
+		return fetch.Range{Off: s.CompOff, Len: s.CompLen}
 	}}
 }
 
@@ -175,4 +186,126 @@ func (l *indexedLayer) largeSpans() iter.Seq[tarSpan] {
 			next = max(next, last+1)
 		}
 	}
+}
+
+// The store's fetches of several groups (tarSource.groups) of a gzip (zstd) layer's tar
+// stream go to the registry as the converted path's do: the compressed bytes of every
+// group of the Fetch in one fetch.Blob.Fetch, which merges the ranges that touch (adjacent spans) or lie
+// close, packs them into multi-range requests and sends them in parallel, then each
+// group decoded on its own from the bytes that came, by a gzindex (zstdindex) reader of
+// its own over them, each span checked against its digest. Not through the layer's shared
+// reader (indexedLayer.tar), whose decode budget, which the fetch is inside of, would
+// send the requests one after another.
+
+// runBatch bounds the compressed bytes one Blob.Fetch of a tarSource.Fetch asks for (and
+// holds) at once; tarGroupJobs groups are decoded at a time.
+const runBatch = 32 << 20
+
+// runDecoder returns a reader of a layer's tar stream over comp, a reader of (some of) its
+// blob's compressed bytes, that keeps no span: what a group's decode reads through.
+type runDecoder func(comp io.ReaderAt) io.ReaderAt
+
+// compRange is the compressed bytes holding g, or false when the group's spans would
+// decode to more than a group may hold (a hostile or very compressible layer's spans):
+// it is then read through the layer's shared reader.
+func (s tarSource) compRange(g *tarGroup) (fetch.Range, bool) {
+	t := s.l.spanTab
+	first, last := t.at(g.start), t.at(g.end-1)
+	if first < 0 || last < first || last >= t.n {
+		return fetch.Range{}, false
+	}
+	a, b := t.span(first), t.span(last)
+	if b.Off+b.Len-a.Off > tarGroupMax+2*wholeFileMax {
+		return fetch.Range{}, false
+	}
+	ca, cb := t.comp(first), t.comp(last)
+	return fetch.Range{Off: ca.Off, Len: cb.Off + cb.Len - ca.Off}, true
+}
+
+// fetchRuns is tarSource.Fetch for a layer with spans (indexed_large.go's header).
+func (s tarSource) fetchRuns(ctx context.Context, groups []*tarGroup, fn func(format.Chunk, []byte) error) error {
+	for len(groups) > 0 {
+		var batch []*tarGroup
+		var ranges []fetch.Range
+		var held int64
+		for len(groups) > 0 {
+			g := groups[0]
+			r, ok := s.compRange(g)
+			if !ok {
+				r = fetch.Range{Off: -1}
+			}
+			if len(batch) > 0 && held+max(r.Len, 0) > runBatch {
+				break
+			}
+			batch, ranges, held, groups = append(batch, g), append(ranges, r), held+max(r.Len, 0), groups[1:]
+		}
+		if err := s.fetchBatch(ctx, batch, ranges, fn); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// fetchBatch fetches the compressed bytes of groups (ranges[i] holds groups[i]; an Off
+// of -1: read through the shared reader) and decodes each as it comes.
+func (s tarSource) fetchBatch(ctx context.Context, groups []*tarGroup, ranges []fetch.Range, fn func(format.Chunk, []byte) error) error {
+	g, gctx := errgroup.WithContext(ctx)
+	g.SetLimit(tarGroupJobs)
+	byRange := map[fetch.Range][]*tarGroup{}
+	var want []fetch.Range
+	for i, gr := range groups {
+		if ranges[i].Off < 0 {
+			g.Go(func() error { return s.decodeGroup(gr, s.l.tar, fn) })
+			continue
+		}
+		if byRange[ranges[i]] == nil {
+			want = append(want, ranges[i])
+		}
+		byRange[ranges[i]] = append(byRange[ranges[i]], gr)
+	}
+	err := s.l.blob.Fetch(gctx, want, func(r fetch.Range, b []byte) error {
+		comp := &offsetReader{b: slices.Clone(b), off: r.Off} // b is the fetch's, shared
+		for _, gr := range byRange[r] {
+			g.Go(func() error { return s.decodeGroup(gr, s.l.decoder(comp), fn) })
+		}
+		return nil
+	})
+	if werr := g.Wait(); err == nil {
+		err = werr
+	}
+	if err != nil {
+		return fmt.Errorf("layer %s: %w", s.l.Desc.Digest, err)
+	}
+	return nil
+}
+
+// decodeGroup reads g from tar, a reader of the tar stream, and hands each of its chunks
+// to fn as a raw frame.
+func (s tarSource) decodeGroup(g *tarGroup, tar io.ReaderAt, fn func(format.Chunk, []byte) error) error {
+	buf := make([]byte, g.end-g.start)
+	if n, err := tar.ReadAt(buf, g.start); n < len(buf) {
+		if err == nil || errors.Is(err, io.EOF) {
+			err = io.ErrUnexpectedEOF
+		}
+		return fmt.Errorf("read %d bytes at %d of its tar stream: %w", len(buf), g.start, err)
+	}
+	for _, c := range g.chunks {
+		if err := fn(c, rawFrame(buf[c.Offset-g.start:c.Offset-g.start+c.Size])); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// offsetReader reads the bytes b, which lie at off in a larger stream.
+type offsetReader struct {
+	b   []byte
+	off int64
+}
+
+func (r *offsetReader) ReadAt(p []byte, off int64) (int, error) {
+	if off < r.off || off-r.off+int64(len(p)) > int64(len(r.b)) {
+		return 0, fmt.Errorf("bytes %d-%d: outside the %d fetched at %d", off, off+int64(len(p)), len(r.b), r.off)
+	}
+	return copy(p, r.b[off-r.off:]), nil
 }

@@ -62,7 +62,8 @@ func criLabels(t *testing.T, ref string, art *imageindex.Result, i int) map[stri
 // TestSnapshotFSIndexedImage: the snapshotter mounts each layer of an unconverted image
 // from its index artifact, given the labels a CRI pull gives (no lazypull labels): files
 // read back as the tar has them, a small file goes into the store under its digest (so
-// the next mount of any layer holding it reads it locally), and a Prepare whose chain ID
+// the next mount of any layer holding it reads it locally), a large one by the spans that
+// hold it (counted in the layer's usage and kept by a prune), and a Prepare whose chain ID
 // is not the layer's place in the image falls back, warned of and counted.
 func TestSnapshotFSIndexedImage(t *testing.T) {
 	testutil.NeedRoot(t, "FUSE mounts")
@@ -88,12 +89,20 @@ func TestSnapshotFSIndexedImage(t *testing.T) {
 		_, ok := st.LocalPath(storeFile(doc))
 		return ok
 	})
-	if b, n, err := f.Usage(ctx, dirs[0], criLabels(t, ref, art, 0)); err != nil || b < doc.Size || n < 1 {
-		t.Errorf("usage of layer 0: %d bytes in %d objects, %v; want at least the file read", b, n, err)
+	// The large file is stored by the spans that hold it (indexed_large.go).
+	l0, big := f.Images()[0].indexed[0], int64(len(files["usr/lib/libbig.so"]))
+	testutil.WaitFor(t, time.Minute, "the large file's spans, read, to be in the store", func() bool { return l0.held().Bytes >= doc.Size+big })
+	if b, n, err := f.Usage(ctx, dirs[0], criLabels(t, ref, art, 0)); err != nil || b < doc.Size+big || n < 2 {
+		t.Errorf("usage of layer 0: %d bytes in %d objects, %v; want at least the files read", b, n, err)
 	}
 	keep, _, _ := KeepInUse(st, nil, f.Images())
 	if !slices.ContainsFunc(keep.Files, func(kf store.File) bool { return kf.Digest == doc.Digest }) {
 		t.Errorf("a prune would not keep %s, read through a mounted layer", doc.Name)
+	}
+	for s := range l0.largeSpans() {
+		if !slices.ContainsFunc(keep.Files, func(kf store.File) bool { return kf.Digest == s.Digest }) {
+			t.Errorf("a prune would not keep the span at %d of the large file, read through a mounted layer", s.Off)
+		}
 	}
 	if !strings.Contains(logs.String(), "image opened from its index artifact") {
 		t.Errorf("no line saying the image was opened from its index:\n%s", logs)

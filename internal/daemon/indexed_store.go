@@ -126,12 +126,18 @@ type tarGroup struct {
 	done       chan struct{}
 }
 
-// Fetch reads the chunks' files from the tar stream, close ones together, and hands each
-// to fn as a raw frame, from the calling goroutine, in stream order.
+// Fetch reads the chunks' files (spans) from the tar stream, close ones together, and
+// hands each to fn as a raw frame. Groups of a gzip (zstd) layer are fetched together and
+// decoded in parallel when there are several (fetchRuns, indexed_large.go); otherwise
+// through the layer's shared reader (whose kept spans spare a zstd layer's next read its
+// window), from the calling goroutine, in stream order.
 func (s tarSource) Fetch(ctx context.Context, chunks []format.Chunk, fn func(format.Chunk, []byte) error) error {
 	groups, err := s.groups(chunks)
 	if err != nil {
 		return err
+	}
+	if len(groups) > 1 && s.l.decoder != nil && s.l.spanTab != nil && s.l.blob != nil {
+		return s.fetchRuns(ctx, groups, fn)
 	}
 	sem := make(chan struct{}, tarGroupJobs)
 	next := 0 // the first group not started

@@ -57,21 +57,23 @@ func windowBlobs(m *v1.Manifest, descs []v1.Descriptor) ([]*v1.Descriptor, error
 }
 
 // zstdTar returns the uncompressed tar stream of the zstd layer desc, whose blob blob
-// reads, through its zstdindex ix and its window blob wd (nil when ix needs none).
-func zstdTar(im *Image, desc v1.Descriptor, ix *zstdindex.Index, blob io.ReaderAt, wd *v1.Descriptor) (io.ReaderAt, error) {
+// reads, through its zstdindex ix and its window blob wd (nil when ix needs none), and
+// the decoder of runs of its spans (indexed_large.go).
+func zstdTar(im *Image, desc v1.Descriptor, ix *zstdindex.Index, blob io.ReaderAt, wd *v1.Descriptor) (io.ReaderAt, runDecoder, error) {
 	if ix.CompressedSize() != desc.Size {
-		return nil, fmt.Errorf("its zstdindex is of a blob of %d bytes, the layer is %d", ix.CompressedSize(), desc.Size)
+		return nil, nil, fmt.Errorf("its zstdindex is of a blob of %d bytes, the layer is %d", ix.CompressedSize(), desc.Size)
 	}
 	var windows io.ReaderAt = bytes.NewReader(nil)
 	switch {
 	case wd == nil && ix.WindowsSize() > 0:
-		return nil, fmt.Errorf("its zstdindex needs a window blob of %d bytes; the artifact has none for the layer", ix.WindowsSize())
+		return nil, nil, fmt.Errorf("its zstdindex needs a window blob of %d bytes; the artifact has none for the layer", ix.WindowsSize())
 	case wd != nil && wd.Size != ix.WindowsSize():
-		return nil, fmt.Errorf("window blob %s of %d bytes, the zstdindex's is %d", wd.Digest, wd.Size, ix.WindowsSize())
+		return nil, nil, fmt.Errorf("window blob %s of %d bytes, the zstdindex's is %d", wd.Digest, wd.Size, ix.WindowsSize())
 	case wd != nil:
 		// Read by range, never whole: its digest cannot be checked; a window that is not
 		// the index's decodes to a span that fails its digest.
 		windows = im.Registry.Blob(wd.Digest, wd.Size).ReaderAt(im.bg)
 	}
-	return zstdindex.NewReader(ix, blob, windows, gzSpansKept), nil
+	dec := func(comp io.ReaderAt) io.ReaderAt { return zstdindex.NewReader(ix, comp, windows, 0) }
+	return zstdindex.NewReader(ix, blob, windows, gzSpansKept), dec, nil
 }
