@@ -7,6 +7,7 @@ import (
 	"io"
 	"iter"
 	"slices"
+	"sync"
 
 	"golang.org/x/sync/errgroup"
 
@@ -26,8 +27,8 @@ import (
 // other (verified when it is fetched, the store's invariant across kill -9, its LRU,
 // pins, usage and prunes), and shared with every layer on the node whose index has the
 // same span. A read of a large file takes the spans it covers from the store; a span the
-// store lacks is fetched through tarSource (the gzindex checking it first), spans a read
-// or a prefetch needs together in one request. The profile's prefetch fills the spans of
+// store lacks is fetched through tarSource (the gzindex checking it first), the spans a
+// read (fetchTogether) or a prefetch needs together, in one request. The profile's prefetch fills the spans of
 // the profiled ranges of large files beside the small files, coalesced into runs of up
 // to tarGroupMax bytes (indexed_prefetch.go). The file's own sha256 is still checked as
 // it is read through in order (indexedLayer.follow). A span larger than wholeFileMax (a
@@ -112,32 +113,76 @@ func (l *indexedLayer) readSpans(ctx context.Context, e *format.Entry, p []byte,
 	if !ok {
 		return 0, false, nil
 	}
-	read := func(ctx context.Context, s tarSpan) error {
+	var src store.Source = tarSource{l}
+	if len(ss) > 1 {
+		// A read across spans: the ones the store lacks are fetched together, in one
+		// request, and handed to the store's reads below from memory.
+		var err error
+		if src, err = l.fetchTogether(ctx, ss); err != nil {
+			return 0, true, fmt.Errorf("layer %s: %s: %w", l.Desc.Digest, e.Name, err)
+		}
+	}
+	for _, s := range ss {
 		lo, hi := max(start, s.Off), min(start+want, s.Off+s.Len)
-		n, err := l.store.ReadAt(ctx, tarSource{l}, spanFile(s), p[lo-start:hi-start], lo-s.Off)
+		n, err := l.store.ReadAt(ctx, src, spanFile(s), p[lo-start:hi-start], lo-s.Off)
 		if err == nil && int64(n) < hi-lo {
 			err = fmt.Errorf("%d bytes of %d", n, hi-lo)
 		}
 		if err != nil {
-			return fmt.Errorf("layer %s: %s: span %s of its tar stream at %d: %w", l.Desc.Digest, e.Name, s.Digest, s.Off, err)
-		}
-		return nil
-	}
-	if len(ss) == 1 {
-		if err := read(ctx, ss[0]); err != nil {
-			return 0, true, err
-		}
-	} else {
-		// A read across spans: their fetches go out together, not one after another.
-		g, gctx := errgroup.WithContext(ctx)
-		for _, s := range ss {
-			g.Go(func() error { return read(gctx, s) })
-		}
-		if err := g.Wait(); err != nil {
-			return 0, true, err
+			return 0, true, fmt.Errorf("layer %s: %s: span %s of its tar stream at %d: %w", l.Desc.Digest, e.Name, s.Digest, s.Off, err)
 		}
 	}
 	return int(want), true, nil
+}
+
+// fetchTogether fetches the spans of ss that the store lacks (neither local nor being
+// fetched) in one tarSource.Fetch, and returns a Source that hands them over from memory
+// (the store checks each against its digest as from any source), and fetches any other.
+func (l *indexedLayer) fetchTogether(ctx context.Context, ss []tarSpan) (store.Source, error) {
+	var missing []format.Chunk
+	for _, s := range ss {
+		missing = append(missing, l.store.Missing(spanFile(s))...)
+	}
+	if len(missing) < 2 {
+		return tarSource{l}, nil
+	}
+	m := &fetchedSource{next: tarSource{l}, frames: map[format.Digest][]byte{}}
+	err := tarSource{l}.Fetch(ctx, missing, func(c format.Chunk, frame []byte) error {
+		m.mu.Lock()
+		defer m.mu.Unlock()
+		m.frames[c.Digest] = frame // a frame of its own (rawFrame)
+		return nil
+	})
+	return m, err
+}
+
+var _ store.Source = (*fetchedSource)(nil)
+
+// fetchedSource serves chunks fetched already from memory, and fetches the others from next.
+type fetchedSource struct {
+	next   store.Source
+	mu     sync.Mutex
+	frames map[format.Digest][]byte
+}
+
+func (m *fetchedSource) Fetch(ctx context.Context, chunks []format.Chunk, fn func(format.Chunk, []byte) error) error {
+	var rest []format.Chunk
+	for _, c := range chunks {
+		m.mu.Lock()
+		frame, ok := m.frames[c.Digest]
+		m.mu.Unlock()
+		if !ok {
+			rest = append(rest, c)
+			continue
+		}
+		if err := fn(c, frame); err != nil {
+			return err
+		}
+	}
+	if len(rest) == 0 {
+		return nil
+	}
+	return m.next.Fetch(ctx, rest, fn)
 }
 
 // profiledSpans returns the store files of the spans holding the ranges w profiles of a

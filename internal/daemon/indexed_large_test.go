@@ -6,9 +6,15 @@ import (
 	"errors"
 	"io"
 	"math/rand/v2"
+	"net/http"
+	"slices"
+	"strings"
+	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
+	"lazypull/format"
 	"lazypull/internal/profile"
 	"lazypull/internal/store"
 	"lazypull/internal/testutil"
@@ -40,8 +46,17 @@ func TestIndexedLargeFileStored(t *testing.T) {
 	if h := l.held(); h.Bytes >= int64(len(big)) {
 		t.Fatalf("before any read the store holds %d bytes of the layer", h.Bytes)
 	}
-	rnd := rand.New(rand.NewPCG(3, 4))
 	e, _ := l.Index.Lookup("usr/lib/libbig.so")
+	// A read across several spans, none local: one request.
+	before := im.Registry.Stats().Requests
+	p := make([]byte, 300<<10)
+	if n, err := l.ReadAt(t.Context(), e, p, 2<<20); n != len(p) || err != nil || !bytes.Equal(p, big[2<<20:2<<20+len(p)]) {
+		t.Fatalf("read of %d bytes across spans: %d, %v", len(p), n, err)
+	}
+	if k := im.Registry.Stats().Requests - before; k != 1 {
+		t.Errorf("a read across %d spans made %d requests; want 1", len(p)/(64<<10), k)
+	}
+	rnd := rand.New(rand.NewPCG(3, 4))
 	for range 40 {
 		off := rnd.Int64N(int64(len(big)))
 		n := min(1+rnd.Int64N(300<<10), int64(len(big))-off)
@@ -64,13 +79,13 @@ func TestIndexedLargeFileStored(t *testing.T) {
 	im, st = open()
 	defer st.Close()
 	defer im.Close()
-	before := im.Registry.Stats()
+	stats := im.Registry.Stats()
 	got, err = readIndexed(t, im.FSLayers(), "usr/lib/libbig.so")
 	if err != nil || !bytes.Equal(got, big) {
 		t.Fatalf("large file after the store's reopen: %d bytes, %v", len(got), err)
 	}
-	if after := im.Registry.Stats(); after.Requests != before.Requests {
-		t.Errorf("reading the stored large file again made %d requests, %d bytes", after.Requests-before.Requests, after.Bytes-before.Bytes)
+	if after := im.Registry.Stats(); after.Requests != stats.Requests {
+		t.Errorf("reading the stored large file again made %d requests, %d bytes", after.Requests-stats.Requests, after.Bytes-stats.Bytes)
 	}
 }
 
@@ -115,4 +130,122 @@ func TestPrefetchIndexedLargeFile(t *testing.T) {
 	if k := read(5<<20, 4<<10); k == 0 {
 		t.Error("reading a range the profile does not name made no request: the test proves nothing")
 	}
+}
+
+// TestPrefetchIndexedRuns: profiled ranges of a large file far apart in the tar stream
+// (several groups of tarSource.groups) are fetched at once, their compressed bytes in one
+// fetch (a multi-range request) and each group decoded on its own (fetchRuns): reading
+// them then asks the registry for nothing.
+func TestPrefetchIndexedRuns(t *testing.T) {
+	var mu sync.Mutex
+	var ranged []string // the Range headers of blob requests
+	ref, files, art := indexedFixture(t, testutil.WithHandler(func(h http.Handler) http.Handler {
+		return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+			if rg := r.Header.Get("Range"); rg != "" {
+				mu.Lock()
+				ranged = append(ranged, rg)
+				mu.Unlock()
+			}
+			h.ServeHTTP(w, r)
+		})
+	}))
+	big := files["usr/lib/libbig.so"]
+	var ranges []profile.Range
+	for off := int64(0); off+4<<10 <= int64(len(big)); off += 3 << 19 { // 1.5 MiB apart: past the plan's bridging and a group's gap
+		ranges = append(ranges, profile.Range{Off: off, Len: 4 << 10})
+	}
+	p := &profile.Profile{Subject: art.Image.Digest.String(), Created: time.Now().UTC().Truncate(time.Second),
+		Layers: []string{art.Layers[0].Layer.Digest.String(), art.Layers[1].Layer.Digest.String()},
+		Files:  []profile.File{{Layer: 0, Path: "usr/lib/libbig.so", Ranges: ranges}}}
+	pushProfile(t, ref, art.Image, p, nil)
+	im, ps := openPrefetched(t, ref)
+	l := im.indexed[0]
+	e, _ := l.Index.Lookup("usr/lib/libbig.so")
+	var asked []format.Chunk
+	seen := map[format.Digest]bool{}
+	for _, r := range ranges {
+		ss, _ := l.spanTab.spansOf(e.TarOffset+r.Off, e.TarOffset+r.End())
+		for _, s := range ss {
+			if !seen[s.Digest] {
+				seen[s.Digest] = true
+				asked = append(asked, spanFile(s).Chunks[0])
+			}
+		}
+	}
+	groups, err := tarSource{l}.groups(asked)
+	if err != nil || len(groups) < 3 {
+		t.Fatalf("%d groups of the profiled spans, %v; the test needs several", len(groups), err)
+	}
+	// The test registry answers a multi-range request with its first range only, and the
+	// client then asks for each range alone: the first request asked for every group.
+	mu.Lock()
+	multi := slices.ContainsFunc(ranged, func(rg string) bool { return strings.Count(rg, ",") == len(groups)-1 })
+	mu.Unlock()
+	if ps.Files != 1 || ps.Err != "" || !multi || ps.Requests > int64(len(groups))+1 {
+		t.Errorf("prefetch %+v; want the %d groups of spans asked for in one request (ranges asked: %q)", ps, len(groups), ranged)
+	}
+	before := im.Registry.Stats().Requests
+	for _, r := range ranges {
+		b := make([]byte, r.Len)
+		if n, err := l.ReadAt(t.Context(), e, b, r.Off); int64(n) != r.Len || err != nil || !bytes.Equal(b, big[r.Off:r.End()]) {
+			t.Fatalf("read of the profiled range at %d: %d, %v", r.Off, n, err)
+		}
+	}
+	if k := im.Registry.Stats().Requests - before; k != 0 {
+		t.Errorf("reading the profiled ranges made %d requests", k)
+	}
+}
+
+// TestIndexedLargeFileCorrupt: when the registry serves a gzip layer's bytes wrong, a read
+// of a large file, or a prefetch of its spans in runs, fails, serves none of them and
+// stores none; served right again, the file reads back as the tar has it.
+func TestIndexedLargeFileCorrupt(t *testing.T) {
+	var bad atomic.Pointer[string] // the blob whose bytes are served wrong
+	ref, files, art := indexedFixture(t, testutil.WithHandler(func(h http.Handler) http.Handler {
+		return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+			if d := bad.Load(); d != nil && strings.HasSuffix(r.URL.Path, *d) {
+				w = flipWriter{w}
+			}
+			h.ServeHTTP(w, r)
+		})
+	}))
+	big := files["usr/lib/libbig.so"]
+	layer := art.Layers[0].Layer.Digest.String()
+	bad.Store(&layer)
+	var ranges []profile.Range
+	for off := int64(0); off+4<<10 <= int64(len(big)); off += 3 << 19 {
+		ranges = append(ranges, profile.Range{Off: off, Len: 4 << 10})
+	}
+	p := &profile.Profile{Subject: art.Image.Digest.String(), Created: time.Now().UTC().Truncate(time.Second),
+		Layers: []string{art.Layers[0].Layer.Digest.String(), art.Layers[1].Layer.Digest.String()},
+		Files:  []profile.File{{Layer: 0, Path: "usr/lib/libbig.so", Ranges: ranges}}}
+	pushProfile(t, ref, art.Image, p, nil)
+	im, ps := openPrefetched(t, ref)
+	if ps.Err == "" {
+		t.Errorf("prefetch of spans served wrong: %+v; want an error", ps)
+	}
+	l := im.indexed[0]
+	e, _ := l.Index.Lookup("usr/lib/libbig.so")
+	b := make([]byte, 300<<10)
+	if n, err := l.ReadAt(t.Context(), e, b, 1<<20); err == nil || n != 0 {
+		t.Errorf("read of spans served wrong: %d bytes, %v; want none and an error", n, err)
+	}
+	if h := l.held(); h.Bytes != 0 {
+		t.Errorf("the store holds %d bytes of the layer served wrong", h.Bytes)
+	}
+	bad.Store(nil)
+	if got, err := readIndexed(t, im.FSLayers(), "usr/lib/libbig.so"); err != nil || !bytes.Equal(got, big) {
+		t.Errorf("large file served right again: %d bytes, %v", len(got), err)
+	}
+}
+
+// flipWriter serves every byte of a response body inverted.
+type flipWriter struct{ http.ResponseWriter }
+
+func (w flipWriter) Write(p []byte) (int, error) {
+	q := make([]byte, len(p))
+	for i, c := range p {
+		q[i] = ^c
+	}
+	return w.ResponseWriter.Write(q)
 }
