@@ -315,7 +315,8 @@ func (s tarSource) fetchBatch(ctx context.Context, groups []*tarGroup, ranges []
 		}
 		return nil
 	})
-	if werr := g.Wait(); err == nil {
+	// A decode's error cancels the fetch: it is the one to report.
+	if werr := g.Wait(); werr != nil && (err == nil || errors.Is(err, context.Canceled)) {
 		err = werr
 	}
 	if err != nil {

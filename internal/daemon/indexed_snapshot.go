@@ -84,8 +84,8 @@ func (im *Image) configDiffIDs(ctx context.Context, st *store.Store) ([]v1.Hash,
 // position: layers[i] is image layer i served from its index blob, or nil with errs[i]
 // saying why (the artifact's blob for it names another layer or another diff ID than the
 // config's, cannot be read or decoded, or its window blob is missing or wrong). indexJobs blobs are read at once, each whole (at
-// most imageindex.MaxLayerSize, checked against its digest). Files of up to wholeFileMax
-// bytes are read through st.
+// most imageindex.MaxLayerSize, checked against its digest), while the config is. Files
+// are read through st (indexed_store.go, indexed_large.go).
 func (im *Image) openIndexedLayers(ctx context.Context, st *store.Store, m *v1.Manifest, art v1.Descriptor) (layers []*indexedLayer, errs []error) {
 	descs := im.Image.Manifest.Layers
 	layers, errs = make([]*indexedLayer, len(descs)), make([]error, len(descs))
@@ -99,19 +99,18 @@ func (im *Image) openIndexedLayers(ctx context.Context, st *store.Store, m *v1.M
 	if err != nil {
 		return fail(fmt.Errorf("image %s: index %s: %w", im.Ref, art.Digest, err))
 	}
-	ids, err := im.configDiffIDs(ctx, st)
-	if err != nil {
-		return fail(err)
-	}
-	chains := chainIDs(ids)
+	// The config is read while the index blobs are: one round trip less before the
+	// layers open. A blob whose diff ID is not the config's is then dropped.
+	var ids []v1.Hash
+	var idsErr error
+	idsDone := make(chan struct{})
+	go func() {
+		defer close(idsDone)
+		ids, idsErr = im.configDiffIDs(ctx, st)
+	}()
 	var wg sync.WaitGroup
 	sem := make(chan struct{}, indexJobs)
 	for i, desc := range descs {
-		if got := m.Layers[i].Annotations[imageindex.AnnotationDiffID]; got != ids[i].String() {
-			errs[i] = fmt.Errorf("image %s: index %s: layer %d %s: the index was built from a tar stream of digest %q, the image config's diff ID is %s: not used",
-				im.Ref, art.Digest, i, desc.Digest, got, ids[i])
-			continue
-		}
 		wg.Add(1)
 		sem <- struct{}{}
 		go func() {
@@ -121,11 +120,27 @@ func (im *Image) openIndexedLayers(ctx context.Context, st *store.Store, m *v1.M
 				errs[i] = fmt.Errorf("image %s: index %s: layer %d %s: %w", im.Ref, art.Digest, i, desc.Digest, err)
 				return
 			}
-			l.store, l.diffID, l.chainID = st, ids[i].String(), chains[i]
 			layers[i] = l
 		}()
 	}
 	wg.Wait()
+	<-idsDone
+	if idsErr != nil {
+		clear(layers)
+		return fail(idsErr)
+	}
+	chains := chainIDs(ids)
+	for i, desc := range descs {
+		if got := m.Layers[i].Annotations[imageindex.AnnotationDiffID]; got != ids[i].String() {
+			layers[i] = nil
+			errs[i] = fmt.Errorf("image %s: index %s: layer %d %s: the index was built from a tar stream of digest %q, the image config's diff ID is %s: not used",
+				im.Ref, art.Digest, i, desc.Digest, got, ids[i])
+			continue
+		}
+		if l := layers[i]; l != nil {
+			l.store, l.diffID, l.chainID = st, ids[i].String(), chains[i]
+		}
+	}
 	return layers, errs
 }
 
