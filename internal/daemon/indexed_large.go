@@ -43,29 +43,28 @@ type tarSpan struct {
 
 // spanTable is what a layer's gzindex or zstdindex says of its spans.
 type spanTable struct {
-	n    int
-	at   func(off int64) int // the span holding offset off of the tar stream
-	span func(i int) tarSpan
-	comp func(i int) fetch.Range // the compressed bytes that decode to span i
+	n   int
+	at  func(off int64) int // the span holding offset off of the tar stream
+	get func(i int) (tarSpan, fetch.Range)
 }
 
+// span returns span i.
+func (t *spanTable) span(i int) tarSpan { s, _ := t.get(i); return s }
+
+// comp returns the compressed bytes that decode to span i.
+func (t *spanTable) comp(i int) fetch.Range { _, r := t.get(i); return r }
+
 func gzSpans(ix *gzindex.Index) *spanTable {
-	return &spanTable{n: ix.NumSpans(), at: ix.SpanAt, span: func(i int) tarSpan {
+	return &spanTable{n: ix.NumSpans(), at: ix.SpanAt, get: func(i int) (tarSpan, fetch.Range) {
 		s := ix.Span(i)
-		return tarSpan{Off: s.Off, Len: s.Len, Digest: s.Digest}
-	}, comp: func(i int) fetch.Range {
-		s := ix.Span(i)
-		return fetch.Range{Off: s.CompOff, Len: s.CompLen}
+		return tarSpan{s.Off, s.Len, s.Digest}, fetch.Range{Off: s.CompOff, Len: s.CompLen}
 	}}
 }
 
 func zstdSpans(ix *zstdindex.Index) *spanTable {
-	return &spanTable{n: ix.NumSpans(), at: ix.SpanAt, span: func(i int) tarSpan {
+	return &spanTable{n: ix.NumSpans(), at: ix.SpanAt, get: func(i int) (tarSpan, fetch.Range) {
 		s := ix.Span(i)
-		return tarSpan{Off: s.Off, Len: s.Len, Digest: s.Digest}
-	}, comp: func(i int) fetch.Range {
-		s := ix.Span(i)
-		return fetch.Range{Off: s.CompOff, Len: s.CompLen}
+		return tarSpan{s.Off, s.Len, s.Digest}, fetch.Range{Off: s.CompOff, Len: s.CompLen}
 	}}
 }
 

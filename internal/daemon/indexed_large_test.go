@@ -15,6 +15,7 @@ import (
 	"time"
 
 	"lazypull/format"
+	"lazypull/internal/imageindex"
 	"lazypull/internal/profile"
 	"lazypull/internal/store"
 	"lazypull/internal/testutil"
@@ -100,10 +101,7 @@ func TestPrefetchIndexedLargeFile(t *testing.T) {
 	for off := int64(0); off < 2<<20; off += 128 << 10 { // 16 ranges, one span apart
 		ranges = append(ranges, profile.Range{Off: off, Len: 4 << 10})
 	}
-	p := &profile.Profile{Subject: art.Image.Digest.String(), Created: time.Now().UTC().Truncate(time.Second),
-		Layers: []string{art.Layers[0].Layer.Digest.String(), art.Layers[1].Layer.Digest.String()},
-		Files:  []profile.File{{Layer: 0, Path: "usr/lib/libbig.so", Ranges: ranges}}}
-	pushProfile(t, ref, art.Image, p, nil)
+	pushBigProfile(t, ref, art, ranges)
 	im, ps := openPrefetched(t, ref)
 	if last := ranges[len(ranges)-1]; ps.Files != 1 || ps.Bytes < last.End() || ps.Err != "" {
 		t.Fatalf("prefetch %+v; want the large file's spans, %d bytes at least", ps, last.End())
@@ -150,14 +148,8 @@ func TestPrefetchIndexedRuns(t *testing.T) {
 		})
 	}))
 	big := files["usr/lib/libbig.so"]
-	var ranges []profile.Range
-	for off := int64(0); off+4<<10 <= int64(len(big)); off += 3 << 19 { // 1.5 MiB apart: past the plan's bridging and a group's gap
-		ranges = append(ranges, profile.Range{Off: off, Len: 4 << 10})
-	}
-	p := &profile.Profile{Subject: art.Image.Digest.String(), Created: time.Now().UTC().Truncate(time.Second),
-		Layers: []string{art.Layers[0].Layer.Digest.String(), art.Layers[1].Layer.Digest.String()},
-		Files:  []profile.File{{Layer: 0, Path: "usr/lib/libbig.so", Ranges: ranges}}}
-	pushProfile(t, ref, art.Image, p, nil)
+	ranges := spreadRanges(int64(len(big)))
+	pushBigProfile(t, ref, art, ranges)
 	im, ps := openPrefetched(t, ref)
 	l := im.indexed[0]
 	e, _ := l.Index.Lookup("usr/lib/libbig.so")
@@ -212,14 +204,8 @@ func TestIndexedLargeFileCorrupt(t *testing.T) {
 	big := files["usr/lib/libbig.so"]
 	layer := art.Layers[0].Layer.Digest.String()
 	bad.Store(&layer)
-	var ranges []profile.Range
-	for off := int64(0); off+4<<10 <= int64(len(big)); off += 3 << 19 {
-		ranges = append(ranges, profile.Range{Off: off, Len: 4 << 10})
-	}
-	p := &profile.Profile{Subject: art.Image.Digest.String(), Created: time.Now().UTC().Truncate(time.Second),
-		Layers: []string{art.Layers[0].Layer.Digest.String(), art.Layers[1].Layer.Digest.String()},
-		Files:  []profile.File{{Layer: 0, Path: "usr/lib/libbig.so", Ranges: ranges}}}
-	pushProfile(t, ref, art.Image, p, nil)
+	ranges := spreadRanges(int64(len(big)))
+	pushBigProfile(t, ref, art, ranges)
 	im, ps := openPrefetched(t, ref)
 	if ps.Err == "" {
 		t.Errorf("prefetch of spans served wrong: %+v; want an error", ps)
@@ -248,4 +234,24 @@ func (w flipWriter) Write(p []byte) (int, error) {
 		q[i] = ^c
 	}
 	return w.ResponseWriter.Write(q)
+}
+
+// spreadRanges returns ranges of 4 KiB of a file of size bytes, 1.5 MiB apart: past the
+// plan's bridging and a group's gap.
+func spreadRanges(size int64) []profile.Range {
+	var out []profile.Range
+	for off := int64(0); off+4<<10 <= size; off += 3 << 19 {
+		out = append(out, profile.Range{Off: off, Len: 4 << 10})
+	}
+	return out
+}
+
+// pushBigProfile pushes a profile of the fixture's image (indexedFixture) that reads ranges
+// of its large file.
+func pushBigProfile(t *testing.T, ref string, art *imageindex.Result, ranges []profile.Range) {
+	t.Helper()
+	p := &profile.Profile{Subject: art.Image.Digest.String(), Created: time.Now().UTC().Truncate(time.Second),
+		Layers: []string{art.Layers[0].Layer.Digest.String(), art.Layers[1].Layer.Digest.String()},
+		Files:  []profile.File{{Layer: 0, Path: "usr/lib/libbig.so", Ranges: ranges}}}
+	pushProfile(t, ref, art.Image, p, nil)
 }
