@@ -8,7 +8,6 @@ import (
 	"hash"
 	"io/fs"
 	"os"
-	"path/filepath"
 	"slices"
 	"sync"
 	"sync/atomic"
@@ -323,11 +322,10 @@ func (s *Store) commitFill(o *object) error {
 	}
 	err := os.Rename(fi.tmp, p)
 	if errors.Is(err, fs.ErrNotExist) {
-		if err = os.MkdirAll(filepath.Dir(p), 0o700); err == nil {
+		// Its two-hex directory was removed by hand (Open makes them all); a rare
+		// case, made again under the lock.
+		if err = s.remakeDir(p); err == nil {
 			err = os.Rename(fi.tmp, p)
-			if serr := syncDir(s.path(objectsName)); serr != nil {
-				s.log.Warn("store: cannot sync objects directory", "err", serr)
-			}
 		}
 	}
 	if err != nil {

@@ -331,6 +331,9 @@ func (s *Store) open(verify bool) error {
 	if err := s.scan(); err != nil {
 		return err
 	}
+	if err := s.makeObjectDirs(); err != nil {
+		return err
+	}
 	clog, recs, err := openChunkLog(s.path(chunkLogName), s.path(tmpName), s.log)
 	if err != nil {
 		return fmt.Errorf("store %s: %w", s.dir, err)
@@ -922,6 +925,11 @@ func syncTemp(f *os.File) (string, error) {
 // rename happens under the lock, so the directory and the index never disagree about an
 // object while the store runs. When d is already present the temp file is dropped.
 func (s *Store) commit(d format.Digest, tmp string, size int64, fl *flight, chunks []format.Chunk) (*object, error) {
+	return s.commitOnce(d, tmp, size, fl, chunks, false)
+}
+
+// commitOnce is commit; remade says its directory was made again already.
+func (s *Store) commitOnce(d format.Digest, tmp string, size int64, fl *flight, chunks []format.Chunk, remade bool) (*object, error) {
 	p := s.objectPath(d)
 	s.mu.Lock()
 	if fl != nil && s.flights[d] == fl {
@@ -933,20 +941,15 @@ func (s *Store) commit(d format.Digest, tmp string, size int64, fl *flight, chun
 		return o, nil
 	}
 	if err := os.Rename(tmp, p); err != nil {
-		if errors.Is(err, fs.ErrNotExist) {
-			// The first object of its two-hex directory (or someone cleaned up by hand).
-			if merr := os.MkdirAll(filepath.Dir(p), 0o700); merr == nil {
-				err = os.Rename(tmp, p)
-				if serr := syncDir(s.path(objectsName)); serr != nil {
-					s.log.Warn("store: cannot sync objects directory", "err", serr)
-				}
+		s.mu.Unlock()
+		if errors.Is(err, fs.ErrNotExist) && !remade {
+			// Its two-hex directory was removed by hand (Open makes them all).
+			if err = s.remakeDir(p); err == nil {
+				return s.commitOnce(d, tmp, size, fl, chunks, true)
 			}
 		}
-		if err != nil {
-			s.mu.Unlock()
-			_ = os.Remove(tmp)
-			return nil, err
-		}
+		_ = os.Remove(tmp)
+		return nil, err
 	}
 	o := s.addLocked(d, size)
 	if len(chunks) > 1 {
@@ -1013,6 +1016,43 @@ func writeSynced(dir, pattern string, b []byte) (string, error) {
 		return "", err
 	}
 	return syncTemp(f)
+}
+
+// makeObjectDirs makes the two-hex directories of objects/ that are missing, and syncs
+// objects/ once if it made any. A commit then renames into a directory that is there: it
+// never makes one, and fsyncs objects/ (a journal commit, ~20 ms), while it holds the
+// store's lock, which every read takes. A fresh store made up to 256 of them that way, on
+// the cold start's path.
+func (s *Store) makeObjectDirs() error {
+	root := s.path(objectsName)
+	made := false
+	for i := range 256 {
+		err := os.Mkdir(filepath.Join(root, fmt.Sprintf("%02x", i)), 0o700)
+		switch {
+		case err == nil:
+			made = true
+		case !errors.Is(err, fs.ErrExist):
+			return fmt.Errorf("store %s: %w", s.dir, err)
+		}
+	}
+	if made {
+		if err := syncDir(root); err != nil {
+			return fmt.Errorf("store %s: %w", s.dir, err)
+		}
+	}
+	return nil
+}
+
+// remakeDir makes the directory of object path p again (removed by hand while the store
+// ran), outside the store's lock.
+func (s *Store) remakeDir(p string) error {
+	if err := os.MkdirAll(filepath.Dir(p), 0o700); err != nil {
+		return err
+	}
+	if err := syncDir(s.path(objectsName)); err != nil {
+		s.log.Warn("store: cannot sync objects directory", "err", err)
+	}
+	return nil
 }
 
 func syncDir(dir string) error {

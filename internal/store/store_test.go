@@ -711,3 +711,32 @@ func TestMeta(t *testing.T) {
 		t.Errorf("corrupt metadata left in place: %v", err)
 	}
 }
+
+// Open makes every two-hex directory of objects/, so that no commit makes one (and
+// fsyncs objects/) under the store's lock; a directory removed by hand while the store
+// runs is made again by the commit that needs it.
+func TestObjectDirs(t *testing.T) {
+	l, src, s := mixedStore(t, 23)
+	root := filepath.Join(s.dir, objectsName)
+	subs, err := os.ReadDir(root)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(subs) != 256 {
+		t.Fatalf("a fresh store has %d directories in objects/, want 256", len(subs))
+	}
+	for _, d := range subs {
+		if err := os.Remove(filepath.Join(root, d.Name())); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := s.Fill(context.Background(), src, l.all()...); err != nil {
+		t.Fatal(err)
+	}
+	for _, name := range l.names {
+		b, err := os.ReadFile(s.objectPath(l.files[name].Digest))
+		if err != nil || !bytes.Equal(b, l.data[name]) {
+			t.Fatalf("%s: object differs (%v)", name, err)
+		}
+	}
+}
