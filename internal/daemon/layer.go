@@ -1,12 +1,14 @@
 package daemon
 
 import (
+	"cmp"
 	"context"
 	"errors"
 	"fmt"
 	"io"
 	"log/slog"
 	"os"
+	"slices"
 	"sync"
 	"sync/atomic"
 
@@ -79,7 +81,7 @@ type Layer struct {
 const (
 	readaheadFrom  = 1 << 20
 	readaheadMin   = 1 << 20
-	readaheadMax   = 16 << 20
+	readaheadMax   = 64 << 20
 	readaheadSlots = 2
 	// wholeMax is the largest file fetched whole after its first read (fetchWhole).
 	wholeMax = 8 << 20
@@ -269,24 +271,28 @@ func (l *Layer) readahead(e *format.Entry, f store.File, off, n int64) {
 		l.mu.Unlock()
 		return
 	}
+	select {
+	case l.raSlot <- struct{}{}:
+	default:
+		// Enough in flight: the window moves on when one ends, at a later read (a
+		// window passed over here was left to the reader's own small fetches).
+		l.mu.Unlock()
+		return
+	}
 	s.window = min(max(2*s.window, readaheadMin), readaheadMax)
 	start := max(s.ahead, s.next)
 	end := min(start+s.window, f.Size)
 	s.ahead = end
 	l.mu.Unlock()
 	if end <= start {
+		<-l.raSlot
 		return
-	}
-	select {
-	case l.raSlot <- struct{}{}:
-	default:
-		return // enough in flight; the reader's own fetches go on
 	}
 	l.raRuns.Add(1)
 	go func() {
 		defer func() { <-l.raSlot }()
 		// Errors are the reader's to meet and report, when it gets there.
-		_ = l.store.ReadAhead(l.bg, blobSource{l.blob}, f, start, end-start)
+		_ = l.store.ReadAhead(l.bg, streamSource{l.blob}, f, start, end-start)
 	}()
 }
 
@@ -358,4 +364,60 @@ func (s blobSource) Fetch(ctx context.Context, chunks []format.Chunk, fn func(fo
 		}
 		return fn(c, b)
 	})
+}
+
+// streamGap is the most blob bytes between two chunks that a streamSource reads through
+// and drops rather than start another request.
+const streamGap = 1 << 20
+
+// streamSource fetches a sequential reader's read-ahead window: each run of chunks lying
+// close together in the blob in one Range request read as a stream (fetch.Blob.OpenRange),
+// frame by frame into one buffer, each chunk handed on as soon as its frame is in. Memory
+// is one frame whatever the window's size, where blobSource (fetch.Blob.Fetch, for ranges
+// several callers may share) reads a request's whole answer into a buffer of its own: so
+// the window is not bounded by memory, and a sequential read makes few, large requests.
+type streamSource struct{ blob *fetch.Blob }
+
+func (s streamSource) Fetch(ctx context.Context, chunks []format.Chunk, fn func(format.Chunk, []byte) error) error {
+	cs := slices.SortedFunc(slices.Values(chunks), func(a, b format.Chunk) int { return cmp.Compare(a.Offset, b.Offset) })
+	var buf []byte
+	for i := 0; i < len(cs); {
+		end := cs[i].Offset + cs[i].CompSize
+		j := i + 1
+		for ; j < len(cs) && cs[j].Offset >= end && cs[j].Offset-end <= streamGap; j++ {
+			end = cs[j].Offset + cs[j].CompSize
+		}
+		if err := s.run(ctx, cs[i:j], end, &buf, fn); err != nil {
+			return err
+		}
+		i = j
+	}
+	return nil
+}
+
+// run reads chunks cs, in blob order and not overlapping, with one request up to end.
+func (s streamSource) run(ctx context.Context, cs []format.Chunk, end int64, buf *[]byte, fn func(format.Chunk, []byte) error) error {
+	pos := cs[0].Offset
+	rc, err := s.blob.OpenRange(ctx, pos, end-pos)
+	if err != nil {
+		return err
+	}
+	defer rc.Close()
+	for _, c := range cs {
+		if _, err := io.CopyN(io.Discard, rc, c.Offset-pos); err != nil {
+			return fmt.Errorf("layer %s at %d: %w", s.blob.Digest(), pos, err)
+		}
+		if int64(cap(*buf)) < c.CompSize {
+			*buf = make([]byte, c.CompSize)
+		}
+		frame := (*buf)[:c.CompSize]
+		if _, err := io.ReadFull(rc, frame); err != nil {
+			return fmt.Errorf("layer %s, chunk %s at %d: %w", s.blob.Digest(), c.Digest, c.Offset, err)
+		}
+		pos = c.Offset + c.CompSize
+		if err := fn(c, frame); err != nil {
+			return err
+		}
+	}
+	return nil
 }

@@ -191,7 +191,9 @@ func (s *Store) ReadAt(ctx context.Context, src Source, f File, p []byte, off in
 // fetch has ended, with the first chunk's error if any did not arrive or verify. A read
 // that joins its flights meanwhile is served from memory (as from any flight); a later
 // one reads the store. Why not ReadAt into a buffer: a window of 16 MiB was allocated,
-// zeroed, filled and dropped, two passes over every byte read for nothing.
+// zeroed, filled and dropped, two passes over every byte read for nothing. Its chunks
+// queue for the writers as a fill's do (bounded by maxPending): a window may be larger
+// than anything a read asks for, and a source that streams holds only one frame.
 func (s *Store) ReadAhead(ctx context.Context, src Source, f File, off, n int64) error {
 	if off < 0 || n < 0 || off > f.Size-n {
 		return fmt.Errorf("store read-ahead: range %d+%d outside file %s of %d bytes", off, n, f.Digest, f.Size)
@@ -225,7 +227,7 @@ func (s *Store) ReadAhead(ctx context.Context, src Source, f File, off, n int64)
 	for _, fl := range mine {
 		fl.direct = true
 	}
-	s.fetch(ctx, src, mine, false)
+	s.fetch(ctx, src, mine, true)
 	for _, fl := range mine {
 		fl.mu.Lock()
 		ferr := fl.err
