@@ -89,9 +89,20 @@ const (
 
 // stream is the read-ahead state of one file read sequentially.
 type stream struct {
-	next   int64 // where the next sequential read starts
+	next   int64 // where the next sequential read starts: the end of the furthest read
 	ahead  int64 // end of what read-ahead has asked for
 	window int64
+}
+
+// follows says whether a read of n bytes at off goes on with the stream: it lies within a
+// window of its front (the end of the furthest read, or of what read-ahead asked for).
+// The kernel reads ahead too, and its reads of one file reach the mount's goroutines out
+// of order: when only a read at exactly the front counted, a sequential reader's stream
+// started again at a 1 MiB window every few MiB, and its reads fetched the chunks in
+// between themselves, a small request each.
+func (s *stream) follows(off, n int64) bool {
+	w := max(s.window, readaheadMin)
+	return off <= max(s.next, s.ahead)+w && off+n >= s.next-w
 }
 
 var (
@@ -249,12 +260,12 @@ func (l *Layer) readahead(e *format.Entry, f store.File, off, n int64) {
 	}
 	l.mu.Lock()
 	s := l.streams[e]
-	if s == nil || s.next != off {
+	if s == nil || !s.follows(off, n) {
 		l.streams[e] = &stream{next: off + n, ahead: off + n}
 		l.mu.Unlock()
 		return
 	}
-	s.next = off + n
+	s.next = max(s.next, off+n)
 	if s.next >= f.Size {
 		delete(l.streams, e)
 		l.mu.Unlock()
