@@ -68,11 +68,13 @@ type elfTarget struct {
 	depth int
 }
 
-// speculateELF notes a read of e (content f) at offset 0 that missed the store, whose
-// bytes head show an ELF program or library: it and what it needs are walked (elfWalk),
-// unless already, or unless the image is prefetched by a profile (which brings what the
-// start reads, and no more). One the walk cannot take (its bounds) is fetched whole if
-// small enough (fetchWhole).
+// speculateELF notes a read of e (content f) at offset 0 whose bytes head show an ELF
+// program or library: it and what it needs are walked (elfWalk), unless already, or
+// unless the image is prefetched by a profile (which brings what the start reads, and
+// no more). Whether the read missed the store is not asked: the kernel's read-ahead of
+// an executable often reaches the mount before its read at 0 and fetches the same chunk,
+// and a walk over local files fetches nothing. One the walk cannot take (its bounds) is
+// fetched whole if small enough (fetchWhole).
 func (l *Layer) speculateELF(e *format.Entry, f store.File, head []byte) {
 	if l.noSpeculation || !elfdeps.IsProgram(head) {
 		return
@@ -408,12 +410,4 @@ func (r *layerFileReader) ReadAt(p []byte, off int64) (int, error) {
 		return 0, err
 	}
 	return n, nil
-}
-
-// headMissing says whether the first chunk of f is neither local nor being fetched.
-func (l *Layer) headMissing(f store.File) bool {
-	if len(f.Chunks) == 0 {
-		return false
-	}
-	return len(l.store.Missing(store.File{Digest: f.Digest, Size: f.Size, Chunks: f.Chunks[:1]})) > 0
 }

@@ -230,10 +230,9 @@ func (l *Layer) ReadAt(ctx context.Context, e *format.Entry, p []byte, off int64
 	}
 	l.readahead(e, f, off, int64(len(p)))
 	l.speculate(e, f)
-	headMiss := off == 0 && l.headMissing(f)
 	if ok {
 		n, err := l.store.ReadAt(ctx, blobSource{l.blob}, f, p, off)
-		if (err == nil || errors.Is(err, io.EOF)) && headMiss {
+		if (err == nil || errors.Is(err, io.EOF)) && off == 0 {
 			l.speculateELF(e, f, p[:n])
 		}
 		return n, err
@@ -245,7 +244,7 @@ func (l *Layer) ReadAt(ctx context.Context, e *format.Entry, p []byte, off int64
 	if cerr := l.checkRuns(ctx, runs); cerr != nil {
 		return 0, cerr
 	}
-	if headMiss {
+	if off == 0 {
 		l.speculateELF(e, f, p[:n])
 	}
 	return n, err
