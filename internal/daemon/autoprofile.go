@@ -59,6 +59,10 @@ type AutoProfileOptions struct {
 	MaxFiles    int
 	MaxBytes    int64
 	MaxStarts   int
+	// DeltaBytes bounds the files an update added (delta.go) that the prefetch by the
+	// profile of another version of the image fetches beside it, in compressed bytes the
+	// store lacks: 0 is DefaultAutoDeltaBytes, negative none.
+	DeltaBytes int64
 	// Push, when not nil, is called with each profile kept, to publish it (PushProfile):
 	// in the background, its error logged.
 	Push func(ctx context.Context, im *Image, p *profile.Profile, doc []byte) error
@@ -70,6 +74,9 @@ func (o AutoProfileOptions) withDefaults() AutoProfileOptions {
 	o.MaxFiles = min(cmp0(o.MaxFiles, DefaultAutoMaxFiles), profile.MaxFiles)
 	o.MaxBytes = cmp0(o.MaxBytes, DefaultAutoMaxBytes)
 	o.MaxStarts = cmp0(o.MaxStarts, DefaultAutoMaxStarts)
+	if o.DeltaBytes == 0 {
+		o.DeltaBytes = DefaultAutoDeltaBytes
+	}
 	return o
 }
 
@@ -431,7 +438,16 @@ func (pf *prefetcher) runAuto(ctx context.Context, lookupErr error, looked int64
 		p, why = own.Profile, fmt.Sprintf("this node's profile of the image, %d starts merged", own.Starts)
 	} else if rel, moved := pf.related(st, log); rel != nil {
 		p, source = rel, SourceRelated
-		why = fmt.Sprintf("this node's profile of %s, another image of the repository (%d files found under another path)", rel.Subject, moved)
+		added, none := im.delta(st, rel, r.o.DeltaBytes)
+		rel.Files = append(rel.Files, added...)
+		why = fmt.Sprintf("this node's profile of %s, another image of the repository (%d files found under another path, %d files the image added)",
+			rel.Subject, moved, len(added))
+		if none != "" {
+			log.Info("automatic profile: no files the image added are fetched with it", "image", im.Ref, "profile_of", rel.Subject, "why", none)
+		}
+		pf.mu.Lock()
+		pf.st.Delta = len(added)
+		pf.mu.Unlock()
 	}
 	if p == nil {
 		log.Info("no automatic profile of the image on this node; recording its start", "image", im.Ref)

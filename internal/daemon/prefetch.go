@@ -24,6 +24,9 @@ type PrefetchStats struct {
 	Files   int    `json:"files"`             // profiled files found in the image
 	Stale   int    `json:"stale"`             // profiled files no longer in it, skipped
 	Bytes   int64  `json:"bytes"`             // bytes the profile's ranges cover
+	// Delta is how many of Files are files the image added to the version its profile was
+	// recorded on (SourceRelated), fetched with that profile's (delta.go).
+	Delta int `json:"delta,omitempty"`
 	// Policy is the profile policy the image was opened under; Source where its profile
 	// came from (SourcePin, SourceReferrers; "" for none); Candidates how many profiles
 	// the referrers listed; Why how it was chosen, or why there is none.

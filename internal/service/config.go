@@ -94,7 +94,10 @@ type PrefetchConfig struct {
 	AutoProfileMaxTime  time.Duration `toml:"auto_profile_max_time"`
 	AutoProfileMaxFiles int           `toml:"auto_profile_max_files"`
 	AutoProfileMaxBytes int64         `toml:"auto_profile_max_bytes"`
-	Speculate           bool          `toml:"speculate"`
+	// AutoProfileDeltaBytes bounds the files an update added fetched with the profile of
+	// the version before (daemon.AutoProfileOptions.DeltaBytes); 0: none.
+	AutoProfileDeltaBytes int64 `toml:"auto_profile_delta_bytes"`
+	Speculate             bool  `toml:"speculate"`
 }
 
 // DefaultNodeConfig is a NodeConfig at its defaults.
@@ -103,18 +106,19 @@ func DefaultNodeConfig() NodeConfig {
 		Store:         DefaultStoreDir,
 		StoreMaxBytes: SizeAuto,
 		PrefetchConfig: PrefetchConfig{
-			Prefetch:             true,
-			BackgroundFetchRate:  daemon.DefaultFillRate,
-			ProfilePolicy:        string(daemon.DefaultProfilePolicy),
-			AutoProfile:          true,
-			AutoProfileQuiet:     daemon.DefaultAutoQuiet,
-			AutoProfileMaxTime:   daemon.DefaultAutoMaxDuration,
-			AutoProfileMaxFiles:  daemon.DefaultAutoMaxFiles,
-			AutoProfileMaxBytes:  daemon.DefaultAutoMaxBytes,
-			Speculate:            true,
-			ParallelFetch:        string(daemon.ParallelAuto),
-			ParallelFetchStreams: daemon.DefaultFillStreams,
-			ParallelFetchMinRate: daemon.DefaultFastRate,
+			Prefetch:              true,
+			BackgroundFetchRate:   daemon.DefaultFillRate,
+			ProfilePolicy:         string(daemon.DefaultProfilePolicy),
+			AutoProfile:           true,
+			AutoProfileQuiet:      daemon.DefaultAutoQuiet,
+			AutoProfileMaxTime:    daemon.DefaultAutoMaxDuration,
+			AutoProfileMaxFiles:   daemon.DefaultAutoMaxFiles,
+			AutoProfileMaxBytes:   daemon.DefaultAutoMaxBytes,
+			AutoProfileDeltaBytes: daemon.DefaultAutoDeltaBytes,
+			Speculate:             true,
+			ParallelFetch:         string(daemon.ParallelAuto),
+			ParallelFetchStreams:  daemon.DefaultFillStreams,
+			ParallelFetchMinRate:  daemon.DefaultFastRate,
 		},
 	}
 }
@@ -177,6 +181,8 @@ func (c *PrefetchConfig) Check() error {
 		return errors.New("-auto-profile-max-files must be more than 0")
 	case c.AutoProfileMaxBytes <= 0:
 		return errors.New("-auto-profile-max-bytes must be more than 0")
+	case c.AutoProfileDeltaBytes < 0:
+		return errors.New("-auto-profile-delta-bytes must not be negative")
 	}
 	return nil
 }
@@ -188,7 +194,10 @@ func (c *PrefetchConfig) Auto(client *fetch.Client, plainHTTP bool) *daemon.Auto
 		return nil
 	}
 	o := &daemon.AutoProfileOptions{Quiet: c.AutoProfileQuiet, MaxDuration: c.AutoProfileMaxTime, MaxFiles: c.AutoProfileMaxFiles,
-		MaxBytes: c.AutoProfileMaxBytes}
+		MaxBytes: c.AutoProfileMaxBytes, DeltaBytes: c.AutoProfileDeltaBytes}
+	if c.AutoProfileDeltaBytes == 0 {
+		o.DeltaBytes = -1 // none; the daemon's zero is its default
+	}
 	if c.AutoProfilePush {
 		o.Push = daemon.AutoPush(client, plainHTTP)
 	}
