@@ -1,0 +1,123 @@
+package daemon
+
+import (
+	"bytes"
+	"path/filepath"
+	"testing"
+
+	v1 "github.com/google/go-containerregistry/pkg/v1"
+
+	"lazypull/internal/store"
+	"lazypull/internal/testutil"
+)
+
+// deltaFixture is an image update: v1, and v2 with the same base layer and an app layer
+// that changes a file, keeps others, moves one, and adds three: one beside a file v1's
+// start read (app/data/release.yaml), one under a directory it read from only higher up
+// (usr/share/yaml/_yaml.so), one under a top directory it never read (var/...).
+type deltaFixture struct {
+	ref1, ref2 string
+	v2img      v1.Image
+	subject1   v1.Hash
+	reqs       *requestLog
+	app2       map[string][]byte
+}
+
+func newDeltaFixture(t *testing.T) *deltaFixture {
+	t.Helper()
+	base, _ := autoFiles()
+	doc := testutil.RandBytes(10, 5_000)
+	app1 := map[string][]byte{"app/main.py": []byte("import json\n"), "app/data/messages.json": []byte(`{"greeting": "hello"}`),
+		"usr/lib/py/json.pyc": testutil.RandBytes(11, 20_000), "usr/share/doc/README": doc}
+	app2 := map[string][]byte{"app/main.py": []byte("import json, yaml\n"), "app/data/messages.json": app1["app/data/messages.json"],
+		"usr/lib/py/json.pyc": app1["usr/lib/py/json.pyc"], "usr/share/doc/README": doc, "usr/lib/py/moved": doc,
+		"app/data/release.yaml": testutil.RandBytes(12, 3_000), "usr/share/yaml/_yaml.so": testutil.RandBytes(13, 100_000),
+		"var/lib/dpkg/status": testutil.RandBytes(14, 50_000)}
+	v1img := twoLayerImageWith(t, base, app1, nil)
+	v2img := twoLayerImageWith(t, base, app2, nil)
+	m1, _ := v1img.Manifest()
+	m2, _ := v2img.Manifest()
+	if m1.Layers[0].Digest != m2.Layers[0].Digest || m1.Layers[1].Digest == m2.Layers[1].Digest {
+		t.Fatalf("fixture: layers %v and %v; want the base shared, the app layer not", m1.Layers, m2.Layers)
+	}
+	ref1, reqs, subject1 := pushCounted(t, v1img, "delta:v1")
+	return &deltaFixture{ref1: ref1, ref2: reqs.reg.Push(t, "delta:v2", v2img), v2img: v2img, subject1: subject1.Digest, reqs: reqs, app2: app2}
+}
+
+// ranV1 is a node's store after v1's start (its profile kept, its manifest and indexes too).
+func (f *deltaFixture) ranV1(t *testing.T) *store.Store {
+	t.Helper()
+	st := openStore(t)
+	im, _ := startIn(t, st, f.ref1, nil)
+	for _, p := range []string{"app/main.py", "app/data/messages.json", "usr/lib/py/json.pyc", "etc/passwd"} {
+		readPart(t, im, p, 1<<20)
+	}
+	readPart(t, im, "lib/libc.so", 4096)
+	im.Close()
+	keptAuto(t, st, f.subject1, 1)
+	return st
+}
+
+
+// TestAutoProfileUpdateDelta: v2 started on a node that ran v1 is prefetched by v1's
+// profile and, in the same requests, by the files v2 added near what v1's start read;
+// through real FUSE mounts, v2's start then reads them without a request. A file under a
+// top directory v1's start never read is not fetched, nor one whose content v1 had (moved).
+func TestAutoProfileUpdateDelta(t *testing.T) {
+	f := newDeltaFixture(t)
+	// Without the delta: the requests of the prefetch by v1's profile alone.
+	_, off := startWith(t, f.ranV1(t), f.ref2, nil, AutoProfileOptions{Quiet: autoQuiet, DeltaBytes: -1})
+	if off.Source != SourceRelated || off.Delta != 0 || off.Err != "" {
+		t.Fatalf("v2 prefetched %+v without the delta; want v1's profile alone", off)
+	}
+
+	st := f.ranV1(t)
+	log, logs := testutil.NewLog(t)
+	f.reqs.reset()
+	dirs, fsys := mountImage(t, st, f.ref2, f.v2img, log)
+	ps := prefetchedOf(t, fsys)
+	if ps.Source != SourceRelated || ps.Delta != 2 || ps.Files != off.Files+2 || ps.Err != "" {
+		t.Fatalf("v2 prefetched %+v; want v1's profile and 2 files v2 added", ps)
+	}
+	if ps.Requests != off.Requests {
+		t.Errorf("the prefetch with v2's new files took %d requests, %d without them; want them in the same requests", ps.Requests, off.Requests)
+	}
+	before := f.reqs.count("GET blobs")
+	for _, p := range []string{"app/data/release.yaml", "usr/share/yaml/_yaml.so"} {
+		if !bytes.Equal(readAt(t, filepath.Join(dirs[1], p), 0, int64(len(f.app2[p]))), f.app2[p]) {
+			t.Fatalf("%s: wrong bytes", p)
+		}
+	}
+	if n := f.reqs.count("GET blobs"); n != before {
+		t.Errorf("%d blob requests reading the files v2 added after the prefetch; want none", n-before)
+	}
+	for _, p := range []string{"var/lib/dpkg/status", "usr/lib/py/moved"} {
+		readAt(t, filepath.Join(dirs[1], p), 0, 100)
+		if n := f.reqs.count("GET blobs"); n != before+1 {
+			t.Errorf("%d blob requests reading %s, not a file to guess; want 1 (the test counts requests)", n-before, p)
+		}
+		before++
+	}
+	if logs.Count("automatic profile chosen") != 1 {
+		t.Errorf("logged:\n%s", logs)
+	}
+}
+
+// TestAutoProfileUpdateDeltaBounded: the delta takes the files nearest what the profile
+// read first, within DeltaBytes of compressed bytes the store lacks.
+func TestAutoProfileUpdateDeltaBounded(t *testing.T) {
+	f := newDeltaFixture(t)
+	im, ps := startWith(t, f.ranV1(t), f.ref2, nil, AutoProfileOptions{Quiet: autoQuiet, DeltaBytes: 10_000})
+	if ps.Delta != 1 {
+		t.Fatalf("v2 prefetched %+v with 10,000 bytes for its new files; want 1 (release.yaml, 3,000 bytes beside a file read)", ps)
+	}
+	before := f.reqs.count("GET blobs")
+	readPart(t, im, "app/data/release.yaml", 1<<20)
+	if n := f.reqs.count("GET blobs"); n != before {
+		t.Errorf("%d blob requests reading app/data/release.yaml; want none", n-before)
+	}
+	readPart(t, im, "usr/share/yaml/_yaml.so", 1<<20)
+	if n := f.reqs.count("GET blobs"); n != before+1 {
+		t.Errorf("%d blob requests reading usr/share/yaml/_yaml.so, over the bound; want 1", n-before)
+	}
+}
