@@ -417,10 +417,11 @@ func loadAuto(st *store.Store, digest string, log *slog.Logger) (*profile.Auto, 
 const maxRelated = 4
 
 // runAuto is the prefetch of an image with no published profile (lookupErr, when the
-// look-up failed): by this node's profile of it, else by its profile of a related image,
-// when it has one. It reports whether one was used. Whether this start's recording is
-// kept is decided here: when the image's own profile has fewer than MaxStarts starts.
-func (pf *prefetcher) runAuto(ctx context.Context, lookupErr error, looked int64, log *slog.Logger) (bool, error) {
+// look-up failed): by this node's profile of it, else by its profile of a related image
+// (carry, found meanwhile: startCarried), when it has one. It reports whether one was
+// used. Whether this start's recording is kept is decided here: when the image's own
+// profile has fewer than MaxStarts starts.
+func (pf *prefetcher) runAuto(ctx context.Context, lookupErr error, carry func() carried, looked int64, log *slog.Logger) (bool, error) {
 	r := pf.rec
 	if r == nil {
 		return false, nil
@@ -436,17 +437,15 @@ func (pf *prefetcher) runAuto(ctx context.Context, lookupErr error, looked int64
 	source, why := SourceNode, ""
 	if own != nil {
 		p, why = own.Profile, fmt.Sprintf("this node's profile of the image, %d starts merged", own.Starts)
-	} else if rel, moved := pf.related(st, log); rel != nil {
-		p, source = rel, SourceRelated
-		added, none := im.delta(st, rel, r.o.DeltaBytes)
-		rel.Files = append(rel.Files, added...)
+	} else if c := carry(); c.p != nil {
+		p, source = c.p, SourceRelated
 		why = fmt.Sprintf("this node's profile of %s, another image of the repository (%d files found under another path, %d files the image added)",
-			rel.Subject, moved, len(added))
-		if none != "" {
-			log.Info("automatic profile: no files the image added are fetched with it", "image", im.Ref, "profile_of", rel.Subject, "why", none)
+			c.p.Subject, c.moved, c.added)
+		if c.none != "" {
+			log.Info("automatic profile: no files the image added are fetched with it", "image", im.Ref, "profile_of", c.p.Subject, "why", c.none)
 		}
 		pf.mu.Lock()
-		pf.st.Delta = len(added)
+		pf.st.Delta = c.added
 		pf.mu.Unlock()
 	}
 	if p == nil {
@@ -458,6 +457,44 @@ func (pf *prefetcher) runAuto(ctx context.Context, lookupErr error, looked int64
 	pf.mu.Unlock()
 	log.Info("automatic profile chosen", "image", im.Ref, "source", source, "why", why, "files", len(p.Files))
 	return true, pf.fetch(ctx, p, p.Subject, looked, log)
+}
+
+// carried is this node's profile of a related image mapped onto the image (related), with
+// the files the image added (delta.go): what runAuto prefetches by when the image has no
+// profile of its own and none is published.
+type carried struct {
+	p     *profile.Profile // nil: none
+	moved int              // files found under another path
+	added int              // files the image added, appended to p's
+	none  string           // why none were added, when worth a log line
+}
+
+// startCarried finds the carried profile in the background, beside the profile look-up
+// (it reads the store alone; the delta decodes the other version's layer indexes, a few
+// milliseconds for python's that would otherwise delay the prefetch), and returns the wait
+// for it. An image this node keeps a profile of needs none, and none is looked for.
+func (pf *prefetcher) startCarried(log *slog.Logger) func() carried {
+	done := make(chan struct{})
+	var c carried
+	go func() {
+		defer close(done)
+		im := pf.im
+		st := im.Layers[0].store
+		if _, err := st.Profile(manifestDigest(im)); err == nil {
+			return
+		}
+		rel, moved := pf.related(st, log)
+		if rel == nil {
+			return
+		}
+		added, none := im.delta(st, rel, pf.rec.o.DeltaBytes)
+		rel.Files = append(rel.Files, added...)
+		c = carried{p: rel, moved: moved, added: len(added), none: none}
+	}()
+	return func() carried {
+		<-done
+		return c
+	}
 }
 
 // related returns this node's profile of an image related to im's, mapped onto im

@@ -175,6 +175,10 @@ func (pf *prefetcher) run(ctx context.Context, log *slog.Logger, metrics *Profil
 	if l == nil {
 		l = lookupProfile(ctx, im.Registry, im.Image.Descriptor.Digest, pf.choice)
 	}
+	carry := func() carried { return carried{} }
+	if pf.rec != nil {
+		carry = pf.startCarried(log) // beside the look-up; used if it finds no profile
+	}
 	select {
 	case <-l.done:
 	case <-ctx.Done():
@@ -197,7 +201,7 @@ func (pf *prefetcher) run(ctx context.Context, log *slog.Logger, metrics *Profil
 	}
 	pf.mu.Unlock()
 	if l.err != nil || l.Profile == nil {
-		if used, err := pf.runAuto(ctx, l.err, looked, log); used || err != nil {
+		if used, err := pf.runAuto(ctx, l.err, carry, looked, log); used || err != nil {
 			return err
 		}
 		return l.err
