@@ -58,7 +58,6 @@ func (f *deltaFixture) ranV1(t *testing.T) *store.Store {
 	return st
 }
 
-
 // TestAutoProfileUpdateDelta: v2 started on a node that ran v1 is prefetched by v1's
 // profile and, in the same requests, by the files v2 added near what v1's start read;
 // through real FUSE mounts, v2's start then reads them without a request. A file under a
