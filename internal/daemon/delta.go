@@ -137,6 +137,10 @@ func (im *Image) recordedOn(st *store.Store, subject string) ([]*format.Index, e
 		if err != nil {
 			return nil, fmt.Errorf("layer %s of %s: %w", desc.Digest, subject, err)
 		}
+		if ix := st.SharedIndex(loc.Digest); ix != nil {
+			out = append(out, ix) // v1 is still open: its index, decoded and checked
+			continue
+		}
 		b, err := st.Meta(loc.Digest)
 		if err != nil {
 			return nil, fmt.Errorf("index of layer %s of %s not kept on this node", desc.Digest, subject)

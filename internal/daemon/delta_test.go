@@ -2,11 +2,16 @@ package daemon
 
 import (
 	"bytes"
+	"context"
+	"encoding/hex"
+	"os"
 	"path/filepath"
+	"runtime"
 	"testing"
 
 	v1 "github.com/google/go-containerregistry/pkg/v1"
 
+	"lazypull/format"
 	"lazypull/internal/store"
 	"lazypull/internal/testutil"
 )
@@ -119,4 +124,38 @@ func TestAutoProfileUpdateDeltaBounded(t *testing.T) {
 	if n := f.reqs.count("GET blobs"); n != before+1 {
 		t.Errorf("%d blob requests reading usr/share/yaml/_yaml.so, over the bound; want 1", n-before)
 	}
+}
+
+// TestAutoProfileUpdateDeltaV1Open: while v1 is still open on the node (its containers
+// run as v2 starts), v1's layer indexes are taken decoded from the store's shared ones:
+// the delta is found with v1's kept index gone from the disk.
+func TestAutoProfileUpdateDeltaV1Open(t *testing.T) {
+	f := newDeltaFixture(t)
+	dir := t.TempDir()
+	st, err := store.Open(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { st.Close() })
+	im1, _ := startIn(t, st, f.ref1, nil)
+	readPart(t, im1, "app/main.py", 1<<20)
+	readPart(t, im1, "app/data/messages.json", 1<<20)
+	im1.Close()
+	keptAuto(t, st, f.subject1, 1)
+	still, err := OpenImage(context.Background(), st, f.ref1, OpenOptions{Client: testClient(t)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(still.Close)
+	loc, err := format.LocationFromAnnotations(still.Layers[1].Desc.Annotations)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Remove(filepath.Join(dir, "meta", hex.EncodeToString(loc.Digest[:]))); err != nil {
+		t.Fatal(err)
+	}
+	if _, ps := startIn(t, st, f.ref2, nil); ps.Delta != 1 {
+		t.Errorf("v2 prefetched %+v with v1 open and its app layer's index no longer on disk; want 1 file v2 added (release.yaml, beside a read)", ps)
+	}
+	runtime.KeepAlive(still)
 }

@@ -28,6 +28,18 @@ func (s *Store) ShareIndex(d format.Digest, ix *format.Index) *format.Index {
 	return s.indexes.share(d, ix)
 }
 
+// SharedIndex returns the decoded index of the payload with digest d that an image of the
+// store still uses (ShareIndex), or nil: a caller that needs the index of a layer another
+// open image has (the delta of an update, daemon/delta.go) takes it without reading and
+// decoding the payload again.
+func (s *Store) SharedIndex(d format.Digest) *format.Index {
+	v, ok := s.indexes.m.Load(d)
+	if !ok {
+		return nil
+	}
+	return v.(weak.Pointer[format.Index]).Value()
+}
+
 func (t *indexes) share(d format.Digest, ix *format.Index) *format.Index {
 	wp := weak.Make(ix)
 	for {

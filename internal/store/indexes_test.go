@@ -36,7 +36,13 @@ func TestShareIndex(t *testing.T) {
 			}
 			return st.ShareIndex(want, l.Index)
 		}
+		if st.SharedIndex(want) != nil {
+			t.Fatal("SharedIndex of an index never shared is not nil")
+		}
 		first := open(b, res.Annotations())
+		if got := st.SharedIndex(want); got != first {
+			t.Errorf("SharedIndex gave %p; want the shared %p", got, first)
+		}
 		byFooter := open(b, nil)
 		again := open(bytes.Clone(b), res.Annotations())
 		if byFooter != first || again != first {
@@ -53,6 +59,9 @@ func TestShareIndex(t *testing.T) {
 		runtime.GC()
 		return !st.indexes.shared(want)
 	})
+	if st.SharedIndex(want) != nil {
+		t.Error("SharedIndex of an index no image uses any more is not nil")
+	}
 
 	// Concurrent first shares of one digest agree on one Index.
 	ixs := make([]*format.Index, 8)
