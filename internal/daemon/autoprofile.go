@@ -437,15 +437,20 @@ func (pf *prefetcher) runAuto(ctx context.Context, lookupErr error, carry func()
 	source, why := SourceNode, ""
 	if own != nil {
 		p, why = own.Profile, fmt.Sprintf("this node's profile of the image, %d starts merged", own.Starts)
-	} else if c := carry(); c.p != nil {
+	}
+	c := carried{}
+	if own == nil {
+		c = carry()
+	}
+	if c.p != nil {
 		p, source = c.p, SourceRelated
 		why = fmt.Sprintf("this node's profile of %s, another image of the repository (%d files found under another path, %d files the image added)",
-			c.p.Subject, c.moved, c.added)
+			c.p.Subject, c.moved, len(c.added))
 		if c.none != "" {
 			log.Info("automatic profile: no files the image added are fetched with it", "image", im.Ref, "profile_of", c.p.Subject, "why", c.none)
 		}
 		pf.mu.Lock()
-		pf.st.Delta = c.added
+		pf.st.Delta = len(c.added)
 		pf.mu.Unlock()
 	}
 	if p == nil {
@@ -456,7 +461,11 @@ func (pf *prefetcher) runAuto(ctx context.Context, lookupErr error, carry func()
 	pf.st.Source, pf.st.Why = source, why
 	pf.mu.Unlock()
 	log.Info("automatic profile chosen", "image", im.Ref, "source", source, "why", why, "files", len(p.Files))
-	return true, pf.fetch(ctx, p, p.Subject, looked, log)
+	err := pf.fetch(ctx, p, p.Subject, looked, log)
+	if err == nil && len(c.added) > 0 {
+		pf.fetchNamed(ctx, c, looked, log)
+	}
+	return true, err
 }
 
 // carried is this node's profile of a related image mapped onto the image (related), with
@@ -465,7 +474,8 @@ func (pf *prefetcher) runAuto(ctx context.Context, lookupErr error, carry func()
 type carried struct {
 	p     *profile.Profile // nil: none
 	moved int              // files found under another path
-	added int              // files the image added, appended to p's
+	added []profile.File   // files the image added, appended to p's
+	left  int64            // what the delta's budget left, for the files they name
 	none  string           // why none were added, when worth a log line
 }
 
@@ -487,9 +497,9 @@ func (pf *prefetcher) startCarried(log *slog.Logger) func() carried {
 		if rel == nil {
 			return
 		}
-		added, none := im.delta(st, rel, pf.rec.o.DeltaBytes)
+		added, left, none := im.delta(st, rel, pf.rec.o.DeltaBytes)
 		rel.Files = append(rel.Files, added...)
-		c = carried{p: rel, moved: moved, added: len(added), none: none}
+		c = carried{p: rel, moved: moved, added: added, left: left, none: none}
 	}()
 	return func() carried {
 		<-done

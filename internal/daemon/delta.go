@@ -41,15 +41,15 @@ type deltaFile struct {
 
 // delta returns the files of im that are new compared with the image p was recorded on
 // (p.Subject, whose manifest and indexes st keeps), as profile files to prefetch after
-// p's (ranges: whole), at most budget compressed bytes of what st lacks; and why there are
-// none, when there are none for a reason worth a log line.
-func (im *Image) delta(st *store.Store, p *profile.Profile, budget int64) ([]profile.File, string) {
+// p's (ranges: whole), at most budget compressed bytes of what st lacks; what is left of
+// the budget; and why there are none, when there are none for a reason worth a log line.
+func (im *Image) delta(st *store.Store, p *profile.Profile, budget int64) ([]profile.File, int64, string) {
 	if budget <= 0 || len(im.Layers) == 0 {
-		return nil, ""
+		return nil, 0, ""
 	}
 	old, err := im.recordedOn(st, p.Subject)
 	if err != nil {
-		return nil, err.Error()
+		return nil, 0, err.Error()
 	}
 	planned := map[string]bool{}
 	for _, f := range p.Files {
@@ -109,7 +109,7 @@ func (im *Image) delta(st *store.Store, p *profile.Profile, budget int64) ([]pro
 		}
 		out = append(out, profile.File{Layer: li, Path: c.e.Name, AtUS: at, Ranges: []profile.Range{{Off: 0, Len: c.e.Size}}})
 	}
-	return out, ""
+	return out, budget, ""
 }
 
 // recordedOn returns the layer indexes of the image manifest subject as st keeps them, or

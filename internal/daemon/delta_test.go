@@ -4,9 +4,12 @@ import (
 	"bytes"
 	"context"
 	"encoding/hex"
+	"maps"
 	"os"
 	"path/filepath"
 	"runtime"
+	"strconv"
+	"strings"
 	"testing"
 
 	v1 "github.com/google/go-containerregistry/pkg/v1"
@@ -17,8 +20,10 @@ import (
 )
 
 // deltaFixture is an image update: v1, and v2 with the same base layer and an app layer
-// that changes a file, keeps others, moves one, and adds three: one beside a file v1's
-// start read (app/data/release.yaml), one under a directory it read from only higher up
+// that changes a file, keeps others, moves one, and adds four: one beside a file v1's
+// start read (app/data/release.yaml), one under a directory it read (usr/lib/py/yaml/
+// loader.pyc, which names two modules of usr/lib/py that both versions have and v1's
+// start did not read), one under a directory it read from only higher up
 // (usr/share/yaml/_yaml.so), one under a top directory it never read (var/...).
 type deltaFixture struct {
 	ref1, ref2 string
@@ -32,12 +37,19 @@ func newDeltaFixture(t *testing.T) *deltaFixture {
 	t.Helper()
 	base, _ := autoFiles()
 	doc := testutil.RandBytes(10, 5_000)
+	mods := map[string][]byte{"usr/lib/py/datetime.cpython-311.pyc": testutil.RandBytes(15, 30_000),
+		"usr/lib/py/struct.cpython-311.pyc": testutil.RandBytes(16, 10_000), "usr/lib/py/unnamed.cpython-311.pyc": testutil.RandBytes(17, 10_000),
+		// A large module: v1's reads in usr/lib/py do not fetch the directory (speculate.go).
+		"usr/lib/py/large.cpython-311.pyc": testutil.RandBytes(20, 70_000)}
+	loader := append(append(testutil.RandBytes(18, 1_000), "\x00\x08datetime\xda\x06struct)"...), testutil.RandBytes(19, 1_000)...)
 	app1 := map[string][]byte{"app/main.py": []byte("import json\n"), "app/data/messages.json": []byte(`{"greeting": "hello"}`),
 		"usr/lib/py/json.pyc": testutil.RandBytes(11, 20_000), "usr/share/doc/README": doc}
 	app2 := map[string][]byte{"app/main.py": []byte("import json, yaml\n"), "app/data/messages.json": app1["app/data/messages.json"],
 		"usr/lib/py/json.pyc": app1["usr/lib/py/json.pyc"], "usr/share/doc/README": doc, "usr/lib/py/moved": doc,
 		"app/data/release.yaml": testutil.RandBytes(12, 3_000), "usr/share/yaml/_yaml.so": testutil.RandBytes(13, 100_000),
-		"var/lib/dpkg/status": testutil.RandBytes(14, 50_000)}
+		"var/lib/dpkg/status": testutil.RandBytes(14, 50_000), "usr/lib/py/yaml/loader.pyc": loader}
+	maps.Copy(app1, mods)
+	maps.Copy(app2, mods)
 	v1img := twoLayerImageWith(t, base, app1, nil)
 	v2img := twoLayerImageWith(t, base, app2, nil)
 	m1, _ := v1img.Manifest()
@@ -69,25 +81,43 @@ func (f *deltaFixture) ranV1(t *testing.T) *store.Store {
 // top directory v1's start never read is not fetched, nor one whose content v1 had (moved).
 func TestAutoProfileUpdateDelta(t *testing.T) {
 	f := newDeltaFixture(t)
-	// Without the delta: the requests of the prefetch by v1's profile alone.
-	_, off := startWith(t, f.ranV1(t), f.ref2, nil, AutoProfileOptions{Quiet: autoQuiet, DeltaBytes: -1})
-	if off.Source != SourceRelated || off.Delta != 0 || off.Err != "" {
-		t.Fatalf("v2 prefetched %+v without the delta; want v1's profile alone", off)
-	}
-
 	st := f.ranV1(t)
 	log, logs := testutil.NewLog(t)
 	f.reqs.reset()
 	dirs, fsys := mountImage(t, st, f.ref2, f.v2img, log)
 	ps := prefetchedOf(t, fsys)
-	if ps.Source != SourceRelated || ps.Delta != 2 || ps.Files != off.Files+2 || ps.Err != "" {
-		t.Fatalf("v2 prefetched %+v; want v1's profile and 2 files v2 added", ps)
+	if ps.Source != SourceRelated || ps.Delta != 3 || ps.Named != 2 || ps.Files != 10 || ps.Err != "" {
+		t.Fatalf("v2 prefetched %+v; want v1's 5 files, 3 files v2 added and the 2 they name", ps)
 	}
-	if ps.Requests != off.Requests {
-		t.Errorf("the prefetch with v2's new files took %d requests, %d without them; want them in the same requests", ps.Requests, off.Requests)
+	// The added files come in the request that brings the changed file v1 read; the files
+	// they name in later ones.
+	app := fsys.Images()[0].Layers[1]
+	inFirst := func(name string) bool {
+		t.Helper()
+		e, _ := app.Index.Lookup(name)
+		file, err := store.FileOf(app.Index, e)
+		if err != nil {
+			t.Fatal(err)
+		}
+		c := file.Chunks[0]
+		for _, line := range f.reqs.reg.Requests() {
+			if _, rg, ok := strings.Cut(line, " Range: bytes="); ok && strings.Contains(line, "/blobs/"+app.Desc.Digest.String()) && strings.Contains(rg, ",") {
+				return rangesHold(t, rg, c.Offset, c.CompSize)
+			}
+		}
+		t.Fatalf("no multi-range request for the app layer:\n%s", strings.Join(f.reqs.reg.Requests(), "\n"))
+		return false
+	}
+	for _, p := range []string{"app/main.py", "app/data/release.yaml", "usr/share/yaml/_yaml.so", "usr/lib/py/yaml/loader.pyc"} {
+		if !inFirst(p) {
+			t.Errorf("%s not in the prefetch's first request:\n%s", p, strings.Join(f.reqs.reg.Requests(), "\n"))
+		}
+	}
+	if inFirst("usr/lib/py/datetime.cpython-311.pyc") {
+		t.Error("a file named by an added file in the first request, before the added files were read")
 	}
 	before := f.reqs.count("GET blobs")
-	for _, p := range []string{"app/data/release.yaml", "usr/share/yaml/_yaml.so"} {
+	for _, p := range []string{"app/data/release.yaml", "usr/share/yaml/_yaml.so", "usr/lib/py/datetime.cpython-311.pyc", "usr/lib/py/struct.cpython-311.pyc"} {
 		if !bytes.Equal(readAt(t, filepath.Join(dirs[1], p), 0, int64(len(f.app2[p]))), f.app2[p]) {
 			t.Fatalf("%s: wrong bytes", p)
 		}
@@ -95,7 +125,7 @@ func TestAutoProfileUpdateDelta(t *testing.T) {
 	if n := f.reqs.count("GET blobs"); n != before {
 		t.Errorf("%d blob requests reading the files v2 added after the prefetch; want none", n-before)
 	}
-	for _, p := range []string{"var/lib/dpkg/status", "usr/lib/py/moved"} {
+	for _, p := range []string{"var/lib/dpkg/status", "usr/lib/py/moved", "usr/lib/py/unnamed.cpython-311.pyc"} {
 		readAt(t, filepath.Join(dirs[1], p), 0, 100)
 		if n := f.reqs.count("GET blobs"); n != before+1 {
 			t.Errorf("%d blob requests reading %s, not a file to guess; want 1 (the test counts requests)", n-before, p)
@@ -112,8 +142,8 @@ func TestAutoProfileUpdateDelta(t *testing.T) {
 func TestAutoProfileUpdateDeltaBounded(t *testing.T) {
 	f := newDeltaFixture(t)
 	im, ps := startWith(t, f.ranV1(t), f.ref2, nil, AutoProfileOptions{Quiet: autoQuiet, DeltaBytes: 10_000})
-	if ps.Delta != 1 {
-		t.Fatalf("v2 prefetched %+v with 10,000 bytes for its new files; want 1 (release.yaml, 3,000 bytes beside a file read)", ps)
+	if ps.Delta != 2 || ps.Named != 0 {
+		t.Fatalf("v2 prefetched %+v with 10,000 bytes for its new files; want 2 (loader.pyc, release.yaml: 5,000 bytes beside files read), none they name", ps)
 	}
 	before := f.reqs.count("GET blobs")
 	readPart(t, im, "app/data/release.yaml", 1<<20)
@@ -158,4 +188,21 @@ func TestAutoProfileUpdateDeltaV1Open(t *testing.T) {
 		t.Errorf("v2 prefetched %+v with v1 open and its app layer's index no longer on disk; want 1 file v2 added (release.yaml, beside a read)", ps)
 	}
 	runtime.KeepAlive(still)
+}
+
+// rangesHold reports whether the Range header value rg ("a-b,c-d") holds the n bytes at off.
+func rangesHold(t *testing.T, rg string, off, n int64) bool {
+	t.Helper()
+	for _, r := range strings.Split(rg, ",") {
+		a, b, _ := strings.Cut(r, "-")
+		from, err1 := strconv.ParseInt(a, 10, 64)
+		to, err2 := strconv.ParseInt(b, 10, 64)
+		if err1 != nil || err2 != nil {
+			t.Fatalf("range %q", r)
+		}
+		if from <= off && off+n-1 <= to {
+			return true
+		}
+	}
+	return false
 }

@@ -27,6 +27,9 @@ type PrefetchStats struct {
 	// Delta is how many of Files are files the image added to the version its profile was
 	// recorded on (SourceRelated), fetched with that profile's (delta.go).
 	Delta int `json:"delta,omitempty"`
+	// Named is how many of Files are files the added ones name, fetched after them
+	// (named.go).
+	Named int `json:"named,omitempty"`
 	// Policy is the profile policy the image was opened under; Source where its profile
 	// came from (SourcePin, SourceReferrers; "" for none); Candidates how many profiles
 	// the referrers listed; Why how it was chosen, or why there is none.
@@ -261,6 +264,17 @@ func (pf *prefetcher) fetch(ctx context.Context, p *profile.Profile, desc string
 		requests()
 		return err
 	}
+	err = im.fetchPlanned(ctx, per, runs)
+	requests()
+	if errors.Is(err, context.Canceled) && ctx.Err() != nil {
+		return nil // the image was closed
+	}
+	return err
+}
+
+// fetchPlanned fetches what im.plan planned (per[i] for im.Layers[i]) from the layer
+// blobs, each layer's in one store.Prefetch with the header runs runs[i] of its files.
+func (im *Image) fetchPlanned(ctx context.Context, per [][]store.Want, runs [][]int) error {
 	g, gctx := errgroup.WithContext(ctx)
 	for i, ws := range per {
 		if len(ws) == 0 {
@@ -278,12 +292,7 @@ func (pf *prefetcher) fetch(ctx context.Context, p *profile.Profile, desc string
 			return nil
 		})
 	}
-	err = g.Wait()
-	requests()
-	if errors.Is(err, context.Canceled) && ctx.Err() != nil {
-		return nil // the image was closed
-	}
-	return err
+	return g.Wait()
 }
 
 // reportChoice logs, once per image, which profile the look-up l chose, or why there is
