@@ -23,7 +23,7 @@ import (
 // that changes a file, keeps others, moves one, and adds four: one beside a file v1's
 // start read (app/data/release.yaml), one under a directory it read (usr/lib/py/yaml/
 // loader.pyc, which names two modules of usr/lib/py that both versions have and v1's
-// start did not read), one under a directory it read from only higher up
+// start did not read, and a text file of another kind), one under a directory it read from only higher up
 // (usr/share/yaml/_yaml.so), one under a top directory it never read (var/...).
 type deltaFixture struct {
 	ref1, ref2 string
@@ -40,12 +40,14 @@ func newDeltaFixture(t *testing.T) *deltaFixture {
 	mods := map[string][]byte{"usr/lib/py/datetime.cpython-311.pyc": testutil.RandBytes(15, 30_000),
 		"usr/lib/py/struct.cpython-311.pyc": testutil.RandBytes(16, 10_000), "usr/lib/py/unnamed.cpython-311.pyc": testutil.RandBytes(17, 10_000),
 		// A large module: v1's reads in usr/lib/py do not fetch the directory (speculate.go).
-		"usr/lib/py/large.cpython-311.pyc": testutil.RandBytes(20, 70_000)}
+		"usr/lib/py/large.cpython-311.pyc": testutil.RandBytes(20, 70_000),
+		// Named, but of a kind v1's start did not read.
+		"usr/lib/py/struct.txt": testutil.RandBytes(21, 10_000)}
 	loader := append(append(testutil.RandBytes(18, 1_000), "\x00\x08datetime\xda\x06struct)"...), testutil.RandBytes(19, 1_000)...)
 	app1 := map[string][]byte{"app/main.py": []byte("import json\n"), "app/data/messages.json": []byte(`{"greeting": "hello"}`),
-		"usr/lib/py/json.pyc": testutil.RandBytes(11, 20_000), "usr/share/doc/README": doc}
+		"usr/lib/py/json.cpython-311.pyc": testutil.RandBytes(11, 20_000), "usr/share/doc/README": doc}
 	app2 := map[string][]byte{"app/main.py": []byte("import json, yaml\n"), "app/data/messages.json": app1["app/data/messages.json"],
-		"usr/lib/py/json.pyc": app1["usr/lib/py/json.pyc"], "usr/share/doc/README": doc, "usr/lib/py/moved": doc,
+		"usr/lib/py/json.cpython-311.pyc": app1["usr/lib/py/json.cpython-311.pyc"], "usr/share/doc/README": doc, "usr/lib/py/moved": doc,
 		"app/data/release.yaml": testutil.RandBytes(12, 3_000), "usr/share/yaml/_yaml.so": testutil.RandBytes(13, 100_000),
 		"var/lib/dpkg/status": testutil.RandBytes(14, 50_000), "usr/lib/py/yaml/loader.pyc": loader}
 	maps.Copy(app1, mods)
@@ -66,7 +68,7 @@ func (f *deltaFixture) ranV1(t *testing.T) *store.Store {
 	t.Helper()
 	st := openStore(t)
 	im, _ := startIn(t, st, f.ref1, nil)
-	for _, p := range []string{"app/main.py", "app/data/messages.json", "usr/lib/py/json.pyc", "etc/passwd"} {
+	for _, p := range []string{"app/main.py", "app/data/messages.json", "usr/lib/py/json.cpython-311.pyc", "etc/passwd"} {
 		readPart(t, im, p, 1<<20)
 	}
 	readPart(t, im, "lib/libc.so", 4096)
@@ -125,7 +127,7 @@ func TestAutoProfileUpdateDelta(t *testing.T) {
 	if n := f.reqs.count("GET blobs"); n != before {
 		t.Errorf("%d blob requests reading the files v2 added after the prefetch; want none", n-before)
 	}
-	for _, p := range []string{"var/lib/dpkg/status", "usr/lib/py/moved", "usr/lib/py/unnamed.cpython-311.pyc"} {
+	for _, p := range []string{"var/lib/dpkg/status", "usr/lib/py/moved", "usr/lib/py/unnamed.cpython-311.pyc", "usr/lib/py/struct.txt"} {
 		readAt(t, filepath.Join(dirs[1], p), 0, 100)
 		if n := f.reqs.count("GET blobs"); n != before+1 {
 			t.Errorf("%d blob requests reading %s, not a file to guess; want 1 (the test counts requests)", n-before, p)

@@ -13,14 +13,16 @@ import (
 )
 
 // The files an update's added files name (docs/design.md, "Automatic profiles", the
-// delta): code loads what it names, by name, from the directories a start loads from.
+// delta): code loads what it names, by name, from the directories a start loads from,
+// files of the kinds it loads.
 // python-v2's new yaml modules import datetime, base64, struct, warnings: files that v1
 // and v2 both hold, that v1's start never read, and that v2's start reads one after
 // another, a round trip each. Once the delta is fetched with the carried profile, its
-// files are scanned for words, and a file of a directory the profile read from whose name
-// up to its first dot is such a word (datetime of datetime.cpython-311.pyc, libyaml-0 of
-// libyaml-0.so.2) is fetched too, in one more request per layer, with what the delta's
-// budget left. A guess costs bytes, bounded; nothing it brings is served unverified.
+// files are scanned for words, and a file of a directory the profile read a file from,
+// whose name after its first dot is that of a file the profile read (its kind:
+// cpython-311.pyc, so.6) and before it such a word (datetime of datetime.cpython-311.pyc),
+// is fetched too, in one more request per layer, with what the delta's budget left. A
+// guess costs bytes, bounded; nothing it brings is served unverified.
 const (
 	// namedMinWord is the shortest word matched: shorter ones name nearly anything.
 	namedMinWord = 3
@@ -46,7 +48,7 @@ type namedCand struct {
 // the prefetch's figures. Errors are the reads' to meet.
 func (pf *prefetcher) fetchNamed(ctx context.Context, c carried, looked int64, log *slog.Logger) {
 	im := pf.im
-	np := im.named(ctx, c.p, c.added, c.left)
+	np := im.named(ctx, c.p, len(c.p.Files)-len(c.added), c.left)
 	if np == nil {
 		return
 	}
@@ -71,15 +73,15 @@ func (pf *prefetcher) fetchNamed(ctx context.Context, c carried, looked int64, l
 	log.Info("prefetched the files the image's added files name", "image", im.Ref, "files", len(wants), "bytes", bytes)
 }
 
-// named returns, as a profile of im, the files of directories p read from that words of
-// the added files (as fetched) name and the store lacks, at most budget compressed bytes;
-// nil when there are none.
-func (im *Image) named(ctx context.Context, p *profile.Profile, added []profile.File, budget int64) *profile.Profile {
-	if budget <= 0 || len(im.Layers) == 0 {
+// named returns, as a profile of im, the files that words of the files p added (p.Files
+// from read on, as fetched) name and the store lacks (namedCands), at most budget
+// compressed bytes; nil when there are none.
+func (im *Image) named(ctx context.Context, p *profile.Profile, read int, budget int64) *profile.Profile {
+	if budget <= 0 || len(im.Layers) == 0 || read < 0 || read > len(p.Files) {
 		return nil
 	}
 	st := im.Layers[0].store
-	cands := im.namedCands(st, p, budget)
+	cands := im.namedCands(st, p, read, budget)
 	if len(cands) == 0 {
 		return nil
 	}
@@ -87,7 +89,7 @@ func (im *Image) named(ctx context.Context, p *profile.Profile, added []profile.
 	seen := map[string]bool{}
 	scanned := int64(0)
 	buf := make([]byte, namedPiece)
-	for _, a := range added {
+	for _, a := range p.Files[read:] {
 		l, e := im.layerFile(p, a)
 		if e == nil || e.Size > namedMaxFile || scanned+e.Size > namedMaxScan {
 			continue
@@ -132,12 +134,19 @@ func (im *Image) named(ctx context.Context, p *profile.Profile, added []profile.
 }
 
 // namedCands are the files a word may name, by their stem (the base name up to its first
-// dot): regular files of the directories p read files from, not named by p, shown by a
-// merged view of im, that the store lacks, of at most budget compressed bytes each.
-func (im *Image) namedCands(st *store.Store, p *profile.Profile, budget int64) map[string][]namedCand {
-	dirs, planned := map[string]bool{}, map[string]bool{}
-	for _, f := range p.Files {
-		dirs[path.Dir(f.Path)], planned[f.Path] = true, true
+// dot): regular files of the directories that the profile's first read files were read
+// from, of a kind they were (the base name after its first dot), not named by p, shown by
+// a merged view of im, that the store lacks, of at most budget compressed bytes each.
+func (im *Image) namedCands(st *store.Store, p *profile.Profile, read int, budget int64) map[string][]namedCand {
+	dirs, kinds, planned := map[string]bool{}, map[string]bool{}, map[string]bool{}
+	for i, f := range p.Files {
+		planned[f.Path] = true
+		if i < read {
+			dirs[path.Dir(f.Path)] = true
+			if _, kind, ok := strings.Cut(path.Base(f.Path), "."); ok && kind != "" {
+				kinds[kind] = true
+			}
+		}
 	}
 	out := map[string][]namedCand{}
 	for i, l := range im.Layers {
@@ -146,8 +155,8 @@ func (im *Image) namedCands(st *store.Store, p *profile.Profile, budget int64) m
 			if !e.IsRegular() || e.Size == 0 || e.Sparse || !dirs[path.Dir(e.Name)] || planned[e.Name] {
 				continue
 			}
-			stem, _, _ := strings.Cut(path.Base(e.Name), ".")
-			if len(stem) < namedMinWord || im.hidden(i, e.Name) {
+			stem, kind, _ := strings.Cut(path.Base(e.Name), ".")
+			if len(stem) < namedMinWord || !kinds[kind] || im.hidden(i, e.Name) {
 				continue
 			}
 			f, err := store.FileOf(l.Index, e)
