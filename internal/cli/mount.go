@@ -77,7 +77,7 @@ func addNodeFlags(fs *flag.FlagSet, c *service.NodeConfig, what string) {
 	durationFlag(fs, &c.AutoProfileMaxTime, "auto-profile-max-time", c.AutoProfileMaxTime, "a recording ends `duration` after its first read")
 	fs.IntVar(&c.AutoProfileMaxFiles, "auto-profile-max-files", c.AutoProfileMaxFiles, "record at most `n` files of a start")
 	fs.Int64Var(&c.AutoProfileMaxBytes, "auto-profile-max-bytes", c.AutoProfileMaxBytes, "record at most `n` bytes of a start")
-	fs.Int64Var(&c.AutoProfileDeltaBytes, "auto-profile-delta-bytes", c.AutoProfileDeltaBytes, "prefetching by the profile of another version of an image, also fetch the files the image added, up to `n` compressed bytes (0: none)")
+	fs.Int64Var(&c.AutoProfileDeltaBytes, "auto-profile-delta-bytes", c.AutoProfileDeltaBytes, "prefetching by the profile of another version of an image, also fetch the files the image added and those they name, up to `n` compressed bytes (0: none)")
 }
 
 func runMount(ctx context.Context, e *env, c *service.MountConfig, args []string) error {
