@@ -71,14 +71,7 @@ func (im *Image) delta(st *store.Store, p *profile.Profile, budget int64) ([]pro
 			if near == 0 {
 				continue // under a top directory the start never read
 			}
-			f, err := store.FileOf(l.Index, e)
-			if err != nil {
-				continue
-			}
-			var comp int64
-			for _, c := range st.Missing(f) {
-				comp += c.CompSize
-			}
+			comp := missingBytes(st, l.Index, e)
 			if comp > 0 && comp <= budget {
 				cands = append(cands, deltaFile{layer: i, e: e, comp: comp, near: near})
 			}
@@ -110,6 +103,20 @@ func (im *Image) delta(st *store.Store, p *profile.Profile, budget int64) ([]pro
 		out = append(out, profile.File{Layer: li, Path: c.e.Name, AtUS: at, Ranges: []profile.Range{{Off: 0, Len: c.e.Size}}})
 	}
 	return out, budget, ""
+}
+
+// missingBytes is the compressed bytes of e's content (of the layer index ix) that st
+// lacks: 0 when it has them all, or e has no content it can tell.
+func missingBytes(st *store.Store, ix *format.Index, e *format.Entry) int64 {
+	f, err := store.FileOf(ix, e)
+	if err != nil {
+		return 0
+	}
+	var n int64
+	for _, c := range st.Missing(f) {
+		n += c.CompSize
+	}
+	return n
 }
 
 // recordedOn returns the layer indexes of the image manifest subject as st keeps them, or

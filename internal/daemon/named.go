@@ -159,14 +159,7 @@ func (im *Image) namedCands(st *store.Store, p *profile.Profile, read int, budge
 			if len(stem) < namedMinWord || !kinds[kind] || im.hidden(i, e.Name) {
 				continue
 			}
-			f, err := store.FileOf(l.Index, e)
-			if err != nil {
-				continue
-			}
-			var comp int64
-			for _, c := range st.Missing(f) {
-				comp += c.CompSize
-			}
+			comp := missingBytes(st, l.Index, e)
 			if comp > 0 && comp <= budget {
 				out[stem] = append(out[stem], namedCand{layer: i, e: e, comp: comp})
 			}
