@@ -59,9 +59,10 @@ type AutoProfileOptions struct {
 	MaxFiles    int
 	MaxBytes    int64
 	MaxStarts   int
-	// DeltaBytes bounds the files an update added (delta.go) that the prefetch by the
-	// profile of another version of the image fetches beside it, in compressed bytes the
-	// store lacks: 0 is DefaultAutoDeltaBytes, negative none.
+	// DeltaBytes bounds the files an update added (delta.go), and those they name
+	// (named.go), that the prefetch by the profile of another version of the image fetches
+	// with it, in compressed bytes the store lacks: 0 is DefaultAutoDeltaBytes, negative
+	// none.
 	DeltaBytes int64
 	// Push, when not nil, is called with each profile kept, to publish it (PushProfile):
 	// in the background, its error logged.

@@ -20,12 +20,14 @@ import (
 // bench imports a package v1 did not have, 21 of the 30 files its start reads and v1's
 // did not). So the prefetch of a carried profile also fetches, in the same batch, the
 // files of v2's layers whose content v1 had nowhere, nearest the profile's reads first,
-// up to AutoProfileOptions.DeltaBytes compressed bytes. v1's files are known from its
-// manifest and layer indexes, which the node kept when it ran v1; without them there is no
-// delta (and no request to find one).
+// up to AutoProfileOptions.DeltaBytes compressed bytes; then, with what is left, the files
+// they name (named.go). v1's files are known from its manifest and layer indexes, which
+// the node kept when it ran v1; without them there is no delta (and no request to find
+// one).
 
-// DefaultAutoDeltaBytes bounds the compressed bytes of the files an update added that the
-// prefetch of a carried profile fetches beside it (AutoProfileOptions.DeltaBytes): about
+// DefaultAutoDeltaBytes bounds the compressed bytes of the files an update added, and of
+// those they name, that the prefetch of a carried profile fetches with it
+// (AutoProfileOptions.DeltaBytes): about
 // four bandwidth-delay products of a 100 Mbit/s + 20 ms link, a few percent of a plain
 // pull of an application layer.
 const DefaultAutoDeltaBytes = 1 << 20
