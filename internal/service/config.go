@@ -94,8 +94,8 @@ type PrefetchConfig struct {
 	AutoProfileMaxTime  time.Duration `toml:"auto_profile_max_time"`
 	AutoProfileMaxFiles int           `toml:"auto_profile_max_files"`
 	AutoProfileMaxBytes int64         `toml:"auto_profile_max_bytes"`
-	// AutoProfileDeltaBytes bounds the files an update added fetched with the profile of
-	// the version before (daemon.AutoProfileOptions.DeltaBytes); 0: none.
+	// AutoProfileDeltaBytes bounds the files an update added, and those they name, fetched
+	// with the profile of the version before (daemon.AutoProfileOptions.DeltaBytes); 0: none.
 	AutoProfileDeltaBytes int64 `toml:"auto_profile_delta_bytes"`
 	Speculate             bool  `toml:"speculate"`
 }
