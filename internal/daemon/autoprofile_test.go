@@ -50,8 +50,16 @@ func openStore(t *testing.T) *store.Store {
 // directories, lowest layer first, and the file system (closed when the test ends).
 func mountImage(t *testing.T, st *store.Store, ref string, img v1.Image, log *slog.Logger) ([]string, *SnapshotFS) {
 	t.Helper()
+	return mountImageWith(t, st, ref, img, log, true)
+}
+
+// mountImageWith is mountImage with the speculation of misses on or off
+// (SnapshotFS.SetSpeculation).
+func mountImageWith(t *testing.T, st *store.Store, ref string, img v1.Image, log *slog.Logger, speculate bool) ([]string, *SnapshotFS) {
+	t.Helper()
 	testutil.NeedRoot(t, "FUSE mounts")
 	fsys := NewSnapshotFS(st, nil, log, testClient(t))
+	fsys.SetSpeculation(speculate)
 	fsys.SetPrefetch(PrefetchOptions{Auto: &AutoProfileOptions{Quiet: autoQuiet}})
 	t.Cleanup(func() { fsys.Close() })
 	d, _ := img.Digest()
