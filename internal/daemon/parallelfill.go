@@ -46,9 +46,9 @@ func ParseParallelPolicy(s string) (ParallelPolicy, error) {
 }
 
 const (
-	// DefaultFillStreams is the node's parallel fill batches in flight at once: half the
-	// fetch client's bound on requests (fetch.DefaultConcurrency), the other half left to
-	// reads.
+	// DefaultFillStreams is the node's parallel fill batches in flight at once: a quarter
+	// of the fetch client's bound on requests (fetch.DefaultConcurrency), the rest left to
+	// reads and speculation.
 	DefaultFillStreams = 4
 	// DefaultFastRate is what ParallelAuto takes for a fast link: 32 MiB/s (about 270
 	// Mbit/s) fetched for the image over fastWindow.

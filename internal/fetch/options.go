@@ -12,7 +12,7 @@ import (
 
 // Defaults for the options below.
 const (
-	DefaultConcurrency = 8
+	DefaultConcurrency = 16
 	DefaultAttempts    = 4 // one try and three retries
 	DefaultBackoff     = 250 * time.Millisecond
 	// DefaultIdleTimeout is how long a request may go without a byte of its answer
