@@ -8,6 +8,7 @@ import (
 	"testing"
 	"time"
 
+	"lazypull/internal/store"
 	"lazypull/internal/testutil"
 )
 
@@ -44,28 +45,8 @@ func TestNeighboursFetchedWithMiss(t *testing.T) {
 		t.Run(fmt.Sprintf("NoSpeculation=%v", off), func(t *testing.T) {
 			im, st := openFreshWith(t, ref, OpenOptions{NoSpeculation: off})
 			l := im.Layers[0]
-			read := func(name string) {
-				t.Helper()
-				e, ok := l.Index.Lookup(name)
-				if !ok {
-					t.Fatalf("%s not in the index", name)
-				}
-				b := make([]byte, e.Size)
-				if n, err := l.ReadAt(context.Background(), e, b, 0); (err != nil && err != io.EOF) || int64(n) != e.Size {
-					t.Fatalf("read %s: %d bytes, %v", name, n, err)
-				}
-				if !bytes.Equal(b, files[name]) {
-					t.Fatalf("read %s: wrong bytes", name)
-				}
-			}
-			local := func(name string) bool {
-				e, _ := l.Index.Lookup(name)
-				f, err := l.file(e)
-				if err != nil {
-					t.Fatal(err)
-				}
-				return len(st.Missing(f)) == 0
-			}
+			read := func(name string) { t.Helper(); readWhole(t, l, files, name) }
+			local := func(name string) bool { t.Helper(); return isLocal(t, l, st, name) }
 			read("lib/m06.pyc")
 			read("so/l03")
 			waitNeighbours(t, l)
@@ -214,28 +195,8 @@ func TestDirectoryAfterTwoMisses(t *testing.T) {
 	ref, _ := lazyImage(t, files)
 	im, st := openFresh(t, ref)
 	l := im.Layers[0]
-	read := func(name string) {
-		t.Helper()
-		e, ok := l.Index.Lookup(name)
-		if !ok {
-			t.Fatalf("%s not in the index", name)
-		}
-		b := make([]byte, e.Size)
-		if _, err := l.ReadAt(context.Background(), e, b, 0); err != nil && err != io.EOF {
-			t.Fatalf("read %s: %v", name, err)
-		}
-		if !bytes.Equal(b, files[name]) {
-			t.Fatalf("read %s: wrong bytes", name)
-		}
-	}
-	local := func(name string) bool {
-		e, _ := l.Index.Lookup(name)
-		f, err := l.file(e)
-		if err != nil {
-			t.Fatal(err)
-		}
-		return len(st.Missing(f)) == 0
-	}
+	read := func(name string) { t.Helper(); readWhole(t, l, files, name) }
+	local := func(name string) bool { t.Helper(); return isLocal(t, l, st, name) }
 	count := func(prefix string) (n int) {
 		for name := range files {
 			if len(name) > len(prefix) && name[:len(prefix)] == prefix && local(name) {
@@ -264,4 +225,31 @@ func TestDirectoryAfterTwoMisses(t *testing.T) {
 	if n := count("huge/"); n != 3 {
 		t.Errorf("%d files of a directory over dirBudget local after 3 reads, want 3", n)
 	}
+}
+
+// readWhole reads the layer's file name whole through ReadAt and checks it against files.
+func readWhole(t *testing.T, l *Layer, files map[string][]byte, name string) {
+	t.Helper()
+	e, ok := l.Index.Lookup(name)
+	if !ok {
+		t.Fatalf("%s not in the index", name)
+	}
+	b := make([]byte, e.Size)
+	if n, err := l.ReadAt(context.Background(), e, b, 0); (err != nil && err != io.EOF) || int64(n) != e.Size {
+		t.Fatalf("read %s: %d bytes, %v", name, n, err)
+	}
+	if !bytes.Equal(b, files[name]) {
+		t.Fatalf("read %s: wrong bytes", name)
+	}
+}
+
+// isLocal says whether the layer's file name is whole in st.
+func isLocal(t *testing.T, l *Layer, st *store.Store, name string) bool {
+	t.Helper()
+	e, _ := l.Index.Lookup(name)
+	f, err := l.file(e)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return len(st.Missing(f)) == 0
 }
