@@ -2,13 +2,12 @@ package daemon
 
 import (
 	"context"
+	"debug/elf"
 	"path"
 	"slices"
 	"strings"
 	"sync"
 	"sync/atomic"
-
-	"debug/elf"
 
 	"lazypull/format"
 	"lazypull/internal/elfdeps"
@@ -24,9 +23,10 @@ import (
 // dynamic segment, found where the loader finds them (DT_RUNPATH with $ORIGIN, then the
 // system's library directories). So the first read of an ELF program or library (the
 // read at offset 0 that shows the ELF magic) starts, in the background, a walk of what
-// it needs, level by level: each file's header, program headers and dynamic segment are
-// read (small reads, verified like any), and its loadable segments fetched in one store
-// Prefetch per layer, every file of a level at once; then the libraries those name.
+// it needs, file by file (up to elfJobs at once): a file's program headers are read
+// (small reads, verified like any), its loadable segments fetched at once (one store
+// Prefetch, two for a large file: the loader's part first), its dynamic segment read
+// meanwhile in a request of its own, and the libraries it names walked in turn.
 //
 // What is fetched of a file is what the loader maps and touches: its executable and
 // writable segments whole, read-only ones up to elfDataMax each (relocations, symbol
