@@ -60,7 +60,7 @@ original gzip layers: bin/tools/soci-grpc (make deps builds it from tools/soci-g
 and pushes its SOCI index (soci-grpc create, never timed), soci-grpc rpull, ctr run
 --snapshotter soci. Modes lazypull-index and lazypull-index-profile run the original gzip
 image, unconverted, in a repository of its own with an index artifact pushed beside it by
-lazypull index (never timed), on the lazypull snapshotter as modes lazypull and
+lazypull index (never timed; --index-span is its --span), on the lazypull snapshotter as modes lazypull and
 lazypull-profile do (the profile recorded with lazypull profile on the indexed image).
 Each link is a shaping proxy in front of the
 registry: RATE/RTT,
@@ -93,6 +93,7 @@ includes ctr's removal of the container). With --user-image the scenarios defaul
 		fs.StringVar(&f.links, "links", defaultBenchLinks, "comma-separated `links`, RATE/RTT each (bits/s with K, M, G)")
 		fs.StringVar(&f.modes, "modes", defaultBenchModes, "comma-separated `modes`: plain, lazypull, lazypull-profile, lazypull-auto, lazypull-index, lazypull-index-profile, estargz, estargz-opt, soci")
 		fs.IntVar(&f.n, "n", defaultBenchN, "cold runs per image, link and mode")
+		fs.Int64Var(&f.indexSpan, "index-span", 0, "`bytes` between checkpoints of the indexed modes' index (lazypull index --span; 0: its default)")
 		fs.IntVar(&f.warm, "warm", 3, "warm local starts per image (for the limit)")
 		fs.Uint64Var(&f.seed, "seed", 0, "order the runs with this `seed` (0: a random one, recorded)")
 		fs.StringVar(&f.out, "out", "", "write results.json, chart.png, report.html into `dir` (default bench-results/DATE)")
@@ -120,6 +121,7 @@ includes ctr's removal of the container). With --user-image the scenarios defaul
 type benchFlags struct {
 	images, links, modes string
 	n, warm              int
+	indexSpan            int64
 	seed                 uint64
 	out, scripts         string
 	lazypull             string
@@ -174,7 +176,7 @@ func runE2E(ctx context.Context, e *env, vals any, args []string) error {
 		return cmdline.Usagef("no arguments expected, got %q", args)
 	}
 	cfg := bench.Config{Images: splitList(f.images), N: f.n, Warm: f.warm, Seed: f.seed,
-		ImagesDir: f.imagesDir, StepTimeout: f.timeout, Progress: e.stderr, Terminal: e.stderrTerminal,
+		ImagesDir: f.imagesDir, IndexSpan: f.indexSpan, StepTimeout: f.timeout, Progress: e.stderr, Terminal: e.stderrTerminal,
 		Log: e.log, Command: commandLine()}
 	for _, l := range splitList(f.links) {
 		link, err := bench.ParseLink(l)

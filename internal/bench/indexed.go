@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"path/filepath"
 	"slices"
+	"strconv"
 	"time"
 )
 
@@ -48,7 +49,12 @@ func pushIndexed(ctx context.Context, cfg Config, reg string, im Image) (*Indexe
 		return nil, err
 	}
 	t0 := time.Now()
-	if _, err := command(ctx, nil, cfg.Lazypull, "index", "--plain-http", ref); err != nil {
+	args := []string{"index", "--plain-http"}
+	if cfg.IndexSpan > 0 {
+		args = append(args, "--span", strconv.FormatInt(cfg.IndexSpan, 10))
+	}
+	args = append(args, ref)
+	if _, err := command(ctx, nil, cfg.Lazypull, args...); err != nil {
 		return nil, err
 	}
 	info := &IndexedInfo{Seconds: time.Since(t0).Seconds()}

@@ -54,6 +54,8 @@ type Config struct {
 	// Scenarios: which scenarios run (the cold starts alone when empty), and the update and
 	// scale scenarios' sizes (scenario.go).
 	Scenarios ScenarioConfig
+	// IndexSpan is `lazypull index --span` for the indexed modes (0: its default).
+	IndexSpan int64
 }
 
 // Result is everything one `lazypull-bench e2e` measured. Complete is false when it stopped on
