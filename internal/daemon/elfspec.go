@@ -43,6 +43,8 @@ const (
 	// walks a path through the image's layers (real files: 5-30 and 0-2).
 	elfMaxNeeded  = 64
 	elfMaxRunPath = 8
+	// elfWholeFrom: a file of at most this many compressed bytes is fetched whole, at once.
+	elfWholeFrom = 512 << 10
 	// elfSplitFrom: a file with more to fetch has its writable segments fetched first.
 	elfSplitFrom = 4 << 20
 	elfDataMax   = 16 << 20
@@ -119,7 +121,9 @@ func (w *elfWalk) add(im *Image, ts []elfTarget) (taken bool) {
 
 // walk reads t's program headers, starts the fetch of its segments, reads its dynamic
 // segment meanwhile (in a request of its own, so it does not wait behind the segments)
-// and walks the libraries it needs.
+// and walks the libraries it needs. A file of at most elfWholeFrom compressed bytes comes
+// whole in one request first and is read where it is: its header's round trip and its
+// segments' are one (a library's header is not local when the walk finds it).
 func (w *elfWalk) walk(im *Image, t elfTarget) {
 	ctx := im.bg
 	select {
@@ -132,6 +136,14 @@ func (w *elfWalk) walk(im *Image, t elfTarget) {
 	if err != nil {
 		return
 	}
+	var comp int64
+	for _, c := range f.Chunks {
+		comp += c.CompSize
+	}
+	whole := comp <= elfWholeFrom && w.take(f.Size)
+	if whole {
+		t.l.prefetchELF(ctx, t.e, []store.Want{{File: f, Len: f.Size}})
+	}
 	r := &layerFileReader{ctx: ctx, l: t.l, e: t.e, f: f}
 	ef, err := elfdeps.ReadProgram(r, f.Size)
 	if err != nil {
@@ -139,12 +151,37 @@ func (w *elfWalk) walk(im *Image, t elfTarget) {
 		t.l.fetchWhole(t.e, f)
 		return
 	}
-	// What the loader reads before the program runs first, in a request of its own, for
-	// a large file: the first segment when it is not code (headers, symbol and string
-	// tables, relocations) and the writable ones (at the end of the file, after
-	// megabytes of code); then the code and the read-only data, in file order. A small
-	// file comes in one request (a node's requests in flight are bounded:
-	// fetch.DefaultConcurrency).
+	if !whole {
+		w.fetchSegments(ctx, t, f, ef)
+	}
+	if err := ef.ReadDynamic(r); err != nil {
+		im.log.Debug("program's needs not read", "layer", t.l.Desc.Digest, "path", t.e.Name, "err", err)
+		return
+	}
+	var next []elfTarget
+	for _, name := range ef.Needed[:min(len(ef.Needed), elfMaxNeeded)] {
+		if nt, ok := im.findLibrary(name, path.Dir(t.e.Name), ef); ok {
+			nt.depth = t.depth + 1
+			next = append(next, nt)
+		}
+	}
+	if ef.Interp != "" {
+		if nt, ok := im.findFile(ef.Interp); ok {
+			nt.depth = t.depth + 1
+			next = append(next, nt)
+		}
+	}
+	w.add(im, next)
+}
+
+// fetchSegments starts the fetch of the segments of t (content f, read as ef) but for its
+// dynamic segment. What the loader reads before the program runs comes first, in a
+// request of its own, for a large file: the first segment when it is not code (headers,
+// symbol and string tables, relocations) and the writable ones (at the end of the file,
+// after megabytes of code); then the code and the read-only data, in file order. A
+// smaller file comes in one request (a node's requests in flight are bounded:
+// fetch.DefaultConcurrency).
+func (w *elfWalk) fetchSegments(ctx context.Context, t elfTarget, f store.File, ef *elfdeps.File) {
 	dyn := []elfdeps.Load{ef.Dynamic}
 	var first, rest []store.Want
 	var total int64
@@ -172,24 +209,6 @@ func (w *elfWalk) walk(im *Image, t elfTarget) {
 			t.l.prefetchELF(ctx, t.e, ws)
 		}()
 	}
-	if err := ef.ReadDynamic(r); err != nil {
-		im.log.Debug("program's needs not read", "layer", t.l.Desc.Digest, "path", t.e.Name, "err", err)
-		return
-	}
-	var next []elfTarget
-	for _, name := range ef.Needed[:min(len(ef.Needed), elfMaxNeeded)] {
-		if nt, ok := im.findLibrary(name, path.Dir(t.e.Name), ef); ok {
-			nt.depth = t.depth + 1
-			next = append(next, nt)
-		}
-	}
-	if ef.Interp != "" {
-		if nt, ok := im.findFile(ef.Interp); ok {
-			nt.depth = t.depth + 1
-			next = append(next, nt)
-		}
-	}
-	w.add(im, next)
 }
 
 // take draws n bytes from the walk's budget; false when they do not fit.
