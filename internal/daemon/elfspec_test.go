@@ -1,7 +1,10 @@
 package daemon
 
 import (
+	"bytes"
 	"context"
+	"fmt"
+	"io"
 	"os"
 	"path"
 	"path/filepath"
@@ -13,6 +16,7 @@ import (
 	"lazypull/format"
 	"lazypull/internal/elfdeps"
 	"lazypull/internal/testutil"
+	"lazypull/internal/testutil/elftest"
 )
 
 // hostProgram builds a two-layer image of a real program of this machine and the
@@ -191,3 +195,55 @@ func TestFindFile(t *testing.T) {
 
 // elfIdle says whether im's walk of programs' needs has ended, fetches included.
 func elfIdle(im *Image) bool { return im.elf.pending.Load() == 0 }
+
+// TestProgramNeedsHostile: an image's programs name what they like. A library that needs
+// itself and one that needs the other, needed names that climb out of the root, a run
+// path through a symbolic link loop and above the root, and hundreds of libraries each
+// naming the next: the walk ends, within its bounds (elfMaxFiles files), fetches files of
+// the image only (the root's etc/secret of the test is the image's own), and the reads
+// are served right.
+func TestProgramNeedsHostile(t *testing.T) {
+	entries := []testutil.Entry{
+		testutil.File("bin/prog", elftest.Build(elftest.Spec{Is64: true, Interp: "/lib/ld.so",
+			Needed:  []string{"liba.so", "../../../../etc/secret", "/../../etc/secret2", "libchain0.so"},
+			RunPath: "$ORIGIN/../../../..:/loop/x:/lib"})),
+		testutil.File("lib/liba.so", elftest.Build(elftest.Spec{Is64: true, Needed: []string{"libb.so", "liba.so"}})),
+		testutil.File("lib/libb.so", elftest.Build(elftest.Spec{Is64: true, Needed: []string{"liba.so"}})),
+		testutil.File("lib/ld.so", elftest.Build(elftest.Spec{Is64: true, Needed: []string{"ld.so"}})),
+		testutil.File("etc/secret", []byte("the image's own file")),
+		testutil.Symlink("loop", "loop2"),
+		testutil.Symlink("loop2", "loop"),
+	}
+	const chain = 3 * elfMaxFiles
+	for i := range chain {
+		entries = append(entries, testutil.File(fmt.Sprintf("lib/libchain%d.so", i),
+			elftest.Build(elftest.Spec{Is64: true, Needed: []string{fmt.Sprintf("libchain%d.so", i+1)}})))
+	}
+	img, _ := lazyTarOn(t, empty.Image, testutil.Tar(t, entries...), nil)
+	ref := testutil.NewRegistry(t).Push(t, "hostile:v1", img)
+	im, st := openFresh(t, ref)
+	l := im.Layers[0]
+	e, _ := l.Index.Lookup("bin/prog")
+	want := elftest.Build(elftest.Spec{Is64: true, Interp: "/lib/ld.so",
+		Needed:  []string{"liba.so", "../../../../etc/secret", "/../../etc/secret2", "libchain0.so"},
+		RunPath: "$ORIGIN/../../../..:/loop/x:/lib"})
+	b := make([]byte, len(want))
+	if n, err := l.ReadAt(context.Background(), e, b, 0); (err != nil && err != io.EOF) || n != len(want) || !bytes.Equal(b, want) {
+		t.Fatalf("read bin/prog: %d bytes, %v, or wrong bytes", n, err)
+	}
+	testutil.WaitFor(t, time.Minute, "the walk to end", func() bool { return elfIdle(im) })
+	im.elf.mu.Lock()
+	files, seen := im.elf.files, len(im.elf.seen)
+	im.elf.mu.Unlock()
+	if files > elfMaxFiles || seen > elfMaxFiles {
+		t.Errorf("the walk took %d files (%d seen); at most %d", files, seen, elfMaxFiles)
+	}
+	for _, p := range []string{"lib/liba.so", "lib/libb.so", "lib/ld.so", "etc/secret"} {
+		if !isLocal(t, l, st, p) {
+			t.Errorf("%s, which the program names, was not fetched", p)
+		}
+	}
+	if isLocal(t, l, st, fmt.Sprintf("lib/libchain%d.so", chain-1)) {
+		t.Errorf("the end of a chain of %d libraries was fetched: the walk is bounded by %d files", chain, elfMaxFiles)
+	}
+}

@@ -89,6 +89,7 @@ const (
 	ocilayout      = "internal/ocilayout"
 	testutil       = "internal/testutil"
 	layertest      = "internal/testutil/layertest"
+	elftest        = "internal/testutil/elftest"
 	lazypullBinary = "cmd/lazypull"
 	benchBinary    = "cmd/lazypull-bench"
 )
@@ -289,6 +290,8 @@ func allowed() map[string]rule {
 		// Lazypull layers built byte by byte for tests (an index that is not the tar's):
 		// for _test.go files only too; apart from testutil because it needs format.
 		layertest: {ours: []string{format}},
+		// ELF files built for tests (what internal/elfdeps reads): for _test.go files only.
+		elftest: {},
 
 		// This package: a test and nothing else.
 		"internal/depcheck": {},
@@ -439,7 +442,7 @@ func checkFlow(g graph) []string {
 	// notInBinary are packages the lazypull binary must not contain: test-image tooling.
 	notInBinary := []string{imagebuild}
 	// testOnly are packages only _test.go files import.
-	testOnly := []string{testutil, layertest}
+	testOnly := []string{testutil, layertest, elftest}
 
 	var v []string
 	// format depends on nothing of ours outside format/, and on the standard library and

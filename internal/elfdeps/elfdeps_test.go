@@ -11,127 +11,26 @@ import (
 	"strings"
 	"sync/atomic"
 	"testing"
+
+	"lazypull/internal/testutil/elftest"
 )
 
-// spec describes a synthetic ELF file (build).
-type spec struct {
-	is64    bool
-	bo      binary.ByteOrder
-	interp  string
-	needed  []string
-	runpath string
-	rpath   bool // runpath goes in DT_RPATH
-}
-
-// build lays out an ELF file: header, program headers (PT_INTERP, PT_LOAD over the
-// whole file, PT_DYNAMIC), interpreter, string table, dynamic section; the one loadable
-// segment maps the file at address 0x400000.
-func build(s spec) []byte {
-	const base = 0x400000
-	ehsize, phent, dent := 52, 32, 8
-	if s.is64 {
-		ehsize, phent, dent = 64, 56, 16
-	}
-	nph := 3
-	interpOff := ehsize + nph*phent
-	strOff := interpOff + len(s.interp) + 1
-	var strtab []byte
-	strtab = append(strtab, 0)
-	var offs []int
-	for _, n := range s.needed {
-		offs = append(offs, len(strtab))
-		strtab = append(append(strtab, n...), 0)
-	}
-	rpOff := len(strtab)
-	strtab = append(append(strtab, s.runpath...), 0)
-	dynOff := strOff + len(strtab)
-	type dyn struct{ tag, val uint64 }
-	var ds []dyn
-	for _, o := range offs {
-		ds = append(ds, dyn{uint64(elf.DT_NEEDED), uint64(o)})
-	}
-	if s.runpath != "" {
-		tag := elf.DT_RUNPATH
-		if s.rpath {
-			tag = elf.DT_RPATH
-		}
-		ds = append(ds, dyn{uint64(tag), uint64(rpOff)})
-	}
-	ds = append(ds, dyn{uint64(elf.DT_STRTAB), uint64(base + strOff)}, dyn{uint64(elf.DT_STRSZ), uint64(len(strtab))}, dyn{})
-	size := dynOff + len(ds)*dent
-	b := make([]byte, size)
-	copy(b, elf.ELFMAG)
-	b[elf.EI_CLASS] = byte(elf.ELFCLASS32)
-	if s.is64 {
-		b[elf.EI_CLASS] = byte(elf.ELFCLASS64)
-	}
-	b[elf.EI_DATA] = byte(elf.ELFDATA2LSB)
-	if s.bo == binary.BigEndian {
-		b[elf.EI_DATA] = byte(elf.ELFDATA2MSB)
-	}
-	b[elf.EI_VERSION] = 1
-	bo := s.bo
-	bo.PutUint16(b[16:], uint16(elf.ET_DYN))
-	bo.PutUint16(b[18:], uint16(elf.EM_X86_64))
-	word := func(at int, v uint64) {
-		if s.is64 {
-			bo.PutUint64(b[at:], v)
-		} else {
-			bo.PutUint32(b[at:], uint32(v))
-		}
-	}
-	phdr := func(i int, typ elf.ProgType, flags elf.ProgFlag, off, vaddr, size int) {
-		h := ehsize + i*phent
-		bo.PutUint32(b[h:], uint32(typ))
-		if s.is64 {
-			bo.PutUint32(b[h+4:], uint32(flags))
-			bo.PutUint64(b[h+8:], uint64(off))
-			bo.PutUint64(b[h+16:], uint64(vaddr))
-			bo.PutUint64(b[h+32:], uint64(size))
-		} else {
-			bo.PutUint32(b[h+4:], uint32(off))
-			bo.PutUint32(b[h+8:], uint32(vaddr))
-			bo.PutUint32(b[h+16:], uint32(size))
-			bo.PutUint32(b[h+24:], uint32(flags))
-		}
-	}
-	if s.is64 {
-		bo.PutUint64(b[32:], uint64(ehsize))
-		bo.PutUint16(b[54:], uint16(phent))
-		bo.PutUint16(b[56:], uint16(nph))
-	} else {
-		bo.PutUint32(b[28:], uint32(ehsize))
-		bo.PutUint16(b[42:], uint16(phent))
-		bo.PutUint16(b[44:], uint16(nph))
-	}
-	phdr(0, elf.PT_INTERP, elf.PF_R, interpOff, base+interpOff, len(s.interp)+1)
-	phdr(1, elf.PT_LOAD, elf.PF_R|elf.PF_X, 0, base, size)
-	phdr(2, elf.PT_DYNAMIC, elf.PF_R|elf.PF_W, dynOff, base+dynOff, len(ds)*dent)
-	copy(b[interpOff:], s.interp)
-	copy(b[strOff:], strtab)
-	for i, d := range ds {
-		word(dynOff+i*dent, d.tag)
-		word(dynOff+i*dent+dent/2, d.val)
-	}
-	return b
-}
-
 func TestReadRoundTrip(t *testing.T) {
-	for _, s := range []spec{
-		{is64: true, bo: binary.LittleEndian, interp: "/lib64/ld-linux-x86-64.so.2", needed: []string{"libc.so.6", "libm.so.6"}, runpath: "$ORIGIN/../lib:/opt/x"},
-		{is64: false, bo: binary.LittleEndian, interp: "/lib/ld-linux.so.2", needed: []string{"libz.so.1"}, runpath: "/usr/local/lib", rpath: true},
-		{is64: true, bo: binary.BigEndian, needed: []string{"liba.so", "libb.so", "libc.so"}},
-		{is64: false, bo: binary.BigEndian, interp: "/x"},
+	for _, s := range []elftest.Spec{
+		{Is64: true, BO: binary.LittleEndian, Interp: "/lib64/ld-linux-x86-64.so.2", Needed: []string{"libc.so.6", "libm.so.6"}, RunPath: "$ORIGIN/../lib:/opt/x"},
+		{Is64: false, BO: binary.LittleEndian, Interp: "/lib/ld-linux.so.2", Needed: []string{"libz.so.1"}, RunPath: "/usr/local/lib", RPath: true},
+		{Is64: true, BO: binary.BigEndian, Needed: []string{"liba.so", "libb.so", "libc.so"}},
+		{Is64: false, BO: binary.BigEndian, Interp: "/x"},
 	} {
-		f, err := Read(bytes.NewReader(build(s)), int64(len(build(s))))
+		f, err := Read(bytes.NewReader(elftest.Build(s)), int64(len(elftest.Build(s))))
 		if err != nil {
 			t.Fatalf("%+v: %v", s, err)
 		}
 		var rp []string
-		if s.runpath != "" {
-			rp = strings.Split(s.runpath, ":")
+		if s.RunPath != "" {
+			rp = strings.Split(s.RunPath, ":")
 		}
-		if f.Interp != s.interp || !slices.Equal(f.Needed, s.needed) || !slices.Equal(f.RunPath, rp) {
+		if f.Interp != s.Interp || !slices.Equal(f.Needed, s.Needed) || !slices.Equal(f.RunPath, rp) {
 			t.Errorf("%+v: read interp %q needed %q run path %q", s, f.Interp, f.Needed, f.RunPath)
 		}
 		if len(f.Loads) != 1 || f.Loads[0].Off != 0 || !f.Loads[0].Exec || f.Loads[0].Write {
@@ -200,7 +99,7 @@ func TestReadSystemFiles(t *testing.T) {
 }
 
 func TestReadRefuses(t *testing.T) {
-	good := build(spec{is64: true, bo: binary.LittleEndian, interp: "/ld.so", needed: []string{"libc.so.6"}})
+	good := elftest.Build(elftest.Spec{Is64: true, BO: binary.LittleEndian, Interp: "/ld.so", Needed: []string{"libc.so.6"}})
 	for name, mut := range map[string]func([]byte) []byte{
 		"not elf":        func(b []byte) []byte { b[0] = 0; return b },
 		"relocatable":    func(b []byte) []byte { binary.LittleEndian.PutUint16(b[16:], uint16(elf.ET_REL)); return b },
@@ -246,8 +145,8 @@ func (c *countingReader) ReadAt(p []byte, off int64) (int, error) {
 const readBound = 64 + maxPhnum*56 + maxPath + maxDynamic + maxNeeded*(maxName+1) + maxPath + 1
 
 func FuzzRead(f *testing.F) {
-	f.Add(build(spec{is64: true, bo: binary.LittleEndian, interp: "/lib64/ld-linux-x86-64.so.2", needed: []string{"libc.so.6"}, runpath: "$ORIGIN"}))
-	f.Add(build(spec{is64: false, bo: binary.BigEndian, needed: []string{"a", "b"}}))
+	f.Add(elftest.Build(elftest.Spec{Is64: true, BO: binary.LittleEndian, Interp: "/lib64/ld-linux-x86-64.so.2", Needed: []string{"libc.so.6"}, RunPath: "$ORIGIN"}))
+	f.Add(elftest.Build(elftest.Spec{Is64: false, BO: binary.BigEndian, Needed: []string{"a", "b"}}))
 	f.Fuzz(func(t *testing.T, b []byte) {
 		c := &countingReader{}
 		c.r.Reset(b)
@@ -284,15 +183,15 @@ func FuzzRead(f *testing.F) {
 func FuzzRoundTrip(f *testing.F) {
 	f.Add("/lib64/ld-linux-x86-64.so.2", "libc.so.6,libm.so.6", "$ORIGIN:/x", byte(0))
 	f.Fuzz(func(t *testing.T, interp, names, runpath string, mode byte) {
-		s := spec{is64: mode&1 == 0, bo: binary.LittleEndian, interp: interp, runpath: runpath, rpath: mode&4 != 0}
+		s := elftest.Spec{Is64: mode&1 == 0, BO: binary.LittleEndian, Interp: interp, RunPath: runpath, RPath: mode&4 != 0}
 		if mode&2 != 0 {
-			s.bo = binary.BigEndian
+			s.BO = binary.BigEndian
 		}
 		for n := range strings.SplitSeq(names, ",") {
-			s.needed = append(s.needed, n)
+			s.Needed = append(s.Needed, n)
 		}
-		valid := len(interp) < maxPath && len(runpath) < maxPath && len(s.needed) <= maxNeeded && !strings.Contains(interp+names+runpath, "\x00")
-		for _, n := range s.needed {
+		valid := len(interp) < maxPath && len(runpath) < maxPath && len(s.Needed) <= maxNeeded && !strings.Contains(interp+names+runpath, "\x00")
+		for _, n := range s.Needed {
 			valid = valid && n != "" && len(n) <= maxName
 		}
 		var rp []string
@@ -305,7 +204,7 @@ func FuzzRoundTrip(f *testing.F) {
 		if !valid {
 			return
 		}
-		b := build(s)
+		b := elftest.Build(s)
 		if len(b) > maxDynamic {
 			return
 		}
@@ -313,7 +212,7 @@ func FuzzRoundTrip(f *testing.F) {
 		if err != nil {
 			t.Fatalf("%+v: %v", s, err)
 		}
-		if got.Interp != interp || !slices.Equal(got.Needed, s.needed) || !slices.Equal(got.RunPath, rp) {
+		if got.Interp != interp || !slices.Equal(got.Needed, s.Needed) || !slices.Equal(got.RunPath, rp) {
 			t.Fatalf("%+v: read interp %q needed %q run path %q", s, got.Interp, got.Needed, got.RunPath)
 		}
 	})
