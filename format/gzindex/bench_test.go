@@ -31,7 +31,7 @@ func BenchmarkBuild(b *testing.B) {
 	blob, size := benchBlob(b)
 	b.SetBytes(int64(size))
 	for b.Loop() {
-		if _, err := Build(bytes.NewReader(blob), DefaultSpanSize, nil); err != nil {
+		if _, err := Build(bytes.NewReader(blob), DefaultSpanSize, nil, io.Discard); err != nil {
 			b.Fatal(err)
 		}
 	}
@@ -58,11 +58,12 @@ func BenchmarkReadAt(b *testing.B) {
 	blob, size := benchBlob(b)
 	for _, span := range []int64{64 << 10, 128 << 10, 1 << 20} {
 		b.Run(fmt.Sprintf("span=%dKiB", span>>10), func(b *testing.B) {
-			ix, err := Build(bytes.NewReader(blob), span, nil)
+			var wins bytes.Buffer
+			ix, err := Build(bytes.NewReader(blob), span, nil, &wins)
 			if err != nil {
 				b.Fatal(err)
 			}
-			r := NewReader(ix, bytes.NewReader(blob), 0)
+			r := NewReader(ix, bytes.NewReader(blob), bytes.NewReader(wins.Bytes()), 0)
 			rng := rand.New(rand.NewPCG(1, 1))
 			p := make([]byte, 4096)
 			for b.Loop() {

@@ -9,6 +9,8 @@ import (
 	"hash"
 	"hash/crc32"
 	"io"
+
+	"lazypull/format/internal/spans"
 )
 
 // Build reads a gzip blob once, from start to end, and returns its index: a checkpoint at
@@ -16,17 +18,23 @@ import (
 // span's output passes SoftSpanOut; never within 32 KiB of output of the last), each
 // with the history its span's matches use and the sha256 of the span's output. Every
 // member's CRC-32 and size are checked. Memory stays at a few hundred KiB plus the
-// index. If out is not nil, it receives the uncompressed stream as it is decoded (the
-// one pass can read the tar too); spanSize <= 0 means DefaultSpanSize.
-func Build(r io.Reader, spanSize int64, out io.Writer) (*Index, error) {
+// index. The checkpoints' windows go to windows, one after the other: the window blob,
+// which a Reader reads by range. If out is not nil, it receives the uncompressed stream
+// as it is decoded (the one pass can read the tar too); spanSize <= 0 means
+// DefaultSpanSize.
+func Build(r io.Reader, spanSize int64, out, windows io.Writer) (*Index, error) {
 	if spanSize <= 0 {
 		spanSize = DefaultSpanSize
 	}
+	if windows == nil {
+		return nil, errors.New("gzindex: Build needs a writer for the window blob")
+	}
 	b := &builder{
-		ix:   &Index{spanSize: spanSize},
-		span: sha256.New(),
-		crc:  crc32.NewIEEE(),
-		out:  out,
+		ix:      &Index{spanSize: spanSize},
+		span:    sha256.New(),
+		crc:     crc32.NewIEEE(),
+		out:     out,
+		windows: windows,
 	}
 	var err error
 	if b.zw, err = flate.NewWriter(&b.zbuf, flate.DefaultCompression); err != nil {
@@ -63,6 +71,7 @@ type builder struct {
 	span      hash.Hash // sha256 of the current span's output
 	crc       hash.Hash32
 	out       io.Writer
+	windows   io.Writer // the window blob
 	total     int64 // output so far
 	memberOut int64 // output of the current member
 	zw        *flate.Writer
@@ -165,7 +174,15 @@ func (b *builder) finishWindow() error {
 	if err := b.zw.Close(); err != nil {
 		return err
 	}
-	p.window = bytes.Clone(b.zbuf.Bytes())
+	p.winOff, p.winLen = b.ix.windowsSize, int64(b.zbuf.Len())
+	p.winDigest = sha256.Sum256(b.zbuf.Bytes())
+	if p.winLen > MaxWindowLen {
+		return fmt.Errorf("gzindex: window of checkpoint %d compressed to %d bytes, over %d", len(b.ix.points)-1, p.winLen, MaxWindowLen)
+	}
+	if _, err := b.windows.Write(b.zbuf.Bytes()); err != nil {
+		return fmt.Errorf("gzindex: writing window blob: %w", err)
+	}
+	b.ix.windowsSize += p.winLen
 	return nil
 }
 
@@ -176,17 +193,30 @@ func (b *builder) endSpan() {
 	b.span.Reset()
 }
 
-// errNoWindow is wrapped when a checkpoint's stored window does not inflate to its length.
+// errNoWindow is wrapped when a checkpoint's window from the window blob does not match
+// its digest or does not inflate to its length.
 var errNoWindow = errors.New("bad window")
 
-// inflateWindow returns checkpoint i's window, uncompressed.
-func (ix *Index) inflateWindow(i int) ([]byte, error) {
-	p := ix.points[i]
+// window returns checkpoint i's window, uncompressed: the output before the span if the
+// reader keeps it, else fetched from the window blob, checked against its digest, and
+// inflated.
+func (r *Reader) window(i int) ([]byte, error) {
+	p := &r.ix.points[i]
 	if p.windowLen == 0 {
 		return nil, nil
 	}
+	if w := r.s.Before(i, int64(p.windowLen), nil); w != nil {
+		return w, nil
+	}
+	z, err := spans.ReadFull(r.windows, p.winOff, p.winLen)
+	if err != nil {
+		return nil, fmt.Errorf("fetching window (bytes %d-%d of the window blob): %w", p.winOff, p.winOff+p.winLen, err)
+	}
+	if sha256.Sum256(z) != p.winDigest {
+		return nil, fmt.Errorf("%w: bytes %d-%d of the window blob do not match their digest", errNoWindow, p.winOff, p.winOff+p.winLen)
+	}
 	w := make([]byte, p.windowLen)
-	zr := flate.NewReader(bytes.NewReader(p.window))
+	zr := flate.NewReader(bytes.NewReader(z))
 	defer zr.Close()
 	if _, err := io.ReadFull(zr, w); err != nil {
 		return nil, fmt.Errorf("%w: %v", errNoWindow, err)

@@ -18,7 +18,7 @@ func seedIndexes(t testing.TB) [][]byte {
 		slicesConcat(gzipGo(t, testutil.Corpus(3000, 9), 1), gzipGo(t, nil, 9), gzipGo(t, testutil.Corpus(2000, 10), 9)),
 		gzipGo(t, nil, 6),
 	} {
-		ix, err := Build(bytes.NewReader(blob), 64, nil)
+		ix, err := Build(bytes.NewReader(blob), 64, nil, io.Discard)
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -49,8 +49,8 @@ func FuzzBuild(f *testing.F) {
 	f.Add(gzipGo(f, []byte("hello, hello, hello"), 9))
 	f.Add(slicesConcat(gzipGo(f, nil, 6), gzipGo(f, []byte("x"), 0)))
 	f.Fuzz(func(t *testing.T, blob []byte) {
-		var out bytes.Buffer
-		ix, err := Build(bytes.NewReader(blob), 1024, &out)
+		var out, wins bytes.Buffer
+		ix, err := Build(bytes.NewReader(blob), 1024, &out, &wins)
 		if err != nil {
 			return
 		}
@@ -60,7 +60,7 @@ func FuzzBuild(f *testing.F) {
 			}
 		}
 		p := make([]byte, ix.Size())
-		if n, err := NewReader(ix, bytes.NewReader(blob), 0).ReadAt(p, 0); int64(n) != ix.Size() || (err != nil && err != io.EOF) {
+		if n, err := NewReader(ix, bytes.NewReader(blob), bytes.NewReader(wins.Bytes()), 0).ReadAt(p, 0); int64(n) != ix.Size() || (err != nil && err != io.EOF) {
 			t.Fatalf("reading back: %d bytes of %d, %v", n, ix.Size(), err)
 		}
 		if !bytes.Equal(p, out.Bytes()) {

@@ -118,14 +118,15 @@ func (c *countingReaderAt) ReadAt(p []byte, off int64) (int, error) {
 	return n, err
 }
 
-func build(t testing.TB, blob []byte, span int64) (*Index, []byte) {
+// build returns blob's index, the stream it decodes to and its window blob.
+func build(t testing.TB, blob []byte, span int64) (*Index, []byte, []byte) {
 	t.Helper()
-	var out bytes.Buffer
-	ix, err := Build(bytes.NewReader(blob), span, &out)
+	var out, wins bytes.Buffer
+	ix, err := Build(bytes.NewReader(blob), span, &out, &wins)
 	if err != nil {
 		t.Fatal(err)
 	}
-	return ix, out.Bytes()
+	return ix, out.Bytes(), wins.Bytes()
 }
 
 // TestRoundTrip builds the index of each stream, checks the pass's output and the
@@ -136,7 +137,7 @@ func TestRoundTrip(t *testing.T) {
 	for name, blob := range streams(t) {
 		t.Run(name, func(t *testing.T) {
 			want := gunzip(t, blob)
-			ix, out := build(t, blob, 64<<10)
+			ix, out, wins := build(t, blob, 64<<10)
 			if !bytes.Equal(out, want) {
 				t.Fatalf("build pass output (%d bytes) is not the stream (%d bytes)", len(out), len(want))
 			}
@@ -155,7 +156,7 @@ func TestRoundTrip(t *testing.T) {
 			for _, p := range ix2.points {
 				windows += p.windowLen
 			}
-			checkReads(t, ix2, blob, want)
+			checkReads(t, ix2, blob, wins, want)
 		})
 	}
 	if windows == 0 {
@@ -188,7 +189,7 @@ func TestRoundTrip(t *testing.T) {
 }
 
 // checkReads reads at every offset class, through readers that keep no span and some.
-func checkReads(t *testing.T, ix *Index, blob, want []byte) {
+func checkReads(t *testing.T, ix *Index, blob, wins, want []byte) {
 	type read struct{ off, n int64 }
 	size := int64(len(want))
 	reads := []read{{0, size}, {0, 1}, {size - 1, 1}, {size - 100, 100}, {max(size-50, 0), 100}, {size, 10}, {size + 5, 1}}
@@ -203,7 +204,7 @@ func checkReads(t *testing.T, ix *Index, blob, want []byte) {
 		reads = append(reads, read{off, rng.Int64N(300000) + 1})
 	}
 	for _, keep := range []int64{0, 3 << 20} {
-		r := NewReader(ix, bytes.NewReader(blob), keep)
+		r := NewReader(ix, bytes.NewReader(blob), bytes.NewReader(wins), keep)
 		for _, rd := range reads {
 			if rd.off < 0 || rd.n <= 0 {
 				continue
@@ -226,12 +227,12 @@ func checkReads(t *testing.T, ix *Index, blob, want []byte) {
 // bytes in one read, and a read across spans fetches their run in one read.
 func TestReadFetchesOnlyItsSpans(t *testing.T) {
 	blob := gzipGo(t, testutil.Corpus(2<<20, 4), 6)
-	ix, want := build(t, blob, 64<<10)
+	ix, want, wins := build(t, blob, 64<<10)
 	if ix.NumSpans() < 5 {
 		t.Fatalf("%d spans", ix.NumSpans())
 	}
 	c := &countingReaderAt{r: bytes.NewReader(blob)}
-	r := NewReader(ix, c, 0)
+	r := NewReader(ix, c, bytes.NewReader(wins), 0)
 	s := ix.Span(2)
 	p := make([]byte, 100)
 	if _, err := r.ReadAt(p, s.Off+10); err != nil || !bytes.Equal(p, want[s.Off+10:s.Off+110]) {
@@ -257,12 +258,12 @@ func TestReadFetchesOnlyItsSpans(t *testing.T) {
 func TestCorruptSpan(t *testing.T) {
 	for _, level := range []int{gzip.NoCompression, gzip.BestSpeed, gzip.BestCompression} {
 		blob := gzipGo(t, testutil.Corpus(1<<20, 5), level)
-		ix, want := build(t, blob, 64<<10)
+		ix, want, wins := build(t, blob, 64<<10)
 		for _, k := range []int{0, ix.NumSpans() / 2, ix.NumSpans() - 1} {
 			s := ix.Span(k)
 			bad := bytes.Clone(blob)
 			bad[s.CompOff+s.CompLen/2] ^= 0x10
-			r := NewReader(ix, bytes.NewReader(bad), 2<<20)
+			r := NewReader(ix, bytes.NewReader(bad), bytes.NewReader(wins), 2<<20)
 			_, err := r.ReadAt(make([]byte, 10), s.Off+s.Len-10)
 			var se *SpanError
 			if !errors.As(err, &se) || se.Span != k || !strings.Contains(err.Error(), fmt.Sprintf("span %d ", k)) {
@@ -282,7 +283,7 @@ func TestCorruptSpan(t *testing.T) {
 // Decode; so does a stored window that does not inflate to its length, at read time.
 func TestCorruptIndex(t *testing.T) {
 	blob := gzipGo(t, text(1<<20, 6), 6)
-	ix, _ := build(t, blob, 64<<10)
+	ix, _, _ := build(t, blob, 64<<10)
 	enc := ix.Encode()
 	for i := 0; i < len(enc); i += 1 + len(enc)/300 {
 		bad := bytes.Clone(enc)
@@ -313,18 +314,78 @@ func TestCorruptIndex(t *testing.T) {
 		}
 	}
 
-	k := 1
+	if _, err := Decode(ix.Encode()[:len(magic)+1]); !errors.Is(err, ErrCorruptIndex) {
+		t.Fatalf("cut in the version: err %v", err)
+	}
+	old := bytes.Clone(ix.encodeBody())
+	old[len(magic)+1] = 1
+	if _, err := decodeBody(old); !errors.Is(err, ErrVersion) || !strings.Contains(err.Error(), "version 1") {
+		t.Fatalf("version 1: err %v; want ErrVersion naming it", err)
+	}
+}
+
+// TestWindows: a read that starts a span out of order fetches its window from the window
+// blob (and its compressed bytes, nothing else); a read of the next span, the output
+// before it kept, fetches no window; a window blob whose bytes are not the index's fails
+// the read of the span naming it, never serves a wrong byte, and no window is fetched
+// for a span at a member start.
+func TestWindows(t *testing.T) {
+	blob := gzipGo(t, text(1<<20, 6), 6)
+	ix, want, wins := build(t, blob, 32<<10)
+	k := 3
 	for ix.points[k].windowLen == 0 {
-		if k++; k == ix.NumSpans() {
+		if k++; k == ix.NumSpans()-1 {
 			t.Fatal("no checkpoint with a window")
 		}
 	}
-	ix.points[k].window = ix.points[k].window[:len(ix.points[k].window)/2]
-	_, err := NewReader(ix, bytes.NewReader(blob), 0).ReadAt(make([]byte, 1), ix.Span(k).Off)
-	var se *SpanError
-	if !errors.As(err, &se) || se.Span != k || !errors.Is(err, errNoWindow) {
-		t.Fatalf("truncated window: err %v", err)
+	if ix.points[0].winLen != 0 {
+		t.Fatalf("the first checkpoint has a window of %d bytes", ix.points[0].winLen)
 	}
+	w := &countingReaderAt{r: bytes.NewReader(wins)}
+	r := NewReader(ix, bytes.NewReader(blob), w, 4<<20)
+	read := func(i int) {
+		t.Helper()
+		s := ix.Span(i)
+		p := make([]byte, s.Len)
+		if _, err := r.ReadAt(p, s.Off); err != nil || !bytes.Equal(p, want[s.Off:s.Off+s.Len]) {
+			t.Fatalf("span %d: %v", i, err)
+		}
+	}
+	read(0)
+	if w.reads.Load() != 0 {
+		t.Fatalf("span 0 fetched %d windows", w.reads.Load())
+	}
+	read(k)
+	if s := ix.Span(k); w.reads.Load() != 1 || w.bytes.Load() != s.WindowLen {
+		t.Fatalf("span %d out of order: %d window reads of %d bytes; want 1 of %d", k, w.reads.Load(), w.bytes.Load(), s.WindowLen)
+	}
+	read(k + 1)
+	if w.reads.Load() != 1 {
+		t.Fatalf("span %d after span %d: %d window reads; want none more", k+1, k, w.reads.Load()-1)
+	}
+
+	s := ix.Span(k)
+	for _, bad := range map[string][]byte{
+		"flipped":   flip(wins, s.WindowOff+s.WindowLen/2),
+		"truncated": wins[:s.WindowOff+s.WindowLen-1],
+		"other":     append(bytes.Clone(wins[:s.WindowOff]), bytes.Repeat([]byte{0}, len(wins)-int(s.WindowOff))...),
+	} {
+		_, err := NewReader(ix, bytes.NewReader(blob), bytes.NewReader(bad), 0).ReadAt(make([]byte, 1), s.Off)
+		var se *SpanError
+		if !errors.As(err, &se) || se.Span != k {
+			t.Fatalf("bad window blob: err %v; want a SpanError naming span %d", err, k)
+		}
+	}
+	_, err := NewReader(ix, bytes.NewReader(blob), bytes.NewReader(flip(wins, s.WindowOff)), 0).ReadAt(make([]byte, 1), s.Off)
+	if !errors.Is(err, errNoWindow) {
+		t.Fatalf("flipped window: err %v; want errNoWindow", err)
+	}
+}
+
+func flip(b []byte, i int64) []byte {
+	b = bytes.Clone(b)
+	b[i] ^= 1
+	return b
 }
 
 // TestBuildRejects: what is not a valid gzip stream fails the build pass.
@@ -343,7 +404,7 @@ func TestBuildRejects(t *testing.T) {
 		"size":          sizeBad,
 		"garbage after": append(bytes.Clone(good), 0, 0, 0, 0),
 	} {
-		if _, err := Build(bytes.NewReader(blob), 0, nil); err == nil {
+		if _, err := Build(bytes.NewReader(blob), 0, nil, io.Discard); err == nil {
 			t.Errorf("%s: built", name)
 		}
 	}
@@ -352,7 +413,7 @@ func TestBuildRejects(t *testing.T) {
 // TestEmptyStream: a stream of empty members has no spans and reads as empty.
 func TestEmptyStream(t *testing.T) {
 	blob := slicesConcat(gzipGo(t, nil, 6), gzipGo(t, nil, 1))
-	ix, _ := build(t, blob, 0)
+	ix, _, wins := build(t, blob, 0)
 	if ix.Size() != 0 || ix.NumSpans() != 0 {
 		t.Fatalf("size %d, %d spans", ix.Size(), ix.NumSpans())
 	}
@@ -360,7 +421,7 @@ func TestEmptyStream(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if n, err := NewReader(ix2, bytes.NewReader(blob), 1).ReadAt(make([]byte, 1), 0); n != 0 || err != io.EOF {
+	if n, err := NewReader(ix2, bytes.NewReader(blob), bytes.NewReader(wins), 1).ReadAt(make([]byte, 1), 0); n != 0 || err != io.EOF {
 		t.Fatalf("ReadAt = %d, %v", n, err)
 	}
 }
@@ -375,7 +436,7 @@ func TestTinySpans(t *testing.T) {
 		"gzip-9": gzipCmd(t, data, "gzip", "-9", "-c"),
 	} {
 		t.Run(name, func(t *testing.T) {
-			ix, out := build(t, blob, 1)
+			ix, out, wins := build(t, blob, 1)
 			if !bytes.Equal(out, data) {
 				t.Fatal("build pass output is not the stream")
 			}
@@ -383,7 +444,7 @@ func TestTinySpans(t *testing.T) {
 				t.Fatal(err)
 			}
 			t.Logf("%d spans", ix.NumSpans())
-			checkReads(t, ix, blob, data)
+			checkReads(t, ix, blob, wins, data)
 		})
 	}
 }
@@ -392,10 +453,10 @@ func TestTinySpans(t *testing.T) {
 // naming the first.
 func TestShortBlob(t *testing.T) {
 	blob := gzipGo(t, text(1<<20, 15), 6)
-	ix, _ := build(t, blob, 32<<10)
+	ix, _, wins := build(t, blob, 32<<10)
 	last := ix.NumSpans() - 1
 	s := ix.Span(last)
-	_, err := NewReader(ix, bytes.NewReader(blob[:s.CompOff+s.CompLen/2]), 0).ReadAt(make([]byte, 10), s.Off)
+	_, err := NewReader(ix, bytes.NewReader(blob[:s.CompOff+s.CompLen/2]), bytes.NewReader(wins), 0).ReadAt(make([]byte, 10), s.Off)
 	var se *SpanError
 	if !errors.As(err, &se) || se.Span != last || !errors.Is(err, io.ErrUnexpectedEOF) {
 		t.Fatalf("err %v; want span %d's fetch to fail", err, last)
@@ -407,8 +468,8 @@ func TestShortBlob(t *testing.T) {
 func TestConcurrentReads(t *testing.T) {
 	data := text(1<<20, 16)
 	blob := gzipGo(t, data, 6)
-	ix, _ := build(t, blob, 16<<10)
-	r := NewReader(ix, bytes.NewReader(blob), 256<<10) // a few spans
+	ix, _, wins := build(t, blob, 16<<10)
+	r := NewReader(ix, bytes.NewReader(blob), bytes.NewReader(wins), 256<<10) // a few spans
 	errs := make(chan error, 4)
 	for g := range 4 {
 		go func() {
@@ -437,7 +498,7 @@ func TestConcurrentReads(t *testing.T) {
 func TestKeepBoundsBytes(t *testing.T) {
 	data := text(1<<20, 16)
 	blob := gzipGo(t, data, 6)
-	ix, _ := build(t, blob, 16<<10)
+	ix, _, wins := build(t, blob, 16<<10)
 	var biggest int64
 	for i := range ix.NumSpans() {
 		biggest = max(biggest, ix.Span(i).Len)
@@ -446,7 +507,7 @@ func TestKeepBoundsBytes(t *testing.T) {
 		t.Fatalf("%d spans, want several", ix.NumSpans())
 	}
 	keep := 3 * biggest
-	r := NewReader(ix, bytes.NewReader(blob), keep)
+	r := NewReader(ix, bytes.NewReader(blob), bytes.NewReader(wins), keep)
 	p := make([]byte, 4096)
 	for off := int64(0); off < int64(len(data)); off += 4096 {
 		if _, err := r.ReadAt(p, off); err != nil && err != io.EOF {
@@ -456,7 +517,7 @@ func TestKeepBoundsBytes(t *testing.T) {
 			t.Fatalf("at %d: %d spans, %d bytes kept; want some, at most %d bytes", off, n, kept, keep)
 		}
 	}
-	small := NewReader(ix, bytes.NewReader(blob), 10)
+	small := NewReader(ix, bytes.NewReader(blob), bytes.NewReader(wins), 10)
 	if _, err := small.ReadAt(p, 0); err != nil {
 		t.Fatal(err)
 	}
@@ -488,9 +549,9 @@ func (c *concurrencyReader) ReadAt(p []byte, off int64) (int, error) {
 func TestDecodeBudget(t *testing.T) {
 	data := text(1<<20, 16)
 	blob := gzipGo(t, data, 6)
-	ix, _ := build(t, blob, 16<<10)
+	ix, _, wins := build(t, blob, 16<<10)
 	c := &concurrencyReader{r: bytes.NewReader(blob)}
-	r := NewReader(ix, c, 0)
+	r := NewReader(ix, c, bytes.NewReader(wins), 0)
 	r.s.SetBudget(1)
 	var wg sync.WaitGroup
 	for i := range ix.NumSpans() {

@@ -2,6 +2,7 @@ package gzindex
 
 import (
 	"crypto/sha256"
+	"encoding/binary"
 	"errors"
 	"fmt"
 	"sort"
@@ -25,17 +26,25 @@ const (
 	// refuses an index that claims one.
 	MaxSpanIn = 2 * MaxSpanOut
 	// MaxSize bounds an encoded index Decode accepts: 64 MiB, the index of a layer of
-	// about 4 GiB checkpointed every 128 KiB (windows trimmed and compressed take 1-2 KiB
-	// a checkpoint on the Debian layers measured).
+	// hundreds of GiB checkpointed every 128 KiB (each checkpoint takes 70-80 bytes; its
+	// window, 1-2 KiB trimmed and compressed, is in the window blob).
 	MaxSize = 64 << 20
+	// MaxWindowLen bounds a window's compressed bytes in the window blob (32 KiB raw
+	// deflate of incompressible bytes is a few bytes longer than 32 KiB).
+	MaxWindowLen = windowSize + 1024
 	// MemFactor and MemSlack bound what Decode allocates: MemFactor times the input's
-	// length plus MemSlack. Windows stay compressed until a read needs one.
+	// length plus MemSlack. Windows are not in the index: a reader fetches one by range
+	// from the window blob when it needs it.
 	MemFactor = 4
 	MemSlack  = 4 << 10
 )
 
-// Version is the encoding Encode writes and Decode reads.
-const Version = 1
+// Version is the encoding Encode writes and Decode reads. Version 1 held the windows
+// inline; Decode refuses it with ErrVersion.
+const Version = 2
+
+// ErrVersion is wrapped by Decode's error for an index of another version.
+var ErrVersion = errors.New("gzindex: index of another version")
 
 // magic starts every encoded index; a big-endian uint16 version follows.
 const magic = "LZPGZIDX"
@@ -52,6 +61,7 @@ type Index struct {
 	spanSize       int64
 	compressedSize int64
 	size           int64
+	windowsSize    int64
 	points         []checkpoint
 }
 
@@ -60,8 +70,11 @@ type checkpoint struct {
 	bit       int64 // the block's first bit in the compressed blob
 	out       int64 // offset of its first output byte in the uncompressed stream
 	windowLen int   // length of the history before it (<= 32 KiB; less after a member start)
-	window    []byte
-	digest    [sha256.Size]byte // sha256 of the span's output: up to the next checkpoint or the end
+	// The window's raw-deflate-compressed bytes in the window blob and their sha256;
+	// winOff is the sum of the windows' lengths before it (not encoded).
+	winOff, winLen int64
+	winDigest      [sha256.Size]byte
+	digest         [sha256.Size]byte // sha256 of the span's output: up to the next checkpoint or the end
 }
 
 // Span is one span of an index: its output range and the compressed bytes that hold it.
@@ -72,6 +85,9 @@ type Span struct {
 	// from the byte holding its first bit to the byte holding the next span's first bit
 	// (to the blob's end for the last span).
 	CompOff, CompLen int64
+	// WindowOff and WindowLen are its window's bytes in the window blob, which a reader
+	// fetches when it does not hold the output before the span (none at a member start).
+	WindowOff, WindowLen int64
 	// Digest is the sha256 of the span's output.
 	Digest [sha256.Size]byte
 }
@@ -81,6 +97,9 @@ func (ix *Index) Size() int64 { return ix.size }
 
 // CompressedSize returns the length of the gzip blob.
 func (ix *Index) CompressedSize() int64 { return ix.compressedSize }
+
+// WindowsSize returns the length of the window blob.
+func (ix *Index) WindowsSize() int64 { return ix.windowsSize }
 
 // SpanSize returns the compressed distance between checkpoints the index was built with.
 func (ix *Index) SpanSize() int64 { return ix.spanSize }
@@ -96,7 +115,8 @@ func (ix *Index) Span(i int) Span {
 		next := ix.points[i+1]
 		end, compEnd = next.out, (next.bit+7)/8
 	}
-	return Span{Off: p.out, Len: end - p.out, CompOff: p.bit / 8, CompLen: compEnd - p.bit/8, Digest: p.digest}
+	return Span{Off: p.out, Len: end - p.out, CompOff: p.bit / 8, CompLen: compEnd - p.bit/8,
+		WindowOff: p.winOff, WindowLen: p.winLen, Digest: p.digest}
 }
 
 // SpanAt returns the index of the span holding uncompressed offset off, which must be
@@ -106,21 +126,24 @@ func (ix *Index) SpanAt(off int64) int {
 }
 
 // Encode returns the index's binary form: the magic and version, then uvarints (span
-// size, compressed size, size, checkpoint count), then per checkpoint the uvarints of its
-// bit and output offsets (deltas from the previous checkpoint's), its window's length and
-// compressed length, its span's sha256 and its raw-deflate-compressed window; last, the
-// sha256 of everything before it.
+// size, compressed size, size, window blob size, checkpoint count), then per checkpoint
+// the uvarints of its bit and output offsets (deltas from the previous checkpoint's), its
+// window's length and compressed length (its bytes in the window blob follow the previous
+// window's), its span's sha256, and the sha256 of its compressed window if it has one;
+// last, the sha256 of everything before it.
 func (ix *Index) Encode() []byte { return wire.Seal(ix.encodeBody()) }
 
 func (ix *Index) encodeBody() []byte {
 	b := make([]byte, 0, 64+len(ix.points)*(minPointLen+16))
 	b = wire.AppendHeader(b, magic, Version)
-	b = wire.AppendInts(b, ix.spanSize, ix.compressedSize, ix.size, int64(len(ix.points)))
+	b = wire.AppendInts(b, ix.spanSize, ix.compressedSize, ix.size, ix.windowsSize, int64(len(ix.points)))
 	var bit, out int64
 	for _, p := range ix.points {
-		b = wire.AppendInts(b, p.bit-bit, p.out-out, int64(p.windowLen), int64(len(p.window)))
+		b = wire.AppendInts(b, p.bit-bit, p.out-out, int64(p.windowLen), p.winLen)
 		b = append(b, p.digest[:]...)
-		b = append(b, p.window...)
+		if p.winLen > 0 {
+			b = append(b, p.winDigest[:]...)
+		}
 		bit, out = p.bit, p.out
 	}
 	return b
@@ -139,11 +162,16 @@ func Decode(data []byte) (*Index, error) {
 
 // decodeBody parses an index without its trailing digest.
 func decodeBody(data []byte) (*Index, error) {
+	if len(data) >= len(magic)+2 && string(data[:len(magic)]) == magic {
+		if v := binary.BigEndian.Uint16(data[len(magic):]); v != Version {
+			return nil, fmt.Errorf("%w: version %d, this reader reads version %d only (version 1 held the windows inline; rebuild the index with lazypull index)", ErrVersion, v, Version)
+		}
+	}
 	d, err := wire.NewReader(data, magic, Version, ErrCorruptIndex)
 	if err != nil {
 		return nil, err
 	}
-	ix := &Index{spanSize: d.Int(), compressedSize: d.Int(), size: d.Int()}
+	ix := &Index{spanSize: d.Int(), compressedSize: d.Int(), size: d.Int(), windowsSize: d.Int()}
 	n := d.Count("checkpoints", minPointLen)
 	if d.Err != nil {
 		return nil, d.Err
@@ -176,18 +204,20 @@ func point(d *wire.Reader, ix *Index, i int) error {
 	if d.Err != nil {
 		return d.Err
 	}
-	if wl > windowSize || cl > int64(len(d.B)) || (wl == 0) != (cl == 0) {
-		return fmt.Errorf("%w: checkpoint %d: window of %d bytes in %d", ErrCorruptIndex, i, wl, cl)
+	if i > 0 {
+		p.winOff = ix.points[i-1].winOff + ix.points[i-1].winLen
 	}
-	p.windowLen = int(wl)
-	if len(d.B) < sha256.Size+int(cl) {
-		return fmt.Errorf("%w: checkpoint %d truncated", ErrCorruptIndex, i)
+	if wl > windowSize || cl > MaxWindowLen || (wl == 0) != (cl == 0) || cl > ix.windowsSize-p.winOff {
+		return fmt.Errorf("%w: checkpoint %d: window of %d bytes in %d at %d in a window blob of %d", ErrCorruptIndex, i, wl, cl, p.winOff, ix.windowsSize)
 	}
-	copy(p.digest[:], d.B)
+	p.windowLen, p.winLen = int(wl), cl
+	copy(p.digest[:], d.Bytes(sha256.Size))
 	if cl > 0 {
-		p.window = d.B[sha256.Size : sha256.Size+cl : sha256.Size+cl]
+		copy(p.winDigest[:], d.Bytes(sha256.Size))
 	}
-	d.B = d.B[sha256.Size+cl:]
+	if d.Err != nil {
+		return fmt.Errorf("checkpoint %d: %w", i, d.Err)
+	}
 	return nil
 }
 
@@ -202,6 +232,9 @@ func (ix *Index) check() error {
 	}
 	if (ix.size == 0) != (len(ix.points) == 0) {
 		return bad("%d checkpoints for %d bytes", len(ix.points), ix.size)
+	}
+	if n := len(ix.points); n > 0 && ix.points[n-1].winOff+ix.points[n-1].winLen != ix.windowsSize || n == 0 && ix.windowsSize != 0 {
+		return bad("windows do not fill the window blob of %d bytes", ix.windowsSize)
 	}
 	for i, p := range ix.points {
 		if i == 0 && p.out != 0 {

@@ -25,13 +25,14 @@ func TestMeasureSpanSizes(t *testing.T) {
 
 func measureSpanSize(t *testing.T, path string, blob []byte, span int64, want map[string]bool) {
 	var ix *Index
+	var wins bytes.Buffer
 	files, elapsed := testutil.BuildFiles(t, want, func(w io.Writer) (err error) {
-		ix, err = Build(bytes.NewReader(blob), span, w)
+		ix, err = Build(bytes.NewReader(blob), span, w, &wins)
 		return err
 	})
 	spans := map[int]bool{}
 	var read, fetched int64
-	r := NewReader(ix, bytes.NewReader(blob), 4<<20)
+	r := NewReader(ix, bytes.NewReader(blob), bytes.NewReader(wins.Bytes()), 4<<20)
 	for _, f := range files {
 		n := int64(len(f.Data))
 		read += n

@@ -31,9 +31,10 @@ var ErrDigest = errors.New("span digest mismatch")
 // matches its digest. It keeps the most recently used verified spans, up to a number of
 // bytes of output. It is safe for concurrent use.
 type Reader struct {
-	ix   *Index
-	blob io.ReaderAt
-	s    *spans.Reader
+	ix      *Index
+	blob    io.ReaderAt
+	windows io.ReaderAt
+	s       *spans.Reader
 }
 
 // decodeBudget is the bytes a Reader's concurrent decodes may hold at once: many of
@@ -42,11 +43,12 @@ type Reader struct {
 const decodeBudget = 16 << 20
 
 // NewReader returns a reader of the stream ix indexes, fetching compressed bytes from
-// blob (which may be a range fetcher). It keeps the output of the spans read last, keep
-// bytes of it at most (a span is up to MaxSpanOut; one larger than keep is not kept);
-// keep <= 0 keeps none.
-func NewReader(ix *Index, blob io.ReaderAt, keep int64) *Reader {
-	r := &Reader{ix: ix, blob: blob}
+// blob and windows from the window blob (either may be a range fetcher). A run of spans
+// read needs the window of its first span only, and none when the reader keeps the
+// output before it. It keeps the output of the spans read last, keep bytes of it at most
+// (a span is up to MaxSpanOut; one larger than keep is not kept); keep <= 0 keeps none.
+func NewReader(ix *Index, blob, windows io.ReaderAt, keep int64) *Reader {
+	r := &Reader{ix: ix, blob: blob, windows: windows}
 	r.s = spans.NewReader((*source)(r), keep, decodeBudget)
 	return r
 }
@@ -90,7 +92,7 @@ func (r *Reader) decode(first, last int) ([][]byte, error) {
 // inflate decodes src, the compressed bytes of spans first..last, into v until v stops it.
 func (r *Reader) inflate(src []byte, first, last int, v *verifier) error {
 	p := r.ix.points[first]
-	window, err := r.ix.inflateWindow(first)
+	window, err := r.window(first)
 	if err != nil {
 		return err
 	}

@@ -124,7 +124,7 @@ func (r *Reader) decodeSpan(k int, src []byte, run [][]byte) ([]byte, error) {
 	opts := []zstd.DOption{zstd.WithDecoderConcurrency(1), zstd.WithDecoderMaxWindow(uint64(max(win, minWindow))),
 		zstd.WithDecoderMaxMemory(uint64(max(s.Len+1, win, minWindow)))}
 	if p.mid {
-		content := r.before(k, p.content, run)
+		content := r.s.Before(k, p.content, run)
 		if content == nil {
 			if content, err = r.window(k); err != nil {
 				return nil, err
@@ -145,32 +145,6 @@ func (r *Reader) decodeSpan(k int, src []byte, run [][]byte) ([]byte, error) {
 		return nil, ErrDigest
 	}
 	return out[:len(out):len(out)], nil
-}
-
-// before returns the n bytes of output before span k if the spans before it are at hand
-// (decoded in this run, which started at span k-len(run), or kept), else nil.
-func (r *Reader) before(k int, n int64, run [][]byte) []byte {
-	var parts [][]byte
-	have := int64(0)
-	for i := k - 1; i >= 0 && have < n; i-- {
-		out := r.s.Cached(i)
-		if j := i - (k - len(run)); j >= 0 {
-			out = run[j]
-		}
-		if out == nil {
-			return nil
-		}
-		parts = append(parts, out)
-		have += int64(len(out))
-	}
-	if have < n {
-		return nil
-	}
-	b := make([]byte, 0, have)
-	for i := len(parts) - 1; i >= 0; i-- {
-		b = append(b, parts[i]...)
-	}
-	return b[have-n:]
 }
 
 // window returns checkpoint i's window from the window blob: the bytes its span's

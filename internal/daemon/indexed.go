@@ -92,7 +92,7 @@ func findIndex(ctx context.Context, reg *fetch.Registry, subject v1.Hash, policy
 }
 
 // openIndexedLayer reads and decodes the index blob ld of the image layer desc; windows
-// is the artifact's window blob for the layer, if it has one (a zstd layer's,
+// is the artifact's window blob for the layer, if it has one (a gzip or zstd layer's,
 // indexed_zstd.go).
 func openIndexedLayer(ctx context.Context, im *Image, desc, ld v1.Descriptor, windows *v1.Descriptor) (*indexedLayer, error) {
 	if got := ld.Annotations[imageindex.AnnotationLayer]; got != desc.Digest.String() {
@@ -113,7 +113,7 @@ func openIndexedLayer(ctx context.Context, im *Image, desc, ld v1.Descriptor, wi
 	if err != nil {
 		return nil, fmt.Errorf("index blob %s: %w", ld.Digest, err)
 	}
-	if windows != nil && kind != imageindex.Zstd {
+	if windows != nil && kind == imageindex.Tar {
 		return nil, fmt.Errorf("window blob %s for a %v layer: refused", windows.Digest, kind)
 	}
 	blob := im.Registry.Layer(desc)
@@ -131,8 +131,12 @@ func openIndexedLayer(ctx context.Context, im *Image, desc, ld v1.Descriptor, wi
 	case kind == imageindex.Gzip && il.GZ.CompressedSize() != desc.Size:
 		return nil, fmt.Errorf("index blob %s: its gzindex is of a blob of %d bytes, the layer is %d", ld.Digest, il.GZ.CompressedSize(), desc.Size)
 	case kind == imageindex.Gzip:
-		tar, spans = gzindex.NewReader(il.GZ, tar, gzSpansKept), gzSpans(il.GZ)
-		dec = func(comp io.ReaderAt) io.ReaderAt { return gzindex.NewReader(il.GZ, comp, 0) }
+		wins, err := windowReader(im, windows, il.GZ.WindowsSize(), "gzindex")
+		if err != nil {
+			return nil, fmt.Errorf("index blob %s: %w", ld.Digest, err)
+		}
+		tar, spans = gzindex.NewReader(il.GZ, tar, wins, gzSpansKept), gzSpans(il.GZ)
+		dec = func(comp io.ReaderAt) io.ReaderAt { return gzindex.NewReader(il.GZ, comp, wins, 0) }
 	case il.Table.TarSize != desc.Size:
 		return nil, fmt.Errorf("index blob %s: a tar stream of %d bytes, the layer is %d", ld.Digest, il.Table.TarSize, desc.Size)
 	}

@@ -12,7 +12,7 @@ import (
 )
 
 // A zstd layer of an unconverted image is served from its index artifact as a gzip layer
-// is (indexed.go), through a zstdindex instead of a gzindex, with one more blob: the
+// is (indexed.go), through a zstdindex instead of a gzindex. Both have one more blob: the
 // layer's window blob (imageindex.WindowsMediaType), an artifact layer after the index
 // blobs, naming the image layer by digest. A read fetches the compressed spans it covers
 // by Range from the layer blob, and a window by Range from the window blob only when it
@@ -24,7 +24,7 @@ import (
 // windowBlobs returns, by image layer position, the window blob the artifact manifest m
 // gives each layer (nil: none). m's first len(descs) layers are the index blobs, in image
 // layer order; each after them must be a window blob naming one of the image's zstd
-// layers, at most one a layer.
+// or gzip layers, at most one a layer.
 func windowBlobs(m *v1.Manifest, descs []v1.Descriptor) ([]*v1.Descriptor, error) {
 	if len(m.Layers) < len(descs) {
 		return nil, fmt.Errorf("%d layers for the image's %d", len(m.Layers), len(descs))
@@ -56,6 +56,23 @@ func windowBlobs(m *v1.Manifest, descs []v1.Descriptor) ([]*v1.Descriptor, error
 	return out, nil
 }
 
+// windowReader returns the reader of the window blob wd (nil: the artifact has none for
+// the layer) of a layer whose index (what) needs one of size bytes (0: none).
+func windowReader(im *Image, wd *v1.Descriptor, size int64, what string) (io.ReaderAt, error) {
+	switch {
+	case wd == nil && size > 0:
+		return nil, fmt.Errorf("its %s needs a window blob of %d bytes; the artifact has none for the layer", what, size)
+	case wd != nil && wd.Size != size:
+		return nil, fmt.Errorf("window blob %s of %d bytes, the %s's is %d", wd.Digest, wd.Size, what, size)
+	case wd == nil:
+		return bytes.NewReader(nil), nil
+	}
+	// Read by range, never whole: its digest cannot be checked. A gzip window is checked
+	// against its digest in the index; a zstd window that is not the index's decodes to a
+	// span that fails its digest.
+	return im.Registry.Blob(wd.Digest, wd.Size).ReaderAt(im.bg), nil
+}
+
 // zstdTar returns the uncompressed tar stream of the zstd layer desc, whose blob blob
 // reads, through its zstdindex ix and its window blob wd (nil when ix needs none), and
 // the decoder of runs of its spans (indexed_large.go).
@@ -63,16 +80,9 @@ func zstdTar(im *Image, desc v1.Descriptor, ix *zstdindex.Index, blob io.ReaderA
 	if ix.CompressedSize() != desc.Size {
 		return nil, nil, fmt.Errorf("its zstdindex is of a blob of %d bytes, the layer is %d", ix.CompressedSize(), desc.Size)
 	}
-	var windows io.ReaderAt = bytes.NewReader(nil)
-	switch {
-	case wd == nil && ix.WindowsSize() > 0:
-		return nil, nil, fmt.Errorf("its zstdindex needs a window blob of %d bytes; the artifact has none for the layer", ix.WindowsSize())
-	case wd != nil && wd.Size != ix.WindowsSize():
-		return nil, nil, fmt.Errorf("window blob %s of %d bytes, the zstdindex's is %d", wd.Digest, wd.Size, ix.WindowsSize())
-	case wd != nil:
-		// Read by range, never whole: its digest cannot be checked; a window that is not
-		// the index's decodes to a span that fails its digest.
-		windows = im.Registry.Blob(wd.Digest, wd.Size).ReaderAt(im.bg)
+	windows, err := windowReader(im, wd, ix.WindowsSize(), "zstdindex")
+	if err != nil {
+		return nil, nil, err
 	}
 	dec := func(comp io.ReaderAt) io.ReaderAt { return zstdindex.NewReader(ix, comp, windows, 0) }
 	return zstdindex.NewReader(ix, blob, windows, gzSpansKept), dec, nil

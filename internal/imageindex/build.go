@@ -23,7 +23,7 @@ type Built struct {
 // BuildLayer reads one layer blob r of kind kind once, from start to end, and builds its
 // index: for a gzip blob, the gzindex with a checkpoint every spanSize compressed bytes
 // (<= 0: gzindex.DefaultSpanSize), for a zstd blob the zstdindex (<= 0:
-// zstdindex.DefaultSpanSize; its windows written to windows, the window blob), and the
+// zstdindex.DefaultSpanSize), their windows written to windows, the window blob; and the
 // file table of the tar stream it decodes to, in the same pass; for an uncompressed blob,
 // the file table only. Memory stays at a few hundred KiB plus the index (and, for zstd,
 // about twice the largest frame window), whatever the layer's size.
@@ -36,21 +36,24 @@ func BuildLayer(r io.Reader, kind Kind, spanSize int64, windows io.Writer) (*Bui
 			return nil, err
 		}
 		return &Built{Layer: Layer{Table: &s.t}, DiffID: format.Digest(s.diff.Sum(nil))}, nil
+	case Gzip, Zstd:
+		if windows == nil {
+			return nil, fmt.Errorf("imageindex: a %v layer needs a writer for its window blob", kind)
+		}
+	default:
+		return nil, fmt.Errorf("imageindex: layer of kind %v", kind)
+	}
+	switch kind {
 	case Gzip:
 		build = func(out io.Writer) (*Layer, error) {
-			ix, err := gzindex.Build(r, spanSize, out)
+			ix, err := gzindex.Build(r, spanSize, out, windows)
 			return &Layer{GZ: ix}, err
 		}
 	case Zstd:
-		if windows == nil {
-			return nil, errors.New("imageindex: a zstd layer needs a writer for its window blob")
-		}
 		build = func(out io.Writer) (*Layer, error) {
 			ix, err := zstdindex.Build(r, spanSize, out, windows)
 			return &Layer{ZS: ix}, err
 		}
-	default:
-		return nil, fmt.Errorf("imageindex: layer of kind %v", kind)
 	}
 	return buildTee(build)
 }

@@ -5,8 +5,8 @@
 // format's index carries it, and where each regular file's content lies in the
 // uncompressed tar stream, with its sha256). It pushes them as one artifact referring to
 // the image manifest (OCI subject): one blob per image layer, named by the layer's digest
-// in an annotation, then a window blob per zstd layer (the windows its checkpoints need,
-// read by range). The image itself is not touched.
+// in an annotation, then a window blob per gzip or zstd layer (the windows its
+// checkpoints need, read by range). The image itself is not touched.
 //
 // A table's encoding (Table.Encode, DecodeTable) and a layer blob's (Layer.Encode,
 // DecodeLayer) are read from the registry, so decoding treats them as hostile: bounded

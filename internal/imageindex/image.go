@@ -40,7 +40,7 @@ type Result struct {
 	Layers    []LayerResult
 	ImageSize int64 // the layers' blobs, as the manifest sizes them
 	IndexSize int64 // the artifact's index blobs, read whole by a mount
-	// WindowsSize is the artifact's window blobs (zstd layers'), read by range only.
+	// WindowsSize is the artifact's window blobs (compressed layers'), read by range only.
 	WindowsSize int64
 }
 
@@ -49,8 +49,8 @@ type LayerResult struct {
 	Layer v1.Descriptor // the image layer
 	Blob  v1.Descriptor // its index, an artifact layer
 	Kind  Kind
-	// Windows is a zstd layer's window blob, an artifact layer too (none, size 0, when
-	// no checkpoint needs a window).
+	// Windows is a compressed layer's window blob, an artifact layer too (none, size 0,
+	// when no checkpoint needs a window).
 	Windows     v1.Descriptor
 	Entries     int
 	Files       int // regular files
@@ -170,8 +170,8 @@ func configDiffIDs(ctx context.Context, reg *fetch.Registry, img *fetch.Image) (
 }
 
 // indexLayer streams one layer blob (its digest checked at its end) through BuildLayer,
-// checks its tar stream against the diff ID, and uploads its index (and a zstd layer's
-// window blob, written to a temporary file as it is built, then streamed from there).
+// checks its tar stream against the diff ID, and uploads its index (and a compressed
+// layer's window blob, written to a temporary file as it is built, then streamed from there).
 func indexLayer(ctx context.Context, reg *fetch.Registry, repo name.Repository, desc v1.Descriptor, kind Kind, diffID v1.Hash, span int64, ropts []remote.Option) (LayerResult, error) {
 	rc, err := reg.Layer(desc).Open(ctx)
 	if err != nil {
@@ -179,7 +179,7 @@ func indexLayer(ctx context.Context, reg *fetch.Registry, repo name.Repository, 
 	}
 	defer rc.Close()
 	var win *windowFile
-	if kind == Zstd {
+	if kind != Tar {
 		if win, err = newWindowFile(); err != nil {
 			return LayerResult{}, err
 		}
@@ -202,8 +202,8 @@ func indexLayer(ctx context.Context, reg *fetch.Registry, repo name.Repository, 
 		return LayerResult{}, err
 	}
 	lr := LayerResult{Layer: desc, Kind: kind, Entries: len(b.Table.Entries), TarSize: b.Table.TarSize}
-	if b.ZS != nil && b.ZS.WindowsSize() > 0 {
-		if lr.Windows, err = win.push(repo, b.ZS.WindowsSize(), ropts); err != nil {
+	if b.WindowsSize() > 0 {
+		if lr.Windows, err = win.push(repo, b.WindowsSize(), ropts); err != nil {
 			return LayerResult{}, err
 		}
 		lr.Windows.Annotations = map[string]string{AnnotationLayer: desc.Digest.String()}
@@ -226,7 +226,7 @@ func indexLayer(ctx context.Context, reg *fetch.Registry, repo name.Repository, 
 	return lr, nil
 }
 
-// windowFile is a zstd layer's window blob while it is built: a temporary file and the
+// windowFile is a compressed layer's window blob while it is built: a temporary file and the
 // running sha256 of what was written to it.
 type windowFile struct {
 	f *os.File

@@ -65,10 +65,13 @@ func TestImage(t *testing.T) {
 			t.Fatal(err)
 		}
 		layers, _ := img.Layers()
+		gd, _ := layers[0].Digest()
 		zd, _ := layers[2].Digest()
-		if len(m.Layers) != 4 || m.Layers[3].MediaType != WindowsMediaType || m.Layers[3].Annotations[AnnotationLayer] != zd.String() ||
-			m.Layers[3].Size != res.WindowsSize || res.Layers[2].Windows.Digest != m.Layers[3].Digest {
-			t.Fatalf("artifact layers %+v: want the three index blobs, then the zstd layer's window blob", m.Layers)
+		if len(m.Layers) != 5 || m.Layers[3].MediaType != WindowsMediaType || m.Layers[3].Annotations[AnnotationLayer] != gd.String() ||
+			m.Layers[4].MediaType != WindowsMediaType || m.Layers[4].Annotations[AnnotationLayer] != zd.String() ||
+			m.Layers[3].Size+m.Layers[4].Size != res.WindowsSize || res.Layers[0].Windows.Digest != m.Layers[3].Digest ||
+			res.Layers[2].Windows.Digest != m.Layers[4].Digest {
+			t.Fatalf("artifact layers %+v: want the three index blobs, then the gzip and zstd layers' window blobs", m.Layers)
 		}
 		kinds := []Kind{Gzip, Tar, Zstd}
 		for i, tarStream := range [][]byte{tr, plain, tr} {
@@ -91,9 +94,9 @@ func TestImage(t *testing.T) {
 			var ra io.ReaderAt = freg.Blob(ld, lsize).ReaderAt(t.Context())
 			switch {
 			case l.GZ != nil:
-				ra = gzindex.NewReader(l.GZ, ra, 2<<20)
+				ra = gzindex.NewReader(l.GZ, ra, freg.Layer(m.Layers[3]).ReaderAt(t.Context()), 2<<20)
 			case l.ZS != nil:
-				ra = zstdindex.NewReader(l.ZS, ra, freg.Layer(m.Layers[3]).ReaderAt(t.Context()), 0)
+				ra = zstdindex.NewReader(l.ZS, ra, freg.Layer(m.Layers[4]).ReaderAt(t.Context()), 0)
 			}
 			checkTable(t, l.Table, tarStream, ra)
 		}

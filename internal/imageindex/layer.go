@@ -53,12 +53,23 @@ func KindOf(mt string) (Kind, error) {
 }
 
 // Layer is the index of one image layer: its file table and, for a compressed layer, the
-// checkpoints that serve its uncompressed tar stream by ranges of the blob (and, for
-// zstd, of its window blob).
+// checkpoints that serve its uncompressed tar stream by ranges of the blob and of its
+// window blob.
 type Layer struct {
 	Table *Table
 	GZ    *gzindex.Index   // a gzip layer's
 	ZS    *zstdindex.Index // a zstd layer's
+}
+
+// WindowsSize returns the length of the layer's window blob (0: it needs none).
+func (l *Layer) WindowsSize() int64 {
+	switch {
+	case l.GZ != nil:
+		return l.GZ.WindowsSize()
+	case l.ZS != nil:
+		return l.ZS.WindowsSize()
+	}
+	return 0
 }
 
 // Kind returns the kind of layer l indexes.

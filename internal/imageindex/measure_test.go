@@ -17,9 +17,10 @@ import (
 // KiB of the previous one read together (up to 8 MiB), and each read fetched as the whole
 // spans covering it. Beside it, what the same reads would fetch if a read ended at the
 // compressed position of its last byte when that byte ends a whole file (verifiable by the
-// file's own digest; interpolated within the span), and the eager index (table and
-// gzindex, and of the gzindex about what the windows take: all but about 42 bytes a
-// checkpoint). Every profiled path must be in its layer's table.
+// file's own digest; interpolated within the span), the eager index (table and
+// gzindex), the window blob, and the windows fetched from it (one for each read that
+// does not start in or right after the last span fetched). Every profiled path must be
+// in its layer's table.
 // IMAGEINDEX_MEASURE_LAYOUT is the image's OCI layout (blobs/sha256/...),
 // IMAGEINDEX_MEASURE_PROFILE a profile recorded on it; skipped unless both are set.
 func TestMeasureProfileSpans(t *testing.T) {
@@ -42,8 +43,8 @@ func TestMeasureProfileSpans(t *testing.T) {
 	if err := json.Unmarshal(b, &p); err != nil {
 		t.Fatal(err)
 	}
-	fmt.Println("| layer | S KiB | index KB (table + gzindex) | gzindex KB | of it windows, about KB | reads | fetched MB | fetched, reads ending at a whole file's last byte MB |")
-	fmt.Println("|---|---|---|---|---|---|---|---|")
+	fmt.Println("| layer | S KiB | index KB (table + gzindex) | gzindex KB | window blob KB | reads | fetched MB | windows fetched KB | fetched, reads ending at a whole file's last byte MB |")
+	fmt.Println("|---|---|---|---|---|---|---|---|---|")
 	for li, d := range p.Layers {
 		blob, err := os.ReadFile(filepath.Join(layout, "blobs", strings.Replace(d, ":", "/", 1)))
 		if err != nil {
@@ -69,7 +70,8 @@ type measured struct {
 }
 
 func measureProfileSpan(t *testing.T, name string, blob []byte, span int64, want map[string][][2]int64) {
-	built, err := BuildLayer(bytes.NewReader(blob), Gzip, span, nil)
+	var wins bytes.Buffer
+	built, err := BuildLayer(bytes.NewReader(blob), Gzip, span, &wins)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -115,10 +117,13 @@ func measureProfileSpan(t *testing.T, name string, blob []byte, span int64, want
 		reads = append(reads, c)
 	}
 	// Fetched: the compressed ranges of the spans each read covers, merged when they touch.
-	fetched, prefix := 0.0, 0.0
+	fetched, prefix, windows := 0.0, 0.0, 0.0
 	lastSpan, lastPart := -1, 0.0 // the last span fetched, and what of it the prefix counted
 	for _, r := range reads {
 		first, last := ix.SpanAt(r.start), ix.SpanAt(r.end-1)
+		if first > lastSpan+1 {
+			windows += float64(ix.Span(first).WindowLen)
+		}
 		if first == lastSpan { // the rest of a span the previous read ended in
 			prefix += float64(ix.Span(first).CompLen) - lastPart
 			lastPart = float64(ix.Span(first).CompLen)
@@ -139,7 +144,6 @@ func measureProfileSpan(t *testing.T, name string, blob []byte, span int64, want
 		t.Errorf("layer %s, span %d: reads ending at a file's end fetch %.0f bytes, more than whole spans' %.0f", name, span, prefix, fetched)
 	}
 	gz := len(ix.Encode())
-	windows := gz - ix.NumSpans()*42 // a checkpoint's digest and varints: about 42 bytes
-	fmt.Printf("| %s | %d | %.0f | %.0f | %.0f | %d | %.2f | %.2f |\n", name, span>>10,
-		float64(len(built.Table.Encode())+gz)/1e3, float64(gz)/1e3, float64(windows)/1e3, len(reads), fetched/1e6, prefix/1e6)
+	fmt.Printf("| %s | %d | %.0f | %.0f | %.0f | %d | %.2f | %.0f | %.2f |\n", name, span>>10,
+		float64(len(built.Table.Encode())+gz)/1e3, float64(gz)/1e3, float64(wins.Len())/1e3, len(reads), fetched/1e6, windows/1e3, prefix/1e6)
 }

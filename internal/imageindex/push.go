@@ -17,8 +17,9 @@ const (
 	// LayerMediaType is the media type of an artifact layer: one image layer's index
 	// (Layer.Encode).
 	LayerMediaType = "application/vnd.lazypull.index.layer.v1"
-	// WindowsMediaType is the media type of a zstd layer's window blob, an artifact layer
-	// after the index blobs: the checkpoints' windows (format/zstdindex), read by range
+	// WindowsMediaType is the media type of a compressed layer's window blob, an artifact
+	// layer after the index blobs: the checkpoints' windows (format/gzindex,
+	// format/zstdindex), read by range
 	// when a read starts a span whose preceding output the reader does not hold.
 	WindowsMediaType = "application/vnd.lazypull.index.windows.v1"
 	// AnnotationLayer, on an artifact layer's descriptor, names the image layer it

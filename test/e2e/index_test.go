@@ -98,12 +98,19 @@ func TestIndexPlainImage(t *testing.T) {
 
 	reg, img := resolvePlain(t, ref)
 	m, raw := indexArtifact(t, reg, before.Digest)
-	if m.Subject == nil || m.Subject.Digest != before.Digest || m.ArtifactType != imageindex.ArtifactType || len(m.Layers) != len(img.Manifest.Layers) {
+	if m.Subject == nil || m.Subject.Digest != before.Digest || m.ArtifactType != imageindex.ArtifactType || len(m.Layers) < len(img.Manifest.Layers) {
 		t.Fatalf("artifact manifest: subject %v, artifactType %q, %d layers for %d", m.Subject, m.ArtifactType, len(m.Layers), len(img.Manifest.Layers))
 	}
-	tables := make([]*imageindex.Layer, len(m.Layers))
+	windows := map[string]v1.Descriptor{} // by image layer digest
+	for _, d := range m.Layers[len(img.Manifest.Layers):] {
+		if d.MediaType != imageindex.WindowsMediaType {
+			t.Fatalf("artifact layer %+v after the index blobs: not a window blob", d)
+		}
+		windows[d.Annotations[imageindex.AnnotationLayer]] = d
+	}
+	tables := make([]*imageindex.Layer, len(img.Manifest.Layers))
 	var imageSize, indexSize, gzSize int64
-	for i, d := range m.Layers {
+	for i, d := range m.Layers[:len(tables)] {
 		layer := img.Manifest.Layers[i]
 		if d.Annotations[imageindex.AnnotationLayer] != layer.Digest.String() {
 			t.Fatalf("artifact layer %d names %q, want %s", i, d.Annotations[imageindex.AnnotationLayer], layer.Digest)
@@ -126,7 +133,15 @@ func TestIndexPlainImage(t *testing.T) {
 	picked := pickFiles(t, files, tables)
 	for _, name := range picked {
 		i, e := topEntry(tables, name)
-		ra := gzindex.NewReader(tables[i].GZ, reg.Layer(img.Manifest.Layers[i]).ReaderAt(t.Context()), 4<<20)
+		win, ok := windows[img.Manifest.Layers[i].Digest.String()]
+		if ok != (tables[i].GZ.WindowsSize() > 0) || win.Size != tables[i].GZ.WindowsSize() {
+			t.Fatalf("layer %d: window blob %+v for a gzindex with %d bytes of windows", i, win, tables[i].GZ.WindowsSize())
+		}
+		var wins io.ReaderAt = bytes.NewReader(nil)
+		if ok {
+			wins = reg.Layer(win).ReaderAt(t.Context())
+		}
+		ra := gzindex.NewReader(tables[i].GZ, reg.Layer(img.Manifest.Layers[i]).ReaderAt(t.Context()), wins, 4<<20)
 		got := make([]byte, e.TarLen)
 		if n, err := ra.ReadAt(got, e.TarOffset); n != len(got) {
 			t.Fatalf("%s: read %d+%d of layer %d: %d bytes, %v", name, e.TarOffset, e.TarLen, i, n, err)

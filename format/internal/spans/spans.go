@@ -204,3 +204,30 @@ func (r *Reader) put(i int, out []byte) {
 	r.cache = append(r.cache, cached{i: i, out: out})
 	r.kept += int64(len(out))
 }
+
+// Before returns the n bytes of output before span k if the spans before it are at hand
+// (decoded in the run under way, which started at span k-len(run), or kept), else nil:
+// the window a span needs, without fetching it.
+func (r *Reader) Before(k int, n int64, run [][]byte) []byte {
+	var parts [][]byte
+	have := int64(0)
+	for i := k - 1; i >= 0 && have < n; i-- {
+		out := r.Cached(i)
+		if j := i - (k - len(run)); j >= 0 {
+			out = run[j]
+		}
+		if out == nil {
+			return nil
+		}
+		parts = append(parts, out)
+		have += int64(len(out))
+	}
+	if have < n {
+		return nil
+	}
+	b := make([]byte, 0, have)
+	for i := len(parts) - 1; i >= 0; i-- {
+		b = append(b, parts[i]...)
+	}
+	return b[have-n:]
+}
