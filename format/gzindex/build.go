@@ -72,8 +72,8 @@ type builder struct {
 	crc       hash.Hash32
 	out       io.Writer
 	windows   io.Writer // the window blob
-	total     int64 // output so far
-	memberOut int64 // output of the current member
+	total     int64     // output so far
+	memberOut int64     // output of the current member
 	zw        *flate.Writer
 	zbuf      bytes.Buffer
 	refs      refs
