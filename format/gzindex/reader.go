@@ -71,14 +71,29 @@ func (s *source) Span(i int) (off, n, compOff, compLen int64) {
 	return sp.Off, sp.Len, sp.CompOff, sp.CompLen
 }
 
-// decode fetches spans first..last in one read and returns each one's verified output.
+// decode fetches spans first..last in one read, and the first one's window at the same
+// time if it needs one, and returns each one's verified output.
 func (r *Reader) decode(first, last int) ([][]byte, error) {
+	type result struct {
+		w   []byte
+		err error
+	}
+	win := make(chan result, 1)
+	go func() {
+		w, err := r.window(first)
+		win <- result{w, err}
+	}()
 	src, err := r.s.Fetch(r.blob, first, last)
+	w := <-win
+	if err == nil && w.err != nil {
+		s := r.ix.Span(first)
+		return nil, &SpanError{Span: first, CompOff: s.CompOff, CompLen: s.CompLen, Err: w.err}
+	}
 	if err != nil {
 		return nil, &SpanError{Span: first, CompOff: r.ix.Span(first).CompOff, CompLen: r.s.RunLen(first, last), Err: err}
 	}
 	v := &verifier{ix: r.ix, i: first, last: last}
-	err = r.inflate(src, first, last, v)
+	err = r.inflate(src, first, w.w, v)
 	if errors.Is(err, errStop) {
 		return v.done, nil
 	}
@@ -89,13 +104,11 @@ func (r *Reader) decode(first, last int) ([][]byte, error) {
 	return nil, &SpanError{Span: v.i, CompOff: s.CompOff, CompLen: s.CompLen, Err: err}
 }
 
-// inflate decodes src, the compressed bytes of spans first..last, into v until v stops it.
-func (r *Reader) inflate(src []byte, first, last int, v *verifier) error {
+// inflate decodes src, the compressed bytes of a run of spans from first, whose window
+// is window, into v until v stops it.
+func (r *Reader) inflate(src []byte, first int, window []byte, v *verifier) error {
 	p := r.ix.points[first]
-	window, err := r.window(first)
-	if err != nil {
-		return err
-	}
+	var err error
 	f := newInflater(src, p.bit/8, nil, v.write)
 	f.preset(window)
 	if err := f.br.skip(uint(p.bit % 8)); err != nil {

@@ -122,26 +122,27 @@ func openIndexedLayer(ctx context.Context, im *Image, desc, ld v1.Descriptor, wi
 	var tar io.ReaderAt = blob.ReaderAt(im.bg)
 	var spans *spanTable
 	var dec runDecoder
+	var wb *fetch.Blob
 	switch {
 	case kind == imageindex.Zstd:
-		if tar, dec, err = zstdTar(im, desc, il.ZS, tar, windows); err != nil {
+		if tar, dec, wb, err = zstdTar(im, desc, il.ZS, tar, windows); err != nil {
 			return nil, fmt.Errorf("index blob %s: %w", ld.Digest, err)
 		}
 		spans = zstdSpans(il.ZS)
 	case kind == imageindex.Gzip && il.GZ.CompressedSize() != desc.Size:
 		return nil, fmt.Errorf("index blob %s: its gzindex is of a blob of %d bytes, the layer is %d", ld.Digest, il.GZ.CompressedSize(), desc.Size)
 	case kind == imageindex.Gzip:
-		wins, err := windowReader(im, windows, il.GZ.WindowsSize(), "gzindex")
-		if err != nil {
+		var wins io.ReaderAt
+		if wb, wins, err = windowBlob(im, windows, il.GZ.WindowsSize(), "gzindex"); err != nil {
 			return nil, fmt.Errorf("index blob %s: %w", ld.Digest, err)
 		}
 		tar, spans = gzindex.NewReader(il.GZ, tar, wins, gzSpansKept), gzSpans(il.GZ)
-		dec = func(comp io.ReaderAt) io.ReaderAt { return gzindex.NewReader(il.GZ, comp, wins, 0) }
+		dec = func(comp, wins io.ReaderAt) io.ReaderAt { return gzindex.NewReader(il.GZ, comp, wins, 0) }
 	case il.Table.TarSize != desc.Size:
 		return nil, fmt.Errorf("index blob %s: a tar stream of %d bytes, the layer is %d", ld.Digest, il.Table.TarSize, desc.Size)
 	}
 	return &indexedLayer{Desc: desc, Index: &format.Index{Entries: il.Table.Entries}, tar: tar, spans: kind != imageindex.Tar, spanTab: spans,
-		blob: blob, decoder: dec, log: im.log, files: map[*format.Entry]*indexedFile{}, reading: &im.reading}, nil
+		blob: blob, windows: wb, decoder: dec, log: im.log, files: map[*format.Entry]*indexedFile{}, reading: &im.reading}, nil
 }
 
 // indexedLayer is one layer of an unconverted image, served from its index artifact: its
@@ -159,8 +160,10 @@ type indexedLayer struct {
 	spanTab *spanTable
 	// blob is the layer blob, from which the store's fetches read runs of spans in
 	// parallel, each decoded by a reader decoder makes (indexed_large.go); nil
-	// decoder for a plain tar layer.
+	// decoder for a plain tar layer. windows is its window blob (nil: none), of which
+	// those fetches read the windows of their runs' first spans beside the runs.
 	blob    *fetch.Blob
+	windows *fetch.Blob
 	decoder runDecoder
 	log     *slog.Logger
 

@@ -1,6 +1,7 @@
 package daemon
 
 import (
+	"bytes"
 	"context"
 	"errors"
 	"fmt"
@@ -46,6 +47,7 @@ type spanTable struct {
 	n   int
 	at  func(off int64) int // the span holding offset off of the tar stream
 	get func(i int) (tarSpan, fetch.Range)
+	win func(i int) fetch.Range // span i's window in the window blob (Len 0: none)
 }
 
 // span returns span i.
@@ -58,6 +60,9 @@ func gzSpans(ix *gzindex.Index) *spanTable {
 	return &spanTable{n: ix.NumSpans(), at: ix.SpanAt, get: func(i int) (tarSpan, fetch.Range) {
 		s := ix.Span(i)
 		return tarSpan{s.Off, s.Len, s.Digest}, fetch.Range{Off: s.CompOff, Len: s.CompLen}
+	}, win: func(i int) fetch.Range {
+		s := ix.Span(i)
+		return fetch.Range{Off: s.WindowOff, Len: s.WindowLen}
 	}}
 }
 
@@ -65,6 +70,9 @@ func zstdSpans(ix *zstdindex.Index) *spanTable {
 	return &spanTable{n: ix.NumSpans(), at: ix.SpanAt, get: func(i int) (tarSpan, fetch.Range) {
 		s := ix.Span(i)
 		return tarSpan{s.Off, s.Len, s.Digest}, fetch.Range{Off: s.CompOff, Len: s.CompLen}
+	}, win: func(i int) fetch.Range {
+		s := ix.Span(i)
+		return fetch.Range{Off: s.WindowOff, Len: s.WindowLen}
 	}}
 }
 
@@ -246,8 +254,9 @@ func (l *indexedLayer) largeSpans() iter.Seq[tarSpan] {
 const runBatch = 32 << 20
 
 // runDecoder returns a reader of a layer's tar stream over comp, a reader of (some of) its
-// blob's compressed bytes, that keeps no span: what a group's decode reads through.
-type runDecoder func(comp io.ReaderAt) io.ReaderAt
+// blob's compressed bytes, and wins, of its window blob, that keeps no span: what a
+// group's decode reads through.
+type runDecoder func(comp, wins io.ReaderAt) io.ReaderAt
 
 // compRange is the compressed bytes holding g, or false when the group's spans would
 // decode to more than a group may hold (a hostile or very compressible layer's spans):
@@ -297,6 +306,7 @@ func (s tarSource) fetchBatch(ctx context.Context, groups []*tarGroup, ranges []
 	g.SetLimit(tarGroupJobs)
 	byRange := map[fetch.Range][]*tarGroup{}
 	var want []fetch.Range
+	var fetched []*tarGroup
 	for i, gr := range groups {
 		if ranges[i].Off < 0 {
 			g.Go(func() error { return s.decodeGroup(gr, s.l.tar, fn) })
@@ -306,11 +316,13 @@ func (s tarSource) fetchBatch(ctx context.Context, groups []*tarGroup, ranges []
 			want = append(want, ranges[i])
 		}
 		byRange[ranges[i]] = append(byRange[ranges[i]], gr)
+		fetched = append(fetched, gr)
 	}
+	wins := s.fetchWindows(gctx, fetched)
 	err := s.l.blob.Fetch(gctx, want, func(r fetch.Range, b []byte) error {
 		comp := &offsetReader{b: slices.Clone(b), off: r.Off} // b is the fetch's, shared
 		for _, gr := range byRange[r] {
-			g.Go(func() error { return s.decodeGroup(gr, s.l.decoder(comp), fn) })
+			g.Go(func() error { return s.decodeGroup(gr, s.l.decoder(comp, wins), fn) })
 		}
 		return nil
 	})
@@ -353,4 +365,51 @@ func (r *offsetReader) ReadAt(p []byte, off int64) (int, error) {
 		return 0, fmt.Errorf("bytes %d-%d: outside the %d fetched at %d", off, off+int64(len(p)), len(r.b), r.off)
 	}
 	return copy(p, r.b[off-r.off:]), nil
+}
+
+// fetchWindows starts fetching, beside the compressed bytes of groups, the windows that
+// decoding them needs: each group's first span's, in one Blob.Fetch of the window blob
+// (adjacent windows merge, as the groups' ranges do). It returns the reader of the window blob
+// the decodes read through: the windows fetched, once they are in; any other range (a
+// window that failed to come, a zstd span's after the first) by a request of its own.
+func (s tarSource) fetchWindows(ctx context.Context, groups []*tarGroup) io.ReaderAt {
+	l := s.l
+	if l.windows == nil {
+		return bytes.NewReader(nil)
+	}
+	w := &fetchedWindows{done: make(chan struct{}), got: map[fetch.Range][]byte{}, rest: l.windows.ReaderAt(ctx)}
+	var want []fetch.Range
+	seen := map[fetch.Range]bool{}
+	for _, g := range groups {
+		if wr := l.spanTab.win(l.spanTab.at(g.start)); wr.Len > 0 && !seen[wr] {
+			seen[wr] = true
+			want = append(want, wr)
+		}
+	}
+	go func() {
+		defer close(w.done)
+		err := l.windows.Fetch(ctx, want, func(r fetch.Range, b []byte) error {
+			w.got[r] = slices.Clone(b)
+			return nil
+		})
+		if err != nil && ctx.Err() == nil {
+			l.log.Debug("window prefetch failed; windows read one by one", "layer", l.Desc.Digest, "error", err)
+		}
+	}()
+	return w
+}
+
+// fetchedWindows is the window blob as fetchWindows fetched it.
+type fetchedWindows struct {
+	done chan struct{} // closed once got is complete
+	got  map[fetch.Range][]byte
+	rest io.ReaderAt
+}
+
+func (w *fetchedWindows) ReadAt(p []byte, off int64) (int, error) {
+	<-w.done
+	if b, ok := w.got[fetch.Range{Off: off, Len: int64(len(p))}]; ok {
+		return copy(p, b), nil
+	}
+	return w.rest.ReadAt(p, off)
 }

@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"errors"
+	"fmt"
 	"io"
 	"math/rand/v2"
 	"net/http"
@@ -15,6 +16,7 @@ import (
 	"time"
 
 	"lazypull/format"
+	"lazypull/internal/fetch"
 	"lazypull/internal/imageindex"
 	"lazypull/internal/profile"
 	"lazypull/internal/store"
@@ -133,21 +135,32 @@ func TestPrefetchIndexedLargeFile(t *testing.T) {
 // TestPrefetchIndexedRuns: profiled ranges of a large file far apart in the tar stream
 // (several groups of tarSource.groups) are fetched at once, their compressed bytes in one
 // fetch (a multi-range request) and each group decoded on its own (fetchRuns): reading
-// them then asks the registry for nothing.
+// them then asks the registry for nothing. The windows of the groups' first spans come
+// beside them, in one request of the window blob.
 func TestPrefetchIndexedRuns(t *testing.T) {
 	var mu sync.Mutex
-	var ranged []string // the Range headers of blob requests
+	var ranged, windows []string // the Range headers of blob requests, of the window blob's
+	var winBlob atomic.Pointer[string]
 	ref, files, art := indexedFixture(t, testutil.WithHandler(func(h http.Handler) http.Handler {
 		return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 			if rg := r.Header.Get("Range"); rg != "" {
 				mu.Lock()
-				ranged = append(ranged, rg)
+				if d := winBlob.Load(); d != nil && strings.HasSuffix(r.URL.Path, *d) {
+					windows = append(windows, rg)
+				} else {
+					ranged = append(ranged, rg)
+				}
 				mu.Unlock()
 			}
 			h.ServeHTTP(w, r)
 		})
 	}))
 	big := files["usr/lib/libbig.so"]
+	wd := art.Layers[0].Windows.Digest.String()
+	if art.Layers[0].Windows.Size == 0 {
+		t.Fatal("the gzip layer has no window blob")
+	}
+	winBlob.Store(&wd)
 	ranges := spreadRanges(int64(len(big)))
 	pushBigProfile(t, ref, art, ranges)
 	im, ps := openPrefetched(t, ref)
@@ -172,9 +185,29 @@ func TestPrefetchIndexedRuns(t *testing.T) {
 	// client then asks for each range alone: the first request asked for every group.
 	mu.Lock()
 	multi := slices.ContainsFunc(ranged, func(rg string) bool { return strings.Count(rg, ",") == len(groups)-1 })
+	var wins []fetch.Range
+	for _, g := range groups {
+		if w := l.spanTab.win(l.spanTab.at(g.start)); w.Len > 0 {
+			wins = append(wins, w)
+		}
+	}
+	// The first request of the window blob asked for every window (those that lie close
+	// merged into one range).
+	winsOne := len(windows) > 0 && !slices.ContainsFunc(wins, func(w fetch.Range) bool {
+		for _, rg := range strings.Split(strings.TrimPrefix(windows[0], "bytes="), ",") {
+			var a, b int64
+			if _, err := fmt.Sscanf(rg, "%d-%d", &a, &b); err == nil && a <= w.Off && w.Off+w.Len-1 <= b {
+				return false
+			}
+		}
+		return true
+	})
 	mu.Unlock()
-	if ps.Files != 1 || ps.Err != "" || !multi || ps.Requests > int64(len(groups))+1 {
+	if ps.Files != 1 || ps.Err != "" || !multi || ps.Requests > 2*int64(len(groups))+2 {
 		t.Errorf("prefetch %+v; want the %d groups of spans asked for in one request (ranges asked: %q)", ps, len(groups), ranged)
+	}
+	if len(wins) == 0 || !winsOne {
+		t.Errorf("window blob asked for %q; want one request for the windows %q of the groups' first spans", windows, wins)
 	}
 	before := im.Registry.Stats().Requests
 	for _, r := range ranges {

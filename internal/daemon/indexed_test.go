@@ -7,7 +7,6 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
-	"math/rand/v2"
 	"strings"
 	"testing"
 	"time"
@@ -33,11 +32,8 @@ import (
 func indexedFixture(t *testing.T, opts ...testutil.RegistryOption) (ref string, files map[string][]byte, art *imageindex.Result) {
 	t.Helper()
 	reg := testutil.NewRegistry(t, opts...)
-	rnd := rand.New(rand.NewPCG(1, 2))
-	big := make([]byte, wholeFileMax+wholeFileMax/2+12345)
-	for i := range big {
-		big[i] = byte(rnd.Uint32())
-	}
+	// Text: its spans' matches reach back past their checkpoints (windows).
+	big := testutil.Corpus(wholeFileMax+wholeFileMax/2+12345, 2)
 	files = map[string][]byte{
 		"etc/os-release":    []byte("NAME=test\n"),
 		"usr/lib/libbig.so": big,
@@ -246,6 +242,11 @@ func pushTampered(t *testing.T, ref string, art *imageindex.Result) {
 		}
 		h, n, _ := v1.SHA256(bytes.NewReader(enc))
 		blobs = append(blobs, v1.Descriptor{MediaType: imageindex.LayerMediaType, Digest: h, Size: n, Annotations: lr.Blob.Annotations})
+	}
+	for _, lr := range art.Layers {
+		if lr.Windows.Size > 0 {
+			blobs = append(blobs, lr.Windows)
+		}
 	}
 	if err := remote.WriteLayer(repo, static.NewLayer([]byte("{}"), imageindex.ArtifactType)); err != nil {
 		t.Fatal(err)

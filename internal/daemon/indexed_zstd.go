@@ -8,6 +8,7 @@ import (
 	v1 "github.com/google/go-containerregistry/pkg/v1"
 
 	"lazypull/format/zstdindex"
+	"lazypull/internal/fetch"
 	"lazypull/internal/imageindex"
 )
 
@@ -56,34 +57,36 @@ func windowBlobs(m *v1.Manifest, descs []v1.Descriptor) ([]*v1.Descriptor, error
 	return out, nil
 }
 
-// windowReader returns the reader of the window blob wd (nil: the artifact has none for
-// the layer) of a layer whose index (what) needs one of size bytes (0: none).
-func windowReader(im *Image, wd *v1.Descriptor, size int64, what string) (io.ReaderAt, error) {
+// windowBlob returns the window blob wd (nil: the artifact has none for the layer) of a
+// layer whose index (what) needs one of size bytes (0: none), and its reader (of no
+// bytes for none).
+func windowBlob(im *Image, wd *v1.Descriptor, size int64, what string) (*fetch.Blob, io.ReaderAt, error) {
 	switch {
 	case wd == nil && size > 0:
-		return nil, fmt.Errorf("its %s needs a window blob of %d bytes; the artifact has none for the layer", what, size)
+		return nil, nil, fmt.Errorf("its %s needs a window blob of %d bytes; the artifact has none for the layer", what, size)
 	case wd != nil && wd.Size != size:
-		return nil, fmt.Errorf("window blob %s of %d bytes, the %s's is %d", wd.Digest, wd.Size, what, size)
+		return nil, nil, fmt.Errorf("window blob %s of %d bytes, the %s's is %d", wd.Digest, wd.Size, what, size)
 	case wd == nil:
-		return bytes.NewReader(nil), nil
+		return nil, bytes.NewReader(nil), nil
 	}
 	// Read by range, never whole: its digest cannot be checked. A gzip window is checked
 	// against its digest in the index; a zstd window that is not the index's decodes to a
 	// span that fails its digest.
-	return im.Registry.Blob(wd.Digest, wd.Size).ReaderAt(im.bg), nil
+	b := im.Registry.Blob(wd.Digest, wd.Size)
+	return b, b.ReaderAt(im.bg), nil
 }
 
 // zstdTar returns the uncompressed tar stream of the zstd layer desc, whose blob blob
-// reads, through its zstdindex ix and its window blob wd (nil when ix needs none), and
-// the decoder of runs of its spans (indexed_large.go).
-func zstdTar(im *Image, desc v1.Descriptor, ix *zstdindex.Index, blob io.ReaderAt, wd *v1.Descriptor) (io.ReaderAt, runDecoder, error) {
+// reads, through its zstdindex ix and its window blob wd (nil when ix needs none), the
+// decoder of runs of its spans (indexed_large.go) and the window blob (nil for none).
+func zstdTar(im *Image, desc v1.Descriptor, ix *zstdindex.Index, blob io.ReaderAt, wd *v1.Descriptor) (io.ReaderAt, runDecoder, *fetch.Blob, error) {
 	if ix.CompressedSize() != desc.Size {
-		return nil, nil, fmt.Errorf("its zstdindex is of a blob of %d bytes, the layer is %d", ix.CompressedSize(), desc.Size)
+		return nil, nil, nil, fmt.Errorf("its zstdindex is of a blob of %d bytes, the layer is %d", ix.CompressedSize(), desc.Size)
 	}
-	windows, err := windowReader(im, wd, ix.WindowsSize(), "zstdindex")
+	wb, windows, err := windowBlob(im, wd, ix.WindowsSize(), "zstdindex")
 	if err != nil {
-		return nil, nil, err
+		return nil, nil, nil, err
 	}
-	dec := func(comp io.ReaderAt) io.ReaderAt { return zstdindex.NewReader(ix, comp, windows, 0) }
-	return zstdindex.NewReader(ix, blob, windows, gzSpansKept), dec, nil
+	dec := func(comp, wins io.ReaderAt) io.ReaderAt { return zstdindex.NewReader(ix, comp, wins, 0) }
+	return zstdindex.NewReader(ix, blob, windows, gzSpansKept), dec, wb, nil
 }
