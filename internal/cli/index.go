@@ -21,10 +21,10 @@ table:
 each entry's metadata, and each regular file's sha256 and place in the tar stream. Each
 layer's tar stream is checked against the diff ID in the config. The indexes are pushed as
 one artifact whose subject is the image manifest (artifactType
-application/vnd.lazypull.index.v1, one blob per layer, then a window blob per zstd layer:
-the decoder windows of its checkpoints, read by range only), found through the referrers
-API or its tag schema: the image itself, its digest and its tags, are not touched.
-Uncompressed tar layers get a file table only. A zstd layer's windows are written to a
+application/vnd.lazypull.index.v1, one blob per layer, then a window blob per gzip or zstd
+layer: the decoder windows of its checkpoints, read by range only), found through the
+referrers API or its tag schema: the image itself, its digest and its tags, are not touched.
+Uncompressed tar layers get a file table only. A layer's windows are written to a
 temporary file while it is read, then uploaded.`,
 		flags: func(fs *flag.FlagSet) any {
 			f := &indexFlags{}
