@@ -9,8 +9,6 @@ import (
 	"hash"
 	"hash/crc32"
 	"io"
-
-	"lazypull/format/internal/spans"
 )
 
 // Build reads a gzip blob once, from start to end, and returns its index: a checkpoint at
@@ -191,38 +189,4 @@ func (b *builder) endSpan() {
 	p := &b.ix.points[len(b.ix.points)-1]
 	b.span.Sum(p.digest[:0])
 	b.span.Reset()
-}
-
-// errNoWindow is wrapped when a checkpoint's window from the window blob does not match
-// its digest or does not inflate to its length.
-var errNoWindow = errors.New("bad window")
-
-// window returns checkpoint i's window, uncompressed: the output before the span if the
-// reader keeps it, else fetched from the window blob, checked against its digest, and
-// inflated.
-func (r *Reader) window(i int) ([]byte, error) {
-	p := &r.ix.points[i]
-	if p.windowLen == 0 {
-		return nil, nil
-	}
-	if w := r.s.Before(i, int64(p.windowLen), nil); w != nil {
-		return w, nil
-	}
-	z, err := spans.ReadFull(r.windows, p.winOff, p.winLen)
-	if err != nil {
-		return nil, fmt.Errorf("fetching window (bytes %d-%d of the window blob): %w", p.winOff, p.winOff+p.winLen, err)
-	}
-	if sha256.Sum256(z) != p.winDigest {
-		return nil, fmt.Errorf("%w: bytes %d-%d of the window blob do not match their digest", errNoWindow, p.winOff, p.winOff+p.winLen)
-	}
-	w := make([]byte, p.windowLen)
-	zr := flate.NewReader(bytes.NewReader(z))
-	defer zr.Close()
-	if _, err := io.ReadFull(zr, w); err != nil {
-		return nil, fmt.Errorf("%w: %v", errNoWindow, err)
-	}
-	if n, _ := zr.Read(make([]byte, 1)); n != 0 {
-		return nil, fmt.Errorf("%w: longer than %d bytes", errNoWindow, p.windowLen)
-	}
-	return w, nil
 }

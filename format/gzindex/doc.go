@@ -4,12 +4,15 @@
 //
 // Build reads the blob once and records a checkpoint at the first deflate block boundary
 // after every span of compressed bytes: the bit offset of the block, its offset in the
-// uncompressed stream, the output before it that the span's matches copy (at most 32
-// KiB; the bytes they skip zeroed, the rest raw-deflate-compressed), and the sha256 of
-// the span's output up to the next checkpoint. A Reader then serves any uncompressed range by fetching only the spans it
-// covers from an io.ReaderAt (a registry range fetcher), inflating each from its
-// checkpoint with this package's own inflater (compress/flate cannot start at a bit
-// offset), and checking each span's digest before serving a byte of it.
+// uncompressed stream, the sha256 of the span's output up to the next checkpoint, and the
+// output before it that the span's matches copy (its window: at most 32 KiB, the bytes
+// they skip zeroed, the rest raw-deflate-compressed), written to a separate window blob
+// with only its length and sha256 in the index. A Reader then serves any uncompressed
+// range by fetching only the spans it covers from an io.ReaderAt (a registry range
+// fetcher), and a window from the window blob only when a read starts a span whose
+// preceding output it does not keep, inflating each run from its checkpoint with this
+// package's own inflater (compress/flate cannot start at a bit offset), and checking the
+// window's digest, then each span's, before serving a byte of it.
 //
 // Encode and Decode give the index a compact versioned binary form. Decode treats its
 // input as hostile: a trailing sha256, canonical varints, checkpoints in order within the

@@ -1,6 +1,8 @@
 package gzindex
 
 import (
+	"bytes"
+	"compress/flate"
 	"crypto/sha256"
 	"errors"
 	"fmt"
@@ -28,7 +30,9 @@ var ErrDigest = errors.New("span digest mismatch")
 
 // Reader serves the uncompressed stream of a gzip blob through its index, decoding only
 // the spans a read covers and serving none of a span's bytes before its whole output
-// matches its digest. It keeps the most recently used verified spans, up to a number of
+// matches its digest. A run of spans needs its first span's window: the output before it
+// if the reader keeps it, else the window from the window blob, checked against its
+// digest. It keeps the most recently used verified spans, up to a number of
 // bytes of output. It is safe for concurrent use.
 type Reader struct {
 	ix      *Index
@@ -161,4 +165,38 @@ func (v *verifier) write(p []byte) error {
 		v.buf = make([]byte, 0, v.ix.Span(v.i).Len)
 	}
 	return nil
+}
+
+// errNoWindow is wrapped when a checkpoint's window from the window blob does not match
+// its digest or does not inflate to its length.
+var errNoWindow = errors.New("bad window")
+
+// window returns checkpoint i's window, uncompressed: the output before the span if the
+// reader keeps it, else fetched from the window blob, checked against its digest, and
+// inflated.
+func (r *Reader) window(i int) ([]byte, error) {
+	p := &r.ix.points[i]
+	if p.windowLen == 0 {
+		return nil, nil
+	}
+	if w := r.s.Before(i, int64(p.windowLen), nil); w != nil {
+		return w, nil
+	}
+	z, err := spans.ReadFull(r.windows, p.winOff, p.winLen)
+	if err != nil {
+		return nil, fmt.Errorf("fetching window (bytes %d-%d of the window blob): %w", p.winOff, p.winOff+p.winLen, err)
+	}
+	if sha256.Sum256(z) != p.winDigest {
+		return nil, fmt.Errorf("%w: bytes %d-%d of the window blob do not match their digest", errNoWindow, p.winOff, p.winOff+p.winLen)
+	}
+	w := make([]byte, p.windowLen)
+	zr := flate.NewReader(bytes.NewReader(z))
+	defer zr.Close()
+	if _, err := io.ReadFull(zr, w); err != nil {
+		return nil, fmt.Errorf("%w: %v", errNoWindow, err)
+	}
+	if n, _ := zr.Read(make([]byte, 1)); n != 0 {
+		return nil, fmt.Errorf("%w: longer than %d bytes", errNoWindow, p.windowLen)
+	}
+	return w, nil
 }
