@@ -258,6 +258,43 @@ func TestIndexedLargeFileCorrupt(t *testing.T) {
 	}
 }
 
+// TestIndexedWindowsCorrupt: when the registry serves a gzip layer's window blob wrong,
+// the prefetch of runs that start with a window fails, and every read of the large file
+// either fails or serves its bytes (those of spans decoded from the output before them);
+// served right again, the file reads back whole.
+func TestIndexedWindowsCorrupt(t *testing.T) {
+	var bad atomic.Bool
+	var wd string
+	ref, files, art := indexedFixture(t, testutil.WithHandler(func(h http.Handler) http.Handler {
+		return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+			if bad.Load() && strings.HasSuffix(r.URL.Path, wd) {
+				w = flipWriter{w}
+			}
+			h.ServeHTTP(w, r)
+		})
+	}))
+	wd = art.Layers[0].Windows.Digest.String()
+	bad.Store(true)
+	big := files["usr/lib/libbig.so"]
+	pushBigProfile(t, ref, art, spreadRanges(int64(len(big))))
+	im, ps := openPrefetched(t, ref)
+	if ps.Err == "" || !strings.Contains(ps.Err, "window") {
+		t.Errorf("prefetch with the window blob served wrong: %+v; want an error naming a window", ps)
+	}
+	l := im.indexed[0]
+	e, _ := l.Index.Lookup("usr/lib/libbig.so")
+	for off := int64(0); off < int64(len(big)); off += 200 << 10 {
+		b := make([]byte, min(64<<10, int64(len(big))-off))
+		if n, err := l.ReadAt(t.Context(), e, b, off); err == nil && !bytes.Equal(b[:n], big[off:off+int64(n)]) {
+			t.Fatalf("read at %d with the window blob served wrong: %d wrong bytes served", off, n)
+		}
+	}
+	bad.Store(false)
+	if got, err := readIndexed(t, im.FSLayers(), "usr/lib/libbig.so"); err != nil || !bytes.Equal(got, big) {
+		t.Errorf("large file served right again: %d bytes, %v", len(got), err)
+	}
+}
+
 // flipWriter serves every byte of a response body inverted.
 type flipWriter struct{ http.ResponseWriter }
 
