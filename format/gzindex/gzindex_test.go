@@ -319,7 +319,7 @@ func TestCorruptIndex(t *testing.T) {
 	}
 	old := bytes.Clone(ix.encodeBody())
 	old[len(magic)+1] = 1
-	if _, err := decodeBody(old); !errors.Is(err, ErrVersion) || !strings.Contains(err.Error(), "version 1") {
+	if _, err := decodeBody(old); !errors.Is(err, ErrVersion) || !errors.Is(err, ErrCorruptIndex) || !strings.Contains(err.Error(), "version 1") {
 		t.Fatalf("version 1: err %v; want ErrVersion naming it", err)
 	}
 }

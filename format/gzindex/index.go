@@ -43,8 +43,9 @@ const (
 // inline; Decode refuses it with ErrVersion.
 const Version = 2
 
-// ErrVersion is wrapped by Decode's error for an index of another version.
-var ErrVersion = errors.New("gzindex: index of another version")
+// ErrVersion is wrapped by Decode's error for an index of another version (with
+// ErrCorruptIndex).
+var ErrVersion = errors.New("index of another version")
 
 // magic starts every encoded index; a big-endian uint16 version follows.
 const magic = "LZPGZIDX"
@@ -164,7 +165,7 @@ func Decode(data []byte) (*Index, error) {
 func decodeBody(data []byte) (*Index, error) {
 	if len(data) >= len(magic)+2 && string(data[:len(magic)]) == magic {
 		if v := binary.BigEndian.Uint16(data[len(magic):]); v != Version {
-			return nil, fmt.Errorf("%w: version %d, this reader reads version %d only (version 1 held the windows inline; rebuild the index with lazypull index)", ErrVersion, v, Version)
+			return nil, fmt.Errorf("%w: %w: version %d, this reader reads version %d only (version 1 held the windows inline; rebuild the index with lazypull index)", ErrCorruptIndex, ErrVersion, v, Version)
 		}
 	}
 	d, err := wire.NewReader(data, magic, Version, ErrCorruptIndex)
