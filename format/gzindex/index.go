@@ -13,7 +13,7 @@ import (
 const (
 	// DefaultSpanSize is the compressed distance between checkpoints Build uses when
 	// given none (docs/benchmarks.md has the measurement behind it).
-	DefaultSpanSize = 128 << 10
+	DefaultSpanSize = 32 << 10
 	// SoftSpanOut is the output after which Build checkpoints at the next block boundary
 	// whatever the compressed distance, so that a highly compressed span stays small.
 	SoftSpanOut = 32 << 20
@@ -26,7 +26,7 @@ const (
 	// refuses an index that claims one.
 	MaxSpanIn = 2 * MaxSpanOut
 	// MaxSize bounds an encoded index Decode accepts: 64 MiB, the index of a layer of
-	// hundreds of GiB checkpointed every 128 KiB (each checkpoint takes 70-80 bytes; its
+	// tens of GiB checkpointed every 32 KiB (each checkpoint takes 70-80 bytes; its
 	// window, 1-2 KiB trimmed and compressed, is in the window blob).
 	MaxSize = 64 << 20
 	// MaxWindowLen bounds a window's compressed bytes in the window blob (32 KiB raw

@@ -29,7 +29,7 @@ temporary file while it is read, then uploaded.`,
 		flags: func(fs *flag.FlagSet) any {
 			f := &indexFlags{}
 			f.registry.add(fs)
-			fs.Int64Var(&f.span, "span", 0, "compressed `bytes` between checkpoints (default 128 KiB for gzip, 64 KiB for zstd)")
+			fs.Int64Var(&f.span, "span", 0, "compressed `bytes` between checkpoints (default 32 KiB for gzip, 64 KiB for zstd)")
 			fs.IntVar(&f.jobs, "jobs", 4, "layers read at once")
 			return f
 		},
