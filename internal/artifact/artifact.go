@@ -7,8 +7,10 @@ package artifact
 import (
 	"bytes"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"io"
+	"net/http"
 	"os"
 	"time"
 
@@ -16,8 +18,11 @@ import (
 	v1 "github.com/google/go-containerregistry/pkg/v1"
 	"github.com/google/go-containerregistry/pkg/v1/partial"
 	"github.com/google/go-containerregistry/pkg/v1/remote"
+	"github.com/google/go-containerregistry/pkg/v1/remote/transport"
 	"github.com/google/go-containerregistry/pkg/v1/static"
 	"github.com/google/go-containerregistry/pkg/v1/types"
+
+	"lazypull/internal/jsonlimit"
 )
 
 // AnnotationCreated says when an artifact was made. It is copied into the referrers list,
@@ -118,3 +123,61 @@ func (r Raw) RawManifest() ([]byte, error) { return r.Bytes, nil }
 
 // MediaType returns the media type.
 func (r Raw) MediaType() (types.MediaType, error) { return r.Type, nil }
+
+// MaxEmbeddedManifest is the largest artifact manifest EmbedInTagIndex puts in the
+// referrers tag index (base64 in its descriptor's data field): a profile manifest embedding
+// a document of profile.MaxEmbedded bytes fits, and an index artifact's of a few dozen
+// layers.
+const MaxEmbeddedManifest = 32 << 10
+
+// EmbedInTagIndex puts the artifact manifest raw, described by desc (which names its
+// artifactType), into its descriptor in the referrers tag schema's index of subject
+// (which PushManifest has just written, on a registry without the referrers API), as its
+// data field. A look-up then reads the artifact's manifest with the index: one round trip,
+// where it took two. Only the newest artifact of each type carries its manifest, so the
+// index does not grow with every recording, and a profile pushed after an index artifact
+// (or the other way round) leaves the other's embedded. On a registry with the referrers
+// API there is no tag index and nothing to do: the API's list is the registry's to make.
+// A manifest over MaxEmbeddedManifest bytes is not embedded.
+func EmbedInTagIndex(repo name.Repository, subject v1.Hash, desc v1.Descriptor, raw []byte, opts ...remote.Option) error {
+	if len(raw) > MaxEmbeddedManifest {
+		return nil
+	}
+	tag := repo.Tag(subject.Algorithm + "-" + subject.Hex)
+	got, err := remote.Get(tag, opts...)
+	if err != nil {
+		var te *transport.Error
+		if errors.As(err, &te) && te.StatusCode == http.StatusNotFound {
+			return nil // the registry has the referrers API
+		}
+		return fmt.Errorf("read %s: %w", tag, err)
+	}
+	if err := jsonlimit.Check(got.Manifest, "read "+tag.String()); err != nil {
+		return err
+	}
+	idx, err := v1.ParseIndexManifest(bytes.NewReader(got.Manifest))
+	if err != nil {
+		return fmt.Errorf("read %s: %w", tag, err)
+	}
+	found := false
+	for i := range idx.Manifests {
+		d := &idx.Manifests[i]
+		if d.ArtifactType == desc.ArtifactType {
+			d.Data = nil
+		}
+		if d.Digest == desc.Digest {
+			d.Data, found = raw, true
+		}
+	}
+	if !found {
+		return fmt.Errorf("%s does not list the artifact %s", tag, desc.Digest)
+	}
+	b, err := json.Marshal(idx)
+	if err != nil {
+		return err
+	}
+	if err := remote.Put(tag, Raw{Bytes: b, Type: types.OCIImageIndex}, opts...); err != nil {
+		return fmt.Errorf("put %s: %w", tag, err)
+	}
+	return nil
+}

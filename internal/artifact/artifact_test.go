@@ -80,3 +80,79 @@ func TestPushFoundByReferrers(t *testing.T) {
 		}
 	})
 }
+
+// TestEmbedInTagIndex: on a registry without the referrers API, the newest artifact of each
+// type carries its manifest in the tag index (an index artifact's and a profile's both,
+// whichever was pushed last), an older one of the same type no longer does, and the
+// embedded bytes are the manifest's; with the API there is no tag index and nothing to do.
+func TestEmbedInTagIndex(t *testing.T) {
+	for _, api := range []bool{false, true} {
+		var opts []testutil.RegistryOption
+		if api {
+			opts = append(opts, testutil.WithReferrers())
+		}
+		reg := testutil.NewRegistry(t, opts...)
+		img, err := random.Image(64, 1)
+		if err != nil {
+			t.Fatal(err)
+		}
+		ref, err := name.ParseReference(reg.Push(t, "app:1", img))
+		if err != nil {
+			t.Fatal(err)
+		}
+		subject, err := remote.Head(ref)
+		if err != nil {
+			t.Fatal(err)
+		}
+		repo := ref.Context()
+		push := func(typ string, at int) (v1.Descriptor, []byte) {
+			t.Helper()
+			blob, err := PushBlob(repo, []byte(typ), "application/vnd.example.blob")
+			if err != nil {
+				t.Fatal(err)
+			}
+			raw, err := Manifest(typ, *subject, []v1.Descriptor{blob}, time.Date(2026, 12, 7, at, 0, 0, 0, time.UTC))
+			if err != nil {
+				t.Fatal(err)
+			}
+			desc, err := PushManifest(repo, typ, raw)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if err := EmbedInTagIndex(repo, subject.Digest, desc, raw); err != nil {
+				t.Fatal(err)
+			}
+			return desc, raw
+		}
+		const index, prof = "application/vnd.example.index.v1", "application/vnd.example.profile.v1"
+		idxDesc, idxRaw := push(index, 1)
+		oldDesc, _ := push(prof, 2)
+		newDesc, newRaw := push(prof, 3)
+
+		tag := repo.Tag(subject.Digest.Algorithm + "-" + subject.Digest.Hex)
+		got, err := remote.Get(tag)
+		if api {
+			if err == nil {
+				t.Fatalf("a tag index %s on a registry with the referrers API", tag)
+			}
+			continue
+		}
+		if err != nil {
+			t.Fatal(err)
+		}
+		im, err := v1.ParseIndexManifest(bytes.NewReader(got.Manifest))
+		if err != nil {
+			t.Fatal(err)
+		}
+		want := map[v1.Hash][]byte{idxDesc.Digest: idxRaw, oldDesc.Digest: nil, newDesc.Digest: newRaw}
+		if len(im.Manifests) != len(want) {
+			t.Fatalf("tag index lists %d artifacts, want %d", len(im.Manifests), len(want))
+		}
+		for _, d := range im.Manifests {
+			w, ok := want[d.Digest]
+			if !ok || !bytes.Equal(d.Data, w) {
+				t.Errorf("artifact %s (%s): embedded %d bytes, want %d", d.Digest, d.ArtifactType, len(d.Data), len(w))
+			}
+		}
+	}
+}

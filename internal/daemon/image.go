@@ -170,10 +170,13 @@ func openImage(ctx context.Context, st *store.Store, ref string, o OpenOptions) 
 	if lookup {
 		pf.lookup = lookupOf(bg, reg, early, img.Descriptor.Digest, c)
 	}
-	if pf.lookup != nil && !indexesKept(st, img.Manifest.Layers) {
+	if pf.lookup != nil && !indexesKept(st, img.Manifest.Layers) &&
+		slices.ContainsFunc(img.Manifest.Layers, func(d v1.Descriptor) bool { return format.IsLayer(d.Annotations) }) {
 		// Layers whose indexes the store keeps open without the registry; only when one
 		// does not is the pack worth waiting for. Its chunks serve the prefetch either
-		// way (prefetcher.run).
+		// way (prefetcher.run). An image without lazypull layers has no pack (its
+		// layers' indexes are its index artifact's): the look-up of that artifact goes
+		// at once, sharing the profile look-up's referrers listing (fetch.Referrers).
 		pf.pack = pf.awaitPack(ctx, st)
 	}
 	im.kept = kept

@@ -201,9 +201,11 @@ func putArtifactAt(t *testing.T, ref string, subject v1.Descriptor, blobs []v1.D
 // TestPrefetchIndexedImage: the profile of an unconverted image served from its index
 // artifact is prefetched: its small files, and the spans holding the profiled range of a
 // large file, are in the store before anything reads them, and reading them then asks
-// the registry for nothing.
+// the registry for nothing. The index artifact's manifest and the profile's, embedded in
+// the referrers tag index by their pushes, are not fetched on their own.
 func TestPrefetchIndexedImage(t *testing.T) {
-	ref, files, art := indexedFixture(t)
+	reg := testutil.NewRegistry(t)
+	ref, files, art := indexedFixtureOn(t, reg)
 	p := &profile.Profile{Subject: art.Image.Digest.String(), Created: time.Now().UTC().Truncate(time.Second),
 		Layers: []string{art.Layers[0].Layer.Digest.String(), art.Layers[1].Layer.Digest.String()},
 		Files: []profile.File{
@@ -211,8 +213,16 @@ func TestPrefetchIndexedImage(t *testing.T) {
 			{Layer: 1, Path: "etc/hostname", Ranges: []profile.Range{{Off: 0, Len: 4}}},
 			{Layer: 0, Path: "usr/lib/libbig.so", Ranges: []profile.Range{{Off: 0, Len: 4096}}},
 		}}
-	pushProfile(t, ref, art.Image, p, nil)
+	profDesc := pushProfile(t, ref, art.Image, p, nil)
+	reg.Take()
 	im, ps := openPrefetched(t, ref)
+	for _, r := range reg.Take() {
+		for _, d := range []v1.Hash{art.Artifact.Digest, profDesc.Digest} {
+			if strings.HasSuffix(r, "/manifests/"+d.String()) {
+				t.Errorf("%s: the artifact's manifest fetched, not read from the referrers tag index", r)
+			}
+		}
+	}
 	want := int64(len(files["usr/share/doc.txt"]) + len(files["etc/hostname"]))
 	if !im.FromIndex() || ps.Profile == "" || ps.Files != 3 || ps.Bytes < want+4096 || ps.Bytes > want+1<<20 || ps.Err != "" {
 		t.Fatalf("prefetch %+v; want the two small files, %d bytes, and a span or two of the large one", ps, want)

@@ -31,7 +31,12 @@ import (
 // returns the reference, the files' contents by name, and the artifact.
 func indexedFixture(t *testing.T, opts ...testutil.RegistryOption) (ref string, files map[string][]byte, art *imageindex.Result) {
 	t.Helper()
-	reg := testutil.NewRegistry(t, opts...)
+	return indexedFixtureOn(t, testutil.NewRegistry(t, opts...))
+}
+
+// indexedFixtureOn is indexedFixture on the registry reg.
+func indexedFixtureOn(t *testing.T, reg *testutil.Registry) (ref string, files map[string][]byte, art *imageindex.Result) {
+	t.Helper()
 	// Text: its spans' matches reach back past their checkpoints (windows).
 	big := testutil.Corpus(wholeFileMax+wholeFileMax/2+12345, 2)
 	files = map[string][]byte{

@@ -96,17 +96,20 @@ func buildPack(t *testing.T, ref string, p *profile.Profile) []byte {
 	return pack
 }
 
-// pushProfile pushes p with pack (nil: none) for subject in ref's repository.
-func pushProfile(t *testing.T, ref string, subject v1.Descriptor, p *profile.Profile, pack []byte) {
+// pushProfile pushes p with pack (nil: none) for subject in ref's repository, and returns
+// the profile artifact's descriptor.
+func pushProfile(t *testing.T, ref string, subject v1.Descriptor, p *profile.Profile, pack []byte) v1.Descriptor {
 	t.Helper()
 	doc, err := p.Marshal()
 	if err != nil {
 		t.Fatal(err)
 	}
 	r, _ := name.ParseReference(ref)
-	if _, err := profile.Push(nil, r.Context(), subject, doc, pack); err != nil {
+	d, err := profile.Push(nil, r.Context(), subject, doc, pack)
+	if err != nil {
 		t.Fatal(err)
 	}
+	return d
 }
 
 // openPrefetched opens ref as the snapshotter does (look-up and prefetch) over a fresh

@@ -222,15 +222,15 @@ func allowed() map[string]rule {
 
 		// OCI artifacts referring to an image manifest (the index artifact, profiles):
 		// their manifest, and pushing it and their blobs with go-containerregistry. The
-		// manifest bytes pushed as they are (Raw) serve convert too.
-		artifact: {ext: []string{ggcr}},
+		// manifest bytes pushed as they are (Raw) serve convert too; the referrers tag
+		// index they embed their manifests in is checked (jsonlimit) before it is parsed.
+		artifact: {ours: []string{jsonlimit}, ext: []string{ggcr}},
 
 		// `lazypull pull`: fetches the manifest itself (fetch), hands it to containerd
 		// (its client, resolver and image handlers) and to the snapshotter (warm), and
-		// labels the layers as the snapshotter reads them (daemon.SnapshotLabels; format
-		// tells a lazypull layer).
+		// labels the layers as the snapshotter reads them (daemon.SnapshotLabels).
 		pull: {
-			ours: []string{format, fetch, daemon, warm},
+			ours: []string{fetch, daemon, warm},
 			ext:  []string{containerd, ggcr, digest, imageSpec},
 		},
 

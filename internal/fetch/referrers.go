@@ -21,10 +21,62 @@ import (
 // answer that is not an image index: Debian's docker-registry 2.8, for one) is read
 // through the referrers tag schema instead: the index tagged sha256-HEX, which pushers
 // keep for such registries. No referrers is an empty list and no error.
+//
+// Concurrent look-ups of one subject share one listing, whatever type each filters by: an
+// image's profile look-up and its index look-up, which start together as it opens, cost
+// one round trip and two requests, not two of each. A caller that gives up (ctx) leaves
+// the listing to the others; a listing that ended is not kept.
 func (r *Registry) Referrers(ctx context.Context, subject v1.Hash, artifactType string) ([]v1.Descriptor, error) {
 	if subject.Algorithm != "sha256" || len(subject.Hex) != 64 {
 		return nil, fmt.Errorf("fetch: referrers of %q: want a sha256 digest", subject)
 	}
+	r.mu.Lock()
+	c := r.listings[subject]
+	if c == nil {
+		c = &listing{done: make(chan struct{})}
+		if r.listings == nil {
+			r.listings = map[v1.Hash]*listing{}
+		}
+		r.listings[subject] = c
+		go func() {
+			c.refs, c.err = r.referrers(context.WithoutCancel(ctx), subject)
+			r.mu.Lock()
+			delete(r.listings, subject)
+			r.mu.Unlock()
+			close(c.done)
+		}()
+	}
+	c.callers++
+	r.mu.Unlock()
+	select {
+	case <-c.done:
+	case <-ctx.Done():
+		return nil, fmt.Errorf("referrers of %s: %w", subject, context.Cause(ctx))
+	}
+	if c.err != nil {
+		return nil, c.err
+	}
+	var out []v1.Descriptor
+	for _, d := range c.refs {
+		// The API may ignore a filter (it says so in OCI-Filters-Applied); the tag schema
+		// has none; and the listing is shared by look-ups of every type.
+		if artifactType == "" || d.ArtifactType == artifactType {
+			out = append(out, d)
+		}
+	}
+	return out, nil
+}
+
+// listing is a referrers listing in progress, shared by the look-ups of its subject.
+type listing struct {
+	done    chan struct{}
+	callers int             // the look-ups it served or serves (under Registry.mu)
+	refs    []v1.Descriptor // every referrer, of any type
+	err     error
+}
+
+// referrers lists every referrer of subject, of any type (Referrers).
+func (r *Registry) referrers(ctx context.Context, subject v1.Hash) ([]v1.Descriptor, error) {
 	// The tag schema is asked at the same time as the API, not after it says it has none:
 	// registries without the API (docker-registry 2.8) answer in one round trip instead of
 	// two, for one small request wasted where the API answers. That round trip is on the
@@ -40,7 +92,7 @@ func (r *Registry) Referrers(ctx context.Context, subject v1.Hash, artifactType 
 		_, raw, err := r.getManifest(tctx, subject.Algorithm+"-"+subject.Hex, false, true)
 		tagCh <- tagAnswer{raw, err}
 	}()
-	raw, api, err := r.referrersAPI(ctx, subject, artifactType)
+	raw, api, err := r.referrersAPI(ctx, subject, "")
 	if err != nil {
 		return nil, err
 	}
@@ -64,15 +116,7 @@ func (r *Registry) Referrers(ctx context.Context, subject v1.Hash, artifactType 
 	if idx.MediaType != "" && idx.MediaType != types.OCIImageIndex {
 		return nil, fmt.Errorf("referrers of %s: a %q, not an OCI image index", subject, idx.MediaType)
 	}
-	var out []v1.Descriptor
-	for _, d := range idx.Manifests {
-		// The API may ignore the filter (it says so in OCI-Filters-Applied); the tag
-		// schema has none.
-		if artifactType == "" || d.ArtifactType == artifactType {
-			out = append(out, d)
-		}
-	}
-	return out, nil
+	return idx.Manifests, nil
 }
 
 // referrersAPI asks the endpoints' referrers API. api is false when the registry has none.

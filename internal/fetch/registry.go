@@ -15,6 +15,7 @@ import (
 	"time"
 
 	"github.com/google/go-containerregistry/pkg/name"
+	v1 "github.com/google/go-containerregistry/pkg/v1"
 	"github.com/prometheus/client_golang/prometheus"
 )
 
@@ -37,8 +38,9 @@ type Registry struct {
 	metrics    *Metrics
 	stats      counters
 
-	mu      sync.Mutex
-	flights map[flightKey]*flight
+	mu       sync.Mutex
+	flights  map[flightKey]*flight
+	listings map[v1.Hash]*listing // referrers listings in progress (Referrers)
 }
 
 // endpoint is a mirror or the server, as tried in order.

@@ -142,8 +142,13 @@ func Image(ctx context.Context, w io.Writer, ref string, opts Options) (*Result,
 			blobs = append(blobs, lr.Windows)
 		}
 	}
-	if res.Artifact, err = pushManifest(repo, img.Descriptor, blobs, time.Now(), ropts); err != nil {
+	var embedErr error
+	if res.Artifact, embedErr, err = pushManifest(repo, img.Descriptor, blobs, time.Now(), ropts); err != nil {
 		return nil, fmt.Errorf("image %s: %w", img.Name, err)
+	}
+	if embedErr != nil {
+		log.Warn("index pushed, but not embedded in the referrers tag index: a node reads its manifest in a round trip of its own",
+			"image", img.Name, "index", res.Artifact.Digest, "err", embedErr)
 	}
 	windows := ""
 	if res.WindowsSize > 0 {

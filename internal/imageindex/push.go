@@ -40,11 +40,18 @@ func Manifest(subject v1.Descriptor, layers []v1.Descriptor, created time.Time) 
 	return artifact.Manifest(ArtifactType, subject, layers, created)
 }
 
-// pushManifest uploads the artifact manifest over the uploaded layers (artifact.PushManifest).
-func pushManifest(repo name.Repository, subject v1.Descriptor, layers []v1.Descriptor, created time.Time, opts []remote.Option) (v1.Descriptor, error) {
+// pushManifest uploads the artifact manifest over the uploaded layers (artifact.PushManifest)
+// and embeds it in the referrers tag index, where the registry keeps one
+// (artifact.EmbedInTagIndex): a node opening the image then reads it with the referrers,
+// a round trip fewer before the layer indexes. embedErr is that step's failure, which
+// leaves the artifact pushed and found all the same.
+func pushManifest(repo name.Repository, subject v1.Descriptor, layers []v1.Descriptor, created time.Time, opts []remote.Option) (desc v1.Descriptor, embedErr, err error) {
 	raw, err := Manifest(subject, layers, created)
 	if err != nil {
-		return v1.Descriptor{}, err
+		return v1.Descriptor{}, nil, err
 	}
-	return artifact.PushManifest(repo, ArtifactType, raw, opts...)
+	if desc, err = artifact.PushManifest(repo, ArtifactType, raw, opts...); err != nil {
+		return v1.Descriptor{}, nil, err
+	}
+	return desc, artifact.EmbedInTagIndex(repo, subject.Digest, desc, raw, opts...), nil
 }

@@ -2,21 +2,15 @@ package profile
 
 import (
 	"bytes"
-	"encoding/json"
-	"errors"
 	"fmt"
 	"log/slog"
-	"net/http"
 	"time"
 
 	"github.com/google/go-containerregistry/pkg/name"
 	v1 "github.com/google/go-containerregistry/pkg/v1"
 	"github.com/google/go-containerregistry/pkg/v1/remote"
-	"github.com/google/go-containerregistry/pkg/v1/remote/transport"
-	"github.com/google/go-containerregistry/pkg/v1/types"
 
 	"lazypull/internal/artifact"
-	"lazypull/internal/jsonlimit"
 )
 
 // AnnotationCreated is the annotation of a profile's manifest saying when it was recorded.
@@ -81,63 +75,10 @@ func Push(log *slog.Logger, repo name.Repository, subject v1.Descriptor, doc, pa
 		return v1.Descriptor{}, fmt.Errorf("push profile: %w", err)
 	}
 	desc.Annotations = map[string]string{AnnotationCreated: p.Created.UTC().Format(time.RFC3339)}
-	if err := embedInTagIndex(repo, subject.Digest, desc, raw, opts...); err != nil {
+	if err := artifact.EmbedInTagIndex(repo, subject.Digest, desc, raw, opts...); err != nil {
 		// The profile is pushed and found all the same; a mount only reads its manifest
 		// in a round trip of its own.
 		log.Warn("profile pushed, but not embedded in the referrers tag index", "repo", repo.String(), "profile", desc.Digest, "err", err)
 	}
 	return desc, nil
-}
-
-// MaxEmbeddedManifest is the largest profile manifest embedInTagIndex puts in the referrers
-// tag index (base64 in its descriptor's data field): a manifest embedding a document of
-// MaxEmbedded bytes fits.
-const MaxEmbeddedManifest = 32 << 10
-
-// embedInTagIndex puts the profile manifest raw, described by desc, into its descriptor in
-// the referrers tag schema's index of subject (which remote.Put has just written, on a
-// registry without the referrers API), as its data field. The look-up then reads the
-// profile, document included, with the index: one round trip, where it took two. Only the
-// newest profile carries its manifest, so the index does not grow with every recording.
-// On a registry with the referrers API there is no tag index and nothing to do: the API's
-// list is the registry's to make.
-func embedInTagIndex(repo name.Repository, subject v1.Hash, desc v1.Descriptor, raw []byte, opts ...remote.Option) error {
-	if len(raw) > MaxEmbeddedManifest {
-		return nil
-	}
-	tag := repo.Tag(subject.Algorithm + "-" + subject.Hex)
-	got, err := remote.Get(tag, opts...)
-	if err != nil {
-		var te *transport.Error
-		if errors.As(err, &te) && te.StatusCode == http.StatusNotFound {
-			return nil // the registry has the referrers API
-		}
-		return fmt.Errorf("read %s: %w", tag, err)
-	}
-	if err := jsonlimit.Check(got.Manifest, "read "+tag.String()); err != nil {
-		return err
-	}
-	idx, err := v1.ParseIndexManifest(bytes.NewReader(got.Manifest))
-	if err != nil {
-		return fmt.Errorf("read %s: %w", tag, err)
-	}
-	found := false
-	for i := range idx.Manifests {
-		d := &idx.Manifests[i]
-		d.Data = nil
-		if d.Digest == desc.Digest {
-			d.Data, found = raw, true
-		}
-	}
-	if !found {
-		return fmt.Errorf("%s does not list the profile %s", tag, desc.Digest)
-	}
-	b, err := json.Marshal(idx)
-	if err != nil {
-		return err
-	}
-	if err := remote.Put(tag, artifact.Raw{Bytes: b, Type: types.OCIImageIndex}, opts...); err != nil {
-		return fmt.Errorf("put %s: %w", tag, err)
-	}
-	return nil
 }

@@ -342,8 +342,8 @@ func manifestOf(t *testing.T, lazy bool) (ocispec.Descriptor, []byte, []ocispec.
 
 // TestWarmerHandler: the image manifest containerd handles is sent once, as soon as its
 // handler returns: from memory when the pull has it, else read back from the content store
-// (a platform's manifest picked from an index); indexes and images without lazypull
-// layers are not sent.
+// (a platform's manifest picked from an index); an image without lazypull layers is sent
+// too (the snapshotter looks for its index artifact); indexes are not.
 func TestWarmerHandler(t *testing.T) {
 	sock, received := warmServer(t)
 	cs, err := local.NewStore(t.TempDir())
@@ -385,10 +385,10 @@ func TestWarmerHandler(t *testing.T) {
 	}
 	w.wait()
 	got := received()
-	if len(got) != 2 {
-		t.Fatalf("%d warm requests, want 2 (the lazy manifests, once each): %+v", len(got), got)
+	if len(got) != 3 {
+		t.Fatalf("%d warm requests, want 3 (the image manifests, once each): %+v", len(got), got)
 	}
-	want := map[string][]byte{pinned.Digest.String(): pinnedRaw, stored.Digest.String(): storedRaw}
+	want := map[string][]byte{pinned.Digest.String(): pinnedRaw, stored.Digest.String(): storedRaw, plain.Digest.String(): plainRaw}
 	for _, r := range got {
 		if r.Ref != ref || !bytes.Equal(r.Manifest, want[r.Digest]) || r.MediaType != ocispec.MediaTypeImageManifest {
 			t.Errorf("warm request %s %s %s: not the manifest handled", r.Ref, r.Digest, r.MediaType)

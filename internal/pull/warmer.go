@@ -9,7 +9,6 @@ import (
 	"sync"
 	"time"
 
-	"lazypull/format"
 	"lazypull/internal/warm"
 
 	"github.com/containerd/containerd/v2/core/content"
@@ -22,9 +21,12 @@ import (
 // warmTimeout bounds a warm request: the snapshotter answers once it has checked it.
 const warmTimeout = 5 * time.Second
 
-// warmer hands the snapshotter each image manifest with lazypull layers that the pull
-// gets (warm.Request), once each, in the background: the pull never waits for the
-// snapshotter, and one that does not answer costs it nothing but a debug line.
+// warmer hands the snapshotter each image manifest that the pull gets (warm.Request),
+// once each, in the background: the pull never waits for the snapshotter, and one that
+// does not answer costs it nothing but a debug line. A manifest without lazypull layers
+// goes too: the snapshotter looks for its index artifact (an unconverted image served
+// lazily) while containerd fetches the config, as it would at the first Prepare, a round
+// trip later.
 type warmer struct {
 	log     *slog.Logger
 	ref     string
@@ -82,8 +84,8 @@ func (w *warmer) was(d digest.Digest) bool {
 }
 
 // manifest sends the image manifest desc, whose bytes are raw (parsed: m, or nil to parse
-// them here), unless it was sent already or has no lazypull layer (the snapshotter has
-// nothing to open then).
+// them here), unless it was sent already or has no layer (the snapshotter has nothing to
+// open then).
 func (w *warmer) manifest(ctx context.Context, desc ocispec.Descriptor, raw []byte, m *v1.Manifest) {
 	if w.client == nil || !w.first(desc.Digest) {
 		return
@@ -94,7 +96,7 @@ func (w *warmer) manifest(ctx context.Context, desc ocispec.Descriptor, raw []by
 			return
 		}
 	}
-	if !slices.ContainsFunc(m.Layers, func(l v1.Descriptor) bool { return format.IsLayer(l.Annotations) }) {
+	if len(m.Layers) == 0 {
 		return
 	}
 	w.wg.Go(func() {
@@ -112,8 +114,8 @@ func (w *warmer) manifest(ctx context.Context, desc ocispec.Descriptor, raw []by
 	})
 }
 
-// handler sends each image manifest containerd handles with lazypull layers in it (the
-// platform's, picked from an index) as soon as containerd has it, before the config.
+// handler sends each image manifest containerd handles (the platform's, picked from an
+// index) as soon as containerd has it, before the config.
 // cached gives the bytes of a manifest the pull has in memory, else they are read from
 // containerd's content store, where h has just written them.
 func (w *warmer) handler(cached func(ocispec.Descriptor) []byte, h images.Handler) images.Handler {
@@ -122,9 +124,7 @@ func (w *warmer) handler(cached func(ocispec.Descriptor) []byte, h images.Handle
 		if err != nil || w.client == nil || !images.IsManifestType(desc.MediaType) || w.was(desc.Digest) {
 			return children, err
 		}
-		if !slices.ContainsFunc(children, func(c ocispec.Descriptor) bool {
-			return images.IsLayerType(c.MediaType) && format.IsLayer(c.Annotations)
-		}) {
+		if !slices.ContainsFunc(children, func(c ocispec.Descriptor) bool { return images.IsLayerType(c.MediaType) }) {
 			return children, nil
 		}
 		raw := cached(desc)
