@@ -12,8 +12,9 @@ repo=$(dirname "$here")
 tools=$repo/bin/tools
 
 # runsc: gVisor, a second runtime for the tests (through containerd's runc shim; Debian's
-# package has no containerd-shim-runsc-v1).
-pkgs=(containerd runc runsc docker-registry fuse3 zstd debootstrap skopeo stargz-snapshotter tar gzip curl iproute2 ca-certificates)
+# package has no containerd-shim-runsc-v1). pigz: gzip streams of its own kind for the
+# gzindex round trips (format/gzindex).
+pkgs=(containerd runc runsc docker-registry fuse3 zstd debootstrap skopeo stargz-snapshotter tar gzip pigz curl iproute2 ca-certificates)
 
 # Go tools: binary path under bin/tools, then the module package at the version the tests are
 # written for. containerd 2's binaries have a directory of their own, off PATH: containerd
