@@ -61,6 +61,7 @@ func addNodeFlags(fs *flag.FlagSet, c *service.NodeConfig, what string) {
 	fs.BoolVar(&c.BackgroundFetch, "background-fetch", false, "after the prefetch, fetch the rest of each image in the background (rate-bounded; reads go first)")
 	fs.Int64Var(&c.BackgroundFetchRate, "background-fetch-rate", c.BackgroundFetchRate, "bound the background fetch to `n` compressed bytes per second")
 	fs.BoolVar(&c.Speculate, "speculate", c.Speculate, "on a read that misses, also fetch the rest of a file of up to 8 MiB, and the other files of a small directory")
+	durationFlag(fs, &c.SpeculateMinRTT, "speculate-min-rtt", c.SpeculateMinRTT, "speculate only while the registry's round trip is at least `duration` (0: always)")
 
 	fs.StringVar(&c.ParallelFetch, "parallel-fetch", c.ParallelFetch, "when to fetch the rest of each image at line rate, after the prefetch: `policy` "+
 		"auto (once it fetches at -parallel-fetch-min-rate and has fetched a quarter of its bytes: a fast link, a workload reading much of it), on or off")

@@ -78,7 +78,7 @@ type elfTarget struct {
 // and a walk over local files fetches nothing. One the walk cannot take (its bounds) is
 // fetched whole if small enough (fetchWhole).
 func (l *Layer) speculateELF(e *format.Entry, f store.File, head []byte) {
-	if l.noSpeculation || !elfdeps.IsProgram(head) {
+	if !elfdeps.IsProgram(head) || !l.speculates() {
 		return
 	}
 	if l.im != nil {

@@ -52,8 +52,9 @@ type Image struct {
 
 	crossOnce sync.Once // linkAcrossLayers, for a merged view (FSLayers)
 
-	noSpeculation bool    // OpenOptions.NoSpeculation
-	elf           elfWalk // what programs read need (elfspec.go)
+	noSpeculation bool          // OpenOptions.NoSpeculation
+	minRTT        time.Duration // OpenOptions.SpeculateMinRTT
+	elf           elfWalk       // what programs read need (elfspec.go)
 
 	mu   sync.Mutex
 	fill *filler // BackgroundFetch's, when it ran
@@ -93,6 +94,12 @@ type OpenOptions struct {
 	// (elfspec.go) and the rest of a program the walk cannot read (Layer.fetchWhole).
 	// Read-ahead of a file read in a row stays.
 	NoSpeculation bool
+	// SpeculateMinRTT: that speculation applies only while the registry's round trip
+	// (fetch.Registry.RoundTrip) is at least this long, or not measured yet. Below it, a
+	// round trip costs less than the bytes a guess may waste (a registry on loopback or
+	// on the node's LAN): a read fetches what it asks for, and read-ahead. 0: always
+	// (DefaultSpeculateMinRTT is the nodes' default).
+	SpeculateMinRTT time.Duration
 
 	// noIndex: the image was found to have no index artifact moments ago (the
 	// snapshotter's open of its layer before): the partial open does not look again.
@@ -164,7 +171,7 @@ func openImage(ctx context.Context, st *store.Store, ref string, o OpenOptions) 
 		kept = append(kept, keepManifest(st, log, img, ref))
 	}
 	im := &Image{Ref: ref, Image: img, Registry: reg, Layers: make([]*Layer, len(img.Manifest.Layers)), lease: st.NewLease(), log: log, bg: bg, cancel: cancel,
-		noSpeculation: o.NoSpeculation}
+		noSpeculation: o.NoSpeculation, minRTT: o.SpeculateMinRTT}
 	pf := &prefetcher{im: im, choice: c}
 	im.prefetch = pf
 	if lookup {
@@ -353,5 +360,18 @@ func (im *Image) LogValue() slog.Value {
 	if len(im.indexed) > 0 {
 		attrs = append(attrs, slog.Bool("from_index", true))
 	}
+	if rtt, ok := im.roundTrip(); ok {
+		// Whether a miss speculates (OpenOptions.SpeculateMinRTT) goes by it.
+		attrs = append(attrs, slog.Duration("registry_rtt", rtt))
+	}
 	return slog.GroupValue(attrs...)
+}
+
+// roundTrip is the registry's measured round trip (fetch.Registry.RoundTrip); not ok
+// before one was measured, or without a registry.
+func (im *Image) roundTrip() (time.Duration, bool) {
+	if im.Registry == nil {
+		return 0, false
+	}
+	return im.Registry.RoundTrip()
 }

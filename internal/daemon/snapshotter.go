@@ -78,6 +78,7 @@ type SnapshotFS struct {
 
 	prefetch      *PrefetchOptions // nil: no profile is looked up
 	noSpeculation bool             // OpenOptions.NoSpeculation
+	minRTT        time.Duration    // OpenOptions.SpeculateMinRTT
 	probe         []string         // fusefs.MountOptions.Probe of its mounts
 	choice        ProfileChoice    // how the profile is chosen, for a pin a pull did not give
 	fill          *FillOptions     // nil: no background fill
@@ -121,6 +122,11 @@ func (f *SnapshotFS) SetMountProbe(cmd []string) { f.probe = cmd }
 // SetSpeculation says whether a read that misses fetches more than it asks for (see
 // OpenOptions.NoSpeculation); on by default. Call it before the first Mount.
 func (f *SnapshotFS) SetSpeculation(on bool) { f.noSpeculation = !on }
+
+// SetSpeculationMinRTT has speculation apply only while a registry's round trip is at
+// least d (OpenOptions.SpeculateMinRTT); 0, the default, always. Call it before the first
+// Mount.
+func (f *SnapshotFS) SetSpeculationMinRTT(d time.Duration) { f.minRTT = d }
 
 // SetFallbackMetrics counts in m the layers that fall back to a full download. Call it
 // before the first Mount.
@@ -324,7 +330,7 @@ func (f *SnapshotFS) open(ctx context.Context, e *imageEntry, ref string, given 
 		choice = &c
 	}
 	e.im, e.err = openImage(context.WithoutCancel(ctx), f.store, ref, OpenOptions{Platform: f.platform, Profile: choice, Client: f.client, Log: f.log,
-		IndexPolicy: f.choice.Policy, NoSpeculation: f.noSpeculation, noIndex: f.noIndex.known(ref), manifest: given, partial: true})
+		IndexPolicy: f.choice.Policy, NoSpeculation: f.noSpeculation, SpeculateMinRTT: f.minRTT, noIndex: f.noIndex.known(ref), manifest: given, partial: true})
 	if e.err == nil && e.im.noIndex {
 		f.noIndex.add(ref)
 	}

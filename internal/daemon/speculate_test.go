@@ -37,13 +37,26 @@ func neighbourFiles() map[string][]byte {
 // other small files of its directory, in one request beside the read's, verified and
 // stored: reading them then asks the registry nothing. Files of other directories (also
 // the subdirectory's) are not fetched; nor are the neighbours in a directory that holds a
-// file over neighbourMax; and with OpenOptions.NoSpeculation nothing but the read file is.
+// file over neighbourMax; and with OpenOptions.NoSpeculation, or a registry answering
+// in less than OpenOptions.SpeculateMinRTT, nothing but the read file is.
 func TestNeighboursFetchedWithMiss(t *testing.T) {
 	files := neighbourFiles()
 	ref, _ := lazyImage(t, files)
-	for _, off := range []bool{false, true} {
-		t.Run(fmt.Sprintf("NoSpeculation=%v", off), func(t *testing.T) {
-			im, st := openFreshWith(t, ref, OpenOptions{NoSpeculation: off})
+	// SpeculateMinRTT: the registry, on loopback, answers in far less than an hour and
+	// in more than a nanosecond; a miss speculates only in the second case.
+	for _, c := range []struct {
+		name string
+		o    OpenOptions
+		off  bool
+	}{
+		{"on", OpenOptions{}, false},
+		{"NoSpeculation", OpenOptions{NoSpeculation: true}, true},
+		{"round trip below SpeculateMinRTT", OpenOptions{SpeculateMinRTT: time.Hour}, true},
+		{"round trip above SpeculateMinRTT", OpenOptions{SpeculateMinRTT: time.Nanosecond}, false},
+	} {
+		off := c.off
+		t.Run(c.name, func(t *testing.T) {
+			im, st := openFreshWith(t, ref, c.o)
 			l := im.Layers[0]
 			read := func(name string) { t.Helper(); readWhole(t, l, files, name) }
 			local := func(name string) bool { t.Helper(); return isLocal(t, l, st, name) }
@@ -58,7 +71,7 @@ func TestNeighboursFetchedWithMiss(t *testing.T) {
 			}
 			if off {
 				if n := l.nbRuns.Load(); n != 0 {
-					t.Errorf("%d neighbour fetches with NoSpeculation", n)
+					t.Errorf("%d neighbour fetches with speculation off", n)
 				}
 				return
 			}
@@ -139,9 +152,21 @@ func TestWholeFileOfUnreadableProgram(t *testing.T) {
 		"lib/data.bin":  testutil.RandBytes(3, 3<<20),
 	}
 	ref, _ := lazyImage(t, files)
-	for _, off := range []bool{false, true} {
-		t.Run(fmt.Sprintf("NoSpeculation=%v", off), func(t *testing.T) {
-			im, st := openFreshWith(t, ref, OpenOptions{NoSpeculation: off})
+	// SpeculateMinRTT: the registry, on loopback, answers in far less than an hour and
+	// in more than a nanosecond; a miss speculates only in the second case.
+	for _, c := range []struct {
+		name string
+		o    OpenOptions
+		off  bool
+	}{
+		{"on", OpenOptions{}, false},
+		{"NoSpeculation", OpenOptions{NoSpeculation: true}, true},
+		{"round trip below SpeculateMinRTT", OpenOptions{SpeculateMinRTT: time.Hour}, true},
+		{"round trip above SpeculateMinRTT", OpenOptions{SpeculateMinRTT: time.Nanosecond}, false},
+	} {
+		off := c.off
+		t.Run(c.name, func(t *testing.T) {
+			im, st := openFreshWith(t, ref, c.o)
 			l := im.Layers[0]
 			for name := range files {
 				e, _ := l.Index.Lookup(name)

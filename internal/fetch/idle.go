@@ -45,8 +45,12 @@ func (r *Registry) do(ctx context.Context, e *endpoint, p string, set func(*http
 	}
 	headers := &idleError{d: r.idle, phase: "headers"}
 	t := time.AfterFunc(r.idle, func() { cancel(headers) })
+	start := time.Now()
 	resp, err := e.client.Do(req)
 	t.Stop()
+	if err == nil {
+		r.rtts.add(time.Since(start))
+	}
 	if err != nil {
 		if cause := context.Cause(rctx); cause == headers {
 			err = headers

@@ -41,6 +41,8 @@ type Registry struct {
 	mu       sync.Mutex
 	flights  map[flightKey]*flight
 	listings map[v1.Hash]*listing // referrers listings in progress (Referrers)
+
+	rtts roundTrips // times to response headers (RoundTrip)
 }
 
 // endpoint is a mirror or the server, as tried in order.

@@ -98,6 +98,9 @@ type PrefetchConfig struct {
 	// with the profile of the version before (daemon.AutoProfileOptions.DeltaBytes); 0: none.
 	AutoProfileDeltaBytes int64 `toml:"auto_profile_delta_bytes"`
 	Speculate             bool  `toml:"speculate"`
+	// SpeculateMinRTT: speculation applies while the registry's round trip is at least
+	// this (daemon.OpenOptions.SpeculateMinRTT); 0: always.
+	SpeculateMinRTT time.Duration `toml:"speculate_min_rtt"`
 }
 
 // DefaultNodeConfig is a NodeConfig at its defaults.
@@ -116,6 +119,7 @@ func DefaultNodeConfig() NodeConfig {
 			AutoProfileMaxBytes:   daemon.DefaultAutoMaxBytes,
 			AutoProfileDeltaBytes: daemon.DefaultAutoDeltaBytes,
 			Speculate:             true,
+			SpeculateMinRTT:       daemon.DefaultSpeculateMinRTT,
 			ParallelFetch:         string(daemon.ParallelAuto),
 			ParallelFetchStreams:  daemon.DefaultFillStreams,
 			ParallelFetchMinRate:  daemon.DefaultFastRate,

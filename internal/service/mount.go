@@ -102,7 +102,8 @@ func Mount(ctx context.Context, cfg MountConfig, mounts []MountPoint, log *slog.
 // mount opens the image of m, starts its prefetch, and mounts it. The image is returned
 // (to be closed) even when its mount fails.
 func (n *node) mount(ctx context.Context, cfg MountConfig, m MountPoint, choice daemon.ProfileChoice) (*daemon.Image, *fusefs.Server, error) {
-	o := daemon.OpenOptions{Platform: n.platform, Client: n.client, Log: n.log, IndexPolicy: choice.Policy, NoSpeculation: !n.cfg.Speculate}
+	o := daemon.OpenOptions{Platform: n.platform, Client: n.client, Log: n.log, IndexPolicy: choice.Policy, NoSpeculation: !n.cfg.Speculate,
+		SpeculateMinRTT: n.cfg.SpeculateMinRTT}
 	if cfg.Prefetch {
 		o.Profile = &choice
 	}

@@ -46,6 +46,7 @@ func Serve(ctx context.Context, cfg Config, log *slog.Logger) error {
 	lfs := daemon.NewSnapshotFS(n.store, n.platform, log, n.client)
 	lfs.SetFallbackMetrics(n.fallbacks)
 	lfs.SetSpeculation(n.cfg.Speculate)
+	lfs.SetSpeculationMinRTT(n.cfg.SpeculateMinRTT)
 	lfs.SetMountProbe(n.probe)
 	lfs.OnChange(n.statsChanged)
 	p, fill := n.prefetchOptions()
