@@ -81,11 +81,6 @@ func (l *Layer) speculateELF(e *format.Entry, f store.File, head []byte) {
 	if !elfdeps.IsProgram(head) || !l.speculates() {
 		return
 	}
-	if l.im != nil {
-		if st, ok := l.im.PrefetchStats(); ok && st.Profile != "" {
-			return
-		}
-	}
 	if l.im == nil || !l.im.elf.add(l.im, []elfTarget{{l: l, e: e}}) {
 		l.fetchWhole(e, f)
 	}

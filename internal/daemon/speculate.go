@@ -58,11 +58,22 @@ const DefaultSpeculateMinRTT = time.Millisecond
 // where a round trip costs next to nothing it saves nothing (python3 -c 'print(1)' from a
 // registry on loopback fetched 1.32x the bytes the kernel read with speculation, against
 // 1.09x without it).
+//
+// Nor when a profile prefetches the image: it names what the start reads, and a read that
+// finds its file missing is most often one the profile's fetch has not delivered yet, of
+// which the guesses would fetch the neighbours the profile left out on purpose (gcc's and
+// node's starts each made one such request, their fifth, 1.6 s in).
 func (l *Layer) speculates() bool {
 	if l.noSpeculation {
 		return false
 	}
-	if l.im == nil || l.im.minRTT <= 0 {
+	if l.im == nil {
+		return true
+	}
+	if st, ok := l.im.PrefetchStats(); ok && st.Profile != "" {
+		return false
+	}
+	if l.im.minRTT <= 0 {
 		return true
 	}
 	rtt, ok := l.im.roundTrip()

@@ -8,8 +8,12 @@ import (
 	"testing"
 	"time"
 
+	"lazypull/internal/profile"
 	"lazypull/internal/store"
 	"lazypull/internal/testutil"
+
+	v1 "github.com/google/go-containerregistry/pkg/v1"
+	"github.com/google/go-containerregistry/pkg/v1/types"
 )
 
 // waitNeighbours waits for l's neighbour fetches to end: a miss takes its slot before
@@ -277,4 +281,44 @@ func isLocal(t *testing.T, l *Layer, st *store.Store, name string) bool {
 		t.Fatal(err)
 	}
 	return len(st.Missing(f)) == 0
+}
+
+// TestNoSpeculationUnderProfile: an image a profile prefetches does not guess: a read of a
+// small file the profile left out fetches that file alone, not its directory's other files,
+// and a program read at offset 0 starts no walk of its needs.
+func TestNoSpeculationUnderProfile(t *testing.T) {
+	files := neighbourFiles()
+	img, _ := lazyImageOf(t, files)
+	ref := testutil.NewRegistry(t).Push(t, "spec:v1", img)
+	m, err := img.Manifest()
+	if err != nil {
+		t.Fatal(err)
+	}
+	raw, err := img.RawManifest()
+	if err != nil {
+		t.Fatal(err)
+	}
+	h, n, _ := v1.SHA256(bytes.NewReader(raw))
+	subject := v1.Descriptor{MediaType: types.OCIManifestSchema1, Digest: h, Size: n}
+	pushProfile(t, ref, subject, &profile.Profile{Subject: h.String(), Created: time.Now().UTC().Truncate(time.Second),
+		Layers: []string{m.Layers[0].Digest.String()},
+		Files:  []profile.File{{Layer: 0, Path: "other/o01", Ranges: []profile.Range{{Off: 0, Len: int64(len(files["other/o01"]))}}}},
+	}, nil)
+	im, ps := openPrefetched(t, ref)
+	if ps.Profile == "" || ps.Files != 1 {
+		t.Fatalf("prefetch %+v: want the profile's one file", ps)
+	}
+	l := im.Layers[0]
+	readWhole(t, l, files, "lib/m06.pyc")
+	waitNeighbours(t, l)
+	if n := l.nbRuns.Load(); n != 0 {
+		t.Errorf("%d neighbour fetches under a profile", n)
+	}
+	st := l.store
+	for name := range files {
+		want := name == "lib/m06.pyc" || name == "other/o01"
+		if got := isLocal(t, l, st, name); got != want {
+			t.Errorf("%s local: %v, want %v", name, got, want)
+		}
+	}
 }
