@@ -467,18 +467,28 @@ func TestOpenWhileModeChanges(t *testing.T) {
 }
 
 // TestMountProbeInChild: with MountOptions.Probe set, a new mount is probed by that command
-// (the mount's directory appended), in a process of its own, before Mount returns; a
-// probe that cannot start is logged and done in this process, and the mount still works.
+// (the mount's directory appended), in a process of its own, and Server.Probed is closed
+// when it ends; Mount returns without waiting for it (the "held" probe waits on a FIFO
+// until the mount has served a read); a probe that cannot start is logged and done in this
+// process, and the mount still works.
 func TestMountProbeInChild(t *testing.T) {
 	requireFUSE(t)
 	l := convertLayer(t, testLayers(t)[0])
+	fifo := filepath.Join(t.TempDir(), "fifo")
+	if err := unix.Mkfifo(fifo, 0o600); err != nil {
+		t.Fatal(err)
+	}
 	for _, c := range []struct {
 		name  string
 		probe func(out string) []string
 		ran   bool
+		held  bool
 	}{
-		{"child", func(out string) []string { return []string{"/bin/sh", "-c", `echo "$0" > ` + out} }, true},
-		{"missing", func(string) []string { return []string{"/nonexistent/lazypull", "mount-probe"} }, false},
+		{"child", func(out string) []string { return []string{"/bin/sh", "-c", `echo "$0" > ` + out} }, true, false},
+		{"held", func(out string) []string {
+			return []string{"/bin/sh", "-c", `read x < ` + fifo + `; echo "$0" > ` + out}
+		}, true, true},
+		{"missing", func(string) []string { return []string{"/nonexistent/lazypull", "mount-probe"} }, false, false},
 	} {
 		t.Run(c.name, func(t *testing.T) {
 			root, err := NewLayer(l.Index, &layerContent{l: l})
@@ -496,6 +506,25 @@ func TestMountProbeInChild(t *testing.T) {
 				t.Fatal(err)
 			}
 			defer srv.Unmount()
+			if c.held {
+				// Served before the probe ends: a read by another process (a container's).
+				if out, err := exec.Command("/bin/ls", dir).CombinedOutput(); err != nil || len(out) == 0 {
+					t.Errorf("ls of the mount while its probe waits: %q, %v", out, err)
+				}
+				select {
+				case <-srv.Probed():
+					t.Fatal("Probed closed before the probe ended")
+				default:
+				}
+				if err := os.WriteFile(fifo, []byte("go\n"), 0o600); err != nil {
+					t.Fatal(err)
+				}
+			}
+			select {
+			case <-srv.Probed():
+			case <-time.After(time.Minute):
+				t.Fatal("the probe has not ended after a minute")
+			}
 			b, _ := os.ReadFile(out)
 			if got := strings.TrimSpace(string(b)) == dir; got != c.ran {
 				t.Errorf("probe ran with the mount's directory: %v, want %v (it wrote %q)", got, c.ran, b)

@@ -60,6 +60,7 @@ type MountOptions struct {
 	// connections are aborted by hand. A child holds no /dev/fuse descriptor: killed with
 	// its parent or not, it ends when the connection does. lazypull's commands set it
 	// (`lazypull mount-probe`); tests that read their own mounts in process leave it nil.
+	// Mount does not wait for a probe process: Server.Probed says when it is done.
 	Probe []string
 }
 
@@ -83,7 +84,15 @@ type Server struct {
 	dir  string
 	fuse *os.File // the mount's /dev/fuse connection, as Mount opened it
 	done chan struct{}
+	// probed is closed once the kernel knows the mount does not poll (PollProbe).
+	probed chan struct{}
 }
+
+// Probed is closed once the kernel has learned that the mount does not poll files
+// (PollProbe). Mount returns before that when the probe runs in a child process
+// (MountOptions.Probe): a Go program of this process that opens a file of the mount waits
+// for it first. Readers in other processes (containers) need not.
+func (s *Server) Probed() <-chan struct{} { return s.probed }
 
 // Dir returns the absolute mount point.
 func (s *Server) Dir() string { return s.dir }
@@ -175,7 +184,18 @@ func Mount(dir string, root *Root, opts MountOptions) (*Server, error) {
 		syscall.Unmount(abs, syscall.MNT_DETACH)
 		return nil, fmt.Errorf("mount FUSE at %s: %w", abs, err)
 	}
-	probe(abs, opts.Probe, lg)
+	if len(opts.Probe) == 0 {
+		PollProbe(abs)
+		close(s.probed)
+	} else {
+		// The mount serves at once; the child's probe (an exec, 10-30 ms) is for what
+		// this process may read of it later (Probed), and nothing of the daemon reads its
+		// own mounts.
+		go func() {
+			probe(abs, opts.Probe, lg)
+			close(s.probed)
+		}()
+	}
 	ra := opts.ReadAheadKB
 	if ra == 0 {
 		ra = DefaultReadAheadKB
@@ -376,7 +396,10 @@ func serve(dir string, root *Root, dev *os.File, init []byte, opts MountOptions,
 			return nil, fmt.Errorf("take over FUSE connection: %w", err)
 		}
 	}
-	s := &Server{Server: srv, root: root, dir: dir, fuse: dev, done: make(chan struct{})}
+	s := &Server{Server: srv, root: root, dir: dir, fuse: dev, done: make(chan struct{}), probed: make(chan struct{})}
+	if init != nil {
+		close(s.probed) // the kernel learned it for the connection long ago (PollProbe)
+	}
 	go func() {
 		srv.Serve()
 		dev.Close()
