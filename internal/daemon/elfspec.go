@@ -3,6 +3,7 @@ package daemon
 import (
 	"context"
 	"debug/elf"
+	"io"
 	"path"
 	"slices"
 	"strings"
@@ -65,9 +66,27 @@ type elfWalk struct {
 
 // elfTarget is a file of the image found for the walk, and how deep.
 type elfTarget struct {
-	l     *Layer
+	l     elfLayer
 	e     *format.Entry // regular, content entry
 	depth int
+}
+
+// elfLayer is a layer whose files the walk reads and fetches: a converted layer (Layer)
+// or an unconverted one served from its index artifact (indexedLayer).
+type elfLayer interface {
+	// elfIndex is the layer's index (its tree, for the walk's look-ups).
+	elfIndex() *format.Index
+	// elfOpen returns a reader of e for the walk's own reads (verified, through the
+	// store, fetching what is missing; not a read of the workload's) and starts what
+	// comes of e before its headers are read: the whole file when it is small, in which
+	// case whole is true and its segments need no fetch of their own.
+	elfOpen(ctx context.Context, w *elfWalk, e *format.Entry) (r io.ReaderAt, size int64, whole bool, err error)
+	// elfSegments starts the fetch of what the loader maps of e (read as ef).
+	elfSegments(ctx context.Context, w *elfWalk, e *format.Entry, ef *elfdeps.File)
+	// elfUnread takes a file the walk cannot read or take.
+	elfUnread(e *format.Entry)
+	// elfName names the layer in logs.
+	elfName() string
 }
 
 // speculateELF notes a read of e (content f) at offset 0 whose bytes head show an ELF
@@ -82,6 +101,34 @@ func (l *Layer) speculateELF(e *format.Entry, f store.File, head []byte) {
 		return
 	}
 	if l.im == nil || !l.im.elf.add(l.im, []elfTarget{{l: l, e: e}}) {
+		l.fetchWhole(e, f)
+	}
+}
+
+func (l *Layer) elfIndex() *format.Index { return l.Index }
+func (l *Layer) elfName() string         { return l.Desc.Digest.String() }
+
+// elfOpen: a file of at most elfWholeFrom compressed bytes comes whole in one request
+// first, and is read where it is: its header's round trip and its segments' are one (a
+// library's header is not local when the walk finds it).
+func (l *Layer) elfOpen(ctx context.Context, w *elfWalk, e *format.Entry) (io.ReaderAt, int64, bool, error) {
+	f, err := l.file(e)
+	if err != nil {
+		return nil, 0, false, err
+	}
+	var comp int64
+	for _, c := range f.Chunks {
+		comp += c.CompSize
+	}
+	whole := comp <= elfWholeFrom && w.take(f.Size)
+	if whole {
+		l.prefetchELF(ctx, e, []store.Want{{File: f, Len: f.Size}})
+	}
+	return &layerFileReader{ctx: ctx, l: l, e: e, f: f}, f.Size, whole, nil
+}
+
+func (l *Layer) elfUnread(e *format.Entry) {
+	if f, err := l.file(e); err == nil {
 		l.fetchWhole(e, f)
 	}
 }
@@ -116,9 +163,8 @@ func (w *elfWalk) add(im *Image, ts []elfTarget) (taken bool) {
 
 // walk reads t's program headers, starts the fetch of its segments, reads its dynamic
 // segment meanwhile (in a request of its own, so it does not wait behind the segments)
-// and walks the libraries it needs. A file of at most elfWholeFrom compressed bytes comes
-// whole in one request first and is read where it is: its header's round trip and its
-// segments' are one (a library's header is not local when the walk finds it).
+// and walks the libraries it needs. A small file comes whole first and is read where it
+// is (elfLayer.elfOpen).
 func (w *elfWalk) walk(im *Image, t elfTarget) {
 	ctx := im.bg
 	select {
@@ -127,30 +173,21 @@ func (w *elfWalk) walk(im *Image, t elfTarget) {
 	case <-ctx.Done():
 		return
 	}
-	f, err := t.l.file(t.e)
+	r, size, whole, err := t.l.elfOpen(ctx, w, t.e)
 	if err != nil {
 		return
 	}
-	var comp int64
-	for _, c := range f.Chunks {
-		comp += c.CompSize
-	}
-	whole := comp <= elfWholeFrom && w.take(f.Size)
-	if whole {
-		t.l.prefetchELF(ctx, t.e, []store.Want{{File: f, Len: f.Size}})
-	}
-	r := &layerFileReader{ctx: ctx, l: t.l, e: t.e, f: f}
-	ef, err := elfdeps.ReadProgram(r, f.Size)
+	ef, err := elfdeps.ReadProgram(r, size)
 	if err != nil {
-		im.log.Debug("program's needs not read", "layer", t.l.Desc.Digest, "path", t.e.Name, "err", err)
-		t.l.fetchWhole(t.e, f)
+		im.log.Debug("program's needs not read", "layer", t.l.elfName(), "path", t.e.Name, "err", err)
+		t.l.elfUnread(t.e)
 		return
 	}
 	if !whole {
-		w.fetchSegments(ctx, t, f, ef)
+		t.l.elfSegments(ctx, w, t.e, ef)
 	}
 	if err := ef.ReadDynamic(r); err != nil {
-		im.log.Debug("program's needs not read", "layer", t.l.Desc.Digest, "path", t.e.Name, "err", err)
+		im.log.Debug("program's needs not read", "layer", t.l.elfName(), "path", t.e.Name, "err", err)
 		return
 	}
 	var next []elfTarget
@@ -169,14 +206,18 @@ func (w *elfWalk) walk(im *Image, t elfTarget) {
 	w.add(im, next)
 }
 
-// fetchSegments starts the fetch of the segments of t (content f, read as ef) but for its
-// dynamic segment. What the loader reads before the program runs comes first, in a
+// elfSegments starts the fetch of the segments of e (read as ef) but for its dynamic
+// segment. What the loader reads before the program runs comes first, in a
 // request of its own, for a large file: the first segment when it is not code (headers,
 // symbol and string tables, relocations) and the writable ones (at the end of the file,
 // after megabytes of code); then the code and the read-only data, in file order. A
 // smaller file comes in one request (a node's requests in flight are bounded:
 // fetch.DefaultConcurrency).
-func (w *elfWalk) fetchSegments(ctx context.Context, t elfTarget, f store.File, ef *elfdeps.File) {
+func (l *Layer) elfSegments(ctx context.Context, w *elfWalk, e *format.Entry, ef *elfdeps.File) {
+	f, err := l.file(e)
+	if err != nil {
+		return
+	}
 	dyn := []elfdeps.Load{ef.Dynamic}
 	var first, rest []store.Want
 	var total int64
@@ -201,7 +242,7 @@ func (w *elfWalk) fetchSegments(ctx context.Context, t elfTarget, f store.File, 
 		w.pending.Add(1)
 		go func() {
 			defer w.pending.Add(-1)
-			t.l.prefetchELF(ctx, t.e, ws)
+			l.prefetchELF(ctx, e, ws)
 		}()
 	}
 }
@@ -382,7 +423,7 @@ func (im *Image) findFile(p string) (elfTarget, bool) {
 			cur = next
 			continue
 		}
-		ce, err := l.Index.Content(e)
+		ce, err := l.elfIndex().Content(e)
 		if err != nil || !ce.IsRegular() || ce.Sparse {
 			return elfTarget{}, false
 		}
@@ -391,9 +432,15 @@ func (im *Image) findFile(p string) (elfTarget, bool) {
 	return elfTarget{}, false
 }
 
-// lookup finds the entry at p in the top layer that has one.
-func (im *Image) lookup(p string) (*Layer, *format.Entry) {
+// lookup finds the entry at p in the top layer that has one: of its lazypull layers, or
+// of the layers served from its index artifact.
+func (im *Image) lookup(p string) (elfLayer, *format.Entry) {
 	for _, l := range slices.Backward(im.Layers) {
+		if e, ok := l.Index.Lookup(p); ok {
+			return l, e
+		}
+	}
+	for _, l := range slices.Backward(im.indexed) {
 		if e, ok := l.Index.Lookup(p); ok {
 			return l, e
 		}

@@ -12,9 +12,14 @@ import (
 	"time"
 
 	"github.com/google/go-containerregistry/pkg/v1/empty"
+	"github.com/google/go-containerregistry/pkg/v1/mutate"
+	"github.com/google/go-containerregistry/pkg/v1/tarball"
+	"github.com/google/go-containerregistry/pkg/v1/types"
 
 	"lazypull/format"
 	"lazypull/internal/elfdeps"
+	"lazypull/internal/imageindex"
+	"lazypull/internal/store"
 	"lazypull/internal/testutil"
 	"lazypull/internal/testutil/elftest"
 )
@@ -26,6 +31,15 @@ import (
 // the layer above. It returns the image's reference and the paths of the files the
 // program needs, the loader included.
 func hostProgram(t *testing.T, prog string) (ref string, needed []string) {
+	t.Helper()
+	base, app, needed := hostProgramTars(t, prog)
+	img, _ := lazyTarOn(t, empty.Image, base, nil)
+	img, _ = lazyTarOn(t, img, app, nil)
+	return testutil.NewRegistry(t).Push(t, "elf:v1", img), needed
+}
+
+// hostProgramTars are hostProgram's two layers, as tars.
+func hostProgramTars(t *testing.T, prog string) (baseTar, appTar []byte, needed []string) {
 	t.Helper()
 	const dir = "/usr/lib/x86_64-linux-gnu"
 	read := func(p string) *elfdeps.File {
@@ -79,9 +93,7 @@ func hostProgram(t *testing.T, prog string) (ref string, needed []string) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	img, _ := lazyTarOn(t, empty.Image, testutil.Tar(t, base...), nil)
-	img, _ = lazyTarOn(t, img, testutil.Tar(t, testutil.File(prog[1:], b)), nil)
-	return testutil.NewRegistry(t).Push(t, "elf:v1", img), needed
+	return testutil.Tar(t, base...), testutil.Tar(t, testutil.File(prog[1:], b)), needed
 }
 
 // TestProgramNeedsFetched: the first read of a program (its header, as execve reads it)
@@ -185,7 +197,7 @@ func TestFindFile(t *testing.T) {
 	} {
 		got := ""
 		if tg, ok := im.findFile(p); ok {
-			got = map[*Layer]string{im.Layers[0]: "0:", im.Layers[1]: "1:"}[tg.l] + tg.e.Name
+			got = map[elfLayer]string{im.Layers[0]: "0:", im.Layers[1]: "1:"}[tg.l] + tg.e.Name
 		}
 		if got != want {
 			t.Errorf("findFile(%q) = %q, want %q", p, got, want)
@@ -246,4 +258,83 @@ func TestProgramNeedsHostile(t *testing.T) {
 	if isLocal(t, l, st, fmt.Sprintf("lib/libchain%d.so", chain-1)) {
 		t.Errorf("the end of a chain of %d libraries was fetched: the walk is bounded by %d files", chain, elfMaxFiles)
 	}
+}
+
+// TestProgramNeedsFetchedIndexed: the walk of a program's needs on an unconverted image
+// served from its index artifact: the first read of the program brings the libraries it
+// needs whole (files of up to wholeFileMax bytes are stored whole) and the spans holding
+// its own segments (a file over wholeFileMax), across layers and symbolic links; a
+// library nothing needs is not fetched.
+func TestProgramNeedsFetchedIndexed(t *testing.T) {
+	const prog = "/usr/bin/python3.11"
+	baseTar, appTar, needed := hostProgramTars(t, prog)
+	reg := testutil.NewRegistry(t)
+	img := empty.Image
+	for _, tr := range [][]byte{baseTar, appTar} {
+		l, err := tarball.LayerFromOpener(func() (io.ReadCloser, error) { return io.NopCloser(bytes.NewReader(tr)), nil })
+		if err != nil {
+			t.Fatal(err)
+		}
+		if img, err = mutate.AppendLayers(img, l); err != nil {
+			t.Fatal(err)
+		}
+	}
+	ref := reg.Push(t, "elfix:v1", mutate.MediaType(img, types.OCIManifestSchema1))
+	if _, err := imageindex.Image(t.Context(), io.Discard, ref, imageindex.Options{Client: testClient(t), SpanSize: 64 << 10}); err != nil {
+		t.Fatal(err)
+	}
+	st, err := store.Open(t.TempDir())
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { st.Close() })
+	im, err := OpenImage(t.Context(), st, ref, OpenOptions{Client: testClient(t)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(im.Close)
+	if len(im.indexed) != 2 {
+		t.Fatalf("%d layers served from the index artifact, want 2", len(im.indexed))
+	}
+	base, app := im.indexed[0], im.indexed[1]
+	e, ok := app.Index.Lookup(prog)
+	if !ok || e.Size <= wholeFileMax {
+		t.Fatalf("%s: %v, %d bytes; the test wants a program over %d bytes", prog, ok, e.Size, wholeFileMax)
+	}
+	head := make([]byte, 4096)
+	if _, err := app.ReadAt(t.Context(), e, head, 0); err != nil {
+		t.Fatal(err)
+	}
+	testutil.WaitFor(t, time.Minute, "the walk of the program's needs", func() bool { return elfIdle(im) })
+	for _, p := range needed {
+		ne, ok := base.Index.Lookup(p)
+		if !ok {
+			t.Fatalf("%s not in the base layer", p)
+		}
+		if m := st.Missing(storeFile(ne)); len(m) != 0 {
+			t.Errorf("%s: not fetched", p)
+		}
+	}
+	ef, err := elfdeps.Read(indexedReader{ctx: t.Context(), l: app, e: e}, e.Size)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, ld := range ef.Loads {
+		if ld.Exec {
+			ss, ok := app.spanTab.spansOf(e.TarOffset+ld.Off, e.TarOffset+ld.Off+ld.Size)
+			if !ok {
+				t.Fatalf("no stored spans for the code segment")
+			}
+			for _, sp := range ss {
+				if len(st.Missing(spanFile(sp))) != 0 {
+					t.Fatalf("a span of the program's code segment was not fetched")
+				}
+			}
+		}
+	}
+	ue, _ := base.Index.Lookup("usr/lib/x86_64-linux-gnu/libunrelated.so.1")
+	if m := st.Missing(storeFile(ue)); len(m) == 0 {
+		t.Errorf("a library nothing needs was fetched")
+	}
+	t.Logf("%d needed files fetched with %d requests in all", len(needed), im.Registry.Stats().Requests)
 }

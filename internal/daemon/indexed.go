@@ -142,7 +142,7 @@ func openIndexedLayer(ctx context.Context, im *Image, desc, ld v1.Descriptor, wi
 		return nil, fmt.Errorf("index blob %s: a tar stream of %d bytes, the layer is %d", ld.Digest, il.Table.TarSize, desc.Size)
 	}
 	return &indexedLayer{Desc: desc, Index: &format.Index{Entries: il.Table.Entries}, tar: tar, spans: kind != imageindex.Tar, spanTab: spans,
-		blob: blob, windows: wb, decoder: dec, log: im.log, files: map[*format.Entry]*indexedFile{}, reading: &im.reading}, nil
+		blob: blob, windows: wb, decoder: dec, log: im.log, files: map[*format.Entry]*indexedFile{}, reading: &im.reading, im: im}, nil
 }
 
 // indexedLayer is one layer of an unconverted image, served from its index artifact: its
@@ -171,6 +171,9 @@ type indexedLayer struct {
 	files map[*format.Entry]*indexedFile
 
 	reading interface{ Add(int64) int64 } // the image's reads in progress (Image.reading)
+	// im is the image, whose walk of programs' needs a program's first read starts
+	// (indexed_elf.go); nil in tests of the layer alone.
+	im *Image
 
 	// store holds the files of up to wholeFileMax bytes read (indexed_store.go), and
 	// the spans of larger ones (indexed_large.go), shared by digest with every other
@@ -226,6 +229,15 @@ func (l *indexedLayer) file(e *format.Entry) *indexedFile {
 //     it fails on a mismatch, and every read of the file after it (a plain tar layer's
 //     is refused: its blob has no span digests).
 func (l *indexedLayer) ReadAt(ctx context.Context, e *format.Entry, p []byte, off int64) (int, error) {
+	n, err := l.read(ctx, e, p, off)
+	if off == 0 && (err == nil || errors.Is(err, io.EOF)) {
+		l.speculateELF(e, p[:n])
+	}
+	return n, err
+}
+
+// read is ReadAt without the walk of a program's needs it may start (indexed_elf.go).
+func (l *indexedLayer) read(ctx context.Context, e *format.Entry, p []byte, off int64) (int, error) {
 	if l.reading != nil {
 		l.reading.Add(1)
 		defer l.reading.Add(-1)

@@ -67,17 +67,22 @@ func (l *Layer) speculates() bool {
 	if l.noSpeculation {
 		return false
 	}
-	if l.im == nil {
-		return true
-	}
-	if st, ok := l.im.PrefetchStats(); ok && st.Profile != "" {
+	return l.im == nil || l.im.speculating()
+}
+
+// speculating is Layer.speculates for any layer of im.
+func (im *Image) speculating() bool {
+	if im.noSpeculation {
 		return false
 	}
-	if l.im.minRTT <= 0 {
+	if st, ok := im.PrefetchStats(); ok && st.Profile != "" {
+		return false
+	}
+	if im.minRTT <= 0 {
 		return true
 	}
-	rtt, ok := l.im.roundTrip()
-	return !ok || rtt >= l.im.minRTT
+	rtt, ok := im.roundTrip()
+	return !ok || rtt >= im.minRTT
 }
 
 // speculate fetches, in the background, the neighbours of e (dirNeighbours) when the first
