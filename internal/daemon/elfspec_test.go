@@ -18,6 +18,7 @@ import (
 
 	"lazypull/format"
 	"lazypull/internal/elfdeps"
+	"lazypull/internal/fusefs"
 	"lazypull/internal/imageindex"
 	"lazypull/internal/store"
 	"lazypull/internal/testutil"
@@ -213,7 +214,7 @@ func elfIdle(im *Image) bool { return im.elf.pending.Load() == 0 }
 // path through a symbolic link loop and above the root, and hundreds of libraries each
 // naming the next: the walk ends, within its bounds (elfMaxFiles files), fetches files of
 // the image only (the root's etc/secret of the test is the image's own), and the reads
-// are served right.
+// are served right. On a converted layer and on one served from its index artifact.
 func TestProgramNeedsHostile(t *testing.T) {
 	entries := []testutil.Entry{
 		testutil.File("bin/prog", elftest.Build(elftest.Spec{Is64: true, Interp: "/lib/ld.so",
@@ -231,46 +232,64 @@ func TestProgramNeedsHostile(t *testing.T) {
 		entries = append(entries, testutil.File(fmt.Sprintf("lib/libchain%d.so", i),
 			elftest.Build(elftest.Spec{Is64: true, Needed: []string{fmt.Sprintf("libchain%d.so", i+1)}})))
 	}
-	img, _ := lazyTarOn(t, empty.Image, testutil.Tar(t, entries...), nil)
-	ref := testutil.NewRegistry(t).Push(t, "hostile:v1", img)
-	im, st := openFresh(t, ref)
-	l := im.Layers[0]
-	e, _ := l.Index.Lookup("bin/prog")
+	tar := testutil.Tar(t, entries...)
 	want := elftest.Build(elftest.Spec{Is64: true, Interp: "/lib/ld.so",
 		Needed:  []string{"liba.so", "../../../../etc/secret", "/../../etc/secret2", "libchain0.so"},
 		RunPath: "$ORIGIN/../../../..:/loop/x:/lib"})
-	b := make([]byte, len(want))
-	if n, err := l.ReadAt(context.Background(), e, b, 0); (err != nil && err != io.EOF) || n != len(want) || !bytes.Equal(b, want) {
-		t.Fatalf("read bin/prog: %d bytes, %v, or wrong bytes", n, err)
-	}
-	testutil.WaitFor(t, time.Minute, "the walk to end", func() bool { return elfIdle(im) })
-	im.elf.mu.Lock()
-	files, seen := im.elf.files, len(im.elf.seen)
-	im.elf.mu.Unlock()
-	if files > elfMaxFiles || seen > elfMaxFiles {
-		t.Errorf("the walk took %d files (%d seen); at most %d", files, seen, elfMaxFiles)
-	}
-	for _, p := range []string{"lib/liba.so", "lib/libb.so", "lib/ld.so", "etc/secret"} {
-		if !isLocal(t, l, st, p) {
-			t.Errorf("%s, which the program names, was not fetched", p)
-		}
-	}
-	if isLocal(t, l, st, fmt.Sprintf("lib/libchain%d.so", chain-1)) {
-		t.Errorf("the end of a chain of %d libraries was fetched: the walk is bounded by %d files", chain, elfMaxFiles)
+	// The same image converted, and as it is with an index artifact.
+	for _, kind := range []string{"converted", "indexed"} {
+		t.Run(kind, func(t *testing.T) {
+			var im *Image
+			var content fusefs.Content
+			var index *format.Index
+			var local func(p string) bool
+			if kind == "converted" {
+				img, _ := lazyTarOn(t, empty.Image, tar, nil)
+				var st *store.Store
+				im, st = openFresh(t, testutil.NewRegistry(t).Push(t, "hostile:v1", img))
+				l := im.Layers[0]
+				content, index = l, l.Index
+				local = func(p string) bool { return isLocal(t, l, st, p) }
+			} else {
+				var st *store.Store
+				im, st = openIndexedTars(t, tar)
+				l := im.indexed[0]
+				content, index = l, l.Index
+				local = func(p string) bool {
+					e, ok := l.Index.Lookup(p)
+					return ok && len(st.Missing(storeFile(e))) == 0
+				}
+			}
+			e, _ := index.Lookup("bin/prog")
+			b := make([]byte, len(want))
+			if n, err := content.ReadAt(context.Background(), e, b, 0); (err != nil && err != io.EOF) || n != len(want) || !bytes.Equal(b, want) {
+				t.Fatalf("read bin/prog: %d bytes, %v, or wrong bytes", n, err)
+			}
+			testutil.WaitFor(t, time.Minute, "the walk to end", func() bool { return elfIdle(im) })
+			im.elf.mu.Lock()
+			files, seen := im.elf.files, len(im.elf.seen)
+			im.elf.mu.Unlock()
+			if files > elfMaxFiles || seen > elfMaxFiles {
+				t.Errorf("the walk took %d files (%d seen); at most %d", files, seen, elfMaxFiles)
+			}
+			for _, p := range []string{"lib/liba.so", "lib/libb.so", "lib/ld.so", "etc/secret"} {
+				if !local(p) {
+					t.Errorf("%s, which the program names, was not fetched", p)
+				}
+			}
+			if local(fmt.Sprintf("lib/libchain%d.so", chain-1)) {
+				t.Errorf("the end of a chain of %d libraries was fetched: the walk is bounded by %d files", chain, elfMaxFiles)
+			}
+		})
 	}
 }
 
-// TestProgramNeedsFetchedIndexed: the walk of a program's needs on an unconverted image
-// served from its index artifact: the first read of the program brings the libraries it
-// needs whole (files of up to wholeFileMax bytes are stored whole) and the spans holding
-// its own segments (a file over wholeFileMax), across layers and symbolic links; a
-// library nothing needs is not fetched.
-func TestProgramNeedsFetchedIndexed(t *testing.T) {
-	const prog = "/usr/bin/python3.11"
-	baseTar, appTar, needed := hostProgramTars(t, prog)
-	reg := testutil.NewRegistry(t)
+// openIndexedTars pushes an unconverted image of the tars (gzip layers), indexes it
+// (64 KiB spans) and opens it from its index artifact over a fresh store.
+func openIndexedTars(t *testing.T, tars ...[]byte) (*Image, *store.Store) {
+	t.Helper()
 	img := empty.Image
-	for _, tr := range [][]byte{baseTar, appTar} {
+	for _, tr := range tars {
 		l, err := tarball.LayerFromOpener(func() (io.ReadCloser, error) { return io.NopCloser(bytes.NewReader(tr)), nil })
 		if err != nil {
 			t.Fatal(err)
@@ -279,7 +298,7 @@ func TestProgramNeedsFetchedIndexed(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
-	ref := reg.Push(t, "elfix:v1", mutate.MediaType(img, types.OCIManifestSchema1))
+	ref := testutil.NewRegistry(t).Push(t, "indexed:v1", mutate.MediaType(img, types.OCIManifestSchema1))
 	if _, err := imageindex.Image(t.Context(), io.Discard, ref, imageindex.Options{Client: testClient(t), SpanSize: 64 << 10}); err != nil {
 		t.Fatal(err)
 	}
@@ -293,9 +312,21 @@ func TestProgramNeedsFetchedIndexed(t *testing.T) {
 		t.Fatal(err)
 	}
 	t.Cleanup(im.Close)
-	if len(im.indexed) != 2 {
-		t.Fatalf("%d layers served from the index artifact, want 2", len(im.indexed))
+	if len(im.indexed) != len(tars) {
+		t.Fatalf("%d layers served from the index artifact, want %d", len(im.indexed), len(tars))
 	}
+	return im, st
+}
+
+// TestProgramNeedsFetchedIndexed: the walk of a program's needs on an unconverted image
+// served from its index artifact: the first read of the program brings the libraries it
+// needs whole (files of up to wholeFileMax bytes are stored whole) and the spans holding
+// its own segments (a file over wholeFileMax), across layers and symbolic links; a
+// library nothing needs is not fetched.
+func TestProgramNeedsFetchedIndexed(t *testing.T) {
+	const prog = "/usr/bin/python3.11"
+	baseTar, appTar, needed := hostProgramTars(t, prog)
+	im, st := openIndexedTars(t, baseTar, appTar)
 	base, app := im.indexed[0], im.indexed[1]
 	e, ok := app.Index.Lookup(prog)
 	if !ok || e.Size <= wholeFileMax {
