@@ -210,3 +210,58 @@ func rangesHold(t *testing.T, rg string, off, n int64) bool {
 	}
 	return false
 }
+
+// TestAutoProfileUpdateNamedDeep: the files the added files name are followed namedLevels
+// deep (a module v2 added names a package, whose __init__ names a module, which names
+// another), a word that names a package beside the modules v1's start read brings the
+// package's files, and the chain ends at its bound: the fourth level is left to its read.
+func TestAutoProfileUpdateNamedDeep(t *testing.T) {
+	base, _ := autoFiles()
+	name := func(seed uint64, word string) []byte {
+		return append(append(testutil.RandBytes(seed, 2_000), "\x00\x07"+word+")"...), testutil.RandBytes(seed+1, 2_000)...)
+	}
+	both := map[string][]byte{
+		"app/main.py": []byte("import json\n"), "usr/lib/py/json.cpython-311.pyc": testutil.RandBytes(31, 20_000),
+		"usr/lib/py/pkgxy/__init__.cpython-311.pyc": name(32, "deepmod"),
+		"usr/lib/py/pkgxy/other.cpython-311.pyc":    testutil.RandBytes(34, 3_000),
+		"usr/lib/py/deepmod.cpython-311.pyc":        name(35, "deeper"),
+		"usr/lib/py/deeper.cpython-311.pyc":         name(37, "deepest"),
+		"usr/lib/py/deepest.cpython-311.pyc":        testutil.RandBytes(39, 5_000),
+		// A large module: v1's read in usr/lib/py does not fetch the directory (speculate.go).
+		"usr/lib/py/large.cpython-311.pyc": testutil.RandBytes(41, 70_000),
+	}
+	app1, app2 := maps.Clone(both), maps.Clone(both)
+	app2["app/main.py"] = []byte("import json, yaml\n")
+	app2["usr/lib/py/yaml/loader.pyc"] = name(40, "pkgxy")
+	v1img := twoLayerImageWith(t, base, app1, nil)
+	v2img := twoLayerImageWith(t, base, app2, nil)
+	ref1, reqs, subject1 := pushCounted(t, v1img, "deep:v1")
+	ref2 := reqs.reg.Push(t, "deep:v2", v2img)
+
+	st := openStore(t)
+	im1, _ := startIn(t, st, ref1, nil)
+	for _, p := range []string{"app/main.py", "usr/lib/py/json.cpython-311.pyc", "etc/passwd"} {
+		readPart(t, im1, p, 1<<20)
+	}
+	im1.Close()
+	keptAuto(t, st, subject1.Digest, 1)
+
+	im, ps := startIn(t, st, ref2, nil)
+	if ps.Source != SourceRelated || ps.Named != 4 || ps.Err != "" {
+		t.Fatalf("v2 prefetched %+v; want the package's 2 files, deepmod and deeper named", ps)
+	}
+	reqs.reset()
+	for _, p := range []string{"usr/lib/py/pkgxy/__init__.cpython-311.pyc", "usr/lib/py/pkgxy/other.cpython-311.pyc",
+		"usr/lib/py/deepmod.cpython-311.pyc", "usr/lib/py/deeper.cpython-311.pyc"} {
+		if !bytes.Equal(readPart(t, im, p, 1<<20), app2[p]) {
+			t.Fatalf("%s: wrong bytes", p)
+		}
+	}
+	if n := reqs.count("GET blobs"); n != 0 {
+		t.Errorf("%d blob requests reading what the added file names, three levels deep; want none", n)
+	}
+	readPart(t, im, "usr/lib/py/deepest.cpython-311.pyc", 1<<20)
+	if n := reqs.count("GET blobs"); n != 1 {
+		t.Errorf("%d blob requests reading the fourth level; want 1 (namedLevels is 3)", n)
+	}
+}
