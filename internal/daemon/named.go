@@ -46,81 +46,38 @@ type namedCand struct {
 // fetchNamed fetches the files that the files the image added (c.added, fetched with
 // the carried profile c.p) name, within c.left compressed bytes (named), and counts them in
 // the prefetch's figures. Errors are the reads' to meet.
-//
-// What the named files name is fetched next, and so on, namedLevels deep in all, with what
-// the budget left: python-v2's six imports importlib.util, frozen into the interpreter,
-// whose own imports (contextlib, importlib's _abc) only its module on disk names.
 func (pf *prefetcher) fetchNamed(ctx context.Context, c carried, looked int64, log *slog.Logger) {
 	im := pf.im
-	read := len(c.p.Files) - len(c.added)
-	p := &profile.Profile{Subject: c.p.Subject, Layers: c.p.Layers, Files: slices.Clone(c.p.Files)}
-	left, scan := c.left, read
-	for level := 0; level < namedLevels && left > 0; level++ {
-		np := im.named(ctx, p, read, scan, left)
-		if np == nil {
-			return
-		}
-		per, wants, _, bytes, err := im.plan(np.Profile)
-		if err != nil || len(wants) == 0 {
-			return
-		}
-		for _, ws := range per {
-			for _, w := range ws {
-				im.lease.Pin(w.File)
-			}
-		}
-		err = im.fetchPlanned(ctx, per, im.profiledRuns(wants))
-		pf.mu.Lock()
-		pf.st.Named, pf.st.Files, pf.st.Bytes = pf.st.Named+len(wants), pf.st.Files+len(wants), pf.st.Bytes+bytes
-		pf.st.Requests = im.Registry.Stats().Requests - looked
-		pf.mu.Unlock()
-		if err != nil {
-			if ctx.Err() == nil {
-				log.Info("files the image's added files name not prefetched", "image", im.Ref, "files", len(wants), "level", level+1, "err", err)
-			}
-			return
-		}
-		log.Info("prefetched the files the image's added files name", "image", im.Ref, "files", len(wants), "bytes", bytes, "level", level+1)
-		left -= np.comp
-		scan = len(p.Files)
-		p.Files = append(p.Files, im.asFilesOf(p, np.Profile)...)
+	np := im.named(ctx, c.p, len(c.p.Files)-len(c.added), c.left)
+	if np == nil {
+		return
 	}
-}
-
-// namedLevels is how deep fetchNamed follows names: the added files' (1), those of the
-// files they name (2), and once more.
-const namedLevels = 3
-
-// asFilesOf is np's files (a profile of im, named's) as files of the profile p: their
-// layers numbered as p numbers them; a file of a layer p does not name is left out.
-func (im *Image) asFilesOf(p, np *profile.Profile) []profile.File {
-	var out []profile.File
-	for _, f := range np.Files {
-		if f.Layer < 0 || f.Layer >= len(np.Layers) {
-			continue
-		}
-		k := slices.Index(p.Layers, np.Layers[f.Layer])
-		if k < 0 {
-			continue
-		}
-		f.Layer = k
-		out = append(out, f)
+	per, wants, _, bytes, err := im.plan(np)
+	if err != nil || len(wants) == 0 {
+		return
 	}
-	return out
+	for _, ws := range per {
+		for _, w := range ws {
+			im.lease.Pin(w.File)
+		}
+	}
+	err = im.fetchPlanned(ctx, per, im.profiledRuns(wants))
+	pf.mu.Lock()
+	pf.st.Named, pf.st.Files, pf.st.Bytes = len(wants), pf.st.Files+len(wants), pf.st.Bytes+bytes
+	pf.st.Requests = im.Registry.Stats().Requests - looked
+	pf.mu.Unlock()
+	if err != nil && ctx.Err() == nil {
+		log.Info("files the image's added files name not prefetched", "image", im.Ref, "files", len(wants), "err", err)
+		return
+	}
+	log.Info("prefetched the files the image's added files name", "image", im.Ref, "files", len(wants), "bytes", bytes)
 }
 
-// namedProfile is the files named makes a profile of, with their compressed bytes.
-type namedProfile struct {
-	*profile.Profile
-	comp int64
-}
-
-// named returns, as a profile of im, the files that words of the files p.Files[scan:] (as
-// fetched) name and the store lacks (namedCands: in the directories and of the kinds of
-// p.Files[:read], not in p.Files), at most budget compressed bytes; nil when there are
-// none.
-func (im *Image) named(ctx context.Context, p *profile.Profile, read, scan int, budget int64) *namedProfile {
-	if budget <= 0 || len(im.Layers) == 0 || read < 0 || read > len(p.Files) || scan < 0 || scan > len(p.Files) {
+// named returns, as a profile of im, the files that words of the files p added (p.Files
+// from read on, as fetched) name and the store lacks (namedCands), at most budget
+// compressed bytes; nil when there are none.
+func (im *Image) named(ctx context.Context, p *profile.Profile, read int, budget int64) *profile.Profile {
+	if budget <= 0 || len(im.Layers) == 0 || read < 0 || read > len(p.Files) {
 		return nil
 	}
 	st := im.Layers[0].store
@@ -132,7 +89,7 @@ func (im *Image) named(ctx context.Context, p *profile.Profile, read, scan int, 
 	seen := map[string]bool{}
 	scanned := int64(0)
 	buf := make([]byte, namedPiece)
-	for _, a := range p.Files[scan:] {
+	for _, a := range p.Files[read:] {
 		l, e := im.layerFile(p, a)
 		if e == nil || e.Size > namedMaxFile || scanned+e.Size > namedMaxScan {
 			continue
@@ -157,19 +114,16 @@ func (im *Image) named(ctx context.Context, p *profile.Profile, read, scan int, 
 		}
 		w.end()
 	}
-	np := &namedProfile{Profile: &profile.Profile{Subject: im.Image.Descriptor.Digest.String()}}
+	np := &profile.Profile{Subject: im.Image.Descriptor.Digest.String()}
 	for _, l := range im.Layers {
 		np.Layers = append(np.Layers, l.Desc.Digest.String())
 	}
-	taken := map[*format.Entry]bool{}
 	for _, stem := range found {
 		for _, c := range cands[stem] {
-			if c.comp > budget || taken[c.e] {
+			if c.comp > budget {
 				continue
 			}
-			taken[c.e] = true
 			budget -= c.comp
-			np.comp += c.comp
 			np.Files = append(np.Files, profile.File{Layer: c.layer, Path: c.e.Name, Ranges: []profile.Range{{Off: 0, Len: c.e.Size}}})
 		}
 	}
@@ -183,82 +137,36 @@ func (im *Image) named(ctx context.Context, p *profile.Profile, read, scan int, 
 // dot): regular files of the directories that the profile's first read files were read
 // from, of a kind they were (the base name after its first dot), not named by p, shown by
 // a merged view of im, that the store lacks, of at most budget compressed bytes each.
-//
-// And packages: a word may name a directory W beside those files, whose files are then
-// the package's (python: W/__init__.py; node: node_modules/W/...): the files of kind of
-// the directory W in a read directory R (R/W/*), or, where R is a directory of compiled
-// files beside their sources (P/__pycache__), of W's own such directory (P/W/__pycache__/*),
-// under the word W, each package at most namedPackageMax compressed bytes in all.
 func (im *Image) namedCands(st *store.Store, p *profile.Profile, read int, budget int64) map[string][]namedCand {
 	dirs, kinds, planned := map[string]bool{}, map[string]bool{}, map[string]bool{}
-	parents := map[string]map[string]bool{} // the read directories by parent, then base name
 	for i, f := range p.Files {
 		planned[f.Path] = true
 		if i < read {
-			d := path.Dir(f.Path)
-			dirs[d] = true
-			if parents[path.Dir(d)] == nil {
-				parents[path.Dir(d)] = map[string]bool{}
-			}
-			parents[path.Dir(d)][path.Base(d)] = true
+			dirs[path.Dir(f.Path)] = true
 			if _, kind, ok := strings.Cut(path.Base(f.Path), "."); ok && kind != "" {
 				kinds[kind] = true
 			}
 		}
 	}
 	out := map[string][]namedCand{}
-	pkgs := map[string][]namedCand{}
 	for i, l := range im.Layers {
 		for j := range l.Index.Entries {
 			e := &l.Index.Entries[j]
-			if !e.IsRegular() || e.Size == 0 || e.Sparse || planned[e.Name] {
+			if !e.IsRegular() || e.Size == 0 || e.Sparse || !dirs[path.Dir(e.Name)] || planned[e.Name] {
 				continue
 			}
-			d := path.Dir(e.Name)
 			stem, kind, _ := strings.Cut(path.Base(e.Name), ".")
-			pkg := ""
-			switch {
-			case dirs[d]:
-				if len(stem) < namedMinWord {
-					continue
-				}
-			case d != "." && dirs[path.Dir(d)]:
-				pkg = path.Base(d) // R/W/file
-			case d != "." && path.Dir(d) != "." && parents[path.Dir(path.Dir(d))][path.Base(d)]:
-				pkg = path.Base(path.Dir(d)) // P/W/B/file beside P/B
-			default:
-				continue
-			}
-			if !kinds[kind] || im.hidden(i, e.Name) || pkg != "" && len(pkg) < namedMinWord {
+			if len(stem) < namedMinWord || !kinds[kind] || im.hidden(i, e.Name) {
 				continue
 			}
 			comp := missingBytes(st, l.Index, e)
-			if comp <= 0 || comp > budget {
-				continue
+			if comp > 0 && comp <= budget {
+				out[stem] = append(out[stem], namedCand{layer: i, e: e, comp: comp})
 			}
-			c := namedCand{layer: i, e: e, comp: comp}
-			if pkg == "" {
-				out[stem] = append(out[stem], c)
-			} else {
-				pkgs[pkg] = append(pkgs[pkg], c)
-			}
-		}
-	}
-	for w, cs := range pkgs {
-		var n int64
-		for _, c := range cs {
-			n += c.comp
-		}
-		if n <= namedPackageMax {
-			out[w] = append(out[w], cs...)
 		}
 	}
 	return out
 }
-
-// namedPackageMax bounds the compressed bytes of a package a word brings (namedCands): a
-// package of a few modules (importlib's 62 KB), not a framework.
-const namedPackageMax = 256 << 10
 
 // layerFile finds the file a of the profile p in im: its layer and content entry.
 func (im *Image) layerFile(p *profile.Profile, a profile.File) (*Layer, *format.Entry) {
