@@ -19,19 +19,7 @@ import (
 // config of the artifact's type, its subject.
 func TestPushFoundByReferrers(t *testing.T) {
 	testutil.EachRegistry(t, func(t *testing.T, reg *testutil.Registry) {
-		img, err := random.Image(64, 1)
-		if err != nil {
-			t.Fatal(err)
-		}
-		ref, err := name.ParseReference(reg.Push(t, "app:1", img))
-		if err != nil {
-			t.Fatal(err)
-		}
-		subject, err := remote.Head(ref)
-		if err != nil {
-			t.Fatal(err)
-		}
-		repo := ref.Context()
+		repo, subject := pushSubject(t, reg)
 		const typ = "application/vnd.example.test.v1"
 		data := []byte("what the artifact says")
 		blob, err := PushBlob(repo, data, "application/vnd.example.blob", remote.WithContext(t.Context()))
@@ -91,20 +79,7 @@ func TestEmbedInTagIndex(t *testing.T) {
 		if api {
 			opts = append(opts, testutil.WithReferrers())
 		}
-		reg := testutil.NewRegistry(t, opts...)
-		img, err := random.Image(64, 1)
-		if err != nil {
-			t.Fatal(err)
-		}
-		ref, err := name.ParseReference(reg.Push(t, "app:1", img))
-		if err != nil {
-			t.Fatal(err)
-		}
-		subject, err := remote.Head(ref)
-		if err != nil {
-			t.Fatal(err)
-		}
-		repo := ref.Context()
+		repo, subject := pushSubject(t, testutil.NewRegistry(t, opts...))
 		push := func(typ string, at int) (v1.Descriptor, []byte) {
 			t.Helper()
 			blob, err := PushBlob(repo, []byte(typ), "application/vnd.example.blob")
@@ -155,4 +130,23 @@ func TestEmbedInTagIndex(t *testing.T) {
 			}
 		}
 	}
+}
+
+// pushSubject pushes a random image to reg, the subject artifacts refer to, and returns its
+// repository and descriptor.
+func pushSubject(t *testing.T, reg *testutil.Registry) (name.Repository, *v1.Descriptor) {
+	t.Helper()
+	img, err := random.Image(64, 1)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ref, err := name.ParseReference(reg.Push(t, "app:1", img))
+	if err != nil {
+		t.Fatal(err)
+	}
+	subject, err := remote.Head(ref)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return ref.Context(), subject
 }

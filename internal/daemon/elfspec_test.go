@@ -302,16 +302,7 @@ func openIndexedTars(t *testing.T, tars ...[]byte) (*Image, *store.Store) {
 	if _, err := imageindex.Image(t.Context(), io.Discard, ref, imageindex.Options{Client: testClient(t), SpanSize: 64 << 10}); err != nil {
 		t.Fatal(err)
 	}
-	st, err := store.Open(t.TempDir())
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { st.Close() })
-	im, err := OpenImage(t.Context(), st, ref, OpenOptions{Client: testClient(t)})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(im.Close)
+	im, st := openIndexed(t, ref)
 	if len(im.indexed) != len(tars) {
 		t.Fatalf("%d layers served from the index artifact, want %d", len(im.indexed), len(tars))
 	}
@@ -368,4 +359,21 @@ func TestProgramNeedsFetchedIndexed(t *testing.T) {
 		t.Errorf("a library nothing needs was fetched")
 	}
 	t.Logf("%d needed files fetched with %d requests in all", len(needed), im.Registry.Stats().Requests)
+}
+
+// openIndexed opens ref, an image with an index artifact, over a fresh store; both are
+// closed when the test ends.
+func openIndexed(t *testing.T, ref string) (*Image, *store.Store) {
+	t.Helper()
+	st, err := store.Open(t.TempDir())
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { st.Close() })
+	im, err := OpenImage(t.Context(), st, ref, OpenOptions{Client: testClient(t)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(im.Close)
+	return im, st
 }

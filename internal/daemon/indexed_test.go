@@ -178,16 +178,7 @@ func TestOpenFromIndexPolicy(t *testing.T) {
 func TestOpenFromIndexTampered(t *testing.T) {
 	ref, files, art := indexedFixture(t)
 	pushTampered(t, ref, art)
-	st, err := store.Open(t.TempDir())
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { st.Close() })
-	im, err := OpenImage(t.Context(), st, ref, OpenOptions{Client: testClient(t)})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer im.Close()
+	im, _ := openIndexed(t, ref)
 	layers := im.FSLayers()
 	for _, name := range []string{"etc/os-release", "etc/hostname"} {
 		if got, err := readIndexed(t, layers, name); err == nil || len(got) != 0 {

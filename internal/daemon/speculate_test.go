@@ -37,6 +37,20 @@ func neighbourFiles() map[string][]byte {
 	return files
 }
 
+// speculationCases open an image with speculation on and off: off by NoSpeculation, or by
+// SpeculateMinRTT above the registry's round trip (on loopback, far less than an hour and
+// more than a nanosecond).
+var speculationCases = []struct {
+	name string
+	o    OpenOptions
+	off  bool
+}{
+	{"on", OpenOptions{}, false},
+	{"NoSpeculation", OpenOptions{NoSpeculation: true}, true},
+	{"round trip below SpeculateMinRTT", OpenOptions{SpeculateMinRTT: time.Hour}, true},
+	{"round trip above SpeculateMinRTT", OpenOptions{SpeculateMinRTT: time.Nanosecond}, false},
+}
+
 // TestNeighboursFetchedWithMiss: the first read of a small file that misses brings the
 // other small files of its directory, in one request beside the read's, verified and
 // stored: reading them then asks the registry nothing. Files of other directories (also
@@ -46,18 +60,7 @@ func neighbourFiles() map[string][]byte {
 func TestNeighboursFetchedWithMiss(t *testing.T) {
 	files := neighbourFiles()
 	ref, _ := lazyImage(t, files)
-	// SpeculateMinRTT: the registry, on loopback, answers in far less than an hour and
-	// in more than a nanosecond; a miss speculates only in the second case.
-	for _, c := range []struct {
-		name string
-		o    OpenOptions
-		off  bool
-	}{
-		{"on", OpenOptions{}, false},
-		{"NoSpeculation", OpenOptions{NoSpeculation: true}, true},
-		{"round trip below SpeculateMinRTT", OpenOptions{SpeculateMinRTT: time.Hour}, true},
-		{"round trip above SpeculateMinRTT", OpenOptions{SpeculateMinRTT: time.Nanosecond}, false},
-	} {
+	for _, c := range speculationCases {
 		off := c.off
 		t.Run(c.name, func(t *testing.T) {
 			im, st := openFreshWith(t, ref, c.o)
@@ -147,8 +150,8 @@ func junkProgram(seed uint64, n int) []byte {
 // TestWholeFileOfUnreadableProgram: a file of a few MiB that looks like a program but whose
 // headers the walk cannot read (elfspec.go) follows its first read whole into the store,
 // as its page faults would otherwise fetch it a round trip at a time; such a file over
-// wholeMax, a file that is no program, and any file with OpenOptions.NoSpeculation are
-// left alone.
+// wholeMax, a file that is no program, and any file with speculation off
+// (speculationCases) are left alone.
 func TestWholeFileOfUnreadableProgram(t *testing.T) {
 	files := map[string][]byte{
 		"lib/libmid.so": junkProgram(1, 3<<20),
@@ -156,18 +159,7 @@ func TestWholeFileOfUnreadableProgram(t *testing.T) {
 		"lib/data.bin":  testutil.RandBytes(3, 3<<20),
 	}
 	ref, _ := lazyImage(t, files)
-	// SpeculateMinRTT: the registry, on loopback, answers in far less than an hour and
-	// in more than a nanosecond; a miss speculates only in the second case.
-	for _, c := range []struct {
-		name string
-		o    OpenOptions
-		off  bool
-	}{
-		{"on", OpenOptions{}, false},
-		{"NoSpeculation", OpenOptions{NoSpeculation: true}, true},
-		{"round trip below SpeculateMinRTT", OpenOptions{SpeculateMinRTT: time.Hour}, true},
-		{"round trip above SpeculateMinRTT", OpenOptions{SpeculateMinRTT: time.Nanosecond}, false},
-	} {
+	for _, c := range speculationCases {
 		off := c.off
 		t.Run(c.name, func(t *testing.T) {
 			im, st := openFreshWith(t, ref, c.o)
