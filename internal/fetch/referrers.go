@@ -8,7 +8,6 @@ import (
 	"io"
 	"mime"
 	"net/http"
-	"net/url"
 	"strings"
 
 	v1 "github.com/google/go-containerregistry/pkg/v1"
@@ -92,7 +91,7 @@ func (r *Registry) referrers(ctx context.Context, subject v1.Hash) ([]v1.Descrip
 		_, raw, err := r.getManifest(tctx, subject.Algorithm+"-"+subject.Hex, false, true)
 		tagCh <- tagAnswer{raw, err}
 	}()
-	raw, api, err := r.referrersAPI(ctx, subject, "")
+	raw, api, err := r.referrersAPI(ctx, subject)
 	if err != nil {
 		return nil, err
 	}
@@ -120,7 +119,7 @@ func (r *Registry) referrers(ctx context.Context, subject v1.Hash) ([]v1.Descrip
 }
 
 // referrersAPI asks the endpoints' referrers API. api is false when the registry has none.
-func (r *Registry) referrersAPI(ctx context.Context, subject v1.Hash, artifactType string) (raw []byte, api bool, err error) {
+func (r *Registry) referrersAPI(ctx context.Context, subject v1.Hash) (raw []byte, api bool, err error) {
 	eps := r.endpointsFor(capPull)
 	if len(eps) == 0 {
 		return nil, false, r.toError(&reqErr{host: r.host, err: errNoEndpoint}, subject.String(), Range{})
@@ -128,7 +127,7 @@ func (r *Registry) referrersAPI(ctx context.Context, subject v1.Hash, artifactTy
 	rerr := r.retry(ctx, "referrers", func() []any { return []any{"subject", subject.String()} }, func() *reqErr {
 		var errs []*reqErr
 		for _, e := range eps {
-			b, ok, rerr := r.referrersFrom(ctx, e, subject, artifactType)
+			b, ok, rerr := r.referrersFrom(ctx, e, subject)
 			if rerr == nil {
 				if ok {
 					raw, api = b, true
@@ -150,16 +149,14 @@ func (r *Registry) referrersAPI(ctx context.Context, subject v1.Hash, artifactTy
 }
 
 // referrersFrom sends one referrers request to one endpoint.
-func (r *Registry) referrersFrom(ctx context.Context, e *endpoint, subject v1.Hash, artifactType string) (raw []byte, api bool, rerr *reqErr) {
+func (r *Registry) referrersFrom(ctx context.Context, e *endpoint, subject v1.Hash) (raw []byte, api bool, rerr *reqErr) {
 	tr, rerr := r.begin(ctx, e, kindManifest)
 	if rerr != nil {
 		return nil, false, rerr
 	}
 	defer func() { tr.end(rerr) }()
+	// Unfiltered: the listing serves look-ups of every type (Referrers).
 	p := "referrers/" + subject.String()
-	if artifactType != "" {
-		p += "?artifactType=" + url.QueryEscape(artifactType)
-	}
 	resp, err := r.do(ctx, e, p, func(req *http.Request) {
 		req.Header.Set("Accept", string(types.OCIImageIndex))
 	})
