@@ -48,9 +48,6 @@ func (r *Registry) do(ctx context.Context, e *endpoint, p string, set func(*http
 	start := time.Now()
 	resp, err := e.client.Do(req)
 	t.Stop()
-	if err == nil {
-		r.rtts.add(time.Since(start))
-	}
 	if err != nil {
 		if cause := context.Cause(rctx); cause == headers {
 			err = headers
@@ -58,6 +55,7 @@ func (r *Registry) do(ctx context.Context, e *endpoint, p string, set func(*http
 		cancel(nil)
 		return nil, err
 	}
+	r.rtts.add(time.Since(start))
 	resp.Body = &idleBody{
 		rc:     resp.Body,
 		ctx:    rctx,

@@ -289,13 +289,9 @@ func mountOptions(dir string) ([]string, error) {
 // requests within it has other troubles, and the probe ends with the connection.
 const probeTimeout = 30 * time.Second
 
-// probe probes the mount at dir for poll: by the command cmd (MountOptions.Probe), else in
-// this process (PollProbe).
+// probe probes the mount at dir for poll by the command cmd (MountOptions.Probe); in this
+// process (PollProbe) when the command cannot start.
 func probe(dir string, cmd []string, lg *slog.Logger) {
-	if len(cmd) == 0 {
-		PollProbe(dir)
-		return
-	}
 	c := exec.Command(cmd[0], append(slices.Clone(cmd[1:]), dir)...)
 	if err := c.Start(); err != nil {
 		lg.Warn("fusefs: cannot start the mount's poll probe; probing in this process", "dir", dir, "cmd", cmd[0], "err", err)
