@@ -62,6 +62,49 @@ type elfWalk struct {
 	slots  chan struct{} // bounds the files read at once
 	// pending counts the walk's goroutines (reads and fetches), for tests to wait on.
 	pending atomic.Int64
+	// path is where a script's "#!/usr/bin/env prog" finds prog: the image's PATH
+	// (walkCommand), nil before it is known (defaultPATH).
+	path []string
+}
+
+// setPath sets the directories where a script's env finds its interpreter.
+func (w *elfWalk) setPath(dirs []string) {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	w.path = dirs
+}
+
+// interpreter finds the interpreter of the script r (of size bytes) names on its #! line
+// (shebang): its path, or for "/usr/bin/env prog", prog on the image's PATH.
+func (w *elfWalk) interpreter(im *Image, r io.ReaderAt, size int64) (elfTarget, bool) {
+	head := make([]byte, min(size, shebangMax))
+	if n, err := r.ReadAt(head, 0); n < len(head) && err != nil {
+		return elfTarget{}, false
+	}
+	interp, arg, ok := shebang(head)
+	if !ok {
+		return elfTarget{}, false
+	}
+	if path.Base(interp) != "env" {
+		return im.findFile(interp)
+	}
+	var prog string
+	for _, f := range strings.Fields(arg) {
+		if !strings.HasPrefix(f, "-") && !strings.Contains(f, "=") {
+			prog = f
+			break
+		}
+	}
+	if prog == "" {
+		return elfTarget{}, false
+	}
+	w.mu.Lock()
+	dirs := w.path
+	w.mu.Unlock()
+	if dirs == nil {
+		dirs = strings.Split(defaultPATH, ":")
+	}
+	return im.findProgram(prog, dirs, "/")
 }
 
 // elfTarget is a file of the image found for the walk, and how deep.
@@ -179,8 +222,13 @@ func (w *elfWalk) walk(im *Image, t elfTarget) {
 	}
 	ef, err := elfdeps.ReadProgram(r, size)
 	if err != nil {
-		im.log.Debug("program's needs not read", "layer", t.l.elfName(), "path", t.e.Name, "err", err)
 		t.l.elfUnread(t.e)
+		if nt, ok := w.interpreter(im, r, size); ok {
+			nt.depth = t.depth + 1
+			w.add(im, []elfTarget{nt})
+			return
+		}
+		im.log.Debug("program's needs not read", "layer", t.l.elfName(), "path", t.e.Name, "err", err)
 		return
 	}
 	if !whole {

@@ -30,6 +30,9 @@ type PrefetchStats struct {
 	// Named is how many of Files are files the added ones name, fetched after them
 	// (named.go).
 	Named int `json:"named,omitempty"`
+	// Command is how many files the image's command names were handed to the walk of
+	// programs' needs, without a profile (command.go).
+	Command int `json:"command,omitempty"`
 	// Policy is the profile policy the image was opened under; Source where its profile
 	// came from (SourcePin, SourceReferrers; "" for none); Candidates how many profiles
 	// the referrers listed; Why how it was chosen, or why there is none.
@@ -207,6 +210,7 @@ func (pf *prefetcher) run(ctx context.Context, log *slog.Logger, metrics *Profil
 		if used, err := pf.runAuto(ctx, l.err, carry, looked, log); used || err != nil {
 			return err
 		}
+		pf.walkCommand(ctx, log)
 		return l.err
 	}
 	if pf.rec != nil {
@@ -214,6 +218,15 @@ func (pf *prefetcher) run(ctx context.Context, log *slog.Logger, metrics *Profil
 		go pf.rec.adopt(l.Profile)
 	}
 	return pf.fetch(ctx, l.Profile, l.Desc.Digest.String(), looked, log)
+}
+
+// walkCommand hands what the image's command names to the walk of programs' needs
+// (Image.walkCommand), for an image with no profile.
+func (pf *prefetcher) walkCommand(ctx context.Context, log *slog.Logger) {
+	n := pf.im.logWalkCommand(ctx, log)
+	pf.mu.Lock()
+	pf.st.Command = n
+	pf.mu.Unlock()
 }
 
 // fetch fetches the ranges of the profile p (its manifest's digest desc) first: from the

@@ -344,6 +344,8 @@ func (f *SnapshotFS) open(ctx context.Context, e *imageEntry, ref string, given 
 			o := *f.prefetch
 			o.Wait = 0
 			e.im.Prefetch(ctx, o)
+		} else {
+			e.im.WalkCommand()
 		}
 		if f.fill != nil {
 			if err := e.im.BackgroundFetch(*f.fill); err != nil {

@@ -114,6 +114,8 @@ func (n *node) mount(ctx context.Context, cfg MountConfig, m MountPoint, choice 
 	p, fill := n.prefetchOptions()
 	if p != nil {
 		im.Prefetch(ctx, *p)
+	} else {
+		im.WalkCommand()
 	}
 	if fill != nil {
 		if err := im.BackgroundFetch(*fill); err != nil {

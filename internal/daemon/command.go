@@ -1,0 +1,379 @@
+package daemon
+
+import (
+	"bytes"
+	"context"
+	"fmt"
+	"log/slog"
+	"path"
+	"strings"
+
+	v1 "github.com/google/go-containerregistry/pkg/v1"
+
+	"lazypull/format"
+	"lazypull/internal/jsonlimit"
+	"lazypull/internal/store"
+)
+
+// The image's command. Without a profile, a container's start begins with what its
+// image's config says it runs (Entrypoint and Cmd, which ctr, nerdctl and Kubernetes run
+// unless told otherwise): a program found on the config's PATH, which the kernel and the
+// loader then read with its libraries, a miss and a round trip each, and the files its
+// arguments name (a script, a source). The runtime execs it only after the pull's last
+// snapshot, the container's creation and its start: a few hundred milliseconds in which
+// the link is idle. So when the image has no profile, its prefetch reads the config and
+// hands what the command names to the walk of programs' needs (elfspec.go) at once:
+// programs are walked (a script's interpreter too, by its #! line), other files come
+// whole when small, and the loader's cache (/etc/ld.so.cache) with them. What a
+// container run with another command does not read costs bytes within the walk's
+// bounds, and no request of its own; a shell's -c script is read for the commands it
+// runs and the paths it names.
+const (
+	// cmdConfigMax bounds the config read for its command: real ones are a few KiB (a
+	// long history: tens).
+	cmdConfigMax = 1 << 20
+	// cmdMaxWords bounds the words of the command looked up in the image.
+	cmdMaxWords = 32
+	// cmdMaxPath bounds the directories of the config's PATH searched.
+	cmdMaxPath = 16
+	// cmdWordMax: a longer word is no path.
+	cmdWordMax = 4096
+)
+
+// defaultPATH is the PATH of a container whose image's config sets none (containerd's
+// oci.WithDefaultPathEnv, runc's default).
+const defaultPATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+
+// ldCache is where glibc's loader looks for libraries first, read by every dynamic
+// program's start before its libraries.
+const ldCache = "/etc/ld.so.cache"
+
+// imageCommand is what an image's config says a container runs.
+type imageCommand struct {
+	// programs are the words run as programs, in order: the command's first, and the
+	// commands of a shell's -c script.
+	programs []string
+	// args are the other words that may name files: not options, no expansions.
+	args []string
+	// path is the config's PATH, split; workdir its working directory ("/" when unset).
+	path    []string
+	workdir string
+}
+
+// commandOf reads what cfg runs: Entrypoint then Cmd, a shell's -c script parsed for its
+// commands (shellWords), at most cmdMaxWords words.
+func commandOf(cfg v1.Config) imageCommand {
+	c := imageCommand{workdir: "/"}
+	if strings.HasPrefix(cfg.WorkingDir, "/") {
+		c.workdir = path.Clean(cfg.WorkingDir)
+	}
+	pathEnv := defaultPATH
+	for _, kv := range cfg.Env {
+		if v, ok := strings.CutPrefix(kv, "PATH="); ok {
+			pathEnv = v
+		}
+	}
+	for _, d := range strings.Split(pathEnv, ":") {
+		if strings.HasPrefix(d, "/") && len(c.path) < cmdMaxPath {
+			c.path = append(c.path, path.Clean(d))
+		}
+	}
+	argv := append(append([]string(nil), cfg.Entrypoint...), cfg.Cmd...)
+	if len(argv) == 0 {
+		return c
+	}
+	n := 0
+	add := func(to *[]string, w string) {
+		if n < cmdMaxWords && w != "" && len(w) <= cmdWordMax && !strings.ContainsAny(w, "$`*?[\x00") {
+			*to = append(*to, w)
+			n++
+		}
+	}
+	add(&c.programs, argv[0])
+	script := -1
+	if isShell(argv[0]) {
+		for i := 1; i < len(argv)-1; i++ {
+			if a := argv[i]; strings.HasPrefix(a, "-") && !strings.HasPrefix(a, "--") && strings.Contains(a, "c") {
+				script = i + 1
+				break
+			}
+		}
+	}
+	for i, a := range argv[1:] {
+		switch {
+		case i+1 == script:
+			progs, args := shellWords(a)
+			for _, w := range progs {
+				add(&c.programs, w)
+			}
+			for _, w := range args {
+				add(&c.args, w)
+			}
+		case !strings.HasPrefix(a, "-"):
+			add(&c.args, a)
+		}
+	}
+	return c
+}
+
+// isShell says whether the program p is a POSIX shell, whose -c argument is a script.
+func isShell(p string) bool {
+	switch path.Base(p) {
+	case "sh", "bash", "dash", "ash", "ksh", "mksh", "zsh", "busybox":
+		return true
+	}
+	return false
+}
+
+// shellWords splits a shell script s into the words in command position (the commands
+// it runs) and the other words not options, as far as a reading without expansions can:
+// quotes are removed, a word with an expansion is left out by commandOf, assignments
+// before a command, reserved words and the wrappers exec, command, env, nohup and time
+// are skipped over to the command they run.
+func shellWords(s string) (programs, args []string) {
+	var (
+		word    strings.Builder
+		inWord  bool
+		command = true
+		wrapped bool // the last command runs the next: its options come first
+	)
+	end := func() {
+		if !inWord {
+			return
+		}
+		w := word.String()
+		word.Reset()
+		inWord = false
+		switch {
+		case command && strings.Contains(w, "=") && !strings.HasPrefix(w, "="):
+			// an assignment: the command follows
+		case command && shellKeyword(w):
+		case command && wrapped && strings.HasPrefix(w, "-"):
+		case command:
+			programs = append(programs, w)
+			command = shellWrapper(w)
+			wrapped = command
+		case strings.HasPrefix(w, "-"):
+		default:
+			args = append(args, w)
+		}
+	}
+	for i := 0; i < len(s); i++ {
+		switch c := s[i]; c {
+		case ' ', '\t':
+			end()
+		case '\n', ';', '&', '|', '(', ')', '{', '}', '!':
+			end()
+			command, wrapped = true, false
+		case '<', '>':
+			end()
+			command, wrapped = false, false // a redirection's file follows; the command after it is lost
+		case '\'':
+			inWord = true
+			j := strings.IndexByte(s[i+1:], '\'')
+			if j < 0 {
+				j = len(s) - i - 1
+			}
+			word.WriteString(s[i+1 : i+1+j])
+			i += j + 1
+		case '"':
+			inWord = true
+			for i++; i < len(s) && s[i] != '"'; i++ {
+				if s[i] == '\\' && i+1 < len(s) {
+					i++
+				}
+				word.WriteByte(s[i])
+			}
+		case '\\':
+			inWord = true
+			if i+1 < len(s) {
+				i++
+				word.WriteByte(s[i])
+			}
+		case '#':
+			if !inWord {
+				for i < len(s) && s[i] != '\n' {
+					i++
+				}
+				i--
+				continue
+			}
+			word.WriteByte(c)
+		default:
+			inWord = true
+			word.WriteByte(c)
+		}
+	}
+	end()
+	return programs, args
+}
+
+// shellKeyword: a reserved word after which a command comes.
+func shellKeyword(w string) bool {
+	switch w {
+	case "if", "then", "else", "elif", "fi", "do", "done", "while", "until", "time":
+		return true
+	}
+	return false
+}
+
+// shellWrapper: a command that runs the command after it.
+func shellWrapper(w string) bool {
+	switch path.Base(w) {
+	case "exec", "command", "env", "nohup", "time", "nice", "setsid", "runuser", "su-exec", "gosu", "tini", "dumb-init":
+		return true
+	}
+	return false
+}
+
+// commandTargets finds in the image the files c names: each program on the PATH (or
+// where it says, from the working directory), each argument from the working directory,
+// and the loader's cache; the programs first.
+func (im *Image) commandTargets(c imageCommand) []elfTarget {
+	var out []elfTarget
+	seen := map[*format.Entry]bool{}
+	take := func(t elfTarget, ok bool) {
+		if ok && !seen[t.e] {
+			seen[t.e] = true
+			out = append(out, t)
+		}
+	}
+	for _, p := range c.programs {
+		take(im.findProgram(p, c.path, c.workdir))
+	}
+	if len(out) > 0 {
+		take(im.findFile(ldCache))
+	}
+	for _, a := range c.args {
+		if !strings.HasPrefix(a, "/") {
+			a = path.Join(c.workdir, a)
+		}
+		take(im.findFile(a))
+	}
+	return out
+}
+
+// findProgram finds the program p as a shell would run it: on the directories dirs when
+// it has no slash, else from workdir.
+func (im *Image) findProgram(p string, dirs []string, workdir string) (elfTarget, bool) {
+	if strings.Contains(p, "/") {
+		if !strings.HasPrefix(p, "/") {
+			p = path.Join(workdir, p)
+		}
+		return im.findFile(p)
+	}
+	for _, d := range dirs {
+		if t, ok := im.findFile(path.Join(d, p)); ok {
+			return t, true
+		}
+	}
+	return elfTarget{}, false
+}
+
+// WalkCommand starts, in the background, the walk of what the image's command names
+// (command.go), for an image opened without a prefetch (whose prefetch does it once it
+// finds no profile).
+func (im *Image) WalkCommand() {
+	go im.logWalkCommand(im.bg, im.log)
+}
+
+// logWalkCommand is walkCommand, logged: it returns the number of files taken.
+func (im *Image) logWalkCommand(ctx context.Context, log *slog.Logger) int {
+	n, err := im.walkCommand(ctx, im.nodeStore())
+	switch {
+	case err != nil && ctx.Err() == nil:
+		log.Info("no prefetch of what the image's command names", "image", im.Ref, "err", err)
+	case n > 0:
+		log.Info("prefetching what the image's command names", "image", im.Ref, "files", n)
+	}
+	return n
+}
+
+// walkCommand starts the walk at what the image's command names (commandTargets), its
+// config read from the store or the registry; it returns the number of files taken. It
+// does nothing while the image does not speculate (OpenOptions.NoSpeculation,
+// SpeculateMinRTT, a profile).
+func (im *Image) walkCommand(ctx context.Context, st *store.Store) (int, error) {
+	if !im.speculating() {
+		return 0, nil
+	}
+	cfg, err := im.config(ctx, st)
+	if err != nil {
+		return 0, err
+	}
+	c := commandOf(cfg.Config)
+	im.elf.setPath(c.path)
+	ts := im.commandTargets(c)
+	if !im.speculating() {
+		return 0, nil
+	}
+	im.elf.add(im, ts)
+	return len(ts), nil
+}
+
+// nodeStore is the store the image's layers read through; nil without layers.
+func (im *Image) nodeStore() *store.Store {
+	switch {
+	case len(im.Layers) > 0 && im.Layers[0] != nil:
+		return im.Layers[0].store
+	case len(im.indexed) > 0 && im.indexed[0] != nil:
+		return im.indexed[0].store
+	}
+	return nil
+}
+
+// config reads the image's config: embedded in its descriptor, kept in the store (an
+// image opened from its index artifact keeps it), or from the registry; at most
+// cmdConfigMax bytes, checked against its digest.
+func (im *Image) config(ctx context.Context, st *store.Store) (*v1.ConfigFile, error) {
+	cd := im.Image.Manifest.Config
+	raw, err := embedded(cd)
+	if err == nil && raw == nil {
+		if cd.Size > cmdConfigMax {
+			return nil, fmt.Errorf("image %s: config %s of %d bytes, over the %d read for its command", im.Ref, cd.Digest, cd.Size, cmdConfigMax)
+		}
+		if d, perr := format.ParseDigest(cd.Digest.String()); perr == nil && st != nil {
+			if b, merr := st.Meta(d); merr == nil && int64(len(b)) == cd.Size {
+				raw = b
+			}
+		}
+		if raw == nil {
+			raw, err = im.Registry.Blob(cd.Digest, cd.Size).ReadAll(ctx)
+		}
+	}
+	if err == nil {
+		err = jsonlimit.Check(raw, "image config")
+	}
+	var cfg *v1.ConfigFile
+	if err == nil {
+		cfg, err = v1.ParseConfigFile(bytes.NewReader(raw))
+	}
+	if err != nil {
+		return nil, fmt.Errorf("image %s: config %s: %w", im.Ref, cd.Digest, err)
+	}
+	return cfg, nil
+}
+
+// shebang returns the interpreter that the script whose first bytes are head names on its
+// #! line, and its argument ("" for none), as the kernel reads them.
+func shebang(head []byte) (interp, arg string, ok bool) {
+	rest, ok := bytes.CutPrefix(head, []byte("#!"))
+	if !ok {
+		return "", "", false
+	}
+	line, _, found := bytes.Cut(rest, []byte("\n"))
+	if !found && len(head) >= shebangMax {
+		return "", "", false // cut short: the kernel's limit
+	}
+	fields := strings.Fields(string(line))
+	if len(fields) == 0 || !strings.HasPrefix(fields[0], "/") {
+		return "", "", false
+	}
+	if len(fields) > 1 {
+		arg = strings.Join(fields[1:], " ")
+	}
+	return fields[0], arg, true
+}
+
+// shebangMax is the bytes of a script read for its #! line (the kernel's BINPRM_BUF_SIZE).
+const shebangMax = 256
