@@ -239,7 +239,9 @@ func (im *Image) commandTargets(c imageCommand) []elfTarget {
 		}
 	}
 	for _, p := range c.programs {
-		take(im.findProgram(p, c.path, c.workdir))
+		t, ok := im.findProgram(p, c.path, c.workdir)
+		t.helpers = true
+		take(t, ok)
 	}
 	if len(out) > 0 {
 		take(im.findFile(ldCache))

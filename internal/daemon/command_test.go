@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"cmp"
 	"context"
+	"path"
 	"slices"
 	"strings"
 	"testing"
@@ -13,7 +14,9 @@ import (
 	"github.com/google/go-containerregistry/pkg/v1/empty"
 	"github.com/google/go-containerregistry/pkg/v1/mutate"
 
+	"lazypull/internal/elfdeps"
 	"lazypull/internal/testutil"
+	"lazypull/internal/testutil/elftest"
 )
 
 // TestCommandOf: what an image's config says a container runs, as a shell would find it:
@@ -208,4 +211,91 @@ func TestCommandWalk(t *testing.T) {
 			}
 		}
 	}
+}
+
+// TestCommandHelpers: a program the command runs names its helpers by base name and the
+// directory it finds them in, among the strings of its read-only data (a compiler driver
+// and its compiler proper): those executables are walked, before anything runs them. A
+// name alone is no evidence: an executable of that name in a directory the program does
+// not name, on the PATH or in a system library directory is not fetched, nor a file that
+// is not executable, nor a helper the program does not name.
+func TestCommandHelpers(t *testing.T) {
+	exe := func(name string, body []byte) testutil.Entry {
+		e := testutil.File(name, body)
+		e.Hdr.Mode = 0o755
+		return e
+	}
+	driver := elftest.Build(elftest.Spec{Is64: true, Strings: []string{"cc1", "collect2", "data", "dd", "file", "notes here",
+		"/usr/lib/cc/", "/usr/lib/x86_64-linux-gnu/", "/usr/bin/", "/"}})
+	img, _ := lazyTarOn(t, empty.Image, testutil.Tar(t,
+		exe("usr/bin/cc", driver),
+		exe("usr/lib/cc/x86_64/12/cc1", testutil.RandBytes(1, 100_000)),
+		exe("usr/lib/cc/x86_64/12/collect2", testutil.RandBytes(2, 50_000)),
+		exe("usr/lib/cc/x86_64/12/lto1", testutil.RandBytes(3, 50_000)),
+		testutil.File("usr/lib/cc/x86_64/12/data", testutil.RandBytes(4, 5000)),
+		exe("usr/bin/dd", testutil.RandBytes(5, 5000)),
+		exe("usr/lib/x86_64-linux-gnu/file", testutil.RandBytes(6, 5000)),
+		exe("opt/elsewhere/cc1", testutil.RandBytes(7, 5000)),
+	), nil)
+	img, err := mutate.Config(img, v1.Config{Cmd: []string{"cc", "-O1", "/hello.c"}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ref := testutil.NewRegistry(t).Push(t, "helpers:v1", img)
+	im, st := openFreshWith(t, ref, OpenOptions{})
+	local := func(p string) bool {
+		l, e := im.lookup(p)
+		if e == nil {
+			t.Fatalf("%s not in the image", p)
+		}
+		f, err := l.(*Layer).file(e)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return len(st.Missing(f)) == 0
+	}
+	if _, err := im.walkCommand(context.Background(), st); err != nil {
+		t.Fatal(err)
+	}
+	for _, p := range []string{"usr/bin/cc", "usr/lib/cc/x86_64/12/cc1", "usr/lib/cc/x86_64/12/collect2"} {
+		testutil.WaitFor(t, time.Minute, p+" fetched", func() bool { return local(p) })
+	}
+	testutil.WaitFor(t, time.Minute, "the walk to end", func() bool { return im.elf.pending.Load() == 0 })
+	for _, p := range []string{"usr/lib/cc/x86_64/12/lto1", "usr/lib/cc/x86_64/12/data", "usr/bin/dd", "usr/lib/x86_64-linux-gnu/file", "opt/elsewhere/cc1"} {
+		if local(p) {
+			t.Errorf("%s was fetched", p)
+		}
+	}
+}
+
+// FuzzProgramStrings: a program's read-only data, hostile: what is kept of it are names
+// of 2-255 printable bytes without a slash and directories that are absolute, clean and
+// not the system's, within helperStrings, whatever the bytes; a segment that claims more
+// than the file holds ends the scan.
+func FuzzProgramStrings(f *testing.F) {
+	f.Add([]byte("cc1\x00/usr/lib/gcc/\x00/usr/bin\x00x\x00collect2\x00"), int64(0))
+	f.Add([]byte("\x00\x00ab\x01cd\x00"), int64(1<<40))
+	f.Fuzz(func(t *testing.T, b []byte, extra int64) {
+		if extra < 0 {
+			extra = -extra
+		}
+		ef := &elfdeps.File{Loads: []elfdeps.Load{{Off: 0, Size: int64(len(b)) + extra%(1<<40)}, {Off: 1, Size: 3, Exec: true}}}
+		names, dirs := programStrings(bytes.NewReader(b), ef)
+		if len(names)+len(dirs) > helperStrings {
+			t.Fatalf("%d strings kept", len(names)+len(dirs))
+		}
+		for n := range names {
+			if len(n) < 2 || len(n) > 255 || strings.ContainsAny(n, "/ \x00") {
+				t.Fatalf("name %q kept", n)
+			}
+			if !bytes.Contains(b, []byte(n+"\x00")) {
+				t.Fatalf("name %q is not a string of the data", n)
+			}
+		}
+		for d := range dirs {
+			if !strings.HasPrefix(d, "/") || path.Clean(d) != d || systemDir(d) {
+				t.Fatalf("directory %q kept", d)
+			}
+		}
+	})
 }

@@ -112,6 +112,9 @@ type elfTarget struct {
 	l     elfLayer
 	e     *format.Entry // regular, content entry
 	depth int
+	// helpers: the programs the file names as its helpers are walked too (helpers.go);
+	// for the programs of the image's command.
+	helpers bool
 }
 
 // elfLayer is a layer whose files the walk reads and fetches: a converted layer (Layer)
@@ -233,6 +236,16 @@ func (w *elfWalk) walk(im *Image, t elfTarget) {
 	}
 	if !whole {
 		t.l.elfSegments(ctx, w, t.e, ef)
+	}
+	if t.helpers {
+		w.pending.Add(1)
+		go func() {
+			defer w.pending.Add(-1)
+			w.mu.Lock()
+			dirs := w.path
+			w.mu.Unlock()
+			w.add(im, im.helpers(r, ef, t.depth, dirs))
+		}()
 	}
 	if err := ef.ReadDynamic(r); err != nil {
 		im.log.Debug("program's needs not read", "layer", t.l.elfName(), "path", t.e.Name, "err", err)

@@ -55,6 +55,7 @@ type Image struct {
 	noSpeculation bool          // OpenOptions.NoSpeculation
 	minRTT        time.Duration // OpenOptions.SpeculateMinRTT
 	elf           elfWalk       // what programs read need (elfspec.go)
+	helperIx      helperIndex   // the image's executables by name (helpers.go)
 
 	mu   sync.Mutex
 	fill *filler // BackgroundFetch's, when it ran

@@ -15,6 +15,9 @@ type Spec struct {
 	Needed  []string         // DT_NEEDED, in order
 	RunPath string           // DT_RUNPATH, "" for none
 	RPath   bool             // RunPath goes in DT_RPATH instead
+	// Strings, when any, are laid out NUL-terminated after the dynamic section, in a
+	// read-only loadable segment of their own (a program's .rodata).
+	Strings []string
 }
 
 // Build lays out an ELF shared object for x86-64: header, program headers (PT_INTERP,
@@ -30,6 +33,9 @@ func Build(s Spec) []byte {
 		ehsize, phent, dent = 64, 56, 16
 	}
 	nph := 3
+	if len(s.Strings) > 0 {
+		nph++
+	}
 	interpOff := ehsize + nph*phent
 	strOff := interpOff + len(s.Interp) + 1
 	var strtab []byte
@@ -56,7 +62,13 @@ func Build(s Spec) []byte {
 	}
 	ds = append(ds, dyn{uint64(elf.DT_STRTAB), uint64(base + strOff)}, dyn{uint64(elf.DT_STRSZ), uint64(len(strtab))}, dyn{})
 	size := dynOff + len(ds)*dent
-	b := make([]byte, size)
+	roOff := size
+	var ro []byte
+	for _, str := range s.Strings {
+		ro = append(append(ro, str...), 0)
+	}
+	b := make([]byte, size+len(ro))
+	copy(b[roOff:], ro)
 	copy(b, elf.ELFMAG)
 	b[elf.EI_CLASS] = byte(elf.ELFCLASS32)
 	if s.Is64 {
@@ -104,6 +116,9 @@ func Build(s Spec) []byte {
 	phdr(0, elf.PT_INTERP, elf.PF_R, interpOff, base+interpOff, len(s.Interp)+1)
 	phdr(1, elf.PT_LOAD, elf.PF_R|elf.PF_X, 0, base, size)
 	phdr(2, elf.PT_DYNAMIC, elf.PF_R|elf.PF_W, dynOff, base+dynOff, len(ds)*dent)
+	if len(ro) > 0 {
+		phdr(3, elf.PT_LOAD, elf.PF_R, roOff, base+0x100000+roOff, len(ro))
+	}
 	copy(b[interpOff:], s.Interp)
 	copy(b[strOff:], strtab)
 	for i, d := range ds {
