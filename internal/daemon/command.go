@@ -24,7 +24,8 @@ import (
 // the link is idle. So when the image has no profile, its prefetch reads the config and
 // hands what the command names to the walk of programs' needs (elfspec.go) at once:
 // programs are walked (a script's interpreter too, by its #! line), other files come
-// whole when small, and the loader's cache (/etc/ld.so.cache) with them. What a
+// whole when small, and what glibc reads as a program starts with them (the loader's
+// cache, the locale's files, the time zone: libcStart). What a
 // container run with another command does not read costs bytes within the walk's
 // bounds, and no request of its own; a shell's -c script is read for the commands it
 // runs and the paths it names.
@@ -38,6 +39,9 @@ const (
 	cmdMaxPath = 16
 	// cmdWordMax: a longer word is no path.
 	cmdWordMax = 4096
+	// cmdFetchMax bounds each file glibc reads at start that is fetched whole (a locale's
+	// LC_CTYPE is 350 KiB, LC_COLLATE up to 2 MiB).
+	cmdFetchMax = 4 << 20
 )
 
 // defaultPATH is the PATH of a container whose image's config sets none (containerd's
@@ -47,6 +51,67 @@ const defaultPATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bi
 // ldCache is where glibc's loader looks for libraries first, read by every dynamic
 // program's start before its libraries.
 const ldCache = "/etc/ld.so.cache"
+
+// localeCategories are the files of a locale directory that glibc's setlocale reads.
+var localeCategories = [...]string{"LC_CTYPE", "LC_NUMERIC", "LC_TIME", "LC_COLLATE", "LC_MONETARY",
+	"LC_MESSAGES/SYS_LC_MESSAGES", "LC_PAPER", "LC_NAME", "LC_ADDRESS", "LC_TELEPHONE", "LC_MEASUREMENT", "LC_IDENTIFICATION"}
+
+// libcStart are the files glibc reads as a program starts, besides the loader's cache,
+// when the program asks for the environment's locale (setlocale) and the local time
+// (tzset), as interpreters do: the locale's category files (the locale the config's
+// environment names, else C.UTF-8, to which Python and others turn in the C locale), the
+// converters' cache, and the local time zone. Small files (python's came to 80 KB
+// compressed), each a round trip of its own otherwise, one after the other.
+func libcStart(env []string) []string {
+	locale := "C.UTF-8"
+	vars := map[string]string{}
+	for _, kv := range env {
+		if k, v, ok := strings.Cut(kv, "="); ok {
+			vars[k] = v
+		}
+	}
+	for _, k := range []string{"LC_ALL", "LC_CTYPE", "LANG"} {
+		if v := vars[k]; v != "" {
+			locale = v
+			break
+		}
+	}
+	out := []string{"/etc/localtime"}
+	if dir, ok := localeDir(locale); ok {
+		for _, c := range localeCategories {
+			out = append(out, "/usr/lib/locale/"+dir+"/"+c)
+		}
+	}
+	for _, ma := range []string{"x86_64-linux-gnu", "aarch64-linux-gnu"} {
+		out = append(out, "/usr/lib/"+ma+"/gconv/gconv-modules.cache")
+	}
+	return out
+}
+
+// localeDir is the directory glibc finds the locale name in (its codeset normalized:
+// "C.UTF-8" is C.utf8), false for the built-in ones (C, POSIX) and names that are no
+// directory's.
+func localeDir(name string) (string, bool) {
+	if name == "C" || name == "POSIX" || name == "" || len(name) > 64 || strings.ContainsAny(name, "/\\") || strings.HasPrefix(name, ".") {
+		return "", false
+	}
+	lang, rest, ok := strings.Cut(name, ".")
+	if !ok {
+		return name, true
+	}
+	codeset, mod, _ := strings.Cut(rest, "@")
+	var b strings.Builder
+	for _, r := range strings.ToLower(codeset) {
+		if r >= 'a' && r <= 'z' || r >= '0' && r <= '9' {
+			b.WriteRune(r)
+		}
+	}
+	out := lang + "." + b.String()
+	if mod != "" {
+		out += "@" + mod
+	}
+	return out, true
+}
 
 // imageCommand is what an image's config says a container runs.
 type imageCommand struct {
@@ -58,12 +123,13 @@ type imageCommand struct {
 	// path is the config's PATH, split; workdir its working directory ("/" when unset).
 	path    []string
 	workdir string
+	env     []string // the config's environment
 }
 
 // commandOf reads what cfg runs: Entrypoint then Cmd, a shell's -c script parsed for its
 // commands (shellWords), at most cmdMaxWords words.
 func commandOf(cfg v1.Config) imageCommand {
-	c := imageCommand{workdir: "/"}
+	c := imageCommand{workdir: "/", env: cfg.Env[:min(len(cfg.Env), 256)]}
 	if strings.HasPrefix(cfg.WorkingDir, "/") {
 		c.workdir = path.Clean(cfg.WorkingDir)
 	}
@@ -228,31 +294,35 @@ func shellWrapper(w string) bool {
 
 // commandTargets finds in the image the files c names: each program on the PATH (or
 // where it says, from the working directory), each argument from the working directory,
-// and the loader's cache; the programs first.
-func (im *Image) commandTargets(c imageCommand) []elfTarget {
-	var out []elfTarget
+// the programs first, to be walked; and, when there is a program, what glibc reads as it
+// starts (the loader's cache, libcStart's), to be fetched.
+func (im *Image) commandTargets(c imageCommand) (walk, fetch []elfTarget) {
 	seen := map[*format.Entry]bool{}
-	take := func(t elfTarget, ok bool) {
+	take := func(to *[]elfTarget, t elfTarget, ok bool) {
 		if ok && !seen[t.e] {
 			seen[t.e] = true
-			out = append(out, t)
+			*to = append(*to, t)
 		}
 	}
 	for _, p := range c.programs {
 		t, ok := im.findProgram(p, c.path, c.workdir)
 		t.helpers = true
-		take(t, ok)
+		take(&walk, t, ok)
 	}
-	if len(out) > 0 {
-		take(im.findFile(ldCache))
+	if len(walk) > 0 {
+		for _, p := range append([]string{ldCache}, libcStart(c.env)...) {
+			t, ok := im.findFile(p)
+			take(&fetch, t, ok && t.e.Size <= cmdFetchMax)
+		}
 	}
 	for _, a := range c.args {
 		if !strings.HasPrefix(a, "/") {
 			a = path.Join(c.workdir, a)
 		}
-		take(im.findFile(a))
+		t, ok := im.findFile(a)
+		take(&walk, t, ok)
 	}
-	return out
+	return walk, fetch
 }
 
 // findProgram finds the program p as a shell would run it: on the directories dirs when
@@ -305,12 +375,28 @@ func (im *Image) walkCommand(ctx context.Context, st *store.Store) (int, error) 
 	}
 	c := commandOf(cfg.Config)
 	im.elf.setPath(c.path)
-	ts := im.commandTargets(c)
+	walk, fetch := im.commandTargets(c)
 	if !im.speculating() {
 		return 0, nil
 	}
-	im.elf.add(im, ts)
-	return len(ts), nil
+	im.elf.add(im, walk)
+	// One request per layer for glibc's files, beside the walk's.
+	byLayer := map[elfLayer][]*format.Entry{}
+	var layers []elfLayer
+	for _, t := range fetch {
+		if byLayer[t.l] == nil {
+			layers = append(layers, t.l)
+		}
+		byLayer[t.l] = append(byLayer[t.l], t.e)
+	}
+	for _, l := range layers {
+		im.elf.pending.Add(1)
+		go func() {
+			defer im.elf.pending.Add(-1)
+			l.elfFetch(ctx, byLayer[l])
+		}()
+	}
+	return len(walk) + len(fetch), nil
 }
 
 // nodeStore is the store the image's layers read through; nil without layers.

@@ -158,7 +158,11 @@ func TestCommandWalk(t *testing.T) {
 		testutil.File("app/run", []byte("#!/usr/bin/env -S python3.11 -u\nprint(1)\n")),
 		testutil.File("app/data.txt", []byte("data")),
 		testutil.File("app/other.txt", []byte("other")),
-		testutil.File("etc/ld.so.cache", testutil.RandBytes(3, 9000)))
+		testutil.File("etc/ld.so.cache", testutil.RandBytes(3, 9000)),
+		testutil.File("usr/lib/locale/C.utf8/LC_CTYPE", testutil.RandBytes(4, 20000)),
+		testutil.File("usr/lib/locale/de_DE.utf8/LC_CTYPE", testutil.RandBytes(5, 20000)),
+		testutil.File("usr/share/zoneinfo/Etc/UTC", []byte("TZif2")),
+		testutil.Symlink("etc/localtime", "/usr/share/zoneinfo/Etc/UTC"))
 	img, _ := lazyTarOn(t, empty.Image, base, nil)
 	img, _ = lazyTarOn(t, img, app, nil)
 	img, _ = lazyTarOn(t, img, extra, nil)
@@ -197,15 +201,16 @@ func TestCommandWalk(t *testing.T) {
 			}
 			continue
 		}
-		// The script, the data file, the loader's cache.
-		if n != 3 {
-			t.Errorf("%d files taken from the command, want 3", n)
+		// The script, the data file, the loader's cache, the C.UTF-8 locale's LC_CTYPE,
+		// the local time zone.
+		if n != 5 {
+			t.Errorf("%d files taken from the command, want 5", n)
 		}
-		for _, p := range append([]string{"app/run", "app/data.txt", "etc/ld.so.cache", prog}, needed...) {
+		for _, p := range append([]string{"app/run", "app/data.txt", "etc/ld.so.cache", "usr/lib/locale/C.utf8/LC_CTYPE", "usr/share/zoneinfo/Etc/UTC", prog}, needed...) {
 			testutil.WaitFor(t, time.Minute, p+" fetched", func() bool { return local(p) })
 		}
 		testutil.WaitFor(t, time.Minute, "the walk to end", func() bool { return im.elf.pending.Load() == 0 })
-		for _, p := range []string{"app/other.txt", "usr/lib/x86_64-linux-gnu/libunrelated.so.1"} {
+		for _, p := range []string{"app/other.txt", "usr/lib/x86_64-linux-gnu/libunrelated.so.1", "usr/lib/locale/de_DE.utf8/LC_CTYPE"} {
 			if local(p) {
 				t.Errorf("%s, which nothing names, was fetched", p)
 			}
@@ -298,4 +303,37 @@ func FuzzProgramStrings(f *testing.F) {
 			}
 		}
 	})
+}
+
+// TestLibcStart: the locale whose files glibc reads is the one the environment names
+// (LC_ALL, then LC_CTYPE, then LANG), its codeset normalized as glibc does; none for the
+// built-in ones; a name that would leave the locale directory is none.
+func TestLibcStart(t *testing.T) {
+	for _, tc := range []struct {
+		env  []string
+		want string // the LC_CTYPE path, "" for none
+	}{
+		{nil, "/usr/lib/locale/C.utf8/LC_CTYPE"},
+		{[]string{"LANG=de_DE.UTF-8"}, "/usr/lib/locale/de_DE.utf8/LC_CTYPE"},
+		{[]string{"LANG=de_DE.UTF-8", "LC_ALL=fr_FR.ISO-8859-1@euro"}, "/usr/lib/locale/fr_FR.iso88591@euro/LC_CTYPE"},
+		{[]string{"LC_CTYPE=en_US", "LANG=C"}, "/usr/lib/locale/en_US/LC_CTYPE"},
+		{[]string{"LANG=C"}, ""},
+		{[]string{"LANG=POSIX"}, ""},
+		{[]string{"LANG=../../etc"}, ""},
+		{[]string{"LANG=a/b.UTF-8"}, ""},
+	} {
+		got := libcStart(tc.env)
+		if !slices.Contains(got, "/etc/localtime") {
+			t.Errorf("%q: no /etc/localtime in %q", tc.env, got)
+		}
+		var ctype string
+		for _, p := range got {
+			if strings.HasSuffix(p, "/LC_CTYPE") {
+				ctype = p
+			}
+		}
+		if ctype != tc.want {
+			t.Errorf("%q: LC_CTYPE %q, want %q", tc.env, ctype, tc.want)
+		}
+	}
 }

@@ -131,6 +131,9 @@ type elfLayer interface {
 	elfSegments(ctx context.Context, w *elfWalk, e *format.Entry, ef *elfdeps.File)
 	// elfUnread takes a file the walk cannot read or take.
 	elfUnread(e *format.Entry)
+	// elfFetch fetches the small files es whole, in one request (the data files glibc
+	// reads at a program's start: command.go).
+	elfFetch(ctx context.Context, es []*format.Entry)
 	// elfName names the layer in logs.
 	elfName() string
 }
@@ -171,6 +174,38 @@ func (l *Layer) elfOpen(ctx context.Context, w *elfWalk, e *format.Entry) (io.Re
 		l.prefetchELF(ctx, e, []store.Want{{File: f, Len: f.Size}})
 	}
 	return &layerFileReader{ctx: ctx, l: l, e: e, f: f}, f.Size, whole, nil
+}
+
+func (l *Layer) elfFetch(ctx context.Context, es []*format.Entry) {
+	var (
+		wants []store.Want
+		runs  []int
+		seen  = map[int]bool{}
+	)
+	for _, e := range es {
+		f, err := l.file(e)
+		if err != nil {
+			continue
+		}
+		rs, err := l.runsFor(e)
+		if err != nil {
+			continue
+		}
+		wants = append(wants, store.Want{File: f, Len: f.Size})
+		for _, r := range rs {
+			if !seen[r] {
+				seen[r] = true
+				runs = append(runs, r)
+			}
+		}
+	}
+	if len(wants) == 0 {
+		return
+	}
+	// Errors are the readers' to meet, if they ever read these files.
+	if err := l.store.Prefetch(ctx, &checkingSource{l: l, runs: runs}, wants...); err == nil {
+		l.prefetchRuns(ctx, runs)
+	}
 }
 
 func (l *Layer) elfUnread(e *format.Entry) {

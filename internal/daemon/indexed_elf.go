@@ -88,6 +88,19 @@ func (l *indexedLayer) elfSegments(ctx context.Context, w *elfWalk, e *format.En
 // with the walk's first read of it).
 func (l *indexedLayer) elfUnread(*format.Entry) {}
 
+func (l *indexedLayer) elfFetch(ctx context.Context, es []*format.Entry) {
+	var files []store.File
+	for _, e := range es {
+		if e.Size > 0 && e.Size <= wholeFileMax {
+			files = append(files, storeFile(e))
+		}
+	}
+	if len(files) > 0 {
+		// Errors are the readers' to meet, if they ever read these files.
+		_ = l.store.Fill(ctx, tarSource{l}, files...)
+	}
+}
+
 // indexedReader reads a file of an indexed layer for the walk, as a mount's read does
 // (verified, through the store), without the walk's own reads being started again.
 type indexedReader struct {
