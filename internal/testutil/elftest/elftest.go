@@ -38,15 +38,7 @@ func Build(s Spec) []byte {
 	}
 	interpOff := ehsize + nph*phent
 	strOff := interpOff + len(s.Interp) + 1
-	var strtab []byte
-	strtab = append(strtab, 0)
-	var offs []int
-	for _, n := range s.Needed {
-		offs = append(offs, len(strtab))
-		strtab = append(append(strtab, n...), 0)
-	}
-	rpOff := len(strtab)
-	strtab = append(append(strtab, s.RunPath...), 0)
+	strtab, offs, rpOff := stringTable(s)
 	dynOff := strOff + len(strtab)
 	type dyn struct{ tag, val uint64 }
 	var ds []dyn
@@ -126,4 +118,17 @@ func Build(s Spec) []byte {
 		word(dynOff+i*dent+dent/2, d.val)
 	}
 	return b
+}
+
+// stringTable is the dynamic string table of s: the needed libraries' names (at offs), then
+// its run path (at rpOff).
+func stringTable(s Spec) (strtab []byte, offs []int, rpOff int) {
+	strtab = append(strtab, 0)
+	for _, n := range s.Needed {
+		offs = append(offs, len(strtab))
+		strtab = append(append(strtab, n...), 0)
+	}
+	rpOff = len(strtab)
+	strtab = append(append(strtab, s.RunPath...), 0)
+	return strtab, offs, rpOff
 }
