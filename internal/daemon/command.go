@@ -52,6 +52,11 @@ const defaultPATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bi
 // program's start before its libraries.
 const ldCache = "/etc/ld.so.cache"
 
+// runtimeReads are the files of the image that containerd reads as it creates a
+// container, before the command runs: the user's groups (oci.WithAdditionalGIDs, in ctr's
+// and CRI's specs alike).
+var runtimeReads = [...]string{"/etc/passwd", "/etc/group"}
+
 // localeCategories are the files of a locale directory that glibc's setlocale reads.
 var localeCategories = [...]string{"LC_CTYPE", "LC_NUMERIC", "LC_TIME", "LC_COLLATE", "LC_MONETARY",
 	"LC_MESSAGES/SYS_LC_MESSAGES", "LC_PAPER", "LC_NAME", "LC_ADDRESS", "LC_TELEPHONE", "LC_MEASUREMENT", "LC_IDENTIFICATION"}
@@ -309,6 +314,10 @@ func (im *Image) commandTargets(c imageCommand) (walk, fetch []elfTarget) {
 		t.helpers = true
 		take(&walk, t, ok)
 	}
+	for _, p := range runtimeReads {
+		t, ok := im.findFile(p)
+		take(&fetch, t, ok && t.e.Size <= cmdFetchMax)
+	}
 	if len(walk) > 0 {
 		for _, p := range append([]string{ldCache}, libcStart(c.env)...) {
 			t, ok := im.findFile(p)
@@ -380,6 +389,7 @@ func (im *Image) walkCommand(ctx context.Context, st *store.Store) (int, error) 
 		return 0, nil
 	}
 	im.elf.add(im, walk)
+	im.elf.checkLinks(im, fetch)
 	// One request per layer for glibc's files, beside the walk's.
 	byLayer := map[elfLayer][]*format.Entry{}
 	var layers []elfLayer

@@ -210,6 +210,22 @@ func TestCommandWalk(t *testing.T) {
 			testutil.WaitFor(t, time.Minute, p+" fetched", func() bool { return local(p) })
 		}
 		testutil.WaitFor(t, time.Minute, "the walk to end", func() bool { return im.elf.pending.Load() == 0 })
+		// The symbolic links followed to them are ready to serve: their header runs are
+		// checked, not left to a round trip of the start's (the last entry of its tar,
+		// /etc/localtime is in a run of its own).
+		for _, p := range []string{"etc/localtime", "lib64"} {
+			l, e := im.lookup(p)
+			if e == nil || !e.IsSymlink() {
+				t.Fatalf("%s: no symbolic link in the image", p)
+			}
+			runs, err := l.(*Layer).runsFor(e)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if ok, err := l.(*Layer).checked(runs); !ok || err != nil {
+				t.Errorf("symbolic link %s followed but not checked: %v", p, err)
+			}
+		}
 		for _, p := range []string{"app/other.txt", "usr/lib/x86_64-linux-gnu/libunrelated.so.1", "usr/lib/locale/de_DE.utf8/LC_CTYPE"} {
 			if local(p) {
 				t.Errorf("%s, which nothing names, was fetched", p)

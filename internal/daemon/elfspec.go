@@ -115,6 +115,16 @@ type elfTarget struct {
 	// helpers: the programs the file names as its helpers are walked too (helpers.go);
 	// for the programs of the image's command.
 	helpers bool
+	// links are the symbolic links findFile followed to the file: a program's start
+	// follows them too, and each is served only once its header run is checked
+	// (tarcheck.go), a round trip of its own when it is not (checkLinks).
+	links []elfLink
+}
+
+// elfLink is a symbolic link of a layer.
+type elfLink struct {
+	l elfLayer
+	e *format.Entry
 }
 
 // elfLayer is a layer whose files the walk reads and fetches: a converted layer (Layer)
@@ -134,6 +144,9 @@ type elfLayer interface {
 	// elfFetch fetches the small files es whole, in one request (the data files glibc
 	// reads at a program's start: command.go).
 	elfFetch(ctx context.Context, es []*format.Entry)
+	// elfCheckLinks makes ready to serve the symbolic links es: their header runs are
+	// fetched and checked, in one request, for a layer that checks them (Layer.Check).
+	elfCheckLinks(ctx context.Context, es []*format.Entry)
 	// elfName names the layer in logs.
 	elfName() string
 }
@@ -208,6 +221,46 @@ func (l *Layer) elfFetch(ctx context.Context, es []*format.Entry) {
 	}
 }
 
+func (l *Layer) elfCheckLinks(ctx context.Context, es []*format.Entry) {
+	var runs []int
+	seen := map[int]bool{}
+	for _, e := range es {
+		rs, err := l.runsFor(e)
+		if err != nil {
+			continue // its reads report it
+		}
+		for _, r := range rs {
+			if !seen[r] {
+				seen[r] = true
+				runs = append(runs, r)
+			}
+		}
+	}
+	l.prefetchRuns(ctx, runs)
+}
+
+// checkLinks makes ready, in the background, the symbolic links followed to ts (one
+// request per layer for those whose runs are not checked yet).
+func (w *elfWalk) checkLinks(im *Image, ts []elfTarget) {
+	byLayer := map[elfLayer][]*format.Entry{}
+	var layers []elfLayer
+	for _, t := range ts {
+		for _, k := range t.links {
+			if byLayer[k.l] == nil {
+				layers = append(layers, k.l)
+			}
+			byLayer[k.l] = append(byLayer[k.l], k.e)
+		}
+	}
+	for _, l := range layers {
+		w.pending.Add(1)
+		go func() {
+			defer w.pending.Add(-1)
+			l.elfCheckLinks(im.bg, byLayer[l])
+		}()
+	}
+}
+
 func (l *Layer) elfUnread(e *format.Entry) {
 	if f, err := l.file(e); err == nil {
 		l.fetchWhole(e, f)
@@ -217,6 +270,7 @@ func (l *Layer) elfUnread(e *format.Entry) {
 // add starts the walk of each target not seen yet, within the walk's bounds. It says
 // whether the first target is the walk's (now or before).
 func (w *elfWalk) add(im *Image, ts []elfTarget) (taken bool) {
+	w.checkLinks(im, ts)
 	w.mu.Lock()
 	defer w.mu.Unlock()
 	if w.seen == nil {
@@ -491,6 +545,7 @@ func (im *Image) findLibrary(name, dir string, ef *elfdeps.File) (elfTarget, boo
 func (im *Image) findFile(p string) (elfTarget, bool) {
 	parts := strings.Split(format.CleanName(p), "/")
 	cur, links := "", 0
+	var hops []elfLink
 	for i := 0; i < len(parts); i++ {
 		next := path.Join(cur, parts[i])
 		l, e := im.lookup(next)
@@ -505,6 +560,7 @@ func (im *Image) findFile(p string) (elfTarget, bool) {
 			if links > 16 {
 				return elfTarget{}, false
 			}
+			hops = append(hops, elfLink{l: l, e: e})
 			base := cur
 			if strings.HasPrefix(e.Linkname, "/") {
 				base = ""
@@ -523,7 +579,7 @@ func (im *Image) findFile(p string) (elfTarget, bool) {
 		if err != nil || !ce.IsRegular() || ce.Sparse {
 			return elfTarget{}, false
 		}
-		return elfTarget{l: l, e: ce}, true
+		return elfTarget{l: l, e: ce, links: hops}, true
 	}
 	return elfTarget{}, false
 }

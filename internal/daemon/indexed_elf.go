@@ -88,6 +88,10 @@ func (l *indexedLayer) elfSegments(ctx context.Context, w *elfWalk, e *format.En
 // with the walk's first read of it).
 func (l *indexedLayer) elfUnread(*format.Entry) {}
 
+// elfCheckLinks: an indexed layer's entries are checked with the index artifact, not by
+// header runs: nothing to do.
+func (l *indexedLayer) elfCheckLinks(context.Context, []*format.Entry) {}
+
 func (l *indexedLayer) elfFetch(ctx context.Context, es []*format.Entry) {
 	var files []store.File
 	for _, e := range es {
