@@ -190,53 +190,23 @@ func (l *Layer) elfOpen(ctx context.Context, w *elfWalk, e *format.Entry) (io.Re
 }
 
 func (l *Layer) elfFetch(ctx context.Context, es []*format.Entry) {
-	var (
-		wants []store.Want
-		runs  []int
-		seen  = map[int]bool{}
-	)
+	var whole wholeFiles
 	for _, e := range es {
-		f, err := l.file(e)
-		if err != nil {
-			continue
-		}
-		rs, err := l.runsFor(e)
-		if err != nil {
-			continue
-		}
-		wants = append(wants, store.Want{File: f, Len: f.Size})
-		for _, r := range rs {
-			if !seen[r] {
-				seen[r] = true
-				runs = append(runs, r)
-			}
+		if f, err := l.file(e); err == nil {
+			whole.add(l, e, f)
 		}
 	}
-	if len(wants) == 0 {
-		return
-	}
-	// Errors are the readers' to meet, if they ever read these files.
-	if err := l.store.Prefetch(ctx, &checkingSource{l: l, runs: runs}, wants...); err == nil {
-		l.prefetchRuns(ctx, runs)
-	}
+	whole.fetch(ctx, l)
 }
 
 func (l *Layer) elfCheckLinks(ctx context.Context, es []*format.Entry) {
-	var runs []int
-	seen := map[int]bool{}
+	var whole wholeFiles
 	for _, e := range es {
-		rs, err := l.runsFor(e)
-		if err != nil {
-			continue // its reads report it
-		}
-		for _, r := range rs {
-			if !seen[r] {
-				seen[r] = true
-				runs = append(runs, r)
-			}
+		if rs, err := l.runsFor(e); err == nil { // else its reads report it
+			whole.addRuns(rs)
 		}
 	}
-	l.prefetchRuns(ctx, runs)
+	whole.fetch(ctx, l)
 }
 
 // checkLinks makes ready, in the background, the symbolic links followed to ts (one

@@ -1,6 +1,7 @@
 package daemon
 
 import (
+	"context"
 	"path"
 	"strings"
 	"time"
@@ -127,10 +128,7 @@ func (l *Layer) speculate(e *format.Entry, f store.File) {
 			return
 		}
 		l.nbRuns.Add(1)
-		// Errors are the readers' to meet, if they ever read these files.
-		if err := l.store.Prefetch(l.bg, &checkingSource{l: l, runs: runs}, wants...); err == nil {
-			l.prefetchRuns(l.bg, runs)
-		}
+		(&wholeFiles{wants: wants, runs: runs}).fetch(l.bg, l)
 	}()
 }
 
@@ -147,10 +145,8 @@ func (l *Layer) dirNeighbours(e *format.Entry) ([]store.Want, []int) {
 	dir := path.Dir(e.Name)
 	es := l.Index.Entries
 	var (
-		wants  []store.Want
-		runs   []int
+		whole  wholeFiles
 		budget = int64(neighbourBudget)
-		seen   = map[int]bool{}
 		over   bool
 	)
 	// take adds es[j] if it is a neighbour that fits; it says whether to go on that way.
@@ -181,17 +177,8 @@ func (l *Layer) dirNeighbours(e *format.Entry) ([]store.Want, []int) {
 			over = true
 			return false
 		}
-		rs, err := l.runsFor(n)
-		if err != nil {
-			return true
-		}
-		budget -= comp
-		wants = append(wants, store.Want{File: f, Len: f.Size})
-		for _, r := range rs {
-			if !seen[r] {
-				seen[r] = true
-				runs = append(runs, r)
-			}
+		if whole.add(l, n, f) {
+			budget -= comp
 		}
 		return true
 	}
@@ -207,7 +194,7 @@ func (l *Layer) dirNeighbours(e *format.Entry) ([]store.Want, []int) {
 	if over || after || before {
 		return nil, nil
 	}
-	return wants, runs
+	return whole.wants, whole.runs
 }
 
 // fetchWhole fetches the rest of a mid-sized program or library in the background, when
@@ -247,11 +234,7 @@ func (l *Layer) fetchWhole(e *format.Entry, f store.File) {
 // the store lacks, if they are at most budget compressed bytes together, else none; and
 // the header runs to check before any of them is served.
 func (l *Layer) dirMissing(dir string, budget int64) ([]store.Want, []int) {
-	var (
-		wants []store.Want
-		runs  []int
-		seen  = map[int]bool{}
-	)
+	var whole wholeFiles
 	for _, i := range l.dirFiles(dir) {
 		n := &l.Index.Entries[i]
 		if !n.IsRegular() || n.Sparse || n.Size == 0 || n.Size > neighbourMax {
@@ -267,19 +250,53 @@ func (l *Layer) dirMissing(dir string, budget int64) ([]store.Want, []int) {
 		if budget < 0 {
 			return nil, nil
 		}
-		rs, err := l.runsFor(n)
-		if err != nil {
-			continue
-		}
-		wants = append(wants, store.Want{File: f, Len: f.Size})
-		for _, r := range rs {
-			if !seen[r] {
-				seen[r] = true
-				runs = append(runs, r)
-			}
+		whole.add(l, n, f)
+	}
+	return whole.wants, whole.runs
+}
+
+// wholeFiles are files of a layer to fetch whole, and the header runs to check before
+// any of them is served, each once.
+type wholeFiles struct {
+	wants []store.Want
+	runs  []int
+	seen  map[int]bool
+}
+
+// add adds the file e (content f); false when its header runs cannot be found (its reads
+// report why).
+func (w *wholeFiles) add(l *Layer, e *format.Entry, f store.File) bool {
+	rs, err := l.runsFor(e)
+	if err != nil {
+		return false
+	}
+	w.wants = append(w.wants, store.Want{File: f, Len: f.Size})
+	w.addRuns(rs)
+	return true
+}
+
+// addRuns adds header runs to check (a symbolic link's, with no content to fetch).
+func (w *wholeFiles) addRuns(rs []int) {
+	if w.seen == nil {
+		w.seen = map[int]bool{}
+	}
+	for _, r := range rs {
+		if !w.seen[r] {
+			w.seen[r] = true
+			w.runs = append(w.runs, r)
 		}
 	}
-	return wants, runs
+}
+
+// fetch fetches the files with their header runs (one store.Prefetch), then the runs no
+// file's fetch brought. Errors are the readers' to meet, if they ever read these files.
+func (w *wholeFiles) fetch(ctx context.Context, l *Layer) {
+	if len(w.wants) > 0 {
+		if err := l.store.Prefetch(ctx, &checkingSource{l: l, runs: w.runs}, w.wants...); err != nil {
+			return
+		}
+	}
+	l.prefetchRuns(ctx, w.runs)
 }
 
 // dirFiles returns the indexes of the entries directly in dir, from a map of the layer's
