@@ -391,21 +391,11 @@ func (im *Image) walkCommand(ctx context.Context, st *store.Store) (int, error) 
 	im.elf.add(im, walk)
 	im.elf.checkLinks(im, fetch)
 	// One request per layer for glibc's files, beside the walk's.
-	byLayer := map[elfLayer][]*format.Entry{}
-	var layers []elfLayer
-	for _, t := range fetch {
-		if byLayer[t.l] == nil {
-			layers = append(layers, t.l)
-		}
-		byLayer[t.l] = append(byLayer[t.l], t.e)
+	files := make([]elfLink, len(fetch))
+	for i, t := range fetch {
+		files[i] = elfLink{l: t.l, e: t.e}
 	}
-	for _, l := range layers {
-		im.elf.pending.Add(1)
-		go func() {
-			defer im.elf.pending.Add(-1)
-			l.elfFetch(ctx, byLayer[l])
-		}()
-	}
+	im.elf.perLayer(files, func(l elfLayer, es []*format.Entry) { l.elfFetch(ctx, es) })
 	return len(walk) + len(fetch), nil
 }
 

@@ -212,21 +212,29 @@ func (l *Layer) elfCheckLinks(ctx context.Context, es []*format.Entry) {
 // checkLinks makes ready, in the background, the symbolic links followed to ts (one
 // request per layer for those whose runs are not checked yet).
 func (w *elfWalk) checkLinks(im *Image, ts []elfTarget) {
+	var links []elfLink
+	for _, t := range ts {
+		links = append(links, t.links...)
+	}
+	w.perLayer(links, func(l elfLayer, es []*format.Entry) { l.elfCheckLinks(im.bg, es) })
+}
+
+// perLayer runs do in the background (counted in pending), once for each layer with
+// the entries of es in it.
+func (w *elfWalk) perLayer(es []elfLink, do func(l elfLayer, es []*format.Entry)) {
 	byLayer := map[elfLayer][]*format.Entry{}
 	var layers []elfLayer
-	for _, t := range ts {
-		for _, k := range t.links {
-			if byLayer[k.l] == nil {
-				layers = append(layers, k.l)
-			}
-			byLayer[k.l] = append(byLayer[k.l], k.e)
+	for _, k := range es {
+		if byLayer[k.l] == nil {
+			layers = append(layers, k.l)
 		}
+		byLayer[k.l] = append(byLayer[k.l], k.e)
 	}
 	for _, l := range layers {
 		w.pending.Add(1)
 		go func() {
 			defer w.pending.Add(-1)
-			l.elfCheckLinks(im.bg, byLayer[l])
+			do(l, byLayer[l])
 		}()
 	}
 }
