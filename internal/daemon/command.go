@@ -391,9 +391,9 @@ func (im *Image) walkCommand(ctx context.Context, st *store.Store) (int, error) 
 	im.elf.add(im, walk)
 	im.elf.checkLinks(im, fetch)
 	// One request per layer for glibc's files, beside the walk's.
-	files := make([]elfLink, len(fetch))
+	files := make([]layerEntry, len(fetch))
 	for i, t := range fetch {
-		files[i] = elfLink{l: t.l, e: t.e}
+		files[i] = layerEntry{l: t.l, e: t.e}
 	}
 	im.elf.perLayer(files, func(l elfLayer, es []*format.Entry) { l.elfFetch(ctx, es) })
 	return len(walk) + len(fetch), nil

@@ -118,11 +118,12 @@ type elfTarget struct {
 	// links are the symbolic links findFile followed to the file: a program's start
 	// follows them too, and each is served only once its header run is checked
 	// (tarcheck.go), a round trip of its own when it is not (checkLinks).
-	links []elfLink
+	links []layerEntry
 }
 
-// elfLink is a symbolic link of a layer.
-type elfLink struct {
+// layerEntry is an entry of one of the image's layers: a symbolic link the walk followed,
+// or a file it fetches.
+type layerEntry struct {
 	l elfLayer
 	e *format.Entry
 }
@@ -212,7 +213,7 @@ func (l *Layer) elfCheckLinks(ctx context.Context, es []*format.Entry) {
 // checkLinks makes ready, in the background, the symbolic links followed to ts (one
 // request per layer for those whose runs are not checked yet).
 func (w *elfWalk) checkLinks(im *Image, ts []elfTarget) {
-	var links []elfLink
+	var links []layerEntry
 	for _, t := range ts {
 		links = append(links, t.links...)
 	}
@@ -221,7 +222,7 @@ func (w *elfWalk) checkLinks(im *Image, ts []elfTarget) {
 
 // perLayer runs do in the background (counted in pending), once for each layer with
 // the entries of es in it.
-func (w *elfWalk) perLayer(es []elfLink, do func(l elfLayer, es []*format.Entry)) {
+func (w *elfWalk) perLayer(es []layerEntry, do func(l elfLayer, es []*format.Entry)) {
 	byLayer := map[elfLayer][]*format.Entry{}
 	var layers []elfLayer
 	for _, k := range es {
@@ -523,7 +524,7 @@ func (im *Image) findLibrary(name, dir string, ef *elfdeps.File) (elfTarget, boo
 func (im *Image) findFile(p string) (elfTarget, bool) {
 	parts := strings.Split(format.CleanName(p), "/")
 	cur, links := "", 0
-	var hops []elfLink
+	var hops []layerEntry
 	for i := 0; i < len(parts); i++ {
 		next := path.Join(cur, parts[i])
 		l, e := im.lookup(next)
@@ -538,7 +539,7 @@ func (im *Image) findFile(p string) (elfTarget, bool) {
 			if links > 16 {
 				return elfTarget{}, false
 			}
-			hops = append(hops, elfLink{l: l, e: e})
+			hops = append(hops, layerEntry{l: l, e: e})
 			base := cur
 			if strings.HasPrefix(e.Linkname, "/") {
 				base = ""
