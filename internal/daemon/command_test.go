@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"cmp"
 	"context"
+	"fmt"
 	"path"
 	"slices"
 	"strings"
@@ -351,5 +352,77 @@ func TestLibcStart(t *testing.T) {
 		if ctype != tc.want {
 			t.Errorf("%q: LC_CTYPE %q, want %q", tc.env, ctype, tc.want)
 		}
+	}
+}
+
+// TestCommandWalkHostile: a config and files made to mislead the walk end it quickly and
+// within its bounds: thousands of words and PATH directories (at most cmdMaxWords words and
+// cmdMaxPath directories looked up), a working directory climbing out of the root, scripts
+// whose #! lines name each other, one naming a path that climbs out, a symbolic link loop.
+func TestCommandWalkHostile(t *testing.T) {
+	many := make([]string, 10000)
+	for i := range many {
+		many[i] = fmt.Sprintf("/app/missing-%d", i)
+	}
+	var dirs []string
+	for i := range 1000 {
+		dirs = append(dirs, fmt.Sprintf("/d%d", i))
+	}
+	img, _ := lazyTarOn(t, empty.Image, testutil.Tar(t,
+		testutil.File("app/a", []byte("#!/app/b\n")),
+		testutil.File("app/b", []byte("#!/app/a\n")),
+		testutil.File("app/up", []byte("#!/../../../../app/a -x\n")),
+		testutil.File("app/envloop", []byte("#!/usr/bin/env -S loop\n")),
+		testutil.File("usr/bin/env", []byte("not an elf")),
+		testutil.Symlink("usr/bin/loop", "loop2"),
+		testutil.Symlink("usr/bin/loop2", "loop"),
+		testutil.File("app/other", testutil.RandBytes(9, 5000)),
+	), nil)
+	img, err := mutate.Config(img, v1.Config{
+		Entrypoint: []string{"/bin/sh", "-c", "a; /app/up; ../../../app/envloop; loop; " + strings.Repeat("x ", 5000)},
+		Cmd:        many,
+		WorkingDir: "/../../app",
+		Env:        []string{"PATH=" + strings.Join(dirs, ":") + ":/app"},
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ref := testutil.NewRegistry(t).Push(t, "hostile:v1", img)
+	im, st := openFreshWith(t, ref, OpenOptions{})
+	before := im.Registry.Stats().Requests
+	n, err := im.walkCommand(context.Background(), st)
+	if err != nil {
+		t.Fatal(err)
+	}
+	testutil.WaitFor(t, time.Minute, "the walk to end", func() bool { return im.elf.pending.Load() == 0 })
+	// /app/up and /app/envloop from the command ("a" is on the PATH's /app, past the
+	// cmdMaxPath directories searched), then a and b through the #! lines, once each.
+	if n > cmdMaxWords {
+		t.Errorf("%d files taken from the command, over %d", n, cmdMaxWords)
+	}
+	im.elf.mu.Lock()
+	files := im.elf.files
+	im.elf.mu.Unlock()
+	if files != 4 {
+		t.Errorf("the walk took %d files; want the 4 scripts", files)
+	}
+	if reqs := im.Registry.Stats().Requests - before; reqs > 12 {
+		t.Errorf("the walk made %d requests", reqs)
+	}
+	local := func(p string) bool {
+		l, e := im.lookup(p)
+		f, err := l.(*Layer).file(e)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return len(st.Missing(f)) == 0
+	}
+	for _, p := range []string{"app/up", "app/a", "app/b", "app/envloop"} {
+		if !local(p) {
+			t.Errorf("%s, which the command or a #! line names, not fetched", p)
+		}
+	}
+	if local("app/other") {
+		t.Error("a file nothing names was fetched")
 	}
 }
