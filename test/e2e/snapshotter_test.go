@@ -76,9 +76,13 @@ func (e *env) startSnapshotterWith(t *testing.T, config string, opts ...snapshot
 	s := &snapshotterEnv{dir: dir, sock: filepath.Join(dir, "sn.sock"), store: filepath.Join(dir, "store"),
 		containerd: filepath.Join(dir, "ctd"), proc: proc{log: &testutil.LogBuffer{}, done: make(chan error, 1)}}
 	s.config = filepath.Join(dir, "config.toml")
+	// speculate_min_rtt: noSpeculationRTT, unless config sets it.
 	// containerd_config: the snapshotter checks the config of its containerd (once it
 	// answers), not the host's. keeper_idle: the keeper exits by itself half a second
 	// after the last mount goes (stop waits for it), not 10 s.
+	if !strings.Contains(config, "speculate_min_rtt") {
+		config = fmt.Sprintf("speculate_min_rtt = %q\n", noSpeculationRTT) + config
+	}
 	if err := os.WriteFile(s.config, fmt.Appendf(nil, "root = %q\nstore = %q\nplain_http = true\ncontainerd_config = %q\nkeeper_idle = \"500ms\"\n%s",
 		filepath.Join(dir, "root"), s.store, filepath.Join(s.containerd, "config.toml"), strings.ReplaceAll(config, "$SNAPSHOTTER_DIR", dir)), 0o644); err != nil {
 		t.Fatal(err)
