@@ -25,10 +25,9 @@ import (
 // hands what the command names to the walk of programs' needs (elfspec.go) at once:
 // programs are walked (a script's interpreter too, by its #! line), other files come
 // whole when small, and what glibc reads as a program starts with them (the loader's
-// cache, the locale's files, the time zone: libcStart). What a
-// container run with another command does not read costs bytes within the walk's
-// bounds, and no request of its own; a shell's -c script is read for the commands it
-// runs and the paths it names.
+// cache, the locale's files, the time zone: libcStart). What a container run with
+// another command does not read costs bytes within the walk's bounds, and the config's
+// request; a shell's -c script is read for the commands it runs and the paths it names.
 const (
 	// cmdConfigMax bounds the config read for its command: real ones are a few KiB (a
 	// long history: tens).
@@ -410,25 +409,11 @@ func (im *Image) nodeStore() *store.Store {
 	return nil
 }
 
-// config reads the image's config: embedded in its descriptor, kept in the store (an
-// image opened from its index artifact keeps it), or from the registry; at most
-// cmdConfigMax bytes, checked against its digest.
+// config reads the image's config (rawConfig: an image opened from its index artifact
+// keeps it in the store), at most cmdConfigMax bytes, and parses it.
 func (im *Image) config(ctx context.Context, st *store.Store) (*v1.ConfigFile, error) {
 	cd := im.Image.Manifest.Config
-	raw, err := embedded(cd)
-	if err == nil && raw == nil {
-		if cd.Size > cmdConfigMax {
-			return nil, fmt.Errorf("image %s: config %s of %d bytes, over the %d read for its command", im.Ref, cd.Digest, cd.Size, cmdConfigMax)
-		}
-		if d, perr := format.ParseDigest(cd.Digest.String()); perr == nil && st != nil {
-			if b, merr := st.Meta(d); merr == nil && int64(len(b)) == cd.Size {
-				raw = b
-			}
-		}
-		if raw == nil {
-			raw, err = im.Registry.Blob(cd.Digest, cd.Size).ReadAll(ctx)
-		}
-	}
+	raw, _, err := im.rawConfig(ctx, st, cmdConfigMax)
 	if err == nil {
 		err = jsonlimit.Check(raw, "image config")
 	}

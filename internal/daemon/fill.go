@@ -476,11 +476,7 @@ func (s *countingSource) Fetch(ctx context.Context, chunks []format.Chunk, fn fu
 // checkDiffIDs checks every complete layer of the image against the diff ID the image's
 // config gives it (Layer.checkDiffID), and logs what it found.
 func (im *Image) checkDiffIDs(ctx context.Context, log *slog.Logger) {
-	cd := im.Image.Manifest.Config
-	raw, err := embedded(cd)
-	if err == nil && raw == nil {
-		raw, err = im.Registry.Blob(cd.Digest, cd.Size).ReadAll(ctx)
-	}
+	raw, _, err := im.rawConfig(ctx, im.nodeStore(), fetch.MaxReadAll)
 	var cfg *v1.ConfigFile
 	if err == nil {
 		cfg, err = v1.ParseConfigFile(bytes.NewReader(raw))

@@ -12,6 +12,7 @@ import (
 	v1 "github.com/google/go-containerregistry/pkg/v1"
 
 	"lazypull/format"
+	"lazypull/internal/fetch"
 	"lazypull/internal/imageindex"
 	"lazypull/internal/store"
 )
@@ -54,18 +55,9 @@ func chainIDs(ids []v1.Hash) []string {
 // without the registry: im.kept).
 func (im *Image) configDiffIDs(ctx context.Context, st *store.Store) ([]v1.Hash, error) {
 	cd := im.Image.Manifest.Config
-	raw, err := embedded(cd)
-	if err == nil && raw == nil {
-		if d, perr := format.ParseDigest(cd.Digest.String()); perr == nil {
-			if b, merr := st.Meta(d); merr == nil && int64(len(b)) == cd.Size {
-				raw = b
-			}
-		}
-		if raw == nil {
-			if raw, err = im.Registry.Blob(cd.Digest, cd.Size).ReadAll(ctx); err == nil {
-				im.kept = append(im.kept, keepMeta(st, im.log, raw, "cannot keep the image config in the store; the image will need its registry to be mounted again", "image", im.Ref))
-			}
-		}
+	raw, fetched, err := im.rawConfig(ctx, st, fetch.MaxReadAll)
+	if fetched {
+		im.kept = append(im.kept, keepMeta(st, im.log, raw, "cannot keep the image config in the store; the image will need its registry to be mounted again", "image", im.Ref))
 	}
 	if err != nil {
 		return nil, fmt.Errorf("image %s: config %s: %w", im.Ref, cd.Digest, err)

@@ -105,3 +105,23 @@ func manifestImage(repo string, raw []byte, h v1.Hash, mt types.MediaType) (*fet
 		RawManifest: raw,
 	}, nil
 }
+
+// rawConfig returns the bytes of the image's config: embedded in its descriptor, kept in
+// st's metadata (st may be nil), or from the registry (fetched true), of at most max bytes,
+// checked against its digest either way.
+func (im *Image) rawConfig(ctx context.Context, st *store.Store, max int64) (raw []byte, fetched bool, err error) {
+	cd := im.Image.Manifest.Config
+	if raw, err = embedded(cd); err != nil || raw != nil {
+		return raw, false, err
+	}
+	if cd.Size > max {
+		return nil, false, fmt.Errorf("a config of %d bytes, over the %d read", cd.Size, max)
+	}
+	if d, perr := format.ParseDigest(cd.Digest.String()); perr == nil && st != nil {
+		if b, merr := st.Meta(d); merr == nil && int64(len(b)) == cd.Size {
+			return b, false, nil
+		}
+	}
+	raw, err = im.Registry.Blob(cd.Digest, cd.Size).ReadAll(ctx)
+	return raw, err == nil, err
+}
